@@ -1,0 +1,366 @@
+//! Identifiers, the input messages and the output spans.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+/// A connection as the kernel names it: the socket cookie. Unique per
+/// socket for the lifetime of the boot, so both ends of a loopback
+/// connection have different ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// A process id (the thread-group id, as the host's pid namespace sees it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pid(pub u32);
+
+/// A thread id (as the host's pid namespace sees it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tid(pub u32);
+
+/// A W3C / OpenTelemetry trace id (16 bytes, never all zero when emitted).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct TraceId(pub [u8; 16]);
+
+/// A W3C / OpenTelemetry span id (8 bytes, never all zero when emitted).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SpanId(pub [u8; 8]);
+
+impl TraceId {
+    /// Whether the id is usable (not all zero).
+    pub fn is_valid(&self) -> bool {
+        self.0 != [0; 16]
+    }
+}
+
+impl SpanId {
+    /// Whether the id is usable (not all zero).
+    pub fn is_valid(&self) -> bool {
+        self.0 != [0; 8]
+    }
+}
+
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    for b in bytes {
+        write!(f, "{b:02x}")?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId(")?;
+        write_hex(f, &self.0)?;
+        write!(f, ")")
+    }
+}
+
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+impl fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpanId(")?;
+        write_hex(f, &self.0)?;
+        write!(f, ")")
+    }
+}
+
+// ---------------------------------------------------------------- input
+
+/// The addresses of a connection as seen by the socket that `conn` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The socket.
+    pub conn: ConnId,
+    /// This socket's own address.
+    pub local: SocketAddr,
+    /// The peer's address.
+    pub remote: SocketAddr,
+}
+
+/// Which way a message crossed the socket, from the traced process's view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Side {
+    /// The process read this message (a request read makes a server span).
+    Inbound,
+    /// The process wrote this message (a request written makes a client span).
+    Outbound,
+}
+
+impl Side {
+    /// The other direction.
+    pub fn opposite(self) -> Side {
+        match self {
+            Side::Inbound => Side::Outbound,
+            Side::Outbound => Side::Inbound,
+        }
+    }
+}
+
+/// HTTP version of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpVersion {
+    /// HTTP/1.0.
+    Http10,
+    /// HTTP/1.1.
+    Http11,
+    /// HTTP/2 (also carries gRPC).
+    Http2,
+}
+
+impl HttpVersion {
+    /// The `network.protocol.version` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpVersion::Http10 => "1.0",
+            HttpVersion::Http11 => "1.1",
+            HttpVersion::Http2 => "2",
+        }
+    }
+}
+
+/// URL scheme of a request (`https` when the bytes came from a TLS library
+/// probe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain text.
+    Http,
+    /// Seen in clear through a TLS library.
+    Https,
+}
+
+impl Scheme {
+    /// The `url.scheme` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    /// The port a URL of this scheme has when it names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+/// One header field. Names compare case-insensitively; values are raw bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Field name as it was on the wire (any case). HTTP/2 pseudo-headers
+    /// keep their colon (`:authority`).
+    pub name: String,
+    /// Field value as it was on the wire.
+    pub value: Vec<u8>,
+}
+
+impl Header {
+    /// Convenience constructor.
+    pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Header {
+        Header {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// A request head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Method as sent (case kept: `get` is not `GET`).
+    pub method: String,
+    /// Request target: origin form `/path?query`, absolute form
+    /// `http://host/path`, authority form `host:port` or `*`. For HTTP/2
+    /// the `:path` pseudo-header.
+    pub target: String,
+    /// Protocol version.
+    pub version: HttpVersion,
+    /// `http`, or `https` when seen through a TLS probe.
+    pub scheme: Scheme,
+    /// Header fields in wire order.
+    pub headers: Vec<Header>,
+}
+
+/// A final (non-1xx) response head. For HTTP/2 the parser may deliver it at
+/// the end of the stream with the trailers appended to `headers`, which is
+/// where `grpc-status` is looked up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Protocol version.
+    pub version: HttpVersion,
+    /// Header fields (and trailers, if any) in wire order.
+    pub headers: Vec<Header>,
+}
+
+/// What a message is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    /// A request head.
+    Request(Request),
+    /// A final response head.
+    Response(Response),
+}
+
+/// One protocol message moved by a process over a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// The socket it crossed.
+    pub conn: ConnId,
+    /// Read or written by the process.
+    pub side: Side,
+    /// The process that moved the first byte.
+    pub pid: Pid,
+    /// The thread whose call moved the first byte.
+    pub tid: Tid,
+    /// TCP sequence number of the message's first byte. Identical at both
+    /// ends of a connection: the client's written request and the server's
+    /// read request carry the same value on mirrored 4-tuples.
+    pub seq: u32,
+    /// Monotonic kernel time of the call that moved the first byte.
+    pub start_ns: u64,
+    /// Monotonic kernel time of the call that moved the last byte of the
+    /// head (for an HTTP/2 response delivered at end of stream: the last
+    /// byte of the stream).
+    pub end_ns: u64,
+    /// HTTP/2 stream id; `None` for HTTP/1 (paired in order).
+    pub stream_id: Option<u32>,
+    /// The request or response.
+    pub kind: MessageKind,
+}
+
+// --------------------------------------------------------------- output
+
+/// Span kind (OpenTelemetry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SpanKind {
+    /// The process served the request (it read it).
+    Server,
+    /// The process sent the request (it wrote it).
+    Client,
+}
+
+/// An attribute value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttrValue {
+    /// A string.
+    Str(String),
+    /// An integer.
+    Int(i64),
+}
+
+impl AttrValue {
+    /// The string, if this is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            AttrValue::Str(s) => Some(s),
+            AttrValue::Int(_) => None,
+        }
+    }
+
+    /// The integer, if this is one.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            AttrValue::Int(i) => Some(*i),
+            AttrValue::Str(_) => None,
+        }
+    }
+}
+
+/// Span status (OpenTelemetry). `Ok` is never set by instrumentation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// No error.
+    Unset,
+    /// An error. The message is empty when the status code says it all
+    /// (the semantic conventions ask for no description then).
+    Error(String),
+}
+
+/// Which rule gave a span its parent (for debugging and tests; the agent
+/// may export it as an attribute).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ParentSource {
+    /// No parent: a new trace.
+    Root,
+    /// Rule 3: the client span of the same request at the other end of the
+    /// connection (mirrored 4-tuple, same sequence number).
+    Mirror,
+    /// Rule 3 through address translation: the client span with the same
+    /// sequence number, method and target whose addresses differ (e.g. a
+    /// Kubernetes service's DNAT).
+    Nat,
+    /// Rule 4: the only server span in progress on the thread.
+    Thread,
+    /// Rule 5: a server span in progress in the same process sharing a
+    /// request-id header value.
+    RequestId,
+    /// Rule 4 disambiguated by rule 5: the server span in progress on the
+    /// thread whose incoming trace context has the same trace id.
+    ThreadContext,
+    /// Rule 5: the parent span id of a propagated header (a span the agent
+    /// does not see itself).
+    Header,
+}
+
+/// A finished span.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// Trace id: the parent's, the propagated one, or a fresh one.
+    pub trace_id: TraceId,
+    /// This span's id.
+    pub span_id: SpanId,
+    /// Parent span id (`None` for a root).
+    pub parent_span_id: Option<SpanId>,
+    /// W3C trace flags of the trace (bit 0: sampled); `1` unless a
+    /// propagated header said otherwise.
+    pub trace_flags: u8,
+    /// W3C `tracestate` of the trace, when one was propagated.
+    pub trace_state: Option<String>,
+    /// Which rule chose the parent.
+    pub parent_source: ParentSource,
+    /// Server or client.
+    pub kind: SpanKind,
+    /// `"{method} {templated path}"`, or `"pkg.Service/Method"` for gRPC.
+    pub name: String,
+    /// Monotonic kernel ns: server: request read; client: request written.
+    pub start_ns: u64,
+    /// Monotonic kernel ns: server: response written; client: response read.
+    pub end_ns: u64,
+    /// The process.
+    pub pid: Pid,
+    /// The thread that moved the request's first byte.
+    pub tid: Tid,
+    /// OpenTelemetry semantic-convention attributes.
+    pub attributes: Vec<(&'static str, AttrValue)>,
+    /// Error or unset.
+    pub status: Status,
+}
+
+impl Span {
+    /// The value of attribute `key`, if present.
+    pub fn attr(&self, key: &str) -> Option<&AttrValue> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// The string value of attribute `key`, if present and a string.
+    pub fn attr_str(&self, key: &str) -> Option<&str> {
+        self.attr(key).and_then(AttrValue::as_str)
+    }
+}

@@ -1,0 +1,642 @@
+//! Table tests for the reassembler.
+
+use super::*;
+
+const MS: u64 = 1_000_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum P {
+    D(Vec<u8>),
+    T(u32),
+    H(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct C {
+    seq: u32,
+    offset: u64,
+    len: u32,
+    tid: Option<u32>,
+    pieces: Vec<P>,
+}
+
+fn own(c: &Chunk<'_>) -> C {
+    let pieces: Vec<P> = c
+        .pieces
+        .iter()
+        .map(|p| match p {
+            Piece::Data(d) => P::D(d.to_vec()),
+            Piece::Missing {
+                len,
+                why: MissingKind::Truncated,
+            } => P::T(*len),
+            Piece::Missing {
+                len,
+                why: MissingKind::Hole,
+            } => P::H(*len),
+        })
+        .collect();
+    assert_eq!(
+        pieces
+            .iter()
+            .map(|p| match p {
+                P::D(d) => d.len() as u32,
+                P::T(l) | P::H(l) => *l,
+            })
+            .sum::<u32>(),
+        c.len,
+        "pieces add up to len"
+    );
+    C {
+        seq: c.seq,
+        offset: c.offset,
+        len: c.len,
+        tid: c.op.map(|o| o.tid),
+        pieces,
+    }
+}
+
+fn meta(tid: u32, ts: u64) -> OpMeta {
+    OpMeta {
+        pid: 1,
+        tid,
+        ts_ns: ts,
+    }
+}
+
+fn poll(r: &mut StreamReassembler, now: u64) -> Vec<C> {
+    let mut v = Vec::new();
+    r.poll(now, &mut |c| v.push(own(&c)));
+    v
+}
+
+fn flush(r: &mut StreamReassembler) -> Vec<C> {
+    let mut v = Vec::new();
+    r.flush(&mut |c| v.push(own(&c)));
+    v
+}
+
+fn d(s: &[u8]) -> P {
+    P::D(s.to_vec())
+}
+
+fn c(seq: u32, offset: u64, tid: Option<u32>, pieces: Vec<P>) -> C {
+    let len = pieces
+        .iter()
+        .map(|p| match p {
+            P::D(d) => d.len() as u32,
+            P::T(l) | P::H(l) => *l,
+        })
+        .sum();
+    C {
+        seq,
+        offset,
+        len,
+        tid,
+        pieces,
+    }
+}
+
+fn new() -> StreamReassembler {
+    StreamReassembler::new(StreamLimits::default())
+}
+
+#[test]
+fn in_order_segment_then_op() {
+    let mut r = new();
+    r.push_segment(1000, 5, b"hello", MS);
+    assert!(poll(&mut r, MS).is_empty(), "waits for the op");
+    r.push_op(1005, 5, meta(7, MS));
+    r.push_segment(1005, 6, b" world", 2 * MS);
+    r.push_op(1011, 6, meta(8, 2 * MS));
+    assert_eq!(
+        poll(&mut r, 2 * MS),
+        vec![
+            c(1000, 0, Some(7), vec![d(b"hello")]),
+            c(1005, 5, Some(8), vec![d(b" world")])
+        ]
+    );
+    assert_eq!(r.counters().bytes_captured, 11);
+    assert_eq!(r.counters().chunks, 2);
+    assert_eq!(r.next_seq(), Some(1011));
+}
+
+#[test]
+fn op_before_segment() {
+    let mut r = new();
+    r.push_op(110, 10, meta(1, MS));
+    assert!(poll(&mut r, MS).is_empty());
+    r.push_segment(100, 4, b"abcd", MS);
+    assert!(poll(&mut r, MS).is_empty(), "incomplete");
+    r.push_segment(104, 6, b"efghij", MS);
+    assert_eq!(
+        poll(&mut r, MS),
+        vec![c(100, 0, Some(1), vec![d(b"abcd"), d(b"efghij")])]
+    );
+}
+
+#[test]
+fn one_segment_many_ops() {
+    let mut r = new();
+    r.push_segment(0, 10, b"0123456789", MS);
+    r.push_op(3, 3, meta(1, MS));
+    r.push_op(10, 7, meta(2, MS));
+    assert_eq!(
+        poll(&mut r, MS),
+        vec![
+            c(0, 0, Some(1), vec![d(b"012")]),
+            c(3, 3, Some(2), vec![d(b"3456789")])
+        ]
+    );
+}
+
+#[test]
+fn out_of_order_segments() {
+    let mut r = new();
+    r.push_segment(105, 5, b"fghij", MS);
+    r.push_segment(100, 5, b"abcde", MS);
+    r.push_op(110, 10, meta(1, MS));
+    assert_eq!(
+        poll(&mut r, MS),
+        vec![c(100, 0, Some(1), vec![d(b"abcde"), d(b"fghij")])]
+    );
+}
+
+#[test]
+fn out_of_order_ops() {
+    let mut r = new();
+    r.push_segment(0, 6, b"abcdef", MS);
+    r.push_op(6, 3, meta(2, MS));
+    r.push_op(3, 3, meta(1, MS));
+    assert_eq!(
+        poll(&mut r, MS),
+        vec![
+            c(0, 0, Some(1), vec![d(b"abc")]),
+            c(3, 3, Some(2), vec![d(b"def")])
+        ]
+    );
+}
+
+#[test]
+fn duplicated_segments() {
+    let mut r = new();
+    r.push_segment(0, 4, b"abcd", MS);
+    r.push_segment(0, 4, b"XXXX", MS);
+    r.push_op(4, 4, meta(1, MS));
+    assert_eq!(poll(&mut r, MS), vec![c(0, 0, Some(1), vec![d(b"abcd")])]);
+    r.push_segment(0, 4, b"abcd", 2 * MS); // retransmit after delivery
+    assert!(poll(&mut r, 2 * MS).is_empty());
+    assert_eq!(r.counters().bytes_duplicate, 8);
+}
+
+#[test]
+fn overlapping_segments_keep_first_copy() {
+    let mut r = new();
+    r.push_segment(0, 6, b"abcdef", MS);
+    r.push_segment(4, 6, b"XXghij", MS);
+    r.push_op(10, 10, meta(1, MS));
+    assert_eq!(
+        poll(&mut r, MS),
+        vec![c(0, 0, Some(1), vec![d(b"abcdef"), d(b"ghij")])]
+    );
+    assert_eq!(r.counters().bytes_duplicate, 2);
+    // A retransmit straddling the delivered position only adds its new part.
+    r.push_segment(8, 4, b"ijkl", MS);
+    r.push_op(12, 2, meta(2, MS));
+    assert_eq!(poll(&mut r, MS), vec![c(10, 10, Some(2), vec![d(b"kl")])]);
+    assert_eq!(r.counters().bytes_duplicate, 4);
+}
+
+#[test]
+fn truncated_payload() {
+    let mut r = new();
+    r.push_segment(0, 100, b"GET / HTTP/1.1", MS);
+    r.push_op(100, 100, meta(1, MS));
+    assert_eq!(
+        poll(&mut r, MS),
+        vec![c(0, 0, Some(1), vec![d(b"GET / HTTP/1.1"), P::T(86)])]
+    );
+    assert_eq!(r.counters().bytes_truncated, 86);
+}
+
+#[test]
+fn later_segment_fills_truncated_range() {
+    let mut r = new();
+    r.push_segment(0, 10, b"ab", MS); // big packet, 2 bytes captured
+    r.push_segment(4, 3, b"efg", MS); // retransmit of a part, captured
+    r.push_segment(0, 10, b"abcdefghij", MS); // full copy fills the rest
+    r.push_op(10, 10, meta(1, MS));
+    assert_eq!(
+        poll(&mut r, MS),
+        vec![c(
+            0,
+            0,
+            Some(1),
+            vec![d(b"ab"), d(b"cd"), d(b"efg"), d(b"hij")]
+        )]
+    );
+    // Filling a truncated range is not a duplicate; re-sending bytes is.
+    assert_eq!(r.counters().bytes_duplicate, 2 + 3);
+}
+
+#[test]
+fn truncated_ranges_merge() {
+    let mut r = new();
+    r.push_segment(0, 10, b"a", MS);
+    r.push_segment(10, 10, b"", MS);
+    r.push_op(20, 20, meta(1, MS));
+    assert_eq!(
+        poll(&mut r, MS),
+        vec![c(0, 0, Some(1), vec![d(b"a"), P::T(19)])]
+    );
+}
+
+#[test]
+fn hole_times_out() {
+    let mut r = new();
+    r.push_segment(0, 3, b"abc", MS);
+    // segment [3, 6) never arrives
+    r.push_segment(6, 3, b"ghi", MS);
+    r.push_op(9, 9, meta(1, 2 * MS));
+    assert!(poll(&mut r, 100 * MS).is_empty());
+    let out = poll(&mut r, 202 * MS);
+    assert_eq!(
+        out,
+        vec![c(0, 0, Some(1), vec![d(b"abc"), P::H(3), d(b"ghi")])]
+    );
+    assert_eq!(r.counters().bytes_hole, 3);
+    assert_eq!(r.counters().chunks_with_holes, 1);
+    // The lost segment arriving later is a duplicate.
+    r.push_segment(3, 3, b"def", 203 * MS);
+    assert!(poll(&mut r, 203 * MS).is_empty());
+    assert_eq!(r.counters().bytes_duplicate, 3);
+}
+
+#[test]
+fn hole_between_unclaimed_segments() {
+    let mut r = new();
+    r.push_segment(0, 3, b"abc", MS);
+    r.push_segment(6, 3, b"ghi", 5 * MS);
+    assert!(poll(&mut r, 200 * MS).is_empty());
+    // "abc" is old enough; then the gap waits from when "ghi" was noticed.
+    assert_eq!(poll(&mut r, 201 * MS), vec![c(0, 0, None, vec![d(b"abc")])]);
+    assert!(poll(&mut r, 204 * MS).is_empty());
+    assert_eq!(
+        poll(&mut r, 205 * MS),
+        vec![c(3, 3, None, vec![P::H(3)]), c(6, 6, None, vec![d(b"ghi")])]
+    );
+    assert_eq!(r.counters().bytes_unattributed, 9);
+}
+
+#[test]
+fn op_without_any_segment() {
+    let mut r = new();
+    r.push_op(50, 50, meta(1, MS));
+    assert!(poll(&mut r, 100 * MS).is_empty());
+    assert_eq!(
+        poll(&mut r, 201 * MS),
+        vec![c(0, 0, Some(1), vec![P::H(50)])]
+    );
+    assert_eq!(r.counters().ops_without_bytes, 1);
+}
+
+#[test]
+fn lost_op_later_op_releases_bytes() {
+    let mut r = new();
+    r.push_segment(0, 3, b"abc", MS);
+    r.push_segment(3, 3, b"def", MS);
+    r.push_op(6, 3, meta(2, MS)); // the op for [0, 3) was lost
+    assert_eq!(
+        poll(&mut r, MS),
+        vec![
+            c(0, 0, None, vec![d(b"abc")]),
+            c(3, 3, Some(2), vec![d(b"def")])
+        ]
+    );
+    assert_eq!(r.counters().bytes_unattributed, 3);
+}
+
+#[test]
+fn unclaimed_bytes_time_out() {
+    let mut r = new();
+    r.push_segment(0, 3, b"abc", MS);
+    assert!(poll(&mut r, 200 * MS).is_empty());
+    assert_eq!(poll(&mut r, 201 * MS), vec![c(0, 0, None, vec![d(b"abc")])]);
+    // The op arriving afterwards is stale.
+    r.push_op(3, 3, meta(1, 202 * MS));
+    assert!(poll(&mut r, 202 * MS).is_empty());
+    assert_eq!(r.counters().ops_stale, 1);
+}
+
+#[test]
+fn op_partly_delivered_keeps_rest() {
+    let mut r = new();
+    r.push_segment(0, 6, b"abcdef", MS);
+    assert_eq!(poll(&mut r, 300 * MS).len(), 1);
+    r.push_segment(6, 3, b"ghi", 301 * MS);
+    r.push_op(9, 9, meta(1, 301 * MS)); // covers delivered bytes too
+    assert_eq!(
+        poll(&mut r, 301 * MS),
+        vec![c(6, 6, Some(1), vec![d(b"ghi")])]
+    );
+}
+
+#[test]
+fn preexisting_connection_arbitrary_seq() {
+    let mut r = new();
+    let s = 0x9e37_79b9u32;
+    r.push_segment(s, 4, b"tail", MS); // the end of a request we missed
+    r.push_op(s.wrapping_add(4), 10, meta(1, MS)); // op started before us
+    r.push_segment(s.wrapping_add(4), 4, b"next", MS);
+    r.push_op(s.wrapping_add(8), 4, meta(2, MS));
+    assert!(poll(&mut r, MS).is_empty(), "waits for the first 6 bytes");
+    assert_eq!(
+        poll(&mut r, 201 * MS),
+        vec![
+            c(s.wrapping_sub(6), 0, Some(1), vec![P::H(6), d(b"tail")]),
+            c(s.wrapping_add(4), 10, Some(2), vec![d(b"next")])
+        ]
+    );
+}
+
+#[test]
+fn earlier_record_moves_start_before_delivery() {
+    let mut r = new();
+    r.push_segment(200, 2, b"cd", MS);
+    r.push_segment(198, 2, b"ab", MS);
+    r.push_op(202, 4, meta(1, MS));
+    assert_eq!(
+        poll(&mut r, MS),
+        vec![c(198, 0, Some(1), vec![d(b"ab"), d(b"cd")])]
+    );
+}
+
+#[test]
+fn wrap_around() {
+    let mut r = new();
+    let s = u32::MAX - 2;
+    r.push_segment(s, 3, b"abc", MS);
+    r.push_segment(0, 3, b"def", MS);
+    r.push_op(2, 5, meta(1, MS)); // [MAX-2, 2) wrapping
+    r.push_op(3, 1, meta(2, MS));
+    assert_eq!(
+        poll(&mut r, MS),
+        vec![
+            c(s, 0, Some(1), vec![d(b"abc"), d(b"de")]),
+            c(2, 5, Some(2), vec![d(b"f")])
+        ]
+    );
+    // Segment straddling the wrap.
+    let mut r = new();
+    r.push_segment(u32::MAX - 1, 4, b"wxyz", MS);
+    r.push_op(2, 4, meta(1, MS));
+    assert_eq!(
+        poll(&mut r, MS),
+        vec![c(u32::MAX - 1, 0, Some(1), vec![d(b"wxyz")])]
+    );
+}
+
+#[test]
+fn long_stream_wraps_many_times() {
+    let mut r = new();
+    let mut seq = u32::MAX - 1000;
+    let seg = 60_000u32;
+    let mut total = 0u64;
+    for i in 0..200_000u64 {
+        r.push_segment(seq, seg, &[b'x'; 8], i);
+        seq = seq.wrapping_add(seg);
+        r.push_op(seq, seg, meta(1, i));
+        if i.is_multiple_of(64) {
+            r.poll(i, &mut |c| total += u64::from(c.len));
+        }
+    }
+    r.flush(&mut |c| total += u64::from(c.len));
+    assert_eq!(total, 200_000 * u64::from(seg));
+    assert_eq!(r.counters().bytes_hole, 0);
+    assert_eq!(r.counters().bytes_unattributed, 0);
+}
+
+#[test]
+fn stale_op_ignored() {
+    let mut r = new();
+    r.push_segment(0, 4, b"abcd", MS);
+    r.push_op(4, 4, meta(1, MS));
+    assert_eq!(poll(&mut r, MS).len(), 1);
+    r.push_op(4, 4, meta(1, MS));
+    r.push_op(2, 2, meta(1, MS));
+    assert!(poll(&mut r, 999 * MS).is_empty());
+    assert_eq!(r.counters().ops_stale, 2);
+}
+
+#[test]
+fn overlapping_ops_keep_first() {
+    let mut r = new();
+    r.push_segment(0, 6, b"abcdef", MS);
+    r.push_op(4, 4, meta(1, MS)); // e.g. MSG_PEEK
+    r.push_op(6, 6, meta(2, MS));
+    assert_eq!(
+        poll(&mut r, MS),
+        vec![
+            c(0, 0, Some(1), vec![d(b"abcd")]),
+            c(4, 4, Some(2), vec![d(b"ef")])
+        ]
+    );
+    assert_eq!(r.counters().ops_overlapping, 1);
+}
+
+#[test]
+fn flush_delivers_everything() {
+    let mut r = new();
+    r.push_segment(0, 3, b"abc", MS);
+    r.push_op(3, 3, meta(1, MS));
+    r.push_segment(10, 2, b"kl", MS);
+    r.push_op(20, 5, meta(2, MS));
+    let out = flush(&mut r);
+    assert_eq!(
+        out,
+        vec![
+            c(0, 0, Some(1), vec![d(b"abc")]),
+            c(3, 3, None, vec![P::H(7)]),
+            c(10, 10, None, vec![d(b"kl")]),
+            c(12, 12, None, vec![P::H(3)]),
+            c(15, 15, Some(2), vec![P::H(5)]),
+        ]
+    );
+    assert_eq!(r.buffered(), (0, 0, 0));
+    assert!(flush(&mut r).is_empty());
+}
+
+#[test]
+fn limits_evict_furthest_and_force_delivery() {
+    let limits = StreamLimits {
+        max_segments: 16,
+        max_bytes: 1 << 20,
+        max_ops: 16,
+        hole_timeout_ns: 200 * MS,
+    };
+    let mut r = StreamReassembler::new(limits);
+    // One huge op; its segments arrive but the op is never complete in time.
+    r.push_op(1_000_000, 1_000_000, meta(1, MS));
+    for i in 0..100u32 {
+        r.push_segment(i * 10, 10, b"0123456789", MS);
+        assert!(r.buffered().0 <= 16);
+    }
+    assert!(r.counters().segments_dropped_limit > 0);
+    assert!(r.wants_poll());
+    let out = poll(&mut r, MS);
+    assert!(!out.is_empty());
+    assert!(out.iter().all(|c| c.tid == Some(1)));
+    assert!(r.counters().chunks_forced > 0);
+    assert!(!r.wants_poll());
+    let delivered: u32 = out.iter().map(|c| c.len).sum();
+    assert_eq!(r.next_offset(), u64::from(delivered));
+}
+
+#[test]
+fn limits_bytes() {
+    let limits = StreamLimits {
+        max_segments: 1000,
+        max_bytes: 100,
+        max_ops: 16,
+        hole_timeout_ns: 200 * MS,
+    };
+    let mut r = StreamReassembler::new(limits);
+    for i in 0..50u32 {
+        r.push_segment(i * 10, 10, b"0123456789", MS);
+        assert!(r.buffered().1 <= 100);
+    }
+    // Never more than the limit; polling drains.
+    let out = poll(&mut r, MS);
+    assert!(!out.is_empty());
+    let out = flush(&mut r);
+    let last = out.last().map(|c| c.offset + u64::from(c.len));
+    assert!(last.unwrap_or(0) <= 500);
+}
+
+#[test]
+fn limits_ops() {
+    let limits = StreamLimits {
+        max_segments: 16,
+        max_bytes: 1 << 20,
+        max_ops: 8,
+        hole_timeout_ns: 200 * MS,
+    };
+    let mut r = StreamReassembler::new(limits);
+    for i in 1..100u32 {
+        r.push_op(i * 10, 10, meta(i, MS));
+        assert!(r.buffered().2 <= 8);
+    }
+    assert!(r.counters().ops_dropped_limit > 0);
+    let out = poll(&mut r, MS);
+    assert!(!out.is_empty());
+    // An earlier op evicts the furthest one.
+    let mut r = StreamReassembler::new(limits);
+    for i in 2..10u32 {
+        r.push_op(i * 10, 10, meta(i, MS));
+    }
+    r.push_op(10, 10, meta(1, MS));
+    assert_eq!(r.buffered().2, 8);
+    assert_eq!(poll(&mut r, MS).first().and_then(|c| c.tid), Some(1));
+}
+
+#[test]
+fn huge_captured_and_empty_inputs() {
+    let mut r = new();
+    r.push_segment(0, 0, b"ignored", MS);
+    r.push_op(0, 0, meta(1, MS));
+    assert!(flush(&mut r).is_empty());
+    // captured longer than payload_len is cut.
+    r.push_segment(5, 2, b"abcdef", MS);
+    r.push_op(7, 2, meta(1, MS));
+    assert_eq!(poll(&mut r, MS), vec![c(5, 0, Some(1), vec![d(b"ab")])]);
+}
+
+#[test]
+fn max_len_op_and_far_records() {
+    let mut r = new();
+    r.push_op(0, u32::MAX, meta(1, MS));
+    r.push_segment(0x8000_0000, 10, b"x", MS);
+    r.push_segment(0x7fff_ffff, 10, b"y", MS);
+    let out = flush(&mut r);
+    let total: u64 = out.iter().map(|c| u64::from(c.len)).sum();
+    assert!(total >= u64::from(u32::MAX));
+}
+
+#[test]
+fn piece_buffer_is_reused() {
+    let mut r = new();
+    r.push_segment(0, 3, b"abc", MS);
+    r.push_op(3, 3, meta(1, MS));
+    poll(&mut r, MS);
+    let cap = r.piece_buf.capacity();
+    assert!(cap > 0);
+    r.push_segment(3, 3, b"def", MS);
+    r.push_op(6, 3, meta(1, MS));
+    poll(&mut r, MS);
+    assert_eq!(r.piece_buf.capacity(), cap);
+}
+
+#[test]
+fn slow_send_keeps_waiting_while_segments_progress() {
+    let mut r = new();
+    // send() returned at once; the kernel transmits 100 bytes every 150 ms.
+    r.push_op(1000, 1000, meta(1, 0));
+    for i in 0..10u32 {
+        let t = u64::from(i) * 150 * MS;
+        r.push_segment(i * 100, 100, b"x", t);
+        let out = poll(&mut r, t);
+        if i < 9 {
+            assert!(out.is_empty(), "step {i}: {out:?}");
+        } else {
+            assert_eq!(
+                out,
+                vec![c(
+                    0,
+                    0,
+                    Some(1),
+                    vec![
+                        d(b"x"),
+                        P::T(99),
+                        d(b"x"),
+                        P::T(99),
+                        d(b"x"),
+                        P::T(99),
+                        d(b"x"),
+                        P::T(99),
+                        d(b"x"),
+                        P::T(99),
+                        d(b"x"),
+                        P::T(99),
+                        d(b"x"),
+                        P::T(99),
+                        d(b"x"),
+                        P::T(99),
+                        d(b"x"),
+                        P::T(99),
+                        d(b"x"),
+                        P::T(99)
+                    ]
+                )]
+            );
+        }
+    }
+    assert_eq!(r.counters().bytes_hole, 0);
+}
+
+#[test]
+fn gap_inside_op_times_out_from_when_it_was_seen() {
+    let mut r = new();
+    r.push_op(300, 300, meta(1, 0));
+    r.push_segment(0, 100, b"a", 0);
+    r.push_segment(200, 100, b"c", 50 * MS); // reveals the gap [100, 200)
+    assert!(poll(&mut r, 249 * MS).is_empty());
+    assert_eq!(
+        poll(&mut r, 250 * MS),
+        vec![c(
+            0,
+            0,
+            Some(1),
+            vec![d(b"a"), P::T(99), P::H(100), d(b"c"), P::T(99)]
+        )]
+    );
+}

@@ -1,0 +1,390 @@
+//! The kernel/user ABI of the tracer: every record the eBPF programs write to
+//! the ring buffer, the drop-counter indices and the tunables set before load.
+//!
+//! Both sides compile this one crate, so nothing is mirrored by hand. Every
+//! record starts with a [`Tag`] byte so the reader can tell them apart; sizes
+//! and offsets are pinned by compile-time asserts, and the host tests
+//! round-trip bytes through [`Record::parse`].
+#![no_std]
+#![deny(missing_docs)]
+
+use core::mem::size_of;
+
+/// Largest payload prefix a segment record can carry. The per-packet copy
+/// length ([`SNAP_LEN_DEFAULT`], configurable at load) is clamped to this.
+pub const MAX_SNAP_LEN: usize = 8192;
+
+/// Default number of payload bytes copied per TCP packet.
+///
+/// 1 KiB holds the request line and headers of ordinary HTTP/1 requests and
+/// responses (including `traceparent`, `b3`, `x-request-id` and a modest
+/// cookie) and whole HTTP/2 HEADERS frames, while keeping the per-packet
+/// copy and the ring-buffer traffic small: the kernel copies only what the
+/// packet holds, so small messages cost no more than before.
+pub const SNAP_LEN_DEFAULT: u32 = 1024;
+
+/// First byte of every ring-buffer record.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tag {
+    /// A [`SockOp`]: one send or receive call on a TCP socket.
+    SockOp = 1,
+    /// A [`ConnState`]: a TCP state change with the 4-tuple.
+    ConnState = 2,
+    /// A [`SegmentHeader`] followed by the captured payload prefix.
+    Segment = 3,
+}
+
+/// Direction of bytes relative to the socket that moved them.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dir {
+    /// Bytes written by this socket (send call, egress packet).
+    Send = 0,
+    /// Bytes read by this socket (receive call, ingress packet).
+    Recv = 1,
+}
+
+impl Dir {
+    /// Decodes the byte written by the programs.
+    pub fn from_u8(v: u8) -> Option<Dir> {
+        match v {
+            0 => Some(Dir::Send),
+            1 => Some(Dir::Recv),
+            _ => None,
+        }
+    }
+}
+
+/// One send or receive call on a TCP socket, from `sock:sock_send_length` /
+/// `sock:sock_recv_length`, on the calling thread, after the call moved
+/// `len` bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOp {
+    /// [`Tag::SockOp`].
+    pub tag: u8,
+    /// [`Dir`] as a byte.
+    pub dir: u8,
+    /// Padding, zero.
+    pub _pad: [u8; 2],
+    /// Bytes the call moved (always > 0).
+    pub len: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the call returned.
+    pub ts_ns: u64,
+    /// Socket cookie (stable for the socket's lifetime, never reused).
+    pub cookie: u64,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// TCP sequence number just past the last byte this call moved:
+    /// `write_seq` after a send, `copied_seq` after a receive. The call
+    /// covers `[seq_end - len, seq_end)` of the stream, which lines it up
+    /// with the captured packets exactly, even on connections that were
+    /// open before the agent started.
+    pub seq_end: u32,
+    /// Padding, zero.
+    pub _pad2: u32,
+    /// `comm` of the calling thread's process.
+    pub comm: [u8; 16],
+}
+
+/// A TCP state change (`sock:inet_sock_set_state`) with the 4-tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnState {
+    /// [`Tag::ConnState`].
+    pub tag: u8,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u8,
+    /// TCP state before (the kernel's `TCP_*` numbering).
+    pub old_state: u8,
+    /// TCP state after.
+    pub new_state: u8,
+    /// Local port, host order (0 while a connect has not bound one yet).
+    pub local_port: u16,
+    /// Remote port, host order.
+    pub remote_port: u16,
+    /// `bpf_ktime_get_ns` of the change.
+    pub ts_ns: u64,
+    /// Socket cookie.
+    pub cookie: u64,
+    /// Current process id (the connecting process for `SYN_SENT`; for
+    /// passive opens the change runs in softirq context and this is
+    /// whoever was interrupted, so it is not used for attribution).
+    pub pid: u32,
+    /// Current thread id (same caveat as `pid`).
+    pub tid: u32,
+    /// Local address; IPv4 in the first 4 bytes.
+    pub local_addr: [u8; 16],
+    /// Remote address; IPv4 in the first 4 bytes.
+    pub remote_addr: [u8; 16],
+}
+
+/// Header of a captured TCP packet payload; `captured_len` bytes of payload
+/// follow it in the same record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// [`Tag::Segment`].
+    pub tag: u8,
+    /// [`Dir::Send`] for egress, [`Dir::Recv`] for ingress.
+    pub dir: u8,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
+    pub tcp_flags: u8,
+    /// TCP sequence number of the first payload byte.
+    pub seq: u32,
+    /// Payload bytes in the packet (GSO packets count all their segments).
+    pub payload_len: u32,
+    /// Payload bytes copied after this header (`<= payload_len`).
+    pub captured_len: u32,
+    /// `bpf_ktime_get_ns` when the program ran.
+    pub ts_ns: u64,
+    /// Cookie of the socket the packet belongs to on this host.
+    pub cookie: u64,
+    /// Local port, host order.
+    pub local_port: u16,
+    /// Remote port, host order.
+    pub remote_port: u16,
+    /// Padding, zero.
+    pub _pad: u32,
+    /// Local address; IPv4 in the first 4 bytes.
+    pub local_addr: [u8; 16],
+    /// Remote address; IPv4 in the first 4 bytes.
+    pub remote_addr: [u8; 16],
+}
+
+/// Per-CPU scratch buffer of the segment program: a header and the largest
+/// payload prefix, written to the ring buffer as one variable-size record.
+#[repr(C)]
+pub struct SegmentScratch {
+    /// The header.
+    pub hdr: SegmentHeader,
+    /// Payload prefix; only `hdr.captured_len` bytes are meaningful.
+    pub data: [u8; MAX_SNAP_LEN],
+}
+
+/// `AF_INET`.
+pub const AF_INET: u8 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u8 = 10;
+
+/// Indices into the per-CPU `DROPS` array: every place the kernel side can
+/// lose something counts it here.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Ring buffer full: a send/receive record was lost.
+    RingFullOp = 0,
+    /// Ring buffer full: a connection state record was lost.
+    RingFullConn = 1,
+    /// Ring buffer full: a packet payload record was lost.
+    RingFullSegment = 2,
+    /// A packet's headers could not be read (malformed or too short).
+    BadPacket = 3,
+    /// A kernel read (socket fields) failed.
+    ReadFailed = 4,
+    /// IPv6 packet whose next header is not TCP (extension headers are not
+    /// walked).
+    Ipv6ExtHeader = 5,
+}
+
+impl DropReason {
+    /// Every reason, in index order.
+    pub const ALL: [DropReason; 6] = [
+        DropReason::RingFullOp,
+        DropReason::RingFullConn,
+        DropReason::RingFullSegment,
+        DropReason::BadPacket,
+        DropReason::ReadFailed,
+        DropReason::Ipv6ExtHeader,
+    ];
+
+    /// Stable, human-readable name used in logs and counters.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::RingFullOp => "ring_full_op",
+            DropReason::RingFullConn => "ring_full_conn",
+            DropReason::RingFullSegment => "ring_full_segment",
+            DropReason::BadPacket => "bad_packet",
+            DropReason::ReadFailed => "kernel_read_failed",
+            DropReason::Ipv6ExtHeader => "ipv6_ext_header",
+        }
+    }
+}
+
+/// Number of entries of the `DROPS` array.
+pub const DROP_REASONS: u32 = DropReason::ALL.len() as u32;
+
+/// Names of the globals the agent sets before load (`EbpfLoader::override_global`).
+pub mod globals {
+    /// `u32`: payload bytes copied per packet (clamped to `MAX_SNAP_LEN`;
+    /// 0 copies nothing and emits no segment records).
+    pub const SNAP_LEN: &str = "SNAP_LEN";
+    /// `u32`: 0 makes every program return at once (the "empty hooks"
+    /// floor of the benchmark).
+    pub const ENABLED: &str = "ENABLED";
+    /// `u32`: the agent's own pid; its socket calls are not reported.
+    pub const AGENT_PID: &str = "AGENT_PID";
+    /// `u64`: ring-buffer bytes pending before the kernel wakes the reader.
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// `u32`: offset of `write_seq` in `struct tcp_sock` (from BTF).
+    pub const OFF_WRITE_SEQ: &str = "OFF_WRITE_SEQ";
+    /// `u32`: offset of `copied_seq` in `struct tcp_sock` (from BTF).
+    pub const OFF_COPIED_SEQ: &str = "OFF_COPIED_SEQ";
+    /// `u32`: offset of `skc_daddr` in `struct sock` (from BTF).
+    pub const OFF_DADDR: &str = "OFF_DADDR";
+    /// `u32`: offset of `skc_rcv_saddr` in `struct sock`.
+    pub const OFF_RCV_SADDR: &str = "OFF_RCV_SADDR";
+    /// `u32`: offset of `skc_dport` in `struct sock`.
+    pub const OFF_DPORT: &str = "OFF_DPORT";
+    /// `u32`: offset of `skc_num` in `struct sock`.
+    pub const OFF_NUM: &str = "OFF_NUM";
+    /// `u32`: offset of `skc_family` in `struct sock`.
+    pub const OFF_FAMILY: &str = "OFF_FAMILY";
+    /// `u32`: offset of `skc_v6_daddr` in `struct sock`.
+    pub const OFF_V6_DADDR: &str = "OFF_V6_DADDR";
+    /// `u32`: offset of `skc_v6_rcv_saddr` in `struct sock`.
+    pub const OFF_V6_RCV_SADDR: &str = "OFF_V6_RCV_SADDR";
+}
+
+/// Name of the ring buffer map.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Name of the per-CPU drop-counter array.
+pub const MAP_DROPS: &str = "DROPS";
+
+const _: () = assert!(size_of::<SockOp>() == 56);
+const _: () = assert!(size_of::<ConnState>() == 64);
+const _: () = assert!(size_of::<SegmentHeader>() == 72);
+const _: () = assert!(core::mem::offset_of!(SockOp, tag) == 0);
+const _: () = assert!(core::mem::offset_of!(ConnState, tag) == 0);
+const _: () = assert!(core::mem::offset_of!(SegmentHeader, tag) == 0);
+
+/// A record decoded from ring-buffer bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// A send/receive call.
+    SockOp(SockOp),
+    /// A TCP state change.
+    ConnState(ConnState),
+    /// A packet payload: header and the captured prefix.
+    Segment(SegmentHeader, &'a [u8]),
+}
+
+/// Why ring-buffer bytes could not be decoded.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum ParseError {
+    /// Empty record.
+    Empty,
+    /// Unknown tag byte.
+    UnknownTag(u8),
+    /// Shorter than the record type needs.
+    Short,
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked above; every record type is repr(C) plain old
+    // data for which any bit pattern is valid; read_unaligned copes with the
+    // ring buffer's 8-byte alignment not matching T's.
+    Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+impl<'a> Record<'a> {
+    /// Decodes one ring-buffer record.
+    pub fn parse(bytes: &'a [u8]) -> Result<Record<'a>, ParseError> {
+        let tag = *bytes.first().ok_or(ParseError::Empty)?;
+        match tag {
+            t if t == Tag::SockOp as u8 => read(bytes).map(Record::SockOp).ok_or(ParseError::Short),
+            t if t == Tag::ConnState as u8 => {
+                read(bytes).map(Record::ConnState).ok_or(ParseError::Short)
+            }
+            t if t == Tag::Segment as u8 => {
+                let hdr: SegmentHeader = read(bytes).ok_or(ParseError::Short)?;
+                let start = size_of::<SegmentHeader>();
+                let end = start + hdr.captured_len as usize;
+                let data = bytes.get(start..end).ok_or(ParseError::Short)?;
+                Ok(Record::Segment(hdr, data))
+            }
+            t => Err(ParseError::UnknownTag(t)),
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), no padding holes with undefined content that matter
+    // for reading, every bit pattern valid.
+    unsafe impl aya::Pod for super::SockOp {}
+    unsafe impl aya::Pod for super::ConnState {}
+    unsafe impl aya::Pod for super::SegmentHeader {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: T is a repr(C) record; viewing it as bytes is sound.
+        unsafe { core::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()).to_vec() }
+    }
+
+    #[test]
+    fn sock_op_round_trips() {
+        let op = SockOp {
+            tag: Tag::SockOp as u8,
+            dir: Dir::Recv as u8,
+            _pad: [0; 2],
+            len: 77,
+            ts_ns: 123,
+            cookie: 0xdead_beef,
+            pid: 10,
+            tid: 11,
+            seq_end: 4_000_000_000,
+            _pad2: 0,
+            comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        assert_eq!(Record::parse(&bytes_of(&op)), Ok(Record::SockOp(op)));
+    }
+
+    #[test]
+    fn segment_carries_its_payload() {
+        let hdr = SegmentHeader {
+            tag: Tag::Segment as u8,
+            dir: Dir::Send as u8,
+            family: AF_INET,
+            tcp_flags: 0x18,
+            seq: 1,
+            payload_len: 100,
+            captured_len: 5,
+            ts_ns: 9,
+            cookie: 3,
+            local_port: 80,
+            remote_port: 40000,
+            _pad: 0,
+            local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            remote_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        let mut b = bytes_of(&hdr);
+        b.extend_from_slice(b"GET /");
+        b.extend_from_slice(b"pad"); // ring records are padded to 8 bytes
+        assert_eq!(Record::parse(&b), Ok(Record::Segment(hdr, b"GET /")));
+        b.truncate(size_of::<SegmentHeader>() + 2);
+        assert_eq!(Record::parse(&b), Err(ParseError::Short));
+    }
+
+    #[test]
+    fn bad_records_are_errors_not_panics() {
+        assert_eq!(Record::parse(&[]), Err(ParseError::Empty));
+        assert_eq!(Record::parse(&[99, 0, 0]), Err(ParseError::UnknownTag(99)));
+        assert_eq!(Record::parse(&[1, 0, 0]), Err(ParseError::Short));
+        assert_eq!(Record::parse(&[2]), Err(ParseError::Short));
+    }
+}

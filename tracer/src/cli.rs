@@ -1,0 +1,269 @@
+//! Command line: raw flags (clap) validated once into [`RunConfig`].
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracer_common::{MAX_SNAP_LEN, SNAP_LEN_DEFAULT};
+
+use crate::kernel::KernelConfig;
+
+/// Zero-code eBPF tracer: turns every HTTP request on this host into spans.
+///
+/// Run as root. `tracer run` attaches to the kernel's socket layer (socket
+/// tracepoints and a cgroup_skb packet hook on the root cgroup v2), rebuilds
+/// every TCP byte stream on the host and prints what it sees. Nothing in the
+/// traced services changes.
+#[derive(Debug, Parser)]
+#[command(name = "tracer", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the eBPF programs, capture socket traffic and print it until
+    /// SIGINT/SIGTERM (or --duration); drop counters are printed on exit.
+    Run(RunArgs),
+    /// Check that this machine can run the agent (root, BTF, kernel version,
+    /// tracefs, cgroup v2) and exit.
+    Check,
+}
+
+/// What `run` prints on stdout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Print {
+    /// One line per send/receive call: time, pid/comm, tid, direction,
+    /// local and remote address, byte count, first line of the payload.
+    Events,
+    /// Nothing on stdout (capture still runs; counters on exit).
+    None,
+}
+
+/// Output format of what is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `tracer run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// What to print on stdout.
+    #[arg(long, value_enum, default_value = "events")]
+    pub print: Print,
+
+    /// Format of what is printed.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+
+    /// Only print calls of these process ids (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Only print calls of processes with this name (`comm`, at most 15
+    /// characters, as in /proc/PID/comm; repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+
+    /// Only print calls on connections with this local or remote port
+    /// (repeatable).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+
+    /// Payload bytes copied per TCP packet (0 to 8192). The default, 1024,
+    /// holds the request line and headers of ordinary HTTP requests and
+    /// responses; bytes beyond it are counted as truncated, not lost.
+    #[arg(long, value_name = "BYTES", default_value_t = SNAP_LEN_DEFAULT)]
+    pub snap_len: u32,
+
+    /// Size of the kernel ring buffer in bytes (a power of two, at least
+    /// 4096). Bigger absorbs longer bursts before records are dropped.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    pub ring_buffer_size: u32,
+
+    /// Pending ring-buffer bytes at which the kernel wakes the agent early;
+    /// below that the agent drains every --drain-interval.
+    #[arg(long, value_name = "BYTES", default_value_t = 512 << 10)]
+    pub wakeup_bytes: u64,
+
+    /// How often the agent drains the ring buffer, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10)]
+    pub drain_interval_ms: u64,
+
+    /// Attach every program but make them return at once: measures the
+    /// cost of the hooks alone (benchmarks).
+    #[arg(long)]
+    pub hooks_only: bool,
+
+    /// Log the counters every N seconds (0: only on exit).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub stats_interval: u64,
+
+    /// Exit after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+}
+
+/// A flag combination that cannot work, said plainly.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid option: {0}")]
+pub struct ConfigError(String);
+
+/// Filters on what is printed.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Process ids (empty: all).
+    pub pids: Vec<u32>,
+    /// Process names (empty: all).
+    pub comms: Vec<String>,
+    /// Ports (empty: all).
+    pub ports: Vec<u16>,
+}
+
+impl Filter {
+    /// Whether a call of `pid`/`comm` on a connection with these ports is shown.
+    pub fn allows(&self, pid: u32, comm: &str, ports: Option<(u16, u16)>) -> bool {
+        (self.pids.is_empty() || self.pids.contains(&pid))
+            && (self.comms.is_empty() || self.comms.iter().any(|c| c == comm))
+            && (self.ports.is_empty()
+                || ports.is_some_and(|(l, r)| self.ports.contains(&l) || self.ports.contains(&r)))
+    }
+}
+
+/// `run`'s validated settings.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Kernel tunables.
+    pub kernel: KernelConfig,
+    /// What to print.
+    pub print: Print,
+    /// How.
+    pub output: Output,
+    /// Print filters.
+    pub filter: Filter,
+    /// Ring-buffer drain period.
+    pub drain_interval: Duration,
+    /// Counter log period.
+    pub stats_interval: Option<Duration>,
+    /// Stop after.
+    pub duration: Option<Duration>,
+}
+
+impl RunArgs {
+    /// Validates the flags.
+    pub fn resolve(self) -> Result<RunConfig, ConfigError> {
+        if self.snap_len > MAX_SNAP_LEN as u32 {
+            return Err(ConfigError(format!(
+                "--snap-len {} is above the maximum of {MAX_SNAP_LEN} bytes",
+                self.snap_len
+            )));
+        }
+        let ring = self.ring_buffer_size;
+        if ring < 4096 || !ring.is_power_of_two() {
+            return Err(ConfigError(format!(
+                "--ring-buffer-size {ring} must be a power of two of at least 4096 bytes"
+            )));
+        }
+        if self.wakeup_bytes >= ring as u64 {
+            return Err(ConfigError(format!(
+                "--wakeup-bytes {} must be smaller than --ring-buffer-size {ring}",
+                self.wakeup_bytes
+            )));
+        }
+        if self.drain_interval_ms == 0 || self.drain_interval_ms > 10_000 {
+            return Err(ConfigError(
+                "--drain-interval-ms must be between 1 and 10000".into(),
+            ));
+        }
+        if let Some(c) = self.comms.iter().find(|c| c.len() > 15) {
+            return Err(ConfigError(format!(
+                "--comm {c:?} is longer than the kernel's 15-character process names"
+            )));
+        }
+        let duration = match self.duration {
+            Some(d) if !(d.is_finite() && d > 0.0) => {
+                return Err(ConfigError(
+                    "--duration must be a positive number of seconds".into(),
+                ))
+            }
+            d => d.map(Duration::from_secs_f64),
+        };
+        Ok(RunConfig {
+            kernel: KernelConfig {
+                snap_len: self.snap_len,
+                enabled: !self.hooks_only,
+                ring_bytes: ring,
+                wakeup_bytes: self.wakeup_bytes,
+            },
+            print: self.print,
+            output: self.output,
+            filter: Filter {
+                pids: self.pids,
+                comms: self.comms,
+                ports: self.ports,
+            },
+            drain_interval: Duration::from_millis(self.drain_interval_ms),
+            stats_interval: (self.stats_interval > 0)
+                .then(|| Duration::from_secs(self.stats_interval)),
+            duration,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<RunConfig, String> {
+        let cli =
+            Cli::try_parse_from(["tracer", "run"].iter().chain(args)).map_err(|e| e.to_string())?;
+        let Command::Run(r) = cli.command else {
+            unreachable!()
+        };
+        r.resolve().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.kernel.snap_len, 1024);
+        assert!(c.kernel.enabled);
+        assert_eq!(c.print, Print::Events);
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        assert!(parse(&["--snap-len", "9000"])
+            .unwrap_err()
+            .contains("maximum"));
+        assert!(parse(&["--ring-buffer-size", "5000"])
+            .unwrap_err()
+            .contains("power of two"));
+        assert!(parse(&["--comm", "a-very-long-process-name"])
+            .unwrap_err()
+            .contains("15"));
+        assert!(parse(&["--duration", "-1"])
+            .unwrap_err()
+            .contains("positive"));
+        assert!(parse(&["--port", "70000"]).is_err());
+    }
+
+    #[test]
+    fn filter_semantics() {
+        let f = Filter {
+            pids: vec![1],
+            comms: vec![],
+            ports: vec![80],
+        };
+        assert!(f.allows(1, "x", Some((80, 5000))));
+        assert!(f.allows(1, "x", Some((5000, 80))));
+        assert!(!f.allows(2, "x", Some((80, 5000))));
+        assert!(!f.allows(1, "x", None));
+        assert!(Filter::default().allows(9, "y", None));
+    }
+}

@@ -1,0 +1,54 @@
+//! `tracer`: the node agent. See `tracer --help`.
+mod btf;
+mod cli;
+mod clock;
+mod conntrack;
+mod kernel;
+mod pipeline;
+mod preflight;
+mod print;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tracer: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Check => {
+            let env = preflight::check()?;
+            println!(
+                "ok: kernel {}, BTF present, tracefs mounted, cgroup v2 at {}",
+                env.kernel,
+                env.cgroup2_root.display()
+            );
+            Ok(())
+        }
+        Command::Run(args) => {
+            let cfg = args.resolve()?;
+            let env = preflight::check()?;
+            let kernel = kernel::Kernel::load(&cfg.kernel, &env.btf, &env.cgroup2_root)?;
+            pipeline::run(cfg, kernel)
+        }
+    }
+}

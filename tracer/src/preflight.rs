@@ -1,0 +1,145 @@
+//! Start-up checks: everything the kernel side needs, each failure one clear
+//! line saying what is missing and how to fix it.
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::btf::{Btf, BtfError};
+
+/// A reason the agent cannot run on this machine.
+#[derive(Debug, Error)]
+pub enum PreflightError {
+    /// Not root (or lacking the capabilities).
+    #[error("the agent needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN): run it with sudo")]
+    NotRoot,
+    /// No /sys/kernel/btf/vmlinux.
+    #[error("kernel BTF is missing (/sys/kernel/btf/vmlinux): use a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    NoBtf,
+    /// BTF present but unusable.
+    #[error("kernel BTF could not be used: {0}")]
+    BadBtf(#[from] BtfError),
+    /// Kernel older than the tracepoints we attach.
+    #[error("kernel {found} is too old: the sock:sock_send_length/sock_recv_length tracepoints need Linux 6.3 or newer")]
+    KernelTooOld {
+        /// `uname -r`.
+        found: String,
+    },
+    /// tracefs not mounted and mounting failed.
+    #[error("tracefs is not mounted and could not be mounted ({0}): run `mount -t tracefs tracefs /sys/kernel/tracing`")]
+    NoTracefs(String),
+    /// No cgroup v2 hierarchy.
+    #[error("no cgroup v2 hierarchy is mounted: mount one (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or boot with systemd.unified_cgroup_hierarchy=1")]
+    NoCgroup2,
+}
+
+/// What the loader needs from the environment.
+pub struct Environment {
+    /// Kernel types, for struct offsets.
+    pub btf: Btf,
+    /// Root of the cgroup v2 hierarchy.
+    pub cgroup2_root: PathBuf,
+    /// `uname -r`.
+    pub kernel: String,
+}
+
+/// Runs every check, in the order a user would fix them.
+pub fn check() -> Result<Environment, PreflightError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(PreflightError::NotRoot);
+    }
+    let kernel = kernel_release();
+    if let Some((major, minor)) = parse_version(&kernel) {
+        if (major, minor) < (6, 3) {
+            return Err(PreflightError::KernelTooOld { found: kernel });
+        }
+    }
+    let btf = match Btf::from_sys() {
+        Ok(parsed) => parsed?,
+        Err(_) => return Err(PreflightError::NoBtf),
+    };
+    ensure_tracefs()?;
+    let cgroup2_root = cgroup2_root(&std::fs::read_to_string("/proc/mounts").unwrap_or_default())
+        .ok_or(PreflightError::NoCgroup2)?;
+    Ok(Environment {
+        btf,
+        cgroup2_root,
+        kernel,
+    })
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// `6.18.44-foo` -> (6, 18).
+pub fn parse_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// tracefs must be mounted for aya to find tracepoint ids; mount it when it
+/// is not (idempotent).
+fn ensure_tracefs() -> Result<(), PreflightError> {
+    let candidates = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+    if candidates
+        .iter()
+        .any(|p| Path::new(p).join("events").is_dir())
+    {
+        return Ok(());
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: valid NUL-terminated strings; null data is allowed.
+    let r = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(PreflightError::NoTracefs(
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    tracing::info!("mounted tracefs on /sys/kernel/tracing");
+    Ok(())
+}
+
+/// The first cgroup2 mount in /proc/mounts (e.g. /sys/fs/cgroup or, on
+/// hybrid hosts, /sys/fs/cgroup/unified).
+pub fn cgroup2_root(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_dev, path, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(path))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(parse_version("5.10.0-28-amd64"), Some((5, 10)));
+        assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_and_unified_layouts() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_root(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+        assert_eq!(cgroup2_root(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(cgroup2_root("proc /proc proc rw 0 0\n"), None);
+    }
+}
