@@ -1,1 +1,485 @@
-//! placeholder
+//! Harness for the end-to-end tests: starts the real agent binary and real
+//! servers and clients (nginx, curl, Python), and reads what the agent printed.
+//!
+//! These tests need root. They skip only when not root AND not in CI
+//! (`CI=true`); in CI a missing privilege or tool is a failure.
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// One root test at a time per test binary: agents and servers share the
+/// host, and timing assertions need a quiet machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Returns a guard to hold for the test, or None when the test must skip
+/// (not root and not in CI). Panics in CI without root.
+pub fn root_test(name: &str) -> Option<MutexGuard<'static, ()>> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{name}: end-to-end tests must run as root in CI");
+        }
+        eprintln!("SKIP {name}: needs root (and not in CI)");
+        return None;
+    }
+    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The agent binary of the same build profile as this test binary.
+pub fn tracer_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TRACER_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test> -> target/<profile>/tracer
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("tracer");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the agent first (`cargo build --release -p tracer`, which scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The Python with the test packages (grpcio, opentelemetry-proto), made by
+/// scripts/setup; falls back to the system python3.
+pub fn python() -> PathBuf {
+    let venv = workspace().join("target/pyenv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("/usr/bin/python3")
+    }
+}
+
+/// A script under tests/py/.
+pub fn py_script(name: &str) -> PathBuf {
+    workspace().join("tests/py").join(name)
+}
+
+/// Checks that an external program exists, with a hint to run setup.
+pub fn require_tool(tool: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "{tool} is not installed: run scripts/setup");
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts on 127.0.0.1:port.
+pub fn wait_port(port: u16, timeout: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on port {port} after {timeout:?}");
+}
+
+/// A running agent.
+pub struct Agent {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: std::sync::Arc<Mutex<String>>,
+    /// Ids of the programs the agent loaded (from its start-up log).
+    pub program_ids: Vec<u32>,
+}
+
+/// What the agent printed once it exited.
+pub struct AgentOutput {
+    /// stdout lines.
+    pub lines: Vec<String>,
+    /// All of stderr.
+    pub stderr: String,
+    /// Exit status code.
+    pub code: Option<i32>,
+}
+
+impl AgentOutput {
+    /// stdout lines parsed as JSON (panics on a line that is not JSON).
+    pub fn json(&self) -> Vec<Value> {
+        self.lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// The value of `name=N` in the exit counters line.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.contains("tracer: counters:"))?;
+        line.split([' ', ';'])
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    }
+}
+
+impl Agent {
+    /// Starts `tracer run ARGS` and waits until it reports it is attached.
+    pub fn start(args: &[&str]) -> Agent {
+        let mut child = Command::new(tracer_bin())
+            .arg("run")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the agent");
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(err);
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if line.contains("attached: capturing") {
+                    let _ = ready_tx.send(line.clone());
+                }
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+            let _ = ready_tx.send(String::new());
+        });
+        let ready = ready_rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_default();
+        if ready.is_empty() {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("agent did not attach; stderr:\n{}", stderr.lock().unwrap());
+        }
+        let program_ids = ready
+            .split("programs=[")
+            .nth(1)
+            .and_then(|s| s.split(']').next())
+            .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_default();
+        Agent {
+            child,
+            stdout: rx,
+            stderr,
+            program_ids,
+        }
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lines printed so far (non-blocking).
+    pub fn lines_so_far(&self) -> Vec<String> {
+        self.stdout.try_iter().collect()
+    }
+
+    /// Sends SIGINT, waits for the exit and returns everything printed.
+    /// `settle` lets the last records drain first.
+    pub fn stop(mut self, settle: Duration) -> AgentOutput {
+        std::thread::sleep(settle);
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                panic!("agent did not exit within 30 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut lines = Vec::new();
+        while let Ok(l) = self.stdout.recv_timeout(Duration::from_secs(2)) {
+            lines.push(l);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let stderr = self.stderr.lock().unwrap().clone();
+        AgentOutput {
+            lines,
+            stderr,
+            code: status.code(),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real nginx with its own prefix directory, killed on drop.
+pub struct Nginx {
+    master: Child,
+    /// Its directory (config, logs, document root at `root/`).
+    pub dir: tempdir::TempDir,
+    /// Listening port.
+    pub port: u16,
+}
+
+/// Minimal temp-dir handling, removed on drop.
+pub mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    /// A directory removed on drop.
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        /// Creates a fresh directory under the system temp dir.
+        pub fn new(prefix: &str) -> TempDir {
+            let base = std::env::temp_dir();
+            for i in 0..1000u32 {
+                let p = base.join(format!("{prefix}-{}-{i}", std::process::id()));
+                if std::fs::create_dir(&p).is_ok() {
+                    return TempDir(p);
+                }
+            }
+            panic!("cannot create a temp dir under {}", base.display());
+        }
+
+        /// Its path.
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Nginx {
+    /// Starts nginx (one worker, master in the foreground) with `http_body`
+    /// inside its `http {}` block; `{port}` and `{root}` are substituted.
+    pub fn start(http_body: &str) -> Nginx {
+        require_tool("nginx");
+        let dir = tempdir::TempDir::new("tracer-nginx");
+        let port = free_port();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let body = http_body
+            .replace("{port}", &port.to_string())
+            .replace("{root}", &root.display().to_string());
+        let conf = format!(
+            "worker_processes 1;\nerror_log {d}/logs/error.log;\npid {d}/nginx.pid;\ndaemon off;\nuser root;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n \
+             fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             default_type application/octet-stream;\n{body}\n}}\n",
+            d = dir.path().display()
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let master = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting nginx");
+        let n = Nginx { master, dir, port };
+        wait_port(port, Duration::from_secs(10));
+        n
+    }
+
+    /// Document root.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// Pid of the master.
+    pub fn master_pid(&self) -> u32 {
+        self.master.id()
+    }
+
+    /// Pids of the worker processes.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        children_of(self.master.id())
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our child; SIGQUIT is nginx's graceful stop.
+        unsafe { libc::kill(self.master.id() as i32, libc::SIGTERM) };
+        let _ = self.master.wait();
+    }
+}
+
+/// Direct children of a process (from /proc).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let ppid: Option<u32> = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Runs a command to completion, returning stdout; panics with stderr on failure.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A spawned child with stdout read line by line.
+pub struct Spawned {
+    /// The child.
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Spawned {
+    /// Spawns with piped stdin/stdout.
+    pub fn new(cmd: &mut Command) -> Spawned {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Spawned { child, lines: rx }
+    }
+
+    /// Next stdout line, waiting up to `timeout`.
+    pub fn line(&self, timeout: Duration) -> String {
+        self.lines
+            .recv_timeout(timeout)
+            .expect("child printed nothing in time")
+    }
+
+    /// Writes a line to the child's stdin.
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for the exit and returns the remaining stdout lines.
+    pub fn finish(mut self) -> Vec<String> {
+        drop(self.child.stdin.take());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "child failed: {status}");
+        self.lines.try_iter().collect()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads a whole file as a string (empty when missing).
+pub fn read_to_string(p: impl AsRef<Path>) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(p) {
+        let _ = f.read_to_string(&mut s);
+    }
+    s
+}
+
+/// JSON helpers for event lines.
+pub mod ev {
+    use serde_json::Value;
+
+    /// String field.
+    pub fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+        v.get(k).and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// Number field.
+    pub fn n(v: &Value, k: &str) -> u64 {
+        v.get(k).and_then(Value::as_u64).unwrap_or(0)
+    }
+
+    /// Port of an "addr:port" field.
+    pub fn port(v: &Value, k: &str) -> u16 {
+        s(v, k)
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+}

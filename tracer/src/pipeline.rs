@@ -115,6 +115,7 @@ async fn event_loop<S: Sink>(cfg: &RunConfig, kernel: &mut Kernel, sink: &mut S)
     tokio::pin!(deadline);
 
     tracing::info!(
+        programs = ?kernel.program_ids(),
         snap_len = cfg.kernel.snap_len,
         capture = cfg.kernel.enabled,
         "attached: capturing TCP traffic on this host"
