@@ -273,7 +273,7 @@ fn file_and_pipe_io_produce_no_events() {
         return;
     };
     let agent = Agent::start(&["--output", "json"]);
-    let mut p = Spawned::new(Command::new(python()).arg(py_script("fileio.py")));
+    let p = Spawned::new(Command::new(python()).arg(py_script("fileio.py")));
     let pid: u64 = p.line(Duration::from_secs(10)).trim().parse().unwrap();
     assert_eq!(p.line(Duration::from_secs(120)), "done");
     p.finish();

@@ -28,7 +28,11 @@ pub enum Command {
     Run(RunArgs),
     /// Check that this machine can run the agent (root, BTF, kernel version,
     /// tracefs, cgroup v2) and exit.
-    Check,
+    Check {
+        /// cgroup v2 directory to check instead of the first cgroup2 mount.
+        #[arg(long, value_name = "DIR", env = "TRACER_CGROUP_ROOT")]
+        cgroup_root: Option<std::path::PathBuf>,
+    },
 }
 
 /// What `run` prints on stdout.
@@ -104,6 +108,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub stats_interval: u64,
 
+    /// cgroup v2 directory to attach the packet capture to (default: the
+    /// first cgroup2 mount in /proc/mounts). In a container, point it at the
+    /// host's hierarchy mounted in, e.g. /host/sys/fs/cgroup.
+    #[arg(long, value_name = "DIR", env = "TRACER_CGROUP_ROOT")]
+    pub cgroup_root: Option<std::path::PathBuf>,
+
     /// Exit after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
@@ -152,6 +162,8 @@ pub struct RunConfig {
     pub stats_interval: Option<Duration>,
     /// Stop after.
     pub duration: Option<Duration>,
+    /// cgroup v2 root override.
+    pub cgroup_root: Option<std::path::PathBuf>,
 }
 
 impl RunArgs {
@@ -211,6 +223,7 @@ impl RunArgs {
             stats_interval: (self.stats_interval > 0)
                 .then(|| Duration::from_secs(self.stats_interval)),
             duration,
+            cgroup_root: self.cgroup_root,
         })
     }
 }

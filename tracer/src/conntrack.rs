@@ -315,7 +315,7 @@ impl Conns {
 
     /// Stream counters summed over live and removed connections.
     pub fn stream_counters(&self) -> StreamCounters {
-        let mut total = self.retired.clone();
+        let mut total = self.retired;
         for conn in self.conns.values() {
             for s in &conn.streams {
                 add_counters(&mut total, s.counters());

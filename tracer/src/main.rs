@@ -35,8 +35,8 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Check => {
-            let env = preflight::check()?;
+        Command::Check { cgroup_root } => {
+            let env = preflight::check(cgroup_root.as_deref())?;
             println!(
                 "ok: kernel {}, BTF present, tracefs mounted, cgroup v2 at {}",
                 env.kernel,
@@ -46,7 +46,7 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Command::Run(args) => {
             let cfg = args.resolve()?;
-            let env = preflight::check()?;
+            let env = preflight::check(cfg.cgroup_root.as_deref())?;
             let kernel = kernel::Kernel::load(&cfg.kernel, &env.btf, &env.cgroup2_root)?;
             pipeline::run(cfg, kernel)
         }

@@ -10,8 +10,8 @@ use crate::btf::{Btf, BtfError};
 #[derive(Debug, Error)]
 pub enum PreflightError {
     /// Not root (or lacking the capabilities).
-    #[error("the agent needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN): run it with sudo")]
-    NotRoot,
+    #[error("the agent needs root (missing capabilities: {0}): run it with sudo, or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN")]
+    NotRoot(String),
     /// No /sys/kernel/btf/vmlinux.
     #[error("kernel BTF is missing (/sys/kernel/btf/vmlinux): use a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
     NoBtf,
@@ -30,6 +30,9 @@ pub enum PreflightError {
     /// No cgroup v2 hierarchy.
     #[error("no cgroup v2 hierarchy is mounted: mount one (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or boot with systemd.unified_cgroup_hierarchy=1")]
     NoCgroup2,
+    /// --cgroup-root is not a cgroup v2 directory.
+    #[error("--cgroup-root {0} is not a cgroup v2 directory (no cgroup.procs in it)")]
+    BadCgroupRoot(String),
 }
 
 /// What the loader needs from the environment.
@@ -42,11 +45,32 @@ pub struct Environment {
     pub kernel: String,
 }
 
-/// Runs every check, in the order a user would fix them.
-pub fn check() -> Result<Environment, PreflightError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(PreflightError::NotRoot);
+/// Capabilities the programs need: loading tracing programs and reading
+/// kernel memory (BPF, PERFMON), attaching to the root cgroup (NET_ADMIN).
+const REQUIRED_CAPS: [(u32, &str); 3] =
+    [(39, "CAP_BPF"), (38, "CAP_PERFMON"), (12, "CAP_NET_ADMIN")];
+
+/// Names of the required capabilities missing from a `CapEff:` hex mask.
+pub fn missing_caps(cap_eff_hex: &str) -> Vec<&'static str> {
+    let mask = u64::from_str_radix(cap_eff_hex.trim(), 16).unwrap_or(0);
+    REQUIRED_CAPS
+        .iter()
+        .filter(|(bit, _)| mask & (1 << bit) == 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+/// Runs every check, in the order a user would fix them. `cgroup_root`
+/// overrides the cgroup v2 mount found in /proc/mounts.
+pub fn check(cgroup_root: Option<&Path>) -> Result<Environment, PreflightError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap_or("0");
+    let missing = missing_caps(cap_eff);
+    if !missing.is_empty() {
+        return Err(PreflightError::NotRoot(missing.join(", ")));
     }
     let kernel = kernel_release();
     if let Some((major, minor)) = parse_version(&kernel) {
@@ -59,8 +83,12 @@ pub fn check() -> Result<Environment, PreflightError> {
         Err(_) => return Err(PreflightError::NoBtf),
     };
     ensure_tracefs()?;
-    let cgroup2_root = cgroup2_root(&std::fs::read_to_string("/proc/mounts").unwrap_or_default())
-        .ok_or(PreflightError::NoCgroup2)?;
+    let cgroup2_root = match cgroup_root {
+        Some(p) if p.join("cgroup.procs").exists() => p.to_path_buf(),
+        Some(p) => return Err(PreflightError::BadCgroupRoot(p.display().to_string())),
+        None => cgroup2_root(&std::fs::read_to_string("/proc/mounts").unwrap_or_default())
+            .ok_or(PreflightError::NoCgroup2)?,
+    };
     Ok(Environment {
         btf,
         cgroup2_root,
@@ -123,6 +151,16 @@ pub fn cgroup2_root(mounts: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capabilities() {
+        assert!(missing_caps("000001ffffffffff").is_empty());
+        assert_eq!(
+            missing_caps("0000000000000000"),
+            ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]
+        );
+        assert_eq!(missing_caps("000000c000000000"), ["CAP_NET_ADMIN"]);
+    }
 
     #[test]
     fn versions() {

@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Overhead of the agent on a real server, A/B interleaved in one run.
+
+wrk (keep-alive, small static file) against nginx, for each nginx
+worker setting, in three conditions per round, their order rotated every
+round: no agent; the agent's programs attached but returning at once
+(--hooks-only: the floor of this design); the agent capturing everything.
+Prints requests/s, the ratio to no agent (median of the per-round ratios),
+p99 latency, the agent's CPU per request and its peak RSS; then the cost per
+call of a tight file write loop and socket write loop with and without the
+agent.
+
+Run as root from the repository:  sudo bench/overhead.py [--pairs 5]
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRACER = os.path.join(ROOT, "target", "release", "tracer")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("nginx did not start on port %d" % port)
+
+
+class Nginx:
+    def __init__(self, workers):
+        self.dir = tempfile.mkdtemp(prefix="bench-nginx-")
+        self.port = free_port()
+        root = os.path.join(self.dir, "root")
+        os.makedirs(root)
+        os.makedirs(os.path.join(self.dir, "logs"))
+        with open(os.path.join(root, "index.html"), "w") as f:
+            f.write("<html><body>" + "hello " * 100 + "</body></html>\n")
+        conf = os.path.join(self.dir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write("""worker_processes %s;
+error_log %s/logs/error.log;
+pid %s/nginx.pid;
+daemon off;
+user root;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:%d; root %s; }
+}
+""" % (workers, self.dir, self.dir, self.port, root))
+        self.proc = subprocess.Popen(["nginx", "-p", self.dir, "-c", conf],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Agent:
+    def __init__(self, args):
+        self.proc = subprocess.Popen([TRACER, "run", "--print", "none"] + args,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     env=dict(os.environ, NO_COLOR="1", RUST_LOG="info"), text=True)
+        for line in self.proc.stderr:
+            if "attached: capturing" in line:
+                break
+        else:
+            raise SystemExit("agent failed to start")
+        self.stderr = ""
+
+    def cpu_seconds(self):
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def peak_rss_kib(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.stderr = self.proc.stderr.read()
+        self.proc.wait()
+        m = re.search(r"tracer: counters: (.*)", self.stderr)
+        return m.group(1) if m else ""
+
+
+def wrk(port, seconds, conns):
+    out = subprocess.run(["wrk", "-t2", "-c%d" % conns, "-d%ds" % seconds, "--latency",
+                          "http://127.0.0.1:%d/index.html" % port],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
+    return rps, total, float(p99.group(1)) * scale
+
+
+CONDITIONS = [("none", None), ("hooks-only", ["--hooks-only"]), ("full", [])]
+
+
+def run_server_bench(workers, pairs, seconds, conns):
+    nginx = Nginx(workers)
+    try:
+        wrk(nginx.port, 2, conns)  # warm-up
+        results = {name: [] for name, _ in CONDITIONS}
+        drops = []
+        for r in range(pairs):
+            order = CONDITIONS[r % 3:] + CONDITIONS[:r % 3]
+            for name, args in order:
+                agent = Agent(args) if args is not None else None
+                cpu0 = agent.cpu_seconds() if agent else 0
+                rps, total, p99 = wrk(nginx.port, seconds, conns)
+                cpu = (agent.cpu_seconds() - cpu0) if agent else 0
+                rss = agent.peak_rss_kib() if agent else 0
+                if agent:
+                    counters = agent.stop()
+                    if name == "full":
+                        d = sum(int(x) for x in re.findall(r"ring_full_\w+=(\d+)", counters))
+                        drops.append(d)
+                results[name].append({"rps": rps, "total": total, "p99": p99, "cpu": cpu, "rss": rss})
+                print("  workers=%s round %d %-10s %9.0f req/s  p99 %7.2f ms" % (workers, r + 1, name, rps, p99),
+                      flush=True)
+        print("\nnginx worker_processes %s, wrk -t2 -c%d, %d s per run, %d rounds" % (workers, conns, seconds, pairs))
+        print("%-11s %12s %16s %12s %18s %14s" % ("condition", "req/s (med)", "ratio (med, IQR)", "p99 ms", "agent CPU/req", "agent peak RSS"))
+        base = results["none"]
+        for name, _ in CONDITIONS:
+            rows = results[name]
+            ratios = [row["rps"] / b["rps"] for row, b in zip(rows, base)]
+            q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+            cpu_per_req = statistics.median(row["cpu"] / row["total"] * 1e6 for row in rows)
+            print("%-11s %12.0f %9.3f [%.2f-%.2f] %12.2f %15.2f us %11.1f MiB" % (
+                name, statistics.median(r["rps"] for r in rows), statistics.median(ratios), q[0], q[2],
+                statistics.median(r["p99"] for r in rows), cpu_per_req,
+                max(r["rss"] for r in rows) / 1024))
+        full = [f["rps"] / h["rps"] for f, h in zip(results["full"], results["hooks-only"])]
+        print("full / hooks-only floor: %.3f (median of rounds)" % statistics.median(full))
+        print("ring-buffer drops in full runs: %s" % drops)
+    finally:
+        nginx.stop()
+
+
+def run_writeloop(pairs, calls):
+    exe = os.path.join(ROOT, "target", "bench", "writeloop")
+    os.makedirs(os.path.dirname(exe), exist_ok=True)
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", exe, os.path.join(ROOT, "bench", "writeloop.c")], check=True)
+    res = {(k, a): [] for k in ("file", "socket") for a in (False, True)}
+    for r in range(pairs):
+        for with_agent in ([False, True] if r % 2 == 0 else [True, False]):
+            agent = Agent([]) if with_agent else None
+            for kind in ("file", "socket"):
+                out = subprocess.run([exe, kind, str(calls)], capture_output=True, text=True, check=True).stdout
+                res[(kind, with_agent)].append(float(out))
+            if agent:
+                agent.stop()
+    print("\ntight write loop, 64-byte writes, %d calls, %d rounds (ns per call, median)" % (calls, pairs))
+    for kind in ("file", "socket"):
+        a, b = statistics.median(res[(kind, False)]), statistics.median(res[(kind, True)])
+        print("  %-6s without agent %8.1f   with agent %8.1f   added %+7.1f ns" % (kind, a, b, b - a))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=5, help="rounds of the three conditions (default 5)")
+    ap.add_argument("--seconds", type=int, default=5, help="wrk duration per run (default 5)")
+    ap.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
+    ap.add_argument("--workers", default="1,auto", help="nginx worker_processes settings (default 1,auto)")
+    ap.add_argument("--calls", type=int, default=500000, help="calls per write loop (default 500000)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (the agent attaches eBPF programs)")
+    for tool in ("nginx", "wrk", "gcc"):
+        if not shutil.which(tool):
+            raise SystemExit("%s missing: run scripts/setup" % tool)
+    if not os.path.exists(TRACER):
+        subprocess.run(["cargo", "build", "--release", "-p", "tracer"], cwd=ROOT, check=True)
+    for w in args.workers.split(","):
+        run_server_bench(w, args.pairs, args.seconds, args.connections)
+    run_writeloop(args.pairs, args.calls)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
