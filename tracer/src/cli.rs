@@ -90,9 +90,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     pub ring_buffer_size: u32,
 
-    /// Pending ring-buffer bytes at which the kernel wakes the agent early;
-    /// below that the agent drains every --drain-interval.
-    #[arg(long, value_name = "BYTES", default_value_t = 512 << 10)]
+    /// Bytes each CPU writes to the ring buffer before it wakes the agent;
+    /// in between, the agent drains every --drain-interval-ms. Batching the
+    /// wake-ups is what keeps the capture cheap.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 10)]
     pub wakeup_bytes: u64,
 
     /// How often the agent drains the ring buffer, in milliseconds.
