@@ -63,7 +63,11 @@ fn text(v: &[u8], max: usize) -> String {
 /// FNV-1a over method, a separator and target.
 pub(crate) fn fingerprint(method: &str, target: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in method.bytes().chain(std::iter::once(0)).chain(target.bytes()) {
+    for b in method
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(target.bytes())
+    {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -241,7 +245,9 @@ fn forwarded_client(req: &Request, max: usize) -> Option<String> {
         if let Some((k, val)) = pair.trim().split_once('=') {
             if k.eq_ignore_ascii_case("for") {
                 let val = val.trim().trim_matches('"');
-                let val = val.strip_prefix('[').map_or(val, |v| v.split(']').next().unwrap_or(v));
+                let val = val
+                    .strip_prefix('[')
+                    .map_or(val, |v| v.split(']').next().unwrap_or(v));
                 if !val.is_empty() {
                     return Some(clip(val.to_string(), max));
                 }
@@ -344,8 +350,14 @@ pub(crate) fn request_facts(
         }
     }
     if let Some((_, remote)) = addrs {
-        attrs.push(("network.peer.address", AttrValue::Str(ip_string(remote.ip()))));
-        attrs.push(("network.peer.port", AttrValue::Int(i64::from(remote.port()))));
+        attrs.push((
+            "network.peer.address",
+            AttrValue::Str(ip_string(remote.ip())),
+        ));
+        attrs.push((
+            "network.peer.port",
+            AttrValue::Int(i64::from(remote.port())),
+        ));
     }
     if let Some(ua) = header_value(&req.headers, "user-agent") {
         attrs.push(("user_agent.original", AttrValue::Str(text(ua, max))));
@@ -361,7 +373,10 @@ pub(crate) fn request_facts(
     if grpc {
         attrs.push(("rpc.system", AttrValue::Str("grpc".into())));
         if let Some((service, method)) = target.path.and_then(grpc_path) {
-            attrs.push(("rpc.service", AttrValue::Str(clip(service.to_string(), max))));
+            attrs.push((
+                "rpc.service",
+                AttrValue::Str(clip(service.to_string(), max)),
+            ));
             attrs.push(("rpc.method", AttrValue::Str(clip(method.to_string(), max))));
             name = Some(format!("{service}/{method}"));
         }
@@ -440,10 +455,7 @@ mod tests {
             ("/users/123", "/users/{id}"),
             ("/users/123/orders/", "/users/{id}/orders/"),
             ("/v1/items", "/v1/items"),
-            (
-                "/o/550e8400-e29b-41d4-a716-446655440000",
-                "/o/{id}",
-            ),
+            ("/o/550e8400-e29b-41d4-a716-446655440000", "/o/{id}"),
             ("/blob/5f2b8c1e9a7d3f60", "/blob/{id}"),
             ("/blob/deadbeefdeadbeef", "/blob/deadbeefdeadbeef"),
             ("/t/AbCdEf0123456789_xyz-Q", "/t/{id}"),
@@ -461,15 +473,27 @@ mod tests {
     fn targets() {
         assert_eq!(
             split_target("/a/b?x=1&y=2#frag"),
-            Target { path: Some("/a/b"), query: Some("x=1&y=2"), authority: None }
+            Target {
+                path: Some("/a/b"),
+                query: Some("x=1&y=2"),
+                authority: None
+            }
         );
         assert_eq!(
             split_target("http://user:pw@example.com:8080?q=1"),
-            Target { path: Some("/"), query: Some("q=1"), authority: Some("example.com:8080") }
+            Target {
+                path: Some("/"),
+                query: Some("q=1"),
+                authority: Some("example.com:8080")
+            }
         );
         assert_eq!(
             split_target("example.com:443"),
-            Target { path: None, query: None, authority: Some("example.com:443") }
+            Target {
+                path: None,
+                query: None,
+                authority: Some("example.com:443")
+            }
         );
         assert_eq!(split_target("*").path, Some("*"));
     }
@@ -490,7 +514,8 @@ mod tests {
 
     #[test]
     fn authority_table() {
-        let cases: [(&str, Option<(&str, Option<u16>)>); 7] = [
+        type Want<'a> = Option<(&'a str, Option<u16>)>;
+        let cases: [(&str, Want); 7] = [
             ("example.com", Some(("example.com", None))),
             ("example.com:8080", Some(("example.com", Some(8080)))),
             ("[::1]:9000", Some(("::1", Some(9000)))),
@@ -501,11 +526,7 @@ mod tests {
         ];
         for (a, want) in cases {
             let got = parse_authority(a);
-            assert_eq!(
-                got.as_ref().map(|(h, p)| (h.as_str(), *p)),
-                want,
-                "{a}"
-            );
+            assert_eq!(got.as_ref().map(|(h, p)| (h.as_str(), *p)), want, "{a}");
         }
     }
 

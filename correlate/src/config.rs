@@ -29,8 +29,10 @@ pub struct Config {
     /// Maximum threads in the in-progress index.
     pub max_threads: usize,
     /// Maximum server spans remembered per thread (in progress or recently
-    /// finished). Losing an in-progress one makes that thread ambiguous for
-    /// rule 4 for a while rather than risk a wrong parent.
+    /// finished; an event loop at R requests/s needs about
+    /// R × (`window_ns` + request duration)). Losing one makes that thread
+    /// ambiguous for rule 4 at the instants it covered, rather than risk a
+    /// wrong parent.
     pub max_server_spans_per_thread: usize,
     /// Header names (case-insensitive) whose values tie spans of one
     /// request together (rule 5), e.g. `x-request-id`.
@@ -55,7 +57,7 @@ impl Default for Config {
             max_outstanding_per_conn: 64,
             max_spans: 262_144,
             max_threads: 65_536,
-            max_server_spans_per_thread: 4_096,
+            max_server_spans_per_thread: 16_384,
             request_id_headers: vec!["x-request-id".to_string()],
             redact_query: true,
             nat_matching: true,
@@ -77,6 +79,8 @@ pub struct Counters {
     pub unmatched_response: u64,
     /// Requests ended by the connection closing before their response.
     pub closed_before_response: u64,
+    /// Requests ended by [`crate::Correlator::conn_reset`] (stream gaps).
+    pub reset_outstanding: u64,
     /// Requests ended because a connection had too many outstanding.
     pub outstanding_overflow: u64,
     /// Connections evicted at `max_connections`.

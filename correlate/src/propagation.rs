@@ -100,12 +100,14 @@ pub(crate) fn extract(headers: &[Header], counters: &mut Counters) -> Option<Hea
                 parse_b3_span_id(trim_ows(s)),
                 flags,
             ) {
-                (Some(trace_id), Some(parent_id), Some(flags)) if parent_ok => Some(HeaderContext {
-                    trace_id,
-                    parent_id,
-                    flags,
-                    trace_state: None,
-                }),
+                (Some(trace_id), Some(parent_id), Some(flags)) if parent_ok => {
+                    Some(HeaderContext {
+                        trace_id,
+                        parent_id,
+                        flags,
+                        trace_state: None,
+                    })
+                }
                 _ => {
                     counters.invalid_b3 += 1;
                     None
@@ -253,7 +255,8 @@ fn parse_b3_single(v: &[u8]) -> B3 {
     if parts.len() < 2 || parts.len() > 4 {
         return B3::Invalid;
     }
-    let (Some(trace_id), Some(parent_id)) = (parse_b3_trace_id(parts[0]), parse_b3_span_id(parts[1]))
+    let (Some(trace_id), Some(parent_id)) =
+        (parse_b3_trace_id(parts[0]), parse_b3_span_id(parts[1]))
     else {
         return B3::Invalid;
     };
@@ -315,17 +318,50 @@ mod tests {
     fn traceparent_table() {
         let cases: &[(&str, bool)] = &[
             (TP, true),
-            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", true),
-            ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", false),
-            ("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", false),
-            ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", false),
-            ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", false),
-            ("00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01", false),
-            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", false),
-            ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz", true),
-            ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01xyz", false),
-            ("00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", false),
-            ("0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", false),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+                true,
+            ),
+            (
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                false,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                false,
+            ),
+            (
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                false,
+            ),
+            (
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                false,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+                false,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+                false,
+            ),
+            (
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz",
+                true,
+            ),
+            (
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01xyz",
+                false,
+            ),
+            (
+                "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                false,
+            ),
+            (
+                "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                false,
+            ),
             ("", false),
             ("garbage", false),
         ];
@@ -378,7 +414,10 @@ mod tests {
         let mut c = Counters::default();
         let hs = h(&[
             ("traceparent", "00-xyz"),
-            ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90"),
+            (
+                "b3",
+                "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+            ),
         ]);
         let ctx = extract(&hs, &mut c).unwrap();
         assert_eq!(ctx.trace_id.to_string(), "80f198ee56343ba864fe8b2a57d3eff7");
@@ -389,7 +428,8 @@ mod tests {
     #[test]
     fn b3_single_table() {
         // (value, Some(trace hex, span hex, flags)) or None = invalid, "s" = sampling only
-        let cases: &[(&str, Option<(&str, &str, u8)>, bool)] = &[
+        type Want<'a> = Option<(&'a str, &'a str, u8)>;
+        let cases: &[(&str, Want, bool)] = &[
             (
                 "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1",
                 Some(("80f198ee56343ba864fe8b2a57d3eff7", "e457b5a2e4d86bd1", 1)),
@@ -419,7 +459,11 @@ mod tests {
             ("64fe8b2a57d3eff7-0000000000000000", None, true),
             ("64fe8b2a57d3eff-e457b5a2e4d86bd1", None, true),
             ("64fe8b2a57d3eff7-e457b5a2e4d86bd1-1-zz", None, true),
-            ("64fe8b2a57d3eff7-e457b5a2e4d86bd1-1-e457b5a2e4d86bd1-9", None, true),
+            (
+                "64fe8b2a57d3eff7-e457b5a2e4d86bd1-1-e457b5a2e4d86bd1-9",
+                None,
+                true,
+            ),
         ];
         for (v, want, invalid) in cases {
             let mut c = Counters::default();
@@ -451,7 +495,11 @@ mod tests {
         assert_eq!(g.parent_id.to_string(), "a2fb4a1d1a96d312");
         assert_eq!(g.flags, 1);
 
-        let short = [("x-b3-traceid", "48485a3953bb6124"), ("x-b3-spanid", "a2fb4a1d1a96d312"), ("x-b3-sampled", "0")];
+        let short = [
+            ("x-b3-traceid", "48485a3953bb6124"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-sampled", "0"),
+        ];
         let g = extract(&h(&short), &mut c).unwrap();
         assert_eq!(g.trace_id.to_string(), "000000000000000048485a3953bb6124");
         assert_eq!(g.flags, 0);
@@ -459,11 +507,28 @@ mod tests {
         let bad: &[&[(&str, &str)]] = &[
             &[("x-b3-traceid", "48485a3953bb6124")],
             &[("x-b3-spanid", "a2fb4a1d1a96d312")],
-            &[("x-b3-traceid", "zz485a3953bb6124"), ("x-b3-spanid", "a2fb4a1d1a96d312")],
-            &[("x-b3-traceid", "00000000000000000000000000000000"), ("x-b3-spanid", "a2fb4a1d1a96d312")],
-            &[("x-b3-traceid", "48485a3953bb6124"), ("x-b3-spanid", "a2fb4a1d1a96d3")],
-            &[("x-b3-traceid", "48485a3953bb6124"), ("x-b3-spanid", "a2fb4a1d1a96d312"), ("x-b3-sampled", "maybe")],
-            &[("x-b3-traceid", "48485a3953bb6124"), ("x-b3-spanid", "a2fb4a1d1a96d312"), ("x-b3-parentspanid", "1")],
+            &[
+                ("x-b3-traceid", "zz485a3953bb6124"),
+                ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ],
+            &[
+                ("x-b3-traceid", "00000000000000000000000000000000"),
+                ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ],
+            &[
+                ("x-b3-traceid", "48485a3953bb6124"),
+                ("x-b3-spanid", "a2fb4a1d1a96d3"),
+            ],
+            &[
+                ("x-b3-traceid", "48485a3953bb6124"),
+                ("x-b3-spanid", "a2fb4a1d1a96d312"),
+                ("x-b3-sampled", "maybe"),
+            ],
+            &[
+                ("x-b3-traceid", "48485a3953bb6124"),
+                ("x-b3-spanid", "a2fb4a1d1a96d312"),
+                ("x-b3-parentspanid", "1"),
+            ],
         ];
         for hs in bad {
             let mut c = Counters::default();
@@ -481,7 +546,13 @@ mod tests {
             ("x-request-id", ""),
         ]);
         let ids = request_ids(&hs, &names);
-        assert_eq!(ids, vec!["x-request-id\0abc".to_string(), "x-correlation-id\0abc".to_string()]);
+        assert_eq!(
+            ids,
+            vec![
+                "x-request-id\0abc".to_string(),
+                "x-correlation-id\0abc".to_string()
+            ]
+        );
         let long = "x".repeat(300);
         assert!(request_ids(&h(&[("x-request-id", &long)]), &names).is_empty());
     }

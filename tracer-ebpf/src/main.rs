@@ -9,7 +9,7 @@
 //!   with the 4-tuple.
 //! - `capture_egress` / `capture_ingress` (cgroup_skb on the root cgroup v2):
 //!   one segment record per TCP packet carrying payload, with the first
-//!   `SNAP_LEN` bytes of it.
+//!   `SNAP_LEN` bytes of it; loopback packets are copied once, on egress.
 //!
 //! Everything is keyed by socket cookie. No syscall tracepoint is used, so
 //! file and pipe I/O pay nothing. Records are written without waking the
@@ -35,7 +35,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     ConnState, Dir, DropReason, SegmentHeader, SegmentScratch, SockOp, Tag, AF_INET, AF_INET6,
-    DROP_REASONS, MAX_SNAP_LEN, SNAP_LEN_DEFAULT,
+    DROP_REASONS, LOOPBACK_IFINDEX, MAX_SNAP_LEN, SEG_LOOPBACK, SNAP_LEN_DEFAULT,
 };
 
 // Tunables, set by the agent before load (see tracer_common::globals).
@@ -302,6 +302,13 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
     if global(&ENABLED) == 0 {
         return Ok(());
     }
+    // SAFETY: the context's __sk_buff, readable in cgroup_skb programs.
+    let (ifindex, ingress_ifindex) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
+    // Loopback payloads were already copied on egress (see SEG_LOOPBACK).
+    if dir == Dir::Recv && ingress_ifindex == LOOPBACK_IFINDEX {
+        return Ok(());
+    }
+    let seg_flags = if dir == Dir::Send && ifindex == LOOPBACK_IFINDEX { SEG_LOOPBACK } else { 0 };
     // __sk_buff->protocol is the big-endian ethertype.
     let proto = u16::from_be(ctx.skb.protocol() as u16);
     let mut src = [0u8; 16];
@@ -385,7 +392,8 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
         local_port,
         remote_port,
-        _pad: 0,
+        seg_flags,
+        _pad: [0; 3],
         local_addr,
         remote_addr,
     };

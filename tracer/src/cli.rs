@@ -261,9 +261,10 @@ mod tests {
         assert!(parse(&["--comm", "a-very-long-process-name"])
             .unwrap_err()
             .contains("15"));
-        assert!(parse(&["--duration", "-1"])
+        assert!(parse(&["--duration", "0"])
             .unwrap_err()
             .contains("positive"));
+        assert!(parse(&["--duration=-1"]).unwrap_err().contains("positive"));
         assert!(parse(&["--port", "70000"]).is_err());
     }
 

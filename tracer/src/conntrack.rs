@@ -10,7 +10,10 @@
 use std::{collections::HashMap, net::SocketAddr};
 
 use protocols::stream::{Chunk, OpMeta, StreamCounters, StreamLimits, StreamReassembler};
-use tracer_common::{ConnState, Dir, SegmentHeader, SockOp, AF_INET, AF_INET6};
+use tracer_common::{ConnState, Dir, SegmentHeader, SockOp, AF_INET, AF_INET6, SEG_LOOPBACK};
+
+/// (local, remote) of a socket.
+type TupleKey = (SocketAddr, SocketAddr);
 
 /// Which end of the connection this socket is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,7 +114,27 @@ pub struct ConnCounters {
     pub evicted_full: u64,
     /// Records with an unknown direction byte.
     pub bad_records: u64,
+    /// Loopback packets handed to the receiving socket's stream.
+    pub loopback_mirrored: u64,
+    /// Loopback packets parked until the receiving socket's 4-tuple is known.
+    pub loopback_parked: u64,
+    /// Parked loopback packets dropped: no receiving socket showed up in
+    /// time, or the parking space was full.
+    pub loopback_parked_dropped: u64,
 }
+
+/// A loopback packet waiting for its receiving socket to be known.
+struct Parked {
+    seq: u32,
+    payload_len: u32,
+    data: Vec<u8>,
+    ts_ns: u64,
+}
+
+/// Bound on parked loopback packets (all connections together).
+const MAX_PARKED: usize = 4096;
+/// How long a parked loopback packet waits.
+const PARKED_TTL_NS: u64 = 1_000_000_000;
 
 struct Conn {
     info: ConnInfo,
@@ -128,6 +151,12 @@ const TCP_CLOSE: u8 = 7;
 /// The connection table.
 pub struct Conns {
     conns: HashMap<u64, Conn>,
+    /// Socket by 4-tuple, to find the receiving end of loopback packets.
+    by_tuple: HashMap<TupleKey, u64>,
+    /// Loopback packets whose receiving socket is not known yet, by that
+    /// socket's (local, remote).
+    parked: HashMap<TupleKey, Vec<Parked>>,
+    parked_count: usize,
     limits: ConnLimits,
     counters: ConnCounters,
     /// Stream counters of connections already removed.
@@ -150,10 +179,77 @@ impl Conns {
     pub fn new(limits: ConnLimits) -> Conns {
         Conns {
             conns: HashMap::new(),
+            by_tuple: HashMap::new(),
+            parked: HashMap::new(),
+            parked_count: 0,
             limits,
             counters: ConnCounters::default(),
             retired: StreamCounters::default(),
         }
+    }
+
+    /// Records a socket's 4-tuple and hands it the loopback packets that
+    /// were waiting for it.
+    fn set_tuple(
+        &mut self,
+        cookie: u64,
+        local: SocketAddr,
+        remote: SocketAddr,
+        sink: &mut impl Sink,
+    ) {
+        let Some(conn) = self.conns.get_mut(&cookie) else {
+            return;
+        };
+        if conn.info.local == Some(local) && conn.info.remote == Some(remote) {
+            return;
+        }
+        conn.info.local = Some(local);
+        conn.info.remote = Some(remote);
+        self.by_tuple.insert((local, remote), cookie);
+        if let Some(parked) = self.parked.remove(&(local, remote)) {
+            self.parked_count -= parked.len();
+            let info = &conn.info;
+            let stream = &mut conn.streams[Dir::Recv as usize];
+            for p in parked {
+                stream.push_segment(p.seq, p.payload_len, &p.data, p.ts_ns);
+                self.counters.loopback_mirrored += 1;
+            }
+            stream.poll(conn.last_seen, &mut |c| sink.chunk(info, Dir::Recv, &c));
+        }
+    }
+
+    /// An egress loopback packet is also the receiving socket's ingress
+    /// packet (which the kernel does not copy twice).
+    fn mirror_loopback(
+        &mut self,
+        hdr: &SegmentHeader,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+        sink: &mut impl Sink,
+    ) {
+        let key = (remote, local);
+        if let Some(peer) = self.by_tuple.get(&key).and_then(|c| self.conns.get_mut(c)) {
+            peer.last_seen = hdr.ts_ns;
+            let stream = &mut peer.streams[Dir::Recv as usize];
+            stream.push_segment(hdr.seq, hdr.payload_len, data, hdr.ts_ns);
+            self.counters.loopback_mirrored += 1;
+            let info = &peer.info;
+            stream.poll(hdr.ts_ns, &mut |c| sink.chunk(info, Dir::Recv, &c));
+            return;
+        }
+        if self.parked_count >= MAX_PARKED {
+            self.counters.loopback_parked_dropped += 1;
+            return;
+        }
+        self.parked_count += 1;
+        self.counters.loopback_parked += 1;
+        self.parked.entry(key).or_default().push(Parked {
+            seq: hdr.seq,
+            payload_len: hdr.payload_len,
+            data: data.to_vec(),
+            ts_ns: hdr.ts_ns,
+        });
     }
 
     fn entry(&mut self, cookie: u64, now: u64) -> &mut Conn {
@@ -211,25 +307,27 @@ impl Conns {
             self.counters.bad_records += 1;
             return;
         };
-        let conn = self.entry(hdr.cookie, hdr.ts_ns);
-        if conn.info.local.is_none() {
-            conn.info.local = addr(hdr.family, &hdr.local_addr, hdr.local_port);
-            conn.info.remote = addr(hdr.family, &hdr.remote_addr, hdr.remote_port);
+        let local = addr(hdr.family, &hdr.local_addr, hdr.local_port);
+        let remote = addr(hdr.family, &hdr.remote_addr, hdr.remote_port);
+        let known = self.entry(hdr.cookie, hdr.ts_ns).info.local.is_some();
+        if let (false, Some(l), Some(r)) = (known, local, remote) {
+            self.set_tuple(hdr.cookie, l, r, sink);
         }
+        let conn = self.entry(hdr.cookie, hdr.ts_ns);
         let stream = &mut conn.streams[dir as usize];
         stream.push_segment(hdr.seq, hdr.payload_len, data, hdr.ts_ns);
         let info = &conn.info;
         stream.poll(hdr.ts_ns, &mut |c| sink.chunk(info, dir, &c));
+        if dir == Dir::Send && hdr.seg_flags & SEG_LOOPBACK != 0 {
+            if let (Some(l), Some(r)) = (local, remote) {
+                self.mirror_loopback(hdr, l, r, data, sink);
+            }
+        }
     }
 
     /// A TCP state change.
-    pub fn on_state(&mut self, st: &ConnState) {
+    pub fn on_state(&mut self, st: &ConnState, sink: &mut impl Sink) {
         let conn = self.entry(st.cookie, st.ts_ns);
-        // The local port is 0 until connect() binds one; later changes carry it.
-        if st.local_port != 0 && st.remote_port != 0 {
-            conn.info.local = addr(st.family, &st.local_addr, st.local_port);
-            conn.info.remote = addr(st.family, &st.remote_addr, st.remote_port);
-        }
         match st.new_state {
             TCP_SYN_SENT => {
                 conn.info.role = Role::Client;
@@ -240,6 +338,15 @@ impl Conns {
             TCP_SYN_RECV => conn.info.role = Role::Server,
             TCP_CLOSE => conn.closed_at = Some(st.ts_ns),
             _ => {}
+        }
+        // The local port is 0 until connect() binds one; later changes carry it.
+        if st.local_port != 0 && st.remote_port != 0 {
+            if let (Some(l), Some(r)) = (
+                addr(st.family, &st.local_addr, st.local_port),
+                addr(st.family, &st.remote_addr, st.remote_port),
+            ) {
+                self.set_tuple(st.cookie, l, r, sink);
+            }
         }
     }
 
@@ -271,6 +378,15 @@ impl Conns {
             }
             self.remove(cookie, sink);
         }
+        if self.parked_count > 0 {
+            let before = self.parked_count;
+            self.parked.retain(|_, v| {
+                v.retain(|p| now.saturating_sub(p.ts_ns) < PARKED_TTL_NS);
+                !v.is_empty()
+            });
+            self.parked_count = self.parked.values().map(Vec::len).sum();
+            self.counters.loopback_parked_dropped += (before - self.parked_count) as u64;
+        }
         if self.conns.len() > limits.max_conns {
             let mut by_age: Vec<(u64, u64)> =
                 self.conns.iter().map(|(c, k)| (k.last_seen, *c)).collect();
@@ -285,6 +401,11 @@ impl Conns {
 
     fn remove(&mut self, cookie: u64, sink: &mut impl Sink) {
         if let Some(mut conn) = self.conns.remove(&cookie) {
+            if let (Some(l), Some(r)) = (conn.info.local, conn.info.remote) {
+                if self.by_tuple.get(&(l, r)) == Some(&cookie) {
+                    self.by_tuple.remove(&(l, r));
+                }
+            }
             let info = &conn.info;
             for (i, stream) in conn.streams.iter_mut().enumerate() {
                 let dir = if i == 0 { Dir::Send } else { Dir::Recv };
@@ -342,4 +463,217 @@ fn add_counters(total: &mut StreamCounters, c: &StreamCounters) {
     total.chunks_with_holes += c.chunks_with_holes;
     total.chunks_forced += c.chunks_forced;
     total.records_unplaceable += c.records_unplaceable;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocols::stream::Piece;
+    use tracer_common::Tag;
+
+    #[derive(Default)]
+    struct Collect {
+        got: Vec<(u64, Dir, Option<u32>, Vec<u8>)>,
+        closed: Vec<u64>,
+    }
+
+    impl Sink for Collect {
+        fn chunk(&mut self, conn: &ConnInfo, dir: Dir, chunk: &Chunk<'_>) {
+            let mut data = Vec::new();
+            for p in chunk.pieces {
+                if let Piece::Data(d) = p {
+                    data.extend_from_slice(d);
+                }
+            }
+            self.got
+                .push((conn.cookie, dir, chunk.op.map(|o| o.tid), data));
+        }
+        fn closed(&mut self, conn: &ConnInfo) {
+            self.closed.push(conn.cookie);
+        }
+    }
+
+    const A: u64 = 100; // client socket 127.0.0.1:5000 -> :80
+    const B: u64 = 200; // server socket 127.0.0.1:80 -> :5000
+
+    fn v4(port: u16) -> ([u8; 16], u16) {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[127, 0, 0, 1]);
+        (a, port)
+    }
+
+    fn seg(
+        cookie: u64,
+        dir: Dir,
+        local: u16,
+        remote: u16,
+        seq: u32,
+        data: &[u8],
+        ts: u64,
+    ) -> SegmentHeader {
+        SegmentHeader {
+            tag: Tag::Segment as u8,
+            dir: dir as u8,
+            family: AF_INET,
+            tcp_flags: 0x18,
+            seq,
+            payload_len: data.len() as u32,
+            captured_len: data.len() as u32,
+            ts_ns: ts,
+            cookie,
+            local_port: local,
+            remote_port: remote,
+            seg_flags: SEG_LOOPBACK,
+            _pad: [0; 3],
+            local_addr: v4(local).0,
+            remote_addr: v4(remote).0,
+        }
+    }
+
+    fn op(cookie: u64, dir: Dir, seq_end: u32, len: u32, tid: u32, ts: u64) -> SockOp {
+        SockOp {
+            tag: Tag::SockOp as u8,
+            dir: dir as u8,
+            _pad: [0; 2],
+            len,
+            ts_ns: ts,
+            cookie,
+            pid: tid,
+            tid,
+            seq_end,
+            _pad2: 0,
+            comm: [0; 16],
+        }
+    }
+
+    fn state(cookie: u64, new_state: u8, local: u16, remote: u16, ts: u64) -> ConnState {
+        ConnState {
+            tag: Tag::ConnState as u8,
+            family: AF_INET,
+            old_state: 0,
+            new_state,
+            local_port: local,
+            remote_port: remote,
+            ts_ns: ts,
+            cookie,
+            pid: 1,
+            tid: 1,
+            local_addr: v4(local).0,
+            remote_addr: v4(remote).0,
+        }
+    }
+
+    #[test]
+    fn loopback_packet_feeds_both_ends() {
+        let mut t = Conns::new(ConnLimits::default());
+        let mut sink = Collect::default();
+        t.on_state(&state(A, TCP_SYN_SENT, 5000, 80, 1), &mut sink);
+        t.on_state(&state(B, TCP_SYN_RECV, 80, 5000, 2), &mut sink);
+        let req = b"GET / HTTP/1.1\r\n\r\n";
+        t.on_segment(&seg(A, Dir::Send, 5000, 80, 1000, req, 3), req, &mut sink);
+        t.on_op(
+            &op(
+                A,
+                Dir::Send,
+                1000 + req.len() as u32,
+                req.len() as u32,
+                7,
+                4,
+            ),
+            &mut sink,
+        );
+        t.on_op(
+            &op(
+                B,
+                Dir::Recv,
+                1000 + req.len() as u32,
+                req.len() as u32,
+                9,
+                5,
+            ),
+            &mut sink,
+        );
+        assert_eq!(
+            sink.got,
+            vec![
+                (A, Dir::Send, Some(7), req.to_vec()),
+                (B, Dir::Recv, Some(9), req.to_vec())
+            ]
+        );
+        assert_eq!(t.counters().loopback_mirrored, 1);
+        let b = &t.conns[&B].info;
+        assert_eq!(b.role, Role::Server);
+        assert_eq!(b.remote.unwrap().port(), 5000);
+    }
+
+    #[test]
+    fn receiver_learned_later_gets_the_parked_packets() {
+        // A connection open before the agent: no state records.
+        let mut t = Conns::new(ConnLimits::default());
+        let mut sink = Collect::default();
+        let req = b"GET /x HTTP/1.1\r\n\r\n";
+        t.on_segment(&seg(A, Dir::Send, 5000, 80, 10, req, 1), req, &mut sink);
+        t.on_op(
+            &op(B, Dir::Recv, 10 + req.len() as u32, req.len() as u32, 9, 2),
+            &mut sink,
+        );
+        assert_eq!(t.counters().loopback_parked, 1);
+        assert!(
+            sink.got.iter().all(|g| g.0 != B),
+            "B's bytes wait for its tuple"
+        );
+        // B answers: its own egress packet tells its 4-tuple.
+        let resp = b"HTTP/1.1 200 OK\r\n\r\n";
+        t.on_segment(&seg(B, Dir::Send, 80, 5000, 77, resp, 3), resp, &mut sink);
+        assert!(
+            sink.got.contains(&(B, Dir::Recv, Some(9), req.to_vec())),
+            "{:?}",
+            sink.got
+        );
+        // B's answer goes to A's receive side, whose tuple is known.
+        assert_eq!(t.counters().loopback_mirrored, 2);
+    }
+
+    #[test]
+    fn parked_packets_expire_and_are_counted() {
+        let mut t = Conns::new(ConnLimits::default());
+        let mut sink = Collect::default();
+        t.on_segment(
+            &seg(A, Dir::Send, 5000, 80, 10, b"abc", 1),
+            b"abc",
+            &mut sink,
+        );
+        t.sweep(1 + PARKED_TTL_NS, &mut sink);
+        assert_eq!(t.counters().loopback_parked_dropped, 1);
+        assert_eq!(t.parked_count, 0);
+    }
+
+    #[test]
+    fn closed_idle_and_excess_connections_are_removed() {
+        let limits = ConnLimits {
+            max_conns: 2,
+            idle_timeout_ns: 1_000,
+            close_linger_ns: 10,
+            ..ConnLimits::default()
+        };
+        let mut t = Conns::new(limits);
+        let mut sink = Collect::default();
+        t.on_state(&state(A, TCP_SYN_SENT, 5000, 80, 1), &mut sink);
+        t.on_state(&state(A, TCP_CLOSE, 5000, 80, 2), &mut sink);
+        t.sweep(20, &mut sink);
+        assert_eq!(sink.closed, vec![A]);
+        assert_eq!(t.counters().closed, 1);
+        for c in 1..=4 {
+            t.on_state(
+                &state(c, TCP_SYN_SENT, 6000 + c as u16, 80, 100 + c),
+                &mut sink,
+            );
+        }
+        t.sweep(110, &mut sink);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.counters().evicted_full, 2);
+        t.sweep(5_000, &mut sink);
+        assert_eq!(t.len(), 0);
+        assert_eq!(t.counters().evicted_idle, 2);
+    }
 }

@@ -52,7 +52,7 @@ fn drain(
         match Record::parse(&item) {
             Ok(Record::SockOp(op)) => conns.on_op(&op, sink),
             Ok(Record::Segment(hdr, data)) => conns.on_segment(&hdr, data, sink),
-            Ok(Record::ConnState(st)) => conns.on_state(&st),
+            Ok(Record::ConnState(st)) => conns.on_state(&st, sink),
             Err(_) => c.bad_records += 1,
         }
     }
@@ -157,7 +157,8 @@ fn report(kernel: &Kernel, conns: &Conns, reader: &ReaderCounters, last: bool) {
     let s = conns.stream_counters();
     let _ = write!(
         line,
-        "; reader: records={} bad_records={}; connections: live={} opened={} closed={} evicted_idle={} evicted_full={}; \
+        "; reader: records={} bad_records={}; connections: live={} opened={} closed={} evicted_idle={} evicted_full={} \
+         loopback_mirrored={} loopback_parked={} loopback_parked_dropped={}; \
          streams: segments={} ops={} bytes_captured={} bytes_truncated={} bytes_hole={} bytes_unattributed={} \
          bytes_duplicate={} segments_dropped_limit={} ops_dropped_limit={} ops_stale={} ops_without_bytes={}",
         reader.records,
@@ -167,6 +168,9 @@ fn report(kernel: &Kernel, conns: &Conns, reader: &ReaderCounters, last: bool) {
         t.closed,
         t.evicted_idle,
         t.evicted_full,
+        t.loopback_mirrored,
+        t.loopback_parked,
+        t.loopback_parked_dropped,
         s.segments,
         s.ops,
         s.bytes_captured,

@@ -149,13 +149,25 @@ pub struct SegmentHeader {
     pub local_port: u16,
     /// Remote port, host order.
     pub remote_port: u16,
+    /// [`SEG_LOOPBACK`] and future flags.
+    pub seg_flags: u8,
     /// Padding, zero.
-    pub _pad: u32,
+    pub _pad: [u8; 3],
     /// Local address; IPv4 in the first 4 bytes.
     pub local_addr: [u8; 16],
     /// Remote address; IPv4 in the first 4 bytes.
     pub remote_addr: [u8; 16],
 }
+
+/// [`SegmentHeader::seg_flags`]: an egress packet leaving through a loopback
+/// device. Its receiving socket is on this host too, and the ingress program
+/// does not copy loopback packets again: the agent feeds this record to the
+/// receiving socket's stream as well (same TCP sequence numbers at both
+/// ends), which halves the capture work of local traffic.
+pub const SEG_LOOPBACK: u8 = 1;
+
+/// `LOOPBACK_IFINDEX`: the loopback device of every network namespace.
+pub const LOOPBACK_IFINDEX: u32 = 1;
 
 /// Per-CPU scratch buffer of the segment program: a header and the largest
 /// payload prefix, written to the ring buffer as one variable-size record.
@@ -369,7 +381,8 @@ mod tests {
             cookie: 3,
             local_port: 80,
             remote_port: 40000,
-            _pad: 0,
+            seg_flags: SEG_LOOPBACK,
+            _pad: [0; 3],
             local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             remote_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         };

@@ -1,0 +1,595 @@
+//! The correlator: public API, connection tracking and request/response
+//! pairing. Parent decisions and emission live in `resolve.rs`.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+
+use crate::attributes::{request_facts, response_status, Attrs};
+use crate::config::{Config, Counters, IdGen, SplitMix64};
+use crate::index::{MultiIndex, SpanKey, ThreadEntry, ThreadIndex};
+use crate::model::{
+    AttrValue, ConnId, ConnInfo, Message, MessageKind, ParentSource, Pid, Request, Response, Side,
+    Span, SpanId, SpanKind, Status, Tid, TraceId,
+};
+use crate::propagation::{extract, request_ids, HeaderContext};
+
+/// Trace-level context a span inherits from its parent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TraceCtx {
+    pub trace_id: TraceId,
+    pub flags: u8,
+    pub state: Option<String>,
+}
+
+/// A span's parent, once decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Parent {
+    /// Not decided yet (waiting for evidence).
+    Undecided,
+    /// A new trace.
+    Root,
+    /// The propagated header's span.
+    Remote,
+    /// A span of ours.
+    Span(SpanKey, SpanId),
+}
+
+/// Everything known about one request's span until it is emitted (and a
+/// little of it for `retention_ns` after).
+pub(crate) struct SpanRec {
+    pub span_id: SpanId,
+    pub kind: SpanKind,
+    pub pid: Pid,
+    pub tid: Tid,
+    pub seq: u32,
+    pub start: u64,
+    pub end: Option<u64>,
+    /// (local, remote), canonical addresses.
+    pub addrs: Option<(SocketAddr, SocketAddr)>,
+    pub fingerprint: u64,
+    pub header: Option<HeaderContext>,
+    pub request_ids: Vec<String>,
+    pub parent: Parent,
+    pub source: ParentSource,
+    /// Deadline of the pending parent decision, if one is scheduled.
+    pub decide_at: Option<u64>,
+    /// Server span waiting for the client span of its request (rule 3).
+    pub waiting_mirror: bool,
+    /// Client span already taken as parent by a server span.
+    pub matched: bool,
+    pub ctx: Option<TraceCtx>,
+    /// Children waiting for this span's trace context.
+    pub waiting_children: Vec<SpanKey>,
+    pub emitted: bool,
+    pub grpc: bool,
+    pub name: String,
+    pub attrs: Attrs,
+    pub status: Status,
+}
+
+/// Timers, ordered by deadline then kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Timer {
+    /// Settle a span's parent.
+    Decide(SpanKey),
+    /// Finish closing a connection (generation-checked).
+    Close(ConnId, u64),
+}
+
+pub(crate) struct ConnState {
+    pub addrs: Option<(SocketAddr, SocketAddr)>,
+    pub generation: u64,
+    pub closing: Option<u64>,
+    /// Outstanding HTTP/1 requests by the side they were moved on
+    /// (index: 0 inbound, 1 outbound).
+    pub fifo: [VecDeque<SpanKey>; 2],
+    /// Outstanding HTTP/2 requests by (request side, stream id).
+    pub streams: HashMap<(Side, u32), SpanKey>,
+}
+
+impl ConnState {
+    fn outstanding(&self) -> usize {
+        self.fifo[0].len() + self.fifo[1].len() + self.streams.len()
+    }
+
+    fn all_outstanding(&self) -> Vec<SpanKey> {
+        let mut v: Vec<SpanKey> = self.fifo[0]
+            .iter()
+            .chain(self.fifo[1].iter())
+            .chain(self.streams.values())
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+pub(crate) fn side_ix(s: Side) -> usize {
+    match s {
+        Side::Inbound => 0,
+        Side::Outbound => 1,
+    }
+}
+
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// Turns protocol messages into spans and traces. See the crate docs.
+///
+/// Feed it [`conn_open`](Self::conn_open) before a connection's messages,
+/// every [`message`](Self::message), [`conn_close`](Self::conn_close), and
+/// call [`poll`](Self::poll) regularly with the monotonic time the pipeline
+/// has caught up to; `poll` returns the spans that are finished.
+pub struct Correlator<G: IdGen = SplitMix64> {
+    pub(crate) cfg: Config,
+    pub(crate) ids: G,
+    pub(crate) local: HashSet<IpAddr>,
+    /// Latest time seen (message timestamps, `poll`, `conn_close`).
+    pub(crate) clock: u64,
+    pub(crate) last_prune: u64,
+    pub(crate) conns: HashMap<ConnId, ConnState>,
+    pub(crate) conn_order: VecDeque<(ConnId, u64)>,
+    pub(crate) conn_generation: u64,
+    pub(crate) spans: HashMap<SpanKey, SpanRec>,
+    pub(crate) next_key: SpanKey,
+    pub(crate) unemitted: BTreeSet<SpanKey>,
+    pub(crate) retained: VecDeque<(u64, SpanKey)>,
+    pub(crate) timers: BTreeSet<(u64, Timer)>,
+    pub(crate) threads: ThreadIndex,
+    /// Client spans by sequence number (rule 3 lookups by servers).
+    pub(crate) seq_clients: MultiIndex<u32>,
+    /// Server spans by sequence number (rule 3 lookups by clients).
+    pub(crate) seq_servers: MultiIndex<u32>,
+    /// Server spans by request-id key (rule 5).
+    pub(crate) rid_servers: MultiIndex<String>,
+    pub(crate) ready: Vec<Span>,
+    pub(crate) counters: Counters,
+}
+
+/// What a message says about its own arrival, without its body.
+pub(crate) struct Head {
+    pub conn: ConnId,
+    pub side: Side,
+    pub pid: Pid,
+    pub tid: Tid,
+    pub seq: u32,
+    pub start: u64,
+    pub end: u64,
+    pub stream_id: Option<u32>,
+}
+
+impl Correlator<SplitMix64> {
+    /// A correlator whose ids come from a [`SplitMix64`] seeded with `seed`.
+    pub fn with_seed(config: Config, seed: u64) -> Self {
+        Correlator::new(config, SplitMix64::new(seed))
+    }
+}
+
+impl<G: IdGen> Correlator<G> {
+    /// A correlator with the given configuration and id source.
+    pub fn new(config: Config, ids: G) -> Self {
+        let index_cap = config.max_spans.saturating_mul(2).max(16);
+        Correlator {
+            threads: ThreadIndex::new(config.max_threads, config.max_server_spans_per_thread),
+            seq_clients: MultiIndex::new(index_cap),
+            seq_servers: MultiIndex::new(index_cap),
+            rid_servers: MultiIndex::new(index_cap),
+            cfg: config,
+            ids,
+            local: HashSet::new(),
+            clock: 0,
+            last_prune: 0,
+            conns: HashMap::new(),
+            conn_order: VecDeque::new(),
+            conn_generation: 0,
+            spans: HashMap::new(),
+            next_key: 0,
+            unemitted: BTreeSet::new(),
+            retained: VecDeque::new(),
+            timers: BTreeSet::new(),
+            ready: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// What happened so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Replace the set of this host's addresses (loopback is always local).
+    /// A server span whose peer is local waits for the peer's client span.
+    pub fn set_local_addrs<I: IntoIterator<Item = IpAddr>>(&mut self, addrs: I) {
+        self.local = addrs.into_iter().map(|a| a.to_canonical()).collect();
+    }
+
+    /// Whether `ip` is an address of this host.
+    pub fn is_local(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_loopback() || self.local.contains(&ip)
+    }
+
+    /// Span records held (in progress, waiting or retained).
+    pub fn live_spans(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Connections tracked.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The server span in progress on `pid`/`tid` at monotonic time `t_ns`
+    /// when exactly one is known to be (rule 6: where a CPU sample taken
+    /// then belongs). Answers for spans emitted up to `retention_ns` ago.
+    pub fn server_span_at(&self, pid: Pid, tid: Tid, t_ns: u64) -> Option<SpanId> {
+        self.threads.at(pid, tid, t_ns)
+    }
+
+    /// A connection was opened or first seen. Call before its messages;
+    /// messages of an unknown connection are tracked without addresses.
+    pub fn conn_open(&mut self, info: ConnInfo) {
+        let addrs = Some((canonical(info.local), canonical(info.remote)));
+        match self.conns.get_mut(&info.conn) {
+            Some(c) => c.addrs = addrs,
+            None => self.insert_conn(info.conn, addrs),
+        }
+    }
+
+    /// A connection closed at `now_ns`. Its requests still waiting for a
+    /// response end at `now_ns` with an error, after `window_ns` of grace
+    /// for late messages.
+    pub fn conn_close(&mut self, conn: ConnId, now_ns: u64) {
+        self.advance(now_ns);
+        let deadline = self.clock.saturating_add(self.cfg.window_ns);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if c.closing.is_none() {
+                c.closing = Some(now_ns);
+                self.timers
+                    .insert((deadline, Timer::Close(conn, c.generation)));
+            }
+        }
+    }
+
+    /// The connection's byte stream lost data the stream layer could not
+    /// recover (at `now_ns`): its requests still waiting for a response end
+    /// now as errors, so that responses after the gap cannot pair with the
+    /// wrong request. The connection stays tracked.
+    pub fn conn_reset(&mut self, conn: ConnId, now_ns: u64) {
+        self.advance(now_ns);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let keys = c.all_outstanding();
+        c.fifo.iter_mut().for_each(VecDeque::clear);
+        c.streams.clear();
+        for key in keys {
+            if self.spans.get(&key).is_some_and(|r| r.end.is_none()) {
+                self.counters.reset_outstanding += 1;
+                self.fail(key, now_ns, "stream data lost", "stream_data_lost");
+            }
+        }
+    }
+
+    /// One request or response.
+    pub fn message(&mut self, msg: Message) {
+        self.counters.messages += 1;
+        self.advance(msg.end_ns.max(msg.start_ns));
+        if !self.conns.contains_key(&msg.conn) {
+            self.counters.unknown_connection += 1;
+            self.insert_conn(msg.conn, None);
+        }
+        let head = Head {
+            conn: msg.conn,
+            side: msg.side,
+            pid: msg.pid,
+            tid: msg.tid,
+            seq: msg.seq,
+            start: msg.start_ns,
+            end: msg.end_ns,
+            stream_id: msg.stream_id,
+        };
+        match msg.kind {
+            MessageKind::Request(req) => self.on_request(head, &req),
+            MessageKind::Response(resp) => self.on_response(head, &resp),
+        }
+    }
+
+    /// Advance time to `now_ns`, settle what is due, and return the spans
+    /// finished since the last call.
+    pub fn poll(&mut self, now_ns: u64) -> Vec<Span> {
+        self.advance(now_ns);
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > self.clock {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Decide(key) => {
+                    let due = self
+                        .spans
+                        .get(&key)
+                        .is_some_and(|r| r.parent == Parent::Undecided && r.decide_at == Some(at));
+                    if due {
+                        self.decide(key);
+                    }
+                }
+                Timer::Close(conn, generation) => self.finish_close(conn, generation),
+            }
+        }
+        self.expire_retained();
+        if self.clock.saturating_sub(self.last_prune) >= self.cfg.window_ns.max(1) {
+            self.last_prune = self.clock;
+            self.prune_indexes();
+        }
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Settle every finished span now, whatever evidence is still missing
+    /// (shutdown), and return all spans ready. Spans still waiting for a
+    /// response stay.
+    pub fn flush(&mut self) -> Vec<Span> {
+        let keys: Vec<SpanKey> = self.unemitted.iter().copied().collect();
+        for key in keys {
+            if self.spans.get(&key).is_some_and(|r| r.end.is_some()) {
+                self.settle_now(key);
+            }
+        }
+        std::mem::take(&mut self.ready)
+    }
+
+    pub(crate) fn advance(&mut self, t: u64) {
+        self.clock = self.clock.max(t);
+    }
+
+    fn insert_conn(&mut self, conn: ConnId, addrs: Option<(SocketAddr, SocketAddr)>) {
+        while self.conns.len() >= self.cfg.max_connections.max(1) {
+            let Some((old, generation)) = self.conn_order.pop_front() else {
+                break;
+            };
+            if self
+                .conns
+                .get(&old)
+                .is_some_and(|c| c.generation == generation)
+            {
+                self.counters.connection_overflow += 1;
+                self.drop_conn(old, self.clock, "connection evicted", "connection_evicted");
+            }
+        }
+        self.conn_generation += 1;
+        let generation = self.conn_generation;
+        self.conns.insert(
+            conn,
+            ConnState {
+                addrs,
+                generation,
+                closing: None,
+                fifo: [VecDeque::new(), VecDeque::new()],
+                streams: HashMap::new(),
+            },
+        );
+        self.conn_order.push_back((conn, generation));
+        if self.conn_order.len() > self.cfg.max_connections.saturating_mul(2).max(16) {
+            let conns = &self.conns;
+            self.conn_order
+                .retain(|(c, g)| conns.get(c).is_some_and(|s| s.generation == *g));
+        }
+    }
+
+    fn finish_close(&mut self, conn: ConnId, generation: u64) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if c.generation != generation {
+            return;
+        }
+        let at = c.closing.unwrap_or(self.clock);
+        let n = self.drop_conn(
+            conn,
+            at,
+            "connection closed before response",
+            "connection_closed",
+        );
+        self.counters.closed_before_response += n;
+    }
+
+    /// Forget a connection, ending its outstanding requests as errors at
+    /// `at`. Returns how many were ended.
+    fn drop_conn(&mut self, conn: ConnId, at: u64, msg: &str, error_type: &str) -> u64 {
+        let Some(c) = self.conns.remove(&conn) else {
+            return 0;
+        };
+        let mut n = 0;
+        for key in c.all_outstanding() {
+            if self.spans.get(&key).is_some_and(|r| r.end.is_none()) {
+                self.fail(key, at, msg, error_type);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// End a span without a response.
+    pub(crate) fn fail(&mut self, key: SpanKey, at: u64, msg: &str, error_type: &str) {
+        if let Some(r) = self.spans.get_mut(&key) {
+            r.status = Status::Error(msg.to_string());
+            r.attrs
+                .push(("error.type", AttrValue::Str(error_type.to_string())));
+        }
+        self.complete(key, at);
+    }
+
+    /// The span's last byte moved at `end`: emit it if its trace is known.
+    pub(crate) fn complete(&mut self, key: SpanKey, end: u64) {
+        let Some(r) = self.spans.get_mut(&key) else {
+            return;
+        };
+        if r.end.is_some() {
+            return;
+        }
+        let end = if end < r.start {
+            self.counters.clock_anomaly += 1;
+            r.start
+        } else {
+            end
+        };
+        r.end = Some(end);
+        let (kind, pid, tid, ready) = (r.kind, r.pid, r.tid, r.ctx.is_some());
+        if kind == SpanKind::Server {
+            self.threads.set_end(pid, tid, key, end);
+        }
+        if ready {
+            self.emit(key);
+        }
+    }
+
+    fn on_request(&mut self, h: Head, req: &Request) {
+        let kind = match h.side {
+            Side::Inbound => SpanKind::Server,
+            Side::Outbound => SpanKind::Client,
+        };
+        let addrs = self.conns.get(&h.conn).and_then(|c| c.addrs);
+        let facts = request_facts(kind, req, addrs, &self.cfg);
+        let header = extract(&req.headers, &mut self.counters);
+        let rids = request_ids(&req.headers, &self.cfg.request_id_headers);
+        self.make_room();
+        let key = self.next_key;
+        self.next_key += 1;
+        let span_id = self.fresh_span_id();
+        let rec = SpanRec {
+            span_id,
+            kind,
+            pid: h.pid,
+            tid: h.tid,
+            seq: h.seq,
+            start: h.start,
+            end: None,
+            addrs,
+            fingerprint: facts.fingerprint,
+            header,
+            request_ids: rids,
+            parent: Parent::Undecided,
+            source: ParentSource::Root,
+            decide_at: None,
+            waiting_mirror: false,
+            matched: false,
+            ctx: None,
+            waiting_children: Vec::new(),
+            emitted: false,
+            grpc: facts.grpc,
+            name: facts.name,
+            attrs: facts.attrs,
+            status: Status::Unset,
+        };
+        if kind == SpanKind::Server {
+            let entry = ThreadEntry {
+                key,
+                span_id,
+                start: h.start,
+                end: None,
+            };
+            let hold = self.cfg.retention_ns;
+            if !self.threads.insert(h.pid, h.tid, entry, self.clock, hold) {
+                self.counters.thread_index_overflow += 1;
+            }
+            for rid in &rec.request_ids {
+                let spans = &self.spans;
+                self.rid_servers
+                    .insert(rid.clone(), key, |k| spans.contains_key(&k));
+            }
+        }
+        self.spans.insert(key, rec);
+        self.unemitted.insert(key);
+        self.push_outstanding(&h, key);
+        match kind {
+            SpanKind::Server => self.server_arrived(key),
+            SpanKind::Client => self.client_arrived(key),
+        }
+    }
+
+    /// Queue a request on its connection, ending the oldest one when the
+    /// connection has too many.
+    fn push_outstanding(&mut self, h: &Head, key: SpanKey) {
+        let max = self.cfg.max_outstanding_per_conn.max(1);
+        let Some(c) = self.conns.get_mut(&h.conn) else {
+            return;
+        };
+        let mut victim = None;
+        if c.outstanding() >= max {
+            let oldest = c.all_outstanding().first().copied();
+            if let Some(old) = oldest {
+                for f in c.fifo.iter_mut() {
+                    f.retain(|k| *k != old);
+                }
+                c.streams.retain(|_, k| *k != old);
+                victim = Some(old);
+            }
+        }
+        match h.stream_id {
+            Some(id) => {
+                if let Some(prev) = c.streams.insert((h.side, id), key) {
+                    // A stream id reused while outstanding: the old request
+                    // will never see its response.
+                    victim = victim.or(Some(prev));
+                }
+            }
+            None => c.fifo[side_ix(h.side)].push_back(key),
+        }
+        if let Some(old) = victim {
+            self.counters.outstanding_overflow += 1;
+            self.fail(
+                old,
+                self.clock,
+                "response not observed",
+                "response_not_observed",
+            );
+        }
+    }
+
+    fn on_response(&mut self, h: Head, resp: &Response) {
+        let req_side = h.side.opposite();
+        let Some(c) = self.conns.get_mut(&h.conn) else {
+            self.counters.unmatched_response += 1;
+            return;
+        };
+        let key = match h.stream_id {
+            Some(id) => c.streams.remove(&(req_side, id)),
+            None => c.fifo[side_ix(req_side)].pop_front(),
+        };
+        let rec = key.and_then(|k| self.spans.get_mut(&k).map(|r| (k, r)));
+        let Some((key, rec)) = rec.filter(|(_, r)| r.end.is_none()) else {
+            self.counters.unmatched_response += 1;
+            return;
+        };
+        rec.status = response_status(rec.kind, rec.grpc, resp, &mut rec.attrs);
+        self.complete(key, h.end);
+    }
+
+    pub(crate) fn fresh_span_id(&mut self) -> SpanId {
+        let mut id = SpanId(self.ids.next_u64().to_be_bytes());
+        if !id.is_valid() {
+            id = SpanId(self.ids.next_u64().to_be_bytes());
+        }
+        if !id.is_valid() {
+            id.0[7] = 1;
+        }
+        id
+    }
+
+    pub(crate) fn fresh_trace_id(&mut self) -> TraceId {
+        let mut t = [0u8; 16];
+        t[..8].copy_from_slice(&self.ids.next_u64().to_be_bytes());
+        t[8..].copy_from_slice(&self.ids.next_u64().to_be_bytes());
+        let mut id = TraceId(t);
+        if !id.is_valid() {
+            id.0[15] = 1;
+        }
+        id
+    }
+}

@@ -1,0 +1,320 @@
+//! Bounded lookup structures: server spans in progress per thread (rules 4
+//! and 6) and span keys by sequence number or request id (rules 3 and 5).
+//!
+//! Entries may outlive the span records they name; lookups check that a
+//! record still exists. Losing an entry can only turn a parent into "no
+//! parent", except for the thread index, where a lost in-progress span could
+//! make a busy thread look idle: there the thread is marked lossy and its
+//! single-in-flight shortcut is off until the lost span must have ended.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+
+use crate::model::{Pid, SpanId, Tid};
+
+/// Internal, never reused handle of a span record (creation order).
+pub(crate) type SpanKey = u64;
+
+/// One server span on a thread.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ThreadEntry {
+    pub key: SpanKey,
+    pub span_id: SpanId,
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+impl ThreadEntry {
+    /// In progress at `t`: started before (strictly, when `strict`) and not
+    /// yet ended.
+    fn covers(&self, t: u64, strict: bool) -> bool {
+        let started = if strict {
+            self.start < t
+        } else {
+            self.start <= t
+        };
+        started && self.end.is_none_or(|e| t < e)
+    }
+}
+
+#[derive(Default)]
+struct ThreadSpans {
+    entries: VecDeque<ThreadEntry>,
+    lossy_until: u64,
+}
+
+/// Server spans in progress (and recently finished) per thread.
+pub(crate) struct ThreadIndex {
+    threads: HashMap<(Pid, Tid), ThreadSpans>,
+    lossy_until: u64,
+    max_threads: usize,
+    max_per_thread: usize,
+}
+
+/// Server spans in progress on a thread at some instant.
+pub(crate) struct InProgress {
+    /// Their keys.
+    pub keys: Vec<SpanKey>,
+    /// Entries of this thread were lost: others may have been in progress.
+    pub lossy: bool,
+}
+
+impl ThreadIndex {
+    pub fn new(max_threads: usize, max_per_thread: usize) -> ThreadIndex {
+        ThreadIndex {
+            threads: HashMap::new(),
+            lossy_until: 0,
+            max_threads: max_threads.max(1),
+            max_per_thread: max_per_thread.max(1),
+        }
+    }
+
+    /// Record a server span. Returns false when something had to be lost.
+    /// `hold` is how long a lost entry may still have been in progress.
+    pub fn insert(
+        &mut self,
+        pid: Pid,
+        tid: Tid,
+        entry: ThreadEntry,
+        clock: u64,
+        hold: u64,
+    ) -> bool {
+        let mut clean = true;
+        if !self.threads.contains_key(&(pid, tid)) && self.threads.len() >= self.max_threads {
+            self.prune(clock.saturating_sub(hold));
+            if self.threads.len() >= self.max_threads {
+                self.threads.clear();
+                self.lossy_until = clock.saturating_add(hold);
+                clean = false;
+            }
+        }
+        let max = self.max_per_thread;
+        let t = self.threads.entry((pid, tid)).or_default();
+        if t.entries.len() >= max {
+            clean = false;
+            // Lose the oldest finished span if there is one: only questions
+            // about instants before its end become uncertain. Else the
+            // oldest in-progress one, whose end is unknown: assume it ends
+            // within `hold`.
+            let lost_until = match t.entries.iter().position(|e| e.end.is_some()) {
+                Some(i) => t.entries.remove(i).and_then(|e| e.end).unwrap_or(clock),
+                None => {
+                    t.entries.pop_front();
+                    clock.saturating_add(hold)
+                }
+            };
+            t.lossy_until = t.lossy_until.max(lost_until);
+        }
+        t.entries.push_back(entry);
+        clean
+    }
+
+    /// The span ended at `end`.
+    pub fn set_end(&mut self, pid: Pid, tid: Tid, key: SpanKey, end: u64) {
+        if let Some(t) = self.threads.get_mut(&(pid, tid)) {
+            if let Some(e) = t.entries.iter_mut().find(|e| e.key == key) {
+                e.end = Some(end);
+            }
+        }
+    }
+
+    fn lossy(&self, t: Option<&ThreadSpans>, at: u64) -> bool {
+        at < self.lossy_until || t.is_some_and(|t| at < t.lossy_until)
+    }
+
+    /// Server spans of `pid`/`tid` that started strictly before `t` and had
+    /// not ended at `t` (the rule-4 candidates of a request written at `t`).
+    pub fn in_progress(&self, pid: Pid, tid: Tid, t: u64) -> InProgress {
+        let spans = self.threads.get(&(pid, tid));
+        let keys = spans
+            .map(|s| {
+                s.entries
+                    .iter()
+                    .filter(|e| e.covers(t, true))
+                    .map(|e| e.key)
+                    .collect()
+            })
+            .unwrap_or_default();
+        InProgress {
+            keys,
+            lossy: self.lossy(spans, t),
+        }
+    }
+
+    /// The one server span in progress on `pid`/`tid` at `t`, if exactly one
+    /// is known to be (rule 6).
+    pub fn at(&self, pid: Pid, tid: Tid, t: u64) -> Option<SpanId> {
+        let spans = self.threads.get(&(pid, tid))?;
+        if self.lossy(Some(spans), t) {
+            return None;
+        }
+        let mut found = spans.entries.iter().filter(|e| e.covers(t, false));
+        match (found.next(), found.next()) {
+            (Some(e), None) => Some(e.span_id),
+            _ => None,
+        }
+    }
+
+    /// Forget spans that ended before `before`, and empty threads.
+    pub fn prune(&mut self, before: u64) {
+        self.threads.retain(|_, t| {
+            t.entries.retain(|e| e.end.is_none_or(|end| end >= before));
+            !t.entries.is_empty() || t.lossy_until > before
+        });
+    }
+
+    /// Threads tracked.
+    #[cfg(test)]
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+}
+
+/// Span keys by some key (sequence number, request id), bounded.
+pub(crate) struct MultiIndex<K> {
+    map: HashMap<K, Vec<SpanKey>>,
+    entries: usize,
+    cap: usize,
+}
+
+impl<K: Hash + Eq> MultiIndex<K> {
+    pub fn new(cap: usize) -> MultiIndex<K> {
+        MultiIndex {
+            map: HashMap::new(),
+            entries: 0,
+            cap: cap.max(1),
+        }
+    }
+
+    /// Add `key` under `k`. At the bound, forgets entries whose records are
+    /// gone (`live`), and everything if that is not enough.
+    pub fn insert(&mut self, k: K, key: SpanKey, live: impl FnMut(SpanKey) -> bool) {
+        if self.entries >= self.cap {
+            self.prune(live);
+            if self.entries >= self.cap {
+                self.map.clear();
+                self.entries = 0;
+            }
+        }
+        let v = self.map.entry(k).or_default();
+        if !v.contains(&key) {
+            v.push(key);
+            self.entries += 1;
+        }
+    }
+
+    /// The keys under `k`.
+    pub fn get(&self, k: &K) -> &[SpanKey] {
+        self.map.get(k).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Remove `key` from under `k`.
+    pub fn remove(&mut self, k: &K, key: SpanKey) {
+        if let Some(v) = self.map.get_mut(k) {
+            let before = v.len();
+            v.retain(|x| *x != key);
+            self.entries = self.entries.saturating_sub(before - v.len());
+            if v.is_empty() {
+                self.map.remove(k);
+            }
+        }
+    }
+
+    /// Keep only entries for which `live` holds.
+    pub fn prune(&mut self, mut live: impl FnMut(SpanKey) -> bool) {
+        let mut n = 0;
+        self.map.retain(|_, v| {
+            v.retain(|k| live(*k));
+            n += v.len();
+            !v.is_empty()
+        });
+        self.entries = n;
+    }
+
+    /// Entries held.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(key: SpanKey, start: u64, end: Option<u64>) -> ThreadEntry {
+        ThreadEntry {
+            key,
+            span_id: SpanId([key as u8 + 1; 8]),
+            start,
+            end,
+        }
+    }
+
+    #[test]
+    fn in_progress_is_strict_at_start_and_end() {
+        let mut ix = ThreadIndex::new(8, 8);
+        let (p, t) = (Pid(1), Tid(1));
+        assert!(ix.insert(p, t, e(1, 10, Some(20)), 0, 100));
+        assert!(ix.insert(p, t, e(2, 15, None), 0, 100));
+        assert_eq!(ix.in_progress(p, t, 10).keys, Vec::<u64>::new());
+        assert_eq!(ix.in_progress(p, t, 12).keys, vec![1]);
+        assert_eq!(ix.in_progress(p, t, 16).keys, vec![1, 2]);
+        assert_eq!(ix.in_progress(p, t, 20).keys, vec![2]);
+        assert_eq!(ix.at(p, t, 10), Some(SpanId([2; 8])));
+        assert_eq!(ix.at(p, t, 16), None);
+        assert_eq!(ix.at(p, t, 25), Some(SpanId([3; 8])));
+        assert_eq!(ix.at(p, Tid(2), 25), None);
+        ix.set_end(p, t, 2, 30);
+        assert_eq!(ix.at(p, t, 31), None);
+        ix.prune(25);
+        assert_eq!(ix.in_progress(p, t, 12).keys, Vec::<u64>::new());
+        ix.prune(31);
+        assert_eq!(ix.threads(), 0);
+    }
+
+    #[test]
+    fn per_thread_overflow_prefers_finished_then_marks_lossy() {
+        let mut ix = ThreadIndex::new(8, 2);
+        let (p, t) = (Pid(1), Tid(1));
+        ix.insert(p, t, e(1, 1, Some(2)), 0, 100);
+        ix.insert(p, t, e(2, 3, None), 0, 100);
+        assert!(!ix.insert(p, t, e(3, 4, None), 5, 100));
+        let q = ix.in_progress(p, t, 6);
+        assert_eq!((q.keys, q.lossy), (vec![2, 3], false));
+        // Entry 1 ended at 2: instants before that are uncertain now.
+        assert!(ix.in_progress(p, t, 1).lossy);
+        assert!(!ix.insert(p, t, e(4, 7, None), 8, 100));
+        let q = ix.in_progress(p, t, 9);
+        assert_eq!((q.keys, q.lossy), (vec![3, 4], true));
+        assert_eq!(ix.at(p, t, 9), None);
+        assert!(!ix.in_progress(p, t, 200).lossy);
+    }
+
+    #[test]
+    fn thread_overflow_clears_and_marks_all_lossy() {
+        let mut ix = ThreadIndex::new(1, 4);
+        ix.insert(Pid(1), Tid(1), e(1, 1, None), 0, 100);
+        assert!(!ix.insert(Pid(1), Tid(2), e(2, 2, None), 10, 100));
+        assert!(ix.in_progress(Pid(1), Tid(2), 50).lossy);
+        assert!(!ix.in_progress(Pid(1), Tid(2), 500).lossy);
+    }
+
+    #[test]
+    fn multi_index_bounds() {
+        let mut ix: MultiIndex<u32> = MultiIndex::new(2);
+        ix.insert(1, 10, |_| true);
+        ix.insert(1, 10, |_| true);
+        ix.insert(2, 11, |_| true);
+        assert_eq!(ix.len(), 2);
+        ix.insert(3, 12, |k| k != 10);
+        assert_eq!(ix.get(&1), &[] as &[u64]);
+        assert_eq!(ix.len(), 2);
+        ix.insert(4, 13, |_| true);
+        assert_eq!(ix.len(), 1);
+        ix.remove(&4, 13);
+        assert_eq!(ix.len(), 0);
+        ix.remove(&4, 13);
+        assert_eq!(ix.len(), 0);
+    }
+}

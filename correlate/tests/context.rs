@@ -1,0 +1,666 @@
+//! Rules 4 and 5: parents inside a process, propagated context, request ids.
+
+mod common;
+
+use common::*;
+use correlate::*;
+
+const P: u32 = 50; // the process under test
+const T1: u32 = 51;
+const T2: u32 = 52;
+type Headers = Vec<(&'static str, &'static str)>;
+
+const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+
+/// An incoming request from a remote client to P (read on `tid` at `t`,
+/// answered at `end`), and the events to make it.
+fn incoming(
+    conn: u64,
+    tid: u32,
+    t: u64,
+    end: u64,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Vec<Ev> {
+    vec![
+        open(conn, "10.0.0.5:80", &format!("192.0.2.1:{}", 1000 + conn)),
+        m(
+            conn,
+            Side::Inbound,
+            P,
+            tid,
+            1,
+            t,
+            None,
+            rq("GET", path, headers),
+        ),
+        m(conn, Side::Outbound, P, tid, 2, end, None, rs(200, &[])),
+    ]
+}
+
+/// An outgoing request from P to a remote server (written on `tid` at `t`).
+fn outgoing(
+    conn: u64,
+    tid: u32,
+    t: u64,
+    end: u64,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Vec<Ev> {
+    vec![
+        open(
+            conn,
+            &format!("10.0.0.5:{}", 30000 + conn),
+            "198.51.100.1:8080",
+        ),
+        m(
+            conn,
+            Side::Outbound,
+            P,
+            tid,
+            1,
+            t,
+            None,
+            rq("GET", path, headers),
+        ),
+        m(conn, Side::Inbound, P, tid, 2, end, None, rs(200, &[])),
+    ]
+}
+
+fn sorted(mut evs: Vec<Ev>) -> Vec<Ev> {
+    evs.sort_by_key(Ev::time);
+    evs
+}
+
+fn server(path: &str) -> Label {
+    lbl(P, SpanKind::Server, path)
+}
+
+fn client(path: &str) -> Label {
+    lbl(P, SpanKind::Client, path)
+}
+
+#[test]
+fn traceparent_on_an_incoming_request() {
+    let evs = incoming(
+        1,
+        T1,
+        MS,
+        2 * MS,
+        "/in",
+        &[("traceparent", TP), ("tracestate", "rojo=00f067aa0ba902b7")],
+    );
+    let out = run(&sorted(evs), Config::default());
+    let s = out.get(&server("/in"));
+    assert_eq!(s.trace_id.to_string(), TRACE);
+    assert_eq!(s.parent_span_id.unwrap().to_string(), PARENT);
+    assert_eq!(s.parent_source, ParentSource::Header);
+    assert_eq!(s.trace_state.as_deref(), Some("rojo=00f067aa0ba902b7"));
+    assert_eq!(s.trace_flags, 1);
+}
+
+#[test]
+fn propagated_trace_flows_to_children_with_tracestate_and_flags() {
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let mut evs = incoming(
+        1,
+        T1,
+        MS,
+        5 * MS,
+        "/in",
+        &[("traceparent", tp), ("tracestate", "a=b")],
+    );
+    evs.extend(outgoing(2, T1, 2 * MS, 3 * MS, "/out", &[]));
+    let out = run(&sorted(evs), Config::default());
+    out.assert_parent(&client("/out"), &server("/in"));
+    let c = out.get(&client("/out"));
+    assert_eq!(c.trace_id.to_string(), TRACE);
+    assert_eq!(c.trace_state.as_deref(), Some("a=b"));
+    assert_eq!(c.trace_flags, 0);
+}
+
+#[test]
+fn b3_headers_table() {
+    // (headers, trace, parent)
+    let cases: Vec<(Headers, &str, &str)> = vec![
+        (
+            vec![(
+                "b3",
+                "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+            )],
+            "80f198ee56343ba864fe8b2a57d3eff7",
+            "e457b5a2e4d86bd1",
+        ),
+        (
+            vec![
+                ("X-B3-TraceId", "64fe8b2a57d3eff7"),
+                ("X-B3-SpanId", "e457b5a2e4d86bd1"),
+                ("X-B3-Sampled", "1"),
+            ],
+            "000000000000000064fe8b2a57d3eff7",
+            "e457b5a2e4d86bd1",
+        ),
+        (
+            vec![
+                ("X-B3-TraceId", "463ac35c9f6413ad48485a3953bb6124"),
+                ("X-B3-SpanId", "a2fb4a1d1a96d312"),
+                ("X-B3-ParentSpanId", "0020000000000001"),
+            ],
+            "463ac35c9f6413ad48485a3953bb6124",
+            "a2fb4a1d1a96d312",
+        ),
+    ];
+    for (headers, trace, parent) in cases {
+        let out = run(
+            &sorted(incoming(1, T1, MS, 2 * MS, "/b3", &headers)),
+            Config::default(),
+        );
+        let s = out.get(&server("/b3"));
+        assert_eq!(s.trace_id.to_string(), trace, "{headers:?}");
+        assert_eq!(s.parent_span_id.unwrap().to_string(), parent, "{headers:?}");
+        assert_eq!(s.parent_source, ParentSource::Header);
+    }
+}
+
+#[test]
+fn invalid_headers_are_ignored_and_counted() {
+    // (headers, invalid_traceparent, invalid_b3)
+    let cases: Vec<(Headers, u64, u64)> = vec![
+        (
+            vec![(
+                "traceparent",
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            )],
+            1,
+            0,
+        ),
+        (
+            vec![(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            )],
+            1,
+            0,
+        ),
+        (
+            vec![(
+                "traceparent",
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )],
+            1,
+            0,
+        ),
+        (
+            vec![(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e47-00f067aa0ba902b7-01",
+            )],
+            1,
+            0,
+        ),
+        (
+            vec![(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            )],
+            1,
+            0,
+        ),
+        (vec![("traceparent", "hello")], 1, 0),
+        (vec![("b3", "nonsense")], 0, 1),
+        (
+            vec![("b3", "00000000000000000000000000000000-e457b5a2e4d86bd1")],
+            0,
+            1,
+        ),
+        (
+            vec![("X-B3-TraceId", "463ac35c9f6413ad48485a3953bb6124")],
+            0,
+            1,
+        ),
+        (vec![("traceparent", "junk"), ("b3", "junk")], 1, 1),
+    ];
+    for (headers, tp, b3) in cases {
+        let out = run(
+            &sorted(incoming(1, T1, MS, 2 * MS, "/bad", &headers)),
+            Config::default(),
+        );
+        let s = out.get(&server("/bad"));
+        assert_eq!(s.parent_span_id, None, "{headers:?}");
+        assert_eq!(s.parent_source, ParentSource::Root, "{headers:?}");
+        assert!(s.trace_id.is_valid());
+        assert_eq!(out.counters.invalid_traceparent, tp, "{headers:?}");
+        assert_eq!(out.counters.invalid_b3, b3, "{headers:?}");
+    }
+}
+
+#[test]
+fn client_span_on_the_server_thread_is_its_child() {
+    let mut evs = incoming(1, T1, MS, 5 * MS, "/in", &[]);
+    evs.extend(outgoing(2, T1, 2 * MS, 3 * MS, "/out", &[]));
+    // A call on another thread with no server span is not a child.
+    evs.extend(outgoing(3, T2, 2 * MS, 3 * MS, "/other", &[]));
+    // A call on the thread after the server span ended is not a child.
+    evs.extend(outgoing(4, T1, 6 * MS, 7 * MS, "/after", &[]));
+    let out = run(&sorted(evs), Config::default());
+    out.assert_parent(&client("/out"), &server("/in"));
+    assert_eq!(out.get(&client("/out")).parent_source, ParentSource::Thread);
+    for p in ["/other", "/after"] {
+        assert_eq!(out.get(&client(p)).parent_span_id, None, "{p}");
+    }
+    assert_eq!(out.counters.ambiguous_parent, 0);
+}
+
+#[test]
+fn several_server_spans_on_a_thread_without_evidence_make_a_root() {
+    let mut evs = incoming(1, T1, MS, 5 * MS, "/a", &[]);
+    evs.extend(incoming(2, T1, MS + 10 * US, 5 * MS, "/b", &[]));
+    evs.extend(outgoing(3, T1, 2 * MS, 3 * MS, "/out", &[]));
+    let out = run(&sorted(evs), Config::default());
+    let c = out.get(&client("/out"));
+    assert_eq!(c.parent_span_id, None);
+    assert_eq!(c.parent_source, ParentSource::Root);
+    assert_eq!(out.counters.ambiguous_parent, 1);
+}
+
+#[test]
+fn ambiguous_thread_with_a_header_uses_the_header_parent() {
+    let mut evs = incoming(1, T1, MS, 5 * MS, "/a", &[]);
+    evs.extend(incoming(2, T1, MS + 10 * US, 5 * MS, "/b", &[]));
+    evs.extend(outgoing(
+        3,
+        T1,
+        2 * MS,
+        3 * MS,
+        "/out",
+        &[("traceparent", TP)],
+    ));
+    let out = run(&sorted(evs), Config::default());
+    let c = out.get(&client("/out"));
+    assert_eq!(c.parent_span_id.unwrap().to_string(), PARENT);
+    assert_eq!(c.trace_id.to_string(), TRACE);
+    assert_eq!(c.parent_source, ParentSource::Header);
+    assert_eq!(out.counters.ambiguous_parent, 1);
+}
+
+#[test]
+fn request_id_picks_the_server_span_on_an_event_loop() {
+    let mut evs = incoming(1, T1, MS, 5 * MS, "/a", &[("x-request-id", "r-a")]);
+    evs.extend(incoming(
+        2,
+        T1,
+        MS + 10 * US,
+        5 * MS,
+        "/b",
+        &[("X-Request-ID", "r-b")],
+    ));
+    evs.extend(outgoing(
+        3,
+        T1,
+        2 * MS,
+        3 * MS,
+        "/up-b",
+        &[("x-request-id", "r-b")],
+    ));
+    evs.extend(outgoing(
+        4,
+        T1,
+        2 * MS + US,
+        3 * MS,
+        "/up-a",
+        &[("x-request-id", "r-a")],
+    ));
+    evs.extend(outgoing(
+        5,
+        T1,
+        2 * MS + 2 * US,
+        3 * MS,
+        "/up-x",
+        &[("x-request-id", "r-x")],
+    ));
+    let out = run(&sorted(evs), Config::default());
+    out.assert_parent(&client("/up-a"), &server("/a"));
+    out.assert_parent(&client("/up-b"), &server("/b"));
+    assert_eq!(
+        out.get(&client("/up-a")).parent_source,
+        ParentSource::RequestId
+    );
+    assert_eq!(out.get(&client("/up-x")).parent_span_id, None);
+    assert_eq!(out.counters.ambiguous_parent, 1);
+}
+
+#[test]
+fn configured_request_id_headers() {
+    let cfg = Config {
+        request_id_headers: vec!["x-correlation-id".into()],
+        ..Config::default()
+    };
+    let mut evs = incoming(
+        1,
+        T1,
+        MS,
+        5 * MS,
+        "/a",
+        &[("x-correlation-id", "c-a"), ("x-request-id", "same")],
+    );
+    evs.extend(incoming(
+        2,
+        T1,
+        MS + 10 * US,
+        5 * MS,
+        "/b",
+        &[("x-correlation-id", "c-b"), ("x-request-id", "same")],
+    ));
+    evs.extend(outgoing(
+        3,
+        T1,
+        2 * MS,
+        3 * MS,
+        "/up",
+        &[("x-correlation-id", "c-b"), ("x-request-id", "same")],
+    ));
+    let out = run(&sorted(evs), cfg);
+    out.assert_parent(&client("/up"), &server("/b"));
+}
+
+#[test]
+fn request_id_joins_work_handed_to_another_thread() {
+    // The request is read on T1 and the outgoing call made on worker T2.
+    let mut evs = incoming(1, T1, MS, 5 * MS, "/in", &[("x-request-id", "abc")]);
+    evs.extend(outgoing(
+        2,
+        T2,
+        2 * MS,
+        3 * MS,
+        "/out",
+        &[("x-request-id", "abc")],
+    ));
+    let out = run(&sorted(evs), Config::default());
+    out.assert_parent(&client("/out"), &server("/in"));
+    assert_eq!(
+        out.get(&client("/out")).parent_source,
+        ParentSource::RequestId
+    );
+}
+
+#[test]
+fn request_id_shared_by_two_server_spans_in_progress_is_ambiguous() {
+    let mut evs = incoming(1, T1, MS, 5 * MS, "/in1", &[("x-request-id", "abc")]);
+    evs.extend(incoming(
+        2,
+        T2,
+        MS,
+        5 * MS,
+        "/in2",
+        &[("x-request-id", "abc")],
+    ));
+    evs.extend(outgoing(
+        3,
+        53,
+        2 * MS,
+        3 * MS,
+        "/out",
+        &[("x-request-id", "abc")],
+    ));
+    let out = run(&sorted(evs), Config::default());
+    assert_eq!(out.get(&client("/out")).parent_span_id, None);
+    assert_eq!(out.counters.ambiguous_parent, 1);
+}
+
+#[test]
+fn request_id_of_another_process_is_not_a_thread_parent() {
+    let mut evs = incoming(1, T1, MS, 5 * MS, "/in", &[("x-request-id", "abc")]);
+    evs.push(open(2, "10.0.0.5:31000", "198.51.100.1:8080"));
+    evs.push(m(
+        2,
+        Side::Outbound,
+        99,
+        99,
+        1,
+        2 * MS,
+        None,
+        rq("GET", "/out", &[("x-request-id", "abc")]),
+    ));
+    evs.push(m(2, Side::Inbound, 99, 99, 2, 3 * MS, None, rs(200, &[])));
+    let out = run(&sorted(evs), Config::default());
+    assert_eq!(
+        out.get(&lbl(99, SpanKind::Client, "/out")).parent_span_id,
+        None
+    );
+}
+
+#[test]
+fn header_trace_disagreeing_with_the_thread_parent_wins() {
+    // The server span has no context (new trace); the app's SDK sends its
+    // own traceparent on the outgoing call: that trace wins.
+    let mut evs = incoming(1, T1, MS, 5 * MS, "/in", &[]);
+    evs.extend(outgoing(
+        2,
+        T1,
+        2 * MS,
+        3 * MS,
+        "/out",
+        &[("traceparent", TP)],
+    ));
+    let out = run(&sorted(evs), Config::default());
+    let c = out.get(&client("/out"));
+    assert_eq!(c.trace_id.to_string(), TRACE);
+    assert_eq!(c.parent_span_id.unwrap().to_string(), PARENT);
+    assert_eq!(out.counters.context_conflict, 1);
+}
+
+#[test]
+fn header_trace_agreeing_with_the_thread_parent_keeps_it() {
+    let mut evs = incoming(1, T1, MS, 5 * MS, "/in", &[("traceparent", TP)]);
+    let tp2 = "00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-01";
+    evs.extend(outgoing(
+        2,
+        T1,
+        2 * MS,
+        3 * MS,
+        "/out",
+        &[("traceparent", tp2)],
+    ));
+    let out = run(&sorted(evs), Config::default());
+    out.assert_parent(&client("/out"), &server("/in"));
+    assert_eq!(out.counters.context_conflict, 0);
+}
+
+#[test]
+fn pipelined_requests_on_one_thread_make_calls_ambiguous() {
+    let mut sim = Sim::new(1);
+    let mut c = sim.connect("192.0.2.1", "10.0.0.5:80", Seen::ServerOnly);
+    sim.request(&mut c, at(MS, 1, 1), at(MS, P, T1), &req("GET", "/p1", &[]));
+    sim.request(
+        &mut c,
+        at(MS, 1, 1),
+        at(MS + 1, P, T1),
+        &req("GET", "/p2", &[]),
+    );
+    sim.response(&mut c, at(4 * MS, P, T1), at(4 * MS, 1, 1), &resp(200, &[]));
+    sim.response(
+        &mut c,
+        at(4 * MS + 1, P, T1),
+        at(4 * MS, 1, 1),
+        &resp(200, &[]),
+    );
+    let mut evs = sim.sorted();
+    evs.extend(outgoing(99, T1, 2 * MS, 3 * MS, "/out", &[]));
+    let out = run(&sorted(evs), Config::default());
+    assert_eq!(out.get(&client("/out")).parent_span_id, None);
+    assert_eq!(out.counters.ambiguous_parent, 1);
+}
+
+#[test]
+fn server_span_at_answers_cpu_sample_queries() {
+    let mut corr = Correlator::with_seed(Config::default(), 1);
+    let mut evs = incoming(1, T1, MS, 5 * MS, "/a", &[]);
+    evs.extend(incoming(2, T2, 2 * MS, 3 * MS, "/b", &[]));
+    evs.extend(incoming(3, T2, 2 * MS + 500 * US, 4 * MS, "/c", &[]));
+    let mut spans = Vec::new();
+    for e in sorted(evs) {
+        match e {
+            Ev::Open(i) => corr.conn_open(i),
+            Ev::Msg(m) => corr.message(m),
+            Ev::Close(..) => {}
+        }
+        spans.extend(corr.poll(0));
+    }
+    spans.extend(corr.poll(6 * MS));
+    let id = |p: &str| {
+        spans
+            .iter()
+            .find(|s| s.attr_str("url.path") == Some(p))
+            .unwrap()
+            .span_id
+    };
+    let (pid, t1, t2) = (Pid(P), Tid(T1), Tid(T2));
+    assert_eq!(corr.server_span_at(pid, t1, MS - 1), None);
+    assert_eq!(corr.server_span_at(pid, t1, MS), Some(id("/a")));
+    assert_eq!(corr.server_span_at(pid, t1, 4 * MS), Some(id("/a")));
+    assert_eq!(corr.server_span_at(pid, t1, 5 * MS + 100), None);
+    assert_eq!(
+        corr.server_span_at(pid, t2, 2 * MS + 100 * US),
+        Some(id("/b"))
+    );
+    assert_eq!(
+        corr.server_span_at(pid, t2, 2 * MS + 600 * US),
+        None,
+        "two in progress"
+    );
+    assert_eq!(
+        corr.server_span_at(pid, t2, 3 * MS + 500 * US),
+        Some(id("/c"))
+    );
+    assert_eq!(corr.server_span_at(Pid(P + 1), t1, 2 * MS), None);
+}
+
+#[test]
+fn nat_translated_connection_links_by_sequence_number() {
+    // Client 10.0.0.7 calls a service VIP 10.96.0.10:80; the server pod
+    // 10.0.0.8:8080 sees the client's pod address. Same host.
+    let mut evs = vec![
+        open(1, "10.0.0.7:40000", "10.96.0.10:80"),
+        open(2, "10.0.0.8:8080", "10.0.0.7:40000"),
+        m(
+            1,
+            Side::Outbound,
+            70,
+            70,
+            12345,
+            MS,
+            None,
+            rq("GET", "/svc", &[]),
+        ),
+        m(
+            2,
+            Side::Inbound,
+            80,
+            80,
+            12345,
+            MS + 50 * US,
+            None,
+            rq("GET", "/svc", &[]),
+        ),
+        m(2, Side::Outbound, 80, 80, 999, 2 * MS, None, rs(200, &[])),
+        m(
+            1,
+            Side::Inbound,
+            70,
+            70,
+            999,
+            2 * MS + 50 * US,
+            None,
+            rs(200, &[]),
+        ),
+    ];
+    let run_with = |evs: &[Ev], nat: bool| {
+        let mut corr = Correlator::with_seed(
+            Config {
+                nat_matching: nat,
+                ..Config::default()
+            },
+            1,
+        );
+        corr.set_local_addrs(["10.0.0.7".parse().unwrap(), "10.0.0.8".parse().unwrap()]);
+        let mut spans = Vec::new();
+        for e in evs {
+            match e {
+                Ev::Open(i) => corr.conn_open(*i),
+                Ev::Msg(m) => corr.message(m.clone()),
+                Ev::Close(..) => {}
+            }
+        }
+        spans.extend(corr.poll(10 * W));
+        Out {
+            spans,
+            counters: corr.counters().clone(),
+        }
+    };
+    let out = run_with(&evs, true);
+    out.assert_parent(
+        &lbl(80, SpanKind::Server, "/svc"),
+        &lbl(70, SpanKind::Client, "/svc"),
+    );
+    assert_eq!(
+        out.get(&lbl(80, SpanKind::Server, "/svc")).parent_source,
+        ParentSource::Nat
+    );
+    assert_eq!(out.counters.nat_parent, 1);
+    let off = run_with(&evs, false);
+    assert_eq!(
+        off.get(&lbl(80, SpanKind::Server, "/svc")).parent_span_id,
+        None
+    );
+    // Server first, client later: same result.
+    evs.swap(2, 3);
+    let out = run_with(&evs, true);
+    out.assert_parent(
+        &lbl(80, SpanKind::Server, "/svc"),
+        &lbl(70, SpanKind::Client, "/svc"),
+    );
+    // A different target with the same sequence number is not the same request.
+    let mut evs2 = evs.clone();
+    evs2[2] = m(
+        2,
+        Side::Inbound,
+        80,
+        80,
+        12345,
+        MS + 50 * US,
+        None,
+        rq("GET", "/other", &[]),
+    );
+    let out = run_with(&evs2, true);
+    assert_eq!(
+        out.get(&lbl(80, SpanKind::Server, "/other")).parent_span_id,
+        None
+    );
+}
+
+#[test]
+fn b3_trace_ids_single_out_the_server_span_on_an_event_loop() {
+    let b3a = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1";
+    let b3b = "463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-1";
+    let mut evs = incoming(1, T1, MS, 5 * MS, "/a", &[("b3", b3a)]);
+    evs.extend(incoming(
+        2,
+        T1,
+        MS + 10 * US,
+        5 * MS,
+        "/b",
+        &[
+            ("X-B3-TraceId", "463ac35c9f6413ad48485a3953bb6124"),
+            ("X-B3-SpanId", "a2fb4a1d1a96d312"),
+        ],
+    ));
+    // The proxy forwards the caller's b3 header unchanged.
+    evs.extend(outgoing(3, T1, 2 * MS, 3 * MS, "/up-b", &[("b3", b3b)]));
+    let out = run(&sorted(evs), Config::default());
+    out.assert_parent(&client("/up-b"), &server("/b"));
+    let c = out.get(&client("/up-b"));
+    assert_eq!(c.parent_source, ParentSource::ThreadContext);
+    assert_eq!(c.trace_id.to_string(), "463ac35c9f6413ad48485a3953bb6124");
+}

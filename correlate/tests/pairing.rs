@@ -1,0 +1,793 @@
+//! Rule 1 (pairing), connection lifecycle, the waiting window and bounds.
+
+mod common;
+
+use common::*;
+use correlate::*;
+
+const CLIENT: u32 = 10;
+const SERVER: u32 = 20;
+
+fn status(s: &Span) -> i64 {
+    s.attr("http.response.status_code")
+        .and_then(AttrValue::as_int)
+        .unwrap_or(-1)
+}
+
+#[test]
+fn pipelined_requests_pair_in_order() {
+    let mut sim = Sim::new(3);
+    let mut c = sim.connect("127.0.0.1", "127.0.0.1:80", Seen::Both);
+    let codes = [200u16, 404, 503];
+    for (i, _) in codes.iter().enumerate() {
+        let t = MS + i as u64 * 10 * US;
+        sim.request(
+            &mut c,
+            at(t, CLIENT, CLIENT),
+            at(t + US, SERVER, SERVER),
+            &req("GET", &format!("/p/{i}"), &[]),
+        );
+    }
+    for (i, code) in codes.iter().enumerate() {
+        let t = 2 * MS + i as u64 * 10 * US;
+        sim.response(
+            &mut c,
+            at(t, SERVER, SERVER),
+            at(t + US, CLIENT, CLIENT),
+            &resp(*code, &[]),
+        );
+    }
+    let out = run(&sim.sorted(), Config::default());
+    assert_eq!(out.spans.len(), 6);
+    for (i, code) in codes.iter().enumerate() {
+        let path = format!("/p/{i}");
+        let cl = lbl(CLIENT, SpanKind::Client, &path);
+        let sv = lbl(SERVER, SpanKind::Server, &path);
+        out.assert_parent(&sv, &cl);
+        assert_eq!(status(out.get(&cl)), i64::from(*code));
+        assert_eq!(status(out.get(&sv)), i64::from(*code));
+    }
+    // Client: error on 404 and 503; server: only on 503.
+    assert_eq!(
+        out.get(&lbl(CLIENT, SpanKind::Client, "/p/1")).status,
+        Status::Error(String::new())
+    );
+    assert_eq!(
+        out.get(&lbl(SERVER, SpanKind::Server, "/p/1")).status,
+        Status::Unset
+    );
+    assert_eq!(
+        out.get(&lbl(SERVER, SpanKind::Server, "/p/2")).status,
+        Status::Error(String::new())
+    );
+}
+
+#[test]
+fn keep_alive_many_requests_on_one_connection() {
+    let mut sim = Sim::new(5);
+    let mut c = sim.connect("127.0.0.1", "127.0.0.1:80", Seen::Both);
+    for i in 0..50u64 {
+        let t = MS + i * 100 * US;
+        let path = format!("/k/{i}");
+        sim.request(
+            &mut c,
+            at(t, CLIENT, CLIENT),
+            at(t + US, SERVER, SERVER),
+            &req("POST", &path, &[]),
+        );
+        sim.response(
+            &mut c,
+            at(t + 20 * US, SERVER, SERVER),
+            at(t + 21 * US, CLIENT, CLIENT),
+            &resp(201, &[]),
+        );
+    }
+    let out = run(&sim.sorted(), Config::default());
+    assert_eq!(out.spans.len(), 100);
+    for i in 0..50u64 {
+        let path = format!("/k/{i}");
+        let cl = lbl(CLIENT, SpanKind::Client, &path);
+        let sv = lbl(SERVER, SpanKind::Server, &path);
+        out.assert_parent(&sv, &cl);
+        let s = out.get(&sv);
+        assert_eq!(
+            (s.start_ns, s.end_ns),
+            (MS + i * 100 * US + US, MS + i * 100 * US + 20 * US + 100)
+        );
+        let cs = out.get(&cl);
+        assert_eq!(
+            (cs.start_ns, cs.end_ns),
+            (MS + i * 100 * US, MS + i * 100 * US + 21 * US + 100)
+        );
+    }
+    assert_eq!(out.counters.mirror_parent, 50);
+}
+
+#[test]
+fn http2_pairs_by_stream_id() {
+    let evs = vec![
+        open(1, "127.0.0.1:5000", "127.0.0.1:443"),
+        m(
+            1,
+            Side::Outbound,
+            CLIENT,
+            CLIENT,
+            100,
+            MS,
+            Some(1),
+            rq("GET", "/a", &[]),
+        ),
+        m(
+            1,
+            Side::Outbound,
+            CLIENT,
+            CLIENT,
+            200,
+            MS + US,
+            Some(3),
+            rq("GET", "/b", &[]),
+        ),
+        m(
+            1,
+            Side::Outbound,
+            CLIENT,
+            CLIENT,
+            300,
+            MS + 2 * US,
+            Some(5),
+            rq("GET", "/c", &[]),
+        ),
+        m(
+            1,
+            Side::Inbound,
+            CLIENT,
+            CLIENT,
+            900,
+            MS + 10 * US,
+            Some(5),
+            rs(500, &[]),
+        ),
+        m(
+            1,
+            Side::Inbound,
+            CLIENT,
+            CLIENT,
+            950,
+            MS + 11 * US,
+            Some(1),
+            rs(200, &[]),
+        ),
+        m(
+            1,
+            Side::Inbound,
+            CLIENT,
+            CLIENT,
+            990,
+            MS + 12 * US,
+            Some(7),
+            rs(200, &[]),
+        ),
+        m(
+            1,
+            Side::Inbound,
+            CLIENT,
+            CLIENT,
+            999,
+            MS + 13 * US,
+            Some(3),
+            rs(404, &[]),
+        ),
+    ];
+    let out = run(&evs, Config::default());
+    assert_eq!(out.spans.len(), 3);
+    assert_eq!(status(out.get(&lbl(CLIENT, SpanKind::Client, "/a"))), 200);
+    assert_eq!(status(out.get(&lbl(CLIENT, SpanKind::Client, "/b"))), 404);
+    assert_eq!(status(out.get(&lbl(CLIENT, SpanKind::Client, "/c"))), 500);
+    assert_eq!(
+        out.get(&lbl(CLIENT, SpanKind::Client, "/c")).end_ns,
+        MS + 10 * US + 100
+    );
+    assert_eq!(out.counters.unmatched_response, 1);
+}
+
+#[test]
+fn unmatched_responses_are_counted_and_dropped() {
+    let evs = vec![
+        open(1, "127.0.0.1:5000", "10.0.0.9:80"),
+        // A response before any request, and one read on the side that has
+        // no outstanding request written.
+        m(1, Side::Inbound, CLIENT, CLIENT, 1, MS, None, rs(200, &[])),
+        m(
+            1,
+            Side::Outbound,
+            CLIENT,
+            CLIENT,
+            2,
+            MS + US,
+            None,
+            rq("GET", "/x", &[]),
+        ),
+        m(
+            1,
+            Side::Outbound,
+            CLIENT,
+            CLIENT,
+            3,
+            MS + 2 * US,
+            None,
+            rs(200, &[]),
+        ),
+        m(
+            1,
+            Side::Inbound,
+            CLIENT,
+            CLIENT,
+            4,
+            MS + 3 * US,
+            None,
+            rs(204, &[]),
+        ),
+        m(
+            1,
+            Side::Inbound,
+            CLIENT,
+            CLIENT,
+            5,
+            MS + 4 * US,
+            None,
+            rs(200, &[]),
+        ),
+    ];
+    let out = run(&evs, Config::default());
+    assert_eq!(out.spans.len(), 1);
+    assert_eq!(status(&out.spans[0]), 204);
+    assert_eq!(out.counters.unmatched_response, 3);
+}
+
+#[test]
+fn close_with_outstanding_requests_ends_them_as_errors() {
+    let mut sim = Sim::new(9);
+    let mut c = sim.connect("127.0.0.1", "127.0.0.1:80", Seen::Both);
+    sim.request(
+        &mut c,
+        at(MS, CLIENT, CLIENT),
+        at(MS + US, SERVER, SERVER),
+        &req("GET", "/slow", &[]),
+    );
+    sim.close(&c, 5 * MS);
+    let out = run(&sim.sorted(), Config::default());
+    assert_eq!(out.spans.len(), 2);
+    for s in &out.spans {
+        assert_eq!(
+            s.status,
+            Status::Error("connection closed before response".into())
+        );
+        assert_eq!(s.end_ns, 5 * MS);
+        assert_eq!(s.attr_str("error.type"), Some("connection_closed"));
+        assert!(s.attr("http.response.status_code").is_none());
+    }
+    out.assert_parent(
+        &lbl(SERVER, SpanKind::Server, "/slow"),
+        &lbl(CLIENT, SpanKind::Client, "/slow"),
+    );
+    assert_eq!(out.counters.closed_before_response, 2);
+}
+
+#[test]
+fn close_reported_before_the_last_response_still_pairs() {
+    let mut sim = Sim::new(9);
+    let mut c = sim.connect("127.0.0.1", "127.0.0.1:80", Seen::Both);
+    sim.request(
+        &mut c,
+        at(MS, CLIENT, CLIENT),
+        at(MS + US, SERVER, SERVER),
+        &req("GET", "/x", &[]),
+    );
+    sim.response(
+        &mut c,
+        at(2 * MS, SERVER, SERVER),
+        at(2 * MS + US, CLIENT, CLIENT),
+        &resp(200, &[]),
+    );
+    sim.close(&c, 2 * MS + 2 * US);
+    // The response messages arrive 100 ms after the close.
+    let evs = sim.sorted();
+    let delays: Vec<u64> = evs
+        .iter()
+        .map(|e| match e {
+            Ev::Msg(m) if matches!(m.kind, MessageKind::Response(_)) => 100 * MS,
+            _ => 0,
+        })
+        .collect();
+    let out = run_delayed(&evs, Config::default(), &delays);
+    assert_eq!(out.spans.len(), 2);
+    assert!(out
+        .spans
+        .iter()
+        .all(|s| s.status == Status::Unset && status(s) == 200));
+    assert_eq!(out.counters.closed_before_response, 0);
+    assert_eq!(out.counters.unknown_connection, 0);
+}
+
+#[test]
+fn local_peer_without_client_span_waits_the_window_then_is_a_counted_root() {
+    // The client process is on this host but not reported (e.g. not captured).
+    let mut sim = Sim::new(2);
+    let mut c = sim.connect("127.0.0.1", "127.0.0.1:80", Seen::ServerOnly);
+    sim.request(
+        &mut c,
+        at(MS, CLIENT, CLIENT),
+        at(MS + US, SERVER, SERVER),
+        &req("GET", "/lonely", &[]),
+    );
+    sim.response(
+        &mut c,
+        at(2 * MS, SERVER, SERVER),
+        at(2 * MS + US, CLIENT, CLIENT),
+        &resp(200, &[]),
+    );
+    let mut corr = Correlator::with_seed(Config::default(), 1);
+    for e in sim.sorted() {
+        match e {
+            Ev::Open(i) => corr.conn_open(i),
+            Ev::Msg(m) => corr.message(m),
+            Ev::Close(id, t) => corr.conn_close(id, t),
+        }
+    }
+    assert!(
+        corr.poll(2 * MS + W / 2).is_empty(),
+        "held while the window is open"
+    );
+    let spans = corr.poll(2 * MS + W + US);
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].parent_span_id, None);
+    assert_eq!(spans[0].parent_source, ParentSource::Root);
+    assert_eq!(corr.counters().mirror_expired, 1);
+    assert_eq!(corr.counters().roots, 1);
+}
+
+#[test]
+fn remote_peer_is_not_held() {
+    let mut corr = Correlator::with_seed(Config::default(), 1);
+    let evs = vec![
+        open(1, "10.0.0.5:80", "192.0.2.7:5555"),
+        m(
+            1,
+            Side::Inbound,
+            SERVER,
+            SERVER,
+            1,
+            MS,
+            None,
+            rq("GET", "/x", &[]),
+        ),
+        m(
+            1,
+            Side::Outbound,
+            SERVER,
+            SERVER,
+            2,
+            MS + US,
+            None,
+            rs(200, &[]),
+        ),
+    ];
+    for e in evs {
+        match e {
+            Ev::Open(i) => corr.conn_open(i),
+            Ev::Msg(m) => corr.message(m),
+            Ev::Close(..) => {}
+        }
+    }
+    let spans = corr.poll(MS + 2 * US);
+    assert_eq!(spans.len(), 1, "emitted at once");
+    assert_eq!(spans[0].parent_source, ParentSource::Root);
+}
+
+#[test]
+fn host_addresses_given_by_the_agent_count_as_local() {
+    let mut sim = Sim::new(4);
+    let mut c = sim.connect("10.1.2.3", "10.1.2.4:8080", Seen::Both);
+    sim.request(
+        &mut c,
+        at(MS, CLIENT, CLIENT),
+        at(MS + US, SERVER, SERVER),
+        &req("GET", "/pod", &[]),
+    );
+    sim.response(
+        &mut c,
+        at(2 * MS, SERVER, SERVER),
+        at(2 * MS + US, CLIENT, CLIENT),
+        &resp(200, &[]),
+    );
+    // Server side reported first, client side 50 ms later.
+    let evs = sim.sorted();
+    let delays: Vec<u64> = evs
+        .iter()
+        .map(|e| match e {
+            Ev::Msg(m) if m.pid == Pid(CLIENT) => 50 * MS,
+            _ => 0,
+        })
+        .collect();
+    // Without the addresses, the server span does not wait: a root.
+    let out = run_delayed(&evs, Config::default(), &delays);
+    assert_eq!(
+        out.get(&lbl(SERVER, SpanKind::Server, "/pod"))
+            .parent_source,
+        ParentSource::Root
+    );
+
+    // With them, it waits and links.
+    let mut corr = Correlator::with_seed(Config::default(), 1);
+    corr.set_local_addrs(["10.1.2.3".parse().unwrap(), "10.1.2.4".parse().unwrap()]);
+    assert!(corr.is_local("::ffff:10.1.2.3".parse().unwrap()));
+    assert!(corr.is_local("::1".parse().unwrap()));
+    assert!(!corr.is_local("10.1.2.5".parse().unwrap()));
+    let mut order: Vec<(u64, &Ev)> = evs
+        .iter()
+        .zip(&delays)
+        .map(|(e, d)| (e.time() + d, e))
+        .collect();
+    order.sort_by_key(|(t, _)| *t);
+    let mut spans = Vec::new();
+    for (t, e) in order {
+        spans.extend(corr.poll(t));
+        match e {
+            Ev::Open(i) => corr.conn_open(*i),
+            Ev::Msg(m) => corr.message(m.clone()),
+            Ev::Close(id, t) => corr.conn_close(*id, *t),
+        }
+    }
+    spans.extend(corr.poll(10 * W));
+    let out = Out {
+        spans,
+        counters: corr.counters().clone(),
+    };
+    out.assert_parent(
+        &lbl(SERVER, SpanKind::Server, "/pod"),
+        &lbl(CLIENT, SpanKind::Client, "/pod"),
+    );
+}
+
+#[test]
+fn unknown_connection_still_makes_spans() {
+    let evs = vec![
+        m(
+            77,
+            Side::Inbound,
+            SERVER,
+            SERVER,
+            1,
+            MS,
+            None,
+            rq("GET", "/u", &[("Host", "svc")]),
+        ),
+        m(
+            77,
+            Side::Outbound,
+            SERVER,
+            SERVER,
+            2,
+            MS + US,
+            None,
+            rs(200, &[]),
+        ),
+    ];
+    let out = run(&evs, Config::default());
+    assert_eq!(out.spans.len(), 1);
+    let s = &out.spans[0];
+    assert_eq!(s.attr_str("server.address"), Some("svc"));
+    assert!(s.attr("network.peer.address").is_none());
+    assert_eq!(out.counters.unknown_connection, 1);
+}
+
+#[test]
+fn response_ending_before_its_request_is_clamped() {
+    let evs = vec![
+        open(1, "10.0.0.5:80", "192.0.2.7:5555"),
+        m(
+            1,
+            Side::Inbound,
+            SERVER,
+            SERVER,
+            1,
+            5 * MS,
+            None,
+            rq("GET", "/t", &[]),
+        ),
+        m(1, Side::Outbound, SERVER, SERVER, 2, MS, None, rs(200, &[])),
+    ];
+    let out = run(&evs, Config::default());
+    assert_eq!(out.spans[0].start_ns, 5 * MS);
+    assert_eq!(out.spans[0].end_ns, 5 * MS);
+    assert_eq!(out.counters.clock_anomaly, 1);
+}
+
+#[test]
+fn connection_bound_evicts_the_oldest() {
+    let cfg = Config {
+        max_connections: 4,
+        ..Config::default()
+    };
+    let mut evs = Vec::new();
+    for i in 0..10u64 {
+        evs.push(open(
+            i + 1,
+            "10.0.0.5:80",
+            &format!("192.0.2.7:{}", 5000 + i),
+        ));
+        evs.push(m(
+            i + 1,
+            Side::Inbound,
+            SERVER,
+            SERVER,
+            1,
+            MS + i * US,
+            None,
+            rq("GET", &format!("/c/{i}"), &[]),
+        ));
+    }
+    let mut corr = Correlator::with_seed(cfg, 1);
+    let mut spans = Vec::new();
+    for e in &evs {
+        match e {
+            Ev::Open(i) => corr.conn_open(*i),
+            Ev::Msg(m) => corr.message(m.clone()),
+            Ev::Close(..) => {}
+        }
+        assert!(corr.connections() <= 4);
+        spans.extend(corr.poll(MS + 20 * US));
+    }
+    assert_eq!(corr.counters().connection_overflow, 6);
+    assert_eq!(spans.len(), 6);
+    assert!(spans
+        .iter()
+        .all(|s| s.status == Status::Error("connection evicted".into())));
+}
+
+#[test]
+fn outstanding_bound_ends_the_oldest() {
+    let cfg = Config {
+        max_outstanding_per_conn: 3,
+        ..Config::default()
+    };
+    let mut evs = vec![open(1, "10.0.0.5:80", "192.0.2.7:5000")];
+    for i in 0..5u64 {
+        evs.push(m(
+            1,
+            Side::Inbound,
+            SERVER,
+            SERVER,
+            i as u32,
+            MS + i * US,
+            None,
+            rq("GET", &format!("/o/{i}"), &[]),
+        ));
+    }
+    for i in 0..3u64 {
+        evs.push(m(
+            1,
+            Side::Outbound,
+            SERVER,
+            SERVER,
+            100 + i as u32,
+            2 * MS + i * US,
+            None,
+            rs(200, &[]),
+        ));
+    }
+    let out = run(&evs, cfg);
+    assert_eq!(out.counters.outstanding_overflow, 2);
+    for i in 0..2 {
+        let s = out.get(&lbl(SERVER, SpanKind::Server, &format!("/o/{i}")));
+        assert_eq!(s.status, Status::Error("response not observed".into()));
+    }
+    for i in 2..5 {
+        assert_eq!(
+            status(out.get(&lbl(SERVER, SpanKind::Server, &format!("/o/{i}")))),
+            200
+        );
+    }
+}
+
+#[test]
+fn span_bound_holds_and_is_counted() {
+    let cfg = Config {
+        max_spans: 16,
+        ..Config::default()
+    };
+    let mut corr = Correlator::with_seed(cfg, 1);
+    // Client spans each wait a window for rule 4; 100 of them in 1 ms.
+    corr.conn_open(ConnInfo {
+        conn: ConnId(1),
+        local: "127.0.0.1:5000".parse().unwrap(),
+        remote: "10.9.9.9:80".parse().unwrap(),
+    });
+    let mut spans = Vec::new();
+    for i in 0..100u64 {
+        let t = MS + i * 10 * US;
+        for e in [
+            m(
+                1,
+                Side::Outbound,
+                CLIENT,
+                CLIENT,
+                i as u32,
+                t,
+                None,
+                rq("GET", &format!("/s/{i}"), &[]),
+            ),
+            m(
+                1,
+                Side::Inbound,
+                CLIENT,
+                CLIENT,
+                i as u32,
+                t + US,
+                None,
+                rs(200, &[]),
+            ),
+        ] {
+            if let Ev::Msg(m) = e {
+                corr.message(m);
+            }
+            assert!(corr.live_spans() <= 16);
+        }
+        spans.extend(corr.poll(t + 2 * US));
+    }
+    spans.extend(corr.poll(10 * W));
+    assert_eq!(spans.len(), 100, "every span still emitted once");
+    let c = corr.counters();
+    assert!(c.span_overflow + c.retained_evicted >= 84, "{c:?}");
+    let mut ids: Vec<_> = spans.iter().map(|s| s.span_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 100);
+}
+
+#[test]
+fn retained_spans_are_forgotten_after_retention() {
+    let ch_events = {
+        let mut sim = Sim::new(1);
+        let mut c = sim.connect("10.0.0.1", "10.0.0.2:80", Seen::ServerOnly);
+        sim.request(
+            &mut c,
+            at(MS, CLIENT, CLIENT),
+            at(MS, SERVER, SERVER),
+            &req("GET", "/r", &[]),
+        );
+        sim.response(
+            &mut c,
+            at(2 * MS, SERVER, SERVER),
+            at(2 * MS, CLIENT, CLIENT),
+            &resp(200, &[]),
+        );
+        sim.sorted()
+    };
+    let cfg = Config::default();
+    let retention = cfg.retention_ns;
+    let mut corr = Correlator::with_seed(cfg, 1);
+    for e in ch_events {
+        match e {
+            Ev::Open(i) => corr.conn_open(i),
+            Ev::Msg(m) => corr.message(m),
+            Ev::Close(..) => {}
+        }
+    }
+    assert_eq!(corr.poll(3 * MS).len(), 1);
+    assert_eq!(corr.live_spans(), 1);
+    assert!(corr
+        .server_span_at(Pid(SERVER), Tid(SERVER), MS + 500 * US)
+        .is_some());
+    corr.poll(3 * MS + retention + 1);
+    assert_eq!(corr.live_spans(), 0);
+    corr.poll(3 * MS + 2 * retention + W);
+    assert_eq!(
+        corr.server_span_at(Pid(SERVER), Tid(SERVER), MS + 500 * US),
+        None
+    );
+}
+
+#[test]
+fn flush_settles_everything_finished() {
+    let mut sim = Sim::new(2);
+    let mut c = sim.connect("127.0.0.1", "127.0.0.1:80", Seen::Both);
+    sim.request(
+        &mut c,
+        at(MS, CLIENT, CLIENT),
+        at(MS + US, SERVER, SERVER),
+        &req("GET", "/f", &[]),
+    );
+    sim.response(
+        &mut c,
+        at(2 * MS, SERVER, SERVER),
+        at(2 * MS + US, CLIENT, CLIENT),
+        &resp(200, &[]),
+    );
+    sim.request(
+        &mut c,
+        at(3 * MS, CLIENT, CLIENT),
+        at(3 * MS + US, SERVER, SERVER),
+        &req("GET", "/open", &[]),
+    );
+    let mut corr = Correlator::with_seed(Config::default(), 1);
+    for e in sim.sorted() {
+        match e {
+            Ev::Open(i) => corr.conn_open(i),
+            Ev::Msg(m) => corr.message(m),
+            Ev::Close(..) => {}
+        }
+    }
+    let spans = corr.flush();
+    assert_eq!(spans.len(), 2);
+    let out = Out {
+        spans,
+        counters: corr.counters().clone(),
+    };
+    out.assert_parent(
+        &lbl(SERVER, SpanKind::Server, "/f"),
+        &lbl(CLIENT, SpanKind::Client, "/f"),
+    );
+}
+
+#[test]
+fn reset_after_a_stream_gap_ends_outstanding_requests() {
+    let evs = vec![
+        open(1, "10.0.0.5:80", "192.0.2.7:5000"),
+        m(
+            1,
+            Side::Inbound,
+            SERVER,
+            SERVER,
+            1,
+            MS,
+            None,
+            rq("GET", "/before", &[]),
+        ),
+    ];
+    let mut corr = Correlator::with_seed(Config::default(), 1);
+    for e in evs {
+        match e {
+            Ev::Open(i) => corr.conn_open(i),
+            Ev::Msg(m) => corr.message(m),
+            Ev::Close(..) => {}
+        }
+    }
+    corr.conn_reset(ConnId(1), 2 * MS);
+    // After the gap: a new request and its response pair with each other.
+    corr.message(Message {
+        conn: ConnId(1),
+        side: Side::Inbound,
+        pid: Pid(SERVER),
+        tid: Tid(SERVER),
+        seq: 500,
+        start_ns: 3 * MS,
+        end_ns: 3 * MS,
+        stream_id: None,
+        kind: rq("GET", "/after", &[]),
+    });
+    corr.message(Message {
+        conn: ConnId(1),
+        side: Side::Outbound,
+        pid: Pid(SERVER),
+        tid: Tid(SERVER),
+        seq: 900,
+        start_ns: 4 * MS,
+        end_ns: 4 * MS,
+        stream_id: None,
+        kind: rs(200, &[]),
+    });
+    let spans = corr.poll(5 * MS);
+    let out = Out {
+        spans,
+        counters: corr.counters().clone(),
+    };
+    let before = out.get(&lbl(SERVER, SpanKind::Server, "/before"));
+    assert_eq!(before.status, Status::Error("stream data lost".into()));
+    assert_eq!(before.end_ns, 2 * MS);
+    assert_eq!(
+        status(out.get(&lbl(SERVER, SpanKind::Server, "/after"))),
+        200
+    );
+    assert_eq!(out.counters.reset_outstanding, 1);
+}
