@@ -303,12 +303,17 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
         return Ok(());
     }
     // SAFETY: the context's __sk_buff, readable in cgroup_skb programs.
-    let (ifindex, ingress_ifindex) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
+    let (ifindex, ingress_ifindex) =
+        unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
     // Loopback payloads were already copied on egress (see SEG_LOOPBACK).
     if dir == Dir::Recv && ingress_ifindex == LOOPBACK_IFINDEX {
         return Ok(());
     }
-    let seg_flags = if dir == Dir::Send && ifindex == LOOPBACK_IFINDEX { SEG_LOOPBACK } else { 0 };
+    let seg_flags = if dir == Dir::Send && ifindex == LOOPBACK_IFINDEX {
+        SEG_LOOPBACK
+    } else {
+        0
+    };
     // __sk_buff->protocol is the big-endian ethertype.
     let proto = u16::from_be(ctx.skb.protocol() as u16);
     let mut src = [0u8; 16];

@@ -23,9 +23,11 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load the eBPF programs, capture socket traffic and print it until
-    /// SIGINT/SIGTERM (or --duration); drop counters are printed on exit.
-    Run(RunArgs),
+    /// Load the eBPF programs and trace every HTTP request on this host
+    /// until SIGINT/SIGTERM (or --duration). Spans go to an OTLP endpoint
+    /// when one is configured (--otlp-endpoint or OTEL_EXPORTER_OTLP_*),
+    /// else finished traces are printed as trees. Counters on exit.
+    Run(Box<RunArgs>),
     /// Check that this machine can run the agent (root, BTF, kernel version,
     /// tracefs, cgroup v2) and exit.
     Check {
@@ -38,6 +40,9 @@ pub enum Command {
 /// What `run` prints on stdout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Print {
+    /// Finished traces: an indented tree per trace (text), or one JSON
+    /// object per span (json). The default when no OTLP endpoint is set.
+    Traces,
     /// One line per send/receive call: time, pid/comm, tid, direction,
     /// local and remote address, byte count, first line of the payload.
     Events,
@@ -57,9 +62,10 @@ pub enum Output {
 /// Flags of `tracer run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// What to print on stdout.
-    #[arg(long, value_enum, default_value = "events")]
-    pub print: Print,
+    /// What to print on stdout [default: traces, or none when spans are
+    /// exported over OTLP].
+    #[arg(long, value_enum)]
+    pub print: Option<Print>,
 
     /// Format of what is printed.
     #[arg(long, value_enum, default_value = "text")]
@@ -115,6 +121,20 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", env = "TRACER_CGROUP_ROOT")]
     pub cgroup_root: Option<std::path::PathBuf>,
 
+    /// HTTP request-id headers that tie spans sharing a value into one trace
+    /// (repeatable; default: x-request-id, as set by Envoy).
+    #[arg(long = "request-id-header", value_name = "NAME")]
+    pub request_id_headers: Vec<String>,
+
+    /// Keep query-string values in url.query (by default every value is
+    /// replaced by REDACTED: tokens travel in query strings).
+    #[arg(long)]
+    pub keep_query_values: bool,
+
+    /// Where spans go.
+    #[command(flatten)]
+    pub export: crate::export::config::ExportArgs,
+
     /// Exit after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
@@ -165,6 +185,10 @@ pub struct RunConfig {
     pub duration: Option<Duration>,
     /// cgroup v2 root override.
     pub cgroup_root: Option<std::path::PathBuf>,
+    /// Span export, when an endpoint is configured.
+    pub export: Option<crate::export::config::ExportConfig>,
+    /// Correlation settings.
+    pub correlate: correlate::Config,
 }
 
 impl RunArgs {
@@ -198,6 +222,26 @@ impl RunArgs {
                 "--comm {c:?} is longer than the kernel's 15-character process names"
             )));
         }
+        let export = self.export.resolve().map_err(ConfigError)?;
+        let print = self.print.unwrap_or(if export.is_some() {
+            Print::None
+        } else {
+            Print::Traces
+        });
+        let mut correlate = correlate::Config::default();
+        if !self.request_id_headers.is_empty() {
+            if let Some(h) = self.request_id_headers.iter().find(|h| !is_token(h)) {
+                return Err(ConfigError(format!(
+                    "--request-id-header {h:?} is not a valid HTTP header name"
+                )));
+            }
+            correlate.request_id_headers = self
+                .request_id_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect();
+        }
+        correlate.redact_query = !self.keep_query_values;
         let duration = match self.duration {
             Some(d) if !(d.is_finite() && d > 0.0) => {
                 return Err(ConfigError(
@@ -213,7 +257,7 @@ impl RunArgs {
                 ring_bytes: ring,
                 wakeup_bytes: self.wakeup_bytes,
             },
-            print: self.print,
+            print,
             output: self.output,
             filter: Filter {
                 pids: self.pids,
@@ -225,8 +269,17 @@ impl RunArgs {
                 .then(|| Duration::from_secs(self.stats_interval)),
             duration,
             cgroup_root: self.cgroup_root,
+            export,
+            correlate,
         })
     }
+}
+
+/// An HTTP header name (RFC 9110 token).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]
@@ -247,7 +300,10 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.kernel.snap_len, 1024);
         assert!(c.kernel.enabled);
-        assert_eq!(c.print, Print::Events);
+        assert_eq!(c.print, Print::Traces);
+        assert!(c.export.is_none() || std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some());
+        assert_eq!(c.correlate.request_id_headers, ["x-request-id"]);
+        assert!(c.correlate.redact_query);
     }
 
     #[test]
@@ -266,6 +322,16 @@ mod tests {
             .contains("positive"));
         assert!(parse(&["--duration=-1"]).unwrap_err().contains("positive"));
         assert!(parse(&["--port", "70000"]).is_err());
+        assert!(parse(&["--request-id-header", "bad header"])
+            .unwrap_err()
+            .contains("header name"));
+        assert!(parse(&[
+            "--otlp-protocol",
+            "carrier-pigeon",
+            "--otlp-endpoint",
+            "http://x:1"
+        ])
+        .is_err());
     }
 
     #[test]

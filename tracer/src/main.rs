@@ -3,6 +3,8 @@ mod btf;
 mod cli;
 mod clock;
 mod conntrack;
+mod export;
+mod http_spans;
 mod kernel;
 mod pipeline;
 mod preflight;

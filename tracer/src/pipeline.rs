@@ -1,21 +1,26 @@
 //! The agent's pipeline, stage by stage:
 //!
 //! kernel ring buffer -> records -> connection table (byte streams lined up
-//! with calls) -> sink (event printer) ; counters reported on exit.
+//! with calls) -> [event printer] -> HTTP/1 parser -> correlator (spans,
+//! traces) -> OTLP exporter or terminal; counters reported on exit.
 //!
 //! One thread: records are decoded and handed on in the order the kernel
-//! wrote them, and no stage blocks on another.
-use std::time::Duration;
+//! wrote them, and no stage blocks on another (the OTLP exporter runs on its
+//! own thread behind a bounded queue).
+use std::{io::Write, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
+use protocols::stream::Chunk;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::MissedTickBehavior};
-use tracer_common::Record;
+use tracer_common::{Dir, Record};
 
 use crate::{
-    cli::{Print, RunConfig},
+    cli::{Output, Print, RunConfig},
     clock::{monotonic_ns, Clock},
-    conntrack::{ConnLimits, Conns, Sink},
+    conntrack::{ConnInfo, ConnLimits, Conns, Sink},
+    export::{console::Format, resource::ResourceCache, sink::SpanSink},
+    http_spans::HttpSpans,
     kernel::Kernel,
     print::EventPrinter,
 };
@@ -29,30 +34,73 @@ pub struct ReaderCounters {
     pub bad_records: u64,
 }
 
-/// A sink that only counts (`--print none`).
-struct Discard;
-impl Sink for Discard {
-    fn chunk(
-        &mut self,
-        _: &crate::conntrack::ConnInfo,
-        _: tracer_common::Dir,
-        _: &protocols::stream::Chunk<'_>,
-    ) {
+/// Everything after the connection table: event printing (optional),
+/// HTTP parsing and correlation, and where finished spans go.
+struct Stages {
+    events: Option<EventPrinter<Box<dyn Write>>>,
+    http: HttpSpans,
+    spans: SpanSink<Box<dyn Write>>,
+    /// The last pid described, to skip the resource lookup on runs of
+    /// records of one process.
+    last_pid: u32,
+}
+
+impl Sink for Stages {
+    fn chunk(&mut self, conn: &ConnInfo, dir: Dir, chunk: &Chunk<'_>) {
+        if let Some(events) = &mut self.events {
+            events.chunk(conn, dir, chunk);
+        }
+        self.http.chunk(conn, dir, chunk);
+    }
+
+    fn closed(&mut self, conn: &ConnInfo) {
+        self.http.closed(conn, monotonic_ns());
+    }
+
+    fn flush(&mut self) {
+        if let Some(events) = &mut self.events {
+            events.flush();
+        }
+    }
+}
+
+impl Stages {
+    /// Describes a process at its first record, while it is alive: short
+    /// processes (curl) are gone by the time their spans finish; the
+    /// kernel's `comm` stands in when /proc no longer has them.
+    fn saw_pid(&mut self, pid: u32, comm: &[u8; 16], now: u64) {
+        if pid != self.last_pid {
+            self.last_pid = pid;
+            let end = comm.iter().position(|&c| c == 0).unwrap_or(comm.len());
+            let name = String::from_utf8_lossy(&comm[..end]);
+            self.spans.saw_pid(correlate::Pid(pid), Some(&name), now);
+        }
+    }
+
+    /// Moves finished spans on and prints traces that went quiet.
+    fn settle(&mut self, now: u64) {
+        for span in self.http.poll(now) {
+            self.spans.span(span, now);
+        }
+        self.spans.tick(now);
     }
 }
 
 fn drain(
     ring: &mut RingBuf<MapData>,
     conns: &mut Conns,
-    sink: &mut impl Sink,
+    stages: &mut Stages,
     c: &mut ReaderCounters,
 ) {
     while let Some(item) = ring.next() {
         c.records += 1;
         match Record::parse(&item) {
-            Ok(Record::SockOp(op)) => conns.on_op(&op, sink),
-            Ok(Record::Segment(hdr, data)) => conns.on_segment(&hdr, data, sink),
-            Ok(Record::ConnState(st)) => conns.on_state(&st, sink),
+            Ok(Record::SockOp(op)) => {
+                stages.saw_pid(op.pid, &op.comm, op.ts_ns);
+                conns.on_op(&op, stages)
+            }
+            Ok(Record::Segment(hdr, data)) => conns.on_segment(&hdr, data, stages),
+            Ok(Record::ConnState(st)) => conns.on_state(&st, stages),
             Err(_) => c.bad_records += 1,
         }
     }
@@ -66,27 +114,63 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let clock = Clock::new();
-    let stdout = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
-    match cfg.print {
-        Print::Events => {
-            let mut sink = EventPrinter::new(stdout, cfg.output, cfg.filter.clone(), clock);
-            rt.block_on(event_loop(&cfg, &mut kernel, &mut sink))?;
-            sink.flush();
-            if sink.write_errors > 0 {
-                tracing::warn!(
-                    errors = sink.write_errors,
-                    "writing events to stdout failed"
-                );
-            }
-        }
-        Print::None => rt.block_on(event_loop(&cfg, &mut kernel, &mut Discard))?,
+    let stdout = || -> Box<dyn Write> {
+        Box::new(std::io::BufWriter::with_capacity(
+            64 << 10,
+            std::io::stdout(),
+        ))
+    };
+    let events = (cfg.print == Print::Events)
+        .then(|| EventPrinter::new(stdout(), cfg.output, cfg.filter.clone(), clock));
+    let format = match cfg.output {
+        Output::Text => Format::Tree,
+        Output::Json => Format::Json,
+    };
+    let span_out: Box<dyn Write> = if cfg.print == Print::Traces {
+        stdout()
+    } else {
+        Box::new(std::io::sink())
+    };
+    let resources = ResourceCache::from_env().map_err(anyhow::Error::msg)?;
+    let spans = rt
+        .block_on(async { SpanSink::start(cfg.export.clone(), format, span_out, clock, resources) })
+        .map_err(anyhow::Error::msg)
+        .context("starting the span export")?;
+    let seed = clock.unix_ns(monotonic_ns()) ^ u64::from(std::process::id()).rotate_left(32);
+    let mut stages = Stages {
+        events,
+        http: HttpSpans::new(cfg.correlate.clone(), seed),
+        spans,
+        last_pid: 0,
+    };
+
+    let (conns, reader) = rt.block_on(event_loop(&cfg, &mut kernel, &mut stages))?;
+
+    for span in stages.http.flush() {
+        stages.spans.span(span, monotonic_ns());
     }
+    if let Some(events) = &mut stages.events {
+        events.flush();
+        if events.write_errors > 0 {
+            tracing::warn!(
+                errors = events.write_errors,
+                "writing events to stdout failed"
+            );
+        }
+    }
+    let line = counters_line(&kernel, &conns, &reader, &stages);
+    let spans = rt.block_on(async { stages.spans.finish(Duration::from_secs(5)) });
+    eprintln!("tracer: counters: {line}; {spans}");
     drop(kernel);
     tracing::info!("detached all programs");
     Ok(())
 }
 
-async fn event_loop<S: Sink>(cfg: &RunConfig, kernel: &mut Kernel, sink: &mut S) -> Result<()> {
+async fn event_loop(
+    cfg: &RunConfig,
+    kernel: &mut Kernel,
+    stages: &mut Stages,
+) -> Result<(Conns, ReaderCounters)> {
     let ring = kernel.take_events()?;
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -99,6 +183,8 @@ async fn event_loop<S: Sink>(cfg: &RunConfig, kernel: &mut Kernel, sink: &mut S)
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut sweep_tick = tokio::time::interval(Duration::from_millis(50));
     sweep_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut addr_tick = tokio::time::interval(Duration::from_secs(10));
+    addr_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let stats_period = cfg
         .stats_interval
         .unwrap_or(Duration::from_secs(3600 * 24 * 365));
@@ -127,65 +213,79 @@ async fn event_loop<S: Sink>(cfg: &RunConfig, kernel: &mut Kernel, sink: &mut S)
             _ = &mut deadline => break,
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut conns, sink, &mut counters);
+                drain(guard.get_inner_mut(), &mut conns, stages, &mut counters);
                 guard.clear_ready();
             }
             _ = drain_tick.tick() => {
-                drain(ring.get_mut(), &mut conns, sink, &mut counters);
-                sink.flush();
+                drain(ring.get_mut(), &mut conns, stages, &mut counters);
+                stages.flush();
             }
-            _ = sweep_tick.tick() => conns.sweep(monotonic_ns(), sink),
-            _ = stats_tick.tick() => report(kernel, &conns, &counters, false),
+            _ = sweep_tick.tick() => {
+                let now = monotonic_ns();
+                conns.sweep(now, stages);
+                stages.settle(now);
+                stages.flush();
+            }
+            _ = addr_tick.tick() => stages.http.refresh_local_addrs(),
+            _ = stats_tick.tick() => {
+                let line = counters_line(kernel, &conns, &counters, stages);
+                tracing::info!("counters: {line}; {}", stages.spans.counters());
+            }
         }
     }
-    drain(ring.get_mut(), &mut conns, sink, &mut counters);
-    conns.flush_all(sink);
-    sink.flush();
-    report(kernel, &conns, &counters, true);
-    Ok(())
+    drain(ring.get_mut(), &mut conns, stages, &mut counters);
+    conns.flush_all(stages);
+    stages.settle(monotonic_ns());
+    stages.flush();
+    Ok((conns, counters))
 }
 
-/// Logs every counter: kernel drops, reader, table and stream counters.
-fn report(kernel: &Kernel, conns: &Conns, reader: &ReaderCounters, last: bool) {
-    let mut line = String::new();
+/// `Name { a: 1, b: 2 }` (a counters struct's Debug form) as `a=1 b=2`.
+fn debug_kv(v: &impl std::fmt::Debug) -> String {
+    let s = format!("{v:?}");
+    let inner = s
+        .split_once('{')
+        .and_then(|(_, r)| r.rsplit_once('}'))
+        .map_or(s.as_str(), |(i, _)| i);
+    inner.trim().replace(": ", "=").replace(", ", " ")
+}
+
+/// Every counter of every stage on one line: kernel drops, reader, table,
+/// streams, HTTP and correlation.
+fn counters_line(
+    kernel: &Kernel,
+    conns: &Conns,
+    reader: &ReaderCounters,
+    stages: &Stages,
+) -> String {
     use std::fmt::Write as _;
-    let _ = write!(line, "kernel drops:");
+    let mut line = String::from("kernel drops:");
     for (reason, n) in kernel.drops() {
         let _ = write!(line, " {}={n}", reason.name());
     }
-    let t = conns.counters();
-    let s = conns.stream_counters();
     let _ = write!(
         line,
-        "; reader: records={} bad_records={}; connections: live={} opened={} closed={} evicted_idle={} evicted_full={} \
-         loopback_mirrored={} loopback_parked={} loopback_parked_dropped={}; \
-         streams: segments={} ops={} bytes_captured={} bytes_truncated={} bytes_hole={} bytes_unattributed={} \
-         bytes_duplicate={} segments_dropped_limit={} ops_dropped_limit={} ops_stale={} ops_without_bytes={}",
-        reader.records,
-        reader.bad_records,
+        "; reader: {}; connections: live={} {}; streams: {}; http: {}; correlate: {}",
+        debug_kv(reader),
         conns.len(),
-        t.opened,
-        t.closed,
-        t.evicted_idle,
-        t.evicted_full,
-        t.loopback_mirrored,
-        t.loopback_parked,
-        t.loopback_parked_dropped,
-        s.segments,
-        s.ops,
-        s.bytes_captured,
-        s.bytes_truncated,
-        s.bytes_hole,
-        s.bytes_unattributed,
-        s.bytes_duplicate,
-        s.segments_dropped_limit,
-        s.ops_dropped_limit,
-        s.ops_stale,
-        s.ops_without_bytes,
+        debug_kv(conns.counters()),
+        debug_kv(&conns.stream_counters()),
+        debug_kv(stages.http.counters()),
+        debug_kv(stages.http.correlate_counters()),
     );
-    if last {
-        eprintln!("tracer: counters: {line}");
-    } else {
-        tracing::info!("counters: {line}");
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_print_as_key_values() {
+        let c = ReaderCounters {
+            records: 3,
+            bad_records: 1,
+        };
+        assert_eq!(debug_kv(&c), "records=3 bad_records=1");
     }
 }

@@ -1,0 +1,884 @@
+//! The per-direction state machine.
+
+use std::collections::VecDeque;
+
+use super::chunked::{Decoder, Found, LostScanner, Step};
+use super::detect::{self, Likely};
+use super::head::{self, Head, HeadError};
+use super::{
+    BodyFraming, Http1Config, Http1Counters, Message, MessageEnd, MessageInfo, RequestKind, Role,
+};
+use crate::stream::{Chunk, MissingKind, OpMeta, Piece};
+
+/// Smallest accepted `max_head_bytes`.
+const MIN_HEAD: usize = 64;
+
+/// Where a byte lies and which chunk brought it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pos {
+    offset: u64,
+    seq: u32,
+    op: Option<OpMeta>,
+    seg_ts: Option<u64>,
+}
+
+impl Pos {
+    fn advance(self, n: u64) -> Pos {
+        Pos {
+            offset: self.offset + n,
+            seq: self.seq.wrapping_add(n as u32),
+            ..self
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Expecting or buffering a head.
+    Head,
+    /// In a `Content-Length` body: bytes left.
+    Length(u64),
+    /// In a chunked body.
+    Chunked,
+    /// In a chunked body whose framing was lost.
+    ChunkedLost,
+    /// In a close-delimited body.
+    Close,
+    /// Not HTTP/1 any more (upgrade, tunnel).
+    Upgraded,
+    /// Never was HTTP/1.
+    NotHttp,
+}
+
+/// The message whose body is being read.
+#[derive(Debug)]
+struct Current {
+    msg: Message,
+    /// Position of the chunk holding the last byte so far.
+    last: Pos,
+    body_seen: u64,
+    body_missing: u64,
+    /// Response with a length but no known request: check whether the
+    /// body is in fact the next response (the request was HEAD).
+    check_head: bool,
+    /// Request asking for an upgrade: after it, the next bytes decide.
+    upgrade_after: bool,
+}
+
+impl Current {
+    fn info(&mut self) -> &mut MessageInfo {
+        match &mut self.msg {
+            Message::Request(r) => &mut r.info,
+            Message::Response(r) => &mut r.info,
+        }
+    }
+}
+
+/// Incremental HTTP/1.x parser for one direction of a connection. See the
+/// [module documentation](super).
+#[derive(Debug)]
+pub struct Http1Parser {
+    role: Role,
+    cfg: Http1Config,
+    counters: Http1Counters,
+    state: State,
+    cur: Option<Current>,
+    /// The head being buffered: it never holds bytes past its blank line.
+    head: Vec<u8>,
+    /// `(index in head, position of that byte)` for each appended piece.
+    marks: Vec<(usize, Pos)>,
+    scratch: Vec<u8>,
+    chunked: Decoder,
+    lost: LostScanner,
+    /// The message boundary was lost: the head must start like a message.
+    resync: bool,
+    /// The byte before the next one ended a line (or is unknown).
+    line_start: bool,
+    /// After an upgrade request: non-HTTP bytes mean the upgrade happened.
+    upgrade_pending: bool,
+    seen_input: bool,
+    seen_message: bool,
+    skipped_before_first: u64,
+    /// Response role: kinds of the requests still unanswered.
+    expected: VecDeque<RequestKind>,
+    /// Request role: kinds of the requests parsed, for the response side.
+    kinds_out: VecDeque<RequestKind>,
+    next_offset: Option<u64>,
+}
+
+fn looks_binary(d: &[u8]) -> bool {
+    d.iter()
+        .take(32)
+        .any(|b| (*b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || *b == 0x7f)
+}
+
+impl Http1Parser {
+    /// A parser for a direction carrying `role` messages.
+    pub fn new(role: Role, config: Http1Config) -> Self {
+        let cfg = Http1Config {
+            max_head_bytes: config.max_head_bytes.max(MIN_HEAD),
+            max_expected: config.max_expected.max(1),
+            ..config
+        };
+        Http1Parser {
+            role,
+            cfg,
+            counters: Http1Counters::default(),
+            state: State::Head,
+            cur: None,
+            head: Vec::new(),
+            marks: Vec::new(),
+            scratch: Vec::new(),
+            chunked: Decoder::new(),
+            lost: LostScanner::default(),
+            resync: false,
+            line_start: true,
+            upgrade_pending: false,
+            seen_input: false,
+            seen_message: false,
+            skipped_before_first: 0,
+            expected: VecDeque::new(),
+            kinds_out: VecDeque::new(),
+            next_offset: None,
+        }
+    }
+
+    /// The role given at creation.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> &Http1Counters {
+        &self.counters
+    }
+
+    /// True once the direction was declared not HTTP/1 (nothing more is
+    /// parsed).
+    pub fn is_not_http(&self) -> bool {
+        self.state == State::NotHttp
+    }
+
+    /// True once the connection left HTTP/1 (101 Switching Protocols, a
+    /// tunnel after CONNECT): nothing more is parsed.
+    pub fn is_upgraded(&self) -> bool {
+        self.state == State::Upgraded
+    }
+
+    /// Response role: the next unanswered request on this connection is of
+    /// this kind (call once per request, in order; [`Http1Connection`]
+    /// does it).
+    ///
+    /// [`Http1Connection`]: super::Http1Connection
+    pub fn expect_request(&mut self, kind: RequestKind) {
+        if self.expected.len() >= self.cfg.max_expected {
+            self.expected.pop_front();
+            self.counters.expectations_dropped += 1;
+        }
+        self.expected.push_back(kind);
+    }
+
+    /// Request role: the kind of the next request parsed since the last
+    /// call, in order (heads are reported as soon as they are parsed, before
+    /// their bodies end).
+    pub fn take_request_kind(&mut self) -> Option<RequestKind> {
+        self.kinds_out.pop_front()
+    }
+
+    /// Request role: the response side saw the upgrade (101, 2xx to
+    /// CONNECT) that the last request asked for: stop parsing.
+    pub fn confirm_upgrade(&mut self) {
+        let asked = self.upgrade_pending || self.cur.as_ref().is_some_and(|c| c.upgrade_after);
+        if asked && self.state != State::Upgraded {
+            self.cur = None;
+            self.enter_upgraded();
+        }
+    }
+
+    /// Feeds the next chunk of the direction. Chunks are expected in
+    /// stream order: a chunk starting after the previous one's end counts
+    /// the gap as a hole; bytes already fed are ignored.
+    pub fn feed(&mut self, chunk: &Chunk<'_>, out: &mut impl FnMut(Message)) {
+        let mut pos = Pos {
+            offset: chunk.offset,
+            seq: chunk.seq,
+            op: chunk.op,
+            seg_ts: chunk.seg_ts_ns,
+        };
+        let mut skip = 0u64;
+        if let Some(expected) = self.next_offset {
+            if chunk.offset > expected {
+                let gap = chunk.offset - expected;
+                let at = Pos {
+                    offset: expected,
+                    seq: chunk.seq.wrapping_sub(gap as u32),
+                    op: None,
+                    seg_ts: None,
+                };
+                self.on_missing(gap, at, out);
+            } else {
+                skip = expected - chunk.offset;
+            }
+        }
+        for p in chunk.pieces {
+            let len = u64::from(p.len());
+            if skip >= len {
+                skip -= len;
+                pos = pos.advance(len);
+                continue;
+            }
+            match p {
+                Piece::Data(d) => {
+                    let d = d.get(skip as usize..).unwrap_or_default();
+                    self.on_data(d, pos.advance(skip), out);
+                }
+                Piece::Missing { .. } => self.on_missing(len - skip, pos.advance(skip), out),
+            }
+            skip = 0;
+            pos = pos.advance(len);
+        }
+        let end = self.next_offset.map_or(pos.offset, |e| e.max(pos.offset));
+        self.next_offset = Some(end);
+    }
+
+    /// Feeds captured bytes that directly follow what was fed before, with
+    /// no call information (tests, fuzzing, other sources).
+    pub fn feed_bytes(&mut self, data: &[u8], out: &mut impl FnMut(Message)) {
+        let offset = self.next_offset.unwrap_or(0);
+        let pieces = [Piece::Data(data)];
+        self.feed(&Self::synthetic(offset, &pieces), out);
+    }
+
+    /// Feeds `len` bytes missing for the given reason, directly following
+    /// what was fed before.
+    pub fn feed_missing(&mut self, len: u32, why: MissingKind, out: &mut impl FnMut(Message)) {
+        let offset = self.next_offset.unwrap_or(0);
+        let pieces = [Piece::Missing { len, why }];
+        self.feed(&Self::synthetic(offset, &pieces), out);
+    }
+
+    fn synthetic<'a>(offset: u64, pieces: &'a [Piece<'a>]) -> Chunk<'a> {
+        Chunk {
+            seq: offset as u32,
+            offset,
+            len: pieces.iter().map(Piece::len).sum(),
+            op: None,
+            seg_ts_ns: None,
+            pieces,
+        }
+    }
+
+    /// The direction ended (connection closed or evicted): a
+    /// close-delimited body ends here; a message cut short is emitted as
+    /// [`MessageEnd::Closed`]. The parser is ready for a new stream
+    /// afterwards (counters kept).
+    pub fn flush(&mut self, out: &mut impl FnMut(Message)) {
+        let end = self.next_offset.unwrap_or(0);
+        match self.state {
+            State::Close => self.finish(MessageEnd::Complete, end, out),
+            State::Length(_) | State::Chunked | State::ChunkedLost => {
+                self.counters.closed_incomplete += 1;
+                self.finish(MessageEnd::Closed, end, out);
+            }
+            State::Head => {
+                if !self.head.is_empty() && !self.upgrade_pending {
+                    self.counters.heads_truncated += 1;
+                    self.emit_partial(out);
+                }
+            }
+            State::Upgraded | State::NotHttp => {}
+        }
+        self.cur = None;
+        self.clear_head();
+        self.state = State::Head;
+        self.resync = false;
+        self.line_start = true;
+        self.upgrade_pending = false;
+        self.seen_input = false;
+        self.seen_message = false;
+        self.skipped_before_first = 0;
+        self.expected.clear();
+        self.next_offset = None;
+    }
+
+    fn classifier(&self) -> fn(&[u8]) -> Likely {
+        match self.role {
+            Role::Request => detect::classify_request,
+            Role::Response => detect::classify_response,
+        }
+    }
+
+    fn on_data(&mut self, mut data: &[u8], mut pos: Pos, out: &mut impl FnMut(Message)) {
+        if data.is_empty() {
+            return;
+        }
+        if !self.seen_input {
+            self.seen_input = true;
+            if self.state == State::Head && (detect::is_other_protocol(data) || looks_binary(data))
+            {
+                self.declare_not_http();
+            }
+        }
+        let mut stalls = 0;
+        while !data.is_empty() {
+            let before = self.state;
+            let used = match self.state {
+                State::Head => self.head_data(data, pos, out),
+                State::Length(left) => self.length_data(left, data, pos, out),
+                State::Chunked => self.chunked_data(data, pos, out),
+                State::ChunkedLost => self.lost_data(data, pos, out),
+                State::Close => {
+                    if let Some(c) = &mut self.cur {
+                        c.body_seen += data.len() as u64;
+                        c.last = pos;
+                    }
+                    data.len()
+                }
+                State::Upgraded | State::NotHttp => data.len(),
+            }
+            .min(data.len());
+            if used == 0 {
+                stalls = if self.state == before { stalls + 1 } else { 0 };
+                if stalls > 2 {
+                    // Defensive: a state that makes no progress skips the rest.
+                    self.skip(data.len() as u64);
+                    self.resync = true;
+                    self.line_start = false;
+                    return;
+                }
+                continue;
+            }
+            stalls = 0;
+            self.line_start = data[used - 1] == b'\n';
+            data = &data[used..];
+            pos = pos.advance(used as u64);
+        }
+    }
+
+    fn on_missing(&mut self, mut len: u64, mut pos: Pos, out: &mut impl FnMut(Message)) {
+        self.seen_input = true;
+        while len > 0 {
+            match self.state {
+                State::Head => {
+                    if self.upgrade_pending {
+                        self.enter_upgraded();
+                        break;
+                    }
+                    if !self.head.is_empty() {
+                        self.counters.heads_truncated += 1;
+                        self.emit_partial(out);
+                        self.clear_head();
+                    }
+                    if !self.resync {
+                        self.resync = true;
+                        self.counters.resyncs += 1;
+                    }
+                    self.skip(len);
+                    break;
+                }
+                State::Length(left) => {
+                    let n = left.min(len);
+                    if let Some(c) = &mut self.cur {
+                        c.body_missing += n;
+                        c.last = pos;
+                        c.check_head = false;
+                    }
+                    len -= n;
+                    pos = pos.advance(n);
+                    if n == left {
+                        self.finish(MessageEnd::Complete, pos.offset, out);
+                    } else {
+                        self.state = State::Length(left - n);
+                    }
+                }
+                State::Chunked => {
+                    let (n, ok) = self.chunked.missing(len);
+                    if let Some(c) = &mut self.cur {
+                        c.body_missing += n;
+                        c.last = pos;
+                    }
+                    if !ok {
+                        self.framing_lost();
+                    }
+                    break;
+                }
+                State::ChunkedLost | State::Close => {
+                    self.lost.reset();
+                    if let Some(c) = &mut self.cur {
+                        c.body_missing += len;
+                        c.last = pos;
+                    }
+                    break;
+                }
+                State::Upgraded | State::NotHttp => break,
+            }
+        }
+        self.line_start = true;
+    }
+
+    /// Counts bytes skipped while looking for a message; too many before
+    /// any message means the direction is not HTTP.
+    fn skip(&mut self, n: u64) {
+        self.counters.bytes_skipped += n;
+        if !self.seen_message {
+            self.skipped_before_first += n;
+            if self.skipped_before_first > self.cfg.detect_budget {
+                self.declare_not_http();
+            }
+        }
+    }
+
+    fn declare_not_http(&mut self) {
+        if self.state != State::NotHttp {
+            self.counters.not_http = 1;
+        }
+        self.state = State::NotHttp;
+        self.cur = None;
+        self.clear_head();
+    }
+
+    fn enter_upgraded(&mut self) {
+        self.state = State::Upgraded;
+        self.counters.upgrades += 1;
+        self.upgrade_pending = false;
+        self.clear_head();
+    }
+
+    fn clear_head(&mut self) {
+        self.head.clear();
+        self.marks.clear();
+    }
+
+    /// Drops the first `p` buffered head bytes.
+    fn drain_head(&mut self, p: usize) {
+        self.head.drain(..p.min(self.head.len()));
+        let keep_from = self.marks.iter().rposition(|(i, _)| *i <= p).unwrap_or(0);
+        self.marks.drain(..keep_from);
+        for (i, pos) in &mut self.marks {
+            if *i <= p {
+                *pos = pos.advance((p - *i) as u64);
+                *i = 0;
+            } else {
+                *i -= p;
+            }
+        }
+    }
+
+    fn strict(&self) -> bool {
+        self.resync || !self.seen_message || self.upgrade_pending
+    }
+
+    /// Head state: buffers bytes up to the end of the head; returns the
+    /// number consumed.
+    fn head_data(&mut self, data: &[u8], pos: Pos, out: &mut impl FnMut(Message)) -> usize {
+        if self.head.is_empty() {
+            let newlines = data
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+            if newlines > 0 {
+                return newlines;
+            }
+            if self.resync {
+                match detect::find_start(data, self.line_start, self.classifier()) {
+                    None => {
+                        self.skip(data.len() as u64);
+                        return data.len();
+                    }
+                    Some((p, _)) if p > 0 => {
+                        self.skip(p as u64);
+                        return p;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let prev = self.head.len();
+        let end = head::find_head_end(&self.head[prev.saturating_sub(2)..], data);
+        let room = self.cfg.max_head_bytes.saturating_sub(prev).max(1);
+        let take = end.unwrap_or(data.len()).min(room).min(data.len());
+        self.marks.push((prev, pos));
+        self.head.extend_from_slice(&data[..take]);
+        let complete = end.is_some_and(|e| e <= take);
+        let new_line = data[..take].contains(&b'\n');
+        self.evaluate_head(complete, new_line, out);
+        take
+    }
+
+    /// Checks the buffered head: parses it when complete, gives up on it
+    /// when it cannot be a message start.
+    /// `new_line`: a line end was just appended (worth asking httparse
+    /// whether the lines so far are valid).
+    fn evaluate_head(&mut self, complete: bool, mut new_line: bool, out: &mut impl FnMut(Message)) {
+        while !self.head.is_empty() && self.state == State::Head {
+            if self.strict() {
+                match (self.classifier())(&self.head) {
+                    Likely::No => {
+                        if self.fail_head() {
+                            continue;
+                        }
+                        return;
+                    }
+                    Likely::NeedMore => return,
+                    Likely::Yes => {}
+                }
+            }
+            if !complete && new_line {
+                new_line = false;
+                if let Err(e) = head::check_partial(self.role, &self.head) {
+                    self.count_head_error(e);
+                    if self.fail_head() {
+                        // The buffer changed: check it again from the top.
+                        new_line = true;
+                        continue;
+                    }
+                    return;
+                }
+            }
+            if !complete {
+                if self.head.len() >= self.cfg.max_head_bytes {
+                    self.counters.heads_too_large += 1;
+                    self.emit_partial(out);
+                    self.skip(self.head.len() as u64);
+                    self.clear_head();
+                    self.resync = true;
+                    self.counters.resyncs += 1;
+                }
+                return;
+            }
+            match head::parse_head(self.role, &self.head) {
+                Ok(h) => {
+                    self.start_message(h, out);
+                    return;
+                }
+                Err(e) => {
+                    self.count_head_error(e);
+                    if !self.fail_head() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_head_error(&mut self, e: HeadError) {
+        match e {
+            HeadError::TooManyHeaders => self.counters.heads_too_large += 1,
+            HeadError::Invalid => self.counters.parse_errors += 1,
+        }
+    }
+
+    /// The buffered head is not a message: look for a message start later
+    /// in it. Returns true when one was found (the buffer now starts there).
+    fn fail_head(&mut self) -> bool {
+        if self.upgrade_pending {
+            self.enter_upgraded();
+            return false;
+        }
+        if !self.resync {
+            self.resync = true;
+            self.counters.resyncs += 1;
+        }
+        let found = detect::find_start(
+            self.head.get(1..).unwrap_or_default(),
+            false,
+            self.classifier(),
+        );
+        match found {
+            Some((p, _)) => {
+                self.skip(p as u64 + 1);
+                self.drain_head(p + 1);
+                true
+            }
+            None => {
+                self.skip(self.head.len() as u64);
+                self.clear_head();
+                false
+            }
+        }
+    }
+
+    fn head_span(&self) -> (Pos, Pos) {
+        let first = self.marks.first().map(|m| m.1).unwrap_or_default();
+        let last = self.marks.last().map(|m| m.1).unwrap_or_default();
+        (first, last)
+    }
+
+    fn push_kind(&mut self, kind: RequestKind) {
+        if self.role == Role::Request {
+            if self.kinds_out.len() >= self.cfg.max_expected {
+                self.kinds_out.pop_front();
+                self.counters.expectations_dropped += 1;
+            }
+            self.kinds_out.push_back(kind);
+        }
+    }
+
+    /// Emits the complete lines of a head cut short (no body followed).
+    fn emit_partial(&mut self, out: &mut impl FnMut(Message)) {
+        let Some(h) = head::parse_partial_head(self.role, &self.head, &mut self.scratch) else {
+            return;
+        };
+        let (first, last) = self.head_span();
+        let head_len = self.head.len();
+        let info = MessageInfo {
+            seq: first.seq,
+            offset: first.offset,
+            end_offset: first.offset + head_len as u64,
+            head_len: head_len as u32,
+            first_op: first.op,
+            last_op: last.op,
+            first_seg_ts_ns: first.seg_ts,
+            last_seg_ts_ns: last.seg_ts,
+            framing: BodyFraming::Unknown,
+            body_len: None,
+            body_missing: 0,
+            end: MessageEnd::HeadTruncated,
+        };
+        let msg = match h {
+            Head::Request {
+                method,
+                target,
+                version,
+                headers,
+            } => {
+                self.push_kind(method.kind());
+                Message::Request(head::into_request(method, target, version, headers, info))
+            }
+            Head::Response {
+                status,
+                reason,
+                version,
+                headers,
+            } => {
+                let interim = (100..200).contains(&status) && status != 101;
+                if interim {
+                    return;
+                }
+                self.expected.pop_front();
+                Message::Response(head::into_response(status, reason, version, headers, info))
+            }
+        };
+        self.seen_message = true;
+        self.counters.messages += 1;
+        out(msg);
+    }
+
+    /// A complete head was parsed: emit it or start reading its body.
+    fn start_message(&mut self, h: Head, out: &mut impl FnMut(Message)) {
+        let (first, last) = self.head_span();
+        let head_len = self.head.len();
+        let body_start = first.offset + head_len as u64;
+        self.clear_head();
+        self.seen_message = true;
+        self.skipped_before_first = 0;
+        self.resync = false;
+        self.upgrade_pending = false;
+        let framing_ok = |f: Result<BodyFraming, ()>, c: &mut Http1Counters| {
+            f.unwrap_or_else(|()| {
+                c.parse_errors += 1;
+                BodyFraming::Unknown
+            })
+        };
+        let mut info = MessageInfo {
+            seq: first.seq,
+            offset: first.offset,
+            end_offset: body_start,
+            head_len: head_len as u32,
+            first_op: first.op,
+            last_op: last.op,
+            first_seg_ts_ns: first.seg_ts,
+            last_seg_ts_ns: last.seg_ts,
+            framing: BodyFraming::None,
+            body_len: None,
+            body_missing: 0,
+            end: MessageEnd::Complete,
+        };
+        let mut check_head = false;
+        let mut upgrade_after = false;
+        let msg = match h {
+            Head::Request {
+                method,
+                target,
+                version,
+                headers,
+            } => {
+                info.framing = framing_ok(head::request_framing(&headers), &mut self.counters);
+                upgrade_after = head::requests_upgrade(&method, &headers);
+                self.push_kind(method.kind());
+                Message::Request(head::into_request(method, target, version, headers, info))
+            }
+            Head::Response {
+                status,
+                reason,
+                version,
+                headers,
+            } => {
+                if (100..200).contains(&status) && status != 101 {
+                    self.counters.interim_responses += 1;
+                    if self.cfg.emit_interim {
+                        self.counters.messages += 1;
+                        info.body_len = Some(0);
+                        out(Message::Response(head::into_response(
+                            status, reason, version, headers, info,
+                        )));
+                    }
+                    return;
+                }
+                let kind = self.expected.pop_front();
+                if kind.is_none() {
+                    self.counters.responses_unpaired += 1;
+                }
+                info.framing = framing_ok(
+                    head::response_framing(status, kind, &headers),
+                    &mut self.counters,
+                );
+                check_head =
+                    kind.is_none() && matches!(info.framing, BodyFraming::ContentLength(_));
+                Message::Response(head::into_response(status, reason, version, headers, info))
+            }
+        };
+        let framing = info.framing;
+        self.cur = Some(Current {
+            msg,
+            last,
+            body_seen: 0,
+            body_missing: 0,
+            check_head,
+            upgrade_after,
+        });
+        match framing {
+            BodyFraming::None => self.finish(MessageEnd::Complete, body_start, out),
+            BodyFraming::Unknown => {
+                // Invalid framing headers: the end of the body is unknown.
+                self.finish(MessageEnd::FramingLost, body_start, out);
+                self.resync = true;
+                self.counters.resyncs += 1;
+            }
+            BodyFraming::ContentLength(n) => self.state = State::Length(n),
+            BodyFraming::Chunked => {
+                self.chunked.reset();
+                self.state = State::Chunked;
+            }
+            BodyFraming::CloseDelimited => self.state = State::Close,
+            BodyFraming::Tunnel => {
+                self.finish(MessageEnd::Complete, body_start, out);
+                self.enter_upgraded();
+            }
+        }
+    }
+
+    /// Emits the current message, ending at `end_offset`.
+    fn finish(&mut self, end: MessageEnd, end_offset: u64, out: &mut impl FnMut(Message)) {
+        self.state = State::Head;
+        let Some(mut cur) = self.cur.take() else {
+            return;
+        };
+        let decoded = self.chunked.body;
+        let (last, seen, missing) = (cur.last, cur.body_seen, cur.body_missing);
+        let info = cur.info();
+        info.end_offset = end_offset;
+        info.last_op = last.op;
+        info.last_seg_ts_ns = last.seg_ts;
+        info.body_missing = missing;
+        info.end = end;
+        info.body_len = match (end, info.framing) {
+            (MessageEnd::Complete, BodyFraming::None | BodyFraming::Tunnel) => Some(0),
+            (MessageEnd::Complete, BodyFraming::ContentLength(n)) => Some(n),
+            (MessageEnd::Complete, BodyFraming::Chunked) => Some(decoded),
+            (MessageEnd::Complete, BodyFraming::CloseDelimited) => Some(seen + missing),
+            _ => None,
+        };
+        self.counters.messages += 1;
+        self.counters.body_bytes_missing += missing;
+        if cur.upgrade_after {
+            self.upgrade_pending = true;
+        }
+        out(cur.msg);
+    }
+
+    fn length_data(
+        &mut self,
+        left: u64,
+        data: &[u8],
+        pos: Pos,
+        out: &mut impl FnMut(Message),
+    ) -> usize {
+        if let Some(c) = self.cur.as_mut().filter(|c| c.check_head) {
+            c.check_head = false;
+            let looks = match detect::classify_response(data) {
+                Likely::Yes => true,
+                Likely::NeedMore => data.len() >= 5,
+                Likely::No => false,
+            };
+            if looks {
+                // The body is the next response: the request was HEAD.
+                c.info().framing = BodyFraming::None;
+                self.counters.head_guesses += 1;
+                self.finish(MessageEnd::Complete, pos.offset, out);
+                return 0;
+            }
+        }
+        let n = left.min(data.len() as u64);
+        if let Some(c) = &mut self.cur {
+            c.body_seen += n;
+            c.last = pos;
+        }
+        if n == left {
+            self.finish(MessageEnd::Complete, pos.offset + n, out);
+        } else {
+            self.state = State::Length(left - n);
+        }
+        n as usize
+    }
+
+    fn framing_lost(&mut self) {
+        self.counters.framing_lost += 1;
+        self.lost.reset();
+        self.state = State::ChunkedLost;
+    }
+
+    fn chunked_data(&mut self, data: &[u8], pos: Pos, out: &mut impl FnMut(Message)) -> usize {
+        if let Some(c) = &mut self.cur {
+            c.last = pos;
+        }
+        match self.chunked.data(data, self.cfg.max_head_bytes) {
+            Step::More => data.len(),
+            Step::Done(n) => {
+                self.finish(MessageEnd::Complete, pos.offset + n as u64, out);
+                n
+            }
+            Step::Error(n) => {
+                self.framing_lost();
+                n
+            }
+        }
+    }
+
+    fn lost_data(&mut self, data: &[u8], pos: Pos, out: &mut impl FnMut(Message)) -> usize {
+        match self.lost.scan(data, self.line_start, self.classifier()) {
+            Found::Nothing => {
+                if let Some(c) = &mut self.cur {
+                    c.last = pos;
+                }
+                data.len()
+            }
+            Found::Terminator(n) => {
+                if let Some(c) = &mut self.cur {
+                    c.last = pos;
+                }
+                self.finish(MessageEnd::FramingLost, pos.offset + n as u64, out);
+                n
+            }
+            Found::NextMessage(i) => {
+                if i > 0 {
+                    if let Some(c) = &mut self.cur {
+                        c.last = pos;
+                    }
+                }
+                self.finish(MessageEnd::FramingLost, pos.offset + i as u64, out);
+                i
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+"""A threaded HTTP/1.1 backend for the chain tests (a Python
+ThreadingHTTPServer: one thread per connection).
+
+  chain_backend.py PORT [DOWNSTREAM_BASE_URL]
+
+Without a downstream it answers 200 (or the status given by `?status=NNN`)
+with a small body. With one, its handler first calls DOWNSTREAM_BASE_URL +
+the same path on a new connection, then answers with what it got.
+Prints "ready" once listening."""
+import http.client
+import sys
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+port = int(sys.argv[1])
+downstream = urllib.parse.urlsplit(sys.argv[2]) if len(sys.argv) > 2 else None
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        status = int(query.get("status", ["200"])[0])
+        body = b"from %d: %s\n" % (port, self.path.encode())
+        if downstream is not None:
+            conn = http.client.HTTPConnection(downstream.hostname, downstream.port, timeout=10)
+            headers = {}
+            for name in ("x-request-id",):
+                if self.headers.get(name):
+                    headers[name] = self.headers[name]
+            conn.request("GET", self.path, headers=headers)
+            resp = conn.getresponse()
+            body += resp.read()
+            status = resp.status
+            conn.close()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+server.daemon_threads = True
+print("ready", flush=True)
+server.serve_forever()

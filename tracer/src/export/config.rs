@@ -1,0 +1,583 @@
+//! Export settings: flags and the standard `OTEL_EXPORTER_OTLP_*`
+//! variables, validated once into an [`ExportConfig`].
+//!
+//! Precedence (first wins): the flag; the traces-specific variable
+//! (`OTEL_EXPORTER_OTLP_TRACES_*`); the generic one
+//! (`OTEL_EXPORTER_OTLP_*`); the default. With no endpoint anywhere there is
+//! nothing to configure: the agent prints traces in the terminal instead.
+//!
+//! Endpoints: a URL `http://host:port[/path]`. For OTLP/HTTP, the generic
+//! variable is a base URL to which `/v1/traces` is appended (the OTLP
+//! specification's rule); the traces-specific variable is used as is; the
+//! flag is used as is when it has a path and gets `/v1/traces` when it has
+//! none. For gRPC the path is not used. Without a scheme (`collector` or
+//! `collector:4317`) `http://` is assumed, and without a port as well the
+//! protocol's default port is used (4317 gRPC, 4318 HTTP). `https` needs
+//! TLS, which this build does not include: send to a collector on the node
+//! or in the cluster that forwards with TLS.
+use std::time::Duration;
+
+use super::resource::parse_kv_list;
+
+/// Default `--export-queue-spans`.
+pub const DEFAULT_QUEUE_SPANS: usize = 8192;
+/// Default `--export-batch-spans`.
+pub const DEFAULT_BATCH_SPANS: usize = 512;
+/// Default `--export-interval-ms`.
+pub const DEFAULT_INTERVAL_MS: u64 = 1000;
+/// Default export timeout (the OTLP specification's 10 s).
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// Default bound on OTLP exporters (one per distinct resource).
+pub const DEFAULT_MAX_EXPORTERS: usize = 512;
+
+/// OTLP export flags of `tracer run`. Each overrides the standard
+/// environment variable named in its help.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Send spans over OTLP to this URL (e.g. http://localhost:4317 for
+    /// gRPC, http://localhost:4318 for HTTP). Default: the
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT
+    /// variable; with none, traces are printed in the terminal.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport. Default: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or
+    /// OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf.
+    #[arg(long, value_name = "PROTOCOL", value_parser = ["grpc", "http/protobuf"])]
+    pub otlp_protocol: Option<String>,
+
+    /// Header sent with every export, e.g. `authorization=Bearer x`
+    /// (repeatable; taken literally). Added to, and overriding,
+    /// OTEL_EXPORTER_OTLP_TRACES_HEADERS or OTEL_EXPORTER_OTLP_HEADERS
+    /// (`k=v,k2=v2`, URL-encoded values).
+    #[arg(long = "otlp-header", value_name = "KEY=VALUE")]
+    pub otlp_headers: Vec<String>,
+
+    /// Time limit of one export request in milliseconds. Default:
+    /// OTEL_EXPORTER_OTLP_TRACES_TIMEOUT or OTEL_EXPORTER_OTLP_TIMEOUT, else
+    /// 10000.
+    #[arg(long, value_name = "MS")]
+    pub otlp_timeout_ms: Option<u64>,
+
+    /// Spans waiting for export at most (while the backend is slow or down
+    /// they queue up to this; more are dropped and counted).
+    #[arg(long, value_name = "SPANS", default_value_t = DEFAULT_QUEUE_SPANS)]
+    pub export_queue_spans: usize,
+
+    /// Spans per export request at most.
+    #[arg(long, value_name = "SPANS", default_value_t = DEFAULT_BATCH_SPANS)]
+    pub export_batch_spans: usize,
+
+    /// Longest time a finished span waits before it is exported, in
+    /// milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_INTERVAL_MS)]
+    pub export_interval_ms: u64,
+}
+
+impl Default for ExportArgs {
+    /// No flag given (the flags' own defaults).
+    fn default() -> Self {
+        ExportArgs {
+            otlp_endpoint: None,
+            otlp_protocol: None,
+            otlp_headers: Vec::new(),
+            otlp_timeout_ms: None,
+            export_queue_spans: DEFAULT_QUEUE_SPANS,
+            export_batch_spans: DEFAULT_BATCH_SPANS,
+            export_interval_ms: DEFAULT_INTERVAL_MS,
+        }
+    }
+}
+
+/// OTLP transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC (`grpc`).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (`http/protobuf`).
+    HttpProtobuf,
+}
+
+impl Protocol {
+    fn parse(s: &str, from: &str) -> Result<Protocol, String> {
+        match s.trim() {
+            "grpc" => Ok(Protocol::Grpc),
+            "http/protobuf" => Ok(Protocol::HttpProtobuf),
+            "http/json" => Err(format!(
+                "{from}: protocol \"http/json\" is not supported: use grpc or http/protobuf"
+            )),
+            other => Err(format!(
+                "{from}: unknown protocol {other:?}: use grpc or http/protobuf"
+            )),
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Protocol::Grpc => 4317,
+            Protocol::HttpProtobuf => 4318,
+        }
+    }
+}
+
+/// Retries of a failed export: exponential backoff from `initial` doubling
+/// up to `max_delay`, at most `max_attempts` attempts and `max_elapsed` in
+/// all; then the batch is dropped (counted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// First delay.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max_delay: Duration,
+    /// Attempts per batch, the first included.
+    pub max_attempts: u32,
+    /// Time from the first attempt after which no retry starts.
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+            max_attempts: 8,
+            max_elapsed: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Validated export settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportConfig {
+    /// Where spans go: for HTTP the full URL (path included), for gRPC
+    /// `http://host:port`.
+    pub endpoint: String,
+    /// Transport.
+    pub protocol: Protocol,
+    /// Headers (gRPC metadata) sent with every request, names lower-case.
+    pub headers: Vec<(String, String)>,
+    /// Time limit of one request.
+    pub timeout: Duration,
+    /// Bound on spans waiting for export.
+    pub queue_spans: usize,
+    /// Spans per request at most.
+    pub batch_spans: usize,
+    /// Longest wait of a span before export.
+    pub interval: Duration,
+    /// Retry policy.
+    pub retry: RetryConfig,
+    /// Bound on OTLP exporters held (one per distinct resource).
+    pub max_exporters: usize,
+}
+
+impl ExportConfig {
+    /// A configuration for `endpoint` with every other setting at its
+    /// default (tests, embedding).
+    pub fn new(endpoint: impl Into<String>, protocol: Protocol) -> ExportConfig {
+        ExportConfig {
+            endpoint: endpoint.into(),
+            protocol,
+            headers: Vec::new(),
+            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            queue_spans: DEFAULT_QUEUE_SPANS,
+            batch_spans: DEFAULT_BATCH_SPANS,
+            interval: Duration::from_millis(DEFAULT_INTERVAL_MS),
+            retry: RetryConfig::default(),
+            max_exporters: DEFAULT_MAX_EXPORTERS,
+        }
+    }
+}
+
+/// A header name as HTTP/2 and gRPC metadata want it: lower-case token
+/// characters; the value visible ASCII or spaces/tabs.
+fn check_header(name: &str, value: &str, from: &str) -> Result<(String, String), String> {
+    let name = name.trim().to_ascii_lowercase();
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return Err(format!("{from}: {name:?} is not a valid header name"));
+    }
+    if name.starts_with("grpc-") || name == "content-type" || name == "te" {
+        return Err(format!("{from}: header {name:?} is reserved"));
+    }
+    let value = value.trim();
+    if !value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return Err(format!(
+            "{from}: the value of header {name:?} has characters other than visible ASCII"
+        ));
+    }
+    Ok((name, value.to_string()))
+}
+
+/// Where an endpoint came from: its rule for the HTTP path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Flag,
+    TracesVar,
+    GenericVar,
+}
+
+fn endpoint_url(
+    raw: &str,
+    source: Source,
+    protocol: Protocol,
+    from: &str,
+) -> Result<String, String> {
+    let raw = raw.trim();
+    let (with_scheme, schemeless) = if raw.contains("://") {
+        (raw.to_string(), false)
+    } else {
+        (format!("http://{raw}"), true)
+    };
+    let mut url = reqwest::Url::parse(&with_scheme)
+        .map_err(|e| format!("{from}: {raw:?} is not a valid URL: {e}"))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(format!(
+                "{from}: {raw:?}: https is not supported by this build (no TLS); \
+                 export over http to a collector that forwards with TLS"
+            ))
+        }
+        s => {
+            return Err(format!(
+                "{from}: {raw:?}: unsupported scheme {s:?}, use http"
+            ))
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{from}: {raw:?} has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{from}: {raw:?}: credentials in the URL are not supported, use a header"
+        ));
+    }
+    if schemeless && url.port().is_none() {
+        let _ = url.set_port(Some(protocol.default_port()));
+    }
+    match protocol {
+        Protocol::Grpc => Ok(format!("http://{}", url_authority(&url))),
+        Protocol::HttpProtobuf => {
+            let path = url.path().trim_end_matches('/').to_string();
+            let append = match source {
+                Source::GenericVar => true,
+                Source::Flag => path.is_empty(),
+                Source::TracesVar => false,
+            };
+            if append {
+                url.set_path(&format!("{path}/v1/traces"));
+            }
+            Ok(url.to_string())
+        }
+    }
+}
+
+fn url_authority(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    }
+}
+
+impl ExportArgs {
+    /// Validates the flags against the process environment; `Ok(None)` when
+    /// no endpoint is configured anywhere.
+    pub fn resolve(self) -> Result<Option<ExportConfig>, String> {
+        self.resolve_with(|k| std::env::var(k).ok())
+    }
+
+    /// [`ExportArgs::resolve`] with the environment given as a function
+    /// (tests).
+    pub fn resolve_with(
+        self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<ExportConfig>, String> {
+        // An empty variable counts as unset (as in the SDKs).
+        let var = |k: &str| {
+            env(k)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (k.to_string(), v))
+        };
+        let (proto_from, proto) = match &self.otlp_protocol {
+            Some(p) => ("--otlp-protocol".to_string(), Some(p.clone())),
+            None => match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            {
+                Some((k, v)) => (k, Some(v)),
+                None => (String::new(), None),
+            },
+        };
+        let protocol = match proto {
+            Some(p) => Protocol::parse(&p, &proto_from)?,
+            None => Protocol::HttpProtobuf,
+        };
+        let endpoint = match &self.otlp_endpoint {
+            Some(e) if e.trim().is_empty() => return Err("--otlp-endpoint is empty".into()),
+            Some(e) => Some((Source::Flag, "--otlp-endpoint".to_string(), e.clone())),
+            None => var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .map(|(k, v)| (Source::TracesVar, k, v))
+                .or_else(|| {
+                    var("OTEL_EXPORTER_OTLP_ENDPOINT").map(|(k, v)| (Source::GenericVar, k, v))
+                }),
+        };
+        let Some((source, from, raw)) = endpoint else {
+            if self.otlp_protocol.is_some()
+                || !self.otlp_headers.is_empty()
+                || self.otlp_timeout_ms.is_some()
+            {
+                return Err(
+                    "--otlp-protocol, --otlp-header and --otlp-timeout-ms need an \
+                            endpoint: set --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        };
+        let endpoint = endpoint_url(&raw, source, protocol, &from)?;
+
+        let mut headers: Vec<(String, String)> = Vec::new();
+        if let Some((k, v)) =
+            var("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| var("OTEL_EXPORTER_OTLP_HEADERS"))
+        {
+            for (name, value) in parse_kv_list(&v).map_err(|e| format!("{k}: {e}"))? {
+                headers.push(check_header(&name, &value, &k)?);
+            }
+        }
+        for h in &self.otlp_headers {
+            let Some((name, value)) = h.split_once('=') else {
+                return Err(format!("--otlp-header {h:?} is not of the form KEY=VALUE"));
+            };
+            let (name, value) = check_header(name, value, "--otlp-header")?;
+            headers.retain(|(n, _)| *n != name);
+            headers.push((name, value));
+        }
+
+        let timeout_ms = match self.otlp_timeout_ms {
+            Some(t) => (t, "--otlp-timeout-ms".to_string()),
+            None => match var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+                .or_else(|| var("OTEL_EXPORTER_OTLP_TIMEOUT"))
+            {
+                Some((k, v)) => (
+                    v.trim()
+                        .parse()
+                        .map_err(|_| format!("{k}: {v:?} is not a number of milliseconds"))?,
+                    k,
+                ),
+                None => (DEFAULT_TIMEOUT_MS, String::new()),
+            },
+        };
+        if timeout_ms.0 == 0 || timeout_ms.0 > 600_000 {
+            return Err(format!(
+                "{}: the timeout must be between 1 and 600000 ms",
+                timeout_ms.1
+            ));
+        }
+        if self.export_queue_spans == 0 || self.export_queue_spans > 10_000_000 {
+            return Err("--export-queue-spans must be between 1 and 10000000".into());
+        }
+        if self.export_batch_spans == 0 || self.export_batch_spans > self.export_queue_spans {
+            return Err(format!(
+                "--export-batch-spans must be between 1 and --export-queue-spans ({})",
+                self.export_queue_spans
+            ));
+        }
+        if self.export_interval_ms == 0 || self.export_interval_ms > 60_000 {
+            return Err("--export-interval-ms must be between 1 and 60000".into());
+        }
+        let mut cfg = ExportConfig::new(endpoint, protocol);
+        cfg.headers = headers;
+        cfg.timeout = Duration::from_millis(timeout_ms.0);
+        cfg.queue_spans = self.export_queue_spans;
+        cfg.batch_spans = self.export_batch_spans;
+        cfg.interval = Duration::from_millis(self.export_interval_ms);
+        Ok(Some(cfg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        export: ExportArgs,
+    }
+
+    fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<Option<ExportConfig>, String> {
+        let cli = Cli::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cli.export.resolve_with(|k| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    fn cfg(args: &[&str], env: &[(&str, &str)]) -> ExportConfig {
+        resolve(args, env).unwrap().unwrap()
+    }
+
+    #[test]
+    fn default_is_no_flag() {
+        let parsed = Cli::try_parse_from(["t"]).unwrap().export;
+        let d = ExportArgs::default();
+        assert_eq!(format!("{parsed:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn nothing_configured_means_terminal() {
+        assert_eq!(resolve(&[], &[]).unwrap(), None);
+        assert_eq!(
+            resolve(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]).unwrap(),
+            None
+        );
+        assert!(resolve(&["--otlp-header", "a=b"], &[])
+            .unwrap_err()
+            .contains("need an endpoint"));
+    }
+
+    #[test]
+    fn endpoints_per_spec() {
+        let c = cfg(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://col:4318")]);
+        assert_eq!(c.endpoint, "http://col:4318/v1/traces");
+        assert_eq!(c.protocol, Protocol::HttpProtobuf);
+        let c = cfg(
+            &[],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://col:4318/base/")],
+        );
+        assert_eq!(c.endpoint, "http://col:4318/base/v1/traces");
+        let c = cfg(
+            &[],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:1"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://col:4318/custom",
+                ),
+            ],
+        );
+        assert_eq!(c.endpoint, "http://col:4318/custom");
+        let c = cfg(
+            &["--otlp-endpoint", "http://col:9999"],
+            &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://x:1")],
+        );
+        assert_eq!(c.endpoint, "http://col:9999/v1/traces");
+        let c = cfg(&["--otlp-endpoint", "http://col:9999/v1/traces"], &[]);
+        assert_eq!(c.endpoint, "http://col:9999/v1/traces");
+        let c = cfg(&["--otlp-endpoint", "collector"], &[]);
+        assert_eq!(c.endpoint, "http://collector:4318/v1/traces");
+        let c = cfg(
+            &["--otlp-endpoint", "collector", "--otlp-protocol", "grpc"],
+            &[],
+        );
+        assert_eq!(c.endpoint, "http://collector:4317");
+        assert_eq!(c.protocol, Protocol::Grpc);
+        let c = cfg(
+            &[],
+            &[
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "http://127.0.0.1:4317/ignored",
+                ),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ],
+        );
+        assert_eq!(c.endpoint, "http://127.0.0.1:4317");
+        let c = cfg(
+            &["--otlp-protocol", "http/protobuf"],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://[::1]:4318"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ],
+        );
+        assert_eq!(c.endpoint, "http://[::1]:4318/v1/traces");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let e = |args: &[&str], env: &[(&str, &str)]| resolve(args, env).unwrap_err();
+        assert!(e(&["--otlp-endpoint", "http://"], &[]).contains("not a valid URL"));
+        assert!(e(&["--otlp-endpoint", "https://x:4318"], &[]).contains("https"));
+        assert!(e(&["--otlp-endpoint", "ftp://x"], &[]).contains("scheme"));
+        assert!(e(&["--otlp-endpoint", "http://u:p@x"], &[]).contains("credentials"));
+        assert!(e(&["--otlp-endpoint", "x", "--otlp-protocol", "udp"], &[]).contains("udp"));
+        assert!(e(
+            &[],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ]
+        )
+        .contains("OTEL_EXPORTER_OTLP_PROTOCOL: protocol \"http/json\" is not supported"));
+        assert!(
+            e(&["--otlp-endpoint", "x", "--otlp-header", "novalue"], &[]).contains("KEY=VALUE")
+        );
+        assert!(e(&["--otlp-endpoint", "x", "--otlp-header", "a b=c"], &[]).contains("header name"));
+        assert!(e(&["--otlp-endpoint", "x", "--otlp-header", "a=\u{7f}"], &[]).contains("ASCII"));
+        assert!(e(
+            &["--otlp-endpoint", "x"],
+            &[("OTEL_EXPORTER_OTLP_HEADERS", "a")]
+        )
+        .starts_with("OTEL_EXPORTER_OTLP_HEADERS:"));
+        assert!(e(
+            &["--otlp-endpoint", "x"],
+            &[("OTEL_EXPORTER_OTLP_TIMEOUT", "5s")]
+        )
+        .contains("milliseconds"));
+        assert!(e(&["--otlp-endpoint", "x", "--otlp-timeout-ms", "0"], &[]).contains("timeout"));
+        assert!(e(&["--otlp-endpoint", "x", "--export-batch-spans", "0"], &[]).contains("batch"));
+        assert!(e(&["--otlp-endpoint", "x", "--export-queue-spans", "10"], &[]).contains("batch"));
+        assert!(
+            e(&["--otlp-endpoint", "x", "--export-interval-ms", "0"], &[]).contains("interval")
+        );
+    }
+
+    #[test]
+    fn headers_and_timeouts() {
+        let c = cfg(
+            &[
+                "--otlp-header",
+                "Authorization=Bearer flag",
+                "--otlp-header",
+                "x=a=b",
+            ],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4318"),
+                (
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "authorization=Bearer%20env,tenant=t1",
+                ),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ],
+        );
+        assert_eq!(
+            c.headers,
+            vec![
+                ("tenant".to_string(), "t1".to_string()),
+                ("authorization".to_string(), "Bearer flag".to_string()),
+                ("x".to_string(), "a=b".to_string()),
+            ]
+        );
+        assert_eq!(c.timeout, Duration::from_millis(2500));
+        let c = cfg(
+            &[],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4318"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "a=1"),
+                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "b=2"),
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "7"),
+            ],
+        );
+        assert_eq!(c.headers, vec![("b".to_string(), "2".to_string())]);
+        assert_eq!(c.timeout, Duration::from_millis(7));
+        assert_eq!(c.queue_spans, DEFAULT_QUEUE_SPANS);
+        assert_eq!(c.batch_spans, DEFAULT_BATCH_SPANS);
+        assert_eq!(c.interval, Duration::from_millis(DEFAULT_INTERVAL_MS));
+    }
+}

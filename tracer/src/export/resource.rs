@@ -1,0 +1,715 @@
+//! Per-process resource attributes (who produced a span), read from /proc.
+//!
+//! A traced process is described once, the first time the agent asks about
+//! its pid, while it is still alive: its own `OTEL_SERVICE_NAME` and
+//! `OTEL_RESOURCE_ATTRIBUTES` (from `/proc/PID/environ`, the environment it
+//! was started with), its executable, command line and container. The
+//! answer is cached (bounded, least recently used goes first) and kept after
+//! the process exits, since its last spans are finished after that. A pid
+//! that was reused by another process is noticed by its start time
+//! (`/proc/PID/stat`), checked again at most every [`REVALIDATE_NS`].
+//!
+//! Merge order (later wins): the host name; the agent's own
+//! `OTEL_RESOURCE_ATTRIBUTES` (except `service.name`, which would name the
+//! agent, not the traced service); the process's `OTEL_RESOURCE_ATTRIBUTES`;
+//! what /proc says (`process.*`, `container.id`); `service.name`; the
+//! `telemetry.*` attributes naming this tracer.
+use std::{
+    collections::HashMap,
+    fs::File,
+    hash::{Hash, Hasher},
+    io::Read,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use correlate::{AttrValue, Pid};
+
+/// How often a cached pid is checked for reuse (its start time read again).
+pub const REVALIDATE_NS: u64 = 10_000_000_000;
+/// Default number of pids kept.
+pub const DEFAULT_CAPACITY: usize = 4096;
+/// Longest `process.command_line` kept, in bytes.
+const MAX_COMMAND_LINE: usize = 4096;
+/// Most bytes of `/proc/PID/environ` read.
+const MAX_ENVIRON: u64 = 1 << 20;
+/// Longest attribute value taken from an environment variable.
+const MAX_ENV_VALUE: usize = 1024;
+
+/// The resource of a span: attributes of the process that produced it.
+///
+/// Two resources are equal when their attributes are; the hash is computed
+/// once, so an `Arc<Resource>` is a cheap map key (the exporter keeps one
+/// OTLP exporter per distinct resource).
+#[derive(Clone, Debug)]
+pub struct Resource {
+    attrs: Vec<(String, AttrValue)>,
+    hash: u64,
+}
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.attrs == other.attrs
+    }
+}
+impl Eq for Resource {}
+
+impl Hash for Resource {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl Resource {
+    /// A resource with these attributes, in this order; a repeated key keeps
+    /// its first position and its last value.
+    pub fn new(attrs: impl IntoIterator<Item = (String, AttrValue)>) -> Resource {
+        let mut out: Vec<(String, AttrValue)> = Vec::new();
+        for (k, v) in attrs {
+            match out.iter_mut().find(|(key, _)| *key == k) {
+                Some(slot) => slot.1 = v,
+                None => out.push((k, v)),
+            }
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (k, v) in &out {
+            k.hash(&mut h);
+            match v {
+                AttrValue::Str(s) => (0u8, s).hash(&mut h),
+                AttrValue::Int(i) => (1u8, i).hash(&mut h),
+            }
+        }
+        Resource {
+            attrs: out,
+            hash: h.finish(),
+        }
+    }
+
+    /// The attributes, `service.name` first.
+    pub fn attrs(&self) -> &[(String, AttrValue)] {
+        &self.attrs
+    }
+
+    /// The value of attribute `key`.
+    pub fn get(&self, key: &str) -> Option<&AttrValue> {
+        self.attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// `service.name` (`unknown_service` if absent).
+    pub fn service_name(&self) -> &str {
+        self.get("service.name")
+            .and_then(AttrValue::as_str)
+            .unwrap_or("unknown_service")
+    }
+}
+
+/// Parses a `key1=value1,key2=value2` list with percent-encoded values (the
+/// format of `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_EXPORTER_OTLP_HEADERS`).
+/// Empty members are skipped; a member without `=` or with an empty key is
+/// an error naming it.
+pub fn parse_kv_list(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for member in s.split(',') {
+        let member = member.trim();
+        if member.is_empty() {
+            continue;
+        }
+        let Some((k, v)) = member.split_once('=') else {
+            return Err(format!("{member:?} is not of the form key=value"));
+        };
+        let k = percent_decode(k.trim())?;
+        if k.is_empty() {
+            return Err(format!("{member:?} has an empty key"));
+        }
+        out.push((k, percent_decode(v.trim())?));
+    }
+    Ok(out)
+}
+
+/// Decodes `%XX` escapes (UTF-8; invalid sequences are replaced).
+pub fn percent_decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match hex {
+                Some(byte) => {
+                    out.push(byte);
+                    i += 3;
+                    continue;
+                }
+                None => return Err(format!("{s:?} has a bad %-escape")),
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// The container id in a `/proc/PID/cgroup` file: a 64-hex-digit path
+/// component, bare (`/docker/<id>`, `/kubepods/.../<id>`) or wrapped as a
+/// systemd scope (`docker-<id>.scope`, `cri-containerd-<id>.scope`,
+/// `crio-<id>.scope`, `libpod-<id>.scope`).
+pub fn container_id(cgroup: &str) -> Option<String> {
+    for line in cgroup.lines() {
+        // hierarchy-id:controllers:path
+        let Some(path) = line.splitn(3, ':').nth(2) else {
+            continue;
+        };
+        for part in path.rsplit('/') {
+            let part = part.strip_suffix(".scope").unwrap_or(part);
+            let id = part.rsplit('-').next().unwrap_or(part);
+            if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Some(id.to_ascii_lowercase());
+            }
+        }
+    }
+    None
+}
+
+/// What identifies one process over time: the start time in
+/// `/proc/PID/stat` (field 22, clock ticks since boot).
+fn start_time(stat: &str) -> Option<u64> {
+    // comm (field 2) is in parentheses and may contain spaces or ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// What a process says about itself in its environment.
+#[derive(Default)]
+struct ProcEnv {
+    /// `OTEL_SERVICE_NAME`.
+    service: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES`.
+    attrs: Vec<(String, String)>,
+}
+
+struct Entry {
+    res: Arc<Resource>,
+    /// Start time of the process described; `None` when it could not be read.
+    start: Option<u64>,
+    checked_ns: u64,
+    used: u64,
+}
+
+/// Counters of the cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResourceCounters {
+    /// Processes described from /proc.
+    pub described: u64,
+    /// Lookups of pids that had no /proc entry and were never seen alive:
+    /// they get a resource with only `process.pid` and `unknown_service`.
+    pub unknown: u64,
+    /// Cached pids found reused by another process.
+    pub pid_reused: u64,
+    /// Entries evicted at the capacity bound.
+    pub evicted: u64,
+}
+
+impl std::fmt::Display for ResourceCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "described={} unknown={} pid_reused={} evicted={}",
+            self.described, self.unknown, self.pid_reused, self.evicted
+        )
+    }
+}
+
+/// Resources by pid, read from /proc once per process and kept (bounded)
+/// after it exits.
+pub struct ResourceCache {
+    proc_root: PathBuf,
+    host_name: Option<String>,
+    agent_attrs: Vec<(String, String)>,
+    cap: usize,
+    map: HashMap<Pid, Entry>,
+    tick: u64,
+    counters: ResourceCounters,
+}
+
+impl ResourceCache {
+    /// A cache reading `proc_root` (normally `/proc`; a host's /proc mounted
+    /// elsewhere when the agent runs in a container), adding `agent_attrs`
+    /// (the agent's own `OTEL_RESOURCE_ATTRIBUTES`, see
+    /// [`agent_resource_attributes`]) to every resource, keeping at most
+    /// `capacity` pids. The host name is read once, now.
+    pub fn new(
+        proc_root: impl Into<PathBuf>,
+        agent_attrs: Vec<(String, String)>,
+        capacity: usize,
+    ) -> ResourceCache {
+        let proc_root = proc_root.into();
+        let host_name = std::fs::read_to_string(proc_root.join("sys/kernel/hostname"))
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty());
+        ResourceCache {
+            proc_root,
+            host_name,
+            agent_attrs: agent_attrs
+                .into_iter()
+                .filter(|(k, _)| k != "service.name")
+                .collect(),
+            cap: capacity.max(1),
+            map: HashMap::new(),
+            tick: 0,
+            counters: ResourceCounters::default(),
+        }
+    }
+
+    /// A cache of [`DEFAULT_CAPACITY`] pids reading `/proc`, with the
+    /// agent's own `OTEL_RESOURCE_ATTRIBUTES`; a malformed value is an error
+    /// naming the variable.
+    pub fn from_env() -> Result<ResourceCache, String> {
+        Ok(ResourceCache::new(
+            "/proc",
+            agent_resource_attributes()?,
+            DEFAULT_CAPACITY,
+        ))
+    }
+
+    /// The resource of `pid`, read from /proc if not cached (or if the pid
+    /// was reused since). `now_ns` is any monotonic clock (it paces the
+    /// reuse checks). Call it early for a new pid (e.g. on its first
+    /// connection) so short-lived processes are described while alive.
+    pub fn get(&mut self, pid: Pid, now_ns: u64) -> Arc<Resource> {
+        self.get_hinted(pid, None, now_ns)
+    }
+
+    /// [`get`](Self::get), with the process name the kernel reported
+    /// (`comm`) to fall back on when the process is already gone from /proc
+    /// (short-lived clients such as curl exit within milliseconds).
+    pub fn get_hinted(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) -> Arc<Resource> {
+        self.tick += 1;
+        let tick = self.tick;
+        let check = match self.map.get_mut(&pid) {
+            Some(e) => {
+                e.used = tick;
+                if now_ns.saturating_sub(e.checked_ns) < REVALIDATE_NS {
+                    return e.res.clone();
+                }
+                e.checked_ns = now_ns;
+                true
+            }
+            None => false,
+        };
+        if check {
+            let current = self.read_start(pid);
+            if let Some(e) = self.map.get(&pid) {
+                // Gone (None) keeps what was seen alive; same start: same process.
+                if current.is_none() || current == e.start {
+                    return e.res.clone();
+                }
+            }
+            self.counters.pid_reused += 1;
+        }
+        let start = self.read_start(pid);
+        let res = Arc::new(self.describe(pid, start.is_some(), comm));
+        if !self.map.contains_key(&pid) && self.map.len() >= self.cap {
+            self.evict();
+        }
+        self.map.insert(
+            pid,
+            Entry {
+                res: res.clone(),
+                start,
+                checked_ns: now_ns,
+                used: tick,
+            },
+        );
+        res
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> ResourceCounters {
+        self.counters
+    }
+
+    /// Drops the least recently used eighth of the entries (at least one).
+    fn evict(&mut self) {
+        let n = (self.map.len() / 8).max(1);
+        let mut used: Vec<u64> = self.map.values().map(|e| e.used).collect();
+        used.sort_unstable();
+        let cutoff = used[n - 1];
+        let before = self.map.len();
+        self.map.retain(|_, e| e.used > cutoff);
+        self.counters.evicted += (before - self.map.len()) as u64;
+    }
+
+    fn pid_path(&self, pid: Pid, file: &str) -> PathBuf {
+        self.proc_root.join(pid.0.to_string()).join(file)
+    }
+
+    fn read_start(&self, pid: Pid) -> Option<u64> {
+        let stat = std::fs::read_to_string(self.pid_path(pid, "stat")).ok()?;
+        start_time(&stat)
+    }
+
+    fn describe(&mut self, pid: Pid, alive: bool, comm: Option<&str>) -> Resource {
+        let mut attrs: Vec<(String, AttrValue)> = Vec::with_capacity(16);
+        // service.name first; its value is settled below.
+        attrs.push(("service.name".into(), AttrValue::Str(String::new())));
+        if let Some(h) = &self.host_name {
+            attrs.push(("host.name".into(), AttrValue::Str(h.clone())));
+        }
+        for (k, v) in &self.agent_attrs {
+            attrs.push((k.clone(), AttrValue::Str(v.clone())));
+        }
+        let env = if alive { self.read_env(pid) } else { None };
+        let ProcEnv {
+            mut service,
+            attrs: env_attrs,
+        } = env.unwrap_or_default();
+        for (k, v) in env_attrs {
+            if k == "service.name" {
+                service = service.or(Some(v));
+            } else {
+                attrs.push((k, AttrValue::Str(v)));
+            }
+        }
+        attrs.push(("process.pid".into(), AttrValue::Int(pid.0 as i64)));
+        let exe = std::fs::read_link(self.pid_path(pid, "exe"))
+            .ok()
+            .map(|p| {
+                let s = p.to_string_lossy();
+                s.strip_suffix(" (deleted)").unwrap_or(&s).to_string()
+            })
+            .filter(|s| !s.is_empty());
+        let exe_name = exe
+            .as_deref()
+            .and_then(|p| Path::new(p).file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .or_else(|| {
+                std::fs::read_to_string(self.pid_path(pid, "comm"))
+                    .ok()
+                    .map(|c| c.trim_end_matches('\n').to_string())
+                    .filter(|c| !c.is_empty())
+            })
+            .or_else(|| comm.filter(|c| !c.is_empty()).map(str::to_owned));
+        if let Some(name) = &exe_name {
+            attrs.push((
+                "process.executable.name".into(),
+                AttrValue::Str(name.clone()),
+            ));
+        }
+        if let Some(path) = exe {
+            attrs.push(("process.executable.path".into(), AttrValue::Str(path)));
+        }
+        if let Ok(raw) = std::fs::read(self.pid_path(pid, "cmdline")) {
+            let args: Vec<String> = raw
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if !args.is_empty() {
+                let line = truncate(args.join(" "), MAX_COMMAND_LINE);
+                attrs.push(("process.command_line".into(), AttrValue::Str(line)));
+            }
+        }
+        if let Some(id) = std::fs::read_to_string(self.pid_path(pid, "cgroup"))
+            .ok()
+            .and_then(|c| container_id(&c))
+        {
+            attrs.push(("container.id".into(), AttrValue::Str(id)));
+        }
+        let service = service.or_else(|| exe_name.clone());
+        match &service {
+            Some(_) => self.counters.described += 1,
+            None => self.counters.unknown += 1,
+        }
+        attrs[0].1 = AttrValue::Str(service.unwrap_or_else(|| "unknown_service".into()));
+        for (k, v) in telemetry_attributes() {
+            attrs.push((k.into(), AttrValue::Str(v.into())));
+        }
+        Resource::new(attrs)
+    }
+
+    /// `OTEL_SERVICE_NAME` and the parsed `OTEL_RESOURCE_ATTRIBUTES` of a
+    /// process (a malformed list is ignored, as the SDKs do).
+    fn read_env(&self, pid: Pid) -> Option<ProcEnv> {
+        let mut raw = Vec::new();
+        File::open(self.pid_path(pid, "environ"))
+            .and_then(|f| f.take(MAX_ENVIRON).read_to_end(&mut raw))
+            .ok()?;
+        let mut service = None;
+        let mut attrs = Vec::new();
+        for var in raw.split(|&b| b == 0) {
+            if let Some(v) = var.strip_prefix(b"OTEL_SERVICE_NAME=") {
+                let v = truncate(String::from_utf8_lossy(v).trim().to_string(), MAX_ENV_VALUE);
+                service = Some(v).filter(|v| !v.is_empty());
+            } else if let Some(v) = var.strip_prefix(b"OTEL_RESOURCE_ATTRIBUTES=") {
+                attrs = parse_kv_list(&String::from_utf8_lossy(v))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (truncate(k, MAX_ENV_VALUE), truncate(v, MAX_ENV_VALUE)))
+                    .filter(|(_, v)| !v.is_empty())
+                    .collect();
+            }
+        }
+        Some(ProcEnv { service, attrs })
+    }
+}
+
+/// The attributes naming this tracer as the producer of the telemetry.
+pub fn telemetry_attributes() -> [(&'static str, &'static str); 4] {
+    [
+        ("telemetry.sdk.name", "tracer"),
+        ("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+        ("telemetry.distro.name", "tracer"),
+        ("telemetry.distro.version", env!("CARGO_PKG_VERSION")),
+    ]
+}
+
+/// The agent's own `OTEL_RESOURCE_ATTRIBUTES`, to be added to every traced
+/// process's resource; a malformed value is an error naming the variable.
+pub fn agent_resource_attributes() -> Result<Vec<(String, String)>, String> {
+    match std::env::var("OTEL_RESOURCE_ATTRIBUTES") {
+        Ok(v) => parse_kv_list(&v).map_err(|e| format!("OTEL_RESOURCE_ATTRIBUTES: {e}")),
+        Err(std::env::VarError::NotPresent) => Ok(Vec::new()),
+        Err(e) => Err(format!("OTEL_RESOURCE_ATTRIBUTES: {e}")),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    pub(crate) struct TempDir(pub PathBuf);
+    impl TempDir {
+        pub(crate) fn new(tag: &str) -> TempDir {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "tracer-export-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn fake_proc(root: &Path, pid: u32, start: u64, env: &[&str], cgroup: &str) {
+        let d = root.join(pid.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("stat"),
+            format!("{pid} (my prog) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0"),
+        )
+        .unwrap();
+        let mut environ = env.join("\0").into_bytes();
+        environ.push(0);
+        std::fs::write(d.join("environ"), environ).unwrap();
+        std::fs::write(d.join("cmdline"), b"/usr/bin/python3\0-m\0http.server\0").unwrap();
+        std::fs::write(d.join("comm"), "python3\n").unwrap();
+        std::fs::write(d.join("cgroup"), cgroup).unwrap();
+        let _ = std::fs::remove_file(d.join("exe"));
+        std::os::unix::fs::symlink("/usr/bin/python3.11 (deleted)", d.join("exe")).unwrap();
+    }
+
+    fn host(root: &Path) {
+        std::fs::create_dir_all(root.join("sys/kernel")).unwrap();
+        std::fs::write(root.join("sys/kernel/hostname"), "node-1\n").unwrap();
+    }
+
+    fn s(r: &Resource, k: &str) -> Option<String> {
+        r.get(k).map(|v| match v {
+            AttrValue::Str(s) => s.clone(),
+            AttrValue::Int(i) => i.to_string(),
+        })
+    }
+
+    #[test]
+    fn describes_a_fake_process() {
+        let t = TempDir::new("res");
+        host(&t.0);
+        fake_proc(
+            &t.0,
+            42,
+            1000,
+            &[
+                "PATH=/bin",
+                "OTEL_RESOURCE_ATTRIBUTES=deployment.environment=prod,team=a%2Cb",
+            ],
+            &format!("0::/system.slice/docker-{ID}.scope\n"),
+        );
+        let agent = vec![
+            ("k8s.cluster.name".to_string(), "c1".to_string()),
+            ("service.name".to_string(), "agent".to_string()),
+            ("team".to_string(), "agent-team".to_string()),
+        ];
+        let mut c = ResourceCache::new(&t.0, agent, 16);
+        let r = c.get(Pid(42), 0);
+        assert_eq!(r.service_name(), "python3.11");
+        assert_eq!(r.attrs()[0].0, "service.name");
+        assert_eq!(s(&r, "process.pid").as_deref(), Some("42"));
+        assert_eq!(
+            s(&r, "process.executable.name").as_deref(),
+            Some("python3.11")
+        );
+        assert_eq!(
+            s(&r, "process.executable.path").as_deref(),
+            Some("/usr/bin/python3.11")
+        );
+        assert_eq!(
+            s(&r, "process.command_line").as_deref(),
+            Some("/usr/bin/python3 -m http.server")
+        );
+        assert_eq!(s(&r, "host.name").as_deref(), Some("node-1"));
+        assert_eq!(s(&r, "container.id").as_deref(), Some(ID));
+        assert_eq!(s(&r, "k8s.cluster.name").as_deref(), Some("c1"));
+        assert_eq!(s(&r, "deployment.environment").as_deref(), Some("prod"));
+        assert_eq!(s(&r, "team").as_deref(), Some("a,b"), "process env wins");
+        assert_eq!(s(&r, "telemetry.distro.name").as_deref(), Some("tracer"));
+        // Cached: the same Arc until the process changes.
+        assert!(Arc::ptr_eq(&r, &c.get(Pid(42), 1)));
+        assert_eq!(c.counters().described, 1);
+    }
+
+    #[test]
+    fn service_name_precedence_and_exit() {
+        let t = TempDir::new("res");
+        host(&t.0);
+        fake_proc(
+            &t.0,
+            7,
+            5,
+            &["OTEL_RESOURCE_ATTRIBUTES=service.name=from-attrs"],
+            "",
+        );
+        fake_proc(
+            &t.0,
+            8,
+            5,
+            &[
+                "OTEL_SERVICE_NAME=checkout",
+                "OTEL_RESOURCE_ATTRIBUTES=service.name=from-attrs",
+            ],
+            "",
+        );
+        let mut c = ResourceCache::new(&t.0, vec![], 16);
+        assert_eq!(c.get(Pid(7), 0).service_name(), "from-attrs");
+        let r8 = c.get(Pid(8), 0);
+        assert_eq!(r8.service_name(), "checkout");
+        assert_eq!(s(&r8, "container.id"), None);
+        // The process exits: the resource is kept, even after revalidation.
+        std::fs::remove_dir_all(t.0.join("8")).unwrap();
+        assert_eq!(c.get(Pid(8), REVALIDATE_NS * 2), r8);
+        // The pid is reused by another process: described again.
+        fake_proc(&t.0, 8, 99, &["OTEL_SERVICE_NAME=other"], "");
+        assert_eq!(
+            c.get(Pid(8), REVALIDATE_NS * 2 + 1).service_name(),
+            "checkout"
+        );
+        assert_eq!(c.get(Pid(8), REVALIDATE_NS * 4).service_name(), "other");
+        assert_eq!(c.counters().pid_reused, 1);
+        // A pid never seen alive.
+        let r = c.get(Pid(9), 0);
+        assert_eq!(r.service_name(), "unknown_service");
+        assert_eq!(s(&r, "process.pid").as_deref(), Some("9"));
+        assert_eq!(c.counters().unknown, 1);
+    }
+
+    #[test]
+    fn bounded_lru() {
+        let t = TempDir::new("res");
+        let mut c = ResourceCache::new(&t.0, vec![], 8);
+        for pid in 1..=8 {
+            c.get(Pid(pid), 0);
+        }
+        c.get(Pid(1), 0); // 1 is now the most recent
+        c.get(Pid(100), 0);
+        assert_eq!(c.map.len(), 8);
+        assert!(c.map.contains_key(&Pid(1)));
+        assert!(!c.map.contains_key(&Pid(2)));
+        assert_eq!(c.counters().evicted, 1);
+    }
+
+    #[test]
+    fn describes_this_test_process() {
+        let me = std::process::id();
+        let mut c = ResourceCache::new("/proc", vec![], 4);
+        let r = c.get(Pid(me), crate::clock::monotonic_ns());
+        let exe = std::env::current_exe().unwrap();
+        let exe_name = exe.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(s(&r, "process.executable.name"), Some(exe_name.clone()));
+        assert_eq!(s(&r, "process.pid"), Some(me.to_string()));
+        assert!(s(&r, "process.command_line").is_some());
+        match std::env::var("OTEL_SERVICE_NAME") {
+            Ok(name) if !name.trim().is_empty() => assert_eq!(r.service_name(), name.trim()),
+            _ => assert_eq!(r.service_name(), exe_name),
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(s(&r, "host.name").as_deref(), Some(host.trim()));
+    }
+
+    #[test]
+    fn parses_container_ids() {
+        for (cg, want) in [
+            (format!("0::/system.slice/docker-{ID}.scope"), true),
+            (format!("12:memory:/docker/{ID}"), true),
+            (
+                format!("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1234_5678.slice/cri-containerd-{ID}.scope"),
+                true,
+            ),
+            (format!("0::/kubepods/burstable/pod1234/{ID}"), true),
+            (format!("0::/machine.slice/libpod-{ID}.scope/container"), true),
+            ("0::/user.slice/user-0.slice/session-1.scope".to_string(), false),
+            ("0::/".to_string(), false),
+            ("garbage".to_string(), false),
+        ] {
+            assert_eq!(container_id(&cg).is_some(), want, "{cg}");
+            if want {
+                assert_eq!(container_id(&cg).unwrap(), ID);
+            }
+        }
+    }
+
+    #[test]
+    fn kv_lists() {
+        assert_eq!(
+            parse_kv_list(" a=1, b = x%20y ,,c=").unwrap(),
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x y".into()),
+                ("c".into(), "".into())
+            ]
+        );
+        assert!(parse_kv_list("a").unwrap_err().contains("key=value"));
+        assert!(parse_kv_list("=1").unwrap_err().contains("empty key"));
+        assert!(parse_kv_list("a=%zz").unwrap_err().contains("escape"));
+        assert!(parse_kv_list("a=%4").is_err());
+        assert_eq!(
+            start_time("1 (a) b) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 777 0"),
+            Some(777)
+        );
+        assert_eq!(start_time("garbage"), None);
+    }
+}

@@ -1,0 +1,129 @@
+//! The pipeline's last stage in one value: finished span + pid in, to OTLP
+//! or to the terminal out, with the resource of the pid attached.
+use std::{io::Write, time::Duration};
+
+use correlate::{Pid, Span};
+
+use super::{
+    config::{ExportConfig, Protocol},
+    console::{ConsoleSink, Format, DEFAULT_QUIET_NS},
+    otlp::Exporter,
+    resource::ResourceCache,
+};
+use crate::clock::Clock;
+
+enum Output<W: Write> {
+    Otlp(Exporter),
+    Console(ConsoleSink<W>),
+}
+
+/// Where finished spans go: the OTLP [`Exporter`] when an endpoint is
+/// configured, else a [`ConsoleSink`] on `out`.
+pub struct SpanSink<W: Write> {
+    resources: ResourceCache,
+    out: Output<W>,
+}
+
+impl<W: Write> SpanSink<W> {
+    /// Starts the exporter for `export`, or prints `format` to `out` when
+    /// it is `None`. `resources` is usually [`ResourceCache::from_env`].
+    pub fn start(
+        export: Option<ExportConfig>,
+        format: Format,
+        out: W,
+        clock: Clock,
+        resources: ResourceCache,
+    ) -> Result<SpanSink<W>, String> {
+        let out = match export {
+            Some(cfg) => {
+                tracing::info!(
+                    endpoint = cfg.endpoint,
+                    protocol = match cfg.protocol {
+                        Protocol::Grpc => "grpc",
+                        Protocol::HttpProtobuf => "http/protobuf",
+                    },
+                    "exporting spans over OTLP"
+                );
+                Output::Otlp(Exporter::start(cfg, clock).map_err(|e| e.to_string())?)
+            }
+            None => Output::Console(ConsoleSink::new(out, format, clock, DEFAULT_QUIET_NS)),
+        };
+        Ok(SpanSink { resources, out })
+    }
+
+    /// Describes a process now, while it is alive (call on the first event
+    /// of a new pid: short-lived processes are gone when their spans end).
+    /// `comm` is the kernel's name of the process, used when /proc no
+    /// longer has it.
+    pub fn saw_pid(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) {
+        self.resources.get_hinted(pid, comm, now_ns);
+    }
+
+    /// Takes a finished span; `now_ns` is monotonic now. Never blocks.
+    pub fn span(&mut self, span: Span, now_ns: u64) {
+        let resource = self.resources.get(span.pid, now_ns);
+        match &mut self.out {
+            Output::Otlp(e) => e.submit(span, resource),
+            Output::Console(c) => c.on_span(&span, &resource, now_ns),
+        }
+    }
+
+    /// Periodic work (e.g. every 50-100 ms): prints the traces that are
+    /// quiet.
+    pub fn tick(&mut self, now_ns: u64) {
+        if let Output::Console(c) = &mut self.out {
+            c.poll(now_ns);
+        }
+    }
+
+    /// The counters as one line, for the agent's report.
+    pub fn counters(&self) -> String {
+        let res = self.resources.counters();
+        match &self.out {
+            Output::Otlp(e) => format!("export: {}; resources: {res}", e.counters()),
+            Output::Console(c) => format!("console: {}; resources: {res}", c.counters()),
+        }
+    }
+
+    /// Sends or prints what is held (OTLP: within `timeout`) and returns
+    /// the final counters line.
+    pub fn finish(self, timeout: Duration) -> String {
+        let res = self.resources.counters();
+        match self.out {
+            Output::Otlp(e) => format!("export: {}; resources: {res}", e.shutdown(timeout)),
+            Output::Console(mut c) => {
+                c.flush_all();
+                format!("console: {}; resources: {res}", c.counters())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::console::tests::span;
+    use crate::export::resource::tests::TempDir;
+
+    #[test]
+    fn console_by_default() {
+        let t = TempDir::new("sink");
+        let cache = ResourceCache::new(&t.0, vec![], 16);
+        let mut s = SpanSink::start(None, Format::Tree, Vec::new(), Clock::new(), cache).unwrap();
+        s.saw_pid(Pid(101), None, 0);
+        s.span(span(1, 1, None, 0, 2), 0);
+        s.tick(DEFAULT_QUIET_NS - 1);
+        assert!(
+            s.counters().contains("traces_printed=0"),
+            "{}",
+            s.counters()
+        );
+        s.tick(DEFAULT_QUIET_NS);
+        let line = s.finish(Duration::from_secs(1));
+        assert!(
+            line.starts_with("console: spans=1 traces_printed=1 "),
+            "{line}"
+        );
+        assert!(line.contains("resources: described=0 unknown=1"), "{line}");
+    }
+}
