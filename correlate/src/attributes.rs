@@ -139,7 +139,7 @@ pub(crate) fn split_target(t: &str) -> Target<'_> {
 
 /// Replace every query value with `REDACTED`, keeping keys (a part with no
 /// `=` is a key and is kept as is).
-pub(crate) fn redact_query(q: &str) -> String {
+pub fn redact_query(q: &str) -> String {
     let mut out = String::with_capacity(q.len());
     for (i, part) in q.split('&').enumerate() {
         if i > 0 {

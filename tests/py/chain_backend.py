@@ -4,7 +4,7 @@ ThreadingHTTPServer: one thread per connection).
   chain_backend.py PORT [DOWNSTREAM_BASE_URL]
 
 Without a downstream it answers 200 (or the status given by `?status=NNN`)
-with a small body. With one, its handler first calls DOWNSTREAM_BASE_URL +
+with a small body (or `?size=N` bytes; `?chunked=1` sends it chunked). With one, its handler first calls DOWNSTREAM_BASE_URL +
 the same path on a new connection, then answers with what it got.
 Prints "ready" once listening."""
 import http.client
@@ -37,8 +37,19 @@ class Handler(BaseHTTPRequestHandler):
             body += resp.read()
             status = resp.status
             conn.close()
+        if "size" in query:
+            body = b"x" * int(query["size"][0])
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
+        if query.get("chunked") == ["1"]:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(body), 4096):
+                piece = body[i:i + 4096]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            return
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

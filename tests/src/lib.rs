@@ -147,12 +147,15 @@ impl AgentOutput {
 
 impl Agent {
     /// Starts `tracer run ARGS` and waits until it reports it is attached.
-    pub fn start(args: &[&str]) -> Agent {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Agent {
         let mut child = Command::new(tracer_bin())
             .arg("run")
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -481,5 +484,194 @@ pub mod ev {
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or(0)
+    }
+}
+
+/// A real OTLP receiver (tests/py/otlp_receiver.py) writing one JSON line
+/// per received span.
+pub struct Receiver {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    /// While this file exists the receiver answers UNAVAILABLE/503.
+    pub fail_file: PathBuf,
+    kind: Otlp,
+    out: PathBuf,
+    _dir: tempdir::TempDir,
+}
+
+/// OTLP transport of a [`Receiver`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Otlp {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP protobuf.
+    Http,
+}
+
+impl Receiver {
+    /// Starts a receiver and waits until it listens.
+    pub fn start(kind: Otlp) -> Receiver {
+        let dir = tempdir::TempDir::new("tracer-otlp");
+        let port = free_port();
+        let out = dir.path().join("spans.jsonl");
+        let fail_file = dir.path().join("fail");
+        let flag = if kind == Otlp::Grpc {
+            "--grpc-port"
+        } else {
+            "--http-port"
+        };
+        let mut child = Command::new(python())
+            .arg(py_script("otlp_receiver.py"))
+            .arg(flag)
+            .arg(port.to_string())
+            .arg("--out")
+            .arg(&out)
+            .arg("--fail-until-file")
+            .arg(&fail_file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the OTLP receiver (run scripts/setup for its Python packages)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "OTLP receiver did not start");
+        Receiver {
+            child,
+            port,
+            fail_file,
+            kind,
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// The endpoint to give the agent.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The agent flags that export to this receiver.
+    pub fn agent_args(&self) -> Vec<String> {
+        let proto = if self.kind == Otlp::Grpc {
+            "grpc"
+        } else {
+            "http/protobuf"
+        };
+        vec![
+            "--otlp-endpoint".into(),
+            self.endpoint(),
+            "--otlp-protocol".into(),
+            proto.into(),
+        ]
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<Value> {
+        read_to_string(&self.out)
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("receiver wrote bad JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    /// The raw received text (to search for leaked secrets).
+    pub fn raw(&self) -> String {
+        read_to_string(&self.out)
+    }
+
+    /// Waits until `done(spans)` holds, or the timeout; returns the spans.
+    pub fn wait_for(&self, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let spans = self.spans();
+            if done(&spans) || start.elapsed() > timeout {
+                return spans;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Python threaded HTTP backend (tests/py/chain_backend.py) with its own
+/// OTEL_SERVICE_NAME, optionally calling a downstream service.
+pub struct Backend {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Backend {
+    /// Starts it and waits for "ready".
+    pub fn start(service: &str, downstream: Option<u16>) -> Backend {
+        let port = free_port();
+        let mut cmd = Command::new(python());
+        cmd.arg(py_script("chain_backend.py")).arg(port.to_string());
+        if let Some(d) = downstream {
+            cmd.arg(format!("http://127.0.0.1:{d}"));
+        }
+        let mut child = cmd
+            .env("OTEL_SERVICE_NAME", service)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting a Python backend");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Backend { child, port }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Span JSON (receiver format) helpers.
+pub mod span {
+    use serde_json::Value;
+
+    /// A span attribute as text (numbers printed).
+    pub fn attr(s: &Value, k: &str) -> String {
+        match &s["attributes"][k] {
+            Value::String(v) => v.clone(),
+            Value::Null => String::new(),
+            v => v.to_string(),
+        }
+    }
+
+    /// A resource attribute as text.
+    pub fn res(s: &Value, k: &str) -> String {
+        match &s["resource"][k] {
+            Value::String(v) => v.clone(),
+            Value::Null => String::new(),
+            v => v.to_string(),
+        }
+    }
+
+    /// A string field.
+    pub fn f<'a>(s: &'a Value, k: &str) -> &'a str {
+        s[k].as_str().unwrap_or("")
     }
 }

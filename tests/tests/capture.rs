@@ -32,7 +32,7 @@ fn nginx_and_curl_fifty_paths() {
         .unwrap();
     }
     let port = nginx.port.to_string();
-    let agent = Agent::start(&["--output", "json", "--port", &port]);
+    let agent = Agent::start(&["--print", "events", "--output", "json", "--port", &port]);
     let mut curls = Vec::new();
     for i in 0..50 {
         let url = format!("http://127.0.0.1:{}/path-{i}", nginx.port);
@@ -116,7 +116,7 @@ fn sendfile_body_is_counted_as_truncated_not_lost() {
     let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     std::fs::write(nginx.root().join("big.bin"), &body).unwrap();
     let port = nginx.port.to_string();
-    let agent = Agent::start(&["--output", "json", "--port", &port]);
+    let agent = Agent::start(&["--print", "events", "--output", "json", "--port", &port]);
     let headers = nginx.dir.path().join("headers.txt");
     let url = format!("http://127.0.0.1:{}/big.bin", nginx.port);
     let saved = nginx.dir.path().join("got.bin");
@@ -183,7 +183,7 @@ fn connection_opened_before_the_agent_is_picked_up() {
     );
     let tuple: Value = serde_json::from_str(&client.line(Duration::from_secs(10))).unwrap();
     let port = nginx.port.to_string();
-    let agent = Agent::start(&["--output", "json", "--port", &port]);
+    let agent = Agent::start(&["--print", "events", "--output", "json", "--port", &port]);
     client.send("go");
     let done: Value = serde_json::from_str(&client.line(Duration::from_secs(10))).unwrap();
     assert_eq!(done["statuses"].as_array().unwrap().len(), 3);
@@ -221,7 +221,9 @@ fn every_socket_call_family_is_captured_with_bytes_and_thread() {
     let Some(_g) = root_test("every_socket_call_family_is_captured_with_bytes_and_thread") else {
         return;
     };
-    let agent = Agent::start(&["--output", "json", "--comm", "python3", "--comm", "python"]);
+    let agent = Agent::start(&[
+        "--print", "events", "--output", "json", "--comm", "python3", "--comm", "python",
+    ]);
     let out = run_ok(Command::new(python()).arg(py_script("sockapi.py")));
     let cases: Vec<Value> = out
         .lines()
@@ -272,7 +274,7 @@ fn file_and_pipe_io_produce_no_events() {
     let Some(_g) = root_test("file_and_pipe_io_produce_no_events") else {
         return;
     };
-    let agent = Agent::start(&["--output", "json"]);
+    let agent = Agent::start(&["--print", "events", "--output", "json"]);
     let p = Spawned::new(Command::new(python()).arg(py_script("fileio.py")));
     let pid: u64 = p.line(Duration::from_secs(10)).trim().parse().unwrap();
     assert_eq!(p.line(Duration::from_secs(120)), "done");

@@ -86,6 +86,7 @@ static SEG_SCRATCH: PerCpuArray<SegmentScratch> = PerCpuArray::with_max_entries(
 
 const MSG_PEEK: i32 = 2;
 const IPPROTO_TCP: u8 = 6;
+const TCP_FIN: u8 = 0x01;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
@@ -347,10 +348,17 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
     let doff = ((tcp[12] >> 4) as u32) * 4;
     let payload_off = ip_len + doff;
     let skb_len = ctx.len();
-    if payload_off >= skb_len {
-        return Ok(()); // no payload: ACKs, SYNs, FINs
-    }
-    let payload_len = skb_len - payload_off;
+    // No payload: ACKs and SYNs leave here. A FIN is kept (once per
+    // direction): it takes a sequence number, which user space needs to
+    // line up a receive call that read the last bytes and the FIN together.
+    let payload_len = if payload_off >= skb_len {
+        if tcp[13] & TCP_FIN == 0 {
+            return Ok(());
+        }
+        0
+    } else {
+        skb_len - payload_off
+    };
     let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
     let (local_port, remote_port, local_addr, remote_addr) = match dir {

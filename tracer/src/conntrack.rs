@@ -10,7 +10,9 @@
 use std::{collections::HashMap, net::SocketAddr};
 
 use protocols::stream::{Chunk, OpMeta, StreamCounters, StreamLimits, StreamReassembler};
-use tracer_common::{ConnState, Dir, SegmentHeader, SockOp, AF_INET, AF_INET6, SEG_LOOPBACK};
+use tracer_common::{
+    ConnState, Dir, SegmentHeader, SockOp, AF_INET, AF_INET6, SEG_LOOPBACK, TCP_FIN,
+};
 
 /// (local, remote) of a socket.
 type TupleKey = (SocketAddr, SocketAddr);
@@ -127,8 +129,26 @@ pub struct ConnCounters {
 struct Parked {
     seq: u32,
     payload_len: u32,
+    tcp_flags: u8,
     data: Vec<u8>,
     ts_ns: u64,
+}
+
+/// Hands one packet to a stream: its payload, and its FIN when it has one.
+fn feed(
+    stream: &mut StreamReassembler,
+    seq: u32,
+    payload_len: u32,
+    tcp_flags: u8,
+    data: &[u8],
+    ts_ns: u64,
+) {
+    if tcp_flags & TCP_FIN != 0 {
+        stream.push_fin(seq.wrapping_add(payload_len));
+    }
+    if payload_len > 0 {
+        stream.push_segment(seq, payload_len, data, ts_ns);
+    }
 }
 
 /// Bound on parked loopback packets (all connections together).
@@ -211,7 +231,7 @@ impl Conns {
             let info = &conn.info;
             let stream = &mut conn.streams[Dir::Recv as usize];
             for p in parked {
-                stream.push_segment(p.seq, p.payload_len, &p.data, p.ts_ns);
+                feed(stream, p.seq, p.payload_len, p.tcp_flags, &p.data, p.ts_ns);
                 self.counters.loopback_mirrored += 1;
             }
             stream.poll(conn.last_seen, &mut |c| sink.chunk(info, Dir::Recv, &c));
@@ -232,7 +252,14 @@ impl Conns {
         if let Some(peer) = self.by_tuple.get(&key).and_then(|c| self.conns.get_mut(c)) {
             peer.last_seen = hdr.ts_ns;
             let stream = &mut peer.streams[Dir::Recv as usize];
-            stream.push_segment(hdr.seq, hdr.payload_len, data, hdr.ts_ns);
+            feed(
+                stream,
+                hdr.seq,
+                hdr.payload_len,
+                hdr.tcp_flags,
+                data,
+                hdr.ts_ns,
+            );
             self.counters.loopback_mirrored += 1;
             let info = &peer.info;
             stream.poll(hdr.ts_ns, &mut |c| sink.chunk(info, Dir::Recv, &c));
@@ -247,6 +274,7 @@ impl Conns {
         self.parked.entry(key).or_default().push(Parked {
             seq: hdr.seq,
             payload_len: hdr.payload_len,
+            tcp_flags: hdr.tcp_flags,
             data: data.to_vec(),
             ts_ns: hdr.ts_ns,
         });
@@ -315,7 +343,14 @@ impl Conns {
         }
         let conn = self.entry(hdr.cookie, hdr.ts_ns);
         let stream = &mut conn.streams[dir as usize];
-        stream.push_segment(hdr.seq, hdr.payload_len, data, hdr.ts_ns);
+        feed(
+            stream,
+            hdr.seq,
+            hdr.payload_len,
+            hdr.tcp_flags,
+            data,
+            hdr.ts_ns,
+        );
         let info = &conn.info;
         stream.poll(hdr.ts_ns, &mut |c| sink.chunk(info, dir, &c));
         if dir == Dir::Send && hdr.seg_flags & SEG_LOOPBACK != 0 {
@@ -632,6 +667,31 @@ mod tests {
         );
         // B's answer goes to A's receive side, whose tuple is known.
         assert_eq!(t.counters().loopback_mirrored, 2);
+    }
+
+    #[test]
+    fn receive_of_data_and_fin_together_lines_up() {
+        let mut t = Conns::new(ConnLimits::default());
+        let mut sink = Collect::default();
+        t.on_state(&state(A, TCP_SYN_SENT, 5000, 80, 1), &mut sink);
+        t.on_state(&state(B, TCP_SYN_RECV, 80, 5000, 2), &mut sink);
+        t.on_segment(
+            &seg(B, Dir::Send, 80, 5000, 1000, b"hello", 3),
+            b"hello",
+            &mut sink,
+        );
+        let mut fin = seg(B, Dir::Send, 80, 5000, 1005, b"", 4);
+        fin.tcp_flags = TCP_FIN | 0x10;
+        t.on_segment(&fin, b"", &mut sink);
+        // copied_seq counts the FIN: 1006.
+        t.on_op(&op(A, Dir::Recv, 1006, 5, 7, 5), &mut sink);
+        assert!(
+            sink.got
+                .contains(&(A, Dir::Recv, Some(7), b"hello".to_vec())),
+            "{:?}",
+            sink.got
+        );
+        assert_eq!(t.stream_counters().bytes_hole, 0);
     }
 
     #[test]

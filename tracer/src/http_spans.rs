@@ -204,6 +204,15 @@ impl HttpSpans {
             return;
         };
         let last = info.last_op.unwrap_or(first);
+        // A call record is stamped when the call returns. A request the
+        // process wrote started no later than its first packet left (stamped
+        // inside the send call): on loopback the peer can read the request
+        // before the writer's send returns, and a client must not start
+        // after the server that read its request.
+        let start_ns = match (dir, info.first_seg_ts_ns) {
+            (Dir::Send, Some(seg)) => first.ts_ns.min(seg),
+            _ => first.ts_ns,
+        };
         let kind = match m {
             Message::Request(r) => MessageKind::Request(Request {
                 method: r.method.as_str().to_owned(),
@@ -229,8 +238,8 @@ impl HttpSpans {
             pid: Pid(first.pid),
             tid: Tid(first.tid),
             seq: info.seq,
-            start_ns: first.ts_ns,
-            end_ns: last.ts_ns.max(first.ts_ns),
+            start_ns,
+            end_ns: last.ts_ns.max(start_ns),
             stream_id: None,
             kind,
         });

@@ -252,6 +252,8 @@ pub struct StreamReassembler {
     clock: u64,
     /// Allocation reused for the pieces of each chunk.
     piece_buf: Vec<Piece<'static>>,
+    /// Sequence number of the FIN, once seen.
+    fin: Option<u32>,
 }
 
 /// Reuses a vector's allocation for another lifetime (in-place collect of an
@@ -290,7 +292,16 @@ impl StreamReassembler {
             ops: VecDeque::new(),
             clock: 0,
             piece_buf: Vec::new(),
+            fin: None,
         }
+    }
+
+    /// The peer's FIN carries sequence number `seq`. A FIN takes one
+    /// sequence number, and a receive call that reads the last bytes and the
+    /// FIN together reports the sequence number past the FIN as its end:
+    /// [`push_op`](Self::push_op) takes that one back off.
+    pub fn push_fin(&mut self, seq: u32) {
+        self.fin = Some(seq);
     }
 
     /// The counters so far.
@@ -430,6 +441,10 @@ impl StreamReassembler {
     /// `[seq_end - len, seq_end)`.
     pub fn push_op(&mut self, seq_end: u32, len: u32, meta: OpMeta) {
         self.counters.ops += 1;
+        let seq_end = match self.fin {
+            Some(fin) if seq_end == fin.wrapping_add(1) => fin,
+            _ => seq_end,
+        };
         if len == 0 {
             return;
         }

@@ -640,3 +640,26 @@ fn gap_inside_op_times_out_from_when_it_was_seen() {
         )]
     );
 }
+
+#[test]
+fn receive_that_consumed_the_fin_is_not_shifted() {
+    let mut r = StreamReassembler::new(StreamLimits::default());
+    r.push_segment(1000, 5, b"hello", 1);
+    r.push_fin(1005);
+    // copied_seq after reading "hello" and the FIN is 1006.
+    r.push_op(
+        1006,
+        5,
+        OpMeta {
+            pid: 1,
+            tid: 2,
+            ts_ns: 2,
+        },
+    );
+    let mut got = Vec::new();
+    r.poll(3, &mut |c| {
+        got.push((c.seq, c.len, c.captured(), c.op.map(|o| o.tid)))
+    });
+    assert_eq!(got, vec![(1000, 5, 5, Some(2))]);
+    assert_eq!(r.counters().bytes_hole, 0);
+}

@@ -123,7 +123,8 @@ pub struct ConnState {
 }
 
 /// Header of a captured TCP packet payload; `captured_len` bytes of payload
-/// follow it in the same record.
+/// follow it in the same record. Packets without payload are not reported,
+/// except those carrying a FIN ([`TCP_FIN`] in `tcp_flags`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
@@ -178,6 +179,9 @@ pub struct SegmentScratch {
     /// Payload prefix; only `hdr.captured_len` bytes are meaningful.
     pub data: [u8; MAX_SNAP_LEN],
 }
+
+/// FIN bit of [`SegmentHeader::tcp_flags`].
+pub const TCP_FIN: u8 = 0x01;
 
 /// `AF_INET`.
 pub const AF_INET: u8 = 2;

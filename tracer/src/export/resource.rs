@@ -420,7 +420,7 @@ impl ResourceCache {
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
             if !args.is_empty() {
-                let line = truncate(args.join(" "), MAX_COMMAND_LINE);
+                let line = truncate(redact_args(&args), MAX_COMMAND_LINE);
                 attrs.push(("process.command_line".into(), AttrValue::Str(line)));
             }
         }
@@ -468,6 +468,67 @@ impl ResourceCache {
     }
 }
 
+/// Words in an argument that mark it as carrying a credential.
+const SENSITIVE_ARGS: [&str; 10] = [
+    "authorization",
+    "cookie",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "apikey",
+    "api-key",
+    "api_key",
+    "credential",
+];
+
+/// A command line as `process.command_line`, with credentials taken out:
+/// command lines carry them as a rule (`curl -H "Authorization: ..."`, URLs
+/// with tokens, `--password=...`). URL query values and userinfo, values of
+/// arguments naming a credential, and the argument after a bare
+/// `--password`-like flag become `REDACTED`; the shape stays readable.
+pub fn redact_args(args: &[String]) -> String {
+    let mut out: Vec<String> = Vec::with_capacity(args.len());
+    let mut redact_next = false;
+    for (i, arg) in args.iter().enumerate() {
+        if std::mem::take(&mut redact_next) {
+            out.push("REDACTED".into());
+            continue;
+        }
+        if i == 0 {
+            out.push(arg.clone());
+            continue;
+        }
+        if let Some(scheme_end) = arg.find("://") {
+            let (scheme, rest) = arg.split_at(scheme_end + 3);
+            let rest = match rest.split_once('@') {
+                Some((userinfo, host)) if !userinfo.contains('/') => format!("REDACTED@{host}"),
+                _ => rest.to_string(),
+            };
+            let url = match rest.split_once('?') {
+                Some((path, query)) => format!("{scheme}{path}?{}", correlate::redact_query(query)),
+                None => format!("{scheme}{rest}"),
+            };
+            out.push(url);
+            continue;
+        }
+        let lower = arg.to_ascii_lowercase();
+        if SENSITIVE_ARGS.iter().any(|k| lower.contains(k)) {
+            match arg.find([':', '=']) {
+                Some(pos) => out.push(format!("{}REDACTED", &arg[..=pos])),
+                None if arg.starts_with('-') => {
+                    out.push(arg.clone());
+                    redact_next = true;
+                }
+                None => out.push("REDACTED".into()),
+            }
+            continue;
+        }
+        out.push(arg.clone());
+    }
+    out.join(" ")
+}
+
 /// The attributes naming this tracer as the producer of the telemetry.
 pub fn telemetry_attributes() -> [(&'static str, &'static str); 4] {
     [
@@ -490,6 +551,34 @@ pub fn agent_resource_attributes() -> Result<Vec<(String, String)>, String> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn command_lines_lose_their_credentials() {
+        let args: Vec<String> = [
+            "curl",
+            "-H",
+            "Authorization: Bearer AUTH",
+            "-H",
+            "Cookie: s=COOKIE",
+            "https://user:PASS@example.com/x?token=TOK&page=2",
+            "--password",
+            "PW",
+            "--api-key=KEY",
+            "-v",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let line = super::redact_args(&args);
+        for secret in ["AUTH", "COOKIE", "PASS", "TOK", "PW", "KEY"] {
+            assert!(!line.contains(secret), "{secret} in {line}");
+        }
+        assert_eq!(
+            line,
+            "curl -H Authorization:REDACTED -H Cookie:REDACTED https://REDACTED@example.com/x?token=REDACTED&page=REDACTED \
+             --password REDACTED --api-key=REDACTED -v"
+        );
+    }
+
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
