@@ -52,10 +52,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             window_ns: 500_000_000,
-            retention_ns: 2_000_000_000,
+            retention_ns: 1_000_000_000,
             max_connections: 65_536,
             max_outstanding_per_conn: 64,
-            max_spans: 262_144,
+            max_spans: 65_536,
             max_threads: 65_536,
             max_server_spans_per_thread: 16_384,
             request_id_headers: vec!["x-request-id".to_string()],

@@ -1,7 +1,11 @@
 //! The correlator: public API, connection tracking and request/response
 //! pairing. Parent decisions and emission live in `resolve.rs`.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+// foldhash: several times faster than SipHash on these small keys, and
+// randomly seeded, so request-id keys from the network cannot be aimed.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::{IpAddr, SocketAddr};
 
 use crate::attributes::{request_facts, response_status, Attrs};

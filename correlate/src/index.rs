@@ -7,7 +7,9 @@
 //! make a busy thread look idle: there the thread is marked lossy and its
 //! single-in-flight shortcut is off until the lost span must have ended.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::hash::Hash;
 
 use crate::model::{Pid, SpanId, Tid};
@@ -112,8 +114,11 @@ impl ThreadIndex {
     /// The span ended at `end`.
     pub fn set_end(&mut self, pid: Pid, tid: Tid, key: SpanKey, end: u64) {
         if let Some(t) = self.threads.get_mut(&(pid, tid)) {
-            if let Some(e) = t.entries.iter_mut().find(|e| e.key == key) {
-                e.end = Some(end);
+            // Entries are appended in key (creation) order and only ever
+            // removed, so they stay sorted by key: a busy event-loop thread
+            // holds thousands of them.
+            if let Ok(i) = t.entries.binary_search_by_key(&key, |e| e.key) {
+                t.entries[i].end = Some(end);
             }
         }
     }

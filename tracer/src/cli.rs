@@ -131,9 +131,20 @@ pub struct RunArgs {
     #[arg(long)]
     pub keep_query_values: bool,
 
+    /// Capture and rebuild the byte streams only: no HTTP parsing, no spans
+    /// (with --print events, or to measure the capture alone).
+    #[arg(long)]
+    pub no_spans: bool,
+
     /// Where spans go.
     #[command(flatten)]
     pub export: crate::export::config::ExportArgs,
+
+    /// Also write every kernel record to FILE as it is read (for replays:
+    /// benchmarks and bug reports). The file holds payload prefixes: treat
+    /// it as sensitive.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
 
     /// Exit after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECS")]
@@ -189,6 +200,10 @@ pub struct RunConfig {
     pub export: Option<crate::export::config::ExportConfig>,
     /// Correlation settings.
     pub correlate: correlate::Config,
+    /// Where to record raw records.
+    pub record: Option<std::path::PathBuf>,
+    /// Skip HTTP parsing and spans.
+    pub no_spans: bool,
 }
 
 impl RunArgs {
@@ -271,6 +286,8 @@ impl RunArgs {
             cgroup_root: self.cgroup_root,
             export,
             correlate,
+            record: self.record,
+            no_spans: self.no_spans,
         })
     }
 }

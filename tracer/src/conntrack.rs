@@ -7,7 +7,9 @@
 //! hands ready chunks to a [`Sink`]. Connections opened before the agent
 //! started are created on their first record; their 4-tuple comes from the
 //! first packet or state change.
-use std::{collections::HashMap, net::SocketAddr};
+use std::net::SocketAddr;
+
+use foldhash::{HashMap, HashMapExt};
 
 use protocols::stream::{Chunk, OpMeta, StreamCounters, StreamLimits, StreamReassembler};
 use tracer_common::{
@@ -156,9 +158,17 @@ const MAX_PARKED: usize = 4096;
 /// How long a parked loopback packet waits.
 const PARKED_TTL_NS: u64 = 1_000_000_000;
 
+/// Both directions' reassemblers, boxed so they move cheaply and can be
+/// reused: most connections are short, and their buffers would otherwise
+/// be allocated and freed for every one.
+type Streams = Box<[StreamReassembler; 2]>;
+
+/// Reassembler pairs kept for reuse.
+const STREAM_POOL: usize = 1024;
+
 struct Conn {
     info: ConnInfo,
-    streams: [StreamReassembler; 2],
+    streams: Streams,
     closed_at: Option<u64>,
     last_seen: u64,
 }
@@ -177,6 +187,7 @@ pub struct Conns {
     /// socket's (local, remote).
     parked: HashMap<TupleKey, Vec<Parked>>,
     parked_count: usize,
+    pool: Vec<Streams>,
     limits: ConnLimits,
     counters: ConnCounters,
     /// Stream counters of connections already removed.
@@ -202,6 +213,7 @@ impl Conns {
             by_tuple: HashMap::new(),
             parked: HashMap::new(),
             parked_count: 0,
+            pool: Vec::new(),
             limits,
             counters: ConnCounters::default(),
             retired: StreamCounters::default(),
@@ -283,6 +295,7 @@ impl Conns {
     fn entry(&mut self, cookie: u64, now: u64) -> &mut Conn {
         let limits = self.limits.stream;
         let counters = &mut self.counters;
+        let pool = &mut self.pool;
         let conn = self.conns.entry(cookie).or_insert_with(|| {
             counters.opened += 1;
             Conn {
@@ -294,10 +307,12 @@ impl Conns {
                     pid: 0,
                     comm: [0; 16],
                 },
-                streams: [
-                    StreamReassembler::new(limits),
-                    StreamReassembler::new(limits),
-                ],
+                streams: pool.pop().unwrap_or_else(|| {
+                    Box::new([
+                        StreamReassembler::new(limits),
+                        StreamReassembler::new(limits),
+                    ])
+                }),
                 closed_at: None,
                 last_seen: now,
             }
@@ -446,8 +461,12 @@ impl Conns {
                 let dir = if i == 0 { Dir::Send } else { Dir::Recv };
                 stream.flush(&mut |c| sink.chunk(info, dir, &c));
                 add_counters(&mut self.retired, stream.counters());
+                stream.reset();
             }
             sink.closed(&conn.info);
+            if self.pool.len() < STREAM_POOL {
+                self.pool.push(conn.streams);
+            }
         }
     }
 
@@ -460,7 +479,7 @@ impl Conns {
     }
 
     /// Connections tracked now.
-    pub fn len(&self) -> usize {
+    pub fn live(&self) -> usize {
         self.conns.len()
     }
 
@@ -473,7 +492,7 @@ impl Conns {
     pub fn stream_counters(&self) -> StreamCounters {
         let mut total = self.retired;
         for conn in self.conns.values() {
-            for s in &conn.streams {
+            for s in conn.streams.iter() {
                 add_counters(&mut total, s.counters());
             }
         }
@@ -730,10 +749,10 @@ mod tests {
             );
         }
         t.sweep(110, &mut sink);
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.live(), 2);
         assert_eq!(t.counters().evicted_full, 2);
         t.sweep(5_000, &mut sink);
-        assert_eq!(t.len(), 0);
+        assert_eq!(t.live(), 0);
         assert_eq!(t.counters().evicted_idle, 2);
     }
 }

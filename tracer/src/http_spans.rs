@@ -4,10 +4,9 @@
 //! Which direction of a connection carries requests follows from which end
 //! opened it (the client writes requests); for connections opened before the
 //! agent started it is read off the first bytes.
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use foldhash::{HashMap, HashMapExt};
 
 use correlate::{
     ConnId, Correlator, Header, HttpVersion, Message as CMessage, MessageKind, Pid, Request,
@@ -42,8 +41,13 @@ pub struct HttpCounters {
 /// Bound on connections parsed at once (the connection table has its own).
 const MAX_CONNS: usize = 65_536;
 
+/// Parsers kept for reuse (most connections are short).
+const PARSER_POOL: usize = 1024;
+
 struct HttpConn {
-    parser: Http1Connection,
+    /// Boxed: moves cheaply, and goes back to the pool when the connection
+    /// ends.
+    parser: Box<Http1Connection>,
     /// The direction requests travel in, once known.
     requests: Option<Dir>,
     opened: bool,
@@ -58,6 +62,9 @@ pub struct HttpSpans {
     counters: HttpCounters,
     now_ns: u64,
     messages: Vec<Message>,
+    // The boxes themselves move between the pool and connections.
+    #[allow(clippy::vec_box)]
+    pool: Vec<Box<Http1Connection>>,
 }
 
 fn opposite(d: Dir) -> Dir {
@@ -103,6 +110,7 @@ impl HttpSpans {
             counters: HttpCounters::default(),
             now_ns: 0,
             messages: Vec::new(),
+            pool: Vec::new(),
         }
     }
 
@@ -125,7 +133,10 @@ impl HttpSpans {
             self.conns.insert(
                 conn.cookie,
                 HttpConn {
-                    parser: Http1Connection::new(self.config),
+                    parser: self
+                        .pool
+                        .pop()
+                        .unwrap_or_else(|| Box::new(Http1Connection::new(self.config))),
                     requests: None,
                     opened: false,
                     not_http: false,
@@ -264,6 +275,10 @@ impl HttpSpans {
         }
         self.correlator
             .conn_close(ConnId(conn.cookie), now_ns.max(self.now_ns));
+        if self.pool.len() < PARSER_POOL {
+            c.parser.reset();
+            self.pool.push(c.parser);
+        }
     }
 
     /// Spans finished by `now_ns`.
@@ -275,6 +290,11 @@ impl HttpSpans {
     /// Every span still held (agent exit).
     pub fn flush(&mut self) -> Vec<Span> {
         self.correlator.flush()
+    }
+
+    /// The latest kernel time seen in the records.
+    pub fn now_ns(&self) -> u64 {
+        self.now_ns
     }
 
     /// This stage's counters.

@@ -1,21 +1,12 @@
 //! `tracer`: the node agent. See `tracer --help`.
-mod btf;
-mod cli;
-mod clock;
-mod conntrack;
-mod export;
-mod http_spans;
-mod kernel;
-mod pipeline;
-mod preflight;
-mod print;
-
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-
-use crate::cli::{Cli, Command};
+use tracer::{
+    cli::{Cli, Command},
+    kernel, pipeline, preflight,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

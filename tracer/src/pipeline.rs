@@ -23,6 +23,7 @@ use crate::{
     http_spans::HttpSpans,
     kernel::Kernel,
     print::EventPrinter,
+    replay::Recorder,
 };
 
 /// Counters of the reading stage.
@@ -38,11 +39,14 @@ pub struct ReaderCounters {
 /// HTTP parsing and correlation, and where finished spans go.
 struct Stages {
     events: Option<EventPrinter<Box<dyn Write>>>,
-    http: HttpSpans,
+    /// None with `--no-spans`.
+    http: Option<HttpSpans>,
     spans: SpanSink<Box<dyn Write>>,
     /// The last pid described, to skip the resource lookup on runs of
     /// records of one process.
     last_pid: u32,
+    /// `--record`: raw records to a file.
+    recorder: Option<Recorder>,
 }
 
 impl Sink for Stages {
@@ -50,16 +54,23 @@ impl Sink for Stages {
         if let Some(events) = &mut self.events {
             events.chunk(conn, dir, chunk);
         }
-        self.http.chunk(conn, dir, chunk);
+        if let Some(http) = &mut self.http {
+            http.chunk(conn, dir, chunk);
+        }
     }
 
     fn closed(&mut self, conn: &ConnInfo) {
-        self.http.closed(conn, monotonic_ns());
+        if let Some(http) = &mut self.http {
+            http.closed(conn, monotonic_ns());
+        }
     }
 
     fn flush(&mut self) {
         if let Some(events) = &mut self.events {
             events.flush();
+        }
+        if let Some(r) = &mut self.recorder {
+            r.flush();
         }
     }
 }
@@ -79,7 +90,8 @@ impl Stages {
 
     /// Moves finished spans on and prints traces that went quiet.
     fn settle(&mut self, now: u64) {
-        for span in self.http.poll(now) {
+        let spans = self.http.as_mut().map(|h| h.poll(now)).unwrap_or_default();
+        for span in spans {
             self.spans.span(span, now);
         }
         self.spans.tick(now);
@@ -94,6 +106,9 @@ fn drain(
 ) {
     while let Some(item) = ring.next() {
         c.records += 1;
+        if let Some(r) = &mut stages.recorder {
+            r.write(&item);
+        }
         match Record::parse(&item) {
             Ok(Record::SockOp(op)) => {
                 stages.saw_pid(op.pid, &op.comm, op.ts_ns);
@@ -122,10 +137,10 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
     };
     let events = (cfg.print == Print::Events)
         .then(|| EventPrinter::new(stdout(), cfg.output, cfg.filter.clone(), clock));
-    let format = match cfg.output {
+    let format = (cfg.print == Print::Traces).then_some(match cfg.output {
         Output::Text => Format::Tree,
         Output::Json => Format::Json,
-    };
+    });
     let span_out: Box<dyn Write> = if cfg.print == Print::Traces {
         stdout()
     } else {
@@ -137,16 +152,24 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
         .map_err(anyhow::Error::msg)
         .context("starting the span export")?;
     let seed = clock.unix_ns(monotonic_ns()) ^ u64::from(std::process::id()).rotate_left(32);
+    let recorder = match &cfg.record {
+        Some(path) => {
+            Some(Recorder::create(path).with_context(|| format!("creating {}", path.display()))?)
+        }
+        None => None,
+    };
     let mut stages = Stages {
         events,
-        http: HttpSpans::new(cfg.correlate.clone(), seed),
+        http: (!cfg.no_spans).then(|| HttpSpans::new(cfg.correlate.clone(), seed)),
         spans,
         last_pid: 0,
+        recorder,
     };
 
     let (conns, reader) = rt.block_on(event_loop(&cfg, &mut kernel, &mut stages))?;
 
-    for span in stages.http.flush() {
+    let spans = stages.http.as_mut().map(|h| h.flush()).unwrap_or_default();
+    for span in spans {
         stages.spans.span(span, monotonic_ns());
     }
     if let Some(events) = &mut stages.events {
@@ -226,7 +249,11 @@ async fn event_loop(
                 stages.settle(now);
                 stages.flush();
             }
-            _ = addr_tick.tick() => stages.http.refresh_local_addrs(),
+            _ = addr_tick.tick() => {
+                if let Some(http) = &mut stages.http {
+                    http.refresh_local_addrs();
+                }
+            }
             _ = stats_tick.tick() => {
                 let line = counters_line(kernel, &conns, &counters, stages);
                 tracing::info!("counters: {line}; {}", stages.spans.counters());
@@ -267,11 +294,19 @@ fn counters_line(
         line,
         "; reader: {}; connections: live={} {}; streams: {}; http: {}; correlate: {}",
         debug_kv(reader),
-        conns.len(),
+        conns.live(),
         debug_kv(conns.counters()),
         debug_kv(&conns.stream_counters()),
-        debug_kv(stages.http.counters()),
-        debug_kv(stages.http.correlate_counters()),
+        stages
+            .http
+            .as_ref()
+            .map(|h| debug_kv(h.counters()))
+            .unwrap_or_else(|| "off".into()),
+        stages
+            .http
+            .as_ref()
+            .map(|h| debug_kv(h.correlate_counters()))
+            .unwrap_or_else(|| "off".into()),
     );
     line
 }

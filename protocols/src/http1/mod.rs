@@ -425,6 +425,12 @@ impl Http1Connection {
         }
     }
 
+    /// Back to a fresh connection's state, keeping allocations.
+    pub fn reset(&mut self) {
+        self.requests.reset();
+        self.responses.reset();
+    }
+
     /// The connection closed: ends both directions (see
     /// [`Http1Parser::flush`]).
     pub fn flush(&mut self, out: &mut impl FnMut(Message)) {

@@ -113,6 +113,29 @@ fn looks_binary(d: &[u8]) -> bool {
 }
 
 impl Http1Parser {
+    /// Back to the state of [`new`](Self::new) (counters included), keeping
+    /// the buffers' allocations: agents reuse parsers across connections.
+    pub fn reset(&mut self) {
+        let mut head = std::mem::take(&mut self.head);
+        let mut marks = std::mem::take(&mut self.marks);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut expected = std::mem::take(&mut self.expected);
+        let mut kinds_out = std::mem::take(&mut self.kinds_out);
+        head.clear();
+        marks.clear();
+        scratch.clear();
+        expected.clear();
+        kinds_out.clear();
+        *self = Http1Parser {
+            head,
+            marks,
+            scratch,
+            expected,
+            kinds_out,
+            ..Http1Parser::new(self.role, self.cfg)
+        };
+    }
+
     /// A parser for a direction carrying `role` messages.
     pub fn new(role: Role, config: Http1Config) -> Self {
         let cfg = Http1Config {

@@ -296,6 +296,21 @@ impl StreamReassembler {
         }
     }
 
+    /// Back to the state of [`new`](Self::new) (counters included), keeping
+    /// the buffers' allocations: agents reuse reassemblers across
+    /// connections.
+    pub fn reset(&mut self) {
+        self.spans.clear();
+        self.ops.clear();
+        self.counters = StreamCounters::default();
+        self.anchor = None;
+        self.next = 0;
+        self.origin = None;
+        self.contig_end = 0;
+        self.clock = 0;
+        self.fin = None;
+    }
+
     /// The peer's FIN carries sequence number `seq`. A FIN takes one
     /// sequence number, and a receive call that reads the last bytes and the
     /// FIN together reports the sequence number past the FIN as its end:

@@ -663,3 +663,34 @@ fn receive_that_consumed_the_fin_is_not_shifted() {
     assert_eq!(got, vec![(1000, 5, 5, Some(2))]);
     assert_eq!(r.counters().bytes_hole, 0);
 }
+
+#[test]
+fn reset_gives_a_fresh_stream() {
+    let mut r = StreamReassembler::new(StreamLimits::default());
+    r.push_segment(1000, 5, b"hello", 1);
+    r.push_op(
+        1005,
+        5,
+        OpMeta {
+            pid: 1,
+            tid: 2,
+            ts_ns: 2,
+        },
+    );
+    r.poll(3, &mut |_| {});
+    r.reset();
+    assert_eq!(r.counters(), &StreamCounters::default());
+    r.push_segment(7, 3, b"abc", 10);
+    r.push_op(
+        10,
+        3,
+        OpMeta {
+            pid: 1,
+            tid: 2,
+            ts_ns: 11,
+        },
+    );
+    let mut got = Vec::new();
+    r.poll(12, &mut |c| got.push((c.seq, c.offset, c.captured())));
+    assert_eq!(got, vec![(7, 0, 3)]);
+}

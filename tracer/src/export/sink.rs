@@ -15,6 +15,8 @@ use crate::clock::Clock;
 enum Output<W: Write> {
     Otlp(Exporter),
     Console(ConsoleSink<W>),
+    /// Nowhere to go (no endpoint, nothing printed): counted only.
+    Discard(u64),
 }
 
 /// Where finished spans go: the OTLP [`Exporter`] when an endpoint is
@@ -26,10 +28,10 @@ pub struct SpanSink<W: Write> {
 
 impl<W: Write> SpanSink<W> {
     /// Starts the exporter for `export`, or prints `format` to `out` when
-    /// it is `None`. `resources` is usually [`ResourceCache::from_env`].
+    /// it is `None` (and only counts spans when `format` is `None` too). `resources` is usually [`ResourceCache::from_env`].
     pub fn start(
         export: Option<ExportConfig>,
-        format: Format,
+        format: Option<Format>,
         out: W,
         clock: Clock,
         resources: ResourceCache,
@@ -46,7 +48,12 @@ impl<W: Write> SpanSink<W> {
                 );
                 Output::Otlp(Exporter::start(cfg, clock).map_err(|e| e.to_string())?)
             }
-            None => Output::Console(ConsoleSink::new(out, format, clock, DEFAULT_QUIET_NS)),
+            None => match format {
+                Some(format) => {
+                    Output::Console(ConsoleSink::new(out, format, clock, DEFAULT_QUIET_NS))
+                }
+                None => Output::Discard(0),
+            },
         };
         Ok(SpanSink { resources, out })
     }
@@ -65,6 +72,7 @@ impl<W: Write> SpanSink<W> {
         match &mut self.out {
             Output::Otlp(e) => e.submit(span, resource),
             Output::Console(c) => c.on_span(&span, &resource, now_ns),
+            Output::Discard(n) => *n += 1,
         }
     }
 
@@ -82,6 +90,7 @@ impl<W: Write> SpanSink<W> {
         match &self.out {
             Output::Otlp(e) => format!("export: {}; resources: {res}", e.counters()),
             Output::Console(c) => format!("console: {}; resources: {res}", c.counters()),
+            Output::Discard(n) => format!("discarded: spans={n}; resources: {res}"),
         }
     }
 
@@ -95,6 +104,7 @@ impl<W: Write> SpanSink<W> {
                 c.flush_all();
                 format!("console: {}; resources: {res}", c.counters())
             }
+            Output::Discard(n) => format!("discarded: spans={n}; resources: {res}"),
         }
     }
 }
@@ -109,7 +119,8 @@ mod tests {
     fn console_by_default() {
         let t = TempDir::new("sink");
         let cache = ResourceCache::new(&t.0, vec![], 16);
-        let mut s = SpanSink::start(None, Format::Tree, Vec::new(), Clock::new(), cache).unwrap();
+        let mut s =
+            SpanSink::start(None, Some(Format::Tree), Vec::new(), Clock::new(), cache).unwrap();
         s.saw_pid(Pid(101), None, 0);
         s.span(span(1, 1, None, 0, 2), 0);
         s.tick(DEFAULT_QUIET_NS - 1);
