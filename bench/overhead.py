@@ -2,9 +2,11 @@
 """Overhead of the agent on a real server, A/B interleaved in one run.
 
 wrk (keep-alive, small static file) against nginx, for each nginx
-worker setting, in three conditions per round, their order rotated every
+worker setting, in four conditions per round, their order rotated every
 round: no agent; the agent's programs attached but returning at once
-(--hooks-only: the floor of this design); the agent capturing everything.
+(--hooks-only: the floor of this design); the agent capturing everything
+and rebuilding the streams (--no-spans); the whole product, with HTTP
+spans exported over OTLP to a local endpoint that discards them.
 Prints requests/s, the ratio to no agent (median of the per-round ratios),
 p99 latency, the agent's CPU per request and its peak RSS; then the cost per
 call of a tight file write loop and socket write loop with and without the
@@ -124,18 +126,65 @@ def wrk(port, seconds, conns):
     return rps, total, float(p99.group(1)) * scale
 
 
-CONDITIONS = [("none", None), ("hooks-only", ["--hooks-only"]), ("full", [])]
+SINK_CODE = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+s = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+print("ready", flush=True)
+s.serve_forever()
+"""
+
+
+class OtlpSink:
+    """An OTLP/HTTP endpoint that accepts and discards (the cheapest possible
+    backend, so the figure is the agent's cost, not the backend's)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "-c", SINK_CODE, str(self.port)],
+                                     stdout=subprocess.PIPE, text=True)
+        self.proc.stdout.readline()
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+# (name, agent flags; None = no agent). "capture" is the foundation's agent:
+# every TCP payload captured and its streams rebuilt, no protocol parsing.
+# "traces" is the whole product: HTTP parsed, spans correlated and exported
+# over OTLP/HTTP to a local discard endpoint ({otlp} is filled in).
+CONDITIONS = [
+    ("none", None),
+    ("hooks-only", ["--hooks-only"]),
+    ("capture", ["--no-spans"]),
+    ("traces", ["--otlp-endpoint", "{otlp}", "--otlp-protocol", "http/protobuf"]),
+]
 
 
 def run_server_bench(workers, pairs, seconds, conns):
     nginx = Nginx(workers)
+    sink = OtlpSink()
     try:
         wrk(nginx.port, 2, conns)  # warm-up
         results = {name: [] for name, _ in CONDITIONS}
         drops = []
         for r in range(pairs):
-            order = CONDITIONS[r % 3:] + CONDITIONS[:r % 3]
+            k = r % len(CONDITIONS)
+            order = CONDITIONS[k:] + CONDITIONS[:k]
             for name, args in order:
+                if args is not None:
+                    args = [a.replace("{otlp}", "http://127.0.0.1:%d" % sink.port) for a in args]
                 agent = Agent(args) if args is not None else None
                 cpu0 = agent.cpu_seconds() if agent else 0
                 rps, total, p99 = wrk(nginx.port, seconds, conns)
@@ -143,7 +192,7 @@ def run_server_bench(workers, pairs, seconds, conns):
                 rss = agent.peak_rss_kib() if agent else 0
                 if agent:
                     counters = agent.stop()
-                    if name == "full":
+                    if name != "hooks-only":
                         d = sum(int(x) for x in re.findall(r"ring_full_\w+=(\d+)", counters))
                         drops.append(d)
                 results[name].append({"rps": rps, "total": total, "p99": p99, "cpu": cpu, "rss": rss})
@@ -161,10 +210,12 @@ def run_server_bench(workers, pairs, seconds, conns):
                 name, statistics.median(r["rps"] for r in rows), statistics.median(ratios), q[0], q[2],
                 statistics.median(r["p99"] for r in rows), cpu_per_req,
                 max(r["rss"] for r in rows) / 1024))
-        full = [f["rps"] / h["rps"] for f, h in zip(results["full"], results["hooks-only"])]
-        print("full / hooks-only floor: %.3f (median of rounds)" % statistics.median(full))
-        print("ring-buffer drops in full runs: %s" % drops)
+        for name in ("capture", "traces"):
+            rel = [f["rps"] / h["rps"] for f, h in zip(results[name], results["hooks-only"])]
+            print("%s / hooks-only floor: %.3f (median of rounds)" % (name, statistics.median(rel)))
+        print("ring-buffer drops in capture and traces runs: %s" % drops)
     finally:
+        sink.stop()
         nginx.stop()
 
 
@@ -175,13 +226,13 @@ def run_writeloop(pairs, calls):
     res = {(k, a): [] for k in ("file", "socket") for a in (False, True)}
     for r in range(pairs):
         for with_agent in ([False, True] if r % 2 == 0 else [True, False]):
-            agent = Agent([]) if with_agent else None
+            agent = Agent(["--no-spans"]) if with_agent else None
             for kind in ("file", "socket"):
                 out = subprocess.run([exe, kind, str(calls)], capture_output=True, text=True, check=True).stdout
                 res[(kind, with_agent)].append(float(out))
             if agent:
                 agent.stop()
-    print("\ntight write loop, 64-byte writes, %d calls, %d rounds (ns per call, median)" % (calls, pairs))
+    print("\ntight write loop, 64-byte writes, %d calls, %d rounds (ns per call, median; agent: capture)" % (calls, pairs))
     for kind in ("file", "socket"):
         a, b = statistics.median(res[(kind, False)]), statistics.median(res[(kind, True)])
         print("  %-6s without agent %8.1f   with agent %8.1f   added %+7.1f ns" % (kind, a, b, b - a))
