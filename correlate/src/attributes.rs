@@ -137,6 +137,33 @@ pub(crate) fn split_target(t: &str) -> Target<'_> {
     }
 }
 
+/// Headers the correlator reads (besides the configured request-id
+/// headers); a caller may drop the others before handing messages over.
+const READ_HEADERS: [&str; 12] = [
+    "host",
+    ":authority",
+    "user-agent",
+    "content-type",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "forwarded",
+    "x-forwarded-for",
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+];
+
+/// Whether the correlator reads header `name` (ASCII case-insensitive):
+/// the attributes, propagation (W3C, B3 single and `x-b3-*`) and gRPC
+/// status headers. Configured request-id headers come on top.
+pub fn reads_header(name: &str) -> bool {
+    READ_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("x-b3-"))
+}
+
 /// Replace every query value with `REDACTED`, keeping keys (a part with no
 /// `=` is a key and is kept as is).
 pub fn redact_query(q: &str) -> String {

@@ -132,7 +132,7 @@ mod model;
 mod propagation;
 mod resolve;
 
-pub use attributes::redact_query;
+pub use attributes::{reads_header, redact_query};
 pub use config::{Config, Counters, IdGen, SplitMix64};
 pub use correlator::Correlator;
 pub use model::{

@@ -101,12 +101,22 @@ fn headers(h: Vec<http1::Header>) -> Vec<Header> {
 impl HttpSpans {
     /// A fresh stage; `seed` seeds span and trace ids.
     pub fn new(correlator: correlate::Config, seed: u64) -> HttpSpans {
+        // Copy only the headers spans use (most of every message is not);
+        // request-id headers are the x- ones; another name keeps them all.
+        let keep_header = correlator
+            .request_id_headers
+            .iter()
+            .all(|h| h.starts_with("x-"))
+            .then_some(spans_read as fn(&str) -> bool);
         let mut correlator = Correlator::with_seed(correlator, seed);
         correlator.set_local_addrs(local_addrs());
         HttpSpans {
             conns: HashMap::new(),
             correlator,
-            config: Http1Config::default(),
+            config: Http1Config {
+                keep_header,
+                ..Http1Config::default()
+            },
             counters: HttpCounters::default(),
             now_ns: 0,
             messages: Vec::new(),
@@ -306,6 +316,11 @@ impl HttpSpans {
     pub fn correlate_counters(&self) -> &correlate::Counters {
         self.correlator.counters()
     }
+}
+
+/// The headers the correlator reads, and request ids (`x-` headers).
+fn spans_read(name: &str) -> bool {
+    correlate::reads_header(name) || name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-"))
 }
 
 /// Addresses of this host's interfaces (getifaddrs), loopback included.

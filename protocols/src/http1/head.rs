@@ -76,8 +76,16 @@ fn config(role: Role) -> httparse::ParserConfig {
     c
 }
 
-fn own_headers(hs: &[httparse::Header<'_>]) -> Vec<Header> {
+/// Headers the parser itself reads: always kept.
+fn frames_messages(name: &str) -> bool {
+    ["content-length", "transfer-encoding", "upgrade"]
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f))
+}
+
+fn own_headers(hs: &[httparse::Header<'_>], keep: Option<fn(&str) -> bool>) -> Vec<Header> {
     hs.iter()
+        .filter(|h| keep.is_none_or(|k| k(h.name) || frames_messages(h.name)))
         .map(|h| Header {
             name: h.name.to_owned(),
             value: h.value.to_vec(),
@@ -86,7 +94,11 @@ fn own_headers(hs: &[httparse::Header<'_>]) -> Vec<Header> {
 }
 
 /// Parses a complete head (`buf` ends with its blank line).
-pub(crate) fn parse_head(role: Role, buf: &[u8]) -> Result<Head, HeadError> {
+pub(crate) fn parse_head(
+    role: Role,
+    buf: &[u8],
+    keep: Option<fn(&str) -> bool>,
+) -> Result<Head, HeadError> {
     let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let cfg = config(role);
     let err = |e: httparse::Error| match e {
@@ -104,7 +116,7 @@ pub(crate) fn parse_head(role: Role, buf: &[u8]) -> Result<Head, HeadError> {
                 method: Method::from_token(req.method.unwrap_or_default()),
                 target: req.path.unwrap_or_default().to_owned(),
                 version: req.version.unwrap_or(1),
-                headers: own_headers(req.headers),
+                headers: own_headers(req.headers, keep),
             })
         }
         Role::Response => {
@@ -117,7 +129,7 @@ pub(crate) fn parse_head(role: Role, buf: &[u8]) -> Result<Head, HeadError> {
                 status: resp.code.unwrap_or_default(),
                 reason: resp.reason.unwrap_or_default().to_owned(),
                 version: resp.version.unwrap_or(1),
-                headers: own_headers(resp.headers),
+                headers: own_headers(resp.headers, keep),
             })
         }
     }
@@ -144,12 +156,17 @@ pub(crate) fn check_partial(role: Role, buf: &[u8]) -> Result<(), HeadError> {
 
 /// Parses the complete lines of a head cut short: the bytes up to the last
 /// line end, followed by a blank line. `scratch` is reused.
-pub(crate) fn parse_partial_head(role: Role, buf: &[u8], scratch: &mut Vec<u8>) -> Option<Head> {
+pub(crate) fn parse_partial_head(
+    role: Role,
+    buf: &[u8],
+    scratch: &mut Vec<u8>,
+    keep: Option<fn(&str) -> bool>,
+) -> Option<Head> {
     let last_nl = buf.iter().rposition(|b| *b == b'\n')?;
     scratch.clear();
     scratch.extend_from_slice(&buf[..=last_nl]);
     scratch.extend_from_slice(b"\r\n");
-    parse_head(role, scratch).ok()
+    parse_head(role, scratch, keep).ok()
 }
 
 /// Splits a comma-separated header value into trimmed, non-empty tokens.
@@ -402,12 +419,32 @@ mod tests {
     }
 
     #[test]
+    fn kept_headers_and_framing() {
+        fn host_only(n: &str) -> bool {
+            n.eq_ignore_ascii_case("host")
+        }
+        let h = parse_head(
+            Role::Response,
+            b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 3\r\nHost: h\r\nSet-Cookie: s\r\n\r\n",
+            Some(host_only),
+        );
+        match h {
+            Ok(Head::Response { headers, .. }) => {
+                let names: Vec<&str> = headers.iter().map(|h| h.name.as_str()).collect();
+                assert_eq!(names, ["Content-Length", "Host"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn partial_heads() {
         let mut s = Vec::new();
         let h = parse_partial_head(
             Role::Request,
             b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nCookie: abc",
             &mut s,
+            None,
         );
         match h {
             Some(Head::Request {
@@ -422,7 +459,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(parse_partial_head(Role::Request, b"GET /a?b=c HTTP/1", &mut s).is_none());
+        assert!(parse_partial_head(Role::Request, b"GET /a?b=c HTTP/1", &mut s, None).is_none());
         assert_eq!(
             check_partial(Role::Request, b"GET /a HTTP/1.1\r\nHost: x\r\nAcc"),
             Ok(())

@@ -315,7 +315,7 @@ impl Message {
 }
 
 /// Tunables of a parser.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Http1Config {
     /// Largest head (start line and headers) buffered; larger ones are
     /// emitted truncated and counted.
@@ -331,6 +331,11 @@ pub struct Http1Config {
     pub max_expected: usize,
     /// Emit interim (1xx other than 101) responses.
     pub emit_interim: bool,
+    /// Which headers messages carry (by name, as sent): `None` keeps all.
+    /// The headers that frame messages (`Content-Length`,
+    /// `Transfer-Encoding`, `Upgrade`) are always kept. A consumer that
+    /// looks at a few headers saves copying the rest of every message.
+    pub keep_header: Option<fn(&str) -> bool>,
 }
 
 impl Default for Http1Config {
@@ -340,6 +345,7 @@ impl Default for Http1Config {
             detect_budget: 64 * 1024,
             max_expected: 256,
             emit_interim: false,
+            keep_header: None,
         }
     }
 }

@@ -569,7 +569,7 @@ impl Http1Parser {
                 }
                 return;
             }
-            match head::parse_head(self.role, &self.head) {
+            match head::parse_head(self.role, &self.head, self.cfg.keep_header) {
                 Ok(h) => {
                     self.start_message(h, out);
                     return;
@@ -639,7 +639,12 @@ impl Http1Parser {
 
     /// Emits the complete lines of a head cut short (no body followed).
     fn emit_partial(&mut self, out: &mut impl FnMut(Message)) {
-        let Some(h) = head::parse_partial_head(self.role, &self.head, &mut self.scratch) else {
+        let Some(h) = head::parse_partial_head(
+            self.role,
+            &self.head,
+            &mut self.scratch,
+            self.cfg.keep_header,
+        ) else {
             return;
         };
         let (first, last) = self.head_span();
