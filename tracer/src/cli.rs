@@ -271,6 +271,8 @@ impl RunArgs {
                 enabled: !self.hooks_only,
                 ring_bytes: ring,
                 wakeup_bytes: self.wakeup_bytes,
+                profile_hz: None,
+                stack_copy: tracer_common::STACK_COPY_DEFAULT,
             },
             print,
             output: self.output,

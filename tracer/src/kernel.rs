@@ -6,12 +6,17 @@ use std::{fs::File, path::Path};
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        cgroup_skb::CgroupSkbAttachType, BtfTracePoint, CgroupAttachMode, CgroupSkb, ProgramError,
+        cgroup_skb::CgroupSkbAttachType,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, PerfEvent, ProgramError,
     },
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
 use thiserror::Error;
-use tracer_common::{globals, DropReason, MAP_DROPS, MAP_EVENTS, MAX_SNAP_LEN};
+use tracer_common::{
+    globals, DropReason, MAP_DROPS, MAP_EVENTS, MAP_SAMPLE_SCRATCH, MAX_SNAP_LEN, MAX_STACK_COPY,
+    PROG_PROFILE,
+};
 
 use crate::btf::{Btf, BtfError};
 
@@ -45,6 +50,17 @@ pub enum KernelError {
     /// A map has an unexpected type.
     #[error("map {0}: {1}")]
     Map(&'static str, aya::maps::MapError),
+    /// The CPUs could not be listed (for the sampling program).
+    #[error("listing CPUs ({0}): {1}")]
+    Cpus(&'static str, std::io::Error),
+    /// Sampling could not be attached to any CPU.
+    #[error("attaching {program} to the cpu-clock of any CPU: {source}")]
+    NoCpuAttached {
+        /// Program name.
+        program: &'static str,
+        /// The error of the first CPU that failed.
+        source: ProgramError,
+    },
     /// Opening the cgroup failed.
     #[error("opening cgroup {path}: {source}")]
     Cgroup {
@@ -66,12 +82,20 @@ pub struct KernelConfig {
     pub ring_bytes: u32,
     /// Pending bytes before the kernel wakes the reader.
     pub wakeup_bytes: u64,
+    /// CPU sampling frequency per CPU in Hz (`tracer_common::PROFILE_HZ_DEFAULT`
+    /// is the usual choice); `None` = profiling off: the sampling program
+    /// is neither loaded into the kernel nor attached.
+    pub profile_hz: Option<u32>,
+    /// User-stack bytes copied per sample (`tracer_common::STACK_COPY_DEFAULT`;
+    /// clamped to `MAX_STACK_COPY`).
+    pub stack_copy: u32,
 }
 
 /// Programs loaded and attached.
 pub struct Kernel {
     ebpf: Ebpf,
     drops: PerCpuArray<MapData, u64>,
+    profiling_cpus: Vec<u32>,
 }
 
 fn program_err(
@@ -87,7 +111,9 @@ fn program_err(
 
 impl Kernel {
     /// Loads the programs with the offsets of this kernel and attaches them:
-    /// the three socket tracepoints and cgroup_skb on `cgroup_root`.
+    /// the three socket tracepoints and cgroup_skb on `cgroup_root`, and,
+    /// when `cfg.profile_hz` is set, the CPU sampling program on the
+    /// cpu-clock of every online CPU.
     pub fn load(cfg: &KernelConfig, btf: &Btf, cgroup_root: &Path) -> Result<Kernel, KernelError> {
         let sock = |path: &[&str]| btf.offset_of("sock", path);
         let offsets: [(&str, u32); 9] = [
@@ -116,6 +142,28 @@ impl Kernel {
                 sock(&["__sk_common", "skc_v6_rcv_saddr"])?,
             ),
         ];
+        // pt_regs as saved at kernel entry (the user registers), and the
+        // task's mm (NULL for kernel threads): for the sampling program.
+        // Looked up only when sampling: profiling off must not depend on them.
+        let sampling_offset = |ty: &str, path: &[&str]| match cfg.profile_hz {
+            Some(_) => btf.offset_of(ty, path),
+            None => Ok(0),
+        };
+        let sampling: [(&str, u32); 4] = [
+            (globals::OFF_REGS_IP, sampling_offset("pt_regs", &["ip"])?),
+            (globals::OFF_REGS_SP, sampling_offset("pt_regs", &["sp"])?),
+            (globals::OFF_REGS_BP, sampling_offset("pt_regs", &["bp"])?),
+            (
+                globals::OFF_TASK_MM,
+                sampling_offset("task_struct", &["mm"])?,
+            ),
+        ];
+        let stack_copy = cfg.stack_copy.min(MAX_STACK_COPY as u32);
+        // One ~37 KiB scratch entry per possible CPU, only when sampling.
+        let scratch_entries = match cfg.profile_hz {
+            Some(_) => aya::util::nr_cpus().map_err(|(what, e)| KernelError::Cpus(what, e))? as u32,
+            None => 1,
+        };
         let aya_btf = AyaBtf::from_sys_fs()?;
         let snap = cfg.snap_len.min(MAX_SNAP_LEN as u32);
         let enabled = u32::from(cfg.enabled);
@@ -127,8 +175,10 @@ impl Kernel {
             .override_global(globals::ENABLED, &enabled, true)
             .override_global(globals::AGENT_PID, &pid, true)
             .override_global(globals::WAKEUP_BYTES, &cfg.wakeup_bytes, true)
-            .map_max_entries(MAP_EVENTS, cfg.ring_bytes);
-        for (name, off) in &offsets {
+            .override_global(globals::STACK_COPY, &stack_copy, true)
+            .map_max_entries(MAP_EVENTS, cfg.ring_bytes)
+            .map_max_entries(MAP_SAMPLE_SCRATCH, scratch_entries);
+        for (name, off) in offsets.iter().chain(&sampling) {
             loader.override_global(name, off, true);
         }
         let mut ebpf = loader.load(PROGRAMS)?;
@@ -166,11 +216,25 @@ impl Kernel {
             prog.attach(&cgroup, attach, CgroupAttachMode::Single)
                 .map_err(program_err("attaching", name))?;
         }
+        let profiling_cpus = match cfg.profile_hz {
+            Some(hz) => attach_sampling(&mut ebpf, hz)?,
+            None => Vec::new(),
+        };
         let drops = ebpf
             .take_map(MAP_DROPS)
             .ok_or(KernelError::MissingMap(MAP_DROPS))?;
         let drops = PerCpuArray::try_from(drops).map_err(|e| KernelError::Map(MAP_DROPS, e))?;
-        Ok(Kernel { ebpf, drops })
+        Ok(Kernel {
+            ebpf,
+            drops,
+            profiling_cpus,
+        })
+    }
+
+    /// CPUs whose cpu-clock the sampling program is attached to (empty when
+    /// profiling is off).
+    pub fn profiling_cpus(&self) -> &[u32] {
+        &self.profiling_cpus
     }
 
     /// Takes the ring buffer (once).
@@ -197,11 +261,50 @@ impl Kernel {
             .collect()
     }
 
-    /// Ids of the programs this agent loaded (for the exit check).
+    /// Ids of the programs this agent loaded (for the exit check); the
+    /// sampling program is among them only when profiling is on.
     pub fn program_ids(&self) -> Vec<u32> {
         self.ebpf
             .programs()
             .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
             .collect()
+    }
+}
+
+/// Loads the sampling program and attaches it to the software cpu-clock
+/// event of every online CPU (/sys/devices/system/cpu/online), sampling at
+/// `hz` per CPU. A CPU that refuses (going offline meanwhile) is logged and
+/// skipped; none attached is an error. Returns the CPUs attached.
+fn attach_sampling(ebpf: &mut Ebpf, hz: u32) -> Result<Vec<u32>, KernelError> {
+    let name = PROG_PROFILE;
+    let cpus = aya::util::online_cpus().map_err(|(what, e)| KernelError::Cpus(what, e))?;
+    let prog: &mut PerfEvent = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::MissingMap(name))?
+        .try_into()
+        .map_err(program_err("loading", name))?;
+    prog.load().map_err(program_err("loading", name))?;
+    let mut attached = Vec::with_capacity(cpus.len());
+    let mut first_err = None;
+    for cpu in cpus {
+        match prog.attach(
+            PerfEventConfig::Software(SoftwareEvent::CpuClock),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Frequency(u64::from(hz.max(1))),
+            false,
+        ) {
+            Ok(_) => attached.push(cpu),
+            Err(e) => {
+                tracing::warn!(cpu, error = %e, "cannot sample this CPU");
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match (attached.is_empty(), first_err) {
+        (true, Some(source)) => Err(KernelError::NoCpuAttached {
+            program: name,
+            source,
+        }),
+        _ => Ok(attached),
     }
 }

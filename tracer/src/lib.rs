@@ -11,4 +11,5 @@ pub mod kernel;
 pub mod pipeline;
 pub mod preflight;
 pub mod print;
+pub mod profile;
 pub mod replay;

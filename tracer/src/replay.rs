@@ -134,6 +134,7 @@ impl Replay {
                 self.conns.on_state(&st, &mut self.sink);
                 st.ts_ns
             }
+            Ok(Record::Sample(hdr, _)) => hdr.ts_ns,
             Err(_) => {
                 self.stats.bad_records += 1;
                 return;

@@ -33,6 +33,8 @@ pub enum Tag {
     ConnState = 2,
     /// A [`SegmentHeader`] followed by the captured payload prefix.
     Segment = 3,
+    /// A [`SampleHeader`] followed by the copied top of the user stack.
+    Sample = 4,
 }
 
 /// Direction of bytes relative to the socket that moved them.
@@ -180,6 +182,88 @@ pub struct SegmentScratch {
     pub data: [u8; MAX_SNAP_LEN],
 }
 
+/// Largest copy of the top of a user stack a sample record can carry. The
+/// configured copy ([`STACK_COPY_DEFAULT`]) is clamped to this.
+pub const MAX_STACK_COPY: usize = 32768;
+
+/// Default number of user-stack bytes copied per CPU sample, from the
+/// interrupted thread's stack pointer up. 16 KiB holds the frames of
+/// ordinary native call chains and of an interpreter's C frames; what does
+/// not fit is reported as a truncated stack, never guessed.
+pub const STACK_COPY_DEFAULT: u32 = 16384;
+
+/// Kernel stack frames a sample record carries at most.
+pub const MAX_KSTACK_FRAMES: usize = 64;
+
+/// Default sampling frequency per CPU. 99 rather than 100 so the sampling
+/// does not run in lockstep with timers firing at round frequencies (which
+/// would over- or under-sample periodic work).
+pub const PROFILE_HZ_DEFAULT: u32 = 99;
+
+/// Bytes of slack after the stack copy in [`SampleScratch`]: the program
+/// copies the stack page by page (so a fault on the last page keeps the
+/// pages before it), and the verifier bounds each page-sized copy
+/// separately from its offset.
+pub const STACK_COPY_SLACK: usize = 4096;
+
+/// One CPU sample: who was running, the kernel stack, the user registers
+/// the unwinder starts from, and `stack_len` bytes of the user stack from
+/// `sp` up, which follow the header in the same record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampleHeader {
+    /// [`Tag::Sample`].
+    pub tag: u8,
+    /// [`SAMPLE_KERNEL_THREAD`], [`SAMPLE_STACK_SHORT`].
+    pub flags: u8,
+    /// Valid entries of `kstack` (at most [`MAX_KSTACK_FRAMES`]).
+    pub kstack_len: u16,
+    /// CPU the sample was taken on.
+    pub cpu: u32,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the sample.
+    pub ts_ns: u64,
+    /// User instruction pointer (from the task's user `pt_regs`: where user
+    /// code was, or will resume after the syscall or interrupt the sample
+    /// hit). 0 for kernel threads.
+    pub ip: u64,
+    /// User stack pointer.
+    pub sp: u64,
+    /// User frame pointer (`rbp`).
+    pub bp: u64,
+    /// User-stack bytes following this header.
+    pub stack_len: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+    /// `comm` of the sampled thread.
+    pub comm: [u8; 16],
+    /// Kernel return addresses, leaf first (empty when the sample
+    /// interrupted user code).
+    pub kstack: [u64; MAX_KSTACK_FRAMES],
+}
+
+/// [`SampleHeader::flags`]: a kernel thread (no user memory): the record
+/// has only the kernel stack.
+pub const SAMPLE_KERNEL_THREAD: u8 = 1;
+/// [`SampleHeader::flags`]: the user stack was copied short of the
+/// configured size because the read faulted (usually the top of the stack
+/// was reached, so nothing is missing).
+pub const SAMPLE_STACK_SHORT: u8 = 2;
+
+/// Scratch buffer of the sampling program (one per CPU): the header and
+/// the largest stack copy, written to the ring buffer as one variable-size
+/// record.
+#[repr(C)]
+pub struct SampleScratch {
+    /// The header.
+    pub hdr: SampleHeader,
+    /// Stack copy; only `hdr.stack_len` bytes are meaningful.
+    pub data: [u8; MAX_STACK_COPY + STACK_COPY_SLACK],
+}
+
 /// FIN bit of [`SegmentHeader::tcp_flags`].
 pub const TCP_FIN: u8 = 0x01;
 
@@ -206,17 +290,27 @@ pub enum DropReason {
     /// IPv6 packet whose next header is not TCP (extension headers are not
     /// walked).
     Ipv6ExtHeader = 5,
+    /// Ring buffer full: a CPU sample was lost.
+    RingFullSample = 6,
+    /// A sample's user stack could not be read at all (its stack pointer
+    /// was not readable): the sample carries the registers only.
+    UserStackFailed = 7,
+    /// A sample's kernel stack could not be taken.
+    KernelStackFailed = 8,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::RingFullOp,
         DropReason::RingFullConn,
         DropReason::RingFullSegment,
         DropReason::BadPacket,
         DropReason::ReadFailed,
         DropReason::Ipv6ExtHeader,
+        DropReason::RingFullSample,
+        DropReason::UserStackFailed,
+        DropReason::KernelStackFailed,
     ];
 
     /// Stable, human-readable name used in logs and counters.
@@ -228,6 +322,9 @@ impl DropReason {
             DropReason::BadPacket => "bad_packet",
             DropReason::ReadFailed => "kernel_read_failed",
             DropReason::Ipv6ExtHeader => "ipv6_ext_header",
+            DropReason::RingFullSample => "ring_full_sample",
+            DropReason::UserStackFailed => "user_stack_failed",
+            DropReason::KernelStackFailed => "kernel_stack_failed",
         }
     }
 }
@@ -266,7 +363,26 @@ pub mod globals {
     pub const OFF_V6_DADDR: &str = "OFF_V6_DADDR";
     /// `u32`: offset of `skc_v6_rcv_saddr` in `struct sock`.
     pub const OFF_V6_RCV_SADDR: &str = "OFF_V6_RCV_SADDR";
+    /// `u32`: user-stack bytes copied per CPU sample (clamped to
+    /// `MAX_STACK_COPY`; 0 copies none).
+    pub const STACK_COPY: &str = "STACK_COPY";
+    /// `u32`: offset of `ip` in `struct pt_regs` (from BTF).
+    pub const OFF_REGS_IP: &str = "OFF_REGS_IP";
+    /// `u32`: offset of `sp` in `struct pt_regs`.
+    pub const OFF_REGS_SP: &str = "OFF_REGS_SP";
+    /// `u32`: offset of `bp` in `struct pt_regs`.
+    pub const OFF_REGS_BP: &str = "OFF_REGS_BP";
+    /// `u32`: offset of `mm` in `struct task_struct` (NULL for kernel
+    /// threads).
+    pub const OFF_TASK_MM: &str = "OFF_TASK_MM";
 }
+
+/// Name of the per-CPU-id scratch array of the sampling program (its size
+/// is the number of possible CPUs, set at load).
+pub const MAP_SAMPLE_SCRATCH: &str = "SAMPLE_SCRATCH";
+
+/// Name of the CPU sampling program (`perf_event`, software cpu-clock).
+pub const PROG_PROFILE: &str = "profile_cpu";
 
 /// Name of the ring buffer map.
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -276,11 +392,20 @@ pub const MAP_DROPS: &str = "DROPS";
 const _: () = assert!(size_of::<SockOp>() == 56);
 const _: () = assert!(size_of::<ConnState>() == 64);
 const _: () = assert!(size_of::<SegmentHeader>() == 72);
+const _: () = assert!(size_of::<SampleHeader>() == 584);
+const _: () = assert!(core::mem::offset_of!(SampleHeader, tag) == 0);
+const _: () = assert!(core::mem::offset_of!(SampleHeader, ts_ns) == 16);
+const _: () = assert!(core::mem::offset_of!(SampleHeader, comm) == 56);
+const _: () = assert!(core::mem::offset_of!(SampleHeader, kstack) == 72);
+const _: () = assert!(size_of::<SampleScratch>() == 584 + MAX_STACK_COPY + STACK_COPY_SLACK);
 const _: () = assert!(core::mem::offset_of!(SockOp, tag) == 0);
 const _: () = assert!(core::mem::offset_of!(ConnState, tag) == 0);
 const _: () = assert!(core::mem::offset_of!(SegmentHeader, tag) == 0);
 
 /// A record decoded from ring-buffer bytes.
+// The sample header (584 bytes) makes one variant large; no_std has no Box,
+// and a record is decoded once per ring-buffer item and moved at most once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Record<'a> {
     /// A send/receive call.
@@ -289,6 +414,8 @@ pub enum Record<'a> {
     ConnState(ConnState),
     /// A packet payload: header and the captured prefix.
     Segment(SegmentHeader, &'a [u8]),
+    /// A CPU sample: header and the copied top of the user stack.
+    Sample(SampleHeader, &'a [u8]),
 }
 
 /// Why ring-buffer bytes could not be decoded.
@@ -300,6 +427,8 @@ pub enum ParseError {
     UnknownTag(u8),
     /// Shorter than the record type needs.
     Short,
+    /// A length field is beyond what the programs can write.
+    Invalid,
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -328,6 +457,18 @@ impl<'a> Record<'a> {
                 let data = bytes.get(start..end).ok_or(ParseError::Short)?;
                 Ok(Record::Segment(hdr, data))
             }
+            t if t == Tag::Sample as u8 => {
+                let hdr: SampleHeader = read(bytes).ok_or(ParseError::Short)?;
+                if hdr.stack_len as usize > MAX_STACK_COPY
+                    || hdr.kstack_len as usize > MAX_KSTACK_FRAMES
+                {
+                    return Err(ParseError::Invalid);
+                }
+                let start = size_of::<SampleHeader>();
+                let end = start + hdr.stack_len as usize;
+                let data = bytes.get(start..end).ok_or(ParseError::Short)?;
+                Ok(Record::Sample(hdr, data))
+            }
             t => Err(ParseError::UnknownTag(t)),
         }
     }
@@ -340,6 +481,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockOp {}
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::SegmentHeader {}
+    unsafe impl aya::Pod for super::SampleHeader {}
 }
 
 #[cfg(test)]
@@ -398,11 +540,68 @@ mod tests {
         assert_eq!(Record::parse(&b), Err(ParseError::Short));
     }
 
+    fn sample_header(stack_len: u32, kstack_len: u16) -> SampleHeader {
+        let mut kstack = [0u64; MAX_KSTACK_FRAMES];
+        kstack[0] = 0xffff_ffff_8100_0000;
+        kstack[1] = 0xffff_ffff_8100_1234;
+        SampleHeader {
+            tag: Tag::Sample as u8,
+            flags: SAMPLE_STACK_SHORT,
+            kstack_len,
+            cpu: 1,
+            pid: 42,
+            tid: 43,
+            ts_ns: 1_000_000,
+            ip: 0x5555_5555_1000,
+            sp: 0x7ffc_0000_1000,
+            bp: 0x7ffc_0000_1100,
+            stack_len,
+            _pad: 0,
+            comm: *b"python3\0\0\0\0\0\0\0\0\0",
+            kstack,
+        }
+    }
+
+    #[test]
+    fn sample_carries_its_stack_copy() {
+        let hdr = sample_header(16, 2);
+        let mut b = bytes_of(&hdr);
+        b.extend_from_slice(&[7u8; 16]);
+        b.extend_from_slice(&[0u8; 4]); // ring padding
+        assert_eq!(Record::parse(&b), Ok(Record::Sample(hdr, &[7u8; 16][..])));
+        b.truncate(size_of::<SampleHeader>() + 15);
+        assert_eq!(Record::parse(&b), Err(ParseError::Short));
+        b.truncate(size_of::<SampleHeader>() - 1);
+        assert_eq!(Record::parse(&b), Err(ParseError::Short));
+    }
+
+    #[test]
+    fn sample_lengths_beyond_the_programs_limits_are_invalid() {
+        let mut b = bytes_of(&sample_header(MAX_STACK_COPY as u32 + 1, 0));
+        b.resize(b.len() + MAX_STACK_COPY + 8, 0);
+        assert_eq!(Record::parse(&b), Err(ParseError::Invalid));
+        let b = bytes_of(&sample_header(0, MAX_KSTACK_FRAMES as u16 + 1));
+        assert_eq!(Record::parse(&b), Err(ParseError::Invalid));
+        let hdr = sample_header(0, MAX_KSTACK_FRAMES as u16);
+        assert_eq!(
+            Record::parse(&bytes_of(&hdr)),
+            Ok(Record::Sample(hdr, &[][..]))
+        );
+    }
+
+    #[test]
+    fn drop_reasons_are_indexed_in_order() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+
     #[test]
     fn bad_records_are_errors_not_panics() {
         assert_eq!(Record::parse(&[]), Err(ParseError::Empty));
         assert_eq!(Record::parse(&[99, 0, 0]), Err(ParseError::UnknownTag(99)));
         assert_eq!(Record::parse(&[1, 0, 0]), Err(ParseError::Short));
         assert_eq!(Record::parse(&[2]), Err(ParseError::Short));
+        assert_eq!(Record::parse(&[4, 0, 0]), Err(ParseError::Short));
     }
 }
