@@ -650,3 +650,38 @@ fn without_a_backend_traces_are_printed() {
         assert!(s["span_id"].as_str().is_some_and(|t| t.len() == 16));
     }
 }
+
+#[test]
+fn ipv6_loopback_is_traced_and_linked() {
+    let Some(_g) = root_test("ipv6_loopback_is_traced_and_linked") else {
+        return;
+    };
+    require_tool("curl");
+    let port = tracer_e2e::free_port();
+    let mut server = std::process::Command::new(tracer_e2e::python())
+        .args(["-m", "http.server", &port.to_string(), "--bind", "::1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let agent = Agent::start(&["--output", "json"]);
+    let url = format!("http://[::1]:{port}/v6-path");
+    run_ok(Command::new("curl").args(["-sg", "-o", "/dev/null", &url]));
+    let out = agent.stop(SETTLE);
+    let _ = server.kill();
+    let _ = server.wait();
+    let spans: Vec<Value> = out
+        .json()
+        .into_iter()
+        .filter(|s| s.to_string().contains("/v6-path"))
+        .collect();
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let client = spans.iter().find(|s| s["kind"] == "CLIENT").unwrap();
+    let server_span = spans.iter().find(|s| s["kind"] == "SERVER").unwrap();
+    assert_eq!(
+        server_span["parent_span_id"], client["span_id"],
+        "linked over IPv6"
+    );
+    assert_eq!(server_span["attributes"]["network.peer.address"], "::1");
+}

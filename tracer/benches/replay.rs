@@ -91,5 +91,14 @@ fn main() {
         allocs as f64 / spans as f64,
         bytes as f64 / spans as f64
     );
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l[6..].trim().to_string())
+        })
+        .unwrap_or_default();
+    println!("peak RSS of this process (recording included): {hwm}");
     println!("target: >= 300000 spans/s per core");
 }

@@ -460,7 +460,7 @@ impl Conns {
             for (i, stream) in conn.streams.iter_mut().enumerate() {
                 let dir = if i == 0 { Dir::Send } else { Dir::Recv };
                 stream.flush(&mut |c| sink.chunk(info, dir, &c));
-                add_counters(&mut self.retired, stream.counters());
+                self.retired += stream.counters();
                 stream.reset();
             }
             sink.closed(&conn.info);
@@ -493,30 +493,11 @@ impl Conns {
         let mut total = self.retired;
         for conn in self.conns.values() {
             for s in conn.streams.iter() {
-                add_counters(&mut total, s.counters());
+                total += s.counters();
             }
         }
         total
     }
-}
-
-fn add_counters(total: &mut StreamCounters, c: &StreamCounters) {
-    total.segments += c.segments;
-    total.ops += c.ops;
-    total.chunks += c.chunks;
-    total.bytes_captured += c.bytes_captured;
-    total.bytes_truncated += c.bytes_truncated;
-    total.bytes_hole += c.bytes_hole;
-    total.bytes_unattributed += c.bytes_unattributed;
-    total.bytes_duplicate += c.bytes_duplicate;
-    total.segments_dropped_limit += c.segments_dropped_limit;
-    total.ops_dropped_limit += c.ops_dropped_limit;
-    total.ops_stale += c.ops_stale;
-    total.ops_overlapping += c.ops_overlapping;
-    total.ops_without_bytes += c.ops_without_bytes;
-    total.chunks_with_holes += c.chunks_with_holes;
-    total.chunks_forced += c.chunks_forced;
-    total.records_unplaceable += c.records_unplaceable;
 }
 
 #[cfg(test)]

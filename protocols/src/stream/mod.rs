@@ -219,6 +219,28 @@ pub struct StreamCounters {
     pub records_unplaceable: u64,
 }
 
+impl std::ops::AddAssign<&StreamCounters> for StreamCounters {
+    /// Sums counters (e.g. over the streams of many connections).
+    fn add_assign(&mut self, o: &StreamCounters) {
+        self.segments += o.segments;
+        self.ops += o.ops;
+        self.chunks += o.chunks;
+        self.bytes_captured += o.bytes_captured;
+        self.bytes_truncated += o.bytes_truncated;
+        self.bytes_hole += o.bytes_hole;
+        self.bytes_unattributed += o.bytes_unattributed;
+        self.bytes_duplicate += o.bytes_duplicate;
+        self.segments_dropped_limit += o.segments_dropped_limit;
+        self.ops_dropped_limit += o.ops_dropped_limit;
+        self.ops_stale += o.ops_stale;
+        self.ops_overlapping += o.ops_overlapping;
+        self.ops_without_bytes += o.ops_without_bytes;
+        self.chunks_with_holes += o.chunks_with_holes;
+        self.chunks_forced += o.chunks_forced;
+        self.records_unplaceable += o.records_unplaceable;
+    }
+}
+
 /// Position given to the first sequence number seen: leaves room for
 /// records that turn out to be earlier.
 const ORIGIN_BASE: u64 = 1 << 40;
