@@ -161,13 +161,14 @@ class OtlpSink:
 
 
 # (name, agent flags; None = no agent). "capture" is the foundation's agent:
-# every TCP payload captured and its streams rebuilt, no protocol parsing.
-# "traces" is the whole product: HTTP parsed, spans correlated and exported
-# over OTLP/HTTP to a local discard endpoint ({otlp} is filled in).
+# every TCP payload captured and its streams rebuilt, no protocol parsing, no
+# CPU sampling. "traces" is the whole product: HTTP parsed, spans correlated
+# and exported over OTLP/HTTP to a local discard endpoint ({otlp} is filled
+# in), CPU profiles at 99 Hz joined to them.
 CONDITIONS = [
     ("none", None),
-    ("hooks-only", ["--hooks-only"]),
-    ("capture", ["--no-spans"]),
+    ("hooks-only", ["--hooks-only", "--profile-hz", "0"]),
+    ("capture", ["--no-spans", "--profile-hz", "0"]),
     ("traces", ["--otlp-endpoint", "{otlp}", "--otlp-protocol", "http/protobuf"]),
 ]
 
@@ -226,7 +227,7 @@ def run_writeloop(pairs, calls):
     res = {(k, a): [] for k in ("file", "socket") for a in (False, True)}
     for r in range(pairs):
         for with_agent in ([False, True] if r % 2 == 0 else [True, False]):
-            agent = Agent(["--no-spans"]) if with_agent else None
+            agent = Agent(["--no-spans", "--profile-hz", "0"]) if with_agent else None
             for kind in ("file", "socket"):
                 out = subprocess.run([exe, kind, str(calls)], capture_output=True, text=True, check=True).stdout
                 res[(kind, with_agent)].append(float(out))

@@ -675,3 +675,61 @@ pub mod span {
         s[k].as_str().unwrap_or("")
     }
 }
+
+/// A Pyroscope-compatible ingest endpoint (tests/py/pyroscope_receiver.py)
+/// writing one JSON line per decoded profile.
+pub struct Pyroscope {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    out: PathBuf,
+    _dir: tempdir::TempDir,
+}
+
+impl Pyroscope {
+    /// Starts it and waits until it listens.
+    pub fn start() -> Pyroscope {
+        let dir = tempdir::TempDir::new("tracer-pyroscope");
+        let port = free_port();
+        let out = dir.path().join("profiles.jsonl");
+        let mut child = Command::new(python())
+            .arg(py_script("pyroscope_receiver.py"))
+            .args(["--port", &port.to_string(), "--out"])
+            .arg(&out)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the Pyroscope receiver");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "Pyroscope receiver did not start");
+        Pyroscope {
+            child,
+            port,
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Profiles received so far.
+    pub fn profiles(&self) -> Vec<Value> {
+        read_to_string(&self.out)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Pyroscope {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

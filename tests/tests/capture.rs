@@ -300,6 +300,21 @@ fn prog_ids_loaded() -> HashSet<u32> {
         .collect()
 }
 
+fn prog_types(ids: &[u32]) -> Vec<String> {
+    let out = run_ok(Command::new("bpftool").args(["-j", "prog", "show"]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["id"]
+                .as_u64()
+                .is_some_and(|id| ids.contains(&(id as u32)))
+        })
+        .map(|p| p["type"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
 fn link_prog_ids() -> HashSet<u32> {
     let out = run_ok(Command::new("bpftool").args(["-j", "link", "show"]));
     let v: Value = serde_json::from_str(&out).unwrap_or(Value::Array(vec![]));
@@ -317,10 +332,23 @@ fn nothing_stays_attached_after_exit() {
         return;
     };
     require_tool("bpftool");
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        let agent = Agent::start(&["--print", "none"]);
+    for (signal, profile_hz, programs) in [(libc::SIGINT, "99", 6), (libc::SIGTERM, "0", 5)] {
+        let agent = Agent::start(&["--print", "none", "--profile-hz", profile_hz]);
         let ids = agent.program_ids.clone();
-        assert_eq!(ids.len(), 5, "five programs loaded");
+        assert_eq!(
+            ids.len(),
+            programs,
+            "programs loaded with --profile-hz {profile_hz}"
+        );
+        let perf_event_progs = prog_types(&ids)
+            .iter()
+            .filter(|t| *t == "perf_event")
+            .count();
+        assert_eq!(
+            perf_event_progs,
+            programs - 5,
+            "a sampling program only when profiling"
+        );
         let loaded = prog_ids_loaded();
         let links = link_prog_ids();
         for id in &ids {

@@ -131,6 +131,33 @@ pub struct RunArgs {
     #[arg(long)]
     pub keep_query_values: bool,
 
+    /// CPU samples per second on each CPU for the profiles joined to spans;
+    /// 0 turns profiling off (no sampling program is attached). 99 Hz, as
+    /// most profilers use: often enough to show where a request of a few
+    /// tens of milliseconds spends its CPU, rare enough to cost well under
+    /// 1 % of a busy CPU, and off the kernel's 100/250/1000 Hz timer beats
+    /// so samples do not fall in lock-step with periodic work.
+    #[arg(long, value_name = "HZ", default_value_t = tracer_common::PROFILE_HZ_DEFAULT)]
+    pub profile_hz: u32,
+
+    /// Bytes of a sampled thread's user stack copied for unwinding (up to
+    /// 32768): code built without frame pointers (most distribution
+    /// libraries) is unwound from this copy with its .eh_frame.
+    #[arg(long, value_name = "BYTES", default_value_t = tracer_common::STACK_COPY_DEFAULT)]
+    pub stack_copy: u32,
+
+    /// Profile aggregation.
+    #[command(flatten)]
+    pub profile: crate::profile::aggregate::AggregateArgs,
+
+    /// Where profiles go (Pyroscope).
+    #[command(flatten)]
+    pub pyroscope: crate::profile::pyroscope::PyroscopeArgs,
+
+    /// Local flame graphs.
+    #[command(flatten)]
+    pub flame: crate::profile::flame::FlameArgs,
+
     /// Capture and rebuild the byte streams only: no HTTP parsing, no spans
     /// (with --print events, or to measure the capture alone).
     #[arg(long)]
@@ -204,6 +231,8 @@ pub struct RunConfig {
     pub record: Option<std::path::PathBuf>,
     /// Skip HTTP parsing and spans.
     pub no_spans: bool,
+    /// Profiling, when on.
+    pub profile: Option<crate::profile::stage::ProfileSettings>,
 }
 
 impl RunArgs {
@@ -238,6 +267,31 @@ impl RunArgs {
             )));
         }
         let export = self.export.resolve().map_err(ConfigError)?;
+        if self.profile_hz > 1000 {
+            return Err(ConfigError(format!(
+                "--profile-hz {} is above 1000",
+                self.profile_hz
+            )));
+        }
+        if self.stack_copy > tracer_common::MAX_STACK_COPY as u32 {
+            return Err(ConfigError(format!(
+                "--stack-copy {} is above the maximum of {} bytes",
+                self.stack_copy,
+                tracer_common::MAX_STACK_COPY
+            )));
+        }
+        let profile = if self.profile_hz > 0 {
+            let (aggregate, interval_ms) =
+                self.profile.resolve(self.profile_hz).map_err(ConfigError)?;
+            Some(crate::profile::stage::ProfileSettings {
+                aggregate,
+                interval: Duration::from_millis(interval_ms),
+                pyroscope: self.pyroscope.resolve().map_err(ConfigError)?,
+                flame: self.flame.resolve().map_err(ConfigError)?,
+            })
+        } else {
+            None
+        };
         let print = self.print.unwrap_or(if export.is_some() {
             Print::None
         } else {
@@ -271,8 +325,8 @@ impl RunArgs {
                 enabled: !self.hooks_only,
                 ring_bytes: ring,
                 wakeup_bytes: self.wakeup_bytes,
-                profile_hz: None,
-                stack_copy: tracer_common::STACK_COPY_DEFAULT,
+                profile_hz: (self.profile_hz > 0).then_some(self.profile_hz),
+                stack_copy: self.stack_copy,
             },
             print,
             output: self.output,
@@ -290,6 +344,7 @@ impl RunArgs {
             correlate,
             record: self.record,
             no_spans: self.no_spans,
+            profile,
         })
     }
 }

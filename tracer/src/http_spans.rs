@@ -307,6 +307,17 @@ impl HttpSpans {
         self.now_ns
     }
 
+    /// The server span in progress on `pid`/`tid` at `t` (rule 6), if
+    /// exactly one is known to be.
+    pub fn server_span_at(
+        &self,
+        pid: correlate::Pid,
+        tid: correlate::Tid,
+        t: u64,
+    ) -> Option<correlate::SpanId> {
+        self.correlator.server_span_at(pid, tid, t)
+    }
+
     /// This stage's counters.
     pub fn counters(&self) -> &HttpCounters {
         &self.counters

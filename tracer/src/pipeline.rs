@@ -23,6 +23,7 @@ use crate::{
     http_spans::HttpSpans,
     kernel::Kernel,
     print::EventPrinter,
+    profile::stage::ProfileStage,
     replay::Recorder,
 };
 
@@ -47,6 +48,8 @@ struct Stages {
     last_pid: u32,
     /// `--record`: raw records to a file.
     recorder: Option<Recorder>,
+    /// CPU profiles, when profiling is on.
+    profile: Option<ProfileStage>,
 }
 
 impl Sink for Stages {
@@ -88,10 +91,32 @@ impl Stages {
         }
     }
 
+    /// A CPU sample: attributed to the server span in progress on its
+    /// thread at its time (rule 6), described by its process's resource.
+    fn sample(&mut self, hdr: &tracer_common::SampleHeader, stack: &[u8]) {
+        let Some(profile) = &mut self.profile else {
+            return;
+        };
+        let http = &self.http;
+        let spans = &mut self.spans;
+        let now = hdr.ts_ns;
+        let end = hdr.comm.iter().position(|&c| c == 0).unwrap_or(hdr.comm.len());
+        let comm = String::from_utf8_lossy(&hdr.comm[..end]);
+        profile.sample(
+            hdr,
+            stack,
+            |pid, tid, t| http.as_ref().and_then(|h| h.server_span_at(pid, tid, t)),
+            |pid| spans.resource(pid, Some(&comm), now),
+        );
+    }
+
     /// Moves finished spans on and prints traces that went quiet.
     fn settle(&mut self, now: u64) {
         let spans = self.http.as_mut().map(|h| h.poll(now)).unwrap_or_default();
-        for span in spans {
+        for mut span in spans {
+            if let Some(p) = &mut self.profile {
+                p.span_finished(&mut span);
+            }
             self.spans.span(span, now);
         }
         self.spans.tick(now);
@@ -117,7 +142,7 @@ fn drain(
             Ok(Record::Segment(hdr, data)) => conns.on_segment(&hdr, data, stages),
             Ok(Record::ConnState(st)) => conns.on_state(&st, stages),
             // CPU samples go to profile::Profiler once profiling is wired.
-            Ok(Record::Sample(..)) => {}
+            Ok(Record::Sample(hdr, stack)) => stages.sample(&hdr, stack),
             Err(_) => c.bad_records += 1,
         }
     }
@@ -166,12 +191,21 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
         spans,
         last_pid: 0,
         recorder,
+        profile: match &cfg.profile {
+            Some(p) => {
+                Some(ProfileStage::start(p, clock, monotonic_ns()).map_err(anyhow::Error::msg)?)
+            }
+            None => None,
+        },
     };
 
     let (conns, reader) = rt.block_on(event_loop(&cfg, &mut kernel, &mut stages))?;
 
     let spans = stages.http.as_mut().map(|h| h.flush()).unwrap_or_default();
-    for span in spans {
+    for mut span in spans {
+        if let Some(p) = &mut stages.profile {
+            p.span_finished(&mut span);
+        }
         stages.spans.span(span, monotonic_ns());
     }
     if let Some(events) = &mut stages.events {
@@ -183,7 +217,11 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
             );
         }
     }
-    let line = counters_line(&kernel, &conns, &reader, &stages);
+    let mut line = counters_line(&kernel, &conns, &reader, &stages);
+    if let Some(p) = stages.profile.take() {
+        line.push_str("; ");
+        line.push_str(&p.finish(monotonic_ns(), Duration::from_secs(5)));
+    }
     let spans = rt.block_on(async { stages.spans.finish(Duration::from_secs(5)) });
     eprintln!("tracer: counters: {line}; {spans}");
     drop(kernel);
@@ -249,6 +287,9 @@ async fn event_loop(
                 let now = monotonic_ns();
                 conns.sweep(now, stages);
                 stages.settle(now);
+                if let Some(p) = &mut stages.profile {
+                    p.tick(now);
+                }
                 stages.flush();
             }
             _ = addr_tick.tick() => {

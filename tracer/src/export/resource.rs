@@ -300,6 +300,11 @@ impl ResourceCache {
     pub fn get_hinted(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) -> Arc<Resource> {
         self.tick += 1;
         let tick = self.tick;
+        // A process described too late to be read from /proc gets its
+        // kernel name once one is known.
+        if comm.is_some() && self.map.get(&pid).is_some_and(|e| e.res.service_name() == "unknown_service") {
+            self.map.remove(&pid);
+        }
         let check = match self.map.get_mut(&pid) {
             Some(e) => {
                 e.used = tick;

@@ -66,6 +66,11 @@ impl<W: Write> SpanSink<W> {
         self.resources.get_hinted(pid, comm, now_ns);
     }
 
+    /// The resource of a process (read from /proc on first sight).
+    pub fn resource(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) -> std::sync::Arc<super::resource::Resource> {
+        self.resources.get_hinted(pid, comm, now_ns)
+    }
+
     /// Takes a finished span; `now_ns` is monotonic now. Never blocks.
     pub fn span(&mut self, span: Span, now_ns: u64) {
         let resource = self.resources.get(span.pid, now_ns);

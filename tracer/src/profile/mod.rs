@@ -19,6 +19,7 @@ pub mod flame;
 pub mod pprof;
 pub mod pyroscope;
 pub mod sample;
+pub mod stage;
 pub mod symbols;
 pub mod types;
 pub mod unwind;

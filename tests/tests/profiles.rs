@@ -1,0 +1,170 @@
+//! CPU profiles joined to spans, against a real Python service whose CPU
+//! route burns its time in OpenSSL's libcrypto (built without frame
+//! pointers) and a real Pyroscope-style ingest endpoint.
+use std::{
+    collections::{HashMap, HashSet},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tracer_e2e::{
+    free_port, py_script, python, require_tool, root_test, run_ok,
+    span::{attr, f},
+    Agent, Otlp, Pyroscope, Receiver,
+};
+
+#[test]
+fn cpu_spans_carry_their_profile_and_sleeping_spans_do_not() {
+    let Some(_g) = root_test("cpu_spans_carry_their_profile_and_sleeping_spans_do_not") else {
+        return;
+    };
+    require_tool("curl");
+    let port = free_port();
+    let mut svc = Command::new(python())
+        .arg(py_script("cpu_service.py"))
+        .arg(port.to_string())
+        .env("OTEL_SERVICE_NAME", "cpu-svc")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(svc.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+    }
+    let receiver = Receiver::start(Otlp::Grpc);
+    let pyroscope = Pyroscope::start();
+    let mut args = receiver.agent_args();
+    args.extend(
+        [
+            "--pyroscope-url",
+            &pyroscope.url(),
+            "--profile-interval-ms",
+            "1000",
+        ]
+        .map(String::from),
+    );
+    let agent = Agent::start(&args);
+    // Measured CPU time of each /cpu request, from the service itself.
+    let mut cpu_secs = 0.0;
+    for i in 0..3 {
+        let body = run_ok(Command::new("curl").args([
+            "-s",
+            &format!("http://127.0.0.1:{port}/cpu?n=2000000&i={i}"),
+        ]));
+        cpu_secs += body
+            .trim()
+            .strip_prefix("cpu ")
+            .unwrap()
+            .parse::<f64>()
+            .unwrap();
+        run_ok(Command::new("curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{port}/sleep?ms=400&i={i}"),
+        ]));
+    }
+    let spans = receiver.wait_for(Duration::from_secs(20), |s| {
+        s.iter()
+            .filter(|s| f(s, "kind") == "SERVER" && attr(s, "url.path") == "/sleep")
+            .count()
+            >= 3
+    });
+    std::thread::sleep(Duration::from_secs(2)); // one more profile interval
+    let out = agent.stop(Duration::from_millis(500));
+    let _ = svc.kill();
+    let _ = svc.wait();
+
+    let server = |path: &str| -> Vec<&Value> {
+        spans
+            .iter()
+            .filter(|s| {
+                f(s, "kind") == "SERVER"
+                    && attr(s, "url.path") == path
+                    && s["resource"]["service.name"] == "cpu-svc"
+            })
+            .collect()
+    };
+    let cpu_spans = server("/cpu");
+    let sleep_spans = server("/sleep");
+    assert_eq!(cpu_spans.len(), 3, "{}", out.stderr);
+    assert_eq!(sleep_spans.len(), 3);
+    let samples = |s: &Value| attr(s, "tracer.cpu.samples").parse::<u64>().unwrap_or(0);
+    let cpu_samples: u64 = cpu_spans.iter().map(|s| samples(s)).sum();
+    let expected = cpu_secs * 99.0;
+    println!("cpu route: {cpu_samples} samples in its spans for {cpu_secs:.3} s of CPU ({expected:.0} expected at 99 Hz)");
+    assert!(
+        cpu_samples as f64 >= 0.7 * expected,
+        "at least 70 % of the expected samples"
+    );
+    for s in &cpu_spans {
+        assert_eq!(
+            attr(s, "pyroscope.profile.id"),
+            f(s, "span_id"),
+            "profile link on {s}"
+        );
+        assert!(
+            attr(s, "tracer.cpu.sampled_time_ns")
+                .parse::<u64>()
+                .unwrap()
+                > 0
+        );
+    }
+    let sleep_samples: u64 = sleep_spans.iter().map(|s| samples(s)).sum();
+    assert!(
+        sleep_samples <= 3,
+        "sleeping spans get (almost) no samples: {sleep_samples}"
+    );
+
+    // The profiles the ingest endpoint decoded.
+    let profiles = pyroscope.profiles();
+    let cpu_ids: HashSet<&str> = cpu_spans.iter().map(|s| f(s, "span_id")).collect();
+    let mut by_span: HashMap<String, u64> = HashMap::new();
+    let mut through_libcrypto = 0;
+    let mut span_stacks = 0;
+    for p in profiles.iter().filter(|p| p["app"] == "cpu-svc") {
+        for st in p["stacks"].as_array().unwrap() {
+            let Some(id) = st["labels"]["span_id"].as_str() else {
+                continue;
+            };
+            let count = st["values"][0].as_u64().unwrap_or(0);
+            *by_span.entry(id.to_string()).or_default() += count;
+            if !cpu_ids.contains(id) {
+                continue;
+            }
+            assert_eq!(st["labels"]["span_name"], "GET /cpu");
+            span_stacks += 1;
+            let funcs: Vec<&str> = st["functions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            let pbkdf2 = funcs.iter().position(|f| *f == "PKCS5_PBKDF2_HMAC");
+            let eval = funcs
+                .iter()
+                .position(|f| f.contains("_PyEval_EvalFrameDefault"));
+            if let (Some(k), Some(e)) = (pbkdf2, eval) {
+                if k > 0 && e > k {
+                    through_libcrypto += 1;
+                }
+            }
+        }
+    }
+    for id in &cpu_ids {
+        assert!(
+            by_span.get(*id).copied().unwrap_or(0) > 0,
+            "profile samples labelled with span {id}"
+        );
+    }
+    println!("{through_libcrypto}/{span_stacks} distinct stacks of the cpu spans go leaf -> PKCS5_PBKDF2_HMAC -> python");
+    assert!(
+        through_libcrypto * 2 >= span_stacks && through_libcrypto > 0,
+        "unwound through libcrypto into python"
+    );
+}
