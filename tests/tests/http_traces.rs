@@ -214,6 +214,12 @@ fn run_chain_sequential(kind: Otlp, n: usize) {
         .map(|s| f(s, "trace_id"))
         .collect();
     assert_eq!(traces.len(), n, "exactly one trace per request");
+    // The agent's own exports to this (local) receiver are not traced.
+    let own: Vec<&Value> = spans
+        .iter()
+        .filter(|s| attr(s, "url.path") == "/v1/traces" || f(s, "name").contains("TraceService"))
+        .collect();
+    assert!(own.is_empty(), "the agent traced its own exports: {own:#?}");
 }
 
 #[test]

@@ -337,6 +337,13 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
     if dir == Dir::Recv && ingress_ifindex == LOOPBACK_IFINDEX {
         return Ok(());
     }
+    // The agent's own traffic (OTLP and profile exports): egress runs in the
+    // sending task here, and with loopback ingress skipped above, a local
+    // collector never sees those bytes parsed into spans of its own, which
+    // would be exported in turn, forever.
+    if dir == Dir::Send && (bpf_get_current_pid_tgid() >> 32) as u32 == global(&AGENT_PID) {
+        return Ok(());
+    }
     let seg_flags = if dir == Dir::Send && ifindex == LOOPBACK_IFINDEX {
         SEG_LOOPBACK
     } else {

@@ -39,9 +39,28 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Command::Run(args) => {
             let cfg = args.resolve()?;
+            raise_open_file_limit();
             let env = preflight::check(cfg.cgroup_root.as_deref())?;
             let kernel = kernel::Kernel::load(&cfg.kernel, &env.btf, &env.cgroup2_root)?;
             pipeline::run(cfg, kernel)
         }
+    }
+}
+
+/// The profiler keeps binaries open (unwind data and symbols of every
+/// profiled executable and library): lift the soft limit on open files to
+/// the hard one. Failing is harmless (counted by the profiler as binaries it
+/// could not load).
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && lim.rlim_cur < lim.rlim_max
+    {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: valid pointer to an rlimit.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     }
 }

@@ -100,7 +100,11 @@ impl Stages {
         let http = &self.http;
         let spans = &mut self.spans;
         let now = hdr.ts_ns;
-        let end = hdr.comm.iter().position(|&c| c == 0).unwrap_or(hdr.comm.len());
+        let end = hdr
+            .comm
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(hdr.comm.len());
         let comm = String::from_utf8_lossy(&hdr.comm[..end]);
         profile.sample(
             hdr,

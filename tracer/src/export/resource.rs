@@ -302,7 +302,12 @@ impl ResourceCache {
         let tick = self.tick;
         // A process described too late to be read from /proc gets its
         // kernel name once one is known.
-        if comm.is_some() && self.map.get(&pid).is_some_and(|e| e.res.service_name() == "unknown_service") {
+        if comm.is_some()
+            && self
+                .map
+                .get(&pid)
+                .is_some_and(|e| e.res.service_name() == "unknown_service")
+        {
             self.map.remove(&pid);
         }
         let check = match self.map.get_mut(&pid) {

@@ -67,7 +67,12 @@ impl<W: Write> SpanSink<W> {
     }
 
     /// The resource of a process (read from /proc on first sight).
-    pub fn resource(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) -> std::sync::Arc<super::resource::Resource> {
+    pub fn resource(
+        &mut self,
+        pid: Pid,
+        comm: Option<&str>,
+        now_ns: u64,
+    ) -> std::sync::Arc<super::resource::Resource> {
         self.resources.get_hinted(pid, comm, now_ns)
     }
 
