@@ -18,7 +18,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -26,9 +25,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRACER = os.path.join(ROOT, "target", "release", "tracer")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from agentproc import ROOT, TRACER, Agent
 
 
 def free_port():
@@ -81,38 +78,6 @@ http {
         self.proc.terminate()
         self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class Agent:
-    def __init__(self, args):
-        self.proc = subprocess.Popen([TRACER, "run", "--print", "none"] + args,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     env=dict(os.environ, NO_COLOR="1", RUST_LOG="info"), text=True)
-        for line in self.proc.stderr:
-            if "attached: capturing" in line:
-                break
-        else:
-            raise SystemExit("agent failed to start")
-        self.stderr = ""
-
-    def cpu_seconds(self):
-        with open("/proc/%d/stat" % self.proc.pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-    def peak_rss_kib(self):
-        with open("/proc/%d/status" % self.proc.pid) as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-        return 0
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGINT)
-        self.stderr = self.proc.stderr.read()
-        self.proc.wait()
-        m = re.search(r"tracer: counters: (.*)", self.stderr)
-        return m.group(1) if m else ""
 
 
 def wrk(port, seconds, conns):
@@ -192,7 +157,8 @@ def run_server_bench(workers, pairs, seconds, conns):
                 cpu = (agent.cpu_seconds() - cpu0) if agent else 0
                 rss = agent.peak_rss_kib() if agent else 0
                 if agent:
-                    counters = agent.stop()
+                    m = re.search(r"tracer: counters: (.*)", agent.stop())
+                    counters = m.group(1) if m else ""
                     if name != "hooks-only":
                         d = sum(int(x) for x in re.findall(r"ring_full_\w+=(\d+)", counters))
                         drops.append(d)

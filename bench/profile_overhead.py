@@ -14,16 +14,13 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRACER = os.path.join(ROOT, "target", "release", "tracer")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from agentproc import Agent
 
 SPIN_C = r"""
 #include <stdio.h>
@@ -47,36 +44,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-
-
-class Agent:
-    def __init__(self, args):
-        self.proc = subprocess.Popen([TRACER, "run", "--print", "none", "--no-spans"] + args,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env=dict(os.environ, NO_COLOR="1", RUST_LOG="info"))
-        for line in self.proc.stderr:
-            if "attached: capturing" in line:
-                break
-        else:
-            raise SystemExit("agent failed to start")
-
-    def cpu_seconds(self):
-        with open("/proc/%d/stat" % self.proc.pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-    def peak_rss_kib(self):
-        with open("/proc/%d/status" % self.proc.pid) as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-        return 0
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGINT)
-        err = self.proc.stderr.read()
-        self.proc.wait()
-        return err
 
 
 def counter(text, name):
@@ -109,7 +76,7 @@ def main():
             order = [False, True] if r % 2 == 0 else [True, False]
             times = {}
             for with_agent in order:
-                agent = Agent(["--profile-hz", "99"]) if with_agent else None
+                agent = Agent(["--no-spans", "--profile-hz", "99"]) if with_agent else None
                 times[with_agent] = run_spin()
                 if agent:
                     agent.stop()
@@ -138,7 +105,7 @@ def main():
                 cmd = [exe, "100000000000"]
             procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work))
         time.sleep(1)
-        agent = Agent(["--profile-hz", "99"])
+        agent = Agent(["--no-spans", "--profile-hz", "99"])
         cpu0 = agent.cpu_seconds()
         time.sleep(10)
         cpu = agent.cpu_seconds() - cpu0
