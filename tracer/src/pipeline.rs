@@ -91,31 +91,44 @@ impl Stages {
         }
     }
 
-    /// A CPU sample: attributed to the server span in progress on its
-    /// thread at its time (rule 6), described by its process's resource.
+    /// A CPU sample, to the profiling worker; its process is described
+    /// now, while it is alive (the kernel's name stands in when it is not).
     fn sample(&mut self, hdr: &tracer_common::SampleHeader, stack: &[u8]) {
+        let Some(profile) = &mut self.profile else {
+            return;
+        };
+        profile.sample(hdr, stack);
+        if hdr.pid != self.last_pid {
+            self.last_pid = hdr.pid;
+            let end = hdr
+                .comm
+                .iter()
+                .position(|&c| c == 0)
+                .unwrap_or(hdr.comm.len());
+            let comm = String::from_utf8_lossy(&hdr.comm[..end]);
+            self.spans
+                .resource(correlate::Pid(hdr.pid), Some(&comm), hdr.ts_ns);
+        }
+    }
+
+    /// Stacks the profiling worker finished: attributed to the server span
+    /// in progress on their thread at their time (rule 6), described by
+    /// their process's resource.
+    fn collect_samples(&mut self) {
         let Some(profile) = &mut self.profile else {
             return;
         };
         let http = &self.http;
         let spans = &mut self.spans;
-        let now = hdr.ts_ns;
-        let end = hdr
-            .comm
-            .iter()
-            .position(|&c| c == 0)
-            .unwrap_or(hdr.comm.len());
-        let comm = String::from_utf8_lossy(&hdr.comm[..end]);
-        profile.sample(
-            hdr,
-            stack,
+        profile.collect(
             |pid, tid, t| http.as_ref().and_then(|h| h.server_span_at(pid, tid, t)),
-            |pid| spans.resource(pid, Some(&comm), now),
+            |pid| spans.resource(pid, None, monotonic_ns()),
         );
     }
 
     /// Moves finished spans on and prints traces that went quiet.
     fn settle(&mut self, now: u64) {
+        self.collect_samples();
         let spans = self.http.as_mut().map(|h| h.poll(now)).unwrap_or_default();
         for mut span in spans {
             if let Some(p) = &mut self.profile {
@@ -205,6 +218,10 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
 
     let (conns, reader) = rt.block_on(event_loop(&cfg, &mut kernel, &mut stages))?;
 
+    if let Some(p) = &mut stages.profile {
+        p.close();
+    }
+    stages.collect_samples();
     let spans = stages.http.as_mut().map(|h| h.flush()).unwrap_or_default();
     for mut span in spans {
         if let Some(p) = &mut stages.profile {

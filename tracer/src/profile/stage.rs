@@ -3,7 +3,19 @@
 //! thread (rule 6 of DESIGN.md) -> aggregated per service and span ->
 //! Pyroscope and/or flame graphs; and, for every finished server span, its
 //! sampled CPU time and profile link as span attributes.
-use std::{sync::Arc, time::Duration};
+//!
+//! Unwinding and symbolization run on their own thread: the first lookup in
+//! a large binary takes tens to hundreds of milliseconds, which the event
+//! loop reading the ring buffer cannot afford. Samples go there through a
+//! bounded queue (overflow counted) and come back as stacks.
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+    time::Duration,
+};
 
 use correlate::{Pid, Span, SpanId};
 use tracer_common::SampleHeader;
@@ -12,7 +24,7 @@ use super::{
     aggregate::{AggregateConfig, Profiles},
     flame::{FlameConfig, FlameGraphs},
     pyroscope::{PyroscopeConfig, PyroscopeExporter},
-    Profiler, ProfilerConfig,
+    Profiler, ProfilerConfig, StackSample,
 };
 use crate::{clock::Clock, export::resource::Resource};
 
@@ -29,16 +41,76 @@ pub struct ProfileSettings {
     pub flame: Option<FlameConfig>,
 }
 
+/// Raw samples queued for the worker at most.
+const QUEUE: usize = 1024;
+
+/// The unwinding/symbolization thread.
+struct Worker {
+    tx: Option<mpsc::SyncSender<(SampleHeader, Vec<u8>)>>,
+    rx: mpsc::Receiver<StackSample>,
+    thread: Option<thread::JoinHandle<()>>,
+    /// The profiler's counters, refreshed by the worker.
+    counters: Arc<Mutex<String>>,
+    /// Samples not queued because the worker was behind.
+    dropped: Arc<AtomicU64>,
+}
+
+impl Worker {
+    fn start() -> Worker {
+        let (tx, in_rx) = mpsc::sync_channel::<(SampleHeader, Vec<u8>)>(QUEUE);
+        let (out_tx, rx) = mpsc::channel::<StackSample>();
+        let counters = Arc::new(Mutex::new(String::new()));
+        let shown = counters.clone();
+        let thread = thread::Builder::new()
+            .name("profile".into())
+            .spawn(move || {
+                // Not Send (blazesym): built on this thread.
+                let mut profiler = Profiler::new(ProfilerConfig::default());
+                profiler.warm_up();
+                let mut n = 0u64;
+                let show = |p: &Profiler| {
+                    if let Ok(mut c) = shown.lock() {
+                        *c = format!(
+                            "{:?} {:?} {:?}",
+                            p.counters(),
+                            p.unwind_counters(),
+                            p.symbol_counters()
+                        );
+                    }
+                };
+                while let Ok((hdr, stack)) = in_rx.recv() {
+                    if let Some(s) = profiler.on_sample(&hdr, &stack) {
+                        if out_tx.send(s).is_err() {
+                            break;
+                        }
+                    }
+                    n += 1;
+                    if n.is_multiple_of(256) {
+                        profiler.sweep();
+                        show(&profiler);
+                    }
+                }
+                show(&profiler);
+            })
+            .ok();
+        Worker {
+            tx: Some(tx),
+            rx,
+            thread,
+            counters,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
 /// Samples in, profiles and span attributes out.
 pub struct ProfileStage {
-    profiler: Profiler,
+    worker: Worker,
     profiles: Profiles,
     flame: Option<FlameGraphs>,
     pyroscope: Option<PyroscopeExporter>,
     interval_ns: u64,
     next_take: u64,
-    /// Samples whose stack could not be decoded.
-    pub bad_samples: u64,
 }
 
 impl ProfileStage {
@@ -54,38 +126,39 @@ impl ProfileStage {
             Some(cfg) => Some(PyroscopeExporter::start(cfg.clone()).map_err(|e| e.to_string())?),
             None => None,
         };
-        let mut profiler = Profiler::new(ProfilerConfig::default());
-        // Reads the kernel's symbols now rather than on the first sample,
-        // inside the event loop.
-        profiler.warm_up();
         let interval_ns = s.interval.as_nanos() as u64;
         Ok(ProfileStage {
-            profiler,
+            worker: Worker::start(),
             profiles: Profiles::new(s.aggregate.clone(), clock),
             flame,
             pyroscope,
             interval_ns,
             next_take: now_ns + interval_ns,
-            bad_samples: 0,
         })
     }
 
-    /// One CPU sample: unwound, symbolized, attributed to `span` (the
-    /// server span in progress on the sampled thread, if any), aggregated
-    /// under the process's resource.
-    pub fn sample(
+    /// One CPU sample, queued for unwinding (never blocks: when the worker
+    /// is behind, the sample is dropped and counted).
+    pub fn sample(&mut self, hdr: &SampleHeader, stack: &[u8]) {
+        let Some(tx) = &self.worker.tx else { return };
+        if tx.try_send((*hdr, stack.to_vec())).is_err() {
+            self.worker.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the stacks the worker finished: each is attributed to `span`
+    /// (the server span in progress on the sampled thread at the sample's
+    /// time, if any) and aggregated under its process's resource. Call it
+    /// before finished spans are handed on, so they see their samples.
+    pub fn collect(
         &mut self,
-        hdr: &SampleHeader,
-        stack: &[u8],
-        span: impl FnOnce(Pid, correlate::Tid, u64) -> Option<SpanId>,
-        resource: impl FnOnce(Pid) -> Arc<Resource>,
+        mut span: impl FnMut(Pid, correlate::Tid, u64) -> Option<SpanId>,
+        mut resource: impl FnMut(Pid) -> Arc<Resource>,
     ) {
-        let Some(s) = self.profiler.on_sample(hdr, stack) else {
-            self.bad_samples += 1;
-            return;
-        };
-        let span = span(Pid(s.pid), correlate::Tid(s.tid), s.ts_ns);
-        self.profiles.add(&s, resource(Pid(s.pid)), span);
+        while let Ok(s) = self.worker.rx.try_recv() {
+            let sp = span(Pid(s.pid), correlate::Tid(s.tid), s.ts_ns);
+            self.profiles.add(&s, resource(Pid(s.pid)), sp);
+        }
     }
 
     /// A span is about to be exported: adds its sampled CPU time and, when
@@ -104,7 +177,6 @@ impl ProfileStage {
         }
         self.next_take = now_ns + self.interval_ns;
         self.flush(now_ns);
-        self.profiler.sweep();
     }
 
     fn flush(&mut self, now_ns: u64) {
@@ -125,12 +197,15 @@ impl ProfileStage {
 
     /// The counters, on one line.
     pub fn counters(&self) -> String {
+        let worker = self
+            .worker
+            .counters
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
         let mut line = format!(
-            "profile: bad_samples={} {:?} {:?} {:?}; aggregate: {}",
-            self.bad_samples,
-            self.profiler.counters(),
-            self.profiler.unwind_counters(),
-            self.profiler.symbol_counters(),
+            "profile: queue_full={} {worker}; aggregate: {}",
+            self.worker.dropped.load(Ordering::Relaxed),
             self.profiles.counters()
         );
         if let Some(f) = &self.flame {
@@ -140,6 +215,15 @@ impl ProfileStage {
             line.push_str(&format!("; pyroscope: {}", e.counters()));
         }
         line
+    }
+
+    /// Agent exit, before the last spans are settled: lets the worker finish
+    /// the samples it has (then [`collect`](Self::collect) takes them).
+    pub fn close(&mut self) {
+        self.worker.tx = None;
+        if let Some(t) = self.worker.thread.take() {
+            let _ = t.join();
+        }
     }
 
     /// Agent exit: the last profiles out, within `timeout`.
