@@ -203,6 +203,10 @@ struct ProcEnv {
 
 struct Entry {
     res: Arc<Resource>,
+    /// The kernel's name of the process when it was described (when known):
+    /// a different name later means it called exec (a forked child that
+    /// became curl) and is described again.
+    comm: Option<Box<str>>,
     /// Start time of the process described; `None` when it could not be read.
     start: Option<u64>,
     checked_ns: u64,
@@ -301,14 +305,15 @@ impl ResourceCache {
         self.tick += 1;
         let tick = self.tick;
         // A process described too late to be read from /proc gets its
-        // kernel name once one is known.
-        if comm.is_some()
-            && self
-                .map
-                .get(&pid)
-                .is_some_and(|e| e.res.service_name() == "unknown_service")
-        {
-            self.map.remove(&pid);
+        // kernel name once one is known; one whose name changed called exec.
+        if let Some(c) = comm {
+            if self.map.get(&pid).is_some_and(|e| {
+                e.res.service_name() == "unknown_service"
+                    || e.comm.as_deref().is_some_and(|old| old != c)
+            }) {
+                self.map.remove(&pid);
+                self.counters.pid_reused += 1;
+            }
         }
         let check = match self.map.get_mut(&pid) {
             Some(e) => {
@@ -340,6 +345,7 @@ impl ResourceCache {
             pid,
             Entry {
                 res: res.clone(),
+                comm: comm.map(Box::from),
                 start,
                 checked_ns: now_ns,
                 used: tick,
@@ -734,6 +740,30 @@ pub(crate) mod tests {
         assert_eq!(r.service_name(), "unknown_service");
         assert_eq!(s(&r, "process.pid").as_deref(), Some("9"));
         assert_eq!(c.counters().unknown, 1);
+    }
+
+    #[test]
+    fn a_process_that_calls_exec_is_described_again() {
+        let t = TempDir::new("res");
+        host(&t.0);
+        // A forked child, seen before its exec (same pid, same start time).
+        fake_proc(&t.0, 11, 5, &["OTEL_SERVICE_NAME=parent"], "");
+        let mut c = ResourceCache::new(&t.0, vec![], 16);
+        assert_eq!(
+            c.get_hinted(Pid(11), Some("parent-bin"), 0).service_name(),
+            "parent"
+        );
+        // After exec the kernel reports another name.
+        fake_proc(&t.0, 11, 5, &["OTEL_SERVICE_NAME=child"], "");
+        assert_eq!(
+            c.get_hinted(Pid(11), Some("parent-bin"), 1).service_name(),
+            "parent"
+        );
+        assert_eq!(
+            c.get_hinted(Pid(11), Some("curl"), 2).service_name(),
+            "child"
+        );
+        assert_eq!(c.get(Pid(11), 3).service_name(), "child");
     }
 
     #[test]
