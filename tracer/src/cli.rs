@@ -299,7 +299,11 @@ impl RunArgs {
         });
         let mut correlate = correlate::Config::default();
         if !self.request_id_headers.is_empty() {
-            if let Some(h) = self.request_id_headers.iter().find(|h| !is_token(h)) {
+            if let Some(h) = self
+                .request_id_headers
+                .iter()
+                .find(|h| !crate::export::config::is_header_name(h))
+            {
                 return Err(ConfigError(format!(
                     "--request-id-header {h:?} is not a valid HTTP header name"
                 )));
@@ -347,13 +351,6 @@ impl RunArgs {
             profile,
         })
     }
-}
-
-/// An HTTP header name (RFC 9110 token).
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]

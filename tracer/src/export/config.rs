@@ -188,16 +188,29 @@ impl ExportConfig {
     }
 }
 
-/// A header name as HTTP/2 and gRPC metadata want it: lower-case token
-/// characters; the value visible ASCII or spaces/tabs.
-fn check_header(name: &str, value: &str, from: &str) -> Result<(String, String), String> {
+/// An HTTP header name: RFC 9110 token characters, not empty.
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A header to send with exports (OTLP, profiles): the name lower-cased
+/// (as HTTP/2 and gRPC metadata want it) and a token, not one the agent
+/// sets itself (`reserved`); the value visible ASCII or spaces/tabs.
+pub fn check_header(
+    name: &str,
+    value: &str,
+    from: &str,
+    reserved: impl Fn(&str) -> bool,
+) -> Result<(String, String), String> {
     let name = name.trim().to_ascii_lowercase();
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(token) {
+    if !is_header_name(&name) {
         return Err(format!("{from}: {name:?} is not a valid header name"));
     }
-    if name.starts_with("grpc-") || name == "content-type" || name == "te" {
-        return Err(format!("{from}: header {name:?} is reserved"));
+    if reserved(&name) {
+        return Err(format!("{from}: header {name:?} is set by the agent"));
     }
     let value = value.trim();
     if !value
@@ -209,6 +222,56 @@ fn check_header(name: &str, value: &str, from: &str) -> Result<(String, String),
         ));
     }
     Ok((name, value.to_string()))
+}
+
+/// Headers the OTLP exporters set themselves.
+fn otlp_reserved(name: &str) -> bool {
+    name.starts_with("grpc-") || name == "content-type" || name == "te"
+}
+
+/// Parses an `http://` URL given by the user (`http://` assumed without a
+/// scheme): no TLS in this build, a host, no credentials (`creds_hint` says
+/// where they go instead). Returns the URL and whether the scheme was
+/// missing (then a default port applies).
+pub fn parse_http_url(
+    raw: &str,
+    from: &str,
+    creds_hint: &str,
+) -> Result<(reqwest::Url, bool), String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err(format!("{from} is empty"));
+    }
+    let (with_scheme, schemeless) = if raw.contains("://") {
+        (raw.to_string(), false)
+    } else {
+        (format!("http://{raw}"), true)
+    };
+    let url = reqwest::Url::parse(&with_scheme)
+        .map_err(|e| format!("{from}: {raw:?} is not a valid URL: {e}"))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(format!(
+                "{from}: {raw:?}: https is not supported by this build (no TLS); \
+                 send over http to a collector or proxy that forwards with TLS"
+            ))
+        }
+        s => {
+            return Err(format!(
+                "{from}: {raw:?}: unsupported scheme {s:?}, use http"
+            ))
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{from}: {raw:?} has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{from}: {raw:?}: credentials in the URL are not supported, use {creds_hint}"
+        ));
+    }
+    Ok((url, schemeless))
 }
 
 /// Where an endpoint came from: its rule for the HTTP path.
@@ -225,36 +288,7 @@ fn endpoint_url(
     protocol: Protocol,
     from: &str,
 ) -> Result<String, String> {
-    let raw = raw.trim();
-    let (with_scheme, schemeless) = if raw.contains("://") {
-        (raw.to_string(), false)
-    } else {
-        (format!("http://{raw}"), true)
-    };
-    let mut url = reqwest::Url::parse(&with_scheme)
-        .map_err(|e| format!("{from}: {raw:?} is not a valid URL: {e}"))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(format!(
-                "{from}: {raw:?}: https is not supported by this build (no TLS); \
-                 export over http to a collector that forwards with TLS"
-            ))
-        }
-        s => {
-            return Err(format!(
-                "{from}: {raw:?}: unsupported scheme {s:?}, use http"
-            ))
-        }
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{from}: {raw:?} has no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!(
-            "{from}: {raw:?}: credentials in the URL are not supported, use a header"
-        ));
-    }
+    let (mut url, schemeless) = parse_http_url(raw, from, "a header")?;
     if schemeless && url.port().is_none() {
         let _ = url.set_port(Some(protocol.default_port()));
     }
@@ -344,14 +378,14 @@ impl ExportArgs {
             var("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| var("OTEL_EXPORTER_OTLP_HEADERS"))
         {
             for (name, value) in parse_kv_list(&v).map_err(|e| format!("{k}: {e}"))? {
-                headers.push(check_header(&name, &value, &k)?);
+                headers.push(check_header(&name, &value, &k, otlp_reserved)?);
             }
         }
         for h in &self.otlp_headers {
             let Some((name, value)) = h.split_once('=') else {
                 return Err(format!("--otlp-header {h:?} is not of the form KEY=VALUE"));
             };
-            let (name, value) = check_header(name, value, "--otlp-header")?;
+            let (name, value) = check_header(name, value, "--otlp-header", otlp_reserved)?;
             headers.retain(|(n, _)| *n != name);
             headers.push((name, value));
         }

@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::aggregate::ServiceProfile;
 use super::pprof;
-use crate::export::config::RetryConfig;
+use crate::export::config::{self, parse_http_url, RetryConfig};
 
 /// Default `--pyroscope-timeout-ms`.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
@@ -105,39 +105,7 @@ impl PyroscopeConfig {
 /// without a scheme (and port 4040 without a port as well); a trailing
 /// `/ingest` is dropped.
 fn base_url(raw: &str, from: &str) -> Result<String, String> {
-    let raw = raw.trim();
-    if raw.is_empty() {
-        return Err(format!("{from} is empty"));
-    }
-    let (with_scheme, schemeless) = if raw.contains("://") {
-        (raw.to_string(), false)
-    } else {
-        (format!("http://{raw}"), true)
-    };
-    let mut url = reqwest::Url::parse(&with_scheme)
-        .map_err(|e| format!("{from}: {raw:?} is not a valid URL: {e}"))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(format!(
-                "{from}: {raw:?}: https is not supported by this build (no TLS); \
-                 push over http to a server or proxy on the node or in the cluster"
-            ))
-        }
-        s => {
-            return Err(format!(
-                "{from}: {raw:?}: unsupported scheme {s:?}, use http"
-            ))
-        }
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{from}: {raw:?} has no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!(
-            "{from}: {raw:?}: credentials in the URL are not supported, use --pyroscope-header"
-        ));
-    }
+    let (mut url, schemeless) = parse_http_url(raw, from, "--pyroscope-header")?;
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!(
             "{from}: {raw:?}: a query or fragment is not allowed (the agent sets the query)"
@@ -158,31 +126,12 @@ fn check_header(h: &str) -> Result<(String, String), String> {
             "--pyroscope-header {h:?} is not of the form KEY=VALUE"
         ));
     };
-    let name = name.trim().to_ascii_lowercase();
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(token) {
-        return Err(format!(
-            "--pyroscope-header: {name:?} is not a valid header name"
-        ));
-    }
-    if matches!(
-        name.as_str(),
-        "content-type" | "content-length" | "host" | "transfer-encoding" | "connection"
-    ) {
-        return Err(format!(
-            "--pyroscope-header: header {name:?} is set by the agent"
-        ));
-    }
-    let value = value.trim();
-    if !value
-        .bytes()
-        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
-    {
-        return Err(format!(
-            "--pyroscope-header: the value of {name:?} has characters other than visible ASCII"
-        ));
-    }
-    Ok((name, value.to_string()))
+    config::check_header(name, value, "--pyroscope-header", |n| {
+        matches!(
+            n,
+            "content-type" | "content-length" | "host" | "transfer-encoding" | "connection"
+        )
+    })
 }
 
 impl PyroscopeArgs {
