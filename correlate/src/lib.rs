@@ -119,7 +119,7 @@
 //! let server = spans.iter().find(|s| s.kind == SpanKind::Server).unwrap();
 //! assert_eq!(server.parent_span_id, Some(client.span_id));
 //! assert_eq!(server.trace_id, client.trace_id);
-//! assert_eq!(server.name, "GET /users/{id}");
+//! assert_eq!(server.name(), "GET /users/{id}");
 //! ```
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -136,8 +136,8 @@ pub use attributes::{reads_header, redact_query};
 pub use config::{Config, Counters, IdGen, SplitMix64};
 pub use correlator::Correlator;
 pub use model::{
-    AttrValue, ConnId, ConnInfo, Header, HttpVersion, Message, MessageKind, ParentSource, Pid,
-    Request, Response, Scheme, Side, Span, SpanId, SpanKind, Status, Tid, TraceId,
+    AttrRef, AttrValue, ConnId, ConnInfo, Header, HttpVersion, Message, MessageKind, ParentSource,
+    Pid, Request, Response, Scheme, Side, Span, SpanId, SpanKind, Status, Tid, TraceId,
 };
 
 #[cfg(test)]

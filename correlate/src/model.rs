@@ -316,6 +316,116 @@ pub enum ParentSource {
     Header,
 }
 
+/// A span attribute's value, borrowed from its span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttrRef<'a> {
+    /// A string.
+    Str(&'a str),
+    /// An integer.
+    Int(i64),
+}
+
+impl<'a> AttrRef<'a> {
+    /// The string, if this is one.
+    pub fn as_str(self) -> Option<&'a str> {
+        match self {
+            AttrRef::Str(s) => Some(s),
+            AttrRef::Int(_) => None,
+        }
+    }
+
+    /// The integer, if this is one.
+    pub fn as_int(self) -> Option<i64> {
+        match self {
+            AttrRef::Int(i) => Some(i),
+            AttrRef::Str(_) => None,
+        }
+    }
+
+    /// An owned copy.
+    pub fn to_owned_value(self) -> AttrValue {
+        match self {
+            AttrRef::Str(s) => AttrValue::Str(s.to_owned()),
+            AttrRef::Int(i) => AttrValue::Int(i),
+        }
+    }
+}
+
+/// Where an attribute's value is: a range of the span's text, or inline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Slot {
+    Str(u32, u32),
+    Int(i64),
+}
+
+/// A span's name and attributes. Every string lives in one buffer, so a
+/// span costs one allocation for its texts and one for its attribute list,
+/// whatever it carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Texts {
+    text: String,
+    name: (u32, u32),
+    attrs: Vec<(&'static str, Slot)>,
+}
+
+/// Attributes a span usually carries: the list is made with room for them.
+const ATTRS_USUAL: usize = 16;
+
+impl Texts {
+    /// Empty, with room for `text_bytes` of texts.
+    pub(crate) fn with_capacity(text_bytes: usize) -> Texts {
+        Texts {
+            text: String::with_capacity(text_bytes),
+            name: (0, 0),
+            attrs: Vec::with_capacity(ATTRS_USUAL),
+        }
+    }
+
+    fn range(&self, (a, b): (u32, u32)) -> &str {
+        self.text.get(a as usize..b as usize).unwrap_or("")
+    }
+
+    /// Appends `s` to the text buffer and returns its range.
+    pub(crate) fn put(&mut self, s: &str) -> (u32, u32) {
+        let a = self.text.len() as u32;
+        self.text.push_str(s);
+        (a, self.text.len() as u32)
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        self.range(self.name)
+    }
+
+    pub(crate) fn set_name(&mut self, name: &str) {
+        self.name = self.put(name);
+    }
+
+    pub(crate) fn push_str(&mut self, key: &'static str, v: &str) {
+        let (a, b) = self.put(v);
+        self.attrs.push((key, Slot::Str(a, b)));
+    }
+
+    pub(crate) fn push_int(&mut self, key: &'static str, v: i64) {
+        self.attrs.push((key, Slot::Int(v)));
+    }
+
+    pub(crate) fn attrs(&self) -> impl ExactSizeIterator<Item = (&'static str, AttrRef<'_>)> {
+        self.attrs.iter().map(move |(k, v)| {
+            (
+                *k,
+                match *v {
+                    Slot::Str(a, b) => AttrRef::Str(self.range((a, b))),
+                    Slot::Int(i) => AttrRef::Int(i),
+                },
+            )
+        })
+    }
+
+    pub(crate) fn clear_attrs(&mut self) {
+        self.attrs.clear();
+    }
+}
+
 /// A finished span.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Span {
@@ -334,8 +444,6 @@ pub struct Span {
     pub parent_source: ParentSource,
     /// Server or client.
     pub kind: SpanKind,
-    /// `"{method} {templated path}"`, or `"pkg.Service/Method"` for gRPC.
-    pub name: String,
     /// Monotonic kernel ns: server: request read; client: request written.
     pub start_ns: u64,
     /// Monotonic kernel ns: server: response written; client: response read.
@@ -344,23 +452,86 @@ pub struct Span {
     pub pid: Pid,
     /// The thread that moved the request's first byte.
     pub tid: Tid,
-    /// OpenTelemetry semantic-convention attributes.
-    pub attributes: Vec<(&'static str, AttrValue)>,
     /// Error or unset.
     pub status: Status,
+    /// Name and semantic-convention attributes.
+    pub(crate) texts: Texts,
 }
 
 impl Span {
+    /// A span with no attributes, a root of `trace_id` unless
+    /// `parent_span_id` is set, sampled, unset status, pid/tid 0.
+    pub fn new(trace_id: TraceId, span_id: SpanId, kind: SpanKind, name: &str) -> Span {
+        let mut texts = Texts::with_capacity(name.len() + 64);
+        texts.set_name(name);
+        Span {
+            trace_id,
+            span_id,
+            parent_span_id: None,
+            trace_flags: 1,
+            trace_state: None,
+            parent_source: ParentSource::Root,
+            kind,
+            start_ns: 0,
+            end_ns: 0,
+            pid: Pid(0),
+            tid: Tid(0),
+            status: Status::Unset,
+            texts,
+        }
+    }
+
+    /// `"{method} {templated path}"`, or `"pkg.Service/Method"` for gRPC.
+    pub fn name(&self) -> &str {
+        self.texts.name()
+    }
+
+    /// Replaces the name.
+    pub fn set_name(&mut self, name: &str) {
+        self.texts.set_name(name);
+    }
+
+    /// The OpenTelemetry semantic-convention attributes, in the order they
+    /// were added.
+    pub fn attributes(&self) -> impl ExactSizeIterator<Item = (&'static str, AttrRef<'_>)> {
+        self.texts.attrs()
+    }
+
+    /// Adds a string attribute.
+    pub fn push_str(&mut self, key: &'static str, value: &str) {
+        self.texts.push_str(key, value);
+    }
+
+    /// Adds an integer attribute.
+    pub fn push_int(&mut self, key: &'static str, value: i64) {
+        self.texts.push_int(key, value);
+    }
+
+    /// Adds an attribute.
+    pub fn push_attr(&mut self, key: &'static str, value: AttrRef<'_>) {
+        match value {
+            AttrRef::Str(s) => self.push_str(key, s),
+            AttrRef::Int(i) => self.push_int(key, i),
+        }
+    }
+
+    /// Removes every attribute.
+    pub fn clear_attributes(&mut self) {
+        self.texts.clear_attrs();
+    }
+
     /// The value of attribute `key`, if present.
-    pub fn attr(&self, key: &str) -> Option<&AttrValue> {
-        self.attributes
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v)
+    pub fn attr(&self, key: &str) -> Option<AttrRef<'_>> {
+        self.attributes().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// The string value of attribute `key`, if present and a string.
     pub fn attr_str(&self, key: &str) -> Option<&str> {
-        self.attr(key).and_then(AttrValue::as_str)
+        self.attr(key).and_then(AttrRef::as_str)
+    }
+
+    /// The integer value of attribute `key`, if present and an integer.
+    pub fn attr_int(&self, key: &str) -> Option<i64> {
+        self.attr(key).and_then(AttrRef::as_int)
     }
 }

@@ -4,7 +4,7 @@
 use crate::config::IdGen;
 use crate::correlator::{Correlator, Parent, SpanRec, Timer, TraceCtx};
 use crate::index::SpanKey;
-use crate::model::{ParentSource, Span, SpanKind, Status};
+use crate::model::{AttrValue, ParentSource, Span, SpanKind, Status, Texts};
 
 /// Longest parent chain walked when settling a span early.
 const MAX_CHAIN: usize = 256;
@@ -430,6 +430,14 @@ impl<G: IdGen> Correlator<G> {
             Parent::Remote => r.header.as_ref().map(|h| h.parent_id),
             Parent::Root | Parent::Undecided => None,
         };
+        let mut texts = Texts::with_capacity(256);
+        texts.set_name(&r.name);
+        for (k, v) in std::mem::take(&mut r.attrs) {
+            match v {
+                AttrValue::Str(s) => texts.push_str(k, &s),
+                AttrValue::Int(i) => texts.push_int(k, i),
+            }
+        }
         let span = Span {
             trace_id: ctx.trace_id,
             span_id: r.span_id,
@@ -438,13 +446,12 @@ impl<G: IdGen> Correlator<G> {
             trace_state: ctx.state,
             parent_source: r.source,
             kind: r.kind,
-            name: std::mem::take(&mut r.name),
             start_ns: r.start,
             end_ns: end,
             pid: r.pid,
             tid: r.tid,
-            attributes: std::mem::take(&mut r.attrs),
             status: std::mem::replace(&mut r.status, Status::Unset),
+            texts,
         };
         let c = &mut self.counters;
         c.spans_emitted += 1;

@@ -10,7 +10,7 @@ const SERVER: u32 = 20;
 
 fn status(s: &Span) -> i64 {
     s.attr("http.response.status_code")
-        .and_then(AttrValue::as_int)
+        .and_then(AttrRef::as_int)
         .unwrap_or(-1)
 }
 

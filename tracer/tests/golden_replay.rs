@@ -31,10 +31,10 @@ fn replay(recording: &str) -> Vec<correlate::Span> {
     spans
 }
 
-fn attr_json(v: &correlate::AttrValue) -> Value {
+fn attr_json(v: correlate::AttrRef<'_>) -> Value {
     match v {
-        correlate::AttrValue::Str(s) => json!(s),
-        correlate::AttrValue::Int(i) => json!(i),
+        correlate::AttrRef::Str(s) => json!(s),
+        correlate::AttrRef::Int(i) => json!(i),
     }
 }
 
@@ -76,8 +76,7 @@ fn stable(mut spans: Vec<correlate::Span>) -> Value {
                 },
             };
             let mut attrs: Vec<(String, Value)> = s
-                .attributes
-                .iter()
+                .attributes()
                 .map(|(k, v)| (k.to_string(), attr_json(v)))
                 .collect();
             attrs.sort_by(|a, b| a.0.cmp(&b.0));
@@ -87,7 +86,7 @@ fn stable(mut spans: Vec<correlate::Span>) -> Value {
                 "parent": parent,
                 "source": format!("{:?}", s.parent_source),
                 "kind": format!("{:?}", s.kind),
-                "name": s.name,
+                "name": s.name(),
                 "start_ns": s.start_ns,
                 "end_ns": s.end_ns,
                 "pid": s.pid.0,

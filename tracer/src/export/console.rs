@@ -25,7 +25,7 @@ use std::{
     io::Write,
 };
 
-use correlate::{AttrValue, ParentSource, Span, SpanId, SpanKind, Status, TraceId};
+use correlate::{AttrRef, AttrValue, ParentSource, Span, SpanId, SpanKind, Status, TraceId};
 use serde_json::{json, Map, Value};
 
 use super::resource::Resource;
@@ -275,12 +275,12 @@ fn ms(ns: u64) -> String {
 fn code(span: &Span) -> Option<String> {
     if let Some(c) = span
         .attr("http.response.status_code")
-        .and_then(AttrValue::as_int)
+        .and_then(AttrRef::as_int)
     {
         return Some(c.to_string());
     }
     span.attr("rpc.grpc.status_code")
-        .and_then(AttrValue::as_int)
+        .and_then(AttrRef::as_int)
         .map(|c| format!("grpc={c}"))
 }
 
@@ -290,7 +290,7 @@ fn span_line(out: &mut String, prefix: &str, h: &Held, note: &str) {
         out,
         "{prefix}{}  {}  {}",
         h.service,
-        s.name,
+        s.name(),
         kind_str(s.kind)
     );
     match (code(s), &s.status) {
@@ -393,6 +393,13 @@ fn render_tree(out: &mut String, id: TraceId, spans: &[Held], clock: Clock) {
     out.push('\n');
 }
 
+fn attr_ref_json(v: AttrRef<'_>) -> Value {
+    match v {
+        AttrRef::Str(s) => Value::from(s),
+        AttrRef::Int(i) => Value::from(i),
+    }
+}
+
 fn attr_json(v: &AttrValue) -> Value {
     match v {
         AttrValue::Str(s) => Value::String(s.clone()),
@@ -415,9 +422,8 @@ fn parent_source_str(p: ParentSource) -> &'static str {
 /// One span as a JSON line (with its newline).
 fn json_line(span: &Span, resource: &Resource, clock: Clock) -> String {
     let attributes: Map<String, Value> = span
-        .attributes
-        .iter()
-        .map(|(k, v)| ((*k).to_string(), attr_json(v)))
+        .attributes()
+        .map(|(k, v)| (k.to_string(), attr_ref_json(v)))
         .collect();
     let res: Map<String, Value> = resource
         .attrs()
@@ -434,7 +440,7 @@ fn json_line(span: &Span, resource: &Resource, clock: Clock) -> String {
         "parent_span_id": span.parent_span_id.map(|p| p.to_string()),
         "parent_source": parent_source_str(span.parent_source),
         "kind": match span.kind { SpanKind::Server => "SERVER", SpanKind::Client => "CLIENT" },
-        "name": span.name,
+        "name": span.name(),
         "start_unix_nano": clock.unix_ns(span.start_ns),
         "end_unix_nano": clock.unix_ns(span.end_ns.max(span.start_ns)),
         "duration_ns": span.end_ns.saturating_sub(span.start_ns),
@@ -456,26 +462,24 @@ pub(crate) mod tests {
     use correlate::{Pid, Tid};
 
     pub(crate) fn span(trace: u8, id: u8, parent: Option<u8>, start_ms: u64, end_ms: u64) -> Span {
-        Span {
-            trace_id: TraceId([trace; 16]),
-            span_id: SpanId([id; 8]),
-            parent_span_id: parent.map(|p| SpanId([p; 8])),
-            trace_flags: 1,
-            trace_state: None,
-            parent_source: if parent.is_some() {
-                ParentSource::Mirror
-            } else {
-                ParentSource::Root
-            },
-            kind: SpanKind::Server,
-            name: format!("GET /s{id}"),
-            start_ns: start_ms * 1_000_000,
-            end_ns: end_ms * 1_000_000,
-            pid: Pid(100 + id as u32),
-            tid: Tid(100 + id as u32),
-            attributes: vec![("http.response.status_code", AttrValue::Int(200))],
-            status: Status::Unset,
-        }
+        let mut s = Span::new(
+            TraceId([trace; 16]),
+            SpanId([id; 8]),
+            SpanKind::Server,
+            &format!("GET /s{id}"),
+        );
+        s.parent_span_id = parent.map(|p| SpanId([p; 8]));
+        s.parent_source = if parent.is_some() {
+            ParentSource::Mirror
+        } else {
+            ParentSource::Root
+        };
+        s.start_ns = start_ms * 1_000_000;
+        s.end_ns = end_ms * 1_000_000;
+        s.pid = Pid(100 + id as u32);
+        s.tid = Tid(100 + id as u32);
+        s.push_int("http.response.status_code", 200);
+        s
     }
 
     pub(crate) fn res(name: &str) -> Resource {
@@ -495,17 +499,18 @@ pub(crate) mod tests {
         let mut c = ConsoleSink::new(Vec::new(), Format::Tree, clock, 1000);
         let (fe, users) = (res("frontend"), res("users"));
         let mut root = span(1, 1, None, 100, 112);
-        root.name = "GET /api/users/{id}".into();
+        root.set_name("GET /api/users/{id}");
         let mut c1 = span(1, 2, Some(1), 101, 111);
         c1.kind = SpanKind::Client;
         let s1 = span(1, 3, Some(2), 102, 110);
         let mut c2 = span(1, 4, Some(1), 111, 112);
         c2.kind = SpanKind::Client;
-        c2.name = "POST /audit".into();
-        c2.attributes = vec![("http.response.status_code", AttrValue::Int(503))];
+        c2.set_name("POST /audit");
+        c2.clear_attributes();
+        c2.push_int("http.response.status_code", 503);
         c2.status = Status::Error(String::new());
         let mut orphan = span(1, 5, Some(9), 105, 106);
-        orphan.attributes.clear();
+        orphan.clear_attributes();
         orphan.status = Status::Error("connection reset".into());
         // Arrive out of order, at different times.
         c.on_span(&s1, &users, 10);
@@ -577,7 +582,7 @@ pub(crate) mod tests {
         let mut c = ConsoleSink::new(Vec::new(), Format::Json, clock, 1000);
         let mut s = span(0xab, 2, Some(1), 5, 7);
         s.status = Status::Error("bad".into());
-        s.attributes.push(("url.path", AttrValue::Str("/x".into())));
+        s.push_str("url.path", "/x");
         c.on_span(&s, &res("svc"), 0);
         c.on_span(&span(0xab, 1, None, 4, 8), &res("svc"), 0);
         let t = text(&c);

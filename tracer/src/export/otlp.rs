@@ -31,7 +31,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use correlate::{AttrValue, ParentSource, Span};
+use correlate::{AttrRef, AttrValue, ParentSource, Span};
 use opentelemetry::{
     trace::{self as ot, TraceFlags, TraceState},
     InstrumentationScope, KeyValue, Value,
@@ -370,13 +370,20 @@ pub fn to_span_data(span: &Span, clock: Clock, scope: &InstrumentationScope) -> 
             correlate::SpanKind::Server => ot::SpanKind::Server,
             correlate::SpanKind::Client => ot::SpanKind::Client,
         },
-        name: span.name.clone().into(),
+        name: span.name().to_owned().into(),
         start_time: unix_time(clock, span.start_ns),
         end_time: unix_time(clock, span.end_ns.max(span.start_ns)),
         attributes: span
-            .attributes
-            .iter()
-            .map(|(k, v)| KeyValue::new(*k, otel_value(v)))
+            .attributes()
+            .map(|(k, v)| {
+                KeyValue::new(
+                    k,
+                    match v {
+                        AttrRef::Str(s) => Value::from(s.to_owned()),
+                        AttrRef::Int(i) => Value::I64(i),
+                    },
+                )
+            })
             .collect(),
         dropped_attributes_count: 0,
         events: SpanEvents::default(),

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use correlate::{AttrValue, ParentSource, SpanKind, Status};
+use correlate::{ParentSource, SpanKind, Status};
 use serde_json::Value;
 
 use super::config::{ExportConfig, Protocol};
@@ -136,9 +136,7 @@ fn exports_a_trace(protocol: Protocol) {
     client.trace_state = Some("vendor=x".into());
     let mut server = span(7, 3, Some(2), 102, 110);
     server.status = Status::Error("boom".into());
-    server
-        .attributes
-        .push(("url.path", AttrValue::Str("/users/42".into())));
+    server.push_str("url.path", "/users/42");
     e.submit(root, fe.clone());
     e.submit(client, fe);
     e.submit(server, users);

@@ -632,7 +632,7 @@ impl Profiles {
             });
             if rec.finished.is_none() {
                 let end = span.end_ns.max(rec.last_sample_ns);
-                rec.finished = Some((Arc::from(span.name.as_str()), span.trace_id, end));
+                rec.finished = Some((Arc::from(span.name()), span.trace_id, end));
                 self.finished.push_back((span.span_id, end));
                 if samples > 0 {
                     self.counters.spans_with_samples += 1;

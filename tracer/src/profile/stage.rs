@@ -165,8 +165,12 @@ impl ProfileStage {
     /// profiles go to Pyroscope and it has samples, the profile link.
     pub fn span_finished(&mut self, span: &mut Span) {
         if let Some(cpu) = self.profiles.span_finished(span) {
-            let attrs = cpu.attributes(span.span_id, self.pyroscope.is_some());
-            span.attributes.extend(attrs);
+            for (k, v) in cpu.attributes(span.span_id, self.pyroscope.is_some()) {
+                match v {
+                    correlate::AttrValue::Str(s) => span.push_str(k, &s),
+                    correlate::AttrValue::Int(i) => span.push_int(k, i),
+                }
+            }
         }
     }
 
