@@ -124,6 +124,8 @@ pub struct Counters {
     pub invalid_tracestate: u64,
     /// Invalid B3 headers ignored.
     pub invalid_b3: u64,
+    /// Request-id values beyond the few a request's span keeps.
+    pub request_ids_ignored: u64,
     /// Timestamps out of order (a response ending before its request
     /// started, a server reading before the client wrote); clamped or not
     /// linked.

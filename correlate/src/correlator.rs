@@ -8,14 +8,14 @@ use std::collections::{BTreeSet, VecDeque};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::{IpAddr, SocketAddr};
 
-use crate::attributes::{request_facts, response_status, Attrs};
+use crate::attributes::{request_facts, response_status};
 use crate::config::{Config, Counters, IdGen, SplitMix64};
 use crate::index::{MultiIndex, SpanKey, ThreadEntry, ThreadIndex};
 use crate::model::{
-    AttrValue, ConnId, ConnInfo, Message, MessageKind, ParentSource, Pid, Request, Response, Side,
-    Span, SpanId, SpanKind, Status, Tid, TraceId,
+    ConnId, ConnInfo, Message, MessageKind, ParentSource, Pid, Request, Response, Side, Span,
+    SpanId, SpanKind, Status, Texts, Tid, TraceId,
 };
-use crate::propagation::{extract, request_ids, HeaderContext};
+use crate::propagation::{extract, request_ids, HeaderContext, RequestIds};
 
 /// Trace-level context a span inherits from its parent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub(crate) struct SpanRec {
     pub addrs: Option<(SocketAddr, SocketAddr)>,
     pub fingerprint: u64,
     pub header: Option<HeaderContext>,
-    pub request_ids: Vec<String>,
+    pub request_ids: RequestIds,
     pub parent: Parent,
     pub source: ParentSource,
     /// Deadline of the pending parent decision, if one is scheduled.
@@ -66,8 +66,8 @@ pub(crate) struct SpanRec {
     pub waiting_children: Vec<SpanKey>,
     pub emitted: bool,
     pub grpc: bool,
-    pub name: String,
-    pub attrs: Attrs,
+    /// Name and attributes.
+    pub texts: Texts,
     pub status: Status,
 }
 
@@ -115,6 +115,19 @@ pub(crate) fn side_ix(s: Side) -> usize {
     }
 }
 
+/// Room for a request's span texts: url.path, url.query and url.full each
+/// repeat the target, the name templates it, addresses and the user agent
+/// come on top; so they rarely need to grow.
+fn texts_estimate(req: &Request<'_>) -> usize {
+    let header = |n: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(n))
+            .map_or(0, |h| h.value.len())
+    };
+    (4 * req.target.len() + 2 * header("host") + header("user-agent") + 160).min(16 * 1024)
+}
+
 fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
 }
@@ -146,7 +159,9 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     /// Server spans by sequence number (rule 3 lookups by clients).
     pub(crate) seq_servers: MultiIndex<u32>,
     /// Server spans by request-id key (rule 5).
-    pub(crate) rid_servers: MultiIndex<String>,
+    pub(crate) rid_servers: MultiIndex<u64>,
+    /// Hashes request-id values (seeded: values come from the network).
+    pub(crate) rid_hasher: foldhash::fast::RandomState,
     pub(crate) ready: Vec<Span>,
     pub(crate) counters: Counters,
 }
@@ -179,6 +194,7 @@ impl<G: IdGen> Correlator<G> {
             seq_clients: MultiIndex::new(index_cap),
             seq_servers: MultiIndex::new(index_cap),
             rid_servers: MultiIndex::new(index_cap),
+            rid_hasher: foldhash::fast::RandomState::default(),
             cfg: config,
             ids,
             local: HashSet::new(),
@@ -282,7 +298,7 @@ impl<G: IdGen> Correlator<G> {
     }
 
     /// One request or response.
-    pub fn message(&mut self, msg: Message) {
+    pub fn message(&mut self, msg: Message<'_>) {
         self.counters.messages += 1;
         self.advance(msg.end_ns.max(msg.start_ns));
         if !self.conns.contains_key(&msg.conn) {
@@ -423,8 +439,7 @@ impl<G: IdGen> Correlator<G> {
     pub(crate) fn fail(&mut self, key: SpanKey, at: u64, msg: &str, error_type: &str) {
         if let Some(r) = self.spans.get_mut(&key) {
             r.status = Status::Error(msg.to_string());
-            r.attrs
-                .push(("error.type", AttrValue::Str(error_type.to_string())));
+            r.texts.push_str("error.type", error_type);
         }
         self.complete(key, at);
     }
@@ -453,15 +468,21 @@ impl<G: IdGen> Correlator<G> {
         }
     }
 
-    fn on_request(&mut self, h: Head, req: &Request) {
+    fn on_request(&mut self, h: Head, req: &Request<'_>) {
         let kind = match h.side {
             Side::Inbound => SpanKind::Server,
             Side::Outbound => SpanKind::Client,
         };
         let addrs = self.conns.get(&h.conn).and_then(|c| c.addrs);
-        let facts = request_facts(kind, req, addrs, &self.cfg);
+        let mut texts = Texts::with_capacity(texts_estimate(req));
+        let facts = request_facts(kind, req, addrs, &self.cfg, &mut texts);
         let header = extract(&req.headers, &mut self.counters);
-        let rids = request_ids(&req.headers, &self.cfg.request_id_headers);
+        let rids = request_ids(
+            &req.headers,
+            &self.cfg.request_id_headers,
+            &self.rid_hasher,
+            &mut self.counters,
+        );
         self.make_room();
         let key = self.next_key;
         self.next_key += 1;
@@ -487,8 +508,7 @@ impl<G: IdGen> Correlator<G> {
             waiting_children: Vec::new(),
             emitted: false,
             grpc: facts.grpc,
-            name: facts.name,
-            attrs: facts.attrs,
+            texts,
             status: Status::Unset,
         };
         if kind == SpanKind::Server {
@@ -502,10 +522,10 @@ impl<G: IdGen> Correlator<G> {
             if !self.threads.insert(h.pid, h.tid, entry, self.clock, hold) {
                 self.counters.thread_index_overflow += 1;
             }
-            for rid in &rec.request_ids {
+            for &rid in rec.request_ids.as_slice() {
                 let spans = &self.spans;
                 self.rid_servers
-                    .insert(rid.clone(), key, |k| spans.contains_key(&k));
+                    .insert(rid, key, |k| spans.contains_key(&k));
             }
         }
         self.spans.insert(key, rec);
@@ -556,7 +576,7 @@ impl<G: IdGen> Correlator<G> {
         }
     }
 
-    fn on_response(&mut self, h: Head, resp: &Response) {
+    fn on_response(&mut self, h: Head, resp: &Response<'_>) {
         let req_side = h.side.opposite();
         let Some(c) = self.conns.get_mut(&h.conn) else {
             self.counters.unmatched_response += 1;
@@ -571,7 +591,7 @@ impl<G: IdGen> Correlator<G> {
             self.counters.unmatched_response += 1;
             return;
         };
-        rec.status = response_status(rec.kind, rec.grpc, resp, &mut rec.attrs);
+        rec.status = response_status(rec.kind, rec.grpc, resp, &mut rec.texts);
         self.complete(key, h.end);
     }
 

@@ -105,9 +105,10 @@
 //! let (a, b): (SocketAddr, SocketAddr) = ("127.0.0.1:40000".parse().unwrap(), "127.0.0.1:80".parse().unwrap());
 //! c.conn_open(ConnInfo { conn: ConnId(1), local: a, remote: b }); // the client's socket
 //! c.conn_open(ConnInfo { conn: ConnId(2), local: b, remote: a }); // the server's socket
+//! let host = [Header::new("Host", "api")];
 //! let req = Request { method: "GET".into(), target: "/users/42".into(), version: HttpVersion::Http11,
-//!                     scheme: Scheme::Http, headers: vec![Header::new("Host", "api")] };
-//! let resp = Response { status: 200, version: HttpVersion::Http11, headers: vec![] };
+//!                     scheme: Scheme::Http, headers: host[..].into() };
+//! let resp = Response { status: 200, version: HttpVersion::Http11, headers: [][..].into() };
 //! let msg = |conn, side, pid, seq, t, kind| Message { conn: ConnId(conn), side, pid: Pid(pid), tid: Tid(pid),
 //!     seq, start_ns: t, end_ns: t, stream_id: None, kind };
 //! c.message(msg(1, Side::Outbound, 10, 1000, 1_000, MessageKind::Request(req.clone())));

@@ -1,5 +1,6 @@
 //! Identifiers, the input messages and the output spans.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -157,67 +158,83 @@ impl Scheme {
 }
 
 /// One header field. Names compare case-insensitively; values are raw bytes.
+///
+/// Fields borrow from the parser's buffers in the agent (no copy per
+/// message); tests and tools may own them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Header {
+pub struct Header<'a> {
     /// Field name as it was on the wire (any case). HTTP/2 pseudo-headers
     /// keep their colon (`:authority`).
-    pub name: String,
+    pub name: Cow<'a, str>,
     /// Field value as it was on the wire.
-    pub value: Vec<u8>,
+    pub value: Cow<'a, [u8]>,
 }
 
-impl Header {
-    /// Convenience constructor.
-    pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Header {
+impl<'a> Header<'a> {
+    /// A header borrowing `name` and `value`.
+    pub fn new(name: &'a str, value: &'a (impl AsRef<[u8]> + ?Sized)) -> Header<'a> {
         Header {
-            name: name.into(),
-            value: value.into(),
+            name: Cow::Borrowed(name),
+            value: Cow::Borrowed(value.as_ref()),
         }
+    }
+
+    /// A header owning copies of `name` and `value`.
+    pub fn owned(name: &str, value: impl AsRef<[u8]>) -> Header<'static> {
+        Header {
+            name: Cow::Owned(name.to_owned()),
+            value: Cow::Owned(value.as_ref().to_vec()),
+        }
+    }
+
+    /// The value's bytes.
+    pub fn value(&self) -> &[u8] {
+        &self.value
     }
 }
 
 /// A request head.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Request {
+pub struct Request<'a> {
     /// Method as sent (case kept: `get` is not `GET`).
-    pub method: String,
+    pub method: Cow<'a, str>,
     /// Request target: origin form `/path?query`, absolute form
     /// `http://host/path`, authority form `host:port` or `*`. For HTTP/2
     /// the `:path` pseudo-header.
-    pub target: String,
+    pub target: Cow<'a, str>,
     /// Protocol version.
     pub version: HttpVersion,
     /// `http`, or `https` when seen through a TLS probe.
     pub scheme: Scheme,
     /// Header fields in wire order.
-    pub headers: Vec<Header>,
+    pub headers: Cow<'a, [Header<'a>]>,
 }
 
 /// A final (non-1xx) response head. For HTTP/2 the parser may deliver it at
 /// the end of the stream with the trailers appended to `headers`, which is
 /// where `grpc-status` is looked up.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Response {
+pub struct Response<'a> {
     /// Status code.
     pub status: u16,
     /// Protocol version.
     pub version: HttpVersion,
     /// Header fields (and trailers, if any) in wire order.
-    pub headers: Vec<Header>,
+    pub headers: Cow<'a, [Header<'a>]>,
 }
 
 /// What a message is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MessageKind {
+pub enum MessageKind<'a> {
     /// A request head.
-    Request(Request),
+    Request(Request<'a>),
     /// A final response head.
-    Response(Response),
+    Response(Response<'a>),
 }
 
 /// One protocol message moved by a process over a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Message {
+pub struct Message<'a> {
     /// The socket it crossed.
     pub conn: ConnId,
     /// Read or written by the process.
@@ -239,7 +256,7 @@ pub struct Message {
     /// HTTP/2 stream id; `None` for HTTP/1 (paired in order).
     pub stream_id: Option<u32>,
     /// The request or response.
-    pub kind: MessageKind,
+    pub kind: MessageKind<'a>,
 }
 
 // --------------------------------------------------------------- output
@@ -392,8 +409,23 @@ impl Texts {
         (a, self.text.len() as u32)
     }
 
+    /// Appends what `f` writes to the text buffer and returns its range.
+    pub(crate) fn put_with(&mut self, f: impl FnOnce(&mut String)) -> (u32, u32) {
+        let a = self.text.len() as u32;
+        f(&mut self.text);
+        (a, self.text.len() as u32)
+    }
+
     pub(crate) fn name(&self) -> &str {
         self.range(self.name)
+    }
+
+    pub(crate) fn set_name_range(&mut self, r: (u32, u32)) {
+        self.name = r;
+    }
+
+    pub(crate) fn push_range(&mut self, key: &'static str, r: (u32, u32)) {
+        self.attrs.push((key, Slot::Str(r.0, r.1)));
     }
 
     pub(crate) fn set_name(&mut self, name: &str) {

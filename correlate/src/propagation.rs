@@ -5,6 +5,8 @@
 //! Precedence: a valid `traceparent` wins, then `b3`, then `X-B3-*`. An
 //! invalid header is counted and the next format is tried.
 
+use std::hash::{BuildHasher, Hasher};
+
 use crate::config::Counters;
 use crate::model::{Header, SpanId, TraceId};
 
@@ -24,17 +26,17 @@ pub(crate) struct HeaderContext {
 
 /// All values of header `name` (case-insensitive), in order.
 pub(crate) fn header_values<'a>(
-    headers: &'a [Header],
+    headers: &'a [Header<'a>],
     name: &'a str,
 ) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
         .iter()
         .filter(move |h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_slice())
+        .map(|h| h.value())
 }
 
 /// The first value of header `name` (case-insensitive).
-pub(crate) fn header_value<'a>(headers: &'a [Header], name: &'a str) -> Option<&'a [u8]> {
+pub(crate) fn header_value<'a>(headers: &'a [Header<'a>], name: &'a str) -> Option<&'a [u8]> {
     header_values(headers, name).next()
 }
 
@@ -50,7 +52,7 @@ pub(crate) fn trim_ows(mut v: &[u8]) -> &[u8] {
 }
 
 /// Extract the propagated context of a request, counting invalid headers.
-pub(crate) fn extract(headers: &[Header], counters: &mut Counters) -> Option<HeaderContext> {
+pub(crate) fn extract(headers: &[Header<'_>], counters: &mut Counters) -> Option<HeaderContext> {
     let mut tps = header_values(headers, "traceparent");
     if let Some(first) = tps.next() {
         let parsed = if tps.next().is_some() {
@@ -185,7 +187,7 @@ pub(crate) fn parse_traceparent(v: &[u8]) -> Option<(TraceId, SpanId, u8)> {
 
 /// Join and check the `tracestate` headers (kept raw when well-formed:
 /// printable ASCII, at most 32 members, at most 512 bytes).
-fn tracestate(headers: &[Header], counters: &mut Counters) -> Option<String> {
+fn tracestate(headers: &[Header<'_>], counters: &mut Counters) -> Option<String> {
     let mut joined: Vec<u8> = Vec::new();
     for v in header_values(headers, "tracestate") {
         let v = trim_ows(v);
@@ -281,23 +283,68 @@ fn parse_b3_single(v: &[u8]) -> B3 {
 /// Longest request-id value used (longer ones are ignored).
 const MAX_REQUEST_ID_LEN: usize = 256;
 
-/// The request-id keys of a request: `name\0value` for each configured
-/// header present with a usable value.
-pub(crate) fn request_ids(headers: &[Header], names: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
+/// Request-id values one request carries at most (more are ignored and
+/// counted).
+pub(crate) const MAX_REQUEST_IDS: usize = 4;
+
+/// The request-id keys of a request, each the hash of `name\0value` (name
+/// lower-cased) under the correlator's seeded hasher: compared, never shown,
+/// and the seed keeps values from the network from being aimed at each
+/// other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RequestIds {
+    ids: [u64; MAX_REQUEST_IDS],
+    len: u8,
+}
+
+impl RequestIds {
+    /// The keys.
+    pub fn as_slice(&self) -> &[u64] {
+        &self.ids[..self.len as usize]
+    }
+
+    /// Whether the two share a key.
+    pub fn shares(&self, other: &RequestIds) -> bool {
+        self.as_slice().iter().any(|x| other.as_slice().contains(x))
+    }
+
+    /// Adds a key unless present; false when full.
+    fn push(&mut self, k: u64) -> bool {
+        if self.as_slice().contains(&k) {
+            return true;
+        }
+        if self.len as usize == MAX_REQUEST_IDS {
+            return false;
+        }
+        self.ids[self.len as usize] = k;
+        self.len += 1;
+        true
+    }
+}
+
+/// The request-id keys of a request: one per configured header present with
+/// a usable value; values beyond [`MAX_REQUEST_IDS`] are counted.
+pub(crate) fn request_ids(
+    headers: &[Header<'_>],
+    names: &[String],
+    hasher: &impl BuildHasher,
+    counters: &mut Counters,
+) -> RequestIds {
+    let mut out = RequestIds::default();
     for name in names {
         for v in header_values(headers, name) {
             let v = trim_ows(v);
             if v.is_empty() || v.len() > MAX_REQUEST_ID_LEN {
                 continue;
             }
-            let key = format!(
-                "{}\0{}",
-                name.to_ascii_lowercase(),
-                String::from_utf8_lossy(v)
-            );
-            if !out.contains(&key) {
-                out.push(key);
+            let mut h = hasher.build_hasher();
+            for b in name.bytes() {
+                h.write_u8(b.to_ascii_lowercase());
+            }
+            h.write_u8(0);
+            h.write(v);
+            if !out.push(h.finish()) {
+                counters.request_ids_ignored += 1;
             }
         }
     }
@@ -308,7 +355,7 @@ pub(crate) fn request_ids(headers: &[Header], names: &[String]) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> Vec<Header> {
+    fn h<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<Header<'a>> {
         pairs.iter().map(|(n, v)| Header::new(*n, *v)).collect()
     }
 
@@ -540,21 +587,27 @@ mod tests {
     #[test]
     fn request_ids_keys() {
         let names = vec!["x-request-id".to_string(), "x-correlation-id".to_string()];
+        let hasher = foldhash::fast::FixedState::with_seed(7);
+        let mut c = Counters::default();
         let hs = h(&[
             ("X-Request-Id", " abc "),
             ("x-correlation-id", "abc"),
             ("x-request-id", ""),
         ]);
-        let ids = request_ids(&hs, &names);
-        assert_eq!(
-            ids,
-            vec![
-                "x-request-id\0abc".to_string(),
-                "x-correlation-id\0abc".to_string()
-            ]
-        );
+        let ids = request_ids(&hs, &names, &hasher, &mut c);
+        assert_eq!(ids.as_slice().len(), 2, "names are part of the key");
+        let same = request_ids(&h(&[("x-request-id", "abc")]), &names, &hasher, &mut c);
+        assert!(ids.shares(&same));
+        let other = request_ids(&h(&[("x-request-id", "abd")]), &names, &hasher, &mut c);
+        assert!(!ids.shares(&other));
         let long = "x".repeat(300);
-        assert!(request_ids(&h(&[("x-request-id", &long)]), &names).is_empty());
+        let none = request_ids(&h(&[("x-request-id", &long)]), &names, &hasher, &mut c);
+        assert!(none.as_slice().is_empty());
+        let many: Vec<String> = (0..6).map(|i| format!("id{i}")).collect();
+        let pairs: Vec<(&str, &str)> = many.iter().map(|v| ("x-request-id", v.as_str())).collect();
+        let full = request_ids(&h(&pairs), &names, &hasher, &mut c);
+        assert_eq!(full.as_slice().len(), MAX_REQUEST_IDS);
+        assert_eq!(c.request_ids_ignored, 2);
     }
 
     #[test]
@@ -563,11 +616,11 @@ mod tests {
         for n in 0..70 {
             let v: Vec<u8> = (0..n).map(|i| b"0-f\xff"[i % 4]).collect();
             let hs = vec![
-                Header::new("traceparent", v.clone()),
-                Header::new("b3", v.clone()),
-                Header::new("x-b3-traceid", v.clone()),
-                Header::new("x-b3-spanid", v.clone()),
-                Header::new("tracestate", v),
+                Header::new("traceparent", &v),
+                Header::new("b3", &v),
+                Header::new("x-b3-traceid", &v),
+                Header::new("x-b3-spanid", &v),
+                Header::new("tracestate", &v),
             ];
             let _ = extract(&hs, &mut c);
         }

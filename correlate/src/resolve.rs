@@ -4,7 +4,7 @@
 use crate::config::IdGen;
 use crate::correlator::{Correlator, Parent, SpanRec, Timer, TraceCtx};
 use crate::index::SpanKey;
-use crate::model::{AttrValue, ParentSource, Span, SpanKind, Status, Texts};
+use crate::model::{ParentSource, Span, SpanKind, Status};
 
 /// Longest parent chain walked when settling a span early.
 const MAX_CHAIN: usize = 256;
@@ -37,8 +37,8 @@ fn nat_pair(c: &SpanRec, s: &SpanRec, window: u64) -> bool {
         && !mirrored(c, s)
 }
 
-fn shares_request_id(a: &SpanRec, ids: &[String]) -> bool {
-    a.request_ids.iter().any(|x| ids.contains(x))
+fn shares_request_id(a: &SpanRec, b: &SpanRec) -> bool {
+    a.request_ids.shares(&b.request_ids)
 }
 
 impl<G: IdGen> Correlator<G> {
@@ -250,11 +250,7 @@ impl<G: IdGen> Correlator<G> {
             let by_rid: Vec<SpanKey> = live
                 .iter()
                 .copied()
-                .filter(|k| {
-                    self.spans
-                        .get(k)
-                        .is_some_and(|s| shares_request_id(s, &c.request_ids))
-                })
+                .filter(|k| self.spans.get(k).is_some_and(|s| shares_request_id(s, c)))
                 .collect();
             if let [k] = by_rid.as_slice() {
                 if let Some(p) = self.parent_ref(*k) {
@@ -283,7 +279,7 @@ impl<G: IdGen> Correlator<G> {
         // Nothing visible on the thread: a server span of the same process
         // (any thread) in progress and sharing a request id.
         let mut found: Vec<SpanKey> = Vec::new();
-        for rid in &c.request_ids {
+        for rid in c.request_ids.as_slice() {
             for &sk in self.rid_servers.get(rid) {
                 let Some(s) = self.spans.get(&sk) else {
                     continue;
@@ -292,7 +288,7 @@ impl<G: IdGen> Correlator<G> {
                 if s.kind == SpanKind::Server
                     && s.pid == pid
                     && in_progress
-                    && shares_request_id(s, &c.request_ids)
+                    && shares_request_id(s, c)
                     && !found.contains(&sk)
                 {
                     found.push(sk);
@@ -430,14 +426,6 @@ impl<G: IdGen> Correlator<G> {
             Parent::Remote => r.header.as_ref().map(|h| h.parent_id),
             Parent::Root | Parent::Undecided => None,
         };
-        let mut texts = Texts::with_capacity(256);
-        texts.set_name(&r.name);
-        for (k, v) in std::mem::take(&mut r.attrs) {
-            match v {
-                AttrValue::Str(s) => texts.push_str(k, &s),
-                AttrValue::Int(i) => texts.push_int(k, i),
-            }
-        }
         let span = Span {
             trace_id: ctx.trace_id,
             span_id: r.span_id,
@@ -451,7 +439,7 @@ impl<G: IdGen> Correlator<G> {
             pid: r.pid,
             tid: r.tid,
             status: std::mem::replace(&mut r.status, Status::Unset),
-            texts,
+            texts: std::mem::take(&mut r.texts),
         };
         let c = &mut self.counters;
         c.spans_emitted += 1;

@@ -7,7 +7,12 @@ use correlate::*;
 
 const P: u32 = 50;
 
-fn one(kind: SpanKind, r: Request, status: Response, cfg: Config) -> (Span, Counters) {
+fn one(
+    kind: SpanKind,
+    r: Request<'static>,
+    status: Response<'static>,
+    cfg: Config,
+) -> (Span, Counters) {
     let (local, remote, side_req, side_resp) = match kind {
         SpanKind::Server => (
             "10.0.0.5:8080",
@@ -312,9 +317,10 @@ fn grpc_calls() {
             status: 200,
             version: HttpVersion::Http2,
             headers: vec![
-                Header::new("content-type", "application/grpc"),
-                Header::new("grpc-status", code),
-            ],
+                Header::owned("content-type", "application/grpc"),
+                Header::owned("grpc-status", code),
+            ]
+            .into(),
         };
         let (span, _) = one(kind, r(), rsp, Config::default());
         assert_eq!(span.name(), "helloworld.Greeter/SayHello");

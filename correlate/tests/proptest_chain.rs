@@ -73,7 +73,7 @@ proptest! {
 enum Op {
     Open(u64, usize, usize),
     Close(u64, u64),
-    Msg(Message),
+    Msg(Message<'static>),
     Poll(u64),
     Flush,
 }
@@ -156,13 +156,13 @@ fn op() -> impl Strategy<Value = Op> {
                         target: TARGETS[target].into(),
                         version: HttpVersion::Http11,
                         scheme: Scheme::Http,
-                        headers,
+                        headers: headers.clone().into(),
                     })
                 } else {
                     MessageKind::Response(Response {
                         status,
                         version: HttpVersion::Http2,
-                        headers,
+                        headers: headers.into(),
                     })
                 };
                 Op::Msg(Message {

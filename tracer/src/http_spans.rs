@@ -89,13 +89,8 @@ fn version(minor: u8) -> HttpVersion {
     }
 }
 
-fn headers(h: Vec<http1::Header>) -> Vec<Header> {
-    h.into_iter()
-        .map(|h| Header {
-            name: h.name,
-            value: h.value,
-        })
-        .collect()
+fn headers(h: &[http1::Header]) -> Vec<Header<'_>> {
+    h.iter().map(|h| Header::new(&h.name, &h.value)).collect()
 }
 
 impl HttpSpans {
@@ -234,18 +229,18 @@ impl HttpSpans {
             (Dir::Send, Some(seg)) => first.ts_ns.min(seg),
             _ => first.ts_ns,
         };
-        let kind = match m {
+        let kind = match &m {
             Message::Request(r) => MessageKind::Request(Request {
-                method: r.method.as_str().to_owned(),
-                target: r.target,
+                method: r.method.as_str().into(),
+                target: r.target.as_str().into(),
                 version: version(r.version),
                 scheme: Scheme::Http,
-                headers: headers(r.headers),
+                headers: headers(&r.headers).into(),
             }),
             Message::Response(r) => MessageKind::Response(Response {
                 status: r.status,
                 version: version(r.version),
-                headers: headers(r.headers),
+                headers: headers(&r.headers).into(),
             }),
         };
         self.counters.messages += 1;

@@ -21,7 +21,7 @@ pub enum Ev {
     /// A connection seen.
     Open(ConnInfo),
     /// A message.
-    Msg(Message),
+    Msg(Message<'static>),
     /// A connection closed at this time.
     Close(ConnId, u64),
 }
@@ -38,22 +38,30 @@ impl Ev {
 }
 
 /// A request head.
-pub fn req(method: &str, target: &str, headers: &[(&str, &str)]) -> Request {
+pub fn req(method: &str, target: &str, headers: &[(&str, &str)]) -> Request<'static> {
     Request {
-        method: method.into(),
-        target: target.into(),
+        method: method.to_string().into(),
+        target: target.to_string().into(),
         version: HttpVersion::Http11,
         scheme: Scheme::Http,
-        headers: headers.iter().map(|(n, v)| Header::new(*n, *v)).collect(),
+        headers: headers
+            .iter()
+            .map(|(n, v)| Header::owned(n, v))
+            .collect::<Vec<_>>()
+            .into(),
     }
 }
 
 /// A response head.
-pub fn resp(status: u16, headers: &[(&str, &str)]) -> Response {
+pub fn resp(status: u16, headers: &[(&str, &str)]) -> Response<'static> {
     Response {
         status,
         version: HttpVersion::Http11,
-        headers: headers.iter().map(|(n, v)| Header::new(*n, *v)).collect(),
+        headers: headers
+            .iter()
+            .map(|(n, v)| Header::owned(n, v))
+            .collect::<Vec<_>>()
+            .into(),
     }
 }
 
@@ -169,7 +177,7 @@ impl Sim {
         c
     }
 
-    fn msg(conn: ConnId, side: Side, a: At, seq: u32, kind: MessageKind) -> Ev {
+    fn msg(conn: ConnId, side: Side, a: At, seq: u32, kind: MessageKind<'static>) -> Ev {
         Ev::Msg(Message {
             conn,
             side,
@@ -184,7 +192,7 @@ impl Sim {
     }
 
     /// The client writes `r` (at `w`) and the server reads it (at `rd`).
-    pub fn request(&mut self, c: &mut Conn, w: At, rd: At, r: &Request) {
+    pub fn request(&mut self, c: &mut Conn, w: At, rd: At, r: &Request<'static>) {
         let seq = c.c2s;
         c.c2s = c.c2s.wrapping_add(100 + r.target.len() as u32);
         if c.seen != Seen::ServerOnly {
@@ -210,7 +218,7 @@ impl Sim {
     }
 
     /// The server writes `r` (at `w`) and the client reads it (at `rd`).
-    pub fn response(&mut self, c: &mut Conn, w: At, rd: At, r: &Response) {
+    pub fn response(&mut self, c: &mut Conn, w: At, rd: At, r: &Response<'static>) {
         let seq = c.s2c;
         c.s2c = c.s2c.wrapping_add(200);
         if c.seen != Seen::ClientOnly {
@@ -402,7 +410,7 @@ pub fn m(
     seq: u32,
     t: u64,
     stream_id: Option<u32>,
-    kind: MessageKind,
+    kind: MessageKind<'static>,
 ) -> Ev {
     Ev::Msg(Message {
         conn: ConnId(conn),
@@ -427,11 +435,11 @@ pub fn open(conn: u64, local: &str, remote: &str) -> Ev {
 }
 
 /// Request message kind.
-pub fn rq(method: &str, target: &str, headers: &[(&str, &str)]) -> MessageKind {
+pub fn rq(method: &str, target: &str, headers: &[(&str, &str)]) -> MessageKind<'static> {
     MessageKind::Request(req(method, target, headers))
 }
 
 /// Response message kind.
-pub fn rs(status: u16, headers: &[(&str, &str)]) -> MessageKind {
+pub fn rs(status: u16, headers: &[(&str, &str)]) -> MessageKind<'static> {
     MessageKind::Response(resp(status, headers))
 }
