@@ -459,9 +459,9 @@ impl<G: IdGen> Correlator<G> {
             end
         };
         r.end = Some(end);
-        let (kind, pid, tid, ready) = (r.kind, r.pid, r.tid, r.ctx.is_some());
+        let (kind, pid, tid, start, ready) = (r.kind, r.pid, r.tid, r.start, r.ctx.is_some());
         if kind == SpanKind::Server {
-            self.threads.set_end(pid, tid, key, end);
+            self.threads.set_end(pid, tid, key, start, end);
         }
         if ready {
             self.emit(key);

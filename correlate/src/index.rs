@@ -39,10 +39,69 @@ impl ThreadEntry {
     }
 }
 
+/// A thread's server spans, sorted by (start, key), with what bounds a
+/// lookup: spans still open are listed apart, and no finished span lasted
+/// longer than `longest`, so the spans in progress at `t` are the open ones
+/// that started before `t` and the finished ones that started in
+/// `(t - longest, t)`. A busy event loop keeps thousands of entries for the
+/// retention time; a lookup looks at a handful.
 #[derive(Default)]
 struct ThreadSpans {
     entries: VecDeque<ThreadEntry>,
+    /// (start, key) of the entries without an end.
+    open: Vec<(u64, SpanKey)>,
+    /// Longest duration of a finished entry.
+    longest: u64,
     lossy_until: u64,
+}
+
+impl ThreadSpans {
+    fn position(&self, start: u64, key: SpanKey) -> Result<usize, usize> {
+        self.entries
+            .binary_search_by(|e| (e.start, e.key).cmp(&(start, key)))
+    }
+
+    fn insert(&mut self, entry: ThreadEntry) {
+        // Nearly always at the end: spans are reported in start order,
+        // give or take the reorder window.
+        let i = match self.entries.back() {
+            Some(b) if (b.start, b.key) > (entry.start, entry.key) => {
+                self.position(entry.start, entry.key).unwrap_or_else(|i| i)
+            }
+            _ => self.entries.len(),
+        };
+        match entry.end {
+            None => self.open.push((entry.start, entry.key)),
+            Some(end) => self.longest = self.longest.max(end.saturating_sub(entry.start)),
+        }
+        self.entries.insert(i, entry);
+    }
+
+    fn removed(&mut self, e: &ThreadEntry) {
+        if e.end.is_none() {
+            self.open.retain(|o| o.1 != e.key);
+        }
+    }
+
+    /// Entries in progress at `t` (see [`ThreadEntry::covers`]).
+    fn covering(&self, t: u64, strict: bool) -> impl Iterator<Item = &ThreadEntry> {
+        let from = t.saturating_sub(self.longest);
+        let lo = self.entries.partition_point(|e| e.start < from);
+        let hi = self
+            .entries
+            .partition_point(|e| if strict { e.start < t } else { e.start <= t });
+        let finished = self
+            .entries
+            .range(lo..hi.max(lo))
+            .filter(move |e| e.end.is_some() && e.covers(t, strict));
+        let open = self
+            .open
+            .iter()
+            .filter(move |(start, _)| if strict { *start < t } else { *start <= t })
+            .filter_map(move |&(start, key)| self.position(start, key).ok())
+            .map(move |i| &self.entries[i]);
+        finished.chain(open)
+    }
 }
 
 /// Server spans in progress (and recently finished) per thread.
@@ -55,8 +114,10 @@ pub(crate) struct ThreadIndex {
 
 /// Server spans in progress on a thread at some instant.
 pub(crate) struct InProgress {
-    /// Their keys.
-    pub keys: Vec<SpanKey>,
+    /// How many.
+    pub count: usize,
+    /// The first of them (the only one when `count` is 1).
+    pub first: Option<SpanKey>,
     /// Entries of this thread were lost: others may have been in progress.
     pub lossy: bool,
 }
@@ -101,24 +162,27 @@ impl ThreadIndex {
             let lost_until = match t.entries.iter().position(|e| e.end.is_some()) {
                 Some(i) => t.entries.remove(i).and_then(|e| e.end).unwrap_or(clock),
                 None => {
-                    t.entries.pop_front();
+                    if let Some(e) = t.entries.pop_front() {
+                        t.removed(&e);
+                    }
                     clock.saturating_add(hold)
                 }
             };
             t.lossy_until = t.lossy_until.max(lost_until);
         }
-        t.entries.push_back(entry);
+        t.insert(entry);
         clean
     }
 
-    /// The span ended at `end`.
-    pub fn set_end(&mut self, pid: Pid, tid: Tid, key: SpanKey, end: u64) {
+    /// The span that started at `start` ended at `end`.
+    pub fn set_end(&mut self, pid: Pid, tid: Tid, key: SpanKey, start: u64, end: u64) {
         if let Some(t) = self.threads.get_mut(&(pid, tid)) {
-            // Entries are appended in key (creation) order and only ever
-            // removed, so they stay sorted by key: a busy event-loop thread
-            // holds thousands of them.
-            if let Ok(i) = t.entries.binary_search_by_key(&key, |e| e.key) {
+            if let Ok(i) = t.position(start, key) {
+                if t.entries[i].end.is_none() {
+                    t.open.retain(|o| o.1 != key);
+                }
                 t.entries[i].end = Some(end);
+                t.longest = t.longest.max(end.saturating_sub(start));
             }
         }
     }
@@ -131,18 +195,25 @@ impl ThreadIndex {
     /// not ended at `t` (the rule-4 candidates of a request written at `t`).
     pub fn in_progress(&self, pid: Pid, tid: Tid, t: u64) -> InProgress {
         let spans = self.threads.get(&(pid, tid));
-        let keys = spans
-            .map(|s| {
-                s.entries
-                    .iter()
-                    .filter(|e| e.covers(t, true))
-                    .map(|e| e.key)
-                    .collect()
-            })
-            .unwrap_or_default();
-        InProgress {
-            keys,
+        let mut q = InProgress {
+            count: 0,
+            first: None,
             lossy: self.lossy(spans, t),
+        };
+        if let Some(s) = spans {
+            for e in s.covering(t, true) {
+                q.count += 1;
+                q.first = q.first.or(Some(e.key));
+            }
+        }
+        q
+    }
+
+    /// Calls `f` with each server span of `pid`/`tid` in progress at `t`
+    /// (strictly started before).
+    pub fn each_in_progress(&self, pid: Pid, tid: Tid, t: u64, mut f: impl FnMut(SpanKey)) {
+        if let Some(s) = self.threads.get(&(pid, tid)) {
+            s.covering(t, true).for_each(|e| f(e.key));
         }
     }
 
@@ -153,7 +224,7 @@ impl ThreadIndex {
         if self.lossy(Some(spans), t) {
             return None;
         }
-        let mut found = spans.entries.iter().filter(|e| e.covers(t, false));
+        let mut found = spans.covering(t, false);
         match (found.next(), found.next()) {
             (Some(e), None) => Some(e.span_id),
             _ => None,
@@ -250,10 +321,19 @@ mod tests {
     fn e(key: SpanKey, start: u64, end: Option<u64>) -> ThreadEntry {
         ThreadEntry {
             key,
-            span_id: SpanId([key as u8 + 1; 8]),
+            span_id: SpanId([(key as u8).wrapping_add(1); 8]),
             start,
             end,
         }
+    }
+
+    fn keys(ix: &ThreadIndex, p: Pid, t: Tid, at: u64) -> Vec<SpanKey> {
+        let mut v = Vec::new();
+        ix.each_in_progress(p, t, at, |k| v.push(k));
+        v.sort_unstable();
+        let q = ix.in_progress(p, t, at);
+        assert_eq!(q.count, v.len());
+        v
     }
 
     #[test]
@@ -262,18 +342,18 @@ mod tests {
         let (p, t) = (Pid(1), Tid(1));
         assert!(ix.insert(p, t, e(1, 10, Some(20)), 0, 100));
         assert!(ix.insert(p, t, e(2, 15, None), 0, 100));
-        assert_eq!(ix.in_progress(p, t, 10).keys, Vec::<u64>::new());
-        assert_eq!(ix.in_progress(p, t, 12).keys, vec![1]);
-        assert_eq!(ix.in_progress(p, t, 16).keys, vec![1, 2]);
-        assert_eq!(ix.in_progress(p, t, 20).keys, vec![2]);
+        assert_eq!(keys(&ix, p, t, 10), Vec::<u64>::new());
+        assert_eq!(keys(&ix, p, t, 12), vec![1]);
+        assert_eq!(keys(&ix, p, t, 16), vec![1, 2]);
+        assert_eq!(keys(&ix, p, t, 20), vec![2]);
         assert_eq!(ix.at(p, t, 10), Some(SpanId([2; 8])));
         assert_eq!(ix.at(p, t, 16), None);
         assert_eq!(ix.at(p, t, 25), Some(SpanId([3; 8])));
         assert_eq!(ix.at(p, Tid(2), 25), None);
-        ix.set_end(p, t, 2, 30);
+        ix.set_end(p, t, 2, 15, 30);
         assert_eq!(ix.at(p, t, 31), None);
         ix.prune(25);
-        assert_eq!(ix.in_progress(p, t, 12).keys, Vec::<u64>::new());
+        assert_eq!(keys(&ix, p, t, 12), Vec::<u64>::new());
         ix.prune(31);
         assert_eq!(ix.threads(), 0);
     }
@@ -285,15 +365,34 @@ mod tests {
         ix.insert(p, t, e(1, 1, Some(2)), 0, 100);
         ix.insert(p, t, e(2, 3, None), 0, 100);
         assert!(!ix.insert(p, t, e(3, 4, None), 5, 100));
-        let q = ix.in_progress(p, t, 6);
-        assert_eq!((q.keys, q.lossy), (vec![2, 3], false));
+        assert_eq!(keys(&ix, p, t, 6), vec![2, 3]);
+        assert!(!ix.in_progress(p, t, 6).lossy);
         // Entry 1 ended at 2: instants before that are uncertain now.
         assert!(ix.in_progress(p, t, 1).lossy);
         assert!(!ix.insert(p, t, e(4, 7, None), 8, 100));
-        let q = ix.in_progress(p, t, 9);
-        assert_eq!((q.keys, q.lossy), (vec![3, 4], true));
+        assert_eq!(keys(&ix, p, t, 9), vec![3, 4]);
+        assert!(ix.in_progress(p, t, 9).lossy);
         assert_eq!(ix.at(p, t, 9), None);
         assert!(!ix.in_progress(p, t, 200).lossy);
+    }
+
+    #[test]
+    fn long_and_open_spans_are_found_among_many_short_ones() {
+        let mut ix = ThreadIndex::new(8, 100_000);
+        let (p, t) = (Pid(1), Tid(1));
+        // A long span, then an open one, then thousands of short ones.
+        ix.insert(p, t, e(1, 100, None), 0, 1);
+        ix.insert(p, t, e(2, 150, None), 0, 1);
+        ix.set_end(p, t, 1, 100, 50_000);
+        for k in 3..5000u64 {
+            ix.insert(p, t, e(k, 200 + k * 10, None), 0, 1);
+            ix.set_end(p, t, k, 200 + k * 10, 200 + k * 10 + 5);
+        }
+        assert_eq!(keys(&ix, p, t, 40_003), vec![1, 2, 3980]);
+        assert_eq!(keys(&ix, p, t, 60_000), vec![2]);
+        // Out-of-order arrival keeps the order by start.
+        ix.insert(p, t, e(9000, 40_001, None), 0, 1);
+        assert_eq!(keys(&ix, p, t, 40_003), vec![1, 2, 3980, 9000]);
     }
 
     #[test]

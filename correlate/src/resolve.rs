@@ -6,6 +6,32 @@ use crate::correlator::{Correlator, Parent, SpanRec, Timer, TraceCtx};
 use crate::index::SpanKey;
 use crate::model::{ParentSource, Span, SpanKind, Status};
 
+/// Counts distinct candidates, keeping the one when there is one.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum One {
+    #[default]
+    None,
+    Only(SpanKey),
+    Several,
+}
+
+impl One {
+    fn add(&mut self, k: SpanKey) {
+        *self = match *self {
+            One::None => One::Only(k),
+            One::Only(o) if o == k => One::Only(o),
+            _ => One::Several,
+        };
+    }
+
+    fn only(self) -> Option<SpanKey> {
+        match self {
+            One::Only(k) => Some(k),
+            _ => None,
+        }
+    }
+}
+
 /// Longest parent chain walked when settling a span early.
 const MAX_CHAIN: usize = 256;
 
@@ -234,51 +260,38 @@ impl<G: IdGen> Correlator<G> {
         let fallback = header_or_root(c);
         let (pid, tid, t) = (c.pid, c.tid, c.start);
         let q = self.threads.in_progress(pid, tid, t);
-        let live: Vec<SpanKey> = q
-            .keys
-            .iter()
-            .copied()
-            .filter(|k| self.spans.contains_key(k))
-            .collect();
-        if q.keys.len() == 1 && !q.lossy {
-            return match live.first().and_then(|k| self.parent_ref(*k)) {
+        if q.count == 1 && !q.lossy {
+            return match q.first.and_then(|k| self.parent_ref(k)) {
                 Some(p) => (p, ParentSource::Thread),
                 None => fallback, // the only candidate is forgotten
             };
         }
-        if !q.keys.is_empty() {
-            let by_rid: Vec<SpanKey> = live
-                .iter()
-                .copied()
-                .filter(|k| self.spans.get(k).is_some_and(|s| shares_request_id(s, c)))
-                .collect();
-            if let [k] = by_rid.as_slice() {
-                if let Some(p) = self.parent_ref(*k) {
-                    return (p, ParentSource::RequestId);
+        if q.count > 0 {
+            let trace = c.header.as_ref().map(|h| h.trace_id);
+            let (mut by_rid, mut by_trace) = (One::default(), One::default());
+            self.threads.each_in_progress(pid, tid, t, |k| {
+                let Some(s) = self.spans.get(&k) else {
+                    return;
+                };
+                if shares_request_id(s, c) {
+                    by_rid.add(k);
                 }
+                if trace.is_some() && s.header.as_ref().map(|h| h.trace_id) == trace {
+                    by_trace.add(k);
+                }
+            });
+            if let Some(p) = by_rid.only().and_then(|k| self.parent_ref(k)) {
+                return (p, ParentSource::RequestId);
             }
-            if let Some(trace) = c.header.as_ref().map(|h| h.trace_id) {
-                let by_trace: Vec<SpanKey> = live
-                    .iter()
-                    .copied()
-                    .filter(|k| {
-                        self.spans
-                            .get(k)
-                            .is_some_and(|s| s.header.as_ref().is_some_and(|h| h.trace_id == trace))
-                    })
-                    .collect();
-                if let [k] = by_trace.as_slice() {
-                    if let Some(p) = self.parent_ref(*k) {
-                        return (p, ParentSource::ThreadContext);
-                    }
-                }
+            if let Some(p) = by_trace.only().and_then(|k| self.parent_ref(k)) {
+                return (p, ParentSource::ThreadContext);
             }
             self.counters.ambiguous_parent += 1;
             return fallback;
         }
         // Nothing visible on the thread: a server span of the same process
         // (any thread) in progress and sharing a request id.
-        let mut found: Vec<SpanKey> = Vec::new();
+        let mut found = One::default();
         for rid in c.request_ids.as_slice() {
             for &sk in self.rid_servers.get(rid) {
                 let Some(s) = self.spans.get(&sk) else {
@@ -289,19 +302,17 @@ impl<G: IdGen> Correlator<G> {
                     && s.pid == pid
                     && in_progress
                     && shares_request_id(s, c)
-                    && !found.contains(&sk)
                 {
-                    found.push(sk);
+                    found.add(sk);
                 }
             }
         }
-        match found.as_slice() {
-            [k] => match self.parent_ref(*k) {
-                Some(p) => (p, ParentSource::RequestId),
-                None => fallback,
-            },
-            [] => fallback,
-            _ => {
+        match found {
+            One::None => fallback,
+            One::Only(k) => self
+                .parent_ref(k)
+                .map_or(fallback, |p| (p, ParentSource::RequestId)),
+            One::Several => {
                 self.counters.ambiguous_parent += 1;
                 fallback
             }

@@ -82,10 +82,14 @@ fn parse_whole(rq: &[u8], rs: &[u8]) -> (String, Vec<u64>, Vec<u64>) {
         seg_ts_ns: None,
         pieces,
     };
-    conn.feed_requests(&chunk(&pieces), &mut |m| note(&mut out, &mut bq, &m));
+    conn.feed_requests(&chunk(&pieces), &mut |m| {
+        note(&mut out, &mut bq, &m.to_owned())
+    });
     let pieces = [protocols::stream::Piece::Data(rs)];
-    conn.feed_responses(&chunk(&pieces), &mut |m| note(&mut out, &mut bs, &m));
-    conn.flush(&mut |m| note(&mut out, &mut bs, &m));
+    conn.feed_responses(&chunk(&pieces), &mut |m| {
+        note(&mut out, &mut bs, &m.to_owned())
+    });
+    conn.flush(&mut |m| note(&mut out, &mut bs, &m.to_owned()));
     finish(&mut out, &conn);
     (out, bq, bs)
 }
@@ -154,12 +158,12 @@ fn parse_captured(rq: &[u8], rs: &[u8], bq: &[u64], bs: &[u64]) -> String {
     let mut conn = Http1Connection::new(Http1Config::default());
     let mut out = String::new();
     through_stream(rq, bq, u32::MAX - 300, 256, 1, |c| {
-        conn.feed_requests(c, &mut |m| render(&mut out, &m))
+        conn.feed_requests(c, &mut |m| render(&mut out, &m.to_owned()))
     });
     through_stream(rs, bs, 7_000_000, 256, 100, |c| {
-        conn.feed_responses(c, &mut |m| render(&mut out, &m))
+        conn.feed_responses(c, &mut |m| render(&mut out, &m.to_owned()))
     });
-    conn.flush(&mut |m| render(&mut out, &m));
+    conn.flush(&mut |m| render(&mut out, &m.to_owned()));
     finish(&mut out, &conn);
     out
 }

@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use proptest::prelude::*;
-use protocols::http1::{BodyFraming, Http1Config, Http1Connection, Http1Parser, Message, Role};
+use protocols::http1::{
+    BodyFraming, Http1Config, Http1Connection, Http1Parser, Message, MessageRef, Role,
+};
 use protocols::stream::{Chunk, MissingKind, Piece};
 
 /// Request and response streams: the golden corpus plus a few more.
@@ -94,12 +96,12 @@ fn parse(
                 pieces: &pieces,
             };
             match dir {
-                Dir::Rq => conn.feed_requests(&chunk, &mut |m| out.push(m)),
-                Dir::Rs => conn.feed_responses(&chunk, &mut |m| out.push(m)),
+                Dir::Rq => conn.feed_requests(&chunk, &mut |m| out.push(m.to_owned())),
+                Dir::Rs => conn.feed_responses(&chunk, &mut |m| out.push(m.to_owned())),
             }
         }
     }
-    conn.flush(&mut |m| out.push(m));
+    conn.flush(&mut |m| out.push(m.to_owned()));
     out
 }
 
@@ -201,8 +203,8 @@ proptest! {
         let cfg = Http1Config { max_head_bytes: max_head, detect_budget: 200, ..Http1Config::default() };
         let mut p = Http1Parser::new(role, cfg);
         let mut last_offset = 0u64;
-        let mut check = |m: Message| {
-            let i = m.info();
+        let mut check = |m: MessageRef<'_>| {
+            let i = m.info;
             assert!(i.end_offset >= i.offset);
             assert!(i.offset >= last_offset);
             last_offset = i.offset;

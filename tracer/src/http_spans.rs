@@ -8,12 +8,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use foldhash::{HashMap, HashMapExt};
 
+use arrayvec::ArrayVec;
 use correlate::{
     ConnId, Correlator, Header, HttpVersion, Message as CMessage, MessageKind, Pid, Request,
     Response, Scheme, Side, Span, SplitMix64, Tid,
 };
 use protocols::{
-    http1::{self, Http1Config, Http1Connection, Message},
+    http1::{self, Http1Config, Http1Connection, MessageRef, StartLine},
     stream::{Chunk, MissingKind, Piece},
 };
 use tracer_common::Dir;
@@ -57,14 +58,23 @@ struct HttpConn {
 /// Parses HTTP/1 on every connection and turns messages into spans.
 pub struct HttpSpans {
     conns: HashMap<u64, HttpConn>,
-    correlator: Correlator<SplitMix64>,
+    out: ToSpans,
     config: Http1Config,
-    counters: HttpCounters,
-    now_ns: u64,
-    messages: Vec<Message>,
     // The boxes themselves move between the pool and connections.
     #[allow(clippy::vec_box)]
     pool: Vec<Box<Http1Connection>>,
+}
+
+/// Headers a message lends the correlator without a heap allocation (a
+/// message with more is rare and uses one).
+const INLINE_HEADERS: usize = 48;
+
+/// Messages -> the correlator: the part of the stage the parsers' callbacks
+/// reach (the parsers themselves are borrowed from `conns` meanwhile).
+struct ToSpans {
+    correlator: Correlator<SplitMix64>,
+    counters: HttpCounters,
+    now_ns: u64,
 }
 
 fn opposite(d: Dir) -> Dir {
@@ -89,52 +99,40 @@ fn version(minor: u8) -> HttpVersion {
     }
 }
 
-fn headers(h: &[http1::Header]) -> Vec<Header<'_>> {
-    h.iter().map(|h| Header::new(&h.name, &h.value)).collect()
-}
-
 impl HttpSpans {
     /// A fresh stage; `seed` seeds span and trace ids.
     pub fn new(correlator: correlate::Config, seed: u64) -> HttpSpans {
-        // Copy only the headers spans use (most of every message is not);
-        // request-id headers are the x- ones; another name keeps them all.
-        let keep_header = correlator
-            .request_id_headers
-            .iter()
-            .all(|h| h.starts_with("x-"))
-            .then_some(spans_read as fn(&str) -> bool);
         let mut correlator = Correlator::with_seed(correlator, seed);
         correlator.set_local_addrs(local_addrs());
         HttpSpans {
             conns: HashMap::new(),
-            correlator,
-            config: Http1Config {
-                keep_header,
-                ..Http1Config::default()
+            out: ToSpans {
+                correlator,
+                counters: HttpCounters::default(),
+                now_ns: 0,
             },
-            counters: HttpCounters::default(),
-            now_ns: 0,
-            messages: Vec::new(),
+            config: Http1Config::default(),
             pool: Vec::new(),
         }
     }
 
     /// Re-reads the host's addresses (interfaces come and go).
     pub fn refresh_local_addrs(&mut self) {
-        self.correlator.set_local_addrs(local_addrs());
+        self.out.correlator.set_local_addrs(local_addrs());
     }
 
     /// A ready range of one direction of a connection.
     pub fn chunk(&mut self, conn: &ConnInfo, dir: Dir, chunk: &Chunk<'_>) {
+        let out = &mut self.out;
         if let Some(op) = chunk.op {
-            self.now_ns = self.now_ns.max(op.ts_ns);
+            out.now_ns = out.now_ns.max(op.ts_ns);
         }
         if !self.conns.contains_key(&conn.cookie) {
             if self.conns.len() >= MAX_CONNS {
-                self.counters.evicted += 1;
+                out.counters.evicted += 1;
                 return;
             }
-            self.counters.connections += 1;
+            out.counters.connections += 1;
             self.conns.insert(
                 conn.cookie,
                 HttpConn {
@@ -156,7 +154,7 @@ impl HttpSpans {
         }
         if !c.opened {
             if let (Some(local), Some(remote)) = (conn.local, conn.remote) {
-                self.correlator.conn_open(correlate::ConnInfo {
+                out.correlator.conn_open(correlate::ConnInfo {
                     conn: ConnId(conn.cookie),
                     local,
                     remote,
@@ -186,7 +184,7 @@ impl HttpSpans {
                         d
                     }
                     None => {
-                        self.counters.undecided_chunks += 1;
+                        out.counters.undecided_chunks += 1;
                         return;
                     }
                 }
@@ -195,26 +193,86 @@ impl HttpSpans {
         if chunk.missing(MissingKind::Hole) > 0 {
             // Requests in flight may have been lost in the hole: do not let
             // later responses pair with the wrong one.
-            self.correlator.conn_reset(ConnId(conn.cookie), self.now_ns);
+            out.correlator.conn_reset(ConnId(conn.cookie), out.now_ns);
         }
-        let mut out = std::mem::take(&mut self.messages);
         if dir == requests {
-            c.parser.feed_requests(chunk, &mut |m| out.push(m));
+            c.parser
+                .feed_requests(chunk, &mut |m| out.message(conn, dir, &m));
         } else {
-            c.parser.feed_responses(chunk, &mut |m| out.push(m));
+            c.parser
+                .feed_responses(chunk, &mut |m| out.message(conn, dir, &m));
         }
         if c.parser.requests().is_not_http() || c.parser.responses().is_not_http() {
             c.not_http = true;
-            self.counters.not_http += 1;
+            out.counters.not_http += 1;
         }
-        for m in out.drain(..) {
-            self.message(conn, dir, m);
-        }
-        self.messages = out;
     }
 
-    fn message(&mut self, conn: &ConnInfo, dir: Dir, m: Message) {
-        let info = *m.info();
+    /// The connection is gone: flush its parser and tell the correlator.
+    pub fn closed(&mut self, conn: &ConnInfo, now_ns: u64) {
+        let Some(mut c) = self.conns.remove(&conn.cookie) else {
+            return;
+        };
+        let out = &mut self.out;
+        if !c.not_http {
+            let req = c.requests.unwrap_or(Dir::Recv);
+            c.parser.flush(&mut |m| {
+                let dir = match m.line() {
+                    StartLine::Request { .. } => req,
+                    StartLine::Response { .. } => opposite(req),
+                };
+                out.message(conn, dir, &m);
+            });
+        }
+        out.correlator
+            .conn_close(ConnId(conn.cookie), now_ns.max(out.now_ns));
+        if self.pool.len() < PARSER_POOL {
+            c.parser.reset();
+            self.pool.push(c.parser);
+        }
+    }
+
+    /// Spans finished by `now_ns`.
+    pub fn poll(&mut self, now_ns: u64) -> Vec<Span> {
+        self.out.now_ns = self.out.now_ns.max(now_ns);
+        self.out.correlator.poll(now_ns)
+    }
+
+    /// Every span still held (agent exit).
+    pub fn flush(&mut self) -> Vec<Span> {
+        self.out.correlator.flush()
+    }
+
+    /// The latest kernel time seen in the records.
+    pub fn now_ns(&self) -> u64 {
+        self.out.now_ns
+    }
+
+    /// The server span in progress on `pid`/`tid` at `t` (rule 6), if
+    /// exactly one is known to be.
+    pub fn server_span_at(
+        &self,
+        pid: correlate::Pid,
+        tid: correlate::Tid,
+        t: u64,
+    ) -> Option<correlate::SpanId> {
+        self.out.correlator.server_span_at(pid, tid, t)
+    }
+
+    /// This stage's counters.
+    pub fn counters(&self) -> &HttpCounters {
+        &self.out.counters
+    }
+
+    /// The correlator's counters.
+    pub fn correlate_counters(&self) -> &correlate::Counters {
+        self.out.correlator.counters()
+    }
+}
+
+impl ToSpans {
+    fn message(&mut self, conn: &ConnInfo, dir: Dir, m: &MessageRef<'_>) {
+        let info = m.info;
         let Some(first) = info.first_op.or(info.last_op) else {
             self.counters.messages_without_call += 1;
             return;
@@ -229,18 +287,28 @@ impl HttpSpans {
             (Dir::Send, Some(seg)) => first.ts_ns.min(seg),
             _ => first.ts_ns,
         };
-        let kind = match &m {
-            Message::Request(r) => MessageKind::Request(Request {
-                method: r.method.as_str().into(),
-                target: r.target.as_str().into(),
-                version: version(r.version),
+        let fields = m.headers();
+        let mut inline: ArrayVec<Header<'_>, INLINE_HEADERS> = ArrayVec::new();
+        let spilled: Vec<Header<'_>>;
+        let headers: &[Header<'_>] = if fields.len() <= INLINE_HEADERS {
+            inline.extend(fields.iter().map(|(n, v)| Header::new(n, v)));
+            &inline
+        } else {
+            spilled = fields.iter().map(|(n, v)| Header::new(n, v)).collect();
+            &spilled
+        };
+        let kind = match m.line() {
+            StartLine::Request { method, target } => MessageKind::Request(Request {
+                method: method.into(),
+                target: target.into(),
+                version: version(m.version()),
                 scheme: Scheme::Http,
-                headers: headers(&r.headers).into(),
+                headers: headers.into(),
             }),
-            Message::Response(r) => MessageKind::Response(Response {
-                status: r.status,
-                version: version(r.version),
-                headers: headers(&r.headers).into(),
+            StartLine::Response { status, .. } => MessageKind::Response(Response {
+                status,
+                version: version(m.version()),
+                headers: headers.into(),
             }),
         };
         self.counters.messages += 1;
@@ -260,73 +328,6 @@ impl HttpSpans {
             kind,
         });
     }
-
-    /// The connection is gone: flush its parser and tell the correlator.
-    pub fn closed(&mut self, conn: &ConnInfo, now_ns: u64) {
-        let Some(mut c) = self.conns.remove(&conn.cookie) else {
-            return;
-        };
-        if !c.not_http {
-            let mut out = Vec::new();
-            c.parser.flush(&mut |m| out.push(m));
-            let req = c.requests.unwrap_or(Dir::Recv);
-            for m in out {
-                let dir = match m {
-                    Message::Request(_) => req,
-                    Message::Response(_) => opposite(req),
-                };
-                self.message(conn, dir, m);
-            }
-        }
-        self.correlator
-            .conn_close(ConnId(conn.cookie), now_ns.max(self.now_ns));
-        if self.pool.len() < PARSER_POOL {
-            c.parser.reset();
-            self.pool.push(c.parser);
-        }
-    }
-
-    /// Spans finished by `now_ns`.
-    pub fn poll(&mut self, now_ns: u64) -> Vec<Span> {
-        self.now_ns = self.now_ns.max(now_ns);
-        self.correlator.poll(now_ns)
-    }
-
-    /// Every span still held (agent exit).
-    pub fn flush(&mut self) -> Vec<Span> {
-        self.correlator.flush()
-    }
-
-    /// The latest kernel time seen in the records.
-    pub fn now_ns(&self) -> u64 {
-        self.now_ns
-    }
-
-    /// The server span in progress on `pid`/`tid` at `t` (rule 6), if
-    /// exactly one is known to be.
-    pub fn server_span_at(
-        &self,
-        pid: correlate::Pid,
-        tid: correlate::Tid,
-        t: u64,
-    ) -> Option<correlate::SpanId> {
-        self.correlator.server_span_at(pid, tid, t)
-    }
-
-    /// This stage's counters.
-    pub fn counters(&self) -> &HttpCounters {
-        &self.counters
-    }
-
-    /// The correlator's counters.
-    pub fn correlate_counters(&self) -> &correlate::Counters {
-        self.correlator.counters()
-    }
-}
-
-/// The headers the correlator reads, and request ids (`x-` headers).
-fn spans_read(name: &str) -> bool {
-    correlate::reads_header(name) || name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-"))
 }
 
 /// Addresses of this host's interfaces (getifaddrs), loopback included.

@@ -4,11 +4,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use protocols::http1::{Http1Config, Http1Connection, Http1Parser, Message, Role};
+use protocols::http1::{Http1Config, Http1Connection, Http1Parser, MessageRef, Role};
 use protocols::stream::{Chunk, MissingKind, Piece};
 
-fn check(last: &mut u64, m: &Message) {
-    let i = m.info();
+fn check(last: &mut u64, m: &MessageRef<'_>) {
+    // Every view must read back without panicking.
+    let _ = (m.line(), m.version(), m.headers().iter().count());
+    let i = m.info;
     assert!(i.end_offset >= i.offset, "message ends before it starts");
     assert!(i.offset >= *last, "messages out of order");
     *last = i.offset;

@@ -43,6 +43,7 @@ pub use detect::{
     classify_request, classify_response, looks_like_http1_request, looks_like_http1_response,
     Likely,
 };
+pub use head::Headers;
 pub use parser::Http1Parser;
 
 use crate::stream::{Chunk, OpMeta};
@@ -287,7 +288,104 @@ impl Response {
     }
 }
 
-/// A parsed message.
+/// The start line of a message, borrowed from its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartLine<'a> {
+    /// A request line.
+    Request {
+        /// Method token as sent.
+        method: &'a str,
+        /// Request target as sent.
+        target: &'a str,
+    },
+    /// A status line.
+    Response {
+        /// Status code.
+        status: u16,
+        /// Reason phrase as sent.
+        reason: &'a str,
+    },
+}
+
+/// A message as the parser emits it: a view of its head in the parser's own
+/// buffer, valid for the duration of the callback that receives it. Nothing
+/// is copied per message; [`MessageRef::to_owned`] makes an owned
+/// [`Message`] when one must be kept.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageRef<'a> {
+    head: &'a head::ParsedHead,
+    /// Position, calls and body.
+    pub info: MessageInfo,
+}
+
+impl<'a> MessageRef<'a> {
+    pub(crate) fn new(head: &'a head::ParsedHead, info: MessageInfo) -> Self {
+        MessageRef { head, info }
+    }
+
+    /// The request or status line.
+    pub fn line(&self) -> StartLine<'a> {
+        let b = &self.head.bytes;
+        match self.head.line {
+            head::Line::Request { method, target, .. } => StartLine::Request {
+                method: head::text(b, method),
+                target: head::text(b, target),
+            },
+            head::Line::Response { status, reason, .. } => StartLine::Response {
+                status,
+                reason: head::text(b, reason),
+            },
+        }
+    }
+
+    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub fn version(&self) -> u8 {
+        match self.head.line {
+            head::Line::Request { version, .. } | head::Line::Response { version, .. } => version,
+        }
+    }
+
+    /// Header fields in order.
+    pub fn headers(&self) -> Headers<'a> {
+        self.head.headers()
+    }
+
+    /// The first header named `name` (ASCII case-insensitive) as bytes.
+    pub fn header(&self, name: &'a str) -> Option<&'a [u8]> {
+        self.headers().get(name)
+    }
+
+    /// An owned copy.
+    pub fn to_owned(&self) -> Message {
+        let headers = self
+            .headers()
+            .iter()
+            .map(|(n, v)| Header {
+                name: n.to_owned(),
+                value: v.to_vec(),
+            })
+            .collect();
+        let version = self.version();
+        match self.line() {
+            StartLine::Request { method, target } => Message::Request(Request {
+                method: Method::from_token(method),
+                target: target.to_owned(),
+                version,
+                headers,
+                info: self.info,
+            }),
+            StartLine::Response { status, reason } => Message::Response(Response {
+                status,
+                reason: reason.to_owned(),
+                version,
+                headers,
+                info: self.info,
+            }),
+        }
+    }
+}
+
+/// A parsed message, owned (see [`MessageRef::to_owned`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// From a [`Role::Request`] parser.
@@ -331,11 +429,6 @@ pub struct Http1Config {
     pub max_expected: usize,
     /// Emit interim (1xx other than 101) responses.
     pub emit_interim: bool,
-    /// Which headers messages carry (by name, as sent): `None` keeps all.
-    /// The headers that frame messages (`Content-Length`,
-    /// `Transfer-Encoding`, `Upgrade`) are always kept. A consumer that
-    /// looks at a few headers saves copying the rest of every message.
-    pub keep_header: Option<fn(&str) -> bool>,
 }
 
 impl Default for Http1Config {
@@ -345,7 +438,6 @@ impl Default for Http1Config {
             detect_budget: 64 * 1024,
             max_expected: 256,
             emit_interim: false,
-            keep_header: None,
         }
     }
 }
@@ -411,13 +503,13 @@ impl Http1Connection {
     }
 
     /// Feeds a chunk of the request direction.
-    pub fn feed_requests(&mut self, chunk: &Chunk<'_>, out: &mut impl FnMut(Message)) {
+    pub fn feed_requests(&mut self, chunk: &Chunk<'_>, out: &mut impl FnMut(MessageRef<'_>)) {
         self.requests.feed(chunk, out);
         self.pass_kinds();
     }
 
     /// Feeds a chunk of the response direction.
-    pub fn feed_responses(&mut self, chunk: &Chunk<'_>, out: &mut impl FnMut(Message)) {
+    pub fn feed_responses(&mut self, chunk: &Chunk<'_>, out: &mut impl FnMut(MessageRef<'_>)) {
         self.pass_kinds();
         self.responses.feed(chunk, out);
         if self.responses.is_upgraded() {
@@ -439,7 +531,7 @@ impl Http1Connection {
 
     /// The connection closed: ends both directions (see
     /// [`Http1Parser::flush`]).
-    pub fn flush(&mut self, out: &mut impl FnMut(Message)) {
+    pub fn flush(&mut self, out: &mut impl FnMut(MessageRef<'_>)) {
         self.requests.flush(out);
         self.pass_kinds();
         self.responses.flush(out);

@@ -4,9 +4,9 @@ use std::collections::VecDeque;
 
 use super::chunked::{Decoder, Found, LostScanner, Step};
 use super::detect::{self, Likely};
-use super::head::{self, Head, HeadError};
+use super::head::{self, HeadError, Line, ParsedHead};
 use super::{
-    BodyFraming, Http1Config, Http1Counters, Message, MessageEnd, MessageInfo, RequestKind, Role,
+    BodyFraming, Http1Config, Http1Counters, MessageEnd, MessageInfo, MessageRef, RequestKind, Role,
 };
 use crate::stream::{Chunk, MissingKind, OpMeta, Piece};
 
@@ -50,10 +50,11 @@ enum State {
     NotHttp,
 }
 
-/// The message whose body is being read.
+/// The message whose body is being read (its head is the parser's
+/// `cur_head`).
 #[derive(Debug)]
 struct Current {
-    msg: Message,
+    info: MessageInfo,
     /// Position of the chunk holding the last byte so far.
     last: Pos,
     body_seen: u64,
@@ -63,15 +64,6 @@ struct Current {
     check_head: bool,
     /// Request asking for an upgrade: after it, the next bytes decide.
     upgrade_after: bool,
-}
-
-impl Current {
-    fn info(&mut self) -> &mut MessageInfo {
-        match &mut self.msg {
-            Message::Request(r) => &mut r.info,
-            Message::Response(r) => &mut r.info,
-        }
-    }
 }
 
 /// Incremental HTTP/1.x parser for one direction of a connection. See the
@@ -85,6 +77,9 @@ pub struct Http1Parser {
     cur: Option<Current>,
     /// The head being buffered: it never holds bytes past its blank line.
     head: Vec<u8>,
+    /// The head of the message being emitted or read (exchanged with
+    /// `head` when parsed, so neither is copied).
+    cur_head: ParsedHead,
     /// `(index in head, position of that byte)` for each appended piece.
     marks: Vec<(usize, Pos)>,
     scratch: Vec<u8>,
@@ -106,6 +101,15 @@ pub struct Http1Parser {
     next_offset: Option<u64>,
 }
 
+/// What the response side must know of a request with this method.
+fn kind_of(method: &str) -> RequestKind {
+    match method {
+        "HEAD" => RequestKind::Head,
+        "CONNECT" => RequestKind::Connect,
+        _ => RequestKind::Other,
+    }
+}
+
 fn looks_binary(d: &[u8]) -> bool {
     d.iter()
         .take(32)
@@ -117,6 +121,7 @@ impl Http1Parser {
     /// the buffers' allocations: agents reuse parsers across connections.
     pub fn reset(&mut self) {
         let mut head = std::mem::take(&mut self.head);
+        let cur_head = std::mem::take(&mut self.cur_head);
         let mut marks = std::mem::take(&mut self.marks);
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut expected = std::mem::take(&mut self.expected);
@@ -128,6 +133,7 @@ impl Http1Parser {
         kinds_out.clear();
         *self = Http1Parser {
             head,
+            cur_head,
             marks,
             scratch,
             expected,
@@ -150,6 +156,7 @@ impl Http1Parser {
             state: State::Head,
             cur: None,
             head: Vec::new(),
+            cur_head: ParsedHead::default(),
             marks: Vec::new(),
             scratch: Vec::new(),
             chunked: Decoder::new(),
@@ -221,7 +228,7 @@ impl Http1Parser {
     /// Feeds the next chunk of the direction. Chunks are expected in
     /// stream order: a chunk starting after the previous one's end counts
     /// the gap as a hole; bytes already fed are ignored.
-    pub fn feed(&mut self, chunk: &Chunk<'_>, out: &mut impl FnMut(Message)) {
+    pub fn feed(&mut self, chunk: &Chunk<'_>, out: &mut impl FnMut(MessageRef<'_>)) {
         let mut pos = Pos {
             offset: chunk.offset,
             seq: chunk.seq,
@@ -266,7 +273,7 @@ impl Http1Parser {
 
     /// Feeds captured bytes that directly follow what was fed before, with
     /// no call information (tests, fuzzing, other sources).
-    pub fn feed_bytes(&mut self, data: &[u8], out: &mut impl FnMut(Message)) {
+    pub fn feed_bytes(&mut self, data: &[u8], out: &mut impl FnMut(MessageRef<'_>)) {
         let offset = self.next_offset.unwrap_or(0);
         let pieces = [Piece::Data(data)];
         self.feed(&Self::synthetic(offset, &pieces), out);
@@ -274,7 +281,12 @@ impl Http1Parser {
 
     /// Feeds `len` bytes missing for the given reason, directly following
     /// what was fed before.
-    pub fn feed_missing(&mut self, len: u32, why: MissingKind, out: &mut impl FnMut(Message)) {
+    pub fn feed_missing(
+        &mut self,
+        len: u32,
+        why: MissingKind,
+        out: &mut impl FnMut(MessageRef<'_>),
+    ) {
         let offset = self.next_offset.unwrap_or(0);
         let pieces = [Piece::Missing { len, why }];
         self.feed(&Self::synthetic(offset, &pieces), out);
@@ -295,7 +307,7 @@ impl Http1Parser {
     /// close-delimited body ends here; a message cut short is emitted as
     /// [`MessageEnd::Closed`]. The parser is ready for a new stream
     /// afterwards (counters kept).
-    pub fn flush(&mut self, out: &mut impl FnMut(Message)) {
+    pub fn flush(&mut self, out: &mut impl FnMut(MessageRef<'_>)) {
         let end = self.next_offset.unwrap_or(0);
         match self.state {
             State::Close => self.finish(MessageEnd::Complete, end, out),
@@ -331,7 +343,7 @@ impl Http1Parser {
         }
     }
 
-    fn on_data(&mut self, mut data: &[u8], mut pos: Pos, out: &mut impl FnMut(Message)) {
+    fn on_data(&mut self, mut data: &[u8], mut pos: Pos, out: &mut impl FnMut(MessageRef<'_>)) {
         if data.is_empty() {
             return;
         }
@@ -378,7 +390,7 @@ impl Http1Parser {
         }
     }
 
-    fn on_missing(&mut self, mut len: u64, mut pos: Pos, out: &mut impl FnMut(Message)) {
+    fn on_missing(&mut self, mut len: u64, mut pos: Pos, out: &mut impl FnMut(MessageRef<'_>)) {
         self.seen_input = true;
         while len > 0 {
             match self.state {
@@ -493,7 +505,7 @@ impl Http1Parser {
 
     /// Head state: buffers bytes up to the end of the head; returns the
     /// number consumed.
-    fn head_data(&mut self, data: &[u8], pos: Pos, out: &mut impl FnMut(Message)) -> usize {
+    fn head_data(&mut self, data: &[u8], pos: Pos, out: &mut impl FnMut(MessageRef<'_>)) -> usize {
         if self.head.is_empty() {
             let newlines = data
                 .iter()
@@ -532,7 +544,12 @@ impl Http1Parser {
     /// when it cannot be a message start.
     /// `new_line`: a line end was just appended (worth asking httparse
     /// whether the lines so far are valid).
-    fn evaluate_head(&mut self, complete: bool, mut new_line: bool, out: &mut impl FnMut(Message)) {
+    fn evaluate_head(
+        &mut self,
+        complete: bool,
+        mut new_line: bool,
+        out: &mut impl FnMut(MessageRef<'_>),
+    ) {
         while !self.head.is_empty() && self.state == State::Head {
             if self.strict() {
                 match (self.classifier())(&self.head) {
@@ -569,9 +586,10 @@ impl Http1Parser {
                 }
                 return;
             }
-            match head::parse_head(self.role, &self.head, self.cfg.keep_header) {
-                Ok(h) => {
-                    self.start_message(h, out);
+            let head_len = self.head.len();
+            match head::parse_head(self.role, &mut self.head, &mut self.cur_head) {
+                Ok(()) => {
+                    self.start_message(head_len, out);
                     return;
                 }
                 Err(e) => {
@@ -638,15 +656,10 @@ impl Http1Parser {
     }
 
     /// Emits the complete lines of a head cut short (no body followed).
-    fn emit_partial(&mut self, out: &mut impl FnMut(Message)) {
-        let Some(h) = head::parse_partial_head(
-            self.role,
-            &self.head,
-            &mut self.scratch,
-            self.cfg.keep_header,
-        ) else {
+    fn emit_partial(&mut self, out: &mut impl FnMut(MessageRef<'_>)) {
+        if !head::parse_partial_head(self.role, &self.head, &mut self.scratch, &mut self.cur_head) {
             return;
-        };
+        }
         let (first, last) = self.head_span();
         let head_len = self.head.len();
         let info = MessageInfo {
@@ -663,39 +676,28 @@ impl Http1Parser {
             body_missing: 0,
             end: MessageEnd::HeadTruncated,
         };
-        let msg = match h {
-            Head::Request {
-                method,
-                target,
-                version,
-                headers,
-            } => {
-                self.push_kind(method.kind());
-                Message::Request(head::into_request(method, target, version, headers, info))
+        match self.cur_head.line {
+            Line::Request { method, .. } => {
+                let kind = kind_of(head::text(&self.cur_head.bytes, method));
+                self.push_kind(kind);
             }
-            Head::Response {
-                status,
-                reason,
-                version,
-                headers,
-            } => {
+            Line::Response { status, .. } => {
                 let interim = (100..200).contains(&status) && status != 101;
                 if interim {
                     return;
                 }
                 self.expected.pop_front();
-                Message::Response(head::into_response(status, reason, version, headers, info))
             }
-        };
+        }
         self.seen_message = true;
         self.counters.messages += 1;
-        out(msg);
+        out(MessageRef::new(&self.cur_head, info));
     }
 
-    /// A complete head was parsed: emit it or start reading its body.
-    fn start_message(&mut self, h: Head, out: &mut impl FnMut(Message)) {
+    /// A complete head of `head_len` bytes was parsed into `cur_head`:
+    /// emit it or start reading its body.
+    fn start_message(&mut self, head_len: usize, out: &mut impl FnMut(MessageRef<'_>)) {
         let (first, last) = self.head_span();
-        let head_len = self.head.len();
         let body_start = first.offset + head_len as u64;
         self.clear_head();
         self.seen_message = true;
@@ -724,32 +726,22 @@ impl Http1Parser {
         };
         let mut check_head = false;
         let mut upgrade_after = false;
-        let msg = match h {
-            Head::Request {
-                method,
-                target,
-                version,
-                headers,
-            } => {
+        let headers = self.cur_head.headers();
+        match self.cur_head.line {
+            Line::Request { method, .. } => {
+                let method = head::text(&self.cur_head.bytes, method);
                 info.framing = framing_ok(head::request_framing(&headers), &mut self.counters);
-                upgrade_after = head::requests_upgrade(&method, &headers);
-                self.push_kind(method.kind());
-                Message::Request(head::into_request(method, target, version, headers, info))
+                upgrade_after = head::requests_upgrade(method, &headers);
+                let kind = kind_of(method);
+                self.push_kind(kind);
             }
-            Head::Response {
-                status,
-                reason,
-                version,
-                headers,
-            } => {
+            Line::Response { status, .. } => {
                 if (100..200).contains(&status) && status != 101 {
                     self.counters.interim_responses += 1;
                     if self.cfg.emit_interim {
                         self.counters.messages += 1;
                         info.body_len = Some(0);
-                        out(Message::Response(head::into_response(
-                            status, reason, version, headers, info,
-                        )));
+                        out(MessageRef::new(&self.cur_head, info));
                     }
                     return;
                 }
@@ -763,12 +755,11 @@ impl Http1Parser {
                 );
                 check_head =
                     kind.is_none() && matches!(info.framing, BodyFraming::ContentLength(_));
-                Message::Response(head::into_response(status, reason, version, headers, info))
             }
-        };
+        }
         let framing = info.framing;
         self.cur = Some(Current {
-            msg,
+            info,
             last,
             body_seen: 0,
             body_missing: 0,
@@ -797,14 +788,14 @@ impl Http1Parser {
     }
 
     /// Emits the current message, ending at `end_offset`.
-    fn finish(&mut self, end: MessageEnd, end_offset: u64, out: &mut impl FnMut(Message)) {
+    fn finish(&mut self, end: MessageEnd, end_offset: u64, out: &mut impl FnMut(MessageRef<'_>)) {
         self.state = State::Head;
         let Some(mut cur) = self.cur.take() else {
             return;
         };
         let decoded = self.chunked.body;
         let (last, seen, missing) = (cur.last, cur.body_seen, cur.body_missing);
-        let info = cur.info();
+        let info = &mut cur.info;
         info.end_offset = end_offset;
         info.last_op = last.op;
         info.last_seg_ts_ns = last.seg_ts;
@@ -822,7 +813,7 @@ impl Http1Parser {
         if cur.upgrade_after {
             self.upgrade_pending = true;
         }
-        out(cur.msg);
+        out(MessageRef::new(&self.cur_head, cur.info));
     }
 
     fn length_data(
@@ -830,7 +821,7 @@ impl Http1Parser {
         left: u64,
         data: &[u8],
         pos: Pos,
-        out: &mut impl FnMut(Message),
+        out: &mut impl FnMut(MessageRef<'_>),
     ) -> usize {
         if let Some(c) = self.cur.as_mut().filter(|c| c.check_head) {
             c.check_head = false;
@@ -841,7 +832,7 @@ impl Http1Parser {
             };
             if looks {
                 // The body is the next response: the request was HEAD.
-                c.info().framing = BodyFraming::None;
+                c.info.framing = BodyFraming::None;
                 self.counters.head_guesses += 1;
                 self.finish(MessageEnd::Complete, pos.offset, out);
                 return 0;
@@ -866,7 +857,12 @@ impl Http1Parser {
         self.state = State::ChunkedLost;
     }
 
-    fn chunked_data(&mut self, data: &[u8], pos: Pos, out: &mut impl FnMut(Message)) -> usize {
+    fn chunked_data(
+        &mut self,
+        data: &[u8],
+        pos: Pos,
+        out: &mut impl FnMut(MessageRef<'_>),
+    ) -> usize {
         if let Some(c) = &mut self.cur {
             c.last = pos;
         }
@@ -883,7 +879,7 @@ impl Http1Parser {
         }
     }
 
-    fn lost_data(&mut self, data: &[u8], pos: Pos, out: &mut impl FnMut(Message)) -> usize {
+    fn lost_data(&mut self, data: &[u8], pos: Pos, out: &mut impl FnMut(MessageRef<'_>)) -> usize {
         match self.lost.scan(data, self.line_start, self.classifier()) {
             Found::Nothing => {
                 if let Some(c) = &mut self.cur {

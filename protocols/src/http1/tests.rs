@@ -55,9 +55,9 @@ fn run(p: &mut Http1Parser, input: &[In<'_>]) -> Vec<Message> {
     let mut v = Vec::new();
     for i in input {
         match i {
-            In::D(d) => p.feed_bytes(d, &mut |m| v.push(m)),
-            In::T(n) => p.feed_missing(*n, MissingKind::Truncated, &mut |m| v.push(m)),
-            In::H(n) => p.feed_missing(*n, MissingKind::Hole, &mut |m| v.push(m)),
+            In::D(d) => p.feed_bytes(d, &mut |m| v.push(m.to_owned())),
+            In::T(n) => p.feed_missing(*n, MissingKind::Truncated, &mut |m| v.push(m.to_owned())),
+            In::H(n) => p.feed_missing(*n, MissingKind::Hole, &mut |m| v.push(m.to_owned())),
         }
     }
     v
@@ -290,7 +290,7 @@ fn response_framings() {
     let mut p = resp_expecting(&[Other, Other, Other, Other, Other]);
     let mut v = run(&mut p, &[In::D(s)]);
     assert_eq!(v.len(), 4);
-    p.flush(&mut |m| v.push(m));
+    p.flush(&mut |m| v.push(m.to_owned()));
     let got: Vec<_> = sums(&v)
         .into_iter()
         .map(|m| (m.line, m.framing, m.body_len, m.end))
@@ -413,8 +413,8 @@ fn upgrade_101_stops_both_sides() {
         };
     let rq_pieces: &'static [Piece<'static>] = Box::leak(Box::new([Piece::Data(rq)]));
     let rs_pieces: &'static [Piece<'static>] = Box::leak(Box::new([Piece::Data(rs)]));
-    c.feed_requests(&chunk(rq, 0, rq_pieces), &mut |m| v.push(m));
-    c.feed_responses(&chunk(rs, 0, rs_pieces), &mut |m| v.push(m));
+    c.feed_requests(&chunk(rq, 0, rq_pieces), &mut |m| v.push(m.to_owned()));
+    c.feed_responses(&chunk(rs, 0, rs_pieces), &mut |m| v.push(m.to_owned()));
     assert_eq!(v.len(), 2);
     assert!(c.responses().is_upgraded());
     assert!(c.requests().is_upgraded());
@@ -615,13 +615,13 @@ fn flush_cuts_messages() {
         &[In::D(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")],
     );
     assert!(v.is_empty());
-    p.flush(&mut |m| v.push(m));
+    p.flush(&mut |m| v.push(m.to_owned()));
     assert_eq!(sums(&v)[0].end, MessageEnd::Closed);
     assert_eq!(p.counters().closed_incomplete, 1);
     // A partial head at close.
     let mut p = req();
     let mut v = run(&mut p, &[In::D(b"GET /x HTTP/1.1\r\nHost: a\r\nAcc")]);
-    p.flush(&mut |m| v.push(m));
+    p.flush(&mut |m| v.push(m.to_owned()));
     assert_eq!(sums(&v)[0].end, MessageEnd::HeadTruncated);
 }
 
@@ -656,8 +656,8 @@ fn ops_and_positions_from_chunks() {
         seg_ts_ns: Some(19),
         pieces: &pb,
     };
-    p.feed(&ca, &mut |m| v.push(m));
-    p.feed(&cb, &mut |m| v.push(m));
+    p.feed(&ca, &mut |m| v.push(m.to_owned()));
+    p.feed(&cb, &mut |m| v.push(m.to_owned()));
     let i = v[0].info();
     assert_eq!(i.seq, u32::MAX - 10);
     assert_eq!(i.offset, 100);
@@ -677,8 +677,8 @@ fn ops_and_positions_from_chunks() {
         seg_ts_ns: None,
         pieces: &c,
     };
-    p.feed(&cc, &mut |m| v.push(m));
-    p.feed(&cc, &mut |m| v.push(m));
+    p.feed(&cc, &mut |m| v.push(m.to_owned()));
+    p.feed(&cc, &mut |m| v.push(m.to_owned()));
     assert_eq!(
         sums(&v),
         vec![m("GET /z", 500, 519, BodyFraming::None, Some(0))]
@@ -735,8 +735,8 @@ fn connection_pairs_head_requests() {
         seg_ts_ns: None,
         pieces,
     };
-    c.feed_requests(&ch(&rq), &mut |m| v.push(m));
-    c.feed_responses(&ch(&rs), &mut |m| v.push(m));
+    c.feed_requests(&ch(&rq), &mut |m| v.push(m.to_owned()));
+    c.feed_responses(&ch(&rs), &mut |m| v.push(m.to_owned()));
     let got: Vec<_> = sums(&v).into_iter().map(|m| (m.line, m.body_len)).collect();
     assert_eq!(
         got,
