@@ -122,7 +122,7 @@ fn texts_estimate(req: &Request<'_>) -> usize {
     let header = |n: &str| {
         req.headers
             .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(n))
+            .find(|h| h.is(n))
             .map_or(0, |h| h.value.len())
     };
     (4 * req.target.len() + 2 * header("host") + header("user-agent") + 160).min(16 * 1024)

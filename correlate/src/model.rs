@@ -163,28 +163,36 @@ impl Scheme {
 /// message); tests and tools may own them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header<'a> {
-    /// Field name as it was on the wire (any case). HTTP/2 pseudo-headers
-    /// keep their colon (`:authority`).
-    pub name: Cow<'a, str>,
+    /// Field name as it was on the wire (any case; bytes, as parsers hand
+    /// them over). HTTP/2 pseudo-headers keep their colon (`:authority`).
+    pub name: Cow<'a, [u8]>,
     /// Field value as it was on the wire.
     pub value: Cow<'a, [u8]>,
 }
 
 impl<'a> Header<'a> {
     /// A header borrowing `name` and `value`.
-    pub fn new(name: &'a str, value: &'a (impl AsRef<[u8]> + ?Sized)) -> Header<'a> {
+    pub fn new(
+        name: &'a (impl AsRef<[u8]> + ?Sized),
+        value: &'a (impl AsRef<[u8]> + ?Sized),
+    ) -> Header<'a> {
         Header {
-            name: Cow::Borrowed(name),
+            name: Cow::Borrowed(name.as_ref()),
             value: Cow::Borrowed(value.as_ref()),
         }
     }
 
     /// A header owning copies of `name` and `value`.
-    pub fn owned(name: &str, value: impl AsRef<[u8]>) -> Header<'static> {
+    pub fn owned(name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Header<'static> {
         Header {
-            name: Cow::Owned(name.to_owned()),
+            name: Cow::Owned(name.as_ref().to_vec()),
             value: Cow::Owned(value.as_ref().to_vec()),
         }
+    }
+
+    /// Whether the name is `name` (ASCII case-insensitive).
+    pub fn is(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name.as_bytes())
     }
 
     /// The value's bytes.

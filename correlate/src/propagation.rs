@@ -31,7 +31,7 @@ pub(crate) fn header_values<'a>(
 ) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
         .iter()
-        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .filter(move |h| h.is(name))
         .map(|h| h.value())
 }
 
@@ -356,7 +356,7 @@ mod tests {
     use super::*;
 
     fn h<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<Header<'a>> {
-        pairs.iter().map(|(n, v)| Header::new(n, *v)).collect()
+        pairs.iter().map(|(n, v)| Header::new(*n, *v)).collect()
     }
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

@@ -291,10 +291,10 @@ impl ToSpans {
         let mut inline: ArrayVec<Header<'_>, INLINE_HEADERS> = ArrayVec::new();
         let spilled: Vec<Header<'_>>;
         let headers: &[Header<'_>] = if fields.len() <= INLINE_HEADERS {
-            inline.extend(fields.iter().map(|(n, v)| Header::new(n, v)));
+            inline.extend(fields.raw().map(|(n, v)| Header::new(n, v)));
             &inline
         } else {
-            spilled = fields.iter().map(|(n, v)| Header::new(n, v)).collect();
+            spilled = fields.raw().map(|(n, v)| Header::new(n, v)).collect();
             &spilled
         };
         let kind = match m.line() {

@@ -84,6 +84,14 @@ impl<'a> Headers<'a> {
             .map(move |f| (text(bytes, f.name), raw(bytes, f.value)))
     }
 
+    /// `(name, value)` of every field as bytes, in order (no UTF-8 check).
+    pub fn raw(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let bytes = self.bytes;
+        self.fields
+            .iter()
+            .map(move |f| (raw(bytes, f.name), raw(bytes, f.value)))
+    }
+
     /// The values of every field named `name` (ASCII case-insensitive).
     pub fn values(&self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         let bytes = self.bytes;
@@ -145,15 +153,13 @@ pub(crate) fn find_head_end(tail: &[u8], data: &[u8]) -> Option<usize> {
             }
         }
     }
-    let mut i = 0;
-    while let Some(p) = data[i..].iter().position(|b| *b == b'\n') {
-        let at = i + p;
+    // Every head byte is scanned here: memchr's vector search for line ends.
+    for at in memchr::memchr_iter(b'\n', data) {
         match data.get(at + 1) {
             Some(b'\n') => return Some(at + 2),
             Some(b'\r') if data.get(at + 2) == Some(&b'\n') => return Some(at + 3),
             _ => {}
         }
-        i = at + 1;
     }
     None
 }
