@@ -1,7 +1,7 @@
 //! The correlator: public API, connection tracking and request/response
 //! pairing. Parent decisions and emission live in `resolve.rs`.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 
 // foldhash: several times faster than SipHash on these small keys, and
 // randomly seeded, so request-id keys from the network cannot be aimed.
@@ -150,9 +150,18 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     pub(crate) conn_generation: u64,
     pub(crate) spans: HashMap<SpanKey, SpanRec>,
     pub(crate) next_key: SpanKey,
-    pub(crate) unemitted: BTreeSet<SpanKey>,
+    /// Spans not emitted yet, oldest first; removed lazily (an entry whose
+    /// record is gone or emitted is skipped), so it may hold stale keys.
+    pub(crate) unemitted: VecDeque<SpanKey>,
+    /// Records created and neither emitted nor removed.
+    pub(crate) unemitted_live: usize,
     pub(crate) retained: VecDeque<(u64, SpanKey)>,
-    pub(crate) timers: BTreeSet<(u64, Timer)>,
+    /// Deadlines, in order: every timer is set one window after the
+    /// correlator's clock, which never goes back. Cancelled timers stay and
+    /// are skipped when due.
+    pub(crate) timers: VecDeque<(u64, Timer)>,
+    /// Reused work list of `resolve`.
+    pub(crate) work: Vec<SpanKey>,
     pub(crate) threads: ThreadIndex,
     /// Client spans by sequence number (rule 3 lookups by servers).
     pub(crate) seq_clients: MultiIndex<u32>,
@@ -205,9 +214,11 @@ impl<G: IdGen> Correlator<G> {
             conn_generation: 0,
             spans: HashMap::new(),
             next_key: 0,
-            unemitted: BTreeSet::new(),
+            unemitted: VecDeque::new(),
+            unemitted_live: 0,
             retained: VecDeque::new(),
-            timers: BTreeSet::new(),
+            timers: VecDeque::new(),
+            work: Vec::new(),
             ready: Vec::new(),
             counters: Counters::default(),
         }
@@ -272,7 +283,7 @@ impl<G: IdGen> Correlator<G> {
             if c.closing.is_none() {
                 c.closing = Some(now_ns);
                 self.timers
-                    .insert((deadline, Timer::Close(conn, c.generation)));
+                    .push_back((deadline, Timer::Close(conn, c.generation)));
             }
         }
     }
@@ -325,11 +336,11 @@ impl<G: IdGen> Correlator<G> {
     /// finished since the last call.
     pub fn poll(&mut self, now_ns: u64) -> Vec<Span> {
         self.advance(now_ns);
-        while let Some(&(at, timer)) = self.timers.first() {
+        while let Some(&(at, timer)) = self.timers.front() {
             if at > self.clock {
                 break;
             }
-            self.timers.pop_first();
+            self.timers.pop_front();
             match timer {
                 Timer::Decide(key) => {
                     let due = self
@@ -362,6 +373,16 @@ impl<G: IdGen> Correlator<G> {
             }
         }
         std::mem::take(&mut self.ready)
+    }
+
+    fn push_unemitted(&mut self, key: SpanKey) {
+        self.unemitted_live += 1;
+        if self.unemitted.len() > 2 * self.unemitted_live + 1024 {
+            let spans = &self.spans;
+            self.unemitted
+                .retain(|k| spans.get(k).is_some_and(|r| !r.emitted));
+        }
+        self.unemitted.push_back(key);
     }
 
     pub(crate) fn advance(&mut self, t: u64) {
@@ -529,7 +550,7 @@ impl<G: IdGen> Correlator<G> {
             }
         }
         self.spans.insert(key, rec);
-        self.unemitted.insert(key);
+        self.push_unemitted(key);
         self.push_outstanding(&h, key);
         match kind {
             SpanKind::Server => self.server_arrived(key),

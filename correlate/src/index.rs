@@ -246,9 +246,55 @@ impl ThreadIndex {
     }
 }
 
+/// The span keys under one index key: nearly always one, so it is kept
+/// inline (no allocation per indexed span).
+enum Keys {
+    One(SpanKey),
+    Many(Vec<SpanKey>),
+}
+
+impl Keys {
+    fn as_slice(&self) -> &[SpanKey] {
+        match self {
+            Keys::One(k) => std::slice::from_ref(k),
+            Keys::Many(v) => v,
+        }
+    }
+
+    /// Adds `key`; false when it was there.
+    fn add(&mut self, key: SpanKey) -> bool {
+        match self {
+            Keys::One(k) if *k == key => false,
+            Keys::One(k) => {
+                *self = Keys::Many(vec![*k, key]);
+                true
+            }
+            Keys::Many(v) if v.contains(&key) => false,
+            Keys::Many(v) => {
+                v.push(key);
+                true
+            }
+        }
+    }
+
+    /// Keeps the keys `keep` accepts; returns how many are left.
+    fn retain(&mut self, mut keep: impl FnMut(SpanKey) -> bool) -> usize {
+        match self {
+            Keys::One(k) => usize::from(keep(*k)),
+            Keys::Many(v) => {
+                v.retain(|k| keep(*k));
+                if let [only] = v.as_slice() {
+                    *self = Keys::One(*only);
+                }
+                self.as_slice().len()
+            }
+        }
+    }
+}
+
 /// Span keys by some key (sequence number, request id), bounded.
 pub(crate) struct MultiIndex<K> {
-    map: HashMap<K, Vec<SpanKey>>,
+    map: HashMap<K, Keys>,
     entries: usize,
     cap: usize,
 }
@@ -272,25 +318,31 @@ impl<K: Hash + Eq> MultiIndex<K> {
                 self.entries = 0;
             }
         }
-        let v = self.map.entry(k).or_default();
-        if !v.contains(&key) {
-            v.push(key);
-            self.entries += 1;
+        match self.map.entry(k) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Keys::One(key));
+                self.entries += 1;
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                if o.get_mut().add(key) {
+                    self.entries += 1;
+                }
+            }
         }
     }
 
     /// The keys under `k`.
     pub fn get(&self, k: &K) -> &[SpanKey] {
-        self.map.get(k).map(Vec::as_slice).unwrap_or(&[])
+        self.map.get(k).map(Keys::as_slice).unwrap_or(&[])
     }
 
     /// Remove `key` from under `k`.
     pub fn remove(&mut self, k: &K, key: SpanKey) {
         if let Some(v) = self.map.get_mut(k) {
-            let before = v.len();
-            v.retain(|x| *x != key);
-            self.entries = self.entries.saturating_sub(before - v.len());
-            if v.is_empty() {
+            let before = v.as_slice().len();
+            let left = v.retain(|x| x != key);
+            self.entries = self.entries.saturating_sub(before - left);
+            if left == 0 {
                 self.map.remove(k);
             }
         }
@@ -300,9 +352,9 @@ impl<K: Hash + Eq> MultiIndex<K> {
     pub fn prune(&mut self, mut live: impl FnMut(SpanKey) -> bool) {
         let mut n = 0;
         self.map.retain(|_, v| {
-            v.retain(|k| live(*k));
-            n += v.len();
-            !v.is_empty()
+            let left = v.retain(&mut live);
+            n += left;
+            left > 0
         });
         self.entries = n;
     }

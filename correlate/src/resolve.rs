@@ -75,18 +75,15 @@ impl<G: IdGen> Correlator<G> {
     fn schedule_decision(&mut self, key: SpanKey) {
         let deadline = self.clock.saturating_add(self.cfg.window_ns);
         if let Some(r) = self.spans.get_mut(&key) {
-            if let Some(old) = r.decide_at.replace(deadline) {
-                self.timers.remove(&(old, Timer::Decide(key)));
-            }
-            self.timers.insert((deadline, Timer::Decide(key)));
+            // A replaced deadline stays queued; it is skipped when due.
+            r.decide_at = Some(deadline);
+            self.timers.push_back((deadline, Timer::Decide(key)));
         }
     }
 
     fn cancel_decision(&mut self, key: SpanKey) {
         if let Some(r) = self.spans.get_mut(&key) {
-            if let Some(old) = r.decide_at.take() {
-                self.timers.remove(&(old, Timer::Decide(key)));
-            }
+            r.decide_at = None;
         }
     }
 
@@ -328,7 +325,9 @@ impl<G: IdGen> Correlator<G> {
             Inherit(TraceCtx),
             Wait(SpanKey),
         }
-        let mut work = vec![start];
+        let mut work = std::mem::take(&mut self.work);
+        work.clear();
+        work.push(start);
         while let Some(k) = work.pop() {
             let Some(rec) = self.spans.get(&k) else {
                 continue;
@@ -402,6 +401,7 @@ impl<G: IdGen> Correlator<G> {
                 self.emit(k);
             }
         }
+        self.work = work;
     }
 
     /// Make `key` a root of a new trace and return that trace.
@@ -467,7 +467,7 @@ impl<G: IdGen> Correlator<G> {
             ParentSource::Header => c.header_parent += 1,
         }
         self.ready.push(span);
-        self.unemitted.remove(&key);
+        self.unemitted_live = self.unemitted_live.saturating_sub(1);
         self.retained.push_back((expire, key));
     }
 
@@ -514,7 +514,15 @@ impl<G: IdGen> Correlator<G> {
                 }
                 continue;
             }
-            let Some(&k) = self.unemitted.first() else {
+            let spans = &self.spans;
+            while self
+                .unemitted
+                .front()
+                .is_some_and(|k| !spans.get(k).is_some_and(|r| !r.emitted))
+            {
+                self.unemitted.pop_front();
+            }
+            let Some(k) = self.unemitted.pop_front() else {
                 break;
             };
             self.counters.span_overflow += 1;
@@ -528,9 +536,10 @@ impl<G: IdGen> Correlator<G> {
             if self.retained.back().is_some_and(|(_, b)| *b == k) {
                 self.retained.pop_back();
             }
-            self.unemitted.remove(&k);
             self.cancel_decision(k);
-            self.spans.remove(&k);
+            if self.spans.remove(&k).is_some_and(|r| !r.emitted) {
+                self.unemitted_live = self.unemitted_live.saturating_sub(1);
+            }
         }
     }
 
