@@ -518,7 +518,7 @@ impl<G: IdGen> Correlator<G> {
             while self
                 .unemitted
                 .front()
-                .is_some_and(|k| !spans.get(k).is_some_and(|r| !r.emitted))
+                .is_some_and(|k| spans.get(k).is_none_or(|r| r.emitted))
             {
                 self.unemitted.pop_front();
             }
