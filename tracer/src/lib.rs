@@ -5,6 +5,7 @@ pub mod btf;
 pub mod cli;
 pub mod clock;
 pub mod conntrack;
+pub mod dispatch;
 pub mod export;
 pub mod http_spans;
 pub mod kernel;

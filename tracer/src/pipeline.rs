@@ -11,14 +11,13 @@ use std::{io::Write, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use protocols::stream::Chunk;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::MissedTickBehavior};
-use tracer_common::{Dir, Record};
 
 use crate::{
     cli::{Output, Print, RunConfig},
     clock::{monotonic_ns, Clock},
-    conntrack::{ConnInfo, ConnLimits, Conns, Sink},
+    conntrack::{ConnLimits, Conns},
+    dispatch::{Dispatcher, ReaderCounters, Stages},
     export::{console::Format, resource::ResourceCache, sink::SpanSink},
     http_spans::HttpSpans,
     kernel::Kernel,
@@ -27,141 +26,12 @@ use crate::{
     replay::Recorder,
 };
 
-/// Counters of the reading stage.
-#[derive(Default, Debug)]
-pub struct ReaderCounters {
-    /// Records read.
-    pub records: u64,
-    /// Records that could not be decoded.
-    pub bad_records: u64,
-}
+/// The live dispatcher: spans to the agent's sink.
+type Live = Dispatcher<SpanSink<Box<dyn Write>>>;
 
-/// Everything after the connection table: event printing (optional),
-/// HTTP parsing and correlation, and where finished spans go.
-struct Stages {
-    events: Option<EventPrinter<Box<dyn Write>>>,
-    /// None with `--no-spans`.
-    http: Option<HttpSpans>,
-    spans: SpanSink<Box<dyn Write>>,
-    /// The last pid described, to skip the resource lookup on runs of
-    /// records of one process.
-    last_pid: u32,
-    /// `--record`: raw records to a file.
-    recorder: Option<Recorder>,
-    /// CPU profiles, when profiling is on.
-    profile: Option<ProfileStage>,
-}
-
-impl Sink for Stages {
-    fn chunk(&mut self, conn: &ConnInfo, dir: Dir, chunk: &Chunk<'_>) {
-        if let Some(events) = &mut self.events {
-            events.chunk(conn, dir, chunk);
-        }
-        if let Some(http) = &mut self.http {
-            http.chunk(conn, dir, chunk);
-        }
-    }
-
-    fn closed(&mut self, conn: &ConnInfo) {
-        if let Some(http) = &mut self.http {
-            http.closed(conn, monotonic_ns());
-        }
-    }
-
-    fn flush(&mut self) {
-        if let Some(events) = &mut self.events {
-            events.flush();
-        }
-        if let Some(r) = &mut self.recorder {
-            r.flush();
-        }
-    }
-}
-
-impl Stages {
-    /// Describes a process at its first record, while it is alive: short
-    /// processes (curl) are gone by the time their spans finish; the
-    /// kernel's `comm` stands in when /proc no longer has them.
-    fn saw_pid(&mut self, pid: u32, comm: &[u8; 16], now: u64) {
-        if pid != self.last_pid {
-            self.last_pid = pid;
-            let end = comm.iter().position(|&c| c == 0).unwrap_or(comm.len());
-            let name = String::from_utf8_lossy(&comm[..end]);
-            self.spans.saw_pid(correlate::Pid(pid), Some(&name), now);
-        }
-    }
-
-    /// A CPU sample, to the profiling worker; its process is described
-    /// now, while it is alive (the kernel's name stands in when it is not).
-    fn sample(&mut self, hdr: &tracer_common::SampleHeader, stack: &[u8]) {
-        let Some(profile) = &mut self.profile else {
-            return;
-        };
-        profile.sample(hdr, stack);
-        if hdr.pid != self.last_pid {
-            self.last_pid = hdr.pid;
-            let end = hdr
-                .comm
-                .iter()
-                .position(|&c| c == 0)
-                .unwrap_or(hdr.comm.len());
-            let comm = String::from_utf8_lossy(&hdr.comm[..end]);
-            self.spans
-                .resource(correlate::Pid(hdr.pid), Some(&comm), hdr.ts_ns);
-        }
-    }
-
-    /// Stacks the profiling worker finished: attributed to the server span
-    /// in progress on their thread at their time (rule 6), described by
-    /// their process's resource.
-    fn collect_samples(&mut self) {
-        let Some(profile) = &mut self.profile else {
-            return;
-        };
-        let http = &self.http;
-        let spans = &mut self.spans;
-        profile.collect(
-            |pid, tid, t| http.as_ref().and_then(|h| h.server_span_at(pid, tid, t)),
-            |pid| spans.resource(pid, None, monotonic_ns()),
-        );
-    }
-
-    /// Moves finished spans on and prints traces that went quiet.
-    fn settle(&mut self, now: u64) {
-        self.collect_samples();
-        let spans = self.http.as_mut().map(|h| h.poll(now)).unwrap_or_default();
-        for mut span in spans {
-            if let Some(p) = &mut self.profile {
-                p.span_finished(&mut span);
-            }
-            self.spans.span(span, now);
-        }
-        self.spans.tick(now);
-    }
-}
-
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    conns: &mut Conns,
-    stages: &mut Stages,
-    c: &mut ReaderCounters,
-) {
+fn drain(ring: &mut RingBuf<MapData>, d: &mut Live) {
     while let Some(item) = ring.next() {
-        c.records += 1;
-        if let Some(r) = &mut stages.recorder {
-            r.write(&item);
-        }
-        match Record::parse(&item) {
-            Ok(Record::SockOp(op)) => {
-                stages.saw_pid(op.pid, &op.comm, op.ts_ns);
-                conns.on_op(&op, stages)
-            }
-            Ok(Record::Segment(hdr, data)) => conns.on_segment(&hdr, data, stages),
-            Ok(Record::ConnState(st)) => conns.on_state(&st, stages),
-            // CPU samples go to profile::Profiler once profiling is wired.
-            Ok(Record::Sample(hdr, stack)) => stages.sample(&hdr, stack),
-            Err(_) => c.bad_records += 1,
-        }
+        d.record(&item);
     }
 }
 
@@ -202,35 +72,25 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
         }
         None => None,
     };
-    let mut stages = Stages {
+    let stages = Stages::new(
         events,
-        http: (!cfg.no_spans).then(|| HttpSpans::new(cfg.correlate.clone(), seed)),
+        (!cfg.no_spans).then(|| HttpSpans::new(cfg.correlate.clone(), seed)),
         spans,
-        last_pid: 0,
         recorder,
-        profile: match &cfg.profile {
+        match &cfg.profile {
             Some(p) => {
                 Some(ProfileStage::start(p, clock, monotonic_ns()).map_err(anyhow::Error::msg)?)
             }
             None => None,
         },
-    };
+    );
+    let mut dispatcher = Dispatcher::new(stages, ConnLimits::default());
 
-    let (conns, reader) = rt.block_on(event_loop(&cfg, &mut kernel, &mut stages))?;
+    rt.block_on(event_loop(&cfg, &mut kernel, &mut dispatcher))?;
+    dispatcher.finish(monotonic_ns());
 
-    if let Some(p) = &mut stages.profile {
-        p.close();
-    }
-    stages.collect_samples();
-    let spans = stages.http.as_mut().map(|h| h.flush()).unwrap_or_default();
-    for mut span in spans {
-        if let Some(p) = &mut stages.profile {
-            p.span_finished(&mut span);
-        }
-        stages.spans.span(span, monotonic_ns());
-    }
+    let (mut stages, conns, reader) = dispatcher.into_parts();
     if let Some(events) = &mut stages.events {
-        events.flush();
         if events.write_errors > 0 {
             tracing::warn!(
                 errors = events.write_errors,
@@ -250,18 +110,12 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
     Ok(())
 }
 
-async fn event_loop(
-    cfg: &RunConfig,
-    kernel: &mut Kernel,
-    stages: &mut Stages,
-) -> Result<(Conns, ReaderCounters)> {
+async fn event_loop(cfg: &RunConfig, kernel: &mut Kernel, d: &mut Live) -> Result<()> {
     let ring = kernel.take_events()?;
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("registering the ring buffer with epoll")?;
-    let mut conns = Conns::new(ConnLimits::default());
-    let mut counters = ReaderCounters::default();
 
     let mut drain_tick = tokio::time::interval(cfg.drain_interval);
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -297,38 +151,26 @@ async fn event_loop(
             _ = &mut deadline => break,
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut conns, stages, &mut counters);
+                drain(guard.get_inner_mut(), d);
                 guard.clear_ready();
             }
             _ = drain_tick.tick() => {
-                drain(ring.get_mut(), &mut conns, stages, &mut counters);
-                stages.flush();
+                drain(ring.get_mut(), d);
+                d.flush_output();
             }
             _ = sweep_tick.tick() => {
-                let now = monotonic_ns();
-                conns.sweep(now, stages);
-                stages.settle(now);
-                if let Some(p) = &mut stages.profile {
-                    p.tick(now);
-                }
-                stages.flush();
+                d.sweep(monotonic_ns());
+                d.flush_output();
             }
-            _ = addr_tick.tick() => {
-                if let Some(http) = &mut stages.http {
-                    http.refresh_local_addrs();
-                }
-            }
+            _ = addr_tick.tick() => d.refresh_local_addrs(),
             _ = stats_tick.tick() => {
-                let line = counters_line(kernel, &conns, &counters, stages);
-                tracing::info!("counters: {line}; {}", stages.spans.counters());
+                let line = counters_line(kernel, d.conns(), d.reader(), d.stages());
+                tracing::info!("counters: {line}; {}", d.stages().spans.counters());
             }
         }
     }
-    drain(ring.get_mut(), &mut conns, stages, &mut counters);
-    conns.flush_all(stages);
-    stages.settle(monotonic_ns());
-    stages.flush();
-    Ok((conns, counters))
+    drain(ring.get_mut(), d);
+    Ok(())
 }
 
 /// `Name { a: 1, b: 2 }` (a counters struct's Debug form) as `a=1 b=2`.
@@ -347,7 +189,7 @@ fn counters_line(
     kernel: &Kernel,
     conns: &Conns,
     reader: &ReaderCounters,
-    stages: &Stages,
+    stages: &Stages<SpanSink<Box<dyn Write>>>,
 ) -> String {
     use std::fmt::Write as _;
     let mut line = String::from("kernel drops:");

@@ -1,7 +1,7 @@
 //! Recording and replaying the kernel's records: `tracer run --record FILE`
 //! writes every ring-buffer record as it was read; [`Replay`] feeds such a
-//! file through the user-space stages (connection table, HTTP/1 parser,
-//! correlator) with no kernel, for benchmarks and tests.
+//! file through the agent's own [`Dispatcher`] with no kernel, for
+//! benchmarks and tests.
 //!
 //! File format: a sequence of `[u32 little-endian length][record bytes]`.
 use std::{
@@ -10,11 +10,14 @@ use std::{
     path::Path,
 };
 
-use protocols::stream::Chunk;
-use tracer_common::{Dir, Record};
+use std::{collections::HashMap, sync::Arc};
+
+use correlate::{AttrValue, Pid, Span};
 
 use crate::{
-    conntrack::{ConnInfo, ConnLimits, Conns, Sink},
+    conntrack::ConnLimits,
+    dispatch::{Dispatcher, SpanOut, Stages},
+    export::resource::Resource,
     http_spans::HttpSpans,
 };
 
@@ -79,90 +82,104 @@ pub struct ReplayStats {
     pub spans: u64,
 }
 
-struct SpanCount {
-    http: HttpSpans,
+/// A replay's span destination: spans are kept until the caller takes
+/// them; processes are described by the name the kernel recorded (a replay
+/// never reads this host's /proc: the recorded pids are not its processes).
+#[derive(Default)]
+struct Collect {
+    spans: Vec<Span>,
+    resources: HashMap<Pid, Arc<Resource>>,
 }
 
-impl Sink for SpanCount {
-    fn chunk(&mut self, conn: &ConnInfo, dir: Dir, chunk: &Chunk<'_>) {
-        self.http.chunk(conn, dir, chunk);
+impl SpanOut for Collect {
+    fn saw_pid(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) {
+        self.resource(pid, comm, now_ns);
     }
 
-    fn closed(&mut self, conn: &ConnInfo) {
-        let now = self.http.now_ns();
-        self.http.closed(conn, now);
+    fn resource(&mut self, pid: Pid, comm: Option<&str>, _now_ns: u64) -> Arc<Resource> {
+        self.resources
+            .entry(pid)
+            .or_insert_with(|| {
+                Arc::new(Resource::new([
+                    (
+                        "service.name".to_string(),
+                        AttrValue::Str(comm.unwrap_or("unknown_service").to_string()),
+                    ),
+                    ("process.pid".to_string(), AttrValue::Int(i64::from(pid.0))),
+                ]))
+            })
+            .clone()
     }
+
+    fn span(&mut self, span: Span, _now_ns: u64) {
+        self.spans.push(span);
+    }
+
+    fn tick(&mut self, _now_ns: u64) {}
 }
 
-/// The user-space pipeline without a kernel.
+/// The user-space pipeline without a kernel: the agent's own dispatcher fed
+/// from a recording, time driven by the records' timestamps.
 pub struct Replay {
-    conns: Conns,
-    sink: SpanCount,
-    stats: ReplayStats,
+    dispatcher: Dispatcher<Collect>,
+    spans: u64,
     next_sweep: u64,
 }
 
-/// How often (in record time) the replay sweeps timeouts, as the agent does.
+/// How often (in record time) the replay sweeps, as the agent does.
 const SWEEP_NS: u64 = 50_000_000;
 
 impl Replay {
     /// A fresh pipeline with the default settings and a fixed id seed.
     pub fn new() -> Replay {
+        let stages = Stages::new(
+            None,
+            Some(HttpSpans::new(correlate::Config::default(), 1)),
+            Collect::default(),
+            None,
+            None,
+        );
         Replay {
-            conns: Conns::new(ConnLimits::default()),
-            sink: SpanCount {
-                http: HttpSpans::new(correlate::Config::default(), 1),
-            },
-            stats: ReplayStats::default(),
+            dispatcher: Dispatcher::new(stages, ConnLimits::default()),
+            spans: 0,
             next_sweep: 0,
         }
     }
 
+    fn take(&mut self, out: &mut impl FnMut(Span)) {
+        let spans = &mut self.dispatcher.stages_mut().spans.spans;
+        self.spans += spans.len() as u64;
+        spans.drain(..).for_each(out);
+    }
+
     /// Feeds one record; finished spans go to `out`.
-    pub fn record(&mut self, bytes: &[u8], out: &mut impl FnMut(correlate::Span)) {
-        self.stats.records += 1;
-        let ts = match Record::parse(bytes) {
-            Ok(Record::SockOp(op)) => {
-                self.conns.on_op(&op, &mut self.sink);
-                op.ts_ns
-            }
-            Ok(Record::Segment(hdr, data)) => {
-                self.conns.on_segment(&hdr, data, &mut self.sink);
-                hdr.ts_ns
-            }
-            Ok(Record::ConnState(st)) => {
-                self.conns.on_state(&st, &mut self.sink);
-                st.ts_ns
-            }
-            Ok(Record::Sample(hdr, _)) => hdr.ts_ns,
-            Err(_) => {
-                self.stats.bad_records += 1;
-                return;
-            }
+    pub fn record(&mut self, bytes: &[u8], out: &mut impl FnMut(Span)) {
+        let Some(ts) = self.dispatcher.record(bytes) else {
+            return;
         };
         if ts >= self.next_sweep {
             self.next_sweep = ts + SWEEP_NS;
-            self.sweep(ts, out);
-        }
-    }
-
-    fn sweep(&mut self, now: u64, out: &mut impl FnMut(correlate::Span)) {
-        self.conns.sweep(now, &mut self.sink);
-        for span in self.sink.http.poll(now) {
-            self.stats.spans += 1;
-            out(span);
+            self.dispatcher.sweep(ts);
+            self.take(out);
         }
     }
 
     /// Ends the replay: flushes every connection and every held span.
-    pub fn finish(mut self, out: &mut impl FnMut(correlate::Span)) -> ReplayStats {
-        self.conns.flush_all(&mut self.sink);
-        for span in self.sink.http.flush() {
-            self.stats.spans += 1;
-            out(span);
+    pub fn finish(mut self, out: &mut impl FnMut(Span)) -> ReplayStats {
+        self.dispatcher.finish(0);
+        self.take(out);
+        let reader = *self.dispatcher.reader();
+        ReplayStats {
+            records: reader.records,
+            bad_records: reader.bad_records,
+            messages: self
+                .dispatcher
+                .stages()
+                .http
+                .as_ref()
+                .map_or(0, |h| h.counters().messages),
+            spans: self.spans,
         }
-        self.stats.messages = self.sink.http.counters().messages;
-        self.stats
     }
 }
 

@@ -1,0 +1,317 @@
+//! The one record dispatcher: kernel records in, spans, profiles and
+//! printed events out. The live agent feeds it from the ring buffer
+//! ([`crate::pipeline`]); replays feed it from a recording
+//! ([`crate::replay`]), so benchmarks and tests run exactly the live code.
+//!
+//! records -> connection table (byte streams lined up with calls) ->
+//! [event printer] -> HTTP/1 parser -> correlator -> span sink (OTLP,
+//! terminal); CPU samples -> profiling stage. Time only moves when the
+//! caller says so ([`Dispatcher::record`] by the records' own timestamps,
+//! [`Dispatcher::sweep`] with the caller's clock), so a replay decides the
+//! same way on every host.
+use std::{io::Write, sync::Arc};
+
+use correlate::{Pid, Span};
+use protocols::stream::Chunk;
+use tracer_common::{Dir, Record};
+
+use crate::{
+    conntrack::{ConnInfo, ConnLimits, Conns, Sink},
+    export::{resource::Resource, sink::SpanSink},
+    http_spans::HttpSpans,
+    print::EventPrinter,
+    profile::stage::ProfileStage,
+    replay::Recorder,
+};
+
+/// Where finished spans go, and who describes their processes: the
+/// agent's [`SpanSink`] (OTLP or terminal), or a replay's collector.
+pub trait SpanOut {
+    /// A process was seen (its first record): describe it while it lives.
+    /// `comm` is the kernel's name for it.
+    fn saw_pid(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64);
+    /// The resource of a process.
+    fn resource(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) -> Arc<Resource>;
+    /// A finished span.
+    fn span(&mut self, span: Span, now_ns: u64);
+    /// Periodic work.
+    fn tick(&mut self, now_ns: u64);
+}
+
+impl<W: Write> SpanOut for SpanSink<W> {
+    fn saw_pid(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) {
+        SpanSink::saw_pid(self, pid, comm, now_ns);
+    }
+
+    fn resource(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) -> Arc<Resource> {
+        SpanSink::resource(self, pid, comm, now_ns)
+    }
+
+    fn span(&mut self, span: Span, now_ns: u64) {
+        SpanSink::span(self, span, now_ns);
+    }
+
+    fn tick(&mut self, now_ns: u64) {
+        SpanSink::tick(self, now_ns);
+    }
+}
+
+/// Counters of the reading stage.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct ReaderCounters {
+    /// Records read.
+    pub records: u64,
+    /// Records that could not be decoded.
+    pub bad_records: u64,
+}
+
+/// Everything after the connection table: event printing (optional),
+/// HTTP parsing and correlation, and where finished spans go.
+pub struct Stages<O: SpanOut> {
+    /// `--print events`.
+    pub events: Option<EventPrinter<Box<dyn Write>>>,
+    /// None with `--no-spans`.
+    pub http: Option<HttpSpans>,
+    /// Where finished spans go.
+    pub spans: O,
+    /// `--record`: raw records to a file.
+    pub recorder: Option<Recorder>,
+    /// CPU profiles, when profiling is on.
+    pub profile: Option<ProfileStage>,
+    /// The last pid described, to skip the resource lookup on runs of
+    /// records of one process.
+    last_pid: u32,
+    /// The dispatcher's clock (kernel monotonic ns).
+    now_ns: u64,
+}
+
+impl<O: SpanOut> Stages<O> {
+    /// The stages; `events`, `http`, `recorder` and `profile` are optional.
+    pub fn new(
+        events: Option<EventPrinter<Box<dyn Write>>>,
+        http: Option<HttpSpans>,
+        spans: O,
+        recorder: Option<Recorder>,
+        profile: Option<ProfileStage>,
+    ) -> Stages<O> {
+        Stages {
+            events,
+            http,
+            spans,
+            recorder,
+            profile,
+            last_pid: 0,
+            now_ns: 0,
+        }
+    }
+}
+
+impl<O: SpanOut> Sink for Stages<O> {
+    fn chunk(&mut self, conn: &ConnInfo, dir: Dir, chunk: &Chunk<'_>) {
+        if let Some(events) = &mut self.events {
+            events.chunk(conn, dir, chunk);
+        }
+        if let Some(http) = &mut self.http {
+            http.chunk(conn, dir, chunk);
+        }
+    }
+
+    fn closed(&mut self, conn: &ConnInfo) {
+        if let Some(http) = &mut self.http {
+            http.closed(conn, self.now_ns);
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(events) = &mut self.events {
+            events.flush();
+        }
+        if let Some(r) = &mut self.recorder {
+            r.flush();
+        }
+    }
+}
+
+impl<O: SpanOut> Stages<O> {
+    /// Describes a process at its first record, while it is alive: short
+    /// processes (curl) are gone by the time their spans finish; the
+    /// kernel's `comm` stands in when /proc no longer has them.
+    fn saw_pid(&mut self, pid: u32, comm: &[u8; 16], now: u64) {
+        if pid != self.last_pid {
+            self.last_pid = pid;
+            let end = comm.iter().position(|&c| c == 0).unwrap_or(comm.len());
+            let name = String::from_utf8_lossy(&comm[..end]);
+            self.spans.saw_pid(Pid(pid), Some(&name), now);
+        }
+    }
+
+    /// A CPU sample, to the profiling worker; its process is described
+    /// now, while it is alive (the kernel's name stands in when it is not).
+    fn sample(&mut self, hdr: &tracer_common::SampleHeader, stack: &[u8]) {
+        let Some(profile) = &mut self.profile else {
+            return;
+        };
+        profile.sample(hdr, stack);
+        if hdr.pid != self.last_pid {
+            self.last_pid = hdr.pid;
+            let end = hdr
+                .comm
+                .iter()
+                .position(|&c| c == 0)
+                .unwrap_or(hdr.comm.len());
+            let comm = String::from_utf8_lossy(&hdr.comm[..end]);
+            self.spans.resource(Pid(hdr.pid), Some(&comm), hdr.ts_ns);
+        }
+    }
+
+    /// Stacks the profiling worker finished: attributed to the server span
+    /// in progress on their thread at their time (rule 6), described by
+    /// their process's resource.
+    fn collect_samples(&mut self) {
+        let Some(profile) = &mut self.profile else {
+            return;
+        };
+        let http = &self.http;
+        let spans = &mut self.spans;
+        let now = self.now_ns;
+        profile.collect(
+            |pid, tid, t| http.as_ref().and_then(|h| h.server_span_at(pid, tid, t)),
+            |pid| spans.resource(pid, None, now),
+        );
+    }
+
+    /// Moves finished spans on, then prints traces that went quiet.
+    fn settle(&mut self, spans: Vec<Span>) {
+        for mut span in spans {
+            if let Some(p) = &mut self.profile {
+                p.span_finished(&mut span);
+            }
+            self.spans.span(span, self.now_ns);
+        }
+        self.spans.tick(self.now_ns);
+    }
+}
+
+/// Records in, every stage driven; see the module docs.
+pub struct Dispatcher<O: SpanOut> {
+    conns: Conns,
+    stages: Stages<O>,
+    reader: ReaderCounters,
+}
+
+impl<O: SpanOut> Dispatcher<O> {
+    /// A dispatcher over fresh connection state.
+    pub fn new(stages: Stages<O>, limits: ConnLimits) -> Dispatcher<O> {
+        Dispatcher {
+            conns: Conns::new(limits),
+            stages,
+            reader: ReaderCounters::default(),
+        }
+    }
+
+    /// One ring-buffer record, as the kernel wrote it. Returns its kernel
+    /// timestamp (None when it did not decode).
+    pub fn record(&mut self, item: &[u8]) -> Option<u64> {
+        self.reader.records += 1;
+        let s = &mut self.stages;
+        if let Some(r) = &mut s.recorder {
+            r.write(item);
+        }
+        let ts = match Record::parse(item) {
+            Ok(Record::SockOp(op)) => {
+                s.now_ns = s.now_ns.max(op.ts_ns);
+                s.saw_pid(op.pid, &op.comm, op.ts_ns);
+                self.conns.on_op(&op, s);
+                op.ts_ns
+            }
+            Ok(Record::Segment(hdr, data)) => {
+                s.now_ns = s.now_ns.max(hdr.ts_ns);
+                self.conns.on_segment(&hdr, data, s);
+                hdr.ts_ns
+            }
+            Ok(Record::ConnState(st)) => {
+                s.now_ns = s.now_ns.max(st.ts_ns);
+                self.conns.on_state(&st, s);
+                st.ts_ns
+            }
+            Ok(Record::Sample(hdr, stack)) => {
+                s.sample(&hdr, stack);
+                hdr.ts_ns
+            }
+            Err(_) => {
+                self.reader.bad_records += 1;
+                return None;
+            }
+        };
+        Some(ts)
+    }
+
+    /// Periodic work at `now_ns` (kernel monotonic): streams that waited
+    /// long enough are delivered, closed and idle connections removed,
+    /// finished spans moved on, profiles pushed when an interval ended.
+    pub fn sweep(&mut self, now_ns: u64) {
+        let s = &mut self.stages;
+        s.now_ns = s.now_ns.max(now_ns);
+        self.conns.sweep(s.now_ns, s);
+        s.collect_samples();
+        let spans = s.http.as_mut().map(|h| h.poll(now_ns)).unwrap_or_default();
+        s.settle(spans);
+        if let Some(p) = &mut s.profile {
+            p.tick(now_ns);
+        }
+    }
+
+    /// End of a batch of records: push out buffered output.
+    pub fn flush_output(&mut self) {
+        self.stages.flush();
+    }
+
+    /// The end: every connection flushed, every span still held settled
+    /// and handed on, the profiling worker stopped.
+    pub fn finish(&mut self, now_ns: u64) {
+        let s = &mut self.stages;
+        s.now_ns = s.now_ns.max(now_ns);
+        self.conns.flush_all(s);
+        if let Some(p) = &mut s.profile {
+            p.close();
+        }
+        s.collect_samples();
+        let now = s.now_ns;
+        let mut spans = s.http.as_mut().map(|h| h.poll(now)).unwrap_or_default();
+        spans.extend(s.http.as_mut().map(|h| h.flush()).unwrap_or_default());
+        s.settle(spans);
+        s.flush();
+    }
+
+    /// Re-reads the host's addresses (interfaces come and go).
+    pub fn refresh_local_addrs(&mut self) {
+        if let Some(http) = &mut self.stages.http {
+            http.refresh_local_addrs();
+        }
+    }
+
+    /// The stages (for their counters and to shut them down).
+    pub fn stages(&self) -> &Stages<O> {
+        &self.stages
+    }
+
+    /// The stages, mutably.
+    pub fn stages_mut(&mut self) -> &mut Stages<O> {
+        &mut self.stages
+    }
+
+    /// Takes the stages out (shutdown).
+    pub fn into_parts(self) -> (Stages<O>, Conns, ReaderCounters) {
+        (self.stages, self.conns, self.reader)
+    }
+
+    /// The connection table.
+    pub fn conns(&self) -> &Conns {
+        &self.conns
+    }
+
+    /// The reading stage's counters.
+    pub fn reader(&self) -> &ReaderCounters {
+        &self.reader
+    }
+}
