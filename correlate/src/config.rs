@@ -12,10 +12,16 @@ pub struct Config {
     /// make roots (counted), never wrong parents. Spans are therefore
     /// emitted about this long after they start, at the earliest.
     pub window_ns: u64,
-    /// How long (ns) an emitted span stays known for late children and for
-    /// [`crate::Correlator::server_span_at`] (CPU-sample attribution).
-    /// Should be at least twice `window_ns`.
+    /// How long (ns) an emitted span's record stays for late children (a
+    /// client span is decided within `window_ns` of its start, and it
+    /// started before its parent ended). Should be at least twice
+    /// `window_ns`.
     pub retention_ns: u64,
+    /// How long (ns) the server spans of each thread are remembered for
+    /// [`crate::Correlator::server_span_at`] (CPU samples reach the
+    /// correlator after unwinding, which can take a while on a cold cache).
+    /// Costs a few dozen bytes per server span, not a span record.
+    pub sample_window_ns: u64,
     /// Maximum tracked connections; opening one more evicts the oldest
     /// (its outstanding requests end as errors).
     pub max_connections: usize,
@@ -51,8 +57,14 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            window_ns: 500_000_000,
-            retention_ns: 1_000_000_000,
+            // Records of one request reach the correlator within a few
+            // milliseconds of each other (one ring, drained every 10 ms; the
+            // stream layer waits at most 200 ms for a missing record, which
+            // is rare): 150 ms covers them, and every waiting span costs
+            // memory at line rate (150k spans/s here).
+            window_ns: 150_000_000,
+            retention_ns: 300_000_000,
+            sample_window_ns: 2_000_000_000,
             max_connections: 65_536,
             max_outstanding_per_conn: 64,
             max_spans: 65_536,

@@ -258,7 +258,8 @@ impl<G: IdGen> Correlator<G> {
 
     /// The server span in progress on `pid`/`tid` at monotonic time `t_ns`
     /// when exactly one is known to be (rule 6: where a CPU sample taken
-    /// then belongs). Answers for spans emitted up to `retention_ns` ago.
+    /// then belongs). Answers for spans that ended up to
+    /// `sample_window_ns` ago.
     pub fn server_span_at(&self, pid: Pid, tid: Tid, t_ns: u64) -> Option<SpanId> {
         self.threads.at(pid, tid, t_ns)
     }

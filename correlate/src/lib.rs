@@ -71,7 +71,7 @@
 //!
 //! *CPU samples (rule 6).* The per-thread index of server spans that rule 4
 //! uses also answers [`Correlator::server_span_at`], for samples arriving
-//! up to [`Config::retention_ns`] late.
+//! up to [`Config::sample_window_ns`] late.
 //!
 //! # Time
 //! The correlator's clock is the latest timestamp it was given (message end
@@ -87,7 +87,8 @@
 //! indexes are capped ([`Config`]); at a cap the oldest goes (an incomplete
 //! request ends as an error, a waiting span is settled with what is known),
 //! and [`Counters`] says how often. Emitted spans are kept
-//! [`Config::retention_ns`] for late children and CPU samples, then
+//! [`Config::retention_ns`] for late children (and their threads' entries
+//! [`Config::sample_window_ns`] for CPU samples), then
 //! forgotten.
 //!
 //! # Attributes and names

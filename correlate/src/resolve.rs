@@ -563,8 +563,8 @@ impl<G: IdGen> Correlator<G> {
             .cfg
             .retention_ns
             .max(self.cfg.window_ns.saturating_mul(2));
-        let before = self.clock.saturating_sub(keep);
-        self.threads.prune(before);
+        let samples = self.cfg.sample_window_ns.max(keep);
+        self.threads.prune(self.clock.saturating_sub(samples));
         let spans = &self.spans;
         self.seq_clients.prune(|k| spans.contains_key(&k));
         self.seq_servers.prune(|k| spans.contains_key(&k));

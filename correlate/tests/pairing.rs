@@ -665,7 +665,7 @@ fn retained_spans_are_forgotten_after_retention() {
         sim.sorted()
     };
     let cfg = Config::default();
-    let retention = cfg.retention_ns;
+    let (retention, samples) = (cfg.retention_ns, cfg.sample_window_ns);
     let mut corr = Correlator::with_seed(cfg, 1);
     for e in ch_events {
         match e {
@@ -681,7 +681,12 @@ fn retained_spans_are_forgotten_after_retention() {
         .is_some());
     corr.poll(3 * MS + retention + 1);
     assert_eq!(corr.live_spans(), 0);
+    // The record is gone; CPU samples of its time still find it.
     corr.poll(3 * MS + 2 * retention + W);
+    assert!(corr
+        .server_span_at(Pid(SERVER), Tid(SERVER), MS + 500 * US)
+        .is_some());
+    corr.poll(3 * MS + samples + 2 * W);
     assert_eq!(
         corr.server_span_at(Pid(SERVER), Tid(SERVER), MS + 500 * US),
         None

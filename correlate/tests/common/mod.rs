@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use correlate::*;
 
 /// Default reorder window.
-pub const W: u64 = 500_000_000;
+pub const W: u64 = 150_000_000;
 /// One microsecond in ns.
 pub const US: u64 = 1_000;
 /// One millisecond in ns.
