@@ -32,6 +32,10 @@ pub struct Config {
     /// retained). One more first forgets the oldest retained span, else
     /// emits the oldest waiting one at once with what is known.
     pub max_spans: usize,
+    /// Bound on the memory of span records (bytes, their texts included):
+    /// like `max_spans`, reaching it forgets the oldest retained span, else
+    /// settles the oldest waiting one at once.
+    pub max_span_bytes: usize,
     /// Maximum threads in the in-progress index.
     pub max_threads: usize,
     /// Maximum server spans remembered per thread (in progress or recently
@@ -68,6 +72,7 @@ impl Default for Config {
             max_connections: 65_536,
             max_outstanding_per_conn: 64,
             max_spans: 65_536,
+            max_span_bytes: 24 << 20,
             max_threads: 65_536,
             max_server_spans_per_thread: 16_384,
             request_id_headers: vec!["x-request-id".to_string()],
@@ -97,9 +102,11 @@ pub struct Counters {
     pub outstanding_overflow: u64,
     /// Connections evicted at `max_connections`.
     pub connection_overflow: u64,
-    /// Spans forced out at `max_spans` before their parent was settled.
+    /// Spans forced out at `max_spans`/`max_span_bytes` before their parent
+    /// was settled.
     pub span_overflow: u64,
-    /// Retained (already emitted) spans forgotten early at `max_spans`.
+    /// Retained (already emitted) spans forgotten early at `max_spans` or
+    /// `max_span_bytes`.
     pub retained_evicted: u64,
     /// Thread index entries lost at its bounds (the thread then counts as
     /// ambiguous for a while).

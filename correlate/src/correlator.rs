@@ -115,6 +115,10 @@ pub(crate) fn side_ix(s: Side) -> usize {
     }
 }
 
+/// Memory of one span record besides its texts: the record and its share
+/// of the map it lives in.
+pub(crate) const RECORD_BYTES: usize = std::mem::size_of::<SpanRec>() + 16;
+
 /// Room for a request's span texts: url.path, url.query and url.full each
 /// repeat the target, the name templates it, addresses and the user agent
 /// come on top; so they rarely need to grow.
@@ -162,6 +166,10 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     pub(crate) timers: VecDeque<(u64, Timer)>,
     /// Reused work list of `resolve`.
     pub(crate) work: Vec<SpanKey>,
+    /// Client spans emitted since the last poll, whose records go then.
+    pub(crate) done_clients: Vec<SpanKey>,
+    /// Heap bytes of the texts of the records held.
+    pub(crate) text_bytes: usize,
     pub(crate) threads: ThreadIndex,
     /// Client spans by sequence number (rule 3 lookups by servers).
     pub(crate) seq_clients: MultiIndex<u32>,
@@ -219,6 +227,8 @@ impl<G: IdGen> Correlator<G> {
             retained: VecDeque::new(),
             timers: VecDeque::new(),
             work: Vec::new(),
+            done_clients: Vec::new(),
+            text_bytes: 0,
             ready: Vec::new(),
             counters: Counters::default(),
         }
@@ -249,6 +259,12 @@ impl<G: IdGen> Correlator<G> {
     /// Span records held (in progress, waiting or retained).
     pub fn live_spans(&self) -> usize {
         self.spans.len()
+    }
+
+    /// Memory held by span records (bytes, their texts included), the
+    /// quantity [`Config::max_span_bytes`] bounds.
+    pub fn span_bytes(&self) -> usize {
+        self.spans.len() * RECORD_BYTES + self.text_bytes
     }
 
     /// Connections tracked.
@@ -461,7 +477,9 @@ impl<G: IdGen> Correlator<G> {
     pub(crate) fn fail(&mut self, key: SpanKey, at: u64, msg: &str, error_type: &str) {
         if let Some(r) = self.spans.get_mut(&key) {
             r.status = Status::Error(msg.to_string());
+            let before = r.texts.heap_bytes();
             r.texts.push_str("error.type", error_type);
+            self.text_bytes = self.text_bytes + r.texts.heap_bytes() - before;
         }
         self.complete(key, at);
     }
@@ -550,6 +568,7 @@ impl<G: IdGen> Correlator<G> {
                     .insert(rid, key, |k| spans.contains_key(&k));
             }
         }
+        self.text_bytes += rec.texts.heap_bytes();
         self.spans.insert(key, rec);
         self.push_unemitted(key);
         self.push_outstanding(&h, key);
@@ -613,7 +632,9 @@ impl<G: IdGen> Correlator<G> {
             self.counters.unmatched_response += 1;
             return;
         };
+        let before = rec.texts.heap_bytes();
         rec.status = response_status(rec.kind, rec.grpc, resp, &mut rec.texts);
+        self.text_bytes = self.text_bytes + rec.texts.heap_bytes() - before;
         self.complete(key, h.end);
     }
 

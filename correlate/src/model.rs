@@ -406,6 +406,11 @@ impl Texts {
         }
     }
 
+    /// Heap bytes held.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.text.capacity() + self.attrs.capacity() * std::mem::size_of::<(&str, Slot)>()
+    }
+
     fn range(&self, (a, b): (u32, u32)) -> &str {
         self.text.get(a as usize..b as usize).unwrap_or("")
     }

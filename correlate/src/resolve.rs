@@ -450,7 +450,10 @@ impl<G: IdGen> Correlator<G> {
             pid: r.pid,
             tid: r.tid,
             status: std::mem::replace(&mut r.status, Status::Unset),
-            texts: std::mem::take(&mut r.texts),
+            texts: {
+                self.text_bytes = self.text_bytes.saturating_sub(r.texts.heap_bytes());
+                std::mem::take(&mut r.texts)
+            },
         };
         let c = &mut self.counters;
         c.spans_emitted += 1;
@@ -466,9 +469,18 @@ impl<G: IdGen> Correlator<G> {
             ParentSource::ThreadContext => c.thread_context_parent += 1,
             ParentSource::Header => c.header_parent += 1,
         }
+        let kind = span.kind;
         self.ready.push(span);
         self.unemitted_live = self.unemitted_live.saturating_sub(1);
-        self.retained.push_back((expire, key));
+        // A server span's record is kept for late children (rule 4) and
+        // request-id lookups. A client span is the parent only of the server
+        // span at the other end, which links when it arrives (with the same
+        // packet), long before the client's response: its record goes at the
+        // next poll (not now: children may still be resolving from it).
+        match kind {
+            SpanKind::Server => self.retained.push_back((expire, key)),
+            SpanKind::Client => self.done_clients.push(key),
+        }
     }
 
     /// Settle `key` now: decide it and every undecided ancestor, then emit it
@@ -507,7 +519,8 @@ impl<G: IdGen> Correlator<G> {
     /// retained span, else settle and emit the oldest unemitted one now.
     pub(crate) fn make_room(&mut self) {
         let max = self.cfg.max_spans.max(1);
-        while self.spans.len() >= max {
+        let max_bytes = self.cfg.max_span_bytes;
+        while self.spans.len() >= max || self.span_bytes() >= max_bytes {
             if let Some((_, k)) = self.retained.pop_front() {
                 if self.spans.remove(&k).is_some() {
                     self.counters.retained_evicted += 1;
@@ -537,14 +550,18 @@ impl<G: IdGen> Correlator<G> {
                 self.retained.pop_back();
             }
             self.cancel_decision(k);
-            if self.spans.remove(&k).is_some_and(|r| !r.emitted) {
+            if let Some(r) = self.spans.remove(&k).filter(|r| !r.emitted) {
                 self.unemitted_live = self.unemitted_live.saturating_sub(1);
+                self.text_bytes = self.text_bytes.saturating_sub(r.texts.heap_bytes());
             }
         }
     }
 
     /// Forget emitted spans older than the retention.
     pub(crate) fn expire_retained(&mut self) {
+        for k in std::mem::take(&mut self.done_clients) {
+            self.spans.remove(&k);
+        }
         while let Some(&(at, k)) = self.retained.front() {
             if at > self.clock {
                 break;

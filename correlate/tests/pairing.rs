@@ -796,3 +796,41 @@ fn reset_after_a_stream_gap_ends_outstanding_requests() {
     );
     assert_eq!(out.counters.reset_outstanding, 1);
 }
+
+#[test]
+fn span_memory_stays_under_its_byte_bound() {
+    let cfg = Config {
+        max_span_bytes: 64 << 10,
+        ..Config::default()
+    };
+    let bound = cfg.max_span_bytes;
+    let mut corr = Correlator::with_seed(cfg, 3);
+    let mut sim = Sim::new(5);
+    let mut c = sim.connect("127.0.0.1", "127.0.0.1:80", Seen::ServerOnly);
+    // Requests with long targets and no response: they wait and hold texts.
+    let target = format!("/{}", "x".repeat(900));
+    for i in 0..200u64 {
+        sim.request(
+            &mut c,
+            at(MS + i * US, CLIENT, CLIENT),
+            at(MS + i * US, SERVER, SERVER),
+            &req("GET", &target, &[("user-agent", &"u".repeat(500))]),
+        );
+    }
+    let mut peak = 0;
+    for e in sim.sorted() {
+        match e {
+            Ev::Open(i) => corr.conn_open(i),
+            Ev::Msg(m) => corr.message(m),
+            Ev::Close(..) => {}
+        }
+        peak = peak.max(corr.span_bytes());
+    }
+    assert!(peak <= bound, "{peak} bytes held, bound {bound}");
+    let c = corr.counters().clone();
+    assert!(c.span_overflow > 0, "{c:?}");
+    // What was forced out is still a span (an error: no response seen).
+    assert!(c.spans_emitted > 0, "{c:?}");
+    corr.flush();
+    assert!(corr.span_bytes() <= bound);
+}
