@@ -3,17 +3,22 @@
 //! A traced process is described once, the first time the agent asks about
 //! its pid, while it is still alive: its own `OTEL_SERVICE_NAME` and
 //! `OTEL_RESOURCE_ATTRIBUTES` (from `/proc/PID/environ`, the environment it
-//! was started with), its executable, command line and container. The
-//! answer is cached (bounded, least recently used goes first) and kept after
-//! the process exits, since its last spans are finished after that. A pid
-//! that was reused by another process is noticed by its start time
-//! (`/proc/PID/stat`), checked again at most every [`REVALIDATE_NS`].
+//! was started with), its executable, command line, working directory and
+//! cgroup. The answer is cached (bounded, least recently used goes first)
+//! and kept after the process exits, since its last spans are finished
+//! after that. A pid that was reused by another process is noticed by its
+//! start time (`/proc/PID/stat`), checked again at most every
+//! [`REVALIDATE_NS`].
 //!
 //! Merge order (later wins): the host name; the agent's own
 //! `OTEL_RESOURCE_ATTRIBUTES` (except `service.name`, which would name the
 //! agent, not the traced service); the process's `OTEL_RESOURCE_ATTRIBUTES`;
-//! what /proc says (`process.*`, `container.id`); `service.name`; the
-//! `telemetry.*` attributes naming this tracer.
+//! what /proc says (`process.*` exactly, the command line with credentials
+//! redacted by [`cmdline`](super::cmdline), `container.id` by
+//! [`container`](super::container)); `service.name`, chosen by
+//! [`service_name`](super::service_name), and the rule that chose it
+//! ([`SERVICE_NAME_SOURCE`]); the `telemetry.*` attributes naming this
+//! tracer.
 use std::{
     collections::HashMap,
     fs::File,
@@ -25,6 +30,16 @@ use std::{
 
 use correlate::{AttrValue, Pid};
 
+use super::{
+    cmdline::redact_args,
+    container::container_id,
+    service_name::{self, Process, Rules, Source},
+};
+
+/// The resource attribute that says which rule chose `service.name`
+/// (`OTEL_SERVICE_NAME`, `python_script`, `argv0`, `rule:PATTERN`...: see
+/// [`Source`]).
+pub const SERVICE_NAME_SOURCE: &str = "tracer.service.name.source";
 /// How often a cached pid is checked for reuse (its start time read again).
 pub const REVALIDATE_NS: u64 = 10_000_000_000;
 /// Default number of pids kept.
@@ -163,27 +178,6 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-/// The container id in a `/proc/PID/cgroup` file: a 64-hex-digit path
-/// component, bare (`/docker/<id>`, `/kubepods/.../<id>`) or wrapped as a
-/// systemd scope (`docker-<id>.scope`, `cri-containerd-<id>.scope`,
-/// `crio-<id>.scope`, `libpod-<id>.scope`).
-pub fn container_id(cgroup: &str) -> Option<String> {
-    for line in cgroup.lines() {
-        // hierarchy-id:controllers:path
-        let Some(path) = line.splitn(3, ':').nth(2) else {
-            continue;
-        };
-        for part in path.rsplit('/') {
-            let part = part.strip_suffix(".scope").unwrap_or(part);
-            let id = part.rsplit('-').next().unwrap_or(part);
-            if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Some(id.to_ascii_lowercase());
-            }
-        }
-    }
-    None
-}
-
 /// What identifies one process over time: the start time in
 /// `/proc/PID/stat` (field 22, clock ticks since boot).
 fn start_time(stat: &str) -> Option<u64> {
@@ -243,6 +237,7 @@ pub struct ResourceCache {
     proc_root: PathBuf,
     host_name: Option<String>,
     agent_attrs: Vec<(String, String)>,
+    rules: Rules,
     cap: usize,
     map: HashMap<Pid, Entry>,
     tick: u64,
@@ -272,6 +267,7 @@ impl ResourceCache {
                 .into_iter()
                 .filter(|(k, _)| k != "service.name")
                 .collect(),
+            rules: Rules::default(),
             cap: capacity.max(1),
             map: HashMap::new(),
             tick: 0,
@@ -288,6 +284,13 @@ impl ResourceCache {
             agent_resource_attributes()?,
             DEFAULT_CAPACITY,
         ))
+    }
+
+    /// The same cache, naming processes that match one of `rules` (the
+    /// user's `--service-name` rules) by that rule.
+    pub fn with_service_names(mut self, rules: Rules) -> ResourceCache {
+        self.rules = rules;
+        self
     }
 
     /// The resource of `pid`, read from /proc if not cached (or if the pid
@@ -391,71 +394,94 @@ impl ResourceCache {
         }
         let env = if alive { self.read_env(pid) } else { None };
         let ProcEnv {
-            mut service,
+            service: env_service,
             attrs: env_attrs,
         } = env.unwrap_or_default();
+        let mut env_resource_service = None;
         for (k, v) in env_attrs {
             if k == "service.name" {
-                service = service.or(Some(v));
+                env_resource_service = Some(v);
             } else {
                 attrs.push((k, AttrValue::Str(v)));
             }
         }
         attrs.push(("process.pid".into(), AttrValue::Int(pid.0 as i64)));
-        let exe = std::fs::read_link(self.pid_path(pid, "exe"))
+        let exe = self.read_link(pid, "exe").map(|s| match s.strip_suffix(" (deleted)") {
+            Some(path) => path.to_string(),
+            None => s,
+        });
+        let comm = std::fs::read_to_string(self.pid_path(pid, "comm"))
             .ok()
-            .map(|p| {
-                let s = p.to_string_lossy();
-                s.strip_suffix(" (deleted)").unwrap_or(&s).to_string()
-            })
-            .filter(|s| !s.is_empty());
+            .map(|c| c.trim_end_matches('\n').to_string())
+            .filter(|c| !c.is_empty())
+            .or_else(|| comm.filter(|c| !c.is_empty()).map(str::to_owned));
         let exe_name = exe
             .as_deref()
             .and_then(|p| Path::new(p).file_name())
             .map(|n| n.to_string_lossy().into_owned())
-            .or_else(|| {
-                std::fs::read_to_string(self.pid_path(pid, "comm"))
-                    .ok()
-                    .map(|c| c.trim_end_matches('\n').to_string())
-                    .filter(|c| !c.is_empty())
-            })
-            .or_else(|| comm.filter(|c| !c.is_empty()).map(str::to_owned));
+            .or_else(|| comm.clone());
         if let Some(name) = &exe_name {
             attrs.push((
                 "process.executable.name".into(),
                 AttrValue::Str(name.clone()),
             ));
         }
-        if let Some(path) = exe {
-            attrs.push(("process.executable.path".into(), AttrValue::Str(path)));
+        if let Some(path) = &exe {
+            attrs.push((
+                "process.executable.path".into(),
+                AttrValue::Str(path.clone()),
+            ));
         }
-        if let Ok(raw) = std::fs::read(self.pid_path(pid, "cmdline")) {
-            let args: Vec<String> = raw
-                .split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            if !args.is_empty() {
-                let line = truncate(redact_args(&args), MAX_COMMAND_LINE);
-                attrs.push(("process.command_line".into(), AttrValue::Str(line)));
-            }
+        let argv: Vec<String> = std::fs::read(self.pid_path(pid, "cmdline"))
+            .map(|raw| {
+                raw.split(|&b| b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !argv.is_empty() {
+            let line = truncate(redact_args(&argv), MAX_COMMAND_LINE);
+            attrs.push(("process.command_line".into(), AttrValue::Str(line)));
         }
-        if let Some(id) = std::fs::read_to_string(self.pid_path(pid, "cgroup"))
-            .ok()
-            .and_then(|c| container_id(&c))
-        {
+        let cgroup = std::fs::read_to_string(self.pid_path(pid, "cgroup")).ok();
+        if let Some(id) = cgroup.as_deref().and_then(container_id) {
             attrs.push(("container.id".into(), AttrValue::Str(id)));
         }
-        let service = service.or_else(|| exe_name.clone());
-        match &service {
-            Some(_) => self.counters.described += 1,
-            None => self.counters.unknown += 1,
+        let cwd = self.read_link(pid, "cwd");
+        let named = service_name::resolve(
+            &Process {
+                argv: &argv,
+                otel_service_name: env_service.as_deref(),
+                otel_resource_service_name: env_resource_service.as_deref(),
+                exe: exe.as_deref(),
+                cwd: cwd.as_deref(),
+                cgroup: cgroup.as_deref(),
+                comm: comm.as_deref(),
+            },
+            &self.rules,
+        );
+        match named.source {
+            Source::Unknown => self.counters.unknown += 1,
+            _ => self.counters.described += 1,
         }
-        attrs[0].1 = AttrValue::Str(service.unwrap_or_else(|| "unknown_service".into()));
+        attrs.push((
+            SERVICE_NAME_SOURCE.into(),
+            AttrValue::Str(named.source.to_string()),
+        ));
+        attrs[0].1 = AttrValue::Str(named.name);
         for (k, v) in telemetry_attributes() {
             attrs.push((k.into(), AttrValue::Str(v.into())));
         }
         Resource::new(attrs)
+    }
+
+    /// The target of a symbolic link under /proc/PID (`exe`, `cwd`).
+    fn read_link(&self, pid: Pid, file: &str) -> Option<String> {
+        std::fs::read_link(self.pid_path(pid, file))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|s| !s.is_empty())
     }
 
     /// `OTEL_SERVICE_NAME` and the parsed `OTEL_RESOURCE_ATTRIBUTES` of a
@@ -484,67 +510,6 @@ impl ResourceCache {
     }
 }
 
-/// Words in an argument that mark it as carrying a credential.
-const SENSITIVE_ARGS: [&str; 10] = [
-    "authorization",
-    "cookie",
-    "token",
-    "secret",
-    "password",
-    "passwd",
-    "apikey",
-    "api-key",
-    "api_key",
-    "credential",
-];
-
-/// A command line as `process.command_line`, with credentials taken out:
-/// command lines carry them as a rule (`curl -H "Authorization: ..."`, URLs
-/// with tokens, `--password=...`). URL query values and userinfo, values of
-/// arguments naming a credential, and the argument after a bare
-/// `--password`-like flag become `REDACTED`; the shape stays readable.
-pub fn redact_args(args: &[String]) -> String {
-    let mut out: Vec<String> = Vec::with_capacity(args.len());
-    let mut redact_next = false;
-    for (i, arg) in args.iter().enumerate() {
-        if std::mem::take(&mut redact_next) {
-            out.push("REDACTED".into());
-            continue;
-        }
-        if i == 0 {
-            out.push(arg.clone());
-            continue;
-        }
-        if let Some(scheme_end) = arg.find("://") {
-            let (scheme, rest) = arg.split_at(scheme_end + 3);
-            let rest = match rest.split_once('@') {
-                Some((userinfo, host)) if !userinfo.contains('/') => format!("REDACTED@{host}"),
-                _ => rest.to_string(),
-            };
-            let url = match rest.split_once('?') {
-                Some((path, query)) => format!("{scheme}{path}?{}", correlate::redact_query(query)),
-                None => format!("{scheme}{rest}"),
-            };
-            out.push(url);
-            continue;
-        }
-        let lower = arg.to_ascii_lowercase();
-        if SENSITIVE_ARGS.iter().any(|k| lower.contains(k)) {
-            match arg.find([':', '=']) {
-                Some(pos) => out.push(format!("{}REDACTED", &arg[..=pos])),
-                None if arg.starts_with('-') => {
-                    out.push(arg.clone());
-                    redact_next = true;
-                }
-                None => out.push("REDACTED".into()),
-            }
-            continue;
-        }
-        out.push(arg.clone());
-    }
-    out.join(" ")
-}
-
 /// The attributes naming this tracer as the producer of the telemetry.
 pub fn telemetry_attributes() -> [(&'static str, &'static str); 4] {
     [
@@ -567,34 +532,6 @@ pub fn agent_resource_attributes() -> Result<Vec<(String, String)>, String> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    #[test]
-    fn command_lines_lose_their_credentials() {
-        let args: Vec<String> = [
-            "curl",
-            "-H",
-            "Authorization: Bearer AUTH",
-            "-H",
-            "Cookie: s=COOKIE",
-            "https://user:PASS@example.com/x?token=TOK&page=2",
-            "--password",
-            "PW",
-            "--api-key=KEY",
-            "-v",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let line = super::redact_args(&args);
-        for secret in ["AUTH", "COOKIE", "PASS", "TOK", "PW", "KEY"] {
-            assert!(!line.contains(secret), "{secret} in {line}");
-        }
-        assert_eq!(
-            line,
-            "curl -H Authorization:REDACTED -H Cookie:REDACTED https://REDACTED@example.com/x?token=REDACTED&page=REDACTED \
-             --password REDACTED --api-key=REDACTED -v"
-        );
-    }
-
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -797,28 +734,6 @@ pub(crate) mod tests {
         }
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
         assert_eq!(s(&r, "host.name").as_deref(), Some(host.trim()));
-    }
-
-    #[test]
-    fn parses_container_ids() {
-        for (cg, want) in [
-            (format!("0::/system.slice/docker-{ID}.scope"), true),
-            (format!("12:memory:/docker/{ID}"), true),
-            (
-                format!("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1234_5678.slice/cri-containerd-{ID}.scope"),
-                true,
-            ),
-            (format!("0::/kubepods/burstable/pod1234/{ID}"), true),
-            (format!("0::/machine.slice/libpod-{ID}.scope/container"), true),
-            ("0::/user.slice/user-0.slice/session-1.scope".to_string(), false),
-            ("0::/".to_string(), false),
-            ("garbage".to_string(), false),
-        ] {
-            assert_eq!(container_id(&cg).is_some(), want, "{cg}");
-            if want {
-                assert_eq!(container_id(&cg).unwrap(), ID);
-            }
-        }
     }
 
     #[test]
