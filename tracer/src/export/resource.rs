@@ -609,7 +609,8 @@ pub(crate) mod tests {
         ];
         let mut c = ResourceCache::new(&t.0, agent, 16);
         let r = c.get(Pid(42), 0);
-        assert_eq!(r.service_name(), "python3.11");
+        assert_eq!(r.service_name(), "http.server");
+        assert_eq!(s(&r, SERVICE_NAME_SOURCE).as_deref(), Some("python_module"));
         assert_eq!(r.attrs()[0].0, "service.name");
         assert_eq!(s(&r, "process.pid").as_deref(), Some("42"));
         assert_eq!(
@@ -633,6 +634,58 @@ pub(crate) mod tests {
         // Cached: the same Arc until the process changes.
         assert!(Arc::ptr_eq(&r, &c.get(Pid(42), 1)));
         assert_eq!(c.counters().described, 1);
+    }
+
+    /// Sets the command line (NUL-separated `args`) and working directory
+    /// of a fake process.
+    fn fake_cmdline(root: &Path, pid: u32, args: &[&str], cwd: &str) {
+        let d = root.join(pid.to_string());
+        let mut raw = args.join("\0").into_bytes();
+        raw.push(0);
+        std::fs::write(d.join("cmdline"), raw).unwrap();
+        let _ = std::fs::remove_file(d.join("cwd"));
+        std::os::unix::fs::symlink(cwd, d.join("cwd")).unwrap();
+    }
+
+    #[test]
+    fn names_from_the_command_line_and_user_rules() {
+        let t = TempDir::new("res");
+        host(&t.0);
+        fake_proc(&t.0, 20, 5, &[], "0::/system.slice/billing.service\n");
+        fake_cmdline(
+            &t.0,
+            20,
+            &["/usr/bin/python3", "app.py", "--password=hunter2", "-p", "s3cr3t"],
+            "/srv/billing",
+        );
+        fake_proc(&t.0, 21, 5, &["OTEL_SERVICE_NAME=own"], "0::/system.slice/orders.service\n");
+        let mut c = ResourceCache::new(&t.0, vec![], 16);
+        let r = c.get(Pid(20), 0);
+        assert_eq!(r.service_name(), "billing");
+        assert_eq!(s(&r, SERVICE_NAME_SOURCE).as_deref(), Some("python_script"));
+        assert_eq!(
+            s(&r, "process.command_line").as_deref(),
+            Some("/usr/bin/python3 app.py --password=REDACTED -p REDACTED")
+        );
+        assert_eq!(s(&r, "container.id"), None);
+        let rules = Rules::parse(&[
+            "cgroup:/system.slice/orders.service=orders",
+            "exe:python3.*=py",
+        ])
+        .unwrap();
+        let mut c = ResourceCache::new(&t.0, vec![], 16).with_service_names(rules);
+        let r = c.get(Pid(21), 0);
+        assert_eq!(r.service_name(), "orders");
+        assert_eq!(
+            s(&r, SERVICE_NAME_SOURCE).as_deref(),
+            Some("rule:cgroup:/system.slice/orders.service")
+        );
+        assert_eq!(c.get(Pid(20), 0).service_name(), "py");
+        // Seen only after it exited: the kernel's name.
+        let r = c.get_hinted(Pid(30), Some("curl"), 0);
+        assert_eq!(r.service_name(), "curl");
+        assert_eq!(s(&r, SERVICE_NAME_SOURCE).as_deref(), Some("comm"));
+        assert_eq!(c.counters().described, 3);
     }
 
     #[test]
