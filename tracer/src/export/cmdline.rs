@@ -163,8 +163,7 @@ fn is_port(arg: &str) -> bool {
         .or_else(|| arg.strip_suffix("/udp"))
         .unwrap_or(arg);
     a.bytes().any(|b| b.is_ascii_digit())
-        && a
-            .bytes()
+        && a.bytes()
             .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b':' | b'[' | b']' | b'-'))
 }
 

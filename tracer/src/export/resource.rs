@@ -44,6 +44,8 @@ pub const SERVICE_NAME_SOURCE: &str = "tracer.service.name.source";
 pub const REVALIDATE_NS: u64 = 10_000_000_000;
 /// Default number of pids kept.
 pub const DEFAULT_CAPACITY: usize = 4096;
+/// Thread names remembered per process (see `Entry::thread_names`).
+const MAX_THREAD_NAMES: usize = 32;
 /// Longest `process.command_line` kept, in bytes.
 const MAX_COMMAND_LINE: usize = 4096;
 /// Most bytes of `/proc/PID/environ` read.
@@ -197,10 +199,15 @@ struct ProcEnv {
 
 struct Entry {
     res: Arc<Resource>,
-    /// The kernel's name of the process when it was described (when known):
-    /// a different name later means it called exec (a forked child that
-    /// became curl) and is described again.
+    /// The kernel's name of the process (its main thread's, as in
+    /// /proc/PID/comm, else the hint) when it was described: another name
+    /// there later means it called exec (a forked child that became curl)
+    /// and is described again.
     comm: Option<Box<str>>,
+    /// Other names hints gave that /proc showed to be threads' names
+    /// (`HTTP-Dispatcher`, `bio_close_file`): not checked again (at most
+    /// [`MAX_THREAD_NAMES`]).
+    thread_names: Vec<Box<str>>,
     /// Start time of the process described; `None` when it could not be read.
     start: Option<u64>,
     checked_ns: u64,
@@ -307,16 +314,9 @@ impl ResourceCache {
     pub fn get_hinted(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) -> Arc<Resource> {
         self.tick += 1;
         let tick = self.tick;
-        // A process described too late to be read from /proc gets its
-        // kernel name once one is known; one whose name changed called exec.
-        if let Some(c) = comm {
-            if self.map.get(&pid).is_some_and(|e| {
-                e.res.service_name() == "unknown_service"
-                    || e.comm.as_deref().is_some_and(|old| old != c)
-            }) {
-                self.map.remove(&pid);
-                self.counters.pid_reused += 1;
-            }
+        if comm.is_some_and(|c| self.hint_means_another_process(pid, c)) {
+            self.map.remove(&pid);
+            self.counters.pid_reused += 1;
         }
         let check = match self.map.get_mut(&pid) {
             Some(e) => {
@@ -340,7 +340,8 @@ impl ResourceCache {
             self.counters.pid_reused += 1;
         }
         let start = self.read_start(pid);
-        let res = Arc::new(self.describe(pid, start.is_some(), comm));
+        let (res, proc_comm) = self.describe(pid, start.is_some(), comm);
+        let res = Arc::new(res);
         if !self.map.contains_key(&pid) && self.map.len() >= self.cap {
             self.evict();
         }
@@ -348,13 +349,58 @@ impl ResourceCache {
             pid,
             Entry {
                 res: res.clone(),
-                comm: comm.map(Box::from),
+                comm: proc_comm.or(comm.map(str::to_owned)).map(Box::from),
+                thread_names: Vec::new(),
                 start,
                 checked_ns: now_ns,
                 used: tick,
             },
         );
         res
+    }
+
+    /// Whether the kernel's name `hint` for a cached `pid` shows it is no
+    /// longer the process described: that one was described too late to be
+    /// read from /proc (it gets its kernel name once one is known), or it
+    /// called exec. Hints name the thread that ran: a name other than the
+    /// process's is a thread's while /proc still shows the process's own
+    /// (remembered, so /proc is read once per thread name); once the
+    /// process is gone, a name never seen is taken as an exec (a forked
+    /// child that became curl and exited at once).
+    fn hint_means_another_process(&mut self, pid: Pid, hint: &str) -> bool {
+        let Some(e) = self.map.get(&pid) else {
+            return false;
+        };
+        if e.res.service_name() == "unknown_service" {
+            return true;
+        }
+        let Some(old) = e.comm.as_deref() else {
+            return false;
+        };
+        if old == hint || e.thread_names.iter().any(|t| &**t == hint) {
+            return false;
+        }
+        let now = self.read_comm(pid);
+        let Some(e) = self.map.get_mut(&pid) else {
+            return false;
+        };
+        match now {
+            Some(now) if Some(now.as_str()) == e.comm.as_deref() => {
+                if e.thread_names.len() < MAX_THREAD_NAMES {
+                    e.thread_names.push(Box::from(hint));
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// `/proc/PID/comm`: the name of the process (its main thread).
+    fn read_comm(&self, pid: Pid) -> Option<String> {
+        std::fs::read_to_string(self.pid_path(pid, "comm"))
+            .ok()
+            .map(|c| c.trim_end_matches('\n').to_string())
+            .filter(|c| !c.is_empty())
     }
 
     /// The counters.
@@ -382,7 +428,13 @@ impl ResourceCache {
         start_time(&stat)
     }
 
-    fn describe(&mut self, pid: Pid, alive: bool, comm: Option<&str>) -> Resource {
+    /// The resource of `pid`, and its name in /proc/PID/comm (if read).
+    fn describe(
+        &mut self,
+        pid: Pid,
+        alive: bool,
+        comm: Option<&str>,
+    ) -> (Resource, Option<String>) {
         let mut attrs: Vec<(String, AttrValue)> = Vec::with_capacity(16);
         // service.name first; its value is settled below.
         attrs.push(("service.name".into(), AttrValue::Str(String::new())));
@@ -406,14 +458,15 @@ impl ResourceCache {
             }
         }
         attrs.push(("process.pid".into(), AttrValue::Int(pid.0 as i64)));
-        let exe = self.read_link(pid, "exe").map(|s| match s.strip_suffix(" (deleted)") {
-            Some(path) => path.to_string(),
-            None => s,
-        });
-        let comm = std::fs::read_to_string(self.pid_path(pid, "comm"))
-            .ok()
-            .map(|c| c.trim_end_matches('\n').to_string())
-            .filter(|c| !c.is_empty())
+        let exe = self
+            .read_link(pid, "exe")
+            .map(|s| match s.strip_suffix(" (deleted)") {
+                Some(path) => path.to_string(),
+                None => s,
+            });
+        let proc_comm = self.read_comm(pid);
+        let comm = proc_comm
+            .clone()
             .or_else(|| comm.filter(|c| !c.is_empty()).map(str::to_owned));
         let exe_name = exe
             .as_deref()
@@ -473,7 +526,7 @@ impl ResourceCache {
         for (k, v) in telemetry_attributes() {
             attrs.push((k.into(), AttrValue::Str(v.into())));
         }
-        Resource::new(attrs)
+        (Resource::new(attrs), proc_comm)
     }
 
     /// The target of a symbolic link under /proc/PID (`exe`, `cwd`).
@@ -655,10 +708,22 @@ pub(crate) mod tests {
         fake_cmdline(
             &t.0,
             20,
-            &["/usr/bin/python3", "app.py", "--password=hunter2", "-p", "s3cr3t"],
+            &[
+                "/usr/bin/python3",
+                "app.py",
+                "--password=hunter2",
+                "-p",
+                "s3cr3t",
+            ],
             "/srv/billing",
         );
-        fake_proc(&t.0, 21, 5, &["OTEL_SERVICE_NAME=own"], "0::/system.slice/orders.service\n");
+        fake_proc(
+            &t.0,
+            21,
+            5,
+            &["OTEL_SERVICE_NAME=own"],
+            "0::/system.slice/orders.service\n",
+        );
         let mut c = ResourceCache::new(&t.0, vec![], 16);
         let r = c.get(Pid(20), 0);
         assert_eq!(r.service_name(), "billing");
@@ -736,24 +801,47 @@ pub(crate) mod tests {
     fn a_process_that_calls_exec_is_described_again() {
         let t = TempDir::new("res");
         host(&t.0);
+        let set_comm =
+            |name: &str| std::fs::write(t.0.join("11/comm"), format!("{name}\n")).unwrap();
         // A forked child, seen before its exec (same pid, same start time).
         fake_proc(&t.0, 11, 5, &["OTEL_SERVICE_NAME=parent"], "");
+        set_comm("parent-bin");
         let mut c = ResourceCache::new(&t.0, vec![], 16);
         assert_eq!(
             c.get_hinted(Pid(11), Some("parent-bin"), 0).service_name(),
             "parent"
         );
-        // After exec the kernel reports another name.
-        fake_proc(&t.0, 11, 5, &["OTEL_SERVICE_NAME=child"], "");
+        // Hints name threads: another name while /proc still shows the
+        // process's own is a thread's, not an exec.
         assert_eq!(
-            c.get_hinted(Pid(11), Some("parent-bin"), 1).service_name(),
+            c.get_hinted(Pid(11), Some("worker-1"), 1).service_name(),
             "parent"
         );
+        assert_eq!(c.counters().described, 1);
+        // After exec, /proc and the kernel report another name.
+        fake_proc(&t.0, 11, 5, &["OTEL_SERVICE_NAME=child"], "");
+        set_comm("curl");
         assert_eq!(
             c.get_hinted(Pid(11), Some("curl"), 2).service_name(),
             "child"
         );
         assert_eq!(c.get(Pid(11), 3).service_name(), "child");
+        assert_eq!(
+            c.get_hinted(Pid(11), Some("curl-worker"), 4).service_name(),
+            "child"
+        );
+        assert_eq!(c.counters().described, 2);
+        // Gone: a thread name seen alive keeps the name; one never seen is
+        // taken for another exec (described from the kernel's name).
+        std::fs::remove_dir_all(t.0.join("11")).unwrap();
+        assert_eq!(
+            c.get_hinted(Pid(11), Some("curl-worker"), 5).service_name(),
+            "child"
+        );
+        assert_eq!(
+            c.get_hinted(Pid(11), Some("wget"), 6).service_name(),
+            "wget"
+        );
     }
 
     #[test]

@@ -282,7 +282,9 @@ fn from_command_line(argv: &[String], cwd: Option<&str>) -> Option<(String, Sour
     } else if versioned(program, "perl") {
         perl(args, cwd).map(|n| (n, Source::PerlScript))
     } else if program == "dotnet" {
-        let dll = args.iter().find(|a| a.to_ascii_lowercase().ends_with(".dll"))?;
+        let dll = args
+            .iter()
+            .find(|a| a.to_ascii_lowercase().ends_with(".dll"))?;
         file_name(dll, cwd, false).map(|n| (n, Source::DotnetDll))
     } else {
         None
@@ -545,9 +547,7 @@ fn java(args: &[String], cwd: Option<&str>) -> Option<(String, Source)> {
             }
             a if takes_value(a, &JAVA_VALUE_OPTIONS) => i += 2,
             a if a.starts_with('-') || a.starts_with('@') => i += 1,
-            class => {
-                return java_class(class, class_path, cwd).map(|n| (n, Source::JavaMainClass))
-            }
+            class => return java_class(class, class_path, cwd).map(|n| (n, Source::JavaMainClass)),
         }
     }
     None
@@ -606,7 +606,12 @@ fn ruby(args: &[String], cwd: Option<&str>) -> Option<String> {
         }
         i += match a.as_str() {
             "-e" => return None,
-            "-I" | "-r" | "-C" | "-E" | "--encoding" | "--external-encoding"
+            "-I"
+            | "-r"
+            | "-C"
+            | "-E"
+            | "--encoding"
+            | "--external-encoding"
             | "--internal-encoding" => 2,
             a if takes_value(a, &[]) => 2,
             _ => 1,
@@ -638,7 +643,9 @@ fn perl(args: &[String], cwd: Option<&str>) -> Option<String> {
 }
 
 fn script_arg(script: &str, cwd: Option<&str>) -> Option<String> {
-    (script != "-").then(|| file_name(script, cwd, false)).flatten()
+    (script != "-")
+        .then(|| file_name(script, cwd, false))
+        .flatten()
 }
 
 /// `argv[0]`'s file name. A title the process wrote over its arguments
@@ -693,7 +700,8 @@ const PROGRAM_EXTENSIONS: [&str; 17] = [
 fn strip_extension(file: &str) -> &str {
     match file.rsplit_once('.') {
         Some((stem, ext))
-            if !stem.is_empty() && PROGRAM_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()) =>
+            if !stem.is_empty()
+                && PROGRAM_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()) =>
         {
             stem
         }
@@ -846,7 +854,9 @@ impl Rules {
     pub fn parse<S: AsRef<str>>(specs: &[S]) -> Result<Rules, String> {
         let rules = specs
             .iter()
-            .map(|s| Rule::parse(s.as_ref()).map_err(|e| format!("--service-name {:?}: {e}", s.as_ref())))
+            .map(|s| {
+                Rule::parse(s.as_ref()).map_err(|e| format!("--service-name {:?}: {e}", s.as_ref()))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Rules { rules })
     }
@@ -1110,10 +1120,7 @@ mod tests {
                 "/venv/bin/python /venv/bin/uvicorn main:app --port 1",
                 "/venv/bin/python /venv/bin/uvicorn --port 2 main:app",
             ),
-            (
-                "redis-server 127.0.0.1:6379",
-                "redis-server 127.0.0.1:7000",
-            ),
+            ("redis-server 127.0.0.1:6379", "redis-server 127.0.0.1:7000"),
         ] {
             let (a, b) = (argv(a), argv(b));
             let name = |args: &[String]| {
@@ -1204,7 +1211,11 @@ mod tests {
                 ..Process::default()
             };
             let n = resolve(&p, &rules);
-            assert_eq!((n.name.as_str(), n.source.to_string().as_str()), (*name, *source), "{line}");
+            assert_eq!(
+                (n.name.as_str(), n.source.to_string().as_str()),
+                (*name, *source),
+                "{line}"
+            );
         }
         // First match wins.
         let rules = Rules::parse(&["name:*=first", "name:*=second"]).unwrap();
@@ -1215,7 +1226,10 @@ mod tests {
     fn bad_rules_are_one_clear_line() {
         for (spec, want) in [
             ("billing", "expected PATTERN=NAME"),
-            ("redis-*=cache", "must start with exe:, cmd:, cgroup: or name:"),
+            (
+                "redis-*=cache",
+                "must start with exe:, cmd:, cgroup: or name:",
+            ),
             ("path:/x=y", "unknown pattern kind \"path\""),
             ("exe:=x", "the pattern is empty"),
             ("exe:[a=x", "bad pattern"),
@@ -1225,7 +1239,10 @@ mod tests {
         ] {
             let err = Rules::parse(&[spec]).unwrap_err();
             assert!(err.contains(want), "{spec}: {err}");
-            assert!(err.starts_with(&format!("--service-name {spec:?}: ")), "{err}");
+            assert!(
+                err.starts_with(&format!("--service-name {spec:?}: ")),
+                "{err}"
+            );
             assert!(!err.contains('\n'), "{err}");
         }
         assert!(Rules::parse(&["exe:x=a\u{1}b"]).is_err());
