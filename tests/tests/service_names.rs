@@ -483,9 +483,11 @@ fn redis_server_is_named_as_started_not_as_its_symlink_target() {
         .map(|p| p["samples"].as_u64().unwrap_or(0))
         .sum();
     println!(
-        "redis-server ({}): {} profiles, {samples} samples",
+        "redis-server ({}): {} profiles, {samples} samples; agent resources: described={:?} pid_reused={:?}",
         target.display(),
-        redis_profiles.len()
+        redis_profiles.len(),
+        out.counter("described"),
+        out.counter("pid_reused"),
     );
 }
 

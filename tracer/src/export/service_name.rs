@@ -949,7 +949,15 @@ mod tests {
         }
     }
 
-    /// (command line, exe, cwd) -> (name, source).
+    /// Command line, exe, cwd; name and source.
+    type CommandLineCase = (
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+        &'static str,
+        Source,
+    );
+
     #[test]
     fn names_from_command_lines() {
         use Source::*;
@@ -958,7 +966,7 @@ mod tests {
         let java = Some("/usr/lib/jvm/java-17-openjdk-amd64/bin/java");
         let root = Some("/");
         #[rustfmt::skip]
-        let table: &[(&str, Option<&str>, Option<&str>, &str, Source)] = &[
+        let table: &[CommandLineCase] = &[
             // Python scripts: the stem, or the directory when it is generic.
             ("python3 /srv/billing/app.py", py, root, "billing", PythonScript),
             ("python3 /srv/billing/src/main.py --port 8080", py, root, "billing", PythonScript),
@@ -1173,6 +1181,16 @@ mod tests {
         assert_eq!(clean(&"x".repeat(300)).map(|s| s.len()), Some(MAX_NAME));
     }
 
+    /// Command line, exe, cgroup, OTEL_SERVICE_NAME; name and source.
+    type RuleCase = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+        &'static str,
+        &'static str,
+    );
+
     #[test]
     fn user_rules() {
         let rules = Rules::parse(&[
@@ -1186,8 +1204,7 @@ mod tests {
         .unwrap();
         let cgroup_v1 = "12:memory:/system.slice/orders.service\n0::/system.slice/orders.service\n";
         #[rustfmt::skip]
-        let table: &[(&str, &str, Option<&str>, Option<&str>, &str, &str)] = &[
-            // (argv, exe, cgroup, OTEL_SERVICE_NAME, name, source)
+        let table: &[RuleCase] = &[
             ("redis-server *:6379", "/usr/bin/redis-check-rdb", None, None, "cache", "rule:exe:redis-*"),
             ("/opt/billing/bin/run", "/opt/billing/bin/run", None, None, "billing", "rule:exe:/opt/billing/*"),
             ("/usr/bin/billing", "/usr/bin/billing", None, None, "billing", "argv0"),
