@@ -14,9 +14,9 @@
 //! `OTEL_RESOURCE_ATTRIBUTES` (except `service.name`, which would name the
 //! agent, not the traced service); the process's `OTEL_RESOURCE_ATTRIBUTES`;
 //! what /proc says (`process.*` exactly, the command line with credentials
-//! redacted by [`cmdline`](super::cmdline), `container.id` by
-//! [`container`](super::container)); `service.name`, chosen by
-//! [`service_name`](super::service_name), and the rule that chose it
+//! redacted by [`super::cmdline`], `container.id` by
+//! [`super::container`]); `service.name`, chosen by
+//! [`super::service_name`], and the rule that chose it
 //! ([`SERVICE_NAME_SOURCE`]); the `telemetry.*` attributes naming this
 //! tracer.
 use std::{
