@@ -126,6 +126,22 @@ pub struct RunArgs {
     #[arg(long = "request-id-header", value_name = "NAME")]
     pub request_id_headers: Vec<String>,
 
+    /// Name the processes that match PATTERN as NAME (repeatable; the first
+    /// matching rule wins, even over a process's own OTEL_SERVICE_NAME).
+    /// PATTERN is `exe:GLOB` (the executable's path if GLOB has a `/`,
+    /// else its file name), `cmd:GLOB` (the command line, arguments joined
+    /// by spaces), `cgroup:GLOB` (one of the process's cgroup paths) or
+    /// `name:GLOB` (the name the agent would choose); e.g.
+    /// `exe:redis-*=cache`. In TRACER_SERVICE_NAMES (and here) `;`
+    /// separates rules.
+    #[arg(
+        long = "service-name",
+        value_name = "PATTERN=NAME",
+        env = "TRACER_SERVICE_NAMES",
+        value_delimiter = ';'
+    )]
+    pub service_names: Vec<String>,
+
     /// Keep query-string values in url.query (by default every value is
     /// replaced by REDACTED: tokens travel in query strings).
     #[arg(long)]
@@ -227,6 +243,8 @@ pub struct RunConfig {
     pub export: Option<crate::export::config::ExportConfig>,
     /// Correlation settings.
     pub correlate: correlate::Config,
+    /// `--service-name` rules.
+    pub service_names: crate::export::service_name::Rules,
     /// Where to record raw records.
     pub record: Option<std::path::PathBuf>,
     /// Skip HTTP parsing and spans.
@@ -315,6 +333,8 @@ impl RunArgs {
                 .collect();
         }
         correlate.redact_query = !self.keep_query_values;
+        let service_names =
+            crate::export::service_name::Rules::parse(&self.service_names).map_err(ConfigError)?;
         let duration = match self.duration {
             Some(d) if !(d.is_finite() && d > 0.0) => {
                 return Err(ConfigError(
@@ -346,6 +366,7 @@ impl RunArgs {
             cgroup_root: self.cgroup_root,
             export,
             correlate,
+            service_names,
             record: self.record,
             no_spans: self.no_spans,
             profile,
@@ -393,6 +414,13 @@ mod tests {
             .contains("positive"));
         assert!(parse(&["--duration=-1"]).unwrap_err().contains("positive"));
         assert!(parse(&["--port", "70000"]).is_err());
+        assert_eq!(
+            parse(&["--service-name", "redis-*=cache"]).unwrap_err(),
+            "invalid option: --service-name \"redis-*=cache\": \
+             the pattern must start with exe:, cmd:, cgroup: or name:"
+        );
+        assert!(parse(&["--service-name", "exe:redis-*=cache;cmd:*x*=y"])
+            .is_ok_and(|c| !c.service_names.is_empty()));
         assert!(parse(&["--request-id-header", "bad header"])
             .unwrap_err()
             .contains("header name"));

@@ -60,7 +60,9 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
     } else {
         Box::new(std::io::sink())
     };
-    let resources = ResourceCache::from_env().map_err(anyhow::Error::msg)?;
+    let resources = ResourceCache::from_env()
+        .map_err(anyhow::Error::msg)?
+        .with_service_names(cfg.service_names.clone());
     let spans = rt
         .block_on(async { SpanSink::start(cfg.export.clone(), format, span_out, clock, resources) })
         .map_err(anyhow::Error::msg)

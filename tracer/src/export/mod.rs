@@ -3,9 +3,13 @@
 //!
 //! - [`resource`]: who produced a span. The correlator's spans carry a pid;
 //!   [`ResourceCache`](resource::ResourceCache) turns it into the OpenTelemetry resource of that
-//!   process (service name from the process's own `OTEL_SERVICE_NAME`, else
-//!   its executable; process, host and container attributes), read from
-//!   /proc once while the process lives and kept after it exits.
+//!   process (service name, process, host and container attributes), read
+//!   from /proc once while the process lives and kept after it exits.
+//! - [`service_name`]: which name users know a process by (its
+//!   `OTEL_SERVICE_NAME`, the script or application an interpreter runs,
+//!   `argv[0]`...), and the user's `--service-name` rules.
+//! - [`cmdline`]: credentials out of exported command lines.
+//! - [`container`]: `container.id` from a cgroup path.
 //! - [`config`]: `--otlp-*`/`--export-*` flags over the standard
 //!   `OTEL_EXPORTER_OTLP_*` variables, validated once into an
 //!   [`ExportConfig`](config::ExportConfig) (`None`: print to the terminal).
@@ -24,10 +28,13 @@
 //! described while alive), `span` for each finished span, `tick` from a
 //! periodic timer, `counters` in the periodic report and `finish` at exit.
 //! No item is re-exported: use the module paths.
+pub mod cmdline;
 pub mod config;
 pub mod console;
+pub mod container;
 pub mod otlp;
 pub mod resource;
+pub mod service_name;
 pub mod sink;
 mod transport;
 

@@ -3,17 +3,22 @@
 //! A traced process is described once, the first time the agent asks about
 //! its pid, while it is still alive: its own `OTEL_SERVICE_NAME` and
 //! `OTEL_RESOURCE_ATTRIBUTES` (from `/proc/PID/environ`, the environment it
-//! was started with), its executable, command line and container. The
-//! answer is cached (bounded, least recently used goes first) and kept after
-//! the process exits, since its last spans are finished after that. A pid
-//! that was reused by another process is noticed by its start time
-//! (`/proc/PID/stat`), checked again at most every [`REVALIDATE_NS`].
+//! was started with), its executable, command line, working directory and
+//! cgroup. The answer is cached (bounded, least recently used goes first)
+//! and kept after the process exits, since its last spans are finished
+//! after that. A pid that was reused by another process is noticed by its
+//! start time (`/proc/PID/stat`), checked again at most every
+//! [`REVALIDATE_NS`].
 //!
 //! Merge order (later wins): the host name; the agent's own
 //! `OTEL_RESOURCE_ATTRIBUTES` (except `service.name`, which would name the
 //! agent, not the traced service); the process's `OTEL_RESOURCE_ATTRIBUTES`;
-//! what /proc says (`process.*`, `container.id`); `service.name`; the
-//! `telemetry.*` attributes naming this tracer.
+//! what /proc says (`process.*` exactly, the command line with credentials
+//! redacted by [`super::cmdline`], `container.id` by
+//! [`super::container`]); `service.name`, chosen by
+//! [`super::service_name`], and the rule that chose it
+//! ([`SERVICE_NAME_SOURCE`]); the `telemetry.*` attributes naming this
+//! tracer.
 use std::{
     collections::HashMap,
     fs::File,
@@ -25,10 +30,22 @@ use std::{
 
 use correlate::{AttrValue, Pid};
 
+use super::{
+    cmdline::redact_args,
+    container::container_id,
+    service_name::{self, Process, Rules, Source},
+};
+
+/// The resource attribute that says which rule chose `service.name`
+/// (`OTEL_SERVICE_NAME`, `python_script`, `argv0`, `rule:PATTERN`...: see
+/// [`Source`]).
+pub const SERVICE_NAME_SOURCE: &str = "tracer.service.name.source";
 /// How often a cached pid is checked for reuse (its start time read again).
 pub const REVALIDATE_NS: u64 = 10_000_000_000;
 /// Default number of pids kept.
 pub const DEFAULT_CAPACITY: usize = 4096;
+/// Thread names remembered per process (see `Entry::thread_names`).
+const MAX_THREAD_NAMES: usize = 32;
 /// Longest `process.command_line` kept, in bytes.
 const MAX_COMMAND_LINE: usize = 4096;
 /// Most bytes of `/proc/PID/environ` read.
@@ -163,27 +180,6 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-/// The container id in a `/proc/PID/cgroup` file: a 64-hex-digit path
-/// component, bare (`/docker/<id>`, `/kubepods/.../<id>`) or wrapped as a
-/// systemd scope (`docker-<id>.scope`, `cri-containerd-<id>.scope`,
-/// `crio-<id>.scope`, `libpod-<id>.scope`).
-pub fn container_id(cgroup: &str) -> Option<String> {
-    for line in cgroup.lines() {
-        // hierarchy-id:controllers:path
-        let Some(path) = line.splitn(3, ':').nth(2) else {
-            continue;
-        };
-        for part in path.rsplit('/') {
-            let part = part.strip_suffix(".scope").unwrap_or(part);
-            let id = part.rsplit('-').next().unwrap_or(part);
-            if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Some(id.to_ascii_lowercase());
-            }
-        }
-    }
-    None
-}
-
 /// What identifies one process over time: the start time in
 /// `/proc/PID/stat` (field 22, clock ticks since boot).
 fn start_time(stat: &str) -> Option<u64> {
@@ -203,10 +199,15 @@ struct ProcEnv {
 
 struct Entry {
     res: Arc<Resource>,
-    /// The kernel's name of the process when it was described (when known):
-    /// a different name later means it called exec (a forked child that
-    /// became curl) and is described again.
+    /// The kernel's name of the process (its main thread's, as in
+    /// /proc/PID/comm, else the hint) when it was described: another name
+    /// there later means it called exec (a forked child that became curl)
+    /// and is described again.
     comm: Option<Box<str>>,
+    /// Other names hints gave that /proc showed to be threads' names
+    /// (`HTTP-Dispatcher`, `bio_close_file`): not checked again (at most
+    /// [`MAX_THREAD_NAMES`]).
+    thread_names: Vec<Box<str>>,
     /// Start time of the process described; `None` when it could not be read.
     start: Option<u64>,
     checked_ns: u64,
@@ -243,6 +244,7 @@ pub struct ResourceCache {
     proc_root: PathBuf,
     host_name: Option<String>,
     agent_attrs: Vec<(String, String)>,
+    rules: Rules,
     cap: usize,
     map: HashMap<Pid, Entry>,
     tick: u64,
@@ -272,6 +274,7 @@ impl ResourceCache {
                 .into_iter()
                 .filter(|(k, _)| k != "service.name")
                 .collect(),
+            rules: Rules::default(),
             cap: capacity.max(1),
             map: HashMap::new(),
             tick: 0,
@@ -290,6 +293,13 @@ impl ResourceCache {
         ))
     }
 
+    /// The same cache, naming processes that match one of `rules` (the
+    /// user's `--service-name` rules) by that rule.
+    pub fn with_service_names(mut self, rules: Rules) -> ResourceCache {
+        self.rules = rules;
+        self
+    }
+
     /// The resource of `pid`, read from /proc if not cached (or if the pid
     /// was reused since). `now_ns` is any monotonic clock (it paces the
     /// reuse checks). Call it early for a new pid (e.g. on its first
@@ -304,16 +314,9 @@ impl ResourceCache {
     pub fn get_hinted(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) -> Arc<Resource> {
         self.tick += 1;
         let tick = self.tick;
-        // A process described too late to be read from /proc gets its
-        // kernel name once one is known; one whose name changed called exec.
-        if let Some(c) = comm {
-            if self.map.get(&pid).is_some_and(|e| {
-                e.res.service_name() == "unknown_service"
-                    || e.comm.as_deref().is_some_and(|old| old != c)
-            }) {
-                self.map.remove(&pid);
-                self.counters.pid_reused += 1;
-            }
+        if comm.is_some_and(|c| self.hint_means_another_process(pid, c)) {
+            self.map.remove(&pid);
+            self.counters.pid_reused += 1;
         }
         let check = match self.map.get_mut(&pid) {
             Some(e) => {
@@ -337,7 +340,8 @@ impl ResourceCache {
             self.counters.pid_reused += 1;
         }
         let start = self.read_start(pid);
-        let res = Arc::new(self.describe(pid, start.is_some(), comm));
+        let (res, proc_comm) = self.describe(pid, start.is_some(), comm);
+        let res = Arc::new(res);
         if !self.map.contains_key(&pid) && self.map.len() >= self.cap {
             self.evict();
         }
@@ -345,13 +349,58 @@ impl ResourceCache {
             pid,
             Entry {
                 res: res.clone(),
-                comm: comm.map(Box::from),
+                comm: proc_comm.or(comm.map(str::to_owned)).map(Box::from),
+                thread_names: Vec::new(),
                 start,
                 checked_ns: now_ns,
                 used: tick,
             },
         );
         res
+    }
+
+    /// Whether the kernel's name `hint` for a cached `pid` shows it is no
+    /// longer the process described: that one was described too late to be
+    /// read from /proc (it gets its kernel name once one is known), or it
+    /// called exec. Hints name the thread that ran: a name other than the
+    /// process's is a thread's while /proc still shows the process's own
+    /// (remembered, so /proc is read once per thread name); once the
+    /// process is gone, a name never seen is taken as an exec (a forked
+    /// child that became curl and exited at once).
+    fn hint_means_another_process(&mut self, pid: Pid, hint: &str) -> bool {
+        let Some(e) = self.map.get(&pid) else {
+            return false;
+        };
+        if e.res.service_name() == "unknown_service" {
+            return true;
+        }
+        let Some(old) = e.comm.as_deref() else {
+            return false;
+        };
+        if old == hint || e.thread_names.iter().any(|t| &**t == hint) {
+            return false;
+        }
+        let now = self.read_comm(pid);
+        let Some(e) = self.map.get_mut(&pid) else {
+            return false;
+        };
+        match now {
+            Some(now) if Some(now.as_str()) == e.comm.as_deref() => {
+                if e.thread_names.len() < MAX_THREAD_NAMES {
+                    e.thread_names.push(Box::from(hint));
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// `/proc/PID/comm`: the name of the process (its main thread).
+    fn read_comm(&self, pid: Pid) -> Option<String> {
+        std::fs::read_to_string(self.pid_path(pid, "comm"))
+            .ok()
+            .map(|c| c.trim_end_matches('\n').to_string())
+            .filter(|c| !c.is_empty())
     }
 
     /// The counters.
@@ -379,7 +428,13 @@ impl ResourceCache {
         start_time(&stat)
     }
 
-    fn describe(&mut self, pid: Pid, alive: bool, comm: Option<&str>) -> Resource {
+    /// The resource of `pid`, and its name in /proc/PID/comm (if read).
+    fn describe(
+        &mut self,
+        pid: Pid,
+        alive: bool,
+        comm: Option<&str>,
+    ) -> (Resource, Option<String>) {
         let mut attrs: Vec<(String, AttrValue)> = Vec::with_capacity(16);
         // service.name first; its value is settled below.
         attrs.push(("service.name".into(), AttrValue::Str(String::new())));
@@ -391,71 +446,95 @@ impl ResourceCache {
         }
         let env = if alive { self.read_env(pid) } else { None };
         let ProcEnv {
-            mut service,
+            service: env_service,
             attrs: env_attrs,
         } = env.unwrap_or_default();
+        let mut env_resource_service = None;
         for (k, v) in env_attrs {
             if k == "service.name" {
-                service = service.or(Some(v));
+                env_resource_service = Some(v);
             } else {
                 attrs.push((k, AttrValue::Str(v)));
             }
         }
         attrs.push(("process.pid".into(), AttrValue::Int(pid.0 as i64)));
-        let exe = std::fs::read_link(self.pid_path(pid, "exe"))
-            .ok()
-            .map(|p| {
-                let s = p.to_string_lossy();
-                s.strip_suffix(" (deleted)").unwrap_or(&s).to_string()
-            })
-            .filter(|s| !s.is_empty());
+        let exe = self
+            .read_link(pid, "exe")
+            .map(|s| match s.strip_suffix(" (deleted)") {
+                Some(path) => path.to_string(),
+                None => s,
+            });
+        let proc_comm = self.read_comm(pid);
+        let comm = proc_comm
+            .clone()
+            .or_else(|| comm.filter(|c| !c.is_empty()).map(str::to_owned));
         let exe_name = exe
             .as_deref()
             .and_then(|p| Path::new(p).file_name())
             .map(|n| n.to_string_lossy().into_owned())
-            .or_else(|| {
-                std::fs::read_to_string(self.pid_path(pid, "comm"))
-                    .ok()
-                    .map(|c| c.trim_end_matches('\n').to_string())
-                    .filter(|c| !c.is_empty())
-            })
-            .or_else(|| comm.filter(|c| !c.is_empty()).map(str::to_owned));
+            .or_else(|| comm.clone());
         if let Some(name) = &exe_name {
             attrs.push((
                 "process.executable.name".into(),
                 AttrValue::Str(name.clone()),
             ));
         }
-        if let Some(path) = exe {
-            attrs.push(("process.executable.path".into(), AttrValue::Str(path)));
+        if let Some(path) = &exe {
+            attrs.push((
+                "process.executable.path".into(),
+                AttrValue::Str(path.clone()),
+            ));
         }
-        if let Ok(raw) = std::fs::read(self.pid_path(pid, "cmdline")) {
-            let args: Vec<String> = raw
-                .split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            if !args.is_empty() {
-                let line = truncate(redact_args(&args), MAX_COMMAND_LINE);
-                attrs.push(("process.command_line".into(), AttrValue::Str(line)));
-            }
+        let argv: Vec<String> = std::fs::read(self.pid_path(pid, "cmdline"))
+            .map(|raw| {
+                raw.split(|&b| b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !argv.is_empty() {
+            let line = truncate(redact_args(&argv), MAX_COMMAND_LINE);
+            attrs.push(("process.command_line".into(), AttrValue::Str(line)));
         }
-        if let Some(id) = std::fs::read_to_string(self.pid_path(pid, "cgroup"))
-            .ok()
-            .and_then(|c| container_id(&c))
-        {
+        let cgroup = std::fs::read_to_string(self.pid_path(pid, "cgroup")).ok();
+        if let Some(id) = cgroup.as_deref().and_then(container_id) {
             attrs.push(("container.id".into(), AttrValue::Str(id)));
         }
-        let service = service.or_else(|| exe_name.clone());
-        match &service {
-            Some(_) => self.counters.described += 1,
-            None => self.counters.unknown += 1,
+        let cwd = self.read_link(pid, "cwd");
+        let named = service_name::resolve(
+            &Process {
+                argv: &argv,
+                otel_service_name: env_service.as_deref(),
+                otel_resource_service_name: env_resource_service.as_deref(),
+                exe: exe.as_deref(),
+                cwd: cwd.as_deref(),
+                cgroup: cgroup.as_deref(),
+                comm: comm.as_deref(),
+            },
+            &self.rules,
+        );
+        match named.source {
+            Source::Unknown => self.counters.unknown += 1,
+            _ => self.counters.described += 1,
         }
-        attrs[0].1 = AttrValue::Str(service.unwrap_or_else(|| "unknown_service".into()));
+        attrs.push((
+            SERVICE_NAME_SOURCE.into(),
+            AttrValue::Str(named.source.to_string()),
+        ));
+        attrs[0].1 = AttrValue::Str(named.name);
         for (k, v) in telemetry_attributes() {
             attrs.push((k.into(), AttrValue::Str(v.into())));
         }
-        Resource::new(attrs)
+        (Resource::new(attrs), proc_comm)
+    }
+
+    /// The target of a symbolic link under /proc/PID (`exe`, `cwd`).
+    fn read_link(&self, pid: Pid, file: &str) -> Option<String> {
+        std::fs::read_link(self.pid_path(pid, file))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|s| !s.is_empty())
     }
 
     /// `OTEL_SERVICE_NAME` and the parsed `OTEL_RESOURCE_ATTRIBUTES` of a
@@ -484,67 +563,6 @@ impl ResourceCache {
     }
 }
 
-/// Words in an argument that mark it as carrying a credential.
-const SENSITIVE_ARGS: [&str; 10] = [
-    "authorization",
-    "cookie",
-    "token",
-    "secret",
-    "password",
-    "passwd",
-    "apikey",
-    "api-key",
-    "api_key",
-    "credential",
-];
-
-/// A command line as `process.command_line`, with credentials taken out:
-/// command lines carry them as a rule (`curl -H "Authorization: ..."`, URLs
-/// with tokens, `--password=...`). URL query values and userinfo, values of
-/// arguments naming a credential, and the argument after a bare
-/// `--password`-like flag become `REDACTED`; the shape stays readable.
-pub fn redact_args(args: &[String]) -> String {
-    let mut out: Vec<String> = Vec::with_capacity(args.len());
-    let mut redact_next = false;
-    for (i, arg) in args.iter().enumerate() {
-        if std::mem::take(&mut redact_next) {
-            out.push("REDACTED".into());
-            continue;
-        }
-        if i == 0 {
-            out.push(arg.clone());
-            continue;
-        }
-        if let Some(scheme_end) = arg.find("://") {
-            let (scheme, rest) = arg.split_at(scheme_end + 3);
-            let rest = match rest.split_once('@') {
-                Some((userinfo, host)) if !userinfo.contains('/') => format!("REDACTED@{host}"),
-                _ => rest.to_string(),
-            };
-            let url = match rest.split_once('?') {
-                Some((path, query)) => format!("{scheme}{path}?{}", correlate::redact_query(query)),
-                None => format!("{scheme}{rest}"),
-            };
-            out.push(url);
-            continue;
-        }
-        let lower = arg.to_ascii_lowercase();
-        if SENSITIVE_ARGS.iter().any(|k| lower.contains(k)) {
-            match arg.find([':', '=']) {
-                Some(pos) => out.push(format!("{}REDACTED", &arg[..=pos])),
-                None if arg.starts_with('-') => {
-                    out.push(arg.clone());
-                    redact_next = true;
-                }
-                None => out.push("REDACTED".into()),
-            }
-            continue;
-        }
-        out.push(arg.clone());
-    }
-    out.join(" ")
-}
-
 /// The attributes naming this tracer as the producer of the telemetry.
 pub fn telemetry_attributes() -> [(&'static str, &'static str); 4] {
     [
@@ -567,34 +585,6 @@ pub fn agent_resource_attributes() -> Result<Vec<(String, String)>, String> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    #[test]
-    fn command_lines_lose_their_credentials() {
-        let args: Vec<String> = [
-            "curl",
-            "-H",
-            "Authorization: Bearer AUTH",
-            "-H",
-            "Cookie: s=COOKIE",
-            "https://user:PASS@example.com/x?token=TOK&page=2",
-            "--password",
-            "PW",
-            "--api-key=KEY",
-            "-v",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let line = super::redact_args(&args);
-        for secret in ["AUTH", "COOKIE", "PASS", "TOK", "PW", "KEY"] {
-            assert!(!line.contains(secret), "{secret} in {line}");
-        }
-        assert_eq!(
-            line,
-            "curl -H Authorization:REDACTED -H Cookie:REDACTED https://REDACTED@example.com/x?token=REDACTED&page=REDACTED \
-             --password REDACTED --api-key=REDACTED -v"
-        );
-    }
-
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -672,7 +662,8 @@ pub(crate) mod tests {
         ];
         let mut c = ResourceCache::new(&t.0, agent, 16);
         let r = c.get(Pid(42), 0);
-        assert_eq!(r.service_name(), "python3.11");
+        assert_eq!(r.service_name(), "http.server");
+        assert_eq!(s(&r, SERVICE_NAME_SOURCE).as_deref(), Some("python_module"));
         assert_eq!(r.attrs()[0].0, "service.name");
         assert_eq!(s(&r, "process.pid").as_deref(), Some("42"));
         assert_eq!(
@@ -696,6 +687,70 @@ pub(crate) mod tests {
         // Cached: the same Arc until the process changes.
         assert!(Arc::ptr_eq(&r, &c.get(Pid(42), 1)));
         assert_eq!(c.counters().described, 1);
+    }
+
+    /// Sets the command line (NUL-separated `args`) and working directory
+    /// of a fake process.
+    fn fake_cmdline(root: &Path, pid: u32, args: &[&str], cwd: &str) {
+        let d = root.join(pid.to_string());
+        let mut raw = args.join("\0").into_bytes();
+        raw.push(0);
+        std::fs::write(d.join("cmdline"), raw).unwrap();
+        let _ = std::fs::remove_file(d.join("cwd"));
+        std::os::unix::fs::symlink(cwd, d.join("cwd")).unwrap();
+    }
+
+    #[test]
+    fn names_from_the_command_line_and_user_rules() {
+        let t = TempDir::new("res");
+        host(&t.0);
+        fake_proc(&t.0, 20, 5, &[], "0::/system.slice/billing.service\n");
+        fake_cmdline(
+            &t.0,
+            20,
+            &[
+                "/usr/bin/python3",
+                "app.py",
+                "--password=hunter2",
+                "-p",
+                "s3cr3t",
+            ],
+            "/srv/billing",
+        );
+        fake_proc(
+            &t.0,
+            21,
+            5,
+            &["OTEL_SERVICE_NAME=own"],
+            "0::/system.slice/orders.service\n",
+        );
+        let mut c = ResourceCache::new(&t.0, vec![], 16);
+        let r = c.get(Pid(20), 0);
+        assert_eq!(r.service_name(), "billing");
+        assert_eq!(s(&r, SERVICE_NAME_SOURCE).as_deref(), Some("python_script"));
+        assert_eq!(
+            s(&r, "process.command_line").as_deref(),
+            Some("/usr/bin/python3 app.py --password=REDACTED -p REDACTED")
+        );
+        assert_eq!(s(&r, "container.id"), None);
+        let rules = Rules::parse(&[
+            "cgroup:/system.slice/orders.service=orders",
+            "exe:python3.*=py",
+        ])
+        .unwrap();
+        let mut c = ResourceCache::new(&t.0, vec![], 16).with_service_names(rules);
+        let r = c.get(Pid(21), 0);
+        assert_eq!(r.service_name(), "orders");
+        assert_eq!(
+            s(&r, SERVICE_NAME_SOURCE).as_deref(),
+            Some("rule:cgroup:/system.slice/orders.service")
+        );
+        assert_eq!(c.get(Pid(20), 0).service_name(), "py");
+        // Seen only after it exited: the kernel's name.
+        let r = c.get_hinted(Pid(30), Some("curl"), 0);
+        assert_eq!(r.service_name(), "curl");
+        assert_eq!(s(&r, SERVICE_NAME_SOURCE).as_deref(), Some("comm"));
+        assert_eq!(c.counters().described, 3);
     }
 
     #[test]
@@ -746,24 +801,47 @@ pub(crate) mod tests {
     fn a_process_that_calls_exec_is_described_again() {
         let t = TempDir::new("res");
         host(&t.0);
+        let set_comm =
+            |name: &str| std::fs::write(t.0.join("11/comm"), format!("{name}\n")).unwrap();
         // A forked child, seen before its exec (same pid, same start time).
         fake_proc(&t.0, 11, 5, &["OTEL_SERVICE_NAME=parent"], "");
+        set_comm("parent-bin");
         let mut c = ResourceCache::new(&t.0, vec![], 16);
         assert_eq!(
             c.get_hinted(Pid(11), Some("parent-bin"), 0).service_name(),
             "parent"
         );
-        // After exec the kernel reports another name.
-        fake_proc(&t.0, 11, 5, &["OTEL_SERVICE_NAME=child"], "");
+        // Hints name threads: another name while /proc still shows the
+        // process's own is a thread's, not an exec.
         assert_eq!(
-            c.get_hinted(Pid(11), Some("parent-bin"), 1).service_name(),
+            c.get_hinted(Pid(11), Some("worker-1"), 1).service_name(),
             "parent"
         );
+        assert_eq!(c.counters().described, 1);
+        // After exec, /proc and the kernel report another name.
+        fake_proc(&t.0, 11, 5, &["OTEL_SERVICE_NAME=child"], "");
+        set_comm("curl");
         assert_eq!(
             c.get_hinted(Pid(11), Some("curl"), 2).service_name(),
             "child"
         );
         assert_eq!(c.get(Pid(11), 3).service_name(), "child");
+        assert_eq!(
+            c.get_hinted(Pid(11), Some("curl-worker"), 4).service_name(),
+            "child"
+        );
+        assert_eq!(c.counters().described, 2);
+        // Gone: a thread name seen alive keeps the name; one never seen is
+        // taken for another exec (described from the kernel's name).
+        std::fs::remove_dir_all(t.0.join("11")).unwrap();
+        assert_eq!(
+            c.get_hinted(Pid(11), Some("curl-worker"), 5).service_name(),
+            "child"
+        );
+        assert_eq!(
+            c.get_hinted(Pid(11), Some("wget"), 6).service_name(),
+            "wget"
+        );
     }
 
     #[test]
@@ -797,28 +875,6 @@ pub(crate) mod tests {
         }
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
         assert_eq!(s(&r, "host.name").as_deref(), Some(host.trim()));
-    }
-
-    #[test]
-    fn parses_container_ids() {
-        for (cg, want) in [
-            (format!("0::/system.slice/docker-{ID}.scope"), true),
-            (format!("12:memory:/docker/{ID}"), true),
-            (
-                format!("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1234_5678.slice/cri-containerd-{ID}.scope"),
-                true,
-            ),
-            (format!("0::/kubepods/burstable/pod1234/{ID}"), true),
-            (format!("0::/machine.slice/libpod-{ID}.scope/container"), true),
-            ("0::/user.slice/user-0.slice/session-1.scope".to_string(), false),
-            ("0::/".to_string(), false),
-            ("garbage".to_string(), false),
-        ] {
-            assert_eq!(container_id(&cg).is_some(), want, "{cg}");
-            if want {
-                assert_eq!(container_id(&cg).unwrap(), ID);
-            }
-        }
     }
 
     #[test]
