@@ -157,10 +157,10 @@ def run_server_bench(workers, pairs, seconds, conns):
                 cpu = (agent.cpu_seconds() - cpu0) if agent else 0
                 rss = agent.peak_rss_kib() if agent else 0
                 if agent:
-                    m = re.search(r"tracer: counters: (.*)", agent.stop())
-                    counters = m.group(1) if m else ""
+                    err = agent.stop()
+                    counters = err[err.find("tracer: counters"):] if "tracer: counters" in err else ""
                     if name != "hooks-only":
-                        d = sum(int(x) for x in re.findall(r"ring_full_\w+=(\d+)", counters))
+                        d = sum(int(x) for x in re.findall(r"ring_full_\w+}?=(\d+)", counters))
                         drops.append(d)
                 results[name].append({"rps": rps, "total": total, "p99": p99, "cpu": cpu, "rss": rss})
                 print("  workers=%s round %d %-10s %9.0f req/s  p99 %7.2f ms" % (workers, r + 1, name, rps, p99),

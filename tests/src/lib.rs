@@ -134,13 +134,12 @@ impl AgentOutput {
             .collect()
     }
 
-    /// The value of `name=N` in the exit counters line.
+    /// The value of `name=N` in the exit summary (the lines from
+    /// `tracer: counters` on).
     pub fn counter(&self, name: &str) -> Option<u64> {
-        let line = self
-            .stderr
-            .lines()
-            .find(|l| l.contains("tracer: counters:"))?;
-        line.split([' ', ';'])
+        let start = self.stderr.find("tracer: counters")?;
+        self.stderr[start..]
+            .split([' ', ';', '\n'])
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
     }
 }

@@ -115,6 +115,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub stats_interval: u64,
 
+    /// Serve the agent's own metrics (every counter, drops by reason,
+    /// spans/s, CPU and memory) in the Prometheus text format on
+    /// http://ADDR/metrics. ADDR is HOST:PORT, or a bare PORT for the
+    /// loopback address only. Off by default.
+    #[arg(long, value_name = "ADDR", env = "TRACER_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
     /// cgroup v2 directory to attach the packet capture to (default: the
     /// first cgroup2 mount in /proc/mounts). In a container, point it at the
     /// host's hierarchy mounted in, e.g. /host/sys/fs/cgroup.
@@ -220,6 +227,19 @@ impl Filter {
     }
 }
 
+/// `--metrics-addr`: `HOST:PORT`, or a bare port on the loopback address.
+fn metrics_addr(a: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    let a = a.trim();
+    if let Ok(port) = a.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    a.parse().map_err(|_| {
+        ConfigError(format!(
+            "--metrics-addr {a:?} is neither a port nor an address like 127.0.0.1:9464 or [::1]:9464"
+        ))
+    })
+}
+
 /// `run`'s validated settings.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -235,6 +255,8 @@ pub struct RunConfig {
     pub drain_interval: Duration,
     /// Counter log period.
     pub stats_interval: Option<Duration>,
+    /// Where the metrics endpoint listens.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Stop after.
     pub duration: Option<Duration>,
     /// cgroup v2 root override.
@@ -362,6 +384,10 @@ impl RunArgs {
             drain_interval: Duration::from_millis(self.drain_interval_ms),
             stats_interval: (self.stats_interval > 0)
                 .then(|| Duration::from_secs(self.stats_interval)),
+            metrics_addr: match &self.metrics_addr {
+                Some(a) => Some(metrics_addr(a)?),
+                None => None,
+            },
             duration,
             cgroup_root: self.cgroup_root,
             export,

@@ -14,7 +14,7 @@ use correlate::{
     Response, Scheme, Side, Span, SplitMix64, Tid,
 };
 use protocols::{
-    http1::{self, Http1Config, Http1Connection, MessageRef, StartLine},
+    http1::{self, Http1Config, Http1Connection, Http1Counters, MessageRef, StartLine},
     stream::{Chunk, MissingKind, Piece},
 };
 use tracer_common::Dir;
@@ -63,6 +63,8 @@ pub struct HttpSpans {
     // The boxes themselves move between the pool and connections.
     #[allow(clippy::vec_box)]
     pool: Vec<Box<Http1Connection>>,
+    /// Parser counters of connections already closed.
+    retired: Http1Counters,
 }
 
 /// Headers a message lends the correlator without a heap allocation (a
@@ -113,6 +115,7 @@ impl HttpSpans {
             },
             config: Http1Config::default(),
             pool: Vec::new(),
+            retired: Http1Counters::default(),
         }
     }
 
@@ -226,6 +229,8 @@ impl HttpSpans {
         }
         out.correlator
             .conn_close(ConnId(conn.cookie), now_ns.max(out.now_ns));
+        self.retired += c.parser.requests().counters();
+        self.retired += c.parser.responses().counters();
         if self.pool.len() < PARSER_POOL {
             c.parser.reset();
             self.pool.push(c.parser);
@@ -267,6 +272,22 @@ impl HttpSpans {
     /// The correlator's counters.
     pub fn correlate_counters(&self) -> &correlate::Counters {
         self.out.correlator.counters()
+    }
+
+    /// The HTTP/1 parsers' counters, every connection's summed.
+    pub fn parser_counters(&self) -> Http1Counters {
+        let mut sum = self.retired;
+        for c in self.conns.values() {
+            sum += c.parser.requests().counters();
+            sum += c.parser.responses().counters();
+        }
+        sum
+    }
+
+    /// Span records held by the correlator and their memory (bytes).
+    pub fn held_spans(&self) -> (usize, usize) {
+        let c = &self.out.correlator;
+        (c.live_spans(), c.span_bytes())
     }
 }
 

@@ -9,6 +9,8 @@ pub mod dispatch;
 pub mod export;
 pub mod http_spans;
 pub mod kernel;
+pub mod metrics;
+pub mod metrics_http;
 pub mod pipeline;
 pub mod preflight;
 pub mod print;

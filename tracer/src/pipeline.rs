@@ -7,7 +7,10 @@
 //! One thread: records are decoded and handed on in the order the kernel
 //! wrote them, and no stage blocks on another (the OTLP exporter runs on its
 //! own thread behind a bounded queue).
-use std::{io::Write, time::Duration};
+use std::{
+    io::Write,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -16,11 +19,13 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::MissedTickBehavio
 use crate::{
     cli::{Output, Print, RunConfig},
     clock::{monotonic_ns, Clock},
-    conntrack::{ConnLimits, Conns},
-    dispatch::{Dispatcher, ReaderCounters, Stages},
+    conntrack::ConnLimits,
+    dispatch::{Dispatcher, Stages},
     export::{console::Format, resource::ResourceCache, sink::SpanSink},
     http_spans::HttpSpans,
     kernel::Kernel,
+    metrics::{self, Metric, Report, Show, Snapshot, Stage},
+    metrics_http,
     print::EventPrinter,
     profile::stage::ProfileStage,
     replay::Recorder,
@@ -91,7 +96,8 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
     rt.block_on(event_loop(&cfg, &mut kernel, &mut dispatcher))?;
     dispatcher.finish(monotonic_ns());
 
-    let (mut stages, conns, reader) = dispatcher.into_parts();
+    let summary = snapshot(&kernel, &dispatcher, &mut Rate { last: None }).table();
+    let (mut stages, _, _) = dispatcher.into_parts();
     if let Some(events) = &mut stages.events {
         if events.write_errors > 0 {
             tracing::warn!(
@@ -100,13 +106,15 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
             );
         }
     }
-    let mut line = counters_line(&kernel, &conns, &reader, &stages);
-    if let Some(p) = stages.profile.take() {
-        line.push_str("; ");
-        line.push_str(&p.finish(monotonic_ns(), Duration::from_secs(5)));
-    }
+    let profiles = stages
+        .profile
+        .take()
+        .map(|p| p.finish(monotonic_ns(), Duration::from_secs(5)));
     let spans = rt.block_on(async { stages.spans.finish(Duration::from_secs(5)) });
-    eprintln!("tracer: counters: {line}; {spans}");
+    eprintln!("tracer: counters at exit\n{summary}  {spans}");
+    if let Some(p) = profiles {
+        eprintln!("  profiles: {p}");
+    }
     drop(kernel);
     tracing::info!("detached all programs");
     Ok(())
@@ -130,6 +138,12 @@ async fn event_loop(cfg: &RunConfig, kernel: &mut Kernel, d: &mut Live) -> Resul
         .unwrap_or(Duration::from_secs(3600 * 24 * 365));
     let mut stats_tick = tokio::time::interval(stats_period);
     stats_tick.tick().await;
+    let mut scrapes = match cfg.metrics_addr {
+        Some(addr) => Some(metrics_http::start(addr).await?),
+        None => None,
+    };
+    let mut stats_rate = Rate { last: None };
+    let mut scrape_rate = Rate { last: None };
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let deadline = async {
@@ -166,8 +180,16 @@ async fn event_loop(cfg: &RunConfig, kernel: &mut Kernel, d: &mut Live) -> Resul
             }
             _ = addr_tick.tick() => d.refresh_local_addrs(),
             _ = stats_tick.tick() => {
-                let line = counters_line(kernel, d.conns(), d.reader(), d.stages());
-                tracing::info!("counters: {line}; {}", d.stages().spans.counters());
+                let table = snapshot(kernel, d, &mut stats_rate).table();
+                tracing::info!("counters\n{table}  {}", d.stages().spans.counters());
+            }
+            Some(scrape) = async {
+                match &mut scrapes {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let _ = scrape.send(snapshot(kernel, d, &mut scrape_rate).prometheus());
             }
         }
     }
@@ -175,60 +197,78 @@ async fn event_loop(cfg: &RunConfig, kernel: &mut Kernel, d: &mut Live) -> Resul
     Ok(())
 }
 
-/// `Name { a: 1, b: 2 }` (a counters struct's Debug form) as `a=1 b=2`.
-fn debug_kv(v: &impl std::fmt::Debug) -> String {
-    let s = format!("{v:?}");
-    let inner = s
-        .split_once('{')
-        .and_then(|(_, r)| r.rsplit_once('}'))
-        .map_or(s.as_str(), |(i, _)| i);
-    inner.trim().replace(": ", "=").replace(", ", " ")
-}
-
-/// Every counter of every stage on one line: kernel drops, reader, table,
-/// streams, HTTP and correlation.
-fn counters_line(
-    kernel: &Kernel,
-    conns: &Conns,
-    reader: &ReaderCounters,
-    stages: &Stages<SpanSink<Box<dyn Write>>>,
-) -> String {
-    use std::fmt::Write as _;
-    let mut line = String::from("kernel drops:");
+/// Every counter of every stage, now. `rate` turns the span count into
+/// spans/s since the previous snapshot.
+fn snapshot(kernel: &Kernel, d: &Live, rate: &mut Rate) -> Snapshot {
+    let mut m = Vec::new();
     for (reason, n) in kernel.drops() {
-        let _ = write!(line, " {}={n}", reason.name());
+        m.push(
+            Metric::counter(
+                Stage::Kernel,
+                "drops",
+                "Records the kernel side could not deliver, by reason.",
+                Show::Anomaly,
+                n,
+            )
+            .with_label("reason", reason.name()),
+        );
     }
-    let _ = write!(
-        line,
-        "; reader: {}; connections: live={} {}; streams: {}; http: {}; correlate: {}",
-        debug_kv(reader),
-        conns.live(),
-        debug_kv(conns.counters()),
-        debug_kv(&conns.stream_counters()),
-        stages
-            .http
-            .as_ref()
-            .map(|h| debug_kv(h.counters()))
-            .unwrap_or_else(|| "off".into()),
-        stages
-            .http
-            .as_ref()
-            .map(|h| debug_kv(h.correlate_counters()))
-            .unwrap_or_else(|| "off".into()),
-    );
-    line
+    d.reader().report(&mut m);
+    let conns = d.conns();
+    m.push(Metric::gauge(
+        Stage::Connections,
+        "live",
+        "Connections tracked now.",
+        Show::Headline,
+        conns.live() as f64,
+    ));
+    conns.counters().report(&mut m);
+    conns.stream_counters().report(&mut m);
+    if let Some(http) = &d.stages().http {
+        http.counters().report(&mut m);
+        http.parser_counters().report(&mut m);
+        let c = http.correlate_counters();
+        c.report(&mut m);
+        let (held, bytes) = http.held_spans();
+        m.push(Metric::gauge(
+            Stage::Correlation,
+            "held_spans",
+            "Span records held (waiting for evidence, or kept for late children).",
+            Show::Detail,
+            held as f64,
+        ));
+        m.push(Metric::gauge(
+            Stage::Correlation,
+            "held_span_bytes",
+            "Memory of the span records held, texts included.",
+            Show::Detail,
+            bytes as f64,
+        ));
+        m.push(Metric::gauge(
+            Stage::Correlation,
+            "spans_per_second",
+            "Spans made per second since the previous snapshot.",
+            Show::Headline,
+            rate.per_second(c.spans_emitted),
+        ));
+    }
+    metrics::process(&mut m);
+    Snapshot { metrics: m }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A counter's rate between two snapshots.
+struct Rate {
+    last: Option<(Instant, u64)>,
+}
 
-    #[test]
-    fn counters_print_as_key_values() {
-        let c = ReaderCounters {
-            records: 3,
-            bad_records: 1,
+impl Rate {
+    fn per_second(&mut self, total: u64) -> f64 {
+        let now = Instant::now();
+        let r = match self.last {
+            Some((t, n)) if now > t => total.saturating_sub(n) as f64 / (now - t).as_secs_f64(),
+            _ => 0.0,
         };
-        assert_eq!(debug_kv(&c), "records=3 bad_records=1");
+        self.last = Some((now, total));
+        r
     }
 }

@@ -480,6 +480,44 @@ pub struct Http1Counters {
     pub responses_unpaired: u64,
 }
 
+impl std::ops::AddAssign<&Http1Counters> for Http1Counters {
+    /// Sums counters (e.g. over the parsers of many connections).
+    fn add_assign(&mut self, o: &Http1Counters) {
+        let Http1Counters {
+            messages,
+            interim_responses,
+            bytes_skipped,
+            resyncs,
+            parse_errors,
+            heads_too_large,
+            heads_truncated,
+            framing_lost,
+            upgrades,
+            not_http,
+            body_bytes_missing,
+            head_guesses,
+            closed_incomplete,
+            expectations_dropped,
+            responses_unpaired,
+        } = *o;
+        self.messages += messages;
+        self.interim_responses += interim_responses;
+        self.bytes_skipped += bytes_skipped;
+        self.resyncs += resyncs;
+        self.parse_errors += parse_errors;
+        self.heads_too_large += heads_too_large;
+        self.heads_truncated += heads_truncated;
+        self.framing_lost += framing_lost;
+        self.upgrades += upgrades;
+        self.not_http += not_http;
+        self.body_bytes_missing += body_bytes_missing;
+        self.head_guesses += head_guesses;
+        self.closed_incomplete += closed_incomplete;
+        self.expectations_dropped += expectations_dropped;
+        self.responses_unpaired += responses_unpaired;
+    }
+}
+
 /// Both directions of one HTTP/1.x connection: the response parser learns
 /// from the request parser which requests were HEAD or CONNECT, and an
 /// upgrade seen in the response stops the request parser too.

@@ -1,0 +1,505 @@
+//! The agent's own metrics: every counter of every stage, read as typed
+//! values by one reporter, and shown three ways: a Prometheus text
+//! endpoint (`--metrics-addr`), the `--stats-interval` log lines and the
+//! exit summary (a short table grouped by stage, with the non-zero
+//! anomalies called out).
+//!
+//! Each stage's counters struct is listed here once, field by field, with
+//! a help text and whether it is a headline (shown in the table), an
+//! anomaly (shown only when non-zero, as something lost or wrong) or
+//! detail (endpoint only). The lists destructure their struct
+//! exhaustively: a new counter that is not listed does not compile.
+use std::fmt::Write as _;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+/// Which stage a metric belongs to (its name prefix and table row).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// The eBPF programs and the ring buffer.
+    Kernel,
+    /// Records read from the ring buffer.
+    Reader,
+    /// The connection table.
+    Connections,
+    /// Byte streams rebuilt from packets and calls.
+    Streams,
+    /// HTTP parsing.
+    Http,
+    /// Spans and parents.
+    Correlation,
+    /// Spans and profiles leaving the agent.
+    Export,
+    /// CPU profiles.
+    Profiles,
+    /// The agent process itself.
+    Agent,
+}
+
+impl Stage {
+    /// Lower-case name (metric prefix).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Kernel => "kernel",
+            Stage::Reader => "reader",
+            Stage::Connections => "connections",
+            Stage::Streams => "streams",
+            Stage::Http => "http",
+            Stage::Correlation => "correlation",
+            Stage::Export => "export",
+            Stage::Profiles => "profiles",
+            Stage::Agent => "agent",
+        }
+    }
+}
+
+/// How a metric is shown in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Show {
+    /// Always, in its stage's row.
+    Headline,
+    /// Only when non-zero, in the anomalies: something lost or wrong.
+    Anomaly,
+    /// Only on the endpoint.
+    Detail,
+}
+
+/// Counter (only goes up) or gauge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A running total.
+    Counter,
+    /// A value now.
+    Gauge,
+}
+
+/// One value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metric {
+    /// Its stage.
+    pub stage: Stage,
+    /// Name within the stage (`tracer_{stage}_{name}` on the endpoint).
+    pub name: &'static str,
+    /// One line for the endpoint's HELP.
+    pub help: &'static str,
+    /// Counter or gauge.
+    pub kind: Kind,
+    /// How the table shows it.
+    pub show: Show,
+    /// One label, for families such as drops by reason.
+    pub label: Option<(&'static str, &'static str)>,
+    /// The value.
+    pub value: f64,
+}
+
+impl Metric {
+    /// A counter.
+    pub fn counter(
+        stage: Stage,
+        name: &'static str,
+        help: &'static str,
+        show: Show,
+        value: u64,
+    ) -> Metric {
+        Metric {
+            stage,
+            name,
+            help,
+            kind: Kind::Counter,
+            show,
+            label: None,
+            value: value as f64,
+        }
+    }
+
+    /// A gauge.
+    pub fn gauge(
+        stage: Stage,
+        name: &'static str,
+        help: &'static str,
+        show: Show,
+        value: f64,
+    ) -> Metric {
+        Metric {
+            stage,
+            name,
+            help,
+            kind: Kind::Gauge,
+            show,
+            label: None,
+            value,
+        }
+    }
+
+    /// The same metric with a label.
+    pub fn with_label(mut self, key: &'static str, value: &'static str) -> Metric {
+        self.label = Some((key, value));
+        self
+    }
+}
+
+/// A stage's counters, as metrics.
+pub trait Report {
+    /// Appends every value to `out`.
+    fn report(&self, out: &mut Vec<Metric>);
+}
+
+/// Lists a counters struct's fields (exhaustively) as counters of `$stage`.
+macro_rules! report_counters {
+    ($ty:ty, $stage:expr, { $($field:ident: $show:ident, $help:literal;)* }) => {
+        impl Report for $ty {
+            fn report(&self, out: &mut Vec<Metric>) {
+                let Self { $($field),* } = self;
+                $(
+                    out.push(Metric::counter(
+                        $stage,
+                        stringify!($field),
+                        $help,
+                        Show::$show,
+                        *$field,
+                    ));
+                )*
+            }
+        }
+    };
+}
+
+report_counters!(crate::dispatch::ReaderCounters, Stage::Reader, {
+    records: Headline, "Records read from the ring buffer.";
+    bad_records: Anomaly, "Records that did not decode (dropped).";
+});
+
+report_counters!(crate::conntrack::ConnCounters, Stage::Connections, {
+    opened: Headline, "Connections tracked.";
+    closed: Detail, "Connections removed after their close.";
+    evicted_idle: Detail, "Connections removed after being idle.";
+    evicted_full: Anomaly, "Connections removed because the table was full.";
+    bad_records: Anomaly, "Records with an unknown direction (dropped).";
+    loopback_mirrored: Detail, "Loopback packets handed to the receiving socket.";
+    loopback_parked: Detail, "Loopback packets held until the receiving socket was known.";
+    loopback_parked_dropped: Anomaly, "Held loopback packets dropped (no receiver in time, or no room).";
+});
+
+report_counters!(protocols::stream::StreamCounters, Stage::Streams, {
+    segments: Detail, "Packet payload records.";
+    ops: Detail, "Send/receive call records.";
+    chunks: Detail, "Ranges delivered to the parsers.";
+    bytes_captured: Headline, "Payload bytes copied and delivered.";
+    bytes_truncated: Headline, "Payload bytes beyond the copy (length known, content not).";
+    bytes_hole: Anomaly, "Payload bytes lost (gaps in the captured stream).";
+    bytes_unattributed: Anomaly, "Bytes delivered without the call that moved them.";
+    bytes_duplicate: Detail, "Bytes seen twice (retransmits, overlaps).";
+    segments_dropped_limit: Anomaly, "Packet ranges dropped at a stream's bound.";
+    ops_dropped_limit: Anomaly, "Call records dropped at a stream's bound.";
+    ops_stale: Detail, "Call records before the delivered position.";
+    ops_overlapping: Detail, "Call records overlapping another.";
+    ops_without_bytes: Detail, "Calls delivered without any packet coverage.";
+    chunks_with_holes: Anomaly, "Delivered ranges with a gap.";
+    chunks_forced: Detail, "Ranges delivered early because a bound was near.";
+    records_unplaceable: Anomaly, "Records whose sequence number could not be placed.";
+});
+
+report_counters!(crate::http_spans::HttpCounters, Stage::Http, {
+    connections: Detail, "Connections whose bytes were looked at.";
+    not_http: Headline, "Connections found not to carry HTTP.";
+    messages: Headline, "Requests and responses handed to the correlator.";
+    messages_without_call: Anomaly, "Messages without any call record (dropped).";
+    undecided_chunks: Detail, "Ranges of connections whose request direction was not known yet (skipped).";
+    evicted: Anomaly, "Connections not parsed because the parser table was full.";
+});
+
+report_counters!(protocols::http1::Http1Counters, Stage::Http, {
+    messages: Detail, "Messages the HTTP/1 parsers emitted.";
+    interim_responses: Detail, "Interim (1xx) responses.";
+    bytes_skipped: Detail, "Bytes skipped looking for a message start.";
+    resyncs: Detail, "Times a parser lost a message boundary and scanned.";
+    parse_errors: Anomaly, "Heads that did not parse.";
+    heads_too_large: Anomaly, "Heads larger than the parser's bound.";
+    heads_truncated: Anomaly, "Heads cut by missing bytes.";
+    framing_lost: Anomaly, "Chunked bodies whose framing was lost.";
+    upgrades: Detail, "Connections upgraded or tunnelled.";
+    not_http: Detail, "Directions declared not HTTP/1.";
+    body_bytes_missing: Detail, "Body bytes skipped by count.";
+    head_guesses: Detail, "Responses found to answer a HEAD request.";
+    closed_incomplete: Detail, "Messages cut by the connection's end.";
+    expectations_dropped: Anomaly, "Request kinds dropped (too many pending).";
+    responses_unpaired: Detail, "Responses with no request kind known.";
+});
+
+report_counters!(correlate::Counters, Stage::Correlation, {
+    messages: Detail, "Messages correlated.";
+    spans_emitted: Headline, "Spans made.";
+    unknown_connection: Detail, "Messages on a connection never opened.";
+    unmatched_response: Anomaly, "Responses with no outstanding request (dropped).";
+    closed_before_response: Detail, "Requests ended by their connection's close.";
+    reset_outstanding: Anomaly, "Requests ended by lost stream data.";
+    outstanding_overflow: Anomaly, "Requests ended because a connection had too many.";
+    connection_overflow: Anomaly, "Connections evicted at the bound.";
+    span_overflow: Anomaly, "Spans settled early at the memory bound.";
+    retained_evicted: Detail, "Finished spans forgotten early at the bound.";
+    thread_index_overflow: Anomaly, "Thread index entries lost at its bound.";
+    mirror_parent: Headline, "Server spans parented by the client span at the other end.";
+    nat_parent: Detail, "Of those, through address translation.";
+    mirror_expired: Detail, "Server spans whose wait for a local client span expired.";
+    late_mirror: Anomaly, "Client spans that arrived after their server span gave up.";
+    thread_parent: Headline, "Client spans parented by the server span on their thread.";
+    request_id_parent: Headline, "Client spans parented through a request id.";
+    thread_context_parent: Detail, "Client spans parented through a propagated trace id.";
+    header_parent: Headline, "Spans parented by a propagated header's span.";
+    roots: Headline, "Spans made roots of a new trace.";
+    ambiguous_parent: Headline, "Client spans left without a parent: several candidates, no evidence.";
+    context_conflict: Detail, "Spans whose propagated trace disagreed with the rules (the header won).";
+    invalid_traceparent: Detail, "Invalid traceparent headers ignored.";
+    invalid_tracestate: Detail, "Invalid tracestate headers dropped.";
+    invalid_b3: Detail, "Invalid B3 headers ignored.";
+    request_ids_ignored: Detail, "Request-id values beyond the few a span keeps.";
+    clock_anomaly: Anomaly, "Timestamps out of order (clamped or not linked).";
+});
+
+/// The agent process: CPU seconds and memory, from /proc/self.
+pub fn process(out: &mut Vec<Metric>) {
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            // SAFETY: sysconf has no preconditions.
+            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+            Some(ticks as f64 / hz.max(1) as f64)
+        })
+        .unwrap_or(0.0);
+    out.push(Metric {
+        kind: Kind::Counter,
+        ..Metric::gauge(
+            Stage::Agent,
+            "cpu_seconds",
+            "CPU time the agent used (user and system).",
+            Show::Headline,
+            cpu,
+        )
+    });
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    out.push(Metric::gauge(
+        Stage::Agent,
+        "resident_bytes",
+        "Resident memory now (the ring buffer's touched pages included).",
+        Show::Headline,
+        kib("VmRSS:") * 1024.0,
+    ));
+    out.push(Metric::gauge(
+        Stage::Agent,
+        "resident_peak_bytes",
+        "Peak resident memory.",
+        Show::Headline,
+        kib("VmHWM:") * 1024.0,
+    ));
+}
+
+/// A snapshot of every metric.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The values, in stage order.
+    pub metrics: Vec<Metric>,
+}
+
+impl Snapshot {
+    /// The value of `stage`'s `name` (summed over labels), if reported.
+    pub fn get(&self, stage: Stage, name: &str) -> Option<f64> {
+        let mut found = None;
+        for m in &self.metrics {
+            if m.stage == stage && m.name == name {
+                *found.get_or_insert(0.0) += m.value;
+            }
+        }
+        found
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn prometheus(&self) -> String {
+        let mut registry = Registry::with_prefix("tracer");
+        registry.register_collector(Box::new(Families(self.metrics.clone())));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    /// A short table: one row per stage with its headline values, then
+    /// every non-zero anomaly.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let mut stages: Vec<Stage> = self.metrics.iter().map(|m| m.stage).collect();
+        stages.sort();
+        stages.dedup();
+        for stage in stages {
+            let mut row = String::new();
+            for m in self
+                .metrics
+                .iter()
+                .filter(|m| m.stage == stage && m.show == Show::Headline)
+            {
+                let _ = write!(row, "  {}={}", m.name, human(m.value, m.name));
+            }
+            if !row.is_empty() {
+                let _ = writeln!(out, "  {:<12}{row}", stage.name());
+            }
+        }
+        let anomalies: Vec<String> = self
+            .metrics
+            .iter()
+            .filter(|m| m.show == Show::Anomaly && m.value != 0.0)
+            .map(|m| match m.label {
+                Some((_, v)) => format!("{}.{}{{{v}}}={}", m.stage.name(), m.name, m.value),
+                None => format!("{}.{}={}", m.stage.name(), m.name, m.value),
+            })
+            .collect();
+        if anomalies.is_empty() {
+            out.push_str("  anomalies: none\n");
+        } else {
+            let _ = writeln!(out, "  anomalies: {}", anomalies.join(" "));
+        }
+        out
+    }
+}
+
+/// A value for the table: bytes and seconds in units, counts as they are.
+fn human(v: f64, name: &str) -> String {
+    if name.ends_with("bytes") {
+        format!("{:.1}MiB", v / (1024.0 * 1024.0))
+    } else if name.ends_with("seconds") {
+        format!("{v:.2}s")
+    } else if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// The snapshot as Prometheus metric families (one descriptor per name,
+/// one sample per label value).
+#[derive(Debug)]
+struct Families(Vec<Metric>);
+
+impl Collector for Families {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut done: Vec<(Stage, &str)> = Vec::new();
+        for m in &self.0 {
+            if done.contains(&(m.stage, m.name)) {
+                continue;
+            }
+            done.push((m.stage, m.name));
+            let name = format!("{}_{}", m.stage.name(), m.name);
+            let metric_type = match m.kind {
+                Kind::Counter => ConstCounter::new(0u64).metric_type(),
+                Kind::Gauge => ConstGauge::new(0i64).metric_type(),
+            };
+            let mut e = encoder.encode_descriptor(&name, m.help, None, metric_type)?;
+            if m.label.is_none() {
+                encode_value(m.kind, m.value, e)?;
+                continue;
+            }
+            for x in self
+                .0
+                .iter()
+                .filter(|x| x.stage == m.stage && x.name == m.name)
+            {
+                let label = [x.label.unwrap_or(("", ""))];
+                encode_value(x.kind, x.value, e.encode_family(&label)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts as integers, the rest (CPU seconds) as floats.
+fn encode_value(
+    kind: Kind,
+    v: f64,
+    e: prometheus_client::encoding::MetricEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    let whole = v.fract() == 0.0;
+    match (kind, whole) {
+        (Kind::Counter, true) => ConstCounter::new(v as u64).encode(e),
+        (Kind::Counter, false) => ConstCounter::new(v).encode(e),
+        (Kind::Gauge, true) => ConstGauge::new(v as i64).encode(e),
+        (Kind::Gauge, false) => ConstGauge::new(v).encode(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap() -> Snapshot {
+        let mut v = Vec::new();
+        crate::dispatch::ReaderCounters {
+            records: 10,
+            bad_records: 2,
+        }
+        .report(&mut v);
+        v.push(
+            Metric::counter(Stage::Kernel, "drops", "Lost.", Show::Anomaly, 3)
+                .with_label("reason", "ring_full_op"),
+        );
+        v.push(
+            Metric::counter(Stage::Kernel, "drops", "Lost.", Show::Anomaly, 0)
+                .with_label("reason", "bad_packet"),
+        );
+        v.push(Metric::gauge(
+            Stage::Agent,
+            "resident_bytes",
+            "RSS.",
+            Show::Headline,
+            2.0 * 1024.0 * 1024.0,
+        ));
+        Snapshot { metrics: v }
+    }
+
+    #[test]
+    fn prometheus_text_has_one_family_per_name_and_labels() {
+        let text = snap().prometheus();
+        assert!(
+            text.contains("# TYPE tracer_reader_records counter"),
+            "{text}"
+        );
+        assert!(text.contains("tracer_reader_records_total 10"), "{text}");
+        assert!(text.contains("tracer_reader_bad_records_total 2"), "{text}");
+        assert_eq!(
+            text.matches("# TYPE tracer_kernel_drops counter").count(),
+            1
+        );
+        assert!(
+            text.contains("tracer_kernel_drops_total{reason=\"ring_full_op\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tracer_agent_resident_bytes 2097152"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn table_shows_headlines_and_only_nonzero_anomalies() {
+        let t = snap().table();
+        assert!(t.contains("reader        records=10"), "{t}");
+        assert!(t.contains("agent         resident_bytes=2.0MiB"), "{t}");
+        assert!(
+            t.contains("anomalies: reader.bad_records=2 kernel.drops{ring_full_op}=3"),
+            "{t}"
+        );
+        assert!(!t.contains("bad_packet"), "{t}");
+    }
+}
