@@ -283,10 +283,10 @@ impl<O: SpanOut> Dispatcher<O> {
         s.flush();
     }
 
-    /// Re-reads the host's addresses (interfaces come and go).
-    pub fn refresh_local_addrs(&mut self) {
+    /// The host's addresses changed (interfaces come and go).
+    pub fn set_local_addrs(&mut self, local: &[std::net::IpAddr]) {
         if let Some(http) = &mut self.stages.http {
-            http.refresh_local_addrs();
+            http.set_local_addrs(local);
         }
     }
 

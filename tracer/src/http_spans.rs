@@ -4,7 +4,7 @@
 //! Which direction of a connection carries requests follows from which end
 //! opened it (the client writes requests); for connections opened before the
 //! agent started it is read off the first bytes.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use foldhash::{HashMap, HashMapExt};
 
@@ -102,10 +102,12 @@ fn version(minor: u8) -> HttpVersion {
 }
 
 impl HttpSpans {
-    /// A fresh stage; `seed` seeds span and trace ids.
-    pub fn new(correlator: correlate::Config, seed: u64) -> HttpSpans {
+    /// A fresh stage; `seed` seeds span and trace ids; `local` are this
+    /// host's addresses (a server span whose peer is one of them waits for
+    /// that peer's client span).
+    pub fn new(correlator: correlate::Config, seed: u64, local: &[IpAddr]) -> HttpSpans {
         let mut correlator = Correlator::with_seed(correlator, seed);
-        correlator.set_local_addrs(local_addrs());
+        correlator.set_local_addrs(local.iter().copied());
         HttpSpans {
             conns: HashMap::new(),
             out: ToSpans {
@@ -119,9 +121,9 @@ impl HttpSpans {
         }
     }
 
-    /// Re-reads the host's addresses (interfaces come and go).
-    pub fn refresh_local_addrs(&mut self) {
-        self.out.correlator.set_local_addrs(local_addrs());
+    /// The host's addresses changed (interfaces come and go).
+    pub fn set_local_addrs(&mut self, local: &[IpAddr]) {
+        self.out.correlator.set_local_addrs(local.iter().copied());
     }
 
     /// A ready range of one direction of a connection.
@@ -348,58 +350,5 @@ impl ToSpans {
             stream_id: None,
             kind,
         });
-    }
-}
-
-/// Addresses of this host's interfaces (getifaddrs), loopback included.
-pub fn local_addrs() -> Vec<IpAddr> {
-    let mut out = vec![
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(Ipv6Addr::LOCALHOST),
-    ];
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills a list we free below.
-    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
-        return out;
-    }
-    let mut p = ifap;
-    while !p.is_null() {
-        // SAFETY: p walks the list getifaddrs returned.
-        let ifa = unsafe { &*p };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: sa_family tells which sockaddr type ifa_addr points to.
-            unsafe {
-                match (*ifa.ifa_addr).sa_family as i32 {
-                    libc::AF_INET => {
-                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                            sin.sin_addr.s_addr,
-                        ))));
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                        out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
-                    }
-                    _ => {}
-                }
-            }
-        }
-        p = ifa.ifa_next;
-    }
-    // SAFETY: the list from getifaddrs.
-    unsafe { libc::freeifaddrs(ifap) };
-    out.sort();
-    out.dedup();
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn local_addrs_include_loopback() {
-        let a = local_addrs();
-        assert!(a.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)));
     }
 }

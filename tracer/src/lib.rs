@@ -7,6 +7,7 @@ pub mod clock;
 pub mod conntrack;
 pub mod dispatch;
 pub mod export;
+pub mod host;
 pub mod http_spans;
 pub mod kernel;
 pub mod metrics;

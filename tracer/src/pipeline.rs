@@ -22,6 +22,7 @@ use crate::{
     conntrack::ConnLimits,
     dispatch::{Dispatcher, Stages},
     export::{console::Format, resource::ResourceCache, sink::SpanSink},
+    host,
     http_spans::HttpSpans,
     kernel::Kernel,
     metrics::{self, Metric, Report, Show, Snapshot, Stage},
@@ -81,7 +82,7 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
     };
     let stages = Stages::new(
         events,
-        (!cfg.no_spans).then(|| HttpSpans::new(cfg.correlate.clone(), seed)),
+        (!cfg.no_spans).then(|| HttpSpans::new(cfg.correlate.clone(), seed, &host::local_addrs())),
         spans,
         recorder,
         match &cfg.profile {
@@ -178,7 +179,7 @@ async fn event_loop(cfg: &RunConfig, kernel: &mut Kernel, d: &mut Live) -> Resul
                 d.sweep(monotonic_ns());
                 d.flush_output();
             }
-            _ = addr_tick.tick() => d.refresh_local_addrs(),
+            _ = addr_tick.tick() => d.set_local_addrs(&host::local_addrs()),
             _ = stats_tick.tick() => {
                 let table = snapshot(kernel, d, &mut stats_rate).table();
                 tracing::info!("counters\n{table}  {}", d.stages().spans.counters());

@@ -10,7 +10,11 @@ use std::{
     path::Path,
 };
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use correlate::{AttrValue, Pid, Span};
 
@@ -134,7 +138,13 @@ impl Replay {
     pub fn new() -> Replay {
         let stages = Stages::new(
             None,
-            Some(HttpSpans::new(correlate::Config::default(), 1)),
+            // Loopback only: the recorded host's other addresses are not
+            // known, and this host's must not change the outcome.
+            Some(HttpSpans::new(
+                correlate::Config::default(),
+                1,
+                &[Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()],
+            )),
             Collect::default(),
             None,
             None,
