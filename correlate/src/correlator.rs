@@ -523,7 +523,7 @@ impl<G: IdGen> Correlator<G> {
             &self.rid_hasher,
             &mut self.counters,
         );
-        self.make_room();
+        self.make_room(RECORD_BYTES + texts.heap_bytes());
         let key = self.next_key;
         self.next_key += 1;
         let span_id = self.fresh_span_id();

@@ -515,12 +515,13 @@ impl<G: IdGen> Correlator<G> {
         }
     }
 
-    /// Make room for one more span record at `max_spans`: forget the oldest
-    /// retained span, else settle and emit the oldest unemitted one now.
-    pub(crate) fn make_room(&mut self) {
+    /// Make room for one more span record of `incoming` bytes under
+    /// `max_spans` and `max_span_bytes`: forget the oldest retained span,
+    /// else settle and emit the oldest unemitted one now.
+    pub(crate) fn make_room(&mut self, incoming: usize) {
         let max = self.cfg.max_spans.max(1);
         let max_bytes = self.cfg.max_span_bytes;
-        while self.spans.len() >= max || self.span_bytes() >= max_bytes {
+        while self.spans.len() >= max || self.span_bytes() + incoming > max_bytes {
             if let Some((_, k)) = self.retained.pop_front() {
                 if self.spans.remove(&k).is_some() {
                     self.counters.retained_evicted += 1;

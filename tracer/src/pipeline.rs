@@ -93,11 +93,16 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
         },
     );
     let mut dispatcher = Dispatcher::new(stages, ConnLimits::default());
+    let started = Instant::now();
 
     rt.block_on(event_loop(&cfg, &mut kernel, &mut dispatcher))?;
     dispatcher.finish(monotonic_ns());
 
-    let summary = snapshot(&kernel, &dispatcher, &mut Rate { last: None }).table();
+    // Spans/s at exit: the average over the run.
+    let mut since_start = Rate {
+        last: Some((started, 0)),
+    };
+    let summary = snapshot(&kernel, &dispatcher, &mut since_start).table();
     let (mut stages, _, _) = dispatcher.into_parts();
     if let Some(events) = &mut stages.events {
         if events.write_errors > 0 {
