@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""The agent under overload stays bounded and never blocks what it traces.
+
+Three cases, each an A/B pair (nginx + wrk without, then with the agent):
+  small-ring     full keep-alive load with a 256 KiB ring buffer: records
+                 must be dropped (counted by reason);
+  endpoint-down  full keep-alive load exporting to an OTLP endpoint that
+                 refuses every connection for the whole run;
+  short-conns    at least 100,000 short connections (wrk with
+                 "Connection: close").
+For each: requests/s without and with the agent (the traced server is
+never blocked: the agent only ever drops), the agent's peak RSS, and the
+anomalies it reported. Exits 1 when a peak RSS is above --max-rss-mib
+(default 128).
+
+    sudo bench/overload.py [--seconds 10] [--max-rss-mib 128]
+"""
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+
+from agentproc import Agent
+from overhead import Nginx, free_port
+
+
+def wrk(port, seconds, conns, close=False):
+    cmd = ["wrk", "-t2", "-c%d" % conns, "-d%ds" % seconds]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    out = subprocess.run(cmd + ["http://127.0.0.1:%d/index.html" % port],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return rps, total
+
+
+def closed_port():
+    """A loopback port nothing listens on."""
+    return free_port()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--max-rss-mib", type=float, default=128)
+    args = ap.parse_args()
+    down = "http://127.0.0.1:%d" % closed_port()
+    cases = [
+        ("small-ring", ["--ring-buffer-size", str(256 << 10), "--wakeup-bytes", str(64 << 10),
+                        "--otlp-endpoint", "{sink}", "--otlp-protocol", "http/protobuf"], False),
+        ("endpoint-down", ["--otlp-endpoint", down, "--otlp-protocol", "http/protobuf"], False),
+        ("short-conns", ["--otlp-endpoint", "{sink}", "--otlp-protocol", "http/protobuf"], True),
+    ]
+    from overhead import OtlpSink
+    nginx = Nginx("1")
+    sink = OtlpSink()
+    failed = False
+    try:
+        wrk(nginx.port, 2, 50)
+        for name, flags, close in cases:
+            flags = [f.replace("{sink}", "http://127.0.0.1:%d" % sink.port) for f in flags]
+            seconds = args.seconds
+            base_rps, base_total = wrk(nginx.port, seconds, 50, close)
+            if close:
+                # Long enough for 100,000 connections even if the agent
+                # halved the rate.
+                seconds = max(seconds, int(2 * 100_000 / base_rps) + 1)
+            agent = Agent(flags)
+            rps, total = wrk(nginx.port, seconds, 50, close)
+            rss = agent.peak_rss_kib() / 1024
+            summary = agent.stop()
+            anomalies = re.search(r"anomalies: (.*)", summary)
+            export = re.search(r"export: (.*)", summary)
+            bad = rss > args.max_rss_mib
+            failed |= bad
+            print("%-14s without %8.0f req/s, with %8.0f req/s (ratio %.2f, %d requests); "
+                  "agent peak RSS %6.1f MiB %s" % (
+                      name, base_rps, rps, rps / base_rps, total, rss,
+                      "ABOVE %.0f MiB" % args.max_rss_mib if bad else "ok"))
+            if close:
+                print("%-14s %d connections opened with the agent" % ("", total))
+            print("%-14s anomalies: %s" % ("", anomalies.group(1) if anomalies else "?"))
+            print("%-14s export: %s" % ("", export.group(1)[:300] if export else "?"), flush=True)
+    finally:
+        sink.stop()
+        nginx.stop()
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
