@@ -51,5 +51,6 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod hpack;
 pub mod http1;
 pub mod stream;
