@@ -53,4 +53,5 @@
 
 pub mod hpack;
 pub mod http1;
+pub mod http2;
 pub mod stream;
