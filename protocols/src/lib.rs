@@ -51,6 +51,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod conn;
 pub mod hpack;
 pub mod http1;
 pub mod http2;

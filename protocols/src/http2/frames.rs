@@ -155,7 +155,6 @@ pub(crate) enum Event<'a> {
         stream: u32,
         data: &'a [u8],
         missing: u32,
-        first_of_frame: Option<Pos>,
         last: Pos,
     },
     /// The boundaries of a DATA frame's content were lost (its padding
@@ -171,11 +170,7 @@ pub(crate) enum Event<'a> {
         last: Pos,
     },
     /// GOAWAY: streams above `last_stream` were not processed.
-    GoAway {
-        last_stream: Option<u32>,
-        code: Option<u32>,
-        last: Pos,
-    },
+    GoAway { last_stream: Option<u32>, last: Pos },
     /// A SETTINGS frame (not an ACK): values of interest, or `lost`.
     Settings {
         table_size: Option<u32>,
@@ -245,8 +240,6 @@ struct Cur {
     body_left: Option<u32>,
     /// The body's extent is unknown (pad length lost or invalid).
     body_unknown: bool,
-    /// DATA: whether a Data event of this frame was sent yet.
-    data_started: bool,
     /// SETTINGS: entry being assembled.
     set_buf: [u8; 6],
     set_got: u8,
@@ -368,20 +361,10 @@ impl FrameReader {
         self.client = Some(client);
     }
 
-    /// True while frame boundaries are not known.
-    pub fn out_of_sync(&self) -> bool {
-        self.st == St::OutOfSync
-    }
-
     /// Ignores stream bytes before `offset` (the start of HTTP/2 after an
     /// upgrade).
     pub fn start_at(&mut self, offset: u64) {
         self.next_offset = Some(offset);
-    }
-
-    /// Offset just past the last byte fed.
-    pub fn next_offset(&self) -> Option<u64> {
-        self.next_offset
     }
 
     /// Feeds a chunk in stream order (a gap counts as a hole; bytes
@@ -586,7 +569,6 @@ impl FrameReader {
             pre_lost: false,
             body_left: None,
             body_unknown: false,
-            data_started: false,
             set_buf: [0; 6],
             set_got: 0,
             set_lost: false,
@@ -658,13 +640,10 @@ impl FrameReader {
             match cur.h.kind {
                 DATA if body > 0 && !cur.body_unknown => {
                     self.counters.data_bytes_missing += u64::from(k);
-                    let first_of_frame = (!cur.data_started).then_some(cur.first);
-                    cur.data_started = true;
                     out(Event::Data {
                         stream: cur.h.stream,
                         data: &[],
                         missing: k,
-                        first_of_frame,
                         last: pos,
                     });
                 }
@@ -736,13 +715,10 @@ impl FrameReader {
                 cur.body_left = Some(body - k as u32);
                 match cur.h.kind {
                     DATA if !cur.body_unknown => {
-                        let first_of_frame = (!cur.data_started).then_some(cur.first);
-                        cur.data_started = true;
                         out(Event::Data {
                             stream: cur.h.stream,
                             data: bytes,
                             missing: 0,
-                            first_of_frame,
                             last: p,
                         });
                     }
@@ -874,7 +850,6 @@ impl FrameReader {
             GOAWAY => {
                 out(Event::GoAway {
                     last_stream: (!cur.pre_lost).then(|| word(0) & 0x7fff_ffff),
-                    code: (!cur.pre_lost).then(|| word(4)),
                     last,
                 });
             }

@@ -50,6 +50,30 @@ use crate::stream::{Chunk, OpMeta};
 use frames::{Event, FrameReader, Pos, Verdict};
 pub use frames::{FrameCounters, PREFACE};
 
+/// Frame type numbers the seam's detection needs.
+pub(crate) mod frames_kind {
+    pub(crate) use super::frames::SETTINGS;
+}
+
+/// True when `buf` starts with `n` chained plausible frame heads (each
+/// pointing exactly at the next, all captured in `buf`).
+pub(crate) fn chained_heads(buf: &[u8], n: usize) -> bool {
+    let mut at = 0usize;
+    for _ in 0..n {
+        let Some(h) = buf.get(at..at + 9) else {
+            return false;
+        };
+        let mut b = [0u8; 9];
+        b.copy_from_slice(h);
+        let h = frames::Head::parse(&b);
+        if !frames::plausible(&h, (1 << 24) - 1, None) || h.kind == frames::CONTINUATION {
+            return false;
+        }
+        at += 9 + h.len as usize;
+    }
+    true
+}
+
 /// How a stream ended (as far as a message can tell).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StreamEnd {
@@ -281,8 +305,11 @@ pub struct Http2Counters {
     /// Header blocks dropped because they did not decode right after a
     /// resync (the resync was undone).
     pub blocks_discarded: u64,
-    /// DATA, END_STREAM or RST_STREAM for streams not tracked.
+    /// DATA, END_STREAM, RST_STREAM or response headers for streams not
+    /// tracked (or already answered).
     pub frames_unknown_stream: u64,
+    /// Requests whose response was fed (and emitted) first.
+    pub late_requests: u64,
 }
 
 /// The gRPC length prefixes of one direction of a stream.
@@ -387,6 +414,7 @@ pub struct Http2Connection {
     free: Vec<usize>,
     counters: Http2Counters,
     scratch: HeaderList,
+    recent: std::collections::VecDeque<u32>,
 }
 
 /// Where a connection's bytes start.
@@ -439,6 +467,7 @@ impl Http2Connection {
             free: Vec::new(),
             counters: Http2Counters::default(),
             scratch: HeaderList::default(),
+            recent: std::collections::VecDeque::new(),
         };
         c.begin(start);
         c
@@ -494,6 +523,7 @@ impl Http2Connection {
             self.free.push(i);
         }
         self.counters = Http2Counters::default();
+        self.recent.clear();
         self.begin(start);
     }
 
@@ -527,6 +557,11 @@ impl Http2Connection {
     /// is the client, once known.
     pub(crate) fn client_side(&self) -> Option<usize> {
         self.client
+    }
+
+    /// True once either direction found frame boundaries by scanning.
+    pub(crate) fn resynced(&self) -> bool {
+        self.readers.iter().any(|r| r.counters.resyncs > 0)
     }
 
     /// Streams tracked now.
@@ -569,6 +604,7 @@ impl Http2Connection {
             counters,
             scratch,
             cfg,
+            recent,
         } = self;
         let [r0, r1] = readers;
         let (reader, other) = if side == 0 { (r0, r1) } else { (r1, r0) };
@@ -576,6 +612,7 @@ impl Http2Connection {
             slots,
             live,
             free,
+            recent,
             max: cfg.max_streams,
         };
         let mut ctx = Ctx {
@@ -623,6 +660,7 @@ impl Http2Connection {
             slots: &mut self.slots,
             live: &mut self.live,
             free: &mut self.free,
+            recent: &mut self.recent,
             max: self.cfg.max_streams,
         };
         let client = self.client.unwrap_or(0);
@@ -639,8 +677,14 @@ struct Streams<'a> {
     slots: &'a mut Vec<Stream>,
     live: &'a mut Vec<usize>,
     free: &'a mut Vec<usize>,
+    /// Ids of the streams released last (late frames for them are not
+    /// new streams).
+    recent: &'a mut std::collections::VecDeque<u32>,
     max: usize,
 }
+
+/// Released stream ids remembered.
+const RECENT: usize = 64;
 
 impl Streams<'_> {
     fn find(&self, id: u32) -> Option<usize> {
@@ -687,6 +731,10 @@ impl Streams<'_> {
     }
 
     fn release(&mut self, i: usize) {
+        if self.recent.len() >= RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(self.slots[i].id);
         let s = &mut self.slots[i];
         s.halves[0].clear();
         s.halves[1].clear();
@@ -794,7 +842,6 @@ impl Ctx<'_> {
                 stream,
                 data,
                 missing,
-                first_of_frame: _,
                 last,
             } => match st.find(stream) {
                 Some(i) => {
@@ -965,6 +1012,45 @@ impl Ctx<'_> {
             }
         };
         *self.client = Some(client);
+        if st.find(stream).is_none() && st.recent.contains(&stream) {
+            // The stream was already answered and released (the two
+            // directions are fed in any order): a late request is still
+            // reported, for pairing by stream id; late response frames
+            // (after a reset) are not a new stream.
+            if side == client {
+                self.counters.requests += 1;
+                self.counters.late_requests += 1;
+                let inf = Http2Info {
+                    stream_id: stream,
+                    seq: first.seq,
+                    offset: first.offset,
+                    end_offset: last.offset + 1,
+                    first_op: first.op,
+                    last_op: last.op,
+                    first_seg_ts_ns: first.seg_ts,
+                    last_seg_ts_ns: last.seg_ts,
+                    end: if end_stream {
+                        StreamEnd::EndStream
+                    } else {
+                        StreamEnd::Open
+                    },
+                    headers_cut: cut,
+                    data_len: 0,
+                    data_missing: 0,
+                    grpc: None,
+                    informational: 0,
+                };
+                out(Http2MessageRef {
+                    headers: self.scratch,
+                    trailers_from: self.scratch.len(),
+                    request: true,
+                    info: inf,
+                });
+            } else {
+                self.counters.frames_unknown_stream += 1;
+            }
+            return Verdict::Fine;
+        }
         let i = match st.find(stream) {
             Some(i) => i,
             None => st.open(stream, client, self.counters, out),
