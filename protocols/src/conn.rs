@@ -121,7 +121,7 @@ pub fn detect(first: &[u8]) -> Detected {
     if h.kind == crate::http2::frames_kind::SETTINGS
         && h.flags == 0
         && h.stream == 0
-        && h.len % 6 == 0
+        && h.len.is_multiple_of(6)
         && h.len <= 36
     {
         return Detected::Http2Settings;

@@ -325,7 +325,10 @@ fn integer(buf: &[u8], pos: usize, n: u32) -> Result<Option<(usize, usize)>, ()>
 }
 
 /// A string literal at `buf[pos..]`: `(raw bytes, huffman, end)`.
-fn string(buf: &[u8], pos: usize) -> Result<Option<(&[u8], bool, usize)>, ()> {
+/// A string literal's raw bytes, Huffman flag and end position.
+type Lit<'a> = (&'a [u8], bool, usize);
+
+fn string(buf: &[u8], pos: usize) -> Result<Option<Lit<'_>>, ()> {
     let Some(&first) = buf.get(pos) else {
         return Ok(None);
     };

@@ -114,7 +114,7 @@ pub(crate) fn plausible(h: &Head, max_len: u32, client: Option<bool>) -> bool {
             if h.has(ACK) {
                 h.len == 0
             } else {
-                h.len % 6 == 0
+                h.len.is_multiple_of(6)
             },
         ),
         PUSH_PROMISE => (
@@ -131,7 +131,7 @@ pub(crate) fn plausible(h: &Head, max_len: u32, client: Option<bool>) -> bool {
     // Clients open odd streams only.
     let parity_ok = !(client == Some(true)
         && matches!(h.kind, DATA | HEADERS | CONTINUATION)
-        && h.stream % 2 == 0);
+        && h.stream.is_multiple_of(2));
     h.flags & !flags == 0 && stream_ok && len_ok && parity_ok
 }
 

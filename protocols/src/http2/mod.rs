@@ -778,7 +778,7 @@ fn emit_response(
     if !s.request_emitted && !v.seen {
         return;
     }
-    let grpc = (c.is_grpc() || v.is_grpc()).then(|| GrpcCounts {
+    let grpc = (c.is_grpc() || v.is_grpc()).then_some(GrpcCounts {
         sent_by_client: c.grpc.count,
         client_exact: !c.grpc.lost,
         sent_by_server: v.grpc.count,

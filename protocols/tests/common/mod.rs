@@ -13,10 +13,8 @@ pub fn frame_aware_pieces(data: &[u8], preface: bool) -> Vec<(usize, usize, bool
     let mut v = Vec::new();
     let mut at = if preface && data.starts_with(b"PRI * HTTP/2.0") {
         24
-    } else if let Some(p) = find_h2_start(data) {
-        p
     } else {
-        0
+        find_h2_start(data).unwrap_or_default()
     };
     if at > 0 {
         v.push((0, at, true));
