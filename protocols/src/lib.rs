@@ -51,5 +51,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod conn;
+pub mod hpack;
 pub mod http1;
+pub mod http2;
 pub mod stream;

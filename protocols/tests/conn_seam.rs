@@ -1,0 +1,171 @@
+//! The protocol seam: detection table, h2c upgrade and HTTP/2 joined
+//! mid-way with unknown roles, on the recorded corpus.
+
+use std::path::Path;
+
+use protocols::conn::{detect, ConnConfig, ConnParser, Detected, Dir, Protocol, Version};
+use protocols::stream::{Chunk, Piece};
+
+fn corpus(case: &str) -> (Vec<u8>, Vec<u8>) {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/h2")
+        .join(case);
+    (
+        std::fs::read(d.join("0.c2s.bin")).expect("c2s"),
+        std::fs::read(d.join("0.s2c.bin")).expect("s2c"),
+    )
+}
+
+#[test]
+fn detection_table() {
+    let settings = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+    let (grpc_c2s, grpc_s2c) = corpus("grpcio_calls");
+    let cases: &[(&[u8], Detected)] = &[
+        (b"", Detected::NeedMore),
+        (b"GET / HTTP/1.1\r\n", Detected::Http1Request),
+        (b"HTTP/1.1 200 OK\r\n", Detected::Http1Response),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Detected::Http2Preface),
+        (b"PRI * HTTP/2.0\r\n", Detected::NeedMore),
+        (&settings, Detected::Http2Settings),
+        (&grpc_s2c, Detected::Http2Settings),
+        (&grpc_c2s, Detected::Http2Preface),
+        (b"\x16\x03\x01\x02\x00\x01\x00", Detected::Tls),
+        (
+            b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09",
+            Detected::Unknown,
+        ),
+        (b"some text in the middle of a body", Detected::Unknown),
+    ];
+    for (bytes, want) in cases {
+        assert_eq!(
+            detect(bytes),
+            *want,
+            "{:02x?}",
+            &bytes[..bytes.len().min(16)]
+        );
+    }
+    // Mid-connection: a frame boundary inside the recorded stream.
+    let mid = &grpc_c2s[24..];
+    assert_eq!(detect(mid), Detected::Http2Settings);
+}
+
+fn chunk<'a>(offset: usize, pieces: &'a [Piece<'a>]) -> Chunk<'a> {
+    Chunk {
+        seq: 100 + offset as u32,
+        offset: offset as u64,
+        len: pieces.iter().map(Piece::len).sum(),
+        op: None,
+        seg_ts_ns: None,
+        pieces,
+    }
+}
+
+/// (is_request, version, stream, method or status, path)
+type Row = (bool, Version, Option<u32>, String, String);
+
+fn run(p: &mut ConnParser, feeds: &[(Dir, &[u8], usize)]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut note = |m: protocols::conn::MessageView<'_>| {
+        let what = if m.is_request() {
+            format!("{:?}", m.method())
+        } else {
+            format!("{:?}", m.status())
+        };
+        rows.push((
+            m.is_request(),
+            m.version(),
+            m.stream_id(),
+            what,
+            format!("{:?}", m.target()),
+        ));
+    };
+    for (dir, data, from) in feeds {
+        for (k, c) in data[*from..].chunks(700).enumerate() {
+            let pieces = [Piece::Data(c)];
+            p.feed(*dir, &chunk(k * 700, &pieces), &mut note);
+        }
+    }
+    p.flush(&mut note);
+    rows
+}
+
+#[test]
+fn h2c_upgrade_from_nghttp() {
+    let (c2s, s2c) = corpus("nghttp_upgrade");
+    assert!(c2s.starts_with(b"GET /a.txt HTTP/1.1"));
+    for order in [[0, 1], [1, 0]] {
+        let mut p = ConnParser::new(ConnConfig::default(), Some(Dir::A));
+        let feeds = [(Dir::A, &c2s[..], 0), (Dir::B, &s2c[..], 0)];
+        let rows = run(&mut p, &[feeds[order[0]], feeds[order[1]]]);
+        assert_eq!(p.protocol(), Protocol::Http2, "{order:?}");
+        let reqs: Vec<_> = rows.iter().filter(|r| r.0).collect();
+        let resps: Vec<_> = rows.iter().filter(|r| !r.0).collect();
+        // The upgraded request on stream 1 (sent as HTTP/1.1), then b.txt
+        // on stream 3 in HTTP/2.
+        assert_eq!(reqs[0].1, Version::Http11);
+        assert_eq!(reqs[0].2, Some(1));
+        assert_eq!(reqs[0].4, "Some(Ok(\"/a.txt\"))");
+        assert!(reqs
+            .iter()
+            .any(|r| r.1 == Version::Http2 && r.4 == "Some(Ok(\"/b.txt\"))"));
+        assert!(
+            resps
+                .iter()
+                .all(|r| r.1 == Version::Http2 && r.3 == "Some(Ok(200))"),
+            "{order:?} {rows:?}"
+        );
+        assert_eq!(resps.len(), reqs.len(), "{rows:?}");
+        assert!(resps.iter().any(|r| r.2 == Some(1)));
+        assert_eq!(p.counters().h2c_upgrades, 1);
+    }
+}
+
+#[test]
+fn mid_stream_http2_with_unknown_roles() {
+    let (c2s, s2c) = corpus("grpcio_50_concurrent");
+    // Join at a third of each direction, roles not given.
+    let mut p = ConnParser::new(ConnConfig::default(), None);
+    let rows = run(
+        &mut p,
+        &[
+            (Dir::B, &s2c[..], s2c.len() / 3),
+            (Dir::A, &c2s[..], c2s.len() / 3),
+        ],
+    );
+    assert_eq!(p.protocol(), Protocol::Http2);
+    assert_eq!(p.client(), Some(Dir::A));
+    let reqs: Vec<_> = rows.iter().filter(|r| r.0).collect();
+    assert!(!reqs.is_empty());
+    // grpcio indexes :path: after joining late it is unknown, never wrong.
+    for r in &reqs {
+        assert!(
+            r.4 == "Some(Err(Attach))" || r.4 == "Some(Ok(\"/demo.Demo/Echo\"))",
+            "{r:?}"
+        );
+        assert_eq!(r.3, "Some(Ok(\"POST\"))");
+    }
+}
+
+#[test]
+fn http1_still_works_through_the_seam() {
+    let rq = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+    let rs = b"HTTP/1.1 204 No Content\r\n\r\n";
+    let mut p = ConnParser::new(ConnConfig::default(), None);
+    let rows = run(&mut p, &[(Dir::B, rq, 0), (Dir::A, rs, 0)]);
+    assert_eq!(p.protocol(), Protocol::Http1);
+    assert_eq!(p.client(), Some(Dir::B));
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].4, "Some(Ok(\"/x\"))");
+    assert_eq!(rows[1].3, "Some(Ok(204))");
+}
+
+#[test]
+fn tls_is_opaque() {
+    let mut p = ConnParser::new(ConnConfig::default(), Some(Dir::A));
+    let rows = run(
+        &mut p,
+        &[(Dir::A, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 0)],
+    );
+    assert!(rows.is_empty());
+    assert_eq!(p.protocol(), Protocol::Opaque);
+}
