@@ -35,8 +35,15 @@ use crate::{
 /// The live dispatcher: spans to the agent's sink.
 type Live = Dispatcher<SpanSink<Box<dyn Write>>>;
 
+/// Records handled per drain call at most, so that a ring that never
+/// empties (overload) cannot starve the sweep and the signals.
+const DRAIN_BUDGET: usize = 1 << 20;
+
 fn drain(ring: &mut RingBuf<MapData>, d: &mut Live) {
-    while let Some(item) = ring.next() {
+    for _ in 0..DRAIN_BUDGET {
+        let Some(item) = ring.next() else {
+            return;
+        };
         d.record(&item);
     }
 }
@@ -181,7 +188,13 @@ async fn event_loop(cfg: &RunConfig, kernel: &mut Kernel, d: &mut Live) -> Resul
                 d.flush_output();
             }
             _ = sweep_tick.tick() => {
-                d.sweep(monotonic_ns());
+                // Timeouts are judged against the clock: first take in what
+                // the kernel wrote until now, or a loaded machine's backlog
+                // would make the streams and the correlator give up on
+                // records that are merely still in the ring.
+                let now = monotonic_ns();
+                drain(ring.get_mut(), d);
+                d.sweep(now);
                 d.flush_output();
             }
             _ = addr_tick.tick() => d.set_local_addrs(&host::local_addrs()),
