@@ -83,6 +83,59 @@ pub trait Deliver: Send + Sync + 'static {
     fn recycle(&self, _ready: Self::Ready) {}
 }
 
+/// The bound of a queue in items and in bytes, shared by the side that
+/// fills it ([`admit`](Self::admit), never blocking) and the side that
+/// empties it ([`release`](Self::release)). What is admitted is held until
+/// released: queued, and being worked on.
+#[derive(Debug)]
+pub struct QueueBound {
+    max_items: u64,
+    max_bytes: u64,
+    items: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl QueueBound {
+    /// At most `max_items` items and `max_bytes` bytes held (each at
+    /// least 1).
+    pub fn new(max_items: u64, max_bytes: u64) -> QueueBound {
+        QueueBound {
+            max_items: max_items.max(1),
+            max_bytes: max_bytes.max(1),
+            items: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Holds `items`/`bytes` if they fit; `false` (nothing held) when they
+    /// do not. What is larger than the whole bound fits when nothing else
+    /// is held: it could never go otherwise.
+    pub fn admit(&self, items: u64, bytes: u64) -> bool {
+        let held_items = self.items.fetch_add(items, Ordering::Relaxed);
+        let held_bytes = self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let fits = held_items + items <= self.max_items && held_bytes + bytes <= self.max_bytes;
+        if fits || held_items == 0 {
+            return true;
+        }
+        self.release(items, bytes);
+        false
+    }
+
+    /// Lets go of what [`admit`](Self::admit) held.
+    pub fn release(&self, items: u64, bytes: u64) {
+        self.items.fetch_sub(items, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Items and bytes held now.
+    pub fn held(&self) -> (u64, u64) {
+        (
+            self.items.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Why items were dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
@@ -212,7 +265,6 @@ pub enum WorkerError {
     },
 }
 
-#[derive(Default)]
 struct Counts {
     submitted: AtomicU64,
     exported: AtomicU64,
@@ -225,8 +277,7 @@ struct Counts {
     bytes: AtomicU64,
     errors: AtomicU64,
     retries: AtomicU64,
-    queued: AtomicU64,
-    queued_bytes: AtomicU64,
+    queue: QueueBound,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -234,8 +285,27 @@ fn add(c: &AtomicU64, n: u64) {
 }
 
 impl Counts {
+    fn new(max_items: u64, max_bytes: u64) -> Counts {
+        let z = || AtomicU64::new(0);
+        Counts {
+            submitted: z(),
+            exported: z(),
+            rejected: z(),
+            dropped_queue_full: z(),
+            dropped_failed: z(),
+            dropped_shutdown: z(),
+            dropped_invalid: z(),
+            requests: z(),
+            bytes: z(),
+            errors: z(),
+            retries: z(),
+            queue: QueueBound::new(max_items, max_bytes),
+        }
+    }
+
     fn snapshot(&self) -> WorkerCounters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (queued, queued_bytes) = self.queue.held();
         WorkerCounters {
             submitted: get(&self.submitted),
             exported: get(&self.exported),
@@ -248,8 +318,8 @@ impl Counts {
             bytes: get(&self.bytes),
             errors: get(&self.errors),
             retries: get(&self.retries),
-            queued: get(&self.queued),
-            queued_bytes: get(&self.queued_bytes),
+            queued,
+            queued_bytes,
         }
     }
 
@@ -263,10 +333,9 @@ impl Counts {
         add(c, items);
     }
 
-    /// A job of `items`/`bytes` left the queue.
+    /// A job of `items`/`bytes` left the worker.
     fn release(&self, items: u64, bytes: u64) {
-        self.queued.fetch_sub(items, Ordering::Relaxed);
-        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.queue.release(items, bytes);
     }
 }
 
@@ -282,8 +351,6 @@ pub struct Worker<J: Job> {
     tx: Option<mpsc::UnboundedSender<Queued<J>>>,
     counts: Arc<Counts>,
     stop: watch::Sender<Option<Instant>>,
-    max_items: u64,
-    max_bytes: u64,
     done: std::sync::mpsc::Receiver<()>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -297,14 +364,13 @@ impl<J: Job> Worker<J> {
         D: Deliver<Job = J>,
         F: FnOnce() -> Result<D, String> + Send + 'static,
     {
-        let counts = Arc::new(Counts::default());
+        let counts = Arc::new(Counts::new(cfg.queue_items, cfg.queue_bytes));
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(None);
         let (done_tx, done) = std::sync::mpsc::channel();
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let what = cfg.what;
         let endpoint = cfg.endpoint.clone();
-        let (max_items, max_bytes) = (cfg.queue_items.max(1), cfg.queue_bytes.max(1));
         let run_counts = counts.clone();
         let thread = thread::Builder::new()
             .name(cfg.thread.clone())
@@ -345,8 +411,6 @@ impl<J: Job> Worker<J> {
                 tx: Some(tx),
                 counts,
                 stop,
-                max_items,
-                max_bytes,
                 done,
                 thread: Some(thread),
             }),
@@ -371,13 +435,7 @@ impl<J: Job> Worker<J> {
         let (items, bytes) = (job.items(), job.bytes() as u64);
         let c = &self.counts;
         add(&c.submitted, items);
-        let held_items = c.queued.fetch_add(items, Ordering::Relaxed);
-        let held_bytes = c.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        // A job larger than the whole bound still goes when nothing else
-        // waits: it could never go otherwise.
-        let empty = held_items == 0;
-        if !empty && (held_items + items > self.max_items || held_bytes + bytes > self.max_bytes) {
-            c.release(items, bytes);
+        if !c.queue.admit(items, bytes) {
             add(&c.dropped_queue_full, items);
             return Err(job);
         }
