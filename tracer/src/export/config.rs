@@ -19,11 +19,13 @@ use std::time::Duration;
 
 use super::resource::parse_kv_list;
 
-/// Default `--export-queue-spans`.
-pub const DEFAULT_QUEUE_SPANS: usize = 32_768;
-/// Default `--export-queue-bytes`: a few requests waiting or in flight,
-/// a small part of the agent's memory.
-pub const DEFAULT_QUEUE_BYTES: usize = 8 << 20;
+/// Default `--export-queue-spans` (above what the byte bound holds, about
+/// 400 bytes a span: the byte bound is the one that usually binds).
+pub const DEFAULT_QUEUE_SPANS: usize = 65_536;
+/// Default `--export-queue-bytes`: sixteen requests waiting or in flight,
+/// a quarter of a second of spans at 150,000 spans/s, enough for a busy
+/// collector's pauses, and a small part of the agent's memory.
+pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
 /// Default `--export-batch-spans` (requests usually close by size first).
 pub const DEFAULT_BATCH_SPANS: usize = super::encode::DEFAULT_BATCH_SPANS;
 /// Default `--export-batch-bytes`.
@@ -718,7 +720,7 @@ mod tests {
         assert_eq!(c.batch_spans, DEFAULT_BATCH_SPANS);
         assert_eq!(c.interval, Duration::from_millis(DEFAULT_INTERVAL_MS));
         assert_eq!(c.compression, Compression::None);
-        assert_eq!((c.batch_bytes, c.queue_bytes), (1 << 20, 8 << 20));
+        assert_eq!((c.batch_bytes, c.queue_bytes), (1 << 20, 16 << 20));
     }
 
     #[test]

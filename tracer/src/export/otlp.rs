@@ -51,7 +51,7 @@ impl std::fmt::Display for ExportCounters {
             "spans_submitted={} spans_exported={} requests={} bytes={} spans_rejected={} \
              spans_dropped_queue_full={} spans_dropped_export_failed={} \
              spans_dropped_shutdown={} spans_dropped_invalid={} export_errors={} retries={} \
-             spans_queued={} bytes_queued={} spans_pending={}",
+             spans_queued={} bytes_queued={} peak_bytes_queued={} spans_pending={}",
             self.spans_submitted,
             w.exported,
             w.requests,
@@ -65,6 +65,7 @@ impl std::fmt::Display for ExportCounters {
             w.retries,
             w.queued,
             w.queued_bytes,
+            w.peak_queued_bytes,
             self.spans_pending
         )
     }

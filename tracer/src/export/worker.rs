@@ -93,6 +93,7 @@ pub struct QueueBound {
     max_bytes: u64,
     items: AtomicU64,
     bytes: AtomicU64,
+    peak_bytes: AtomicU64,
 }
 
 impl QueueBound {
@@ -104,6 +105,7 @@ impl QueueBound {
             max_bytes: max_bytes.max(1),
             items: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            peak_bytes: AtomicU64::new(0),
         }
     }
 
@@ -115,6 +117,8 @@ impl QueueBound {
         let held_bytes = self.bytes.fetch_add(bytes, Ordering::Relaxed);
         let fits = held_items + items <= self.max_items && held_bytes + bytes <= self.max_bytes;
         if fits || held_items == 0 {
+            self.peak_bytes
+                .fetch_max(held_bytes + bytes, Ordering::Relaxed);
             return true;
         }
         self.release(items, bytes);
@@ -133,6 +137,11 @@ impl QueueBound {
             self.items.load(Ordering::Relaxed),
             self.bytes.load(Ordering::Relaxed),
         )
+    }
+
+    /// The most bytes held at once so far.
+    pub fn peak_bytes(&self) -> u64 {
+        self.peak_bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -199,6 +208,8 @@ pub struct WorkerCounters {
     pub queued: u64,
     /// Bytes queued or in flight now.
     pub queued_bytes: u64,
+    /// The most bytes queued or in flight at once so far.
+    pub peak_queued_bytes: u64,
 }
 
 impl WorkerCounters {
@@ -214,7 +225,7 @@ impl std::fmt::Display for WorkerCounters {
             f,
             "submitted={} exported={} requests={} bytes={} rejected={} dropped_queue_full={} \
              dropped_failed={} dropped_shutdown={} dropped_invalid={} errors={} retries={} \
-             queued={} queued_bytes={}",
+             queued={} queued_bytes={} peak_queued_bytes={}",
             self.submitted,
             self.exported,
             self.requests,
@@ -227,7 +238,8 @@ impl std::fmt::Display for WorkerCounters {
             self.errors,
             self.retries,
             self.queued,
-            self.queued_bytes
+            self.queued_bytes,
+            self.peak_queued_bytes
         )
     }
 }
@@ -320,6 +332,7 @@ impl Counts {
             retries: get(&self.retries),
             queued,
             queued_bytes,
+            peak_queued_bytes: self.queue.peak_bytes(),
         }
     }
 
