@@ -502,3 +502,188 @@ fn survives_a_grpc_backend_that_starts_late() {
 fn survives_an_http_backend_that_starts_late() {
     survives_a_backend_that_starts_late(Protocol::HttpProtobuf);
 }
+
+/// A discarding OTLP/HTTP endpoint: nginx answering 200 to every POST
+/// (it reads and drops the body), the cheapest real backend.
+struct NginxSink {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Drop for NginxSink {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: the master then stops its worker too.
+        // SAFETY: signals our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl NginxSink {
+    fn start() -> Option<NginxSink> {
+        if Command::new("nginx").arg("-v").output().is_err() {
+            eprintln!("SKIP: nginx is not installed (scripts/setup installs it)");
+            return None;
+        }
+        let dir = TempDir::new("sink");
+        let port = free_port();
+        let conf = dir.0.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{ access_log off; client_body_temp_path {d}; client_max_body_size 64m;\n\
+                   server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"\"; }} }} }}\n",
+                d = dir.0.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(&dir.0)
+            .arg("-c")
+            .arg(&conf)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("nginx to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Some(NginxSink {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+}
+
+/// CPU seconds of this process's threads named `name`.
+fn thread_cpu(name: &str) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    for t in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        let get = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        total += (get(11) + get(12)) / tick;
+    }
+    total
+}
+
+/// Capacity: the spans of a replay of recorded traffic, paced at
+/// EXPORT_RATE spans/s (default 150,000) for EXPORT_SECONDS (default 3)
+/// through the exporter to nginx: none may be dropped. Prints the CPU of
+/// the submitting thread (encoding) and of the export thread (sending).
+/// A measurement on a quiet machine, so not run by default:
+/// `cargo test --release -p tracer --lib capacity -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn capacity_at_line_rate() {
+    use std::io::Read;
+    let Some(sink) = NginxSink::start() else {
+        return;
+    };
+    let rate: u64 = std::env::var("EXPORT_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150_000);
+    let seconds: u64 = std::env::var("EXPORT_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut data = Vec::new();
+    flate2::read::GzDecoder::new(
+        std::fs::File::open(root().join("tests/data/chain.rec.gz")).unwrap(),
+    )
+    .read_to_end(&mut data)
+    .unwrap();
+    let mut spans = Vec::new();
+    let mut replay = crate::replay::Replay::new();
+    for r in crate::replay::records(&data) {
+        replay.record(r, &mut |s| spans.push(s));
+    }
+    replay.finish(&mut |s| spans.push(s));
+    let mut resources = std::collections::HashMap::new();
+    let res: Vec<Arc<super::resource::Resource>> = spans
+        .iter()
+        .map(|s| {
+            resources
+                .entry(s.pid.0)
+                .or_insert_with(|| {
+                    Arc::new(super::console::tests::res(&format!("svc-{}", s.pid.0)))
+                })
+                .clone()
+        })
+        .collect();
+
+    let cfg = ExportConfig::new(
+        endpoint(Protocol::HttpProtobuf, sink.port),
+        Protocol::HttpProtobuf,
+    );
+    let mut e = Exporter::start(cfg, Clock::new()).unwrap();
+    let total = rate * seconds;
+    let step = rate / 100; // every 10 ms
+    let start = Instant::now();
+    let cpu0 = thread_cpu("tracer-export");
+    let mine = |f: &mut dyn FnMut()| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec it is given.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        let a = ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9;
+        f();
+        // SAFETY: as above.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9 - a
+    };
+    let mut sent = 0u64;
+    let mut encode_cpu = 0.0;
+    while sent < total {
+        let due = start + Duration::from_millis(sent / step * 10);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        encode_cpu += mine(&mut || {
+            for _ in 0..step {
+                let i = (sent % spans.len() as u64) as usize;
+                e.submit(&spans[i], &res[i]);
+                sent += 1;
+            }
+            e.tick();
+        });
+    }
+    let pushing = start.elapsed();
+    // Read while the thread lives (the last request is sent at shutdown).
+    let export_cpu = thread_cpu("tracer-export") - cpu0;
+    let c = e.shutdown(Duration::from_secs(10));
+    println!(
+        "capacity: {sent} spans at {rate}/s in {:.2} s; encoding {:.3} s CPU ({:.0} ns/span) \
+         on the submitting thread, sending {:.2} s CPU on the export thread; {c}",
+        pushing.as_secs_f64(),
+        encode_cpu,
+        encode_cpu * 1e9 / sent as f64,
+        export_cpu
+    );
+    assert_eq!(c.worker.exported, sent, "{c}");
+    assert_eq!(c.worker.dropped(), 0, "{c}");
+}
