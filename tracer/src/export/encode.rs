@@ -420,7 +420,7 @@ pub struct TraceEncoder {
 }
 
 /// Bodies kept for reuse at most.
-const SPARE_BODIES: usize = 4;
+const SPARE_BODIES: usize = 2;
 
 impl TraceEncoder {
     /// An encoder converting kernel times with `clock`.

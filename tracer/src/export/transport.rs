@@ -36,7 +36,7 @@ const MAX_ANSWER: usize = 64 << 10;
 /// Longest error text quoted in a log line.
 const MAX_ERROR_TEXT: usize = 512;
 /// Request bodies kept for the encoder to reuse.
-const SPARE_BODIES: usize = 4;
+const SPARE_BODIES: usize = 2;
 
 impl Job for TraceRequest {
     fn items(&self) -> u64 {
