@@ -11,12 +11,14 @@
 //! [`ExportConfig::queue_spans`] and [`ExportConfig::queue_bytes`]; the
 //! finished span is freed where it was made.
 //!
-//! Why encode here rather than on the worker: encoding costs about as much
-//! as handing the span over a channel would (measured by
-//! `cargo bench -p tracer --bench encode`), and then the queue holds
-//! compact bytes (about 400 per span) instead of span values (their
-//! allocations freed on another thread), so its memory is bounded in
-//! bytes and the allocator stays per-thread.
+//! Why encode here rather than on the worker (`cargo bench -p tracer
+//! --bench encode`, thread CPU per span): encoding and freeing a span here
+//! costs the pipeline thread about 300 ns; handing it over a channel costs
+//! it about 190 ns, and the export thread then spends about 350 ns encoding
+//! it and freeing it (allocations freed on another thread than made them).
+//! Encoding here is less CPU in all, on a machine where the agent competes
+//! with the traced services for cores, and the queue then holds compact
+//! bytes (400-500 per span), so its memory is bounded in bytes.
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
