@@ -19,16 +19,28 @@ use std::time::Duration;
 
 use super::resource::parse_kv_list;
 
-/// Default `--export-queue-spans`.
-pub const DEFAULT_QUEUE_SPANS: usize = 8192;
-/// Default `--export-batch-spans`.
-pub const DEFAULT_BATCH_SPANS: usize = 512;
+/// Default `--export-queue-spans` (above what the byte bound holds, about
+/// 400 bytes a span: the byte bound is the one that usually binds).
+pub const DEFAULT_QUEUE_SPANS: usize = 65_536;
+/// Default `--export-queue-bytes`: sixteen requests waiting or in flight,
+/// a quarter of a second of spans at 150,000 spans/s, enough for a busy
+/// collector's pauses, and a small part of the agent's memory.
+pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
+/// Default `--export-batch-spans` (requests usually close by size first).
+pub const DEFAULT_BATCH_SPANS: usize = super::encode::DEFAULT_BATCH_SPANS;
+/// Default `--export-batch-bytes`.
+pub const DEFAULT_BATCH_BYTES: usize = super::encode::DEFAULT_BATCH_BYTES;
+/// Largest `--export-batch-bytes`.
+pub const MAX_BATCH_BYTES: usize = 64 << 20;
 /// Default `--export-interval-ms`.
 pub const DEFAULT_INTERVAL_MS: u64 = 1000;
 /// Default export timeout (the OTLP specification's 10 s).
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
-/// Default bound on OTLP exporters (one per distinct resource).
-pub const DEFAULT_MAX_EXPORTERS: usize = 512;
+/// Default bound on the resources (traced processes) whose encoded
+/// attributes are kept.
+pub const DEFAULT_MAX_RESOURCES: usize = super::encode::DEFAULT_MAX_RESOURCES;
+/// Default number of requests sent at the same time.
+pub const DEFAULT_IN_FLIGHT: usize = 4;
 
 /// OTLP export flags of `tracer run`. Each overrides the standard
 /// environment variable named in its help.
@@ -59,14 +71,32 @@ pub struct ExportArgs {
     #[arg(long, value_name = "MS")]
     pub otlp_timeout_ms: Option<u64>,
 
-    /// Spans waiting for export at most (while the backend is slow or down
-    /// they queue up to this; more are dropped and counted).
+    /// Compression of export requests: gzip or none. Default:
+    /// OTEL_EXPORTER_OTLP_TRACES_COMPRESSION or
+    /// OTEL_EXPORTER_OTLP_COMPRESSION, else none (gzip costs the agent CPU
+    /// and saves network bytes, about 5-10x on spans).
+    #[arg(long, value_name = "ALGORITHM", value_parser = ["gzip", "none"])]
+    pub otlp_compression: Option<String>,
+
+    /// Spans waiting for export at most, queued or being sent (while the
+    /// backend is slow or down they queue up to this or to
+    /// --export-queue-bytes; more are dropped and counted).
     #[arg(long, value_name = "SPANS", default_value_t = DEFAULT_QUEUE_SPANS)]
     pub export_queue_spans: usize,
+
+    /// Bytes of encoded spans waiting for export at most, queued or being
+    /// sent.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_QUEUE_BYTES)]
+    pub export_queue_bytes: usize,
 
     /// Spans per export request at most.
     #[arg(long, value_name = "SPANS", default_value_t = DEFAULT_BATCH_SPANS)]
     pub export_batch_spans: usize,
+
+    /// Bytes per export request at most, before compression (OTLP
+    /// receivers commonly refuse requests above 4 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BATCH_BYTES)]
+    pub export_batch_bytes: usize,
 
     /// Longest time a finished span waits before it is exported, in
     /// milliseconds.
@@ -82,8 +112,11 @@ impl Default for ExportArgs {
             otlp_protocol: None,
             otlp_headers: Vec::new(),
             otlp_timeout_ms: None,
+            otlp_compression: None,
             export_queue_spans: DEFAULT_QUEUE_SPANS,
+            export_queue_bytes: DEFAULT_QUEUE_BYTES,
             export_batch_spans: DEFAULT_BATCH_SPANS,
+            export_batch_bytes: DEFAULT_BATCH_BYTES,
             export_interval_ms: DEFAULT_INTERVAL_MS,
         }
     }
@@ -116,6 +149,27 @@ impl Protocol {
         match self {
             Protocol::Grpc => 4317,
             Protocol::HttpProtobuf => 4318,
+        }
+    }
+}
+
+/// Compression of export requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// None (the OTLP default).
+    None,
+    /// gzip (`Content-Encoding: gzip`, gRPC `grpc-encoding: gzip`).
+    Gzip,
+}
+
+impl Compression {
+    fn parse(s: &str, from: &str) -> Result<Compression, String> {
+        match s.trim() {
+            "gzip" => Ok(Compression::Gzip),
+            "none" => Ok(Compression::None),
+            other => Err(format!(
+                "{from}: unknown compression {other:?}: use gzip or none"
+            )),
         }
     }
 }
@@ -158,16 +212,24 @@ pub struct ExportConfig {
     pub headers: Vec<(String, String)>,
     /// Time limit of one request.
     pub timeout: Duration,
-    /// Bound on spans waiting for export.
+    /// Request compression.
+    pub compression: Compression,
+    /// Bound on spans waiting for export (queued or being sent).
     pub queue_spans: usize,
+    /// Bound on bytes waiting for export (queued or being sent).
+    pub queue_bytes: usize,
     /// Spans per request at most.
     pub batch_spans: usize,
+    /// Bytes per request at most (uncompressed).
+    pub batch_bytes: usize,
     /// Longest wait of a span before export.
     pub interval: Duration,
     /// Retry policy.
     pub retry: RetryConfig,
-    /// Bound on OTLP exporters held (one per distinct resource).
-    pub max_exporters: usize,
+    /// Resources whose encoded attributes are kept.
+    pub max_resources: usize,
+    /// Requests sent at the same time.
+    pub in_flight: usize,
 }
 
 impl ExportConfig {
@@ -179,11 +241,15 @@ impl ExportConfig {
             protocol,
             headers: Vec::new(),
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            compression: Compression::None,
             queue_spans: DEFAULT_QUEUE_SPANS,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             batch_spans: DEFAULT_BATCH_SPANS,
+            batch_bytes: DEFAULT_BATCH_BYTES,
             interval: Duration::from_millis(DEFAULT_INTERVAL_MS),
             retry: RetryConfig::default(),
-            max_exporters: DEFAULT_MAX_EXPORTERS,
+            max_resources: DEFAULT_MAX_RESOURCES,
+            in_flight: DEFAULT_IN_FLIGHT,
         }
     }
 }
@@ -362,10 +428,11 @@ impl ExportArgs {
             if self.otlp_protocol.is_some()
                 || !self.otlp_headers.is_empty()
                 || self.otlp_timeout_ms.is_some()
+                || self.otlp_compression.is_some()
             {
                 return Err(
-                    "--otlp-protocol, --otlp-header and --otlp-timeout-ms need an \
-                            endpoint: set --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT"
+                    "--otlp-protocol, --otlp-header, --otlp-timeout-ms and --otlp-compression \
+                     need an endpoint: set --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT"
                         .into(),
                 );
             }
@@ -410,6 +477,15 @@ impl ExportArgs {
                 timeout_ms.1
             ));
         }
+        let compression = match &self.otlp_compression {
+            Some(c) => Compression::parse(c, "--otlp-compression")?,
+            None => match var("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
+                .or_else(|| var("OTEL_EXPORTER_OTLP_COMPRESSION"))
+            {
+                Some((k, v)) => Compression::parse(&v, &k)?,
+                None => Compression::None,
+            },
+        };
         if self.export_queue_spans == 0 || self.export_queue_spans > 10_000_000 {
             return Err("--export-queue-spans must be between 1 and 10000000".into());
         }
@@ -419,14 +495,28 @@ impl ExportArgs {
                 self.export_queue_spans
             ));
         }
+        if self.export_batch_bytes < 1024 || self.export_batch_bytes > MAX_BATCH_BYTES {
+            return Err(format!(
+                "--export-batch-bytes must be between 1024 and {MAX_BATCH_BYTES}"
+            ));
+        }
+        if self.export_queue_bytes < self.export_batch_bytes || self.export_queue_bytes > 1 << 30 {
+            return Err(format!(
+                "--export-queue-bytes must be between --export-batch-bytes ({}) and 1073741824",
+                self.export_batch_bytes
+            ));
+        }
         if self.export_interval_ms == 0 || self.export_interval_ms > 60_000 {
             return Err("--export-interval-ms must be between 1 and 60000".into());
         }
         let mut cfg = ExportConfig::new(endpoint, protocol);
         cfg.headers = headers;
         cfg.timeout = Duration::from_millis(timeout_ms.0);
+        cfg.compression = compression;
         cfg.queue_spans = self.export_queue_spans;
+        cfg.queue_bytes = self.export_queue_bytes;
         cfg.batch_spans = self.export_batch_spans;
+        cfg.batch_bytes = self.export_batch_bytes;
         cfg.interval = Duration::from_millis(self.export_interval_ms);
         Ok(Some(cfg))
     }
@@ -567,6 +657,22 @@ mod tests {
         assert!(e(&["--otlp-endpoint", "x", "--otlp-timeout-ms", "0"], &[]).contains("timeout"));
         assert!(e(&["--otlp-endpoint", "x", "--export-batch-spans", "0"], &[]).contains("batch"));
         assert!(e(&["--otlp-endpoint", "x", "--export-queue-spans", "10"], &[]).contains("batch"));
+        assert!(e(
+            &["--otlp-endpoint", "x", "--export-batch-bytes", "100"],
+            &[]
+        )
+        .contains("batch-bytes"));
+        assert!(e(
+            &["--otlp-endpoint", "x", "--export-queue-bytes", "2000"],
+            &[]
+        )
+        .contains("--export-queue-bytes"));
+        assert!(e(
+            &["--otlp-endpoint", "x"],
+            &[("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]
+        )
+        .starts_with("OTEL_EXPORTER_OTLP_COMPRESSION: unknown compression"));
+        assert!(e(&["--otlp-compression", "gzip"], &[]).contains("need an endpoint"));
         assert!(
             e(&["--otlp-endpoint", "x", "--export-interval-ms", "0"], &[]).contains("interval")
         );
@@ -613,5 +719,46 @@ mod tests {
         assert_eq!(c.queue_spans, DEFAULT_QUEUE_SPANS);
         assert_eq!(c.batch_spans, DEFAULT_BATCH_SPANS);
         assert_eq!(c.interval, Duration::from_millis(DEFAULT_INTERVAL_MS));
+        assert_eq!(c.compression, Compression::None);
+        assert_eq!((c.batch_bytes, c.queue_bytes), (1 << 20, 16 << 20));
+    }
+
+    #[test]
+    fn compression_from_flag_or_environment() {
+        let x = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4318");
+        assert_eq!(
+            cfg(&[], &[x, ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]).compression,
+            Compression::Gzip
+        );
+        assert_eq!(
+            cfg(
+                &[],
+                &[
+                    x,
+                    ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+                    ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none")
+                ]
+            )
+            .compression,
+            Compression::None
+        );
+        assert_eq!(
+            cfg(
+                &["--otlp-compression", "gzip"],
+                &[x, ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none")]
+            )
+            .compression,
+            Compression::Gzip
+        );
+        let c = cfg(
+            &[
+                "--export-batch-bytes",
+                "4194304",
+                "--export-queue-bytes",
+                "16777216",
+            ],
+            &[x],
+        );
+        assert_eq!((c.batch_bytes, c.queue_bytes), (4 << 20, 16 << 20));
     }
 }

@@ -13,9 +13,19 @@
 //! - [`config`]: `--otlp-*`/`--export-*` flags over the standard
 //!   `OTEL_EXPORTER_OTLP_*` variables, validated once into an
 //!   [`ExportConfig`](config::ExportConfig) (`None`: print to the terminal).
-//! - [`otlp`]: the [`Exporter`](otlp::Exporter): its own thread and runtime, a bounded
-//!   queue that never blocks the capture loop, batches per resource,
-//!   retries with backoff, counters for every span dropped.
+//! - [`encode`]: the [`TraceEncoder`](encode::TraceEncoder): spans as OTLP
+//!   protobuf request bodies, batched per resource, written straight from
+//!   the spans into reused buffers (usable without any transport, e.g. by
+//!   benchmarks).
+//! - [`worker`]: the [`Worker`](worker::Worker) every exporter uses (OTLP
+//!   spans, Pyroscope profiles): its own thread and runtime, a queue
+//!   bounded in items and bytes that never blocks the capture loop,
+//!   retries with backoff and jitter, typed counters of every item by how
+//!   it left, shutdown with a deadline.
+//! - `transport`: OTLP/gRPC and OTLP/HTTP of ready bytes (the worker's
+//!   `Deliver` for spans), compression, partial success, server delays.
+//! - [`otlp`]: the [`Exporter`](otlp::Exporter): the encoder on the
+//!   caller's thread, the worker and transport behind it.
 //! - [`console`]: the [`ConsoleSink`](console::ConsoleSink): traces as indented trees once quiet,
 //!   or one JSON object per span.
 //! - [`sink`]: the [`SpanSink`](sink::SpanSink), all of the above as the
@@ -32,11 +42,13 @@ pub mod cmdline;
 pub mod config;
 pub mod console;
 pub mod container;
+pub mod encode;
 pub mod otlp;
 pub mod resource;
 pub mod service_name;
 pub mod sink;
-mod transport;
+pub(crate) mod transport;
+pub mod worker;
 
 #[cfg(test)]
 mod receiver_tests;

@@ -12,7 +12,7 @@ use std::{
 use correlate::{ParentSource, SpanKind, Status};
 use serde_json::Value;
 
-use super::config::{ExportConfig, Protocol};
+use super::config::{Compression, ExportConfig, Protocol};
 use super::console::tests::{res, span};
 use super::otlp::Exporter;
 use super::resource::tests::TempDir;
@@ -38,7 +38,7 @@ fn root() -> PathBuf {
 /// Starts the receiver, or returns None (after printing SKIP) when the
 /// venv is missing outside CI.
 fn receiver(protocol: Protocol, dir: &Path, fail_file: Option<&Path>) -> Option<Receiver> {
-    receiver_on(protocol, dir, fail_file, free_port())
+    receiver_on(protocol, dir, fail_file, free_port(), &[])
 }
 
 fn free_port() -> u16 {
@@ -68,6 +68,7 @@ fn receiver_on(
     dir: &Path,
     fail_file: Option<&Path>,
     port: u16,
+    extra: &[&str],
 ) -> Option<Receiver> {
     if !have_python() {
         return None;
@@ -87,6 +88,7 @@ fn receiver_on(
     if let Some(f) = fail_file {
         cmd.arg("--fail-until-file").arg(f);
     }
+    cmd.args(extra);
     let mut child = cmd.spawn().expect("starting the receiver");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
@@ -119,7 +121,7 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn exports_a_trace(protocol: Protocol) {
+fn exports_a_trace(protocol: Protocol, compression: Compression) {
     let dir = TempDir::new("recv");
     let Some(r) = receiver(protocol, &dir.0, None) else {
         return;
@@ -127,7 +129,8 @@ fn exports_a_trace(protocol: Protocol) {
     let clock = Clock::new();
     let mut cfg = ExportConfig::new(endpoint(protocol, r.port), protocol);
     cfg.headers = vec![("x-tenant".into(), "t1".into())];
-    let e = Exporter::start(cfg, clock).unwrap();
+    cfg.compression = compression;
+    let mut e = Exporter::start(cfg, clock).unwrap();
     let (fe, users) = (Arc::new(res("frontend")), Arc::new(res("users")));
     let root = span(7, 1, None, 100, 112);
     let mut client = span(7, 2, Some(1), 101, 111);
@@ -137,13 +140,14 @@ fn exports_a_trace(protocol: Protocol) {
     let mut server = span(7, 3, Some(2), 102, 110);
     server.status = Status::Error("boom".into());
     server.push_str("url.path", "/users/42");
-    e.submit(root, fe.clone());
-    e.submit(client, fe);
-    e.submit(server, users);
+    e.submit(&root, &fe);
+    e.submit(&client, &fe);
+    e.submit(&server, &users);
     let c = e.shutdown(Duration::from_secs(10));
-    assert_eq!(c.spans_exported, 3, "{c}");
-    assert_eq!(c.batches_exported, 2, "one request per resource: {c}");
-    assert_eq!(c.export_errors, 0, "{c}");
+    let w = c.worker;
+    assert_eq!(w.exported, 3, "{c}");
+    assert_eq!(w.requests, 1, "one request, both resources in it: {c}");
+    assert_eq!(w.errors, 0, "{c}");
     wait_until(
         "3 spans in the receiver's file",
         Duration::from_secs(5),
@@ -177,16 +181,208 @@ fn exports_a_trace(protocol: Protocol) {
     assert_eq!(server["status_message"], "boom");
     assert_eq!(server["attributes"]["url.path"], "/users/42");
     assert_eq!(server["resource"]["service.name"], "users");
+    assert_eq!(server["headers"]["x-tenant"], "t1");
+    if protocol == Protocol::HttpProtobuf {
+        let gzip = compression == Compression::Gzip;
+        assert_eq!(server["compressed"], gzip, "{server}");
+    }
+}
+
+/// A TCP relay in front of the receiver counting the bytes sent to it.
+struct Relay {
+    port: u16,
+    upstream_bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Relay {
+    fn start(to: u16) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = upstream_bytes.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut down) = conn else { return };
+                let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                    return;
+                };
+                let (mut down2, mut up2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+                let counted = counted.clone();
+                std::thread::spawn(move || {
+                    let n = std::io::copy(&mut down2, &mut up2).unwrap_or(0);
+                    counted.fetch_add(n, Ordering::Relaxed);
+                    let _ = up2.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut up, &mut down);
+                    let _ = down.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Relay {
+            port,
+            upstream_bytes,
+        }
+    }
+}
+
+/// The same 300 spans with and without gzip: compressed, far fewer bytes
+/// reach the receiver, and every span still arrives.
+fn gzip_shrinks_what_is_sent(protocol: Protocol) {
+    use std::sync::atomic::Ordering;
+    let dir = TempDir::new("recv");
+    let Some(r) = receiver(protocol, &dir.0, None) else {
+        return;
+    };
+    let mut sent = Vec::new();
+    for compression in [Compression::None, Compression::Gzip] {
+        let relay = Relay::start(r.port);
+        let mut cfg = ExportConfig::new(endpoint(protocol, relay.port), protocol);
+        cfg.compression = compression;
+        let mut e = Exporter::start(cfg, Clock::new()).unwrap();
+        let a = Arc::new(res("a"));
+        for i in 0..300u32 {
+            let mut s = span(8, 1, None, 0, 1);
+            s.span_id = correlate::SpanId(u64::from(i + 1).to_be_bytes());
+            s.push_str(
+                "user_agent.original",
+                "Mozilla/5.0 (X11; Linux x86_64) tracer-test",
+            );
+            e.submit(&s, &a);
+        }
+        let c = e.shutdown(Duration::from_secs(10));
+        assert_eq!(c.worker.exported, 300, "{c}");
+        wait_until("the relay to count", Duration::from_secs(5), || {
+            relay.upstream_bytes.load(Ordering::Relaxed) > 0
+        });
+        sent.push(relay.upstream_bytes.load(Ordering::Relaxed));
+    }
+    assert!(
+        sent[1] * 3 < sent[0],
+        "{protocol:?}: bytes sent plain/gzip: {sent:?}"
+    );
+    assert_eq!(received(&r).len(), 600);
+}
+
+#[test]
+fn gzip_shrinks_what_is_sent_over_grpc() {
+    gzip_shrinks_what_is_sent(Protocol::Grpc);
+}
+
+#[test]
+fn gzip_shrinks_what_is_sent_over_http() {
+    gzip_shrinks_what_is_sent(Protocol::HttpProtobuf);
 }
 
 #[test]
 fn exports_a_trace_over_grpc() {
-    exports_a_trace(Protocol::Grpc);
+    exports_a_trace(Protocol::Grpc, Compression::None);
 }
 
 #[test]
 fn exports_a_trace_over_http() {
-    exports_a_trace(Protocol::HttpProtobuf);
+    exports_a_trace(Protocol::HttpProtobuf, Compression::None);
+}
+
+#[test]
+fn exports_gzip_over_grpc() {
+    exports_a_trace(Protocol::Grpc, Compression::Gzip);
+}
+
+#[test]
+fn exports_gzip_over_http() {
+    exports_a_trace(Protocol::HttpProtobuf, Compression::Gzip);
+}
+
+/// The receiver refuses some spans in a partial success: they are counted
+/// as rejected, the others as exported.
+fn partial_success_is_counted(protocol: Protocol) {
+    let dir = TempDir::new("recv");
+    let Some(r) = receiver_on(
+        protocol,
+        &dir.0,
+        None,
+        free_port(),
+        &["--reject-prefix", "GET /reject"],
+    ) else {
+        return;
+    };
+    let mut e = Exporter::start(
+        ExportConfig::new(endpoint(protocol, r.port), protocol),
+        Clock::new(),
+    )
+    .unwrap();
+    let a = Arc::new(res("a"));
+    for i in 1..=5u8 {
+        let mut s = span(4, i, None, 0, 1);
+        if i % 2 == 0 {
+            s.set_name("GET /reject-me");
+        }
+        e.submit(&s, &a);
+    }
+    let c = e.shutdown(Duration::from_secs(10));
+    let w = c.worker;
+    assert_eq!((w.exported, w.rejected, w.requests), (3, 2, 1), "{c}");
+    assert_eq!(w.dropped(), 0, "{c}");
+    assert_eq!(received(&r).len(), 3);
+}
+
+#[test]
+fn partial_success_is_counted_over_grpc() {
+    partial_success_is_counted(Protocol::Grpc);
+}
+
+#[test]
+fn partial_success_is_counted_over_http() {
+    partial_success_is_counted(Protocol::HttpProtobuf);
+}
+
+/// During an outage the receiver asks for 1 s between attempts (gRPC
+/// RetryInfo, HTTP Retry-After): the exporter waits that long, not its
+/// own 10 ms backoff.
+fn honours_the_servers_delay(protocol: Protocol) {
+    let dir = TempDir::new("recv");
+    let fail = dir.0.join("down");
+    std::fs::write(&fail, "").unwrap();
+    let Some(r) = receiver_on(
+        protocol,
+        &dir.0,
+        Some(&fail),
+        free_port(),
+        &["--retry-after", "1"],
+    ) else {
+        return;
+    };
+    let mut cfg = ExportConfig::new(endpoint(protocol, r.port), protocol);
+    cfg.retry.initial = Duration::from_millis(10);
+    cfg.retry.max_delay = Duration::from_millis(10);
+    cfg.retry.max_attempts = 1000;
+    let mut e = Exporter::start(cfg, Clock::new()).unwrap();
+    e.submit(&span(6, 1, None, 0, 1), &Arc::new(res("a")));
+    e.flush();
+    wait_until("a first failure", Duration::from_secs(10), || {
+        e.counters().worker.errors >= 1
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let errors = e.counters().worker.errors;
+    assert!((2..=4).contains(&errors), "{errors} attempts in 2.5 s");
+    std::fs::remove_file(&fail).unwrap();
+    wait_until("the export", Duration::from_secs(10), || {
+        e.counters().worker.exported == 1
+    });
+    e.shutdown(Duration::from_secs(1));
+    assert_eq!(received(&r).len(), 1);
+}
+
+#[test]
+fn honours_the_servers_delay_over_grpc() {
+    honours_the_servers_delay(Protocol::Grpc);
+}
+
+#[test]
+fn honours_the_servers_delay_over_http() {
+    honours_the_servers_delay(Protocol::HttpProtobuf);
 }
 
 #[test]
@@ -203,28 +399,30 @@ fn retries_through_an_outage() {
     cfg.retry.max_delay = Duration::from_millis(200);
     cfg.retry.max_attempts = 1000;
     cfg.retry.max_elapsed = Duration::from_secs(60);
-    let e = Exporter::start(cfg, Clock::new()).unwrap();
+    let mut e = Exporter::start(cfg, Clock::new()).unwrap();
     let a = Arc::new(res("a"));
     for i in 1..=5 {
-        e.submit(span(9, i, None, 0, 1), a.clone());
+        e.submit(&span(9, i, None, 0, 1), &a);
     }
+    e.flush();
     wait_until("retries", Duration::from_secs(10), || {
-        e.counters().retries >= 3
+        e.counters().worker.retries >= 3
     });
-    assert_eq!(e.counters().spans_exported, 0);
+    assert_eq!(e.counters().worker.exported, 0);
     assert!(
         received(&r).is_empty(),
         "nothing recorded during the outage"
     );
     // More spans queue while the first batch is retried.
-    e.submit(span(9, 6, None, 0, 1), a.clone());
+    e.submit(&span(9, 6, None, 0, 1), &a);
+    e.flush();
     std::fs::remove_file(&fail).unwrap();
     wait_until("export after the outage", Duration::from_secs(10), || {
-        e.counters().spans_exported == 6
+        e.counters().worker.exported == 6
     });
     let c = e.shutdown(Duration::from_secs(5));
-    assert_eq!(c.spans_dropped_export_failed, 0, "{c}");
-    assert!(c.export_errors >= 3, "{c}");
+    assert_eq!(c.worker.dropped_failed, 0, "{c}");
+    assert!(c.worker.errors >= 3, "{c}");
     assert_eq!(received(&r).len(), 6);
 }
 
@@ -243,17 +441,20 @@ fn gives_up_after_the_retry_budget() {
     cfg.interval = Duration::from_millis(20);
     cfg.retry.initial = Duration::from_millis(20);
     cfg.retry.max_attempts = 3;
-    let e = Exporter::start(cfg, Clock::new()).unwrap();
-    e.submit(span(9, 1, None, 0, 1), Arc::new(res("a")));
-    e.submit(span(9, 2, None, 0, 1), Arc::new(res("a")));
+    let mut e = Exporter::start(cfg, Clock::new()).unwrap();
+    let a = Arc::new(res("a"));
+    e.submit(&span(9, 1, None, 0, 1), &a);
+    e.submit(&span(9, 2, None, 0, 1), &a);
+    e.flush();
     wait_until("the batch to be dropped", Duration::from_secs(10), || {
-        e.counters().spans_dropped_export_failed == 2
+        e.counters().worker.dropped_failed == 2
     });
     let c = e.shutdown(Duration::from_secs(2));
-    assert_eq!(c.export_errors, 3, "{c}");
-    assert_eq!(c.retries, 2, "{c}");
-    assert_eq!(c.spans_exported, 0, "{c}");
-    assert_eq!(c.queued, 0, "{c}");
+    let w = c.worker;
+    assert_eq!(w.errors, 3, "{c}");
+    assert_eq!(w.retries, 2, "{c}");
+    assert_eq!(w.exported, 0, "{c}");
+    assert_eq!(w.queued, 0, "{c}");
     assert!(received(&r).is_empty());
 }
 
@@ -272,22 +473,23 @@ fn survives_a_backend_that_starts_late(protocol: Protocol) {
     cfg.retry.max_delay = Duration::from_millis(200);
     cfg.retry.max_attempts = 1000;
     cfg.retry.max_elapsed = Duration::from_secs(60);
-    let e = Exporter::start(cfg, Clock::new()).unwrap();
+    let mut e = Exporter::start(cfg, Clock::new()).unwrap();
     let a = Arc::new(res("a"));
     for i in 1..=3 {
-        e.submit(span(5, i, None, 0, 1), a.clone());
+        e.submit(&span(5, i, None, 0, 1), &a);
     }
+    e.flush();
     wait_until("retries", Duration::from_secs(10), || {
-        e.counters().retries >= 2
+        e.counters().worker.retries >= 2
     });
-    let r = receiver_on(protocol, &dir.0, None, port).unwrap();
+    let r = receiver_on(protocol, &dir.0, None, port, &[]).unwrap();
     wait_until(
         "export after the backend started",
         Duration::from_secs(15),
-        || e.counters().spans_exported == 3,
+        || e.counters().worker.exported == 3,
     );
     let c = e.shutdown(Duration::from_secs(5));
-    assert_eq!(c.spans_dropped_export_failed, 0, "{c}");
+    assert_eq!(c.worker.dropped_failed, 0, "{c}");
     assert_eq!(received(&r).len(), 3);
 }
 
@@ -299,4 +501,189 @@ fn survives_a_grpc_backend_that_starts_late() {
 #[test]
 fn survives_an_http_backend_that_starts_late() {
     survives_a_backend_that_starts_late(Protocol::HttpProtobuf);
+}
+
+/// A discarding OTLP/HTTP endpoint: nginx answering 200 to every POST
+/// (it reads and drops the body), the cheapest real backend.
+struct NginxSink {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Drop for NginxSink {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: the master then stops its worker too.
+        // SAFETY: signals our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl NginxSink {
+    fn start() -> Option<NginxSink> {
+        if Command::new("nginx").arg("-v").output().is_err() {
+            eprintln!("SKIP: nginx is not installed (scripts/setup installs it)");
+            return None;
+        }
+        let dir = TempDir::new("sink");
+        let port = free_port();
+        let conf = dir.0.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{ access_log off; client_body_temp_path {d}; client_max_body_size 64m;\n\
+                   server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"\"; }} }} }}\n",
+                d = dir.0.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(&dir.0)
+            .arg("-c")
+            .arg(&conf)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("nginx to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Some(NginxSink {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+}
+
+/// CPU seconds of this process's threads named `name`.
+fn thread_cpu(name: &str) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    for t in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        let get = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        total += (get(11) + get(12)) / tick;
+    }
+    total
+}
+
+/// Capacity: the spans of a replay of recorded traffic, paced at
+/// EXPORT_RATE spans/s (default 150,000) for EXPORT_SECONDS (default 3)
+/// through the exporter to nginx: none may be dropped. Prints the CPU of
+/// the submitting thread (encoding) and of the export thread (sending).
+/// A measurement on a quiet machine, so not run by default:
+/// `cargo test --release -p tracer --lib capacity -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn capacity_at_line_rate() {
+    use std::io::Read;
+    let Some(sink) = NginxSink::start() else {
+        return;
+    };
+    let rate: u64 = std::env::var("EXPORT_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150_000);
+    let seconds: u64 = std::env::var("EXPORT_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut data = Vec::new();
+    flate2::read::GzDecoder::new(
+        std::fs::File::open(root().join("tests/data/chain.rec.gz")).unwrap(),
+    )
+    .read_to_end(&mut data)
+    .unwrap();
+    let mut spans = Vec::new();
+    let mut replay = crate::replay::Replay::new();
+    for r in crate::replay::records(&data) {
+        replay.record(r, &mut |s| spans.push(s));
+    }
+    replay.finish(&mut |s| spans.push(s));
+    let mut resources = std::collections::HashMap::new();
+    let res: Vec<Arc<super::resource::Resource>> = spans
+        .iter()
+        .map(|s| {
+            resources
+                .entry(s.pid.0)
+                .or_insert_with(|| {
+                    Arc::new(super::console::tests::res(&format!("svc-{}", s.pid.0)))
+                })
+                .clone()
+        })
+        .collect();
+
+    let cfg = ExportConfig::new(
+        endpoint(Protocol::HttpProtobuf, sink.port),
+        Protocol::HttpProtobuf,
+    );
+    let mut e = Exporter::start(cfg, Clock::new()).unwrap();
+    let total = rate * seconds;
+    let step = rate / 100; // every 10 ms
+    let start = Instant::now();
+    let cpu0 = thread_cpu("tracer-export");
+    let mine = |f: &mut dyn FnMut()| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec it is given.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        let a = ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9;
+        f();
+        // SAFETY: as above.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9 - a
+    };
+    let mut sent = 0u64;
+    let mut encode_cpu = 0.0;
+    while sent < total {
+        let due = start + Duration::from_millis(sent / step * 10);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        encode_cpu += mine(&mut || {
+            for _ in 0..step {
+                let i = (sent % spans.len() as u64) as usize;
+                e.submit(&spans[i], &res[i]);
+                sent += 1;
+            }
+            e.tick();
+        });
+    }
+    let pushing = start.elapsed();
+    // Read while the thread lives (the last request is sent at shutdown).
+    let export_cpu = thread_cpu("tracer-export") - cpu0;
+    let c = e.shutdown(Duration::from_secs(10));
+    println!(
+        "capacity: {sent} spans at {rate}/s in {:.2} s; encoding {:.3} s CPU ({:.0} ns/span) \
+         on the submitting thread, sending {:.2} s CPU on the export thread; {c}",
+        pushing.as_secs_f64(),
+        encode_cpu,
+        encode_cpu * 1e9 / sent as f64,
+        export_cpu
+    );
+    assert_eq!(c.worker.exported, sent, "{c}");
+    assert_eq!(c.worker.dropped(), 0, "{c}");
 }

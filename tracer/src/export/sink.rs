@@ -7,13 +7,13 @@ use correlate::{Pid, Span};
 use super::{
     config::{ExportConfig, Protocol},
     console::{ConsoleSink, Format, DEFAULT_QUIET_NS},
-    otlp::Exporter,
+    otlp::{ExportCounters, Exporter},
     resource::ResourceCache,
 };
 use crate::clock::Clock;
 
 enum Output<W: Write> {
-    Otlp(Exporter),
+    Otlp(Box<Exporter>),
     Console(ConsoleSink<W>),
     /// Nowhere to go (no endpoint, nothing printed): counted only.
     Discard(u64),
@@ -46,7 +46,9 @@ impl<W: Write> SpanSink<W> {
                     },
                     "exporting spans over OTLP"
                 );
-                Output::Otlp(Exporter::start(cfg, clock).map_err(|e| e.to_string())?)
+                Output::Otlp(Box::new(
+                    Exporter::start(cfg, clock).map_err(|e| e.to_string())?,
+                ))
             }
             None => match format {
                 Some(format) => {
@@ -80,17 +82,27 @@ impl<W: Write> SpanSink<W> {
     pub fn span(&mut self, span: Span, now_ns: u64) {
         let resource = self.resources.get(span.pid, now_ns);
         match &mut self.out {
-            Output::Otlp(e) => e.submit(span, resource),
+            Output::Otlp(e) => e.submit(&span, &resource),
             Output::Console(c) => c.on_span(&span, &resource, now_ns),
             Output::Discard(n) => *n += 1,
         }
     }
 
     /// Periodic work (e.g. every 50-100 ms): prints the traces that are
-    /// quiet.
+    /// quiet, or sends the spans that waited the export interval.
     pub fn tick(&mut self, now_ns: u64) {
-        if let Output::Console(c) = &mut self.out {
-            c.poll(now_ns);
+        match &mut self.out {
+            Output::Console(c) => c.poll(now_ns),
+            Output::Otlp(e) => e.tick(),
+            Output::Discard(_) => {}
+        }
+    }
+
+    /// The OTLP exporter's counters, when spans go to OTLP.
+    pub fn export_counters(&self) -> Option<ExportCounters> {
+        match &self.out {
+            Output::Otlp(e) => Some(e.counters()),
+            _ => None,
         }
     }
 

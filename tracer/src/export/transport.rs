@@ -1,142 +1,554 @@
-//! The two OTLP transports, shared by all the per-resource exporters: one
-//! gRPC channel (one HTTP/2 connection, multiplexed) or one HTTP client
-//! (a connection pool). Headers from the configuration are set last on
-//! every request, so flags win over what `opentelemetry-otlp` reads from
-//! `OTEL_EXPORTER_OTLP_*HEADERS` itself.
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+//! OTLP on the wire: ready `ExportTraceServiceRequest` bytes to a
+//! collector, as the [`Deliver`] of the export worker.
+//!
+//! - gRPC: a unary call of `TraceService/Export` through tonic with a
+//!   pass-through codec (the bytes are the message), on one channel (one
+//!   HTTP/2 connection); gzip by tonic when configured.
+//! - HTTP: `POST` of the bytes as `application/x-protobuf` (gzip-compressed
+//!   once, before the first attempt, when configured) with a pooled client.
+//!
+//! Headers from the configuration are set on every request. Outcomes
+//! follow the OTLP specification: retryable are gRPC CANCELLED,
+//! DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE, DATA_LOSS (and
+//! RESOURCE_EXHAUSTED when the server sent RetryInfo), HTTP 429, 502, 503,
+//! 504, network errors and timeouts, with the server's delay (RetryInfo,
+//! `Retry-After`) when it gave one; a success may be partial
+//! (`ExportTracePartialSuccess`), its rejected spans are counted.
+use std::{
+    future::Future,
+    io::Write,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
 
-use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
-use opentelemetry_otlp::{RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig};
-use opentelemetry_sdk::trace::SpanExporter as _;
+use bytes::{Buf, BufMut, Bytes};
+use prost::Message;
 
-use super::config::{ExportConfig, Protocol};
-use super::otlp::sdk_resource;
-use super::resource::Resource;
+use super::config::{Compression, ExportConfig, Protocol};
+use super::encode::TraceRequest;
+use super::worker::{Attempt, Deliver, Job};
 
-/// Headers inserted into every gRPC request (replacing any of the same name
-/// that `opentelemetry-otlp` took from the environment).
-#[derive(Clone)]
-pub(super) struct GrpcHeaders(Arc<tonic::metadata::MetadataMap>);
+/// The gRPC method of OTLP trace export.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// Most bytes of an answer read (a success's partial-success message, an
+/// error's explanation).
+const MAX_ANSWER: usize = 64 << 10;
+/// Longest error text quoted in a log line.
+const MAX_ERROR_TEXT: usize = 512;
+/// Request bodies kept for the encoder to reuse.
+const SPARE_BODIES: usize = 2;
 
-impl tonic::service::Interceptor for GrpcHeaders {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        for kv in self.0.iter() {
-            if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
-                req.metadata_mut().insert(k.clone(), v.clone());
-            }
-        }
-        Ok(req)
+impl Job for TraceRequest {
+    fn items(&self) -> u64 {
+        self.spans
+    }
+
+    fn bytes(&self) -> usize {
+        self.body.len()
     }
 }
 
-/// The async reqwest client with our headers set last (so they win over
-/// those `opentelemetry-otlp` took from the environment).
-#[derive(Debug)]
-struct HttpWithHeaders {
-    inner: reqwest::Client,
-    headers: reqwest::header::HeaderMap,
+// The few OTLP and google.rpc messages read from answers.
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExportTraceServiceResponse {
+    #[prost(message, optional, tag = "1")]
+    partial_success: Option<ExportTracePartialSuccess>,
 }
 
-impl HttpClient for HttpWithHeaders {
-    // What `#[async_trait]` expands `async fn send_bytes` to.
-    fn send_bytes<'a, 'b>(
-        &'a self,
-        mut request: Request<Bytes>,
-    ) -> Pin<Box<dyn Future<Output = Result<Response<Bytes>, HttpError>> + Send + 'b>>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        Box::pin(async move {
-            for (k, v) in &self.headers {
-                request.headers_mut().insert(k.clone(), v.clone());
-            }
-            self.inner.send_bytes(request).await
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExportTracePartialSuccess {
+    #[prost(int64, tag = "1")]
+    rejected_spans: i64,
+    #[prost(string, tag = "2")]
+    error_message: String,
+}
+
+/// `google.rpc.Status`: gRPC's `grpc-status-details-bin`, and the body of
+/// an OTLP/HTTP error.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<ProtoAny>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<ProtoDuration>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    seconds: i64,
+    #[prost(int32, tag = "2")]
+    nanos: i32,
+}
+
+/// The delay a `google.rpc.Status` asks for in its `RetryInfo`, if any.
+fn retry_info(status_details: &[u8]) -> Option<Duration> {
+    let status = RpcStatus::decode(status_details).ok()?;
+    status
+        .details
+        .iter()
+        .find(|d| d.type_url.ends_with("/google.rpc.RetryInfo"))
+        .and_then(|d| RetryInfo::decode(d.value.as_slice()).ok())
+        .and_then(|r| r.retry_delay)
+        .map(|d| {
+            Duration::from_secs(d.seconds.max(0) as u64)
+                + Duration::from_nanos(d.nanos.max(0) as u64)
         })
+}
+
+/// Spans the receiver refused, and why, from an `ExportTraceServiceResponse`.
+fn partial_success(body: &[u8]) -> (u64, String) {
+    match ExportTraceServiceResponse::decode(body) {
+        Ok(ExportTraceServiceResponse {
+            partial_success: Some(p),
+        }) => (p.rejected_spans.max(0) as u64, p.error_message),
+        _ => (0, String::new()),
     }
 }
 
-/// A gRPC channel or an HTTP client, with the headers to set.
-pub(super) enum Transport {
+/// The `Retry-After` of an HTTP answer: seconds, or an HTTP date.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// An error with its sources (reqwest's and hyper's own messages are
+/// terse).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// The start of an answer's body, at most `max` bytes.
+pub(crate) async fn read_answer(resp: &mut reqwest::Response, max: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < max {
+        match resp.chunk().await {
+            Ok(Some(c)) => out.extend_from_slice(&c[..c.len().min(max - out.len())]),
+            _ => break,
+        }
+    }
+    out
+}
+
+/// Whether an HTTP status is worth retrying (OTLP/HTTP and Pyroscope).
+pub(crate) fn retryable_http(status: u16) -> bool {
+    matches!(status, 429 | 502 | 503 | 504)
+}
+
+/// The bytes as the gRPC message, both ways.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// A request on its way: the bytes as sent.
+pub(super) struct Ready {
+    body: Bytes,
+    /// The encoder's buffer (not a compressed copy): worth giving back.
+    reusable: bool,
+}
+
+enum Wire {
     Grpc {
-        channel: tonic::transport::Channel,
-        headers: GrpcHeaders,
+        client: tonic::client::Grpc<tonic::transport::Channel>,
+        metadata: tonic::metadata::MetadataMap,
     },
     Http {
-        client: Arc<dyn HttpClient>,
+        client: reqwest::Client,
+        url: reqwest::Url,
+        headers: reqwest::header::HeaderMap,
     },
 }
 
-impl Transport {
+/// OTLP export to one endpoint.
+pub(super) struct OtlpDeliver {
+    wire: Wire,
+    compression: Compression,
+    /// Bodies sent, for the encoder to reuse.
+    spare: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl OtlpDeliver {
     /// Must run inside the runtime (tonic spawns the channel's task).
-    pub(super) fn new(cfg: &ExportConfig) -> Result<Transport, String> {
+    pub(super) fn new(
+        cfg: &ExportConfig,
+        spare: Arc<Mutex<Vec<Vec<u8>>>>,
+    ) -> Result<OtlpDeliver, String> {
         let connect_timeout = cfg.timeout.min(Duration::from_secs(5));
-        match cfg.protocol {
+        let wire = match cfg.protocol {
             Protocol::Grpc => {
-                let mut md = tonic::metadata::MetadataMap::new();
+                let mut metadata = tonic::metadata::MetadataMap::new();
                 for (k, v) in &cfg.headers {
                     let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
                         .map_err(|e| format!("header {k:?}: {e}"))?;
                     let value = v.parse().map_err(|e| format!("header {k:?}: {e}"))?;
-                    md.insert(key, value);
+                    metadata.insert(key, value);
                 }
                 let channel = tonic::transport::Endpoint::from_shared(cfg.endpoint.clone())
                     .map_err(|e| e.to_string())?
                     .timeout(cfg.timeout)
                     .connect_timeout(connect_timeout)
                     .connect_lazy();
-                Ok(Transport::Grpc {
-                    channel,
-                    headers: GrpcHeaders(Arc::new(md)),
-                })
+                let mut client = tonic::client::Grpc::new(channel);
+                if cfg.compression == Compression::Gzip {
+                    client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+                }
+                Wire::Grpc { client, metadata }
             }
             Protocol::HttpProtobuf => {
-                let mut headers = reqwest::header::HeaderMap::new();
+                use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+                let url = reqwest::Url::parse(&cfg.endpoint).map_err(|e| e.to_string())?;
+                let mut headers = HeaderMap::new();
+                headers.insert(
+                    reqwest::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-protobuf"),
+                );
+                if cfg.compression == Compression::Gzip {
+                    headers.insert(
+                        reqwest::header::CONTENT_ENCODING,
+                        HeaderValue::from_static("gzip"),
+                    );
+                }
                 for (k, v) in &cfg.headers {
-                    let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                    let name = HeaderName::from_bytes(k.as_bytes())
                         .map_err(|e| format!("header {k:?}: {e}"))?;
-                    let value = reqwest::header::HeaderValue::from_str(v)
-                        .map_err(|e| format!("header {k:?}: {e}"))?;
+                    let value =
+                        HeaderValue::from_str(v).map_err(|e| format!("header {k:?}: {e}"))?;
                     headers.insert(name, value);
                 }
-                let inner = reqwest::Client::builder()
+                let client = reqwest::Client::builder()
                     .timeout(cfg.timeout)
                     .connect_timeout(connect_timeout)
+                    .user_agent(concat!("tracer/", env!("CARGO_PKG_VERSION")))
                     .build()
                     .map_err(|e| e.to_string())?;
-                Ok(Transport::Http {
-                    client: Arc::new(HttpWithHeaders { inner, headers }),
-                })
+                Wire::Http {
+                    client,
+                    url,
+                    headers,
+                }
+            }
+        };
+        Ok(OtlpDeliver {
+            wire,
+            compression: cfg.compression,
+            spare,
+        })
+    }
+
+    fn give_back(&self, body: Vec<u8>) {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < SPARE_BODIES {
+            spare.push(body);
+        }
+    }
+}
+
+fn gzip(body: &[u8]) -> Result<Vec<u8>, String> {
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(body)
+        .and_then(|_| enc.finish())
+        .map_err(|e| format!("gzip: {e}"))
+}
+
+async fn send_grpc(
+    client: &tonic::client::Grpc<tonic::transport::Channel>,
+    metadata: &tonic::metadata::MetadataMap,
+    body: Bytes,
+) -> Attempt {
+    use tonic::Code;
+    let mut client = client.clone();
+    if let Err(e) = client.ready().await {
+        return Attempt::Retry {
+            error: error_chain(&e),
+            after: None,
+        };
+    }
+    let mut req = tonic::Request::new(body);
+    *req.metadata_mut() = metadata.clone();
+    let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
+    match client.unary::<Bytes, Bytes, _>(req, path, RawCodec).await {
+        Ok(resp) => {
+            let (rejected, message) = partial_success(resp.get_ref());
+            Attempt::Delivered { rejected, message }
+        }
+        Err(status) => {
+            let after = retry_info(status.details());
+            let error = format!(
+                "gRPC status {:?}: {}",
+                status.code(),
+                status
+                    .message()
+                    .chars()
+                    .take(MAX_ERROR_TEXT)
+                    .collect::<String>()
+            );
+            let retry = match status.code() {
+                Code::Cancelled
+                | Code::DeadlineExceeded
+                | Code::Aborted
+                | Code::OutOfRange
+                | Code::Unavailable
+                | Code::DataLoss => true,
+                Code::ResourceExhausted => after.is_some(),
+                _ => false,
+            };
+            if retry {
+                Attempt::Retry { error, after }
+            } else {
+                Attempt::Failed(error)
+            }
+        }
+    }
+}
+
+async fn send_http(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    headers: &reqwest::header::HeaderMap,
+    body: Bytes,
+) -> Attempt {
+    let resp = client
+        .post(url.clone())
+        .headers(headers.clone())
+        .body(body)
+        .send()
+        .await;
+    let mut resp = match resp {
+        Ok(r) => r,
+        Err(e) if e.is_builder() => return Attempt::Failed(error_chain(&e)),
+        Err(e) => {
+            return Attempt::Retry {
+                error: error_chain(&e),
+                after: None,
+            }
+        }
+    };
+    let status = resp.status();
+    let after = retry_after(resp.headers());
+    let answer = read_answer(&mut resp, MAX_ANSWER).await;
+    if status.is_success() {
+        let (rejected, message) = partial_success(&answer);
+        return Attempt::Delivered { rejected, message };
+    }
+    // An OTLP/HTTP error body is a google.rpc.Status; quote its message,
+    // else the start of whatever came.
+    let text = match RpcStatus::decode(answer.as_slice()) {
+        Ok(s) if !s.message.is_empty() => s.message,
+        _ => String::from_utf8_lossy(&answer[..answer.len().min(MAX_ERROR_TEXT)]).into_owned(),
+    };
+    let error = format!("HTTP status {}: {}", status.as_u16(), text.trim());
+    if retryable_http(status.as_u16()) {
+        Attempt::Retry { error, after }
+    } else {
+        Attempt::Failed(error)
+    }
+}
+
+impl Deliver for OtlpDeliver {
+    type Job = TraceRequest;
+    type Ready = Ready;
+
+    fn prepare(&self, job: TraceRequest) -> Result<(Ready, usize), String> {
+        // gRPC compresses in tonic (per message); HTTP bodies once here.
+        if self.compression == Compression::Gzip && matches!(self.wire, Wire::Http { .. }) {
+            let packed = gzip(&job.body)?;
+            self.give_back(job.body);
+            let n = packed.len();
+            return Ok((
+                Ready {
+                    body: Bytes::from(packed),
+                    reusable: false,
+                },
+                n,
+            ));
+        }
+        let n = job.body.len();
+        Ok((
+            Ready {
+                body: Bytes::from(job.body),
+                reusable: true,
+            },
+            n,
+        ))
+    }
+
+    fn send(&self, ready: &Ready) -> impl Future<Output = Attempt> + Send {
+        let body = ready.body.clone();
+        async move {
+            match &self.wire {
+                Wire::Grpc { client, metadata } => send_grpc(client, metadata, body).await,
+                Wire::Http {
+                    client,
+                    url,
+                    headers,
+                } => send_http(client, url, headers, body).await,
             }
         }
     }
 
-    /// An OTLP exporter for spans of `res`.
-    pub(super) fn exporter(
-        &self,
-        cfg: &ExportConfig,
-        res: &Resource,
-    ) -> Result<opentelemetry_otlp::SpanExporter, String> {
-        let builder = opentelemetry_otlp::SpanExporter::builder();
-        let mut exporter = match self {
-            Transport::Grpc { channel, headers } => builder
-                .with_tonic()
-                .with_channel(channel.clone())
-                .with_interceptor(headers.clone())
-                .with_timeout(cfg.timeout)
-                .with_retry_policy(RetryPolicy::disabled())
-                .build(),
-            Transport::Http { client } => builder
-                .with_http()
-                .with_shared_http_client(client.clone())
-                .with_endpoint(cfg.endpoint.clone())
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_timeout(cfg.timeout)
-                .with_retry_policy(RetryPolicy::disabled())
-                .build(),
+    fn recycle(&self, ready: Ready) {
+        if ready.reusable {
+            if let Ok(b) = ready.body.try_into_mut() {
+                self.give_back(Vec::from(b));
+            }
         }
-        .map_err(|e| e.to_string())?;
-        exporter.set_resource(&sdk_resource(res));
-        Ok(exporter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_read() {
+        let ok = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 3,
+                error_message: "too old".into(),
+            }),
+        };
+        assert_eq!(partial_success(&ok.encode_to_vec()), (3, "too old".into()));
+        assert_eq!(partial_success(&[]), (0, String::new()));
+        assert_eq!(partial_success(b"\xff\xff"), (0, String::new()));
+
+        let delay = RetryInfo {
+            retry_delay: Some(ProtoDuration {
+                seconds: 2,
+                nanos: 500_000_000,
+            }),
+        };
+        let status = RpcStatus {
+            code: 8,
+            message: "slow down".into(),
+            details: vec![
+                ProtoAny {
+                    type_url: "type.googleapis.com/google.rpc.DebugInfo".into(),
+                    value: vec![],
+                },
+                ProtoAny {
+                    type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+                    value: delay.encode_to_vec(),
+                },
+            ],
+        };
+        assert_eq!(
+            retry_info(&status.encode_to_vec()),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(retry_info(&[]), None);
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let later = SystemTime::now() + Duration::from_secs(30);
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap(),
+        );
+        let d = retry_after(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+        assert!(retryable_http(503) && retryable_http(429) && !retryable_http(400));
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        let body = b"spans ".repeat(1000);
+        let packed = gzip(&body).unwrap();
+        assert!(packed.len() < body.len() / 10);
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&packed[..]), &mut out)
+            .unwrap();
+        assert_eq!(out, body);
     }
 }

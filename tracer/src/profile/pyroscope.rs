@@ -16,36 +16,35 @@
 //! it. Span-attributed samples carry the pprof labels `span_id` and
 //! `span_name`.
 //!
-//! [`PyroscopeExporter::start`] spawns a thread with its own
-//! single-threaded tokio runtime; [`PyroscopeExporter::submit`] never
-//! blocks: it hands the profile over a channel guarded by a counter of
-//! profiles in the exporter and drops (counts) it when that reaches
-//! [`PyroscopeConfig::queue_profiles`]. Encoding happens on the export
-//! thread. A failed push (connection refused, timeout, HTTP 429/502/503/504)
-//! is retried with exponential backoff ([`RetryConfig`]); a permanent error
+//! [`PyroscopeExporter`] hands profiles to the export
+//! [`Worker`] (its own thread and runtime, a queue bounded by
+//! [`PyroscopeConfig::queue_profiles`] and [`PyroscopeConfig::queue_bytes`]
+//! that never blocks, counters by outcome). Encoding happens on the export
+//! thread. A failed push (connection refused, timeout, HTTP 429/502/503/504,
+//! after the server's `Retry-After` when it gives one) is retried with
+//! exponential backoff and jitter ([`RetryConfig`]); a permanent error
 //! (another status) or an exhausted retry budget drops the profile
-//! (counted). Failures are logged at most every [`LOG_EVERY`].
-use std::{
-    sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
-    thread,
-    time::{Duration, Instant},
-};
+//! (counted).
+use std::{future::Future, time::Duration};
 
-use tokio::sync::{mpsc, Notify};
+use bytes::Bytes;
 
 use super::aggregate::ServiceProfile;
 use super::pprof;
-use crate::export::config::{self, parse_http_url, RetryConfig};
+use crate::export::{
+    config::{self, parse_http_url, RetryConfig},
+    transport::{error_chain, read_answer, retry_after, retryable_http},
+    worker::{Attempt, Deliver, Job, Worker, WorkerConfig, WorkerCounters, WorkerError},
+};
 
 /// Default `--pyroscope-timeout-ms`.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 /// Default bound on profiles waiting to be pushed.
 pub const DEFAULT_QUEUE_PROFILES: usize = 256;
-/// Push failures are logged at most this often.
-pub const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Default bound on the memory of profiles waiting to be pushed.
+pub const DEFAULT_QUEUE_BYTES: usize = 8 << 20;
+/// Pushes at the same time.
+const IN_FLIGHT: usize = 2;
 /// The `spyName` sent with every profile.
 pub const SPY_NAME: &str = "tracer";
 /// Port assumed when the URL names neither scheme nor port (Pyroscope's).
@@ -83,6 +82,8 @@ pub struct PyroscopeConfig {
     pub timeout: Duration,
     /// Bound on profiles waiting to be pushed.
     pub queue_profiles: usize,
+    /// Bound on the memory of profiles waiting to be pushed, in bytes.
+    pub queue_bytes: usize,
     /// Retry policy.
     pub retry: RetryConfig,
 }
@@ -96,6 +97,7 @@ impl PyroscopeConfig {
             headers: Vec::new(),
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
             queue_profiles: DEFAULT_QUEUE_PROFILES,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             retry: RetryConfig::default(),
         })
     }
@@ -179,6 +181,7 @@ impl PyroscopeArgs {
             headers,
             timeout: Duration::from_millis(timeout),
             queue_profiles: DEFAULT_QUEUE_PROFILES,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             retry: RetryConfig::default(),
         }))
     }
@@ -253,128 +256,46 @@ pub fn ingest_url(base: &str, p: &ServiceProfile) -> Result<reqwest::Url, String
     Ok(url)
 }
 
-/// What the exporter did so far.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PyroscopeCounters {
-    /// Profiles handed to [`PyroscopeExporter::submit`].
-    pub submitted: u64,
-    /// Profiles the server accepted.
-    pub exported: u64,
-    /// Profiles dropped because the queue was full.
-    pub dropped_queue_full: u64,
-    /// Profiles dropped after a permanent error or the last retry.
-    pub dropped_export_failed: u64,
-    /// Profiles still queued when the shutdown timeout ran out.
-    pub dropped_shutdown: u64,
-    /// Failed requests (each attempt counts).
-    pub export_errors: u64,
-    /// Attempts after the first of a profile.
-    pub retries: u64,
-    /// Compressed bytes the server accepted.
-    pub bytes_exported: u64,
-    /// Profiles in the exporter now.
-    pub queued: u64,
+/// A profile's memory while it waits, roughly (its frames' names are
+/// shared with the symbolizer's cache and not counted).
+fn profile_bytes(p: &ServiceProfile) -> usize {
+    std::mem::size_of::<ServiceProfile>()
+        + p.frames.len() * std::mem::size_of::<super::types::Frame>()
+        + p.stacks
+            .iter()
+            .map(|s| std::mem::size_of::<super::aggregate::StackCount>() + s.frames.len() * 4)
+            .sum::<usize>()
 }
 
-impl std::fmt::Display for PyroscopeCounters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "submitted={} exported={} dropped_queue_full={} dropped_export_failed={} \
-             dropped_shutdown={} export_errors={} retries={} bytes={} queued={}",
-            self.submitted,
-            self.exported,
-            self.dropped_queue_full,
-            self.dropped_export_failed,
-            self.dropped_shutdown,
-            self.export_errors,
-            self.retries,
-            self.bytes_exported,
-            self.queued
-        )
+impl Job for ServiceProfile {
+    fn items(&self) -> u64 {
+        1
+    }
+
+    fn bytes(&self) -> usize {
+        profile_bytes(self)
     }
 }
 
-/// Errors starting the exporter.
+/// Why the exporter could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum PyroscopeError {
-    /// The export thread's runtime could not be built.
-    #[error("building the profile export runtime: {0}")]
-    Runtime(#[source] std::io::Error),
-    /// The export thread could not be spawned.
-    #[error("spawning the profile export thread: {0}")]
-    Thread(#[source] std::io::Error),
-    /// The HTTP client rejected the configuration.
-    #[error("configuring the Pyroscope client for {url}: {message}")]
-    Client {
-        /// The server.
-        url: String,
-        /// What was wrong.
-        message: String,
-    },
+#[error(transparent)]
+pub struct PyroscopeError(#[from] WorkerError);
+
+/// Pushes to one Pyroscope server: the export worker's [`Deliver`].
+struct PyroscopeDeliver {
+    client: reqwest::Client,
+    url: String,
 }
 
-#[derive(Default)]
-struct Shared {
-    submitted: AtomicU64,
-    exported: AtomicU64,
-    dropped_queue_full: AtomicU64,
-    dropped_export_failed: AtomicU64,
-    dropped_shutdown: AtomicU64,
-    export_errors: AtomicU64,
-    retries: AtomicU64,
-    bytes: AtomicU64,
-    queued: AtomicUsize,
-    deadline: Mutex<Option<Instant>>,
-    wake: Notify,
-}
-
-impl Shared {
-    fn bump(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn stop_by(&self, at: Instant) {
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
-        self.wake.notify_one();
-    }
-
-    fn release(&self) {
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The Pyroscope exporter: a thread with its own runtime; see the module
-/// docs.
-pub struct PyroscopeExporter {
-    tx: Option<mpsc::UnboundedSender<ServiceProfile>>,
-    shared: Arc<Shared>,
-    bound: usize,
-    done: std::sync::mpsc::Receiver<()>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl PyroscopeExporter {
-    /// Starts the export thread. Fails when the HTTP client cannot be
-    /// built; does not contact the server.
-    pub fn start(cfg: PyroscopeConfig) -> Result<PyroscopeExporter, PyroscopeError> {
-        let mut headers = reqwest::header::HeaderMap::new();
+impl PyroscopeDeliver {
+    fn new(cfg: &PyroscopeConfig) -> Result<PyroscopeDeliver, String> {
+        use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+        let mut headers = HeaderMap::new();
         for (k, v) in &cfg.headers {
-            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes()).map_err(|e| {
-                PyroscopeError::Client {
-                    url: cfg.url.clone(),
-                    message: format!("header {k:?}: {e}"),
-                }
-            })?;
-            let value =
-                reqwest::header::HeaderValue::from_str(v).map_err(|e| PyroscopeError::Client {
-                    url: cfg.url.clone(),
-                    message: format!("header {k:?}: {e}"),
-                })?;
+            let name =
+                HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("header {k:?}: {e}"))?;
+            let value = HeaderValue::from_str(v).map_err(|e| format!("header {k:?}: {e}"))?;
             headers.insert(name, value);
         }
         let client = reqwest::Client::builder()
@@ -382,333 +303,116 @@ impl PyroscopeExporter {
             .timeout(cfg.timeout)
             .user_agent(concat!("tracer/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| PyroscopeError::Client {
-                url: cfg.url.clone(),
-                message: e.to_string(),
-            })?;
-        let shared = Arc::new(Shared::default());
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (done_tx, done) = std::sync::mpsc::channel();
-        let (ready_tx, ready) = std::sync::mpsc::channel();
-        let bound = cfg.queue_profiles.max(1);
-        let worker_shared = shared.clone();
-        let thread = thread::Builder::new()
-            .name("tracer-profiles".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(PyroscopeError::Runtime(e)));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                let worker = Worker {
-                    cfg,
-                    client,
-                    shared: worker_shared,
-                    log: FailureLog::default(),
-                };
-                rt.block_on(worker.run(rx));
-                let _ = done_tx.send(());
-            })
-            .map_err(PyroscopeError::Thread)?;
-        match ready.recv() {
-            Ok(Ok(())) => Ok(PyroscopeExporter {
-                tx: Some(tx),
-                shared,
-                bound,
-                done,
-                thread: Some(thread),
-            }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(PyroscopeError::Runtime(std::io::Error::other(
-                    "the profile export thread stopped while starting",
-                )))
-            }
-        }
+            .map_err(|e| e.to_string())?;
+        Ok(PyroscopeDeliver {
+            client,
+            url: cfg.url.clone(),
+        })
     }
-
-    /// Queues a profile for pushing. Never blocks: when the queue is full
-    /// the profile is dropped (counted). Empty profiles are not sent.
-    pub fn submit(&self, profile: ServiceProfile) {
-        let s = &self.shared;
-        if profile.stacks.is_empty() {
-            return;
-        }
-        Shared::bump(&s.submitted);
-        if s.queued.fetch_add(1, Ordering::Relaxed) >= self.bound {
-            s.release();
-            Shared::bump(&s.dropped_queue_full);
-            return;
-        }
-        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(profile).is_ok());
-        if !sent {
-            s.release();
-            Shared::bump(&s.dropped_shutdown);
-        }
-    }
-
-    /// The counters now.
-    pub fn counters(&self) -> PyroscopeCounters {
-        let s = &self.shared;
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        PyroscopeCounters {
-            submitted: get(&s.submitted),
-            exported: get(&s.exported),
-            dropped_queue_full: get(&s.dropped_queue_full),
-            dropped_export_failed: get(&s.dropped_export_failed),
-            dropped_shutdown: get(&s.dropped_shutdown),
-            export_errors: get(&s.export_errors),
-            retries: get(&s.retries),
-            bytes_exported: get(&s.bytes),
-            queued: s.queued.load(Ordering::Relaxed) as u64,
-        }
-    }
-
-    /// Pushes what is queued, waiting at most `timeout` (what is left then
-    /// is dropped and counted), stops the thread and returns the final
-    /// counters. Blocks the calling thread for up to `timeout`.
-    pub fn shutdown(mut self, timeout: Duration) -> PyroscopeCounters {
-        self.shared.stop_by(Instant::now() + timeout);
-        self.tx = None;
-        if self
-            .done
-            .recv_timeout(timeout + Duration::from_secs(1))
-            .is_ok()
-        {
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
-        } else {
-            tracing::warn!("the profile export thread did not stop in time; leaving it");
-        }
-        self.counters()
-    }
-}
-
-impl Drop for PyroscopeExporter {
-    fn drop(&mut self) {
-        if self.thread.is_some() {
-            // Dropped without shutdown: stop at once, without waiting.
-            self.shared.stop_by(Instant::now());
-        }
-    }
-}
-
-/// Logs failures at most every [`LOG_EVERY`], and the recovery once.
-#[derive(Default)]
-struct FailureLog {
-    last: Option<Instant>,
-    suppressed: u64,
-    failing: bool,
-}
-
-impl FailureLog {
-    fn failure(&mut self, url: &str, err: &str, gave_up: bool) {
-        self.failing = true;
-        if self.last.is_some_and(|t| t.elapsed() < LOG_EVERY) {
-            self.suppressed += 1;
-            return;
-        }
-        tracing::warn!(
-            url,
-            error = err,
-            dropped = gave_up,
-            failures_not_logged = self.suppressed,
-            "profile push to Pyroscope failed"
-        );
-        self.last = Some(Instant::now());
-        self.suppressed = 0;
-    }
-
-    fn success(&mut self, url: &str) {
-        if self.failing {
-            self.failing = false;
-            tracing::info!(url, "profile push to Pyroscope works again");
-        }
-    }
-}
-
-/// What one attempt gave.
-enum Outcome {
-    Ok,
-    Retry(String),
-    Fail(String),
-}
-
-struct Worker {
-    cfg: PyroscopeConfig,
-    client: reqwest::Client,
-    shared: Arc<Shared>,
-    log: FailureLog,
 }
 
 /// Longest error body quoted in a log line.
 const MAX_ERROR_BODY: usize = 512;
 
-impl Worker {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ServiceProfile>) {
-        let shared = self.shared.clone();
-        loop {
-            if shared.deadline().is_some() {
-                break;
-            }
-            tokio::select! {
-                p = rx.recv() => match p {
-                    Some(p) => self.push(p).await,
-                    None => break,
-                },
-                _ = shared.wake.notified() => {}
-            }
-        }
-        rx.close();
-        while let Ok(p) = rx.try_recv() {
-            if self.past_deadline() {
-                Shared::bump(&self.shared.dropped_shutdown);
-                self.shared.release();
-                continue;
-            }
-            self.push(p).await;
-        }
-    }
+impl Deliver for PyroscopeDeliver {
+    type Job = ServiceProfile;
+    type Ready = (reqwest::Url, Bytes);
 
-    fn past_deadline(&self) -> bool {
-        self.shared.deadline().is_some_and(|d| Instant::now() >= d)
-    }
-
-    /// Pushes one profile, retrying; it leaves the exporter either way.
-    async fn push(&mut self, p: ServiceProfile) {
-        let url = match ingest_url(&self.cfg.url, &p) {
-            Ok(u) => u,
-            Err(e) => {
-                Shared::bump(&self.shared.export_errors);
-                self.give_up(&e);
-                return;
-            }
-        };
+    /// The ingest URL and the gzip-compressed pprof body, made once.
+    fn prepare(&self, p: ServiceProfile) -> Result<((reqwest::Url, Bytes), usize), String> {
+        let url = ingest_url(&self.url, &p)?;
         let body = pprof::encode_gzip(&p);
-        drop(p);
-        let len = body.len() as u64;
-        let retry = self.cfg.retry;
-        let first = Instant::now();
-        let mut delay = retry.initial;
-        let mut attempt = 1u32;
-        loop {
-            let mut limit = Instant::now() + self.cfg.timeout;
-            if let Some(d) = self.shared.deadline() {
-                limit = limit.min(d);
-            }
-            let outcome = match tokio::time::timeout_at(
-                limit.into(),
-                self.attempt(url.clone(), body.clone()),
-            )
-            .await
-            {
-                Ok(o) => o,
-                Err(_) => Outcome::Retry(format!(
-                    "no answer within {} ms",
-                    self.cfg.timeout.as_millis()
-                )),
-            };
-            let err = match outcome {
-                Outcome::Ok => {
-                    Shared::bump(&self.shared.exported);
-                    self.shared.bytes.fetch_add(len, Ordering::Relaxed);
-                    self.shared.release();
-                    self.log.success(&self.cfg.url);
-                    return;
-                }
-                Outcome::Fail(e) => {
-                    Shared::bump(&self.shared.export_errors);
-                    self.give_up(&e);
-                    return;
-                }
-                Outcome::Retry(e) => e,
-            };
-            Shared::bump(&self.shared.export_errors);
-            let wake = Instant::now() + delay;
-            let out_of_budget = attempt >= retry.max_attempts
-                || wake.duration_since(first) > retry.max_elapsed
-                || self.shared.deadline().is_some_and(|d| wake >= d);
-            if out_of_budget {
-                self.give_up(&err);
-                return;
-            }
-            self.log.failure(&self.cfg.url, &err, false);
-            Shared::bump(&self.shared.retries);
-            attempt += 1;
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake.into()) => {}
-                // Shutdown: the next attempt is cut to the deadline.
-                _ = self.shared.wake.notified() => {}
-            }
-            delay = (delay * 2).min(retry.max_delay);
-        }
+        let n = body.len();
+        Ok(((url, Bytes::from(body)), n))
     }
 
-    async fn attempt(&self, url: reqwest::Url, body: Vec<u8>) -> Outcome {
-        let resp = self
-            .client
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(body)
-            .send()
-            .await;
-        let mut resp = match resp {
-            Ok(r) => r,
-            Err(e) => return Outcome::Retry(error_chain(&e)),
-        };
-        let status = resp.status();
-        if status.is_success() {
-            return Outcome::Ok;
-        }
-        // Quote the start of the server's answer.
-        let mut text = Vec::new();
-        while text.len() < MAX_ERROR_BODY {
-            match resp.chunk().await {
-                Ok(Some(c)) => {
-                    text.extend_from_slice(&c[..c.len().min(MAX_ERROR_BODY - text.len())])
+    fn send(&self, ready: &(reqwest::Url, Bytes)) -> impl Future<Output = Attempt> + Send {
+        let (url, body) = (ready.0.clone(), ready.1.clone());
+        async move {
+            let resp = self
+                .client
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body)
+                .send()
+                .await;
+            let mut resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    return Attempt::Retry {
+                        error: error_chain(&e),
+                        after: None,
+                    }
                 }
-                _ => break,
+            };
+            let status = resp.status();
+            if status.is_success() {
+                return Attempt::Delivered {
+                    rejected: 0,
+                    message: String::new(),
+                };
+            }
+            let after = retry_after(resp.headers());
+            // Quote the start of the server's answer.
+            let text = read_answer(&mut resp, MAX_ERROR_BODY).await;
+            let error = format!(
+                "status code: {} {}",
+                status.as_u16(),
+                String::from_utf8_lossy(&text).trim()
+            );
+            if retryable_http(status.as_u16()) {
+                Attempt::Retry { error, after }
+            } else {
+                Attempt::Failed(error)
             }
         }
-        let msg = format!(
-            "status code: {} {}",
-            status.as_u16(),
-            String::from_utf8_lossy(&text).trim()
-        );
-        match status.as_u16() {
-            429 | 502 | 503 | 504 => Outcome::Retry(msg),
-            _ => Outcome::Fail(msg),
-        }
-    }
-
-    fn give_up(&mut self, err: &str) {
-        Shared::bump(&self.shared.dropped_export_failed);
-        self.shared.release();
-        self.log.failure(&self.cfg.url, err, true);
     }
 }
 
-/// An error with its sources (reqwest's own message is terse).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
+/// The Pyroscope exporter: profiles to the export worker; see the module
+/// docs.
+pub struct PyroscopeExporter {
+    worker: Worker<ServiceProfile>,
+}
+
+impl PyroscopeExporter {
+    /// Starts the export thread. Fails when the HTTP client cannot be
+    /// built (a bad header); does not contact the server.
+    pub fn start(cfg: PyroscopeConfig) -> Result<PyroscopeExporter, PyroscopeError> {
+        let worker_cfg = WorkerConfig {
+            thread: "tracer-profiles".into(),
+            what: "profile push to Pyroscope",
+            endpoint: cfg.url.clone(),
+            queue_items: cfg.queue_profiles as u64,
+            queue_bytes: cfg.queue_bytes as u64,
+            in_flight: IN_FLIGHT,
+            timeout: cfg.timeout,
+            retry: cfg.retry,
+        };
+        let worker = Worker::start(worker_cfg, move || PyroscopeDeliver::new(&cfg))?;
+        Ok(PyroscopeExporter { worker })
     }
-    s
+
+    /// Queues a profile for pushing. Never blocks: when the queue is full
+    /// the profile is dropped (counted). Empty profiles are not sent.
+    pub fn submit(&self, profile: ServiceProfile) {
+        if !profile.stacks.is_empty() {
+            // A refused profile is counted by the worker.
+            let _ = self.worker.submit(profile);
+        }
+    }
+
+    /// The counters now (items are profiles).
+    pub fn counters(&self) -> WorkerCounters {
+        self.worker.counters()
+    }
+
+    /// Pushes what is queued, waiting at most `timeout` (what is left then
+    /// is dropped and counted), stops the thread and returns the final
+    /// counters. Blocks the calling thread for up to `timeout`.
+    pub fn shutdown(self, timeout: Duration) -> WorkerCounters {
+        self.worker.shutdown(timeout)
+    }
 }
 
 #[cfg(test)]
@@ -718,6 +422,8 @@ mod tests {
         io::{BufRead, BufReader},
         path::{Path, PathBuf},
         process::{Child, Command, Stdio},
+        sync::Arc,
+        time::Instant,
     };
 
     use correlate::SpanId;
@@ -1000,7 +706,7 @@ mod tests {
         exp.submit(p);
         let c = exp.shutdown(Duration::from_secs(10));
         assert_eq!((c.submitted, c.exported, c.queued), (1, 1, 0), "{c}");
-        assert!(c.bytes_exported > 0);
+        assert!(c.bytes > 0);
 
         let got = received(&r);
         assert_eq!(got.len(), 1);
@@ -1070,7 +776,7 @@ mod tests {
         let exp = PyroscopeExporter::start(config(r.port)).unwrap();
         exp.submit(profile("svc").0);
         wait_until("a failed attempt", Duration::from_secs(10), || {
-            exp.counters().export_errors >= 2
+            exp.counters().errors >= 2
         });
         assert!(received(&r).is_empty());
         std::fs::remove_file(&fail).unwrap();
@@ -1079,7 +785,7 @@ mod tests {
         });
         let c = exp.shutdown(Duration::from_secs(5));
         assert!(c.retries >= 2, "{c}");
-        assert_eq!((c.dropped_export_failed, c.queued), (0, 0), "{c}");
+        assert_eq!((c.dropped_failed, c.queued), (0, 0), "{c}");
         assert_eq!(received(&r).len(), 1);
     }
 
@@ -1095,11 +801,11 @@ mod tests {
         let exp = PyroscopeExporter::start(cfg).unwrap();
         exp.submit(profile("svc").0);
         wait_until("the drop", Duration::from_secs(10), || {
-            exp.counters().dropped_export_failed == 1
+            exp.counters().dropped_failed == 1
         });
         let c = exp.shutdown(Duration::from_secs(1));
         assert_eq!(
-            (c.retries, c.export_errors, c.exported, c.queued),
+            (c.retries, c.errors, c.exported, c.queued),
             (0, 1, 0, 0),
             "{c}"
         );
@@ -1130,7 +836,7 @@ mod tests {
         let c = exp.shutdown(Duration::from_millis(300));
         assert!(t1.elapsed() < Duration::from_secs(3));
         assert_eq!(c.exported, 0);
-        assert_eq!(c.dropped_export_failed + c.dropped_shutdown, 2, "{c}");
+        assert_eq!(c.dropped_failed + c.dropped_shutdown, 2, "{c}");
         assert_eq!(c.queued, 0, "{c}");
     }
 
@@ -1143,7 +849,7 @@ mod tests {
         rt.block_on(async {
             let exp = PyroscopeExporter::start(config(free_port())).unwrap();
             let c = exp.shutdown(Duration::from_millis(100));
-            assert_eq!(c, PyroscopeCounters::default());
+            assert_eq!(c, WorkerCounters::default());
         });
     }
 }

@@ -7,7 +7,9 @@
 //! Unwinding and symbolization run on their own thread: the first lookup in
 //! a large binary takes tens to hundreds of milliseconds, which the event
 //! loop reading the ring buffer cannot afford. Samples go there through a
-//! bounded queue (overflow counted) and come back as stacks.
+//! queue bounded in samples and in bytes (each carries a copy of the top
+//! of a user stack, up to 32 KiB; overflow counted) and come back as
+//! stacks.
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -26,7 +28,10 @@ use super::{
     pyroscope::{PyroscopeConfig, PyroscopeExporter},
     Profiler, ProfilerConfig, StackSample,
 };
-use crate::{clock::Clock, export::resource::Resource};
+use crate::{
+    clock::Clock,
+    export::{resource::Resource, worker::QueueBound},
+};
 
 /// Resolved profiling settings.
 #[derive(Clone, Debug)]
@@ -41,12 +46,21 @@ pub struct ProfileSettings {
     pub flame: Option<FlameConfig>,
 }
 
-/// Raw samples queued for the worker at most.
-const QUEUE: usize = 1024;
+/// Raw samples queued for the worker at most...
+const QUEUE: u64 = 1024;
+/// ...and their bytes (stack copies).
+const QUEUE_BYTES: u64 = 8 << 20;
+
+/// What a queued sample holds.
+fn sample_bytes(stack: &[u8]) -> u64 {
+    (std::mem::size_of::<SampleHeader>() + stack.len()) as u64
+}
 
 /// The unwinding/symbolization thread.
 struct Worker {
-    tx: Option<mpsc::SyncSender<(SampleHeader, Vec<u8>)>>,
+    tx: Option<mpsc::Sender<(SampleHeader, Vec<u8>)>>,
+    /// What is queued for the thread (or being unwound).
+    bound: Arc<QueueBound>,
     rx: mpsc::Receiver<StackSample>,
     thread: Option<thread::JoinHandle<()>>,
     /// The profiler's counters, refreshed by the worker.
@@ -57,7 +71,9 @@ struct Worker {
 
 impl Worker {
     fn start() -> Worker {
-        let (tx, in_rx) = mpsc::sync_channel::<(SampleHeader, Vec<u8>)>(QUEUE);
+        let (tx, in_rx) = mpsc::channel::<(SampleHeader, Vec<u8>)>();
+        let bound = Arc::new(QueueBound::new(QUEUE, QUEUE_BYTES));
+        let held = bound.clone();
         let (out_tx, rx) = mpsc::channel::<StackSample>();
         let counters = Arc::new(Mutex::new(String::new()));
         let shown = counters.clone();
@@ -79,7 +95,10 @@ impl Worker {
                     }
                 };
                 while let Ok((hdr, stack)) = in_rx.recv() {
-                    if let Some(s) = profiler.on_sample(&hdr, &stack) {
+                    let sample = profiler.on_sample(&hdr, &stack);
+                    held.release(1, sample_bytes(&stack));
+                    drop(stack);
+                    if let Some(s) = sample {
                         if out_tx.send(s).is_err() {
                             break;
                         }
@@ -95,6 +114,7 @@ impl Worker {
             .ok();
         Worker {
             tx: Some(tx),
+            bound,
             rx,
             thread,
             counters,
@@ -141,8 +161,16 @@ impl ProfileStage {
     /// is behind, the sample is dropped and counted).
     pub fn sample(&mut self, hdr: &SampleHeader, stack: &[u8]) {
         let Some(tx) = &self.worker.tx else { return };
-        if tx.try_send((*hdr, stack.to_vec())).is_err() {
-            self.worker.dropped.fetch_add(1, Ordering::Relaxed);
+        let w = &self.worker;
+        let bytes = sample_bytes(stack);
+        if !w.bound.admit(1, bytes) {
+            w.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if tx.send((*hdr, stack.to_vec())).is_err() {
+            // The thread is gone (it failed to start or stopped).
+            w.bound.release(1, bytes);
+            w.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
