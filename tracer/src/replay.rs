@@ -19,9 +19,13 @@ use std::{
 use correlate::{AttrValue, Pid, Span};
 
 use crate::{
+    clock::Clock,
     conntrack::ConnLimits,
     dispatch::{Dispatcher, SpanOut, Stages},
-    export::resource::Resource,
+    export::{
+        encode::{BatchLimits, TraceEncoder},
+        resource::Resource,
+    },
     http_spans::HttpSpans,
 };
 
@@ -84,6 +88,10 @@ pub struct ReplayStats {
     pub messages: u64,
     /// Spans finished.
     pub spans: u64,
+    /// OTLP requests encoded (with [`Replay::encoding`]).
+    pub requests: u64,
+    /// Their protobuf bytes.
+    pub request_bytes: u64,
 }
 
 /// A replay's span destination: spans are kept until the caller takes
@@ -93,6 +101,24 @@ pub struct ReplayStats {
 struct Collect {
     spans: Vec<Span>,
     resources: HashMap<Pid, Arc<Resource>>,
+    /// Set: spans are encoded into OTLP requests (as the agent's exporter
+    /// does) instead of kept.
+    encoder: Option<TraceEncoder>,
+    requests: u64,
+    request_bytes: u64,
+    spans_encoded: u64,
+}
+
+impl Collect {
+    fn take_requests(&mut self) {
+        if let Some(enc) = &mut self.encoder {
+            while let Some(r) = enc.take() {
+                self.requests += 1;
+                self.request_bytes += r.body.len() as u64;
+                enc.recycle(r.body);
+            }
+        }
+    }
 }
 
 impl SpanOut for Collect {
@@ -115,8 +141,18 @@ impl SpanOut for Collect {
             .clone()
     }
 
-    fn span(&mut self, span: Span, _now_ns: u64) {
-        self.spans.push(span);
+    fn span(&mut self, span: Span, now_ns: u64) {
+        if self.encoder.is_none() {
+            self.spans.push(span);
+            return;
+        }
+        let res = self.resource(span.pid, None, now_ns);
+        if let Some(enc) = &mut self.encoder {
+            // A span with an all-zero id is never made by the correlator.
+            let _ = enc.push(&span, &res);
+        }
+        self.spans_encoded += 1;
+        self.take_requests();
     }
 
     fn tick(&mut self, _now_ns: u64) {}
@@ -134,8 +170,23 @@ pub struct Replay {
 const SWEEP_NS: u64 = 50_000_000;
 
 impl Replay {
-    /// A fresh pipeline with the default settings and a fixed id seed.
+    /// A fresh pipeline with the default settings and a fixed id seed;
+    /// finished spans are handed to the caller.
     pub fn new() -> Replay {
+        Replay::with_sink(Collect::default())
+    }
+
+    /// The same pipeline ending where the agent's exporter does: spans are
+    /// encoded into OTLP `ExportTraceServiceRequest` bodies (not sent), and
+    /// not handed to the caller.
+    pub fn encoding() -> Replay {
+        Replay::with_sink(Collect {
+            encoder: Some(TraceEncoder::new(Clock::new(), BatchLimits::default())),
+            ..Collect::default()
+        })
+    }
+
+    fn with_sink(sink: Collect) -> Replay {
         let stages = Stages::new(
             None,
             // Loopback only: the recorded host's other addresses are not
@@ -145,7 +196,7 @@ impl Replay {
                 1,
                 &[Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()],
             )),
-            Collect::default(),
+            sink,
             None,
             None,
         );
@@ -157,9 +208,9 @@ impl Replay {
     }
 
     fn take(&mut self, out: &mut impl FnMut(Span)) {
-        let spans = &mut self.dispatcher.stages_mut().spans.spans;
-        self.spans += spans.len() as u64;
-        spans.drain(..).for_each(out);
+        let sink = &mut self.dispatcher.stages_mut().spans;
+        self.spans += sink.spans.len() as u64 + std::mem::take(&mut sink.spans_encoded);
+        sink.spans.drain(..).for_each(out);
     }
 
     /// Feeds one record; finished spans go to `out`.
@@ -178,6 +229,12 @@ impl Replay {
     pub fn finish(mut self, out: &mut impl FnMut(Span)) -> ReplayStats {
         self.dispatcher.finish(0);
         self.take(out);
+        let sink = &mut self.dispatcher.stages_mut().spans;
+        if let Some(enc) = &mut sink.encoder {
+            enc.flush();
+        }
+        sink.take_requests();
+        let (requests, request_bytes) = (sink.requests, sink.request_bytes);
         let reader = *self.dispatcher.reader();
         ReplayStats {
             records: reader.records,
@@ -189,6 +246,8 @@ impl Replay {
                 .as_ref()
                 .map_or(0, |h| h.counters().messages),
             spans: self.spans,
+            requests,
+            request_bytes,
         }
     }
 }
