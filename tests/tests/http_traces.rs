@@ -554,9 +554,9 @@ fn export_outage_is_survived_and_counted() {
         .values()
         .map(Vec::len)
         .sum();
-    let dropped = out.counter("spans_dropped_export_failed").unwrap_or(0)
-        + out.counter("spans_dropped_queue_full").unwrap_or(0);
-    let retries = out.counter("retries").unwrap_or(0);
+    let dropped = out.counter("export.dropped_failed{otlp}").unwrap_or(0)
+        + out.counter("export.dropped_queue_full{otlp}").unwrap_or(0);
+    let retries = out.counter("export.retries{otlp}").unwrap_or(0);
     println!(
         "outage: {during} spans delivered late, {dropped} dropped and counted, {retries} retries"
     );

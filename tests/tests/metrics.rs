@@ -68,6 +68,18 @@ fn counters_move_with_traffic_and_parse_as_prometheus_text() {
         );
     }
     assert!(value(&after, "tracer_correlation_spans_emitted_total") >= 40.0);
+    // The export worker's counters, labelled with their destination.
+    let exported = |m: &Value| {
+        m["tracer_export_exported_total"]["destination=otlp"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    assert!(
+        exported(&after) > exported(&before),
+        "spans exported did not move: {} -> {}",
+        exported(&before),
+        exported(&after)
+    );
     assert!(value(&after, "tracer_agent_resident_bytes") > 1e6);
     assert!(value(&after, "tracer_agent_cpu_seconds_total") > 0.0);
     // Drops are one family with a label per reason, all present.

@@ -261,6 +261,198 @@ report_counters!(correlate::Counters, Stage::Correlation, {
     clock_anomaly: Anomaly, "Timestamps out of order (clamped or not linked).";
 });
 
+report_counters!(crate::profile::ProfileCounters, Stage::Profiles, {
+    samples: Headline, "CPU sample records received.";
+    bad_samples: Anomaly, "Sample records that were malformed.";
+    kernel_threads: Detail, "Samples of kernel threads.";
+    no_user_regs: Detail, "Samples whose user registers were unusable.";
+    no_user_stack: Detail, "Samples whose user stack could not be copied.";
+    stack_short: Detail, "Samples whose stack copy stopped early at a fault.";
+    unwound_to_root: Detail, "User stacks unwound to their root.";
+    truncated: Detail, "User stacks not unwound to their root.";
+    stacks: Detail, "Stacks produced.";
+    frames: Detail, "Frames produced.";
+    total_ns: Detail, "Time spent turning samples into stacks (ns).";
+});
+
+report_counters!(crate::profile::unwind::UnwindCounters, Stage::Profiles, {
+    stacks: Detail, "Stacks unwound.";
+    complete: Detail, "Stacks unwound to their root.";
+    truncated: Detail, "Stacks cut short.";
+    frames: Detail, "User frames unwound.";
+    maps_reads: Detail, "Reads of /proc/PID/maps.";
+    maps_failed: Detail, "Reads of /proc/PID/maps that failed (process gone).";
+    binaries_loaded: Detail, "Binaries read for unwind data.";
+    binaries_without_unwind_info: Detail, "Binaries without unwind sections.";
+    binaries_failed: Anomaly, "Binaries that could not be opened or parsed.";
+    binaries_evicted: Detail, "Binaries dropped from the cache.";
+    processes_evicted: Detail, "Processes dropped from the table to make room.";
+    processes_exited: Detail, "Processes forgotten after they exited.";
+    section_bytes: Detail, "Bytes of unwind sections loaded.";
+    unwind_ns: Detail, "Time spent unwinding (ns).";
+});
+
+report_counters!(crate::profile::symbols::SymbolCounters, Stage::Profiles, {
+    user_lookups: Detail, "User addresses looked up.";
+    kernel_lookups: Detail, "Kernel addresses looked up.";
+    cache_hits: Detail, "Lookups answered by the caches.";
+    cache_resets: Detail, "Times a symbol cache was full and started over.";
+    unresolved: Detail, "Frames without a function name.";
+    jit_resolved: Detail, "JIT frames resolved from a perf map.";
+    perf_map_reads: Detail, "Perf-map reads.";
+    perf_map_skipped: Detail, "Perf-map lines that could not be used.";
+    symbolize_ns: Detail, "Time spent symbolizing (ns).";
+});
+
+report_counters!(crate::profile::aggregate::AggregateCounters, Stage::Profiles, {
+    samples: Detail, "Samples aggregated.";
+    span_samples: Headline, "Samples attributed to a span.";
+    truncated_samples: Detail, "Samples whose stack was not unwound to its root.";
+    depth_cut: Detail, "Samples whose stack was cut at the depth bound.";
+    stack_overflow: Anomaly, "Samples counted in [overflow]: a stack or frame table was full.";
+    dropped_service_limit: Anomaly, "Samples dropped: too many services had samples.";
+    span_table_full: Anomaly, "Span samples not counted for their span (span table full).";
+    late_span_samples: Detail, "Samples of a span that had already finished.";
+    spans_with_samples: Detail, "Finished server spans with samples.";
+    unnamed_span_stacks: Detail, "Span stacks exported without the span's name.";
+    spans_never_finished: Detail, "Spans with samples that never finished.";
+    profiles: Headline, "Service profiles produced.";
+});
+
+report_counters!(crate::profile::flame::FlameCounters, Stage::Profiles, {
+    svgs_written: Detail, "Flame graphs written.";
+    write_errors: Anomaly, "Flame graph writes that failed.";
+    overflow_samples: Detail, "Samples drawn as [overflow].";
+    spans_not_kept: Detail, "Span graphs not kept.";
+    spans_evicted: Detail, "Span graphs replaced by one with more samples.";
+    services_not_kept: Detail, "Samples of services beyond the graph bound.";
+});
+
+report_counters!(crate::export::resource::ResourceCounters, Stage::Export, {
+    described: Detail, "Processes described from /proc.";
+    unknown: Detail, "Processes gone before they could be described (named from the kernel).";
+    pid_reused: Detail, "Processes described again (exec or pid reuse).";
+    evicted: Detail, "Process descriptions dropped at the bound.";
+});
+
+/// An export worker's counters (spans to OTLP, profiles to Pyroscope),
+/// labelled with their destination.
+pub fn report_worker(
+    c: &crate::export::worker::WorkerCounters,
+    stage: Stage,
+    destination: &'static str,
+    out: &mut Vec<Metric>,
+) {
+    let crate::export::worker::WorkerCounters {
+        submitted,
+        exported,
+        rejected,
+        dropped_queue_full,
+        dropped_failed,
+        dropped_shutdown,
+        dropped_invalid,
+        requests,
+        bytes,
+        errors,
+        retries,
+        queued,
+        queued_bytes,
+        peak_queued_bytes,
+    } = *c;
+    let counters: [(&'static str, &'static str, Show, u64); 11] = [
+        (
+            "submitted",
+            "Items handed to the export worker.",
+            Show::Detail,
+            submitted,
+        ),
+        (
+            "exported",
+            "Items the backend accepted.",
+            Show::Headline,
+            exported,
+        ),
+        (
+            "rejected",
+            "Items the backend refused (partial success).",
+            Show::Anomaly,
+            rejected,
+        ),
+        (
+            "dropped_queue_full",
+            "Items dropped: the queue was full.",
+            Show::Anomaly,
+            dropped_queue_full,
+        ),
+        (
+            "dropped_failed",
+            "Items dropped with a request that failed for good.",
+            Show::Anomaly,
+            dropped_failed,
+        ),
+        (
+            "dropped_shutdown",
+            "Items still queued when the agent stopped.",
+            Show::Anomaly,
+            dropped_shutdown,
+        ),
+        (
+            "dropped_invalid",
+            "Items that could not be encoded.",
+            Show::Anomaly,
+            dropped_invalid,
+        ),
+        (
+            "requests",
+            "Requests the backend accepted.",
+            Show::Detail,
+            requests,
+        ),
+        (
+            "bytes",
+            "Bytes sent in accepted requests.",
+            Show::Detail,
+            bytes,
+        ),
+        (
+            "errors",
+            "Failed attempts (each retry counts).",
+            Show::Anomaly,
+            errors,
+        ),
+        (
+            "retries",
+            "Attempts after the first (the backend was failing).",
+            Show::Anomaly,
+            retries,
+        ),
+    ];
+    for (name, help, show, v) in counters {
+        out.push(
+            Metric::counter(stage, name, help, show, v).with_label("destination", destination),
+        );
+    }
+    let gauges: [(&'static str, &'static str, u64); 3] = [
+        ("queued", "Items in the export queue now.", queued),
+        (
+            "queued_bytes",
+            "Bytes in the export queue now.",
+            queued_bytes,
+        ),
+        (
+            "peak_queued_bytes",
+            "Most bytes ever in the export queue.",
+            peak_queued_bytes,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        out.push(
+            Metric::gauge(stage, name, help, Show::Detail, v as f64)
+                .with_label("destination", destination),
+        );
+    }
+}
+
 /// The agent process: CPU seconds and memory, from /proc/self.
 pub fn process(out: &mut Vec<Metric>) {
     let cpu = std::fs::read_to_string("/proc/self/stat")

@@ -104,14 +104,13 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
 
     rt.block_on(event_loop(&cfg, &mut kernel, &mut dispatcher))?;
     dispatcher.finish(monotonic_ns());
-
-    // Spans/s at exit: the average over the run.
-    let mut since_start = Rate {
-        last: Some((started, 0)),
-    };
-    let summary = snapshot(&kernel, &dispatcher, &mut since_start).table();
-    let (mut stages, _, _) = dispatcher.into_parts();
-    if let Some(events) = &mut stages.events {
+    let stages = dispatcher.stages_mut();
+    if let Some(p) = &mut stages.profile {
+        p.finish(monotonic_ns(), Duration::from_secs(5));
+    }
+    let spans = &mut stages.spans;
+    rt.block_on(async { spans.finish(Duration::from_secs(5)) });
+    if let Some(events) = &stages.events {
         if events.write_errors > 0 {
             tracing::warn!(
                 errors = events.write_errors,
@@ -119,15 +118,12 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
             );
         }
     }
-    let profiles = stages
-        .profile
-        .take()
-        .map(|p| p.finish(monotonic_ns(), Duration::from_secs(5)));
-    let spans = rt.block_on(async { stages.spans.finish(Duration::from_secs(5)) });
-    eprintln!("tracer: counters at exit\n{summary}  {spans}");
-    if let Some(p) = profiles {
-        eprintln!("  profiles: {p}");
-    }
+    // Spans/s at exit: the average over the run.
+    let mut since_start = Rate {
+        last: Some((started, 0)),
+    };
+    let summary = snapshot(&kernel, &dispatcher, &mut since_start).table();
+    eprintln!("tracer: counters at exit\n{summary}");
     drop(kernel);
     tracing::info!("detached all programs");
     Ok(())
@@ -200,7 +196,7 @@ async fn event_loop(cfg: &RunConfig, kernel: &mut Kernel, d: &mut Live) -> Resul
             _ = addr_tick.tick() => d.set_local_addrs(&host::local_addrs()),
             _ = stats_tick.tick() => {
                 let table = snapshot(kernel, d, &mut stats_rate).table();
-                tracing::info!("counters\n{table}  {}", d.stages().spans.counters());
+                tracing::info!("counters\n{table}");
             }
             Some(scrape) = async {
                 match &mut scrapes {
@@ -270,6 +266,11 @@ fn snapshot(kernel: &Kernel, d: &Live, rate: &mut Rate) -> Snapshot {
             Show::Headline,
             rate.per_second(c.spans_emitted),
         ));
+    }
+    let s = d.stages();
+    s.spans.report(&mut m);
+    if let Some(p) = &s.profile {
+        p.report(&mut m);
     }
     metrics::process(&mut m);
     Snapshot { metrics: m }

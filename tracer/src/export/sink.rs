@@ -6,14 +6,19 @@ use correlate::{Pid, Span};
 
 use super::{
     config::{ExportConfig, Protocol},
-    console::{ConsoleSink, Format, DEFAULT_QUIET_NS},
+    console::{ConsoleCounters, ConsoleSink, Format, DEFAULT_QUIET_NS},
     otlp::{ExportCounters, Exporter},
     resource::ResourceCache,
 };
-use crate::clock::Clock;
+use crate::{
+    clock::Clock,
+    metrics::{self, Metric, Report, Show, Stage},
+};
 
 enum Output<W: Write> {
     Otlp(Box<Exporter>),
+    /// The exporter after its shutdown: its last counters.
+    Exported(ExportCounters),
     Console(ConsoleSink<W>),
     /// Nowhere to go (no endpoint, nothing printed): counted only.
     Discard(u64),
@@ -85,6 +90,9 @@ impl<W: Write> SpanSink<W> {
             Output::Otlp(e) => e.submit(&span, &resource),
             Output::Console(c) => c.on_span(&span, &resource, now_ns),
             Output::Discard(n) => *n += 1,
+            // After the shutdown nothing is sent; the dispatcher has none
+            // left to give by then.
+            Output::Exported(_) => {}
         }
     }
 
@@ -94,7 +102,7 @@ impl<W: Write> SpanSink<W> {
         match &mut self.out {
             Output::Console(c) => c.poll(now_ns),
             Output::Otlp(e) => e.tick(),
-            Output::Discard(_) => {}
+            Output::Discard(_) | Output::Exported(_) => {}
         }
     }
 
@@ -102,31 +110,86 @@ impl<W: Write> SpanSink<W> {
     pub fn export_counters(&self) -> Option<ExportCounters> {
         match &self.out {
             Output::Otlp(e) => Some(e.counters()),
+            Output::Exported(c) => Some(*c),
             _ => None,
         }
     }
 
-    /// The counters as one line, for the agent's report.
-    pub fn counters(&self) -> String {
-        let res = self.resources.counters();
+    /// Every counter of this stage, as metrics.
+    pub fn report(&self, out: &mut Vec<Metric>) {
+        self.resources.counters().report(out);
         match &self.out {
-            Output::Otlp(e) => format!("export: {}; resources: {res}", e.counters()),
-            Output::Console(c) => format!("console: {}; resources: {res}", c.counters()),
-            Output::Discard(n) => format!("discarded: spans={n}; resources: {res}"),
+            Output::Otlp(_) | Output::Exported(_) => {
+                if let Some(c) = self.export_counters() {
+                    out.push(Metric::counter(
+                        Stage::Export,
+                        "spans_submitted",
+                        "Spans handed to the OTLP exporter.",
+                        Show::Headline,
+                        c.spans_submitted,
+                    ));
+                    out.push(Metric::gauge(
+                        Stage::Export,
+                        "spans_pending",
+                        "Spans encoded into a request not closed yet.",
+                        Show::Detail,
+                        c.spans_pending as f64,
+                    ));
+                    metrics::report_worker(&c.worker, Stage::Export, "otlp", out);
+                }
+            }
+            Output::Console(c) => {
+                let ConsoleCounters {
+                    spans,
+                    traces_printed,
+                    traces_printed_early,
+                    write_errors,
+                } = c.counters();
+                let m = [
+                    ("printed_spans", "Spans printed.", Show::Headline, spans),
+                    (
+                        "printed_traces",
+                        "Traces printed.",
+                        Show::Detail,
+                        traces_printed,
+                    ),
+                    (
+                        "printed_traces_early",
+                        "Traces printed before they were quiet (bounds).",
+                        Show::Detail,
+                        traces_printed_early,
+                    ),
+                    (
+                        "print_errors",
+                        "Failed writes to the terminal.",
+                        Show::Anomaly,
+                        write_errors,
+                    ),
+                ];
+                for (name, help, show, v) in m {
+                    out.push(Metric::counter(Stage::Export, name, help, show, v));
+                }
+            }
+            Output::Discard(n) => out.push(Metric::counter(
+                Stage::Export,
+                "discarded_spans",
+                "Spans made with nowhere to go (no endpoint, nothing printed).",
+                Show::Headline,
+                *n,
+            )),
         }
     }
 
-    /// Sends or prints what is held (OTLP: within `timeout`) and returns
-    /// the final counters line.
-    pub fn finish(self, timeout: Duration) -> String {
-        let res = self.resources.counters();
-        match self.out {
-            Output::Otlp(e) => format!("export: {}; resources: {res}", e.shutdown(timeout)),
+    /// Sends or prints what is held (OTLP: within `timeout`); the final
+    /// counters are then in [`report`](Self::report)'s.
+    pub fn finish(&mut self, timeout: Duration) {
+        match std::mem::replace(&mut self.out, Output::Discard(0)) {
+            Output::Otlp(e) => self.out = Output::Exported(e.shutdown(timeout)),
             Output::Console(mut c) => {
                 c.flush_all();
-                format!("console: {}; resources: {res}", c.counters())
+                self.out = Output::Console(c);
             }
-            Output::Discard(n) => format!("discarded: spans={n}; resources: {res}"),
+            other => self.out = other,
         }
     }
 }
@@ -137,6 +200,12 @@ mod tests {
     use crate::export::console::tests::span;
     use crate::export::resource::tests::TempDir;
 
+    fn value(s: &SpanSink<Vec<u8>>, name: &str) -> f64 {
+        let mut m = Vec::new();
+        s.report(&mut m);
+        m.iter().filter(|x| x.name == name).map(|x| x.value).sum()
+    }
+
     #[test]
     fn console_by_default() {
         let t = TempDir::new("sink");
@@ -146,17 +215,12 @@ mod tests {
         s.saw_pid(Pid(101), None, 0);
         s.span(span(1, 1, None, 0, 2), 0);
         s.tick(DEFAULT_QUIET_NS - 1);
-        assert!(
-            s.counters().contains("traces_printed=0"),
-            "{}",
-            s.counters()
-        );
+        assert_eq!(value(&s, "printed_traces"), 0.0);
         s.tick(DEFAULT_QUIET_NS);
-        let line = s.finish(Duration::from_secs(1));
-        assert!(
-            line.starts_with("console: spans=1 traces_printed=1 "),
-            "{line}"
-        );
-        assert!(line.contains("resources: described=0 unknown=1"), "{line}");
+        s.finish(Duration::from_secs(1));
+        assert_eq!(value(&s, "printed_spans"), 1.0);
+        assert_eq!(value(&s, "printed_traces"), 1.0);
+        assert_eq!(value(&s, "described"), 0.0);
+        assert_eq!(value(&s, "unknown"), 1.0);
     }
 }

@@ -26,11 +26,17 @@ use super::{
     aggregate::{AggregateConfig, Profiles},
     flame::{FlameConfig, FlameGraphs},
     pyroscope::{PyroscopeConfig, PyroscopeExporter},
-    Profiler, ProfilerConfig, StackSample,
+    symbols::SymbolCounters,
+    unwind::UnwindCounters,
+    ProfileCounters, Profiler, ProfilerConfig, StackSample,
 };
 use crate::{
     clock::Clock,
-    export::{resource::Resource, worker::QueueBound},
+    export::{
+        resource::Resource,
+        worker::{QueueBound, WorkerCounters},
+    },
+    metrics::{self, Metric, Report, Show, Stage},
 };
 
 /// Resolved profiling settings.
@@ -56,6 +62,18 @@ fn sample_bytes(stack: &[u8]) -> u64 {
     (std::mem::size_of::<SampleHeader>() + stack.len()) as u64
 }
 
+/// What the unwinding thread counted, as of its last refresh (every 256
+/// samples).
+#[derive(Clone, Debug, Default)]
+pub struct UnwinderCounters {
+    /// Samples turned into stacks.
+    pub profile: ProfileCounters,
+    /// Unwinding.
+    pub unwind: UnwindCounters,
+    /// Symbolization.
+    pub symbols: SymbolCounters,
+}
+
 /// The unwinding/symbolization thread.
 struct Worker {
     tx: Option<mpsc::Sender<(SampleHeader, Vec<u8>)>>,
@@ -64,7 +82,7 @@ struct Worker {
     rx: mpsc::Receiver<StackSample>,
     thread: Option<thread::JoinHandle<()>>,
     /// The profiler's counters, refreshed by the worker.
-    counters: Arc<Mutex<String>>,
+    counters: Arc<Mutex<UnwinderCounters>>,
     /// Samples not queued because the worker was behind.
     dropped: Arc<AtomicU64>,
 }
@@ -75,7 +93,7 @@ impl Worker {
         let bound = Arc::new(QueueBound::new(QUEUE, QUEUE_BYTES));
         let held = bound.clone();
         let (out_tx, rx) = mpsc::channel::<StackSample>();
-        let counters = Arc::new(Mutex::new(String::new()));
+        let counters = Arc::new(Mutex::new(UnwinderCounters::default()));
         let shown = counters.clone();
         let thread = thread::Builder::new()
             .name("profile".into())
@@ -86,12 +104,11 @@ impl Worker {
                 let mut n = 0u64;
                 let show = |p: &Profiler| {
                     if let Ok(mut c) = shown.lock() {
-                        *c = format!(
-                            "{:?} {:?} {:?}",
-                            p.counters(),
-                            p.unwind_counters(),
-                            p.symbol_counters()
-                        );
+                        *c = UnwinderCounters {
+                            profile: p.counters().clone(),
+                            unwind: p.unwind_counters().clone(),
+                            symbols: p.symbol_counters().clone(),
+                        };
                     }
                 };
                 while let Ok((hdr, stack)) = in_rx.recv() {
@@ -129,6 +146,8 @@ pub struct ProfileStage {
     profiles: Profiles,
     flame: Option<FlameGraphs>,
     pyroscope: Option<PyroscopeExporter>,
+    /// The Pyroscope pushes' counters after the last one (agent exit).
+    final_push: Option<WorkerCounters>,
     interval_ns: u64,
     next_take: u64,
 }
@@ -154,6 +173,7 @@ impl ProfileStage {
             pyroscope,
             interval_ns,
             next_take: now_ns + interval_ns,
+            final_push: None,
         })
     }
 
@@ -227,26 +247,36 @@ impl ProfileStage {
         }
     }
 
-    /// The counters, on one line.
-    pub fn counters(&self) -> String {
-        let worker = self
+    /// Every counter of the profiling stage, as metrics.
+    pub fn report(&self, out: &mut Vec<Metric>) {
+        let w = self
             .worker
             .counters
             .lock()
             .map(|c| c.clone())
             .unwrap_or_default();
-        let mut line = format!(
-            "profile: queue_full={} {worker}; aggregate: {}",
-            self.worker.dropped.load(Ordering::Relaxed),
-            self.profiles.counters()
-        );
+        w.profile.report(out);
+        w.unwind.report(out);
+        w.symbols.report(out);
+        self.profiles.counters().report(out);
         if let Some(f) = &self.flame {
-            line.push_str(&format!("; flame: {}", f.counters()));
+            f.counters().report(out);
         }
-        if let Some(e) = &self.pyroscope {
-            line.push_str(&format!("; pyroscope: {}", e.counters()));
+        out.push(Metric::counter(
+            Stage::Profiles,
+            "queue_full",
+            "Samples not unwound because the unwinding thread was behind.",
+            Show::Anomaly,
+            self.worker.dropped.load(Ordering::Relaxed),
+        ));
+        let push = self
+            .pyroscope
+            .as_ref()
+            .map(PyroscopeExporter::counters)
+            .or(self.final_push);
+        if let Some(c) = push {
+            metrics::report_worker(&c, Stage::Profiles, "pyroscope", out);
         }
-        line
     }
 
     /// Agent exit, before the last spans are settled: lets the worker finish
@@ -258,13 +288,12 @@ impl ProfileStage {
         }
     }
 
-    /// Agent exit: the last profiles out, within `timeout`.
-    pub fn finish(mut self, now_ns: u64, timeout: Duration) -> String {
+    /// Agent exit: the last profiles out, within `timeout`; the last
+    /// pushes' counters are then in [`report`](Self::report)'s.
+    pub fn finish(&mut self, now_ns: u64, timeout: Duration) {
         self.flush(now_ns);
-        let mut line = self.counters();
         if let Some(e) = self.pyroscope.take() {
-            line.push_str(&format!("; pyroscope final: {}", e.shutdown(timeout)));
+            self.final_push = Some(e.shutdown(timeout));
         }
-        line
     }
 }
