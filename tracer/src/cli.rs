@@ -201,10 +201,94 @@ pub struct RunArgs {
     pub duration: Option<f64>,
 }
 
-/// A flag combination that cannot work, said plainly.
+/// A flag combination that cannot work, said plainly: the flag, its value
+/// and the rule it breaks.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid option: {0}")]
-pub struct ConfigError(String);
+pub enum ConfigError {
+    /// `--snap-len` above the kernel side's buffer.
+    #[error("invalid option: --snap-len {value} is above the maximum of {max} bytes", max = MAX_SNAP_LEN)]
+    SnapLen {
+        /// The value given.
+        value: u32,
+    },
+    /// `--ring-buffer-size` not a power of two of at least 4096.
+    #[error(
+        "invalid option: --ring-buffer-size {value} must be a power of two of at least 4096 bytes"
+    )]
+    RingBufferSize {
+        /// The value given.
+        value: u32,
+    },
+    /// `--wakeup-bytes` not below `--ring-buffer-size`.
+    #[error(
+        "invalid option: --wakeup-bytes {value} must be smaller than --ring-buffer-size {ring}"
+    )]
+    WakeupBytes {
+        /// The value given.
+        value: u64,
+        /// `--ring-buffer-size`.
+        ring: u32,
+    },
+    /// `--drain-interval-ms` out of range.
+    #[error("invalid option: --drain-interval-ms must be between 1 and 10000")]
+    DrainInterval,
+    /// A `--comm` longer than the kernel's process names.
+    #[error(
+        "invalid option: --comm {comm:?} is longer than the kernel's 15-character process names"
+    )]
+    Comm {
+        /// The name given.
+        comm: String,
+    },
+    /// `--profile-hz` above 1000.
+    #[error("invalid option: --profile-hz {value} is above 1000")]
+    ProfileHz {
+        /// The value given.
+        value: u32,
+    },
+    /// `--stack-copy` above the kernel side's buffer.
+    #[error(
+        "invalid option: --stack-copy {value} is above the maximum of {max} bytes",
+        max = tracer_common::MAX_STACK_COPY
+    )]
+    StackCopy {
+        /// The value given.
+        value: u32,
+    },
+    /// A `--request-id-header` that is not a header name.
+    #[error("invalid option: --request-id-header {header:?} is not a valid HTTP header name")]
+    RequestIdHeader {
+        /// The name given.
+        header: String,
+    },
+    /// `--duration` not a positive number.
+    #[error("invalid option: --duration must be a positive number of seconds")]
+    Duration,
+    /// `--metrics-addr` neither a port nor an address.
+    #[error(
+        "invalid option: --metrics-addr {value:?} is neither a port nor an address like \
+         127.0.0.1:9464 or [::1]:9464"
+    )]
+    MetricsAddr {
+        /// The value given.
+        value: String,
+    },
+    /// OTLP export flags or variables.
+    #[error("invalid option")]
+    Export(#[from] crate::export::config::ExportConfigError),
+    /// Profile aggregation flags.
+    #[error("invalid option")]
+    Profile(#[from] crate::profile::aggregate::AggregateError),
+    /// Pyroscope flags or variables.
+    #[error("invalid option")]
+    Pyroscope(#[from] crate::profile::pyroscope::PyroscopeConfigError),
+    /// Flame graph flags.
+    #[error("invalid option")]
+    Flame(#[from] crate::profile::flame::FlameError),
+    /// `--service-name` rules.
+    #[error("invalid option")]
+    ServiceNames(#[from] crate::export::service_name::RulesError),
+}
 
 /// Filters on what is printed.
 #[derive(Clone, Debug, Default)]
@@ -233,10 +317,8 @@ fn metrics_addr(a: &str) -> Result<std::net::SocketAddr, ConfigError> {
     if let Ok(port) = a.parse::<u16>() {
         return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     }
-    a.parse().map_err(|_| {
-        ConfigError(format!(
-            "--metrics-addr {a:?} is neither a port nor an address like 127.0.0.1:9464 or [::1]:9464"
-        ))
+    a.parse().map_err(|_| ConfigError::MetricsAddr {
+        value: a.to_string(),
     })
 }
 
@@ -279,55 +361,44 @@ impl RunArgs {
     /// Validates the flags.
     pub fn resolve(self) -> Result<RunConfig, ConfigError> {
         if self.snap_len > MAX_SNAP_LEN as u32 {
-            return Err(ConfigError(format!(
-                "--snap-len {} is above the maximum of {MAX_SNAP_LEN} bytes",
-                self.snap_len
-            )));
+            return Err(ConfigError::SnapLen {
+                value: self.snap_len,
+            });
         }
         let ring = self.ring_buffer_size;
         if ring < 4096 || !ring.is_power_of_two() {
-            return Err(ConfigError(format!(
-                "--ring-buffer-size {ring} must be a power of two of at least 4096 bytes"
-            )));
+            return Err(ConfigError::RingBufferSize { value: ring });
         }
         if self.wakeup_bytes >= ring as u64 {
-            return Err(ConfigError(format!(
-                "--wakeup-bytes {} must be smaller than --ring-buffer-size {ring}",
-                self.wakeup_bytes
-            )));
+            return Err(ConfigError::WakeupBytes {
+                value: self.wakeup_bytes,
+                ring,
+            });
         }
         if self.drain_interval_ms == 0 || self.drain_interval_ms > 10_000 {
-            return Err(ConfigError(
-                "--drain-interval-ms must be between 1 and 10000".into(),
-            ));
+            return Err(ConfigError::DrainInterval);
         }
         if let Some(c) = self.comms.iter().find(|c| c.len() > 15) {
-            return Err(ConfigError(format!(
-                "--comm {c:?} is longer than the kernel's 15-character process names"
-            )));
+            return Err(ConfigError::Comm { comm: c.clone() });
         }
-        let export = self.export.resolve().map_err(ConfigError)?;
+        let export = self.export.resolve()?;
         if self.profile_hz > 1000 {
-            return Err(ConfigError(format!(
-                "--profile-hz {} is above 1000",
-                self.profile_hz
-            )));
+            return Err(ConfigError::ProfileHz {
+                value: self.profile_hz,
+            });
         }
         if self.stack_copy > tracer_common::MAX_STACK_COPY as u32 {
-            return Err(ConfigError(format!(
-                "--stack-copy {} is above the maximum of {} bytes",
-                self.stack_copy,
-                tracer_common::MAX_STACK_COPY
-            )));
+            return Err(ConfigError::StackCopy {
+                value: self.stack_copy,
+            });
         }
         let profile = if self.profile_hz > 0 {
-            let (aggregate, interval_ms) =
-                self.profile.resolve(self.profile_hz).map_err(ConfigError)?;
+            let (aggregate, interval_ms) = self.profile.resolve(self.profile_hz)?;
             Some(crate::profile::stage::ProfileSettings {
                 aggregate,
                 interval: Duration::from_millis(interval_ms),
-                pyroscope: self.pyroscope.resolve().map_err(ConfigError)?,
-                flame: self.flame.resolve().map_err(ConfigError)?,
+                pyroscope: self.pyroscope.resolve()?,
+                flame: self.flame.resolve()?,
             })
         } else {
             None
@@ -344,9 +415,7 @@ impl RunArgs {
                 .iter()
                 .find(|h| !crate::export::config::is_header_name(h))
             {
-                return Err(ConfigError(format!(
-                    "--request-id-header {h:?} is not a valid HTTP header name"
-                )));
+                return Err(ConfigError::RequestIdHeader { header: h.clone() });
             }
             correlate.request_id_headers = self
                 .request_id_headers
@@ -355,14 +424,9 @@ impl RunArgs {
                 .collect();
         }
         correlate.redact_query = !self.keep_query_values;
-        let service_names =
-            crate::export::service_name::Rules::parse(&self.service_names).map_err(ConfigError)?;
+        let service_names = crate::export::service_name::Rules::parse(&self.service_names)?;
         let duration = match self.duration {
-            Some(d) if !(d.is_finite() && d > 0.0) => {
-                return Err(ConfigError(
-                    "--duration must be a positive number of seconds".into(),
-                ))
-            }
+            Some(d) if !(d.is_finite() && d > 0.0) => return Err(ConfigError::Duration),
             d => d.map(Duration::from_secs_f64),
         };
         Ok(RunConfig {
@@ -410,7 +474,7 @@ mod tests {
         let Command::Run(r) = cli.command else {
             unreachable!()
         };
-        r.resolve().map_err(|e| e.to_string())
+        r.resolve().map_err(|e| crate::error::chain(&e))
     }
 
     #[test]

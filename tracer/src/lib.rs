@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod conntrack;
 pub mod dispatch;
+pub mod error;
 pub mod export;
 pub mod host;
 pub mod http_spans;

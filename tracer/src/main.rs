@@ -20,7 +20,9 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tracer: error: {e:#}");
+            // The error and its causes on one line, each cause once (some
+            // errors quote their source in their own message).
+            eprintln!("tracer: error: {}", tracer::error::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -73,12 +73,9 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
     } else {
         Box::new(std::io::sink())
     };
-    let resources = ResourceCache::from_env()
-        .map_err(anyhow::Error::msg)?
-        .with_service_names(cfg.service_names.clone());
+    let resources = ResourceCache::from_env()?.with_service_names(cfg.service_names.clone());
     let spans = rt
         .block_on(async { SpanSink::start(cfg.export.clone(), format, span_out, clock, resources) })
-        .map_err(anyhow::Error::msg)
         .context("starting the span export")?;
     let seed = clock.unix_ns(monotonic_ns()) ^ u64::from(std::process::id()).rotate_left(32);
     let recorder = match &cfg.record {
@@ -93,9 +90,7 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
         spans,
         recorder,
         match &cfg.profile {
-            Some(p) => {
-                Some(ProfileStage::start(p, clock, monotonic_ns()).map_err(anyhow::Error::msg)?)
-            }
+            Some(p) => Some(ProfileStage::start(p, clock, monotonic_ns())?),
             None => None,
         },
     );

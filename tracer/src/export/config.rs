@@ -17,7 +17,7 @@
 //! or in the cluster that forwards with TLS.
 use std::time::Duration;
 
-use super::resource::parse_kv_list;
+use super::resource::{parse_kv_list, KvError};
 
 /// Default `--export-queue-spans` (above what the byte bound holds, about
 /// 400 bytes a span: the byte bound is the one that usually binds).
@@ -41,6 +41,190 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_RESOURCES: usize = super::encode::DEFAULT_MAX_RESOURCES;
 /// Default number of requests sent at the same time.
 pub const DEFAULT_IN_FLIGHT: usize = 4;
+
+/// A URL given by the user that cannot be sent to; `from` is the flag or
+/// variable it came from.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UrlError {
+    /// Nothing given.
+    #[error("{from} is empty")]
+    Empty {
+        /// The flag or variable.
+        from: &'static str,
+    },
+    /// Not a URL.
+    #[error("{from}: {raw:?} is not a valid URL")]
+    Invalid {
+        /// The flag or variable.
+        from: &'static str,
+        /// The value.
+        raw: String,
+        /// What the URL parser said.
+        #[source]
+        source: url::ParseError,
+    },
+    /// `https`: no TLS in this build.
+    #[error(
+        "{from}: {raw:?}: https is not supported by this build (no TLS); \
+         send over http to a collector or proxy that forwards with TLS"
+    )]
+    Https {
+        /// The flag or variable.
+        from: &'static str,
+        /// The value.
+        raw: String,
+    },
+    /// Another scheme than `http`.
+    #[error("{from}: {raw:?}: unsupported scheme {scheme:?}, use http")]
+    Scheme {
+        /// The flag or variable.
+        from: &'static str,
+        /// The value.
+        raw: String,
+        /// Its scheme.
+        scheme: String,
+    },
+    /// No host.
+    #[error("{from}: {raw:?} has no host")]
+    NoHost {
+        /// The flag or variable.
+        from: &'static str,
+        /// The value.
+        raw: String,
+    },
+    /// A user name or password in the URL.
+    #[error("{from}: {raw:?}: credentials in the URL are not supported, use {hint}")]
+    Credentials {
+        /// The flag or variable.
+        from: &'static str,
+        /// The value.
+        raw: String,
+        /// Where credentials go instead.
+        hint: &'static str,
+    },
+}
+
+/// A header given by the user that cannot be sent; `from` is the flag or
+/// variable it came from.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Not an HTTP token.
+    #[error("{from}: {name:?} is not a valid header name")]
+    Name {
+        /// The flag or variable.
+        from: &'static str,
+        /// The name (lower-cased).
+        name: String,
+    },
+    /// A header the agent sets itself.
+    #[error("{from}: header {name:?} is set by the agent")]
+    Reserved {
+        /// The flag or variable.
+        from: &'static str,
+        /// The name (lower-cased).
+        name: String,
+    },
+    /// A value with control or non-ASCII characters.
+    #[error("{from}: the value of header {name:?} has characters other than visible ASCII")]
+    Value {
+        /// The flag or variable.
+        from: &'static str,
+        /// The name (lower-cased).
+        name: String,
+    },
+}
+
+/// Export flags or `OTEL_EXPORTER_OTLP_*` variables that cannot work;
+/// `from` is the flag or variable a value came from.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExportConfigError {
+    /// `http/json`, which this build does not send.
+    #[error("{from}: protocol \"http/json\" is not supported: use grpc or http/protobuf")]
+    JsonProtocol {
+        /// The flag or variable.
+        from: &'static str,
+    },
+    /// Another protocol.
+    #[error("{from}: unknown protocol {value:?}: use grpc or http/protobuf")]
+    Protocol {
+        /// The flag or variable.
+        from: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// Another compression.
+    #[error("{from}: unknown compression {value:?}: use gzip or none")]
+    Compression {
+        /// The flag or variable.
+        from: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// A bad endpoint.
+    #[error(transparent)]
+    Endpoint(#[from] UrlError),
+    /// Transport flags without an endpoint.
+    #[error(
+        "--otlp-protocol, --otlp-header, --otlp-timeout-ms and --otlp-compression \
+         need an endpoint: set --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT"
+    )]
+    NoEndpoint,
+    /// A malformed headers variable.
+    #[error("{from}")]
+    HeaderList {
+        /// The variable.
+        from: &'static str,
+        /// What is wrong with the list.
+        #[source]
+        source: KvError,
+    },
+    /// `--otlp-header` without `=`.
+    #[error("--otlp-header {value:?} is not of the form KEY=VALUE")]
+    HeaderForm {
+        /// The value.
+        value: String,
+    },
+    /// A header that cannot be sent.
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    /// A timeout variable that is not a number.
+    #[error("{from}: {value:?} is not a number of milliseconds")]
+    TimeoutNotNumber {
+        /// The variable.
+        from: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// A timeout out of range.
+    #[error("{from}: the timeout must be between 1 and 600000 ms")]
+    Timeout {
+        /// The flag or variable.
+        from: &'static str,
+    },
+    /// `--export-queue-spans` out of range.
+    #[error("--export-queue-spans must be between 1 and 10000000")]
+    QueueSpans,
+    /// `--export-batch-spans` out of range.
+    #[error("--export-batch-spans must be between 1 and --export-queue-spans ({queue_spans})")]
+    BatchSpans {
+        /// `--export-queue-spans`.
+        queue_spans: usize,
+    },
+    /// `--export-batch-bytes` out of range.
+    #[error("--export-batch-bytes must be between 1024 and {}", MAX_BATCH_BYTES)]
+    BatchBytes,
+    /// `--export-queue-bytes` out of range.
+    #[error(
+        "--export-queue-bytes must be between --export-batch-bytes ({batch_bytes}) and 1073741824"
+    )]
+    QueueBytes {
+        /// `--export-batch-bytes`.
+        batch_bytes: usize,
+    },
+    /// `--export-interval-ms` out of range.
+    #[error("--export-interval-ms must be between 1 and 60000")]
+    Interval,
+}
 
 /// OTLP export flags of `tracer run`. Each overrides the standard
 /// environment variable named in its help.
@@ -132,16 +316,15 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn parse(s: &str, from: &str) -> Result<Protocol, String> {
+    fn parse(s: &str, from: &'static str) -> Result<Protocol, ExportConfigError> {
         match s.trim() {
             "grpc" => Ok(Protocol::Grpc),
             "http/protobuf" => Ok(Protocol::HttpProtobuf),
-            "http/json" => Err(format!(
-                "{from}: protocol \"http/json\" is not supported: use grpc or http/protobuf"
-            )),
-            other => Err(format!(
-                "{from}: unknown protocol {other:?}: use grpc or http/protobuf"
-            )),
+            "http/json" => Err(ExportConfigError::JsonProtocol { from }),
+            other => Err(ExportConfigError::Protocol {
+                from,
+                value: other.to_string(),
+            }),
         }
     }
 
@@ -163,13 +346,14 @@ pub enum Compression {
 }
 
 impl Compression {
-    fn parse(s: &str, from: &str) -> Result<Compression, String> {
+    fn parse(s: &str, from: &'static str) -> Result<Compression, ExportConfigError> {
         match s.trim() {
             "gzip" => Ok(Compression::Gzip),
             "none" => Ok(Compression::None),
-            other => Err(format!(
-                "{from}: unknown compression {other:?}: use gzip or none"
-            )),
+            other => Err(ExportConfigError::Compression {
+                from,
+                value: other.to_string(),
+            }),
         }
     }
 }
@@ -268,24 +452,22 @@ pub fn is_header_name(name: &str) -> bool {
 pub fn check_header(
     name: &str,
     value: &str,
-    from: &str,
+    from: &'static str,
     reserved: impl Fn(&str) -> bool,
-) -> Result<(String, String), String> {
+) -> Result<(String, String), HeaderError> {
     let name = name.trim().to_ascii_lowercase();
     if !is_header_name(&name) {
-        return Err(format!("{from}: {name:?} is not a valid header name"));
+        return Err(HeaderError::Name { from, name });
     }
     if reserved(&name) {
-        return Err(format!("{from}: header {name:?} is set by the agent"));
+        return Err(HeaderError::Reserved { from, name });
     }
     let value = value.trim();
     if !value
         .bytes()
         .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
     {
-        return Err(format!(
-            "{from}: the value of header {name:?} has characters other than visible ASCII"
-        ));
+        return Err(HeaderError::Value { from, name });
     }
     Ok((name, value.to_string()))
 }
@@ -301,41 +483,43 @@ fn otlp_reserved(name: &str) -> bool {
 /// missing (then a default port applies).
 pub fn parse_http_url(
     raw: &str,
-    from: &str,
-    creds_hint: &str,
-) -> Result<(reqwest::Url, bool), String> {
+    from: &'static str,
+    creds_hint: &'static str,
+) -> Result<(reqwest::Url, bool), UrlError> {
     let raw = raw.trim();
     if raw.is_empty() {
-        return Err(format!("{from} is empty"));
+        return Err(UrlError::Empty { from });
     }
     let (with_scheme, schemeless) = if raw.contains("://") {
         (raw.to_string(), false)
     } else {
         (format!("http://{raw}"), true)
     };
-    let url = reqwest::Url::parse(&with_scheme)
-        .map_err(|e| format!("{from}: {raw:?} is not a valid URL: {e}"))?;
+    let raw = raw.to_string();
+    let url = match reqwest::Url::parse(&with_scheme) {
+        Ok(url) => url,
+        Err(source) => return Err(UrlError::Invalid { from, raw, source }),
+    };
     match url.scheme() {
         "http" => {}
-        "https" => {
-            return Err(format!(
-                "{from}: {raw:?}: https is not supported by this build (no TLS); \
-                 send over http to a collector or proxy that forwards with TLS"
-            ))
-        }
+        "https" => return Err(UrlError::Https { from, raw }),
         s => {
-            return Err(format!(
-                "{from}: {raw:?}: unsupported scheme {s:?}, use http"
-            ))
+            return Err(UrlError::Scheme {
+                from,
+                raw,
+                scheme: s.to_string(),
+            })
         }
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{from}: {raw:?} has no host"));
+        return Err(UrlError::NoHost { from, raw });
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!(
-            "{from}: {raw:?}: credentials in the URL are not supported, use {creds_hint}"
-        ));
+        return Err(UrlError::Credentials {
+            from,
+            raw,
+            hint: creds_hint,
+        });
     }
     Ok((url, schemeless))
 }
@@ -352,8 +536,8 @@ fn endpoint_url(
     raw: &str,
     source: Source,
     protocol: Protocol,
-    from: &str,
-) -> Result<String, String> {
+    from: &'static str,
+) -> Result<String, UrlError> {
     let (mut url, schemeless) = parse_http_url(raw, from, "a header")?;
     if schemeless && url.port().is_none() {
         let _ = url.set_port(Some(protocol.default_port()));
@@ -386,7 +570,7 @@ fn url_authority(url: &reqwest::Url) -> String {
 impl ExportArgs {
     /// Validates the flags against the process environment; `Ok(None)` when
     /// no endpoint is configured anywhere.
-    pub fn resolve(self) -> Result<Option<ExportConfig>, String> {
+    pub fn resolve(self) -> Result<Option<ExportConfig>, ExportConfigError> {
         self.resolve_with(|k| std::env::var(k).ok())
     }
 
@@ -395,29 +579,30 @@ impl ExportArgs {
     pub fn resolve_with(
         self,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Option<ExportConfig>, String> {
+    ) -> Result<Option<ExportConfig>, ExportConfigError> {
         // An empty variable counts as unset (as in the SDKs).
-        let var = |k: &str| {
-            env(k)
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| (k.to_string(), v))
-        };
+        let var = |k: &'static str| env(k).filter(|v| !v.trim().is_empty()).map(|v| (k, v));
         let (proto_from, proto) = match &self.otlp_protocol {
-            Some(p) => ("--otlp-protocol".to_string(), Some(p.clone())),
+            Some(p) => ("--otlp-protocol", Some(p.clone())),
             None => match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
                 .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
             {
                 Some((k, v)) => (k, Some(v)),
-                None => (String::new(), None),
+                None => ("", None),
             },
         };
         let protocol = match proto {
-            Some(p) => Protocol::parse(&p, &proto_from)?,
+            Some(p) => Protocol::parse(&p, proto_from)?,
             None => Protocol::HttpProtobuf,
         };
         let endpoint = match &self.otlp_endpoint {
-            Some(e) if e.trim().is_empty() => return Err("--otlp-endpoint is empty".into()),
-            Some(e) => Some((Source::Flag, "--otlp-endpoint".to_string(), e.clone())),
+            Some(e) if e.trim().is_empty() => {
+                return Err(UrlError::Empty {
+                    from: "--otlp-endpoint",
+                }
+                .into())
+            }
+            Some(e) => Some((Source::Flag, "--otlp-endpoint", e.clone())),
             None => var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
                 .map(|(k, v)| (Source::TracesVar, k, v))
                 .or_else(|| {
@@ -430,27 +615,25 @@ impl ExportArgs {
                 || self.otlp_timeout_ms.is_some()
                 || self.otlp_compression.is_some()
             {
-                return Err(
-                    "--otlp-protocol, --otlp-header, --otlp-timeout-ms and --otlp-compression \
-                     need an endpoint: set --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT"
-                        .into(),
-                );
+                return Err(ExportConfigError::NoEndpoint);
             }
             return Ok(None);
         };
-        let endpoint = endpoint_url(&raw, source, protocol, &from)?;
+        let endpoint = endpoint_url(&raw, source, protocol, from)?;
 
         let mut headers: Vec<(String, String)> = Vec::new();
         if let Some((k, v)) =
             var("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| var("OTEL_EXPORTER_OTLP_HEADERS"))
         {
-            for (name, value) in parse_kv_list(&v).map_err(|e| format!("{k}: {e}"))? {
-                headers.push(check_header(&name, &value, &k, otlp_reserved)?);
+            let list = parse_kv_list(&v)
+                .map_err(|source| ExportConfigError::HeaderList { from: k, source })?;
+            for (name, value) in list {
+                headers.push(check_header(&name, &value, k, otlp_reserved)?);
             }
         }
         for h in &self.otlp_headers {
             let Some((name, value)) = h.split_once('=') else {
-                return Err(format!("--otlp-header {h:?} is not of the form KEY=VALUE"));
+                return Err(ExportConfigError::HeaderForm { value: h.clone() });
             };
             let (name, value) = check_header(name, value, "--otlp-header", otlp_reserved)?;
             headers.retain(|(n, _)| *n != name);
@@ -458,56 +641,49 @@ impl ExportArgs {
         }
 
         let timeout_ms = match self.otlp_timeout_ms {
-            Some(t) => (t, "--otlp-timeout-ms".to_string()),
+            Some(t) => (t, "--otlp-timeout-ms"),
             None => match var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
                 .or_else(|| var("OTEL_EXPORTER_OTLP_TIMEOUT"))
             {
-                Some((k, v)) => (
-                    v.trim()
-                        .parse()
-                        .map_err(|_| format!("{k}: {v:?} is not a number of milliseconds"))?,
-                    k,
-                ),
-                None => (DEFAULT_TIMEOUT_MS, String::new()),
+                Some((k, v)) => match v.trim().parse() {
+                    Ok(ms) => (ms, k),
+                    Err(_) => {
+                        return Err(ExportConfigError::TimeoutNotNumber { from: k, value: v })
+                    }
+                },
+                None => (DEFAULT_TIMEOUT_MS, ""),
             },
         };
         if timeout_ms.0 == 0 || timeout_ms.0 > 600_000 {
-            return Err(format!(
-                "{}: the timeout must be between 1 and 600000 ms",
-                timeout_ms.1
-            ));
+            return Err(ExportConfigError::Timeout { from: timeout_ms.1 });
         }
         let compression = match &self.otlp_compression {
             Some(c) => Compression::parse(c, "--otlp-compression")?,
             None => match var("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
                 .or_else(|| var("OTEL_EXPORTER_OTLP_COMPRESSION"))
             {
-                Some((k, v)) => Compression::parse(&v, &k)?,
+                Some((k, v)) => Compression::parse(&v, k)?,
                 None => Compression::None,
             },
         };
         if self.export_queue_spans == 0 || self.export_queue_spans > 10_000_000 {
-            return Err("--export-queue-spans must be between 1 and 10000000".into());
+            return Err(ExportConfigError::QueueSpans);
         }
         if self.export_batch_spans == 0 || self.export_batch_spans > self.export_queue_spans {
-            return Err(format!(
-                "--export-batch-spans must be between 1 and --export-queue-spans ({})",
-                self.export_queue_spans
-            ));
+            return Err(ExportConfigError::BatchSpans {
+                queue_spans: self.export_queue_spans,
+            });
         }
         if self.export_batch_bytes < 1024 || self.export_batch_bytes > MAX_BATCH_BYTES {
-            return Err(format!(
-                "--export-batch-bytes must be between 1024 and {MAX_BATCH_BYTES}"
-            ));
+            return Err(ExportConfigError::BatchBytes);
         }
         if self.export_queue_bytes < self.export_batch_bytes || self.export_queue_bytes > 1 << 30 {
-            return Err(format!(
-                "--export-queue-bytes must be between --export-batch-bytes ({}) and 1073741824",
-                self.export_batch_bytes
-            ));
+            return Err(ExportConfigError::QueueBytes {
+                batch_bytes: self.export_batch_bytes,
+            });
         }
         if self.export_interval_ms == 0 || self.export_interval_ms > 60_000 {
-            return Err("--export-interval-ms must be between 1 and 60000".into());
+            return Err(ExportConfigError::Interval);
         }
         let mut cfg = ExportConfig::new(endpoint, protocol);
         cfg.headers = headers;
@@ -536,11 +712,13 @@ mod tests {
     fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<Option<ExportConfig>, String> {
         let cli = Cli::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
-        cli.export.resolve_with(|k| {
-            env.iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        })
+        cli.export
+            .resolve_with(|k| {
+                env.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            })
+            .map_err(|e| crate::error::chain(&e))
     }
 
     fn cfg(args: &[&str], env: &[(&str, &str)]) -> ExportConfig {
@@ -644,11 +822,17 @@ mod tests {
         );
         assert!(e(&["--otlp-endpoint", "x", "--otlp-header", "a b=c"], &[]).contains("header name"));
         assert!(e(&["--otlp-endpoint", "x", "--otlp-header", "a=\u{7f}"], &[]).contains("ASCII"));
-        assert!(e(
-            &["--otlp-endpoint", "x"],
-            &[("OTEL_EXPORTER_OTLP_HEADERS", "a")]
-        )
-        .starts_with("OTEL_EXPORTER_OTLP_HEADERS:"));
+        assert_eq!(
+            e(
+                &["--otlp-endpoint", "x"],
+                &[("OTEL_EXPORTER_OTLP_HEADERS", "a")]
+            ),
+            "OTEL_EXPORTER_OTLP_HEADERS: \"a\" is not of the form key=value"
+        );
+        assert_eq!(
+            e(&["--otlp-endpoint", "http://"], &[]),
+            "--otlp-endpoint: \"http://\" is not a valid URL: empty host"
+        );
         assert!(e(
             &["--otlp-endpoint", "x"],
             &[("OTEL_EXPORTER_OTLP_TIMEOUT", "5s")]

@@ -278,10 +278,10 @@ mod tests {
     #[test]
     fn bad_config_fails_at_start() {
         let cfg = ExportConfig::new("not a url", Protocol::Grpc);
-        let err = Exporter::start(cfg, Clock::new())
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("not a url"), "{err}");
+        let err = crate::error::chain(&Exporter::start(cfg, Clock::new()).err().unwrap());
+        assert!(
+            err.starts_with("configuring the OTLP export to not a url: gRPC endpoint: "),
+            "{err}"
+        );
     }
 }

@@ -120,11 +120,50 @@ impl Resource {
     }
 }
 
+/// A malformed `key=value` list.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KvError {
+    /// A member has no `=`.
+    #[error("{member:?} is not of the form key=value")]
+    NoEquals {
+        /// The member.
+        member: String,
+    },
+    /// A member's key is empty.
+    #[error("{member:?} has an empty key")]
+    EmptyKey {
+        /// The member.
+        member: String,
+    },
+    /// A `%` not followed by two hex digits.
+    #[error(transparent)]
+    Escape(#[from] EscapeError),
+}
+
+/// A `%` not followed by two hex digits.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{text:?} has a bad %-escape")]
+pub struct EscapeError {
+    /// The text with the escape.
+    pub text: String,
+}
+
+/// The agent's own `OTEL_RESOURCE_ATTRIBUTES` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    /// The list is malformed.
+    #[error("OTEL_RESOURCE_ATTRIBUTES")]
+    Attributes(#[source] KvError),
+    /// The value is not Unicode.
+    #[error("OTEL_RESOURCE_ATTRIBUTES")]
+    NotUnicode(#[source] std::env::VarError),
+}
+
 /// Parses a `key1=value1,key2=value2` list with percent-encoded values (the
 /// format of `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_EXPORTER_OTLP_HEADERS`).
 /// Empty members are skipped; a member without `=` or with an empty key is
 /// an error naming it.
-pub fn parse_kv_list(s: &str) -> Result<Vec<(String, String)>, String> {
+pub fn parse_kv_list(s: &str) -> Result<Vec<(String, String)>, KvError> {
     let mut out = Vec::new();
     for member in s.split(',') {
         let member = member.trim();
@@ -132,11 +171,15 @@ pub fn parse_kv_list(s: &str) -> Result<Vec<(String, String)>, String> {
             continue;
         }
         let Some((k, v)) = member.split_once('=') else {
-            return Err(format!("{member:?} is not of the form key=value"));
+            return Err(KvError::NoEquals {
+                member: member.to_string(),
+            });
         };
         let k = percent_decode(k.trim())?;
         if k.is_empty() {
-            return Err(format!("{member:?} has an empty key"));
+            return Err(KvError::EmptyKey {
+                member: member.to_string(),
+            });
         }
         out.push((k, percent_decode(v.trim())?));
     }
@@ -144,7 +187,7 @@ pub fn parse_kv_list(s: &str) -> Result<Vec<(String, String)>, String> {
 }
 
 /// Decodes `%XX` escapes (UTF-8; invalid sequences are replaced).
-pub fn percent_decode(s: &str) -> Result<String, String> {
+pub fn percent_decode(s: &str) -> Result<String, EscapeError> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -160,7 +203,11 @@ pub fn percent_decode(s: &str) -> Result<String, String> {
                     i += 3;
                     continue;
                 }
-                None => return Err(format!("{s:?} has a bad %-escape")),
+                None => {
+                    return Err(EscapeError {
+                        text: s.to_string(),
+                    })
+                }
             }
         }
         out.push(b[i]);
@@ -285,7 +332,7 @@ impl ResourceCache {
     /// A cache of [`DEFAULT_CAPACITY`] pids reading `/proc`, with the
     /// agent's own `OTEL_RESOURCE_ATTRIBUTES`; a malformed value is an error
     /// naming the variable.
-    pub fn from_env() -> Result<ResourceCache, String> {
+    pub fn from_env() -> Result<ResourceCache, ResourceError> {
         Ok(ResourceCache::new(
             "/proc",
             agent_resource_attributes()?,
@@ -575,11 +622,11 @@ pub fn telemetry_attributes() -> [(&'static str, &'static str); 4] {
 
 /// The agent's own `OTEL_RESOURCE_ATTRIBUTES`, to be added to every traced
 /// process's resource; a malformed value is an error naming the variable.
-pub fn agent_resource_attributes() -> Result<Vec<(String, String)>, String> {
+pub fn agent_resource_attributes() -> Result<Vec<(String, String)>, ResourceError> {
     match std::env::var("OTEL_RESOURCE_ATTRIBUTES") {
-        Ok(v) => parse_kv_list(&v).map_err(|e| format!("OTEL_RESOURCE_ATTRIBUTES: {e}")),
+        Ok(v) => parse_kv_list(&v).map_err(ResourceError::Attributes),
         Err(std::env::VarError::NotPresent) => Ok(Vec::new()),
-        Err(e) => Err(format!("OTEL_RESOURCE_ATTRIBUTES: {e}")),
+        Err(e) => Err(ResourceError::NotUnicode(e)),
     }
 }
 
@@ -887,9 +934,10 @@ pub(crate) mod tests {
                 ("c".into(), "".into())
             ]
         );
-        assert!(parse_kv_list("a").unwrap_err().contains("key=value"));
-        assert!(parse_kv_list("=1").unwrap_err().contains("empty key"));
-        assert!(parse_kv_list("a=%zz").unwrap_err().contains("escape"));
+        let err = |s: &str| parse_kv_list(s).unwrap_err().to_string();
+        assert_eq!(err("a"), "\"a\" is not of the form key=value");
+        assert_eq!(err("=1"), "\"=1\" has an empty key");
+        assert_eq!(err("a=%zz"), "\"%zz\" has a bad %-escape");
         assert!(parse_kv_list("a=%4").is_err());
         assert_eq!(
             start_time("1 (a) b) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 777 0"),

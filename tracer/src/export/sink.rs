@@ -7,7 +7,7 @@ use correlate::{Pid, Span};
 use super::{
     config::{ExportConfig, Protocol},
     console::{ConsoleCounters, ConsoleSink, Format, DEFAULT_QUIET_NS},
-    otlp::{ExportCounters, Exporter},
+    otlp::{ExportCounters, ExportError, Exporter},
     resource::ResourceCache,
 };
 use crate::{
@@ -40,7 +40,7 @@ impl<W: Write> SpanSink<W> {
         out: W,
         clock: Clock,
         resources: ResourceCache,
-    ) -> Result<SpanSink<W>, String> {
+    ) -> Result<SpanSink<W>, ExportError> {
         let out = match export {
             Some(cfg) => {
                 tracing::info!(
@@ -51,9 +51,7 @@ impl<W: Write> SpanSink<W> {
                     },
                     "exporting spans over OTLP"
                 );
-                Output::Otlp(Box::new(
-                    Exporter::start(cfg, clock).map_err(|e| e.to_string())?,
-                ))
+                Output::Otlp(Box::new(Exporter::start(cfg, clock)?))
             }
             None => match format {
                 Some(format) => {

@@ -27,6 +27,7 @@ use prost::Message;
 use super::config::{Compression, ExportConfig, Protocol};
 use super::encode::TraceRequest;
 use super::worker::{Attempt, Deliver, Job};
+use crate::error::chain;
 
 /// The gRPC method of OTLP trace export.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -140,19 +141,6 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
     )
 }
 
-/// An error with its sources (reqwest's and hyper's own messages are
-/// terse).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
 /// The start of an answer's body, at most `max` bytes.
 pub(crate) async fn read_answer(resp: &mut reqwest::Response, max: usize) -> Vec<u8> {
     let mut out = Vec::new();
@@ -237,6 +225,59 @@ enum Wire {
     },
 }
 
+/// Why the OTLP client could not be made, or a request prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A header name that is not gRPC metadata.
+    #[error("header {name:?}")]
+    MetadataKey {
+        /// The header.
+        name: String,
+        /// tonic's reason.
+        #[source]
+        source: tonic::metadata::errors::InvalidMetadataKey,
+    },
+    /// A header value that is not gRPC metadata.
+    #[error("header {name:?}")]
+    MetadataValue {
+        /// The header.
+        name: String,
+        /// tonic's reason.
+        #[source]
+        source: tonic::metadata::errors::InvalidMetadataValue,
+    },
+    /// An endpoint tonic cannot connect to.
+    #[error("gRPC endpoint")]
+    GrpcEndpoint(#[source] tonic::transport::Error),
+    /// An endpoint that is not a URL.
+    #[error("URL")]
+    Url(#[source] url::ParseError),
+    /// A header name that is not HTTP.
+    #[error("header {name:?}")]
+    HeaderName {
+        /// The header.
+        name: String,
+        /// The reason.
+        #[source]
+        source: reqwest::header::InvalidHeaderName,
+    },
+    /// A header value that is not HTTP.
+    #[error("header {name:?}")]
+    HeaderValue {
+        /// The header.
+        name: String,
+        /// The reason.
+        #[source]
+        source: reqwest::header::InvalidHeaderValue,
+    },
+    /// The HTTP client could not be built.
+    #[error("building the HTTP client")]
+    Client(#[source] reqwest::Error),
+    /// Compressing a request failed.
+    #[error("gzip")]
+    Gzip(#[source] std::io::Error),
+}
+
 /// OTLP export to one endpoint.
 pub(super) struct OtlpDeliver {
     wire: Wire,
@@ -250,19 +291,26 @@ impl OtlpDeliver {
     pub(super) fn new(
         cfg: &ExportConfig,
         spare: Arc<Mutex<Vec<Vec<u8>>>>,
-    ) -> Result<OtlpDeliver, String> {
+    ) -> Result<OtlpDeliver, TransportError> {
         let connect_timeout = cfg.timeout.min(Duration::from_secs(5));
         let wire = match cfg.protocol {
             Protocol::Grpc => {
                 let mut metadata = tonic::metadata::MetadataMap::new();
                 for (k, v) in &cfg.headers {
-                    let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
-                        .map_err(|e| format!("header {k:?}: {e}"))?;
-                    let value = v.parse().map_err(|e| format!("header {k:?}: {e}"))?;
+                    let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes()).map_err(
+                        |source| TransportError::MetadataKey {
+                            name: k.clone(),
+                            source,
+                        },
+                    )?;
+                    let value = v.parse().map_err(|source| TransportError::MetadataValue {
+                        name: k.clone(),
+                        source,
+                    })?;
                     metadata.insert(key, value);
                 }
                 let channel = tonic::transport::Endpoint::from_shared(cfg.endpoint.clone())
-                    .map_err(|e| e.to_string())?
+                    .map_err(TransportError::GrpcEndpoint)?
                     .timeout(cfg.timeout)
                     .connect_timeout(connect_timeout)
                     .connect_lazy();
@@ -274,7 +322,7 @@ impl OtlpDeliver {
             }
             Protocol::HttpProtobuf => {
                 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-                let url = reqwest::Url::parse(&cfg.endpoint).map_err(|e| e.to_string())?;
+                let url = reqwest::Url::parse(&cfg.endpoint).map_err(TransportError::Url)?;
                 let mut headers = HeaderMap::new();
                 headers.insert(
                     reqwest::header::CONTENT_TYPE,
@@ -287,10 +335,17 @@ impl OtlpDeliver {
                     );
                 }
                 for (k, v) in &cfg.headers {
-                    let name = HeaderName::from_bytes(k.as_bytes())
-                        .map_err(|e| format!("header {k:?}: {e}"))?;
+                    let name = HeaderName::from_bytes(k.as_bytes()).map_err(|source| {
+                        TransportError::HeaderName {
+                            name: k.clone(),
+                            source,
+                        }
+                    })?;
                     let value =
-                        HeaderValue::from_str(v).map_err(|e| format!("header {k:?}: {e}"))?;
+                        HeaderValue::from_str(v).map_err(|source| TransportError::HeaderValue {
+                            name: k.clone(),
+                            source,
+                        })?;
                     headers.insert(name, value);
                 }
                 let client = reqwest::Client::builder()
@@ -298,7 +353,7 @@ impl OtlpDeliver {
                     .connect_timeout(connect_timeout)
                     .user_agent(concat!("tracer/", env!("CARGO_PKG_VERSION")))
                     .build()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(TransportError::Client)?;
                 Wire::Http {
                     client,
                     url,
@@ -321,14 +376,14 @@ impl OtlpDeliver {
     }
 }
 
-fn gzip(body: &[u8]) -> Result<Vec<u8>, String> {
+fn gzip(body: &[u8]) -> Result<Vec<u8>, TransportError> {
     let mut enc = flate2::write::GzEncoder::new(
         Vec::with_capacity(body.len() / 4),
         flate2::Compression::fast(),
     );
     enc.write_all(body)
         .and_then(|_| enc.finish())
-        .map_err(|e| format!("gzip: {e}"))
+        .map_err(TransportError::Gzip)
 }
 
 async fn send_grpc(
@@ -340,7 +395,7 @@ async fn send_grpc(
     let mut client = client.clone();
     if let Err(e) = client.ready().await {
         return Attempt::Retry {
-            error: error_chain(&e),
+            error: chain(&e),
             after: None,
         };
     }
@@ -396,10 +451,10 @@ async fn send_http(
         .await;
     let mut resp = match resp {
         Ok(r) => r,
-        Err(e) if e.is_builder() => return Attempt::Failed(error_chain(&e)),
+        Err(e) if e.is_builder() => return Attempt::Failed(chain(&e)),
         Err(e) => {
             return Attempt::Retry {
-                error: error_chain(&e),
+                error: chain(&e),
                 after: None,
             }
         }
@@ -428,8 +483,9 @@ async fn send_http(
 impl Deliver for OtlpDeliver {
     type Job = TraceRequest;
     type Ready = Ready;
+    type Error = TransportError;
 
-    fn prepare(&self, job: TraceRequest) -> Result<(Ready, usize), String> {
+    fn prepare(&self, job: TraceRequest) -> Result<(Ready, usize), TransportError> {
         // gRPC compresses in tonic (per message); HTTP bodies once here.
         if self.compression == Compression::Gzip && matches!(self.wire, Wire::Http { .. }) {
             let packed = gzip(&job.body)?;

@@ -70,10 +70,12 @@ pub trait Deliver: Send + Sync + 'static {
     type Job: Job;
     /// What is sent, made once per job (kept for the retries).
     type Ready: Send + Sync + 'static;
+    /// Why the destination could not be set up or a job prepared.
+    type Error: std::error::Error + Send + Sync + 'static;
 
     /// Makes what goes on the wire and its size in bytes (counted when
     /// delivered). An error drops the job (counted as failed).
-    fn prepare(&self, job: Self::Job) -> Result<(Self::Ready, usize), String>;
+    fn prepare(&self, job: Self::Job) -> Result<(Self::Ready, usize), Self::Error>;
 
     /// One attempt. The worker bounds it with the configured timeout.
     fn send(&self, ready: &Self::Ready) -> impl Future<Output = Attempt> + Send;
@@ -248,7 +250,7 @@ impl std::fmt::Display for WorkerCounters {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// The tokio runtime could not be built.
-    #[error("starting the {what} runtime: {source}")]
+    #[error("starting the {what} runtime")]
     Runtime {
         /// The worker.
         what: &'static str,
@@ -257,7 +259,7 @@ pub enum WorkerError {
         source: std::io::Error,
     },
     /// The thread could not be spawned.
-    #[error("spawning the {what} thread: {source}")]
+    #[error("spawning the {what} thread")]
     Thread {
         /// The worker.
         what: &'static str,
@@ -266,14 +268,23 @@ pub enum WorkerError {
         source: std::io::Error,
     },
     /// The destination could not be set up (bad endpoint, header...).
-    #[error("configuring the {what} to {endpoint}: {message}")]
+    #[error("configuring the {what} to {endpoint}")]
     Setup {
         /// The worker.
         what: &'static str,
         /// The endpoint.
         endpoint: String,
-        /// What was wrong.
-        message: String,
+        /// What was wrong (the [`Deliver::Error`] of the destination).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The thread ended before it said whether it started (it panicked).
+    #[error("the {what} thread to {endpoint} stopped while starting")]
+    Stopped {
+        /// The worker.
+        what: &'static str,
+        /// The endpoint.
+        endpoint: String,
     },
 }
 
@@ -375,7 +386,7 @@ impl<J: Job> Worker<J> {
     pub fn start<D, F>(cfg: WorkerConfig, make: F) -> Result<Worker<J>, WorkerError>
     where
         D: Deliver<Job = J>,
-        F: FnOnce() -> Result<D, String> + Send + 'static,
+        F: FnOnce() -> Result<D, D::Error> + Send + 'static,
     {
         let counts = Arc::new(Counts::new(cfg.queue_items, cfg.queue_bytes));
         let (tx, rx) = mpsc::unbounded_channel();
@@ -404,11 +415,11 @@ impl<J: Job> Worker<J> {
                 rt.block_on(async move {
                     let deliver = match make() {
                         Ok(d) => Arc::new(d),
-                        Err(message) => {
+                        Err(e) => {
                             let _ = ready_tx.send(Err(WorkerError::Setup {
                                 what: cfg.what,
                                 endpoint: cfg.endpoint.clone(),
-                                message,
+                                source: Box::new(e),
                             }));
                             return;
                         }
@@ -433,11 +444,7 @@ impl<J: Job> Worker<J> {
             }
             Err(_) => {
                 let _ = thread.join();
-                Err(WorkerError::Setup {
-                    what,
-                    endpoint,
-                    message: "the worker thread stopped while starting".into(),
-                })
+                Err(WorkerError::Stopped { what, endpoint })
             }
         }
     }
@@ -664,9 +671,13 @@ async fn deliver_one<D: Deliver>(
         Ok(r) => r,
         Err(e) => {
             add(&counts.errors, 1);
-            inner
-                .log()
-                .failure(cfg.what, &cfg.endpoint, &e, items, true);
+            inner.log().failure(
+                cfg.what,
+                &cfg.endpoint,
+                &crate::error::chain(&e),
+                items,
+                true,
+            );
             leave(Some(DropReason::Failed));
             return;
         }
@@ -828,9 +839,10 @@ mod tests {
     impl Deliver for Script {
         type Job = Bytes;
         type Ready = u64;
-        fn prepare(&self, job: Bytes) -> Result<(u64, usize), String> {
+        type Error = std::io::Error;
+        fn prepare(&self, job: Bytes) -> Result<(u64, usize), std::io::Error> {
             if job.1 == 13 {
-                return Err("unlucky".into());
+                return Err(std::io::Error::other("unlucky"));
             }
             Ok((job.0, job.1))
         }
@@ -1058,11 +1070,15 @@ mod tests {
 
     #[test]
     fn setup_errors_fail_the_start() {
-        let e = Worker::<Bytes>::start(cfg(), || Err::<Script, _>("bad header".into()))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("bad header") && e.contains("test export"), "{e}");
+        let e = Worker::<Bytes>::start(cfg(), || {
+            Err::<Script, _>(std::io::Error::other("bad header"))
+        })
+        .err()
+        .unwrap();
+        assert_eq!(
+            crate::error::chain(&e),
+            "configuring the test export to test: bad header"
+        );
     }
 
     #[test]

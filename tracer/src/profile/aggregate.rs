@@ -111,6 +111,23 @@ impl AggregateConfig {
     }
 }
 
+/// Profiling flags that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AggregateError {
+    /// `--profile-interval-ms` out of range.
+    #[error("--profile-interval-ms must be between 1000 and 300000")]
+    Interval,
+    /// `--profile-max-stacks` out of range.
+    #[error("--profile-max-stacks must be between 16 and 1000000")]
+    MaxStacks,
+    /// The sampling frequency out of range.
+    #[error("the sampling frequency must be between 1 and 100000 Hz, not {hz}")]
+    Frequency {
+        /// The frequency asked for.
+        hz: u32,
+    },
+}
+
 /// Profiling flags of `tracer run` that shape the aggregation.
 #[derive(Clone, Debug, clap::Args)]
 pub struct AggregateArgs {
@@ -137,17 +154,15 @@ impl Default for AggregateArgs {
 impl AggregateArgs {
     /// Validates the flags into a configuration for sampling at
     /// `frequency_hz`, and the export interval in ms.
-    pub fn resolve(&self, frequency_hz: u32) -> Result<(AggregateConfig, u64), String> {
+    pub fn resolve(&self, frequency_hz: u32) -> Result<(AggregateConfig, u64), AggregateError> {
         if !(1_000..=300_000).contains(&self.profile_interval_ms) {
-            return Err("--profile-interval-ms must be between 1000 and 300000".into());
+            return Err(AggregateError::Interval);
         }
         if !(16..=1_000_000).contains(&self.profile_max_stacks) {
-            return Err("--profile-max-stacks must be between 16 and 1000000".into());
+            return Err(AggregateError::MaxStacks);
         }
         if frequency_hz == 0 || frequency_hz > 100_000 {
-            return Err(format!(
-                "the sampling frequency must be between 1 and 100000 Hz, not {frequency_hz}"
-            ));
+            return Err(AggregateError::Frequency { hz: frequency_hz });
         }
         let mut cfg = AggregateConfig {
             frequency_hz,
@@ -1128,6 +1143,7 @@ pub(crate) mod tests {
         assert!(bad
             .resolve(99)
             .unwrap_err()
+            .to_string()
             .contains("--profile-interval-ms"));
         let bad = AggregateArgs {
             profile_max_stacks: 0,
@@ -1136,7 +1152,11 @@ pub(crate) mod tests {
         assert!(bad
             .resolve(99)
             .unwrap_err()
+            .to_string()
             .contains("--profile-max-stacks"));
-        assert!(AggregateArgs::default().resolve(0).is_err());
+        assert_eq!(
+            AggregateArgs::default().resolve(0).unwrap_err().to_string(),
+            "the sampling frequency must be between 1 and 100000 Hz, not 0"
+        );
     }
 }

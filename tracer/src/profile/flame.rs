@@ -53,27 +53,44 @@ pub struct FlameArgs {
     pub flamegraph_max_spans: Option<usize>,
 }
 
+/// Flame graph flags that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FlameError {
+    /// `--flamegraph-max-spans` alone.
+    #[error("--flamegraph-max-spans needs --flamegraph-dir")]
+    NoDir,
+    /// An empty `--flamegraph-dir`.
+    #[error("--flamegraph-dir is empty")]
+    EmptyDir,
+    /// `--flamegraph-dir` names something else than a directory.
+    #[error("--flamegraph-dir {}: exists and is not a directory", dir.display())]
+    NotDir {
+        /// The path given.
+        dir: PathBuf,
+    },
+    /// `--flamegraph-max-spans` out of range.
+    #[error("--flamegraph-max-spans must be at most 100000")]
+    MaxSpans,
+}
+
 impl FlameArgs {
     /// Validates the flags; `Ok(None)` without `--flamegraph-dir`.
-    pub fn resolve(&self) -> Result<Option<FlameConfig>, String> {
+    pub fn resolve(&self) -> Result<Option<FlameConfig>, FlameError> {
         let Some(dir) = &self.flamegraph_dir else {
             if self.flamegraph_max_spans.is_some() {
-                return Err("--flamegraph-max-spans needs --flamegraph-dir".into());
+                return Err(FlameError::NoDir);
             }
             return Ok(None);
         };
         if dir.as_os_str().is_empty() {
-            return Err("--flamegraph-dir is empty".into());
+            return Err(FlameError::EmptyDir);
         }
         if dir.exists() && !dir.is_dir() {
-            return Err(format!(
-                "--flamegraph-dir {}: exists and is not a directory",
-                dir.display()
-            ));
+            return Err(FlameError::NotDir { dir: dir.clone() });
         }
         let max = self.flamegraph_max_spans.unwrap_or(DEFAULT_MAX_SPAN_GRAPHS);
         if max > 100_000 {
-            return Err("--flamegraph-max-spans must be at most 100000".into());
+            return Err(FlameError::MaxSpans);
         }
         Ok(Some(FlameConfig {
             max_span_graphs: max,
@@ -789,10 +806,11 @@ mod tests {
             flamegraph_max_spans: max,
         };
         assert_eq!(args(None, None).resolve(), Ok(None));
-        assert!(args(None, Some(3)).resolve().unwrap_err().contains("needs"));
+        assert_eq!(args(None, Some(3)).resolve(), Err(FlameError::NoDir));
         assert!(args(Some(file), None)
             .resolve()
             .unwrap_err()
+            .to_string()
             .contains("not a directory"));
         let cfg = args(Some(t.0.join("new")), Some(7))
             .resolve()

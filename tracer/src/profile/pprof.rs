@@ -402,19 +402,30 @@ fn gzip(raw: &[u8]) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// Bytes that are not a (gzip-compressed) pprof profile.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Bad gzip.
+    #[error("gzip")]
+    Gzip(#[source] std::io::Error),
+    /// Not a `Profile` message.
+    #[error("pprof")]
+    Pprof(#[source] prost::DecodeError),
+}
+
 /// Decodes gzip-compressed (or plain) pprof bytes (tests, tools).
-pub fn decode(bytes: &[u8]) -> Result<Profile, String> {
+pub fn decode(bytes: &[u8]) -> Result<Profile, DecodeError> {
     let raw;
     let body = if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         let mut d = flate2::read::GzDecoder::new(bytes);
-        std::io::Read::read_to_end(&mut d, &mut out).map_err(|e| format!("gzip: {e}"))?;
+        std::io::Read::read_to_end(&mut d, &mut out).map_err(DecodeError::Gzip)?;
         raw = out;
         &raw[..]
     } else {
         bytes
     };
-    <Profile as prost::Message>::decode(body).map_err(|e| format!("pprof: {e}"))
+    <Profile as prost::Message>::decode(body).map_err(DecodeError::Pprof)
 }
 
 #[cfg(test)]
@@ -577,8 +588,14 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error() {
-        assert!(decode(&[0x1f, 0x8b, 0, 1, 2]).is_err());
-        assert!(decode(&[0xff, 0xff, 0xff]).is_err());
+        assert!(matches!(
+            decode(&[0x1f, 0x8b, 0, 1, 2]),
+            Err(DecodeError::Gzip(_))
+        ));
+        assert!(matches!(
+            decode(&[0xff, 0xff, 0xff]),
+            Err(DecodeError::Pprof(_))
+        ));
         let empty = ServiceProfile {
             stacks: vec![],
             frames: vec![],

@@ -31,9 +31,10 @@ use bytes::Bytes;
 
 use super::aggregate::ServiceProfile;
 use super::pprof;
+use crate::error::chain;
 use crate::export::{
-    config::{self, parse_http_url, RetryConfig},
-    transport::{error_chain, read_answer, retry_after, retryable_http},
+    config::{self, parse_http_url, HeaderError, RetryConfig, UrlError},
+    transport::{read_answer, retry_after, retryable_http},
     worker::{Attempt, Deliver, Job, Worker, WorkerConfig, WorkerCounters, WorkerError},
 };
 
@@ -70,6 +71,41 @@ pub struct PyroscopeArgs {
     pub pyroscope_timeout_ms: Option<u64>,
 }
 
+/// Pyroscope flags or variables that cannot work; `from` is the flag or
+/// variable a value came from.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PyroscopeConfigError {
+    /// A bad server URL.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// A URL with a query or fragment.
+    #[error("{from}: {raw:?}: a query or fragment is not allowed (the agent sets the query)")]
+    Query {
+        /// The flag or variable.
+        from: &'static str,
+        /// The value.
+        raw: String,
+    },
+    /// `--pyroscope-header` without `=`.
+    #[error("--pyroscope-header {value:?} is not of the form KEY=VALUE")]
+    HeaderForm {
+        /// The value.
+        value: String,
+    },
+    /// A header that cannot be sent.
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    /// Push flags without a server.
+    #[error(
+        "--pyroscope-header and --pyroscope-timeout-ms need a server: \
+         set --pyroscope-url or PYROSCOPE_URL"
+    )]
+    NoServer,
+    /// `--pyroscope-timeout-ms` out of range.
+    #[error("--pyroscope-timeout-ms must be between 1 and 600000")]
+    Timeout,
+}
+
 /// Validated Pyroscope settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PyroscopeConfig {
@@ -91,7 +127,7 @@ pub struct PyroscopeConfig {
 impl PyroscopeConfig {
     /// A configuration for `url` (validated like the flag) with every other
     /// setting at its default.
-    pub fn new(url: &str) -> Result<PyroscopeConfig, String> {
+    pub fn new(url: &str) -> Result<PyroscopeConfig, PyroscopeConfigError> {
         Ok(PyroscopeConfig {
             url: base_url(url, "pyroscope url")?,
             headers: Vec::new(),
@@ -106,12 +142,13 @@ impl PyroscopeConfig {
 /// `http://host:port[/prefix]` from what the user gave: `http://` assumed
 /// without a scheme (and port 4040 without a port as well); a trailing
 /// `/ingest` is dropped.
-fn base_url(raw: &str, from: &str) -> Result<String, String> {
+fn base_url(raw: &str, from: &'static str) -> Result<String, PyroscopeConfigError> {
     let (mut url, schemeless) = parse_http_url(raw, from, "--pyroscope-header")?;
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "{from}: {raw:?}: a query or fragment is not allowed (the agent sets the query)"
-        ));
+        return Err(PyroscopeConfigError::Query {
+            from,
+            raw: raw.to_string(),
+        });
     }
     if schemeless && url.port().is_none() {
         let _ = url.set_port(Some(DEFAULT_PORT));
@@ -122,24 +159,25 @@ fn base_url(raw: &str, from: &str) -> Result<String, String> {
     Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
-fn check_header(h: &str) -> Result<(String, String), String> {
+fn check_header(h: &str) -> Result<(String, String), PyroscopeConfigError> {
     let Some((name, value)) = h.split_once('=') else {
-        return Err(format!(
-            "--pyroscope-header {h:?} is not of the form KEY=VALUE"
-        ));
+        return Err(PyroscopeConfigError::HeaderForm {
+            value: h.to_string(),
+        });
     };
-    config::check_header(name, value, "--pyroscope-header", |n| {
+    let checked = config::check_header(name, value, "--pyroscope-header", |n| {
         matches!(
             n,
             "content-type" | "content-length" | "host" | "transfer-encoding" | "connection"
         )
-    })
+    })?;
+    Ok(checked)
 }
 
 impl PyroscopeArgs {
     /// Validates the flags against the process environment; `Ok(None)`
     /// when no URL is configured.
-    pub fn resolve(&self) -> Result<Option<PyroscopeConfig>, String> {
+    pub fn resolve(&self) -> Result<Option<PyroscopeConfig>, PyroscopeConfigError> {
         self.resolve_with(|k| std::env::var(k).ok())
     }
 
@@ -148,7 +186,7 @@ impl PyroscopeArgs {
     pub fn resolve_with(
         &self,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Option<PyroscopeConfig>, String> {
+    ) -> Result<Option<PyroscopeConfig>, PyroscopeConfigError> {
         let url = match &self.pyroscope_url {
             Some(u) => Some(base_url(u, "--pyroscope-url")?),
             None => match env("PYROSCOPE_URL").filter(|v| !v.trim().is_empty()) {
@@ -158,11 +196,7 @@ impl PyroscopeArgs {
         };
         let Some(url) = url else {
             if !self.pyroscope_headers.is_empty() || self.pyroscope_timeout_ms.is_some() {
-                return Err(
-                    "--pyroscope-header and --pyroscope-timeout-ms need a server: \
-                            set --pyroscope-url or PYROSCOPE_URL"
-                        .into(),
-                );
+                return Err(PyroscopeConfigError::NoServer);
             }
             return Ok(None);
         };
@@ -174,7 +208,7 @@ impl PyroscopeArgs {
         }
         let timeout = self.pyroscope_timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
         if timeout == 0 || timeout > 600_000 {
-            return Err("--pyroscope-timeout-ms must be between 1 and 600000".into());
+            return Err(PyroscopeConfigError::Timeout);
         }
         Ok(Some(PyroscopeConfig {
             url,
@@ -241,9 +275,13 @@ pub fn ingest_name(service: &str) -> String {
 }
 
 /// The ingest URL of a profile under `base` (a validated base URL).
-pub fn ingest_url(base: &str, p: &ServiceProfile) -> Result<reqwest::Url, String> {
-    let mut url = reqwest::Url::parse(&format!("{}/ingest", base.trim_end_matches('/')))
-        .map_err(|e| format!("{base:?}: {e}"))?;
+pub fn ingest_url(base: &str, p: &ServiceProfile) -> Result<reqwest::Url, PushError> {
+    let mut url = reqwest::Url::parse(&format!("{}/ingest", base.trim_end_matches('/'))).map_err(
+        |source| PushError::IngestUrl {
+            base: base.to_string(),
+            source,
+        },
+    )?;
     let from = p.start_unix_ns / 1_000_000_000;
     let until = p.end_unix_ns.div_ceil(1_000_000_000).max(from + 1);
     url.query_pairs_mut()
@@ -282,6 +320,41 @@ impl Job for ServiceProfile {
 #[error(transparent)]
 pub struct PyroscopeError(#[from] WorkerError);
 
+/// Why pushes could not be set up, or a profile prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// A header name that is not HTTP.
+    #[error("header {name:?}")]
+    HeaderName {
+        /// The header.
+        name: String,
+        /// The reason.
+        #[source]
+        source: reqwest::header::InvalidHeaderName,
+    },
+    /// A header value that is not HTTP.
+    #[error("header {name:?}")]
+    HeaderValue {
+        /// The header.
+        name: String,
+        /// The reason.
+        #[source]
+        source: reqwest::header::InvalidHeaderValue,
+    },
+    /// The HTTP client could not be built.
+    #[error("building the HTTP client")]
+    Client(#[source] reqwest::Error),
+    /// The ingest URL could not be made from the base URL.
+    #[error("{base:?}")]
+    IngestUrl {
+        /// The server's base URL.
+        base: String,
+        /// The URL parser's reason.
+        #[source]
+        source: url::ParseError,
+    },
+}
+
 /// Pushes to one Pyroscope server: the export worker's [`Deliver`].
 struct PyroscopeDeliver {
     client: reqwest::Client,
@@ -289,13 +362,19 @@ struct PyroscopeDeliver {
 }
 
 impl PyroscopeDeliver {
-    fn new(cfg: &PyroscopeConfig) -> Result<PyroscopeDeliver, String> {
+    fn new(cfg: &PyroscopeConfig) -> Result<PyroscopeDeliver, PushError> {
         use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
         let mut headers = HeaderMap::new();
         for (k, v) in &cfg.headers {
             let name =
-                HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("header {k:?}: {e}"))?;
-            let value = HeaderValue::from_str(v).map_err(|e| format!("header {k:?}: {e}"))?;
+                HeaderName::from_bytes(k.as_bytes()).map_err(|source| PushError::HeaderName {
+                    name: k.clone(),
+                    source,
+                })?;
+            let value = HeaderValue::from_str(v).map_err(|source| PushError::HeaderValue {
+                name: k.clone(),
+                source,
+            })?;
             headers.insert(name, value);
         }
         let client = reqwest::Client::builder()
@@ -303,7 +382,7 @@ impl PyroscopeDeliver {
             .timeout(cfg.timeout)
             .user_agent(concat!("tracer/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(PushError::Client)?;
         Ok(PyroscopeDeliver {
             client,
             url: cfg.url.clone(),
@@ -317,9 +396,10 @@ const MAX_ERROR_BODY: usize = 512;
 impl Deliver for PyroscopeDeliver {
     type Job = ServiceProfile;
     type Ready = (reqwest::Url, Bytes);
+    type Error = PushError;
 
     /// The ingest URL and the gzip-compressed pprof body, made once.
-    fn prepare(&self, p: ServiceProfile) -> Result<((reqwest::Url, Bytes), usize), String> {
+    fn prepare(&self, p: ServiceProfile) -> Result<((reqwest::Url, Bytes), usize), PushError> {
         let url = ingest_url(&self.url, &p)?;
         let body = pprof::encode_gzip(&p);
         let n = body.len();
@@ -340,7 +420,7 @@ impl Deliver for PyroscopeDeliver {
                 Ok(r) => r,
                 Err(e) => {
                     return Attempt::Retry {
-                        error: error_chain(&e),
+                        error: chain(&e),
                         after: None,
                     }
                 }
@@ -484,13 +564,15 @@ mod tests {
             ("http://u:pw@p", "credentials"),
             ("http://p/?x=1", "query"),
             ("ftp://p", "unsupported scheme"),
-            ("http://", "not a valid URL"),
+            ("http://", "not a valid URL: empty host"),
             ("", "empty"),
         ] {
-            let e = url(args(Some(raw)), &[]).unwrap_err();
+            let e = chain(&url(args(Some(raw)), &[]).unwrap_err());
             assert!(e.contains(err), "{raw}: {e}");
         }
-        let e = url(args(None), &[("PYROSCOPE_URL", "https://x")]).unwrap_err();
+        let e = url(args(None), &[("PYROSCOPE_URL", "https://x")])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("PYROSCOPE_URL"), "{e}");
 
         let with = |headers: &[&str], timeout: Option<u64>| PyroscopeArgs {
@@ -513,7 +595,10 @@ mod tests {
             ("content-type=x", "set by the agent"),
             ("a=\u{1}", "visible ASCII"),
         ] {
-            let e = with(&[h], None).resolve_with(env(&[])).unwrap_err();
+            let e = with(&[h], None)
+                .resolve_with(env(&[]))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(err), "{h}: {e}");
         }
         assert!(with(&[], Some(0)).resolve_with(env(&[])).is_err());
@@ -522,7 +607,8 @@ mod tests {
             ..PyroscopeArgs::default()
         }
         .resolve_with(env(&[]))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("need a server"), "{e}");
     }
 

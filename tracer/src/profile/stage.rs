@@ -25,7 +25,7 @@ use tracer_common::SampleHeader;
 use super::{
     aggregate::{AggregateConfig, Profiles},
     flame::{FlameConfig, FlameGraphs},
-    pyroscope::{PyroscopeConfig, PyroscopeExporter},
+    pyroscope::{PyroscopeConfig, PyroscopeError, PyroscopeExporter},
     symbols::SymbolCounters,
     unwind::UnwindCounters,
     ProfileCounters, Profiler, ProfilerConfig, StackSample,
@@ -140,6 +140,23 @@ impl Worker {
     }
 }
 
+/// Why the profile stage could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The flame graph directory could not be created.
+    #[error("flame graph directory {}", dir.display())]
+    FlameDir {
+        /// `--flamegraph-dir`.
+        dir: std::path::PathBuf,
+        /// The file system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Pyroscope exporter could not start.
+    #[error(transparent)]
+    Pyroscope(#[from] PyroscopeError),
+}
+
 /// Samples in, profiles and span attributes out.
 pub struct ProfileStage {
     worker: Worker,
@@ -154,15 +171,24 @@ pub struct ProfileStage {
 
 impl ProfileStage {
     /// Starts the exporters; `now_ns` is monotonic now.
-    pub fn start(s: &ProfileSettings, clock: Clock, now_ns: u64) -> Result<ProfileStage, String> {
+    pub fn start(
+        s: &ProfileSettings,
+        clock: Clock,
+        now_ns: u64,
+    ) -> Result<ProfileStage, StageError> {
         let flame = match &s.flame {
-            Some(cfg) => Some(
-                FlameGraphs::new(cfg.clone()).map_err(|e| format!("flame graph directory: {e}"))?,
-            ),
+            Some(cfg) => {
+                Some(
+                    FlameGraphs::new(cfg.clone()).map_err(|source| StageError::FlameDir {
+                        dir: cfg.dir.clone(),
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
         let pyroscope = match &s.pyroscope {
-            Some(cfg) => Some(PyroscopeExporter::start(cfg.clone()).map_err(|e| e.to_string())?),
+            Some(cfg) => Some(PyroscopeExporter::start(cfg.clone())?),
             None => None,
         };
         let interval_ns = s.interval.as_nanos() as u64;

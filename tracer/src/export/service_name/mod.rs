@@ -42,7 +42,7 @@ use std::fmt;
 mod rules;
 mod runtimes;
 
-pub use rules::Rules;
+pub use rules::{RuleError, Rules, RulesError};
 use runtimes::{argv0_name, base_name, from_command_line};
 pub use runtimes::{GENERIC_DIRS, GENERIC_STEMS};
 

@@ -19,6 +19,49 @@ enum Field {
     Name,
 }
 
+/// A `--service-name` rule that cannot be used, named as given.
+#[derive(Debug, thiserror::Error)]
+#[error("--service-name {spec:?}")]
+pub struct RulesError {
+    /// The rule as given.
+    pub spec: String,
+    /// What is wrong with it.
+    #[source]
+    pub source: RuleError,
+}
+
+/// What is wrong with a `PATTERN=NAME` rule.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    /// No `=`.
+    #[error("expected PATTERN=NAME, e.g. exe:redis-*=cache")]
+    NoName,
+    /// No `KIND:` before the glob.
+    #[error("the pattern must start with exe:, cmd:, cgroup: or name:")]
+    NoKind,
+    /// A kind other than exe, cmd, cgroup, name.
+    #[error("unknown pattern kind {kind:?} (use exe:, cmd:, cgroup: or name:)")]
+    Kind {
+        /// The kind given.
+        kind: String,
+    },
+    /// Nothing after `KIND:`.
+    #[error("the pattern is empty")]
+    EmptyPattern,
+    /// A glob that does not parse.
+    #[error("bad pattern")]
+    Glob(#[source] globset::Error),
+    /// Nothing after `=`.
+    #[error("the service name is empty")]
+    EmptyName,
+    /// A name too long or with control characters.
+    #[error(
+        "the service name must be at most {} bytes without control characters",
+        MAX_RULE_NAME
+    )]
+    BadName,
+}
+
 /// One `PATTERN=NAME` rule.
 #[derive(Clone, Debug)]
 pub(super) struct Rule {
@@ -56,11 +99,14 @@ pub struct Rules {
 impl Rules {
     /// Parses rules; the error names the bad rule and what is wrong with it,
     /// in one line.
-    pub fn parse<S: AsRef<str>>(specs: &[S]) -> Result<Rules, String> {
+    pub fn parse<S: AsRef<str>>(specs: &[S]) -> Result<Rules, RulesError> {
         let rules = specs
             .iter()
             .map(|s| {
-                Rule::parse(s.as_ref()).map_err(|e| format!("--service-name {:?}: {e}", s.as_ref()))
+                Rule::parse(s.as_ref()).map_err(|source| RulesError {
+                    spec: s.as_ref().to_string(),
+                    source,
+                })
             })
             .collect::<Result<_, _>>()?;
         Ok(Rules { rules })
@@ -96,40 +142,34 @@ impl Rules {
 }
 
 impl Rule {
-    fn parse(spec: &str) -> Result<Rule, String> {
-        let (pattern, name) = spec
-            .rsplit_once('=')
-            .ok_or("expected PATTERN=NAME, e.g. exe:redis-*=cache")?;
-        let (kind, glob) = pattern
-            .split_once(':')
-            .ok_or("the pattern must start with exe:, cmd:, cgroup: or name:")?;
+    fn parse(spec: &str) -> Result<Rule, RuleError> {
+        let (pattern, name) = spec.rsplit_once('=').ok_or(RuleError::NoName)?;
+        let (kind, glob) = pattern.split_once(':').ok_or(RuleError::NoKind)?;
         let field = match kind {
             "exe" => Field::Exe,
             "cmd" => Field::Cmd,
             "cgroup" => Field::Cgroup,
             "name" => Field::Name,
             other => {
-                return Err(format!(
-                    "unknown pattern kind {other:?} (use exe:, cmd:, cgroup: or name:)"
-                ))
+                return Err(RuleError::Kind {
+                    kind: other.to_string(),
+                })
             }
         };
         if glob.is_empty() {
-            return Err("the pattern is empty".into());
+            return Err(RuleError::EmptyPattern);
         }
         let matcher = GlobBuilder::new(glob)
             .literal_separator(false)
             .build()
-            .map_err(|e| format!("bad pattern: {}", e.kind()))?
+            .map_err(RuleError::Glob)?
             .compile_matcher();
         let name = name.trim();
         if name.is_empty() {
-            return Err("the service name is empty".into());
+            return Err(RuleError::EmptyName);
         }
         if name.len() > MAX_RULE_NAME || name.chars().any(char::is_control) {
-            return Err(format!(
-                "the service name must be at most {MAX_RULE_NAME} bytes without control characters"
-            ));
+            return Err(RuleError::BadName);
         }
         Ok(Rule {
             pattern: pattern.to_string(),
@@ -218,7 +258,7 @@ mod tests {
             ("exe:x=", "the service name is empty"),
             ("exe:x= ", "the service name is empty"),
         ] {
-            let err = Rules::parse(&[spec]).unwrap_err();
+            let err = crate::error::chain(&Rules::parse(&[spec]).unwrap_err());
             assert!(err.contains(want), "{spec}: {err}");
             assert!(
                 err.starts_with(&format!("--service-name {spec:?}: ")),
