@@ -18,7 +18,7 @@ pub type Scrape = oneshot::Sender<String>;
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("listening for --metrics-addr on {addr}: {source}")]
+#[error("listening for --metrics-addr on {addr}")]
 pub struct MetricsError {
     addr: SocketAddr,
     #[source]
