@@ -127,6 +127,7 @@
 #![forbid(unsafe_code)]
 
 mod attributes;
+mod classify;
 mod config;
 mod correlator;
 mod index;

@@ -69,6 +69,19 @@ fn outgoing(
     ]
 }
 
+/// P answers 8 requests from elsewhere on two other threads, each on the
+/// thread that read it, in the first half millisecond: the correlator then
+/// knows P serves one request per thread (rule 4 applies to it).
+fn pool() -> Vec<Ev> {
+    let mut evs = Vec::new();
+    for k in 0..8u64 {
+        let t = 10 * US + k * 50 * US;
+        let tid = 60 + (k % 2) as u32;
+        evs.extend(incoming(100 + k, tid, t, t + 20 * US, &format!("/warm/{k}"), &[]));
+    }
+    evs
+}
+
 fn sorted(mut evs: Vec<Ev>) -> Vec<Ev> {
     evs.sort_by_key(Ev::time);
     evs
@@ -112,6 +125,7 @@ fn propagated_trace_flows_to_children_with_tracestate_and_flags() {
         "/in",
         &[("traceparent", tp), ("tracestate", "a=b")],
     );
+    evs.extend(pool());
     evs.extend(outgoing(2, T1, 2 * MS, 3 * MS, "/out", &[]));
     let out = run(&sorted(evs), Config::default());
     out.assert_parent(&client("/out"), &server("/in"));
@@ -237,8 +251,59 @@ fn invalid_headers_are_ignored_and_counted() {
 }
 
 #[test]
-fn client_span_on_the_server_thread_is_its_child() {
+fn one_request_in_flight_on_a_thread_is_no_proof() {
+    // Before this issue, rule 4 linked "/out" to "/in": the only request
+    // in progress on its thread. That is no proof where the thread may be
+    // an event loop (a timer's call looks the same): P has shown nothing
+    // of how it serves, so the call is a root, and the refusal counted.
     let mut evs = incoming(1, T1, MS, 5 * MS, "/in", &[]);
+    evs.extend(outgoing(2, T1, 2 * MS, 3 * MS, "/out", &[]));
+    let out = run(&sorted(evs), Config::default());
+    let c = out.get(&client("/out"));
+    assert_eq!(c.parent_span_id, None);
+    assert_eq!(out.counters.thread_refused_unproven, 1);
+    assert_eq!(out.counters.roots_unproven, 1);
+    assert_eq!(out.counters.ambiguous_parent, 0);
+}
+
+#[test]
+fn a_call_that_outlives_the_request_is_not_its_child() {
+    // On the request's own thread: answering while a call is outstanding
+    // shows the thread does not block in its calls.
+    let mut evs = pool();
+    evs.extend(incoming(1, T1, MS, 3 * MS, "/in", &[]));
+    evs.extend(outgoing(2, T1, 2 * MS, 4 * MS, "/out", &[]));
+    let out = run(&sorted(evs), Config::default());
+    assert_eq!(out.get(&client("/out")).parent_span_id, None);
+    assert_eq!(out.counters.thread_refused_multiplexing, 1);
+    // Through a request id, from another thread: the id matches, the time
+    // does not.
+    let rid = [("x-request-id", "r1")];
+    let mut evs = incoming(1, T1, MS, 3 * MS, "/in", &rid);
+    evs.extend(outgoing(2, T2, 2 * MS, 4 * MS, "/out", &rid));
+    let out = run(&sorted(evs), Config::default());
+    assert_eq!(out.get(&client("/out")).parent_span_id, None);
+    assert_eq!(out.counters.not_nested, 1);
+}
+
+#[test]
+fn a_long_call_waits_for_its_end_to_be_judged() {
+    // The call lasts longer than the window: whether it nests is known
+    // only when its response comes.
+    for (call_end, linked) in [(4 * W, true), (6 * W, false)] {
+        let mut evs = pool();
+        evs.extend(incoming(1, T1, MS, 5 * W, "/in", &[]));
+        evs.extend(outgoing(2, T1, 2 * MS, call_end, "/out", &[]));
+        let out = run(&sorted(evs), Config::default());
+        let c = out.get(&client("/out"));
+        assert_eq!(c.parent_span_id.is_some(), linked, "call ending at {call_end}");
+    }
+}
+
+#[test]
+fn client_span_on_the_server_thread_of_a_pool_is_its_child() {
+    let mut evs = pool();
+    evs.extend(incoming(1, T1, MS, 5 * MS, "/in", &[]));
     evs.extend(outgoing(2, T1, 2 * MS, 3 * MS, "/out", &[]));
     // A call on another thread with no server span is not a child.
     evs.extend(outgoing(3, T2, 2 * MS, 3 * MS, "/other", &[]));
@@ -251,6 +316,10 @@ fn client_span_on_the_server_thread_is_its_child() {
         assert_eq!(out.get(&client(p)).parent_span_id, None, "{p}");
     }
     assert_eq!(out.counters.ambiguous_parent, 0);
+    // "/after" is a call outside any request on a thread that serves:
+    // P runs work not driven by requests there, so from then on rule 4
+    // no longer trusts it.
+    assert_eq!(out.counters.processes_multiplexing, 1);
 }
 
 #[test]
@@ -435,7 +504,8 @@ fn request_id_of_another_process_is_not_a_thread_parent() {
 fn header_trace_disagreeing_with_the_thread_parent_wins() {
     // The server span has no context (new trace); the app's SDK sends its
     // own traceparent on the outgoing call: that trace wins.
-    let mut evs = incoming(1, T1, MS, 5 * MS, "/in", &[]);
+    let mut evs = pool();
+    evs.extend(incoming(1, T1, MS, 5 * MS, "/in", &[]));
     evs.extend(outgoing(
         2,
         T1,
