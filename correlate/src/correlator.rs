@@ -87,6 +87,9 @@ pub(crate) struct SpanRec {
     pub waited: bool,
     /// Client span written while its process had server requests in flight.
     pub busy: bool,
+    /// Its end is when the capture lost the connection's data, not when
+    /// the response came.
+    pub end_lost: bool,
     /// Deadline of the pending parent decision, if one is scheduled.
     pub decide_at: Option<u64>,
     /// Server span waiting for the client span of its request (rule 3).
@@ -362,7 +365,9 @@ impl<G: IdGen> Correlator<G> {
         c.fifo.iter_mut().for_each(VecDeque::clear);
         c.streams.clear();
         for key in keys {
-            if self.spans.get(&key).is_some_and(|r| r.end.is_none()) {
+            if let Some(r) = self.spans.get_mut(&key).filter(|r| r.end.is_none()) {
+                // When the call really ended is lost with the data.
+                r.end_lost = true;
                 self.counters.reset_outstanding += 1;
                 self.fail(key, now_ns, "stream data lost", "stream_data_lost");
             }
@@ -607,6 +612,7 @@ impl<G: IdGen> Correlator<G> {
             await_end: false,
             waited: false,
             busy: kind == SpanKind::Client && self.classify.serving(h.pid),
+            end_lost: false,
             decide_at: None,
             waiting_mirror: false,
             matched: false,

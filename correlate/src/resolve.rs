@@ -37,7 +37,7 @@ enum Nest {
     Outside,
     /// In flight at the call's start, but answered before the call was.
     Outlived,
-    /// Both still outstanding: judged when the call ends.
+    /// The call is still outstanding: judged when it ends.
     Unknown,
 }
 
@@ -45,6 +45,7 @@ enum Nest {
 struct Call {
     start: u64,
     end: Option<u64>,
+    end_lost: bool,
     force: bool,
 }
 
@@ -54,11 +55,17 @@ impl Call {
         if !in_flight {
             return Nest::Outside;
         }
+        if self.end_lost {
+            return Nest::Yes;
+        }
         match (self.end, s.end) {
             (Some(ce), Some(se)) if ce <= se => Nest::Yes,
+            (Some(_), Some(_)) => Nest::Outlived,
             (Some(_), None) => Nest::Yes,
-            (None, None) if !self.force => Nest::Unknown,
-            _ => Nest::Outlived,
+            // The call's response may be late, or lost with the capture's
+            // data: judged when the call ends.
+            (None, _) if !self.force => Nest::Unknown,
+            (None, _) => Nest::Outlived,
         }
     }
 }
@@ -320,7 +327,10 @@ impl<G: IdGen> Correlator<G> {
         };
         let call = Call {
             start: c.start,
-            end: c.end,
+            // A call whose data the capture lost may well have nested: only
+            // its start is judged.
+            end: if c.end_lost { None } else { c.end },
+            end_lost: c.end_lost,
             force,
         };
         let (pid, tid, t) = (c.pid, c.tid, c.start);
