@@ -52,7 +52,9 @@ pub(crate) fn declared_body(headers: &[Header<'_>]) -> u64 {
         }
         if h.is("content-length") {
             let v = trim_ows(h.value());
-            let n = std::str::from_utf8(v).ok().and_then(|v| v.parse::<u64>().ok());
+            let n = std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok());
             body = match n {
                 Some(0) => BODY_NONE,
                 // A value that does not parse: the message's framing is

@@ -138,7 +138,14 @@ impl Classifier {
     }
 
     /// A server request read on `read` was answered by thread `answer`.
-    pub fn server_answered(&mut self, pid: Pid, read: Tid, answer: Tid, now: u64, k: &mut Counters) {
+    pub fn server_answered(
+        &mut self,
+        pid: Pid,
+        read: Tid,
+        answer: Tid,
+        now: u64,
+        k: &mut Counters,
+    ) {
         if read != answer {
             self.sign(pid, sign::HANDOFF, now, k);
             return;
@@ -203,7 +210,15 @@ impl Classifier {
     }
 
     /// Thread `tid` wrote call `key` on `conn` at `t`.
-    pub fn call_written(&mut self, pid: Pid, tid: Tid, conn: ConnId, key: SpanKey, t: u64, k: &mut Counters) {
+    pub fn call_written(
+        &mut self,
+        pid: Pid,
+        tid: Tid,
+        conn: ConnId,
+        key: SpanKey,
+        t: u64,
+        k: &mut Counters,
+    ) {
         if !self.callers.contains_key(&(pid, tid)) && self.callers.len() >= self.max {
             self.callers.retain(|_, c| c.end.is_none());
             if self.callers.len() >= self.max {

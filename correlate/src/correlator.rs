@@ -382,13 +382,8 @@ impl<G: IdGen> Correlator<G> {
             self.counters.unknown_connection += 1;
             self.insert_conn(msg.conn, None);
         }
-        self.classify.message(
-            msg.pid,
-            msg.tid,
-            msg.conn,
-            msg.start_ns,
-            &mut self.counters,
-        );
+        self.classify
+            .message(msg.pid, msg.tid, msg.conn, msg.start_ns, &mut self.counters);
         let head = Head {
             conn: msg.conn,
             side: msg.side,
@@ -642,20 +637,13 @@ impl<G: IdGen> Correlator<G> {
                 self.rid_servers
                     .insert(rid, key, |k| spans.contains_key(&k));
             }
-            self.fwd_servers.insert(
-                forward_key(h.pid, rec.fingerprint),
-                key,
-                |k| spans.contains_key(&k),
-            );
+            self.fwd_servers
+                .insert(forward_key(h.pid, rec.fingerprint), key, |k| {
+                    spans.contains_key(&k)
+                });
         } else {
-            self.classify.call_written(
-                h.pid,
-                h.tid,
-                h.conn,
-                key,
-                h.start,
-                &mut self.counters,
-            );
+            self.classify
+                .call_written(h.pid, h.tid, h.conn, key, h.start, &mut self.counters);
         }
         self.text_bytes += rec.texts.heap_bytes();
         self.spans.insert(key, rec);

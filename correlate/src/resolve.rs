@@ -25,7 +25,6 @@ impl One {
             _ => One::Several,
         };
     }
-
 }
 
 /// Whether a client call nests in a server request's time.

@@ -77,7 +77,14 @@ fn pool() -> Vec<Ev> {
     for k in 0..8u64 {
         let t = 10 * US + k * 50 * US;
         let tid = 60 + (k % 2) as u32;
-        evs.extend(incoming(100 + k, tid, t, t + 20 * US, &format!("/warm/{k}"), &[]));
+        evs.extend(incoming(
+            100 + k,
+            tid,
+            t,
+            t + 20 * US,
+            &format!("/warm/{k}"),
+            &[],
+        ));
     }
     evs
 }
@@ -296,7 +303,11 @@ fn a_long_call_waits_for_its_end_to_be_judged() {
         evs.extend(outgoing(2, T1, 2 * MS, call_end, "/out", &[]));
         let out = run(&sorted(evs), Config::default());
         let c = out.get(&client("/out"));
-        assert_eq!(c.parent_span_id.is_some(), linked, "call ending at {call_end}");
+        assert_eq!(
+            c.parent_span_id.is_some(),
+            linked,
+            "call ending at {call_end}"
+        );
     }
 }
 

@@ -68,23 +68,32 @@ fn knobs() -> impl Strategy<Value = Knobs> {
         proptest::collection::vec((0u32..P_THREADS, 1u64..300, 3u64..300), 1..8),
         proptest::collection::vec((0u64..1_000, 3u64..300), 0..4),
         proptest::collection::vec(
-            (0u64..3_000, 0u32..4, 1u32..4, 0u32..4, 1u32..4, any::<bool>()),
+            (
+                0u64..3_000,
+                0u32..4,
+                1u32..4,
+                0u32..4,
+                1u32..4,
+                any::<bool>(),
+            ),
             0..5,
         ),
         proptest::collection::vec((0u64..4_000, 0u32..4), 0..5),
         proptest::collection::vec(0u64..4_000, 0..4),
     )
-        .prop_map(|(e, timer, identical, echo_id, p, p_bg, g, g_timer, c)| Knobs {
-            e,
-            timer,
-            identical,
-            echo_id,
-            p,
-            p_bg,
-            g,
-            g_timer,
-            c,
-        })
+        .prop_map(
+            |(e, timer, identical, echo_id, p, p_bg, g, g_timer, c)| Knobs {
+                e,
+                timer,
+                identical,
+                echo_id,
+                p,
+                p_bg,
+                g,
+                g_timer,
+                c,
+            },
+        )
 }
 
 /// The scenario: events, and each span's cause (`None`: nothing of ours).
@@ -126,13 +135,12 @@ impl Gen {
         resp_headers: &[(&str, &str)],
         req_headers: &[(&str, &str)],
     ) -> Id {
-        let mut c = self.sim.connect(
-            "192.0.2.1",
-            &format!("127.0.0.1:{port}"),
-            Seen::ServerOnly,
-        );
+        let mut c = self
+            .sim
+            .connect("192.0.2.1", &format!("127.0.0.1:{port}"), Seen::ServerOnly);
         let r = req("GET", target, req_headers);
-        self.sim.request(&mut c, at(read, 1, 1), at(read, pid, tid), &r);
+        self.sim
+            .request(&mut c, at(read, 1, 1), at(read, pid, tid), &r);
         self.sim.response(
             &mut c,
             at(answer, pid, answer_tid),
@@ -165,9 +173,14 @@ impl Gen {
         let (zr, za) = (self.t_between(write, end), self.t_between(write, end));
         let (zr, za) = (zr.min(za), zr.max(za));
         let r = req("GET", target, headers);
-        self.sim.request(&mut c, at(write, pid, tid), at(zr, Z, z), &r);
         self.sim
-            .response(&mut c, at(za, Z, z), at(end, pid, read_tid), &resp(200, &[]));
+            .request(&mut c, at(write, pid, tid), at(zr, Z, z), &r);
+        self.sim.response(
+            &mut c,
+            at(za, Z, z),
+            at(end, pid, read_tid),
+            &resp(200, &[]),
+        );
         self.sim.close(&c, end + 1);
         let id = (pid, SpanKind::Client, write);
         self.truth.insert(id, cause);
@@ -269,8 +282,27 @@ fn scenario(k: &Knobs) -> Scenario {
         } else {
             vec![]
         };
-        let server = g.inbound(G, 8040, read_tid, r, answer_tid, a, &format!("/g/{i}"), &[], &h);
-        let call = g.call(G, call_tid, w, back_tid, back, &format!("/gz/{i}"), &h, Some(server));
+        let server = g.inbound(
+            G,
+            8040,
+            read_tid,
+            r,
+            answer_tid,
+            a,
+            &format!("/g/{i}"),
+            &[],
+            &h,
+        );
+        let call = g.call(
+            G,
+            call_tid,
+            w,
+            back_tid,
+            back,
+            &format!("/gz/{i}"),
+            &h,
+            Some(server),
+        );
         if rid {
             g.provable.push(call);
         }

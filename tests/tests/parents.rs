@@ -17,7 +17,7 @@ use std::{
 
 use serde_json::Value;
 use tracer_e2e::{
-    free_port, python, py_script, require_tool, root_test, run_ok,
+    free_port, py_script, python, require_tool, root_test, run_ok,
     span::{attr, f, res},
     tempdir::TempDir,
     wait_port, workspace, Agent, AgentOutput, Backend, Otlp, Receiver,
@@ -292,7 +292,11 @@ fn timer_scenario(service: &str, start: impl FnOnce(u16, u16) -> Proc) {
     assert!(under.is_empty(), "timer calls under a request: {under:#?}");
     assert!(!timer.is_empty(), "the timer called: {}", out.stderr);
     assert_eq!(l.requests, n, "every request traced: {}", out.stderr);
-    assert_eq!(l.full, n, "every request's spans linked: {l:?}\n{}", out.stderr);
+    assert_eq!(
+        l.full, n,
+        "every request's spans linked: {l:?}\n{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -316,7 +320,9 @@ fn aiohttp_timer_calls_are_never_put_under_a_request() {
     let Some(_g) = root_test("aiohttp_timer_calls_are_never_put_under_a_request") else {
         return;
     };
-    timer_scenario("svc-aio", |port, backend| aio(port, backend, "svc-aio", &["--poll-ms", "20"]));
+    timer_scenario("svc-aio", |port, backend| {
+        aio(port, backend, "svc-aio", &["--poll-ms", "20"])
+    });
 }
 
 #[test]
@@ -529,7 +535,10 @@ fn haproxy(port: u16, backend: u16, unique_id: bool) -> Proc {
     );
     let path = dir.path().join("haproxy.cfg");
     std::fs::write(&path, conf).unwrap();
-    let mut p = Proc::listening(Command::new("haproxy").arg("-f").arg(&path).arg("-db"), port);
+    let mut p = Proc::listening(
+        Command::new("haproxy").arg("-f").arg(&path).arg("-db"),
+        port,
+    );
     p.1 = Some(dir);
     p
 }
@@ -551,7 +560,11 @@ fn nginx_hops_link_by_forwarding_and_identical_requests_are_not_guessed() {
         unique.out.stderr
     );
     let same = through_proxy("nginx", nginx, 64, true);
-    assert!(same.links.wrong.is_empty(), "wrong parents: {:#?}", same.links.wrong);
+    assert!(
+        same.links.wrong.is_empty(),
+        "wrong parents: {:#?}",
+        same.links.wrong
+    );
     assert!(
         same.out.counter("roots_ambiguous").unwrap_or(0) > 0,
         "identical requests in flight are counted as ambiguous: {}",
@@ -576,7 +589,11 @@ fn haproxy_hops_link_by_forwarding_or_the_id_it_returns() {
     );
     // Identical requests in flight: not guessed, counted.
     let same = through_proxy("haproxy", start(false), 64, true);
-    assert!(same.links.wrong.is_empty(), "wrong parents: {:#?}", same.links.wrong);
+    assert!(
+        same.links.wrong.is_empty(),
+        "wrong parents: {:#?}",
+        same.links.wrong
+    );
     assert!(
         same.out.counter("roots_ambiguous").unwrap_or(0) > 0,
         "identical requests in flight are counted as ambiguous: {}",
@@ -598,7 +615,11 @@ fn haproxy_hops_link_by_forwarding_or_the_id_it_returns() {
 
 /// An async service calling a backend under 8 concurrent clients; returns
 /// the links.
-fn async_calls(service: &str, svc: impl FnOnce(u16, u16) -> Proc, id: bool) -> (Links, AgentOutput) {
+fn async_calls(
+    service: &str,
+    svc: impl FnOnce(u16, u16) -> Proc,
+    id: bool,
+) -> (Links, AgentOutput) {
     require_tool("curl");
     let backend = Backend::start("backend", None);
     let port = free_port();
@@ -650,7 +671,8 @@ fn async_calls(service: &str, svc: impl FnOnce(u16, u16) -> Proc, id: bool) -> (
 
 #[test]
 fn aiohttp_client_session_calls_link_by_forwarding_or_request_id() {
-    let Some(_g) = root_test("aiohttp_client_session_calls_link_by_forwarding_or_request_id") else {
+    let Some(_g) = root_test("aiohttp_client_session_calls_link_by_forwarding_or_request_id")
+    else {
         return;
     };
     // Forwarding the same path.
@@ -736,7 +758,15 @@ fn the_exit_summary_shows_the_linked_share_and_the_reasons_for_roots() {
         "roots_unproven",
         "roots_ambiguous",
     ] {
-        assert!(s.contains(&format!("{name}=")), "{name} in the summary:\n{}", out.stderr);
+        assert!(
+            s.contains(&format!("{name}=")),
+            "{name} in the summary:\n{}",
+            out.stderr
+        );
     }
-    assert!(out.counter("forwarded_parent").unwrap_or(0) >= 10, "{}", out.stderr);
+    assert!(
+        out.counter("forwarded_parent").unwrap_or(0) >= 10,
+        "{}",
+        out.stderr
+    );
 }

@@ -146,7 +146,12 @@ pub fn chain(o: &ChainOpts) -> Chain {
             let mut c = sim.connect("192.0.2.9", "127.0.0.1:8001", Seen::ServerOnly);
             let r = req("GET", &format!("/warm/{k}"), &[("Host", "a")]);
             sim.request(&mut c, at(t, 1, 1), at(t, A, tid), &r);
-            sim.response(&mut c, at(t + 20 * US, A, tid), at(t + 20 * US, 1, 1), &resp(200, &[]));
+            sim.response(
+                &mut c,
+                at(t + 20 * US, A, tid),
+                at(t + 20 * US, 1, 1),
+                &resp(200, &[]),
+            );
             sim.close(&c, t + 30 * US);
             extra_spans += 1;
         }
@@ -327,7 +332,10 @@ pub fn assert_chain(out: &Out, ch: &Chain, c1_linked: bool) {
 pub fn trace_count(out: &Out) -> usize {
     out.spans
         .iter()
-        .filter(|s| !s.attr_str("url.path").is_some_and(|p| p.starts_with("/warm/")))
+        .filter(|s| {
+            !s.attr_str("url.path")
+                .is_some_and(|p| p.starts_with("/warm/"))
+        })
         .map(|s| s.trace_id)
         .collect::<HashSet<_>>()
         .len()
