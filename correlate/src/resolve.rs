@@ -365,8 +365,9 @@ impl<G: IdGen> Correlator<G> {
             }
         }
         // Rule 4: the request in progress on the thread, where the process
-        // serves one request per thread; and, on any thread, the request
-        // in progress there whose propagated trace the call carries.
+        // serves one request per thread; and, whatever the process, the
+        // request in progress on the thread whose propagated trace the call
+        // carries.
         let q = self.threads.in_progress(pid, tid, t);
         let mut thread = Evidence::default();
         let mut refused = None;
