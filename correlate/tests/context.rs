@@ -745,3 +745,104 @@ fn b3_trace_ids_single_out_the_server_span_on_an_event_loop() {
     assert_eq!(c.parent_source, ParentSource::ThreadContext);
     assert_eq!(c.trace_id.to_string(), "463ac35c9f6413ad48485a3953bb6124");
 }
+
+/// A request whose response returns `id` (a proxy's own request id, echoed
+/// downstream), read on `tid` at `t` and answered at `end`.
+fn incoming_echo(conn: u64, tid: u32, t: u64, end: u64, path: &str, id: &'static str) -> Vec<Ev> {
+    vec![
+        open(conn, "10.0.0.5:80", &format!("192.0.2.1:{}", 1000 + conn)),
+        m(
+            conn,
+            Side::Inbound,
+            P,
+            tid,
+            1,
+            t,
+            None,
+            rq("GET", path, &[]),
+        ),
+        m(
+            conn,
+            Side::Outbound,
+            P,
+            tid,
+            2,
+            end,
+            None,
+            rs(200, &[("x-request-id", id)]),
+        ),
+    ]
+}
+
+#[test]
+fn an_id_the_proxy_returns_in_its_response_links_the_hop() {
+    // An event loop with two identical requests in flight: forwarding
+    // cannot tell them apart, but each upstream request carries the id
+    // the proxy generated, which its response returns downstream.
+    let mut evs = incoming_echo(1, T1, MS, 5 * MS, "/same", "gen-a");
+    evs.extend(incoming_echo(2, T1, MS + 10 * US, 6 * MS, "/same", "gen-b"));
+    evs.extend(outgoing(
+        3,
+        T1,
+        2 * MS,
+        3 * MS,
+        "/same",
+        &[("x-request-id", "gen-b")],
+    ));
+    evs.extend(outgoing(
+        4,
+        T1,
+        2 * MS + US,
+        4 * MS,
+        "/same",
+        &[("x-request-id", "gen-a")],
+    ));
+    let out = run(&sorted(evs), Config::default());
+    let by_start = |t: u64, kind: SpanKind| {
+        out.spans
+            .iter()
+            .find(|s| s.start_ns == t && s.kind == kind)
+            .unwrap()
+    };
+    let (a, b) = (
+        by_start(MS, SpanKind::Server),
+        by_start(MS + 10 * US, SpanKind::Server),
+    );
+    let (cb, ca) = (
+        by_start(2 * MS, SpanKind::Client),
+        by_start(2 * MS + US, SpanKind::Client),
+    );
+    assert_eq!(cb.parent_span_id, Some(b.span_id));
+    assert_eq!(ca.parent_span_id, Some(a.span_id));
+    assert_eq!(ca.parent_source, ParentSource::RequestId);
+    assert_eq!(out.counters.forward_ambiguous, 2);
+    assert_eq!(
+        out.counters.response_id_waits, 0,
+        "the responses came in time"
+    );
+}
+
+#[test]
+fn a_decision_waits_a_window_for_a_response_that_may_return_the_id() {
+    // The proxy answers long after its call: the call's decision waits one
+    // more window for the response, and gives up after it (counted).
+    for (answer, linked) in [(W + W / 2, true), (3 * W, false)] {
+        let mut evs = incoming_echo(1, T1, MS, answer, "/in", "gen-a");
+        evs.extend(outgoing(
+            2,
+            T1,
+            2 * MS,
+            3 * MS,
+            "/up",
+            &[("x-request-id", "gen-a")],
+        ));
+        // The agent polls every few milliseconds: time passes between
+        // messages too.
+        evs.extend((1..100).map(|i| Ev::Close(ConnId(999), i * 5 * MS)));
+        let out = run(&sorted(evs), Config::default());
+        let c = out.get(&client("/up"));
+        assert_eq!(c.parent_span_id.is_some(), linked, "answered at {answer}");
+        assert_eq!(out.counters.response_id_waits, 1);
+        assert_eq!(out.counters.response_id_wait_expired, u64::from(!linked));
+    }
+}
