@@ -17,6 +17,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Config;
@@ -28,8 +29,48 @@ pub(crate) struct RequestFacts {
     /// A gRPC call (status comes from `grpc-status`).
     pub grpc: bool,
     /// Hash of method and target, to recognise the same request at both
-    /// ends of a translated connection.
+    /// ends of a translated connection, and a request a proxy forwards.
     pub fingerprint: u64,
+    /// The declared body length ([`declared_body`]).
+    pub body: u64,
+}
+
+/// [`declared_body`] of a request without a body (no `Content-Length`, or 0).
+pub(crate) const BODY_NONE: u64 = u64::MAX;
+/// [`declared_body`] of a chunked request (length not declared).
+pub(crate) const BODY_CHUNKED: u64 = u64::MAX - 1;
+
+/// The body length a request declares: its `Content-Length`,
+/// [`BODY_CHUNKED`] for `Transfer-Encoding: chunked`, [`BODY_NONE`] for
+/// none (or 0: a request without a body and one declaring 0 bytes say the
+/// same).
+pub(crate) fn declared_body(headers: &[Header<'_>]) -> u64 {
+    let mut body = BODY_NONE;
+    for h in headers {
+        if h.is("transfer-encoding") {
+            return BODY_CHUNKED;
+        }
+        if h.is("content-length") {
+            let v = trim_ows(h.value());
+            let n = std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok());
+            body = match n {
+                Some(0) => BODY_NONE,
+                // A value that does not parse: the message's framing is
+                // unknown, like a chunked one.
+                Some(n) => n.min(BODY_CHUNKED - 1),
+                None => BODY_CHUNKED,
+            };
+        }
+    }
+    body
+}
+
+/// Whether two declared body lengths can be the same body: equal, or
+/// either chunked (a proxy may re-frame a body it buffered).
+pub(crate) fn same_body(a: u64, b: u64) -> bool {
+    a == b || a == BODY_CHUNKED || b == BODY_CHUNKED
 }
 
 const KNOWN_METHODS: [&str; 9] = [
@@ -56,18 +97,15 @@ fn lossy(v: &[u8]) -> Cow<'_, str> {
     String::from_utf8_lossy(v)
 }
 
-/// FNV-1a over method, a separator and target.
-pub(crate) fn fingerprint(method: &str, target: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in method
-        .bytes()
-        .chain(std::iter::once(0))
-        .chain(target.bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+/// Method, a separator and target, hashed with the correlator's seeded
+/// hasher (targets come from the network: they must not be able to aim
+/// at another request's fingerprint).
+pub(crate) fn fingerprint(hasher: &impl BuildHasher, method: &str, target: &str) -> u64 {
+    let mut h = hasher.build_hasher();
+    h.write(method.as_bytes());
+    h.write_u8(0);
+    h.write(target.as_bytes());
+    h.finish()
 }
 
 /// The parts of a request target.
@@ -135,8 +173,10 @@ pub(crate) fn split_target(t: &str) -> Target<'_> {
 
 /// Headers the correlator reads (besides the configured request-id
 /// headers); a caller may drop the others before handing messages over.
-const READ_HEADERS: [&str; 12] = [
+const READ_HEADERS: [&str; 14] = [
     "host",
+    "content-length",
+    "transfer-encoding",
     ":authority",
     "user-agent",
     "content-type",
@@ -151,8 +191,10 @@ const READ_HEADERS: [&str; 12] = [
 ];
 
 /// Whether the correlator reads header `name` (ASCII case-insensitive):
-/// the attributes, propagation (W3C, B3 single and `x-b3-*`) and gRPC
-/// status headers. Configured request-id headers come on top.
+/// the attributes, propagation (W3C, B3 single and `x-b3-*`), gRPC status
+/// and body framing (`content-length`, `transfer-encoding`: a forwarded
+/// request repeats its body length) headers. Configured request-id headers
+/// come on top.
 pub fn reads_header(name: &str) -> bool {
     READ_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
         || name
@@ -366,6 +408,7 @@ pub(crate) fn request_facts(
     req: &Request<'_>,
     addrs: Option<(SocketAddr, SocketAddr)>,
     cfg: &Config,
+    hasher: &impl BuildHasher,
     t: &mut Texts,
 ) -> RequestFacts {
     let max = cfg.max_attribute_len;
@@ -500,7 +543,8 @@ pub(crate) fn request_facts(
     }
     RequestFacts {
         grpc,
-        fingerprint: fingerprint(method, &req.target),
+        fingerprint: fingerprint(hasher, method, &req.target),
+        body: declared_body(&req.headers),
     }
 }
 

@@ -56,6 +56,13 @@ pub struct Config {
     pub nat_matching: bool,
     /// Longest attribute string kept (bytes, cut on a char boundary).
     pub max_attribute_len: usize,
+    /// Requests a process must have answered, each on the thread that read
+    /// it, over at least two threads and with no sign of multiplexing,
+    /// before rule 4 trusts its threads to serve one request at a time.
+    pub pool_min_requests: u32,
+    /// How long (ns) what was learnt about an idle process (thread per
+    /// request or multiplexing) is remembered.
+    pub classify_memory_ns: u64,
 }
 
 impl Default for Config {
@@ -79,6 +86,8 @@ impl Default for Config {
             redact_query: true,
             nat_matching: true,
             max_attribute_len: 1_024,
+            pool_min_requests: 8,
+            classify_memory_ns: 600_000_000_000,
         }
     }
 }
@@ -120,10 +129,14 @@ pub struct Counters {
     pub mirror_expired: u64,
     /// Client spans that arrived after their server span had given up.
     pub late_mirror: u64,
-    /// Client spans parented by the only server span on their thread.
+    /// Client spans parented by the only server span on their thread, in a
+    /// process known to serve one request per thread (rule 4).
     pub thread_parent: u64,
     /// Client spans parented through a shared request id.
     pub request_id_parent: u64,
+    /// Client spans parented by the inbound request they forward (same
+    /// method, target and body length, the only one in flight).
+    pub forwarded_parent: u64,
     /// Client spans parented through a matching propagated trace id among
     /// several server spans on their thread.
     pub thread_context_parent: u64,
@@ -132,8 +145,61 @@ pub struct Counters {
     /// Spans emitted as roots of a new trace.
     pub roots: u64,
     /// Client spans with several candidate parents and no evidence to
-    /// choose (made roots or header children instead of guessing).
+    /// choose, or rules pointing at different parents (made roots or
+    /// header children instead of guessing).
     pub ambiguous_parent: u64,
+    /// Roots that begin a trace where it begins: server spans of requests
+    /// from outside the host (or from an unknown peer).
+    pub roots_entry: u64,
+    /// Roots that are server spans whose local client span never came.
+    pub roots_no_client_span: u64,
+    /// Roots that are client spans made while their process served no
+    /// request (background work, plain clients such as curl).
+    pub roots_idle: u64,
+    /// Roots that are client spans made while their process served
+    /// requests, with no evidence of which one (if any) caused them.
+    pub roots_unproven: u64,
+    /// Roots that are client spans with several candidate parents or
+    /// conflicting evidence.
+    pub roots_ambiguous: u64,
+    /// Roots whose parent was forgotten, or whose chain was cut, at a bound.
+    pub roots_lost: u64,
+    /// Rule 4 refused: the process is not (yet) known to serve one request
+    /// per thread.
+    pub thread_refused_unproven: u64,
+    /// Rule 4 refused: the process multiplexes (two requests in progress on
+    /// one thread, traffic on a thread while its call is outstanding, calls
+    /// outside any request on a serving thread).
+    pub thread_refused_multiplexing: u64,
+    /// Rule 4 refused: the process hands requests or calls between threads
+    /// (read on one, answered on another: worker hand-off, M:N runtimes).
+    pub thread_refused_handoff: u64,
+    /// A candidate parent refused because the call did not nest in its
+    /// time (it outlived the request, or the request was already answered).
+    pub not_nested: u64,
+    /// Client spans whose request id was shared by several requests in
+    /// flight in their process (not linked by it).
+    pub request_id_ambiguous: u64,
+    /// Client spans repeating several inbound requests in flight (not
+    /// linked by forwarding).
+    pub forward_ambiguous: u64,
+    /// Client spans whose rules named different parents (not linked).
+    pub evidence_conflict: u64,
+    /// Parent decisions that waited for an inbound response to return the
+    /// client's request id.
+    pub response_id_waits: u64,
+    /// Of those, the id did not come back in time (decided without it).
+    pub response_id_wait_expired: u64,
+    /// Parent decisions settled early (flush, memory bound) while still
+    /// waiting for the call's end or a response.
+    pub decisions_cut: u64,
+    /// Processes found to serve one request per thread (rule 4 applies).
+    pub processes_thread_per_request: u64,
+    /// Processes found to multiplex or hand off requests (rule 4 never
+    /// applies to them).
+    pub processes_multiplexing: u64,
+    /// What was learnt about processes and threads, forgotten at its bound.
+    pub classify_overflow: u64,
     /// Spans whose propagated trace id disagreed with the parent the rules
     /// found; the header won.
     pub context_conflict: u64,
@@ -149,6 +215,25 @@ pub struct Counters {
     /// started, a server reading before the client wrote); clamped or not
     /// linked.
     pub clock_anomaly: u64,
+}
+
+impl Counters {
+    /// Spans emitted with a parent (a span of ours or a propagated one).
+    pub fn linked(&self) -> u64 {
+        self.spans_emitted.saturating_sub(self.roots)
+    }
+
+    /// The correlation accuracy figure: the share (0..=1) of spans that
+    /// got a parent among those that could have one, i.e. leaving out the
+    /// roots that begin a trace where it really begins (requests from
+    /// outside the host, calls made while nothing was served). `None`
+    /// before any such span.
+    pub fn linked_share(&self) -> Option<f64> {
+        let linkable = self
+            .spans_emitted
+            .saturating_sub(self.roots_entry + self.roots_idle);
+        (linkable > 0).then(|| self.linked() as f64 / linkable as f64)
+    }
 }
 
 /// Source of fresh ids. The correlator reads no OS randomness: the caller

@@ -9,6 +9,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::{IpAddr, SocketAddr};
 
 use crate::attributes::{request_facts, response_status};
+use crate::classify::Classifier;
 use crate::config::{Config, Counters, IdGen, SplitMix64};
 use crate::index::{MultiIndex, SpanKey, ThreadEntry, ThreadIndex};
 use crate::model::{
@@ -38,6 +39,24 @@ pub(crate) enum Parent {
     Span(SpanKey, SpanId),
 }
 
+/// Why a span is a root (counted when it is emitted as one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum RootReason {
+    /// Its parent was forgotten or its chain cut at a bound.
+    #[default]
+    Lost,
+    /// A server span of a request from outside the host: a trace begins.
+    Entry,
+    /// A server span whose local client span never came.
+    NoClientSpan,
+    /// A client span made while its process served nothing.
+    Idle,
+    /// A client span made while its process served, no evidence of which.
+    Unproven,
+    /// A client span with several candidates or conflicting evidence.
+    Ambiguous,
+}
+
 /// Everything known about one request's span until it is emitted (and a
 /// little of it for `retention_ns` after).
 pub(crate) struct SpanRec {
@@ -51,10 +70,26 @@ pub(crate) struct SpanRec {
     /// (local, remote), canonical addresses.
     pub addrs: Option<(SocketAddr, SocketAddr)>,
     pub fingerprint: u64,
+    /// Declared body length (`attributes::declared_body`).
+    pub body: u64,
     pub header: Option<HeaderContext>,
+    /// Request-id keys: of the request, and for a server span also those
+    /// its response returned.
     pub request_ids: RequestIds,
     pub parent: Parent,
     pub source: ParentSource,
+    pub root_reason: RootReason,
+    /// Client span whose decision waits for its response (nesting, or an
+    /// id an inbound response may return, cannot be judged before).
+    pub await_end: bool,
+    /// Client span whose decision already waited a window for an inbound
+    /// response's request id.
+    pub waited: bool,
+    /// Client span written while its process had server requests in flight.
+    pub busy: bool,
+    /// Its end is when the capture lost the connection's data, not when
+    /// the response came.
+    pub end_lost: bool,
     /// Deadline of the pending parent decision, if one is scheduled.
     pub decide_at: Option<u64>,
     /// Server span waiting for the client span of its request (rule 3).
@@ -132,6 +167,11 @@ fn texts_estimate(req: &Request<'_>) -> usize {
     (4 * req.target.len() + 2 * header("host") + header("user-agent") + 160).min(16 * 1024)
 }
 
+/// Key of a server span in the index of forwarded requests.
+pub(crate) fn forward_key(pid: Pid, fingerprint: u64) -> u64 {
+    fingerprint ^ u64::from(pid.0).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
 }
@@ -175,8 +215,13 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     pub(crate) seq_clients: MultiIndex<u32>,
     /// Server spans by sequence number (rule 3 lookups by clients).
     pub(crate) seq_servers: MultiIndex<u32>,
-    /// Server spans by request-id key (rule 5).
+    /// Server spans by request-id key (rule 5), of their requests and
+    /// responses.
     pub(crate) rid_servers: MultiIndex<u64>,
+    /// Server spans by process and fingerprint (forwarded requests).
+    pub(crate) fwd_servers: MultiIndex<u64>,
+    /// How each process serves requests (rule 4).
+    pub(crate) classify: Classifier,
     /// Hashes request-id values (seeded: values come from the network).
     pub(crate) rid_hasher: foldhash::fast::RandomState,
     pub(crate) ready: Vec<Span>,
@@ -211,6 +256,8 @@ impl<G: IdGen> Correlator<G> {
             seq_clients: MultiIndex::new(index_cap),
             seq_servers: MultiIndex::new(index_cap),
             rid_servers: MultiIndex::new(index_cap),
+            fwd_servers: MultiIndex::new(index_cap),
+            classify: Classifier::new(&config),
             rid_hasher: foldhash::fast::RandomState::default(),
             cfg: config,
             ids,
@@ -318,7 +365,9 @@ impl<G: IdGen> Correlator<G> {
         c.fifo.iter_mut().for_each(VecDeque::clear);
         c.streams.clear();
         for key in keys {
-            if self.spans.get(&key).is_some_and(|r| r.end.is_none()) {
+            if let Some(r) = self.spans.get_mut(&key).filter(|r| r.end.is_none()) {
+                // When the call really ended is lost with the data.
+                r.end_lost = true;
                 self.counters.reset_outstanding += 1;
                 self.fail(key, now_ns, "stream data lost", "stream_data_lost");
             }
@@ -333,6 +382,8 @@ impl<G: IdGen> Correlator<G> {
             self.counters.unknown_connection += 1;
             self.insert_conn(msg.conn, None);
         }
+        self.classify
+            .message(msg.pid, msg.tid, msg.conn, msg.start_ns, &mut self.counters);
         let head = Head {
             conn: msg.conn,
             side: msg.side,
@@ -365,7 +416,7 @@ impl<G: IdGen> Correlator<G> {
                         .get(&key)
                         .is_some_and(|r| r.parent == Parent::Undecided && r.decide_at == Some(at));
                     if due {
-                        self.decide(key);
+                        self.decide(key, false);
                     }
                 }
                 Timer::Close(conn, generation) => self.finish_close(conn, generation),
@@ -476,6 +527,9 @@ impl<G: IdGen> Correlator<G> {
     /// End a span without a response.
     pub(crate) fn fail(&mut self, key: SpanKey, at: u64, msg: &str, error_type: &str) {
         if let Some(r) = self.spans.get_mut(&key) {
+            if r.kind == SpanKind::Client && r.end.is_none() {
+                self.classify.call_failed(r.pid, r.tid, key, at);
+            }
             r.status = Status::Error(msg.to_string());
             let before = r.texts.heap_bytes();
             r.texts.push_str("error.type", error_type);
@@ -500,10 +554,17 @@ impl<G: IdGen> Correlator<G> {
         };
         r.end = Some(end);
         let (kind, pid, tid, start, ready) = (r.kind, r.pid, r.tid, r.start, r.ctx.is_some());
+        let await_end = std::mem::take(&mut r.await_end);
         if kind == SpanKind::Server {
-            self.threads.set_end(pid, tid, key, start, end);
+            if self.threads.set_end(pid, tid, key, start, end) {
+                self.classify.overlap(pid, self.clock, &mut self.counters);
+            }
+            self.classify.server_ended(pid);
         }
-        if ready {
+        if await_end {
+            // Its parent decision waited for this end; it emits the span.
+            self.decide(key, false);
+        } else if ready {
             self.emit(key);
         }
     }
@@ -515,7 +576,7 @@ impl<G: IdGen> Correlator<G> {
         };
         let addrs = self.conns.get(&h.conn).and_then(|c| c.addrs);
         let mut texts = Texts::with_capacity(texts_estimate(req));
-        let facts = request_facts(kind, req, addrs, &self.cfg, &mut texts);
+        let facts = request_facts(kind, req, addrs, &self.cfg, &self.rid_hasher, &mut texts);
         let header = extract(&req.headers, &mut self.counters);
         let rids = request_ids(
             &req.headers,
@@ -537,10 +598,16 @@ impl<G: IdGen> Correlator<G> {
             end: None,
             addrs,
             fingerprint: facts.fingerprint,
+            body: facts.body,
             header,
             request_ids: rids,
             parent: Parent::Undecided,
             source: ParentSource::Root,
+            root_reason: RootReason::Lost,
+            await_end: false,
+            waited: false,
+            busy: kind == SpanKind::Client && self.classify.serving(h.pid),
+            end_lost: false,
             decide_at: None,
             waiting_mirror: false,
             matched: false,
@@ -559,14 +626,24 @@ impl<G: IdGen> Correlator<G> {
                 end: None,
             };
             let hold = self.cfg.retention_ns;
+            let overlap = self.threads.overlaps_ended(h.pid, h.tid, h.start);
+            self.classify
+                .server_read(h.pid, overlap, self.clock, &mut self.counters);
             if !self.threads.insert(h.pid, h.tid, entry, self.clock, hold) {
                 self.counters.thread_index_overflow += 1;
             }
+            let spans = &self.spans;
             for &rid in rec.request_ids.as_slice() {
-                let spans = &self.spans;
                 self.rid_servers
                     .insert(rid, key, |k| spans.contains_key(&k));
             }
+            self.fwd_servers
+                .insert(forward_key(h.pid, rec.fingerprint), key, |k| {
+                    spans.contains_key(&k)
+                });
+        } else {
+            self.classify
+                .call_written(h.pid, h.tid, h.conn, key, h.start, &mut self.counters);
         }
         self.text_bytes += rec.texts.heap_bytes();
         self.spans.insert(key, rec);
@@ -635,7 +712,46 @@ impl<G: IdGen> Correlator<G> {
         let before = rec.texts.heap_bytes();
         rec.status = response_status(rec.kind, rec.grpc, resp, &mut rec.texts);
         self.text_bytes = self.text_bytes + rec.texts.heap_bytes() - before;
+        let (kind, pid, tid) = (rec.kind, rec.pid, rec.tid);
+        match kind {
+            SpanKind::Server => {
+                self.classify
+                    .server_answered(pid, tid, h.tid, h.end, &mut self.counters);
+                self.response_ids(key, resp);
+            }
+            SpanKind::Client => {
+                self.classify
+                    .call_answered(pid, tid, key, h.end, h.tid, &mut self.counters);
+            }
+        }
         self.complete(key, h.end);
+    }
+
+    /// Request ids a server span's response returns are ids of that request
+    /// too (a proxy that generates one sends it upstream and echoes it
+    /// downstream): rule 5 finds the request by them.
+    fn response_ids(&mut self, key: SpanKey, resp: &Response<'_>) {
+        if resp.headers.is_empty() || self.cfg.request_id_headers.is_empty() {
+            return;
+        }
+        let ids = request_ids(
+            &resp.headers,
+            &self.cfg.request_id_headers,
+            &self.rid_hasher,
+            &mut self.counters,
+        );
+        if ids.as_slice().is_empty() {
+            return;
+        }
+        let Some(rec) = self.spans.get_mut(&key) else {
+            return;
+        };
+        self.counters.request_ids_ignored += rec.request_ids.extend(&ids);
+        let spans = &self.spans;
+        for &rid in ids.as_slice() {
+            self.rid_servers
+                .insert(rid, key, |k| spans.contains_key(&k));
+        }
     }
 
     pub(crate) fn fresh_span_id(&mut self) -> SpanId {

@@ -174,17 +174,24 @@ impl ThreadIndex {
         clean
     }
 
-    /// The span that started at `start` ended at `end`.
-    pub fn set_end(&mut self, pid: Pid, tid: Tid, key: SpanKey, start: u64, end: u64) {
-        if let Some(t) = self.threads.get_mut(&(pid, tid)) {
-            if let Ok(i) = t.position(start, key) {
-                if t.entries[i].end.is_none() {
-                    t.open.retain(|o| o.1 != key);
-                }
-                t.entries[i].end = Some(end);
-                t.longest = t.longest.max(end.saturating_sub(start));
-            }
+    /// The span that started at `start` ended at `end`. Returns whether
+    /// another span of the thread started while it was in progress.
+    pub fn set_end(&mut self, pid: Pid, tid: Tid, key: SpanKey, start: u64, end: u64) -> bool {
+        let Some(t) = self.threads.get_mut(&(pid, tid)) else {
+            return false;
+        };
+        let Ok(i) = t.position(start, key) else {
+            return false;
+        };
+        if t.entries[i].end.is_none() {
+            t.open.retain(|o| o.1 != key);
         }
+        t.entries[i].end = Some(end);
+        t.longest = t.longest.max(end.saturating_sub(start));
+        // Sorted by start: the neighbours tell.
+        let next = t.entries.get(i + 1).is_some_and(|e| e.start < end);
+        let same = i > 0 && t.entries[i - 1].start == start;
+        next || same
     }
 
     fn lossy(&self, t: Option<&ThreadSpans>, at: u64) -> bool {
@@ -207,6 +214,25 @@ impl ThreadIndex {
             }
         }
         q
+    }
+
+    /// Whether a server span read on `pid`/`tid` at `t` started while
+    /// another one there, already ended, was in progress. (One whose end
+    /// is not known yet is judged by [`Self::set_end`]: its response may
+    /// only be late.)
+    pub fn overlaps_ended(&self, pid: Pid, tid: Tid, t: u64) -> bool {
+        self.threads
+            .get(&(pid, tid))
+            .is_some_and(|s| s.covering(t, false).any(|e| e.end.is_some()))
+    }
+
+    /// Whether `pid`/`tid` read a server request before `t` (that is still
+    /// remembered): the thread serves.
+    pub fn served_before(&self, pid: Pid, tid: Tid, t: u64) -> bool {
+        self.threads
+            .get(&(pid, tid))
+            .and_then(|s| s.entries.front())
+            .is_some_and(|e| e.start < t)
     }
 
     /// Calls `f` with each server span of `pid`/`tid` in progress at `t`

@@ -42,23 +42,39 @@
 //!   span with the same `seq`, method and target but translated addresses
 //!   (Kubernetes service DNAT keeps sequence numbers) is accepted when it is
 //!   the only one.
-//! - **Rule 4, inside a process.** A client span whose request was written on
-//!   thread T at time t is the child of the server span in progress on T at
-//!   t (request read on T before t, response not yet written), when exactly
-//!   one is. With several (event loops), a shared request id or a matching
-//!   propagated trace id must single one out; otherwise the span gets no
-//!   span parent and `ambiguous_parent` is counted. The decision waits the
-//!   reorder window so that server spans reported late are seen.
+//! - **Rule 4, inside a process.** A client span (a call) is the child of
+//!   the server span (a request) of its process that caused it, when the
+//!   evidence proves which one did; "one request in flight" is no proof
+//!   (timers, pollers and health checks call out too). The evidence, each
+//!   item looking only at requests of the same process that were in flight
+//!   when the call was written and answered no earlier than the call (the
+//!   call *nests* in the request's time):
+//!   - *the thread*: the one request in progress on the call's thread,
+//!     where the process is known to serve one request per thread
+//!     (`classify`: a pool that answered requests on the threads that read
+//!     them, with no sign of multiplexing or hand-off);
+//!   - *request ids*: the one request that carried one of the call's
+//!     request-id values ([`Config::request_id_headers`]), or returned it
+//!     in its response (a proxy that generates the id sends it upstream and
+//!     echoes it downstream);
+//!   - *forwarding*: the one request the call repeats (method, full target
+//!     and declared body length; `Host` is not compared: proxies rewrite
+//!     it);
+//!   - *propagated context*: the one request in progress on the thread whose
+//!     incoming trace id the call carries.
+//!
+//!   A rule with several candidates says nothing; rules naming different
+//!   requests make no link (`evidence_conflict`). The decision waits the
+//!   reorder window, and longer when it needs the call's end (to judge
+//!   nesting) or an inbound response that may return the call's id (one
+//!   window after the call's end, counted). Every refusal and every root is
+//!   counted by reason ([`Counters`]).
 //! - **Rule 5, propagated context.** A valid W3C `traceparent` (with
 //!   `tracestate`) or B3 (`b3`, `X-B3-*`; 64-bit trace ids left-padded)
 //!   puts the request's spans in that trace: when rules 3/4 found no parent,
 //!   the header's span id is the parent; when they found one in another
 //!   trace, the header wins (`context_conflict`). Invalid headers are
-//!   counted and ignored. Request-id headers ([`Config::request_id_headers`],
-//!   default `x-request-id`) single out the server span among several on an
-//!   event loop, and link a client span to the one in-progress server span of
-//!   its process that shares the value when its thread has none (work handed
-//!   to another thread).
+//!   counted and ignored.
 //!
 //! *Trace ids.* A span's trace is its parent's; a root gets a fresh one, or
 //! the header's. Parents can be settled after their children exist, so a
@@ -127,6 +143,7 @@
 #![forbid(unsafe_code)]
 
 mod attributes;
+mod classify;
 mod config;
 mod correlator;
 mod index;

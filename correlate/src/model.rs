@@ -328,11 +328,17 @@ pub enum ParentSource {
     /// sequence number, method and target whose addresses differ (e.g. a
     /// Kubernetes service's DNAT).
     Nat,
-    /// Rule 4: the only server span in progress on the thread.
+    /// Rule 4: the only server span in progress on the thread, in a
+    /// process known to serve one request per thread.
     Thread,
-    /// Rule 5: a server span in progress in the same process sharing a
-    /// request-id header value.
+    /// Rule 5: the one server span in flight in the same process sharing a
+    /// request-id header value (carried by its request, or returned in its
+    /// response).
     RequestId,
+    /// Rule 4 in a proxy: the one request in flight in the same process
+    /// that the outgoing request repeats (same method, target and body
+    /// length).
+    Forwarded,
     /// Rule 4 disambiguated by rule 5: the server span in progress on the
     /// thread whose incoming trace context has the same trace id.
     ThreadContext,

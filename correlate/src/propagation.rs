@@ -304,8 +304,25 @@ impl RequestIds {
     }
 
     /// Whether the two share a key.
+    #[cfg(test)]
     pub fn shares(&self, other: &RequestIds) -> bool {
         self.as_slice().iter().any(|x| other.as_slice().contains(x))
+    }
+
+    /// Whether `k` is one of the keys.
+    pub fn contains(&self, k: u64) -> bool {
+        self.as_slice().contains(&k)
+    }
+
+    /// Adds `other`'s keys; returns how many did not fit.
+    pub fn extend(&mut self, other: &RequestIds) -> u64 {
+        let mut lost = 0;
+        for &k in other.as_slice() {
+            if !self.push(k) {
+                lost += 1;
+            }
+        }
+        lost
     }
 
     /// Adds a key unless present; false when full.

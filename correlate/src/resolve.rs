@@ -1,8 +1,10 @@
 //! Parent decisions (rules 3, 4 and 5), trace-context propagation down the
 //! span tree, emission, and the bounds on held spans.
 
+use crate::attributes::same_body;
+use crate::classify::Mode;
 use crate::config::IdGen;
-use crate::correlator::{Correlator, Parent, SpanRec, Timer, TraceCtx};
+use crate::correlator::{forward_key, Correlator, Parent, RootReason, SpanRec, Timer, TraceCtx};
 use crate::index::SpanKey;
 use crate::model::{ParentSource, Span, SpanKind, Status};
 
@@ -23,11 +25,70 @@ impl One {
             _ => One::Several,
         };
     }
+}
 
-    fn only(self) -> Option<SpanKey> {
-        match self {
-            One::Only(k) => Some(k),
-            _ => None,
+/// Whether a client call nests in a server request's time.
+enum Nest {
+    /// The request was in flight when the call started and was answered
+    /// after the call's response (or not yet).
+    Yes,
+    /// Not in flight when the call started: not a candidate at all.
+    Outside,
+    /// In flight at the call's start, but answered before the call was.
+    Outlived,
+    /// The call is still outstanding: judged when it ends.
+    Unknown,
+}
+
+/// The client call being decided.
+struct Call {
+    start: u64,
+    end: Option<u64>,
+    end_lost: bool,
+    force: bool,
+}
+
+impl Call {
+    fn nests_in(&self, s: &SpanRec) -> Nest {
+        let in_flight = s.start < self.start && s.end.is_none_or(|e| self.start < e);
+        if !in_flight {
+            return Nest::Outside;
+        }
+        if self.end_lost {
+            return Nest::Yes;
+        }
+        match (self.end, s.end) {
+            (Some(ce), Some(se)) if ce <= se => Nest::Yes,
+            (Some(_), Some(_)) => Nest::Outlived,
+            (Some(_), None) => Nest::Yes,
+            // The call's response may be late, or lost with the capture's
+            // data: judged when the call ends.
+            (None, _) if !self.force => Nest::Unknown,
+            (None, _) => Nest::Outlived,
+        }
+    }
+}
+
+/// What one rule found for a client span.
+#[derive(Default)]
+struct Evidence {
+    one: One,
+    /// A candidate's nesting cannot be judged before the call ends.
+    unknown: bool,
+    /// A candidate was refused because the call outlived it.
+    refused: bool,
+}
+
+impl Evidence {
+    fn consider(&mut self, k: SpanKey, n: Nest) {
+        match n {
+            Nest::Yes => self.one.add(k),
+            Nest::Unknown => {
+                self.unknown = true;
+                self.one.add(k);
+            }
+            Nest::Outlived => self.refused = true,
+            Nest::Outside => {}
         }
     }
 }
@@ -63,10 +124,6 @@ fn nat_pair(c: &SpanRec, s: &SpanRec, window: u64) -> bool {
         && !mirrored(c, s)
 }
 
-fn shares_request_id(a: &SpanRec, b: &SpanRec) -> bool {
-    a.request_ids.shares(&b.request_ids)
-}
-
 impl<G: IdGen> Correlator<G> {
     fn parent_ref(&self, key: SpanKey) -> Option<Parent> {
         self.spans.get(&key).map(|r| Parent::Span(key, r.span_id))
@@ -94,7 +151,7 @@ impl<G: IdGen> Correlator<G> {
             return;
         };
         let Some((_, remote)) = s.addrs else {
-            self.decide(key);
+            self.decide(key, false);
             return;
         };
         let window = self.cfg.window_ns;
@@ -135,7 +192,7 @@ impl<G: IdGen> Correlator<G> {
                 .insert(seq, key, |k| spans.contains_key(&k));
             self.schedule_decision(key);
         } else {
-            self.decide(key);
+            self.decide(key, false);
         }
     }
 
@@ -220,8 +277,9 @@ impl<G: IdGen> Correlator<G> {
     }
 
     /// Settle the parent of a span that is still undecided, with the
-    /// evidence at hand.
-    pub(crate) fn decide(&mut self, key: SpanKey) {
+    /// evidence at hand. A client span's decision may wait for its end or
+    /// for an inbound response, unless `force` (flush, memory bound).
+    pub(crate) fn decide(&mut self, key: SpanKey, force: bool) {
         self.cancel_decision(key);
         let Some(rec) = self.spans.get(&key) else {
             return;
@@ -229,91 +287,204 @@ impl<G: IdGen> Correlator<G> {
         if rec.parent != Parent::Undecided {
             return;
         }
-        let (parent, source) = match rec.kind {
+        let decision = match rec.kind {
             SpanKind::Server => {
-                if rec.waiting_mirror {
+                let reason = if rec.waiting_mirror {
                     self.counters.mirror_expired += 1;
-                }
-                header_or_root(rec)
+                    RootReason::NoClientSpan
+                } else {
+                    RootReason::Entry
+                };
+                let (parent, source) = header_or_root(rec);
+                Some((parent, source, reason))
             }
-            SpanKind::Client => self.decide_client(key),
+            SpanKind::Client => self.decide_client(key, force),
+        };
+        let Some((parent, source, reason)) = decision else {
+            return; // waits for more evidence
         };
         if let Some(r) = self.spans.get_mut(&key) {
             r.parent = parent;
             r.source = source;
+            r.root_reason = reason;
             r.waiting_mirror = false;
+            r.await_end = false;
         }
         self.resolve(key);
     }
 
-    /// Rules 4 and 5 for a client span: the server span in progress on its
-    /// thread when it is the only one, or the one a request id or the
-    /// propagated trace id singles out; else the header's span or none.
-    /// Never a guess: several candidates and no evidence is counted.
-    fn decide_client(&mut self, key: SpanKey) -> (Parent, ParentSource) {
+    /// Rules 4 and 5 for a client span (see `Evidence`): its parent, or
+    /// `None` when the decision must wait (for the call's end, or a window
+    /// for an inbound response to return its request id).
+    fn decide_client(
+        &mut self,
+        key: SpanKey,
+        force: bool,
+    ) -> Option<(Parent, ParentSource, RootReason)> {
         let Some(c) = self.spans.get(&key) else {
-            return (Parent::Root, ParentSource::Root);
+            return Some((Parent::Root, ParentSource::Root, RootReason::Lost));
         };
-        let fallback = header_or_root(c);
+        let call = Call {
+            start: c.start,
+            // A call whose data the capture lost may well have nested: only
+            // its start is judged.
+            end: if c.end_lost { None } else { c.end },
+            end_lost: c.end_lost,
+            force,
+        };
         let (pid, tid, t) = (c.pid, c.tid, c.start);
-        let q = self.threads.in_progress(pid, tid, t);
-        if q.count == 1 && !q.lossy {
-            return match q.first.and_then(|k| self.parent_ref(k)) {
-                Some(p) => (p, ParentSource::Thread),
-                None => fallback, // the only candidate is forgotten
-            };
-        }
-        if q.count > 0 {
-            let trace = c.header.as_ref().map(|h| h.trace_id);
-            let (mut by_rid, mut by_trace) = (One::default(), One::default());
-            self.threads.each_in_progress(pid, tid, t, |k| {
-                let Some(s) = self.spans.get(&k) else {
-                    return;
-                };
-                if shares_request_id(s, c) {
-                    by_rid.add(k);
+        let (rids, fingerprint, body) = (c.request_ids, c.fingerprint, c.body);
+        let trace = c.header.as_ref().map(|h| h.trace_id);
+        let (busy, waited) = (c.busy, c.waited);
+        let (fallback, fallback_source) = header_or_root(c);
+
+        // Rule 5: a request in flight in the process that carried one of
+        // the call's request ids, or returned it in its response.
+        let mut rid = Evidence::default();
+        for &id in rids.as_slice() {
+            for &sk in self.rid_servers.get(&id) {
+                if let Some(s) = self.spans.get(&sk) {
+                    if s.kind == SpanKind::Server && s.pid == pid && s.request_ids.contains(id) {
+                        rid.consider(sk, call.nests_in(s));
+                    }
                 }
-                if trace.is_some() && s.header.as_ref().map(|h| h.trace_id) == trace {
-                    by_trace.add(k);
-                }
-            });
-            if let Some(p) = by_rid.only().and_then(|k| self.parent_ref(k)) {
-                return (p, ParentSource::RequestId);
             }
-            if let Some(p) = by_trace.only().and_then(|k| self.parent_ref(k)) {
-                return (p, ParentSource::ThreadContext);
-            }
-            self.counters.ambiguous_parent += 1;
-            return fallback;
         }
-        // Nothing visible on the thread: a server span of the same process
-        // (any thread) in progress and sharing a request id.
-        let mut found = One::default();
-        for rid in c.request_ids.as_slice() {
-            for &sk in self.rid_servers.get(rid) {
-                let Some(s) = self.spans.get(&sk) else {
-                    continue;
-                };
-                let in_progress = s.start < t && s.end.is_none_or(|e| t < e);
+        // Forwarding: a request in flight in the process that the call
+        // repeats (method, target, body length).
+        let mut fwd = Evidence::default();
+        for &sk in self.fwd_servers.get(&forward_key(pid, fingerprint)) {
+            if let Some(s) = self.spans.get(&sk) {
                 if s.kind == SpanKind::Server
                     && s.pid == pid
-                    && in_progress
-                    && shares_request_id(s, c)
+                    && s.fingerprint == fingerprint
+                    && same_body(s.body, body)
                 {
-                    found.add(sk);
+                    fwd.consider(sk, call.nests_in(s));
                 }
             }
         }
-        match found {
-            One::None => fallback,
-            One::Only(k) => self
-                .parent_ref(k)
-                .map_or(fallback, |p| (p, ParentSource::RequestId)),
-            One::Several => {
-                self.counters.ambiguous_parent += 1;
-                fallback
+        // Rule 4: the request in progress on the thread, where the process
+        // serves one request per thread; and, whatever the process, the
+        // request in progress on the thread whose propagated trace the call
+        // carries.
+        let q = self.threads.in_progress(pid, tid, t);
+        let mut thread = Evidence::default();
+        let mut refused = None;
+        if q.count == 1 && !q.lossy {
+            if let Some(sk) = q.first {
+                match self.classify.mode(pid) {
+                    Mode::ThreadPerRequest => {
+                        if let Some(s) = self.spans.get(&sk) {
+                            thread.consider(sk, call.nests_in(s));
+                        }
+                    }
+                    mode => refused = Some(mode),
+                }
             }
         }
+        let mut ctx = Evidence::default();
+        if let (Some(trace), true) = (trace, q.count > 0) {
+            self.threads.each_in_progress(pid, tid, t, |sk| {
+                if let Some(s) = self.spans.get(&sk) {
+                    if s.header.as_ref().map(|h| h.trace_id) == Some(trace) {
+                        ctx.consider(sk, call.nests_in(s));
+                    }
+                }
+            });
+        }
+        let background = q.count == 0 && self.threads.served_before(pid, tid, t);
+
+        let all = [
+            (&rid, ParentSource::RequestId),
+            (&ctx, ParentSource::ThreadContext),
+            (&fwd, ParentSource::Forwarded),
+            (&thread, ParentSource::Thread),
+        ];
+        let pending = all.iter().any(|(e, _)| e.unknown);
+        let mut chosen: Option<(SpanKey, ParentSource)> = None;
+        let mut conflict = false;
+        for (e, source) in all {
+            if let One::Only(k) = e.one {
+                match chosen {
+                    None => chosen = Some((k, source)),
+                    Some((c, _)) if c == k => {}
+                    Some(_) => conflict = true,
+                }
+            }
+        }
+        let id_may_come = !rids.as_slice().is_empty() && !waited && self.classify.serving(pid);
+        if !force {
+            if pending {
+                // Nesting is judged once the call has ended.
+                if let Some(r) = self.spans.get_mut(&key) {
+                    r.await_end = true;
+                }
+                return None;
+            }
+            if chosen.is_none() && id_may_come {
+                // A request in flight may still return the call's id in its
+                // response, which comes after the call's own.
+                if let Some(r) = self.spans.get_mut(&key) {
+                    if r.end.is_none() {
+                        r.await_end = true;
+                    } else {
+                        r.waited = true;
+                        self.counters.response_id_waits += 1;
+                        self.schedule_decision(key);
+                    }
+                }
+                return None;
+            }
+        } else if pending || (chosen.is_none() && id_may_come) {
+            self.counters.decisions_cut += 1;
+        }
+
+        // Final: count what the rules said.
+        let k = &mut self.counters;
+        if background {
+            self.classify.background_call(pid, t, k);
+        }
+        match refused {
+            Some(Mode::Unproven) => k.thread_refused_unproven += 1,
+            Some(Mode::Multiplexing) => k.thread_refused_multiplexing += 1,
+            Some(Mode::HandOff) => k.thread_refused_handoff += 1,
+            Some(Mode::ThreadPerRequest) | None => {}
+        }
+        if all.iter().any(|(e, _)| e.refused) {
+            k.not_nested += 1;
+        }
+        if rid.one == One::Several {
+            k.request_id_ambiguous += 1;
+        }
+        if fwd.one == One::Several {
+            k.forward_ambiguous += 1;
+        }
+        if waited && chosen.is_none() {
+            k.response_id_wait_expired += 1;
+        }
+        if conflict {
+            k.evidence_conflict += 1;
+            k.ambiguous_parent += 1;
+            return Some((fallback, fallback_source, RootReason::Ambiguous));
+        }
+        if let Some((sk, source)) = chosen {
+            if let Some(p) = self.parent_ref(sk) {
+                return Some((p, source, RootReason::Lost));
+            }
+            return Some((fallback, fallback_source, RootReason::Lost));
+        }
+        if all.iter().any(|(e, _)| e.one == One::Several) || q.count > 1 {
+            k.ambiguous_parent += 1;
+            return Some((fallback, fallback_source, RootReason::Ambiguous));
+        }
+        let serving = busy || q.count > 0 || all.iter().any(|(e, _)| e.refused);
+        let reason = if serving {
+            RootReason::Unproven
+        } else {
+            RootReason::Idle
+        };
+        Some((fallback, fallback_source, reason))
     }
 
     /// Give `start` its trace context once its parent's is known, and pass
@@ -324,6 +495,7 @@ impl<G: IdGen> Correlator<G> {
             Header,
             Inherit(TraceCtx),
             Wait(SpanKey),
+            Orphan,
         }
         let mut work = std::mem::take(&mut self.work);
         work.clear();
@@ -356,14 +528,22 @@ impl<G: IdGen> Correlator<G> {
                         None => Next::Wait(p),
                     },
                     // The parent was forgotten before its trace was known.
-                    None => {
-                        if rec.header.is_some() {
-                            Next::Header
-                        } else {
-                            Next::Fresh
-                        }
-                    }
+                    None => Next::Orphan,
                 },
+            };
+            let next = match next {
+                Next::Orphan => {
+                    let Some(r) = self.spans.get_mut(&k) else {
+                        continue;
+                    };
+                    r.root_reason = RootReason::Lost;
+                    if r.header.is_some() {
+                        Next::Header
+                    } else {
+                        Next::Fresh
+                    }
+                }
+                next => next,
             };
             let ctx = match next {
                 Next::Wait(p) => {
@@ -375,7 +555,7 @@ impl<G: IdGen> Correlator<G> {
                     continue;
                 }
                 Next::Inherit(ctx) => ctx,
-                Next::Header => match rec.header.as_ref() {
+                Next::Header => match self.spans.get(&k).and_then(|r| r.header.as_ref()) {
                     Some(h) => {
                         let ctx = TraceCtx {
                             trace_id: h.trace_id,
@@ -390,7 +570,7 @@ impl<G: IdGen> Correlator<G> {
                     }
                     None => self.fresh_root(k),
                 },
-                Next::Fresh => self.fresh_root(k),
+                Next::Fresh | Next::Orphan => self.fresh_root(k),
             };
             let Some(r) = self.spans.get_mut(&k) else {
                 continue;
@@ -458,7 +638,17 @@ impl<G: IdGen> Correlator<G> {
         let c = &mut self.counters;
         c.spans_emitted += 1;
         match span.parent_source {
-            ParentSource::Root => c.roots += 1,
+            ParentSource::Root => {
+                c.roots += 1;
+                match r.root_reason {
+                    RootReason::Lost => c.roots_lost += 1,
+                    RootReason::Entry => c.roots_entry += 1,
+                    RootReason::NoClientSpan => c.roots_no_client_span += 1,
+                    RootReason::Idle => c.roots_idle += 1,
+                    RootReason::Unproven => c.roots_unproven += 1,
+                    RootReason::Ambiguous => c.roots_ambiguous += 1,
+                }
+            }
             ParentSource::Mirror => c.mirror_parent += 1,
             ParentSource::Nat => {
                 c.mirror_parent += 1;
@@ -466,6 +656,7 @@ impl<G: IdGen> Correlator<G> {
             }
             ParentSource::Thread => c.thread_parent += 1,
             ParentSource::RequestId => c.request_id_parent += 1,
+            ParentSource::Forwarded => c.forwarded_parent += 1,
             ParentSource::ThreadContext => c.thread_context_parent += 1,
             ParentSource::Header => c.header_parent += 1,
         }
@@ -495,7 +686,7 @@ impl<G: IdGen> Correlator<G> {
                 break;
             }
             match r.parent {
-                Parent::Undecided => self.decide(cur),
+                Parent::Undecided => self.decide(cur, true),
                 Parent::Span(p, _) => cur = p,
                 Parent::Root | Parent::Remote => {
                     self.resolve(cur);
@@ -510,6 +701,7 @@ impl<G: IdGen> Correlator<G> {
                 let (parent, source) = header_or_root(r);
                 r.parent = parent;
                 r.source = source;
+                r.root_reason = RootReason::Lost;
             }
             self.resolve(key);
         }
@@ -587,5 +779,11 @@ impl<G: IdGen> Correlator<G> {
         self.seq_clients.prune(|k| spans.contains_key(&k));
         self.seq_servers.prune(|k| spans.contains_key(&k));
         self.rid_servers.prune(|k| spans.contains_key(&k));
+        self.fwd_servers.prune(|k| spans.contains_key(&k));
+        let memory = self.cfg.classify_memory_ns;
+        self.classify.prune(
+            self.clock.saturating_sub(keep),
+            self.clock.saturating_sub(memory),
+        );
     }
 }

@@ -69,6 +69,26 @@ fn outgoing(
     ]
 }
 
+/// P answers 8 requests from elsewhere on two other threads, each on the
+/// thread that read it, in the first half millisecond: the correlator then
+/// knows P serves one request per thread (rule 4 applies to it).
+fn pool() -> Vec<Ev> {
+    let mut evs = Vec::new();
+    for k in 0..8u64 {
+        let t = 10 * US + k * 50 * US;
+        let tid = 60 + (k % 2) as u32;
+        evs.extend(incoming(
+            100 + k,
+            tid,
+            t,
+            t + 20 * US,
+            &format!("/warm/{k}"),
+            &[],
+        ));
+    }
+    evs
+}
+
 fn sorted(mut evs: Vec<Ev>) -> Vec<Ev> {
     evs.sort_by_key(Ev::time);
     evs
@@ -112,6 +132,7 @@ fn propagated_trace_flows_to_children_with_tracestate_and_flags() {
         "/in",
         &[("traceparent", tp), ("tracestate", "a=b")],
     );
+    evs.extend(pool());
     evs.extend(outgoing(2, T1, 2 * MS, 3 * MS, "/out", &[]));
     let out = run(&sorted(evs), Config::default());
     out.assert_parent(&client("/out"), &server("/in"));
@@ -237,8 +258,63 @@ fn invalid_headers_are_ignored_and_counted() {
 }
 
 #[test]
-fn client_span_on_the_server_thread_is_its_child() {
+fn one_request_in_flight_on_a_thread_is_no_proof() {
+    // Before this issue, rule 4 linked "/out" to "/in": the only request
+    // in progress on its thread. That is no proof where the thread may be
+    // an event loop (a timer's call looks the same): P has shown nothing
+    // of how it serves, so the call is a root, and the refusal counted.
     let mut evs = incoming(1, T1, MS, 5 * MS, "/in", &[]);
+    evs.extend(outgoing(2, T1, 2 * MS, 3 * MS, "/out", &[]));
+    let out = run(&sorted(evs), Config::default());
+    let c = out.get(&client("/out"));
+    assert_eq!(c.parent_span_id, None);
+    assert_eq!(out.counters.thread_refused_unproven, 1);
+    assert_eq!(out.counters.roots_unproven, 1);
+    assert_eq!(out.counters.ambiguous_parent, 0);
+}
+
+#[test]
+fn a_call_that_outlives_the_request_is_not_its_child() {
+    // On the request's own thread: answering while a call is outstanding
+    // shows the thread does not block in its calls.
+    let mut evs = pool();
+    evs.extend(incoming(1, T1, MS, 3 * MS, "/in", &[]));
+    evs.extend(outgoing(2, T1, 2 * MS, 4 * MS, "/out", &[]));
+    let out = run(&sorted(evs), Config::default());
+    assert_eq!(out.get(&client("/out")).parent_span_id, None);
+    assert_eq!(out.counters.thread_refused_multiplexing, 1);
+    // Through a request id, from another thread: the id matches, the time
+    // does not.
+    let rid = [("x-request-id", "r1")];
+    let mut evs = incoming(1, T1, MS, 3 * MS, "/in", &rid);
+    evs.extend(outgoing(2, T2, 2 * MS, 4 * MS, "/out", &rid));
+    let out = run(&sorted(evs), Config::default());
+    assert_eq!(out.get(&client("/out")).parent_span_id, None);
+    assert_eq!(out.counters.not_nested, 1);
+}
+
+#[test]
+fn a_long_call_waits_for_its_end_to_be_judged() {
+    // The call lasts longer than the window: whether it nests is known
+    // only when its response comes.
+    for (call_end, linked) in [(4 * W, true), (6 * W, false)] {
+        let mut evs = pool();
+        evs.extend(incoming(1, T1, MS, 5 * W, "/in", &[]));
+        evs.extend(outgoing(2, T1, 2 * MS, call_end, "/out", &[]));
+        let out = run(&sorted(evs), Config::default());
+        let c = out.get(&client("/out"));
+        assert_eq!(
+            c.parent_span_id.is_some(),
+            linked,
+            "call ending at {call_end}"
+        );
+    }
+}
+
+#[test]
+fn client_span_on_the_server_thread_of_a_pool_is_its_child() {
+    let mut evs = pool();
+    evs.extend(incoming(1, T1, MS, 5 * MS, "/in", &[]));
     evs.extend(outgoing(2, T1, 2 * MS, 3 * MS, "/out", &[]));
     // A call on another thread with no server span is not a child.
     evs.extend(outgoing(3, T2, 2 * MS, 3 * MS, "/other", &[]));
@@ -251,6 +327,10 @@ fn client_span_on_the_server_thread_is_its_child() {
         assert_eq!(out.get(&client(p)).parent_span_id, None, "{p}");
     }
     assert_eq!(out.counters.ambiguous_parent, 0);
+    // "/after" is a call outside any request on a thread that serves:
+    // P runs work not driven by requests there, so from then on rule 4
+    // no longer trusts it.
+    assert_eq!(out.counters.processes_multiplexing, 1);
 }
 
 #[test]
@@ -435,7 +515,8 @@ fn request_id_of_another_process_is_not_a_thread_parent() {
 fn header_trace_disagreeing_with_the_thread_parent_wins() {
     // The server span has no context (new trace); the app's SDK sends its
     // own traceparent on the outgoing call: that trace wins.
-    let mut evs = incoming(1, T1, MS, 5 * MS, "/in", &[]);
+    let mut evs = pool();
+    evs.extend(incoming(1, T1, MS, 5 * MS, "/in", &[]));
     evs.extend(outgoing(
         2,
         T1,
@@ -663,4 +744,105 @@ fn b3_trace_ids_single_out_the_server_span_on_an_event_loop() {
     let c = out.get(&client("/up-b"));
     assert_eq!(c.parent_source, ParentSource::ThreadContext);
     assert_eq!(c.trace_id.to_string(), "463ac35c9f6413ad48485a3953bb6124");
+}
+
+/// A request whose response returns `id` (a proxy's own request id, echoed
+/// downstream), read on `tid` at `t` and answered at `end`.
+fn incoming_echo(conn: u64, tid: u32, t: u64, end: u64, path: &str, id: &'static str) -> Vec<Ev> {
+    vec![
+        open(conn, "10.0.0.5:80", &format!("192.0.2.1:{}", 1000 + conn)),
+        m(
+            conn,
+            Side::Inbound,
+            P,
+            tid,
+            1,
+            t,
+            None,
+            rq("GET", path, &[]),
+        ),
+        m(
+            conn,
+            Side::Outbound,
+            P,
+            tid,
+            2,
+            end,
+            None,
+            rs(200, &[("x-request-id", id)]),
+        ),
+    ]
+}
+
+#[test]
+fn an_id_the_proxy_returns_in_its_response_links_the_hop() {
+    // An event loop with two identical requests in flight: forwarding
+    // cannot tell them apart, but each upstream request carries the id
+    // the proxy generated, which its response returns downstream.
+    let mut evs = incoming_echo(1, T1, MS, 5 * MS, "/same", "gen-a");
+    evs.extend(incoming_echo(2, T1, MS + 10 * US, 6 * MS, "/same", "gen-b"));
+    evs.extend(outgoing(
+        3,
+        T1,
+        2 * MS,
+        3 * MS,
+        "/same",
+        &[("x-request-id", "gen-b")],
+    ));
+    evs.extend(outgoing(
+        4,
+        T1,
+        2 * MS + US,
+        4 * MS,
+        "/same",
+        &[("x-request-id", "gen-a")],
+    ));
+    let out = run(&sorted(evs), Config::default());
+    let by_start = |t: u64, kind: SpanKind| {
+        out.spans
+            .iter()
+            .find(|s| s.start_ns == t && s.kind == kind)
+            .unwrap()
+    };
+    let (a, b) = (
+        by_start(MS, SpanKind::Server),
+        by_start(MS + 10 * US, SpanKind::Server),
+    );
+    let (cb, ca) = (
+        by_start(2 * MS, SpanKind::Client),
+        by_start(2 * MS + US, SpanKind::Client),
+    );
+    assert_eq!(cb.parent_span_id, Some(b.span_id));
+    assert_eq!(ca.parent_span_id, Some(a.span_id));
+    assert_eq!(ca.parent_source, ParentSource::RequestId);
+    assert_eq!(out.counters.forward_ambiguous, 2);
+    assert_eq!(
+        out.counters.response_id_waits, 0,
+        "the responses came in time"
+    );
+}
+
+#[test]
+fn a_decision_waits_a_window_for_a_response_that_may_return_the_id() {
+    // The proxy answers long after its call: the call's decision waits one
+    // more window for the response, and gives up after it (counted).
+    for (answer, linked) in [(W + W / 2, true), (3 * W, false)] {
+        let mut evs = incoming_echo(1, T1, MS, answer, "/in", "gen-a");
+        evs.extend(outgoing(
+            2,
+            T1,
+            2 * MS,
+            3 * MS,
+            "/up",
+            &[("x-request-id", "gen-a")],
+        ));
+        // The agent polls every few milliseconds: time passes between
+        // messages too.
+        evs.extend((1..100).map(|i| Ev::Close(ConnId(999), i * 5 * MS)));
+        let out = run(&sorted(evs), Config::default());
+        let c = out.get(&client("/up"));
+        assert_eq!(c.parent_span_id.is_some(), linked, "answered at {answer}");
+        assert_eq!(out.counters.response_id_waits, 1);
+        assert_eq!(out.counters.response_id_wait_expired, u64::from(!linked));
+    }
 }

@@ -45,7 +45,7 @@ proptest! {
         });
         let delays: Vec<u64> = (0..ch.events.len()).map(|i| delays[i % delays.len()]).collect();
         let out = run_delayed(&ch.events, Config::default(), &delays);
-        assert_chain(&out, &ch.hops, request_id || traceparent);
+        assert_chain(&out, &ch, true);
         prop_assert_eq!(out.counters.mirror_expired, 0);
         prop_assert_eq!(out.counters.late_mirror, 0);
     }
@@ -59,7 +59,7 @@ proptest! {
         let times: Vec<[u64; 12]> = (0..n).map(|i| times_from_gaps(i, starts[i], &gaps[i])).collect();
         let ch = chain(&ChainOpts { requests: n, request_id, traceparent, times: Some(times), ..ChainOpts::default() });
         let out = run(&ch.events, Config::default());
-        assert_chain(&out, &ch.hops, request_id || traceparent);
+        assert_chain(&out, &ch, true);
         // Sequential-enough requests (nothing else in flight on nginx)
         // link through the thread rule too: count what linked.
         let linked = ch.hops.iter().filter(|h| out.get(&h.c1).parent_span_id == Some(out.get(&h.s1).span_id)).count();

@@ -4,16 +4,21 @@ ThreadingHTTPServer: one thread per connection).
   chain_backend.py PORT [DOWNSTREAM_BASE_URL]
 
 Without a downstream it answers 200 (or the status given by `?status=NNN`)
-with a small body (or `?size=N` bytes; `?chunked=1` sends it chunked). With one, its handler first calls DOWNSTREAM_BASE_URL +
-the same path on a new connection, then answers with what it got.
-Prints "ready" once listening."""
+with a small body (or `?size=N` bytes; `?chunked=1` sends it chunked;
+`?sleep=MS` waits that long first). With one, its handler first calls
+DOWNSTREAM_BASE_URL + the same path on a new connection (prefixed with
+$DOWNSTREAM_PREFIX when set: then the call does not repeat the request),
+then answers with what it got. Prints "ready" once listening."""
 import http.client
+import os
 import sys
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 port = int(sys.argv[1])
 downstream = urllib.parse.urlsplit(sys.argv[2]) if len(sys.argv) > 2 else None
+prefix = os.environ.get("DOWNSTREAM_PREFIX", "")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -25,6 +30,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
         status = int(query.get("status", ["200"])[0])
+        if "sleep" in query:
+            time.sleep(int(query["sleep"][0]) / 1000)
         body = b"from %d: %s\n" % (port, self.path.encode())
         if downstream is not None:
             conn = http.client.HTTPConnection(downstream.hostname, downstream.port, timeout=10)
@@ -32,7 +39,7 @@ class Handler(BaseHTTPRequestHandler):
             for name in ("x-request-id",):
                 if self.headers.get(name):
                     headers[name] = self.headers[name]
-            conn.request("GET", self.path, headers=headers)
+            conn.request("GET", prefix + self.path, headers=headers)
             resp = conn.getresponse()
             body += resp.read()
             status = resp.status

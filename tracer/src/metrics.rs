@@ -149,9 +149,13 @@ pub trait Report {
     fn report(&self, out: &mut Vec<Metric>);
 }
 
-/// Lists a counters struct's fields (exhaustively) as counters of `$stage`.
+/// Lists a counters struct's fields (exhaustively) as counters of `$stage`,
+/// then what `$derived` adds (values computed from them).
 macro_rules! report_counters {
     ($ty:ty, $stage:expr, { $($field:ident: $show:ident, $help:literal;)* }) => {
+        report_counters!($ty, $stage, { $($field: $show, $help;)* }, |_c, _out| {});
+    };
+    ($ty:ty, $stage:expr, { $($field:ident: $show:ident, $help:literal;)* }, $derived:expr) => {
         impl Report for $ty {
             fn report(&self, out: &mut Vec<Metric>) {
                 let Self { $($field),* } = self;
@@ -164,6 +168,8 @@ macro_rules! report_counters {
                         *$field,
                     ));
                 )*
+                let derived: fn(&$ty, &mut Vec<Metric>) = $derived;
+                derived(self, out);
             }
         }
     };
@@ -247,18 +253,48 @@ report_counters!(correlate::Counters, Stage::Correlation, {
     nat_parent: Detail, "Of those, through address translation.";
     mirror_expired: Detail, "Server spans whose wait for a local client span expired.";
     late_mirror: Anomaly, "Client spans that arrived after their server span gave up.";
-    thread_parent: Headline, "Client spans parented by the server span on their thread.";
-    request_id_parent: Headline, "Client spans parented through a request id.";
+    thread_parent: Headline, "Client spans parented by the request in progress on their thread, in a process known to serve one request per thread.";
+    request_id_parent: Headline, "Client spans parented through a request id (carried by the inbound request, or returned in its response).";
+    forwarded_parent: Headline, "Client spans parented by the one inbound request in flight they repeat (same method, target and body length: proxies).";
     thread_context_parent: Detail, "Client spans parented through a propagated trace id.";
     header_parent: Headline, "Spans parented by a propagated header's span.";
     roots: Headline, "Spans made roots of a new trace.";
-    ambiguous_parent: Headline, "Client spans left without a parent: several candidates, no evidence.";
+    ambiguous_parent: Headline, "Client spans left without a parent: several candidates, or rules naming different parents.";
+    roots_entry: Headline, "Roots where a trace begins: server spans of requests from outside the host.";
+    roots_no_client_span: Headline, "Roots that are server spans whose local client span never came.";
+    roots_idle: Headline, "Roots that are client spans made while their process served nothing (background work, plain clients).";
+    roots_unproven: Headline, "Roots that are client spans made while their process served requests, with no evidence of which one caused them.";
+    roots_ambiguous: Headline, "Roots that are client spans with several candidate parents or conflicting evidence.";
+    roots_lost: Headline, "Roots whose parent was forgotten or whose chain was cut at a bound.";
+    thread_refused_unproven: Detail, "Rule 4 refused: the process is not (yet) known to serve one request per thread.";
+    thread_refused_multiplexing: Detail, "Rule 4 refused: the process multiplexes (two requests on a thread, traffic during a call, calls outside requests on a serving thread).";
+    thread_refused_handoff: Detail, "Rule 4 refused: the process moves requests or calls between threads (worker hand-off, M:N runtimes).";
+    not_nested: Detail, "Candidate parents refused because the call outlived the request.";
+    request_id_ambiguous: Detail, "Client spans whose request id was shared by several requests in flight in their process.";
+    forward_ambiguous: Detail, "Client spans repeating several inbound requests in flight (not linked by forwarding).";
+    evidence_conflict: Detail, "Client spans whose rules named different parents (not linked).";
+    response_id_waits: Detail, "Parent decisions that waited for an inbound response to return the call's request id.";
+    response_id_wait_expired: Detail, "Of those, the id did not come back in time.";
+    decisions_cut: Anomaly, "Parent decisions settled early (flush, memory bound) while waiting for evidence.";
+    processes_thread_per_request: Detail, "Processes found to serve one request per thread (rule 4 applies).";
+    processes_multiplexing: Detail, "Processes found to multiplex or hand off requests (rule 4 never applies).";
+    classify_overflow: Anomaly, "What was learnt about processes and threads, forgotten at its bound.";
     context_conflict: Detail, "Spans whose propagated trace disagreed with the rules (the header won).";
     invalid_traceparent: Detail, "Invalid traceparent headers ignored.";
     invalid_tracestate: Detail, "Invalid tracestate headers dropped.";
     invalid_b3: Detail, "Invalid B3 headers ignored.";
     request_ids_ignored: Detail, "Request-id values beyond the few a span keeps.";
     clock_anomaly: Anomaly, "Timestamps out of order (clamped or not linked).";
+}, |c, out| {
+    if let Some(share) = c.linked_share() {
+        out.push(Metric::gauge(
+            Stage::Correlation,
+            "linked_percent",
+            "Correlation accuracy: spans that got a parent, in percent of those that could have one (trace entry points and calls made while nothing was served left out).",
+            Show::Headline,
+            (share * 1000.0).round() / 10.0,
+        ));
+    }
 });
 
 report_counters!(crate::profile::ProfileCounters, Stage::Profiles, {

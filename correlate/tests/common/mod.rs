@@ -297,17 +297,26 @@ pub fn run(events: &[Ev], cfg: Config) -> Out {
 }
 
 /// Deliver event `i` at `time + delays[i]` (opens and closes undelayed),
-/// in delivery order, polling at each delivery time.
+/// in delivery order, polling at each delivery time. Messages of one
+/// connection keep their order (the stream layer delivers each
+/// connection's messages in order): one is delivered no earlier than the
+/// message before it on its connection.
 pub fn run_delayed(events: &[Ev], cfg: Config, delays: &[u64]) -> Out {
+    let mut last_on_conn: std::collections::HashMap<ConnId, u64> = Default::default();
     let mut order: Vec<(u64, usize)> = events
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let d = match e {
-                Ev::Msg(_) => delays.get(i).copied().unwrap_or(0),
-                _ => 0,
+            let at = match e {
+                Ev::Msg(m) => {
+                    let at = e.time() + delays.get(i).copied().unwrap_or(0);
+                    let last = last_on_conn.entry(m.conn).or_insert(0);
+                    *last = (*last).max(at);
+                    *last
+                }
+                _ => e.time(),
             };
-            (e.time() + d, i)
+            (at, i)
         })
         .collect();
     order.sort();

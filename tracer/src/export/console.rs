@@ -414,6 +414,7 @@ fn parent_source_str(p: ParentSource) -> &'static str {
         ParentSource::Nat => "nat",
         ParentSource::Thread => "thread",
         ParentSource::RequestId => "request_id",
+        ParentSource::Forwarded => "forwarded",
         ParentSource::ThreadContext => "thread_context",
         ParentSource::Header => "header",
     }
