@@ -63,6 +63,9 @@ fn main() -> Result<()> {
         .env("PATH", path)
         .env("RUSTC", BPF_RUSTC)
         .env("RUSTC_BOOTSTRAP", "1")
+        // BTF in the object: BTF-defined maps (socket storage) need it, and
+        // the verifier's messages then name source lines.
+        .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
         .args([
             "build",
             "--release",
