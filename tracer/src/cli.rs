@@ -91,9 +91,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = SNAP_LEN_DEFAULT)]
     pub snap_len: u32,
 
-    /// Size of the kernel ring buffer in bytes (a power of two, at least
-    /// 4096). Bigger absorbs longer bursts before records are dropped.
-    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    /// Capture buffer of each CPU in bytes (its "lane": calls and packets
+    /// of that CPU; rounded up to a power of two of 256 KiB). Bigger
+    /// absorbs longer bursts or stalls of the agent before records are
+    /// dropped (counted). Mapped into the agent once: it counts in its RSS.
+    #[arg(long, value_name = "BYTES", default_value_t = 2 << 20)]
     pub ring_buffer_size: u32,
 
     /// Bytes each CPU writes to the ring buffer before it wakes the agent;

@@ -13,7 +13,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use protocols::stream::{Chunk, OpMeta, StreamCounters, StreamLimits, StreamReassembler};
 use tracer_common::{
-    ConnState, Dir, SegmentHeader, SockOp, AF_INET, AF_INET6, SEG_LOOPBACK, TCP_FIN,
+    ConnState, Dir, SegmentHeader, SockOp, SockTotals, AF_INET, AF_INET6, SEG_LOOPBACK, TCP_FIN,
 };
 
 /// (local, remote) of a socket.
@@ -125,6 +125,14 @@ pub struct ConnCounters {
     /// Parked loopback packets dropped: no receiving socket showed up in
     /// time, or the parking space was full.
     pub loopback_parked_dropped: u64,
+    /// Send/receive calls the kernel did not report (silenced sockets),
+    /// from the sockets' totals at close.
+    pub silenced_calls: u64,
+    /// Bytes those calls moved.
+    pub silenced_bytes: u64,
+    /// Payload bytes the kernel did not copy (silenced sockets, skipped
+    /// bodies), from the sockets' totals at close.
+    pub uncopied_bytes: u64,
 }
 
 /// A loopback packet waiting for its receiving socket to be known.
@@ -373,6 +381,15 @@ impl Conns {
                 self.mirror_loopback(hdr, l, r, data, sink);
             }
         }
+    }
+
+    /// What the kernel counted for a socket instead of reporting it in
+    /// detail (at the socket's close).
+    pub fn on_totals(&mut self, t: &SockTotals) {
+        let c = &mut self.counters;
+        c.silenced_calls += t.silenced_calls.iter().sum::<u64>();
+        c.silenced_bytes += t.silenced_bytes.iter().sum::<u64>();
+        c.uncopied_bytes += t.uncopied_bytes.iter().sum::<u64>();
     }
 
     /// A TCP state change.

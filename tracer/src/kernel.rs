@@ -1,6 +1,13 @@
 //! The one seam around the kernel: load the programs, attach them, hand out
-//! the ring buffer, read the drop counters. Dropping [`Kernel`] detaches
-//! everything (aya owns the links).
+//! the record reader ([`Events`]), read the drop counters. Dropping
+//! [`Kernel`] detaches everything (aya owns the links).
+//!
+//! Memory the kernel shares with the agent (all of it counts in the agent's
+//! RSS once touched): the primary lanes (`ring_bytes` per CPU, rounded up
+//! to a power of two of 256 KiB chunks, mapped once), the nested lanes
+//! (2 × 64 KiB per CPU), and two BPF ring buffers, which the kernel maps
+//! twice (their data pages appear at two addresses): connection records
+//! ([`CONNS_RING_BYTES`]) and CPU samples (see [`samples_ring_bytes`]).
 use std::{fs::File, path::Path};
 
 use aya::{
@@ -14,11 +21,42 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{
-    globals, DropReason, MAP_DROPS, MAP_EVENTS, MAP_SAMPLE_SCRATCH, MAX_SNAP_LEN, MAX_STACK_COPY,
-    PROG_PROFILE,
+    globals, DropReason, KernelStat, LANE_CHUNK, MAP_CONNS, MAP_DROPS, MAP_EVENTS, MAP_LANES,
+    MAP_LANE_CTL, MAP_NESTED, MAP_SAMPLE_SCRATCH, MAP_STATS, MAX_SNAP_LEN, MAX_STACK_COPY,
+    NESTED_PER_CPU, PROG_PROFILE,
 };
 
-use crate::btf::{Btf, BtfError};
+use crate::{
+    btf::{Btf, BtfError},
+    lanes::{Events, LaneLayout},
+};
+
+/// Size of the ring buffer of connection records. A record is 72 bytes
+/// with its header; a storm of 15,000 new connections a second writes
+/// about 10 MB/s there, which 1 MiB holds for ~90 ms while the reader is
+/// woken every 16 KiB written per CPU.
+pub const CONNS_RING_BYTES: u32 = 1 << 20;
+
+/// Size of the ring buffer of CPU samples: room for about four samples of
+/// every CPU (a sample is at most ~37 KiB, 99 a second per CPU, drained
+/// every 10 ms); 64 KiB (wake-ups only) when profiling is off.
+pub fn samples_ring_bytes(cpus: u32, profiling: bool) -> u32 {
+    if !profiling {
+        return 64 << 10;
+    }
+    (cpus.max(1) * (128 << 10))
+        .next_power_of_two()
+        .max(256 << 10)
+}
+
+/// Chunks per primary lane for a requested lane size: a power of two, at
+/// least one.
+pub fn lane_chunks(ring_bytes: u32) -> u32 {
+    (ring_bytes as usize)
+        .div_ceil(LANE_CHUNK)
+        .max(1)
+        .next_power_of_two() as u32
+}
 
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
 
@@ -61,6 +99,9 @@ pub enum KernelError {
         /// The error of the first CPU that failed.
         source: ProgramError,
     },
+    /// Mapping the lanes into the agent failed.
+    #[error("mapping the capture lanes: {0}")]
+    Mmap(std::io::Error),
     /// Opening the cgroup failed.
     #[error("opening cgroup {path}: {source}")]
     Cgroup {
@@ -78,7 +119,8 @@ pub struct KernelConfig {
     pub snap_len: u32,
     /// false = attach everything but return at once (benchmark floor).
     pub enabled: bool,
-    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    /// Capture lane size per CPU in bytes (rounded up to a power of two of
+    /// 256 KiB chunks).
     pub ring_bytes: u32,
     /// Pending bytes before the kernel wakes the reader.
     pub wakeup_bytes: u64,
@@ -95,7 +137,9 @@ pub struct KernelConfig {
 pub struct Kernel {
     ebpf: Ebpf,
     drops: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, u64>,
     profiling_cpus: Vec<u32>,
+    layout: LaneLayout,
 }
 
 fn program_err(
@@ -116,7 +160,7 @@ impl Kernel {
     /// cpu-clock of every online CPU.
     pub fn load(cfg: &KernelConfig, btf: &Btf, cgroup_root: &Path) -> Result<Kernel, KernelError> {
         let sock = |path: &[&str]| btf.offset_of("sock", path);
-        let offsets: [(&str, u32); 9] = [
+        let offsets: [(&str, u32); 11] = [
             (
                 globals::OFF_WRITE_SEQ,
                 btf.offset_of("tcp_sock", &["write_seq"])?,
@@ -141,6 +185,11 @@ impl Kernel {
                 globals::OFF_V6_RCV_SADDR,
                 sock(&["__sk_common", "skc_v6_rcv_saddr"])?,
             ),
+            (globals::OFF_COOKIE, sock(&["__sk_common", "skc_cookie"])?),
+            (
+                globals::OFF_TASK_COMM,
+                btf.offset_of("task_struct", &["comm"])?,
+            ),
         ];
         // pt_regs as saved at kernel entry (the user registers), and the
         // task's mm (NULL for kernel threads): for the sampling program.
@@ -159,11 +208,17 @@ impl Kernel {
             ),
         ];
         let stack_copy = cfg.stack_copy.min(MAX_STACK_COPY as u32);
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| KernelError::Cpus(what, e))? as u32;
         // One ~37 KiB scratch entry per possible CPU, only when sampling.
         let scratch_entries = match cfg.profile_hz {
-            Some(_) => aya::util::nr_cpus().map_err(|(what, e)| KernelError::Cpus(what, e))? as u32,
+            Some(_) => cpus,
             None => 1,
         };
+        let layout = LaneLayout {
+            cpus,
+            chunks: lane_chunks(cfg.ring_bytes),
+        };
+        let lane_mask = layout.chunks - 1;
         let aya_btf = AyaBtf::from_sys_fs()?;
         let snap = cfg.snap_len.min(MAX_SNAP_LEN as u32);
         let enabled = u32::from(cfg.enabled);
@@ -176,7 +231,16 @@ impl Kernel {
             .override_global(globals::AGENT_PID, &pid, true)
             .override_global(globals::WAKEUP_BYTES, &cfg.wakeup_bytes, true)
             .override_global(globals::STACK_COPY, &stack_copy, true)
-            .map_max_entries(MAP_EVENTS, cfg.ring_bytes)
+            .override_global(globals::LANE_MASK, &lane_mask, true)
+            .override_global(globals::NR_CPUS, &cpus, true)
+            .map_max_entries(
+                MAP_EVENTS,
+                samples_ring_bytes(cpus, cfg.profile_hz.is_some()),
+            )
+            .map_max_entries(MAP_CONNS, CONNS_RING_BYTES)
+            .map_max_entries(MAP_LANES, cpus * layout.chunks)
+            .map_max_entries(MAP_NESTED, cpus * NESTED_PER_CPU)
+            .map_max_entries(MAP_LANE_CTL, layout.lanes())
             .map_max_entries(MAP_SAMPLE_SCRATCH, scratch_entries);
         for (name, off) in offsets.iter().chain(&sampling) {
             loader.override_global(name, off, true);
@@ -224,10 +288,16 @@ impl Kernel {
             .take_map(MAP_DROPS)
             .ok_or(KernelError::MissingMap(MAP_DROPS))?;
         let drops = PerCpuArray::try_from(drops).map_err(|e| KernelError::Map(MAP_DROPS, e))?;
+        let stats = ebpf
+            .take_map(MAP_STATS)
+            .ok_or(KernelError::MissingMap(MAP_STATS))?;
+        let stats = PerCpuArray::try_from(stats).map_err(|e| KernelError::Map(MAP_STATS, e))?;
         Ok(Kernel {
             ebpf,
             drops,
+            stats,
             profiling_cpus,
+            layout,
         })
     }
 
@@ -237,13 +307,41 @@ impl Kernel {
         &self.profiling_cpus
     }
 
-    /// Takes the ring buffer (once).
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
-        let map = self
-            .ebpf
-            .take_map(MAP_EVENTS)
-            .ok_or(KernelError::MissingMap(MAP_EVENTS))?;
-        RingBuf::try_from(map).map_err(|e| KernelError::Map(MAP_EVENTS, e))
+    /// Takes the record reader: the lanes, mapped, and the two rings
+    /// (once).
+    pub fn take_events(&mut self) -> Result<Events, KernelError> {
+        let data = |ebpf: &mut Ebpf, name: &'static str| -> Result<MapData, KernelError> {
+            match ebpf.take_map(name).ok_or(KernelError::MissingMap(name))? {
+                aya::maps::Map::Array(m) => Ok(m),
+                _ => Err(KernelError::MissingMap(name)),
+            }
+        };
+        let ring = |ebpf: &mut Ebpf, name: &'static str| {
+            let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
+            RingBuf::try_from(map).map_err(|e| KernelError::Map(name, e))
+        };
+        let lanes = data(&mut self.ebpf, MAP_LANES)?;
+        let nested = data(&mut self.ebpf, MAP_NESTED)?;
+        let ctl = data(&mut self.ebpf, MAP_LANE_CTL)?;
+        let conns = ring(&mut self.ebpf, MAP_CONNS)?;
+        let samples = ring(&mut self.ebpf, MAP_EVENTS)?;
+        Events::new(self.layout, lanes, nested, ctl, conns, samples).map_err(KernelError::Mmap)
+    }
+
+    /// What the programs counted instead of emitting records, summed over
+    /// CPUs.
+    pub fn stats(&self) -> Vec<(KernelStat, u64)> {
+        KernelStat::ALL
+            .iter()
+            .map(|&r| {
+                let n = self
+                    .stats
+                    .get(&(r as u32), 0)
+                    .map(|v| v.iter().sum::<u64>())
+                    .unwrap_or(0);
+                (r, n)
+            })
+            .collect()
     }
 
     /// Kernel-side drops so far, per reason, summed over CPUs.

@@ -8,6 +8,7 @@ pub mod conntrack;
 pub mod export;
 pub mod http_spans;
 pub mod kernel;
+pub mod lanes;
 pub mod pipeline;
 pub mod preflight;
 pub mod print;

@@ -10,7 +10,6 @@
 use std::{io::Write, time::Duration};
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, RingBuf};
 use protocols::stream::Chunk;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::MissedTickBehavior};
 use tracer_common::{Dir, Record};
@@ -22,6 +21,7 @@ use crate::{
     export::{console::Format, resource::ResourceCache, sink::SpanSink},
     http_spans::HttpSpans,
     kernel::Kernel,
+    lanes::Events,
     print::EventPrinter,
     profile::stage::ProfileStage,
     replay::Recorder,
@@ -34,6 +34,11 @@ pub struct ReaderCounters {
     pub records: u64,
     /// Records that could not be decoded.
     pub bad_records: u64,
+    /// Records that reached the stages after younger ones (see
+    /// [`crate::lanes::LaneCounters`]).
+    pub records_late: u64,
+    /// Lane frames that made no sense (the rest of that lane was skipped).
+    pub frames_corrupt: u64,
 }
 
 /// Everything after the connection table: event printing (optional),
@@ -140,18 +145,21 @@ impl Stages {
     }
 }
 
+/// Hands the kernel's records, in time order, to the stages; `all` at exit
+/// (otherwise the youngest stay for the next drain, see [`Events`]).
 fn drain(
-    ring: &mut RingBuf<MapData>,
+    events: &mut Events,
     conns: &mut Conns,
     stages: &mut Stages,
     c: &mut ReaderCounters,
+    all: bool,
 ) {
-    while let Some(item) = ring.next() {
+    let mut one = |item: &[u8]| {
         c.records += 1;
         if let Some(r) = &mut stages.recorder {
-            r.write(&item);
+            r.write(item);
         }
-        match Record::parse(&item) {
+        match Record::parse(item) {
             Ok(Record::SockOp(op)) => {
                 stages.saw_pid(op.pid, &op.comm, op.ts_ns);
                 conns.on_op(&op, stages)
@@ -160,9 +168,17 @@ fn drain(
             Ok(Record::ConnState(st)) => conns.on_state(&st, stages),
             // CPU samples go to profile::Profiler once profiling is wired.
             Ok(Record::Sample(hdr, stack)) => stages.sample(&hdr, stack),
+            Ok(Record::SockTotals(t)) => conns.on_totals(&t),
             Err(_) => c.bad_records += 1,
         }
+    };
+    if all {
+        events.drain_all(&mut one);
+    } else {
+        events.drain(monotonic_ns(), &mut one);
     }
+    c.records_late = events.counters().records_late;
+    c.frames_corrupt = events.counters().frames_corrupt;
 }
 
 /// Runs until SIGINT/SIGTERM or the configured duration, then detaches and
@@ -297,11 +313,11 @@ async fn event_loop(
             _ = &mut deadline => break,
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut conns, stages, &mut counters);
+                drain(guard.get_inner_mut(), &mut conns, stages, &mut counters, false);
                 guard.clear_ready();
             }
             _ = drain_tick.tick() => {
-                drain(ring.get_mut(), &mut conns, stages, &mut counters);
+                drain(ring.get_mut(), &mut conns, stages, &mut counters, false);
                 stages.flush();
             }
             _ = sweep_tick.tick() => {
@@ -324,7 +340,7 @@ async fn event_loop(
             }
         }
     }
-    drain(ring.get_mut(), &mut conns, stages, &mut counters);
+    drain(ring.get_mut(), &mut conns, stages, &mut counters, true);
     conns.flush_all(stages);
     stages.settle(monotonic_ns());
     stages.flush();
@@ -353,6 +369,10 @@ fn counters_line(
     let mut line = String::from("kernel drops:");
     for (reason, n) in kernel.drops() {
         let _ = write!(line, " {}={n}", reason.name());
+    }
+    line.push_str("; kernel:");
+    for (stat, n) in kernel.stats() {
+        let _ = write!(line, " {}={n}", stat.name());
     }
     let _ = write!(
         line,
@@ -384,7 +404,12 @@ mod tests {
         let c = ReaderCounters {
             records: 3,
             bad_records: 1,
+            records_late: 0,
+            frames_corrupt: 0,
         };
-        assert_eq!(debug_kv(&c), "records=3 bad_records=1");
+        assert_eq!(
+            debug_kv(&c),
+            "records=3 bad_records=1 records_late=0 frames_corrupt=0"
+        );
     }
 }

@@ -135,6 +135,10 @@ impl Replay {
                 st.ts_ns
             }
             Ok(Record::Sample(hdr, _)) => hdr.ts_ns,
+            Ok(Record::SockTotals(t)) => {
+                self.conns.on_totals(&t);
+                t.ts_ns
+            }
             Err(_) => {
                 self.stats.bad_records += 1;
                 return;

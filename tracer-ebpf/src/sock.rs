@@ -1,0 +1,203 @@
+//! Socket-layer tracepoints: send/receive calls and TCP state changes.
+use core::{ffi::c_void, mem::size_of};
+
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        generated::{bpf_get_current_task_btf, bpf_skc_to_tcp_sock},
+    },
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use tracer_common::{frame_len, ConnState, Dir, DropReason, SockOp, Tag, AF_INET, AF_INET6};
+
+use crate::{
+    conns_written, count_drop, field, global,
+    lane::{self, NoRoom},
+    AGENT_PID, CONNS, ENABLED, OFF_COOKIE, OFF_COPIED_SEQ, OFF_DADDR, OFF_DPORT, OFF_FAMILY,
+    OFF_NUM, OFF_RCV_SADDR, OFF_TASK_COMM, OFF_V6_DADDR, OFF_V6_RCV_SADDR, OFF_WRITE_SEQ,
+};
+
+const MSG_PEEK: i32 = 2;
+
+/// The socket's cookie: read from the socket when it has one, else made
+/// by the helper (which assigns it on first use).
+#[inline(always)]
+pub fn cookie_of(sk: *mut c_void) -> u64 {
+    // SAFETY: sk is the tracepoint's typed socket pointer.
+    let c: u64 = unsafe { field(sk as *const u8, global(&OFF_COOKIE)) };
+    if c != 0 {
+        return c;
+    }
+    // SAFETY: as above.
+    unsafe { bpf_get_socket_cookie(sk) }
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    on_sock_op(&ctx, Dir::Send);
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    on_sock_op(&ctx, Dir::Recv);
+    0
+}
+
+const OP_FRAME: usize = frame_len(size_of::<SockOp>());
+
+#[inline(always)]
+fn on_sock_op(ctx: &BtfTracePointContext, dir: Dir) {
+    if global(&ENABLED) == 0 {
+        return;
+    }
+    // (struct sock *sk, int ret, int flags)
+    let sk: *mut c_void = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    let flags: i32 = ctx.arg(2);
+    if ret <= 0 || (dir == Dir::Recv && flags & MSG_PEEK != 0) {
+        return;
+    }
+    // NULL unless a full TCP socket: UDP, Unix and the rest leave here.
+    // SAFETY: sk is the tracepoint's typed socket pointer.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) } as *const u8;
+    if tp.is_null() {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    if pid == global(&AGENT_PID) {
+        return;
+    }
+    let off = match dir {
+        Dir::Send => global(&OFF_WRITE_SEQ),
+        Dir::Recv => global(&OFF_COPIED_SEQ),
+    };
+    // SAFETY: tp is the helper's typed tcp_sock pointer.
+    let seq_end: u32 = unsafe { field(tp, off) };
+    let cookie = cookie_of(sk);
+    // SAFETY: the current task, a typed pointer.
+    let comm: [u8; 16] = unsafe {
+        field(
+            bpf_get_current_task_btf() as *const u8,
+            global(&OFF_TASK_COMM),
+        )
+    };
+    let held = match lane::reserve::<OP_FRAME>() {
+        Ok(h) => h,
+        Err(NoRoom::Full) => {
+            count_drop(DropReason::RingFullOp);
+            return;
+        }
+        Err(NoRoom::NoLane) => return,
+    };
+    let rec = SockOp {
+        tag: Tag::SockOp as u8,
+        dir: dir as u8,
+        _pad: [0; 2],
+        len: ret as u32,
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cookie,
+        pid,
+        tid: pid_tgid as u32,
+        seq_end,
+        _pad2: 0,
+        comm,
+    };
+    // SAFETY: the held frame has room for OP_FRAME bytes, 8-aligned.
+    unsafe { core::ptr::write(held.record() as *mut SockOp, rec) };
+    held.publish(size_of::<SockOp>());
+}
+
+/// TCP states (include/net/tcp_states.h).
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    on_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_state(ctx: &BtfTracePointContext) {
+    if global(&ENABLED) == 0 {
+        return;
+    }
+    // (const struct sock *sk, const int oldstate, const int newstate)
+    let sk: *mut c_void = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    // The agent uses who connected (SYN_SENT) or was accepted (SYN_RECV),
+    // the 4-tuple once both ports are set (ESTABLISHED) and the close; the
+    // steps of the closing handshake in between carry nothing it uses, and
+    // in a storm of short connections they would be half the records.
+    if !matches!(
+        new,
+        TCP_ESTABLISHED | TCP_SYN_SENT | TCP_SYN_RECV | TCP_CLOSE
+    ) {
+        return;
+    }
+    // SAFETY: typed socket pointer from the tracepoint.
+    if unsafe { bpf_skc_to_tcp_sock(sk) }.is_null() {
+        return;
+    }
+    let base = sk as *const u8;
+    // SAFETY: sk is typed; the offsets come from this kernel's BTF.
+    let (family, local_port, dport) = unsafe {
+        (
+            field::<u16>(base, global(&OFF_FAMILY)),
+            field::<u16>(base, global(&OFF_NUM)),
+            field::<u16>(base, global(&OFF_DPORT)),
+        )
+    };
+    let mut local_addr = [0u8; 16];
+    let mut remote_addr = [0u8; 16];
+    let fam = family as u8;
+    if fam == AF_INET {
+        // SAFETY: as above.
+        let (l, r): ([u8; 4], [u8; 4]) = unsafe {
+            (
+                field(base, global(&OFF_RCV_SADDR)),
+                field(base, global(&OFF_DADDR)),
+            )
+        };
+        local_addr[..4].copy_from_slice(&l);
+        remote_addr[..4].copy_from_slice(&r);
+    } else if fam == AF_INET6 {
+        // SAFETY: as above.
+        unsafe {
+            local_addr = field(base, global(&OFF_V6_RCV_SADDR));
+            remote_addr = field(base, global(&OFF_V6_DADDR));
+        }
+    } else {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(mut entry) = CONNS.reserve::<ConnState>(0) else {
+        count_drop(DropReason::RingFullConn);
+        return;
+    };
+    entry.write(ConnState {
+        tag: Tag::ConnState as u8,
+        family: fam,
+        old_state: old as u8,
+        new_state: new as u8,
+        local_port,
+        remote_port: u16::from_be(dport),
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cookie: cookie_of(sk),
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        local_addr,
+        remote_addr,
+    });
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    conns_written(size_of::<ConnState>() as u64);
+}

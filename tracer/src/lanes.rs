@@ -1,0 +1,334 @@
+//! Reading the kernel's records: the per-CPU lanes (mapped into the agent
+//! and read in place), the ring of connection records and the ring of CPU
+//! samples, merged into one stream in kernel-time order.
+//!
+//! Each lane is in time order on its own; lanes of different CPUs are not
+//! ordered against each other, and a response must never reach the parsers
+//! before the request it answers. So a drain at time `now` hands out, by a
+//! k-way merge on the records' timestamps, every record older than
+//! `now - HOLD_NS` and leaves younger ones in place for the next drain: a
+//! record is written within microseconds of its timestamp, so by then every
+//! lane holds all records up to that time. A record that still arrives
+//! after younger ones went out (its program was held up for longer) is
+//! handed out at once and counted as late.
+//!
+//! CPU samples are not merged (the profiler orders them by their own time);
+//! wake-up records only wake the reader.
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, VecDeque},
+    os::fd::{AsFd, AsRawFd, RawFd},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tracer_common::{
+    record_ts, LaneCtl, Tag, FRAME_HDR, LANE_CHUNK, MAX_FRAME, NESTED_LANE, NESTED_PER_CPU,
+};
+
+/// How far behind the reader's clock a drain stops handing out records.
+pub const HOLD_NS: u64 = 2_000_000;
+
+/// Largest connection record ([`tracer_common::SockTotals`]).
+const CONN_RECORD_MAX: usize = 72;
+
+/// A read-only or read-write shared mapping of an mmapable array map.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+    _map: MapData,
+}
+
+impl Mapping {
+    fn new(map: MapData, len: usize, write: bool) -> std::io::Result<Mapping> {
+        let prot = libc::PROT_READ | if write { libc::PROT_WRITE } else { 0 };
+        // SAFETY: a shared mapping of the map's fd over its mmapable size;
+        // the kernel checks the length against the map.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: ptr as *mut u8,
+            len,
+            _map: map,
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// One lane: its bytes (a ring of `chunk`-sized chunks) and positions.
+struct Lane {
+    base: *const u8,
+    bytes: u64,
+    chunk: u64,
+    ctl: *mut LaneCtl,
+    /// Next position to read (what the agent last stored in `cons`).
+    pos: u64,
+    /// `prod` read at the start of this drain.
+    prod: u64,
+}
+
+/// Counters of the reader.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LaneCounters {
+    /// Records handed out after younger records of another lane (their
+    /// program was held up past the reader's hold time).
+    pub records_late: u64,
+    /// Lane frames that made no sense (a length beyond the lane's rules):
+    /// the rest of that lane's published bytes was skipped.
+    pub frames_corrupt: u64,
+}
+
+/// Sizes the agent chose for the lanes.
+#[derive(Clone, Copy, Debug)]
+pub struct LaneLayout {
+    /// CPU ids with lanes.
+    pub cpus: u32,
+    /// Chunks per primary lane (a power of two).
+    pub chunks: u32,
+}
+
+impl LaneLayout {
+    /// Bytes of the primary lanes' map.
+    pub fn primary_bytes(&self) -> usize {
+        self.cpus as usize * self.chunks as usize * LANE_CHUNK
+    }
+    /// Bytes of the nested lanes' map.
+    pub fn nested_bytes(&self) -> usize {
+        (self.cpus * NESTED_PER_CPU) as usize * NESTED_LANE
+    }
+    /// Lanes in all.
+    pub fn lanes(&self) -> u32 {
+        self.cpus * (1 + NESTED_PER_CPU)
+    }
+}
+
+fn page_round(n: usize) -> usize {
+    n.div_ceil(4096) * 4096
+}
+
+/// Everything the kernel sends, read as one time-ordered stream.
+pub struct Events {
+    lanes: Vec<Lane>,
+    _mappings: [Mapping; 3],
+    conns: RingBuf<MapData>,
+    samples: RingBuf<MapData>,
+    /// Connection records read from their ring, waiting for their turn in
+    /// the merge (time, length, bytes).
+    conn_queue: VecDeque<(u64, u8, [u8; CONN_RECORD_MAX])>,
+    /// Lanes with a record ready, by the time of that record.
+    heads: BinaryHeap<Reverse<(u64, usize)>>,
+    /// Highest timestamp handed out so far.
+    high_water: u64,
+    counters: LaneCounters,
+}
+
+impl Events {
+    /// Maps the lanes and takes the two ring buffers.
+    pub fn new(
+        layout: LaneLayout,
+        lanes: MapData,
+        nested: MapData,
+        ctl: MapData,
+        conns: RingBuf<MapData>,
+        samples: RingBuf<MapData>,
+    ) -> std::io::Result<Events> {
+        let primary = Mapping::new(lanes, page_round(layout.primary_bytes()), false)?;
+        let nested = Mapping::new(nested, page_round(layout.nested_bytes()), false)?;
+        let ctl_len = page_round(layout.lanes() as usize * std::mem::size_of::<LaneCtl>());
+        let ctl = Mapping::new(ctl, ctl_len, true)?;
+        let lane_bytes = u64::from(layout.chunks) * LANE_CHUNK as u64;
+        let mut out = Vec::with_capacity(layout.lanes() as usize);
+        for i in 0..layout.lanes() {
+            let (base, bytes, chunk) = if i < layout.cpus {
+                // SAFETY: inside the primary mapping.
+                let base = unsafe { primary.ptr.add(i as usize * lane_bytes as usize) };
+                (base as *const u8, lane_bytes, LANE_CHUNK as u64)
+            } else {
+                let j = (i - layout.cpus) as usize;
+                // SAFETY: inside the nested mapping.
+                let base = unsafe { nested.ptr.add(j * NESTED_LANE) };
+                (base as *const u8, NESTED_LANE as u64, NESTED_LANE as u64)
+            };
+            // SAFETY: inside the control mapping.
+            let ctl = unsafe { (ctl.ptr as *mut LaneCtl).add(i as usize) };
+            // SAFETY: the control block of this lane.
+            let pos = unsafe { (*ctl).cons };
+            out.push(Lane {
+                base,
+                bytes,
+                chunk,
+                ctl,
+                pos,
+                prod: pos,
+            });
+        }
+        Ok(Events {
+            lanes: out,
+            _mappings: [primary, nested, ctl],
+            conns,
+            samples,
+            conn_queue: VecDeque::new(),
+            heads: BinaryHeap::new(),
+            high_water: 0,
+            counters: LaneCounters::default(),
+        })
+    }
+
+    /// The reader's counters.
+    pub fn counters(&self) -> &LaneCounters {
+        &self.counters
+    }
+
+    /// Hands every record older than `now_ns - HOLD_NS` to `f`, in time
+    /// order (CPU samples as they come).
+    pub fn drain(&mut self, now_ns: u64, f: &mut impl FnMut(&[u8])) {
+        self.drain_until(now_ns.saturating_sub(HOLD_NS), f);
+    }
+
+    /// Hands out every record there is (the agent is stopping).
+    pub fn drain_all(&mut self, f: &mut impl FnMut(&[u8])) {
+        self.drain_until(u64::MAX, f);
+    }
+
+    fn drain_until(&mut self, until: u64, f: &mut impl FnMut(&[u8])) {
+        while let Some(item) = self.samples.next() {
+            if item.first() != Some(&(Tag::Wakeup as u8)) {
+                f(&item);
+            }
+        }
+        while let Some(item) = self.conns.next() {
+            let mut rec = [0u8; CONN_RECORD_MAX];
+            let n = item.len().min(CONN_RECORD_MAX);
+            rec[..n].copy_from_slice(&item[..n]);
+            self.conn_queue
+                .push_back((record_ts(&item).unwrap_or(0), n as u8, rec));
+        }
+        self.heads.clear();
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            // SAFETY: the lane's control block; `prod` is published by the
+            // programs after the frames it covers.
+            lane.prod =
+                unsafe { AtomicU64::from_ptr(&mut (*lane.ctl).prod) }.load(Ordering::Acquire);
+            if let Some(ts) = lane_head(lane, &mut self.counters) {
+                self.heads.push(Reverse((ts, i)));
+            }
+        }
+        loop {
+            // The oldest head among the lanes and the connection queue.
+            let best = self.heads.peek().map(|r| r.0);
+            let conn_ts = self.conn_queue.front().map(|c| c.0);
+            let (ts, from_lane) = match (best, conn_ts) {
+                (Some((l, i)), Some(c)) if l <= c => (l, Some(i)),
+                (_, Some(c)) => (c, None),
+                (Some((l, i)), None) => (l, Some(i)),
+                (None, None) => break,
+            };
+            if ts > until {
+                break;
+            }
+            if ts < self.high_water {
+                self.counters.records_late += 1;
+            } else {
+                self.high_water = ts;
+            }
+            match from_lane {
+                Some(i) => {
+                    self.heads.pop();
+                    let lane = &mut self.lanes[i];
+                    let (rec, next) = lane_record(lane);
+                    f(rec);
+                    lane.pos = next;
+                    if let Some(ts) = lane_head(lane, &mut self.counters) {
+                        self.heads.push(Reverse((ts, i)));
+                    }
+                }
+                None => {
+                    if let Some((_, n, rec)) = self.conn_queue.pop_front() {
+                        f(&rec[..n as usize]);
+                    }
+                }
+            }
+        }
+        for lane in &mut self.lanes {
+            // SAFETY: the lane's control block; the frames before `pos`
+            // are no longer read.
+            unsafe { AtomicU64::from_ptr(&mut (*lane.ctl).cons) }
+                .store(lane.pos, Ordering::Release);
+        }
+    }
+}
+
+/// The timestamp of the lane's next record, skipping the unused ends of
+/// chunks; `None` when the lane has nothing more published.
+fn lane_head(lane: &mut Lane, counters: &mut LaneCounters) -> Option<u64> {
+    loop {
+        if lane.pos >= lane.prod {
+            return None;
+        }
+        let off = lane.pos % lane.bytes;
+        let in_chunk = off % lane.chunk;
+        // SAFETY: off < bytes: inside the lane; frames are 8-aligned.
+        let len =
+            unsafe { std::ptr::read_volatile(lane.base.add(off as usize) as *const u32) } as u64;
+        if len == 0 {
+            lane.pos += lane.chunk - in_chunk;
+            continue;
+        }
+        if len < FRAME_HDR as u64 + 1
+            || len > MAX_FRAME as u64
+            || !len.is_multiple_of(8)
+            || in_chunk + len > lane.chunk
+            || lane.pos + len > lane.prod
+        {
+            counters.frames_corrupt += 1;
+            lane.pos = lane.prod;
+            return None;
+        }
+        // SAFETY: the frame lies inside the lane (checked above).
+        let rec = unsafe {
+            std::slice::from_raw_parts(
+                lane.base.add(off as usize + FRAME_HDR),
+                len as usize - FRAME_HDR,
+            )
+        };
+        return Some(record_ts(rec).unwrap_or(0));
+    }
+}
+
+/// The lane's next record (after `lane_head` returned its time) and the
+/// position after it.
+fn lane_record(lane: &Lane) -> (&[u8], u64) {
+    let off = lane.pos % lane.bytes;
+    // SAFETY: checked by lane_head.
+    let len =
+        unsafe { std::ptr::read_volatile(lane.base.add(off as usize) as *const u32) } as usize;
+    // SAFETY: as above.
+    let rec = unsafe {
+        std::slice::from_raw_parts(lane.base.add(off as usize + FRAME_HDR), len - FRAME_HDR)
+    };
+    (rec, lane.pos + len as u64)
+}
+
+impl AsRawFd for Events {
+    /// The samples ring, which the programs also use to wake the reader.
+    fn as_raw_fd(&self) -> RawFd {
+        self.samples.as_raw_fd()
+    }
+}
