@@ -35,6 +35,7 @@
 
 mod lane;
 mod packet;
+mod records;
 mod sample;
 mod sock;
 
@@ -82,6 +83,8 @@ static OFF_V6_RCV_SADDR: u32 = 0;
 static OFF_COOKIE: u32 = 0;
 #[no_mangle]
 static OFF_TASK_COMM: u32 = 0;
+#[no_mangle]
+static OFF_CLOCK: u32 = 0;
 
 /// CPU samples and the reader's wake-ups (size set at load).
 #[map]

@@ -1,24 +1,26 @@
 //! Packet payloads (cgroup_skb egress and ingress on the root cgroup v2).
-use core::{ffi::c_void, mem::size_of};
+use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns,
-        generated::bpf_skb_load_bytes,
+        generated::{bpf_skb_load_bytes, bpf_skc_to_tcp_sock},
     },
     macros::cgroup_skb,
     programs::SkBuffContext,
     EbpfContext,
 };
 use tracer_common::{
-    Dir, DropReason, SegmentHeader, Tag, AF_INET, AF_INET6, LOOPBACK_IFINDEX, MAX_FRAME, MAX_HEAD,
+    Dir, DropReason, SegmentHeader, AF_INET, AF_INET6, LOOPBACK_IFINDEX, MAX_FRAME, MAX_HEAD,
     SEG_LOOPBACK, TCP_FIN,
 };
 
 use crate::{
-    count_drop, global,
+    count_drop, field, global,
     lane::{self, NoRoom},
-    AGENT_PID, ENABLED, SNAP_LEN,
+    records::Seg,
+    sock::note_transmit,
+    AGENT_PID, ENABLED, OFF_CLOCK, OFF_COOKIE, SNAP_LEN,
 };
 
 const IPPROTO_TCP: u8 = 6;
@@ -37,22 +39,15 @@ pub fn capture_ingress(ctx: SkBuffContext) -> i32 {
     1
 }
 
-/// `N` bytes at `off` of the packet's linear part (the IP and TCP headers of
-/// a packet at the socket layer are there), read in place.
+/// A value at `p` in the packet's linear part.
+///
+/// # Safety
+/// `p .. p + size_of::<T>()` must have been checked against `data_end`.
 #[inline(always)]
-fn header<const N: usize>(ctx: &SkBuffContext, off: usize) -> Result<[u8; N], ()> {
-    // SAFETY: the context's __sk_buff; data/data_end are readable in
-    // cgroup_skb programs, and the bounds check below is the one the
-    // verifier asks for before the read.
-    unsafe {
-        let data = (*ctx.skb.skb).data as usize;
-        let end = (*ctx.skb.skb).data_end as usize;
-        if data + off + N > end {
-            count_drop(DropReason::BadPacket);
-            return Err(());
-        }
-        Ok(core::ptr::read_unaligned((data + off) as *const [u8; N]))
-    }
+unsafe fn pkt<T: Copy>(p: usize) -> T {
+    // Packet headers are at least 2-byte aligned; the architectures the
+    // agent runs on load unaligned words, and the verifier allows it there.
+    unsafe { core::ptr::read_volatile(p as *const T) }
 }
 
 #[inline(always)]
@@ -60,9 +55,9 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
     if global(&ENABLED) == 0 {
         return Ok(());
     }
+    let skb = ctx.skb.skb;
     // SAFETY: the context's __sk_buff, readable in cgroup_skb programs.
-    let (ifindex, ingress_ifindex) =
-        unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
+    let (ifindex, ingress_ifindex) = unsafe { ((*skb).ifindex, (*skb).ingress_ifindex) };
     // Loopback payloads were already copied on egress (see SEG_LOOPBACK).
     if dir == Dir::Recv && ingress_ifindex == LOOPBACK_IFINDEX {
         return Ok(());
@@ -79,21 +74,57 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
     } else {
         0
     };
+    // The socket: its cookie, and its TCP clock (see below).
+    // SAFETY: the context's __sk_buff.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk } as *mut c_void;
+    if sk.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a socket pointer from the context.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) } as *const u8;
+    if tp.is_null() {
+        return Ok(());
+    }
     // __sk_buff->protocol is the big-endian ethertype.
     let proto = u16::from_be(ctx.skb.protocol() as u16);
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    let (family, ip_len) = if proto == ETH_P_IP {
-        let ip: [u8; 20] = header(ctx, 0)?;
-        if ip[9] != IPPROTO_TCP {
+    // SAFETY: the context's __sk_buff.
+    let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    let (family, ip_len, local, remote) = if proto == ETH_P_IP {
+        if data + 20 > end {
+            count_drop(DropReason::BadPacket);
+            return Err(());
+        }
+        // SAFETY: checked against data_end above.
+        let (vihl, p, src, dst) = unsafe {
+            (
+                pkt::<u8>(data),
+                pkt::<u8>(data + 9),
+                u64::from(pkt::<u32>(data + 12)),
+                u64::from(pkt::<u32>(data + 16)),
+            )
+        };
+        if p != IPPROTO_TCP {
             return Ok(());
         }
-        src[..4].copy_from_slice(&ip[12..16]);
-        dst[..4].copy_from_slice(&ip[16..20]);
-        (AF_INET, ((ip[0] & 0x0f) as usize) * 4)
+        let (l, r) = match dir {
+            Dir::Send => (src, dst),
+            Dir::Recv => (dst, src),
+        };
+        (AF_INET, ((vihl & 0x0f) as usize) * 4, [l, 0], [r, 0])
     } else if proto == ETH_P_IPV6 {
-        let ip: [u8; 40] = header(ctx, 0)?;
-        match ip[6] {
+        if data + 40 > end {
+            count_drop(DropReason::BadPacket);
+            return Err(());
+        }
+        // SAFETY: checked against data_end above.
+        let (next, src, dst) = unsafe {
+            (
+                pkt::<u8>(data + 6),
+                [pkt::<u64>(data + 8), pkt::<u64>(data + 16)],
+                [pkt::<u64>(data + 24), pkt::<u64>(data + 32)],
+            )
+        };
+        match next {
             IPPROTO_TCP => {}
             // hop-by-hop, routing, fragment, destination options
             0 | 43 | 44 | 60 => {
@@ -102,32 +133,47 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
             }
             _ => return Ok(()),
         }
-        src.copy_from_slice(&ip[8..24]);
-        dst.copy_from_slice(&ip[24..40]);
-        (AF_INET6, 40)
+        let (l, r) = match dir {
+            Dir::Send => (src, dst),
+            Dir::Recv => (dst, src),
+        };
+        (AF_INET6, 40, l, r)
     } else {
         return Ok(());
     };
-    let tcp: [u8; 20] = header(ctx, ip_len & 0x3c)?;
-    let doff = ((tcp[12] >> 4) as u32) * 4;
-    let payload_off = ip_len as u32 + doff;
+    let th = data + (ip_len & 0x3c);
+    if th + 20 > end {
+        count_drop(DropReason::BadPacket);
+        return Err(());
+    }
+    // SAFETY: checked against data_end above.
+    let (ports, seq_be, doff, tcp_flags) = unsafe {
+        (
+            pkt::<u32>(th),
+            pkt::<u32>(th + 4),
+            pkt::<u8>(th + 12),
+            pkt::<u8>(th + 13),
+        )
+    };
+    let payload_off = (ip_len & 0x3c) as u32 + u32::from(doff >> 4) * 4;
     let skb_len = ctx.len();
     // No payload: ACKs and SYNs leave here. A FIN is kept (once per
     // direction): it takes a sequence number, which user space needs to
     // line up a receive call that read the last bytes and the FIN together.
     let payload_len = if payload_off >= skb_len {
-        if tcp[13] & TCP_FIN == 0 {
+        if tcp_flags & TCP_FIN == 0 {
             return Ok(());
         }
         0
     } else {
         skb_len - payload_off
     };
-    let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-    let (local_port, remote_port, local_addr, remote_addr) = match dir {
-        Dir::Send => (sport, dport, src, dst),
-        Dir::Recv => (dport, sport, dst, src),
+    // Ports in network order in the first word of the TCP header.
+    let sport = u16::from_be(ports as u16);
+    let dport = u16::from_be((ports >> 16) as u16);
+    let (local_port, remote_port) = match dir {
+        Dir::Send => (sport, dport),
+        Dir::Recv => (dport, sport),
     };
     let mut n = payload_len;
     let snap = global(&SNAP_LEN);
@@ -154,7 +200,7 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
             bpf_skb_load_bytes(
                 ctx.as_ptr(),
                 payload_off,
-                rec.add(size_of::<SegmentHeader>()) as *mut c_void,
+                rec.add(core::mem::size_of::<SegmentHeader>()) as *mut c_void,
                 n,
             )
         };
@@ -163,27 +209,43 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
             return Err(());
         }
     }
-    let hdr = SegmentHeader {
-        tag: Tag::Segment as u8,
+    // The time: a packet leaving was sent right after TCP refreshed the
+    // socket's clock (`tcp_clock_cache`, CLOCK_MONOTONIC ns, what
+    // bpf_ktime_get_ns reads, at a fraction of its cost); on the way in the
+    // refresh comes after this hook, so the clock is read.
+    // SAFETY: tp is the helper's typed tcp_sock pointer.
+    let clock: u64 = unsafe { field(tp, global(&OFF_CLOCK)) };
+    let ts_ns = if dir == Dir::Send && clock != 0 {
+        clock
+    } else {
+        // SAFETY: helper without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    };
+    // SAFETY: tp is typed; the helper assigns a cookie the socket lacks.
+    let cookie = match unsafe { field::<u64>(tp, global(&OFF_COOKIE)) } {
+        0 => unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        c => c,
+    };
+    if dir == Dir::Send {
+        note_transmit(cookie, clock);
+    }
+    let seg = Seg {
         dir: dir as u8,
         family,
-        tcp_flags: tcp[13],
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        tcp_flags,
+        seq: u32::from_be(seq_be),
         payload_len,
         captured_len: n,
-        // SAFETY: helper without arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        // SAFETY: the skb context is what the helper expects here.
-        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        ts_ns,
+        cookie,
         local_port,
         remote_port,
         seg_flags,
-        _pad: [0; 3],
-        local_addr,
-        remote_addr,
+        local,
+        remote,
     };
     // SAFETY: the frame has room for the header, 8-aligned.
-    unsafe { core::ptr::write(rec as *mut SegmentHeader, hdr) };
-    held.publish(size_of::<SegmentHeader>() + n as usize);
+    unsafe { seg.write(rec as *mut u64) };
+    held.publish(core::mem::size_of::<SegmentHeader>() + n as usize);
     Ok(())
 }

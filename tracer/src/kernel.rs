@@ -160,7 +160,7 @@ impl Kernel {
     /// cpu-clock of every online CPU.
     pub fn load(cfg: &KernelConfig, btf: &Btf, cgroup_root: &Path) -> Result<Kernel, KernelError> {
         let sock = |path: &[&str]| btf.offset_of("sock", path);
-        let offsets: [(&str, u32); 11] = [
+        let offsets: [(&str, u32); 12] = [
             (
                 globals::OFF_WRITE_SEQ,
                 btf.offset_of("tcp_sock", &["write_seq"])?,
@@ -186,6 +186,10 @@ impl Kernel {
                 sock(&["__sk_common", "skc_v6_rcv_saddr"])?,
             ),
             (globals::OFF_COOKIE, sock(&["__sk_common", "skc_cookie"])?),
+            (
+                globals::OFF_CLOCK,
+                btf.offset_of("tcp_sock", &["tcp_clock_cache"])?,
+            ),
             (
                 globals::OFF_TASK_COMM,
                 btf.offset_of("task_struct", &["comm"])?,

@@ -594,6 +594,10 @@ pub mod globals {
     pub const OFF_TASK_COMM: &str = "OFF_TASK_COMM";
     /// `u32`: offset of `skc_cookie` in `struct sock`.
     pub const OFF_COOKIE: &str = "OFF_COOKIE";
+    /// `u32`: offset of `tcp_clock_cache` in `struct tcp_sock` (the
+    /// socket's TCP clock, CLOCK_MONOTONIC ns, refreshed as it sends and
+    /// receives).
+    pub const OFF_CLOCK: &str = "OFF_CLOCK";
     /// `u32`: chunks per primary lane minus one (a power of two minus one).
     pub const LANE_MASK: &str = "LANE_MASK";
     /// `u32`: number of CPU ids with lanes (possible CPUs).
