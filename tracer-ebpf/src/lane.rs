@@ -1,12 +1,20 @@
-//! Writing records into this CPU's lane (see the lane section of
+//! Writing records into this CPU's lanes (see the lane section of
 //! `tracer_common`): no lock, no cache line shared with another CPU.
 //!
-//! [`reserve`] counts the program in on its CPU and finds room for a frame
-//! of at most `MAX` bytes in the lane that belongs to its nesting depth;
-//! the program writes the record after the frame header and [`Held::publish`]es
-//! it with its real length, or drops the [`Held`] to publish nothing. The
-//! time of a record is taken while the lane is held, so the records of a
-//! lane are in time order.
+//! - the packet programs (cgroup_skb) run in process context or in a
+//!   softirq that may interrupt one of them on the same CPU: each CPU counts
+//!   the packet programs running on it (an atomic counter), the outermost
+//!   writes to the CPU's packet lane, the ones nested in it to one of two
+//!   small nested lanes;
+//! - the call programs (tracepoints) run with preemption off and never in
+//!   interrupts: they write to the packet lane when it is free (no packet
+//!   program under them on the CPU), else to the CPU's op lane.
+//!
+//! [`reserve_op`] / [`reserve_packet`] find room for a frame of at most
+//! `MAX` bytes; the program writes the record after the frame header and
+//! [`Held::publish`]es it with its real length, or drops the [`Held`] to
+//! publish nothing. A record's time is taken while the lane is held, so the
+//! records of a lane are in time order.
 use core::intrinsics::{atomic_xadd, atomic_xchg, AtomicOrdering};
 
 use aya_ebpf::{
@@ -17,9 +25,12 @@ use aya_ebpf::{
 };
 use tracer_common::{DropReason, LaneCtl, FRAME_HDR, LANE_CHUNK, NESTED_LANE, NESTED_PER_CPU};
 
-use crate::{count_drop, global, wake_reader, LANE_MASK, NR_CPUS, WAKEUP_BYTES};
+use crate::{
+    count_drop, global, wake_reader, LANE_MASK, NR_CPUS, OP_LANE_MASK, OP_WAKE_SHIFT,
+    STRICT_PUBLISH, WAKE_SHIFT,
+};
 
-/// One chunk of a primary lane.
+/// One chunk of a packet or op lane.
 #[repr(C)]
 pub struct Chunk([u8; LANE_CHUNK]);
 
@@ -27,7 +38,8 @@ pub struct Chunk([u8; LANE_CHUNK]);
 #[repr(C)]
 pub struct NestedChunk([u8; NESTED_LANE]);
 
-/// Primary lanes: `NR_CPUS * (LANE_MASK + 1)` chunks, set at load.
+/// Packet lanes (`NR_CPUS * (LANE_MASK + 1)` chunks), then op lanes
+/// (`NR_CPUS * (OP_LANE_MASK + 1)` chunks); the size is set at load.
 #[map]
 static LANES: Array<Chunk> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
@@ -35,25 +47,42 @@ static LANES: Array<Chunk> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static NESTED: Array<NestedChunk> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-/// Positions: primary lanes (one per CPU id), then nested lanes.
+/// Positions: packet lanes (one per CPU id), op lanes, nested lanes.
 #[map]
 static LANE_CTL: Array<LaneCtl> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-/// Programs running on this CPU right now (the outermost is 1). 64-bit and
-/// sequentially consistent: for a relaxed 32-bit fetch-and-add, LLVM's BPF
-/// backend emits an add that does not fetch (and the "old value" is then
-/// the operand).
+/// Packet programs running on this CPU right now (the outermost is 1).
+/// 64-bit and sequentially consistent: for a relaxed 32-bit fetch-and-add,
+/// LLVM's BPF backend emits an add that does not fetch (and the "old
+/// value" is then the operand).
 #[map]
 static NEST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Set while a call program writes to this CPU's op lane.
+#[map]
+static OP_BUSY: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Nested lanes wake the reader every quarter lane.
+const NESTED_WAKE_SHIFT: u32 = NESTED_LANE.trailing_zeros() - 2;
+
+enum Release {
+    /// Leave the CPU's packet-program count (atomically).
+    Nest(*mut u64),
+    /// Clear a flag of the CPU (a call program's hold on a lane).
+    Plain(*mut u64),
+}
+
 /// Room for one frame in a lane, held by the running program.
 pub struct Held {
-    nest: *mut u64,
+    release: Release,
     ctl: *mut LaneCtl,
     frame: *mut u8,
+    /// Position of the frame.
     pos: u64,
-    /// Published bytes after which the reader is woken.
-    wake_at: u64,
+    /// `prod` before this frame (and the padding before it).
+    start: u64,
+    /// The reader is woken when `prod` crosses a multiple of 1 << this.
+    wake_shift: u32,
 }
 
 /// Why no room was found.
@@ -70,45 +99,107 @@ fn leave(nest: *mut u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(nest, u64::MAX) };
 }
 
-/// Finds room for a frame of at most `MAX` bytes (a multiple of 8, at most
-/// `tracer_common::MAX_FRAME`).
+/// Finds room for a call record (at most `MAX` bytes): in this CPU's packet
+/// lane when no packet program is running on the CPU (the common case: one
+/// write frontier per CPU keeps the lane's cache lines warm), else in its
+/// op lane.
+///
+/// Call programs run with preemption off and never in interrupts, so none
+/// can interrupt a packet program or another call program on its CPU, and
+/// plain loads and stores of the CPU's counters suffice here: a packet
+/// program that interrupts this one either finishes before this one takes
+/// the packet lane, or sees it taken and goes to a nested lane.
 #[inline(always)]
-pub fn reserve<const MAX: usize>() -> Result<Held, NoRoom> {
+pub fn reserve_op<const MAX: usize>() -> Result<Held, NoRoom> {
     let nest = NEST.get_ptr_mut(0).ok_or(NoRoom::NoLane)?;
-    // SAFETY: this CPU's counter. An atomic add: a program that interrupts
-    // this one between a load and a store must not be lost.
-    let depth = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(nest, 1) } as u32;
     // SAFETY: helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let ncpus = global(&NR_CPUS);
     if cpu >= ncpus {
-        leave(nest);
         return Err(NoRoom::NoLane);
     }
-    // The reader is woken once a quarter of the lane waits, at the latest.
-    let wake = global(&WAKEUP_BYTES);
-    let (r, lane_bytes) = if depth == 0 {
+    // SAFETY: this CPU's counter (see above).
+    if unsafe { core::ptr::read_volatile(nest) } == 0 {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(nest, 1) };
         let mask = global(&LANE_MASK);
-        let bytes = (u64::from(mask) + 1) * LANE_CHUNK as u64;
-        (primary::<MAX>(cpu, mask), bytes)
-    } else if depth <= NESTED_PER_CPU {
-        let lane = cpu * NESTED_PER_CPU + depth - 1;
-        (nested::<MAX>(ncpus + lane, lane), NESTED_LANE as u64)
-    } else {
-        count_drop(DropReason::NestedTooDeep);
-        (Err(NoRoom::NoLane), 0)
-    };
-    match r {
-        Ok((ctl, frame, pos)) => Ok(Held {
-            nest,
+        return match chunked::<MAX>(cpu, cpu * (mask + 1), mask) {
+            Ok((ctl, frame, pos, start)) => Ok(Held {
+                release: Release::Plain(nest),
+                ctl,
+                frame,
+                pos,
+                start,
+                wake_shift: global(&WAKE_SHIFT),
+            }),
+            Err(e) => {
+                // SAFETY: as above.
+                unsafe { core::ptr::write_volatile(nest, 0) };
+                Err(e)
+            }
+        };
+    }
+    let busy = OP_BUSY.get_ptr_mut(0).ok_or(NoRoom::NoLane)?;
+    // SAFETY: this CPU's flag; it only guards the assumption above.
+    unsafe {
+        if *busy != 0 {
+            count_drop(DropReason::NestedTooDeep);
+            return Err(NoRoom::NoLane);
+        }
+        *busy = 1;
+    }
+    let mask = global(&OP_LANE_MASK);
+    let base = ncpus * (global(&LANE_MASK) + 1) + cpu * (mask + 1);
+    match chunked::<MAX>(ncpus + cpu, base, mask) {
+        Ok((ctl, frame, pos, start)) => Ok(Held {
+            release: Release::Plain(busy),
             ctl,
             frame,
             pos,
-            wake_at: if wake < lane_bytes / 4 {
-                wake
-            } else {
-                lane_bytes / 4
-            },
+            start,
+            wake_shift: global(&OP_WAKE_SHIFT),
+        }),
+        Err(e) => {
+            // SAFETY: as above.
+            unsafe { *busy = 0 };
+            Err(e)
+        }
+    }
+}
+
+/// Finds room for a packet record (at most `MAX` bytes, a multiple of 8, at
+/// most `tracer_common::MAX_FRAME`) in the lane of this CPU and nesting
+/// depth.
+#[inline(always)]
+pub fn reserve_packet<const MAX: usize>() -> Result<Held, NoRoom> {
+    let nest = NEST.get_ptr_mut(0).ok_or(NoRoom::NoLane)?;
+    // SAFETY: this CPU's counter. An atomic add: a program that interrupts
+    // this one (or, on a preemptible kernel, preempts it) between a load and
+    // a store must not be lost.
+    let depth = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(nest, 1) } as u32;
+    // SAFETY: helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let ncpus = global(&NR_CPUS);
+    let r = if cpu >= ncpus {
+        Err(NoRoom::NoLane)
+    } else if depth == 0 {
+        let mask = global(&LANE_MASK);
+        chunked::<MAX>(cpu, cpu * (mask + 1), mask).map(|r| (r, global(&WAKE_SHIFT)))
+    } else if depth <= NESTED_PER_CPU {
+        let lane = cpu * NESTED_PER_CPU + depth - 1;
+        nested::<MAX>(2 * ncpus + lane, lane).map(|r| (r, NESTED_WAKE_SHIFT))
+    } else {
+        count_drop(DropReason::NestedTooDeep);
+        Err(NoRoom::NoLane)
+    };
+    match r {
+        Ok(((ctl, frame, pos, start), wake_shift)) => Ok(Held {
+            release: Release::Nest(nest),
+            ctl,
+            frame,
+            pos,
+            start,
+            wake_shift,
         }),
         Err(e) => {
             leave(nest);
@@ -117,14 +208,17 @@ pub fn reserve<const MAX: usize>() -> Result<Held, NoRoom> {
     }
 }
 
-/// Room in primary lane `cpu` (chunks `cpu * (mask + 1) ..`).
+type Room = (*mut LaneCtl, *mut u8, u64, u64);
+
+/// Room in the lane whose positions are at `ctl_index` and whose `mask + 1`
+/// chunks start at chunk `base` of `LANES`.
 #[inline(always)]
-fn primary<const MAX: usize>(cpu: u32, mask: u32) -> Result<(*mut LaneCtl, *mut u8, u64), NoRoom> {
-    let ctl = LANE_CTL.get_ptr_mut(cpu).ok_or(NoRoom::NoLane)?;
+fn chunked<const MAX: usize>(ctl_index: u32, base: u32, mask: u32) -> Result<Room, NoRoom> {
+    let ctl = LANE_CTL.get_ptr_mut(ctl_index).ok_or(NoRoom::NoLane)?;
     // SAFETY: map value; `prod` is written only by the program holding
     // the lane (this one), `cons` by the agent (a stale value only
     // understates the room).
-    let (mut pos, cons) = unsafe {
+    let (start, cons) = unsafe {
         (
             core::ptr::read_volatile(&(*ctl).prod),
             core::ptr::read_volatile(&(*ctl).cons),
@@ -132,7 +226,8 @@ fn primary<const MAX: usize>(cpu: u32, mask: u32) -> Result<(*mut LaneCtl, *mut 
     };
     let lane_bytes = (u64::from(mask) + 1) * LANE_CHUNK as u64;
     // Positions are multiples of 8; the mask keeps that visible.
-    let mut off = (pos & (LANE_CHUNK as u64 - 8)) as usize;
+    let mut off = (start & (LANE_CHUNK as u64 - 8)) as usize;
+    let mut pos = start;
     let pad = if off > LANE_CHUNK - MAX {
         (LANE_CHUNK - off) as u64
     } else {
@@ -141,7 +236,7 @@ fn primary<const MAX: usize>(cpu: u32, mask: u32) -> Result<(*mut LaneCtl, *mut 
     if pos + pad + MAX as u64 > cons + lane_bytes {
         return Err(NoRoom::Full);
     }
-    let index = |pos: u64| cpu * (mask + 1) + ((pos / LANE_CHUNK as u64) as u32 & mask);
+    let index = |pos: u64| base + ((pos / LANE_CHUNK as u64) as u32 & mask);
     if pad > 0 {
         let chunk = LANES.get_ptr_mut(index(pos)).ok_or(NoRoom::NoLane)?;
         // SAFETY: off <= LANE_CHUNK - 8: a zero-length frame ends the chunk.
@@ -151,25 +246,23 @@ fn primary<const MAX: usize>(cpu: u32, mask: u32) -> Result<(*mut LaneCtl, *mut 
     }
     let chunk = LANES.get_ptr_mut(index(pos)).ok_or(NoRoom::NoLane)?;
     // SAFETY: off <= LANE_CHUNK - MAX: the frame fits in the chunk.
-    Ok((ctl, unsafe { (chunk as *mut u8).add(off) }, pos))
+    Ok((ctl, unsafe { (chunk as *mut u8).add(off) }, pos, start))
 }
 
 /// Room in nested lane `lane` (its positions at `ctl_index`).
 #[inline(always)]
-fn nested<const MAX: usize>(
-    ctl_index: u32,
-    lane: u32,
-) -> Result<(*mut LaneCtl, *mut u8, u64), NoRoom> {
+fn nested<const MAX: usize>(ctl_index: u32, lane: u32) -> Result<Room, NoRoom> {
     let ctl = LANE_CTL.get_ptr_mut(ctl_index).ok_or(NoRoom::NoLane)?;
     let chunk = NESTED.get_ptr_mut(lane).ok_or(NoRoom::NoLane)? as *mut u8;
-    // SAFETY: as in `primary`.
-    let (mut pos, cons) = unsafe {
+    // SAFETY: as in `chunked`.
+    let (start, cons) = unsafe {
         (
             core::ptr::read_volatile(&(*ctl).prod),
             core::ptr::read_volatile(&(*ctl).cons),
         )
     };
-    let mut off = (pos & (NESTED_LANE as u64 - 8)) as usize;
+    let mut off = (start & (NESTED_LANE as u64 - 8)) as usize;
+    let mut pos = start;
     let pad = if off > NESTED_LANE - MAX {
         (NESTED_LANE - off) as u64
     } else {
@@ -185,7 +278,7 @@ fn nested<const MAX: usize>(
         off = 0;
     }
     // SAFETY: off <= NESTED_LANE - MAX.
-    Ok((ctl, unsafe { chunk.add(off) }, pos))
+    Ok((ctl, unsafe { chunk.add(off) }, pos, start))
 }
 
 impl Held {
@@ -200,27 +293,33 @@ impl Held {
     #[inline(always)]
     pub fn publish(self, len: usize) {
         let frame = tracer_common::frame_len(len) as u64;
+        let prod = self.pos + frame;
         // SAFETY: the frame header is inside the reserved room; `prod` is
-        // published with an atomic exchange, a full barrier, after the
-        // record is written (the agent reads `prod` with acquire order).
+        // written after the record. On x86 stores are not reordered with
+        // one another, so a plain store publishes; elsewhere the agent sets
+        // STRICT_PUBLISH and an atomic exchange (a full barrier) does.
         unsafe {
             core::ptr::write_volatile(self.frame as *mut u64, frame);
-            atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(&mut (*self.ctl).prod, self.pos + frame);
-            let unsignalled = core::ptr::read_volatile(&(*self.ctl).unsignalled) + frame;
-            if unsignalled >= self.wake_at {
-                core::ptr::write_volatile(&mut (*self.ctl).unsignalled, 0);
-                wake_reader();
+            if global(&STRICT_PUBLISH) != 0 {
+                atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(&mut (*self.ctl).prod, prod);
             } else {
-                core::ptr::write_volatile(&mut (*self.ctl).unsignalled, unsignalled);
+                core::ptr::write_volatile(&mut (*self.ctl).prod, prod);
             }
         }
-        // Drop leaves the CPU's count.
+        if (prod >> self.wake_shift) != (self.start >> self.wake_shift) {
+            wake_reader();
+        }
+        // Drop leaves the lane.
     }
 }
 
 impl Drop for Held {
     #[inline(always)]
     fn drop(&mut self) {
-        leave(self.nest);
+        match self.release {
+            Release::Nest(nest) => leave(nest),
+            // SAFETY: this CPU's flag.
+            Release::Plain(flag) => unsafe { core::ptr::write_volatile(flag, 0) },
+        }
     }
 }

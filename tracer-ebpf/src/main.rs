@@ -58,6 +58,14 @@ static WAKEUP_BYTES: u64 = 256 * 1024;
 #[no_mangle]
 static LANE_MASK: u32 = 0;
 #[no_mangle]
+static OP_LANE_MASK: u32 = 0;
+#[no_mangle]
+static WAKE_SHIFT: u32 = 18;
+#[no_mangle]
+static OP_WAKE_SHIFT: u32 = 16;
+#[no_mangle]
+static STRICT_PUBLISH: u32 = 1;
+#[no_mangle]
 static NR_CPUS: u32 = 1;
 // Field offsets read from the running kernel's BTF by the agent: aya-ebpf
 // has no CO-RE relocations, and these layouts differ between kernels.

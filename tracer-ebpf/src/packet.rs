@@ -184,7 +184,7 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
         n = MAX_HEAD as u32;
     }
 
-    let held = match lane::reserve::<MAX_FRAME>() {
+    let held = match lane::reserve_packet::<MAX_FRAME>() {
         Ok(h) => h,
         Err(NoRoom::Full) => {
             count_drop(DropReason::RingFullSegment);

@@ -18,8 +18,9 @@ use crate::records::Op;
 use crate::{
     conns_written, count_drop, field, global,
     lane::{self, NoRoom},
-    AGENT_PID, CONNS, ENABLED, OFF_CLOCK, OFF_COOKIE, OFF_COPIED_SEQ, OFF_DADDR, OFF_DPORT, OFF_FAMILY,
-    OFF_NUM, OFF_RCV_SADDR, OFF_TASK_COMM, OFF_V6_DADDR, OFF_V6_RCV_SADDR, OFF_WRITE_SEQ,
+    AGENT_PID, CONNS, ENABLED, OFF_CLOCK, OFF_COOKIE, OFF_COPIED_SEQ, OFF_DADDR, OFF_DPORT,
+    OFF_FAMILY, OFF_NUM, OFF_RCV_SADDR, OFF_TASK_COMM, OFF_V6_DADDR, OFF_V6_RCV_SADDR,
+    OFF_WRITE_SEQ,
 };
 
 const MSG_PEEK: i32 = 2;
@@ -86,7 +87,7 @@ fn on_sock_op(ctx: &BtfTracePointContext, dir: Dir) {
     let comm_off = global(&OFF_TASK_COMM);
     // SAFETY: the current task, a typed pointer; comm is 16 bytes.
     let comm: [u64; 2] = unsafe { [field(task, comm_off), field(task, comm_off + 8)] };
-    let held = match lane::reserve::<OP_FRAME>() {
+    let held = match lane::reserve_op::<OP_FRAME>() {
         Ok(h) => h,
         Err(NoRoom::Full) => {
             count_drop(DropReason::RingFullOp);

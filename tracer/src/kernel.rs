@@ -3,11 +3,12 @@
 //! [`Kernel`] detaches everything (aya owns the links).
 //!
 //! Memory the kernel shares with the agent (all of it counts in the agent's
-//! RSS once touched): the primary lanes (`ring_bytes` per CPU, rounded up
-//! to a power of two of 256 KiB chunks, mapped once), the nested lanes
-//! (2 × 64 KiB per CPU), and two BPF ring buffers, which the kernel maps
-//! twice (their data pages appear at two addresses): connection records
-//! ([`CONNS_RING_BYTES`]) and CPU samples (see [`samples_ring_bytes`]).
+//! RSS once touched): per CPU, a packet lane (`ring_bytes`, rounded up to a
+//! power of two of 256 KiB chunks), an op lane (a quarter of that, at least
+//! one chunk) and two 64 KiB nested lanes, mapped once; and two BPF ring
+//! buffers, which the kernel maps twice (their data pages appear at two
+//! addresses): connection records ([`CONNS_RING_BYTES`]) and CPU samples
+//! (see [`samples_ring_bytes`]).
 use std::{fs::File, path::Path};
 
 use aya::{
@@ -56,6 +57,14 @@ pub fn lane_chunks(ring_bytes: u32) -> u32 {
         .div_ceil(LANE_CHUNK)
         .max(1)
         .next_power_of_two() as u32
+}
+
+/// The reader is woken when a lane's producer crosses a multiple of the
+/// returned power of two: `wakeup_bytes` rounded down, at most a quarter of
+/// the lane.
+fn wake_shift(wakeup_bytes: u64, lane_bytes: u64) -> u32 {
+    let quarter = (lane_bytes / 4).max(8);
+    wakeup_bytes.clamp(8, quarter).ilog2()
 }
 
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
@@ -218,11 +227,22 @@ impl Kernel {
             Some(_) => cpus,
             None => 1,
         };
+        let chunks = lane_chunks(cfg.ring_bytes);
+        // Call records are 64 bytes; packets carry payload.
         let layout = LaneLayout {
             cpus,
-            chunks: lane_chunks(cfg.ring_bytes),
+            chunks,
+            op_chunks: (chunks / 4).max(1),
         };
         let lane_mask = layout.chunks - 1;
+        let op_lane_mask = layout.op_chunks - 1;
+        let packet_wake = wake_shift(cfg.wakeup_bytes, u64::from(chunks) * LANE_CHUNK as u64);
+        let op_wake = wake_shift(
+            cfg.wakeup_bytes,
+            u64::from(layout.op_chunks) * LANE_CHUNK as u64,
+        );
+        // Stores are not reordered with one another on x86 (see lane.rs).
+        let strict_publish = u32::from(!cfg!(target_arch = "x86_64"));
         let aya_btf = AyaBtf::from_sys_fs()?;
         let snap = cfg.snap_len.min(MAX_SNAP_LEN as u32);
         let enabled = u32::from(cfg.enabled);
@@ -236,13 +256,17 @@ impl Kernel {
             .override_global(globals::WAKEUP_BYTES, &cfg.wakeup_bytes, true)
             .override_global(globals::STACK_COPY, &stack_copy, true)
             .override_global(globals::LANE_MASK, &lane_mask, true)
+            .override_global(globals::OP_LANE_MASK, &op_lane_mask, true)
+            .override_global(globals::WAKE_SHIFT, &packet_wake, true)
+            .override_global(globals::OP_WAKE_SHIFT, &op_wake, true)
+            .override_global(globals::STRICT_PUBLISH, &strict_publish, true)
             .override_global(globals::NR_CPUS, &cpus, true)
             .map_max_entries(
                 MAP_EVENTS,
                 samples_ring_bytes(cpus, cfg.profile_hz.is_some()),
             )
             .map_max_entries(MAP_CONNS, CONNS_RING_BYTES)
-            .map_max_entries(MAP_LANES, cpus * layout.chunks)
+            .map_max_entries(MAP_LANES, cpus * (layout.chunks + layout.op_chunks))
             .map_max_entries(MAP_NESTED, cpus * NESTED_PER_CPU)
             .map_max_entries(MAP_LANE_CTL, layout.lanes())
             .map_max_entries(MAP_SAMPLE_SCRATCH, scratch_entries);

@@ -100,22 +100,24 @@ pub struct LaneCounters {
 pub struct LaneLayout {
     /// CPU ids with lanes.
     pub cpus: u32,
-    /// Chunks per primary lane (a power of two).
+    /// Chunks per packet lane (a power of two).
     pub chunks: u32,
+    /// Chunks per op lane (a power of two).
+    pub op_chunks: u32,
 }
 
 impl LaneLayout {
-    /// Bytes of the primary lanes' map.
-    pub fn primary_bytes(&self) -> usize {
-        self.cpus as usize * self.chunks as usize * LANE_CHUNK
+    /// Bytes of the packet and op lanes' map.
+    pub fn chunked_bytes(&self) -> usize {
+        self.cpus as usize * (self.chunks + self.op_chunks) as usize * LANE_CHUNK
     }
     /// Bytes of the nested lanes' map.
     pub fn nested_bytes(&self) -> usize {
         (self.cpus * NESTED_PER_CPU) as usize * NESTED_LANE
     }
-    /// Lanes in all.
+    /// Lanes in all: packet, op and nested lanes of every CPU.
     pub fn lanes(&self) -> u32 {
-        self.cpus * (1 + NESTED_PER_CPU)
+        self.cpus * (2 + NESTED_PER_CPU)
     }
 }
 
@@ -149,25 +151,31 @@ impl Events {
         conns: RingBuf<MapData>,
         samples: RingBuf<MapData>,
     ) -> std::io::Result<Events> {
-        let primary = Mapping::new(lanes, page_round(layout.primary_bytes()), false)?;
+        let chunked = Mapping::new(lanes, page_round(layout.chunked_bytes()), false)?;
         let nested = Mapping::new(nested, page_round(layout.nested_bytes()), false)?;
         let ctl_len = page_round(layout.lanes() as usize * std::mem::size_of::<LaneCtl>());
         let ctl = Mapping::new(ctl, ctl_len, true)?;
-        let lane_bytes = u64::from(layout.chunks) * LANE_CHUNK as u64;
+        let packet_bytes = layout.chunks as usize * LANE_CHUNK;
+        let op_bytes = layout.op_chunks as usize * LANE_CHUNK;
+        let cpus = layout.cpus as usize;
         let mut out = Vec::with_capacity(layout.lanes() as usize);
-        for i in 0..layout.lanes() {
-            let (base, bytes, chunk) = if i < layout.cpus {
-                // SAFETY: inside the primary mapping.
-                let base = unsafe { primary.ptr.add(i as usize * lane_bytes as usize) };
-                (base as *const u8, lane_bytes, LANE_CHUNK as u64)
+        for i in 0..layout.lanes() as usize {
+            let (base, bytes, chunk) = if i < cpus {
+                // SAFETY: inside the chunked mapping (packet lanes first).
+                let base = unsafe { chunked.ptr.add(i * packet_bytes) };
+                (base as *const u8, packet_bytes as u64, LANE_CHUNK as u64)
+            } else if i < 2 * cpus {
+                // SAFETY: inside the chunked mapping (op lanes after them).
+                let base = unsafe { chunked.ptr.add(cpus * packet_bytes + (i - cpus) * op_bytes) };
+                (base as *const u8, op_bytes as u64, LANE_CHUNK as u64)
             } else {
-                let j = (i - layout.cpus) as usize;
+                let j = i - 2 * cpus;
                 // SAFETY: inside the nested mapping.
                 let base = unsafe { nested.ptr.add(j * NESTED_LANE) };
                 (base as *const u8, NESTED_LANE as u64, NESTED_LANE as u64)
             };
             // SAFETY: inside the control mapping.
-            let ctl = unsafe { (ctl.ptr as *mut LaneCtl).add(i as usize) };
+            let ctl = unsafe { (ctl.ptr as *mut LaneCtl).add(i) };
             // SAFETY: the control block of this lane.
             let pos = unsafe { (*ctl).cons };
             out.push(Lane {
@@ -181,7 +189,7 @@ impl Events {
         }
         Ok(Events {
             lanes: out,
-            _mappings: [primary, nested, ctl],
+            _mappings: [chunked, nested, ctl],
             conns,
             samples,
             conn_queue: VecDeque::new(),

@@ -283,20 +283,19 @@ pub const HEAD_MAX_DEFAULT: u32 = 16384;
 // ---------------------------------------------------------------------------
 // Lanes: the per-CPU transport of the capture records.
 //
-// Every CPU writes its records into its own lane, a ring of chunks in an
-// mmapable array map that the agent maps and reads in place; no lock and no
-// shared cache line between CPUs. A program interrupted on its CPU (by a
-// softirq, say) cannot share the lane with the program that interrupted it:
-// each CPU counts the programs running on it, the outermost writes to the
-// CPU's primary lane, the ones nested in it to one of [`NESTED_PER_CPU`]
-// small nested lanes. Each record is preceded by a [`FRAME_HDR`]-byte frame
+// Every CPU writes its records into lanes of its own, rings of chunks in
+// mmapable array maps that the agent maps and reads in place; no lock and no
+// shared cache line between CPUs. Each CPU has an op lane (send/receive
+// calls), a packet lane (packets) and [`NESTED_PER_CPU`] small nested lanes
+// for packet programs that interrupt another one on the same CPU (a softirq
+// in the middle of an egress, say). Each record is preceded by a [`FRAME_HDR`]-byte frame
 // (`u32` length of frame and record, 8-aligned; `u32` zero); a frame of
 // length 0 means "the rest of this chunk is unused". Within a lane the
 // records are in time order (the time is taken once the lane is held);
 // the agent merges the lanes by time.
 
-/// Bytes of one chunk of a primary lane. A lane is a power-of-two number of
-/// chunks (set at load).
+/// Bytes of one chunk of a packet or op lane. A lane is a power-of-two
+/// number of chunks (set at load).
 pub const LANE_CHUNK: usize = 256 << 10;
 /// Bytes of a nested lane (a single chunk).
 pub const NESTED_LANE: usize = 64 << 10;
@@ -309,17 +308,14 @@ pub const MAX_FRAME: usize = FRAME_HDR + core::mem::size_of::<SegmentHeader>() +
 
 /// Producer and consumer positions of one lane (byte counts since load; the
 /// offset in the lane is the position modulo the lane size). The programs
-/// write `prod` and `unsignalled`, the agent writes `cons`; they sit on
-/// separate cache lines.
+/// write `prod`, the agent writes `cons`; they sit on separate cache lines.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LaneCtl {
     /// Position after the last published frame.
     pub prod: u64,
-    /// Bytes published since the reader was last woken.
-    pub unsignalled: u64,
     /// Padding to a cache line.
-    pub _pad: [u64; 6],
+    pub _pad: [u64; 7],
     /// Position of the first frame the agent has not consumed.
     pub cons: u64,
     /// Padding to a cache line.
@@ -598,8 +594,18 @@ pub mod globals {
     /// socket's TCP clock, CLOCK_MONOTONIC ns, refreshed as it sends and
     /// receives).
     pub const OFF_CLOCK: &str = "OFF_CLOCK";
-    /// `u32`: chunks per primary lane minus one (a power of two minus one).
+    /// `u32`: chunks per packet lane minus one (a power of two minus one).
     pub const LANE_MASK: &str = "LANE_MASK";
+    /// `u32`: chunks per op lane minus one.
+    pub const OP_LANE_MASK: &str = "OP_LANE_MASK";
+    /// `u32`: a packet lane wakes the reader each time its producer position
+    /// crosses a multiple of `1 << WAKE_SHIFT` bytes.
+    pub const WAKE_SHIFT: &str = "WAKE_SHIFT";
+    /// `u32`: the same for op lanes.
+    pub const OP_WAKE_SHIFT: &str = "OP_WAKE_SHIFT";
+    /// `u32`: 1 to publish lane positions with an atomic exchange (a full
+    /// barrier); 0 on x86, whose stores are not reordered with one another.
+    pub const STRICT_PUBLISH: &str = "STRICT_PUBLISH";
     /// `u32`: number of CPU ids with lanes (possible CPUs).
     pub const NR_CPUS: &str = "NR_CPUS";
     /// `u32`: head window in bytes (clamped to `MAX_HEAD`).
@@ -623,11 +629,12 @@ pub const MAP_CONNS: &str = "CONNS";
 pub const MAP_DROPS: &str = "DROPS";
 /// Name of the per-CPU counter array ([`KernelStat`]).
 pub const MAP_STATS: &str = "STATS";
-/// Name of the primary lanes' chunk array (mmapable).
+/// Name of the chunk array of the packet lanes, then the op lanes
+/// (mmapable).
 pub const MAP_LANES: &str = "LANES";
 /// Name of the nested lanes' array (mmapable).
 pub const MAP_NESTED: &str = "NESTED";
-/// Name of the lanes' position array (mmapable): primary lanes first, then
+/// Name of the lanes' position array (mmapable): packet lanes, op lanes,
 /// nested lanes.
 pub const MAP_LANE_CTL: &str = "LANE_CTL";
 /// Name of the per-socket control hash map ([`SockCtl`] by cookie).
