@@ -38,6 +38,7 @@ mod packet;
 mod records;
 mod sample;
 mod sock;
+mod state;
 
 use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
@@ -49,6 +50,8 @@ use tracer_common::{DropReason, DROP_REASONS, KERNEL_STATS, SNAP_LEN_DEFAULT};
 // Tunables, set by the agent before load (see tracer_common::globals).
 #[no_mangle]
 static SNAP_LEN: u32 = SNAP_LEN_DEFAULT;
+#[no_mangle]
+static HEAD_MAX: u32 = tracer_common::HEAD_MAX_DEFAULT;
 #[no_mangle]
 static ENABLED: u32 = 1;
 #[no_mangle]

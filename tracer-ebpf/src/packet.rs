@@ -11,16 +11,17 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    Dir, DropReason, SegmentHeader, AF_INET, AF_INET6, LOOPBACK_IFINDEX, MAX_FRAME, MAX_HEAD,
-    SEG_LOOPBACK, TCP_FIN,
+    Dir, DropReason, KernelStat, SegmentHeader, AF_INET, AF_INET6, LOOPBACK_IFINDEX, MAX_FRAME,
+    MAX_HEAD, SEG_LOOPBACK, TCP_FIN,
 };
 
 use crate::{
-    count_drop, field, global,
+    add_stat, count_drop, field, global,
     lane::{self, NoRoom},
     records::Seg,
     sock::note_transmit,
-    AGENT_PID, ENABLED, OFF_CLOCK, OFF_COOKIE, SNAP_LEN,
+    state::{self, SockState},
+    AGENT_PID, ENABLED, HEAD_MAX, OFF_CLOCK, OFF_COOKIE, SNAP_LEN,
 };
 
 const IPPROTO_TCP: u8 = 6;
@@ -37,6 +38,60 @@ pub fn capture_egress(ctx: SkBuffContext) -> i32 {
 pub fn capture_ingress(ctx: SkBuffContext) -> i32 {
     let _ = capture(&ctx, Dir::Recv);
     1
+}
+
+/// Copies `n` payload bytes (at most `MAX_HEAD`) from `off` in the packet
+/// to `dst`, the payload room of a held frame.
+#[inline(always)]
+fn copy(ctx: &SkBuffContext, off: u32, dst: *mut u8, n: u32) -> Result<(), ()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let n = if n > MAX_HEAD as u32 {
+        MAX_HEAD as u32
+    } else {
+        n
+    };
+    // SAFETY: dst has MAX_HEAD bytes of room; n is bounded above.
+    let r = unsafe { bpf_skb_load_bytes(ctx.as_ptr(), off, dst as *mut c_void, n) };
+    if r < 0 {
+        count_drop(DropReason::BadPacket);
+        return Err(());
+    }
+    Ok(())
+}
+
+/// Whether copied payload starts like an HTTP/1 message: a request method
+/// or `HTTP` (a first-bytes check, not a parser; user space decides).
+#[inline(always)]
+fn starts_message(data: *const u8) -> bool {
+    // SAFETY: at least four bytes were copied there.
+    let w = u32::from_le(unsafe { core::ptr::read_volatile(data as *const u32) });
+    matches!(
+        &w.to_le_bytes(),
+        b"GET "
+            | b"POST"
+            | b"PUT "
+            | b"HEAD"
+            | b"DELE"
+            | b"PATC"
+            | b"OPTI"
+            | b"CONN"
+            | b"TRAC"
+            | b"HTTP"
+    )
+}
+
+/// Whether the `n` copied bytes end with the blank line that ends a head
+/// (the usual request without a body, or a head sent apart from its body).
+#[inline(always)]
+fn ends_head(data: *const u8, n: u32) -> bool {
+    if n < 4 || n > MAX_HEAD as u32 {
+        return false;
+    }
+    // SAFETY: n - 4 + 4 <= n bytes copied, inside the frame.
+    let w = unsafe { core::ptr::read_unaligned(data.add(n as usize - 4) as *const [u8; 4]) };
+    &w == b"\r\n\r\n"
 }
 
 /// A value at `p` in the packet's linear part.
@@ -175,13 +230,65 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
         Dir::Send => (sport, dport),
         Dir::Recv => (dport, sport),
     };
-    let mut n = payload_len;
-    let snap = global(&SNAP_LEN);
-    if n > snap {
-        n = snap;
-    }
-    if n > MAX_HEAD as u32 {
-        n = MAX_HEAD as u32;
+    // SAFETY: tp is typed; the helper assigns a cookie the socket lacks.
+    let cookie = match unsafe { field::<u64>(tp, global(&OFF_COOKIE)) } {
+        0 => unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        c => c,
+    };
+    let mut seq = u32::from_be(seq_be);
+    let mut payload_off = payload_off;
+    let mut payload_len = payload_len;
+    let d = dir as usize & 1;
+
+    // What user space asked for this socket: silence it, skip a body.
+    let mut st: *mut SockState = core::ptr::null_mut();
+    let mut skipped_to_start = false;
+    if let Some(gen) = state::ctl_generation() {
+        st = state::get(tp as *mut c_void, true);
+        if !st.is_null() {
+            state::refresh(st, cookie, gen);
+            // SAFETY: this socket's storage.
+            let s = unsafe { &mut *st };
+            if s.ctl.silence != 0 {
+                s.uncopied[d] += u64::from(payload_len);
+                add_stat(KernelStat::SilencedPackets, 1);
+                add_stat(KernelStat::SilencedBytes, u64::from(payload_len));
+                return Ok(());
+            }
+            if s.ctl.skip_dirs & (1 << d) != 0 && payload_len > 0 {
+                let (from, to) = (s.ctl.skip_from[d], s.ctl.skip_to[d]);
+                // Wrapping sequence arithmetic: is seq in [from, to)?
+                let inside = seq.wrapping_sub(from);
+                let span = to.wrapping_sub(from);
+                if inside < span {
+                    let skip = span - inside;
+                    if skip >= payload_len {
+                        s.uncopied[d] += u64::from(payload_len);
+                        add_stat(KernelStat::SkippedPackets, 1);
+                        add_stat(KernelStat::SkippedBytes, u64::from(payload_len));
+                        if tcp_flags & TCP_FIN == 0 {
+                            return Ok(());
+                        }
+                        // The FIN still lines up a last receive.
+                        seq = seq.wrapping_add(payload_len);
+                        payload_off += payload_len;
+                        payload_len = 0;
+                    } else {
+                        // The body ends in this packet: report it from the
+                        // end of the body on, where the next message starts.
+                        s.uncopied[d] += u64::from(skip);
+                        add_stat(KernelStat::SkippedBytes, u64::from(skip));
+                        seq = to;
+                        payload_off += skip;
+                        payload_len -= skip;
+                        skipped_to_start = true;
+                    }
+                    if seq.wrapping_sub(from) >= span {
+                        s.ctl.skip_dirs &= !(1 << d);
+                    }
+                }
+            }
+        }
     }
 
     let held = match lane::reserve_packet::<MAX_FRAME>() {
@@ -193,20 +300,74 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
         Err(NoRoom::NoLane) => return Ok(()),
     };
     let rec = held.record();
-    if n > 0 {
-        // SAFETY: n <= MAX_HEAD: the payload fits in the held frame after
-        // the header.
-        let r = unsafe {
-            bpf_skb_load_bytes(
-                ctx.as_ptr(),
-                payload_off,
-                rec.add(core::mem::size_of::<SegmentHeader>()) as *mut c_void,
-                n,
-            )
+    // SAFETY: the payload room of the held frame (MAX_HEAD bytes).
+    let data = unsafe { rec.add(core::mem::size_of::<SegmentHeader>()) };
+    let snap = global(&SNAP_LEN);
+    let mut n = if payload_len > snap {
+        snap
+    } else {
+        payload_len
+    };
+    copy(ctx, payload_off, data, n)?;
+    // A packet whose first bytes start an HTTP/1 message (or that starts
+    // where a skipped body ended) opens a head window: it is copied up to
+    // HEAD_MAX bytes, and when it ends before the head may have (it does
+    // not end with a blank line), the packets after it are copied up to
+    // HEAD_MAX bytes from its start too. A packet inside an open window is
+    // copied to the window's end. Everything else is copied up to SNAP_LEN.
+    let head_max = global(&HEAD_MAX);
+    if skipped_to_start || (n >= 4 && starts_message(data)) {
+        add_stat(KernelStat::HeadStarts, 1);
+        let want = if payload_len > head_max {
+            add_stat(KernelStat::HeadWindowFull, 1);
+            head_max
+        } else {
+            payload_len
         };
-        if r < 0 {
-            count_drop(DropReason::BadPacket);
-            return Err(());
+        if want > n {
+            n = want;
+            copy(ctx, payload_off, data, n)?;
+        }
+        let open = n == payload_len && n < head_max && !ends_head(data, n);
+        if open || !st.is_null() {
+            if st.is_null() {
+                st = state::get(tp as *mut c_void, true);
+            }
+            if !st.is_null() {
+                // SAFETY: this socket's storage.
+                let s = unsafe { &mut *st };
+                if open {
+                    s.win_end[d] = seq.wrapping_add(head_max);
+                    s.win_dirs |= 1 << d;
+                } else {
+                    s.win_dirs &= !(1 << d);
+                }
+            }
+        }
+    } else if payload_len > n {
+        if st.is_null() {
+            st = state::get(tp as *mut c_void, false);
+        }
+        if !st.is_null() {
+            // SAFETY: this socket's storage.
+            let s = unsafe { &mut *st };
+            if s.win_dirs & (1 << d) != 0 {
+                let left = s.win_end[d].wrapping_sub(seq);
+                if left > 0 && left <= head_max {
+                    let want = if payload_len > left {
+                        left
+                    } else {
+                        payload_len
+                    };
+                    if want > n {
+                        add_stat(KernelStat::HeadContinued, 1);
+                        n = want;
+                        copy(ctx, payload_off, data, n)?;
+                    }
+                } else {
+                    s.win_dirs &= !(1 << d);
+                }
+            }
         }
     }
     // The time: a packet leaving was sent right after TCP refreshed the
@@ -221,11 +382,6 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
         // SAFETY: helper without arguments.
         unsafe { bpf_ktime_get_ns() }
     };
-    // SAFETY: tp is typed; the helper assigns a cookie the socket lacks.
-    let cookie = match unsafe { field::<u64>(tp, global(&OFF_COOKIE)) } {
-        0 => unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        c => c,
-    };
     if dir == Dir::Send {
         note_transmit(cookie, clock);
     }
@@ -233,7 +389,7 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
         dir: dir as u8,
         family,
         tcp_flags,
-        seq: u32::from_be(seq_be),
+        seq,
         payload_len,
         captured_len: n,
         ts_ns,

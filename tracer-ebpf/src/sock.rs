@@ -11,12 +11,14 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::BtfTracePointContext,
 };
-use tracer_common::{frame_len, ConnState, Dir, DropReason, SockOp, Tag, AF_INET, AF_INET6};
+use tracer_common::{
+    frame_len, ConnState, Dir, DropReason, KernelStat, SockOp, SockTotals, Tag, AF_INET, AF_INET6,
+};
 
-use crate::records::Op;
+use crate::{records::Op, state};
 
 use crate::{
-    conns_written, count_drop, field, global,
+    add_stat, conns_written, count_drop, field, global,
     lane::{self, NoRoom},
     AGENT_PID, CONNS, ENABLED, OFF_CLOCK, OFF_COOKIE, OFF_COPIED_SEQ, OFF_DADDR, OFF_DPORT,
     OFF_FAMILY, OFF_NUM, OFF_RCV_SADDR, OFF_TASK_COMM, OFF_V6_DADDR, OFF_V6_RCV_SADDR,
@@ -82,6 +84,22 @@ fn on_sock_op(ctx: &BtfTracePointContext, dir: Dir) {
     // SAFETY: tp is the helper's typed tcp_sock pointer.
     let (seq_end, clock): (u32, u64) = unsafe { (field(tp, off), field(tp, global(&OFF_CLOCK))) };
     let cookie = cookie_of(sk);
+    // A socket user space silenced: counted, not reported.
+    if let Some(gen) = state::ctl_generation() {
+        let st = state::get(sk, true);
+        if !st.is_null() {
+            state::refresh(st, cookie, gen);
+            // SAFETY: this socket's storage.
+            let s = unsafe { &mut *st };
+            if s.ctl.silence != 0 {
+                let d = dir as usize & 1;
+                s.silenced_calls[d] += 1;
+                s.silenced_bytes[d] += ret as u64;
+                add_stat(KernelStat::SilencedCalls, 1);
+                return;
+            }
+        }
+    }
     // SAFETY: helper without arguments.
     let task = unsafe { bpf_get_current_task_btf() } as *const u8;
     let comm_off = global(&OFF_TASK_COMM);
@@ -213,6 +231,7 @@ fn on_state(ctx: &BtfTracePointContext) {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
+    let cookie = cookie_of(sk);
     let Some(mut entry) = CONNS.reserve::<ConnState>(0) else {
         count_drop(DropReason::RingFullConn);
         return;
@@ -226,7 +245,7 @@ fn on_state(ctx: &BtfTracePointContext) {
         remote_port: u16::from_be(dport),
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        cookie: cookie_of(sk),
+        cookie,
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         local_addr,
@@ -234,4 +253,39 @@ fn on_state(ctx: &BtfTracePointContext) {
     });
     entry.submit(BPF_RB_NO_WAKEUP as u64);
     conns_written(size_of::<ConnState>() as u64);
+    if new == TCP_CLOSE {
+        totals(sk, cookie);
+    }
+}
+
+/// At the close of a socket the programs reported in summary only, what
+/// they counted instead.
+#[inline(always)]
+fn totals(sk: *mut c_void, cookie: u64) {
+    let st = state::get(sk, false);
+    if st.is_null() {
+        return;
+    }
+    // SAFETY: this socket's storage.
+    let s = unsafe { &*st };
+    if s.silenced_calls == [0, 0] && s.uncopied == [0, 0] {
+        return;
+    }
+    let Some(mut entry) = CONNS.reserve::<SockTotals>(0) else {
+        count_drop(DropReason::RingFullTotals);
+        return;
+    };
+    entry.write(SockTotals {
+        tag: Tag::SockTotals as u8,
+        silence: s.ctl.silence,
+        _pad: [0; 6],
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cookie,
+        silenced_calls: s.silenced_calls,
+        silenced_bytes: s.silenced_bytes,
+        uncopied_bytes: s.uncopied,
+    });
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    conns_written(size_of::<SockTotals>() as u64);
 }

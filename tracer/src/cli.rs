@@ -328,6 +328,7 @@ impl RunArgs {
         Ok(RunConfig {
             kernel: KernelConfig {
                 snap_len: self.snap_len,
+                head_max: tracer_common::HEAD_MAX_DEFAULT,
                 enabled: !self.hooks_only,
                 ring_bytes: ring,
                 wakeup_bytes: self.wakeup_bytes,

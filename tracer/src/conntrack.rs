@@ -13,7 +13,8 @@ use foldhash::{HashMap, HashMapExt};
 
 use protocols::stream::{Chunk, OpMeta, StreamCounters, StreamLimits, StreamReassembler};
 use tracer_common::{
-    ConnState, Dir, SegmentHeader, SockOp, SockTotals, AF_INET, AF_INET6, SEG_LOOPBACK, TCP_FIN,
+    ConnState, Dir, SegmentHeader, Silence, SockCtl, SockOp, SockTotals, AF_INET, AF_INET6,
+    SEG_LOOPBACK, SOCK_CTL_MAX, TCP_FIN,
 };
 
 /// (local, remote) of a socket.
@@ -68,6 +69,39 @@ impl ConnInfo {
             .unwrap_or(self.comm.len());
         std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
     }
+}
+
+/// What a later stage (a parser) asks of the capture for one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtlRequest {
+    /// The connection carries nothing the agent parses: the kernel stops
+    /// reporting its calls and copying its packets (it still reports its
+    /// state changes, and counts the calls and bytes).
+    Silence {
+        /// Socket cookie.
+        cookie: u64,
+        /// Why.
+        reason: Silence,
+    },
+    /// Report the connection again (its bytes in between are lost to the
+    /// parsers: its streams start afresh).
+    Lift {
+        /// Socket cookie.
+        cookie: u64,
+    },
+    /// The `len` bytes from stream offset `offset` of direction `dir` are
+    /// a body the parser counts without looking at: they need not be
+    /// copied.
+    Skip {
+        /// Socket cookie.
+        cookie: u64,
+        /// Direction of the bytes.
+        dir: Dir,
+        /// Offset in the stream (as in `Chunk::offset`).
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
 }
 
 /// Receives what the connection table produces.
@@ -133,6 +167,17 @@ pub struct ConnCounters {
     /// Payload bytes the kernel did not copy (silenced sockets, skipped
     /// bodies), from the sockets' totals at close.
     pub uncopied_bytes: u64,
+    /// Sockets silenced because they carry nothing the agent parses.
+    pub silenced_not_parsed: u64,
+    /// Sockets silenced because they carry TLS ciphertext.
+    pub silenced_tls: u64,
+    /// Verdicts lifted.
+    pub silence_lifted: u64,
+    /// Bodies the kernel was told to skip.
+    pub skips: u64,
+    /// Requests the kernel's control map had no room for (it holds
+    /// `SOCK_CTL_MAX` sockets): that socket stays fully reported.
+    pub ctl_full: u64,
 }
 
 /// A loopback packet waiting for its receiving socket to be known.
@@ -179,6 +224,10 @@ struct Conn {
     streams: Streams,
     closed_at: Option<u64>,
     last_seen: u64,
+    /// What the kernel was told about this socket (default: nothing).
+    ctl: SockCtl,
+    /// Per direction: stream offset where the skipped body ends.
+    skip_end: [Option<u64>; 2],
 }
 
 /// TCP states (include/net/tcp_states.h).
@@ -200,6 +249,13 @@ pub struct Conns {
     counters: ConnCounters,
     /// Stream counters of connections already removed.
     retired: StreamCounters,
+    /// Changes to the kernel's control map, in order (`None`: delete).
+    ctl_updates: Vec<(u64, Option<SockCtl>)>,
+    /// Sockets with a kernel control entry.
+    ctl_entries: usize,
+    /// Sockets gone from the table whose control entry stays until their
+    /// close is seen (silenced sockets evicted while idle).
+    ctl_orphans: HashMap<u64, ()>,
 }
 
 fn addr(family: u8, bytes: &[u8; 16], port: u16) -> Option<SocketAddr> {
@@ -225,6 +281,103 @@ impl Conns {
             limits,
             counters: ConnCounters::default(),
             retired: StreamCounters::default(),
+            ctl_updates: Vec::new(),
+            ctl_entries: 0,
+            ctl_orphans: HashMap::new(),
+        }
+    }
+
+    /// A later stage's request about one connection; the kernel learns of
+    /// it through [`take_ctl_updates`](Self::take_ctl_updates).
+    pub fn request(&mut self, r: CtlRequest) {
+        let cookie = match r {
+            CtlRequest::Silence { cookie, .. }
+            | CtlRequest::Lift { cookie }
+            | CtlRequest::Skip { cookie, .. } => cookie,
+        };
+        let Some(conn) = self.conns.get_mut(&cookie) else {
+            return;
+        };
+        let before = conn.ctl;
+        match r {
+            CtlRequest::Silence { reason, .. } => {
+                if before.silence == reason as u8 {
+                    return;
+                }
+                conn.ctl.silence = reason as u8;
+                match reason {
+                    Silence::NotParsed => self.counters.silenced_not_parsed += 1,
+                    Silence::Tls => self.counters.silenced_tls += 1,
+                    Silence::None => {}
+                }
+            }
+            CtlRequest::Lift { .. } => {
+                if before.silence == 0 {
+                    return;
+                }
+                conn.ctl.silence = 0;
+                self.counters.silence_lifted += 1;
+                // What the kernel did not report meanwhile is gone: the
+                // streams start again at the next record.
+                for s in conn.streams.iter_mut() {
+                    self.retired += s.counters();
+                    s.reset();
+                }
+                conn.skip_end = [None, None];
+                conn.ctl.skip_dirs = 0;
+            }
+            CtlRequest::Skip {
+                dir, offset, len, ..
+            } => {
+                let d = dir as usize;
+                let Some((from, to)) = conn.streams[d].skip(offset, len) else {
+                    return;
+                };
+                conn.ctl.skip_dirs |= 1 << d;
+                conn.ctl.skip_from[d] = from;
+                conn.ctl.skip_to[d] = to;
+                conn.skip_end[d] = Some(offset + len);
+                self.counters.skips += 1;
+            }
+        }
+        let after = conn.ctl;
+        let had = before != SockCtl::default();
+        let has = after != SockCtl::default();
+        if !had && has && self.ctl_entries >= SOCK_CTL_MAX as usize {
+            conn.ctl = before;
+            self.counters.ctl_full += 1;
+            return;
+        }
+        self.ctl_entries = self.ctl_entries + usize::from(has) - usize::from(had);
+        self.ctl_updates.push((cookie, has.then_some(after)));
+    }
+
+    /// The changes to the kernel's control map since the last call, in
+    /// order (`None`: delete the entry), and the number of entries after
+    /// them.
+    pub fn take_ctl_updates(&mut self) -> (Vec<(u64, Option<SockCtl>)>, usize) {
+        (std::mem::take(&mut self.ctl_updates), self.ctl_entries)
+    }
+
+    /// After a direction delivered: a skip it passed is over, and its
+    /// control entry goes when nothing else is in it.
+    fn skip_passed(&mut self, cookie: u64, dir: Dir) {
+        let Some(conn) = self.conns.get_mut(&cookie) else {
+            return;
+        };
+        let d = dir as usize;
+        match conn.skip_end[d] {
+            Some(end) if conn.streams[d].next_offset() >= end => {}
+            _ => return,
+        }
+        conn.skip_end[d] = None;
+        conn.ctl.skip_dirs &= !(1 << d);
+        if conn.ctl.silence == 0 && conn.ctl.skip_dirs == 0 {
+            conn.ctl = SockCtl::default();
+            self.ctl_entries -= 1;
+            self.ctl_updates.push((cookie, None));
+        } else {
+            self.ctl_updates.push((cookie, Some(conn.ctl)));
         }
     }
 
@@ -323,6 +476,8 @@ impl Conns {
                 }),
                 closed_at: None,
                 last_seen: now,
+                ctl: SockCtl::default(),
+                skip_end: [None, None],
             }
         });
         conn.last_seen = now;
@@ -350,6 +505,9 @@ impl Conns {
         );
         let info = &conn.info;
         stream.poll(op.ts_ns, &mut |c| sink.chunk(info, dir, &c));
+        if conn.skip_end[dir as usize].is_some() {
+            self.skip_passed(op.cookie, dir);
+        }
     }
 
     /// A captured packet payload.
@@ -376,6 +534,9 @@ impl Conns {
         );
         let info = &conn.info;
         stream.poll(hdr.ts_ns, &mut |c| sink.chunk(info, dir, &c));
+        if conn.skip_end[dir as usize].is_some() {
+            self.skip_passed(hdr.cookie, dir);
+        }
         if dir == Dir::Send && hdr.seg_flags & SEG_LOOPBACK != 0 {
             if let (Some(l), Some(r)) = (local, remote) {
                 self.mirror_loopback(hdr, l, r, data, sink);
@@ -394,6 +555,10 @@ impl Conns {
 
     /// A TCP state change.
     pub fn on_state(&mut self, st: &ConnState, sink: &mut impl Sink) {
+        if st.new_state == TCP_CLOSE && self.ctl_orphans.remove(&st.cookie).is_some() {
+            self.ctl_entries -= 1;
+            self.ctl_updates.push((st.cookie, None));
+        }
         let conn = self.entry(st.cookie, st.ts_ns);
         match st.new_state {
             TCP_SYN_SENT => {
@@ -481,6 +646,16 @@ impl Conns {
                 stream.reset();
             }
             sink.closed(&conn.info);
+            if conn.ctl != SockCtl::default() {
+                if conn.closed_at.is_none() && conn.ctl.silence != 0 {
+                    // Evicted while open: the kernel keeps it silenced until
+                    // its close shows up.
+                    self.ctl_orphans.insert(cookie, ());
+                } else {
+                    self.ctl_entries -= 1;
+                    self.ctl_updates.push((cookie, None));
+                }
+            }
             if self.pool.len() < STREAM_POOL {
                 self.pool.push(conn.streams);
             }

@@ -18,7 +18,7 @@ use protocols::{
 };
 use tracer_common::Dir;
 
-use crate::conntrack::{ConnInfo, Role};
+use crate::conntrack::{ConnInfo, CtlRequest, Role};
 
 /// Counters of this stage (the parser and correlator keep their own).
 #[derive(Clone, Copy, Debug, Default)]
@@ -52,6 +52,8 @@ struct HttpConn {
     requests: Option<Dir>,
     opened: bool,
     not_http: bool,
+    /// Per direction: stream offset up to which a body skip was requested.
+    skip_asked: [u64; 2],
 }
 
 /// Parses HTTP/1 on every connection and turns messages into spans.
@@ -65,7 +67,13 @@ pub struct HttpSpans {
     // The boxes themselves move between the pool and connections.
     #[allow(clippy::vec_box)]
     pool: Vec<Box<Http1Connection>>,
+    /// Requests to the capture (silence a connection, skip a body).
+    ctl: Vec<CtlRequest>,
 }
+
+/// Bodies shorter than this are copied anyway (the request to skip them
+/// costs more than the copy).
+const SKIP_MIN: u64 = 16 << 10;
 
 fn opposite(d: Dir) -> Dir {
     match d {
@@ -121,7 +129,13 @@ impl HttpSpans {
             now_ns: 0,
             messages: Vec::new(),
             pool: Vec::new(),
+            ctl: Vec::new(),
         }
+    }
+
+    /// What this stage asks of the capture since the last call.
+    pub fn take_ctl_requests(&mut self) -> Vec<CtlRequest> {
+        std::mem::take(&mut self.ctl)
     }
 
     /// Re-reads the host's addresses (interfaces come and go).
@@ -150,6 +164,7 @@ impl HttpSpans {
                     requests: None,
                     opened: false,
                     not_http: false,
+                    skip_asked: [0; 2],
                 },
             );
         }
@@ -211,6 +226,28 @@ impl HttpSpans {
         if c.parser.requests().is_not_http() || c.parser.responses().is_not_http() {
             c.not_http = true;
             self.counters.not_http += 1;
+            self.ctl.push(CtlRequest::Silence {
+                cookie: conn.cookie,
+                reason: silence_reason(chunk),
+            });
+        } else {
+            let parser = if dir == requests {
+                c.parser.requests()
+            } else {
+                c.parser.responses()
+            };
+            let asked = &mut c.skip_asked[dir as usize];
+            if let Some((offset, len)) = parser.body_ahead() {
+                if len >= SKIP_MIN && offset + len > *asked {
+                    *asked = offset + len;
+                    self.ctl.push(CtlRequest::Skip {
+                        cookie: conn.cookie,
+                        dir,
+                        offset,
+                        len,
+                    });
+                }
+            }
         }
         for m in out.drain(..) {
             self.message(conn, dir, m);
@@ -326,6 +363,15 @@ impl HttpSpans {
     /// The correlator's counters.
     pub fn correlate_counters(&self) -> &correlate::Counters {
         self.correlator.counters()
+    }
+}
+
+/// Why a connection found not to be HTTP/1 is silenced: TLS records start
+/// with a handshake (22) or application data (23) byte and version 3.x.
+fn silence_reason(chunk: &Chunk<'_>) -> tracer_common::Silence {
+    match first_data(chunk) {
+        Some([22 | 23, 3, ..]) => tracer_common::Silence::Tls,
+        _ => tracer_common::Silence::NotParsed,
     }
 }
 

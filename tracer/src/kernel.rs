@@ -22,9 +22,9 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{
-    globals, DropReason, KernelStat, LANE_CHUNK, MAP_CONNS, MAP_DROPS, MAP_EVENTS, MAP_LANES,
-    MAP_LANE_CTL, MAP_NESTED, MAP_SAMPLE_SCRATCH, MAP_STATS, MAX_SNAP_LEN, MAX_STACK_COPY,
-    NESTED_PER_CPU, PROG_PROFILE,
+    globals, DropReason, KernelStat, SockCtl, CTL_ENTRIES, CTL_GEN, LANE_CHUNK, MAP_CONNS,
+    MAP_CTL_STATE, MAP_DROPS, MAP_EVENTS, MAP_LANES, MAP_LANE_CTL, MAP_NESTED, MAP_SAMPLE_SCRATCH,
+    MAP_SOCK_CTL, MAP_STATS, MAX_HEAD, MAX_SNAP_LEN, MAX_STACK_COPY, NESTED_PER_CPU, PROG_PROFILE,
 };
 
 use crate::{
@@ -140,6 +140,9 @@ pub struct KernelConfig {
     /// User-stack bytes copied per sample (`tracer_common::STACK_COPY_DEFAULT`;
     /// clamped to `MAX_STACK_COPY`).
     pub stack_copy: u32,
+    /// Head window: bytes copied from the start of every HTTP/1 message
+    /// (`tracer_common::HEAD_MAX_DEFAULT`; clamped to `MAX_HEAD`).
+    pub head_max: u32,
 }
 
 /// Programs loaded and attached.
@@ -245,12 +248,14 @@ impl Kernel {
         let strict_publish = u32::from(!cfg!(target_arch = "x86_64"));
         let aya_btf = AyaBtf::from_sys_fs()?;
         let snap = cfg.snap_len.min(MAX_SNAP_LEN as u32);
+        let head_max = cfg.head_max.min(MAX_HEAD as u32);
         let enabled = u32::from(cfg.enabled);
         let pid = std::process::id();
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&aya_btf))
             .override_global(globals::SNAP_LEN, &snap, true)
+            .override_global(globals::HEAD_MAX, &head_max, true)
             .override_global(globals::ENABLED, &enabled, true)
             .override_global(globals::AGENT_PID, &pid, true)
             .override_global(globals::WAKEUP_BYTES, &cfg.wakeup_bytes, true)
@@ -356,6 +361,28 @@ impl Kernel {
         Events::new(self.layout, lanes, nested, ctl, conns, samples).map_err(KernelError::Mmap)
     }
 
+    /// Takes the writer of per-socket requests (once).
+    pub fn take_ctl(&mut self) -> Result<SockCtlMap, KernelError> {
+        let map = self
+            .ebpf
+            .take_map(MAP_SOCK_CTL)
+            .ok_or(KernelError::MissingMap(MAP_SOCK_CTL))?;
+        let map =
+            aya::maps::HashMap::try_from(map).map_err(|e| KernelError::Map(MAP_SOCK_CTL, e))?;
+        let state = self
+            .ebpf
+            .take_map(MAP_CTL_STATE)
+            .ok_or(KernelError::MissingMap(MAP_CTL_STATE))?;
+        let state =
+            aya::maps::Array::try_from(state).map_err(|e| KernelError::Map(MAP_CTL_STATE, e))?;
+        Ok(SockCtlMap {
+            map,
+            state,
+            gen: 0,
+            errors: 0,
+        })
+    }
+
     /// What the programs counted instead of emitting records, summed over
     /// CPUs.
     pub fn stats(&self) -> Vec<(KernelStat, u64)> {
@@ -432,5 +459,50 @@ fn attach_sampling(ebpf: &mut Ebpf, hz: u32) -> Result<Vec<u32>, KernelError> {
             source,
         }),
         _ => Ok(attached),
+    }
+}
+
+/// The agent's per-socket requests to the programs (`SOCK_CTL`, keyed by
+/// socket cookie), and the generation that tells the programs to re-read
+/// them.
+pub struct SockCtlMap {
+    map: aya::maps::HashMap<MapData, u64, SockCtl>,
+    state: aya::maps::Array<MapData, u64>,
+    gen: u64,
+    /// Updates the kernel refused (the entry stays as it was).
+    pub errors: u64,
+}
+
+impl SockCtlMap {
+    /// Applies changes in order (`None` deletes the entry), then publishes
+    /// the number of entries and a new generation. One map write per change
+    /// and two per batch; nothing when there is no change.
+    pub fn apply(&mut self, updates: &[(u64, Option<SockCtl>)], entries: usize) {
+        if updates.is_empty() {
+            return;
+        }
+        for (cookie, ctl) in updates {
+            let r = match ctl {
+                Some(c) => self.map.insert(cookie, c, 0),
+                None => match self.map.remove(cookie) {
+                    Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                    r => r,
+                },
+            };
+            if r.is_err() {
+                self.errors += 1;
+            }
+        }
+        self.gen += 1;
+        // Entries first: a program that sees the new generation also sees
+        // them.
+        if self
+            .state
+            .set(CTL_ENTRIES, entries as u64, 0)
+            .and_then(|_| self.state.set(CTL_GEN, self.gen, 0))
+            .is_err()
+        {
+            self.errors += 1;
+        }
     }
 }

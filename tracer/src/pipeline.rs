@@ -20,7 +20,7 @@ use crate::{
     conntrack::{ConnInfo, ConnLimits, Conns, Sink},
     export::{console::Format, resource::ResourceCache, sink::SpanSink},
     http_spans::HttpSpans,
-    kernel::Kernel,
+    kernel::{Kernel, SockCtlMap},
     lanes::Events,
     print::EventPrinter,
     profile::stage::ProfileStage,
@@ -39,6 +39,8 @@ pub struct ReaderCounters {
     pub records_late: u64,
     /// Lane frames that made no sense (the rest of that lane was skipped).
     pub frames_corrupt: u64,
+    /// Per-socket requests the kernel refused.
+    pub ctl_errors: u64,
 }
 
 /// Everything after the connection table: event printing (optional),
@@ -181,6 +183,23 @@ fn drain(
     c.frames_corrupt = events.counters().frames_corrupt;
 }
 
+/// Passes the parsers' requests (silence a connection, skip a body) to the
+/// connection table and on to the kernel. Not while events are printed:
+/// whoever asked to see every call sees them all.
+fn apply_ctl(conns: &mut Conns, stages: &mut Stages, ctl: &mut SockCtlMap, c: &mut ReaderCounters) {
+    if let Some(http) = &mut stages.http {
+        let requests = http.take_ctl_requests();
+        if stages.events.is_none() {
+            for r in requests {
+                conns.request(r);
+            }
+        }
+    }
+    let (updates, entries) = conns.take_ctl_updates();
+    ctl.apply(&updates, entries);
+    c.ctl_errors = ctl.errors;
+}
+
 /// Runs until SIGINT/SIGTERM or the configured duration, then detaches and
 /// reports the counters on stderr.
 pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
@@ -276,6 +295,7 @@ async fn event_loop(
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("registering the ring buffer with epoll")?;
+    let mut ctl = kernel.take_ctl()?;
     let mut conns = Conns::new(ConnLimits::default());
     let mut counters = ReaderCounters::default();
 
@@ -315,9 +335,11 @@ async fn event_loop(
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 drain(guard.get_inner_mut(), &mut conns, stages, &mut counters, false);
                 guard.clear_ready();
+                apply_ctl(&mut conns, stages, &mut ctl, &mut counters);
             }
             _ = drain_tick.tick() => {
                 drain(ring.get_mut(), &mut conns, stages, &mut counters, false);
+                apply_ctl(&mut conns, stages, &mut ctl, &mut counters);
                 stages.flush();
             }
             _ = sweep_tick.tick() => {
@@ -406,10 +428,11 @@ mod tests {
             bad_records: 1,
             records_late: 0,
             frames_corrupt: 0,
+            ctl_errors: 0,
         };
         assert_eq!(
             debug_kv(&c),
-            "records=3 bad_records=1 records_late=0 frames_corrupt=0"
+            "records=3 bad_records=1 records_late=0 frames_corrupt=0 ctl_errors=0"
         );
     }
 }

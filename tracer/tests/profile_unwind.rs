@@ -86,10 +86,11 @@ fn load_cfg(profile_hz: Option<u32>, stack_copy: u32) -> Kernel {
     let cfg = KernelConfig {
         snap_len: 0,
         enabled: true,
-        ring_bytes: 32 << 20,
+        ring_bytes: 1 << 20,
         wakeup_bytes: 1 << 20,
         profile_hz,
         stack_copy,
+        head_max: tracer_common::HEAD_MAX_DEFAULT,
     };
     let kernel = Kernel::load(&cfg, &btf, &cgroup).expect("loading the programs");
     assert_eq!(profile_hz.is_some(), !kernel.profiling_cpus().is_empty());
