@@ -36,6 +36,9 @@ pub struct HttpCounters {
     pub undecided_chunks: u64,
     /// Connections evicted from this stage's table (bound reached).
     pub evicted: u64,
+    /// Messages whose head was cut (by the capture's head window or a
+    /// missing range): made into spans from the lines before the cut.
+    pub heads_cut: u64,
 }
 
 /// Bound on connections parsed at once (the connection table has its own).
@@ -212,6 +215,27 @@ impl HttpSpans {
                 }
             }
         };
+        // A connection seen from its start whose first bytes cannot start
+        // an HTTP/1 message is not HTTP/1 (Redis, TLS, iperf3...): no need
+        // to wait for the parser's detection budget.
+        if chunk.offset == 0 && conn.role != Role::Unknown {
+            let likely = first_data(chunk).map(|d| {
+                if dir == requests {
+                    http1::classify_request(d)
+                } else {
+                    http1::classify_response(d)
+                }
+            });
+            if likely == Some(http1::Likely::No) {
+                c.not_http = true;
+                self.counters.not_http += 1;
+                self.ctl.push(CtlRequest::Silence {
+                    cookie: conn.cookie,
+                    reason: silence_reason(chunk),
+                });
+                return;
+            }
+        }
         if chunk.missing(MissingKind::Hole) > 0 {
             // Requests in flight may have been lost in the hole: do not let
             // later responses pair with the wrong one.
@@ -257,6 +281,9 @@ impl HttpSpans {
 
     fn message(&mut self, conn: &ConnInfo, dir: Dir, m: Message) {
         let info = *m.info();
+        if info.end == http1::MessageEnd::HeadTruncated {
+            self.counters.heads_cut += 1;
+        }
         let Some(first) = info.first_op.or(info.last_op) else {
             self.counters.messages_without_call += 1;
             return;
