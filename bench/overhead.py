@@ -84,9 +84,15 @@ http {
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def wrk(port, seconds, conns):
-    out = subprocess.run(["wrk", "-t2", "-c%d" % conns, "-d%ds" % seconds, "--latency",
-                          "http://127.0.0.1:%d/index.html" % port],
+def wrk(port, seconds, conns, close=False, path="/index.html", headers=()):
+    """Runs wrk; returns (requests/s, requests, p99 ms). `close`: every
+    request on a new connection; `headers`: extra request headers."""
+    cmd = ["wrk", "-t2", "-c%d" % conns, "-d%ds" % seconds, "--latency"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd + ["http://127.0.0.1:%d%s" % (port, path)],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))

@@ -1,11 +1,11 @@
 //! Writing records into this CPU's lanes (see the lane section of
 //! `tracer_common`): no lock, no cache line shared with another CPU.
 //!
-//! - the packet programs (cgroup_skb) run in process context or in a
-//!   softirq that may interrupt one of them on the same CPU: each CPU counts
-//!   the packet programs running on it (an atomic counter), the outermost
-//!   writes to the CPU's packet lane, the ones nested in it to one of two
-//!   small nested lanes;
+//! - the packet programs (cgroup_skb) and the state program run in process
+//!   context or in a softirq that may interrupt one of them on the same
+//!   CPU: each CPU counts these programs running on it (an atomic counter),
+//!   the outermost writes to the CPU's packet lane, the ones nested in it to
+//!   one of two small nested lanes;
 //! - the call programs (tracepoints) run with preemption off and never in
 //!   interrupts: they write to the packet lane when it is free (no packet
 //!   program under them on the CPU), else to the CPU's op lane.
@@ -23,10 +23,12 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, PerCpuArray},
 };
-use tracer_common::{DropReason, LaneCtl, FRAME_HDR, LANE_CHUNK, NESTED_LANE, NESTED_PER_CPU};
+use tracer_common::{
+    DropReason, KernelStat, LaneCtl, FRAME_HDR, LANE_CHUNK, NESTED_LANE, NESTED_PER_CPU,
+};
 
 use crate::{
-    count_drop, global, wake_reader, LANE_MASK, NR_CPUS, OP_LANE_MASK, OP_WAKE_SHIFT,
+    add_stat, count_drop, global, wake_reader, LANE_MASK, NR_CPUS, OP_LANE_MASK, OP_WAKE_SHIFT,
     STRICT_PUBLISH, WAKE_SHIFT,
 };
 
@@ -123,7 +125,7 @@ pub fn reserve_op<const MAX: usize>() -> Result<Held, NoRoom> {
         // SAFETY: as above.
         unsafe { core::ptr::write_volatile(nest, 1) };
         let mask = global(&LANE_MASK);
-        return match chunked::<MAX>(cpu, cpu * (mask + 1), mask) {
+        return match chunked::<MAX>(cpu, cpu * (mask + 1), mask, true) {
             Ok((ctl, frame, pos, start)) => Ok(Held {
                 release: Release::Plain(nest),
                 ctl,
@@ -150,7 +152,7 @@ pub fn reserve_op<const MAX: usize>() -> Result<Held, NoRoom> {
     }
     let mask = global(&OP_LANE_MASK);
     let base = ncpus * (global(&LANE_MASK) + 1) + cpu * (mask + 1);
-    match chunked::<MAX>(ncpus + cpu, base, mask) {
+    match chunked::<MAX>(ncpus + cpu, base, mask, true) {
         Ok((ctl, frame, pos, start)) => Ok(Held {
             release: Release::Plain(busy),
             ctl,
@@ -167,11 +169,13 @@ pub fn reserve_op<const MAX: usize>() -> Result<Held, NoRoom> {
     }
 }
 
-/// Finds room for a packet record (at most `MAX` bytes, a multiple of 8, at
-/// most `tracer_common::MAX_FRAME`) in the lane of this CPU and nesting
-/// depth.
+/// Finds room for a packet or connection record (at most `MAX` bytes, a
+/// multiple of 8, at most `tracer_common::MAX_FRAME`) in the lane of this
+/// CPU and nesting depth. Call and packet records (`data`) leave the last
+/// quarter of a lane free; connection records may use it, so that a flood
+/// of payload the agent cannot keep up with never crowds them out.
 #[inline(always)]
-pub fn reserve_packet<const MAX: usize>() -> Result<Held, NoRoom> {
+pub fn reserve_packet<const MAX: usize>(data: bool) -> Result<Held, NoRoom> {
     let nest = NEST.get_ptr_mut(0).ok_or(NoRoom::NoLane)?;
     // SAFETY: this CPU's counter. An atomic add: a program that interrupts
     // this one (or, on a preemptible kernel, preempts it) between a load and
@@ -184,10 +188,11 @@ pub fn reserve_packet<const MAX: usize>() -> Result<Held, NoRoom> {
         Err(NoRoom::NoLane)
     } else if depth == 0 {
         let mask = global(&LANE_MASK);
-        chunked::<MAX>(cpu, cpu * (mask + 1), mask).map(|r| (r, global(&WAKE_SHIFT)))
+        chunked::<MAX>(cpu, cpu * (mask + 1), mask, data).map(|r| (r, global(&WAKE_SHIFT)))
     } else if depth <= NESTED_PER_CPU {
+        add_stat(KernelStat::NestedRecords, 1);
         let lane = cpu * NESTED_PER_CPU + depth - 1;
-        nested::<MAX>(2 * ncpus + lane, lane).map(|r| (r, NESTED_WAKE_SHIFT))
+        nested::<MAX>(2 * ncpus + lane, lane, data).map(|r| (r, NESTED_WAKE_SHIFT))
     } else {
         count_drop(DropReason::NestedTooDeep);
         Err(NoRoom::NoLane)
@@ -211,9 +216,15 @@ pub fn reserve_packet<const MAX: usize>() -> Result<Held, NoRoom> {
 type Room = (*mut LaneCtl, *mut u8, u64, u64);
 
 /// Room in the lane whose positions are at `ctl_index` and whose `mask + 1`
-/// chunks start at chunk `base` of `LANES`.
+/// chunks start at chunk `base` of `LANES`; a `data` record leaves the last
+/// quarter of the lane free.
 #[inline(always)]
-fn chunked<const MAX: usize>(ctl_index: u32, base: u32, mask: u32) -> Result<Room, NoRoom> {
+fn chunked<const MAX: usize>(
+    ctl_index: u32,
+    base: u32,
+    mask: u32,
+    data: bool,
+) -> Result<Room, NoRoom> {
     let ctl = LANE_CTL.get_ptr_mut(ctl_index).ok_or(NoRoom::NoLane)?;
     // SAFETY: map value; `prod` is written only by the program holding
     // the lane (this one), `cons` by the agent (a stale value only
@@ -233,7 +244,12 @@ fn chunked<const MAX: usize>(ctl_index: u32, base: u32, mask: u32) -> Result<Roo
     } else {
         0
     };
-    if pos + pad + MAX as u64 > cons + lane_bytes {
+    let room = if data {
+        lane_bytes - lane_bytes / 4
+    } else {
+        lane_bytes
+    };
+    if pos + pad + MAX as u64 > cons + room {
         return Err(NoRoom::Full);
     }
     let index = |pos: u64| base + ((pos / LANE_CHUNK as u64) as u32 & mask);
@@ -251,7 +267,7 @@ fn chunked<const MAX: usize>(ctl_index: u32, base: u32, mask: u32) -> Result<Roo
 
 /// Room in nested lane `lane` (its positions at `ctl_index`).
 #[inline(always)]
-fn nested<const MAX: usize>(ctl_index: u32, lane: u32) -> Result<Room, NoRoom> {
+fn nested<const MAX: usize>(ctl_index: u32, lane: u32, data: bool) -> Result<Room, NoRoom> {
     let ctl = LANE_CTL.get_ptr_mut(ctl_index).ok_or(NoRoom::NoLane)?;
     let chunk = NESTED.get_ptr_mut(lane).ok_or(NoRoom::NoLane)? as *mut u8;
     // SAFETY: as in `chunked`.
@@ -268,7 +284,12 @@ fn nested<const MAX: usize>(ctl_index: u32, lane: u32) -> Result<Room, NoRoom> {
     } else {
         0
     };
-    if pos + pad + MAX as u64 > cons + NESTED_LANE as u64 {
+    let room = if data {
+        NESTED_LANE - NESTED_LANE / 4
+    } else {
+        NESTED_LANE
+    } as u64;
+    if pos + pad + MAX as u64 > cons + room {
         return Err(NoRoom::Full);
     }
     if pad > 0 {

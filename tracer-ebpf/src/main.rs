@@ -6,7 +6,8 @@
 //!   sequence number just past the bytes it moved (so user space can line
 //!   calls up with packets by sequence number).
 //! - `inet_sock_set_state` (tp_btf): one [`ConnState`] per TCP state change
-//!   the agent uses, with the 4-tuple.
+//!   the agent uses (ESTABLISHED, CLOSE), with the 4-tuple; at a close, a
+//!   [`SockTotals`] for a socket reported in summary only.
 //! - `capture_egress` / `capture_ingress` (cgroup_skb on the root cgroup v2):
 //!   one segment record per TCP packet carrying payload, with the first
 //!   `SNAP_LEN` bytes of it; loopback packets are copied once, on egress.
@@ -16,10 +17,10 @@
 //!   the top of its user stack, which user space unwinds with .eh_frame.
 //!
 //! Everything is keyed by socket cookie. No syscall tracepoint is used, so
-//! file and pipe I/O pay nothing. Calls and packets go to per-CPU lanes
-//! ([`lane`]), connection records to their own ring buffer, CPU samples to
-//! another; the agent drains on a timer and is woken when a CPU has written
-//! `WAKEUP_BYTES`.
+//! file and pipe I/O pay nothing. Calls, packets and connection records go
+//! to per-CPU lanes ([`lane`]; the last eighth of each kept for connection
+//! records), CPU samples to a ring buffer; the agent drains on a timer and
+//! is woken when a lane has taken `WAKEUP_BYTES`.
 //!
 //! Kernel structs are read directly through the typed (BTF) pointers the
 //! tracepoints hand over, at offsets the agent reads from the running
@@ -101,15 +102,6 @@ static OFF_CLOCK: u32 = 0;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// Connection records (size set at load): their own ring, so that payload
-/// records never crowd them out.
-#[map]
-static CONNS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
-
-/// Bytes this CPU wrote to `CONNS` since it last woke the reader.
-#[map]
-static PENDING: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
 
@@ -137,25 +129,6 @@ fn add_stat(stat: tracer_common::KernelStat, n: u64) {
     if let Some(c) = STATS.get_ptr_mut(stat as u32) {
         // SAFETY: per-CPU slot (as in count_drop).
         unsafe { *c += n };
-    }
-}
-
-/// After a record of `size` bytes went to `CONNS`: wakes the reader once
-/// this CPU has written `WAKEUP_BYTES / 16` there (connection records are
-/// small, and in a storm their ring must not wait for the reader's timer).
-/// The reader sleeps on `EVENTS`, so the wake-up goes there.
-#[inline(always)]
-fn conns_written(size: u64) {
-    let Some(pending) = PENDING.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU slot.
-    unsafe {
-        *pending += size;
-        if *pending >= global(&WAKEUP_BYTES) / 16 {
-            *pending = 0;
-            wake_reader();
-        }
     }
 }
 

@@ -117,29 +117,11 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
     if dir == Dir::Recv && ingress_ifindex == LOOPBACK_IFINDEX {
         return Ok(());
     }
-    // The agent's own traffic (OTLP and profile exports): egress runs in the
-    // sending task here, and with loopback ingress skipped above, a local
-    // collector never sees those bytes parsed into spans of its own, which
-    // would be exported in turn, forever.
-    if dir == Dir::Send && (bpf_get_current_pid_tgid() >> 32) as u32 == global(&AGENT_PID) {
-        return Ok(());
-    }
     let seg_flags = if dir == Dir::Send && ifindex == LOOPBACK_IFINDEX {
         SEG_LOOPBACK
     } else {
         0
     };
-    // The socket: its cookie, and its TCP clock (see below).
-    // SAFETY: the context's __sk_buff.
-    let sk = unsafe { (*skb).__bindgen_anon_2.sk } as *mut c_void;
-    if sk.is_null() {
-        return Ok(());
-    }
-    // SAFETY: a socket pointer from the context.
-    let tp = unsafe { bpf_skc_to_tcp_sock(sk) } as *const u8;
-    if tp.is_null() {
-        return Ok(());
-    }
     // __sk_buff->protocol is the big-endian ethertype.
     let proto = u16::from_be(ctx.skb.protocol() as u16);
     // SAFETY: the context's __sk_buff.
@@ -223,6 +205,24 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
     } else {
         skb_len - payload_off
     };
+    // The agent's own traffic (OTLP and profile exports): egress runs in the
+    // sending task here, and with loopback ingress skipped above, a local
+    // collector never sees those bytes parsed into spans of its own, which
+    // would be exported in turn, forever.
+    if dir == Dir::Send && (bpf_get_current_pid_tgid() >> 32) as u32 == global(&AGENT_PID) {
+        return Ok(());
+    }
+    // The socket: its cookie, and its TCP clock (see below).
+    // SAFETY: the context's __sk_buff.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk } as *mut c_void;
+    if sk.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a socket pointer from the context.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) } as *const u8;
+    if tp.is_null() {
+        return Ok(());
+    }
     // Ports in network order in the first word of the TCP header.
     let sport = u16::from_be(ports as u16);
     let dport = u16::from_be((ports >> 16) as u16);
@@ -291,7 +291,7 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
         }
     }
 
-    let held = match lane::reserve_packet::<MAX_FRAME>() {
+    let held = match lane::reserve_packet::<MAX_FRAME>(true) {
         Ok(h) => h,
         Err(NoRoom::Full) => {
             count_drop(DropReason::RingFullSegment);

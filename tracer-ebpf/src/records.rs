@@ -7,7 +7,7 @@
 //! 64-bit words; the asserts below pin the layouts they assume.
 use core::mem::offset_of;
 
-use tracer_common::{SegmentHeader, SockOp, Tag};
+use tracer_common::{ConnState, SegmentHeader, SockOp, SockTotals, Tag};
 
 const _: () = {
     assert!(offset_of!(SockOp, dir) == 1);
@@ -33,6 +33,25 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, local_addr) == 40);
     assert!(offset_of!(SegmentHeader, remote_addr) == 56);
     assert!(core::mem::size_of::<SegmentHeader>() == 72);
+    assert!(offset_of!(ConnState, family) == 1);
+    assert!(offset_of!(ConnState, old_state) == 2);
+    assert!(offset_of!(ConnState, new_state) == 3);
+    assert!(offset_of!(ConnState, local_port) == 4);
+    assert!(offset_of!(ConnState, remote_port) == 6);
+    assert!(offset_of!(ConnState, ts_ns) == 8);
+    assert!(offset_of!(ConnState, cookie) == 16);
+    assert!(offset_of!(ConnState, pid) == 24);
+    assert!(offset_of!(ConnState, tid) == 28);
+    assert!(offset_of!(ConnState, local_addr) == 32);
+    assert!(offset_of!(ConnState, remote_addr) == 48);
+    assert!(core::mem::size_of::<ConnState>() == 64);
+    assert!(offset_of!(SockTotals, silence) == 1);
+    assert!(offset_of!(SockTotals, ts_ns) == 8);
+    assert!(offset_of!(SockTotals, cookie) == 16);
+    assert!(offset_of!(SockTotals, silenced_calls) == 24);
+    assert!(offset_of!(SockTotals, silenced_bytes) == 40);
+    assert!(offset_of!(SockTotals, uncopied_bytes) == 56);
+    assert!(core::mem::size_of::<SockTotals>() == 72);
 };
 
 /// A [`SockOp`].
@@ -116,6 +135,83 @@ impl Seg {
             dst.add(6).write(self.local[1]);
             dst.add(7).write(self.remote[0]);
             dst.add(8).write(self.remote[1]);
+        }
+    }
+}
+
+/// A [`ConnState`].
+pub struct State {
+    pub family: u8,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub pid_tgid: u64,
+    /// Local address as two little-endian words (IPv4 in the low four
+    /// bytes of the first).
+    pub local: [u64; 2],
+    /// Remote address, likewise.
+    pub remote: [u64; 2],
+}
+
+impl State {
+    /// Writes the record at `dst`.
+    ///
+    /// # Safety
+    /// `dst` must point to 64 writable, 8-aligned bytes.
+    #[inline(always)]
+    pub unsafe fn write(&self, dst: *mut u64) {
+        let pid = self.pid_tgid >> 32;
+        let tid = self.pid_tgid & 0xffff_ffff;
+        unsafe {
+            dst.write(
+                Tag::ConnState as u64
+                    | u64::from(self.family) << 8
+                    | u64::from(self.old_state) << 16
+                    | u64::from(self.new_state) << 24
+                    | u64::from(self.local_port) << 32
+                    | u64::from(self.remote_port) << 48,
+            );
+            dst.add(1).write(self.ts_ns);
+            dst.add(2).write(self.cookie);
+            dst.add(3).write(pid | tid << 32);
+            dst.add(4).write(self.local[0]);
+            dst.add(5).write(self.local[1]);
+            dst.add(6).write(self.remote[0]);
+            dst.add(7).write(self.remote[1]);
+        }
+    }
+}
+
+/// A [`SockTotals`].
+pub struct Totals {
+    pub silence: u8,
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub silenced_calls: [u64; 2],
+    pub silenced_bytes: [u64; 2],
+    pub uncopied: [u64; 2],
+}
+
+impl Totals {
+    /// Writes the record at `dst`.
+    ///
+    /// # Safety
+    /// `dst` must point to 72 writable, 8-aligned bytes.
+    #[inline(always)]
+    pub unsafe fn write(&self, dst: *mut u64) {
+        unsafe {
+            dst.write(Tag::SockTotals as u64 | u64::from(self.silence) << 8);
+            dst.add(1).write(self.ts_ns);
+            dst.add(2).write(self.cookie);
+            dst.add(3).write(self.silenced_calls[0]);
+            dst.add(4).write(self.silenced_calls[1]);
+            dst.add(5).write(self.silenced_bytes[0]);
+            dst.add(6).write(self.silenced_bytes[1]);
+            dst.add(7).write(self.uncopied[0]);
+            dst.add(8).write(self.uncopied[1]);
         }
     }
 }

@@ -2,7 +2,6 @@
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns,
         generated::{bpf_get_current_task_btf, bpf_skc_to_tcp_sock},
@@ -12,17 +11,19 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tracer_common::{
-    frame_len, ConnState, Dir, DropReason, KernelStat, SockOp, SockTotals, Tag, AF_INET, AF_INET6,
+    frame_len, ConnState, Dir, DropReason, KernelStat, SockOp, SockTotals, AF_INET, AF_INET6,
 };
 
-use crate::{records::Op, state};
+use crate::{
+    records::{Op, State, Totals},
+    state,
+};
 
 use crate::{
-    add_stat, conns_written, count_drop, field, global,
+    add_stat, count_drop, field, global,
     lane::{self, NoRoom},
-    AGENT_PID, CONNS, ENABLED, OFF_CLOCK, OFF_COOKIE, OFF_COPIED_SEQ, OFF_DADDR, OFF_DPORT,
-    OFF_FAMILY, OFF_NUM, OFF_RCV_SADDR, OFF_TASK_COMM, OFF_V6_DADDR, OFF_V6_RCV_SADDR,
-    OFF_WRITE_SEQ,
+    AGENT_PID, ENABLED, OFF_CLOCK, OFF_COOKIE, OFF_COPIED_SEQ, OFF_DADDR, OFF_DPORT, OFF_FAMILY,
+    OFF_NUM, OFF_RCV_SADDR, OFF_TASK_COMM, OFF_V6_DADDR, OFF_V6_RCV_SADDR, OFF_WRITE_SEQ,
 };
 
 const MSG_PEEK: i32 = 2;
@@ -166,8 +167,6 @@ fn just_transmitted(cookie: u64, clock: u64) -> bool {
 
 /// TCP states (include/net/tcp_states.h).
 const TCP_ESTABLISHED: i32 = 1;
-const TCP_SYN_SENT: i32 = 2;
-const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -175,6 +174,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     on_state(&ctx);
     0
 }
+
+const STATE_FRAME: usize = frame_len(size_of::<ConnState>());
+const TOTALS_FRAME: usize = frame_len(size_of::<SockTotals>());
 
 #[inline(always)]
 fn on_state(ctx: &BtfTracePointContext) {
@@ -185,14 +187,11 @@ fn on_state(ctx: &BtfTracePointContext) {
     let sk: *mut c_void = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    // The agent uses who connected (SYN_SENT) or was accepted (SYN_RECV),
-    // the 4-tuple once both ports are set (ESTABLISHED) and the close; the
-    // steps of the closing handshake in between carry nothing it uses, and
-    // in a storm of short connections they would be half the records.
-    if !matches!(
-        new,
-        TCP_ESTABLISHED | TCP_SYN_SENT | TCP_SYN_RECV | TCP_CLOSE
-    ) {
+    // The agent uses two changes: ESTABLISHED, which says which end
+    // connected (from SYN_SENT) or was accepted (from SYN_RECV) and carries
+    // the 4-tuple, and CLOSE. The others (the handshakes) are most of a
+    // short connection's changes and carry nothing it uses.
+    if new != TCP_ESTABLISHED && new != TCP_CLOSE {
         return;
     }
     // SAFETY: typed socket pointer from the tracepoint.
@@ -208,36 +207,37 @@ fn on_state(ctx: &BtfTracePointContext) {
             field::<u16>(base, global(&OFF_DPORT)),
         )
     };
-    let mut local_addr = [0u8; 16];
-    let mut remote_addr = [0u8; 16];
     let fam = family as u8;
-    if fam == AF_INET {
-        // SAFETY: as above.
-        let (l, r): ([u8; 4], [u8; 4]) = unsafe {
-            (
-                field(base, global(&OFF_RCV_SADDR)),
-                field(base, global(&OFF_DADDR)),
-            )
-        };
-        local_addr[..4].copy_from_slice(&l);
-        remote_addr[..4].copy_from_slice(&r);
-    } else if fam == AF_INET6 {
+    let (local, remote) = if fam == AF_INET {
         // SAFETY: as above.
         unsafe {
-            local_addr = field(base, global(&OFF_V6_RCV_SADDR));
-            remote_addr = field(base, global(&OFF_V6_DADDR));
+            (
+                [u64::from(field::<u32>(base, global(&OFF_RCV_SADDR))), 0],
+                [u64::from(field::<u32>(base, global(&OFF_DADDR))), 0],
+            )
+        }
+    } else if fam == AF_INET6 {
+        let (l, r) = (global(&OFF_V6_RCV_SADDR), global(&OFF_V6_DADDR));
+        // SAFETY: as above; the addresses are 16 bytes.
+        unsafe {
+            (
+                [field::<u64>(base, l), field::<u64>(base, l + 8)],
+                [field::<u64>(base, r), field::<u64>(base, r + 8)],
+            )
         }
     } else {
         return;
-    }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let cookie = cookie_of(sk);
-    let Some(mut entry) = CONNS.reserve::<ConnState>(0) else {
-        count_drop(DropReason::RingFullConn);
-        return;
     };
-    entry.write(ConnState {
-        tag: Tag::ConnState as u8,
+    let cookie = cookie_of(sk);
+    let held = match lane::reserve_packet::<STATE_FRAME>(false) {
+        Ok(h) => h,
+        Err(NoRoom::Full) => {
+            count_drop(DropReason::RingFullConn);
+            return;
+        }
+        Err(NoRoom::NoLane) => return,
+    };
+    let rec = State {
         family: fam,
         old_state: old as u8,
         new_state: new as u8,
@@ -246,13 +246,13 @@ fn on_state(ctx: &BtfTracePointContext) {
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         cookie,
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        local_addr,
-        remote_addr,
-    });
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
-    conns_written(size_of::<ConnState>() as u64);
+        pid_tgid: bpf_get_current_pid_tgid(),
+        local,
+        remote,
+    };
+    // SAFETY: the held frame has room for STATE_FRAME bytes, 8-aligned.
+    unsafe { rec.write(held.record() as *mut u64) };
+    held.publish(size_of::<ConnState>());
     if new == TCP_CLOSE {
         totals(sk, cookie);
     }
@@ -271,21 +271,24 @@ fn totals(sk: *mut c_void, cookie: u64) {
     if s.silenced_calls == [0, 0] && s.uncopied == [0, 0] {
         return;
     }
-    let Some(mut entry) = CONNS.reserve::<SockTotals>(0) else {
-        count_drop(DropReason::RingFullTotals);
-        return;
+    let held = match lane::reserve_packet::<TOTALS_FRAME>(false) {
+        Ok(h) => h,
+        Err(NoRoom::Full) => {
+            count_drop(DropReason::RingFullTotals);
+            return;
+        }
+        Err(NoRoom::NoLane) => return,
     };
-    entry.write(SockTotals {
-        tag: Tag::SockTotals as u8,
+    let rec = Totals {
         silence: s.ctl.silence,
-        _pad: [0; 6],
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         cookie,
         silenced_calls: s.silenced_calls,
         silenced_bytes: s.silenced_bytes,
-        uncopied_bytes: s.uncopied,
-    });
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
-    conns_written(size_of::<SockTotals>() as u64);
+        uncopied: s.uncopied,
+    };
+    // SAFETY: the held frame has room for TOTALS_FRAME bytes, 8-aligned.
+    unsafe { rec.write(held.record() as *mut u64) };
+    held.publish(size_of::<SockTotals>());
 }

@@ -7,7 +7,8 @@
 //! cookie, so it writes its requests to the `SOCK_CTL` hash map and bumps a
 //! generation; a program copies a socket's request into its state when the
 //! generation it saw last is older. While `SOCK_CTL` is empty the call
-//! programs and the head-start packets skip all of this.
+//! programs and the head-start packets that end their head skip all of
+//! this.
 use core::ffi::c_void;
 
 use aya_ebpf::{

@@ -7,7 +7,7 @@
 //! hands ready chunks to a [`Sink`]. Connections opened before the agent
 //! started are created on their first record; their 4-tuple comes from the
 //! first packet or state change.
-use std::net::SocketAddr;
+use std::{collections::VecDeque, net::SocketAddr};
 
 use foldhash::{HashMap, HashMapExt};
 
@@ -122,7 +122,10 @@ pub struct ConnLimits {
     pub max_conns: usize,
     /// A connection with no record for this long is flushed and forgotten.
     pub idle_timeout_ns: u64,
-    /// After the close, how long to wait for the last records.
+    /// After the close, how long to wait for the last records. Records
+    /// reach the table in kernel-time order (see `lanes`), so the close
+    /// comes after every record of the connection but late ones; a short
+    /// linger keeps a storm of short connections from filling the table.
     pub close_linger_ns: u64,
     /// Per-direction stream bounds.
     pub stream: StreamLimits,
@@ -133,7 +136,7 @@ impl Default for ConnLimits {
         ConnLimits {
             max_conns: 65_536,
             idle_timeout_ns: 300 * 1_000_000_000,
-            close_linger_ns: 500 * 1_000_000,
+            close_linger_ns: 100 * 1_000_000,
             stream: StreamLimits::default(),
         }
     }
@@ -216,6 +219,10 @@ const PARKED_TTL_NS: u64 = 1_000_000_000;
 /// be allocated and freed for every one.
 type Streams = Box<[StreamReassembler; 2]>;
 
+/// Closed connections a sweep removes at most (the agent also reaps after
+/// every drain).
+const SWEEP_REAP_MAX: usize = 4096;
+
 /// Reassembler pairs kept for reuse.
 const STREAM_POOL: usize = 1024;
 
@@ -231,6 +238,7 @@ struct Conn {
 }
 
 /// TCP states (include/net/tcp_states.h).
+const TCP_ESTABLISHED: u8 = 1;
 const TCP_SYN_SENT: u8 = 2;
 const TCP_SYN_RECV: u8 = 3;
 const TCP_CLOSE: u8 = 7;
@@ -256,6 +264,8 @@ pub struct Conns {
     /// Sockets gone from the table whose control entry stays until their
     /// close is seen (silenced sockets evicted while idle).
     ctl_orphans: HashMap<u64, ()>,
+    /// Closed connections in the order of their close: (close time, cookie).
+    closing: VecDeque<(u64, u64)>,
 }
 
 fn addr(family: u8, bytes: &[u8; 16], port: u16) -> Option<SocketAddr> {
@@ -284,6 +294,7 @@ impl Conns {
             ctl_updates: Vec::new(),
             ctl_entries: 0,
             ctl_orphans: HashMap::new(),
+            closing: VecDeque::new(),
         }
     }
 
@@ -559,8 +570,14 @@ impl Conns {
             self.ctl_entries -= 1;
             self.ctl_updates.push((st.cookie, None));
         }
+        let mut newly_closed = false;
         let conn = self.entry(st.cookie, st.ts_ns);
         match st.new_state {
+            // The kernel reports ESTABLISHED: from SYN_SENT this end
+            // connected, from SYN_RECV it was accepted. (Recordings of
+            // older agents also carry SYN_SENT and SYN_RECV.)
+            TCP_ESTABLISHED if st.old_state == TCP_SYN_SENT => conn.info.role = Role::Client,
+            TCP_ESTABLISHED if st.old_state == TCP_SYN_RECV => conn.info.role = Role::Server,
             TCP_SYN_SENT => {
                 conn.info.role = Role::Client;
                 if conn.info.pid == 0 {
@@ -568,8 +585,16 @@ impl Conns {
                 }
             }
             TCP_SYN_RECV => conn.info.role = Role::Server,
-            TCP_CLOSE => conn.closed_at = Some(st.ts_ns),
+            TCP_CLOSE => {
+                if conn.closed_at.is_none() {
+                    newly_closed = true;
+                }
+                conn.closed_at = Some(st.ts_ns);
+            }
             _ => {}
+        }
+        if newly_closed {
+            self.closing.push_back((st.ts_ns, st.cookie));
         }
         // The local port is 0 until connect() binds one; later changes carry it.
         if st.local_port != 0 && st.remote_port != 0 {
@@ -582,34 +607,57 @@ impl Conns {
         }
     }
 
-    /// Delivers what timed out, removes closed, idle and excess connections.
+    /// Removes up to `max` connections whose close lingered long enough,
+    /// oldest first; returns how many. Cheap to call often: the agent calls
+    /// it after every drain, so that a storm of short connections is
+    /// retired in small steps between reads of the kernel's records rather
+    /// than all at once.
+    pub fn reap(&mut self, now: u64, max: usize, sink: &mut impl Sink) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(&(t, cookie)) = self.closing.front() else {
+                break;
+            };
+            if now.saturating_sub(t) < self.limits.close_linger_ns {
+                break;
+            }
+            self.closing.pop_front();
+            // Still the connection that closed then (not evicted already).
+            if self
+                .conns
+                .get(&cookie)
+                .is_some_and(|c| c.closed_at == Some(t))
+            {
+                self.counters.closed += 1;
+                self.remove(cookie, sink);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Delivers what timed out, removes idle and excess connections (and
+    /// closed ones, see [`reap`](Self::reap)).
     pub fn sweep(&mut self, now: u64, sink: &mut impl Sink) {
         let limits = self.limits;
-        let mut gone: Vec<(u64, bool)> = Vec::new();
+        let mut gone: Vec<u64> = Vec::new();
         for (cookie, conn) in self.conns.iter_mut() {
             let info = &conn.info;
             for (i, stream) in conn.streams.iter_mut().enumerate() {
                 let dir = if i == 0 { Dir::Send } else { Dir::Recv };
                 stream.poll(now, &mut |c| sink.chunk(info, dir, &c));
             }
-            match conn.closed_at {
-                Some(t) if now.saturating_sub(t) >= limits.close_linger_ns => {
-                    gone.push((*cookie, true))
-                }
-                _ if now.saturating_sub(conn.last_seen) >= limits.idle_timeout_ns => {
-                    gone.push((*cookie, false))
-                }
-                _ => {}
+            if conn.closed_at.is_none()
+                && now.saturating_sub(conn.last_seen) >= limits.idle_timeout_ns
+            {
+                gone.push(*cookie);
             }
         }
-        for (cookie, closed) in gone {
-            if closed {
-                self.counters.closed += 1;
-            } else {
-                self.counters.evicted_idle += 1;
-            }
+        for cookie in gone {
+            self.counters.evicted_idle += 1;
             self.remove(cookie, sink);
         }
+        self.reap(now, SWEEP_REAP_MAX, sink);
         if self.parked_count > 0 {
             let before = self.parked_count;
             self.parked.retain(|_, v| {
@@ -859,6 +907,21 @@ mod tests {
         );
         // B's answer goes to A's receive side, whose tuple is known.
         assert_eq!(t.counters().loopback_mirrored, 2);
+    }
+
+    #[test]
+    fn roles_come_from_the_state_established_was_reached_from() {
+        let mut t = Conns::new(ConnLimits::default());
+        let mut sink = Collect::default();
+        let mut a = state(A, TCP_ESTABLISHED, 5000, 80, 1);
+        a.old_state = TCP_SYN_SENT;
+        let mut b = state(B, TCP_ESTABLISHED, 80, 5000, 2);
+        b.old_state = TCP_SYN_RECV;
+        t.on_state(&a, &mut sink);
+        t.on_state(&b, &mut sink);
+        assert_eq!(t.conns[&A].info.role, Role::Client);
+        assert_eq!(t.conns[&B].info.role, Role::Server);
+        assert_eq!(t.conns[&B].info.remote.unwrap().port(), 5000);
     }
 
     #[test]

@@ -5,10 +5,9 @@
 //! Memory the kernel shares with the agent (all of it counts in the agent's
 //! RSS once touched): per CPU, a packet lane (`ring_bytes`, rounded up to a
 //! power of two of 256 KiB chunks), an op lane (a quarter of that, at least
-//! one chunk) and two 64 KiB nested lanes, mapped once; and two BPF ring
-//! buffers, which the kernel maps twice (their data pages appear at two
-//! addresses): connection records ([`CONNS_RING_BYTES`]) and CPU samples
-//! (see [`samples_ring_bytes`]).
+//! one chunk) and two 64 KiB nested lanes, mapped once; and the ring buffer
+//! of CPU samples (see [`samples_ring_bytes`]), which the kernel maps twice
+//! (its data pages appear at two addresses).
 use std::{fs::File, path::Path};
 
 use aya::{
@@ -22,21 +21,15 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{
-    globals, DropReason, KernelStat, SockCtl, CTL_ENTRIES, CTL_GEN, LANE_CHUNK, MAP_CONNS,
-    MAP_CTL_STATE, MAP_DROPS, MAP_EVENTS, MAP_LANES, MAP_LANE_CTL, MAP_NESTED, MAP_SAMPLE_SCRATCH,
-    MAP_SOCK_CTL, MAP_STATS, MAX_HEAD, MAX_SNAP_LEN, MAX_STACK_COPY, NESTED_PER_CPU, PROG_PROFILE,
+    globals, DropReason, KernelStat, SockCtl, CTL_ENTRIES, CTL_GEN, LANE_CHUNK, MAP_CTL_STATE,
+    MAP_DROPS, MAP_EVENTS, MAP_LANES, MAP_LANE_CTL, MAP_NESTED, MAP_SAMPLE_SCRATCH, MAP_SOCK_CTL,
+    MAP_STATS, MAX_HEAD, MAX_SNAP_LEN, MAX_STACK_COPY, NESTED_PER_CPU, PROG_PROFILE,
 };
 
 use crate::{
     btf::{Btf, BtfError},
     lanes::{Events, LaneLayout},
 };
-
-/// Size of the ring buffer of connection records. A record is 72 bytes
-/// with its header; a storm of 15,000 new connections a second writes
-/// about 10 MB/s there, which 1 MiB holds for ~90 ms while the reader is
-/// woken every 16 KiB written per CPU.
-pub const CONNS_RING_BYTES: u32 = 1 << 20;
 
 /// Size of the ring buffer of CPU samples: room for about four samples of
 /// every CPU (a sample is at most ~37 KiB, 99 a second per CPU, drained
@@ -270,7 +263,6 @@ impl Kernel {
                 MAP_EVENTS,
                 samples_ring_bytes(cpus, cfg.profile_hz.is_some()),
             )
-            .map_max_entries(MAP_CONNS, CONNS_RING_BYTES)
             .map_max_entries(MAP_LANES, cpus * (layout.chunks + layout.op_chunks))
             .map_max_entries(MAP_NESTED, cpus * NESTED_PER_CPU)
             .map_max_entries(MAP_LANE_CTL, layout.lanes())
@@ -340,7 +332,7 @@ impl Kernel {
         &self.profiling_cpus
     }
 
-    /// Takes the record reader: the lanes, mapped, and the two rings
+    /// Takes the record reader: the lanes, mapped, and the samples ring
     /// (once).
     pub fn take_events(&mut self) -> Result<Events, KernelError> {
         let data = |ebpf: &mut Ebpf, name: &'static str| -> Result<MapData, KernelError> {
@@ -356,9 +348,8 @@ impl Kernel {
         let lanes = data(&mut self.ebpf, MAP_LANES)?;
         let nested = data(&mut self.ebpf, MAP_NESTED)?;
         let ctl = data(&mut self.ebpf, MAP_LANE_CTL)?;
-        let conns = ring(&mut self.ebpf, MAP_CONNS)?;
         let samples = ring(&mut self.ebpf, MAP_EVENTS)?;
-        Events::new(self.layout, lanes, nested, ctl, conns, samples).map_err(KernelError::Mmap)
+        Events::new(self.layout, lanes, nested, ctl, samples).map_err(KernelError::Mmap)
     }
 
     /// Takes the writer of per-socket requests (once).

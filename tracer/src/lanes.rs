@@ -1,6 +1,6 @@
 //! Reading the kernel's records: the per-CPU lanes (mapped into the agent
-//! and read in place), the ring of connection records and the ring of CPU
-//! samples, merged into one stream in kernel-time order.
+//! and read in place), merged into one stream in kernel-time order, and the
+//! ring of CPU samples.
 //!
 //! Each lane is in time order on its own; lanes of different CPUs are not
 //! ordered against each other, and a response must never reach the parsers
@@ -16,7 +16,7 @@
 //! wake-up records only wake the reader.
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, VecDeque},
+    collections::BinaryHeap,
     os::fd::{AsFd, AsRawFd, RawFd},
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -28,9 +28,6 @@ use tracer_common::{
 
 /// How far behind the reader's clock a drain stops handing out records.
 pub const HOLD_NS: u64 = 2_000_000;
-
-/// Largest connection record ([`tracer_common::SockTotals`]).
-const CONN_RECORD_MAX: usize = 72;
 
 /// A read-only or read-write shared mapping of an mmapable array map.
 struct Mapping {
@@ -74,6 +71,9 @@ impl Drop for Mapping {
 
 /// One lane: its bytes (a ring of `chunk`-sized chunks) and positions.
 struct Lane {
+    /// The agent is behind on this lane: call and packet records are passed
+    /// over until it has caught up.
+    shedding: bool,
     base: *const u8,
     bytes: u64,
     chunk: u64,
@@ -87,6 +87,11 @@ struct Lane {
 /// Counters of the reader.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LaneCounters {
+    /// Call records passed over unread because the agent was behind (see
+    /// [`Events::drain`]).
+    pub shed_op: u64,
+    /// Packet records passed over unread because the agent was behind.
+    pub shed_segment: u64,
     /// Records handed out after younger records of another lane (their
     /// program was held up past the reader's hold time).
     pub records_late: u64,
@@ -129,11 +134,7 @@ fn page_round(n: usize) -> usize {
 pub struct Events {
     lanes: Vec<Lane>,
     _mappings: [Mapping; 3],
-    conns: RingBuf<MapData>,
     samples: RingBuf<MapData>,
-    /// Connection records read from their ring, waiting for their turn in
-    /// the merge (time, length, bytes).
-    conn_queue: VecDeque<(u64, u8, [u8; CONN_RECORD_MAX])>,
     /// Lanes with a record ready, by the time of that record.
     heads: BinaryHeap<Reverse<(u64, usize)>>,
     /// Highest timestamp handed out so far.
@@ -142,13 +143,12 @@ pub struct Events {
 }
 
 impl Events {
-    /// Maps the lanes and takes the two ring buffers.
+    /// Maps the lanes and takes the samples ring.
     pub fn new(
         layout: LaneLayout,
         lanes: MapData,
         nested: MapData,
         ctl: MapData,
-        conns: RingBuf<MapData>,
         samples: RingBuf<MapData>,
     ) -> std::io::Result<Events> {
         let chunked = Mapping::new(lanes, page_round(layout.chunked_bytes()), false)?;
@@ -179,6 +179,7 @@ impl Events {
             // SAFETY: the control block of this lane.
             let pos = unsafe { (*ctl).cons };
             out.push(Lane {
+                shedding: false,
                 base,
                 bytes,
                 chunk,
@@ -190,9 +191,7 @@ impl Events {
         Ok(Events {
             lanes: out,
             _mappings: [chunked, nested, ctl],
-            conns,
             samples,
-            conn_queue: VecDeque::new(),
             heads: BinaryHeap::new(),
             high_water: 0,
             counters: LaneCounters::default(),
@@ -206,6 +205,12 @@ impl Events {
 
     /// Hands every record older than `now_ns - HOLD_NS` to `f`, in time
     /// order (CPU samples as they come).
+    ///
+    /// When the agent falls behind a lane (more than five eighths of it
+    /// waiting), its call and packet records are passed over, counted, until
+    /// less than three eighths wait: the kernel keeps the last quarter of
+    /// every lane for connection records, and they must be read, not lost,
+    /// however far behind the agent is on payload.
     pub fn drain(&mut self, now_ns: u64, f: &mut impl FnMut(&[u8])) {
         self.drain_until(now_ns.saturating_sub(HOLD_NS), f);
     }
@@ -221,33 +226,11 @@ impl Events {
                 f(&item);
             }
         }
-        while let Some(item) = self.conns.next() {
-            let mut rec = [0u8; CONN_RECORD_MAX];
-            let n = item.len().min(CONN_RECORD_MAX);
-            rec[..n].copy_from_slice(&item[..n]);
-            self.conn_queue
-                .push_back((record_ts(&item).unwrap_or(0), n as u8, rec));
-        }
         self.heads.clear();
-        for (i, lane) in self.lanes.iter_mut().enumerate() {
-            // SAFETY: the lane's control block; `prod` is published by the
-            // programs after the frames it covers.
-            lane.prod =
-                unsafe { AtomicU64::from_ptr(&mut (*lane.ctl).prod) }.load(Ordering::Acquire);
-            if let Some(ts) = lane_head(lane, &mut self.counters) {
-                self.heads.push(Reverse((ts, i)));
-            }
-        }
-        loop {
-            // The oldest head among the lanes and the connection queue.
-            let best = self.heads.peek().map(|r| r.0);
-            let conn_ts = self.conn_queue.front().map(|c| c.0);
-            let (ts, from_lane) = match (best, conn_ts) {
-                (Some((l, i)), Some(c)) if l <= c => (l, Some(i)),
-                (_, Some(c)) => (c, None),
-                (Some((l, i)), None) => (l, Some(i)),
-                (None, None) => break,
-            };
+        self.refresh(true);
+        // The oldest head among the lanes, while it is old enough.
+        let mut since_refresh = 0;
+        while let Some(&Reverse((ts, i))) = self.heads.peek() {
             if ts > until {
                 break;
             }
@@ -256,24 +239,60 @@ impl Events {
             } else {
                 self.high_water = ts;
             }
-            match from_lane {
-                Some(i) => {
-                    self.heads.pop();
-                    let lane = &mut self.lanes[i];
-                    let (rec, next) = lane_record(lane);
-                    f(rec);
-                    lane.pos = next;
-                    if let Some(ts) = lane_head(lane, &mut self.counters) {
-                        self.heads.push(Reverse((ts, i)));
-                    }
+            self.heads.pop();
+            let lane = &mut self.lanes[i];
+            let (rec, next) = lane_record(lane);
+            match rec.first() {
+                Some(&t) if lane.shedding && t == Tag::SockOp as u8 => self.counters.shed_op += 1,
+                Some(&t) if lane.shedding && t == Tag::Segment as u8 => {
+                    self.counters.shed_segment += 1
                 }
-                None => {
-                    if let Some((_, n, rec)) = self.conn_queue.pop_front() {
-                        f(&rec[..n as usize]);
-                    }
+                _ => f(rec),
+            }
+            lane.pos = next;
+            if let Some(ts) = lane_head(lane, &mut self.counters) {
+                self.heads.push(Reverse((ts, i)));
+            }
+            // A long drain (the stages are slow) gives the programs room
+            // and looks again how far behind each lane is.
+            since_refresh += 1;
+            if since_refresh == REFRESH_EVERY {
+                since_refresh = 0;
+                self.refresh(false);
+            }
+        }
+        self.publish_cons();
+    }
+
+    /// Reads each lane's producer position, decides whether to shed its
+    /// payload records, and puts lanes with a record ready (and none in
+    /// the heap yet, unless `all`) into the heap.
+    fn refresh(&mut self, all: bool) {
+        if !all {
+            self.publish_cons();
+        }
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            let had_head = lane.pos < lane.prod;
+            // SAFETY: the lane's control block; `prod` is published by the
+            // programs after the frames it covers.
+            lane.prod =
+                unsafe { AtomicU64::from_ptr(&mut (*lane.ctl).prod) }.load(Ordering::Acquire);
+            let waiting = lane.prod.saturating_sub(lane.pos);
+            if waiting > lane.bytes / 8 * 5 {
+                lane.shedding = true;
+            } else if waiting < lane.bytes / 8 * 3 {
+                lane.shedding = false;
+            }
+            if all || !had_head {
+                if let Some(ts) = lane_head(lane, &mut self.counters) {
+                    self.heads.push(Reverse((ts, i)));
                 }
             }
         }
+    }
+
+    /// Gives the frames read so far back to the programs.
+    fn publish_cons(&mut self) {
         for lane in &mut self.lanes {
             // SAFETY: the lane's control block; the frames before `pos`
             // are no longer read.
@@ -282,6 +301,9 @@ impl Events {
         }
     }
 }
+
+/// Records handed out between two looks at the producers during a drain.
+const REFRESH_EVERY: u32 = 256;
 
 /// The timestamp of the lane's next record, skipping the unused ends of
 /// chunks; `None` when the lane has nothing more published.

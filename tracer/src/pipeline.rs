@@ -39,6 +39,10 @@ pub struct ReaderCounters {
     pub records_late: u64,
     /// Lane frames that made no sense (the rest of that lane was skipped).
     pub frames_corrupt: u64,
+    /// Call records passed over while the agent was behind.
+    pub shed_op: u64,
+    /// Packet records passed over while the agent was behind.
+    pub shed_segment: u64,
     /// Per-socket requests the kernel refused.
     pub ctl_errors: u64,
 }
@@ -181,6 +185,24 @@ fn drain(
     }
     c.records_late = events.counters().records_late;
     c.frames_corrupt = events.counters().frames_corrupt;
+    c.shed_op = events.counters().shed_op;
+    c.shed_segment = events.counters().shed_segment;
+}
+
+/// Closed connections retired after each drain at most: a storm of short
+/// connections is retired in steps between reads of the kernel's records.
+const REAP_PER_DRAIN: usize = 256;
+
+/// After a drain: retires closed connections (a bounded number), then
+/// passes the parsers' requests on (see [`apply_ctl`]).
+fn after_drain(
+    conns: &mut Conns,
+    stages: &mut Stages,
+    ctl: &mut SockCtlMap,
+    c: &mut ReaderCounters,
+) {
+    conns.reap(monotonic_ns(), REAP_PER_DRAIN, stages);
+    apply_ctl(conns, stages, ctl, c);
 }
 
 /// Passes the parsers' requests (silence a connection, skip a body) to the
@@ -335,16 +357,19 @@ async fn event_loop(
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 drain(guard.get_inner_mut(), &mut conns, stages, &mut counters, false);
                 guard.clear_ready();
-                apply_ctl(&mut conns, stages, &mut ctl, &mut counters);
+                after_drain(&mut conns, stages, &mut ctl, &mut counters);
             }
             _ = drain_tick.tick() => {
                 drain(ring.get_mut(), &mut conns, stages, &mut counters, false);
-                apply_ctl(&mut conns, stages, &mut ctl, &mut counters);
+                after_drain(&mut conns, stages, &mut ctl, &mut counters);
                 stages.flush();
             }
             _ = sweep_tick.tick() => {
                 let now = monotonic_ns();
                 conns.sweep(now, stages);
+                // Both steps can be long under overload: the lanes are read
+                // in between.
+                drain(ring.get_mut(), &mut conns, stages, &mut counters, false);
                 stages.settle(now);
                 if let Some(p) = &mut stages.profile {
                     p.tick(now);
@@ -428,11 +453,14 @@ mod tests {
             bad_records: 1,
             records_late: 0,
             frames_corrupt: 0,
+            shed_op: 0,
+            shed_segment: 0,
             ctl_errors: 0,
         };
         assert_eq!(
             debug_kv(&c),
-            "records=3 bad_records=1 records_late=0 frames_corrupt=0 ctl_errors=0"
+            "records=3 bad_records=1 records_late=0 frames_corrupt=0 shed_op=0 shed_segment=0 \
+             ctl_errors=0"
         );
     }
 }

@@ -297,8 +297,11 @@ pub const HEAD_MAX_DEFAULT: u32 = 16384;
 /// Bytes of one chunk of a packet or op lane. A lane is a power-of-two
 /// number of chunks (set at load).
 pub const LANE_CHUNK: usize = 256 << 10;
-/// Bytes of a nested lane (a single chunk).
-pub const NESTED_LANE: usize = 64 << 10;
+/// Bytes of a nested lane (a single chunk). Under a storm of short
+/// connections programs nest often (a softirq in the middle of an egress),
+/// and a nested lane must hold as much as a packet lane's reserve while the
+/// agent is busy elsewhere: 64 KiB lost connection records, 256 KiB did not.
+pub const NESTED_LANE: usize = 256 << 10;
 /// Nested lanes per CPU (programs nested deeper are counted and dropped).
 pub const NESTED_PER_CPU: u32 = 2;
 /// Bytes of the frame before each record in a lane.
@@ -422,11 +425,12 @@ pub const AF_INET6: u8 = 10;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
-    /// Ring buffer full: a send/receive record was lost.
+    /// Lane full: a send/receive record was lost.
     RingFullOp = 0,
-    /// Ring buffer full: a connection state record was lost.
+    /// Lane full, even the part kept for them: a connection state record
+    /// was lost.
     RingFullConn = 1,
-    /// Ring buffer full: a packet payload record was lost.
+    /// Lane full: a packet payload record was lost.
     RingFullSegment = 2,
     /// A packet's headers could not be read (malformed or too short).
     BadPacket = 3,
@@ -445,7 +449,8 @@ pub enum DropReason {
     /// Programs nested more than [`NESTED_PER_CPU`] deep on a CPU: the
     /// innermost record was lost.
     NestedTooDeep = 9,
-    /// The connection-record ring was full: a [`SockTotals`] was lost.
+    /// Lane full, even the part kept for connection records: a
+    /// [`SockTotals`] was lost.
     RingFullTotals = 10,
 }
 
@@ -510,11 +515,14 @@ pub enum KernelStat {
     /// Head-start packets longer than the head window: the copy stopped at
     /// the window (a head longer than that is cut there).
     HeadWindowFull = 7,
+    /// Records written to a nested lane (their program interrupted another
+    /// one on the same CPU).
+    NestedRecords = 8,
 }
 
 impl KernelStat {
     /// Every counter, in index order.
-    pub const ALL: [KernelStat; 8] = [
+    pub const ALL: [KernelStat; 9] = [
         KernelStat::SilencedCalls,
         KernelStat::SilencedPackets,
         KernelStat::SilencedBytes,
@@ -523,6 +531,7 @@ impl KernelStat {
         KernelStat::HeadStarts,
         KernelStat::HeadContinued,
         KernelStat::HeadWindowFull,
+        KernelStat::NestedRecords,
     ];
 
     /// Stable name.
@@ -536,6 +545,7 @@ impl KernelStat {
             KernelStat::HeadStarts => "head_starts",
             KernelStat::HeadContinued => "head_continued",
             KernelStat::HeadWindowFull => "head_window_full",
+            KernelStat::NestedRecords => "nested_records",
         }
     }
 }
@@ -621,10 +631,6 @@ pub const PROG_PROFILE: &str = "profile_cpu";
 
 /// Name of the ring buffer of CPU samples and reader wake-ups.
 pub const MAP_EVENTS: &str = "EVENTS";
-/// Name of the ring buffer of connection records ([`ConnState`],
-/// [`SockTotals`]): their own ring, so that a flood of payload records
-/// cannot crowd them out.
-pub const MAP_CONNS: &str = "CONNS";
 /// Name of the per-CPU drop-counter array.
 pub const MAP_DROPS: &str = "DROPS";
 /// Name of the per-CPU counter array ([`KernelStat`]).
