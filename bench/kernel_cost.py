@@ -34,6 +34,8 @@ def main():
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--workers", default="1")
     ap.add_argument("--no-baseline", action="store_true", help="skip the runs without agent")
+    ap.add_argument("--body-kib", type=int, default=0,
+                    help="request a file of this size instead of the small index.html")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root")
@@ -51,15 +53,20 @@ def main():
         variants.append(("none", None, None))
     stats = BpfStats()
     nginx = Nginx(args.workers)
+    path = "/index.html"
+    if args.body_kib:
+        path = "/body.bin"
+        with open(os.path.join(nginx.dir, "root", "body.bin"), "wb") as f:
+            f.write(b"x" * (args.body_kib * 1024))
     res = {name: [] for name, _, _ in variants}
     try:
-        wrk(nginx.port, 2, args.connections)
+        wrk(nginx.port, 2, args.connections, path=path)
         for r in range(args.rounds):
             k = r % len(variants)
             for name, exe, flags in variants[k:] + variants[:k]:
                 agent = Agent(flags, exe, envs.get(name)) if exe else None
                 before = stats.snapshot(agent.program_ids) if agent else {}
-                rps, total, p99 = wrk(nginx.port, args.seconds, args.connections)
+                rps, total, p99 = wrk(nginx.port, args.seconds, args.connections, path=path)
                 after = stats.snapshot(agent.program_ids) if agent else {}
                 err = agent.stop() if agent else ""
                 ns, rows = per_request(stats.diff(before, after), total)

@@ -74,9 +74,12 @@ pub struct HttpSpans {
     ctl: Vec<CtlRequest>,
 }
 
-/// Bodies shorter than this are copied anyway (the request to skip them
-/// costs more than the copy).
-const SKIP_MIN: u64 = 16 << 10;
+/// Bodies with less than this left are copied anyway: a request to skip
+/// reaches the kernel a few milliseconds later, by when a shorter body has
+/// usually gone by (loopback moves 1 MiB in well under a millisecond), and
+/// while requests are pending every socket's packets and calls pay for a
+/// lookup.
+const SKIP_MIN: u64 = 1 << 20;
 
 fn opposite(d: Dir) -> Dir {
     match d {

@@ -138,34 +138,24 @@ pub struct KernelConfig {
     pub head_max: u32,
 }
 
-/// Programs loaded and attached.
-pub struct Kernel {
-    ebpf: Ebpf,
-    drops: PerCpuArray<MapData, u64>,
-    stats: PerCpuArray<MapData, u64>,
-    profiling_cpus: Vec<u32>,
-    layout: LaneLayout,
+/// The struct member offsets the programs read, from the running kernel's
+/// BTF (aya-ebpf has no CO-RE relocations): resolved once at start-up, so
+/// that the parsed BTF (megabytes) need not stay in memory.
+#[derive(Clone, Debug)]
+pub struct KernelLayout {
+    /// Offsets every capture program needs.
+    capture: [(&'static str, u32); 12],
+    /// Offsets of the sampling program: pt_regs as saved at kernel entry
+    /// (the user registers) and the task's mm (NULL for kernel threads).
+    /// An error only matters when profiling is on.
+    sampling: Result<[(&'static str, u32); 4], BtfError>,
 }
 
-fn program_err(
-    step: &'static str,
-    program: &'static str,
-) -> impl FnOnce(ProgramError) -> KernelError {
-    move |source| KernelError::Program {
-        step,
-        program,
-        source,
-    }
-}
-
-impl Kernel {
-    /// Loads the programs with the offsets of this kernel and attaches them:
-    /// the three socket tracepoints and cgroup_skb on `cgroup_root`, and,
-    /// when `cfg.profile_hz` is set, the CPU sampling program on the
-    /// cpu-clock of every online CPU.
-    pub fn load(cfg: &KernelConfig, btf: &Btf, cgroup_root: &Path) -> Result<Kernel, KernelError> {
+impl KernelLayout {
+    /// Looks every offset up.
+    pub fn from_btf(btf: &Btf) -> Result<KernelLayout, BtfError> {
         let sock = |path: &[&str]| btf.offset_of("sock", path);
-        let offsets: [(&str, u32); 12] = [
+        let capture = [
             (
                 globals::OFF_WRITE_SEQ,
                 btf.offset_of("tcp_sock", &["write_seq"])?,
@@ -200,22 +190,60 @@ impl Kernel {
                 btf.offset_of("task_struct", &["comm"])?,
             ),
         ];
-        // pt_regs as saved at kernel entry (the user registers), and the
-        // task's mm (NULL for kernel threads): for the sampling program.
-        // Looked up only when sampling: profiling off must not depend on them.
-        let sampling_offset = |ty: &str, path: &[&str]| match cfg.profile_hz {
-            Some(_) => btf.offset_of(ty, path),
-            None => Ok(0),
+        let sampling = (|| {
+            Ok([
+                (globals::OFF_REGS_IP, btf.offset_of("pt_regs", &["ip"])?),
+                (globals::OFF_REGS_SP, btf.offset_of("pt_regs", &["sp"])?),
+                (globals::OFF_REGS_BP, btf.offset_of("pt_regs", &["bp"])?),
+                (globals::OFF_TASK_MM, btf.offset_of("task_struct", &["mm"])?),
+            ])
+        })();
+        Ok(KernelLayout { capture, sampling })
+    }
+}
+
+/// Programs loaded and attached.
+pub struct Kernel {
+    ebpf: Ebpf,
+    drops: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, u64>,
+    profiling_cpus: Vec<u32>,
+    layout: LaneLayout,
+}
+
+fn program_err(
+    step: &'static str,
+    program: &'static str,
+) -> impl FnOnce(ProgramError) -> KernelError {
+    move |source| KernelError::Program {
+        step,
+        program,
+        source,
+    }
+}
+
+impl Kernel {
+    /// Loads the programs with the offsets of this kernel and attaches them:
+    /// the three socket tracepoints and cgroup_skb on `cgroup_root`, and,
+    /// when `cfg.profile_hz` is set, the CPU sampling program on the
+    /// cpu-clock of every online CPU.
+    pub fn load(
+        cfg: &KernelConfig,
+        layout: &KernelLayout,
+        cgroup_root: &Path,
+    ) -> Result<Kernel, KernelError> {
+        let offsets = layout.capture;
+        // Needed only when sampling: profiling off must not depend on them.
+        let sampling = match (cfg.profile_hz, &layout.sampling) {
+            (Some(_), Ok(o)) => *o,
+            (Some(_), Err(e)) => return Err(KernelError::Layout(e.clone())),
+            (None, _) => [
+                (globals::OFF_REGS_IP, 0),
+                (globals::OFF_REGS_SP, 0),
+                (globals::OFF_REGS_BP, 0),
+                (globals::OFF_TASK_MM, 0),
+            ],
         };
-        let sampling: [(&str, u32); 4] = [
-            (globals::OFF_REGS_IP, sampling_offset("pt_regs", &["ip"])?),
-            (globals::OFF_REGS_SP, sampling_offset("pt_regs", &["sp"])?),
-            (globals::OFF_REGS_BP, sampling_offset("pt_regs", &["bp"])?),
-            (
-                globals::OFF_TASK_MM,
-                sampling_offset("task_struct", &["mm"])?,
-            ),
-        ];
         let stack_copy = cfg.stack_copy.min(MAX_STACK_COPY as u32);
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| KernelError::Cpus(what, e))? as u32;
         // One ~37 KiB scratch entry per possible CPU, only when sampling.
@@ -317,6 +345,8 @@ impl Kernel {
             .take_map(MAP_STATS)
             .ok_or(KernelError::MissingMap(MAP_STATS))?;
         let stats = PerCpuArray::try_from(stats).map_err(|e| KernelError::Map(MAP_STATS, e))?;
+        drop(aya_btf);
+        release_freed_memory();
         Ok(Kernel {
             ebpf,
             drops,
@@ -495,5 +525,16 @@ impl SockCtlMap {
         {
             self.errors += 1;
         }
+    }
+}
+
+/// Gives the heap the loader no longer needs back to the system: parsing
+/// the kernel's BTF (aya's copy, ~24 MB here) leaves the allocator holding
+/// pages the agent would otherwise carry in its RSS for its whole life.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

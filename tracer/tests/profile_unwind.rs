@@ -16,7 +16,7 @@ use std::{
 
 use tracer::{
     btf::Btf,
-    kernel::{Kernel, KernelConfig},
+    kernel::{Kernel, KernelConfig, KernelLayout},
     preflight::cgroup2_root,
     profile::{types::StackSample, Profiler, ProfilerConfig},
 };
@@ -92,7 +92,8 @@ fn load_cfg(profile_hz: Option<u32>, stack_copy: u32) -> Kernel {
         stack_copy,
         head_max: tracer_common::HEAD_MAX_DEFAULT,
     };
-    let kernel = Kernel::load(&cfg, &btf, &cgroup).expect("loading the programs");
+    let layout = KernelLayout::from_btf(&btf).expect("kernel layout");
+    let kernel = Kernel::load(&cfg, &layout, &cgroup).expect("loading the programs");
     assert_eq!(profile_hz.is_some(), !kernel.profiling_cpus().is_empty());
     kernel
 }
