@@ -18,7 +18,7 @@
 //!
 //! Everything is keyed by socket cookie. No syscall tracepoint is used, so
 //! file and pipe I/O pay nothing. Calls, packets and connection records go
-//! to per-CPU lanes ([`lane`]; the last eighth of each kept for connection
+//! to per-CPU lanes ([`lane`]; the last quarter of each kept for connection
 //! records), CPU samples to a ring buffer; the agent drains on a timer and
 //! is woken when a lane has taken `WAKEUP_BYTES`.
 //!
