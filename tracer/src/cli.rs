@@ -98,9 +98,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 2 << 20)]
     pub ring_buffer_size: u32,
 
-    /// Bytes each CPU writes to the ring buffer before it wakes the agent;
-    /// in between, the agent drains every --drain-interval-ms. Batching the
-    /// wake-ups is what keeps the capture cheap.
+    /// Bytes a CPU's lane takes before it wakes the agent (rounded down to
+    /// a power of two, at most a quarter of the lane); in between, the agent
+    /// drains every --drain-interval-ms. Batching the wake-ups is what keeps
+    /// the capture cheap.
     #[arg(long, value_name = "BYTES", default_value_t = 256 << 10)]
     pub wakeup_bytes: u64,
 

@@ -964,6 +964,92 @@ mod tests {
     }
 
     #[test]
+    fn silence_lift_and_skip_become_kernel_updates_in_order() {
+        let mut t = Conns::new(ConnLimits::default());
+        let mut sink = Collect::default();
+        t.on_state(&state(A, TCP_SYN_SENT, 5000, 80, 1), &mut sink);
+        // Unknown connections are not asked about.
+        t.request(CtlRequest::Silence {
+            cookie: 999,
+            reason: Silence::NotParsed,
+        });
+        t.request(CtlRequest::Silence {
+            cookie: A,
+            reason: Silence::Tls,
+        });
+        // The same verdict twice is one update.
+        t.request(CtlRequest::Silence {
+            cookie: A,
+            reason: Silence::Tls,
+        });
+        let (updates, entries) = t.take_ctl_updates();
+        assert_eq!(entries, 1);
+        assert_eq!(updates.len(), 1);
+        assert_eq!(updates[0].0, A);
+        assert_eq!(updates[0].1.map(|c| c.silence), Some(Silence::Tls as u8));
+        t.request(CtlRequest::Lift { cookie: A });
+        assert_eq!(t.take_ctl_updates(), (vec![(A, None)], 0));
+        assert_eq!(
+            (t.counters().silenced_tls, t.counters().silence_lifted),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn a_skip_is_registered_in_the_stream_and_dropped_once_passed() {
+        let mut t = Conns::new(ConnLimits::default());
+        let mut sink = Collect::default();
+        t.on_state(&state(A, TCP_SYN_SENT, 5000, 80, 1), &mut sink);
+        let head = b"HTTP/1.1 200 OK\r\n\r\n";
+        let n = head.len() as u32;
+        let mut hdr = seg(A, Dir::Recv, 5000, 80, 100, head, 2);
+        hdr.seg_flags = 0;
+        t.on_segment(&hdr, head, &mut sink);
+        t.on_op(&op(A, Dir::Recv, 100 + n, n, 7, 3), &mut sink);
+        // A body of 1,000 bytes follows the head.
+        t.request(CtlRequest::Skip {
+            cookie: A,
+            dir: Dir::Recv,
+            offset: u64::from(n),
+            len: 1000,
+        });
+        let (updates, entries) = t.take_ctl_updates();
+        assert_eq!(entries, 1);
+        let ctl = updates[0].1.unwrap();
+        assert_eq!(ctl.skip_dirs, 1 << Dir::Recv as u8);
+        assert_eq!(
+            (ctl.skip_from[1], ctl.skip_to[1]),
+            (100 + n, 100 + n + 1000)
+        );
+        // The kernel reports no packet of the body; the receive calls come.
+        t.on_op(&op(A, Dir::Recv, 100 + n + 1000, 1000, 7, 4), &mut sink);
+        assert_eq!(t.take_ctl_updates(), (vec![(A, None)], 0), "skip over");
+        let k = t.stream_counters();
+        assert_eq!((k.bytes_skipped, k.bytes_hole), (1000, 0));
+    }
+
+    #[test]
+    fn a_silenced_connection_evicted_while_open_keeps_its_entry_until_its_close() {
+        let limits = ConnLimits {
+            idle_timeout_ns: 1_000,
+            ..ConnLimits::default()
+        };
+        let mut t = Conns::new(limits);
+        let mut sink = Collect::default();
+        t.on_state(&state(A, TCP_SYN_SENT, 5000, 80, 1), &mut sink);
+        t.request(CtlRequest::Silence {
+            cookie: A,
+            reason: Silence::NotParsed,
+        });
+        t.take_ctl_updates();
+        t.sweep(10_000, &mut sink);
+        assert_eq!(t.live(), 0);
+        assert_eq!(t.take_ctl_updates(), (vec![], 1), "kept in the kernel");
+        t.on_state(&state(A, TCP_CLOSE, 5000, 80, 20_000), &mut sink);
+        assert_eq!(t.take_ctl_updates(), (vec![(A, None)], 0));
+    }
+
+    #[test]
     fn closed_idle_and_excess_connections_are_removed() {
         let limits = ConnLimits {
             max_conns: 2,
