@@ -132,9 +132,14 @@ fn page_round(n: usize) -> usize {
 
 /// Everything the kernel sends, read as one time-ordered stream.
 pub struct Events {
-    lanes: Vec<Lane>,
+    merger: Merger,
     _mappings: [Mapping; 3],
     samples: RingBuf<MapData>,
+}
+
+/// The k-way merge of the lanes by time (see the module documentation).
+struct Merger {
+    lanes: Vec<Lane>,
     /// Lanes with a record ready, by the time of that record.
     heads: BinaryHeap<Reverse<(u64, usize)>>,
     /// Highest timestamp handed out so far.
@@ -176,31 +181,20 @@ impl Events {
             };
             // SAFETY: inside the control mapping.
             let ctl = unsafe { (ctl.ptr as *mut LaneCtl).add(i) };
-            // SAFETY: the control block of this lane.
-            let pos = unsafe { (*ctl).cons };
-            out.push(Lane {
-                shedding: false,
-                base,
-                bytes,
-                chunk,
-                ctl,
-                pos,
-                prod: pos,
-            });
+            // SAFETY: the lane and its control block, mapped for as long as
+            // the Events lives.
+            out.push(unsafe { Lane::new(base, bytes, chunk, ctl) });
         }
         Ok(Events {
-            lanes: out,
+            merger: Merger::new(out),
             _mappings: [chunked, nested, ctl],
             samples,
-            heads: BinaryHeap::new(),
-            high_water: 0,
-            counters: LaneCounters::default(),
         })
     }
 
     /// The reader's counters.
     pub fn counters(&self) -> &LaneCounters {
-        &self.counters
+        &self.merger.counters
     }
 
     /// Hands every record older than `now_ns - HOLD_NS` to `f`, in time
@@ -226,6 +220,44 @@ impl Events {
                 f(&item);
             }
         }
+        self.merger.drain_until(until, f);
+    }
+}
+
+impl Lane {
+    /// A lane of `bytes` bytes (a ring of `chunk`-sized chunks) at `base`,
+    /// read from the consumer position in `ctl`.
+    ///
+    /// # Safety
+    /// `base .. base + bytes` and `ctl` must stay valid while the lane is
+    /// read.
+    unsafe fn new(base: *const u8, bytes: u64, chunk: u64, ctl: *mut LaneCtl) -> Lane {
+        // SAFETY: the caller's promise.
+        let pos = unsafe { (*ctl).cons };
+        Lane {
+            shedding: false,
+            base,
+            bytes,
+            chunk,
+            ctl,
+            pos,
+            prod: pos,
+        }
+    }
+}
+
+impl Merger {
+    fn new(lanes: Vec<Lane>) -> Merger {
+        Merger {
+            lanes,
+            heads: BinaryHeap::new(),
+            high_water: 0,
+            counters: LaneCounters::default(),
+        }
+    }
+
+    /// Hands out, in time order, every record up to time `until`.
+    fn drain_until(&mut self, until: u64, f: &mut impl FnMut(&[u8])) {
         self.heads.clear();
         self.refresh(true);
         // The oldest head among the lanes, while it is old enough.
@@ -360,5 +392,193 @@ impl AsRawFd for Events {
     /// The samples ring, which the programs also use to wake the reader.
     fn as_raw_fd(&self) -> RawFd {
         self.samples.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::{ConnState, SockOp};
+
+    /// A lane in ordinary memory, written the way the programs write.
+    struct TestLane {
+        buf: Vec<u64>,
+        ctl: Box<LaneCtl>,
+        chunk: u64,
+    }
+
+    impl TestLane {
+        fn new(bytes: usize, chunk: u64) -> TestLane {
+            TestLane {
+                buf: vec![0; bytes / 8],
+                ctl: Box::default(),
+                chunk,
+            }
+        }
+
+        fn bytes(&self) -> u64 {
+            self.buf.len() as u64 * 8
+        }
+
+        /// Publishes one record (framed, chunk ends padded).
+        fn push(&mut self, rec: &[u8]) {
+            let frame = tracer_common::frame_len(rec.len()) as u64;
+            let lane_bytes = self.bytes();
+            let mut pos = self.ctl.prod;
+            let in_chunk = pos % self.chunk;
+            if in_chunk + frame > self.chunk {
+                self.buf[((pos % lane_bytes) / 8) as usize] = 0;
+                pos += self.chunk - in_chunk;
+            }
+            assert!(pos + frame <= self.ctl.cons + lane_bytes, "test lane full");
+            let off = (pos % lane_bytes) as usize;
+            let bytes: &mut [u8] = bytemuck_bytes(&mut self.buf);
+            bytes[off..off + 8].copy_from_slice(&frame.to_le_bytes());
+            bytes[off + 8..off + 8 + rec.len()].copy_from_slice(rec);
+            self.ctl.prod = pos + frame;
+        }
+
+        fn lane(&mut self) -> Lane {
+            let bytes = self.bytes();
+            // SAFETY: the test keeps the buffer and control block alive and
+            // in place while the merger reads them.
+            unsafe {
+                Lane::new(
+                    self.buf.as_ptr() as *const u8,
+                    bytes,
+                    self.chunk,
+                    &mut *self.ctl,
+                )
+            }
+        }
+    }
+
+    fn bytemuck_bytes(v: &mut [u64]) -> &mut [u8] {
+        // SAFETY: u64 memory viewed as bytes.
+        unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 8) }
+    }
+
+    fn as_bytes<T>(v: &T) -> Vec<u8> {
+        // SAFETY: a repr(C) record viewed as bytes.
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()).to_vec() }
+    }
+
+    fn op(ts: u64) -> Vec<u8> {
+        as_bytes(&SockOp {
+            tag: Tag::SockOp as u8,
+            dir: 0,
+            _pad: [0; 2],
+            len: 1,
+            ts_ns: ts,
+            cookie: 1,
+            pid: 1,
+            tid: 1,
+            seq_end: 1,
+            _pad2: 0,
+            comm: [0; 16],
+        })
+    }
+
+    fn state(ts: u64) -> Vec<u8> {
+        as_bytes(&ConnState {
+            tag: Tag::ConnState as u8,
+            family: 2,
+            old_state: 2,
+            new_state: 1,
+            local_port: 1,
+            remote_port: 2,
+            ts_ns: ts,
+            cookie: 1,
+            pid: 1,
+            tid: 1,
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+        })
+    }
+
+    fn times(m: &mut Merger, until: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        m.drain_until(until, &mut |r| out.push(record_ts(r).unwrap()));
+        out
+    }
+
+    use std::mem::size_of;
+
+    #[test]
+    fn lanes_merge_in_time_order_and_young_records_wait() {
+        let (mut a, mut b) = (TestLane::new(4096, 4096), TestLane::new(4096, 4096));
+        for t in [10, 30, 50] {
+            a.push(&op(t));
+        }
+        for t in [20, 40] {
+            b.push(&state(t));
+        }
+        let mut m = Merger::new(vec![a.lane(), b.lane()]);
+        assert_eq!(times(&mut m, 35), vec![10, 20, 30]);
+        assert_eq!(a.ctl.cons, 2 * 64, "read frames given back");
+        assert_eq!(times(&mut m, u64::MAX), vec![40, 50]);
+        assert_eq!(m.counters.records_late, 0);
+    }
+
+    #[test]
+    fn chunk_ends_are_skipped_and_the_ring_wraps() {
+        // Four chunks of 160 bytes: two 64-byte frames per chunk, 32 bytes
+        // left unused at each chunk end; 50 frames go round many times.
+        let mut a = TestLane::new(640, 160);
+        let mut m = Merger::new(vec![a.lane()]);
+        let mut seen = Vec::new();
+        for t in 1..=50u64 {
+            a.push(&op(t));
+            if t % 3 == 0 {
+                seen.extend(times(&mut m, u64::MAX));
+            }
+        }
+        seen.extend(times(&mut m, u64::MAX));
+        assert_eq!(seen, (1..=50).collect::<Vec<_>>());
+        assert_eq!((m.counters.frames_corrupt, m.counters.shed_op), (0, 0));
+    }
+
+    #[test]
+    fn a_record_older_than_those_handed_out_is_counted_late() {
+        let (mut a, mut b) = (TestLane::new(4096, 4096), TestLane::new(4096, 4096));
+        a.push(&op(100));
+        let mut m = Merger::new(vec![a.lane(), b.lane()]);
+        assert_eq!(times(&mut m, u64::MAX), vec![100]);
+        b.push(&op(50));
+        assert_eq!(times(&mut m, u64::MAX), vec![50]);
+        assert_eq!(m.counters.records_late, 1);
+    }
+
+    #[test]
+    fn far_behind_payload_records_are_passed_over_but_not_connection_records() {
+        let mut a = TestLane::new(64 * 16, 64 * 16);
+        // 11 of 16 frames waiting: more than five eighths.
+        for t in 1..=11 {
+            if t % 4 == 0 {
+                a.push(&state(t));
+            } else {
+                a.push(&op(t));
+            }
+        }
+        let mut m = Merger::new(vec![a.lane()]);
+        let got = times(&mut m, u64::MAX);
+        assert_eq!(got, vec![4, 8], "connection records only");
+        assert_eq!(m.counters.shed_op, 9);
+        // Caught up: payload records are read again.
+        a.push(&op(12));
+        assert_eq!(times(&mut m, u64::MAX), vec![12]);
+    }
+
+    #[test]
+    fn a_nonsense_frame_skips_the_rest_of_its_lane() {
+        let mut a = TestLane::new(4096, 4096);
+        a.push(&op(1));
+        a.push(&op(2));
+        // Corrupt the second frame's length.
+        bytemuck_bytes(&mut a.buf)[64..72].copy_from_slice(&7u64.to_le_bytes());
+        let mut m = Merger::new(vec![a.lane()]);
+        assert_eq!(times(&mut m, u64::MAX), vec![1]);
+        assert_eq!(m.counters.frames_corrupt, 1);
+        assert_eq!(a.ctl.cons, a.ctl.prod, "the lane was given back");
     }
 }
