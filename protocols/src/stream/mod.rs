@@ -227,6 +227,9 @@ pub struct StreamCounters {
     pub records_unplaceable: u64,
     /// Ranges the consumer asked to skip ([`StreamReassembler::skip`]).
     pub skips: u64,
+    /// Ranges not skipped because the buffered ranges were at their bound
+    /// (the bytes are then reported and delivered as usual).
+    pub skips_refused: u64,
 }
 
 impl std::ops::AddAssign<&StreamCounters> for StreamCounters {
@@ -250,6 +253,7 @@ impl std::ops::AddAssign<&StreamCounters> for StreamCounters {
         self.chunks_forced += o.chunks_forced;
         self.records_unplaceable += o.records_unplaceable;
         self.skips += o.skips;
+        self.skips_refused += o.skips_refused;
     }
 }
 
@@ -475,6 +479,11 @@ impl StreamReassembler {
     /// nothing is ahead (or nothing was delivered yet to count from).
     pub fn skip(&mut self, offset: u64, len: u64) -> Option<(u32, u32)> {
         let origin = self.origin?;
+        // The range fills the gaps between buffered spans: bounded like them.
+        if self.spans.len() >= self.limits.max_segments {
+            self.counters.skips_refused += 1;
+            return None;
+        }
         let start = origin.checked_add(offset)?.max(self.next);
         let end = origin.checked_add(offset)?.checked_add(len)?;
         if end <= start {
