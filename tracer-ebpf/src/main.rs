@@ -97,6 +97,10 @@ static OFF_COOKIE: u32 = 0;
 static OFF_TASK_COMM: u32 = 0;
 #[no_mangle]
 static OFF_CLOCK: u32 = 0;
+#[no_mangle]
+static OFF_TASK_PID: u32 = 0;
+#[no_mangle]
+static OFF_TASK_TGID: u32 = 0;
 
 /// CPU samples and the reader's wake-ups (size set at load).
 #[map]

@@ -23,7 +23,8 @@ use crate::{
     add_stat, count_drop, field, global,
     lane::{self, NoRoom},
     AGENT_PID, ENABLED, OFF_CLOCK, OFF_COOKIE, OFF_COPIED_SEQ, OFF_DADDR, OFF_DPORT, OFF_FAMILY,
-    OFF_NUM, OFF_RCV_SADDR, OFF_TASK_COMM, OFF_V6_DADDR, OFF_V6_RCV_SADDR, OFF_WRITE_SEQ,
+    OFF_NUM, OFF_RCV_SADDR, OFF_TASK_COMM, OFF_TASK_PID, OFF_TASK_TGID, OFF_V6_DADDR,
+    OFF_V6_RCV_SADDR, OFF_WRITE_SEQ,
 };
 
 const MSG_PEEK: i32 = 2;
@@ -73,8 +74,17 @@ fn on_sock_op(ctx: &BtfTracePointContext, dir: Dir) {
     if tp.is_null() {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let pid = (pid_tgid >> 32) as u32;
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    // SAFETY: the current task, a typed pointer.
+    let (tgid, tid): (u32, u32) = unsafe {
+        (
+            field(task, global(&OFF_TASK_TGID)),
+            field(task, global(&OFF_TASK_PID)),
+        )
+    };
+    let pid_tgid = u64::from(tgid) << 32 | u64::from(tid);
+    let pid = tgid;
     if pid == global(&AGENT_PID) {
         return;
     }
@@ -101,8 +111,6 @@ fn on_sock_op(ctx: &BtfTracePointContext, dir: Dir) {
             }
         }
     }
-    // SAFETY: helper without arguments.
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
     let comm_off = global(&OFF_TASK_COMM);
     // SAFETY: the current task, a typed pointer; comm is 16 bytes.
     let comm: [u64; 2] = unsafe { [field(task, comm_off), field(task, comm_off + 8)] };

@@ -144,7 +144,7 @@ pub struct KernelConfig {
 #[derive(Clone, Debug)]
 pub struct KernelLayout {
     /// Offsets every capture program needs.
-    capture: [(&'static str, u32); 12],
+    capture: [(&'static str, u32); 14],
     /// Offsets of the sampling program: pt_regs as saved at kernel entry
     /// (the user registers) and the task's mm (NULL for kernel threads).
     /// An error only matters when profiling is on.
@@ -188,6 +188,14 @@ impl KernelLayout {
             (
                 globals::OFF_TASK_COMM,
                 btf.offset_of("task_struct", &["comm"])?,
+            ),
+            (
+                globals::OFF_TASK_PID,
+                btf.offset_of("task_struct", &["pid"])?,
+            ),
+            (
+                globals::OFF_TASK_TGID,
+                btf.offset_of("task_struct", &["tgid"])?,
             ),
         ];
         let sampling = (|| {

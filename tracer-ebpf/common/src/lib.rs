@@ -598,6 +598,10 @@ pub mod globals {
     pub const OFF_TASK_MM: &str = "OFF_TASK_MM";
     /// `u32`: offset of `comm` in `struct task_struct`.
     pub const OFF_TASK_COMM: &str = "OFF_TASK_COMM";
+    /// `u32`: offset of `pid` (the thread id) in `struct task_struct`.
+    pub const OFF_TASK_PID: &str = "OFF_TASK_PID";
+    /// `u32`: offset of `tgid` (the process id) in `struct task_struct`.
+    pub const OFF_TASK_TGID: &str = "OFF_TASK_TGID";
     /// `u32`: offset of `skc_cookie` in `struct sock`.
     pub const OFF_COOKIE: &str = "OFF_COOKIE";
     /// `u32`: offset of `tcp_clock_cache` in `struct tcp_sock` (the
