@@ -1,6 +1,7 @@
 """The agent as a benchmark drives it: started, waited for, measured from
 /proc, stopped with SIGINT."""
 import os
+import re
 import signal
 import subprocess
 
@@ -12,12 +13,16 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 class Agent:
     """`tracer run --print none ARGS`, running once attached."""
 
-    def __init__(self, args):
-        self.proc = subprocess.Popen([TRACER, "run", "--print", "none"] + args,
+    def __init__(self, args, exe=TRACER, env=None):
+        self.proc = subprocess.Popen([exe, "run", "--print", "none"] + args,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env=dict(os.environ, NO_COLOR="1", RUST_LOG="info"))
+                                     env=dict(os.environ, NO_COLOR="1", RUST_LOG="info", **(env or {})))
+        self.program_ids = []
         for line in self.proc.stderr:
             if "attached: capturing" in line:
+                m = re.search(r"programs=\[([\d, ]*)\]", line)
+                if m:
+                    self.program_ids = [int(x) for x in m.group(1).split(",") if x.strip()]
                 break
         else:
             raise SystemExit("agent failed to start")

@@ -8,7 +8,10 @@ round: no agent; the agent's programs attached but returning at once
 and rebuilding the streams (--no-spans); the whole product, with HTTP
 spans exported over OTLP to a local endpoint that discards them.
 Prints requests/s, the ratio to no agent (median of the per-round ratios),
-p99 latency, the agent's CPU per request and its peak RSS; then the cost per
+p99 latency, the agent's CPU per request, its peak RSS and the kernel cost
+per request of its eBPF programs (bpf_stats: run time of every program over
+the run divided by the requests wrk completed, and per program the ns per
+run and runs per request); then the cost per
 call of a tight file write loop and socket write loop with and without the
 agent.
 
@@ -26,6 +29,7 @@ import tempfile
 import time
 
 from agentproc import ROOT, TRACER, Agent
+from bpfstats import BpfStats, format_rows, per_request
 
 
 def free_port():
@@ -80,9 +84,15 @@ http {
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def wrk(port, seconds, conns):
-    out = subprocess.run(["wrk", "-t2", "-c%d" % conns, "-d%ds" % seconds, "--latency",
-                          "http://127.0.0.1:%d/index.html" % port],
+def wrk(port, seconds, conns, close=False, path="/index.html", headers=()):
+    """Runs wrk; returns (requests/s, requests, p99 ms). `close`: every
+    request on a new connection; `headers`: extra request headers."""
+    cmd = ["wrk", "-t2", "-c%d" % conns, "-d%ds" % seconds, "--latency"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd + ["http://127.0.0.1:%d%s" % (port, path)],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
@@ -138,23 +148,27 @@ CONDITIONS = [
 ]
 
 
-def run_server_bench(workers, pairs, seconds, conns):
+def run_server_bench(workers, pairs, seconds, conns, conditions):
     nginx = Nginx(workers)
     sink = OtlpSink()
+    stats = BpfStats()
     try:
         wrk(nginx.port, 2, conns)  # warm-up
-        results = {name: [] for name, _ in CONDITIONS}
+        results = {name: [] for name, _ in conditions}
         drops = []
         for r in range(pairs):
-            k = r % len(CONDITIONS)
-            order = CONDITIONS[k:] + CONDITIONS[:k]
+            k = r % len(conditions)
+            order = conditions[k:] + conditions[:k]
             for name, args in order:
                 if args is not None:
                     args = [a.replace("{otlp}", "http://127.0.0.1:%d" % sink.port) for a in args]
                 agent = Agent(args) if args is not None else None
                 cpu0 = agent.cpu_seconds() if agent else 0
+                bpf0 = stats.snapshot(agent.program_ids) if agent else {}
                 rps, total, p99 = wrk(nginx.port, seconds, conns)
+                bpf1 = stats.snapshot(agent.program_ids) if agent else {}
                 cpu = (agent.cpu_seconds() - cpu0) if agent else 0
+                kns, krows = per_request(stats.diff(bpf0, bpf1), total)
                 rss = agent.peak_rss_kib() if agent else 0
                 if agent:
                     err = agent.stop()
@@ -162,26 +176,35 @@ def run_server_bench(workers, pairs, seconds, conns):
                     if name != "hooks-only":
                         d = sum(int(x) for x in re.findall(r"ring_full_\w+}?=(\d+)", counters))
                         drops.append(d)
-                results[name].append({"rps": rps, "total": total, "p99": p99, "cpu": cpu, "rss": rss})
-                print("  workers=%s round %d %-10s %9.0f req/s  p99 %7.2f ms" % (workers, r + 1, name, rps, p99),
-                      flush=True)
+                results[name].append({"rps": rps, "total": total, "p99": p99, "cpu": cpu, "rss": rss,
+                                      "kns": kns, "krows": krows})
+                print("  workers=%s round %d %-10s %9.0f req/s  p99 %7.2f ms  kernel %5.0f ns/req  %s" % (
+                    workers, r + 1, name, rps, p99, kns, format_rows(krows)), flush=True)
         print("\nnginx worker_processes %s, wrk -t2 -c%d, %d s per run, %d rounds" % (workers, conns, seconds, pairs))
-        print("%-11s %12s %16s %12s %18s %14s" % ("condition", "req/s (med)", "ratio (med, IQR)", "p99 ms", "agent CPU/req", "agent peak RSS"))
+        print("%-11s %12s %16s %12s %18s %14s %16s" % ("condition", "req/s (med)", "ratio (med, IQR)", "p99 ms",
+                                                    "agent CPU/req", "agent peak RSS", "kernel ns/req"))
         base = results["none"]
-        for name, _ in CONDITIONS:
+        for name, _ in conditions:
             rows = results[name]
             ratios = [row["rps"] / b["rps"] for row, b in zip(rows, base)]
             q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
             cpu_per_req = statistics.median(row["cpu"] / row["total"] * 1e6 for row in rows)
-            print("%-11s %12.0f %9.3f [%.2f-%.2f] %12.2f %15.2f us %11.1f MiB" % (
+            print("%-11s %12.0f %9.3f [%.2f-%.2f] %12.2f %15.2f us %11.1f MiB %13.0f ns" % (
                 name, statistics.median(r["rps"] for r in rows), statistics.median(ratios), q[0], q[2],
                 statistics.median(r["p99"] for r in rows), cpu_per_req,
-                max(r["rss"] for r in rows) / 1024))
-        for name in ("capture", "traces"):
+                max(r["rss"] for r in rows) / 1024, statistics.median(r["kns"] for r in rows)))
+        present = [n for n in ("capture", "traces") if n in results]
+        for name in present:
+            # Per program: the round with the median kernel cost.
+            rows = sorted(results[name], key=lambda r: r["kns"])
+            print("kernel cost per request, %s (bpf_stats, median round): %s" % (
+                name, format_rows(rows[len(rows) // 2]["krows"])))
+        for name in present if "hooks-only" in results else []:
             rel = [f["rps"] / h["rps"] for f, h in zip(results[name], results["hooks-only"])]
             print("%s / hooks-only floor: %.3f (median of rounds)" % (name, statistics.median(rel)))
         print("ring-buffer drops in capture and traces runs: %s" % drops)
     finally:
+        stats.close()
         sink.stop()
         nginx.stop()
 
@@ -212,7 +235,15 @@ def main():
     ap.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
     ap.add_argument("--workers", default="1,auto", help="nginx worker_processes settings (default 1,auto)")
     ap.add_argument("--calls", type=int, default=500000, help="calls per write loop (default 500000)")
+    ap.add_argument("--conditions", default=",".join(n for n, _ in CONDITIONS),
+                    help="conditions to run (default: all; 'none' is always run)")
+    ap.add_argument("--no-writeloop", action="store_true", help="skip the write-loop measurement")
     args = ap.parse_args()
+    wanted = set(args.conditions.split(",")) | {"none"}
+    unknown = wanted - {n for n, _ in CONDITIONS}
+    if unknown:
+        raise SystemExit("unknown condition(s): %s" % ", ".join(sorted(unknown)))
+    conditions = [c for c in CONDITIONS if c[0] in wanted]
     if os.geteuid() != 0:
         raise SystemExit("run as root (the agent attaches eBPF programs)")
     for tool in ("nginx", "wrk", "gcc"):
@@ -221,8 +252,9 @@ def main():
     if not os.path.exists(TRACER):
         subprocess.run(["cargo", "build", "--release", "-p", "tracer"], cwd=ROOT, check=True)
     for w in args.workers.split(","):
-        run_server_bench(w, args.pairs, args.seconds, args.connections)
-    run_writeloop(args.pairs, args.calls)
+        run_server_bench(w, args.pairs, args.seconds, args.connections, conditions)
+    if not args.no_writeloop:
+        run_writeloop(args.pairs, args.calls)
 
 
 if __name__ == "__main__":

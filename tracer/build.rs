@@ -63,6 +63,14 @@ fn main() -> Result<()> {
         .env("PATH", path)
         .env("RUSTC", BPF_RUSTC)
         .env("RUSTC_BOOTSTRAP", "1")
+        // BTF in the object: BTF-defined maps (socket storage) need it, and
+        // the verifier's messages then name source lines. CPU v3 (kernels
+        // since 5.1; the agent needs 6.3): atomic fetch-and-add and exchange,
+        // which the lanes use.
+        .env(
+            "RUSTFLAGS",
+            "-C debuginfo=2 -C link-arg=--btf -C target-cpu=v3",
+        )
         .args([
             "build",
             "--release",

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use thiserror::Error;
 
 /// Why an offset could not be found.
-#[derive(Debug, Error)]
+#[derive(Clone, Debug, Error)]
 pub enum BtfError {
     /// The blob is not BTF or is cut short.
     #[error("malformed BTF: {0}")]

@@ -91,14 +91,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = SNAP_LEN_DEFAULT)]
     pub snap_len: u32,
 
-    /// Size of the kernel ring buffer in bytes (a power of two, at least
-    /// 4096). Bigger absorbs longer bursts before records are dropped.
-    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    /// Capture buffer of each CPU in bytes (its "lane": calls and packets
+    /// of that CPU; rounded up to a power of two of 256 KiB). Bigger
+    /// absorbs longer bursts or stalls of the agent before records are
+    /// dropped (counted). Mapped into the agent once: it counts in its RSS.
+    #[arg(long, value_name = "BYTES", default_value_t = 2 << 20)]
     pub ring_buffer_size: u32,
 
-    /// Bytes each CPU writes to the ring buffer before it wakes the agent;
-    /// in between, the agent drains every --drain-interval-ms. Batching the
-    /// wake-ups is what keeps the capture cheap.
+    /// Bytes a CPU's lane takes before it wakes the agent (rounded down to
+    /// a power of two, at most a quarter of the lane); in between, the agent
+    /// drains every --drain-interval-ms. Batching the wake-ups is what keeps
+    /// the capture cheap.
     #[arg(long, value_name = "BYTES", default_value_t = 256 << 10)]
     pub wakeup_bytes: u64,
 
@@ -432,6 +435,7 @@ impl RunArgs {
         Ok(RunConfig {
             kernel: KernelConfig {
                 snap_len: self.snap_len,
+                head_max: tracer_common::HEAD_MAX_DEFAULT,
                 enabled: !self.hooks_only,
                 ring_bytes: ring,
                 wakeup_bytes: self.wakeup_bytes,

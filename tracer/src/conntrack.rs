@@ -7,13 +7,14 @@
 //! hands ready chunks to a [`Sink`]. Connections opened before the agent
 //! started are created on their first record; their 4-tuple comes from the
 //! first packet or state change.
-use std::net::SocketAddr;
+use std::{collections::VecDeque, net::SocketAddr};
 
 use foldhash::{HashMap, HashMapExt};
 
 use protocols::stream::{Chunk, OpMeta, StreamCounters, StreamLimits, StreamReassembler};
 use tracer_common::{
-    ConnState, Dir, SegmentHeader, SockOp, AF_INET, AF_INET6, SEG_LOOPBACK, TCP_FIN,
+    ConnState, Dir, SegmentHeader, Silence, SockCtl, SockOp, SockTotals, AF_INET, AF_INET6,
+    SEG_LOOPBACK, SOCK_CTL_MAX, TCP_FIN,
 };
 
 /// (local, remote) of a socket.
@@ -70,6 +71,39 @@ impl ConnInfo {
     }
 }
 
+/// What a later stage (a parser) asks of the capture for one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtlRequest {
+    /// The connection carries nothing the agent parses: the kernel stops
+    /// reporting its calls and copying its packets (it still reports its
+    /// state changes, and counts the calls and bytes).
+    Silence {
+        /// Socket cookie.
+        cookie: u64,
+        /// Why.
+        reason: Silence,
+    },
+    /// Report the connection again (its bytes in between are lost to the
+    /// parsers: its streams start afresh).
+    Lift {
+        /// Socket cookie.
+        cookie: u64,
+    },
+    /// The `len` bytes from stream offset `offset` of direction `dir` are
+    /// a body the parser counts without looking at: they need not be
+    /// copied.
+    Skip {
+        /// Socket cookie.
+        cookie: u64,
+        /// Direction of the bytes.
+        dir: Dir,
+        /// Offset in the stream (as in `Chunk::offset`).
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+}
+
 /// Receives what the connection table produces.
 pub trait Sink {
     /// A ready range of one direction of a connection.
@@ -88,7 +122,10 @@ pub struct ConnLimits {
     pub max_conns: usize,
     /// A connection with no record for this long is flushed and forgotten.
     pub idle_timeout_ns: u64,
-    /// After the close, how long to wait for the last records.
+    /// After the close, how long to wait for the last records. Records
+    /// reach the table in kernel-time order (see `lanes`), so the close
+    /// comes after every record of the connection but late ones; a short
+    /// linger keeps a storm of short connections from filling the table.
     pub close_linger_ns: u64,
     /// Per-direction stream bounds.
     pub stream: StreamLimits,
@@ -99,7 +136,7 @@ impl Default for ConnLimits {
         ConnLimits {
             max_conns: 65_536,
             idle_timeout_ns: 300 * 1_000_000_000,
-            close_linger_ns: 500 * 1_000_000,
+            close_linger_ns: 100 * 1_000_000,
             stream: StreamLimits::default(),
         }
     }
@@ -125,6 +162,25 @@ pub struct ConnCounters {
     /// Parked loopback packets dropped: no receiving socket showed up in
     /// time, or the parking space was full.
     pub loopback_parked_dropped: u64,
+    /// Send/receive calls the kernel did not report (silenced sockets),
+    /// from the sockets' totals at close.
+    pub silenced_calls: u64,
+    /// Bytes those calls moved.
+    pub silenced_bytes: u64,
+    /// Payload bytes the kernel did not copy (silenced sockets, skipped
+    /// bodies), from the sockets' totals at close.
+    pub uncopied_bytes: u64,
+    /// Sockets silenced because they carry nothing the agent parses.
+    pub silenced_not_parsed: u64,
+    /// Sockets silenced because they carry TLS ciphertext.
+    pub silenced_tls: u64,
+    /// Verdicts lifted.
+    pub silence_lifted: u64,
+    /// Bodies the kernel was told to skip.
+    pub skips: u64,
+    /// Requests the kernel's control map had no room for (it holds
+    /// `SOCK_CTL_MAX` sockets): that socket stays fully reported.
+    pub ctl_full: u64,
 }
 
 /// A loopback packet waiting for its receiving socket to be known.
@@ -163,6 +219,10 @@ const PARKED_TTL_NS: u64 = 1_000_000_000;
 /// be allocated and freed for every one.
 type Streams = Box<[StreamReassembler; 2]>;
 
+/// Closed connections a sweep removes at most (the agent also reaps after
+/// every drain).
+const SWEEP_REAP_MAX: usize = 4096;
+
 /// Reassembler pairs kept for reuse.
 const STREAM_POOL: usize = 1024;
 
@@ -171,9 +231,14 @@ struct Conn {
     streams: Streams,
     closed_at: Option<u64>,
     last_seen: u64,
+    /// What the kernel was told about this socket (default: nothing).
+    ctl: SockCtl,
+    /// Per direction: stream offset where the skipped body ends.
+    skip_end: [Option<u64>; 2],
 }
 
 /// TCP states (include/net/tcp_states.h).
+const TCP_ESTABLISHED: u8 = 1;
 const TCP_SYN_SENT: u8 = 2;
 const TCP_SYN_RECV: u8 = 3;
 const TCP_CLOSE: u8 = 7;
@@ -192,6 +257,15 @@ pub struct Conns {
     counters: ConnCounters,
     /// Stream counters of connections already removed.
     retired: StreamCounters,
+    /// Changes to the kernel's control map, in order (`None`: delete).
+    ctl_updates: Vec<(u64, Option<SockCtl>)>,
+    /// Sockets with a kernel control entry.
+    ctl_entries: usize,
+    /// Sockets gone from the table whose control entry stays until their
+    /// close is seen (silenced sockets evicted while idle).
+    ctl_orphans: HashMap<u64, ()>,
+    /// Closed connections in the order of their close: (close time, cookie).
+    closing: VecDeque<(u64, u64)>,
 }
 
 fn addr(family: u8, bytes: &[u8; 16], port: u16) -> Option<SocketAddr> {
@@ -217,6 +291,104 @@ impl Conns {
             limits,
             counters: ConnCounters::default(),
             retired: StreamCounters::default(),
+            ctl_updates: Vec::new(),
+            ctl_entries: 0,
+            ctl_orphans: HashMap::new(),
+            closing: VecDeque::new(),
+        }
+    }
+
+    /// A later stage's request about one connection; the kernel learns of
+    /// it through [`take_ctl_updates`](Self::take_ctl_updates).
+    pub fn request(&mut self, r: CtlRequest) {
+        let cookie = match r {
+            CtlRequest::Silence { cookie, .. }
+            | CtlRequest::Lift { cookie }
+            | CtlRequest::Skip { cookie, .. } => cookie,
+        };
+        let Some(conn) = self.conns.get_mut(&cookie) else {
+            return;
+        };
+        let before = conn.ctl;
+        match r {
+            CtlRequest::Silence { reason, .. } => {
+                if before.silence == reason as u8 {
+                    return;
+                }
+                conn.ctl.silence = reason as u8;
+                match reason {
+                    Silence::NotParsed => self.counters.silenced_not_parsed += 1,
+                    Silence::Tls => self.counters.silenced_tls += 1,
+                    Silence::None => {}
+                }
+            }
+            CtlRequest::Lift { .. } => {
+                if before.silence == 0 {
+                    return;
+                }
+                conn.ctl.silence = 0;
+                self.counters.silence_lifted += 1;
+                // What the kernel did not report meanwhile is gone: the
+                // streams start again at the next record.
+                for s in conn.streams.iter_mut() {
+                    self.retired += s.counters();
+                    s.reset();
+                }
+                conn.skip_end = [None, None];
+                conn.ctl.skip_dirs = 0;
+            }
+            CtlRequest::Skip {
+                dir, offset, len, ..
+            } => {
+                let d = dir as usize;
+                let Some((from, to)) = conn.streams[d].skip(offset, len) else {
+                    return;
+                };
+                conn.ctl.skip_dirs |= 1 << d;
+                conn.ctl.skip_from[d] = from;
+                conn.ctl.skip_to[d] = to;
+                conn.skip_end[d] = Some(offset + len);
+                self.counters.skips += 1;
+            }
+        }
+        let after = conn.ctl;
+        let had = before != SockCtl::default();
+        let has = after != SockCtl::default();
+        if !had && has && self.ctl_entries >= SOCK_CTL_MAX as usize {
+            conn.ctl = before;
+            self.counters.ctl_full += 1;
+            return;
+        }
+        self.ctl_entries = self.ctl_entries + usize::from(has) - usize::from(had);
+        self.ctl_updates.push((cookie, has.then_some(after)));
+    }
+
+    /// The changes to the kernel's control map since the last call, in
+    /// order (`None`: delete the entry), and the number of entries after
+    /// them.
+    pub fn take_ctl_updates(&mut self) -> (Vec<(u64, Option<SockCtl>)>, usize) {
+        (std::mem::take(&mut self.ctl_updates), self.ctl_entries)
+    }
+
+    /// After a direction delivered: a skip it passed is over, and its
+    /// control entry goes when nothing else is in it.
+    fn skip_passed(&mut self, cookie: u64, dir: Dir) {
+        let Some(conn) = self.conns.get_mut(&cookie) else {
+            return;
+        };
+        let d = dir as usize;
+        match conn.skip_end[d] {
+            Some(end) if conn.streams[d].next_offset() >= end => {}
+            _ => return,
+        }
+        conn.skip_end[d] = None;
+        conn.ctl.skip_dirs &= !(1 << d);
+        if conn.ctl.silence == 0 && conn.ctl.skip_dirs == 0 {
+            conn.ctl = SockCtl::default();
+            self.ctl_entries -= 1;
+            self.ctl_updates.push((cookie, None));
+        } else {
+            self.ctl_updates.push((cookie, Some(conn.ctl)));
         }
     }
 
@@ -315,6 +487,8 @@ impl Conns {
                 }),
                 closed_at: None,
                 last_seen: now,
+                ctl: SockCtl::default(),
+                skip_end: [None, None],
             }
         });
         conn.last_seen = now;
@@ -342,6 +516,9 @@ impl Conns {
         );
         let info = &conn.info;
         stream.poll(op.ts_ns, &mut |c| sink.chunk(info, dir, &c));
+        if conn.skip_end[dir as usize].is_some() {
+            self.skip_passed(op.cookie, dir);
+        }
     }
 
     /// A captured packet payload.
@@ -368,6 +545,9 @@ impl Conns {
         );
         let info = &conn.info;
         stream.poll(hdr.ts_ns, &mut |c| sink.chunk(info, dir, &c));
+        if conn.skip_end[dir as usize].is_some() {
+            self.skip_passed(hdr.cookie, dir);
+        }
         if dir == Dir::Send && hdr.seg_flags & SEG_LOOPBACK != 0 {
             if let (Some(l), Some(r)) = (local, remote) {
                 self.mirror_loopback(hdr, l, r, data, sink);
@@ -375,10 +555,29 @@ impl Conns {
         }
     }
 
+    /// What the kernel counted for a socket instead of reporting it in
+    /// detail (at the socket's close).
+    pub fn on_totals(&mut self, t: &SockTotals) {
+        let c = &mut self.counters;
+        c.silenced_calls += t.silenced_calls.iter().sum::<u64>();
+        c.silenced_bytes += t.silenced_bytes.iter().sum::<u64>();
+        c.uncopied_bytes += t.uncopied_bytes.iter().sum::<u64>();
+    }
+
     /// A TCP state change.
     pub fn on_state(&mut self, st: &ConnState, sink: &mut impl Sink) {
+        if st.new_state == TCP_CLOSE && self.ctl_orphans.remove(&st.cookie).is_some() {
+            self.ctl_entries -= 1;
+            self.ctl_updates.push((st.cookie, None));
+        }
+        let mut newly_closed = false;
         let conn = self.entry(st.cookie, st.ts_ns);
         match st.new_state {
+            // The kernel reports ESTABLISHED: from SYN_SENT this end
+            // connected, from SYN_RECV it was accepted. (Recordings of
+            // older agents also carry SYN_SENT and SYN_RECV.)
+            TCP_ESTABLISHED if st.old_state == TCP_SYN_SENT => conn.info.role = Role::Client,
+            TCP_ESTABLISHED if st.old_state == TCP_SYN_RECV => conn.info.role = Role::Server,
             TCP_SYN_SENT => {
                 conn.info.role = Role::Client;
                 if conn.info.pid == 0 {
@@ -386,8 +585,16 @@ impl Conns {
                 }
             }
             TCP_SYN_RECV => conn.info.role = Role::Server,
-            TCP_CLOSE => conn.closed_at = Some(st.ts_ns),
+            TCP_CLOSE => {
+                if conn.closed_at.is_none() {
+                    newly_closed = true;
+                }
+                conn.closed_at = Some(st.ts_ns);
+            }
             _ => {}
+        }
+        if newly_closed {
+            self.closing.push_back((st.ts_ns, st.cookie));
         }
         // The local port is 0 until connect() binds one; later changes carry it.
         if st.local_port != 0 && st.remote_port != 0 {
@@ -400,34 +607,57 @@ impl Conns {
         }
     }
 
-    /// Delivers what timed out, removes closed, idle and excess connections.
+    /// Removes up to `max` connections whose close lingered long enough,
+    /// oldest first; returns how many. Cheap to call often: the agent calls
+    /// it after every drain, so that a storm of short connections is
+    /// retired in small steps between reads of the kernel's records rather
+    /// than all at once.
+    pub fn reap(&mut self, now: u64, max: usize, sink: &mut impl Sink) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(&(t, cookie)) = self.closing.front() else {
+                break;
+            };
+            if now.saturating_sub(t) < self.limits.close_linger_ns {
+                break;
+            }
+            self.closing.pop_front();
+            // Still the connection that closed then (not evicted already).
+            if self
+                .conns
+                .get(&cookie)
+                .is_some_and(|c| c.closed_at == Some(t))
+            {
+                self.counters.closed += 1;
+                self.remove(cookie, sink);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Delivers what timed out, removes idle and excess connections (and
+    /// closed ones, see [`reap`](Self::reap)).
     pub fn sweep(&mut self, now: u64, sink: &mut impl Sink) {
         let limits = self.limits;
-        let mut gone: Vec<(u64, bool)> = Vec::new();
+        let mut gone: Vec<u64> = Vec::new();
         for (cookie, conn) in self.conns.iter_mut() {
             let info = &conn.info;
             for (i, stream) in conn.streams.iter_mut().enumerate() {
                 let dir = if i == 0 { Dir::Send } else { Dir::Recv };
                 stream.poll(now, &mut |c| sink.chunk(info, dir, &c));
             }
-            match conn.closed_at {
-                Some(t) if now.saturating_sub(t) >= limits.close_linger_ns => {
-                    gone.push((*cookie, true))
-                }
-                _ if now.saturating_sub(conn.last_seen) >= limits.idle_timeout_ns => {
-                    gone.push((*cookie, false))
-                }
-                _ => {}
+            if conn.closed_at.is_none()
+                && now.saturating_sub(conn.last_seen) >= limits.idle_timeout_ns
+            {
+                gone.push(*cookie);
             }
         }
-        for (cookie, closed) in gone {
-            if closed {
-                self.counters.closed += 1;
-            } else {
-                self.counters.evicted_idle += 1;
-            }
+        for cookie in gone {
+            self.counters.evicted_idle += 1;
             self.remove(cookie, sink);
         }
+        self.reap(now, SWEEP_REAP_MAX, sink);
         if self.parked_count > 0 {
             let before = self.parked_count;
             self.parked.retain(|_, v| {
@@ -464,6 +694,16 @@ impl Conns {
                 stream.reset();
             }
             sink.closed(&conn.info);
+            if conn.ctl != SockCtl::default() {
+                if conn.closed_at.is_none() && conn.ctl.silence != 0 {
+                    // Evicted while open: the kernel keeps it silenced until
+                    // its close shows up.
+                    self.ctl_orphans.insert(cookie, ());
+                } else {
+                    self.ctl_entries -= 1;
+                    self.ctl_updates.push((cookie, None));
+                }
+            }
             if self.pool.len() < STREAM_POOL {
                 self.pool.push(conn.streams);
             }
@@ -670,6 +910,21 @@ mod tests {
     }
 
     #[test]
+    fn roles_come_from_the_state_established_was_reached_from() {
+        let mut t = Conns::new(ConnLimits::default());
+        let mut sink = Collect::default();
+        let mut a = state(A, TCP_ESTABLISHED, 5000, 80, 1);
+        a.old_state = TCP_SYN_SENT;
+        let mut b = state(B, TCP_ESTABLISHED, 80, 5000, 2);
+        b.old_state = TCP_SYN_RECV;
+        t.on_state(&a, &mut sink);
+        t.on_state(&b, &mut sink);
+        assert_eq!(t.conns[&A].info.role, Role::Client);
+        assert_eq!(t.conns[&B].info.role, Role::Server);
+        assert_eq!(t.conns[&B].info.remote.unwrap().port(), 5000);
+    }
+
+    #[test]
     fn receive_of_data_and_fin_together_lines_up() {
         let mut t = Conns::new(ConnLimits::default());
         let mut sink = Collect::default();
@@ -706,6 +961,92 @@ mod tests {
         t.sweep(1 + PARKED_TTL_NS, &mut sink);
         assert_eq!(t.counters().loopback_parked_dropped, 1);
         assert_eq!(t.parked_count, 0);
+    }
+
+    #[test]
+    fn silence_lift_and_skip_become_kernel_updates_in_order() {
+        let mut t = Conns::new(ConnLimits::default());
+        let mut sink = Collect::default();
+        t.on_state(&state(A, TCP_SYN_SENT, 5000, 80, 1), &mut sink);
+        // Unknown connections are not asked about.
+        t.request(CtlRequest::Silence {
+            cookie: 999,
+            reason: Silence::NotParsed,
+        });
+        t.request(CtlRequest::Silence {
+            cookie: A,
+            reason: Silence::Tls,
+        });
+        // The same verdict twice is one update.
+        t.request(CtlRequest::Silence {
+            cookie: A,
+            reason: Silence::Tls,
+        });
+        let (updates, entries) = t.take_ctl_updates();
+        assert_eq!(entries, 1);
+        assert_eq!(updates.len(), 1);
+        assert_eq!(updates[0].0, A);
+        assert_eq!(updates[0].1.map(|c| c.silence), Some(Silence::Tls as u8));
+        t.request(CtlRequest::Lift { cookie: A });
+        assert_eq!(t.take_ctl_updates(), (vec![(A, None)], 0));
+        assert_eq!(
+            (t.counters().silenced_tls, t.counters().silence_lifted),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn a_skip_is_registered_in_the_stream_and_dropped_once_passed() {
+        let mut t = Conns::new(ConnLimits::default());
+        let mut sink = Collect::default();
+        t.on_state(&state(A, TCP_SYN_SENT, 5000, 80, 1), &mut sink);
+        let head = b"HTTP/1.1 200 OK\r\n\r\n";
+        let n = head.len() as u32;
+        let mut hdr = seg(A, Dir::Recv, 5000, 80, 100, head, 2);
+        hdr.seg_flags = 0;
+        t.on_segment(&hdr, head, &mut sink);
+        t.on_op(&op(A, Dir::Recv, 100 + n, n, 7, 3), &mut sink);
+        // A body of 1,000 bytes follows the head.
+        t.request(CtlRequest::Skip {
+            cookie: A,
+            dir: Dir::Recv,
+            offset: u64::from(n),
+            len: 1000,
+        });
+        let (updates, entries) = t.take_ctl_updates();
+        assert_eq!(entries, 1);
+        let ctl = updates[0].1.unwrap();
+        assert_eq!(ctl.skip_dirs, 1 << Dir::Recv as u8);
+        assert_eq!(
+            (ctl.skip_from[1], ctl.skip_to[1]),
+            (100 + n, 100 + n + 1000)
+        );
+        // The kernel reports no packet of the body; the receive calls come.
+        t.on_op(&op(A, Dir::Recv, 100 + n + 1000, 1000, 7, 4), &mut sink);
+        assert_eq!(t.take_ctl_updates(), (vec![(A, None)], 0), "skip over");
+        let k = t.stream_counters();
+        assert_eq!((k.bytes_skipped, k.bytes_hole), (1000, 0));
+    }
+
+    #[test]
+    fn a_silenced_connection_evicted_while_open_keeps_its_entry_until_its_close() {
+        let limits = ConnLimits {
+            idle_timeout_ns: 1_000,
+            ..ConnLimits::default()
+        };
+        let mut t = Conns::new(limits);
+        let mut sink = Collect::default();
+        t.on_state(&state(A, TCP_SYN_SENT, 5000, 80, 1), &mut sink);
+        t.request(CtlRequest::Silence {
+            cookie: A,
+            reason: Silence::NotParsed,
+        });
+        t.take_ctl_updates();
+        t.sweep(10_000, &mut sink);
+        assert_eq!(t.live(), 0);
+        assert_eq!(t.take_ctl_updates(), (vec![], 1), "kept in the kernel");
+        t.on_state(&state(A, TCP_CLOSE, 5000, 80, 20_000), &mut sink);
+        assert_eq!(t.take_ctl_updates(), (vec![(A, None)], 0));
     }
 
     #[test]

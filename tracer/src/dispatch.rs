@@ -13,7 +13,7 @@ use std::{io::Write, sync::Arc};
 
 use correlate::{Pid, Span};
 use protocols::stream::Chunk;
-use tracer_common::{Dir, Record};
+use tracer_common::{Dir, Record, SockCtl};
 
 use crate::{
     conntrack::{ConnInfo, ConnLimits, Conns, Sink},
@@ -192,6 +192,9 @@ impl<O: SpanOut> Stages<O> {
     }
 }
 
+/// Closed connections retired after each drain at most.
+const REAP_PER_DRAIN: usize = 256;
+
 /// Records in, every stage driven; see the module docs.
 pub struct Dispatcher<O: SpanOut> {
     conns: Conns,
@@ -238,6 +241,10 @@ impl<O: SpanOut> Dispatcher<O> {
                 s.sample(&hdr, stack);
                 hdr.ts_ns
             }
+            Ok(Record::SockTotals(t)) => {
+                self.conns.on_totals(&t);
+                t.ts_ns
+            }
             Err(_) => {
                 self.reader.bad_records += 1;
                 return None;
@@ -259,6 +266,28 @@ impl<O: SpanOut> Dispatcher<O> {
         if let Some(p) = &mut s.profile {
             p.tick(now_ns);
         }
+    }
+
+    /// After a drain: closed connections retired (at most a few hundred,
+    /// so a storm of short connections is retired in steps between reads
+    /// of the kernel's records), then the parsers' requests to the capture
+    /// (silence a connection, skip a body) turned into updates of the
+    /// kernel's per-socket map: `(updates, entries the map will hold)`.
+    /// Nothing is asked while events are printed: whoever asked to see every
+    /// call sees them all.
+    pub fn after_drain(&mut self, now_ns: u64) -> (Vec<(u64, Option<SockCtl>)>, usize) {
+        let s = &mut self.stages;
+        s.now_ns = s.now_ns.max(now_ns);
+        self.conns.reap(s.now_ns, REAP_PER_DRAIN, s);
+        if let Some(http) = &mut s.http {
+            let requests = http.take_ctl_requests();
+            if s.events.is_none() {
+                for r in requests {
+                    self.conns.request(r);
+                }
+            }
+        }
+        self.conns.take_ctl_updates()
     }
 
     /// End of a batch of records: push out buffered output.

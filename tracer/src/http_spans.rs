@@ -19,7 +19,7 @@ use protocols::{
 };
 use tracer_common::Dir;
 
-use crate::conntrack::{ConnInfo, Role};
+use crate::conntrack::{ConnInfo, CtlRequest, Role};
 
 /// Counters of this stage (the parser and correlator keep their own).
 #[derive(Clone, Copy, Debug, Default)]
@@ -37,6 +37,9 @@ pub struct HttpCounters {
     pub undecided_chunks: u64,
     /// Connections evicted from this stage's table (bound reached).
     pub evicted: u64,
+    /// Messages whose head was cut (by the capture's head window or a
+    /// missing range): made into spans from the lines before the cut.
+    pub heads_cut: u64,
 }
 
 /// Bound on connections parsed at once (the connection table has its own).
@@ -53,6 +56,8 @@ struct HttpConn {
     requests: Option<Dir>,
     opened: bool,
     not_http: bool,
+    /// Per direction: stream offset up to which a body skip was requested.
+    skip_asked: [u64; 2],
 }
 
 /// Parses HTTP/1 on every connection and turns messages into spans.
@@ -65,7 +70,16 @@ pub struct HttpSpans {
     pool: Vec<Box<Http1Connection>>,
     /// Parser counters of connections already closed.
     retired: Http1Counters,
+    /// Requests to the capture (silence a connection, skip a body).
+    ctl: Vec<CtlRequest>,
 }
+
+/// Bodies with less than this left are copied anyway: a request to skip
+/// reaches the kernel a few milliseconds later, by when a shorter body has
+/// usually gone by (loopback moves 1 MiB in well under a millisecond), and
+/// while requests are pending every socket's packets and calls pay for a
+/// lookup.
+const SKIP_MIN: u64 = 1 << 20;
 
 /// Headers a message lends the correlator without a heap allocation (a
 /// message with more is rare and uses one).
@@ -118,7 +132,13 @@ impl HttpSpans {
             config: Http1Config::default(),
             pool: Vec::new(),
             retired: Http1Counters::default(),
+            ctl: Vec::new(),
         }
+    }
+
+    /// What this stage asks of the capture since the last call.
+    pub fn take_ctl_requests(&mut self) -> Vec<CtlRequest> {
+        std::mem::take(&mut self.ctl)
     }
 
     /// The host's addresses changed (interfaces come and go).
@@ -148,6 +168,7 @@ impl HttpSpans {
                     requests: None,
                     opened: false,
                     not_http: false,
+                    skip_asked: [0; 2],
                 },
             );
         }
@@ -195,6 +216,27 @@ impl HttpSpans {
                 }
             }
         };
+        // A connection seen from its start whose first bytes cannot start
+        // an HTTP/1 message is not HTTP/1 (Redis, TLS, iperf3...): no need
+        // to wait for the parser's detection budget.
+        if chunk.offset == 0 && conn.role != Role::Unknown {
+            let likely = first_data(chunk).map(|d| {
+                if dir == requests {
+                    http1::classify_request(d)
+                } else {
+                    http1::classify_response(d)
+                }
+            });
+            if likely == Some(http1::Likely::No) {
+                c.not_http = true;
+                out.counters.not_http += 1;
+                self.ctl.push(CtlRequest::Silence {
+                    cookie: conn.cookie,
+                    reason: silence_reason(chunk),
+                });
+                return;
+            }
+        }
         if chunk.missing(MissingKind::Hole) > 0 {
             // Requests in flight may have been lost in the hole: do not let
             // later responses pair with the wrong one.
@@ -210,6 +252,28 @@ impl HttpSpans {
         if c.parser.requests().is_not_http() || c.parser.responses().is_not_http() {
             c.not_http = true;
             out.counters.not_http += 1;
+            self.ctl.push(CtlRequest::Silence {
+                cookie: conn.cookie,
+                reason: silence_reason(chunk),
+            });
+        } else {
+            let parser = if dir == requests {
+                c.parser.requests()
+            } else {
+                c.parser.responses()
+            };
+            let asked = &mut c.skip_asked[dir as usize];
+            if let Some((offset, len)) = parser.body_ahead() {
+                if len >= SKIP_MIN && offset + len > *asked {
+                    *asked = offset + len;
+                    self.ctl.push(CtlRequest::Skip {
+                        cookie: conn.cookie,
+                        dir,
+                        offset,
+                        len,
+                    });
+                }
+            }
         }
     }
 
@@ -296,6 +360,9 @@ impl HttpSpans {
 impl ToSpans {
     fn message(&mut self, conn: &ConnInfo, dir: Dir, m: &MessageRef<'_>) {
         let info = m.info;
+        if info.end == http1::MessageEnd::HeadTruncated {
+            self.counters.heads_cut += 1;
+        }
         let Some(first) = info.first_op.or(info.last_op) else {
             self.counters.messages_without_call += 1;
             return;
@@ -350,5 +417,14 @@ impl ToSpans {
             stream_id: None,
             kind,
         });
+    }
+}
+
+/// Why a connection found not to be HTTP/1 is silenced: TLS records start
+/// with a handshake (22) or application data (23) byte and version 3.x.
+fn silence_reason(chunk: &Chunk<'_>) -> tracer_common::Silence {
+    match first_data(chunk) {
+        Some([22 | 23, 3, ..]) => tracer_common::Silence::Tls,
+        _ => tracer_common::Silence::NotParsed,
     }
 }

@@ -1,6 +1,13 @@
 //! The one seam around the kernel: load the programs, attach them, hand out
-//! the ring buffer, read the drop counters. Dropping [`Kernel`] detaches
-//! everything (aya owns the links).
+//! the record reader ([`Events`]), read the drop counters. Dropping
+//! [`Kernel`] detaches everything (aya owns the links).
+//!
+//! Memory the kernel shares with the agent (all of it counts in the agent's
+//! RSS once touched): per CPU, a packet lane (`ring_bytes`, rounded up to a
+//! power of two of 256 KiB chunks), an op lane (a quarter of that, at least
+//! one chunk) and two 64 KiB nested lanes, mapped once; and the ring buffer
+//! of CPU samples (see [`samples_ring_bytes`]), which the kernel maps twice
+//! (its data pages appear at two addresses).
 use std::{fs::File, path::Path};
 
 use aya::{
@@ -14,11 +21,44 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{
-    globals, DropReason, MAP_DROPS, MAP_EVENTS, MAP_SAMPLE_SCRATCH, MAX_SNAP_LEN, MAX_STACK_COPY,
-    PROG_PROFILE,
+    globals, DropReason, KernelStat, SockCtl, CTL_ENTRIES, CTL_GEN, LANE_CHUNK, MAP_CTL_STATE,
+    MAP_DROPS, MAP_EVENTS, MAP_LANES, MAP_LANE_CTL, MAP_NESTED, MAP_SAMPLE_SCRATCH, MAP_SOCK_CTL,
+    MAP_STATS, MAX_HEAD, MAX_SNAP_LEN, MAX_STACK_COPY, NESTED_PER_CPU, PROG_PROFILE,
 };
 
-use crate::btf::{Btf, BtfError};
+use crate::{
+    btf::{Btf, BtfError},
+    lanes::{Events, LaneLayout},
+};
+
+/// Size of the ring buffer of CPU samples: room for about four samples of
+/// every CPU (a sample is at most ~37 KiB, 99 a second per CPU, drained
+/// every 10 ms); 64 KiB (wake-ups only) when profiling is off.
+pub fn samples_ring_bytes(cpus: u32, profiling: bool) -> u32 {
+    if !profiling {
+        return 64 << 10;
+    }
+    (cpus.max(1) * (128 << 10))
+        .next_power_of_two()
+        .max(256 << 10)
+}
+
+/// Chunks per primary lane for a requested lane size: a power of two, at
+/// least one.
+pub fn lane_chunks(ring_bytes: u32) -> u32 {
+    (ring_bytes as usize)
+        .div_ceil(LANE_CHUNK)
+        .max(1)
+        .next_power_of_two() as u32
+}
+
+/// The reader is woken when a lane's producer crosses a multiple of the
+/// returned power of two: `wakeup_bytes` rounded down, at most a quarter of
+/// the lane.
+fn wake_shift(wakeup_bytes: u64, lane_bytes: u64) -> u32 {
+    let quarter = (lane_bytes / 4).max(8);
+    wakeup_bytes.clamp(8, quarter).ilog2()
+}
 
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
 
@@ -61,6 +101,9 @@ pub enum KernelError {
         /// The error of the first CPU that failed.
         source: ProgramError,
     },
+    /// Mapping the lanes into the agent failed.
+    #[error("mapping the capture lanes: {0}")]
+    Mmap(std::io::Error),
     /// Opening the cgroup failed.
     #[error("opening cgroup {path}: {source}")]
     Cgroup {
@@ -78,7 +121,8 @@ pub struct KernelConfig {
     pub snap_len: u32,
     /// false = attach everything but return at once (benchmark floor).
     pub enabled: bool,
-    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    /// Capture lane size per CPU in bytes (rounded up to a power of two of
+    /// 256 KiB chunks).
     pub ring_bytes: u32,
     /// Pending bytes before the kernel wakes the reader.
     pub wakeup_bytes: u64,
@@ -89,34 +133,29 @@ pub struct KernelConfig {
     /// User-stack bytes copied per sample (`tracer_common::STACK_COPY_DEFAULT`;
     /// clamped to `MAX_STACK_COPY`).
     pub stack_copy: u32,
+    /// Head window: bytes copied from the start of every HTTP/1 message
+    /// (`tracer_common::HEAD_MAX_DEFAULT`; clamped to `MAX_HEAD`).
+    pub head_max: u32,
 }
 
-/// Programs loaded and attached.
-pub struct Kernel {
-    ebpf: Ebpf,
-    drops: PerCpuArray<MapData, u64>,
-    profiling_cpus: Vec<u32>,
+/// The struct member offsets the programs read, from the running kernel's
+/// BTF (aya-ebpf has no CO-RE relocations): resolved once at start-up, so
+/// that the parsed BTF (megabytes) need not stay in memory.
+#[derive(Clone, Debug)]
+pub struct KernelLayout {
+    /// Offsets every capture program needs.
+    capture: [(&'static str, u32); 14],
+    /// Offsets of the sampling program: pt_regs as saved at kernel entry
+    /// (the user registers) and the task's mm (NULL for kernel threads).
+    /// An error only matters when profiling is on.
+    sampling: Result<[(&'static str, u32); 4], BtfError>,
 }
 
-fn program_err(
-    step: &'static str,
-    program: &'static str,
-) -> impl FnOnce(ProgramError) -> KernelError {
-    move |source| KernelError::Program {
-        step,
-        program,
-        source,
-    }
-}
-
-impl Kernel {
-    /// Loads the programs with the offsets of this kernel and attaches them:
-    /// the three socket tracepoints and cgroup_skb on `cgroup_root`, and,
-    /// when `cfg.profile_hz` is set, the CPU sampling program on the
-    /// cpu-clock of every online CPU.
-    pub fn load(cfg: &KernelConfig, btf: &Btf, cgroup_root: &Path) -> Result<Kernel, KernelError> {
+impl KernelLayout {
+    /// Looks every offset up.
+    pub fn from_btf(btf: &Btf) -> Result<KernelLayout, BtfError> {
         let sock = |path: &[&str]| btf.offset_of("sock", path);
-        let offsets: [(&str, u32); 9] = [
+        let capture = [
             (
                 globals::OFF_WRITE_SEQ,
                 btf.offset_of("tcp_sock", &["write_seq"])?,
@@ -141,42 +180,128 @@ impl Kernel {
                 globals::OFF_V6_RCV_SADDR,
                 sock(&["__sk_common", "skc_v6_rcv_saddr"])?,
             ),
-        ];
-        // pt_regs as saved at kernel entry (the user registers), and the
-        // task's mm (NULL for kernel threads): for the sampling program.
-        // Looked up only when sampling: profiling off must not depend on them.
-        let sampling_offset = |ty: &str, path: &[&str]| match cfg.profile_hz {
-            Some(_) => btf.offset_of(ty, path),
-            None => Ok(0),
-        };
-        let sampling: [(&str, u32); 4] = [
-            (globals::OFF_REGS_IP, sampling_offset("pt_regs", &["ip"])?),
-            (globals::OFF_REGS_SP, sampling_offset("pt_regs", &["sp"])?),
-            (globals::OFF_REGS_BP, sampling_offset("pt_regs", &["bp"])?),
+            (globals::OFF_COOKIE, sock(&["__sk_common", "skc_cookie"])?),
             (
-                globals::OFF_TASK_MM,
-                sampling_offset("task_struct", &["mm"])?,
+                globals::OFF_CLOCK,
+                btf.offset_of("tcp_sock", &["tcp_clock_cache"])?,
+            ),
+            (
+                globals::OFF_TASK_COMM,
+                btf.offset_of("task_struct", &["comm"])?,
+            ),
+            (
+                globals::OFF_TASK_PID,
+                btf.offset_of("task_struct", &["pid"])?,
+            ),
+            (
+                globals::OFF_TASK_TGID,
+                btf.offset_of("task_struct", &["tgid"])?,
             ),
         ];
+        let sampling = (|| {
+            Ok([
+                (globals::OFF_REGS_IP, btf.offset_of("pt_regs", &["ip"])?),
+                (globals::OFF_REGS_SP, btf.offset_of("pt_regs", &["sp"])?),
+                (globals::OFF_REGS_BP, btf.offset_of("pt_regs", &["bp"])?),
+                (globals::OFF_TASK_MM, btf.offset_of("task_struct", &["mm"])?),
+            ])
+        })();
+        Ok(KernelLayout { capture, sampling })
+    }
+}
+
+/// Programs loaded and attached.
+pub struct Kernel {
+    ebpf: Ebpf,
+    drops: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, u64>,
+    profiling_cpus: Vec<u32>,
+    layout: LaneLayout,
+}
+
+fn program_err(
+    step: &'static str,
+    program: &'static str,
+) -> impl FnOnce(ProgramError) -> KernelError {
+    move |source| KernelError::Program {
+        step,
+        program,
+        source,
+    }
+}
+
+impl Kernel {
+    /// Loads the programs with the offsets of this kernel and attaches them:
+    /// the three socket tracepoints and cgroup_skb on `cgroup_root`, and,
+    /// when `cfg.profile_hz` is set, the CPU sampling program on the
+    /// cpu-clock of every online CPU.
+    pub fn load(
+        cfg: &KernelConfig,
+        layout: &KernelLayout,
+        cgroup_root: &Path,
+    ) -> Result<Kernel, KernelError> {
+        let offsets = layout.capture;
+        // Needed only when sampling: profiling off must not depend on them.
+        let sampling = match (cfg.profile_hz, &layout.sampling) {
+            (Some(_), Ok(o)) => *o,
+            (Some(_), Err(e)) => return Err(KernelError::Layout(e.clone())),
+            (None, _) => [
+                (globals::OFF_REGS_IP, 0),
+                (globals::OFF_REGS_SP, 0),
+                (globals::OFF_REGS_BP, 0),
+                (globals::OFF_TASK_MM, 0),
+            ],
+        };
         let stack_copy = cfg.stack_copy.min(MAX_STACK_COPY as u32);
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| KernelError::Cpus(what, e))? as u32;
         // One ~37 KiB scratch entry per possible CPU, only when sampling.
         let scratch_entries = match cfg.profile_hz {
-            Some(_) => aya::util::nr_cpus().map_err(|(what, e)| KernelError::Cpus(what, e))? as u32,
+            Some(_) => cpus,
             None => 1,
         };
+        let chunks = lane_chunks(cfg.ring_bytes);
+        // Call records are 64 bytes; packets carry payload.
+        let layout = LaneLayout {
+            cpus,
+            chunks,
+            op_chunks: (chunks / 4).max(1),
+        };
+        let lane_mask = layout.chunks - 1;
+        let op_lane_mask = layout.op_chunks - 1;
+        let packet_wake = wake_shift(cfg.wakeup_bytes, u64::from(chunks) * LANE_CHUNK as u64);
+        let op_wake = wake_shift(
+            cfg.wakeup_bytes,
+            u64::from(layout.op_chunks) * LANE_CHUNK as u64,
+        );
+        // Stores are not reordered with one another on x86 (see lane.rs).
+        let strict_publish = u32::from(!cfg!(target_arch = "x86_64"));
         let aya_btf = AyaBtf::from_sys_fs()?;
         let snap = cfg.snap_len.min(MAX_SNAP_LEN as u32);
+        let head_max = cfg.head_max.min(MAX_HEAD as u32);
         let enabled = u32::from(cfg.enabled);
         let pid = std::process::id();
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&aya_btf))
             .override_global(globals::SNAP_LEN, &snap, true)
+            .override_global(globals::HEAD_MAX, &head_max, true)
             .override_global(globals::ENABLED, &enabled, true)
             .override_global(globals::AGENT_PID, &pid, true)
             .override_global(globals::WAKEUP_BYTES, &cfg.wakeup_bytes, true)
             .override_global(globals::STACK_COPY, &stack_copy, true)
-            .map_max_entries(MAP_EVENTS, cfg.ring_bytes)
+            .override_global(globals::LANE_MASK, &lane_mask, true)
+            .override_global(globals::OP_LANE_MASK, &op_lane_mask, true)
+            .override_global(globals::WAKE_SHIFT, &packet_wake, true)
+            .override_global(globals::OP_WAKE_SHIFT, &op_wake, true)
+            .override_global(globals::STRICT_PUBLISH, &strict_publish, true)
+            .override_global(globals::NR_CPUS, &cpus, true)
+            .map_max_entries(
+                MAP_EVENTS,
+                samples_ring_bytes(cpus, cfg.profile_hz.is_some()),
+            )
+            .map_max_entries(MAP_LANES, cpus * (layout.chunks + layout.op_chunks))
+            .map_max_entries(MAP_NESTED, cpus * NESTED_PER_CPU)
+            .map_max_entries(MAP_LANE_CTL, layout.lanes())
             .map_max_entries(MAP_SAMPLE_SCRATCH, scratch_entries);
         for (name, off) in offsets.iter().chain(&sampling) {
             loader.override_global(name, off, true);
@@ -224,10 +349,18 @@ impl Kernel {
             .take_map(MAP_DROPS)
             .ok_or(KernelError::MissingMap(MAP_DROPS))?;
         let drops = PerCpuArray::try_from(drops).map_err(|e| KernelError::Map(MAP_DROPS, e))?;
+        let stats = ebpf
+            .take_map(MAP_STATS)
+            .ok_or(KernelError::MissingMap(MAP_STATS))?;
+        let stats = PerCpuArray::try_from(stats).map_err(|e| KernelError::Map(MAP_STATS, e))?;
+        drop(aya_btf);
+        release_freed_memory();
         Ok(Kernel {
             ebpf,
             drops,
+            stats,
             profiling_cpus,
+            layout,
         })
     }
 
@@ -237,13 +370,62 @@ impl Kernel {
         &self.profiling_cpus
     }
 
-    /// Takes the ring buffer (once).
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
+    /// Takes the record reader: the lanes, mapped, and the samples ring
+    /// (once).
+    pub fn take_events(&mut self) -> Result<Events, KernelError> {
+        let data = |ebpf: &mut Ebpf, name: &'static str| -> Result<MapData, KernelError> {
+            match ebpf.take_map(name).ok_or(KernelError::MissingMap(name))? {
+                aya::maps::Map::Array(m) => Ok(m),
+                _ => Err(KernelError::MissingMap(name)),
+            }
+        };
+        let ring = |ebpf: &mut Ebpf, name: &'static str| {
+            let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
+            RingBuf::try_from(map).map_err(|e| KernelError::Map(name, e))
+        };
+        let lanes = data(&mut self.ebpf, MAP_LANES)?;
+        let nested = data(&mut self.ebpf, MAP_NESTED)?;
+        let ctl = data(&mut self.ebpf, MAP_LANE_CTL)?;
+        let samples = ring(&mut self.ebpf, MAP_EVENTS)?;
+        Events::new(self.layout, lanes, nested, ctl, samples).map_err(KernelError::Mmap)
+    }
+
+    /// Takes the writer of per-socket requests (once).
+    pub fn take_ctl(&mut self) -> Result<SockCtlMap, KernelError> {
         let map = self
             .ebpf
-            .take_map(MAP_EVENTS)
-            .ok_or(KernelError::MissingMap(MAP_EVENTS))?;
-        RingBuf::try_from(map).map_err(|e| KernelError::Map(MAP_EVENTS, e))
+            .take_map(MAP_SOCK_CTL)
+            .ok_or(KernelError::MissingMap(MAP_SOCK_CTL))?;
+        let map =
+            aya::maps::HashMap::try_from(map).map_err(|e| KernelError::Map(MAP_SOCK_CTL, e))?;
+        let state = self
+            .ebpf
+            .take_map(MAP_CTL_STATE)
+            .ok_or(KernelError::MissingMap(MAP_CTL_STATE))?;
+        let state =
+            aya::maps::Array::try_from(state).map_err(|e| KernelError::Map(MAP_CTL_STATE, e))?;
+        Ok(SockCtlMap {
+            map,
+            state,
+            gen: 0,
+            errors: 0,
+        })
+    }
+
+    /// What the programs counted instead of emitting records, summed over
+    /// CPUs.
+    pub fn stats(&self) -> Vec<(KernelStat, u64)> {
+        KernelStat::ALL
+            .iter()
+            .map(|&r| {
+                let n = self
+                    .stats
+                    .get(&(r as u32), 0)
+                    .map(|v| v.iter().sum::<u64>())
+                    .unwrap_or(0);
+                (r, n)
+            })
+            .collect()
     }
 
     /// Kernel-side drops so far, per reason, summed over CPUs.
@@ -306,5 +488,61 @@ fn attach_sampling(ebpf: &mut Ebpf, hz: u32) -> Result<Vec<u32>, KernelError> {
             source,
         }),
         _ => Ok(attached),
+    }
+}
+
+/// The agent's per-socket requests to the programs (`SOCK_CTL`, keyed by
+/// socket cookie), and the generation that tells the programs to re-read
+/// them.
+pub struct SockCtlMap {
+    map: aya::maps::HashMap<MapData, u64, SockCtl>,
+    state: aya::maps::Array<MapData, u64>,
+    gen: u64,
+    /// Updates the kernel refused (the entry stays as it was).
+    pub errors: u64,
+}
+
+impl SockCtlMap {
+    /// Applies changes in order (`None` deletes the entry), then publishes
+    /// the number of entries and a new generation. One map write per change
+    /// and two per batch; nothing when there is no change.
+    pub fn apply(&mut self, updates: &[(u64, Option<SockCtl>)], entries: usize) {
+        if updates.is_empty() {
+            return;
+        }
+        for (cookie, ctl) in updates {
+            let r = match ctl {
+                Some(c) => self.map.insert(cookie, c, 0),
+                None => match self.map.remove(cookie) {
+                    Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                    r => r,
+                },
+            };
+            if r.is_err() {
+                self.errors += 1;
+            }
+        }
+        self.gen += 1;
+        // Entries first: a program that sees the new generation also sees
+        // them.
+        if self
+            .state
+            .set(CTL_ENTRIES, entries as u64, 0)
+            .and_then(|_| self.state.set(CTL_GEN, self.gen, 0))
+            .is_err()
+        {
+            self.errors += 1;
+        }
+    }
+}
+
+/// Gives the heap the loader no longer needs back to the system: parsing
+/// the kernel's BTF (aya's copy, ~24 MB here) leaves the allocator holding
+/// pages the agent would otherwise carry in its RSS for its whole life.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

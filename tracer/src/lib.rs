@@ -11,6 +11,7 @@ pub mod export;
 pub mod host;
 pub mod http_spans;
 pub mod kernel;
+pub mod lanes;
 pub mod metrics;
 pub mod metrics_http;
 pub mod pipeline;

@@ -189,6 +189,21 @@ report_counters!(crate::conntrack::ConnCounters, Stage::Connections, {
     loopback_mirrored: Detail, "Loopback packets handed to the receiving socket.";
     loopback_parked: Detail, "Loopback packets held until the receiving socket was known.";
     loopback_parked_dropped: Anomaly, "Held loopback packets dropped (no receiver in time, or no room).";
+    silenced_calls: Detail, "Send/receive calls of silenced sockets, not reported one by one (from the sockets' totals at close).";
+    silenced_bytes: Detail, "Bytes those calls moved.";
+    uncopied_bytes: Headline, "Payload bytes the kernel did not copy (silenced sockets, skipped bodies).";
+    silenced_not_parsed: Headline, "Sockets silenced because they carry nothing the agent parses.";
+    silenced_tls: Detail, "Sockets silenced because they carry TLS ciphertext.";
+    silence_lifted: Detail, "Silence verdicts lifted.";
+    skips: Detail, "Bodies the kernel was told to skip.";
+    ctl_full: Anomaly, "Per-socket requests not made: the kernel's control map was full (the socket stays fully reported).";
+});
+
+report_counters!(crate::lanes::LaneCounters, Stage::Reader, {
+    shed_op: Anomaly, "Call records passed over unread because the agent was behind.";
+    shed_segment: Anomaly, "Packet records passed over unread because the agent was behind.";
+    records_late: Detail, "Records handed out after younger records of another lane.";
+    frames_corrupt: Anomaly, "Lane frames that made no sense (the rest of that lane was skipped).";
 });
 
 report_counters!(protocols::stream::StreamCounters, Stage::Streams, {
@@ -198,6 +213,7 @@ report_counters!(protocols::stream::StreamCounters, Stage::Streams, {
     bytes_captured: Headline, "Payload bytes copied and delivered.";
     bytes_truncated: Headline, "Payload bytes beyond the copy (length known, content not).";
     bytes_hole: Anomaly, "Payload bytes lost (gaps in the captured stream).";
+    bytes_skipped: Headline, "Body bytes not copied because the parser knew their length.";
     bytes_unattributed: Anomaly, "Bytes delivered without the call that moved them.";
     bytes_duplicate: Detail, "Bytes seen twice (retransmits, overlaps).";
     segments_dropped_limit: Anomaly, "Packet ranges dropped at a stream's bound.";
@@ -208,6 +224,8 @@ report_counters!(protocols::stream::StreamCounters, Stage::Streams, {
     chunks_with_holes: Anomaly, "Delivered ranges with a gap.";
     chunks_forced: Detail, "Ranges delivered early because a bound was near.";
     records_unplaceable: Anomaly, "Records whose sequence number could not be placed.";
+    skips: Detail, "Ranges the parsers asked to skip.";
+    skips_refused: Detail, "Skips refused at a stream's bound (the bytes were delivered as usual).";
 });
 
 report_counters!(crate::http_spans::HttpCounters, Stage::Http, {
@@ -217,6 +235,7 @@ report_counters!(crate::http_spans::HttpCounters, Stage::Http, {
     messages_without_call: Anomaly, "Messages without any call record (dropped).";
     undecided_chunks: Detail, "Ranges of connections whose request direction was not known yet (skipped).";
     evicted: Anomaly, "Connections not parsed because the parser table was full.";
+    heads_cut: Anomaly, "Messages whose head was cut (capture window or missing bytes): spans made from the lines before the cut.";
 });
 
 report_counters!(protocols::http1::Http1Counters, Stage::Http, {

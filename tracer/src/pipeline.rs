@@ -13,7 +13,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::MissedTickBehavior};
 
 use crate::{
@@ -24,7 +23,8 @@ use crate::{
     export::{console::Format, resource::ResourceCache, sink::SpanSink},
     host,
     http_spans::HttpSpans,
-    kernel::Kernel,
+    kernel::{Kernel, SockCtlMap},
+    lanes::{Events, LaneCounters},
     metrics::{self, Metric, Report, Show, Snapshot, Stage},
     metrics_http,
     print::EventPrinter,
@@ -35,17 +35,25 @@ use crate::{
 /// The live dispatcher: spans to the agent's sink.
 type Live = Dispatcher<SpanSink<Box<dyn Write>>>;
 
-/// Records handled per drain call at most, so that a ring that never
-/// empties (overload) cannot starve the sweep and the signals.
-const DRAIN_BUDGET: usize = 1 << 20;
-
-fn drain(ring: &mut RingBuf<MapData>, d: &mut Live) {
-    for _ in 0..DRAIN_BUDGET {
-        let Some(item) = ring.next() else {
-            return;
-        };
-        d.record(&item);
+/// Hands the kernel's records, in time order, to the dispatcher; `all` at
+/// exit (otherwise the youngest stay for the next drain, see [`Events`]).
+fn drain(events: &mut Events, d: &mut Live, all: bool) {
+    let mut one = |item: &[u8]| {
+        d.record(item);
+    };
+    if all {
+        events.drain_all(&mut one);
+    } else {
+        events.drain(monotonic_ns(), &mut one);
     }
+}
+
+/// After a drain: closed connections retired (a bounded number), then the
+/// parsers' requests (silence a connection, skip a body) passed on to the
+/// kernel.
+fn after_drain(d: &mut Live, ctl: &mut SockCtlMap) {
+    let (updates, entries) = d.after_drain(monotonic_ns());
+    ctl.apply(&updates, entries);
 }
 
 /// Runs until SIGINT/SIGTERM or the configured duration, then detaches and
@@ -97,7 +105,15 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
     let mut dispatcher = Dispatcher::new(stages, ConnLimits::default());
     let started = Instant::now();
 
-    rt.block_on(event_loop(&cfg, &mut kernel, &mut dispatcher))?;
+    let mut ctl = kernel.take_ctl()?;
+    let mut lanes = LaneCounters::default();
+    rt.block_on(event_loop(
+        &cfg,
+        &mut kernel,
+        &mut dispatcher,
+        &mut ctl,
+        &mut lanes,
+    ))?;
     dispatcher.finish(monotonic_ns());
     let stages = dispatcher.stages_mut();
     if let Some(p) = &mut stages.profile {
@@ -117,19 +133,25 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
     let mut since_start = Rate {
         last: Some((started, 0)),
     };
-    let summary = snapshot(&kernel, &dispatcher, &mut since_start).table();
+    let summary = snapshot(&kernel, &dispatcher, &lanes, &ctl, &mut since_start).table();
     eprintln!("tracer: counters at exit\n{summary}");
     drop(kernel);
     tracing::info!("detached all programs");
     Ok(())
 }
 
-async fn event_loop(cfg: &RunConfig, kernel: &mut Kernel, d: &mut Live) -> Result<()> {
+async fn event_loop(
+    cfg: &RunConfig,
+    kernel: &mut Kernel,
+    d: &mut Live,
+    ctl: &mut SockCtlMap,
+    lanes: &mut LaneCounters,
+) -> Result<()> {
     let ring = kernel.take_events()?;
-    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
+    // SAFETY: the reader owns its fds for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
-        .context("registering the ring buffer with epoll")?;
+        .context("registering the kernel's records with epoll")?;
 
     let mut drain_tick = tokio::time::interval(cfg.drain_interval);
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -170,27 +192,31 @@ async fn event_loop(cfg: &RunConfig, kernel: &mut Kernel, d: &mut Live) -> Resul
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
             guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting on the ring buffer")?;
-                drain(guard.get_inner_mut(), d);
+                let mut guard = guard.context("waiting on the kernel's records")?;
+                drain(guard.get_inner_mut(), d, false);
                 guard.clear_ready();
+                after_drain(d, ctl);
             }
             _ = drain_tick.tick() => {
-                drain(ring.get_mut(), d);
+                drain(ring.get_mut(), d, false);
+                after_drain(d, ctl);
                 d.flush_output();
             }
             _ = sweep_tick.tick() => {
                 // Timeouts are judged against the clock: first take in what
                 // the kernel wrote until now, or a loaded machine's backlog
                 // would make the streams and the correlator give up on
-                // records that are merely still in the ring.
+                // records that are merely still in the lanes.
                 let now = monotonic_ns();
-                drain(ring.get_mut(), d);
+                drain(ring.get_mut(), d, false);
                 d.sweep(now);
+                after_drain(d, ctl);
                 d.flush_output();
             }
             _ = addr_tick.tick() => d.set_local_addrs(&host::local_addrs()),
             _ = stats_tick.tick() => {
-                let table = snapshot(kernel, d, &mut stats_rate).table();
+                *lanes = *ring.get_ref().counters();
+                let table = snapshot(kernel, d, lanes, ctl, &mut stats_rate).table();
                 tracing::info!("counters\n{table}");
             }
             Some(scrape) = async {
@@ -199,17 +225,25 @@ async fn event_loop(cfg: &RunConfig, kernel: &mut Kernel, d: &mut Live) -> Resul
                     None => std::future::pending().await,
                 }
             } => {
-                let _ = scrape.send(snapshot(kernel, d, &mut scrape_rate).prometheus());
+                *lanes = *ring.get_ref().counters();
+                let _ = scrape.send(snapshot(kernel, d, lanes, ctl, &mut scrape_rate).prometheus());
             }
         }
     }
-    drain(ring.get_mut(), d);
+    drain(ring.get_mut(), d, true);
+    *lanes = *ring.get_ref().counters();
     Ok(())
 }
 
 /// Every counter of every stage, now. `rate` turns the span count into
 /// spans/s since the previous snapshot.
-fn snapshot(kernel: &Kernel, d: &Live, rate: &mut Rate) -> Snapshot {
+fn snapshot(
+    kernel: &Kernel,
+    d: &Live,
+    lanes: &LaneCounters,
+    ctl: &SockCtlMap,
+    rate: &mut Rate,
+) -> Snapshot {
     let mut m = Vec::new();
     for (reason, n) in kernel.drops() {
         m.push(
@@ -223,6 +257,14 @@ fn snapshot(kernel: &Kernel, d: &Live, rate: &mut Rate) -> Snapshot {
             .with_label("reason", reason.name()),
         );
     }
+    lanes.report(&mut m);
+    m.push(Metric::counter(
+        Stage::Kernel,
+        "ctl_errors",
+        "Per-socket requests (silence, skip) the kernel refused.",
+        Show::Anomaly,
+        ctl.errors,
+    ));
     d.reader().report(&mut m);
     let conns = d.conns();
     m.push(Metric::gauge(

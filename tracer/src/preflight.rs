@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::btf::{Btf, BtfError};
+use crate::{
+    btf::{Btf, BtfError},
+    kernel::KernelLayout,
+};
 
 /// A reason the agent cannot run on this machine.
 #[derive(Debug, Error)]
@@ -37,8 +40,9 @@ pub enum PreflightError {
 
 /// What the loader needs from the environment.
 pub struct Environment {
-    /// Kernel types, for struct offsets.
-    pub btf: Btf,
+    /// The struct offsets the programs need, from the kernel's BTF (the
+    /// parsed BTF itself is dropped once they are read).
+    pub btf: KernelLayout,
     /// Root of the cgroup v2 hierarchy.
     pub cgroup2_root: PathBuf,
     /// `uname -r`.
@@ -79,7 +83,7 @@ pub fn check(cgroup_root: Option<&Path>) -> Result<Environment, PreflightError> 
         }
     }
     let btf = match Btf::from_sys() {
-        Ok(parsed) => parsed?,
+        Ok(parsed) => KernelLayout::from_btf(&parsed?)?,
         Err(_) => return Err(PreflightError::NoBtf),
     };
     ensure_tracefs()?;

@@ -121,6 +121,7 @@ impl<W: Write> EventPrinter<W> {
             "captured": chunk.captured(),
             "truncated": chunk.missing(MissingKind::Truncated),
             "hole": chunk.missing(MissingKind::Hole),
+            "skipped": chunk.missing(MissingKind::Skipped),
             "first_line": first,
             "data": String::from_utf8_lossy(captured_prefix(chunk)),
         });
@@ -134,6 +135,7 @@ fn missing_name(why: MissingKind) -> &'static str {
     match why {
         MissingKind::Truncated => "beyond the capture size",
         MissingKind::Hole => "stream hole",
+        MissingKind::Skipped => "body not copied",
     }
 }
 

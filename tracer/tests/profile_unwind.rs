@@ -16,7 +16,7 @@ use std::{
 
 use tracer::{
     btf::Btf,
-    kernel::{Kernel, KernelConfig},
+    kernel::{Kernel, KernelConfig, KernelLayout},
     preflight::cgroup2_root,
     profile::{types::StackSample, Profiler, ProfilerConfig},
 };
@@ -86,12 +86,14 @@ fn load_cfg(profile_hz: Option<u32>, stack_copy: u32) -> Kernel {
     let cfg = KernelConfig {
         snap_len: 0,
         enabled: true,
-        ring_bytes: 32 << 20,
+        ring_bytes: 1 << 20,
         wakeup_bytes: 1 << 20,
         profile_hz,
         stack_copy,
+        head_max: tracer_common::HEAD_MAX_DEFAULT,
     };
-    let kernel = Kernel::load(&cfg, &btf, &cgroup).expect("loading the programs");
+    let layout = KernelLayout::from_btf(&btf).expect("kernel layout");
+    let kernel = Kernel::load(&cfg, &layout, &cgroup).expect("loading the programs");
     assert_eq!(profile_hz.is_some(), !kernel.profiling_cpus().is_empty());
     kernel
 }
@@ -106,8 +108,8 @@ fn profile(kernel: &mut Kernel, pid: u32, secs: f64) -> Profiled {
     let mut raw = Vec::new();
     let end = Instant::now() + Duration::from_secs_f64(secs);
     while Instant::now() < end {
-        while let Some(item) = ring.next() {
-            if let Ok(Record::Sample(hdr, stack)) = Record::parse(&item) {
+        ring.drain_all(&mut |item: &[u8]| {
+            if let Ok(Record::Sample(hdr, stack)) = Record::parse(item) {
                 if hdr.pid == pid {
                     let t0 = Instant::now();
                     let s = profiler.on_sample(&hdr, stack);
@@ -116,7 +118,7 @@ fn profile(kernel: &mut Kernel, pid: u32, secs: f64) -> Profiled {
                     raw.push(item.to_vec());
                 }
             }
-        }
+        });
         std::thread::sleep(Duration::from_millis(10));
     }
     // The same records again, with every cache warm: the steady-state cost.
@@ -461,11 +463,11 @@ fn profiling_off_attaches_nothing_and_samples_nothing() {
     let end = Instant::now() + Duration::from_millis(700);
     let mut samples = 0;
     while Instant::now() < end {
-        while let Some(item) = ring.next() {
-            if matches!(Record::parse(&item), Ok(Record::Sample(..))) {
+        ring.drain_all(&mut |item: &[u8]| {
+            if matches!(Record::parse(item), Ok(Record::Sample(..))) {
                 samples += 1;
             }
-        }
+        });
         std::thread::sleep(Duration::from_millis(10));
     }
     drop(child);
@@ -499,14 +501,14 @@ fn every_stack_copy_size_passes_the_verifier_and_is_honoured() {
         while start.elapsed() < Duration::from_millis(400)
             || (n == 0 && start.elapsed() < Duration::from_secs(5))
         {
-            while let Some(item) = ring.next() {
-                if let Ok(Record::Sample(hdr, _)) = Record::parse(&item) {
+            ring.drain_all(&mut |item: &[u8]| {
+                if let Ok(Record::Sample(hdr, _)) = Record::parse(item) {
                     if hdr.pid == pid {
                         n += 1;
                         max = max.max(hdr.stack_len);
                     }
                 }
-            }
+            });
             std::thread::sleep(Duration::from_millis(10));
         }
         eprintln!("stack_copy {size}: {n} samples, largest copy {max} bytes");

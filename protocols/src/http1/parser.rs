@@ -225,6 +225,17 @@ impl Http1Parser {
         }
     }
 
+    /// The body bytes that directly follow what was fed, when their number
+    /// is known (a `Content-Length` body in progress): `(stream offset,
+    /// length)`. Their source may skip copying them; they must still be
+    /// fed, as missing bytes.
+    pub fn body_ahead(&self) -> Option<(u64, u64)> {
+        match (self.state, self.next_offset) {
+            (State::Length(left), Some(offset)) if left > 0 => Some((offset, left)),
+            _ => None,
+        }
+    }
+
     /// Feeds the next chunk of the direction. Chunks are expected in
     /// stream order: a chunk starting after the previous one's end counts
     /// the gap as a hole; bytes already fed are ignored.

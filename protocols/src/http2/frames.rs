@@ -401,7 +401,10 @@ impl FrameReader {
                 }
                 Piece::Missing { why, .. } => {
                     let why = match why {
-                        MissingKind::Truncated => Unknown::Truncated,
+                        // A skipped range is known in length but its bytes were
+                        // not captured: inside a DATA payload that is harmless,
+                        // elsewhere it costs what a cut prefix costs.
+                        MissingKind::Truncated | MissingKind::Skipped => Unknown::Truncated,
                         MissingKind::Hole => Unknown::Hole,
                     };
                     self.on_missing(len - skip, why, at, out);

@@ -73,6 +73,11 @@ pub enum MissingKind {
     /// No segment covering these bytes arrived (lost record, dropped by a
     /// limit, or before capture started).
     Hole,
+    /// The consumer said these bytes need not be copied (a message body of
+    /// known length, see [`StreamReassembler::skip`]), and no segment
+    /// covering them arrived: length known, bytes not captured, and not a
+    /// loss.
+    Skipped,
 }
 
 /// One piece of a [`Chunk`], in stream order.
@@ -179,7 +184,8 @@ impl Default for StreamLimits {
 }
 
 /// What a [`StreamReassembler`] saw and did. Delivered bytes add up:
-/// `bytes_captured + bytes_truncated + bytes_hole` is the offset reached.
+/// `bytes_captured + bytes_truncated + bytes_skipped + bytes_hole` is the
+/// offset reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StreamCounters {
     /// Segments pushed (including empty ones).
@@ -194,6 +200,8 @@ pub struct StreamCounters {
     pub bytes_truncated: u64,
     /// Bytes delivered as [`MissingKind::Hole`].
     pub bytes_hole: u64,
+    /// Bytes delivered as [`MissingKind::Skipped`].
+    pub bytes_skipped: u64,
     /// Bytes delivered with `op: None`.
     pub bytes_unattributed: u64,
     /// Segment bytes already buffered or delivered (retransmits, overlaps).
@@ -217,6 +225,11 @@ pub struct StreamCounters {
     /// Records whose sequence number could not be placed (too far before
     /// the start of the stream).
     pub records_unplaceable: u64,
+    /// Ranges the consumer asked to skip ([`StreamReassembler::skip`]).
+    pub skips: u64,
+    /// Ranges not skipped because the buffered ranges were at their bound
+    /// (the bytes are then reported and delivered as usual).
+    pub skips_refused: u64,
 }
 
 impl std::ops::AddAssign<&StreamCounters> for StreamCounters {
@@ -228,6 +241,7 @@ impl std::ops::AddAssign<&StreamCounters> for StreamCounters {
         self.bytes_captured += o.bytes_captured;
         self.bytes_truncated += o.bytes_truncated;
         self.bytes_hole += o.bytes_hole;
+        self.bytes_skipped += o.bytes_skipped;
         self.bytes_unattributed += o.bytes_unattributed;
         self.bytes_duplicate += o.bytes_duplicate;
         self.segments_dropped_limit += o.segments_dropped_limit;
@@ -238,6 +252,8 @@ impl std::ops::AddAssign<&StreamCounters> for StreamCounters {
         self.chunks_with_holes += o.chunks_with_holes;
         self.chunks_forced += o.chunks_forced;
         self.records_unplaceable += o.records_unplaceable;
+        self.skips += o.skips;
+        self.skips_refused += o.skips_refused;
     }
 }
 
@@ -452,6 +468,34 @@ impl StreamReassembler {
         if start <= self.contig_end {
             self.contig_end = self.spans.contiguous_end(self.contig_end.max(self.next));
         }
+    }
+
+    /// The consumer will not look at the `len` bytes from `offset` (as in
+    /// [`Chunk::offset`]; a message body of known length): they count as
+    /// covered by a [`MissingKind::Skipped`] range wherever no segment
+    /// covers them, so their source may stop reporting them. Bytes already
+    /// delivered are left as they were. Returns the TCP sequence numbers of
+    /// the range still ahead, `[from, to)`, for the source, or `None` when
+    /// nothing is ahead (or nothing was delivered yet to count from).
+    pub fn skip(&mut self, offset: u64, len: u64) -> Option<(u32, u32)> {
+        let origin = self.origin?;
+        // The range fills the gaps between buffered spans: bounded like them.
+        if self.spans.len() >= self.limits.max_segments {
+            self.counters.skips_refused += 1;
+            return None;
+        }
+        let start = origin.checked_add(offset)?.max(self.next);
+        let end = origin.checked_add(offset)?.checked_add(len)?;
+        if end <= start {
+            return None;
+        }
+        let noticed = self.clock;
+        self.counters.skips += 1;
+        self.spans.insert_skipped(start, end, noticed);
+        if start <= self.contig_end {
+            self.contig_end = self.spans.contiguous_end(self.contig_end.max(self.next));
+        }
+        Some((self.seq_of(start), self.seq_of(end)))
     }
 
     /// Makes room for a segment starting at `start` with `cap` captured
@@ -685,10 +729,11 @@ impl StreamReassembler {
             c.chunks += 1;
             c.bytes_captured += st.captured;
             c.bytes_truncated += st.truncated;
+            c.bytes_skipped += st.skipped;
             c.bytes_hole += st.hole;
             if unit.op.is_none() {
                 c.bytes_unattributed += u64::from(len);
-            } else if st.captured + st.truncated == 0 {
+            } else if st.captured + st.truncated + st.skipped == 0 {
                 c.ops_without_bytes += 1;
             }
             if st.hole > 0 {

@@ -1,6 +1,7 @@
 //! Buffered coverage of one direction's byte stream: sorted, non-overlapping
-//! spans of positions, each either captured bytes or a truncated range
-//! (covered by a segment, bytes not captured).
+//! spans of positions, each captured bytes, a truncated range (covered by a
+//! segment, bytes not captured) or a skipped range (the consumer said it
+//! will not look at these bytes; no segment covered them).
 
 use std::collections::VecDeque;
 
@@ -22,9 +23,11 @@ pub(super) struct Span {
     /// mark at insertion); timeouts are measured from here.
     pub(super) noticed: u64,
     /// Captured bytes: `data[off..]` holds exactly `end - start` bytes.
-    /// `None`: the range is covered by a segment but was not captured.
+    /// `None`: the range is covered but was not captured (see `skipped`).
     data: Option<Vec<u8>>,
     off: usize,
+    /// Without data: skipped at the consumer's request (else truncated).
+    skipped: bool,
 }
 
 impl Span {
@@ -46,6 +49,7 @@ impl Span {
 pub(super) struct PieceStats {
     pub(super) captured: u64,
     pub(super) truncated: u64,
+    pub(super) skipped: u64,
     pub(super) hole: u64,
     pub(super) first_ts: Option<u64>,
 }
@@ -116,13 +120,38 @@ impl SpanStore {
             noticed,
             data,
             off: 0,
+            skipped: false,
+        }
+    }
+
+    /// Marks `[s, e)` as skipped wherever nothing covers it yet.
+    pub(super) fn insert_skipped(&mut self, s: u64, e: u64, noticed: u64) {
+        let mut idx = self.spans.partition_point(|sp| sp.end <= s);
+        let mut cur = s;
+        while cur < e {
+            let next = self.spans.get(idx).map(|sp| (sp.start, sp.end));
+            match next {
+                Some((sp_start, sp_end)) if sp_start <= cur => {
+                    cur = sp_end;
+                    idx += 1;
+                }
+                other => {
+                    let gap_end = other.map_or(e, |(sp_start, _)| sp_start.min(e));
+                    let mut sp = self.new_span(cur, gap_end, None, noticed, noticed);
+                    sp.skipped = true;
+                    self.spans.insert(idx, sp);
+                    idx += 1;
+                    cur = gap_end;
+                }
+            }
         }
     }
 
     /// Inserts coverage of `[s, e)`; `data`, when given, holds exactly
     /// `e - s` bytes. Existing captured bytes win over new ones; new
-    /// captured bytes replace existing truncated ranges. Returns the number
-    /// of positions that were already covered (duplicates).
+    /// captured bytes replace existing truncated or skipped ranges, new
+    /// truncated ones replace skipped ones. Returns the number of positions
+    /// that were already covered (duplicates).
     pub(super) fn insert(
         &mut self,
         s: u64,
@@ -149,15 +178,25 @@ impl SpanStore {
         let mut cur = s;
         let mut dup = 0u64;
         while cur < e {
-            let existing = self
-                .spans
-                .get(idx)
-                .map(|sp| (sp.start, sp.end, sp.data.is_some(), sp.ts, sp.noticed));
+            let existing = self.spans.get(idx).map(|sp| {
+                (
+                    sp.start,
+                    sp.end,
+                    sp.data.is_some(),
+                    sp.ts,
+                    sp.noticed,
+                    sp.skipped,
+                )
+            });
             match existing {
-                Some((sp_start, sp_end, sp_captured, sp_ts, sp_noticed)) if sp_start <= cur => {
+                Some((sp_start, sp_end, sp_captured, sp_ts, sp_noticed, sp_skipped))
+                    if sp_start <= cur =>
+                {
                     let ov_end = sp_end.min(e);
-                    if !sp_captured && data.is_some() {
-                        // Fill the truncated range [cur, ov_end) with bytes.
+                    // Bytes fill a range without them; a segment (truncated
+                    // or not) replaces a skipped range: it was there after
+                    // all, the bytes beyond its capture are truncated.
+                    if !sp_captured && (data.is_some() || sp_skipped) {
                         let filled = self.new_span(
                             cur,
                             ov_end,
@@ -175,7 +214,8 @@ impl SpanStore {
                             *sp = filled;
                         }
                         if ov_end < sp_end {
-                            let rest = self.new_span(ov_end, sp_end, None, sp_ts, sp_noticed);
+                            let mut rest = self.new_span(ov_end, sp_end, None, sp_ts, sp_noticed);
+                            rest.skipped = sp_skipped;
                             self.spans.insert(idx + 1, rest);
                         }
                     } else {
@@ -293,6 +333,10 @@ impl SpanStore {
                         }
                     }
                     st.captured += to - cur;
+                }
+                None if sp.skipped => {
+                    st.skipped += to - cur;
+                    push_missing(out, to - cur, MissingKind::Skipped);
                 }
                 None => {
                     st.truncated += to - cur;

@@ -9,6 +9,7 @@ enum P {
     D(Vec<u8>),
     T(u32),
     H(u32),
+    S(u32),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,10 @@ fn own(c: &Chunk<'_>) -> C {
                 len,
                 why: MissingKind::Hole,
             } => P::H(*len),
+            Piece::Missing {
+                len,
+                why: MissingKind::Skipped,
+            } => P::S(*len),
         })
         .collect();
     assert_eq!(
@@ -41,7 +46,7 @@ fn own(c: &Chunk<'_>) -> C {
             .iter()
             .map(|p| match p {
                 P::D(d) => d.len() as u32,
-                P::T(l) | P::H(l) => *l,
+                P::T(l) | P::H(l) | P::S(l) => *l,
             })
             .sum::<u32>(),
         c.len,
@@ -85,7 +90,7 @@ fn c(seq: u32, offset: u64, tid: Option<u32>, pieces: Vec<P>) -> C {
         .iter()
         .map(|p| match p {
             P::D(d) => d.len() as u32,
-            P::T(l) | P::H(l) => *l,
+            P::T(l) | P::H(l) | P::S(l) => *l,
         })
         .sum();
     C {
@@ -693,4 +698,67 @@ fn reset_gives_a_fresh_stream() {
     let mut got = Vec::new();
     r.poll(12, &mut |c| got.push((c.seq, c.offset, c.captured())));
     assert_eq!(got, vec![(7, 0, 3)]);
+}
+
+#[test]
+fn skipped_body_is_counted_as_skipped_not_as_a_hole() {
+    let mut r = new();
+    // A head, then a body of 10,000 bytes the consumer will not look at:
+    // its source stops reporting it; the receive calls still come.
+    r.push_segment(1000, 4, b"head", MS);
+    r.push_op(1004, 4, meta(1, MS));
+    assert_eq!(
+        poll(&mut r, MS),
+        vec![c(1000, 0, Some(1), vec![d(b"head")])]
+    );
+    assert_eq!(r.skip(4, 10_000), Some((1004, 11_004)));
+    r.push_op(6004, 5000, meta(1, 2 * MS));
+    r.push_op(11_004, 5000, meta(1, 3 * MS));
+    // The next message starts where the body ends and is reported again.
+    r.push_segment(11_004, 4, b"next", 3 * MS);
+    r.push_op(11_008, 4, meta(2, 3 * MS));
+    assert_eq!(
+        poll(&mut r, 3 * MS),
+        vec![
+            c(1004, 4, Some(1), vec![P::S(5000)]),
+            c(6004, 5004, Some(1), vec![P::S(5000)]),
+            c(11_004, 10_004, Some(2), vec![d(b"next")]),
+        ]
+    );
+    let k = r.counters();
+    assert_eq!((k.bytes_skipped, k.bytes_hole, k.skips), (10_000, 0, 1));
+}
+
+#[test]
+fn segments_reported_before_the_skip_landed_win_over_it() {
+    let mut r = new();
+    r.push_segment(0, 2, b"hd", MS);
+    r.push_op(2, 2, meta(1, MS));
+    poll(&mut r, MS);
+    // The skip covers 2..102; a segment of 2..52 (10 bytes captured) had
+    // already been sent before its source learned of it.
+    assert_eq!(r.skip(2, 100), Some((2, 102)));
+    r.push_segment(2, 50, b"0123456789", MS);
+    r.push_op(102, 100, meta(1, 2 * MS));
+    assert_eq!(
+        poll(&mut r, 2 * MS),
+        vec![c(2, 2, Some(1), vec![d(b"0123456789"), P::T(40), P::S(50)])]
+    );
+    let k = r.counters();
+    assert_eq!(
+        (k.bytes_captured, k.bytes_truncated, k.bytes_skipped),
+        (12, 40, 50)
+    );
+}
+
+#[test]
+fn skip_of_bytes_already_delivered_or_before_the_stream_is_refused() {
+    let mut r = new();
+    assert_eq!(r.skip(0, 10), None, "nothing delivered yet");
+    r.push_segment(u32::MAX - 1, 4, b"abcd", MS);
+    r.push_op(2, 4, meta(1, MS));
+    poll(&mut r, MS);
+    assert_eq!(r.skip(0, 4), None, "all delivered");
+    // Across the wrap of sequence numbers, from the next byte on.
+    assert_eq!(r.skip(2, 10), Some((2, 10)));
 }

@@ -35,7 +35,104 @@ pub enum Tag {
     Segment = 3,
     /// A [`SampleHeader`] followed by the copied top of the user stack.
     Sample = 4,
+    /// A [`SockTotals`]: what the kernel counted for a socket it stopped
+    /// reporting in detail, at the socket's close.
+    SockTotals = 5,
+    /// An empty record that only wakes the reader (never decoded).
+    Wakeup = 6,
 }
+
+/// At a socket's close, what the programs counted for it in place of the
+/// records they did not emit: calls and bytes of a silenced socket (see
+/// [`SockCtl::silence`]), packets and bytes not copied because user space
+/// said they were body bytes (see [`SockCtl::skip_to`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockTotals {
+    /// [`Tag::SockTotals`].
+    pub tag: u8,
+    /// The [`Silence`] reason in force at the close (0: none).
+    pub silence: u8,
+    /// Padding, zero.
+    pub _pad: [u8; 6],
+    /// `bpf_ktime_get_ns` of the close.
+    pub ts_ns: u64,
+    /// Socket cookie.
+    pub cookie: u64,
+    /// Send and receive calls not reported, per [`Dir`].
+    pub silenced_calls: [u64; 2],
+    /// Bytes those calls moved, per [`Dir`].
+    pub silenced_bytes: [u64; 2],
+    /// Payload bytes of packets not copied (silenced or skipped), per [`Dir`].
+    pub uncopied_bytes: [u64; 2],
+}
+
+/// Why user space told the kernel to stop reporting a socket's traffic
+/// ([`SockCtl::silence`]).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Silence {
+    /// Not silenced.
+    None = 0,
+    /// The bytes are not a protocol the agent parses.
+    NotParsed = 1,
+    /// TLS ciphertext (plaintext comes from elsewhere).
+    Tls = 2,
+}
+
+impl Silence {
+    /// Decodes the byte.
+    pub fn from_u8(v: u8) -> Option<Silence> {
+        match v {
+            0 => Some(Silence::None),
+            1 => Some(Silence::NotParsed),
+            2 => Some(Silence::Tls),
+            _ => None,
+        }
+    }
+
+    /// Stable name for counters.
+    pub fn name(self) -> &'static str {
+        match self {
+            Silence::None => "none",
+            Silence::NotParsed => "not_parsed",
+            Silence::Tls => "tls",
+        }
+    }
+}
+
+/// What user space asks the programs to do with one socket (value of the
+/// `SOCK_CTL` hash map, keyed by socket cookie). The programs pick a changed
+/// entry up at the socket's next packet or call after the agent bumps the
+/// generation in `CTL_STATE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockCtl {
+    /// A [`Silence`] reason: no send/receive record and no payload copy for
+    /// this socket any more, only counts (reported in [`SockTotals`] at the
+    /// close). 0 lifts it.
+    pub silence: u8,
+    /// Bit `1 << dir`: `skip_from`/`skip_to` of that direction are set.
+    pub skip_dirs: u8,
+    /// Padding, zero.
+    pub _pad: [u8; 2],
+    /// Per [`Dir`]: first TCP sequence number of a range of body bytes the
+    /// parser will count without looking at them: packets inside the range
+    /// are not reported, a packet reaching past its end is reported from
+    /// its end, which starts a message (a head window opens there).
+    pub skip_from: [u32; 2],
+    /// Per [`Dir`]: sequence number just past that range.
+    pub skip_to: [u32; 2],
+}
+
+/// Index in the `CTL_STATE` array of the generation the agent bumps after
+/// changing `SOCK_CTL`.
+pub const CTL_GEN: u32 = 0;
+/// Index in the `CTL_STATE` array of the number of `SOCK_CTL` entries (0:
+/// the programs skip every per-socket lookup that only control needs).
+pub const CTL_ENTRIES: u32 = 1;
+/// Capacity of the `SOCK_CTL` map.
+pub const SOCK_CTL_MAX: u32 = 16384;
 
 /// Direction of bytes relative to the socket that moved them.
 #[repr(u8)]
@@ -172,14 +269,65 @@ pub const SEG_LOOPBACK: u8 = 1;
 /// `LOOPBACK_IFINDEX`: the loopback device of every network namespace.
 pub const LOOPBACK_IFINDEX: u32 = 1;
 
-/// Per-CPU scratch buffer of the segment program: a header and the largest
-/// payload prefix, written to the ring buffer as one variable-size record.
+/// Largest payload a segment record carries: a head-start packet (see
+/// [`HEAD_MAX_DEFAULT`]) is copied up to this many bytes.
+pub const MAX_HEAD: usize = 16384;
+
+/// Default head window: the bytes copied from the start of every HTTP/1
+/// message the programs see begin (a packet whose first bytes are a request
+/// method or `HTTP/`), across packets, so that whole request and response
+/// heads up to this size reach user space. Beyond the window, packets are
+/// copied up to the snap length.
+pub const HEAD_MAX_DEFAULT: u32 = 16384;
+
+// ---------------------------------------------------------------------------
+// Lanes: the per-CPU transport of the capture records.
+//
+// Every CPU writes its records into lanes of its own, rings of chunks in
+// mmapable array maps that the agent maps and reads in place; no lock and no
+// shared cache line between CPUs. Each CPU has an op lane (send/receive
+// calls), a packet lane (packets) and [`NESTED_PER_CPU`] small nested lanes
+// for packet programs that interrupt another one on the same CPU (a softirq
+// in the middle of an egress, say). Each record is preceded by a [`FRAME_HDR`]-byte frame
+// (`u32` length of frame and record, 8-aligned; `u32` zero); a frame of
+// length 0 means "the rest of this chunk is unused". Within a lane the
+// records are in time order (the time is taken once the lane is held);
+// the agent merges the lanes by time.
+
+/// Bytes of one chunk of a packet or op lane. A lane is a power-of-two
+/// number of chunks (set at load).
+pub const LANE_CHUNK: usize = 256 << 10;
+/// Bytes of a nested lane (a single chunk). Under a storm of short
+/// connections programs nest often (a softirq in the middle of an egress),
+/// and a nested lane must hold as much as a packet lane's reserve while the
+/// agent is busy elsewhere: 64 KiB lost connection records, 256 KiB did not.
+pub const NESTED_LANE: usize = 256 << 10;
+/// Nested lanes per CPU (programs nested deeper are counted and dropped).
+pub const NESTED_PER_CPU: u32 = 2;
+/// Bytes of the frame before each record in a lane.
+pub const FRAME_HDR: usize = 8;
+/// Largest frame: a segment record with the largest payload.
+pub const MAX_FRAME: usize = FRAME_HDR + core::mem::size_of::<SegmentHeader>() + MAX_HEAD;
+
+/// Producer and consumer positions of one lane (byte counts since load; the
+/// offset in the lane is the position modulo the lane size). The programs
+/// write `prod`, the agent writes `cons`; they sit on separate cache lines.
 #[repr(C)]
-pub struct SegmentScratch {
-    /// The header.
-    pub hdr: SegmentHeader,
-    /// Payload prefix; only `hdr.captured_len` bytes are meaningful.
-    pub data: [u8; MAX_SNAP_LEN],
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LaneCtl {
+    /// Position after the last published frame.
+    pub prod: u64,
+    /// Padding to a cache line.
+    pub _pad: [u64; 7],
+    /// Position of the first frame the agent has not consumed.
+    pub cons: u64,
+    /// Padding to a cache line.
+    pub _pad2: [u64; 7],
+}
+
+/// Rounds a record length up to its frame size.
+pub const fn frame_len(record_len: usize) -> usize {
+    (FRAME_HDR + record_len + 7) & !7
 }
 
 /// Largest copy of the top of a user stack a sample record can carry. The
@@ -277,11 +425,12 @@ pub const AF_INET6: u8 = 10;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
-    /// Ring buffer full: a send/receive record was lost.
+    /// Lane full: a send/receive record was lost.
     RingFullOp = 0,
-    /// Ring buffer full: a connection state record was lost.
+    /// Lane full, even the part kept for them: a connection state record
+    /// was lost.
     RingFullConn = 1,
-    /// Ring buffer full: a packet payload record was lost.
+    /// Lane full: a packet payload record was lost.
     RingFullSegment = 2,
     /// A packet's headers could not be read (malformed or too short).
     BadPacket = 3,
@@ -297,11 +446,17 @@ pub enum DropReason {
     UserStackFailed = 7,
     /// A sample's kernel stack could not be taken.
     KernelStackFailed = 8,
+    /// Programs nested more than [`NESTED_PER_CPU`] deep on a CPU: the
+    /// innermost record was lost.
+    NestedTooDeep = 9,
+    /// Lane full, even the part kept for connection records: a
+    /// [`SockTotals`] was lost.
+    RingFullTotals = 10,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::RingFullOp,
         DropReason::RingFullConn,
         DropReason::RingFullSegment,
@@ -311,6 +466,8 @@ impl DropReason {
         DropReason::RingFullSample,
         DropReason::UserStackFailed,
         DropReason::KernelStackFailed,
+        DropReason::NestedTooDeep,
+        DropReason::RingFullTotals,
     ];
 
     /// Stable, human-readable name used in logs and counters.
@@ -325,12 +482,76 @@ impl DropReason {
             DropReason::RingFullSample => "ring_full_sample",
             DropReason::UserStackFailed => "user_stack_failed",
             DropReason::KernelStackFailed => "kernel_stack_failed",
+            DropReason::NestedTooDeep => "nested_too_deep",
+            DropReason::RingFullTotals => "ring_full_totals",
         }
     }
 }
 
 /// Number of entries of the `DROPS` array.
 pub const DROP_REASONS: u32 = DropReason::ALL.len() as u32;
+
+/// Indices into the per-CPU `STATS` array: what the programs did instead of
+/// emitting records (nothing here is lost: these bytes are accounted for).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelStat {
+    /// Send/receive calls of silenced sockets, not reported.
+    SilencedCalls = 0,
+    /// Packets of silenced sockets, not copied.
+    SilencedPackets = 1,
+    /// Payload bytes of those packets.
+    SilencedBytes = 2,
+    /// Packets inside a skipped body range, not reported.
+    SkippedPackets = 3,
+    /// Payload bytes not copied because they were in a skipped range.
+    SkippedBytes = 4,
+    /// Packets whose first bytes start an HTTP/1 message (copied up to the
+    /// head window).
+    HeadStarts = 5,
+    /// Packets copied past the snap length because they continue a head
+    /// window opened by an earlier packet.
+    HeadContinued = 6,
+    /// Head-start packets longer than the head window: the copy stopped at
+    /// the window (a head longer than that is cut there).
+    HeadWindowFull = 7,
+    /// Records written to a nested lane (their program interrupted another
+    /// one on the same CPU).
+    NestedRecords = 8,
+}
+
+impl KernelStat {
+    /// Every counter, in index order.
+    pub const ALL: [KernelStat; 9] = [
+        KernelStat::SilencedCalls,
+        KernelStat::SilencedPackets,
+        KernelStat::SilencedBytes,
+        KernelStat::SkippedPackets,
+        KernelStat::SkippedBytes,
+        KernelStat::HeadStarts,
+        KernelStat::HeadContinued,
+        KernelStat::HeadWindowFull,
+        KernelStat::NestedRecords,
+    ];
+
+    /// Stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelStat::SilencedCalls => "silenced_calls",
+            KernelStat::SilencedPackets => "silenced_packets",
+            KernelStat::SilencedBytes => "silenced_bytes",
+            KernelStat::SkippedPackets => "skipped_packets",
+            KernelStat::SkippedBytes => "skipped_bytes",
+            KernelStat::HeadStarts => "head_starts",
+            KernelStat::HeadContinued => "head_continued",
+            KernelStat::HeadWindowFull => "head_window_full",
+            KernelStat::NestedRecords => "nested_records",
+        }
+    }
+}
+
+/// Number of entries of the `STATS` array.
+pub const KERNEL_STATS: u32 = KernelStat::ALL.len() as u32;
 
 /// Names of the globals the agent sets before load (`EbpfLoader::override_global`).
 pub mod globals {
@@ -375,6 +596,34 @@ pub mod globals {
     /// `u32`: offset of `mm` in `struct task_struct` (NULL for kernel
     /// threads).
     pub const OFF_TASK_MM: &str = "OFF_TASK_MM";
+    /// `u32`: offset of `comm` in `struct task_struct`.
+    pub const OFF_TASK_COMM: &str = "OFF_TASK_COMM";
+    /// `u32`: offset of `pid` (the thread id) in `struct task_struct`.
+    pub const OFF_TASK_PID: &str = "OFF_TASK_PID";
+    /// `u32`: offset of `tgid` (the process id) in `struct task_struct`.
+    pub const OFF_TASK_TGID: &str = "OFF_TASK_TGID";
+    /// `u32`: offset of `skc_cookie` in `struct sock`.
+    pub const OFF_COOKIE: &str = "OFF_COOKIE";
+    /// `u32`: offset of `tcp_clock_cache` in `struct tcp_sock` (the
+    /// socket's TCP clock, CLOCK_MONOTONIC ns, refreshed as it sends and
+    /// receives).
+    pub const OFF_CLOCK: &str = "OFF_CLOCK";
+    /// `u32`: chunks per packet lane minus one (a power of two minus one).
+    pub const LANE_MASK: &str = "LANE_MASK";
+    /// `u32`: chunks per op lane minus one.
+    pub const OP_LANE_MASK: &str = "OP_LANE_MASK";
+    /// `u32`: a packet lane wakes the reader each time its producer position
+    /// crosses a multiple of `1 << WAKE_SHIFT` bytes.
+    pub const WAKE_SHIFT: &str = "WAKE_SHIFT";
+    /// `u32`: the same for op lanes.
+    pub const OP_WAKE_SHIFT: &str = "OP_WAKE_SHIFT";
+    /// `u32`: 1 to publish lane positions with an atomic exchange (a full
+    /// barrier); 0 on x86, whose stores are not reordered with one another.
+    pub const STRICT_PUBLISH: &str = "STRICT_PUBLISH";
+    /// `u32`: number of CPU ids with lanes (possible CPUs).
+    pub const NR_CPUS: &str = "NR_CPUS";
+    /// `u32`: head window in bytes (clamped to `MAX_HEAD`).
+    pub const HEAD_MAX: &str = "HEAD_MAX";
 }
 
 /// Name of the per-CPU-id scratch array of the sampling program (its size
@@ -384,10 +633,24 @@ pub const MAP_SAMPLE_SCRATCH: &str = "SAMPLE_SCRATCH";
 /// Name of the CPU sampling program (`perf_event`, software cpu-clock).
 pub const PROG_PROFILE: &str = "profile_cpu";
 
-/// Name of the ring buffer map.
+/// Name of the ring buffer of CPU samples and reader wake-ups.
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Name of the per-CPU drop-counter array.
 pub const MAP_DROPS: &str = "DROPS";
+/// Name of the per-CPU counter array ([`KernelStat`]).
+pub const MAP_STATS: &str = "STATS";
+/// Name of the chunk array of the packet lanes, then the op lanes
+/// (mmapable).
+pub const MAP_LANES: &str = "LANES";
+/// Name of the nested lanes' array (mmapable).
+pub const MAP_NESTED: &str = "NESTED";
+/// Name of the lanes' position array (mmapable): packet lanes, op lanes,
+/// nested lanes.
+pub const MAP_LANE_CTL: &str = "LANE_CTL";
+/// Name of the per-socket control hash map ([`SockCtl`] by cookie).
+pub const MAP_SOCK_CTL: &str = "SOCK_CTL";
+/// Name of the control state array ([`CTL_GEN`], [`CTL_ENTRIES`]).
+pub const MAP_CTL_STATE: &str = "CTL_STATE";
 
 const _: () = assert!(size_of::<SockOp>() == 56);
 const _: () = assert!(size_of::<ConnState>() == 64);
@@ -401,6 +664,13 @@ const _: () = assert!(size_of::<SampleScratch>() == 584 + MAX_STACK_COPY + STACK
 const _: () = assert!(core::mem::offset_of!(SockOp, tag) == 0);
 const _: () = assert!(core::mem::offset_of!(ConnState, tag) == 0);
 const _: () = assert!(core::mem::offset_of!(SegmentHeader, tag) == 0);
+const _: () = assert!(size_of::<SockTotals>() == 72);
+const _: () = assert!(size_of::<SockCtl>() == 20);
+const _: () = assert!(size_of::<LaneCtl>() == 128);
+const _: () = assert!(core::mem::offset_of!(LaneCtl, cons) == 64);
+const _: () = assert!(MAX_FRAME.is_multiple_of(8));
+const _: () = assert!(LANE_CHUNK.is_power_of_two() && NESTED_LANE.is_power_of_two());
+const _: () = assert!(MAX_FRAME * 2 <= NESTED_LANE);
 
 /// A record decoded from ring-buffer bytes.
 // The sample header (584 bytes) makes one variant large; no_std has no Box,
@@ -416,6 +686,8 @@ pub enum Record<'a> {
     Segment(SegmentHeader, &'a [u8]),
     /// A CPU sample: header and the copied top of the user stack.
     Sample(SampleHeader, &'a [u8]),
+    /// Counts of a socket the programs reported in summary only.
+    SockTotals(SockTotals),
 }
 
 /// Why ring-buffer bytes could not be decoded.
@@ -469,9 +741,29 @@ impl<'a> Record<'a> {
                 let data = bytes.get(start..end).ok_or(ParseError::Short)?;
                 Ok(Record::Sample(hdr, data))
             }
+            t if t == Tag::SockTotals as u8 => {
+                read(bytes).map(Record::SockTotals).ok_or(ParseError::Short)
+            }
             t => Err(ParseError::UnknownTag(t)),
         }
     }
+}
+
+/// The kernel timestamp of a record, read without decoding it (the lanes
+/// reader merges records by it). `None` for records without one.
+pub fn record_ts(bytes: &[u8]) -> Option<u64> {
+    let off = match *bytes.first()? {
+        t if t == Tag::SockOp as u8 => core::mem::offset_of!(SockOp, ts_ns),
+        t if t == Tag::ConnState as u8 => core::mem::offset_of!(ConnState, ts_ns),
+        t if t == Tag::Segment as u8 => core::mem::offset_of!(SegmentHeader, ts_ns),
+        t if t == Tag::Sample as u8 => core::mem::offset_of!(SampleHeader, ts_ns),
+        t if t == Tag::SockTotals as u8 => core::mem::offset_of!(SockTotals, ts_ns),
+        _ => return None,
+    };
+    let b = bytes.get(off..off + 8)?;
+    Some(u64::from_le_bytes([
+        b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+    ]))
 }
 
 #[cfg(feature = "user")]
@@ -482,6 +774,8 @@ mod pod {
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::SegmentHeader {}
     unsafe impl aya::Pod for super::SampleHeader {}
+    unsafe impl aya::Pod for super::SockCtl {}
+    unsafe impl aya::Pod for super::LaneCtl {}
 }
 
 #[cfg(test)]
@@ -594,6 +888,30 @@ mod tests {
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
         }
+        for (i, r) in KernelStat::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+
+    #[test]
+    fn sock_totals_round_trip_and_every_record_has_its_time() {
+        let t = SockTotals {
+            tag: Tag::SockTotals as u8,
+            silence: Silence::NotParsed as u8,
+            _pad: [0; 6],
+            ts_ns: 77,
+            cookie: 5,
+            silenced_calls: [1, 2],
+            silenced_bytes: [300, 400],
+            uncopied_bytes: [5, 6],
+        };
+        let b = bytes_of(&t);
+        assert_eq!(Record::parse(&b), Ok(Record::SockTotals(t)));
+        assert_eq!(record_ts(&b), Some(77));
+        let hdr = sample_header(0, 0);
+        assert_eq!(record_ts(&bytes_of(&hdr)), Some(1_000_000));
+        assert_eq!(record_ts(&[Tag::Wakeup as u8, 0, 0, 0]), None);
+        assert_eq!(record_ts(&[Tag::SockOp as u8, 0]), None);
     }
 
     #[test]

@@ -1,0 +1,99 @@
+//! Per-socket state: what user space asked for the socket (silence it, skip
+//! a body), the head windows the packet programs opened, and what was
+//! counted instead of reported.
+//!
+//! The state lives in socket storage (freed with the socket, found through
+//! the socket in a few loads). User space cannot reach socket storage by
+//! cookie, so it writes its requests to the `SOCK_CTL` hash map and bumps a
+//! generation; a program copies a socket's request into its state when the
+//! generation it saw last is older. While `SOCK_CTL` is empty the call
+//! programs and the head-start packets that end their head skip all of
+//! this.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    btf_maps::SkStorage,
+    helpers::generated::bpf_sk_storage_get,
+    macros::{btf_map, map},
+    maps::{Array, HashMap},
+};
+use tracer_common::{SockCtl, CTL_ENTRIES, CTL_GEN, SOCK_CTL_MAX};
+
+/// A socket's state.
+#[repr(C)]
+pub struct SockState {
+    /// `CTL_STATE[CTL_GEN]` when `SOCK_CTL` was last read for this socket.
+    pub gen: u64,
+    /// The socket's `SockCtl`, as last read.
+    pub ctl: SockCtl,
+    /// Bit `1 << dir`: `win_end` of that direction is set.
+    pub win_dirs: u32,
+    /// Per direction: sequence number up to which packets are copied whole
+    /// (the head window opened by the last head-start packet).
+    pub win_end: [u32; 2],
+    /// Calls not reported (silenced), per direction.
+    pub silenced_calls: [u64; 2],
+    /// Bytes those calls moved.
+    pub silenced_bytes: [u64; 2],
+    /// Payload bytes of packets not copied (silenced or skipped).
+    pub uncopied: [u64; 2],
+}
+
+#[btf_map]
+static SOCKS: SkStorage<SockState> = SkStorage::new();
+
+#[map]
+static SOCK_CTL: HashMap<u64, SockCtl> = HashMap::with_max_entries(SOCK_CTL_MAX, 0);
+
+/// `[CTL_GEN]`: bumped by the agent after each change to `SOCK_CTL`;
+/// `[CTL_ENTRIES]`: the number of entries.
+#[map]
+static CTL_STATE: Array<u64> = Array::with_max_entries(2, 0);
+
+/// The control generation when user space has requests in `SOCK_CTL`.
+#[inline(always)]
+pub fn ctl_generation() -> Option<u64> {
+    let entries = CTL_STATE.get(CTL_ENTRIES).copied().unwrap_or(0);
+    if entries == 0 {
+        return None;
+    }
+    CTL_STATE.get(CTL_GEN).copied()
+}
+
+/// The socket's state, created when `create` (null when the socket has
+/// none, or when memory for one is short).
+#[inline(always)]
+pub fn get(sk: *mut c_void, create: bool) -> *mut SockState {
+    let flags = if create {
+        BPF_SK_STORAGE_GET_F_CREATE as u64
+    } else {
+        0
+    };
+    // SAFETY: sk is a socket pointer the verifier knows (a tracepoint's
+    // argument, a helper's BTF result, or a packet's socket).
+    unsafe {
+        bpf_sk_storage_get(
+            core::ptr::addr_of!(SOCKS) as *mut c_void,
+            sk,
+            core::ptr::null_mut(),
+            flags,
+        ) as *mut SockState
+    }
+}
+
+/// Brings the socket's copy of its `SOCK_CTL` entry up to generation `gen`.
+#[inline(always)]
+pub fn refresh(st: *mut SockState, cookie: u64, gen: u64) {
+    // SAFETY: st is this socket's storage (a map value).
+    unsafe {
+        if (*st).gen == gen {
+            return;
+        }
+        (*st).gen = gen;
+        (*st).ctl = match SOCK_CTL.get(cookie) {
+            Some(c) => *c,
+            None => SockCtl::default(),
+        };
+    }
+}
