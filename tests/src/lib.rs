@@ -134,12 +134,22 @@ impl AgentOutput {
             .collect()
     }
 
-    /// The value of `name=N` in the exit summary (the lines from
-    /// `tracer: counters` on).
+    /// The value of a counter in the exit summary (the agents these tests
+    /// start print it in full: every counter, zero or not). `name` is
+    /// `stage.name` (e.g. `kernel.silenced_calls`, `export.dropped_failed{otlp}`),
+    /// or a bare name for the first stage that has it.
     pub fn counter(&self, name: &str) -> Option<u64> {
         let start = self.stderr.find("tracer: counters")?;
+        let (stage, name) = match name.split_once('.') {
+            Some((stage, name)) => (Some(stage), name),
+            None => (None, name),
+        };
         self.stderr[start..]
-            .split([' ', ';', '\n'])
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with("  ") && !l.trim_start().starts_with("anomalies:"))
+            .filter(|l| stage.is_none_or(|s| l.split_whitespace().next() == Some(s)))
+            .flat_map(|l| l.split_whitespace().skip(1))
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
     }
 }
@@ -149,6 +159,7 @@ impl Agent {
     pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Agent {
         let mut child = Command::new(tracer_bin())
             .arg("run")
+            .args(["--summary", "full"])
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

@@ -50,6 +50,17 @@ pub enum Print {
     None,
 }
 
+/// How much of the counters the exit summary shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Summary {
+    /// The headline counters of each stage, and every anomaly that is not
+    /// zero; bytes and seconds in units.
+    Brief,
+    /// Every counter and gauge of each stage, zero or not, as exact
+    /// numbers (what `--metrics-addr` serves, once, at exit).
+    Full,
+}
+
 /// Output format of what is printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -117,6 +128,10 @@ pub struct RunArgs {
     /// Log the counters every N seconds (0: only on exit).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub stats_interval: u64,
+
+    /// What the counters table on exit shows.
+    #[arg(long, value_enum, default_value_t = Summary::Brief)]
+    pub summary: Summary,
 
     /// Serve the agent's own metrics (every counter, drops by reason,
     /// spans/s, CPU and memory) in the Prometheus text format on
@@ -340,6 +355,8 @@ pub struct RunConfig {
     pub drain_interval: Duration,
     /// Counter log period.
     pub stats_interval: Option<Duration>,
+    /// The exit summary's extent.
+    pub summary: Summary,
     /// Where the metrics endpoint listens.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Stop after.
@@ -452,6 +469,7 @@ impl RunArgs {
             drain_interval: Duration::from_millis(self.drain_interval_ms),
             stats_interval: (self.stats_interval > 0)
                 .then(|| Duration::from_secs(self.stats_interval)),
+            summary: self.summary,
             metrics_addr: match &self.metrics_addr {
                 Some(a) => Some(metrics_addr(a)?),
                 None => None,

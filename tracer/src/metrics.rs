@@ -620,6 +620,32 @@ impl Snapshot {
         }
         out
     }
+
+    /// Every metric, by stage, as exact numbers: `name=value`, and
+    /// `name{label}=value` for labelled ones; then the anomalies line.
+    pub fn full_table(&self) -> String {
+        let mut out = String::new();
+        let mut stages: Vec<Stage> = self.metrics.iter().map(|m| m.stage).collect();
+        stages.sort();
+        stages.dedup();
+        for stage in stages {
+            let mut row = String::new();
+            for m in self.metrics.iter().filter(|m| m.stage == stage) {
+                match m.label {
+                    Some((_, v)) => {
+                        let _ = write!(row, "  {}{{{v}}}={}", m.name, m.value);
+                    }
+                    None => {
+                        let _ = write!(row, "  {}={}", m.name, m.value);
+                    }
+                }
+            }
+            let _ = writeln!(out, "  {:<12}{row}", stage.name());
+        }
+        out.push_str(self.table().lines().last().unwrap_or_default());
+        out.push('\n');
+        out
+    }
 }
 
 /// A value for the table: bytes and seconds in units, counts as they are.
@@ -748,5 +774,17 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("bad_packet"), "{t}");
+    }
+
+    #[test]
+    fn full_table_shows_every_metric_exactly() {
+        let t = snap().full_table();
+        assert!(t.contains("reader        records=10  bad_records=2"), "{t}");
+        assert!(t.contains("drops{bad_packet}=0"), "{t}");
+        assert!(t.contains("resident_bytes=2097152"), "{t}");
+        assert!(
+            t.ends_with("anomalies: reader.bad_records=2 kernel.drops{ring_full_op}=3\n"),
+            "{t}"
+        );
     }
 }

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::MissedTickBehavior};
 
 use crate::{
-    cli::{Output, Print, RunConfig},
+    cli::{Output, Print, RunConfig, Summary},
     clock::{monotonic_ns, Clock},
     conntrack::ConnLimits,
     dispatch::{Dispatcher, Stages},
@@ -133,7 +133,11 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
     let mut since_start = Rate {
         last: Some((started, 0)),
     };
-    let summary = snapshot(&kernel, &dispatcher, &lanes, &ctl, &mut since_start).table();
+    let snap = snapshot(&kernel, &dispatcher, &lanes, &ctl, &mut since_start);
+    let summary = match cfg.summary {
+        Summary::Brief => snap.table(),
+        Summary::Full => snap.full_table(),
+    };
     eprintln!("tracer: counters at exit\n{summary}");
     drop(kernel);
     tracing::info!("detached all programs");
@@ -256,6 +260,15 @@ fn snapshot(
             )
             .with_label("reason", reason.name()),
         );
+    }
+    for (stat, n) in kernel.stats() {
+        m.push(Metric::counter(
+            Stage::Kernel,
+            stat.name(),
+            stat.help(),
+            Show::Detail,
+            n,
+        ));
     }
     lanes.report(&mut m);
     m.push(Metric::counter(

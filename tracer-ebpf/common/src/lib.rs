@@ -548,6 +548,25 @@ impl KernelStat {
             KernelStat::NestedRecords => "nested_records",
         }
     }
+
+    /// One line on what it counts.
+    pub fn help(self) -> &'static str {
+        match self {
+            KernelStat::SilencedCalls => "Send/receive calls of silenced sockets, not reported.",
+            KernelStat::SilencedPackets => "Packets of silenced sockets, not copied.",
+            KernelStat::SilencedBytes => "Payload bytes of silenced sockets' packets.",
+            KernelStat::SkippedPackets => "Packets inside a skipped body, not reported.",
+            KernelStat::SkippedBytes => "Payload bytes not copied: inside a skipped body.",
+            KernelStat::HeadStarts => {
+                "Packets starting an HTTP/1 head (copied up to the head window)."
+            }
+            KernelStat::HeadContinued => "Packets copied past the snap length to continue a head.",
+            KernelStat::HeadWindowFull => "Heads longer than the head window: cut there.",
+            KernelStat::NestedRecords => {
+                "Records written by a program that interrupted another on its CPU."
+            }
+        }
+    }
 }
 
 /// Number of entries of the `STATS` array.
