@@ -112,30 +112,31 @@ fn a_forced_drop_shows_up_under_its_reason() {
     };
     require_tool("curl");
     let nginx = Nginx::start("server { listen 127.0.0.1:{port}; root {root}; }");
-    // 256 KiB responses into a one-page ring that is drained only every
-    // 2 s: the packet records cannot all fit.
+    // 256 KiB responses into the smallest lanes while the agent is stopped
+    // (SIGSTOP: what a stalled agent looks like to the kernel): the packet
+    // records cannot all fit. No spans, so no body is skipped.
     std::fs::write(nginx.root().join("big"), vec![b'x'; 256 << 10]).unwrap();
     let mport = free_port();
     let agent = Agent::start(&[
         "--print",
         "none",
+        "--no-spans",
         "--profile-hz",
         "0",
         "--snap-len",
         "4096",
         "--ring-buffer-size",
         "4096",
-        "--wakeup-bytes",
-        "4000",
-        "--drain-interval-ms",
-        "2000",
         "--metrics-addr",
         &mport.to_string(),
     ]);
     wait_port(mport, Duration::from_secs(10));
+    let signal = |sig: &str| run_ok(Command::new("kill").args([sig, &agent.pid().to_string()]));
+    signal("-STOP");
     for _ in 0..20 {
         curl(nginx.port, "/big");
     }
+    signal("-CONT");
     let m = scrape(mport);
     let drops = &m["tracer_kernel_drops_total"];
     let segment = drops["reason=ring_full_segment"].as_f64().unwrap_or(0.0);

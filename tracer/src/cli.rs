@@ -237,16 +237,6 @@ pub enum ConfigError {
         /// The value given.
         value: u32,
     },
-    /// `--wakeup-bytes` not below `--ring-buffer-size`.
-    #[error(
-        "invalid option: --wakeup-bytes {value} must be smaller than --ring-buffer-size {ring}"
-    )]
-    WakeupBytes {
-        /// The value given.
-        value: u64,
-        /// `--ring-buffer-size`.
-        ring: u32,
-    },
     /// `--drain-interval-ms` out of range.
     #[error("invalid option: --drain-interval-ms must be between 1 and 10000")]
     DrainInterval,
@@ -389,12 +379,8 @@ impl RunArgs {
         if ring < 4096 || !ring.is_power_of_two() {
             return Err(ConfigError::RingBufferSize { value: ring });
         }
-        if self.wakeup_bytes >= ring as u64 {
-            return Err(ConfigError::WakeupBytes {
-                value: self.wakeup_bytes,
-                ring,
-            });
-        }
+        // --wakeup-bytes needs no check: it is clamped to a quarter of the
+        // lane, whose size is only known once rounded up.
         if self.drain_interval_ms == 0 || self.drain_interval_ms > 10_000 {
             return Err(ConfigError::DrainInterval);
         }
