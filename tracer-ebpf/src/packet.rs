@@ -205,13 +205,6 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
     } else {
         skb_len - payload_off
     };
-    // The agent's own traffic (OTLP and profile exports): egress runs in the
-    // sending task here, and with loopback ingress skipped above, a local
-    // collector never sees those bytes parsed into spans of its own, which
-    // would be exported in turn, forever.
-    if dir == Dir::Send && (bpf_get_current_pid_tgid() >> 32) as u32 == global(&AGENT_PID) {
-        return Ok(());
-    }
     // The socket: its cookie, and its TCP clock (see below).
     // SAFETY: the context's __sk_buff.
     let sk = unsafe { (*skb).__bindgen_anon_2.sk } as *mut c_void;
@@ -221,6 +214,19 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
     // SAFETY: a socket pointer from the context.
     let tp = unsafe { bpf_skc_to_tcp_sock(sk) } as *const u8;
     if tp.is_null() {
+        return Ok(());
+    }
+    // The agent's own traffic (OTLP and profile exports) is not copied, so
+    // that a local collector never sees those bytes parsed into spans of
+    // its own, which would be exported in turn, forever. The current task
+    // alone does not say whose packet this is: egress also runs in softirq
+    // (data Nagle held until an ACK, retransmits), in whatever task it
+    // interrupted, often the agent's. So the socket decides: the agent's
+    // own are marked when it connects (see sock.rs).
+    if dir == Dir::Send
+        && (bpf_get_current_pid_tgid() >> 32) as u32 == global(&AGENT_PID)
+        && state::is_agent(tp as *mut c_void)
+    {
         return Ok(());
     }
     // Ports in network order in the first word of the TCP header.

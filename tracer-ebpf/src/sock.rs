@@ -175,6 +175,7 @@ fn just_transmitted(cookie: u64, clock: u64) -> bool {
 
 /// TCP states (include/net/tcp_states.h).
 const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -199,6 +200,16 @@ fn on_state(ctx: &BtfTracePointContext) {
     // connected (from SYN_SENT) or was accepted (from SYN_RECV) and carries
     // the 4-tuple, and CLOSE. The others (the handshakes) are most of a
     // short connection's changes and carry nothing it uses.
+    // A connect() by the agent (its exports) enters SYN_SENT in the
+    // agent's own task, before any of its packets: the packet programs
+    // know the socket as the agent's from then on, whatever task they
+    // interrupt (see packet.rs).
+    if new == TCP_SYN_SENT {
+        if (bpf_get_current_pid_tgid() >> 32) as u32 == global(&AGENT_PID) {
+            state::mark_agent(sk);
+        }
+        return;
+    }
     if new != TCP_ESTABLISHED && new != TCP_CLOSE {
         return;
     }

@@ -32,6 +32,8 @@ pub struct SockState {
     /// Per direction: sequence number up to which packets are copied whole
     /// (the head window opened by the last head-start packet).
     pub win_end: [u32; 2],
+    /// 1: the agent opened this socket (its own exports).
+    pub agent: u32,
     /// Calls not reported (silenced), per direction.
     pub silenced_calls: [u64; 2],
     /// Bytes those calls moved.
@@ -80,6 +82,24 @@ pub fn get(sk: *mut c_void, create: bool) -> *mut SockState {
             flags,
         ) as *mut SockState
     }
+}
+
+/// Marks a socket the agent is opening as its own.
+#[inline(always)]
+pub fn mark_agent(sk: *mut c_void) {
+    let st = get(sk, true);
+    if !st.is_null() {
+        // SAFETY: this socket's storage.
+        unsafe { (*st).agent = 1 };
+    }
+}
+
+/// Whether the agent opened this socket.
+#[inline(always)]
+pub fn is_agent(sk: *mut c_void) -> bool {
+    let st = get(sk, false);
+    // SAFETY: this socket's storage when not null.
+    !st.is_null() && unsafe { (*st).agent } != 0
 }
 
 /// Brings the socket's copy of its `SOCK_CTL` entry up to generation `gen`.

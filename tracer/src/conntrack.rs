@@ -11,7 +11,9 @@ use std::{collections::VecDeque, net::SocketAddr};
 
 use foldhash::{HashMap, HashMapExt};
 
-use protocols::stream::{Chunk, OpMeta, StreamCounters, StreamLimits, StreamReassembler};
+use protocols::stream::{
+    poll_pair, Chunk, OpMeta, StreamCounters, StreamLimits, StreamReassembler,
+};
 use tracer_common::{
     ConnState, Dir, SegmentHeader, Silence, SockCtl, SockOp, SockTotals, AF_INET, AF_INET6,
     SEG_LOOPBACK, SOCK_CTL_MAX, TCP_FIN,
@@ -208,6 +210,15 @@ fn feed(
         stream.push_segment(seq, payload_len, data, ts_ns);
     }
 }
+
+/// Hands what both directions have ready at `now` to `sink`, in the order
+/// the calls happened.
+fn deliver(streams: &mut Streams, info: &ConnInfo, now: u64, sink: &mut impl Sink) {
+    poll_pair(streams, now, &mut |i, c| sink.chunk(info, DIRS[i], &c));
+}
+
+/// Directions by stream index.
+const DIRS: [Dir; 2] = [Dir::Send, Dir::Recv];
 
 /// Bound on parked loopback packets (all connections together).
 const MAX_PARKED: usize = 4096;
@@ -412,13 +423,12 @@ impl Conns {
         self.by_tuple.insert((local, remote), cookie);
         if let Some(parked) = self.parked.remove(&(local, remote)) {
             self.parked_count -= parked.len();
-            let info = &conn.info;
             let stream = &mut conn.streams[Dir::Recv as usize];
             for p in parked {
                 feed(stream, p.seq, p.payload_len, p.tcp_flags, &p.data, p.ts_ns);
                 self.counters.loopback_mirrored += 1;
             }
-            stream.poll(conn.last_seen, &mut |c| sink.chunk(info, Dir::Recv, &c));
+            deliver(&mut conn.streams, &conn.info, conn.last_seen, sink);
         }
     }
 
@@ -445,8 +455,7 @@ impl Conns {
                 hdr.ts_ns,
             );
             self.counters.loopback_mirrored += 1;
-            let info = &peer.info;
-            stream.poll(hdr.ts_ns, &mut |c| sink.chunk(info, Dir::Recv, &c));
+            deliver(&mut peer.streams, &peer.info, hdr.ts_ns, sink);
             return;
         }
         if self.parked_count >= MAX_PARKED {
@@ -514,8 +523,7 @@ impl Conns {
                 ts_ns: op.ts_ns,
             },
         );
-        let info = &conn.info;
-        stream.poll(op.ts_ns, &mut |c| sink.chunk(info, dir, &c));
+        deliver(&mut conn.streams, &conn.info, op.ts_ns, sink);
         if conn.skip_end[dir as usize].is_some() {
             self.skip_passed(op.cookie, dir);
         }
@@ -543,8 +551,7 @@ impl Conns {
             data,
             hdr.ts_ns,
         );
-        let info = &conn.info;
-        stream.poll(hdr.ts_ns, &mut |c| sink.chunk(info, dir, &c));
+        deliver(&mut conn.streams, &conn.info, hdr.ts_ns, sink);
         if conn.skip_end[dir as usize].is_some() {
             self.skip_passed(hdr.cookie, dir);
         }
@@ -642,11 +649,7 @@ impl Conns {
         let limits = self.limits;
         let mut gone: Vec<u64> = Vec::new();
         for (cookie, conn) in self.conns.iter_mut() {
-            let info = &conn.info;
-            for (i, stream) in conn.streams.iter_mut().enumerate() {
-                let dir = if i == 0 { Dir::Send } else { Dir::Recv };
-                stream.poll(now, &mut |c| sink.chunk(info, dir, &c));
-            }
+            deliver(&mut conn.streams, &conn.info, now, sink);
             if conn.closed_at.is_none()
                 && now.saturating_sub(conn.last_seen) >= limits.idle_timeout_ns
             {
@@ -686,9 +689,10 @@ impl Conns {
                     self.by_tuple.remove(&(l, r));
                 }
             }
+            // Everything left, in call order, missing bytes as holes.
+            deliver(&mut conn.streams, &conn.info, u64::MAX, sink);
             let info = &conn.info;
-            for (i, stream) in conn.streams.iter_mut().enumerate() {
-                let dir = if i == 0 { Dir::Send } else { Dir::Recv };
+            for (stream, dir) in conn.streams.iter_mut().zip(DIRS) {
                 stream.flush(&mut |c| sink.chunk(info, dir, &c));
                 self.retired += stream.counters();
                 stream.reset();

@@ -703,13 +703,29 @@ impl StreamReassembler {
     }
 
     fn deliver(&mut self, now: u64, out: &mut impl FnMut(Chunk<'_>)) {
+        while self.deliver_one(now, out) {}
+    }
+
+    /// When the next range ready at `now` happened (its call's time; a range
+    /// no call claims goes first), or `None` when nothing is ready.
+    fn next_ready(&mut self, now: u64) -> Option<u64> {
+        self.anchor?;
+        let unit = self.next_unit(now)?;
+        (unit.end > self.next).then_some(unit.op.map_or(0, |o| o.ts_ns))
+    }
+
+    /// Delivers the next range ready at `now`; false when there is none.
+    fn deliver_one(&mut self, now: u64, out: &mut impl FnMut(Chunk<'_>)) -> bool {
         if self.anchor.is_none() {
-            return;
+            return false;
         }
-        while let Some(unit) = self.next_unit(now) {
+        {
+            let Some(unit) = self.next_unit(now) else {
+                return false;
+            };
             let (a, b) = (self.next, unit.end);
             if b <= a {
-                break;
+                return false;
             }
             let origin = *self.origin.get_or_insert(a);
             let mut pieces = recycle(std::mem::take(&mut self.piece_buf));
@@ -755,6 +771,31 @@ impl StreamReassembler {
             if self.contig_end < b {
                 self.contig_end = self.spans.contiguous_end(b);
             }
+        }
+        true
+    }
+}
+
+/// Delivers what both directions of a connection have ready at `now`, the
+/// two merged in the order their calls happened (`out` gets the index of
+/// the direction). Polled one after the other, a direction that waited on
+/// missing bytes would hand all its ranges over before the other's older
+/// ones: a server's responses before the requests they answer.
+pub fn poll_pair(
+    streams: &mut [StreamReassembler; 2],
+    now_ns: u64,
+    out: &mut impl FnMut(usize, Chunk<'_>),
+) {
+    loop {
+        let [a, b] = streams;
+        let i = match (a.next_ready(now_ns), b.next_ready(now_ns)) {
+            (None, None) => return,
+            (Some(_), None) => 0,
+            (None, Some(_)) => 1,
+            (Some(ta), Some(tb)) => usize::from(tb < ta),
+        };
+        if !streams[i].deliver_one(now_ns, &mut |c| out(i, c)) {
+            return;
         }
     }
 }

@@ -762,3 +762,37 @@ fn skip_of_bytes_already_delivered_or_before_the_stream_is_refused() {
     // Across the wrap of sequence numbers, from the next byte on.
     assert_eq!(r.skip(2, 10), Some((2, 10)));
 }
+
+#[test]
+fn both_directions_released_together_come_out_in_call_order() {
+    // A server's connection joined mid-request: the first request
+    // (direction 1) and its response (direction 0) are holes, and both
+    // directions wait on them; once the wait is over, the requests must not
+    // all come out after the responses that answer them.
+    let mut pair = [new(), new()];
+    let (req, resp) = (1, 0);
+    pair[req].push_op(10, 10, meta(1, MS));
+    pair[resp].push_op(20, 20, meta(1, 2 * MS));
+    for (i, t) in [(1u32, 10 * MS), (2, 20 * MS)] {
+        let (q, r) = (10 * i, 20 * i);
+        pair[req].push_segment(q, 10, &[b'q'; 10], t);
+        pair[req].push_op(q + 10, 10, meta(1, t));
+        pair[resp].push_segment(r, 20, &[b'r'; 20], t + MS);
+        pair[resp].push_op(r + 20, 20, meta(1, t + MS));
+    }
+    let mut order = Vec::new();
+    poll_pair(&mut pair, 100 * MS, &mut |i, c| order.push((i, c.offset)));
+    assert!(order.is_empty(), "still waiting on the missing bytes");
+    poll_pair(&mut pair, 300 * MS, &mut |i, c| order.push((i, c.offset)));
+    assert_eq!(
+        order,
+        vec![
+            (req, 0),
+            (resp, 0),
+            (req, 10),
+            (resp, 20),
+            (req, 20),
+            (resp, 40)
+        ]
+    );
+}
