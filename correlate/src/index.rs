@@ -40,20 +40,25 @@ impl ThreadEntry {
 }
 
 /// A thread's server spans, sorted by (start, key), with what bounds a
-/// lookup: spans still open are listed apart, and no finished span lasted
-/// longer than `longest`, so the spans in progress at `t` are the open ones
-/// that started before `t` and the finished ones that started in
-/// `(t - longest, t)`. A busy event loop keeps thousands of entries for the
-/// retention time; a lookup looks at a handful.
+/// lookup: spans still open are listed apart, and so are finished spans
+/// that lasted longer than [`SHORT_NS`], so the spans in progress at `t`
+/// are the open ones that started before `t`, the long ones that cover
+/// `t`, and the short ones that started in `(t - SHORT_NS, t)`. A busy
+/// thread keeps tens of thousands of entries for the retention time; a
+/// lookup looks at a handful, however long a few of its requests lasted (a
+/// long poll, a request failed at its connection's close).
 #[derive(Default)]
 struct ThreadSpans {
     entries: VecDeque<ThreadEntry>,
     /// (start, key) of the entries without an end.
     open: Vec<(u64, SpanKey)>,
-    /// Longest duration of a finished entry.
-    longest: u64,
+    /// (start, end, key) of the finished entries longer than `SHORT_NS`.
+    long: Vec<(u64, u64, SpanKey)>,
     lossy_until: u64,
 }
+
+/// Finished spans up to this long are found by their start alone.
+const SHORT_NS: u64 = 1_000_000;
 
 impl ThreadSpans {
     fn position(&self, start: u64, key: SpanKey) -> Result<usize, usize> {
@@ -72,35 +77,63 @@ impl ThreadSpans {
         };
         match entry.end {
             None => self.open.push((entry.start, entry.key)),
-            Some(end) => self.longest = self.longest.max(end.saturating_sub(entry.start)),
+            Some(end) => self.ended(entry.start, end, entry.key),
         }
         self.entries.insert(i, entry);
     }
 
+    fn ended(&mut self, start: u64, end: u64, key: SpanKey) {
+        if end.saturating_sub(start) > SHORT_NS {
+            self.long.push((start, end, key));
+        }
+    }
+
     fn removed(&mut self, e: &ThreadEntry) {
-        if e.end.is_none() {
-            self.open.retain(|o| o.1 != e.key);
+        match e.end {
+            None => self.open.retain(|o| o.1 != e.key),
+            Some(end) if end.saturating_sub(e.start) > SHORT_NS => {
+                self.long.retain(|l| l.2 != e.key)
+            }
+            Some(_) => {}
         }
     }
 
     /// Entries in progress at `t` (see [`ThreadEntry::covers`]).
     fn covering(&self, t: u64, strict: bool) -> impl Iterator<Item = &ThreadEntry> {
-        let from = t.saturating_sub(self.longest);
+        self.covering_finished(t, strict)
+            .chain(self.covering_open(t, strict))
+    }
+
+    /// The finished entries in progress at `t`.
+    fn covering_finished(&self, t: u64, strict: bool) -> impl Iterator<Item = &ThreadEntry> {
+        let from = t.saturating_sub(SHORT_NS);
         let lo = self.entries.partition_point(|e| e.start < from);
         let hi = self
             .entries
             .partition_point(|e| if strict { e.start < t } else { e.start <= t });
-        let finished = self
-            .entries
-            .range(lo..hi.max(lo))
-            .filter(move |e| e.end.is_some() && e.covers(t, strict));
-        let open = self
-            .open
+        let short = self.entries.range(lo..hi.max(lo)).filter(move |e| {
+            e.end
+                .is_some_and(|end| end.saturating_sub(e.start) <= SHORT_NS)
+                && e.covers(t, strict)
+        });
+        let long = self
+            .long
+            .iter()
+            .filter(move |&&(start, end, _)| {
+                (if strict { start < t } else { start <= t }) && t < end
+            })
+            .filter_map(move |&(start, _, key)| self.position(start, key).ok())
+            .map(move |i| &self.entries[i]);
+        short.chain(long)
+    }
+
+    /// The open entries that started before `t`.
+    fn covering_open(&self, t: u64, strict: bool) -> impl Iterator<Item = &ThreadEntry> {
+        self.open
             .iter()
             .filter(move |(start, _)| if strict { *start < t } else { *start <= t })
             .filter_map(move |&(start, key)| self.position(start, key).ok())
-            .map(move |i| &self.entries[i]);
-        finished.chain(open)
+            .map(move |i| &self.entries[i])
     }
 }
 
@@ -160,7 +193,13 @@ impl ThreadIndex {
             // oldest in-progress one, whose end is unknown: assume it ends
             // within `hold`.
             let lost_until = match t.entries.iter().position(|e| e.end.is_some()) {
-                Some(i) => t.entries.remove(i).and_then(|e| e.end).unwrap_or(clock),
+                Some(i) => {
+                    let e = t.entries.remove(i);
+                    if let Some(e) = &e {
+                        t.removed(e);
+                    }
+                    e.and_then(|e| e.end).unwrap_or(clock)
+                }
                 None => {
                     if let Some(e) = t.entries.pop_front() {
                         t.removed(&e);
@@ -183,11 +222,12 @@ impl ThreadIndex {
         let Ok(i) = t.position(start, key) else {
             return false;
         };
-        if t.entries[i].end.is_none() {
-            t.open.retain(|o| o.1 != key);
+        if t.entries[i].end.is_some() {
+            return false;
         }
+        t.open.retain(|o| o.1 != key);
         t.entries[i].end = Some(end);
-        t.longest = t.longest.max(end.saturating_sub(start));
+        t.ended(start, end, key);
         // Sorted by start: the neighbours tell.
         let next = t.entries.get(i + 1).is_some_and(|e| e.start < end);
         let same = i > 0 && t.entries[i - 1].start == start;
@@ -223,7 +263,7 @@ impl ThreadIndex {
     pub fn overlaps_ended(&self, pid: Pid, tid: Tid, t: u64) -> bool {
         self.threads
             .get(&(pid, tid))
-            .is_some_and(|s| s.covering(t, false).any(|e| e.end.is_some()))
+            .is_some_and(|s| s.covering_finished(t, false).next().is_some())
     }
 
     /// Whether `pid`/`tid` read a server request before `t` (that is still
@@ -261,6 +301,7 @@ impl ThreadIndex {
     pub fn prune(&mut self, before: u64) {
         self.threads.retain(|_, t| {
             t.entries.retain(|e| e.end.is_none_or(|end| end >= before));
+            t.long.retain(|l| l.1 >= before);
             !t.entries.is_empty() || t.lossy_until > before
         });
     }
