@@ -73,7 +73,7 @@ def main():
             rss = agent.peak_rss_kib() / 1024
             summary = agent.stop()
             anomalies = re.search(r"anomalies: (.*)", summary)
-            export = re.search(r"export: (.*)", summary)
+            export = re.search(r"^\s*export\s+(.*)$", summary, re.M)
             bad = rss > args.max_rss_mib
             failed |= bad
             print("%-14s without %8.0f req/s, with %8.0f req/s (ratio %.2f, %d requests); "
