@@ -9,113 +9,26 @@
 //! that encodes and frees it.
 //!
 //!     cargo bench -p tracer --bench encode [-- --rounds=N]
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    collections::HashMap,
-    io::Read,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
-use correlate::{AttrValue, Span};
+use correlate::Span;
 use tracer::{
     clock::Clock,
     export::{
         encode::{BatchLimits, TraceEncoder},
         resource::Resource,
     },
-    replay::{records, Replay},
 };
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-static BYTES: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(l.size() as u64, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(n as u64, Ordering::Relaxed);
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+mod common;
+use common::{allocated, arg, peak_rss, spans_with_resources, thread_cpu_ns, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// CPU time of the calling thread, ns.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// A resource like the agent's for a traced process.
-fn resource(pid: u32) -> Arc<Resource> {
-    let s = |k: &str, v: &str| (k.to_string(), AttrValue::Str(v.to_string()));
-    Arc::new(Resource::new([
-        s("host.name", "bench-host-01"),
-        s("service.name", &format!("svc-{pid}")),
-        ("process.pid".to_string(), AttrValue::Int(i64::from(pid))),
-        s("process.executable.name", "python3.11"),
-        s(
-            "process.executable.path",
-            "/usr/lib/python3.11/bin/python3.11",
-        ),
-        s(
-            "process.command_line",
-            "python3 tests/py/service.py --port 8080 --name svc",
-        ),
-        s("telemetry.sdk.name", "tracer"),
-        s("telemetry.sdk.language", "rust"),
-        s("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
-        s("telemetry.distro.name", "tracer"),
-    ]))
-}
-
 fn main() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/chain.rec.gz");
-    let mut data = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).expect("tests/data/chain.rec.gz"))
-        .read_to_end(&mut data)
-        .expect("decompressing the recording");
-    let mut spans: Vec<Span> = Vec::new();
-    let mut replay = Replay::new();
-    for r in records(&data) {
-        replay.record(r, &mut |s| spans.push(s));
-    }
-    replay.finish(&mut |s| spans.push(s));
-    assert!(!spans.is_empty(), "the recording made no spans");
-    let mut resources: HashMap<u32, Arc<Resource>> = HashMap::new();
-    let res: Vec<Arc<Resource>> = spans
-        .iter()
-        .map(|s| {
-            resources
-                .entry(s.pid.0)
-                .or_insert_with(|| resource(s.pid.0))
-                .clone()
-        })
-        .collect();
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.strip_prefix("--rounds=").and_then(|n| n.parse().ok()))
-        .unwrap_or(2_000_000 / spans.len() + 1);
+    let (spans, res, processes) = spans_with_resources();
+    let rounds = arg("rounds", 2_000_000 / spans.len() as u64 + 1) as usize;
 
     let clock = Clock::new();
     let mut enc = TraceEncoder::new(clock, BatchLimits::default());
@@ -133,8 +46,7 @@ fn main() {
     };
     // Warm-up: buffers reach their size.
     run(&mut enc, &mut 0, &mut 0);
-    let a0 = ALLOCS.load(Ordering::Relaxed);
-    let b0 = BYTES.load(Ordering::Relaxed);
+    let (a0, b0) = allocated();
     let start = Instant::now();
     let cpu0 = thread_cpu_ns();
     for _ in 0..rounds {
@@ -142,13 +54,13 @@ fn main() {
     }
     let cpu = thread_cpu_ns() - cpu0;
     let secs = start.elapsed().as_secs_f64();
-    let allocs = ALLOCS.load(Ordering::Relaxed) - a0;
-    let bytes = BYTES.load(Ordering::Relaxed) - b0;
+    let (a1, b1) = allocated();
+    let (allocs, bytes) = (a1 - a0, b1 - b0);
     let n = (spans.len() * rounds) as f64;
     println!(
         "spans: {} per round from the recording ({} processes), {rounds} rounds",
         spans.len(),
-        resources.len()
+        processes
     );
     println!(
         "encoding: {n:.0} spans in {secs:.3} s wall, {:.3} s CPU of this thread",
@@ -241,14 +153,9 @@ fn main() {
         sender as f64 / m,
         receiver as f64 / m
     );
-    let hwm = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(|l| l[6..].trim().to_string())
-        })
-        .unwrap_or_default();
-    println!("peak RSS of this process (recording and span copies included): {hwm}");
+    println!(
+        "peak RSS of this process (recording and span copies included): {}",
+        peak_rss()
+    );
     println!("target: > 1000000 spans/s per core, 0-1 allocations per span");
 }

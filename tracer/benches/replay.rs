@@ -5,51 +5,20 @@
 //! prints spans/s on one core, allocations per span and peak RSS.
 //!
 //!     cargo bench -p tracer --bench replay
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    io::Read,
-    sync::atomic::{AtomicU64, Ordering},
-    time::Instant,
-};
+use std::time::Instant;
 
 use tracer::replay::{records, Replay};
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-static BYTES: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(l.size() as u64, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(n as u64, Ordering::Relaxed);
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+mod common;
+use common::{allocated, arg, peak_rss, recording, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
 fn main() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/chain.rec.gz");
-    let mut data = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).expect("tests/data/chain.rec.gz"))
-        .read_to_end(&mut data)
-        .expect("decompressing the recording");
+    let data = recording();
     let recs: Vec<&[u8]> = records(&data).collect();
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.strip_prefix("--rounds=").and_then(|n| n.parse().ok()))
-        .unwrap_or(30);
+    let rounds = arg("rounds", 30) as usize;
 
     // Warm-up round, then timed rounds (a fresh pipeline each: the same
     // recording replayed into one would reuse its connections).
@@ -59,10 +28,7 @@ fn main() {
         recs.iter().for_each(|b| r.record(b, &mut sink));
         r.finish(&mut sink)
     };
-    let (a0, b0) = (
-        ALLOCS.load(Ordering::Relaxed),
-        BYTES.load(Ordering::Relaxed),
-    );
+    let (a0, b0) = allocated();
     let start = Instant::now();
     let mut spans = 0;
     let mut messages = 0;
@@ -78,8 +44,8 @@ fn main() {
         request_bytes += stats.request_bytes;
     }
     let secs = start.elapsed().as_secs_f64();
-    let allocs = ALLOCS.load(Ordering::Relaxed) - a0;
-    let bytes = BYTES.load(Ordering::Relaxed) - b0;
+    let (a1, b1) = allocated();
+    let (allocs, bytes) = (a1 - a0, b1 - b0);
     println!(
         "recording: {} records, {} messages, {} spans per round ({} bad records)",
         warm.records, warm.messages, warm.spans, warm.bad_records
@@ -100,15 +66,10 @@ fn main() {
         allocs as f64 / spans as f64,
         bytes as f64 / spans as f64
     );
-    let hwm = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(|l| l[6..].trim().to_string())
-        })
-        .unwrap_or_default();
-    println!("peak RSS of this process (recording included): {hwm}");
+    println!(
+        "peak RSS of this process (recording included): {}",
+        peak_rss()
+    );
     println!("target: >= 500000 spans/s per core (goal 1000000), <= 5 allocations per span");
     println!(
         "(each round is a fresh pipeline, as at an agent's start: its per-connection \
