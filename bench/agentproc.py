@@ -14,7 +14,8 @@ class Agent:
     """`tracer run --print none ARGS`, running once attached."""
 
     def __init__(self, args, exe=TRACER, env=None):
-        self.proc = subprocess.Popen([exe, "run", "--print", "none"] + args,
+        # The full summary: every counter, as an exact number (see counter()).
+        self.proc = subprocess.Popen([exe, "run", "--print", "none", "--summary", "full"] + args,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env=dict(os.environ, NO_COLOR="1", RUST_LOG="info", **(env or {})))
         self.program_ids = []
@@ -47,3 +48,33 @@ class Agent:
         err = self.proc.stderr.read()
         self.proc.wait()
         return err
+
+
+def counters(summary):
+    """(stage, name, value) of every counter in the exit summary of an agent
+    started by Agent (which prints it in full)."""
+    out = []
+    for line in summary.split("tracer: counters at exit", 1)[-1].splitlines():
+        words = line.split()
+        if len(words) < 2 or words[0] == "anomalies:" or "=" in words[0]:
+            continue
+        for kv in words[1:]:
+            k, _, v = kv.partition("=")
+            try:
+                out.append((words[0], k, int(float(v))))
+            except ValueError:
+                pass
+    return out
+
+
+def counter(summary, name):
+    """The value of counter `name` (`stage.name`, or a bare name: its first
+    stage) in such a summary; 0 when absent."""
+    stage, _, bare = name.rpartition(".")
+    return next((v for st, k, v in counters(summary) if k == bare and stage in ("", st)), 0)
+
+
+def lost(summary):
+    """Records the kernel dropped and the reader passed over, by name."""
+    return {k: v for st, k, v in counters(summary)
+            if (st == "kernel" and k.startswith("drops{")) or k in ("shed_op", "shed_segment")}

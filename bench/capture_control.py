@@ -19,33 +19,18 @@ Run as root from the repository:  bench/capture_control.py [--rounds 5]
 import argparse
 import json
 import os
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 
-from agentproc import TRACER, Agent
+from agentproc import TRACER, Agent, counter
 from bpfstats import BpfStats, format_rows, per_request
-from overhead import Nginx, wrk
+from overhead import Nginx, free_port, wrk
 
 HOOKS = ["--hooks-only", "--profile-hz", "0"]
 CAPTURE = ["--no-spans", "--profile-hz", "0"]
 SPANS = ["--profile-hz", "0"]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def counter(text, name):
-    m = re.search(r"\b%s=(\d+)" % name, text)
-    return int(m.group(1)) if m else 0
 
 
 def rotate(items, r):

@@ -19,7 +19,7 @@ import shlex
 import statistics
 import sys
 
-from agentproc import TRACER, Agent
+from agentproc import TRACER, Agent, lost
 from bpfstats import BpfStats, format_rows, per_request
 from overhead import Nginx, wrk
 
@@ -73,12 +73,9 @@ def main():
                 res[name].append((rps, ns, rows))
                 print("round %d %-8s %8.0f req/s  kernel %6.0f ns/req  %s" % (
                     r + 1, name, rps, ns, format_rows(rows)), flush=True)
-                drops = [l for l in err.splitlines() if "counters" in l]
-                if drops and "ring_full" in drops[0]:
-                    import re
-                    d = re.findall(r"(ring_full_\w+=\d+|lost_\w+=\d+)", drops[0])
-                    if any(not x.endswith("=0") for x in d):
-                        print("   drops:", " ".join(d))
+                d = {k: v for k, v in lost(err).items() if v}
+                if d:
+                    print("   lost:", " ".join("%s=%d" % kv for kv in d.items()))
     finally:
         nginx.stop()
         stats.close()

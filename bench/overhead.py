@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 
-from agentproc import ROOT, TRACER, Agent
+from agentproc import ROOT, TRACER, Agent, lost
 from bpfstats import BpfStats, format_rows, per_request
 
 
@@ -48,7 +48,7 @@ def wait_port(port, timeout=10):
             return
         except OSError:
             time.sleep(0.05)
-    raise SystemExit("nginx did not start on port %d" % port)
+    raise SystemExit("nothing listens on port %d" % port)
 
 
 class Nginx:
@@ -172,10 +172,8 @@ def run_server_bench(workers, pairs, seconds, conns, conditions):
                 rss = agent.peak_rss_kib() if agent else 0
                 if agent:
                     err = agent.stop()
-                    counters = err[err.find("tracer: counters"):] if "tracer: counters" in err else ""
                     if name != "hooks-only":
-                        d = sum(int(x) for x in re.findall(r"ring_full_\w+}?=(\d+)", counters))
-                        drops.append(d)
+                        drops.append(sum(lost(err).values()))
                 results[name].append({"rps": rps, "total": total, "p99": p99, "cpu": cpu, "rss": rss,
                                       "kns": kns, "krows": krows})
                 print("  workers=%s round %d %-10s %9.0f req/s  p99 %7.2f ms  kernel %5.0f ns/req  %s" % (
@@ -202,7 +200,7 @@ def run_server_bench(workers, pairs, seconds, conns, conditions):
         for name in present if "hooks-only" in results else []:
             rel = [f["rps"] / h["rps"] for f, h in zip(results[name], results["hooks-only"])]
             print("%s / hooks-only floor: %.3f (median of rounds)" % (name, statistics.median(rel)))
-        print("ring-buffer drops in capture and traces runs: %s" % drops)
+        print("records lost (kernel drops and records passed over) in capture and traces runs: %s" % drops)
     finally:
         stats.close()
         sink.stop()

@@ -16,9 +16,7 @@ anomalies it reported. Exits 1 when a peak RSS is above --max-rss-mib
     sudo bench/overload.py [--seconds 10] [--max-rss-mib 128]
 """
 import argparse
-import os
 import re
-import socket
 import subprocess
 import sys
 

@@ -16,12 +16,11 @@ Run as root from the repository:  bench/storm.py [--rounds 3] [--seconds 10]
 """
 import argparse
 import os
-import re
 import shutil
 import statistics
 import sys
 
-from agentproc import TRACER, Agent
+from agentproc import TRACER, Agent, counter
 from bpfstats import BpfStats, format_rows, per_request
 from overhead import Nginx, OtlpSink, wrk
 
@@ -33,13 +32,8 @@ CONDITIONS = [
 
 # Records lost in the kernel (lane full) per kind, and passed over unread by
 # the agent while it was behind (shed_*).
-KINDS = ["ring_full_conn", "ring_full_op", "ring_full_segment", "ring_full_totals", "nested_too_deep",
-         "shed_op", "shed_segment"]
-
-
-def counter(text, name):
-    m = re.search(r"\b%s=(\d+)" % name, text)
-    return int(m.group(1)) if m else 0
+KINDS = ["drops{ring_full_conn}", "drops{ring_full_op}", "drops{ring_full_segment}",
+         "drops{ring_full_totals}", "drops{nested_too_deep}", "shed_op", "shed_segment"]
 
 
 def main():
@@ -89,7 +83,7 @@ def main():
                     row["spans"] = counter(line, "spans_emitted")
                     row["exported"] = counter(line, "exported")
                     row["kns"], row["krows"] = per_request(stats.diff(bpf0, bpf1), total)
-                    lost_conn += row["lost"]["ring_full_conn"]
+                    lost_conn += row["lost"]["drops{ring_full_conn}"]
                     print("  round %d %-8s %8.0f conn/s  lost %s  RSS %.1f MiB  kernel %.0f ns/conn  %s" % (
                         r + 1, name, rps, " ".join("%s=%d" % kv for kv in row["lost"].items()),
                         row["rss"] / 1024, row["kns"], format_rows(row["krows"])), flush=True)

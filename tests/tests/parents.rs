@@ -192,6 +192,22 @@ fn links(spans: &[Value], prefix: &str, key: Key, roles: &[(&str, &str)]) -> Lin
     out
 }
 
+/// The received spans, the backend's keyed back to the request that caused
+/// them: a service forwards `/X` to its backend as `/down/X`.
+fn keyed_by_request(receiver: &Receiver) -> Vec<Value> {
+    receiver
+        .spans()
+        .into_iter()
+        .map(|mut s| {
+            let p = attr(&s, "url.path");
+            if let Some(rest) = p.strip_prefix("/down") {
+                s["attributes"]["url.path"] = Value::String(rest.to_string());
+            }
+            s
+        })
+        .collect()
+}
+
 fn debug(out: &AgentOutput) {
     if std::env::var_os("TRACE_DEBUG").is_some() {
         eprintln!("{}", out.stderr);
@@ -402,18 +418,7 @@ fn thread_per_request_chain_links_under_16_concurrent_clients() {
     });
     let out = agent.stop(SETTLE);
     debug(&out);
-    // B's spans carry A's prefixed path: key them back to the request.
-    let spans: Vec<Value> = receiver
-        .spans()
-        .into_iter()
-        .map(|mut s| {
-            let p = attr(&s, "url.path");
-            if let Some(rest) = p.strip_prefix("/down") {
-                s["attributes"]["url.path"] = Value::String(rest.to_string());
-            }
-            s
-        })
-        .collect();
+    let spans = keyed_by_request(&receiver);
     let roles = [
         ("curl", "CLIENT"),
         ("tpr-a", "SERVER"),
@@ -641,17 +646,7 @@ fn async_calls(
     });
     let out = agent.stop(SETTLE);
     debug(&out);
-    let spans: Vec<Value> = receiver
-        .spans()
-        .into_iter()
-        .map(|mut s| {
-            let p = attr(&s, "url.path");
-            if let Some(rest) = p.strip_prefix("/down") {
-                s["attributes"]["url.path"] = Value::String(rest.to_string());
-            }
-            s
-        })
-        .collect();
+    let spans = keyed_by_request(&receiver);
     let roles = [
         ("curl", "CLIENT"),
         (service, "SERVER"),
