@@ -420,32 +420,33 @@ fn java_class(class: &str, class_path: Option<&str>, cwd: Option<&str>) -> Optio
 }
 
 fn ruby(args: &[String], cwd: Option<&str>) -> Option<String> {
-    let mut i = 0;
-    while let Some(a) = args.get(i) {
-        if !a.starts_with('-') || a == "-" {
-            break;
-        }
-        if a == "--" {
-            i += 1;
-            break;
-        }
-        i += match a.as_str() {
-            "-e" => return None,
-            "-I"
-            | "-r"
-            | "-C"
-            | "-E"
-            | "--encoding"
-            | "--external-encoding"
-            | "--internal-encoding" => 2,
-            a if takes_value(a, &[]) => 2,
-            _ => 1,
-        };
-    }
-    script_arg(args.get(i)?, cwd)
+    const VALUE_OPTIONS: [&str; 7] = [
+        "-I",
+        "-r",
+        "-C",
+        "-E",
+        "--encoding",
+        "--external-encoding",
+        "--internal-encoding",
+    ];
+    interpreter_script(args, cwd, &VALUE_OPTIONS, |a| a == "-e")
 }
 
 fn perl(args: &[String], cwd: Option<&str>) -> Option<String> {
+    interpreter_script(args, cwd, &["-I", "-M", "-m"], |a| {
+        a.starts_with("-e") || a.starts_with("-E")
+    })
+}
+
+/// The script of an interpreter started as `INTERPRETER [OPTIONS] SCRIPT`:
+/// options in `value_options` take the next argument; none when an option
+/// says the program is on the command line (`evaluates`).
+fn interpreter_script(
+    args: &[String],
+    cwd: Option<&str>,
+    value_options: &[&str],
+    evaluates: impl Fn(&str) -> bool,
+) -> Option<String> {
     let mut i = 0;
     while let Some(a) = args.get(i) {
         if !a.starts_with('-') || a == "-" {
@@ -455,14 +456,10 @@ fn perl(args: &[String], cwd: Option<&str>) -> Option<String> {
             i += 1;
             break;
         }
-        if a.starts_with("-e") || a.starts_with("-E") {
+        if evaluates(a) {
             return None;
         }
-        i += if takes_value(a, &["-I", "-M", "-m"]) {
-            2
-        } else {
-            1
-        };
+        i += if takes_value(a, value_options) { 2 } else { 1 };
     }
     script_arg(args.get(i)?, cwd)
 }
