@@ -8,29 +8,10 @@ use super::head::{self, HeadError, Line, ParsedHead};
 use super::{
     BodyFraming, Http1Config, Http1Counters, MessageEnd, MessageInfo, MessageRef, RequestKind, Role,
 };
-use crate::stream::{Chunk, MissingKind, OpMeta, Piece};
+use crate::stream::{Chunk, MissingKind, Part, Piece, Pos};
 
 /// Smallest accepted `max_head_bytes`.
 const MIN_HEAD: usize = 64;
-
-/// Where a byte lies and which chunk brought it.
-#[derive(Debug, Clone, Copy, Default)]
-struct Pos {
-    offset: u64,
-    seq: u32,
-    op: Option<OpMeta>,
-    seg_ts: Option<u64>,
-}
-
-impl Pos {
-    fn advance(self, n: u64) -> Pos {
-        Pos {
-            offset: self.offset + n,
-            seq: self.seq.wrapping_add(n as u32),
-            ..self
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -240,45 +221,10 @@ impl Http1Parser {
     /// stream order: a chunk starting after the previous one's end counts
     /// the gap as a hole; bytes already fed are ignored.
     pub fn feed(&mut self, chunk: &Chunk<'_>, out: &mut impl FnMut(MessageRef<'_>)) {
-        let mut pos = Pos {
-            offset: chunk.offset,
-            seq: chunk.seq,
-            op: chunk.op,
-            seg_ts: chunk.seg_ts_ns,
-        };
-        let mut skip = 0u64;
-        if let Some(expected) = self.next_offset {
-            if chunk.offset > expected {
-                let gap = chunk.offset - expected;
-                let at = Pos {
-                    offset: expected,
-                    seq: chunk.seq.wrapping_sub(gap as u32),
-                    op: None,
-                    seg_ts: None,
-                };
-                self.on_missing(gap, at, out);
-            } else {
-                skip = expected - chunk.offset;
-            }
-        }
-        for p in chunk.pieces {
-            let len = u64::from(p.len());
-            if skip >= len {
-                skip -= len;
-                pos = pos.advance(len);
-                continue;
-            }
-            match p {
-                Piece::Data(d) => {
-                    let d = d.get(skip as usize..).unwrap_or_default();
-                    self.on_data(d, pos.advance(skip), out);
-                }
-                Piece::Missing { .. } => self.on_missing(len - skip, pos.advance(skip), out),
-            }
-            skip = 0;
-            pos = pos.advance(len);
-        }
-        let end = self.next_offset.map_or(pos.offset, |e| e.max(pos.offset));
+        let end = chunk.walk(self.next_offset, |part, at| match part {
+            Part::Data(d) => self.on_data(d, at, out),
+            Part::Missing(n, _) => self.on_missing(n, at, out),
+        });
         self.next_offset = Some(end);
     }
 

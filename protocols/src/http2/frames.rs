@@ -2,7 +2,7 @@
 //! block reassembly, and frame resynchronisation after a loss.
 
 use crate::hpack::Unknown;
-use crate::stream::{Chunk, MissingKind, OpMeta, Piece};
+use crate::stream::{Chunk, MissingKind, Part, Pos};
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -23,34 +23,6 @@ const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY_FLAG: u8 = 0x20;
-
-/// Where a byte lies and which chunk brought it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Pos {
-    pub offset: u64,
-    pub seq: u32,
-    pub op: Option<OpMeta>,
-    pub seg_ts: Option<u64>,
-}
-
-impl Pos {
-    pub fn advance(self, n: u64) -> Pos {
-        Pos {
-            offset: self.offset + n,
-            seq: self.seq.wrapping_add(n as u32),
-            ..self
-        }
-    }
-
-    /// The position `n` bytes earlier, in the same call.
-    pub fn back(self, n: u64) -> Pos {
-        Pos {
-            offset: self.offset.saturating_sub(n),
-            seq: self.seq.wrapping_sub(n as u32),
-            ..self
-        }
-    }
-}
 
 /// A frame head (RFC 9113 §4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,50 +342,19 @@ impl FrameReader {
     /// Feeds a chunk in stream order (a gap counts as a hole; bytes
     /// already fed are ignored).
     pub fn feed(&mut self, chunk: &Chunk<'_>, out: &mut impl FnMut(Event<'_>) -> Verdict) {
-        let mut pos = Pos {
-            offset: chunk.offset,
-            seq: chunk.seq,
-            op: chunk.op,
-            seg_ts: chunk.seg_ts_ns,
-        };
-        let mut skip = 0u64;
-        if let Some(expected) = self.next_offset {
-            if chunk.offset > expected {
-                let gap = chunk.offset - expected;
-                let at = pos.back(gap);
-                self.on_missing(gap, Unknown::Hole, at, out);
-            } else {
-                skip = expected - chunk.offset;
+        let end = chunk.walk(self.next_offset, |part, at| match part {
+            Part::Data(d) => self.on_data(d, at, out),
+            Part::Missing(n, why) => {
+                let why = match why {
+                    MissingKind::Hole => Unknown::Hole,
+                    // A skipped range is known in length but its bytes
+                    // were not captured: inside a DATA payload that is
+                    // harmless, elsewhere it costs what a cut prefix costs.
+                    MissingKind::Truncated | MissingKind::Skipped => Unknown::Truncated,
+                };
+                self.on_missing(n, why, at, out);
             }
-        }
-        for p in chunk.pieces {
-            let len = u64::from(p.len());
-            if skip >= len {
-                skip -= len;
-                pos = pos.advance(len);
-                continue;
-            }
-            let at = pos.advance(skip);
-            match p {
-                Piece::Data(d) => {
-                    let d = d.get(skip as usize..).unwrap_or_default();
-                    self.on_data(d, at, out);
-                }
-                Piece::Missing { why, .. } => {
-                    let why = match why {
-                        // A skipped range is known in length but its bytes were
-                        // not captured: inside a DATA payload that is harmless,
-                        // elsewhere it costs what a cut prefix costs.
-                        MissingKind::Truncated | MissingKind::Skipped => Unknown::Truncated,
-                        MissingKind::Hole => Unknown::Hole,
-                    };
-                    self.on_missing(len - skip, why, at, out);
-                }
-            }
-            skip = 0;
-            pos = pos.advance(len);
-        }
-        let end = self.next_offset.map_or(pos.offset, |e| e.max(pos.offset));
+        });
         self.next_offset = Some(end);
     }
 

@@ -46,8 +46,8 @@ mod frames;
 mod tests;
 
 use crate::hpack::{BlockEnd, HeaderList, HpackConfig, HpackCounters, HpackDecoder, Unknown};
-use crate::stream::{Chunk, OpMeta};
-use frames::{Event, FrameReader, Pos, Verdict};
+use crate::stream::{Chunk, OpMeta, Pos};
+use frames::{Event, FrameReader, Verdict};
 pub use frames::{FrameCounters, PREFACE};
 
 /// Frame type numbers the seam's detection needs.

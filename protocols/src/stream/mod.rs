@@ -129,6 +129,96 @@ pub struct Chunk<'a> {
     pub pieces: &'a [Piece<'a>],
 }
 
+/// Where a byte of the stream lies, as a consumer of chunks sees it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pos {
+    /// Stream offset (as in [`Chunk::offset`]).
+    pub offset: u64,
+    /// TCP sequence number.
+    pub seq: u32,
+    /// The call that moved the byte, when known.
+    pub op: Option<OpMeta>,
+    /// Timestamp of the segment of the chunk's first covered byte.
+    pub seg_ts: Option<u64>,
+}
+
+impl Pos {
+    /// The position `n` bytes later, in the same call.
+    pub fn advance(self, n: u64) -> Pos {
+        Pos {
+            offset: self.offset + n,
+            seq: self.seq.wrapping_add(n as u32),
+            ..self
+        }
+    }
+
+    /// The position `n` bytes earlier, in the same call.
+    pub fn back(self, n: u64) -> Pos {
+        Pos {
+            offset: self.offset.saturating_sub(n),
+            seq: self.seq.wrapping_sub(n as u32),
+            ..self
+        }
+    }
+}
+
+/// A part of a chunk handed to a consumer by [`Chunk::walk`].
+#[derive(Debug, Clone, Copy)]
+pub enum Part<'a> {
+    /// Captured bytes.
+    Data(&'a [u8]),
+    /// Bytes of the stream not captured, and why (a gap before the chunk
+    /// is a [`MissingKind::Hole`]).
+    Missing(u64, MissingKind),
+}
+
+impl<'a> Chunk<'a> {
+    /// Walks the chunk for a consumer that fed the stream up to offset
+    /// `fed` (`None`: nothing yet): first the gap between `fed` and the
+    /// chunk (a hole, in no call), then the chunk's pieces without the bytes
+    /// already fed, each with its position. Returns the new end of what was
+    /// fed. Chunks come in stream order; a chunk that overlaps what was fed
+    /// (a forced delivery, then the rest) is fed only past it.
+    pub fn walk(&self, fed: Option<u64>, mut f: impl FnMut(Part<'a>, Pos)) -> u64 {
+        let mut pos = Pos {
+            offset: self.offset,
+            seq: self.seq,
+            op: self.op,
+            seg_ts: self.seg_ts_ns,
+        };
+        let mut skip = 0u64;
+        if let Some(expected) = fed {
+            if self.offset > expected {
+                let gap = self.offset - expected;
+                let at = Pos {
+                    op: None,
+                    seg_ts: None,
+                    ..pos.back(gap)
+                };
+                f(Part::Missing(gap, MissingKind::Hole), at);
+            } else {
+                skip = expected - self.offset;
+            }
+        }
+        for p in self.pieces {
+            let len = u64::from(p.len());
+            if skip >= len {
+                skip -= len;
+                pos = pos.advance(len);
+                continue;
+            }
+            let at = pos.advance(skip);
+            match *p {
+                Piece::Data(d) => f(Part::Data(d.get(skip as usize..).unwrap_or_default()), at),
+                Piece::Missing { why, .. } => f(Part::Missing(len - skip, why), at),
+            }
+            skip = 0;
+            pos = pos.advance(len);
+        }
+        fed.map_or(pos.offset, |e| e.max(pos.offset))
+    }
+}
+
 impl Chunk<'_> {
     /// Number of bytes of the given kind of missing range.
     pub fn missing(&self, why: MissingKind) -> u64 {
