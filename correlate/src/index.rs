@@ -52,7 +52,8 @@ struct ThreadSpans {
     entries: VecDeque<ThreadEntry>,
     /// (start, key) of the entries without an end.
     open: Vec<(u64, SpanKey)>,
-    /// (start, end, key) of the finished entries longer than `SHORT_NS`.
+    /// (start, end, key) of the finished entries longer than `SHORT_NS`,
+    /// sorted by end: those that cover a recent instant are at the back.
     long: Vec<(u64, u64, SpanKey)>,
     lossy_until: u64,
 }
@@ -84,7 +85,8 @@ impl ThreadSpans {
 
     fn ended(&mut self, start: u64, end: u64, key: SpanKey) {
         if end.saturating_sub(start) > SHORT_NS {
-            self.long.push((start, end, key));
+            let i = self.long.partition_point(|l| l.1 <= end);
+            self.long.insert(i, (start, end, key));
         }
     }
 
@@ -116,8 +118,8 @@ impl ThreadSpans {
                 .is_some_and(|end| end.saturating_sub(e.start) <= SHORT_NS)
                 && e.covers(t, strict)
         });
-        let long = self
-            .long
+        let ended_after = self.long.partition_point(|l| l.1 <= t);
+        let long = self.long[ended_after..]
             .iter()
             .filter(move |&&(start, end, _)| {
                 (if strict { start < t } else { start <= t }) && t < end
@@ -301,7 +303,8 @@ impl ThreadIndex {
     pub fn prune(&mut self, before: u64) {
         self.threads.retain(|_, t| {
             t.entries.retain(|e| e.end.is_none_or(|end| end >= before));
-            t.long.retain(|l| l.1 >= before);
+            let gone = t.long.partition_point(|l| l.1 < before);
+            t.long.drain(..gone);
             !t.entries.is_empty() || t.lossy_until > before
         });
     }
