@@ -88,7 +88,7 @@ pub struct Held {
 }
 
 /// Why no room was found.
-pub enum NoRoom {
+enum NoRoom {
     /// The lane is full (the reader is behind): the record is lost.
     Full,
     /// Nested deeper than the lanes go, or no lane for this CPU (counted).
@@ -99,6 +99,33 @@ pub enum NoRoom {
 fn leave(nest: *mut u64) {
     // SAFETY: this CPU's counter, a valid per-CPU map value.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(nest, u64::MAX) };
+}
+
+/// Room for a call record (see [`try_reserve_op`]); a full lane counts
+/// the record as lost under `full`.
+#[inline(always)]
+pub fn reserve_op<const MAX: usize>(full: DropReason) -> Option<Held> {
+    counted(try_reserve_op::<MAX>(), full)
+}
+
+/// Room for a packet or connection record (see [`try_reserve_packet`]); a
+/// full lane counts the record as lost under `full`.
+#[inline(always)]
+pub fn reserve_packet<const MAX: usize>(data: bool, full: DropReason) -> Option<Held> {
+    counted(try_reserve_packet::<MAX>(data), full)
+}
+
+#[inline(always)]
+fn counted(r: Result<Held, NoRoom>, full: DropReason) -> Option<Held> {
+    match r {
+        Ok(h) => Some(h),
+        Err(NoRoom::Full) => {
+            count_drop(full);
+            None
+        }
+        // Counted where it happened, when it is a loss.
+        Err(NoRoom::NoLane) => None,
+    }
 }
 
 /// Finds room for a call record (at most `MAX` bytes): in this CPU's packet
@@ -112,7 +139,7 @@ fn leave(nest: *mut u64) {
 /// program that interrupts this one either finishes before this one takes
 /// the packet lane, or sees it taken and goes to a nested lane.
 #[inline(always)]
-pub fn reserve_op<const MAX: usize>() -> Result<Held, NoRoom> {
+fn try_reserve_op<const MAX: usize>() -> Result<Held, NoRoom> {
     let nest = NEST.get_ptr_mut(0).ok_or(NoRoom::NoLane)?;
     // SAFETY: helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
@@ -175,7 +202,7 @@ pub fn reserve_op<const MAX: usize>() -> Result<Held, NoRoom> {
 /// quarter of a lane free; connection records may use it, so that a flood
 /// of payload the agent cannot keep up with never crowds them out.
 #[inline(always)]
-pub fn reserve_packet<const MAX: usize>(data: bool) -> Result<Held, NoRoom> {
+fn try_reserve_packet<const MAX: usize>(data: bool) -> Result<Held, NoRoom> {
     let nest = NEST.get_ptr_mut(0).ok_or(NoRoom::NoLane)?;
     // SAFETY: this CPU's counter. An atomic add: a program that interrupts
     // this one (or, on a preemptible kernel, preempts it) between a load and

@@ -3,7 +3,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_get_socket_cookie, bpf_ktime_get_ns,
         generated::{bpf_skb_load_bytes, bpf_skc_to_tcp_sock},
     },
     macros::cgroup_skb,
@@ -16,12 +16,11 @@ use tracer_common::{
 };
 
 use crate::{
-    add_stat, count_drop, field, global,
-    lane::{self, NoRoom},
+    add_stat, count_drop, field, global, lane,
     records::Seg,
     sock::note_transmit,
     state::{self, SockState},
-    AGENT_PID, ENABLED, HEAD_MAX, OFF_CLOCK, OFF_COOKIE, SNAP_LEN,
+    ENABLED, HEAD_MAX, OFF_CLOCK, OFF_COOKIE, SNAP_LEN,
 };
 
 const IPPROTO_TCP: u8 = 6;
@@ -219,14 +218,12 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
     // The agent's own traffic (OTLP and profile exports) is not copied, so
     // that a local collector never sees those bytes parsed into spans of
     // its own, which would be exported in turn, forever. The current task
-    // alone does not say whose packet this is: egress also runs in softirq
-    // (data Nagle held until an ACK, retransmits), in whatever task it
-    // interrupted, often the agent's. So the socket decides: the agent's
-    // own are marked when it connects (see sock.rs).
-    if dir == Dir::Send
-        && (bpf_get_current_pid_tgid() >> 32) as u32 == global(&AGENT_PID)
-        && state::is_agent(tp as *mut c_void)
-    {
+    // does not say whose packet this is: egress also runs in softirq (data
+    // Nagle held until an ACK, data past the congestion window,
+    // retransmits), in whatever task it interrupted. So the socket decides:
+    // the agent's own are marked when it connects (see sock.rs); a socket
+    // without storage (most) costs one load to rule out.
+    if dir == Dir::Send && state::is_agent(tp as *mut c_void) {
         return Ok(());
     }
     // Ports in network order in the first word of the TCP header.
@@ -297,13 +294,8 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
         }
     }
 
-    let held = match lane::reserve_packet::<MAX_FRAME>(true) {
-        Ok(h) => h,
-        Err(NoRoom::Full) => {
-            count_drop(DropReason::RingFullSegment);
-            return Ok(());
-        }
-        Err(NoRoom::NoLane) => return Ok(()),
+    let Some(held) = lane::reserve_packet::<MAX_FRAME>(true, DropReason::RingFullSegment) else {
+        return Ok(());
     };
     let rec = held.record();
     // SAFETY: the payload room of the held frame (MAX_HEAD bytes).

@@ -20,11 +20,9 @@ use crate::{
 };
 
 use crate::{
-    add_stat, count_drop, field, global,
-    lane::{self, NoRoom},
-    AGENT_PID, ENABLED, OFF_CLOCK, OFF_COOKIE, OFF_COPIED_SEQ, OFF_DADDR, OFF_DPORT, OFF_FAMILY,
-    OFF_NUM, OFF_RCV_SADDR, OFF_TASK_COMM, OFF_TASK_PID, OFF_TASK_TGID, OFF_V6_DADDR,
-    OFF_V6_RCV_SADDR, OFF_WRITE_SEQ,
+    add_stat, count_drop, field, global, lane, AGENT_PID, ENABLED, OFF_CLOCK, OFF_COOKIE,
+    OFF_COPIED_SEQ, OFF_DADDR, OFF_DPORT, OFF_FAMILY, OFF_NUM, OFF_RCV_SADDR, OFF_TASK_COMM,
+    OFF_TASK_PID, OFF_TASK_TGID, OFF_V6_DADDR, OFF_V6_RCV_SADDR, OFF_WRITE_SEQ,
 };
 
 const MSG_PEEK: i32 = 2;
@@ -114,13 +112,8 @@ fn on_sock_op(ctx: &BtfTracePointContext, dir: Dir) {
     let comm_off = global(&OFF_TASK_COMM);
     // SAFETY: the current task, a typed pointer; comm is 16 bytes.
     let comm: [u64; 2] = unsafe { [field(task, comm_off), field(task, comm_off + 8)] };
-    let held = match lane::reserve_op::<OP_FRAME>() {
-        Ok(h) => h,
-        Err(NoRoom::Full) => {
-            count_drop(DropReason::RingFullOp);
-            return;
-        }
-        Err(NoRoom::NoLane) => return,
+    let Some(held) = lane::reserve_op::<OP_FRAME>(DropReason::RingFullOp) else {
+        return;
     };
     // The time the call returned. TCP refreshes the socket's clock
     // (`tcp_clock_cache`, CLOCK_MONOTONIC ns, what bpf_ktime_get_ns reads,
@@ -248,13 +241,8 @@ fn on_state(ctx: &BtfTracePointContext) {
         return;
     };
     let cookie = cookie_of(sk);
-    let held = match lane::reserve_packet::<STATE_FRAME>(false) {
-        Ok(h) => h,
-        Err(NoRoom::Full) => {
-            count_drop(DropReason::RingFullConn);
-            return;
-        }
-        Err(NoRoom::NoLane) => return,
+    let Some(held) = lane::reserve_packet::<STATE_FRAME>(false, DropReason::RingFullConn) else {
+        return;
     };
     let rec = State {
         family: fam,
@@ -290,13 +278,8 @@ fn totals(sk: *mut c_void, cookie: u64) {
     if s.silenced_calls == [0, 0] && s.uncopied == [0, 0] {
         return;
     }
-    let held = match lane::reserve_packet::<TOTALS_FRAME>(false) {
-        Ok(h) => h,
-        Err(NoRoom::Full) => {
-            count_drop(DropReason::RingFullTotals);
-            return;
-        }
-        Err(NoRoom::NoLane) => return,
+    let Some(held) = lane::reserve_packet::<TOTALS_FRAME>(false, DropReason::RingFullTotals) else {
+        return;
     };
     let rec = Totals {
         silence: s.ctl.silence,
