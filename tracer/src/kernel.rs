@@ -66,16 +66,16 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 #[derive(Debug, Error)]
 pub enum KernelError {
     /// A struct offset the programs need is not in this kernel's BTF.
-    #[error("kernel layout: {0}")]
+    #[error("kernel layout")]
     Layout(#[from] BtfError),
     /// aya could not read the kernel's BTF.
-    #[error("reading kernel BTF for loading: {0}")]
+    #[error("reading kernel BTF for loading")]
     Btf(#[from] aya::BtfError),
     /// Creating maps or relocating the object failed.
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object")]
     Load(#[from] aya::EbpfError),
     /// A program failed to load or attach (the verifier log is in here).
-    #[error("{step} {program}: {source}")]
+    #[error("{step} {program}")]
     Program {
         /// "loading" or "attaching".
         step: &'static str,
@@ -88,13 +88,13 @@ pub enum KernelError {
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
     /// A map has an unexpected type.
-    #[error("map {0}: {1}")]
-    Map(&'static str, aya::maps::MapError),
+    #[error("map {0}")]
+    Map(&'static str, #[source] aya::maps::MapError),
     /// The CPUs could not be listed (for the sampling program).
-    #[error("listing CPUs ({0}): {1}")]
-    Cpus(&'static str, std::io::Error),
+    #[error("listing CPUs ({0})")]
+    Cpus(&'static str, #[source] std::io::Error),
     /// Sampling could not be attached to any CPU.
-    #[error("attaching {program} to the cpu-clock of any CPU: {source}")]
+    #[error("attaching {program} to the cpu-clock of any CPU")]
     NoCpuAttached {
         /// Program name.
         program: &'static str,
@@ -102,10 +102,10 @@ pub enum KernelError {
         source: ProgramError,
     },
     /// Mapping the lanes into the agent failed.
-    #[error("mapping the capture lanes: {0}")]
-    Mmap(std::io::Error),
+    #[error("mapping the capture lanes")]
+    Mmap(#[source] std::io::Error),
     /// Opening the cgroup failed.
-    #[error("opening cgroup {path}: {source}")]
+    #[error("opening cgroup {path}")]
     Cgroup {
         /// The cgroup v2 root.
         path: String,
