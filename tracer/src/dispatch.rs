@@ -329,11 +329,6 @@ impl<O: SpanOut> Dispatcher<O> {
         &mut self.stages
     }
 
-    /// Takes the stages out (shutdown).
-    pub fn into_parts(self) -> (Stages<O>, Conns, ReaderCounters) {
-        (self.stages, self.conns, self.reader)
-    }
-
     /// The connection table.
     pub fn conns(&self) -> &Conns {
         &self.conns

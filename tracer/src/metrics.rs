@@ -563,17 +563,6 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The value of `stage`'s `name` (summed over labels), if reported.
-    pub fn get(&self, stage: Stage, name: &str) -> Option<f64> {
-        let mut found = None;
-        for m in &self.metrics {
-            if m.stage == stage && m.name == name {
-                *found.get_or_insert(0.0) += m.value;
-            }
-        }
-        found
-    }
-
     /// The Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
         let mut registry = Registry::with_prefix("tracer");
