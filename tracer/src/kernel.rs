@@ -219,6 +219,33 @@ pub struct Kernel {
     layout: LaneLayout,
 }
 
+/// Takes map `name` out of the object as a `T`.
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
+    T::try_from(map).map_err(|e| KernelError::Map(name, e))
+}
+
+/// Every key of `keys` with its counter (at `index(key)`) summed over CPUs
+/// (0 when it cannot be read).
+fn per_cpu_sums<K: Copy>(
+    map: &PerCpuArray<MapData, u64>,
+    keys: &[K],
+    index: fn(K) -> u32,
+) -> Vec<(K, u64)> {
+    keys.iter()
+        .map(|&k| {
+            let n = map
+                .get(&index(k), 0)
+                .map(|v| v.iter().sum::<u64>())
+                .unwrap_or(0);
+            (k, n)
+        })
+        .collect()
+}
+
 fn program_err(
     step: &'static str,
     program: &'static str,
@@ -345,14 +372,8 @@ impl Kernel {
             Some(hz) => attach_sampling(&mut ebpf, hz)?,
             None => Vec::new(),
         };
-        let drops = ebpf
-            .take_map(MAP_DROPS)
-            .ok_or(KernelError::MissingMap(MAP_DROPS))?;
-        let drops = PerCpuArray::try_from(drops).map_err(|e| KernelError::Map(MAP_DROPS, e))?;
-        let stats = ebpf
-            .take_map(MAP_STATS)
-            .ok_or(KernelError::MissingMap(MAP_STATS))?;
-        let stats = PerCpuArray::try_from(stats).map_err(|e| KernelError::Map(MAP_STATS, e))?;
+        let drops = take(&mut ebpf, MAP_DROPS)?;
+        let stats = take(&mut ebpf, MAP_STATS)?;
         drop(aya_btf);
         release_freed_memory();
         Ok(Kernel {
@@ -379,34 +400,18 @@ impl Kernel {
                 _ => Err(KernelError::MissingMap(name)),
             }
         };
-        let ring = |ebpf: &mut Ebpf, name: &'static str| {
-            let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
-            RingBuf::try_from(map).map_err(|e| KernelError::Map(name, e))
-        };
         let lanes = data(&mut self.ebpf, MAP_LANES)?;
         let nested = data(&mut self.ebpf, MAP_NESTED)?;
         let ctl = data(&mut self.ebpf, MAP_LANE_CTL)?;
-        let samples = ring(&mut self.ebpf, MAP_EVENTS)?;
+        let samples: RingBuf<MapData> = take(&mut self.ebpf, MAP_EVENTS)?;
         Events::new(self.layout, lanes, nested, ctl, samples).map_err(KernelError::Mmap)
     }
 
     /// Takes the writer of per-socket requests (once).
     pub fn take_ctl(&mut self) -> Result<SockCtlMap, KernelError> {
-        let map = self
-            .ebpf
-            .take_map(MAP_SOCK_CTL)
-            .ok_or(KernelError::MissingMap(MAP_SOCK_CTL))?;
-        let map =
-            aya::maps::HashMap::try_from(map).map_err(|e| KernelError::Map(MAP_SOCK_CTL, e))?;
-        let state = self
-            .ebpf
-            .take_map(MAP_CTL_STATE)
-            .ok_or(KernelError::MissingMap(MAP_CTL_STATE))?;
-        let state =
-            aya::maps::Array::try_from(state).map_err(|e| KernelError::Map(MAP_CTL_STATE, e))?;
         Ok(SockCtlMap {
-            map,
-            state,
+            map: take(&mut self.ebpf, MAP_SOCK_CTL)?,
+            state: take(&mut self.ebpf, MAP_CTL_STATE)?,
             gen: 0,
             errors: 0,
         })
@@ -415,32 +420,12 @@ impl Kernel {
     /// What the programs counted instead of emitting records, summed over
     /// CPUs.
     pub fn stats(&self) -> Vec<(KernelStat, u64)> {
-        KernelStat::ALL
-            .iter()
-            .map(|&r| {
-                let n = self
-                    .stats
-                    .get(&(r as u32), 0)
-                    .map(|v| v.iter().sum::<u64>())
-                    .unwrap_or(0);
-                (r, n)
-            })
-            .collect()
+        per_cpu_sums(&self.stats, &KernelStat::ALL, |s| s as u32)
     }
 
     /// Kernel-side drops so far, per reason, summed over CPUs.
     pub fn drops(&self) -> Vec<(DropReason, u64)> {
-        DropReason::ALL
-            .iter()
-            .map(|&r| {
-                let n = self
-                    .drops
-                    .get(&(r as u32), 0)
-                    .map(|v| v.iter().sum::<u64>())
-                    .unwrap_or(0);
-                (r, n)
-            })
-            .collect()
+        per_cpu_sums(&self.drops, &DropReason::ALL, |r| r as u32)
     }
 
     /// Ids of the programs this agent loaded (for the exit check); the
