@@ -314,7 +314,6 @@ impl Kernel {
             .override_global(globals::HEAD_MAX, &head_max, true)
             .override_global(globals::ENABLED, &enabled, true)
             .override_global(globals::AGENT_PID, &pid, true)
-            .override_global(globals::WAKEUP_BYTES, &cfg.wakeup_bytes, true)
             .override_global(globals::STACK_COPY, &stack_copy, true)
             .override_global(globals::LANE_MASK, &lane_mask, true)
             .override_global(globals::OP_LANE_MASK, &op_lane_mask, true)
