@@ -510,9 +510,11 @@ mod tests {
         assert!(parse(&["--ring-buffer-size", "0"])
             .unwrap_err()
             .contains("1 GiB"));
-        assert!(parse(&["--ring-buffer-size", &((1u32 << 30) + 1).to_string()])
-            .unwrap_err()
-            .contains("1 GiB"));
+        assert!(
+            parse(&["--ring-buffer-size", &((1u32 << 30) + 1).to_string()])
+                .unwrap_err()
+                .contains("1 GiB")
+        );
         // Any size up to a lane of 1 GiB: it is rounded up to chunks.
         for ok in ["4096", "5000", &(1u32 << 30).to_string()] {
             assert!(parse(&["--ring-buffer-size", ok]).is_ok(), "{ok}");
