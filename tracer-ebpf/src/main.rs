@@ -20,7 +20,8 @@
 //! file and pipe I/O pay nothing. Calls, packets and connection records go
 //! to per-CPU lanes ([`lane`]; the last quarter of each kept for connection
 //! records), CPU samples to a ring buffer; the agent drains on a timer and
-//! is woken when a lane has taken `WAKEUP_BYTES`.
+//! is woken when a lane's producer crosses a multiple of `1 << WAKE_SHIFT`
+//! (from `--wakeup-bytes`).
 //!
 //! Kernel structs are read directly through the typed (BTF) pointers the
 //! tracepoints hand over, at offsets the agent reads from the running
@@ -57,8 +58,6 @@ static HEAD_MAX: u32 = tracer_common::HEAD_MAX_DEFAULT;
 static ENABLED: u32 = 1;
 #[no_mangle]
 static AGENT_PID: u32 = 0;
-#[no_mangle]
-static WAKEUP_BYTES: u64 = 256 * 1024;
 #[no_mangle]
 static LANE_MASK: u32 = 0;
 #[no_mangle]

@@ -4,7 +4,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracer_common::{MAX_SNAP_LEN, SNAP_LEN_DEFAULT};
 
-use crate::kernel::KernelConfig;
+use crate::kernel::{lane_chunks, KernelConfig};
+
+/// Chunks of the largest lane (1 GiB): the lanes of every CPU are one
+/// array map, which the kernel allocates in one piece.
+const MAX_LANE_CHUNKS: u32 = (1 << 30) / tracer_common::LANE_CHUNK as u32;
 
 /// Zero-code eBPF tracer: turns every HTTP request on this host into spans.
 ///
@@ -103,7 +107,8 @@ pub struct RunArgs {
     pub snap_len: u32,
 
     /// Capture buffer of each CPU in bytes (its "lane": calls and packets
-    /// of that CPU; rounded up to a power of two of 256 KiB). Bigger
+    /// of that CPU; rounded up to a power of two of 256 KiB, at most
+    /// 1 GiB). Bigger
     /// absorbs longer bursts or stalls of the agent before records are
     /// dropped (counted). Mapped into the agent once: it counts in its RSS.
     #[arg(long, value_name = "BYTES", default_value_t = 2 << 20)]
@@ -229,9 +234,10 @@ pub enum ConfigError {
         /// The value given.
         value: u32,
     },
-    /// `--ring-buffer-size` not a power of two of at least 4096.
+    /// `--ring-buffer-size` zero or beyond the largest lane.
     #[error(
-        "invalid option: --ring-buffer-size {value} must be a power of two of at least 4096 bytes"
+        "invalid option: --ring-buffer-size {value} must be between 1 byte and 1 GiB (it is \
+         rounded up to a power of two of 256 KiB)"
     )]
     RingBufferSize {
         /// The value given.
@@ -376,7 +382,7 @@ impl RunArgs {
             });
         }
         let ring = self.ring_buffer_size;
-        if ring < 4096 || !ring.is_power_of_two() {
+        if ring == 0 || lane_chunks(ring) > MAX_LANE_CHUNKS {
             return Err(ConfigError::RingBufferSize { value: ring });
         }
         // --wakeup-bytes needs no check: it is clamped to a quarter of the
@@ -501,9 +507,18 @@ mod tests {
         assert!(parse(&["--snap-len", "9000"])
             .unwrap_err()
             .contains("maximum"));
-        assert!(parse(&["--ring-buffer-size", "5000"])
+        assert!(parse(&["--ring-buffer-size", "0"])
             .unwrap_err()
-            .contains("power of two"));
+            .contains("1 GiB"));
+        assert!(
+            parse(&["--ring-buffer-size", &((1u32 << 30) + 1).to_string()])
+                .unwrap_err()
+                .contains("1 GiB")
+        );
+        // Any size up to a lane of 1 GiB: it is rounded up to chunks.
+        for ok in ["4096", "5000", &(1u32 << 30).to_string()] {
+            assert!(parse(&["--ring-buffer-size", ok]).is_ok(), "{ok}");
+        }
         assert!(parse(&["--comm", "a-very-long-process-name"])
             .unwrap_err()
             .contains("15"));

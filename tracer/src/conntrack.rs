@@ -64,13 +64,14 @@ pub struct ConnInfo {
 impl ConnInfo {
     /// `comm` as text.
     pub fn comm_str(&self) -> &str {
-        let end = self
-            .comm
-            .iter()
-            .position(|&c| c == 0)
-            .unwrap_or(self.comm.len());
-        std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+        std::str::from_utf8(comm_name(&self.comm)).unwrap_or("?")
     }
+}
+
+/// A kernel `comm` up to its first NUL (all of it when it fills the array).
+pub fn comm_name(comm: &[u8]) -> &[u8] {
+    let end = comm.iter().position(|&c| c == 0).unwrap_or(comm.len());
+    &comm[..end]
 }
 
 /// What a later stage (a parser) asks of the capture for one connection.

@@ -16,7 +16,7 @@ use protocols::stream::Chunk;
 use tracer_common::{Dir, Record, SockCtl};
 
 use crate::{
-    conntrack::{ConnInfo, ConnLimits, Conns, Sink},
+    conntrack::{comm_name, ConnInfo, ConnLimits, Conns, Sink},
     export::{resource::Resource, sink::SpanSink},
     http_spans::HttpSpans,
     print::EventPrinter,
@@ -139,8 +139,7 @@ impl<O: SpanOut> Stages<O> {
     fn saw_pid(&mut self, pid: u32, comm: &[u8; 16], now: u64) {
         if pid != self.last_pid {
             self.last_pid = pid;
-            let end = comm.iter().position(|&c| c == 0).unwrap_or(comm.len());
-            let name = String::from_utf8_lossy(&comm[..end]);
+            let name = String::from_utf8_lossy(comm_name(comm));
             self.spans.saw_pid(Pid(pid), Some(&name), now);
         }
     }
@@ -154,12 +153,7 @@ impl<O: SpanOut> Stages<O> {
         profile.sample(hdr, stack);
         if hdr.pid != self.last_pid {
             self.last_pid = hdr.pid;
-            let end = hdr
-                .comm
-                .iter()
-                .position(|&c| c == 0)
-                .unwrap_or(hdr.comm.len());
-            let comm = String::from_utf8_lossy(&hdr.comm[..end]);
+            let comm = String::from_utf8_lossy(comm_name(&hdr.comm));
             self.spans.resource(Pid(hdr.pid), Some(&comm), hdr.ts_ns);
         }
     }
@@ -327,11 +321,6 @@ impl<O: SpanOut> Dispatcher<O> {
     /// The stages, mutably.
     pub fn stages_mut(&mut self) -> &mut Stages<O> {
         &mut self.stages
-    }
-
-    /// Takes the stages out (shutdown).
-    pub fn into_parts(self) -> (Stages<O>, Conns, ReaderCounters) {
-        (self.stages, self.conns, self.reader)
     }
 
     /// The connection table.

@@ -3,20 +3,14 @@
 //! (so that no cause is printed twice); a line for a user or a log is the
 //! message followed by every cause, `: `-separated, as `anyhow` prints
 //! `{:#}` in `main`.
-use std::error::Error;
+use std::{error::Error, fmt::Write};
 
-/// `e`'s message and its causes, outermost first. A cause whose text the
-/// line already ends with is not repeated (some errors of other crates
-/// quote their source in their own message).
+/// `e`'s message and its causes, outermost first.
 pub fn chain(e: &dyn Error) -> String {
     let mut line = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        let text = c.to_string();
-        if !text.is_empty() && !line.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
+        let _ = write!(line, ": {c}");
         cause = c.source();
     }
     line
@@ -35,7 +29,7 @@ mod tests {
     }
 
     #[derive(Debug, thiserror::Error)]
-    #[error("middle: {source}")]
+    #[error("middle")]
     struct Middle {
         source: std::io::Error,
     }

@@ -314,11 +314,6 @@ impl HttpSpans {
         self.out.correlator.flush()
     }
 
-    /// The latest kernel time seen in the records.
-    pub fn now_ns(&self) -> u64 {
-        self.out.now_ns
-    }
-
     /// The server span in progress on `pid`/`tid` at `t` (rule 6), if
     /// exactly one is known to be.
     pub fn server_span_at(

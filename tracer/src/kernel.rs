@@ -66,16 +66,16 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 #[derive(Debug, Error)]
 pub enum KernelError {
     /// A struct offset the programs need is not in this kernel's BTF.
-    #[error("kernel layout: {0}")]
+    #[error("kernel layout")]
     Layout(#[from] BtfError),
     /// aya could not read the kernel's BTF.
-    #[error("reading kernel BTF for loading: {0}")]
+    #[error("reading kernel BTF for loading")]
     Btf(#[from] aya::BtfError),
     /// Creating maps or relocating the object failed.
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object")]
     Load(#[from] aya::EbpfError),
     /// A program failed to load or attach (the verifier log is in here).
-    #[error("{step} {program}: {source}")]
+    #[error("{step} {program}")]
     Program {
         /// "loading" or "attaching".
         step: &'static str,
@@ -88,13 +88,13 @@ pub enum KernelError {
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
     /// A map has an unexpected type.
-    #[error("map {0}: {1}")]
-    Map(&'static str, aya::maps::MapError),
+    #[error("map {0}")]
+    Map(&'static str, #[source] aya::maps::MapError),
     /// The CPUs could not be listed (for the sampling program).
-    #[error("listing CPUs ({0}): {1}")]
-    Cpus(&'static str, std::io::Error),
+    #[error("listing CPUs ({0})")]
+    Cpus(&'static str, #[source] std::io::Error),
     /// Sampling could not be attached to any CPU.
-    #[error("attaching {program} to the cpu-clock of any CPU: {source}")]
+    #[error("attaching {program} to the cpu-clock of any CPU")]
     NoCpuAttached {
         /// Program name.
         program: &'static str,
@@ -102,10 +102,10 @@ pub enum KernelError {
         source: ProgramError,
     },
     /// Mapping the lanes into the agent failed.
-    #[error("mapping the capture lanes: {0}")]
-    Mmap(std::io::Error),
+    #[error("mapping the capture lanes")]
+    Mmap(#[source] std::io::Error),
     /// Opening the cgroup failed.
-    #[error("opening cgroup {path}: {source}")]
+    #[error("opening cgroup {path}")]
     Cgroup {
         /// The cgroup v2 root.
         path: String,
@@ -219,6 +219,33 @@ pub struct Kernel {
     layout: LaneLayout,
 }
 
+/// Takes map `name` out of the object as a `T`.
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
+    T::try_from(map).map_err(|e| KernelError::Map(name, e))
+}
+
+/// Every key of `keys` with its counter (at `index(key)`) summed over CPUs
+/// (0 when it cannot be read).
+fn per_cpu_sums<K: Copy>(
+    map: &PerCpuArray<MapData, u64>,
+    keys: &[K],
+    index: fn(K) -> u32,
+) -> Vec<(K, u64)> {
+    keys.iter()
+        .map(|&k| {
+            let n = map
+                .get(&index(k), 0)
+                .map(|v| v.iter().sum::<u64>())
+                .unwrap_or(0);
+            (k, n)
+        })
+        .collect()
+}
+
 fn program_err(
     step: &'static str,
     program: &'static str,
@@ -287,7 +314,6 @@ impl Kernel {
             .override_global(globals::HEAD_MAX, &head_max, true)
             .override_global(globals::ENABLED, &enabled, true)
             .override_global(globals::AGENT_PID, &pid, true)
-            .override_global(globals::WAKEUP_BYTES, &cfg.wakeup_bytes, true)
             .override_global(globals::STACK_COPY, &stack_copy, true)
             .override_global(globals::LANE_MASK, &lane_mask, true)
             .override_global(globals::OP_LANE_MASK, &op_lane_mask, true)
@@ -345,14 +371,8 @@ impl Kernel {
             Some(hz) => attach_sampling(&mut ebpf, hz)?,
             None => Vec::new(),
         };
-        let drops = ebpf
-            .take_map(MAP_DROPS)
-            .ok_or(KernelError::MissingMap(MAP_DROPS))?;
-        let drops = PerCpuArray::try_from(drops).map_err(|e| KernelError::Map(MAP_DROPS, e))?;
-        let stats = ebpf
-            .take_map(MAP_STATS)
-            .ok_or(KernelError::MissingMap(MAP_STATS))?;
-        let stats = PerCpuArray::try_from(stats).map_err(|e| KernelError::Map(MAP_STATS, e))?;
+        let drops = take(&mut ebpf, MAP_DROPS)?;
+        let stats = take(&mut ebpf, MAP_STATS)?;
         drop(aya_btf);
         release_freed_memory();
         Ok(Kernel {
@@ -379,34 +399,18 @@ impl Kernel {
                 _ => Err(KernelError::MissingMap(name)),
             }
         };
-        let ring = |ebpf: &mut Ebpf, name: &'static str| {
-            let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
-            RingBuf::try_from(map).map_err(|e| KernelError::Map(name, e))
-        };
         let lanes = data(&mut self.ebpf, MAP_LANES)?;
         let nested = data(&mut self.ebpf, MAP_NESTED)?;
         let ctl = data(&mut self.ebpf, MAP_LANE_CTL)?;
-        let samples = ring(&mut self.ebpf, MAP_EVENTS)?;
+        let samples: RingBuf<MapData> = take(&mut self.ebpf, MAP_EVENTS)?;
         Events::new(self.layout, lanes, nested, ctl, samples).map_err(KernelError::Mmap)
     }
 
     /// Takes the writer of per-socket requests (once).
     pub fn take_ctl(&mut self) -> Result<SockCtlMap, KernelError> {
-        let map = self
-            .ebpf
-            .take_map(MAP_SOCK_CTL)
-            .ok_or(KernelError::MissingMap(MAP_SOCK_CTL))?;
-        let map =
-            aya::maps::HashMap::try_from(map).map_err(|e| KernelError::Map(MAP_SOCK_CTL, e))?;
-        let state = self
-            .ebpf
-            .take_map(MAP_CTL_STATE)
-            .ok_or(KernelError::MissingMap(MAP_CTL_STATE))?;
-        let state =
-            aya::maps::Array::try_from(state).map_err(|e| KernelError::Map(MAP_CTL_STATE, e))?;
         Ok(SockCtlMap {
-            map,
-            state,
+            map: take(&mut self.ebpf, MAP_SOCK_CTL)?,
+            state: take(&mut self.ebpf, MAP_CTL_STATE)?,
             gen: 0,
             errors: 0,
         })
@@ -415,32 +419,12 @@ impl Kernel {
     /// What the programs counted instead of emitting records, summed over
     /// CPUs.
     pub fn stats(&self) -> Vec<(KernelStat, u64)> {
-        KernelStat::ALL
-            .iter()
-            .map(|&r| {
-                let n = self
-                    .stats
-                    .get(&(r as u32), 0)
-                    .map(|v| v.iter().sum::<u64>())
-                    .unwrap_or(0);
-                (r, n)
-            })
-            .collect()
+        per_cpu_sums(&self.stats, &KernelStat::ALL, |s| s as u32)
     }
 
     /// Kernel-side drops so far, per reason, summed over CPUs.
     pub fn drops(&self) -> Vec<(DropReason, u64)> {
-        DropReason::ALL
-            .iter()
-            .map(|&r| {
-                let n = self
-                    .drops
-                    .get(&(r as u32), 0)
-                    .map(|v| v.iter().sum::<u64>())
-                    .unwrap_or(0);
-                (r, n)
-            })
-            .collect()
+        per_cpu_sums(&self.drops, &DropReason::ALL, |r| r as u32)
     }
 
     /// Ids of the programs this agent loaded (for the exit check); the

@@ -78,10 +78,14 @@ struct Lane {
     bytes: u64,
     chunk: u64,
     ctl: *mut LaneCtl,
-    /// Next position to read (what the agent last stored in `cons`).
+    /// Next position to read.
     pos: u64,
+    /// What the agent last stored in `cons`.
+    published: u64,
     /// `prod` read at the start of this drain.
     prod: u64,
+    /// Length of the frame at `pos`, as [`lane_head`] checked it.
+    head_len: u64,
 }
 
 /// Counters of the reader.
@@ -241,7 +245,9 @@ impl Lane {
             chunk,
             ctl,
             pos,
+            published: pos,
             prod: pos,
+            head_len: 0,
         }
     }
 }
@@ -323,13 +329,15 @@ impl Merger {
         }
     }
 
-    /// Gives the frames read so far back to the programs.
+    /// Gives the frames read so far back to the programs (a lane nothing
+    /// was read from is not written: its cache line stays shared).
     fn publish_cons(&mut self) {
-        for lane in &mut self.lanes {
+        for lane in self.lanes.iter_mut().filter(|l| l.pos != l.published) {
             // SAFETY: the lane's control block; the frames before `pos`
             // are no longer read.
             unsafe { AtomicU64::from_ptr(&mut (*lane.ctl).cons) }
                 .store(lane.pos, Ordering::Release);
+            lane.published = lane.pos;
         }
     }
 }
@@ -338,7 +346,8 @@ impl Merger {
 const REFRESH_EVERY: u32 = 256;
 
 /// The timestamp of the lane's next record, skipping the unused ends of
-/// chunks; `None` when the lane has nothing more published.
+/// chunks (its frame's length kept for [`lane_record`]); `None` when the
+/// lane has nothing more published.
 fn lane_head(lane: &mut Lane, counters: &mut LaneCounters) -> Option<u64> {
     loop {
         if lane.pos >= lane.prod {
@@ -370,6 +379,7 @@ fn lane_head(lane: &mut Lane, counters: &mut LaneCounters) -> Option<u64> {
                 len as usize - FRAME_HDR,
             )
         };
+        lane.head_len = len;
         return Some(record_ts(rec).unwrap_or(0));
     }
 }
@@ -378,14 +388,12 @@ fn lane_head(lane: &mut Lane, counters: &mut LaneCounters) -> Option<u64> {
 /// position after it.
 fn lane_record(lane: &Lane) -> (&[u8], u64) {
     let off = lane.pos % lane.bytes;
-    // SAFETY: checked by lane_head.
-    let len =
-        unsafe { std::ptr::read_volatile(lane.base.add(off as usize) as *const u32) } as usize;
-    // SAFETY: as above.
+    let len = lane.head_len as usize;
+    // SAFETY: the frame lane_head checked.
     let rec = unsafe {
         std::slice::from_raw_parts(lane.base.add(off as usize + FRAME_HDR), len - FRAME_HDR)
     };
-    (rec, lane.pos + len as u64)
+    (rec, lane.pos + lane.head_len)
 }
 
 impl AsRawFd for Events {

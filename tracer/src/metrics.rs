@@ -563,17 +563,6 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The value of `stage`'s `name` (summed over labels), if reported.
-    pub fn get(&self, stage: Stage, name: &str) -> Option<f64> {
-        let mut found = None;
-        for m in &self.metrics {
-            if m.stage == stage && m.name == name {
-                *found.get_or_insert(0.0) += m.value;
-            }
-        }
-        found
-    }
-
     /// The Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
         let mut registry = Registry::with_prefix("tracer");
@@ -584,26 +573,18 @@ impl Snapshot {
         out
     }
 
-    /// A short table: one row per stage with its headline values, then
-    /// every non-zero anomaly.
-    pub fn table(&self) -> String {
-        let mut out = String::new();
+    /// The stages reported, in order, each with its metrics.
+    fn stages(&self) -> impl Iterator<Item = (Stage, impl Iterator<Item = &Metric>)> {
         let mut stages: Vec<Stage> = self.metrics.iter().map(|m| m.stage).collect();
         stages.sort();
         stages.dedup();
-        for stage in stages {
-            let mut row = String::new();
-            for m in self
-                .metrics
-                .iter()
-                .filter(|m| m.stage == stage && m.show == Show::Headline)
-            {
-                let _ = write!(row, "  {}={}", m.name, human(m.value, m.name));
-            }
-            if !row.is_empty() {
-                let _ = writeln!(out, "  {:<12}{row}", stage.name());
-            }
-        }
+        stages
+            .into_iter()
+            .map(move |stage| (stage, self.metrics.iter().filter(move |m| m.stage == stage)))
+    }
+
+    /// The last line of both tables: every non-zero anomaly, or "none".
+    fn anomalies_line(&self) -> String {
         let anomalies: Vec<String> = self
             .metrics
             .iter()
@@ -614,10 +595,26 @@ impl Snapshot {
             })
             .collect();
         if anomalies.is_empty() {
-            out.push_str("  anomalies: none\n");
+            "  anomalies: none\n".to_string()
         } else {
-            let _ = writeln!(out, "  anomalies: {}", anomalies.join(" "));
+            format!("  anomalies: {}\n", anomalies.join(" "))
         }
+    }
+
+    /// A short table: one row per stage with its headline values, then
+    /// every non-zero anomaly.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        for (stage, metrics) in self.stages() {
+            let mut row = String::new();
+            for m in metrics.filter(|m| m.show == Show::Headline) {
+                let _ = write!(row, "  {}={}", m.name, human(m.value, m.name));
+            }
+            if !row.is_empty() {
+                let _ = writeln!(out, "  {:<12}{row}", stage.name());
+            }
+        }
+        out.push_str(&self.anomalies_line());
         out
     }
 
@@ -625,12 +622,9 @@ impl Snapshot {
     /// `name{label}=value` for labelled ones; then the anomalies line.
     pub fn full_table(&self) -> String {
         let mut out = String::new();
-        let mut stages: Vec<Stage> = self.metrics.iter().map(|m| m.stage).collect();
-        stages.sort();
-        stages.dedup();
-        for stage in stages {
+        for (stage, metrics) in self.stages() {
             let mut row = String::new();
-            for m in self.metrics.iter().filter(|m| m.stage == stage) {
+            for m in metrics {
                 match m.label {
                     Some((_, v)) => {
                         let _ = write!(row, "  {}{{{v}}}={}", m.name, m.value);
@@ -642,8 +636,7 @@ impl Snapshot {
             }
             let _ = writeln!(out, "  {:<12}{row}", stage.name());
         }
-        out.push_str(self.table().lines().last().unwrap_or_default());
-        out.push('\n');
+        out.push_str(&self.anomalies_line());
         out
     }
 }

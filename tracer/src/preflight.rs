@@ -19,7 +19,7 @@ pub enum PreflightError {
     #[error("kernel BTF is missing (/sys/kernel/btf/vmlinux): use a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
     NoBtf,
     /// BTF present but unusable.
-    #[error("kernel BTF could not be used: {0}")]
+    #[error("kernel BTF could not be used")]
     BadBtf(#[from] BtfError),
     /// Kernel older than the tracepoints we attach.
     #[error("kernel {found} is too old: the sock:sock_send_length/sock_recv_length tracepoints need Linux 6.3 or newer")]

@@ -164,10 +164,15 @@ pub struct Replay {
     dispatcher: Dispatcher<Collect>,
     spans: u64,
     next_sweep: u64,
+    next_drain: u64,
 }
 
 /// How often (in record time) the replay sweeps, as the agent does.
 const SWEEP_NS: u64 = 50_000_000;
+
+/// How often (in record time) the replay ends a drain, as the agent does
+/// at its default `--drain-interval-ms`.
+const DRAIN_NS: u64 = 10_000_000;
 
 impl Replay {
     /// A fresh pipeline with the default settings and a fixed id seed;
@@ -204,6 +209,7 @@ impl Replay {
             dispatcher: Dispatcher::new(stages, ConnLimits::default()),
             spans: 0,
             next_sweep: 0,
+            next_drain: 0,
         }
     }
 
@@ -218,10 +224,18 @@ impl Replay {
         let Some(ts) = self.dispatcher.record(bytes) else {
             return;
         };
-        if ts >= self.next_sweep {
+        let sweep = ts >= self.next_sweep;
+        if sweep {
             self.next_sweep = ts + SWEEP_NS;
             self.dispatcher.sweep(ts);
             self.take(out);
+        }
+        // The agent's work after each drain: closed connections retired,
+        // the parsers' requests (silence, skip a body) taken to the
+        // streams. There is no kernel to apply the map updates to.
+        if sweep || ts >= self.next_drain {
+            self.next_drain = ts + DRAIN_NS;
+            let _ = self.dispatcher.after_drain(ts);
         }
     }
 

@@ -582,9 +582,6 @@ pub mod globals {
     pub const ENABLED: &str = "ENABLED";
     /// `u32`: the agent's own pid; its socket calls are not reported.
     pub const AGENT_PID: &str = "AGENT_PID";
-    /// `u64`: bytes a CPU writes to the ring buffer between two wake-ups of
-    /// the reader.
-    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
     /// `u32`: offset of `write_seq` in `struct tcp_sock` (from BTF).
     pub const OFF_WRITE_SEQ: &str = "OFF_WRITE_SEQ";
     /// `u32`: offset of `copied_seq` in `struct tcp_sock` (from BTF).
