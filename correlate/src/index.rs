@@ -155,6 +155,9 @@ pub(crate) struct InProgress {
     pub first: Option<SpanKey>,
     /// Entries of this thread were lost: others may have been in progress.
     pub lossy: bool,
+    /// The thread read a server request before (that is still
+    /// remembered): it serves.
+    pub served_before: bool,
 }
 
 impl ThreadIndex {
@@ -241,18 +244,29 @@ impl ThreadIndex {
     }
 
     /// Server spans of `pid`/`tid` that started strictly before `t` and had
-    /// not ended at `t` (the rule-4 candidates of a request written at `t`).
-    pub fn in_progress(&self, pid: Pid, tid: Tid, t: u64) -> InProgress {
+    /// not ended at `t` (the rule-4 candidates of a request written at `t`),
+    /// each also given to `each`.
+    pub fn in_progress(
+        &self,
+        pid: Pid,
+        tid: Tid,
+        t: u64,
+        mut each: impl FnMut(SpanKey),
+    ) -> InProgress {
         let spans = self.threads.get(&(pid, tid));
         let mut q = InProgress {
             count: 0,
             first: None,
             lossy: self.lossy(spans, t),
+            served_before: spans
+                .and_then(|s| s.entries.front())
+                .is_some_and(|e| e.start < t),
         };
         if let Some(s) = spans {
             for e in s.covering(t, true) {
                 q.count += 1;
                 q.first = q.first.or(Some(e.key));
+                each(e.key);
             }
         }
         q
@@ -266,23 +280,6 @@ impl ThreadIndex {
         self.threads
             .get(&(pid, tid))
             .is_some_and(|s| s.covering_finished(t, false).next().is_some())
-    }
-
-    /// Whether `pid`/`tid` read a server request before `t` (that is still
-    /// remembered): the thread serves.
-    pub fn served_before(&self, pid: Pid, tid: Tid, t: u64) -> bool {
-        self.threads
-            .get(&(pid, tid))
-            .and_then(|s| s.entries.front())
-            .is_some_and(|e| e.start < t)
-    }
-
-    /// Calls `f` with each server span of `pid`/`tid` in progress at `t`
-    /// (strictly started before).
-    pub fn each_in_progress(&self, pid: Pid, tid: Tid, t: u64, mut f: impl FnMut(SpanKey)) {
-        if let Some(s) = self.threads.get(&(pid, tid)) {
-            s.covering(t, true).for_each(|e| f(e.key));
-        }
     }
 
     /// The one server span in progress on `pid`/`tid` at `t`, if exactly one
@@ -462,10 +459,10 @@ mod tests {
 
     fn keys(ix: &ThreadIndex, p: Pid, t: Tid, at: u64) -> Vec<SpanKey> {
         let mut v = Vec::new();
-        ix.each_in_progress(p, t, at, |k| v.push(k));
-        v.sort_unstable();
-        let q = ix.in_progress(p, t, at);
+        let q = ix.in_progress(p, t, at, |k| v.push(k));
         assert_eq!(q.count, v.len());
+        assert_eq!(q.first, v.first().copied());
+        v.sort_unstable();
         v
     }
 
@@ -499,14 +496,14 @@ mod tests {
         ix.insert(p, t, e(2, 3, None), 0, 100);
         assert!(!ix.insert(p, t, e(3, 4, None), 5, 100));
         assert_eq!(keys(&ix, p, t, 6), vec![2, 3]);
-        assert!(!ix.in_progress(p, t, 6).lossy);
+        assert!(!ix.in_progress(p, t, 6, |_| {}).lossy);
         // Entry 1 ended at 2: instants before that are uncertain now.
-        assert!(ix.in_progress(p, t, 1).lossy);
+        assert!(ix.in_progress(p, t, 1, |_| {}).lossy);
         assert!(!ix.insert(p, t, e(4, 7, None), 8, 100));
         assert_eq!(keys(&ix, p, t, 9), vec![3, 4]);
-        assert!(ix.in_progress(p, t, 9).lossy);
+        assert!(ix.in_progress(p, t, 9, |_| {}).lossy);
         assert_eq!(ix.at(p, t, 9), None);
-        assert!(!ix.in_progress(p, t, 200).lossy);
+        assert!(!ix.in_progress(p, t, 200, |_| {}).lossy);
     }
 
     #[test]
@@ -533,8 +530,8 @@ mod tests {
         let mut ix = ThreadIndex::new(1, 4);
         ix.insert(Pid(1), Tid(1), e(1, 1, None), 0, 100);
         assert!(!ix.insert(Pid(1), Tid(2), e(2, 2, None), 10, 100));
-        assert!(ix.in_progress(Pid(1), Tid(2), 50).lossy);
-        assert!(!ix.in_progress(Pid(1), Tid(2), 500).lossy);
+        assert!(ix.in_progress(Pid(1), Tid(2), 50, |_| {}).lossy);
+        assert!(!ix.in_progress(Pid(1), Tid(2), 500, |_| {}).lossy);
     }
 
     #[test]
