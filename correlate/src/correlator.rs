@@ -799,3 +799,56 @@ impl<G: IdGen> Correlator<G> {
         id
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Header, HttpVersion, Scheme};
+
+    fn headers(ids: &[&str]) -> Vec<Header<'static>> {
+        ids.iter()
+            .map(|v| Header::owned("x-request-id", v))
+            .collect()
+    }
+
+    fn message(pid: u32, side: Side, t: u64, kind: MessageKind<'static>) -> Message<'static> {
+        Message {
+            conn: ConnId(u64::from(pid)),
+            side,
+            pid: Pid(pid),
+            tid: Tid(pid),
+            seq: 1,
+            start_ns: t,
+            end_ns: t,
+            stream_id: None,
+            kind,
+        }
+    }
+
+    #[test]
+    fn request_ids_are_indexed_per_process_and_only_when_kept() {
+        let mut c = Correlator::with_seed(Config::default(), 1);
+        // Two ids through two local processes: a key for each.
+        for pid in [1, 2] {
+            let req = Request {
+                method: "GET".into(),
+                target: "/".into(),
+                version: HttpVersion::Http11,
+                scheme: Scheme::Http,
+                headers: headers(&["a", "x"]).into(),
+            };
+            c.message(message(pid, Side::Inbound, 10, MessageKind::Request(req)));
+        }
+        assert_eq!((c.rid_servers.keys(), c.rid_servers.len()), (4, 4));
+        // A response returns four ids: one known, two more fit, one not.
+        let resp = Response {
+            status: 200,
+            version: HttpVersion::Http11,
+            headers: headers(&["a", "b", "c", "d"]).into(),
+        };
+        let before = c.counters().request_ids_ignored;
+        c.message(message(1, Side::Outbound, 20, MessageKind::Response(resp)));
+        assert_eq!(c.counters().request_ids_ignored - before, 1);
+        assert_eq!((c.rid_servers.keys(), c.rid_servers.len()), (6, 6));
+    }
+}

@@ -442,6 +442,12 @@ impl<K: Hash + Eq> MultiIndex<K> {
     pub fn len(&self) -> usize {
         self.entries
     }
+
+    /// Distinct keys held.
+    #[cfg(test)]
+    pub fn keys(&self) -> usize {
+        self.map.len()
+    }
 }
 
 #[cfg(test)]
