@@ -92,11 +92,6 @@ pub(crate) fn clip(s: &str, max: usize) -> &str {
     &s[..cut]
 }
 
-/// Header bytes as text: borrowed when valid UTF-8 (nearly always).
-fn lossy(v: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(v)
-}
-
 /// Method, a separator and target, hashed with the correlator's seeded
 /// hasher (targets come from the network: they must not be able to aim
 /// at another request's fingerprint).
@@ -308,7 +303,7 @@ fn forwarded_client<'a>(headers: &'a [Header<'a>]) -> Option<Cow<'a, str>> {
     if let Some(v) = header_value(headers, "x-forwarded-for") {
         let first = trim_ows(v.split(|b| *b == b',').next().unwrap_or(&[]));
         if !first.is_empty() {
-            return Some(lossy(first));
+            return Some(String::from_utf8_lossy(first));
         }
     }
     let v = header_value(headers, "forwarded")?;
@@ -329,7 +324,7 @@ fn forwarded_client<'a>(headers: &'a [Header<'a>]) -> Option<Cow<'a, str>> {
             None => val,
         };
         if !val.is_empty() {
-            return Some(lossy(val));
+            return Some(String::from_utf8_lossy(val));
         }
     }
     None
@@ -386,7 +381,8 @@ impl Host<'_> {
     fn write(self, out: &mut String, in_url: bool) {
         let v6 = match self {
             Host::Name(h) => h.contains(':'),
-            Host::Ip(ip) => ip.to_canonical().is_ipv6(),
+            // Canonical already: the correlator keeps socket addresses so.
+            Host::Ip(ip) => ip.is_ipv6(),
         };
         if in_url && v6 {
             out.push('[');
@@ -401,17 +397,26 @@ impl Host<'_> {
     }
 }
 
-/// Name and request attributes of a span, written into `t`; `addrs` is
-/// `(local, remote)`.
+/// Name and request attributes of a span; `addrs` is `(local, remote)`.
 pub(crate) fn request_facts(
     kind: SpanKind,
     req: &Request<'_>,
     addrs: Option<(SocketAddr, SocketAddr)>,
     cfg: &Config,
     hasher: &impl BuildHasher,
-    t: &mut Texts,
-) -> RequestFacts {
+) -> (Texts, RequestFacts) {
     let max = cfg.max_attribute_len;
+    let host_value = header_value(&req.headers, "host");
+    let user_agent = header_value(&req.headers, "user-agent");
+    // url.path, url.query and url.full each repeat the target, the name
+    // templates it, addresses and the user agent come on top: room for
+    // all, so the texts rarely grow.
+    let estimate = 4 * req.target.len()
+        + 2 * host_value.map_or(0, <[u8]>::len)
+        + user_agent.map_or(0, <[u8]>::len)
+        + 160;
+    let mut texts = Texts::with_capacity(estimate.min(16 * 1024));
+    let t = &mut texts;
     let method: &str = &req.method;
     let known = KNOWN_METHODS.contains(&method);
     if known {
@@ -424,22 +429,21 @@ pub(crate) fn request_facts(
     if let Some(p) = target.path {
         t.push_str("url.path", clip(p, max));
     }
-    if let Some(q) = target.query {
-        let r = t.put_with(|out| {
+    let query = target.query.map(|q| {
+        t.push_with("url.query", |out| {
             let start = out.len();
             write_query(out, q, cfg.redact_query);
             truncate_clip(out, start, max);
-        });
-        t.push_range("url.query", r);
-    }
+        })
+    });
     t.push_str("url.scheme", req.scheme.as_str());
     t.push_str("network.protocol.version", req.version.as_str());
 
     // server.address / server.port: Host (or :authority), else the target's
     // authority, else the socket (remote for a client, local for a server).
-    let host_header = header_value(&req.headers, "host")
+    let host_header = host_value
         .or_else(|| header_value(&req.headers, ":authority"))
-        .map(lossy);
+        .map(String::from_utf8_lossy);
     let host = host_header
         .as_deref()
         .and_then(parse_authority)
@@ -458,13 +462,12 @@ pub(crate) fn request_facts(
         }),
     };
     if let Some((h, p)) = server {
-        let r = t.put_with(|out| h.write(out, false));
-        t.push_range("server.address", r);
+        t.push_with("server.address", |out| h.write(out, false));
         t.push_int("server.port", i64::from(p));
     }
     if kind == SpanKind::Client {
         if let (Some((h, port)), Some(p)) = (server, target.path) {
-            let r = t.put_with(|out| {
+            t.push_with("url.full", |out| {
                 let start = out.len();
                 out.push_str(req.scheme.as_str());
                 out.push_str("://");
@@ -473,15 +476,13 @@ pub(crate) fn request_facts(
                     let _ = write!(out, ":{port}");
                 }
                 out.push_str(clip(p, max));
-                if let Some(q) = target.query {
+                if let Some((a, b)) = query {
+                    // url.query's bytes: already redacted and clipped.
                     out.push('?');
-                    let qs = out.len();
-                    write_query(out, q, cfg.redact_query);
-                    truncate_clip(out, qs, max);
+                    out.extend_from_within(a as usize..b as usize);
                 }
                 truncate_clip(out, start, max);
             });
-            t.push_range("url.full", r);
         }
     }
     if kind == SpanKind::Server {
@@ -489,19 +490,20 @@ pub(crate) fn request_facts(
             Some(c) => t.push_str("client.address", clip(&c, max)),
             None => {
                 if let Some((_, r)) = addrs {
-                    let ip = t.put_with(|out| write_ip(out, r.ip()));
-                    t.push_range("client.address", ip);
+                    t.push_with("client.address", |out| write_ip(out, r.ip()));
                 }
             }
         }
     }
     if let Some((_, remote)) = addrs {
-        let ip = t.put_with(|out| write_ip(out, remote.ip()));
-        t.push_range("network.peer.address", ip);
+        t.push_with("network.peer.address", |out| write_ip(out, remote.ip()));
         t.push_int("network.peer.port", i64::from(remote.port()));
     }
-    if let Some(ua) = header_value(&req.headers, "user-agent") {
-        t.push_str("user_agent.original", clip(&lossy(trim_ows(ua)), max));
+    if let Some(ua) = user_agent {
+        t.push_str(
+            "user_agent.original",
+            clip(&String::from_utf8_lossy(trim_ows(ua)), max),
+        );
     }
 
     let grpc = header_value(&req.headers, "content-type")
@@ -514,10 +516,8 @@ pub(crate) fn request_facts(
     if grpc {
         t.push_str("rpc.system", "grpc");
         if let Some((service, method)) = target.path.and_then(grpc_path) {
-            let s = t.put(clip(service, max));
-            t.push_range("rpc.service", s);
-            let m = t.put(clip(method, max));
-            t.push_range("rpc.method", m);
+            t.push_str("rpc.service", clip(service, max));
+            t.push_str("rpc.method", clip(method, max));
             let name = t.put_with(|out| {
                 let start = out.len();
                 out.push_str(service);
@@ -541,11 +541,12 @@ pub(crate) fn request_facts(
         });
         t.set_name_range(name);
     }
-    RequestFacts {
+    let facts = RequestFacts {
         grpc,
         fingerprint: fingerprint(hasher, method, &req.target),
         body: declared_body(&req.headers),
-    }
+    };
+    (texts, facts)
 }
 
 /// gRPC codes that make a server span an error (semantic conventions):
@@ -574,10 +575,9 @@ pub(crate) fn response_status(
                 SpanKind::Server => GRPC_SERVER_ERRORS.contains(&code),
             };
             if error {
-                let r = t.put_with(|out| {
+                t.push_with("error.type", |out| {
                     let _ = write!(out, "{code}");
                 });
-                t.push_range("error.type", r);
                 return Status::Error(String::new());
             }
             return Status::Unset;
@@ -589,10 +589,9 @@ pub(crate) fn response_status(
         SpanKind::Client => s >= 400,
     } || !(100..=599).contains(&s);
     if error {
-        let r = t.put_with(|out| {
+        t.push_with("error.type", |out| {
             let _ = write!(out, "{s}");
         });
-        t.push_range("error.type", r);
         Status::Error(String::new())
     } else {
         Status::Unset

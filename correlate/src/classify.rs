@@ -73,6 +73,14 @@ struct Proc {
     last_seen: u64,
 }
 
+impl Proc {
+    /// Serves one request per thread: no sign, and `pool_min` requests
+    /// answered on the thread that read them, on two threads at least.
+    fn proven(&self, pool_min: u32) -> bool {
+        self.signs == 0 && self.several_threads && self.clean >= pool_min
+    }
+}
+
 /// The call a thread is waiting for (the latest it wrote), to see whether
 /// the thread moves other traffic meanwhile.
 struct Caller {
@@ -106,7 +114,7 @@ impl Classifier {
     }
 
     fn proc(&mut self, pid: Pid, now: u64, k: &mut Counters) -> &mut Proc {
-        if !self.procs.contains_key(&pid) && self.procs.len() >= self.max {
+        if self.procs.len() >= self.max && !self.procs.contains_key(&pid) {
             // Forget idle processes first; if all are busy, everything
             // (they start over unproven: safe, rule 4 just stops).
             self.procs.retain(|_, p| p.open > 0);
@@ -158,7 +166,7 @@ impl Classifier {
             Some(t) if t != read => p.several_threads = true,
             Some(_) => {}
         }
-        if !p.counted_pool && p.signs == 0 && p.several_threads && p.clean >= pool_min {
+        if !p.counted_pool && p.proven(pool_min) {
             p.counted_pool = true;
             k.processes_thread_per_request += 1;
         }
@@ -219,13 +227,6 @@ impl Classifier {
         t: u64,
         k: &mut Counters,
     ) {
-        if !self.callers.contains_key(&(pid, tid)) && self.callers.len() >= self.max {
-            self.callers.retain(|_, c| c.end.is_none());
-            if self.callers.len() >= self.max {
-                self.callers.clear();
-            }
-            k.classify_overflow += 1;
-        }
         let fresh = Caller {
             key,
             conn,
@@ -234,16 +235,25 @@ impl Classifier {
             first_foreign: u64::MAX,
             last_seen: t,
         };
-        match self.callers.get_mut(&(pid, tid)) {
-            // The thread's previous call is still outstanding: judged when
-            // it is answered (a second call on the same connection is
-            // pipelining, not a sign).
-            Some(c) if c.end.is_none() && c.start < t => c.last_seen = t,
-            Some(c) => *c = fresh,
-            None => {
-                self.callers.insert((pid, tid), fresh);
+        if let Some(c) = self.callers.get_mut(&(pid, tid)) {
+            if c.end.is_none() && c.start < t {
+                // The thread's previous call is still outstanding: judged
+                // when it is answered (a second call on the same connection
+                // is pipelining, not a sign).
+                c.last_seen = t;
+            } else {
+                *c = fresh;
             }
+            return;
         }
+        if self.callers.len() >= self.max {
+            self.callers.retain(|_, c| c.end.is_none());
+            if self.callers.len() >= self.max {
+                self.callers.clear();
+            }
+            k.classify_overflow += 1;
+        }
+        self.callers.insert((pid, tid), fresh);
     }
 
     /// Call `key`, written by `writer`, was answered at `end` with a
@@ -293,7 +303,7 @@ impl Classifier {
             Mode::HandOff
         } else if p.signs != 0 {
             Mode::Multiplexing
-        } else if p.several_threads && p.clean >= self.pool_min {
+        } else if p.proven(self.pool_min) {
             Mode::ThreadPerRequest
         } else {
             Mode::Unproven

@@ -106,8 +106,8 @@ pub(crate) struct SpanRec {
     pub status: Status,
 }
 
-/// Timers, ordered by deadline then kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// What a timer does when due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Timer {
     /// Settle a span's parent.
     Decide(SpanKey),
@@ -154,22 +154,39 @@ pub(crate) fn side_ix(s: Side) -> usize {
 /// of the map it lives in.
 pub(crate) const RECORD_BYTES: usize = std::mem::size_of::<SpanRec>() + 16;
 
-/// Room for a request's span texts: url.path, url.query and url.full each
-/// repeat the target, the name templates it, addresses and the user agent
-/// come on top; so they rarely need to grow.
-fn texts_estimate(req: &Request<'_>) -> usize {
-    let header = |n: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.is(n))
-            .map_or(0, |h| h.value.len())
-    };
-    (4 * req.target.len() + 2 * header("host") + header("user-agent") + 160).min(16 * 1024)
+/// Key of a server span in a per-process index (forwarded requests by
+/// fingerprint, request ids by their hash): the process mixed into `h`.
+pub(crate) fn forward_key(pid: Pid, h: u64) -> u64 {
+    h ^ u64::from(pid.0).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// Key of a server span in the index of forwarded requests.
-pub(crate) fn forward_key(pid: Pid, fingerprint: u64) -> u64 {
-    fingerprint ^ u64::from(pid.0).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+/// Heap bytes of the texts of the records held: with the records
+/// themselves, what [`Config::max_span_bytes`] bounds.
+#[derive(Default)]
+pub(crate) struct TextBytes(usize);
+
+impl TextBytes {
+    pub fn get(&self) -> usize {
+        self.0
+    }
+
+    /// `t` is held now.
+    pub fn add(&mut self, t: &Texts) {
+        self.0 += t.heap_bytes();
+    }
+
+    /// `t` is not held any more (or is about to be taken).
+    pub fn remove(&mut self, t: &Texts) {
+        self.0 = self.0.saturating_sub(t.heap_bytes());
+    }
+
+    /// Changes held texts `t` with `f`, accounting for their growth.
+    pub fn update<R>(&mut self, t: &mut Texts, f: impl FnOnce(&mut Texts) -> R) -> R {
+        self.remove(t);
+        let r = f(t);
+        self.add(t);
+        r
+    }
 }
 
 fn canonical(a: SocketAddr) -> SocketAddr {
@@ -197,8 +214,6 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     /// Spans not emitted yet, oldest first; removed lazily (an entry whose
     /// record is gone or emitted is skipped), so it may hold stale keys.
     pub(crate) unemitted: VecDeque<SpanKey>,
-    /// Records created and neither emitted nor removed.
-    pub(crate) unemitted_live: usize,
     pub(crate) retained: VecDeque<(u64, SpanKey)>,
     /// Deadlines, in order: every timer is set one window after the
     /// correlator's clock, which never goes back. Cancelled timers stay and
@@ -209,14 +224,15 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     /// Client spans emitted since the last poll, whose records go then.
     pub(crate) done_clients: Vec<SpanKey>,
     /// Heap bytes of the texts of the records held.
-    pub(crate) text_bytes: usize,
+    pub(crate) text_bytes: TextBytes,
     pub(crate) threads: ThreadIndex,
     /// Client spans by sequence number (rule 3 lookups by servers).
     pub(crate) seq_clients: MultiIndex<u32>,
     /// Server spans by sequence number (rule 3 lookups by clients).
     pub(crate) seq_servers: MultiIndex<u32>,
-    /// Server spans by request-id key (rule 5), of their requests and
-    /// responses.
+    /// Server spans by process and request-id key (rule 5), of their
+    /// requests and responses: an id that travels through several local
+    /// hops is under one key per process.
     pub(crate) rid_servers: MultiIndex<u64>,
     /// Server spans by process and fingerprint (forwarded requests).
     pub(crate) fwd_servers: MultiIndex<u64>,
@@ -270,12 +286,11 @@ impl<G: IdGen> Correlator<G> {
             spans: HashMap::new(),
             next_key: 0,
             unemitted: VecDeque::new(),
-            unemitted_live: 0,
             retained: VecDeque::new(),
             timers: VecDeque::new(),
             work: Vec::new(),
             done_clients: Vec::new(),
-            text_bytes: 0,
+            text_bytes: TextBytes::default(),
             ready: Vec::new(),
             counters: Counters::default(),
         }
@@ -311,7 +326,7 @@ impl<G: IdGen> Correlator<G> {
     /// Memory held by span records (bytes, their texts included), the
     /// quantity [`Config::max_span_bytes`] bounds.
     pub fn span_bytes(&self) -> usize {
-        self.spans.len() * RECORD_BYTES + self.text_bytes
+        self.spans.len() * RECORD_BYTES + self.text_bytes.get()
     }
 
     /// Connections tracked.
@@ -444,8 +459,9 @@ impl<G: IdGen> Correlator<G> {
     }
 
     fn push_unemitted(&mut self, key: SpanKey) {
-        self.unemitted_live += 1;
-        if self.unemitted.len() > 2 * self.unemitted_live + 1024 {
+        // The unemitted are a part of the records: past this, most entries
+        // are stale.
+        if self.unemitted.len() > 2 * self.spans.len() + 1024 {
             let spans = &self.spans;
             self.unemitted
                 .retain(|k| spans.get(k).is_some_and(|r| !r.emitted));
@@ -531,9 +547,8 @@ impl<G: IdGen> Correlator<G> {
                 self.classify.call_failed(r.pid, r.tid, key, at);
             }
             r.status = Status::Error(msg.to_string());
-            let before = r.texts.heap_bytes();
-            r.texts.push_str("error.type", error_type);
-            self.text_bytes = self.text_bytes + r.texts.heap_bytes() - before;
+            self.text_bytes
+                .update(&mut r.texts, |t| t.push_str("error.type", error_type));
         }
         self.complete(key, at);
     }
@@ -575,8 +590,7 @@ impl<G: IdGen> Correlator<G> {
             Side::Outbound => SpanKind::Client,
         };
         let addrs = self.conns.get(&h.conn).and_then(|c| c.addrs);
-        let mut texts = Texts::with_capacity(texts_estimate(req));
-        let facts = request_facts(kind, req, addrs, &self.cfg, &self.rid_hasher, &mut texts);
+        let (texts, facts) = request_facts(kind, req, addrs, &self.cfg, &self.rid_hasher);
         let header = extract(&req.headers, &mut self.counters);
         let rids = request_ids(
             &req.headers,
@@ -635,7 +649,7 @@ impl<G: IdGen> Correlator<G> {
             let spans = &self.spans;
             for &rid in rec.request_ids.as_slice() {
                 self.rid_servers
-                    .insert(rid, key, |k| spans.contains_key(&k));
+                    .insert(forward_key(h.pid, rid), key, |k| spans.contains_key(&k));
             }
             self.fwd_servers
                 .insert(forward_key(h.pid, rec.fingerprint), key, |k| {
@@ -645,7 +659,7 @@ impl<G: IdGen> Correlator<G> {
             self.classify
                 .call_written(h.pid, h.tid, h.conn, key, h.start, &mut self.counters);
         }
-        self.text_bytes += rec.texts.heap_bytes();
+        self.text_bytes.add(&rec.texts);
         self.spans.insert(key, rec);
         self.push_unemitted(key);
         self.push_outstanding(&h, key);
@@ -709,9 +723,10 @@ impl<G: IdGen> Correlator<G> {
             self.counters.unmatched_response += 1;
             return;
         };
-        let before = rec.texts.heap_bytes();
-        rec.status = response_status(rec.kind, rec.grpc, resp, &mut rec.texts);
-        self.text_bytes = self.text_bytes + rec.texts.heap_bytes() - before;
+        let (kind, grpc) = (rec.kind, rec.grpc);
+        rec.status = self
+            .text_bytes
+            .update(&mut rec.texts, |t| response_status(kind, grpc, resp, t));
         let (kind, pid, tid) = (rec.kind, rec.pid, rec.tid);
         match kind {
             SpanKind::Server => {
@@ -746,11 +761,19 @@ impl<G: IdGen> Correlator<G> {
         let Some(rec) = self.spans.get_mut(&key) else {
             return;
         };
-        self.counters.request_ids_ignored += rec.request_ids.extend(&ids);
-        let spans = &self.spans;
+        let pid = rec.pid;
+        let mut kept = RequestIds::default();
         for &rid in ids.as_slice() {
+            if rec.request_ids.push(rid) {
+                kept.push(rid);
+            } else {
+                self.counters.request_ids_ignored += 1;
+            }
+        }
+        let spans = &self.spans;
+        for &rid in kept.as_slice() {
             self.rid_servers
-                .insert(rid, key, |k| spans.contains_key(&k));
+                .insert(forward_key(pid, rid), key, |k| spans.contains_key(&k));
         }
     }
 
@@ -774,5 +797,58 @@ impl<G: IdGen> Correlator<G> {
             id.0[15] = 1;
         }
         id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Header, HttpVersion, Scheme};
+
+    fn headers(ids: &[&str]) -> Vec<Header<'static>> {
+        ids.iter()
+            .map(|v| Header::owned("x-request-id", v))
+            .collect()
+    }
+
+    fn message(pid: u32, side: Side, t: u64, kind: MessageKind<'static>) -> Message<'static> {
+        Message {
+            conn: ConnId(u64::from(pid)),
+            side,
+            pid: Pid(pid),
+            tid: Tid(pid),
+            seq: 1,
+            start_ns: t,
+            end_ns: t,
+            stream_id: None,
+            kind,
+        }
+    }
+
+    #[test]
+    fn request_ids_are_indexed_per_process_and_only_when_kept() {
+        let mut c = Correlator::with_seed(Config::default(), 1);
+        // Two ids through two local processes: a key for each.
+        for pid in [1, 2] {
+            let req = Request {
+                method: "GET".into(),
+                target: "/".into(),
+                version: HttpVersion::Http11,
+                scheme: Scheme::Http,
+                headers: headers(&["a", "x"]).into(),
+            };
+            c.message(message(pid, Side::Inbound, 10, MessageKind::Request(req)));
+        }
+        assert_eq!((c.rid_servers.keys(), c.rid_servers.len()), (4, 4));
+        // A response returns four ids: one known, two more fit, one not.
+        let resp = Response {
+            status: 200,
+            version: HttpVersion::Http11,
+            headers: headers(&["a", "b", "c", "d"]).into(),
+        };
+        let before = c.counters().request_ids_ignored;
+        c.message(message(1, Side::Outbound, 20, MessageKind::Response(resp)));
+        assert_eq!(c.counters().request_ids_ignored - before, 1);
+        assert_eq!((c.rid_servers.keys(), c.rid_servers.len()), (6, 6));
     }
 }

@@ -443,8 +443,15 @@ impl Texts {
         self.name = r;
     }
 
-    pub(crate) fn push_range(&mut self, key: &'static str, r: (u32, u32)) {
-        self.attrs.push((key, Slot::Str(r.0, r.1)));
+    /// Adds attribute `key` with the text `f` appends; returns its range.
+    pub(crate) fn push_with(
+        &mut self,
+        key: &'static str,
+        f: impl FnOnce(&mut String),
+    ) -> (u32, u32) {
+        let (a, b) = self.put_with(f);
+        self.attrs.push((key, Slot::Str(a, b)));
+        (a, b)
     }
 
     pub(crate) fn set_name(&mut self, name: &str) {

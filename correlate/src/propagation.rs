@@ -314,19 +314,8 @@ impl RequestIds {
         self.as_slice().contains(&k)
     }
 
-    /// Adds `other`'s keys; returns how many did not fit.
-    pub fn extend(&mut self, other: &RequestIds) -> u64 {
-        let mut lost = 0;
-        for &k in other.as_slice() {
-            if !self.push(k) {
-                lost += 1;
-            }
-        }
-        lost
-    }
-
     /// Adds a key unless present; false when full.
-    fn push(&mut self, k: u64) -> bool {
+    pub fn push(&mut self, k: u64) -> bool {
         if self.as_slice().contains(&k) {
             return true;
         }

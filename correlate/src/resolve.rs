@@ -44,6 +44,8 @@ enum Nest {
 struct Call {
     start: u64,
     end: Option<u64>,
+    /// The capture lost the call's data: it may well have nested, so only
+    /// its start is judged.
     end_lost: bool,
     force: bool,
 }
@@ -321,14 +323,11 @@ impl<G: IdGen> Correlator<G> {
         key: SpanKey,
         force: bool,
     ) -> Option<(Parent, ParentSource, RootReason)> {
-        let Some(c) = self.spans.get(&key) else {
-            return Some((Parent::Root, ParentSource::Root, RootReason::Lost));
-        };
+        // `decide` found the record.
+        let c = self.spans.get(&key)?;
         let call = Call {
             start: c.start,
-            // A call whose data the capture lost may well have nested: only
-            // its start is judged.
-            end: if c.end_lost { None } else { c.end },
+            end: c.end,
             end_lost: c.end_lost,
             force,
         };
@@ -342,7 +341,7 @@ impl<G: IdGen> Correlator<G> {
         // the call's request ids, or returned it in its response.
         let mut rid = Evidence::default();
         for &id in rids.as_slice() {
-            for &sk in self.rid_servers.get(&id) {
+            for &sk in self.rid_servers.get(&forward_key(pid, id)) {
                 if let Some(s) = self.spans.get(&sk) {
                     if s.kind == SpanKind::Server && s.pid == pid && s.request_ids.contains(id) {
                         rid.consider(sk, call.nests_in(s));
@@ -368,7 +367,15 @@ impl<G: IdGen> Correlator<G> {
         // serves one request per thread; and, whatever the process, the
         // request in progress on the thread whose propagated trace the call
         // carries.
-        let q = self.threads.in_progress(pid, tid, t);
+        let mut ctx = Evidence::default();
+        let spans = &self.spans;
+        let q = self.threads.in_progress(pid, tid, t, |sk| {
+            if let (Some(trace), Some(s)) = (trace, spans.get(&sk)) {
+                if s.header.as_ref().map(|h| h.trace_id) == Some(trace) {
+                    ctx.consider(sk, call.nests_in(s));
+                }
+            }
+        });
         let mut thread = Evidence::default();
         let mut refused = None;
         if q.count == 1 && !q.lossy {
@@ -383,17 +390,7 @@ impl<G: IdGen> Correlator<G> {
                 }
             }
         }
-        let mut ctx = Evidence::default();
-        if let (Some(trace), true) = (trace, q.count > 0) {
-            self.threads.each_in_progress(pid, tid, t, |sk| {
-                if let Some(s) = self.spans.get(&sk) {
-                    if s.header.as_ref().map(|h| h.trace_id) == Some(trace) {
-                        ctx.consider(sk, call.nests_in(s));
-                    }
-                }
-            });
-        }
-        let background = q.count == 0 && self.threads.served_before(pid, tid, t);
+        let background = q.count == 0 && q.served_before;
 
         let all = [
             (&rid, ParentSource::RequestId),
@@ -631,7 +628,7 @@ impl<G: IdGen> Correlator<G> {
             tid: r.tid,
             status: std::mem::replace(&mut r.status, Status::Unset),
             texts: {
-                self.text_bytes = self.text_bytes.saturating_sub(r.texts.heap_bytes());
+                self.text_bytes.remove(&r.texts);
                 std::mem::take(&mut r.texts)
             },
         };
@@ -662,7 +659,6 @@ impl<G: IdGen> Correlator<G> {
         }
         let kind = span.kind;
         self.ready.push(span);
-        self.unemitted_live = self.unemitted_live.saturating_sub(1);
         // A server span's record is kept for late children (rule 4) and
         // request-id lookups. A client span is the parent only of the server
         // span at the other end, which links when it arrives (with the same
@@ -744,8 +740,7 @@ impl<G: IdGen> Correlator<G> {
             }
             self.cancel_decision(k);
             if let Some(r) = self.spans.remove(&k).filter(|r| !r.emitted) {
-                self.unemitted_live = self.unemitted_live.saturating_sub(1);
-                self.text_bytes = self.text_bytes.saturating_sub(r.texts.heap_bytes());
+                self.text_bytes.remove(&r.texts);
             }
         }
     }

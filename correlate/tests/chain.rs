@@ -18,7 +18,7 @@ fn sequential_30_requests_make_30_complete_traces() {
     assert_chain(&out, &ch, true);
     assert_eq!(trace_count(&out), 30);
     let c = &out.counters;
-    let warm = ch.extra_spans as u64;
+    let warm = warm_up().count() as u64;
     assert_eq!(c.spans_emitted, 180 + warm);
     // curl's spans begin their traces (idle: curl serves nothing), and so
     // do A's warm-up requests from elsewhere.

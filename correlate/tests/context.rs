@@ -69,14 +69,13 @@ fn outgoing(
     ]
 }
 
-/// P answers 8 requests from elsewhere on two other threads, each on the
-/// thread that read it, in the first half millisecond: the correlator then
-/// knows P serves one request per thread (rule 4 applies to it).
+/// P's [`warm_up`], from elsewhere on two other threads, in the first half
+/// millisecond.
 fn pool() -> Vec<Ev> {
     let mut evs = Vec::new();
-    for k in 0..8u64 {
+    for (k, thread) in warm_up() {
         let t = 10 * US + k * 50 * US;
-        let tid = 60 + (k % 2) as u32;
+        let tid = 60 + thread;
         evs.extend(incoming(
             100 + k,
             tid,

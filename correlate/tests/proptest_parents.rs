@@ -233,11 +233,11 @@ fn scenario(k: &Knobs) -> Scenario {
         g.call(E, E, w, E, r, &format!("/poll/{i}"), &[], None);
     }
 
-    // P: a pool. Warm-up first (from elsewhere, on two threads), then its
-    // requests, sequential on each thread, each calling the backend.
-    for w in 0..8u64 {
+    // P: a pool. Warm-up first (from elsewhere), then its requests,
+    // sequential on each thread, each calling the backend.
+    for (w, thread) in warm_up() {
         let (r, a) = (g.t(w * 30), g.t(w * 30 + 20));
-        let tid = P_TID + (w % 2) as u32;
+        let tid = P_TID + thread;
         g.inbound(P, 8020, tid, r, tid, a, &format!("/warm/{w}"), &[], &[]);
     }
     let mut free = [300u64; P_THREADS as usize];

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use correlate::*;
 
-use super::{at, lbl, req, resp, Ev, Label, Out, Seen, Sim, MS, US};
+use super::{at, lbl, req, resp, warm_up, Ev, Label, Out, Seen, Sim, MS, US};
 
 /// curl k runs as pid `CURL + k`.
 pub const CURL: u32 = 1_000;
@@ -37,14 +37,7 @@ pub struct ChainOpts {
     /// Per-request timelines (12 increasing instants), overriding the
     /// structured timing.
     pub times: Option<Vec<[u64; 12]>>,
-    /// A has already served [`WARM_REQUESTS`] requests on two threads
-    /// before the chain (from a client elsewhere): the correlator knows it
-    /// serves one request per thread, so rule 4 links its calls.
-    pub warm_pool: bool,
 }
-
-/// Requests A serves before the chain when `warm_pool` is set.
-pub const WARM_REQUESTS: usize = 8;
 
 impl Default for ChainOpts {
     fn default() -> Self {
@@ -55,7 +48,6 @@ impl Default for ChainOpts {
             traceparent: false,
             keepalive_upstream: false,
             times: None,
-            warm_pool: true,
         }
     }
 }
@@ -79,14 +71,14 @@ pub struct Hop {
     pub header: Option<(String, String)>,
 }
 
-/// Generated scenario.
+/// Generated scenario. Before the chain, A serves the [`warm_up`]
+/// requests (from a client elsewhere): the correlator knows it serves one
+/// request per thread, so rule 4 links its calls.
 pub struct Chain {
     /// Events in the order they happened.
     pub events: Vec<Ev>,
     /// Per request.
     pub hops: Vec<Hop>,
-    /// Spans made besides the hops' (A's warm-up).
-    pub extra_spans: usize,
 }
 
 /// Structured timing: batches of `conc` requests; inside a batch nginx reads
@@ -136,25 +128,21 @@ pub fn chain(o: &ChainOpts) -> Chain {
     let mut sim = Sim::new(7);
     let mut hops = Vec::new();
     let mut upstream = None;
-    let mut extra_spans = 0;
-    if o.warm_pool {
-        // Within the first half millisecond, before any request of the
-        // chain (which starts at 1 ms).
-        for k in 0..WARM_REQUESTS {
-            let t = 10 * US + k as u64 * 50 * US;
-            let tid = A_TID - 1 - (k % 2) as u32;
-            let mut c = sim.connect("192.0.2.9", "127.0.0.1:8001", Seen::ServerOnly);
-            let r = req("GET", &format!("/warm/{k}"), &[("Host", "a")]);
-            sim.request(&mut c, at(t, 1, 1), at(t, A, tid), &r);
-            sim.response(
-                &mut c,
-                at(t + 20 * US, A, tid),
-                at(t + 20 * US, 1, 1),
-                &resp(200, &[]),
-            );
-            sim.close(&c, t + 30 * US);
-            extra_spans += 1;
-        }
+    // Within the first half millisecond, before any request of the chain
+    // (which starts at 1 ms).
+    for (k, thread) in warm_up() {
+        let t = 10 * US + k * 50 * US;
+        let tid = A_TID - 1 - thread;
+        let mut c = sim.connect("192.0.2.9", "127.0.0.1:8001", Seen::ServerOnly);
+        let r = req("GET", &format!("/warm/{k}"), &[("Host", "a")]);
+        sim.request(&mut c, at(t, 1, 1), at(t, A, tid), &r);
+        sim.response(
+            &mut c,
+            at(t + 20 * US, A, tid),
+            at(t + 20 * US, 1, 1),
+            &resp(200, &[]),
+        );
+        sim.close(&c, t + 30 * US);
     }
     for i in 0..o.requests {
         let t = match &o.times {
@@ -238,7 +226,6 @@ pub fn chain(o: &ChainOpts) -> Chain {
     Chain {
         events: sim.sorted(),
         hops,
-        extra_spans,
     }
 }
 
@@ -298,7 +285,7 @@ pub fn assert_chain(out: &Out, ch: &Chain, c1_linked: bool) {
     let hops = &ch.hops;
     assert_eq!(
         out.spans.len(),
-        hops.len() * 6 + ch.extra_spans,
+        hops.len() * 6 + warm_up().count(),
         "span count"
     );
     out.assert_unique_ids();

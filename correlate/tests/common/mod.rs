@@ -15,6 +15,15 @@ pub const US: u64 = 1_000;
 /// One millisecond in ns.
 pub const MS: u64 = 1_000_000;
 
+/// The warm-up of a pool before a test's own requests: as many requests as
+/// prove a pool by default ([`Config::pool_min_requests`]), each answered
+/// on the thread that read it, alternating two threads; then the
+/// correlator knows the process serves one request per thread (rule 4
+/// applies to it). Yields `(k, thread)`, `thread` 0 or 1.
+pub fn warm_up() -> impl Iterator<Item = (u64, u32)> {
+    (0..u64::from(Config::default().pool_min_requests)).map(|k| (k, (k % 2) as u32))
+}
+
 /// One thing the agent reports.
 #[derive(Clone, Debug)]
 pub enum Ev {
