@@ -77,12 +77,14 @@ def main():
                     row["lost"] = lost(err)
                     row["state_records"] = counter(err, "opened")
                     row["spans"] = counter(err, "spans_emitted")
-                    row["exported"] = counter(err, "exported")
+                    row["exported"] = counter(err, "export.exported{otlp}")
                     row["kns"], row["krows"] = per_request(stats.diff(bpf0, bpf1), total)
                     lost_conn += row["lost"].get("drops{ring_full_conn}", 0)
-                    print("  round %d %-8s %8.0f conn/s  lost %s  RSS %.1f MiB  kernel %.0f ns/conn  %s" % (
-                        r + 1, name, rps, " ".join("%s=%d" % kv for kv in row["lost"].items()),
-                        row["rss"] / 1024, row["kns"], format_rows(row["krows"])), flush=True)
+                    print("  round %d %-8s %8.0f conn/s  %d requests, %d connections tracked  lost %s  "
+                          "RSS %.1f MiB  kernel %.0f ns/conn  %s" % (
+                              r + 1, name, rps, total, row["state_records"],
+                              " ".join("%s=%d" % kv for kv in row["lost"].items()),
+                              row["rss"] / 1024, row["kns"], format_rows(row["krows"])), flush=True)
                 else:
                     print("  round %d %-8s %8.0f conn/s" % (r + 1, name, rps), flush=True)
                 results[name].append(row)
