@@ -100,15 +100,15 @@ def main():
         line = "%-8s %8.0f conn/s" % (name, statistics.median(r["rps"] for r in rows))
         if name != "none":
             ratios = [a["rps"] / b["rps"] for a, b in zip(rows, base)]
-            lost = {}
+            lost_all = {}
             for r in rows:
                 for kind, n in r["lost"].items():
-                    lost[kind] = lost.get(kind, 0) + n
+                    lost_all[kind] = lost_all.get(kind, 0) + n
             line += "  ratio %.3f  peak RSS %.1f MiB  agent CPU %.1f us/conn  kernel %.0f ns/conn" % (
                 statistics.median(ratios), max(r["rss"] for r in rows) / 1024,
                 statistics.median(r["cpu"] / r["total"] * 1e6 for r in rows),
                 statistics.median(r["kns"] for r in rows))
-            line += "\n         lost (all rounds): %s" % " ".join("%s=%d" % kv for kv in lost.items())
+            line += "\n         lost (all rounds): %s" % " ".join("%s=%d" % kv for kv in lost_all.items())
             if name == "traces":
                 line += "\n         spans made %d, exported %d (all rounds)" % (
                     sum(r["spans"] for r in rows), sum(r["exported"] for r in rows))
