@@ -21,6 +21,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -52,7 +53,11 @@ def wait_port(port, timeout=10):
 
 
 class Nginx:
-    def __init__(self, workers):
+    """nginx serving a small static file on a free loopback port.
+    `access_log`: log every request (buffered) to the file `self.access_log`,
+    written in full once quit() returns."""
+
+    def __init__(self, workers, access_log=False):
         self.dir = tempfile.mkdtemp(prefix="bench-nginx-")
         self.port = free_port()
         root = os.path.join(self.dir, "root")
@@ -60,6 +65,8 @@ class Nginx:
         os.makedirs(os.path.join(self.dir, "logs"))
         with open(os.path.join(root, "index.html"), "w") as f:
             f.write("<html><body>" + "hello " * 100 + "</body></html>\n")
+        self.access_log = os.path.join(self.dir, "logs", "access.log") if access_log else None
+        log = "%s combined buffer=256k flush=1s" % self.access_log if access_log else "off"
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as f:
             f.write("""worker_processes %s;
@@ -69,18 +76,24 @@ daemon off;
 user root;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  access_log %s;
   keepalive_requests 1000000;
   server { listen 127.0.0.1:%d; root %s; }
 }
-""" % (workers, self.dir, self.dir, self.port, root))
+""" % (workers, self.dir, self.dir, log, self.port, root))
         self.proc = subprocess.Popen(["nginx", "-p", self.dir, "-c", conf],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
 
+    def quit(self):
+        """Graceful shutdown: the buffered access log is written."""
+        self.proc.send_signal(signal.SIGQUIT)
+        self.proc.wait(timeout=10)
+
     def stop(self):
-        self.proc.terminate()
-        self.proc.wait()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -17,27 +17,10 @@ anomalies it reported. Exits 1 when a peak RSS is above --max-rss-mib
 """
 import argparse
 import re
-import subprocess
 import sys
 
 from agentproc import Agent
-from overhead import Nginx, free_port
-
-
-def wrk(port, seconds, conns, close=False):
-    cmd = ["wrk", "-t2", "-c%d" % conns, "-d%ds" % seconds]
-    if close:
-        cmd += ["-H", "Connection: close"]
-    out = subprocess.run(cmd + ["http://127.0.0.1:%d/index.html" % port],
-                         capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    return rps, total
-
-
-def closed_port():
-    """A loopback port nothing listens on."""
-    return free_port()
+from overhead import Nginx, OtlpSink, free_port, wrk
 
 
 def main():
@@ -45,14 +28,14 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--max-rss-mib", type=float, default=128)
     args = ap.parse_args()
-    down = "http://127.0.0.1:%d" % closed_port()
+    # A loopback port nothing listens on.
+    down = "http://127.0.0.1:%d" % free_port()
     cases = [
         ("small-ring", ["--ring-buffer-size", str(256 << 10), "--wakeup-bytes", str(64 << 10),
                         "--otlp-endpoint", "{sink}", "--otlp-protocol", "http/protobuf"], False),
         ("endpoint-down", ["--otlp-endpoint", down, "--otlp-protocol", "http/protobuf"], False),
         ("short-conns", ["--otlp-endpoint", "{sink}", "--otlp-protocol", "http/protobuf"], True),
     ]
-    from overhead import OtlpSink
     nginx = Nginx("1")
     sink = OtlpSink()
     failed = False
@@ -61,13 +44,13 @@ def main():
         for name, flags, close in cases:
             flags = [f.replace("{sink}", "http://127.0.0.1:%d" % sink.port) for f in flags]
             seconds = args.seconds
-            base_rps, base_total = wrk(nginx.port, seconds, 50, close)
+            base_rps, _, _ = wrk(nginx.port, seconds, 50, close)
             if close:
                 # Long enough for 100,000 connections even if the agent
                 # halved the rate.
                 seconds = max(seconds, int(2 * 100_000 / base_rps) + 1)
             agent = Agent(flags)
-            rps, total = wrk(nginx.port, seconds, 50, close)
+            rps, total, _ = wrk(nginx.port, seconds, 50, close)
             rss = agent.peak_rss_kib() / 1024
             summary = agent.stop()
             anomalies = re.search(r"anomalies: (.*)", summary)

@@ -12,7 +12,6 @@
 """
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -20,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from agentproc import Agent
+from agentproc import Agent, counter
 
 SPIN_C = r"""
 #include <stdio.h>
@@ -44,11 +43,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-
-
-def counter(text, name):
-    m = re.search(r"\b%s: (\d+)" % name, text)
-    return int(m.group(1)) if m else 0
 
 
 def main():
@@ -114,10 +108,13 @@ def main():
         for p in procs:
             p.kill()
             p.wait()
-        samples = counter(err, "samples")
-        frames = counter(err, "frames")
-        total_ns = counter(err, "total_ns")
-        truncated = counter(err, "truncated")
+        # The sampling stage's counters: the profiles row also has the
+        # unwinder's frames/truncated and the aggregator's samples after them,
+        # and counter() reads the first of a name in the row.
+        samples = counter(err, "profiles.samples")
+        frames = counter(err, "profiles.frames")
+        total_ns = counter(err, "profiles.total_ns")
+        truncated = counter(err, "profiles.truncated")
         print("\n20 busy processes, 10 s at 99 Hz on %d CPUs: %d samples (%d truncated), %d frames"
               % (os.cpu_count(), samples, truncated, frames))
         if total_ns:

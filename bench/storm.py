@@ -5,8 +5,8 @@ wrk with `Connection: close` against nginx (small static file), each
 request a new connection (accept, request, response, close on both ends),
 as fast as the host serves them, without the agent and with it, the order
 rotated every round. For each run with the agent, prints the connections per
-second, what the kernel lost per record kind (connection state records in
-their own ring, call and packet records in the per-CPU lanes), what reached
+second, what the kernel lost per record kind (all records share the per-CPU
+lanes, a quarter of each kept for connection state records), what reached
 the agent (state records), its peak RSS and CPU, and the spans it made. A
 lane the agent is far behind on has its call and packet records passed over
 (counted as shed_*) so that connection records are always read.
@@ -20,7 +20,7 @@ import shutil
 import statistics
 import sys
 
-from agentproc import TRACER, Agent, counter
+from agentproc import TRACER, Agent, counter, lost
 from bpfstats import BpfStats, format_rows, per_request
 from overhead import Nginx, OtlpSink, wrk
 
@@ -29,11 +29,6 @@ CONDITIONS = [
     ("capture", ["--no-spans", "--profile-hz", "0"]),
     ("traces", ["--otlp-endpoint", "{otlp}", "--otlp-protocol", "http/protobuf"]),
 ]
-
-# Records lost in the kernel (lane full) per kind, and passed over unread by
-# the agent while it was behind (shed_*).
-KINDS = ["drops{ring_full_conn}", "drops{ring_full_op}", "drops{ring_full_segment}",
-         "drops{ring_full_totals}", "drops{nested_too_deep}", "shed_op", "shed_segment"]
 
 
 def main():
@@ -77,16 +72,19 @@ def main():
                     row["cpu"] = agent.cpu_seconds() - cpu0
                     row["rss"] = agent.peak_rss_kib()
                     err = agent.stop()
-                    line = next((l for l in err.splitlines() if "tracer: counters:" in l), "")
-                    row["lost"] = {kind: counter(line, kind) for kind in KINDS}
-                    row["state_records"] = counter(line, "opened")
-                    row["spans"] = counter(line, "spans_emitted")
-                    row["exported"] = counter(line, "exported")
+                    # Records lost in the kernel (lane full) per kind, and
+                    # passed over unread while the agent was behind (shed_*).
+                    row["lost"] = lost(err)
+                    row["state_records"] = counter(err, "opened")
+                    row["spans"] = counter(err, "spans_emitted")
+                    row["exported"] = counter(err, "export.exported{otlp}")
                     row["kns"], row["krows"] = per_request(stats.diff(bpf0, bpf1), total)
-                    lost_conn += row["lost"]["drops{ring_full_conn}"]
-                    print("  round %d %-8s %8.0f conn/s  lost %s  RSS %.1f MiB  kernel %.0f ns/conn  %s" % (
-                        r + 1, name, rps, " ".join("%s=%d" % kv for kv in row["lost"].items()),
-                        row["rss"] / 1024, row["kns"], format_rows(row["krows"])), flush=True)
+                    lost_conn += row["lost"].get("drops{ring_full_conn}", 0)
+                    print("  round %d %-8s %8.0f conn/s  %d requests, %d connections tracked  lost %s  "
+                          "RSS %.1f MiB  kernel %.0f ns/conn  %s" % (
+                              r + 1, name, rps, total, row["state_records"],
+                              " ".join("%s=%d" % kv for kv in row["lost"].items()),
+                              row["rss"] / 1024, row["kns"], format_rows(row["krows"])), flush=True)
                 else:
                     print("  round %d %-8s %8.0f conn/s" % (r + 1, name, rps), flush=True)
                 results[name].append(row)
@@ -102,12 +100,15 @@ def main():
         line = "%-8s %8.0f conn/s" % (name, statistics.median(r["rps"] for r in rows))
         if name != "none":
             ratios = [a["rps"] / b["rps"] for a, b in zip(rows, base)]
-            lost = {kind: sum(r["lost"][kind] for r in rows) for kind in KINDS}
+            lost_all = {}
+            for r in rows:
+                for kind, n in r["lost"].items():
+                    lost_all[kind] = lost_all.get(kind, 0) + n
             line += "  ratio %.3f  peak RSS %.1f MiB  agent CPU %.1f us/conn  kernel %.0f ns/conn" % (
                 statistics.median(ratios), max(r["rss"] for r in rows) / 1024,
                 statistics.median(r["cpu"] / r["total"] * 1e6 for r in rows),
                 statistics.median(r["kns"] for r in rows))
-            line += "\n         lost (all rounds): %s" % " ".join("%s=%d" % kv for kv in lost.items())
+            line += "\n         lost (all rounds): %s" % " ".join("%s=%d" % kv for kv in lost_all.items())
             if name == "traces":
                 line += "\n         spans made %d, exported %d (all rounds)" % (
                     sum(r["spans"] for r in rows), sum(r["exported"] for r in rows))

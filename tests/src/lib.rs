@@ -106,6 +106,87 @@ pub fn wait_port(port: u16, timeout: Duration) {
     panic!("nothing listens on port {port} after {timeout:?}");
 }
 
+/// One curl process, one request to `url` with `headers` (`Name: value`)
+/// and `extra` curl arguments; returns the HTTP status.
+pub fn curl_status(url: &str, headers: &[&str], extra: &[&str]) -> u16 {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.args(extra).arg(url);
+    let code = run_ok(&mut cmd);
+    code.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("curl {url} printed no status ({e}): {code}"))
+}
+
+/// A server started from a command that prints nothing useful, ready once
+/// something accepts on its port; killed on drop.
+pub struct Listening {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Listening {
+    /// Spawns `cmd` (which must listen on `port`) and waits until it does.
+    pub fn start(cmd: &mut Command, port: u16) -> Listening {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        // Built before the wait, so that a server that never listens is
+        // killed when the wait panics.
+        let l = Listening { child, port };
+        wait_port(port, Duration::from_secs(30));
+        l
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real redis-server on loopback, persisting nothing (its directory a
+/// temp dir); killed on drop.
+pub struct Redis {
+    server: Listening,
+    _dir: tempdir::TempDir,
+}
+
+impl Redis {
+    /// Starts it and waits until it listens.
+    pub fn start() -> Redis {
+        require_tool("redis-server");
+        let dir = tempdir::TempDir::new("tracer-redis");
+        let port = free_port();
+        let server = Listening::start(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(dir.path()),
+            port,
+        );
+        Redis { server, _dir: dir }
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.server.port
+    }
+}
+
 /// A running agent.
 pub struct Agent {
     child: Child,
@@ -431,6 +512,17 @@ impl Spawned {
             }
         });
         Spawned { child, lines: rx }
+    }
+
+    /// Spawns `cmd` and waits (up to 30 s) for its first line, "ready".
+    pub fn ready(cmd: &mut Command) -> Spawned {
+        let s = Spawned::new(cmd);
+        assert_eq!(
+            s.line(Duration::from_secs(30)),
+            "ready",
+            "{cmd:?} did not start"
+        );
+        s
     }
 
     /// Next stdout line, waiting up to `timeout`.

@@ -11,9 +11,9 @@ use std::{
 
 use serde_json::Value;
 use tracer_e2e::{
-    free_port, py_script, python, require_tool, root_test, run_ok,
+    curl_status, free_port, py_script, python, require_tool, root_test,
     span::{attr, f, res},
-    wait_port, Agent, AgentOutput, Backend, Nginx, Otlp, Receiver, Spawned,
+    wait_port, Agent, AgentOutput, Backend, Nginx, Otlp, Receiver, Redis, Spawned,
 };
 
 const SETTLE: Duration = Duration::from_millis(1500);
@@ -26,9 +26,7 @@ fn heads_backend(service: &str) -> (Spawned, u16) {
         .arg(port.to_string())
         .env("OTEL_SERVICE_NAME", service)
         .stderr(Stdio::inherit());
-    let child = Spawned::new(&mut cmd);
-    assert_eq!(child.line(Duration::from_secs(10)), "ready");
-    (child, port)
+    (Spawned::ready(&mut cmd), port)
 }
 
 /// The agent exporting to `receiver`, without CPU sampling.
@@ -36,17 +34,6 @@ fn agent(receiver: &Receiver) -> Agent {
     let mut args = receiver.agent_args();
     args.extend(["--profile-hz".into(), "0".into()]);
     Agent::start(&args)
-}
-
-/// One curl request; returns the HTTP status.
-fn curl(url: &str, headers: &[String], extra: &[&str]) -> u16 {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    cmd.args(extra);
-    run_ok(cmd.arg(url)).trim().parse().unwrap()
 }
 
 /// Spans whose url.path is exactly `path`.
@@ -88,6 +75,11 @@ fn bulky_headers(kb: usize) -> Vec<String> {
     out
 }
 
+/// Owned header lines as curl_status takes them.
+fn refs(headers: &[String]) -> Vec<&str> {
+    headers.iter().map(String::as_str).collect()
+}
+
 #[test]
 fn heads_of_1_4_and_12_kib_before_traceparent_join_the_trace() {
     let Some(_g) = root_test("heads_of_1_4_and_12_kib_before_traceparent_join_the_trace") else {
@@ -108,7 +100,11 @@ fn heads_of_1_4_and_12_kib_before_traceparent_join_the_trace() {
         headers.push(format!("traceparent: 00-{trace}-00f067aa0ba902b7-01"));
         headers.push(format!("x-request-id: req-{kb}"));
         let url = format!("http://127.0.0.1:{}/heads-{kb}", nginx.port);
-        assert_eq!(curl(&url, &headers, &[]), 200, "{kb} KiB of headers");
+        assert_eq!(
+            curl_status(&url, &refs(&headers), &[]),
+            200,
+            "{kb} KiB of headers"
+        );
         traces.insert(format!("/heads-{kb}"), trace);
     }
     let spans = receiver.wait_for(Duration::from_secs(20), |s| {
@@ -155,8 +151,7 @@ fn six_kib_of_set_cookie_leave_the_status_right() {
     let receiver = Receiver::start(Otlp::Grpc);
     let agent = agent(&receiver);
     let url = format!("http://127.0.0.1:{py_port}/setcookie?kb=6");
-    let headers = ["x-request-id: cookie-run".to_owned()];
-    assert_eq!(curl(&url, &headers, &[]), 201);
+    assert_eq!(curl_status(&url, &["x-request-id: cookie-run"], &[]), 201);
     let spans = receiver.wait_for(Duration::from_secs(20), |s| {
         spans_of(s, "/setcookie").len() >= 2
     });
@@ -194,7 +189,7 @@ fn head_over_the_window_makes_a_span_counts_the_cut_and_invents_nothing() {
     let mut headers = bulky_headers(20);
     headers.push(format!("traceparent: 00-{trace}-b7ad6b7169203331-01"));
     let url = format!("http://127.0.0.1:{py_port}/over-limit");
-    assert_eq!(curl(&url, &headers, &[]), 200);
+    assert_eq!(curl_status(&url, &refs(&headers), &[]), 200);
     let spans = receiver.wait_for(Duration::from_secs(20), |s| {
         spans_of(s, "/over-limit").len() >= 2
     });
@@ -237,21 +232,7 @@ fn bulk_tcp_next_to_http_is_silenced_and_http_spans_stay() {
          location / {{ proxy_pass http://127.0.0.1:{}; }} }}",
         backend.port
     ));
-    let redis_port = free_port();
-    let mut redis = Command::new("redis-server")
-        .args([
-            "--port",
-            &redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server");
+    let redis = Redis::start();
     let iperf_port = free_port();
     let mut iperf_server = Command::new("iperf3")
         .args(["-s", "-p", &iperf_port.to_string()])
@@ -259,7 +240,6 @@ fn bulk_tcp_next_to_http_is_silenced_and_http_spans_stay() {
         .stderr(Stdio::null())
         .spawn()
         .expect("iperf3 -s");
-    wait_port(redis_port, Duration::from_secs(10));
     wait_port(iperf_port, Duration::from_secs(10));
     let receiver = Receiver::start(Otlp::Grpc);
     let agent = agent(&receiver);
@@ -280,7 +260,7 @@ fn bulk_tcp_next_to_http_is_silenced_and_http_spans_stay() {
     let bench = Command::new("redis-benchmark")
         .args([
             "-p",
-            &redis_port.to_string(),
+            &redis.port().to_string(),
             "-t",
             "set,get",
             "-n",
@@ -293,7 +273,7 @@ fn bulk_tcp_next_to_http_is_silenced_and_http_spans_stay() {
     let n = 20;
     for i in 0..n {
         let url = format!("http://127.0.0.1:{}/bulk-{i}", nginx.port);
-        assert_eq!(curl(&url, &[], &[]), 200);
+        assert_eq!(curl_status(&url, &[], &[]), 200);
         std::thread::sleep(Duration::from_millis(100));
     }
     let iperf_out = iperf.wait_with_output().unwrap();
@@ -305,8 +285,7 @@ fn bulk_tcp_next_to_http_is_silenced_and_http_spans_stay() {
     });
     let _ = iperf_server.kill();
     let _ = iperf_server.wait();
-    let _ = redis.kill();
-    let _ = redis.wait();
+    drop(redis);
     let out = agent.stop(SETTLE);
 
     for i in 0..n {
@@ -365,11 +344,11 @@ fn hundred_megabyte_download_and_upload_are_skipped_not_copied() {
     let receiver = Receiver::start(Otlp::Grpc);
     let agent = agent(&receiver);
     let down = format!("http://127.0.0.1:{}/big.bin", nginx.port);
-    assert_eq!(curl(&down, &[], &[]), 200);
+    assert_eq!(curl_status(&down, &[], &[]), 200);
     let up = format!("http://127.0.0.1:{py_port}/upload");
     let file = upload.display().to_string();
     assert_eq!(
-        curl(
+        curl_status(
             &up,
             &[],
             &["-X", "POST", "--data-binary", &format!("@{file}")]

@@ -20,13 +20,9 @@ fn value(m: &Value, sample: &str) -> f64 {
     m[sample][""].as_f64().unwrap_or(0.0)
 }
 
+/// One request; its status is not what these tests check.
 fn curl(port: u16, path: &str) {
-    run_ok(Command::new("curl").args([
-        "-sS",
-        "-o",
-        "/dev/null",
-        &format!("http://127.0.0.1:{port}{path}"),
-    ]));
+    curl_status(&format!("http://127.0.0.1:{port}{path}"), &[], &[]);
 }
 
 #[test]
@@ -88,15 +84,10 @@ fn counters_move_with_traffic_and_parse_as_prometheus_text() {
         .expect("kernel drops family");
     assert!(drops.contains_key("reason=ring_full_segment"), "{drops:?}");
     // Anything but GET /metrics is not found.
-    let code = run_ok(Command::new("curl").args([
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &format!("http://127.0.0.1:{mport}/nope"),
-    ]));
-    assert_eq!(code.trim(), "404");
+    assert_eq!(
+        curl_status(&format!("http://127.0.0.1:{mport}/nope"), &[], &[]),
+        404
+    );
     let out = agent.stop(Duration::from_millis(300));
     assert!(
         out.stderr.contains("tracer: counters at exit"),

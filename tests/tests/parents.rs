@@ -7,74 +7,21 @@
 //! the call. Each request has its own path (or, where the paths must be
 //! the same, its own User-Agent, which proxies pass on and the correlator
 //! does not use), so the cause of every span is known.
-use std::{
-    collections::HashMap,
-    io::{BufRead, BufReader},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{collections::HashMap, path::PathBuf, process::Command, time::Duration};
 
 use serde_json::Value;
 use tracer_e2e::{
-    free_port, py_script, python, require_tool, root_test, run_ok,
+    curl_status, free_port, py_script, python, require_tool, root_test, run_ok,
     span::{attr, f, res},
     tempdir::TempDir,
-    wait_port, workspace, Agent, AgentOutput, Backend, Otlp, Receiver,
+    workspace, Agent, AgentOutput, Backend, Listening, Nginx, Otlp, Receiver, Spawned,
 };
 
 const SETTLE: Duration = Duration::from_millis(1500);
 
-/// A started program, killed on drop (with its directory, if any).
-struct Proc(Child, Option<TempDir>);
-
-impl Proc {
-    /// Starts `cmd` and waits for it to print "ready".
-    fn ready(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "{cmd:?} did not start");
-        Proc(child, None)
-    }
-
-    /// Starts a server `cmd` that listens on `port` (and prints nothing).
-    fn listening(cmd: &mut Command, port: u16) -> Proc {
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-        let p = Proc(child, None);
-        wait_port(port, Duration::from_secs(10));
-        p
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// One curl, one request; returns the HTTP status.
+/// One curl, one request to `path` on `port`; returns the HTTP status.
 fn curl(port: u16, path: &str, headers: &[&str]) -> u16 {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    run_ok(cmd.arg(format!("http://127.0.0.1:{port}{path}")))
-        .trim()
-        .parse()
-        .unwrap()
+    curl_status(&format!("http://127.0.0.1:{port}{path}"), headers, &[])
 }
 
 /// `total` requests from `clients` concurrent workers; `request(i)` makes
@@ -229,7 +176,7 @@ fn summary(out: &AgentOutput) -> String {
 /// a timer (every 20 ms) on the same event loop: 30 sequential requests.
 /// Every request's spans link (the forwarded request repeats the one in
 /// flight); no timer call is put under a request.
-fn timer_scenario(service: &str, start: impl FnOnce(u16, u16) -> Proc) {
+fn timer_scenario(service: &str, start: impl FnOnce(u16, u16) -> Spawned) {
     require_tool("curl");
     let backend = Backend::start("backend", None);
     let port = free_port();
@@ -322,7 +269,7 @@ fn node_timer_calls_are_never_put_under_a_request() {
     };
     require_tool("node");
     timer_scenario("svc-node", |port, backend| {
-        Proc::ready(
+        Spawned::ready(
             Command::new("node")
                 .arg(workspace().join("tests/node/timer_proxy.js"))
                 .args([port.to_string(), backend.to_string()])
@@ -348,7 +295,7 @@ fn go_timer_calls_are_never_put_under_a_request() {
     };
     let bin = go_build();
     timer_scenario("svc-go", |port, backend| {
-        Proc::ready(
+        Spawned::ready(
             Command::new(&bin.1)
                 .args([port.to_string(), backend.to_string(), "20".into()])
                 .env("OTEL_SERVICE_NAME", "svc-go"),
@@ -356,8 +303,8 @@ fn go_timer_calls_are_never_put_under_a_request() {
     });
 }
 
-fn aio(port: u16, backend: u16, service: &str, args: &[&str]) -> Proc {
-    Proc::ready(
+fn aio(port: u16, backend: u16, service: &str, args: &[&str]) -> Spawned {
+    Spawned::ready(
         Command::new(python())
             .arg(py_script("aio_proxy.py"))
             .args([port.to_string(), backend.to_string()])
@@ -396,7 +343,7 @@ fn thread_per_request_chain_links_under_16_concurrent_clients() {
     // so only rule 4 (A serves one request per thread) can link it.
     let b = Backend::start("tpr-b", None);
     let a_port = free_port();
-    let _a = Proc::ready(
+    let _a = Spawned::ready(
         Command::new(python())
             .arg(py_script("chain_backend.py"))
             .arg(a_port.to_string())
@@ -446,16 +393,17 @@ struct Proxied {
     out: AgentOutput,
 }
 
-fn through_proxy(
+/// `start(backend)` starts the proxy in front of `backend` and returns it
+/// (kept until the end) with its port.
+fn through_proxy<P>(
     proxy_name: &str,
-    start: impl FnOnce(u16, u16) -> Proc,
+    start: impl FnOnce(u16) -> (P, u16),
     total: usize,
     identical: bool,
 ) -> Proxied {
     require_tool("curl");
     let backend = Backend::start("backend", None);
-    let port = free_port();
-    let _proxy = start(port, backend.port);
+    let (_proxy, port) = start(backend.port);
     let receiver = Receiver::start(Otlp::Grpc);
     let agent = Agent::start(&receiver.agent_args());
     let tag = format!("{proxy_name}-{}", if identical { "same" } else { "unique" });
@@ -495,37 +443,23 @@ fn through_proxy(
     Proxied { links, out }
 }
 
-fn nginx(port: u16, backend: u16) -> Proc {
-    require_tool("nginx");
-    let dir = TempDir::new("tracer-nginx");
-    let d = dir.path().display();
-    let conf = format!(
-        "worker_processes 1;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\ndaemon off;\nuser root;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
-         fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-         server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://127.0.0.1:{backend}; }} }} }}\n"
-    );
-    let path = dir.path().join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
-    let mut p = Proc::listening(
-        Command::new("nginx")
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&path),
-        port,
-    );
-    p.1 = Some(dir);
-    p
+/// nginx proxying to `backend`, and its port.
+fn nginx(backend: u16) -> (Nginx, u16) {
+    let n = Nginx::start(&format!(
+        "server {{ listen 127.0.0.1:{{port}}; \
+         location / {{ proxy_pass http://127.0.0.1:{backend}; }} }}"
+    ));
+    let port = n.port;
+    (n, port)
 }
 
 /// haproxy in front of `backend`; with `unique_id`, it generates an
 /// `x-request-id`, sends it upstream and returns it downstream (as
 /// Envoy's and many meshes' edge proxies do).
-fn haproxy(port: u16, backend: u16, unique_id: bool) -> Proc {
+fn haproxy(backend: u16, unique_id: bool) -> ((Listening, TempDir), u16) {
     require_tool("haproxy");
     let dir = TempDir::new("tracer-haproxy");
+    let port = free_port();
     let ids = if unique_id {
         "  unique-id-format %{+X}o%ci:%cp_%fi:%fp_%Ts_%rt:%pid\n\
          \x20 http-request set-header x-request-id %[unique-id]\n\
@@ -540,12 +474,11 @@ fn haproxy(port: u16, backend: u16, unique_id: bool) -> Proc {
     );
     let path = dir.path().join("haproxy.cfg");
     std::fs::write(&path, conf).unwrap();
-    let mut p = Proc::listening(
+    let p = Listening::start(
         Command::new("haproxy").arg("-f").arg(&path).arg("-db"),
         port,
     );
-    p.1 = Some(dir);
-    p
+    ((p, dir), port)
 }
 
 #[test]
@@ -582,7 +515,7 @@ fn haproxy_hops_link_by_forwarding_or_the_id_it_returns() {
     let Some(_g) = root_test("haproxy_hops_link_by_forwarding_or_the_id_it_returns") else {
         return;
     };
-    let start = |unique_id: bool| move |port, backend| haproxy(port, backend, unique_id);
+    let start = |unique_id: bool| move |backend| haproxy(backend, unique_id);
     let unique = through_proxy("haproxy", start(false), 200, false);
     let l = &unique.links;
     assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
@@ -622,7 +555,7 @@ fn haproxy_hops_link_by_forwarding_or_the_id_it_returns() {
 /// the links.
 fn async_calls(
     service: &str,
-    svc: impl FnOnce(u16, u16) -> Proc,
+    svc: impl FnOnce(u16, u16) -> Spawned,
     id: bool,
 ) -> (Links, AgentOutput) {
     require_tool("curl");
@@ -706,7 +639,7 @@ fn go_calls_from_a_new_goroutine_link_by_forwarding() {
     let start = |service: &'static str| {
         let bin = bin.1.clone();
         move |port: u16, backend: u16| {
-            Proc::ready(
+            Spawned::ready(
                 Command::new(&bin)
                     .args([port.to_string(), backend.to_string(), "0".into()])
                     .env("OTEL_SERVICE_NAME", service),
@@ -731,7 +664,7 @@ fn the_exit_summary_shows_the_linked_share_and_the_reasons_for_roots() {
     require_tool("node");
     let backend = Backend::start("backend", None);
     let port = free_port();
-    let svc = Proc::ready(
+    let svc = Spawned::ready(
         Command::new("node")
             .arg(workspace().join("tests/node/timer_proxy.js"))
             .args([port.to_string(), backend.port.to_string()])

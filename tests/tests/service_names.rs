@@ -15,16 +15,16 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use tracer_e2e::{
-    free_port, require_tool, root_test, run_ok,
+    curl_status, free_port, require_tool, root_test, run_ok,
     span::{attr, f, res},
     tempdir::TempDir,
-    wait_port, workspace, Agent, Otlp, Pyroscope, Receiver,
+    workspace, Agent, Listening, Otlp, Pyroscope, Receiver, Redis,
 };
 
 const SOURCE: &str = "tracer.service.name.source";
@@ -42,49 +42,14 @@ fn install(fixture_name: &str, dir: &Path, name: &str) -> PathBuf {
     to
 }
 
-/// A service under test, killed on drop.
-struct Service {
-    child: Child,
-    port: u16,
-}
-
-impl Service {
-    /// Spawns `cmd` and waits until something listens on `port`.
-    fn start(cmd: &mut Command, port: u16) -> Service {
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-        let s = Service { child, port };
-        wait_port(port, Duration::from_secs(30));
-        s
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// One real request from curl to `path`.
-    fn get(&self, path: &str) {
-        let code = run_ok(Command::new("curl").args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("http://127.0.0.1:{}{path}", self.port),
-        ]));
-        assert!(matches!(code.trim(), "200" | "404"), "{path}: HTTP {code}");
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// One real request from curl to `path` of `service`.
+fn get(service: &Listening, path: &str) {
+    let code = curl_status(
+        &format!("http://127.0.0.1:{}{path}", service.port),
+        &[],
+        &[],
+    );
+    assert!(matches!(code, 200 | 404), "{path}: HTTP {code}");
 }
 
 /// A cgroup v2 directory shaped like Docker's (`.../docker-ID.scope`),
@@ -202,8 +167,8 @@ fn http_services_get_the_names_users_know() {
                      check_pid: bool,
                      command: &dyn Fn(u16) -> Command| {
         let port = free_port();
-        let s = Service::start(&mut command(port), port);
-        s.get(path);
+        let s = Listening::start(&mut command(port), port);
+        get(&s, path);
         expect.push(Expect {
             path,
             name,
@@ -422,29 +387,11 @@ fn redis_server_is_named_as_started_not_as_its_symlink_target() {
         "--profile-interval-ms",
         "1000",
     ]);
-    let port = free_port();
-    let tmp = TempDir::new("tracer-redis");
-    let mut redis = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-        ])
-        .arg(tmp.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(port, Duration::from_secs(10));
+    let redis = Redis::start();
     // About a second of CPU inside redis-server.
     let out = run_ok(Command::new("redis-cli").args([
         "-p",
-        &port.to_string(),
+        &redis.port().to_string(),
         "EVAL",
         "local i = 0 while i < 100000000 do i = i + 1 end return i",
         "0",
@@ -467,8 +414,7 @@ fn redis_server_is_named_as_started_not_as_its_symlink_target() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let out = agent.stop(Duration::from_millis(200));
-    let _ = redis.kill();
-    let _ = redis.wait();
+    drop(redis);
     assert!(
         !redis_profiles.is_empty(),
         "no profile of {} reached the endpoint; agent stderr:\n{}",
