@@ -120,6 +120,9 @@ pub(crate) enum Event<'a> {
         lost: Option<Unknown>,
         first: Pos,
         last: Pos,
+        /// Read after a resync, before any header block decoded: a block
+        /// that does not decode means the resync was false.
+        tentative: bool,
     },
     /// Payload bytes of a DATA frame: captured, or `missing` uncaptured
     /// bytes (`Unknown::Truncated`: skipped by the capture).
@@ -267,7 +270,7 @@ pub(crate) struct FrameReader {
     /// Heads in a row a resync needs.
     chain_needed: u8,
     /// After a resync, until a header block decodes.
-    pub tentative: bool,
+    tentative: bool,
     win: [u8; 9],
     run: u32,
     cands: Vec<Cand>,
@@ -740,6 +743,7 @@ impl FrameReader {
             lost: b.lost.or(lost),
             first: b.first,
             last,
+            tentative: self.tentative,
         })
     }
 

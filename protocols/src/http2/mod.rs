@@ -623,8 +623,7 @@ impl Http2Connection {
             scratch,
             other_max_frame: None,
         };
-        let tentative = reader.tentative;
-        reader.feed(chunk, &mut |ev| ctx.event(ev, tentative, &mut st, out));
+        reader.feed(chunk, &mut |ev| ctx.event(ev, &mut st, out));
         if let Some(m) = ctx.other_max_frame {
             other.max_frame = other.max_frame.max(m);
         }
@@ -819,7 +818,6 @@ impl Ctx<'_> {
     fn event(
         &mut self,
         ev: Event<'_>,
-        tentative: bool,
         st: &mut Streams<'_>,
         out: &mut impl FnMut(Http2MessageRef<'_>),
     ) -> Verdict {
@@ -833,6 +831,7 @@ impl Ctx<'_> {
                 lost,
                 first,
                 last,
+                tentative,
             } => {
                 return self.block(
                     stream, end_stream, push, block, lost, first, last, tentative, st, out,
