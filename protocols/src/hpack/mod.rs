@@ -138,6 +138,12 @@ impl HeaderList {
         self.fields.is_empty()
     }
 
+    /// Bytes held for the fields' names and values (what
+    /// [`HpackConfig::max_decoded_bytes`] bounds, per block decoded).
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// Number of fields whose name or value is unknown.
     pub fn unknown(&self) -> usize {
         self.fields.iter().filter(|f| f.why.is_some()).count()
@@ -493,11 +499,13 @@ impl HpackDecoder {
         d
     }
 
-    /// Appends a field (or counts it dropped at the output bound).
+    /// Appends a field (or counts it dropped at the output bound, and
+    /// takes its bytes, copied from `mark` on, back out of `out`).
     fn emit(
         &mut self,
         out: &mut HeaderList,
         start_bytes: usize,
+        mark: usize,
         d: &mut Decoded,
         name: Result<Span32, Unknown>,
         value: Result<Span32, Unknown>,
@@ -514,9 +522,13 @@ impl HpackDecoder {
             (Err(w), _) | (_, Err(w)) => Some(w),
             _ => None,
         };
-        if d.fields as usize >= self.cfg.max_fields
+        // Once one field is dropped, all later ones are too (a smaller
+        // one would fit again now that the bytes are taken back).
+        if d.dropped > 0
+            || d.fields as usize >= self.cfg.max_fields
             || out.bytes.len() - start_bytes > self.cfg.max_decoded_bytes
         {
+            out.bytes.truncate(mark);
             d.dropped += 1;
             self.counters.fields_dropped += 1;
             return;
@@ -554,10 +566,11 @@ impl HpackDecoder {
                 Err(()) => return Rep::Error,
             };
             *fields_seen = true;
+            let mark = out.bytes.len();
             let Some((name, value)) = self.lookup(idx, true, out) else {
                 return self.bad_index(out, start_bytes, d);
             };
-            self.emit(out, start_bytes, d, name, value);
+            self.emit(out, start_bytes, mark, d, name, value);
             return Rep::Done(p);
         }
         if b & 0xe0 == 0x20 {
@@ -635,16 +648,18 @@ impl HpackDecoder {
             let n = name.map(|s| range(&out.bytes, s));
             self.table.insert(n, range(&out.bytes, value));
         }
-        self.emit(out, start_bytes, d, name, Ok(value));
+        self.emit(out, start_bytes, mark, d, name, Ok(value));
         Rep::Done(p)
     }
 
     /// An index beyond a table believed complete: the table is not what
     /// the encoder has. Forget it; the field is unknown.
     fn bad_index(&mut self, out: &mut HeaderList, start_bytes: usize, d: &mut Decoded) -> Rep {
+        let mark = out.bytes.len();
         self.emit(
             out,
             start_bytes,
+            mark,
             d,
             Err(Unknown::Corrupt),
             Err(Unknown::Corrupt),
