@@ -35,7 +35,7 @@ pub(crate) struct Head {
 }
 
 impl Head {
-    pub fn parse(b: &[u8; 9]) -> Head {
+    pub(crate) fn parse(b: &[u8; 9]) -> Head {
         Head {
             len: u32::from_be_bytes([0, b[0], b[1], b[2]]),
             kind: b[3],

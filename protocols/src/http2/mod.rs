@@ -41,7 +41,7 @@
 //! - Responses to requests never seen (a connection joined late) are
 //!   emitted when they have headers.
 
-mod frames;
+pub(crate) mod frames;
 #[cfg(test)]
 mod tests;
 
@@ -49,11 +49,6 @@ use crate::hpack::{BlockEnd, HeaderList, HpackConfig, HpackCounters, HpackDecode
 use crate::stream::{Chunk, OpMeta, Pos};
 use frames::{Event, FrameReader, Verdict};
 pub use frames::{FrameCounters, PREFACE};
-
-/// Frame type numbers the seam's detection needs.
-pub(crate) mod frames_kind {
-    pub(crate) use super::frames::SETTINGS;
-}
 
 /// True when `buf` starts with `n` chained plausible frame heads (each
 /// pointing exactly at the next, all captured in `buf`).
