@@ -675,13 +675,10 @@ impl ConnParser {
                 h2(&self.cfg, client_idx, Start::Middle)
             }
             Detected::Unknown => {
-                // Text may be the middle of an HTTP/1 body: the HTTP/1
-                // parser scans for a message start within its budget.
-                let text = d
-                    .iter()
-                    .take(64)
-                    .all(|c| c.is_ascii_graphic() || c.is_ascii_whitespace());
-                if text && self.client.is_some() {
+                // Text (not binary, by the arm above) may be the middle of
+                // an HTTP/1 body: the HTTP/1 parser scans for a message
+                // start within its budget.
+                if self.client.is_some() {
                     self.http1_kind()
                 } else {
                     Kind::Opaque
