@@ -151,12 +151,8 @@ impl HeaderList {
 
     /// The fields in order.
     pub fn iter(&self) -> impl Iterator<Item = Field<'_>> + '_ {
-        self.iter_from(0)
-    }
-
-    pub(crate) fn iter_from(&self, from: usize) -> impl Iterator<Item = Field<'_>> + '_ {
         let b = &self.bytes;
-        self.fields.iter().skip(from).map(move |f| Field {
+        self.fields.iter().map(move |f| Field {
             name: f.name.map(|s| range(b, s)),
             value: f.value.map(|s| range(b, s)),
             why: f.why,
@@ -284,8 +280,6 @@ pub struct HpackDecoder {
     cfg: HpackConfig,
     table: Table,
     counters: HpackCounters,
-    /// Huffman output for insertions past the output bound.
-    scratch: HeaderList,
 }
 
 /// Result of reading one representation.
@@ -398,7 +392,6 @@ impl HpackDecoder {
             cfg,
             table: Table::new(cfg.max_table_bytes),
             counters: HpackCounters::default(),
-            scratch: HeaderList::default(),
         }
     }
 
@@ -696,17 +689,6 @@ impl HpackDecoder {
             Ok((0, 0))
         };
         Some((name, value))
-    }
-
-    /// Decodes into a scratch list and drops the fields (blocks whose
-    /// content is not wanted still update the table).
-    pub fn skip_block(&mut self, block: &[u8], end: BlockEnd) -> Decoded {
-        let mut s = std::mem::take(&mut self.scratch);
-        s.clear();
-        let d = self.decode(block, end, &mut s);
-        s.clear();
-        self.scratch = s;
-        d
     }
 }
 
