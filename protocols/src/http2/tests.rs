@@ -1,5 +1,7 @@
-//! Resync within one chunk: whether a header block is tentative is the
-//! reader's state when the block ends, not when its chunk began.
+//! Cases the recorded corpus (tests/http2_golden.rs) does not hold: a
+//! resync inside one chunk (whether a header block is tentative is the
+//! reader's state when the block ends, not when its chunk began), stream
+//! eviction, a request fed after its response.
 
 use super::*;
 use crate::stream::{MissingKind, Piece};
@@ -97,4 +99,76 @@ fn block_after_a_clean_one_in_the_resync_chunk_is_kept() {
     assert_eq!(got[1].info.headers_cut, Some(Unknown::Corrupt));
     assert_eq!(c.counters().blocks_discarded, 0);
     assert_eq!(c.frame_counters(false).resyncs_failed, 0);
+}
+
+/// HEADERS with END_HEADERS only: the stream stays open.
+fn open_headers(stream: u32, block: &[u8]) -> Vec<u8> {
+    frame(frames::HEADERS, 0x4, stream, block)
+}
+
+/// `:status: 200`.
+const OK: &[u8] = &[0x88];
+
+#[test]
+fn oldest_stream_evicted_past_the_bound_then_its_frames_are_unknown() {
+    let mut c = Http2Connection::new(Http2Config {
+        max_streams: 2,
+        ..Http2Config::default()
+    });
+    let mut req = PREFACE.to_vec();
+    for id in [1, 3, 5] {
+        req.extend(open_headers(id, GET));
+    }
+    let pieces = [Piece::Data(&req)];
+    let got = requests(&mut c, &[chunk(0, &pieces)]);
+    let seen: Vec<(bool, u32, StreamEnd)> = got
+        .iter()
+        .map(|m| (m.request, m.info.stream_id, m.info.end))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (true, 1, StreamEnd::Open),
+            (true, 3, StreamEnd::Open),
+            (false, 1, StreamEnd::Evicted),
+            (true, 5, StreamEnd::Open),
+        ]
+    );
+    assert_eq!(c.counters().streams_evicted, 1);
+    assert_eq!(c.open_streams(), 2);
+    let resp = headers(1, OK);
+    let pieces = [Piece::Data(&resp)];
+    c.feed_responses(&chunk(0, &pieces), &mut |_| panic!("nothing to emit"));
+    assert_eq!(c.counters().frames_unknown_stream, 1);
+}
+
+#[test]
+fn request_fed_after_its_answered_response_is_still_reported() {
+    let mut c = Http2Connection::new(Http2Config::default());
+    let resp = headers(1, OK);
+    let pieces = [Piece::Data(&resp)];
+    let mut got = Vec::new();
+    c.feed_responses(&chunk(0, &pieces), &mut |m| got.push(m.to_owned()));
+    let mut req = PREFACE.to_vec();
+    req.extend(headers(1, GET));
+    let pieces = [Piece::Data(&req)];
+    got.extend(requests(&mut c, &[chunk(0, &pieces)]));
+    assert_eq!(got.len(), 2);
+    assert!(!got[0].request);
+    let r = &got[1];
+    assert!(r.request);
+    let at = PREFACE.len() as u64;
+    assert_eq!(
+        (
+            r.info.stream_id,
+            r.info.offset,
+            r.info.end_offset,
+            r.info.end
+        ),
+        (1, at, at + 9 + GET.len() as u64, StreamEnd::EndStream)
+    );
+    assert_eq!(r.fields[0].1.as_deref(), Some(&b"GET"[..]));
+    let n = c.counters();
+    assert_eq!((n.requests, n.late_requests, n.responses), (1, 1, 1));
+    assert_eq!(n.responses_without_request, 1);
 }
