@@ -27,6 +27,7 @@
 
 use crate::hpack::{Field, Unknown};
 use crate::http1::{self, Http1Config, Http1Connection, Likely, MessageRef, StartLine};
+use crate::http2::frames::{Head, SETTINGS};
 use crate::http2::{
     GrpcCounts, Http2Config, Http2Connection, Http2MessageRef, Start, StreamEnd, PREFACE,
 };
@@ -114,13 +115,14 @@ pub fn detect(first: &[u8]) -> Detected {
     if matches!(first, [0x14..=0x17, 0x03, 0x00..=0x04, ..]) {
         return Detected::Tls;
     }
-    if first.len() < 9 {
+    let Some(h) = first.first_chunk::<9>() else {
         return Detected::NeedMore;
-    }
-    let h = head(first);
-    if h.kind == crate::http2::frames_kind::SETTINGS
+    };
+    let h = Head::parse(h);
+    if h.kind == SETTINGS
         && h.flags == 0
         && h.stream == 0
+        && !h.reserved
         && h.len.is_multiple_of(6)
         && h.len <= 36
     {
@@ -130,22 +132,6 @@ pub fn detect(first: &[u8]) -> Detected {
         return Detected::Http2Frames;
     }
     Detected::Unknown
-}
-
-struct H {
-    len: u32,
-    kind: u8,
-    flags: u8,
-    stream: u32,
-}
-
-fn head(b: &[u8]) -> H {
-    H {
-        len: u32::from_be_bytes([0, b[0], b[1], b[2]]),
-        kind: b[3],
-        flags: b[4],
-        stream: u32::from_be_bytes([b[5], b[6], b[7], b[8]]),
-    }
 }
 
 /// Protocol version of a message.
@@ -689,13 +675,10 @@ impl ConnParser {
                 h2(&self.cfg, client_idx, Start::Middle)
             }
             Detected::Unknown => {
-                // Text may be the middle of an HTTP/1 body: the HTTP/1
-                // parser scans for a message start within its budget.
-                let text = d
-                    .iter()
-                    .take(64)
-                    .all(|c| c.is_ascii_graphic() || c.is_ascii_whitespace());
-                if text && self.client.is_some() {
+                // Text (not binary, by the arm above) may be the middle of
+                // an HTTP/1 body: the HTTP/1 parser scans for a message
+                // start within its budget.
+                if self.client.is_some() {
                     self.http1_kind()
                 } else {
                     Kind::Opaque

@@ -138,6 +138,12 @@ impl HeaderList {
         self.fields.is_empty()
     }
 
+    /// Bytes held for the fields' names and values (what
+    /// [`HpackConfig::max_decoded_bytes`] bounds, per block decoded).
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// Number of fields whose name or value is unknown.
     pub fn unknown(&self) -> usize {
         self.fields.iter().filter(|f| f.why.is_some()).count()
@@ -145,12 +151,8 @@ impl HeaderList {
 
     /// The fields in order.
     pub fn iter(&self) -> impl Iterator<Item = Field<'_>> + '_ {
-        self.iter_from(0)
-    }
-
-    pub(crate) fn iter_from(&self, from: usize) -> impl Iterator<Item = Field<'_>> + '_ {
         let b = &self.bytes;
-        self.fields.iter().skip(from).map(move |f| Field {
+        self.fields.iter().map(move |f| Field {
             name: f.name.map(|s| range(b, s)),
             value: f.value.map(|s| range(b, s)),
             why: f.why,
@@ -278,8 +280,6 @@ pub struct HpackDecoder {
     cfg: HpackConfig,
     table: Table,
     counters: HpackCounters,
-    /// Huffman output for insertions past the output bound.
-    scratch: HeaderList,
 }
 
 /// Result of reading one representation.
@@ -392,7 +392,6 @@ impl HpackDecoder {
             cfg,
             table: Table::new(cfg.max_table_bytes),
             counters: HpackCounters::default(),
-            scratch: HeaderList::default(),
         }
     }
 
@@ -493,11 +492,13 @@ impl HpackDecoder {
         d
     }
 
-    /// Appends a field (or counts it dropped at the output bound).
+    /// Appends a field (or counts it dropped at the output bound, and
+    /// takes its bytes, copied from `mark` on, back out of `out`).
     fn emit(
         &mut self,
         out: &mut HeaderList,
         start_bytes: usize,
+        mark: usize,
         d: &mut Decoded,
         name: Result<Span32, Unknown>,
         value: Result<Span32, Unknown>,
@@ -514,9 +515,13 @@ impl HpackDecoder {
             (Err(w), _) | (_, Err(w)) => Some(w),
             _ => None,
         };
-        if d.fields as usize >= self.cfg.max_fields
+        // Once one field is dropped, all later ones are too (a smaller
+        // one would fit again now that the bytes are taken back).
+        if d.dropped > 0
+            || d.fields as usize >= self.cfg.max_fields
             || out.bytes.len() - start_bytes > self.cfg.max_decoded_bytes
         {
+            out.bytes.truncate(mark);
             d.dropped += 1;
             self.counters.fields_dropped += 1;
             return;
@@ -554,10 +559,11 @@ impl HpackDecoder {
                 Err(()) => return Rep::Error,
             };
             *fields_seen = true;
+            let mark = out.bytes.len();
             let Some((name, value)) = self.lookup(idx, true, out) else {
                 return self.bad_index(out, start_bytes, d);
             };
-            self.emit(out, start_bytes, d, name, value);
+            self.emit(out, start_bytes, mark, d, name, value);
             return Rep::Done(p);
         }
         if b & 0xe0 == 0x20 {
@@ -635,16 +641,18 @@ impl HpackDecoder {
             let n = name.map(|s| range(&out.bytes, s));
             self.table.insert(n, range(&out.bytes, value));
         }
-        self.emit(out, start_bytes, d, name, Ok(value));
+        self.emit(out, start_bytes, mark, d, name, Ok(value));
         Rep::Done(p)
     }
 
     /// An index beyond a table believed complete: the table is not what
     /// the encoder has. Forget it; the field is unknown.
     fn bad_index(&mut self, out: &mut HeaderList, start_bytes: usize, d: &mut Decoded) -> Rep {
+        let mark = out.bytes.len();
         self.emit(
             out,
             start_bytes,
+            mark,
             d,
             Err(Unknown::Corrupt),
             Err(Unknown::Corrupt),
@@ -681,17 +689,6 @@ impl HpackDecoder {
             Ok((0, 0))
         };
         Some((name, value))
-    }
-
-    /// Decodes into a scratch list and drops the fields (blocks whose
-    /// content is not wanted still update the table).
-    pub fn skip_block(&mut self, block: &[u8], end: BlockEnd) -> Decoded {
-        let mut s = std::mem::take(&mut self.scratch);
-        s.clear();
-        let d = self.decode(block, end, &mut s);
-        s.clear();
-        self.scratch = s;
-        d
     }
 }
 

@@ -373,3 +373,40 @@ fn output_bound_drops_fields_but_keeps_inserting() {
     assert_eq!(r.dropped, 1);
     assert_eq!(decode(&mut d, &[0xbe]).0, ["x-late: 1"]);
 }
+
+/// A literal field without indexing, new name.
+fn literal(name: &str, value: &str) -> Vec<u8> {
+    let mut b = vec![0x00, name.len() as u8];
+    b.extend_from_slice(name.as_bytes());
+    b.push(value.len() as u8);
+    b.extend_from_slice(value.as_bytes());
+    b
+}
+
+#[test]
+fn dropped_fields_leave_no_bytes_behind() {
+    let mut d = HpackDecoder::new(HpackConfig {
+        max_decoded_bytes: 64,
+        max_fields: 3,
+        ..HpackConfig::default()
+    });
+    // Past the byte bound: 40 bytes each, the second one crosses it.
+    let mut b = Vec::new();
+    for i in 0..20 {
+        b.extend(literal(&format!("x-{i:02}"), &"v".repeat(36)));
+    }
+    b.extend(insert("x-late", "1"));
+    let mut l = HeaderList::default();
+    let r = d.decode(&b, BlockEnd::Complete, &mut l);
+    assert_eq!((r.fields, r.dropped, r.cut), (1, 20, None));
+    assert_eq!(l.byte_len(), 40);
+    assert_eq!(decode(&mut d, &[0xbe]).0, ["x-late: 1"]);
+    // Past the field bound: only the kept fields' bytes.
+    let mut b = vec![0x82, 0x84, 0x86];
+    b.extend(literal("x-big", &"w".repeat(50)));
+    b.extend([0xbe]);
+    let mut l = HeaderList::default();
+    let r = d.decode(&b, BlockEnd::Complete, &mut l);
+    assert_eq!((r.fields, r.dropped), (3, 2));
+    assert_eq!(l.byte_len(), ":methodGET:path/:schemehttp".len());
+}

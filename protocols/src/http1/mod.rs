@@ -117,11 +117,7 @@ impl Method {
 
     /// What the response parser needs to know about this method.
     pub fn kind(&self) -> RequestKind {
-        match self {
-            Method::Head => RequestKind::Head,
-            Method::Connect => RequestKind::Connect,
-            _ => RequestKind::Other,
-        }
+        RequestKind::of_method(self.as_str())
     }
 }
 
@@ -134,6 +130,17 @@ pub enum RequestKind {
     Connect,
     /// Anything else.
     Other,
+}
+
+impl RequestKind {
+    /// The kind of a request with this method token.
+    pub fn of_method(method: &str) -> RequestKind {
+        match method {
+            "HEAD" => RequestKind::Head,
+            "CONNECT" => RequestKind::Connect,
+            _ => RequestKind::Other,
+        }
+    }
 }
 
 /// A header as sent.

@@ -82,15 +82,6 @@ pub struct Http1Parser {
     next_offset: Option<u64>,
 }
 
-/// What the response side must know of a request with this method.
-fn kind_of(method: &str) -> RequestKind {
-    match method {
-        "HEAD" => RequestKind::Head,
-        "CONNECT" => RequestKind::Connect,
-        _ => RequestKind::Other,
-    }
-}
-
 fn looks_binary(d: &[u8]) -> bool {
     d.iter()
         .take(32)
@@ -635,7 +626,7 @@ impl Http1Parser {
         };
         match self.cur_head.line {
             Line::Request { method, .. } => {
-                let kind = kind_of(head::text(&self.cur_head.bytes, method));
+                let kind = RequestKind::of_method(head::text(&self.cur_head.bytes, method));
                 self.push_kind(kind);
             }
             Line::Response { status, .. } => {
@@ -689,7 +680,7 @@ impl Http1Parser {
                 let method = head::text(&self.cur_head.bytes, method);
                 info.framing = framing_ok(head::request_framing(&headers), &mut self.counters);
                 upgrade_after = head::requests_upgrade(method, &headers);
-                let kind = kind_of(method);
+                let kind = RequestKind::of_method(method);
                 self.push_kind(kind);
             }
             Line::Response { status, .. } => {

@@ -35,7 +35,7 @@ pub(crate) struct Head {
 }
 
 impl Head {
-    pub fn parse(b: &[u8; 9]) -> Head {
+    pub(crate) fn parse(b: &[u8; 9]) -> Head {
         Head {
             len: u32::from_be_bytes([0, b[0], b[1], b[2]]),
             kind: b[3],
@@ -120,6 +120,9 @@ pub(crate) enum Event<'a> {
         lost: Option<Unknown>,
         first: Pos,
         last: Pos,
+        /// Read after a resync, before any header block decoded: a block
+        /// that does not decode means the resync was false.
+        tentative: bool,
     },
     /// Payload bytes of a DATA frame: captured, or `missing` uncaptured
     /// bytes (`Unknown::Truncated`: skipped by the capture).
@@ -257,9 +260,6 @@ pub(crate) struct FrameReader {
     cur: Option<Cur>,
     block: Vec<u8>,
     block_st: Option<BlockState>,
-    /// Header block CONTINUATIONs of a block whose start was not seen are
-    /// skipped.
-    skip_cont: Option<u32>,
     max_block: usize,
     /// Largest frame length accepted (the peer's SETTINGS_MAX_FRAME_SIZE
     /// when seen, 16 KiB by default for scanning).
@@ -267,7 +267,7 @@ pub(crate) struct FrameReader {
     /// Heads in a row a resync needs.
     chain_needed: u8,
     /// After a resync, until a header block decodes.
-    pub tentative: bool,
+    tentative: bool,
     win: [u8; 9],
     run: u32,
     cands: Vec<Cand>,
@@ -301,7 +301,6 @@ impl FrameReader {
             cur: None,
             block: Vec::new(),
             block_st: None,
-            skip_cont: None,
             max_block,
             // Until the peer's SETTINGS_MAX_FRAME_SIZE is seen, any length
             // (gRPC peers announce up to 16 MiB).
@@ -366,7 +365,6 @@ impl FrameReader {
         self.head_got = 0;
         self.block_st = None;
         self.block.clear();
-        self.skip_cont = None;
         self.run = 0;
         self.cands.clear();
         self.tentative = true;
@@ -484,12 +482,11 @@ impl FrameReader {
         // are ignored by the protocol); right after a resync, only what a
         // scan would accept.
         let bad = self.tentative && !plausible(&h, self.max_frame, self.client);
-        // A header block must be followed by its CONTINUATIONs only.
-        let cont_error = match (in_block, h.kind) {
-            (Some(s), CONTINUATION) => s != h.stream,
-            (Some(_), _) => true,
-            (None, CONTINUATION) => self.skip_cont != Some(h.stream),
-            _ => false,
+        // A header block must be followed by its CONTINUATIONs only, and a
+        // CONTINUATION must follow one.
+        let cont_error = match in_block {
+            Some(s) => h.kind != CONTINUATION || s != h.stream,
+            None => h.kind == CONTINUATION,
         };
         if bad || cont_error {
             self.counters.protocol_errors += 1;
@@ -500,9 +497,6 @@ impl FrameReader {
             return;
         }
         self.counters.frames += 1;
-        if h.kind != CONTINUATION {
-            self.skip_cont = None;
-        }
         let pre = h.prefix_len();
         let mut cur = Cur {
             h,
@@ -527,20 +521,15 @@ impl FrameReader {
         } else if pre == 0 {
             Self::body_extent(&mut cur);
         }
-        match h.kind {
-            HEADERS | PUSH_PROMISE => {
-                self.block.clear();
-                self.block_st = Some(BlockState {
-                    stream: h.stream,
-                    end_stream: h.kind == HEADERS && h.has(END_STREAM),
-                    push: h.kind == PUSH_PROMISE,
-                    first,
-                    lost: None,
-                });
-            }
-            CONTINUATION if self.skip_cont == Some(h.stream) && !h.has(END_HEADERS) => {}
-            CONTINUATION if self.skip_cont == Some(h.stream) => self.skip_cont = None,
-            _ => {}
+        if matches!(h.kind, HEADERS | PUSH_PROMISE) {
+            self.block.clear();
+            self.block_st = Some(BlockState {
+                stream: h.stream,
+                end_stream: h.kind == HEADERS && h.has(END_STREAM),
+                push: h.kind == PUSH_PROMISE,
+                first,
+                lost: None,
+            });
         }
         self.cur = Some(cur);
         self.st = St::Payload;
@@ -740,6 +729,7 @@ impl FrameReader {
             lost: b.lost.or(lost),
             first: b.first,
             last,
+            tentative: self.tentative,
         })
     }
 
@@ -766,20 +756,15 @@ impl FrameReader {
                     });
                 }
             }
-            HEADERS | PUSH_PROMISE | CONTINUATION => {
-                if h.kind == CONTINUATION && self.block_st.is_none() {
-                    return;
-                }
-                if h.has(END_HEADERS) {
-                    if let Some(b) = self.block_st.take() {
-                        let v = self.emit_block(b, None, last, out);
-                        self.block.clear();
-                        if v == Verdict::Desync {
-                            self.counters.resyncs_failed += 1;
-                            self.lose_sync(Unknown::SyncLost, out);
-                        } else if b.lost.is_none() {
-                            self.tentative = false;
-                        }
+            HEADERS | PUSH_PROMISE | CONTINUATION if h.has(END_HEADERS) => {
+                if let Some(b) = self.block_st.take() {
+                    let v = self.emit_block(b, None, last, out);
+                    self.block.clear();
+                    if v == Verdict::Desync {
+                        self.counters.resyncs_failed += 1;
+                        self.lose_sync(Unknown::SyncLost, out);
+                    } else if b.lost.is_none() {
+                        self.tentative = false;
                     }
                 }
             }

@@ -41,7 +41,7 @@
 //! - Responses to requests never seen (a connection joined late) are
 //!   emitted when they have headers.
 
-mod frames;
+pub(crate) mod frames;
 #[cfg(test)]
 mod tests;
 
@@ -49,11 +49,6 @@ use crate::hpack::{BlockEnd, HeaderList, HpackConfig, HpackCounters, HpackDecode
 use crate::stream::{Chunk, OpMeta, Pos};
 use frames::{Event, FrameReader, Verdict};
 pub use frames::{FrameCounters, PREFACE};
-
-/// Frame type numbers the seam's detection needs.
-pub(crate) mod frames_kind {
-    pub(crate) use super::frames::SETTINGS;
-}
 
 /// True when `buf` starts with `n` chained plausible frame heads (each
 /// pointing exactly at the next, all captured in `buf`).
@@ -623,8 +618,7 @@ impl Http2Connection {
             scratch,
             other_max_frame: None,
         };
-        let tentative = reader.tentative;
-        reader.feed(chunk, &mut |ev| ctx.event(ev, tentative, &mut st, out));
+        reader.feed(chunk, &mut |ev| ctx.event(ev, &mut st, out));
         if let Some(m) = ctx.other_max_frame {
             other.max_frame = other.max_frame.max(m);
         }
@@ -695,7 +689,7 @@ impl Streams<'_> {
             .find(|&i| self.slots[i].id == id)
     }
 
-    /// The slot of stream `id`, opened if needed (evicting the oldest
+    /// A slot for stream `id`, not tracked yet (evicting the oldest
     /// stream past the bound).
     fn open(
         &mut self,
@@ -704,9 +698,6 @@ impl Streams<'_> {
         counters: &mut Http2Counters,
         out: &mut impl FnMut(Http2MessageRef<'_>),
     ) -> usize {
-        if let Some(i) = self.find(id) {
-            return i;
-        }
         if self.live.len() >= self.max {
             let old = self.live.remove(0);
             counters.streams_evicted += 1;
@@ -715,7 +706,7 @@ impl Streams<'_> {
                 h.ended.get_or_insert(StreamEnd::Evicted);
             }
             emit_response(s, client, counters, out);
-            self.release(old);
+            self.recycle(old);
         }
         let i = match self.free.pop() {
             Some(i) => i,
@@ -730,7 +721,14 @@ impl Streams<'_> {
         i
     }
 
+    /// Stops tracking slot `i`.
     fn release(&mut self, i: usize) {
+        self.live.retain(|&j| j != i);
+        self.recycle(i);
+    }
+
+    /// Frees slot `i`, already out of `live`.
+    fn recycle(&mut self, i: usize) {
         if self.recent.len() >= RECENT {
             self.recent.pop_front();
         }
@@ -738,30 +736,41 @@ impl Streams<'_> {
         let s = &mut self.slots[i];
         s.halves[0].clear();
         s.halves[1].clear();
-        self.live.retain(|&j| j != i);
         self.free.push(i);
+    }
+}
+
+/// The info of a message of stream `id` from `first` to `last`, with
+/// nothing cut and no DATA.
+fn info_at(id: u32, first: Pos, last: Pos, end: StreamEnd) -> Http2Info {
+    Http2Info {
+        stream_id: id,
+        seq: first.seq,
+        offset: first.offset,
+        end_offset: last.offset + 1,
+        first_op: first.op,
+        last_op: last.op,
+        first_seg_ts_ns: first.seg_ts,
+        last_seg_ts_ns: last.seg_ts,
+        end,
+        headers_cut: None,
+        data_len: 0,
+        data_missing: 0,
+        grpc: None,
+        informational: 0,
     }
 }
 
 /// Builds the info of one half.
 fn info(s: &Stream, half: usize, end: StreamEnd, grpc: Option<GrpcCounts>) -> Http2Info {
     let h = &s.halves[half];
-    let first = h.first.unwrap_or(h.last);
     Http2Info {
-        stream_id: s.id,
-        seq: first.seq,
-        offset: first.offset,
-        end_offset: h.last.offset + 1,
-        first_op: first.op,
-        last_op: h.last.op,
-        first_seg_ts_ns: first.seg_ts,
-        last_seg_ts_ns: h.last.seg_ts,
-        end,
         headers_cut: h.cut,
         data_len: h.data_len,
         data_missing: h.data_missing,
         grpc,
         informational: h.informational,
+        ..info_at(s.id, h.first.unwrap_or(h.last), h.last, end)
     }
 }
 
@@ -819,7 +828,6 @@ impl Ctx<'_> {
     fn event(
         &mut self,
         ev: Event<'_>,
-        tentative: bool,
         st: &mut Streams<'_>,
         out: &mut impl FnMut(Http2MessageRef<'_>),
     ) -> Verdict {
@@ -833,6 +841,7 @@ impl Ctx<'_> {
                 lost,
                 first,
                 last,
+                tentative,
             } => {
                 return self.block(
                     stream, end_stream, push, block, lost, first, last, tentative, st, out,
@@ -1012,47 +1021,35 @@ impl Ctx<'_> {
             }
         };
         *self.client = Some(client);
-        if st.find(stream).is_none() && st.recent.contains(&stream) {
-            // The stream was already answered and released (the two
-            // directions are fed in any order): a late request is still
-            // reported, for pairing by stream id; late response frames
-            // (after a reset) are not a new stream.
-            if side == client {
-                self.counters.requests += 1;
-                self.counters.late_requests += 1;
-                let inf = Http2Info {
-                    stream_id: stream,
-                    seq: first.seq,
-                    offset: first.offset,
-                    end_offset: last.offset + 1,
-                    first_op: first.op,
-                    last_op: last.op,
-                    first_seg_ts_ns: first.seg_ts,
-                    last_seg_ts_ns: last.seg_ts,
-                    end: if end_stream {
-                        StreamEnd::EndStream
-                    } else {
-                        StreamEnd::Open
-                    },
-                    headers_cut: cut,
-                    data_len: 0,
-                    data_missing: 0,
-                    grpc: None,
-                    informational: 0,
-                };
-                out(Http2MessageRef {
-                    headers: self.scratch,
-                    trailers_from: self.scratch.len(),
-                    request: true,
-                    info: inf,
-                });
-            } else {
-                self.counters.frames_unknown_stream += 1;
-            }
-            return Verdict::Fine;
-        }
+        let request_end = if end_stream {
+            StreamEnd::EndStream
+        } else {
+            StreamEnd::Open
+        };
         let i = match st.find(stream) {
             Some(i) => i,
+            None if st.recent.contains(&stream) => {
+                // The stream was already answered and released (the two
+                // directions are fed in any order): a late request is
+                // still reported, for pairing by stream id; late response
+                // frames (after a reset) are not a new stream.
+                if side == client {
+                    self.counters.requests += 1;
+                    self.counters.late_requests += 1;
+                    out(Http2MessageRef {
+                        headers: self.scratch,
+                        trailers_from: self.scratch.len(),
+                        request: true,
+                        info: Http2Info {
+                            headers_cut: cut,
+                            ..info_at(stream, first, last, request_end)
+                        },
+                    });
+                } else {
+                    self.counters.frames_unknown_stream += 1;
+                }
+                return Verdict::Fine;
+            }
             None => st.open(stream, client, self.counters, out),
         };
         let s = &mut st.slots[i];
@@ -1069,12 +1066,7 @@ impl Ctx<'_> {
                 }
                 s.request_emitted = true;
                 self.counters.requests += 1;
-                let end = if end_stream {
-                    StreamEnd::EndStream
-                } else {
-                    StreamEnd::Open
-                };
-                let inf = info(s, side, end, None);
+                let inf = info(s, side, request_end, None);
                 let h = &s.halves[side];
                 out(Http2MessageRef {
                     headers: &h.headers,

@@ -400,6 +400,14 @@ struct Unit {
     forced: bool,
 }
 
+impl Unit {
+    /// When the range happened (its call's time; a range no call claims
+    /// goes first).
+    fn ts(&self) -> u64 {
+        self.op.map_or(0, |o| o.ts_ns)
+    }
+}
+
 impl StreamReassembler {
     /// A reassembler with the given limits (zero limits are raised to one).
     pub fn new(limits: StreamLimits) -> Self {
@@ -793,76 +801,64 @@ impl StreamReassembler {
     }
 
     fn deliver(&mut self, now: u64, out: &mut impl FnMut(Chunk<'_>)) {
-        while self.deliver_one(now, out) {}
+        while let Some(unit) = self.next_ready(now) {
+            self.emit_unit(unit, out);
+        }
     }
 
-    /// When the next range ready at `now` happened (its call's time; a range
-    /// no call claims goes first), or `None` when nothing is ready.
-    fn next_ready(&mut self, now: u64) -> Option<u64> {
+    /// The next range ready at `now`, or `None` when nothing is.
+    fn next_ready(&mut self, now: u64) -> Option<Unit> {
         self.anchor?;
-        let unit = self.next_unit(now)?;
-        (unit.end > self.next).then_some(unit.op.map_or(0, |o| o.ts_ns))
+        self.next_unit(now).filter(|u| u.end > self.next)
     }
 
-    /// Delivers the next range ready at `now`; false when there is none.
-    fn deliver_one(&mut self, now: u64, out: &mut impl FnMut(Chunk<'_>)) -> bool {
-        if self.anchor.is_none() {
-            return false;
+    /// Delivers `unit`, just returned by [`next_ready`](Self::next_ready).
+    fn emit_unit(&mut self, unit: Unit, out: &mut impl FnMut(Chunk<'_>)) {
+        let (a, b) = (self.next, unit.end);
+        let origin = *self.origin.get_or_insert(a);
+        let mut pieces = recycle(std::mem::take(&mut self.piece_buf));
+        let st = self.spans.build_pieces(a, b, &mut pieces);
+        let len = (b - a) as u32;
+        out(Chunk {
+            seq: self.seq_of(a),
+            offset: a - origin,
+            len,
+            op: unit.op,
+            seg_ts_ns: st.first_ts,
+            pieces: &pieces,
+        });
+        self.piece_buf = recycle(pieces);
+
+        let c = &mut self.counters;
+        c.chunks += 1;
+        c.bytes_captured += st.captured;
+        c.bytes_truncated += st.truncated;
+        c.bytes_skipped += st.skipped;
+        c.bytes_hole += st.hole;
+        if unit.op.is_none() {
+            c.bytes_unattributed += u64::from(len);
+        } else if st.captured + st.truncated + st.skipped == 0 {
+            c.ops_without_bytes += 1;
         }
-        {
-            let Some(unit) = self.next_unit(now) else {
-                return false;
-            };
-            let (a, b) = (self.next, unit.end);
-            if b <= a {
-                return false;
-            }
-            let origin = *self.origin.get_or_insert(a);
-            let mut pieces = recycle(std::mem::take(&mut self.piece_buf));
-            let st = self.spans.build_pieces(a, b, &mut pieces);
-            let len = (b - a) as u32;
-            out(Chunk {
-                seq: self.seq_of(a),
-                offset: a - origin,
-                len,
-                op: unit.op,
-                seg_ts_ns: st.first_ts,
-                pieces: &pieces,
-            });
-            self.piece_buf = recycle(pieces);
+        if st.hole > 0 {
+            c.chunks_with_holes += 1;
+        }
+        if unit.forced {
+            c.chunks_forced += 1;
+        }
 
-            let c = &mut self.counters;
-            c.chunks += 1;
-            c.bytes_captured += st.captured;
-            c.bytes_truncated += st.truncated;
-            c.bytes_skipped += st.skipped;
-            c.bytes_hole += st.hole;
-            if unit.op.is_none() {
-                c.bytes_unattributed += u64::from(len);
-            } else if st.captured + st.truncated + st.skipped == 0 {
-                c.ops_without_bytes += 1;
-            }
-            if st.hole > 0 {
-                c.chunks_with_holes += 1;
-            }
-            if unit.forced {
-                c.chunks_forced += 1;
-            }
-
-            self.spans.consume_to(b);
-            self.next = b;
-            if let Some(o) = self.ops.front_mut() {
-                if o.end <= b {
-                    self.ops.pop_front();
-                } else {
-                    o.start = o.start.max(b);
-                }
-            }
-            if self.contig_end < b {
-                self.contig_end = self.spans.contiguous_end(b);
+        self.spans.consume_to(b);
+        self.next = b;
+        if let Some(o) = self.ops.front_mut() {
+            if o.end <= b {
+                self.ops.pop_front();
+            } else {
+                o.start = o.start.max(b);
             }
         }
-        true
+        if self.contig_end < b {
+            self.contig_end = self.spans.contiguous_end(b);
+        }
     }
 }
 
@@ -876,16 +872,20 @@ pub fn poll_pair(
     now_ns: u64,
     out: &mut impl FnMut(usize, Chunk<'_>),
 ) {
+    // A direction's next range stays what it was while the other one
+    // delivers.
+    let mut ready = [streams[0].next_ready(now_ns), streams[1].next_ready(now_ns)];
     loop {
-        let [a, b] = streams;
-        let i = match (a.next_ready(now_ns), b.next_ready(now_ns)) {
-            (None, None) => return,
-            (Some(_), None) => 0,
-            (None, Some(_)) => 1,
-            (Some(ta), Some(tb)) => usize::from(tb < ta),
+        let i = match &ready {
+            [None, None] => return,
+            [Some(_), None] => 0,
+            [None, Some(_)] => 1,
+            [Some(a), Some(b)] => usize::from(b.ts() < a.ts()),
         };
-        if !streams[i].deliver_one(now_ns, &mut |c| out(i, c)) {
+        let Some(unit) = ready[i].take() else {
             return;
-        }
+        };
+        streams[i].emit_unit(unit, &mut |c| out(i, c));
+        ready[i] = streams[i].next_ready(now_ns);
     }
 }
