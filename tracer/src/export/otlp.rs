@@ -186,14 +186,12 @@ impl Exporter {
 
     /// Sends what is pending and queued, waiting at most `timeout` (what is
     /// left then is dropped and counted), stops the thread and returns the
-    /// final counters. Blocks the calling thread for up to `timeout`.
-    pub fn shutdown(mut self, timeout: Duration) -> ExportCounters {
+    /// final counters ([`counters`](Self::counters) still reads them
+    /// after). Blocks the calling thread for up to `timeout`.
+    pub fn shutdown(&mut self, timeout: Duration) -> ExportCounters {
         self.flush();
-        ExportCounters {
-            spans_submitted: self.submitted,
-            spans_pending: 0,
-            worker: self.worker.shutdown(timeout),
-        }
+        self.worker.shutdown(timeout);
+        self.counters()
     }
 }
 

@@ -485,9 +485,14 @@ impl<J: Job> Worker<J> {
 
     /// Sends what is queued, waiting at most `timeout` (what is left then
     /// is dropped and counted), stops the thread and returns the final
-    /// counters. Blocks the calling thread for up to `timeout` (and a
-    /// second of grace for closing connections).
-    pub fn shutdown(mut self, timeout: Duration) -> WorkerCounters {
+    /// counters; [`counters`](Self::counters) still reads them after, and
+    /// what is submitted then is counted as dropped at shutdown. Blocks the
+    /// calling thread for up to `timeout` (and a second of grace for
+    /// closing connections); once stopped, returns at once.
+    pub fn shutdown(&mut self, timeout: Duration) -> WorkerCounters {
+        if self.thread.is_none() {
+            return self.counts.snapshot();
+        }
         let _ = self.stop.send(Some(Instant::now() + timeout));
         self.tx = None;
         if self
@@ -939,7 +944,7 @@ mod tests {
         ];
         let mut c = cfg();
         c.in_flight = 1;
-        let (w, probe) = start(c, answers, Duration::ZERO);
+        let (mut w, probe) = start(c, answers, Duration::ZERO);
         w.submit(Bytes(5, 10)).unwrap();
         w.submit(Bytes(3, 10)).unwrap();
         w.submit(Bytes(1, 13)).unwrap();
@@ -962,6 +967,12 @@ mod tests {
         assert_eq!(probe.attempts.load(Ordering::Relaxed), 4);
         assert_eq!(probe.recycled.load(Ordering::Relaxed), 3);
         assert_eq!(c.queued_bytes, 0);
+        // After the shutdown: the same counters, and what comes late is
+        // counted.
+        assert_eq!(w.counters(), c);
+        assert!(w.submit(Bytes(2, 10)).is_err());
+        let late = w.shutdown(Duration::from_secs(1));
+        assert_eq!((late.submitted, late.dropped_shutdown), (17, 2));
     }
 
     #[test]
@@ -971,7 +982,7 @@ mod tests {
         c.in_flight = 1;
         c.queue_items = 10;
         c.queue_bytes = 100;
-        let (w, _) = start(c, vec![], Duration::from_secs(10));
+        let (mut w, _) = start(c, vec![], Duration::from_secs(10));
         let t = Instant::now();
         assert!(w.submit(Bytes(6, 10)).is_ok());
         assert!(w.submit(Bytes(5, 10)).is_err(), "11 items > 10");
@@ -996,7 +1007,7 @@ mod tests {
     fn a_job_larger_than_the_bound_goes_alone() {
         let mut c = cfg();
         c.queue_bytes = 10;
-        let (w, _) = start(c, vec![], Duration::ZERO);
+        let (mut w, _) = start(c, vec![], Duration::ZERO);
         w.submit(Bytes(1, 50)).unwrap();
         let c = w.shutdown(Duration::from_secs(2));
         assert_eq!(c.exported, 1, "{c}");
@@ -1008,7 +1019,7 @@ mod tests {
             retry("unavailable", Some(Duration::from_millis(300))),
             retry("unavailable", None),
         ];
-        let (w, probe) = start(cfg(), answers, Duration::ZERO);
+        let (mut w, probe) = start(cfg(), answers, Duration::ZERO);
         let t = Instant::now();
         w.submit(Bytes(1, 1)).unwrap();
         wait_until("delivery", || w.counters().exported == 1);
@@ -1022,7 +1033,7 @@ mod tests {
     #[test]
     fn the_retry_budget_is_bounded() {
         let answers = (0..10).map(|_| retry("down", None)).collect();
-        let (w, probe) = start(cfg(), answers, Duration::ZERO);
+        let (mut w, probe) = start(cfg(), answers, Duration::ZERO);
         w.submit(Bytes(2, 1)).unwrap();
         wait_until("the drop", || w.counters().dropped_failed == 2);
         assert_eq!(probe.attempts.load(Ordering::Relaxed), 5);
@@ -1037,7 +1048,7 @@ mod tests {
             .collect();
         let mut c = cfg();
         c.retry.max_elapsed = Duration::from_secs(60);
-        let (w, _) = start(c, answers, Duration::ZERO);
+        let (mut w, _) = start(c, answers, Duration::ZERO);
         w.submit(Bytes(3, 1)).unwrap();
         wait_until("the first attempt", || w.counters().errors == 1);
         let t = Instant::now();
@@ -1054,7 +1065,7 @@ mod tests {
     fn senders_run_concurrently() {
         let mut c = cfg();
         c.in_flight = 4;
-        let (w, _) = start(c, vec![], Duration::from_millis(300));
+        let (mut w, _) = start(c, vec![], Duration::from_millis(300));
         let t = Instant::now();
         for _ in 0..4 {
             w.submit(Bytes(1, 1)).unwrap();
@@ -1088,7 +1099,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let (w, _) = start(cfg(), vec![], Duration::ZERO);
+            let (mut w, _) = start(cfg(), vec![], Duration::ZERO);
             w.submit(Bytes(1, 1)).unwrap();
             let c = w.shutdown(Duration::from_secs(1));
             assert_eq!((c.submitted, c.queued), (1, 0), "{c}");

@@ -489,8 +489,9 @@ impl PyroscopeExporter {
 
     /// Pushes what is queued, waiting at most `timeout` (what is left then
     /// is dropped and counted), stops the thread and returns the final
-    /// counters. Blocks the calling thread for up to `timeout`.
-    pub fn shutdown(self, timeout: Duration) -> WorkerCounters {
+    /// counters ([`counters`](Self::counters) still reads them after).
+    /// Blocks the calling thread for up to `timeout`.
+    pub fn shutdown(&mut self, timeout: Duration) -> WorkerCounters {
         self.worker.shutdown(timeout)
     }
 }
@@ -786,7 +787,7 @@ mod tests {
         };
         let mut cfg = config(r.port);
         cfg.headers = vec![("x-scope-orgid".into(), "tenant-1".into())];
-        let exp = PyroscopeExporter::start(cfg).unwrap();
+        let mut exp = PyroscopeExporter::start(cfg).unwrap();
         let (p, span_id) = profile("checkout");
         let (start, end) = (p.start_unix_ns, p.end_unix_ns);
         exp.submit(p);
@@ -859,7 +860,7 @@ mod tests {
         let Some(r) = receiver(&t.0, Some(&fail)) else {
             return;
         };
-        let exp = PyroscopeExporter::start(config(r.port)).unwrap();
+        let mut exp = PyroscopeExporter::start(config(r.port)).unwrap();
         exp.submit(profile("svc").0);
         wait_until("a failed attempt", Duration::from_secs(10), || {
             exp.counters().errors >= 2
@@ -884,7 +885,7 @@ mod tests {
         // The receiver answers 404 outside /ingest.
         let mut cfg = config(r.port);
         cfg.url.push_str("/elsewhere");
-        let exp = PyroscopeExporter::start(cfg).unwrap();
+        let mut exp = PyroscopeExporter::start(cfg).unwrap();
         exp.submit(profile("svc").0);
         wait_until("the drop", Duration::from_secs(10), || {
             exp.counters().dropped_failed == 1
@@ -903,7 +904,7 @@ mod tests {
         // Nothing listens: every attempt fails and is retried.
         let mut cfg = config(free_port());
         cfg.queue_profiles = 2;
-        let exp = PyroscopeExporter::start(cfg).unwrap();
+        let mut exp = PyroscopeExporter::start(cfg).unwrap();
         let (p, _) = profile("svc");
         let t0 = Instant::now();
         for _ in 0..5 {
@@ -933,7 +934,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let exp = PyroscopeExporter::start(config(free_port())).unwrap();
+            let mut exp = PyroscopeExporter::start(config(free_port())).unwrap();
             let c = exp.shutdown(Duration::from_millis(100));
             assert_eq!(c, WorkerCounters::default());
         });
