@@ -235,6 +235,22 @@ fn start_time(stat: &str) -> Option<u64> {
     rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
+/// What /proc says about a live process.
+#[derive(Default)]
+struct ProcFacts {
+    env: ProcEnv,
+    /// `/proc/PID/exe`, without ` (deleted)`.
+    exe: Option<String>,
+    /// `/proc/PID/comm`.
+    comm: Option<String>,
+    /// `/proc/PID/cmdline`.
+    argv: Vec<String>,
+    /// `/proc/PID/cgroup`.
+    cgroup: Option<String>,
+    /// `/proc/PID/cwd`.
+    cwd: Option<String>,
+}
+
 /// What a process says about itself in its environment.
 #[derive(Default)]
 struct ProcEnv {
@@ -365,28 +381,24 @@ impl ResourceCache {
             self.map.remove(&pid);
             self.counters.pid_reused += 1;
         }
-        let check = match self.map.get_mut(&pid) {
+        let start = match self.map.get_mut(&pid) {
             Some(e) => {
                 e.used = tick;
                 if now_ns.saturating_sub(e.checked_ns) < REVALIDATE_NS {
                     return e.res.clone();
                 }
                 e.checked_ns = now_ns;
-                true
-            }
-            None => false,
-        };
-        if check {
-            let current = self.read_start(pid);
-            if let Some(e) = self.map.get(&pid) {
+                let (seen, res) = (e.start, e.res.clone());
+                let current = self.read_start(pid);
                 // Gone (None) keeps what was seen alive; same start: same process.
-                if current.is_none() || current == e.start {
-                    return e.res.clone();
+                if current.is_none() || current == seen {
+                    return res;
                 }
+                self.counters.pid_reused += 1;
+                current
             }
-            self.counters.pid_reused += 1;
-        }
-        let start = self.read_start(pid);
+            None => self.read_start(pid),
+        };
         let (res, proc_comm) = self.describe(pid, start.is_some(), comm);
         let res = Arc::new(res);
         if !self.map.contains_key(&pid) && self.map.len() >= self.cap {
@@ -475,7 +487,32 @@ impl ResourceCache {
         start_time(&stat)
     }
 
+    /// What /proc says about a live `pid`.
+    fn read_proc(&self, pid: Pid) -> ProcFacts {
+        ProcFacts {
+            env: self.read_env(pid).unwrap_or_default(),
+            exe: self
+                .read_link(pid, "exe")
+                .map(|s| match s.strip_suffix(" (deleted)") {
+                    Some(path) => path.to_string(),
+                    None => s,
+                }),
+            comm: self.read_comm(pid),
+            argv: std::fs::read(self.pid_path(pid, "cmdline"))
+                .map(|raw| {
+                    raw.split(|&b| b == 0)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            cgroup: std::fs::read_to_string(self.pid_path(pid, "cgroup")).ok(),
+            cwd: self.read_link(pid, "cwd"),
+        }
+    }
+
     /// The resource of `pid`, and its name in /proc/PID/comm (if read).
+    /// /proc is read only when the process is `alive`.
     fn describe(
         &mut self,
         pid: Pid,
@@ -491,11 +528,22 @@ impl ResourceCache {
         for (k, v) in &self.agent_attrs {
             attrs.push((k.clone(), AttrValue::Str(v.clone())));
         }
-        let env = if alive { self.read_env(pid) } else { None };
-        let ProcEnv {
-            service: env_service,
-            attrs: env_attrs,
-        } = env.unwrap_or_default();
+        let ProcFacts {
+            env:
+                ProcEnv {
+                    service: env_service,
+                    attrs: env_attrs,
+                },
+            exe,
+            comm: proc_comm,
+            argv,
+            cgroup,
+            cwd,
+        } = if alive {
+            self.read_proc(pid)
+        } else {
+            ProcFacts::default()
+        };
         let mut env_resource_service = None;
         for (k, v) in env_attrs {
             if k == "service.name" {
@@ -505,13 +553,6 @@ impl ResourceCache {
             }
         }
         attrs.push(("process.pid".into(), AttrValue::Int(pid.0 as i64)));
-        let exe = self
-            .read_link(pid, "exe")
-            .map(|s| match s.strip_suffix(" (deleted)") {
-                Some(path) => path.to_string(),
-                None => s,
-            });
-        let proc_comm = self.read_comm(pid);
         let comm = proc_comm
             .clone()
             .or_else(|| comm.filter(|c| !c.is_empty()).map(str::to_owned));
@@ -532,23 +573,13 @@ impl ResourceCache {
                 AttrValue::Str(path.clone()),
             ));
         }
-        let argv: Vec<String> = std::fs::read(self.pid_path(pid, "cmdline"))
-            .map(|raw| {
-                raw.split(|&b| b == 0)
-                    .filter(|a| !a.is_empty())
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
         if !argv.is_empty() {
             let line = truncate(redact_args(&argv), MAX_COMMAND_LINE);
             attrs.push(("process.command_line".into(), AttrValue::Str(line)));
         }
-        let cgroup = std::fs::read_to_string(self.pid_path(pid, "cgroup")).ok();
         if let Some(id) = cgroup.as_deref().and_then(container_id) {
             attrs.push(("container.id".into(), AttrValue::Str(id)));
         }
-        let cwd = self.read_link(pid, "cwd");
         let named = service_name::resolve(
             &Process {
                 argv: &argv,
