@@ -26,6 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use correlate::{IdGen, SplitMix64};
 use tokio::sync::{mpsc, watch};
 
 use super::config::RetryConfig;
@@ -562,8 +563,8 @@ struct Inner<D: Deliver> {
     counts: Arc<Counts>,
     rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Queued<D::Job>>>,
     log: Mutex<FailureLog>,
-    /// Jitter state (xorshift), shared: one draw per retry.
-    seed: Mutex<u64>,
+    /// Jitter draws, shared: one per retry.
+    rng: Mutex<SplitMix64>,
 }
 
 impl<D: Deliver> Inner<D> {
@@ -573,13 +574,14 @@ impl<D: Deliver> Inner<D> {
 
     /// `delay` with jitter: a uniform draw from [delay/2, delay].
     fn jitter(&self, delay: Duration) -> Duration {
-        let mut s = self.seed.lock().unwrap_or_else(|e| e.into_inner());
-        *s ^= *s << 13;
-        *s ^= *s >> 7;
-        *s ^= *s << 17;
+        let draw = self
+            .rng
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_u64();
         let half = delay / 2;
         let nanos = half.as_nanos() as u64;
-        half + Duration::from_nanos(if nanos == 0 { 0 } else { *s % (nanos + 1) })
+        half + Duration::from_nanos(draw % nanos.saturating_add(1))
     }
 }
 
@@ -594,15 +596,14 @@ async fn run<D: Deliver>(
 ) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
-        | 1;
+        .map_or(0, |d| d.as_nanos() as u64);
     let inner = Arc::new(Inner {
         cfg,
         deliver,
         counts,
         rx: tokio::sync::Mutex::new(rx),
         log: Mutex::new(FailureLog::default()),
-        seed: Mutex::new(seed),
+        rng: Mutex::new(SplitMix64::new(seed)),
     });
     let senders: Vec<_> = (0..inner.cfg.in_flight.max(1))
         .map(|_| tokio::spawn(sender(inner.clone(), stop.clone())))
