@@ -22,7 +22,6 @@
 use std::{
     collections::HashMap,
     fs::File,
-    hash::{Hash, Hasher},
     io::Read,
     path::{Path, PathBuf},
     sync::Arc,
@@ -54,27 +53,11 @@ const MAX_ENVIRON: u64 = 1 << 20;
 const MAX_ENV_VALUE: usize = 1024;
 
 /// The resource of a span: attributes of the process that produced it.
-///
-/// Two resources are equal when their attributes are; the hash is computed
-/// once, so an `Arc<Resource>` is a cheap map key (the exporter keeps one
-/// OTLP exporter per distinct resource).
+/// Shared as an `Arc<Resource>`, one per process described: the encoder
+/// batches spans by that pointer.
 #[derive(Clone, Debug)]
 pub struct Resource {
     attrs: Vec<(String, AttrValue)>,
-    hash: u64,
-}
-
-impl PartialEq for Resource {
-    fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.attrs == other.attrs
-    }
-}
-impl Eq for Resource {}
-
-impl Hash for Resource {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
-    }
 }
 
 impl Resource {
@@ -88,18 +71,7 @@ impl Resource {
                 None => out.push((k, v)),
             }
         }
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for (k, v) in &out {
-            k.hash(&mut h);
-            match v {
-                AttrValue::Str(s) => (0u8, s).hash(&mut h),
-                AttrValue::Int(i) => (1u8, i).hash(&mut h),
-            }
-        }
-        Resource {
-            attrs: out,
-            hash: h.finish(),
-        }
+        Resource { attrs: out }
     }
 
     /// The attributes, `service.name` first.
