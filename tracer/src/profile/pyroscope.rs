@@ -274,14 +274,20 @@ pub fn ingest_name(service: &str) -> String {
     }
 }
 
-/// The ingest URL of a profile under `base` (a validated base URL).
-pub fn ingest_url(base: &str, p: &ServiceProfile) -> Result<reqwest::Url, PushError> {
-    let mut url = reqwest::Url::parse(&format!("{}/ingest", base.trim_end_matches('/'))).map_err(
-        |source| PushError::IngestUrl {
+/// The ingest endpoint, `{base}/ingest`, of a server's base URL.
+pub fn ingest_endpoint(base: &str) -> Result<reqwest::Url, PushError> {
+    reqwest::Url::parse(&format!("{}/ingest", base.trim_end_matches('/'))).map_err(|source| {
+        PushError::IngestUrl {
             base: base.to_string(),
             source,
-        },
-    )?;
+        }
+    })
+}
+
+/// The URL a profile is pushed to: the `ingest` endpoint with the
+/// profile's query.
+pub fn ingest_url(ingest: &reqwest::Url, p: &ServiceProfile) -> reqwest::Url {
+    let mut url = ingest.clone();
     let from = p.start_unix_ns / 1_000_000_000;
     let until = p.end_unix_ns.div_ceil(1_000_000_000).max(from + 1);
     url.query_pairs_mut()
@@ -291,7 +297,7 @@ pub fn ingest_url(base: &str, p: &ServiceProfile) -> Result<reqwest::Url, PushEr
         .append_pair("format", "pprof")
         .append_pair("sampleRate", &p.frequency_hz.to_string())
         .append_pair("spyName", SPY_NAME);
-    Ok(url)
+    url
 }
 
 /// A profile's memory while it waits, roughly (its frames' names are
@@ -344,7 +350,8 @@ pub enum PushError {
     /// The HTTP client could not be built.
     #[error("building the HTTP client")]
     Client(#[source] reqwest::Error),
-    /// The ingest URL could not be made from the base URL.
+    /// The ingest URL could not be made from the base URL (only when the
+    /// [`PyroscopeConfig`] was not made by [`PyroscopeArgs::resolve`]).
     #[error("{base:?}")]
     IngestUrl {
         /// The server's base URL.
@@ -358,7 +365,8 @@ pub enum PushError {
 /// Pushes to one Pyroscope server: the export worker's [`Deliver`].
 struct PyroscopeDeliver {
     client: reqwest::Client,
-    url: String,
+    /// `{url}/ingest`, parsed once.
+    ingest: reqwest::Url,
 }
 
 impl PyroscopeDeliver {
@@ -385,7 +393,7 @@ impl PyroscopeDeliver {
             .map_err(PushError::Client)?;
         Ok(PyroscopeDeliver {
             client,
-            url: cfg.url.clone(),
+            ingest: ingest_endpoint(&cfg.url)?,
         })
     }
 }
@@ -400,7 +408,7 @@ impl Deliver for PyroscopeDeliver {
 
     /// The ingest URL and the gzip-compressed pprof body, made once.
     fn prepare(&self, p: ServiceProfile) -> Result<((reqwest::Url, Bytes), usize), PushError> {
-        let url = ingest_url(&self.url, &p)?;
+        let url = ingest_url(&self.ingest, &p);
         let body = pprof::encode_gzip(&p);
         let n = body.len();
         Ok(((url, Bytes::from(body)), n))
@@ -676,7 +684,7 @@ mod tests {
     #[test]
     fn ingest_url_has_the_query_pyroscope_reads() {
         let (p, _) = profile("checkout");
-        let url = ingest_url("http://h:4040/pfx", &p).unwrap();
+        let url = ingest_url(&ingest_endpoint("http://h:4040/pfx").unwrap(), &p);
         assert_eq!(url.path(), "/pfx/ingest");
         let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
         assert_eq!(q["name"], "checkout{}");
