@@ -55,7 +55,7 @@ const MAX_ENV_VALUE: usize = 1024;
 /// The resource of a span: attributes of the process that produced it.
 /// Shared as an `Arc<Resource>`, one per process described: the encoder
 /// batches spans by that pointer.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resource {
     attrs: Vec<(String, AttrValue)>,
 }
