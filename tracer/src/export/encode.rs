@@ -529,13 +529,9 @@ impl TraceEncoder {
         self.index.len()
     }
 
-    /// Bytes of the open request (an upper bound).
-    pub fn pending_bytes(&self) -> usize {
-        self.pending_bytes
-    }
-
     /// Resources remembered now.
-    pub fn resources(&self) -> usize {
+    #[cfg(test)]
+    fn resources(&self) -> usize {
         self.slots.len()
     }
 

@@ -263,15 +263,6 @@ pub struct ResourceCounters {
     pub evicted: u64,
 }
 
-impl std::fmt::Display for ResourceCounters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "described={} unknown={} pid_reused={} evicted={}",
-            self.described, self.unknown, self.pid_reused, self.evicted
-        )
-    }
-}
 
 /// Resources by pid, read from /proc once per process and kept (bounded)
 /// after it exits.

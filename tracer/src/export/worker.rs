@@ -222,30 +222,6 @@ impl WorkerCounters {
     }
 }
 
-impl std::fmt::Display for WorkerCounters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "submitted={} exported={} requests={} bytes={} rejected={} dropped_queue_full={} \
-             dropped_failed={} dropped_shutdown={} dropped_invalid={} errors={} retries={} \
-             queued={} queued_bytes={} peak_queued_bytes={}",
-            self.submitted,
-            self.exported,
-            self.requests,
-            self.bytes,
-            self.rejected,
-            self.dropped_queue_full,
-            self.dropped_failed,
-            self.dropped_shutdown,
-            self.dropped_invalid,
-            self.errors,
-            self.retries,
-            self.queued,
-            self.queued_bytes,
-            self.peak_queued_bytes
-        )
-    }
-}
 
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -956,14 +932,14 @@ mod tests {
         // 5: retried then delivered with 2 rejected; 3: failed; 1: could
         // not be prepared; 4: delivered.
         assert_eq!(c.submitted, 15);
-        assert_eq!((c.exported, c.rejected), (3 + 4, 2), "{c}");
-        assert_eq!((c.dropped_failed, c.dropped_invalid), (3 + 1, 2), "{c}");
-        assert_eq!((c.retries, c.errors, c.requests), (1, 3, 2), "{c}");
+        assert_eq!((c.exported, c.rejected), (3 + 4, 2), "{c:?}");
+        assert_eq!((c.dropped_failed, c.dropped_invalid), (3 + 1, 2), "{c:?}");
+        assert_eq!((c.retries, c.errors, c.requests), (1, 3, 2), "{c:?}");
         assert_eq!(c.bytes, 20);
         assert_eq!(
             c.submitted,
             c.exported + c.rejected + c.dropped() + c.queued,
-            "{c}"
+            "{c:?}"
         );
         assert_eq!(probe.attempts.load(Ordering::Relaxed), 4);
         assert_eq!(probe.recycled.load(Ordering::Relaxed), 3);
@@ -991,7 +967,7 @@ mod tests {
         assert!(w.submit(Bytes(0, 11)).is_err(), "101 bytes > 100");
         assert!(t.elapsed() < Duration::from_millis(50));
         let c = w.counters();
-        assert_eq!((c.queued, c.queued_bytes), (10, 90), "{c}");
+        assert_eq!((c.queued, c.queued_bytes), (10, 90), "{c:?}");
         assert_eq!(c.dropped_queue_full, 5);
         let t = Instant::now();
         let c = w.shutdown(Duration::from_millis(100));
@@ -1000,8 +976,8 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
-        assert_eq!(c.dropped_shutdown, 10, "{c}");
-        assert_eq!((c.queued, c.queued_bytes, c.exported), (0, 0, 0), "{c}");
+        assert_eq!(c.dropped_shutdown, 10, "{c:?}");
+        assert_eq!((c.queued, c.queued_bytes, c.exported), (0, 0, 0), "{c:?}");
     }
 
     #[test]
@@ -1011,7 +987,7 @@ mod tests {
         let (mut w, _) = start(c, vec![], Duration::ZERO);
         w.submit(Bytes(1, 50)).unwrap();
         let c = w.shutdown(Duration::from_secs(2));
-        assert_eq!(c.exported, 1, "{c}");
+        assert_eq!(c.exported, 1, "{c:?}");
     }
 
     #[test]
@@ -1028,7 +1004,7 @@ mod tests {
         assert!(took >= Duration::from_millis(300), "{took:?}");
         assert_eq!(probe.attempts.load(Ordering::Relaxed), 3);
         let c = w.shutdown(Duration::from_secs(1));
-        assert_eq!((c.retries, c.errors), (2, 2), "{c}");
+        assert_eq!((c.retries, c.errors), (2, 2), "{c:?}");
     }
 
     #[test]
@@ -1039,7 +1015,7 @@ mod tests {
         wait_until("the drop", || w.counters().dropped_failed == 2);
         assert_eq!(probe.attempts.load(Ordering::Relaxed), 5);
         let c = w.shutdown(Duration::from_secs(1));
-        assert_eq!((c.retries, c.errors, c.exported), (4, 5, 0), "{c}");
+        assert_eq!((c.retries, c.errors, c.exported), (4, 5, 0), "{c:?}");
     }
 
     #[test]
@@ -1059,7 +1035,7 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
-        assert_eq!(c.dropped_shutdown, 3, "{c}");
+        assert_eq!(c.dropped_shutdown, 3, "{c:?}");
     }
 
     #[test]
@@ -1103,7 +1079,7 @@ mod tests {
             let (mut w, _) = start(cfg(), vec![], Duration::ZERO);
             w.submit(Bytes(1, 1)).unwrap();
             let c = w.shutdown(Duration::from_secs(1));
-            assert_eq!((c.submitted, c.queued), (1, 0), "{c}");
+            assert_eq!((c.submitted, c.queued), (1, 0), "{c:?}");
         });
     }
 }

@@ -626,7 +626,7 @@ mod tests {
         assert_eq!(app_name("checkout-api.v2/x"), "checkout-api.v2/x");
         assert_eq!(app_name("my app{1}"), "my_app_1_");
         assert_eq!(app_name(""), "unknown_service");
-        assert_eq!(label_value(" a,b{c}=d\n"), "a_b_c__d");
+        assert_eq!(label_value(" a,b{c:?}=d\n"), "a_b_c__d");
         assert_eq!(label_value("python3.11"), "python3.11");
         assert_eq!(ingest_name("python3.11"), "python3.11{}");
         assert_eq!(ingest_name("my svc,1"), "my_svc_1{service_name=my svc_1}");
@@ -800,7 +800,7 @@ mod tests {
         let (start, end) = (p.start_unix_ns, p.end_unix_ns);
         exp.submit(p);
         let c = exp.shutdown(Duration::from_secs(10));
-        assert_eq!((c.submitted, c.exported, c.queued), (1, 1, 0), "{c}");
+        assert_eq!((c.submitted, c.exported, c.queued), (1, 1, 0), "{c:?}");
         assert!(c.bytes > 0);
 
         let got = received(&r);
@@ -879,8 +879,8 @@ mod tests {
             exp.counters().exported == 1
         });
         let c = exp.shutdown(Duration::from_secs(5));
-        assert!(c.retries >= 2, "{c}");
-        assert_eq!((c.dropped_failed, c.queued), (0, 0), "{c}");
+        assert!(c.retries >= 2, "{c:?}");
+        assert_eq!((c.dropped_failed, c.queued), (0, 0), "{c:?}");
         assert_eq!(received(&r).len(), 1);
     }
 
@@ -902,7 +902,7 @@ mod tests {
         assert_eq!(
             (c.retries, c.errors, c.exported, c.queued),
             (0, 1, 0, 0),
-            "{c}"
+            "{c:?}"
         );
         assert!(received(&r).is_empty());
     }
@@ -920,7 +920,7 @@ mod tests {
         }
         assert!(t0.elapsed() < Duration::from_millis(200));
         let c = exp.counters();
-        assert_eq!((c.submitted, c.dropped_queue_full), (5, 3), "{c}");
+        assert_eq!((c.submitted, c.dropped_queue_full), (5, 3), "{c:?}");
         // Empty profiles are not sent at all.
         exp.submit(ServiceProfile {
             stacks: Vec::new(),
@@ -931,8 +931,8 @@ mod tests {
         let c = exp.shutdown(Duration::from_millis(300));
         assert!(t1.elapsed() < Duration::from_secs(3));
         assert_eq!(c.exported, 0);
-        assert_eq!(c.dropped_failed + c.dropped_shutdown, 2, "{c}");
-        assert_eq!(c.queued, 0, "{c}");
+        assert_eq!(c.dropped_failed + c.dropped_shutdown, 2, "{c:?}");
+        assert_eq!(c.queued, 0, "{c:?}");
     }
 
     #[test]

@@ -113,7 +113,8 @@ impl Rules {
     }
 
     /// No rules.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
 
