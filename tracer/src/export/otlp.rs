@@ -45,7 +45,6 @@ pub struct ExportCounters {
     pub worker: WorkerCounters,
 }
 
-
 /// Why the exporter could not start.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]

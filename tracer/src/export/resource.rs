@@ -257,7 +257,6 @@ pub struct ResourceCounters {
     pub evicted: u64,
 }
 
-
 /// Resources by pid, read from /proc once per process and kept (bounded)
 /// after it exits.
 pub struct ResourceCache {

@@ -222,7 +222,6 @@ impl WorkerCounters {
     }
 }
 
-
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

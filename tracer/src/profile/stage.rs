@@ -32,10 +32,7 @@ use super::{
 };
 use crate::{
     clock::Clock,
-    export::{
-        resource::Resource,
-        worker::QueueBound,
-    },
+    export::{resource::Resource, worker::QueueBound},
     metrics::{self, Metric, Report, Show, Stage},
 };
 
