@@ -143,11 +143,11 @@ fn main() {
     let c = e.shutdown(Duration::from_secs(10));
     println!(
         "capacity: {sent} spans at {rate}/s in {:.2} s; encoding {:.3} s CPU ({} ns/span) \
-         on the submitting thread, sending {export_cpu:.2} s CPU on the export thread; {c}",
+         on the submitting thread, sending {export_cpu:.2} s CPU on the export thread; {c:?}",
         pushing.as_secs_f64(),
         encode_ns as f64 / 1e9,
         encode_ns / sent.max(1),
     );
-    assert_eq!(c.worker.exported, sent, "every span exported: {c}");
-    assert_eq!(c.worker.dropped(), 0, "no span dropped: {c}");
+    assert_eq!(c.worker.exported, sent, "every span exported: {c:?}");
+    assert_eq!(c.worker.dropped(), 0, "no span dropped: {c:?}");
 }

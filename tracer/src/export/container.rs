@@ -20,10 +20,13 @@
 /// The container id in a `/proc/PID/cgroup` file (`hierarchy:controllers:path`
 /// lines, cgroup v1 or v2), lower case; `None` outside containers.
 pub fn container_id(cgroup: &str) -> Option<String> {
-    cgroup
-        .lines()
-        .filter_map(|line| line.splitn(3, ':').nth(2))
-        .find_map(|path| path.rsplit('/').find_map(component_id))
+    cgroup_paths(cgroup).find_map(|path| path.rsplit('/').find_map(component_id))
+}
+
+/// The paths in a `/proc/PID/cgroup` file (`hierarchy:controllers:path`
+/// lines).
+pub fn cgroup_paths(cgroup: &str) -> impl Iterator<Item = &str> {
+    cgroup.lines().filter_map(|line| line.splitn(3, ':').nth(2))
 }
 
 /// The id in one path component: `ID`, `ID.scope` or `PREFIX-ID.scope`.

@@ -26,7 +26,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use correlate::{AttrRef, AttrValue, ParentSource, Span, SpanKind, Status};
-use prost::encoding::encoded_len_varint;
+use prost::encoding::{encode_varint, encoded_len_varint};
 
 use super::resource::Resource;
 use crate::clock::Clock;
@@ -126,39 +126,14 @@ pub const FLAG_HAS_IS_REMOTE: u32 = 0x100;
 /// OTLP `SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK`.
 pub const FLAG_IS_REMOTE: u32 = 0x200;
 
-/// Appends a protobuf varint. Most values here (lengths, small ints) take
-/// one byte: that case is one push.
-#[inline(always)]
-fn put_varint(buf: &mut Vec<u8>, v: u64) {
-    if v < 0x80 {
-        buf.push(v as u8);
-    } else {
-        put_long_varint(buf, v);
-    }
-}
-
-#[inline(never)]
-fn put_long_varint(buf: &mut Vec<u8>, v: u64) {
-    let (bytes, n) = varint(v);
-    buf.extend_from_slice(&bytes[..n]);
-}
-
-/// `v` as a protobuf varint: the bytes and how many are used.
-fn varint(mut v: u64) -> ([u8; 10], usize) {
-    let mut out = [0u8; 10];
-    let mut i = 0;
-    while v >= 0x80 {
-        out[i] = (v as u8) | 0x80;
-        v >>= 7;
-        i += 1;
-    }
-    out[i] = v as u8;
-    (out, i + 1)
-}
-
+/// Most lengths here take one byte: that case is one push.
 #[inline(always)]
 fn put_len(buf: &mut Vec<u8>, n: usize) {
-    put_varint(buf, n as u64);
+    if n < 0x80 {
+        buf.push(n as u8);
+    } else {
+        encode_varint(n as u64, buf);
+    }
 }
 
 #[inline]
@@ -195,7 +170,7 @@ fn put_key_value(buf: &mut Vec<u8>, field: u8, k: &str, v: AttrRef<'_>) {
         AttrRef::Str(s) => put_bytes_field(buf, ANY_STRING, s.as_bytes()),
         AttrRef::Int(i) => {
             buf.push(ANY_INT);
-            put_varint(buf, i as u64);
+            encode_varint(i as u64, buf);
         }
     }
 }
@@ -335,18 +310,17 @@ fn put_span(buf: &mut Vec<u8>, span: &Span, clock: Clock) {
         buf[len_at] = (len as u8) | 0x80;
         buf[len_at + 1] = (len >> 7) as u8;
     } else {
-        let (prefix, n) = varint(len as u64);
-        let prefix = &prefix[..n];
+        let n = encoded_len_varint(len as u64);
         let end = buf.len();
-        if prefix.len() < 2 {
-            buf.copy_within(body..end, len_at + prefix.len());
-            buf.truncate(end - (2 - prefix.len()));
+        if n < 2 {
+            buf.copy_within(body..end, len_at + n);
+            buf.truncate(end - (2 - n));
         } else {
-            let extra = prefix.len() - 2;
+            let extra = n - 2;
             buf.resize(end + extra, 0);
             buf.copy_within(body..end, body + extra);
         }
-        buf[len_at..len_at + prefix.len()].copy_from_slice(prefix);
+        encode_varint(len as u64, &mut &mut buf[len_at..len_at + n]);
     }
 }
 
@@ -555,13 +529,9 @@ impl TraceEncoder {
         self.index.len()
     }
 
-    /// Bytes of the open request (an upper bound).
-    pub fn pending_bytes(&self) -> usize {
-        self.pending_bytes
-    }
-
     /// Resources remembered now.
-    pub fn resources(&self) -> usize {
+    #[cfg(test)]
+    fn resources(&self) -> usize {
         self.slots.len()
     }
 
@@ -898,26 +868,6 @@ pub(crate) mod tests {
             );
         }
         assert_eq!(seen, (1..=9).collect::<Vec<u8>>(), "none lost, order kept");
-    }
-
-    #[test]
-    fn varints_match_prost() {
-        for v in [
-            0u64,
-            1,
-            127,
-            128,
-            300,
-            16_383,
-            16_384,
-            u32::MAX as u64,
-            u64::MAX,
-        ] {
-            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-            put_varint(&mut ours, v);
-            prost::encoding::encode_varint(v, &mut theirs);
-            assert_eq!(ours, theirs, "{v}");
-        }
     }
 
     #[test]

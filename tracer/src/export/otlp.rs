@@ -45,34 +45,6 @@ pub struct ExportCounters {
     pub worker: WorkerCounters,
 }
 
-impl std::fmt::Display for ExportCounters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let w = &self.worker;
-        write!(
-            f,
-            "spans_submitted={} spans_exported={} requests={} bytes={} spans_rejected={} \
-             spans_dropped_queue_full={} spans_dropped_export_failed={} \
-             spans_dropped_shutdown={} spans_dropped_invalid={} export_errors={} retries={} \
-             spans_queued={} bytes_queued={} peak_bytes_queued={} spans_pending={}",
-            self.spans_submitted,
-            w.exported,
-            w.requests,
-            w.bytes,
-            w.rejected,
-            w.dropped_queue_full,
-            w.dropped_failed,
-            w.dropped_shutdown,
-            w.dropped_invalid,
-            w.errors,
-            w.retries,
-            w.queued,
-            w.queued_bytes,
-            w.peak_queued_bytes,
-            self.spans_pending
-        )
-    }
-}
-
 /// Why the exporter could not start.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
@@ -87,7 +59,6 @@ pub struct Exporter {
     interval: Duration,
     /// When the open request got its first span.
     opened: Option<Instant>,
-    submitted: u64,
 }
 
 impl Exporter {
@@ -122,7 +93,6 @@ impl Exporter {
             spare,
             interval,
             opened: None,
-            submitted: 0,
         })
     }
 
@@ -130,7 +100,6 @@ impl Exporter {
     /// Never blocks: when the queue is full a closed request is dropped
     /// (its spans counted).
     pub fn submit(&mut self, span: &Span, resource: &Arc<Resource>) {
-        self.submitted += 1;
         if self.encoder.push(span, resource).is_err() {
             self.worker.count_dropped(DropReason::Invalid, 1);
             return;
@@ -177,23 +146,25 @@ impl Exporter {
 
     /// The counters now.
     pub fn counters(&self) -> ExportCounters {
+        let worker = self.worker.counters();
+        // A span is in the open request until its request goes to the
+        // worker (at once: closed requests are handed over as they close).
+        let spans_pending = self.encoder.pending_spans() as u64;
         ExportCounters {
-            spans_submitted: self.submitted,
-            spans_pending: self.encoder.pending_spans() as u64,
-            worker: self.worker.counters(),
+            spans_submitted: worker.submitted + spans_pending,
+            spans_pending,
+            worker,
         }
     }
 
     /// Sends what is pending and queued, waiting at most `timeout` (what is
     /// left then is dropped and counted), stops the thread and returns the
-    /// final counters. Blocks the calling thread for up to `timeout`.
-    pub fn shutdown(mut self, timeout: Duration) -> ExportCounters {
+    /// final counters ([`counters`](Self::counters) still reads them
+    /// after). Blocks the calling thread for up to `timeout`.
+    pub fn shutdown(&mut self, timeout: Duration) -> ExportCounters {
         self.flush();
-        ExportCounters {
-            spans_submitted: self.submitted,
-            spans_pending: 0,
-            worker: self.worker.shutdown(timeout),
-        }
+        self.worker.shutdown(timeout);
+        self.counters()
     }
 }
 
@@ -225,7 +196,7 @@ mod tests {
         let c = e.counters();
         assert_eq!(c.spans_submitted, 11);
         // Five requests of two: two fit in the queue of four spans.
-        assert_eq!(c.worker.dropped_queue_full, 6, "{c}");
+        assert_eq!(c.worker.dropped_queue_full, 6, "{c:?}");
         assert_eq!(c.worker.dropped_invalid, 1);
         // A request is retried (10 s backoff); shutdown cuts it short.
         let t = Instant::now();
@@ -237,11 +208,11 @@ mod tests {
         );
         let w = c.worker;
         assert_eq!(w.exported, 0);
-        assert_eq!(w.dropped_failed + w.dropped_shutdown, 4, "{c}");
+        assert_eq!(w.dropped_failed + w.dropped_shutdown, 4, "{c:?}");
         assert!(w.errors >= 1);
         assert_eq!((w.queued, w.queued_bytes), (0, 0));
-        assert_eq!(c.spans_submitted, w.submitted, "{c}");
-        assert_eq!(w.submitted, w.dropped(), "{c}");
+        assert_eq!(c.spans_submitted, w.submitted, "{c:?}");
+        assert_eq!(w.submitted, w.dropped(), "{c:?}");
     }
 
     #[test]
@@ -255,7 +226,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         e.tick();
         let c = e.counters();
-        assert_eq!((c.spans_pending, c.worker.submitted), (0, 1), "{c}");
+        assert_eq!((c.spans_pending, c.worker.submitted), (0, 1), "{c:?}");
         e.shutdown(Duration::from_millis(100));
     }
 

@@ -145,9 +145,9 @@ fn exports_a_trace(protocol: Protocol, compression: Compression) {
     e.submit(&server, &users);
     let c = e.shutdown(Duration::from_secs(10));
     let w = c.worker;
-    assert_eq!(w.exported, 3, "{c}");
-    assert_eq!(w.requests, 1, "one request, both resources in it: {c}");
-    assert_eq!(w.errors, 0, "{c}");
+    assert_eq!(w.exported, 3, "{c:?}");
+    assert_eq!(w.requests, 1, "one request, both resources in it: {c:?}");
+    assert_eq!(w.errors, 0, "{c:?}");
     wait_until(
         "3 spans in the receiver's file",
         Duration::from_secs(5),
@@ -252,7 +252,7 @@ fn gzip_shrinks_what_is_sent(protocol: Protocol) {
             e.submit(&s, &a);
         }
         let c = e.shutdown(Duration::from_secs(10));
-        assert_eq!(c.worker.exported, 300, "{c}");
+        assert_eq!(c.worker.exported, 300, "{c:?}");
         wait_until("the relay to count", Duration::from_secs(5), || {
             relay.upstream_bytes.load(Ordering::Relaxed) > 0
         });
@@ -323,8 +323,8 @@ fn partial_success_is_counted(protocol: Protocol) {
     }
     let c = e.shutdown(Duration::from_secs(10));
     let w = c.worker;
-    assert_eq!((w.exported, w.rejected, w.requests), (3, 2, 1), "{c}");
-    assert_eq!(w.dropped(), 0, "{c}");
+    assert_eq!((w.exported, w.rejected, w.requests), (3, 2, 1), "{c:?}");
+    assert_eq!(w.dropped(), 0, "{c:?}");
     assert_eq!(received(&r).len(), 3);
 }
 
@@ -421,8 +421,8 @@ fn retries_through_an_outage() {
         e.counters().worker.exported == 6
     });
     let c = e.shutdown(Duration::from_secs(5));
-    assert_eq!(c.worker.dropped_failed, 0, "{c}");
-    assert!(c.worker.errors >= 3, "{c}");
+    assert_eq!(c.worker.dropped_failed, 0, "{c:?}");
+    assert!(c.worker.errors >= 3, "{c:?}");
     assert_eq!(received(&r).len(), 6);
 }
 
@@ -451,10 +451,10 @@ fn gives_up_after_the_retry_budget() {
     });
     let c = e.shutdown(Duration::from_secs(2));
     let w = c.worker;
-    assert_eq!(w.errors, 3, "{c}");
-    assert_eq!(w.retries, 2, "{c}");
-    assert_eq!(w.exported, 0, "{c}");
-    assert_eq!(w.queued, 0, "{c}");
+    assert_eq!(w.errors, 3, "{c:?}");
+    assert_eq!(w.retries, 2, "{c:?}");
+    assert_eq!(w.exported, 0, "{c:?}");
+    assert_eq!(w.queued, 0, "{c:?}");
     assert!(received(&r).is_empty());
 }
 
@@ -489,7 +489,7 @@ fn survives_a_backend_that_starts_late(protocol: Protocol) {
         || e.counters().worker.exported == 3,
     );
     let c = e.shutdown(Duration::from_secs(5));
-    assert_eq!(c.worker.dropped_failed, 0, "{c}");
+    assert_eq!(c.worker.dropped_failed, 0, "{c:?}");
     assert_eq!(received(&r).len(), 3);
 }
 

@@ -22,7 +22,6 @@
 use std::{
     collections::HashMap,
     fs::File,
-    hash::{Hash, Hasher},
     io::Read,
     path::{Path, PathBuf},
     sync::Arc,
@@ -54,27 +53,11 @@ const MAX_ENVIRON: u64 = 1 << 20;
 const MAX_ENV_VALUE: usize = 1024;
 
 /// The resource of a span: attributes of the process that produced it.
-///
-/// Two resources are equal when their attributes are; the hash is computed
-/// once, so an `Arc<Resource>` is a cheap map key (the exporter keeps one
-/// OTLP exporter per distinct resource).
-#[derive(Clone, Debug)]
+/// Shared as an `Arc<Resource>`, one per process described: the encoder
+/// batches spans by that pointer.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resource {
     attrs: Vec<(String, AttrValue)>,
-    hash: u64,
-}
-
-impl PartialEq for Resource {
-    fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.attrs == other.attrs
-    }
-}
-impl Eq for Resource {}
-
-impl Hash for Resource {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
-    }
 }
 
 impl Resource {
@@ -88,18 +71,7 @@ impl Resource {
                 None => out.push((k, v)),
             }
         }
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for (k, v) in &out {
-            k.hash(&mut h);
-            match v {
-                AttrValue::Str(s) => (0u8, s).hash(&mut h),
-                AttrValue::Int(i) => (1u8, i).hash(&mut h),
-            }
-        }
-        Resource {
-            attrs: out,
-            hash: h.finish(),
-        }
+        Resource { attrs: out }
     }
 
     /// The attributes, `service.name` first.
@@ -217,13 +189,7 @@ pub fn percent_decode(s: &str) -> Result<String, EscapeError> {
 }
 
 fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
+    s.truncate(s.floor_char_boundary(max));
     s
 }
 
@@ -233,6 +199,22 @@ fn start_time(stat: &str) -> Option<u64> {
     // comm (field 2) is in parentheses and may contain spaces or ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// What /proc says about a live process.
+#[derive(Default)]
+struct ProcFacts {
+    env: ProcEnv,
+    /// `/proc/PID/exe`, without ` (deleted)`.
+    exe: Option<String>,
+    /// `/proc/PID/comm`.
+    comm: Option<String>,
+    /// `/proc/PID/cmdline`.
+    argv: Vec<String>,
+    /// `/proc/PID/cgroup`.
+    cgroup: Option<String>,
+    /// `/proc/PID/cwd`.
+    cwd: Option<String>,
 }
 
 /// What a process says about itself in its environment.
@@ -273,16 +255,6 @@ pub struct ResourceCounters {
     pub pid_reused: u64,
     /// Entries evicted at the capacity bound.
     pub evicted: u64,
-}
-
-impl std::fmt::Display for ResourceCounters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "described={} unknown={} pid_reused={} evicted={}",
-            self.described, self.unknown, self.pid_reused, self.evicted
-        )
-    }
 }
 
 /// Resources by pid, read from /proc once per process and kept (bounded)
@@ -365,28 +337,24 @@ impl ResourceCache {
             self.map.remove(&pid);
             self.counters.pid_reused += 1;
         }
-        let check = match self.map.get_mut(&pid) {
+        let start = match self.map.get_mut(&pid) {
             Some(e) => {
                 e.used = tick;
                 if now_ns.saturating_sub(e.checked_ns) < REVALIDATE_NS {
                     return e.res.clone();
                 }
                 e.checked_ns = now_ns;
-                true
-            }
-            None => false,
-        };
-        if check {
-            let current = self.read_start(pid);
-            if let Some(e) = self.map.get(&pid) {
+                let (seen, res) = (e.start, e.res.clone());
+                let current = self.read_start(pid);
                 // Gone (None) keeps what was seen alive; same start: same process.
-                if current.is_none() || current == e.start {
-                    return e.res.clone();
+                if current.is_none() || current == seen {
+                    return res;
                 }
+                self.counters.pid_reused += 1;
+                current
             }
-            self.counters.pid_reused += 1;
-        }
-        let start = self.read_start(pid);
+            None => self.read_start(pid),
+        };
         let (res, proc_comm) = self.describe(pid, start.is_some(), comm);
         let res = Arc::new(res);
         if !self.map.contains_key(&pid) && self.map.len() >= self.cap {
@@ -475,7 +443,32 @@ impl ResourceCache {
         start_time(&stat)
     }
 
+    /// What /proc says about a live `pid`.
+    fn read_proc(&self, pid: Pid) -> ProcFacts {
+        ProcFacts {
+            env: self.read_env(pid).unwrap_or_default(),
+            exe: self
+                .read_link(pid, "exe")
+                .map(|s| match s.strip_suffix(" (deleted)") {
+                    Some(path) => path.to_string(),
+                    None => s,
+                }),
+            comm: self.read_comm(pid),
+            argv: std::fs::read(self.pid_path(pid, "cmdline"))
+                .map(|raw| {
+                    raw.split(|&b| b == 0)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            cgroup: std::fs::read_to_string(self.pid_path(pid, "cgroup")).ok(),
+            cwd: self.read_link(pid, "cwd"),
+        }
+    }
+
     /// The resource of `pid`, and its name in /proc/PID/comm (if read).
+    /// /proc is read only when the process is `alive`.
     fn describe(
         &mut self,
         pid: Pid,
@@ -491,11 +484,22 @@ impl ResourceCache {
         for (k, v) in &self.agent_attrs {
             attrs.push((k.clone(), AttrValue::Str(v.clone())));
         }
-        let env = if alive { self.read_env(pid) } else { None };
-        let ProcEnv {
-            service: env_service,
-            attrs: env_attrs,
-        } = env.unwrap_or_default();
+        let ProcFacts {
+            env:
+                ProcEnv {
+                    service: env_service,
+                    attrs: env_attrs,
+                },
+            exe,
+            comm: proc_comm,
+            argv,
+            cgroup,
+            cwd,
+        } = if alive {
+            self.read_proc(pid)
+        } else {
+            ProcFacts::default()
+        };
         let mut env_resource_service = None;
         for (k, v) in env_attrs {
             if k == "service.name" {
@@ -505,13 +509,6 @@ impl ResourceCache {
             }
         }
         attrs.push(("process.pid".into(), AttrValue::Int(pid.0 as i64)));
-        let exe = self
-            .read_link(pid, "exe")
-            .map(|s| match s.strip_suffix(" (deleted)") {
-                Some(path) => path.to_string(),
-                None => s,
-            });
-        let proc_comm = self.read_comm(pid);
         let comm = proc_comm
             .clone()
             .or_else(|| comm.filter(|c| !c.is_empty()).map(str::to_owned));
@@ -532,23 +529,13 @@ impl ResourceCache {
                 AttrValue::Str(path.clone()),
             ));
         }
-        let argv: Vec<String> = std::fs::read(self.pid_path(pid, "cmdline"))
-            .map(|raw| {
-                raw.split(|&b| b == 0)
-                    .filter(|a| !a.is_empty())
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
         if !argv.is_empty() {
             let line = truncate(redact_args(&argv), MAX_COMMAND_LINE);
             attrs.push(("process.command_line".into(), AttrValue::Str(line)));
         }
-        let cgroup = std::fs::read_to_string(self.pid_path(pid, "cgroup")).ok();
         if let Some(id) = cgroup.as_deref().and_then(container_id) {
             attrs.push(("container.id".into(), AttrValue::Str(id)));
         }
-        let cwd = self.read_link(pid, "cwd");
         let named = service_name::resolve(
             &Process {
                 argv: &argv,

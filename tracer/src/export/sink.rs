@@ -7,7 +7,7 @@ use correlate::{Pid, Span};
 use super::{
     config::{ExportConfig, Protocol},
     console::{ConsoleCounters, ConsoleSink, Format, DEFAULT_QUIET_NS},
-    otlp::{ExportCounters, ExportError, Exporter},
+    otlp::{ExportError, Exporter},
     resource::ResourceCache,
 };
 use crate::{
@@ -17,8 +17,6 @@ use crate::{
 
 enum Output<W: Write> {
     Otlp(Box<Exporter>),
-    /// The exporter after its shutdown: its last counters.
-    Exported(ExportCounters),
     Console(ConsoleSink<W>),
     /// Nowhere to go (no endpoint, nothing printed): counted only.
     Discard(u64),
@@ -88,9 +86,6 @@ impl<W: Write> SpanSink<W> {
             Output::Otlp(e) => e.submit(&span, &resource),
             Output::Console(c) => c.on_span(&span, &resource, now_ns),
             Output::Discard(n) => *n += 1,
-            // After the shutdown nothing is sent; the dispatcher has none
-            // left to give by then.
-            Output::Exported(_) => {}
         }
     }
 
@@ -100,16 +95,7 @@ impl<W: Write> SpanSink<W> {
         match &mut self.out {
             Output::Console(c) => c.poll(now_ns),
             Output::Otlp(e) => e.tick(),
-            Output::Discard(_) | Output::Exported(_) => {}
-        }
-    }
-
-    /// The OTLP exporter's counters, when spans go to OTLP.
-    pub fn export_counters(&self) -> Option<ExportCounters> {
-        match &self.out {
-            Output::Otlp(e) => Some(e.counters()),
-            Output::Exported(c) => Some(*c),
-            _ => None,
+            Output::Discard(_) => {}
         }
     }
 
@@ -117,24 +103,23 @@ impl<W: Write> SpanSink<W> {
     pub fn report(&self, out: &mut Vec<Metric>) {
         self.resources.counters().report(out);
         match &self.out {
-            Output::Otlp(_) | Output::Exported(_) => {
-                if let Some(c) = self.export_counters() {
-                    out.push(Metric::counter(
-                        Stage::Export,
-                        "spans_submitted",
-                        "Spans handed to the OTLP exporter.",
-                        Show::Headline,
-                        c.spans_submitted,
-                    ));
-                    out.push(Metric::gauge(
-                        Stage::Export,
-                        "spans_pending",
-                        "Spans encoded into a request not closed yet.",
-                        Show::Detail,
-                        c.spans_pending as f64,
-                    ));
-                    metrics::report_worker(&c.worker, Stage::Export, "otlp", out);
-                }
+            Output::Otlp(e) => {
+                let c = e.counters();
+                out.push(Metric::counter(
+                    Stage::Export,
+                    "spans_submitted",
+                    "Spans handed to the OTLP exporter.",
+                    Show::Headline,
+                    c.spans_submitted,
+                ));
+                out.push(Metric::gauge(
+                    Stage::Export,
+                    "spans_pending",
+                    "Spans encoded into a request not closed yet.",
+                    Show::Detail,
+                    c.spans_pending as f64,
+                ));
+                metrics::report_worker(&c.worker, Stage::Export, "otlp", out);
             }
             Output::Console(c) => {
                 let ConsoleCounters {
@@ -181,13 +166,12 @@ impl<W: Write> SpanSink<W> {
     /// Sends or prints what is held (OTLP: within `timeout`); the final
     /// counters are then in [`report`](Self::report)'s.
     pub fn finish(&mut self, timeout: Duration) {
-        match std::mem::replace(&mut self.out, Output::Discard(0)) {
-            Output::Otlp(e) => self.out = Output::Exported(e.shutdown(timeout)),
-            Output::Console(mut c) => {
-                c.flush_all();
-                self.out = Output::Console(c);
+        match &mut self.out {
+            Output::Otlp(e) => {
+                e.shutdown(timeout);
             }
-            other => self.out = other,
+            Output::Console(c) => c.flush_all(),
+            Output::Discard(_) => {}
         }
     }
 }

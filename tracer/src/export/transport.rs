@@ -273,9 +273,6 @@ pub enum TransportError {
     /// The HTTP client could not be built.
     #[error("building the HTTP client")]
     Client(#[source] reqwest::Error),
-    /// Compressing a request failed.
-    #[error("gzip")]
-    Gzip(#[source] std::io::Error),
 }
 
 /// OTLP export to one endpoint.
@@ -376,14 +373,13 @@ impl OtlpDeliver {
     }
 }
 
-fn gzip(body: &[u8]) -> Result<Vec<u8>, TransportError> {
-    let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(body.len() / 4),
-        flate2::Compression::fast(),
-    );
-    enc.write_all(body)
-        .and_then(|_| enc.finish())
-        .map_err(TransportError::Gzip)
+/// `raw` gzip-compressed at `level` (OTLP bodies, pprof profiles).
+pub(crate) fn gzip(raw: &[u8], level: flate2::Compression) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4 + 64), level);
+    // Writing to a Vec cannot fail.
+    enc.write_all(raw)
+        .and_then(|()| enc.finish())
+        .unwrap_or_default()
 }
 
 async fn send_grpc(
@@ -488,7 +484,8 @@ impl Deliver for OtlpDeliver {
     fn prepare(&self, job: TraceRequest) -> Result<(Ready, usize), TransportError> {
         // gRPC compresses in tonic (per message); HTTP bodies once here.
         if self.compression == Compression::Gzip && matches!(self.wire, Wire::Http { .. }) {
-            let packed = gzip(&job.body)?;
+            // Fast: the agent competes with the traced services for CPU.
+            let packed = gzip(&job.body, flate2::Compression::fast());
             self.give_back(job.body);
             let n = packed.len();
             return Ok((
@@ -600,7 +597,7 @@ mod tests {
     #[test]
     fn gzip_round_trips() {
         let body = b"spans ".repeat(1000);
-        let packed = gzip(&body).unwrap();
+        let packed = gzip(&body, flate2::Compression::fast());
         assert!(packed.len() < body.len() / 10);
         let mut out = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&packed[..]), &mut out)

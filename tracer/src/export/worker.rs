@@ -26,6 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use correlate::{IdGen, SplitMix64};
 use tokio::sync::{mpsc, watch};
 
 use super::config::RetryConfig;
@@ -218,31 +219,6 @@ impl WorkerCounters {
     /// Items dropped, all reasons.
     pub fn dropped(&self) -> u64 {
         self.dropped_queue_full + self.dropped_failed + self.dropped_shutdown + self.dropped_invalid
-    }
-}
-
-impl std::fmt::Display for WorkerCounters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "submitted={} exported={} requests={} bytes={} rejected={} dropped_queue_full={} \
-             dropped_failed={} dropped_shutdown={} dropped_invalid={} errors={} retries={} \
-             queued={} queued_bytes={} peak_queued_bytes={}",
-            self.submitted,
-            self.exported,
-            self.requests,
-            self.bytes,
-            self.rejected,
-            self.dropped_queue_full,
-            self.dropped_failed,
-            self.dropped_shutdown,
-            self.dropped_invalid,
-            self.errors,
-            self.retries,
-            self.queued,
-            self.queued_bytes,
-            self.peak_queued_bytes
-        )
     }
 }
 
@@ -485,9 +461,14 @@ impl<J: Job> Worker<J> {
 
     /// Sends what is queued, waiting at most `timeout` (what is left then
     /// is dropped and counted), stops the thread and returns the final
-    /// counters. Blocks the calling thread for up to `timeout` (and a
-    /// second of grace for closing connections).
-    pub fn shutdown(mut self, timeout: Duration) -> WorkerCounters {
+    /// counters; [`counters`](Self::counters) still reads them after, and
+    /// what is submitted then is counted as dropped at shutdown. Blocks the
+    /// calling thread for up to `timeout` (and a second of grace for
+    /// closing connections); once stopped, returns at once.
+    pub fn shutdown(&mut self, timeout: Duration) -> WorkerCounters {
+        if self.thread.is_none() {
+            return self.counts.snapshot();
+        }
         let _ = self.stop.send(Some(Instant::now() + timeout));
         self.tx = None;
         if self
@@ -557,8 +538,8 @@ struct Inner<D: Deliver> {
     counts: Arc<Counts>,
     rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Queued<D::Job>>>,
     log: Mutex<FailureLog>,
-    /// Jitter state (xorshift), shared: one draw per retry.
-    seed: Mutex<u64>,
+    /// Jitter draws, shared: one per retry.
+    rng: Mutex<SplitMix64>,
 }
 
 impl<D: Deliver> Inner<D> {
@@ -568,13 +549,14 @@ impl<D: Deliver> Inner<D> {
 
     /// `delay` with jitter: a uniform draw from [delay/2, delay].
     fn jitter(&self, delay: Duration) -> Duration {
-        let mut s = self.seed.lock().unwrap_or_else(|e| e.into_inner());
-        *s ^= *s << 13;
-        *s ^= *s >> 7;
-        *s ^= *s << 17;
+        let draw = self
+            .rng
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_u64();
         let half = delay / 2;
         let nanos = half.as_nanos() as u64;
-        half + Duration::from_nanos(if nanos == 0 { 0 } else { *s % (nanos + 1) })
+        half + Duration::from_nanos(draw % nanos.saturating_add(1))
     }
 }
 
@@ -589,15 +571,14 @@ async fn run<D: Deliver>(
 ) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
-        | 1;
+        .map_or(0, |d| d.as_nanos() as u64);
     let inner = Arc::new(Inner {
         cfg,
         deliver,
         counts,
         rx: tokio::sync::Mutex::new(rx),
         log: Mutex::new(FailureLog::default()),
-        seed: Mutex::new(seed),
+        rng: Mutex::new(SplitMix64::new(seed)),
     });
     let senders: Vec<_> = (0..inner.cfg.in_flight.max(1))
         .map(|_| tokio::spawn(sender(inner.clone(), stop.clone())))
@@ -939,7 +920,7 @@ mod tests {
         ];
         let mut c = cfg();
         c.in_flight = 1;
-        let (w, probe) = start(c, answers, Duration::ZERO);
+        let (mut w, probe) = start(c, answers, Duration::ZERO);
         w.submit(Bytes(5, 10)).unwrap();
         w.submit(Bytes(3, 10)).unwrap();
         w.submit(Bytes(1, 13)).unwrap();
@@ -950,18 +931,24 @@ mod tests {
         // 5: retried then delivered with 2 rejected; 3: failed; 1: could
         // not be prepared; 4: delivered.
         assert_eq!(c.submitted, 15);
-        assert_eq!((c.exported, c.rejected), (3 + 4, 2), "{c}");
-        assert_eq!((c.dropped_failed, c.dropped_invalid), (3 + 1, 2), "{c}");
-        assert_eq!((c.retries, c.errors, c.requests), (1, 3, 2), "{c}");
+        assert_eq!((c.exported, c.rejected), (3 + 4, 2), "{c:?}");
+        assert_eq!((c.dropped_failed, c.dropped_invalid), (3 + 1, 2), "{c:?}");
+        assert_eq!((c.retries, c.errors, c.requests), (1, 3, 2), "{c:?}");
         assert_eq!(c.bytes, 20);
         assert_eq!(
             c.submitted,
             c.exported + c.rejected + c.dropped() + c.queued,
-            "{c}"
+            "{c:?}"
         );
         assert_eq!(probe.attempts.load(Ordering::Relaxed), 4);
         assert_eq!(probe.recycled.load(Ordering::Relaxed), 3);
         assert_eq!(c.queued_bytes, 0);
+        // After the shutdown: the same counters, and what comes late is
+        // counted.
+        assert_eq!(w.counters(), c);
+        assert!(w.submit(Bytes(2, 10)).is_err());
+        let late = w.shutdown(Duration::from_secs(1));
+        assert_eq!((late.submitted, late.dropped_shutdown), (17, 2));
     }
 
     #[test]
@@ -971,7 +958,7 @@ mod tests {
         c.in_flight = 1;
         c.queue_items = 10;
         c.queue_bytes = 100;
-        let (w, _) = start(c, vec![], Duration::from_secs(10));
+        let (mut w, _) = start(c, vec![], Duration::from_secs(10));
         let t = Instant::now();
         assert!(w.submit(Bytes(6, 10)).is_ok());
         assert!(w.submit(Bytes(5, 10)).is_err(), "11 items > 10");
@@ -979,7 +966,7 @@ mod tests {
         assert!(w.submit(Bytes(0, 11)).is_err(), "101 bytes > 100");
         assert!(t.elapsed() < Duration::from_millis(50));
         let c = w.counters();
-        assert_eq!((c.queued, c.queued_bytes), (10, 90), "{c}");
+        assert_eq!((c.queued, c.queued_bytes), (10, 90), "{c:?}");
         assert_eq!(c.dropped_queue_full, 5);
         let t = Instant::now();
         let c = w.shutdown(Duration::from_millis(100));
@@ -988,18 +975,18 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
-        assert_eq!(c.dropped_shutdown, 10, "{c}");
-        assert_eq!((c.queued, c.queued_bytes, c.exported), (0, 0, 0), "{c}");
+        assert_eq!(c.dropped_shutdown, 10, "{c:?}");
+        assert_eq!((c.queued, c.queued_bytes, c.exported), (0, 0, 0), "{c:?}");
     }
 
     #[test]
     fn a_job_larger_than_the_bound_goes_alone() {
         let mut c = cfg();
         c.queue_bytes = 10;
-        let (w, _) = start(c, vec![], Duration::ZERO);
+        let (mut w, _) = start(c, vec![], Duration::ZERO);
         w.submit(Bytes(1, 50)).unwrap();
         let c = w.shutdown(Duration::from_secs(2));
-        assert_eq!(c.exported, 1, "{c}");
+        assert_eq!(c.exported, 1, "{c:?}");
     }
 
     #[test]
@@ -1008,7 +995,7 @@ mod tests {
             retry("unavailable", Some(Duration::from_millis(300))),
             retry("unavailable", None),
         ];
-        let (w, probe) = start(cfg(), answers, Duration::ZERO);
+        let (mut w, probe) = start(cfg(), answers, Duration::ZERO);
         let t = Instant::now();
         w.submit(Bytes(1, 1)).unwrap();
         wait_until("delivery", || w.counters().exported == 1);
@@ -1016,18 +1003,18 @@ mod tests {
         assert!(took >= Duration::from_millis(300), "{took:?}");
         assert_eq!(probe.attempts.load(Ordering::Relaxed), 3);
         let c = w.shutdown(Duration::from_secs(1));
-        assert_eq!((c.retries, c.errors), (2, 2), "{c}");
+        assert_eq!((c.retries, c.errors), (2, 2), "{c:?}");
     }
 
     #[test]
     fn the_retry_budget_is_bounded() {
         let answers = (0..10).map(|_| retry("down", None)).collect();
-        let (w, probe) = start(cfg(), answers, Duration::ZERO);
+        let (mut w, probe) = start(cfg(), answers, Duration::ZERO);
         w.submit(Bytes(2, 1)).unwrap();
         wait_until("the drop", || w.counters().dropped_failed == 2);
         assert_eq!(probe.attempts.load(Ordering::Relaxed), 5);
         let c = w.shutdown(Duration::from_secs(1));
-        assert_eq!((c.retries, c.errors, c.exported), (4, 5, 0), "{c}");
+        assert_eq!((c.retries, c.errors, c.exported), (4, 5, 0), "{c:?}");
     }
 
     #[test]
@@ -1037,7 +1024,7 @@ mod tests {
             .collect();
         let mut c = cfg();
         c.retry.max_elapsed = Duration::from_secs(60);
-        let (w, _) = start(c, answers, Duration::ZERO);
+        let (mut w, _) = start(c, answers, Duration::ZERO);
         w.submit(Bytes(3, 1)).unwrap();
         wait_until("the first attempt", || w.counters().errors == 1);
         let t = Instant::now();
@@ -1047,14 +1034,14 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
-        assert_eq!(c.dropped_shutdown, 3, "{c}");
+        assert_eq!(c.dropped_shutdown, 3, "{c:?}");
     }
 
     #[test]
     fn senders_run_concurrently() {
         let mut c = cfg();
         c.in_flight = 4;
-        let (w, _) = start(c, vec![], Duration::from_millis(300));
+        let (mut w, _) = start(c, vec![], Duration::from_millis(300));
         let t = Instant::now();
         for _ in 0..4 {
             w.submit(Bytes(1, 1)).unwrap();
@@ -1088,10 +1075,10 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let (w, _) = start(cfg(), vec![], Duration::ZERO);
+            let (mut w, _) = start(cfg(), vec![], Duration::ZERO);
             w.submit(Bytes(1, 1)).unwrap();
             let c = w.shutdown(Duration::from_secs(1));
-            assert_eq!((c.submitted, c.queued), (1, 0), "{c}");
+            assert_eq!((c.submitted, c.queued), (1, 0), "{c:?}");
         });
     }
 }

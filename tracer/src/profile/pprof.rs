@@ -15,10 +15,11 @@
 //! - one `Location` per distinct frame (address = offset in its module),
 //!   one `Function` per distinct (name, file), one `Mapping` per module;
 //!   a frame without a symbol is the function `module+0xoffset`.
-use std::{collections::HashMap, io::Write};
+use std::collections::HashMap;
 
 use super::aggregate::{ServiceProfile, StackCount};
 use super::types::Frame;
+use crate::export::transport::gzip;
 
 /// Longest `span_name` label value, in bytes.
 pub const MAX_SPAN_NAME: usize = 256;
@@ -236,14 +237,7 @@ impl Strings {
 }
 
 fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    &s[..s.floor_char_boundary(max)]
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -388,18 +382,7 @@ pub fn to_pprof(p: &ServiceProfile) -> Profile {
 /// The profile as gzip-compressed pprof bytes.
 pub fn encode_gzip(p: &ServiceProfile) -> Vec<u8> {
     let raw = prost::Message::encode_to_vec(&to_pprof(p));
-    gzip(&raw)
-}
-
-fn gzip(raw: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(raw.len() / 4 + 64),
-        flate2::Compression::default(),
-    );
-    // Writing to a Vec cannot fail.
-    enc.write_all(raw)
-        .and_then(|()| enc.finish())
-        .unwrap_or_default()
+    gzip(&raw, flate2::Compression::default())
 }
 
 /// Bytes that are not a (gzip-compressed) pprof profile.

@@ -274,14 +274,20 @@ pub fn ingest_name(service: &str) -> String {
     }
 }
 
-/// The ingest URL of a profile under `base` (a validated base URL).
-pub fn ingest_url(base: &str, p: &ServiceProfile) -> Result<reqwest::Url, PushError> {
-    let mut url = reqwest::Url::parse(&format!("{}/ingest", base.trim_end_matches('/'))).map_err(
-        |source| PushError::IngestUrl {
+/// The ingest endpoint, `{base}/ingest`, of a server's base URL.
+pub fn ingest_endpoint(base: &str) -> Result<reqwest::Url, PushError> {
+    reqwest::Url::parse(&format!("{}/ingest", base.trim_end_matches('/'))).map_err(|source| {
+        PushError::IngestUrl {
             base: base.to_string(),
             source,
-        },
-    )?;
+        }
+    })
+}
+
+/// The URL a profile is pushed to: the `ingest` endpoint with the
+/// profile's query.
+pub fn ingest_url(ingest: &reqwest::Url, p: &ServiceProfile) -> reqwest::Url {
+    let mut url = ingest.clone();
     let from = p.start_unix_ns / 1_000_000_000;
     let until = p.end_unix_ns.div_ceil(1_000_000_000).max(from + 1);
     url.query_pairs_mut()
@@ -291,7 +297,7 @@ pub fn ingest_url(base: &str, p: &ServiceProfile) -> Result<reqwest::Url, PushEr
         .append_pair("format", "pprof")
         .append_pair("sampleRate", &p.frequency_hz.to_string())
         .append_pair("spyName", SPY_NAME);
-    Ok(url)
+    url
 }
 
 /// A profile's memory while it waits, roughly (its frames' names are
@@ -344,7 +350,8 @@ pub enum PushError {
     /// The HTTP client could not be built.
     #[error("building the HTTP client")]
     Client(#[source] reqwest::Error),
-    /// The ingest URL could not be made from the base URL.
+    /// The ingest URL could not be made from the base URL (only when the
+    /// [`PyroscopeConfig`] was not made by [`PyroscopeArgs::resolve`]).
     #[error("{base:?}")]
     IngestUrl {
         /// The server's base URL.
@@ -358,7 +365,8 @@ pub enum PushError {
 /// Pushes to one Pyroscope server: the export worker's [`Deliver`].
 struct PyroscopeDeliver {
     client: reqwest::Client,
-    url: String,
+    /// `{url}/ingest`, parsed once.
+    ingest: reqwest::Url,
 }
 
 impl PyroscopeDeliver {
@@ -385,7 +393,7 @@ impl PyroscopeDeliver {
             .map_err(PushError::Client)?;
         Ok(PyroscopeDeliver {
             client,
-            url: cfg.url.clone(),
+            ingest: ingest_endpoint(&cfg.url)?,
         })
     }
 }
@@ -400,7 +408,7 @@ impl Deliver for PyroscopeDeliver {
 
     /// The ingest URL and the gzip-compressed pprof body, made once.
     fn prepare(&self, p: ServiceProfile) -> Result<((reqwest::Url, Bytes), usize), PushError> {
-        let url = ingest_url(&self.url, &p)?;
+        let url = ingest_url(&self.ingest, &p);
         let body = pprof::encode_gzip(&p);
         let n = body.len();
         Ok(((url, Bytes::from(body)), n))
@@ -489,8 +497,9 @@ impl PyroscopeExporter {
 
     /// Pushes what is queued, waiting at most `timeout` (what is left then
     /// is dropped and counted), stops the thread and returns the final
-    /// counters. Blocks the calling thread for up to `timeout`.
-    pub fn shutdown(self, timeout: Duration) -> WorkerCounters {
+    /// counters ([`counters`](Self::counters) still reads them after).
+    /// Blocks the calling thread for up to `timeout`.
+    pub fn shutdown(&mut self, timeout: Duration) -> WorkerCounters {
         self.worker.shutdown(timeout)
     }
 }
@@ -675,7 +684,7 @@ mod tests {
     #[test]
     fn ingest_url_has_the_query_pyroscope_reads() {
         let (p, _) = profile("checkout");
-        let url = ingest_url("http://h:4040/pfx", &p).unwrap();
+        let url = ingest_url(&ingest_endpoint("http://h:4040/pfx").unwrap(), &p);
         assert_eq!(url.path(), "/pfx/ingest");
         let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
         assert_eq!(q["name"], "checkout{}");
@@ -786,12 +795,12 @@ mod tests {
         };
         let mut cfg = config(r.port);
         cfg.headers = vec![("x-scope-orgid".into(), "tenant-1".into())];
-        let exp = PyroscopeExporter::start(cfg).unwrap();
+        let mut exp = PyroscopeExporter::start(cfg).unwrap();
         let (p, span_id) = profile("checkout");
         let (start, end) = (p.start_unix_ns, p.end_unix_ns);
         exp.submit(p);
         let c = exp.shutdown(Duration::from_secs(10));
-        assert_eq!((c.submitted, c.exported, c.queued), (1, 1, 0), "{c}");
+        assert_eq!((c.submitted, c.exported, c.queued), (1, 1, 0), "{c:?}");
         assert!(c.bytes > 0);
 
         let got = received(&r);
@@ -859,7 +868,7 @@ mod tests {
         let Some(r) = receiver(&t.0, Some(&fail)) else {
             return;
         };
-        let exp = PyroscopeExporter::start(config(r.port)).unwrap();
+        let mut exp = PyroscopeExporter::start(config(r.port)).unwrap();
         exp.submit(profile("svc").0);
         wait_until("a failed attempt", Duration::from_secs(10), || {
             exp.counters().errors >= 2
@@ -870,8 +879,8 @@ mod tests {
             exp.counters().exported == 1
         });
         let c = exp.shutdown(Duration::from_secs(5));
-        assert!(c.retries >= 2, "{c}");
-        assert_eq!((c.dropped_failed, c.queued), (0, 0), "{c}");
+        assert!(c.retries >= 2, "{c:?}");
+        assert_eq!((c.dropped_failed, c.queued), (0, 0), "{c:?}");
         assert_eq!(received(&r).len(), 1);
     }
 
@@ -884,7 +893,7 @@ mod tests {
         // The receiver answers 404 outside /ingest.
         let mut cfg = config(r.port);
         cfg.url.push_str("/elsewhere");
-        let exp = PyroscopeExporter::start(cfg).unwrap();
+        let mut exp = PyroscopeExporter::start(cfg).unwrap();
         exp.submit(profile("svc").0);
         wait_until("the drop", Duration::from_secs(10), || {
             exp.counters().dropped_failed == 1
@@ -893,7 +902,7 @@ mod tests {
         assert_eq!(
             (c.retries, c.errors, c.exported, c.queued),
             (0, 1, 0, 0),
-            "{c}"
+            "{c:?}"
         );
         assert!(received(&r).is_empty());
     }
@@ -903,7 +912,7 @@ mod tests {
         // Nothing listens: every attempt fails and is retried.
         let mut cfg = config(free_port());
         cfg.queue_profiles = 2;
-        let exp = PyroscopeExporter::start(cfg).unwrap();
+        let mut exp = PyroscopeExporter::start(cfg).unwrap();
         let (p, _) = profile("svc");
         let t0 = Instant::now();
         for _ in 0..5 {
@@ -911,7 +920,7 @@ mod tests {
         }
         assert!(t0.elapsed() < Duration::from_millis(200));
         let c = exp.counters();
-        assert_eq!((c.submitted, c.dropped_queue_full), (5, 3), "{c}");
+        assert_eq!((c.submitted, c.dropped_queue_full), (5, 3), "{c:?}");
         // Empty profiles are not sent at all.
         exp.submit(ServiceProfile {
             stacks: Vec::new(),
@@ -922,8 +931,8 @@ mod tests {
         let c = exp.shutdown(Duration::from_millis(300));
         assert!(t1.elapsed() < Duration::from_secs(3));
         assert_eq!(c.exported, 0);
-        assert_eq!(c.dropped_failed + c.dropped_shutdown, 2, "{c}");
-        assert_eq!(c.queued, 0, "{c}");
+        assert_eq!(c.dropped_failed + c.dropped_shutdown, 2, "{c:?}");
+        assert_eq!(c.queued, 0, "{c:?}");
     }
 
     #[test]
@@ -933,7 +942,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let exp = PyroscopeExporter::start(config(free_port())).unwrap();
+            let mut exp = PyroscopeExporter::start(config(free_port())).unwrap();
             let c = exp.shutdown(Duration::from_millis(100));
             assert_eq!(c, WorkerCounters::default());
         });

@@ -32,10 +32,7 @@ use super::{
 };
 use crate::{
     clock::Clock,
-    export::{
-        resource::Resource,
-        worker::{QueueBound, WorkerCounters},
-    },
+    export::{resource::Resource, worker::QueueBound},
     metrics::{self, Metric, Report, Show, Stage},
 };
 
@@ -163,8 +160,6 @@ pub struct ProfileStage {
     profiles: Profiles,
     flame: Option<FlameGraphs>,
     pyroscope: Option<PyroscopeExporter>,
-    /// The Pyroscope pushes' counters after the last one (agent exit).
-    final_push: Option<WorkerCounters>,
     interval_ns: u64,
     next_take: u64,
 }
@@ -199,7 +194,6 @@ impl ProfileStage {
             pyroscope,
             interval_ns,
             next_take: now_ns + interval_ns,
-            final_push: None,
         })
     }
 
@@ -295,13 +289,8 @@ impl ProfileStage {
             Show::Anomaly,
             self.worker.dropped.load(Ordering::Relaxed),
         ));
-        let push = self
-            .pyroscope
-            .as_ref()
-            .map(PyroscopeExporter::counters)
-            .or(self.final_push);
-        if let Some(c) = push {
-            metrics::report_worker(&c, Stage::Profiles, "pyroscope", out);
+        if let Some(e) = &self.pyroscope {
+            metrics::report_worker(&e.counters(), Stage::Profiles, "pyroscope", out);
         }
     }
 
@@ -318,8 +307,8 @@ impl ProfileStage {
     /// pushes' counters are then in [`report`](Self::report)'s.
     pub fn finish(&mut self, now_ns: u64, timeout: Duration) {
         self.flush(now_ns);
-        if let Some(e) = self.pyroscope.take() {
-            self.final_push = Some(e.shutdown(timeout));
+        if let Some(e) = &mut self.pyroscope {
+            e.shutdown(timeout);
         }
     }
 }

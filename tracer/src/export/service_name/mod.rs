@@ -193,11 +193,7 @@ fn clean(s: &str) -> Option<String> {
     if s.is_empty() || s.chars().any(bad) || !s.chars().any(char::is_alphanumeric) {
         return None;
     }
-    let mut end = s.len().min(MAX_NAME);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    Some(s[..end].to_string())
+    Some(s[..s.floor_char_boundary(MAX_NAME)].to_string())
 }
 
 #[cfg(test)]

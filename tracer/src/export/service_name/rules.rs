@@ -2,6 +2,7 @@
 use globset::{GlobBuilder, GlobMatcher};
 
 use super::{runtimes::base_name, Process};
+use crate::export::container::cgroup_paths;
 
 /// Longest name a user rule may give, in bytes.
 const MAX_RULE_NAME: usize = 255;
@@ -113,7 +114,8 @@ impl Rules {
     }
 
     /// No rules.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
 
@@ -131,11 +133,9 @@ impl Rules {
                 }
             }),
             Field::Cmd => !p.argv.is_empty() && r.glob.is_match(&cmd),
-            Field::Cgroup => p.cgroup.is_some_and(|c| {
-                c.lines()
-                    .filter_map(|l| l.splitn(3, ':').nth(2))
-                    .any(|path| r.glob.is_match(path))
-            }),
+            Field::Cgroup => p
+                .cgroup
+                .is_some_and(|c| cgroup_paths(c).any(|path| r.glob.is_match(path))),
             Field::Name => r.glob.is_match(auto_name),
         })
     }
