@@ -150,19 +150,22 @@ pub trait Report {
 }
 
 /// Lists a counters struct's fields (exhaustively) as counters of `$stage`,
-/// then what `$derived` adds (values computed from them).
+/// then what `$derived` adds (values computed from them). A field reported
+/// under another name says `field as "name"` (names are unique per stage).
 macro_rules! report_counters {
-    ($ty:ty, $stage:expr, { $($field:ident: $show:ident, $help:literal;)* }) => {
-        report_counters!($ty, $stage, { $($field: $show, $help;)* }, |_c, _out| {});
+    (@name $field:ident) => { stringify!($field) };
+    (@name $field:ident $name:literal) => { $name };
+    ($ty:ty, $stage:expr, { $($field:ident $(as $name:literal)?: $show:ident, $help:literal;)* }) => {
+        report_counters!($ty, $stage, { $($field $(as $name)?: $show, $help;)* }, |_c, _out| {});
     };
-    ($ty:ty, $stage:expr, { $($field:ident: $show:ident, $help:literal;)* }, $derived:expr) => {
+    ($ty:ty, $stage:expr, { $($field:ident $(as $name:literal)?: $show:ident, $help:literal;)* }, $derived:expr) => {
         impl Report for $ty {
             fn report(&self, out: &mut Vec<Metric>) {
                 let Self { $($field),* } = self;
                 $(
                     out.push(Metric::counter(
                         $stage,
-                        stringify!($field),
+                        report_counters!(@name $field $($name)?),
                         $help,
                         Show::$show,
                         *$field,
@@ -239,7 +242,7 @@ report_counters!(crate::http_spans::HttpCounters, Stage::Http, {
 });
 
 report_counters!(protocols::http1::Http1Counters, Stage::Http, {
-    messages: Detail, "Messages the HTTP/1 parsers emitted.";
+    messages as "http1_messages": Detail, "Messages the HTTP/1 parsers emitted.";
     interim_responses: Detail, "Interim (1xx) responses.";
     bytes_skipped: Detail, "Bytes skipped looking for a message start.";
     resyncs: Detail, "Times a parser lost a message boundary and scanned.";
@@ -248,7 +251,7 @@ report_counters!(protocols::http1::Http1Counters, Stage::Http, {
     heads_truncated: Anomaly, "Heads cut by missing bytes.";
     framing_lost: Anomaly, "Chunked bodies whose framing was lost.";
     upgrades: Detail, "Connections upgraded or tunnelled.";
-    not_http: Detail, "Directions declared not HTTP/1.";
+    not_http as "http1_not_http_directions": Detail, "Directions declared not HTTP/1.";
     body_bytes_missing: Detail, "Body bytes skipped by count.";
     head_guesses: Detail, "Responses found to answer a HEAD request.";
     closed_incomplete: Detail, "Messages cut by the connection's end.";
@@ -331,10 +334,10 @@ report_counters!(crate::profile::ProfileCounters, Stage::Profiles, {
 });
 
 report_counters!(crate::profile::unwind::UnwindCounters, Stage::Profiles, {
-    stacks: Detail, "Stacks unwound.";
-    complete: Detail, "Stacks unwound to their root.";
-    truncated: Detail, "Stacks cut short.";
-    frames: Detail, "User frames unwound.";
+    stacks as "unwound_stacks": Detail, "Stacks unwound.";
+    complete as "unwound_complete": Detail, "Stacks unwound to their root.";
+    truncated as "unwound_truncated": Detail, "Stacks cut short.";
+    frames as "unwound_frames": Detail, "User frames unwound.";
     maps_reads: Detail, "Reads of /proc/PID/maps.";
     maps_failed: Detail, "Reads of /proc/PID/maps that failed (process gone).";
     binaries_loaded: Detail, "Binaries read for unwind data.";
@@ -360,7 +363,7 @@ report_counters!(crate::profile::symbols::SymbolCounters, Stage::Profiles, {
 });
 
 report_counters!(crate::profile::aggregate::AggregateCounters, Stage::Profiles, {
-    samples: Detail, "Samples aggregated.";
+    samples as "aggregated_samples": Detail, "Samples aggregated.";
     span_samples: Headline, "Samples attributed to a span.";
     truncated_samples: Detail, "Samples whose stack was not unwound to its root.";
     depth_cut: Detail, "Samples whose stack was cut at the depth bound.";
@@ -779,5 +782,32 @@ mod tests {
             t.ends_with("anomalies: reader.bad_records=2 kernel.drops{ring_full_op}=3\n"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn every_counter_has_a_name_of_its_own_in_its_stage() {
+        let mut v = Vec::new();
+        crate::dispatch::ReaderCounters::default().report(&mut v);
+        crate::lanes::LaneCounters::default().report(&mut v);
+        crate::conntrack::ConnCounters::default().report(&mut v);
+        protocols::stream::StreamCounters::default().report(&mut v);
+        crate::http_spans::HttpCounters::default().report(&mut v);
+        protocols::http1::Http1Counters::default().report(&mut v);
+        correlate::Counters::default().report(&mut v);
+        crate::profile::ProfileCounters::default().report(&mut v);
+        crate::profile::unwind::UnwindCounters::default().report(&mut v);
+        crate::profile::symbols::SymbolCounters::default().report(&mut v);
+        crate::profile::aggregate::AggregateCounters::default().report(&mut v);
+        crate::profile::flame::FlameCounters::default().report(&mut v);
+        crate::export::resource::ResourceCounters::default().report(&mut v);
+        let mut seen = std::collections::HashSet::new();
+        for m in &v {
+            assert!(
+                seen.insert((m.stage.name(), m.name, m.label)),
+                "{}.{} is reported twice",
+                m.stage.name(),
+                m.name
+            );
+        }
     }
 }
