@@ -807,6 +807,12 @@ impl StreamReassembler {
     }
 
     /// The next range ready at `now`, or `None` when nothing is.
+    /// The time of the call whose bytes this direction waits for, when it
+    /// has nothing ready.
+    fn waiting_call(&self) -> Option<u64> {
+        self.ops.front().map(|o| o.meta.ts_ns)
+    }
+
     fn next_ready(&mut self, now: u64) -> Option<Unit> {
         self.anchor?;
         self.next_unit(now).filter(|u| u.end > self.next)
@@ -878,9 +884,17 @@ pub fn poll_pair(
     loop {
         let i = match &ready {
             [None, None] => return,
-            [Some(_), None] => 0,
-            [None, Some(_)] => 1,
             [Some(a), Some(b)] => usize::from(b.ts() < a.ts()),
+            [Some(u), None] | [None, Some(u)] => {
+                let i = usize::from(ready[0].is_none());
+                // The other direction waits on bytes of an earlier call (a
+                // request whose packet is late or lost): what happened
+                // after it waits too, unless a bound forces it out.
+                if !u.forced && streams[1 - i].waiting_call().is_some_and(|t| t < u.ts()) {
+                    return;
+                }
+                i
+            }
         };
         let Some(unit) = ready[i].take() else {
             return;

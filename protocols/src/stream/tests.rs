@@ -796,3 +796,26 @@ fn both_directions_released_together_come_out_in_call_order() {
         ]
     );
 }
+
+#[test]
+fn a_direction_waiting_on_an_earlier_call_holds_the_other_back() {
+    // A server's connection: the request (direction 1) was written at 1 ms
+    // but its packet is missing; its response (direction 0, 2 ms) is
+    // whole. The response must not come out before the request's wait
+    // ends, else it would be paired with a request after it.
+    let mut pair = [new(), new()];
+    let (req, resp) = (1, 0);
+    pair[req].push_segment(0, 10, &[b'q'; 10], MS);
+    pair[req].push_op(10, 10, meta(1, MS));
+    pair[req].push_op(20, 10, meta(1, 5 * MS));
+    pair[resp].push_segment(0, 20, &[b'r'; 20], 2 * MS);
+    pair[resp].push_op(20, 20, meta(1, 2 * MS));
+    pair[resp].push_segment(20, 20, &[b'r'; 20], 6 * MS);
+    pair[resp].push_op(40, 20, meta(1, 6 * MS));
+    let mut order = Vec::new();
+    poll_pair(&mut pair, 10 * MS, &mut |i, c| order.push((i, c.offset)));
+    // The first request and its response; the second response waits.
+    assert_eq!(order, vec![(req, 0), (resp, 0)]);
+    poll_pair(&mut pair, 300 * MS, &mut |i, c| order.push((i, c.offset)));
+    assert_eq!(order, vec![(req, 0), (resp, 0), (req, 10), (resp, 20)]);
+}
