@@ -421,9 +421,13 @@ pub(crate) fn request_facts(
     let known = KNOWN_METHODS.contains(&method);
     if known {
         t.push_str("http.request.method", method);
-    } else {
+    } else if !method.is_empty() {
         t.push_str("http.request.method", "_OTHER");
         t.push_str("http.request.method_original", clip(method, max));
+    }
+    if let Some(why) = req.unknown {
+        // A header the agent could not decode: said so, never guessed.
+        t.push_str("tracer.headers_unknown", why);
     }
     let target = split_target(&req.target);
     if let Some(p) = target.path {
@@ -561,7 +565,9 @@ pub(crate) fn response_status(
     resp: &Response<'_>,
     t: &mut Texts,
 ) -> Status {
-    t.push_int("http.response.status_code", i64::from(resp.status));
+    if resp.status != 0 {
+        t.push_int("http.response.status_code", i64::from(resp.status));
+    }
     if grpc {
         let code = header_value(&resp.headers, "grpc-status").and_then(|v| {
             std::str::from_utf8(trim_ows(v))
@@ -584,6 +590,10 @@ pub(crate) fn response_status(
         }
     }
     let s = resp.status;
+    if s == 0 {
+        // Not known: no status is better than a wrong one.
+        return Status::Unset;
+    }
     let error = match kind {
         SpanKind::Server => s >= 500,
         SpanKind::Client => s >= 400,

@@ -836,6 +836,7 @@ mod tests {
                 version: HttpVersion::Http11,
                 scheme: Scheme::Http,
                 headers: headers(&["a", "x"]).into(),
+                unknown: None,
             };
             c.message(message(pid, Side::Inbound, 10, MessageKind::Request(req)));
         }

@@ -124,7 +124,8 @@
 //! c.conn_open(ConnInfo { conn: ConnId(2), local: b, remote: a }); // the server's socket
 //! let host = [Header::new("Host", "api")];
 //! let req = Request { method: "GET".into(), target: "/users/42".into(), version: HttpVersion::Http11,
-//!                     scheme: Scheme::Http, headers: host[..].into() };
+//!                     scheme: Scheme::Http, headers: host[..].into(),
+//!                     unknown: None };
 //! let resp = Response { status: 200, version: HttpVersion::Http11, headers: [][..].into() };
 //! let msg = |conn, side, pid, seq, t, kind| Message { conn: ConnId(conn), side, pid: Pid(pid), tid: Tid(pid),
 //!     seq, start_ns: t, end_ns: t, stream_id: None, kind };

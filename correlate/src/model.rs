@@ -216,6 +216,10 @@ pub struct Request<'a> {
     pub scheme: Scheme,
     /// Header fields in wire order.
     pub headers: Cow<'a, [Header<'a>]>,
+    /// Why the method (then empty) or the target (then empty) is not
+    /// known: an HTTP/2 header that could not be decoded (a short stable
+    /// reason such as `attach` or `truncated`). `None` when both are.
+    pub unknown: Option<&'static str>,
 }
 
 /// A final (non-1xx) response head. For HTTP/2 the parser may deliver it at
@@ -223,7 +227,8 @@ pub struct Request<'a> {
 /// where `grpc-status` is looked up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response<'a> {
-    /// Status code.
+    /// Status code; 0 when not known (an HTTP/2 `:status` that could not
+    /// be decoded, or a stream reset before any response header).
     pub status: u16,
     /// Protocol version.
     pub version: HttpVersion,

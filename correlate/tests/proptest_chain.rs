@@ -157,6 +157,7 @@ fn op() -> impl Strategy<Value = Op> {
                         version: HttpVersion::Http11,
                         scheme: Scheme::Http,
                         headers: headers.clone().into(),
+                        unknown: None,
                     })
                 } else {
                     MessageKind::Response(Response {

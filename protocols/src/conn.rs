@@ -452,6 +452,13 @@ pub struct ConnCounters {
     pub probes_failed: u64,
 }
 
+sum_counters!(ConnCounters {
+    chunks_undecided,
+    h2c_upgrades,
+    h2_mid_stream,
+    probes_failed,
+});
+
 /// Bytes of a binary connection joined mid-way scanned for HTTP/2 frames
 /// before it is declared opaque.
 const PROBE_BUDGET: u64 = 64 * 1024;
@@ -488,6 +495,11 @@ pub struct ConnParser {
     counters: ConnCounters,
     /// Bytes scanned so far while probing a binary connection for HTTP/2.
     probing: Option<u64>,
+    /// The caller knew the client: offset 0 is then the connection's
+    /// first byte, where a protocol shows itself or is not there.
+    known_start: bool,
+    /// An HTTP/1 parser kept from the last connection (allocations reused).
+    spare_h1: Option<Box<Http1Connection>>,
 }
 
 fn first_data<'a>(chunk: &Chunk<'a>) -> Option<&'a [u8]> {
@@ -514,6 +526,8 @@ impl ConnParser {
             kind: Kind::Undecided,
             counters: ConnCounters::default(),
             probing: None,
+            known_start: client.is_some(),
+            spare_h1: None,
         }
     }
 
@@ -630,9 +644,13 @@ impl ConnParser {
     /// keeping the parsers' allocations where the protocol repeats.
     pub fn reset(&mut self, client: Option<Dir>) {
         self.client = client;
-        self.kind = Kind::Undecided;
+        if let Kind::Http1 { mut conn, .. } = std::mem::replace(&mut self.kind, Kind::Undecided) {
+            conn.reset();
+            self.spare_h1 = Some(conn);
+        }
         self.counters = ConnCounters::default();
         self.probing = None;
+        self.known_start = client.is_some();
     }
 
     /// Chooses the parser from the first captured bytes of `dir`. False
@@ -645,7 +663,34 @@ impl ConnParser {
             Kind::Http2(Box::new(Http2Connection::with(cfg.http2, client, start)))
         };
         let client_idx = self.client.map(Dir::index);
-        self.kind = match detect(d) {
+        let detected = detect(d);
+        // Seen from its first byte with the client known: the protocol
+        // shows itself there (as HTTP/1, the preface or a server's
+        // SETTINGS, each from its side), or the connection is not one this
+        // parses; no scanning for a later start.
+        if self.known_start && chunk.offset == 0 {
+            let client = self.client == Some(dir);
+            let fits = match detected {
+                Detected::NeedMore => {
+                    if looks_binary(d) || PREFACE.starts_with(d) {
+                        return false;
+                    }
+                    // A short first write of text (a prefix of a request
+                    // or status line): the HTTP/1 parser waits for the
+                    // rest, as it would have from the start.
+                    self.kind = self.http1_kind();
+                    return true;
+                }
+                Detected::Http1Request | Detected::Http2Preface => client,
+                Detected::Http1Response | Detected::Http2Settings => !client,
+                Detected::Http2Frames | Detected::Tls | Detected::Unknown => false,
+            };
+            if !fits {
+                self.kind = Kind::Opaque;
+                return true;
+            }
+        }
+        self.kind = match detected {
             Detected::NeedMore => return false,
             Detected::Http1Request => {
                 self.client.get_or_insert(dir);
@@ -681,16 +726,22 @@ impl ConnParser {
                 if self.client.is_some() {
                     self.http1_kind()
                 } else {
-                    Kind::Opaque
+                    // Which side is the client is not known either: wait
+                    // for a chunk that starts a message.
+                    return false;
                 }
             }
         };
         true
     }
 
-    fn http1_kind(&self) -> Kind {
+    fn http1_kind(&mut self) -> Kind {
+        let cfg = self.cfg.http1;
         Kind::Http1 {
-            conn: Box::new(Http1Connection::new(self.cfg.http1)),
+            conn: self
+                .spare_h1
+                .take()
+                .unwrap_or_else(|| Box::new(Http1Connection::new(cfg))),
             held: None,
             h2: None,
             req_h2: false,

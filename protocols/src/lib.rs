@@ -51,6 +51,20 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+/// `a += &b` for a struct of `u64` counters: sums over many connections.
+/// The destructuring makes a field added to the struct a compile error
+/// here until it is summed too.
+macro_rules! sum_counters {
+    ($ty:ty { $($f:ident),* $(,)? }) => {
+        impl std::ops::AddAssign<&$ty> for $ty {
+            fn add_assign(&mut self, o: &$ty) {
+                let Self { $($f),* } = o;
+                $(self.$f += *$f;)*
+            }
+        }
+    };
+}
+
 pub mod conn;
 pub mod hpack;
 pub mod http1;

@@ -1,9 +1,13 @@
-//! Byte streams -> HTTP/1 messages -> spans: the glue between the connection
-//! table, the HTTP/1 parser (protocols) and the correlator (correlate).
+//! Byte streams -> protocol messages -> spans: the glue between the
+//! connection table, the per-connection protocol parser (protocols'
+//! [`ConnParser`]: HTTP/1, HTTP/2 with gRPC, or opaque) and the correlator
+//! (correlate).
 //!
 //! Which direction of a connection carries requests follows from which end
 //! opened it (the client writes requests); for connections opened before the
-//! agent started it is read off the first bytes.
+//! agent started the parser reads it off the first bytes (an HTTP/1 line,
+//! the HTTP/2 preface or SETTINGS, or the first HTTP/2 header block whose
+//! `:method` or `:status` decodes).
 use std::net::IpAddr;
 
 use foldhash::{HashMap, HashMapExt};
@@ -14,7 +18,10 @@ use correlate::{
     Response, Scheme, Side, Span, SplitMix64, Tid,
 };
 use protocols::{
-    http1::{self, Http1Config, Http1Connection, Http1Counters, MessageRef, StartLine},
+    conn::{self, ConnConfig, ConnCounters, ConnParser, MessageView, Protocol, Version},
+    hpack::{HpackCounters, Unknown},
+    http1::Http1Counters,
+    http2::{FrameCounters, Http2Counters},
     stream::{Chunk, MissingKind, Piece},
 };
 use tracer_common::Dir;
@@ -26,7 +33,7 @@ use crate::conntrack::{ConnInfo, CtlRequest, Role};
 pub struct HttpCounters {
     /// Connections whose bytes were looked at.
     pub connections: u64,
-    /// Connections found not to carry HTTP/1 (other protocols, TLS).
+    /// Connections found not to carry HTTP (other protocols, TLS).
     pub not_http: u64,
     /// Requests and responses handed to the correlator.
     pub messages: u64,
@@ -40,6 +47,27 @@ pub struct HttpCounters {
     /// Messages whose head was cut (by the capture's head window or a
     /// missing range): made into spans from the lines before the cut.
     pub heads_cut: u64,
+    /// HTTP/2 requests whose method or path could not be decoded (HPACK
+    /// table entries lost): spans without them, saying why.
+    pub h2_requests_undecoded: u64,
+    /// HTTP/2 responses whose `:status` could not be decoded.
+    pub h2_status_unknown: u64,
+    /// HTTP/2 header fields not handed over because their name or value
+    /// was unknown.
+    pub h2_fields_unknown: u64,
+}
+
+/// The HTTP/2 side of the parsers' counters, every connection's summed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Http2Totals {
+    /// Streams and messages.
+    pub streams: Http2Counters,
+    /// Frame layer, both directions.
+    pub frames: FrameCounters,
+    /// HPACK decoders, both directions.
+    pub hpack: HpackCounters,
+    /// Protocol detection.
+    pub detect: ConnCounters,
 }
 
 /// Bound on connections parsed at once (the connection table has its own).
@@ -51,25 +79,25 @@ const PARSER_POOL: usize = 1024;
 struct HttpConn {
     /// Boxed: moves cheaply, and goes back to the pool when the connection
     /// ends.
-    parser: Box<Http1Connection>,
-    /// The direction requests travel in, once known.
-    requests: Option<Dir>,
+    parser: Box<ConnParser>,
     opened: bool,
     not_http: bool,
     /// Per direction: stream offset up to which a body skip was requested.
     skip_asked: [u64; 2],
 }
 
-/// Parses HTTP/1 on every connection and turns messages into spans.
+/// Parses every connection and turns messages into spans.
 pub struct HttpSpans {
     conns: HashMap<u64, HttpConn>,
     out: ToSpans,
-    config: Http1Config,
+    config: ConnConfig,
     // The boxes themselves move between the pool and connections.
     #[allow(clippy::vec_box)]
-    pool: Vec<Box<Http1Connection>>,
-    /// Parser counters of connections already closed.
+    pool: Vec<Box<ConnParser>>,
+    /// HTTP/1 parser counters of connections already closed.
     retired: Http1Counters,
+    /// HTTP/2 and detection counters of connections already closed.
+    retired_h2: Http2Totals,
     /// Requests to the capture (silence a connection, skip a body).
     ctl: Vec<CtlRequest>,
 }
@@ -93,10 +121,27 @@ struct ToSpans {
     now_ns: u64,
 }
 
-fn opposite(d: Dir) -> Dir {
+/// The parser's name for a direction: `A` is what the local process sent.
+fn cdir(d: Dir) -> conn::Dir {
     match d {
-        Dir::Send => Dir::Recv,
-        Dir::Recv => Dir::Send,
+        Dir::Send => conn::Dir::A,
+        Dir::Recv => conn::Dir::B,
+    }
+}
+
+fn tdir(d: conn::Dir) -> Dir {
+    match d {
+        conn::Dir::A => Dir::Send,
+        conn::Dir::B => Dir::Recv,
+    }
+}
+
+/// The direction requests travel in, as the connection's opening tells.
+fn client_dir(role: Role) -> Option<conn::Dir> {
+    match role {
+        Role::Client => Some(conn::Dir::A),
+        Role::Server => Some(conn::Dir::B),
+        Role::Unknown => None,
     }
 }
 
@@ -107,12 +152,27 @@ fn first_data<'a>(chunk: &Chunk<'a>) -> Option<&'a [u8]> {
     }
 }
 
-fn version(minor: u8) -> HttpVersion {
-    if minor == 0 {
-        HttpVersion::Http10
-    } else {
-        HttpVersion::Http11
+fn version(v: Version) -> HttpVersion {
+    match v {
+        Version::Http10 => HttpVersion::Http10,
+        Version::Http11 => HttpVersion::Http11,
+        Version::Http2 => HttpVersion::Http2,
     }
+}
+
+fn add_parser(h1: &mut Http1Counters, h2: &mut Http2Totals, p: &ConnParser) {
+    if let Some(c) = p.http1() {
+        *h1 += c.requests().counters();
+        *h1 += c.responses().counters();
+    }
+    if let Some(c) = p.http2() {
+        h2.streams += c.counters();
+        for responses in [false, true] {
+            h2.frames += c.frame_counters(responses);
+            h2.hpack += c.hpack_counters(responses);
+        }
+    }
+    h2.detect += p.counters();
 }
 
 impl HttpSpans {
@@ -129,9 +189,10 @@ impl HttpSpans {
                 counters: HttpCounters::default(),
                 now_ns: 0,
             },
-            config: Http1Config::default(),
+            config: ConnConfig::default(),
             pool: Vec::new(),
             retired: Http1Counters::default(),
+            retired_h2: Http2Totals::default(),
             ctl: Vec::new(),
         }
     }
@@ -158,14 +219,18 @@ impl HttpSpans {
                 return;
             }
             out.counters.connections += 1;
+            let client = client_dir(conn.role);
+            let parser = match self.pool.pop() {
+                Some(mut p) => {
+                    p.reset(client);
+                    p
+                }
+                None => Box::new(ConnParser::new(self.config, client)),
+            };
             self.conns.insert(
                 conn.cookie,
                 HttpConn {
-                    parser: self
-                        .pool
-                        .pop()
-                        .unwrap_or_else(|| Box::new(Http1Connection::new(self.config))),
-                    requests: None,
+                    parser,
                     opened: false,
                     not_http: false,
                     skip_asked: [0; 2],
@@ -188,91 +253,59 @@ impl HttpSpans {
                 c.opened = true;
             }
         }
-        let requests = match c.requests {
-            Some(d) => d,
-            None => {
-                let decided = match conn.role {
-                    Role::Client => Some(Dir::Send),
-                    Role::Server => Some(Dir::Recv),
-                    Role::Unknown => first_data(chunk).and_then(|d| {
-                        if http1::looks_like_http1_request(d) {
-                            Some(dir)
-                        } else if http1::looks_like_http1_response(d) {
-                            Some(opposite(dir))
-                        } else {
-                            None
-                        }
-                    }),
-                };
-                match decided {
-                    Some(d) => {
-                        c.requests = Some(d);
-                        d
-                    }
-                    None => {
-                        out.counters.undecided_chunks += 1;
-                        return;
-                    }
-                }
-            }
-        };
-        // A connection seen from its start whose first bytes cannot start
-        // an HTTP/1 message is not HTTP/1 (Redis, TLS, iperf3...): no need
-        // to wait for the parser's detection budget.
-        if chunk.offset == 0 && conn.role != Role::Unknown {
-            let likely = first_data(chunk).map(|d| {
-                if dir == requests {
-                    http1::classify_request(d)
-                } else {
-                    http1::classify_response(d)
-                }
-            });
-            if likely == Some(http1::Likely::No) {
-                c.not_http = true;
-                out.counters.not_http += 1;
-                self.ctl.push(CtlRequest::Silence {
-                    cookie: conn.cookie,
-                    reason: silence_reason(chunk),
-                });
-                return;
-            }
-        }
-        if chunk.missing(MissingKind::Hole) > 0 {
+        let before = c.parser.protocol();
+        if chunk.missing(MissingKind::Hole) > 0
+            && (before == Protocol::Http1
+                || (before == Protocol::Undecided && conn.role != Role::Unknown))
+        {
             // Requests in flight may have been lost in the hole: do not let
-            // later responses pair with the wrong one.
+            // later responses pair with the wrong one. (HTTP/2 pairs by
+            // stream id: a hole cannot mispair it.)
             out.correlator.conn_reset(ConnId(conn.cookie), out.now_ns);
         }
-        if dir == requests {
-            c.parser
-                .feed_requests(chunk, &mut |m| out.message(conn, dir, &m));
-        } else {
-            c.parser
-                .feed_responses(chunk, &mut |m| out.message(conn, dir, &m));
-        }
-        if c.parser.requests().is_not_http() || c.parser.responses().is_not_http() {
+        c.parser
+            .feed(cdir(dir), chunk, &mut |m| out.message(conn, &m));
+        let not_http = match c.parser.protocol() {
+            Protocol::Undecided => {
+                out.counters.undecided_chunks += 1;
+                return;
+            }
+            Protocol::Opaque => true,
+            Protocol::Http2 => false,
+            Protocol::Http1 => c
+                .parser
+                .http1()
+                .is_some_and(|h| h.requests().is_not_http() || h.responses().is_not_http()),
+        };
+        if not_http {
             c.not_http = true;
             out.counters.not_http += 1;
             self.ctl.push(CtlRequest::Silence {
                 cookie: conn.cookie,
                 reason: silence_reason(chunk),
             });
+            return;
+        }
+        let (Protocol::Http1, Some(h1), Some(client)) =
+            (c.parser.protocol(), c.parser.http1(), c.parser.client())
+        else {
+            return;
+        };
+        let parser = if cdir(dir) == client {
+            h1.requests()
         } else {
-            let parser = if dir == requests {
-                c.parser.requests()
-            } else {
-                c.parser.responses()
-            };
-            let asked = &mut c.skip_asked[dir as usize];
-            if let Some((offset, len)) = parser.body_ahead() {
-                if len >= SKIP_MIN && offset + len > *asked {
-                    *asked = offset + len;
-                    self.ctl.push(CtlRequest::Skip {
-                        cookie: conn.cookie,
-                        dir,
-                        offset,
-                        len,
-                    });
-                }
+            h1.responses()
+        };
+        let asked = &mut c.skip_asked[dir as usize];
+        if let Some((offset, len)) = parser.body_ahead() {
+            if len >= SKIP_MIN && offset + len > *asked {
+                *asked = offset + len;
+                self.ctl.push(CtlRequest::Skip {
+                    cookie: conn.cookie,
+                    dir,
+                    offset,
+                    len,
+                });
             }
         }
     }
@@ -284,21 +317,12 @@ impl HttpSpans {
         };
         let out = &mut self.out;
         if !c.not_http {
-            let req = c.requests.unwrap_or(Dir::Recv);
-            c.parser.flush(&mut |m| {
-                let dir = match m.line() {
-                    StartLine::Request { .. } => req,
-                    StartLine::Response { .. } => opposite(req),
-                };
-                out.message(conn, dir, &m);
-            });
+            c.parser.flush(&mut |m| out.message(conn, &m));
         }
         out.correlator
             .conn_close(ConnId(conn.cookie), now_ns.max(out.now_ns));
-        self.retired += c.parser.requests().counters();
-        self.retired += c.parser.responses().counters();
+        add_parser(&mut self.retired, &mut self.retired_h2, &c.parser);
         if self.pool.len() < PARSER_POOL {
-            c.parser.reset();
             self.pool.push(c.parser);
         }
     }
@@ -337,12 +361,21 @@ impl HttpSpans {
 
     /// The HTTP/1 parsers' counters, every connection's summed.
     pub fn parser_counters(&self) -> Http1Counters {
-        let mut sum = self.retired;
+        self.parser_totals().0
+    }
+
+    /// The HTTP/2 parsers' and protocol detection's counters, every
+    /// connection's summed.
+    pub fn http2_counters(&self) -> Http2Totals {
+        self.parser_totals().1
+    }
+
+    fn parser_totals(&self) -> (Http1Counters, Http2Totals) {
+        let (mut h1, mut h2) = (self.retired, self.retired_h2);
         for c in self.conns.values() {
-            sum += c.parser.requests().counters();
-            sum += c.parser.responses().counters();
+            add_parser(&mut h1, &mut h2, &c.parser);
         }
-        sum
+        (h1, h2)
     }
 
     /// Span records held by the correlator and their memory (bytes).
@@ -353,9 +386,10 @@ impl HttpSpans {
 }
 
 impl ToSpans {
-    fn message(&mut self, conn: &ConnInfo, dir: Dir, m: &MessageRef<'_>) {
-        let info = m.info;
-        if info.end == http1::MessageEnd::HeadTruncated {
+    fn message(&mut self, conn: &ConnInfo, m: &MessageView<'_>) {
+        let info = m.info();
+        let dir = tdir(m.dir());
+        if info.headers_cut.is_some() {
             self.counters.heads_cut += 1;
         }
         let Some(first) = info.first_op.or(info.last_op) else {
@@ -372,29 +406,80 @@ impl ToSpans {
             (Dir::Send, Some(seg)) => first.ts_ns.min(seg),
             _ => first.ts_ns,
         };
-        let fields = m.headers();
         let mut inline: ArrayVec<Header<'_>, INLINE_HEADERS> = ArrayVec::new();
-        let spilled: Vec<Header<'_>>;
-        let headers: &[Header<'_>] = if fields.len() <= INLINE_HEADERS {
-            inline.extend(fields.raw().map(|(n, v)| Header::new(n, v)));
-            &inline
-        } else {
-            spilled = fields.raw().map(|(n, v)| Header::new(n, v)).collect();
-            &spilled
+        let mut spilled: Vec<Header<'_>> = Vec::new();
+        let headers: &[Header<'_>] = match (m.http1(), m.http2()) {
+            (Some(h1), _) => {
+                let fields = h1.headers();
+                if fields.len() <= INLINE_HEADERS {
+                    inline.extend(fields.raw().map(|(n, v)| Header::new(n, v)));
+                    &inline
+                } else {
+                    spilled = fields.raw().map(|(n, v)| Header::new(n, v)).collect();
+                    &spilled
+                }
+            }
+            (None, h2) => {
+                // HTTP/2: pseudo-headers included (`:authority` names the
+                // server); a field whose name or value is unknown is left
+                // out, never passed on half known.
+                let all = match h2 {
+                    Some(h2) => conn::Fields::H2(h2.fields()),
+                    None => m.headers(),
+                };
+                for f in all.iter() {
+                    let (Some(n), Some(v)) = (f.name, f.value) else {
+                        self.counters.h2_fields_unknown += 1;
+                        continue;
+                    };
+                    let h = Header::new(n, v);
+                    if spilled.is_empty() {
+                        match inline.try_push(h) {
+                            Ok(()) => continue,
+                            Err(e) => {
+                                spilled.extend(inline.drain(..));
+                                spilled.push(e.element());
+                            }
+                        }
+                    } else {
+                        spilled.push(h);
+                    }
+                }
+                if spilled.is_empty() {
+                    &inline
+                } else {
+                    &spilled
+                }
+            }
         };
-        let kind = match m.line() {
-            StartLine::Request { method, target } => MessageKind::Request(Request {
+        let kind = if m.is_request() {
+            let mut unknown = None;
+            let method = known_text(m.method(), &mut unknown);
+            let target = known_text(m.target(), &mut unknown);
+            if unknown.is_some() {
+                self.counters.h2_requests_undecoded += 1;
+            }
+            MessageKind::Request(Request {
                 method: method.into(),
                 target: target.into(),
                 version: version(m.version()),
                 scheme: Scheme::Http,
                 headers: headers.into(),
-            }),
-            StartLine::Response { status, .. } => MessageKind::Response(Response {
+                unknown,
+            })
+        } else {
+            let status = match m.status() {
+                Some(Ok(s)) => s,
+                _ => {
+                    self.counters.h2_status_unknown += 1;
+                    0
+                }
+            };
+            MessageKind::Response(Response {
                 status,
                 version: version(m.version()),
                 headers: headers.into(),
-            }),
+            })
         };
         self.counters.messages += 1;
         self.correlator.message(CMessage {
@@ -409,9 +494,28 @@ impl ToSpans {
             seq: info.seq,
             start_ns,
             end_ns: last.ts_ns.max(start_ns),
-            stream_id: None,
+            stream_id: m.stream_id(),
             kind,
         });
+    }
+}
+
+/// A request's method or target, or "" with the first reason it is not
+/// known kept in `unknown`.
+fn known_text<'a>(
+    v: Option<Result<&'a str, Unknown>>,
+    unknown: &mut Option<&'static str>,
+) -> &'a str {
+    match v {
+        Some(Ok(s)) => s,
+        Some(Err(why)) => {
+            unknown.get_or_insert(why.as_str());
+            ""
+        }
+        None => {
+            unknown.get_or_insert("absent");
+            ""
+        }
     }
 }
 

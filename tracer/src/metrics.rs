@@ -239,6 +239,71 @@ report_counters!(crate::http_spans::HttpCounters, Stage::Http, {
     undecided_chunks: Detail, "Ranges of connections whose request direction was not known yet (skipped).";
     evicted: Anomaly, "Connections not parsed because the parser table was full.";
     heads_cut: Anomaly, "Messages whose head was cut (capture window or missing bytes): spans made from the lines before the cut.";
+    h2_requests_undecoded: Anomaly, "HTTP/2 requests whose method or path could not be decoded (spans say why, never guess).";
+    h2_status_unknown: Anomaly, "HTTP/2 responses whose :status could not be decoded or never came.";
+    h2_fields_unknown: Detail, "HTTP/2 header fields left out because their name or value was unknown.";
+});
+
+impl Report for crate::http_spans::Http2Totals {
+    fn report(&self, out: &mut Vec<Metric>) {
+        self.streams.report(out);
+        self.frames.report(out);
+        self.hpack.report(out);
+        self.detect.report(out);
+    }
+}
+
+report_counters!(protocols::http2::Http2Counters, Stage::Http, {
+    requests as "h2_requests": Detail, "HTTP/2 requests emitted.";
+    responses as "h2_responses": Detail, "HTTP/2 responses emitted (at the end of their stream).";
+    responses_without_request as "h2_responses_without_request": Detail, "HTTP/2 responses to requests never seen (connections joined mid-way).";
+    responses_headerless as "h2_responses_headerless": Detail, "HTTP/2 streams that ended without response headers.";
+    informational as "h2_informational": Detail, "HTTP/2 informational (1xx) header blocks.";
+    trailers as "h2_trailers": Detail, "HTTP/2 trailer blocks.";
+    pushes as "h2_pushes": Detail, "HTTP/2 PUSH_PROMISE blocks (decoded for the table).";
+    streams_evicted as "h2_streams_evicted": Anomaly, "HTTP/2 streams dropped at the per-connection bound.";
+    blocks_unclassified as "h2_blocks_unclassified": Anomaly, "HTTP/2 header blocks whose side could not be told (not emitted).";
+    blocks_discarded as "h2_blocks_discarded": Detail, "HTTP/2 header blocks dropped after a false resync.";
+    frames_unknown_stream as "h2_frames_unknown_stream": Detail, "HTTP/2 frames for streams not tracked.";
+    late_requests as "h2_late_requests": Detail, "HTTP/2 requests fed after their response.";
+});
+
+report_counters!(protocols::http2::FrameCounters, Stage::Http, {
+    frames as "h2_frames": Detail, "HTTP/2 frames read in sync.";
+    data_bytes_missing as "h2_data_bytes_missing": Detail, "HTTP/2 DATA bytes not captured (skipped by count, sync kept).";
+    blocks_cut as "h2_blocks_cut": Anomaly, "HTTP/2 header blocks cut by missing bytes (their direction's HPACK table then partly unknown).";
+    blocks_too_large as "h2_blocks_too_large": Anomaly, "HTTP/2 header blocks over the parser's bound.";
+    sync_lost as "h2_sync_lost": Anomaly, "Times HTTP/2 frame sync was lost (a frame head not captured).";
+    resyncs as "h2_resyncs": Detail, "Times HTTP/2 frame sync was found again.";
+    resyncs_failed as "h2_resyncs_failed": Detail, "HTTP/2 resyncs undone (what followed did not decode).";
+    bytes_out_of_sync as "h2_bytes_out_of_sync": Anomaly, "HTTP/2 bytes skipped while out of frame sync.";
+    protocol_errors as "h2_protocol_errors": Anomaly, "HTTP/2 frames that broke the protocol's rules.";
+    bad_preface as "h2_bad_preface": Anomaly, "HTTP/2 client prefaces that were wrong.";
+});
+
+report_counters!(protocols::hpack::HpackCounters, Stage::Http, {
+    blocks as "hpack_blocks": Detail, "HPACK header blocks decoded.";
+    fields_known as "hpack_fields_known": Detail, "HPACK fields decoded with name and value known.";
+    fields_unknown as "hpack_fields_unknown": Anomaly, "HPACK fields whose name or value was unknown (table entries lost): reported as unknown, never guessed.";
+    fields_invalid as "hpack_fields_invalid": Anomaly, "HPACK pseudo-header values rejected by validation.";
+    fields_dropped as "hpack_fields_dropped": Anomaly, "HPACK fields dropped at the output bound.";
+    inserts as "hpack_inserts": Detail, "HPACK dynamic table insertions.";
+    size_updates as "hpack_size_updates": Detail, "HPACK dynamic table size updates.";
+    lost_attach as "hpack_lost_attach": Detail, "HPACK tables unknown because the connection predates the agent.";
+    lost_hole as "hpack_lost_hole": Anomaly, "HPACK table losses: bytes never arrived.";
+    lost_truncated as "hpack_lost_truncated": Anomaly, "HPACK table losses: header bytes beyond the capture.";
+    lost_sync as "hpack_lost_sync": Anomaly, "HPACK table losses: frame sync lost.";
+    lost_too_large as "hpack_lost_too_large": Anomaly, "HPACK table losses: blocks over the bound.";
+    lost_corrupt as "hpack_lost_corrupt": Anomaly, "HPACK table losses: blocks that did not decode.";
+    evicted_uncertain as "hpack_evicted_uncertain": Detail, "HPACK entries dropped at the memory bound while possibly in use.";
+    resyncs as "hpack_resyncs": Detail, "Times an HPACK table became exact again after a loss.";
+});
+
+report_counters!(protocols::conn::ConnCounters, Stage::Http, {
+    chunks_undecided as "detect_chunks_undecided": Detail, "Ranges seen before a connection's protocol was known.";
+    h2c_upgrades: Detail, "Connections upgraded to HTTP/2 (h2c).";
+    h2_mid_stream: Detail, "HTTP/2 connections joined mid-way (found by frame heads).";
+    probes_failed as "h2_probes_failed": Detail, "Binary connections scanned for HTTP/2 in vain (then opaque).";
 });
 
 report_counters!(protocols::http1::Http1Counters, Stage::Http, {
@@ -792,6 +857,7 @@ mod tests {
         crate::conntrack::ConnCounters::default().report(&mut v);
         protocols::stream::StreamCounters::default().report(&mut v);
         crate::http_spans::HttpCounters::default().report(&mut v);
+        crate::http_spans::Http2Totals::default().report(&mut v);
         protocols::http1::Http1Counters::default().report(&mut v);
         correlate::Counters::default().report(&mut v);
         crate::profile::ProfileCounters::default().report(&mut v);

@@ -292,6 +292,7 @@ fn snapshot(
     if let Some(http) = &d.stages().http {
         http.counters().report(&mut m);
         http.parser_counters().report(&mut m);
+        http.http2_counters().report(&mut m);
         let c = http.correlate_counters();
         c.report(&mut m);
         let (held, bytes) = http.held_spans();

@@ -58,6 +58,7 @@ pub fn req(method: &str, target: &str, headers: &[(&str, &str)]) -> Request<'sta
             .map(|(n, v)| Header::owned(n, v))
             .collect::<Vec<_>>()
             .into(),
+        unknown: None,
     }
 }
 

@@ -273,6 +273,24 @@ pub struct HpackCounters {
     pub resyncs: u64,
 }
 
+sum_counters!(HpackCounters {
+    blocks,
+    fields_known,
+    fields_unknown,
+    fields_invalid,
+    fields_dropped,
+    inserts,
+    size_updates,
+    lost_attach,
+    lost_hole,
+    lost_truncated,
+    lost_sync,
+    lost_too_large,
+    lost_corrupt,
+    evicted_uncertain,
+    resyncs,
+});
+
 /// Decodes the header blocks of one direction. See the [module
 /// documentation](self).
 #[derive(Debug)]

@@ -192,6 +192,19 @@ pub struct FrameCounters {
     pub bad_preface: u64,
 }
 
+sum_counters!(FrameCounters {
+    frames,
+    data_bytes_missing,
+    blocks_cut,
+    blocks_too_large,
+    sync_lost,
+    resyncs,
+    resyncs_failed,
+    bytes_out_of_sync,
+    protocol_errors,
+    bad_preface,
+});
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum St {
     Preface(u8),

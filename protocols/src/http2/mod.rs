@@ -307,6 +307,21 @@ pub struct Http2Counters {
     pub late_requests: u64,
 }
 
+sum_counters!(Http2Counters {
+    requests,
+    responses,
+    responses_without_request,
+    responses_headerless,
+    informational,
+    trailers,
+    pushes,
+    streams_evicted,
+    blocks_unclassified,
+    blocks_discarded,
+    frames_unknown_stream,
+    late_requests,
+});
+
 /// The gRPC length prefixes of one direction of a stream.
 #[derive(Debug, Clone, Copy, Default)]
 struct GrpcCounter {
