@@ -1,0 +1,347 @@
+//! HTTP/2 and gRPC spans against real software, exported to a real OTLP
+//! receiver: nginx serving h2c (prior knowledge) to curl and h2load, and a
+//! Python grpcio server and client (helloworld.proto compiled at test time).
+//!
+//! What a loss may cost is a header reported as unknown (the span then says
+//! why in `tracer.headers_unknown`), never a wrong one: every attribute a
+//! span carries is checked against what the test sent.
+use std::{process::Command, time::Duration};
+
+use serde_json::Value;
+use tracer_e2e::{
+    free_port, py_script, python, require_tool, root_test, run_ok,
+    span::{attr, f, res},
+    Agent, AgentOutput, Nginx, Otlp, Receiver, Spawned,
+};
+
+const SETTLE: Duration = Duration::from_millis(1500);
+const METHOD: &str = "helloworld.Greeter/SayHello";
+const PATH: &str = "/helloworld.Greeter/SayHello";
+
+/// A grpcio server on a fresh port.
+fn grpc_server() -> (Spawned, u16) {
+    let port = free_port();
+    let s = Spawned::ready(
+        Command::new(python())
+            .arg(py_script("grpc_hello.py"))
+            .args(["server", &port.to_string()])
+            .env("OTEL_SERVICE_NAME", "grpc-server"),
+    );
+    (s, port)
+}
+
+/// A grpcio client with one channel to `port`.
+fn grpc_client(port: u16) -> Spawned {
+    Spawned::ready(
+        Command::new(python())
+            .arg(py_script("grpc_hello.py"))
+            .args(["client", &port.to_string()])
+            .env("OTEL_SERVICE_NAME", "grpc-client"),
+    )
+}
+
+/// One call on the client's channel; returns its gRPC status name.
+fn call(c: &mut Spawned, name: &str, req_bytes: usize, reply_bytes: usize) -> String {
+    c.send(&format!("call {name} {req_bytes} {reply_bytes}"));
+    let l = c.line(Duration::from_secs(60));
+    l.strip_prefix("ok ").unwrap_or(&l).to_string()
+}
+
+fn grpc_spans<'a>(spans: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    let svc = if kind == "CLIENT" {
+        "grpc-client"
+    } else {
+        "grpc-server"
+    };
+    spans
+        .iter()
+        .filter(|s| f(s, "kind") == kind && res(s, "service.name") == svc)
+        .collect()
+}
+
+/// Every attribute a gRPC span of helloworld carries is right; returns
+/// whether the call was decoded whole (method and status known).
+fn check_grpc_span(s: &Value, statuses: &[&str]) -> bool {
+    let unknown = attr(s, "tracer.headers_unknown");
+    let name = f(s, "name");
+    if unknown.is_empty() {
+        assert_eq!(name, METHOD, "{s}");
+        assert_eq!(attr(s, "url.path"), PATH, "{s}");
+        assert_eq!(attr(s, "http.request.method"), "POST", "{s}");
+    } else {
+        // The method or path was not decoded: absent, never another one.
+        assert!(name == METHOD || name == "POST" || name == "HTTP", "{s}");
+        for (k, want) in [
+            ("url.path", PATH),
+            ("http.request.method", "POST"),
+            ("rpc.method", "SayHello"),
+        ] {
+            let v = attr(s, k);
+            assert!(v.is_empty() || v == want, "{k}={v}: {s}");
+        }
+    }
+    for (k, want) in [
+        ("rpc.system", "grpc"),
+        ("rpc.service", "helloworld.Greeter"),
+        ("rpc.method", "SayHello"),
+        ("network.protocol.version", "2"),
+        ("http.response.status_code", "200"),
+    ] {
+        let v = attr(s, k);
+        assert!(v.is_empty() || v == want, "{k}={v}: {s}");
+    }
+    let code = attr(s, "rpc.grpc.status_code");
+    assert!(
+        code.is_empty() || statuses.contains(&code.as_str()),
+        "status {code}: {s}"
+    );
+    unknown.is_empty() && !code.is_empty() && attr(s, "rpc.system") == "grpc"
+}
+
+/// Server spans whose parent is a client span of `clients` (rule 3).
+fn linked(servers: &[&Value], clients: &[&Value]) -> usize {
+    servers
+        .iter()
+        .filter(|s| {
+            clients.iter().any(|c| {
+                f(c, "span_id") == f(s, "parent_span_id") && f(c, "trace_id") == f(s, "trace_id")
+            })
+        })
+        .count()
+}
+
+fn lost(out: &AgentOutput) -> u64 {
+    [
+        "hpack_lost_attach",
+        "hpack_lost_hole",
+        "hpack_lost_truncated",
+        "hpack_lost_sync",
+        "hpack_lost_too_large",
+        "hpack_lost_corrupt",
+        "h2_sync_lost",
+    ]
+    .iter()
+    .map(|n| out.counter(&format!("http.{n}")).unwrap_or(0))
+    .sum()
+}
+
+#[test]
+fn grpc_unary_calls_on_one_channel_are_linked_with_rpc_attributes() {
+    let Some(_g) = root_test("grpc_unary_calls_on_one_channel_are_linked_with_rpc_attributes")
+    else {
+        return;
+    };
+    let (_server, port) = grpc_server();
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    let mut client = grpc_client(port);
+    // grpcio indexes :path and content-type in HPACK's dynamic table on the
+    // first call: every later call names its method by a one-byte index.
+    let n = 40;
+    for i in 0..n {
+        assert_eq!(call(&mut client, &format!("u{i}"), 0, 0), "OK");
+    }
+    assert_eq!(call(&mut client, "notfound", 0, 0), "NOT_FOUND");
+    client.send("quit");
+    let _ = client.finish();
+    receiver.wait_for(Duration::from_secs(30), |s| {
+        grpc_spans(s, "SERVER").len() > n && grpc_spans(s, "CLIENT").len() > n
+    });
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    let (clients, servers) = (grpc_spans(&spans, "CLIENT"), grpc_spans(&spans, "SERVER"));
+    assert_eq!(clients.len(), n + 1, "counters: {}", out.stderr);
+    assert_eq!(servers.len(), n + 1, "counters: {}", out.stderr);
+    for s in clients.iter().chain(&servers) {
+        assert!(check_grpc_span(s, &["0", "5"]), "not decoded whole: {s}");
+    }
+    // NOT_FOUND: an error for the client, not for the server (semantic
+    // conventions' lists).
+    let nf = |v: &[&Value]| -> Vec<String> {
+        v.iter()
+            .filter(|s| attr(s, "rpc.grpc.status_code") == "5")
+            .map(|s| f(s, "status_code").to_string())
+            .collect()
+    };
+    assert_eq!(nf(&clients), ["ERROR"]);
+    assert_ne!(nf(&servers), ["ERROR"]);
+    assert_eq!(nf(&servers).len(), 1);
+    assert_eq!(
+        linked(&servers, &clients),
+        n + 1,
+        "every server span's parent is its client span"
+    );
+}
+
+#[test]
+fn grpc_one_mib_messages_never_give_a_wrong_header() {
+    let Some(_g) = root_test("grpc_one_mib_messages_never_give_a_wrong_header") else {
+        return;
+    };
+    let (_server, port) = grpc_server();
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    let mut client = grpc_client(port);
+    for i in 0..3 {
+        assert_eq!(call(&mut client, &format!("before{i}"), 0, 0), "OK");
+    }
+    assert_eq!(call(&mut client, "big", 1 << 20, 1 << 20), "OK");
+    let after = 10;
+    for i in 0..after {
+        assert_eq!(call(&mut client, &format!("after{i}"), 0, 0), "OK");
+    }
+    client.send("quit");
+    let _ = client.finish();
+    receiver.wait_for(Duration::from_secs(30), |s| {
+        grpc_spans(s, "SERVER").len() >= 4 + after
+    });
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    let (clients, servers) = (grpc_spans(&spans, "CLIENT"), grpc_spans(&spans, "SERVER"));
+    let whole = clients
+        .iter()
+        .chain(&servers)
+        .filter(|s| check_grpc_span(s, &["0"]))
+        .count();
+    let all = clients.len() + servers.len();
+    eprintln!(
+        "1 MiB messages: {} client and {} server spans of {} calls, {whole} of {all} decoded whole, {} linked; losses counted: {}",
+        clients.len(),
+        servers.len(),
+        4 + after,
+        linked(&servers, &clients),
+        lost(&out)
+    );
+    // The calls before the large one are decoded and linked whatever
+    // happens after.
+    assert!(whole >= 6, "counters: {}", out.stderr);
+    assert!(linked(&servers, &clients) >= 3);
+    if whole < all || clients.len() < 4 + after || servers.len() < 4 + after {
+        assert!(
+            lost(&out) > 0,
+            "a loss that was not counted: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn grpc_channel_open_before_the_agent_is_never_wrong() {
+    let Some(_g) = root_test("grpc_channel_open_before_the_agent_is_never_wrong") else {
+        return;
+    };
+    let (_server, port) = grpc_server();
+    let mut client = grpc_client(port);
+    for i in 0..5 {
+        assert_eq!(call(&mut client, &format!("early{i}"), 0, 0), "OK");
+    }
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    let n = 30;
+    for i in 0..n {
+        assert_eq!(call(&mut client, &format!("late{i}"), 0, 0), "OK");
+    }
+    client.send("quit");
+    let _ = client.finish();
+    std::thread::sleep(Duration::from_secs(2));
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    let (clients, servers) = (grpc_spans(&spans, "CLIENT"), grpc_spans(&spans, "SERVER"));
+    let whole = clients
+        .iter()
+        .chain(&servers)
+        .filter(|s| check_grpc_span(s, &["0"]))
+        .count();
+    eprintln!(
+        "mid-connection: {} client and {} server spans of {n} calls; method and status recovered in {whole} ({:.0} %)",
+        clients.len(),
+        servers.len(),
+        100.0 * whole as f64 / (2 * n) as f64
+    );
+    assert!(clients.len() <= n && servers.len() <= n);
+    assert!(!clients.is_empty() || !servers.is_empty(), "{}", out.stderr);
+    // The tables before the attach are unknown: counted as such.
+    assert!(
+        out.counter("http.hpack_lost_attach").unwrap_or(0) > 0,
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn h2c_nginx_with_curl_and_h2load() {
+    let Some(_g) = root_test("h2c_nginx_with_curl_and_h2load") else {
+        return;
+    };
+    require_tool("curl");
+    require_tool("h2load");
+    let nginx = Nginx::start("server { listen 127.0.0.1:{port} http2; root {root}; }");
+    std::fs::write(nginx.root().join("file.txt"), "hello over h2c\n").unwrap();
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    let base = format!("http://127.0.0.1:{}", nginx.port);
+    let body = run_ok(Command::new("curl").args([
+        "-s",
+        "--http2-prior-knowledge",
+        &format!("{base}/file.txt"),
+    ]));
+    assert_eq!(body, "hello over h2c\n");
+    let missing = run_ok(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--http2-prior-knowledge",
+        &format!("{base}/missing.txt"),
+    ]));
+    assert_eq!(missing, "404");
+    let n = 60;
+    run_ok(Command::new("h2load").args([
+        "-n",
+        &n.to_string(),
+        "-c",
+        "2",
+        "-m",
+        "4",
+        &format!("{base}/file.txt?load"),
+    ]));
+    let nginx_spans = |s: &[Value]| -> usize {
+        s.iter()
+            .filter(|s| res(s, "service.name") == "nginx" && f(s, "kind") == "SERVER")
+            .count()
+    };
+    receiver.wait_for(Duration::from_secs(30), |s| nginx_spans(s) >= n + 2);
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    let of = |svc: &str, kind: &str| -> Vec<&Value> {
+        spans
+            .iter()
+            .filter(|s| res(s, "service.name") == svc && f(s, "kind") == kind)
+            .collect()
+    };
+    let (curl, server, load) = (
+        of("curl", "CLIENT"),
+        of("nginx", "SERVER"),
+        of("h2load", "CLIENT"),
+    );
+    assert_eq!(curl.len(), 2, "{}", out.stderr);
+    assert_eq!(server.len(), n + 2, "{}", out.stderr);
+    assert_eq!(load.len(), n, "{}", out.stderr);
+    for s in curl.iter().chain(&server).chain(&load) {
+        assert_eq!(attr(s, "network.protocol.version"), "2", "{s}");
+        assert_eq!(attr(s, "http.request.method"), "GET", "{s}");
+        assert_eq!(attr(s, "tracer.headers_unknown"), "", "{s}");
+        let (path, status) = (attr(s, "url.path"), attr(s, "http.response.status_code"));
+        match path.as_str() {
+            "/file.txt" => assert_eq!(status, "200", "{s}"),
+            "/missing.txt" => assert_eq!(status, "404", "{s}"),
+            p => panic!("path {p}: {s}"),
+        }
+        assert!(f(s, "name").starts_with("GET /"), "{s}");
+    }
+    // curl's two calls and h2load's (multiplexed, 4 streams at a time on
+    // each connection) are each the parent of nginx's span of them.
+    let clients: Vec<&Value> = curl.iter().chain(&load).copied().collect();
+    assert_eq!(linked(&server, &clients), n + 2, "{}", out.stderr);
+}
