@@ -345,3 +345,82 @@ fn h2c_nginx_with_curl_and_h2load() {
     let clients: Vec<&Value> = curl.iter().chain(&load).copied().collect();
     assert_eq!(linked(&server, &clients), n + 2, "{}", out.stderr);
 }
+
+#[test]
+fn h2c_upgrade_with_hypercorn_curl_and_nghttp() {
+    let Some(_g) = root_test("h2c_upgrade_with_hypercorn_curl_and_nghttp") else {
+        return;
+    };
+    require_tool("curl");
+    require_tool("nghttp");
+    let port = free_port();
+    let hypercorn = tracer_e2e::workspace().join("target/pyenv/bin/hypercorn");
+    let _server = tracer_e2e::Listening::start(
+        Command::new(hypercorn)
+            .current_dir(py_script("asgi_hello.py").parent().unwrap())
+            .args(["--bind", &format!("127.0.0.1:{port}"), "asgi_hello:app"])
+            .env("OTEL_SERVICE_NAME", "h2c-server"),
+        port,
+    );
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    let url = format!("http://127.0.0.1:{port}/up.txt");
+    // curl --http2 and nghttp -u on http:// ask for `Upgrade: h2c` in an
+    // HTTP/1.1 GET; the answer comes as HTTP/2 on stream 1 after the 101.
+    let body = run_ok(Command::new("curl").args(["-s", "--http2", &url]));
+    assert_eq!(body, "upgraded\n");
+    run_ok(Command::new("nghttp").args(["-u", &url]));
+    // And HTTP/2 from the preface on.
+    run_ok(Command::new("nghttp").arg(format!("http://127.0.0.1:{port}/nothing")));
+    let server = |s: &[Value]| -> usize {
+        s.iter()
+            .filter(|s| res(s, "service.name") == "h2c-server" && f(s, "kind") == "SERVER")
+            .count()
+    };
+    receiver.wait_for(Duration::from_secs(30), |s| server(s) >= 3);
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    let of = |svc: &str| -> Vec<&Value> {
+        spans
+            .iter()
+            .filter(|s| res(s, "service.name") == svc)
+            .collect()
+    };
+    let (curl, nghttp, hyper) = (of("curl"), of("nghttp"), of("h2c-server"));
+    assert_eq!(curl.len(), 1, "{}", out.stderr);
+    assert_eq!(nghttp.len(), 2, "{}", out.stderr);
+    assert_eq!(hyper.len(), 3, "{}", out.stderr);
+    for s in curl.iter().chain(&nghttp).chain(&hyper) {
+        assert_eq!(attr(s, "http.request.method"), "GET", "{s}");
+        assert_eq!(attr(s, "tracer.headers_unknown"), "", "{s}");
+        let want = match attr(s, "url.path").as_str() {
+            "/up.txt" => "200",
+            "/nothing" => "404",
+            p => panic!("path {p}: {s}"),
+        };
+        assert_eq!(attr(s, "http.response.status_code"), want, "{s}");
+    }
+    // Both upgraded requests were HTTP/1.1 on the wire; the other one
+    // HTTP/2.
+    let versions: Vec<String> = hyper
+        .iter()
+        .map(|s| attr(s, "network.protocol.version"))
+        .collect();
+    assert_eq!(
+        versions.iter().filter(|v| *v == "1.1").count(),
+        2,
+        "{versions:?}"
+    );
+    assert_eq!(
+        versions.iter().filter(|v| *v == "2").count(),
+        1,
+        "{versions:?}"
+    );
+    let clients: Vec<&Value> = curl.iter().chain(&nghttp).copied().collect();
+    assert_eq!(linked(&hyper, &clients), 3, "{}", out.stderr);
+    assert!(
+        out.counter("http.h2c_upgrades").unwrap_or(0) >= 4,
+        "{}",
+        out.stderr
+    );
+}
