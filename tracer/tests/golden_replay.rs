@@ -139,3 +139,56 @@ fn check(recording: &str, golden: &str) {
 fn chain_recording_decodes_to_the_golden_spans() {
     check("chain.rec.gz", "chain.golden.jsonl");
 }
+
+/// HTTP/2 and gRPC (bench/record_grpc.sh): a grpcio client's 300 unary calls
+/// on one channel (grpcio indexes `:path`: one byte per call after the
+/// first), h2load multiplexing 8 streams per connection and curl against
+/// nginx's h2c.
+#[test]
+fn grpc_recording_decodes_to_the_golden_spans() {
+    check("grpc.rec.gz", "grpc.golden.jsonl");
+}
+
+#[test]
+fn grpc_recording_spans_are_whole_and_linked() {
+    let spans = replay("grpc.rec.gz");
+    let attr = |s: &correlate::Span, k: &str| {
+        s.attributes()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| attr_json(v).to_string().trim_matches('"').to_string())
+    };
+    let grpc: Vec<&correlate::Span> = spans
+        .iter()
+        .filter(|s| attr(s, "rpc.system").as_deref() == Some("grpc"))
+        .collect();
+    let kind = |k| grpc.iter().filter(move |s| s.kind == k);
+    assert_eq!(kind(correlate::SpanKind::Client).count(), 300);
+    assert_eq!(kind(correlate::SpanKind::Server).count(), 300);
+    for s in &grpc {
+        assert_eq!(s.name(), "helloworld.Greeter/SayHello");
+        assert_eq!(attr(s, "rpc.method").as_deref(), Some("SayHello"));
+        assert_eq!(attr(s, "network.protocol.version").as_deref(), Some("2"));
+        assert_eq!(attr(s, "tracer.headers_unknown"), None);
+    }
+    let not_found = grpc
+        .iter()
+        .filter(|s| attr(s, "rpc.grpc.status_code").as_deref() == Some("5"))
+        .count();
+    assert_eq!(not_found, 2, "the NOT_FOUND call, on both sides");
+    // Every server span, gRPC and nginx's multiplexed h2c ones, is the
+    // child of its client span at the other end (rule 3, per stream).
+    let ids: HashMap<correlate::SpanId, &correlate::Span> =
+        spans.iter().map(|s| (s.span_id, s)).collect();
+    let servers: Vec<&correlate::Span> = spans
+        .iter()
+        .filter(|s| s.kind == correlate::SpanKind::Server)
+        .collect();
+    assert_eq!(servers.len(), 300 + 202);
+    for s in servers {
+        let p = s.parent_span_id.and_then(|p| ids.get(&p));
+        let p = p.unwrap_or_else(|| panic!("server span without its client: {}", s.name()));
+        assert_eq!(p.kind, correlate::SpanKind::Client);
+        assert_eq!(p.trace_id, s.trace_id);
+        assert_eq!(attr(p, "url.path"), attr(s, "url.path"));
+    }
+}

@@ -53,9 +53,11 @@ pub fn allocated() -> (u64, u64) {
 
 /// tests/data/chain.rec.gz, decompressed.
 pub fn recording() -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/chain.rec.gz");
+    // REPLAY_RECORDING=grpc.rec.gz replays the HTTP/2 recording instead.
+    let name = std::env::var("REPLAY_RECORDING").unwrap_or_else(|_| "chain.rec.gz".into());
+    let path = format!("{}/../tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
     let mut data = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).expect("tests/data/chain.rec.gz"))
+    flate2::read::GzDecoder::new(std::fs::File::open(&path).expect("a recording in tests/data"))
         .read_to_end(&mut data)
         .expect("decompressing the recording");
     data
