@@ -169,3 +169,87 @@ fn tls_is_opaque() {
     assert!(rows.is_empty());
     assert_eq!(p.protocol(), Protocol::Opaque);
 }
+
+/// Feeds one chunk per `(dir, bytes)` in order, offsets per direction.
+fn feed_chunks(p: &mut ConnParser, feeds: &[(Dir, &[u8])]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut offs = [0usize; 2];
+    for (dir, data) in feeds {
+        let k = usize::from(*dir == Dir::B);
+        let pieces = [Piece::Data(data)];
+        p.feed(*dir, &chunk(offs[k], &pieces), &mut |m| {
+            rows.push((
+                m.is_request(),
+                m.version(),
+                m.stream_id(),
+                format!(
+                    "{:?}",
+                    m.method().or(m.status().map(|s| s.map(|_| "status")))
+                ),
+                format!("{:?}", m.target()),
+            ))
+        });
+        offs[k] += data.len();
+    }
+    rows
+}
+
+#[test]
+fn seen_from_its_start_a_connection_shows_its_protocol_at_once() {
+    // The client known (the opening was seen): a first chunk that starts
+    // no protocol this parses, from either side, is opaque right away.
+    for (dir, first) in [
+        (Dir::A, &b"*1\r\n$4\r\nPING\r\n"[..]),
+        (Dir::B, &b"+OK\r\n some text that is long enough"[..]),
+        (
+            Dir::A,
+            &b"\x00\x00\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a"[..],
+        ),
+        // A status line from the client's side, a request from the
+        // server's, a preface from the server's.
+        (Dir::A, &b"HTTP/1.1 200 OK\r\n\r\n"[..]),
+        (Dir::B, &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..]),
+        (Dir::B, &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..]),
+    ] {
+        let mut p = ConnParser::new(ConnConfig::default(), Some(Dir::A));
+        feed_chunks(&mut p, &[(dir, first)]);
+        assert_eq!(p.protocol(), Protocol::Opaque, "{first:?}");
+    }
+    // A short first write of text waits in the HTTP/1 parser for the rest.
+    let mut p = ConnParser::new(ConnConfig::default(), Some(Dir::A));
+    let rows = feed_chunks(
+        &mut p,
+        &[
+            (Dir::A, b"GE"),
+            (Dir::A, b"T /short HTTP/1.1\r\nHost: a\r\n\r\n"),
+            (Dir::B, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        ],
+    );
+    assert_eq!(p.protocol(), Protocol::Http1);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0].4, "Some(Ok(\"/short\"))");
+    // A first write that is part of the preface waits for the rest.
+    let mut p = ConnParser::new(ConnConfig::default(), Some(Dir::A));
+    feed_chunks(&mut p, &[(Dir::A, b"PRI * HTTP/2")]);
+    assert_eq!(p.protocol(), Protocol::Undecided);
+}
+
+#[test]
+fn text_of_a_connection_older_than_the_agent_waits_for_a_message_start() {
+    // Roles unknown, the middle of a body: neither opaque nor guessed; the
+    // next chunk that starts a request decides.
+    let mut p = ConnParser::new(ConnConfig::default(), None);
+    let rows = feed_chunks(
+        &mut p,
+        &[
+            (Dir::B, b"the rest of some body text"),
+            (Dir::B, b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"),
+            (Dir::A, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        ],
+    );
+    assert_eq!(p.protocol(), Protocol::Http1);
+    assert_eq!(p.client(), Some(Dir::B));
+    assert_eq!(p.counters().chunks_undecided, 1);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0].4, "Some(Ok(\"/next\"))");
+}
