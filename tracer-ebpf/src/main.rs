@@ -40,6 +40,7 @@ mod packet;
 mod records;
 mod sample;
 mod sock;
+mod sources;
 mod state;
 
 use aya_ebpf::{

@@ -40,29 +40,30 @@ pub fn cookie_of(sk: *mut c_void) -> u64 {
     unsafe { bpf_get_socket_cookie(sk) }
 }
 
+// (struct sock *sk, int ret, int flags)
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
-    on_sock_op(&ctx, Dir::Send);
+    on_sock_op(ctx.arg(0), ctx.arg(1), ctx.arg(2), Dir::Send);
     0
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    on_sock_op(&ctx, Dir::Recv);
+    on_sock_op(ctx.arg(0), ctx.arg(1), ctx.arg(2), Dir::Recv);
     0
 }
 
-const OP_FRAME: usize = frame_len(size_of::<SockOp>());
+pub(crate) const OP_FRAME: usize = frame_len(size_of::<SockOp>());
 
+/// One send or receive call that returned `ret` on socket `sk` (a typed
+/// BTF pointer: a tracepoint's or a traced function's argument), with the
+/// receive's `flags`. Every source of calls ends here, so the records are
+/// the same whatever the source.
 #[inline(always)]
-fn on_sock_op(ctx: &BtfTracePointContext, dir: Dir) {
+pub fn on_sock_op(sk: *mut c_void, ret: i32, flags: i32, dir: Dir) {
     if global(&ENABLED) == 0 {
         return;
     }
-    // (struct sock *sk, int ret, int flags)
-    let sk: *mut c_void = ctx.arg(0);
-    let ret: i32 = ctx.arg(1);
-    let flags: i32 = ctx.arg(2);
     if ret <= 0 || (dir == Dir::Recv && flags & MSG_PEEK != 0) {
         return;
     }
@@ -158,7 +159,7 @@ pub fn note_transmit(cookie: u64, clock: u64) {
 }
 
 #[inline(always)]
-fn just_transmitted(cookie: u64, clock: u64) -> bool {
+pub(crate) fn just_transmitted(cookie: u64, clock: u64) -> bool {
     match LAST_TX.get_ptr(0) {
         // SAFETY: this CPU's slot.
         Some(slot) => unsafe { *slot == [cookie, clock] },
