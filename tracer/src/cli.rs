@@ -135,7 +135,7 @@ pub struct RunArgs {
     /// tcp_recvmsg, tcp_sendpage) or `kprobe` (kprobes and kretprobes on
     /// those). Default: the cheapest this kernel offers and accepts. A
     /// forced source this kernel lacks is an error.
-    #[arg(long, value_enum, value_name = "SOURCE")]
+    #[arg(long, value_enum, value_name = "SOURCE", env = "TRACER_CAPTURE_SOURCE")]
     pub capture_source: Option<crate::sources::CallSource>,
 
     /// Log the counters every N seconds (0: only on exit).
