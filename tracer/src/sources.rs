@@ -138,6 +138,9 @@ pub struct Tracefs {
     pub traceable: Option<HashSet<String>>,
     /// Whether the kernel has kprobe events (CONFIG_KPROBE_EVENTS).
     pub kprobes: bool,
+    /// The preemption model when the kernel preempts kernel code (full,
+    /// lazy or real-time), which the lanes assume call programs never are.
+    pub preemption: Option<String>,
 }
 
 impl Tracefs {
@@ -151,16 +154,48 @@ impl Tracefs {
             return Tracefs {
                 traceable: None,
                 kprobes: false,
+                preemption: None,
             };
         };
         let traceable = std::fs::read_to_string(dir.join("available_filter_functions"))
             .ok()
             .map(|s| parse_traceable(&s));
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
         Tracefs {
             traceable,
             kprobes: dir.join("kprobe_events").exists(),
+            preemption: preemptible(
+                &read("/sys/kernel/debug/sched/preempt"),
+                &read("/proc/cmdline"),
+                &read("/proc/sys/kernel/version"),
+            ),
         }
     }
+}
+
+/// The preemption model, when it preempts kernel code: from debugfs's
+/// `sched/preempt` (the mode in parentheses) when it is there, else from
+/// `preempt=` on the command line, else from the build (`uname -v` says
+/// PREEMPT or PREEMPT_RT; PREEMPT_DYNAMIC kernels without either of the
+/// first two run their build's default, voluntary on Debian and Ubuntu).
+fn preemptible(debugfs: &str, cmdline: &str, version: &str) -> Option<String> {
+    let kernel_preempts = |m: &str| matches!(m, "full" | "lazy" | "rt");
+    if let Some(mode) = debugfs
+        .split_whitespace()
+        .find_map(|m| m.strip_prefix('(')?.strip_suffix(')'))
+    {
+        return kernel_preempts(mode).then(|| format!("preempt={mode}"));
+    }
+    if let Some(mode) = cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("preempt="))
+    {
+        return kernel_preempts(mode).then(|| format!("preempt={mode}"));
+    }
+    version
+        .split_whitespace()
+        .find(|w| matches!(*w, "PREEMPT" | "PREEMPT_RT"))
+        .map(str::to_owned)
 }
 
 /// Function names of `available_filter_functions` (`name [module]` lines).
@@ -238,6 +273,14 @@ fn offer(source: CallSource, btf: &Btf, tracefs: &Tracefs) -> Result<Vec<Hook>, 
             })
             .collect());
     }
+    if source == CallSource::Fentry {
+        if let Some(mode) = &tracefs.preemption {
+            return Err(format!(
+                "the kernel preempts kernel code ({mode}): fexit programs run preemptibly and \
+                 two could meet on one CPU's lane"
+            ));
+        }
+    }
     if source == CallSource::Kprobe && !tracefs.kprobes {
         return Err("the kernel has no kprobes (no kprobe_events in tracefs)".into());
     }
@@ -301,6 +344,30 @@ mod tests {
         let set = parse_traceable("tcp_sendmsg\nfoo [nf_tables]\n\n");
         assert!(set.contains("tcp_sendmsg") && set.contains("foo"));
         assert_eq!(set.len(), 2);
+    }
+
+    #[test]
+    fn preemption_model_from_debugfs_cmdline_or_build() {
+        let dynamic = "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-3";
+        assert_eq!(preemptible("none (voluntary) full\n", "", dynamic), None);
+        assert_eq!(
+            preemptible("none voluntary (full) lazy\n", "", dynamic).as_deref(),
+            Some("preempt=full")
+        );
+        assert_eq!(
+            preemptible("", "quiet preempt=full", dynamic).as_deref(),
+            Some("preempt=full")
+        );
+        assert_eq!(preemptible("", "quiet preempt=none", dynamic), None);
+        assert_eq!(preemptible("", "quiet", dynamic), None);
+        assert_eq!(
+            preemptible("", "", "#1 SMP PREEMPT_RT Fri").as_deref(),
+            Some("PREEMPT_RT")
+        );
+        assert_eq!(
+            preemptible("", "", "#1 SMP PREEMPT Fri").as_deref(),
+            Some("PREEMPT")
+        );
     }
 
     #[test]
