@@ -60,7 +60,7 @@ static ENABLED: u32 = 1;
 #[no_mangle]
 static AGENT_PID: u32 = 0;
 #[no_mangle]
-static LOOPBACK_COOKIES: u32 = 0;
+static KPROBE_CALLS: u32 = 0;
 #[no_mangle]
 static LANE_MASK: u32 = 0;
 #[no_mangle]

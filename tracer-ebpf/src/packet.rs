@@ -20,7 +20,7 @@ use crate::{
     records::Seg,
     sock::note_transmit,
     state::{self, SockState},
-    ENABLED, HEAD_MAX, LOOPBACK_COOKIES, OFF_CLOCK, OFF_COOKIE, SNAP_LEN,
+    ENABLED, HEAD_MAX, KPROBE_CALLS, OFF_CLOCK, OFF_COOKIE, SNAP_LEN,
 };
 
 const IPPROTO_TCP: u8 = 6;
@@ -126,7 +126,7 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
     let (ifindex, ingress_ifindex) = unsafe { ((*skb).ifindex, (*skb).ingress_ifindex) };
     // Loopback payloads were already copied on egress (see SEG_LOOPBACK).
     if dir == Dir::Recv && ingress_ifindex == LOOPBACK_IFINDEX {
-        if global(&LOOPBACK_COOKIES) != 0 {
+        if global(&KPROBE_CALLS) != 0 {
             // SAFETY: the context's skb; assigns its socket a cookie.
             unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         }

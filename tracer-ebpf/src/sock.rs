@@ -20,9 +20,9 @@ use crate::{
 };
 
 use crate::{
-    add_stat, count_drop, field, global, lane, AGENT_PID, ENABLED, OFF_CLOCK, OFF_COOKIE,
-    OFF_COPIED_SEQ, OFF_DADDR, OFF_DPORT, OFF_FAMILY, OFF_NUM, OFF_RCV_SADDR, OFF_TASK_COMM,
-    OFF_TASK_PID, OFF_TASK_TGID, OFF_V6_DADDR, OFF_V6_RCV_SADDR, OFF_WRITE_SEQ,
+    add_stat, count_drop, field, global, lane, AGENT_PID, ENABLED, KPROBE_CALLS, OFF_CLOCK,
+    OFF_COOKIE, OFF_COPIED_SEQ, OFF_DADDR, OFF_DPORT, OFF_FAMILY, OFF_NUM, OFF_RCV_SADDR,
+    OFF_TASK_COMM, OFF_TASK_PID, OFF_TASK_TGID, OFF_V6_DADDR, OFF_V6_RCV_SADDR, OFF_WRITE_SEQ,
 };
 
 const MSG_PEEK: i32 = 2;
@@ -271,25 +271,49 @@ fn on_state(ctx: &BtfTracePointContext) {
 #[inline(always)]
 fn totals(sk: *mut c_void, cookie: u64) {
     let st = state::get(sk, false);
-    if st.is_null() {
+    // Calls the kprobe source silenced are counted apart (it cannot reach
+    // socket storage).
+    let by_kprobes = if global(&KPROBE_CALLS) != 0 {
+        crate::sources::kprobe::take_silenced(cookie)
+    } else {
+        None
+    };
+    if st.is_null() && by_kprobes.is_none() {
         return;
     }
-    // SAFETY: this socket's storage.
-    let s = unsafe { &*st };
-    if s.silenced_calls == [0, 0] && s.uncopied == [0, 0] {
+    let (mut silence, mut calls, mut bytes, uncopied) = if st.is_null() {
+        (0, [0; 2], [0; 2], [0; 2])
+    } else {
+        // SAFETY: this socket's storage.
+        let s = unsafe { &*st };
+        (
+            s.ctl.silence,
+            s.silenced_calls,
+            s.silenced_bytes,
+            s.uncopied,
+        )
+    };
+    if let Some(k) = by_kprobes {
+        if silence == 0 {
+            silence = k[0] as u8;
+        }
+        calls = [calls[0] + k[1], calls[1] + k[2]];
+        bytes = [bytes[0] + k[3], bytes[1] + k[4]];
+    }
+    if calls == [0, 0] && uncopied == [0, 0] {
         return;
     }
     let Some(held) = lane::reserve_packet::<TOTALS_FRAME>(false, DropReason::RingFullTotals) else {
         return;
     };
     let rec = Totals {
-        silence: s.ctl.silence,
+        silence,
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         cookie,
-        silenced_calls: s.silenced_calls,
-        silenced_bytes: s.silenced_bytes,
-        uncopied: s.uncopied,
+        silenced_calls: calls,
+        silenced_bytes: bytes,
+        uncopied,
     };
     // SAFETY: the held frame has room for TOTALS_FRAME bytes, 8-aligned.
     unsafe { rec.write(held.record() as *mut u64) };

@@ -102,14 +102,14 @@ pub fn is_agent(sk: *mut c_void) -> bool {
     !st.is_null() && unsafe { (*st).agent } != 0
 }
 
-/// Whether user space silenced the socket with this cookie (for the
-/// sources that cannot reach socket storage).
+/// The silence user space asked for the socket with this cookie (0: none),
+/// for the sources that cannot reach socket storage.
 #[inline(always)]
-pub fn silenced(cookie: u64) -> bool {
+pub fn silence_of(cookie: u64) -> u8 {
     // SAFETY: a copy of the entry is read at once.
     match unsafe { SOCK_CTL.get(&cookie) } {
-        Some(c) => c.silence != 0,
-        None => false,
+        Some(c) => c.silence,
+        None => 0,
     }
 }
 

@@ -314,8 +314,8 @@ impl Kernel {
         let head_max = cfg.head_max.min(MAX_HEAD as u32);
         let enabled = u32::from(cfg.enabled);
         let pid = std::process::id();
-        // The kprobe source reads cookies; it may be the one that attaches.
-        let loopback_cookies = u32::from(calls.iter().any(|(s, _)| *s == CallSource::Kprobe));
+        // The kprobe source may be the one that attaches (see KPROBE_CALLS).
+        let kprobe_calls = u32::from(calls.iter().any(|(s, _)| *s == CallSource::Kprobe));
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&aya_btf))
@@ -323,7 +323,7 @@ impl Kernel {
             .override_global(globals::HEAD_MAX, &head_max, true)
             .override_global(globals::ENABLED, &enabled, true)
             .override_global(globals::AGENT_PID, &pid, true)
-            .override_global(globals::LOOPBACK_COOKIES, &loopback_cookies, true)
+            .override_global(globals::KPROBE_CALLS, &kprobe_calls, true)
             .override_global(globals::STACK_COPY, &stack_copy, true)
             .override_global(globals::LANE_MASK, &lane_mask, true)
             .override_global(globals::OP_LANE_MASK, &op_lane_mask, true)

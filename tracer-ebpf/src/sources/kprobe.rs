@@ -5,7 +5,8 @@
 //! typed pointers: socket fields are read with `bpf_probe_read_kernel`,
 //! the cookie from the socket (the packet and state programs assign it
 //! before a connection carries data), and per-socket storage is out of
-//! reach, so silenced calls are counted in the kernel's stats only.
+//! reach: silenced calls are counted per cookie in a map of their own,
+//! which the close of the socket adds to its totals (see sock.rs).
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -13,7 +14,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{kprobe, kretprobe, map},
-    maps::HashMap,
+    maps::{HashMap, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{Dir, DropReason, KernelStat, SockOp};
@@ -30,6 +31,42 @@ const MSG_PEEK: u64 = 2;
 /// Calls in progress: thread -> (socket, flags) from the entry.
 #[map]
 static IN_CALL: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(16384, 0);
+
+/// Calls silenced per socket cookie: silence, then per direction the
+/// calls and the bytes (`[silence, calls send, calls recv, bytes send,
+/// bytes recv]`). Least recently used sockets make room (their counts are
+/// then missing from their totals; the kernel's `silenced_calls` stat has
+/// them all).
+#[map]
+static SILENCED: LruHashMap<u64, [u64; 5]> = LruHashMap::with_max_entries(16384, 0);
+
+/// Takes what kprobes silenced on the socket `cookie` (at its close).
+#[inline(always)]
+pub fn take_silenced(cookie: u64) -> Option<[u64; 5]> {
+    // SAFETY: a copy is taken before the entry is removed.
+    let v = unsafe { SILENCED.get(&cookie) }.copied()?;
+    let _ = SILENCED.remove(&cookie);
+    Some(v)
+}
+
+#[inline(always)]
+fn count_silenced(cookie: u64, silence: u8, dir: Dir, bytes: u64) {
+    let d = dir as usize & 1;
+    match SILENCED.get_ptr_mut(&cookie) {
+        // SAFETY: the map value; two CPUs adding at once may lose one
+        // (counters, as in count_drop).
+        Some(v) => unsafe {
+            (*v)[1 + d] += 1;
+            (*v)[3 + d] += bytes;
+        },
+        None => {
+            let mut v = [u64::from(silence), 0, 0, 0, 0];
+            v[1 + d] = 1;
+            v[3 + d] = bytes;
+            let _ = SILENCED.insert(&cookie, &v, 0);
+        }
+    }
+}
 
 #[inline(always)]
 fn enter(sk: Option<u64>, flags: u64) {
@@ -81,9 +118,13 @@ fn leave(ret: i64, dir: Dir) {
         count_drop(DropReason::ReadFailed);
         return;
     }
-    if state::ctl_generation().is_some() && state::silenced(cookie) {
-        add_stat(KernelStat::SilencedCalls, 1);
-        return;
+    if state::ctl_generation().is_some() {
+        let silence = state::silence_of(cookie);
+        if silence != 0 {
+            count_silenced(cookie, silence, dir, ret as u64);
+            add_stat(KernelStat::SilencedCalls, 1);
+            return;
+        }
     }
     let comm = match bpf_get_current_comm() {
         Ok(c) => [
