@@ -262,8 +262,34 @@ fn on_state(ctx: &BtfTracePointContext) {
     unsafe { rec.write(held.record() as *mut u64) };
     held.publish(size_of::<ConnState>());
     if new == TCP_CLOSE {
+        if global(&KPROBE_CALLS) != 0 {
+            fold_kprobe_silenced(sk, cookie);
+        }
         totals(sk, cookie);
     }
+}
+
+/// Adds the calls the kprobe source silenced on this socket (counted by
+/// cookie: kprobes cannot reach socket storage) to its storage, so that
+/// its totals carry them as they carry those of the other sources.
+#[inline(always)]
+fn fold_kprobe_silenced(sk: *mut c_void, cookie: u64) {
+    let Some(k) = crate::sources::kprobe::take_silenced(cookie) else {
+        return;
+    };
+    let st = state::get(sk, true);
+    if st.is_null() {
+        return;
+    }
+    // SAFETY: this socket's storage.
+    let s = unsafe { &mut *st };
+    if s.ctl.silence == 0 {
+        s.ctl.silence = k[0] as u8;
+    }
+    s.silenced_calls[0] += k[1];
+    s.silenced_calls[1] += k[2];
+    s.silenced_bytes[0] += k[3];
+    s.silenced_bytes[1] += k[4];
 }
 
 /// At the close of a socket the programs reported in summary only, what
@@ -271,49 +297,25 @@ fn on_state(ctx: &BtfTracePointContext) {
 #[inline(always)]
 fn totals(sk: *mut c_void, cookie: u64) {
     let st = state::get(sk, false);
-    // Calls the kprobe source silenced are counted apart (it cannot reach
-    // socket storage).
-    let by_kprobes = if global(&KPROBE_CALLS) != 0 {
-        crate::sources::kprobe::take_silenced(cookie)
-    } else {
-        None
-    };
-    if st.is_null() && by_kprobes.is_none() {
+    if st.is_null() {
         return;
     }
-    let (mut silence, mut calls, mut bytes, uncopied) = if st.is_null() {
-        (0, [0; 2], [0; 2], [0; 2])
-    } else {
-        // SAFETY: this socket's storage.
-        let s = unsafe { &*st };
-        (
-            s.ctl.silence,
-            s.silenced_calls,
-            s.silenced_bytes,
-            s.uncopied,
-        )
-    };
-    if let Some(k) = by_kprobes {
-        if silence == 0 {
-            silence = k[0] as u8;
-        }
-        calls = [calls[0] + k[1], calls[1] + k[2]];
-        bytes = [bytes[0] + k[3], bytes[1] + k[4]];
-    }
-    if calls == [0, 0] && uncopied == [0, 0] {
+    // SAFETY: this socket's storage.
+    let s = unsafe { &*st };
+    if s.silenced_calls == [0, 0] && s.uncopied == [0, 0] {
         return;
     }
     let Some(held) = lane::reserve_packet::<TOTALS_FRAME>(false, DropReason::RingFullTotals) else {
         return;
     };
     let rec = Totals {
-        silence,
+        silence: s.ctl.silence,
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         cookie,
-        silenced_calls: calls,
-        silenced_bytes: bytes,
-        uncopied,
+        silenced_calls: s.silenced_calls,
+        silenced_bytes: s.silenced_bytes,
+        uncopied: s.uncopied,
     };
     // SAFETY: the held frame has room for TOTALS_FRAME bytes, 8-aligned.
     unsafe { rec.write(held.record() as *mut u64) };
