@@ -104,9 +104,18 @@ fn cpu_spans_carry_their_profile_and_sleeping_spans_do_not() {
     let cpu_samples: u64 = cpu_spans.iter().map(|s| samples(s)).sum();
     let expected = cpu_secs * 99.0;
     println!("cpu route: {cpu_samples} samples in its spans for {cpu_secs:.3} s of CPU ({expected:.0} expected at 99 Hz)");
+    // Under emulation on a loaded host the guest charges the time qemu
+    // was descheduled to the running process, while the cpu-clock timer
+    // fires once however many periods it missed: the kernel matrix asks
+    // for less (TRACER_TEST_MIN_SAMPLE_SHARE).
+    let share: f64 = std::env::var("TRACER_TEST_MIN_SAMPLE_SHARE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.7);
     assert!(
-        cpu_samples as f64 >= 0.7 * expected,
-        "at least 70 % of the expected samples"
+        cpu_samples as f64 >= share * expected,
+        "at least {:.0} % of the expected samples",
+        share * 100.0
     );
     for s in &cpu_spans {
         assert_eq!(

@@ -221,7 +221,6 @@ pub struct Kernel {
     stats: PerCpuArray<MapData, u64>,
     profiling_cpus: Vec<u32>,
     layout: LaneLayout,
-    calls: CallSource,
 }
 
 /// Takes map `name` out of the object as a `T`.
@@ -393,13 +392,7 @@ impl Kernel {
             stats,
             profiling_cpus,
             layout,
-            calls: source,
         })
-    }
-
-    /// The source that serves send/receive calls.
-    pub fn call_source(&self) -> CallSource {
-        self.calls
     }
 
     /// CPUs whose cpu-clock the sampling program is attached to (empty when
@@ -471,12 +464,12 @@ fn attach_calls(
             match attach_hook(ebpf, btf, *source, hook) {
                 Ok(()) => done.push(hook.program),
                 Err(e) => {
-                    failed = Some(e);
+                    failed = Some((e, hook.program));
                     break;
                 }
             }
         }
-        let Some(e) = failed else {
+        let Some((e, program)) = failed else {
             return Ok((*source, hooks.clone()));
         };
         tracing::warn!(
@@ -484,7 +477,8 @@ fn attach_calls(
             error = %crate::error::chain(&e),
             "this source of calls cannot be used here; trying the next"
         );
-        for program in done {
+        // The one that failed may have loaded (and failed to attach).
+        for program in done.into_iter().chain([program]) {
             unload_hook(ebpf, *source, program);
         }
         last = Some(e);
@@ -535,8 +529,9 @@ fn unload_hook(ebpf: &mut Ebpf, source: CallSource, program: &'static str) {
         CallSource::Fentry => <&mut FExit>::try_from(prog).and_then(|p| p.unload()),
         CallSource::Kprobe => <&mut KProbe>::try_from(prog).and_then(|p| p.unload()),
     };
-    if let Err(e) = r {
-        tracing::warn!(program, error = %e, "unloading");
+    match r {
+        Ok(()) | Err(ProgramError::NotLoaded) => {}
+        Err(e) => tracing::warn!(program, error = %e, "unloading"),
     }
 }
 

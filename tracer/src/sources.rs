@@ -64,8 +64,6 @@ pub struct Hook {
     pub program: &'static str,
     /// Tracepoint or kernel function.
     pub target: &'static str,
-    /// kretprobe (only meaningful for the kprobe source).
-    pub ret: bool,
 }
 
 /// A traced function: its name, the parameter names the programs assume
@@ -99,27 +97,21 @@ const FUNCTIONS: [Function; 3] = [
 
 /// The eBPF programs of `source` for function `f`.
 fn function_hooks(source: CallSource, f: &'static str) -> Vec<Hook> {
-    let hook = |program, ret| Hook {
-        program,
-        target: f,
-        ret,
-    };
+    let hook = |program| Hook { program, target: f };
+    // A kprobe program's section says whether it is a kretprobe.
     match (source, f) {
-        (CallSource::Fentry, "tcp_sendmsg") => vec![hook("fexit_tcp_sendmsg", false)],
-        (CallSource::Fentry, "tcp_recvmsg") => vec![hook("fexit_tcp_recvmsg", false)],
-        (CallSource::Fentry, "tcp_sendpage") => vec![hook("fexit_tcp_sendpage", false)],
-        (CallSource::Kprobe, "tcp_sendmsg") => vec![
-            hook("kprobe_tcp_sendmsg", false),
-            hook("kretprobe_tcp_sendmsg", true),
-        ],
-        (CallSource::Kprobe, "tcp_recvmsg") => vec![
-            hook("kprobe_tcp_recvmsg", false),
-            hook("kretprobe_tcp_recvmsg", true),
-        ],
-        (CallSource::Kprobe, "tcp_sendpage") => vec![
-            hook("kprobe_tcp_sendpage", false),
-            hook("kretprobe_tcp_sendpage", true),
-        ],
+        (CallSource::Fentry, "tcp_sendmsg") => vec![hook("fexit_tcp_sendmsg")],
+        (CallSource::Fentry, "tcp_recvmsg") => vec![hook("fexit_tcp_recvmsg")],
+        (CallSource::Fentry, "tcp_sendpage") => vec![hook("fexit_tcp_sendpage")],
+        (CallSource::Kprobe, "tcp_sendmsg") => {
+            vec![hook("kprobe_tcp_sendmsg"), hook("kretprobe_tcp_sendmsg")]
+        }
+        (CallSource::Kprobe, "tcp_recvmsg") => {
+            vec![hook("kprobe_tcp_recvmsg"), hook("kretprobe_tcp_recvmsg")]
+        }
+        (CallSource::Kprobe, "tcp_sendpage") => {
+            vec![hook("kprobe_tcp_sendpage"), hook("kretprobe_tcp_sendpage")]
+        }
         _ => Vec::new(),
     }
 }
@@ -269,7 +261,6 @@ fn offer(source: CallSource, btf: &Btf, tracefs: &Tracefs) -> Result<Vec<Hook>, 
             .map(|tp| Hook {
                 program: tp,
                 target: tp,
-                ret: false,
             })
             .collect());
     }
