@@ -195,6 +195,16 @@ fn every_offered_source_records_the_same_calls() {
     };
     require_tool("redis-benchmark");
     let offered = offered();
+    // Left to choose, the agent takes the cheapest offered source and says
+    // so (tp_btf on 6.12 and 6.18, fexit on 6.1).
+    let auto = Agent::start(&["--print", "none"]);
+    assert!(
+        agent_log_names(&auto, &offered[0]),
+        "without --capture-source the agent should use {}: {}",
+        offered[0],
+        auto.stderr_so_far()
+    );
+    drop(auto.stop(Duration::ZERO));
     let mut ran = 0;
     for source in SOURCES {
         if !offered.iter().any(|s| s == source) {
