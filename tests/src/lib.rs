@@ -305,6 +305,14 @@ impl Agent {
         self.child.id()
     }
 
+    /// What the agent logged so far (its start-up log once started).
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Lines printed so far (non-blocking).
     pub fn lines_so_far(&self) -> Vec<String> {
         self.stdout.try_iter().collect()

@@ -40,6 +40,7 @@ mod packet;
 mod records;
 mod sample;
 mod sock;
+mod sources;
 mod state;
 
 use aya_ebpf::{
@@ -58,6 +59,8 @@ static HEAD_MAX: u32 = tracer_common::HEAD_MAX_DEFAULT;
 static ENABLED: u32 = 1;
 #[no_mangle]
 static AGENT_PID: u32 = 0;
+#[no_mangle]
+static KPROBE_CALLS: u32 = 0;
 #[no_mangle]
 static LANE_MASK: u32 = 0;
 #[no_mangle]

@@ -20,7 +20,7 @@ use crate::{
     records::Seg,
     sock::note_transmit,
     state::{self, SockState},
-    ENABLED, HEAD_MAX, OFF_CLOCK, OFF_COOKIE, SNAP_LEN,
+    ENABLED, HEAD_MAX, KPROBE_CALLS, OFF_CLOCK, OFF_COOKIE, SNAP_LEN,
 };
 
 const IPPROTO_TCP: u8 = 6;
@@ -51,6 +51,7 @@ fn copy(ctx: &SkBuffContext, off: u32, dst: *mut u8, n: u32) -> Result<(), ()> {
     } else {
         n
     };
+    let n = head_bound(n);
     // SAFETY: dst has MAX_HEAD bytes of room; n is bounded above.
     let r = unsafe { bpf_skb_load_bytes(ctx.as_ptr(), off, dst as *mut c_void, n) };
     if r < 0 {
@@ -81,6 +82,16 @@ fn starts_message(data: *const u8) -> bool {
     )
 }
 
+/// `n`, known to be in `1..=MAX_HEAD`, with a bound the verifier of every
+/// supported kernel sees: older verifiers (6.1) lose the bound a compare
+/// puts on a copy of a register or on a 32-bit value spilled to the stack,
+/// but keep the one a mask puts on the value itself. MAX_HEAD is a power of
+/// two, so this changes nothing.
+#[inline(always)]
+fn head_bound(n: u32) -> u32 {
+    (core::hint::black_box(n).wrapping_sub(1) & (MAX_HEAD as u32 - 1)) + 1
+}
+
 /// Whether the `n` copied bytes end with the blank line that ends a head
 /// (the usual request without a body, or a head sent apart from its body).
 #[inline(always)]
@@ -88,6 +99,7 @@ fn ends_head(data: *const u8, n: u32) -> bool {
     if n < 4 || n > MAX_HEAD as u32 {
         return false;
     }
+    let n = head_bound(n).max(4);
     // SAFETY: n - 4 + 4 <= n bytes copied, inside the frame.
     let w = unsafe { core::ptr::read_unaligned(data.add(n as usize - 4) as *const [u8; 4]) };
     &w == b"\r\n\r\n"
@@ -114,6 +126,10 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
     let (ifindex, ingress_ifindex) = unsafe { ((*skb).ifindex, (*skb).ingress_ifindex) };
     // Loopback payloads were already copied on egress (see SEG_LOOPBACK).
     if dir == Dir::Recv && ingress_ifindex == LOOPBACK_IFINDEX {
+        if global(&KPROBE_CALLS) != 0 {
+            // SAFETY: the context's skb; assigns its socket a cookie.
+            unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        }
         return Ok(());
     }
     let seg_flags = if dir == Dir::Send && ifindex == LOOPBACK_IFINDEX {

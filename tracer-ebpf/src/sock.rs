@@ -20,9 +20,9 @@ use crate::{
 };
 
 use crate::{
-    add_stat, count_drop, field, global, lane, AGENT_PID, ENABLED, OFF_CLOCK, OFF_COOKIE,
-    OFF_COPIED_SEQ, OFF_DADDR, OFF_DPORT, OFF_FAMILY, OFF_NUM, OFF_RCV_SADDR, OFF_TASK_COMM,
-    OFF_TASK_PID, OFF_TASK_TGID, OFF_V6_DADDR, OFF_V6_RCV_SADDR, OFF_WRITE_SEQ,
+    add_stat, count_drop, field, global, lane, AGENT_PID, ENABLED, KPROBE_CALLS, OFF_CLOCK,
+    OFF_COOKIE, OFF_COPIED_SEQ, OFF_DADDR, OFF_DPORT, OFF_FAMILY, OFF_NUM, OFF_RCV_SADDR,
+    OFF_TASK_COMM, OFF_TASK_PID, OFF_TASK_TGID, OFF_V6_DADDR, OFF_V6_RCV_SADDR, OFF_WRITE_SEQ,
 };
 
 const MSG_PEEK: i32 = 2;
@@ -40,29 +40,30 @@ pub fn cookie_of(sk: *mut c_void) -> u64 {
     unsafe { bpf_get_socket_cookie(sk) }
 }
 
+// (struct sock *sk, int ret, int flags)
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
-    on_sock_op(&ctx, Dir::Send);
+    on_sock_op(ctx.arg(0), ctx.arg(1), ctx.arg(2), Dir::Send);
     0
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    on_sock_op(&ctx, Dir::Recv);
+    on_sock_op(ctx.arg(0), ctx.arg(1), ctx.arg(2), Dir::Recv);
     0
 }
 
-const OP_FRAME: usize = frame_len(size_of::<SockOp>());
+pub(crate) const OP_FRAME: usize = frame_len(size_of::<SockOp>());
 
+/// One send or receive call that returned `ret` on socket `sk` (a typed
+/// BTF pointer: a tracepoint's or a traced function's argument), with the
+/// receive's `flags`. Every source of calls ends here, so the records are
+/// the same whatever the source.
 #[inline(always)]
-fn on_sock_op(ctx: &BtfTracePointContext, dir: Dir) {
+pub fn on_sock_op(sk: *mut c_void, ret: i32, flags: i32, dir: Dir) {
     if global(&ENABLED) == 0 {
         return;
     }
-    // (struct sock *sk, int ret, int flags)
-    let sk: *mut c_void = ctx.arg(0);
-    let ret: i32 = ctx.arg(1);
-    let flags: i32 = ctx.arg(2);
     if ret <= 0 || (dir == Dir::Recv && flags & MSG_PEEK != 0) {
         return;
     }
@@ -158,7 +159,7 @@ pub fn note_transmit(cookie: u64, clock: u64) {
 }
 
 #[inline(always)]
-fn just_transmitted(cookie: u64, clock: u64) -> bool {
+pub(crate) fn just_transmitted(cookie: u64, clock: u64) -> bool {
     match LAST_TX.get_ptr(0) {
         // SAFETY: this CPU's slot.
         Some(slot) => unsafe { *slot == [cookie, clock] },
@@ -261,8 +262,34 @@ fn on_state(ctx: &BtfTracePointContext) {
     unsafe { rec.write(held.record() as *mut u64) };
     held.publish(size_of::<ConnState>());
     if new == TCP_CLOSE {
+        if global(&KPROBE_CALLS) != 0 {
+            fold_kprobe_silenced(sk, cookie);
+        }
         totals(sk, cookie);
     }
+}
+
+/// Adds the calls the kprobe source silenced on this socket (counted by
+/// cookie: kprobes cannot reach socket storage) to its storage, so that
+/// its totals carry them as they carry those of the other sources.
+#[inline(always)]
+fn fold_kprobe_silenced(sk: *mut c_void, cookie: u64) {
+    let Some(k) = crate::sources::kprobe::take_silenced(cookie) else {
+        return;
+    };
+    let st = state::get(sk, true);
+    if st.is_null() {
+        return;
+    }
+    // SAFETY: this socket's storage.
+    let s = unsafe { &mut *st };
+    if s.ctl.silence == 0 {
+        s.ctl.silence = k[0] as u8;
+    }
+    s.silenced_calls[0] += k[1];
+    s.silenced_calls[1] += k[2];
+    s.silenced_bytes[0] += k[3];
+    s.silenced_bytes[1] += k[4];
 }
 
 /// At the close of a socket the programs reported in summary only, what

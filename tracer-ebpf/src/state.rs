@@ -102,6 +102,17 @@ pub fn is_agent(sk: *mut c_void) -> bool {
     !st.is_null() && unsafe { (*st).agent } != 0
 }
 
+/// The silence user space asked for the socket with this cookie (0: none),
+/// for the sources that cannot reach socket storage.
+#[inline(always)]
+pub fn silence_of(cookie: u64) -> u8 {
+    // SAFETY: a copy of the entry is read at once.
+    match unsafe { SOCK_CTL.get(&cookie) } {
+        Some(c) => c.silence,
+        None => 0,
+    }
+}
+
 /// Brings the socket's copy of its `SOCK_CTL` entry up to generation `gen`.
 #[inline(always)]
 pub fn refresh(st: *mut SockState, cookie: u64, gen: u64) {

@@ -36,6 +36,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -123,7 +124,20 @@ impl Btf {
                         p += 12;
                     }
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => p += 8 * vlen,
+                // Parameter names are kept: the call sources check the
+                // prototypes of the functions they trace.
+                KIND_FUNC_PROTO => {
+                    members.reserve(vlen);
+                    for _ in 0..vlen {
+                        members.push(Member {
+                            name: u32_at(tb, p)?,
+                            ty: u32_at(tb, p + 4)?,
+                            bit_offset: 0,
+                        });
+                        p += 8;
+                    }
+                }
+                KIND_ENUM => p += 8 * vlen,
                 KIND_DATASEC | KIND_ENUM64 => p += 12 * vlen,
                 _ => {}
             }
@@ -193,6 +207,27 @@ impl Btf {
             }
         }
         None
+    }
+
+    /// Whether a typedef `name` exists (e.g. `btf_trace_sock_send_length`,
+    /// which the kernel declares for every tracepoint a tp_btf program can
+    /// attach to).
+    pub fn has_typedef(&self, name: &str) -> bool {
+        self.types
+            .iter()
+            .any(|t| t.kind == KIND_TYPEDEF && t.name != 0 && self.string(t.name) == name)
+    }
+
+    /// The parameter names of kernel function `name`, or None when BTF has
+    /// no such function.
+    pub fn func_params(&self, name: &str) -> Option<Vec<&str>> {
+        let f = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_FUNC && t.name != 0 && self.string(t.name) == name)?;
+        let proto = self.types.get(f.ty as usize)?;
+        (proto.kind == KIND_FUNC_PROTO)
+            .then(|| proto.members.iter().map(|m| self.string(m.name)).collect())
     }
 
     /// Byte offset of `path` (e.g. `["__sk_common", "skc_daddr"]`) in
@@ -310,6 +345,12 @@ mod tests {
         let Ok(Ok(btf)) = Btf::from_sys() else {
             return; // no BTF on this machine: covered by the preflight error path
         };
+        assert_eq!(
+            btf.func_params("tcp_sendmsg").unwrap(),
+            ["sk", "msg", "size"]
+        );
+        assert!(btf.has_typedef("btf_trace_inet_sock_set_state"));
+        assert!(btf.func_params("no_such_function_here").is_none());
         let w = btf.offset_of("tcp_sock", &["write_seq"]).unwrap();
         let c = btf.offset_of("tcp_sock", &["copied_seq"]).unwrap();
         assert!(w > 0 && c > 0 && w != c);

@@ -130,6 +130,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub hooks_only: bool,
 
+    /// Where send/receive calls come from: `tracepoint` (sock_send_length /
+    /// sock_recv_length, Linux 6.3 on), `fentry` (fexit on tcp_sendmsg,
+    /// tcp_recvmsg, tcp_sendpage) or `kprobe` (kprobes and kretprobes on
+    /// those). Default: the cheapest this kernel offers and accepts. A
+    /// forced source this kernel lacks is an error.
+    #[arg(long, value_enum, value_name = "SOURCE", env = "TRACER_CAPTURE_SOURCE")]
+    pub capture_source: Option<crate::sources::CallSource>,
+
     /// Log the counters every N seconds (0: only on exit).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub stats_interval: u64,
@@ -450,6 +458,7 @@ impl RunArgs {
                 wakeup_bytes: self.wakeup_bytes,
                 profile_hz: (self.profile_hz > 0).then_some(self.profile_hz),
                 stack_copy: self.stack_copy,
+                capture_source: self.capture_source,
             },
             print,
             output: self.output,

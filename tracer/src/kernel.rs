@@ -15,7 +15,7 @@ use aya::{
     programs::{
         cgroup_skb::CgroupSkbAttachType,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        BtfTracePoint, CgroupAttachMode, CgroupSkb, PerfEvent, ProgramError,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, FExit, KProbe, PerfEvent, ProgramError,
     },
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
@@ -29,6 +29,7 @@ use tracer_common::{
 use crate::{
     btf::{Btf, BtfError},
     lanes::{Events, LaneLayout},
+    sources::{CallSource, Hook},
 };
 
 /// Size of the ring buffer of CPU samples: room for about four samples of
@@ -136,6 +137,9 @@ pub struct KernelConfig {
     /// Head window: bytes copied from the start of every HTTP/1 message
     /// (`tracer_common::HEAD_MAX_DEFAULT`; clamped to `MAX_HEAD`).
     pub head_max: u32,
+    /// The source of send/receive calls, when forced (`--capture-source`);
+    /// None: the cheapest the kernel offers and accepts.
+    pub capture_source: Option<CallSource>,
 }
 
 /// The struct member offsets the programs read, from the running kernel's
@@ -259,12 +263,14 @@ fn program_err(
 
 impl Kernel {
     /// Loads the programs with the offsets of this kernel and attaches them:
-    /// the three socket tracepoints and cgroup_skb on `cgroup_root`, and,
-    /// when `cfg.profile_hz` is set, the CPU sampling program on the
-    /// cpu-clock of every online CPU.
+    /// the first source of calls in `calls` (see `sources`) that loads and
+    /// attaches, the connection-state tracepoint, cgroup_skb on
+    /// `cgroup_root`, and, when `cfg.profile_hz` is set, the CPU sampling
+    /// program on the cpu-clock of every online CPU.
     pub fn load(
         cfg: &KernelConfig,
         layout: &KernelLayout,
+        calls: &[(CallSource, Vec<Hook>)],
         cgroup_root: &Path,
     ) -> Result<Kernel, KernelError> {
         let offsets = layout.capture;
@@ -307,6 +313,8 @@ impl Kernel {
         let head_max = cfg.head_max.min(MAX_HEAD as u32);
         let enabled = u32::from(cfg.enabled);
         let pid = std::process::id();
+        // The kprobe source may be the one that attaches (see KPROBE_CALLS).
+        let kprobe_calls = u32::from(calls.iter().any(|(s, _)| *s == CallSource::Kprobe));
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&aya_btf))
@@ -314,6 +322,7 @@ impl Kernel {
             .override_global(globals::HEAD_MAX, &head_max, true)
             .override_global(globals::ENABLED, &enabled, true)
             .override_global(globals::AGENT_PID, &pid, true)
+            .override_global(globals::KPROBE_CALLS, &kprobe_calls, true)
             .override_global(globals::STACK_COPY, &stack_copy, true)
             .override_global(globals::LANE_MASK, &lane_mask, true)
             .override_global(globals::OP_LANE_MASK, &op_lane_mask, true)
@@ -334,11 +343,13 @@ impl Kernel {
         }
         let mut ebpf = loader.load(PROGRAMS)?;
 
-        for name in [
-            "sock_send_length",
-            "sock_recv_length",
-            "inet_sock_set_state",
-        ] {
+        let (source, hooks) = attach_calls(&mut ebpf, &aya_btf, calls)?;
+        tracing::info!(
+            "capture sources: {}",
+            crate::sources::describe(source, &hooks, cfg.profile_hz.is_some())
+        );
+        {
+            let name = "inet_sock_set_state";
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(name)
                 .ok_or(KernelError::MissingMap(name))?
@@ -434,6 +445,93 @@ impl Kernel {
             .programs()
             .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
             .collect()
+    }
+}
+
+/// Loads and attaches the hooks of the first source in `candidates` that
+/// the kernel accepts; a source that fails is unloaded whole and logged,
+/// and the next one tried. Err: the last source's error.
+fn attach_calls(
+    ebpf: &mut Ebpf,
+    btf: &AyaBtf,
+    candidates: &[(CallSource, Vec<Hook>)],
+) -> Result<(CallSource, Vec<Hook>), KernelError> {
+    let mut last = None;
+    for (source, hooks) in candidates {
+        let mut done = Vec::new();
+        let mut failed = None;
+        for hook in hooks {
+            match attach_hook(ebpf, btf, *source, hook) {
+                Ok(()) => done.push(hook.program),
+                Err(e) => {
+                    failed = Some((e, hook.program));
+                    break;
+                }
+            }
+        }
+        let Some((e, program)) = failed else {
+            return Ok((*source, hooks.clone()));
+        };
+        tracing::warn!(
+            source = %source,
+            error = %crate::error::chain(&e),
+            "this source of calls cannot be used here; trying the next"
+        );
+        // The one that failed may have loaded (and failed to attach).
+        for program in done.into_iter().chain([program]) {
+            unload_hook(ebpf, *source, program);
+        }
+        last = Some(e);
+    }
+    Err(last.unwrap_or(KernelError::MissingMap("a source of calls")))
+}
+
+fn attach_hook(
+    ebpf: &mut Ebpf,
+    btf: &AyaBtf,
+    source: CallSource,
+    hook: &Hook,
+) -> Result<(), KernelError> {
+    let name = hook.program;
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::MissingMap(name))?;
+    match source {
+        CallSource::Tracepoint => {
+            let p: &mut BtfTracePoint = prog.try_into().map_err(program_err("loading", name))?;
+            p.load(hook.target, btf)
+                .map_err(program_err("loading", name))?;
+            p.attach().map_err(program_err("attaching", name))?;
+        }
+        CallSource::Fentry => {
+            let p: &mut FExit = prog.try_into().map_err(program_err("loading", name))?;
+            p.load(hook.target, btf)
+                .map_err(program_err("loading", name))?;
+            p.attach().map_err(program_err("attaching", name))?;
+        }
+        CallSource::Kprobe => {
+            let p: &mut KProbe = prog.try_into().map_err(program_err("loading", name))?;
+            p.load().map_err(program_err("loading", name))?;
+            p.attach(hook.target, 0)
+                .map_err(program_err("attaching", name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Detaches and unloads a hook of a source that could not be used whole.
+fn unload_hook(ebpf: &mut Ebpf, source: CallSource, program: &'static str) {
+    let Some(prog) = ebpf.program_mut(program) else {
+        return;
+    };
+    let r = match source {
+        CallSource::Tracepoint => <&mut BtfTracePoint>::try_from(prog).and_then(|p| p.unload()),
+        CallSource::Fentry => <&mut FExit>::try_from(prog).and_then(|p| p.unload()),
+        CallSource::Kprobe => <&mut KProbe>::try_from(prog).and_then(|p| p.unload()),
+    };
+    match r {
+        Ok(()) | Err(ProgramError::NotLoaded) => {}
+        Err(e) => tracing::warn!(program, error = %e, "unloading"),
     }
 }
 

@@ -32,10 +32,18 @@ fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Check { cgroup_root } => {
             let env = preflight::check(cgroup_root.as_deref())?;
+            let calls: Vec<String> = env
+                .calls
+                .candidates(None)
+                .map_err(anyhow::Error::msg)?
+                .iter()
+                .map(|(s, _)| s.to_string())
+                .collect();
             println!(
-                "ok: kernel {}, BTF present, tracefs mounted, cgroup v2 at {}",
+                "ok: kernel {}, BTF present, tracefs mounted, cgroup v2 at {}, sources of calls offered: {}",
                 env.kernel,
-                env.cgroup2_root.display()
+                env.cgroup2_root.display(),
+                calls.join(", ")
             );
             Ok(())
         }
@@ -43,7 +51,11 @@ fn real_main(cli: Cli) -> Result<()> {
             let cfg = args.resolve()?;
             raise_open_file_limit();
             let env = preflight::check(cfg.cgroup_root.as_deref())?;
-            let kernel = kernel::Kernel::load(&cfg.kernel, &env.btf, &env.cgroup2_root)?;
+            let calls = env
+                .calls
+                .candidates(cfg.kernel.capture_source)
+                .map_err(anyhow::Error::msg)?;
+            let kernel = kernel::Kernel::load(&cfg.kernel, &env.btf, &calls, &env.cgroup2_root)?;
             pipeline::run(cfg, kernel)
         }
     }

@@ -7,7 +7,14 @@ use thiserror::Error;
 use crate::{
     btf::{Btf, BtfError},
     kernel::KernelLayout,
+    sources::{Offers, Tracefs},
 };
+
+/// The oldest kernel the agent supports, and why (see the README): BPF
+/// helpers the programs call from tracing programs (socket cookies 5.12,
+/// task registers 5.15) and the `tcp_recvmsg` prototype of 5.19 that the
+/// fentry and kprobe sources read. Tested from 6.1.
+pub const OLDEST_KERNEL: (u32, u32) = (5, 19);
 
 /// A reason the agent cannot run on this machine.
 #[derive(Debug, Error)]
@@ -21,8 +28,8 @@ pub enum PreflightError {
     /// BTF present but unusable.
     #[error("kernel BTF could not be used")]
     BadBtf(#[from] BtfError),
-    /// Kernel older than the tracepoints we attach.
-    #[error("kernel {found} is too old: the sock:sock_send_length/sock_recv_length tracepoints need Linux 6.3 or newer")]
+    /// Kernel older than the oldest the agent supports.
+    #[error("kernel {found} is older than {}.{}, the oldest this agent supports (it needs the BPF helpers of 5.15 in tracing programs and the tcp_recvmsg of 5.19)", OLDEST_KERNEL.0, OLDEST_KERNEL.1)]
     KernelTooOld {
         /// `uname -r`.
         found: String,
@@ -33,6 +40,9 @@ pub enum PreflightError {
     /// No cgroup v2 hierarchy.
     #[error("no cgroup v2 hierarchy is mounted: mount one (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or boot with systemd.unified_cgroup_hierarchy=1")]
     NoCgroup2,
+    /// No hook for send/receive calls (or the forced one is missing).
+    #[error("{0}")]
+    NoCallSource(String),
     /// --cgroup-root is not a cgroup v2 directory.
     #[error("--cgroup-root {0} is not a cgroup v2 directory (no cgroup.procs in it)")]
     BadCgroupRoot(String),
@@ -43,6 +53,8 @@ pub struct Environment {
     /// The struct offsets the programs need, from the kernel's BTF (the
     /// parsed BTF itself is dropped once they are read).
     pub btf: KernelLayout,
+    /// What the kernel offers as sources of send/receive calls.
+    pub calls: Offers,
     /// Root of the cgroup v2 hierarchy.
     pub cgroup2_root: PathBuf,
     /// `uname -r`.
@@ -78,15 +90,21 @@ pub fn check(cgroup_root: Option<&Path>) -> Result<Environment, PreflightError> 
     }
     let kernel = kernel_release();
     if let Some((major, minor)) = parse_version(&kernel) {
-        if (major, minor) < (6, 3) {
+        if (major, minor) < OLDEST_KERNEL {
             return Err(PreflightError::KernelTooOld { found: kernel });
         }
     }
-    let btf = match Btf::from_sys() {
-        Ok(parsed) => KernelLayout::from_btf(&parsed?)?,
+    let parsed = match Btf::from_sys() {
+        Ok(parsed) => parsed?,
         Err(_) => return Err(PreflightError::NoBtf),
     };
+    let btf = KernelLayout::from_btf(&parsed)?;
     ensure_tracefs()?;
+    let calls = Offers::detect(&parsed, &Tracefs::read());
+    drop(parsed);
+    calls
+        .candidates(None)
+        .map_err(PreflightError::NoCallSource)?;
     let cgroup2_root = match cgroup_root {
         Some(p) if p.join("cgroup.procs").exists() => p.to_path_buf(),
         Some(p) => return Err(PreflightError::BadCgroupRoot(p.display().to_string())),
@@ -95,6 +113,7 @@ pub fn check(cgroup_root: Option<&Path>) -> Result<Environment, PreflightError> 
     };
     Ok(Environment {
         btf,
+        calls,
         cgroup2_root,
         kernel,
     })

@@ -19,6 +19,7 @@ use tracer::{
     kernel::{Kernel, KernelConfig, KernelLayout},
     preflight::cgroup2_root,
     profile::{types::StackSample, Profiler, ProfilerConfig},
+    sources::{Offers, Tracefs},
 };
 use tracer_common::{Record, PROFILE_HZ_DEFAULT, STACK_COPY_DEFAULT};
 
@@ -91,9 +92,13 @@ fn load_cfg(profile_hz: Option<u32>, stack_copy: u32) -> Kernel {
         profile_hz,
         stack_copy,
         head_max: tracer_common::HEAD_MAX_DEFAULT,
+        capture_source: None,
     };
     let layout = KernelLayout::from_btf(&btf).expect("kernel layout");
-    let kernel = Kernel::load(&cfg, &layout, &cgroup).expect("loading the programs");
+    let calls = Offers::detect(&btf, &Tracefs::read())
+        .candidates(None)
+        .expect("a source of calls");
+    let kernel = Kernel::load(&cfg, &layout, &calls, &cgroup).expect("loading the programs");
     assert_eq!(profile_hz.is_some(), !kernel.profiling_cpus().is_empty());
     kernel
 }

@@ -582,6 +582,11 @@ pub mod globals {
     pub const ENABLED: &str = "ENABLED";
     /// `u32`: the agent's own pid; its socket calls are not reported.
     pub const AGENT_PID: &str = "AGENT_PID";
+    /// `u32`: 1 when the kprobe source of calls may serve: the packet
+    /// programs then give a cookie to every socket that receives over
+    /// loopback (kprobes can only read a cookie the socket already has),
+    /// and a socket's close-time totals add the calls kprobes silenced.
+    pub const KPROBE_CALLS: &str = "KPROBE_CALLS";
     /// `u32`: offset of `write_seq` in `struct tcp_sock` (from BTF).
     pub const OFF_WRITE_SEQ: &str = "OFF_WRITE_SEQ";
     /// `u32`: offset of `copied_seq` in `struct tcp_sock` (from BTF).
