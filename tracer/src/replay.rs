@@ -141,15 +141,15 @@ impl SpanOut for Collect {
             .clone()
     }
 
-    fn span(&mut self, span: Span, now_ns: u64) {
+    fn span(&mut self, span: &Span, now_ns: u64) {
         if self.encoder.is_none() {
-            self.spans.push(span);
+            self.spans.push(span.clone());
             return;
         }
         let res = self.resource(span.pid, None, now_ns);
         if let Some(enc) = &mut self.encoder {
             // A span with an all-zero id is never made by the correlator.
-            let _ = enc.push(&span, &res);
+            let _ = enc.push(span, &res);
         }
         self.spans_encoded += 1;
         self.take_requests();
