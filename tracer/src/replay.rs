@@ -11,7 +11,6 @@ use std::{
 };
 
 use std::{
-    collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
@@ -100,7 +99,7 @@ pub struct ReplayStats {
 #[derive(Default)]
 struct Collect {
     spans: Vec<Span>,
-    resources: HashMap<Pid, Arc<Resource>>,
+    resources: foldhash::HashMap<Pid, Arc<Resource>>,
     /// Set: spans are encoded into OTLP requests (as the agent's exporter
     /// does) instead of kept.
     encoder: Option<TraceEncoder>,
