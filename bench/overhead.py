@@ -161,7 +161,7 @@ CONDITIONS = [
 ]
 
 
-def run_server_bench(workers, pairs, seconds, conns, conditions):
+def run_server_bench(workers, pairs, seconds, conns, conditions, exes=None):
     nginx = Nginx(workers)
     sink = OtlpSink()
     stats = BpfStats()
@@ -175,7 +175,8 @@ def run_server_bench(workers, pairs, seconds, conns, conditions):
             for name, args in order:
                 if args is not None:
                     args = [a.replace("{otlp}", "http://127.0.0.1:%d" % sink.port) for a in args]
-                agent = Agent(args) if args is not None else None
+                exe = (exes or {}).get(name, TRACER)
+                agent = Agent(args, exe=exe) if args is not None else None
                 cpu0 = agent.cpu_seconds() if agent else 0
                 bpf0 = stats.snapshot(agent.program_ids) if agent else {}
                 rps, total, p99 = wrk(nginx.port, seconds, conns)
@@ -204,7 +205,7 @@ def run_server_bench(workers, pairs, seconds, conns, conditions):
                 name, statistics.median(r["rps"] for r in rows), statistics.median(ratios), q[0], q[2],
                 statistics.median(r["p99"] for r in rows), cpu_per_req,
                 max(r["rss"] for r in rows) / 1024, statistics.median(r["kns"] for r in rows)))
-        present = [n for n in ("capture", "traces") if n in results]
+        present = [n for n in ("capture", "traces", "traces-b") if n in results]
         for name in present:
             # Per program: the round with the median kernel cost.
             rows = sorted(results[name], key=lambda r: r["kns"])
@@ -249,12 +250,18 @@ def main():
     ap.add_argument("--conditions", default=",".join(n for n, _ in CONDITIONS),
                     help="conditions to run (default: all; 'none' is always run)")
     ap.add_argument("--no-writeloop", action="store_true", help="skip the write-loop measurement")
+    ap.add_argument("--ab", metavar="EXE",
+                    help="A/B of two builds: adds the condition traces-b, 'traces' run by the agent EXE")
     args = ap.parse_args()
     wanted = set(args.conditions.split(",")) | {"none"}
     unknown = wanted - {n for n, _ in CONDITIONS}
     if unknown:
         raise SystemExit("unknown condition(s): %s" % ", ".join(sorted(unknown)))
     conditions = [c for c in CONDITIONS if c[0] in wanted]
+    exes = {}
+    if args.ab:
+        conditions.append(("traces-b", dict(CONDITIONS)["traces"]))
+        exes["traces-b"] = os.path.abspath(args.ab)
     if os.geteuid() != 0:
         raise SystemExit("run as root (the agent attaches eBPF programs)")
     for tool in ("nginx", "wrk", "gcc"):
@@ -263,7 +270,7 @@ def main():
     if not os.path.exists(TRACER):
         subprocess.run(["cargo", "build", "--release", "-p", "tracer"], cwd=ROOT, check=True)
     for w in args.workers.split(","):
-        run_server_bench(w, args.pairs, args.seconds, args.connections, conditions)
+        run_server_bench(w, args.pairs, args.seconds, args.connections, conditions, exes)
     if not args.no_writeloop:
         run_writeloop(args.pairs, args.calls)
 

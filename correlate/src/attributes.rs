@@ -404,6 +404,7 @@ pub(crate) fn request_facts(
     addrs: Option<(SocketAddr, SocketAddr)>,
     cfg: &Config,
     hasher: &impl BuildHasher,
+    mut texts: Texts,
 ) -> (Texts, RequestFacts) {
     let max = cfg.max_attribute_len;
     let host_value = header_value(&req.headers, "host");
@@ -415,7 +416,7 @@ pub(crate) fn request_facts(
         + 2 * host_value.map_or(0, <[u8]>::len)
         + user_agent.map_or(0, <[u8]>::len)
         + 160;
-    let mut texts = Texts::with_capacity(estimate.min(16 * 1024));
+    texts.reserve(estimate.min(16 * 1024));
     let t = &mut texts;
     let method: &str = &req.method;
     let known = KNOWN_METHODS.contains(&method);

@@ -241,8 +241,18 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     /// Hashes request-id values (seeded: values come from the network).
     pub(crate) rid_hasher: foldhash::fast::RandomState,
     pub(crate) ready: Vec<Span>,
+    /// Texts of spans given back ([`Correlator::recycle`]), reused by the
+    /// next requests: in steady state a span's texts allocate nothing.
+    pub(crate) spare_texts: Vec<Texts>,
+    /// Their heap bytes (part of [`Correlator::span_bytes`]).
+    pub(crate) spare_bytes: usize,
     pub(crate) counters: Counters,
 }
+
+/// Texts kept for reuse at most, and the largest kept: together at most
+/// 512 KiB, counted with the records they will hold.
+const SPARE_TEXTS: usize = 256;
+const SPARE_TEXT_BYTES: usize = 2048;
 
 /// What a message says about its own arrival, without its body.
 pub(crate) struct Head {
@@ -292,6 +302,8 @@ impl<G: IdGen> Correlator<G> {
             done_clients: Vec::new(),
             text_bytes: TextBytes::default(),
             ready: Vec::new(),
+            spare_texts: Vec::new(),
+            spare_bytes: 0,
             counters: Counters::default(),
         }
     }
@@ -326,7 +338,43 @@ impl<G: IdGen> Correlator<G> {
     /// Memory held by span records (bytes, their texts included), the
     /// quantity [`Config::max_span_bytes`] bounds.
     pub fn span_bytes(&self) -> usize {
-        self.spans.len() * RECORD_BYTES + self.text_bytes.get()
+        self.spans.len() * RECORD_BYTES + self.text_bytes.get() + self.spare_bytes
+    }
+
+    /// Gives back spans that [`poll`](Self::poll) or [`flush`](Self::flush)
+    /// returned, once the caller is done with them: their buffers are
+    /// reused for the next spans (a bounded number is kept).
+    pub fn recycle(&mut self, mut spans: Vec<Span>) {
+        for span in spans.drain(..) {
+            let mut t = span.texts;
+            let bytes = t.heap_bytes();
+            if self.spare_texts.len() < SPARE_TEXTS && bytes <= SPARE_TEXT_BYTES {
+                t.clear();
+                self.spare_bytes += bytes;
+                self.spare_texts.push(t);
+            }
+        }
+        // The list itself becomes the next one handed out.
+        if self.ready.capacity() == 0 && spans.capacity() <= 4 * SPARE_TEXTS {
+            self.ready = spans;
+        }
+    }
+
+    /// Empty texts for a new span: a recycled one when there is one.
+    fn spare_texts(&mut self) -> Texts {
+        match self.spare_texts.pop() {
+            Some(t) => {
+                self.spare_bytes -= t.heap_bytes();
+                t
+            }
+            None => Texts::default(),
+        }
+    }
+
+    /// Lets the recycled texts go (memory is short).
+    pub(crate) fn drop_spare_texts(&mut self) {
+        self.spare_texts = Vec::new();
+        self.spare_bytes = 0;
     }
 
     /// Connections tracked.
@@ -590,7 +638,8 @@ impl<G: IdGen> Correlator<G> {
             Side::Outbound => SpanKind::Client,
         };
         let addrs = self.conns.get(&h.conn).and_then(|c| c.addrs);
-        let (texts, facts) = request_facts(kind, req, addrs, &self.cfg, &self.rid_hasher);
+        let spare = self.spare_texts();
+        let (texts, facts) = request_facts(kind, req, addrs, &self.cfg, &self.rid_hasher, spare);
         let header = extract(&req.headers, &mut self.counters);
         let rids = request_ids(
             &req.headers,

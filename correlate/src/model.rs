@@ -396,7 +396,8 @@ pub(crate) enum Slot {
 
 /// A span's name and attributes. Every string lives in one buffer, so a
 /// span costs one allocation for its texts and one for its attribute list,
-/// whatever it carries.
+/// whatever it carries, and none when it reuses a finished span's
+/// (`Correlator::recycle`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Texts {
     text: String,
@@ -415,6 +416,19 @@ impl Texts {
             name: (0, 0),
             attrs: Vec::with_capacity(ATTRS_USUAL),
         }
+    }
+
+    /// Empty again, keeping its buffers (a finished span's, reused).
+    pub(crate) fn clear(&mut self) {
+        self.text.clear();
+        self.name = (0, 0);
+        self.attrs.clear();
+    }
+
+    /// Room for `text_bytes` of texts and the usual attributes.
+    pub(crate) fn reserve(&mut self, text_bytes: usize) {
+        self.text.reserve(text_bytes);
+        self.attrs.reserve(ATTRS_USUAL);
     }
 
     /// Heap bytes held.

@@ -709,6 +709,9 @@ impl<G: IdGen> Correlator<G> {
     pub(crate) fn make_room(&mut self, incoming: usize) {
         let max = self.cfg.max_spans.max(1);
         let max_bytes = self.cfg.max_span_bytes;
+        if self.span_bytes() + incoming > max_bytes {
+            self.drop_spare_texts();
+        }
         while self.spans.len() >= max || self.span_bytes() + incoming > max_bytes {
             if let Some((_, k)) = self.retained.pop_front() {
                 if self.spans.remove(&k).is_some() {

@@ -369,3 +369,71 @@ fn forwarded_header_gives_client_address() {
     let (span, _) = one(SpanKind::Server, r, resp(200, &[]), Config::default());
     assert_eq!(span.attr_str("client.address"), Some("2001:db8::1"));
 }
+
+#[test]
+fn recycled_spans_leave_nothing_behind_in_the_next_ones() {
+    // The same requests, one after the other on one connection, through a
+    // correlator that gets every batch of spans back and one that does not:
+    // the spans are the same (no attribute of an earlier span carried over).
+    let targets = [
+        (
+            "GET",
+            "/users/42?token=x&page=2",
+            &[("user-agent", "curl/8")][..],
+        ),
+        ("POST", "/orders", &[][..]),
+        (
+            "PURGE",
+            "/cache/a/b/c/d/e",
+            &[("host", "example.com:8443")][..],
+        ),
+        ("GET", "/", &[][..]),
+    ];
+    let mut evs = vec![open(1, "10.0.0.5:8080", "192.0.2.1:41000")];
+    for (i, (method, target, headers)) in targets.iter().cycle().take(40).enumerate() {
+        let t = 10 * MS * (i as u64 + 1);
+        let r = req(method, target, headers);
+        let seq = 2 * i as u32 + 1;
+        evs.push(m(
+            1,
+            Side::Inbound,
+            P,
+            P,
+            seq,
+            t,
+            None,
+            MessageKind::Request(r),
+        ));
+        let status = if i % 3 == 0 { 500 } else { 200 };
+        let r = MessageKind::Response(resp(status, &[]));
+        evs.push(m(1, Side::Outbound, P, P, seq + 1, t + MS, None, r));
+    }
+    let mut plain = Correlator::with_seed(Config::default(), 42);
+    let mut recycling = Correlator::with_seed(Config::default(), 42);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for e in &evs {
+        for (c, out, give_back) in [(&mut plain, &mut a, false), (&mut recycling, &mut b, true)] {
+            match e {
+                Ev::Open(i) => c.conn_open(*i),
+                Ev::Msg(msg) => c.message(msg.clone()),
+                Ev::Close(id, t) => c.conn_close(*id, *t),
+            }
+            let spans = c.poll(e.time());
+            out.extend(spans.iter().cloned());
+            if give_back {
+                c.recycle(spans);
+            }
+        }
+    }
+    let end = evs.last().map_or(0, Ev::time) + 1000 * MS;
+    a.extend(plain.poll(end));
+    let last = recycling.poll(end);
+    b.extend(last.iter().cloned());
+    assert_eq!(a.len(), 40);
+    assert_eq!(a, b);
+    recycling.recycle(last);
+    assert!(
+        recycling.span_bytes() > plain.span_bytes(),
+        "the texts kept for reuse are counted with the records"
+    );
+}

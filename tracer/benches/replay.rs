@@ -10,7 +10,7 @@ use std::time::Instant;
 use tracer::replay::{records, Replay};
 
 mod common;
-use common::{allocated, arg, peak_rss, recording, Counting};
+use common::{allocated, arg, peak_rss, recording, thread_cpu_ns, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -30,6 +30,7 @@ fn main() {
     };
     let (a0, b0) = allocated();
     let start = Instant::now();
+    let cpu0 = thread_cpu_ns();
     let mut spans = 0;
     let mut messages = 0;
     let mut requests = 0;
@@ -44,14 +45,17 @@ fn main() {
         request_bytes += stats.request_bytes;
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu_secs = (thread_cpu_ns() - cpu0) as f64 / 1e9;
     let (a1, b1) = allocated();
     let (allocs, bytes) = (a1 - a0, b1 - b0);
     println!(
         "recording: {} records, {} messages, {} spans per round ({} bad records)",
         warm.records, warm.messages, warm.spans, warm.bad_records
     );
-    println!("rounds: {rounds}, {spans} spans in {secs:.3} s on one core");
+    println!("rounds: {rounds}, {spans} spans in {secs:.3} s on one core ({cpu_secs:.3} s of CPU)");
     println!("spans/s per core:    {:>12.0}", spans as f64 / secs);
+    // What a busy machine (other processes on the core) leaves unchanged.
+    println!("spans per CPU second: {:>11.0}", spans as f64 / cpu_secs);
     println!(
         "records/s per core:  {:>12.0}",
         (recs.len() * rounds) as f64 / secs

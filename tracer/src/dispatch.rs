@@ -32,8 +32,8 @@ pub trait SpanOut {
     fn saw_pid(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64);
     /// The resource of a process.
     fn resource(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) -> Arc<Resource>;
-    /// A finished span.
-    fn span(&mut self, span: Span, now_ns: u64);
+    /// A finished span (its buffers are reused once this returns).
+    fn span(&mut self, span: &Span, now_ns: u64);
     /// Periodic work.
     fn tick(&mut self, now_ns: u64);
 }
@@ -47,7 +47,7 @@ impl<W: Write> SpanOut for SpanSink<W> {
         SpanSink::resource(self, pid, comm, now_ns)
     }
 
-    fn span(&mut self, span: Span, now_ns: u64) {
+    fn span(&mut self, span: &Span, now_ns: u64) {
         SpanSink::span(self, span, now_ns);
     }
 
@@ -175,12 +175,15 @@ impl<O: SpanOut> Stages<O> {
     }
 
     /// Moves finished spans on, then prints traces that went quiet.
-    fn settle(&mut self, spans: Vec<Span>) {
-        for mut span in spans {
+    fn settle(&mut self, mut spans: Vec<Span>) {
+        for span in &mut spans {
             if let Some(p) = &mut self.profile {
-                p.span_finished(&mut span);
+                p.span_finished(span);
             }
             self.spans.span(span, self.now_ns);
+        }
+        if let Some(http) = &mut self.http {
+            http.recycle(spans);
         }
         self.spans.tick(self.now_ns);
     }

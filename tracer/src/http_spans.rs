@@ -338,6 +338,11 @@ impl HttpSpans {
         self.out.correlator.flush()
     }
 
+    /// Spans from [`poll`](Self::poll) handed on: their buffers are reused.
+    pub fn recycle(&mut self, spans: Vec<Span>) {
+        self.out.correlator.recycle(spans);
+    }
+
     /// The server span in progress on `pid`/`tid` at `t` (rule 6), if
     /// exactly one is known to be.
     pub fn server_span_at(

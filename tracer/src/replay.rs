@@ -11,7 +11,6 @@ use std::{
 };
 
 use std::{
-    collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
@@ -100,7 +99,7 @@ pub struct ReplayStats {
 #[derive(Default)]
 struct Collect {
     spans: Vec<Span>,
-    resources: HashMap<Pid, Arc<Resource>>,
+    resources: foldhash::HashMap<Pid, Arc<Resource>>,
     /// Set: spans are encoded into OTLP requests (as the agent's exporter
     /// does) instead of kept.
     encoder: Option<TraceEncoder>,
@@ -141,15 +140,15 @@ impl SpanOut for Collect {
             .clone()
     }
 
-    fn span(&mut self, span: Span, now_ns: u64) {
+    fn span(&mut self, span: &Span, now_ns: u64) {
         if self.encoder.is_none() {
-            self.spans.push(span);
+            self.spans.push(span.clone());
             return;
         }
         let res = self.resource(span.pid, None, now_ns);
         if let Some(enc) = &mut self.encoder {
             // A span with an all-zero id is never made by the correlator.
-            let _ = enc.push(&span, &res);
+            let _ = enc.push(span, &res);
         }
         self.spans_encoded += 1;
         self.take_requests();

@@ -410,7 +410,9 @@ impl TraceEncoder {
             slots: Vec::new(),
             by_ptr: HashMap::default(),
             active: Vec::new(),
-            stage: Vec::new(),
+            // Room for a whole request at once: growing by doubling would
+            // copy it several times (pages are only touched as it fills).
+            stage: Vec::with_capacity(limits.max_bytes.max(1)),
             index: Vec::new(),
             pending_bytes: 0,
             requests: 0,

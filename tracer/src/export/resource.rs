@@ -20,7 +20,6 @@
 //! ([`SERVICE_NAME_SOURCE`]); the `telemetry.*` attributes naming this
 //! tracer.
 use std::{
-    collections::HashMap,
     fs::File,
     io::Read,
     path::{Path, PathBuf},
@@ -265,7 +264,9 @@ pub struct ResourceCache {
     agent_attrs: Vec<(String, String)>,
     rules: Rules,
     cap: usize,
-    map: HashMap<Pid, Entry>,
+    /// foldhash: looked up for every span and at every change of process
+    /// in the records; pids are not chosen by the network.
+    map: foldhash::HashMap<Pid, Entry>,
     tick: u64,
     counters: ResourceCounters,
 }
@@ -295,7 +296,7 @@ impl ResourceCache {
                 .collect(),
             rules: Rules::default(),
             cap: capacity.max(1),
-            map: HashMap::new(),
+            map: foldhash::HashMap::default(),
             tick: 0,
             counters: ResourceCounters::default(),
         }

@@ -80,11 +80,11 @@ impl<W: Write> SpanSink<W> {
     }
 
     /// Takes a finished span; `now_ns` is monotonic now. Never blocks.
-    pub fn span(&mut self, span: Span, now_ns: u64) {
+    pub fn span(&mut self, span: &Span, now_ns: u64) {
         let resource = self.resources.get(span.pid, now_ns);
         match &mut self.out {
-            Output::Otlp(e) => e.submit(&span, &resource),
-            Output::Console(c) => c.on_span(&span, &resource, now_ns),
+            Output::Otlp(e) => e.submit(span, &resource),
+            Output::Console(c) => c.on_span(span, &resource, now_ns),
             Output::Discard(n) => *n += 1,
         }
     }
@@ -195,7 +195,7 @@ mod tests {
         let mut s =
             SpanSink::start(None, Some(Format::Tree), Vec::new(), Clock::new(), cache).unwrap();
         s.saw_pid(Pid(101), None, 0);
-        s.span(span(1, 1, None, 0, 2), 0);
+        s.span(&span(1, 1, None, 0, 2), 0);
         s.tick(DEFAULT_QUIET_NS - 1);
         assert_eq!(value(&s, "printed_traces"), 0.0);
         s.tick(DEFAULT_QUIET_NS);

@@ -30,6 +30,7 @@ use std::{
     sync::Arc,
 };
 
+use arrayvec::ArrayVec;
 use correlate::{AttrValue, Span, SpanId, SpanKind, TraceId};
 
 use super::types::{Frame, StackSample};
@@ -202,17 +203,16 @@ impl SpanCpu {
         &self,
         span_id: SpanId,
         profile_link: bool,
-    ) -> Vec<(&'static str, AttrValue)> {
-        let mut out = vec![
-            (
-                ATTR_CPU_TIME_NS,
-                AttrValue::Int(i64::try_from(self.cpu_ns).unwrap_or(i64::MAX)),
-            ),
-            (
-                ATTR_CPU_SAMPLES,
-                AttrValue::Int(i64::try_from(self.samples).unwrap_or(i64::MAX)),
-            ),
-        ];
+    ) -> ArrayVec<(&'static str, AttrValue), 3> {
+        let mut out = ArrayVec::new();
+        out.push((
+            ATTR_CPU_TIME_NS,
+            AttrValue::Int(i64::try_from(self.cpu_ns).unwrap_or(i64::MAX)),
+        ));
+        out.push((
+            ATTR_CPU_SAMPLES,
+            AttrValue::Int(i64::try_from(self.samples).unwrap_or(i64::MAX)),
+        ));
         if profile_link && self.has_profile() {
             out.push((ATTR_PROFILE_ID, AttrValue::Str(span_id.to_string())));
         }
@@ -445,7 +445,8 @@ pub struct Profiles {
     cfg: AggregateConfig,
     clock: Clock,
     services: HashMap<Arc<str>, ServiceAgg>,
-    spans: HashMap<SpanId, SpanRecord>,
+    /// foldhash: written for every server span; the ids are the agent's.
+    spans: foldhash::HashMap<SpanId, SpanRecord>,
     /// Finished spans in finishing order, for expiry and eviction.
     finished: VecDeque<(SpanId, u64)>,
     /// Counts and frames held now (all services).
@@ -463,7 +464,7 @@ impl Profiles {
             cfg,
             clock,
             services: HashMap::new(),
-            spans: HashMap::new(),
+            spans: foldhash::HashMap::default(),
             finished: VecDeque::new(),
             total_counts: 0,
             total_frames: 0,
@@ -637,8 +638,9 @@ impl Profiles {
             return None;
         }
         let period = self.cfg.period_ns();
-        let samples = self.spans.get(&span.span_id).map_or(0, |r| r.samples);
-        let known = self.spans.contains_key(&span.span_id);
+        let samples = self.spans.get(&span.span_id).map(|r| r.samples);
+        let known = samples.is_some();
+        let samples = samples.unwrap_or(0);
         if known || self.make_room_for_span() {
             let rec = self.spans.entry(span.span_id).or_insert(SpanRecord {
                 samples: 0,
