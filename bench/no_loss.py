@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from agentproc import Agent
+from agentproc import TRACER, Agent
 from overhead import Nginx, free_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,8 +32,10 @@ def python():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--exe", default=TRACER, help="the agent binary (A/B against another build)")
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--need", type=float, default=0.999)
+    ap.add_argument("--renice", type=int, default=None)
     ap.add_argument("agent_args", nargs="*", help="extra agent flags (after --)")
     args = ap.parse_args()
 
@@ -45,7 +47,9 @@ def main():
         if receiver.stdout.readline().strip() != "ready":
             raise SystemExit("the OTLP receiver did not start")
         agent = Agent(["--otlp-endpoint", "http://127.0.0.1:%d" % rport,
-                       "--otlp-protocol", "http/protobuf"] + args.agent_args)
+                       "--otlp-protocol", "http/protobuf"] + args.agent_args, exe=args.exe)
+        if args.renice is not None:
+            subprocess.run(["renice", "-n", str(args.renice), "-p", str(agent.proc.pid)], check=True)
         rps, _, _ = wrk(nginx.port, args.seconds, args.conns)
         time.sleep(2)  # the last spans settle (one reorder window) and leave
         cpu = agent.cpu_seconds()
@@ -63,8 +67,8 @@ def main():
 
     print("wrk -t2 -c%d, %d s: %.0f req/s; nginx served %d requests" % (
         args.conns, args.seconds, rps, served))
-    print("agent: %.2f s CPU (%.2f us per request), peak RSS %.1f MiB" % (
-        cpu, cpu / max(served, 1) * 1e6, rss / 1024))
+    print("agent: %.2f s CPU (%.2f us per request), peak RSS %.1f MiB: %s" % (
+        cpu, cpu / max(served, 1) * 1e6, rss / 1024, agent.memory.describe()))
     ok = True
     for kind in ("SERVER", "CLIENT"):
         n = counts.get(kind, 0)

@@ -19,13 +19,14 @@ import argparse
 import re
 import sys
 
-from agentproc import Agent
+from agentproc import TRACER, Agent
 from overhead import Nginx, OtlpSink, free_port, wrk
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--exe", default=TRACER, help="the agent binary (A/B against another build)")
     ap.add_argument("--max-rss-mib", type=float, default=128)
     args = ap.parse_args()
     # A loopback port nothing listens on.
@@ -49,7 +50,7 @@ def main():
                 # Long enough for 100,000 connections even if the agent
                 # halved the rate.
                 seconds = max(seconds, int(2 * 100_000 / base_rps) + 1)
-            agent = Agent(flags)
+            agent = Agent(flags, exe=args.exe)
             rps, total, _ = wrk(nginx.port, seconds, 50, close)
             rss = agent.peak_rss_kib() / 1024
             summary = agent.stop()
@@ -63,6 +64,7 @@ def main():
                       "ABOVE %.0f MiB" % args.max_rss_mib if bad else "ok"))
             if close:
                 print("%-14s %d connections opened with the agent" % ("", total))
+            print("%-14s memory: %s" % ("", agent.memory.describe()))
             print("%-14s anomalies: %s" % ("", anomalies.group(1) if anomalies else "?"))
             print("%-14s export: %s" % ("", export.group(1)[:300] if export else "?"), flush=True)
     finally:
