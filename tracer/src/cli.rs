@@ -125,14 +125,6 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 10)]
     pub drain_interval_ms: u64,
 
-    /// Scheduling priority (nice, -20 to 19) of the thread that reads the
-    /// kernel's records. When the traced services keep every CPU busy, a
-    /// reader at the services' priority waits its turn for longer than the
-    /// lanes last and records are lost; a higher priority lets it run when
-    /// woken. It only ever takes the CPU its work needs.
-    #[arg(long, value_name = "NICE", default_value_t = -10, allow_negative_numbers = true)]
-    pub reader_nice: i32,
-
     /// Attach every program but make them return at once: measures the
     /// cost of the hooks alone (benchmarks).
     #[arg(long)]
@@ -254,9 +246,6 @@ pub enum ConfigError {
     /// `--drain-interval-ms` out of range.
     #[error("invalid option: --drain-interval-ms must be between 1 and 10000")]
     DrainInterval,
-    /// `--reader-nice` out of range.
-    #[error("invalid option: --reader-nice must be between -20 and 19")]
-    ReaderNice,
     /// A `--comm` longer than the kernel's process names.
     #[error(
         "invalid option: --comm {comm:?} is longer than the kernel's 15-character process names"
@@ -360,8 +349,6 @@ pub struct RunConfig {
     pub filter: Filter,
     /// Ring-buffer drain period.
     pub drain_interval: Duration,
-    /// Nice value of the reading thread.
-    pub reader_nice: i32,
     /// Counter log period.
     pub stats_interval: Option<Duration>,
     /// The exit summary's extent.
@@ -402,9 +389,6 @@ impl RunArgs {
         // lane, whose size is only known once rounded up.
         if self.drain_interval_ms == 0 || self.drain_interval_ms > 10_000 {
             return Err(ConfigError::DrainInterval);
-        }
-        if !(-20..=19).contains(&self.reader_nice) {
-            return Err(ConfigError::ReaderNice);
         }
         if let Some(c) = self.comms.iter().find(|c| c.len() > 15) {
             return Err(ConfigError::Comm { comm: c.clone() });
@@ -475,7 +459,6 @@ impl RunArgs {
                 ports: self.ports,
             },
             drain_interval: Duration::from_millis(self.drain_interval_ms),
-            reader_nice: self.reader_nice,
             stats_interval: (self.stats_interval > 0)
                 .then(|| Duration::from_secs(self.stats_interval)),
             summary: self.summary,

@@ -135,21 +135,6 @@ impl LaneLayout {
     }
 }
 
-/// Gives the calling thread (the reader) scheduling priority `nice`.
-pub fn set_reader_priority(nice: i32) -> std::io::Result<()> {
-    // SAFETY: gettid has no preconditions; setpriority on this thread's id
-    // changes only this thread.
-    let r = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 fn page_round(n: usize) -> usize {
     n.div_ceil(4096) * 4096
 }

@@ -152,12 +152,6 @@ async fn event_loop(
     lanes: &mut LaneCounters,
 ) -> Result<()> {
     let ring = kernel.take_events()?;
-    if let Err(e) = crate::lanes::set_reader_priority(cfg.reader_nice) {
-        tracing::warn!(
-            nice = cfg.reader_nice,
-            "could not set the reader's priority: {e}"
-        );
-    }
     // SAFETY: the reader owns its fds for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
