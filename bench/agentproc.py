@@ -4,10 +4,14 @@ import os
 import re
 import signal
 import subprocess
+import threading
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRACER = os.path.join(ROOT, "target", "release", "tracer")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The first line of a mapping in /proc/PID/smaps; group 1 is its name.
+MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$")
 
 
 class Agent:
@@ -27,6 +31,7 @@ class Agent:
                 break
         else:
             raise SystemExit("agent failed to start")
+        self.memory = MemoryWatch(self.proc.pid)
 
     def cpu_seconds(self):
         """User + system CPU time so far."""
@@ -44,10 +49,61 @@ class Agent:
 
     def stop(self):
         """SIGINT; returns what the agent wrote on stderr after attaching."""
+        self.memory.stop()
         self.proc.send_signal(signal.SIGINT)
         err = self.proc.stderr.read()
         self.proc.wait()
         return err
+
+
+def rss_by_mapping(pid):
+    """Resident KiB of the process now, by kind of mapping (smaps):
+    `lanes` the kernel's capture lanes and rings (BPF maps mapped in),
+    `heap` anonymous memory (malloc arenas, the main heap, thread stacks),
+    `file` the executable and libraries; `total` is their sum."""
+    out = {"lanes": 0, "heap": 0, "file": 0}
+    kind = None
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            head = MAPPING.match(line)
+            if head:
+                name = head.group(1).strip()
+                kind = "lanes" if "bpf" in name else "file" if name.startswith("/") else "heap"
+            elif line.startswith("Rss:"):
+                out[kind] += int(line.split()[1])
+    out["total"] = sum(out.values())
+    return out
+
+
+class MemoryWatch:
+    """Samples rss_by_mapping every `period` seconds on a thread and keeps
+    the sample of the highest total (the peak's breakdown)."""
+
+    def __init__(self, pid, period=0.25):
+        self.pid = pid
+        self.peak = {"lanes": 0, "heap": 0, "file": 0, "total": 0}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(period,), daemon=True)
+        self.thread.start()
+
+    def _run(self, period):
+        while not self.done.wait(period):
+            try:
+                now = rss_by_mapping(self.pid)
+            except (OSError, ValueError, IndexError):
+                return
+            if now["total"] > self.peak["total"]:
+                self.peak = now
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+
+    def describe(self):
+        """'lanes X + heap Y + file Z MiB' at the sampled peak."""
+        p = self.peak
+        return "lanes %.1f + heap %.1f + file %.1f MiB (sampled peak %.1f MiB)" % (
+            p["lanes"] / 1024, p["heap"] / 1024, p["file"] / 1024, p["total"] / 1024)
 
 
 def counters(summary):

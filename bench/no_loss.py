@@ -6,9 +6,12 @@ receiver that counts what it gets. Afterwards the spans received per kind
 are compared with nginx's access log: one SERVER span (nginx) and one
 CLIENT span (wrk) per request served.
 
-    sudo bench/no_loss.py [--seconds 10] [--conns 50] [--need 0.999]
+    sudo bench/no_loss.py [--seconds 10] [--conns 50] [--need 0.999] [--max-rss-mib 64]
 
-Exits 1 when either kind is below --need of the requests served.
+Exits 1 when either kind is below --need of the requests served, or when
+the agent's peak RSS (VmHWM: everything resident, the capture lanes
+mapped from the kernel included) is above --max-rss-mib. The RSS is also
+broken down by mapping at its sampled peak (lanes, heap, file).
 """
 import argparse
 import json
@@ -18,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from agentproc import Agent
+from agentproc import TRACER, Agent
 from overhead import Nginx, free_port, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,8 +35,11 @@ def python():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--exe", default=TRACER, help="the agent binary (A/B against another build)")
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--need", type=float, default=0.999)
+    ap.add_argument("--max-rss-mib", type=float, default=64,
+                    help="fail when the agent's peak RSS is above this (the issue's full-load bound)")
     ap.add_argument("agent_args", nargs="*", help="extra agent flags (after --)")
     args = ap.parse_args()
 
@@ -45,7 +51,7 @@ def main():
         if receiver.stdout.readline().strip() != "ready":
             raise SystemExit("the OTLP receiver did not start")
         agent = Agent(["--otlp-endpoint", "http://127.0.0.1:%d" % rport,
-                       "--otlp-protocol", "http/protobuf"] + args.agent_args)
+                       "--otlp-protocol", "http/protobuf"] + args.agent_args, exe=args.exe)
         rps, _, _ = wrk(nginx.port, args.seconds, args.conns)
         time.sleep(2)  # the last spans settle (one reorder window) and leave
         cpu = agent.cpu_seconds()
@@ -63,9 +69,10 @@ def main():
 
     print("wrk -t2 -c%d, %d s: %.0f req/s; nginx served %d requests" % (
         args.conns, args.seconds, rps, served))
-    print("agent: %.2f s CPU (%.2f us per request), peak RSS %.1f MiB" % (
-        cpu, cpu / max(served, 1) * 1e6, rss / 1024))
-    ok = True
+    ok = rss / 1024 <= args.max_rss_mib
+    print("agent: %.2f s CPU (%.2f us per request), peak RSS %.1f MiB %s: %s" % (
+        cpu, cpu / max(served, 1) * 1e6, rss / 1024,
+        "ok" if ok else "ABOVE %.0f MiB" % args.max_rss_mib, agent.memory.describe()))
     for kind in ("SERVER", "CLIENT"):
         n = counts.get(kind, 0)
         share = n / max(served, 1)

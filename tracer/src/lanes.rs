@@ -102,6 +102,11 @@ pub struct LaneCounters {
     /// Lane frames that made no sense (a length beyond the lane's rules):
     /// the rest of that lane's published bytes was skipped.
     pub frames_corrupt: u64,
+    /// The most any lane had waiting at a look, in percent of its size
+    /// (how close the agent came to losing records).
+    pub peak_fill_percent: u64,
+    /// The longest time between two drains, in milliseconds.
+    pub longest_gap_ms: u64,
 }
 
 /// Sizes the agent chose for the lanes.
@@ -137,6 +142,8 @@ fn page_round(n: usize) -> usize {
 /// Everything the kernel sends, read as one time-ordered stream.
 pub struct Events {
     merger: Merger,
+    /// The reader's clock at the last drain.
+    last_drain_ns: u64,
     _mappings: [Mapping; 3],
     samples: RingBuf<MapData>,
 }
@@ -191,6 +198,7 @@ impl Events {
         }
         Ok(Events {
             merger: Merger::new(out),
+            last_drain_ns: 0,
             _mappings: [chunked, nested, ctl],
             samples,
         })
@@ -219,6 +227,13 @@ impl Events {
     }
 
     fn drain_until(&mut self, until: u64, f: &mut impl FnMut(&[u8])) {
+        let now = until.saturating_add(HOLD_NS);
+        if self.last_drain_ns != 0 && until != u64::MAX {
+            let gap = now.saturating_sub(self.last_drain_ns) / 1_000_000;
+            let c = &mut self.merger.counters;
+            c.longest_gap_ms = c.longest_gap_ms.max(gap);
+        }
+        self.last_drain_ns = now;
         while let Some(item) = self.samples.next() {
             if item.first() != Some(&(Tag::Wakeup as u8)) {
                 f(&item);
@@ -316,6 +331,8 @@ impl Merger {
             lane.prod =
                 unsafe { AtomicU64::from_ptr(&mut (*lane.ctl).prod) }.load(Ordering::Acquire);
             let waiting = lane.prod.saturating_sub(lane.pos);
+            let c = &mut self.counters;
+            c.peak_fill_percent = c.peak_fill_percent.max(waiting * 100 / lane.bytes);
             if waiting > lane.bytes / 8 * 5 {
                 lane.shedding = true;
             } else if waiting < lane.bytes / 8 * 3 {

@@ -207,6 +207,8 @@ report_counters!(crate::lanes::LaneCounters, Stage::Reader, {
     shed_segment: Anomaly, "Packet records passed over unread because the agent was behind.";
     records_late: Detail, "Records handed out after younger records of another lane.";
     frames_corrupt: Anomaly, "Lane frames that made no sense (the rest of that lane was skipped).";
+    peak_fill_percent: Detail, "The most any lane had waiting, in percent of its size.";
+    longest_gap_ms: Detail, "The longest time between two drains (ms).";
 });
 
 report_counters!(protocols::stream::StreamCounters, Stage::Streams, {
@@ -425,6 +427,7 @@ report_counters!(crate::profile::symbols::SymbolCounters, Stage::Profiles, {
     perf_map_reads: Detail, "Perf-map reads.";
     perf_map_skipped: Detail, "Perf-map lines that could not be used.";
     symbolize_ns: Detail, "Time spent symbolizing (ns).";
+    dwarf_skipped: Detail, "Binaries symbolized without their DWARF (over the bound on DWARF held).";
 });
 
 report_counters!(crate::profile::aggregate::AggregateCounters, Stage::Profiles, {

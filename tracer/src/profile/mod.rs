@@ -271,10 +271,17 @@ mod tests {
         std::hint::black_box(r)
     }
 
+    /// Without a bound on DWARF (this test binary carries tens of MiB).
+    fn with_all_dwarf() -> ProfilerConfig {
+        let mut cfg = ProfilerConfig::default();
+        cfg.symbols.max_dwarf_bytes = u64::MAX;
+        cfg
+    }
+
     #[test]
     fn unwinds_and_symbolizes_this_thread() {
         let (hdr, stack) = profiled_outer();
-        let mut p = Profiler::new(ProfilerConfig::default());
+        let mut p = Profiler::new(with_all_dwarf());
         let s = p.on_sample(&hdr, &stack).unwrap();
         let names: Vec<&str> = s
             .frames
@@ -298,6 +305,30 @@ mod tests {
         let again = p.on_sample(&hdr, &stack).unwrap();
         assert_eq!(again.frames, s.frames);
         assert!(p.symbol_counters().cache_hits > hits);
+    }
+
+    #[test]
+    fn a_binary_whose_dwarf_is_over_the_bound_is_named_from_its_symbol_table() {
+        let (hdr, stack) = profiled_outer();
+        let mut cfg = ProfilerConfig::default();
+        cfg.symbols.max_dwarf_bytes = 0;
+        let mut p = Profiler::new(cfg);
+        let s = p.on_sample(&hdr, &stack).unwrap();
+        let names: Vec<&str> = s
+            .frames
+            .iter()
+            .filter_map(|f| f.function.as_deref())
+            .collect();
+        assert!(
+            names.iter().any(|f| f.ends_with("tests::profiled_outer")),
+            "function names from .symtab in {names:?}"
+        );
+        let exe = std::env::current_exe().unwrap();
+        let exe = exe.file_name().unwrap().to_str().unwrap();
+        let own: Vec<_> = s.frames.iter().filter(|f| &*f.module == exe).collect();
+        assert!(!own.is_empty(), "frames of {exe}");
+        assert!(own.iter().all(|f| f.line.is_none()), "no DWARF read");
+        assert!(p.symbol_counters().dwarf_skipped >= 1);
     }
 
     #[test]

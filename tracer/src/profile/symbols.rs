@@ -46,6 +46,13 @@ pub struct SymbolConfig {
     pub perf_map_min_reload: Duration,
     /// Report source lines where DWARF has them.
     pub lines: bool,
+    /// Bound on the DWARF (bytes of its sections) of the binaries read
+    /// with it at once: the symbolizer keeps what it parsed (line tables
+    /// several times the section size) for as long as the binary is
+    /// cached. A binary that does not fit is symbolized from its ELF
+    /// symbol tables alone (function names, no lines or inlined
+    /// functions), counted.
+    pub max_dwarf_bytes: u64,
 }
 
 impl Default for SymbolConfig {
@@ -56,6 +63,9 @@ impl Default for SymbolConfig {
             max_perf_maps: 256,
             perf_map_min_reload: Duration::from_millis(500),
             lines: true,
+            // Ordinary programs and libraries fit; a binary built with full
+            // debug information (tens of MiB of DWARF) does not.
+            max_dwarf_bytes: 16 << 20,
         }
     }
 }
@@ -81,6 +91,9 @@ pub struct SymbolCounters {
     pub perf_map_skipped: u64,
     /// Wall time spent symbolizing (cache misses), ns.
     pub symbolize_ns: u64,
+    /// Binaries with DWARF symbolized from their symbol tables alone
+    /// (their DWARF did not fit in `max_dwarf_bytes`).
+    pub dwarf_skipped: u64,
 }
 
 /// A resolved address: one entry per function, the innermost inlined
@@ -109,6 +122,10 @@ pub struct Symbols {
     cfg: SymbolConfig,
     blaze: Symbolizer,
     user: HashMap<(u64, u64), Arc<[Resolved]>>,
+    /// Per binary (serial) seen: whether its DWARF is read, and its bytes.
+    dwarf: HashMap<u64, (bool, u64)>,
+    /// DWARF bytes of the binaries read with it.
+    dwarf_held: u64,
     kernel: HashMap<u64, Resolved>,
     perf_maps: HashMap<u32, PerfMap>,
     names: Interner,
@@ -131,6 +148,8 @@ impl Symbols {
             cfg,
             blaze,
             user: HashMap::new(),
+            dwarf: HashMap::new(),
+            dwarf_held: 0,
             kernel: HashMap::new(),
             perf_maps: HashMap::new(),
             names: Interner::default(),
@@ -160,6 +179,25 @@ impl Symbols {
                 .evict(&blazesym::symbolize::evict::Elf::new(path).into());
         }
         self.user.retain(|(serial, _), _| *serial != b.serial);
+        if let Some((true, n)) = self.dwarf.remove(&b.serial) {
+            self.dwarf_held -= n;
+        }
+    }
+
+    /// Whether binary `b` is read with its DWARF: decided on first sight,
+    /// within the bound on DWARF held (see [`SymbolConfig::max_dwarf_bytes`]).
+    fn read_dwarf(&mut self, b: &Binary) -> bool {
+        if let Some(&(yes, _)) = self.dwarf.get(&b.serial) {
+            return yes;
+        }
+        let yes = self.dwarf_held + b.dwarf_bytes <= self.cfg.max_dwarf_bytes;
+        if yes {
+            self.dwarf_held += b.dwarf_bytes;
+        } else {
+            self.counters.dwarf_skipped += 1;
+        }
+        self.dwarf.insert(b.serial, (yes, b.dwarf_bytes));
+        yes
     }
 
     /// Forgets a process's perf map (it exited and its samples are in).
@@ -292,7 +330,9 @@ impl Symbols {
         let resolved: Arc<[Resolved]> = if b.mem_symbols.is_empty() {
             match b.symbol_path() {
                 Some(path) => {
-                    let src = Source::Elf(Elf::new(path));
+                    let mut elf = Elf::new(path);
+                    elf.debug_syms = self.read_dwarf(b);
+                    let src = Source::Elf(elf);
                     match self.blaze.symbolize_single(&src, Input::FileOffset(offset)) {
                         Ok(Symbolized::Sym(sym)) => from_sym(&mut self.names, &sym),
                         _ => Arc::from(vec![Resolved {

@@ -122,20 +122,31 @@ pub fn parse_maps(text: &str) -> Vec<MapEntry> {
 }
 
 /// Section bytes shared between the binary cache and every process's
-/// unwinder modules.
+/// unwinder modules: a region of the file mapped read-only (its pages
+/// are the page cache's: only those the unwinder touches are resident,
+/// and the kernel may reclaim them), or a copy (the vDSO, tests).
 #[derive(Clone, Debug)]
-pub struct Bytes(Arc<[u8]>);
+pub struct Bytes(Backing);
+
+#[derive(Clone, Debug)]
+enum Backing {
+    Copied(Arc<[u8]>),
+    Mapped(Arc<memmap2::Mmap>, Range<usize>),
+}
 
 impl Default for Bytes {
     fn default() -> Bytes {
-        Bytes(Arc::from(&[][..]))
+        Bytes(Backing::Copied(Arc::from(&[][..])))
     }
 }
 
 impl Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            Backing::Copied(b) => b,
+            Backing::Mapped(m, r) => &m[r.clone()],
+        }
     }
 }
 
@@ -186,6 +197,9 @@ pub struct Binary {
     file: Option<File>,
     segments: Vec<LoadSegment>,
     unwind: Option<UnwindSections>,
+    /// Bytes of the file's DWARF sections (uncompressed): what the
+    /// symbolizer would parse for source lines and inlined functions.
+    pub dwarf_bytes: u64,
     /// Symbols of an in-memory image (vDSO only).
     pub mem_symbols: Vec<MemSymbol>,
 }
@@ -254,8 +268,13 @@ impl Binary {
 /// Largest unwind section copied (a bound on per-binary memory).
 const MAX_SECTION: u64 = 64 << 20;
 
-/// Reads the load segments and unwind sections of an ELF image.
-fn read_elf<'d, R: object::ReadRef<'d>>(data: R) -> Option<(Vec<LoadSegment>, UnwindSections)> {
+/// Reads the load segments and unwind sections of an ELF image, and the
+/// bytes of its DWARF (see [`Binary::dwarf_bytes`]). Sections of a mapped
+/// file (`map`, whose bytes `data` is) are referred to, not copied.
+fn read_elf(
+    data: &[u8],
+    map: Option<&Arc<memmap2::Mmap>>,
+) -> Option<(Vec<LoadSegment>, UnwindSections, u64)> {
     let obj = object::File::parse(data).ok()?;
     let segments = obj
         .segments()
@@ -282,12 +301,27 @@ fn read_elf<'d, R: object::ReadRef<'d>>(data: R) -> Option<(Vec<LoadSegment>, Un
         if s.size() == 0 || s.size() > MAX_SECTION {
             return None;
         }
-        let data = s.data().ok()?;
+        let section = s.data().ok()?;
+        let start = (section.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
+        let backing = match map {
+            Some(m) if start.saturating_add(section.len()) <= data.len() => {
+                Backing::Mapped(m.clone(), start..start + section.len())
+            }
+            _ => Backing::Copied(Arc::from(section)),
+        };
         Some((
             s.address()..s.address().saturating_add(s.size()),
-            Bytes(Arc::from(data)),
+            Bytes(backing),
         ))
     };
+    let dwarf_bytes = obj
+        .sections()
+        .filter(|s| {
+            s.name()
+                .is_ok_and(|n| n.starts_with(".debug_") || n.starts_with(".zdebug_"))
+        })
+        .map(|s| s.compressed_file_range().map_or(0, |r| r.uncompressed_size))
+        .sum();
     let eh_frame = bytes(".eh_frame");
     let unwind = UnwindSections {
         text: range(".text"),
@@ -307,7 +341,7 @@ fn read_elf<'d, R: object::ReadRef<'d>>(data: R) -> Option<(Vec<LoadSegment>, Un
         },
         eh_frame,
     };
-    Some((segments, unwind))
+    Some((segments, unwind, dwarf_bytes))
 }
 
 /// Symbols of an in-memory ELF image (its dynamic symbol table).
@@ -767,9 +801,12 @@ impl Unwinder {
             PathBuf::from(&e.path),
         ];
         let file = candidates.iter().find_map(|p| File::open(p).ok())?;
-        let cache = object::ReadCache::new(&file);
-        let (segments, unwind) = read_elf(&cache)?;
-        drop(cache);
+        // SAFETY: a read-only mapping of a file the agent does not
+        // write. A binary truncated in place while mapped would fault on
+        // access; binaries are replaced, not truncated, in practice, and
+        // the symbolizer maps the same files.
+        let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.ok()?);
+        let (segments, unwind, dwarf_bytes) = read_elf(&map, Some(&map))?;
         let name = e.path.rsplit('/').next().unwrap_or(&e.path);
         let serial = self.next_serial;
         self.next_serial += 1;
@@ -781,6 +818,7 @@ impl Unwinder {
             file: Some(file),
             segments,
             unwind: Some(unwind),
+            dwarf_bytes,
             mem_symbols: Vec::new(),
         }))
     }
@@ -800,7 +838,7 @@ impl Unwinder {
         let image =
             unsafe { std::slice::from_raw_parts(m.start as *const u8, (m.end - m.start) as usize) }
                 .to_vec();
-        let (segments, unwind) = read_elf(image.as_slice())?;
+        let (segments, unwind, _) = read_elf(image.as_slice(), None)?;
         let serial = self.next_serial;
         self.next_serial += 1;
         Some(Arc::new(Binary {
@@ -811,6 +849,7 @@ impl Unwinder {
             file: None,
             segments,
             unwind: Some(unwind),
+            dwarf_bytes: 0,
             mem_symbols: mem_symbols(&image),
         }))
     }
@@ -933,6 +972,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
             name: Arc::from("x"),
             path: Arc::from("/x"),
             file: None,
+            dwarf_bytes: 0,
             segments: vec![
                 LoadSegment {
                     offset: 0,
