@@ -19,3 +19,4 @@ pub mod preflight;
 pub mod print;
 pub mod profile;
 pub mod replay;
+pub mod tls;

@@ -91,6 +91,7 @@ fn load_cfg(profile_hz: Option<u32>, stack_copy: u32) -> Kernel {
         profile_hz,
         stack_copy,
         head_max: tracer_common::HEAD_MAX_DEFAULT,
+        tls_snap: 0,
     };
     let layout = KernelLayout::from_btf(&btf).expect("kernel layout");
     let kernel = Kernel::load(&cfg, &layout, &cgroup).expect("loading the programs");

@@ -1,0 +1,177 @@
+//! TLS plaintext records -> per-connection plaintext streams, handed to the
+//! same parsers as cleartext.
+//!
+//! Each TCP connection whose TLS library calls were seen gets a second,
+//! plaintext connection next to its ciphertext one: same addresses, same
+//! role, its own id ([`TLS_CONN_BIT`] set on the cookie) so that the
+//! ciphertext's verdict (silenced as TLS) and the plaintext's parser never
+//! meet. A call's bytes are one chunk at the stream's next offset; its
+//! sequence number is that of the first ciphertext byte the call moved
+//! (both ends see the same TLS record start), so rule 3 pairs the client
+//! and server spans exactly as on cleartext.
+use foldhash::{HashMap, HashMapExt};
+use protocols::stream::{Chunk, MissingKind, OpMeta, Piece};
+use tracer_common::{Dir, TlsData, TLS_SEQ_KNOWN};
+
+use crate::conntrack::ConnInfo;
+
+/// Set on the cookie of a plaintext connection (kernel cookies count up
+/// from 1 and never reach it).
+pub const TLS_CONN_BIT: u64 = 1 << 63;
+
+/// Plaintext connections tracked at once.
+const MAX_CONNS: usize = 65_536;
+
+/// Counters of the plaintext streams.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsCounters {
+    /// TLS calls whose plaintext reached the parsers.
+    pub calls: u64,
+    /// Plaintext bytes those calls moved.
+    pub bytes: u64,
+    /// Plaintext bytes beyond the copied prefix (length known, content not).
+    pub bytes_truncated: u64,
+    /// Calls whose socket was not known (no socket call inside the call, and
+    /// none remembered for its TLS object): dropped.
+    pub calls_without_conn: u64,
+    /// Calls served from the library's buffer, attributed to the socket
+    /// their TLS object used last.
+    pub calls_remembered: u64,
+    /// Records with a bad direction byte (dropped).
+    pub bad_records: u64,
+    /// Calls dropped because the plaintext table was full.
+    pub table_full: u64,
+    /// Plaintext connections ever opened.
+    pub connections: u64,
+}
+
+struct Plain {
+    info: ConnInfo,
+    /// Per direction: stream offset of the next byte.
+    offset: [u64; 2],
+    /// Per direction: sequence number just past the last call's bytes.
+    next_seq: [u32; 2],
+}
+
+/// The plaintext connections, by the cookie of their TCP socket.
+#[derive(Default)]
+pub struct TlsStreams {
+    conns: HashMap<u64, Plain>,
+    counters: TlsCounters,
+}
+
+impl TlsStreams {
+    /// No connection yet.
+    pub fn new() -> TlsStreams {
+        TlsStreams {
+            conns: HashMap::new(),
+            counters: TlsCounters::default(),
+        }
+    }
+
+    /// One TLS call's plaintext on the connection `tcp` (the ciphertext's
+    /// socket, `None` when not known): `deliver` gets the plaintext
+    /// connection, the direction and the chunk.
+    pub fn on_data(
+        &mut self,
+        hdr: &TlsData,
+        data: &[u8],
+        tcp: Option<&ConnInfo>,
+        deliver: &mut impl FnMut(&ConnInfo, Dir, &Chunk<'_>),
+    ) {
+        let Some(dir) = Dir::from_u8(hdr.dir) else {
+            self.counters.bad_records += 1;
+            return;
+        };
+        let Some(tcp) = tcp.filter(|_| hdr.cookie != 0) else {
+            self.counters.calls_without_conn += 1;
+            return;
+        };
+        if !self.conns.contains_key(&hdr.cookie) && self.conns.len() >= MAX_CONNS {
+            self.counters.table_full += 1;
+            return;
+        }
+        let counters = &mut self.counters;
+        let plain = self.conns.entry(hdr.cookie).or_insert_with(|| {
+            counters.connections += 1;
+            let mut info = tcp.clone();
+            info.cookie = tcp.cookie | TLS_CONN_BIT;
+            info.tls = true;
+            Plain {
+                info,
+                offset: [0; 2],
+                next_seq: [0; 2],
+            }
+        });
+        // Addresses and role may have been learned since.
+        plain.info.local = tcp.local;
+        plain.info.remote = tcp.remote;
+        plain.info.role = tcp.role;
+        plain.info.pid = hdr.pid;
+        plain.info.comm = hdr.comm;
+        let d = dir as usize;
+        let seq = if hdr.flags & TLS_SEQ_KNOWN != 0 {
+            hdr.seq
+        } else {
+            counters.calls_remembered += 1;
+            plain.next_seq[d]
+        };
+        let captured = data.len().min(hdr.len as usize);
+        let data = &data[..captured];
+        let rest = hdr.len - captured as u32;
+        let pieces_buf;
+        let pieces: &[Piece<'_>] = if rest > 0 {
+            pieces_buf = [
+                Piece::Data(data),
+                Piece::Missing {
+                    len: rest,
+                    why: MissingKind::Truncated,
+                },
+            ];
+            if data.is_empty() {
+                &pieces_buf[1..]
+            } else {
+                &pieces_buf
+            }
+        } else {
+            pieces_buf = [Piece::Data(data), Piece::Data(&[])];
+            &pieces_buf[..1]
+        };
+        let chunk = Chunk {
+            seq,
+            offset: plain.offset[d],
+            len: hdr.len,
+            op: Some(OpMeta {
+                pid: hdr.pid,
+                tid: hdr.tid,
+                ts_ns: hdr.ts_ns,
+            }),
+            // The call was entered before its first byte left: a request
+            // written starts there.
+            seg_ts_ns: Some(hdr.start_ns),
+            pieces,
+        };
+        plain.offset[d] += u64::from(hdr.len);
+        plain.next_seq[d] = seq.wrapping_add(hdr.len);
+        counters.calls += 1;
+        counters.bytes += u64::from(hdr.len);
+        counters.bytes_truncated += u64::from(rest);
+        deliver(&plain.info, dir, &chunk);
+    }
+
+    /// The TCP connection `cookie` is gone: its plaintext connection, if it
+    /// had one, is closed too.
+    pub fn closed(&mut self, cookie: u64) -> Option<ConnInfo> {
+        self.conns.remove(&cookie).map(|p| p.info)
+    }
+
+    /// Plaintext connections open now.
+    pub fn live(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &TlsCounters {
+        &self.counters
+    }
+}
