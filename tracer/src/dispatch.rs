@@ -220,7 +220,19 @@ pub struct Dispatcher<O: SpanOut> {
     /// Processes whose connections were found to carry TLS ciphertext
     /// since the last [`Dispatcher::take_tls_seen`].
     tls_seen: Vec<u32>,
+    /// TLS connections no plaintext came for yet: cookie -> (pid, when
+    /// their ciphertext was recognised).
+    tls_waiting: foldhash::HashMap<u64, (u32, u64)>,
+    /// Processes whose TLS connection carried no plaintext in time.
+    tls_unseen: Vec<u32>,
 }
+
+/// TLS connections waiting for their first plaintext, at most.
+const TLS_WAITING_MAX: usize = 4096;
+
+/// A TLS connection whose plaintext did not show up this long after its
+/// ciphertext was recognised is one the probes do not cover.
+const TLS_PLAINTEXT_WAIT_NS: u64 = 2_000_000_000;
 
 impl<O: SpanOut> Dispatcher<O> {
     /// A dispatcher over fresh connection state.
@@ -230,6 +242,8 @@ impl<O: SpanOut> Dispatcher<O> {
             stages,
             reader: ReaderCounters::default(),
             tls_seen: Vec::new(),
+            tls_waiting: Default::default(),
+            tls_unseen: Vec::new(),
         }
     }
 
@@ -269,6 +283,7 @@ impl<O: SpanOut> Dispatcher<O> {
             Ok(Record::TlsData(hdr, data)) => {
                 s.now_ns = s.now_ns.max(hdr.ts_ns);
                 s.saw_pid(hdr.pid, &hdr.comm, hdr.ts_ns);
+                self.tls_waiting.remove(&hdr.cookie);
                 let tcp = (hdr.cookie != 0).then(|| self.conns.touch(hdr.cookie, hdr.ts_ns));
                 s.tls_data(&hdr, data, tcp);
                 hdr.ts_ns
@@ -317,6 +332,10 @@ impl<O: SpanOut> Dispatcher<O> {
                 {
                     if let Some(pid) = self.conns.pid_of(*cookie) {
                         self.tls_seen.push(pid);
+                        if self.tls_waiting.len() < TLS_WAITING_MAX && !s.tls.has_plaintext(*cookie)
+                        {
+                            self.tls_waiting.insert(*cookie, (pid, s.now_ns));
+                        }
                     }
                 }
             }
@@ -326,7 +345,22 @@ impl<O: SpanOut> Dispatcher<O> {
                 }
             }
         }
+        let now = s.now_ns;
+        let unseen = &mut self.tls_unseen;
+        self.tls_waiting.retain(|_, &mut (pid, since)| {
+            let waiting = now.saturating_sub(since) < TLS_PLAINTEXT_WAIT_NS;
+            if !waiting {
+                unseen.push(pid);
+            }
+            waiting
+        });
         self.conns.take_ctl_updates()
+    }
+
+    /// Processes whose TLS connection carried no plaintext in time since
+    /// the last call: the TLS attachment reports them as not covered.
+    pub fn take_tls_without_plaintext(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.tls_unseen)
     }
 
     /// Processes seen speaking TLS on a connection since the last call

@@ -61,9 +61,13 @@ fn after_drain(
     let (updates, entries) = d.after_drain(monotonic_ns());
     ctl.apply(&updates, entries);
     let seen = d.take_tls_seen();
+    let unseen = d.take_tls_without_plaintext();
     if let Some(tls) = tls {
         for pid in seen {
             tls.tls_seen(pid, kernel);
+        }
+        for pid in unseen {
+            tls.no_plaintext(pid, kernel);
         }
     }
 }

@@ -194,8 +194,7 @@ impl TlsAttach {
             match self.procs.get(&pid) {
                 Some(p) if p.exe == exe => {}
                 Some(_) => {
-                    self.forget(pid, kernel);
-                    self.scan(pid, exe, kernel);
+                    self.rescan(pid, kernel);
                 }
                 None => self.scan(pid, exe, kernel),
             }
@@ -211,20 +210,39 @@ impl TlsAttach {
         }
     }
 
-    /// A TLS connection of `pid` was seen. When none of its files is
-    /// probed, it is looked at again (a library loaded since); still none:
-    /// its executable is reported once as not covered. Returns true when
-    /// the process is covered.
-    pub fn tls_seen(&mut self, pid: u32, kernel: &mut Kernel) -> bool {
+    /// A TLS connection of `pid` was seen: when none of its files is
+    /// probed, it is looked at again (a library loaded since, e.g. Python's
+    /// `ssl` imported late).
+    pub fn tls_seen(&mut self, pid: u32, kernel: &mut Kernel) {
         let pid = Pid(pid);
         if self.procs.get(&pid).is_some_and(|p| !p.files.is_empty()) {
-            return true;
+            return;
         }
+        self.rescan(pid, kernel);
+    }
+
+    /// Looks at a process again; true when that attached a file.
+    fn rescan(&mut self, pid: Pid, kernel: &mut Kernel) -> bool {
+        let before = self.counters.files_attached;
         let exe = file_id(&self.proc_root.join(pid.0.to_string()).join("exe"));
-        self.forget(pid, kernel);
+        // Scanned before forgetting: a file it keeps mapping stays attached.
+        let old = self.procs.remove(&pid);
         self.scan(pid, exe, kernel);
-        if self.procs.get(&pid).is_some_and(|p| !p.files.is_empty()) {
-            return true;
+        if let Some(old) = old {
+            self.release(old.files, kernel);
+        }
+        self.counters.files_attached > before
+    }
+
+    /// A TLS connection of `pid` carried ciphertext and no plaintext came
+    /// from any probe: after another look at the process (a library loaded
+    /// since is attached then), its executable is reported once as not
+    /// covered.
+    pub fn no_plaintext(&mut self, pid: u32, kernel: &mut Kernel) {
+        let pid = Pid(pid);
+        let exe = file_id(&self.proc_root.join(pid.0.to_string()).join("exe"));
+        if self.rescan(pid, kernel) {
+            return;
         }
         if let Some(exe) = exe {
             if self.reported.insert(exe) {
@@ -235,13 +253,12 @@ impl TlsAttach {
                 tracing::warn!(
                     pid = pid.0,
                     executable = %path,
-                    "TLS not covered: this program speaks TLS through a library the agent \
-                     cannot probe (stripped or unknown); its encrypted traffic is counted, \
-                     not traced"
+                    "TLS not covered: this program's TLS connection carried no plaintext \
+                     the agent could see (a TLS library without symbols, or unknown); its \
+                     encrypted traffic is counted, not traced"
                 );
             }
         }
-        false
     }
 
     fn scan(&mut self, pid: Pid, exe: Option<FileId>, kernel: &mut Kernel) {
@@ -327,10 +344,14 @@ impl TlsAttach {
     }
 
     fn forget(&mut self, pid: Pid, kernel: &mut Kernel) {
-        let Some(proc) = self.procs.remove(&pid) else {
-            return;
-        };
-        for id in proc.files {
+        if let Some(proc) = self.procs.remove(&pid) {
+            self.release(proc.files, kernel);
+        }
+    }
+
+    /// One process fewer maps `files`: a file nobody maps is detached.
+    fn release(&mut self, files: Vec<FileId>, kernel: &mut Kernel) {
+        for id in files {
             let Some(f) = self.files.get_mut(&id) else {
                 continue;
             };

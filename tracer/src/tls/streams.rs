@@ -165,6 +165,11 @@ impl TlsStreams {
         self.conns.remove(&cookie).map(|p| p.info)
     }
 
+    /// Whether plaintext of TCP connection `cookie` was seen.
+    pub fn has_plaintext(&self, cookie: u64) -> bool {
+        self.conns.contains_key(&cookie)
+    }
+
     /// Plaintext connections open now.
     pub fn live(&self) -> usize {
         self.conns.len()
