@@ -255,3 +255,74 @@ fn uncovered_tls_library_is_reported_and_makes_no_span() {
     assert!(out.counter("tls.not_covered").unwrap_or(0) >= 1);
     assert!(out.counter("connections.silenced_tls").unwrap_or(0) >= 1);
 }
+
+fn bpftool_ids(what: &str, field: &str) -> Vec<u64> {
+    let out = run_ok(Command::new("bpftool").args(["-j", what, "show"]));
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Array(vec![]));
+    v.as_array()
+        .map(|a| a.iter().filter_map(|x| x[field].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn tls_probes_leave_nothing_attached_after_exit() {
+    let Some(_g) = root_test("tls_probes_leave_nothing_attached_after_exit") else {
+        return;
+    };
+    require_tool("bpftool");
+    let dir = TempDir::new("tracer-tls");
+    let (cert, key) = certificate(dir.path());
+    // nginx maps libssl.so.3: its probes are attached while the agent runs.
+    let _nginx = tls_nginx(&cert, &key);
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let agent = Agent::start(&["--print", "none", "--profile-hz", "0"]);
+        let ids: Vec<u64> = agent.program_ids.iter().map(|&i| u64::from(i)).collect();
+        let names = bpftool_names(&ids);
+        let tls_ids: Vec<u64> = ids
+            .iter()
+            .zip(&names)
+            .filter(|(_, n)| n.starts_with("ssl_"))
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(tls_ids.len(), 5, "the TLS programs are loaded: {names:?}");
+        let attached: Vec<u64> = bpftool_ids("link", "prog_id")
+            .into_iter()
+            .chain(bpftool_ids("perf", "prog_id"))
+            .collect();
+        for id in &tls_ids {
+            assert!(
+                attached.contains(id),
+                "TLS program {id} attached while running"
+            );
+        }
+        // SAFETY: kill(2) on the agent we started.
+        unsafe { libc::kill(agent.pid() as i32, signal) };
+        let out = agent.stop(Duration::ZERO);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        let loaded = bpftool_ids("prog", "id");
+        let attached: Vec<u64> = bpftool_ids("link", "prog_id")
+            .into_iter()
+            .chain(bpftool_ids("perf", "prog_id"))
+            .collect();
+        for id in &ids {
+            assert!(!loaded.contains(id), "program {id} loaded after exit");
+            assert!(!attached.contains(id), "program {id} attached after exit");
+        }
+    }
+}
+
+/// Names of the programs `ids`, in their order.
+fn bpftool_names(ids: &[u64]) -> Vec<String> {
+    let out = run_ok(Command::new("bpftool").args(["-j", "prog", "show"]));
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Array(vec![]));
+    let all = v.as_array().cloned().unwrap_or_default();
+    ids.iter()
+        .map(|id| {
+            all.iter()
+                .find(|p| p["id"].as_u64() == Some(*id))
+                .and_then(|p| p["name"].as_str())
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}

@@ -180,3 +180,140 @@ impl TlsStreams {
         &self.counters
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::Role;
+    use tracer_common::{Tag, TLS_CONN_REMEMBERED};
+
+    fn tcp() -> ConnInfo {
+        ConnInfo {
+            cookie: 42,
+            local: "127.0.0.1:50000".parse().ok(),
+            remote: "127.0.0.1:443".parse().ok(),
+            role: Role::Client,
+            pid: 0,
+            comm: [0; 16],
+            tls: false,
+        }
+    }
+
+    fn hdr(dir: Dir, len: u32, captured: u32, seq: Option<u32>) -> TlsData {
+        TlsData {
+            tag: Tag::TlsData as u8,
+            dir: dir as u8,
+            flags: if seq.is_some() {
+                TLS_SEQ_KNOWN
+            } else {
+                TLS_CONN_REMEMBERED
+            },
+            _pad: 0,
+            len,
+            ts_ns: 2_000,
+            start_ns: 1_000,
+            cookie: 42,
+            pid: 7,
+            tid: 8,
+            seq: seq.unwrap_or(0),
+            captured_len: captured,
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    /// (conn cookie, tls, dir, seq, offset, len, captured, truncated, op ts, seg ts)
+    type Seen = (
+        u64,
+        bool,
+        Dir,
+        u32,
+        u64,
+        u32,
+        Vec<u8>,
+        u64,
+        u64,
+        Option<u64>,
+    );
+
+    fn feed(t: &mut TlsStreams, h: &TlsData, data: &[u8], tcp: Option<&ConnInfo>) -> Vec<Seen> {
+        let mut seen = Vec::new();
+        t.on_data(h, data, tcp, &mut |c, d, ch| {
+            let captured: Vec<u8> = ch
+                .pieces
+                .iter()
+                .flat_map(|p| match p {
+                    Piece::Data(b) => b.to_vec(),
+                    Piece::Missing { .. } => Vec::new(),
+                })
+                .collect();
+            seen.push((
+                c.cookie,
+                c.tls,
+                d,
+                ch.seq,
+                ch.offset,
+                ch.len,
+                captured,
+                ch.missing(MissingKind::Truncated),
+                ch.op.map(|o| o.ts_ns).unwrap_or(0),
+                ch.seg_ts_ns,
+            ));
+        });
+        seen
+    }
+
+    #[test]
+    fn calls_become_chunks_of_a_plaintext_connection() {
+        let mut t = TlsStreams::new();
+        let conn = tcp();
+        let req = b"GET / HTTP/1.1\r\n\r\n";
+        let seen = feed(&mut t, &hdr(Dir::Send, 18, 18, Some(100)), req, Some(&conn));
+        assert_eq!(
+            seen,
+            vec![(
+                42 | TLS_CONN_BIT,
+                true,
+                Dir::Send,
+                100,
+                0,
+                18,
+                req.to_vec(),
+                0,
+                2_000,
+                Some(1_000)
+            )]
+        );
+        // A cut copy: the rest is truncated, not lost; offsets go on.
+        let seen = feed(
+            &mut t,
+            &hdr(Dir::Send, 10, 4, Some(500)),
+            b"GET ",
+            Some(&conn),
+        );
+        assert_eq!((seen[0].3, seen[0].4, seen[0].7), (500, 18, 6));
+        // A read served from the library's buffer continues the sequence
+        // after the previous read.
+        feed(&mut t, &hdr(Dir::Recv, 30, 0, Some(900)), b"", Some(&conn));
+        let seen = feed(&mut t, &hdr(Dir::Recv, 5, 5, None), b"HTTP/", Some(&conn));
+        assert_eq!((seen[0].3, seen[0].4), (930, 30));
+        assert_eq!(t.counters().calls_remembered, 1);
+        assert_eq!(t.counters().calls, 4);
+        assert!(t.has_plaintext(42));
+        let closed = t.closed(42).map(|c| c.cookie);
+        assert_eq!(closed, Some(42 | TLS_CONN_BIT));
+        assert_eq!(t.live(), 0);
+    }
+
+    #[test]
+    fn calls_without_a_socket_are_counted_not_parsed() {
+        let mut t = TlsStreams::new();
+        let mut h = hdr(Dir::Send, 4, 4, Some(1));
+        assert!(feed(&mut t, &h, b"GET ", None).is_empty());
+        h.cookie = 0;
+        assert!(feed(&mut t, &h, b"GET ", Some(&tcp())).is_empty());
+        h.dir = 9;
+        assert!(feed(&mut t, &h, b"GET ", Some(&tcp())).is_empty());
+        assert_eq!(t.counters().calls_without_conn, 2);
+        assert_eq!(t.counters().bad_records, 1);
+    }
+}
