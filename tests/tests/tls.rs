@@ -284,7 +284,7 @@ fn tls_probes_leave_nothing_attached_after_exit() {
             .filter(|(_, n)| n.starts_with("ssl_"))
             .map(|(i, _)| *i)
             .collect();
-        assert_eq!(tls_ids.len(), 5, "the TLS programs are loaded: {names:?}");
+        assert_eq!(tls_ids.len(), 6, "the TLS programs are loaded: {names:?}");
         let attached: Vec<u64> = bpftool_ids("link", "prog_id")
             .into_iter()
             .chain(bpftool_ids("perf", "prog_id"))

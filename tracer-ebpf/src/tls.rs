@@ -281,6 +281,18 @@ fn leave(ctx: &RetProbeContext) {
     held.publish(size_of::<TlsData>() + n as usize);
 }
 
+/// The TLS object is freed: the socket remembered for it goes.
+#[uprobe]
+pub fn ssl_free(ctx: ProbeContext) -> u32 {
+    let ssl: u64 = ctx.arg(0).unwrap_or(0);
+    let key = SslKey {
+        pid: bpf_get_current_pid_tgid() >> 32,
+        ssl,
+    };
+    let _ = TLS_CONNS.remove(&key);
+    0
+}
+
 #[inline(always)]
 fn comm_word(comm: &[u8; 16], at: usize) -> [u8; 8] {
     let mut w = [0u8; 8];

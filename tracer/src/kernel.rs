@@ -62,12 +62,13 @@ fn wake_shift(wakeup_bytes: u64, lane_bytes: u64) -> u32 {
 }
 
 /// The TLS programs (entry probes, then the shared return probe).
-const TLS_PROGRAMS: [&str; 5] = [
+const TLS_PROGRAMS: [&str; 6] = [
     tls_programs::WRITE,
     tls_programs::WRITE_EX,
     tls_programs::READ,
     tls_programs::READ_EX,
     tls_programs::RET,
+    tls_programs::FREE,
 ];
 
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));

@@ -110,6 +110,8 @@ pub mod tls_programs {
     pub const READ_EX: &str = "ssl_read_ex";
     /// The return of any of them.
     pub const RET: &str = "ssl_ret";
+    /// `SSL_free` entry: the TLS object's remembered socket is forgotten.
+    pub const FREE: &str = "ssl_free";
 }
 
 /// At a socket's close, what the programs counted for it in place of the

@@ -37,12 +37,14 @@ pub struct FileId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Pid(pub u32);
 
-/// The functions probed, with the entry program of each.
-const FUNCTIONS: [(&str, &str); 4] = [
+/// The functions probed, with the entry program of each (all but
+/// `SSL_free` also get the return program).
+const FUNCTIONS: [(&str, &str); 5] = [
     ("SSL_write", tls_programs::WRITE),
     ("SSL_write_ex", tls_programs::WRITE_EX),
     ("SSL_read", tls_programs::READ),
     ("SSL_read_ex", tls_programs::READ_EX),
+    ("SSL_free", tls_programs::FREE),
 ];
 
 /// Files remembered as holding nothing to probe (the set is cleared when it
@@ -305,12 +307,14 @@ impl TlsAttach {
                 return false;
             }
         };
-        if offsets.is_empty() {
+        // SSL_free alone is no TLS library to probe.
+        if offsets.iter().all(|(p, _)| *p == tls_programs::FREE) {
             return false;
         }
         let mut links = Vec::new();
         for (prog, off) in offsets {
-            for name in [prog, tls_programs::RET] {
+            let ret = (prog != tls_programs::FREE).then_some(tls_programs::RET);
+            for name in std::iter::once(prog).chain(ret) {
                 let Some(p) = kernel.uprobe(name) else {
                     continue;
                 };
@@ -422,7 +426,8 @@ mod tests {
                 tls_programs::WRITE,
                 tls_programs::WRITE_EX,
                 tls_programs::READ,
-                tls_programs::READ_EX
+                tls_programs::READ_EX,
+                tls_programs::FREE
             ]
         );
         assert!(found.iter().all(|(_, off)| *off > 0));
