@@ -15,6 +15,7 @@ use std::{
     fs::File,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
@@ -81,7 +82,14 @@ struct Proc {
     exe: Option<FileId>,
     /// The attached files it maps.
     files: Vec<FileId>,
+    /// When its TLS traffic last made the agent read it again, and whether
+    /// that attached a file.
+    rescanned: Option<(Instant, bool)>,
 }
+
+/// A process whose TLS traffic is not covered is read again at most this
+/// often (a client without probes may open many TLS connections a second).
+const RESCAN_EVERY: Duration = Duration::from_secs(5);
 
 /// Per-file probes and the processes that use them.
 pub struct TlsAttach {
@@ -223,13 +231,25 @@ impl TlsAttach {
         self.rescan(pid, kernel);
     }
 
-    /// Looks at a process again; true when that attached a file.
+    /// Looks at a process again (at most every [`RESCAN_EVERY`]); true
+    /// when that attached a file.
     fn rescan(&mut self, pid: Pid, kernel: &mut Kernel) -> bool {
+        let now = Instant::now();
+        if let Some(p) = self.procs.get_mut(&pid) {
+            if p.rescanned
+                .is_some_and(|t| now.duration_since(t) < RESCAN_EVERY)
+            {
+                return false;
+            }
+        }
         let before = self.counters.files_attached;
         let exe = file_id(&self.proc_root.join(pid.0.to_string()).join("exe"));
         // Scanned before forgetting: a file it keeps mapping stays attached.
         let old = self.procs.remove(&pid);
         self.scan(pid, exe, kernel);
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.rescanned = Some(now);
+        }
         if let Some(old) = old {
             self.release(old.files, kernel);
         }
@@ -268,7 +288,7 @@ impl TlsAttach {
         let base = self.proc_root.join(pid.0.to_string());
         let mut proc = Proc {
             exe,
-            files: Vec::new(),
+            ..Proc::default()
         };
         let maps = std::fs::read_to_string(base.join("maps")).unwrap_or_default();
         for path in mapped_files(&maps) {
