@@ -232,14 +232,13 @@ impl TlsAttach {
     }
 
     /// Looks at a process again (at most every [`RESCAN_EVERY`]); true
-    /// when that attached a file.
+    /// when that (or the last look, when it was too recent) attached a
+    /// file.
     fn rescan(&mut self, pid: Pid, kernel: &mut Kernel) -> bool {
         let now = Instant::now();
-        if let Some(p) = self.procs.get_mut(&pid) {
-            if p.rescanned
-                .is_some_and(|t| now.duration_since(t) < RESCAN_EVERY)
-            {
-                return false;
+        if let Some((at, attached)) = self.procs.get(&pid).and_then(|p| p.rescanned) {
+            if now.duration_since(at) < RESCAN_EVERY {
+                return attached;
             }
         }
         let before = self.counters.files_attached;
@@ -247,13 +246,14 @@ impl TlsAttach {
         // Scanned before forgetting: a file it keeps mapping stays attached.
         let old = self.procs.remove(&pid);
         self.scan(pid, exe, kernel);
+        let attached = self.counters.files_attached > before;
         if let Some(p) = self.procs.get_mut(&pid) {
-            p.rescanned = Some(now);
+            p.rescanned = Some((now, attached));
         }
         if let Some(old) = old {
             self.release(old.files, kernel);
         }
-        self.counters.files_attached > before
+        attached
     }
 
     /// A TLS connection of `pid` carried ciphertext and no plaintext came
