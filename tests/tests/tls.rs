@@ -123,6 +123,20 @@ fn nginx_over_tls_with_curl_and_python_clients() {
     for p in &curl_paths {
         curl(&format!("{base}{p}"));
     }
+    // Secrets in the plaintext never leave the host.
+    let code = run_ok(Command::new("curl").args([
+        "-sk",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Authorization: Bearer tls-secret-token",
+        "-H",
+        "Cookie: session=tls-secret-cookie",
+        &format!("{base}/tls-secret?key=tls-secret-query"),
+    ]));
+    assert_eq!(code.trim(), "200");
     let py_paths = paths("/tls-py-", 3);
     let mut args = vec!["urllib", base.as_str()];
     args.extend(py_paths.iter().map(String::as_str));
@@ -136,7 +150,7 @@ fn nginx_over_tls_with_curl_and_python_clients() {
         .chain(&py_paths)
         .chain(&ka_paths)
         .collect();
-    let want = all.len() * 2;
+    let want = all.len() * 2 + 2;
     receiver.wait_for(Duration::from_secs(30), |s| {
         s.iter()
             .filter(|s| attr(s, "url.path").starts_with("/tls-"))
@@ -150,6 +164,11 @@ fn nginx_over_tls_with_curl_and_python_clients() {
     }
     for p in py_paths.iter().chain(&ka_paths) {
         assert_linked(&spans, p, "tls_client", &out.stderr);
+    }
+    assert_linked(&spans, "/tls-secret", "curl", &out.stderr);
+    let raw = receiver.raw();
+    for secret in ["tls-secret-token", "tls-secret-cookie", "tls-secret-query"] {
+        assert!(!raw.contains(secret), "{secret} was exported");
     }
     assert!(
         out.counter("tls.calls").unwrap_or(0) >= want as u64,
