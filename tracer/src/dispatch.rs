@@ -223,8 +223,9 @@ pub struct Dispatcher<O: SpanOut> {
     /// TLS connections no plaintext came for yet: cookie -> (pid, when
     /// their ciphertext was recognised).
     tls_waiting: foldhash::HashMap<u64, (u32, u64)>,
-    /// Processes whose TLS connection carried no plaintext in time.
-    tls_unseen: Vec<u32>,
+    /// Processes whose TLS connection carried no plaintext in time, with
+    /// when that connection's ciphertext was recognised.
+    tls_unseen: Vec<(u32, u64)>,
 }
 
 /// TLS connections waiting for their first plaintext, at most.
@@ -330,7 +331,9 @@ impl<O: SpanOut> Dispatcher<O> {
                     reason: Silence::Tls,
                 } = r
                 {
-                    if let Some(pid) = self.conns.pid_of(*cookie) {
+                    let pid = self.conns.pid_of(*cookie);
+                    tracing::debug!(cookie, ?pid, "TLS ciphertext recognised");
+                    if let Some(pid) = pid {
                         self.tls_seen.push(pid);
                         if self.tls_waiting.len() < TLS_WAITING_MAX && !s.tls.has_plaintext(*cookie)
                         {
@@ -350,7 +353,7 @@ impl<O: SpanOut> Dispatcher<O> {
         self.tls_waiting.retain(|_, &mut (pid, since)| {
             let waiting = now.saturating_sub(since) < TLS_PLAINTEXT_WAIT_NS;
             if !waiting {
-                unseen.push(pid);
+                unseen.push((pid, since));
             }
             waiting
         });
@@ -359,7 +362,7 @@ impl<O: SpanOut> Dispatcher<O> {
 
     /// Processes whose TLS connection carried no plaintext in time since
     /// the last call: the TLS attachment reports them as not covered.
-    pub fn take_tls_without_plaintext(&mut self) -> Vec<u32> {
+    pub fn take_tls_without_plaintext(&mut self) -> Vec<(u32, u64)> {
         std::mem::take(&mut self.tls_unseen)
     }
 

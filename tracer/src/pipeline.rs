@@ -66,8 +66,8 @@ fn after_drain(
         for pid in seen {
             tls.tls_seen(pid, kernel);
         }
-        for pid in unseen {
-            tls.no_plaintext(pid, kernel);
+        for (pid, seen_ns) in unseen {
+            tls.no_plaintext(pid, seen_ns, kernel);
         }
     }
 }

@@ -23,7 +23,7 @@ use foldhash::{HashMap, HashMapExt};
 use object::{Object, ObjectSection, ObjectSymbol};
 use tracer_common::tls_programs;
 
-use crate::kernel::Kernel;
+use crate::{clock::monotonic_ns, kernel::Kernel};
 
 /// A file, as the kernel knows it (device and inode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -82,9 +82,10 @@ struct Proc {
     exe: Option<FileId>,
     /// The attached files it maps.
     files: Vec<FileId>,
-    /// When its TLS traffic last made the agent read it again, and whether
-    /// that attached a file.
-    rescanned: Option<(Instant, bool)>,
+    /// When its TLS traffic last made the agent read it again.
+    rescanned: Option<Instant>,
+    /// Since when (kernel monotonic ns) it has mapped a probed file.
+    covered_since_ns: Option<u64>,
 }
 
 /// A process whose TLS traffic is not covered is read again at most this
@@ -204,9 +205,14 @@ impl TlsAttach {
             match self.procs.get(&pid) {
                 Some(p) if p.exe == exe => {}
                 Some(_) => {
-                    self.rescan(pid, kernel);
+                    // Another program (exec): read afresh.
+                    let old = self.procs.remove(&pid);
+                    self.scan(pid, exe, None, kernel);
+                    if let Some(old) = old {
+                        self.release(old.files, kernel);
+                    }
                 }
-                None => self.scan(pid, exe, kernel),
+                None => self.scan(pid, exe, None, kernel),
             }
         }
         let gone: Vec<Pid> = self
@@ -231,39 +237,48 @@ impl TlsAttach {
         self.rescan(pid, kernel);
     }
 
-    /// Looks at a process again (at most every [`RESCAN_EVERY`]); true
-    /// when that (or the last look, when it was too recent) attached a
-    /// file.
-    fn rescan(&mut self, pid: Pid, kernel: &mut Kernel) -> bool {
+    /// Looks at a process again (at most every [`RESCAN_EVERY`]).
+    fn rescan(&mut self, pid: Pid, kernel: &mut Kernel) {
         let now = Instant::now();
-        if let Some((at, attached)) = self.procs.get(&pid).and_then(|p| p.rescanned) {
-            if now.duration_since(at) < RESCAN_EVERY {
-                return attached;
-            }
+        let old = self.procs.get(&pid);
+        if old
+            .and_then(|p| p.rescanned)
+            .is_some_and(|at| now.duration_since(at) < RESCAN_EVERY)
+        {
+            return;
         }
-        let before = self.counters.files_attached;
+        let covered = old.and_then(|p| p.covered_since_ns);
         let exe = file_id(&self.proc_root.join(pid.0.to_string()).join("exe"));
         // Scanned before forgetting: a file it keeps mapping stays attached.
         let old = self.procs.remove(&pid);
-        self.scan(pid, exe, kernel);
-        let attached = self.counters.files_attached > before;
+        self.scan(pid, exe, covered, kernel);
         if let Some(p) = self.procs.get_mut(&pid) {
-            p.rescanned = Some((now, attached));
+            p.rescanned = Some(now);
         }
         if let Some(old) = old {
             self.release(old.files, kernel);
         }
-        attached
     }
 
-    /// A TLS connection of `pid` carried ciphertext and no plaintext came
-    /// from any probe: after another look at the process (a library loaded
-    /// since is attached then), its executable is reported once as not
-    /// covered.
-    pub fn no_plaintext(&mut self, pid: u32, kernel: &mut Kernel) {
+    /// A TLS connection of `pid`, recognised at `seen_ns` (kernel monotonic),
+    /// carried ciphertext and no plaintext came from any probe. After
+    /// another look at the process (a library loaded since is attached
+    /// then), its executable is reported once as not covered, unless the
+    /// process got its probes only after that connection began (its next
+    /// connections will tell).
+    pub fn no_plaintext(&mut self, pid: u32, seen_ns: u64, kernel: &mut Kernel) {
         let pid = Pid(pid);
         let exe = file_id(&self.proc_root.join(pid.0.to_string()).join("exe"));
-        if self.rescan(pid, kernel) {
+        self.rescan(pid, kernel);
+        let since = self.procs.get(&pid).and_then(|p| p.covered_since_ns);
+        tracing::debug!(
+            pid = pid.0,
+            ?exe,
+            ?since,
+            seen_ns,
+            "TLS connection without plaintext"
+        );
+        if since.is_some_and(|t| t > seen_ns) {
             return;
         }
         if let Some(exe) = exe {
@@ -283,7 +298,15 @@ impl TlsAttach {
         }
     }
 
-    fn scan(&mut self, pid: Pid, exe: Option<FileId>, kernel: &mut Kernel) {
+    /// Reads a process's mappings; `covered_since_ns`: since when it was
+    /// covered, if it was before.
+    fn scan(
+        &mut self,
+        pid: Pid,
+        exe: Option<FileId>,
+        covered_since_ns: Option<u64>,
+        kernel: &mut Kernel,
+    ) {
         self.counters.processes_scanned += 1;
         let base = self.proc_root.join(pid.0.to_string());
         let mut proc = Proc {
@@ -313,6 +336,9 @@ impl TlsAttach {
                 }
                 self.checked.insert(id);
             }
+        }
+        if !proc.files.is_empty() {
+            proc.covered_since_ns = Some(covered_since_ns.unwrap_or_else(monotonic_ns));
         }
         self.procs.insert(pid, proc);
     }
