@@ -333,7 +333,17 @@ fn nothing_stays_attached_after_exit() {
     };
     require_tool("bpftool");
     for (signal, profile_hz, programs) in [(libc::SIGINT, "99", 6), (libc::SIGTERM, "0", 5)] {
-        let agent = Agent::start(&["--print", "none", "--profile-hz", profile_hz]);
+        // TLS probes are attached per file as processes need them (see
+        // tls.rs for their exit check): off here, so every program loaded
+        // is attached.
+        let agent = Agent::start(&[
+            "--print",
+            "none",
+            "--profile-hz",
+            profile_hz,
+            "--tls-snap-len",
+            "0",
+        ]);
         let ids = agent.program_ids.clone();
         assert_eq!(
             ids.len(),

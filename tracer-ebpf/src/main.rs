@@ -23,6 +23,11 @@
 //! is woken when a lane's producer crosses a multiple of `1 << WAKE_SHIFT`
 //! (from `--wakeup-bytes`).
 //!
+//! - `ssl_*` (uprobes and a uretprobe on TLS libraries, attached per file
+//!   by the agent): one TLS record per call that moved plaintext, with the
+//!   socket cookie and ciphertext sequence number learned from the socket
+//!   calls made inside it ([`tls`]).
+//!
 //! Kernel structs are read directly through the typed (BTF) pointers the
 //! tracepoints hand over, at offsets the agent reads from the running
 //! kernel's BTF and sets before load (read-only globals, which the verifier
@@ -42,6 +47,7 @@ mod sample;
 mod sock;
 mod sources;
 mod state;
+mod tls;
 
 use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
@@ -73,6 +79,8 @@ static OP_WAKE_SHIFT: u32 = 16;
 static STRICT_PUBLISH: u32 = 1;
 #[no_mangle]
 static NR_CPUS: u32 = 1;
+#[no_mangle]
+static TLS_SNAP: u32 = 0;
 // Field offsets read from the running kernel's BTF by the agent: aya-ebpf
 // has no CO-RE relocations, and these layouts differ between kernels.
 #[no_mangle]

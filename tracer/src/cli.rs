@@ -106,6 +106,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = SNAP_LEN_DEFAULT)]
     pub snap_len: u32,
 
+    /// Plaintext bytes copied per TLS library call (SSL_write, SSL_read and
+    /// their _ex forms, probed in every OpenSSL library and executable with
+    /// those symbols; 0 to 16384). 0 turns TLS capture off: no uprobe is
+    /// attached and encrypted connections are only counted.
+    #[arg(long, value_name = "BYTES", default_value_t = tracer_common::TLS_SNAP_DEFAULT)]
+    pub tls_snap_len: u32,
+
     /// Capture buffer of each CPU in bytes (its "lane": calls and packets
     /// of that CPU; rounded up to a power of two of 256 KiB, at most
     /// 1 GiB). Bigger
@@ -236,6 +243,12 @@ pub struct RunArgs {
 /// and the rule it breaks.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `--tls-snap-len` above the kernel side's buffer.
+    #[error("invalid option: --tls-snap-len {value} is above the maximum of {max} bytes", max = tracer_common::MAX_HEAD)]
+    TlsSnapLen {
+        /// The value given.
+        value: u32,
+    },
     /// `--snap-len` above the kernel side's buffer.
     #[error("invalid option: --snap-len {value} is above the maximum of {max} bytes", max = MAX_SNAP_LEN)]
     SnapLen {
@@ -389,6 +402,11 @@ impl RunArgs {
                 value: self.snap_len,
             });
         }
+        if self.tls_snap_len > tracer_common::MAX_HEAD as u32 {
+            return Err(ConfigError::TlsSnapLen {
+                value: self.tls_snap_len,
+            });
+        }
         let ring = self.ring_buffer_size;
         if ring == 0 || lane_chunks(ring) > MAX_LANE_CHUNKS {
             return Err(ConfigError::RingBufferSize { value: ring });
@@ -453,6 +471,7 @@ impl RunArgs {
             kernel: KernelConfig {
                 snap_len: self.snap_len,
                 head_max: tracer_common::HEAD_MAX_DEFAULT,
+                tls_snap: self.tls_snap_len,
                 enabled: !self.hooks_only,
                 ring_bytes: ring,
                 wakeup_bytes: self.wakeup_bytes,

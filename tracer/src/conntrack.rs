@@ -59,6 +59,9 @@ pub struct ConnInfo {
     pub pid: u32,
     /// Its `comm`.
     pub comm: [u8; 16],
+    /// The plaintext of a TLS connection (see `tls::streams`), not the
+    /// bytes on the wire.
+    pub tls: bool,
 }
 
 impl ConnInfo {
@@ -488,6 +491,7 @@ impl Conns {
                     role: Role::Unknown,
                     pid: 0,
                     comm: [0; 16],
+                    tls: false,
                 },
                 streams: pool.pop().unwrap_or_else(|| {
                     Box::new([
@@ -503,6 +507,20 @@ impl Conns {
         });
         conn.last_seen = now;
         conn
+    }
+
+    /// The connection of socket `cookie` (created when new), seen at `now`:
+    /// TLS plaintext of that socket keeps it alive and takes its addresses.
+    pub fn touch(&mut self, cookie: u64, now: u64) -> &ConnInfo {
+        &self.entry(cookie, now).info
+    }
+
+    /// The process of the last call on socket `cookie` (None: not known).
+    pub fn pid_of(&self, cookie: u64) -> Option<u32> {
+        self.conns
+            .get(&cookie)
+            .map(|c| c.info.pid)
+            .filter(|&p| p != 0)
     }
 
     /// A send/receive call.

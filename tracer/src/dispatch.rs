@@ -13,15 +13,16 @@ use std::{io::Write, sync::Arc};
 
 use correlate::{Pid, Span};
 use protocols::stream::Chunk;
-use tracer_common::{Dir, Record, SockCtl};
+use tracer_common::{Dir, Record, Silence, SockCtl};
 
 use crate::{
-    conntrack::{comm_name, ConnInfo, ConnLimits, Conns, Sink},
+    conntrack::{comm_name, ConnInfo, ConnLimits, Conns, CtlRequest, Sink},
     export::{resource::Resource, sink::SpanSink},
     http_spans::HttpSpans,
     print::EventPrinter,
     profile::stage::ProfileStage,
     replay::Recorder,
+    tls::streams::TlsStreams,
 };
 
 /// Where finished spans go, and who describes their processes: the
@@ -78,6 +79,8 @@ pub struct Stages<O: SpanOut> {
     pub recorder: Option<Recorder>,
     /// CPU profiles, when profiling is on.
     pub profile: Option<ProfileStage>,
+    /// TLS plaintext, per connection.
+    pub tls: TlsStreams,
     /// The last pid described, to skip the resource lookup on runs of
     /// records of one process.
     last_pid: u32,
@@ -100,6 +103,7 @@ impl<O: SpanOut> Stages<O> {
             spans,
             recorder,
             profile,
+            tls: TlsStreams::new(),
             last_pid: 0,
             now_ns: 0,
         }
@@ -119,6 +123,9 @@ impl<O: SpanOut> Sink for Stages<O> {
     fn closed(&mut self, conn: &ConnInfo) {
         if let Some(http) = &mut self.http {
             http.closed(conn, self.now_ns);
+            if let Some(plain) = self.tls.closed(conn.cookie) {
+                http.closed(&plain, self.now_ns);
+            }
         }
     }
 
@@ -142,6 +149,22 @@ impl<O: SpanOut> Stages<O> {
             let name = String::from_utf8_lossy(comm_name(comm));
             self.spans.saw_pid(Pid(pid), Some(&name), now);
         }
+    }
+
+    /// A TLS call's plaintext: a chunk of its connection's plaintext
+    /// stream, to the same stages as cleartext.
+    fn tls_data(&mut self, hdr: &tracer_common::TlsData, data: &[u8], tcp: Option<&ConnInfo>) {
+        let Stages {
+            events, http, tls, ..
+        } = self;
+        tls.on_data(hdr, data, tcp, &mut |conn, dir, chunk| {
+            if let Some(events) = events {
+                events.chunk(conn, dir, chunk);
+            }
+            if let Some(http) = http {
+                http.chunk(conn, dir, chunk);
+            }
+        });
     }
 
     /// A CPU sample, to the profiling worker; its process is described
@@ -197,7 +220,23 @@ pub struct Dispatcher<O: SpanOut> {
     conns: Conns,
     stages: Stages<O>,
     reader: ReaderCounters,
+    /// Processes whose connections were found to carry TLS ciphertext
+    /// since the last [`Dispatcher::take_tls_seen`].
+    tls_seen: Vec<u32>,
+    /// TLS connections no plaintext came for yet: cookie -> (pid, when
+    /// their ciphertext was recognised).
+    tls_waiting: foldhash::HashMap<u64, (u32, u64)>,
+    /// Processes whose TLS connection carried no plaintext in time, with
+    /// when that connection's ciphertext was recognised.
+    tls_unseen: Vec<(u32, u64)>,
 }
+
+/// TLS connections waiting for their first plaintext, at most.
+const TLS_WAITING_MAX: usize = 4096;
+
+/// A TLS connection whose plaintext did not show up this long after its
+/// ciphertext was recognised is one the probes do not cover.
+const TLS_PLAINTEXT_WAIT_NS: u64 = 2_000_000_000;
 
 impl<O: SpanOut> Dispatcher<O> {
     /// A dispatcher over fresh connection state.
@@ -206,6 +245,9 @@ impl<O: SpanOut> Dispatcher<O> {
             conns: Conns::new(limits),
             stages,
             reader: ReaderCounters::default(),
+            tls_seen: Vec::new(),
+            tls_waiting: Default::default(),
+            tls_unseen: Vec::new(),
         }
     }
 
@@ -241,6 +283,14 @@ impl<O: SpanOut> Dispatcher<O> {
             Ok(Record::SockTotals(t)) => {
                 self.conns.on_totals(&t);
                 t.ts_ns
+            }
+            Ok(Record::TlsData(hdr, data)) => {
+                s.now_ns = s.now_ns.max(hdr.ts_ns);
+                s.saw_pid(hdr.pid, &hdr.comm, hdr.ts_ns);
+                self.tls_waiting.remove(&hdr.cookie);
+                let tcp = (hdr.cookie != 0).then(|| self.conns.touch(hdr.cookie, hdr.ts_ns));
+                s.tls_data(&hdr, data, tcp);
+                hdr.ts_ns
             }
             Err(_) => {
                 self.reader.bad_records += 1;
@@ -278,13 +328,51 @@ impl<O: SpanOut> Dispatcher<O> {
         self.conns.reap(s.now_ns, REAP_PER_DRAIN, s);
         if let Some(http) = &mut s.http {
             let requests = http.take_ctl_requests();
+            for r in &requests {
+                if let CtlRequest::Silence {
+                    cookie,
+                    reason: Silence::Tls,
+                } = r
+                {
+                    let pid = self.conns.pid_of(*cookie);
+                    tracing::debug!(cookie, ?pid, "TLS ciphertext recognised");
+                    if let Some(pid) = pid {
+                        self.tls_seen.push(pid);
+                        if self.tls_waiting.len() < TLS_WAITING_MAX && !s.tls.has_plaintext(*cookie)
+                        {
+                            self.tls_waiting.insert(*cookie, (pid, s.now_ns));
+                        }
+                    }
+                }
+            }
             if s.events.is_none() {
                 for r in requests {
                     self.conns.request(r);
                 }
             }
         }
+        let now = s.now_ns;
+        let unseen = &mut self.tls_unseen;
+        self.tls_waiting.retain(|_, &mut (pid, since)| {
+            let waiting = now.saturating_sub(since) < TLS_PLAINTEXT_WAIT_NS;
+            if !waiting {
+                unseen.push((pid, since));
+            }
+            waiting
+        });
         self.conns.take_ctl_updates()
+    }
+
+    /// Processes whose TLS connection carried no plaintext in time since
+    /// the last call: the TLS attachment reports them as not covered.
+    pub fn take_tls_without_plaintext(&mut self) -> Vec<(u32, u64)> {
+        std::mem::take(&mut self.tls_unseen)
+    }
+
+    /// Processes seen speaking TLS on a connection since the last call
+    /// (repeats possible): the TLS attachment checks that they are covered.
+    pub fn take_tls_seen(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.tls_seen)
     }
 
     /// End of a batch of records: push out buffered output.

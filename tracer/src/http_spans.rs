@@ -468,7 +468,11 @@ impl ToSpans {
                 method: method.into(),
                 target: target.into(),
                 version: version(m.version()),
-                scheme: Scheme::Http,
+                scheme: if conn.tls {
+                    Scheme::Https
+                } else {
+                    Scheme::Http
+                },
                 headers: headers.into(),
                 unknown,
             })

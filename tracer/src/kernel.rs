@@ -15,11 +15,12 @@ use aya::{
     programs::{
         cgroup_skb::CgroupSkbAttachType,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        BtfTracePoint, CgroupAttachMode, CgroupSkb, FExit, KProbe, PerfEvent, ProgramError,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, FExit, KProbe, PerfEvent, ProgramError, UProbe,
     },
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
 use thiserror::Error;
+use tracer_common::tls_programs;
 use tracer_common::{
     globals, DropReason, KernelStat, SockCtl, CTL_ENTRIES, CTL_GEN, LANE_CHUNK, MAP_CTL_STATE,
     MAP_DROPS, MAP_EVENTS, MAP_LANES, MAP_LANE_CTL, MAP_NESTED, MAP_SAMPLE_SCRATCH, MAP_SOCK_CTL,
@@ -60,6 +61,16 @@ fn wake_shift(wakeup_bytes: u64, lane_bytes: u64) -> u32 {
     let quarter = (lane_bytes / 4).max(8);
     wakeup_bytes.clamp(8, quarter).ilog2()
 }
+
+/// The TLS programs (entry probes, then the shared return probe).
+const TLS_PROGRAMS: [&str; 6] = [
+    tls_programs::WRITE,
+    tls_programs::WRITE_EX,
+    tls_programs::READ,
+    tls_programs::READ_EX,
+    tls_programs::RET,
+    tls_programs::FREE,
+];
 
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
 
@@ -140,6 +151,11 @@ pub struct KernelConfig {
     /// The source of send/receive calls, when forced (`--capture-source`);
     /// None: the cheapest the kernel offers and accepts.
     pub capture_source: Option<CallSource>,
+    /// Plaintext bytes copied per TLS library call
+    /// (`tracer_common::TLS_SNAP_DEFAULT`; clamped to `MAX_HEAD`); 0: the
+    /// TLS programs are not loaded and the socket programs skip their
+    /// bookkeeping.
+    pub tls_snap: u32,
 }
 
 /// The struct member offsets the programs read, from the running kernel's
@@ -312,6 +328,7 @@ impl Kernel {
         let snap = cfg.snap_len.min(MAX_SNAP_LEN as u32);
         let head_max = cfg.head_max.min(MAX_HEAD as u32);
         let enabled = u32::from(cfg.enabled);
+        let tls_snap = cfg.tls_snap.min(MAX_HEAD as u32);
         let pid = std::process::id();
         // The kprobe source may be the one that attaches (see KPROBE_CALLS).
         let kprobe_calls = u32::from(calls.iter().any(|(s, _)| *s == CallSource::Kprobe));
@@ -330,6 +347,7 @@ impl Kernel {
             .override_global(globals::OP_WAKE_SHIFT, &op_wake, true)
             .override_global(globals::STRICT_PUBLISH, &strict_publish, true)
             .override_global(globals::NR_CPUS, &cpus, true)
+            .override_global(globals::TLS_SNAP, &tls_snap, true)
             .map_max_entries(
                 MAP_EVENTS,
                 samples_ring_bytes(cpus, cfg.profile_hz.is_some()),
@@ -377,6 +395,17 @@ impl Kernel {
             // other cgroup programs (systemd, runtimes) keep running.
             prog.attach(&cgroup, attach, CgroupAttachMode::Single)
                 .map_err(program_err("attaching", name))?;
+        }
+        // Loaded now, attached per file later (see tls::attach).
+        if tls_snap > 0 {
+            for name in TLS_PROGRAMS {
+                let prog: &mut UProbe = ebpf
+                    .program_mut(name)
+                    .ok_or(KernelError::MissingMap(name))?
+                    .try_into()
+                    .map_err(program_err("loading", name))?;
+                prog.load().map_err(program_err("loading", name))?;
+            }
         }
         let profiling_cpus = match cfg.profile_hz {
             Some(hz) => attach_sampling(&mut ebpf, hz)?,
@@ -436,6 +465,13 @@ impl Kernel {
     /// Kernel-side drops so far, per reason, summed over CPUs.
     pub fn drops(&self) -> Vec<(DropReason, u64)> {
         per_cpu_sums(&self.drops, &DropReason::ALL, |r| r as u32)
+    }
+
+    /// A TLS program, loaded (None when TLS capture is off): attached and
+    /// detached per file by `tls::attach`.
+    pub fn uprobe(&mut self, name: &str) -> Option<&mut UProbe> {
+        let prog: &mut UProbe = self.ebpf.program_mut(name)?.try_into().ok()?;
+        prog.fd().is_ok().then_some(prog)
     }
 
     /// Ids of the programs this agent loaded (for the exit check); the

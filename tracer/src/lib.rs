@@ -20,3 +20,4 @@ pub mod print;
 pub mod profile;
 pub mod replay;
 pub mod sources;
+pub mod tls;

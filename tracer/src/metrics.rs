@@ -29,6 +29,8 @@ pub enum Stage {
     Connections,
     /// Byte streams rebuilt from packets and calls.
     Streams,
+    /// TLS plaintext (uprobes on TLS libraries).
+    Tls,
     /// HTTP parsing.
     Http,
     /// Spans and parents.
@@ -49,6 +51,7 @@ impl Stage {
             Stage::Reader => "reader",
             Stage::Connections => "connections",
             Stage::Streams => "streams",
+            Stage::Tls => "tls",
             Stage::Http => "http",
             Stage::Correlation => "correlation",
             Stage::Export => "export",
@@ -231,6 +234,26 @@ report_counters!(protocols::stream::StreamCounters, Stage::Streams, {
     records_unplaceable: Anomaly, "Records whose sequence number could not be placed.";
     skips: Detail, "Ranges the parsers asked to skip.";
     skips_refused: Detail, "Skips refused at a stream's bound (the bytes were delivered as usual).";
+});
+
+report_counters!(crate::tls::streams::TlsCounters, Stage::Tls, {
+    calls: Headline, "TLS library calls whose plaintext reached the parsers.";
+    bytes: Detail, "Plaintext bytes those calls moved.";
+    bytes_truncated: Detail, "Plaintext bytes beyond the copied prefix (length known, content not).";
+    calls_without_conn: Anomaly, "TLS calls whose TCP socket was not known (dropped).";
+    calls_remembered: Detail, "TLS reads served from the library's buffer, given the socket their TLS object used last.";
+    bad_records: Anomaly, "TLS records with a bad direction (dropped).";
+    table_full: Anomaly, "TLS calls dropped: the plaintext connection table was full.";
+    connections: Detail, "TLS connections whose plaintext was parsed.";
+});
+
+report_counters!(crate::tls::attach::AttachCounters, Stage::Tls, {
+    processes_scanned: Detail, "Processes whose mappings were read for TLS libraries.";
+    files_attached: Detail, "Files the TLS probes were attached to.";
+    files_detached: Detail, "Files the TLS probes were detached from (no process maps them).";
+    attach_errors: Anomaly, "TLS probes the kernel refused.";
+    unreadable_files: Detail, "Mapped executable files that could not be read as ELF.";
+    not_covered: Headline, "Executables speaking TLS through a library the agent cannot probe.";
 });
 
 report_counters!(crate::http_spans::HttpCounters, Stage::Http, {

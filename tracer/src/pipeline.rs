@@ -30,6 +30,7 @@ use crate::{
     print::EventPrinter,
     profile::stage::ProfileStage,
     replay::Recorder,
+    tls::attach::TlsAttach,
 };
 
 /// The live dispatcher: spans to the agent's sink.
@@ -51,9 +52,24 @@ fn drain(events: &mut Events, d: &mut Live, all: bool) {
 /// After a drain: closed connections retired (a bounded number), then the
 /// parsers' requests (silence a connection, skip a body) passed on to the
 /// kernel.
-fn after_drain(d: &mut Live, ctl: &mut SockCtlMap) {
+fn after_drain(
+    d: &mut Live,
+    ctl: &mut SockCtlMap,
+    tls: &mut Option<TlsAttach>,
+    kernel: &mut Kernel,
+) {
     let (updates, entries) = d.after_drain(monotonic_ns());
     ctl.apply(&updates, entries);
+    let seen = d.take_tls_seen();
+    let unseen = d.take_tls_without_plaintext();
+    if let Some(tls) = tls {
+        for pid in seen {
+            tls.tls_seen(pid, kernel);
+        }
+        for (pid, seen_ns) in unseen {
+            tls.no_plaintext(pid, seen_ns, kernel);
+        }
+    }
 }
 
 /// Runs until SIGINT/SIGTERM or the configured duration, then detaches and
@@ -107,12 +123,26 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
 
     let mut ctl = kernel.take_ctl()?;
     let mut lanes = LaneCounters::default();
+    // TLS probes: every process running now is looked at before the loop.
+    let mut tls = (cfg.kernel.tls_snap > 0 && cfg.kernel.enabled).then(|| {
+        let mut t = TlsAttach::new("/proc");
+        let begun = Instant::now();
+        t.tick(&mut kernel);
+        tracing::info!(
+            files = t.attached_files(),
+            processes = t.counters().processes_scanned,
+            ms = begun.elapsed().as_millis() as u64,
+            "TLS libraries looked up in running processes"
+        );
+        t
+    });
     rt.block_on(event_loop(
         &cfg,
         &mut kernel,
         &mut dispatcher,
         &mut ctl,
         &mut lanes,
+        &mut tls,
     ))?;
     dispatcher.finish(monotonic_ns());
     let stages = dispatcher.stages_mut();
@@ -133,12 +163,20 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
     let mut since_start = Rate {
         last: Some((started, 0)),
     };
-    let snap = snapshot(&kernel, &dispatcher, &lanes, &ctl, &mut since_start);
+    let snap = snapshot(
+        &kernel,
+        &dispatcher,
+        &lanes,
+        &ctl,
+        tls.as_ref(),
+        &mut since_start,
+    );
     let summary = match cfg.summary {
         Summary::Brief => snap.table(),
         Summary::Full => snap.full_table(),
     };
     eprintln!("tracer: counters at exit\n{summary}");
+    drop(tls);
     drop(kernel);
     tracing::info!("detached all programs");
     Ok(())
@@ -150,6 +188,7 @@ async fn event_loop(
     d: &mut Live,
     ctl: &mut SockCtlMap,
     lanes: &mut LaneCounters,
+    tls: &mut Option<TlsAttach>,
 ) -> Result<()> {
     let ring = kernel.take_events()?;
     // SAFETY: the reader owns its fds for as long as the AsyncFd lives.
@@ -161,6 +200,10 @@ async fn event_loop(
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut sweep_tick = tokio::time::interval(Duration::from_millis(50));
     sweep_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // New processes and processes gone, for the TLS probes: a /proc scan
+    // that reads only the mappings of processes not seen before.
+    let mut tls_tick = tokio::time::interval(Duration::from_millis(500));
+    tls_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut addr_tick = tokio::time::interval(Duration::from_secs(10));
     addr_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let stats_period = cfg
@@ -199,11 +242,11 @@ async fn event_loop(
                 let mut guard = guard.context("waiting on the kernel's records")?;
                 drain(guard.get_inner_mut(), d, false);
                 guard.clear_ready();
-                after_drain(d, ctl);
+                after_drain(d, ctl, tls, kernel);
             }
             _ = drain_tick.tick() => {
                 drain(ring.get_mut(), d, false);
-                after_drain(d, ctl);
+                after_drain(d, ctl, tls, kernel);
                 d.flush_output();
             }
             _ = sweep_tick.tick() => {
@@ -214,13 +257,18 @@ async fn event_loop(
                 let now = monotonic_ns();
                 drain(ring.get_mut(), d, false);
                 d.sweep(now);
-                after_drain(d, ctl);
+                after_drain(d, ctl, tls, kernel);
                 d.flush_output();
             }
             _ = addr_tick.tick() => d.set_local_addrs(&host::local_addrs()),
+            _ = tls_tick.tick(), if tls.is_some() => {
+                if let Some(t) = tls {
+                    t.tick(kernel);
+                }
+            }
             _ = stats_tick.tick() => {
                 *lanes = *ring.get_ref().counters();
-                let table = snapshot(kernel, d, lanes, ctl, &mut stats_rate).table();
+                let table = snapshot(kernel, d, lanes, ctl, tls.as_ref(), &mut stats_rate).table();
                 tracing::info!("counters\n{table}");
             }
             Some(scrape) = async {
@@ -230,7 +278,7 @@ async fn event_loop(
                 }
             } => {
                 *lanes = *ring.get_ref().counters();
-                let _ = scrape.send(snapshot(kernel, d, lanes, ctl, &mut scrape_rate).prometheus());
+                let _ = scrape.send(snapshot(kernel, d, lanes, ctl, tls.as_ref(), &mut scrape_rate).prometheus());
             }
         }
     }
@@ -246,6 +294,7 @@ fn snapshot(
     d: &Live,
     lanes: &LaneCounters,
     ctl: &SockCtlMap,
+    tls: Option<&TlsAttach>,
     rate: &mut Rate,
 ) -> Snapshot {
     let mut m = Vec::new();
@@ -319,6 +368,24 @@ fn snapshot(
         ));
     }
     let s = d.stages();
+    s.tls.counters().report(&mut m);
+    m.push(Metric::gauge(
+        Stage::Tls,
+        "plaintext_connections",
+        "TLS connections whose plaintext is parsed now.",
+        Show::Detail,
+        s.tls.live() as f64,
+    ));
+    if let Some(t) = tls {
+        t.counters().report(&mut m);
+        m.push(Metric::gauge(
+            Stage::Tls,
+            "files_probed",
+            "Files (TLS libraries, executables) with the TLS probes attached now.",
+            Show::Headline,
+            t.attached_files() as f64,
+        ));
+    }
     s.spans.report(&mut m);
     if let Some(p) = &s.profile {
         p.report(&mut m);

@@ -40,6 +40,78 @@ pub enum Tag {
     SockTotals = 5,
     /// An empty record that only wakes the reader (never decoded).
     Wakeup = 6,
+    /// A [`TlsData`] followed by the captured plaintext prefix.
+    TlsData = 7,
+}
+
+/// One call into a TLS library (`SSL_write`, `SSL_read` and their `_ex`
+/// forms) that moved plaintext, from the uretprobe at its return;
+/// `captured_len` bytes of the plaintext follow the header in the same
+/// record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsData {
+    /// [`Tag::TlsData`].
+    pub tag: u8,
+    /// [`Dir::Send`] for a write, [`Dir::Recv`] for a read.
+    pub dir: u8,
+    /// [`TLS_SEQ_KNOWN`], [`TLS_CONN_REMEMBERED`].
+    pub flags: u8,
+    /// Padding, zero.
+    pub _pad: u8,
+    /// Plaintext bytes the call moved.
+    pub len: u32,
+    /// `bpf_ktime_get_ns` when the call returned.
+    pub ts_ns: u64,
+    /// `bpf_ktime_get_ns` when the call was entered.
+    pub start_ns: u64,
+    /// Cookie of the TCP socket underneath (0: not known).
+    pub cookie: u64,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// With [`TLS_SEQ_KNOWN`]: TCP sequence number of the first ciphertext
+    /// byte the call sent or received (the start of the TLS record that
+    /// carried, or will carry, these bytes): the same number at both ends.
+    pub seq: u32,
+    /// Plaintext bytes following this header (`<= len`).
+    pub captured_len: u32,
+    /// `comm` of the calling thread's process.
+    pub comm: [u8; 16],
+}
+
+/// [`TlsData::flags`]: the call moved ciphertext on its socket itself, and
+/// `seq` is where that ciphertext started.
+pub const TLS_SEQ_KNOWN: u8 = 1;
+/// [`TlsData::flags`]: the call moved no ciphertext (a read served from the
+/// library's buffer); the socket is the one this TLS object used last.
+pub const TLS_CONN_REMEMBERED: u8 = 2;
+
+/// Default plaintext bytes copied per TLS call (a request or response head).
+pub const TLS_SNAP_DEFAULT: u32 = 4096;
+
+/// Threads that can be inside a TLS call at once (slots by thread id).
+pub const TLS_CALL_SLOTS: u32 = 16384;
+
+/// TLS objects whose socket is remembered (an LRU map).
+pub const TLS_CONNS_MAX: u32 = 65536;
+
+/// Names of the TLS programs: entry probes (by function), and the return
+/// probe shared by all of them.
+pub mod tls_programs {
+    /// `SSL_write` entry.
+    pub const WRITE: &str = "ssl_write";
+    /// `SSL_write_ex` entry.
+    pub const WRITE_EX: &str = "ssl_write_ex";
+    /// `SSL_read` entry.
+    pub const READ: &str = "ssl_read";
+    /// `SSL_read_ex` entry.
+    pub const READ_EX: &str = "ssl_read_ex";
+    /// The return of any of them.
+    pub const RET: &str = "ssl_ret";
+    /// `SSL_free` entry: the TLS object's remembered socket is forgotten.
+    pub const FREE: &str = "ssl_free";
 }
 
 /// At a socket's close, what the programs counted for it in place of the
@@ -452,11 +524,20 @@ pub enum DropReason {
     /// Lane full, even the part kept for connection records: a
     /// [`SockTotals`] was lost.
     RingFullTotals = 10,
+    /// Lane full: a TLS plaintext record was lost.
+    RingFullTls = 11,
+    /// A thread entered a TLS call while another thread held its slot (see
+    /// [`TLS_CALL_SLOTS`]), or the call's slot was taken before it
+    /// returned: the call's plaintext was lost.
+    TlsSlotBusy = 12,
+    /// The plaintext (or the length of an `_ex` call) could not be read
+    /// from the process's memory.
+    TlsReadFailed = 13,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::RingFullOp,
         DropReason::RingFullConn,
         DropReason::RingFullSegment,
@@ -468,6 +549,9 @@ impl DropReason {
         DropReason::KernelStackFailed,
         DropReason::NestedTooDeep,
         DropReason::RingFullTotals,
+        DropReason::RingFullTls,
+        DropReason::TlsSlotBusy,
+        DropReason::TlsReadFailed,
     ];
 
     /// Stable, human-readable name used in logs and counters.
@@ -484,6 +568,9 @@ impl DropReason {
             DropReason::KernelStackFailed => "kernel_stack_failed",
             DropReason::NestedTooDeep => "nested_too_deep",
             DropReason::RingFullTotals => "ring_full_totals",
+            DropReason::RingFullTls => "ring_full_tls",
+            DropReason::TlsSlotBusy => "tls_slot_busy",
+            DropReason::TlsReadFailed => "tls_read_failed",
         }
     }
 }
@@ -518,11 +605,15 @@ pub enum KernelStat {
     /// Records written to a nested lane (their program interrupted another
     /// one on the same CPU).
     NestedRecords = 8,
+    /// TLS calls that moved plaintext (one record each).
+    TlsCalls = 9,
+    /// Plaintext bytes those calls moved beyond what was copied.
+    TlsBytesCut = 10,
 }
 
 impl KernelStat {
     /// Every counter, in index order.
-    pub const ALL: [KernelStat; 9] = [
+    pub const ALL: [KernelStat; 11] = [
         KernelStat::SilencedCalls,
         KernelStat::SilencedPackets,
         KernelStat::SilencedBytes,
@@ -532,6 +623,8 @@ impl KernelStat {
         KernelStat::HeadContinued,
         KernelStat::HeadWindowFull,
         KernelStat::NestedRecords,
+        KernelStat::TlsCalls,
+        KernelStat::TlsBytesCut,
     ];
 
     /// Stable name.
@@ -546,6 +639,8 @@ impl KernelStat {
             KernelStat::HeadContinued => "head_continued",
             KernelStat::HeadWindowFull => "head_window_full",
             KernelStat::NestedRecords => "nested_records",
+            KernelStat::TlsCalls => "tls_calls",
+            KernelStat::TlsBytesCut => "tls_bytes_cut",
         }
     }
 
@@ -565,6 +660,8 @@ impl KernelStat {
             KernelStat::NestedRecords => {
                 "Records written by a program that interrupted another on its CPU."
             }
+            KernelStat::TlsCalls => "TLS library calls that moved plaintext (one record each).",
+            KernelStat::TlsBytesCut => "Plaintext bytes beyond the copied prefix of TLS calls.",
         }
     }
 }
@@ -645,6 +742,9 @@ pub mod globals {
     pub const NR_CPUS: &str = "NR_CPUS";
     /// `u32`: head window in bytes (clamped to `MAX_HEAD`).
     pub const HEAD_MAX: &str = "HEAD_MAX";
+    /// `u32`: plaintext bytes copied per TLS call (clamped to `MAX_HEAD`);
+    /// 0: the socket programs skip the TLS bookkeeping.
+    pub const TLS_SNAP: &str = "TLS_SNAP";
 }
 
 /// Name of the per-CPU-id scratch array of the sampling program (its size
@@ -672,6 +772,10 @@ pub const MAP_LANE_CTL: &str = "LANE_CTL";
 pub const MAP_SOCK_CTL: &str = "SOCK_CTL";
 /// Name of the control state array ([`CTL_GEN`], [`CTL_ENTRIES`]).
 pub const MAP_CTL_STATE: &str = "CTL_STATE";
+/// Name of the array of TLS calls in progress, by thread id.
+pub const MAP_TLS_CALLS: &str = "TLS_CALLS";
+/// Name of the LRU map of the socket each TLS object used last.
+pub const MAP_TLS_CONNS: &str = "TLS_CONNS";
 
 const _: () = assert!(size_of::<SockOp>() == 56);
 const _: () = assert!(size_of::<ConnState>() == 64);
@@ -686,6 +790,10 @@ const _: () = assert!(core::mem::offset_of!(SockOp, tag) == 0);
 const _: () = assert!(core::mem::offset_of!(ConnState, tag) == 0);
 const _: () = assert!(core::mem::offset_of!(SegmentHeader, tag) == 0);
 const _: () = assert!(size_of::<SockTotals>() == 72);
+const _: () = assert!(size_of::<TlsData>() == 64);
+const _: () = assert!(core::mem::offset_of!(TlsData, ts_ns) == 8);
+const _: () = assert!(core::mem::offset_of!(TlsData, seq) == 40);
+const _: () = assert!(size_of::<TlsData>() + MAX_HEAD <= MAX_FRAME);
 const _: () = assert!(size_of::<SockCtl>() == 20);
 const _: () = assert!(size_of::<LaneCtl>() == 128);
 const _: () = assert!(core::mem::offset_of!(LaneCtl, cons) == 64);
@@ -709,6 +817,8 @@ pub enum Record<'a> {
     Sample(SampleHeader, &'a [u8]),
     /// Counts of a socket the programs reported in summary only.
     SockTotals(SockTotals),
+    /// Plaintext of a TLS call: header and the captured prefix.
+    TlsData(TlsData, &'a [u8]),
 }
 
 /// Why ring-buffer bytes could not be decoded.
@@ -765,6 +875,16 @@ impl<'a> Record<'a> {
             t if t == Tag::SockTotals as u8 => {
                 read(bytes).map(Record::SockTotals).ok_or(ParseError::Short)
             }
+            t if t == Tag::TlsData as u8 => {
+                let hdr: TlsData = read(bytes).ok_or(ParseError::Short)?;
+                if hdr.captured_len > hdr.len || hdr.captured_len as usize > MAX_HEAD {
+                    return Err(ParseError::Invalid);
+                }
+                let start = size_of::<TlsData>();
+                let end = start + hdr.captured_len as usize;
+                let data = bytes.get(start..end).ok_or(ParseError::Short)?;
+                Ok(Record::TlsData(hdr, data))
+            }
             t => Err(ParseError::UnknownTag(t)),
         }
     }
@@ -779,6 +899,7 @@ pub fn record_ts(bytes: &[u8]) -> Option<u64> {
         t if t == Tag::Segment as u8 => core::mem::offset_of!(SegmentHeader, ts_ns),
         t if t == Tag::Sample as u8 => core::mem::offset_of!(SampleHeader, ts_ns),
         t if t == Tag::SockTotals as u8 => core::mem::offset_of!(SockTotals, ts_ns),
+        t if t == Tag::TlsData as u8 => core::mem::offset_of!(TlsData, ts_ns),
         _ => return None,
     };
     let b = bytes.get(off..off + 8)?;
@@ -933,6 +1054,38 @@ mod tests {
         assert_eq!(record_ts(&bytes_of(&hdr)), Some(1_000_000));
         assert_eq!(record_ts(&[Tag::Wakeup as u8, 0, 0, 0]), None);
         assert_eq!(record_ts(&[Tag::SockOp as u8, 0]), None);
+    }
+
+    #[test]
+    fn tls_data_carries_its_plaintext() {
+        let hdr = TlsData {
+            tag: Tag::TlsData as u8,
+            dir: Dir::Send as u8,
+            flags: TLS_SEQ_KNOWN,
+            _pad: 0,
+            len: 100,
+            ts_ns: 50,
+            start_ns: 40,
+            cookie: 7,
+            pid: 1,
+            tid: 2,
+            seq: 3,
+            captured_len: 4,
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        let mut b = bytes_of(&hdr);
+        b.extend_from_slice(b"GET ");
+        assert_eq!(Record::parse(&b), Ok(Record::TlsData(hdr, b"GET ")));
+        assert_eq!(record_ts(&b), Some(50));
+        b.truncate(size_of::<TlsData>() + 3);
+        assert_eq!(Record::parse(&b), Err(ParseError::Short));
+        let bad = TlsData {
+            captured_len: 101,
+            ..hdr
+        };
+        let mut b = bytes_of(&bad);
+        b.resize(b.len() + 101, 0);
+        assert_eq!(Record::parse(&b), Err(ParseError::Invalid));
     }
 
     #[test]

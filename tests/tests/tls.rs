@@ -1,0 +1,347 @@
+//! TLS plaintext through uprobes on OpenSSL, against real software: nginx
+//! over TLS (HTTP/1.1) with curl and Python's ssl as clients, spans in a
+//! real OTLP receiver; a server started after the agent; a TLS library the
+//! agent cannot probe (grpcio's BoringSSL) reported, its ciphertext never
+//! a span. Certificates are made at test time with the openssl CLI.
+use std::{path::Path, process::Command, time::Duration};
+
+use serde_json::Value;
+use tracer_e2e::{
+    py_script, python, require_tool, root_test, run_ok,
+    span::{attr, f, res},
+    tempdir::TempDir,
+    Agent, Nginx, Otlp, Receiver,
+};
+
+const SETTLE: Duration = Duration::from_millis(1500);
+
+/// A self-signed certificate for localhost / 127.0.0.1: (cert, key).
+fn certificate(dir: &Path) -> (String, String) {
+    require_tool("openssl");
+    let cert = dir.join("cert.pem").display().to_string();
+    let key = dir.join("key.pem").display().to_string();
+    run_ok(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout",
+        &key,
+        "-out",
+        &cert,
+    ]));
+    (cert, key)
+}
+
+/// nginx serving HTTPS (HTTP/1.1) with a 200 for every path.
+fn tls_nginx(cert: &str, key: &str) -> Nginx {
+    Nginx::start(&format!(
+        "server {{ listen 127.0.0.1:{{port}} ssl; ssl_certificate {cert}; \
+         ssl_certificate_key {key}; keepalive_requests 1000; \
+         location / {{ return 200 \"tls ok\\n\"; }} }}"
+    ))
+}
+
+fn curl(url: &str) {
+    let code =
+        run_ok(Command::new("curl").args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", url]));
+    assert_eq!(code.trim(), "200", "curl {url}");
+}
+
+fn py_client(args: &[&str]) {
+    let out = run_ok(
+        Command::new(python())
+            .arg(py_script("tls_client.py"))
+            .args(args),
+    );
+    assert!(out.contains("done"), "{out}");
+}
+
+/// The (client, server) spans of `path`: both https, the server's parent
+/// the client (same trace), the client of `client` and the server nginx.
+fn assert_linked(spans: &[Value], path: &str, client: &str, stderr: &str) {
+    let of_path: Vec<&Value> = spans
+        .iter()
+        .filter(|s| attr(s, "url.path") == path)
+        .collect();
+    let kind = |k: &str| {
+        let v: Vec<&&Value> = of_path.iter().filter(|s| f(s, "kind") == k).collect();
+        assert_eq!(
+            v.len(),
+            1,
+            "one {k} span for {path}: {of_path:#?}\nagent:\n{stderr}"
+        );
+        *v[0]
+    };
+    let c = kind("CLIENT");
+    let s = kind("SERVER");
+    for span in [c, s] {
+        assert_eq!(attr(span, "url.scheme"), "https", "{span:#?}");
+        assert_eq!(attr(span, "http.response.status_code"), "200", "{span:#?}");
+        assert_eq!(attr(span, "http.request.method"), "GET", "{span:#?}");
+    }
+    assert!(res(c, "service.name").starts_with(client), "{c:#?}");
+    assert_eq!(res(s, "service.name"), "nginx", "{s:#?}");
+    assert_eq!(
+        f(s, "trace_id"),
+        f(c, "trace_id"),
+        "one trace: {c:#?} {s:#?}"
+    );
+    assert_eq!(
+        f(s, "parent_span_id"),
+        f(c, "span_id"),
+        "server's parent is the client"
+    );
+}
+
+fn paths(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[test]
+fn nginx_over_tls_with_curl_and_python_clients() {
+    let Some(_g) = root_test("nginx_over_tls_with_curl_and_python_clients") else {
+        return;
+    };
+    require_tool("curl");
+    let dir = TempDir::new("tracer-tls");
+    let (cert, key) = certificate(dir.path());
+    // Running before the agent: found in /proc at start.
+    let nginx = tls_nginx(&cert, &key);
+    let base = format!("https://127.0.0.1:{}", nginx.port);
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+
+    let curl_paths = paths("/tls-curl-", 5);
+    for p in &curl_paths {
+        curl(&format!("{base}{p}"));
+    }
+    // Secrets in the plaintext never leave the host.
+    let code = run_ok(Command::new("curl").args([
+        "-sk",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Authorization: Bearer tls-secret-token",
+        "-H",
+        "Cookie: session=tls-secret-cookie",
+        &format!("{base}/tls-secret?key=tls-secret-query"),
+    ]));
+    assert_eq!(code.trim(), "200");
+    let py_paths = paths("/tls-py-", 3);
+    let mut args = vec!["urllib", base.as_str()];
+    args.extend(py_paths.iter().map(String::as_str));
+    py_client(&args);
+    // Many requests on one keep-alive connection.
+    let ka_paths = paths("/tls-ka-", 20);
+    py_client(&["keepalive", &base, "/tls-ka-", "20"]);
+
+    let all: Vec<&String> = curl_paths
+        .iter()
+        .chain(&py_paths)
+        .chain(&ka_paths)
+        .collect();
+    let want = all.len() * 2 + 2;
+    receiver.wait_for(Duration::from_secs(30), |s| {
+        s.iter()
+            .filter(|s| attr(s, "url.path").starts_with("/tls-"))
+            .count()
+            >= want
+    });
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    for p in &curl_paths {
+        assert_linked(&spans, p, "curl", &out.stderr);
+    }
+    for p in py_paths.iter().chain(&ka_paths) {
+        assert_linked(&spans, p, "tls_client", &out.stderr);
+    }
+    assert_linked(&spans, "/tls-secret", "curl", &out.stderr);
+    let raw = receiver.raw();
+    for secret in ["tls-secret-token", "tls-secret-cookie", "tls-secret-query"] {
+        assert!(!raw.contains(secret), "{secret} was exported");
+    }
+    assert!(
+        out.counter("tls.calls").unwrap_or(0) >= want as u64,
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.counter("tls.calls_without_conn"),
+        Some(0),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.counter("kernel.drops{tls_slot_busy}"), Some(0));
+    // The ciphertext itself never became a span, and was not copied
+    // beyond its first packets.
+    assert!(out.counter("connections.silenced_tls").unwrap_or(0) >= 2);
+    let reported: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("TLS not covered"))
+        .collect();
+    assert!(
+        !reported
+            .iter()
+            .any(|l| l.contains("nginx") || l.contains("curl") || l.contains("python")),
+        "OpenSSL users reported as not covered: {reported:#?}"
+    );
+}
+
+#[test]
+fn tls_server_started_after_the_agent() {
+    let Some(_g) = root_test("tls_server_started_after_the_agent") else {
+        return;
+    };
+    require_tool("curl");
+    let dir = TempDir::new("tracer-tls");
+    let (cert, key) = certificate(dir.path());
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    let nginx = tls_nginx(&cert, &key);
+    // The agent looks for new processes every half second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let base = format!("https://127.0.0.1:{}", nginx.port);
+    let later = paths("/tls-later-", 5);
+    for p in &later {
+        curl(&format!("{base}{p}"));
+    }
+    receiver.wait_for(Duration::from_secs(30), |s| {
+        s.iter()
+            .filter(|s| attr(s, "url.path").starts_with("/tls-later-"))
+            .count()
+            >= later.len() * 2
+    });
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    for p in &later {
+        assert_linked(&spans, p, "curl", &out.stderr);
+    }
+    let server_pids: Vec<String> = spans
+        .iter()
+        .filter(|s| attr(s, "url.path").starts_with("/tls-later-") && f(s, "kind") == "SERVER")
+        .map(|s| res(s, "process.pid"))
+        .collect();
+    let workers: Vec<String> = nginx.worker_pids().iter().map(u32::to_string).collect();
+    assert!(
+        server_pids.iter().all(|p| workers.contains(p)),
+        "server spans from the nginx started after the agent: {server_pids:?} vs {workers:?}"
+    );
+}
+
+#[test]
+fn uncovered_tls_library_is_reported_and_makes_no_span() {
+    let Some(_g) = root_test("uncovered_tls_library_is_reported_and_makes_no_span") else {
+        return;
+    };
+    let dir = TempDir::new("tracer-tls");
+    let (cert, key) = certificate(dir.path());
+    let agent = Agent::start(&["--print", "traces", "--output", "json"]);
+    let out = run_ok(
+        Command::new(python())
+            .arg(py_script("grpc_tls.py"))
+            .args([&cert, &key, "5"]),
+    );
+    assert!(out.contains("done"), "{out}");
+    let out = agent.stop(SETTLE);
+    let spans = out.json();
+    let grpc: Vec<&Value> = spans
+        .iter()
+        .filter(|s| {
+            let name = f(s, "name");
+            name.contains("tlstest") || name.contains("Say")
+        })
+        .collect();
+    assert!(grpc.is_empty(), "spans from ciphertext: {grpc:#?}");
+    // Reported once for its executable, though it made several
+    // connections (the host's other programs may be reported too).
+    let reported: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("TLS not covered") && l.contains("python"))
+        .collect();
+    assert_eq!(reported.len(), 1, "{}", out.stderr);
+    assert!(out.counter("tls.not_covered").unwrap_or(0) >= 1);
+    assert!(out.counter("connections.silenced_tls").unwrap_or(0) >= 1);
+}
+
+fn bpftool_ids(what: &str, field: &str) -> Vec<u64> {
+    let out = run_ok(Command::new("bpftool").args(["-j", what, "show"]));
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Array(vec![]));
+    v.as_array()
+        .map(|a| a.iter().filter_map(|x| x[field].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn tls_probes_leave_nothing_attached_after_exit() {
+    let Some(_g) = root_test("tls_probes_leave_nothing_attached_after_exit") else {
+        return;
+    };
+    require_tool("bpftool");
+    let dir = TempDir::new("tracer-tls");
+    let (cert, key) = certificate(dir.path());
+    // nginx maps libssl.so.3: its probes are attached while the agent runs.
+    let _nginx = tls_nginx(&cert, &key);
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let agent = Agent::start(&["--print", "none", "--profile-hz", "0"]);
+        let ids: Vec<u64> = agent.program_ids.iter().map(|&i| u64::from(i)).collect();
+        let names = bpftool_names(&ids);
+        let tls_ids: Vec<u64> = ids
+            .iter()
+            .zip(&names)
+            .filter(|(_, n)| n.starts_with("ssl_"))
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(tls_ids.len(), 6, "the TLS programs are loaded: {names:?}");
+        let attached: Vec<u64> = bpftool_ids("link", "prog_id")
+            .into_iter()
+            .chain(bpftool_ids("perf", "prog_id"))
+            .collect();
+        for id in &tls_ids {
+            assert!(
+                attached.contains(id),
+                "TLS program {id} attached while running"
+            );
+        }
+        // SAFETY: kill(2) on the agent we started.
+        unsafe { libc::kill(agent.pid() as i32, signal) };
+        let out = agent.stop(Duration::ZERO);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        let loaded = bpftool_ids("prog", "id");
+        let attached: Vec<u64> = bpftool_ids("link", "prog_id")
+            .into_iter()
+            .chain(bpftool_ids("perf", "prog_id"))
+            .collect();
+        for id in &ids {
+            assert!(!loaded.contains(id), "program {id} loaded after exit");
+            assert!(!attached.contains(id), "program {id} attached after exit");
+        }
+    }
+}
+
+/// Names of the programs `ids`, in their order.
+fn bpftool_names(ids: &[u64]) -> Vec<String> {
+    let out = run_ok(Command::new("bpftool").args(["-j", "prog", "show"]));
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Array(vec![]));
+    let all = v.as_array().cloned().unwrap_or_default();
+    ids.iter()
+        .map(|id| {
+            all.iter()
+                .find(|p| p["id"].as_u64() == Some(*id))
+                .and_then(|p| p["name"].as_str())
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}

@@ -1,0 +1,481 @@
+//! Which files get the TLS probes: per file (a uprobe is set on an inode,
+//! and one attachment covers every process and container that maps it),
+//! apart from which processes use the file.
+//!
+//! Processes are found in /proc: every process at start, then each tick the
+//! processes not seen before and those that exec'd another program (their
+//! executable changed); a process whose TLS connection is seen while none of
+//! its files is probed is looked at again at once (libraries loaded late,
+//! e.g. Python's `ssl`), and reported once per executable as "TLS not
+//! covered" when it still has none. Files are opened through
+//! `/proc/PID/root`, so a container's libraries are found in its own
+//! filesystem. A file is detached when the last process mapping it is gone.
+use std::{
+    collections::HashSet,
+    fs::File,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
+use foldhash::{HashMap, HashMapExt};
+use object::{Object, ObjectSection, ObjectSymbol};
+use tracer_common::tls_programs;
+
+use crate::{clock::monotonic_ns, kernel::Kernel};
+
+/// A file, as the kernel knows it (device and inode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+}
+
+/// A process id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Pid(pub u32);
+
+/// The functions probed, with the entry program of each (all but
+/// `SSL_free` also get the return program).
+const FUNCTIONS: [(&str, &str); 5] = [
+    ("SSL_write", tls_programs::WRITE),
+    ("SSL_write_ex", tls_programs::WRITE_EX),
+    ("SSL_read", tls_programs::READ),
+    ("SSL_read_ex", tls_programs::READ_EX),
+    ("SSL_free", tls_programs::FREE),
+];
+
+/// Files remembered as holding nothing to probe (the set is cleared when it
+/// reaches this size: a file is then looked at again, nothing is lost).
+const MAX_CHECKED: usize = 65_536;
+
+/// Counters of the attachment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttachCounters {
+    /// Processes whose mappings were read.
+    pub processes_scanned: u64,
+    /// Files the probes were attached to.
+    pub files_attached: u64,
+    /// Files detached (no process maps them any more).
+    pub files_detached: u64,
+    /// Probes the kernel refused (that function of that file is not covered).
+    pub attach_errors: u64,
+    /// ELF files that could not be read or parsed.
+    pub unreadable_files: u64,
+    /// Executables reported as using TLS the agent does not cover.
+    pub not_covered: u64,
+}
+
+/// One TLS library (or executable with a TLS library inside), attached.
+struct TlsFile {
+    path: PathBuf,
+    links: Vec<(&'static str, UProbeLinkId)>,
+    users: usize,
+}
+
+/// What is known of one process.
+#[derive(Default)]
+struct Proc {
+    exe: Option<FileId>,
+    /// The attached files it maps.
+    files: Vec<FileId>,
+    /// When its TLS traffic last made the agent read it again.
+    rescanned: Option<Instant>,
+    /// Since when (kernel monotonic ns) it has mapped a probed file.
+    covered_since_ns: Option<u64>,
+}
+
+/// A process whose TLS traffic is not covered is read again at most this
+/// often (a client without probes may open many TLS connections a second).
+const RESCAN_EVERY: Duration = Duration::from_secs(5);
+
+/// Per-file probes and the processes that use them.
+pub struct TlsAttach {
+    proc_root: PathBuf,
+    files: HashMap<FileId, TlsFile>,
+    /// Files looked at that have nothing to probe.
+    checked: HashSet<FileId>,
+    procs: HashMap<Pid, Proc>,
+    /// Executables already reported as not covered.
+    reported: HashSet<FileId>,
+    counters: AttachCounters,
+    own_pid: u32,
+}
+
+/// File offsets of the probed functions in one ELF file.
+fn probe_offsets(path: &Path) -> Result<Vec<(&'static str, u64)>, String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    // SAFETY: a read-only private mapping; a file truncated meanwhile can
+    // fault the agent, which is why only executable mappings of running
+    // processes (files the loader keeps open and unchanged) are read.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
+    let obj = object::File::parse(&*map).map_err(|e| e.to_string())?;
+    let mut found = Vec::new();
+    for (name, prog) in FUNCTIONS {
+        let sym = obj
+            .dynamic_symbols()
+            .chain(obj.symbols())
+            .find(|s| s.is_definition() && s.name() == Ok(name));
+        let Some(sym) = sym else { continue };
+        let Some(section) = sym
+            .section_index()
+            .and_then(|i| obj.section_by_index(i).ok())
+        else {
+            continue;
+        };
+        let Some((file_off, _)) = section.file_range() else {
+            continue;
+        };
+        if let Ok(UProbeAttachLocation::AbsoluteOffset(off)) =
+            UProbeAttachLocation::from_virtual_address(sym.address(), section.address(), file_off)
+        {
+            found.push((prog, off));
+        }
+    }
+    Ok(found)
+}
+
+/// The executable files a process maps (paths as the process sees them).
+fn mapped_files(maps: &str) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for line in maps.lines() {
+        let perms = line.split_ascii_whitespace().nth(1).unwrap_or("");
+        if perms.as_bytes().get(2) != Some(&b'x') {
+            continue;
+        }
+        // The fields before the path (addresses, permissions, offset,
+        // device, inode) hold no '/'; the path may hold spaces.
+        let Some(idx) = line.find(" /") else { continue };
+        let path = line[idx + 1..].trim_end();
+        if path.ends_with("(deleted)") || out.contains(&path) {
+            continue;
+        }
+        out.push(path);
+    }
+    out
+}
+
+fn file_id(path: &Path) -> Option<FileId> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+impl TlsAttach {
+    /// Nothing attached yet; processes are read from `proc_root` (/proc).
+    pub fn new(proc_root: impl Into<PathBuf>) -> TlsAttach {
+        TlsAttach {
+            proc_root: proc_root.into(),
+            files: HashMap::new(),
+            checked: HashSet::new(),
+            procs: HashMap::new(),
+            reported: HashSet::new(),
+            counters: AttachCounters::default(),
+            own_pid: std::process::id(),
+        }
+    }
+
+    /// Every process not seen before (or that exec'd), looked at; every
+    /// process gone, forgotten (and the files nobody maps any more,
+    /// detached).
+    pub fn tick(&mut self, kernel: &mut Kernel) {
+        let Ok(dir) = std::fs::read_dir(&self.proc_root) else {
+            return;
+        };
+        let mut live = HashSet::new();
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == self.own_pid {
+                continue;
+            }
+            let pid = Pid(pid);
+            live.insert(pid);
+            let exe = file_id(&self.proc_root.join(pid.0.to_string()).join("exe"));
+            match self.procs.get(&pid) {
+                Some(p) if p.exe == exe => {}
+                Some(_) => {
+                    // Another program (exec): read afresh.
+                    let old = self.procs.remove(&pid);
+                    self.scan(pid, exe, None, kernel);
+                    if let Some(old) = old {
+                        self.release(old.files, kernel);
+                    }
+                }
+                None => self.scan(pid, exe, None, kernel),
+            }
+        }
+        let gone: Vec<Pid> = self
+            .procs
+            .keys()
+            .filter(|p| !live.contains(p))
+            .copied()
+            .collect();
+        for pid in gone {
+            self.forget(pid, kernel);
+        }
+    }
+
+    /// A TLS connection of `pid` was seen: when none of its files is
+    /// probed, it is looked at again (a library loaded since, e.g. Python's
+    /// `ssl` imported late).
+    pub fn tls_seen(&mut self, pid: u32, kernel: &mut Kernel) {
+        let pid = Pid(pid);
+        if self.procs.get(&pid).is_some_and(|p| !p.files.is_empty()) {
+            return;
+        }
+        self.rescan(pid, kernel);
+    }
+
+    /// Looks at a process again (at most every [`RESCAN_EVERY`]).
+    fn rescan(&mut self, pid: Pid, kernel: &mut Kernel) {
+        let now = Instant::now();
+        let old = self.procs.get(&pid);
+        if old
+            .and_then(|p| p.rescanned)
+            .is_some_and(|at| now.duration_since(at) < RESCAN_EVERY)
+        {
+            return;
+        }
+        let covered = old.and_then(|p| p.covered_since_ns);
+        let exe = file_id(&self.proc_root.join(pid.0.to_string()).join("exe"));
+        // Scanned before forgetting: a file it keeps mapping stays attached.
+        let old = self.procs.remove(&pid);
+        self.scan(pid, exe, covered, kernel);
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.rescanned = Some(now);
+        }
+        if let Some(old) = old {
+            self.release(old.files, kernel);
+        }
+    }
+
+    /// A TLS connection of `pid`, recognised at `seen_ns` (kernel monotonic),
+    /// carried ciphertext and no plaintext came from any probe. After
+    /// another look at the process (a library loaded since is attached
+    /// then), its executable is reported once as not covered, unless the
+    /// process got its probes only after that connection began (its next
+    /// connections will tell).
+    pub fn no_plaintext(&mut self, pid: u32, seen_ns: u64, kernel: &mut Kernel) {
+        let pid = Pid(pid);
+        let exe = file_id(&self.proc_root.join(pid.0.to_string()).join("exe"));
+        self.rescan(pid, kernel);
+        let since = self.procs.get(&pid).and_then(|p| p.covered_since_ns);
+        tracing::debug!(
+            pid = pid.0,
+            ?exe,
+            ?since,
+            seen_ns,
+            "TLS connection without plaintext"
+        );
+        if since.is_some_and(|t| t > seen_ns) {
+            return;
+        }
+        if let Some(exe) = exe {
+            if self.reported.insert(exe) {
+                self.counters.not_covered += 1;
+                let path = std::fs::read_link(self.proc_root.join(pid.0.to_string()).join("exe"))
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                tracing::warn!(
+                    pid = pid.0,
+                    executable = %path,
+                    "TLS not covered: this program's TLS connection carried no plaintext \
+                     the agent could see (a TLS library without symbols, or unknown); its \
+                     encrypted traffic is counted, not traced"
+                );
+            }
+        }
+    }
+
+    /// Reads a process's mappings; `covered_since_ns`: since when it was
+    /// covered, if it was before.
+    fn scan(
+        &mut self,
+        pid: Pid,
+        exe: Option<FileId>,
+        covered_since_ns: Option<u64>,
+        kernel: &mut Kernel,
+    ) {
+        self.counters.processes_scanned += 1;
+        let base = self.proc_root.join(pid.0.to_string());
+        let mut proc = Proc {
+            exe,
+            ..Proc::default()
+        };
+        let maps = std::fs::read_to_string(base.join("maps")).unwrap_or_default();
+        for path in mapped_files(&maps) {
+            let full = base.join("root").join(path.trim_start_matches('/'));
+            let Some(id) = file_id(&full) else { continue };
+            if proc.files.contains(&id) {
+                continue;
+            }
+            if let Some(f) = self.files.get_mut(&id) {
+                f.users += 1;
+                proc.files.push(id);
+                continue;
+            }
+            if self.checked.contains(&id) {
+                continue;
+            }
+            if self.attach(id, &full, kernel) {
+                proc.files.push(id);
+            } else {
+                if self.checked.len() >= MAX_CHECKED {
+                    self.checked.clear();
+                }
+                self.checked.insert(id);
+            }
+        }
+        if !proc.files.is_empty() {
+            proc.covered_since_ns = Some(covered_since_ns.unwrap_or_else(monotonic_ns));
+        }
+        self.procs.insert(pid, proc);
+    }
+
+    /// Attaches the probes to a file that has the functions; false when it
+    /// has none (or none could be attached).
+    fn attach(&mut self, id: FileId, path: &Path, kernel: &mut Kernel) -> bool {
+        let offsets = match probe_offsets(path) {
+            Ok(o) => o,
+            Err(_) => {
+                self.counters.unreadable_files += 1;
+                return false;
+            }
+        };
+        // SSL_free alone is no TLS library to probe.
+        if offsets.iter().all(|(p, _)| *p == tls_programs::FREE) {
+            return false;
+        }
+        let mut links = Vec::new();
+        for (prog, off) in offsets {
+            let ret = (prog != tls_programs::FREE).then_some(tls_programs::RET);
+            for name in std::iter::once(prog).chain(ret) {
+                let Some(p) = kernel.uprobe(name) else {
+                    continue;
+                };
+                match p.attach(
+                    UProbeAttachLocation::AbsoluteOffset(off),
+                    path,
+                    UProbeScope::AllProcesses,
+                ) {
+                    Ok(link) => links.push((name, link)),
+                    Err(e) => {
+                        self.counters.attach_errors += 1;
+                        tracing::warn!(file = %path.display(), program = name, error = %e, "cannot attach a TLS probe");
+                    }
+                }
+            }
+        }
+        if links.is_empty() {
+            return false;
+        }
+        self.counters.files_attached += 1;
+        tracing::info!(file = %path.display(), probes = links.len(), "TLS plaintext probes attached");
+        self.files.insert(
+            id,
+            TlsFile {
+                path: path.to_path_buf(),
+                links,
+                users: 1,
+            },
+        );
+        true
+    }
+
+    fn forget(&mut self, pid: Pid, kernel: &mut Kernel) {
+        if let Some(proc) = self.procs.remove(&pid) {
+            self.release(proc.files, kernel);
+        }
+    }
+
+    /// One process fewer maps `files`: a file nobody maps is detached.
+    fn release(&mut self, files: Vec<FileId>, kernel: &mut Kernel) {
+        for id in files {
+            let Some(f) = self.files.get_mut(&id) else {
+                continue;
+            };
+            f.users = f.users.saturating_sub(1);
+            if f.users > 0 {
+                continue;
+            }
+            if let Some(f) = self.files.remove(&id) {
+                for (name, link) in f.links {
+                    if let Some(p) = kernel.uprobe(name) {
+                        let _ = p.detach(link);
+                    }
+                }
+                self.counters.files_detached += 1;
+                tracing::info!(file = %f.path.display(), "TLS probes detached: no process maps the file");
+            }
+        }
+    }
+
+    /// Files attached now.
+    pub fn attached_files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &AttachCounters {
+        &self.counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_files_keeps_executable_file_mappings_once() {
+        let maps = "\
+55d0a000-55d0b000 r--p 00000000 fd:01 123 /usr/bin/curl
+55d0b000-55d0c000 r-xp 00001000 fd:01 123 /usr/bin/curl
+7f00-7f01 r-xp 00000000 fd:01 456 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f01-7f02 r-xp 00010000 fd:01 456 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f02-7f03 rw-p 00000000 00:00 0
+7f03-7f04 r-xp 00000000 fd:01 789 /tmp/a b.so (deleted)
+7f05-7f06 r-xp 00000000 fd:01 790 /opt/with space/lib.so
+7ffd-7ffe r-xp 00000000 00:00 0 [vdso]
+";
+        assert_eq!(
+            mapped_files(maps),
+            vec![
+                "/usr/bin/curl",
+                "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+                "/opt/with space/lib.so"
+            ]
+        );
+    }
+
+    #[test]
+    fn libssl_offsets_are_found() {
+        let lib = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        if !lib.exists() {
+            return;
+        }
+        let found = probe_offsets(lib).expect("libssl parses");
+        let names: Vec<_> = found.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            vec![
+                tls_programs::WRITE,
+                tls_programs::WRITE_EX,
+                tls_programs::READ,
+                tls_programs::READ_EX,
+                tls_programs::FREE
+            ]
+        );
+        assert!(found.iter().all(|(_, off)| *off > 0));
+    }
+}

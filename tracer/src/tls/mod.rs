@@ -1,0 +1,5 @@
+//! TLS plaintext: which files get the uprobes ([`attach`]) and how the
+//! plaintext they copy joins the per-connection parsers ([`streams`]). See
+//! docs/design/010-tls-plaintext.md.
+pub mod attach;
+pub mod streams;
