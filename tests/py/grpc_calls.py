@@ -10,6 +10,8 @@
       bidi N                                 Bidi: N requests, N replies
       many N                                 N concurrent unary calls M0..M(N-1)
       traced TRACEPARENT                     unary call Traced with that metadata
+      load SECONDS THREADS                   unary calls Load back to back from
+                                             THREADS threads for SECONDS; "ok N"
       quit
 
 Messages are raw bytes (no protobuf): a request is "SLEEP_MS,REPLIES"
@@ -111,6 +113,8 @@ def run(ch, words):
     if cmd == "traced":
         ch.unary_unary(path("Traced"))(b"", timeout=30, metadata=(("traceparent", args[0]),))
         return "OK"
+    if cmd == "load":
+        return str(load(ch, float(args[0]), int(args[1])))
     n = int(args[0])
     if cmd == "sstream":
         got = list(ch.unary_stream(path("ServerStream"))(f"0,{n}".encode(), timeout=30))
@@ -136,6 +140,23 @@ def run(ch, words):
                 codes.append(e.code().name)
         return " ".join(codes)
     raise SystemExit(f"unknown command {cmd}")
+
+
+def load(ch, seconds, threads):
+    """Calls made back to back by `threads` threads until `seconds` pass
+    (the benchmark's gRPC load: one channel, calls multiplexed)."""
+    call = ch.unary_unary(path("Load"))
+    end = time.monotonic() + seconds
+
+    def worker():
+        n = 0
+        while time.monotonic() < end:
+            call(b"", timeout=30)
+            n += 1
+        return n
+
+    with futures.ThreadPoolExecutor(threads) as ex:
+        return sum(ex.map(lambda _: worker(), range(threads)))
 
 
 if __name__ == "__main__":
