@@ -589,6 +589,13 @@ pub(crate) fn response_status(
             }
             return Status::Unset;
         }
+        if resp.reset && kind == SpanKind::Client {
+            // No status reached the client and the stream was reset: the
+            // call failed (cancelled, deadline, refused...); which code the
+            // client library reported is not on the wire.
+            t.push_str("error.type", "stream_reset");
+            return Status::Error(String::new());
+        }
     }
     let s = resp.status;
     if s == 0 {

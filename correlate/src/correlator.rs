@@ -895,6 +895,7 @@ mod tests {
             status: 200,
             version: HttpVersion::Http11,
             headers: headers(&["a", "b", "c", "d"]).into(),
+            reset: false,
         };
         let before = c.counters().request_ids_ignored;
         c.message(message(1, Side::Outbound, 20, MessageKind::Response(resp)));

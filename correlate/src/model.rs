@@ -234,6 +234,10 @@ pub struct Response<'a> {
     pub version: HttpVersion,
     /// Header fields (and trailers, if any) in wire order.
     pub headers: Cow<'a, [Header<'a>]>,
+    /// The HTTP/2 stream was ended by RST_STREAM (from either side), not by
+    /// END_STREAM. A gRPC call so ended without `grpc-status` failed for
+    /// its client (gRPC requires trailers to end a call).
+    pub reset: bool,
 }
 
 /// What a message is.

@@ -321,6 +321,7 @@ fn grpc_calls() {
                 Header::owned("grpc-status", code),
             ]
             .into(),
+            reset: false,
         };
         let (span, _) = one(kind, r(), rsp, Config::default());
         assert_eq!(span.name(), "helloworld.Greeter/SayHello");
@@ -339,6 +340,35 @@ fn grpc_calls() {
     let (span, _) = one(SpanKind::Server, r(), resp(503, &[]), Config::default());
     assert!(span.attr("rpc.grpc.status_code").is_none());
     assert_ne!(span.status, Status::Unset);
+    // A stream reset before any grpc-status (a client's deadline or
+    // cancel): the call failed for the client; the server's span says
+    // nothing it did not see. With a status, the status decides.
+    let reset = |status: u16, code: Option<&str>| {
+        let mut h = vec![Header::owned("content-type", "application/grpc")];
+        h.extend(code.map(|c| Header::owned("grpc-status", c)));
+        Response {
+            status,
+            version: HttpVersion::Http2,
+            headers: h.into(),
+            reset: true,
+        }
+    };
+    for (kind, status, code, error) in [
+        (SpanKind::Client, 0, None, true),
+        (SpanKind::Client, 200, None, true),
+        (SpanKind::Server, 0, None, false),
+        (SpanKind::Client, 200, Some("0"), false),
+        (SpanKind::Server, 200, Some("4"), true),
+    ] {
+        let (span, _) = one(kind, r(), reset(status, code), Config::default());
+        assert_eq!(span.status != Status::Unset, error, "{kind:?} {code:?}");
+        let et = span.attr_str("error.type");
+        assert_eq!(
+            et == Some("stream_reset"),
+            error && code.is_none(),
+            "{et:?}"
+        );
+    }
 }
 
 #[test]

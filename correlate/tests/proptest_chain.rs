@@ -164,6 +164,7 @@ fn op() -> impl Strategy<Value = Op> {
                         status,
                         version: HttpVersion::Http2,
                         headers: headers.into(),
+                        reset: false,
                     })
                 };
                 Op::Msg(Message {

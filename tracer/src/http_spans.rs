@@ -21,7 +21,7 @@ use protocols::{
     conn::{self, ConnConfig, ConnCounters, ConnParser, MessageView, Protocol, Version},
     hpack::{HpackCounters, Unknown},
     http1::Http1Counters,
-    http2::{FrameCounters, Http2Counters},
+    http2::{FrameCounters, Http2Counters, StreamEnd},
     stream::{Chunk, MissingKind, Piece},
 };
 use tracer_common::Dir;
@@ -488,6 +488,7 @@ impl ToSpans {
                 status,
                 version: version(m.version()),
                 headers: headers.into(),
+                reset: matches!(m.stream_end(), Some(StreamEnd::Reset(_))),
             })
         };
         self.counters.messages += 1;

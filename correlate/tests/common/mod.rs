@@ -72,6 +72,7 @@ pub fn resp(status: u16, headers: &[(&str, &str)]) -> Response<'static> {
             .map(|(n, v)| Header::owned(n, v))
             .collect::<Vec<_>>()
             .into(),
+        reset: false,
     }
 }
 

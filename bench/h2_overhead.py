@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Cost of HTTP/2 and gRPC tracing, A/B interleaved.
+
+Two loads, each in three conditions per round, their order rotated every
+round: no agent; the agent's hooks attached but returning at once
+(--hooks-only: the floor); the whole product exporting OTLP to a sink.
+- h2: h2load (prior-knowledge h2c, -c conns -m streams) against nghttpd
+  --no-tls serving a small file.
+- grpc: a grpcio client (tests/py/grpc_calls.py `load`, one channel,
+  THREADS threads calling back to back) against the grpcio server of the
+  same script.
+Prints requests/s, the ratio to no agent (median of per-round ratios), the
+ratio of the product to the hooks-only floor, the agent's CPU per request
+and the kernel cost per request of its eBPF programs (bpf_stats).
+
+Run as root from the repository, under the e2e lock:
+  flock -o /work/e2e.lock bench/h2_overhead.py [--pairs 3] [--seconds 5]
+"""
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+
+from agentproc import Agent, counter, lost
+from bpfstats import BpfStats, format_rows, per_request
+from overhead import OtlpSink, free_port, wait_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = os.path.join(ROOT, "target", "pyenv", "bin", "python")
+CALLS = os.path.join(ROOT, "tests", "py", "grpc_calls.py")
+
+
+class Nghttpd:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="bench-nghttpd-")
+        with open(os.path.join(self.dir, "index.html"), "w") as f:
+            f.write("<html><body>" + "hello " * 100 + "</body></html>\n")
+        self.port = free_port()
+        self.proc = subprocess.Popen(["nghttpd", "--no-tls", "-d", self.dir, str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def run(self, seconds, conns, streams):
+        out = subprocess.run(["h2load", "-D", str(seconds), "-c", str(conns), "-m", str(streams),
+                              "-t", "1", "http://127.0.0.1:%d/index.html" % self.port],
+                             capture_output=True, text=True, check=True).stdout
+        m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+        done = int(m.group(2))
+        return done / seconds, done
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Grpc:
+    def __init__(self, threads):
+        self.port = free_port()
+        self.threads = threads
+        self.server = subprocess.Popen([PYTHON, CALLS, "server", str(self.port)],
+                                       stdout=subprocess.PIPE, text=True)
+        self.server.stdout.readline()
+
+    def run(self, seconds):
+        # A fresh client (and connection) per run: the agent of the run
+        # sees the connection from its first frame.
+        c = subprocess.Popen([PYTHON, CALLS, "client", str(self.port)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        c.stdout.readline()
+        c.stdin.write("load %s %d\nquit\n" % (seconds, self.threads))
+        c.stdin.flush()
+        n = int(c.stdout.readline().split()[1])
+        c.wait()
+        return n / seconds, n
+
+    def stop(self):
+        self.server.terminate()
+        self.server.wait()
+
+
+CONDITIONS = [
+    ("none", None),
+    ("hooks-only", ["--hooks-only", "--profile-hz", "0"]),
+    ("product", ["--otlp-endpoint", "{otlp}", "--otlp-protocol", "http/protobuf", "--profile-hz", "0"]),
+]
+
+
+def bench(label, load, pairs, sink, stats):
+    results = {n: [] for n, _ in CONDITIONS}
+    for r in range(pairs):
+        k = r % len(CONDITIONS)
+        for name, args in CONDITIONS[k:] + CONDITIONS[:k]:
+            agent = None
+            if args is not None:
+                agent = Agent([x.replace("{otlp}", "http://127.0.0.1:%d" % sink.port) for x in args])
+            cpu0 = agent.cpu_seconds() if agent else 0
+            bpf0 = stats.snapshot(agent.program_ids) if agent else {}
+            rps, total = load()
+            bpf1 = stats.snapshot(agent.program_ids) if agent else {}
+            cpu = (agent.cpu_seconds() - cpu0) if agent else 0
+            kns, rows = per_request(stats.diff(bpf0, bpf1), total)
+            extra = ""
+            if agent:
+                err = agent.stop()
+                extra = "http.messages=%d spans=%d lost=%s" % (
+                    counter(err, "http.messages"), counter(err, "spans_submitted"), lost(err))
+            results[name].append({"rps": rps, "total": total, "cpu": cpu, "kns": kns, "rows": rows})
+            print("  %s round %d %-10s %8.0f req/s  kernel %5.0f ns/req  %s  %s" % (
+                label, r + 1, name, rps, kns, extra, format_rows(rows)), flush=True)
+    return results
+
+
+def report(label, results):
+    base = results["none"]
+    print("\n%s" % label)
+    for name, _ in CONDITIONS:
+        rows = results[name]
+        ratios = [x["rps"] / b["rps"] for x, b in zip(rows, base)]
+        print("  %-10s %9.0f req/s  ratio %.3f (min %.3f max %.3f)  agent CPU %.2f us/req  kernel %4.0f ns/req" % (
+            name, statistics.median(x["rps"] for x in rows), statistics.median(ratios), min(ratios),
+            max(ratios), statistics.median(x["cpu"] / x["total"] * 1e6 for x in rows),
+            statistics.median(x["kns"] for x in rows)))
+    rel = [x["rps"] / h["rps"] for x, h in zip(results["product"], results["hooks-only"])]
+    print("  product / hooks-only: %.3f" % statistics.median(rel))
+    rows = sorted(results["product"], key=lambda x: x["kns"])
+    print("  kernel cost per request, product (median round): %s" % format_rows(rows[len(rows) // 2]["rows"]))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--streams", type=int, default=10, help="h2load -m: concurrent streams per connection")
+    ap.add_argument("--grpc-threads", type=int, default=4)
+    a = ap.parse_args()
+    sink = OtlpSink()
+    stats = BpfStats()
+    nghttpd = Nghttpd()
+    grpc = Grpc(a.grpc_threads)
+    try:
+        nghttpd.run(1, a.connections, a.streams)
+        grpc.run(1)
+        h2 = bench("h2", lambda: nghttpd.run(a.seconds, a.connections, a.streams), a.pairs, sink, stats)
+        g = bench("grpc", lambda: grpc.run(a.seconds), a.pairs, sink, stats)
+        report("h2load -c%d -m%d -t1 against nghttpd --no-tls, %d s per run, %d rounds" % (
+            a.connections, a.streams, a.seconds, a.pairs), h2)
+        report("grpcio unary, one channel, %d client threads, %d s per run, %d rounds" % (
+            a.grpc_threads, a.seconds, a.pairs), g)
+    finally:
+        grpc.stop()
+        nghttpd.stop()
+        stats.close()
+        sink.stop()
+
+
+if __name__ == "__main__":
+    main()
