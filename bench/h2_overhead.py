@@ -24,8 +24,9 @@ import statistics
 import subprocess
 import tempfile
 
-from agentproc import Agent, counter, lost
-from bpfstats import BpfStats, format_rows, per_request
+from abrounds import print_conditions, run_rounds
+from agentproc import counter, lost
+from bpfstats import BpfStats, format_rows
 from overhead import OtlpSink, free_port, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,40 +91,13 @@ CONDITIONS = [
 
 
 def bench(label, load, pairs, sink, stats):
-    results = {n: [] for n, _ in CONDITIONS}
-    for r in range(pairs):
-        k = r % len(CONDITIONS)
-        for name, args in CONDITIONS[k:] + CONDITIONS[:k]:
-            agent = None
-            if args is not None:
-                agent = Agent([x.replace("{otlp}", "http://127.0.0.1:%d" % sink.port) for x in args])
-            cpu0 = agent.cpu_seconds() if agent else 0
-            bpf0 = stats.snapshot(agent.program_ids) if agent else {}
-            rps, total = load()
-            bpf1 = stats.snapshot(agent.program_ids) if agent else {}
-            cpu = (agent.cpu_seconds() - cpu0) if agent else 0
-            kns, rows = per_request(stats.diff(bpf0, bpf1), total)
-            extra = ""
-            if agent:
-                err = agent.stop()
-                extra = "http.messages=%d spans=%d lost=%s" % (
-                    counter(err, "http.messages"), counter(err, "spans_submitted"), lost(err))
-            results[name].append({"rps": rps, "total": total, "cpu": cpu, "kns": kns, "rows": rows})
-            print("  %s round %d %-10s %8.0f req/s  kernel %5.0f ns/req  %s  %s" % (
-                label, r + 1, name, rps, kns, extra, format_rows(rows)), flush=True)
-    return results
+    return run_rounds(CONDITIONS, pairs, load, sink, stats, lambda err: "http.messages=%d spans=%d lost=%s" % (
+        counter(err, "http.messages"), counter(err, "spans_submitted"), lost(err)), prefix=label + " ")
 
 
 def report(label, results):
-    base = results["none"]
     print("\n%s" % label)
-    for name, _ in CONDITIONS:
-        rows = results[name]
-        ratios = [x["rps"] / b["rps"] for x, b in zip(rows, base)]
-        print("  %-10s %9.0f req/s  ratio %.3f (min %.3f max %.3f)  agent CPU %.2f us/req  kernel %4.0f ns/req" % (
-            name, statistics.median(x["rps"] for x in rows), statistics.median(ratios), min(ratios),
-            max(ratios), statistics.median(x["cpu"] / x["total"] * 1e6 for x in rows),
-            statistics.median(x["kns"] for x in rows)))
+    print_conditions(CONDITIONS, results, indent="  ")
     rel = [x["rps"] / h["rps"] for x, h in zip(results["product"], results["hooks-only"])]
     print("  product / hooks-only: %.3f" % statistics.median(rel))
     rows = sorted(results["product"], key=lambda x: x["kns"])

@@ -55,11 +55,19 @@ def wait_port(port, timeout=10):
 class Nginx:
     """nginx serving a small static file on a free loopback port.
     `access_log`: log every request (buffered) to the file `self.access_log`,
-    written in full once quit() returns."""
+    written in full once quit() returns. `tls`: HTTPS, with a self-signed
+    certificate made with the openssl CLI."""
 
-    def __init__(self, workers, access_log=False):
-        self.dir = tempfile.mkdtemp(prefix="bench-nginx-")
+    def __init__(self, workers, access_log=False, tls=False):
+        self.dir = tempfile.mkdtemp(prefix="bench-tls-nginx-" if tls else "bench-nginx-")
         self.port = free_port()
+        listen = "listen 127.0.0.1:%d;" % self.port
+        if tls:
+            cert, key = os.path.join(self.dir, "cert.pem"), os.path.join(self.dir, "key.pem")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                            "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+                           check=True, capture_output=True)
+            listen = "listen 127.0.0.1:%d ssl; ssl_certificate %s; ssl_certificate_key %s;" % (self.port, cert, key)
         root = os.path.join(self.dir, "root")
         os.makedirs(root)
         os.makedirs(os.path.join(self.dir, "logs"))
@@ -78,9 +86,9 @@ events { worker_connections 4096; }
 http {
   access_log %s;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:%d; root %s; }
+  server { %s root %s; }
 }
-""" % (workers, self.dir, self.dir, log, self.port, root))
+""" % (workers, self.dir, self.dir, log, listen, root))
         self.proc = subprocess.Popen(["nginx", "-p", self.dir, "-c", conf],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)

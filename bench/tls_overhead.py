@@ -17,54 +17,14 @@ programs (bpf_stats; a uprobe's trap and return trampoline are not in it).
 Run as root from the repository:  bench/tls_overhead.py [--pairs 5]
 """
 import argparse
-import os
 import re
-import shutil
 import statistics
 import subprocess
-import tempfile
 
-from agentproc import Agent, counter
-from bpfstats import BpfStats, format_rows, per_request
-from overhead import OtlpSink, free_port, wait_port
-
-
-class TlsNginx:
-    def __init__(self, workers):
-        self.dir = tempfile.mkdtemp(prefix="bench-tls-nginx-")
-        self.port = free_port()
-        cert, key = os.path.join(self.dir, "cert.pem"), os.path.join(self.dir, "key.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
-                       check=True, capture_output=True)
-        os.makedirs(os.path.join(self.dir, "logs"))
-        root = os.path.join(self.dir, "root")
-        os.makedirs(root)
-        with open(os.path.join(root, "index.html"), "w") as f:
-            f.write("<html><body>" + "hello " * 100 + "</body></html>\n")
-        conf = os.path.join(self.dir, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write("""worker_processes %s;
-error_log %s/logs/error.log;
-pid %s/nginx.pid;
-daemon off;
-user root;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:%d ssl; ssl_certificate %s; ssl_certificate_key %s; root %s; }
-}
-""" % (workers, self.dir, self.dir, self.port, cert, key, root))
-        self.proc = subprocess.Popen(["nginx", "-p", self.dir, "-c", conf],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+from abrounds import print_conditions, run_rounds
+from agentproc import counter
+from bpfstats import BpfStats, format_rows
+from overhead import Nginx, OtlpSink
 
 
 def wrk(port, seconds, conns):
@@ -93,42 +53,18 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=20)
     a = ap.parse_args()
-    nginx = TlsNginx(1)
+    nginx = Nginx(1, tls=True)
     sink = OtlpSink()
     stats = BpfStats()
     try:
         wrk(nginx.port, 2, a.connections)
-        results = {n: [] for n, _ in CONDITIONS}
-        for r in range(a.pairs):
-            k = r % len(CONDITIONS)
-            for name, args in CONDITIONS[k:] + CONDITIONS[:k]:
-                agent = None
-                if args is not None:
-                    agent = Agent([x.replace("{otlp}", "http://127.0.0.1:%d" % sink.port) for x in args])
-                cpu0 = agent.cpu_seconds() if agent else 0
-                bpf0 = stats.snapshot(agent.program_ids) if agent else {}
-                rps, total = wrk(nginx.port, a.seconds, a.connections)
-                bpf1 = stats.snapshot(agent.program_ids) if agent else {}
-                cpu = (agent.cpu_seconds() - cpu0) if agent else 0
-                kns, rows = per_request(stats.diff(bpf0, bpf1), total)
-                extra = ""
-                if agent:
-                    err = agent.stop()
-                    extra = "tls.calls=%d http.messages=%d" % (counter(err, "tls.calls"),
-                                                               counter(err, "http.messages"))
-                results[name].append({"rps": rps, "total": total, "cpu": cpu, "kns": kns, "rows": rows})
-                print("  round %d %-16s %8.0f req/s  kernel %5.0f ns/req  %s  %s" % (
-                    r + 1, name, rps, kns, extra, format_rows(rows)), flush=True)
-        base = results["none"]
+        results = run_rounds(CONDITIONS, a.pairs, lambda: wrk(nginx.port, a.seconds, a.connections), sink, stats,
+                             lambda err: "tls.calls=%d http.messages=%d" % (counter(err, "tls.calls"),
+                                                                           counter(err, "http.messages")),
+                             width=16)
         print("\nnginx TLS worker_processes 1, wrk -t2 -c%d https, %d s per run, %d rounds" % (
             a.connections, a.seconds, a.pairs))
-        for name, _ in CONDITIONS:
-            rows = results[name]
-            ratios = [x["rps"] / b["rps"] for x, b in zip(rows, base)]
-            print("%-16s %9.0f req/s  ratio %.3f (min %.3f max %.3f)  agent CPU %.2f us/req  kernel %4.0f ns/req" % (
-                name, statistics.median(x["rps"] for x in rows), statistics.median(ratios), min(ratios),
-                max(ratios), statistics.median(x["cpu"] / x["total"] * 1e6 for x in rows),
-                statistics.median(x["kns"] for x in rows)))
+        print_conditions(CONDITIONS, results, width=16)
         rows = sorted(results["tls-on"], key=lambda x: x["kns"])
         print("kernel cost per request, tls-on (median round): %s" % format_rows(rows[len(rows) // 2]["rows"]))
         for name in ("tls-off", "tls-on"):
