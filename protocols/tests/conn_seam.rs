@@ -50,14 +50,7 @@ fn detection_table() {
 }
 
 fn chunk<'a>(offset: usize, pieces: &'a [Piece<'a>]) -> Chunk<'a> {
-    Chunk {
-        seq: 100 + offset as u32,
-        offset: offset as u64,
-        len: pieces.iter().map(Piece::len).sum(),
-        op: None,
-        seg_ts_ns: None,
-        pieces,
-    }
+    Chunk::untimed(100 + offset as u32, offset as u64, pieces)
 }
 
 /// (is_request, version, stream, method or status, path)

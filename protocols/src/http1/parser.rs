@@ -224,7 +224,7 @@ impl Http1Parser {
     pub fn feed_bytes(&mut self, data: &[u8], out: &mut impl FnMut(MessageRef<'_>)) {
         let offset = self.next_offset.unwrap_or(0);
         let pieces = [Piece::Data(data)];
-        self.feed(&Self::synthetic(offset, &pieces), out);
+        self.feed(&Chunk::untimed(offset as u32, offset, &pieces), out);
     }
 
     /// Feeds `len` bytes missing for the given reason, directly following
@@ -237,18 +237,7 @@ impl Http1Parser {
     ) {
         let offset = self.next_offset.unwrap_or(0);
         let pieces = [Piece::Missing { len, why }];
-        self.feed(&Self::synthetic(offset, &pieces), out);
-    }
-
-    fn synthetic<'a>(offset: u64, pieces: &'a [Piece<'a>]) -> Chunk<'a> {
-        Chunk {
-            seq: offset as u32,
-            offset,
-            len: pieces.iter().map(Piece::len).sum(),
-            op: None,
-            seg_ts_ns: None,
-            pieces,
-        }
+        self.feed(&Chunk::untimed(offset as u32, offset, &pieces), out);
     }
 
     /// The direction ended (connection closed or evicted): a

@@ -35,14 +35,7 @@ const GET: &[u8] = &[0x82, 0x86, 0x84, 0x01, 0x01, b'a'];
 const CORRUPT: &[u8] = &[0x80];
 
 fn chunk<'a>(offset: u64, pieces: &'a [Piece<'a>]) -> Chunk<'a> {
-    Chunk {
-        seq: offset as u32,
-        offset,
-        len: pieces.iter().map(Piece::len).sum(),
-        op: None,
-        seg_ts_ns: None,
-        pieces,
-    }
+    Chunk::untimed(offset as u32, offset, pieces)
 }
 
 fn requests(c: &mut Http2Connection, chunks: &[Chunk<'_>]) -> Vec<Http2Message> {

@@ -173,6 +173,19 @@ pub enum Part<'a> {
 }
 
 impl<'a> Chunk<'a> {
+    /// A chunk of `pieces` that no call moved and no segment timed (what
+    /// a parser makes up to say bytes are missing, and what tests feed).
+    pub fn untimed(seq: u32, offset: u64, pieces: &'a [Piece<'a>]) -> Self {
+        Chunk {
+            seq,
+            offset,
+            len: pieces.iter().map(Piece::len).sum(),
+            op: None,
+            seg_ts_ns: None,
+            pieces,
+        }
+    }
+
     /// Walks the chunk for a consumer that fed the stream up to offset
     /// `fed` (`None`: nothing yet): first the gap between `fed` and the
     /// chunk (a hole, in no call), then the chunk's pieces without the bytes
