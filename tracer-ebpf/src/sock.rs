@@ -114,6 +114,20 @@ pub fn on_sock_op(sk: *mut c_void, ret: i32, flags: i32, dir: Dir) {
     let comm_off = global(&OFF_TASK_COMM);
     // SAFETY: the current task, a typed pointer; comm is 16 bytes.
     let comm: [u64; 2] = unsafe { [field(task, comm_off), field(task, comm_off + 8)] };
+    emit_op(dir, ret as u32, clock, cookie, pid_tgid, seq_end, comm);
+}
+
+/// Writes the record of one call, whatever its source.
+#[inline(always)]
+pub fn emit_op(
+    dir: Dir,
+    len: u32,
+    clock: u64,
+    cookie: u64,
+    pid_tgid: u64,
+    seq_end: u32,
+    comm: [u64; 2],
+) {
     let Some(held) = lane::reserve_op::<OP_FRAME>(DropReason::RingFullOp) else {
         return;
     };
@@ -132,7 +146,7 @@ pub fn on_sock_op(sk: *mut c_void, ret: i32, flags: i32, dir: Dir) {
     };
     let op = Op {
         dir: dir as u8,
-        len: ret as u32,
+        len,
         ts_ns,
         cookie,
         pid_tgid,

@@ -10,20 +10,16 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{kprobe, kretprobe, map},
     maps::{HashMap, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
-use tracer_common::{Dir, DropReason, KernelStat, SockOp};
+use tracer_common::{Dir, DropReason, KernelStat};
 
 use crate::{
-    add_stat, count_drop, global, lane,
-    records::Op,
-    sock::{just_transmitted, OP_FRAME},
-    state, AGENT_PID, ENABLED, OFF_CLOCK, OFF_COOKIE, OFF_COPIED_SEQ, OFF_WRITE_SEQ,
+    add_stat, count_drop, global, sock::emit_op, state, AGENT_PID, ENABLED, OFF_CLOCK, OFF_COOKIE,
+    OFF_COPIED_SEQ, OFF_WRITE_SEQ,
 };
 
 const MSG_PEEK: u64 = 2;
@@ -118,6 +114,7 @@ fn leave(ret: i64, dir: Dir) {
         count_drop(DropReason::ReadFailed);
         return;
     }
+    crate::tls::note_sock_op(pid_tgid, cookie, seq_end, ret as u32);
     if state::ctl_generation().is_some() {
         let silence = state::silence_of(cookie);
         if silence != 0 {
@@ -133,28 +130,7 @@ fn leave(ret: i64, dir: Dir) {
         ],
         Err(_) => [0, 0],
     };
-    let Some(held) = lane::reserve_op::<OP_FRAME>(DropReason::RingFullOp) else {
-        return;
-    };
-    // The same choice of clock as the tracepoint's (see sock.rs).
-    let ts_ns = match dir {
-        Dir::Recv if clock != 0 => clock,
-        Dir::Send if clock != 0 && just_transmitted(cookie, clock) => clock,
-        // SAFETY: helper without arguments.
-        _ => unsafe { bpf_ktime_get_ns() },
-    };
-    let op = Op {
-        dir: dir as u8,
-        len: ret as u32,
-        ts_ns,
-        cookie,
-        pid_tgid,
-        seq_end,
-        comm,
-    };
-    // SAFETY: the held frame has room for OP_FRAME bytes, 8-aligned.
-    unsafe { op.write(held.record() as *mut u64) };
-    held.publish(core::mem::size_of::<SockOp>());
+    emit_op(dir, ret as u32, clock, cookie, pid_tgid, seq_end, comm);
 }
 
 /// `tcp_sendmsg(sk, msg, size)`
