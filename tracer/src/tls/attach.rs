@@ -23,7 +23,7 @@ use foldhash::{HashMap, HashMapExt};
 use object::{Object, ObjectSection, ObjectSymbol};
 use tracer_common::tls_programs;
 
-use crate::{clock::monotonic_ns, kernel::Kernel};
+use crate::{clock::monotonic_ns, kernel::Kernel, profile::unwind::parse_maps};
 
 /// A file, as the kernel knows it (device and inode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -138,22 +138,14 @@ fn probe_offsets(path: &Path) -> Result<Vec<(&'static str, u64)>, String> {
     Ok(found)
 }
 
-/// The executable files a process maps (paths as the process sees them).
-fn mapped_files(maps: &str) -> Vec<&str> {
-    let mut out: Vec<&str> = Vec::new();
-    for line in maps.lines() {
-        let perms = line.split_ascii_whitespace().nth(1).unwrap_or("");
-        if perms.as_bytes().get(2) != Some(&b'x') {
-            continue;
+/// The executable files a process maps (paths as the process sees them),
+/// each once.
+fn mapped_files(maps: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for m in parse_maps(maps) {
+        if m.exec && m.is_file() && !m.deleted && !out.contains(&m.path) {
+            out.push(m.path);
         }
-        // The fields before the path (addresses, permissions, offset,
-        // device, inode) hold no '/'; the path may hold spaces.
-        let Some(idx) = line.find(" /") else { continue };
-        let path = line[idx + 1..].trim_end();
-        if path.ends_with("(deleted)") || out.contains(&path) {
-            continue;
-        }
-        out.push(path);
     }
     out
 }
@@ -180,6 +172,11 @@ impl TlsAttach {
         }
     }
 
+    /// `/proc/PID/exe` of a process.
+    fn exe_link(&self, pid: Pid) -> PathBuf {
+        self.proc_root.join(pid.0.to_string()).join("exe")
+    }
+
     /// Every process not seen before (or that exec'd), looked at; every
     /// process gone, forgotten (and the files nobody maps any more,
     /// detached).
@@ -201,7 +198,7 @@ impl TlsAttach {
             }
             let pid = Pid(pid);
             live.insert(pid);
-            let exe = file_id(&self.proc_root.join(pid.0.to_string()).join("exe"));
+            let exe = file_id(&self.exe_link(pid));
             match self.procs.get(&pid) {
                 Some(p) if p.exe == exe => {}
                 Some(_) => {
@@ -248,7 +245,7 @@ impl TlsAttach {
             return;
         }
         let covered = old.and_then(|p| p.covered_since_ns);
-        let exe = file_id(&self.proc_root.join(pid.0.to_string()).join("exe"));
+        let exe = file_id(&self.exe_link(pid));
         // Scanned before forgetting: a file it keeps mapping stays attached.
         let old = self.procs.remove(&pid);
         self.scan(pid, exe, covered, kernel);
@@ -268,9 +265,11 @@ impl TlsAttach {
     /// connections will tell).
     pub fn no_plaintext(&mut self, pid: u32, seen_ns: u64, kernel: &mut Kernel) {
         let pid = Pid(pid);
-        let exe = file_id(&self.proc_root.join(pid.0.to_string()).join("exe"));
         self.rescan(pid, kernel);
-        let since = self.procs.get(&pid).and_then(|p| p.covered_since_ns);
+        let (exe, since) = self
+            .procs
+            .get(&pid)
+            .map_or((None, None), |p| (p.exe, p.covered_since_ns));
         tracing::debug!(
             pid = pid.0,
             ?exe,
@@ -284,7 +283,7 @@ impl TlsAttach {
         if let Some(exe) = exe {
             if self.reported.insert(exe) {
                 self.counters.not_covered += 1;
-                let path = std::fs::read_link(self.proc_root.join(pid.0.to_string()).join("exe"))
+                let path = std::fs::read_link(self.exe_link(pid))
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|_| "?".into());
                 tracing::warn!(
