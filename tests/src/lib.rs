@@ -557,6 +557,53 @@ impl Spawned {
     }
 }
 
+/// One side of a line-driven Python gRPC script (tests/py/`script`):
+/// `role` is "server" or "client", `port` the server's port, `service` its
+/// OTEL_SERVICE_NAME. Waits for "ready".
+pub fn grpc_py(script: &str, role: &str, port: u16, service: &str) -> Spawned {
+    Spawned::ready(
+        Command::new(python())
+            .arg(py_script(script))
+            .args([role, &port.to_string()])
+            .env("OTEL_SERVICE_NAME", service),
+    )
+}
+
+/// The next reply of a line-driven client, without its "ok " prefix
+/// (waits up to 60 s).
+pub fn reply(c: &Spawned) -> String {
+    let l = c.line(Duration::from_secs(60));
+    l.strip_prefix("ok ").unwrap_or(&l).to_string()
+}
+
+/// The spans of one side (`kind` "CLIENT" or "SERVER") of a gRPC pair of
+/// processes: the client's service is `client`, the server's `server`.
+pub fn grpc_side<'a>(spans: &'a [Value], kind: &str, client: &str, server: &str) -> Vec<&'a Value> {
+    let svc = if kind == "CLIENT" { client } else { server };
+    spans
+        .iter()
+        .filter(|s| span::f(s, "kind") == kind && span::res(s, "service.name") == svc)
+        .collect()
+}
+
+/// An nginx answering "ok" on every path and tests/py/keepalive_client.py
+/// (argument 3) with one connection open to it; returns them with the
+/// client's first line, the connection's tuple (waited for up to
+/// `timeout`).
+pub fn nginx_keepalive_client(timeout: Duration) -> (Nginx, Spawned, Value) {
+    let nginx = Nginx::start(
+        "server { listen 127.0.0.1:{port}; root {root}; location / { return 200 \"ok\\n\"; } }",
+    );
+    let client = Spawned::new(
+        Command::new(python())
+            .arg(py_script("keepalive_client.py"))
+            .arg(nginx.port.to_string())
+            .arg("3"),
+    );
+    let tuple: Value = serde_json::from_str(&client.line(timeout)).unwrap();
+    (nginx, client, tuple)
+}
+
 impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -6,7 +6,10 @@ use std::{
 };
 
 use serde_json::Value;
-use tracer_e2e::{ev, py_script, python, require_tool, root_test, run_ok, Agent, Nginx, Spawned};
+use tracer_e2e::{
+    ev, nginx_keepalive_client, py_script, python, require_tool, root_test, run_ok, Agent, Nginx,
+    Spawned,
+};
 
 const SETTLE: Duration = Duration::from_millis(800);
 
@@ -172,16 +175,7 @@ fn connection_opened_before_the_agent_is_picked_up() {
     let Some(_g) = root_test("connection_opened_before_the_agent_is_picked_up") else {
         return;
     };
-    let nginx = Nginx::start(
-        "server { listen 127.0.0.1:{port}; root {root}; location / { return 200 \"ok\\n\"; } }",
-    );
-    let mut client = Spawned::new(
-        Command::new(python())
-            .arg(py_script("keepalive_client.py"))
-            .arg(nginx.port.to_string())
-            .arg("3"),
-    );
-    let tuple: Value = serde_json::from_str(&client.line(Duration::from_secs(10))).unwrap();
+    let (nginx, mut client, tuple) = nginx_keepalive_client(Duration::from_secs(10));
     let port = nginx.port.to_string();
     let agent = Agent::start(&["--print", "events", "--output", "json", "--port", &port]);
     client.send("go");

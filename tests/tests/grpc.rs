@@ -3,13 +3,13 @@
 //! unary, server-, client- and bidi-streaming calls, NOT_FOUND and
 //! DEADLINE_EXCEEDED, 50 calls multiplexed on one connection, and a
 //! `traceparent` sent as gRPC metadata.
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
 use tracer_e2e::{
-    free_port, py_script, python, root_test,
-    span::{attr, f, res},
-    Agent, Otlp, Receiver, Spawned,
+    free_port, grpc_py, grpc_side, reply, root_test,
+    span::{attr, f},
+    Agent, AgentOutput, Otlp, Receiver, Spawned,
 };
 
 const SETTLE: Duration = Duration::from_millis(1500);
@@ -18,44 +18,61 @@ const SERVICE: &str = "calls.Calls";
 /// The grpcio server of tests/py/grpc_calls.py on a fresh port.
 fn server() -> (Spawned, u16) {
     let port = free_port();
-    let s = Spawned::ready(
-        Command::new(python())
-            .arg(py_script("grpc_calls.py"))
-            .args(["server", &port.to_string()])
-            .env("OTEL_SERVICE_NAME", "calls-server"),
-    );
-    (s, port)
+    (
+        grpc_py("grpc_calls.py", "server", port, "calls-server"),
+        port,
+    )
 }
 
 /// Its client, with one channel to `port`.
 fn client(port: u16) -> Spawned {
-    Spawned::ready(
-        Command::new(python())
-            .arg(py_script("grpc_calls.py"))
-            .args(["client", &port.to_string()])
-            .env("OTEL_SERVICE_NAME", "calls-client"),
-    )
+    grpc_py("grpc_calls.py", "client", port, "calls-client")
 }
 
 /// Run one client command; returns the status names it printed.
 fn run(c: &mut Spawned, cmd: &str) -> String {
     c.send(cmd);
-    let l = c.line(Duration::from_secs(60));
-    l.strip_prefix("ok ").unwrap_or(&l).to_string()
+    reply(c)
 }
 
 /// The spans of one side (`CLIENT` or `SERVER`) of method `method`.
 fn of<'a>(spans: &'a [Value], kind: &str, method: &str) -> Vec<&'a Value> {
-    let svc = if kind == "CLIENT" {
-        "calls-client"
-    } else {
-        "calls-server"
-    };
-    spans
-        .iter()
-        .filter(|s| f(s, "kind") == kind && res(s, "service.name") == svc)
+    grpc_side(spans, kind, "calls-client", "calls-server")
+        .into_iter()
         .filter(|s| f(s, "name") == format!("{SERVICE}/{method}"))
         .collect()
+}
+
+/// The server, a receiver, an agent exporting to it and a client, started
+/// in that order.
+fn start() -> (Spawned, Receiver, Agent, Spawned) {
+    let (server, port) = server();
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    let c = client(port);
+    (server, receiver, agent, c)
+}
+
+/// Whether both sides of `method` have exactly one span.
+fn both(s: &[Value], method: &str) -> bool {
+    of(s, "SERVER", method).len() == 1 && of(s, "CLIENT", method).len() == 1
+}
+
+/// Ends the client, waits (up to `timeout`) until `done`, then stops the
+/// agent and returns its output and the spans received.
+fn finish(
+    mut c: Spawned,
+    receiver: &Receiver,
+    agent: Agent,
+    timeout: Duration,
+    done: impl Fn(&[Value]) -> bool,
+) -> (AgentOutput, Vec<Value>) {
+    c.send("quit");
+    let _ = c.finish();
+    receiver.wait_for(timeout, done);
+    let out = agent.stop(SETTLE);
+    eprintln!("agent: {}", out.stderr);
+    (out, receiver.spans())
 }
 
 /// Both sides of one call: exactly one client and one server span, with
@@ -103,10 +120,7 @@ fn grpc_call_kinds_and_error_statuses_on_both_sides() {
     let Some(_g) = root_test("grpc_call_kinds_and_error_statuses_on_both_sides") else {
         return;
     };
-    let (_server, port) = server();
-    let receiver = Receiver::start(Otlp::Grpc);
-    let agent = Agent::start(&receiver.agent_args());
-    let mut c = client(port);
+    let (_server, receiver, agent, mut c) = start();
     assert_eq!(run(&mut c, "unary Hello"), "OK");
     assert_eq!(run(&mut c, "sstream 5"), "OK");
     assert_eq!(run(&mut c, "cstream 4"), "OK");
@@ -115,14 +129,9 @@ fn grpc_call_kinds_and_error_statuses_on_both_sides() {
     assert_eq!(run(&mut c, "unary Sleep 200 1000"), "DEADLINE_EXCEEDED");
     // One more call after the cancelled one: the connection still decodes.
     assert_eq!(run(&mut c, "unary After"), "OK");
-    c.send("quit");
-    let _ = c.finish();
-    receiver.wait_for(Duration::from_secs(30), |s| {
-        of(s, "SERVER", "After").len() == 1 && of(s, "CLIENT", "After").len() == 1
+    let (_out, spans) = finish(c, &receiver, agent, Duration::from_secs(30), |s| {
+        both(s, "After")
     });
-    let out = agent.stop(SETTLE);
-    let spans = receiver.spans();
-    eprintln!("agent: {}", out.stderr);
     for m in ["Hello", "ServerStream", "ClientStream", "Bidi", "After"] {
         let (c, s) = pair(&spans, m, "0", "0");
         assert_ne!(status(c), "ERROR", "{c}");
@@ -157,10 +166,7 @@ fn grpc_fifty_concurrent_calls_on_one_connection_are_each_linked_right() {
     else {
         return;
     };
-    let (_server, port) = server();
-    let receiver = Receiver::start(Otlp::Grpc);
-    let agent = Agent::start(&receiver.agent_args());
-    let mut c = client(port);
+    let (_server, receiver, agent, mut c) = start();
     // A first call opens the connection, so the 50 share it.
     assert_eq!(run(&mut c, "unary Warm"), "OK");
     let n = 50;
@@ -170,18 +176,8 @@ fn grpc_fifty_concurrent_calls_on_one_connection_are_each_linked_right() {
         n,
         "{codes}"
     );
-    c.send("quit");
-    let _ = c.finish();
-    let done = |s: &[Value]| {
-        (0..n).all(|i| {
-            let m = format!("M{i}");
-            of(s, "SERVER", &m).len() == 1 && of(s, "CLIENT", &m).len() == 1
-        })
-    };
-    receiver.wait_for(Duration::from_secs(15), done);
-    let out = agent.stop(SETTLE);
-    eprintln!("agent: {}", out.stderr);
-    let spans = receiver.spans();
+    let done = |s: &[Value]| (0..n).all(|i| both(s, &format!("M{i}")));
+    let (out, spans) = finish(c, &receiver, agent, Duration::from_secs(15), done);
     // Each method name is unique: a span of M{i} whose parent is not the
     // client span of M{i} is a crossed pair, and fails in `pair`.
     let mut conns = std::collections::HashSet::new();
@@ -228,20 +224,12 @@ fn grpc_traceparent_metadata_is_honoured() {
     let Some(_g) = root_test("grpc_traceparent_metadata_is_honoured") else {
         return;
     };
-    let (_server, port) = server();
-    let receiver = Receiver::start(Otlp::Grpc);
-    let agent = Agent::start(&receiver.agent_args());
-    let mut c = client(port);
+    let (_server, receiver, agent, mut c) = start();
     let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     assert_eq!(run(&mut c, &format!("traced 00-{trace}-{parent}-01")), "OK");
-    c.send("quit");
-    let _ = c.finish();
-    receiver.wait_for(Duration::from_secs(30), |s| {
-        of(s, "SERVER", "Traced").len() == 1 && of(s, "CLIENT", "Traced").len() == 1
+    let (_out, spans) = finish(c, &receiver, agent, Duration::from_secs(30), |s| {
+        both(s, "Traced")
     });
-    let out = agent.stop(SETTLE);
-    eprintln!("agent: {}", out.stderr);
-    let spans = receiver.spans();
     let (c, s) = pair(&spans, "Traced", "0", "0");
     // The client span joins the trace its process propagated, as a child
     // of the span that sent it; the server span stays the client span's

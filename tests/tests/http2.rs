@@ -9,7 +9,7 @@ use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 use tracer_e2e::{
-    free_port, py_script, python, require_tool, root_test, run_ok,
+    free_port, grpc_py, grpc_side, py_script, reply, require_tool, root_test, run_ok,
     span::{attr, f, res},
     Agent, AgentOutput, Nginx, Otlp, Receiver, Spawned,
 };
@@ -21,42 +21,44 @@ const PATH: &str = "/helloworld.Greeter/SayHello";
 /// A grpcio server on a fresh port.
 fn grpc_server() -> (Spawned, u16) {
     let port = free_port();
-    let s = Spawned::ready(
-        Command::new(python())
-            .arg(py_script("grpc_hello.py"))
-            .args(["server", &port.to_string()])
-            .env("OTEL_SERVICE_NAME", "grpc-server"),
-    );
-    (s, port)
+    (
+        grpc_py("grpc_hello.py", "server", port, "grpc-server"),
+        port,
+    )
 }
 
 /// A grpcio client with one channel to `port`.
 fn grpc_client(port: u16) -> Spawned {
-    Spawned::ready(
-        Command::new(python())
-            .arg(py_script("grpc_hello.py"))
-            .args(["client", &port.to_string()])
-            .env("OTEL_SERVICE_NAME", "grpc-client"),
-    )
+    grpc_py("grpc_hello.py", "client", port, "grpc-client")
+}
+
+/// The grpcio server, a receiver, an agent exporting to it and a client,
+/// started in that order.
+fn start_grpc() -> (Spawned, Receiver, Agent, Spawned) {
+    let (server, port) = grpc_server();
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    let client = grpc_client(port);
+    (server, receiver, agent, client)
 }
 
 /// One call on the client's channel; returns its gRPC status name.
 fn call(c: &mut Spawned, name: &str, req_bytes: usize, reply_bytes: usize) -> String {
     c.send(&format!("call {name} {req_bytes} {reply_bytes}"));
-    let l = c.line(Duration::from_secs(60));
-    l.strip_prefix("ok ").unwrap_or(&l).to_string()
+    reply(c)
 }
 
 fn grpc_spans<'a>(spans: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    let svc = if kind == "CLIENT" {
-        "grpc-client"
-    } else {
-        "grpc-server"
-    };
-    spans
+    grpc_side(spans, kind, "grpc-client", "grpc-server")
+}
+
+/// How many of the client and server spans of OK calls were decoded whole.
+fn whole_ok(clients: &[&Value], servers: &[&Value]) -> usize {
+    clients
         .iter()
-        .filter(|s| f(s, "kind") == kind && res(s, "service.name") == svc)
-        .collect()
+        .chain(servers)
+        .filter(|s| check_grpc_span(s, &["0"]))
+        .count()
 }
 
 /// Every attribute a gRPC span of helloworld carries is right; returns
@@ -131,10 +133,7 @@ fn grpc_unary_calls_on_one_channel_are_linked_with_rpc_attributes() {
     else {
         return;
     };
-    let (_server, port) = grpc_server();
-    let receiver = Receiver::start(Otlp::Grpc);
-    let agent = Agent::start(&receiver.agent_args());
-    let mut client = grpc_client(port);
+    let (_server, receiver, agent, mut client) = start_grpc();
     // grpcio indexes :path and content-type in HPACK's dynamic table on the
     // first call: every later call names its method by a one-byte index.
     let n = 40;
@@ -178,10 +177,7 @@ fn grpc_one_mib_messages_never_give_a_wrong_header() {
     let Some(_g) = root_test("grpc_one_mib_messages_never_give_a_wrong_header") else {
         return;
     };
-    let (_server, port) = grpc_server();
-    let receiver = Receiver::start(Otlp::Grpc);
-    let agent = Agent::start(&receiver.agent_args());
-    let mut client = grpc_client(port);
+    let (_server, receiver, agent, mut client) = start_grpc();
     for i in 0..3 {
         assert_eq!(call(&mut client, &format!("before{i}"), 0, 0), "OK");
     }
@@ -198,11 +194,7 @@ fn grpc_one_mib_messages_never_give_a_wrong_header() {
     let out = agent.stop(SETTLE);
     let spans = receiver.spans();
     let (clients, servers) = (grpc_spans(&spans, "CLIENT"), grpc_spans(&spans, "SERVER"));
-    let whole = clients
-        .iter()
-        .chain(&servers)
-        .filter(|s| check_grpc_span(s, &["0"]))
-        .count();
+    let whole = whole_ok(&clients, &servers);
     let all = clients.len() + servers.len();
     eprintln!(
         "1 MiB messages: {} client and {} server spans of {} calls, {whole} of {all} decoded whole, {} linked; losses counted: {}",
@@ -247,11 +239,7 @@ fn grpc_channel_open_before_the_agent_is_never_wrong() {
     let out = agent.stop(SETTLE);
     let spans = receiver.spans();
     let (clients, servers) = (grpc_spans(&spans, "CLIENT"), grpc_spans(&spans, "SERVER"));
-    let whole = clients
-        .iter()
-        .chain(&servers)
-        .filter(|s| check_grpc_span(s, &["0"]))
-        .count();
+    let whole = whole_ok(&clients, &servers);
     eprintln!(
         "mid-connection: {} client and {} server spans of {n} calls; method and status recovered in {whole} ({:.0} %)",
         clients.len(),

@@ -10,8 +10,8 @@ use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 use tracer_e2e::{
-    ev, py_script, python, require_tool, root_test, run_ok, tracer_bin, Agent, Nginx, Redis,
-    Spawned,
+    ev, nginx_keepalive_client, py_script, python, require_tool, root_test, run_ok, tracer_bin,
+    Agent, Redis,
 };
 
 const SETTLE: Duration = Duration::from_millis(1500);
@@ -31,16 +31,7 @@ fn offered() -> Vec<String> {
 /// value that changes between runs (ports, pids, random payloads): each is
 /// compared with what the traffic did.
 fn observe(source: &str) -> Vec<String> {
-    let nginx = Nginx::start(
-        "server { listen 127.0.0.1:{port}; root {root}; location / { return 200 \"ok\\n\"; } }",
-    );
-    let mut client = Spawned::new(
-        Command::new(python())
-            .arg(py_script("keepalive_client.py"))
-            .arg(nginx.port.to_string())
-            .arg("3"),
-    );
-    let tuple: Value = serde_json::from_str(&client.line(Duration::from_secs(30))).unwrap();
+    let (nginx, mut client, tuple) = nginx_keepalive_client(Duration::from_secs(30));
     let agent = Agent::start(&[
         "--capture-source",
         source,
