@@ -122,7 +122,9 @@ pub fn curl_status(url: &str, headers: &[&str], extra: &[&str]) -> u16 {
 }
 
 /// A server started from a command that prints nothing useful, ready once
-/// something accepts on its port; killed on drop.
+/// something accepts on its port; killed on drop with every process it
+/// forked (hypercorn's and gunicorn's workers would otherwise outlive it and
+/// hold the test's output pipe open).
 pub struct Listening {
     child: Child,
     /// Its port.
@@ -132,7 +134,9 @@ pub struct Listening {
 impl Listening {
     /// Spawns `cmd` (which must listen on `port`) and waits until it does.
     pub fn start(cmd: &mut Command, port: u16) -> Listening {
+        use std::os::unix::process::CommandExt;
         let child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -153,6 +157,9 @@ impl Listening {
 
 impl Drop for Listening {
     fn drop(&mut self) {
+        // The child leads its own process group (see `start`).
+        // SAFETY: killpg has no memory effects; a stale group id fails harmlessly.
+        unsafe { libc::killpg(self.child.id() as libc::pid_t, libc::SIGKILL) };
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
