@@ -12,9 +12,15 @@ round: no agent; the agent's hooks attached but returning at once
 Prints requests/s, the ratio to no agent (median of per-round ratios), the
 ratio of the product to the hooks-only floor, the agent's CPU per request
 and the kernel cost per request of its eBPF programs (bpf_stats).
+--ab EXE adds a condition, product-b: the product run by another build
+(e.g. one without the HTTP/2 frame walk), in the same rounds; --snap-len N
+one more, product-snapN: the product copying N bytes of every packet (the
+alternative to walking frames). --grpc-bytes sets the size of each gRPC
+request and reply (1 MiB: messages of ~16 64 KiB packets).
 
 Run as root from the repository, under the e2e lock:
-  flock -o /work/e2e.lock bench/h2_overhead.py [--pairs 3] [--seconds 5]
+  flock -o /work/e2e.lock bench/h2_overhead.py [--pairs 3] [--seconds 5] [--ab EXE]
+      [--snap-len N] [--grpc-bytes N] [--loads h2,grpc]
 """
 import argparse
 import os
@@ -59,9 +65,10 @@ class Nghttpd:
 
 
 class Grpc:
-    def __init__(self, threads):
+    def __init__(self, threads, size):
         self.port = free_port()
         self.threads = threads
+        self.size = size
         self.server = subprocess.Popen([PYTHON, CALLS, "server", str(self.port)],
                                        stdout=subprocess.PIPE, text=True)
         self.server.stdout.readline()
@@ -72,7 +79,7 @@ class Grpc:
         c = subprocess.Popen([PYTHON, CALLS, "client", str(self.port)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
         c.stdout.readline()
-        c.stdin.write("load %s %d\nquit\n" % (seconds, self.threads))
+        c.stdin.write("load %s %d %d\nquit\n" % (seconds, self.threads, self.size))
         c.stdin.flush()
         n = int(c.stdout.readline().split()[1])
         c.wait()
@@ -90,18 +97,23 @@ CONDITIONS = [
 ]
 
 
-def bench(label, load, pairs, sink, stats):
-    return run_rounds(CONDITIONS, pairs, load, sink, stats, lambda err: "http.messages=%d spans=%d lost=%s" % (
-        counter(err, "http.messages"), counter(err, "spans_submitted"), lost(err)), prefix=label + " ")
+def bench(label, load, pairs, sink, stats, conditions, exes):
+    return run_rounds(conditions, pairs, load, sink, stats, lambda err: "http.messages=%d spans=%d lost=%s walk_lost=%s" % (
+        counter(err, "http.messages"), counter(err, "spans_submitted"), lost(err),
+        counter(err, "kernel.h2_sync_lost")), prefix=label + " ", width=16, exes=exes)
 
 
-def report(label, results):
+def report(label, results, conditions):
     print("\n%s" % label)
-    print_conditions(CONDITIONS, results, indent="  ")
+    print_conditions(conditions, results, indent="  ", width=16)
     rel = [x["rps"] / h["rps"] for x, h in zip(results["product"], results["hooks-only"])]
     print("  product / hooks-only: %.3f" % statistics.median(rel))
-    rows = sorted(results["product"], key=lambda x: x["kns"])
-    print("  kernel cost per request, product (median round): %s" % format_rows(rows[len(rows) // 2]["rows"]))
+    for name, _ in conditions[2:]:
+        rows = sorted(results[name], key=lambda x: x["kns"])
+        print("  kernel cost per request, %s (median round): %s" % (name, format_rows(rows[len(rows) // 2]["rows"])))
+    if "product-b" in results:
+        rel = [x["rps"] / b["rps"] for x, b in zip(results["product"], results["product-b"])]
+        print("  product / product-b: %.3f (min %.3f max %.3f)" % (statistics.median(rel), min(rel), max(rel)))
 
 
 def main():
@@ -111,20 +123,36 @@ def main():
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--streams", type=int, default=10, help="h2load -m: concurrent streams per connection")
     ap.add_argument("--grpc-threads", type=int, default=4)
+    ap.add_argument("--grpc-bytes", type=int, default=0, help="bytes in each gRPC request and reply")
+    ap.add_argument("--loads", default="h2,grpc", help="loads to run (default h2,grpc)")
+    ap.add_argument("--ab", metavar="EXE", help="adds the condition product-b: the product run by the agent EXE")
+    ap.add_argument("--snap-len", type=int, help="adds the condition product-snapN: the product with --snap-len N")
     a = ap.parse_args()
+    conditions, exes = list(CONDITIONS), {}
+    if a.ab:
+        conditions.append(("product-b", dict(CONDITIONS)["product"]))
+        exes["product-b"] = os.path.abspath(a.ab)
+    if a.snap_len:
+        conditions.append(("product-snap%d" % a.snap_len, dict(CONDITIONS)["product"] + ["--snap-len", str(a.snap_len)]))
+    loads = a.loads.split(",")
     sink = OtlpSink()
     stats = BpfStats()
     nghttpd = Nghttpd()
-    grpc = Grpc(a.grpc_threads)
+    grpc = Grpc(a.grpc_threads, a.grpc_bytes)
     try:
         nghttpd.run(1, a.connections, a.streams)
         grpc.run(1)
-        h2 = bench("h2", lambda: nghttpd.run(a.seconds, a.connections, a.streams), a.pairs, sink, stats)
-        g = bench("grpc", lambda: grpc.run(a.seconds), a.pairs, sink, stats)
-        report("h2load -c%d -m%d -t1 against nghttpd --no-tls, %d s per run, %d rounds" % (
-            a.connections, a.streams, a.seconds, a.pairs), h2)
-        report("grpcio unary, one channel, %d client threads, %d s per run, %d rounds" % (
-            a.grpc_threads, a.seconds, a.pairs), g)
+        if "h2" in loads:
+            h2 = bench("h2", lambda: nghttpd.run(a.seconds, a.connections, a.streams), a.pairs, sink, stats,
+                       conditions, exes)
+        if "grpc" in loads:
+            g = bench("grpc", lambda: grpc.run(a.seconds), a.pairs, sink, stats, conditions, exes)
+        if "h2" in loads:
+            report("h2load -c%d -m%d -t1 against nghttpd --no-tls, %d s per run, %d rounds" % (
+                a.connections, a.streams, a.seconds, a.pairs), h2, conditions)
+        if "grpc" in loads:
+            report("grpcio unary, one channel, %d client threads, %d B each way, %d s per run, %d rounds" % (
+                a.grpc_threads, a.grpc_bytes, a.seconds, a.pairs), g, conditions)
     finally:
         grpc.stop()
         nghttpd.stop()

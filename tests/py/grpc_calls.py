@@ -10,12 +10,14 @@
       bidi N                                 Bidi: N requests, N replies
       many N                                 N concurrent unary calls M0..M(N-1)
       traced TRACEPARENT                     unary call Traced with that metadata
-      load SECONDS THREADS                   unary calls Load back to back from
-                                             THREADS threads for SECONDS; "ok N"
+      load SECONDS THREADS [BYTES]           unary calls Load back to back from
+                                             THREADS threads for SECONDS, BYTES
+                                             in each request and reply; "ok N"
       quit
 
 Messages are raw bytes (no protobuf): a request is "SLEEP_MS,REPLIES"
-(or empty). Unary methods are any name: a method whose name starts with
+(or empty), or "SLEEP_MS,REPLIES,BYTES," and padding: BYTES more in the
+reply. Unary methods are any name: a method whose name starts with
 "NotFound" is answered NOT_FOUND; "Sleep" sleeps SLEEP_MS before replying,
 so a shorter client deadline gives DEADLINE_EXCEEDED. Every method name
 is visible in its spans, which is how concurrent calls are told apart.
@@ -31,22 +33,23 @@ SERVICE = "calls.Calls"
 
 def parse(req):
     if not req:
-        return 0, 1
-    sleep_ms, replies = req.decode().split(",")
-    return int(sleep_ms), int(replies)
+        return 0, 1, 0
+    fields = req.split(b",", 3)
+    size = int(fields[2]) if len(fields) > 2 else 0
+    return int(fields[0]), int(fields[1]), size
 
 
 def unary(method, req, context):
     if method.startswith("NotFound"):
         context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
-    sleep_ms, _ = parse(req)
+    sleep_ms, _, size = parse(req)
     if sleep_ms:
         time.sleep(sleep_ms / 1000)
-    return b"reply:" + method.encode()
+    return b"reply:" + method.encode() + b"x" * size
 
 
 def server_stream(req, context):
-    _, replies = parse(req)
+    _, replies, _ = parse(req)
     for i in range(replies):
         yield b"part%d" % i
 
@@ -114,7 +117,7 @@ def run(ch, words):
         ch.unary_unary(path("Traced"))(b"", timeout=30, metadata=(("traceparent", args[0]),))
         return "OK"
     if cmd == "load":
-        return str(load(ch, float(args[0]), int(args[1])))
+        return str(load(ch, float(args[0]), int(args[1]), int(args[2]) if len(args) > 2 else 0))
     n = int(args[0])
     if cmd == "sstream":
         got = list(ch.unary_stream(path("ServerStream"))(f"0,{n}".encode(), timeout=30))
@@ -142,16 +145,18 @@ def run(ch, words):
     raise SystemExit(f"unknown command {cmd}")
 
 
-def load(ch, seconds, threads):
+def load(ch, seconds, threads, size):
     """Calls made back to back by `threads` threads until `seconds` pass
-    (the benchmark's gRPC load: one channel, calls multiplexed)."""
+    (the benchmark's gRPC load: one channel, calls multiplexed), with
+    `size` bytes in each request and reply."""
     call = ch.unary_unary(path("Load"))
     end = time.monotonic() + seconds
+    req = b"0,1,%d," % size + b"x" * size if size else b""
 
     def worker():
         n = 0
         while time.monotonic() < end:
-            call(b"", timeout=30)
+            call(req, timeout=30)
             n += 1
         return n
 

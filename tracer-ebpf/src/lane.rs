@@ -288,6 +288,7 @@ fn chunked<const MAX: usize>(
         off = 0;
     }
     let chunk = LANES.get_ptr_mut(index(pos)).ok_or(NoRoom::NoLane)?;
+    let off = within::<MAX>(off, LANE_CHUNK)?;
     // SAFETY: off <= LANE_CHUNK - MAX: the frame fits in the chunk.
     Ok((ctl, unsafe { (chunk as *mut u8).add(off) }, pos, start))
 }
@@ -325,8 +326,23 @@ fn nested<const MAX: usize>(ctl_index: u32, lane: u32, data: bool) -> Result<Roo
         pos += pad;
         off = 0;
     }
+    let off = within::<MAX>(off, NESTED_LANE)?;
     // SAFETY: off <= NESTED_LANE - MAX.
     Ok((ctl, unsafe { chunk.add(off) }, pos, start))
+}
+
+/// `off`, checked again (it always holds) right where the frame's pointer
+/// is formed: the compiler may test a copy of `off` and spill the value
+/// itself, and 6.1's verifier does not carry a test over to a value
+/// reloaded from the stack, so the pointer's bound would be lost. The
+/// opaque copy keeps the compiler from dropping the test as redundant.
+#[inline(always)]
+fn within<const MAX: usize>(off: usize, lane: usize) -> Result<usize, NoRoom> {
+    let off = core::hint::black_box(off);
+    if off > lane - MAX {
+        return Err(NoRoom::NoLane);
+    }
+    Ok(off)
 }
 
 impl Held {

@@ -40,6 +40,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics, adt_const_params)]
 
+mod h2walk;
 mod lane;
 mod packet;
 mod records;
@@ -149,8 +150,12 @@ fn add_stat(stat: tracer_common::KernelStat, n: u64) {
 /// Wakes the agent (an empty record on the ring it sleeps on).
 #[inline(always)]
 fn wake_reader() {
-    let wake = [tracer_common::Tag::Wakeup as u8, 0, 0, 0, 0, 0, 0, 0];
-    let _ = EVENTS.output::<[u8; 8]>(&wake, BPF_RB_FORCE_WAKEUP as u64);
+    // One little-endian word (the tag is its first byte), not a byte
+    // array: LLVM zeroes an array's tail with a call to memset, a stack
+    // frame of its own in the verifier's count of a call chain's stack
+    // (512 bytes in all).
+    let wake = tracer_common::Tag::Wakeup as u64;
+    let _ = EVENTS.output::<u64>(&wake, BPF_RB_FORCE_WAKEUP as u64);
 }
 
 /// A field of a kernel struct behind a BTF pointer, at an offset from BTF.

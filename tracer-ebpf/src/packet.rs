@@ -16,7 +16,7 @@ use tracer_common::{
 };
 
 use crate::{
-    add_stat, count_drop, field, global, lane,
+    add_stat, count_drop, field, global, h2walk, lane,
     records::Seg,
     sock::note_transmit,
     state::{self, SockState},
@@ -310,6 +310,38 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
         }
     }
 
+    // An HTTP/2 socket's frames are walked before the packet's first record
+    // goes out: the extra records must reach the stream layer before the
+    // record that leaves their range truncated, or a call record could have
+    // that range delivered as truncated first. Their time is the packet's.
+    let mut early_ts = 0u64;
+    let mut walked = false;
+    if !st.is_null() {
+        // SAFETY: this socket's storage.
+        let s = unsafe { &mut *st };
+        if s.ctl.h2 != 0 || s.h2_seen != 0 {
+            early_ts = packet_time(tp, dir, cookie);
+            let seg = Seg {
+                dir: dir as u8,
+                family,
+                tcp_flags,
+                seq,
+                payload_len,
+                captured_len: 0,
+                ts_ns: early_ts,
+                cookie,
+                local_port,
+                remote_port,
+                seg_flags,
+                local,
+                remote,
+            };
+            let first = payload_len.min(global(&SNAP_LEN));
+            h2walk::walk(ctx, &mut s.h2[d], &seg, payload_off, first);
+            walked = true;
+        }
+    }
+
     let Some(held) = lane::reserve_packet::<MAX_FRAME>(true, DropReason::RingFullSegment) else {
         return Ok(());
     };
@@ -384,21 +416,11 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
             }
         }
     }
-    // The time: a packet leaving was sent right after TCP refreshed the
-    // socket's clock (`tcp_clock_cache`, CLOCK_MONOTONIC ns, what
-    // bpf_ktime_get_ns reads, at a fraction of its cost); on the way in the
-    // refresh comes after this hook, so the clock is read.
-    // SAFETY: tp is the helper's typed tcp_sock pointer.
-    let clock: u64 = unsafe { field(tp, global(&OFF_CLOCK)) };
-    let ts_ns = if dir == Dir::Send && clock != 0 {
-        clock
+    let ts_ns = if walked {
+        early_ts
     } else {
-        // SAFETY: helper without arguments.
-        unsafe { bpf_ktime_get_ns() }
+        packet_time(tp, dir, cookie)
     };
-    if dir == Dir::Send {
-        note_transmit(cookie, clock);
-    }
     let seg = Seg {
         dir: dir as u8,
         family,
@@ -414,8 +436,50 @@ fn capture(ctx: &SkBuffContext, dir: Dir) -> Result<(), ()> {
         local,
         remote,
     };
+    // A connection's first HTTP/2 bytes start the frame walk at once: user
+    // space marks it too, but only after a few milliseconds, when a large
+    // message may already be on its way. (This packet, the connection's
+    // first in its direction, is small: its extra records, if any, follow
+    // its first record.)
+    let what = if !walked && n >= 9 && !skipped_to_start {
+        h2walk::starts_h2(data)
+    } else {
+        0
+    };
     // SAFETY: the frame has room for the header, 8-aligned.
     unsafe { seg.write(rec as *mut u64) };
     held.publish(core::mem::size_of::<SegmentHeader>() + n as usize);
+    if what != 0 {
+        if st.is_null() {
+            st = state::get(tp as *mut c_void, true);
+        }
+        if !st.is_null() {
+            // SAFETY: this socket's storage.
+            let s = unsafe { &mut *st };
+            s.h2_seen = 1;
+            h2walk::start(&mut s.h2[d], seq, what);
+            state::activate();
+            h2walk::walk(ctx, &mut s.h2[d], &seg, payload_off, n);
+        }
+    }
     Ok(())
+}
+
+/// The time of a packet: one leaving was sent right after TCP refreshed the
+/// socket's clock (`tcp_clock_cache`, CLOCK_MONOTONIC ns, what
+/// bpf_ktime_get_ns reads, at a fraction of its cost); on the way in the
+/// refresh comes after this hook, so the clock is read.
+#[inline(always)]
+fn packet_time(tp: *const u8, dir: Dir, cookie: u64) -> u64 {
+    // SAFETY: tp is the helper's typed tcp_sock pointer.
+    let clock: u64 = unsafe { field(tp, global(&OFF_CLOCK)) };
+    if dir == Dir::Send {
+        note_transmit(cookie, clock);
+    }
+    if dir == Dir::Send && clock != 0 {
+        clock
+    } else {
+        // SAFETY: helper without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    }
 }

@@ -40,6 +40,30 @@ pub struct SockState {
     pub silenced_bytes: [u64; 2],
     /// Payload bytes of packets not copied (silenced or skipped).
     pub uncopied: [u64; 2],
+    /// 1: the packets showed the HTTP/2 preface or a first SETTINGS frame
+    /// (the walk starts there, before user space can say so).
+    pub h2_seen: u32,
+    pub _pad: u32,
+    /// The HTTP/2 frame walk (see h2walk.rs), per direction.
+    pub h2: [H2Walk; 2],
+}
+
+/// Where the HTTP/2 frame walk of one direction stands.
+#[repr(C)]
+pub struct H2Walk {
+    /// 1: in sync (the fields below are meaningful).
+    pub sync: u32,
+    /// Sequence number up to which packets were walked.
+    pub pos: u32,
+    /// Sequence number of the next frame head.
+    pub next: u32,
+    /// Sequence number up to which the current frame is copied.
+    pub keep_end: u32,
+    /// Bytes of the next frame head that the last packet ended with.
+    pub head_got: u32,
+    pub _pad: u32,
+    /// Those bytes, and room for the rest of the head.
+    pub head: [u8; 24],
 }
 
 #[btf_map]
@@ -61,6 +85,22 @@ pub fn ctl_generation() -> Option<u64> {
         return None;
     }
     CTL_STATE.get(CTL_GEN).copied()
+}
+
+/// Turns the per-socket path on before user space has a request in
+/// `SOCK_CTL` (a socket found HTTP/2 by its first bytes): user space
+/// overwrites the count with its own after its next batch of requests,
+/// which marks that socket too.
+#[inline(always)]
+pub fn activate() {
+    if let Some(n) = CTL_STATE.get_ptr_mut(CTL_ENTRIES) {
+        // SAFETY: an array slot; a lost race leaves another non-zero value.
+        unsafe {
+            if *n == 0 {
+                *n = 1;
+            }
+        }
+    }
 }
 
 /// The socket's state, created when `create` (null when the socket has

@@ -89,6 +89,12 @@ pub enum CtlRequest {
         /// Why.
         reason: Silence,
     },
+    /// The connection speaks HTTP/2: the kernel walks its frames and copies
+    /// every frame head and header block.
+    Http2 {
+        /// Socket cookie.
+        cookie: u64,
+    },
     /// Report the connection again (its bytes in between are lost to the
     /// parsers: its streams start afresh).
     Lift {
@@ -184,6 +190,8 @@ pub struct ConnCounters {
     pub silence_lifted: u64,
     /// Bodies the kernel was told to skip.
     pub skips: u64,
+    /// Sockets the kernel was told speak HTTP/2 (it walks their frames).
+    pub h2_marked: u64,
     /// Requests the kernel's control map had no room for (it holds
     /// `SOCK_CTL_MAX` sockets): that socket stays fully reported.
     pub ctl_full: u64,
@@ -319,6 +327,7 @@ impl Conns {
         let cookie = match r {
             CtlRequest::Silence { cookie, .. }
             | CtlRequest::Lift { cookie }
+            | CtlRequest::Http2 { cookie }
             | CtlRequest::Skip { cookie, .. } => cookie,
         };
         let Some(conn) = self.conns.get_mut(&cookie) else {
@@ -351,6 +360,13 @@ impl Conns {
                 }
                 conn.skip_end = [None, None];
                 conn.ctl.skip_dirs = 0;
+            }
+            CtlRequest::Http2 { .. } => {
+                if before.h2 != 0 {
+                    return;
+                }
+                conn.ctl.h2 = 1;
+                self.counters.h2_marked += 1;
             }
             CtlRequest::Skip {
                 dir, offset, len, ..
@@ -398,7 +414,7 @@ impl Conns {
         }
         conn.skip_end[d] = None;
         conn.ctl.skip_dirs &= !(1 << d);
-        if conn.ctl.silence == 0 && conn.ctl.skip_dirs == 0 {
+        if conn.ctl.silence == 0 && conn.ctl.skip_dirs == 0 && conn.ctl.h2 == 0 {
             conn.ctl = SockCtl::default();
             self.ctl_entries -= 1;
             self.ctl_updates.push((cookie, None));

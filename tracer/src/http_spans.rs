@@ -84,6 +84,8 @@ struct HttpConn {
     not_http: bool,
     /// Per direction: stream offset up to which a body skip was requested.
     skip_asked: [u64; 2],
+    /// The kernel was told this connection speaks HTTP/2.
+    h2_asked: bool,
 }
 
 /// Parses every connection and turns messages into spans.
@@ -234,6 +236,7 @@ impl HttpSpans {
                     opened: false,
                     not_http: false,
                     skip_asked: [0; 2],
+                    h2_asked: false,
                 },
             );
         }
@@ -271,7 +274,15 @@ impl HttpSpans {
                 return;
             }
             Protocol::Opaque => true,
-            Protocol::Http2 => false,
+            Protocol::Http2 => {
+                if !c.h2_asked {
+                    c.h2_asked = true;
+                    self.ctl.push(CtlRequest::Http2 {
+                        cookie: conn.cookie,
+                    });
+                }
+                false
+            }
             Protocol::Http1 => c
                 .parser
                 .http1()

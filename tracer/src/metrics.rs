@@ -202,6 +202,7 @@ report_counters!(crate::conntrack::ConnCounters, Stage::Connections, {
     silenced_tls: Detail, "Sockets silenced because they carry TLS ciphertext.";
     silence_lifted: Detail, "Silence verdicts lifted.";
     skips: Detail, "Bodies the kernel was told to skip.";
+    h2_marked: Detail, "Sockets the kernel was told speak HTTP/2 (it walks their frames and copies every header block).";
     ctl_full: Anomaly, "Per-socket requests not made: the kernel's control map was full (the socket stays fully reported).";
 });
 

@@ -186,8 +186,12 @@ pub struct SockCtl {
     pub silence: u8,
     /// Bit `1 << dir`: `skip_from`/`skip_to` of that direction are set.
     pub skip_dirs: u8,
+    /// 1: the connection speaks HTTP/2: the packet programs walk its frames
+    /// and copy every frame head and the payload of every frame but DATA
+    /// (of DATA only the first bytes), beyond the snap length.
+    pub h2: u8,
     /// Padding, zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
     /// Per [`Dir`]: first TCP sequence number of a range of body bytes the
     /// parser will count without looking at them: packets inside the range
     /// are not reported, a packet reaching past its end is reported from
@@ -609,11 +613,26 @@ pub enum KernelStat {
     TlsCalls = 9,
     /// Plaintext bytes those calls moved beyond what was copied.
     TlsBytesCut = 10,
+    /// HTTP/2 packets whose frames were walked.
+    H2Walked = 11,
+    /// Extra records of HTTP/2 frame heads and header payloads beyond the
+    /// packet's first record.
+    H2Records = 12,
+    /// HTTP/2 payload bytes not copied (DATA beyond its first bytes): length
+    /// known, not a loss.
+    H2Uncopied = 13,
+    /// Times the frame walk of a direction lost sync (a packet missed, a
+    /// budget ran out); user space sees the frames' bytes as truncated.
+    H2SyncLost = 14,
+    /// Times the frame walk of a direction found sync at a packet start.
+    H2Synced = 15,
+    /// Frames whose payload was copied only up to the per-frame bound.
+    H2FrameCut = 16,
 }
 
 impl KernelStat {
     /// Every counter, in index order.
-    pub const ALL: [KernelStat; 11] = [
+    pub const ALL: [KernelStat; 17] = [
         KernelStat::SilencedCalls,
         KernelStat::SilencedPackets,
         KernelStat::SilencedBytes,
@@ -625,6 +644,12 @@ impl KernelStat {
         KernelStat::NestedRecords,
         KernelStat::TlsCalls,
         KernelStat::TlsBytesCut,
+        KernelStat::H2Walked,
+        KernelStat::H2Records,
+        KernelStat::H2Uncopied,
+        KernelStat::H2SyncLost,
+        KernelStat::H2Synced,
+        KernelStat::H2FrameCut,
     ];
 
     /// Stable name.
@@ -641,6 +666,12 @@ impl KernelStat {
             KernelStat::NestedRecords => "nested_records",
             KernelStat::TlsCalls => "tls_calls",
             KernelStat::TlsBytesCut => "tls_bytes_cut",
+            KernelStat::H2Walked => "h2_walked_packets",
+            KernelStat::H2Records => "h2_frame_records",
+            KernelStat::H2Uncopied => "h2_uncopied_bytes",
+            KernelStat::H2SyncLost => "h2_sync_lost",
+            KernelStat::H2Synced => "h2_synced",
+            KernelStat::H2FrameCut => "h2_frames_cut",
         }
     }
 
@@ -662,6 +693,12 @@ impl KernelStat {
             }
             KernelStat::TlsCalls => "TLS library calls that moved plaintext (one record each).",
             KernelStat::TlsBytesCut => "Plaintext bytes beyond the copied prefix of TLS calls.",
+            KernelStat::H2Walked => "HTTP/2 packets whose frames were walked.",
+            KernelStat::H2Records => "Extra records of HTTP/2 frame heads and header payloads.",
+            KernelStat::H2Uncopied => "HTTP/2 DATA payload bytes not copied (length known).",
+            KernelStat::H2SyncLost => "Times the HTTP/2 frame walk of a direction lost sync.",
+            KernelStat::H2Synced => "Times the HTTP/2 frame walk of a direction found sync.",
+            KernelStat::H2FrameCut => "HTTP/2 frames copied only up to the per-frame bound.",
         }
     }
 }
