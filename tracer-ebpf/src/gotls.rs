@@ -1,11 +1,18 @@
-//! Go's crypto/tls: uprobes on the entry of `(*Conn).Write` and
-//! `(*Conn).Read`, and on every RET instruction of both (no uretprobes on Go
-//! code: the return address lives on a goroutine stack the runtime moves).
+//! Go's crypto/tls: uprobes at the start of `(*Conn).Write` and
+//! `(*Conn).Read` (just past the prologue's stack check, which a call that
+//! grows its stack runs twice), and on every RET instruction of Read (no
+//! uretprobes on Go code: the return address lives on a goroutine stack the
+//! runtime moves).
 //!
 //! Arguments and results follow Go's amd64 register ABI (Go 1.17+): at the
-//! entry RAX = `*Conn`, RBX = buffer, RCX = its length; at a RET, RAX = n.
-//! R14 holds the current goroutine (`g`): the call is keyed by process and
-//! goroutine, since a goroutine blocked in Read may resume on another thread.
+//! start RAX = `*Conn`, RBX = buffer, RCX = its length; at a RET, RAX = n.
+//! A Write's record is emitted at its start, with the whole buffer: Go
+//! writes all of it or fails the connection for good, and a record emitted
+//! at its return could reach the agent after the response it caused (the
+//! peer may answer, and the reader return, before the writer runs again).
+//! A Read's is emitted at its return; R14 holds the current goroutine (`g`):
+//! the call is keyed by process and goroutine, since a goroutine blocked in
+//! Read may resume on another thread.
 //!
 //! The connection is taken from the `*Conn` itself, not from socket calls on
 //! the thread (the Go scheduler parks a reader and its read may run on
@@ -232,7 +239,29 @@ fn enter(ctx: &ProbeContext, dir: Dir) {
         pid: pid_tgid >> 32,
         g,
     };
+    if dir == Dir::Send {
+        // The plaintext is all there, and will all be sent (see the top).
+        let len = ctx_len(ctx);
+        if len > 0 {
+            emit(&call, len, call.start_ns, pid_tgid);
+        }
+        return;
+    }
     let _ = GO_TLS_CALLS.insert(&key, &call, 0);
+}
+
+/// The buffer's length (RCX), as a record's length.
+#[inline(always)]
+fn ctx_len(ctx: &ProbeContext) -> u32 {
+    // SAFETY: a uprobe's context is the user registers.
+    let n = unsafe { (*ctx.regs).rcx } as i64;
+    if n <= 0 {
+        0
+    } else if n as u64 > u64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        n as u32
+    }
 }
 
 /// A Read's sequence number: known when it must decrypt a new record (its
@@ -296,6 +325,19 @@ fn leave(ctx: &ProbeContext) {
     } else {
         n as u32
     };
+    // A Read is entered long before its data comes (net/http parks a
+    // goroutine in Read on every idle connection): its bytes are known to
+    // have arrived only at its return.
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit(&call, len, now, pid_tgid);
+}
+
+/// Writes one TLS record: `len` bytes moved by `call`, the first at
+/// `start_ns`.
+#[inline(always)]
+fn emit(call: &GoCall, len: u32, start_ns: u64, pid_tgid: u64) {
+    let pid = pid_tgid >> 32;
     let snap = global(&TLS_SNAP);
     let mut copy = if len > snap { snap } else { len };
     if copy > MAX_HEAD as u32 {
@@ -337,7 +379,7 @@ fn leave(ctx: &ProbeContext) {
                 | u64::from(len) << 32,
         );
         dst.add(1).write(ts_ns);
-        dst.add(2).write(call.start_ns);
+        dst.add(2).write(start_ns);
         dst.add(3).write(call.cookie);
         dst.add(4).write(pid | (pid_tgid & 0xffff_ffff) << 32);
         dst.add(5)

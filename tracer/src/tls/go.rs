@@ -105,14 +105,28 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
         return GoFile::NotGo;
     };
     let mut probes = Vec::new();
-    for ((addr, size), entry) in [(write, programs::WRITE), (read, programs::READ)] {
+    let mut bodies = [0u64; 2];
+    for (i, (addr, size)) in [write, read].into_iter().enumerate() {
         let Some((code, file_off)) = code_of(obj, addr, size) else {
             return not("function code not found in the file");
         };
-        probes.push((entry, file_off));
-        let rets = ret_offsets(code, addr);
+        let insns = decode(code, addr);
+        let body = body_start(&insns);
+        bodies[i] = addr + body;
+        if i == 0 {
+            // Write is complete at its entry (see tracer-ebpf/src/gotls.rs):
+            // no RET probe.
+            probes.push((programs::WRITE, file_off + body));
+            continue;
+        }
+        probes.push((programs::READ, file_off + body));
+        let rets: Vec<u64> = insns
+            .iter()
+            .filter(|(_, m)| *m == Mnemonic::Ret)
+            .map(|(off, _)| *off)
+            .collect();
         if rets.is_empty() {
-            return not("no RET instruction found in crypto/tls");
+            return not("no RET instruction found in crypto/tls.(*Conn).Read");
         }
         probes.extend(rets.into_iter().map(|off| (programs::RET, file_off + off)));
     }
@@ -120,8 +134,8 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
         Some(l) => (l, true),
         None => (fallback_layout(), false),
     };
-    layout.write_entry = write.0;
-    layout.read_entry = read.0;
+    layout.write_entry = bodies[0];
+    layout.read_entry = bodies[1];
     layout.tcp_itab = itab;
     let version = version.unwrap_or_default();
     GoFile::Covered(GoProbes {
@@ -192,16 +206,26 @@ fn code_of<'d>(obj: &object::File<'d>, addr: u64, size: u64) -> Option<(&'d [u8]
     Some((code, file_start + (addr - section.address())))
 }
 
-/// Offsets (from the function's start) of its RET instructions.
-fn ret_offsets(code: &[u8], addr: u64) -> Vec<u64> {
-    let mut decoder = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
-    let mut out = Vec::new();
-    for insn in &mut decoder {
-        if insn.mnemonic() == Mnemonic::Ret {
-            out.push(insn.ip() - addr);
-        }
-    }
-    out
+/// A function's instructions: (offset from its start, mnemonic).
+fn decode(code: &[u8], addr: u64) -> Vec<(u64, Mnemonic)> {
+    Decoder::with_ip(64, code, addr, DecoderOptions::NONE)
+        .into_iter()
+        .map(|insn| (insn.ip() - addr, insn.mnemonic()))
+        .collect()
+}
+
+/// Where the body starts: after the prologue's stack check (`cmp` of the
+/// stack pointer with the goroutine's stack guard, `jbe` to `morestack`).
+/// A goroutine whose stack must grow runs the entry twice (morestack
+/// restarts the function on the new stack), the body once; the argument
+/// registers are untouched until then. The entry when no check is found.
+fn body_start(insns: &[(u64, Mnemonic)]) -> u64 {
+    insns
+        .iter()
+        .take(6)
+        .position(|(_, m)| *m == Mnemonic::Jbe)
+        .and_then(|i| insns.get(i + 1))
+        .map_or(0, |(off, _)| *off)
 }
 
 /// The offsets that have held since Go 1.12, without the read-ahead
@@ -377,6 +401,23 @@ mod tests {
     fn rets_are_found_and_not_bytes_inside_other_instructions() {
         // mov eax, 0xc3c3c3c3; ret; nop; ret
         let code = [0xb8, 0xc3, 0xc3, 0xc3, 0xc3, 0xc3, 0x90, 0xc3];
-        assert_eq!(ret_offsets(&code, 0x1000), vec![5, 7]);
+        let rets: Vec<u64> = decode(&code, 0x1000)
+            .into_iter()
+            .filter(|(_, m)| *m == Mnemonic::Ret)
+            .map(|(o, _)| o)
+            .collect();
+        assert_eq!(rets, vec![5, 7]);
+    }
+
+    #[test]
+    fn the_body_starts_after_the_stack_check() {
+        // lea r12,[rsp-0x68]; cmp r12,[r14+0x10]; jbe +0x10; sub rsp,0xe8
+        let code = [
+            0x4c, 0x8d, 0x64, 0x24, 0x98, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x10, 0x00, 0x00,
+            0x00, 0x48, 0x81, 0xec, 0xe8, 0x00, 0x00, 0x00,
+        ];
+        assert_eq!(body_start(&decode(&code, 0x5a2fc0)), 15);
+        // No check (a leaf): the entry.
+        assert_eq!(body_start(&decode(&[0x90, 0xc3], 0)), 0);
     }
 }
