@@ -185,6 +185,7 @@ fn go_https_server_with_go_and_curl_clients() {
     std::thread::sleep(Duration::from_millis(1200));
     client.send("go");
     assert_eq!(client.line(Duration::from_secs(30)), "done");
+    client.finish();
     let curl_paths = paths("/go-tls-curl-", 5);
     for p in &curl_paths {
         curl(&format!("{base}{p}"));
@@ -224,6 +225,13 @@ fn go_https_server_with_go_and_curl_clients() {
         out.stderr
     );
     assert!(out.counter("connections.silenced_tls").unwrap_or(0) >= 2);
+    // The Go client exited with its connection's reader parked in Read:
+    // that call's entry was removed with the process.
+    assert!(
+        out.counter("tls.go_calls_forgotten").unwrap_or(0) >= 1,
+        "{}",
+        out.stderr
+    );
     let reported: Vec<&str> = out
         .stderr
         .lines()

@@ -44,7 +44,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     frame_len,
-    gotls::{GoTlsFile, GO_OFF_UNKNOWN, GO_TLS_CALLS_MAX, GO_TLS_FILES_MAX},
+    gotls::{GoCallKey, GoTlsFile, GO_OFF_UNKNOWN, GO_TLS_CALLS_MAX, GO_TLS_FILES_MAX},
     Dir, DropReason, KernelStat, Tag, TlsData, MAX_HEAD, TLS_CONN_REMEMBERED, TLS_SEQ_KNOWN,
 };
 
@@ -73,14 +73,6 @@ const IPPROTO_TCP: u16 = 6;
 #[map]
 static GO_TLS_FILES: Array<GoTlsFile> = Array::with_max_entries(GO_TLS_FILES_MAX, 0);
 
-/// A process and one of its goroutines.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct GoKey {
-    pid: u64,
-    g: u64,
-}
-
 /// A call between its entry and its return.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -95,7 +87,8 @@ pub struct GoCall {
 }
 
 #[map]
-static GO_TLS_CALLS: LruHashMap<GoKey, GoCall> = LruHashMap::with_max_entries(GO_TLS_CALLS_MAX, 0);
+static GO_TLS_CALLS: LruHashMap<GoCallKey, GoCall> =
+    LruHashMap::with_max_entries(GO_TLS_CALLS_MAX, 0);
 
 #[uprobe]
 pub fn go_tls_write(ctx: ProbeContext) -> u32 {
@@ -235,7 +228,7 @@ fn enter(ctx: &ProbeContext, dir: Dir) {
         flags,
         _pad: 0,
     };
-    let key = GoKey {
+    let key = GoCallKey {
         pid: pid_tgid >> 32,
         g,
     };
@@ -309,7 +302,7 @@ fn leave(ctx: &ProbeContext) {
         let r = &*ctx.regs;
         (r.rax as i64, r.r14)
     };
-    let key = GoKey { pid, g };
+    let key = GoCallKey { pid, g };
     // SAFETY: a map value, copied at once.
     let Some(call) = (unsafe { GO_TLS_CALLS.get(&key) }).copied() else {
         count_drop(DropReason::GoTlsNoEntry);

@@ -534,6 +534,25 @@ impl Kernel {
         array.set(slot, *file, 0)
     }
 
+    /// Removes the Go TLS calls in progress of process `pid` (it exited
+    /// inside them): how many.
+    pub fn forget_go_calls(&mut self, pid: u32) -> usize {
+        use tracer_common::gotls::GoCallKey;
+        let Some(map) = self.ebpf.map_mut("GO_TLS_CALLS") else {
+            return 0;
+        };
+        let Ok(mut calls) = aya::maps::HashMap::<&mut MapData, GoCallKey, [u8; 32]>::try_from(map)
+        else {
+            return 0;
+        };
+        let gone: Vec<GoCallKey> = calls
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.pid == u64::from(pid))
+            .collect();
+        gone.iter().filter(|k| calls.remove(k).is_ok()).count()
+    }
+
     /// Ids of the programs this agent loaded (for the exit check); the
     /// sampling program is among them only when profiling is on.
     pub fn program_ids(&self) -> Vec<u32> {

@@ -54,6 +54,17 @@ pub struct GoTlsFile {
     pub _pad: u32,
 }
 
+/// Key of `GO_TLS_CALLS`: a process and one of its goroutines (the
+/// address of its `g`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoCallKey {
+    /// Process id.
+    pub pid: u64,
+    /// The goroutine.
+    pub g: u64,
+}
+
 /// Names of the globals the agent sets before load for the Go probes:
 /// offsets from the running kernel's BTF, to go from a file descriptor to
 /// its socket (current task -> files -> fdtable -> file -> socket -> sock).
@@ -83,3 +94,6 @@ const _: () = {
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only integers, every bit pattern valid.
 unsafe impl aya::Pod for GoTlsFile {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for GoCallKey {}

@@ -68,6 +68,8 @@ pub struct AttachCounters {
     pub unreadable_files: u64,
     /// Executables reported as using TLS the agent does not cover.
     pub not_covered: u64,
+    /// Go TLS calls in progress removed because their process exited.
+    pub go_calls_forgotten: u64,
 }
 
 /// One TLS library (or executable with a TLS library inside), attached.
@@ -110,9 +112,12 @@ pub struct TlsAttach {
     go_slots: Vec<u32>,
 }
 
+/// (program, file offset) of each probe of a file.
+type Offsets = Vec<(&'static str, u64)>;
+
 /// File offsets of the probed OpenSSL functions in one ELF file, and what
 /// it is for the Go probes.
-fn probe_offsets(path: &Path) -> Result<(Vec<(&'static str, u64)>, GoFile), String> {
+fn probe_offsets(path: &Path) -> Result<(Offsets, GoFile), String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     // SAFETY: a read-only private mapping; a file truncated meanwhile can
     // fault the agent, which is why only executable mappings of running
@@ -497,6 +502,14 @@ impl TlsAttach {
 
     fn forget(&mut self, pid: Pid, kernel: &mut Kernel) {
         if let Some(proc) = self.procs.remove(&pid) {
+            // A Go process that exited inside a Read leaves its entry.
+            let go = proc
+                .files
+                .iter()
+                .any(|id| self.files.get(id).is_some_and(|f| f.go_slot.is_some()));
+            if go {
+                self.counters.go_calls_forgotten += kernel.forget_go_calls(pid.0) as u64;
+            }
             self.release(proc.files, kernel);
         }
     }
