@@ -1,4 +1,5 @@
-// An HTTPS client on net/http and crypto/tls (HTTP/1.1, keep-alive):
+// An HTTPS client on net/http and crypto/tls (keep-alive; HTTP/1.1, or h2
+// by ALPN when TLS_H2=1):
 // prints "ready", waits for a line on stdin (so that the agent can find it
 // first), then GETs BASE+PATH for every PATH and prints "done".
 // Usage: tls_client BASE PATH...
@@ -19,8 +20,10 @@ func main() {
 		os.Exit(2)
 	}
 	client := &http.Client{Transport: &http.Transport{
-		// A TLS config of its own: net/http then does not offer h2.
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
+		// A TLS config of its own: net/http then does not offer h2, unless
+		// forced to.
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
+		ForceAttemptHTTP2: os.Getenv("TLS_H2") == "1",
 	}}
 	fmt.Println("ready")
 	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {

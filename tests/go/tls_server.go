@@ -1,5 +1,5 @@
-// An HTTPS server on net/http and crypto/tls (HTTP/1.1: h2 is turned off
-// so that the spans come from the HTTP/1 parser): 200 for every path.
+// An HTTPS server on net/http and crypto/tls: 200 for every path. HTTP/1.1
+// only (h2 turned off), unless TLS_H2=1 (net/http's default: h2 by ALPN).
 // Usage: tls_server PORT CERT KEY. Prints "ready" once listening.
 package main
 
@@ -26,7 +26,9 @@ func main() {
 			w.Header().Set("Content-Type", "text/plain")
 			fmt.Fprintf(w, "go tls ok %s\n", r.URL.Path)
 		}),
-		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+	}
+	if os.Getenv("TLS_H2") != "1" {
+		srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
 	}
 	fmt.Println("ready")
 	if err := srv.ServeTLS(ln, os.Args[2], os.Args[3]); err != nil {

@@ -66,17 +66,27 @@ fn go_build(dir: &Path, name: &str, out: &str, extra: &[&str]) -> PathBuf {
     bin
 }
 
-/// The Go HTTPS server, listening.
-fn go_server(bin: &Path, cert: &str, key: &str) -> (Spawned, u16) {
+/// The Go HTTPS server, listening (`h2`: net/http's default, h2 by ALPN;
+/// else HTTP/1.1 only).
+fn go_server(bin: &Path, cert: &str, key: &str, h2: bool) -> (Spawned, u16) {
     let port = free_port();
-    let s = Spawned::ready(Command::new(bin).arg(port.to_string()).args([cert, key]));
+    let s = Spawned::ready(
+        Command::new(bin)
+            .arg(port.to_string())
+            .args([cert, key])
+            .env("TLS_H2", if h2 { "1" } else { "0" }),
+    );
     wait_port(port, Duration::from_secs(10));
     (s, port)
 }
 
-fn curl(url: &str) {
-    let code =
-        run_ok(Command::new("curl").args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", url]));
+fn curl(url: &str, extra: &[&str]) {
+    let code = run_ok(
+        Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(extra)
+            .arg(url),
+    );
     assert_eq!(code.trim(), "200", "curl {url}");
 }
 
@@ -155,7 +165,7 @@ fn go_https_server_with_go_and_curl_clients() {
     let server_bin = go_build(dir.path(), "tls_server", "tls_server", &[]);
     let client_bin = go_build(dir.path(), "tls_client", "tls_client", &[]);
     // Running before the agent: found in /proc at start.
-    let (_server, port) = go_server(&server_bin, &cert, &key);
+    let (_server, port) = go_server(&server_bin, &cert, &key, false);
     let base = format!("https://127.0.0.1:{port}");
     let receiver = Receiver::start(Otlp::Grpc);
     let agent = Agent::start(&receiver.agent_args());
@@ -188,7 +198,7 @@ fn go_https_server_with_go_and_curl_clients() {
     client.finish();
     let curl_paths = paths("/go-tls-curl-", 5);
     for p in &curl_paths {
-        curl(&format!("{base}{p}"));
+        curl(&format!("{base}{p}"), &["--http1.1"]);
     }
     let want = (go_paths.len() + curl_paths.len()) * 2;
     receiver.wait_for(Duration::from_secs(30), |s| {
@@ -250,6 +260,58 @@ fn go_https_server_with_go_and_curl_clients() {
     }
 }
 
+#[test]
+fn go_h2_by_alpn_with_go_and_curl_clients() {
+    let Some(_g) = root_test("go_h2_by_alpn_with_go_and_curl_clients") else {
+        return;
+    };
+    require_tool("curl");
+    let dir = TempDir::new("tracer-gotls");
+    let (cert, key) = certificate(dir.path());
+    let server_bin = go_build(dir.path(), "tls_server", "tls_server", &[]);
+    let client_bin = go_build(dir.path(), "tls_client", "tls_client", &[]);
+    let (_server, port) = go_server(&server_bin, &cert, &key, true);
+    let base = format!("https://127.0.0.1:{port}");
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    let go_paths = paths("/go-h2-go-", 5);
+    let mut client = Spawned::ready(
+        Command::new(&client_bin)
+            .arg(&base)
+            .args(&go_paths)
+            .env("TLS_H2", "1"),
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    client.send("go");
+    assert_eq!(client.line(Duration::from_secs(30)), "done");
+    client.finish();
+    let curl_paths = paths("/go-h2-curl-", 3);
+    for p in &curl_paths {
+        curl(&format!("{base}{p}"), &["--http2"]);
+    }
+    let want = (go_paths.len() + curl_paths.len()) * 2;
+    receiver.wait_for(Duration::from_secs(30), |s| {
+        s.iter()
+            .filter(|s| attr(s, "url.path").starts_with("/go-h2-"))
+            .count()
+            >= want
+    });
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    for p in &go_paths {
+        assert_linked(&spans, p, "tls_client", "tls_server", &out.stderr);
+    }
+    for p in &curl_paths {
+        assert_linked(&spans, p, "curl", "tls_server", &out.stderr);
+    }
+    for s in spans
+        .iter()
+        .filter(|s| attr(s, "url.path").starts_with("/go-h2-"))
+    {
+        assert_eq!(attr(s, "network.protocol.version"), "2", "{s:#?}");
+    }
+}
+
 /// The program ids the agent logged at start.
 fn agent_ids(out: &tracer_e2e::AgentOutput) -> Vec<u64> {
     out.stderr
@@ -275,11 +337,11 @@ fn stripped_go_program_is_reported_and_makes_no_span() {
         "tls_server_stripped",
         &["-ldflags=-s -w"],
     );
-    let (_server, port) = go_server(&bin, &cert, &key);
+    let (_server, port) = go_server(&bin, &cert, &key, false);
     let agent = Agent::start(&["--print", "traces", "--output", "json"]);
     let stripped = paths("/go-stripped-", 3);
     for p in &stripped {
-        curl(&format!("https://127.0.0.1:{port}{p}"));
+        curl(&format!("https://127.0.0.1:{port}{p}"), &[]);
     }
     let out = agent.stop(SETTLE);
     let spans = out.json();
