@@ -98,7 +98,14 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
         }
     }
     if !any {
-        // No way to tell whether it uses crypto/tls: it may.
+        // The runtime's function table keeps the names a stripped program
+        // has: one without crypto/tls has nothing to report.
+        let names = obj
+            .section_by_name(".gopclntab")
+            .and_then(|s| s.data().ok());
+        if names.is_some_and(|d| !contains(d, WRITE.as_bytes())) {
+            return GoFile::NotGo;
+        }
         return not("stripped (no symbol table)");
     }
     let (Some(write), Some(read)) = (write, read) else {
@@ -144,6 +151,10 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
         probes,
         dwarf,
     })
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// `go1.19.8` -> 19 (None for anything else, e.g. `devel`).
