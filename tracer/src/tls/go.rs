@@ -13,9 +13,9 @@
 //! Struct offsets come from the program's DWARF when it has some; without
 //! DWARF (`-ldflags=-w`), the offsets that have held since Go 1.12 are used
 //! for the socket (`tls.Conn.conn` at 0, `net.TCPConn` -> `*netFD` at 0,
-//! `netFD.pfd.Sysfd` at 16), and the read-ahead buffers are unknown: reads
-//! then carry no sequence number of their own (see
-//! docs/design/010-tls-plaintext.md).
+//! `netFD.pfd.Sysfd` at 16), and the read-ahead buffers are known only for
+//! the releases checked (else reads carry no sequence number of their own;
+//! see docs/design/010-tls-plaintext.md).
 use std::borrow::Cow;
 
 use gimli::{EndianSlice, LittleEndian};
@@ -139,7 +139,7 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
     }
     let (mut layout, dwarf) = match dwarf_layout(obj) {
         Some(l) => (l, true),
-        None => (fallback_layout(), false),
+        None => (fallback_layout(minor), false),
     };
     layout.write_entry = bodies[0];
     layout.read_entry = bodies[1];
@@ -239,15 +239,21 @@ fn body_start(insns: &[(u64, Mnemonic)]) -> u64 {
         .map_or(0, |(off, _)| *off)
 }
 
-/// The offsets that have held since Go 1.12, without the read-ahead
-/// buffers (their place in `tls.Conn` changes between releases).
-fn fallback_layout() -> GoTlsFile {
+/// The offsets that have held since Go 1.12; the read-ahead buffers' place
+/// in `tls.Conn` changes between releases, and is known only for the
+/// releases checked against their DWARF (amd64).
+fn fallback_layout(minor: u32) -> GoTlsFile {
+    let (raw_input, input) = match minor {
+        // go1.19.8 (Debian 12's golang-1.19).
+        19 => (632, 672),
+        _ => (GO_OFF_UNKNOWN, GO_OFF_UNKNOWN),
+    };
     GoTlsFile {
         conn: 0,
         tcp_fd: 0,
         sysfd: 16,
-        raw_input: GO_OFF_UNKNOWN,
-        input: GO_OFF_UNKNOWN,
+        raw_input,
+        input,
         buffer_off: 24,
         reader_i: 24,
         ..GoTlsFile::default()
