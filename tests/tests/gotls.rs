@@ -312,6 +312,47 @@ fn go_h2_by_alpn_with_go_and_curl_clients() {
     }
 }
 
+#[test]
+fn go_pie_without_dwarf_is_covered() {
+    let Some(_g) = root_test("go_pie_without_dwarf_is_covered") else {
+        return;
+    };
+    require_tool("curl");
+    let dir = TempDir::new("tracer-gotls");
+    let (cert, key) = certificate(dir.path());
+    // Loaded at a random address, no DWARF: the probes add the load bias;
+    // the offsets are Go's defaults (and the read-ahead table of go1.19).
+    let bin = go_build(
+        dir.path(),
+        "tls_server",
+        "tls_server_pie",
+        &["-buildmode=pie", "-ldflags=-w"],
+    );
+    let (_server, port) = go_server(&bin, &cert, &key, false);
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    let pie = paths("/go-pie-", 5);
+    for p in &pie {
+        curl(&format!("https://127.0.0.1:{port}{p}"), &["--http1.1"]);
+    }
+    receiver.wait_for(Duration::from_secs(30), |s| {
+        s.iter()
+            .filter(|s| attr(s, "url.path").starts_with("/go-pie-"))
+            .count()
+            >= pie.len() * 2
+    });
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    for p in &pie {
+        assert_linked(&spans, p, "curl", "tls_server_pie", &out.stderr);
+    }
+    assert!(
+        out.stderr.contains("Go 1.12+ defaults"),
+        "offsets without DWARF: {}",
+        out.stderr
+    );
+}
+
 /// The program ids the agent logged at start.
 fn agent_ids(out: &tracer_e2e::AgentOutput) -> Vec<u64> {
     out.stderr

@@ -21,7 +21,10 @@ use std::{
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use foldhash::{HashMap, HashMapExt};
 use object::{Object, ObjectSection, ObjectSymbol};
-use tracer_common::{gotls::GO_TLS_FILES_MAX, tls_programs};
+use tracer_common::{
+    gotls::{GO_OFF_UNKNOWN, GO_TLS_FILES_MAX},
+    tls_programs,
+};
 
 use super::go::{self, GoFile};
 use crate::{clock::monotonic_ns, kernel::Kernel, profile::unwind::parse_maps};
@@ -477,7 +480,8 @@ impl TlsAttach {
             file = %path.display(),
             go = %probes.version,
             probes = links.len(),
-            offsets = if probes.dwarf { "DWARF" } else { "Go 1.12+ defaults, no read-ahead" },
+            offsets = if probes.dwarf { "DWARF" } else { "Go 1.12+ defaults" },
+            read_ahead = probes.layout.raw_input != GO_OFF_UNKNOWN,
             "Go crypto/tls plaintext probes attached"
         );
         self.files.insert(
