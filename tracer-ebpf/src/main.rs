@@ -40,6 +40,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics, adt_const_params)]
 
+mod gotls;
 mod h2walk;
 mod lane;
 mod packet;

@@ -72,6 +72,13 @@ const TLS_PROGRAMS: [&str; 6] = [
     tls_programs::FREE,
 ];
 
+/// The Go crypto/tls programs (entries, then every RET).
+const GO_TLS_PROGRAMS: [&str; 3] = [
+    tracer_common::gotls::programs::WRITE,
+    tracer_common::gotls::programs::READ,
+    tracer_common::gotls::programs::RET,
+];
+
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
 
 /// What loading or attaching can fail on, with the step that failed.
@@ -169,6 +176,9 @@ pub struct KernelLayout {
     /// (the user registers) and the task's mm (NULL for kernel threads).
     /// An error only matters when profiling is on.
     sampling: Result<[(&'static str, u32); 4], BtfError>,
+    /// Offsets of the Go TLS probes (file descriptor -> socket); without
+    /// them Go programs are not probed.
+    go_tls: Result<[(&'static str, u32); 8], BtfError>,
 }
 
 impl KernelLayout {
@@ -226,7 +236,27 @@ impl KernelLayout {
                 (globals::OFF_TASK_MM, btf.offset_of("task_struct", &["mm"])?),
             ])
         })();
-        Ok(KernelLayout { capture, sampling })
+        let go_tls = (|| {
+            use tracer_common::gotls::globals as g;
+            Ok([
+                (g::OFF_TASK_FILES, btf.offset_of("task_struct", &["files"])?),
+                (g::OFF_FILES_FDT, btf.offset_of("files_struct", &["fdt"])?),
+                (g::OFF_FDT_MAX_FDS, btf.offset_of("fdtable", &["max_fds"])?),
+                (g::OFF_FDT_FD, btf.offset_of("fdtable", &["fd"])?),
+                (
+                    g::OFF_FILE_PRIVATE,
+                    btf.offset_of("file", &["private_data"])?,
+                ),
+                (g::OFF_SOCKET_FILE, btf.offset_of("socket", &["file"])?),
+                (g::OFF_SOCKET_SK, btf.offset_of("socket", &["sk"])?),
+                (g::OFF_SK_PROTOCOL, btf.offset_of("sock", &["sk_protocol"])?),
+            ])
+        })();
+        Ok(KernelLayout {
+            capture,
+            sampling,
+            go_tls,
+        })
     }
 }
 
@@ -290,6 +320,7 @@ impl Kernel {
         cgroup_root: &Path,
     ) -> Result<Kernel, KernelError> {
         let offsets = layout.capture;
+        let go_layout = layout.go_tls.clone();
         // Needed only when sampling: profiling off must not depend on them.
         let sampling = match (cfg.profile_hz, &layout.sampling) {
             (Some(_), Ok(o)) => *o,
@@ -359,6 +390,16 @@ impl Kernel {
         for (name, off) in offsets.iter().chain(&sampling) {
             loader.override_global(name, off, true);
         }
+        let go_tls = match &go_layout {
+            Ok(o) => Some(*o),
+            Err(e) => {
+                tracing::warn!(error = %e, "Go TLS programs not covered: kernel offsets missing");
+                None
+            }
+        };
+        for (name, off) in go_tls.iter().flatten() {
+            loader.override_global(name, off, true);
+        }
         let mut ebpf = loader.load(PROGRAMS)?;
 
         let (source, hooks) = attach_calls(&mut ebpf, &aya_btf, calls)?;
@@ -398,7 +439,8 @@ impl Kernel {
         }
         // Loaded now, attached per file later (see tls::attach).
         if tls_snap > 0 {
-            for name in TLS_PROGRAMS {
+            let go = go_tls.is_some().then_some(GO_TLS_PROGRAMS).into_iter();
+            for name in TLS_PROGRAMS.into_iter().chain(go.flatten()) {
                 let prog: &mut UProbe = ebpf
                     .program_mut(name)
                     .ok_or(KernelError::MissingMap(name))?
@@ -472,6 +514,43 @@ impl Kernel {
     pub fn uprobe(&mut self, name: &str) -> Option<&mut UProbe> {
         let prog: &mut UProbe = self.ebpf.program_mut(name)?.try_into().ok()?;
         prog.fd().is_ok().then_some(prog)
+    }
+
+    /// Writes a Go executable's offsets to slot `slot` of `GO_TLS_FILES`.
+    pub fn set_go_tls_file(
+        &mut self,
+        slot: u32,
+        file: &tracer_common::gotls::GoTlsFile,
+    ) -> Result<(), aya::maps::MapError> {
+        let name = "GO_TLS_FILES";
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(aya::maps::MapError::InvalidName {
+                name: name.to_string(),
+            })?;
+        let mut array: aya::maps::Array<&mut MapData, tracer_common::gotls::GoTlsFile> =
+            aya::maps::Array::try_from(map)?;
+        array.set(slot, *file, 0)
+    }
+
+    /// Removes the Go TLS calls in progress of process `pid` (it exited
+    /// inside them): how many.
+    pub fn forget_go_calls(&mut self, pid: u32) -> usize {
+        use tracer_common::gotls::GoCallKey;
+        let Some(map) = self.ebpf.map_mut("GO_TLS_CALLS") else {
+            return 0;
+        };
+        let Ok(mut calls) = aya::maps::HashMap::<&mut MapData, GoCallKey, [u8; 32]>::try_from(map)
+        else {
+            return 0;
+        };
+        let gone: Vec<GoCallKey> = calls
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.pid == u64::from(pid))
+            .collect();
+        gone.iter().filter(|k| calls.remove(k).is_ok()).count()
     }
 
     /// Ids of the programs this agent loaded (for the exit check); the

@@ -255,6 +255,7 @@ report_counters!(crate::tls::attach::AttachCounters, Stage::Tls, {
     attach_errors: Anomaly, "TLS probes the kernel refused.";
     unreadable_files: Detail, "Mapped executable files that could not be read as ELF.";
     not_covered: Headline, "Executables speaking TLS through a library the agent cannot probe.";
+    go_calls_forgotten: Detail, "Go TLS reads in progress forgotten because their process exited.";
 });
 
 report_counters!(crate::http_spans::HttpCounters, Stage::Http, {

@@ -10,6 +10,8 @@
 
 use core::mem::size_of;
 
+pub mod gotls;
+
 /// Largest payload prefix a segment record can carry. The per-packet copy
 /// length ([`SNAP_LEN_DEFAULT`], configurable at load) is clamped to this.
 pub const MAX_SNAP_LEN: usize = 8192;
@@ -537,11 +539,18 @@ pub enum DropReason {
     /// The plaintext (or the length of an `_ex` call) could not be read
     /// from the process's memory.
     TlsReadFailed = 13,
+    /// A Go `tls.Conn`'s connection could not be followed to a TCP socket
+    /// (not a `*net.TCPConn`, or a read failed): the call's plaintext was
+    /// lost.
+    GoTlsNoSocket = 14,
+    /// A return probe of Go's crypto/tls found no entry for its goroutine
+    /// (entered before the probes, or the entry was evicted): lost.
+    GoTlsNoEntry = 15,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::RingFullOp,
         DropReason::RingFullConn,
         DropReason::RingFullSegment,
@@ -556,6 +565,8 @@ impl DropReason {
         DropReason::RingFullTls,
         DropReason::TlsSlotBusy,
         DropReason::TlsReadFailed,
+        DropReason::GoTlsNoSocket,
+        DropReason::GoTlsNoEntry,
     ];
 
     /// Stable, human-readable name used in logs and counters.
@@ -575,6 +586,8 @@ impl DropReason {
             DropReason::RingFullTls => "ring_full_tls",
             DropReason::TlsSlotBusy => "tls_slot_busy",
             DropReason::TlsReadFailed => "tls_read_failed",
+            DropReason::GoTlsNoSocket => "go_tls_no_socket",
+            DropReason::GoTlsNoEntry => "go_tls_no_entry",
         }
     }
 }

@@ -18,11 +18,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use foldhash::{HashMap, HashMapExt};
 use object::{Object, ObjectSection, ObjectSymbol};
-use tracer_common::tls_programs;
+use tracer_common::{
+    gotls::{GO_OFF_UNKNOWN, GO_TLS_FILES_MAX},
+    tls_programs,
+};
 
+use super::go::{self, GoFile};
 use crate::{clock::monotonic_ns, kernel::Kernel, profile::unwind::parse_maps};
 
 /// A file, as the kernel knows it (device and inode).
@@ -67,6 +71,8 @@ pub struct AttachCounters {
     pub unreadable_files: u64,
     /// Executables reported as using TLS the agent does not cover.
     pub not_covered: u64,
+    /// Go TLS calls in progress removed because their process exited.
+    pub go_calls_forgotten: u64,
 }
 
 /// One TLS library (or executable with a TLS library inside), attached.
@@ -74,6 +80,8 @@ struct TlsFile {
     path: PathBuf,
     links: Vec<(&'static str, UProbeLinkId)>,
     users: usize,
+    /// A Go executable's slot in `GO_TLS_FILES` (its probes' cookie).
+    go_slot: Option<u32>,
 }
 
 /// What is known of one process.
@@ -103,10 +111,16 @@ pub struct TlsAttach {
     reported: HashSet<FileId>,
     counters: AttachCounters,
     own_pid: u32,
+    /// Free slots of `GO_TLS_FILES`.
+    go_slots: Vec<u32>,
 }
 
-/// File offsets of the probed functions in one ELF file.
-fn probe_offsets(path: &Path) -> Result<Vec<(&'static str, u64)>, String> {
+/// (program, file offset) of each probe of a file.
+type Offsets = Vec<(&'static str, u64)>;
+
+/// File offsets of the probed OpenSSL functions in one ELF file, and what
+/// it is for the Go probes.
+fn probe_offsets(path: &Path) -> Result<(Offsets, GoFile), String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     // SAFETY: a read-only private mapping; a file truncated meanwhile can
     // fault the agent, which is why only executable mappings of running
@@ -135,7 +149,12 @@ fn probe_offsets(path: &Path) -> Result<Vec<(&'static str, u64)>, String> {
             found.push((prog, off));
         }
     }
-    Ok(found)
+    let go = if found.is_empty() {
+        go::inspect(&obj)
+    } else {
+        GoFile::NotGo
+    };
+    Ok((found, go))
 }
 
 /// The executable files a process maps (paths as the process sees them),
@@ -169,6 +188,7 @@ impl TlsAttach {
             reported: HashSet::new(),
             counters: AttachCounters::default(),
             own_pid: std::process::id(),
+            go_slots: (0..GO_TLS_FILES_MAX).rev().collect(),
         }
     }
 
@@ -345,13 +365,30 @@ impl TlsAttach {
     /// Attaches the probes to a file that has the functions; false when it
     /// has none (or none could be attached).
     fn attach(&mut self, id: FileId, path: &Path, kernel: &mut Kernel) -> bool {
-        let offsets = match probe_offsets(path) {
+        let (offsets, go) = match probe_offsets(path) {
             Ok(o) => o,
             Err(_) => {
                 self.counters.unreadable_files += 1;
                 return false;
             }
         };
+        match go {
+            GoFile::NotGo => {}
+            GoFile::Covered(probes) => return self.attach_go(id, path, probes, kernel),
+            GoFile::NotCovered { version, reason } => {
+                if self.reported.insert(id) {
+                    self.counters.not_covered += 1;
+                    tracing::warn!(
+                        executable = %path.display(),
+                        go = version.as_deref().unwrap_or("?"),
+                        reason,
+                        "TLS not covered: a Go program the crypto/tls probes cannot cover; \
+                         its encrypted traffic is counted, not traced"
+                    );
+                }
+                return false;
+            }
+        }
         // SSL_free alone is no TLS library to probe.
         if offsets.iter().all(|(p, _)| *p == tls_programs::FREE) {
             return false;
@@ -387,13 +424,96 @@ impl TlsAttach {
                 path: path.to_path_buf(),
                 links,
                 users: 1,
+                go_slot: None,
             },
         );
         true
     }
 
+    /// Attaches the Go probes to an executable (see [`go`]): its offsets
+    /// go to a free slot of `GO_TLS_FILES`, whose index every probe of the
+    /// file carries as its cookie.
+    fn attach_go(
+        &mut self,
+        id: FileId,
+        path: &Path,
+        probes: go::GoProbes,
+        kernel: &mut Kernel,
+    ) -> bool {
+        let Some(slot) = self.go_slots.pop() else {
+            self.counters.attach_errors += 1;
+            tracing::warn!(file = %path.display(), "cannot attach Go TLS probes: every Go file slot is in use");
+            return false;
+        };
+        if let Err(e) = kernel.set_go_tls_file(slot, &probes.layout) {
+            self.go_slots.push(slot);
+            self.counters.attach_errors += 1;
+            tracing::warn!(file = %path.display(), error = %e, "cannot attach Go TLS probes");
+            return false;
+        }
+        let mut links = Vec::new();
+        for (name, off) in &probes.probes {
+            let Some(p) = kernel.uprobe(name) else {
+                continue;
+            };
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(*off),
+                cookie: Some(u64::from(slot)),
+            };
+            match p.attach(point, path, UProbeScope::AllProcesses) {
+                Ok(link) => links.push((*name, link)),
+                Err(e) => {
+                    self.counters.attach_errors += 1;
+                    tracing::warn!(file = %path.display(), program = name, error = %e, "cannot attach a Go TLS probe");
+                }
+            }
+        }
+        // A call whose RET is not probed would leave its entry behind: all
+        // or nothing.
+        if links.len() != probes.probes.len() {
+            self.detach_links(links, kernel);
+            self.go_slots.push(slot);
+            return false;
+        }
+        self.counters.files_attached += 1;
+        tracing::info!(
+            file = %path.display(),
+            go = %probes.version,
+            probes = links.len(),
+            offsets = if probes.dwarf { "DWARF" } else { "Go 1.12+ defaults" },
+            read_ahead = probes.layout.raw_input != GO_OFF_UNKNOWN,
+            "Go crypto/tls plaintext probes attached"
+        );
+        self.files.insert(
+            id,
+            TlsFile {
+                path: path.to_path_buf(),
+                links,
+                users: 1,
+                go_slot: Some(slot),
+            },
+        );
+        true
+    }
+
+    fn detach_links(&mut self, links: Vec<(&'static str, UProbeLinkId)>, kernel: &mut Kernel) {
+        for (name, link) in links {
+            if let Some(p) = kernel.uprobe(name) {
+                let _ = p.detach(link);
+            }
+        }
+    }
+
     fn forget(&mut self, pid: Pid, kernel: &mut Kernel) {
         if let Some(proc) = self.procs.remove(&pid) {
+            // A Go process that exited inside a Read leaves its entry.
+            let go = proc
+                .files
+                .iter()
+                .any(|id| self.files.get(id).is_some_and(|f| f.go_slot.is_some()));
+            if go {
+                self.counters.go_calls_forgotten += kernel.forget_go_calls(pid.0) as u64;
+            }
             self.release(proc.files, kernel);
         }
     }
@@ -409,10 +529,9 @@ impl TlsAttach {
                 continue;
             }
             if let Some(f) = self.files.remove(&id) {
-                for (name, link) in f.links {
-                    if let Some(p) = kernel.uprobe(name) {
-                        let _ = p.detach(link);
-                    }
+                self.detach_links(f.links, kernel);
+                if let Some(slot) = f.go_slot {
+                    self.go_slots.push(slot);
                 }
                 self.counters.files_detached += 1;
                 tracing::info!(file = %f.path.display(), "TLS probes detached: no process maps the file");
@@ -463,7 +582,7 @@ mod tests {
         if !lib.exists() {
             return;
         }
-        let found = probe_offsets(lib).expect("libssl parses");
+        let (found, _) = probe_offsets(lib).expect("libssl parses");
         let names: Vec<_> = found.iter().map(|(n, _)| *n).collect();
         assert_eq!(
             names,

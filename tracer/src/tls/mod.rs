@@ -2,4 +2,5 @@
 //! plaintext they copy joins the per-connection parsers ([`streams`]). See
 //! docs/design/010-tls-plaintext.md.
 pub mod attach;
+pub mod go;
 pub mod streams;

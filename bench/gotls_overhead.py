@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Cost of Go crypto/tls plaintext capture on a real Go HTTPS server, A/B
+interleaved.
+
+wrk over HTTPS (keep-alive) against tests/go/tls_server.go (net/http,
+HTTP/1.1, built here with the host's Go; certificate made with the openssl
+CLI), in four conditions per round, their order rotated every round: no
+agent; the agent's hooks attached but returning at once (--hooks-only
+--tls-snap-len 0: the floor); the whole product with TLS capture off
+(--tls-snap-len 0: the ciphertext is recognised and silenced, no uprobe);
+the whole product with TLS capture on (the Go probes on the server: one at
+the start of Write, one at the start of Read and one per RET of Read; wrk's
+libssl gets the OpenSSL probes). Prints requests/s, the ratio to no agent
+(median of per-round ratios), the agent's CPU per request and the kernel
+cost per request of each eBPF program (bpf_stats; a uprobe's trap is not in
+it).
+
+Run as root from the repository:  bench/gotls_overhead.py [--pairs 5]
+"""
+import argparse
+import os
+import re
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+
+from abrounds import print_conditions, run_rounds
+from agentproc import counter
+from bpfstats import BpfStats, format_rows
+from overhead import OtlpSink
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GoServer:
+    def __init__(self, workdir):
+        cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", key, "-out", cert], check=True, capture_output=True)
+        binary = os.path.join(workdir, "tls_server")
+        env = dict(os.environ, GO111MODULE="off", GOPATH=os.path.join(workdir, "gopath"),
+                   GOCACHE=os.path.join(workdir, "gocache"), GOTOOLCHAIN="local", GOFLAGS="")
+        subprocess.run(["go", "build", "-o", binary, os.path.join(ROOT, "tests/go/tls_server.go")],
+                       check=True, env=env)
+        self.port = free_port()
+        self.proc = subprocess.Popen([binary, str(self.port), cert, key], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def wrk(port, seconds, conns):
+    out = subprocess.run(["wrk", "-t2", "-c%d" % conns, "-d%ds" % seconds,
+                          "https://127.0.0.1:%d/index.html" % port],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return rps, total
+
+
+CONDITIONS = [
+    ("none", None),
+    ("hooks-only", ["--hooks-only", "--profile-hz", "0", "--tls-snap-len", "0"]),
+    ("tls-off", ["--otlp-endpoint", "{otlp}", "--otlp-protocol", "http/protobuf", "--profile-hz", "0",
+                 "--tls-snap-len", "0"]),
+    ("tls-on", ["--otlp-endpoint", "{otlp}", "--otlp-protocol", "http/protobuf", "--profile-hz", "0"]),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=20)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gotls-bench") as workdir:
+        server = GoServer(workdir)
+        sink = OtlpSink()
+        stats = BpfStats()
+        try:
+            wrk(server.port, 2, a.connections)
+            results = run_rounds(CONDITIONS, a.pairs, lambda: wrk(server.port, a.seconds, a.connections), sink,
+                                 stats, lambda err: "tls.calls=%d http.messages=%d" % (
+                                     counter(err, "tls.calls"), counter(err, "http.messages")), width=12)
+            print("\nGo net/http TLS server (GOMAXPROCS default), wrk -t2 -c%d https, %d s per run, %d rounds" % (
+                a.connections, a.seconds, a.pairs))
+            print_conditions(CONDITIONS, results, width=12)
+            rows = sorted(results["tls-on"], key=lambda x: x["kns"])
+            print("kernel cost per request, tls-on (median round): %s" % format_rows(rows[len(rows) // 2]["rows"]))
+            for name in ("tls-off", "tls-on"):
+                rel = [x["rps"] / h["rps"] for x, h in zip(results[name], results["hooks-only"])]
+                print("%s / hooks-only: %.3f" % (name, statistics.median(rel)))
+        finally:
+            stats.close()
+            sink.stop()
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+//! Go's crypto/tls: what the agent tells the probes about each Go
+//! executable, and the program names.
+
+/// Names of the Go TLS programs.
+pub mod programs {
+    /// `crypto/tls.(*Conn).Write` entry.
+    pub const WRITE: &str = "go_tls_write";
+    /// `crypto/tls.(*Conn).Read` entry.
+    pub const READ: &str = "go_tls_read";
+    /// Every RET instruction of both (Go code gets no uretprobes: a
+    /// goroutine's stack moves, and the return address with it).
+    pub const RET: &str = "go_tls_ret";
+}
+
+/// Go executables attached at once (slots of the `GO_TLS_FILES` array, one
+/// per file; the attach cookie of each probe is its file's slot).
+pub const GO_TLS_FILES_MAX: u32 = 256;
+
+/// Go TLS calls in progress (an LRU map keyed by process and goroutine).
+pub const GO_TLS_CALLS_MAX: u32 = 16384;
+
+/// A struct offset the binary did not give (the value is then not read).
+pub const GO_OFF_UNKNOWN: u32 = u32::MAX;
+
+/// Where the probes find things in one Go executable: link-time addresses
+/// and struct member offsets, from its symbol table and DWARF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoTlsFile {
+    /// Link-time address of `(*Conn).Write`'s entry.
+    pub write_entry: u64,
+    /// Link-time address of `(*Conn).Read`'s entry.
+    pub read_entry: u64,
+    /// Link-time address of the itab of `*net.TCPConn` as a `net.Conn`: a
+    /// `tls.Conn` over anything else is not followed (0: none in the binary).
+    pub tcp_itab: u64,
+    /// `crypto/tls.Conn.conn` (a `net.Conn`: itab word, data word).
+    pub conn: u32,
+    /// `net.TCPConn` -> its `*net.netFD` (`TCPConn.conn.fd`).
+    pub tcp_fd: u32,
+    /// `net.netFD` -> `poll.FD.Sysfd` (`netFD.pfd.Sysfd`).
+    pub sysfd: u32,
+    /// `crypto/tls.Conn.rawInput` (a `bytes.Buffer`: ciphertext read from
+    /// the socket, not yet decrypted), or [`GO_OFF_UNKNOWN`].
+    pub raw_input: u32,
+    /// `crypto/tls.Conn.input` (a `bytes.Reader`: plaintext decrypted, not
+    /// yet returned), or [`GO_OFF_UNKNOWN`].
+    pub input: u32,
+    /// `bytes.Buffer.off` (its `buf` slice is at 0).
+    pub buffer_off: u32,
+    /// `bytes.Reader.i` (its `s` slice is at 0).
+    pub reader_i: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+}
+
+/// Key of `GO_TLS_CALLS`: a process and one of its goroutines (the
+/// address of its `g`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoCallKey {
+    /// Process id.
+    pub pid: u64,
+    /// The goroutine.
+    pub g: u64,
+}
+
+/// Names of the globals the agent sets before load for the Go probes:
+/// offsets from the running kernel's BTF, to go from a file descriptor to
+/// its socket (current task -> files -> fdtable -> file -> socket -> sock).
+pub mod globals {
+    /// `u32`: `task_struct.files`.
+    pub const OFF_TASK_FILES: &str = "OFF_TASK_FILES";
+    /// `u32`: `files_struct.fdt`.
+    pub const OFF_FILES_FDT: &str = "OFF_FILES_FDT";
+    /// `u32`: `fdtable.max_fds`.
+    pub const OFF_FDT_MAX_FDS: &str = "OFF_FDT_MAX_FDS";
+    /// `u32`: `fdtable.fd`.
+    pub const OFF_FDT_FD: &str = "OFF_FDT_FD";
+    /// `u32`: `file.private_data`.
+    pub const OFF_FILE_PRIVATE: &str = "OFF_FILE_PRIVATE";
+    /// `u32`: `socket.file` (checked to point back: the file is a socket).
+    pub const OFF_SOCKET_FILE: &str = "OFF_SOCKET_FILE";
+    /// `u32`: `socket.sk`.
+    pub const OFF_SOCKET_SK: &str = "OFF_SOCKET_SK";
+    /// `u32`: `sock.sk_protocol`.
+    pub const OFF_SK_PROTOCOL: &str = "OFF_SK_PROTOCOL";
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<GoTlsFile>() == 56);
+};
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), only integers, every bit pattern valid.
+unsafe impl aya::Pod for GoTlsFile {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for GoCallKey {}

@@ -1,0 +1,391 @@
+//! Go's crypto/tls: uprobes at the start of `(*Conn).Write` and
+//! `(*Conn).Read` (just past the prologue's stack check, which a call that
+//! grows its stack runs twice), and on every RET instruction of Read (no
+//! uretprobes on Go code: the return address lives on a goroutine stack the
+//! runtime moves).
+//!
+//! Arguments and results follow Go's amd64 register ABI (Go 1.17+): at the
+//! start RAX = `*Conn`, RBX = buffer, RCX = its length; at a RET, RAX = n.
+//! A Write's record is emitted at its start, with the whole buffer: Go
+//! writes all of it or fails the connection for good, and a record emitted
+//! at its return could reach the agent after the response it caused (the
+//! peer may answer, and the reader return, before the writer runs again).
+//! A Read's is emitted at its return; R14 holds the current goroutine (`g`):
+//! the call is keyed by process and goroutine, since a goroutine blocked in
+//! Read may resume on another thread.
+//!
+//! The connection is taken from the `*Conn` itself, not from socket calls on
+//! the thread (the Go scheduler parks a reader and its read may run on
+//! another thread): `Conn.conn` (checked to be a `*net.TCPConn`) -> netFD ->
+//! `Sysfd`, then current task -> files -> fdtable -> file -> socket -> sock,
+//! whose cookie the socket programs already generated. The offsets inside
+//! the Go binary come from the agent per file (`GO_TLS_FILES`, indexed by the
+//! probe's attach cookie), the kernel's from BTF.
+//!
+//! Sequence numbers (rule 3): a Write's ciphertext starts at the socket's
+//! `write_seq` at entry (Go writes whole records, straight to the socket). A
+//! Read whose plaintext buffer (`Conn.input`) is empty decrypts the record
+//! that starts at `copied_seq` minus the ciphertext already read ahead into
+//! `Conn.rawInput`; a Read served from `Conn.input` continues the previous
+//! one (no sequence number, as OpenSSL's buffered reads).
+use core::{ffi::c_void, mem::size_of};
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user,
+        generated::{
+            bpf_get_attach_cookie, bpf_get_current_task, bpf_probe_read_user as probe_read_user_raw,
+        },
+    },
+    macros::{map, uprobe},
+    maps::{Array, LruHashMap},
+    programs::ProbeContext,
+};
+use tracer_common::{
+    frame_len,
+    gotls::{GoCallKey, GoTlsFile, GO_OFF_UNKNOWN, GO_TLS_CALLS_MAX, GO_TLS_FILES_MAX},
+    Dir, DropReason, KernelStat, Tag, TlsData, MAX_HEAD, TLS_CONN_REMEMBERED, TLS_SEQ_KNOWN,
+};
+
+use crate::{add_stat, count_drop, global, lane, AGENT_PID, ENABLED, TLS_SNAP};
+
+// Kernel offsets (from BTF, set by the agent before load).
+#[no_mangle]
+static OFF_TASK_FILES: u32 = 0;
+#[no_mangle]
+static OFF_FILES_FDT: u32 = 0;
+#[no_mangle]
+static OFF_FDT_MAX_FDS: u32 = 0;
+#[no_mangle]
+static OFF_FDT_FD: u32 = 0;
+#[no_mangle]
+static OFF_FILE_PRIVATE: u32 = 0;
+#[no_mangle]
+static OFF_SOCKET_FILE: u32 = 0;
+#[no_mangle]
+static OFF_SOCKET_SK: u32 = 0;
+#[no_mangle]
+static OFF_SK_PROTOCOL: u32 = 0;
+
+const IPPROTO_TCP: u16 = 6;
+
+#[map]
+static GO_TLS_FILES: Array<GoTlsFile> = Array::with_max_entries(GO_TLS_FILES_MAX, 0);
+
+/// A call between its entry and its return.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoCall {
+    buf: u64,
+    start_ns: u64,
+    cookie: u64,
+    seq: u32,
+    dir: u8,
+    flags: u8,
+    _pad: u16,
+}
+
+#[map]
+static GO_TLS_CALLS: LruHashMap<GoCallKey, GoCall> =
+    LruHashMap::with_max_entries(GO_TLS_CALLS_MAX, 0);
+
+#[uprobe]
+pub fn go_tls_write(ctx: ProbeContext) -> u32 {
+    enter(&ctx, Dir::Send);
+    0
+}
+
+#[uprobe]
+pub fn go_tls_read(ctx: ProbeContext) -> u32 {
+    enter(&ctx, Dir::Recv);
+    0
+}
+
+#[inline(always)]
+fn kread<T: Copy>(addr: u64) -> Option<T> {
+    // SAFETY: the helper faults safely on any address.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+}
+
+#[inline(always)]
+fn uread<T: Copy>(addr: u64) -> Option<T> {
+    // SAFETY: the helper faults safely on any address.
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+/// The `struct sock` behind file descriptor `fd` of the current process,
+/// when it is a TCP socket.
+#[inline(always)]
+fn tcp_sock_of_fd(fd: u64) -> Option<u64> {
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = kread(task + u64::from(global(&OFF_TASK_FILES)))?;
+    let fdt: u64 = kread(files + u64::from(global(&OFF_FILES_FDT)))?;
+    let max: u32 = kread(fdt + u64::from(global(&OFF_FDT_MAX_FDS)))?;
+    if fd >= u64::from(max) {
+        return None;
+    }
+    let fds: u64 = kread(fdt + u64::from(global(&OFF_FDT_FD)))?;
+    let file: u64 = kread(fds + fd * 8)?;
+    if file == 0 {
+        return None;
+    }
+    let sock: u64 = kread(file + u64::from(global(&OFF_FILE_PRIVATE)))?;
+    if sock == 0 {
+        return None;
+    }
+    // A socket's file points back at it; any other file's private data
+    // does not.
+    let back: u64 = kread(sock + u64::from(global(&OFF_SOCKET_FILE)))?;
+    if back != file {
+        return None;
+    }
+    let sk: u64 = kread(sock + u64::from(global(&OFF_SOCKET_SK)))?;
+    if sk == 0 {
+        return None;
+    }
+    let proto: u16 = kread(sk + u64::from(global(&OFF_SK_PROTOCOL)))?;
+    (proto == IPPROTO_TCP).then_some(sk)
+}
+
+/// The TCP socket under a `*tls.Conn`: `conn.conn` must hold a
+/// `*net.TCPConn` (its itab), whose netFD gives the descriptor.
+#[inline(always)]
+fn socket_of_conn(conn: u64, f: &GoTlsFile, bias: u64) -> Option<u64> {
+    if f.tcp_itab == 0 {
+        return None;
+    }
+    let at = conn + u64::from(f.conn);
+    let itab: u64 = uread(at)?;
+    if itab != f.tcp_itab.wrapping_add(bias) {
+        return None;
+    }
+    let tcp: u64 = uread(at + 8)?;
+    let netfd: u64 = uread(tcp + u64::from(f.tcp_fd))?;
+    let fd: i64 = uread(netfd + u64::from(f.sysfd))?;
+    if fd < 0 {
+        return None;
+    }
+    tcp_sock_of_fd(fd as u64)
+}
+
+/// Bytes between a `bytes.Buffer`/`bytes.Reader`'s position and the end of
+/// its slice (the slice at 0: pointer, length, capacity).
+#[inline(always)]
+fn unread(at: u64, pos_off: u32) -> Option<u64> {
+    let len: u64 = uread(at + 8)?;
+    let pos: u64 = uread(at + u64::from(pos_off))?;
+    Some(len.saturating_sub(pos))
+}
+
+#[inline(always)]
+fn enter(ctx: &ProbeContext, dir: Dir) {
+    if global(&ENABLED) == 0 || global(&TLS_SNAP) == 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == global(&AGENT_PID) {
+        return;
+    }
+    // SAFETY: a uprobe's context is the user registers.
+    let (conn, buf, g, ip) = unsafe {
+        let r = &*ctx.regs;
+        (r.rax, r.rbx, r.r14, r.rip)
+    };
+    // SAFETY: the helper reads the program's own attach cookie.
+    let slot = unsafe { bpf_get_attach_cookie(ctx.regs as *mut c_void) } as u32;
+    let Some(f) = GO_TLS_FILES.get(slot) else {
+        return;
+    };
+    let entry = if dir == Dir::Send {
+        f.write_entry
+    } else {
+        f.read_entry
+    };
+    // Position-independent executables load at a page-aligned bias.
+    let bias = ip.wrapping_sub(entry) & !0xfff;
+    let Some(sk) = socket_of_conn(conn, f, bias) else {
+        count_drop(DropReason::GoTlsNoSocket);
+        return;
+    };
+    let cookie: u64 = kread(sk + u64::from(global(&crate::OFF_COOKIE))).unwrap_or(0);
+    let (seq, flags) = if dir == Dir::Send {
+        match kread::<u32>(sk + u64::from(global(&crate::OFF_WRITE_SEQ))) {
+            Some(s) => (s, TLS_SEQ_KNOWN),
+            None => (0, TLS_CONN_REMEMBERED),
+        }
+    } else {
+        read_seq(conn, f, sk)
+    };
+    let call = GoCall {
+        buf,
+        // SAFETY: helper without arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        cookie,
+        seq,
+        dir: dir as u8,
+        flags,
+        _pad: 0,
+    };
+    let key = GoCallKey {
+        pid: pid_tgid >> 32,
+        g,
+    };
+    if dir == Dir::Send {
+        // The plaintext is all there, and will all be sent (see the top).
+        let len = ctx_len(ctx);
+        if len > 0 {
+            emit(&call, len, call.start_ns, pid_tgid);
+        }
+        return;
+    }
+    let _ = GO_TLS_CALLS.insert(&key, &call, 0);
+}
+
+/// The buffer's length (RCX), as a record's length.
+#[inline(always)]
+fn ctx_len(ctx: &ProbeContext) -> u32 {
+    // SAFETY: a uprobe's context is the user registers.
+    let n = unsafe { (*ctx.regs).rcx } as i64;
+    if n <= 0 {
+        0
+    } else if n as u64 > u64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        n as u32
+    }
+}
+
+/// A Read's sequence number: known when it must decrypt a new record (its
+/// plaintext buffer is empty), which starts after what the socket delivered
+/// minus what was read ahead and not yet decrypted.
+#[inline(always)]
+fn read_seq(conn: u64, f: &GoTlsFile, sk: u64) -> (u32, u8) {
+    const CONTINUED: (u32, u8) = (0, TLS_CONN_REMEMBERED);
+    if f.input == GO_OFF_UNKNOWN || f.raw_input == GO_OFF_UNKNOWN {
+        return CONTINUED;
+    }
+    match unread(conn + u64::from(f.input), f.reader_i) {
+        Some(0) => {}
+        _ => return CONTINUED,
+    }
+    let Some(ahead) = unread(conn + u64::from(f.raw_input), f.buffer_off) else {
+        return CONTINUED;
+    };
+    match kread::<u32>(sk + u64::from(global(&crate::OFF_COPIED_SEQ))) {
+        Some(copied) => (copied.wrapping_sub(ahead as u32), TLS_SEQ_KNOWN),
+        None => CONTINUED,
+    }
+}
+
+const TLS_FRAME: usize = frame_len(size_of::<TlsData>() + MAX_HEAD);
+
+#[uprobe]
+pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
+    leave(&ctx);
+    0
+}
+
+#[inline(always)]
+fn leave(ctx: &ProbeContext) {
+    if global(&ENABLED) == 0 || global(&TLS_SNAP) == 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = pid_tgid >> 32;
+    if pid as u32 == global(&AGENT_PID) {
+        return;
+    }
+    // SAFETY: a uprobe's context is the user registers.
+    let (n, g) = unsafe {
+        let r = &*ctx.regs;
+        (r.rax as i64, r.r14)
+    };
+    let key = GoCallKey { pid, g };
+    // SAFETY: a map value, copied at once.
+    let Some(call) = (unsafe { GO_TLS_CALLS.get(&key) }).copied() else {
+        count_drop(DropReason::GoTlsNoEntry);
+        return;
+    };
+    let _ = GO_TLS_CALLS.remove(&key);
+    // An error with n > 0 still moved n bytes.
+    if n <= 0 {
+        return;
+    }
+    let len = if n as u64 > u64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        n as u32
+    };
+    // A Read is entered long before its data comes (net/http parks a
+    // goroutine in Read on every idle connection): its bytes are known to
+    // have arrived only at its return.
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit(&call, len, now, pid_tgid);
+}
+
+/// Writes one TLS record: `len` bytes moved by `call`, the first at
+/// `start_ns`.
+#[inline(always)]
+fn emit(call: &GoCall, len: u32, start_ns: u64, pid_tgid: u64) {
+    let pid = pid_tgid >> 32;
+    let snap = global(&TLS_SNAP);
+    let mut copy = if len > snap { snap } else { len };
+    if copy > MAX_HEAD as u32 {
+        copy = MAX_HEAD as u32;
+    }
+    let Some(held) = lane::reserve_packet::<TLS_FRAME>(true, DropReason::RingFullTls) else {
+        return;
+    };
+    let rec = held.record();
+    // SAFETY: the payload room of the held frame (MAX_HEAD bytes after the
+    // header); copy is bounded by MAX_HEAD above.
+    let r = unsafe {
+        probe_read_user_raw(
+            rec.add(size_of::<TlsData>()) as *mut c_void,
+            copy,
+            call.buf as *const c_void,
+        )
+    };
+    if r < 0 {
+        count_drop(DropReason::TlsReadFailed);
+        return;
+    }
+    add_stat(KernelStat::TlsCalls, 1);
+    if len > copy {
+        add_stat(KernelStat::TlsBytesCut, u64::from(len - copy));
+    }
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // SAFETY: helper without arguments (taken while the lane is held: a
+    // lane's records stay in time order).
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    let dst = rec as *mut u64;
+    // SAFETY: the frame has room for the 64-byte header, 8-aligned; the
+    // layout is pinned in tracer_common (see tls.rs).
+    unsafe {
+        dst.write(
+            Tag::TlsData as u64
+                | u64::from(call.dir) << 8
+                | u64::from(call.flags) << 16
+                | u64::from(len) << 32,
+        );
+        dst.add(1).write(ts_ns);
+        dst.add(2).write(start_ns);
+        dst.add(3).write(call.cookie);
+        dst.add(4).write(pid | (pid_tgid & 0xffff_ffff) << 32);
+        dst.add(5)
+            .write(u64::from(call.seq) | u64::from(copy) << 32);
+        dst.add(6).write(u64::from_le_bytes(word(&comm, 0)));
+        dst.add(7).write(u64::from_le_bytes(word(&comm, 8)));
+    }
+    held.publish(size_of::<TlsData>() + copy as usize);
+}
+
+#[inline(always)]
+fn word(comm: &[u8; 16], at: usize) -> [u8; 8] {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&comm[at..at + 8]);
+    w
+}

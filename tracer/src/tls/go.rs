@@ -1,0 +1,440 @@
+//! Go executables: where `crypto/tls.(*Conn).Write` and `Read` are, their
+//! RET instructions, and the struct offsets the probes need.
+//!
+//! A Go program links crypto/tls statically, so the executable itself is the
+//! file to probe. Its Go version comes from the build info
+//! (`.go.buildinfo`); the register ABI the probes read arguments by exists
+//! since Go 1.17 on amd64, so older programs are not covered. The functions
+//! come from the symbol table (a stripped program is not covered); each gets
+//! a uprobe on its entry and one on every RET instruction (found by decoding
+//! its code), never a uretprobe: the runtime moves goroutine stacks, and a
+//! uretprobe's rewritten return address with them.
+//!
+//! Struct offsets come from the program's DWARF when it has some; without
+//! DWARF (`-ldflags=-w`), the offsets that have held since Go 1.12 are used
+//! for the socket (`tls.Conn.conn` at 0, `net.TCPConn` -> `*netFD` at 0,
+//! `netFD.pfd.Sysfd` at 16), and the read-ahead buffers are known only for
+//! the releases checked (else reads carry no sequence number of their own;
+//! see docs/design/010-tls-plaintext.md).
+use std::borrow::Cow;
+
+use gimli::{EndianSlice, LittleEndian};
+use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+use object::{CompressionFormat, Object, ObjectKind, ObjectSection, ObjectSymbol, SectionKind};
+use tracer_common::gotls::{programs, GoTlsFile, GO_OFF_UNKNOWN};
+
+/// The probed functions.
+const WRITE: &str = "crypto/tls.(*Conn).Write";
+const READ: &str = "crypto/tls.(*Conn).Read";
+/// The itab of `*net.TCPConn` as a `net.Conn` (the linker's name changed in
+/// Go 1.22).
+const TCP_ITABS: [&str; 2] = [
+    "go.itab.*net.TCPConn,net.Conn",
+    "go:itab.*net.TCPConn,net.Conn",
+];
+
+/// Oldest Go release whose amd64 functions take arguments in registers.
+const MIN_MINOR: u32 = 17;
+
+/// What a Go executable offers the probes.
+#[derive(Debug)]
+pub struct GoProbes {
+    /// The Go release that built it (`go1.19.8`).
+    pub version: String,
+    /// Offsets for the probes (`GO_TLS_FILES`).
+    pub layout: GoTlsFile,
+    /// (program, file offset): the two entries, then every RET.
+    pub probes: Vec<(&'static str, u64)>,
+    /// Whether the struct offsets came from DWARF.
+    pub dwarf: bool,
+}
+
+/// What an ELF file is, for the Go probes.
+#[derive(Debug)]
+pub enum GoFile {
+    /// Not a Go program, or one without crypto/tls.
+    NotGo,
+    /// A Go program using crypto/tls, probed.
+    Covered(GoProbes),
+    /// A Go program the probes cannot cover, and why.
+    NotCovered {
+        /// Its Go release, when known.
+        version: Option<String>,
+        /// Why not.
+        reason: &'static str,
+    },
+}
+
+/// Looks at one parsed ELF file.
+pub fn inspect(obj: &object::File<'_>) -> GoFile {
+    let Some(info) = obj.section_by_name(".go.buildinfo") else {
+        return GoFile::NotGo;
+    };
+    let version = info.data().ok().and_then(|d| build_version(obj, d));
+    let not = |reason| GoFile::NotCovered {
+        version: version.clone(),
+        reason,
+    };
+    let Some(minor) = version.as_deref().and_then(go_minor) else {
+        return not("Go version unknown");
+    };
+    if minor < MIN_MINOR {
+        return not("Go older than 1.17 (arguments on the stack)");
+    }
+    if obj.architecture() != object::Architecture::X86_64 {
+        return not("only amd64 Go programs are covered");
+    }
+    let mut write = None;
+    let mut read = None;
+    let mut itab = 0;
+    let mut any = false;
+    for s in obj.symbols() {
+        any = true;
+        match s.name() {
+            Ok(WRITE) => write = Some((s.address(), s.size())),
+            Ok(READ) => read = Some((s.address(), s.size())),
+            Ok(n) if TCP_ITABS.contains(&n) => itab = s.address(),
+            _ => {}
+        }
+    }
+    if !any {
+        // The runtime's function table keeps the names a stripped program
+        // has: one without crypto/tls has nothing to report.
+        let names = obj
+            .section_by_name(".gopclntab")
+            .and_then(|s| s.data().ok());
+        if names.is_some_and(|d| !contains(d, WRITE.as_bytes())) {
+            return GoFile::NotGo;
+        }
+        return not("stripped (no symbol table)");
+    }
+    let (Some(write), Some(read)) = (write, read) else {
+        return GoFile::NotGo;
+    };
+    let mut probes = Vec::new();
+    let mut bodies = [0u64; 2];
+    for (i, (addr, size)) in [write, read].into_iter().enumerate() {
+        let Some((code, file_off)) = code_of(obj, addr, size) else {
+            return not("function code not found in the file");
+        };
+        let insns = decode(code, addr);
+        let body = body_start(&insns);
+        bodies[i] = addr + body;
+        if i == 0 {
+            // Write is complete at its entry (see tracer-ebpf/src/gotls.rs):
+            // no RET probe.
+            probes.push((programs::WRITE, file_off + body));
+            continue;
+        }
+        probes.push((programs::READ, file_off + body));
+        let rets: Vec<u64> = insns
+            .iter()
+            .filter(|(_, m)| *m == Mnemonic::Ret)
+            .map(|(off, _)| *off)
+            .collect();
+        if rets.is_empty() {
+            return not("no RET instruction found in crypto/tls.(*Conn).Read");
+        }
+        probes.extend(rets.into_iter().map(|off| (programs::RET, file_off + off)));
+    }
+    let (mut layout, dwarf) = match dwarf_layout(obj) {
+        Some(l) => (l, true),
+        None => (fallback_layout(minor), false),
+    };
+    layout.write_entry = bodies[0];
+    layout.read_entry = bodies[1];
+    layout.tcp_itab = itab;
+    let version = version.unwrap_or_default();
+    GoFile::Covered(GoProbes {
+        version,
+        layout,
+        probes,
+        dwarf,
+    })
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `go1.19.8` -> 19 (None for anything else, e.g. `devel`).
+fn go_minor(v: &str) -> Option<u32> {
+    let rest = v.strip_prefix("go1.")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// The Go version from `.go.buildinfo`: inline since Go 1.18, behind a
+/// pointer to a string header before.
+fn build_version(obj: &object::File<'_>, d: &[u8]) -> Option<String> {
+    if d.len() < 32 || &d[..14] != b"\xff Go buildinf:" {
+        return None;
+    }
+    let ptr_size = usize::from(d[14]);
+    let flags = d[15];
+    if flags & 2 != 0 {
+        let (len, used) = uvarint(&d[32..])?;
+        let s = d.get(32 + used..32 + used + usize::try_from(len).ok()?)?;
+        return String::from_utf8(s.to_vec()).ok();
+    }
+    if flags & 1 != 0 || ptr_size != 8 {
+        return None;
+    }
+    let hdr_addr = u64::from_le_bytes(d.get(16..24)?.try_into().ok()?);
+    let hdr = read_vaddr(obj, hdr_addr, 16)?;
+    let ptr = u64::from_le_bytes(hdr.get(..8)?.try_into().ok()?);
+    let len = u64::from_le_bytes(hdr.get(8..16)?.try_into().ok()?);
+    let s = read_vaddr(obj, ptr, len.min(64))?;
+    String::from_utf8(s.to_vec()).ok()
+}
+
+fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// `len` bytes at link-time address `addr`, from the section holding them.
+fn read_vaddr<'d>(obj: &object::File<'d>, addr: u64, len: u64) -> Option<&'d [u8]> {
+    obj.sections()
+        .filter(|s| s.kind() != SectionKind::UninitializedData)
+        .find(|s| addr >= s.address() && addr + len <= s.address() + s.size())
+        .and_then(|s| s.data_range(addr, len).ok().flatten())
+}
+
+/// A function's code and the file offset of its first byte.
+fn code_of<'d>(obj: &object::File<'d>, addr: u64, size: u64) -> Option<(&'d [u8], u64)> {
+    let section = obj.sections().find(|s| {
+        s.kind() == SectionKind::Text && addr >= s.address() && addr < s.address() + s.size()
+    })?;
+    let (file_start, _) = section.file_range()?;
+    let code = section.data_range(addr, size).ok().flatten()?;
+    Some((code, file_start + (addr - section.address())))
+}
+
+/// A function's instructions: (offset from its start, mnemonic).
+fn decode(code: &[u8], addr: u64) -> Vec<(u64, Mnemonic)> {
+    Decoder::with_ip(64, code, addr, DecoderOptions::NONE)
+        .into_iter()
+        .map(|insn| (insn.ip() - addr, insn.mnemonic()))
+        .collect()
+}
+
+/// Where the body starts: after the prologue's stack check (`cmp` of the
+/// stack pointer with the goroutine's stack guard, `jbe` to `morestack`).
+/// A goroutine whose stack must grow runs the entry twice (morestack
+/// restarts the function on the new stack), the body once; the argument
+/// registers are untouched until then. The entry when no check is found.
+fn body_start(insns: &[(u64, Mnemonic)]) -> u64 {
+    insns
+        .iter()
+        .take(6)
+        .position(|(_, m)| *m == Mnemonic::Jbe)
+        .and_then(|i| insns.get(i + 1))
+        .map_or(0, |(off, _)| *off)
+}
+
+/// The offsets that have held since Go 1.12; the read-ahead buffers' place
+/// in `tls.Conn` changes between releases, and is known only for the
+/// releases checked against their DWARF (amd64).
+fn fallback_layout(minor: u32) -> GoTlsFile {
+    let (raw_input, input) = match minor {
+        // go1.19.8 (Debian 12's golang-1.19).
+        19 => (632, 672),
+        _ => (GO_OFF_UNKNOWN, GO_OFF_UNKNOWN),
+    };
+    GoTlsFile {
+        conn: 0,
+        tcp_fd: 0,
+        sysfd: 16,
+        raw_input,
+        input,
+        buffer_off: 24,
+        reader_i: 24,
+        ..GoTlsFile::default()
+    }
+}
+
+/// A debug section, decompressed when the linker compressed it (Go
+/// compresses DWARF with zlib by default).
+fn debug_section<'d>(obj: &object::File<'d>, name: &str) -> Option<Cow<'d, [u8]>> {
+    let Some(s) = obj.section_by_name(name) else {
+        return Some(Cow::Borrowed(&[]));
+    };
+    let c = s.compressed_data().ok()?;
+    match c.format {
+        CompressionFormat::None => Some(Cow::Borrowed(c.data)),
+        CompressionFormat::Zlib => {
+            use std::io::Read;
+            let mut out = Vec::with_capacity(usize::try_from(c.uncompressed_size).ok()?);
+            flate2::read::ZlibDecoder::new(c.data)
+                .read_to_end(&mut out)
+                .ok()?;
+            Some(Cow::Owned(out))
+        }
+        _ => None,
+    }
+}
+
+/// Member offsets of the structs the probes walk, from DWARF.
+fn dwarf_layout(obj: &object::File<'_>) -> Option<GoTlsFile> {
+    if obj.kind() != ObjectKind::Executable && obj.kind() != ObjectKind::Dynamic {
+        return None;
+    }
+    obj.section_by_name(".debug_info")?;
+    let mut sections = Vec::new();
+    for id in [
+        gimli::SectionId::DebugInfo,
+        gimli::SectionId::DebugAbbrev,
+        gimli::SectionId::DebugStr,
+    ] {
+        sections.push((id, debug_section(obj, id.name())?));
+    }
+    let dwarf = gimli::Dwarf::load(
+        |id| -> Result<EndianSlice<'_, LittleEndian>, gimli::Error> {
+            let data = sections
+                .iter()
+                .find(|(s, _)| *s == id)
+                .map_or(&[][..], |(_, d)| &d[..]);
+            Ok(EndianSlice::new(data, LittleEndian))
+        },
+    )
+    .ok()?;
+    let wanted: [(&str, &str); 8] = [
+        ("crypto/tls.Conn", "conn"),
+        ("crypto/tls.Conn", "rawInput"),
+        ("crypto/tls.Conn", "input"),
+        ("net.TCPConn", "conn"),
+        ("net.conn", "fd"),
+        ("net.netFD", "pfd"),
+        ("internal/poll.FD", "Sysfd"),
+        ("bytes.Buffer", "off"),
+    ];
+    let mut found: [Option<u64>; 9] = [None; 9];
+    let mut units = dwarf.units();
+    while let Ok(Some(header)) = units.next() {
+        // Not `dwarf.unit()`: that also parses the line program, which is
+        // not needed (and not decompressed).
+        let Ok(abbrevs) = dwarf.abbreviations(&header) else {
+            continue;
+        };
+        let mut entries = header.entries(&abbrevs);
+        // The struct being read and its depth.
+        let mut current: Option<(String, isize)> = None;
+        while let Ok(Some(e)) = entries.next_dfs() {
+            let depth = e.depth();
+            if current.as_ref().is_some_and(|(_, d)| depth <= *d) {
+                current = None;
+            }
+            let name = || {
+                e.attr_value(gimli::DW_AT_name)
+                    .and_then(|v| match v {
+                        gimli::AttributeValue::String(s) => Some(s),
+                        _ => None,
+                    })
+                    .map(|s| s.to_string_lossy().into_owned())
+            };
+            match e.tag() {
+                gimli::DW_TAG_structure_type => {
+                    if let Some(n) = name() {
+                        if wanted.iter().any(|(s, _)| *s == n) || n == "bytes.Reader" {
+                            current = Some((n, depth));
+                        }
+                    }
+                }
+                gimli::DW_TAG_member => {
+                    let Some((s, d)) = current.as_ref() else {
+                        continue;
+                    };
+                    if depth != d + 1 {
+                        continue;
+                    }
+                    let Some(m) = name() else { continue };
+                    let off = e
+                        .attr_value(gimli::DW_AT_data_member_location)
+                        .and_then(|v| v.udata_value());
+                    if s == "bytes.Reader" && m == "i" {
+                        found[8] = found[8].or(off);
+                    }
+                    for (i, (ws, wm)) in wanted.iter().enumerate() {
+                        if ws == s && *wm == m {
+                            found[i] = found[i].or(off);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let get = |i: usize| found[i].and_then(|v| u32::try_from(v).ok());
+    // The socket's path must be complete; the read-ahead buffers are
+    // optional (reads then carry no sequence number of their own).
+    let sysfd = get(5)?.checked_add(get(6)?)?;
+    let tcp_fd = get(3)?.checked_add(get(4)?)?;
+    let (raw_input, input, buffer_off, reader_i) = match (get(1), get(2), get(7), get(8)) {
+        (Some(r), Some(i), Some(b), Some(ri)) => (r, i, b, ri),
+        _ => (GO_OFF_UNKNOWN, GO_OFF_UNKNOWN, 24, 24),
+    };
+    Some(GoTlsFile {
+        conn: get(0)?,
+        tcp_fd,
+        sysfd,
+        raw_input,
+        input,
+        buffer_off,
+        reader_i,
+        ..GoTlsFile::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_versions() {
+        assert_eq!(go_minor("go1.19.8"), Some(19));
+        assert_eq!(go_minor("go1.17"), Some(17));
+        assert_eq!(go_minor("go1.22rc1"), Some(22));
+        assert_eq!(go_minor("devel +abc"), None);
+    }
+
+    #[test]
+    fn uvarints() {
+        assert_eq!(uvarint(&[0x08, 0xff]), Some((8, 1)));
+        assert_eq!(uvarint(&[0x80, 0x01]), Some((128, 2)));
+        assert_eq!(uvarint(&[0x80]), None);
+    }
+
+    #[test]
+    fn rets_are_found_and_not_bytes_inside_other_instructions() {
+        // mov eax, 0xc3c3c3c3; ret; nop; ret
+        let code = [0xb8, 0xc3, 0xc3, 0xc3, 0xc3, 0xc3, 0x90, 0xc3];
+        let rets: Vec<u64> = decode(&code, 0x1000)
+            .into_iter()
+            .filter(|(_, m)| *m == Mnemonic::Ret)
+            .map(|(o, _)| o)
+            .collect();
+        assert_eq!(rets, vec![5, 7]);
+    }
+
+    #[test]
+    fn the_body_starts_after_the_stack_check() {
+        // lea r12,[rsp-0x68]; cmp r12,[r14+0x10]; jbe +0x10; sub rsp,0xe8
+        let code = [
+            0x4c, 0x8d, 0x64, 0x24, 0x98, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x10, 0x00, 0x00,
+            0x00, 0x48, 0x81, 0xec, 0xe8, 0x00, 0x00, 0x00,
+        ];
+        assert_eq!(body_start(&decode(&code, 0x5a2fc0)), 15);
+        // No check (a leaf): the entry.
+        assert_eq!(body_start(&decode(&[0x90, 0xc3], 0)), 0);
+    }
+}
