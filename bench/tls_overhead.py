@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Cost of TLS plaintext capture on a real HTTPS server, A/B interleaved.
 
-wrk over HTTPS (keep-alive) against nginx with TLS (certificate made with
-the openssl CLI), in four conditions per round, their order rotated every
+wrk over HTTPS (keep-alive) against nginx with TLS, or with --server go
+against tests/go/tls_server.go (net/http, HTTP/1.1, built here with the
+host's Go: Go crypto/tls probes, one at the start of Write, one at the
+start of Read and one per RET of Read), certificates made with the openssl
+CLI, in six conditions per round, their order rotated every
 round: no agent; the agent's hooks attached but returning at once
 (--hooks-only --tls-snap-len 0: the floor); capture only (--no-spans),
 with TLS capture off and on (the uprobes' cost without the span work it
@@ -14,17 +17,45 @@ Prints requests/s, the ratio to no agent (median of per-round ratios),
 the agent's CPU per request and the kernel cost per request of its eBPF
 programs (bpf_stats; a uprobe's trap and return trampoline are not in it).
 
-Run as root from the repository:  bench/tls_overhead.py [--pairs 5]
+Run as root from the repository:  bench/tls_overhead.py [--server go] [--pairs 5]
 """
 import argparse
+import os
 import re
 import statistics
 import subprocess
+import tempfile
+import time
 
 from abrounds import print_conditions, run_rounds
 from agentproc import counter
 from bpfstats import BpfStats, format_rows
-from overhead import Nginx, OtlpSink
+from overhead import Nginx, OtlpSink, free_port
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class GoServer:
+    def __init__(self, workdir):
+        cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", key, "-out", cert], check=True, capture_output=True)
+        binary = os.path.join(workdir, "tls_server")
+        env = dict(os.environ, GO111MODULE="off", GOPATH=os.path.join(workdir, "gopath"),
+                   GOCACHE=os.path.join(workdir, "gocache"), GOTOOLCHAIN="local", GOFLAGS="")
+        subprocess.run(["go", "build", "-o", binary, os.path.join(ROOT, "tests/go/tls_server.go")],
+                       check=True, env=env)
+        self.port = free_port()
+        self.proc = subprocess.Popen([binary, str(self.port), cert, key], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
 
 
 def wrk(port, seconds, conns):
@@ -52,29 +83,31 @@ def main():
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=20)
+    ap.add_argument("--server", choices=["nginx", "go"], default="nginx")
     a = ap.parse_args()
-    nginx = Nginx(1, tls=True)
-    sink = OtlpSink()
-    stats = BpfStats()
-    try:
-        wrk(nginx.port, 2, a.connections)
-        results = run_rounds(CONDITIONS, a.pairs, lambda: wrk(nginx.port, a.seconds, a.connections), sink, stats,
-                             lambda err: "tls.calls=%d http.messages=%d" % (counter(err, "tls.calls"),
-                                                                           counter(err, "http.messages")),
-                             width=16)
-        print("\nnginx TLS worker_processes 1, wrk -t2 -c%d https, %d s per run, %d rounds" % (
-            a.connections, a.seconds, a.pairs))
-        print_conditions(CONDITIONS, results, width=16)
-        rows = sorted(results["tls-on"], key=lambda x: x["kns"])
-        print("kernel cost per request, tls-on (median round): %s" % format_rows(rows[len(rows) // 2]["rows"]))
-        for name in ("tls-off", "tls-on"):
-            rel = [x["rps"] / h["rps"] for x, h in zip(results[name], results["hooks-only"])]
-            print("%s / hooks-only: %.3f" % (name, statistics.median(rel)))
-    finally:
-        stats.close()
-        sink.stop()
-        nginx.stop()
-
+    with tempfile.TemporaryDirectory(prefix="tls-bench") as workdir:
+        if a.server == "go":
+            server, title = GoServer(workdir), "Go net/http TLS server (GOMAXPROCS default)"
+        else:
+            server, title = Nginx(1, tls=True), "nginx TLS worker_processes 1"
+        sink = OtlpSink()
+        stats = BpfStats()
+        try:
+            wrk(server.port, 2, a.connections)
+            results = run_rounds(CONDITIONS, a.pairs, lambda: wrk(server.port, a.seconds, a.connections), sink,
+                                 stats, lambda err: "tls.calls=%d http.messages=%d" % (
+                                     counter(err, "tls.calls"), counter(err, "http.messages")), width=16)
+            print("\n%s, wrk -t2 -c%d https, %d s per run, %d rounds" % (title, a.connections, a.seconds, a.pairs))
+            print_conditions(CONDITIONS, results, width=16)
+            rows = sorted(results["tls-on"], key=lambda x: x["kns"])
+            print("kernel cost per request, tls-on (median round): %s" % format_rows(rows[len(rows) // 2]["rows"]))
+            for name in ("tls-off", "tls-on"):
+                rel = [x["rps"] / h["rps"] for x, h in zip(results[name], results["hooks-only"])]
+                print("%s / hooks-only: %.3f" % (name, statistics.median(rel)))
+        finally:
+            stats.close()
+            sink.stop()
+            server.stop()
 
 if __name__ == "__main__":
     main()
