@@ -88,6 +88,15 @@ pub const TLS_SEQ_KNOWN: u8 = 1;
 /// library's buffer); the socket is the one this TLS object used last.
 pub const TLS_CONN_REMEMBERED: u8 = 2;
 
+/// [`TlsData::flags`]: the call moved no ciphertext on a socket (a memory
+/// BIO, e.g. Node's `TLSWrap`); the socket and `seq` come from the
+/// thread's receive just before a read, or its send just after a write.
+pub const TLS_LINKED_OUTSIDE: u8 = 4;
+
+/// Attach cookie of the TLS probes on a file whose TLS library reads and
+/// writes memory BIOs (Node); other files' probes have none (0).
+pub const TLS_COOKIE_MEMBIO: u64 = 1;
+
 /// Default plaintext bytes copied per TLS call (a request or response head).
 pub const TLS_SNAP_DEFAULT: u32 = 4096;
 
@@ -609,11 +618,18 @@ pub enum KernelStat {
     TlsCalls = 9,
     /// Plaintext bytes those calls moved beyond what was copied.
     TlsBytesCut = 10,
+    /// Memory-BIO TLS calls given the socket and sequence number of the
+    /// thread's receive before the read or send after the write.
+    TlsLinkedOutside = 11,
+    /// Memory-BIO TLS calls whose neighbouring send or receive could not be
+    /// proven to carry them (another socket than the one the TLS object
+    /// used, or a send that is not exactly one record): not stamped.
+    TlsLinkRefused = 12,
 }
 
 impl KernelStat {
     /// Every counter, in index order.
-    pub const ALL: [KernelStat; 11] = [
+    pub const ALL: [KernelStat; 13] = [
         KernelStat::SilencedCalls,
         KernelStat::SilencedPackets,
         KernelStat::SilencedBytes,
@@ -625,6 +641,8 @@ impl KernelStat {
         KernelStat::NestedRecords,
         KernelStat::TlsCalls,
         KernelStat::TlsBytesCut,
+        KernelStat::TlsLinkedOutside,
+        KernelStat::TlsLinkRefused,
     ];
 
     /// Stable name.
@@ -641,6 +659,8 @@ impl KernelStat {
             KernelStat::NestedRecords => "nested_records",
             KernelStat::TlsCalls => "tls_calls",
             KernelStat::TlsBytesCut => "tls_bytes_cut",
+            KernelStat::TlsLinkedOutside => "tls_linked_outside",
+            KernelStat::TlsLinkRefused => "tls_link_refused",
         }
     }
 
@@ -662,6 +682,12 @@ impl KernelStat {
             }
             KernelStat::TlsCalls => "TLS library calls that moved plaintext (one record each).",
             KernelStat::TlsBytesCut => "Plaintext bytes beyond the copied prefix of TLS calls.",
+            KernelStat::TlsLinkedOutside => {
+                "Memory-BIO TLS calls stamped by the thread's neighbouring receive or send."
+            }
+            KernelStat::TlsLinkRefused => {
+                "Memory-BIO TLS calls whose neighbouring send or receive was not proven theirs."
+            }
         }
     }
 }

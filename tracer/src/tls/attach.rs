@@ -18,10 +18,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use foldhash::{HashMap, HashMapExt};
 use object::{Object, ObjectSection, ObjectSymbol};
-use tracer_common::tls_programs;
+use tracer_common::{tls_programs, TLS_COOKIE_MEMBIO};
 
 use crate::{clock::monotonic_ns, kernel::Kernel, profile::unwind::parse_maps};
 
@@ -67,6 +67,8 @@ pub struct AttachCounters {
     pub unreadable_files: u64,
     /// Executables reported as using TLS the agent does not cover.
     pub not_covered: u64,
+    /// Of the files attached, those whose TLS runs over memory BIOs (Node).
+    pub membio_files: u64,
 }
 
 /// One TLS library (or executable with a TLS library inside), attached.
@@ -105,8 +107,14 @@ pub struct TlsAttach {
     own_pid: u32,
 }
 
-/// File offsets of the probed functions in one ELF file.
-fn probe_offsets(path: &Path) -> Result<Vec<(&'static str, u64)>, String> {
+/// A symbol only Node's TLS stream has (`node::crypto::TLSWrap`): its
+/// OpenSSL reads and writes memory BIOs, the socket I/O happens outside
+/// the TLS calls.
+const MEMBIO_MARK: &str = "_ZN4node6crypto7TLSWrap";
+
+/// File offsets of the probed functions in one ELF file, and whether its
+/// TLS runs over memory BIOs.
+fn probe_offsets(path: &Path) -> Result<(Vec<(&'static str, u64)>, bool), String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     // SAFETY: a read-only private mapping; a file truncated meanwhile can
     // fault the agent, which is why only executable mappings of running
@@ -135,7 +143,11 @@ fn probe_offsets(path: &Path) -> Result<Vec<(&'static str, u64)>, String> {
             found.push((prog, off));
         }
     }
-    Ok(found)
+    let membio = !found.is_empty()
+        && obj
+            .symbols()
+            .any(|s| s.name().is_ok_and(|n| n.starts_with(MEMBIO_MARK)));
+    Ok((found, membio))
 }
 
 /// The executable files a process maps (paths as the process sees them),
@@ -345,7 +357,7 @@ impl TlsAttach {
     /// Attaches the probes to a file that has the functions; false when it
     /// has none (or none could be attached).
     fn attach(&mut self, id: FileId, path: &Path, kernel: &mut Kernel) -> bool {
-        let offsets = match probe_offsets(path) {
+        let (offsets, membio) = match probe_offsets(path) {
             Ok(o) => o,
             Err(_) => {
                 self.counters.unreadable_files += 1;
@@ -363,11 +375,13 @@ impl TlsAttach {
                 let Some(p) = kernel.uprobe(name) else {
                     continue;
                 };
-                match p.attach(
-                    UProbeAttachLocation::AbsoluteOffset(off),
-                    path,
-                    UProbeScope::AllProcesses,
-                ) {
+                // The cookie tells the programs that this file's TLS runs
+                // over memory BIOs, from its first call on.
+                let point = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(off),
+                    cookie: membio.then_some(TLS_COOKIE_MEMBIO),
+                };
+                match p.attach(point, path, UProbeScope::AllProcesses) {
                     Ok(link) => links.push((name, link)),
                     Err(e) => {
                         self.counters.attach_errors += 1;
@@ -380,7 +394,10 @@ impl TlsAttach {
             return false;
         }
         self.counters.files_attached += 1;
-        tracing::info!(file = %path.display(), probes = links.len(), "TLS plaintext probes attached");
+        if membio {
+            self.counters.membio_files += 1;
+        }
+        tracing::info!(file = %path.display(), probes = links.len(), membio, "TLS plaintext probes attached");
         self.files.insert(
             id,
             TlsFile {
@@ -463,7 +480,8 @@ mod tests {
         if !lib.exists() {
             return;
         }
-        let found = probe_offsets(lib).expect("libssl parses");
+        let (found, membio) = probe_offsets(lib).expect("libssl parses");
+        assert!(!membio, "libssl does its own socket I/O");
         let names: Vec<_> = found.iter().map(|(n, _)| *n).collect();
         assert_eq!(
             names,
@@ -476,5 +494,16 @@ mod tests {
             ]
         );
         assert!(found.iter().all(|(_, off)| *off > 0));
+    }
+
+    #[test]
+    fn node_is_found_to_use_memory_bios() {
+        let node = Path::new("/usr/bin/node");
+        if !node.exists() {
+            return;
+        }
+        let (found, membio) = probe_offsets(node).expect("node parses");
+        assert!(found.len() >= 4, "{found:?}");
+        assert!(membio);
     }
 }
