@@ -270,7 +270,10 @@ fn flush_pending(s: &mut TlsCall, send: Option<(u64, u32, u32)>) {
             //   Finished record (5 + 4 + 32 or 48 + 1 + 16: SHA-256 or
             //   SHA-384 suites), after a 6-byte ChangeCipherSpec in
             //   middlebox-compatibility mode (OpenSSL's default); the
-            //   record's overhead is then 22.
+            //   record's overhead is then 22. 80 (SHA-256 without the
+            //   ChangeCipherSpec) is left out: a TLS 1.2 resumption's
+            //   client flight (6 + 45) and an AES-GCM record (+ 29) make
+            //   80 too, with the record 7 bytes further.
             // Older ciphertext in front of it (a write that waited), a
             // second record or a short send fail this.
             let extra = len.wrapping_sub(plen);
@@ -278,7 +281,7 @@ fn flush_pending(s: &mut TlsCall, send: Option<(u64, u32, u32)>) {
                 Some(0)
             } else {
                 match extra {
-                    80 | 86 | 96 | 102 => Some(extra - 22),
+                    86 | 96 | 102 => Some(extra - 22),
                     _ => None,
                 }
             };
@@ -287,7 +290,11 @@ fn flush_pending(s: &mut TlsCall, send: Option<(u64, u32, u32)>) {
                     let _ = TLS_CONNS.insert(&key, &(cookie | MEMBIO), 0);
                 }
                 add_stat(KernelStat::TlsLinkedOutside, 1);
-                (cookie, seq.wrapping_add(at), TLS_SEQ_KNOWN | TLS_LINKED_OUTSIDE)
+                (
+                    cookie,
+                    seq.wrapping_add(at),
+                    TLS_SEQ_KNOWN | TLS_LINKED_OUTSIDE,
+                )
             } else {
                 add_stat(KernelStat::TlsLinkRefused, 1);
                 remembered(known)
@@ -426,8 +433,7 @@ fn leave(ctx: &RetProbeContext) {
             } else if s.pend_tid != 0 {
                 count_drop(DropReason::TlsSlotBusy);
             }
-            let Some(p) = TLS_PENDING.get_ptr_mut((pid_tgid as u32) & (PENDING_SLOTS - 1))
-            else {
+            let Some(p) = TLS_PENDING.get_ptr_mut((pid_tgid as u32) & (PENDING_SLOTS - 1)) else {
                 return;
             };
             // SAFETY: a map value, owned by this thread from here (another
@@ -474,11 +480,14 @@ fn leave(ctx: &RetProbeContext) {
                 Some(0)
             } else {
                 match extra {
-                    80 | 86 | 96 | 102 => Some(extra - 22),
+                    86 | 96 | 102 => Some(extra - 22),
                     _ => None,
                 }
             };
-            if let (Some(at), true) = (at, len <= MAX_RECORD && (known == 0 || known == s.recv_cookie)) {
+            if let (Some(at), true) = (
+                at,
+                len <= MAX_RECORD && (known == 0 || known == s.recv_cookie),
+            ) {
                 if known == 0 {
                     let _ = TLS_CONNS.insert(&key, &(s.recv_cookie | MEMBIO), 0);
                 }
