@@ -436,7 +436,7 @@ fn chain_through_node_https_with_memory_bios() {
                     attr(s, "url.path") == *p
                         && f(s, "kind") == "CLIENT"
                         && res(s, "service.name").starts_with("tls_proxy")
-                        && f(s, "parent_span_id") != ""
+                        && !f(s, "parent_span_id").is_empty()
                         && attr(s, "server.port") == backend_port.to_string()
                 })
                 .unwrap_or_else(|| panic!("Node's client span of {p}\nagent:\n{e}")),

@@ -112,9 +112,16 @@ pub struct TlsAttach {
 /// the TLS calls.
 const MEMBIO_MARK: &str = "_ZN4node6crypto7TLSWrap";
 
-/// File offsets of the probed functions in one ELF file, and whether its
-/// TLS runs over memory BIOs.
-fn probe_offsets(path: &Path) -> Result<(Vec<(&'static str, u64)>, bool), String> {
+/// What one ELF file offers to probe.
+struct Probed {
+    /// File offsets of the probed functions, with their entry program.
+    offsets: Vec<(&'static str, u64)>,
+    /// Its TLS runs over memory BIOs (Node).
+    membio: bool,
+}
+
+/// What one ELF file offers to probe.
+fn probe_offsets(path: &Path) -> Result<Probed, String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     // SAFETY: a read-only private mapping; a file truncated meanwhile can
     // fault the agent, which is why only executable mappings of running
@@ -147,7 +154,10 @@ fn probe_offsets(path: &Path) -> Result<(Vec<(&'static str, u64)>, bool), String
         && obj
             .symbols()
             .any(|s| s.name().is_ok_and(|n| n.starts_with(MEMBIO_MARK)));
-    Ok((found, membio))
+    Ok(Probed {
+        offsets: found,
+        membio,
+    })
 }
 
 /// The executable files a process maps (paths as the process sees them),
@@ -357,7 +367,7 @@ impl TlsAttach {
     /// Attaches the probes to a file that has the functions; false when it
     /// has none (or none could be attached).
     fn attach(&mut self, id: FileId, path: &Path, kernel: &mut Kernel) -> bool {
-        let (offsets, membio) = match probe_offsets(path) {
+        let Probed { offsets, membio } = match probe_offsets(path) {
             Ok(o) => o,
             Err(_) => {
                 self.counters.unreadable_files += 1;
@@ -480,7 +490,10 @@ mod tests {
         if !lib.exists() {
             return;
         }
-        let (found, membio) = probe_offsets(lib).expect("libssl parses");
+        let Probed {
+            offsets: found,
+            membio,
+        } = probe_offsets(lib).expect("libssl parses");
         assert!(!membio, "libssl does its own socket I/O");
         let names: Vec<_> = found.iter().map(|(n, _)| *n).collect();
         assert_eq!(
@@ -502,7 +515,10 @@ mod tests {
         if !node.exists() {
             return;
         }
-        let (found, membio) = probe_offsets(node).expect("node parses");
+        let Probed {
+            offsets: found,
+            membio,
+        } = probe_offsets(node).expect("node parses");
         assert!(found.len() >= 4, "{found:?}");
         assert!(membio);
     }
