@@ -7,17 +7,19 @@ from agentproc import Agent
 from bpfstats import format_rows, per_request
 
 
-def run_rounds(conditions, pairs, load, sink, stats, extra, prefix="", width=10):
+def run_rounds(conditions, pairs, load, sink, stats, extra, prefix="", width=10, exes=None):
     """conditions: [(name, agent flags or None)], "{otlp}" in a flag is the
     sink's URL. load() returns (requests/s, requests); extra(stderr of the
-    agent) the counters printed on the round's line. Returns {name: [round]}."""
+    agent) the counters printed on the round's line; exes: {name: agent
+    binary} for conditions run with another build. Returns {name: [round]}."""
     results = {n: [] for n, _ in conditions}
     for r in range(pairs):
         k = r % len(conditions)
         for name, args in conditions[k:] + conditions[:k]:
             agent = None
             if args is not None:
-                agent = Agent([x.replace("{otlp}", "http://127.0.0.1:%d" % sink.port) for x in args])
+                flags = [x.replace("{otlp}", "http://127.0.0.1:%d" % sink.port) for x in args]
+                agent = Agent(flags, **({"exe": exes[name]} if exes and name in exes else {}))
             cpu0 = agent.cpu_seconds() if agent else 0
             bpf0 = stats.snapshot(agent.program_ids) if agent else {}
             rps, total = load()
