@@ -311,6 +311,17 @@ mod tests {
     }
 
     #[test]
+    fn memory_bio_calls_keep_the_neighbouring_calls_sequence_number() {
+        let mut t = TlsStreams::new();
+        let mut h = hdr(Dir::Recv, 18, 18, Some(7_000));
+        h.flags |= TLS_LINKED_OUTSIDE;
+        let seen = feed(&mut t, &h, b"GET / HTTP/1.1\r\n\r\n", Some(&tcp()));
+        assert_eq!((seen[0].3, seen[0].4), (7_000, 0));
+        assert_eq!(t.counters().calls_linked_outside, 1);
+        assert_eq!(t.counters().calls_remembered, 0);
+    }
+
+    #[test]
     fn calls_without_a_socket_are_counted_not_parsed() {
         let mut t = TlsStreams::new();
         let mut h = hdr(Dir::Send, 4, 4, Some(1));
