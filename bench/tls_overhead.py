@@ -18,6 +18,9 @@ the agent's CPU per request and the kernel cost per request of its eBPF
 programs (bpf_stats; a uprobe's trap and return trampoline are not in it).
 
 Run as root from the repository:  bench/tls_overhead.py [--server go] [--pairs 5]
+  --ab OTHER_TRACER  adds "tls-on-b": the product with TLS capture on, run
+                     with another build (e.g. before a change), in the
+                     same rounds.
 """
 import argparse
 import os
@@ -84,7 +87,13 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=20)
     ap.add_argument("--server", choices=["nginx", "go"], default="nginx")
+    ap.add_argument("--ab", help="another tracer binary, run as condition tls-on-b")
     a = ap.parse_args()
+    conditions = list(CONDITIONS)
+    exes = {}
+    if a.ab:
+        conditions.append(("tls-on-b", dict(CONDITIONS)["tls-on"]))
+        exes["tls-on-b"] = a.ab
     with tempfile.TemporaryDirectory(prefix="tls-bench") as workdir:
         if a.server == "go":
             server, title = GoServer(workdir), "Go net/http TLS server (GOMAXPROCS default)"
@@ -94,20 +103,24 @@ def main():
         stats = BpfStats()
         try:
             wrk(server.port, 2, a.connections)
-            results = run_rounds(CONDITIONS, a.pairs, lambda: wrk(server.port, a.seconds, a.connections), sink,
+            results = run_rounds(conditions, a.pairs, lambda: wrk(server.port, a.seconds, a.connections), sink,
                                  stats, lambda err: "tls.calls=%d http.messages=%d" % (
-                                     counter(err, "tls.calls"), counter(err, "http.messages")), width=16)
+                                     counter(err, "tls.calls"), counter(err, "http.messages")),
+                                 width=16, exes=exes)
             print("\n%s, wrk -t2 -c%d https, %d s per run, %d rounds" % (title, a.connections, a.seconds, a.pairs))
-            print_conditions(CONDITIONS, results, width=16)
-            rows = sorted(results["tls-on"], key=lambda x: x["kns"])
-            print("kernel cost per request, tls-on (median round): %s" % format_rows(rows[len(rows) // 2]["rows"]))
-            for name in ("tls-off", "tls-on"):
+            print_conditions(conditions, results, width=16)
+            for name in [n for n in ("tls-on", "tls-on-b") if n in results]:
+                rows = sorted(results[name], key=lambda x: x["kns"])
+                print("kernel cost per request, %s (median round): %s" % (
+                    name, format_rows(rows[len(rows) // 2]["rows"])))
+            for name in [n for n in ("tls-off", "tls-on", "tls-on-b") if n in results]:
                 rel = [x["rps"] / h["rps"] for x, h in zip(results[name], results["hooks-only"])]
                 print("%s / hooks-only: %.3f" % (name, statistics.median(rel)))
         finally:
             stats.close()
             sink.stop()
             server.stop()
+
 
 if __name__ == "__main__":
     main()

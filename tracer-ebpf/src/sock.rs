@@ -94,7 +94,7 @@ pub fn on_sock_op(sk: *mut c_void, ret: i32, flags: i32, dir: Dir) {
     // SAFETY: tp is the helper's typed tcp_sock pointer.
     let (seq_end, clock): (u32, u64) = unsafe { (field(tp, off), field(tp, global(&OFF_CLOCK))) };
     let cookie = cookie_of(sk);
-    crate::tls::note_sock_op(pid_tgid, cookie, seq_end, ret as u32);
+    crate::tls::note_sock_op(pid_tgid, cookie, seq_end, ret as u32, dir);
     // A socket user space silenced: counted, not reported.
     if let Some(gen) = state::ctl_generation() {
         let st = state::get(sk, true);

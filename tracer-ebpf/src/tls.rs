@@ -10,20 +10,32 @@
 //! the plaintext the call really moved into the lane, with that cookie and
 //! sequence number; a read served from the library's buffer (no socket
 //! call) takes the socket the TLS object used last (`TLS_CONNS`).
+//!
+//! Memory BIOs (Node's `TLSWrap`: files user space attached with the
+//! [`TLS_COOKIE_MEMBIO`] cookie): the socket I/O happens outside the TLS call, on the
+//! same thread. A read takes the thread's last receive if no read claimed
+//! it yet; a write waits in the thread's slot for the thread's next send,
+//! which emits it when that send is exactly its one record (see
+//! docs/design/010-tls-plaintext.md for why this never stamps a wrong
+//! sequence number that could pair).
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_probe_read_user as probe_read_user_raw,
+        generated::{
+            bpf_get_attach_cookie, bpf_probe_read_kernel as probe_read_kernel_raw,
+            bpf_probe_read_user as probe_read_user_raw,
+        },
     },
     macros::{map, uprobe, uretprobe},
     maps::{Array, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
 };
 use tracer_common::{
     frame_len, Dir, DropReason, KernelStat, Tag, TlsData, MAX_HEAD, TLS_CALL_SLOTS, TLS_CONNS_MAX,
-    TLS_CONN_REMEMBERED, TLS_SEQ_KNOWN,
+    TLS_CONN_REMEMBERED, TLS_COOKIE_MEMBIO, TLS_LINKED_OUTSIDE, TLS_SEQ_KNOWN,
 };
 
 use crate::{add_stat, count_drop, global, lane, AGENT_PID, ENABLED, TLS_SNAP};
@@ -59,7 +71,41 @@ pub struct TlsCall {
     /// Sequence number of that call's first byte.
     seq: u32,
     dir: u32,
+    /// The last receive a thread of this slot made outside a TLS call
+    /// (`recv_tid`: that thread, 0: none): its socket and first sequence
+    /// number, and whether a memory-BIO read already took it.
+    recv_tid: u64,
+    recv_cookie: u64,
+    recv_seq: u32,
+    recv_len: u32,
+    recv_fresh: u32,
+    /// A memory-BIO write of thread `pend_tid` (0: none) waiting for the
+    /// thread's next send: its TLS object, entry time and length (its
+    /// plaintext waits in `TLS_PENDING`).
+    pend_tid: u64,
+    pend_ssl: u64,
+    pend_start_ns: u64,
+    pend_len: u32,
 }
+
+/// The plaintext of a waiting memory-BIO write, copied at the write's
+/// return (the caller may reuse its buffer before the send: Node does for
+/// a write queued during the handshake).
+#[repr(C)]
+pub struct PendingWrite {
+    /// The thread (`bpf_get_current_pid_tgid`); 0: free.
+    owner: u64,
+    captured: u32,
+    _pad: u32,
+    data: [u8; MAX_HEAD],
+}
+
+/// Waiting writes by thread id (`tid % PENDING_SLOTS`): memory-BIO
+/// processes are event loops with a thread or a few.
+#[map]
+static TLS_PENDING: Array<PendingWrite> = Array::with_max_entries(PENDING_SLOTS, 0);
+
+const PENDING_SLOTS: u32 = 256;
 
 #[map]
 static TLS_CALLS: Array<TlsCall> = Array::with_max_entries(TLS_CALL_SLOTS, 0);
@@ -72,8 +118,17 @@ pub struct SslKey {
     ssl: u64,
 }
 
+/// Socket cookie by TLS object; [`MEMBIO`] set when it was learned from a
+/// send or receive outside the TLS calls.
 #[map]
 static TLS_CONNS: LruHashMap<SslKey, u64> = LruHashMap::with_max_entries(TLS_CONNS_MAX, 0);
+
+/// Set in a `TLS_CONNS` value learned outside the TLS calls (kernel
+/// cookies count up from 1 and never reach it).
+const MEMBIO: u64 = 1 << 63;
+
+/// Largest plaintext of one TLS record.
+const MAX_RECORD: u32 = 16384;
 
 #[inline(always)]
 fn slot_of(pid_tgid: u64) -> u32 {
@@ -140,11 +195,15 @@ fn enter(ctx: &ProbeContext, dir: Dir, ex: bool) {
 }
 
 /// From the socket programs: a send or receive of `len` bytes ending at
-/// sequence number `seq_end` on socket `cookie`, by thread `pid_tgid`. When
-/// that thread is inside a TLS call that has not moved ciphertext yet, the
-/// call is on this socket and its ciphertext starts here.
+/// sequence number `seq_end` on socket `cookie`, by thread `pid_tgid`.
+/// - Inside a TLS call of the same direction that has not moved ciphertext
+///   yet: the call is on this socket and its ciphertext starts here.
+/// - A receive outside a TLS call: remembered as the thread's last one, for
+///   a memory-BIO read that follows.
+/// - A send outside a TLS call by a thread with a memory-BIO write waiting:
+///   that write goes out now, stamped by this send if it is its record.
 #[inline(always)]
-pub fn note_sock_op(pid_tgid: u64, cookie: u64, seq_end: u32, len: u32) {
+pub fn note_sock_op(pid_tgid: u64, cookie: u64, seq_end: u32, len: u32, dir: Dir) {
     if global(&TLS_SNAP) == 0 {
         return;
     }
@@ -153,9 +212,151 @@ pub fn note_sock_op(pid_tgid: u64, cookie: u64, seq_end: u32, len: u32) {
     };
     // SAFETY: a map value (see `enter`).
     let s = unsafe { &mut *slot };
-    if s.pid_tgid == pid_tgid && s.cookie == 0 {
-        s.cookie = cookie;
-        s.seq = seq_end.wrapping_sub(len);
+    let seq = seq_end.wrapping_sub(len);
+    if s.pid_tgid == pid_tgid {
+        if s.cookie == 0 && s.dir == dir as u32 {
+            s.cookie = cookie;
+            s.seq = seq;
+        }
+        return;
+    }
+    match dir {
+        Dir::Recv => {
+            s.recv_tid = pid_tgid;
+            s.recv_cookie = cookie;
+            s.recv_seq = seq;
+            s.recv_len = len;
+            s.recv_fresh = 1;
+        }
+        Dir::Send => {
+            if s.pend_tid == pid_tgid {
+                flush_pending(s, Some((cookie, seq, len)));
+            }
+        }
+    }
+}
+
+/// The waiting memory-BIO write of the slot goes out: stamped by `send`
+/// (its thread's next send: cookie, first sequence number, length) when
+/// that send is exactly the write's one record on the socket its TLS
+/// object uses; else with the remembered socket and no sequence number.
+#[inline(always)]
+fn flush_pending(s: &mut TlsCall, send: Option<(u64, u32, u32)>) {
+    let pid_tgid = s.pend_tid;
+    s.pend_tid = 0;
+    let key = SslKey {
+        pid: pid_tgid >> 32,
+        ssl: s.pend_ssl,
+    };
+    // 0: not known (cookies count up from 1). A plain number, not an
+    // Option: the BPF backend left an Option's payload unset on the path
+    // the verifier then followed.
+    let known = match TLS_CONNS.get_ptr(&key) {
+        // SAFETY: a map value pointer, read at once.
+        Some(c) => (unsafe { *c }) & !MEMBIO,
+        None => 0,
+    };
+    let plen = s.pend_len;
+    let (cookie, seq, flags) = match send {
+        Some((cookie, seq, len)) => {
+            // Where the write's record starts in the send, when the send is
+            // - exactly that record (see `one_record`);
+            // - a TLS 1.3 client's last handshake flight, then that record:
+            //   a client's first write leaves with it. The flight is the
+            //   Finished record (5 + 4 + 32 or 48 + 1 + 16: SHA-256 or
+            //   SHA-384 suites), after a 6-byte ChangeCipherSpec in
+            //   middlebox-compatibility mode (OpenSSL's default); the
+            //   record's overhead is then 22. 80 (SHA-256 without the
+            //   ChangeCipherSpec) is left out: a TLS 1.2 resumption's
+            //   client flight (6 + 45) and an AES-GCM record (+ 29) make
+            //   80 too, with the record 7 bytes further.
+            // Older ciphertext in front of it (a write that waited), a
+            // second record or a short send fail this.
+            let extra = len.wrapping_sub(plen);
+            let at = if one_record(len, plen) {
+                Some(0)
+            } else {
+                match extra {
+                    86 | 96 | 102 => Some(extra - 22),
+                    _ => None,
+                }
+            };
+            if let (Some(at), true) = (at, plen <= MAX_RECORD && (known == 0 || known == cookie)) {
+                if known == 0 {
+                    let _ = TLS_CONNS.insert(&key, &(cookie | MEMBIO), 0);
+                }
+                add_stat(KernelStat::TlsLinkedOutside, 1);
+                (
+                    cookie,
+                    seq.wrapping_add(at),
+                    TLS_SEQ_KNOWN | TLS_LINKED_OUTSIDE,
+                )
+            } else {
+                add_stat(KernelStat::TlsLinkRefused, 1);
+                remembered(known)
+            }
+        }
+        None => remembered(known),
+    };
+    let Some(p) = TLS_PENDING.get_ptr_mut((pid_tgid as u32) & (PENDING_SLOTS - 1)) else {
+        return;
+    };
+    // SAFETY: a map value; its owner is checked before use.
+    let p = unsafe { &mut *p };
+    if p.owner != pid_tgid {
+        count_drop(DropReason::TlsSlotBusy);
+        return;
+    }
+    p.owner = 0;
+    emit(
+        pid_tgid,
+        Dir::Send as u8,
+        flags,
+        cookie,
+        seq,
+        plen,
+        s.pend_start_ns,
+        Src::Kernel(p.data.as_ptr() as u64, p.captured),
+    );
+}
+
+/// Where a record's plaintext is copied from.
+enum Src {
+    /// The caller's buffer (at the call's return).
+    User(u64),
+    /// A waiting write's copy, of that many bytes.
+    Kernel(u64, u32),
+}
+
+/// Whether `cipher` bytes of ciphertext are exactly one record carrying
+/// `plain` bytes of plaintext: the plaintext plus an AEAD record's overhead
+/// (TLS 1.3: 5 + 1 + 16; TLS 1.2 AES-GCM: 5 + 8 + 16; ChaCha20-Poly1305:
+/// 5 + 16). Any other record in the same bytes (a handshake message, a
+/// second record, part of one) adds at least 6 bytes, more than the gap
+/// between these overheads allows... except a part of 1, 7 or 8 bytes,
+/// see docs/design/010-tls-plaintext.md.
+#[inline(always)]
+fn one_record(cipher: u32, plain: u32) -> bool {
+    let extra = cipher.wrapping_sub(plain);
+    plain <= MAX_RECORD && (extra == 21 || extra == 22 || extra == 29)
+}
+
+/// Whether the probe's file does its TLS over memory BIOs (its attach
+/// cookie). Read at the return, only for a call that moved no ciphertext
+/// itself: at every entry it cost 25 ns.
+#[inline(always)]
+fn membio_file(ctx: &RetProbeContext) -> bool {
+    // SAFETY: the program's context.
+    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) == TLS_COOKIE_MEMBIO }
+}
+
+/// The socket a TLS object used last, without a sequence number (0: none).
+#[inline(always)]
+fn remembered(cookie: u64) -> (u64, u32, u8) {
+    if cookie == 0 {
+        (0, 0, 0)
+    } else {
+        (cookie, 0, TLS_CONN_REMEMBERED)
     }
 }
 
@@ -214,24 +415,135 @@ fn leave(ctx: &RetProbeContext) {
     };
     let pid = pid_tgid >> 32;
     let key = SslKey { pid, ssl: s.ssl };
+    // 0: none (see `flush_pending`).
+    let known = match TLS_CONNS.get_ptr(&key) {
+        // SAFETY: a map value pointer, read at once.
+        Some(c) => unsafe { *c },
+        None => 0,
+    };
     let (cookie, seq, flags) = if s.cookie != 0 {
         // Remembered for reads served from the library's buffer; written
         // only when it changed.
-        // SAFETY: a map value pointer, read at once.
-        let known = TLS_CONNS.get_ptr(&key).map(|c| unsafe { *c });
-        if known != Some(s.cookie) {
+        if known != s.cookie {
             let _ = TLS_CONNS.insert(&key, &s.cookie, 0);
         }
         (s.cookie, s.seq, TLS_SEQ_KNOWN)
-    } else {
-        match TLS_CONNS.get_ptr(&key) {
-            // SAFETY: as above.
-            Some(c) => (unsafe { *c }, 0, TLS_CONN_REMEMBERED),
-            None => (0, 0, 0),
+    } else if known != 0 && known & MEMBIO == 0 {
+        // A socket BIO: a read served from the library's buffer.
+        (known, 0, TLS_CONN_REMEMBERED)
+    } else if membio_file(ctx) {
+        if s.dir == Dir::Send as u32 {
+            if s.pend_tid == pid_tgid {
+                flush_pending(s, None);
+            } else if s.pend_tid != 0 {
+                count_drop(DropReason::TlsSlotBusy);
+            }
+            let Some(p) = TLS_PENDING.get_ptr_mut((pid_tgid as u32) & (PENDING_SLOTS - 1)) else {
+                return;
+            };
+            // SAFETY: a map value, owned by this thread from here (another
+            // thread's waiting write in it is lost, counted).
+            let p = unsafe { &mut *p };
+            if p.owner != 0 && p.owner != pid_tgid {
+                count_drop(DropReason::TlsSlotBusy);
+            }
+            let snap = global(&TLS_SNAP);
+            let mut n = if len > snap { snap } else { len };
+            if n > MAX_HEAD as u32 {
+                n = MAX_HEAD as u32;
+            }
+            // SAFETY: n <= MAX_HEAD, the room of `data`; the helper faults
+            // safely on a bad user address.
+            let r = unsafe {
+                probe_read_user_raw(
+                    p.data.as_mut_ptr() as *mut c_void,
+                    n,
+                    s.buf as *const c_void,
+                )
+            };
+            if r < 0 {
+                p.owner = 0;
+                count_drop(DropReason::TlsReadFailed);
+                return;
+            }
+            p.owner = pid_tgid;
+            p.captured = n;
+            s.pend_tid = pid_tgid;
+            s.pend_ssl = s.ssl;
+            s.pend_len = len;
+            s.pend_start_ns = s.start_ns;
+            return;
         }
+        let known = known & !MEMBIO;
+        if s.recv_tid == pid_tgid && s.recv_fresh != 0 {
+            s.recv_fresh = 0;
+            // The receive is exactly the record this read decrypted: not
+            // the end of an earlier record, nor a handshake message or a
+            // session ticket in front of it.
+            let extra = s.recv_len.wrapping_sub(len);
+            let at = if one_record(s.recv_len, len) {
+                Some(0)
+            } else {
+                match extra {
+                    86 | 96 | 102 => Some(extra - 22),
+                    _ => None,
+                }
+            };
+            if let (Some(at), true) = (
+                at,
+                len <= MAX_RECORD && (known == 0 || known == s.recv_cookie),
+            ) {
+                if known == 0 {
+                    let _ = TLS_CONNS.insert(&key, &(s.recv_cookie | MEMBIO), 0);
+                }
+                add_stat(KernelStat::TlsLinkedOutside, 1);
+                (
+                    s.recv_cookie,
+                    s.recv_seq.wrapping_add(at),
+                    TLS_SEQ_KNOWN | TLS_LINKED_OUTSIDE,
+                )
+            } else {
+                add_stat(KernelStat::TlsLinkRefused, 1);
+                remembered(known)
+            }
+        } else {
+            remembered(known)
+        }
+    } else {
+        remembered(known & !MEMBIO)
     };
+    emit(
+        pid_tgid,
+        s.dir as u8,
+        flags,
+        cookie,
+        seq,
+        len,
+        s.start_ns,
+        Src::User(s.buf),
+    );
+}
+
+/// Writes one call's plaintext record: `len` bytes moved at `buf`, of which
+/// a prefix is copied.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    pid_tgid: u64,
+    dir: u8,
+    flags: u8,
+    cookie: u64,
+    seq: u32,
+    len: u32,
+    start_ns: u64,
+    src: Src,
+) {
+    let pid = pid_tgid >> 32;
     let snap = global(&TLS_SNAP);
-    let mut n = if len > snap { snap } else { len };
+    let (mut n, from) = match src {
+        Src::User(buf) => (if len > snap { snap } else { len }, buf),
+        Src::Kernel(data, captured) => (captured, data),
+    };
     if n > MAX_HEAD as u32 {
         n = MAX_HEAD as u32;
     }
@@ -240,13 +552,14 @@ fn leave(ctx: &RetProbeContext) {
     };
     let rec = held.record();
     // SAFETY: the payload room of the held frame (MAX_HEAD bytes after the
-    // header); n is bounded by MAX_HEAD above.
+    // header); n is bounded by MAX_HEAD above; the helpers fault safely.
+    let to = unsafe { rec.add(size_of::<TlsData>()) } as *mut c_void;
+    // SAFETY: as above.
     let r = unsafe {
-        probe_read_user_raw(
-            rec.add(size_of::<TlsData>()) as *mut c_void,
-            n,
-            s.buf as *const c_void,
-        )
+        match src {
+            Src::User(_) => probe_read_user_raw(to, n, from as *const c_void),
+            Src::Kernel(..) => probe_read_kernel_raw(to, n, from as *const c_void),
+        }
     };
     if r < 0 {
         count_drop(DropReason::TlsReadFailed);
@@ -266,12 +579,12 @@ fn leave(ctx: &RetProbeContext) {
     unsafe {
         dst.write(
             Tag::TlsData as u64
-                | u64::from(s.dir as u8) << 8
+                | u64::from(dir) << 8
                 | u64::from(flags) << 16
                 | u64::from(len) << 32,
         );
         dst.add(1).write(ts_ns);
-        dst.add(2).write(s.start_ns);
+        dst.add(2).write(start_ns);
         dst.add(3).write(cookie);
         dst.add(4).write(pid | (pid_tgid & 0xffff_ffff) << 32);
         dst.add(5).write(u64::from(seq) | u64::from(n) << 32);

@@ -243,6 +243,7 @@ report_counters!(crate::tls::streams::TlsCounters, Stage::Tls, {
     bytes_truncated: Detail, "Plaintext bytes beyond the copied prefix (length known, content not).";
     calls_without_conn: Anomaly, "TLS calls whose TCP socket was not known (dropped).";
     calls_remembered: Detail, "TLS reads served from the library's buffer, given the socket their TLS object used last.";
+    calls_linked_outside: Detail, "Memory-BIO TLS calls stamped by the thread's receive before or send after them.";
     bad_records: Anomaly, "TLS records with a bad direction (dropped).";
     table_full: Anomaly, "TLS calls dropped: the plaintext connection table was full.";
     connections: Detail, "TLS connections whose plaintext was parsed.";
@@ -256,6 +257,7 @@ report_counters!(crate::tls::attach::AttachCounters, Stage::Tls, {
     unreadable_files: Detail, "Mapped executable files that could not be read as ELF.";
     not_covered: Headline, "Executables speaking TLS through a library the agent cannot probe.";
     go_calls_forgotten: Detail, "Go TLS reads in progress forgotten because their process exited.";
+    membio_files: Detail, "Files attached whose TLS runs over memory BIOs (Node).";
 });
 
 report_counters!(crate::http_spans::HttpCounters, Stage::Http, {

@@ -90,6 +90,15 @@ pub const TLS_SEQ_KNOWN: u8 = 1;
 /// library's buffer); the socket is the one this TLS object used last.
 pub const TLS_CONN_REMEMBERED: u8 = 2;
 
+/// [`TlsData::flags`]: the call moved no ciphertext on a socket (a memory
+/// BIO, e.g. Node's `TLSWrap`); the socket and `seq` come from the
+/// thread's receive just before a read, or its send just after a write.
+pub const TLS_LINKED_OUTSIDE: u8 = 4;
+
+/// Attach cookie of the TLS probes on a file whose TLS library reads and
+/// writes memory BIOs (Node); other files' probes have none (0).
+pub const TLS_COOKIE_MEMBIO: u64 = 1;
+
 /// Default plaintext bytes copied per TLS call (a request or response head).
 pub const TLS_SNAP_DEFAULT: u32 = 4096;
 
@@ -641,11 +650,18 @@ pub enum KernelStat {
     H2Synced = 15,
     /// Frames whose payload was copied only up to the per-frame bound.
     H2FrameCut = 16,
+    /// Memory-BIO TLS calls given the socket and sequence number of the
+    /// thread's receive before the read or send after the write.
+    TlsLinkedOutside = 17,
+    /// Memory-BIO TLS calls whose neighbouring send or receive could not be
+    /// proven to carry them (another socket than the one the TLS object
+    /// used, or a send that is not exactly one record): not stamped.
+    TlsLinkRefused = 18,
 }
 
 impl KernelStat {
     /// Every counter, in index order.
-    pub const ALL: [KernelStat; 17] = [
+    pub const ALL: [KernelStat; 19] = [
         KernelStat::SilencedCalls,
         KernelStat::SilencedPackets,
         KernelStat::SilencedBytes,
@@ -663,6 +679,8 @@ impl KernelStat {
         KernelStat::H2SyncLost,
         KernelStat::H2Synced,
         KernelStat::H2FrameCut,
+        KernelStat::TlsLinkedOutside,
+        KernelStat::TlsLinkRefused,
     ];
 
     /// Stable name.
@@ -685,6 +703,8 @@ impl KernelStat {
             KernelStat::H2SyncLost => "h2_sync_lost",
             KernelStat::H2Synced => "h2_synced",
             KernelStat::H2FrameCut => "h2_frames_cut",
+            KernelStat::TlsLinkedOutside => "tls_linked_outside",
+            KernelStat::TlsLinkRefused => "tls_link_refused",
         }
     }
 
@@ -712,6 +732,12 @@ impl KernelStat {
             KernelStat::H2SyncLost => "Times the HTTP/2 frame walk of a direction lost sync.",
             KernelStat::H2Synced => "Times the HTTP/2 frame walk of a direction found sync.",
             KernelStat::H2FrameCut => "HTTP/2 frames copied only up to the per-frame bound.",
+            KernelStat::TlsLinkedOutside => {
+                "Memory-BIO TLS calls stamped by the thread's neighbouring receive or send."
+            }
+            KernelStat::TlsLinkRefused => {
+                "Memory-BIO TLS calls whose neighbouring send or receive was not proven theirs."
+            }
         }
     }
 }

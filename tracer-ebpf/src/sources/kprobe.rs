@@ -114,7 +114,7 @@ fn leave(ret: i64, dir: Dir) {
         count_drop(DropReason::ReadFailed);
         return;
     }
-    crate::tls::note_sock_op(pid_tgid, cookie, seq_end, ret as u32);
+    crate::tls::note_sock_op(pid_tgid, cookie, seq_end, ret as u32, dir);
     if state::ctl_generation().is_some() {
         let silence = state::silence_of(cookie);
         if silence != 0 {

@@ -23,7 +23,7 @@ use foldhash::{HashMap, HashMapExt};
 use object::{Object, ObjectSection, ObjectSymbol};
 use tracer_common::{
     gotls::{GO_OFF_UNKNOWN, GO_TLS_FILES_MAX},
-    tls_programs,
+    tls_programs, TLS_COOKIE_MEMBIO,
 };
 
 use super::go::{self, GoFile};
@@ -73,6 +73,8 @@ pub struct AttachCounters {
     pub not_covered: u64,
     /// Go TLS calls in progress removed because their process exited.
     pub go_calls_forgotten: u64,
+    /// Of the files attached, those whose TLS runs over memory BIOs (Node).
+    pub membio_files: u64,
 }
 
 /// One TLS library (or executable with a TLS library inside), attached.
@@ -115,12 +117,24 @@ pub struct TlsAttach {
     go_slots: Vec<u32>,
 }
 
-/// (program, file offset) of each probe of a file.
-type Offsets = Vec<(&'static str, u64)>;
+/// A symbol only Node's TLS stream has (`node::crypto::TLSWrap`): its
+/// OpenSSL reads and writes memory BIOs, the socket I/O happens outside
+/// the TLS calls.
+const MEMBIO_MARK: &str = "_ZN4node6crypto7TLSWrap";
 
-/// File offsets of the probed OpenSSL functions in one ELF file, and what
-/// it is for the Go probes.
-fn probe_offsets(path: &Path) -> Result<(Offsets, GoFile), String> {
+/// What one ELF file offers to probe.
+struct Probed {
+    /// File offsets of the probed OpenSSL functions, with their entry
+    /// program.
+    offsets: Vec<(&'static str, u64)>,
+    /// Its TLS runs over memory BIOs (Node).
+    membio: bool,
+    /// What it is for the Go probes.
+    go: GoFile,
+}
+
+/// What one ELF file offers to probe.
+fn probe_offsets(path: &Path) -> Result<Probed, String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     // SAFETY: a read-only private mapping; a file truncated meanwhile can
     // fault the agent, which is why only executable mappings of running
@@ -154,7 +168,15 @@ fn probe_offsets(path: &Path) -> Result<(Offsets, GoFile), String> {
     } else {
         GoFile::NotGo
     };
-    Ok((found, go))
+    let membio = !found.is_empty()
+        && obj
+            .symbols()
+            .any(|s| s.name().is_ok_and(|n| n.starts_with(MEMBIO_MARK)));
+    Ok(Probed {
+        offsets: found,
+        membio,
+        go,
+    })
 }
 
 /// The executable files a process maps (paths as the process sees them),
@@ -365,7 +387,11 @@ impl TlsAttach {
     /// Attaches the probes to a file that has the functions; false when it
     /// has none (or none could be attached).
     fn attach(&mut self, id: FileId, path: &Path, kernel: &mut Kernel) -> bool {
-        let (offsets, go) = match probe_offsets(path) {
+        let Probed {
+            offsets,
+            membio,
+            go,
+        } = match probe_offsets(path) {
             Ok(o) => o,
             Err(_) => {
                 self.counters.unreadable_files += 1;
@@ -400,11 +426,13 @@ impl TlsAttach {
                 let Some(p) = kernel.uprobe(name) else {
                     continue;
                 };
-                match p.attach(
-                    UProbeAttachLocation::AbsoluteOffset(off),
-                    path,
-                    UProbeScope::AllProcesses,
-                ) {
+                // The cookie tells the programs that this file's TLS runs
+                // over memory BIOs, from its first call on.
+                let point = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(off),
+                    cookie: membio.then_some(TLS_COOKIE_MEMBIO),
+                };
+                match p.attach(point, path, UProbeScope::AllProcesses) {
                     Ok(link) => links.push((name, link)),
                     Err(e) => {
                         self.counters.attach_errors += 1;
@@ -417,7 +445,10 @@ impl TlsAttach {
             return false;
         }
         self.counters.files_attached += 1;
-        tracing::info!(file = %path.display(), probes = links.len(), "TLS plaintext probes attached");
+        if membio {
+            self.counters.membio_files += 1;
+        }
+        tracing::info!(file = %path.display(), probes = links.len(), membio, "TLS plaintext probes attached");
         self.files.insert(
             id,
             TlsFile {
@@ -582,7 +613,12 @@ mod tests {
         if !lib.exists() {
             return;
         }
-        let (found, _) = probe_offsets(lib).expect("libssl parses");
+        let Probed {
+            offsets: found,
+            membio,
+            ..
+        } = probe_offsets(lib).expect("libssl parses");
+        assert!(!membio, "libssl does its own socket I/O");
         let names: Vec<_> = found.iter().map(|(n, _)| *n).collect();
         assert_eq!(
             names,
@@ -595,5 +631,20 @@ mod tests {
             ]
         );
         assert!(found.iter().all(|(_, off)| *off > 0));
+    }
+
+    #[test]
+    fn node_is_found_to_use_memory_bios() {
+        let node = Path::new("/usr/bin/node");
+        if !node.exists() {
+            return;
+        }
+        let Probed {
+            offsets: found,
+            membio,
+            ..
+        } = probe_offsets(node).expect("node parses");
+        assert!(found.len() >= 4, "{found:?}");
+        assert!(membio);
     }
 }

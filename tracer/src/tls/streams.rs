@@ -11,7 +11,7 @@
 //! and server spans exactly as on cleartext.
 use foldhash::{HashMap, HashMapExt};
 use protocols::stream::{Chunk, MissingKind, OpMeta, Piece};
-use tracer_common::{Dir, TlsData, TLS_SEQ_KNOWN};
+use tracer_common::{Dir, TlsData, TLS_LINKED_OUTSIDE, TLS_SEQ_KNOWN};
 
 use crate::conntrack::ConnInfo;
 
@@ -37,6 +37,9 @@ pub struct TlsCounters {
     /// Calls served from the library's buffer, attributed to the socket
     /// their TLS object used last.
     pub calls_remembered: u64,
+    /// Memory-BIO calls (Node) whose socket and sequence number came from
+    /// the thread's receive before the read or send after the write.
+    pub calls_linked_outside: u64,
     /// Records with a bad direction byte (dropped).
     pub bad_records: u64,
     /// Calls dropped because the plaintext table was full.
@@ -110,6 +113,9 @@ impl TlsStreams {
         plain.info.pid = hdr.pid;
         plain.info.comm = hdr.comm;
         let d = dir as usize;
+        if hdr.flags & TLS_LINKED_OUTSIDE != 0 {
+            counters.calls_linked_outside += 1;
+        }
         let seq = if hdr.flags & TLS_SEQ_KNOWN != 0 {
             hdr.seq
         } else {
@@ -302,6 +308,17 @@ mod tests {
         let closed = t.closed(42).map(|c| c.cookie);
         assert_eq!(closed, Some(42 | TLS_CONN_BIT));
         assert_eq!(t.live(), 0);
+    }
+
+    #[test]
+    fn memory_bio_calls_keep_the_neighbouring_calls_sequence_number() {
+        let mut t = TlsStreams::new();
+        let mut h = hdr(Dir::Recv, 18, 18, Some(7_000));
+        h.flags |= TLS_LINKED_OUTSIDE;
+        let seen = feed(&mut t, &h, b"GET / HTTP/1.1\r\n\r\n", Some(&tcp()));
+        assert_eq!((seen[0].3, seen[0].4), (7_000, 0));
+        assert_eq!(t.counters().calls_linked_outside, 1);
+        assert_eq!(t.counters().calls_remembered, 0);
     }
 
     #[test]
