@@ -373,6 +373,30 @@ pub struct Nginx {
 }
 
 /// Minimal temp-dir handling, removed on drop.
+pub mod tls;
+
+/// Builds tests/go/`name`.go into `dir` as `out` with the host's Go (GOPATH
+/// mode), with extra `go build` arguments. The build cache is kept in
+/// target/ so that each test does not rebuild the standard library.
+pub fn go_build(dir: &Path, name: &str, out: &str, extra: &[&str]) -> PathBuf {
+    require_tool("go");
+    let bin = dir.join(out);
+    run_ok(
+        Command::new("go")
+            .arg("build")
+            .args(extra)
+            .arg("-o")
+            .arg(&bin)
+            .arg(workspace().join(format!("tests/go/{name}.go")))
+            .env("GO111MODULE", "off")
+            .env("GOPATH", dir.join("gopath"))
+            .env("GOCACHE", workspace().join("target/go-cache"))
+            .env("GOTOOLCHAIN", "local")
+            .env("GOFLAGS", ""),
+    );
+    bin
+}
+
 pub mod tempdir {
     use std::path::{Path, PathBuf};
 

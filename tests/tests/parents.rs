@@ -7,11 +7,11 @@
 //! the call. Each request has its own path (or, where the paths must be
 //! the same, its own User-Agent, which proxies pass on and the correlator
 //! does not use), so the cause of every span is known.
-use std::{collections::HashMap, path::PathBuf, process::Command, time::Duration};
+use std::{collections::HashMap, process::Command, time::Duration};
 
 use serde_json::Value;
 use tracer_e2e::{
-    curl_status, free_port, py_script, python, require_tool, root_test, run_ok,
+    curl_status, free_port, go_build, py_script, python, require_tool, root_test,
     span::{attr, f, res},
     tempdir::TempDir,
     workspace, Agent, AgentOutput, Backend, Listening, Nginx, Otlp, Receiver, Spawned,
@@ -302,10 +302,11 @@ fn go_timer_calls_are_never_put_under_a_request() {
     let Some(_g) = root_test("go_timer_calls_are_never_put_under_a_request") else {
         return;
     };
-    let bin = go_build();
+    let dir = TempDir::new("tracer-go");
+    let bin = go_build(dir.path(), "timer_proxy", "timer_proxy", &[]);
     timer_scenario("svc-go", |port, backend| {
         Spawned::ready(
-            Command::new(&bin.1)
+            Command::new(&bin)
                 .args([port.to_string(), backend.to_string(), "20".into()])
                 .env("OTEL_SERVICE_NAME", "svc-go"),
         )
@@ -320,24 +321,6 @@ fn aio(port: u16, backend: u16, service: &str, args: &[&str]) -> Spawned {
             .args(args)
             .env("OTEL_SERVICE_NAME", service),
     )
-}
-
-/// Builds tests/go/timer_proxy.go (standard library only, GOPATH mode).
-fn go_build() -> (TempDir, PathBuf) {
-    require_tool("go");
-    let dir = TempDir::new("tracer-go");
-    let bin = dir.path().join("timer_proxy");
-    run_ok(
-        Command::new("go")
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg(workspace().join("tests/go/timer_proxy.go"))
-            .env("GO111MODULE", "off")
-            .env("GOPATH", dir.path().join("gopath"))
-            .env("GOTOOLCHAIN", "local")
-            .env("GOFLAGS", ""),
-    );
-    (dir, bin)
 }
 
 // ------------------------------------------------------ thread per request
@@ -644,9 +627,10 @@ fn go_calls_from_a_new_goroutine_link_by_forwarding() {
     let Some(_g) = root_test("go_calls_from_a_new_goroutine_link_by_forwarding") else {
         return;
     };
-    let bin = go_build();
+    let dir = TempDir::new("tracer-go");
+    let bin = go_build(dir.path(), "timer_proxy", "timer_proxy", &[]);
     let start = |service: &'static str| {
-        let bin = bin.1.clone();
+        let bin = bin.clone();
         move |port: u16, backend: u16| {
             Spawned::ready(
                 Command::new(&bin)

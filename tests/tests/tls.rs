@@ -3,42 +3,21 @@
 //! real OTLP receiver; a server started after the agent; a TLS library the
 //! agent cannot probe (grpcio's BoringSSL) reported, its ciphertext never
 //! a span. Certificates are made at test time with the openssl CLI.
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 use tracer_e2e::{
     free_port, py_script, python, require_tool, root_test, run_ok,
     span::{attr, f, res},
     tempdir::TempDir,
+    tls::{
+        assert_https_linked, assert_https_unlinked_or_right, bpftool_attached, bpftool_ids,
+        bpftool_names, certificate, curl_ok, paths,
+    },
     workspace, Agent, Listening, Nginx, Otlp, Receiver,
 };
 
 const SETTLE: Duration = Duration::from_millis(1500);
-
-/// A self-signed certificate for localhost / 127.0.0.1: (cert, key).
-fn certificate(dir: &Path) -> (String, String) {
-    require_tool("openssl");
-    let cert = dir.join("cert.pem").display().to_string();
-    let key = dir.join("key.pem").display().to_string();
-    run_ok(Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=localhost",
-        "-addext",
-        "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        "-keyout",
-        &key,
-        "-out",
-        &cert,
-    ]));
-    (cert, key)
-}
 
 /// nginx serving HTTPS (HTTP/1.1) with a 200 for every path.
 fn tls_nginx(cert: &str, key: &str) -> Nginx {
@@ -58,12 +37,6 @@ fn tls_h2_nginx(cert: &str, key: &str) -> Nginx {
     ))
 }
 
-fn curl(url: &str) {
-    let code =
-        run_ok(Command::new("curl").args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", url]));
-    assert_eq!(code.trim(), "200", "curl {url}");
-}
-
 fn py_client(args: &[&str]) {
     let out = run_ok(
         Command::new(python())
@@ -71,83 +44,6 @@ fn py_client(args: &[&str]) {
             .args(args),
     );
     assert!(out.contains("done"), "{out}");
-}
-
-/// The (client, server) spans of `path`: both https, the server's parent
-/// the client (same trace), the client of `client` and the server nginx.
-fn assert_linked(spans: &[Value], path: &str, client: &str, stderr: &str) {
-    assert_linked_version(spans, path, client, "1.1", stderr);
-}
-
-/// [`assert_linked`] with the HTTP version both spans must show.
-fn assert_linked_version(spans: &[Value], path: &str, client: &str, version: &str, stderr: &str) {
-    let of_path: Vec<&Value> = spans
-        .iter()
-        .filter(|s| attr(s, "url.path") == path)
-        .collect();
-    let kind = |k: &str| {
-        let v: Vec<&&Value> = of_path.iter().filter(|s| f(s, "kind") == k).collect();
-        assert_eq!(
-            v.len(),
-            1,
-            "one {k} span for {path}: {of_path:#?}\nagent:\n{stderr}"
-        );
-        *v[0]
-    };
-    let c = kind("CLIENT");
-    let s = kind("SERVER");
-    for span in [c, s] {
-        assert_eq!(attr(span, "url.scheme"), "https", "{span:#?}");
-        assert_eq!(attr(span, "http.response.status_code"), "200", "{span:#?}");
-        assert_eq!(attr(span, "http.request.method"), "GET", "{span:#?}");
-        assert_eq!(attr(span, "network.protocol.version"), version, "{span:#?}");
-    }
-    assert!(res(c, "service.name").starts_with(client), "{c:#?}");
-    assert_eq!(res(s, "service.name"), "nginx", "{s:#?}");
-    assert_eq!(
-        f(s, "trace_id"),
-        f(c, "trace_id"),
-        "one trace: {c:#?} {s:#?}\nagent:\n{stderr}"
-    );
-    assert_eq!(
-        f(s, "parent_span_id"),
-        f(c, "span_id"),
-        "server's parent is the client"
-    );
-}
-
-/// As [`assert_linked_version`] (HTTP/2) except that the server span may be
-/// a root: its parent, if any, is the client span of `path`.
-fn assert_unlinked_or_right(spans: &[Value], path: &str, client: &str, stderr: &str) {
-    let of_path: Vec<&Value> = spans
-        .iter()
-        .filter(|s| attr(s, "url.path") == path)
-        .collect();
-    let kind = |k: &str| {
-        let v: Vec<&&Value> = of_path.iter().filter(|s| f(s, "kind") == k).collect();
-        assert_eq!(
-            v.len(),
-            1,
-            "one {k} span for {path}: {of_path:#?}\nagent:\n{stderr}"
-        );
-        *v[0]
-    };
-    let (c, s) = (kind("CLIENT"), kind("SERVER"));
-    for span in [c, s] {
-        assert_eq!(attr(span, "url.scheme"), "https", "{span:#?}");
-        assert_eq!(attr(span, "network.protocol.version"), "2", "{span:#?}");
-        assert_eq!(attr(span, "http.response.status_code"), "200", "{span:#?}");
-    }
-    assert!(res(c, "service.name").starts_with(client), "{c:#?}");
-    let parent = f(s, "parent_span_id");
-    assert!(
-        parent.is_empty() || parent == f(c, "span_id"),
-        "server span of {path} has a wrong parent: {c:#?} {s:#?}"
-    );
-}
-
-fn paths(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
 
 #[test]
@@ -166,7 +62,7 @@ fn nginx_over_tls_with_curl_and_python_clients() {
 
     let curl_paths = paths("/tls-curl-", 5);
     for p in &curl_paths {
-        curl(&format!("{base}{p}"));
+        curl_ok(&format!("{base}{p}"), &[]);
     }
     // Secrets in the plaintext never leave the host.
     let code = run_ok(Command::new("curl").args([
@@ -205,12 +101,12 @@ fn nginx_over_tls_with_curl_and_python_clients() {
     let out = agent.stop(SETTLE);
     let spans = receiver.spans();
     for p in &curl_paths {
-        assert_linked(&spans, p, "curl", &out.stderr);
+        assert_https_linked(&spans, p, ("curl", "nginx"), "1.1", &out.stderr);
     }
     for p in py_paths.iter().chain(&ka_paths) {
-        assert_linked(&spans, p, "tls_client", &out.stderr);
+        assert_https_linked(&spans, p, ("tls_client", "nginx"), "1.1", &out.stderr);
     }
-    assert_linked(&spans, "/tls-secret", "curl", &out.stderr);
+    assert_https_linked(&spans, "/tls-secret", ("curl", "nginx"), "1.1", &out.stderr);
     let raw = receiver.raw();
     for secret in ["tls-secret-token", "tls-secret-cookie", "tls-secret-query"] {
         assert!(!raw.contains(secret), "{secret} was exported");
@@ -296,10 +192,10 @@ fn h2_over_tls_with_curl_and_python_clients() {
     // exactly. Such a server span may stay a root; it never gets a wrong
     // parent.
     for p in &curl_paths {
-        assert_unlinked_or_right(&spans, p, "curl", &out.stderr);
+        assert_https_unlinked_or_right(&spans, p, ("curl", "nginx"), "2", &out.stderr);
     }
     for p in &py_paths {
-        assert_linked_version(&spans, p, "h2_tls_client", "2", &out.stderr);
+        assert_https_linked(&spans, p, ("h2_tls_client", "nginx"), "2", &out.stderr);
     }
     assert_eq!(
         out.counter("tls.calls_without_conn"),
@@ -384,7 +280,7 @@ fn chain_through_node_https_with_memory_bios() {
 
     let chain = paths("/chain-tls-", 5);
     for p in &chain {
-        curl(&format!("{base}{p}"));
+        curl_ok(&format!("{base}{p}"), &[]);
     }
     // A Node https client (one keep-alive connection) straight to nginx,
     // which forwards to Node's server as well.
@@ -509,7 +405,7 @@ fn tls_server_started_after_the_agent() {
     let base = format!("https://127.0.0.1:{}", nginx.port);
     let later = paths("/tls-later-", 5);
     for p in &later {
-        curl(&format!("{base}{p}"));
+        curl_ok(&format!("{base}{p}"), &[]);
     }
     receiver.wait_for(Duration::from_secs(30), |s| {
         s.iter()
@@ -520,7 +416,7 @@ fn tls_server_started_after_the_agent() {
     let out = agent.stop(SETTLE);
     let spans = receiver.spans();
     for p in &later {
-        assert_linked(&spans, p, "curl", &out.stderr);
+        assert_https_linked(&spans, p, ("curl", "nginx"), "1.1", &out.stderr);
     }
     let server_pids: Vec<String> = spans
         .iter()
@@ -570,14 +466,6 @@ fn uncovered_tls_library_is_reported_and_makes_no_span() {
     assert!(out.counter("connections.silenced_tls").unwrap_or(0) >= 1);
 }
 
-fn bpftool_ids(what: &str, field: &str) -> Vec<u64> {
-    let out = run_ok(Command::new("bpftool").args(["-j", what, "show"]));
-    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Array(vec![]));
-    v.as_array()
-        .map(|a| a.iter().filter_map(|x| x[field].as_u64()).collect())
-        .unwrap_or_default()
-}
-
 #[test]
 fn tls_probes_leave_nothing_attached_after_exit() {
     let Some(_g) = root_test("tls_probes_leave_nothing_attached_after_exit") else {
@@ -599,10 +487,7 @@ fn tls_probes_leave_nothing_attached_after_exit() {
             .map(|(i, _)| *i)
             .collect();
         assert_eq!(tls_ids.len(), 6, "the TLS programs are loaded: {names:?}");
-        let attached: Vec<u64> = bpftool_ids("link", "prog_id")
-            .into_iter()
-            .chain(bpftool_ids("perf", "prog_id"))
-            .collect();
+        let attached = bpftool_attached();
         for id in &tls_ids {
             assert!(
                 attached.contains(id),
@@ -614,29 +499,10 @@ fn tls_probes_leave_nothing_attached_after_exit() {
         let out = agent.stop(Duration::ZERO);
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         let loaded = bpftool_ids("prog", "id");
-        let attached: Vec<u64> = bpftool_ids("link", "prog_id")
-            .into_iter()
-            .chain(bpftool_ids("perf", "prog_id"))
-            .collect();
+        let attached = bpftool_attached();
         for id in &ids {
             assert!(!loaded.contains(id), "program {id} loaded after exit");
             assert!(!attached.contains(id), "program {id} attached after exit");
         }
     }
-}
-
-/// Names of the programs `ids`, in their order.
-fn bpftool_names(ids: &[u64]) -> Vec<String> {
-    let out = run_ok(Command::new("bpftool").args(["-j", "prog", "show"]));
-    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Array(vec![]));
-    let all = v.as_array().cloned().unwrap_or_default();
-    ids.iter()
-        .map(|id| {
-            all.iter()
-                .find(|p| p["id"].as_u64() == Some(*id))
-                .and_then(|p| p["name"].as_str())
-                .unwrap_or("")
-                .to_string()
-        })
-        .collect()
 }

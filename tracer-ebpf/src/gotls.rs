@@ -28,27 +28,23 @@
 //! that starts at `copied_seq` minus the ciphertext already read ahead into
 //! `Conn.rawInput`; a Read served from `Conn.input` continues the previous
 //! one (no sequence number, as OpenSSL's buffered reads).
-use core::{ffi::c_void, mem::size_of};
+use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user,
-        generated::{
-            bpf_get_attach_cookie, bpf_get_current_task, bpf_probe_read_user as probe_read_user_raw,
-        },
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{bpf_get_attach_cookie, bpf_get_current_task},
     },
     macros::{map, uprobe},
     maps::{Array, LruHashMap},
     programs::ProbeContext,
 };
 use tracer_common::{
-    frame_len,
     gotls::{GoCallKey, GoTlsFile, GO_OFF_UNKNOWN, GO_TLS_CALLS_MAX, GO_TLS_FILES_MAX},
-    Dir, DropReason, KernelStat, Tag, TlsData, MAX_HEAD, TLS_CONN_REMEMBERED, TLS_SEQ_KNOWN,
+    Dir, DropReason, TLS_CONN_REMEMBERED, TLS_SEQ_KNOWN,
 };
 
-use crate::{add_stat, count_drop, global, lane, AGENT_PID, ENABLED, TLS_SNAP};
+use crate::{count_drop, global, AGENT_PID, ENABLED, TLS_SNAP};
 
 // Kernel offsets (from BTF, set by the agent before load).
 #[no_mangle]
@@ -279,8 +275,6 @@ fn read_seq(conn: u64, f: &GoTlsFile, sk: u64) -> (u32, u8) {
     }
 }
 
-const TLS_FRAME: usize = frame_len(size_of::<TlsData>() + MAX_HEAD);
-
 #[uprobe]
 pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
     leave(&ctx);
@@ -330,62 +324,14 @@ fn leave(ctx: &ProbeContext) {
 /// `start_ns`.
 #[inline(always)]
 fn emit(call: &GoCall, len: u32, start_ns: u64, pid_tgid: u64) {
-    let pid = pid_tgid >> 32;
-    let snap = global(&TLS_SNAP);
-    let mut copy = if len > snap { snap } else { len };
-    if copy > MAX_HEAD as u32 {
-        copy = MAX_HEAD as u32;
-    }
-    let Some(held) = lane::reserve_packet::<TLS_FRAME>(true, DropReason::RingFullTls) else {
-        return;
-    };
-    let rec = held.record();
-    // SAFETY: the payload room of the held frame (MAX_HEAD bytes after the
-    // header); copy is bounded by MAX_HEAD above.
-    let r = unsafe {
-        probe_read_user_raw(
-            rec.add(size_of::<TlsData>()) as *mut c_void,
-            copy,
-            call.buf as *const c_void,
-        )
-    };
-    if r < 0 {
-        count_drop(DropReason::TlsReadFailed);
-        return;
-    }
-    add_stat(KernelStat::TlsCalls, 1);
-    if len > copy {
-        add_stat(KernelStat::TlsBytesCut, u64::from(len - copy));
-    }
-    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    // SAFETY: helper without arguments (taken while the lane is held: a
-    // lane's records stay in time order).
-    let ts_ns = unsafe { bpf_ktime_get_ns() };
-    let dst = rec as *mut u64;
-    // SAFETY: the frame has room for the 64-byte header, 8-aligned; the
-    // layout is pinned in tracer_common (see tls.rs).
-    unsafe {
-        dst.write(
-            Tag::TlsData as u64
-                | u64::from(call.dir) << 8
-                | u64::from(call.flags) << 16
-                | u64::from(len) << 32,
-        );
-        dst.add(1).write(ts_ns);
-        dst.add(2).write(start_ns);
-        dst.add(3).write(call.cookie);
-        dst.add(4).write(pid | (pid_tgid & 0xffff_ffff) << 32);
-        dst.add(5)
-            .write(u64::from(call.seq) | u64::from(copy) << 32);
-        dst.add(6).write(u64::from_le_bytes(word(&comm, 0)));
-        dst.add(7).write(u64::from_le_bytes(word(&comm, 8)));
-    }
-    held.publish(size_of::<TlsData>() + copy as usize);
-}
-
-#[inline(always)]
-fn word(comm: &[u8; 16], at: usize) -> [u8; 8] {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&comm[at..at + 8]);
-    w
+    crate::tls::emit(
+        pid_tgid,
+        call.dir,
+        call.flags,
+        call.cookie,
+        call.seq,
+        len,
+        start_ns,
+        crate::tls::Src::User(call.buf),
+    );
 }

@@ -321,7 +321,7 @@ fn flush_pending(s: &mut TlsCall, send: Option<(u64, u32, u32)>) {
 }
 
 /// Where a record's plaintext is copied from.
-enum Src {
+pub(crate) enum Src {
     /// The caller's buffer (at the call's return).
     User(u64),
     /// A waiting write's copy, of that many bytes.
@@ -528,7 +528,7 @@ fn leave(ctx: &RetProbeContext) {
 /// a prefix is copied.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn emit(
+pub(crate) fn emit(
     pid_tgid: u64,
     dir: u8,
     flags: u8,
@@ -554,6 +554,13 @@ fn emit(
     // SAFETY: the payload room of the held frame (MAX_HEAD bytes after the
     // header); n is bounded by MAX_HEAD above; the helpers fault safely.
     let to = unsafe { rec.add(size_of::<TlsData>()) } as *mut c_void;
+    // Bounded again where the helper takes it: the compiler may keep `n`
+    // on the stack across the reservation, and 6.1's verifier loses the
+    // bound of a spilled value ("R2 unbounded memory access").
+    let n = core::hint::black_box(n);
+    if n > MAX_HEAD as u32 {
+        return;
+    }
     // SAFETY: as above.
     let r = unsafe {
         match src {

@@ -269,6 +269,33 @@ pub struct Kernel {
     layout: LaneLayout,
 }
 
+/// Loads uprobe program `name` (attached per file later, see tls::attach).
+fn load_uprobe(ebpf: &mut Ebpf, name: &'static str) -> Result<(), KernelError> {
+    let prog: &mut UProbe = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::MissingMap(name))?
+        .try_into()
+        .map_err(program_err("loading", name))?;
+    prog.load().map_err(program_err("loading", name))
+}
+
+/// Loads the Go crypto/tls programs, all or none: a kernel that refuses
+/// one leaves Go programs uncovered (their files are then not attached and
+/// their ciphertext is reported as not covered), not the agent stopped.
+fn load_go_tls(ebpf: &mut Ebpf) {
+    for name in GO_TLS_PROGRAMS {
+        if let Err(e) = load_uprobe(ebpf, name) {
+            tracing::warn!(error = %e, "Go TLS programs not covered: the kernel refused them");
+            for name in GO_TLS_PROGRAMS {
+                if let Some(Ok(p)) = ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
+                    let _ = p.unload();
+                }
+            }
+            return;
+        }
+    }
+}
+
 /// Takes map `name` out of the object as a `T`.
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
 where
@@ -439,14 +466,11 @@ impl Kernel {
         }
         // Loaded now, attached per file later (see tls::attach).
         if tls_snap > 0 {
-            let go = go_tls.is_some().then_some(GO_TLS_PROGRAMS).into_iter();
-            for name in TLS_PROGRAMS.into_iter().chain(go.flatten()) {
-                let prog: &mut UProbe = ebpf
-                    .program_mut(name)
-                    .ok_or(KernelError::MissingMap(name))?
-                    .try_into()
-                    .map_err(program_err("loading", name))?;
-                prog.load().map_err(program_err("loading", name))?;
+            for name in TLS_PROGRAMS {
+                load_uprobe(&mut ebpf, name)?;
+            }
+            if go_tls.is_some() {
+                load_go_tls(&mut ebpf);
             }
         }
         let profiling_cpus = match cfg.profile_hz {
