@@ -174,9 +174,10 @@ fn check_whole(s: &Value, method: &str, code: &str) {
     assert_eq!(f(s, "name"), format!("{SERVICE}/{method}"), "{s}");
 }
 
-/// Whether the method of a span is absent (reported unknown, with the
-/// reason); panics on a method, path or service that is present but not
-/// `method`'s, on an unknown without reason, or a wrong status.
+/// Whether a span of a call of `method` is not decoded whole (a header
+/// reported unknown, with the reason); panics on a method, path, service
+/// or status present but not the call's, and on a span that lacks an
+/// attribute without saying a header was unknown.
 fn unknown_or_right(s: &Value, method: &str, code: &str) -> bool {
     let unknown = attr(s, "tracer.headers_unknown");
     if unknown.is_empty() {
