@@ -424,6 +424,8 @@ impl ToSpans {
         };
         let mut inline: ArrayVec<Header<'_>, INLINE_HEADERS> = ArrayVec::new();
         let mut spilled: Vec<Header<'_>> = Vec::new();
+        // Why the first HTTP/2 field left out was unknown.
+        let mut field_unknown: Option<Unknown> = None;
         let headers: &[Header<'_>] = match (m.http1(), m.http2()) {
             (Some(h1), _) => {
                 let fields = h1.headers();
@@ -446,6 +448,7 @@ impl ToSpans {
                 for f in all.iter() {
                     let (Some(n), Some(v)) = (f.name, f.value) else {
                         self.counters.h2_fields_unknown += 1;
+                        field_unknown = field_unknown.or(f.why);
                         continue;
                     };
                     let h = Header::new(n, v);
@@ -475,6 +478,11 @@ impl ToSpans {
             if unknown.is_some() {
                 self.counters.h2_requests_undecoded += 1;
             }
+            // Method and path known but another field not: the span still
+            // says a header is missing. A gRPC call whose `content-type`
+            // was lost (grpc-go and grpc-js index it on a channel's first
+            // call) is otherwise a plain HTTP span that looks whole.
+            let unknown = unknown.or(field_unknown.map(|w| w.as_str()));
             MessageKind::Request(Request {
                 method: method.into(),
                 target: target.into(),

@@ -165,3 +165,45 @@ fn request_fed_after_its_answered_response_is_still_reported() {
     assert_eq!((n.requests, n.late_requests, n.responses), (1, 1, 1));
     assert_eq!(n.responses_without_request, 1);
 }
+
+/// A grpc-go request on a channel opened before the agent: `:path` a
+/// literal indexed on its first use, `content-type` an index into the table
+/// built before the attach. Then the same call again, `:path` by index.
+#[test]
+fn grpc_go_request_after_attach_has_its_path_and_an_unknown_content_type() {
+    let mut c = Http2Connection::mid_stream(Http2Config::default());
+    let path = b"/calls.Calls/Late0";
+    // :method POST, :scheme http, :path literal with incremental indexing
+    // (name: static 4), which makes it entry 62, then content-type by index
+    // 63 (the newest entry from before the attach).
+    let mut first = vec![0x83, 0x86, 0x44, path.len() as u8];
+    first.extend_from_slice(path);
+    first.push(0x80 | 63);
+    // The same call, :path by index.
+    let second = [0x83, 0x86, 0x80 | 62, 0x80 | 63];
+    let mut blocks = headers(1, &first);
+    blocks.extend(headers(3, &second));
+    let data = resync_then(&blocks);
+    let pieces = [Piece::Data(&data)];
+    let got = requests(&mut c, &[chunk(0, &pieces)]);
+    assert_eq!(got.len(), 2);
+    for m in &got {
+        let known: Vec<(&[u8], &[u8])> = m
+            .fields
+            .iter()
+            .filter_map(|(n, v, _)| Some((n.as_deref()?, v.as_deref()?)))
+            .collect();
+        assert_eq!(
+            known,
+            [
+                (&b":method"[..], &b"POST"[..]),
+                (b":scheme", b"http"),
+                (b":path", path)
+            ]
+        );
+        // The lost entry is a field left unknown, with why: never another
+        // entry's value.
+        let unknown: Vec<_> = m.fields.iter().filter_map(|f| f.2).collect();
+        assert_eq!(unknown, [Unknown::Attach], "{m:?}");
+    }
+}
