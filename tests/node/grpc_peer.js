@@ -15,13 +15,19 @@
 //         quit
 //
 // A method whose name starts with "NotFound" is answered NOT_FOUND; any
-// other is answered "reply:METHOD".
+// other is answered "reply:METHOD". With GRPC_TLS_DIR set (a directory with
+// cert.pem and key.pem, a self-signed certificate for 127.0.0.1), the server
+// and the client speak TLS (grpc-js's OpenSSL, linked into node).
 'use strict';
 const grpc = require('@grpc/grpc-js');
+const fs = require('fs');
+const path = require('path');
 const readline = require('readline');
 
 const SERVICE = 'calls.Calls';
 const same = (b) => b;
+const TLS_DIR = process.env.GRPC_TLS_DIR;
+const pem = (name) => fs.readFileSync(path.join(TLS_DIR, name));
 
 function definition(method) {
   return {
@@ -50,7 +56,10 @@ function server(port, methods) {
     };
   }
   s.addService(defs, impls);
-  s.bindAsync(`127.0.0.1:${port}`, grpc.ServerCredentials.createInsecure(), (err) => {
+  const creds = TLS_DIR
+    ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: pem('cert.pem'), private_key: pem('key.pem') }])
+    : grpc.ServerCredentials.createInsecure();
+  s.bindAsync(`127.0.0.1:${port}`, creds, (err) => {
     if (err) {
       console.error(`grpc_peer.js: ${err.message}`);
       process.exit(1);
@@ -60,7 +69,8 @@ function server(port, methods) {
 }
 
 function client(port) {
-  const ch = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  const creds = TLS_DIR ? grpc.credentials.createSsl(pem('cert.pem')) : grpc.credentials.createInsecure();
+  const ch = new grpc.Client(`127.0.0.1:${port}`, creds);
   const codes = Object.fromEntries(Object.entries(grpc.status).map(([k, v]) => [v, k]));
   const lines = readline.createInterface({ input: process.stdin });
   const queue = [];

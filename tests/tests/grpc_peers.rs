@@ -10,12 +10,19 @@
 //! that repeated methods are sent by index: every span's method is compared
 //! with the call the test made at its place in time order, and every server
 //! span's parent must be its own call's client span.
-use std::{path::PathBuf, process::Command, sync::OnceLock, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+    time::Duration,
+};
 
 use serde_json::Value;
 use tracer_e2e::{
     free_port, grpc_py, grpc_side, reply, require_tool, root_test, run_ok,
     span::{attr, f},
+    tempdir::TempDir,
+    tls::certificate,
     workspace, Agent, AgentOutput, Otlp, Receiver, Spawned,
 };
 
@@ -53,8 +60,10 @@ impl Peer {
         format!("{}-{role}", self.name())
     }
 
-    /// Starts it as `role` against/on `port`; waits for "ready".
-    fn start(self, role: &str, port: u16) -> Spawned {
+    /// Starts it as `role` against/on `port`; waits for "ready". `tls`: a
+    /// directory with cert.pem and key.pem to speak TLS with (grpc-js only).
+    fn start(self, role: &str, port: u16, tls: Option<&Path>) -> Spawned {
+        assert!(tls.is_none() || self == Peer::Js, "TLS only with grpc-js");
         let svc = self.service(role);
         let port_s = port.to_string();
         match self {
@@ -83,6 +92,9 @@ impl Peer {
                     .args([role, &port_s]);
                 if role == "server" {
                     cmd.arg(methods.join(","));
+                }
+                if let Some(dir) = tls {
+                    cmd.env("GRPC_TLS_DIR", dir);
                 }
                 Spawned::ready(cmd.env("NODE_PATH", modules).env("OTEL_SERVICE_NAME", &svc))
             }
@@ -219,11 +231,21 @@ fn status_of(method: &str) -> &'static str {
 /// one server span, decoded whole, in the order called, each server span
 /// the child of its own client span.
 fn unary_calls(client: Peer, server: Peer) {
+    unary_calls_over(client, server, false)
+}
+
+/// [`unary_calls`], over TLS when `tls` (url.scheme https on every span).
+fn unary_calls_over(client: Peer, server: Peer, tls: bool) {
+    let dir = TempDir::new("tracer-grpc-peers");
+    let tls = tls.then(|| {
+        certificate(dir.path());
+        dir.path()
+    });
     let port = free_port();
-    let _server = server.start("server", port);
+    let _server = server.start("server", port, tls);
     let receiver = Receiver::start(Otlp::Grpc);
     let agent = Agent::start(&receiver.agent_args());
-    let mut c = client.start("client", port);
+    let mut c = client.start("client", port, tls);
     let n = 30;
     let mut sent: Vec<&str> = (0..n).map(method_of).collect();
     sent.push(NOT_FOUND);
@@ -249,9 +271,12 @@ fn unary_calls(client: Peer, server: Peer) {
     let got = |v: &[&Value]| -> Vec<String> { v.iter().map(|s| attr(s, "rpc.method")).collect() };
     assert_eq!(got(&cs), sent, "client spans in time order; {}", out.stderr);
     assert_eq!(got(&ss), sent, "server spans in time order; {}", out.stderr);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     for (i, m) in sent.iter().enumerate() {
         check_whole(cs[i], m, status_of(m));
         check_whole(ss[i], m, status_of(m));
+        assert_eq!(attr(cs[i], "url.scheme"), scheme, "{}", cs[i]);
+        assert_eq!(attr(ss[i], "url.scheme"), scheme, "{}", ss[i]);
         assert_eq!(f(ss[i], "trace_id"), f(cs[i], "trace_id"), "call {i} {m}");
         assert_eq!(
             f(ss[i], "parent_span_id"),
@@ -293,8 +318,8 @@ fn lost(out: &AgentOutput) -> u64 {
 /// call's method. Prints the share recovered.
 fn channel_open_before_the_agent(peer: Peer) {
     let port = free_port();
-    let _server = peer.start("server", port);
-    let mut c = peer.start("client", port);
+    let _server = peer.start("server", port, None);
+    let mut c = peer.start("client", port, None);
     for (i, m) in METHODS.iter().enumerate() {
         assert_eq!(peer.call(&mut c, m, i), "OK");
     }
@@ -416,6 +441,10 @@ root!(
 root!(
     grpc_js_client_to_grpc_js_server,
     unary_calls(Peer::Js, Peer::Js)
+);
+root!(
+    grpc_js_over_tls_is_linked_like_cleartext,
+    unary_calls_over(Peer::Js, Peer::Js, true)
 );
 root!(
     grpcio_client_to_grpc_js_server,

@@ -320,6 +320,20 @@ fn flush_pending(s: &mut TlsCall, send: Option<(u64, u32, u32)>) {
     );
 }
 
+/// How many plaintext bytes a record copies of `n`: at most MAX_HEAD - 1,
+/// bounded by a mask computed after `black_box`, so that the bound is in the
+/// register the helper takes (or in its full-width spill). A clamp with a
+/// comparison let the compiler spill `n` before the comparison and reload
+/// it after, and 6.1's verifier does not carry the comparison to the
+/// reloaded value ("R2 unbounded memory access").
+#[inline(always)]
+fn copy_len(n: u32) -> u32 {
+    const MASK: u64 = MAX_HEAD as u64 - 1;
+    const _: () = assert!(MAX_HEAD.is_power_of_two());
+    let n = u64::from(n).min(MASK);
+    (core::hint::black_box(n) & MASK) as u32
+}
+
 /// Where a record's plaintext is copied from.
 pub(crate) enum Src {
     /// The caller's buffer (at the call's return).
@@ -448,11 +462,8 @@ fn leave(ctx: &RetProbeContext) {
                 count_drop(DropReason::TlsSlotBusy);
             }
             let snap = global(&TLS_SNAP);
-            let mut n = if len > snap { snap } else { len };
-            if n > MAX_HEAD as u32 {
-                n = MAX_HEAD as u32;
-            }
-            // SAFETY: n <= MAX_HEAD, the room of `data`; the helper faults
+            let n = copy_len(if len > snap { snap } else { len });
+            // SAFETY: n < MAX_HEAD, the room of `data`; the helper faults
             // safely on a bad user address.
             let r = unsafe {
                 probe_read_user_raw(
@@ -540,27 +551,18 @@ pub(crate) fn emit(
 ) {
     let pid = pid_tgid >> 32;
     let snap = global(&TLS_SNAP);
-    let (mut n, from) = match src {
+    let (n, from) = match src {
         Src::User(buf) => (if len > snap { snap } else { len }, buf),
         Src::Kernel(data, captured) => (captured, data),
     };
-    if n > MAX_HEAD as u32 {
-        n = MAX_HEAD as u32;
-    }
     let Some(held) = lane::reserve_packet::<TLS_FRAME>(true, DropReason::RingFullTls) else {
         return;
     };
     let rec = held.record();
     // SAFETY: the payload room of the held frame (MAX_HEAD bytes after the
-    // header); n is bounded by MAX_HEAD above; the helpers fault safely.
+    // header); copy_len bounds n below MAX_HEAD; the helpers fault safely.
     let to = unsafe { rec.add(size_of::<TlsData>()) } as *mut c_void;
-    // Bounded again where the helper takes it: the compiler may keep `n`
-    // on the stack across the reservation, and 6.1's verifier loses the
-    // bound of a spilled value ("R2 unbounded memory access").
-    let n = core::hint::black_box(n);
-    if n > MAX_HEAD as u32 {
-        return;
-    }
+    let n = copy_len(n);
     // SAFETY: as above.
     let r = unsafe {
         match src {
