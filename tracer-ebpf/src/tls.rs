@@ -35,7 +35,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     frame_len, Dir, DropReason, KernelStat, Tag, TlsData, MAX_HEAD, TLS_CALL_SLOTS, TLS_CONNS_MAX,
-    TLS_CONN_REMEMBERED, TLS_COOKIE_MEMBIO, TLS_LINKED_OUTSIDE, TLS_SEQ_KNOWN,
+    TLS_CONN_REMEMBERED, TLS_COOKIE_MEMBIO, TLS_LINKED_OUTSIDE, TLS_SEQ_KNOWN, TLS_SNAP_MAX,
 };
 
 use crate::{add_stat, count_drop, global, lane, AGENT_PID, ENABLED, TLS_SNAP};
@@ -320,7 +320,7 @@ fn flush_pending(s: &mut TlsCall, send: Option<(u64, u32, u32)>) {
     );
 }
 
-/// How many plaintext bytes a record copies of `n`: at most MAX_HEAD - 1,
+/// How many plaintext bytes a record copies of `n`: at most TLS_SNAP_MAX,
 /// bounded by a mask computed after `black_box`, so that the bound is in the
 /// register the helper takes (or in its full-width spill). A clamp with a
 /// comparison let the compiler spill `n` before the comparison and reload
@@ -328,8 +328,9 @@ fn flush_pending(s: &mut TlsCall, send: Option<(u64, u32, u32)>) {
 /// reloaded value ("R2 unbounded memory access").
 #[inline(always)]
 fn copy_len(n: u32) -> u32 {
-    const MASK: u64 = MAX_HEAD as u64 - 1;
-    const _: () = assert!(MAX_HEAD.is_power_of_two());
+    const MASK: u64 = TLS_SNAP_MAX as u64;
+    const _: () =
+        assert!((TLS_SNAP_MAX + 1).is_power_of_two() && TLS_SNAP_MAX as usize == MAX_HEAD - 1);
     let n = u64::from(n).min(MASK);
     (core::hint::black_box(n) & MASK) as u32
 }

@@ -108,7 +108,7 @@ pub struct RunArgs {
 
     /// Plaintext bytes copied per TLS library call (SSL_write, SSL_read and
     /// their _ex forms, probed in every OpenSSL library and executable with
-    /// those symbols; 0 to 16384). 0 turns TLS capture off: no uprobe is
+    /// those symbols; 0 to 16383). 0 turns TLS capture off: no uprobe is
     /// attached and encrypted connections are only counted.
     #[arg(long, value_name = "BYTES", default_value_t = tracer_common::TLS_SNAP_DEFAULT)]
     pub tls_snap_len: u32,
@@ -244,7 +244,7 @@ pub struct RunArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// `--tls-snap-len` above the kernel side's buffer.
-    #[error("invalid option: --tls-snap-len {value} is above the maximum of {max} bytes", max = tracer_common::MAX_HEAD)]
+    #[error("invalid option: --tls-snap-len {value} is above the maximum of {max} bytes", max = tracer_common::TLS_SNAP_MAX)]
     TlsSnapLen {
         /// The value given.
         value: u32,
@@ -402,7 +402,7 @@ impl RunArgs {
                 value: self.snap_len,
             });
         }
-        if self.tls_snap_len > tracer_common::MAX_HEAD as u32 {
+        if self.tls_snap_len > tracer_common::TLS_SNAP_MAX {
             return Err(ConfigError::TlsSnapLen {
                 value: self.tls_snap_len,
             });

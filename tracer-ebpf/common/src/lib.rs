@@ -102,6 +102,11 @@ pub const TLS_COOKIE_MEMBIO: u64 = 1;
 /// Default plaintext bytes copied per TLS call (a request or response head).
 pub const TLS_SNAP_DEFAULT: u32 = 4096;
 
+/// Most plaintext bytes copied per TLS call: one less than the record's
+/// room, so that the programs bound the copy with a mask (MAX_HEAD is a
+/// power of two), which every verifier follows.
+pub const TLS_SNAP_MAX: u32 = MAX_HEAD as u32 - 1;
+
 /// Threads that can be inside a TLS call at once (slots by thread id).
 pub const TLS_CALL_SLOTS: u32 = 16384;
 
