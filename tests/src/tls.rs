@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::{
     require_tool, run_ok,
     span::{attr, f, res},
+    Receiver,
 };
 
 /// A self-signed certificate for localhost / 127.0.0.1 in `dir`: (cert,
@@ -50,6 +51,17 @@ pub fn curl_ok(url: &str, extra: &[&str]) {
 /// `prefix0` .. `prefix{n-1}`: one distinct path per request.
 pub fn paths(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// Waits (up to 30 s) until the receiver holds `n` spans whose path starts
+/// with `prefix`.
+pub fn wait_for_paths(receiver: &Receiver, prefix: &str, n: usize) {
+    receiver.wait_for(std::time::Duration::from_secs(30), |s| {
+        s.iter()
+            .filter(|s| attr(s, "url.path").starts_with(prefix))
+            .count()
+            >= n
+    });
 }
 
 /// The one span of `kind` among `spans` for `path`.

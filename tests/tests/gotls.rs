@@ -13,7 +13,7 @@ use tracer_e2e::{
     tempdir::TempDir,
     tls::{
         assert_https_linked, bpftool_attached, bpftool_ids, bpftool_names, certificate, curl_ok,
-        paths,
+        paths, wait_for_paths,
     },
     wait_port, Agent, AgentOutput, Otlp, Receiver, Spawned,
 };
@@ -65,12 +65,7 @@ fn go_and_curl_linked(
         );
     }
     let want = (go_paths.len() + curl_paths.len()) * 2;
-    receiver.wait_for(Duration::from_secs(30), |s| {
-        s.iter()
-            .filter(|s| attr(s, "url.path").starts_with(prefix))
-            .count()
-            >= want
-    });
+    wait_for_paths(receiver, prefix, want);
     let out = agent.stop(SETTLE);
     let spans = receiver.spans();
     let version = if h2 { "2" } else { "1.1" };
@@ -200,12 +195,7 @@ fn go_pie_without_dwarf_is_covered() {
     for p in &pie {
         curl_ok(&format!("https://127.0.0.1:{port}{p}"), &["--http1.1"]);
     }
-    receiver.wait_for(Duration::from_secs(30), |s| {
-        s.iter()
-            .filter(|s| attr(s, "url.path").starts_with("/go-pie-"))
-            .count()
-            >= pie.len() * 2
-    });
+    wait_for_paths(&receiver, "/go-pie-", pie.len() * 2);
     let out = agent.stop(SETTLE);
     let spans = receiver.spans();
     for p in &pie {

@@ -12,7 +12,7 @@ use tracer_e2e::{
     tempdir::TempDir,
     tls::{
         assert_https_linked, assert_https_unlinked_or_right, bpftool_attached, bpftool_ids,
-        bpftool_names, certificate, curl_ok, paths,
+        bpftool_names, certificate, curl_ok, paths, wait_for_paths,
     },
     workspace, Agent, Listening, Nginx, Otlp, Receiver,
 };
@@ -92,12 +92,7 @@ fn nginx_over_tls_with_curl_and_python_clients() {
         .chain(&ka_paths)
         .collect();
     let want = all.len() * 2 + 2;
-    receiver.wait_for(Duration::from_secs(30), |s| {
-        s.iter()
-            .filter(|s| attr(s, "url.path").starts_with("/tls-"))
-            .count()
-            >= want
-    });
+    wait_for_paths(&receiver, "/tls-", want);
     let out = agent.stop(SETTLE);
     let spans = receiver.spans();
     for p in &curl_paths {
@@ -178,12 +173,7 @@ fn h2_over_tls_with_curl_and_python_clients() {
     assert!(out.contains("done"), "{out}");
 
     let want = (curl_paths.len() + py_paths.len()) * 2;
-    receiver.wait_for(Duration::from_secs(30), |s| {
-        s.iter()
-            .filter(|s| attr(s, "url.path").starts_with("/h2tls-"))
-            .count()
-            >= want
-    });
+    wait_for_paths(&receiver, "/h2tls-", want);
     let out = agent.stop(SETTLE);
     let spans = receiver.spans();
     // curl writes its preface and its HEADERS back to back: nginx (read
@@ -407,12 +397,7 @@ fn tls_server_started_after_the_agent() {
     for p in &later {
         curl_ok(&format!("{base}{p}"), &[]);
     }
-    receiver.wait_for(Duration::from_secs(30), |s| {
-        s.iter()
-            .filter(|s| attr(s, "url.path").starts_with("/tls-later-"))
-            .count()
-            >= later.len() * 2
-    });
+    wait_for_paths(&receiver, "/tls-later-", later.len() * 2);
     let out = agent.stop(SETTLE);
     let spans = receiver.spans();
     for p in &later {
