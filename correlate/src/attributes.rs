@@ -575,6 +575,18 @@ pub(crate) fn response_status(
                 .ok()
                 .and_then(|s| s.parse::<i64>().ok())
         });
+        if let Some(m) = resp.grpc_messages {
+            // This side's view: a client sends what the client sent.
+            let (sent, received) = match kind {
+                SpanKind::Client => (m.by_client, m.by_server),
+                SpanKind::Server => (m.by_server, m.by_client),
+            };
+            t.push_int("tracer.rpc.messages_sent", i64::from(sent));
+            t.push_int("tracer.rpc.messages_received", i64::from(received));
+            if !m.exact {
+                t.push_str("tracer.rpc.messages_lower_bound", "true");
+            }
+        }
         if let Some(code) = code {
             t.push_int("rpc.grpc.status_code", code);
             let error = match kind {

@@ -896,6 +896,7 @@ mod tests {
             version: HttpVersion::Http11,
             headers: headers(&["a", "b", "c", "d"]).into(),
             reset: false,
+            grpc_messages: None,
         };
         let before = c.counters().request_ids_ignored;
         c.message(message(1, Side::Outbound, 20, MessageKind::Response(resp)));

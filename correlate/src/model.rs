@@ -238,6 +238,21 @@ pub struct Response<'a> {
     /// END_STREAM. A gRPC call so ended without `grpc-status` failed for
     /// its client (gRPC requires trailers to end a call).
     pub reset: bool,
+    /// Length-prefixed gRPC messages seen on the stream (HTTP/2 gRPC
+    /// calls); `None` where they are not counted.
+    pub grpc_messages: Option<GrpcMessages>,
+}
+
+/// The gRPC messages of one call, per direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrpcMessages {
+    /// Messages the client sent.
+    pub by_client: u32,
+    /// Messages the server sent.
+    pub by_server: u32,
+    /// False when part of a DATA payload was not captured where a message
+    /// prefix could lie: the counts are then lower bounds.
+    pub exact: bool,
 }
 
 /// What a message is.

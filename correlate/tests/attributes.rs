@@ -322,6 +322,7 @@ fn grpc_calls() {
             ]
             .into(),
             reset: false,
+            grpc_messages: None,
         };
         let (span, _) = one(kind, r(), rsp, Config::default());
         assert_eq!(span.name(), "helloworld.Greeter/SayHello");
@@ -351,6 +352,7 @@ fn grpc_calls() {
             version: HttpVersion::Http2,
             headers: h.into(),
             reset: true,
+            grpc_messages: None,
         }
     };
     for (kind, status, code, error) in [

@@ -165,6 +165,7 @@ fn op() -> impl Strategy<Value = Op> {
                         version: HttpVersion::Http2,
                         headers: headers.into(),
                         reset: false,
+                        grpc_messages: None,
                     })
                 };
                 Op::Msg(Message {

@@ -14,8 +14,8 @@ use foldhash::{HashMap, HashMapExt};
 
 use arrayvec::ArrayVec;
 use correlate::{
-    ConnId, Correlator, Header, HttpVersion, Message as CMessage, MessageKind, Pid, Request,
-    Response, Scheme, Side, Span, SplitMix64, Tid,
+    ConnId, Correlator, GrpcMessages, Header, HttpVersion, Message as CMessage, MessageKind, Pid,
+    Request, Response, Scheme, Side, Span, SplitMix64, Tid,
 };
 use protocols::{
     conn::{self, ConnConfig, ConnCounters, ConnParser, MessageView, Protocol, Version},
@@ -508,6 +508,11 @@ impl ToSpans {
                 version: version(m.version()),
                 headers: headers.into(),
                 reset: matches!(m.stream_end(), Some(StreamEnd::Reset(_))),
+                grpc_messages: m.grpc().map(|g| GrpcMessages {
+                    by_client: g.sent_by_client,
+                    by_server: g.sent_by_server,
+                    exact: g.client_exact && g.server_exact,
+                }),
             })
         };
         self.counters.messages += 1;

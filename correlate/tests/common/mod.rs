@@ -73,6 +73,7 @@ pub fn resp(status: u16, headers: &[(&str, &str)]) -> Response<'static> {
             .collect::<Vec<_>>()
             .into(),
         reset: false,
+        grpc_messages: None,
     }
 }
 
