@@ -32,12 +32,10 @@ const DATA_KEEP: u32 = 16;
 const FRAME_KEEP: u32 = MAX_HEAD as u32 - HEAD;
 /// Extra records per packet.
 const MAX_CHUNKS: usize = 6;
-/// Frame heads walked per packet: about 85 small gRPC calls (HEADERS, DATA,
-/// trailers; tonic's server writes the answers of 50 concurrent calls as
-/// 150 frames in one packet). `bpf_loop` has the verifier check one frame's
-/// turn, whatever the count; each turn costs a few tens of ns, and a packet
-/// costs only the frames it holds.
-const MAX_FRAMES: u32 = 256;
+/// Frame heads walked per packet: about 40 small gRPC calls (HEADERS, DATA,
+/// trailers). `bpf_loop` has the verifier check one frame's turn, whatever
+/// the count; each turn costs a few tens of ns.
+const MAX_FRAMES: u32 = 128;
 /// A gap of bytes not wanted (DATA past its first bytes) at most this long
 /// is copied with the ranges around it instead of starting another record:
 /// small responses batched in one packet (HEADERS, a short DATA, trailers)
