@@ -592,12 +592,52 @@ impl Spawned {
 /// `role` is "server" or "client", `port` the server's port, `service` its
 /// OTEL_SERVICE_NAME. Waits for "ready".
 pub fn grpc_py(script: &str, role: &str, port: u16, service: &str) -> Spawned {
+    grpc_peer(
+        Command::new(python()).arg(py_script(script)),
+        role,
+        port,
+        service,
+    )
+}
+
+/// One side of a line-driven gRPC peer program `cmd` taking `role PORT`
+/// (as [`grpc_py`]). Waits for "ready".
+pub fn grpc_peer(cmd: &mut Command, role: &str, port: u16, service: &str) -> Spawned {
     Spawned::ready(
-        Command::new(python())
-            .arg(py_script(script))
-            .args([role, &port.to_string()])
+        cmd.args([role, &port.to_string()])
             .env("OTEL_SERVICE_NAME", service),
     )
+}
+
+/// One side of the tonic peer (src/bin/tonic_peer.rs, which speaks
+/// tests/py/grpc_calls.py's protocol), as [`grpc_py`]: `grpc_tonic!(role,
+/// port, service)`. A macro because only an integration test knows the
+/// binary's path (`CARGO_BIN_EXE_tonic_peer`; cargo builds it for them).
+#[macro_export]
+macro_rules! grpc_tonic {
+    ($role:expr, $port:expr, $service:expr) => {
+        $crate::grpc_peer(
+            &mut ::std::process::Command::new(env!("CARGO_BIN_EXE_tonic_peer")),
+            $role,
+            $port,
+            $service,
+        )
+    };
+}
+
+/// A test `$name` that runs `$body` as root (see [`root_test`]: skipped
+/// when not root and not in CI).
+#[macro_export]
+macro_rules! root {
+    ($name:ident, $body:expr) => {
+        #[test]
+        fn $name() {
+            let Some(_g) = $crate::root_test(stringify!($name)) else {
+                return;
+            };
+            $body
+        }
+    };
 }
 
 /// The next reply of a line-driven client, without its "ok " prefix

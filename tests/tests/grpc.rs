@@ -1,13 +1,14 @@
-//! gRPC call kinds against a real grpcio server and client (raw-bytes
-//! messages, tests/py/grpc_calls.py), exported to a real OTLP receiver:
-//! unary, server-, client- and bidi-streaming calls, NOT_FOUND and
-//! DEADLINE_EXCEEDED, 50 calls multiplexed on one connection, and a
-//! `traceparent` sent as gRPC metadata.
+//! gRPC call kinds between a real server and client of one implementation
+//! (raw-bytes messages): grpcio (tests/py/grpc_calls.py) and tonic
+//! (tests/src/bin/tonic_peer.rs, the same protocol), exported to a real
+//! OTLP receiver: unary, server-, client- and bidi-streaming calls,
+//! NOT_FOUND and an expired deadline, 50 calls multiplexed on one
+//! connection, and a `traceparent` sent as gRPC metadata.
 use std::time::Duration;
 
 use serde_json::Value;
 use tracer_e2e::{
-    free_port, grpc_py, grpc_side, reply, root_test,
+    free_port, grpc_py, grpc_side, grpc_tonic, reply, root,
     span::{attr, f},
     Agent, AgentOutput, Otlp, Receiver, Spawned,
 };
@@ -15,18 +16,36 @@ use tracer_e2e::{
 const SETTLE: Duration = Duration::from_millis(1500);
 const SERVICE: &str = "calls.Calls";
 
-/// The grpcio server of tests/py/grpc_calls.py on a fresh port.
-fn server() -> (Spawned, u16) {
-    let port = free_port();
-    (
-        grpc_py("grpc_calls.py", "server", port, "calls-server"),
-        port,
-    )
+/// The implementation on both ends of a test.
+#[derive(Clone, Copy, Debug)]
+enum Peer {
+    /// grpcio (gRPC C-core).
+    Grpcio,
+    /// tonic (Rust, on h2).
+    Tonic,
 }
 
-/// Its client, with one channel to `port`.
-fn client(port: u16) -> Spawned {
-    grpc_py("grpc_calls.py", "client", port, "calls-client")
+impl Peer {
+    /// Its `role` ("server" or "client", the client with one channel to
+    /// `port`), named calls-`role`.
+    fn start(self, role: &str, port: u16) -> Spawned {
+        let svc = format!("calls-{role}");
+        match self {
+            Peer::Grpcio => grpc_py("grpc_calls.py", role, port, &svc),
+            Peer::Tonic => grpc_tonic!(role, port, &svc),
+        }
+    }
+
+    /// The status its client prints for a call whose deadline expired, and
+    /// the gRPC code its server sends then. tonic times the call out as
+    /// CANCELLED on both ends (its `GrpcTimeout` layer), grpcio as
+    /// DEADLINE_EXCEEDED.
+    fn deadline_status(self) -> (&'static str, &'static str) {
+        match self {
+            Peer::Grpcio => ("DEADLINE_EXCEEDED", "4"),
+            Peer::Tonic => ("CANCELLED", "1"),
+        }
+    }
 }
 
 /// Run one client command; returns the status names it printed.
@@ -43,13 +62,14 @@ fn of<'a>(spans: &'a [Value], kind: &str, method: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-/// The server, a receiver, an agent exporting to it and a client, started
-/// in that order.
-fn start() -> (Spawned, Receiver, Agent, Spawned) {
-    let (server, port) = server();
+/// The server of `peer`, a receiver, an agent exporting to it and its
+/// client, started in that order.
+fn start(peer: Peer) -> (Spawned, Receiver, Agent, Spawned) {
+    let port = free_port();
+    let server = peer.start("server", port);
     let receiver = Receiver::start(Otlp::Grpc);
     let agent = Agent::start(&receiver.agent_args());
-    let c = client(port);
+    let c = peer.start("client", port);
     (server, receiver, agent, c)
 }
 
@@ -58,8 +78,11 @@ fn both(s: &[Value], method: &str) -> bool {
     of(s, "SERVER", method).len() == 1 && of(s, "CLIENT", method).len() == 1
 }
 
-/// Ends the client, waits (up to `timeout`) until `done`, then stops the
-/// agent and returns its output and the spans received.
+/// Waits (up to `timeout`) until `done`, ends the client, then stops the
+/// agent and returns its output and the spans received. The client quits
+/// once its spans are out: the agent describes a process (its
+/// OTEL_SERVICE_NAME) while it is alive, and the tonic client exits at
+/// once.
 fn finish(
     mut c: Spawned,
     receiver: &Receiver,
@@ -67,9 +90,9 @@ fn finish(
     timeout: Duration,
     done: impl Fn(&[Value]) -> bool,
 ) -> (AgentOutput, Vec<Value>) {
+    receiver.wait_for(timeout, done);
     c.send("quit");
     let _ = c.finish();
-    receiver.wait_for(timeout, done);
     let out = agent.stop(SETTLE);
     eprintln!("agent: {}", out.stderr);
     (out, receiver.spans())
@@ -115,18 +138,15 @@ fn status(s: &Value) -> &str {
     f(s, "status_code")
 }
 
-#[test]
-fn grpc_call_kinds_and_error_statuses_on_both_sides() {
-    let Some(_g) = root_test("grpc_call_kinds_and_error_statuses_on_both_sides") else {
-        return;
-    };
-    let (_server, receiver, agent, mut c) = start();
+fn call_kinds_and_error_statuses_on_both_sides(peer: Peer) {
+    let (_server, receiver, agent, mut c) = start(peer);
+    let (deadline, deadline_code) = peer.deadline_status();
     assert_eq!(run(&mut c, "unary Hello"), "OK");
     assert_eq!(run(&mut c, "sstream 5"), "OK");
     assert_eq!(run(&mut c, "cstream 4"), "OK");
     assert_eq!(run(&mut c, "bidi 3"), "OK");
     assert_eq!(run(&mut c, "unary NotFoundX"), "NOT_FOUND");
-    assert_eq!(run(&mut c, "unary Sleep 200 1000"), "DEADLINE_EXCEEDED");
+    assert_eq!(run(&mut c, "unary Sleep 200 1000"), deadline);
     // One more call after the cancelled one: the connection still decodes.
     assert_eq!(run(&mut c, "unary After"), "OK");
     let (_out, spans) = finish(c, &receiver, agent, Duration::from_secs(30), |s| {
@@ -138,35 +158,32 @@ fn grpc_call_kinds_and_error_statuses_on_both_sides() {
         assert_ne!(status(s), "ERROR", "{s}");
     }
     // NOT_FOUND is an error for the client only; DEADLINE_EXCEEDED for
-    // both (semantic conventions, rpc/grpc status lists).
+    // both, CANCELLED for the client only (semantic conventions, rpc/grpc
+    // status lists).
     let (c, s) = pair(&spans, "NotFoundX", "5", "5");
     assert_eq!((status(c), status(s)), ("ERROR", "UNSET"));
-    // The deadline: both grpcio ends time the call out at once (the
-    // server from `grpc-timeout`). The server sends trailers grpc-status
-    // 4; the client resets the stream (RST_STREAM CANCEL) on its own
-    // timer; which of the two each end reads first is a race. A client
-    // that read no status made its DEADLINE_EXCEEDED inside the library,
-    // not on the wire: its span carries no status code, not a guessed
-    // one, and is an error because the stream was reset without one. A
-    // server whose stream the client reset first has no status either,
-    // and a cancel by the client is not the server's error.
-    let (c, s) = pair(&spans, "Sleep", "4|", "4|");
+    // The deadline: both ends time the call out at once (the server from
+    // `grpc-timeout`). The server sends trailers with its code (grpcio 4,
+    // tonic 1); the client resets the stream (RST_STREAM CANCEL) on its
+    // own timer; which of the two each end reads first is a race. A
+    // client that read no status made its status inside the library, not
+    // on the wire: its span carries no status code, not a guessed one,
+    // and is an error because the stream was reset without one. A server
+    // whose stream the client reset first has no status either, and a
+    // cancel by the client is not the server's error.
+    let code = format!("{deadline_code}|");
+    let (c, s) = pair(&spans, "Sleep", &code, &code);
     assert_eq!(status(c), "ERROR");
     let why = attr(c, "error.type");
-    assert!(why == "4" || why == "stream_reset", "{c}");
+    assert!(why == deadline_code || why == "stream_reset", "{c}");
     let server_code = attr(s, "rpc.grpc.status_code");
     let want = if server_code == "4" { "ERROR" } else { "UNSET" };
     assert_eq!(status(s), want, "{s}");
-    eprintln!("deadline: client status code {why:?}, server {server_code:?}");
+    eprintln!("{peer:?} deadline: client status code {why:?}, server {server_code:?}");
 }
 
-#[test]
-fn grpc_fifty_concurrent_calls_on_one_connection_are_each_linked_right() {
-    let Some(_g) = root_test("grpc_fifty_concurrent_calls_on_one_connection_are_each_linked_right")
-    else {
-        return;
-    };
-    let (_server, receiver, agent, mut c) = start();
+fn fifty_concurrent_calls_on_one_connection_are_each_linked_right(peer: Peer) {
+    let (_server, receiver, agent, mut c) = start(peer);
     // A first call opens the connection, so the 50 share it.
     assert_eq!(run(&mut c, "unary Warm"), "OK");
     let n = 50;
@@ -206,7 +223,9 @@ fn grpc_fifty_concurrent_calls_on_one_connection_are_each_linked_right() {
     // per packet misses some, and their calls are lost, counted, never
     // crossed. Every call is required once nothing was lost.
     let holes = out.counter("streams.bytes_hole").unwrap_or(0);
-    eprintln!("{whole} of {n} concurrent calls decoded on both sides; bytes_hole={holes}");
+    eprintln!(
+        "{peer:?}: {whole} of {n} concurrent calls decoded on both sides; bytes_hole={holes}"
+    );
     if holes == 0 {
         assert_eq!(whole, n, "{}", out.stderr);
     } else {
@@ -219,12 +238,8 @@ fn grpc_fifty_concurrent_calls_on_one_connection_are_each_linked_right() {
     assert_eq!(conns.len(), 1, "all calls on one connection: {conns:?}");
 }
 
-#[test]
-fn grpc_traceparent_metadata_is_honoured() {
-    let Some(_g) = root_test("grpc_traceparent_metadata_is_honoured") else {
-        return;
-    };
-    let (_server, receiver, agent, mut c) = start();
+fn traceparent_metadata_is_honoured(peer: Peer) {
+    let (_server, receiver, agent, mut c) = start(peer);
     let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     assert_eq!(run(&mut c, &format!("traced 00-{trace}-{parent}-01")), "OK");
     let (_out, spans) = finish(c, &receiver, agent, Duration::from_secs(30), |s| {
@@ -238,3 +253,28 @@ fn grpc_traceparent_metadata_is_honoured() {
     assert_eq!(f(c, "parent_span_id"), parent, "{c}");
     assert_eq!(f(s, "trace_id"), trace, "{s}");
 }
+
+root!(
+    grpc_call_kinds_and_error_statuses_on_both_sides,
+    call_kinds_and_error_statuses_on_both_sides(Peer::Grpcio)
+);
+root!(
+    tonic_call_kinds_and_error_statuses_on_both_sides,
+    call_kinds_and_error_statuses_on_both_sides(Peer::Tonic)
+);
+root!(
+    grpc_fifty_concurrent_calls_on_one_connection_are_each_linked_right,
+    fifty_concurrent_calls_on_one_connection_are_each_linked_right(Peer::Grpcio)
+);
+root!(
+    tonic_fifty_concurrent_calls_on_one_connection_are_each_linked_right,
+    fifty_concurrent_calls_on_one_connection_are_each_linked_right(Peer::Tonic)
+);
+root!(
+    grpc_traceparent_metadata_is_honoured,
+    traceparent_metadata_is_honoured(Peer::Grpcio)
+);
+root!(
+    tonic_traceparent_metadata_is_honoured,
+    traceparent_metadata_is_honoured(Peer::Tonic)
+);

@@ -2,9 +2,11 @@
 //! HPACK: grpc-go (tests/go/grpc_peer.go, Debian's golang-google-grpc-dev)
 //! indexes `:path` on its first use and names the method by a one-byte index
 //! afterwards; grpc-js (tests/node/grpc_peer.js, @grpc/grpc-js from npm)
-//! sends it as a literal every time. Each is tested against itself and
-//! against grpcio (tests/py/grpc_calls.py), all speaking the same raw-bytes
-//! `calls.Calls` service, exported to a real OTLP receiver.
+//! sends it as a literal every time, as does tonic (tests/src/bin/
+//! tonic_peer.rs, Rust on `h2`). Each is tested against itself and against
+//! grpcio (tests/py/grpc_calls.py), tonic also against grpc-go, all speaking
+//! the same raw-bytes `calls.Calls` service, exported to a real OTLP
+//! receiver.
 //!
 //! Many sequential unary calls on ONE channel cycle over a few methods, so
 //! that repeated methods are sent by index: every span's method is compared
@@ -19,7 +21,7 @@ use std::{
 
 use serde_json::Value;
 use tracer_e2e::{
-    free_port, grpc_py, grpc_side, reply, require_tool, root_test, run_ok,
+    free_port, grpc_peer, grpc_py, grpc_side, grpc_tonic, reply, require_tool, root, run_ok,
     span::{attr, f},
     tempdir::TempDir,
     tls::certificate,
@@ -44,6 +46,8 @@ enum Peer {
     Js,
     /// grpcio (gRPC C-core).
     Py,
+    /// tonic (Rust, on h2).
+    Tonic,
 }
 
 impl Peer {
@@ -52,6 +56,7 @@ impl Peer {
             Peer::Go => "go",
             Peer::Js => "js",
             Peer::Py => "py",
+            Peer::Tonic => "tonic",
         }
     }
 
@@ -65,14 +70,10 @@ impl Peer {
     fn start(self, role: &str, port: u16, tls: Option<&Path>) -> Spawned {
         assert!(tls.is_none() || self == Peer::Js, "TLS only with grpc-js");
         let svc = self.service(role);
-        let port_s = port.to_string();
         match self {
             Peer::Py => grpc_py("grpc_calls.py", role, port, &svc),
-            Peer::Go => Spawned::ready(
-                Command::new(go_peer())
-                    .args([role, &port_s])
-                    .env("OTEL_SERVICE_NAME", &svc),
-            ),
+            Peer::Go => grpc_peer(&mut Command::new(go_peer()), role, port, &svc),
+            Peer::Tonic => grpc_tonic!(role, port, &svc),
             Peer::Js => {
                 require_tool("node");
                 let modules = workspace().join("target/node-grpc/node_modules");
@@ -89,7 +90,7 @@ impl Peer {
                     .collect();
                 let mut cmd = Command::new("node");
                 cmd.arg(workspace().join("tests/node/grpc_peer.js"))
-                    .args([role, &port_s]);
+                    .args([role, &port.to_string()]);
                 if role == "server" {
                     cmd.arg(methods.join(","));
                 }
@@ -414,18 +415,6 @@ fn channel_open_before_the_agent(peer: Peer) {
     );
 }
 
-macro_rules! root {
-    ($name:ident, $body:expr) => {
-        #[test]
-        fn $name() {
-            let Some(_g) = root_test(stringify!($name)) else {
-                return;
-            };
-            $body
-        }
-    };
-}
-
 root!(
     grpc_go_client_to_grpc_go_server,
     unary_calls(Peer::Go, Peer::Go)
@@ -461,4 +450,28 @@ root!(
 root!(
     grpc_js_channel_open_before_the_agent_is_never_wrong,
     channel_open_before_the_agent(Peer::Js)
+);
+root!(
+    tonic_client_to_tonic_server,
+    unary_calls(Peer::Tonic, Peer::Tonic)
+);
+root!(
+    tonic_client_to_grpcio_server,
+    unary_calls(Peer::Tonic, Peer::Py)
+);
+root!(
+    grpcio_client_to_tonic_server,
+    unary_calls(Peer::Py, Peer::Tonic)
+);
+root!(
+    tonic_client_to_grpc_go_server,
+    unary_calls(Peer::Tonic, Peer::Go)
+);
+root!(
+    grpc_go_client_to_tonic_server,
+    unary_calls(Peer::Go, Peer::Tonic)
+);
+root!(
+    tonic_channel_open_before_the_agent_is_never_wrong,
+    channel_open_before_the_agent(Peer::Tonic)
 );

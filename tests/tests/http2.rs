@@ -1,6 +1,7 @@
 //! HTTP/2 and gRPC spans against real software, exported to a real OTLP
 //! receiver: nginx serving h2c (prior knowledge) to curl and h2load, and a
-//! Python grpcio server and client (helloworld.proto compiled at test time).
+//! Python grpcio server and client (helloworld.proto compiled at test time);
+//! the large messages also between a tonic server and client.
 //!
 //! What a loss may cost is a header reported as unknown (the span then says
 //! why in `tracer.headers_unknown`), never a wrong one: every attribute a
@@ -9,74 +10,113 @@ use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 use tracer_e2e::{
-    free_port, grpc_py, grpc_side, py_script, reply, require_tool, root_test, run_ok,
+    free_port, grpc_py, grpc_side, grpc_tonic, py_script, reply, require_tool, root, root_test,
+    run_ok,
     span::{attr, f, res},
     Agent, AgentOutput, Nginx, Otlp, Receiver, Spawned,
 };
 
 const SETTLE: Duration = Duration::from_millis(1500);
-const METHOD: &str = "helloworld.Greeter/SayHello";
-const PATH: &str = "/helloworld.Greeter/SayHello";
+/// Every call of a test here is of method SayHello, told apart by a name
+/// in its request.
+const METHOD: &str = "SayHello";
 
-/// A grpcio server on a fresh port.
-fn grpc_server() -> (Spawned, u16) {
-    let port = free_port();
-    (
-        grpc_py("grpc_hello.py", "server", port, "grpc-server"),
-        port,
-    )
+/// The gRPC implementation on both ends of a test.
+#[derive(Clone, Copy, Debug)]
+enum Greeter {
+    /// grpcio, helloworld.proto (tests/py/grpc_hello.py).
+    Grpcio,
+    /// tonic, raw bytes (tests/src/bin/tonic_peer.rs), SayHello of
+    /// calls.Calls.
+    Tonic,
 }
 
-/// A grpcio client with one channel to `port`.
-fn grpc_client(port: u16) -> Spawned {
-    grpc_py("grpc_hello.py", "client", port, "grpc-client")
+impl Greeter {
+    /// The service its calls name.
+    fn service(self) -> &'static str {
+        match self {
+            Greeter::Grpcio => "helloworld.Greeter",
+            Greeter::Tonic => "calls.Calls",
+        }
+    }
+
+    /// Its server on a fresh port.
+    fn server(self) -> (Spawned, u16) {
+        let port = free_port();
+        (self.start("server", port), port)
+    }
+
+    /// Its `role`, named grpc-`role`; a client has one channel to `port`.
+    fn start(self, role: &str, port: u16) -> Spawned {
+        let svc = format!("grpc-{role}");
+        match self {
+            Greeter::Grpcio => grpc_py("grpc_hello.py", role, port, &svc),
+            Greeter::Tonic => grpc_tonic!(role, port, &svc),
+        }
+    }
+
+    /// One call named `name` on the client's channel, with a request of
+    /// `req_bytes` more and a reply of `reply_bytes` more; returns its gRPC
+    /// status name.
+    fn call(self, c: &mut Spawned, name: &str, req_bytes: usize, reply_bytes: usize) -> String {
+        match self {
+            Greeter::Grpcio => c.send(&format!("call {name} {req_bytes} {reply_bytes}")),
+            Greeter::Tonic => c.send(&format!(
+                "unary {METHOD} 0,1,{reply_bytes},{name}{}",
+                "x".repeat(req_bytes)
+            )),
+        }
+        reply(c)
+    }
 }
 
-/// The grpcio server, a receiver, an agent exporting to it and a client,
-/// started in that order.
-fn start_grpc() -> (Spawned, Receiver, Agent, Spawned) {
-    let (server, port) = grpc_server();
+/// The server of `peer`, a receiver, an agent exporting to it and a
+/// client, started in that order.
+fn start_grpc(peer: Greeter) -> (Spawned, Receiver, Agent, Spawned) {
+    let (server, port) = peer.server();
     let receiver = Receiver::start(Otlp::Grpc);
     let agent = Agent::start(&receiver.agent_args());
-    let client = grpc_client(port);
+    let client = peer.start("client", port);
     (server, receiver, agent, client)
-}
-
-/// One call on the client's channel; returns its gRPC status name.
-fn call(c: &mut Spawned, name: &str, req_bytes: usize, reply_bytes: usize) -> String {
-    c.send(&format!("call {name} {req_bytes} {reply_bytes}"));
-    reply(c)
 }
 
 fn grpc_spans<'a>(spans: &'a [Value], kind: &str) -> Vec<&'a Value> {
     grpc_side(spans, kind, "grpc-client", "grpc-server")
 }
 
-/// How many of the client and server spans of OK calls were decoded whole.
-fn whole_ok(clients: &[&Value], servers: &[&Value]) -> usize {
+/// How many of the client and server spans of OK calls of `service` were
+/// decoded whole.
+fn whole_ok(service: &str, clients: &[&Value], servers: &[&Value]) -> usize {
     clients
         .iter()
         .chain(servers)
-        .filter(|s| check_grpc_span(s, &["0"]))
+        .filter(|s| check_grpc_span(s, service, &["0"]))
         .count()
 }
 
-/// Every attribute a gRPC span of helloworld carries is right; returns
-/// whether the call was decoded whole (method and status known).
-fn check_grpc_span(s: &Value, statuses: &[&str]) -> bool {
+/// Every attribute a gRPC span of SayHello of `service` carries is right;
+/// returns whether the call was decoded whole (method and status known).
+fn check_grpc_span(s: &Value, service: &str, statuses: &[&str]) -> bool {
     let unknown = attr(s, "tracer.headers_unknown");
     let name = f(s, "name");
+    let full = format!("{service}/{METHOD}");
+    let path = format!("/{full}");
     if unknown.is_empty() {
-        assert_eq!(name, METHOD, "{s}");
-        assert_eq!(attr(s, "url.path"), PATH, "{s}");
+        assert_eq!(name, full, "{s}");
+        assert_eq!(attr(s, "url.path"), path, "{s}");
         assert_eq!(attr(s, "http.request.method"), "POST", "{s}");
     } else {
         // The method or path was not decoded: absent, never another one.
-        assert!(name == METHOD || name == "POST" || name == "HTTP", "{s}");
+        // A path sent as a literal (tonic) decodes when the fields that
+        // say gRPC do not: the span is then named as an HTTP one.
+        assert!(
+            name == full || name == format!("POST {path}") || name == "POST" || name == "HTTP",
+            "{s}"
+        );
         for (k, want) in [
-            ("url.path", PATH),
+            ("url.path", path.as_str()),
             ("http.request.method", "POST"),
-            ("rpc.method", "SayHello"),
+            ("rpc.method", METHOD),
         ] {
             let v = attr(s, k);
             assert!(v.is_empty() || v == want, "{k}={v}: {s}");
@@ -84,8 +124,8 @@ fn check_grpc_span(s: &Value, statuses: &[&str]) -> bool {
     }
     for (k, want) in [
         ("rpc.system", "grpc"),
-        ("rpc.service", "helloworld.Greeter"),
-        ("rpc.method", "SayHello"),
+        ("rpc.service", service),
+        ("rpc.method", METHOD),
         ("network.protocol.version", "2"),
         ("http.response.status_code", "200"),
     ] {
@@ -133,14 +173,15 @@ fn grpc_unary_calls_on_one_channel_are_linked_with_rpc_attributes() {
     else {
         return;
     };
-    let (_server, receiver, agent, mut client) = start_grpc();
+    let peer = Greeter::Grpcio;
+    let (_server, receiver, agent, mut client) = start_grpc(peer);
     // grpcio indexes :path and content-type in HPACK's dynamic table on the
     // first call: every later call names its method by a one-byte index.
     let n = 40;
     for i in 0..n {
-        assert_eq!(call(&mut client, &format!("u{i}"), 0, 0), "OK");
+        assert_eq!(peer.call(&mut client, &format!("u{i}"), 0, 0), "OK");
     }
-    assert_eq!(call(&mut client, "notfound", 0, 0), "NOT_FOUND");
+    assert_eq!(peer.call(&mut client, "notfound", 0, 0), "NOT_FOUND");
     client.send("quit");
     let _ = client.finish();
     receiver.wait_for(Duration::from_secs(30), |s| {
@@ -152,7 +193,10 @@ fn grpc_unary_calls_on_one_channel_are_linked_with_rpc_attributes() {
     assert_eq!(clients.len(), n + 1, "counters: {}", out.stderr);
     assert_eq!(servers.len(), n + 1, "counters: {}", out.stderr);
     for s in clients.iter().chain(&servers) {
-        assert!(check_grpc_span(s, &["0", "5"]), "not decoded whole: {s}");
+        assert!(
+            check_grpc_span(s, peer.service(), &["0", "5"]),
+            "not decoded whole: {s}"
+        );
     }
     // NOT_FOUND: an error for the client, not for the server (semantic
     // conventions' lists).
@@ -172,19 +216,17 @@ fn grpc_unary_calls_on_one_channel_are_linked_with_rpc_attributes() {
     );
 }
 
-#[test]
-fn grpc_one_mib_messages_never_give_a_wrong_header() {
-    let Some(_g) = root_test("grpc_one_mib_messages_never_give_a_wrong_header") else {
-        return;
-    };
-    let (_server, receiver, agent, mut client) = start_grpc();
+/// 1 MiB request and reply messages between `peer`'s client and server,
+/// with calls before and after them on the same channel.
+fn one_mib_messages_never_give_a_wrong_header(peer: Greeter) {
+    let (_server, receiver, agent, mut client) = start_grpc(peer);
     for i in 0..3 {
-        assert_eq!(call(&mut client, &format!("before{i}"), 0, 0), "OK");
+        assert_eq!(peer.call(&mut client, &format!("before{i}"), 0, 0), "OK");
     }
-    assert_eq!(call(&mut client, "big", 1 << 20, 1 << 20), "OK");
+    assert_eq!(peer.call(&mut client, "big", 1 << 20, 1 << 20), "OK");
     let after = 10;
     for i in 0..after {
-        assert_eq!(call(&mut client, &format!("after{i}"), 0, 0), "OK");
+        assert_eq!(peer.call(&mut client, &format!("after{i}"), 0, 0), "OK");
     }
     client.send("quit");
     let _ = client.finish();
@@ -194,10 +236,10 @@ fn grpc_one_mib_messages_never_give_a_wrong_header() {
     let out = agent.stop(SETTLE);
     let spans = receiver.spans();
     let (clients, servers) = (grpc_spans(&spans, "CLIENT"), grpc_spans(&spans, "SERVER"));
-    let whole = whole_ok(&clients, &servers);
+    let whole = whole_ok(peer.service(), &clients, &servers);
     let all = clients.len() + servers.len();
     eprintln!(
-        "1 MiB messages: {} client and {} server spans of {} calls, {whole} of {all} decoded whole, {} linked; losses counted: {}",
+        "{peer:?} 1 MiB messages: {} client and {} server spans of {} calls, {whole} of {all} decoded whole, {} linked; losses counted: {}",
         clients.len(),
         servers.len(),
         4 + after,
@@ -213,21 +255,31 @@ fn grpc_one_mib_messages_never_give_a_wrong_header() {
     assert_eq!(linked(&servers, &clients), 4 + after);
 }
 
+root!(
+    grpc_one_mib_messages_never_give_a_wrong_header,
+    one_mib_messages_never_give_a_wrong_header(Greeter::Grpcio)
+);
+root!(
+    tonic_one_mib_messages_never_give_a_wrong_header,
+    one_mib_messages_never_give_a_wrong_header(Greeter::Tonic)
+);
+
 #[test]
 fn grpc_channel_open_before_the_agent_is_never_wrong() {
     let Some(_g) = root_test("grpc_channel_open_before_the_agent_is_never_wrong") else {
         return;
     };
-    let (_server, port) = grpc_server();
-    let mut client = grpc_client(port);
+    let peer = Greeter::Grpcio;
+    let (_server, port) = peer.server();
+    let mut client = peer.start("client", port);
     for i in 0..5 {
-        assert_eq!(call(&mut client, &format!("early{i}"), 0, 0), "OK");
+        assert_eq!(peer.call(&mut client, &format!("early{i}"), 0, 0), "OK");
     }
     let receiver = Receiver::start(Otlp::Grpc);
     let agent = Agent::start(&receiver.agent_args());
     let n = 30;
     for i in 0..n {
-        assert_eq!(call(&mut client, &format!("late{i}"), 0, 0), "OK");
+        assert_eq!(peer.call(&mut client, &format!("late{i}"), 0, 0), "OK");
     }
     client.send("quit");
     let _ = client.finish();
@@ -235,7 +287,7 @@ fn grpc_channel_open_before_the_agent_is_never_wrong() {
     let out = agent.stop(SETTLE);
     let spans = receiver.spans();
     let (clients, servers) = (grpc_spans(&spans, "CLIENT"), grpc_spans(&spans, "SERVER"));
-    let whole = whole_ok(&clients, &servers);
+    let whole = whole_ok(peer.service(), &clients, &servers);
     eprintln!(
         "mid-connection: {} client and {} server spans of {n} calls; method and status recovered in {whole} ({:.0} %)",
         clients.len(),

@@ -210,9 +210,9 @@ pub fn walk(ctx: &SkBuffContext, w: &mut H2Walk, seg: &Seg, base: u32, first: u3
             0,
         )
     };
-    if st.end == 1 {
-        flush(&mut st);
-    }
+    // The frames walked go out however the walk ended: a budget that ran
+    // out (or a failed load) loses what follows them, not them.
+    flush(&mut st);
     if st.end == 1 {
         w.pos = seq.wrapping_add(plen);
     } else {
