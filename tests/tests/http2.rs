@@ -383,7 +383,7 @@ fn h2c_nginx_with_curl_and_h2load() {
 }
 
 /// More frames in one packet than the kernel's walk follows: h2load opens
-/// 250 streams at once, so one write carries 250 HEADERS frames (and
+/// 1,000 streams at once, so one write carries 1,000 HEADERS frames (and
 /// nginx's answers as many HEADERS and DATA). The walk gives up on that
 /// packet and says so (kernel.h2_sync_lost), the bytes past the packet's
 /// first record reach user space as missing, which the HTTP/2 reader
@@ -396,19 +396,19 @@ fn h2_frame_walk_over_budget_loses_sync_and_counts_it() {
     };
     require_tool("h2load");
     let nginx = Nginx::start(
-        "server { listen 127.0.0.1:{port} http2; http2_max_concurrent_streams 256; root {root}; }",
+        "server { listen 127.0.0.1:{port} http2; http2_max_concurrent_streams 1000; root {root}; }",
     );
     std::fs::write(nginx.root().join("file.txt"), "hello over h2c\n").unwrap();
     let receiver = Receiver::start(Otlp::Grpc);
     let agent = Agent::start(&receiver.agent_args());
-    let n = 2000;
+    let n = 4000;
     run_ok(Command::new("h2load").args([
         "-n",
         &n.to_string(),
         "-c",
         "1",
         "-m",
-        "250",
+        "1000",
         &format!("http://127.0.0.1:{}/file.txt", nginx.port),
     ]));
     std::thread::sleep(Duration::from_secs(2));
@@ -428,7 +428,7 @@ fn h2_frame_walk_over_budget_loses_sync_and_counts_it() {
     };
     let walk_lost = out.counter("kernel.h2_sync_lost").unwrap_or(0);
     eprintln!(
-        "250 streams at once: walk lost sync {walk_lost} times, found it {} times; {} of {} nginx and {} of {} h2load spans decoded whole; losses counted in user space: {}",
+        "1,000 streams at once: walk lost sync {walk_lost} times, found it {} times; {} of {} nginx and {} of {} h2load spans decoded whole; losses counted in user space: {}",
         out.counter("kernel.h2_synced").unwrap_or(0),
         known(&server),
         server.len(),
