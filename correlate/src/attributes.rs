@@ -569,6 +569,9 @@ pub(crate) fn response_status(
     if resp.status != 0 {
         t.push_int("http.response.status_code", i64::from(resp.status));
     }
+    if let Some(why) = resp.unknown {
+        t.push_str("tracer.response_headers_unknown", why);
+    }
     if grpc {
         let code = header_value(&resp.headers, "grpc-status").and_then(|v| {
             std::str::from_utf8(trim_ows(v))

@@ -897,6 +897,7 @@ mod tests {
             headers: headers(&["a", "b", "c", "d"]).into(),
             reset: false,
             grpc_messages: None,
+            unknown: None,
         };
         let before = c.counters().request_ids_ignored;
         c.message(message(1, Side::Outbound, 20, MessageKind::Response(resp)));

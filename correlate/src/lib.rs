@@ -126,7 +126,7 @@
 //! let req = Request { method: "GET".into(), target: "/users/42".into(), version: HttpVersion::Http11,
 //!                     scheme: Scheme::Http, headers: host[..].into(),
 //!                     unknown: None };
-//! let resp = Response { status: 200, version: HttpVersion::Http11, headers: [][..].into(), reset: false, grpc_messages: None };
+//! let resp = Response { status: 200, version: HttpVersion::Http11, headers: [][..].into(), reset: false, grpc_messages: None, unknown: None };
 //! let msg = |conn, side, pid, seq, t, kind| Message { conn: ConnId(conn), side, pid: Pid(pid), tid: Tid(pid),
 //!     seq, start_ns: t, end_ns: t, stream_id: None, kind };
 //! c.message(msg(1, Side::Outbound, 10, 1000, 1_000, MessageKind::Request(req.clone())));

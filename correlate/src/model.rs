@@ -241,6 +241,11 @@ pub struct Response<'a> {
     /// Length-prefixed gRPC messages seen on the stream (HTTP/2 gRPC
     /// calls); `None` where they are not counted.
     pub grpc_messages: Option<GrpcMessages>,
+    /// Why a header or trailer field of the response (then left out) was
+    /// not decoded, or its stream's end was not seen (HTTP/2: a short
+    /// stable reason such as `sync_lost`). A gRPC call so answered has no
+    /// status rather than a guessed one, and its span says why.
+    pub unknown: Option<&'static str>,
 }
 
 /// The gRPC messages of one call, per direction.

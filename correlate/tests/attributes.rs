@@ -323,6 +323,7 @@ fn grpc_calls() {
             .into(),
             reset: false,
             grpc_messages: None,
+            unknown: None,
         };
         let (span, _) = one(kind, r(), rsp, Config::default());
         assert_eq!(span.name(), "helloworld.Greeter/SayHello");
@@ -353,6 +354,7 @@ fn grpc_calls() {
             headers: h.into(),
             reset: true,
             grpc_messages: None,
+            unknown: None,
         }
     };
     for (kind, status, code, error) in [
@@ -369,6 +371,59 @@ fn grpc_calls() {
             et == Some("stream_reset"),
             error && code.is_none(),
             "{et:?}"
+        );
+    }
+}
+
+#[test]
+fn grpc_message_counts_are_this_sides_and_losses_are_said() {
+    let r = || {
+        let mut r = req(
+            "POST",
+            "/calls.Calls/Bidi",
+            &[("content-type", "application/grpc")],
+        );
+        r.version = HttpVersion::Http2;
+        r
+    };
+    let rsp = |exact: bool, unknown: Option<&'static str>| {
+        let mut h = vec![Header::owned("content-type", "application/grpc")];
+        if unknown.is_none() {
+            h.push(Header::owned("grpc-status", "0"));
+        }
+        Response {
+            status: 200,
+            version: HttpVersion::Http2,
+            headers: h.into(),
+            reset: false,
+            grpc_messages: Some(GrpcMessages {
+                by_client: 3,
+                by_server: 7,
+                exact,
+            }),
+            unknown,
+        }
+    };
+    let (client, _) = one(SpanKind::Client, r(), rsp(true, None), Config::default());
+    assert_eq!(client.attr("tracer.rpc.messages_sent"), Some(i(3)));
+    assert_eq!(client.attr("tracer.rpc.messages_received"), Some(i(7)));
+    assert_eq!(client.attr_str("tracer.rpc.messages_lower_bound"), None);
+    assert_eq!(client.attr_str("tracer.response_headers_unknown"), None);
+    let (server, _) = one(SpanKind::Server, r(), rsp(false, None), Config::default());
+    assert_eq!(server.attr("tracer.rpc.messages_sent"), Some(i(7)));
+    assert_eq!(server.attr("tracer.rpc.messages_received"), Some(i(3)));
+    assert_eq!(
+        server.attr_str("tracer.rpc.messages_lower_bound"),
+        Some("true")
+    );
+    // Trailers lost: no status, no error guessed, and the span says why.
+    for kind in [SpanKind::Client, SpanKind::Server] {
+        let (s, _) = one(kind, r(), rsp(true, Some("sync_lost")), Config::default());
+        assert_eq!(s.attr("rpc.grpc.status_code"), None);
+        assert_eq!(s.status, Status::Unset);
+        assert_eq!(
+            s.attr_str("tracer.response_headers_unknown"),
+            Some("sync_lost")
         );
     }
 }

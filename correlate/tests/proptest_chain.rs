@@ -166,6 +166,7 @@ fn op() -> impl Strategy<Value = Op> {
                         headers: headers.into(),
                         reset: false,
                         grpc_messages: None,
+                        unknown: None,
                     })
                 };
                 Op::Msg(Message {

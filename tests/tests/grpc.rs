@@ -124,6 +124,7 @@ fn pair<'a>(
         let got = attr(sp, "rpc.grpc.status_code");
         assert!(code.split('|').any(|c| c == got), "status {got}: {sp}");
         assert_eq!(attr(sp, "tracer.headers_unknown"), "", "{sp}");
+        assert_eq!(attr(sp, "tracer.response_headers_unknown"), "", "{sp}");
     }
     assert_eq!(f(s[0], "trace_id"), f(c[0], "trace_id"), "{method}");
     assert_eq!(
@@ -152,16 +153,40 @@ fn call_kinds_and_error_statuses_on_both_sides(peer: Peer) {
     let (_out, spans) = finish(c, &receiver, agent, Duration::from_secs(30), |s| {
         both(s, "After")
     });
-    for m in ["Hello", "ServerStream", "ClientStream", "Bidi", "After"] {
+    // (method, messages the client sent, messages the server sent)
+    for (m, by_client, by_server) in [
+        ("Hello", 1, 1),
+        ("ServerStream", 1, 5),
+        ("ClientStream", 4, 1),
+        ("Bidi", 3, 3),
+        ("After", 1, 1),
+    ] {
         let (c, s) = pair(&spans, m, "0", "0");
         assert_ne!(status(c), "ERROR", "{c}");
         assert_ne!(status(s), "ERROR", "{s}");
+        // Each side counts what it sent and what it received.
+        for (sp, sent, received) in [(c, by_client, by_server), (s, by_server, by_client)] {
+            assert_eq!(
+                attr(sp, "tracer.rpc.messages_sent"),
+                sent.to_string(),
+                "{sp}"
+            );
+            assert_eq!(
+                attr(sp, "tracer.rpc.messages_received"),
+                received.to_string(),
+                "{sp}"
+            );
+            assert_eq!(attr(sp, "tracer.rpc.messages_lower_bound"), "", "{sp}");
+        }
     }
     // NOT_FOUND is an error for the client only; DEADLINE_EXCEEDED for
     // both, CANCELLED for the client only (semantic conventions, rpc/grpc
     // status lists).
     let (c, s) = pair(&spans, "NotFoundX", "5", "5");
     assert_eq!((status(c), status(s)), ("ERROR", "UNSET"));
+    // The request, and no reply.
+    assert_eq!(attr(c, "tracer.rpc.messages_sent"), "1", "{c}");
+    assert_eq!(attr(c, "tracer.rpc.messages_received"), "0", "{c}");
     // The deadline: both ends time the call out at once (the server from
     // `grpc-timeout`). The server sends trailers with its code (grpcio 4,
     // tonic 1); the client resets the stream (RST_STREAM CANCEL) on its

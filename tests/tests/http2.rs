@@ -455,6 +455,15 @@ fn h2_frame_walk_over_budget_loses_sync_and_counts_it() {
             let v = attr(s, k);
             assert!(v.is_empty() || v == want, "{k}={v}: {s}");
         }
+        // A span without a status says why: its response was not seen
+        // (response_not_observed, connection_closed...), or not decoded.
+        if attr(s, "http.response.status_code").is_empty() {
+            assert!(
+                !attr(s, "error.type").is_empty()
+                    || !attr(s, "tracer.response_headers_unknown").is_empty(),
+                "{s}"
+            );
+        }
     }
 }
 

@@ -496,10 +496,12 @@ impl ToSpans {
                 unknown,
             })
         } else {
+            let mut status_unknown = None;
             let status = match m.status() {
                 Some(Ok(s)) => s,
-                _ => {
+                why => {
                     self.counters.h2_status_unknown += 1;
+                    status_unknown = why.and_then(|w| w.err());
                     0
                 }
             };
@@ -513,6 +515,15 @@ impl ToSpans {
                     by_server: g.sent_by_server,
                     exact: g.client_exact && g.server_exact,
                 }),
+                unknown: status_unknown
+                    .or(field_unknown)
+                    .or(info.headers_cut)
+                    .map(|w| w.as_str())
+                    .or(match m.stream_end() {
+                        Some(StreamEnd::SyncLost) => Some("sync_lost"),
+                        Some(StreamEnd::Evicted) => Some("evicted"),
+                        _ => None,
+                    }),
             })
         };
         self.counters.messages += 1;

@@ -74,6 +74,7 @@ pub fn resp(status: u16, headers: &[(&str, &str)]) -> Response<'static> {
             .into(),
         reset: false,
         grpc_messages: None,
+        unknown: None,
     }
 }
 
