@@ -17,6 +17,7 @@ use crate::model::{
     SpanId, SpanKind, Status, Texts, Tid, TraceId,
 };
 use crate::propagation::{extract, request_ids, HeaderContext, RequestIds};
+use crate::span_table::SpanTable;
 
 /// Trace-level context a span inherits from its parent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,7 +210,7 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     pub(crate) conns: HashMap<ConnId, ConnState>,
     pub(crate) conn_order: VecDeque<(ConnId, u64)>,
     pub(crate) conn_generation: u64,
-    pub(crate) spans: HashMap<SpanKey, SpanRec>,
+    pub(crate) spans: SpanTable,
     pub(crate) next_key: SpanKey,
     /// Spans not emitted yet, oldest first; removed lazily (an entry whose
     /// record is gone or emitted is skipped), so it may hold stale keys.
@@ -293,7 +294,7 @@ impl<G: IdGen> Correlator<G> {
             conns: HashMap::new(),
             conn_order: VecDeque::new(),
             conn_generation: 0,
-            spans: HashMap::new(),
+            spans: SpanTable::new(),
             next_key: 0,
             unemitted: VecDeque::new(),
             retained: VecDeque::new(),

@@ -151,6 +151,7 @@ mod index;
 mod model;
 mod propagation;
 mod resolve;
+mod span_table;
 
 pub use attributes::{reads_header, redact_query};
 pub use config::{Config, Counters, IdGen, SplitMix64};

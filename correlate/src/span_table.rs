@@ -1,0 +1,70 @@
+//! The span records in flight: a slab of records with a small map from
+//! span key to slot. Records are a few hundred bytes; a map holding them
+//! moved every record at each growth (a fresh agent's first thousand spans
+//! spent several percent of their time there), a slab grows in place and
+//! reuses freed slots.
+use foldhash::{HashMap, HashMapExt};
+
+use crate::{correlator::SpanRec, index::SpanKey};
+
+pub(crate) struct SpanTable {
+    slots: HashMap<SpanKey, u32>,
+    recs: Vec<Option<SpanRec>>,
+    free: Vec<u32>,
+}
+
+impl SpanTable {
+    pub fn new() -> Self {
+        SpanTable {
+            slots: HashMap::new(),
+            recs: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn contains_key(&self, key: &SpanKey) -> bool {
+        self.slots.contains_key(key)
+    }
+
+    pub fn get(&self, key: &SpanKey) -> Option<&SpanRec> {
+        let &i = self.slots.get(key)?;
+        self.recs.get(i as usize)?.as_ref()
+    }
+
+    pub fn get_mut(&mut self, key: &SpanKey) -> Option<&mut SpanRec> {
+        let &i = self.slots.get(key)?;
+        self.recs.get_mut(i as usize)?.as_mut()
+    }
+
+    /// Inserts `rec` under `key` (a key not in the table: keys are never
+    /// reused); returns the record it replaced, if any.
+    pub fn insert(&mut self, key: SpanKey, rec: SpanRec) -> Option<SpanRec> {
+        if let Some(old) = self.get_mut(&key) {
+            return Some(std::mem::replace(old, rec));
+        }
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.recs[i as usize] = Some(rec);
+                i
+            }
+            None => {
+                self.recs.push(Some(rec));
+                // Bounded by the correlator's max_spans, far below u32.
+                (self.recs.len() - 1) as u32
+            }
+        };
+        self.slots.insert(key, i);
+        None
+    }
+
+    pub fn remove(&mut self, key: &SpanKey) -> Option<SpanRec> {
+        let i = self.slots.remove(key)?;
+        let rec = self.recs.get_mut(i as usize)?.take();
+        self.free.push(i);
+        rec
+    }
+}
