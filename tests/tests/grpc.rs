@@ -243,23 +243,21 @@ fn fifty_concurrent_calls_on_one_connection_are_each_linked_right(peer: Peer) {
             );
         }
     }
-    // The 50 HEADERS frames leave in a few large segments: until the
-    // kernel walks HTTP/2 frames (issue 10 item 2) the capture's prefix
-    // per packet misses some, and their calls are lost, counted, never
-    // crossed. Every call is required once nothing was lost.
+    // The 50 HEADERS frames (and tonic's 150 answer frames) share a few
+    // packets: the kernel's frame walk copies every header block, and the
+    // OTLP receiver's end of the agent's exports, which reads bytes the
+    // kernel never copies, is silenced. Nothing is missing.
     let holes = out.counter("streams.bytes_hole").unwrap_or(0);
     eprintln!(
         "{peer:?}: {whole} of {n} concurrent calls decoded on both sides; bytes_hole={holes}"
     );
-    if holes == 0 {
-        assert_eq!(whole, n, "{}", out.stderr);
-    } else {
-        let lost: u64 = ["h2_sync_lost", "hpack_lost_hole", "hpack_lost_truncated"]
-            .iter()
-            .map(|c| out.counter(&format!("http.{c}")).unwrap_or(0))
-            .sum();
-        assert!(lost > 0 || whole == n, "a lost call is counted");
-    }
+    assert_eq!(holes, 0, "{}", out.stderr);
+    assert!(
+        out.counter("silenced_agent_peer").unwrap_or(0) >= 1,
+        "the receiver's end of the exports: {}",
+        out.stderr
+    );
+    assert_eq!(whole, n, "{}", out.stderr);
     assert_eq!(conns.len(), 1, "all calls on one connection: {conns:?}");
 }
 

@@ -12,6 +12,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     frame_len, ConnState, Dir, DropReason, KernelStat, SockOp, SockTotals, AF_INET, AF_INET6,
+    STATE_AGENT_SOCKET,
 };
 
 use crate::{
@@ -260,9 +261,15 @@ fn on_state(ctx: &BtfTracePointContext) {
     let Some(held) = lane::reserve_packet::<STATE_FRAME>(false, DropReason::RingFullConn) else {
         return;
     };
+    // User space silences the local end that reads the agent's exports.
+    let own = if state::is_agent(sk) {
+        STATE_AGENT_SOCKET
+    } else {
+        0
+    };
     let rec = State {
         family: fam,
-        old_state: old as u8,
+        old_state: old as u8 | own,
         new_state: new as u8,
         local_port,
         remote_port: u16::from_be(dport),

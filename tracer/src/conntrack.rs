@@ -16,7 +16,7 @@ use protocols::stream::{
 };
 use tracer_common::{
     ConnState, Dir, SegmentHeader, Silence, SockCtl, SockOp, SockTotals, AF_INET, AF_INET6,
-    SEG_LOOPBACK, SOCK_CTL_MAX, TCP_FIN,
+    SEG_LOOPBACK, SOCK_CTL_MAX, STATE_AGENT_SOCKET, TCP_FIN,
 };
 
 /// (local, remote) of a socket.
@@ -186,6 +186,12 @@ pub struct ConnCounters {
     pub silenced_not_parsed: u64,
     /// Sockets silenced because they carry TLS ciphertext.
     pub silenced_tls: u64,
+    /// Sockets silenced as the local receiving end of the agent's own
+    /// connection (its exports to a collector on this host).
+    pub silenced_agent_peer: u64,
+    /// Records of those sockets dropped before the kernel's silence landed:
+    /// the agent's own output read back, neither parsed nor a loss.
+    pub agent_peer_records: u64,
     /// Verdicts lifted.
     pub silence_lifted: u64,
     /// Bodies the kernel was told to skip.
@@ -258,6 +264,8 @@ struct Conn {
     ctl: SockCtl,
     /// Per direction: stream offset where the skipped body ends.
     skip_end: [Option<u64>; 2],
+    /// The agent opened it (its exports).
+    own: bool,
 }
 
 /// TCP states (include/net/tcp_states.h).
@@ -343,6 +351,7 @@ impl Conns {
                 match reason {
                     Silence::NotParsed => self.counters.silenced_not_parsed += 1,
                     Silence::Tls => self.counters.silenced_tls += 1,
+                    Silence::AgentPeer => self.counters.silenced_agent_peer += 1,
                     Silence::None => {}
                 }
             }
@@ -519,6 +528,7 @@ impl Conns {
                 last_seen: now,
                 ctl: SockCtl::default(),
                 skip_end: [None, None],
+                own: false,
             }
         });
         conn.last_seen = now;
@@ -546,6 +556,10 @@ impl Conns {
             return;
         };
         let conn = self.entry(op.cookie, op.ts_ns);
+        if conn.ctl.silence == Silence::AgentPeer as u8 {
+            self.counters.agent_peer_records += 1;
+            return;
+        }
         conn.info.pid = op.pid;
         conn.info.comm = op.comm;
         let stream = &mut conn.streams[dir as usize];
@@ -577,6 +591,10 @@ impl Conns {
             self.set_tuple(hdr.cookie, l, r, sink);
         }
         let conn = self.entry(hdr.cookie, hdr.ts_ns);
+        if conn.ctl.silence == Silence::AgentPeer as u8 {
+            self.counters.agent_peer_records += 1;
+            return;
+        }
         let stream = &mut conn.streams[dir as usize];
         feed(
             stream,
@@ -613,13 +631,15 @@ impl Conns {
             self.ctl_updates.push((st.cookie, None));
         }
         let mut newly_closed = false;
+        let old_state = st.old_state & !STATE_AGENT_SOCKET;
         let conn = self.entry(st.cookie, st.ts_ns);
+        conn.own |= st.old_state & STATE_AGENT_SOCKET != 0;
         match st.new_state {
             // The kernel reports ESTABLISHED: from SYN_SENT this end
             // connected, from SYN_RECV it was accepted. (Recordings of
             // older agents also carry SYN_SENT and SYN_RECV.)
-            TCP_ESTABLISHED if st.old_state == TCP_SYN_SENT => conn.info.role = Role::Client,
-            TCP_ESTABLISHED if st.old_state == TCP_SYN_RECV => conn.info.role = Role::Server,
+            TCP_ESTABLISHED if old_state == TCP_SYN_SENT => conn.info.role = Role::Client,
+            TCP_ESTABLISHED if old_state == TCP_SYN_RECV => conn.info.role = Role::Server,
             TCP_SYN_SENT => {
                 conn.info.role = Role::Client;
                 if conn.info.pid == 0 {
@@ -645,6 +665,41 @@ impl Conns {
                 addr(st.family, &st.remote_addr, st.remote_port),
             ) {
                 self.set_tuple(st.cookie, l, r, sink);
+                if st.new_state == TCP_ESTABLISHED {
+                    self.silence_agent_peer(st.cookie);
+                }
+            }
+        }
+    }
+
+    /// Silences the local end of the agent's own connection (a collector
+    /// on this host reading the agent's exports) once both ends are known,
+    /// whichever was reported first. The kernel never copies the agent's
+    /// packets, so that end's reads would only make holes.
+    fn silence_agent_peer(&mut self, cookie: u64) {
+        let Some(conn) = self.conns.get(&cookie) else {
+            return;
+        };
+        let (Some(l), Some(r)) = (conn.info.local, conn.info.remote) else {
+            return;
+        };
+        let own = conn.own;
+        let Some(&peer) = self.by_tuple.get(&(r, l)) else {
+            return;
+        };
+        let target = match (own, self.conns.get(&peer).map(|p| p.own)) {
+            (true, Some(false)) => peer,
+            (false, Some(true)) => cookie,
+            _ => return,
+        };
+        self.request(CtlRequest::Silence {
+            cookie: target,
+            reason: Silence::AgentPeer,
+        });
+        // What it read so far is the agent's output too: dropped unparsed.
+        if let Some(c) = self.conns.get_mut(&target) {
+            for s in c.streams.iter_mut() {
+                s.reset();
             }
         }
     }
@@ -961,6 +1016,54 @@ mod tests {
         assert_eq!(t.conns[&A].info.role, Role::Client);
         assert_eq!(t.conns[&B].info.role, Role::Server);
         assert_eq!(t.conns[&B].info.remote.unwrap().port(), 5000);
+    }
+
+    #[test]
+    fn the_local_reader_of_the_agents_exports_is_silenced_in_either_order() {
+        for agent_first in [true, false] {
+            let mut t = Conns::new(ConnLimits::default());
+            let mut sink = Collect::default();
+            // A: the agent's export connection; B: the collector's end.
+            let mut a = state(A, TCP_ESTABLISHED, 5000, 4317, 1);
+            a.old_state = TCP_SYN_SENT | STATE_AGENT_SOCKET;
+            let mut b = state(B, TCP_ESTABLISHED, 4317, 5000, 2);
+            b.old_state = TCP_SYN_RECV;
+            // A receive call of B before the verdict: dropped with it.
+            t.on_op(&op(B, Dir::Recv, 100, 100, 9, 2), &mut sink);
+            if agent_first {
+                t.on_state(&a, &mut sink);
+                t.on_state(&b, &mut sink);
+            } else {
+                t.on_state(&b, &mut sink);
+                t.on_state(&a, &mut sink);
+            }
+            assert_eq!(t.conns[&A].info.role, Role::Client);
+            let (updates, _) = t.take_ctl_updates();
+            assert_eq!(
+                updates,
+                vec![(
+                    B,
+                    Some(SockCtl {
+                        silence: Silence::AgentPeer as u8,
+                        ..SockCtl::default()
+                    })
+                )]
+            );
+            // Calls that slip by before the kernel applies it are dropped,
+            // not holes.
+            t.on_op(&op(B, Dir::Recv, 300, 200, 9, 3), &mut sink);
+            t.sweep(u64::MAX / 2, &mut sink);
+            assert_eq!(t.counters().silenced_agent_peer, 1);
+            assert_eq!(t.counters().agent_peer_records, 1);
+            assert!(sink.got.iter().all(|g| g.0 != B), "{:?}", sink.got);
+            assert_eq!(t.stream_counters().bytes_hole, 0);
+        }
+        // Two ordinary local ends are left alone.
+        let mut t = Conns::new(ConnLimits::default());
+        let mut sink = Collect::default();
+        t.on_state(&state(A, TCP_ESTABLISHED, 5000, 80, 1), &mut sink);
+        t.on_state(&state(B, TCP_ESTABLISHED, 80, 5000, 2), &mut sink);
+        assert!(t.take_ctl_updates().0.is_empty());
     }
 
     #[test]

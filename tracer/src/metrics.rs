@@ -200,6 +200,8 @@ report_counters!(crate::conntrack::ConnCounters, Stage::Connections, {
     uncopied_bytes: Headline, "Payload bytes the kernel did not copy (silenced sockets, skipped bodies).";
     silenced_not_parsed: Headline, "Sockets silenced because they carry nothing the agent parses.";
     silenced_tls: Detail, "Sockets silenced because they carry TLS ciphertext.";
+    silenced_agent_peer: Detail, "Sockets silenced as the local receiving end of the agent's own exports.";
+    agent_peer_records: Detail, "Records of those sockets dropped before the kernel's silence landed (the agent's output read back, not a loss).";
     silence_lifted: Detail, "Silence verdicts lifted.";
     skips: Detail, "Bodies the kernel was told to skip.";
     h2_marked: Detail, "Sockets the kernel was told speak HTTP/2 (it walks their frames and copies every header block).";

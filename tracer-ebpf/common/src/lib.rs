@@ -166,6 +166,10 @@ pub enum Silence {
     NotParsed = 1,
     /// TLS ciphertext (plaintext comes from elsewhere).
     Tls = 2,
+    /// The receiving end, on this host, of the agent's own connection (its
+    /// exports to a local collector): what it reads is the agent's output,
+    /// whose packets the kernel never copies.
+    AgentPeer = 3,
 }
 
 impl Silence {
@@ -175,6 +179,7 @@ impl Silence {
             0 => Some(Silence::None),
             1 => Some(Silence::NotParsed),
             2 => Some(Silence::Tls),
+            3 => Some(Silence::AgentPeer),
             _ => None,
         }
     }
@@ -185,6 +190,7 @@ impl Silence {
             Silence::None => "none",
             Silence::NotParsed => "not_parsed",
             Silence::Tls => "tls",
+            Silence::AgentPeer => "agent_peer",
         }
     }
 }
@@ -289,7 +295,8 @@ pub struct ConnState {
     pub tag: u8,
     /// `AF_INET` (2) or `AF_INET6` (10).
     pub family: u8,
-    /// TCP state before (the kernel's `TCP_*` numbering).
+    /// TCP state before (the kernel's `TCP_*` numbering), with
+    /// [`STATE_AGENT_SOCKET`] set when the socket is the agent's own.
     pub old_state: u8,
     /// TCP state after.
     pub new_state: u8,
@@ -312,6 +319,10 @@ pub struct ConnState {
     /// Remote address; IPv4 in the first 4 bytes.
     pub remote_addr: [u8; 16],
 }
+
+/// Set in [`ConnState::old_state`] for a socket the agent opened (TCP
+/// states fit in the low bits; recordings from before it never set it).
+pub const STATE_AGENT_SOCKET: u8 = 0x80;
 
 /// Header of a captured TCP packet payload; `captured_len` bytes of payload
 /// follow it in the same record. Packets without payload are not reported,
