@@ -614,6 +614,11 @@ pub(crate) fn response_status(
     }
     let s = resp.status;
     if s == 0 {
+        if resp.reset && kind == SpanKind::Client {
+            // Reset before any response: the request failed for its client.
+            t.push_str("error.type", "stream_reset");
+            return Status::Error(String::new());
+        }
         // Not known: no status is better than a wrong one.
         return Status::Unset;
     }

@@ -429,6 +429,30 @@ fn grpc_message_counts_are_this_sides_and_losses_are_said() {
 }
 
 #[test]
+fn an_http2_request_reset_before_any_response_failed_for_its_client() {
+    let r = || {
+        let mut r = req("GET", "/x", &[]);
+        r.version = HttpVersion::Http2;
+        r
+    };
+    let reset = Response {
+        status: 0,
+        version: HttpVersion::Http2,
+        headers: Vec::new().into(),
+        reset: true,
+        grpc_messages: None,
+        unknown: None,
+    };
+    let (c, _) = one(SpanKind::Client, r(), reset.clone(), Config::default());
+    assert_eq!(c.attr_str("error.type"), Some("stream_reset"));
+    assert_ne!(c.status, Status::Unset);
+    // The server did not fail: its client gave up.
+    let (s, _) = one(SpanKind::Server, r(), reset, Config::default());
+    assert_eq!(s.attr_str("error.type"), None);
+    assert_eq!(s.status, Status::Unset);
+}
+
+#[test]
 fn long_values_are_clipped() {
     let ua = "é".repeat(2000);
     let path = format!("/{}", "a".repeat(5000));

@@ -496,12 +496,19 @@ impl ToSpans {
                 unknown,
             })
         } else {
+            let reset = matches!(m.stream_end(), Some(StreamEnd::Reset(_)));
             let mut status_unknown = None;
             let status = match m.status() {
                 Some(Ok(s)) => s,
                 why => {
                     self.counters.h2_status_unknown += 1;
-                    status_unknown = why.and_then(|w| w.err());
+                    status_unknown = match why {
+                        Some(Err(w)) => Some(w.as_str()),
+                        // No response header block was seen: lost, unless
+                        // the stream was reset before one.
+                        _ if !reset => Some("headers_not_seen"),
+                        _ => None,
+                    };
                     0
                 }
             };
@@ -509,16 +516,14 @@ impl ToSpans {
                 status,
                 version: version(m.version()),
                 headers: headers.into(),
-                reset: matches!(m.stream_end(), Some(StreamEnd::Reset(_))),
+                reset,
                 grpc_messages: m.grpc().map(|g| GrpcMessages {
                     by_client: g.sent_by_client,
                     by_server: g.sent_by_server,
                     exact: g.client_exact && g.server_exact,
                 }),
                 unknown: status_unknown
-                    .or(field_unknown)
-                    .or(info.headers_cut)
-                    .map(|w| w.as_str())
+                    .or(field_unknown.or(info.headers_cut).map(|w| w.as_str()))
                     .or(match m.stream_end() {
                         Some(StreamEnd::SyncLost) => Some("sync_lost"),
                         Some(StreamEnd::Evicted) => Some("evicted"),
