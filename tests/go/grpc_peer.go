@@ -158,9 +158,14 @@ func handle(_ interface{}, stream grpc.ServerStream) error {
 	return stream.SendMsg(&reply)
 }
 
-// drain receives the requests of a client stream until its end, passing
-// each to `each` (if any); returns how many there were.
-func drain(stream grpc.ServerStream, each func([]byte) error) (int, error) {
+// receiver is either end of a stream: what it reads.
+type receiver interface {
+	RecvMsg(m interface{}) error
+}
+
+// drain receives the messages of a stream until its end, passing each to
+// `each` (if any); returns how many there were.
+func drain(stream receiver, each func([]byte) error) (int, error) {
 	n := 0
 	for {
 		var m []byte
@@ -230,18 +235,7 @@ func stream(conn *grpc.ClientConn, method string, desc grpc.StreamDesc, reqs [][
 	if err := s.CloseSend(); err != nil {
 		return 0, err
 	}
-	n := 0
-	for {
-		var m []byte
-		err := s.RecvMsg(&m)
-		if err == io.EOF {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-		n++
-	}
+	return drain(s, nil)
 }
 
 func min(a, b int) int {
