@@ -1,37 +1,52 @@
-// gRPC peer for tests/tests/grpc_peers.rs, written with grpc-go (Debian's
-// golang-google-grpc-dev, GOPATH mode). It speaks the protocol of
-// tests/py/grpc_calls.py so that it pairs with grpcio and grpc-js peers:
-// service calls.Calls, raw-bytes messages (no protobuf: a codec that passes
-// []byte through), any unary method name.
+// gRPC peer for the end-to-end tests, written with grpc-go (Debian's
+// golang-google-grpc-dev, GOPATH mode; it indexes `:path` in HPACK on first
+// use). It speaks the protocol of tests/py/grpc_calls.py, so that it pairs
+// with the grpcio, grpc-js and tonic peers: service calls.Calls, raw-bytes
+// messages (no protobuf: a codec that passes []byte through), any unary
+// method name.
 //
 //	grpc_peer server PORT   serves calls.Calls on 127.0.0.1:PORT; prints "ready"
-//	grpc_peer client PORT   reads commands from stdin over ONE ClientConn and
-//	                        answers each with "ok STATUS":
-//	    unary METHOD [CONTENT]   a unary call of /calls.Calls/METHOD with
-//	                             request CONTENT (default "0,1")
+//	grpc_peer client PORT   reads commands from stdin, one a line, over ONE
+//	                        ClientConn and answers each with
+//	                        "ok STATUS[ STATUS...]" when done:
+//	    unary METHOD [TIMEOUT_MS [SLEEP_MS]]   a unary call
+//	    unary METHOD CONTENT                   a unary call with request CONTENT
+//	    sstream N | cstream N | bidi N | many N | traced TRACEPARENT
 //	    quit
 //
-// A method whose name starts with "NotFound" is answered NOT_FOUND; any
-// other is answered "reply:METHOD". The server's handler is grpc-go's
-// unknown-service handler, so no stubs are generated (protoc-gen-go is not
-// packaged for GOPATH builds here).
+// The commands, the requests ("SLEEP_MS,REPLIES[,BYTES,padding]") and the
+// server's answers (NotFound* is NOT_FOUND, Sleep sleeps, "reply:METHOD"
+// and BYTES more; ServerStream, ClientStream and Bidi) are grpc_calls.py's;
+// status names are printed as grpcio prints them. A reply that is not the
+// one the request asked for ends the client with an error. The server's
+// handler is grpc-go's unknown-service handler, so no stubs are generated
+// (protoc-gen-go is not packaged for GOPATH builds here).
 package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
 const service = "calls.Calls"
+
+// defaultTimeout is a call's deadline when the command gives none
+// (grpc_calls.py's).
+const defaultTimeout = 30 * time.Second
 
 // raw passes messages through as bytes. It is both the server's codec
 // (grpc.CustomCodec) and the client's (grpc.ForceCodec).
@@ -45,6 +60,43 @@ func (raw) Unmarshal(data []byte, v interface{}) error {
 func (raw) Name() string   { return "proto" }
 func (raw) String() string { return "proto" }
 
+// request is what a request asks for. Empty is one reply at once.
+type request struct {
+	sleep   time.Duration
+	replies int
+	size    int
+}
+
+func parse(req []byte) (request, error) {
+	if len(req) == 0 {
+		return request{replies: 1}, nil
+	}
+	fields := strings.SplitN(string(req), ",", 4)
+	bad := status.Error(codes.InvalidArgument, "request is not SLEEP_MS,REPLIES[,BYTES,...]")
+	if len(fields) < 2 {
+		return request{}, bad
+	}
+	var n [3]int
+	for i := range n {
+		if i >= len(fields) {
+			break
+		}
+		v, err := strconv.Atoi(fields[i])
+		if err != nil || v < 0 {
+			return request{}, bad
+		}
+		n[i] = v
+	}
+	return request{time.Duration(n[0]) * time.Millisecond, n[1], n[2]}, nil
+}
+
+// replyOf is the answer of unary `method` to a request of `size` extra bytes.
+func replyOf(method string, size int) []byte {
+	return append([]byte("reply:"+method), bytes.Repeat([]byte("x"), size)...)
+}
+
+// ---- server ----
+
 func handle(_ interface{}, stream grpc.ServerStream) error {
 	full, ok := grpc.MethodFromServerStream(stream)
 	if !ok {
@@ -57,15 +109,80 @@ func handle(_ interface{}, stream grpc.ServerStream) error {
 	if svc != service {
 		return status.Errorf(codes.Unimplemented, "unknown service %s", svc)
 	}
+	switch method {
+	case "ClientStream":
+		n, err := drain(stream, nil)
+		if err != nil {
+			return err
+		}
+		reply := []byte(fmt.Sprintf("got%d", n))
+		return stream.SendMsg(&reply)
+	case "Bidi":
+		_, err := drain(stream, func(m []byte) error {
+			reply := append([]byte("echo:"), m...)
+			return stream.SendMsg(&reply)
+		})
+		return err
+	}
 	var req []byte
 	if err := stream.RecvMsg(&req); err != nil {
 		return err
 	}
+	r, err := parse(req)
+	if err != nil {
+		return err
+	}
+	if method == "ServerStream" {
+		for i := 0; i < r.replies; i++ {
+			part := []byte(fmt.Sprintf("part%d", i))
+			if err := stream.SendMsg(&part); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	if strings.HasPrefix(method, "NotFound") {
 		return status.Error(codes.NotFound, "no such thing")
 	}
-	reply := []byte("reply:" + method)
+	if r.sleep > 0 {
+		// An expired deadline ends the wait: the handler answers with the
+		// context's status (DEADLINE_EXCEEDED), as a server that honours
+		// deadlines does.
+		select {
+		case <-time.After(r.sleep):
+		case <-stream.Context().Done():
+			return status.FromContextError(stream.Context().Err()).Err()
+		}
+	}
+	reply := replyOf(method, r.size)
 	return stream.SendMsg(&reply)
+}
+
+// receiver is either end of a stream: what it reads.
+type receiver interface {
+	RecvMsg(m interface{}) error
+}
+
+// drain receives the messages of a stream until its end, passing each to
+// `each` (if any); returns how many there were.
+func drain(stream receiver, each func([]byte) error) (int, error) {
+	n := 0
+	for {
+		var m []byte
+		err := stream.RecvMsg(&m)
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+		n++
+		if each != nil {
+			if err := each(m); err != nil {
+				return n, err
+			}
+		}
+	}
 }
 
 func server(port string) error {
@@ -76,6 +193,153 @@ func server(port string) error {
 	s := grpc.NewServer(grpc.CustomCodec(raw{}), grpc.UnknownServiceHandler(handle))
 	fmt.Println("ready")
 	return s.Serve(l)
+}
+
+// ---- client ----
+
+func path(method string) string { return "/" + service + "/" + method }
+
+// unary calls `method` with `req` within `timeout` and checks the reply.
+func unary(ctx context.Context, conn *grpc.ClientConn, method string, req []byte, timeout time.Duration) error {
+	r, err := parse(req)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var resp []byte
+	if err := conn.Invoke(ctx, path(method), &req, &resp); err != nil {
+		return err
+	}
+	if !bytes.Equal(resp, replyOf(method, r.size)) {
+		fail("call %s answered %q", method, resp[:min(len(resp), 64)])
+	}
+	return nil
+}
+
+// stream opens a streaming call of `method`, sends `reqs` and closes its
+// side, then counts the replies.
+func stream(conn *grpc.ClientConn, method string, desc grpc.StreamDesc, reqs [][]byte) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTimeout)
+	defer cancel()
+	s, err := conn.NewStream(ctx, &desc, path(method))
+	if err != nil {
+		return 0, err
+	}
+	for i := range reqs {
+		if err := s.SendMsg(&reqs[i]); err != nil {
+			// The status is read below.
+			break
+		}
+	}
+	if err := s.CloseSend(); err != nil {
+		return 0, err
+	}
+	return drain(s, nil)
+}
+
+func min(a, b int) int {
+	if a < b {
+		return a
+	}
+	return b
+}
+
+func fail(format string, args ...interface{}) {
+	fmt.Fprintf(os.Stderr, "grpc_peer: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+// run runs one command; returns what follows "ok ".
+func run(conn *grpc.ClientConn, words []string) (string, error) {
+	cmd, args := words[0], words[1:]
+	num := func(i int) int {
+		if i >= len(args) {
+			fail("%s: argument %d missing", cmd, i+1)
+		}
+		v, err := strconv.Atoi(args[i])
+		if err != nil {
+			fail("%s: argument %d is not a number", cmd, i+1)
+		}
+		return v
+	}
+	ok := statusName(codes.OK)
+	switch cmd {
+	case "unary":
+		if len(args) == 0 {
+			fail("unary: no method")
+		}
+		// A number after the method is a timeout; anything else is the
+		// request's content.
+		if len(args) > 1 && strings.Trim(args[1], "0123456789") == "" {
+			sleep := 0
+			if len(args) > 2 {
+				sleep = num(2)
+			}
+			req := []byte(fmt.Sprintf("%d,1", sleep))
+			timeout := time.Duration(num(1)) * time.Millisecond
+			return ok, unary(context.Background(), conn, args[0], req, timeout)
+		}
+		req := []byte("0,1")
+		if len(args) > 1 {
+			req = []byte(args[1])
+		}
+		return ok, unary(context.Background(), conn, args[0], req, defaultTimeout)
+	case "traced":
+		if len(args) == 0 {
+			fail("traced: no traceparent")
+		}
+		ctx := metadata.AppendToOutgoingContext(context.Background(), "traceparent", args[0])
+		return ok, unary(ctx, conn, "Traced", nil, defaultTimeout)
+	case "sstream":
+		n := num(0)
+		req := [][]byte{[]byte(fmt.Sprintf("0,%d", n))}
+		got, err := stream(conn, "ServerStream", grpc.StreamDesc{ServerStreams: true}, req)
+		if err == nil && got != n {
+			fail("sstream %d: %d replies", n, got)
+		}
+		return ok, err
+	case "cstream":
+		reqs := make([][]byte, num(0))
+		for i := range reqs {
+			reqs[i] = []byte("m")
+		}
+		_, err := stream(conn, "ClientStream", grpc.StreamDesc{ClientStreams: true}, reqs)
+		return ok, err
+	case "bidi":
+		n := num(0)
+		reqs := make([][]byte, n)
+		for i := range reqs {
+			reqs[i] = []byte(fmt.Sprintf("m%d", i))
+		}
+		desc := grpc.StreamDesc{ClientStreams: true, ServerStreams: true}
+		got, err := stream(conn, "Bidi", desc, reqs)
+		if err == nil && got != n {
+			fail("bidi %d: %d replies", n, got)
+		}
+		return ok, err
+	case "many":
+		return many(conn, num(0)), nil
+	}
+	fail("unknown command %q", strings.Join(words, " "))
+	return "", nil
+}
+
+// many makes `n` unary calls M0..M(n-1), all started before any is waited
+// for, so that they are multiplexed on the connection.
+func many(conn *grpc.ClientConn, n int) string {
+	names := make([]string, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			err := unary(context.Background(), conn, fmt.Sprintf("M%d", i), []byte("20,1"), 60*time.Second)
+			names[i] = statusName(status.Code(err))
+		}(i)
+	}
+	wg.Wait()
+	return strings.Join(names, " ")
 }
 
 func client(port string) error {
@@ -92,38 +356,34 @@ func client(port string) error {
 		if len(words) == 0 || words[0] == "quit" {
 			break
 		}
-		if words[0] != "unary" || len(words) < 2 {
-			return fmt.Errorf("unknown command %q", in.Text())
+		answer, err := run(conn, words)
+		if err != nil {
+			answer = statusName(status.Code(err))
+			if status.Code(err) == codes.Unknown {
+				fmt.Fprintln(os.Stderr, "grpc_peer:", err)
+			}
 		}
-		req := []byte("0,1")
-		if len(words) > 2 {
-			req = []byte(words[2])
-		}
-		var resp []byte
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := conn.Invoke(ctx, "/"+service+"/"+words[1], &req, &resp)
-		cancel()
-		if err == nil && string(resp) != "reply:"+words[1] {
-			return fmt.Errorf("call %s answered %q", words[1], resp)
-		}
-		fmt.Println("ok " + statusName(status.Code(err)))
+		fmt.Println("ok " + answer)
 	}
 	return in.Err()
 }
 
-// statusName is the code's name as grpcio prints it (NOT_FOUND, not NotFound).
+// statusName is the code's name as grpcio prints it (NOT_FOUND, not
+// NotFound; CANCELLED, which grpc-go spells Canceled).
 func statusName(c codes.Code) string {
-	switch c {
-	case codes.OK:
-		return "OK"
-	case codes.NotFound:
-		return "NOT_FOUND"
-	case codes.DeadlineExceeded:
-		return "DEADLINE_EXCEEDED"
-	case codes.Unimplemented:
-		return "UNIMPLEMENTED"
+	if c == codes.Canceled {
+		return "CANCELLED"
 	}
-	return strings.ToUpper(c.String())
+	var b strings.Builder
+	var last rune
+	for _, r := range c.String() {
+		if r >= 'A' && r <= 'Z' && last >= 'a' && last <= 'z' {
+			b.WriteByte('_')
+		}
+		b.WriteRune(r)
+		last = r
+	}
+	return strings.ToUpper(b.String())
 }
 
 func main() {

@@ -8,7 +8,7 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{mpsc, Mutex, MutexGuard},
+    sync::{mpsc, Mutex, MutexGuard, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -376,8 +376,9 @@ pub struct Nginx {
 pub mod tls;
 
 /// Builds tests/go/`name`.go into `dir` as `out` with the host's Go (GOPATH
-/// mode), with extra `go build` arguments. The build cache is kept in
-/// target/ so that each test does not rebuild the standard library.
+/// mode, with Debian's Go packages under /usr/share/gocode), with extra `go
+/// build` arguments. The build cache is kept in target/ so that each test
+/// does not rebuild the standard library.
 pub fn go_build(dir: &Path, name: &str, out: &str, extra: &[&str]) -> PathBuf {
     require_tool("go");
     let bin = dir.join(out);
@@ -389,7 +390,10 @@ pub fn go_build(dir: &Path, name: &str, out: &str, extra: &[&str]) -> PathBuf {
             .arg(&bin)
             .arg(workspace().join(format!("tests/go/{name}.go")))
             .env("GO111MODULE", "off")
-            .env("GOPATH", dir.join("gopath"))
+            .env(
+                "GOPATH",
+                format!("{}:/usr/share/gocode", dir.join("gopath").display()),
+            )
             .env("GOCACHE", workspace().join("target/go-cache"))
             .env("GOTOOLCHAIN", "local")
             .env("GOFLAGS", ""),
@@ -605,6 +609,57 @@ pub fn grpc_py(script: &str, role: &str, port: u16, service: &str) -> Spawned {
 pub fn grpc_peer(cmd: &mut Command, role: &str, port: u16, service: &str) -> Spawned {
     Spawned::ready(
         cmd.args([role, &port.to_string()])
+            .env("OTEL_SERVICE_NAME", service),
+    )
+}
+
+/// One side of the grpc-go peer (tests/go/grpc_peer.go, which speaks
+/// tests/py/grpc_calls.py's protocol), as [`grpc_py`]. Built once per test
+/// binary with Debian's golang-google-grpc-dev.
+pub fn grpc_go(role: &str, port: u16, service: &str) -> Spawned {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    let bin = BIN.get_or_init(|| {
+        assert!(
+            Path::new("/usr/share/gocode/src/google.golang.org/grpc").exists(),
+            "golang-google-grpc-dev is not installed: run scripts/setup"
+        );
+        let dir = workspace().join("target/go-grpc-peer");
+        std::fs::create_dir_all(&dir).unwrap();
+        go_build(&dir, "grpc_peer", "grpc_peer", &[])
+    });
+    grpc_peer(&mut Command::new(bin), role, port, service)
+}
+
+/// One side of the grpc-js peer (tests/node/grpc_peer.js, which speaks
+/// tests/py/grpc_calls.py's protocol), as [`grpc_py`]. grpc-js has no
+/// catch-all handler: a server serves the unary `methods` (and the
+/// streaming ones of the protocol). `tls`: a directory with cert.pem and
+/// key.pem to speak TLS with.
+pub fn grpc_js(
+    role: &str,
+    port: u16,
+    service: &str,
+    methods: &[&str],
+    tls: Option<&Path>,
+) -> Spawned {
+    require_tool("node");
+    let modules = workspace().join("target/node-grpc/node_modules");
+    assert!(
+        modules.join("@grpc/grpc-js").exists(),
+        "@grpc/grpc-js is not installed in {}: run scripts/setup",
+        modules.display()
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(workspace().join("tests/node/grpc_peer.js"))
+        .args([role, &port.to_string()]);
+    if role == "server" {
+        cmd.arg(methods.join(","));
+    }
+    if let Some(dir) = tls {
+        cmd.env("GRPC_TLS_DIR", dir);
+    }
+    Spawned::ready(
+        cmd.env("NODE_PATH", modules)
             .env("OTEL_SERVICE_NAME", service),
     )
 }

@@ -1,20 +1,26 @@
 //! gRPC call kinds between a real server and client of one implementation
-//! (raw-bytes messages): grpcio (tests/py/grpc_calls.py) and tonic
-//! (tests/src/bin/tonic_peer.rs, the same protocol), exported to a real
-//! OTLP receiver: unary, server-, client- and bidi-streaming calls,
+//! (raw-bytes messages): grpcio (tests/py/grpc_calls.py), and tonic
+//! (tests/src/bin/tonic_peer.rs), grpc-go (tests/go/grpc_peer.go) and
+//! grpc-js (tests/node/grpc_peer.js), which speak its protocol, exported to
+//! a real OTLP receiver: unary, server-, client- and bidi-streaming calls,
 //! NOT_FOUND and an expired deadline, 50 calls multiplexed on one
 //! connection, and a `traceparent` sent as gRPC metadata.
 use std::time::Duration;
 
 use serde_json::Value;
 use tracer_e2e::{
-    free_port, grpc_py, grpc_side, grpc_tonic, reply, root,
+    free_port, grpc_go, grpc_js, grpc_py, grpc_side, grpc_tonic, reply, root,
     span::{attr, f},
     Agent, AgentOutput, Otlp, Receiver, Spawned,
 };
 
 const SETTLE: Duration = Duration::from_millis(1500);
 const SERVICE: &str = "calls.Calls";
+/// How many calls the concurrent test multiplexes.
+const CONCURRENT: usize = 50;
+/// The unary methods the tests call, besides M0..M(CONCURRENT-1) (a grpc-js
+/// server serves only the methods it is told).
+const UNARY: [&str; 6] = ["Hello", "NotFoundX", "Sleep", "After", "Warm", "Traced"];
 
 /// The implementation on both ends of a test.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +29,10 @@ enum Peer {
     Grpcio,
     /// tonic (Rust, on h2).
     Tonic,
+    /// grpc-go (Debian's golang-google-grpc-dev).
+    GrpcGo,
+    /// @grpc/grpc-js on Node.
+    GrpcJs,
 }
 
 impl Peer {
@@ -33,16 +43,27 @@ impl Peer {
         match self {
             Peer::Grpcio => grpc_py("grpc_calls.py", role, port, &svc),
             Peer::Tonic => grpc_tonic!(role, port, &svc),
+            Peer::GrpcGo => grpc_go(role, port, &svc),
+            Peer::GrpcJs => {
+                let many: Vec<String> = (0..CONCURRENT).map(|i| format!("M{i}")).collect();
+                let methods: Vec<&str> = UNARY
+                    .iter()
+                    .copied()
+                    .chain(many.iter().map(String::as_str))
+                    .collect();
+                grpc_js(role, port, &svc, &methods, None)
+            }
         }
     }
 
     /// The status its client prints for a call whose deadline expired, and
     /// the gRPC code its server sends then. tonic times the call out as
-    /// CANCELLED on both ends (its `GrpcTimeout` layer), grpcio as
-    /// DEADLINE_EXCEEDED.
+    /// CANCELLED on both ends (its `GrpcTimeout` layer); grpcio, grpc-go
+    /// (its handler returns the expired context's status) and grpc-js (its
+    /// server's own deadline timer) as DEADLINE_EXCEEDED.
     fn deadline_status(self) -> (&'static str, &'static str) {
         match self {
-            Peer::Grpcio => ("DEADLINE_EXCEEDED", "4"),
+            Peer::Grpcio | Peer::GrpcGo | Peer::GrpcJs => ("DEADLINE_EXCEEDED", "4"),
             Peer::Tonic => ("CANCELLED", "1"),
         }
     }
@@ -211,7 +232,7 @@ fn fifty_concurrent_calls_on_one_connection_are_each_linked_right(peer: Peer) {
     let (_server, receiver, agent, mut c) = start(peer);
     // A first call opens the connection, so the 50 share it.
     assert_eq!(run(&mut c, "unary Warm"), "OK");
-    let n = 50;
+    let n = CONCURRENT;
     let codes = run(&mut c, &format!("many {n}"));
     assert_eq!(
         codes.split(' ').filter(|c| *c == "OK").count(),
@@ -300,4 +321,28 @@ root!(
 root!(
     tonic_traceparent_metadata_is_honoured,
     traceparent_metadata_is_honoured(Peer::Tonic)
+);
+root!(
+    grpc_go_call_kinds_and_error_statuses_on_both_sides,
+    call_kinds_and_error_statuses_on_both_sides(Peer::GrpcGo)
+);
+root!(
+    grpc_js_call_kinds_and_error_statuses_on_both_sides,
+    call_kinds_and_error_statuses_on_both_sides(Peer::GrpcJs)
+);
+root!(
+    grpc_go_fifty_concurrent_calls_on_one_connection_are_each_linked_right,
+    fifty_concurrent_calls_on_one_connection_are_each_linked_right(Peer::GrpcGo)
+);
+root!(
+    grpc_js_fifty_concurrent_calls_on_one_connection_are_each_linked_right,
+    fifty_concurrent_calls_on_one_connection_are_each_linked_right(Peer::GrpcJs)
+);
+root!(
+    grpc_go_traceparent_metadata_is_honoured,
+    traceparent_metadata_is_honoured(Peer::GrpcGo)
+);
+root!(
+    grpc_js_traceparent_metadata_is_honoured,
+    traceparent_metadata_is_honoured(Peer::GrpcJs)
 );

@@ -12,20 +12,15 @@
 //! that repeated methods are sent by index: every span's method is compared
 //! with the call the test made at its place in time order, and every server
 //! span's parent must be its own call's client span.
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    sync::OnceLock,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use serde_json::Value;
 use tracer_e2e::{
-    free_port, grpc_peer, grpc_py, grpc_side, grpc_tonic, reply, require_tool, root, run_ok,
+    free_port, grpc_go, grpc_js, grpc_py, grpc_side, grpc_tonic, reply, root,
     span::{attr, f},
     tempdir::TempDir,
     tls::certificate,
-    workspace, Agent, AgentOutput, Otlp, Receiver, Spawned,
+    Agent, AgentOutput, Otlp, Receiver, Spawned,
 };
 
 const SETTLE: Duration = Duration::from_millis(1500);
@@ -72,32 +67,16 @@ impl Peer {
         let svc = self.service(role);
         match self {
             Peer::Py => grpc_py("grpc_calls.py", role, port, &svc),
-            Peer::Go => grpc_peer(&mut Command::new(go_peer()), role, port, &svc),
+            Peer::Go => grpc_go(role, port, &svc),
             Peer::Tonic => grpc_tonic!(role, port, &svc),
             Peer::Js => {
-                require_tool("node");
-                let modules = workspace().join("target/node-grpc/node_modules");
-                assert!(
-                    modules.join("@grpc/grpc-js").exists(),
-                    "@grpc/grpc-js is not installed in {}: run scripts/setup",
-                    modules.display()
-                );
                 let methods: Vec<&str> = METHODS
                     .iter()
                     .chain(&LATE)
                     .chain(&[NOT_FOUND])
                     .copied()
                     .collect();
-                let mut cmd = Command::new("node");
-                cmd.arg(workspace().join("tests/node/grpc_peer.js"))
-                    .args([role, &port.to_string()]);
-                if role == "server" {
-                    cmd.arg(methods.join(","));
-                }
-                if let Some(dir) = tls {
-                    cmd.env("GRPC_TLS_DIR", dir);
-                }
-                Spawned::ready(cmd.env("NODE_PATH", modules).env("OTEL_SERVICE_NAME", &svc))
+                grpc_js(role, port, &svc, &methods, tls)
             }
         }
     }
@@ -113,39 +92,6 @@ impl Peer {
         }
         reply(c)
     }
-}
-
-/// tests/go/grpc_peer.go, built once per test run (GOPATH mode with
-/// Debian's gocode tree; the build cache under target/ makes later runs
-/// quick).
-fn go_peer() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        require_tool("go");
-        let gocode = PathBuf::from("/usr/share/gocode/src/google.golang.org/grpc");
-        assert!(
-            gocode.exists(),
-            "golang-google-grpc-dev is not installed: run scripts/setup"
-        );
-        let dir = workspace().join("target/go-grpc-peer");
-        std::fs::create_dir_all(&dir).unwrap();
-        let bin = dir.join("grpc_peer");
-        run_ok(
-            Command::new("go")
-                .args(["build", "-o"])
-                .arg(&bin)
-                .arg(workspace().join("tests/go/grpc_peer.go"))
-                .env("GO111MODULE", "off")
-                .env(
-                    "GOPATH",
-                    format!("{}:/usr/share/gocode", dir.join("gopath").display()),
-                )
-                .env("GOCACHE", dir.join("gocache"))
-                .env("GOTOOLCHAIN", "local")
-                .env("GOFLAGS", ""),
-        );
-        bin
-    })
 }
 
 /// The method of call `i` of a run: the methods cycle in an irregular
