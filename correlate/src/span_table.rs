@@ -3,6 +3,8 @@
 //! moved every record at each growth (a fresh agent's first thousand spans
 //! spent several percent of their time there), a slab grows in place and
 //! reuses freed slots.
+use std::collections::hash_map::Entry;
+
 use foldhash::{HashMap, HashMapExt};
 
 use crate::{correlator::SpanRec, index::SpanKey};
@@ -40,25 +42,27 @@ impl SpanTable {
         self.recs.get_mut(i as usize)?.as_mut()
     }
 
-    /// Inserts `rec` under `key` (a key not in the table: keys are never
-    /// reused); returns the record it replaced, if any.
+    /// Inserts `rec` under `key`; returns the record it replaced, if any
+    /// (none in practice: keys are never reused). One lookup.
     pub fn insert(&mut self, key: SpanKey, rec: SpanRec) -> Option<SpanRec> {
-        if let Some(old) = self.get_mut(&key) {
-            return Some(std::mem::replace(old, rec));
+        match self.slots.entry(key) {
+            Entry::Occupied(e) => self.recs[*e.get() as usize].replace(rec),
+            Entry::Vacant(e) => {
+                let i = match self.free.pop() {
+                    Some(i) => {
+                        self.recs[i as usize] = Some(rec);
+                        i
+                    }
+                    None => {
+                        self.recs.push(Some(rec));
+                        // Bounded by the correlator's max_spans, far below u32.
+                        (self.recs.len() - 1) as u32
+                    }
+                };
+                e.insert(i);
+                None
+            }
         }
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.recs[i as usize] = Some(rec);
-                i
-            }
-            None => {
-                self.recs.push(Some(rec));
-                // Bounded by the correlator's max_spans, far below u32.
-                (self.recs.len() - 1) as u32
-            }
-        };
-        self.slots.insert(key, i);
-        None
     }
 
     pub fn remove(&mut self, key: &SpanKey) -> Option<SpanRec> {
