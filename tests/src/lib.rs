@@ -851,9 +851,12 @@ impl Receiver {
         ]
     }
 
-    /// Every span received so far.
+    /// Every span received so far. A last line the receiver is still
+    /// writing (no newline yet) is not one yet.
     pub fn spans(&self) -> Vec<Value> {
-        read_to_string(&self.out)
+        let text = read_to_string(&self.out);
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
             .lines()
             .map(|l| {
                 serde_json::from_str(l)
