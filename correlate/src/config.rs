@@ -140,6 +140,23 @@ pub struct Counters {
     /// Client spans parented through a matching propagated trace id among
     /// several server spans on their thread.
     pub thread_context_parent: u64,
+    /// Client spans parented by the request a runtime hook said they were
+    /// made for (e.g. nginx's upstream hook).
+    pub runtime_parent: u64,
+    /// Client spans a runtime hook gave a cause (the request on some
+    /// connection), linked or not.
+    pub runtime_causes: u64,
+    /// Of those, causes with no request of their process in flight on that
+    /// connection then (its request was not captured).
+    pub runtime_no_request: u64,
+    /// Of those, causes with several requests in flight on that connection
+    /// (HTTP/1 pipelining, HTTP/2 streams): not linked by the hook.
+    pub runtime_ambiguous: u64,
+    /// Runtime-hook events received (entries, returns, connects).
+    pub cause_events: u64,
+    /// Runtime-hook extents and opened connections forgotten at their
+    /// bounds before any call used them.
+    pub causes_forgotten: u64,
     /// Spans parented by a propagated header's span id.
     pub header_parent: u64,
     /// Spans emitted as roots of a new trace.

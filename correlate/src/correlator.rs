@@ -9,6 +9,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::{IpAddr, SocketAddr};
 
 use crate::attributes::{request_facts, response_status};
+use crate::causes::{Cause, CauseEvent, Causes};
 use crate::classify::Classifier;
 use crate::config::{Config, Counters, IdGen, SplitMix64};
 use crate::index::{MultiIndex, SpanKey, ThreadEntry, ThreadIndex};
@@ -237,6 +238,12 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     pub(crate) rid_servers: MultiIndex<u64>,
     /// Server spans by process and fingerprint (forwarded requests).
     pub(crate) fwd_servers: MultiIndex<u64>,
+    /// Server spans by connection (runtime-hook causes name a connection).
+    pub(crate) conn_servers: MultiIndex<u64>,
+    /// What runtime hooks said, and the causes they gave client spans not
+    /// decided yet.
+    pub(crate) causes: Causes,
+    pub(crate) call_causes: HashMap<SpanKey, Cause>,
     /// How each process serves requests (rule 4).
     pub(crate) classify: Classifier,
     /// Hashes request-id values (seeded: values come from the network).
@@ -284,6 +291,9 @@ impl<G: IdGen> Correlator<G> {
             seq_servers: MultiIndex::new(index_cap),
             rid_servers: MultiIndex::new(index_cap),
             fwd_servers: MultiIndex::new(index_cap),
+            conn_servers: MultiIndex::new(index_cap),
+            causes: Causes::new(config.max_threads, config.max_spans.max(1024)),
+            call_causes: HashMap::new(),
             classify: Classifier::new(&config),
             rid_hasher: foldhash::fast::RandomState::default(),
             cfg: config,
@@ -406,6 +416,7 @@ impl<G: IdGen> Correlator<G> {
     /// for late messages.
     pub fn conn_close(&mut self, conn: ConnId, now_ns: u64) {
         self.advance(now_ns);
+        self.causes.conn_closed(conn);
         let deadline = self.clock.saturating_add(self.cfg.window_ns);
         if let Some(c) = self.conns.get_mut(&conn) {
             if c.closing.is_none() {
@@ -436,6 +447,16 @@ impl<G: IdGen> Correlator<G> {
                 self.fail(key, now_ns, "stream data lost", "stream_data_lost");
             }
         }
+    }
+
+    /// What a runtime hook saw thread `tid` of `pid` do at `t_ns` (see
+    /// [`CauseEvent`]): calls it makes inside the work it started for a
+    /// request are that request's children, when exactly one request is in
+    /// flight on that connection.
+    pub fn cause(&mut self, pid: Pid, tid: Tid, t_ns: u64, ev: CauseEvent) {
+        self.advance(t_ns);
+        self.counters.cause_events += 1;
+        self.counters.causes_forgotten += self.causes.event(pid, tid, t_ns, ev);
     }
 
     /// One request or response.
@@ -705,9 +726,17 @@ impl<G: IdGen> Correlator<G> {
                 .insert(forward_key(h.pid, rec.fingerprint), key, |k| {
                     spans.contains_key(&k)
                 });
+            self.conn_servers
+                .insert(h.conn.0, key, |k| spans.contains_key(&k));
         } else {
             self.classify
                 .call_written(h.pid, h.tid, h.conn, key, h.start, &mut self.counters);
+            if !self.causes.is_empty() {
+                if let Some(c) = self.causes.of_call(h.pid, h.tid, h.conn, h.start) {
+                    self.counters.runtime_causes += 1;
+                    self.call_causes.insert(key, c);
+                }
+            }
         }
         self.text_bytes.add(&rec.texts);
         self.spans.insert(key, rec);

@@ -144,6 +144,7 @@
 #![forbid(unsafe_code)]
 
 mod attributes;
+mod causes;
 mod classify;
 mod config;
 mod correlator;
@@ -154,6 +155,7 @@ mod resolve;
 mod span_table;
 
 pub use attributes::{reads_header, redact_query};
+pub use causes::CauseEvent;
 pub use config::{Config, Counters, IdGen, SplitMix64};
 pub use correlator::Correlator;
 pub use model::{

@@ -371,6 +371,9 @@ pub enum ParentSource {
     /// Rule 4 disambiguated by rule 5: the server span in progress on the
     /// thread whose incoming trace context has the same trace id.
     ThreadContext,
+    /// A runtime hook in the process said which request the call was made
+    /// for (the one in flight on a given connection).
+    Runtime,
     /// Rule 5: the parent span id of a propagated header (a span the agent
     /// does not see itself).
     Header,

@@ -376,6 +376,20 @@ impl<G: IdGen> Correlator<G> {
                 }
             }
         });
+        // Runtime hooks: the one request in flight, when the hook said, on
+        // the connection of the request the call was made for.
+        let mut runtime = Evidence::default();
+        let cause = self.call_causes.get(&key).copied();
+        if let Some(cause) = cause {
+            for &sk in self.conn_servers.get(&cause.conn.0) {
+                if let Some(s) = self.spans.get(&sk) {
+                    let then = s.start <= cause.at_ns && s.end.is_none_or(|e| cause.at_ns <= e);
+                    if s.kind == SpanKind::Server && s.pid == pid && then {
+                        runtime.consider(sk, call.nests_in(s));
+                    }
+                }
+            }
+        }
         let mut thread = Evidence::default();
         let mut refused = None;
         if q.count == 1 && !q.lossy {
@@ -393,6 +407,7 @@ impl<G: IdGen> Correlator<G> {
         let background = q.count == 0 && q.served_before;
 
         let all = [
+            (&runtime, ParentSource::Runtime),
             (&rid, ParentSource::RequestId),
             (&ctx, ParentSource::ThreadContext),
             (&fwd, ParentSource::Forwarded),
@@ -438,7 +453,17 @@ impl<G: IdGen> Correlator<G> {
         }
 
         // Final: count what the rules said.
+        if cause.is_some() {
+            self.call_causes.remove(&key);
+        }
         let k = &mut self.counters;
+        if cause.is_some() {
+            match runtime.one {
+                One::None if !runtime.refused => k.runtime_no_request += 1,
+                One::Several => k.runtime_ambiguous += 1,
+                _ => {}
+            }
+        }
         if background {
             self.classify.background_call(pid, t, k);
         }
@@ -655,6 +680,7 @@ impl<G: IdGen> Correlator<G> {
             ParentSource::RequestId => c.request_id_parent += 1,
             ParentSource::Forwarded => c.forwarded_parent += 1,
             ParentSource::ThreadContext => c.thread_context_parent += 1,
+            ParentSource::Runtime => c.runtime_parent += 1,
             ParentSource::Header => c.header_parent += 1,
         }
         let kind = span.kind;
@@ -778,6 +804,9 @@ impl<G: IdGen> Correlator<G> {
         self.seq_servers.prune(|k| spans.contains_key(&k));
         self.rid_servers.prune(|k| spans.contains_key(&k));
         self.fwd_servers.prune(|k| spans.contains_key(&k));
+        self.conn_servers.prune(|k| spans.contains_key(&k));
+        self.call_causes.retain(|k, _| spans.contains_key(k));
+        self.causes.forget_before(self.clock.saturating_sub(keep));
         let memory = self.cfg.classify_memory_ns;
         self.classify.prune(
             self.clock.saturating_sub(keep),

@@ -392,13 +392,20 @@ fn through_proxy<P>(
     start: impl FnOnce(u16) -> (P, u16),
     total: usize,
     identical: bool,
+    agent_args: &[&str],
 ) -> Proxied {
     require_tool("curl");
     let backend = Backend::start("backend", None);
     let (_proxy, port) = start(backend.port);
     let receiver = Receiver::start(Otlp::Grpc);
-    let agent = Agent::start(&receiver.agent_args());
-    let tag = format!("{proxy_name}-{}", if identical { "same" } else { "unique" });
+    let mut args = receiver.agent_args();
+    args.extend(agent_args.iter().map(|a| a.to_string()));
+    let agent = Agent::start(&args);
+    let variant = agent_args.concat().replace("-", "");
+    let tag = format!(
+        "{proxy_name}-{}{variant}",
+        if identical { "same" } else { "unique" }
+    );
     concurrently(total, 8, |i| {
         let ua = format!("User-Agent: {tag}-{i}");
         // Identical requests stay in flight together for a while.
@@ -435,11 +442,25 @@ fn through_proxy<P>(
     Proxied { links, out }
 }
 
-/// nginx proxying to `backend`, and its port.
+/// nginx proxying to `backend`, and its port: a new upstream connection
+/// per request.
 fn nginx(backend: u16) -> (Nginx, u16) {
     let n = Nginx::start(&format!(
         "server {{ listen 127.0.0.1:{{port}}; \
          location / {{ proxy_pass http://127.0.0.1:{backend}; }} }}"
+    ));
+    let port = n.port;
+    (n, port)
+}
+
+/// nginx proxying to `backend` over kept-alive upstream connections, and
+/// its port.
+fn nginx_keepalive(backend: u16) -> (Nginx, u16) {
+    let n = Nginx::start(&format!(
+        "upstream be {{ server 127.0.0.1:{backend}; keepalive 16; }} \
+         server {{ listen 127.0.0.1:{{port}}; \
+         location / {{ proxy_pass http://be; proxy_http_version 1.1; \
+         proxy_set_header Connection \"\"; }} }}"
     ));
     let port = n.port;
     (n, port)
@@ -473,6 +494,18 @@ fn haproxy(backend: u16, unique_id: bool) -> ((Listening, TempDir), u16) {
     ((p, dir), port)
 }
 
+/// Asserts that hops are linked, none wrong.
+fn all_linked(p: &Proxied, requests: usize) {
+    let l = &p.links;
+    assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
+    assert_eq!(l.requests, requests, "{}", p.out.stderr);
+    assert!(
+        l.hops_linked as f64 >= 0.95 * l.hops as f64,
+        "{l:?}\n{}",
+        p.out.stderr
+    );
+}
+
 #[test]
 fn nginx_hops_link_by_forwarding_and_identical_requests_are_not_guessed() {
     let Some(_g) =
@@ -480,16 +513,11 @@ fn nginx_hops_link_by_forwarding_and_identical_requests_are_not_guessed() {
     else {
         return;
     };
-    let unique = through_proxy("nginx", nginx, 200, false);
-    let l = &unique.links;
-    assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
-    assert_eq!(l.requests, 200, "{}", unique.out.stderr);
-    assert!(
-        l.hops_linked as f64 >= 0.95 * l.hops as f64,
-        "{l:?}\n{}",
-        unique.out.stderr
-    );
-    let same = through_proxy("nginx", nginx, 64, true);
+    // Without the runtime hook, only what the traffic shows: forwarding
+    // links unique requests; identical ones in flight are not guessed.
+    let off = ["--no-runtime-hooks"];
+    all_linked(&through_proxy("nginx", nginx, 200, false, &off), 200);
+    let same = through_proxy("nginx", nginx, 64, true, &off);
     assert!(
         same.links.wrong.is_empty(),
         "wrong parents: {:#?}",
@@ -500,6 +528,36 @@ fn nginx_hops_link_by_forwarding_and_identical_requests_are_not_guessed() {
         "identical requests in flight are counted as ambiguous: {}",
         same.out.stderr
     );
+    assert_eq!(same.out.counter("runtime_parent").unwrap_or(0), 0);
+}
+
+/// nginx's upstream hook (a uprobe on `ngx_http_upstream_init`) says which
+/// request each upstream call serves: identical requests in flight link,
+/// over new upstream connections (the connect happens inside the hooked
+/// call) and over kept-alive ones (the request is written inside it).
+#[test]
+fn nginx_upstream_hook_links_identical_requests_in_flight() {
+    let Some(_g) = root_test("nginx_upstream_hook_links_identical_requests_in_flight") else {
+        return;
+    };
+    for (start, name) in [
+        (nginx as fn(u16) -> (Nginx, u16), "new connections"),
+        (nginx_keepalive, "kept-alive connections"),
+    ] {
+        let same = through_proxy("nginx", start, 64, true, &[]);
+        all_linked(&same, 64);
+        let runtime = same.out.counter("runtime_parent").unwrap_or(0);
+        assert!(
+            runtime >= 61,
+            "{name}: {runtime} of 64 upstream calls linked by the hook\n{}",
+            same.out.stderr
+        );
+        assert!(
+            same.out.stderr.contains("runtime hooks attached"),
+            "{}",
+            same.out.stderr
+        );
+    }
 }
 
 #[test]
@@ -508,7 +566,7 @@ fn haproxy_hops_link_by_forwarding_or_the_id_it_returns() {
         return;
     };
     let start = |unique_id: bool| move |backend| haproxy(backend, unique_id);
-    let unique = through_proxy("haproxy", start(false), 200, false);
+    let unique = through_proxy("haproxy", start(false), 200, false, &[]);
     let l = &unique.links;
     assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
     assert_eq!(l.requests, 200, "{}", unique.out.stderr);
@@ -518,7 +576,7 @@ fn haproxy_hops_link_by_forwarding_or_the_id_it_returns() {
         unique.out.stderr
     );
     // Identical requests in flight: not guessed, counted.
-    let same = through_proxy("haproxy", start(false), 64, true);
+    let same = through_proxy("haproxy", start(false), 64, true, &[]);
     assert!(
         same.links.wrong.is_empty(),
         "wrong parents: {:#?}",
@@ -531,7 +589,7 @@ fn haproxy_hops_link_by_forwarding_or_the_id_it_returns() {
     );
     // The same, with haproxy's own request id sent upstream and returned
     // downstream: the id tells them apart.
-    let ids = through_proxy("haproxy", start(true), 64, true);
+    let ids = through_proxy("haproxy", start(true), 64, true, &[]);
     let l = &ids.links;
     assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
     assert!(

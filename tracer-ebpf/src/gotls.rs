@@ -113,7 +113,7 @@ fn uread<T: Copy>(addr: u64) -> Option<T> {
 /// The `struct sock` behind file descriptor `fd` of the current process,
 /// when it is a TCP socket.
 #[inline(always)]
-fn tcp_sock_of_fd(fd: u64) -> Option<u64> {
+pub(crate) fn tcp_sock_of_fd(fd: u64) -> Option<u64> {
     // SAFETY: helper without arguments.
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = kread(task + u64::from(global(&OFF_TASK_FILES)))?;
@@ -143,6 +143,13 @@ fn tcp_sock_of_fd(fd: u64) -> Option<u64> {
     }
     let proto: u16 = kread(sk + u64::from(global(&OFF_SK_PROTOCOL)))?;
     (proto == IPPROTO_TCP).then_some(sk)
+}
+
+/// The cookie the socket programs gave socket `sk` (None before they saw
+/// it: the cookie is made on first use).
+#[inline(always)]
+pub(crate) fn cookie_of_sk(sk: u64) -> Option<u64> {
+    kread::<u64>(sk + u64::from(global(&crate::OFF_COOKIE))).filter(|&c| c != 0)
 }
 
 /// The TCP socket under a `*tls.Conn`: `conn.conn` must hold a

@@ -28,6 +28,10 @@
 //!   socket cookie and ciphertext sequence number learned from the socket
 //!   calls made inside it ([`tls`]).
 //!
+//! - `ngx_upstream_init*` (a uprobe and a uretprobe on nginx, attached per
+//!   file like the TLS probes): runtime hooks that say which request a
+//!   thread's upstream work is for ([`hooks`]).
+//!
 //! Kernel structs are read directly through the typed (BTF) pointers the
 //! tracepoints hand over, at offsets the agent reads from the running
 //! kernel's BTF and sets before load (read-only globals, which the verifier
@@ -42,6 +46,7 @@
 
 mod gotls;
 mod h2walk;
+mod hooks;
 mod lane;
 mod packet;
 mod records;

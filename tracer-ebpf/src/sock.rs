@@ -217,6 +217,8 @@ fn on_state(ctx: &BtfTracePointContext) {
     if new == TCP_SYN_SENT {
         if (bpf_get_current_pid_tgid() >> 32) as u32 == global(&AGENT_PID) {
             state::mark_agent(sk);
+        } else if let Some(cause) = crate::hooks::serving() {
+            crate::hooks::connecting(cookie_of(sk), cause);
         }
         return;
     }

@@ -113,6 +113,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = tracer_common::TLS_SNAP_DEFAULT)]
     pub tls_snap_len: u32,
 
+    /// Do not attach runtime hooks. By default nginx executables get a
+    /// read-only uprobe on `ngx_http_upstream_init` (entry and return),
+    /// which tells which inbound request each upstream call is made for:
+    /// nginx hops then link even when identical requests are in flight.
+    /// Without the hooks they link only by forwarding and request ids.
+    #[arg(long)]
+    pub no_runtime_hooks: bool,
+
     /// Capture buffer of each CPU in bytes (its "lane": calls and packets
     /// of that CPU; rounded up to a power of two of 256 KiB, at most
     /// 1 GiB). Bigger
@@ -472,6 +480,7 @@ impl RunArgs {
                 snap_len: self.snap_len,
                 head_max: tracer_common::HEAD_MAX_DEFAULT,
                 tls_snap: self.tls_snap_len,
+                runtime_hooks: !self.no_runtime_hooks,
                 enabled: !self.hooks_only,
                 ring_bytes: ring,
                 wakeup_bytes: self.wakeup_bytes,

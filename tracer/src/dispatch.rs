@@ -292,6 +292,13 @@ impl<O: SpanOut> Dispatcher<O> {
                 s.tls_data(&hdr, data, tcp);
                 hdr.ts_ns
             }
+            Ok(Record::Cause(c)) => {
+                s.now_ns = s.now_ns.max(c.ts_ns);
+                if let Some(http) = &mut s.http {
+                    http.cause(&c);
+                }
+                c.ts_ns
+            }
             Err(_) => {
                 self.reader.bad_records += 1;
                 return None;

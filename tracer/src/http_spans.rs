@@ -321,6 +321,24 @@ impl HttpSpans {
         }
     }
 
+    /// What a runtime hook saw (see [`correlate::CauseEvent`]).
+    pub fn cause(&mut self, c: &tracer_common::Cause) {
+        let ev = match c.kind {
+            tracer_common::CAUSE_ENTER => correlate::CauseEvent::Enter {
+                conn: ConnId(c.cookie),
+            },
+            tracer_common::CAUSE_LEAVE => correlate::CauseEvent::Leave,
+            tracer_common::CAUSE_CONNECT => correlate::CauseEvent::Connect {
+                conn: ConnId(c.cookie),
+                cause: ConnId(c.cause),
+            },
+            _ => return,
+        };
+        self.out
+            .correlator
+            .cause(correlate::Pid(c.pid), correlate::Tid(c.tid), c.ts_ns, ev);
+    }
+
     /// The connection is gone: flush its parser and tell the correlator.
     pub fn closed(&mut self, conn: &ConnInfo, now_ns: u64) {
         let Some(mut c) = self.conns.remove(&conn.cookie) else {

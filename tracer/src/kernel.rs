@@ -163,6 +163,9 @@ pub struct KernelConfig {
     /// TLS programs are not loaded and the socket programs skip their
     /// bookkeeping.
     pub tls_snap: u32,
+    /// Load the runtime-hook programs (nginx's upstream hook), attached per
+    /// file by the agent.
+    pub runtime_hooks: bool,
 }
 
 /// The struct member offsets the programs read, from the running kernel's
@@ -267,6 +270,7 @@ pub struct Kernel {
     stats: PerCpuArray<MapData, u64>,
     profiling_cpus: Vec<u32>,
     layout: LaneLayout,
+    hooks_loaded: bool,
 }
 
 /// Loads uprobe program `name` (attached per file later, see tls::attach).
@@ -294,6 +298,30 @@ fn load_go_tls(ebpf: &mut Ebpf) {
             return;
         }
     }
+}
+
+/// The runtime-hook programs (entry, return).
+const HOOK_PROGRAMS: [&str; 2] = [
+    tracer_common::hook_programs::NGX_UPSTREAM,
+    tracer_common::hook_programs::NGX_UPSTREAM_RET,
+];
+
+/// Loads the runtime-hook programs, all or none: a kernel that refuses one
+/// leaves the hooks off (calls then link by the other rules), not the agent
+/// stopped.
+fn load_hooks(ebpf: &mut Ebpf) -> bool {
+    for name in HOOK_PROGRAMS {
+        if let Err(e) = load_uprobe(ebpf, name) {
+            tracing::warn!(error = %e, "runtime hooks off: the kernel refused them");
+            for name in HOOK_PROGRAMS {
+                if let Some(Ok(p)) = ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
+                    let _ = p.unload();
+                }
+            }
+            return false;
+        }
+    }
+    true
 }
 
 /// Takes map `name` out of the object as a `T`.
@@ -473,6 +501,9 @@ impl Kernel {
                 load_go_tls(&mut ebpf);
             }
         }
+        // The hooks read sockets through file descriptors (the Go TLS
+        // offsets).
+        let hooks_loaded = cfg.runtime_hooks && go_tls.is_some() && load_hooks(&mut ebpf);
         let profiling_cpus = match cfg.profile_hz {
             Some(hz) => attach_sampling(&mut ebpf, hz)?,
             None => Vec::new(),
@@ -487,7 +518,14 @@ impl Kernel {
             stats,
             profiling_cpus,
             layout,
+            hooks_loaded,
         })
+    }
+
+    /// Whether the runtime-hook programs are loaded (to be attached per
+    /// file).
+    pub fn runtime_hooks(&self) -> bool {
+        self.hooks_loaded
     }
 
     /// CPUs whose cpu-clock the sampling program is attached to (empty when
@@ -533,8 +571,8 @@ impl Kernel {
         per_cpu_sums(&self.drops, &DropReason::ALL, |r| r as u32)
     }
 
-    /// A TLS program, loaded (None when TLS capture is off): attached and
-    /// detached per file by `tls::attach`.
+    /// A TLS or runtime-hook program, loaded (None when it is off):
+    /// attached and detached per file by `tls::attach`.
     pub fn uprobe(&mut self, name: &str) -> Option<&mut UProbe> {
         let prog: &mut UProbe = self.ebpf.program_mut(name)?.try_into().ok()?;
         prog.fd().is_ok().then_some(prog)

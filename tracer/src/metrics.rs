@@ -252,14 +252,15 @@ report_counters!(crate::tls::streams::TlsCounters, Stage::Tls, {
 });
 
 report_counters!(crate::tls::attach::AttachCounters, Stage::Tls, {
-    processes_scanned: Detail, "Processes whose mappings were read for TLS libraries.";
-    files_attached: Detail, "Files the TLS probes were attached to.";
-    files_detached: Detail, "Files the TLS probes were detached from (no process maps them).";
-    attach_errors: Anomaly, "TLS probes the kernel refused.";
+    processes_scanned: Detail, "Processes whose mappings were read for TLS libraries and runtime hooks.";
+    files_attached: Detail, "Files the TLS probes or runtime hooks were attached to.";
+    files_detached: Detail, "Files the probes were detached from (no process maps them).";
+    attach_errors: Anomaly, "TLS probes or runtime hooks the kernel refused.";
     unreadable_files: Detail, "Mapped executable files that could not be read as ELF.";
     not_covered: Headline, "Executables speaking TLS through a library the agent cannot probe.";
     go_calls_forgotten: Detail, "Go TLS reads in progress forgotten because their process exited.";
     membio_files: Detail, "Files attached whose TLS runs over memory BIOs (Node).";
+    hook_files: Headline, "Files given runtime hooks (nginx executables: upstream calls link to the request they serve).";
 });
 
 report_counters!(crate::http_spans::HttpCounters, Stage::Http, {
@@ -375,6 +376,12 @@ report_counters!(correlate::Counters, Stage::Correlation, {
     request_id_parent: Headline, "Client spans parented through a request id (carried by the inbound request, or returned in its response).";
     forwarded_parent: Headline, "Client spans parented by the one inbound request in flight they repeat (same method, target and body length: proxies).";
     thread_context_parent: Detail, "Client spans parented through a propagated trace id.";
+    runtime_parent: Headline, "Client spans parented by the request a runtime hook (nginx upstream) said they were made for.";
+    runtime_causes: Detail, "Client spans a runtime hook gave a cause (the request on a connection), linked or not.";
+    runtime_no_request: Detail, "Of those, no request of the process was in flight on that connection (not captured).";
+    runtime_ambiguous: Detail, "Of those, several requests were in flight on that connection (pipelining, HTTP/2): not linked by the hook.";
+    cause_events: Detail, "Runtime-hook events received (entries, returns, connects).";
+    causes_forgotten: Anomaly, "Runtime-hook extents or opened connections forgotten at their bounds before a call used them.";
     header_parent: Headline, "Spans parented by a propagated header's span.";
     roots: Headline, "Spans made roots of a new trace.";
     ambiguous_parent: Headline, "Client spans left without a parent: several candidates, or rules naming different parents.";

@@ -123,16 +123,19 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
 
     let mut ctl = kernel.take_ctl()?;
     let mut lanes = LaneCounters::default();
-    // TLS probes: every process running now is looked at before the loop.
-    let mut tls = (cfg.kernel.tls_snap > 0 && cfg.kernel.enabled).then(|| {
-        let mut t = TlsAttach::new("/proc");
+    // TLS probes and runtime hooks: every process running now is looked
+    // at before the loop.
+    let tls_on = cfg.kernel.tls_snap > 0;
+    let hooks_on = kernel.runtime_hooks();
+    let mut tls = ((tls_on || hooks_on) && cfg.kernel.enabled).then(|| {
+        let mut t = TlsAttach::new("/proc", tls_on, hooks_on);
         let begun = Instant::now();
         t.tick(&mut kernel);
         tracing::info!(
             files = t.attached_files(),
             processes = t.counters().processes_scanned,
             ms = begun.elapsed().as_millis() as u64,
-            "TLS libraries looked up in running processes"
+            "TLS libraries and runtime hooks looked up in running processes"
         );
         t
     });

@@ -94,6 +94,7 @@ fn load_cfg(profile_hz: Option<u32>, stack_copy: u32) -> Kernel {
         head_max: tracer_common::HEAD_MAX_DEFAULT,
         capture_source: None,
         tls_snap: 0,
+        runtime_hooks: false,
     };
     let layout = KernelLayout::from_btf(&btf).expect("kernel layout");
     let calls = Offers::detect(&btf, &Tracefs::read())

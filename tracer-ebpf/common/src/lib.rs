@@ -44,7 +44,63 @@ pub enum Tag {
     Wakeup = 6,
     /// A [`TlsData`] followed by the captured plaintext prefix.
     TlsData = 7,
+    /// A [`Cause`]: what a runtime hook saw a process do for a request.
+    Cause = 8,
 }
+
+/// What a runtime hook (a uprobe inside a server program, see
+/// [`hook_programs`]) saw: a thread starting and finishing the work that
+/// sends one request upstream, and the connections it opened meanwhile.
+/// Everything a thread does between [`CAUSE_ENTER`] and [`CAUSE_LEAVE`] is
+/// for the request being served on connection `cookie`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cause {
+    /// [`Tag::Cause`].
+    pub tag: u8,
+    /// [`CAUSE_ENTER`], [`CAUSE_LEAVE`] or [`CAUSE_CONNECT`].
+    pub kind: u8,
+    /// Padding, zero.
+    pub _pad: [u8; 2],
+    /// Process id (tgid).
+    pub pid: u32,
+    /// `bpf_ktime_get_ns` when it happened.
+    pub ts_ns: u64,
+    /// Thread id.
+    pub tid: u32,
+    /// Padding, zero.
+    pub _pad2: u32,
+    /// Enter: cookie of the TCP connection the request being served came
+    /// on. Connect: cookie of the connection the thread opened.
+    pub cookie: u64,
+    /// Connect: cookie of the connection of the request being served.
+    pub cause: u64,
+}
+
+/// [`Cause::kind`]: the thread starts work for the request on `cookie`.
+pub const CAUSE_ENTER: u8 = 1;
+/// [`Cause::kind`]: the thread is done with that work.
+pub const CAUSE_LEAVE: u8 = 2;
+/// [`Cause::kind`]: inside that work, the thread opened connection
+/// `cookie` (a `connect()`), for the request on `cause`.
+pub const CAUSE_CONNECT: u8 = 3;
+
+/// Threads that can be inside a hooked function at once (an LRU map by
+/// thread).
+pub const CAUSE_THREADS_MAX: u32 = 16384;
+
+/// Names of the runtime-hook programs.
+pub mod hook_programs {
+    /// nginx's `ngx_http_upstream_init(r)` entry: the request `r` (its
+    /// client connection's socket) is about to be sent upstream.
+    pub const NGX_UPSTREAM: &str = "ngx_upstream_init";
+    /// Its return.
+    pub const NGX_UPSTREAM_RET: &str = "ngx_upstream_init_ret";
+}
+
+/// `ngx_http_request_t.signature` (`NGX_HTTP_MODULE`, "HTTP"): the first
+/// field of every nginx HTTP request, checked before the request is read.
+pub const NGX_HTTP_SIGNATURE: u32 = 0x5054_5448;
 
 /// One call into a TLS library (`SSL_write`, `SSL_read` and their `_ex`
 /// forms) that moved plaintext, from the uretprobe at its return;
@@ -571,11 +627,17 @@ pub enum DropReason {
     /// A return probe of Go's crypto/tls found no entry for its goroutine
     /// (entered before the probes, or the entry was evicted): lost.
     GoTlsNoEntry = 15,
+    /// Lane full: a runtime hook's [`Cause`] record was lost.
+    RingFullCause = 16,
+    /// A runtime hook could not read what it hooks (an nginx request
+    /// without its signature, a connection that is not a TCP socket): that
+    /// request's upstream call gets no cause.
+    CauseUnreadable = 17,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::RingFullOp,
         DropReason::RingFullConn,
         DropReason::RingFullSegment,
@@ -592,6 +654,8 @@ impl DropReason {
         DropReason::TlsReadFailed,
         DropReason::GoTlsNoSocket,
         DropReason::GoTlsNoEntry,
+        DropReason::RingFullCause,
+        DropReason::CauseUnreadable,
     ];
 
     /// Stable, human-readable name used in logs and counters.
@@ -613,6 +677,8 @@ impl DropReason {
             DropReason::TlsReadFailed => "tls_read_failed",
             DropReason::GoTlsNoSocket => "go_tls_no_socket",
             DropReason::GoTlsNoEntry => "go_tls_no_entry",
+            DropReason::RingFullCause => "ring_full_cause",
+            DropReason::CauseUnreadable => "cause_unreadable",
         }
     }
 }
@@ -883,6 +949,7 @@ const _: () = assert!(core::mem::offset_of!(ConnState, tag) == 0);
 const _: () = assert!(core::mem::offset_of!(SegmentHeader, tag) == 0);
 const _: () = assert!(size_of::<SockTotals>() == 72);
 const _: () = assert!(size_of::<TlsData>() == 64);
+const _: () = assert!(size_of::<Cause>() == 40);
 const _: () = assert!(core::mem::offset_of!(TlsData, ts_ns) == 8);
 const _: () = assert!(core::mem::offset_of!(TlsData, seq) == 40);
 const _: () = assert!(size_of::<TlsData>() + MAX_HEAD <= MAX_FRAME);
@@ -911,6 +978,8 @@ pub enum Record<'a> {
     SockTotals(SockTotals),
     /// Plaintext of a TLS call: header and the captured prefix.
     TlsData(TlsData, &'a [u8]),
+    /// What a runtime hook saw.
+    Cause(Cause),
 }
 
 /// Why ring-buffer bytes could not be decoded.
@@ -977,6 +1046,7 @@ impl<'a> Record<'a> {
                 let data = bytes.get(start..end).ok_or(ParseError::Short)?;
                 Ok(Record::TlsData(hdr, data))
             }
+            t if t == Tag::Cause as u8 => read(bytes).map(Record::Cause).ok_or(ParseError::Short),
             t => Err(ParseError::UnknownTag(t)),
         }
     }
@@ -992,6 +1062,7 @@ pub fn record_ts(bytes: &[u8]) -> Option<u64> {
         t if t == Tag::Sample as u8 => core::mem::offset_of!(SampleHeader, ts_ns),
         t if t == Tag::SockTotals as u8 => core::mem::offset_of!(SockTotals, ts_ns),
         t if t == Tag::TlsData as u8 => core::mem::offset_of!(TlsData, ts_ns),
+        t if t == Tag::Cause as u8 => core::mem::offset_of!(Cause, ts_ns),
         _ => return None,
     };
     let b = bytes.get(off..off + 8)?;

@@ -416,6 +416,7 @@ fn parent_source_str(p: ParentSource) -> &'static str {
         ParentSource::RequestId => "request_id",
         ParentSource::Forwarded => "forwarded",
         ParentSource::ThreadContext => "thread_context",
+        ParentSource::Runtime => "runtime",
         ParentSource::Header => "header",
     }
 }

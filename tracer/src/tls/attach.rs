@@ -1,6 +1,7 @@
-//! Which files get the TLS probes: per file (a uprobe is set on an inode,
-//! and one attachment covers every process and container that maps it),
-//! apart from which processes use the file.
+//! Which files get the TLS probes and the runtime hooks (nginx's upstream
+//! hook): per file (a uprobe is set on an inode, and one attachment covers
+//! every process and container that maps it), apart from which processes
+//! use the file.
 //!
 //! Processes are found in /proc: every process at start, then each tick the
 //! processes not seen before and those that exec'd another program (their
@@ -23,7 +24,7 @@ use foldhash::{HashMap, HashMapExt};
 use object::{Object, ObjectSection, ObjectSymbol};
 use tracer_common::{
     gotls::{GO_OFF_UNKNOWN, GO_TLS_FILES_MAX},
-    tls_programs, TLS_COOKIE_MEMBIO,
+    hook_programs, tls_programs, TLS_COOKIE_MEMBIO,
 };
 
 use super::go::{self, GoFile};
@@ -52,6 +53,10 @@ const FUNCTIONS: [(&str, &str); 5] = [
     ("SSL_free", tls_programs::FREE),
 ];
 
+/// nginx's function where a request starts its way upstream (the runtime
+/// hook's entry and return probes).
+const NGX_UPSTREAM_INIT: &str = "ngx_http_upstream_init";
+
 /// Files remembered as holding nothing to probe (the set is cleared when it
 /// reaches this size: a file is then looked at again, nothing is lost).
 const MAX_CHECKED: usize = 65_536;
@@ -75,6 +80,8 @@ pub struct AttachCounters {
     pub go_calls_forgotten: u64,
     /// Of the files attached, those whose TLS runs over memory BIOs (Node).
     pub membio_files: u64,
+    /// Files given runtime hooks (nginx executables).
+    pub hook_files: u64,
 }
 
 /// One TLS library (or executable with a TLS library inside), attached.
@@ -115,6 +122,10 @@ pub struct TlsAttach {
     own_pid: u32,
     /// Free slots of `GO_TLS_FILES`.
     go_slots: Vec<u32>,
+    /// TLS probes are attached.
+    tls: bool,
+    /// Runtime hooks are attached.
+    hooks: bool,
 }
 
 /// A symbol only Node's TLS stream has (`node::crypto::TLSWrap`): its
@@ -131,6 +142,8 @@ struct Probed {
     membio: bool,
     /// What it is for the Go probes.
     go: GoFile,
+    /// File offset of nginx's `ngx_http_upstream_init`.
+    ngx_upstream: Option<u64>,
 }
 
 /// What one ELF file offers to probe.
@@ -141,28 +154,11 @@ fn probe_offsets(path: &Path) -> Result<Probed, String> {
     // processes (files the loader keeps open and unchanged) are read.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
     let obj = object::File::parse(&*map).map_err(|e| e.to_string())?;
-    let mut found = Vec::new();
-    for (name, prog) in FUNCTIONS {
-        let sym = obj
-            .dynamic_symbols()
-            .chain(obj.symbols())
-            .find(|s| s.is_definition() && s.name() == Ok(name));
-        let Some(sym) = sym else { continue };
-        let Some(section) = sym
-            .section_index()
-            .and_then(|i| obj.section_by_index(i).ok())
-        else {
-            continue;
-        };
-        let Some((file_off, _)) = section.file_range() else {
-            continue;
-        };
-        if let Ok(UProbeAttachLocation::AbsoluteOffset(off)) =
-            UProbeAttachLocation::from_virtual_address(sym.address(), section.address(), file_off)
-        {
-            found.push((prog, off));
-        }
-    }
+    let found: Vec<(&'static str, u64)> = FUNCTIONS
+        .iter()
+        .filter_map(|&(name, prog)| Some((prog, symbol_offset(&obj, name)?)))
+        .collect();
+    let ngx_upstream = symbol_offset(&obj, NGX_UPSTREAM_INIT);
     let go = if found.is_empty() {
         go::inspect(&obj)
     } else {
@@ -176,7 +172,22 @@ fn probe_offsets(path: &Path) -> Result<Probed, String> {
         offsets: found,
         membio,
         go,
+        ngx_upstream,
     })
+}
+
+/// The file offset of the function `name` defines, for a uprobe.
+fn symbol_offset(obj: &object::File<'_>, name: &str) -> Option<u64> {
+    let sym = obj
+        .dynamic_symbols()
+        .chain(obj.symbols())
+        .find(|s| s.is_definition() && s.name() == Ok(name))?;
+    let section = obj.section_by_index(sym.section_index()?).ok()?;
+    let (file_off, _) = section.file_range()?;
+    match UProbeAttachLocation::from_virtual_address(sym.address(), section.address(), file_off) {
+        Ok(UProbeAttachLocation::AbsoluteOffset(off)) => Some(off),
+        _ => None,
+    }
 }
 
 /// The executable files a process maps (paths as the process sees them),
@@ -201,7 +212,8 @@ fn file_id(path: &Path) -> Option<FileId> {
 
 impl TlsAttach {
     /// Nothing attached yet; processes are read from `proc_root` (/proc).
-    pub fn new(proc_root: impl Into<PathBuf>) -> TlsAttach {
+    /// `tls`: attach the TLS probes; `hooks`: the runtime hooks.
+    pub fn new(proc_root: impl Into<PathBuf>, tls: bool, hooks: bool) -> TlsAttach {
         TlsAttach {
             proc_root: proc_root.into(),
             files: HashMap::new(),
@@ -211,6 +223,8 @@ impl TlsAttach {
             counters: AttachCounters::default(),
             own_pid: std::process::id(),
             go_slots: (0..GO_TLS_FILES_MAX).rev().collect(),
+            tls,
+            hooks,
         }
     }
 
@@ -391,6 +405,7 @@ impl TlsAttach {
             offsets,
             membio,
             go,
+            ngx_upstream,
         } = match probe_offsets(path) {
             Ok(o) => o,
             Err(_) => {
@@ -398,6 +413,16 @@ impl TlsAttach {
                 return false;
             }
         };
+        // A Go executable is never nginx.
+        let mut links = match ngx_upstream {
+            Some(off) if self.hooks && matches!(go, GoFile::NotGo) => {
+                self.attach_hooks(path, off, kernel)
+            }
+            _ => Vec::new(),
+        };
+        if !self.tls {
+            return self.keep(id, path, links, None);
+        }
         match go {
             GoFile::NotGo => {}
             GoFile::Covered(probes) => return self.attach_go(id, path, probes, kernel),
@@ -417,9 +442,9 @@ impl TlsAttach {
         }
         // SSL_free alone is no TLS library to probe.
         if offsets.iter().all(|(p, _)| *p == tls_programs::FREE) {
-            return false;
+            return self.keep(id, path, links, None);
         }
-        let mut links = Vec::new();
+        let hook_links = links.len();
         for (prog, off) in offsets {
             let ret = (prog != tls_programs::FREE).then_some(tls_programs::RET);
             for name in std::iter::once(prog).chain(ret) {
@@ -441,21 +466,72 @@ impl TlsAttach {
                 }
             }
         }
+        if links.len() > hook_links {
+            if membio {
+                self.counters.membio_files += 1;
+            }
+            tracing::info!(file = %path.display(), probes = links.len() - hook_links, membio, "TLS plaintext probes attached");
+        }
+        self.keep(id, path, links, None)
+    }
+
+    /// Attaches nginx's upstream hook (entry and return of
+    /// `ngx_http_upstream_init` at file offset `off`): both or none.
+    fn attach_hooks(
+        &mut self,
+        path: &Path,
+        off: u64,
+        kernel: &mut Kernel,
+    ) -> Vec<(&'static str, UProbeLinkId)> {
+        let mut links = Vec::new();
+        for name in [hook_programs::NGX_UPSTREAM, hook_programs::NGX_UPSTREAM_RET] {
+            let Some(p) = kernel.uprobe(name) else {
+                continue;
+            };
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(off),
+                cookie: None,
+            };
+            match p.attach(point, path, UProbeScope::AllProcesses) {
+                Ok(link) => links.push((name, link)),
+                Err(e) => {
+                    self.counters.attach_errors += 1;
+                    tracing::warn!(file = %path.display(), program = name, error = %e, "cannot attach a runtime hook");
+                }
+            }
+        }
+        if links.len() != 2 {
+            self.detach_links(links, kernel);
+            return Vec::new();
+        }
+        self.counters.hook_files += 1;
+        tracing::info!(
+            file = %path.display(),
+            hook = "nginx upstream (ngx_http_upstream_init)",
+            "runtime hooks attached: this program's upstream calls link to the request they serve"
+        );
+        links
+    }
+
+    /// Keeps a file with the probes attached to it (false when none was).
+    fn keep(
+        &mut self,
+        id: FileId,
+        path: &Path,
+        links: Vec<(&'static str, UProbeLinkId)>,
+        go_slot: Option<u32>,
+    ) -> bool {
         if links.is_empty() {
             return false;
         }
         self.counters.files_attached += 1;
-        if membio {
-            self.counters.membio_files += 1;
-        }
-        tracing::info!(file = %path.display(), probes = links.len(), membio, "TLS plaintext probes attached");
         self.files.insert(
             id,
             TlsFile {
                 path: path.to_path_buf(),
                 links,
                 users: 1,
-                go_slot: None,
+                go_slot,
             },
         );
         true

@@ -1,0 +1,275 @@
+//! What runtime hooks say about causes: a thread of a process working for
+//! the request that came on a connection, between two instants (an
+//! *extent*), and the connections it opened meanwhile.
+//!
+//! A call written by that thread inside an extent, or the first call on a
+//! connection opened inside one, is made for that request (the hooked
+//! program says so: e.g. nginx's `ngx_http_upstream_init(r)`). Which
+//! request of the connection it was is decided later, among the requests
+//! in flight on it then ([`Correlator`](crate::Correlator) rule "runtime").
+//!
+//! Bounded: a few extents per thread, a bounded number of threads and of
+//! opened connections; what is forgotten only leaves a call without this
+//! evidence.
+use foldhash::{HashMap, HashMapExt};
+
+use crate::model::{ConnId, Pid, Tid};
+
+/// Extents remembered per thread (the most recent; a call is matched
+/// within a reorder window of its extent, long before a thread makes this
+/// many more).
+const EXTENTS_PER_THREAD: usize = 8;
+
+/// How long an extent whose end was not seen covers calls: a hooked
+/// function runs for microseconds, and a lost end record (a full lane,
+/// counted in the kernel) must not make later calls look caused.
+const OPEN_EXTENT_NS: u64 = 50_000_000;
+
+/// What a hook saw a thread do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CauseEvent {
+    /// The thread starts working for the request that came on `conn`.
+    Enter {
+        /// The connection of that request.
+        conn: ConnId,
+    },
+    /// The thread is done with that work.
+    Leave,
+    /// Inside that work, the thread opened connection `conn` for the
+    /// request that came on `cause`.
+    Connect {
+        /// The connection opened.
+        conn: ConnId,
+        /// The connection of the request it was opened for.
+        cause: ConnId,
+    },
+}
+
+/// A call's cause, as the hooks said: the request in flight on `conn` at
+/// `at_ns` (in the call's process).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Cause {
+    pub conn: ConnId,
+    pub at_ns: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Extent {
+    start: u64,
+    end: Option<u64>,
+    conn: ConnId,
+}
+
+/// The extents and opened connections of the hooked processes.
+pub(crate) struct Causes {
+    threads: HashMap<(Pid, Tid), Vec<Extent>>,
+    opened: HashMap<ConnId, (Pid, Cause)>,
+    max_threads: usize,
+    max_opened: usize,
+}
+
+impl Causes {
+    pub fn new(max_threads: usize, max_opened: usize) -> Causes {
+        Causes {
+            threads: HashMap::new(),
+            opened: HashMap::new(),
+            max_threads: max_threads.max(1),
+            max_opened: max_opened.max(1),
+        }
+    }
+
+    /// Nothing was ever said (the common case: no hooked process): calls
+    /// need no look-up.
+    pub fn is_empty(&self) -> bool {
+        self.threads.is_empty() && self.opened.is_empty()
+    }
+
+    /// One event of thread `tid` of `pid` at `t`. Returns how many
+    /// remembered items a bound made it forget.
+    pub fn event(&mut self, pid: Pid, tid: Tid, t: u64, ev: CauseEvent) -> u64 {
+        match ev {
+            CauseEvent::Enter { conn } => {
+                let mut forgot = 0;
+                if self.threads.len() >= self.max_threads && !self.threads.contains_key(&(pid, tid))
+                {
+                    forgot = self.threads.len() as u64;
+                    self.threads.clear();
+                }
+                let v = self.threads.entry((pid, tid)).or_default();
+                // One extent at a time per thread: one still open lost its
+                // end record.
+                if let Some(prev) = v.last_mut().filter(|e| e.end.is_none()) {
+                    prev.end = Some(t);
+                }
+                if v.len() >= EXTENTS_PER_THREAD {
+                    v.remove(0);
+                }
+                v.push(Extent {
+                    start: t,
+                    end: None,
+                    conn,
+                });
+                forgot
+            }
+            CauseEvent::Leave => {
+                if let Some(e) = self
+                    .threads
+                    .get_mut(&(pid, tid))
+                    .and_then(|v| v.last_mut())
+                    .filter(|e| e.end.is_none())
+                {
+                    e.end = Some(t);
+                }
+                0
+            }
+            CauseEvent::Connect { conn, cause } => {
+                let mut forgot = 0;
+                if self.opened.len() >= self.max_opened {
+                    forgot = self.opened.len() as u64;
+                    self.opened.clear();
+                }
+                self.opened.insert(
+                    conn,
+                    (
+                        pid,
+                        Cause {
+                            conn: cause,
+                            at_ns: t,
+                        },
+                    ),
+                );
+                forgot
+            }
+        }
+    }
+
+    /// The cause of a call written on `conn` by thread `tid` of `pid` at
+    /// `t`: the extent it was written in, else the one its connection was
+    /// opened in (for its first call only: any call takes that away).
+    pub fn of_call(&mut self, pid: Pid, tid: Tid, conn: ConnId, t: u64) -> Option<Cause> {
+        let opened = self.opened.remove(&conn);
+        let within = self.threads.get(&(pid, tid)).and_then(|v| {
+            v.iter()
+                .rev()
+                .find(|e| e.start <= t && t <= e.end.unwrap_or(e.start + OPEN_EXTENT_NS))
+        });
+        if let Some(e) = within {
+            return Some(Cause {
+                conn: e.conn,
+                at_ns: e.start,
+            });
+        }
+        match opened {
+            Some((p, c)) if p == pid && c.at_ns <= t => Some(c),
+            _ => None,
+        }
+    }
+
+    /// A connection closed: a cause waiting for its first call goes.
+    pub fn conn_closed(&mut self, conn: ConnId) {
+        if !self.opened.is_empty() {
+            self.opened.remove(&conn);
+        }
+    }
+
+    /// Extents that ended, and opened connections that waited, before
+    /// `before` go (their calls have been decided).
+    pub fn forget_before(&mut self, before: u64) {
+        self.threads.retain(|_, v| {
+            v.retain(|e| e.end.unwrap_or(e.start + OPEN_EXTENT_NS) >= before);
+            !v.is_empty()
+        });
+        self.opened.retain(|_, (_, c)| c.at_ns >= before);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: Pid = Pid(10);
+    const T: Tid = Tid(11);
+    const C: ConnId = ConnId(1);
+    const U: ConnId = ConnId(2);
+
+    #[test]
+    fn a_call_inside_an_extent_has_its_cause_and_one_outside_has_none() {
+        let mut c = Causes::new(16, 16);
+        c.event(P, T, 100, CauseEvent::Enter { conn: C });
+        c.event(P, T, 200, CauseEvent::Leave);
+        let inside = c.of_call(P, T, U, 150);
+        assert_eq!(
+            inside,
+            Some(Cause {
+                conn: C,
+                at_ns: 100
+            })
+        );
+        assert_eq!(c.of_call(P, T, U, 250), None);
+        assert_eq!(c.of_call(P, Tid(12), U, 150), None, "another thread");
+        assert_eq!(c.of_call(Pid(9), T, U, 150), None, "another process");
+    }
+
+    #[test]
+    fn an_open_extent_covers_what_follows_its_entry() {
+        let mut c = Causes::new(16, 16);
+        c.event(P, T, 100, CauseEvent::Enter { conn: C });
+        assert!(c.of_call(P, T, U, 99).is_none());
+        assert_eq!(c.of_call(P, T, U, 101).map(|x| x.conn), Some(C));
+        assert!(
+            c.of_call(P, T, U, 100 + OPEN_EXTENT_NS + 1).is_none(),
+            "an end record lost does not extend it for ever"
+        );
+        c.event(P, T, 300, CauseEvent::Enter { conn: ConnId(7) });
+        assert_eq!(c.of_call(P, T, U, 350).map(|x| x.conn), Some(ConnId(7)));
+        assert_eq!(c.of_call(P, T, U, 250).map(|x| x.conn), Some(C));
+    }
+
+    #[test]
+    fn a_connection_opened_in_an_extent_gives_its_first_call_only() {
+        let mut c = Causes::new(16, 16);
+        c.event(P, T, 100, CauseEvent::Enter { conn: C });
+        c.event(P, T, 110, CauseEvent::Connect { conn: U, cause: C });
+        c.event(P, T, 120, CauseEvent::Leave);
+        // Sent once the connection is up, outside the extent.
+        assert_eq!(c.of_call(P, T, U, 500).map(|x| x.conn), Some(C));
+        assert_eq!(c.of_call(P, T, U, 900), None, "the next call on it");
+    }
+
+    #[test]
+    fn a_closed_connection_forgets_its_cause() {
+        let mut c = Causes::new(16, 16);
+        c.event(P, T, 110, CauseEvent::Connect { conn: U, cause: C });
+        c.conn_closed(U);
+        assert_eq!(c.of_call(P, T, U, 500), None);
+    }
+
+    #[test]
+    fn bounds_forget_rather_than_grow() {
+        let mut c = Causes::new(2, 2);
+        for t in 0..3u32 {
+            c.event(P, Tid(t), 10, CauseEvent::Enter { conn: C });
+        }
+        assert!(c.threads.len() <= 2);
+        for i in 0..20u64 {
+            c.event(P, T, 10 + i, CauseEvent::Enter { conn: C });
+        }
+        assert!(c.threads[&(P, T)].len() <= EXTENTS_PER_THREAD);
+        for i in 0..3u64 {
+            c.event(
+                P,
+                T,
+                10,
+                CauseEvent::Connect {
+                    conn: ConnId(100 + i),
+                    cause: C,
+                },
+            );
+        }
+        assert!(c.opened.len() <= 2);
+        c.forget_before(1_000);
+        assert!(!c.is_empty(), "an extent still open is kept for a while");
+        c.forget_before(1_000 + OPEN_EXTENT_NS);
+        assert!(c.is_empty());
+    }
+}
