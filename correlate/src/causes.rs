@@ -20,6 +20,12 @@ use crate::model::{ConnId, Pid, Tid};
 /// many more).
 const EXTENTS_PER_THREAD: usize = 8;
 
+/// How long after a connection was opened or chosen for a request its
+/// next call is taken as that request's (a connect takes a round trip, a
+/// chosen connection is written to at once): a call much later, whose own
+/// cause was lost, must not take it.
+const OPENED_WAIT_NS: u64 = 1_000_000_000;
+
 /// How long an extent whose end was not seen covers calls: a hooked
 /// function runs for microseconds, and a lost end record (a full lane,
 /// counted in the kernel) must not make later calls look caused.
@@ -35,13 +41,17 @@ pub enum CauseEvent {
     },
     /// The thread is done with that work.
     Leave,
-    /// Inside that work, the thread opened connection `conn` for the
-    /// request that came on `cause`.
+    /// Inside that work, the thread opened connection `conn` (or chose it
+    /// for its next request) for the request that came on `cause`: the
+    /// next call on `conn` is made for it.
     Connect {
-        /// The connection opened.
+        /// The connection opened or chosen.
         conn: ConnId,
         /// The connection of the request it was opened for.
         cause: ConnId,
+        /// When the work for that request began (the request was in
+        /// flight then), if before this event.
+        since: Option<u64>,
     },
 }
 
@@ -63,7 +73,8 @@ struct Extent {
 /// The extents and opened connections of the hooked processes.
 pub(crate) struct Causes {
     threads: HashMap<(Pid, Tid), Vec<Extent>>,
-    opened: HashMap<ConnId, (Pid, Cause)>,
+    /// By connection: the process, the cause, and when it was said.
+    opened: HashMap<ConnId, (Pid, Cause, u64)>,
     max_threads: usize,
     max_opened: usize,
 }
@@ -122,22 +133,15 @@ impl Causes {
                 }
                 0
             }
-            CauseEvent::Connect { conn, cause } => {
+            CauseEvent::Connect { conn, cause, since } => {
                 let mut forgot = 0;
                 if self.opened.len() >= self.max_opened {
                     forgot = self.opened.len() as u64;
                     self.opened.clear();
                 }
-                self.opened.insert(
-                    conn,
-                    (
-                        pid,
-                        Cause {
-                            conn: cause,
-                            at_ns: t,
-                        },
-                    ),
-                );
+                let at_ns = since.unwrap_or(t).min(t);
+                self.opened
+                    .insert(conn, (pid, Cause { conn: cause, at_ns }, t));
                 forgot
             }
         }
@@ -160,7 +164,7 @@ impl Causes {
             });
         }
         match opened {
-            Some((p, c)) if p == pid && c.at_ns <= t => Some(c),
+            Some((p, c, said)) if p == pid && said <= t && t - said <= OPENED_WAIT_NS => Some(c),
             _ => None,
         }
     }
@@ -179,7 +183,7 @@ impl Causes {
             v.retain(|e| e.end.unwrap_or(e.start + OPEN_EXTENT_NS) >= before);
             !v.is_empty()
         });
-        self.opened.retain(|_, (_, c)| c.at_ns >= before);
+        self.opened.retain(|_, (_, _, said)| *said >= before);
     }
 }
 
@@ -229,7 +233,16 @@ mod tests {
     fn a_connection_opened_in_an_extent_gives_its_first_call_only() {
         let mut c = Causes::new(16, 16);
         c.event(P, T, 100, CauseEvent::Enter { conn: C });
-        c.event(P, T, 110, CauseEvent::Connect { conn: U, cause: C });
+        c.event(
+            P,
+            T,
+            110,
+            CauseEvent::Connect {
+                conn: U,
+                cause: C,
+                since: None,
+            },
+        );
         c.event(P, T, 120, CauseEvent::Leave);
         // Sent once the connection is up, outside the extent.
         assert_eq!(c.of_call(P, T, U, 500).map(|x| x.conn), Some(C));
@@ -237,9 +250,48 @@ mod tests {
     }
 
     #[test]
+    fn a_chosen_connection_names_when_its_work_began_and_expires() {
+        let mut c = Causes::new(16, 16);
+        let chosen = |c: &mut Causes, t| {
+            c.event(
+                P,
+                T,
+                t,
+                CauseEvent::Connect {
+                    conn: U,
+                    cause: C,
+                    since: Some(50),
+                },
+            )
+        };
+        chosen(&mut c, 100);
+        assert_eq!(
+            c.of_call(P, Tid(12), U, 120),
+            Some(Cause { conn: C, at_ns: 50 })
+        );
+        chosen(&mut c, 100);
+        assert_eq!(
+            c.of_call(P, T, U, 100 + OPENED_WAIT_NS + 1),
+            None,
+            "too late"
+        );
+        chosen(&mut c, 100);
+        assert_eq!(c.of_call(Pid(3), T, U, 120), None, "another process");
+    }
+
+    #[test]
     fn a_closed_connection_forgets_its_cause() {
         let mut c = Causes::new(16, 16);
-        c.event(P, T, 110, CauseEvent::Connect { conn: U, cause: C });
+        c.event(
+            P,
+            T,
+            110,
+            CauseEvent::Connect {
+                conn: U,
+                cause: C,
+                since: None,
+            },
+        );
         c.conn_closed(U);
         assert_eq!(c.of_call(P, T, U, 500), None);
     }
@@ -263,6 +315,7 @@ mod tests {
                 CauseEvent::Connect {
                     conn: ConnId(100 + i),
                     cause: C,
+                    since: None,
                 },
             );
         }

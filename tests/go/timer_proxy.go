@@ -1,12 +1,13 @@
 // A Go net/http service for the parent tests (standard library only; built
 // at test time in GOPATH mode):
 //
-//	timer_proxy PORT BACKEND_PORT [POLL_MS]
+//	timer_proxy PORT BACKEND_PORT [POLL_MS [PREFIX]]
 //
 // Each request's handler calls the backend on 127.0.0.1:BACKEND_PORT with
-// the same method and path from a new goroutine and answers with what it
-// got; independently, a goroutine polls the backend at /poll/N every
-// POLL_MS (default 20; 0: never). Prints "ready" once listening.
+// the same method and path (after PREFIX, default none) from a new
+// goroutine and answers with what it got; independently, a goroutine
+// polls the backend at /poll/N every POLL_MS (default 20; 0: never).
+// Prints "ready" once listening.
 package main
 
 import (
@@ -25,6 +26,10 @@ func main() {
 	pollMs := 20
 	if len(os.Args) > 3 {
 		pollMs, _ = strconv.Atoi(os.Args[3])
+	}
+	prefix := ""
+	if len(os.Args) > 4 {
+		prefix = os.Args[4]
 	}
 	client := &http.Client{Timeout: 10 * time.Second}
 	if pollMs > 0 {
@@ -46,7 +51,7 @@ func main() {
 		}
 		done := make(chan result, 1)
 		go func() {
-			req, err := http.NewRequest(in.Method, backend+in.URL.RequestURI(), nil)
+			req, err := http.NewRequest(in.Method, backend+prefix+in.URL.RequestURI(), nil)
 			if err != nil {
 				done <- result{err: err}
 				return

@@ -705,6 +705,48 @@ fn go_calls_from_a_new_goroutine_link_by_forwarding() {
     assert!(l.full as f64 >= 0.95 * 200.0, "{l:?}\n{}", out.stderr);
 }
 
+/// Go's net/http hooks (ServeHTTP, goroutine creation, the client's
+/// persistConn.roundTrip) say which request a call from a new goroutine
+/// serves: calls under another path, without ids, link; the poller's calls
+/// (every 20 ms, from a goroutine no request created) stay roots.
+#[test]
+fn go_calls_from_a_new_goroutine_link_by_the_runtime_hooks() {
+    let Some(_g) = root_test("go_calls_from_a_new_goroutine_link_by_the_runtime_hooks") else {
+        return;
+    };
+    let dir = TempDir::new("tracer-go");
+    let bin = go_build(dir.path(), "timer_proxy", "timer_proxy", &[]);
+    let (l, out) = async_calls(
+        "go-bare",
+        |port, backend| {
+            Spawned::ready(
+                Command::new(&bin)
+                    .args([
+                        port.to_string(),
+                        backend.to_string(),
+                        "20".into(),
+                        "/down".into(),
+                    ])
+                    .env("OTEL_SERVICE_NAME", "go-bare"),
+            )
+        },
+        false,
+    );
+    assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
+    assert!(l.full as f64 >= 0.95 * 200.0, "{l:?}\n{}", out.stderr);
+    let runtime = out.counter("runtime_parent").unwrap_or(0);
+    assert!(
+        runtime >= 190,
+        "{runtime} calls linked by the hooks\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("runtime hooks attached: Go net/http"),
+        "{}",
+        out.stderr
+    );
+}
+
 /// The accuracy figure is part of the exit summary.
 #[test]
 fn the_exit_summary_shows_the_linked_share_and_the_reasons_for_roots() {

@@ -81,7 +81,7 @@ pub fn ngx_upstream_init(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let _ = SERVING.insert(&pid_tgid, &cookie, 0);
-    emit(CAUSE_ENTER, pid_tgid, cookie, 0);
+    emit(CAUSE_ENTER, pid_tgid, cookie, 0, 0);
     0
 }
 
@@ -93,7 +93,7 @@ pub fn ngx_upstream_init_ret(_ctx: RetProbeContext) -> u32 {
         return 0;
     }
     let _ = SERVING.remove(&pid_tgid);
-    emit(CAUSE_LEAVE, pid_tgid, 0, 0);
+    emit(CAUSE_LEAVE, pid_tgid, 0, 0, 0);
     0
 }
 
@@ -109,11 +109,11 @@ pub fn serving() -> Option<u64> {
 /// entered `SYN_SENT` on the socket whose cookie is `cookie`.
 #[inline(always)]
 pub fn connecting(cookie: u64, cause: u64) {
-    emit(CAUSE_CONNECT, bpf_get_current_pid_tgid(), cookie, cause);
+    emit(CAUSE_CONNECT, bpf_get_current_pid_tgid(), cookie, cause, 0);
 }
 
 #[inline(always)]
-fn emit(kind: u8, pid_tgid: u64, cookie: u64, cause: u64) {
+pub(crate) fn emit(kind: u8, pid_tgid: u64, cookie: u64, cause: u64, since: u64) {
     let Some(held) = lane::reserve_packet::<CAUSE_FRAME>(false, DropReason::RingFullCause) else {
         return;
     };
@@ -129,6 +129,7 @@ fn emit(kind: u8, pid_tgid: u64, cookie: u64, cause: u64) {
         dst.add(2).write(tid);
         dst.add(3).write(cookie);
         dst.add(4).write(cause);
+        dst.add(5).write(since);
     }
     held.publish(size_of::<Cause>());
 }

@@ -44,6 +44,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics, adt_const_params)]
 
+mod gohooks;
 mod gotls;
 mod h2walk;
 mod hooks;

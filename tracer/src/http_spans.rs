@@ -331,6 +331,7 @@ impl HttpSpans {
             tracer_common::CAUSE_CONNECT => correlate::CauseEvent::Connect {
                 conn: ConnId(c.cookie),
                 cause: ConnId(c.cause),
+                since: (c.since_ns != 0).then_some(c.since_ns),
             },
             _ => return,
         };

@@ -300,10 +300,15 @@ fn load_go_tls(ebpf: &mut Ebpf) {
     }
 }
 
-/// The runtime-hook programs (entry, return).
-const HOOK_PROGRAMS: [&str; 2] = [
+/// The runtime-hook programs: nginx's, Go net/http's.
+const HOOK_PROGRAMS: [&str; 7] = [
     tracer_common::hook_programs::NGX_UPSTREAM,
     tracer_common::hook_programs::NGX_UPSTREAM_RET,
+    tracer_common::hook_programs::GO_SERVE,
+    tracer_common::hook_programs::GO_SERVE_RET,
+    tracer_common::hook_programs::GO_SPAWN,
+    tracer_common::hook_programs::GO_SPAWN_RET,
+    tracer_common::hook_programs::GO_ROUND_TRIP,
 ];
 
 /// Loads the runtime-hook programs, all or none: a kernel that refuses one
@@ -584,16 +589,33 @@ impl Kernel {
         slot: u32,
         file: &tracer_common::gotls::GoTlsFile,
     ) -> Result<(), aya::maps::MapError> {
-        let name = "GO_TLS_FILES";
+        self.set_slot("GO_TLS_FILES", slot, file)
+    }
+
+    /// Writes a Go executable's net/http hook offsets to slot `slot` of
+    /// `GO_HOOK_FILES`.
+    pub fn set_go_hook_file(
+        &mut self,
+        slot: u32,
+        file: &tracer_common::GoHookFile,
+    ) -> Result<(), aya::maps::MapError> {
+        self.set_slot("GO_HOOK_FILES", slot, file)
+    }
+
+    fn set_slot<T: aya::Pod>(
+        &mut self,
+        name: &str,
+        slot: u32,
+        value: &T,
+    ) -> Result<(), aya::maps::MapError> {
         let map = self
             .ebpf
             .map_mut(name)
             .ok_or(aya::maps::MapError::InvalidName {
                 name: name.to_string(),
             })?;
-        let mut array: aya::maps::Array<&mut MapData, tracer_common::gotls::GoTlsFile> =
-            aya::maps::Array::try_from(map)?;
-        array.set(slot, *file, 0)
+        let mut array: aya::maps::Array<&mut MapData, T> = aya::maps::Array::try_from(map)?;
+        array.set(slot, *value, 0)
     }
 
     /// Removes the Go TLS calls in progress of process `pid` (it exited

@@ -260,7 +260,8 @@ report_counters!(crate::tls::attach::AttachCounters, Stage::Tls, {
     not_covered: Headline, "Executables speaking TLS through a library the agent cannot probe.";
     go_calls_forgotten: Detail, "Go TLS reads in progress forgotten because their process exited.";
     membio_files: Detail, "Files attached whose TLS runs over memory BIOs (Node).";
-    hook_files: Headline, "Files given runtime hooks (nginx executables: upstream calls link to the request they serve).";
+    hook_files: Headline, "Files given runtime hooks (nginx, Go net/http executables: calls link to the request they serve).";
+    hooks_not_covered: Detail, "Go net/http executables the runtime hooks cannot read (stripped, no DWARF, Go older than 1.17).";
 });
 
 report_counters!(crate::http_spans::HttpCounters, Stage::Http, {

@@ -75,6 +75,9 @@ pub struct Cause {
     pub cookie: u64,
     /// Connect: cookie of the connection of the request being served.
     pub cause: u64,
+    /// Connect: when the work for that request began (0: at `ts_ns`);
+    /// the request was in flight then.
+    pub since_ns: u64,
 }
 
 /// [`Cause::kind`]: the thread starts work for the request on `cookie`.
@@ -82,7 +85,9 @@ pub const CAUSE_ENTER: u8 = 1;
 /// [`Cause::kind`]: the thread is done with that work.
 pub const CAUSE_LEAVE: u8 = 2;
 /// [`Cause::kind`]: inside that work, the thread opened connection
-/// `cookie` (a `connect()`), for the request on `cause`.
+/// `cookie` (a `connect()`), or chose it for its next request (Go's
+/// `persistConn.roundTrip`), for the request on `cause`: the next request
+/// written on `cookie` is made for it.
 pub const CAUSE_CONNECT: u8 = 3;
 
 /// Threads that can be inside a hooked function at once (an LRU map by
@@ -96,7 +101,58 @@ pub mod hook_programs {
     pub const NGX_UPSTREAM: &str = "ngx_upstream_init";
     /// Its return.
     pub const NGX_UPSTREAM_RET: &str = "ngx_upstream_init_ret";
+    /// Go's `net/http.serverHandler.ServeHTTP` entry: the goroutine serves
+    /// the request of its HTTP/1 connection.
+    pub const GO_SERVE: &str = "go_serve";
+    /// Every RET of it.
+    pub const GO_SERVE_RET: &str = "go_serve_ret";
+    /// `runtime.newproc1` entry: a goroutine is being created.
+    pub const GO_SPAWN: &str = "go_spawn";
+    /// Every RET of it: the new goroutine inherits its creator's request.
+    pub const GO_SPAWN_RET: &str = "go_spawn_ret";
+    /// `net/http.(*persistConn).roundTrip` entry: a client request is about
+    /// to go out on that connection.
+    pub const GO_ROUND_TRIP: &str = "go_round_trip";
 }
+
+/// Go executables with the net/http runtime hooks at once (slots of
+/// `GO_HOOK_FILES`; a probe's attach cookie is its file's slot).
+pub const GO_HOOK_FILES_MAX: u32 = 256;
+
+/// Goroutines remembered as working for a request (an LRU map).
+pub const GO_SERVING_MAX: u32 = 65536;
+
+/// Where the net/http hooks find things in one Go executable: link-time
+/// addresses and struct member offsets (from its symbols and DWARF).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoHookFile {
+    /// Link-time address where `serverHandler.ServeHTTP`'s probe sits.
+    pub serve_entry: u64,
+    /// Link-time address where `(*persistConn).roundTrip`'s probe sits.
+    pub round_trip_entry: u64,
+    /// Link-time address of the itab of `*net/http.response` as a
+    /// `ResponseWriter` (HTTP/1 connections).
+    pub response_itab: u64,
+    /// Link-time address of the itab of `*net.TCPConn` as a `net.Conn`.
+    pub tcp_itab: u64,
+    /// `net/http.response.conn` (a `*conn`).
+    pub response_conn: u32,
+    /// `net/http.conn.rwc` (a `net.Conn`).
+    pub conn_rwc: u32,
+    /// `net/http.persistConn.conn` (a `net.Conn`).
+    pub pconn_conn: u32,
+    /// `net.TCPConn` -> its `*net.netFD`.
+    pub tcp_fd: u32,
+    /// `net.netFD` -> `poll.FD.Sysfd`.
+    pub sysfd: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), only integers, every bit pattern valid.
+unsafe impl aya::Pod for GoHookFile {}
 
 /// `ngx_http_request_t.signature` (`NGX_HTTP_MODULE`, "HTTP"): the first
 /// field of every nginx HTTP request, checked before the request is read.
@@ -949,7 +1005,8 @@ const _: () = assert!(core::mem::offset_of!(ConnState, tag) == 0);
 const _: () = assert!(core::mem::offset_of!(SegmentHeader, tag) == 0);
 const _: () = assert!(size_of::<SockTotals>() == 72);
 const _: () = assert!(size_of::<TlsData>() == 64);
-const _: () = assert!(size_of::<Cause>() == 40);
+const _: () = assert!(size_of::<Cause>() == 48);
+const _: () = assert!(size_of::<GoHookFile>() == 56);
 const _: () = assert!(core::mem::offset_of!(TlsData, ts_ns) == 8);
 const _: () = assert!(core::mem::offset_of!(TlsData, seq) == 40);
 const _: () = assert!(size_of::<TlsData>() + MAX_HEAD <= MAX_FRAME);

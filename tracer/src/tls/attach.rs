@@ -24,7 +24,7 @@ use foldhash::{HashMap, HashMapExt};
 use object::{Object, ObjectSection, ObjectSymbol};
 use tracer_common::{
     gotls::{GO_OFF_UNKNOWN, GO_TLS_FILES_MAX},
-    hook_programs, tls_programs, TLS_COOKIE_MEMBIO,
+    hook_programs, tls_programs, GO_HOOK_FILES_MAX, TLS_COOKIE_MEMBIO,
 };
 
 use super::go::{self, GoFile};
@@ -80,8 +80,11 @@ pub struct AttachCounters {
     pub go_calls_forgotten: u64,
     /// Of the files attached, those whose TLS runs over memory BIOs (Node).
     pub membio_files: u64,
-    /// Files given runtime hooks (nginx executables).
+    /// Files given runtime hooks (nginx, Go net/http executables).
     pub hook_files: u64,
+    /// Go net/http executables the runtime hooks cannot read (stripped,
+    /// no DWARF, older than Go 1.17).
+    pub hooks_not_covered: u64,
 }
 
 /// One TLS library (or executable with a TLS library inside), attached.
@@ -91,6 +94,17 @@ struct TlsFile {
     users: usize,
     /// A Go executable's slot in `GO_TLS_FILES` (its probes' cookie).
     go_slot: Option<u32>,
+    /// Its slot in `GO_HOOK_FILES` (the net/http hooks' cookie).
+    hook_slot: Option<u32>,
+}
+
+/// The slots a file's probes use as their attach cookie.
+#[derive(Default, Clone, Copy)]
+struct Slots {
+    /// In `GO_TLS_FILES`.
+    go: Option<u32>,
+    /// In `GO_HOOK_FILES`.
+    hook: Option<u32>,
 }
 
 /// What is known of one process.
@@ -122,6 +136,8 @@ pub struct TlsAttach {
     own_pid: u32,
     /// Free slots of `GO_TLS_FILES`.
     go_slots: Vec<u32>,
+    /// Free slots of `GO_HOOK_FILES`.
+    hook_slots: Vec<u32>,
     /// TLS probes are attached.
     tls: bool,
     /// Runtime hooks are attached.
@@ -144,10 +160,12 @@ struct Probed {
     go: GoFile,
     /// File offset of nginx's `ngx_http_upstream_init`.
     ngx_upstream: Option<u64>,
+    /// What it is for the Go net/http hooks (see [`go::http_hooks`]).
+    go_hooks: Result<Option<go::GoHooks>, &'static str>,
 }
 
 /// What one ELF file offers to probe.
-fn probe_offsets(path: &Path) -> Result<Probed, String> {
+fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     // SAFETY: a read-only private mapping; a file truncated meanwhile can
     // fault the agent, which is why only executable mappings of running
@@ -168,11 +186,17 @@ fn probe_offsets(path: &Path) -> Result<Probed, String> {
         && obj
             .symbols()
             .any(|s| s.name().is_ok_and(|n| n.starts_with(MEMBIO_MARK)));
+    let go_hooks = if hooks {
+        go::http_hooks(&obj)
+    } else {
+        Ok(None)
+    };
     Ok(Probed {
         offsets: found,
         membio,
         go,
         ngx_upstream,
+        go_hooks,
     })
 }
 
@@ -223,6 +247,7 @@ impl TlsAttach {
             counters: AttachCounters::default(),
             own_pid: std::process::id(),
             go_slots: (0..GO_TLS_FILES_MAX).rev().collect(),
+            hook_slots: (0..GO_HOOK_FILES_MAX).rev().collect(),
             tls,
             hooks,
         }
@@ -406,7 +431,8 @@ impl TlsAttach {
             membio,
             go,
             ngx_upstream,
-        } = match probe_offsets(path) {
+            go_hooks,
+        } = match probe_offsets(path, self.hooks) {
             Ok(o) => o,
             Err(_) => {
                 self.counters.unreadable_files += 1;
@@ -420,12 +446,37 @@ impl TlsAttach {
             }
             _ => Vec::new(),
         };
+        let mut slots = Slots::default();
+        match go_hooks {
+            Ok(None) => {}
+            Ok(Some(h)) => {
+                if let Some((slot, l)) = self.attach_go_hooks(path, h, kernel) {
+                    links.extend(l);
+                    slots.hook = Some(slot);
+                }
+            }
+            Err(reason) => {
+                self.counters.hooks_not_covered += 1;
+                tracing::info!(
+                    executable = %path.display(),
+                    reason,
+                    "runtime hooks not covered: a Go net/http program the hooks cannot \
+                     read; its calls link by the other rules"
+                );
+            }
+        }
         if !self.tls {
-            return self.keep(id, path, links, None);
+            return self.keep(id, path, links, slots);
         }
         match go {
             GoFile::NotGo => {}
-            GoFile::Covered(probes) => return self.attach_go(id, path, probes, kernel),
+            GoFile::Covered(probes) => {
+                if let Some((slot, l)) = self.attach_go(path, probes, kernel) {
+                    links.extend(l);
+                    slots.go = Some(slot);
+                }
+                return self.keep(id, path, links, slots);
+            }
             GoFile::NotCovered { version, reason } => {
                 if self.reported.insert(id) {
                     self.counters.not_covered += 1;
@@ -437,12 +488,12 @@ impl TlsAttach {
                          its encrypted traffic is counted, not traced"
                     );
                 }
-                return false;
+                return self.keep(id, path, links, slots);
             }
         }
         // SSL_free alone is no TLS library to probe.
         if offsets.iter().all(|(p, _)| *p == tls_programs::FREE) {
-            return self.keep(id, path, links, None);
+            return self.keep(id, path, links, slots);
         }
         let hook_links = links.len();
         for (prog, off) in offsets {
@@ -472,7 +523,7 @@ impl TlsAttach {
             }
             tracing::info!(file = %path.display(), probes = links.len() - hook_links, membio, "TLS plaintext probes attached");
         }
-        self.keep(id, path, links, None)
+        self.keep(id, path, links, slots)
     }
 
     /// Attaches nginx's upstream hook (entry and return of
@@ -519,9 +570,10 @@ impl TlsAttach {
         id: FileId,
         path: &Path,
         links: Vec<(&'static str, UProbeLinkId)>,
-        go_slot: Option<u32>,
+        slots: Slots,
     ) -> bool {
         if links.is_empty() {
+            self.free_slots(slots);
             return false;
         }
         self.counters.files_attached += 1;
@@ -531,35 +583,67 @@ impl TlsAttach {
                 path: path.to_path_buf(),
                 links,
                 users: 1,
-                go_slot,
+                go_slot: slots.go,
+                hook_slot: slots.hook,
             },
         );
         true
     }
 
-    /// Attaches the Go probes to an executable (see [`go`]): its offsets
-    /// go to a free slot of `GO_TLS_FILES`, whose index every probe of the
-    /// file carries as its cookie.
-    fn attach_go(
+    fn free_slots(&mut self, slots: Slots) {
+        self.go_slots.extend(slots.go);
+        self.hook_slots.extend(slots.hook);
+    }
+
+    /// Attaches the Go net/http hooks to an executable (see
+    /// `tracer-ebpf/src/gohooks.rs`): its offsets go to a free slot of
+    /// `GO_HOOK_FILES`, whose index every probe carries as its cookie. All
+    /// or nothing.
+    fn attach_go_hooks(
         &mut self,
-        id: FileId,
         path: &Path,
-        probes: go::GoProbes,
+        hooks: go::GoHooks,
         kernel: &mut Kernel,
-    ) -> bool {
-        let Some(slot) = self.go_slots.pop() else {
+    ) -> Option<(u32, Vec<(&'static str, UProbeLinkId)>)> {
+        let Some(slot) = self.hook_slots.pop() else {
             self.counters.attach_errors += 1;
-            tracing::warn!(file = %path.display(), "cannot attach Go TLS probes: every Go file slot is in use");
-            return false;
+            tracing::warn!(file = %path.display(), "cannot attach Go runtime hooks: every slot is in use");
+            return None;
         };
-        if let Err(e) = kernel.set_go_tls_file(slot, &probes.layout) {
-            self.go_slots.push(slot);
+        if let Err(e) = kernel.set_go_hook_file(slot, &hooks.layout) {
+            self.hook_slots.push(slot);
             self.counters.attach_errors += 1;
-            tracing::warn!(file = %path.display(), error = %e, "cannot attach Go TLS probes");
-            return false;
+            tracing::warn!(file = %path.display(), error = %e, "cannot attach Go runtime hooks");
+            return None;
         }
+        let links = self.attach_all(path, &hooks.probes, slot, kernel);
+        if links.is_none() {
+            self.hook_slots.push(slot);
+            return None;
+        }
+        self.counters.hook_files += 1;
+        tracing::info!(
+            file = %path.display(),
+            go = %hooks.version,
+            client = hooks.layout.round_trip_entry != 0,
+            "runtime hooks attached: Go net/http (ServeHTTP, goroutine creation, \
+             persistConn.roundTrip); calls link to the request their goroutine serves"
+        );
+        links.map(|l| (slot, l))
+    }
+
+    /// Attaches every (program, file offset) of `probes` with attach cookie
+    /// `slot`: all, or none (a call whose RET is not probed would leave its
+    /// entry behind).
+    fn attach_all(
+        &mut self,
+        path: &Path,
+        probes: &[(&'static str, u64)],
+        slot: u32,
+        kernel: &mut Kernel,
+    ) -> Option<Vec<(&'static str, UProbeLinkId)>> {
         let mut links = Vec::new();
-        for (name, off) in &probes.probes {
+        for (name, off) in probes {
             let Some(p) = kernel.uprobe(name) else {
                 continue;
             };
@@ -571,18 +655,41 @@ impl TlsAttach {
                 Ok(link) => links.push((*name, link)),
                 Err(e) => {
                     self.counters.attach_errors += 1;
-                    tracing::warn!(file = %path.display(), program = name, error = %e, "cannot attach a Go TLS probe");
+                    tracing::warn!(file = %path.display(), program = name, error = %e, "cannot attach a probe");
                 }
             }
         }
-        // A call whose RET is not probed would leave its entry behind: all
-        // or nothing.
-        if links.len() != probes.probes.len() {
+        if links.len() != probes.len() {
             self.detach_links(links, kernel);
-            self.go_slots.push(slot);
-            return false;
+            return None;
         }
-        self.counters.files_attached += 1;
+        Some(links)
+    }
+
+    /// Attaches the Go probes to an executable (see [`go`]): its offsets
+    /// go to a free slot of `GO_TLS_FILES`, whose index every probe of the
+    /// file carries as its cookie.
+    fn attach_go(
+        &mut self,
+        path: &Path,
+        probes: go::GoProbes,
+        kernel: &mut Kernel,
+    ) -> Option<(u32, Vec<(&'static str, UProbeLinkId)>)> {
+        let Some(slot) = self.go_slots.pop() else {
+            self.counters.attach_errors += 1;
+            tracing::warn!(file = %path.display(), "cannot attach Go TLS probes: every Go file slot is in use");
+            return None;
+        };
+        if let Err(e) = kernel.set_go_tls_file(slot, &probes.layout) {
+            self.go_slots.push(slot);
+            self.counters.attach_errors += 1;
+            tracing::warn!(file = %path.display(), error = %e, "cannot attach Go TLS probes");
+            return None;
+        }
+        let Some(links) = self.attach_all(path, &probes.probes, slot, kernel) else {
+            self.go_slots.push(slot);
+            return None;
+        };
         tracing::info!(
             file = %path.display(),
             go = %probes.version,
@@ -591,16 +698,7 @@ impl TlsAttach {
             read_ahead = probes.layout.raw_input != GO_OFF_UNKNOWN,
             "Go crypto/tls plaintext probes attached"
         );
-        self.files.insert(
-            id,
-            TlsFile {
-                path: path.to_path_buf(),
-                links,
-                users: 1,
-                go_slot: Some(slot),
-            },
-        );
-        true
+        Some((slot, links))
     }
 
     fn detach_links(&mut self, links: Vec<(&'static str, UProbeLinkId)>, kernel: &mut Kernel) {
@@ -637,9 +735,10 @@ impl TlsAttach {
             }
             if let Some(f) = self.files.remove(&id) {
                 self.detach_links(f.links, kernel);
-                if let Some(slot) = f.go_slot {
-                    self.go_slots.push(slot);
-                }
+                self.free_slots(Slots {
+                    go: f.go_slot,
+                    hook: f.hook_slot,
+                });
                 self.counters.files_detached += 1;
                 tracing::info!(file = %f.path.display(), "TLS probes detached: no process maps the file");
             }

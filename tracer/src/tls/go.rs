@@ -21,7 +21,10 @@ use std::borrow::Cow;
 use gimli::{EndianSlice, LittleEndian};
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{CompressionFormat, Object, ObjectKind, ObjectSection, ObjectSymbol, SectionKind};
-use tracer_common::gotls::{programs, GoTlsFile, GO_OFF_UNKNOWN};
+use tracer_common::{
+    gotls::{programs, GoTlsFile, GO_OFF_UNKNOWN},
+    hook_programs as programs_hook, GoHookFile,
+};
 
 /// The probed functions.
 const WRITE: &str = "crypto/tls.(*Conn).Write";
@@ -281,8 +284,9 @@ fn debug_section<'d>(obj: &object::File<'d>, name: &str) -> Option<Cow<'d, [u8]>
     }
 }
 
-/// Member offsets of the structs the probes walk, from DWARF.
-fn dwarf_layout(obj: &object::File<'_>) -> Option<GoTlsFile> {
+/// The offsets of struct members `wanted` ((struct, member) pairs), from
+/// the program's DWARF; None without DWARF.
+fn dwarf_members(obj: &object::File<'_>, wanted: &[(&str, &str)]) -> Option<Vec<Option<u64>>> {
     if obj.kind() != ObjectKind::Executable && obj.kind() != ObjectKind::Dynamic {
         return None;
     }
@@ -305,17 +309,7 @@ fn dwarf_layout(obj: &object::File<'_>) -> Option<GoTlsFile> {
         },
     )
     .ok()?;
-    let wanted: [(&str, &str); 8] = [
-        ("crypto/tls.Conn", "conn"),
-        ("crypto/tls.Conn", "rawInput"),
-        ("crypto/tls.Conn", "input"),
-        ("net.TCPConn", "conn"),
-        ("net.conn", "fd"),
-        ("net.netFD", "pfd"),
-        ("internal/poll.FD", "Sysfd"),
-        ("bytes.Buffer", "off"),
-    ];
-    let mut found: [Option<u64>; 9] = [None; 9];
+    let mut found: Vec<Option<u64>> = vec![None; wanted.len()];
     let mut units = dwarf.units();
     while let Ok(Some(header)) = units.next() {
         // Not `dwarf.unit()`: that also parses the line program, which is
@@ -342,7 +336,7 @@ fn dwarf_layout(obj: &object::File<'_>) -> Option<GoTlsFile> {
             match e.tag() {
                 gimli::DW_TAG_structure_type => {
                     if let Some(n) = name() {
-                        if wanted.iter().any(|(s, _)| *s == n) || n == "bytes.Reader" {
+                        if wanted.iter().any(|(s, _)| *s == n) {
                             current = Some((n, depth));
                         }
                     }
@@ -358,9 +352,6 @@ fn dwarf_layout(obj: &object::File<'_>) -> Option<GoTlsFile> {
                     let off = e
                         .attr_value(gimli::DW_AT_data_member_location)
                         .and_then(|v| v.udata_value());
-                    if s == "bytes.Reader" && m == "i" {
-                        found[8] = found[8].or(off);
-                    }
                     for (i, (ws, wm)) in wanted.iter().enumerate() {
                         if ws == s && *wm == m {
                             found[i] = found[i].or(off);
@@ -374,6 +365,12 @@ fn dwarf_layout(obj: &object::File<'_>) -> Option<GoTlsFile> {
             break;
         }
     }
+    Some(found)
+}
+
+/// Member offsets of the structs the TLS probes walk, from DWARF.
+fn dwarf_layout(obj: &object::File<'_>) -> Option<GoTlsFile> {
+    let found = dwarf_members(obj, &TLS_MEMBERS)?;
     let get = |i: usize| found[i].and_then(|v| u32::try_from(v).ok());
     // The socket's path must be complete; the read-ahead buffers are
     // optional (reads then carry no sequence number of their own).
@@ -393,6 +390,160 @@ fn dwarf_layout(obj: &object::File<'_>) -> Option<GoTlsFile> {
         reader_i,
         ..GoTlsFile::default()
     })
+}
+
+/// The struct members the TLS probes walk (indices used by `dwarf_layout`).
+const TLS_MEMBERS: [(&str, &str); 9] = [
+    ("crypto/tls.Conn", "conn"),
+    ("crypto/tls.Conn", "rawInput"),
+    ("crypto/tls.Conn", "input"),
+    ("net.TCPConn", "conn"),
+    ("net.conn", "fd"),
+    ("net.netFD", "pfd"),
+    ("internal/poll.FD", "Sysfd"),
+    ("bytes.Buffer", "off"),
+    ("bytes.Reader", "i"),
+];
+
+/// net/http's functions the runtime hooks probe.
+const SERVE: &str = "net/http.serverHandler.ServeHTTP";
+const NEWPROC: &str = "runtime.newproc1";
+const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
+/// The itab of `*net/http.response` as a `ResponseWriter` (the linker's
+/// name changed in Go 1.22).
+const RESPONSE_ITABS: [&str; 2] = [
+    "go.itab.*net/http.response,net/http.ResponseWriter",
+    "go:itab.*net/http.response,net/http.ResponseWriter",
+];
+
+/// The struct members the net/http hooks walk.
+const HOOK_MEMBERS: [(&str, &str); 7] = [
+    ("net/http.response", "conn"),
+    ("net/http.conn", "rwc"),
+    ("net/http.persistConn", "conn"),
+    ("net.TCPConn", "conn"),
+    ("net.conn", "fd"),
+    ("net.netFD", "pfd"),
+    ("internal/poll.FD", "Sysfd"),
+];
+
+/// What a Go executable offers the net/http runtime hooks.
+#[derive(Debug)]
+pub struct GoHooks {
+    /// The Go release that built it.
+    pub version: String,
+    /// Addresses and offsets for the probes (`GO_HOOK_FILES`).
+    pub layout: GoHookFile,
+    /// (program, file offset): entries and every RET.
+    pub probes: Vec<(&'static str, u64)>,
+}
+
+/// The net/http runtime hooks of a Go executable: `Ok(None)` when it is
+/// not a Go program serving HTTP with net/http, `Err(why)` when it is one
+/// the hooks cannot cover.
+pub fn http_hooks(obj: &object::File<'_>) -> Result<Option<GoHooks>, &'static str> {
+    let Some(info) = obj.section_by_name(".go.buildinfo") else {
+        return Ok(None);
+    };
+    let version = info.data().ok().and_then(|d| build_version(obj, d));
+    let minor = version
+        .as_deref()
+        .and_then(go_minor)
+        .ok_or("Go version unknown")?;
+    if minor < MIN_MINOR {
+        return Err("Go older than 1.17 (arguments on the stack)");
+    }
+    if obj.architecture() != object::Architecture::X86_64 {
+        return Err("only amd64 Go programs are covered");
+    }
+    let mut funcs: [Option<(u64, u64)>; 3] = [None; 3];
+    let (mut response_itab, mut tcp_itab) = (0, 0);
+    let mut any = false;
+    for s in obj.symbols() {
+        any = true;
+        match s.name() {
+            Ok(SERVE) => funcs[0] = Some((s.address(), s.size())),
+            Ok(NEWPROC) => funcs[1] = Some((s.address(), s.size())),
+            Ok(ROUND_TRIP) => funcs[2] = Some((s.address(), s.size())),
+            Ok(n) if RESPONSE_ITABS.contains(&n) => response_itab = s.address(),
+            Ok(n) if TCP_ITABS.contains(&n) => tcp_itab = s.address(),
+            _ => {}
+        }
+    }
+    if !any {
+        let names = obj
+            .section_by_name(".gopclntab")
+            .and_then(|s| s.data().ok());
+        if names.is_some_and(|d| !contains(d, SERVE.as_bytes())) {
+            return Ok(None);
+        }
+        return Err("stripped (no symbol table)");
+    }
+    let (Some(serve), Some(newproc)) = (funcs[0], funcs[1]) else {
+        return Ok(None);
+    };
+    if response_itab == 0 || tcp_itab == 0 {
+        return Err("net/http's itabs not found");
+    }
+    let found = dwarf_members(obj, &HOOK_MEMBERS).ok_or("no DWARF (built with -ldflags=-w)")?;
+    let get = |i: usize| -> Result<u32, &'static str> {
+        found[i]
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or("a net/http struct member is not in its DWARF")
+    };
+    let mut layout = GoHookFile {
+        response_itab,
+        tcp_itab,
+        response_conn: get(0)?,
+        conn_rwc: get(1)?,
+        pconn_conn: get(2).unwrap_or(0),
+        tcp_fd: get(3)?.checked_add(get(4)?).ok_or("offset overflow")?,
+        sysfd: get(5)?.checked_add(get(6)?).ok_or("offset overflow")?,
+        ..GoHookFile::default()
+    };
+    let mut probes = Vec::new();
+    let with_ret = [
+        (
+            serve,
+            programs_hook::GO_SERVE,
+            Some(programs_hook::GO_SERVE_RET),
+        ),
+        (
+            newproc,
+            programs_hook::GO_SPAWN,
+            Some(programs_hook::GO_SPAWN_RET),
+        ),
+    ];
+    let client = funcs[2]
+        .filter(|_| found[2].is_some())
+        .map(|f| (f, programs_hook::GO_ROUND_TRIP, None));
+    for (i, ((addr, size), entry, ret)) in with_ret.into_iter().chain(client).enumerate() {
+        let (code, file_off) = code_of(obj, addr, size).ok_or("function code not found")?;
+        let insns = decode(code, addr);
+        let body = body_start(&insns);
+        probes.push((entry, file_off + body));
+        match i {
+            0 => layout.serve_entry = addr + body,
+            2 => layout.round_trip_entry = addr + body,
+            _ => {}
+        }
+        if let Some(ret) = ret {
+            let rets: Vec<u64> = insns
+                .iter()
+                .filter(|(_, m)| *m == Mnemonic::Ret)
+                .map(|(off, _)| file_off + *off)
+                .collect();
+            if rets.is_empty() {
+                return Err("no RET instruction found");
+            }
+            probes.extend(rets.into_iter().map(|off| (ret, off)));
+        }
+    }
+    Ok(Some(GoHooks {
+        version: version.unwrap_or_default(),
+        layout,
+        probes,
+    }))
 }
 
 #[cfg(test)]
