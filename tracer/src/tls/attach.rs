@@ -792,7 +792,7 @@ mod tests {
             offsets: found,
             membio,
             ..
-        } = probe_offsets(lib).expect("libssl parses");
+        } = probe_offsets(lib, true).expect("libssl parses");
         assert!(!membio, "libssl does its own socket I/O");
         let names: Vec<_> = found.iter().map(|(n, _)| *n).collect();
         assert_eq!(
@@ -818,8 +818,24 @@ mod tests {
             offsets: found,
             membio,
             ..
-        } = probe_offsets(node).expect("node parses");
+        } = probe_offsets(node, true).expect("node parses");
         assert!(found.len() >= 4, "{found:?}");
         assert!(membio);
+    }
+
+    #[test]
+    fn nginx_gets_the_upstream_hook_and_libssl_does_not() {
+        let nginx = Path::new("/usr/sbin/nginx");
+        if !nginx.exists() {
+            return;
+        }
+        let p = probe_offsets(nginx, true).expect("nginx parses");
+        assert!(p.ngx_upstream.is_some_and(|off| off > 0));
+        assert!(matches!(p.go_hooks, Ok(None)));
+        let lib = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        if lib.exists() {
+            let p = probe_offsets(lib, true).expect("libssl parses");
+            assert!(p.ngx_upstream.is_none());
+        }
     }
 }
