@@ -524,11 +524,7 @@ fn recycled_spans_leave_nothing_behind_in_the_next_ones() {
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for e in &evs {
         for (c, out, give_back) in [(&mut plain, &mut a, false), (&mut recycling, &mut b, true)] {
-            match e {
-                Ev::Open(i) => c.conn_open(*i),
-                Ev::Msg(msg) => c.message(msg.clone()),
-                Ev::Close(id, t) => c.conn_close(*id, *t),
-            }
+            e.apply(c);
             let spans = c.poll(e.time());
             out.extend(spans.iter().cloned());
             if give_back {

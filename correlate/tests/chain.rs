@@ -124,6 +124,120 @@ fn identical_requests_in_flight_on_the_event_loop_are_not_guessed() {
     assert_eq!(out.counters.roots_ambiguous, 16);
 }
 
+/// The identical requests above, with nginx's upstream hook: every
+/// upstream call links to the request it serves, over new connections and
+/// over one kept-alive connection.
+#[test]
+fn identical_requests_in_flight_link_through_the_upstream_hook() {
+    for keepalive_upstream in [false, true] {
+        let times: Vec<[u64; 12]> = (0..16u64)
+            .map(|i| {
+                // Overlapping, one upstream call at a time when kept alive.
+                let base = MS + i * 200 * US;
+                let mut t = [0u64; 12];
+                t[0] = base;
+                t[1] = base + 3 * US;
+                t[2] = base + 60 * US;
+                for (k, gap) in [(3, 3), (4, 20), (5, 3), (6, 30), (7, 3), (8, 10), (9, 3)] {
+                    t[k] = t[k - 1] + gap * US;
+                }
+                t[10] = base + 500 * US;
+                t[11] = t[10] + 3 * US;
+                t
+            })
+            .collect();
+        let mut ch = chain(&ChainOpts {
+            requests: 16,
+            times: Some(times),
+            keepalive_upstream,
+            nginx_hook: true,
+            ..ChainOpts::default()
+        });
+        for e in &mut ch.events {
+            if let Ev::Msg(m) = e {
+                if let MessageKind::Request(r) = &mut m.kind {
+                    if r.target.starts_with("/api/") {
+                        r.target = "/api/same".into();
+                    }
+                }
+            }
+        }
+        let out = run(&ch.events, cfg());
+        let calls: Vec<&Span> = out
+            .spans
+            .iter()
+            .filter(|s| s.pid == Pid(NGINX) && s.kind == SpanKind::Client)
+            .collect();
+        assert_eq!(calls.len(), 16);
+        for s in &calls {
+            assert_eq!(s.parent_source, ParentSource::Runtime, "{s:?}");
+        }
+        assert_eq!(out.counters.runtime_parent, 16);
+        assert_eq!(out.counters.roots_ambiguous, 0);
+        // Which request each links to: the chain's truth (its curl span's
+        // trace), since the paths are the same.
+        for h in &ch.hops {
+            let c0 = out
+                .spans
+                .iter()
+                .find(|s| s.pid == Pid(h.c0.0) && s.kind == SpanKind::Client);
+            let c0 = c0.expect("curl's span");
+            let s1 = out
+                .spans
+                .iter()
+                .find(|s| {
+                    s.pid == Pid(NGINX)
+                        && s.kind == SpanKind::Server
+                        && s.parent_span_id == Some(c0.span_id)
+                })
+                .expect("nginx's server span");
+            let c1 = calls
+                .iter()
+                .find(|s| s.parent_span_id == Some(s1.span_id))
+                .expect("one upstream call under each request");
+            assert_eq!(c1.trace_id, c0.trace_id);
+        }
+    }
+}
+
+/// A call the hooked thread makes outside its extents (a timer, a retry)
+/// gets nothing from the hook, even with one request in flight.
+#[test]
+fn calls_outside_the_hooks_extents_are_not_linked_by_them() {
+    let mut ch = chain(&ChainOpts {
+        requests: 1,
+        nginx_hook: true,
+        keepalive_upstream: true,
+        ..ChainOpts::default()
+    });
+    // Move the extent away from the call: it ended before the call.
+    for e in &mut ch.events {
+        if let Ev::Cause(_, _, t, CauseEvent::Leave) = e {
+            *t -= 3 * US;
+        }
+    }
+    ch.events.sort_by_key(Ev::time);
+    for e in &mut ch.events {
+        if let Ev::Msg(m) = e {
+            if let MessageKind::Request(r) = &mut m.kind {
+                if m.pid == Pid(NGINX) && m.side == Side::Outbound {
+                    // Not a forward either.
+                    r.target = "/poll".into();
+                }
+            }
+        }
+    }
+    let out = run(&ch.events, cfg());
+    assert_eq!(out.counters.runtime_parent, 0);
+    assert_eq!(out.counters.runtime_causes, 0);
+    let call = out
+        .spans
+        .iter()
+        .find(|s| s.pid == Pid(NGINX) && s.kind == SpanKind::Client)
+        .expect("nginx's call");
+    assert_eq!(call.parent_span_id, None);
+}
+
 #[test]
 fn concurrent_with_request_id_links_through_the_event_loop() {
     let ch = chain(&ChainOpts {
@@ -220,11 +334,7 @@ fn spans_are_not_emitted_before_their_trace_is_known() {
     let mut last = 0;
     for e in &ch.events {
         last = last.max(e.time());
-        match e {
-            Ev::Open(i) => c.conn_open(*i),
-            Ev::Msg(m) => c.message(m.clone()),
-            Ev::Close(id, t) => c.conn_close(*id, *t),
-        }
+        e.apply(&mut c);
         early.extend(c.poll(last));
     }
     // Everything happened within 1 ms; nothing is settled before the

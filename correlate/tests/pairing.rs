@@ -328,11 +328,7 @@ fn local_peer_without_client_span_waits_the_window_then_is_a_counted_root() {
     );
     let mut corr = Correlator::with_seed(Config::default(), 1);
     for e in sim.sorted() {
-        match e {
-            Ev::Open(i) => corr.conn_open(i),
-            Ev::Msg(m) => corr.message(m),
-            Ev::Close(id, t) => corr.conn_close(id, t),
-        }
+        e.apply(&mut corr);
     }
     assert!(
         corr.poll(2 * MS + W / 2).is_empty(),
@@ -376,7 +372,7 @@ fn remote_peer_is_not_held() {
         match e {
             Ev::Open(i) => corr.conn_open(i),
             Ev::Msg(m) => corr.message(m),
-            Ev::Close(..) => {}
+            Ev::Close(..) | Ev::Cause(..) => {}
         }
     }
     let spans = corr.poll(MS + 2 * US);
@@ -432,11 +428,7 @@ fn host_addresses_given_by_the_agent_count_as_local() {
     let mut spans = Vec::new();
     for (t, e) in order {
         spans.extend(corr.poll(t));
-        match e {
-            Ev::Open(i) => corr.conn_open(*i),
-            Ev::Msg(m) => corr.message(m.clone()),
-            Ev::Close(id, t) => corr.conn_close(*id, *t),
-        }
+        e.apply(&mut corr);
     }
     spans.extend(corr.poll(10 * W));
     let out = Out {
@@ -533,7 +525,7 @@ fn connection_bound_evicts_the_oldest() {
         match e {
             Ev::Open(i) => corr.conn_open(*i),
             Ev::Msg(m) => corr.message(m.clone()),
-            Ev::Close(..) => {}
+            Ev::Close(..) | Ev::Cause(..) => {}
         }
         assert!(corr.connections() <= 4);
         spans.extend(corr.poll(MS + 20 * US));
@@ -671,7 +663,7 @@ fn retained_spans_are_forgotten_after_retention() {
         match e {
             Ev::Open(i) => corr.conn_open(i),
             Ev::Msg(m) => corr.message(m),
-            Ev::Close(..) => {}
+            Ev::Close(..) | Ev::Cause(..) => {}
         }
     }
     assert_eq!(corr.poll(3 * MS).len(), 1);
@@ -720,7 +712,7 @@ fn flush_settles_everything_finished() {
         match e {
             Ev::Open(i) => corr.conn_open(i),
             Ev::Msg(m) => corr.message(m),
-            Ev::Close(..) => {}
+            Ev::Close(..) | Ev::Cause(..) => {}
         }
     }
     let spans = corr.flush();
@@ -755,7 +747,7 @@ fn reset_after_a_stream_gap_ends_outstanding_requests() {
         match e {
             Ev::Open(i) => corr.conn_open(i),
             Ev::Msg(m) => corr.message(m),
-            Ev::Close(..) => {}
+            Ev::Close(..) | Ev::Cause(..) => {}
         }
     }
     corr.conn_reset(ConnId(1), 2 * MS);
@@ -822,7 +814,7 @@ fn span_memory_stays_under_its_byte_bound() {
         match e {
             Ev::Open(i) => corr.conn_open(i),
             Ev::Msg(m) => corr.message(m),
-            Ev::Close(..) => {}
+            Ev::Close(..) | Ev::Cause(..) => {}
         }
         peak = peak.max(corr.span_bytes());
     }

@@ -37,6 +37,8 @@ pub struct ChainOpts {
     /// Per-request timelines (12 increasing instants), overriding the
     /// structured timing.
     pub times: Option<Vec<[u64; 12]>>,
+    /// nginx's upstream hook reports its extents (and connects).
+    pub nginx_hook: bool,
 }
 
 impl Default for ChainOpts {
@@ -48,6 +50,7 @@ impl Default for ChainOpts {
             traceparent: false,
             keepalive_upstream: false,
             times: None,
+            nginx_hook: false,
         }
     }
 }
@@ -199,6 +202,26 @@ pub fn chain(o: &ChainOpts) -> Chain {
         } else {
             sim.connect("127.0.0.1", "127.0.0.1:8001", Seen::Both)
         };
+        if o.nginx_hook {
+            let (p, th) = (Pid(NGINX), Tid(NGINX));
+            let enter = CauseEvent::Enter { conn: c0.server };
+            sim.events.push(Ev::Cause(p, th, t[2] - 2 * US, enter));
+            if o.keepalive_upstream {
+                // The kept-alive connection is written inside the call.
+                sim.events
+                    .push(Ev::Cause(p, th, t[2] + US, CauseEvent::Leave));
+            } else {
+                // A new connection: connected inside, written once up.
+                let connect = CauseEvent::Connect {
+                    conn: c1.client,
+                    cause: c0.server,
+                    since: None,
+                };
+                sim.events.push(Ev::Cause(p, th, t[2] - US, connect));
+                sim.events
+                    .push(Ev::Cause(p, th, t[2] - US / 2, CauseEvent::Leave));
+            }
+        }
         sim.request(&mut c1, at(t[2], NGINX, NGINX), at(t[3], A, a_tid), &r1);
         let mut c2 = sim.connect("127.0.0.1", "127.0.0.1:8002", Seen::Both);
         sim.request(&mut c2, at(t[4], A, a_tid), at(t[5], B, b_tid), &r2);

@@ -33,6 +33,8 @@ pub enum Ev {
     Msg(Message<'static>),
     /// A connection closed at this time.
     Close(ConnId, u64),
+    /// What a runtime hook saw a thread do, at a time.
+    Cause(Pid, Tid, u64, CauseEvent),
 }
 
 impl Ev {
@@ -42,6 +44,19 @@ impl Ev {
             Ev::Open(_) => 0,
             Ev::Msg(m) => m.end_ns,
             Ev::Close(_, t) => *t,
+            Ev::Cause(_, _, t, _) => *t,
+        }
+    }
+}
+
+impl Ev {
+    /// Hands it to the correlator.
+    pub fn apply<G: IdGen>(&self, c: &mut Correlator<G>) {
+        match self {
+            Ev::Open(i) => c.conn_open(*i),
+            Ev::Msg(m) => c.message(m.clone()),
+            Ev::Close(id, t) => c.conn_close(*id, *t),
+            Ev::Cause(pid, tid, t, ev) => c.cause(*pid, *tid, *t, *ev),
         }
     }
 }
@@ -284,11 +299,7 @@ pub struct Out {
 
 fn feed(c: &mut Correlator, e: &Ev, out: &mut Vec<Span>, now: u64) {
     out.extend(c.poll(now));
-    match e {
-        Ev::Open(i) => c.conn_open(*i),
-        Ev::Msg(m) => c.message(m.clone()),
-        Ev::Close(id, t) => c.conn_close(*id, *t),
-    }
+    e.apply(c);
     out.extend(c.poll(now));
 }
 
