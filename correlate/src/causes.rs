@@ -9,8 +9,9 @@
 //! in flight on it then ([`Correlator`](crate::Correlator) rule "runtime").
 //!
 //! Bounded: a few extents per thread, a bounded number of threads and of
-//! opened connections; what is forgotten only leaves a call without this
-//! evidence.
+//! opened connections, each kept until it is used or expires (socket
+//! cookies are never reused, so a cause cannot outlive its connection into
+//! another); what is forgotten only leaves a call without this evidence.
 use foldhash::{HashMap, HashMapExt};
 
 use crate::model::{ConnId, Pid, Tid};
@@ -169,13 +170,6 @@ impl Causes {
         }
     }
 
-    /// A connection closed: a cause waiting for its first call goes.
-    pub fn conn_closed(&mut self, conn: ConnId) {
-        if !self.opened.is_empty() {
-            self.opened.remove(&conn);
-        }
-    }
-
     /// Extents that ended, and opened connections that waited, before
     /// `before` go (their calls have been decided).
     pub fn forget_before(&mut self, before: u64) {
@@ -277,23 +271,6 @@ mod tests {
         );
         chosen(&mut c, 100);
         assert_eq!(c.of_call(Pid(3), T, U, 120), None, "another process");
-    }
-
-    #[test]
-    fn a_closed_connection_forgets_its_cause() {
-        let mut c = Causes::new(16, 16);
-        c.event(
-            P,
-            T,
-            110,
-            CauseEvent::Connect {
-                conn: U,
-                cause: C,
-                since: None,
-            },
-        );
-        c.conn_closed(U);
-        assert_eq!(c.of_call(P, T, U, 500), None);
     }
 
     #[test]

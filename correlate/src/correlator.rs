@@ -416,7 +416,6 @@ impl<G: IdGen> Correlator<G> {
     /// for late messages.
     pub fn conn_close(&mut self, conn: ConnId, now_ns: u64) {
         self.advance(now_ns);
-        self.causes.conn_closed(conn);
         let deadline = self.clock.saturating_add(self.cfg.window_ns);
         if let Some(c) = self.conns.get_mut(&conn) {
             if c.closing.is_none() {

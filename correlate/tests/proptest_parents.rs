@@ -57,6 +57,10 @@ struct Knobs {
     g_timer: Vec<(u64, u32)>,
     /// The plain client's calls: start µs.
     c: Vec<u64>,
+    /// Runtime hooks report causes: E's extents around each forward
+    /// (nginx's upstream hook), G's connection chosen for each call (Go's
+    /// roundTrip hook).
+    hook: bool,
 }
 
 fn knobs() -> impl Strategy<Value = Knobs> {
@@ -80,9 +84,10 @@ fn knobs() -> impl Strategy<Value = Knobs> {
         ),
         proptest::collection::vec((0u64..4_000, 0u32..4), 0..5),
         proptest::collection::vec(0u64..4_000, 0..4),
+        any::<bool>(),
     )
         .prop_map(
-            |(e, timer, identical, echo_id, p, p_bg, g, g_timer, c)| Knobs {
+            |(e, timer, identical, echo_id, p, p_bg, g, g_timer, c, hook)| Knobs {
                 e,
                 timer,
                 identical,
@@ -92,6 +97,7 @@ fn knobs() -> impl Strategy<Value = Knobs> {
                 g,
                 g_timer,
                 c,
+                hook,
             },
         )
 }
@@ -111,6 +117,10 @@ struct Gen {
     z_tid: u32,
     truth: HashMap<Id, Option<Id>>,
     provable: Vec<Id>,
+    /// The server end of the last `inbound` connection, the client end of
+    /// the last `call`'s.
+    last_server: ConnId,
+    last_client: ConnId,
 }
 
 impl Gen {
@@ -148,6 +158,7 @@ impl Gen {
             &resp(200, resp_headers),
         );
         self.sim.close(&c, answer + 1);
+        self.last_server = c.server;
         let id = (pid, SpanKind::Server, read);
         self.truth.insert(id, None);
         id
@@ -182,6 +193,7 @@ impl Gen {
             &resp(200, &[]),
         );
         self.sim.close(&c, end + 1);
+        self.last_client = c.client;
         let id = (pid, SpanKind::Client, write);
         self.truth.insert(id, cause);
         self.truth.insert((Z, SpanKind::Server, zr), Some(id));
@@ -203,6 +215,8 @@ fn scenario(k: &Knobs) -> Scenario {
         z_tid: 9_000,
         truth: HashMap::new(),
         provable: Vec::new(),
+        last_server: ConnId(0),
+        last_client: ConnId(0),
     };
 
     // E: an event loop forwarding each request, polling on a timer.
@@ -223,8 +237,20 @@ fn scenario(k: &Knobs) -> Scenario {
             vec![]
         };
         let server = g.inbound(E, 8010, E, read, E, answer, &target, &echoed, &[]);
+        if k.hook {
+            // The thread is inside the hooked function exactly while it
+            // writes the forward (an event loop runs nothing else then).
+            let enter = CauseEvent::Enter {
+                conn: g.last_server,
+            };
+            let th = (Pid(E), Tid(E));
+            g.sim.events.push(Ev::Cause(th.0, th.1, fwd, enter));
+            g.sim
+                .events
+                .push(Ev::Cause(th.0, th.1, fwd, CauseEvent::Leave));
+        }
         let call = g.call(E, E, fwd, E, back, &target, &echoed, Some(server));
-        if !k.identical || k.echo_id {
+        if !k.identical || k.echo_id || k.hook {
             g.provable.push(call);
         }
     }
@@ -293,6 +319,7 @@ fn scenario(k: &Knobs) -> Scenario {
             &[],
             &h,
         );
+        let server_conn = g.last_server;
         let call = g.call(
             G,
             call_tid,
@@ -303,7 +330,18 @@ fn scenario(k: &Knobs) -> Scenario {
             &h,
             Some(server),
         );
-        if rid {
+        if k.hook {
+            // The caller chose the connection just before its writer wrote.
+            let chosen = CauseEvent::Connect {
+                conn: g.last_client,
+                cause: server_conn,
+                since: Some(r),
+            };
+            g.sim
+                .events
+                .push(Ev::Cause(Pid(G), Tid(G_TID + rt), w, chosen));
+        }
+        if rid || k.hook {
             g.provable.push(call);
         }
     }
