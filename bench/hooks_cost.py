@@ -6,7 +6,8 @@ small static file: nginx proxying over kept-alive upstream connections
 (`--proxy nginx`, one worker), or the Go net/http service of the parent
 tests calling the backend from a new goroutine per request (`--proxy go`).
 Three conditions per round, their order rotated: no agent; the whole
-product with `--no-runtime-hooks`; the whole product with the hooks. Prints
+product with `--no-runtime-hooks`; the whole product with the hooks (and,
+for Go, a fourth: with `--go-goroutine-ancestry`). Prints
 requests/s, the ratio of each to no agent and of hooks to no hooks (median
 of the per-round ratios), the agent's CPU per request, and the kernel cost
 of the hook programs per request (bpf_stats; the uprobe trap itself, a
@@ -100,11 +101,14 @@ def main():
     stats = BpfStats()
     base = ["--otlp-endpoint", "http://127.0.0.1:%d" % sink.port, "--otlp-protocol", "http/protobuf"]
     conditions = [("none", None), ("no-hooks", base + ["--no-runtime-hooks"]), ("hooks", base)]
+    if a.proxy == "go":
+        conditions.append(("ancestry", base + ["--go-goroutine-ancestry"]))
     results = {name: [] for name, _ in conditions}
     try:
         wrk(proxy.port, 1, a.connections)  # warm-up
         for r in range(a.pairs):
-            order = conditions[r % 3:] + conditions[:r % 3]
+            k = r % len(conditions)
+            order = conditions[k:] + conditions[:k]
             for name, args in order:
                 agent = Agent(args) if args is not None else None
                 before = stats.snapshot(agent.program_ids) if agent else {}
@@ -137,8 +141,9 @@ def main():
                 statistics.median(x["kernel_ns"] for x in rows),
                 statistics.median(x["hook_ns"] for x in rows))
         print(line)
-    ab = statistics.median(h["rps"] / n["rps"] for h, n in zip(results["hooks"], results["no-hooks"]))
-    print("hooks / no-hooks throughput: %.3f" % ab)
+    for name in [n for n, _ in conditions if n not in ("none", "no-hooks")]:
+        ab = statistics.median(h["rps"] / n["rps"] for h, n in zip(results[name], results["no-hooks"]))
+        print("%s / no-hooks throughput: %.3f" % (name, ab))
     last = results["hooks"][-1]["hook_rows"]
     print("hook programs (last round): " + ", ".join(
         "%s %.0f ns x %.2f/req" % (k, ns, runs) for k, (ns, runs, _) in last.items()))

@@ -40,8 +40,21 @@ pub enum CauseEvent {
         /// The connection of that request.
         conn: ConnId,
     },
-    /// The thread is done with that work.
+    /// The thread is done with that work (or with the task's step).
     Leave,
+    /// The thread starts stepping asyncio task `task` (an address).
+    TaskEnter {
+        /// The task.
+        task: u64,
+    },
+    /// Task `task` was created while task `parent` was being stepped (0:
+    /// outside any task).
+    TaskCreate {
+        /// The new task.
+        task: u64,
+        /// Its creator.
+        parent: u64,
+    },
     /// Inside that work, the thread opened connection `conn` (or chose it
     /// for its next request) for the request that came on `cause`: the
     /// next call on `conn` is made for it.
@@ -64,18 +77,32 @@ pub(crate) struct Cause {
     pub at_ns: u64,
 }
 
+/// What a thread works for during an extent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum For {
+    /// The request on a connection.
+    Conn(ConnId),
+    /// An asyncio task.
+    Task(u64),
+}
+
 #[derive(Clone, Copy)]
 struct Extent {
     start: u64,
     end: Option<u64>,
-    conn: ConnId,
+    what: For,
 }
+
+/// Ancestors followed from a task to its root.
+const MAX_TASK_DEPTH: usize = 32;
 
 /// The extents and opened connections of the hooked processes.
 pub(crate) struct Causes {
     threads: HashMap<(Pid, Tid), Vec<Extent>>,
     /// By connection: the process, the cause, and when it was said.
     opened: HashMap<ConnId, (Pid, Cause, u64)>,
+    /// asyncio tasks' creators, by process and task.
+    parents: HashMap<(Pid, u64), u64>,
     max_threads: usize,
     max_opened: usize,
 }
@@ -85,6 +112,7 @@ impl Causes {
         Causes {
             threads: HashMap::new(),
             opened: HashMap::new(),
+            parents: HashMap::new(),
             max_threads: max_threads.max(1),
             max_opened: max_opened.max(1),
         }
@@ -96,31 +124,70 @@ impl Causes {
         self.threads.is_empty() && self.opened.is_empty()
     }
 
+    fn push_extent(&mut self, pid: Pid, tid: Tid, t: u64, what: For) -> u64 {
+        let mut forgot = 0;
+        if self.threads.len() >= self.max_threads && !self.threads.contains_key(&(pid, tid)) {
+            forgot = self.threads.len() as u64;
+            self.threads.clear();
+        }
+        let v = self.threads.entry((pid, tid)).or_default();
+        // One extent at a time per thread: one still open lost its end
+        // record.
+        if let Some(prev) = v.last_mut().filter(|e| e.end.is_none()) {
+            prev.end = Some(t);
+        }
+        if v.len() >= EXTENTS_PER_THREAD {
+            v.remove(0);
+        }
+        v.push(Extent {
+            start: t,
+            end: None,
+            what,
+        });
+        forgot
+    }
+
+    /// What thread `tid` of `pid` worked for at `t`.
+    fn working_for(&self, pid: Pid, tid: Tid, t: u64) -> Option<For> {
+        self.threads.get(&(pid, tid)).and_then(|v| {
+            v.iter()
+                .rev()
+                .find(|e| e.start <= t && t <= e.end.unwrap_or(e.start + OPEN_EXTENT_NS))
+                .map(|e| e.what)
+        })
+    }
+
+    /// The root ancestor of the asyncio task thread `tid` of `pid` was
+    /// stepping at `t` (the task itself when nothing created it).
+    pub fn task_root(&self, pid: Pid, tid: Tid, t: u64) -> Option<u64> {
+        let For::Task(mut task) = self.working_for(pid, tid, t)? else {
+            return None;
+        };
+        for _ in 0..MAX_TASK_DEPTH {
+            match self.parents.get(&(pid, task)) {
+                Some(&p) if p != 0 && p != task => task = p,
+                _ => return Some(task),
+            }
+        }
+        // A cycle (addresses reused) or a very deep chain: no root known.
+        None
+    }
+
     /// One event of thread `tid` of `pid` at `t`. Returns how many
     /// remembered items a bound made it forget.
     pub fn event(&mut self, pid: Pid, tid: Tid, t: u64, ev: CauseEvent) -> u64 {
         match ev {
-            CauseEvent::Enter { conn } => {
+            CauseEvent::Enter { conn } => self.push_extent(pid, tid, t, For::Conn(conn)),
+            CauseEvent::TaskEnter { task } => self.push_extent(pid, tid, t, For::Task(task)),
+            CauseEvent::TaskCreate { task, parent } => {
                 let mut forgot = 0;
-                if self.threads.len() >= self.max_threads && !self.threads.contains_key(&(pid, tid))
-                {
-                    forgot = self.threads.len() as u64;
-                    self.threads.clear();
+                if self.parents.len() >= self.max_opened {
+                    forgot = self.parents.len() as u64;
+                    self.parents.clear();
                 }
-                let v = self.threads.entry((pid, tid)).or_default();
-                // One extent at a time per thread: one still open lost its
-                // end record.
-                if let Some(prev) = v.last_mut().filter(|e| e.end.is_none()) {
-                    prev.end = Some(t);
-                }
-                if v.len() >= EXTENTS_PER_THREAD {
-                    v.remove(0);
-                }
-                v.push(Extent {
-                    start: t,
-                    end: None,
-                    conn,
-                });
+                // A task's address is reused once it is freed: the new one
+                // has its own creator, or none.
+                self.parents.insert((pid, task), parent);
                 forgot
             }
             CauseEvent::Leave => {
@@ -153,15 +220,15 @@ impl Causes {
     /// opened in (for its first call only: any call takes that away).
     pub fn of_call(&mut self, pid: Pid, tid: Tid, conn: ConnId, t: u64) -> Option<Cause> {
         let opened = self.opened.remove(&conn);
-        let within = self.threads.get(&(pid, tid)).and_then(|v| {
-            v.iter()
+        if let Some(For::Conn(c)) = self.working_for(pid, tid, t) {
+            let start = self.threads[&(pid, tid)]
+                .iter()
                 .rev()
-                .find(|e| e.start <= t && t <= e.end.unwrap_or(e.start + OPEN_EXTENT_NS))
-        });
-        if let Some(e) = within {
+                .find(|e| e.what == For::Conn(c) && e.start <= t)
+                .map_or(t, |e| e.start);
             return Some(Cause {
-                conn: e.conn,
-                at_ns: e.start,
+                conn: c,
+                at_ns: start,
             });
         }
         match opened {
@@ -171,7 +238,8 @@ impl Causes {
     }
 
     /// Extents that ended, and opened connections that waited, before
-    /// `before` go (their calls have been decided).
+    /// `before` go (their calls have been decided). Task creators stay
+    /// until their bound: a task lives as long as it likes.
     pub fn forget_before(&mut self, before: u64) {
         self.threads.retain(|_, v| {
             v.retain(|e| e.end.unwrap_or(e.start + OPEN_EXTENT_NS) >= before);

@@ -244,6 +244,10 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     /// decided yet.
     pub(crate) causes: Causes,
     pub(crate) call_causes: HashMap<SpanKey, Cause>,
+    /// Server spans by process and the root of the asyncio task that wrote
+    /// their response; client spans' task roots, likewise keyed.
+    pub(crate) task_servers: MultiIndex<u64>,
+    pub(crate) call_tasks: HashMap<SpanKey, u64>,
     /// How each process serves requests (rule 4).
     pub(crate) classify: Classifier,
     /// Hashes request-id values (seeded: values come from the network).
@@ -294,6 +298,8 @@ impl<G: IdGen> Correlator<G> {
             conn_servers: MultiIndex::new(index_cap),
             causes: Causes::new(config.max_threads, config.max_spans.max(1024)),
             call_causes: HashMap::new(),
+            task_servers: MultiIndex::new(index_cap),
+            call_tasks: HashMap::new(),
             classify: Classifier::new(&config),
             rid_hasher: foldhash::fast::RandomState::default(),
             cfg: config,
@@ -734,6 +740,9 @@ impl<G: IdGen> Correlator<G> {
                 if let Some(c) = self.causes.of_call(h.pid, h.tid, h.conn, h.start) {
                     self.counters.runtime_causes += 1;
                     self.call_causes.insert(key, c);
+                } else if let Some(root) = self.causes.task_root(h.pid, h.tid, h.start) {
+                    self.counters.runtime_causes += 1;
+                    self.call_tasks.insert(key, forward_key(h.pid, root));
                 }
             }
         }
@@ -811,6 +820,14 @@ impl<G: IdGen> Correlator<G> {
                 self.classify
                     .server_answered(pid, tid, h.tid, h.end, &mut self.counters);
                 self.response_ids(key, resp);
+                if !self.causes.is_empty() {
+                    // The asyncio task whose step wrote the response.
+                    if let Some(root) = self.causes.task_root(h.pid, h.tid, h.start) {
+                        let spans = &self.spans;
+                        self.task_servers
+                            .insert(forward_key(pid, root), key, |k| spans.contains_key(&k));
+                    }
+                }
             }
             SpanKind::Client => {
                 self.classify

@@ -380,6 +380,18 @@ impl<G: IdGen> Correlator<G> {
         // the connection of the request the call was made for.
         let mut runtime = Evidence::default();
         let cause = self.call_causes.get(&key).copied();
+        // asyncio: the one request in flight whose response the call's
+        // task root wrote.
+        let task = self.call_tasks.get(&key).copied();
+        if let Some(task) = task {
+            for &sk in self.task_servers.get(&task) {
+                if let Some(s) = self.spans.get(&sk) {
+                    if s.kind == SpanKind::Server && s.pid == pid {
+                        runtime.consider(sk, call.nests_in(s));
+                    }
+                }
+            }
+        }
         if let Some(cause) = cause {
             for &sk in self.conn_servers.get(&cause.conn.0) {
                 if let Some(s) = self.spans.get(&sk) {
@@ -425,7 +437,11 @@ impl<G: IdGen> Correlator<G> {
                 }
             }
         }
-        let id_may_come = !rids.as_slice().is_empty() && !waited && self.classify.serving(pid);
+        // An inbound response may still return the call's request id, or
+        // be written by its task's root.
+        let id_may_come = (!rids.as_slice().is_empty() || task.is_some())
+            && !waited
+            && self.classify.serving(pid);
         if !force {
             if pending {
                 // Nesting is judged once the call has ended.
@@ -456,8 +472,11 @@ impl<G: IdGen> Correlator<G> {
         if cause.is_some() {
             self.call_causes.remove(&key);
         }
+        if task.is_some() {
+            self.call_tasks.remove(&key);
+        }
         let k = &mut self.counters;
-        if cause.is_some() {
+        if cause.is_some() || task.is_some() {
             match runtime.one {
                 One::None if !runtime.refused => k.runtime_no_request += 1,
                 One::Several => k.runtime_ambiguous += 1,
@@ -806,6 +825,8 @@ impl<G: IdGen> Correlator<G> {
         self.fwd_servers.prune(|k| spans.contains_key(&k));
         self.conn_servers.prune(|k| spans.contains_key(&k));
         self.call_causes.retain(|k, _| spans.contains_key(k));
+        self.call_tasks.retain(|k, _| spans.contains_key(k));
+        self.task_servers.prune(|k| spans.contains_key(&k));
         self.causes.forget_before(self.clock.saturating_sub(keep));
         let memory = self.cfg.classify_memory_ns;
         self.classify.prune(

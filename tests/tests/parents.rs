@@ -607,13 +607,16 @@ fn async_calls(
     service: &str,
     svc: impl FnOnce(u16, u16) -> Spawned,
     id: bool,
+    agent_args: &[&str],
 ) -> (Links, AgentOutput) {
     require_tool("curl");
     let backend = Backend::start("backend", None);
     let port = free_port();
     let _svc = svc(port, backend.port);
     let receiver = Receiver::start(Otlp::Grpc);
-    let agent = Agent::start(&receiver.agent_args());
+    let mut args = receiver.agent_args();
+    args.extend(agent_args.iter().map(|a| a.to_string()));
+    let agent = Agent::start(&args);
     let tag = format!("/{service}-{}", if id { "id" } else { "plain" });
     let total = 200;
     concurrently(total, 8, |i| {
@@ -654,7 +657,7 @@ fn aiohttp_client_session_calls_link_by_forwarding_or_request_id() {
         return;
     };
     // Forwarding the same path.
-    let (l, out) = async_calls("aio-fwd", |p, b| aio(p, b, "aio-fwd", &[]), false);
+    let (l, out) = async_calls("aio-fwd", |p, b| aio(p, b, "aio-fwd", &[]), false, &[]);
     assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
     assert!(l.full as f64 >= 0.95 * 200.0, "{l:?}\n{}", out.stderr);
     // Another path, the request id passed on.
@@ -662,21 +665,71 @@ fn aiohttp_client_session_calls_link_by_forwarding_or_request_id() {
         "aio-id",
         |p, b| aio(p, b, "aio-id", &["--prefix", "/down", "--propagate-id"]),
         true,
+        &[],
     );
     assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
     assert!(l.full as f64 >= 0.95 * 200.0, "{l:?}\n{}", out.stderr);
-    // Another path and no id: nothing the agent sees tells which request
-    // a call serves (that needs the asyncio task hooks of issue 9, item
-    // 4). Measured, never wrong.
-    let (l, _) = async_calls(
-        "aio-bare",
-        |p, b| aio(p, b, "aio-bare", &["--prefix", "/down"]),
-        false,
-    );
+}
+
+/// The asyncio hooks (task steps and creation in CPython's `_asyncio`)
+/// say which request a call serves: the one whose response the call's task
+/// root writes. Under Debian's debug interpreter (`python3-dbg`, whose
+/// `_asyncio` has its symbols) calls under another path, without ids,
+/// link; the poller task's calls on the same loop (every 20 ms) stay
+/// roots. Under Debian's `python3` (stripped `_asyncio`) the module is
+/// reported as not covered, and nothing is wrong.
+#[test]
+fn aiohttp_calls_link_by_the_asyncio_hooks() {
+    let Some(_g) = root_test("aiohttp_calls_link_by_the_asyncio_hooks") else {
+        return;
+    };
+    require_tool("python3-dbg");
+    let args = ["--prefix", "/down", "--poll-ms", "20"];
+    let debug = |port: u16, backend: u16| {
+        // The venv's packages, pure Python: their C extensions are built
+        // for the release interpreter (multidict's crashes the debug one).
+        let site = std::fs::read_dir(workspace().join("target/pyenv/lib"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(Result::ok)
+            .map(|e| e.path().join("site-packages"))
+            .expect("the test venv (scripts/setup)");
+        Spawned::ready(
+            Command::new("python3-dbg")
+                .arg(py_script("aio_proxy.py"))
+                .args([port.to_string(), backend.to_string()])
+                .args(args)
+                .env("PYTHONPATH", site)
+                .envs(
+                    ["AIOHTTP", "MULTIDICT", "YARL", "FROZENLIST", "PROPCACHE"]
+                        .map(|m| (format!("{m}_NO_EXTENSIONS"), "1")),
+                )
+                .env("OTEL_SERVICE_NAME", "aio-dbg"),
+        )
+    };
+    let (l, out) = async_calls("aio-dbg", debug, false, &[]);
     assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
-    println!(
-        "GAP aiohttp, call under another path without ids: {:.1} % fully linked (needs runtime hooks)",
-        l.full as f64 / 2.0
+    assert!(
+        out.stderr
+            .contains("runtime hooks attached: CPython asyncio"),
+        "{}",
+        out.stderr
+    );
+    assert!(l.full as f64 >= 0.95 * 200.0, "{l:?}\n{}", out.stderr);
+    let runtime = out.counter("runtime_parent").unwrap_or(0);
+    assert!(
+        runtime >= 190,
+        "{runtime} calls linked by the hooks\n{}",
+        out.stderr
+    );
+
+    let (l, out) = async_calls("aio-bare", |p, b| aio(p, b, "aio-bare", &args), false, &[]);
+    assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
+    assert!(
+        out.stderr
+            .contains("runtime hooks not covered: CPython's _asyncio without symbols"),
+        "{}",
+        out.stderr
     );
 }
 
@@ -697,18 +750,19 @@ fn go_calls_from_a_new_goroutine_link_by_forwarding() {
             )
         }
     };
-    let (l, out) = async_calls("go-fwd", start("go-fwd"), false);
+    let (l, out) = async_calls("go-fwd", start("go-fwd"), false, &[]);
     assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
     assert!(l.full as f64 >= 0.95 * 200.0, "{l:?}\n{}", out.stderr);
-    let (l, out) = async_calls("go-id", start("go-id"), true);
+    let (l, out) = async_calls("go-id", start("go-id"), true, &[]);
     assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
     assert!(l.full as f64 >= 0.95 * 200.0, "{l:?}\n{}", out.stderr);
 }
 
-/// Go's net/http hooks (ServeHTTP, goroutine creation, the client's
-/// persistConn.roundTrip) say which request a call from a new goroutine
-/// serves: calls under another path, without ids, link; the poller's calls
-/// (every 20 ms, from a goroutine no request created) stay roots.
+/// Go's net/http hooks (ServeHTTP, goroutine creation with
+/// `--go-goroutine-ancestry`, the client's persistConn.roundTrip) say which
+/// request a call from a new goroutine serves: calls under another path,
+/// without ids, link; the poller's calls (every 20 ms, from a goroutine no
+/// request created) stay roots.
 #[test]
 fn go_calls_from_a_new_goroutine_link_by_the_runtime_hooks() {
     let Some(_g) = root_test("go_calls_from_a_new_goroutine_link_by_the_runtime_hooks") else {
@@ -731,6 +785,7 @@ fn go_calls_from_a_new_goroutine_link_by_the_runtime_hooks() {
             )
         },
         false,
+        &["--go-goroutine-ancestry"],
     );
     assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
     assert!(l.full as f64 >= 0.95 * 200.0, "{l:?}\n{}", out.stderr);

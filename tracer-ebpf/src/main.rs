@@ -30,7 +30,8 @@
 //!
 //! - `ngx_upstream_init*` (a uprobe and a uretprobe on nginx, attached per
 //!   file like the TLS probes): runtime hooks that say which request a
-//!   thread's upstream work is for ([`hooks`]).
+//!   thread's upstream work is for ([`hooks`]); Go net/http's
+//!   ([`gohooks`]) and CPython asyncio's ([`pyhooks`]) likewise.
 //!
 //! Kernel structs are read directly through the typed (BTF) pointers the
 //! tracepoints hand over, at offsets the agent reads from the running
@@ -50,6 +51,7 @@ mod h2walk;
 mod hooks;
 mod lane;
 mod packet;
+mod pyhooks;
 mod records;
 mod sample;
 mod sock;

@@ -121,6 +121,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_runtime_hooks: bool,
 
+    /// Also follow goroutine creation in Go net/http programs (uprobes on
+    /// `runtime.newproc1`, entry and returns), so that calls a handler
+    /// makes from goroutines it starts link to its request. Off by
+    /// default: every goroutine created pays two uprobe hits (a service
+    /// that starts several goroutines per request runs at a fraction of
+    /// its speed; see bench/hooks_cost.py). Calls made on the handler's
+    /// own goroutine link without it.
+    #[arg(long, conflicts_with = "no_runtime_hooks")]
+    pub go_goroutine_ancestry: bool,
+
     /// Capture buffer of each CPU in bytes (its "lane": calls and packets
     /// of that CPU; rounded up to a power of two of 256 KiB, at most
     /// 1 GiB). Bigger
@@ -481,6 +491,7 @@ impl RunArgs {
                 head_max: tracer_common::HEAD_MAX_DEFAULT,
                 tls_snap: self.tls_snap_len,
                 runtime_hooks: !self.no_runtime_hooks,
+                go_ancestry: self.go_goroutine_ancestry,
                 enabled: !self.hooks_only,
                 ring_bytes: ring,
                 wakeup_bytes: self.wakeup_bytes,

@@ -327,7 +327,14 @@ impl HttpSpans {
             tracer_common::CAUSE_ENTER => correlate::CauseEvent::Enter {
                 conn: ConnId(c.cookie),
             },
-            tracer_common::CAUSE_LEAVE => correlate::CauseEvent::Leave,
+            tracer_common::CAUSE_LEAVE | tracer_common::CAUSE_TASK_LEAVE => {
+                correlate::CauseEvent::Leave
+            }
+            tracer_common::CAUSE_TASK_ENTER => correlate::CauseEvent::TaskEnter { task: c.cookie },
+            tracer_common::CAUSE_TASK_CREATE => correlate::CauseEvent::TaskCreate {
+                task: c.cookie,
+                parent: c.cause,
+            },
             tracer_common::CAUSE_CONNECT => correlate::CauseEvent::Connect {
                 conn: ConnId(c.cookie),
                 cause: ConnId(c.cause),

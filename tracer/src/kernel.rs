@@ -166,6 +166,8 @@ pub struct KernelConfig {
     /// Load the runtime-hook programs (nginx's upstream hook), attached per
     /// file by the agent.
     pub runtime_hooks: bool,
+    /// Attach the Go goroutine-creation hooks too (`--go-goroutine-ancestry`).
+    pub go_ancestry: bool,
 }
 
 /// The struct member offsets the programs read, from the running kernel's
@@ -300,8 +302,8 @@ fn load_go_tls(ebpf: &mut Ebpf) {
     }
 }
 
-/// The runtime-hook programs: nginx's, Go net/http's.
-const HOOK_PROGRAMS: [&str; 7] = [
+/// The runtime-hook programs: nginx's, Go net/http's, CPython asyncio's.
+const HOOK_PROGRAMS: [&str; 10] = [
     tracer_common::hook_programs::NGX_UPSTREAM,
     tracer_common::hook_programs::NGX_UPSTREAM_RET,
     tracer_common::hook_programs::GO_SERVE,
@@ -309,6 +311,9 @@ const HOOK_PROGRAMS: [&str; 7] = [
     tracer_common::hook_programs::GO_SPAWN,
     tracer_common::hook_programs::GO_SPAWN_RET,
     tracer_common::hook_programs::GO_ROUND_TRIP,
+    tracer_common::hook_programs::PY_TASK_ENTER,
+    tracer_common::hook_programs::PY_TASK_LEAVE,
+    tracer_common::hook_programs::PY_TASK_CREATE,
 ];
 
 /// Loads the runtime-hook programs, all or none: a kernel that refuses one

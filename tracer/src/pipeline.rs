@@ -129,6 +129,7 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
     let hooks_on = kernel.runtime_hooks();
     let mut tls = ((tls_on || hooks_on) && cfg.kernel.enabled).then(|| {
         let mut t = TlsAttach::new("/proc", tls_on, hooks_on);
+        t.follow_goroutines(cfg.kernel.go_ancestry);
         let begun = Instant::now();
         t.tick(&mut kernel);
         tracing::info!(

@@ -95,6 +95,7 @@ fn load_cfg(profile_hz: Option<u32>, stack_copy: u32) -> Kernel {
         capture_source: None,
         tls_snap: 0,
         runtime_hooks: false,
+        go_ancestry: false,
     };
     let layout = KernelLayout::from_btf(&btf).expect("kernel layout");
     let calls = Offers::detect(&btf, &Tracefs::read())

@@ -90,6 +90,20 @@ pub const CAUSE_LEAVE: u8 = 2;
 /// written on `cookie` is made for it.
 pub const CAUSE_CONNECT: u8 = 3;
 
+/// [`Cause::kind`]: the thread starts stepping asyncio task `cookie` (the
+/// task object's address).
+pub const CAUSE_TASK_ENTER: u8 = 4;
+/// [`Cause::kind`]: the thread is done stepping it.
+pub const CAUSE_TASK_LEAVE: u8 = 5;
+/// [`Cause::kind`]: asyncio task `cookie` was created while task `cause`
+/// was being stepped on the thread (0: outside any task).
+pub const CAUSE_TASK_CREATE: u8 = 6;
+
+/// Attach cookie of the asyncio task-entry probe: the task is the third
+/// argument of `enter_task` (Python 3.12+: `state, loop, task`), not the
+/// second (3.11: `loop, task`).
+pub const PY_TASK_ARG3: u64 = 1;
+
 /// Threads that can be inside a hooked function at once (an LRU map by
 /// thread).
 pub const CAUSE_THREADS_MAX: u32 = 16384;
@@ -113,6 +127,13 @@ pub mod hook_programs {
     /// `net/http.(*persistConn).roundTrip` entry: a client request is about
     /// to go out on that connection.
     pub const GO_ROUND_TRIP: &str = "go_round_trip";
+    /// CPython `_asyncio`'s `enter_task` entry: a task is being stepped.
+    pub const PY_TASK_ENTER: &str = "py_task_enter";
+    /// Return of `task_step` and `TaskStepMethWrapper_call` (the two
+    /// callers that step a task; `leave_task` itself is inlined).
+    pub const PY_TASK_LEAVE: &str = "py_task_leave";
+    /// `_asyncio.Task.__init__` entry: a task is created.
+    pub const PY_TASK_CREATE: &str = "py_task_create";
 }
 
 /// Go executables with the net/http runtime hooks at once (slots of

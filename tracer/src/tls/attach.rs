@@ -57,6 +57,67 @@ const FUNCTIONS: [(&str, &str); 5] = [
 /// hook's entry and return probes).
 const NGX_UPSTREAM_INIT: &str = "ngx_http_upstream_init";
 
+/// CPython's `_asyncio` functions the asyncio hooks probe: where a task
+/// step begins, the two functions that step a task (their returns end
+/// it), and task creation.
+const PY_ENTER: &str = "enter_task";
+const PY_STEPS: [&str; 2] = ["task_step", "TaskStepMethWrapper_call"];
+const PY_CREATE: &str = "_asyncio_Task___init__";
+
+/// What an `_asyncio` extension offers the asyncio hooks.
+#[derive(Debug)]
+enum PyAsyncio {
+    /// Not CPython's `_asyncio`.
+    No,
+    /// Its probes: (program, file offset, attach cookie).
+    Covered(Vec<(&'static str, u64, Option<u64>)>),
+    /// `_asyncio` without the symbols (a stripped build, as Debian's).
+    Stripped,
+}
+
+/// The asyncio hooks of a file: `_asyncio` as an extension module
+/// (`_asyncio.cpython-3XY-...so`) or built into an interpreter.
+fn py_asyncio(obj: &object::File<'_>, path: &Path) -> PyAsyncio {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let module = name.starts_with("_asyncio.");
+    let enter = symbol_offset(obj, PY_ENTER);
+    let create = symbol_offset(obj, PY_CREATE);
+    let steps: Vec<u64> = PY_STEPS
+        .iter()
+        .filter_map(|s| symbol_offset(obj, s))
+        .collect();
+    let (Some(enter), Some(create), 2) = (enter, create, steps.len()) else {
+        return if module {
+            PyAsyncio::Stripped
+        } else {
+            PyAsyncio::No
+        };
+    };
+    // `enter_task` took the module state first from 3.12 on.
+    let minor = name
+        .split("cpython-3")
+        .nth(1)
+        .or_else(|| path.to_str().and_then(|p| p.split("python3.").nth(1)))
+        .and_then(|r| {
+            let d: String = r.chars().take_while(char::is_ascii_digit).collect();
+            d.parse::<u32>().ok()
+        });
+    let Some(minor) = minor else {
+        return PyAsyncio::Stripped;
+    };
+    let arg3 = (minor >= 12).then_some(tracer_common::PY_TASK_ARG3);
+    let mut probes = vec![
+        (hook_programs::PY_TASK_ENTER, enter, arg3),
+        (hook_programs::PY_TASK_CREATE, create, None),
+    ];
+    probes.extend(
+        steps
+            .into_iter()
+            .map(|off| (hook_programs::PY_TASK_LEAVE, off, None)),
+    );
+    PyAsyncio::Covered(probes)
+}
+
 /// Files remembered as holding nothing to probe (the set is cleared when it
 /// reaches this size: a file is then looked at again, nothing is lost).
 const MAX_CHECKED: usize = 65_536;
@@ -142,6 +203,8 @@ pub struct TlsAttach {
     tls: bool,
     /// Runtime hooks are attached.
     hooks: bool,
+    /// Go's goroutine-creation hooks too.
+    goroutines: bool,
 }
 
 /// A symbol only Node's TLS stream has (`node::crypto::TLSWrap`): its
@@ -162,6 +225,8 @@ struct Probed {
     ngx_upstream: Option<u64>,
     /// What it is for the Go net/http hooks (see [`go::http_hooks`]).
     go_hooks: Result<Option<go::GoHooks>, &'static str>,
+    /// What it is for the asyncio hooks.
+    asyncio: PyAsyncio,
 }
 
 /// What one ELF file offers to probe.
@@ -186,10 +251,10 @@ fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, String> {
         && obj
             .symbols()
             .any(|s| s.name().is_ok_and(|n| n.starts_with(MEMBIO_MARK)));
-    let go_hooks = if hooks {
-        go::http_hooks(&obj)
+    let (go_hooks, asyncio) = if hooks {
+        (go::http_hooks(&obj), py_asyncio(&obj, path))
     } else {
-        Ok(None)
+        (Ok(None), PyAsyncio::No)
     };
     Ok(Probed {
         offsets: found,
@@ -197,7 +262,16 @@ fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, String> {
         go,
         ngx_upstream,
         go_hooks,
+        asyncio,
     })
+}
+
+/// Probes that all carry attach cookie `slot`.
+fn with_cookie(probes: &[(&'static str, u64)], slot: u32) -> Vec<(&'static str, u64, Option<u64>)> {
+    probes
+        .iter()
+        .map(|&(name, off)| (name, off, Some(u64::from(slot))))
+        .collect()
 }
 
 /// The file offset of the function `name` defines, for a uprobe.
@@ -250,7 +324,13 @@ impl TlsAttach {
             hook_slots: (0..GO_HOOK_FILES_MAX).rev().collect(),
             tls,
             hooks,
+            goroutines: false,
         }
+    }
+
+    /// Attach Go's goroutine-creation hooks with the net/http ones.
+    pub fn follow_goroutines(&mut self, on: bool) {
+        self.goroutines = on;
     }
 
     /// `/proc/PID/exe` of a process.
@@ -432,6 +512,7 @@ impl TlsAttach {
             go,
             ngx_upstream,
             go_hooks,
+            asyncio,
         } = match probe_offsets(path, self.hooks) {
             Ok(o) => o,
             Err(_) => {
@@ -462,6 +543,18 @@ impl TlsAttach {
                     reason,
                     "runtime hooks not covered: a Go net/http program the hooks cannot \
                      read; its calls link by the other rules"
+                );
+            }
+        }
+        match asyncio {
+            PyAsyncio::No => {}
+            PyAsyncio::Covered(probes) => links.extend(self.attach_asyncio(path, &probes, kernel)),
+            PyAsyncio::Stripped => {
+                self.counters.hooks_not_covered += 1;
+                tracing::info!(
+                    file = %path.display(),
+                    "runtime hooks not covered: CPython's _asyncio without symbols (a stripped \
+                     build); its asyncio calls link by the other rules"
                 );
             }
         }
@@ -534,32 +627,37 @@ impl TlsAttach {
         off: u64,
         kernel: &mut Kernel,
     ) -> Vec<(&'static str, UProbeLinkId)> {
-        let mut links = Vec::new();
-        for name in [hook_programs::NGX_UPSTREAM, hook_programs::NGX_UPSTREAM_RET] {
-            let Some(p) = kernel.uprobe(name) else {
-                continue;
-            };
-            let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(off),
-                cookie: None,
-            };
-            match p.attach(point, path, UProbeScope::AllProcesses) {
-                Ok(link) => links.push((name, link)),
-                Err(e) => {
-                    self.counters.attach_errors += 1;
-                    tracing::warn!(file = %path.display(), program = name, error = %e, "cannot attach a runtime hook");
-                }
-            }
-        }
-        if links.len() != 2 {
-            self.detach_links(links, kernel);
+        let probes = [
+            (hook_programs::NGX_UPSTREAM, off, None),
+            (hook_programs::NGX_UPSTREAM_RET, off, None),
+        ];
+        let Some(links) = self.attach_all(path, &probes, kernel) else {
             return Vec::new();
-        }
+        };
         self.counters.hook_files += 1;
         tracing::info!(
             file = %path.display(),
             hook = "nginx upstream (ngx_http_upstream_init)",
             "runtime hooks attached: this program's upstream calls link to the request they serve"
+        );
+        links
+    }
+
+    /// Attaches the asyncio hooks to a `_asyncio` extension: all or none.
+    fn attach_asyncio(
+        &mut self,
+        path: &Path,
+        probes: &[(&'static str, u64, Option<u64>)],
+        kernel: &mut Kernel,
+    ) -> Vec<(&'static str, UProbeLinkId)> {
+        let Some(links) = self.attach_all(path, probes, kernel) else {
+            return Vec::new();
+        };
+        self.counters.hook_files += 1;
+        tracing::info!(
+            file = %path.display(),
+            "runtime hooks attached: CPython asyncio (task steps and creation); calls link \
+             to the request whose response their task's root wrote"
         );
         links
     }
@@ -616,7 +714,16 @@ impl TlsAttach {
             tracing::warn!(file = %path.display(), error = %e, "cannot attach Go runtime hooks");
             return None;
         }
-        let links = self.attach_all(path, &hooks.probes, slot, kernel);
+        let probes: Vec<(&'static str, u64)> = hooks
+            .probes
+            .iter()
+            .copied()
+            .filter(|(name, _)| {
+                self.goroutines
+                    || (*name != hook_programs::GO_SPAWN && *name != hook_programs::GO_SPAWN_RET)
+            })
+            .collect();
+        let links = self.attach_all(path, &with_cookie(&probes, slot), kernel);
         if links.is_none() {
             self.hook_slots.push(slot);
             return None;
@@ -626,33 +733,33 @@ impl TlsAttach {
             file = %path.display(),
             go = %hooks.version,
             client = hooks.layout.round_trip_entry != 0,
+            goroutines = self.goroutines,
             "runtime hooks attached: Go net/http (ServeHTTP, goroutine creation, \
              persistConn.roundTrip); calls link to the request their goroutine serves"
         );
         links.map(|l| (slot, l))
     }
 
-    /// Attaches every (program, file offset) of `probes` with attach cookie
-    /// `slot`: all, or none (a call whose RET is not probed would leave its
+    /// Attaches every (program, file offset, attach cookie) of `probes`:
+    /// all, or none (a call whose return is not probed would leave its
     /// entry behind).
     fn attach_all(
         &mut self,
         path: &Path,
-        probes: &[(&'static str, u64)],
-        slot: u32,
+        probes: &[(&'static str, u64, Option<u64>)],
         kernel: &mut Kernel,
     ) -> Option<Vec<(&'static str, UProbeLinkId)>> {
         let mut links = Vec::new();
-        for (name, off) in probes {
+        for &(name, off, cookie) in probes {
             let Some(p) = kernel.uprobe(name) else {
                 continue;
             };
             let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(*off),
-                cookie: Some(u64::from(slot)),
+                location: UProbeAttachLocation::AbsoluteOffset(off),
+                cookie,
             };
             match p.attach(point, path, UProbeScope::AllProcesses) {
-                Ok(link) => links.push((*name, link)),
+                Ok(link) => links.push((name, link)),
                 Err(e) => {
                     self.counters.attach_errors += 1;
                     tracing::warn!(file = %path.display(), program = name, error = %e, "cannot attach a probe");
@@ -686,7 +793,7 @@ impl TlsAttach {
             tracing::warn!(file = %path.display(), error = %e, "cannot attach Go TLS probes");
             return None;
         }
-        let Some(links) = self.attach_all(path, &probes.probes, slot, kernel) else {
+        let Some(links) = self.attach_all(path, &with_cookie(&probes.probes, slot), kernel) else {
             self.go_slots.push(slot);
             return None;
         };
