@@ -75,6 +75,19 @@ fn concurrent_8_clients_never_guess_on_the_event_loop() {
     assert!(out.counters.processes_multiplexing >= 1, "nginx");
 }
 
+/// Every client asks for the same path.
+fn same_api_target(ch: &mut Chain) {
+    for e in &mut ch.events {
+        if let Ev::Msg(m) = e {
+            if let MessageKind::Request(r) = &mut m.kind {
+                if r.target.starts_with("/api/") {
+                    r.target = "/api/same".into();
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn identical_requests_in_flight_on_the_event_loop_are_not_guessed() {
     // Every client asks for the same path: nginx's upstream requests repeat
@@ -100,15 +113,7 @@ fn identical_requests_in_flight_on_the_event_loop_are_not_guessed() {
         times: Some(times),
         ..ChainOpts::default()
     });
-    for e in &mut ch.events {
-        if let Ev::Msg(m) = e {
-            if let MessageKind::Request(r) = &mut m.kind {
-                if r.target.starts_with("/api/") {
-                    r.target = "/api/same".into();
-                }
-            }
-        }
-    }
+    same_api_target(&mut ch);
     let out = run(&ch.events, cfg());
     let nginx_calls: Vec<&Span> = out
         .spans
@@ -153,15 +158,7 @@ fn identical_requests_in_flight_link_through_the_upstream_hook() {
             nginx_hook: true,
             ..ChainOpts::default()
         });
-        for e in &mut ch.events {
-            if let Ev::Msg(m) = e {
-                if let MessageKind::Request(r) = &mut m.kind {
-                    if r.target.starts_with("/api/") {
-                        r.target = "/api/same".into();
-                    }
-                }
-            }
-        }
+        same_api_target(&mut ch);
         let out = run(&ch.events, cfg());
         let calls: Vec<&Span> = out
             .spans

@@ -99,21 +99,10 @@ fn at(ctx: &ProbeContext) -> Option<At> {
     })
 }
 
-/// The cookie of the TCP socket behind a `net.Conn` interface at `at`
-/// (itab word, data word), when it holds a `*net.TCPConn`.
+/// The cookie of the TCP socket behind a `net.Conn` interface at `at`.
 #[inline(always)]
 fn tcp_cookie(at: u64, f: &GoHookFile, bias: u64) -> Option<u64> {
-    let itab: u64 = uread(at)?;
-    if f.tcp_itab == 0 || itab != f.tcp_itab.wrapping_add(bias) {
-        return None;
-    }
-    let tcp: u64 = uread(at + 8)?;
-    let netfd: u64 = uread(tcp + u64::from(f.tcp_fd))?;
-    let fd: i64 = uread(netfd + u64::from(f.sysfd))?;
-    if fd < 0 {
-        return None;
-    }
-    let sk = crate::gotls::tcp_sock_of_fd(fd as u64)?;
+    let sk = crate::gotls::tcp_sock_of_conn(at, f.tcp_itab, f.tcp_fd, f.sysfd, bias)?;
     crate::gotls::cookie_of_sk(sk)
 }
 

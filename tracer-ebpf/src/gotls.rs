@@ -152,25 +152,49 @@ pub(crate) fn cookie_of_sk(sk: u64) -> Option<u64> {
     kread::<u64>(sk + u64::from(global(&crate::OFF_COOKIE))).filter(|&c| c != 0)
 }
 
-/// The TCP socket under a `*tls.Conn`: `conn.conn` must hold a
-/// `*net.TCPConn` (its itab), whose netFD gives the descriptor.
+/// The socket cookie of TCP file descriptor `fd` of the current process.
 #[inline(always)]
-fn socket_of_conn(conn: u64, f: &GoTlsFile, bias: u64) -> Option<u64> {
-    if f.tcp_itab == 0 {
+pub(crate) fn cookie_of_fd(fd: i64) -> Option<u64> {
+    if fd < 0 {
         return None;
     }
-    let at = conn + u64::from(f.conn);
+    cookie_of_sk(tcp_sock_of_fd(fd as u64)?)
+}
+
+/// The TCP socket behind a Go `net.Conn` interface at `at` (itab word,
+/// data word) when it holds a `*net.TCPConn` (`tcp_itab`, at its link-time
+/// address), through `TCPConn` -> `*netFD` (`tcp_fd`) -> `Sysfd` (`sysfd`).
+#[inline(always)]
+pub(crate) fn tcp_sock_of_conn(
+    at: u64,
+    tcp_itab: u64,
+    tcp_fd: u32,
+    sysfd: u32,
+    bias: u64,
+) -> Option<u64> {
     let itab: u64 = uread(at)?;
-    if itab != f.tcp_itab.wrapping_add(bias) {
+    if tcp_itab == 0 || itab != tcp_itab.wrapping_add(bias) {
         return None;
     }
     let tcp: u64 = uread(at + 8)?;
-    let netfd: u64 = uread(tcp + u64::from(f.tcp_fd))?;
-    let fd: i64 = uread(netfd + u64::from(f.sysfd))?;
+    let netfd: u64 = uread(tcp + u64::from(tcp_fd))?;
+    let fd: i64 = uread(netfd + u64::from(sysfd))?;
     if fd < 0 {
         return None;
     }
     tcp_sock_of_fd(fd as u64)
+}
+
+/// The TCP socket under a `*tls.Conn`.
+#[inline(always)]
+fn socket_of_conn(conn: u64, f: &GoTlsFile, bias: u64) -> Option<u64> {
+    tcp_sock_of_conn(
+        conn + u64::from(f.conn),
+        f.tcp_itab,
+        f.tcp_fd,
+        f.sysfd,
+        bias,
+    )
 }
 
 /// Bytes between a `bytes.Buffer`/`bytes.Reader`'s position and the end of

@@ -58,11 +58,7 @@ fn ngx_client_cookie(r: u64) -> Option<u64> {
     }
     let c: u64 = uread(r + NGX_REQUEST_CONNECTION)?;
     let fd: i32 = uread(c + NGX_CONNECTION_FD)?;
-    if fd < 0 {
-        return None;
-    }
-    let sk = crate::gotls::tcp_sock_of_fd(fd as u64)?;
-    crate::gotls::cookie_of_sk(sk)
+    crate::gotls::cookie_of_fd(i64::from(fd))
 }
 
 #[uprobe]

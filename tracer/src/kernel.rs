@@ -289,17 +289,11 @@ fn load_uprobe(ebpf: &mut Ebpf, name: &'static str) -> Result<(), KernelError> {
 /// one leaves Go programs uncovered (their files are then not attached and
 /// their ciphertext is reported as not covered), not the agent stopped.
 fn load_go_tls(ebpf: &mut Ebpf) {
-    for name in GO_TLS_PROGRAMS {
-        if let Err(e) = load_uprobe(ebpf, name) {
-            tracing::warn!(error = %e, "Go TLS programs not covered: the kernel refused them");
-            for name in GO_TLS_PROGRAMS {
-                if let Some(Ok(p)) = ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
-                    let _ = p.unload();
-                }
-            }
-            return;
-        }
-    }
+    load_all(
+        ebpf,
+        &GO_TLS_PROGRAMS,
+        "Go TLS programs not covered: the kernel refused them",
+    );
 }
 
 /// The runtime-hook programs: nginx's, Go net/http's, CPython asyncio's.
@@ -320,10 +314,20 @@ const HOOK_PROGRAMS: [&str; 10] = [
 /// leaves the hooks off (calls then link by the other rules), not the agent
 /// stopped.
 fn load_hooks(ebpf: &mut Ebpf) -> bool {
-    for name in HOOK_PROGRAMS {
+    load_all(
+        ebpf,
+        &HOOK_PROGRAMS,
+        "runtime hooks off: the kernel refused them",
+    )
+}
+
+/// Loads uprobe programs `names`, all or none (`refused` is logged when
+/// one is refused); true when all loaded.
+fn load_all(ebpf: &mut Ebpf, names: &[&'static str], refused: &str) -> bool {
+    for &name in names {
         if let Err(e) = load_uprobe(ebpf, name) {
-            tracing::warn!(error = %e, "runtime hooks off: the kernel refused them");
-            for name in HOOK_PROGRAMS {
+            tracing::warn!(error = %e, "{refused}");
+            for &name in names {
                 if let Some(Ok(p)) = ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
                     let _ = p.unload();
                 }
