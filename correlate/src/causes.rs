@@ -8,18 +8,21 @@
 //! request of the connection it was is decided later, among the requests
 //! in flight on it then ([`Correlator`](crate::Correlator) rule "runtime").
 //!
-//! Bounded: a few extents per thread, a bounded number of threads and of
-//! opened connections, each kept until it is used or expires (socket
+//! Bounded: extents kept for a while after they end, a bounded number of
+//! them, of threads and of opened connections, each kept until it is used or expires (socket
 //! cookies are never reused, so a cause cannot outlive its connection into
 //! another); what is forgotten only leaves a call without this evidence.
+use std::collections::VecDeque;
+
 use foldhash::{HashMap, HashMapExt};
 
 use crate::model::{ConnId, Pid, Tid};
 
-/// Extents remembered per thread (the most recent; a call is matched
-/// within a reorder window of its extent, long before a thread makes this
-/// many more).
-const EXTENTS_PER_THREAD: usize = 8;
+/// Extents remembered in all (a call's message may come a reorder window
+/// after its extent, and an event loop steps tasks thousands of times a
+/// second: extents are kept by time, see `forget_before`, and this bounds
+/// their memory, 32 bytes each).
+const MAX_EXTENTS: usize = 1 << 18;
 
 /// How long after a connection was opened or chosen for a request its
 /// next call is taken as that request's (a connect takes a round trip, a
@@ -77,13 +80,25 @@ pub(crate) struct Cause {
     pub at_ns: u64,
 }
 
+/// An asyncio task: its address and when it was created (0: before the
+/// agent saw it). Addresses are reused once a task is freed; the creation
+/// time tells the tasks at one address apart.
+pub(crate) type TaskId = (u64, u64);
+
+/// What is known of a task: when it was created, and by which task.
+#[derive(Clone, Copy)]
+struct TaskInfo {
+    created: u64,
+    parent: Option<TaskId>,
+}
+
 /// What a thread works for during an extent.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum For {
     /// The request on a connection.
     Conn(ConnId),
     /// An asyncio task.
-    Task(u64),
+    Task(TaskId),
 }
 
 #[derive(Clone, Copy)]
@@ -93,16 +108,23 @@ struct Extent {
     what: For,
 }
 
-/// Ancestors followed from a task to its root.
+/// Ancestors followed from a task.
 const MAX_TASK_DEPTH: usize = 32;
+
+/// The key of a task in the correlator's indexes (within its process).
+pub(crate) fn task_key(id: TaskId) -> u64 {
+    id.0 ^ id.1.rotate_left(29) ^ 0x7461_736b_0000_0000
+}
 
 /// The extents and opened connections of the hooked processes.
 pub(crate) struct Causes {
-    threads: HashMap<(Pid, Tid), Vec<Extent>>,
+    /// Per thread, in time order.
+    threads: HashMap<(Pid, Tid), VecDeque<Extent>>,
+    extents: usize,
     /// By connection: the process, the cause, and when it was said.
     opened: HashMap<ConnId, (Pid, Cause, u64)>,
-    /// asyncio tasks' creators, by process and task.
-    parents: HashMap<(Pid, u64), u64>,
+    /// asyncio tasks' creation and creators, by process and address.
+    tasks: HashMap<(Pid, u64), TaskInfo>,
     max_threads: usize,
     max_opened: usize,
 }
@@ -111,8 +133,9 @@ impl Causes {
     pub fn new(max_threads: usize, max_opened: usize) -> Causes {
         Causes {
             threads: HashMap::new(),
+            extents: 0,
             opened: HashMap::new(),
-            parents: HashMap::new(),
+            tasks: HashMap::new(),
             max_threads: max_threads.max(1),
             max_opened: max_opened.max(1),
         }
@@ -126,51 +149,71 @@ impl Causes {
 
     fn push_extent(&mut self, pid: Pid, tid: Tid, t: u64, what: For) -> u64 {
         let mut forgot = 0;
-        if self.threads.len() >= self.max_threads && !self.threads.contains_key(&(pid, tid)) {
-            forgot = self.threads.len() as u64;
+        let new_thread = !self.threads.contains_key(&(pid, tid));
+        if self.extents >= MAX_EXTENTS || (new_thread && self.threads.len() >= self.max_threads) {
+            forgot = self.extents as u64;
             self.threads.clear();
+            self.extents = 0;
         }
         let v = self.threads.entry((pid, tid)).or_default();
         // One extent at a time per thread: one still open lost its end
         // record.
-        if let Some(prev) = v.last_mut().filter(|e| e.end.is_none()) {
+        if let Some(prev) = v.back_mut().filter(|e| e.end.is_none()) {
             prev.end = Some(t);
         }
-        if v.len() >= EXTENTS_PER_THREAD {
-            v.remove(0);
-        }
-        v.push(Extent {
+        v.push_back(Extent {
             start: t,
             end: None,
             what,
         });
+        self.extents += 1;
         forgot
+    }
+
+    /// The extent thread `tid` of `pid` was in at `t`.
+    fn extent_at(&self, pid: Pid, tid: Tid, t: u64) -> Option<&Extent> {
+        let v = self.threads.get(&(pid, tid))?;
+        let i = v.partition_point(|e| e.start <= t).checked_sub(1)?;
+        let e = &v[i];
+        (t <= e.end.unwrap_or(e.start + OPEN_EXTENT_NS)).then_some(e)
     }
 
     /// What thread `tid` of `pid` worked for at `t`.
     fn working_for(&self, pid: Pid, tid: Tid, t: u64) -> Option<For> {
-        self.threads.get(&(pid, tid)).and_then(|v| {
-            v.iter()
-                .rev()
-                .find(|e| e.start <= t && t <= e.end.unwrap_or(e.start + OPEN_EXTENT_NS))
-                .map(|e| e.what)
-        })
+        self.extent_at(pid, tid, t).map(|e| e.what)
     }
 
-    /// The root ancestor of the asyncio task thread `tid` of `pid` was
-    /// stepping at `t` (the task itself when nothing created it).
-    pub fn task_root(&self, pid: Pid, tid: Tid, t: u64) -> Option<u64> {
-        let For::Task(mut task) = self.working_for(pid, tid, t)? else {
-            return None;
-        };
-        for _ in 0..MAX_TASK_DEPTH {
-            match self.parents.get(&(pid, task)) {
-                Some(&p) if p != 0 && p != task => task = p,
-                _ => return Some(task),
+    /// The task at `addr` now.
+    fn task(&self, pid: Pid, addr: u64) -> TaskId {
+        (addr, self.tasks.get(&(pid, addr)).map_or(0, |i| i.created))
+    }
+
+    /// The asyncio task thread `tid` of `pid` was stepping at `t`.
+    pub fn task_at(&self, pid: Pid, tid: Tid, t: u64) -> Option<TaskId> {
+        match self.working_for(pid, tid, t)? {
+            For::Task(id) => Some(id),
+            For::Conn(_) => None,
+        }
+    }
+
+    /// Task `id` and its ancestors, nearest first, as far as they are known
+    /// (a creator whose address now holds another task ends the line).
+    pub fn lineage(&self, pid: Pid, id: TaskId) -> Vec<TaskId> {
+        let mut out = vec![id];
+        let mut cur = id;
+        while out.len() < MAX_TASK_DEPTH {
+            match self.tasks.get(&(pid, cur.0)) {
+                Some(i) if i.created == cur.1 => match i.parent {
+                    Some(p) if !out.contains(&p) => {
+                        out.push(p);
+                        cur = p;
+                    }
+                    _ => break,
+                },
+                _ => break,
             }
         }
-        // A cycle (addresses reused) or a very deep chain: no root known.
-        None
+        out
     }
 
     /// One event of thread `tid` of `pid` at `t`. Returns how many
@@ -178,23 +221,26 @@ impl Causes {
     pub fn event(&mut self, pid: Pid, tid: Tid, t: u64, ev: CauseEvent) -> u64 {
         match ev {
             CauseEvent::Enter { conn } => self.push_extent(pid, tid, t, For::Conn(conn)),
-            CauseEvent::TaskEnter { task } => self.push_extent(pid, tid, t, For::Task(task)),
+            CauseEvent::TaskEnter { task } => {
+                let id = self.task(pid, task);
+                self.push_extent(pid, tid, t, For::Task(id))
+            }
             CauseEvent::TaskCreate { task, parent } => {
                 let mut forgot = 0;
-                if self.parents.len() >= self.max_opened {
-                    forgot = self.parents.len() as u64;
-                    self.parents.clear();
+                if self.tasks.len() >= self.max_opened {
+                    forgot = self.tasks.len() as u64;
+                    self.tasks.clear();
                 }
-                // A task's address is reused once it is freed: the new one
-                // has its own creator, or none.
-                self.parents.insert((pid, task), parent);
+                let parent = (parent != 0).then(|| self.task(pid, parent));
+                self.tasks
+                    .insert((pid, task), TaskInfo { created: t, parent });
                 forgot
             }
             CauseEvent::Leave => {
                 if let Some(e) = self
                     .threads
                     .get_mut(&(pid, tid))
-                    .and_then(|v| v.last_mut())
+                    .and_then(|v| v.back_mut())
                     .filter(|e| e.end.is_none())
                 {
                     e.end = Some(t);
@@ -220,12 +266,12 @@ impl Causes {
     /// opened in (for its first call only: any call takes that away).
     pub fn of_call(&mut self, pid: Pid, tid: Tid, conn: ConnId, t: u64) -> Option<Cause> {
         let opened = self.opened.remove(&conn);
-        if let Some(For::Conn(c)) = self.working_for(pid, tid, t) {
-            let start = self.threads[&(pid, tid)]
-                .iter()
-                .rev()
-                .find(|e| e.what == For::Conn(c) && e.start <= t)
-                .map_or(t, |e| e.start);
+        if let Some(&Extent {
+            start,
+            what: For::Conn(c),
+            ..
+        }) = self.extent_at(pid, tid, t)
+        {
             return Some(Cause {
                 conn: c,
                 at_ns: start,
@@ -241,10 +287,19 @@ impl Causes {
     /// `before` go (their calls have been decided). Task creators stay
     /// until their bound: a task lives as long as it likes.
     pub fn forget_before(&mut self, before: u64) {
+        let mut left = 0;
         self.threads.retain(|_, v| {
-            v.retain(|e| e.end.unwrap_or(e.start + OPEN_EXTENT_NS) >= before);
+            // In time order: the old ones are at the front.
+            while v
+                .front()
+                .is_some_and(|e| e.end.unwrap_or(e.start + OPEN_EXTENT_NS) < before)
+            {
+                v.pop_front();
+            }
+            left += v.len();
             !v.is_empty()
         });
+        self.extents = left;
         self.opened.retain(|_, (_, _, said)| *said >= before);
     }
 }
@@ -342,6 +397,26 @@ mod tests {
     }
 
     #[test]
+    fn a_task_s_lineage_stops_where_an_address_was_reused() {
+        let mut c = Causes::new(16, 16);
+        let create = |c: &mut Causes, t, task, parent| {
+            c.event(P, T, t, CauseEvent::TaskCreate { task, parent });
+        };
+        create(&mut c, 10, 0xa, 0);
+        create(&mut c, 20, 0xb, 0xa);
+        create(&mut c, 30, 0xc, 0xb);
+        c.event(P, T, 40, CauseEvent::TaskEnter { task: 0xc });
+        c.event(P, T, 50, CauseEvent::Leave);
+        let id = c.task_at(P, T, 45).expect("stepping c");
+        assert_eq!(c.lineage(P, id), vec![(0xc, 30), (0xb, 20), (0xa, 10)]);
+        assert_eq!(c.task_at(P, T, 55), None);
+        // b freed, its address reused by a task nobody created: c's line
+        // ends at b.
+        create(&mut c, 60, 0xb, 0);
+        assert_eq!(c.lineage(P, id), vec![(0xc, 30), (0xb, 20)]);
+    }
+
+    #[test]
     fn bounds_forget_rather_than_grow() {
         let mut c = Causes::new(2, 2);
         for t in 0..3u32 {
@@ -351,7 +426,7 @@ mod tests {
         for i in 0..20u64 {
             c.event(P, T, 10 + i, CauseEvent::Enter { conn: C });
         }
-        assert!(c.threads[&(P, T)].len() <= EXTENTS_PER_THREAD);
+        assert!(c.extents <= 22);
         for i in 0..3u64 {
             c.event(
                 P,

@@ -9,7 +9,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::{IpAddr, SocketAddr};
 
 use crate::attributes::{request_facts, response_status};
-use crate::causes::{Cause, CauseEvent, Causes};
+use crate::causes::{task_key, Cause, CauseEvent, Causes};
 use crate::classify::Classifier;
 use crate::config::{Config, Counters, IdGen, SplitMix64};
 use crate::index::{MultiIndex, SpanKey, ThreadEntry, ThreadIndex};
@@ -244,10 +244,10 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     /// decided yet.
     pub(crate) causes: Causes,
     pub(crate) call_causes: HashMap<SpanKey, Cause>,
-    /// Server spans by process and the root of the asyncio task that wrote
-    /// their response; client spans' task roots, likewise keyed.
+    /// Server spans by process and the asyncio task that wrote their
+    /// response; client spans' task and its ancestors, likewise keyed.
     pub(crate) task_servers: MultiIndex<u64>,
-    pub(crate) call_tasks: HashMap<SpanKey, u64>,
+    pub(crate) call_tasks: HashMap<SpanKey, Vec<u64>>,
     /// How each process serves requests (rule 4).
     pub(crate) classify: Classifier,
     /// Hashes request-id values (seeded: values come from the network).
@@ -740,9 +740,11 @@ impl<G: IdGen> Correlator<G> {
                 if let Some(c) = self.causes.of_call(h.pid, h.tid, h.conn, h.start) {
                     self.counters.runtime_causes += 1;
                     self.call_causes.insert(key, c);
-                } else if let Some(root) = self.causes.task_root(h.pid, h.tid, h.start) {
+                } else if let Some(task) = self.causes.task_at(h.pid, h.tid, h.start) {
                     self.counters.runtime_causes += 1;
-                    self.call_tasks.insert(key, forward_key(h.pid, root));
+                    let keys = self.causes.lineage(h.pid, task).into_iter();
+                    let keys = keys.map(|t| forward_key(h.pid, task_key(t))).collect();
+                    self.call_tasks.insert(key, keys);
                 }
             }
         }
@@ -822,10 +824,10 @@ impl<G: IdGen> Correlator<G> {
                 self.response_ids(key, resp);
                 if !self.causes.is_empty() {
                     // The asyncio task whose step wrote the response.
-                    if let Some(root) = self.causes.task_root(h.pid, h.tid, h.start) {
+                    if let Some(task) = self.causes.task_at(h.pid, h.tid, h.start) {
                         let spans = &self.spans;
-                        self.task_servers
-                            .insert(forward_key(pid, root), key, |k| spans.contains_key(&k));
+                        let k = forward_key(pid, task_key(task));
+                        self.task_servers.insert(k, key, |k| spans.contains_key(&k));
                     }
                 }
             }

@@ -381,10 +381,10 @@ impl<G: IdGen> Correlator<G> {
         let mut runtime = Evidence::default();
         let cause = self.call_causes.get(&key).copied();
         // asyncio: the one request in flight whose response the call's
-        // task root wrote.
-        let task = self.call_tasks.get(&key).copied();
-        if let Some(task) = task {
-            for &sk in self.task_servers.get(&task) {
+        // task, or one of its ancestors, wrote.
+        let task = self.call_tasks.contains_key(&key);
+        for &t in self.call_tasks.get(&key).map_or(&[][..], Vec::as_slice) {
+            for &sk in self.task_servers.get(&t) {
                 if let Some(s) = self.spans.get(&sk) {
                     if s.kind == SpanKind::Server && s.pid == pid {
                         runtime.consider(sk, call.nests_in(s));
@@ -438,10 +438,9 @@ impl<G: IdGen> Correlator<G> {
             }
         }
         // An inbound response may still return the call's request id, or
-        // be written by its task's root.
-        let id_may_come = (!rids.as_slice().is_empty() || task.is_some())
-            && !waited
-            && self.classify.serving(pid);
+        // be written by its task or an ancestor.
+        let id_may_come =
+            (!rids.as_slice().is_empty() || task) && !waited && self.classify.serving(pid);
         if !force {
             if pending {
                 // Nesting is judged once the call has ended.
@@ -472,11 +471,11 @@ impl<G: IdGen> Correlator<G> {
         if cause.is_some() {
             self.call_causes.remove(&key);
         }
-        if task.is_some() {
+        if task {
             self.call_tasks.remove(&key);
         }
         let k = &mut self.counters;
-        if cause.is_some() || task.is_some() {
+        if cause.is_some() || task {
             match runtime.one {
                 One::None if !runtime.refused => k.runtime_no_request += 1,
                 One::Several => k.runtime_ambiguous += 1,

@@ -29,6 +29,9 @@ const G: u32 = 40;
 const G_TID: u32 = 41;
 /// A plain client.
 const C: u32 = 30;
+/// An asyncio service (one thread, pid = tid) whose hooks report task
+/// steps and creation.
+const Y: u32 = 50;
 
 /// A span's identity: process, kind and start (every event of a scenario
 /// has its own nanosecond).
@@ -61,6 +64,11 @@ struct Knobs {
     /// (nginx's upstream hook), G's connection chosen for each call (Go's
     /// roundTrip hook).
     hook: bool,
+    /// Requests to Y: (start µs, [read→call, call→response, response→
+    /// answer] µs, the call made by a child task of the request's task).
+    y: Vec<(u64, [u64; 3], bool)>,
+    /// Y's poller task's calls: (start µs, duration µs).
+    y_timer: Vec<(u64, u64)>,
 }
 
 fn knobs() -> impl Strategy<Value = Knobs> {
@@ -85,9 +93,20 @@ fn knobs() -> impl Strategy<Value = Knobs> {
         proptest::collection::vec((0u64..4_000, 0u32..4), 0..5),
         proptest::collection::vec(0u64..4_000, 0..4),
         any::<bool>(),
+        (
+            proptest::collection::vec(
+                (
+                    0u64..3_000,
+                    proptest::array::uniform3(3u64..400),
+                    any::<bool>(),
+                ),
+                0..6,
+            ),
+            proptest::collection::vec((0u64..4_000, 3u64..600), 0..8),
+        ),
     )
         .prop_map(
-            |(e, timer, identical, echo_id, p, p_bg, g, g_timer, c, hook)| Knobs {
+            |(e, timer, identical, echo_id, p, p_bg, g, g_timer, c, hook, (y, y_timer))| Knobs {
                 e,
                 timer,
                 identical,
@@ -98,6 +117,8 @@ fn knobs() -> impl Strategy<Value = Knobs> {
                 g_timer,
                 c,
                 hook,
+                y,
+                y_timer,
             },
         )
 }
@@ -349,6 +370,45 @@ fn scenario(k: &Knobs) -> Scenario {
         let (w, r) = (g.t(start), g.t(start + 40));
         let (tid, back) = (G_TID + t, G_TID + (t + 1) % 4);
         g.call(G, tid, w, back, r, &format!("/gpoll/{i}"), &[], None);
+    }
+
+    // Y: asyncio. A server task S (created by the main task M) creates a
+    // task per request, which writes the response; the call is made by it
+    // or by a child task it creates; a poller task created by M calls out
+    // on its own. All on one thread; every step is reported.
+    let (m_task, s_task, poll_task) = (0x10, 0x20, 0x30);
+    let th = (Pid(Y), Tid(Y));
+    let ev = |g: &mut Gen, t: u64, e: CauseEvent| g.sim.events.push(Ev::Cause(th.0, th.1, t, e));
+    let create = |task: u64, parent: u64| CauseEvent::TaskCreate { task, parent };
+    ev(&mut g, 1, create(m_task, 0));
+    ev(&mut g, 2, create(s_task, m_task));
+    ev(&mut g, 3, create(poll_task, m_task));
+    for (i, (start, gaps, child)) in k.y.iter().enumerate() {
+        let (req_task, call_task) = (0x1000 + i as u64, 0x2000 + i as u64);
+        let read = g.t(*start);
+        let call = g.t(start + gaps[0]);
+        let back = g.t(start + gaps[0] + gaps[1]);
+        let answer = g.t(start + gaps[0] + gaps[1] + gaps[2]);
+        ev(&mut g, read, create(req_task, s_task));
+        let server = g.inbound(Y, 8050, Y, read, Y, answer, &format!("/y/{i}"), &[], &[]);
+        let caller = if *child {
+            ev(&mut g, call - 1, create(call_task, req_task));
+            call_task
+        } else {
+            req_task
+        };
+        ev(&mut g, call, CauseEvent::TaskEnter { task: caller });
+        ev(&mut g, call, CauseEvent::Leave);
+        let id = g.call(Y, Y, call, Y, back, &format!("/yz/{i}"), &[], Some(server));
+        ev(&mut g, answer, CauseEvent::TaskEnter { task: req_task });
+        ev(&mut g, answer, CauseEvent::Leave);
+        g.provable.push(id);
+    }
+    for (i, (start, dur)) in k.y_timer.iter().enumerate() {
+        let (w, r) = (g.t(*start), g.t(start + dur));
+        ev(&mut g, w, CauseEvent::TaskEnter { task: poll_task });
+        ev(&mut g, w, CauseEvent::Leave);
+        g.call(Y, Y, w, Y, r, &format!("/ypoll/{i}"), &[], None);
     }
 
     // A plain client.
