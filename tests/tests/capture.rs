@@ -327,9 +327,9 @@ fn nothing_stays_attached_after_exit() {
     };
     require_tool("bpftool");
     for (signal, profile_hz, programs) in [(libc::SIGINT, "99", 6), (libc::SIGTERM, "0", 5)] {
-        // TLS probes are attached per file as processes need them (see
-        // tls.rs for their exit check): off here, so every program loaded
-        // is attached.
+        // TLS probes and runtime hooks are attached per file as processes
+        // need them (see tls.rs for their exit check): off here, so every
+        // program loaded is attached.
         let agent = Agent::start(&[
             "--print",
             "none",
@@ -337,6 +337,7 @@ fn nothing_stays_attached_after_exit() {
             profile_hz,
             "--tls-snap-len",
             "0",
+            "--no-runtime-hooks",
         ]);
         let ids = agent.program_ids.clone();
         assert_eq!(

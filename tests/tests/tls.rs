@@ -479,6 +479,20 @@ fn tls_probes_leave_nothing_attached_after_exit() {
                 "TLS program {id} attached while running"
             );
         }
+        // And nginx's runtime hook (entry and return).
+        let hooks: Vec<u64> = ids
+            .iter()
+            .zip(&names)
+            .filter(|(_, n)| n.starts_with("ngx_upstream"))
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(hooks.len(), 2, "the nginx hook programs: {names:?}");
+        for id in &hooks {
+            assert!(
+                attached.contains(id),
+                "hook program {id} attached while running"
+            );
+        }
         // SAFETY: kill(2) on the agent we started.
         unsafe { libc::kill(agent.pid() as i32, signal) };
         let out = agent.stop(Duration::ZERO);
