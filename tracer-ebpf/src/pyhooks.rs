@@ -12,9 +12,8 @@
 //!   current task as its creator (0 when created outside any task, e.g. in
 //!   a protocol callback).
 //!
-//! User space gives a call written inside a task's step that task's root
-//! ancestor, and a response written inside a step likewise; a call links
-//! to the one request in flight whose response the same root wrote.
+//! User space links a call written inside a task's step to the one request
+//! in flight whose response that task, or one of its ancestors, wrote.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_attach_cookie},
     macros::{map, uprobe, uretprobe},

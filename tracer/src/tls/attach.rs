@@ -657,7 +657,7 @@ impl TlsAttach {
         tracing::info!(
             file = %path.display(),
             "runtime hooks attached: CPython asyncio (task steps and creation); calls link \
-             to the request whose response their task's root wrote"
+             to the request whose response their task or an ancestor wrote"
         );
         links
     }
