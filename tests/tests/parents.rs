@@ -117,9 +117,11 @@ fn links(spans: &[Value], prefix: &str, key: Key, roles: &[(&str, &str)]) -> Lin
                 Some(p) => {
                     full = false;
                     out.wrong.push(format!(
-                        "{k}: {:?} has parent {:?} of {}",
+                        "{k}: {:?} has parent {:?} ({} {}) of {}",
                         roles[role],
                         role_of(p).map(|r| roles[r]),
+                        res(p, "service.name"),
+                        f(p, "kind"),
                         key.of(p)
                     ));
                 }
