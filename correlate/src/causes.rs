@@ -178,11 +178,6 @@ impl Causes {
         (t <= e.end.unwrap_or(e.start + OPEN_EXTENT_NS)).then_some(e)
     }
 
-    /// What thread `tid` of `pid` worked for at `t`.
-    fn working_for(&self, pid: Pid, tid: Tid, t: u64) -> Option<For> {
-        self.extent_at(pid, tid, t).map(|e| e.what)
-    }
-
     /// The task at `addr` now.
     fn task(&self, pid: Pid, addr: u64) -> TaskId {
         (addr, self.tasks.get(&(pid, addr)).map_or(0, |i| i.created))
@@ -190,7 +185,7 @@ impl Causes {
 
     /// The asyncio task thread `tid` of `pid` was stepping at `t`.
     pub fn task_at(&self, pid: Pid, tid: Tid, t: u64) -> Option<TaskId> {
-        match self.working_for(pid, tid, t)? {
+        match self.extent_at(pid, tid, t)?.what {
             For::Task(id) => Some(id),
             For::Conn(_) => None,
         }

@@ -20,6 +20,15 @@ use crate::model::{
 use crate::propagation::{extract, request_ids, HeaderContext, RequestIds};
 use crate::span_table::SpanTable;
 
+/// What runtime hooks said a client call was made for.
+pub(crate) enum CallCause {
+    /// The request in flight on a connection then.
+    Conn(Cause),
+    /// A request whose response one of these tasks wrote (the call's task
+    /// and its ancestors, as `task_servers` keys).
+    Tasks(Vec<u64>),
+}
+
 /// Trace-level context a span inherits from its parent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct TraceCtx {
@@ -243,11 +252,10 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     /// What runtime hooks said, and the causes they gave client spans not
     /// decided yet.
     pub(crate) causes: Causes,
-    pub(crate) call_causes: HashMap<SpanKey, Cause>,
+    pub(crate) call_causes: HashMap<SpanKey, CallCause>,
     /// Server spans by process and the asyncio task that wrote their
-    /// response; client spans' task and its ancestors, likewise keyed.
+    /// response.
     pub(crate) task_servers: MultiIndex<u64>,
-    pub(crate) call_tasks: HashMap<SpanKey, Vec<u64>>,
     /// How each process serves requests (rule 4).
     pub(crate) classify: Classifier,
     /// Hashes request-id values (seeded: values come from the network).
@@ -299,7 +307,6 @@ impl<G: IdGen> Correlator<G> {
             causes: Causes::new(config.max_threads, config.max_spans.max(1024)),
             call_causes: HashMap::new(),
             task_servers: MultiIndex::new(index_cap),
-            call_tasks: HashMap::new(),
             classify: Classifier::new(&config),
             rid_hasher: foldhash::fast::RandomState::default(),
             cfg: config,
@@ -737,14 +744,16 @@ impl<G: IdGen> Correlator<G> {
             self.classify
                 .call_written(h.pid, h.tid, h.conn, key, h.start, &mut self.counters);
             if !self.causes.is_empty() {
-                if let Some(c) = self.causes.of_call(h.pid, h.tid, h.conn, h.start) {
+                let cause = match self.causes.of_call(h.pid, h.tid, h.conn, h.start) {
+                    Some(c) => Some(CallCause::Conn(c)),
+                    None => self.causes.task_at(h.pid, h.tid, h.start).map(|task| {
+                        let line = self.causes.lineage(h.pid, task).into_iter();
+                        CallCause::Tasks(line.map(|t| forward_key(h.pid, task_key(t))).collect())
+                    }),
+                };
+                if let Some(c) = cause {
                     self.counters.runtime_causes += 1;
                     self.call_causes.insert(key, c);
-                } else if let Some(task) = self.causes.task_at(h.pid, h.tid, h.start) {
-                    self.counters.runtime_causes += 1;
-                    let keys = self.causes.lineage(h.pid, task).into_iter();
-                    let keys = keys.map(|t| forward_key(h.pid, task_key(t))).collect();
-                    self.call_tasks.insert(key, keys);
                 }
             }
         }

@@ -4,7 +4,9 @@
 use crate::attributes::same_body;
 use crate::classify::Mode;
 use crate::config::IdGen;
-use crate::correlator::{forward_key, Correlator, Parent, RootReason, SpanRec, Timer, TraceCtx};
+use crate::correlator::{
+    forward_key, CallCause, Correlator, Parent, RootReason, SpanRec, Timer, TraceCtx,
+};
 use crate::index::SpanKey;
 use crate::model::{ParentSource, Span, SpanKind, Status};
 
@@ -377,31 +379,36 @@ impl<G: IdGen> Correlator<G> {
             }
         });
         // Runtime hooks: the one request in flight, when the hook said, on
-        // the connection of the request the call was made for.
+        // the connection of the request the call was made for; or (asyncio)
+        // the one whose response the call's task, or an ancestor, wrote.
         let mut runtime = Evidence::default();
-        let cause = self.call_causes.get(&key).copied();
-        // asyncio: the one request in flight whose response the call's
-        // task, or one of its ancestors, wrote.
-        let task = self.call_tasks.contains_key(&key);
-        for &t in self.call_tasks.get(&key).map_or(&[][..], Vec::as_slice) {
-            for &sk in self.task_servers.get(&t) {
-                if let Some(s) = self.spans.get(&sk) {
-                    if s.kind == SpanKind::Server && s.pid == pid {
-                        runtime.consider(sk, call.nests_in(s));
+        let cause = self.call_causes.get(&key);
+        let hooked = cause.is_some();
+        match cause {
+            Some(CallCause::Conn(cause)) => {
+                for &sk in self.conn_servers.get(&cause.conn.0) {
+                    if let Some(s) = self.spans.get(&sk) {
+                        let then = s.start <= cause.at_ns && s.end.is_none_or(|e| cause.at_ns <= e);
+                        if s.kind == SpanKind::Server && s.pid == pid && then {
+                            runtime.consider(sk, call.nests_in(s));
+                        }
                     }
                 }
             }
-        }
-        if let Some(cause) = cause {
-            for &sk in self.conn_servers.get(&cause.conn.0) {
-                if let Some(s) = self.spans.get(&sk) {
-                    let then = s.start <= cause.at_ns && s.end.is_none_or(|e| cause.at_ns <= e);
-                    if s.kind == SpanKind::Server && s.pid == pid && then {
-                        runtime.consider(sk, call.nests_in(s));
+            Some(CallCause::Tasks(line)) => {
+                for t in line {
+                    for &sk in self.task_servers.get(t) {
+                        if let Some(s) = self.spans.get(&sk) {
+                            if s.kind == SpanKind::Server && s.pid == pid {
+                                runtime.consider(sk, call.nests_in(s));
+                            }
+                        }
                     }
                 }
             }
+            None => {}
         }
+        let task = matches!(cause, Some(CallCause::Tasks(_)));
         let mut thread = Evidence::default();
         let mut refused = None;
         if q.count == 1 && !q.lossy {
@@ -468,14 +475,11 @@ impl<G: IdGen> Correlator<G> {
         }
 
         // Final: count what the rules said.
-        if cause.is_some() {
+        if hooked {
             self.call_causes.remove(&key);
         }
-        if task {
-            self.call_tasks.remove(&key);
-        }
         let k = &mut self.counters;
-        if cause.is_some() || task {
+        if hooked {
             match runtime.one {
                 One::None if !runtime.refused => k.runtime_no_request += 1,
                 One::Several => k.runtime_ambiguous += 1,
@@ -824,7 +828,6 @@ impl<G: IdGen> Correlator<G> {
         self.fwd_servers.prune(|k| spans.contains_key(&k));
         self.conn_servers.prune(|k| spans.contains_key(&k));
         self.call_causes.retain(|k, _| spans.contains_key(k));
-        self.call_tasks.retain(|k, _| spans.contains_key(k));
         self.task_servers.prune(|k| spans.contains_key(&k));
         self.causes.forget_before(self.clock.saturating_sub(keep));
         let memory = self.cfg.classify_memory_ns;
