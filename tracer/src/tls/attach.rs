@@ -1,5 +1,5 @@
-//! Which files get the TLS probes and the runtime hooks (nginx's upstream
-//! hook): per file (a uprobe is set on an inode, and one attachment covers
+//! Which files get the TLS probes and the runtime hooks (nginx, Go
+//! net/http, CPython asyncio): per file (a uprobe is set on an inode, and one attachment covers
 //! every process and container that maps it), apart from which processes
 //! use the file.
 //!
@@ -76,18 +76,12 @@ enum PyAsyncio {
 }
 
 /// The asyncio hooks of a file: `_asyncio` as an extension module
-/// (`_asyncio.cpython-3XY-...so`) or built into an interpreter.
-fn py_asyncio(obj: &object::File<'_>, path: &Path) -> PyAsyncio {
+/// (`_asyncio.cpython-3XY-...so`) or built into an interpreter; `offs`:
+/// the offsets of `enter_task`, `Task.__init__` and the two step functions.
+fn py_asyncio(offs: [Option<u64>; 4], path: &Path) -> PyAsyncio {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let module = name.starts_with("_asyncio.");
-    let enter = symbol_offset(obj, PY_ENTER);
-    let create = symbol_offset(obj, PY_CREATE);
-    let steps: Vec<u64> = PY_STEPS
-        .iter()
-        .filter_map(|s| symbol_offset(obj, s))
-        .collect();
-    let (Some(enter), Some(create), 2) = (enter, create, steps.len()) else {
-        return if module {
+    let [Some(enter), Some(create), Some(step), Some(step_wrapper)] = offs else {
+        return if name.starts_with("_asyncio.") {
             PyAsyncio::Stripped
         } else {
             PyAsyncio::No
@@ -106,16 +100,12 @@ fn py_asyncio(obj: &object::File<'_>, path: &Path) -> PyAsyncio {
         return PyAsyncio::Stripped;
     };
     let arg3 = (minor >= 12).then_some(tracer_common::PY_TASK_ARG3);
-    let mut probes = vec![
+    PyAsyncio::Covered(vec![
         (hook_programs::PY_TASK_ENTER, enter, arg3),
         (hook_programs::PY_TASK_CREATE, create, None),
-    ];
-    probes.extend(
-        steps
-            .into_iter()
-            .map(|off| (hook_programs::PY_TASK_LEAVE, off, None)),
-    );
-    PyAsyncio::Covered(probes)
+        (hook_programs::PY_TASK_LEAVE, step, None),
+        (hook_programs::PY_TASK_LEAVE, step_wrapper, None),
+    ])
 }
 
 /// Files remembered as holding nothing to probe (the set is cleared when it
@@ -237,11 +227,13 @@ fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, String> {
     // processes (files the loader keeps open and unchanged) are read.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
     let obj = object::File::parse(&*map).map_err(|e| e.to_string())?;
+    let offs = symbol_offsets(&obj, SYMBOLS);
     let found: Vec<(&'static str, u64)> = FUNCTIONS
         .iter()
-        .filter_map(|&(name, prog)| Some((prog, symbol_offset(&obj, name)?)))
+        .zip(offs)
+        .filter_map(|(&(_, prog), off)| Some((prog, off?)))
         .collect();
-    let ngx_upstream = symbol_offset(&obj, NGX_UPSTREAM_INIT);
+    let ngx_upstream = offs[5];
     let go = if found.is_empty() {
         go::inspect(&obj)
     } else {
@@ -252,7 +244,8 @@ fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, String> {
             .symbols()
             .any(|s| s.name().is_ok_and(|n| n.starts_with(MEMBIO_MARK)));
     let (go_hooks, asyncio) = if hooks {
-        (go::http_hooks(&obj), py_asyncio(&obj, path))
+        let py = [offs[6], offs[7], offs[8], offs[9]];
+        (go::http_hooks(&obj), py_asyncio(py, path))
     } else {
         (Ok(None), PyAsyncio::No)
     };
@@ -274,19 +267,53 @@ fn with_cookie(probes: &[(&'static str, u64)], slot: u32) -> Vec<(&'static str, 
         .collect()
 }
 
-/// The file offset of the function `name` defines, for a uprobe.
-fn symbol_offset(obj: &object::File<'_>, name: &str) -> Option<u64> {
-    let sym = obj
-        .dynamic_symbols()
-        .chain(obj.symbols())
-        .find(|s| s.is_definition() && s.name() == Ok(name))?;
-    let section = obj.section_by_index(sym.section_index()?).ok()?;
-    let (file_off, _) = section.file_range()?;
-    match UProbeAttachLocation::from_virtual_address(sym.address(), section.address(), file_off) {
-        Ok(UProbeAttachLocation::AbsoluteOffset(off)) => Some(off),
-        _ => None,
+/// The file offsets, for uprobes, of the functions `names` the file
+/// defines (one pass over its symbols), in the order of `names`.
+fn symbol_offsets<const N: usize>(obj: &object::File<'_>, names: [&str; N]) -> [Option<u64>; N] {
+    let mut out = [None; N];
+    for sym in obj.dynamic_symbols().chain(obj.symbols()) {
+        let Some(i) = sym
+            .name()
+            .ok()
+            .and_then(|n| names.iter().position(|w| *w == n))
+        else {
+            continue;
+        };
+        if out[i].is_some() || !sym.is_definition() {
+            continue;
+        }
+        out[i] = sym
+            .section_index()
+            .and_then(|si| obj.section_by_index(si).ok())
+            .and_then(|section| {
+                let (file_off, _) = section.file_range()?;
+                match UProbeAttachLocation::from_virtual_address(
+                    sym.address(),
+                    section.address(),
+                    file_off,
+                ) {
+                    Ok(UProbeAttachLocation::AbsoluteOffset(off)) => Some(off),
+                    _ => None,
+                }
+            });
     }
+    out
 }
+
+/// Every function any probe or hook is set on, looked up in one pass:
+/// OpenSSL's (`FUNCTIONS`), nginx's, then `_asyncio`'s.
+const SYMBOLS: [&str; 10] = [
+    FUNCTIONS[0].0,
+    FUNCTIONS[1].0,
+    FUNCTIONS[2].0,
+    FUNCTIONS[3].0,
+    FUNCTIONS[4].0,
+    NGX_UPSTREAM_INIT,
+    PY_ENTER,
+    PY_CREATE,
+    PY_STEPS[0],
+    PY_STEPS[1],
+];
 
 /// The executable files a process maps (paths as the process sees them),
 /// each once.
@@ -523,7 +550,13 @@ impl TlsAttach {
         // A Go executable is never nginx.
         let mut links = match ngx_upstream {
             Some(off) if self.hooks && matches!(go, GoFile::NotGo) => {
-                self.attach_hooks(path, off, kernel)
+                let probes = [
+                    (hook_programs::NGX_UPSTREAM, off, None),
+                    (hook_programs::NGX_UPSTREAM_RET, off, None),
+                ];
+                let what = "nginx upstream (ngx_http_upstream_init); this program's upstream \
+                            calls link to the request they serve";
+                self.attach_hooks(path, &probes, what, kernel)
             }
             _ => Vec::new(),
         };
@@ -548,7 +581,11 @@ impl TlsAttach {
         }
         match asyncio {
             PyAsyncio::No => {}
-            PyAsyncio::Covered(probes) => links.extend(self.attach_asyncio(path, &probes, kernel)),
+            PyAsyncio::Covered(probes) => {
+                let what = "CPython asyncio (task steps and creation); calls link to the \
+                            request whose response their task or an ancestor wrote";
+                links.extend(self.attach_hooks(path, &probes, what, kernel));
+            }
             PyAsyncio::Stripped => {
                 self.counters.hooks_not_covered += 1;
                 tracing::info!(
@@ -619,46 +656,20 @@ impl TlsAttach {
         self.keep(id, path, links, slots)
     }
 
-    /// Attaches nginx's upstream hook (entry and return of
-    /// `ngx_http_upstream_init` at file offset `off`): both or none.
+    /// Attaches one program's runtime hooks (`probes`: program, file
+    /// offset, attach cookie), all or none, and says so: `what` names them.
     fn attach_hooks(
         &mut self,
         path: &Path,
-        off: u64,
-        kernel: &mut Kernel,
-    ) -> Vec<(&'static str, UProbeLinkId)> {
-        let probes = [
-            (hook_programs::NGX_UPSTREAM, off, None),
-            (hook_programs::NGX_UPSTREAM_RET, off, None),
-        ];
-        let Some(links) = self.attach_all(path, &probes, kernel) else {
-            return Vec::new();
-        };
-        self.counters.hook_files += 1;
-        tracing::info!(
-            file = %path.display(),
-            hook = "nginx upstream (ngx_http_upstream_init)",
-            "runtime hooks attached: this program's upstream calls link to the request they serve"
-        );
-        links
-    }
-
-    /// Attaches the asyncio hooks to a `_asyncio` extension: all or none.
-    fn attach_asyncio(
-        &mut self,
-        path: &Path,
         probes: &[(&'static str, u64, Option<u64>)],
+        what: &str,
         kernel: &mut Kernel,
     ) -> Vec<(&'static str, UProbeLinkId)> {
         let Some(links) = self.attach_all(path, probes, kernel) else {
             return Vec::new();
         };
         self.counters.hook_files += 1;
-        tracing::info!(
-            file = %path.display(),
-            "runtime hooks attached: CPython asyncio (task steps and creation); calls link \
-             to the request whose response their task or an ancestor wrote"
-        );
+        tracing::info!(file = %path.display(), "runtime hooks attached: {what}");
         links
     }
 
@@ -723,21 +734,22 @@ impl TlsAttach {
                     || (*name != hook_programs::GO_SPAWN && *name != hook_programs::GO_SPAWN_RET)
             })
             .collect();
-        let links = self.attach_all(path, &with_cookie(&probes, slot), kernel);
-        if links.is_none() {
+        let what = format!(
+            "Go net/http ({}, ServeHTTP, persistConn.roundTrip{}); calls link to the \
+             request their goroutine serves",
+            hooks.version,
+            if self.goroutines {
+                ", goroutine creation"
+            } else {
+                ""
+            }
+        );
+        let links = self.attach_hooks(path, &with_cookie(&probes, slot), &what, kernel);
+        if links.is_empty() {
             self.hook_slots.push(slot);
             return None;
         }
-        self.counters.hook_files += 1;
-        tracing::info!(
-            file = %path.display(),
-            go = %hooks.version,
-            client = hooks.layout.round_trip_entry != 0,
-            goroutines = self.goroutines,
-            "runtime hooks attached: Go net/http (ServeHTTP, goroutine creation, \
-             persistConn.roundTrip); calls link to the request their goroutine serves"
-        );
-        links.map(|l| (slot, l))
+        Some((slot, links))
     }
 
     /// Attaches every (program, file offset, attach cookie) of `probes`:
@@ -847,7 +859,7 @@ impl TlsAttach {
                     hook: f.hook_slot,
                 });
                 self.counters.files_detached += 1;
-                tracing::info!(file = %f.path.display(), "TLS probes detached: no process maps the file");
+                tracing::info!(file = %f.path.display(), "probes detached: no process maps the file");
             }
         }
     }
