@@ -23,10 +23,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_get_attach_cookie,
-    },
+    helpers::{bpf_ktime_get_ns, generated::bpf_get_attach_cookie},
     macros::{map, uprobe},
     maps::{Array, LruHashMap},
     programs::ProbeContext,
@@ -36,7 +33,7 @@ use tracer_common::{
     GO_SERVING_MAX,
 };
 
-use crate::{count_drop, global, AGENT_PID, ENABLED};
+use crate::{count_drop, gotls::uread};
 
 #[map]
 static GO_HOOK_FILES: Array<GoHookFile> = Array::with_max_entries(GO_HOOK_FILES_MAX, 0);
@@ -57,12 +54,6 @@ static GO_SERVING: LruHashMap<GoCallKey, Serving> = LruHashMap::with_max_entries
 #[map]
 static GO_SPAWNING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(CAUSE_THREADS_MAX, 0);
 
-#[inline(always)]
-fn uread<T: Copy>(addr: u64) -> Option<T> {
-    // SAFETY: the helper faults safely on any address.
-    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
-}
-
 /// The probe's file, and the registers it reads.
 struct At {
     pid_tgid: u64,
@@ -76,13 +67,7 @@ struct At {
 
 #[inline(always)]
 fn at(ctx: &ProbeContext) -> Option<At> {
-    if global(&ENABLED) == 0 {
-        return None;
-    }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == global(&AGENT_PID) {
-        return None;
-    }
+    let pid_tgid = crate::hooks::traced_thread()?;
     // SAFETY: the helper reads the program's own attach cookie.
     let slot = unsafe { bpf_get_attach_cookie(ctx.regs as *mut c_void) } as u32;
     let file = *GO_HOOK_FILES.get(slot)?;

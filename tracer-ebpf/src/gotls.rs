@@ -105,7 +105,7 @@ fn kread<T: Copy>(addr: u64) -> Option<T> {
 }
 
 #[inline(always)]
-fn uread<T: Copy>(addr: u64) -> Option<T> {
+pub(crate) fn uread<T: Copy>(addr: u64) -> Option<T> {
     // SAFETY: the helper faults safely on any address.
     unsafe { bpf_probe_read_user(addr as *const T) }.ok()
 }

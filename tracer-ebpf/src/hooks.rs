@@ -19,7 +19,7 @@
 //! nginx layout unchanged since its first releases; the signature is
 //! checked before anything else is read.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, uprobe, uretprobe},
     maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
@@ -30,7 +30,7 @@ use tracer_common::{
     NGX_HTTP_SIGNATURE,
 };
 
-use crate::{count_drop, global, lane, AGENT_PID, ENABLED};
+use crate::{count_drop, global, gotls::uread, lane, AGENT_PID, ENABLED};
 
 /// Thread (pid_tgid) -> cookie of the connection of the request it works
 /// for, between a hooked function's entry and return.
@@ -44,12 +44,6 @@ const NGX_REQUEST_CONNECTION: u64 = 8;
 /// `ngx_connection_t.fd`.
 const NGX_CONNECTION_FD: u64 = 24;
 
-#[inline(always)]
-fn uread<T: Copy>(addr: u64) -> Option<T> {
-    // SAFETY: the helper faults safely on any address.
-    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
-}
-
 /// The socket cookie of the client connection of nginx request `r`.
 #[inline(always)]
 fn ngx_client_cookie(r: u64) -> Option<u64> {
@@ -61,15 +55,22 @@ fn ngx_client_cookie(r: u64) -> Option<u64> {
     crate::gotls::cookie_of_fd(i64::from(fd))
 }
 
-#[uprobe]
-pub fn ngx_upstream_init(ctx: ProbeContext) -> u32 {
+/// The current thread (pid_tgid), when capture is on and it is not the
+/// agent's: what every runtime hook checks first.
+#[inline(always)]
+pub fn traced_thread() -> Option<u64> {
     if global(&ENABLED) == 0 {
-        return 0;
+        return None;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == global(&AGENT_PID) {
+    ((pid_tgid >> 32) as u32 != global(&AGENT_PID)).then_some(pid_tgid)
+}
+
+#[uprobe]
+pub fn ngx_upstream_init(ctx: ProbeContext) -> u32 {
+    let Some(pid_tgid) = traced_thread() else {
         return 0;
-    }
+    };
     // SAFETY: a uprobe's context is the user registers.
     let r = unsafe { (*ctx.regs).rdi };
     let Some(cookie) = ngx_client_cookie(r) else {

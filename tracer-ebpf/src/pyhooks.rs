@@ -15,7 +15,7 @@
 //! User space links a call written inside a task's step to the one request
 //! in flight whose response that task, or one of its ancestors, wrote.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_attach_cookie},
+    helpers::generated::bpf_get_attach_cookie,
     macros::{map, uprobe, uretprobe},
     maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
@@ -25,27 +25,13 @@ use tracer_common::{
     CAUSE_TASK_CREATE, CAUSE_TASK_ENTER, CAUSE_TASK_LEAVE, CAUSE_THREADS_MAX, PY_TASK_ARG3,
 };
 
-use crate::{global, AGENT_PID, ENABLED};
-
 /// Thread -> the task it is stepping.
 #[map]
 static PY_CURRENT: LruHashMap<u64, u64> = LruHashMap::with_max_entries(CAUSE_THREADS_MAX, 0);
 
-#[inline(always)]
-fn thread() -> Option<u64> {
-    if global(&ENABLED) == 0 {
-        return None;
-    }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == global(&AGENT_PID) {
-        return None;
-    }
-    Some(pid_tgid)
-}
-
 #[uprobe]
 pub fn py_task_enter(ctx: ProbeContext) -> u32 {
-    let Some(pid_tgid) = thread() else {
+    let Some(pid_tgid) = crate::hooks::traced_thread() else {
         return 0;
     };
     // Both registers read at fixed offsets (the verifier refuses a context
@@ -67,7 +53,7 @@ pub fn py_task_enter(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn py_task_leave(_ctx: RetProbeContext) -> u32 {
-    let Some(pid_tgid) = thread() else {
+    let Some(pid_tgid) = crate::hooks::traced_thread() else {
         return 0;
     };
     // SAFETY: a map value, copied at once.
@@ -81,7 +67,7 @@ pub fn py_task_leave(_ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn py_task_create(ctx: ProbeContext) -> u32 {
-    let Some(pid_tgid) = thread() else {
+    let Some(pid_tgid) = crate::hooks::traced_thread() else {
         return 0;
     };
     // SAFETY: a uprobe's context is the user registers.
