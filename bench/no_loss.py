@@ -32,6 +32,48 @@ def python():
     return venv if os.path.exists(venv) else sys.executable
 
 
+def measure(seconds, conns, agent_args, exe=TRACER):
+    """One run: nginx served by wrk for `seconds` while the agent (None: no
+    agent) exports to a counting receiver. Returns a dict: rps, served, and
+    with an agent cpu, rss (KiB), memory, counts (spans per kind), summary."""
+    nginx = Nginx("1", access_log=True)
+    if agent_args is None:
+        try:
+            rps, _, _ = wrk(nginx.port, seconds, conns)
+            nginx.quit()
+            return {"rps": rps, "served": served_in(nginx.access_log)}
+        finally:
+            nginx.stop()
+    rport = free_port()
+    receiver = subprocess.Popen([python(), os.path.join(HERE, "otlp_count.py"), str(rport)],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        if receiver.stdout.readline().strip() != "ready":
+            raise SystemExit("the OTLP receiver did not start")
+        agent = Agent(["--otlp-endpoint", "http://127.0.0.1:%d" % rport,
+                       "--otlp-protocol", "http/protobuf"] + agent_args, exe=exe)
+        rps, _, _ = wrk(nginx.port, seconds, conns)
+        time.sleep(2)  # the last spans settle (one reorder window) and leave
+        cpu = agent.cpu_seconds()
+        rss = agent.peak_rss_kib()
+        summary = agent.stop()
+        receiver.send_signal(signal.SIGTERM)
+        counts = json.loads(receiver.stdout.readline())
+        nginx.quit()
+        served = served_in(nginx.access_log)
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+        nginx.stop()
+    return {"rps": rps, "served": served, "cpu": cpu, "rss": rss, "memory": agent.memory,
+            "counts": counts, "summary": summary}
+
+
+def served_in(access_log):
+    with open(access_log) as f:
+        return sum(1 for line in f if "GET /index.html" in line)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=10)
@@ -43,36 +85,16 @@ def main():
     ap.add_argument("agent_args", nargs="*", help="extra agent flags (after --)")
     args = ap.parse_args()
 
-    nginx = Nginx("1", access_log=True)
-    rport = free_port()
-    receiver = subprocess.Popen([python(), os.path.join(HERE, "otlp_count.py"), str(rport)],
-                                stdout=subprocess.PIPE, text=True)
-    try:
-        if receiver.stdout.readline().strip() != "ready":
-            raise SystemExit("the OTLP receiver did not start")
-        agent = Agent(["--otlp-endpoint", "http://127.0.0.1:%d" % rport,
-                       "--otlp-protocol", "http/protobuf"] + args.agent_args, exe=args.exe)
-        rps, _, _ = wrk(nginx.port, args.seconds, args.conns)
-        time.sleep(2)  # the last spans settle (one reorder window) and leave
-        cpu = agent.cpu_seconds()
-        rss = agent.peak_rss_kib()
-        summary = agent.stop()
-        receiver.send_signal(signal.SIGTERM)
-        counts = json.loads(receiver.stdout.readline())
-        nginx.quit()
-        with open(nginx.access_log) as f:
-            served = sum(1 for line in f if "GET /index.html" in line)
-    finally:
-        if receiver.poll() is None:
-            receiver.kill()
-        nginx.stop()
+    r = measure(args.seconds, args.conns, args.agent_args, args.exe)
+    rps, served, cpu, rss, counts, summary = (
+        r["rps"], r["served"], r["cpu"], r["rss"], r["counts"], r["summary"])
 
     print("wrk -t2 -c%d, %d s: %.0f req/s; nginx served %d requests" % (
         args.conns, args.seconds, rps, served))
     ok = rss / 1024 <= args.max_rss_mib
     print("agent: %.2f s CPU (%.2f us per request), peak RSS %.1f MiB %s: %s" % (
         cpu, cpu / max(served, 1) * 1e6, rss / 1024,
-        "ok" if ok else "ABOVE %.0f MiB" % args.max_rss_mib, agent.memory.describe()))
+        "ok" if ok else "ABOVE %.0f MiB" % args.max_rss_mib, r["memory"].describe()))
     for kind in ("SERVER", "CLIENT"):
         n = counts.get(kind, 0)
         share = n / max(served, 1)

@@ -77,6 +77,11 @@ fn counters_move_with_traffic_and_parse_as_prometheus_text() {
         exported(&after)
     );
     assert!(value(&after, "tracer_agent_resident_bytes") > 1e6);
+    // Every thread (reader, export, metrics) runs at the default --nice:
+    // preferred over the traced services, so it keeps up with the capture.
+    let nices = thread_nices(agent.pid());
+    assert!(nices.len() >= 2, "{nices:?}");
+    assert!(nices.iter().all(|&(_, n)| n == -10), "{nices:?}");
     assert!(value(&after, "tracer_agent_cpu_seconds_total") > 0.0);
     // Drops are one family with a label per reason, all present.
     let drops = after["tracer_kernel_drops_total"]
@@ -94,6 +99,19 @@ fn counters_move_with_traffic_and_parse_as_prometheus_text() {
         "{}",
         out.stderr
     );
+}
+
+/// (thread name, nice value) of every thread of a process.
+fn thread_nices(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        // "tid (comm) state ppid ...": nice is the 17th field after comm.
+        let (comm, rest) = stat.rsplit_once(") ").unwrap();
+        let nice = rest.split(' ').nth(16).unwrap().parse().unwrap();
+        out.push((comm.split_once(" (").unwrap().1.to_string(), nice));
+    }
+    out
 }
 
 #[test]

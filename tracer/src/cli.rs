@@ -150,6 +150,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 10)]
     pub drain_interval_ms: u64,
 
+    /// Scheduling priority (nice value, -20 to 19) of the agent's threads.
+    /// Below 0 the agent is preferred over ordinary processes when CPUs are
+    /// contended, so it drains the capture before the kernel's buffers fill
+    /// and records are lost; it still uses only the CPU its work needs
+    /// (one thread reads and parses). 0 keeps the priority it was started
+    /// with.
+    #[arg(long, value_name = "N", default_value_t = -10, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: i32,
+
     /// Attach every program but make them return at once: measures the
     /// cost of the hooks alone (benchmarks).
     #[arg(long)]
@@ -388,6 +398,8 @@ pub struct RunConfig {
     pub filter: Filter,
     /// Ring-buffer drain period.
     pub drain_interval: Duration,
+    /// The agent's nice value (0: unchanged).
+    pub nice: i32,
     /// Counter log period.
     pub stats_interval: Option<Duration>,
     /// The exit summary's extent.
@@ -507,6 +519,7 @@ impl RunArgs {
                 ports: self.ports,
             },
             drain_interval: Duration::from_millis(self.drain_interval_ms),
+            nice: self.nice,
             stats_interval: (self.stats_interval > 0)
                 .then(|| Duration::from_secs(self.stats_interval)),
             summary: self.summary,
@@ -548,6 +561,7 @@ mod tests {
         assert!(c.export.is_none() || std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some());
         assert_eq!(c.correlate.request_id_headers, ["x-request-id"]);
         assert!(c.correlate.redact_query);
+        assert_eq!(c.nice, -10);
     }
 
     #[test]
@@ -575,6 +589,10 @@ mod tests {
             .contains("positive"));
         assert!(parse(&["--duration=-1"]).unwrap_err().contains("positive"));
         assert!(parse(&["--port", "70000"]).is_err());
+        assert!(parse(&["--nice", "-21"]).unwrap_err().contains("-20..=19"));
+        assert!(parse(&["--nice", "20"]).is_err());
+        assert_eq!(parse(&["--nice", "-20"]).unwrap().nice, -20);
+        assert_eq!(parse(&["--nice", "0"]).unwrap().nice, 0);
         assert_eq!(
             parse(&["--service-name", "redis-*=cache"]).unwrap_err(),
             "invalid option: --service-name \"redis-*=cache\": \
