@@ -50,8 +50,8 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Run(args) => {
             let cfg = args.resolve()?;
             raise_open_file_limit();
-            set_nice(cfg.nice);
             let env = preflight::check(cfg.cgroup_root.as_deref())?;
+            set_nice(cfg.nice);
             let calls = env
                 .calls
                 .candidates(cfg.kernel.capture_source)
@@ -74,7 +74,7 @@ fn set_nice(nice: i32) {
         tracing::info!(nice, "scheduling priority set (--nice)");
     } else {
         let err = std::io::Error::last_os_error();
-        tracing::warn!(nice, %err, "could not set the scheduling priority (--nice); the agent runs at the priority it was started with");
+        tracing::warn!(nice, error = %err, "could not set the scheduling priority (--nice); the agent runs at the priority it was started with");
     }
 }
 
