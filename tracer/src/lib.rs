@@ -19,5 +19,6 @@ pub mod preflight;
 pub mod print;
 pub mod profile;
 pub mod replay;
+pub mod sched;
 pub mod sources;
 pub mod tls;

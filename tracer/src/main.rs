@@ -5,7 +5,7 @@ use anyhow::Result;
 use clap::Parser;
 use tracer::{
     cli::{Cli, Command},
-    kernel, pipeline, preflight,
+    kernel, pipeline, preflight, sched,
 };
 
 fn main() -> ExitCode {
@@ -51,7 +51,7 @@ fn real_main(cli: Cli) -> Result<()> {
             let cfg = args.resolve()?;
             raise_open_file_limit();
             let env = preflight::check(cfg.cgroup_root.as_deref())?;
-            set_nice(cfg.nice);
+            sched::set_nice(cfg.nice);
             let calls = env
                 .calls
                 .candidates(cfg.kernel.capture_source)
@@ -59,22 +59,6 @@ fn real_main(cli: Cli) -> Result<()> {
             let kernel = kernel::Kernel::load(&cfg.kernel, &env.btf, &calls, &env.cgroup2_root)?;
             pipeline::run(cfg, kernel)
         }
-    }
-}
-
-/// Sets the nice value of the calling thread before any other thread
-/// exists: Linux keeps one per thread, and threads inherit it when created.
-/// Failing (no CAP_SYS_NICE) leaves the agent at its priority, said once.
-fn set_nice(nice: i32) {
-    if nice == 0 {
-        return;
-    }
-    // SAFETY: plain system call; who = 0 is the calling thread.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } == 0 {
-        tracing::info!(nice, "scheduling priority set (--nice)");
-    } else {
-        let err = std::io::Error::last_os_error();
-        tracing::warn!(nice, error = %err, "could not set the scheduling priority (--nice); the agent runs at the priority it was started with");
     }
 }
 

@@ -95,6 +95,9 @@ impl Worker {
         let thread = thread::Builder::new()
             .name("profile".into())
             .spawn(move || {
+                // Unwinding and symbolizing can wait (the queue is bounded
+                // and counted); the capture reader cannot.
+                crate::sched::step_back(crate::sched::PROFILE_NICE_STEP);
                 // Not Send (blazesym): built on this thread.
                 let mut profiler = Profiler::new(ProfilerConfig::default());
                 profiler.warm_up();
