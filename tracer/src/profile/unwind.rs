@@ -197,8 +197,9 @@ pub struct Binary {
     file: Option<File>,
     segments: Vec<LoadSegment>,
     unwind: Option<UnwindSections>,
-    /// Bytes of the file's DWARF sections (uncompressed): what the
-    /// symbolizer would parse for source lines and inlined functions.
+    /// Bytes of the file's DWARF sections (uncompressed), or of its separate
+    /// debug file's: what the symbolizer would parse for source lines and
+    /// inlined functions.
     pub dwarf_bytes: u64,
     /// Symbols of an in-memory image (vDSO only).
     pub mem_symbols: Vec<MemSymbol>,
@@ -268,6 +269,49 @@ impl Binary {
 /// Largest unwind section copied (a bound on per-binary memory).
 const MAX_SECTION: u64 = 64 << 20;
 
+/// Bytes of an ELF image's DWARF sections, uncompressed.
+fn dwarf_section_bytes(obj: &object::File) -> u64 {
+    obj.sections()
+        .filter(|s| {
+            s.name()
+                .is_ok_and(|n| n.starts_with(".debug_") || n.starts_with(".zdebug_"))
+        })
+        .map(|s| s.compressed_file_range().map_or(0, |r| r.uncompressed_size))
+        .sum()
+}
+
+/// Where distributions install separate debug files (`-dbg` packages),
+/// looked up by build id; the symbolizer reads the DWARF of the first one
+/// that exists when it reads DWARF at all.
+const DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
+
+/// Bytes of DWARF in the separate debug file of a stripped binary, found by
+/// its build id: the symbolizer parses that file's DWARF in its stead, so
+/// the bound on DWARF held must count it (a stripped Python with its debug
+/// package installed carries ~40 MiB of it). Only section headers are read.
+fn separate_debug_bytes(obj: &object::File, dirs: &[&str]) -> u64 {
+    let Ok(Some(id)) = obj.build_id() else {
+        return 0;
+    };
+    let Some((first, rest)) = id.split_first() else {
+        return 0;
+    };
+    let hex: String = rest.iter().map(|b| format!("{b:02x}")).collect();
+    for dir in dirs {
+        let path = format!("{dir}/.build-id/{first:02x}/{hex}.debug");
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        // SAFETY: read-only private mapping; only its headers are parsed,
+        // and it is unmapped before this returns.
+        let Ok(map) = (unsafe { memmap2::Mmap::map(&file) }) else {
+            return 0;
+        };
+        return object::File::parse(&*map).map_or(0, |o| dwarf_section_bytes(&o));
+    }
+    0
+}
+
 /// Reads the load segments and unwind sections of an ELF image, and the
 /// bytes of its DWARF (see [`Binary::dwarf_bytes`]). Sections of a mapped
 /// file (`map`, whose bytes `data` is) are referred to, not copied.
@@ -314,14 +358,7 @@ fn read_elf(
             Bytes(backing),
         ))
     };
-    let dwarf_bytes = obj
-        .sections()
-        .filter(|s| {
-            s.name()
-                .is_ok_and(|n| n.starts_with(".debug_") || n.starts_with(".zdebug_"))
-        })
-        .map(|s| s.compressed_file_range().map_or(0, |r| r.uncompressed_size))
-        .sum();
+    let dwarf_bytes = dwarf_section_bytes(&obj) + separate_debug_bytes(&obj, &DEBUG_DIRS);
     let eh_frame = bytes(".eh_frame");
     let unwind = UnwindSections {
         text: range(".text"),
@@ -899,6 +936,28 @@ impl Unwinder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_separate_debug_file_counts_as_the_binary_s_dwarf() {
+        // This test binary has a build id and DWARF of its own: laid out as
+        // its own separate debug file, its DWARF counts twice.
+        let data = std::fs::read("/proc/self/exe").unwrap();
+        let obj = object::File::parse(&*data).unwrap();
+        let own = dwarf_section_bytes(&obj);
+        assert!(own > 0, "the test binary carries DWARF");
+        let id = obj.build_id().unwrap().expect("a build id");
+        let dir = std::env::temp_dir().join(format!("tracer-debugdir-{}", std::process::id()));
+        let sub = dir.join(".build-id").join(format!("{:02x}", id[0]));
+        std::fs::create_dir_all(&sub).unwrap();
+        let hex: String = id[1..].iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(sub.join(format!("{hex}.debug")), &data).unwrap();
+        let dirs = ["/nonexistent-debug-dir", dir.to_str().unwrap()];
+        let found = separate_debug_bytes(&obj, &dirs);
+        let none = separate_debug_bytes(&obj, &["/nonexistent-debug-dir"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found, own);
+        assert_eq!(none, 0);
+    }
 
     #[test]
     fn parses_maps_lines() {
