@@ -97,7 +97,13 @@ impl Default for AggregateConfig {
             max_stacks: 65_536,
             max_frames: 262_144,
             max_depth: 256,
-            max_spans: 65_536,
+            // Every finished server span gets a record so that its late
+            // samples are named: at 56k server spans/s these cover the
+            // last ~290 ms (the correlation window, after which spans
+            // finish, plus the unwinding worker's delay), far more at
+            // ordinary rates. A sample later than that is exported with its
+            // span id and no name, counted (`unnamed_span_stacks`).
+            max_spans: 16_384,
             name_wait_ns: 30_000_000_000,
             finished_retention_ns: 30_000_000_000,
             unfinished_ttl_ns: 120_000_000_000,
