@@ -1019,3 +1019,16 @@ impl Drop for Pyroscope {
         let _ = self.child.wait();
     }
 }
+
+/// (thread name, nice value) of every thread of a process.
+pub fn thread_nices(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        // "tid (comm) state ppid ...": nice is the 17th field after comm.
+        let (comm, rest) = stat.rsplit_once(") ").unwrap();
+        let nice = rest.split(' ').nth(16).unwrap().parse().unwrap();
+        out.push((comm.split_once(" (").unwrap().1.to_string(), nice));
+    }
+    out
+}

@@ -101,19 +101,6 @@ fn counters_move_with_traffic_and_parse_as_prometheus_text() {
     );
 }
 
-/// (thread name, nice value) of every thread of a process.
-fn thread_nices(pid: u32) -> Vec<(String, i64)> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
-        // "tid (comm) state ppid ...": nice is the 17th field after comm.
-        let (comm, rest) = stat.rsplit_once(") ").unwrap();
-        let nice = rest.split(' ').nth(16).unwrap().parse().unwrap();
-        out.push((comm.split_once(" (").unwrap().1.to_string(), nice));
-    }
-    out
-}
-
 #[test]
 fn a_forced_drop_shows_up_under_its_reason() {
     let Some(_guard) = root_test("a_forced_drop_shows_up_under_its_reason") else {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tracer_e2e::{
     free_port, py_script, python, require_tool, root_test, run_ok,
     span::{attr, f},
-    Agent, Otlp, Pyroscope, Receiver,
+    thread_nices, Agent, Otlp, Pyroscope, Receiver,
 };
 
 #[test]
@@ -49,6 +49,24 @@ fn cpu_spans_carry_their_profile_and_sleeping_spans_do_not() {
         .map(String::from),
     );
     let agent = Agent::start(&args);
+    // The profiling worker steps back 10 nice levels from the rest of the
+    // agent (-10 by default): the capture reader must not wait for it.
+    let start = std::time::Instant::now();
+    let mut nices = thread_nices(agent.pid());
+    while !nices.iter().any(|(name, n)| name == "profile" && *n == 0)
+        && start.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        nices = thread_nices(agent.pid());
+    }
+    assert!(
+        nices.iter().any(|(name, n)| name == "profile" && *n == 0),
+        "{nices:?}"
+    );
+    assert!(
+        nices.iter().all(|(name, n)| name == "profile" || *n == -10),
+        "{nices:?}"
+    );
     // Measured CPU time of each /cpu request, from the service itself.
     // PBKDF2 rounds per request: fewer under emulation (the kernel
     // matrix), where SHA-256 runs far slower than the rest.
