@@ -154,7 +154,8 @@ pub struct RunArgs {
     /// Below 0 the agent is preferred over ordinary processes when CPUs are
     /// contended, so it drains the capture before the kernel's buffers fill
     /// and records are lost; it still uses only the CPU its work needs
-    /// (one thread reads and parses). 0 keeps the priority it was started
+    /// (one thread reads and parses). The profiling worker, whose samples
+    /// can wait, runs 10 levels below. 0 keeps the priority it was started
     /// with.
     #[arg(long, value_name = "N", default_value_t = -10, allow_hyphen_values = true,
           value_parser = clap::value_parser!(i32).range(-20..=19))]

@@ -281,14 +281,27 @@ fn dwarf_section_bytes(obj: &object::File) -> u64 {
 }
 
 /// Where distributions install separate debug files (`-dbg` packages),
-/// looked up by build id; the symbolizer reads the DWARF of the first one
-/// that exists when it reads DWARF at all.
+/// by build id; the symbolizer looks there first.
 const DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
 
-/// Bytes of DWARF in the separate debug file of a stripped binary, found by
-/// its build id: the symbolizer parses that file's DWARF in its stead, so
-/// the bound on DWARF held must count it (a stripped Python with its debug
-/// package installed carries ~40 MiB of it). Only section headers are read.
+/// Bytes of the DWARF the symbolizer would parse for this image. An image
+/// that names a separate debug file (`.gnu_debuglink`, as distributions'
+/// stripped binaries do) has that file's DWARF parsed instead of its own
+/// when the file is installed; other images only their own.
+fn symbolized_dwarf_bytes(obj: &object::File) -> u64 {
+    if obj.section_by_name(".gnu_debuglink").is_some() {
+        let separate = separate_debug_bytes(obj, &DEBUG_DIRS);
+        if separate > 0 {
+            return separate;
+        }
+    }
+    dwarf_section_bytes(obj)
+}
+
+/// Bytes of DWARF in an image's separate debug file, found in `dirs` by its
+/// build id (0 when there is none): the bound on DWARF held must count what
+/// the symbolizer really parses (a stripped Python with its debug package
+/// installed carries ~40 MiB of it). Only section headers are read.
 fn separate_debug_bytes(obj: &object::File, dirs: &[&str]) -> u64 {
     let Ok(Some(id)) = obj.build_id() else {
         return 0;
@@ -358,7 +371,7 @@ fn read_elf(
             Bytes(backing),
         ))
     };
-    let dwarf_bytes = dwarf_section_bytes(&obj) + separate_debug_bytes(&obj, &DEBUG_DIRS);
+    let dwarf_bytes = symbolized_dwarf_bytes(&obj);
     let eh_frame = bytes(".eh_frame");
     let unwind = UnwindSections {
         text: range(".text"),
@@ -940,7 +953,7 @@ mod tests {
     #[test]
     fn a_separate_debug_file_counts_as_the_binary_s_dwarf() {
         // This test binary has a build id and DWARF of its own: laid out as
-        // its own separate debug file, its DWARF counts twice.
+        // its own separate debug file, that file's DWARF is found.
         let data = std::fs::read("/proc/self/exe").unwrap();
         let obj = object::File::parse(&*data).unwrap();
         let own = dwarf_section_bytes(&obj);
