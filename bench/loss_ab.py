@@ -20,7 +20,7 @@ import shlex
 import statistics
 
 from agentproc import TRACER
-from no_loss import measure
+from no_loss import cpu_us, measure, share
 
 
 def main():
@@ -75,14 +75,6 @@ def main():
             c, med(lambda m: m["rps"]), med(lambda m: m["ratio"]),
             med(lambda m: share(m, "SERVER")), med(lambda m: share(m, "CLIENT")),
             med(cpu_us), med(lambda m: m["rss"] / 1024)))
-
-
-def share(m, kind):
-    return m["counts"].get(kind, 0) / max(m["served"], 1)
-
-
-def cpu_us(m):
-    return m["cpu"] / max(m["served"], 1) * 1e6
 
 
 if __name__ == "__main__":

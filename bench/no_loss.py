@@ -74,6 +74,16 @@ def served_in(access_log):
         return sum(1 for line in f if "GET /index.html" in line)
 
 
+def share(m, kind):
+    """Spans of `kind` received per request served, of a measure() result."""
+    return m["counts"].get(kind, 0) / max(m["served"], 1)
+
+
+def cpu_us(m):
+    """The agent's CPU per request served, in microseconds."""
+    return m["cpu"] / max(m["served"], 1) * 1e6
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=10)
@@ -86,22 +96,19 @@ def main():
     args = ap.parse_args()
 
     r = measure(args.seconds, args.conns, args.agent_args, args.exe)
-    rps, served, cpu, rss, counts, summary = (
-        r["rps"], r["served"], r["cpu"], r["rss"], r["counts"], r["summary"])
+    rss, counts, summary = r["rss"], r["counts"], r["summary"]
 
     print("wrk -t2 -c%d, %d s: %.0f req/s; nginx served %d requests" % (
-        args.conns, args.seconds, rps, served))
+        args.conns, args.seconds, r["rps"], r["served"]))
     ok = rss / 1024 <= args.max_rss_mib
     print("agent: %.2f s CPU (%.2f us per request), peak RSS %.1f MiB %s: %s" % (
-        cpu, cpu / max(served, 1) * 1e6, rss / 1024,
+        r["cpu"], cpu_us(r), rss / 1024,
         "ok" if ok else "ABOVE %.0f MiB" % args.max_rss_mib, r["memory"].describe()))
     for kind in ("SERVER", "CLIENT"):
-        n = counts.get(kind, 0)
-        share = n / max(served, 1)
-        good = share >= args.need
+        good = share(r, kind) >= args.need
         ok &= good
         print("%-6s spans received: %9d  = %.4f of requests served  %s" % (
-            kind, n, share, "ok" if good else "BELOW %.3f" % args.need))
+            kind, counts.get(kind, 0), share(r, kind), "ok" if good else "BELOW %.3f" % args.need))
     print("receiver: %d requests, %d undecodable" % (counts["requests"], counts["bad_requests"]))
     tail = summary[summary.find("tracer: counters"):] if "tracer: counters" in summary else summary
     print(tail.strip())
