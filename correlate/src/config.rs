@@ -12,6 +12,11 @@ pub struct Config {
     /// make roots (counted), never wrong parents. Spans are therefore
     /// emitted about this long after they start, at the earliest.
     pub window_ns: u64,
+    /// Floor of the reorder window (ns). The window in use follows the
+    /// lateness measured over the last second (twice the largest), between
+    /// this and `window_ns`, which it starts at; equal to `window_ns`, the
+    /// window is fixed. `retention_ns` scales with it.
+    pub min_window_ns: u64,
     /// How long (ns) an emitted span's record stays for late children (a
     /// client span is decided within `window_ns` of its start, and it
     /// started before its parent ended). Should be at least twice
@@ -74,6 +79,8 @@ impl Default for Config {
             // is rare): 150 ms covers them, and every waiting span costs
             // memory at line rate (150k spans/s here).
             window_ns: 150_000_000,
+            // The drain cycle (10 ms) and the merge hold are well inside it.
+            min_window_ns: 30_000_000,
             retention_ns: 300_000_000,
             sample_window_ns: 1_000_000_000,
             max_connections: 65_536,

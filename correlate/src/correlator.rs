@@ -19,6 +19,7 @@ use crate::model::{
 };
 use crate::propagation::{extract, request_ids, HeaderContext, RequestIds};
 use crate::span_table::SpanTable;
+use crate::window::ReorderWindow;
 
 /// What runtime hooks said a client call was made for.
 pub(crate) enum CallCause {
@@ -217,6 +218,7 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     /// Latest time seen (message timestamps, `poll`, `conn_close`).
     pub(crate) clock: u64,
     pub(crate) last_prune: u64,
+    pub(crate) window: ReorderWindow,
     pub(crate) conns: HashMap<ConnId, ConnState>,
     pub(crate) conn_order: VecDeque<(ConnId, u64)>,
     pub(crate) conn_generation: u64,
@@ -226,9 +228,11 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     /// record is gone or emitted is skipped), so it may hold stale keys.
     pub(crate) unemitted: VecDeque<SpanKey>,
     pub(crate) retained: VecDeque<(u64, SpanKey)>,
-    /// Deadlines, in order: every timer is set one window after the
-    /// correlator's clock, which never goes back. Cancelled timers stay and
-    /// are skipped when due.
+    /// Deadlines, in the order set: every timer is set one window after the
+    /// correlator's clock, which never goes back. The window may shrink, so
+    /// a deadline can wait behind a later one: it is then decided later,
+    /// with more evidence, never earlier. Cancelled timers stay and are
+    /// skipped when due.
     pub(crate) timers: VecDeque<(u64, Timer)>,
     /// Reused work list of `resolve`.
     pub(crate) work: Vec<SpanKey>,
@@ -297,6 +301,7 @@ impl<G: IdGen> Correlator<G> {
     /// A correlator with the given configuration and id source.
     pub fn new(config: Config, ids: G) -> Self {
         let index_cap = config.max_spans.saturating_mul(2).max(16);
+        let window = ReorderWindow::new(config.min_window_ns, config.window_ns);
         Correlator {
             threads: ThreadIndex::new(config.max_threads, config.max_server_spans_per_thread),
             seq_clients: MultiIndex::new(index_cap),
@@ -314,6 +319,7 @@ impl<G: IdGen> Correlator<G> {
             local: HashSet::new(),
             clock: 0,
             last_prune: 0,
+            window,
             conns: HashMap::new(),
             conn_order: VecDeque::new(),
             conn_generation: 0,
@@ -401,6 +407,11 @@ impl<G: IdGen> Correlator<G> {
         self.spare_bytes = 0;
     }
 
+    /// The reorder window in use (ns; see [`Config::min_window_ns`]).
+    pub fn window_ns(&self) -> u64 {
+        self.window.get()
+    }
+
     /// Connections tracked.
     pub fn connections(&self) -> usize {
         self.conns.len()
@@ -429,7 +440,7 @@ impl<G: IdGen> Correlator<G> {
     /// for late messages.
     pub fn conn_close(&mut self, conn: ConnId, now_ns: u64) {
         self.advance(now_ns);
-        let deadline = self.clock.saturating_add(self.cfg.window_ns);
+        let deadline = self.clock.saturating_add(self.window.get());
         if let Some(c) = self.conns.get_mut(&conn) {
             if c.closing.is_none() {
                 c.closing = Some(now_ns);
@@ -474,7 +485,9 @@ impl<G: IdGen> Correlator<G> {
     /// One request or response.
     pub fn message(&mut self, msg: Message<'_>) {
         self.counters.messages += 1;
-        self.advance(msg.end_ns.max(msg.start_ns));
+        let t = msg.end_ns.max(msg.start_ns);
+        self.window.observe(self.clock, t);
+        self.advance(t);
         if !self.conns.contains_key(&msg.conn) {
             self.counters.unknown_connection += 1;
             self.insert_conn(msg.conn, None);
@@ -501,6 +514,7 @@ impl<G: IdGen> Correlator<G> {
     /// finished since the last call.
     pub fn poll(&mut self, now_ns: u64) -> Vec<Span> {
         self.advance(now_ns);
+        self.window.tick(self.clock);
         while let Some(&(at, timer)) = self.timers.front() {
             if at > self.clock {
                 break;

@@ -96,14 +96,18 @@
 //! arrival plus the window. The model: every message reaches the correlator
 //! before the clock runs more than a window past its kernel timestamps. A
 //! message later than that yields a missing parent (counted as
-//! `mirror_expired`/`late_mirror`), not a wrong one.
+//! `mirror_expired`/`late_mirror`), not a wrong one. The window follows
+//! how late messages really arrive (twice the largest lateness of the last
+//! second, between [`Config::min_window_ns`] and [`Config::window_ns`];
+//! growth is at once), so that at line rate spans are held only as long as
+//! the pipeline's real disorder requires.
 //!
 //! # Bounds
 //! Connections, outstanding requests per connection, span records and the
 //! indexes are capped ([`Config`]); at a cap the oldest goes (an incomplete
 //! request ends as an error, a waiting span is settled with what is known),
 //! and [`Counters`] says how often. Emitted spans are kept
-//! [`Config::retention_ns`] for late children (and their threads' entries
+//! [`Config::retention_ns`] (scaled as the window is) for late children (and their threads' entries
 //! [`Config::sample_window_ns`] for CPU samples), then
 //! forgotten.
 //!
@@ -153,6 +157,7 @@ mod model;
 mod propagation;
 mod resolve;
 mod span_table;
+mod window;
 
 pub use attributes::{reads_header, redact_query};
 pub use causes::CauseEvent;

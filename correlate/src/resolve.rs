@@ -134,7 +134,7 @@ impl<G: IdGen> Correlator<G> {
     }
 
     fn schedule_decision(&mut self, key: SpanKey) {
-        let deadline = self.clock.saturating_add(self.cfg.window_ns);
+        let deadline = self.clock.saturating_add(self.window.get());
         if let Some(r) = self.spans.get_mut(&key) {
             // A replaced deadline stays queued; it is skipped when due.
             r.decide_at = Some(deadline);
@@ -644,7 +644,7 @@ impl<G: IdGen> Correlator<G> {
 
     /// Hand a finished span with a known trace to the output.
     pub(crate) fn emit(&mut self, key: SpanKey) {
-        let retention = self.cfg.retention_ns;
+        let retention = self.window.scale(self.cfg.retention_ns);
         let expire = self.clock.saturating_add(retention);
         let Some(r) = self.spans.get_mut(&key) else {
             return;

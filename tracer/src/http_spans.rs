@@ -425,6 +425,11 @@ impl HttpSpans {
         let c = &self.out.correlator;
         (c.live_spans(), c.span_bytes())
     }
+
+    /// The correlator's reorder window now (ns).
+    pub fn window_ns(&self) -> u64 {
+        self.out.correlator.window_ns()
+    }
 }
 
 impl ToSpans {

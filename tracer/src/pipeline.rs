@@ -365,6 +365,13 @@ fn snapshot(
         ));
         m.push(Metric::gauge(
             Stage::Correlation,
+            "window_ms",
+            "Reorder window in use: how long spans wait for late evidence (follows measured lateness).",
+            Show::Detail,
+            http.window_ns() as f64 / 1e6,
+        ));
+        m.push(Metric::gauge(
+            Stage::Correlation,
             "spans_per_second",
             "Spans made per second since the previous snapshot.",
             Show::Headline,

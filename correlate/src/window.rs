@@ -1,0 +1,134 @@
+//! The reorder window, sized from how late messages really reach the
+//! correlator.
+//!
+//! Every span waits one window for evidence that may still be on its way,
+//! and is kept two more for late children: at line rate the records held
+//! are the span rate times those waits, so a window far above the real
+//! lateness costs memory and cache misses for nothing. The window is the
+//! configured one at start (a backlog is likely then), follows the latest
+//! message seen at once when lateness grows, and shrinks to a multiple of
+//! the largest lateness of the last full epoch, never below the
+//! configured floor nor above the configured window. A message later than
+//! the window still makes a root (counted), never a wrong parent: that is
+//! the correlator's rule whatever the window.
+
+/// Length of a measuring epoch (correlator clock).
+const EPOCH_NS: u64 = 1_000_000_000;
+/// Window per unit of measured lateness: room for a late message's partner
+/// to be later still.
+const FACTOR: u64 = 2;
+
+#[derive(Clone, Debug)]
+pub(crate) struct ReorderWindow {
+    min_ns: u64,
+    max_ns: u64,
+    epoch_start: Option<u64>,
+    /// Largest lateness seen in this epoch.
+    late_now: u64,
+    current: u64,
+}
+
+impl ReorderWindow {
+    pub(crate) fn new(min_ns: u64, max_ns: u64) -> Self {
+        ReorderWindow {
+            min_ns: min_ns.min(max_ns),
+            max_ns,
+            epoch_start: None,
+            late_now: 0,
+            current: max_ns,
+        }
+    }
+
+    /// The window now (ns).
+    pub(crate) fn get(&self) -> u64 {
+        self.current
+    }
+
+    /// `scaled_ns` scaled as the window is to its configured maximum: waits
+    /// that are multiples of the window follow it.
+    pub(crate) fn scale(&self, scaled_ns: u64) -> u64 {
+        if self.max_ns == 0 {
+            return scaled_ns;
+        }
+        (u128::from(scaled_ns) * u128::from(self.current) / u128::from(self.max_ns)) as u64
+    }
+
+    /// A message stamped `t_ns` arrived when the clock was at `clock_ns`.
+    pub(crate) fn observe(&mut self, clock_ns: u64, t_ns: u64) {
+        let late = clock_ns.saturating_sub(t_ns);
+        if late > self.late_now {
+            self.late_now = late;
+            // Growth is at once: deadlines set from now on only move later.
+            self.current = self.current.max(self.bounded(late));
+        }
+    }
+
+    /// Time moved to `clock_ns`: at an epoch's end, the window becomes what
+    /// the epoch measured.
+    pub(crate) fn tick(&mut self, clock_ns: u64) {
+        let Some(start) = self.epoch_start else {
+            self.epoch_start = Some(clock_ns);
+            return;
+        };
+        if clock_ns.saturating_sub(start) < EPOCH_NS {
+            return;
+        }
+        self.current = self.bounded(self.late_now);
+        self.late_now = 0;
+        self.epoch_start = Some(clock_ns);
+    }
+
+    fn bounded(&self, late: u64) -> u64 {
+        late.saturating_mul(FACTOR).clamp(self.min_ns, self.max_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn starts_at_the_configured_window_and_shrinks_after_a_calm_epoch() {
+        let mut w = ReorderWindow::new(30 * MS, 150 * MS);
+        assert_eq!(w.get(), 150 * MS);
+        w.tick(0);
+        for t in (0..1_000).map(|i| i * MS) {
+            w.observe(t + 5 * MS, t);
+            w.tick(t + 5 * MS);
+        }
+        // 5 ms late at most: twice that is below the floor.
+        w.tick(2_000 * MS);
+        assert_eq!(w.get(), 30 * MS);
+        assert_eq!(w.scale(300 * MS), 60 * MS);
+    }
+
+    #[test]
+    fn grows_at_once_and_shrinks_only_at_an_epoch_end() {
+        let mut w = ReorderWindow::new(30 * MS, 150 * MS);
+        w.tick(0);
+        w.tick(1_000 * MS);
+        assert_eq!(w.get(), 30 * MS);
+        w.observe(1_100 * MS, 1_060 * MS);
+        assert_eq!(w.get(), 80 * MS);
+        w.observe(1_500 * MS, 1_200 * MS);
+        assert_eq!(w.get(), 150 * MS, "never above the configured window");
+        w.tick(1_900 * MS);
+        assert_eq!(w.get(), 150 * MS);
+        // The next epoch is calm, but the window follows the one that ended.
+        w.tick(2_000 * MS);
+        assert_eq!(w.get(), 150 * MS);
+        w.observe(2_500 * MS, 2_490 * MS);
+        w.tick(3_000 * MS);
+        assert_eq!(w.get(), 30 * MS);
+    }
+
+    #[test]
+    fn a_floor_above_the_window_is_the_window() {
+        let mut w = ReorderWindow::new(30 * MS, 10 * MS);
+        w.tick(0);
+        w.tick(5_000 * MS);
+        assert_eq!(w.get(), 10 * MS);
+    }
+}
