@@ -826,3 +826,77 @@ fn span_memory_stays_under_its_byte_bound() {
     corr.flush();
     assert!(corr.span_bytes() <= bound);
 }
+
+#[test]
+fn the_window_follows_how_late_messages_arrive() {
+    // Server spans whose local client is not reported wait one window each.
+    let mut sim = Sim::new(2);
+    let mut c = sim.connect("127.0.0.1", "127.0.0.1:80", Seen::ServerOnly);
+    let mut c2 = sim.connect("127.0.0.1", "127.0.0.1:81", Seen::ServerOnly);
+    let mut c3 = sim.connect("127.0.0.1", "127.0.0.1:82", Seen::ServerOnly);
+    for i in 0..300u64 {
+        let t = MS + i * 10 * MS;
+        sim.request(
+            &mut c,
+            at(t, CLIENT, CLIENT),
+            at(t + US, SERVER, SERVER),
+            &req("GET", "/calm", &[]),
+        );
+        sim.response(
+            &mut c,
+            at(t + 2 * MS, SERVER, SERVER),
+            at(t + 2 * MS + US, CLIENT, CLIENT),
+            &resp(200, &[]),
+        );
+    }
+    let cfg = Config::default();
+    let (floor, ceiling) = (cfg.min_window_ns, cfg.window_ns);
+    let mut corr = Correlator::with_seed(cfg, 1);
+    assert_eq!(corr.window_ns(), ceiling, "starts at the configured window");
+    let mut last = 0;
+    for e in sim.sorted() {
+        // Every message is delivered at its own time: never late.
+        last = e.time();
+        e.apply(&mut corr);
+        corr.poll(last);
+    }
+    assert_eq!(corr.window_ns(), floor, "a calm second shrinks it");
+    // A lonely server span is now settled one floor after its arrival.
+    let t = last + 10 * MS;
+    sim.request(
+        &mut c2,
+        at(t, CLIENT, CLIENT),
+        at(t + US, SERVER, SERVER),
+        &req("GET", "/after", &[]),
+    );
+    sim.response(
+        &mut c2,
+        at(t + 2 * MS, SERVER, SERVER),
+        at(t + 2 * MS + US, CLIENT, CLIENT),
+        &resp(200, &[]),
+    );
+    let late = 100 * MS;
+    for e in sim.sorted().into_iter().filter(|e| e.time() >= t) {
+        e.apply(&mut corr);
+    }
+    let path = |s: &Span| s.attr("url.path").and_then(AttrRef::as_str) == Some("/after");
+    assert!(!corr.poll(t + 2 * MS + floor / 2).iter().any(path));
+    let spans = corr.poll(t + 2 * MS + floor + US);
+    let after: Vec<_> = spans.iter().filter(|s| path(s)).collect();
+    assert_eq!(after.len(), 1, "settled one shrunk window after it ended");
+    assert_eq!(after[0].parent_source, ParentSource::Root);
+    // A message that reaches the correlator 100 ms after its time widens
+    // the window at once (twice that, within the ceiling).
+    let t3 = t + 20 * MS;
+    sim.request(
+        &mut c3,
+        at(t3, CLIENT, CLIENT),
+        at(t3 + US, SERVER, SERVER),
+        &req("GET", "/late", &[]),
+    );
+    corr.poll(t3 + late);
+    for e in sim.sorted().into_iter().filter(|e| e.time() >= t3) {
+        e.apply(&mut corr);
+    }
+    assert_eq!(corr.window_ns(), (2 * late).min(ceiling));
+}
