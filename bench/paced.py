@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""The agent's memory at a paced load it keeps up with, A/B of builds or flags.
+
+At full load on a slow machine the agent falls behind and what it holds is
+set by its backlog; this runs nginx (one worker) under wrk with a fixed
+pause between the requests of each connection (a wrk Lua `delay()`, 2 ms by
+default: ~20k requests/s with 50 connections), the default product
+exporting to a local OTLP endpoint that discards, and prints per condition
+and round: requests/s, the agent's CPU, its peak RSS split into lanes, heap
+and mapped files, the span records the correlator held mid-run (from
+`--stats-interval`), its reorder window, and the share of spans linked.
+
+    sudo bench/paced.py [--rounds 2] [--seconds 9] [--delay-ms 2] \\
+        --cond 'new=' --cond 'old=@/path/to/tracer' --cond 'noprof=--profile-hz 0'
+"""
+import argparse
+import re
+import shlex
+import subprocess
+import tempfile
+
+from agentproc import TRACER, Agent
+from overhead import Nginx, OtlpSink
+
+
+def gauge(summary, name):
+    """Values of `name` in the periodic tables and the exit summary."""
+    return re.findall(r"\b%s\}?[=\s]+([\d.]+)" % re.escape(name), summary)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seconds", type=int, default=9)
+    ap.add_argument("--delay-ms", type=int, default=2)
+    ap.add_argument("--cond", action="append", default=[],
+                    help="NAME=FLAGS or NAME=@EXE FLAGS (repeatable; default: this build)")
+    args = ap.parse_args()
+    conds = []
+    for c in args.cond or ["default="]:
+        name, _, rest = c.partition("=")
+        words = shlex.split(rest)
+        exe = words.pop(0)[1:] if words and words[0].startswith("@") else TRACER
+        conds.append((name, exe, words))
+    lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    lua.write("function delay()\n  return %d\nend\n" % args.delay_ms)
+    lua.close()
+    nginx = Nginx("1")
+    sink = OtlpSink()
+    try:
+        for rnd in range(args.rounds):
+            for name, exe, flags in conds[rnd % len(conds):] + conds[:rnd % len(conds)]:
+                agent = Agent(["--otlp-endpoint", "http://127.0.0.1:%d" % sink.port,
+                               "--otlp-protocol", "http/protobuf", "--stats-interval", "2"] + flags,
+                              exe=exe)
+                out = subprocess.run(["wrk", "-t2", "-c50", "-d%ds" % args.seconds, "-s", lua.name,
+                                      "http://127.0.0.1:%d/index.html" % nginx.port],
+                                     capture_output=True, text=True, check=True).stdout
+                rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+                cpu = agent.cpu_seconds()
+                peak = agent.peak_rss_kib() / 1024
+                summary = agent.stop()
+                held = gauge(summary, "held_spans")
+                held_bytes = gauge(summary, "held_span_bytes")
+                window = gauge(summary, "window_ms")
+                linked = gauge(summary, "linked_percent")
+                print("round %d  %-10s %7.0f req/s  CPU %5.2f s  peak RSS %5.1f MiB (%s)  "
+                      "held mid-run %s spans / %s bytes  window %s ms  linked %s%%" % (
+                          rnd + 1, name, rps, cpu, peak, agent.memory.describe(),
+                          held[0] if held else "?", held_bytes[0] if held_bytes else "?",
+                          window[0] if window else "-", linked[-1] if linked else "?"),
+                      flush=True)
+    finally:
+        sink.stop()
+        nginx.stop()
+
+
+if __name__ == "__main__":
+    main()
