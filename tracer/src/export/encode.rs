@@ -531,6 +531,11 @@ impl TraceEncoder {
         self.index.len()
     }
 
+    /// Bytes the open request will take at most.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
     /// Resources remembered now.
     #[cfg(test)]
     fn resources(&self) -> usize {

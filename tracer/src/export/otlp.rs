@@ -98,8 +98,17 @@ impl Exporter {
 
     /// Encodes a finished span of the process described by `resource`.
     /// Never blocks: when the queue is full a closed request is dropped
-    /// (its spans counted).
+    /// (its spans counted), and a span whose open request the queue could
+    /// not take is dropped before it is encoded (counted alike).
     pub fn submit(&mut self, span: &Span, resource: &Arc<Resource>) {
+        let valid = span.trace_id.is_valid() && span.span_id.is_valid();
+        if valid && !self.open_request_fits() {
+            // Its request would be dropped when it closes: not worth
+            // encoding (an endpoint that is down or slower than the spans
+            // made this CPU the pipeline could not spare).
+            self.worker.count_dropped(DropReason::QueueFull, 1);
+            return;
+        }
         if self.encoder.push(span, resource).is_err() {
             self.worker.count_dropped(DropReason::Invalid, 1);
             return;
@@ -108,6 +117,13 @@ impl Exporter {
             self.opened = Some(Instant::now());
         }
         self.hand_over();
+    }
+
+    /// Whether the queue can still take the open request with one more
+    /// span in it.
+    fn open_request_fits(&self) -> bool {
+        let (items, bytes) = self.worker.room();
+        items > self.encoder.pending_spans() as u64 && bytes > self.encoder.pending_bytes() as u64
     }
 
     /// Closes the open request when its first span waited the export
@@ -213,6 +229,29 @@ mod tests {
         assert_eq!((w.queued, w.queued_bytes), (0, 0));
         assert_eq!(c.spans_submitted, w.submitted, "{c:?}");
         assert_eq!(w.submitted, w.dropped(), "{c:?}");
+    }
+
+    #[test]
+    fn spans_the_queue_cannot_take_are_not_encoded() {
+        // Every export fails and is retried later: the queue stays full.
+        let mut cfg = ExportConfig::new("http://127.0.0.1:9/v1/traces", Protocol::HttpProtobuf);
+        cfg.queue_spans = 4;
+        cfg.batch_spans = 4;
+        cfg.in_flight = 1;
+        cfg.retry.max_elapsed = Duration::from_secs(60);
+        cfg.retry.initial = Duration::from_secs(10);
+        let mut e = Exporter::start(cfg, Clock::new()).unwrap();
+        let r = Arc::new(res("svc"));
+        for i in 0..7u8 {
+            e.submit(&span(1, i + 1, None, 0, 1), &r);
+        }
+        let c = e.counters();
+        // The first request of four went to the queue; the next three
+        // spans would make a request it cannot take: dropped unencoded.
+        assert_eq!(c.spans_pending, 0, "{c:?}");
+        assert_eq!(c.worker.dropped_queue_full, 3, "{c:?}");
+        assert_eq!(c.spans_submitted, 7);
+        e.shutdown(Duration::from_millis(100));
     }
 
     #[test]

@@ -142,6 +142,15 @@ impl QueueBound {
         )
     }
 
+    /// Items and bytes that would still fit now.
+    pub fn room(&self) -> (u64, u64) {
+        let (items, bytes) = self.held();
+        (
+            self.max_items.saturating_sub(items),
+            self.max_bytes.saturating_sub(bytes),
+        )
+    }
+
     /// The most bytes held at once so far.
     pub fn peak_bytes(&self) -> u64 {
         self.peak_bytes.load(Ordering::Relaxed)
@@ -446,6 +455,12 @@ impl<J: Job> Worker<J> {
             add(&c.dropped_shutdown, items);
             q.job
         })
+    }
+
+    /// Items and bytes the queue would still take now (it only grows
+    /// until the next submit: the worker frees room, nothing else takes it).
+    pub fn room(&self) -> (u64, u64) {
+        self.counts.queue.room()
     }
 
     /// Counts items dropped before they became a job (e.g. invalid spans).
