@@ -2,6 +2,7 @@
 /proc, stopped with SIGINT."""
 import os
 import re
+import shlex
 import signal
 import subprocess
 import threading
@@ -104,6 +105,23 @@ class MemoryWatch:
         p = self.peak
         return "lanes %.1f + heap %.1f + file %.1f MiB (sampled peak %.1f MiB)" % (
             p["lanes"] / 1024, p["heap"] / 1024, p["file"] / 1024, p["total"] / 1024)
+
+
+COND_HELP = "NAME=FLAGS or NAME=@EXE FLAGS (repeatable)"
+
+
+def parse_conds(conds):
+    """{name: (exe, flags)} of `--cond` values: NAME=FLAGS, or NAME=@EXE
+    FLAGS to run another agent binary; None when none were given."""
+    if not conds:
+        return None
+    out = {}
+    for c in conds:
+        name, _, rest = c.partition("=")
+        words = shlex.split(rest)
+        exe = words.pop(0)[1:] if words and words[0].startswith("@") else TRACER
+        out[name] = (exe, words)
+    return out
 
 
 def counters(summary):

@@ -16,10 +16,9 @@ the agent's CPU per request and its peak RSS.
         [--cond 'old=@/path/to/tracer']   # flags after '@EXE ' if any
 """
 import argparse
-import shlex
 import statistics
 
-from agentproc import TRACER
+from agentproc import COND_HELP, TRACER, parse_conds
 from no_loss import cpu_us, measure, share
 
 
@@ -29,20 +28,10 @@ def main():
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--cond", action="append", default=[],
-                    help="NAME=FLAGS or NAME=@EXE FLAGS (repeatable; default: the "
-                         "default product only)")
+                    help=COND_HELP + "; default: the default product only")
     args = ap.parse_args()
 
-    agents = {"default": (TRACER, [])}
-    if args.cond:
-        agents = {}
-        for c in args.cond:
-            name, _, flags = c.partition("=")
-            words = shlex.split(flags)
-            exe = TRACER
-            if words and words[0].startswith("@"):
-                exe = words.pop(0)[1:]
-            agents[name] = (exe, words)
+    agents = parse_conds(args.cond) or {"default": (TRACER, [])}
     conditions = ["none"] + list(agents)
     rows = {c: [] for c in conditions}
     for r in range(args.rounds):

@@ -105,12 +105,15 @@ http {
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def wrk(port, seconds, conns, close=False, path="/index.html", headers=()):
+def wrk(port, seconds, conns, close=False, path="/index.html", headers=(), script=None):
     """Runs wrk; returns (requests/s, requests, p99 ms). `close`: every
-    request on a new connection; `headers`: extra request headers."""
+    request on a new connection; `headers`: extra request headers;
+    `script`: a wrk Lua script."""
     cmd = ["wrk", "-t2", "-c%d" % conns, "-d%ds" % seconds, "--latency"]
     if close:
         cmd += ["-H", "Connection: close"]
+    if script:
+        cmd += ["-s", script]
     for h in headers:
         cmd += ["-H", h]
     out = subprocess.run(cmd + ["http://127.0.0.1:%d%s" % (port, path)],

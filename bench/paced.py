@@ -15,12 +15,10 @@ and mapped files, the span records the correlator held mid-run (from
 """
 import argparse
 import re
-import shlex
-import subprocess
 import tempfile
 
-from agentproc import TRACER, Agent
-from overhead import Nginx, OtlpSink
+from agentproc import COND_HELP, TRACER, Agent, parse_conds
+from overhead import Nginx, OtlpSink, wrk
 
 
 def gauge(summary, name):
@@ -34,14 +32,10 @@ def main():
     ap.add_argument("--seconds", type=int, default=9)
     ap.add_argument("--delay-ms", type=int, default=2)
     ap.add_argument("--cond", action="append", default=[],
-                    help="NAME=FLAGS or NAME=@EXE FLAGS (repeatable; default: this build)")
+                    help=COND_HELP + "; default: this build")
     args = ap.parse_args()
-    conds = []
-    for c in args.cond or ["default="]:
-        name, _, rest = c.partition("=")
-        words = shlex.split(rest)
-        exe = words.pop(0)[1:] if words and words[0].startswith("@") else TRACER
-        conds.append((name, exe, words))
+    agents = parse_conds(args.cond) or {"default": (TRACER, [])}
+    conds = [(name, exe, flags) for name, (exe, flags) in agents.items()]
     lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     lua.write("function delay()\n  return %d\nend\n" % args.delay_ms)
     lua.close()
@@ -53,10 +47,7 @@ def main():
                 agent = Agent(["--otlp-endpoint", "http://127.0.0.1:%d" % sink.port,
                                "--otlp-protocol", "http/protobuf", "--stats-interval", "2"] + flags,
                               exe=exe)
-                out = subprocess.run(["wrk", "-t2", "-c50", "-d%ds" % args.seconds, "-s", lua.name,
-                                      "http://127.0.0.1:%d/index.html" % nginx.port],
-                                     capture_output=True, text=True, check=True).stdout
-                rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+                rps, _, _ = wrk(nginx.port, args.seconds, 50, script=lua.name)
                 cpu = agent.cpu_seconds()
                 peak = agent.peak_rss_kib() / 1024
                 summary = agent.stop()
