@@ -107,9 +107,9 @@
 //! indexes are capped ([`Config`]); at a cap the oldest goes (an incomplete
 //! request ends as an error, a waiting span is settled with what is known),
 //! and [`Counters`] says how often. Emitted spans are kept
-//! [`Config::retention_ns`] (scaled as the window is) for late children (and their threads' entries
-//! [`Config::sample_window_ns`] for CPU samples), then
-//! forgotten.
+//! [`Config::retention_ns`] (scaled as the window is) for late children
+//! (and their threads' entries [`Config::sample_window_ns`] for CPU
+//! samples), then forgotten.
 //!
 //! # Attributes and names
 //! See the `attributes` module docs: stable HTTP semantic conventions,

@@ -827,6 +827,25 @@ fn span_memory_stays_under_its_byte_bound() {
     assert!(corr.span_bytes() <= bound);
 }
 
+/// A request of `path` at `t` on `c`, answered 2 ms later unless `answered`
+/// is false.
+fn exchange(sim: &mut Sim, c: &mut Conn, t: u64, path: &str, answered: bool) {
+    sim.request(
+        c,
+        at(t, CLIENT, CLIENT),
+        at(t + US, SERVER, SERVER),
+        &req("GET", path, &[]),
+    );
+    if answered {
+        sim.response(
+            c,
+            at(t + 2 * MS, SERVER, SERVER),
+            at(t + 2 * MS + US, CLIENT, CLIENT),
+            &resp(200, &[]),
+        );
+    }
+}
+
 #[test]
 fn the_window_follows_how_late_messages_arrive() {
     // Server spans whose local client is not reported wait one window each.
@@ -835,19 +854,7 @@ fn the_window_follows_how_late_messages_arrive() {
     let mut c2 = sim.connect("127.0.0.1", "127.0.0.1:81", Seen::ServerOnly);
     let mut c3 = sim.connect("127.0.0.1", "127.0.0.1:82", Seen::ServerOnly);
     for i in 0..300u64 {
-        let t = MS + i * 10 * MS;
-        sim.request(
-            &mut c,
-            at(t, CLIENT, CLIENT),
-            at(t + US, SERVER, SERVER),
-            &req("GET", "/calm", &[]),
-        );
-        sim.response(
-            &mut c,
-            at(t + 2 * MS, SERVER, SERVER),
-            at(t + 2 * MS + US, CLIENT, CLIENT),
-            &resp(200, &[]),
-        );
+        exchange(&mut sim, &mut c, MS + i * 10 * MS, "/calm", true);
     }
     let cfg = Config::default();
     let (floor, ceiling) = (cfg.min_window_ns, cfg.window_ns);
@@ -863,19 +870,7 @@ fn the_window_follows_how_late_messages_arrive() {
     assert_eq!(corr.window_ns(), floor, "a calm second shrinks it");
     // A lonely server span is now settled one floor after its arrival.
     let t = last + 10 * MS;
-    sim.request(
-        &mut c2,
-        at(t, CLIENT, CLIENT),
-        at(t + US, SERVER, SERVER),
-        &req("GET", "/after", &[]),
-    );
-    sim.response(
-        &mut c2,
-        at(t + 2 * MS, SERVER, SERVER),
-        at(t + 2 * MS + US, CLIENT, CLIENT),
-        &resp(200, &[]),
-    );
-    let late = 100 * MS;
+    exchange(&mut sim, &mut c2, t, "/after", true);
     for e in sim.sorted().into_iter().filter(|e| e.time() >= t) {
         e.apply(&mut corr);
     }
@@ -887,13 +882,9 @@ fn the_window_follows_how_late_messages_arrive() {
     assert_eq!(after[0].parent_source, ParentSource::Root);
     // A message that reaches the correlator 100 ms after its time widens
     // the window at once (twice that, within the ceiling).
+    let late = 100 * MS;
     let t3 = t + 20 * MS;
-    sim.request(
-        &mut c3,
-        at(t3, CLIENT, CLIENT),
-        at(t3 + US, SERVER, SERVER),
-        &req("GET", "/late", &[]),
-    );
+    exchange(&mut sim, &mut c3, t3, "/late", false);
     corr.poll(t3 + late);
     for e in sim.sorted().into_iter().filter(|e| e.time() >= t3) {
         e.apply(&mut corr);

@@ -76,6 +76,11 @@ pub struct TraceRequest {
 #[error("span with an all-zero trace or span id")]
 pub struct InvalidSpan;
 
+/// Whether OTLP can carry `span` (see [`InvalidSpan`]).
+pub fn encodable(span: &Span) -> bool {
+    span.trace_id.is_valid() && span.span_id.is_valid()
+}
+
 // Wire types.
 const LEN: u8 = 2;
 const VARINT: u8 = 0;
@@ -425,7 +430,7 @@ impl TraceEncoder {
     /// Encodes a span of the process described by `resource` into the open
     /// request, closing it when full.
     pub fn push(&mut self, span: &Span, resource: &Arc<Resource>) -> Result<(), InvalidSpan> {
-        if !span.trace_id.is_valid() || !span.span_id.is_valid() {
+        if !encodable(span) {
             return Err(InvalidSpan);
         }
         let slot = self.slot(resource);

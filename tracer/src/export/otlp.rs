@@ -27,7 +27,7 @@ use std::{
 use correlate::Span;
 
 use super::config::ExportConfig;
-use super::encode::{BatchLimits, TraceEncoder, TraceRequest};
+use super::encode::{encodable, BatchLimits, TraceEncoder, TraceRequest};
 use super::resource::Resource;
 use super::transport::OtlpDeliver;
 use super::worker::{DropReason, Worker, WorkerConfig, WorkerCounters, WorkerError};
@@ -101,8 +101,7 @@ impl Exporter {
     /// (its spans counted), and a span whose open request the queue could
     /// not take is dropped before it is encoded (counted alike).
     pub fn submit(&mut self, span: &Span, resource: &Arc<Resource>) {
-        let valid = span.trace_id.is_valid() && span.span_id.is_valid();
-        if valid && !self.open_request_fits() {
+        if encodable(span) && !self.open_request_fits() {
             // Its request would be dropped when it closes: not worth
             // encoding (an endpoint that is down or slower than the spans
             // made this CPU the pipeline could not spare).
@@ -190,16 +189,21 @@ mod tests {
     use crate::export::config::{ExportConfig, Protocol};
     use crate::export::console::tests::{res, span};
 
-    #[test]
-    fn queue_bound_drops_and_counts_without_blocking() {
-        // Nothing listens on port 9 of the loopback: every export fails.
+    /// An exporter whose every export fails (nothing listens on port 9 of
+    /// the loopback) and is retried only after 10 s: its queue stays full.
+    fn stalled(queue_spans: usize, batch_spans: usize) -> Exporter {
         let mut cfg = ExportConfig::new("http://127.0.0.1:9/v1/traces", Protocol::HttpProtobuf);
-        cfg.queue_spans = 4;
-        cfg.batch_spans = 2;
+        cfg.queue_spans = queue_spans;
+        cfg.batch_spans = batch_spans;
         cfg.in_flight = 1;
         cfg.retry.max_elapsed = Duration::from_secs(60);
         cfg.retry.initial = Duration::from_secs(10);
-        let mut e = Exporter::start(cfg, Clock::new()).unwrap();
+        Exporter::start(cfg, Clock::new()).unwrap()
+    }
+
+    #[test]
+    fn queue_bound_drops_and_counts_without_blocking() {
+        let mut e = stalled(4, 2);
         let r = Arc::new(res("svc"));
         let t = Instant::now();
         for i in 0..10u8 {
@@ -233,14 +237,7 @@ mod tests {
 
     #[test]
     fn spans_the_queue_cannot_take_are_not_encoded() {
-        // Every export fails and is retried later: the queue stays full.
-        let mut cfg = ExportConfig::new("http://127.0.0.1:9/v1/traces", Protocol::HttpProtobuf);
-        cfg.queue_spans = 4;
-        cfg.batch_spans = 4;
-        cfg.in_flight = 1;
-        cfg.retry.max_elapsed = Duration::from_secs(60);
-        cfg.retry.initial = Duration::from_secs(10);
-        let mut e = Exporter::start(cfg, Clock::new()).unwrap();
+        let mut e = stalled(4, 4);
         let r = Arc::new(res("svc"));
         for i in 0..7u8 {
             e.submit(&span(1, i + 1, None, 0, 1), &r);
