@@ -485,9 +485,7 @@ impl<G: IdGen> Correlator<G> {
     /// One request or response.
     pub fn message(&mut self, msg: Message<'_>) {
         self.counters.messages += 1;
-        let t = msg.end_ns.max(msg.start_ns);
-        self.window.observe(self.clock, t);
-        self.advance(t);
+        self.advance(msg.end_ns.max(msg.start_ns));
         if !self.conns.contains_key(&msg.conn) {
             self.counters.unknown_connection += 1;
             self.insert_conn(msg.conn, None);
@@ -565,7 +563,10 @@ impl<G: IdGen> Correlator<G> {
         self.unemitted.push_back(key);
     }
 
+    /// Every timestamped input passes here: how far behind the clock it
+    /// arrives is what the reorder window measures.
     pub(crate) fn advance(&mut self, t: u64) {
+        self.window.observe(self.clock, t);
         self.clock = self.clock.max(t);
     }
 

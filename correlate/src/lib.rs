@@ -97,7 +97,7 @@
 //! before the clock runs more than a window past its kernel timestamps. A
 //! message later than that yields a missing parent (counted as
 //! `mirror_expired`/`late_mirror`), not a wrong one. The window follows
-//! how late messages really arrive (twice the largest lateness of the last
+//! how late inputs really arrive (twice the largest lateness of the last
 //! second, between [`Config::min_window_ns`] and [`Config::window_ns`];
 //! growth is at once), so that at line rate spans are held only as long as
 //! the pipeline's real disorder requires.

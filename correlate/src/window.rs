@@ -1,12 +1,12 @@
-//! The reorder window, sized from how late messages really reach the
-//! correlator.
+//! The reorder window, sized from how late inputs (messages, closes,
+//! runtime-hook events) really reach the correlator.
 //!
 //! Every span waits one window for evidence that may still be on its way,
 //! and is kept two more for late children: at line rate the records held
 //! are the span rate times those waits, so a window far above the real
 //! lateness costs memory and cache misses for nothing. The window is the
 //! configured one at start (a backlog is likely then), follows the latest
-//! message seen at once when lateness grows, and shrinks to a multiple of
+//! input at once when lateness grows, and shrinks to a multiple of
 //! the largest lateness of the last full epoch, never below the
 //! configured floor nor above the configured window. A message later than
 //! the window still makes a root (counted), never a wrong parent: that is
@@ -53,7 +53,7 @@ impl ReorderWindow {
         (u128::from(scaled_ns) * u128::from(self.current) / u128::from(self.max_ns)) as u64
     }
 
-    /// A message stamped `t_ns` arrived when the clock was at `clock_ns`.
+    /// An input stamped `t_ns` arrived when the clock was at `clock_ns`.
     pub(crate) fn observe(&mut self, clock_ns: u64, t_ns: u64) {
         let late = clock_ns.saturating_sub(t_ns);
         if late > self.late_now {
