@@ -14,8 +14,9 @@ pub struct Config {
     pub window_ns: u64,
     /// Floor of the reorder window (ns). The window in use follows the
     /// lateness measured over the last second (twice the largest), between
-    /// this and `window_ns`, which it starts at; equal to `window_ns`, the
-    /// window is fixed. `retention_ns` scales with it.
+    /// this and `window_ns`, which it starts at and keeps while traffic is
+    /// too sparse for holding to cost; equal to `window_ns`, the window is
+    /// fixed. `retention_ns` scales with it.
     pub min_window_ns: u64,
     /// How long (ns) an emitted span's record stays for late children (a
     /// client span is decided within `window_ns` of its start, and it

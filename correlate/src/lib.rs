@@ -100,7 +100,10 @@
 //! how late inputs really arrive (twice the largest lateness of the last
 //! second, between [`Config::min_window_ns`] and [`Config::window_ns`];
 //! growth is at once), so that at line rate spans are held only as long as
-//! the pipeline's real disorder requires.
+//! the pipeline's real disorder requires. On traffic too sparse for holding
+//! to cost (fewer than about 2,000 inputs per window), it stays at
+//! `window_ns`: a stall that sparse lateness did not foretell finds the
+//! whole window.
 //!
 //! # Bounds
 //! Connections, outstanding requests per connection, span records and the

@@ -8,7 +8,12 @@
 //! configured one at start (a backlog is likely then), follows the latest
 //! input at once when lateness grows, and shrinks to a multiple of
 //! the largest lateness of the last full epoch, never below the
-//! configured floor nor above the configured window. A message later than
+//! configured floor nor above the configured window. It shrinks only
+//! where holding costs: when an epoch's inputs were too few to fill a
+//! configured window with [`BUSY_INPUTS`], the window stays the configured
+//! one. Lateness measured on sparse traffic says little about the next
+//! stall (a starved virtual machine, a reader descheduled for 100 ms),
+//! and a full window costs next to nothing there. A message later than
 //! the window still makes a root (counted), never a wrong parent: that is
 //! the correlator's rule whatever the window.
 
@@ -17,6 +22,9 @@ const EPOCH_NS: u64 = 1_000_000_000;
 /// Window per unit of measured lateness: room for a late message's partner
 /// to be later still.
 const FACTOR: u64 = 2;
+/// Inputs per configured window from which a shorter window pays: about
+/// 1,000 spans held, half a megabyte of records and their texts.
+pub(crate) const BUSY_INPUTS: u64 = 2_048;
 
 #[derive(Clone, Debug)]
 pub(crate) struct ReorderWindow {
@@ -25,6 +33,8 @@ pub(crate) struct ReorderWindow {
     epoch_start: Option<u64>,
     /// Largest lateness seen in this epoch.
     late_now: u64,
+    /// Inputs seen in this epoch.
+    inputs_now: u64,
     current: u64,
 }
 
@@ -35,6 +45,7 @@ impl ReorderWindow {
             max_ns,
             epoch_start: None,
             late_now: 0,
+            inputs_now: 0,
             current: max_ns,
         }
     }
@@ -55,6 +66,7 @@ impl ReorderWindow {
 
     /// An input stamped `t_ns` arrived when the clock was at `clock_ns`.
     pub(crate) fn observe(&mut self, clock_ns: u64, t_ns: u64) {
+        self.inputs_now += 1;
         let late = clock_ns.saturating_sub(t_ns);
         if late > self.late_now {
             self.late_now = late;
@@ -70,11 +82,21 @@ impl ReorderWindow {
             self.epoch_start = Some(clock_ns);
             return;
         };
-        if clock_ns.saturating_sub(start) < EPOCH_NS {
+        let elapsed = clock_ns.saturating_sub(start);
+        if elapsed < EPOCH_NS {
             return;
         }
-        self.current = self.bounded(self.late_now);
+        // Inputs per configured window, over the epoch (which an idle
+        // stretch lengthens).
+        let per_window =
+            u128::from(self.inputs_now) * u128::from(self.max_ns) / u128::from(elapsed);
+        self.current = if per_window < u128::from(BUSY_INPUTS) {
+            self.max_ns
+        } else {
+            self.bounded(self.late_now)
+        };
         self.late_now = 0;
+        self.inputs_now = 0;
         self.epoch_start = Some(clock_ns);
     }
 
@@ -89,17 +111,23 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
+    /// Inputs every 20 us from `from_ms` to `to_ms`, each `late_ms` late:
+    /// 7,500 per configured window, busy.
+    fn busy(w: &mut ReorderWindow, from_ms: u64, to_ms: u64, late_ms: u64) {
+        for t in (from_ms * MS..to_ms * MS).step_by(20_000) {
+            w.observe(t + late_ms * MS, t);
+            w.tick(t + late_ms * MS);
+        }
+    }
+
     #[test]
-    fn starts_at_the_configured_window_and_shrinks_after_a_calm_epoch() {
+    fn starts_at_the_configured_window_and_shrinks_after_a_calm_busy_epoch() {
         let mut w = ReorderWindow::new(30 * MS, 150 * MS);
         assert_eq!(w.get(), 150 * MS);
         w.tick(0);
-        for t in (0..1_000).map(|i| i * MS) {
-            w.observe(t + 5 * MS, t);
-            w.tick(t + 5 * MS);
-        }
+        busy(&mut w, 0, 1_000, 5);
         // 5 ms late at most: twice that is below the floor.
-        w.tick(2_000 * MS);
+        w.tick(1_005 * MS);
         assert_eq!(w.get(), 30 * MS);
         assert_eq!(w.scale(300 * MS), 60 * MS);
     }
@@ -108,27 +136,49 @@ mod tests {
     fn grows_at_once_and_shrinks_only_at_an_epoch_end() {
         let mut w = ReorderWindow::new(30 * MS, 150 * MS);
         w.tick(0);
-        w.tick(1_000 * MS);
+        busy(&mut w, 0, 1_000, 1);
+        w.tick(1_001 * MS);
         assert_eq!(w.get(), 30 * MS);
         w.observe(1_100 * MS, 1_060 * MS);
         assert_eq!(w.get(), 80 * MS);
         w.observe(1_500 * MS, 1_200 * MS);
         assert_eq!(w.get(), 150 * MS, "never above the configured window");
-        w.tick(1_900 * MS);
+        busy(&mut w, 1_500, 2_000, 1);
         assert_eq!(w.get(), 150 * MS);
         // The next epoch is calm, but the window follows the one that ended.
-        w.tick(2_000 * MS);
+        w.tick(2_001 * MS);
         assert_eq!(w.get(), 150 * MS);
-        w.observe(2_500 * MS, 2_490 * MS);
-        w.tick(3_000 * MS);
+        busy(&mut w, 2_001, 3_000, 1);
+        w.tick(3_002 * MS);
         assert_eq!(w.get(), 30 * MS);
+    }
+
+    #[test]
+    fn sparse_traffic_keeps_the_configured_window() {
+        let mut w = ReorderWindow::new(30 * MS, 150 * MS);
+        w.tick(0);
+        // 1,000 inputs a second, never late: 150 per window, too few to pay.
+        for t in (0..2_000).map(|i| i * MS) {
+            w.observe(t, t);
+            w.tick(t);
+        }
+        assert_eq!(w.get(), 150 * MS);
+        // Busy, it shrinks; sparse again, it is the configured one again.
+        busy(&mut w, 2_000, 3_000, 1);
+        w.tick(3_001 * MS);
+        assert_eq!(w.get(), 30 * MS);
+        for t in (3_001..4_500).map(|i| i * MS) {
+            w.observe(t, t);
+            w.tick(t);
+        }
+        assert_eq!(w.get(), 150 * MS);
     }
 
     #[test]
     fn a_floor_above_the_window_is_the_window() {
         let mut w = ReorderWindow::new(30 * MS, 10 * MS);
         w.tick(0);
-        w.tick(5_000 * MS);
+        busy(&mut w, 0, 2_000, 1);
         assert_eq!(w.get(), 10 * MS);
     }
 }

@@ -850,11 +850,22 @@ fn exchange(sim: &mut Sim, c: &mut Conn, t: u64, path: &str, answered: bool) {
 fn the_window_follows_how_late_messages_arrive() {
     // Server spans whose local client is not reported wait one window each.
     let mut sim = Sim::new(2);
-    let mut c = sim.connect("127.0.0.1", "127.0.0.1:80", Seen::ServerOnly);
+    // Busy enough for a shorter window to pay: 25k exchanges a second over
+    // 64 connections, for 1.2 s.
+    let mut busy: Vec<Conn> = (0..64)
+        .map(|i| {
+            sim.connect(
+                "127.0.0.1",
+                &format!("127.0.0.1:{}", 1000 + i),
+                Seen::ServerOnly,
+            )
+        })
+        .collect();
     let mut c2 = sim.connect("127.0.0.1", "127.0.0.1:81", Seen::ServerOnly);
     let mut c3 = sim.connect("127.0.0.1", "127.0.0.1:82", Seen::ServerOnly);
-    for i in 0..300u64 {
-        exchange(&mut sim, &mut c, MS + i * 10 * MS, "/calm", true);
+    for i in 0..30_000u64 {
+        let c = &mut busy[(i % 64) as usize];
+        exchange(&mut sim, c, MS + i * 40 * US, "/calm", true);
     }
     let cfg = Config::default();
     let (floor, ceiling) = (cfg.min_window_ns, cfg.window_ns);
@@ -867,7 +878,7 @@ fn the_window_follows_how_late_messages_arrive() {
         e.apply(&mut corr);
         corr.poll(last);
     }
-    assert_eq!(corr.window_ns(), floor, "a calm second shrinks it");
+    assert_eq!(corr.window_ns(), floor, "a calm busy second shrinks it");
     // A lonely server span is now settled one floor after its arrival.
     let t = last + 10 * MS;
     exchange(&mut sim, &mut c2, t, "/after", true);
@@ -890,4 +901,32 @@ fn the_window_follows_how_late_messages_arrive() {
         e.apply(&mut corr);
     }
     assert_eq!(corr.window_ns(), (2 * late).min(ceiling));
+}
+
+#[test]
+fn sparse_traffic_keeps_the_configured_window() {
+    // 200 messages a second, never late: too few for a shorter window to
+    // pay, so a stall after them still finds the whole window.
+    let mut sim = Sim::new(2);
+    let mut c = sim.connect("127.0.0.1", "127.0.0.1:80", Seen::ServerOnly);
+    for i in 0..300u64 {
+        exchange(&mut sim, &mut c, MS + i * 10 * MS, "/sparse", true);
+    }
+    let cfg = Config::default();
+    let ceiling = cfg.window_ns;
+    let mut corr = Correlator::with_seed(cfg, 1);
+    let mut last = 0;
+    let mut settled = 0;
+    for e in sim.sorted() {
+        last = e.time();
+        e.apply(&mut corr);
+        settled += corr.poll(last).len();
+    }
+    assert_eq!(corr.window_ns(), ceiling);
+    // The last lonely server spans wait the configured window (the floor
+    // would have settled them all half a window after the last).
+    settled += corr.poll(last + ceiling / 2).len();
+    assert!(settled < 300, "{settled}");
+    settled += corr.poll(last + ceiling + MS).len();
+    assert_eq!(settled, 300);
 }
