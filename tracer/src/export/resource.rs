@@ -42,6 +42,12 @@ pub const SERVICE_NAME_SOURCE: &str = "tracer.service.name.source";
 pub const REVALIDATE_NS: u64 = 10_000_000_000;
 /// Default number of pids kept.
 pub const DEFAULT_CAPACITY: usize = 4096;
+/// How soon a process described mid-exec (see `Entry::retries`) is read
+/// again.
+pub const RETRY_INCOMPLETE_NS: u64 = 10_000_000;
+/// How many times a process without a command line is read again: a kernel
+/// thread never gets one.
+const INCOMPLETE_RETRIES: u8 = 8;
 /// Thread names remembered per process (see `Entry::thread_names`).
 const MAX_THREAD_NAMES: usize = 32;
 /// Longest `process.command_line` kept, in bytes.
@@ -238,6 +244,12 @@ struct Entry {
     thread_names: Vec<Box<str>>,
     /// Start time of the process described; `None` when it could not be read.
     start: Option<u64>,
+    /// Reads left while /proc showed the process alive with no command line
+    /// or environment: it was caught inside exec (the new executable is
+    /// mapped, its arguments not yet), so it is read again after
+    /// [`RETRY_INCOMPLETE_NS`] instead of keeping a name without its
+    /// `OTEL_SERVICE_NAME`.
+    retries: u8,
     checked_ns: u64,
     used: u64,
 }
@@ -252,6 +264,9 @@ pub struct ResourceCounters {
     pub unknown: u64,
     /// Cached pids found reused by another process.
     pub pid_reused: u64,
+    /// Descriptions of a live process with neither command line nor
+    /// environment (caught inside exec, read again; or a kernel thread).
+    pub described_mid_exec: u64,
     /// Entries evicted at the capacity bound.
     pub evicted: u64,
 }
@@ -338,25 +353,37 @@ impl ResourceCache {
             self.map.remove(&pid);
             self.counters.pid_reused += 1;
         }
+        let mut retries = INCOMPLETE_RETRIES;
         let start = match self.map.get_mut(&pid) {
             Some(e) => {
                 e.used = tick;
-                if now_ns.saturating_sub(e.checked_ns) < REVALIDATE_NS {
+                let since = now_ns.saturating_sub(e.checked_ns);
+                let retry = e.retries > 0 && since >= RETRY_INCOMPLETE_NS;
+                if !retry && since < REVALIDATE_NS {
                     return e.res.clone();
                 }
                 e.checked_ns = now_ns;
-                let (seen, res) = (e.start, e.res.clone());
+                let (seen, res, left) = (e.start, e.res.clone(), e.retries);
                 let current = self.read_start(pid);
-                // Gone (None) keeps what was seen alive; same start: same process.
-                if current.is_none() || current == seen {
+                // Gone (None) keeps what was seen alive; same start: same
+                // process, described again only if it was caught mid-exec.
+                if current.is_none() || (current == seen && !retry) {
                     return res;
                 }
-                self.counters.pid_reused += 1;
+                if current == seen {
+                    retries = left - 1;
+                } else {
+                    self.counters.pid_reused += 1;
+                }
                 current
             }
             None => self.read_start(pid),
         };
-        let (res, proc_comm) = self.describe(pid, start.is_some(), comm);
+        let (res, proc_comm, incomplete) = self.describe(pid, start.is_some(), comm);
+        if incomplete {
+            self.counters.described_mid_exec += 1;
+        }
+        let retries = if incomplete { retries } else { 0 };
         let res = Arc::new(res);
         if !self.map.contains_key(&pid) && self.map.len() >= self.cap {
             self.evict();
@@ -368,6 +395,7 @@ impl ResourceCache {
                 comm: proc_comm.or(comm.map(str::to_owned)).map(Box::from),
                 thread_names: Vec::new(),
                 start,
+                retries,
                 checked_ns: now_ns,
                 used: tick,
             },
@@ -468,14 +496,16 @@ impl ResourceCache {
         }
     }
 
-    /// The resource of `pid`, and its name in /proc/PID/comm (if read).
-    /// /proc is read only when the process is `alive`.
+    /// The resource of `pid`, its name in /proc/PID/comm (if read), and
+    /// whether /proc showed it alive with neither command line nor
+    /// environment (mid-exec, or a kernel thread). /proc is read only when
+    /// the process is `alive`.
     fn describe(
         &mut self,
         pid: Pid,
         alive: bool,
         comm: Option<&str>,
-    ) -> (Resource, Option<String>) {
+    ) -> (Resource, Option<String>, bool) {
         let mut attrs: Vec<(String, AttrValue)> = Vec::with_capacity(16);
         // service.name first; its value is settled below.
         attrs.push(("service.name".into(), AttrValue::Str(String::new())));
@@ -501,6 +531,7 @@ impl ResourceCache {
         } else {
             ProcFacts::default()
         };
+        let incomplete = alive && argv.is_empty() && env_service.is_none() && env_attrs.is_empty();
         let mut env_resource_service = None;
         for (k, v) in env_attrs {
             if k == "service.name" {
@@ -561,7 +592,7 @@ impl ResourceCache {
         for (k, v) in telemetry_attributes() {
             attrs.push((k.into(), AttrValue::Str(v.into())));
         }
-        (Resource::new(attrs), proc_comm)
+        (Resource::new(attrs), proc_comm, incomplete)
     }
 
     /// The target of a symbolic link under /proc/PID (`exe`, `cwd`).
@@ -786,6 +817,50 @@ pub(crate) mod tests {
         assert_eq!(r.service_name(), "curl");
         assert_eq!(s(&r, SERVICE_NAME_SOURCE).as_deref(), Some("comm"));
         assert_eq!(c.counters().described, 3);
+    }
+
+    #[test]
+    fn a_process_caught_inside_exec_is_read_again() {
+        let t = TempDir::new("res");
+        host(&t.0);
+        // Inside exec: the new executable is mapped (exe, comm), its
+        // arguments and environment are not there yet.
+        fake_proc(&t.0, 40, 5, &["OTEL_SERVICE_NAME=billing"], "");
+        let d = t.0.join("40");
+        let (environ, cmdline) = (
+            std::fs::read(d.join("environ")).unwrap(),
+            std::fs::read(d.join("cmdline")).unwrap(),
+        );
+        std::fs::write(d.join("environ"), b"").unwrap();
+        std::fs::write(d.join("cmdline"), b"").unwrap();
+        let mut c = ResourceCache::new(&t.0, vec![], 16);
+        assert_eq!(c.get(Pid(40), 0).service_name(), "python3.11");
+        std::fs::write(d.join("environ"), environ).unwrap();
+        std::fs::write(d.join("cmdline"), cmdline).unwrap();
+        assert_eq!(
+            c.get(Pid(40), RETRY_INCOMPLETE_NS / 2).service_name(),
+            "python3.11"
+        );
+        let r = c.get(Pid(40), RETRY_INCOMPLETE_NS);
+        assert_eq!(r.service_name(), "billing");
+        assert_eq!(c.counters().described_mid_exec, 1);
+        assert_eq!(c.counters().pid_reused, 0);
+        // Complete now: kept until the next reuse check.
+        assert_eq!(c.get(Pid(40), 5 * RETRY_INCOMPLETE_NS), r);
+        assert_eq!(c.counters().described, 2);
+        // A kernel thread never gets a command line: read a bounded number
+        // of times.
+        fake_proc(&t.0, 41, 5, &[], "");
+        let d = t.0.join("41");
+        std::fs::write(d.join("environ"), b"").unwrap();
+        std::fs::write(d.join("cmdline"), b"").unwrap();
+        for i in 0..100 {
+            c.get(Pid(41), i * RETRY_INCOMPLETE_NS);
+        }
+        assert_eq!(
+            c.counters().described_mid_exec,
+            2 + u64::from(INCOMPLETE_RETRIES)
+        );
     }
 
     #[test]
