@@ -140,6 +140,16 @@ fn check_grpc_span(s: &Value, service: &str, statuses: &[&str]) -> bool {
     unknown.is_empty() && !code.is_empty() && attr(s, "rpc.system") == "grpc"
 }
 
+/// Spans by kind and resource (what a count that is off was made of).
+fn sides(spans: &[Value]) -> String {
+    let mut n = std::collections::BTreeMap::<String, usize>::new();
+    for s in spans {
+        let key = format!("{} {}", f(s, "kind"), s["resource"]);
+        *n.entry(key).or_default() += 1;
+    }
+    format!("spans seen: {n:?}")
+}
+
 /// Server spans whose parent is a client span of `clients` (rule 3).
 fn linked(servers: &[&Value], clients: &[&Value]) -> usize {
     servers
@@ -190,8 +200,9 @@ fn grpc_unary_calls_on_one_channel_are_linked_with_rpc_attributes() {
     let out = agent.stop(SETTLE);
     let spans = receiver.spans();
     let (clients, servers) = (grpc_spans(&spans, "CLIENT"), grpc_spans(&spans, "SERVER"));
-    assert_eq!(clients.len(), n + 1, "counters: {}", out.stderr);
-    assert_eq!(servers.len(), n + 1, "counters: {}", out.stderr);
+    let seen = sides(&spans);
+    assert_eq!(clients.len(), n + 1, "{seen}; counters: {}", out.stderr);
+    assert_eq!(servers.len(), n + 1, "{seen}; counters: {}", out.stderr);
     for s in clients.iter().chain(&servers) {
         assert!(
             check_grpc_span(s, peer.service(), &["0", "5"]),
@@ -249,8 +260,9 @@ fn one_mib_messages_never_give_a_wrong_header(peer: Greeter) {
     // The kernel walks the frames of HTTP/2 connections and copies every
     // header block, also those behind large DATA frames in a 64 KiB packet:
     // every call, before and after the large one, is decoded whole.
-    assert_eq!(clients.len(), 4 + after, "counters: {}", out.stderr);
-    assert_eq!(servers.len(), 4 + after, "counters: {}", out.stderr);
+    let seen = sides(&spans);
+    assert_eq!(clients.len(), 4 + after, "{seen}; counters: {}", out.stderr);
+    assert_eq!(servers.len(), 4 + after, "{seen}; counters: {}", out.stderr);
     assert_eq!(whole, all, "counters: {}", out.stderr);
     assert_eq!(linked(&servers, &clients), 4 + after);
     // Nothing was lost on the way (the OTLP receiver's end of the agent's
