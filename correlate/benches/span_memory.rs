@@ -55,7 +55,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-/// 100k exchanges at 200k a second over 64 loopback connections, both
+/// 200k exchanges at 100k a second over 64 loopback connections, both
 /// ends seen, with a browser-ish client's headers (`request_id`: with an
 /// `x-request-id`).
 fn traffic(request_id: bool) -> Vec<Ev> {
@@ -74,8 +74,8 @@ fn traffic(request_id: bool) -> Vec<Ev> {
     if request_id {
         headers.push(("x-request-id", "9f2c4e1a-77b0-4c2e-9d1e-3b5a0c6f8e21"));
     }
-    for i in 0..100_000u64 {
-        let t = MS + i * 5 * US;
+    for i in 0..200_000u64 {
+        let t = MS + i * 10 * US;
         let c = &mut conns[(i % 64) as usize];
         let tid = (i % 8) as u32;
         let (client, server) = (at(t, 10, 10 + tid), at(t + US, 20, 20 + tid));
@@ -98,6 +98,8 @@ fn measure(name: &str, events: &[Ev], cfg: Config) {
     PEAK.store(base, Relaxed);
     let mut corr = Correlator::with_seed(cfg, 1);
     let (mut emitted, mut counted) = (0, 0);
+    // The estimate by structure when its total was largest.
+    let mut largest = (0, Vec::new());
     for (n, e) in events.iter().enumerate() {
         e.apply(&mut corr);
         if n % 512 == 0 {
@@ -105,6 +107,11 @@ fn measure(name: &str, events: &[Ev], cfg: Config) {
             emitted += spans.len();
             corr.recycle(spans);
             counted = counted.max(corr.span_bytes());
+            let parts = corr.heap_estimate();
+            let total: usize = parts.iter().map(|p| p.1).sum();
+            if total > largest.0 {
+                largest = (total, parts);
+            }
         }
     }
     let peak = PEAK.load(Relaxed) - base;
@@ -116,6 +123,16 @@ fn measure(name: &str, events: &[Ev], cfg: Config) {
         corr.counters().span_overflow
     );
     drop(corr);
+    let parts: Vec<String> = largest
+        .1
+        .iter()
+        .map(|(name, b)| format!("{name} {:.2}", *b as f64 / f64::from(1 << 20)))
+        .collect();
+    println!(
+        "  estimated at its largest {:.1} MiB: {}",
+        largest.0 as f64 / f64::from(1 << 20),
+        parts.join(", ")
+    );
 }
 
 fn main() {
@@ -127,7 +144,7 @@ fn main() {
     let with_id = traffic(true);
     measure("default", &with_id, base.clone());
     measure(
-        "thread entries kept one window, not 1 s",
+        "thread entries kept 0.3 s (the retention), not 1 s",
         &with_id,
         Config {
             sample_window_ns: base.window_ns,

@@ -12,7 +12,7 @@ use crate::attributes::{request_facts, response_status};
 use crate::causes::{task_key, Cause, CauseEvent, Causes};
 use crate::classify::Classifier;
 use crate::config::{Config, Counters, IdGen, SplitMix64};
-use crate::index::{MultiIndex, SpanKey, ThreadEntry, ThreadIndex};
+use crate::index::{table_bytes, MultiIndex, SpanKey, ThreadEntry, ThreadIndex};
 use crate::model::{
     ConnId, ConnInfo, Message, MessageKind, ParentSource, Pid, Request, Response, Side, Span,
     SpanId, SpanKind, Status, Texts, Tid, TraceId,
@@ -358,6 +358,52 @@ impl<G: IdGen> Correlator<G> {
     pub fn is_local(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         ip.is_loopback() || self.local.contains(&ip)
+    }
+
+    /// Heap bytes by structure, estimated from capacities (texts as
+    /// counted for the bound): what [`Config::max_span_bytes`] bounds
+    /// (`records`, `texts`, `spare texts`) and what it does not. Walks every
+    /// thread and connection: for benches and diagnostics, not per event.
+    pub fn heap_estimate(&self) -> Vec<(&'static str, usize)> {
+        let conns: usize = self
+            .conns
+            .values()
+            .map(|c| {
+                (c.fifo[0].capacity() + c.fifo[1].capacity()) * std::mem::size_of::<SpanKey>()
+                    + table_bytes::<((Side, u32), SpanKey)>(c.streams.capacity())
+            })
+            .sum();
+        let key = std::mem::size_of::<SpanKey>();
+        vec![
+            ("records", self.spans.heap_bytes()),
+            ("texts", self.text_bytes.get()),
+            ("spare texts", self.spare_bytes),
+            ("thread index", self.threads.heap_bytes()),
+            (
+                "request indexes",
+                self.seq_clients.heap_bytes()
+                    + self.seq_servers.heap_bytes()
+                    + self.rid_servers.heap_bytes()
+                    + self.fwd_servers.heap_bytes()
+                    + self.conn_servers.heap_bytes()
+                    + self.task_servers.heap_bytes(),
+            ),
+            (
+                "timers and queues",
+                self.timers.capacity() * std::mem::size_of::<(u64, Timer)>()
+                    + self.unemitted.capacity() * key
+                    + self.retained.capacity() * std::mem::size_of::<(u64, SpanKey)>()
+                    + self.conn_order.capacity() * std::mem::size_of::<(ConnId, u64)>(),
+            ),
+            (
+                "connections",
+                table_bytes::<(ConnId, ConnState)>(self.conns.capacity()) + conns,
+            ),
+            (
+                "output",
+                self.ready.capacity() * std::mem::size_of::<Span>(),
+            ),
+        ]
     }
 
     /// Span records held (in progress, waiting or retained).

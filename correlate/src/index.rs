@@ -17,6 +17,12 @@ use crate::model::{Pid, SpanId, Tid};
 /// Internal, never reused handle of a span record (creation order).
 pub(crate) type SpanKey = u64;
 
+/// Heap bytes of a hash table of `T` entries that can hold `capacity`
+/// (hashbrown: one control byte per bucket, buckets at most 8/7 of it).
+pub(crate) fn table_bytes<T>(capacity: usize) -> usize {
+    capacity * 8 / 7 * (std::mem::size_of::<T>() + 1)
+}
+
 /// One server span on a thread.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ThreadEntry {
@@ -161,6 +167,20 @@ pub(crate) struct InProgress {
 }
 
 impl ThreadIndex {
+    /// Heap bytes, estimated from capacities.
+    pub fn heap_bytes(&self) -> usize {
+        let per_thread: usize = self
+            .threads
+            .values()
+            .map(|t| {
+                t.entries.capacity() * std::mem::size_of::<ThreadEntry>()
+                    + t.open.capacity() * std::mem::size_of::<(u64, SpanKey)>()
+                    + t.long.capacity() * std::mem::size_of::<(u64, u64, SpanKey)>()
+            })
+            .sum();
+        table_bytes::<((Pid, Tid), ThreadSpans)>(self.threads.capacity()) + per_thread
+    }
+
     pub fn new(max_threads: usize, max_per_thread: usize) -> ThreadIndex {
         ThreadIndex {
             threads: HashMap::new(),
@@ -378,6 +398,19 @@ pub(crate) struct MultiIndex<K> {
 }
 
 impl<K: Hash + Eq> MultiIndex<K> {
+    /// Heap bytes, estimated from capacities.
+    pub fn heap_bytes(&self) -> usize {
+        let lists: usize = self
+            .map
+            .values()
+            .map(|k| match k {
+                Keys::Many(v) => v.capacity() * std::mem::size_of::<SpanKey>(),
+                Keys::One(_) => 0,
+            })
+            .sum();
+        table_bytes::<(K, Keys)>(self.map.capacity()) + lists
+    }
+
     pub fn new(cap: usize) -> MultiIndex<K> {
         MultiIndex {
             map: HashMap::new(),

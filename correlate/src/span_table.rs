@@ -28,6 +28,13 @@ impl SpanTable {
         self.slots.len()
     }
 
+    /// Heap bytes, estimated from capacities.
+    pub fn heap_bytes(&self) -> usize {
+        self.recs.capacity() * std::mem::size_of::<Option<SpanRec>>()
+            + crate::index::table_bytes::<(SpanKey, u32)>(self.slots.capacity())
+            + self.free.capacity() * std::mem::size_of::<u32>()
+    }
+
     pub fn contains_key(&self, key: &SpanKey) -> bool {
         self.slots.contains_key(key)
     }
