@@ -495,7 +495,7 @@ report_counters!(crate::export::resource::ResourceCounters, Stage::Export, {
     described: Detail, "Processes described from /proc.";
     unknown: Detail, "Processes gone before they could be described (named from the kernel).";
     pid_reused: Detail, "Processes described again (exec or pid reuse).";
-    described_mid_exec: Detail, "Live processes read with no command line yet (inside exec), read again.";
+    described_mid_exec: Detail, "Live processes read with an executable but no command line yet (inside exec), read again.";
     evicted: Detail, "Process descriptions dropped at the bound.";
 });
 

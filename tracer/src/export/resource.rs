@@ -45,8 +45,8 @@ pub const DEFAULT_CAPACITY: usize = 4096;
 /// How soon a process described mid-exec (see `Entry::retries`) is read
 /// again.
 pub const RETRY_INCOMPLETE_NS: u64 = 10_000_000;
-/// How many times a process without a command line is read again: a kernel
-/// thread never gets one.
+/// How many times a process without a command line is read again (one that
+/// wiped its own never gets one).
 const INCOMPLETE_RETRIES: u8 = 8;
 /// Thread names remembered per process (see `Entry::thread_names`).
 const MAX_THREAD_NAMES: usize = 32;
@@ -264,8 +264,8 @@ pub struct ResourceCounters {
     pub unknown: u64,
     /// Cached pids found reused by another process.
     pub pid_reused: u64,
-    /// Descriptions of a live process with neither command line nor
-    /// environment (caught inside exec, read again; or a kernel thread).
+    /// Descriptions of a live process with an executable but neither
+    /// command line nor environment (caught inside exec; read again).
     pub described_mid_exec: u64,
     /// Entries evicted at the capacity bound.
     pub evicted: u64,
@@ -497,9 +497,9 @@ impl ResourceCache {
     }
 
     /// The resource of `pid`, its name in /proc/PID/comm (if read), and
-    /// whether /proc showed it alive with neither command line nor
-    /// environment (mid-exec, or a kernel thread). /proc is read only when
-    /// the process is `alive`.
+    /// whether /proc showed it alive with an executable but neither command
+    /// line nor environment (mid-exec). /proc is read only when the process
+    /// is `alive`.
     fn describe(
         &mut self,
         pid: Pid,
@@ -531,7 +531,12 @@ impl ResourceCache {
         } else {
             ProcFacts::default()
         };
-        let incomplete = alive && argv.is_empty() && env_service.is_none() && env_attrs.is_empty();
+        // A kernel thread has no executable: it never gets a command line.
+        let incomplete = alive
+            && exe.is_some()
+            && argv.is_empty()
+            && env_service.is_none()
+            && env_attrs.is_empty();
         let mut env_resource_service = None;
         for (k, v) in env_attrs {
             if k == "service.name" {
@@ -848,8 +853,8 @@ pub(crate) mod tests {
         // Complete now: kept until the next reuse check.
         assert_eq!(c.get(Pid(40), 5 * RETRY_INCOMPLETE_NS), r);
         assert_eq!(c.counters().described, 2);
-        // A kernel thread never gets a command line: read a bounded number
-        // of times.
+        // A process that never shows a command line is read a bounded
+        // number of times.
         fake_proc(&t.0, 41, 5, &[], "");
         let d = t.0.join("41");
         std::fs::write(d.join("environ"), b"").unwrap();
@@ -857,6 +862,21 @@ pub(crate) mod tests {
         for i in 0..100 {
             c.get(Pid(41), i * RETRY_INCOMPLETE_NS);
         }
+        assert_eq!(
+            c.counters().described_mid_exec,
+            2 + u64::from(INCOMPLETE_RETRIES)
+        );
+        // A kernel thread (no executable) is not mid-exec: read once.
+        fake_proc(&t.0, 42, 5, &[], "");
+        let d = t.0.join("42");
+        std::fs::write(d.join("environ"), b"").unwrap();
+        std::fs::write(d.join("cmdline"), b"").unwrap();
+        std::fs::remove_file(d.join("exe")).unwrap();
+        let described = c.counters().described;
+        for i in 0..100 {
+            c.get(Pid(42), i * RETRY_INCOMPLETE_NS);
+        }
+        assert_eq!(c.counters().described, described + 1);
         assert_eq!(
             c.counters().described_mid_exec,
             2 + u64::from(INCOMPLETE_RETRIES)
