@@ -68,6 +68,9 @@ def main():
                 print("%-14s %d connections opened with the agent %s" % (
                     "", total, "FEWER than 100,000" if few else "ok"))
             print("%-14s memory: %s" % ("", agent.memory.describe()))
+            heap = re.findall(r"heap_bytes\{(\w+)\}=([0-9.e+]+)", summary)
+            print("%-14s correlator heap (peak capacities): %s" % ("", ", ".join(
+                "%s %.1f MiB" % (part, float(b) / 2**20) for part, b in heap) or "?"))
             print("%-14s anomalies: %s" % ("", anomalies.group(1) if anomalies else "?"))
             print("%-14s export: %s" % ("", export.group(1)[:300] if export else "?"), flush=True)
     finally:

@@ -362,7 +362,7 @@ impl<G: IdGen> Correlator<G> {
 
     /// Heap bytes by structure, estimated from capacities (texts as
     /// counted for the bound): what [`Config::max_span_bytes`] bounds
-    /// (`records`, `texts`, `spare texts`) and what it does not. Walks every
+    /// (`records`, `texts`, `spare_texts`) and what it does not. Walks every
     /// thread and connection: for benches and diagnostics, not per event.
     pub fn heap_estimate(&self) -> Vec<(&'static str, usize)> {
         let conns: usize = self
@@ -377,10 +377,10 @@ impl<G: IdGen> Correlator<G> {
         vec![
             ("records", self.spans.heap_bytes()),
             ("texts", self.text_bytes.get()),
-            ("spare texts", self.spare_bytes),
-            ("thread index", self.threads.heap_bytes()),
+            ("spare_texts", self.spare_bytes),
+            ("thread_index", self.threads.heap_bytes()),
             (
-                "request indexes",
+                "request_indexes",
                 self.seq_clients.heap_bytes()
                     + self.seq_servers.heap_bytes()
                     + self.rid_servers.heap_bytes()
@@ -389,7 +389,7 @@ impl<G: IdGen> Correlator<G> {
                     + self.task_servers.heap_bytes(),
             ),
             (
-                "timers and queues",
+                "timers_and_queues",
                 self.timers.capacity() * std::mem::size_of::<(u64, Timer)>()
                     + self.unemitted.capacity() * key
                     + self.retained.capacity() * std::mem::size_of::<(u64, SpanKey)>()

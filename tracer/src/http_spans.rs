@@ -426,6 +426,12 @@ impl HttpSpans {
         (c.live_spans(), c.span_bytes())
     }
 
+    /// The correlator's heap bytes by structure (see
+    /// `Correlator::heap_estimate`; walks its tables).
+    pub fn correlator_heap(&self) -> Vec<(&'static str, usize)> {
+        self.out.correlator.heap_estimate()
+    }
+
     /// The correlator's reorder window now (ns).
     pub fn window_ns(&self) -> u64 {
         self.out.correlator.window_ns()

@@ -363,6 +363,18 @@ fn snapshot(
             Show::Detail,
             bytes as f64,
         ));
+        for (part, bytes) in http.correlator_heap() {
+            m.push(
+                Metric::gauge(
+                    Stage::Correlation,
+                    "heap_bytes",
+                    "The correlator's heap by structure, estimated from capacities (which never shrink: the peak).",
+                    Show::Detail,
+                    bytes as f64,
+                )
+                .with_label("part", part),
+            );
+        }
         m.push(Metric::gauge(
             Stage::Correlation,
             "window_ms",
