@@ -373,7 +373,6 @@ impl<G: IdGen> Correlator<G> {
                     + table_bytes::<((Side, u32), SpanKey)>(c.streams.capacity())
             })
             .sum();
-        let key = std::mem::size_of::<SpanKey>();
         vec![
             ("records", self.spans.heap_bytes()),
             ("texts", self.text_bytes.get()),
@@ -391,7 +390,7 @@ impl<G: IdGen> Correlator<G> {
             (
                 "timers_and_queues",
                 self.timers.capacity() * std::mem::size_of::<(u64, Timer)>()
-                    + self.unemitted.capacity() * key
+                    + self.unemitted.capacity() * std::mem::size_of::<SpanKey>()
                     + self.retained.capacity() * std::mem::size_of::<(u64, SpanKey)>()
                     + self.conn_order.capacity() * std::mem::size_of::<(ConnId, u64)>(),
             ),

@@ -24,7 +24,7 @@ const EPOCH_NS: u64 = 1_000_000_000;
 const FACTOR: u64 = 2;
 /// Inputs per configured window from which a shorter window pays: about
 /// 1,000 spans held, half a megabyte of records and their texts.
-pub(crate) const BUSY_INPUTS: u64 = 2_048;
+const BUSY_INPUTS: u64 = 2_048;
 
 #[derive(Clone, Debug)]
 pub(crate) struct ReorderWindow {

@@ -353,8 +353,8 @@ impl ResourceCache {
             self.map.remove(&pid);
             self.counters.pid_reused += 1;
         }
-        let mut retries = INCOMPLETE_RETRIES;
-        let start = match self.map.get_mut(&pid) {
+        // Reads left if this description is caught mid-exec too.
+        let (start, retries_left) = match self.map.get_mut(&pid) {
             Some(e) => {
                 e.used = tick;
                 let since = now_ns.saturating_sub(e.checked_ns);
@@ -371,19 +371,19 @@ impl ResourceCache {
                     return res;
                 }
                 if current == seen {
-                    retries = left - 1;
+                    (current, left - 1)
                 } else {
                     self.counters.pid_reused += 1;
+                    (current, INCOMPLETE_RETRIES)
                 }
-                current
             }
-            None => self.read_start(pid),
+            None => (self.read_start(pid), INCOMPLETE_RETRIES),
         };
         let (res, proc_comm, incomplete) = self.describe(pid, start.is_some(), comm);
         if incomplete {
             self.counters.described_mid_exec += 1;
         }
-        let retries = if incomplete { retries } else { 0 };
+        let retries = if incomplete { retries_left } else { 0 };
         let res = Arc::new(res);
         if !self.map.contains_key(&pid) && self.map.len() >= self.cap {
             self.evict();
