@@ -19,7 +19,7 @@
 use std::{
     future::Future,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     thread,
@@ -97,7 +97,12 @@ pub struct QueueBound {
     items: AtomicU64,
     bytes: AtomicU64,
     peak_bytes: AtomicU64,
+    /// The destination's last attempt failed: see [`Self::set_failing`].
+    failing: AtomicBool,
 }
+
+/// While the destination fails, the bound admits this fraction of itself.
+const FAILING_SHARE: u64 = 4;
 
 impl QueueBound {
     /// At most `max_items` items and `max_bytes` bytes held (each at
@@ -109,7 +114,18 @@ impl QueueBound {
             items: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             peak_bytes: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the destination is failing now. While it is, a quarter of
+    /// the bound is admitted: what would only wait for a receiver that may
+    /// not come back is held in less memory (an endpoint down for the whole
+    /// run would otherwise keep the whole bound), and what no longer fits
+    /// is dropped as queue-full, as it soon would be anyway. The first
+    /// delivery restores the whole bound.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
     }
 
     /// Holds `items`/`bytes` if they fit; `false` (nothing held) when they
@@ -118,7 +134,8 @@ impl QueueBound {
     pub fn admit(&self, items: u64, bytes: u64) -> bool {
         let held_items = self.items.fetch_add(items, Ordering::Relaxed);
         let held_bytes = self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        let fits = held_items + items <= self.max_items && held_bytes + bytes <= self.max_bytes;
+        let (max_items, max_bytes) = self.limits();
+        let fits = held_items + items <= max_items && held_bytes + bytes <= max_bytes;
         if fits || held_items == 0 {
             self.peak_bytes
                 .fetch_max(held_bytes + bytes, Ordering::Relaxed);
@@ -126,6 +143,19 @@ impl QueueBound {
         }
         self.release(items, bytes);
         false
+    }
+
+    /// The bound in force now: (items, bytes).
+    fn limits(&self) -> (u64, u64) {
+        let share = if self.failing.load(Ordering::Relaxed) {
+            FAILING_SHARE
+        } else {
+            1
+        };
+        (
+            (self.max_items / share).max(1),
+            (self.max_bytes / share).max(1),
+        )
     }
 
     /// Lets go of what [`admit`](Self::admit) held.
@@ -145,9 +175,10 @@ impl QueueBound {
     /// Items and bytes that would still fit now.
     pub fn room(&self) -> (u64, u64) {
         let (items, bytes) = self.held();
+        let (max_items, max_bytes) = self.limits();
         (
-            self.max_items.saturating_sub(items),
-            self.max_bytes.saturating_sub(bytes),
+            max_items.saturating_sub(items),
+            max_bytes.saturating_sub(bytes),
         )
     }
 
@@ -715,6 +746,7 @@ async fn deliver_one<D: Deliver>(
                 add(&counts.rejected, rejected);
                 add(&counts.requests, 1);
                 add(&counts.bytes, wire_bytes as u64);
+                counts.queue.set_failing(false);
                 if rejected > 0 {
                     inner.log().failure(
                         cfg.what,
@@ -737,7 +769,10 @@ async fn deliver_one<D: Deliver>(
                 leave(Some(DropReason::Failed));
                 break;
             }
-            Attempt::Retry { error, after } => (error, after),
+            Attempt::Retry { error, after } => {
+                counts.queue.set_failing(true);
+                (error, after)
+            }
         };
         add(&counts.errors, 1);
         let wait = after.unwrap_or_else(|| inner.jitter(delay));
@@ -992,6 +1027,29 @@ mod tests {
         );
         assert_eq!(c.dropped_shutdown, 10, "{c:?}");
         assert_eq!((c.queued, c.queued_bytes, c.exported), (0, 0, 0), "{c:?}");
+    }
+
+    #[test]
+    fn a_failing_destination_holds_a_quarter_of_the_bound() {
+        // The first attempt fails and waits 300 ms before its retry.
+        let answers = vec![retry(
+            "connection refused",
+            Some(Duration::from_millis(300)),
+        )];
+        let mut c = cfg();
+        c.in_flight = 1;
+        let (mut w, _) = start(c, answers, Duration::ZERO);
+        w.submit(Bytes(1, 100)).unwrap();
+        wait_until("the failure", || w.counters().retries == 1);
+        assert_eq!(w.room(), (24, 150), "a quarter of 100 items and 1000 bytes");
+        assert!(w.submit(Bytes(1, 150)).is_ok());
+        assert!(w.submit(Bytes(1, 10)).is_err(), "260 bytes > 250");
+        wait_until("delivery", || w.counters().queued == 0);
+        // Delivered again: the whole bound.
+        assert_eq!(w.room(), (100, 1000));
+        assert!(w.submit(Bytes(1, 600)).is_ok());
+        let c = w.shutdown(Duration::from_secs(2));
+        assert_eq!((c.exported, c.dropped_queue_full), (3, 1), "{c:?}");
     }
 
     #[test]
