@@ -556,10 +556,19 @@ impl<G: IdGen> Correlator<G> {
     /// Advance time to `now_ns`, settle what is due, and return the spans
     /// finished since the last call.
     pub fn poll(&mut self, now_ns: u64) -> Vec<Span> {
+        self.poll_at_most(now_ns, usize::MAX)
+    }
+
+    /// [`poll`](Self::poll), but settling stops once `max` spans are ready;
+    /// the rest stay due for the next call. A caller that polls late (a
+    /// backlog, a busy host) calls again until fewer than `max` come, and
+    /// moves each part on before the next, rather than holding every span
+    /// that became due at once. The spans are the same either way.
+    pub fn poll_at_most(&mut self, now_ns: u64, max: usize) -> Vec<Span> {
         self.advance(now_ns);
         self.window.tick(self.clock);
         while let Some(&(at, timer)) = self.timers.front() {
-            if at > self.clock {
+            if at > self.clock || self.ready.len() >= max {
                 break;
             }
             self.timers.pop_front();
@@ -581,6 +590,19 @@ impl<G: IdGen> Correlator<G> {
             self.last_prune = self.clock;
             self.prune_indexes();
         }
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Spans emitted since the last [`poll`](Self::poll) (or
+    /// [`take_ready`](Self::take_ready)) and not yet handed out.
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// The spans emitted so far, without advancing time: a caller that
+    /// feeds a long backlog between polls takes them as they come, so they
+    /// are not all held at once.
+    pub fn take_ready(&mut self) -> Vec<Span> {
         std::mem::take(&mut self.ready)
     }
 

@@ -346,6 +346,60 @@ fn spans_are_not_emitted_before_their_trace_is_known() {
 }
 
 #[test]
+fn spans_taken_in_parts_are_the_spans_one_poll_returns() {
+    // Two windows of traffic with no poll between: everything becomes due
+    // at once.
+    let ch = chain(&ChainOpts {
+        requests: 20,
+        ..ChainOpts::default()
+    });
+    let mut whole = Correlator::with_seed(cfg(), 7);
+    let mut parts = Correlator::with_seed(cfg(), 7);
+    let mut got = Vec::new();
+    let mut last = 0;
+    for e in &ch.events {
+        last = last.max(e.time());
+        e.apply(&mut whole);
+        e.apply(&mut parts);
+        got.extend(parts.take_ready());
+    }
+    assert_eq!(parts.ready_len(), 0);
+    let mut calls = 0;
+    loop {
+        let part = parts.poll_at_most(last + W, 3);
+        // One decision emits a span and the descendants waiting on it (a
+        // chain is 6 spans deep).
+        assert!(part.len() < 3 + 6, "{}", part.len());
+        calls += 1;
+        let n = part.len();
+        got.extend(part);
+        if n < 3 {
+            break;
+        }
+    }
+    let all = whole.poll(last + W);
+    assert!(
+        calls > all.len() / 5,
+        "{calls} calls for {} spans",
+        all.len()
+    );
+    let key = |s: &Span| {
+        (
+            s.span_id,
+            s.parent_span_id,
+            s.trace_id,
+            s.start_ns,
+            s.end_ns,
+        )
+    };
+    let mut a: Vec<_> = all.iter().map(key).collect();
+    let mut b: Vec<_> = got.iter().map(key).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+}
+
+#[test]
 fn client_message_later_than_the_window_makes_a_root_and_is_counted() {
     let ch = chain(&ChainOpts {
         requests: 1,

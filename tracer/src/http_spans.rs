@@ -366,8 +366,32 @@ impl HttpSpans {
 
     /// Spans finished by `now_ns`.
     pub fn poll(&mut self, now_ns: u64) -> Vec<Span> {
+        self.poll_at_most(now_ns, usize::MAX)
+    }
+
+    /// Spans finished by `now_ns`, at most about `max` (call again until
+    /// fewer come).
+    pub fn poll_at_most(&mut self, now_ns: u64, max: usize) -> Vec<Span> {
         self.out.now_ns = self.out.now_ns.max(now_ns);
-        self.out.correlator.poll(now_ns)
+        self.out.correlator.poll_at_most(now_ns, max)
+    }
+
+    /// The connection was closed (its table entry lingers for late
+    /// records): its parser's idle buffers are freed.
+    pub fn closing(&mut self, cookie: u64) {
+        if let Some(c) = self.conns.get_mut(&cookie) {
+            c.parser.trim();
+        }
+    }
+
+    /// Spans finished while messages were fed, not yet polled.
+    pub fn ready_len(&self) -> usize {
+        self.out.correlator.ready_len()
+    }
+
+    /// Those spans, taken without advancing time.
+    pub fn take_ready(&mut self) -> Vec<Span> {
+        self.out.correlator.take_ready()
     }
 
     /// Every span still held (agent exit).
