@@ -640,6 +640,15 @@ impl ConnParser {
         }
     }
 
+    /// The connection was closed: buffers an idle HTTP/1 parser keeps for
+    /// the next message are freed (late records still parse).
+    pub fn trim(&mut self) {
+        if let Kind::Http1 { conn, .. } = &mut self.kind {
+            conn.trim();
+        }
+        self.spare_h1 = None;
+    }
+
     /// Back to a new connection's state with `client` known or not,
     /// keeping the parsers' allocations where the protocol repeats.
     pub fn reset(&mut self, client: Option<Dir>) {

@@ -120,6 +120,8 @@ pub enum CtlRequest {
 pub trait Sink {
     /// A ready range of one direction of a connection.
     fn chunk(&mut self, conn: &ConnInfo, dir: Dir, chunk: &Chunk<'_>);
+    /// The connection was closed; its entry lingers for late records.
+    fn closing(&mut self, _conn: &ConnInfo) {}
     /// The connection is gone (closed or evicted); nothing more will come.
     fn closed(&mut self, _conn: &ConnInfo) {}
     /// End of a batch of records: push out buffered output.
@@ -650,6 +652,9 @@ impl Conns {
             TCP_CLOSE => {
                 if conn.closed_at.is_none() {
                     newly_closed = true;
+                    // What lingers for late records need not keep buffers.
+                    conn.streams.iter_mut().for_each(StreamReassembler::trim);
+                    sink.closing(&conn.info);
                 }
                 conn.closed_at = Some(st.ts_ns);
             }

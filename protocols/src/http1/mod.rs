@@ -568,6 +568,12 @@ impl Http1Connection {
         }
     }
 
+    /// Frees the idle directions' buffers (see [`Http1Parser::trim`]).
+    pub fn trim(&mut self) {
+        self.requests.trim();
+        self.responses.trim();
+    }
+
     /// Back to a fresh connection's state, keeping allocations.
     pub fn reset(&mut self) {
         self.requests.reset();

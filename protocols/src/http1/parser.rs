@@ -114,6 +114,26 @@ impl Http1Parser {
         };
     }
 
+    /// Frees buffer capacity while no message is open and nothing is
+    /// buffered (the state stays): a closed connection that lingers for
+    /// late records then holds no head buffers.
+    pub fn trim(&mut self) {
+        if matches!(self.state, State::Head) && self.head.is_empty() && self.cur.is_none() {
+            self.head = Vec::new();
+            self.cur_head = ParsedHead::default();
+            self.scratch = Vec::new();
+            if self.marks.is_empty() {
+                self.marks = Vec::new();
+            }
+        }
+        if self.expected.is_empty() {
+            self.expected = VecDeque::new();
+        }
+        if self.kinds_out.is_empty() {
+            self.kinds_out = VecDeque::new();
+        }
+    }
+
     /// A parser for a direction carrying `role` messages.
     pub fn new(role: Role, config: Http1Config) -> Self {
         let cfg = Http1Config {

@@ -115,6 +115,47 @@ fn simple_get() {
 }
 
 #[test]
+fn trim_keeps_what_a_message_in_progress_needs() {
+    // A head cut in two, trimmed between the halves.
+    let mut p = req();
+    assert!(run(&mut p, &[In::D(&GET[..10])]).is_empty());
+    p.trim();
+    let v = run(&mut p, &[In::D(&GET[10..])]);
+    assert_eq!(sums(&v)[0].line, "GET /index.html?q=1");
+    // A body in progress, and a request kind still expected (HEAD).
+    let mut p = resp_expecting(&[RequestKind::Other, RequestKind::Head]);
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe";
+    assert!(run(&mut p, &[In::D(head)]).is_empty());
+    p.trim();
+    let v = run(&mut p, &[In::D(b"llo")]);
+    assert_eq!(
+        sums(&v),
+        vec![m(
+            "200 OK",
+            0,
+            head.len() as u64 + 3,
+            BodyFraming::ContentLength(5),
+            Some(5)
+        )]
+    );
+    p.trim();
+    let next = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n";
+    let v = run(&mut p, &[In::D(next)]);
+    let start = head.len() as u64 + 3;
+    assert_eq!(
+        sums(&v),
+        vec![m(
+            "200 OK",
+            start,
+            start + next.len() as u64,
+            BodyFraming::None,
+            Some(0)
+        )],
+        "the answer to HEAD has no body"
+    );
+}
+
+#[test]
 fn byte_by_byte() {
     let mut p = req();
     let v: Vec<Message> = GET

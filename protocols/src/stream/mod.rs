@@ -460,6 +460,26 @@ impl StreamReassembler {
         self.fin = None;
     }
 
+    /// Frees what is allocated but holds nothing (spare buffers, empty
+    /// lists' capacity): a closed connection that waits only for late
+    /// records then costs little, and a storm of short connections does
+    /// not keep every one's buffers. Buffered bytes and operations stay.
+    pub fn trim(&mut self) {
+        self.spans.trim();
+        if self.ops.is_empty() {
+            self.ops = VecDeque::new();
+        }
+        self.piece_buf = Vec::new();
+    }
+
+    /// Heap bytes allocated by the buffers (tests of [`trim`](Self::trim)).
+    #[cfg(test)]
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.spans.heap_bytes()
+            + self.ops.capacity() * std::mem::size_of::<PendingOp>()
+            + self.piece_buf.capacity() * std::mem::size_of::<Piece<'_>>()
+    }
+
     /// The peer's FIN carries sequence number `seq`. A FIN takes one
     /// sequence number, and a receive call that reads the last bytes and the
     /// FIN together reports the sequence number past the FIN as its end:

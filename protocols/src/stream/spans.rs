@@ -283,6 +283,28 @@ impl SpanStore {
         Some(r)
     }
 
+    /// Frees the spare buffers and the list's capacity when nothing is
+    /// buffered.
+    pub(super) fn trim(&mut self) {
+        if self.spans.is_empty() {
+            self.pool = Vec::new();
+            self.spans = VecDeque::new();
+        }
+    }
+
+    /// Heap bytes allocated: the list and the buffers, spare or in use.
+    #[cfg(test)]
+    pub(super) fn heap_bytes(&self) -> usize {
+        let data: usize = self
+            .spans
+            .iter()
+            .filter_map(|s| s.data.as_ref())
+            .map(Vec::capacity)
+            .sum();
+        let pool: usize = self.pool.iter().map(Vec::capacity).sum();
+        data + pool + self.spans.capacity() * std::mem::size_of::<Span>()
+    }
+
     /// Drops everything.
     pub(super) fn clear(&mut self) {
         while self.pop_back().is_some() {}

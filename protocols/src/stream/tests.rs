@@ -127,6 +127,29 @@ fn in_order_segment_then_op() {
 }
 
 #[test]
+fn trim_frees_spare_buffers_and_keeps_what_is_buffered() {
+    let mut r = new();
+    r.push_segment(1000, 5, b"hello", MS);
+    r.push_op(1005, 5, meta(7, MS));
+    assert_eq!(poll(&mut r, MS).len(), 1);
+    assert!(
+        r.heap_bytes() > 0,
+        "the delivered segment's buffer is kept for reuse"
+    );
+    r.trim();
+    assert_eq!(r.heap_bytes(), 0);
+    // Bytes still waiting for their call stay through a trim.
+    r.push_segment(1005, 6, b" world", 2 * MS);
+    r.trim();
+    assert_eq!(r.buffered(), (1, 6, 0));
+    r.push_op(1011, 6, meta(8, 2 * MS));
+    assert_eq!(
+        poll(&mut r, 2 * MS),
+        vec![c(1005, 5, Some(8), vec![d(b" world")])]
+    );
+}
+
+#[test]
 fn op_before_segment() {
     let mut r = new();
     r.push_op(110, 10, meta(1, MS));
