@@ -466,7 +466,9 @@ impl StreamReassembler {
     /// not keep every one's buffers. Buffered bytes and operations stay.
     pub fn trim(&mut self) {
         self.spans.trim();
-        self.ops.shrink_to_fit();
+        if self.ops.is_empty() {
+            self.ops = VecDeque::new();
+        }
         self.piece_buf = Vec::new();
     }
 

@@ -283,10 +283,13 @@ impl SpanStore {
         Some(r)
     }
 
-    /// Frees the spare buffers and the list's unused capacity.
+    /// Frees the spare buffers and the list's capacity when nothing is
+    /// buffered.
     pub(super) fn trim(&mut self) {
-        self.pool = Vec::new();
-        self.spans.shrink_to_fit();
+        if self.spans.is_empty() {
+            self.pool = Vec::new();
+            self.spans = VecDeque::new();
+        }
     }
 
     /// Heap bytes allocated: the list and the buffers, spare or in use.
