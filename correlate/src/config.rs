@@ -28,6 +28,12 @@ pub struct Config {
     /// correlator after unwinding, which can take a while on a cold cache).
     /// Costs a few dozen bytes per server span, not a span record.
     pub sample_window_ns: u64,
+    /// How long (ns) after a request was lost on its way in it may still
+    /// be in flight: meanwhile forwarding and request ids do not link the
+    /// calls of its process (see [`crate::Correlator::inbound_lost`]). A
+    /// proxy forwards within milliseconds of reading; a lost request still
+    /// unanswered after this could be taken for another's absence.
+    pub loss_hold_ns: u64,
     /// Maximum tracked connections; opening one more evicts the oldest
     /// (its outstanding requests end as errors).
     pub max_connections: usize,
@@ -84,6 +90,7 @@ impl Default for Config {
             min_window_ns: 30_000_000,
             retention_ns: 300_000_000,
             sample_window_ns: 1_000_000_000,
+            loss_hold_ns: 1_000_000_000,
             max_connections: 65_536,
             max_outstanding_per_conn: 64,
             max_spans: 65_536,
@@ -208,6 +215,21 @@ pub struct Counters {
     /// Client spans repeating several inbound requests in flight (not
     /// linked by forwarding).
     pub forward_ambiguous: u64,
+    /// Losses that may have hidden a request read by a process (stream
+    /// holes, messages without their call, records the kernel dropped):
+    /// uniqueness rules do not apply to its calls while it may be in flight.
+    pub inbound_losses: u64,
+    /// Indexes of requests in flight that forgot live entries at their
+    /// bound (uniqueness rules do not apply meanwhile).
+    pub index_overflow: u64,
+    /// Parent decisions that waited for the inputs from before the call to
+    /// be complete (a uniqueness rule had a candidate).
+    pub unique_waits: u64,
+    /// Uniqueness rules refused: a loss may have hidden another candidate.
+    pub unique_refused_loss: u64,
+    /// Uniqueness rules refused: the inputs from before the call were not
+    /// known complete in time (or the wait outlived the records).
+    pub unique_refused_unconfirmed: u64,
     /// Client spans whose rules named different parents (not linked).
     pub evidence_conflict: u64,
     /// Parent decisions that waited for an inbound response to return the

@@ -13,6 +13,7 @@ use crate::causes::{task_key, Cause, CauseEvent, Causes};
 use crate::classify::Classifier;
 use crate::config::{Config, Counters, IdGen, SplitMix64};
 use crate::index::{table_bytes, MultiIndex, SpanKey, ThreadEntry, ThreadIndex};
+use crate::loss::LossMarks;
 use crate::model::{
     ConnId, ConnInfo, Message, MessageKind, ParentSource, Pid, Request, Response, Side, Span,
     SpanId, SpanKind, Status, Texts, Tid, TraceId,
@@ -97,6 +98,8 @@ pub(crate) struct SpanRec {
     /// Client span whose decision already waited a window for an inbound
     /// response's request id.
     pub waited: bool,
+    /// Client span whose decision waited for complete inputs.
+    pub awaited_complete: bool,
     /// Client span written while its process had server requests in flight.
     pub busy: bool,
     /// Its end is when the capture lost the connection's data, not when
@@ -262,6 +265,14 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     pub(crate) task_servers: MultiIndex<u64>,
     /// How each process serves requests (rule 4).
     pub(crate) classify: Classifier,
+    /// Where requests may have been lost (uniqueness rules do not apply).
+    pub(crate) losses: LossMarks,
+    /// How far the driver has delivered its inputs (see
+    /// [`Correlator::complete_until`]); `None` until it says.
+    pub(crate) complete: Option<u64>,
+    /// Client spans whose parent waits for the inputs from before their
+    /// start to be complete: (start, key).
+    pub(crate) await_complete: Vec<(u64, SpanKey)>,
     /// Hashes request-id values (seeded: values come from the network).
     pub(crate) rid_hasher: foldhash::fast::RandomState,
     pub(crate) ready: Vec<Span>,
@@ -313,6 +324,9 @@ impl<G: IdGen> Correlator<G> {
             call_causes: HashMap::new(),
             task_servers: MultiIndex::new(index_cap),
             classify: Classifier::new(&config),
+            losses: LossMarks::default(),
+            complete: None,
+            await_complete: Vec::new(),
             rid_hasher: foldhash::fast::RandomState::default(),
             cfg: config,
             ids,
@@ -378,6 +392,11 @@ impl<G: IdGen> Correlator<G> {
             ("texts", self.text_bytes.get()),
             ("spare_texts", self.spare_bytes),
             ("thread_index", self.threads.heap_bytes()),
+            (
+                "losses",
+                self.losses.heap_bytes()
+                    + self.await_complete.capacity() * std::mem::size_of::<(u64, SpanKey)>(),
+            ),
             (
                 "request_indexes",
                 self.seq_clients.heap_bytes()
@@ -527,6 +546,29 @@ impl<G: IdGen> Correlator<G> {
         self.counters.causes_forgotten += self.causes.event(pid, tid, t_ns, ev);
     }
 
+    /// Inputs that may have held a request read by `pid` (`None`: the
+    /// process is not known) from `at_ns` on were lost: a hole in a stream,
+    /// a message without its call, records the kernel could not deliver.
+    /// Until that request could no longer be in flight, no process-wide
+    /// uniqueness (a forwarded request, a request id) links a call of that
+    /// process: the lost request might have been the one.
+    pub fn inbound_lost(&mut self, pid: Option<Pid>, at_ns: u64) {
+        self.counters.inbound_losses += 1;
+        let until = at_ns.saturating_add(self.cfg.loss_hold_ns);
+        self.losses.mark(pid, at_ns, until);
+    }
+
+    /// Every input stamped before `t_ns` has been given (or reported lost
+    /// with [`inbound_lost`](Self::inbound_lost)). A driver that calls this
+    /// makes the uniqueness rules wait for it: a call is linked by them
+    /// only once every request that could be its parent is known. A driver
+    /// that never calls it is taken to give every input in time order.
+    pub fn complete_until(&mut self, t_ns: u64) {
+        let t = self.complete.map_or(t_ns, |c| c.max(t_ns));
+        self.complete = Some(t);
+        self.decide_completed();
+    }
+
     /// One request or response.
     pub fn message(&mut self, msg: Message<'_>) {
         self.counters.messages += 1;
@@ -585,6 +627,7 @@ impl<G: IdGen> Correlator<G> {
                 Timer::Close(conn, generation) => self.finish_close(conn, generation),
             }
         }
+        self.decide_completed();
         self.expire_retained();
         if self.clock.saturating_sub(self.last_prune) >= self.cfg.window_ns.max(1) {
             self.last_prune = self.clock;
@@ -785,6 +828,7 @@ impl<G: IdGen> Correlator<G> {
             root_reason: RootReason::Lost,
             await_end: false,
             waited: false,
+            awaited_complete: false,
             busy: kind == SpanKind::Client && self.classify.serving(h.pid),
             end_lost: false,
             decide_at: None,
@@ -812,16 +856,22 @@ impl<G: IdGen> Correlator<G> {
                 self.counters.thread_index_overflow += 1;
             }
             let spans = &self.spans;
+            let mut clean = true;
             for &rid in rec.request_ids.as_slice() {
-                self.rid_servers
+                clean &= self
+                    .rid_servers
                     .insert(forward_key(h.pid, rid), key, |k| spans.contains_key(&k));
             }
-            self.fwd_servers
+            clean &= self
+                .fwd_servers
                 .insert(forward_key(h.pid, rec.fingerprint), key, |k| {
                     spans.contains_key(&k)
                 });
             self.conn_servers
                 .insert(h.conn.0, key, |k| spans.contains_key(&k));
+            if !clean {
+                self.index_forgotten();
+            }
         } else {
             self.classify
                 .call_written(h.pid, h.tid, h.conn, key, h.start, &mut self.counters);
@@ -959,10 +1009,23 @@ impl<G: IdGen> Correlator<G> {
             }
         }
         let spans = &self.spans;
+        let mut clean = true;
         for &rid in kept.as_slice() {
-            self.rid_servers
+            clean &= self
+                .rid_servers
                 .insert(forward_key(pid, rid), key, |k| spans.contains_key(&k));
         }
+        if !clean {
+            self.index_forgotten();
+        }
+    }
+
+    /// An index of requests in flight forgot live entries at its bound:
+    /// any request from before may be missing from it.
+    fn index_forgotten(&mut self) {
+        self.counters.index_overflow += 1;
+        let until = self.clock.saturating_add(self.cfg.loss_hold_ns);
+        self.losses.mark(None, 0, until);
     }
 
     pub(crate) fn fresh_span_id(&mut self) -> SpanId {

@@ -420,13 +420,16 @@ impl<K: Hash + Eq> MultiIndex<K> {
     }
 
     /// Add `key` under `k`. At the bound, forgets entries whose records are
-    /// gone (`live`), and everything if that is not enough.
-    pub fn insert(&mut self, k: K, key: SpanKey, live: impl FnMut(SpanKey) -> bool) {
+    /// gone (`live`), and everything if that is not enough: returns false
+    /// when live entries were forgotten.
+    pub fn insert(&mut self, k: K, key: SpanKey, live: impl FnMut(SpanKey) -> bool) -> bool {
+        let mut clean = true;
         if self.entries >= self.cap {
             self.prune(live);
             if self.entries >= self.cap {
                 self.map.clear();
                 self.entries = 0;
+                clean = false;
             }
         }
         match self.map.entry(k) {
@@ -440,6 +443,7 @@ impl<K: Hash + Eq> MultiIndex<K> {
                 }
             }
         }
+        clean
     }
 
     /// The keys under `k`, in increasing order.

@@ -156,6 +156,7 @@ mod classify;
 mod config;
 mod correlator;
 mod index;
+mod loss;
 mod model;
 mod propagation;
 mod resolve;

@@ -317,6 +317,27 @@ impl<G: IdGen> Correlator<G> {
         self.resolve(key);
     }
 
+    /// Decide the client spans that waited for complete inputs, once they
+    /// are (or once waiting longer would outlive the records they need).
+    pub(crate) fn decide_completed(&mut self) {
+        if self.await_complete.is_empty() {
+            return;
+        }
+        let complete = self.complete.unwrap_or(u64::MAX);
+        let give_up = self.clock.saturating_sub(self.cfg.retention_ns);
+        let mut due = Vec::new();
+        self.await_complete.retain(|&(start, key)| {
+            let ready = start <= complete || start < give_up;
+            if ready {
+                due.push(key);
+            }
+            !ready
+        });
+        for key in due {
+            self.decide(key, false);
+        }
+    }
+
     /// Rules 4 and 5 for a client span (see `Evidence`): its parent, or
     /// `None` when the decision must wait (for the call's end, or a window
     /// for an inbound response to return its request id).
@@ -336,7 +357,7 @@ impl<G: IdGen> Correlator<G> {
         let (pid, tid, t) = (c.pid, c.tid, c.start);
         let (rids, fingerprint, body) = (c.request_ids, c.fingerprint, c.body);
         let trace = c.header.as_ref().map(|h| h.trace_id);
-        let (busy, waited) = (c.busy, c.waited);
+        let (busy, waited, awaited) = (c.busy, c.waited, c.awaited_complete);
         let (fallback, fallback_source) = header_or_root(c);
 
         // Rule 5: a request in flight in the process that carried one of
@@ -362,6 +383,40 @@ impl<G: IdGen> Correlator<G> {
                     && same_body(s.body, body)
                 {
                     fwd.consider(sk, call.nests_in(s));
+                }
+            }
+        }
+        // Both link by uniqueness among the process's requests in flight:
+        // proof only when all of them are known.
+        let unique = matches!(fwd.one, One::Only(_)) || matches!(rid.one, One::Only(_));
+        if unique {
+            let complete = self.complete.is_none_or(|w| t <= w);
+            let gave_up = self.clock.saturating_sub(self.cfg.retention_ns) > t;
+            if !complete && !force && !gave_up {
+                if let Some(r) = self.spans.get_mut(&key).filter(|r| !r.awaited_complete) {
+                    r.awaited_complete = true;
+                    self.await_complete.push((t, key));
+                    self.counters.unique_waits += 1;
+                }
+                return None;
+            }
+            // After a wait, a candidate that ended long before now may have
+            // been forgotten already, and another would look unique.
+            let retention = self.window.scale(self.cfg.retention_ns);
+            let expired = awaited && self.clock > call.end.unwrap_or(t).saturating_add(retention);
+            let refused = if !complete || expired {
+                Some(&mut self.counters.unique_refused_unconfirmed)
+            } else if self.losses.covers(pid, t) {
+                Some(&mut self.counters.unique_refused_loss)
+            } else {
+                None
+            };
+            if let Some(n) = refused {
+                *n += 1;
+                for e in [&mut fwd, &mut rid] {
+                    if matches!(e.one, One::Only(_)) {
+                        e.one = One::None;
+                    }
                 }
             }
         }
@@ -830,6 +885,7 @@ impl<G: IdGen> Correlator<G> {
         self.call_causes.retain(|k, _| spans.contains_key(k));
         self.task_servers.prune(|k| spans.contains_key(&k));
         self.causes.forget_before(self.clock.saturating_sub(keep));
+        self.losses.prune(self.clock.saturating_sub(keep));
         let memory = self.cfg.classify_memory_ns;
         self.classify.prune(
             self.clock.saturating_sub(keep),

@@ -437,3 +437,155 @@ fn client_message_later_than_the_window_makes_a_root_and_is_counted() {
     out.assert_parent(&h.c2, &h.s2);
     out.assert_parent(&h.s3, &h.c2);
 }
+
+// ------------------------------------------------ losses and uniqueness
+
+/// Two identical requests in flight at nginx (batch timing of
+/// `identical_requests_in_flight_on_the_event_loop_are_not_guessed`), the
+/// second one lost on its way in: the agent never saw nginx read it. Returns
+/// the chain without that message, and when nginx read it.
+fn identical_pair_second_lost() -> (Chain, u64) {
+    let times: Vec<[u64; 12]> = (0..2u64)
+        .map(|j| {
+            let t0 = MS + j * 10 * US;
+            let t2 = MS + 100 * US + j * 10 * US;
+            let t10 = MS + 400 * US + j * 10 * US;
+            let mut t = [t0, t0 + 3 * US, t2, 0, 0, 0, 0, 0, 0, 0, t10, t10 + 3 * US];
+            for (k, gap) in [(3, 3), (4, 20), (5, 3), (6, 30), (7, 3), (8, 10), (9, 3)] {
+                t[k] = t[k - 1] + gap * US;
+            }
+            t
+        })
+        .collect();
+    let mut ch = chain(&ChainOpts {
+        requests: 2,
+        times: Some(times),
+        ..ChainOpts::default()
+    });
+    same_api_target(&mut ch);
+    let read = |e: &Ev| match e {
+        Ev::Msg(m) => {
+            m.pid == Pid(NGINX)
+                && m.side == Side::Inbound
+                && matches!(m.kind, MessageKind::Request(_))
+        }
+        _ => false,
+    };
+    let lost = ch
+        .events
+        .iter()
+        .filter(|e| read(e))
+        .nth(1)
+        .expect("read")
+        .clone();
+    let Ev::Msg(m) = &lost else { unreachable!() };
+    let at = m.start_ns;
+    ch.events.retain(|e| e.time() != lost.time() || !read(e));
+    (ch, at)
+}
+
+/// nginx's upstream call of hop `i` (its request was read by A on thread
+/// `A_TID + i`), and the parent it should have: nginx's server span of the
+/// same hop, if the agent saw it.
+fn hop_call(out: &Out, i: u32) -> (&Span, Option<SpanId>) {
+    let s2 = out
+        .spans
+        .iter()
+        .find(|s| s.pid == Pid(A) && s.kind == SpanKind::Server && s.tid == Tid(A_TID + i))
+        .expect("A's server span");
+    let c1 = out
+        .spans
+        .iter()
+        .find(|s| Some(s.span_id) == s2.parent_span_id)
+        .expect("nginx's call, parent of A's span");
+    let c0 = out
+        .spans
+        .iter()
+        .find(|s| s.pid == Pid(CURL + i) && s.kind == SpanKind::Client)
+        .expect("curl's span");
+    let s1 = out
+        .spans
+        .iter()
+        .find(|s| s.pid == Pid(NGINX) && s.parent_span_id == Some(c0.span_id))
+        .map(|s| s.span_id);
+    (c1, s1)
+}
+
+/// Time passes (a close of a connection never seen): decisions fall due.
+fn tick(t: u64) -> Ev {
+    Ev::Close(ConnId(u64::MAX), t)
+}
+
+/// No nginx call has a parent other than its own request.
+fn assert_calls_right(out: &Out) {
+    for i in 0..2 {
+        let (c1, want) = hop_call(out, i);
+        if let Some(p) = c1.parent_span_id {
+            assert_eq!(Some(p), want, "call of hop {i}: {c1:?}");
+        }
+    }
+}
+
+#[test]
+fn a_request_lost_on_its_way_in_never_makes_the_one_left_look_unique() {
+    let (ch, lost_at) = identical_pair_second_lost();
+    // Unreported, the loss makes the first request the only one in flight
+    // that the second call repeats: the hazard this guards against.
+    let blind = run(&ch.events, cfg());
+    let (c1, own) = hop_call(&blind, 1);
+    assert_eq!(own, None, "the second request is lost");
+    assert!(c1.parent_span_id.is_some(), "linked to the first request");
+
+    // Reported when it happens, for nginx or for an unknown process.
+    for pid in [Some(Pid(NGINX)), None] {
+        let mut events = ch.events.clone();
+        events.push(Ev::Lost(pid, lost_at));
+        events.sort_by_key(Ev::time);
+        let out = run(&events, cfg());
+        assert_calls_right(&out);
+        assert_eq!(hop_call(&out, 1).0.parent_span_id, None);
+        assert!(out.counters.unique_refused_loss >= 1, "{:?}", out.counters);
+        assert_eq!(out.counters.inbound_losses, 1);
+    }
+
+    // Reported late (after the calls' decisions were due), while the
+    // driver's inputs were not known complete: the decisions wait for it.
+    let mut events = vec![Ev::Complete(0)];
+    events.extend(ch.events.iter().cloned());
+    let last = events.iter().map(Ev::time).max().unwrap_or(0);
+    events.push(tick(last + W + 10 * MS));
+    events.push(Ev::Lost(Some(Pid(NGINX)), lost_at));
+    events.push(Ev::Complete(last));
+    let out = run(&events, cfg());
+    assert_calls_right(&out);
+    assert_eq!(hop_call(&out, 1).0.parent_span_id, None);
+    assert!(out.counters.unique_waits >= 1, "{:?}", out.counters);
+    assert!(out.counters.unique_refused_loss >= 1, "{:?}", out.counters);
+}
+
+/// Inputs known complete a little behind the clock: forwarding links every
+/// call once they are, and none if they never are.
+#[test]
+fn forwarding_waits_for_complete_inputs() {
+    let ch = chain(&ChainOpts::default());
+    let mut lagging = Vec::new();
+    for e in &ch.events {
+        lagging.push(e.clone());
+        lagging.push(Ev::Complete(e.time().saturating_sub(2 * MS)));
+    }
+    let last = ch.events.iter().map(Ev::time).max().unwrap_or(0);
+    lagging.push(tick(last + W + 10 * MS));
+    lagging.push(Ev::Complete(last));
+    let out = run(&lagging, cfg());
+    assert_chain(&out, &ch, true);
+    assert_eq!(out.counters.forwarded_parent, 30);
+    assert!(out.counters.unique_waits > 0);
+    assert_eq!(out.counters.unique_refused_unconfirmed, 0);
+
+    let mut stuck = vec![Ev::Complete(0)];
+    stuck.extend(ch.events.iter().cloned());
+    let out = run(&stuck, cfg());
+    assert_chain(&out, &ch, false);
+    assert_eq!(out.counters.forwarded_parent, 0);
+    assert_eq!(out.counters.unique_refused_unconfirmed, 30);
+}

@@ -584,7 +584,7 @@ fn server_span_at_answers_cpu_sample_queries() {
         match e {
             Ev::Open(i) => corr.conn_open(i),
             Ev::Msg(m) => corr.message(m),
-            Ev::Close(..) | Ev::Cause(..) => {}
+            Ev::Close(..) | Ev::Cause(..) | Ev::Lost(..) | Ev::Complete(..) => {}
         }
         spans.extend(corr.poll(0));
     }
@@ -670,7 +670,7 @@ fn nat_translated_connection_links_by_sequence_number() {
             match e {
                 Ev::Open(i) => corr.conn_open(*i),
                 Ev::Msg(m) => corr.message(m.clone()),
-                Ev::Close(..) | Ev::Cause(..) => {}
+                Ev::Close(..) | Ev::Cause(..) | Ev::Lost(..) | Ev::Complete(..) => {}
             }
         }
         spans.extend(corr.poll(10 * W));

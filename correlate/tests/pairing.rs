@@ -372,7 +372,7 @@ fn remote_peer_is_not_held() {
         match e {
             Ev::Open(i) => corr.conn_open(i),
             Ev::Msg(m) => corr.message(m),
-            Ev::Close(..) | Ev::Cause(..) => {}
+            Ev::Close(..) | Ev::Cause(..) | Ev::Lost(..) | Ev::Complete(..) => {}
         }
     }
     let spans = corr.poll(MS + 2 * US);
@@ -525,7 +525,7 @@ fn connection_bound_evicts_the_oldest() {
         match e {
             Ev::Open(i) => corr.conn_open(*i),
             Ev::Msg(m) => corr.message(m.clone()),
-            Ev::Close(..) | Ev::Cause(..) => {}
+            Ev::Close(..) | Ev::Cause(..) | Ev::Lost(..) | Ev::Complete(..) => {}
         }
         assert!(corr.connections() <= 4);
         spans.extend(corr.poll(MS + 20 * US));
@@ -663,7 +663,7 @@ fn retained_spans_are_forgotten_after_retention() {
         match e {
             Ev::Open(i) => corr.conn_open(i),
             Ev::Msg(m) => corr.message(m),
-            Ev::Close(..) | Ev::Cause(..) => {}
+            Ev::Close(..) | Ev::Cause(..) | Ev::Lost(..) | Ev::Complete(..) => {}
         }
     }
     assert_eq!(corr.poll(3 * MS).len(), 1);
@@ -712,7 +712,7 @@ fn flush_settles_everything_finished() {
         match e {
             Ev::Open(i) => corr.conn_open(i),
             Ev::Msg(m) => corr.message(m),
-            Ev::Close(..) | Ev::Cause(..) => {}
+            Ev::Close(..) | Ev::Cause(..) | Ev::Lost(..) | Ev::Complete(..) => {}
         }
     }
     let spans = corr.flush();
@@ -747,7 +747,7 @@ fn reset_after_a_stream_gap_ends_outstanding_requests() {
         match e {
             Ev::Open(i) => corr.conn_open(i),
             Ev::Msg(m) => corr.message(m),
-            Ev::Close(..) | Ev::Cause(..) => {}
+            Ev::Close(..) | Ev::Cause(..) | Ev::Lost(..) | Ev::Complete(..) => {}
         }
     }
     corr.conn_reset(ConnId(1), 2 * MS);
@@ -814,7 +814,7 @@ fn span_memory_stays_under_its_byte_bound() {
         match e {
             Ev::Open(i) => corr.conn_open(i),
             Ev::Msg(m) => corr.message(m),
-            Ev::Close(..) | Ev::Cause(..) => {}
+            Ev::Close(..) | Ev::Cause(..) | Ev::Lost(..) | Ev::Complete(..) => {}
         }
         peak = peak.max(corr.span_bytes());
     }

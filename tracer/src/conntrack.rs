@@ -299,6 +299,12 @@ pub struct Conns {
     ctl_orphans: HashMap<u64, ()>,
     /// Closed connections in the order of their close: (close time, cookie).
     closing: VecDeque<(u64, u64)>,
+    /// Kernel time of the oldest record held undelivered at the last
+    /// sweep (received bytes or calls, parked loopback packets).
+    pending_since: Option<u64>,
+    /// Kernel time of the oldest parked loopback packet dropped since the
+    /// last [`take_parked_lost`](Self::take_parked_lost).
+    parked_lost: Option<u64>,
 }
 
 fn addr(family: u8, bytes: &[u8; 16], port: u16) -> Option<SocketAddr> {
@@ -328,7 +334,22 @@ impl Conns {
             ctl_entries: 0,
             ctl_orphans: HashMap::new(),
             closing: VecDeque::new(),
+            pending_since: None,
+            parked_lost: None,
         }
+    }
+
+    /// Kernel time of the oldest received record still held undelivered at
+    /// the last [`sweep`](Self::sweep) (`None`: nothing was): every request
+    /// read before it has reached the parsers, or its loss was reported.
+    pub fn pending_since(&self) -> Option<u64> {
+        self.pending_since
+    }
+
+    /// Kernel time of the oldest parked loopback packet dropped since the
+    /// last call: bytes a receiver may have read as a request were lost.
+    pub fn take_parked_lost(&mut self) -> Option<u64> {
+        self.parked_lost.take()
     }
 
     /// A later stage's request about one connection; the kernel learns of
@@ -491,6 +512,7 @@ impl Conns {
         }
         if self.parked_count >= MAX_PARKED {
             self.counters.loopback_parked_dropped += 1;
+            self.parked_lost = Some(self.parked_lost.map_or(hdr.ts_ns, |t| t.min(hdr.ts_ns)));
             return;
         }
         self.parked_count += 1;
@@ -743,8 +765,12 @@ impl Conns {
     pub fn sweep(&mut self, now: u64, sink: &mut impl Sink) {
         let limits = self.limits;
         let mut gone: Vec<u64> = Vec::new();
+        let mut pending: Option<u64> = None;
         for (cookie, conn) in self.conns.iter_mut() {
             deliver(&mut conn.streams, &conn.info, now, sink);
+            if let Some(t) = conn.streams[Dir::Recv as usize].pending_since() {
+                pending = Some(pending.map_or(t, |p| p.min(t)));
+            }
             if conn.closed_at.is_none()
                 && now.saturating_sub(conn.last_seen) >= limits.idle_timeout_ns
             {
@@ -758,13 +784,23 @@ impl Conns {
         self.reap(now, SWEEP_REAP_MAX, sink);
         if self.parked_count > 0 {
             let before = self.parked_count;
+            let lost = &mut self.parked_lost;
             self.parked.retain(|_, v| {
-                v.retain(|p| now.saturating_sub(p.ts_ns) < PARKED_TTL_NS);
+                v.retain(|p| {
+                    let keep = now.saturating_sub(p.ts_ns) < PARKED_TTL_NS;
+                    if keep {
+                        pending = Some(pending.map_or(p.ts_ns, |t| t.min(p.ts_ns)));
+                    } else {
+                        *lost = Some(lost.map_or(p.ts_ns, |t| t.min(p.ts_ns)));
+                    }
+                    keep
+                });
                 !v.is_empty()
             });
             self.parked_count = self.parked.values().map(Vec::len).sum();
             self.counters.loopback_parked_dropped += (before - self.parked_count) as u64;
         }
+        self.pending_since = pending;
         if self.conns.len() > limits.max_conns {
             let mut by_age: Vec<(u64, u64)> =
                 self.conns.iter().map(|(c, k)| (k.last_seen, *c)).collect();
@@ -1105,9 +1141,15 @@ mod tests {
             b"abc",
             &mut sink,
         );
+        t.sweep(2, &mut sink);
+        assert_eq!(t.pending_since(), Some(1), "a parked packet is pending");
+        assert_eq!(t.take_parked_lost(), None);
         t.sweep(1 + PARKED_TTL_NS, &mut sink);
         assert_eq!(t.counters().loopback_parked_dropped, 1);
         assert_eq!(t.parked_count, 0);
+        assert_eq!(t.pending_since(), None);
+        assert_eq!(t.take_parked_lost(), Some(1), "its loss is reported");
+        assert_eq!(t.take_parked_lost(), None, "once");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::{
     conntrack::{comm_name, ConnInfo, ConnLimits, Conns, CtlRequest, Sink},
     export::{resource::Resource, sink::SpanSink},
     http_spans::HttpSpans,
+    lanes,
     print::EventPrinter,
     profile::stage::ProfileStage,
     replay::Recorder,
@@ -332,6 +333,14 @@ impl<O: SpanOut> Dispatcher<O> {
         Some(ts)
     }
 
+    /// Records the kernel could not deliver since `since_ns` (a full ring):
+    /// any of them may have held a request some process read.
+    pub fn records_lost(&mut self, since_ns: u64) {
+        if let Some(http) = &mut self.stages.http {
+            http.inbound_lost(0, since_ns);
+        }
+    }
+
     /// Periodic work at `now_ns` (kernel monotonic): streams that waited
     /// long enough are delivered, closed and idle connections removed,
     /// finished spans moved on, profiles pushed when an interval ended.
@@ -339,6 +348,16 @@ impl<O: SpanOut> Dispatcher<O> {
         let s = &mut self.stages;
         s.now_ns = s.now_ns.max(now_ns);
         self.conns.sweep(s.now_ns, s);
+        if let Some(http) = &mut s.http {
+            if let Some(at) = self.conns.take_parked_lost() {
+                http.inbound_lost(0, at);
+            }
+            // The reader hands out every record older than its hold; what
+            // the streams still hold bounds what is complete.
+            let read = now_ns.saturating_sub(lanes::HOLD_NS);
+            let held = self.conns.pending_since().unwrap_or(u64::MAX);
+            http.complete_until(read.min(held));
+        }
         s.collect_samples();
         // In parts: a late sweep finds many spans due at once.
         while let Some(http) = &mut s.http {
@@ -425,6 +444,13 @@ impl<O: SpanOut> Dispatcher<O> {
         let s = &mut self.stages;
         s.now_ns = s.now_ns.max(now_ns);
         self.conns.flush_all(s);
+        if let Some(http) = &mut s.http {
+            if let Some(at) = self.conns.take_parked_lost() {
+                http.inbound_lost(0, at);
+            }
+            // Every stream was delivered: no input can come any more.
+            http.complete_until(u64::MAX);
+        }
         if let Some(p) = &mut s.profile {
             p.close();
         }

@@ -266,6 +266,15 @@ impl HttpSpans {
             // stream id: a hole cannot mispair it.)
             out.correlator.conn_reset(ConnId(conn.cookie), out.now_ns);
         }
+        if dir == Dir::Recv && chunk.missing(MissingKind::Hole) > 0 {
+            // A request read in the hole is lost: no rule may take another
+            // request in flight for the only one.
+            let at = chunk
+                .seg_ts_ns
+                .or(chunk.op.map(|o| o.ts_ns))
+                .unwrap_or(out.now_ns);
+            out.lost_in(conn, at);
+        }
         c.parser
             .feed(cdir(dir), chunk, &mut |m| out.message(conn, &m));
         let not_http = match c.parser.protocol() {
@@ -399,6 +408,19 @@ impl HttpSpans {
         self.out.correlator.flush()
     }
 
+    /// Every record stamped before `t_ns` has reached this stage, or its
+    /// loss was reported (see [`correlate::Correlator::complete_until`]).
+    pub fn complete_until(&mut self, t_ns: u64) {
+        self.out.correlator.complete_until(t_ns);
+    }
+
+    /// Records that may have held a request read by `pid` (0: not known)
+    /// from `at_ns` on were lost before this stage.
+    pub fn inbound_lost(&mut self, pid: u32, at_ns: u64) {
+        let pid = (pid != 0).then_some(Pid(pid));
+        self.out.correlator.inbound_lost(pid, at_ns);
+    }
+
     /// Spans from [`poll`](Self::poll) handed on: their buffers are reused.
     pub fn recycle(&mut self, spans: Vec<Span>) {
         self.out.correlator.recycle(spans);
@@ -463,6 +485,13 @@ impl HttpSpans {
 }
 
 impl ToSpans {
+    /// What `conn`'s process read from `at` on may have held a request
+    /// that never becomes a message.
+    fn lost_in(&mut self, conn: &ConnInfo, at: u64) {
+        let pid = (conn.pid != 0).then_some(Pid(conn.pid));
+        self.correlator.inbound_lost(pid, at);
+    }
+
     fn message(&mut self, conn: &ConnInfo, m: &MessageView<'_>) {
         let info = m.info();
         let dir = tdir(m.dir());
@@ -471,6 +500,9 @@ impl ToSpans {
         }
         let Some(first) = info.first_op.or(info.last_op) else {
             self.counters.messages_without_call += 1;
+            if dir == Dir::Recv {
+                self.lost_in(conn, info.first_seg_ts_ns.unwrap_or(self.now_ns));
+            }
             return;
         };
         let last = info.last_op.unwrap_or(first);

@@ -349,6 +349,22 @@ where
 
 /// Every key of `keys` with its counter (at `index(key)`) summed over CPUs
 /// (0 when it cannot be read).
+/// Drop reasons that may lose a request (see [`Kernel::request_drops`]).
+const REQUEST_DROPS: [DropReason; 12] = [
+    DropReason::RingFullOp,
+    DropReason::RingFullConn,
+    DropReason::RingFullSegment,
+    DropReason::BadPacket,
+    DropReason::ReadFailed,
+    DropReason::Ipv6ExtHeader,
+    DropReason::NestedTooDeep,
+    DropReason::RingFullTls,
+    DropReason::TlsSlotBusy,
+    DropReason::TlsReadFailed,
+    DropReason::GoTlsNoSocket,
+    DropReason::GoTlsNoEntry,
+];
+
 fn per_cpu_sums<K: Copy>(
     map: &PerCpuArray<MapData, u64>,
     keys: &[K],
@@ -583,6 +599,19 @@ impl Kernel {
     /// Kernel-side drops so far, per reason, summed over CPUs.
     pub fn drops(&self) -> Vec<(DropReason, u64)> {
         per_cpu_sums(&self.drops, &DropReason::ALL, |r| r as u32)
+    }
+
+    /// Records lost so far that may have carried a request's bytes, its
+    /// call or its connection (full lanes, unreadable packets or
+    /// plaintext), summed over CPUs: what makes the correlator's
+    /// uniqueness rules unsafe for a while. CPU samples and runtime-hook
+    /// causes are left out (their loss costs a profile or a link, never
+    /// a request).
+    pub fn request_drops(&self) -> u64 {
+        per_cpu_sums(&self.drops, &REQUEST_DROPS, |r| r as u32)
+            .iter()
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// A TLS or runtime-hook program, loaded (None when it is off):

@@ -398,6 +398,11 @@ report_counters!(correlate::Counters, Stage::Correlation, {
     not_nested: Detail, "Candidate parents refused because the call outlived the request.";
     request_id_ambiguous: Detail, "Client spans whose request id was shared by several requests in flight in their process.";
     forward_ambiguous: Detail, "Client spans repeating several inbound requests in flight (not linked by forwarding).";
+    inbound_losses: Anomaly, "Losses that may have hidden a request read by a process (stream holes, messages without their call, kernel drops): forwarding and request ids do not link its calls meanwhile.";
+    index_overflow: Anomaly, "Indexes of requests in flight that forgot live entries at their bound.";
+    unique_waits: Detail, "Parent decisions that waited for every input from before the call (forwarding or a request id had a candidate).";
+    unique_refused_loss: Detail, "Forwarding or request-id links refused: a loss may have hidden another candidate.";
+    unique_refused_unconfirmed: Anomaly, "Forwarding or request-id links refused: the inputs from before the call were not complete in time.";
     evidence_conflict: Detail, "Client spans whose rules named different parents (not linked).";
     response_id_waits: Detail, "Parent decisions that waited for an inbound response to return the call's request id.";
     response_id_wait_expired: Detail, "Of those, the id did not come back in time.";

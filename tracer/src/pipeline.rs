@@ -219,6 +219,10 @@ async fn event_loop(
         Some(addr) => Some(metrics_http::start(addr).await?),
         None => None,
     };
+    // Kernel drops that may have lost a request, at the last sweep, and
+    // when that sweep was.
+    let mut request_drops = kernel.request_drops();
+    let mut last_sweep = monotonic_ns();
     let mut stats_rate = Rate { last: None };
     let mut scrape_rate = Rate { last: None };
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -260,6 +264,14 @@ async fn event_loop(
                 // records that are merely still in the lanes.
                 let now = monotonic_ns();
                 drain(ring.get_mut(), d, false);
+                let drops = kernel.request_drops();
+                if drops > request_drops {
+                    // Lost since about the last sweep (its records were
+                    // still in the lanes for up to their hold).
+                    d.records_lost(last_sweep.saturating_sub(crate::lanes::HOLD_NS));
+                    request_drops = drops;
+                }
+                last_sweep = now;
                 d.sweep(now);
                 after_drain(d, ctl, tls, kernel);
                 d.flush_output();

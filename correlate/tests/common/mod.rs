@@ -35,6 +35,11 @@ pub enum Ev {
     Close(ConnId, u64),
     /// What a runtime hook saw a thread do, at a time.
     Cause(Pid, Tid, u64, CauseEvent),
+    /// A request read by the process (`None`: unknown) from this time on
+    /// may have been lost.
+    Lost(Option<Pid>, u64),
+    /// Every input before this time has been given.
+    Complete(u64),
 }
 
 impl Ev {
@@ -45,6 +50,7 @@ impl Ev {
             Ev::Msg(m) => m.end_ns,
             Ev::Close(_, t) => *t,
             Ev::Cause(_, _, t, _) => *t,
+            Ev::Lost(_, t) | Ev::Complete(t) => *t,
         }
     }
 }
@@ -57,6 +63,8 @@ impl Ev {
             Ev::Msg(m) => c.message(m.clone()),
             Ev::Close(id, t) => c.conn_close(*id, *t),
             Ev::Cause(pid, tid, t, ev) => c.cause(*pid, *tid, *t, *ev),
+            Ev::Lost(pid, t) => c.inbound_lost(*pid, *t),
+            Ev::Complete(t) => c.complete_until(*t),
         }
     }
 }

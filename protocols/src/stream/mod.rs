@@ -514,6 +514,18 @@ impl StreamReassembler {
         (self.spans.len(), self.spans.bytes(), self.ops.len())
     }
 
+    /// Kernel time of the oldest record still held undelivered (bytes, or
+    /// a call waiting for its bytes), if any: a message those may yet make,
+    /// or lose, started no earlier.
+    pub fn pending_since(&self) -> Option<u64> {
+        let bytes = self.spans.front().map(|s| s.ts);
+        let call = self.ops.front().map(|o| o.meta.ts_ns);
+        match (bytes, call) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// True when buffers are close enough to a limit that the next
     /// [`poll`](Self::poll) delivers early; callers may poll sooner.
     pub fn wants_poll(&self) -> bool {

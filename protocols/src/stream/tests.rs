@@ -301,6 +301,23 @@ fn hole_times_out() {
 }
 
 #[test]
+fn pending_since_is_the_oldest_record_held() {
+    let mut r = new();
+    assert_eq!(r.pending_since(), None);
+    r.push_segment(1000, 5, b"hello", 3 * MS);
+    assert_eq!(r.pending_since(), Some(3 * MS), "bytes waiting for a call");
+    // (A call is given by where it ends and its length.)
+    r.push_op(1005, 5, meta(7, 2 * MS));
+    assert_eq!(r.pending_since(), Some(2 * MS), "the oldest of both");
+    r.push_op(1010, 5, meta(7, 4 * MS));
+    assert_eq!(poll(&mut r, 4 * MS).len(), 1);
+    // What is left: a call whose bytes did not come (yet).
+    assert_eq!(r.pending_since(), Some(4 * MS));
+    let _ = poll(&mut r, 500 * MS);
+    assert_eq!(r.pending_since(), None, "delivered as a hole");
+}
+
+#[test]
 fn hole_between_unclaimed_segments() {
     let mut r = new();
     r.push_segment(0, 3, b"abc", MS);
