@@ -641,7 +641,8 @@ impl ConnParser {
     }
 
     /// The connection was closed: buffers an idle HTTP/1 parser keeps for
-    /// the next message are freed (late records still parse).
+    /// the next message, and the spare HTTP/1 parser, are freed (late
+    /// records still parse).
     pub fn trim(&mut self) {
         if let Kind::Http1 { conn, .. } = &mut self.kind {
             conn.trim();

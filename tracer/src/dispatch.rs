@@ -220,8 +220,8 @@ impl<O: SpanOut> Stages<O> {
 }
 
 /// Finished spans the HTTP stage holds at most before they are moved on:
-/// between sweeps (spans whose parent was known at once, e.g. propagated
-/// context) and within one (a late sweep, after a backlog, finds many due
+/// after a drain (spans whose parent was known at once, e.g. propagated
+/// context, finish between sweeps) and within a sweep (a late sweep, after a backlog, finds many due
 /// at once). Held all together they were seen to take 11 MiB of span
 /// structs alone at overload (65,536 spans), beside their texts.
 const SETTLE_READY: usize = 8192;
@@ -318,18 +318,6 @@ impl<O: SpanOut> Dispatcher<O> {
                 return None;
             }
         };
-        if s.http
-            .as_ref()
-            .is_some_and(|h| h.ready_len() >= SETTLE_READY)
-        {
-            s.collect_samples();
-            let spans = s
-                .http
-                .as_mut()
-                .map(HttpSpans::take_ready)
-                .unwrap_or_default();
-            s.settle(spans);
-        }
         Some(ts)
     }
 
@@ -375,7 +363,8 @@ impl<O: SpanOut> Dispatcher<O> {
 
     /// After a drain: closed connections retired (at most a few hundred,
     /// so a storm of short connections is retired in steps between reads
-    /// of the kernel's records), then the parsers' requests to the capture
+    /// of the kernel's records), finished spans moved on if many are
+    /// waiting for the next sweep, then the parsers' requests to the capture
     /// (silence a connection, skip a body) turned into updates of the
     /// kernel's per-socket map: `(updates, entries the map will hold)`.
     /// Nothing is asked while events are printed: whoever asked to see every
@@ -384,6 +373,18 @@ impl<O: SpanOut> Dispatcher<O> {
         let s = &mut self.stages;
         s.now_ns = s.now_ns.max(now_ns);
         self.conns.reap(s.now_ns, REAP_PER_DRAIN, s);
+        if s.http
+            .as_ref()
+            .is_some_and(|h| h.ready_len() >= SETTLE_READY)
+        {
+            s.collect_samples();
+            let spans = s
+                .http
+                .as_mut()
+                .map(HttpSpans::take_ready)
+                .unwrap_or_default();
+            s.settle(spans);
+        }
         if let Some(http) = &mut s.http {
             let requests = http.take_ctl_requests();
             for r in &requests {

@@ -122,16 +122,10 @@ impl Http1Parser {
             self.head = Vec::new();
             self.cur_head = ParsedHead::default();
             self.scratch = Vec::new();
-            if self.marks.is_empty() {
-                self.marks = Vec::new();
-            }
         }
-        if self.expected.is_empty() {
-            self.expected = VecDeque::new();
-        }
-        if self.kinds_out.is_empty() {
-            self.kinds_out = VecDeque::new();
-        }
+        self.marks.shrink_to_fit();
+        self.expected.shrink_to_fit();
+        self.kinds_out.shrink_to_fit();
     }
 
     /// A parser for a direction carrying `role` messages.

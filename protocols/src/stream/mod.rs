@@ -466,9 +466,7 @@ impl StreamReassembler {
     /// not keep every one's buffers. Buffered bytes and operations stay.
     pub fn trim(&mut self) {
         self.spans.trim();
-        if self.ops.is_empty() {
-            self.ops = VecDeque::new();
-        }
+        self.ops.shrink_to_fit();
         self.piece_buf = Vec::new();
     }
 

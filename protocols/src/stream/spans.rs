@@ -283,13 +283,10 @@ impl SpanStore {
         Some(r)
     }
 
-    /// Frees the spare buffers and the list's capacity when nothing is
-    /// buffered.
+    /// Frees the spare buffers and the list's unused capacity.
     pub(super) fn trim(&mut self) {
-        if self.spans.is_empty() {
-            self.pool = Vec::new();
-            self.spans = VecDeque::new();
-        }
+        self.pool = Vec::new();
+        self.spans.shrink_to_fit();
     }
 
     /// Heap bytes allocated: the list and the buffers, spare or in use.
