@@ -88,13 +88,11 @@ fn same_api_target(ch: &mut Chain) {
     }
 }
 
-#[test]
-fn identical_requests_in_flight_on_the_event_loop_are_not_guessed() {
-    // Every client asks for the same path: nginx's upstream requests repeat
-    // several requests in flight, so forwarding cannot tell them apart.
-    // Batches of 8: nginx reads all, forwards all, then answers all (so
-    // every request in flight also nests every upstream call).
-    let times: Vec<[u64; 12]> = (0..16u64)
+/// Times of `n` requests in batches of 8: nginx reads all of a batch,
+/// forwards all, then answers all (every request in flight nests every
+/// upstream call of its batch).
+fn batches_of_8(n: u64) -> Vec<[u64; 12]> {
+    (0..n)
         .map(|i| {
             let (b, j) = (i / 8, i % 8);
             let base = MS + b * 10 * MS;
@@ -107,7 +105,16 @@ fn identical_requests_in_flight_on_the_event_loop_are_not_guessed() {
             }
             t
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn identical_requests_in_flight_on_the_event_loop_are_not_guessed() {
+    // Every client asks for the same path: nginx's upstream requests repeat
+    // several requests in flight, so forwarding cannot tell them apart.
+    // Batches of 8: nginx reads all, forwards all, then answers all (so
+    // every request in flight also nests every upstream call).
+    let times = batches_of_8(16);
     let mut ch = chain(&ChainOpts {
         requests: 16,
         times: Some(times),
@@ -445,18 +452,7 @@ fn client_message_later_than_the_window_makes_a_root_and_is_counted() {
 /// second one lost on its way in: the agent never saw nginx read it. Returns
 /// the chain without that message, and when nginx read it.
 fn identical_pair_second_lost() -> (Chain, u64) {
-    let times: Vec<[u64; 12]> = (0..2u64)
-        .map(|j| {
-            let t0 = MS + j * 10 * US;
-            let t2 = MS + 100 * US + j * 10 * US;
-            let t10 = MS + 400 * US + j * 10 * US;
-            let mut t = [t0, t0 + 3 * US, t2, 0, 0, 0, 0, 0, 0, 0, t10, t10 + 3 * US];
-            for (k, gap) in [(3, 3), (4, 20), (5, 3), (6, 30), (7, 3), (8, 10), (9, 3)] {
-                t[k] = t[k - 1] + gap * US;
-            }
-            t
-        })
-        .collect();
+    let times = batches_of_8(2);
     let mut ch = chain(&ChainOpts {
         requests: 2,
         times: Some(times),

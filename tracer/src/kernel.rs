@@ -349,21 +349,20 @@ where
 
 /// Every key of `keys` with its counter (at `index(key)`) summed over CPUs
 /// (0 when it cannot be read).
-/// Drop reasons that may lose a request (see [`Kernel::request_drops`]).
-const REQUEST_DROPS: [DropReason; 12] = [
-    DropReason::RingFullOp,
-    DropReason::RingFullConn,
-    DropReason::RingFullSegment,
-    DropReason::BadPacket,
-    DropReason::ReadFailed,
-    DropReason::Ipv6ExtHeader,
-    DropReason::NestedTooDeep,
-    DropReason::RingFullTls,
-    DropReason::TlsSlotBusy,
-    DropReason::TlsReadFailed,
-    DropReason::GoTlsNoSocket,
-    DropReason::GoTlsNoEntry,
-];
+/// Whether a drop may lose a request (see [`Kernel::request_drops`]): all
+/// but those of CPU samples, socket totals and runtime-hook causes. A new
+/// reason counts until shown harmless.
+fn may_lose_request(r: DropReason) -> bool {
+    !matches!(
+        r,
+        DropReason::RingFullSample
+            | DropReason::UserStackFailed
+            | DropReason::KernelStackFailed
+            | DropReason::RingFullTotals
+            | DropReason::RingFullCause
+            | DropReason::CauseUnreadable
+    )
+}
 
 fn per_cpu_sums<K: Copy>(
     map: &PerCpuArray<MapData, u64>,
@@ -608,8 +607,9 @@ impl Kernel {
     /// causes are left out (their loss costs a profile or a link, never
     /// a request).
     pub fn request_drops(&self) -> u64 {
-        per_cpu_sums(&self.drops, &REQUEST_DROPS, |r| r as u32)
+        per_cpu_sums(&self.drops, &DropReason::ALL, |r| r as u32)
             .iter()
+            .filter(|(r, _)| may_lose_request(*r))
             .map(|(_, n)| n)
             .sum()
     }
