@@ -164,7 +164,7 @@ impl<O: SpanOut> Stages<O> {
         let Stages {
             events, http, tls, ..
         } = self;
-        tls.on_data(hdr, data, tcp, &mut |conn, dir, chunk| {
+        let kept = tls.on_data(hdr, data, tcp, &mut |conn, dir, chunk| {
             if let Some(events) = events {
                 events.chunk(conn, dir, chunk);
             }
@@ -172,6 +172,12 @@ impl<O: SpanOut> Stages<O> {
                 http.chunk(conn, dir, chunk);
             }
         });
+        if !kept && hdr.dir == Dir::Recv as u8 {
+            if let Some(http) = http {
+                // Plaintext read and dropped: it may have been a request.
+                http.inbound_lost(hdr.pid, hdr.start_ns);
+            }
+        }
     }
 
     /// A CPU sample, to the profiling worker; its process is described

@@ -156,6 +156,9 @@ struct Merger {
     /// Highest timestamp handed out so far.
     high_water: u64,
     counters: LaneCounters,
+    /// Time of the oldest record shed since the last
+    /// [`Events::take_shed_since`].
+    shed_since: Option<u64>,
 }
 
 impl Events {
@@ -207,6 +210,12 @@ impl Events {
     /// The reader's counters.
     pub fn counters(&self) -> &LaneCounters {
         &self.merger.counters
+    }
+
+    /// Time of the oldest call or packet record shed since the last call
+    /// (`None`: none was): what it carried is lost to the parsers.
+    pub fn take_shed_since(&mut self) -> Option<u64> {
+        self.merger.shed_since.take()
     }
 
     /// Hands every record older than `now_ns - HOLD_NS` to `f`, in time
@@ -273,6 +282,7 @@ impl Merger {
             lanes,
             heads: BinaryHeap::new(),
             high_water: 0,
+            shed_since: None,
             counters: LaneCounters::default(),
         }
     }
@@ -295,12 +305,22 @@ impl Merger {
             self.heads.pop();
             let lane = &mut self.lanes[i];
             let (rec, next) = lane_record(lane);
-            match rec.first() {
-                Some(&t) if lane.shedding && t == Tag::SockOp as u8 => self.counters.shed_op += 1,
-                Some(&t) if lane.shedding && t == Tag::Segment as u8 => {
-                    self.counters.shed_segment += 1
+            let shed = match rec.first() {
+                Some(&t) if lane.shedding && t == Tag::SockOp as u8 => {
+                    self.counters.shed_op += 1;
+                    true
                 }
-                _ => f(rec),
+                Some(&t) if lane.shedding && t == Tag::Segment as u8 => {
+                    self.counters.shed_segment += 1;
+                    true
+                }
+                _ => {
+                    f(rec);
+                    false
+                }
+            };
+            if shed {
+                self.shed_since = Some(self.shed_since.map_or(ts, |s| s.min(ts)));
             }
             lane.pos = next;
             if let Some(ts) = lane_head(lane, &mut self.counters) {
@@ -589,9 +609,11 @@ mod tests {
         let got = times(&mut m, u64::MAX);
         assert_eq!(got, vec![4, 8], "connection records only");
         assert_eq!(m.counters.shed_op, 9);
+        assert_eq!(m.shed_since.take(), Some(1), "the oldest shed, for the loss report");
         // Caught up: payload records are read again.
         a.push(&op(12));
         assert_eq!(times(&mut m, u64::MAX), vec![12]);
+        assert_eq!(m.shed_since, None);
     }
 
     #[test]

@@ -264,13 +264,7 @@ async fn event_loop(
                 // records that are merely still in the lanes.
                 let now = monotonic_ns();
                 drain(ring.get_mut(), d, false);
-                let drops = kernel.request_drops();
-                if drops > request_drops {
-                    // Lost since about the last sweep (its records were
-                    // still in the lanes for up to their hold).
-                    d.records_lost(last_sweep.saturating_sub(crate::lanes::HOLD_NS));
-                    request_drops = drops;
-                }
+                report_losses(ring.get_mut(), kernel, d, &mut request_drops, last_sweep);
                 last_sweep = now;
                 d.sweep(now);
                 after_drain(d, ctl, tls, kernel);
@@ -299,8 +293,32 @@ async fn event_loop(
         }
     }
     drain(ring.get_mut(), d, true);
+    report_losses(ring.get_mut(), kernel, d, &mut request_drops, last_sweep);
     *lanes = *ring.get_ref().counters();
     Ok(())
+}
+
+/// Records lost since the last sweep (at `last_sweep`) that may have
+/// carried a request: the kernel's drops (`drops`: their count then) and
+/// the records the reader shed. Told to the stages before they are told
+/// their inputs are complete.
+fn report_losses(
+    events: &mut Events,
+    kernel: &Kernel,
+    d: &mut Live,
+    drops: &mut u64,
+    last_sweep: u64,
+) {
+    let now = kernel.request_drops();
+    if now > *drops {
+        // Dropped since about the last sweep (its records were still in
+        // the lanes for up to their hold).
+        d.records_lost(last_sweep.saturating_sub(crate::lanes::HOLD_NS));
+        *drops = now;
+    }
+    if let Some(t) = events.take_shed_since() {
+        d.records_lost(t);
+    }
 }
 
 /// Every counter of every stage, now. `rate` turns the span count into

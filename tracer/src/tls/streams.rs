@@ -74,25 +74,26 @@ impl TlsStreams {
 
     /// One TLS call's plaintext on the connection `tcp` (the ciphertext's
     /// socket, `None` when not known): `deliver` gets the plaintext
-    /// connection, the direction and the chunk.
+    /// connection, the direction and the chunk. Returns false when the
+    /// call's plaintext was dropped (counted).
     pub fn on_data(
         &mut self,
         hdr: &TlsData,
         data: &[u8],
         tcp: Option<&ConnInfo>,
         deliver: &mut impl FnMut(&ConnInfo, Dir, &Chunk<'_>),
-    ) {
+    ) -> bool {
         let Some(dir) = Dir::from_u8(hdr.dir) else {
             self.counters.bad_records += 1;
-            return;
+            return false;
         };
         let Some(tcp) = tcp.filter(|_| hdr.cookie != 0) else {
             self.counters.calls_without_conn += 1;
-            return;
+            return false;
         };
         if !self.conns.contains_key(&hdr.cookie) && self.conns.len() >= MAX_CONNS {
             self.counters.table_full += 1;
-            return;
+            return false;
         }
         let counters = &mut self.counters;
         let plain = self.conns.entry(hdr.cookie).or_insert_with(|| {
@@ -163,6 +164,7 @@ impl TlsStreams {
         counters.bytes += u64::from(hdr.len);
         counters.bytes_truncated += u64::from(rest);
         deliver(&plain.info, dir, &chunk);
+        true
     }
 
     /// The TCP connection `cookie` is gone: its plaintext connection, if it
