@@ -609,7 +609,11 @@ mod tests {
         let got = times(&mut m, u64::MAX);
         assert_eq!(got, vec![4, 8], "connection records only");
         assert_eq!(m.counters.shed_op, 9);
-        assert_eq!(m.shed_since.take(), Some(1), "the oldest shed, for the loss report");
+        assert_eq!(
+            m.shed_since.take(),
+            Some(1),
+            "the oldest shed, for the loss report"
+        );
         // Caught up: payload records are read again.
         a.push(&op(12));
         assert_eq!(times(&mut m, u64::MAX), vec![12]);
