@@ -266,9 +266,13 @@ impl HttpSpans {
             // stream id: a hole cannot mispair it.)
             out.correlator.conn_reset(ConnId(conn.cookie), out.now_ns);
         }
-        if dir == Dir::Recv && chunk.missing(MissingKind::Hole) > 0 {
-            // A request read in the hole is lost: no rule may take another
-            // request in flight for the only one.
+        // A request read in a hole is lost: no rule may take another request
+        // in flight for the only one. Requests arrive on what this socket
+        // accepted, or where its parser saw them arrive. (A connection
+        // opened before the agent whose bytes were never seen tells
+        // neither: a blind spot, see design 005.)
+        let serves = conn.role == Role::Server || c.parser.client() == Some(conn::Dir::B);
+        if dir == Dir::Recv && serves && chunk.missing(MissingKind::Hole) > 0 {
             let at = chunk
                 .seg_ts_ns
                 .or(chunk.op.map(|o| o.ts_ns))
@@ -500,7 +504,7 @@ impl ToSpans {
         }
         let Some(first) = info.first_op.or(info.last_op) else {
             self.counters.messages_without_call += 1;
-            if dir == Dir::Recv {
+            if dir == Dir::Recv && m.is_request() {
                 self.lost_in(conn, info.first_seg_ts_ns.unwrap_or(self.now_ns));
             }
             return;
