@@ -126,6 +126,9 @@ pub trait Sink {
     fn closed(&mut self, _conn: &ConnInfo) {}
     /// End of a batch of records: push out buffered output.
     fn flush(&mut self) {}
+    /// Received bytes from `at_ns` on were dropped before any connection
+    /// got them (parked loopback packets): they may have held a request.
+    fn lost(&mut self, _at_ns: u64) {}
 }
 
 /// Bounds and timeouts of the table.
@@ -302,9 +305,6 @@ pub struct Conns {
     /// Kernel time of the oldest record held undelivered at the last
     /// sweep (received bytes or calls, parked loopback packets).
     pending_since: Option<u64>,
-    /// Kernel time of the oldest parked loopback packet dropped since the
-    /// last [`take_parked_lost`](Self::take_parked_lost).
-    parked_lost: Option<u64>,
 }
 
 fn addr(family: u8, bytes: &[u8; 16], port: u16) -> Option<SocketAddr> {
@@ -335,7 +335,6 @@ impl Conns {
             ctl_orphans: HashMap::new(),
             closing: VecDeque::new(),
             pending_since: None,
-            parked_lost: None,
         }
     }
 
@@ -344,12 +343,6 @@ impl Conns {
     /// read before it has reached the parsers, or its loss was reported.
     pub fn pending_since(&self) -> Option<u64> {
         self.pending_since
-    }
-
-    /// Kernel time of the oldest parked loopback packet dropped since the
-    /// last call: bytes a receiver may have read as a request were lost.
-    pub fn take_parked_lost(&mut self) -> Option<u64> {
-        self.parked_lost.take()
     }
 
     /// A later stage's request about one connection; the kernel learns of
@@ -512,7 +505,7 @@ impl Conns {
         }
         if self.parked_count >= MAX_PARKED {
             self.counters.loopback_parked_dropped += 1;
-            self.parked_lost = Some(self.parked_lost.map_or(hdr.ts_ns, |t| t.min(hdr.ts_ns)));
+            sink.lost(hdr.ts_ns);
             return;
         }
         self.parked_count += 1;
@@ -784,19 +777,19 @@ impl Conns {
         self.reap(now, SWEEP_REAP_MAX, sink);
         if self.parked_count > 0 {
             let before = self.parked_count;
-            let lost = &mut self.parked_lost;
+            let mut lost: Option<u64> = None;
             self.parked.retain(|_, v| {
                 v.retain(|p| {
                     let keep = now.saturating_sub(p.ts_ns) < PARKED_TTL_NS;
-                    if keep {
-                        pending = Some(pending.map_or(p.ts_ns, |t| t.min(p.ts_ns)));
-                    } else {
-                        *lost = Some(lost.map_or(p.ts_ns, |t| t.min(p.ts_ns)));
-                    }
+                    let earliest = if keep { &mut pending } else { &mut lost };
+                    *earliest = Some(earliest.map_or(p.ts_ns, |t| t.min(p.ts_ns)));
                     keep
                 });
                 !v.is_empty()
             });
+            if let Some(at) = lost {
+                sink.lost(at);
+            }
             self.parked_count = self.parked.values().map(Vec::len).sum();
             self.counters.loopback_parked_dropped += (before - self.parked_count) as u64;
         }
@@ -885,6 +878,7 @@ mod tests {
     struct Collect {
         got: Vec<(u64, Dir, Option<u32>, Vec<u8>)>,
         closed: Vec<u64>,
+        lost: Vec<u64>,
     }
 
     impl Sink for Collect {
@@ -900,6 +894,9 @@ mod tests {
         }
         fn closed(&mut self, conn: &ConnInfo) {
             self.closed.push(conn.cookie);
+        }
+        fn lost(&mut self, at_ns: u64) {
+            self.lost.push(at_ns);
         }
     }
 
@@ -1143,13 +1140,12 @@ mod tests {
         );
         t.sweep(2, &mut sink);
         assert_eq!(t.pending_since(), Some(1), "a parked packet is pending");
-        assert_eq!(t.take_parked_lost(), None);
+        assert!(sink.lost.is_empty());
         t.sweep(1 + PARKED_TTL_NS, &mut sink);
         assert_eq!(t.counters().loopback_parked_dropped, 1);
         assert_eq!(t.parked_count, 0);
         assert_eq!(t.pending_since(), None);
-        assert_eq!(t.take_parked_lost(), Some(1), "its loss is reported");
-        assert_eq!(t.take_parked_lost(), None, "once");
+        assert_eq!(sink.lost, vec![1], "its loss is reported, once");
     }
 
     #[test]

@@ -127,6 +127,12 @@ impl<O: SpanOut> Sink for Stages<O> {
         }
     }
 
+    fn lost(&mut self, at_ns: u64) {
+        if let Some(http) = &mut self.http {
+            http.inbound_lost(0, at_ns);
+        }
+    }
+
     fn closed(&mut self, conn: &ConnInfo) {
         if let Some(http) = &mut self.http {
             http.closed(conn, self.now_ns);
@@ -343,9 +349,6 @@ impl<O: SpanOut> Dispatcher<O> {
         s.now_ns = s.now_ns.max(now_ns);
         self.conns.sweep(s.now_ns, s);
         if let Some(http) = &mut s.http {
-            if let Some(at) = self.conns.take_parked_lost() {
-                http.inbound_lost(0, at);
-            }
             // The reader hands out every record older than its hold; what
             // the streams still hold bounds what is complete.
             let read = now_ns.saturating_sub(lanes::HOLD_NS);
@@ -452,9 +455,6 @@ impl<O: SpanOut> Dispatcher<O> {
         s.now_ns = s.now_ns.max(now_ns);
         self.conns.flush_all(s);
         if let Some(http) = &mut s.http {
-            if let Some(at) = self.conns.take_parked_lost() {
-                http.inbound_lost(0, at);
-            }
             // Every stream was delivered: no input can come any more.
             http.complete_until(u64::MAX);
         }

@@ -257,27 +257,28 @@ impl HttpSpans {
             }
         }
         let before = c.parser.protocol();
-        if chunk.missing(MissingKind::Hole) > 0
-            && (before == Protocol::Http1
-                || (before == Protocol::Undecided && conn.role != Role::Unknown))
-        {
-            // Requests in flight may have been lost in the hole: do not let
-            // later responses pair with the wrong one. (HTTP/2 pairs by
-            // stream id: a hole cannot mispair it.)
-            out.correlator.conn_reset(ConnId(conn.cookie), out.now_ns);
-        }
-        // A request read in a hole is lost: no rule may take another request
-        // in flight for the only one. Requests arrive on what this socket
-        // accepted, or where its parser saw them arrive. (A connection
-        // opened before the agent whose bytes were never seen tells
-        // neither: a blind spot, see design 005.)
-        let serves = conn.role == Role::Server || c.parser.client() == Some(conn::Dir::B);
-        if dir == Dir::Recv && serves && chunk.missing(MissingKind::Hole) > 0 {
-            let at = chunk
-                .seg_ts_ns
-                .or(chunk.op.map(|o| o.ts_ns))
-                .unwrap_or(out.now_ns);
-            out.lost_in(conn, at);
+        if chunk.missing(MissingKind::Hole) > 0 {
+            if before == Protocol::Http1
+                || (before == Protocol::Undecided && conn.role != Role::Unknown)
+            {
+                // Requests in flight may have been lost in the hole: do not
+                // let later responses pair with the wrong one. (HTTP/2 pairs
+                // by stream id: a hole cannot mispair it.)
+                out.correlator.conn_reset(ConnId(conn.cookie), out.now_ns);
+            }
+            // A request read in a hole is lost: no rule may take another
+            // request in flight for the only one. Requests arrive on what
+            // this socket accepted, or where its parser saw them arrive. (A
+            // connection opened before the agent whose bytes were never seen
+            // tells neither: a blind spot, see design 005.)
+            let serves = conn.role == Role::Server || c.parser.client() == Some(conn::Dir::B);
+            if dir == Dir::Recv && serves {
+                let at = chunk
+                    .seg_ts_ns
+                    .or(chunk.op.map(|o| o.ts_ns))
+                    .unwrap_or(out.now_ns);
+                out.lost(conn.pid, at);
+            }
         }
         c.parser
             .feed(cdir(dir), chunk, &mut |m| out.message(conn, &m));
@@ -421,8 +422,7 @@ impl HttpSpans {
     /// Records that may have held a request read by `pid` (0: not known)
     /// from `at_ns` on were lost before this stage.
     pub fn inbound_lost(&mut self, pid: u32, at_ns: u64) {
-        let pid = (pid != 0).then_some(Pid(pid));
-        self.out.correlator.inbound_lost(pid, at_ns);
+        self.out.lost(pid, at_ns);
     }
 
     /// Spans from [`poll`](Self::poll) handed on: their buffers are reused.
@@ -489,11 +489,11 @@ impl HttpSpans {
 }
 
 impl ToSpans {
-    /// What `conn`'s process read from `at` on may have held a request
-    /// that never becomes a message.
-    fn lost_in(&mut self, conn: &ConnInfo, at: u64) {
-        let pid = (conn.pid != 0).then_some(Pid(conn.pid));
-        self.correlator.inbound_lost(pid, at);
+    /// What `pid` (0: not known) read from `at` on may have held a
+    /// request that never becomes a message.
+    fn lost(&mut self, pid: u32, at: u64) {
+        self.correlator
+            .inbound_lost((pid != 0).then_some(Pid(pid)), at);
     }
 
     fn message(&mut self, conn: &ConnInfo, m: &MessageView<'_>) {
@@ -505,7 +505,7 @@ impl ToSpans {
         let Some(first) = info.first_op.or(info.last_op) else {
             self.counters.messages_without_call += 1;
             if dir == Dir::Recv && m.is_request() {
-                self.lost_in(conn, info.first_seg_ts_ns.unwrap_or(self.now_ns));
+                self.lost(conn.pid, info.first_seg_ts_ns.unwrap_or(self.now_ns));
             }
             return;
         };

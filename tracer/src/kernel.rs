@@ -10,6 +10,8 @@
 //! (its data pages appear at two addresses).
 use std::{fs::File, path::Path};
 
+use arrayvec::ArrayVec;
+
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
@@ -347,8 +349,6 @@ where
     T::try_from(map).map_err(|e| KernelError::Map(name, e))
 }
 
-/// Every key of `keys` with its counter (at `index(key)`) summed over CPUs
-/// (0 when it cannot be read).
 /// Whether a drop may lose a request (see [`Kernel::request_drops`]): all
 /// but those of CPU samples, socket totals and runtime-hook causes. A new
 /// reason counts until shown harmless.
@@ -364,6 +364,8 @@ fn may_lose_request(r: DropReason) -> bool {
     )
 }
 
+/// Every key of `keys` with its counter (at `index(key)`) summed over CPUs
+/// (0 when it cannot be read).
 fn per_cpu_sums<K: Copy>(
     map: &PerCpuArray<MapData, u64>,
     keys: &[K],
@@ -607,9 +609,12 @@ impl Kernel {
     /// causes are left out (their loss costs a profile or a link, never
     /// a request).
     pub fn request_drops(&self) -> u64 {
-        per_cpu_sums(&self.drops, &DropReason::ALL, |r| r as u32)
+        let keys: ArrayVec<DropReason, { DropReason::ALL.len() }> = DropReason::ALL
+            .into_iter()
+            .filter(|&r| may_lose_request(r))
+            .collect();
+        per_cpu_sums(&self.drops, &keys, |r| r as u32)
             .iter()
-            .filter(|(r, _)| may_lose_request(*r))
             .map(|(_, n)| n)
             .sum()
     }

@@ -518,10 +518,7 @@ impl StreamReassembler {
     pub fn pending_since(&self) -> Option<u64> {
         let bytes = self.spans.front().map(|s| s.ts);
         let call = self.ops.front().map(|o| o.meta.ts_ns);
-        match (bytes, call) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        bytes.into_iter().chain(call).min()
     }
 
     /// True when buffers are close enough to a limit that the next
