@@ -469,6 +469,7 @@ impl Conns {
         if let Some(parked) = self.parked.remove(&(local, remote)) {
             self.parked_count -= parked.len();
             let stream = &mut conn.streams[Dir::Recv as usize];
+            stream.set_sent_order(true);
             for p in parked {
                 feed(stream, p.seq, p.payload_len, p.tcp_flags, &p.data, p.ts_ns);
                 self.counters.loopback_mirrored += 1;
@@ -491,6 +492,7 @@ impl Conns {
         if let Some(peer) = self.by_tuple.get(&key).and_then(|c| self.conns.get_mut(c)) {
             peer.last_seen = hdr.ts_ns;
             let stream = &mut peer.streams[Dir::Recv as usize];
+            stream.set_sent_order(true);
             feed(
                 stream,
                 hdr.seq,
@@ -525,6 +527,16 @@ impl Conns {
         let pool = &mut self.pool;
         let conn = self.conns.entry(cookie).or_insert_with(|| {
             counters.opened += 1;
+            let mut streams = pool.pop().unwrap_or_else(|| {
+                Box::new([
+                    StreamReassembler::new(limits),
+                    StreamReassembler::new(limits),
+                ])
+            });
+            // A socket's sends are captured as it sends them; its receives
+            // are too when fed from a loopback peer's sends (see
+            // `mirror_loopback`), else they come from the network.
+            streams[Dir::Send as usize].set_sent_order(true);
             Conn {
                 info: ConnInfo {
                     cookie,
@@ -535,12 +547,7 @@ impl Conns {
                     comm: [0; 16],
                     tls: false,
                 },
-                streams: pool.pop().unwrap_or_else(|| {
-                    Box::new([
-                        StreamReassembler::new(limits),
-                        StreamReassembler::new(limits),
-                    ])
-                }),
+                streams,
                 closed_at: None,
                 last_seen: now,
                 ctl: SockCtl::default(),
@@ -1011,6 +1018,45 @@ mod tests {
         let b = &t.conns[&B].info;
         assert_eq!(b.role, Role::Server);
         assert_eq!(b.remote.unwrap().port(), 5000);
+    }
+
+    /// A lost packet record on loopback: both ends' streams were captured
+    /// as sent (the client's sends, the server's receives fed from them),
+    /// so the request after the gap goes out once the short wait has
+    /// passed, not the hole timeout.
+    #[test]
+    fn a_lost_loopback_packet_holds_its_connection_only_briefly() {
+        const MS: u64 = 1_000_000;
+        let mut t = Conns::new(ConnLimits::default());
+        let mut sink = Collect::default();
+        t.on_state(&state(A, TCP_SYN_SENT, 5000, 80, 1), &mut sink);
+        t.on_state(&state(B, TCP_SYN_RECV, 80, 5000, 2), &mut sink);
+        let (r1, r2) = (b"GET /1 HTTP/1.1\r\n\r\n", b"GET /2 HTTP/1.1\r\n\r\n");
+        let (n1, n2) = (r1.len() as u32, r2.len() as u32);
+        // r1's packet record is lost; r2's arrives.
+        t.on_op(&op(A, Dir::Send, 1000 + n1, n1, 7, 3 * MS), &mut sink);
+        t.on_op(&op(B, Dir::Recv, 1000 + n1, n1, 9, 3 * MS), &mut sink);
+        t.on_segment(
+            &seg(A, Dir::Send, 5000, 80, 1000 + n1, r2, 4 * MS),
+            r2,
+            &mut sink,
+        );
+        t.on_op(&op(A, Dir::Send, 1000 + n1 + n2, n2, 7, 4 * MS), &mut sink);
+        t.on_op(&op(B, Dir::Recv, 1000 + n1 + n2, n2, 9, 4 * MS), &mut sink);
+        t.sweep(20 * MS, &mut sink);
+        assert!(
+            sink.got.iter().all(|g| g.3 != r2.to_vec()),
+            "{:?}",
+            sink.got
+        );
+        t.sweep(25 * MS, &mut sink);
+        for end in [(A, Dir::Send, Some(7)), (B, Dir::Recv, Some(9))] {
+            assert!(
+                sink.got.contains(&(end.0, end.1, end.2, r2.to_vec())),
+                "{:?}",
+                sink.got
+            );
+        }
     }
 
     #[test]

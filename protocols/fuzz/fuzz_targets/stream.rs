@@ -16,8 +16,9 @@ fn u32_at(d: &[u8], i: usize) -> u32 {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let limits = StreamLimits { max_segments: 16, max_bytes: 2048, max_ops: 8, hole_timeout_ns: 50 };
+    let limits = StreamLimits { max_segments: 16, max_bytes: 2048, max_ops: 8, hole_timeout_ns: 50, lost_gap_timeout_ns: 10 };
     let mut r = StreamReassembler::new(limits);
+    r.set_sent_order(data.first().is_some_and(|b| b & 1 != 0));
     let mut p = Http1Parser::new(Role::Request, Http1Config::default());
     let mut next = 0u64;
     let mut now = 0u64;

@@ -273,6 +273,12 @@ pub struct StreamLimits {
     /// How long to wait for missing segments or operation records before
     /// delivering without them (nanoseconds).
     pub hole_timeout_ns: u64,
+    /// How long to wait for bytes missing before bytes already captured,
+    /// in a stream captured in the order it was sent (see
+    /// [`StreamReassembler::set_sent_order`]): only a record still on its
+    /// way (another CPU's, held up) can fill such a gap, since a
+    /// retransmission is never the first copy captured.
+    pub lost_gap_timeout_ns: u64,
 }
 
 impl Default for StreamLimits {
@@ -282,6 +288,7 @@ impl Default for StreamLimits {
             max_bytes: 256 * 1024,
             max_ops: 1024,
             hole_timeout_ns: 200_000_000,
+            lost_gap_timeout_ns: 20_000_000,
         }
     }
 }
@@ -395,6 +402,8 @@ pub struct StreamReassembler {
     piece_buf: Vec<Piece<'static>>,
     /// Sequence number of the FIN, once seen.
     fin: Option<u32>,
+    /// Bytes are captured in the order they were sent.
+    sent_order: bool,
 }
 
 /// Reuses a vector's allocation for another lifetime (in-place collect of an
@@ -429,6 +438,7 @@ impl StreamReassembler {
             max_bytes: limits.max_bytes.max(1),
             max_ops: limits.max_ops.max(1),
             hole_timeout_ns: limits.hole_timeout_ns,
+            lost_gap_timeout_ns: limits.lost_gap_timeout_ns.min(limits.hole_timeout_ns),
         };
         StreamReassembler {
             limits,
@@ -442,6 +452,7 @@ impl StreamReassembler {
             clock: 0,
             piece_buf: Vec::new(),
             fin: None,
+            sent_order: false,
         }
     }
 
@@ -458,6 +469,7 @@ impl StreamReassembler {
         self.contig_end = 0;
         self.clock = 0;
         self.fin = None;
+        self.sent_order = false;
     }
 
     /// Frees what is allocated but holds nothing (spare buffers, empty
@@ -756,8 +768,29 @@ impl StreamReassembler {
         self.contig_end = self.next;
     }
 
+    /// This stream's bytes are captured in the order they were sent (a
+    /// socket's own sends; a loopback receive fed from the peer's sends),
+    /// not as they arrive from a network that may retransmit a lost
+    /// segment later: a gap before captured bytes is then a lost record,
+    /// and waiting the hole timeout for it would hold every later request
+    /// of the connection (both directions) that long.
+    pub fn set_sent_order(&mut self, yes: bool) {
+        self.sent_order = yes;
+    }
+
     fn deadline_passed(&self, noticed: u64, now: u64) -> bool {
         now >= noticed.saturating_add(self.limits.hole_timeout_ns)
+    }
+
+    /// Whether to stop waiting for bytes missing before bytes captured
+    /// (noticed at `noticed`).
+    fn gap_deadline_passed(&self, noticed: u64, now: u64) -> bool {
+        let wait = if self.sent_order {
+            self.limits.lost_gap_timeout_ns
+        } else {
+            self.limits.hole_timeout_ns
+        };
+        now >= noticed.saturating_add(wait)
     }
 
     /// Chooses the next range to deliver, or `None` to wait.
@@ -784,14 +817,17 @@ impl StreamReassembler {
             // An operation covers the next byte.
             // Missing bytes of the op: a gap is known once a segment lies
             // beyond it; otherwise wait while coverage keeps growing.
-            let waiting_since = match self.spans.first_after(self.contig_end) {
-                Some(sp) => sp.noticed,
-                None => self
-                    .spans
-                    .back()
-                    .map_or(op.noticed, |b| b.noticed.max(op.noticed)),
+            let passed = match self.spans.first_after(self.contig_end) {
+                Some(sp) => self.gap_deadline_passed(sp.noticed, now),
+                None => {
+                    let since = self
+                        .spans
+                        .back()
+                        .map_or(op.noticed, |b| b.noticed.max(op.noticed));
+                    self.deadline_passed(since, now)
+                }
             };
-            if self.contig_end >= op.end || self.deadline_passed(waiting_since, now) {
+            if self.contig_end >= op.end || passed {
                 return unit(op.end, Some(op.meta), false);
             }
             if !pressure {
@@ -825,13 +861,15 @@ impl StreamReassembler {
             (None, Some(o)) => o.start,
             (None, None) => return None,
         };
-        let noticed = match (first_span, op) {
-            (Some((_, n)), Some(o)) => n.min(o.noticed),
-            (Some((_, n)), None) => n,
-            (None, Some(o)) => o.noticed,
+        let passed = match (first_span, op) {
+            (Some((_, n)), Some(o)) => {
+                self.gap_deadline_passed(n, now) || self.deadline_passed(o.noticed, now)
+            }
+            (Some((_, n)), None) => self.gap_deadline_passed(n, now),
+            (None, Some(o)) => self.deadline_passed(o.noticed, now),
             (None, None) => return None,
         };
-        if self.deadline_passed(noticed, now) {
+        if passed {
             unit(gap_end, None, false)
         } else if pressure {
             unit(gap_end, None, true)

@@ -518,6 +518,7 @@ fn limits_evict_furthest_and_force_delivery() {
         max_bytes: 1 << 20,
         max_ops: 16,
         hole_timeout_ns: 200 * MS,
+        lost_gap_timeout_ns: 20 * MS,
     };
     let mut r = StreamReassembler::new(limits);
     // One huge op; its segments arrive but the op is never complete in time.
@@ -544,6 +545,7 @@ fn limits_bytes() {
         max_bytes: 100,
         max_ops: 16,
         hole_timeout_ns: 200 * MS,
+        lost_gap_timeout_ns: 20 * MS,
     };
     let mut r = StreamReassembler::new(limits);
     for i in 0..50u32 {
@@ -565,6 +567,7 @@ fn limits_ops() {
         max_bytes: 1 << 20,
         max_ops: 8,
         hole_timeout_ns: 200 * MS,
+        lost_gap_timeout_ns: 20 * MS,
     };
     let mut r = StreamReassembler::new(limits);
     for i in 1..100u32 {
@@ -858,4 +861,42 @@ fn a_direction_waiting_on_an_earlier_call_holds_the_other_back() {
     assert_eq!(order, vec![(req, 0), (resp, 0)]);
     poll_pair(&mut pair, 300 * MS, &mut |i, c| order.push((i, c.offset)));
     assert_eq!(order, vec![(req, 0), (resp, 0), (req, 10), (resp, 20)]);
+}
+
+/// Bytes lost before bytes already captured: a stream captured in the order
+/// it was sent stops waiting for them after the short wait, one from the
+/// network waits the hole timeout (a retransmission may still fill it).
+/// Bytes an op waits for with nothing captured after them wait the hole
+/// timeout either way.
+#[test]
+fn gaps_before_captured_bytes_wait_less_in_sent_order() {
+    let late = c(3, 3, Some(2), vec![P::H(3), d(b"ghi")]);
+    for sent_order in [false, true] {
+        let mut r = new();
+        r.set_sent_order(sent_order);
+        r.push_segment(0, 3, b"abc", MS);
+        r.push_op(3, 3, meta(1, MS));
+        r.push_op(9, 6, meta(2, 2 * MS));
+        r.push_segment(6, 3, b"ghi", 2 * MS);
+        assert_eq!(
+            poll(&mut r, 2 * MS),
+            vec![c(0, 0, Some(1), vec![d(b"abc")])]
+        );
+        if sent_order {
+            assert!(poll(&mut r, 21 * MS).is_empty());
+            assert_eq!(poll(&mut r, 22 * MS), vec![late.clone()]);
+        } else {
+            assert!(poll(&mut r, 201 * MS).is_empty());
+            assert_eq!(poll(&mut r, 202 * MS), vec![late.clone()]);
+        }
+    }
+    let mut r = new();
+    r.set_sent_order(true);
+    r.push_op(5, 5, meta(1, MS));
+    r.push_segment(0, 2, b"ab", MS);
+    assert!(poll(&mut r, 200 * MS).is_empty());
+    assert_eq!(
+        poll(&mut r, 201 * MS),
+        vec![c(0, 0, Some(1), vec![d(b"ab"), P::H(3)])]
+    );
 }
