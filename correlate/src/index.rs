@@ -287,7 +287,8 @@ impl ThreadIndex {
         let Some(t) = self.threads.get_mut(&(pid, tid)) else {
             return false;
         };
-        let Some(slot) = t.entries.get_mut(&(start, key)) else {
+        let at = (start, key);
+        let Some(slot) = t.entries.get_mut(&at) else {
             return false;
         };
         if slot.end().is_some() {
@@ -297,7 +298,6 @@ impl ThreadIndex {
         t.open.retain(|o| o.1 != key);
         t.ended(start, end, key);
         // Ordered by start: the neighbours tell.
-        let at = (start, key);
         let next = t
             .entries
             .range((Bound::Excluded(at), Bound::Unbounded))
@@ -543,6 +543,7 @@ impl<K: Hash + Eq> MultiIndex<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
 
     fn e(key: SpanKey, start: u64, end: Option<u64>) -> ThreadEntry {
         ThreadEntry {
@@ -662,8 +663,6 @@ mod tests {
         assert_eq!(ix.get(&1), &[5, 10, 20, 30, 40, 50]);
     }
 
-    use proptest::strategy::Strategy;
-
     proptest::proptest! {
         /// Spans reported late (out of start order, as a stream held up by
         /// a hole delivers them), short and long, open and ended: every
@@ -681,7 +680,7 @@ mod tests {
         ) {
             let (p, t) = (Pid(1), Tid(1));
             let mut ix = ThreadIndex::new(8, 1 << 20);
-            // (entry, ended later through set_end)
+            // What a scan of every span answers from.
             let mut model: Vec<ThreadEntry> = Vec::new();
             for (i, &(start, len, ends, ended_at_insert)) in spans.iter().enumerate() {
                 let key = i as SpanKey;

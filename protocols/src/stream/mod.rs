@@ -785,12 +785,10 @@ impl StreamReassembler {
     /// Whether to stop waiting for bytes missing before bytes captured
     /// (noticed at `noticed`).
     fn gap_deadline_passed(&self, noticed: u64, now: u64) -> bool {
-        let wait = if self.sent_order {
-            self.limits.lost_gap_timeout_ns
-        } else {
-            self.limits.hole_timeout_ns
-        };
-        now >= noticed.saturating_add(wait)
+        if !self.sent_order {
+            return self.deadline_passed(noticed, now);
+        }
+        now >= noticed.saturating_add(self.limits.lost_gap_timeout_ns)
     }
 
     /// Chooses the next range to deliver, or `None` to wait.
@@ -861,14 +859,8 @@ impl StreamReassembler {
             (None, Some(o)) => o.start,
             (None, None) => return None,
         };
-        let passed = match (first_span, op) {
-            (Some((_, n)), Some(o)) => {
-                self.gap_deadline_passed(n, now) || self.deadline_passed(o.noticed, now)
-            }
-            (Some((_, n)), None) => self.gap_deadline_passed(n, now),
-            (None, Some(o)) => self.deadline_passed(o.noticed, now),
-            (None, None) => return None,
-        };
+        let passed = first_span.is_some_and(|(_, n)| self.gap_deadline_passed(n, now))
+            || op.is_some_and(|o| self.deadline_passed(o.noticed, now));
         if passed {
             unit(gap_end, None, false)
         } else if pressure {
