@@ -9,7 +9,7 @@ use std::{
 
 use serde_json::Value;
 use tracer_e2e::{
-    free_port, py_script, python, require_tool, root_test, run_ok,
+    emulated, free_port, py_script, python, require_tool, root_test, run_ok,
     span::{attr, f},
     thread_nices, Agent, Otlp, Pyroscope, Receiver,
 };
@@ -128,7 +128,7 @@ fn cpu_spans_carry_their_profile_and_sleeping_spans_do_not() {
     // per overrun), and emulated Python spends tens of ms of CPU in a sleeping
     // request. There the checks of rates and per-span counts are skipped;
     // that samples are taken, labelled and unwound on this kernel is not.
-    let emulated = std::env::var("TRACER_TEST_EMULATED").is_ok();
+    let emulated = emulated();
     if emulated {
         println!("SKIP in the guest: the sample rate of the cpu spans, a profile on each, none on the sleeping spans (emulation timing)");
         assert!(cpu_samples > 0, "samples in the cpu spans");
