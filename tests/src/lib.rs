@@ -240,12 +240,17 @@ impl AgentOutput {
             .flat_map(|l| l.split_whitespace().skip(1))
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
     }
+
+    /// Spans the agent dropped at export, counted (failed exports and a
+    /// full queue).
+    pub fn spans_dropped_at_export(&self) -> u64 {
+        self.counter("export.dropped_failed{otlp}").unwrap_or(0)
+            + self.counter("export.dropped_queue_full{otlp}").unwrap_or(0)
+    }
 }
 
 /// Whether the tests run in the kernel matrix's emulated guest (one vCPU,
-/// CPU-bound work ~10x slower, starved whenever the host is busy): there
-/// the test receiver, a Python process, has been seen to take more than the
-/// agent's default 10 s to answer an export, so the agent waits 30 s.
+/// CPU-bound work ~10x slower, starved whenever the host is busy).
 pub fn emulated() -> bool {
     std::env::var_os("TRACER_TEST_EMULATED").is_some()
 }
@@ -262,6 +267,8 @@ impl Agent {
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+            // Under emulation the test receiver, a Python process, has been
+            // seen to take more than the default 10 s to answer an export.
             .envs(emulated().then_some(("OTEL_EXPORTER_OTLP_TIMEOUT", "30000")))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

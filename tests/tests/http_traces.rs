@@ -562,8 +562,7 @@ fn export_outage_is_survived_and_counted() {
         .values()
         .map(Vec::len)
         .sum();
-    let dropped = out.counter("export.dropped_failed{otlp}").unwrap_or(0)
-        + out.counter("export.dropped_queue_full{otlp}").unwrap_or(0);
+    let dropped = out.spans_dropped_at_export();
     let retries = out.counter("export.retries{otlp}").unwrap_or(0);
     println!(
         "outage: {during} spans delivered late, {dropped} dropped and counted, {retries} retries"

@@ -496,7 +496,6 @@ fn haproxy(backend: u16, unique_id: bool) -> ((Listening, TempDir), u16) {
     ((p, dir), port)
 }
 
-/// Asserts that hops are linked, none wrong.
 /// `got` of `total` (calls linked, requests fully linked) is at least
 /// `want`. In the kernel matrix's emulated guest the agent loses some
 /// records (the host starves the emulator: a few requests' calls go
@@ -507,9 +506,7 @@ fn enough(got: usize, want: usize, total: usize, out: &AgentOutput, what: &str) 
     if got >= want {
         return;
     }
-    let counted = out.counter("inbound_losses").unwrap_or(0)
-        + out.counter("export.dropped_failed{otlp}").unwrap_or(0)
-        + out.counter("export.dropped_queue_full{otlp}").unwrap_or(0);
+    let counted = out.counter("inbound_losses").unwrap_or(0) + out.spans_dropped_at_export();
     assert!(
         emulated() && (want - got) as u64 <= counted && got * 5 >= total * 4,
         "{what}: {got} of {total}, wanted {want}; the agent counted {counted} losses\n{}",
@@ -518,6 +515,7 @@ fn enough(got: usize, want: usize, total: usize, out: &AgentOutput, what: &str) 
     println!("{what}: {got} of {total} (short of {want} by losses the agent counted: {counted}, emulation)");
 }
 
+/// Asserts that hops are linked, none wrong.
 fn all_linked(p: &Proxied, requests: usize) {
     let l = &p.links;
     assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
