@@ -13,6 +13,12 @@ use crate::stream::{Chunk, MissingKind, Part, Piece, Pos};
 /// Smallest accepted `max_head_bytes`.
 const MIN_HEAD: usize = 64;
 
+/// What a trimmed parser keeps room for (see [`Http1Parser::trim`]): a
+/// small head's bytes and fields, a few queued entries.
+const KEEP_HEAD_BYTES: usize = 1024;
+const KEEP_FIELDS: usize = 32;
+const KEEP_ENTRIES: usize = 4;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Expecting or buffering a head.
@@ -114,18 +120,43 @@ impl Http1Parser {
         };
     }
 
-    /// Frees buffer capacity while no message is open and nothing is
-    /// buffered (the state stays): a closed connection that lingers for
-    /// late records then holds no head buffers.
+    /// Frees buffer capacity beyond what a small message uses while no
+    /// message is open and nothing is buffered (the state stays): a closed
+    /// connection that lingers for late records then holds at most small
+    /// head buffers, which the parser reused from the pool for the next
+    /// connection needs (freeing them all made it allocate them again).
     pub fn trim(&mut self) {
-        if matches!(self.state, State::Head) && self.head.is_empty() && self.cur.is_none() {
-            self.head = Vec::new();
-            self.cur_head = ParsedHead::default();
-            self.scratch = Vec::new();
+        fn keep<T>(v: &mut Vec<T>, max: usize) {
+            v.clear();
+            if v.capacity() > max {
+                *v = Vec::new();
+            }
         }
-        self.marks.shrink_to_fit();
-        self.expected.shrink_to_fit();
-        self.kinds_out.shrink_to_fit();
+        if matches!(self.state, State::Head) && self.head.is_empty() && self.cur.is_none() {
+            keep(&mut self.head, KEEP_HEAD_BYTES);
+            keep(&mut self.scratch, KEEP_HEAD_BYTES);
+            let mut bytes = std::mem::take(&mut self.cur_head.bytes);
+            let mut fields = std::mem::take(&mut self.cur_head.fields);
+            keep(&mut bytes, KEEP_HEAD_BYTES);
+            keep(&mut fields, KEEP_FIELDS);
+            self.cur_head = ParsedHead {
+                bytes,
+                fields,
+                ..ParsedHead::default()
+            };
+        }
+        self.marks.shrink_to(KEEP_ENTRIES);
+        self.expected.shrink_to(KEEP_ENTRIES);
+        self.kinds_out.shrink_to(KEEP_ENTRIES);
+    }
+
+    /// Heap bytes of the head buffers (tests of [`trim`](Self::trim)).
+    #[cfg(test)]
+    pub(crate) fn head_heap_bytes(&self) -> usize {
+        self.head.capacity()
+            + self.scratch.capacity()
+            + self.cur_head.bytes.capacity()
+            + self.cur_head.fields.capacity() * std::mem::size_of::<super::head::Field>()
     }
 
     /// A parser for a direction carrying `role` messages.

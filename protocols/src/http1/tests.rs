@@ -115,6 +115,29 @@ fn simple_get() {
 }
 
 #[test]
+fn trim_keeps_small_head_buffers_and_frees_large_ones() {
+    let mut p = req();
+    assert_eq!(run(&mut p, &[In::D(GET)]).len(), 1);
+    let small = p.head_heap_bytes();
+    assert!(small > 0);
+    p.trim();
+    assert_eq!(p.head_heap_bytes(), small, "kept for the next connection");
+    // A 3 KiB head: its buffers go at the trim.
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nCookie: {}\r\n\r\n",
+        "c".repeat(3000)
+    );
+    assert_eq!(run(&mut p, &[In::D(big.as_bytes())]).len(), 1);
+    assert!(p.head_heap_bytes() > 3000);
+    p.trim();
+    assert!(p.head_heap_bytes() <= 2048, "{}", p.head_heap_bytes());
+    assert_eq!(
+        sums(&run(&mut p, &[In::D(GET)]))[0].line,
+        "GET /index.html?q=1"
+    );
+}
+
+#[test]
 fn trim_keeps_what_a_message_in_progress_needs() {
     // A head cut in two, trimmed between the halves.
     let mut p = req();

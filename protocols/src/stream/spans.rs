@@ -11,6 +11,9 @@ use super::{MissingKind, Piece};
 const POOL_MAX: usize = 64;
 /// Buffers larger than this are not kept for reuse.
 const POOL_BUF_MAX: usize = 4096;
+/// Spare buffers a trimmed store keeps, and their largest size.
+const KEEP_BUFS: usize = 2;
+const KEEP_BUF_BYTES: usize = 512;
 
 /// One buffered range `[start, end)` of stream positions.
 #[derive(Debug)]
@@ -283,10 +286,15 @@ impl SpanStore {
         Some(r)
     }
 
-    /// Frees the spare buffers and the list's unused capacity.
+    /// Frees the spare buffers and the list's unused capacity beyond what
+    /// a small connection uses (see [`StreamReassembler::trim`]).
+    ///
+    /// [`StreamReassembler::trim`]: super::StreamReassembler::trim
     pub(super) fn trim(&mut self) {
-        self.pool = Vec::new();
-        self.spans.shrink_to_fit();
+        self.pool.retain(|b| b.capacity() <= KEEP_BUF_BYTES);
+        self.pool.truncate(KEEP_BUFS);
+        self.pool.shrink_to(KEEP_BUFS);
+        self.spans.shrink_to(super::KEEP_ENTRIES);
     }
 
     /// Heap bytes allocated: the list and the buffers, spare or in use.
