@@ -1,5 +1,7 @@
 //! Heads: end detection, httparse, framing rules.
 
+use std::mem::MaybeUninit;
+
 use super::{BodyFraming, RequestKind, Role};
 
 /// Most headers a head may have.
@@ -179,6 +181,13 @@ fn config(role: Role) -> httparse::ParserConfig {
     c
 }
 
+/// Room for httparse's headers, left uninitialised: httparse writes those
+/// it finds, and filling 128 empty ones (4 KiB) for every head cost more
+/// than parsing a small head.
+fn no_headers<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 fn range_of(base: &[u8], part: &[u8]) -> Span32 {
     // httparse hands out subslices of `base`: their place is their address
     // minus the base's.
@@ -205,7 +214,7 @@ pub(crate) fn parse_head(
     buf: &mut Vec<u8>,
     out: &mut ParsedHead,
 ) -> Result<(), HeadError> {
-    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut hs = no_headers();
     let cfg = config(role);
     let err = |e: httparse::Error| match e {
         httparse::Error::TooManyHeaders => HeadError::TooManyHeaders,
@@ -214,8 +223,11 @@ pub(crate) fn parse_head(
     let base: &[u8] = buf;
     match role {
         Role::Request => {
-            let mut req = httparse::Request::new(&mut hs);
-            match cfg.parse_request(&mut req, base).map_err(err)? {
+            let mut req = httparse::Request::new(&mut []);
+            match cfg
+                .parse_request_with_uninit_headers(&mut req, base, &mut hs)
+                .map_err(err)?
+            {
                 httparse::Status::Complete(_) => {}
                 httparse::Status::Partial => return Err(HeadError::Invalid),
             }
@@ -227,8 +239,11 @@ pub(crate) fn parse_head(
             fields(base, req.headers, &mut out.fields);
         }
         Role::Response => {
-            let mut resp = httparse::Response::new(&mut hs);
-            match cfg.parse_response(&mut resp, base).map_err(err)? {
+            let mut resp = httparse::Response::new(&mut []);
+            match cfg
+                .parse_response_with_uninit_headers(&mut resp, base, &mut hs)
+                .map_err(err)?
+            {
                 httparse::Status::Complete(_) => {}
                 httparse::Status::Partial => return Err(HeadError::Invalid),
             }
@@ -248,14 +263,14 @@ pub(crate) fn parse_head(
 /// Checks a head that is not complete yet: `Err` when what is there
 /// already cannot be a valid head.
 pub(crate) fn check_partial(role: Role, buf: &[u8]) -> Result<(), HeadError> {
-    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut hs = no_headers();
     let cfg = config(role);
     let r = match role {
         Role::Request => cfg
-            .parse_request(&mut httparse::Request::new(&mut hs), buf)
+            .parse_request_with_uninit_headers(&mut httparse::Request::new(&mut []), buf, &mut hs)
             .map(|_| ()),
         Role::Response => cfg
-            .parse_response(&mut httparse::Response::new(&mut hs), buf)
+            .parse_response_with_uninit_headers(&mut httparse::Response::new(&mut []), buf, &mut hs)
             .map(|_| ()),
     };
     r.map_err(|e| match e {
