@@ -65,6 +65,12 @@ macro_rules! sum_counters {
     };
 }
 
+/// List entries (queued operations, spans, pieces, request kinds) a
+/// closed connection's reassembler or parser keeps room for when trimmed:
+/// what a short connection's request and response use, so that a pooled
+/// one serves the next connection without allocating.
+const TRIM_KEEP_ENTRIES: usize = 4;
+
 pub mod conn;
 pub mod hpack;
 pub mod http1;

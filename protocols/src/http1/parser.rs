@@ -14,10 +14,9 @@ use crate::stream::{Chunk, MissingKind, Part, Piece, Pos};
 const MIN_HEAD: usize = 64;
 
 /// What a trimmed parser keeps room for (see [`Http1Parser::trim`]): a
-/// small head's bytes and fields, a few queued entries.
+/// small head's bytes and fields.
 const KEEP_HEAD_BYTES: usize = 1024;
 const KEEP_FIELDS: usize = 32;
-const KEEP_ENTRIES: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -126,6 +125,7 @@ impl Http1Parser {
     /// head buffers, which the parser reused from the pool for the next
     /// connection needs (freeing them all made it allocate them again).
     pub fn trim(&mut self) {
+        /// Empty, and freed when larger than `max`.
         fn keep<T>(v: &mut Vec<T>, max: usize) {
             v.clear();
             if v.capacity() > max {
@@ -135,19 +135,13 @@ impl Http1Parser {
         if matches!(self.state, State::Head) && self.head.is_empty() && self.cur.is_none() {
             keep(&mut self.head, KEEP_HEAD_BYTES);
             keep(&mut self.scratch, KEEP_HEAD_BYTES);
-            let mut bytes = std::mem::take(&mut self.cur_head.bytes);
-            let mut fields = std::mem::take(&mut self.cur_head.fields);
-            keep(&mut bytes, KEEP_HEAD_BYTES);
-            keep(&mut fields, KEEP_FIELDS);
-            self.cur_head = ParsedHead {
-                bytes,
-                fields,
-                ..ParsedHead::default()
-            };
+            keep(&mut self.cur_head.bytes, KEEP_HEAD_BYTES);
+            keep(&mut self.cur_head.fields, KEEP_FIELDS);
+            self.cur_head.line = ParsedHead::default().line;
         }
-        self.marks.shrink_to(KEEP_ENTRIES);
-        self.expected.shrink_to(KEEP_ENTRIES);
-        self.kinds_out.shrink_to(KEEP_ENTRIES);
+        self.marks.shrink_to(crate::TRIM_KEEP_ENTRIES);
+        self.expected.shrink_to(crate::TRIM_KEEP_ENTRIES);
+        self.kinds_out.shrink_to(crate::TRIM_KEEP_ENTRIES);
     }
 
     /// Heap bytes of the head buffers (tests of [`trim`](Self::trim)).

@@ -371,10 +371,6 @@ impl std::ops::AddAssign<&StreamCounters> for StreamCounters {
 /// records that turn out to be earlier.
 const ORIGIN_BASE: u64 = 1 << 40;
 
-/// List entries (operations, spans, pieces) a trimmed reassembler keeps
-/// room for: what a short connection's request or response uses.
-const KEEP_ENTRIES: usize = 4;
-
 /// One buffered operation range `[start, end)`.
 #[derive(Debug, Clone, Copy)]
 struct PendingOp {
@@ -486,8 +482,8 @@ impl StreamReassembler {
     /// of 5 in the chain replay). Buffered bytes and operations stay.
     pub fn trim(&mut self) {
         self.spans.trim();
-        self.ops.shrink_to(KEEP_ENTRIES);
-        self.piece_buf.shrink_to(KEEP_ENTRIES);
+        self.ops.shrink_to(crate::TRIM_KEEP_ENTRIES);
+        self.piece_buf.shrink_to(crate::TRIM_KEEP_ENTRIES);
     }
 
     /// Heap bytes allocated by the buffers (tests of [`trim`](Self::trim)).

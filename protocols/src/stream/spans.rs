@@ -12,8 +12,8 @@ const POOL_MAX: usize = 64;
 /// Buffers larger than this are not kept for reuse.
 const POOL_BUF_MAX: usize = 4096;
 /// Spare buffers a trimmed store keeps, and their largest size.
-const KEEP_BUFS: usize = 2;
-const KEEP_BUF_BYTES: usize = 512;
+pub(super) const KEEP_BUFS: usize = 2;
+pub(super) const KEEP_BUF_BYTES: usize = 512;
 
 /// One buffered range `[start, end)` of stream positions.
 #[derive(Debug)]
@@ -294,7 +294,7 @@ impl SpanStore {
         self.pool.retain(|b| b.capacity() <= KEEP_BUF_BYTES);
         self.pool.truncate(KEEP_BUFS);
         self.pool.shrink_to(KEEP_BUFS);
-        self.spans.shrink_to(super::KEEP_ENTRIES);
+        self.spans.shrink_to(crate::TRIM_KEEP_ENTRIES);
     }
 
     /// Heap bytes allocated: the list and the buffers, spare or in use.

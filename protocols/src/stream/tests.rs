@@ -126,11 +126,11 @@ fn in_order_segment_then_op() {
     assert_eq!(r.next_seq(), Some(1011));
 }
 
-/// Heap bytes a trimmed, idle reassembler keeps at most: two spare
-/// buffers of 512 bytes, room for a few operations, spans and pieces.
+/// Heap bytes a trimmed, idle reassembler keeps at most: a few spare
+/// buffers, room for a few operations, spans and pieces.
 fn trim_keeps_at_most() -> usize {
-    2 * 512
-        + KEEP_ENTRIES
+    spans::KEEP_BUFS * spans::KEEP_BUF_BYTES
+        + crate::TRIM_KEEP_ENTRIES
             * (std::mem::size_of::<PendingOp>()
                 + std::mem::size_of::<spans::Span>()
                 + std::mem::size_of::<Piece<'_>>())

@@ -188,17 +188,13 @@ mod tests {
     use super::*;
     use crate::export::config::{ExportConfig, Protocol};
     use crate::export::console::tests::{res, span};
+    use crate::export::worker::tests::silent_receiver;
 
-    /// An exporter whose exports hang: its receiver accepts connections
-    /// and never answers, so nothing fails (a failing destination would
-    /// shrink the queue's bound mid-test) and the queue stays full. The
-    /// listener must outlive the exporter.
+    /// An exporter whose exports hang (see [`silent_receiver`]): its queue
+    /// stays full. The listener must outlive the exporter.
     fn stalled(queue_spans: usize, batch_spans: usize) -> (Exporter, std::net::TcpListener) {
-        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!(
-            "http://127.0.0.1:{}/v1/traces",
-            silent.local_addr().unwrap().port()
-        );
+        let (silent, port) = silent_receiver();
+        let url = format!("http://127.0.0.1:{port}/v1/traces");
         let mut cfg = ExportConfig::new(&url, Protocol::HttpProtobuf);
         cfg.queue_spans = queue_spans;
         cfg.batch_spans = batch_spans;

@@ -844,9 +844,20 @@ fn report_dropped<D: Deliver>(inner: &Inner<D>, seen: &mut u64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    /// A loopback port that accepts connections and never answers, and the
+    /// listener that must outlive the exporter sending to it: its exports
+    /// hang without failing, so a queue test's bound stays whole (a failing
+    /// destination shrinks it, and a refused port fails as soon as the
+    /// first job is tried, mid-submit).
+    pub(crate) fn silent_receiver() -> (std::net::TcpListener, u16) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        (l, port)
+    }
 
     #[derive(Debug)]
     struct Bytes(u64, usize);

@@ -521,6 +521,7 @@ mod tests {
     use crate::clock::{monotonic_ns, Clock};
     use crate::export::console::tests::{res, span};
     use crate::export::resource::tests::TempDir;
+    use crate::export::worker::tests::silent_receiver;
     use crate::profile::aggregate::{AggregateConfig, Profiles};
     use crate::profile::types::{Frame, StackSample};
 
@@ -909,11 +910,9 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts_without_blocking() {
-        // A listener that never answers: no attempt fails while the queue
-        // fills (a failing destination shrinks the queue's bound, which
-        // made this count depend on how fast a refused connect came back).
-        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut cfg = config(silent.local_addr().unwrap().port());
+        // No attempt fails while the queue fills.
+        let (_silent, port) = silent_receiver();
+        let mut cfg = config(port);
         cfg.queue_profiles = 2;
         let mut exp = PyroscopeExporter::start(cfg).unwrap();
         let (p, _) = profile("svc");
