@@ -33,7 +33,10 @@ use std::{
 use arrayvec::ArrayVec;
 use correlate::{AttrValue, Span, SpanId, SpanKind, TraceId};
 
-use super::types::{Frame, StackSample};
+use super::{
+    types::{Frame, StackSample},
+    unsampled::UnsampledSpans,
+};
 use crate::clock::Clock;
 use crate::export::resource::Resource;
 
@@ -97,12 +100,13 @@ impl Default for AggregateConfig {
             max_stacks: 65_536,
             max_frames: 262_144,
             max_depth: 256,
-            // Every finished server span gets a record so that its late
-            // samples are named: at 56k server spans/s these cover the
-            // last ~290 ms (the correlation window, after which spans
-            // finish, plus the unwinding worker's delay), far more at
-            // ordinary rates. A sample later than that is exported with its
-            // span id and no name, counted (`unnamed_span_stacks`).
+            // Spans with samples, and (apart) the last spans that finished
+            // without one, so that their late samples are named: at 56k
+            // server spans/s these cover the last ~290 ms (the correlation
+            // window, after which spans finish, plus the unwinding worker's
+            // delay), far more at ordinary rates. A sample later than that
+            // is exported with its span id and no name, counted
+            // (`unnamed_span_stacks`).
             max_spans: 16_384,
             name_wait_ns: 30_000_000_000,
             finished_retention_ns: 30_000_000_000,
@@ -451,10 +455,13 @@ pub struct Profiles {
     cfg: AggregateConfig,
     clock: Clock,
     services: HashMap<Arc<str>, ServiceAgg>,
-    /// foldhash: written for every server span; the ids are the agent's.
+    /// Spans with samples (foldhash: the ids are the agent's).
     spans: foldhash::HashMap<SpanId, SpanRecord>,
-    /// Finished spans in finishing order, for expiry and eviction.
+    /// Finished spans of `spans` in finishing order, for expiry and
+    /// eviction.
     finished: VecDeque<(SpanId, u64)>,
+    /// Spans that finished with no sample, for samples arriving late.
+    unsampled: UnsampledSpans,
     /// Counts and frames held now (all services).
     total_counts: usize,
     total_frames: usize,
@@ -467,6 +474,7 @@ impl Profiles {
     /// An empty aggregation; `clock` converts sample times to wall time.
     pub fn new(cfg: AggregateConfig, clock: Clock) -> Profiles {
         Profiles {
+            unsampled: UnsampledSpans::new(cfg.max_spans),
             cfg,
             clock,
             services: HashMap::new(),
@@ -496,7 +504,7 @@ impl Profiles {
 
     /// Spans records held (spans with samples, recently finished spans).
     pub fn span_records(&self) -> usize {
-        self.spans.len()
+        self.spans.len() + self.unsampled.held()
     }
 
     /// Distinct (stack, span) counts held now, all services.
@@ -605,20 +613,37 @@ impl Profiles {
     }
 
     fn count_span_sample(&mut self, id: SpanId, ts_ns: u64) {
-        if !self.spans.contains_key(&id) && !self.make_room_for_span() {
+        if let Some(rec) = self.spans.get_mut(&id) {
+            if rec.finished.is_some() {
+                self.counters.late_span_samples += 1;
+            }
+            rec.samples += 1;
+            rec.last_sample_ns = rec.last_sample_ns.max(ts_ns);
+            return;
+        }
+        if !self.make_room_for_span() {
             self.counters.span_table_full += 1;
             return;
         }
-        let rec = self.spans.entry(id).or_insert(SpanRecord {
-            samples: 0,
-            last_sample_ns: ts_ns,
-            finished: None,
+        // The span finished before this sample came back from the worker.
+        let finished = self.unsampled.find(id).map(|(slot, s)| {
+            let end = s.end_ns.max(ts_ns);
+            (slot, (Arc::from(s.name), s.trace_id, end))
         });
-        if rec.finished.is_some() {
+        let finished = finished.map(|(slot, f)| {
+            self.unsampled.forget(slot);
             self.counters.late_span_samples += 1;
-        }
-        rec.samples += 1;
-        rec.last_sample_ns = rec.last_sample_ns.max(ts_ns);
+            self.finished.push_back((id, f.2));
+            f
+        });
+        self.spans.insert(
+            id,
+            SpanRecord {
+                samples: 1,
+                last_sample_ns: ts_ns,
+                finished,
+            },
+        );
     }
 
     /// Room for one more span record: evicts the oldest finished span if
@@ -644,30 +669,28 @@ impl Profiles {
             return None;
         }
         let period = self.cfg.period_ns();
-        let samples = self.spans.get(&span.span_id).map(|r| r.samples);
-        let known = samples.is_some();
-        let samples = samples.unwrap_or(0);
-        if known || self.make_room_for_span() {
-            let rec = self.spans.entry(span.span_id).or_insert(SpanRecord {
+        let Some(rec) = self.spans.get_mut(&span.span_id) else {
+            // No sample (nearly every span): kept in the ring for a late one.
+            self.unsampled
+                .push(span.span_id, span.trace_id, span.end_ns, span.name());
+            return Some(SpanCpu {
                 samples: 0,
-                last_sample_ns: span.end_ns,
-                finished: None,
+                cpu_ns: 0,
             });
-            if rec.finished.is_none() {
-                let end = span.end_ns.max(rec.last_sample_ns);
-                rec.finished = Some((Arc::from(span.name()), span.trace_id, end));
-                self.finished.push_back((span.span_id, end));
-                if samples > 0 {
-                    self.counters.spans_with_samples += 1;
-                }
-            }
-            // Stale queue entries (records removed otherwise) stay bounded.
-            let cap = self.cfg.max_spans.max(1).saturating_mul(2);
-            while self.finished.len() > cap {
-                if let Some((id, _)) = self.finished.pop_front() {
-                    if self.spans.get(&id).is_some_and(|r| r.finished.is_some()) {
-                        self.spans.remove(&id);
-                    }
+        };
+        let samples = rec.samples;
+        if rec.finished.is_none() {
+            let end = span.end_ns.max(rec.last_sample_ns);
+            rec.finished = Some((Arc::from(span.name()), span.trace_id, end));
+            self.finished.push_back((span.span_id, end));
+            self.counters.spans_with_samples += 1;
+        }
+        // Stale queue entries (records removed otherwise) stay bounded.
+        let cap = self.cfg.max_spans.max(1).saturating_mul(2);
+        while self.finished.len() > cap {
+            if let Some((id, _)) = self.finished.pop_front() {
+                if self.spans.get(&id).is_some_and(|r| r.finished.is_some()) {
+                    self.spans.remove(&id);
                 }
             }
         }
@@ -791,6 +814,7 @@ impl Profiles {
 
     fn expire_spans(&mut self, now_ns: u64) {
         let retention = self.cfg.finished_retention_ns;
+        self.unsampled.expire(now_ns.saturating_sub(retention));
         while let Some(&(id, end)) = self.finished.front() {
             if now_ns.saturating_sub(end) <= retention {
                 break;
@@ -1120,6 +1144,47 @@ pub(crate) mod tests {
         assert_eq!(p.span_finished(&c).unwrap().samples, 1);
         assert_eq!(p.span_finished(&b).unwrap().samples, 1);
         assert!(p.span_records() <= 2);
+    }
+
+    #[test]
+    fn spans_without_samples_are_held_apart_and_bounded() {
+        let cfg = AggregateConfig {
+            max_spans: 4,
+            name_wait_ns: ms(5000),
+            ..AggregateConfig::default()
+        };
+        let mut p = Profiles::new(cfg, Clock::new());
+        let r = Arc::new(res("svc"));
+        // One span with a sample in progress, then many that finish with
+        // none: those never take its room, and at most max_spans stay.
+        let busy = span(1, 200, None, 0, 10);
+        p.add(&sample(1, &["f"]), r.clone(), Some(busy.span_id));
+        for id in 1..=100u8 {
+            assert_eq!(
+                p.span_finished(&span(1, id, None, 0, 5)).unwrap().samples,
+                0
+            );
+        }
+        assert_eq!(p.span_records(), 1 + 4);
+        assert_eq!(p.counters().span_table_full, 0);
+        // A late sample of a recent one is named; of an old one, only
+        // once the wait is over, without a name.
+        p.add(&sample(2, &["f"]), r.clone(), Some(SpanId([100; 8])));
+        p.add(&sample(2, &["g"]), r.clone(), Some(SpanId([3; 8])));
+        assert_eq!(p.counters().late_span_samples, 1);
+        assert_eq!(p.span_finished(&busy).unwrap().samples, 1);
+        let labels: Vec<_> = p.take(ms(1000))[0].spans();
+        assert_eq!(labels.len(), 2);
+        let named = labels
+            .iter()
+            .find(|(l, _)| l.span_id == SpanId([100; 8]))
+            .unwrap();
+        assert_eq!(named.0.name.as_deref(), Some("GET /s100"));
+        assert_eq!(named.0.trace_id, Some(TraceId([1; 16])));
+        let out = p.take(ms(10_000));
+        let old = out[0].stacks[0].span.clone().unwrap();
+        assert_eq!((old.span_id, old.name), (SpanId([3; 8]), None));
+        assert_eq!(p.counters().unnamed_span_stacks, 1);
     }
 
     #[test]

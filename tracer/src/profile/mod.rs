@@ -22,6 +22,7 @@ pub mod sample;
 pub mod stage;
 pub mod symbols;
 pub mod types;
+mod unsampled;
 pub mod unwind;
 
 use std::time::Instant;
