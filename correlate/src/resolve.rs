@@ -817,7 +817,7 @@ impl<G: IdGen> Correlator<G> {
         }
         while self.spans.len() >= max || self.span_bytes() + incoming > max_bytes {
             if let Some((_, k)) = self.retained.pop_front() {
-                if self.spans.remove(&k).is_some() {
+                if self.spans.discard_if(k, |_| true) {
                     self.counters.retained_evicted += 1;
                 }
                 continue;
@@ -853,17 +853,17 @@ impl<G: IdGen> Correlator<G> {
 
     /// Forget emitted spans older than the retention.
     pub(crate) fn expire_retained(&mut self) {
-        for k in std::mem::take(&mut self.done_clients) {
-            self.spans.remove(&k);
+        let mut done = std::mem::take(&mut self.done_clients);
+        for k in done.drain(..) {
+            self.spans.discard_if(k, |_| true);
         }
+        self.done_clients = done;
         while let Some(&(at, k)) = self.retained.front() {
             if at > self.clock {
                 break;
             }
             self.retained.pop_front();
-            if self.spans.get(&k).is_some_and(|r| r.emitted) {
-                self.spans.remove(&k);
-            }
+            self.spans.discard_if(k, |r| r.emitted);
         }
     }
 

@@ -72,6 +72,22 @@ impl SpanTable {
         }
     }
 
+    /// Drops the record under `key` in place when `pred` holds for it (one
+    /// lookup, the record not moved out); whether it did.
+    pub fn discard_if(&mut self, key: SpanKey, pred: impl FnOnce(&SpanRec) -> bool) -> bool {
+        let Entry::Occupied(e) = self.slots.entry(key) else {
+            return false;
+        };
+        let i = *e.get() as usize;
+        if !self.recs.get(i).and_then(Option::as_ref).is_some_and(pred) {
+            return false;
+        }
+        e.remove();
+        self.recs[i] = None;
+        self.free.push(i as u32);
+        true
+    }
+
     pub fn remove(&mut self, key: &SpanKey) -> Option<SpanRec> {
         let i = self.slots.remove(key)?;
         let rec = self.recs.get_mut(i as usize)?.take();
