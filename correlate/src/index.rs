@@ -384,6 +384,15 @@ impl ThreadIndex {
     pub fn threads(&self) -> usize {
         self.threads.len()
     }
+
+    /// Keys held for one thread, in start order.
+    #[cfg(test)]
+    fn held(&self, pid: Pid, tid: Tid) -> Vec<SpanKey> {
+        self.threads
+            .get(&(pid, tid))
+            .map(|t| t.entries.keys().map(|&(_, k)| k).collect())
+            .unwrap_or_default()
+    }
 }
 
 /// The span keys under one index key: nearly always one, so it is kept
@@ -677,6 +686,7 @@ mod tests {
                 1..60,
             ),
             probes in proptest::collection::vec((0u64..160).prop_map(|q| q * 50_000), 1..20),
+            cut in (0u64..160).prop_map(|q| q * 50_000),
         ) {
             let (p, t) = (Pid(1), Tid(1));
             let mut ix = ThreadIndex::new(8, 1 << 20);
@@ -721,6 +731,24 @@ mod tests {
                     .any(|m| m.end.is_some() && m.covers(at, false));
                 proptest::prop_assert_eq!(ix.overlaps_ended(p, t, at), ended);
             }
+            // Pruning what ended before `cut` changes no answer from `cut` on.
+            let before: Vec<_> = probes
+                .iter()
+                .filter(|&&at| at >= cut)
+                .map(|&at| (keys(&ix, p, t, at), ix.at(p, t, at), ix.overlaps_ended(p, t, at)))
+                .collect();
+            ix.prune(cut);
+            let after: Vec<_> = probes
+                .iter()
+                .filter(|&&at| at >= cut)
+                .map(|&at| (keys(&ix, p, t, at), ix.at(p, t, at), ix.overlaps_ended(p, t, at)))
+                .collect();
+            proptest::prop_assert_eq!(before, after);
+            // And exactly what ended before it is gone.
+            let mut kept: Vec<_> = model.iter().filter(|m| m.end.is_none_or(|end| end >= cut)).collect();
+            kept.sort_by_key(|m| (m.start, m.key));
+            let kept: Vec<SpanKey> = kept.iter().map(|m| m.key).collect();
+            proptest::prop_assert_eq!(ix.held(p, t), kept);
         }
     }
 }
