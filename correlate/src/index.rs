@@ -732,18 +732,16 @@ mod tests {
                 proptest::prop_assert_eq!(ix.overlaps_ended(p, t, at), ended);
             }
             // Pruning what ended before `cut` changes no answer from `cut` on.
-            let before: Vec<_> = probes
-                .iter()
-                .filter(|&&at| at >= cut)
-                .map(|&at| (keys(&ix, p, t, at), ix.at(p, t, at), ix.overlaps_ended(p, t, at)))
-                .collect();
+            let answers = |ix: &ThreadIndex| -> Vec<_> {
+                probes
+                    .iter()
+                    .filter(|&&at| at >= cut)
+                    .map(|&at| (keys(ix, p, t, at), ix.at(p, t, at), ix.overlaps_ended(p, t, at)))
+                    .collect()
+            };
+            let before = answers(&ix);
             ix.prune(cut);
-            let after: Vec<_> = probes
-                .iter()
-                .filter(|&&at| at >= cut)
-                .map(|&at| (keys(&ix, p, t, at), ix.at(p, t, at), ix.overlaps_ended(p, t, at)))
-                .collect();
-            proptest::prop_assert_eq!(before, after);
+            proptest::prop_assert_eq!(before, answers(&ix));
             // And exactly what ended before it is gone.
             let mut kept: Vec<_> = model.iter().filter(|m| m.end.is_none_or(|end| end >= cut)).collect();
             kept.sort_by_key(|m| (m.start, m.key));

@@ -626,16 +626,11 @@ impl Profiles {
             return;
         }
         // The span finished before this sample came back from the worker.
-        let finished = self.unsampled.find(id).map(|(slot, s)| {
-            let end = s.end_ns.max(ts_ns);
-            (slot, (Arc::from(s.name), s.trace_id, end))
-        });
-        let finished = finished.map(|(slot, f)| {
-            self.unsampled.forget(slot);
-            self.counters.late_span_samples += 1;
-            self.finished.push_back((id, f.2));
-            f
-        });
+        let finished = self
+            .unsampled
+            .take(id)
+            .map(|s| (Arc::from(s.name), s.trace_id, s.end_ns.max(ts_ns)));
+        let end = finished.as_ref().map(|f| f.2);
         self.spans.insert(
             id,
             SpanRecord {
@@ -644,6 +639,10 @@ impl Profiles {
                 finished,
             },
         );
+        if let Some(end) = end {
+            self.counters.late_span_samples += 1;
+            self.push_finished(id, end);
+        }
     }
 
     /// Room for one more span record: evicts the oldest finished span if
@@ -682,10 +681,20 @@ impl Profiles {
         if rec.finished.is_none() {
             let end = span.end_ns.max(rec.last_sample_ns);
             rec.finished = Some((Arc::from(span.name()), span.trace_id, end));
-            self.finished.push_back((span.span_id, end));
             self.counters.spans_with_samples += 1;
+            self.push_finished(span.span_id, end);
         }
-        // Stale queue entries (records removed otherwise) stay bounded.
+        Some(SpanCpu {
+            samples,
+            cpu_ns: samples.saturating_mul(period),
+        })
+    }
+
+    /// Queues a span of `spans` that just finished, for expiry and
+    /// eviction; stale queue entries (records removed otherwise) stay
+    /// bounded.
+    fn push_finished(&mut self, id: SpanId, end_ns: u64) {
+        self.finished.push_back((id, end_ns));
         let cap = self.cfg.max_spans.max(1).saturating_mul(2);
         while self.finished.len() > cap {
             if let Some((id, _)) = self.finished.pop_front() {
@@ -694,10 +703,6 @@ impl Profiles {
                 }
             }
         }
-        Some(SpanCpu {
-            samples,
-            cpu_ns: samples.saturating_mul(period),
-        })
     }
 
     /// Drains the samples of the interval ending at monotonic time

@@ -25,7 +25,7 @@ struct Slot {
 
 /// The last `capacity` spans that finished with no sample, oldest first.
 pub struct UnsampledSpans {
-    /// Span ids as integers, scanned by [`UnsampledSpans::find`]; 0 marks a
+    /// Span ids as integers, scanned by [`UnsampledSpans::take`]; 0 marks a
     /// free slot (span ids are never all zero).
     ids: Vec<u64>,
     slots: Vec<Slot>,
@@ -97,30 +97,31 @@ impl UnsampledSpans {
         self.len = (self.len + 1).min(self.capacity);
     }
 
-    /// The span `id`, if held.
-    pub fn find(&self, id: SpanId) -> Option<(usize, Unsampled<'_>)> {
+    fn position(&self, id: SpanId) -> Option<usize> {
         let k = key(id);
         if k == 0 {
             return None;
         }
-        let i = self.ids.iter().position(|&x| x == k)?;
-        let s = &self.slots[i];
-        Some((
-            i,
-            Unsampled {
-                trace_id: s.trace_id,
-                end_ns: s.end_ns,
-                name: &s.name,
-            },
-        ))
+        self.ids.iter().position(|&x| x == k)
     }
 
-    /// Forgets the span in slot `i` (it has a sample now and is kept
+    /// Takes the span `id` out, if held (it has a sample now and is kept
     /// elsewhere).
-    pub fn forget(&mut self, i: usize) {
-        if let Some(x) = self.ids.get_mut(i) {
-            *x = 0;
-        }
+    pub fn take(&mut self, id: SpanId) -> Option<Unsampled<'_>> {
+        let i = self.position(id)?;
+        self.ids[i] = 0;
+        let s = &self.slots[i];
+        Some(Unsampled {
+            trace_id: s.trace_id,
+            end_ns: s.end_ns,
+            name: &s.name,
+        })
+    }
+
+    /// Whether the span `id` is held.
+    #[cfg(test)]
+    fn holds(&self, id: SpanId) -> bool {
+        self.position(id).is_some()
     }
 
     /// Forgets the spans that ended before `end_ns`, oldest first, stopping
@@ -151,21 +152,17 @@ mod tests {
         for n in 1..=3 {
             r.push(id(n), TraceId([n; 16]), u64::from(n), &format!("GET /{n}"));
         }
-        let (_, s) = r.find(id(2)).unwrap();
-        assert_eq!(
-            (s.name, s.end_ns, s.trace_id),
-            ("GET /2", 2, TraceId([2; 16]))
-        );
+        assert!(r.holds(id(2)));
         let bytes = r.heap_bytes();
         // A fourth span takes the oldest slot, in the same buffers.
         r.push(id(4), TraceId([4; 16]), 4, "GET /4");
-        assert!(r.find(id(1)).is_none());
-        assert_eq!(r.find(id(4)).unwrap().1.name, "GET /4");
+        assert!(!r.holds(id(1)));
         assert_eq!((r.held(), r.heap_bytes()), (3, bytes));
+        assert_eq!(r.take(id(4)).unwrap().name, "GET /4");
         // A long name gives its buffer back when its slot is reused.
         let long = "x".repeat(KEEP_NAME_BYTES * 4);
         r.push(id(5), TraceId([5; 16]), 5, &long);
-        assert_eq!(r.find(id(5)).unwrap().1.name, long);
+        assert_eq!(r.take(id(5)).unwrap().name, long);
         for n in 6..=8 {
             r.push(id(n), TraceId([n; 16]), u64::from(n), "GET /");
         }
@@ -178,13 +175,16 @@ mod tests {
         for n in 1..=4 {
             r.push(id(n), TraceId([n; 16]), u64::from(n) * 10, "GET /");
         }
-        let (i, _) = r.find(id(3)).unwrap();
-        r.forget(i);
-        assert!(r.find(id(3)).is_none());
-        assert!(r.find(SpanId::default()).is_none());
+        let s = r.take(id(3)).unwrap();
+        assert_eq!(
+            (s.name, s.end_ns, s.trace_id),
+            ("GET /", 30, TraceId([3; 16]))
+        );
+        assert!(!r.holds(id(3)) && r.take(id(3)).is_none());
+        assert!(!r.holds(SpanId::default()));
         r.expire(25);
-        assert!(r.find(id(1)).is_none() && r.find(id(2)).is_none());
-        assert_eq!(r.find(id(4)).unwrap().1.end_ns, 40);
+        assert!(!r.holds(id(1)) && !r.holds(id(2)));
+        assert!(r.holds(id(4)));
         // The forgotten slot goes with the expiry of older spans.
         r.expire(40);
         assert_eq!(r.held(), 1);
