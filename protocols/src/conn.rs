@@ -26,7 +26,7 @@
 //!   [`Detected::Http2Frames`]); anything else is opaque.
 
 use crate::hpack::{Field, Unknown};
-use crate::http1::{self, Http1Config, Http1Connection, Likely, MessageRef, StartLine};
+use crate::http1::{self, Http1Config, Http1Connection, Likely, MessageRef};
 use crate::http2::frames::{Head, SETTINGS};
 use crate::http2::{
     GrpcCounts, Http2Config, Http2Connection, Http2MessageRef, Start, StreamEnd, PREFACE,
@@ -205,7 +205,7 @@ impl<'a> MessageView<'a> {
     /// True for a request.
     pub fn is_request(&self) -> bool {
         match &self.kind {
-            ViewKind::Http1(m) => matches!(m.line(), StartLine::Request { .. }),
+            ViewKind::Http1(m) => m.is_request(),
             ViewKind::Held(..) => true,
             ViewKind::Http2(m) => m.is_request(),
         }
@@ -237,10 +237,7 @@ impl<'a> MessageView<'a> {
     /// Request method (`None`: not a request, or absent), or why unknown.
     pub fn method(&self) -> Option<Result<&'a str, Unknown>> {
         match &self.kind {
-            ViewKind::Http1(m) => match m.line() {
-                StartLine::Request { method, .. } => Some(Ok(method)),
-                StartLine::Response { .. } => None,
-            },
+            ViewKind::Http1(m) => m.method().map(Ok),
             ViewKind::Held(r, _) => Some(Ok(r.method.as_str())),
             ViewKind::Http2(m) => m.is_request().then(|| m.method()).flatten(),
         }
@@ -249,10 +246,7 @@ impl<'a> MessageView<'a> {
     /// Request target (HTTP/2 `:path`), or why unknown.
     pub fn target(&self) -> Option<Result<&'a str, Unknown>> {
         match &self.kind {
-            ViewKind::Http1(m) => match m.line() {
-                StartLine::Request { target, .. } => Some(Ok(target)),
-                StartLine::Response { .. } => None,
-            },
+            ViewKind::Http1(m) => m.target().map(Ok),
             ViewKind::Held(r, _) => Some(Ok(r.target.as_str())),
             ViewKind::Http2(m) => m.is_request().then(|| m.path()).flatten(),
         }
@@ -261,10 +255,7 @@ impl<'a> MessageView<'a> {
     /// Response status, or why unknown.
     pub fn status(&self) -> Option<Result<u16, Unknown>> {
         match &self.kind {
-            ViewKind::Http1(m) => match m.line() {
-                StartLine::Response { status, .. } => Some(Ok(status)),
-                StartLine::Request { .. } => None,
-            },
+            ViewKind::Http1(m) => m.status().map(Ok),
             ViewKind::Held(..) => None,
             ViewKind::Http2(m) => (!m.is_request()).then(|| m.status()).flatten(),
         }
@@ -835,10 +826,7 @@ impl ConnParser {
             let mut switch_at = None;
             let held_ref = &mut *held;
             conn.feed_responses(chunk, &mut |m| {
-                let status = match m.line() {
-                    StartLine::Response { status, .. } => status,
-                    StartLine::Request { .. } => 0,
-                };
+                let status = m.status().unwrap_or(0);
                 // A 101 naming h2c answers an h2c upgrade request, seen or
                 // not yet fed.
                 if status == 101 && asks_h2c(&m) {

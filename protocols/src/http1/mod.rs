@@ -345,6 +345,36 @@ impl<'a> MessageRef<'a> {
         }
     }
 
+    /// True for a request (no text decoded: the span stage asks this and
+    /// the fields below several times per message).
+    pub fn is_request(&self) -> bool {
+        matches!(self.head.line, head::Line::Request { .. })
+    }
+
+    /// The request method; `None` for a response.
+    pub fn method(&self) -> Option<&'a str> {
+        match self.head.line {
+            head::Line::Request { method, .. } => Some(head::text(&self.head.bytes, method)),
+            head::Line::Response { .. } => None,
+        }
+    }
+
+    /// The request target; `None` for a response.
+    pub fn target(&self) -> Option<&'a str> {
+        match self.head.line {
+            head::Line::Request { target, .. } => Some(head::text(&self.head.bytes, target)),
+            head::Line::Response { .. } => None,
+        }
+    }
+
+    /// The response status; `None` for a request.
+    pub fn status(&self) -> Option<u16> {
+        match self.head.line {
+            head::Line::Response { status, .. } => Some(status),
+            head::Line::Request { .. } => None,
+        }
+    }
+
     /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub fn version(&self) -> u8 {
         match self.head.line {
