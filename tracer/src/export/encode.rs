@@ -366,8 +366,8 @@ struct Slot {
     /// Spans and their bytes in the open request.
     spans: u32,
     span_bytes: usize,
-    /// Where the next span goes in the body being built.
-    cursor: usize,
+    /// Its place in `active` while it has spans in the open request.
+    rank: u32,
     /// Request counter when last used (least recently used goes first).
     used: u64,
 }
@@ -396,6 +396,10 @@ pub struct TraceEncoder {
     spare: Vec<Vec<u8>>,
     /// A span moved to the next request (reused).
     carry: Vec<u8>,
+    /// `index` positions grouped by resource, and where each group
+    /// starts (reused by `flush`).
+    order: Vec<u32>,
+    starts: Vec<u32>,
 }
 
 /// Bodies kept for reuse at most.
@@ -424,6 +428,8 @@ impl TraceEncoder {
             ready: std::collections::VecDeque::new(),
             spare: Vec::new(),
             carry: Vec::new(),
+            order: Vec::new(),
+            starts: Vec::new(),
         }
     }
 
@@ -449,6 +455,7 @@ impl TraceEncoder {
         self.pending_bytes += self.cost(slot, n);
         let s = &mut self.slots[slot as usize];
         if s.spans == 0 {
+            s.rank = self.active.len() as u32;
             self.active.push(slot);
         }
         s.spans += 1;
@@ -489,7 +496,7 @@ impl TraceEncoder {
             header: resource_field(resource),
             spans: 0,
             span_bytes: 0,
-            cursor: 0,
+            rank: 0,
             used: self.requests,
         });
         self.by_ptr.insert(ptr, i);
@@ -555,9 +562,28 @@ impl TraceEncoder {
         let mut body = self.spare.pop().unwrap_or_default();
         body.clear();
         body.reserve(self.pending_bytes);
-        // Headers first, each followed by room for its resource's spans.
+        // Group the spans by resource, in arrival order within each (a
+        // counting sort: linear in spans, however many resources).
+        self.starts.clear();
+        self.starts.resize(self.active.len() + 1, 0);
+        for &(slot, _) in &self.index {
+            self.starts[self.slots[slot as usize].rank as usize + 1] += 1;
+        }
+        for k in 1..self.starts.len() {
+            self.starts[k] += self.starts[k - 1];
+        }
+        self.order.clear();
+        self.order.resize(self.index.len(), 0);
+        for (j, &(slot, _)) in self.index.iter().enumerate() {
+            let next = &mut self.starts[self.slots[slot as usize].rank as usize];
+            self.order[*next as usize] = j as u32;
+            *next += 1;
+        }
+        // Each resource's header, then its spans; spans staged one after
+        // the other are copied at once.
+        let mut group = 0;
         for &i in &self.active {
-            let s = &mut self.slots[i as usize];
+            let s = &self.slots[i as usize];
             let scope_spans = self.scope.len() + s.span_bytes;
             let resource_spans = s.header.len() + field_len(scope_spans);
             body.push(REQUEST_RESOURCE_SPANS);
@@ -566,18 +592,30 @@ impl TraceEncoder {
             body.push(RESOURCE_SPANS_SCOPE_SPANS);
             put_len(&mut body, scope_spans);
             body.extend_from_slice(&self.scope);
-            s.cursor = body.len();
-            body.resize(body.len() + s.span_bytes, 0);
-        }
-        // Then each span behind its resource's header, in arrival order.
-        let mut from = 0;
-        for &(slot, end) in &self.index {
-            let end = end as usize;
-            let s = &mut self.slots[slot as usize];
-            let n = end - from;
-            body[s.cursor..s.cursor + n].copy_from_slice(&self.stage[from..end]);
-            s.cursor += n;
-            from = end;
+            // After the loop above, `starts[r]` is where group r ends.
+            let end = self.starts[s.rank as usize] as usize;
+            let mut run: Option<(usize, usize)> = None;
+            for &j in &self.order[group..end] {
+                let j = j as usize;
+                let a = if j == 0 {
+                    0
+                } else {
+                    self.index[j - 1].1 as usize
+                };
+                let b = self.index[j].1 as usize;
+                run = match run {
+                    Some((ra, rb)) if rb == a => Some((ra, b)),
+                    Some((ra, rb)) => {
+                        body.extend_from_slice(&self.stage[ra..rb]);
+                        Some((a, b))
+                    }
+                    None => Some((a, b)),
+                };
+            }
+            if let Some((ra, rb)) = run {
+                body.extend_from_slice(&self.stage[ra..rb]);
+            }
+            group = end;
         }
         self.requests += 1;
         for &i in &self.active {
