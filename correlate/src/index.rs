@@ -298,26 +298,30 @@ impl ThreadIndex {
             return false;
         };
         let at = (start, key);
-        let Some(slot) = t.entries.get_mut(&at) else {
-            return false;
-        };
-        if slot.end().is_some() {
+        // One descent: the entries from this start on are those that
+        // started with it (before it in key order), then it, then the next.
+        let mut from = t
+            .entries
+            .range_mut((Bound::Included((start, 0)), Bound::Unbounded));
+        let mut same = false;
+        let mut found = false;
+        for (k, slot) in from.by_ref() {
+            if *k < at {
+                same = true;
+                continue;
+            }
+            if *k == at && slot.end().is_none() {
+                slot.end = end;
+                found = true;
+            }
+            break;
+        }
+        if !found {
             return false;
         }
-        slot.end = end;
+        let next = from.next().is_some_and(|(k, _)| k.0 < end);
         t.open.retain(|o| o.1 != key);
         t.ended(start, end, key);
-        // Ordered by start: the neighbours tell.
-        let next = t
-            .entries
-            .range((Bound::Excluded(at), Bound::Unbounded))
-            .next()
-            .is_some_and(|(k, _)| k.0 < end);
-        let same = t
-            .entries
-            .range(..at)
-            .next_back()
-            .is_some_and(|(k, _)| k.0 == start);
         next || same
     }
 
