@@ -304,34 +304,50 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// `Transfer-Encoding`: `Some(true)` when its last coding is chunked,
-/// `Some(false)` when present otherwise.
-fn transfer_encoding(headers: &Headers<'_>) -> Option<bool> {
-    let mut last: Option<&[u8]> = None;
-    let mut present = false;
-    for v in headers.values("transfer-encoding") {
-        present = true;
-        if let Some(t) = tokens(v).last() {
-            last = Some(t);
-        }
-    }
-    present.then(|| last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")))
+/// What the framing of a body depends on, read in one pass over the
+/// fields (every message asks; two passes cost ~2.5% of the span path).
+struct BodyHeaders {
+    /// `Transfer-Encoding`: `Some(true)` when its last coding is chunked,
+    /// `Some(false)` when present otherwise.
+    transfer_encoding: Option<bool>,
+    /// `Content-Length`: `Ok(None)` when absent, `Err` when invalid or
+    /// conflicting.
+    content_length: Result<Option<u64>, ()>,
 }
 
-/// `Content-Length`: `Ok(None)` when absent, `Err` when invalid or
-/// conflicting.
-fn content_length(headers: &Headers<'_>) -> Result<Option<u64>, ()> {
-    let mut found: Option<u64> = None;
-    for v in headers.values("content-length") {
-        for t in tokens(v) {
-            if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
-                return Err(());
+fn body_headers(headers: &Headers<'_>) -> BodyHeaders {
+    let mut last_coding: Option<&[u8]> = None;
+    let mut te_present = false;
+    let mut length: Result<Option<u64>, ()> = Ok(None);
+    for (name, v) in headers.raw() {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te_present = true;
+            if let Some(t) = tokens(v).last() {
+                last_coding = Some(t);
             }
-            let n = t.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            match found {
-                Some(f) if f != n => return Err(()),
-                _ => found = Some(n),
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            if let Ok(found) = length {
+                length = content_length_value(v, found);
             }
+        }
+    }
+    BodyHeaders {
+        transfer_encoding: te_present
+            .then(|| last_coding.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))),
+        content_length: length,
+    }
+}
+
+/// One `Content-Length` field's value, given the length found before.
+fn content_length_value(v: &[u8], mut found: Option<u64>) -> Result<Option<u64>, ()> {
+    for t in tokens(v) {
+        if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
+            return Err(());
+        }
+        let n = t.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        match found {
+            Some(f) if f != n => return Err(()),
+            _ => found = Some(n),
         }
     }
     Ok(found)
@@ -346,13 +362,14 @@ pub(crate) fn has_token(headers: &Headers<'_>, name: &str, token: &[u8]) -> bool
 
 /// Body framing of a request.
 pub(crate) fn request_framing(headers: &Headers<'_>) -> Result<BodyFraming, ()> {
-    match transfer_encoding(headers) {
+    let h = body_headers(headers);
+    match h.transfer_encoding {
         Some(true) => return Ok(BodyFraming::Chunked),
         // A request whose last coding is not chunked cannot be delimited.
         Some(false) => return Err(()),
         None => {}
     }
-    Ok(match content_length(headers)? {
+    Ok(match h.content_length? {
         Some(0) | None => BodyFraming::None,
         Some(n) => BodyFraming::ContentLength(n),
     })
@@ -374,12 +391,13 @@ pub(crate) fn response_framing(
     {
         return Ok(BodyFraming::None);
     }
-    match transfer_encoding(headers) {
+    let h = body_headers(headers);
+    match h.transfer_encoding {
         Some(true) => return Ok(BodyFraming::Chunked),
         Some(false) => return Ok(BodyFraming::CloseDelimited),
         None => {}
     }
-    Ok(match content_length(headers)? {
+    Ok(match h.content_length? {
         Some(0) => BodyFraming::None,
         Some(n) => BodyFraming::ContentLength(n),
         None => BodyFraming::CloseDelimited,
