@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 // foldhash: several times faster than SipHash on these small keys, and
 // randomly seeded, so request-id keys from the network cannot be aimed.
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use smallvec::SmallVec;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::attributes::{request_facts, response_status};
@@ -112,8 +113,10 @@ pub(crate) struct SpanRec {
     /// Client span already taken as parent by a server span.
     pub matched: bool,
     pub ctx: Option<TraceCtx>,
-    /// Children waiting for this span's trace context.
-    pub waiting_children: Vec<SpanKey>,
+    /// Children waiting for this span's trace context: nearly always none
+    /// or one (a client span whose server span waits for its trace), kept
+    /// inline (no allocation per such pair).
+    pub waiting_children: SmallVec<[SpanKey; 1]>,
     pub emitted: bool,
     pub grpc: bool,
     /// Name and attributes.
@@ -842,7 +845,7 @@ impl<G: IdGen> Correlator<G> {
             waiting_mirror: false,
             matched: false,
             ctx: None,
-            waiting_children: Vec::new(),
+            waiting_children: SmallVec::new(),
             emitted: false,
             grpc: facts.grpc,
             texts,

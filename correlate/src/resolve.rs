@@ -675,7 +675,7 @@ impl<G: IdGen> Correlator<G> {
                 continue;
             };
             r.ctx = Some(ctx);
-            work.append(&mut r.waiting_children);
+            work.extend(r.waiting_children.drain(..));
             if r.end.is_some() && !r.emitted {
                 self.emit(k);
             }
