@@ -594,27 +594,21 @@ impl TraceEncoder {
             body.extend_from_slice(&self.scope);
             // After the loop above, `starts[r]` is where group r ends.
             let end = self.starts[s.rank as usize] as usize;
-            let mut run: Option<(usize, usize)> = None;
+            let mut run = 0..0;
             for &j in &self.order[group..end] {
                 let j = j as usize;
-                let a = if j == 0 {
+                let start = if j == 0 {
                     0
                 } else {
                     self.index[j - 1].1 as usize
                 };
-                let b = self.index[j].1 as usize;
-                run = match run {
-                    Some((ra, rb)) if rb == a => Some((ra, b)),
-                    Some((ra, rb)) => {
-                        body.extend_from_slice(&self.stage[ra..rb]);
-                        Some((a, b))
-                    }
-                    None => Some((a, b)),
-                };
+                if start != run.end {
+                    body.extend_from_slice(&self.stage[run]);
+                    run = start..start;
+                }
+                run.end = self.index[j].1 as usize;
             }
-            if let Some((ra, rb)) = run {
-                body.extend_from_slice(&self.stage[ra..rb]);
-            }
+            body.extend_from_slice(&self.stage[run]);
             group = end;
         }
         self.requests += 1;
