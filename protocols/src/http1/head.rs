@@ -1,6 +1,8 @@
 //! Heads: end detection, httparse, framing rules.
 
-use std::mem::MaybeUninit;
+use std::{mem::MaybeUninit, sync::LazyLock};
+
+use memchr::memmem;
 
 use super::{BodyFraming, RequestKind, Role};
 
@@ -155,15 +157,20 @@ pub(crate) fn find_head_end(tail: &[u8], data: &[u8]) -> Option<usize> {
             }
         }
     }
-    // Every head byte is scanned here: memchr's vector search for line ends.
-    for at in memchr::memchr_iter(b'\n', data) {
-        match data.get(at + 1) {
-            Some(b'\n') => return Some(at + 2),
-            Some(b'\r') if data.get(at + 2) == Some(&b'\n') => return Some(at + 3),
-            _ => {}
-        }
+    // Every head byte is scanned here, so by a vector search for the end
+    // itself: one per pattern, where searching line end by line end
+    // restarted a search for every header line. A bare-LF end counts only
+    // before the first CRLF end.
+    static CRLF_END: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\n\r\n"));
+    static LF_END: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\n\n"));
+    let crlf = CRLF_END.find(data);
+    let before = crlf.map_or(data.len(), |at| at + 1);
+    match LF_END.find(&data[..before]) {
+        Some(at) => Some(at + 2),
+        None => crlf.map(|at| at + 3),
     }
-    None
 }
 
 fn config(role: Role) -> httparse::ParserConfig {
@@ -441,6 +448,25 @@ mod tests {
         assert_eq!(find_head_end(b"\r\n", b"Host: x\r\n"), None);
         assert_eq!(find_head_end(b"", b"a\r\nb\r\n"), None);
         assert_eq!(find_head_end(b"\n", b"\r"), None);
+        assert_eq!(find_head_end(b"", b"a\n\nb\n\r\n"), Some(3));
+        assert_eq!(find_head_end(b"", b"a\n\r\nb\n\n"), Some(4));
+        assert_eq!(find_head_end(b"", b"\n\n\r\n"), Some(2));
+        assert_eq!(find_head_end(b"", b"\n\r\n\n"), Some(3));
+    }
+
+    proptest::proptest! {
+        /// The end is the first blank line, LF or CRLF, wherever it is.
+        #[test]
+        fn head_end_is_first_blank_line(
+            data in proptest::collection::vec(proptest::sample::select(b"\r\na".to_vec()), 0..64)
+        ) {
+            let want = (0..data.len()).find_map(|at| match &data[at..] {
+                [b'\n', b'\n', ..] => Some(at + 2),
+                [b'\n', b'\r', b'\n', ..] => Some(at + 3),
+                _ => None,
+            });
+            proptest::prop_assert_eq!(find_head_end(b"", &data), want);
+        }
     }
 
     #[test]
