@@ -119,6 +119,9 @@ impl ThreadSpans {
     }
 
     fn insert(&mut self, entry: ThreadEntry) {
+        // An end before its start would escape `prune`: the correlator
+        // clamps ends.
+        debug_assert!(entry.end.is_none_or(|end| end >= entry.start));
         match entry.end {
             None => self.open.push((entry.start, entry.key)),
             Some(end) => self.ended(entry.start, end, entry.key),
@@ -294,6 +297,9 @@ impl ThreadIndex {
     /// The span that started at `start` ended at `end`. Returns whether
     /// another span of the thread started while it was in progress.
     pub fn set_end(&mut self, pid: Pid, tid: Tid, key: SpanKey, start: u64, end: u64) -> bool {
+        // An end before its start would escape `prune`: the correlator
+        // clamps ends.
+        debug_assert!(end >= start, "an end before its start");
         let Some(t) = self.threads.get_mut(&(pid, tid)) else {
             return false;
         };
@@ -386,9 +392,10 @@ impl ThreadIndex {
     pub fn prune(&mut self, before: u64) {
         self.threads.retain(|_, t| {
             // An entry ends no earlier than it starts (the correlator clamps
-            // ends), so only those that started before the cut can have
-            // ended before it: a walk of every entry (a second of a busy
-            // thread's spans, at every prune) is not needed.
+            // ends; `insert` and `set_end` assert it), so only those that
+            // started before the cut can have ended before it: a walk of
+            // every entry (a second of a busy thread's spans, at every
+            // prune) is not needed.
             t.entries
                 .extract_if(..(before, 0), |_, s| {
                     s.end().is_some_and(|end| end < before)
