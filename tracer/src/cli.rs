@@ -236,6 +236,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = tracer_common::STACK_COPY_DEFAULT)]
     pub stack_copy: u32,
 
+    /// Bytes of DWARF (uncompressed) the symbolizer holds at once for
+    /// source lines and inlined functions in profiles. DWARF is read
+    /// whole and kept while its binary is in use (libc's debug file is
+    /// ~10 MiB of it, a Go or Rust binary built with debug information
+    /// tens of MiB), so this bounds the profiler's memory. A binary that
+    /// does not fit is named from its symbol tables (its separate debug
+    /// file's when one is installed, static functions included): function
+    /// names without lines or inlined frames, counted in `dwarf_skipped`.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::profile::symbols::DWARF_BYTES_DEFAULT)]
+    pub profile_dwarf_bytes: u64,
+
     /// Profile aggregation.
     #[command(flatten)]
     pub profile: crate::profile::aggregate::AggregateArgs,
@@ -468,6 +479,7 @@ impl RunArgs {
                 interval: Duration::from_millis(interval_ms),
                 pyroscope: self.pyroscope.resolve()?,
                 flame: self.flame.resolve()?,
+                max_dwarf_bytes: self.profile_dwarf_bytes,
             })
         } else {
             None

@@ -47,6 +47,9 @@ pub struct ProfileSettings {
     pub pyroscope: Option<PyroscopeConfig>,
     /// Flame graph directory, when configured.
     pub flame: Option<FlameConfig>,
+    /// Bound on the DWARF held for source lines and inlined functions
+    /// (`SymbolConfig::max_dwarf_bytes`).
+    pub max_dwarf_bytes: u64,
 }
 
 /// Raw samples queued for the worker at most...
@@ -85,7 +88,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn start() -> Worker {
+    fn start(cfg: ProfilerConfig) -> Worker {
         let (tx, in_rx) = mpsc::channel::<(SampleHeader, Vec<u8>)>();
         let bound = Arc::new(QueueBound::new(QUEUE, QUEUE_BYTES));
         let held = bound.clone();
@@ -99,7 +102,7 @@ impl Worker {
                 // and counted); the capture reader cannot.
                 crate::sched::step_back(crate::sched::PROFILE_NICE_STEP);
                 // Not Send (blazesym): built on this thread.
-                let mut profiler = Profiler::new(ProfilerConfig::default());
+                let mut profiler = Profiler::new(cfg);
                 profiler.warm_up();
                 let mut n = 0u64;
                 let show = |p: &Profiler| {
@@ -191,7 +194,11 @@ impl ProfileStage {
         };
         let interval_ns = s.interval.as_nanos() as u64;
         Ok(ProfileStage {
-            worker: Worker::start(),
+            worker: Worker::start({
+                let mut cfg = ProfilerConfig::default();
+                cfg.symbols.max_dwarf_bytes = s.max_dwarf_bytes;
+                cfg
+            }),
             profiles: Profiles::new(s.aggregate.clone(), clock),
             flame,
             pyroscope,

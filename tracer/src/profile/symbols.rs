@@ -55,6 +55,11 @@ pub struct SymbolConfig {
     pub max_dwarf_bytes: u64,
 }
 
+/// Small programs and libraries built with debug information fit; libc's
+/// debug file (~10 MiB) and binaries with full debug information (tens of
+/// MiB) do not: held whole, they would be most of the agent's memory.
+pub const DWARF_BYTES_DEFAULT: u64 = 4 << 20;
+
 impl Default for SymbolConfig {
     fn default() -> Self {
         SymbolConfig {
@@ -63,9 +68,7 @@ impl Default for SymbolConfig {
             max_perf_maps: 256,
             perf_map_min_reload: Duration::from_millis(500),
             lines: true,
-            // Ordinary programs and libraries fit; a binary built with full
-            // debug information (tens of MiB of DWARF) does not.
-            max_dwarf_bytes: 16 << 20,
+            max_dwarf_bytes: DWARF_BYTES_DEFAULT,
         }
     }
 }
@@ -173,7 +176,7 @@ impl Symbols {
 
     /// Lets go of a binary the unwinder no longer caches.
     pub fn forget_binary(&mut self, b: &Binary) {
-        if let Some(path) = b.symbol_path() {
+        for path in b.symbol_path().iter().chain(&b.debug_file) {
             let _ = self
                 .blaze
                 .evict(&blazesym::symbolize::evict::Elf::new(path).into());
@@ -328,12 +331,23 @@ impl Symbols {
         }
         let t0 = Instant::now();
         let resolved: Arc<[Resolved]> = if b.mem_symbols.is_empty() {
-            match b.symbol_path() {
-                Some(path) => {
-                    let mut elf = Elf::new(path);
-                    elf.debug_syms = self.read_dwarf(b);
+            // DWARF over the bound: the separate debug file's symbol table
+            // (every function, static ones included) by address, else the
+            // binary's own symbol tables by file offset.
+            let dwarf = self.read_dwarf(b);
+            let source = match (&b.debug_file, b.vaddr_of(offset)) {
+                (Some(debug), Some(vaddr)) if !dwarf => {
+                    Some((Elf::new(debug), false, Input::VirtOffset(vaddr)))
+                }
+                _ => b
+                    .symbol_path()
+                    .map(|path| (Elf::new(path), dwarf, Input::FileOffset(offset))),
+            };
+            match source {
+                Some((mut elf, debug_syms, input)) => {
+                    elf.debug_syms = debug_syms;
                     let src = Source::Elf(elf);
-                    match self.blaze.symbolize_single(&src, Input::FileOffset(offset)) {
+                    match self.blaze.symbolize_single(&src, input) {
                         Ok(Symbolized::Sym(sym)) => from_sym(&mut self.names, &sym),
                         _ => Arc::from(vec![Resolved {
                             function: None,
@@ -632,5 +646,126 @@ mod tests {
         assert_eq!(&*out[0].module, "[unknown]");
         assert_eq!(out[0].offset, 0x1234);
         assert_eq!(s.counters().unresolved, 1);
+    }
+
+    /// A stripped library with its debug file installed, as distributions
+    /// ship them, built here: gcc, then objcopy and strip (binutils).
+    fn stripped_library_with_debug_file(dir: &std::path::Path) -> (PathBuf, PathBuf, u64) {
+        use object::{Object, ObjectSegment, ObjectSymbol};
+        let run = |cmd: &str, args: &[&str]| {
+            let st = std::process::Command::new(cmd)
+                .args(args)
+                .current_dir(dir)
+                .status()
+                .unwrap_or_else(|e| panic!("{cmd} (gcc and binutils are build dependencies): {e}"));
+            assert!(st.success(), "{cmd} {args:?}");
+        };
+        std::fs::write(
+            dir.join("lib.c"),
+            "__attribute__((noinline)) static int tracer_hidden_fn(int x) { return x * 3 + 1; }\n\
+             int tracer_public_fn(int x) { return tracer_hidden_fn(x) + 2; }\n",
+        )
+        .unwrap();
+        run(
+            "gcc",
+            &[
+                "-g",
+                "-O1",
+                "-shared",
+                "-fPIC",
+                "-Wl,--build-id",
+                "-o",
+                "lib.so",
+                "lib.c",
+            ],
+        );
+        // The static function's file offset, from the unstripped library.
+        let data = std::fs::read(dir.join("lib.so")).unwrap();
+        let obj = object::File::parse(&*data).unwrap();
+        let addr = obj
+            .symbols()
+            .find(|s| s.name() == Ok("tracer_hidden_fn"))
+            .expect("the static function in .symtab")
+            .address();
+        let offset = obj
+            .segments()
+            .find_map(|seg| {
+                let (off, size) = seg.file_range();
+                (seg.address() <= addr && addr < seg.address() + size)
+                    .then(|| off + (addr - seg.address()))
+            })
+            .unwrap();
+        let id = obj.build_id().unwrap().expect("a build id");
+        let sub = dir.join("debug/.build-id").join(format!("{:02x}", id[0]));
+        std::fs::create_dir_all(&sub).unwrap();
+        let hex: String = id[1..].iter().map(|b| format!("{b:02x}")).collect();
+        let debug = sub.join(format!("{hex}.debug"));
+        run(
+            "objcopy",
+            &["--only-keep-debug", "lib.so", debug.to_str().unwrap()],
+        );
+        run("strip", &["--strip-all", "lib.so"]);
+        run(
+            "objcopy",
+            &[
+                &format!("--add-gnu-debuglink={}", debug.display()),
+                "lib.so",
+            ],
+        );
+        (dir.join("lib.so"), dir.join("debug"), offset)
+    }
+
+    #[test]
+    fn a_stripped_binary_over_the_dwarf_bound_is_named_from_its_debug_file_symbols() {
+        let dir = std::env::temp_dir().join(format!("tracer-debugsyms-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (lib, debug_dir, offset) = stripped_library_with_debug_file(&dir);
+        let open = |debug_dirs: &[&str]| {
+            let file = std::fs::File::open(&lib).unwrap();
+            let id = crate::profile::unwind::FileId { dev: 0, inode: 1 };
+            Arc::new(Binary::open(1, id, lib.to_str().unwrap(), file, debug_dirs).unwrap())
+        };
+        let frame = |b: &Arc<Binary>| UserFrame {
+            addr: 0,
+            loc: FrameLoc::Binary {
+                binary: b.clone(),
+                offset,
+            },
+        };
+        let name_of = |b: &Arc<Binary>, max_dwarf_bytes: u64| {
+            let mut s = Symbols::new(SymbolConfig {
+                max_dwarf_bytes,
+                ..SymbolConfig::default()
+            });
+            let mut out = Vec::new();
+            s.user_frames(1, &frame(b), &mut out);
+            (
+                out.iter()
+                    .map(|f| f.function.as_deref().map(str::to_owned))
+                    .collect::<Vec<_>>(),
+                s.counters().dwarf_skipped,
+            )
+        };
+        let with_debug = open(&[debug_dir.to_str().unwrap()]);
+        assert!(
+            with_debug.debug_file.is_some(),
+            "debug file found by build id"
+        );
+        assert!(with_debug.dwarf_bytes > 0, "its DWARF counted");
+        // Over the bound: the debug file's symbol table names the static
+        // function the stripped file's dynamic symbols lack.
+        assert_eq!(
+            name_of(&with_debug, 0),
+            (vec![Some("tracer_hidden_fn".to_owned())], 1)
+        );
+        // Without the debug file nothing names it.
+        let without = open(&["/nonexistent-debug-dir"]);
+        assert!(without.debug_file.is_none());
+        assert_ne!(
+            name_of(&without, 0).0,
+            vec![Some("tracer_hidden_fn".to_owned())]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -201,17 +201,66 @@ pub struct Binary {
     /// debug file's: what the symbolizer would parse for source lines and
     /// inlined functions.
     pub dwarf_bytes: u64,
+    /// Its separate debug file (a stripped binary's, installed by a `-dbg`
+    /// package), whose full symbol table names what the stripped file's
+    /// dynamic symbols do not.
+    pub debug_file: Option<PathBuf>,
     /// Symbols of an in-memory image (vDSO only).
     pub mem_symbols: Vec<MemSymbol>,
 }
 
 impl Binary {
+    /// Reads the ELF file `file`, mapped from `path`, keeping it open;
+    /// its separate debug file, if any, is looked for in `debug_dirs`.
+    pub(crate) fn open(
+        serial: u64,
+        id: FileId,
+        path: &str,
+        file: File,
+        debug_dirs: &[&str],
+    ) -> Option<Binary> {
+        // SAFETY: a read-only mapping of a file the agent does not
+        // write. A binary truncated in place while mapped would fault on
+        // access; binaries are replaced, not truncated, in practice, and
+        // the symbolizer maps the same files.
+        let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.ok()?);
+        let ElfImage {
+            segments,
+            unwind,
+            dwarf_bytes,
+            debug_file,
+        } = read_elf(&map, Some(&map), debug_dirs)?;
+        let name = path.rsplit('/').next().unwrap_or(path);
+        Some(Binary {
+            serial,
+            id,
+            name: Arc::from(name),
+            path: Arc::from(path),
+            file: Some(file),
+            segments,
+            unwind: Some(unwind),
+            dwarf_bytes,
+            debug_file,
+            mem_symbols: Vec::new(),
+        })
+    }
+
     /// A path that opens this binary for as long as it is cached.
     pub fn symbol_path(&self) -> Option<PathBuf> {
         use std::os::fd::AsRawFd;
         self.file
             .as_ref()
             .map(|f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())))
+    }
+
+    /// The address the file's offset `offset` is loaded at (before
+    /// relocation), by its load segments: how a debug file, whose own
+    /// segments have no file contents, is looked up.
+    pub fn vaddr_of(&self, offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| s.offset <= offset && offset < s.offset.saturating_add(s.filesz))
+            .map(|s| s.vaddr.wrapping_add(offset - s.offset))
     }
 
     /// Bytes of unwind sections held.
@@ -284,45 +333,40 @@ fn dwarf_section_bytes(obj: &object::File) -> u64 {
 /// by build id; the symbolizer looks there first.
 const DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
 
-/// Bytes of the DWARF the symbolizer would parse for this image. An image
-/// that names a separate debug file (`.gnu_debuglink`, as distributions'
-/// stripped binaries do) has that file's DWARF parsed instead of its own
-/// when the file is installed; other images only their own.
-fn symbolized_dwarf_bytes(obj: &object::File) -> u64 {
+/// The DWARF the symbolizer would parse for an image: its bytes, and the
+/// separate debug file they are in. An image that names a separate debug
+/// file (`.gnu_debuglink`, as distributions' stripped binaries do) has that
+/// file's DWARF parsed instead of its own when the file is installed;
+/// other images only their own.
+fn symbolized_dwarf(obj: &object::File, dirs: &[&str]) -> (u64, Option<PathBuf>) {
     if obj.section_by_name(".gnu_debuglink").is_some() {
-        let separate = separate_debug_bytes(obj, &DEBUG_DIRS);
-        if separate > 0 {
-            return separate;
+        if let Some((path, bytes)) = separate_debug_file(obj, dirs) {
+            return (bytes, Some(path));
         }
     }
-    dwarf_section_bytes(obj)
+    (dwarf_section_bytes(obj), None)
 }
 
-/// Bytes of DWARF in an image's separate debug file, found in `dirs` by its
-/// build id (0 when there is none): the bound on DWARF held must count what
-/// the symbolizer really parses (a stripped Python with its debug package
+/// An image's separate debug file, found in `dirs` by its build id, and the
+/// bytes of its DWARF: the bound on DWARF held must count what the
+/// symbolizer really parses (a stripped Python with its debug package
 /// installed carries ~40 MiB of it). Only section headers are read.
-fn separate_debug_bytes(obj: &object::File, dirs: &[&str]) -> u64 {
-    let Ok(Some(id)) = obj.build_id() else {
-        return 0;
-    };
-    let Some((first, rest)) = id.split_first() else {
-        return 0;
-    };
+fn separate_debug_file(obj: &object::File, dirs: &[&str]) -> Option<(PathBuf, u64)> {
+    let id = obj.build_id().ok()??;
+    let (first, rest) = id.split_first()?;
     let hex: String = rest.iter().map(|b| format!("{b:02x}")).collect();
     for dir in dirs {
-        let path = format!("{dir}/.build-id/{first:02x}/{hex}.debug");
+        let path = PathBuf::from(format!("{dir}/.build-id/{first:02x}/{hex}.debug"));
         let Ok(file) = File::open(&path) else {
             continue;
         };
         // SAFETY: read-only private mapping; only its headers are parsed,
         // and it is unmapped before this returns.
-        let Ok(map) = (unsafe { memmap2::Mmap::map(&file) }) else {
-            return 0;
-        };
-        return object::File::parse(&*map).map_or(0, |o| dwarf_section_bytes(&o));
+        let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+        let bytes = object::File::parse(&*map).map_or(0, |o| dwarf_section_bytes(&o));
+        return Some((path, bytes));
     }
-    0
+    None
 }
 
 /// Reads the load segments and unwind sections of an ELF image, and the
@@ -331,7 +375,8 @@ fn separate_debug_bytes(obj: &object::File, dirs: &[&str]) -> u64 {
 fn read_elf(
     data: &[u8],
     map: Option<&Arc<memmap2::Mmap>>,
-) -> Option<(Vec<LoadSegment>, UnwindSections, u64)> {
+    debug_dirs: &[&str],
+) -> Option<ElfImage> {
     let obj = object::File::parse(data).ok()?;
     let segments = obj
         .segments()
@@ -371,7 +416,7 @@ fn read_elf(
             Bytes(backing),
         ))
     };
-    let dwarf_bytes = symbolized_dwarf_bytes(&obj);
+    let dwarf = symbolized_dwarf(&obj, debug_dirs);
     let eh_frame = bytes(".eh_frame");
     let unwind = UnwindSections {
         text: range(".text"),
@@ -391,7 +436,21 @@ fn read_elf(
         },
         eh_frame,
     };
-    Some((segments, unwind, dwarf_bytes))
+    let (dwarf_bytes, debug_file) = dwarf;
+    Some(ElfImage {
+        segments,
+        unwind,
+        dwarf_bytes,
+        debug_file,
+    })
+}
+
+/// What [`read_elf`] reads of an image.
+struct ElfImage {
+    segments: Vec<LoadSegment>,
+    unwind: UnwindSections,
+    dwarf_bytes: u64,
+    debug_file: Option<PathBuf>,
 }
 
 /// Symbols of an in-memory ELF image (its dynamic symbol table).
@@ -851,26 +910,9 @@ impl Unwinder {
             PathBuf::from(&e.path),
         ];
         let file = candidates.iter().find_map(|p| File::open(p).ok())?;
-        // SAFETY: a read-only mapping of a file the agent does not
-        // write. A binary truncated in place while mapped would fault on
-        // access; binaries are replaced, not truncated, in practice, and
-        // the symbolizer maps the same files.
-        let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.ok()?);
-        let (segments, unwind, dwarf_bytes) = read_elf(&map, Some(&map))?;
-        let name = e.path.rsplit('/').next().unwrap_or(&e.path);
         let serial = self.next_serial;
         self.next_serial += 1;
-        Some(Arc::new(Binary {
-            serial,
-            id: e.file,
-            name: Arc::from(name),
-            path: Arc::from(e.path.as_str()),
-            file: Some(file),
-            segments,
-            unwind: Some(unwind),
-            dwarf_bytes,
-            mem_symbols: Vec::new(),
-        }))
+        Binary::open(serial, e.file, &e.path, file, &DEBUG_DIRS).map(Arc::new)
     }
 
     /// The vDSO is the same image in every 64-bit process: read it from
@@ -888,7 +930,9 @@ impl Unwinder {
         let image =
             unsafe { std::slice::from_raw_parts(m.start as *const u8, (m.end - m.start) as usize) }
                 .to_vec();
-        let (segments, unwind, _) = read_elf(image.as_slice(), None)?;
+        let ElfImage {
+            segments, unwind, ..
+        } = read_elf(image.as_slice(), None, &[])?;
         let serial = self.next_serial;
         self.next_serial += 1;
         Some(Arc::new(Binary {
@@ -900,6 +944,7 @@ impl Unwinder {
             segments,
             unwind: Some(unwind),
             dwarf_bytes: 0,
+            debug_file: None,
             mem_symbols: mem_symbols(&image),
         }))
     }
@@ -965,11 +1010,13 @@ mod tests {
         let hex: String = id[1..].iter().map(|b| format!("{b:02x}")).collect();
         std::fs::write(sub.join(format!("{hex}.debug")), &data).unwrap();
         let dirs = ["/nonexistent-debug-dir", dir.to_str().unwrap()];
-        let found = separate_debug_bytes(&obj, &dirs);
-        let none = separate_debug_bytes(&obj, &["/nonexistent-debug-dir"]);
+        let found = separate_debug_file(&obj, &dirs);
+        let none = separate_debug_file(&obj, &["/nonexistent-debug-dir"]);
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(found, own);
-        assert_eq!(none, 0);
+        let (path, bytes) = found.expect("the debug file");
+        assert!(path.starts_with(&dir));
+        assert_eq!(bytes, own);
+        assert_eq!(none, None);
     }
 
     #[test]
@@ -1045,6 +1092,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
             path: Arc::from("/x"),
             file: None,
             dwarf_bytes: 0,
+            debug_file: None,
             segments: vec![
                 LoadSegment {
                     offset: 0,
