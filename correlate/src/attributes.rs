@@ -92,14 +92,31 @@ pub(crate) fn clip(s: &str, max: usize) -> &str {
     &s[..cut]
 }
 
-/// Method, a separator and target, hashed with the correlator's seeded
-/// hasher (targets come from the network: they must not be able to aim
-/// at another request's fingerprint).
-pub(crate) fn fingerprint(hasher: &impl BuildHasher, method: &str, target: &str) -> u64 {
+/// What a forwarded request repeats of the request it forwards: method,
+/// target and `Host` (or `:authority`), with separators, hashed with the
+/// correlator's seeded hasher (targets come from the network: they must
+/// not be able to aim at another request's fingerprint). `Host` is what
+/// tells a reverse proxy's hop (nginx with `proxy_set_header Host`,
+/// haproxy, Envoy and traefik keep it) from a service's own call to
+/// another service under the same path, e.g. a poller's `GET /config`
+/// while a client's `GET /config` is in flight.
+pub(crate) fn fingerprint(
+    hasher: &impl BuildHasher,
+    method: &str,
+    target: &str,
+    host: Option<&[u8]>,
+) -> u64 {
     let mut h = hasher.build_hasher();
     h.write(method.as_bytes());
     h.write_u8(0);
     h.write(target.as_bytes());
+    match host {
+        Some(host) => {
+            h.write_u8(1);
+            h.write(host);
+        }
+        None => h.write_u8(0),
+    }
     h.finish()
 }
 
@@ -422,7 +439,8 @@ pub(crate) fn request_facts(
     mut texts: Texts,
 ) -> (Texts, RequestFacts) {
     let max = cfg.max_attribute_len;
-    let host_value = header_value(&req.headers, "host");
+    let host_value =
+        header_value(&req.headers, "host").or_else(|| header_value(&req.headers, ":authority"));
     let user_agent = header_value(&req.headers, "user-agent");
     // url.path, url.query and url.full each repeat the target, the name
     // templates it, addresses and the user agent come on top: room for
@@ -461,9 +479,7 @@ pub(crate) fn request_facts(
 
     // server.address / server.port: Host (or :authority), else the target's
     // authority, else the socket (remote for a client, local for a server).
-    let host_header = host_value
-        .or_else(|| header_value(&req.headers, ":authority"))
-        .map(String::from_utf8_lossy);
+    let host_header = host_value.map(String::from_utf8_lossy);
     let host = host_header
         .as_deref()
         .and_then(parse_authority)
@@ -563,7 +579,7 @@ pub(crate) fn request_facts(
     }
     let facts = RequestFacts {
         grpc,
-        fingerprint: fingerprint(hasher, method, &req.target),
+        fingerprint: fingerprint(hasher, method, &req.target, host_value),
         body: declared_body(&req.headers),
     };
     (texts, facts)

@@ -559,6 +559,39 @@ fn a_request_lost_on_its_way_in_never_makes_the_one_left_look_unique() {
     assert!(out.counters.unique_refused_loss >= 1, "{:?}", out.counters);
 }
 
+/// A call with the method and target of the request in flight but another
+/// Host is not a forward: it is what a poller's `GET /config` to a backend
+/// looks like while a client's `GET /config` is in flight. It stays a root.
+#[test]
+fn a_call_repeating_the_target_to_another_host_is_not_a_forward() {
+    let mut ch = chain(&ChainOpts::default());
+    for e in &mut ch.events {
+        if let Ev::Msg(m) = e {
+            if let MessageKind::Request(r) = &mut m.kind {
+                if m.pid == Pid(NGINX) && m.side == Side::Outbound {
+                    for h in r.headers.to_mut().iter_mut() {
+                        if h.name.eq_ignore_ascii_case(b"host") {
+                            *h = Header::owned("Host", "127.0.0.1:8001");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let out = run(&ch.events, cfg());
+    assert_eq!(out.counters.forwarded_parent, 0, "{:?}", out.counters);
+    let calls: Vec<_> = out
+        .spans
+        .iter()
+        .filter(|s| s.pid == Pid(NGINX) && s.kind == SpanKind::Client)
+        .collect();
+    assert_eq!(calls.len(), 30);
+    assert!(
+        calls.iter().all(|s| s.parent_span_id.is_none()),
+        "{calls:#?}"
+    );
+}
+
 /// Inputs known complete a little behind the clock: forwarding links every
 /// call once they are, and none if they never are.
 #[test]

@@ -4,8 +4,8 @@
 //	timer_proxy PORT BACKEND_PORT [POLL_MS [PREFIX]]
 //
 // Each request's handler calls the backend on 127.0.0.1:BACKEND_PORT with
-// the same method and path (after PREFIX, default none) from a new
-// goroutine and answers with what it got; independently, a goroutine
+// the same method, path (after PREFIX, default none) and Host, as a
+// reverse proxy does, from a new goroutine and answers with what it got; independently, a goroutine
 // polls the backend at /poll/N every POLL_MS (default 20; 0: never).
 // Prints "ready" once listening.
 package main
@@ -56,6 +56,8 @@ func main() {
 				done <- result{err: err}
 				return
 			}
+			// A reverse proxy passes the Host on.
+			req.Host = in.Host
 			if id := in.Header.Get("X-Request-Id"); id != "" {
 				req.Header.Set("X-Request-Id", id)
 			}

@@ -2,8 +2,9 @@
 //
 //   node timer_proxy.js PORT BACKEND_PORT [POLL_MS]
 //
-// Forwards every request (method, path, body) to the backend on
-// 127.0.0.1:BACKEND_PORT and answers with what it got; independently, on a
+// Forwards every request (method, path, Host, body) to the backend on
+// 127.0.0.1:BACKEND_PORT, as a reverse proxy does, and answers with what
+// it got; independently, on a
 // timer every POLL_MS (default 20) on the same event loop, polls the
 // backend at /poll/N, as metrics pushers, health checks and cache
 // refreshers do. Prints "ready" once listening.
@@ -26,7 +27,7 @@ setInterval(() => {
 
 http
   .createServer((inbound, outbound) => {
-    const headers = {};
+    const headers = { host: inbound.headers.host };
     if (inbound.headers["x-request-id"]) headers["x-request-id"] = inbound.headers["x-request-id"];
     const up = http.request(
       {

@@ -2,7 +2,8 @@
 //
 //   node tls_proxy.js serve PORT CERT KEY BACKEND_PORT
 //     an HTTPS server on 127.0.0.1:PORT; every request is forwarded (a new
-//     keep-alive HTTPS request, same path) to https://127.0.0.1:BACKEND_PORT
+//     keep-alive HTTPS request, same path and Host, as a reverse proxy
+//     does) to https://127.0.0.1:BACKEND_PORT
 //     and its status and body answered. Prints "ready" once listening.
 //   node tls_proxy.js get BASE PREFIX N
 //     N GET requests BASE PREFIX0..PREFIX{N-1} one after another on one
@@ -15,10 +16,11 @@ const https = require("https");
 const mode = process.argv[2];
 const agent = new https.Agent({ keepAlive: true, maxSockets: 1, rejectUnauthorized: false });
 
-function get(url) {
+function get(url, host) {
+  const headers = host ? { host } : {};
   return new Promise((resolve, reject) => {
     https
-      .get(url, { agent }, (res) => {
+      .get(url, { agent, headers }, (res) => {
         const chunks = [];
         res.on("data", (c) => chunks.push(c));
         res.on("end", () => resolve({ status: res.statusCode, body: Buffer.concat(chunks) }));
@@ -31,7 +33,7 @@ if (mode === "serve") {
   const [port, cert, key, backend] = process.argv.slice(3);
   https
     .createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, (req, res) => {
-      get(`https://127.0.0.1:${backend}${req.url}`).then(
+      get(`https://127.0.0.1:${backend}${req.url}`, req.headers.host).then(
         (r) => {
           res.writeHead(r.status, { "content-type": "text/plain" });
           res.end(r.body);

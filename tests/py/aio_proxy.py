@@ -1,13 +1,16 @@
 """An asyncio service for the parent tests (aiohttp server and
 aiohttp.ClientSession on one event loop):
 
-  aio_proxy.py PORT BACKEND_PORT [--poll-ms MS] [--prefix P] [--propagate-id]
+  aio_proxy.py PORT BACKEND_PORT [--poll-ms MS] [--poll-path P]
+               [--delay-ms MS] [--prefix P] [--propagate-id]
 
 Each request's handler calls the backend on 127.0.0.1:BACKEND_PORT with
-the same method and path (with --prefix, the path is prefixed: the call no
-longer repeats the request) and answers with what it got; --propagate-id
-passes the request's x-request-id on. With --poll-ms, a task on the same
-event loop polls the backend at /poll/N that often. Prints "ready" once
+the same method, path and Host, as a reverse proxy does (with --prefix,
+the path is prefixed: the call no longer repeats the request), after
+--delay-ms, and answers with what it got; --propagate-id passes the
+request's x-request-id on. With --poll-ms, a task on the same event loop
+polls the backend at /poll/N that often (at --poll-path, if given, every
+time: the very path clients may be requesting). Prints "ready" once
 listening."""
 import argparse
 import asyncio
@@ -18,6 +21,8 @@ args = argparse.ArgumentParser()
 args.add_argument("port", type=int)
 args.add_argument("backend", type=int)
 args.add_argument("--poll-ms", type=int, default=0)
+args.add_argument("--poll-path", default="")
+args.add_argument("--delay-ms", type=int, default=0)
 args.add_argument("--prefix", default="")
 args.add_argument("--propagate-id", action="store_true")
 a = args.parse_args()
@@ -29,7 +34,7 @@ async def poll(session):
     while True:
         await asyncio.sleep(a.poll_ms / 1000)
         try:
-            async with session.get(f"{base}/poll/{n}") as r:
+            async with session.get(base + (a.poll_path or f"/poll/{n}")) as r:
                 await r.read()
         except Exception:
             pass
@@ -38,10 +43,12 @@ async def poll(session):
 
 async def handle(request):
     session = request.app["session"]
-    headers = {}
+    headers = {"Host": request.host}
     if a.propagate_id and "x-request-id" in request.headers:
         headers["x-request-id"] = request.headers["x-request-id"]
     body = await request.read()
+    if a.delay_ms:
+        await asyncio.sleep(a.delay_ms / 1000)
     async with session.request(
         request.method, base + a.prefix + request.path_qs, headers=headers, data=body or None
     ) as r:

@@ -6,9 +6,11 @@ ThreadingHTTPServer: one thread per connection).
 Without a downstream it answers 200 (or the status given by `?status=NNN`)
 with a small body (or `?size=N` bytes; `?chunked=1` sends it chunked;
 `?sleep=MS` waits that long first). With one, its handler first calls
-DOWNSTREAM_BASE_URL + the same path on a new connection (prefixed with
-$DOWNSTREAM_PREFIX when set: then the call does not repeat the request),
-then answers with what it got. Prints "ready" once listening."""
+DOWNSTREAM_BASE_URL + the same path on a new connection, forwarding the
+request as a reverse proxy does (its Host kept), or, with
+$DOWNSTREAM_PREFIX set, calls it under the prefixed path with its own
+Host (then the call does not repeat the request); then answers with what
+it got. Prints "ready" once listening."""
 import http.client
 import os
 import sys
@@ -36,6 +38,8 @@ class Handler(BaseHTTPRequestHandler):
         if downstream is not None:
             conn = http.client.HTTPConnection(downstream.hostname, downstream.port, timeout=10)
             headers = {}
+            if not prefix and self.headers.get("Host"):
+                headers["Host"] = self.headers["Host"]
             for name in ("x-request-id",):
                 if self.headers.get(name):
                     headers[name] = self.headers[name]

@@ -315,6 +315,106 @@ fn go_timer_calls_are_never_put_under_a_request() {
     });
 }
 
+/// A poller on an event loop calls the backend under the very path the
+/// service's clients request, while their requests are in flight (each is
+/// forwarded, Host kept, after 100 ms; polls every 20 ms). The forwarded
+/// calls repeat method, target and Host of the request: children. A poll
+/// repeats method and target only (its Host is the backend's): never
+/// under a request. Runtime hooks are off, so forwarding alone decides.
+#[test]
+fn a_poller_calling_the_requested_path_is_never_put_under_a_request() {
+    let Some(_g) = root_test("a_poller_calling_the_requested_path_is_never_put_under_a_request")
+    else {
+        return;
+    };
+    require_tool("curl");
+    let backend = Backend::start("backend", None);
+    let port = free_port();
+    let svc = aio(
+        port,
+        backend.port,
+        "svc-poll",
+        &[
+            "--poll-ms",
+            "20",
+            "--poll-path",
+            "/config",
+            "--delay-ms",
+            "100",
+        ],
+    );
+    let receiver = Receiver::start(Otlp::Grpc);
+    let mut args = receiver.agent_args();
+    args.push("--no-runtime-hooks".into());
+    let agent = joined(Agent::start(&args));
+    let n = 15;
+    for _ in 0..n {
+        assert_eq!(curl(port, "/config", &[]), 200);
+    }
+    receiver.wait_for(Duration::from_secs(30), |s| {
+        s.iter()
+            .filter(|s| res(s, "service.name") == "svc-poll" && f(s, "kind") == "SERVER")
+            .count()
+            >= n
+    });
+    let out = agent.stop(SETTLE);
+    debug(&out);
+    drop(svc);
+    let spans = receiver.spans();
+    let of = |kind: &str| -> Vec<&Value> {
+        spans
+            .iter()
+            .filter(|s| res(s, "service.name") == "svc-poll" && f(s, "kind") == kind)
+            .filter(|s| attr(s, "url.path") == "/config")
+            .collect()
+    };
+    let servers = of("SERVER");
+    let calls = of("CLIENT");
+    let server_ids: Vec<&str> = servers.iter().map(|s| f(s, "span_id")).collect();
+    // The calls' Host tells them apart: the service's own port for a
+    // forward, the backend's for a poll.
+    let (forwards, polls): (Vec<&Value>, Vec<&Value>) = calls
+        .iter()
+        .partition(|s| attr(s, "server.port") == port.to_string());
+    let in_flight: Vec<(u64, u64)> = servers
+        .iter()
+        .map(|s| {
+            (
+                s["start_time_unix_nano"].as_u64().unwrap_or(0),
+                s["end_time_unix_nano"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let during = polls
+        .iter()
+        .filter(|s| {
+            let t = s["start_time_unix_nano"].as_u64().unwrap_or(0);
+            in_flight.iter().any(|(a, b)| *a < t && t < *b)
+        })
+        .count();
+    let under: Vec<&&Value> = polls
+        .iter()
+        .filter(|s| !f(s, "parent_span_id").is_empty())
+        .collect();
+    let linked = forwards
+        .iter()
+        .filter(|s| server_ids.contains(&f(s, "parent_span_id")))
+        .count();
+    println!(
+        "svc-poll: {} requests, {linked}/{} forwards linked, {} polls ({during} while a request was in flight), {} under a request\n{}",
+        servers.len(),
+        forwards.len(),
+        polls.len(),
+        under.len(),
+        summary(&out)
+    );
+    assert_eq!(servers.len(), n, "every request traced: {}", out.stderr);
+    assert_eq!(forwards.len(), n, "every forward traced: {}", out.stderr);
+    assert!(during >= n, "polls overlapped the requests: {during}");
+    assert!(under.is_empty(), "polls under a request: {under:#?}");
+    enough(linked, n, n, &out, "forwards linked to their request");
+}
+
 fn aio(port: u16, backend: u16, service: &str, args: &[&str]) -> Spawned {
     Spawned::ready(
         Command::new(python())
@@ -445,24 +545,27 @@ fn through_proxy<P>(
 }
 
 /// nginx proxying to `backend`, and its port: a new upstream connection
-/// per request.
+/// per request, the client's Host passed on (as ingress-nginx does; with
+/// nginx's default, `$proxy_host`, a hop is not a forward and links only
+/// through the runtime hook).
 fn nginx(backend: u16) -> (Nginx, u16) {
     let n = Nginx::start(&format!(
         "server {{ listen 127.0.0.1:{{port}}; \
-         location / {{ proxy_pass http://127.0.0.1:{backend}; }} }}"
+         location / {{ proxy_pass http://127.0.0.1:{backend}; \
+         proxy_set_header Host $http_host; }} }}"
     ));
     let port = n.port;
     (n, port)
 }
 
 /// nginx proxying to `backend` over kept-alive upstream connections, and
-/// its port.
+/// its port (Host passed on, as in [`nginx`]).
 fn nginx_keepalive(backend: u16) -> (Nginx, u16) {
     let n = Nginx::start(&format!(
         "upstream be {{ server 127.0.0.1:{backend}; keepalive 16; }} \
          server {{ listen 127.0.0.1:{{port}}; \
          location / {{ proxy_pass http://be; proxy_http_version 1.1; \
-         proxy_set_header Connection \"\"; }} }}"
+         proxy_set_header Connection \"\"; proxy_set_header Host $http_host; }} }}"
     ));
     let port = n.port;
     (n, port)

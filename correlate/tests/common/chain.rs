@@ -170,8 +170,10 @@ pub fn chain(o: &ChainOpts) -> Chain {
             ("User-Agent", "curl/8.5.0"),
             ("Accept", "*/*"),
         ];
+        // nginx passing the client's Host on (`proxy_set_header Host
+        // $http_host`), as a reverse proxy whose hops link by forwarding.
         let mut h1 = vec![
-            ("Host", "localhost"),
+            ("Host", "localhost:8080"),
             ("Connection", "close"),
             ("User-Agent", "curl/8.5.0"),
         ];
