@@ -15,7 +15,11 @@
 //! - the password of `user:password` after `-u`, `--user`, `--proxy-user`;
 //! - any other argument naming a credential, unless it is a path or a
 //!   dotted name (`/run/secrets/token`, `auth.server`, which name a file or
-//!   a module, not a secret).
+//!   a module, not a secret);
+//! - the whole of an argument that is code or a sentence naming a
+//!   credential (`python3 -c "...headers={'Authorization': 'Bearer X'}"`,
+//!   `node -e`, `sh -c`): where the secret is in it cannot be told;
+//! - in a URL's fragment, every value (`#access_token=...`).
 //!
 //! `argv[0]` is kept as is.
 
@@ -88,6 +92,10 @@ pub fn redact_args(args: &[String]) -> String {
             out.push(arg.clone());
             continue;
         }
+        if is_code(arg) && is_sensitive(arg) {
+            out.push("REDACTED".into());
+            continue;
+        }
         if arg.contains("://") {
             out.push(redact_url(arg));
             continue;
@@ -142,10 +150,36 @@ fn redact_url(arg: &str) -> String {
         Some(at) => format!("REDACTED{}", &rest[at..]),
         None => rest.to_string(),
     };
-    match rest.split_once('?') {
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((r, f)) if f.contains('=') => (r, Some(correlate::redact_query(f))),
+        Some((r, f)) => (r, Some(f.to_string())),
+        None => (rest.as_str(), None),
+    };
+    let mut out = match rest.split_once('?') {
         Some((path, query)) => format!("{scheme}{path}?{}", correlate::redact_query(query)),
         None => format!("{scheme}{rest}"),
+    };
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(&f);
     }
+    out
+}
+
+/// Code or a sentence rather than one value: spaces, quotes or brackets
+/// in it. A header line (`Authorization: Bearer X`) is not: it keeps its
+/// name.
+fn is_code(arg: &str) -> bool {
+    let header = arg.split_once(':').is_some_and(|(name, _)| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    !header
+        && arg
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '\'' | '"' | '(' | ')' | '{' | '}' | ';'))
 }
 
 /// `user:password` -> `user:REDACTED`; a bare user stays.
@@ -249,6 +283,15 @@ mod tests {
             (&["git", "clone", "https://x-access-token:GHTOK@github.example/org/repo.git"],
              "git clone https://REDACTED@github.example/org/repo.git"),
             (&["curl", "http://h/a@b"], "curl http://h/a@b"),
+            // Code naming a credential: all of it, URLs in it or not.
+            (&["python3", "-c", "import urllib.request as u; u.urlopen(u.Request('http://h/x', headers={'Authorization': 'Bearer PYC'}))"],
+             "python3 -c REDACTED"),
+            (&["node", "-e", "fetch('http://h/x',{headers:{authorization:'Bearer NODEE'}})"], "node -e REDACTED"),
+            (&["python3", "-c", "print('the secret is PYSEC'); x=1"], "python3 -c REDACTED"),
+            (&["python3", "-c", "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5)"],
+             "python3 -c from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5)"),
+            (&["curl", "http://h/frag#access_token=FRAG&state=STATE"], "curl http://h/frag#access_token=REDACTED&state=REDACTED"),
+            (&["curl", "http://h/doc#section-2"], "curl http://h/doc#section-2"),
         ];
         for (args, want) in table {
             assert_eq!(redact(args), *want);

@@ -179,8 +179,27 @@ fn is_app_server(name: &str) -> bool {
 }
 
 /// Options of uvicorn, gunicorn and hypercorn that take the next argument
-/// as their value (only those whose value could pass for an application).
-const APP_SERVER_VALUE_OPTIONS: [&str; 31] = [
+/// as their value (only those whose value could pass for an application:
+/// a word or a dotted name, such as a file name).
+const APP_SERVER_VALUE_OPTIONS: [&str; 49] = [
+    "--access-logfile",
+    "--error-logfile",
+    "--log-file",
+    "--log-syslog-to",
+    "--access-logformat",
+    "--pid",
+    "-p",
+    "--certfile",
+    "--keyfile",
+    "--ca-certs",
+    "--ssl-certfile",
+    "--ssl-keyfile",
+    "--ssl-ca-certs",
+    "--ssl-ciphers",
+    "--ciphers",
+    "--worker-tmp-dir",
+    "--statsd-host",
+    "--statsd-prefix",
     "-b",
     "--bind",
     "-c",
@@ -219,10 +238,14 @@ const APP_SERVER_VALUE_OPTIONS: [&str; 31] = [
 fn python_app(args: &[String], cwd: Option<&str>) -> Option<String> {
     let mut dir = None;
     let mut with_attr = None;
+    // A bare module right after an option this does not know may be that
+    // option's value (`--access-logfile access.log`): one that is not wins.
     let mut bare = None;
+    let mut bare_after_option = None;
     let mut i = 0;
     while let Some(a) = args.get(i) {
         i += 1;
+        let after_option = i >= 2 && args[i - 2].starts_with('-') && !args[i - 2].contains('=');
         if a.starts_with('-') {
             if let Some((key, value)) = a.split_once('=') {
                 if key == "--chdir" || key == "--app-dir" {
@@ -246,11 +269,12 @@ fn python_app(args: &[String], cwd: Option<&str>) -> Option<String> {
                     with_attr = Some(module);
                 }
             }
+            None if is_dotted_identifier(a) && after_option => bare_after_option = Some(a.as_str()),
             None if is_dotted_identifier(a) => bare = Some(a.as_str()),
             None => {}
         }
     }
-    module_name(with_attr.or(bare)?, dir, cwd)
+    module_name(with_attr.or(bare).or(bare_after_option)?, dir, cwd)
 }
 
 /// Whether option `opt` takes the next argument as its value: it is one of
@@ -291,8 +315,9 @@ fn module_name(module: &str, dir: Option<&str>, cwd: Option<&str>) -> Option<Str
     project_dir(dir.as_deref(), cwd).or_else(|| clean(module))
 }
 
-/// Node options that take the next argument as their value.
-const NODE_VALUE_OPTIONS: [&str; 14] = [
+/// Node options that take the next argument as their value (node's own;
+/// V8's are written `--flag=value`).
+const NODE_VALUE_OPTIONS: [&str; 43] = [
     "-r",
     "--require",
     "--import",
@@ -307,7 +332,42 @@ const NODE_VALUE_OPTIONS: [&str; 14] = [
     "--icu-data-dir",
     "--redirect-warnings",
     "--watch-path",
+    "--inspect-port",
+    "--debug-port",
+    "--unhandled-rejections",
+    "--max-http-header-size",
+    "--dns-result-order",
+    "--disable-proto",
+    "--diagnostic-dir",
+    "--report-dir",
+    "--report-directory",
+    "--report-filename",
+    "--report-signal",
+    "--heapsnapshot-signal",
+    "--heapsnapshot-near-heap-limit",
+    "--secure-heap",
+    "--secure-heap-min",
+    "--tls-cipher-list",
+    "--tls-keylog",
+    "--trace-event-categories",
+    "--trace-event-file-pattern",
+    "--cpu-prof-dir",
+    "--cpu-prof-name",
+    "--cpu-prof-interval",
+    "--heap-prof-dir",
+    "--heap-prof-name",
+    "--heap-prof-interval",
+    "--experimental-policy",
+    "--policy-integrity",
+    "--es-module-specifier-resolution",
+    "--experimental-specifier-resolution",
 ];
+
+/// A value of an option node does not list above, rather than a script: a
+/// number (`--stack-trace-limit 50`), which no script is named.
+fn is_option_value(arg: &str) -> bool {
+    !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_digit())
+}
 
 fn node(args: &[String], cwd: Option<&str>) -> Option<String> {
     let mut i = 0;
@@ -321,6 +381,7 @@ fn node(args: &[String], cwd: Option<&str>) -> Option<String> {
             | "--test" => return None,
             a if takes_value(a, &NODE_VALUE_OPTIONS) => i += 2,
             a if a.starts_with('-') => i += 1,
+            a if is_option_value(a) && i > 0 && args[i - 1].starts_with('-') => i += 1,
             _ => break,
         }
     }
@@ -659,6 +720,10 @@ mod tests {
             ("/venv/bin/python /venv/bin/gunicorn -k uvicorn.workers.UvicornWorker -c python:conf.gunicorn shop.asgi:app", py, root, "shop", PythonApp),
             ("/venv/bin/python /venv/bin/gunicorn --chdir /srv/ledger wsgi", py, root, "ledger", PythonApp),
             ("/venv/bin/python /venv/bin/gunicorn --log-level debug ledger", py, root, "ledger", PythonApp),
+            // Options after the application, their values file names.
+            ("/venv/bin/python /venv/bin/gunicorn --chdir /srv/payroll wsgi --access-logfile access.log", py, root, "payroll", PythonApp),
+            ("/venv/bin/python /venv/bin/gunicorn --chdir /srv/payroll wsgi --some-new-option access.log", py, root, "payroll", PythonApp),
+            ("/venv/bin/python /venv/bin/gunicorn --some-new-option x.conf billing.api:app", py, root, "billing.api", PythonApp),
             ("/venv/bin/python /venv/bin/hypercorn --bind localhost:8000 chat.server:app", py, root, "chat.server", PythonApp),
             ("=gunicorn: worker [payments.wsgi:application]", py, root, "payments", PythonApp),
             // No program to name: the interpreter's argv[0].
@@ -674,6 +739,11 @@ mod tests {
             ("node /srv/shop/node_modules/.bin/next start", node, root, "shop", NodeScript),
             ("node /usr/lib/node_modules/npm/bin/npm-cli.js start", node, Some("/srv/shop"), "shop", NodeScript),
             ("node -e console.log(1)", node, root, "node", Argv0),
+            // Options whose value is the next argument.
+            ("node --inspect-port 9231 /srv/wishlist/wishlist.js", node, root, "wishlist", NodeScript),
+            ("node --unhandled-rejections strict cart.js", node, Some("/srv/x"), "cart", NodeScript),
+            ("node --max-http-header-size 16384 cart.js", node, Some("/srv/x"), "cart", NodeScript),
+            ("node --stack-trace-limit 50 /srv/orders.js", node, root, "orders", NodeScript),
             // Java.
             ("java -jar /srv/reports/reports-1.4.2.jar", java, root, "reports", JavaJar),
             ("java -Xmx512m -Dspring.profiles.active=prod -jar /srv/billing/app-0.0.1-SNAPSHOT.jar", java, root, "billing", JavaJar),
