@@ -206,6 +206,12 @@ fn start_time(stat: &str) -> Option<u64> {
     rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
+/// The parent's pid (field 4) of a /proc/PID/stat line.
+fn parent_pid(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
 /// What /proc says about a live process.
 #[derive(Default)]
 struct ProcFacts {
@@ -467,6 +473,36 @@ impl ResourceCache {
         self.proc_root.join(pid.0.to_string()).join(file)
     }
 
+    /// The command line and working directory of the process that started
+    /// multiprocessing worker `pid`: its nearest ancestor that is not a
+    /// worker itself (the forkserver is one), a few levels up at most.
+    fn starter_of(&self, pid: Pid) -> Option<(Vec<String>, Option<String>)> {
+        let mut pid = pid;
+        for _ in 0..4 {
+            let stat = std::fs::read_to_string(self.pid_path(pid, "stat")).ok()?;
+            pid = Pid(parent_pid(&stat)?);
+            if pid.0 <= 1 {
+                return None;
+            }
+            let argv = self.read_argv(pid);
+            if !argv.is_empty() && !service_name::is_multiprocessing_worker(&argv) {
+                return Some((argv, self.read_link(pid, "cwd")));
+            }
+        }
+        None
+    }
+
+    fn read_argv(&self, pid: Pid) -> Vec<String> {
+        std::fs::read(self.pid_path(pid, "cmdline"))
+            .map(|raw| {
+                raw.split(|&b| b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn read_start(&self, pid: Pid) -> Option<u64> {
         let stat = std::fs::read_to_string(self.pid_path(pid, "stat")).ok()?;
         start_time(&stat)
@@ -483,14 +519,7 @@ impl ResourceCache {
                     None => s,
                 }),
             comm: self.read_comm(pid),
-            argv: std::fs::read(self.pid_path(pid, "cmdline"))
-                .map(|raw| {
-                    raw.split(|&b| b == 0)
-                        .filter(|a| !a.is_empty())
-                        .map(|a| String::from_utf8_lossy(a).into_owned())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            argv: self.read_argv(pid),
             cgroup: std::fs::read_to_string(self.pid_path(pid, "cgroup")).ok(),
             cwd: self.read_link(pid, "cwd"),
         }
@@ -573,13 +602,23 @@ impl ResourceCache {
         if let Some(id) = cgroup.as_deref().and_then(container_id) {
             attrs.push(("container.id".into(), AttrValue::Str(id)));
         }
+        // A multiprocessing worker is named by the program that started it.
+        let starter = if alive && service_name::is_multiprocessing_worker(&argv) {
+            self.starter_of(pid)
+        } else {
+            None
+        };
+        let (name_argv, name_cwd) = match &starter {
+            Some((argv, cwd)) => (argv, cwd.as_deref()),
+            None => (&argv, cwd.as_deref()),
+        };
         let named = service_name::resolve(
             &Process {
-                argv: &argv,
+                argv: name_argv,
                 otel_service_name: env_service.as_deref(),
                 otel_resource_service_name: env_resource_service.as_deref(),
                 exe: exe.as_deref(),
-                cwd: cwd.as_deref(),
+                cwd: name_cwd,
                 cgroup: cgroup.as_deref(),
                 comm: comm.as_deref(),
             },
@@ -710,6 +749,37 @@ pub(crate) mod tests {
             AttrValue::Str(s) => s.clone(),
             AttrValue::Int(i) => i.to_string(),
         })
+    }
+
+    #[test]
+    fn a_multiprocessing_worker_is_named_by_the_program_that_started_it() {
+        let t = TempDir::new("res-mp");
+        host(&t.0);
+        // hypercorn (pid 40) -> its spawned worker (41), which serves.
+        fake_proc(&t.0, 40, 100, &[], "0::/\n");
+        std::fs::write(
+            t.0.join("40/cmdline"),
+            b"/venv/bin/python3\0/venv/bin/hypercorn\0billing:app\0",
+        )
+        .unwrap();
+        fake_proc(&t.0, 41, 101, &[], "0::/\n");
+        std::fs::write(
+            t.0.join("41/stat"),
+            "41 (python3) S 40 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 101 0 0",
+        )
+        .unwrap();
+        std::fs::write(
+            t.0.join("41/cmdline"),
+            b"/venv/bin/python3\0-B\0-c\0from multiprocessing.spawn import spawn_main; \
+              spawn_main(tracker_fd=5, pipe_handle=7)\0--multiprocessing-fork\0",
+        )
+        .unwrap();
+        let mut c = ResourceCache::new(&t.0, Vec::new(), 16);
+        let r = c.get(Pid(41), 0);
+        assert_eq!(r.service_name(), "billing");
+        assert_eq!(s(&r, "process.pid").as_deref(), Some("41"));
+        // The starter itself, as before.
+        assert_eq!(c.get(Pid(40), 0).service_name(), "billing");
     }
 
     #[test]

@@ -474,13 +474,25 @@ impl TlsAttach {
                 let path = std::fs::read_link(self.exe_link(pid))
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|_| "?".into());
-                tracing::warn!(
-                    pid = pid.0,
-                    executable = %path,
-                    "TLS not covered: this program's TLS connection carried no plaintext \
-                     the agent could see (a TLS library without symbols, or unknown); its \
-                     encrypted traffic is counted, not traced"
-                );
+                if since.is_some() {
+                    tracing::warn!(
+                        pid = pid.0,
+                        executable = %path,
+                        "TLS not covered: this program's TLS library is probed, but a TLS \
+                         connection of it carried no plaintext tied to its socket (socket I/O \
+                         outside the TLS calls, as with memory BIOs in Python's asyncio or \
+                         h2o; or a request read with the handshake); such traffic is counted, \
+                         not traced"
+                    );
+                } else {
+                    tracing::warn!(
+                        pid = pid.0,
+                        executable = %path,
+                        "TLS not covered: this program's TLS connection carried no plaintext \
+                         the agent could see (a TLS library without symbols, or one not \
+                         probed); its encrypted traffic is counted, not traced"
+                    );
+                }
             }
         }
     }

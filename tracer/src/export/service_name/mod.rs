@@ -46,6 +46,15 @@ pub use rules::{RuleError, Rules, RulesError};
 use runtimes::{argv0_name, base_name, from_command_line};
 pub use runtimes::{GENERIC_DIRS, GENERIC_STEMS};
 
+/// Whether a command line is a worker Python's `multiprocessing` started
+/// (`python -c "from multiprocessing.spawn import spawn_main; ..."
+/// --multiprocessing-fork`, the forkserver and its children): it serves
+/// the program that started it (hypercorn's and uvicorn's workers with the
+/// spawn start method), so it takes that program's name.
+pub fn is_multiprocessing_worker(argv: &[String]) -> bool {
+    argv.iter().any(|a| a.starts_with("from multiprocessing."))
+}
+
 /// Longest name taken from a command line, in bytes.
 const MAX_NAME: usize = 128;
 
