@@ -183,6 +183,20 @@ fn summary(out: &AgentOutput) -> String {
 
 // ---------------------------------------------------------------- timers
 
+/// How many of `calls` started while one of `requests` was in progress.
+fn started_during(calls: &[&Value], requests: &[&Value]) -> usize {
+    let t = |s: &Value, k: &str| s[k].as_u64().unwrap_or(0);
+    calls
+        .iter()
+        .filter(|c| {
+            let at = t(c, "start_time_unix_nano");
+            requests
+                .iter()
+                .any(|r| t(r, "start_time_unix_nano") < at && at < t(r, "end_time_unix_nano"))
+        })
+        .count()
+}
+
 /// A service that forwards `/api/ID` to a backend and polls that backend on
 /// a timer (every 20 ms) on the same event loop: 30 sequential requests.
 /// Every request's spans link (the forwarded request repeats the one in
@@ -217,29 +231,17 @@ fn timer_scenario(service: &str, start: impl FnOnce(u16, u16) -> Spawned) {
     ];
     let l = links(&spans, &prefix, Key::Path, &roles);
     // The timer's calls, and those made while a request was in flight.
-    let servers: Vec<(u64, u64)> = spans
+    let servers: Vec<&Value> = spans
         .iter()
         .filter(|s| res(s, "service.name") == service && f(s, "kind") == "SERVER")
         .filter(|s| attr(s, "url.path").starts_with(&prefix))
-        .map(|s| {
-            (
-                s["start_time_unix_nano"].as_u64().unwrap_or(0),
-                s["end_time_unix_nano"].as_u64().unwrap_or(0),
-            )
-        })
         .collect();
     let timer: Vec<&Value> = spans
         .iter()
         .filter(|s| res(s, "service.name") == service && f(s, "kind") == "CLIENT")
         .filter(|s| attr(s, "url.path").starts_with("/poll/"))
         .collect();
-    let during = timer
-        .iter()
-        .filter(|s| {
-            let t = s["start_time_unix_nano"].as_u64().unwrap_or(0);
-            servers.iter().any(|(a, b)| *a < t && t < *b)
-        })
-        .count();
+    let during = started_during(&timer, &servers);
     let under: Vec<String> = timer
         .iter()
         .filter(|s| !f(s, "parent_span_id").is_empty())
@@ -376,22 +378,7 @@ fn a_poller_calling_the_requested_path_is_never_put_under_a_request() {
     let (forwards, polls): (Vec<&Value>, Vec<&Value>) = calls
         .iter()
         .partition(|s| attr(s, "server.port") == port.to_string());
-    let in_flight: Vec<(u64, u64)> = servers
-        .iter()
-        .map(|s| {
-            (
-                s["start_time_unix_nano"].as_u64().unwrap_or(0),
-                s["end_time_unix_nano"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
-    let during = polls
-        .iter()
-        .filter(|s| {
-            let t = s["start_time_unix_nano"].as_u64().unwrap_or(0);
-            in_flight.iter().any(|(a, b)| *a < t && t < *b)
-        })
-        .count();
+    let during = started_during(&polls, &servers);
     let under: Vec<&&Value> = polls
         .iter()
         .filter(|s| !f(s, "parent_span_id").is_empty())

@@ -198,18 +198,22 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
+/// Field `n` (1-based, `n` > 2) of a `/proc/PID/stat` line, parsed.
+fn stat_field<T: std::str::FromStr>(stat: &str, n: usize) -> Option<T> {
+    // comm (field 2) is in parentheses and may contain spaces or ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(n - 3)?.parse().ok()
+}
+
 /// What identifies one process over time: the start time in
 /// `/proc/PID/stat` (field 22, clock ticks since boot).
 fn start_time(stat: &str) -> Option<u64> {
-    // comm (field 2) is in parentheses and may contain spaces or ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    stat_field(stat, 22)
 }
 
 /// The parent's pid (field 4) of a /proc/PID/stat line.
 fn parent_pid(stat: &str) -> Option<u32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_ascii_whitespace().nth(1)?.parse().ok()
+    stat_field(stat, 4)
 }
 
 /// What /proc says about a live process.

@@ -336,16 +336,25 @@ impl Symbols {
             // binary's own symbol tables by file offset.
             let dwarf = self.read_dwarf(b);
             let source = match (&b.debug_file, b.vaddr_of(offset)) {
-                (Some(debug), Some(vaddr)) if !dwarf => {
-                    Some((Elf::new(debug), false, Input::VirtOffset(vaddr)))
-                }
-                _ => b
-                    .symbol_path()
-                    .map(|path| (Elf::new(path), dwarf, Input::FileOffset(offset))),
+                (Some(debug), Some(vaddr)) if !dwarf => Some((
+                    Elf {
+                        debug_syms: false,
+                        ..Elf::new(debug)
+                    },
+                    Input::VirtOffset(vaddr),
+                )),
+                _ => b.symbol_path().map(|path| {
+                    (
+                        Elf {
+                            debug_syms: dwarf,
+                            ..Elf::new(path)
+                        },
+                        Input::FileOffset(offset),
+                    )
+                }),
             };
             match source {
-                Some((mut elf, debug_syms, input)) => {
-                    elf.debug_syms = debug_syms;
+                Some((elf, input)) => {
                     let src = Source::Elf(elf);
                     match self.blaze.symbolize_single(&src, input) {
                         Ok(Symbolized::Sym(sym)) => from_sym(&mut self.names, &sym),
@@ -696,10 +705,8 @@ mod tests {
             })
             .unwrap();
         let id = obj.build_id().unwrap().expect("a build id");
-        let sub = dir.join("debug/.build-id").join(format!("{:02x}", id[0]));
-        std::fs::create_dir_all(&sub).unwrap();
-        let hex: String = id[1..].iter().map(|b| format!("{b:02x}")).collect();
-        let debug = sub.join(format!("{hex}.debug"));
+        let debug = crate::profile::unwind::debug_file_path(&dir.join("debug"), id).unwrap();
+        std::fs::create_dir_all(debug.parent().unwrap()).unwrap();
         run(
             "objcopy",
             &["--only-keep-debug", "lib.so", debug.to_str().unwrap()],

@@ -19,7 +19,7 @@ use std::{
     collections::HashMap,
     fs::File,
     ops::{Deref, Range},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -347,16 +347,26 @@ fn symbolized_dwarf(obj: &object::File, dirs: &[&str]) -> (u64, Option<PathBuf>)
     (dwarf_section_bytes(obj), None)
 }
 
+/// Where a debug directory keeps the separate debug file of build id `id`
+/// (`DIR/.build-id/xx/rest.debug`, as `-dbg` packages install them).
+pub(crate) fn debug_file_path(dir: &Path, id: &[u8]) -> Option<PathBuf> {
+    let (first, rest) = id.split_first()?;
+    let hex: String = rest.iter().map(|b| format!("{b:02x}")).collect();
+    Some(
+        dir.join(".build-id")
+            .join(format!("{first:02x}"))
+            .join(format!("{hex}.debug")),
+    )
+}
+
 /// An image's separate debug file, found in `dirs` by its build id, and the
 /// bytes of its DWARF: the bound on DWARF held must count what the
 /// symbolizer really parses (a stripped Python with its debug package
 /// installed carries ~40 MiB of it). Only section headers are read.
 fn separate_debug_file(obj: &object::File, dirs: &[&str]) -> Option<(PathBuf, u64)> {
     let id = obj.build_id().ok()??;
-    let (first, rest) = id.split_first()?;
-    let hex: String = rest.iter().map(|b| format!("{b:02x}")).collect();
     for dir in dirs {
-        let path = PathBuf::from(format!("{dir}/.build-id/{first:02x}/{hex}.debug"));
+        let path = debug_file_path(Path::new(dir), id)?;
         let Ok(file) = File::open(&path) else {
             continue;
         };
@@ -1005,10 +1015,9 @@ mod tests {
         assert!(own > 0, "the test binary carries DWARF");
         let id = obj.build_id().unwrap().expect("a build id");
         let dir = std::env::temp_dir().join(format!("tracer-debugdir-{}", std::process::id()));
-        let sub = dir.join(".build-id").join(format!("{:02x}", id[0]));
-        std::fs::create_dir_all(&sub).unwrap();
-        let hex: String = id[1..].iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(sub.join(format!("{hex}.debug")), &data).unwrap();
+        let path = debug_file_path(&dir, id).unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &data).unwrap();
         let dirs = ["/nonexistent-debug-dir", dir.to_str().unwrap()];
         let found = separate_debug_file(&obj, &dirs);
         let none = separate_debug_file(&obj, &["/nonexistent-debug-dir"]);

@@ -245,7 +245,7 @@ fn python_app(args: &[String], cwd: Option<&str>) -> Option<String> {
     let mut i = 0;
     while let Some(a) = args.get(i) {
         i += 1;
-        let after_option = i >= 2 && args[i - 2].starts_with('-') && !args[i - 2].contains('=');
+        let after_option = follows_bare_option(args, i - 1);
         if a.starts_with('-') {
             if let Some((key, value)) = a.split_once('=') {
                 if key == "--chdir" || key == "--app-dir" {
@@ -275,6 +275,14 @@ fn python_app(args: &[String], cwd: Option<&str>) -> Option<String> {
         }
     }
     module_name(with_attr.or(bare).or(bare_after_option)?, dir, cwd)
+}
+
+/// Whether `args[i]` comes right after an option written without `=`
+/// (`--flag VALUE`): it may be that option's value.
+fn follows_bare_option(args: &[String], i: usize) -> bool {
+    i.checked_sub(1)
+        .and_then(|p| args.get(p))
+        .is_some_and(|o| o.starts_with('-') && !o.contains('='))
 }
 
 /// Whether option `opt` takes the next argument as its value: it is one of
@@ -381,7 +389,7 @@ fn node(args: &[String], cwd: Option<&str>) -> Option<String> {
             | "--test" => return None,
             a if takes_value(a, &NODE_VALUE_OPTIONS) => i += 2,
             a if a.starts_with('-') => i += 1,
-            a if is_option_value(a) && i > 0 && args[i - 1].starts_with('-') => i += 1,
+            a if is_option_value(a) && follows_bare_option(args, i) => i += 1,
             _ => break,
         }
     }
