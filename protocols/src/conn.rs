@@ -621,7 +621,16 @@ impl ConnParser {
                         kind: ViewKind::Held(&r, None),
                     });
                 }
-                conn.flush(&mut |m| out(h1_view(m, client)));
+                // Both directions flush here: a close-delimited response
+                // ends now, and goes the server's way.
+                conn.flush(&mut |m| {
+                    let dir = if m.is_request() {
+                        client
+                    } else {
+                        client.other()
+                    };
+                    out(h1_view(m, dir))
+                });
                 if let Some(h) = h2 {
                     h.flush(&mut |m| out(h2_view(m, copt)));
                 }

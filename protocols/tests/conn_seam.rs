@@ -152,6 +152,30 @@ fn http1_still_works_through_the_seam() {
     assert_eq!(rows[1].3, "Some(Ok(204))");
 }
 
+/// A response whose body runs until the connection closes (HTTP/1.0
+/// without a length: gnutls-serv, simple servers) ends at the flush, on
+/// the server's side, as every other response does.
+#[test]
+fn a_close_delimited_response_flushes_on_the_server_side() {
+    let rq = b"GET /old HTTP/1.1\r\nHost: a\r\n\r\n";
+    let rs = b"HTTP/1.0 200 OK\r\nContent-type: text/html\r\n\r\n<p>until close";
+    for client in [Dir::A, Dir::B] {
+        let mut p = ConnParser::new(ConnConfig::default(), None);
+        let mut seen = Vec::new();
+        let pieces = [Piece::Data(rq)];
+        p.feed(client, &chunk(0, &pieces), &mut |m| {
+            seen.push((m.dir(), m.is_request()))
+        });
+        let pieces = [Piece::Data(rs)];
+        p.feed(client.other(), &chunk(0, &pieces), &mut |m| {
+            seen.push((m.dir(), m.is_request()))
+        });
+        assert_eq!(seen, [(client, true)], "the body has not ended yet");
+        p.flush(&mut |m| seen.push((m.dir(), m.is_request())));
+        assert_eq!(seen, [(client, true), (client.other(), false)]);
+    }
+}
+
 #[test]
 fn tls_is_opaque() {
     let mut p = ConnParser::new(ConnConfig::default(), Some(Dir::A));
