@@ -1,6 +1,7 @@
-//! TLS plaintext through uprobes on OpenSSL, against real software: nginx
-//! over TLS (HTTP/1.1) with curl and Python's ssl as clients, spans in a
-//! real OTLP receiver; a server started after the agent; a TLS library the
+//! TLS plaintext through uprobes on OpenSSL and GnuTLS, against real
+//! software: nginx over TLS (HTTP/1.1) with curl and Python's ssl as
+//! clients, gnutls-serv with curl and wget, spans in a real OTLP receiver;
+//! a server started after the agent; a TLS library the
 //! agent cannot probe (grpcio's BoringSSL) reported, its ciphertext never
 //! a span. Certificates are made at test time with the openssl CLI.
 use std::{process::Command, time::Duration};
@@ -418,6 +419,78 @@ fn tls_server_started_after_the_agent() {
         server_pids.iter().all(|p| workers.contains(p)),
         "server spans from the nginx started after the agent: {server_pids:?} vs {workers:?}"
     );
+}
+
+/// GnuTLS on both ends of real programs: gnutls-serv (its HTTP/1.0
+/// answers have no length: the body ends when the connection closes)
+/// serving curl (OpenSSL) and wget (GnuTLS). wget runs after the agent and
+/// exits within milliseconds; the library is probed already, because
+/// gnutls-serv maps it.
+#[test]
+fn gnutls_server_and_client_are_traced_like_openssl() {
+    let Some(_g) = root_test("gnutls_server_and_client_are_traced_like_openssl") else {
+        return;
+    };
+    for tool in ["gnutls-serv", "wget", "curl"] {
+        require_tool(tool);
+    }
+    let dir = TempDir::new("tracer-tls");
+    let (cert, key) = certificate(dir.path());
+    let port = free_port();
+    let _serv = Listening::start(
+        Command::new("gnutls-serv").args([
+            "--http",
+            "--x509certfile",
+            &cert,
+            "--x509keyfile",
+            &key,
+            "-p",
+            &port.to_string(),
+        ]),
+        port,
+    );
+    let base = format!("https://127.0.0.1:{port}");
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+
+    let curl_paths = paths("/gnutls-curl-", 3);
+    for p in &curl_paths {
+        curl_ok(&format!("{base}{p}"), &[]);
+    }
+    let wget_paths = paths("/gnutls-wget-", 3);
+    for p in &wget_paths {
+        run_ok(Command::new("wget").args([
+            "-q",
+            "--no-check-certificate",
+            "-O",
+            "/dev/null",
+            &format!("{base}{p}"),
+        ]));
+    }
+    wait_for_paths(
+        &receiver,
+        "/gnutls-",
+        2 * (curl_paths.len() + wget_paths.len()),
+    );
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    for p in &curl_paths {
+        assert_https_linked(&spans, p, ("curl", "gnutls-serv"), "1.1", &out.stderr);
+    }
+    for p in &wget_paths {
+        assert_https_linked(&spans, p, ("wget", "gnutls-serv"), "1.1", &out.stderr);
+    }
+    assert!(
+        out.stderr.contains("libgnutls"),
+        "GnuTLS probed: {}",
+        out.stderr
+    );
+    let reported: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("TLS not covered") && (l.contains("gnutls") || l.contains("wget")))
+        .collect();
+    assert!(reported.is_empty(), "{reported:#?}");
 }
 
 #[test]

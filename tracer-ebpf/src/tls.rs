@@ -1,5 +1,6 @@
 //! TLS plaintext: uprobes on the entry of `SSL_write`, `SSL_read` and their
-//! `_ex` forms, one uretprobe on their return.
+//! `_ex` forms (and of GnuTLS's `gnutls_record_send2`/`gnutls_record_recv`,
+//! which take and return the same), one uretprobe on their return.
 //!
 //! The entry remembers the call in the thread's slot (`TLS_CALLS`, an array
 //! indexed by thread id: one load where a hash map would hash and compare,
@@ -169,6 +170,7 @@ fn enter(ctx: &ProbeContext, dir: Dir, ex: bool) {
         return;
     }
     // (SSL *s, void *buf, int num) / (SSL *s, void *buf, size_t num, size_t *n)
+    // / (gnutls_session_t s, void *buf, size_t num, ...)
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
     let buf: u64 = ctx.arg(1).unwrap_or(0);
     let len_ptr: u64 = if ex { ctx.arg(3).unwrap_or(0) } else { 0 };

@@ -43,15 +43,27 @@ pub struct FileId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Pid(pub u32);
 
-/// The functions probed, with the entry program of each (all but
-/// `SSL_free` also get the return program).
-const FUNCTIONS: [(&str, &str); 5] = [
+/// The functions probed, with the entry program of each (all but the
+/// frees also get the return program): OpenSSL's (and BoringSSL's), then
+/// GnuTLS's, whose send and receive take the same first three arguments
+/// (session, buffer, length) and return the bytes moved, as `SSL_write`
+/// and `SSL_read` do.
+const FUNCTIONS: [(&str, &str); 9] = [
     ("SSL_write", tls_programs::WRITE),
     ("SSL_write_ex", tls_programs::WRITE_EX),
     ("SSL_read", tls_programs::READ),
     ("SSL_read_ex", tls_programs::READ_EX),
     ("SSL_free", tls_programs::FREE),
+    // `gnutls_record_send` jumps into it (3.6.3 on), with the same
+    // arguments first: probing both would nest one call in the other.
+    (GNUTLS_SEND2, tls_programs::WRITE),
+    (GNUTLS_SEND, tls_programs::WRITE),
+    ("gnutls_record_recv", tls_programs::READ),
+    ("gnutls_deinit", tls_programs::FREE),
 ];
+
+const GNUTLS_SEND2: &str = "gnutls_record_send2";
+const GNUTLS_SEND: &str = "gnutls_record_send";
 
 /// nginx's function where a request starts its way upstream (the runtime
 /// hook's entry and return probes).
@@ -228,12 +240,17 @@ fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, String> {
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
     let obj = object::File::parse(&*map).map_err(|e| e.to_string())?;
     let offs = symbol_offsets(&obj, SYMBOLS);
+    let has_send2 = offs[..FUNCTIONS.len()]
+        .iter()
+        .zip(FUNCTIONS)
+        .any(|(off, (name, _))| name == GNUTLS_SEND2 && off.is_some());
     let found: Vec<(&'static str, u64)> = FUNCTIONS
         .iter()
         .zip(offs)
+        .filter(|((name, _), _)| !(has_send2 && *name == GNUTLS_SEND))
         .filter_map(|(&(_, prog), off)| Some((prog, off?)))
         .collect();
-    let ngx_upstream = offs[5];
+    let ngx_upstream = offs[NGX_AT];
     let go = if found.is_empty() {
         go::inspect(&obj)
     } else {
@@ -244,7 +261,12 @@ fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, String> {
             .symbols()
             .any(|s| s.name().is_ok_and(|n| n.starts_with(MEMBIO_MARK)));
     let (go_hooks, asyncio) = if hooks {
-        let py = [offs[6], offs[7], offs[8], offs[9]];
+        let py = [
+            offs[PY_AT],
+            offs[PY_AT + 1],
+            offs[PY_AT + 2],
+            offs[PY_AT + 3],
+        ];
         (go::http_hooks(&obj), py_asyncio(py, path))
     } else {
         (Ok(None), PyAsyncio::No)
@@ -301,19 +323,26 @@ fn symbol_offsets<const N: usize>(obj: &object::File<'_>, names: [&str; N]) -> [
 }
 
 /// Every function any probe or hook is set on, looked up in one pass:
-/// OpenSSL's (`FUNCTIONS`), nginx's, then `_asyncio`'s.
-const SYMBOLS: [&str; 10] = [
+/// the TLS libraries' (`FUNCTIONS`), nginx's, then `_asyncio`'s.
+const SYMBOLS: [&str; 14] = [
     FUNCTIONS[0].0,
     FUNCTIONS[1].0,
     FUNCTIONS[2].0,
     FUNCTIONS[3].0,
     FUNCTIONS[4].0,
+    FUNCTIONS[5].0,
+    FUNCTIONS[6].0,
+    FUNCTIONS[7].0,
+    FUNCTIONS[8].0,
     NGX_UPSTREAM_INIT,
     PY_ENTER,
     PY_CREATE,
     PY_STEPS[0],
     PY_STEPS[1],
 ];
+/// Where nginx's and `_asyncio`'s functions are in `SYMBOLS`.
+const NGX_AT: usize = FUNCTIONS.len();
+const PY_AT: usize = NGX_AT + 1;
 
 /// The executable files a process maps (paths as the process sees them),
 /// each once.
@@ -633,7 +662,7 @@ impl TlsAttach {
                 return self.keep(id, path, links, slots);
             }
         }
-        // SSL_free alone is no TLS library to probe.
+        // A free alone (SSL_free, gnutls_deinit) is no TLS library to probe.
         if offsets.iter().all(|(p, _)| *p == tls_programs::FREE) {
             return self.keep(id, path, links, slots);
         }
@@ -937,6 +966,28 @@ mod tests {
             ]
         );
         assert!(found.iter().all(|(_, off)| *off > 0));
+    }
+
+    /// GnuTLS: the send every other send jumps to, the receive and the
+    /// free; `gnutls_record_send` itself not (its call would nest).
+    #[test]
+    fn libgnutls_offsets_are_found() {
+        let lib = Path::new("/usr/lib/x86_64-linux-gnu/libgnutls.so.30");
+        if !lib.exists() {
+            return;
+        }
+        let p = probe_offsets(lib, true).expect("libgnutls parses");
+        assert!(!p.membio);
+        let names: Vec<_> = p.offsets.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            vec![tls_programs::WRITE, tls_programs::READ, tls_programs::FREE]
+        );
+        let obj_bytes = std::fs::read(lib).expect("readable");
+        let obj = object::File::parse(&*obj_bytes).expect("an ELF file");
+        let [send2, send] = symbol_offsets(&obj, [GNUTLS_SEND2, GNUTLS_SEND]);
+        assert_eq!(Some(p.offsets[0].1), send2);
+        assert_ne!(send, send2);
     }
 
     #[test]
