@@ -48,6 +48,12 @@ pub fn curl_ok(url: &str, extra: &[&str]) {
     assert_eq!(code.trim(), "200", "curl {url}");
 }
 
+/// wget (GnuTLS; certificate not checked), one process per URL; it exits
+/// non-zero unless the answer is a success.
+pub fn wget_ok(url: &str) {
+    run_ok(Command::new("wget").args(["-q", "--no-check-certificate", "-O", "/dev/null", url]));
+}
+
 /// `prefix0` .. `prefix{n-1}`: one distinct path per request.
 pub fn paths(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()

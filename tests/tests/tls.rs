@@ -13,7 +13,7 @@ use tracer_e2e::{
     tempdir::TempDir,
     tls::{
         assert_https_linked, assert_https_unlinked_or_right, bpftool_attached, bpftool_ids,
-        bpftool_names, certificate, curl_ok, paths, wait_for_paths,
+        bpftool_names, certificate, curl_ok, paths, wait_for_paths, wget_ok,
     },
     workspace, Agent, Listening, Nginx, Otlp, Receiver,
 };
@@ -459,13 +459,7 @@ fn gnutls_server_and_client_are_traced_like_openssl() {
     }
     let wget_paths = paths("/gnutls-wget-", 3);
     for p in &wget_paths {
-        run_ok(Command::new("wget").args([
-            "-q",
-            "--no-check-certificate",
-            "-O",
-            "/dev/null",
-            &format!("{base}{p}"),
-        ]));
+        wget_ok(&format!("{base}{p}"));
     }
     wait_for_paths(
         &receiver,
@@ -491,6 +485,39 @@ fn gnutls_server_and_client_are_traced_like_openssl() {
         .filter(|l| l.contains("TLS not covered") && (l.contains("gnutls") || l.contains("wget")))
         .collect();
     assert!(reported.is_empty(), "{reported:#?}");
+}
+
+/// A client that lives a few milliseconds, whose TLS library no running
+/// process maps (wget's GnuTLS beside an OpenSSL nginx): the host's TLS
+/// libraries are probed from the agent's start, so its first call is seen,
+/// though no /proc scan ever finds the process.
+#[test]
+fn short_lived_tls_clients_are_covered_from_their_first_call() {
+    let Some(_g) = root_test("short_lived_tls_clients_are_covered_from_their_first_call") else {
+        return;
+    };
+    require_tool("wget");
+    let dir = TempDir::new("tracer-tls");
+    let (cert, key) = certificate(dir.path());
+    let nginx = tls_nginx(&cert, &key);
+    let base = format!("https://127.0.0.1:{}", nginx.port);
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    let wget_paths = paths("/tls-wget-", 3);
+    for p in &wget_paths {
+        wget_ok(&format!("{base}{p}"));
+    }
+    wait_for_paths(&receiver, "/tls-wget-", 2 * wget_paths.len());
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    for p in &wget_paths {
+        assert_https_linked(&spans, p, ("wget", "nginx"), "1.1", &out.stderr);
+    }
+    assert!(
+        out.stderr.contains("host_libraries") && out.stderr.contains("libgnutls"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

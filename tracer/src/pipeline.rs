@@ -132,11 +132,14 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
         t.follow_goroutines(cfg.kernel.go_ancestry);
         let begun = Instant::now();
         t.tick(&mut kernel);
+        let host = t.pin_host_libraries(&mut kernel);
         tracing::info!(
             files = t.attached_files(),
             processes = t.counters().processes_scanned,
+            host_libraries = ?host,
             ms = begun.elapsed().as_millis() as u64,
-            "TLS libraries and runtime hooks looked up in running processes"
+            "TLS libraries and runtime hooks looked up in running processes and the host's \
+             library directories (those stay probed for programs started later)"
         );
         t
     });

@@ -120,6 +120,16 @@ fn py_asyncio(offs: [Option<u64>; 4], path: &Path) -> PyAsyncio {
     ])
 }
 
+/// The host's TLS libraries, by file name prefix, probed from the start
+/// and for the agent's life: short-lived clients (curl, wget, a script
+/// run by cron) are over before a /proc scan finds them, and they load
+/// these.
+const HOST_TLS_LIBS: [&str; 2] = ["libssl.so.", "libgnutls.so."];
+
+/// Where the host keeps them (under its root, each also with the
+/// multiarch directory, e.g. `usr/lib/x86_64-linux-gnu`).
+const HOST_LIB_DIRS: [&str; 5] = ["lib", "usr/lib", "lib64", "usr/lib64", "usr/local/lib"];
+
 /// Files remembered as holding nothing to probe (the set is cleared when it
 /// reaches this size: a file is then looked at again, nothing is lost).
 const MAX_CHECKED: usize = 65_536;
@@ -195,6 +205,9 @@ pub struct TlsAttach {
     procs: HashMap<Pid, Proc>,
     /// Executables already reported as not covered.
     reported: HashSet<FileId>,
+    /// The host's TLS libraries, attached for the agent's life (each holds
+    /// one user of its file that no process releases).
+    pinned: HashSet<FileId>,
     counters: AttachCounters,
     own_pid: u32,
     /// Free slots of `GO_TLS_FILES`.
@@ -374,6 +387,7 @@ impl TlsAttach {
             checked: HashSet::new(),
             procs: HashMap::new(),
             reported: HashSet::new(),
+            pinned: HashSet::new(),
             counters: AttachCounters::default(),
             own_pid: std::process::id(),
             go_slots: (0..GO_TLS_FILES_MAX).rev().collect(),
@@ -438,6 +452,54 @@ impl TlsAttach {
         for pid in gone {
             self.forget(pid, kernel);
         }
+    }
+
+    /// Attaches the host's TLS libraries (see [`HOST_TLS_LIBS`]), found
+    /// under the root of pid 1 (the host's, also when the agent runs in a
+    /// container) and the agent's, and keeps them attached until the agent
+    /// stops. Returns the files newly pinned.
+    pub fn pin_host_libraries(&mut self, kernel: &mut Kernel) -> Vec<PathBuf> {
+        if !self.tls {
+            return Vec::new();
+        }
+        // The agent's own root too: where pid 1's is not readable (a
+        // sandbox), or is the agent's.
+        let roots = [self.proc_root.join("1").join("root"), PathBuf::from("/")];
+        let multiarch = format!("{}-linux-gnu", std::env::consts::ARCH);
+        let mut pinned = Vec::new();
+        for dir in roots.iter().flat_map(|r| HOST_LIB_DIRS.map(|d| r.join(d))) {
+            for dir in [dir.join(&multiarch), dir] {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    if !HOST_TLS_LIBS.iter().any(|p| name.starts_with(p)) {
+                        continue;
+                    }
+                    let path = entry.path();
+                    // Symlinks and merged /usr name one file many times.
+                    let Some(id) = file_id(&path).filter(|id| !self.pinned.contains(id)) else {
+                        continue;
+                    };
+                    let held = match self.files.get_mut(&id) {
+                        Some(f) => {
+                            f.users += 1;
+                            true
+                        }
+                        None => !self.checked.contains(&id) && self.attach(id, &path, kernel),
+                    };
+                    if held {
+                        self.pinned.insert(id);
+                        pinned.push(path);
+                    } else {
+                        self.checked.insert(id);
+                    }
+                }
+            }
+        }
+        pinned
     }
 
     /// A TLS connection of `pid` was seen: when none of its files is
