@@ -466,37 +466,29 @@ impl TlsAttach {
         // sandbox), or is the agent's.
         let roots = [self.proc_root.join("1").join("root"), PathBuf::from("/")];
         let multiarch = format!("{}-linux-gnu", std::env::consts::ARCH);
+        let dirs = roots
+            .iter()
+            .flat_map(|r| HOST_LIB_DIRS.map(|d| r.join(d)))
+            .flat_map(|d| [d.join(&multiarch), d]);
+        let libs = dirs
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| HOST_TLS_LIBS.iter().any(|p| n.starts_with(p)))
+            });
         let mut pinned = Vec::new();
-        for dir in roots.iter().flat_map(|r| HOST_LIB_DIRS.map(|d| r.join(d))) {
-            for dir in [dir.join(&multiarch), dir] {
-                let Ok(entries) = std::fs::read_dir(&dir) else {
-                    continue;
-                };
-                for entry in entries.flatten() {
-                    let name = entry.file_name();
-                    let Some(name) = name.to_str() else { continue };
-                    if !HOST_TLS_LIBS.iter().any(|p| name.starts_with(p)) {
-                        continue;
-                    }
-                    let path = entry.path();
-                    // Symlinks and merged /usr name one file many times.
-                    let Some(id) = file_id(&path).filter(|id| !self.pinned.contains(id)) else {
-                        continue;
-                    };
-                    let held = match self.files.get_mut(&id) {
-                        Some(f) => {
-                            f.users += 1;
-                            true
-                        }
-                        None => !self.checked.contains(&id) && self.attach(id, &path, kernel),
-                    };
-                    if held {
-                        self.pinned.insert(id);
-                        pinned.push(path);
-                    } else {
-                        self.checked.insert(id);
-                    }
-                }
+        for entry in libs {
+            let path = entry.path();
+            // Symlinks and merged /usr name one file many times.
+            let Some(id) = file_id(&path).filter(|id| !self.pinned.contains(id)) else {
+                continue;
+            };
+            if self.hold(id, &path, kernel) {
+                self.pinned.insert(id);
+                pinned.push(path);
             }
         }
         pinned
@@ -607,30 +599,35 @@ impl TlsAttach {
         for path in mapped_files(&maps) {
             let full = base.join("root").join(path.trim_start_matches('/'));
             let Some(id) = file_id(&full) else { continue };
-            if proc.files.contains(&id) {
-                continue;
-            }
-            if let Some(f) = self.files.get_mut(&id) {
-                f.users += 1;
+            if !proc.files.contains(&id) && self.hold(id, &full, kernel) {
                 proc.files.push(id);
-                continue;
-            }
-            if self.checked.contains(&id) {
-                continue;
-            }
-            if self.attach(id, &full, kernel) {
-                proc.files.push(id);
-            } else {
-                if self.checked.len() >= MAX_CHECKED {
-                    self.checked.clear();
-                }
-                self.checked.insert(id);
             }
         }
         if !proc.files.is_empty() {
             proc.covered_since_ns = Some(covered_since_ns.unwrap_or_else(monotonic_ns));
         }
         self.procs.insert(pid, proc);
+    }
+
+    /// One more user of file `id` (at `path`): attached already, or
+    /// attached now when it has something to probe; false when it has
+    /// nothing (remembered, bounded, so that it is not parsed again).
+    fn hold(&mut self, id: FileId, path: &Path, kernel: &mut Kernel) -> bool {
+        if let Some(f) = self.files.get_mut(&id) {
+            f.users += 1;
+            return true;
+        }
+        if self.checked.contains(&id) {
+            return false;
+        }
+        if self.attach(id, path, kernel) {
+            return true;
+        }
+        if self.checked.len() >= MAX_CHECKED {
+            self.checked.clear();
+        }
+        self.checked.insert(id);
+        false
     }
 
     /// Attaches the probes to a file that has the functions; false when it
