@@ -89,6 +89,11 @@ pub enum Detected {
     Unknown,
 }
 
+/// Most settings a server's first SETTINGS frame is taken to carry: more
+/// than the nine that RFC 9113, 8441 and 9218 define, plus a few unknown or
+/// GREASE ones (Python's `h2`, under hypercorn, sends seven: 42 bytes).
+const MAX_FIRST_SETTINGS: u32 = 16;
+
 /// Classifies the first captured bytes of a direction (see [`Detected`]).
 pub fn detect(first: &[u8]) -> Detected {
     if first.is_empty() {
@@ -124,7 +129,7 @@ pub fn detect(first: &[u8]) -> Detected {
         && h.stream == 0
         && !h.reserved
         && h.len.is_multiple_of(6)
-        && h.len <= 36
+        && h.len <= MAX_FIRST_SETTINGS * 6
     {
         return Detected::Http2Settings;
     }

@@ -19,6 +19,12 @@ fn corpus(case: &str) -> (Vec<u8>, Vec<u8>) {
 #[test]
 fn detection_table() {
     let settings = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+    // Python's h2 (hypercorn) opens with seven settings.
+    let mut seven = vec![0, 0, 42, 4, 0, 0, 0, 0, 0];
+    for id in [1u16, 2, 4, 5, 8, 3, 6] {
+        seven.extend(id.to_be_bytes());
+        seven.extend(100u32.to_be_bytes());
+    }
     let (grpc_c2s, grpc_s2c) = corpus("grpcio_calls");
     let cases: &[(&[u8], Detected)] = &[
         (b"", Detected::NeedMore),
@@ -27,6 +33,7 @@ fn detection_table() {
         (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Detected::Http2Preface),
         (b"PRI * HTTP/2.0\r\n", Detected::NeedMore),
         (&settings, Detected::Http2Settings),
+        (&seven, Detected::Http2Settings),
         (&grpc_s2c, Detected::Http2Settings),
         (&grpc_c2s, Detected::Http2Preface),
         (b"\x16\x03\x01\x02\x00\x01\x00", Detected::Tls),

@@ -3,6 +3,7 @@ aiohttp.ClientSession on one event loop):
 
   aio_proxy.py PORT BACKEND_PORT [--poll-ms MS] [--poll-path P]
                [--delay-ms MS] [--prefix P] [--propagate-id]
+               [--cert CERT --key KEY] [--backend-tls]
 
 Each request's handler calls the backend on 127.0.0.1:BACKEND_PORT with
 the same method, path and Host, as a reverse proxy does (with --prefix,
@@ -10,10 +11,13 @@ the path is prefixed: the call no longer repeats the request), after
 --delay-ms, and answers with what it got; --propagate-id passes the
 request's x-request-id on. With --poll-ms, a task on the same event loop
 polls the backend at /poll/N that often (at --poll-path, if given, every
-time: the very path clients may be requesting). Prints "ready" once
-listening."""
+time: the very path clients may be requesting). With --cert and --key it
+serves HTTPS, with --backend-tls it calls the backend over HTTPS
+(certificate not verified): asyncio's TLS, memory BIOs on both sides.
+Prints "ready" once listening."""
 import argparse
 import asyncio
+import ssl
 
 from aiohttp import ClientSession, web
 
@@ -25,8 +29,11 @@ args.add_argument("--poll-path", default="")
 args.add_argument("--delay-ms", type=int, default=0)
 args.add_argument("--prefix", default="")
 args.add_argument("--propagate-id", action="store_true")
+args.add_argument("--cert", default="")
+args.add_argument("--key", default="")
+args.add_argument("--backend-tls", action="store_true")
 a = args.parse_args()
-base = f"http://127.0.0.1:{a.backend}"
+base = f"{'https' if a.backend_tls else 'http'}://127.0.0.1:{a.backend}"
 
 
 async def poll(session):
@@ -34,7 +41,8 @@ async def poll(session):
     while True:
         await asyncio.sleep(a.poll_ms / 1000)
         try:
-            async with session.get(base + (a.poll_path or f"/poll/{n}")) as r:
+            path = a.poll_path or f"/poll/{n}"
+            async with session.get(base + path, ssl=False if a.backend_tls else None) as r:
                 await r.read()
         except Exception:
             pass
@@ -50,7 +58,11 @@ async def handle(request):
     if a.delay_ms:
         await asyncio.sleep(a.delay_ms / 1000)
     async with session.request(
-        request.method, base + a.prefix + request.path_qs, headers=headers, data=body or None
+        request.method,
+        base + a.prefix + request.path_qs,
+        headers=headers,
+        data=body or None,
+        ssl=False if a.backend_tls else None,
     ) as r:
         got = await r.read()
         return web.Response(status=r.status, body=got)
@@ -62,7 +74,11 @@ async def main():
     app.router.add_route("*", "/{tail:.*}", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", a.port).start()
+    served = None
+    if a.cert:
+        served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        served.load_cert_chain(a.cert, a.key)
+    await web.TCPSite(runner, "127.0.0.1", a.port, ssl_context=served).start()
     if a.poll_ms:
         asyncio.ensure_future(poll(app["session"]))
     print("ready", flush=True)

@@ -1,5 +1,6 @@
-"""A minimal ASGI app for hypercorn (h2c by upgrade or prior knowledge):
-200 "upgraded" on /up.txt, 404 elsewhere.
+"""A minimal ASGI app for hypercorn (h2c by upgrade or prior knowledge, or
+over TLS): 200 "upgraded" on /up.txt and every path starting with /up,
+404 elsewhere.
 
   hypercorn --bind 127.0.0.1:PORT asgi_hello:app   (from tests/py)
 """
@@ -8,7 +9,7 @@
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
-    ok = scope["path"] == "/up.txt"
+    ok = scope["path"].startswith("/up")
     body = b"upgraded\n" if ok else b"no\n"
     await send({
         "type": "http.response.start",

@@ -13,8 +13,9 @@
 //! call) takes the socket the TLS object used last (`TLS_CONNS`).
 //!
 //! Memory BIOs (Node's `TLSWrap`: files user space attached with the
-//! [`TLS_COOKIE_MEMBIO`] cookie): the socket I/O happens outside the TLS call, on the
-//! same thread. A read takes the thread's last receive if no read claimed
+//! [`TLS_COOKIE_MEMBIO`] cookie; any TLS object given a read BIO that is
+//! not a socket, see [`ssl_set_bio`]): the socket I/O happens outside the
+//! TLS call, on the same thread. A read takes the thread's last receive if no read claimed
 //! it yet; a write waits in the thread's slot for the thread's next send,
 //! which emits it when that send is exactly its one record (see
 //! docs/design/010-tls-plaintext.md for why this never stamps a wrong
@@ -35,8 +36,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    frame_len, Dir, DropReason, KernelStat, Tag, TlsData, MAX_HEAD, TLS_CALL_SLOTS, TLS_CONNS_MAX,
-    TLS_CONN_REMEMBERED, TLS_COOKIE_MEMBIO, TLS_LINKED_OUTSIDE, TLS_SEQ_KNOWN, TLS_SNAP_MAX,
+    frame_len, Dir, DropReason, KernelStat, Tag, TlsData, MAX_HEAD, TLS_BIO_METHOD_AT_OSSL3,
+    TLS_CALL_SLOTS, TLS_CONNS_MAX, TLS_CONN_REMEMBERED, TLS_COOKIE_MEMBIO, TLS_LINKED_OUTSIDE,
+    TLS_SEQ_KNOWN, TLS_SNAP_MAX,
 };
 
 use crate::{add_stat, count_drop, global, lane, AGENT_PID, ENABLED, TLS_SNAP};
@@ -448,7 +450,8 @@ fn leave(ctx: &RetProbeContext) {
     } else if known != 0 && known & MEMBIO == 0 {
         // A socket BIO: a read served from the library's buffer.
         (known, 0, TLS_CONN_REMEMBERED)
-    } else if membio_file(ctx) {
+    } else if known != 0 || membio_file(ctx) {
+        // (`known` here is a memory-BIO link or mark: see `ssl_set_bio`.)
         if s.dir == Dir::Send as u32 {
             if s.pend_tid == pid_tgid {
                 flush_pending(s, None);
@@ -605,6 +608,75 @@ pub(crate) fn emit(
     }
     held.publish(size_of::<TlsData>() + n as usize);
 }
+
+/// `SSL_set_bio(ssl, rbio, wbio)` and `SSL_set0_rbio(ssl, rbio)`: a TLS
+/// object whose read BIO is not one of the library's own socket or fd
+/// BIOs (Python's `MemoryBIO` under asyncio, a BIO pair, an application's
+/// own BIO, even one declared as an fd BIO as h2o's is) does its socket
+/// I/O outside the TLS calls, as Node's does. It is marked in `TLS_CONNS`
+/// ([`MEMBIO`] without a socket) so that its calls get the memory-BIO rules
+/// whatever file they are in; a call that then moves ciphertext itself
+/// replaces the mark with its socket (a custom BIO that does its I/O
+/// inside, as curl's does). The attach cookie is where `struct bio_st`
+/// keeps its method pointer; a method starts with its `int type`.
+#[uprobe]
+pub fn ssl_set_bio(ctx: ProbeContext) -> u32 {
+    if global(&ENABLED) == 0 || global(&TLS_SNAP) == 0 {
+        return 0;
+    }
+    let ssl: u64 = ctx.arg(0).unwrap_or(0);
+    let rbio: u64 = ctx.arg(1).unwrap_or(0);
+    if ssl == 0 || rbio == 0 {
+        return 0;
+    }
+    // SAFETY: the program's context.
+    let at = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } & TLS_BIO_METHOD_AT_OSSL3;
+    // SAFETY: user addresses; the helper faults safely.
+    let Ok(method) = (unsafe { bpf_probe_read_user((rbio + at) as *const u64) }) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let Ok(ty) = (unsafe { bpf_probe_read_user(method as *const i32) }) else {
+        return 0;
+    };
+    if ty & BIO_TYPE_DESCRIPTOR != 0 && library_bio(method) {
+        return 0;
+    }
+    let key = SslKey {
+        pid: bpf_get_current_pid_tgid() >> 32,
+        ssl,
+    };
+    // A link already learnt stays (no-exist: the mark never replaces it).
+    if TLS_CONNS.insert(&key, &MEMBIO, BPF_NOEXIST).is_ok() {
+        add_stat(KernelStat::TlsMembioObjects, 1);
+    }
+    0
+}
+
+/// `BIO_TYPE_DESCRIPTOR`: the BIO does I/O on a file descriptor (socket,
+/// fd, connect, accept, datagram BIOs).
+const BIO_TYPE_DESCRIPTOR: i32 = 0x0100;
+
+/// Whether a descriptor BIO's method is the library's own, by its name
+/// (the `char *` after the method's type): "socket", "socket connect",
+/// "socket accept", "file descriptor", "datagram ..." in OpenSSL and
+/// BoringSSL. An application's method (`BIO_meth_new`) has its own name.
+/// Unreadable: taken as the library's (no mark).
+#[inline(always)]
+fn library_bio(method: u64) -> bool {
+    // SAFETY: user addresses; the helper faults safely.
+    let Ok(name) = (unsafe { bpf_probe_read_user((method + 8) as *const u64) }) else {
+        return true;
+    };
+    // SAFETY: as above.
+    let Ok(head) = (unsafe { bpf_probe_read_user(name as *const [u8; 8]) }) else {
+        return true;
+    };
+    head.starts_with(b"socket") || head == *b"file des" || head == *b"datagram"
+}
+
+/// `BPF_NOEXIST`.
+const BPF_NOEXIST: u64 = 1;
 
 /// The TLS object is freed: the socket remembered for it goes.
 #[uprobe]

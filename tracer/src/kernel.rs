@@ -65,13 +65,14 @@ fn wake_shift(wakeup_bytes: u64, lane_bytes: u64) -> u32 {
 }
 
 /// The TLS programs (entry probes, then the shared return probe).
-const TLS_PROGRAMS: [&str; 6] = [
+const TLS_PROGRAMS: [&str; 7] = [
     tls_programs::WRITE,
     tls_programs::WRITE_EX,
     tls_programs::READ,
     tls_programs::READ_EX,
     tls_programs::RET,
     tls_programs::FREE,
+    tls_programs::SET_BIO,
 ];
 
 /// The Go crypto/tls programs (entries, then every RET).

@@ -232,6 +232,11 @@ pub const TLS_LINKED_OUTSIDE: u8 = 4;
 /// writes memory BIOs (Node); other files' probes have none (0).
 pub const TLS_COOKIE_MEMBIO: u64 = 1;
 
+/// Attach cookie of the `SSL_set_bio` probes: where `struct bio_st` keeps
+/// its method pointer in OpenSSL 3 (after the library context); 1.1 and
+/// BoringSSL keep it first (cookie 0).
+pub const TLS_BIO_METHOD_AT_OSSL3: u64 = 8;
+
 /// Default plaintext bytes copied per TLS call (a request or response head).
 pub const TLS_SNAP_DEFAULT: u32 = 4096;
 
@@ -261,6 +266,9 @@ pub mod tls_programs {
     pub const RET: &str = "ssl_ret";
     /// `SSL_free` entry: the TLS object's remembered socket is forgotten.
     pub const FREE: &str = "ssl_free";
+    /// `SSL_set_bio` and `SSL_set0_rbio` entry: a TLS object whose read BIO
+    /// is not a socket is marked as doing its I/O outside the TLS calls.
+    pub const SET_BIO: &str = "ssl_set_bio";
 }
 
 /// At a socket's close, what the programs counted for it in place of the
@@ -816,11 +824,15 @@ pub enum KernelStat {
     /// proven to carry them (another socket than the one the TLS object
     /// used, or a send that is not exactly one record): not stamped.
     TlsLinkRefused = 18,
+    /// TLS objects given a read BIO that is not a socket or fd BIO (a
+    /// memory BIO, a BIO pair, the application's own): their calls get
+    /// the memory-BIO rules.
+    TlsMembioObjects = 19,
 }
 
 impl KernelStat {
     /// Every counter, in index order.
-    pub const ALL: [KernelStat; 19] = [
+    pub const ALL: [KernelStat; 20] = [
         KernelStat::SilencedCalls,
         KernelStat::SilencedPackets,
         KernelStat::SilencedBytes,
@@ -840,6 +852,7 @@ impl KernelStat {
         KernelStat::H2FrameCut,
         KernelStat::TlsLinkedOutside,
         KernelStat::TlsLinkRefused,
+        KernelStat::TlsMembioObjects,
     ];
 
     /// Stable name.
@@ -864,6 +877,7 @@ impl KernelStat {
             KernelStat::H2FrameCut => "h2_frames_cut",
             KernelStat::TlsLinkedOutside => "tls_linked_outside",
             KernelStat::TlsLinkRefused => "tls_link_refused",
+            KernelStat::TlsMembioObjects => "tls_membio_objects",
         }
     }
 
@@ -896,6 +910,9 @@ impl KernelStat {
             }
             KernelStat::TlsLinkRefused => {
                 "Memory-BIO TLS calls whose neighbouring send or receive was not proven theirs."
+            }
+            KernelStat::TlsMembioObjects => {
+                "TLS objects given a read BIO that is not a socket: memory-BIO rules apply."
             }
         }
     }

@@ -24,7 +24,7 @@ use foldhash::{HashMap, HashMapExt};
 use object::{Object, ObjectSection, ObjectSymbol};
 use tracer_common::{
     gotls::{GO_OFF_UNKNOWN, GO_TLS_FILES_MAX},
-    hook_programs, tls_programs, GO_HOOK_FILES_MAX, TLS_COOKIE_MEMBIO,
+    hook_programs, tls_programs, GO_HOOK_FILES_MAX, TLS_BIO_METHOD_AT_OSSL3, TLS_COOKIE_MEMBIO,
 };
 
 use super::go::{self, GoFile};
@@ -43,17 +43,21 @@ pub struct FileId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Pid(pub u32);
 
-/// The functions probed, with the entry program of each (all but the
-/// frees also get the return program): OpenSSL's (and BoringSSL's), then
-/// GnuTLS's, whose send and receive take the same first three arguments
-/// (session, buffer, length) and return the bytes moved, as `SSL_write`
-/// and `SSL_read` do.
-const FUNCTIONS: [(&str, &str); 9] = [
+/// The functions probed, with the entry program of each (the sends and
+/// receives also get the return program): OpenSSL's (and BoringSSL's),
+/// then GnuTLS's, whose send and receive take the same first three
+/// arguments (session, buffer, length) and return the bytes moved, as
+/// `SSL_write` and `SSL_read` do.
+const FUNCTIONS: [(&str, &str); 11] = [
     ("SSL_write", tls_programs::WRITE),
     ("SSL_write_ex", tls_programs::WRITE_EX),
     ("SSL_read", tls_programs::READ),
     ("SSL_read_ex", tls_programs::READ_EX),
     ("SSL_free", tls_programs::FREE),
+    // Both: `SSL_set_bio` calls `SSL_set0_rbio` in OpenSSL 3, not in
+    // every build; the mark is idempotent.
+    ("SSL_set_bio", tls_programs::SET_BIO),
+    ("SSL_set0_rbio", tls_programs::SET_BIO),
     // `gnutls_record_send` jumps into it (3.6.3 on), with the same
     // arguments first: probing both would nest one call in the other.
     (GNUTLS_SEND2, tls_programs::WRITE),
@@ -222,6 +226,11 @@ pub struct TlsAttach {
     goroutines: bool,
 }
 
+/// Probes without the return program: a free, a BIO setting.
+fn entry_only(prog: &str) -> bool {
+    prog == tls_programs::FREE || prog == tls_programs::SET_BIO
+}
+
 /// A symbol only Node's TLS stream has (`node::crypto::TLSWrap`): its
 /// OpenSSL reads and writes memory BIOs, the socket I/O happens outside
 /// the TLS calls.
@@ -234,6 +243,9 @@ struct Probed {
     offsets: Vec<(&'static str, u64)>,
     /// Its TLS runs over memory BIOs (Node).
     membio: bool,
+    /// Where its `struct bio_st` keeps the method pointer (the attach
+    /// cookie of the `SSL_set_bio` probes).
+    bio_method_at: u64,
     /// What it is for the Go probes.
     go: GoFile,
     /// File offset of nginx's `ngx_http_upstream_init`.
@@ -284,9 +296,15 @@ fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, String> {
     } else {
         (Ok(None), PyAsyncio::No)
     };
+    let bio_method_at = if offs[OSSL3_AT].is_some() {
+        TLS_BIO_METHOD_AT_OSSL3
+    } else {
+        0
+    };
     Ok(Probed {
         offsets: found,
         membio,
+        bio_method_at,
         go,
         ngx_upstream,
         go_hooks,
@@ -337,7 +355,7 @@ fn symbol_offsets<const N: usize>(obj: &object::File<'_>, names: [&str; N]) -> [
 
 /// Every function any probe or hook is set on, looked up in one pass:
 /// the TLS libraries' (`FUNCTIONS`), nginx's, then `_asyncio`'s.
-const SYMBOLS: [&str; 14] = [
+const SYMBOLS: [&str; 17] = [
     FUNCTIONS[0].0,
     FUNCTIONS[1].0,
     FUNCTIONS[2].0,
@@ -347,15 +365,24 @@ const SYMBOLS: [&str; 14] = [
     FUNCTIONS[6].0,
     FUNCTIONS[7].0,
     FUNCTIONS[8].0,
+    FUNCTIONS[9].0,
+    FUNCTIONS[10].0,
     NGX_UPSTREAM_INIT,
     PY_ENTER,
     PY_CREATE,
     PY_STEPS[0],
     PY_STEPS[1],
+    OSSL3_MARK,
 ];
-/// Where nginx's and `_asyncio`'s functions are in `SYMBOLS`.
+/// Where nginx's and `_asyncio`'s functions, and OpenSSL 3's mark, are in
+/// `SYMBOLS`.
 const NGX_AT: usize = FUNCTIONS.len();
 const PY_AT: usize = NGX_AT + 1;
+const OSSL3_AT: usize = PY_AT + 4;
+
+/// A function only OpenSSL 3 has: its `struct bio_st` starts with the
+/// library context, then the method (1.1 and BoringSSL: the method first).
+const OSSL3_MARK: &str = "SSL_CTX_new_ex";
 
 /// The executable files a process maps (paths as the process sees them),
 /// each once.
@@ -636,6 +663,7 @@ impl TlsAttach {
         let Probed {
             offsets,
             membio,
+            bio_method_at,
             go,
             ngx_upstream,
             go_hooks,
@@ -721,22 +749,30 @@ impl TlsAttach {
                 return self.keep(id, path, links, slots);
             }
         }
-        // A free alone (SSL_free, gnutls_deinit) is no TLS library to probe.
-        if offsets.iter().all(|(p, _)| *p == tls_programs::FREE) {
+        // Frees and BIO settings without the reads and writes (a program
+        // that only calls SSL_free or SSL_set_bio through its PLT) are no
+        // TLS library to probe.
+        if offsets.iter().all(|(p, _)| entry_only(p)) {
             return self.keep(id, path, links, slots);
         }
         let hook_links = links.len();
         for (prog, off) in offsets {
-            let ret = (prog != tls_programs::FREE).then_some(tls_programs::RET);
+            let ret = (!entry_only(prog)).then_some(tls_programs::RET);
             for name in std::iter::once(prog).chain(ret) {
                 let Some(p) = kernel.uprobe(name) else {
                     continue;
                 };
                 // The cookie tells the programs that this file's TLS runs
-                // over memory BIOs, from its first call on.
+                // over memory BIOs, from its first call on; the BIO probes,
+                // where a BIO keeps its method.
+                let cookie = if name == tls_programs::SET_BIO {
+                    Some(bio_method_at)
+                } else {
+                    membio.then_some(TLS_COOKIE_MEMBIO)
+                };
                 let point = UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(off),
-                    cookie: membio.then_some(TLS_COOKIE_MEMBIO),
+                    cookie,
                 };
                 match p.attach(point, path, UProbeScope::AllProcesses) {
                     Ok(link) => links.push((name, link)),
@@ -1010,9 +1046,11 @@ mod tests {
         let Probed {
             offsets: found,
             membio,
+            bio_method_at,
             ..
         } = probe_offsets(lib, true).expect("libssl parses");
         assert!(!membio, "libssl does its own socket I/O");
+        assert_eq!(bio_method_at, TLS_BIO_METHOD_AT_OSSL3, "OpenSSL 3");
         let names: Vec<_> = found.iter().map(|(n, _)| *n).collect();
         assert_eq!(
             names,
@@ -1021,7 +1059,9 @@ mod tests {
                 tls_programs::WRITE_EX,
                 tls_programs::READ,
                 tls_programs::READ_EX,
-                tls_programs::FREE
+                tls_programs::FREE,
+                tls_programs::SET_BIO,
+                tls_programs::SET_BIO
             ]
         );
         assert!(found.iter().all(|(_, off)| *off > 0));
