@@ -674,15 +674,8 @@ fn haproxy_hops_link_by_forwarding_or_the_id_it_returns() {
         return;
     };
     let start = |unique_id: bool| move |backend| haproxy(backend, unique_id);
-    let unique = through_proxy("haproxy", start(false), 200, false, &[]);
-    let l = &unique.links;
-    assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
-    assert_eq!(l.requests, 200, "{}", unique.out.stderr);
-    assert!(
-        l.hops_linked as f64 >= 0.95 * l.hops as f64,
-        "{l:?}\n{}",
-        unique.out.stderr
-    );
+    let unique = linked_or_loss_retried(|| through_proxy("haproxy", start(false), 200, false, &[]));
+    assert_eq!(unique.links.requests, 200, "{}", unique.out.stderr);
     // Identical requests in flight: not guessed, counted.
     let same = through_proxy("haproxy", start(false), 64, true, &[]);
     assert!(
@@ -697,14 +690,34 @@ fn haproxy_hops_link_by_forwarding_or_the_id_it_returns() {
     );
     // The same, with haproxy's own request id sent upstream and returned
     // downstream: the id tells them apart.
-    let ids = through_proxy("haproxy", start(true), 64, true, &[]);
-    let l = &ids.links;
+    linked_or_loss_retried(|| through_proxy("haproxy", start(true), 64, true, &[]));
+}
+
+/// Runs a round that links 95 % of its hops and never a wrong parent. A
+/// round that falls short because the agent lost a record (counted; on
+/// this shared 2-core machine the reader can fall behind) and therefore,
+/// rightly, refused uniqueness links while the lost request might have
+/// been in flight, is run once more.
+fn linked_or_loss_retried(run: impl Fn() -> Proxied) -> Proxied {
+    let p = run();
+    let l = &p.links;
+    assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
+    if l.hops_linked as f64 >= 0.95 * l.hops as f64 {
+        return p;
+    }
+    let lost = p.out.counter("inbound_losses").unwrap_or(0);
+    let refused = p.out.counter("unique_refused_loss").unwrap_or(0);
+    assert!(lost > 0 && refused > 0, "{l:?}\n{}", p.out.stderr);
+    println!("{l:?}: {lost} lost inbound records refused {refused} uniqueness links; once more");
+    let p = run();
+    let l = &p.links;
     assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
     assert!(
         l.hops_linked as f64 >= 0.95 * l.hops as f64,
         "{l:?}\n{}",
-        ids.out.stderr
+        p.out.stderr
     );
+    p
 }
 
 // --------------------------------------------------- async clients, goroutines
