@@ -54,12 +54,8 @@ const FUNCTIONS: [(&str, &str); 11] = [
     ("SSL_read", tls_programs::READ),
     ("SSL_read_ex", tls_programs::READ_EX),
     ("SSL_free", tls_programs::FREE),
-    // Both: `SSL_set_bio` calls `SSL_set0_rbio` in OpenSSL 3, not in
-    // every build; the mark is idempotent.
-    ("SSL_set_bio", tls_programs::SET_BIO),
-    ("SSL_set0_rbio", tls_programs::SET_BIO),
-    // `gnutls_record_send` jumps into it (3.6.3 on), with the same
-    // arguments first: probing both would nest one call in the other.
+    (SSL_SET_BIO, tls_programs::SET_BIO),
+    (SSL_SET0_RBIO, tls_programs::SET_BIO),
     (GNUTLS_SEND2, tls_programs::WRITE),
     (GNUTLS_SEND, tls_programs::WRITE),
     ("gnutls_record_recv", tls_programs::READ),
@@ -68,6 +64,17 @@ const FUNCTIONS: [(&str, &str); 11] = [
 
 const GNUTLS_SEND2: &str = "gnutls_record_send2";
 const GNUTLS_SEND: &str = "gnutls_record_send";
+const SSL_SET_BIO: &str = "SSL_set_bio";
+const SSL_SET0_RBIO: &str = "SSL_set0_rbio";
+
+/// A function left unprobed when its file has the one it calls with the
+/// same first arguments: probing both would see one call twice (nested).
+/// `gnutls_record_send` jumps into `gnutls_record_send2` (3.6.3 on);
+/// `SSL_set_bio` calls `SSL_set0_rbio` (OpenSSL 1.1 on, BoringSSL), which
+/// then marks both ways of setting a BIO with one trap. (A static build
+/// that inlines the call into `SSL_set_bio` leaves those objects on the
+/// socket-BIO rule, as before the mark.)
+const SUPERSEDED: [(&str, &str); 2] = [(GNUTLS_SEND, GNUTLS_SEND2), (SSL_SET_BIO, SSL_SET0_RBIO)];
 
 /// nginx's function where a request starts its way upstream (the runtime
 /// hook's entry and return probes).
@@ -265,14 +272,21 @@ fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, String> {
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
     let obj = object::File::parse(&*map).map_err(|e| e.to_string())?;
     let offs = symbol_offsets(&obj, SYMBOLS);
-    let has_send2 = offs[..FUNCTIONS.len()]
-        .iter()
-        .zip(FUNCTIONS)
-        .any(|(off, (name, _))| name == GNUTLS_SEND2 && off.is_some());
+    let present = |name: &str| {
+        FUNCTIONS
+            .iter()
+            .zip(offs)
+            .any(|((n, _), off)| *n == name && off.is_some())
+    };
+    let superseded = |name: &str| {
+        SUPERSEDED
+            .iter()
+            .any(|&(old, new)| old == name && present(new))
+    };
     let found: Vec<(&'static str, u64)> = FUNCTIONS
         .iter()
         .zip(offs)
-        .filter(|((name, _), _)| !(has_send2 && *name == GNUTLS_SEND))
+        .filter(|((name, _), _)| !superseded(name))
         .filter_map(|(&(_, prog), off)| Some((prog, off?)))
         .collect();
     let ngx_upstream = offs[NGX_AT];
@@ -1060,11 +1074,15 @@ mod tests {
                 tls_programs::READ,
                 tls_programs::READ_EX,
                 tls_programs::FREE,
-                tls_programs::SET_BIO,
                 tls_programs::SET_BIO
             ]
         );
         assert!(found.iter().all(|(_, off)| *off > 0));
+        // The BIO probe sits on the function `SSL_set_bio` calls.
+        let bytes = std::fs::read(lib).expect("readable");
+        let obj = object::File::parse(&*bytes).expect("an ELF file");
+        let [rbio] = symbol_offsets(&obj, [SSL_SET0_RBIO]);
+        assert_eq!(Some(found[5].1), rbio);
     }
 
     /// GnuTLS: the send every other send jumps to, the receive and the
