@@ -8,7 +8,9 @@ default: ~20k requests/s with 50 connections), the default product
 exporting to a local OTLP endpoint that discards, and prints per condition
 and round: requests/s, the agent's CPU, its peak RSS split into lanes, heap
 and mapped files, the span records the correlator held mid-run (from
-`--stats-interval`), its reorder window, and the share of spans linked.
+`--stats-interval`), its reorder window, the share of spans linked, and the
+span records its bound on their memory forced out (retained, or waiting for
+a parent). `--delay-ms 0` runs it at full load.
 
     sudo bench/paced.py [--rounds 2] [--seconds 9] [--delay-ms 2] \\
         --cond 'new=' --cond 'old=@/path/to/tracer' --cond 'noprof=--profile-hz 0'
@@ -55,11 +57,15 @@ def main():
                 held_bytes = gauge(summary, "held_span_bytes")
                 window = gauge(summary, "window_ms")
                 linked = gauge(summary, "linked_percent")
+                evicted = gauge(summary, "retained_evicted")
+                overflow = gauge(summary, "span_overflow")
                 print("round %d  %-10s %7.0f req/s  CPU %5.2f s  peak RSS %5.1f MiB (%s)  "
-                      "held mid-run %s spans / %s bytes  window %s ms  linked %s%%" % (
+                      "held mid-run %s spans / %s bytes  window %s ms  linked %s%%  "
+                      "evicted: retained %s, waiting %s" % (
                           rnd + 1, name, rps, cpu, peak, agent.memory.describe(),
                           held[0] if held else "?", held_bytes[0] if held_bytes else "?",
-                          window[0] if window else "-", linked[-1] if linked else "?"),
+                          window[0] if window else "-", linked[-1] if linked else "?",
+                          evicted[-1] if evicted else "0", overflow[-1] if overflow else "0"),
                       flush=True)
     finally:
         sink.stop()

@@ -165,7 +165,7 @@ mod window;
 
 pub use attributes::{reads_header, redact_query};
 pub use causes::CauseEvent;
-pub use config::{Config, Counters, IdGen, SplitMix64};
+pub use config::{Config, Counters, IdGen, SplitMix64, DEFAULT_MAX_SPAN_BYTES};
 pub use correlator::Correlator;
 pub use model::{
     AttrRef, AttrValue, ConnId, ConnInfo, GrpcMessages, Header, HttpVersion, Message, MessageKind,

@@ -582,6 +582,58 @@ fn outstanding_bound_ends_the_oldest() {
     }
 }
 
+/// Thousands of spans held at once (several chunks of the record slab),
+/// then as many again in the slots they freed: each is emitted once, with
+/// its own request's attributes.
+#[test]
+fn thousands_of_spans_held_at_once_keep_their_own_records() {
+    let mut corr = Correlator::with_seed(Config::default(), 1);
+    corr.conn_open(ConnInfo {
+        conn: ConnId(1),
+        local: "127.0.0.1:5000".parse().unwrap(),
+        remote: "10.9.9.9:80".parse().unwrap(),
+    });
+    const N: u64 = 2_600;
+    let mut spans = Vec::new();
+    for wave in 0..2u64 {
+        let t0 = MS + wave * 10 * W;
+        for i in 0..N {
+            let t = t0 + i * 100;
+            let n = wave * N + i;
+            for (side, at, kind) in [
+                (Side::Outbound, t, rq("GET", &format!("/held/{n}"), &[])),
+                (Side::Inbound, t + 50, rs(200, &[])),
+            ] {
+                if let Ev::Msg(m) = m(1, side, CLIENT, CLIENT, n as u32, at, None, kind) {
+                    corr.message(m);
+                }
+            }
+        }
+        assert!(
+            corr.live_spans() >= N as usize,
+            "{} held",
+            corr.live_spans()
+        );
+        spans.extend(corr.poll(t0 + 5 * W));
+    }
+    assert_eq!(spans.len(), 2 * N as usize);
+    let mut paths: Vec<String> = spans
+        .iter()
+        .map(|s| s.attr_str("url.path").unwrap().to_owned())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(
+        paths.len(),
+        2 * N as usize,
+        "every request's own path, once"
+    );
+    let mut ids: Vec<_> = spans.iter().map(|s| s.span_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 2 * N as usize);
+}
+
 #[test]
 fn span_bound_holds_and_is_counted() {
     let cfg = Config {

@@ -247,6 +247,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = crate::profile::symbols::DWARF_BYTES_DEFAULT)]
     pub profile_dwarf_bytes: u64,
 
+    /// Bytes of span records the correlator holds at once, their names and
+    /// attributes included: spans in progress, spans waiting for their
+    /// parent, and server spans kept a moment after export for late
+    /// children. At full load this is most of the agent's heap. Reaching
+    /// it forgets the oldest kept span first (`retained_evicted`), else
+    /// settles the oldest waiting one at once with what is known
+    /// (`span_overflow`): a smaller bound costs links under load, never a
+    /// wrong parent.
+    #[arg(long, value_name = "BYTES", default_value_t = correlate::DEFAULT_MAX_SPAN_BYTES,
+          value_parser = clap::value_parser!(u64).range(1 << 20..=1 << 30))]
+    pub span_memory_bytes: u64,
+
     /// Profile aggregation.
     #[command(flatten)]
     pub profile: crate::profile::aggregate::AggregateArgs,
@@ -505,6 +517,7 @@ impl RunArgs {
                 .collect();
         }
         correlate.redact_query = !self.keep_query_values;
+        correlate.max_span_bytes = self.span_memory_bytes as usize;
         let service_names = crate::export::service_name::Rules::parse(&self.service_names)?;
         let duration = match self.duration {
             Some(d) if !(d.is_finite() && d > 0.0) => return Err(ConfigError::Duration),
@@ -574,6 +587,7 @@ mod tests {
         assert!(c.export.is_none() || std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some());
         assert_eq!(c.correlate.request_id_headers, ["x-request-id"]);
         assert!(c.correlate.redact_query);
+        assert_eq!(c.correlate.max_span_bytes, 24 << 20);
         assert_eq!(c.nice, -10);
     }
 
@@ -605,6 +619,16 @@ mod tests {
         assert!(parse(&["--nice", "-21"]).unwrap_err().contains("-20..=19"));
         assert!(parse(&["--nice", "20"]).is_err());
         assert_eq!(parse(&["--nice", "-20"]).unwrap().nice, -20);
+        assert!(parse(&["--span-memory-bytes", "1000"])
+            .unwrap_err()
+            .contains("1048576"));
+        assert_eq!(
+            parse(&["--span-memory-bytes", "8388608"])
+                .unwrap()
+                .correlate
+                .max_span_bytes,
+            8 << 20
+        );
         assert_eq!(parse(&["--nice", "0"]).unwrap().nice, 0);
         assert_eq!(
             parse(&["--service-name", "redis-*=cache"]).unwrap_err(),
