@@ -78,7 +78,7 @@ pub struct Config {
 }
 
 /// Default [`Config::max_span_bytes`].
-pub const DEFAULT_MAX_SPAN_BYTES: u64 = 24 << 20;
+pub const DEFAULT_MAX_SPAN_BYTES: usize = 24 << 20;
 
 impl Default for Config {
     fn default() -> Self {
@@ -97,7 +97,7 @@ impl Default for Config {
             max_connections: 65_536,
             max_outstanding_per_conn: 64,
             max_spans: 65_536,
-            max_span_bytes: DEFAULT_MAX_SPAN_BYTES as usize,
+            max_span_bytes: DEFAULT_MAX_SPAN_BYTES,
             max_threads: 65_536,
             max_server_spans_per_thread: 65_536,
             request_id_headers: vec!["x-request-id".to_string()],

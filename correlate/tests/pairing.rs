@@ -582,9 +582,9 @@ fn outstanding_bound_ends_the_oldest() {
     }
 }
 
-/// Thousands of spans held at once (several chunks of the record slab),
-/// then as many again in the slots they freed: each is emitted once, with
-/// its own request's attributes.
+/// Thousands of spans held at once (the record slab grown past its first
+/// sizes), then as many again in the slots they freed: each is emitted
+/// once, with its own request's attributes.
 #[test]
 fn thousands_of_spans_held_at_once_keep_their_own_records() {
     let mut corr = Correlator::with_seed(Config::default(), 1);

@@ -256,8 +256,8 @@ pub struct RunArgs {
     /// (`span_overflow`): a smaller bound costs links under load, never a
     /// wrong parent.
     #[arg(long, value_name = "BYTES", default_value_t = correlate::DEFAULT_MAX_SPAN_BYTES,
-          value_parser = clap::value_parser!(u64).range(1 << 20..=1 << 30))]
-    pub span_memory_bytes: u64,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1 << 20..=1 << 30))]
+    pub span_memory_bytes: usize,
 
     /// Profile aggregation.
     #[command(flatten)]
@@ -517,7 +517,7 @@ impl RunArgs {
                 .collect();
         }
         correlate.redact_query = !self.keep_query_values;
-        correlate.max_span_bytes = self.span_memory_bytes as usize;
+        correlate.max_span_bytes = self.span_memory_bytes;
         let service_names = crate::export::service_name::Rules::parse(&self.service_names)?;
         let duration = match self.duration {
             Some(d) if !(d.is_finite() && d > 0.0) => return Err(ConfigError::Duration),
