@@ -363,6 +363,7 @@ fn emit(call: &GoCall, len: u32, start_ns: u64, pid_tgid: u64) {
         call.seq,
         len,
         start_ns,
+        0,
         crate::tls::Src::User(call.buf),
     );
 }

@@ -15,9 +15,12 @@
 //! Memory BIOs (Node's `TLSWrap`: files user space attached with the
 //! [`TLS_COOKIE_MEMBIO`] cookie; any TLS object given a read BIO that is
 //! not a socket, see [`ssl_set_bio`]): the socket I/O happens outside the
-//! TLS call, on the same thread. A read takes the thread's last receive if no read claimed
-//! it yet; a write waits in the thread's slot for the thread's next send,
-//! which emits it when that send is exactly its one record (see
+//! TLS call, on the same thread. A read takes the thread's last receive if
+//! no read claimed it yet and that receive is exactly its record; the reads
+//! of a receive that holds several records go to user space with it, which
+//! proves them together (`TLS_RECV_CANDIDATE`). A write waits in the
+//! thread's slot for the thread's next send, which emits it when that send
+//! is exactly its one record (see
 //! docs/design/010-tls-plaintext.md for why this never stamps a wrong
 //! sequence number that could pair).
 use core::{ffi::c_void, mem::size_of};
@@ -38,7 +41,7 @@ use aya_ebpf::{
 use tracer_common::{
     frame_len, Dir, DropReason, KernelStat, Tag, TlsData, MAX_HEAD, TLS_BIO_METHOD_AT_OSSL3,
     TLS_CALL_SLOTS, TLS_CONNS_MAX, TLS_CONN_REMEMBERED, TLS_COOKIE_MEMBIO, TLS_LINKED_OUTSIDE,
-    TLS_SEQ_KNOWN, TLS_SNAP_MAX,
+    TLS_RECV_CANDIDATE, TLS_RECV_END, TLS_SEQ_KNOWN, TLS_SNAP_MAX,
 };
 
 use crate::{add_stat, count_drop, global, lane, AGENT_PID, ENABLED, TLS_SNAP};
@@ -54,6 +57,7 @@ const _: () = {
     assert!(offset_of!(TlsData, tid) == 36);
     assert!(offset_of!(TlsData, captured_len) == 44);
     assert!(offset_of!(TlsData, comm) == 48);
+    assert!(offset_of!(TlsData, recv_len) == 64);
 };
 
 /// A TLS call in progress on one thread.
@@ -76,7 +80,8 @@ pub struct TlsCall {
     dir: u32,
     /// The last receive a thread of this slot made outside a TLS call
     /// (`recv_tid`: that thread, 0: none): its socket and first sequence
-    /// number, and whether a memory-BIO read already took it.
+    /// number, and whether a memory-BIO read already took it (0), none did
+    /// ([`RECV_FRESH`]) or reads share it ([`RECV_SHARED`]).
     recv_tid: u64,
     recv_cookie: u64,
     recv_seq: u32,
@@ -129,6 +134,12 @@ static TLS_CONNS: LruHashMap<SslKey, u64> = LruHashMap::with_max_entries(TLS_CON
 /// Set in a `TLS_CONNS` value learned outside the TLS calls (kernel
 /// cookies count up from 1 and never reach it).
 const MEMBIO: u64 = 1 << 63;
+
+/// `TlsCall::recv_fresh`: no memory-BIO read took the receive yet.
+const RECV_FRESH: u32 = 1;
+/// `TlsCall::recv_fresh`: the receive holds several records; the reads
+/// that take them go to user space as candidates.
+const RECV_SHARED: u32 = 2;
 
 /// Largest plaintext of one TLS record.
 const MAX_RECORD: u32 = 16384;
@@ -230,7 +241,7 @@ pub fn note_sock_op(pid_tgid: u64, cookie: u64, seq_end: u32, len: u32, dir: Dir
             s.recv_cookie = cookie;
             s.recv_seq = seq;
             s.recv_len = len;
-            s.recv_fresh = 1;
+            s.recv_fresh = RECV_FRESH;
         }
         Dir::Send => {
             if s.pend_tid == pid_tgid {
@@ -320,6 +331,7 @@ fn flush_pending(s: &mut TlsCall, send: Option<(u64, u32, u32)>) {
         seq,
         plen,
         s.pend_start_ns,
+        0,
         Src::Kernel(p.data.as_ptr() as u64, p.captured),
     );
 }
@@ -407,6 +419,7 @@ fn leave(ctx: &RetProbeContext) {
     let ret = ctx.ret::<u64>() as u32 as i32;
     let moved: u64 = if s.len_ptr != 0 {
         if ret != 1 {
+            end_shared(s, pid_tgid);
             return;
         }
         // SAFETY: a user address the library wrote the count to; the helper
@@ -420,11 +433,13 @@ fn leave(ctx: &RetProbeContext) {
         }
     } else {
         if ret <= 0 {
+            end_shared(s, pid_tgid);
             return;
         }
         ret as u64
     };
     if moved == 0 {
+        end_shared(s, pid_tgid);
         return;
     }
     let len = if moved > u64::from(u32::MAX) {
@@ -434,6 +449,7 @@ fn leave(ctx: &RetProbeContext) {
     };
     let pid = pid_tgid >> 32;
     let key = SslKey { pid, ssl: s.ssl };
+    let mut recv_len = 0;
     // 0: none (see `flush_pending`).
     let known = match TLS_CONNS.get_ptr(&key) {
         // SAFETY: a map value pointer, read at once.
@@ -492,38 +508,48 @@ fn leave(ctx: &RetProbeContext) {
             return;
         }
         let known = known & !MEMBIO;
-        if s.recv_tid == pid_tgid && s.recv_fresh != 0 {
-            s.recv_fresh = 0;
-            // The receive is exactly the record this read decrypted: not
-            // the end of an earlier record, nor a handshake message or a
-            // session ticket in front of it.
+        let mine = s.recv_tid == pid_tgid && s.recv_fresh != 0;
+        let same_socket = len <= MAX_RECORD && (known == 0 || known == s.recv_cookie);
+        // The receive is exactly the record this read decrypted: not the
+        // end of an earlier record, nor a handshake message or a session
+        // ticket in front of it.
+        let at = if mine && s.recv_fresh == RECV_FRESH {
             let extra = s.recv_len.wrapping_sub(len);
-            let at = if one_record(s.recv_len, len) {
+            if one_record(s.recv_len, len) {
                 Some(0)
             } else {
                 match extra {
                     86 | 96 | 102 => Some(extra - 22),
                     _ => None,
                 }
-            };
-            if let (Some(at), true) = (
-                at,
-                len <= MAX_RECORD && (known == 0 || known == s.recv_cookie),
-            ) {
-                if known == 0 {
-                    let _ = TLS_CONNS.insert(&key, &(s.recv_cookie | MEMBIO), 0);
-                }
-                add_stat(KernelStat::TlsLinkedOutside, 1);
-                (
-                    s.recv_cookie,
-                    s.recv_seq.wrapping_add(at),
-                    TLS_SEQ_KNOWN | TLS_LINKED_OUTSIDE,
-                )
-            } else {
-                add_stat(KernelStat::TlsLinkRefused, 1);
-                remembered(known)
             }
         } else {
+            None
+        };
+        if let (Some(at), true) = (at, same_socket) {
+            s.recv_fresh = 0;
+            if known == 0 {
+                let _ = TLS_CONNS.insert(&key, &(s.recv_cookie | MEMBIO), 0);
+            }
+            add_stat(KernelStat::TlsLinkedOutside, 1);
+            (
+                s.recv_cookie,
+                s.recv_seq.wrapping_add(at),
+                TLS_SEQ_KNOWN | TLS_LINKED_OUTSIDE,
+            )
+        } else if mine && same_socket {
+            // Several records in the receive: this read and the next ones
+            // of the thread go to user space with the receive, which proves
+            // them together once they add up to it (see `TLS_RECV_CANDIDATE`).
+            s.recv_fresh = RECV_SHARED;
+            recv_len = s.recv_len;
+            let remembered = if known != 0 { TLS_CONN_REMEMBERED } else { 0 };
+            (s.recv_cookie, s.recv_seq, TLS_RECV_CANDIDATE | remembered)
+        } else {
+            if mine {
+                s.recv_fresh = 0;
+                add_stat(KernelStat::TlsLinkRefused, 1);
+            }
             remembered(known)
         }
     } else {
@@ -537,8 +563,33 @@ fn leave(ctx: &RetProbeContext) {
         seq,
         len,
         s.start_ns,
+        recv_len,
         Src::User(s.buf),
     );
+}
+
+/// A memory-BIO read that moved nothing (the library used up what it was
+/// given: `WANT_READ`) ends the receive its thread's reads were sharing:
+/// an empty candidate with [`TLS_RECV_END`] tells user space to prove them
+/// now rather than after a wait.
+#[inline(always)]
+fn end_shared(s: &mut TlsCall, pid_tgid: u64) {
+    if s.dir == Dir::Recv as u32 && s.recv_tid == pid_tgid && s.recv_fresh == RECV_SHARED {
+        s.recv_fresh = 0;
+        emit(
+            pid_tgid,
+            Dir::Recv as u8,
+            TLS_RECV_CANDIDATE | TLS_RECV_END,
+            s.recv_cookie,
+            s.recv_seq,
+            0,
+            s.start_ns,
+            s.recv_len,
+            // Nothing to copy, from an address the helper accepts (it
+            // refuses a null one even for no bytes).
+            Src::Kernel(s as *const TlsCall as u64, 0),
+        );
+    }
 }
 
 /// Writes one call's plaintext record: `len` bytes moved at `buf`, of which
@@ -553,6 +604,7 @@ pub(crate) fn emit(
     seq: u32,
     len: u32,
     start_ns: u64,
+    recv_len: u32,
     src: Src,
 ) {
     let pid = pid_tgid >> 32;
@@ -589,7 +641,7 @@ pub(crate) fn emit(
     // held: a lane's records stay in time order).
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let dst = rec as *mut u64;
-    // SAFETY: the frame has room for the 64-byte header, 8-aligned; the
+    // SAFETY: the frame has room for the 72-byte header, 8-aligned; the
     // layout is pinned in tracer_common.
     unsafe {
         dst.write(
@@ -605,6 +657,7 @@ pub(crate) fn emit(
         dst.add(5).write(u64::from(seq) | u64::from(n) << 32);
         dst.add(6).write(u64::from_le_bytes(comm_word(&comm, 0)));
         dst.add(7).write(u64::from_le_bytes(comm_word(&comm, 8)));
+        dst.add(8).write(u64::from(recv_len));
     }
     held.publish(size_of::<TlsData>() + n as usize);
 }

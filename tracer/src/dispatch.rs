@@ -23,7 +23,7 @@ use crate::{
     print::EventPrinter,
     profile::stage::ProfileStage,
     replay::Recorder,
-    tls::streams::TlsStreams,
+    tls::streams::{Out as TlsOut, TlsStreams},
 };
 
 /// Where finished spans go, and who describes their processes: the
@@ -134,10 +134,18 @@ impl<O: SpanOut> Sink for Stages<O> {
     }
 
     fn closed(&mut self, conn: &ConnInfo) {
-        if let Some(http) = &mut self.http {
-            http.closed(conn, self.now_ns);
-            if let Some(plain) = self.tls.closed(conn.cookie) {
-                http.closed(&plain, self.now_ns);
+        let Stages {
+            events,
+            http,
+            tls,
+            now_ns,
+            ..
+        } = self;
+        let plain = tls.closed(conn.cookie, &mut tls_out(events, http));
+        if let Some(http) = http {
+            http.closed(conn, *now_ns);
+            if let Some(plain) = plain {
+                http.closed(&plain, *now_ns);
             }
         }
     }
@@ -148,6 +156,30 @@ impl<O: SpanOut> Sink for Stages<O> {
         }
         if let Some(r) = &mut self.recorder {
             r.flush();
+        }
+    }
+}
+
+/// Where the TLS plaintext stage's output goes: chunks to the event printer
+/// and the HTTP stage, dropped reads to the HTTP stage (they may have been
+/// requests).
+fn tls_out<'a>(
+    events: &'a mut Option<EventPrinter<Box<dyn Write>>>,
+    http: &'a mut Option<HttpSpans>,
+) -> impl FnMut(TlsOut<'_>) + 'a {
+    move |o| match o {
+        TlsOut::Chunk(conn, dir, chunk) => {
+            if let Some(events) = events {
+                events.chunk(conn, dir, chunk);
+            }
+            if let Some(http) = http {
+                http.chunk(conn, dir, chunk);
+            }
+        }
+        TlsOut::LostRead { pid, start_ns } => {
+            if let Some(http) = http {
+                http.inbound_lost(pid, start_ns);
+            }
         }
     }
 }
@@ -170,20 +202,7 @@ impl<O: SpanOut> Stages<O> {
         let Stages {
             events, http, tls, ..
         } = self;
-        let kept = tls.on_data(hdr, data, tcp, &mut |conn, dir, chunk| {
-            if let Some(events) = events {
-                events.chunk(conn, dir, chunk);
-            }
-            if let Some(http) = http {
-                http.chunk(conn, dir, chunk);
-            }
-        });
-        if !kept && hdr.dir == Dir::Recv as u8 {
-            if let Some(http) = http {
-                // Plaintext read and dropped: it may have been a request.
-                http.inbound_lost(hdr.pid, hdr.start_ns);
-            }
-        }
+        tls.on_data(hdr, data, tcp, &mut tls_out(events, http));
     }
 
     /// A CPU sample, to the profiling worker; its process is described
@@ -348,11 +367,20 @@ impl<O: SpanOut> Dispatcher<O> {
         let s = &mut self.stages;
         s.now_ns = s.now_ns.max(now_ns);
         self.conns.sweep(s.now_ns, s);
+        s.tls
+            .expire_shared(s.now_ns, &mut tls_out(&mut s.events, &mut s.http));
         if let Some(http) = &mut s.http {
             // The reader hands out every record older than its hold; what
-            // the streams still hold bounds what is complete.
+            // the streams and the TLS reads still hold bounds what is
+            // complete.
             let read = now_ns.saturating_sub(lanes::HOLD_NS);
-            let held = self.conns.pending_since().unwrap_or(u64::MAX);
+            let held = self
+                .conns
+                .pending_since()
+                .into_iter()
+                .chain(s.tls.held_since())
+                .min()
+                .unwrap_or(u64::MAX);
             http.complete_until(read.min(held));
         }
         s.collect_samples();

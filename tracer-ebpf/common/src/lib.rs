@@ -214,6 +214,11 @@ pub struct TlsData {
     pub captured_len: u32,
     /// `comm` of the calling thread's process.
     pub comm: [u8; 16],
+    /// With [`TLS_RECV_CANDIDATE`]: bytes of the receive the read may have
+    /// decrypted part of (`cookie` and `seq` are that receive's).
+    pub recv_len: u32,
+    /// Padding, zero.
+    pub _pad2: u32,
 }
 
 /// [`TlsData::flags`]: the call moved ciphertext on its socket itself, and
@@ -227,6 +232,19 @@ pub const TLS_CONN_REMEMBERED: u8 = 2;
 /// BIO, e.g. Node's `TLSWrap`); the socket and `seq` come from the
 /// thread's receive just before a read, or its send just after a write.
 pub const TLS_LINKED_OUTSIDE: u8 = 4;
+
+/// [`TlsData::flags`]: a memory-BIO read that the thread's last receive
+/// (`cookie`, first sequence number `seq`, `recv_len` bytes) holds more
+/// than one record of. User space proves where it starts from the reads
+/// that used that receive up together, or treats it as unproven: with
+/// [`TLS_CONN_REMEMBERED`] too, the TLS object already used that socket;
+/// without, its socket is not known.
+pub const TLS_RECV_CANDIDATE: u8 = 8;
+
+/// [`TlsData::flags`], with [`TLS_RECV_CANDIDATE`] and no plaintext: the
+/// thread's next read of that TLS object moved nothing, so the reads that
+/// shared the receive are all in.
+pub const TLS_RECV_END: u8 = 16;
 
 /// Attach cookie of the TLS probes on a file whose TLS library reads and
 /// writes memory BIOs (Node); other files' probes have none (0).
@@ -1042,7 +1060,7 @@ const _: () = assert!(core::mem::offset_of!(SockOp, tag) == 0);
 const _: () = assert!(core::mem::offset_of!(ConnState, tag) == 0);
 const _: () = assert!(core::mem::offset_of!(SegmentHeader, tag) == 0);
 const _: () = assert!(size_of::<SockTotals>() == 72);
-const _: () = assert!(size_of::<TlsData>() == 64);
+const _: () = assert!(size_of::<TlsData>() == 72);
 const _: () = assert!(size_of::<Cause>() == 48);
 const _: () = assert!(size_of::<GoHookFile>() == 56);
 const _: () = assert!(core::mem::offset_of!(TlsData, ts_ns) == 8);
@@ -1330,6 +1348,8 @@ mod tests {
             seq: 3,
             captured_len: 4,
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            recv_len: 0,
+            _pad2: 0,
         };
         let mut b = bytes_of(&hdr);
         b.extend_from_slice(b"GET ");

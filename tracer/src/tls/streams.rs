@@ -9,9 +9,16 @@
 //! sequence number is that of the first ciphertext byte the call moved
 //! (both ends see the same TLS record start), so rule 3 pairs the client
 //! and server spans exactly as on cleartext.
+//!
+//! Memory-BIO reads that shared one receive ([`TLS_RECV_CANDIDATE`]) are
+//! held, with the connection's records behind them, until the receive is
+//! used up; then [`prove`] decides where each started, or none is stamped.
 use foldhash::{HashMap, HashMapExt};
 use protocols::stream::{Chunk, MissingKind, OpMeta, Piece};
-use tracer_common::{Dir, TlsData, TLS_LINKED_OUTSIDE, TLS_SEQ_KNOWN};
+use tracer_common::{
+    Dir, TlsData, TLS_CONN_REMEMBERED, TLS_LINKED_OUTSIDE, TLS_RECV_CANDIDATE, TLS_RECV_END,
+    TLS_SEQ_KNOWN,
+};
 
 use crate::conntrack::ConnInfo;
 
@@ -21,6 +28,21 @@ pub const TLS_CONN_BIT: u64 = 1 << 63;
 
 /// Plaintext connections tracked at once.
 const MAX_CONNS: usize = 65_536;
+
+/// Receives whose reads are held at once.
+const MAX_SHARED: usize = 4_096;
+/// Records held behind one receive at most (reads and what follows them
+/// on the connection).
+const MAX_HELD_RECORDS: usize = 64;
+/// Plaintext bytes held in all at most.
+const MAX_HELD_BYTES: usize = 4 << 20;
+/// A receive whose reads did not end (`TLS_RECV_END`) this long after the
+/// first is proven from the reads that came: an event loop reads a
+/// receive's records at once, in microseconds.
+pub const SHARED_WAIT_NS: u64 = 20_000_000;
+
+/// Largest plaintext of one TLS record.
+const MAX_RECORD: u32 = 16_384;
 
 /// Counters of the plaintext streams.
 #[derive(Clone, Copy, Debug, Default)]
@@ -40,12 +62,30 @@ pub struct TlsCounters {
     /// Memory-BIO calls (Node) whose socket and sequence number came from
     /// the thread's receive before the read or send after the write.
     pub calls_linked_outside: u64,
+    /// Memory-BIO reads that shared a receive and were proven together
+    /// (their sequence numbers follow from the receive's length).
+    pub calls_proven_together: u64,
+    /// Memory-BIO reads that shared a receive whose length their records
+    /// did not add up to: no sequence number (and no socket, when their TLS
+    /// object had none yet).
+    pub calls_unproven: u64,
+    /// Memory-BIO reads not held for proof because the hold was full.
+    pub shared_hold_full: u64,
     /// Records with a bad direction byte (dropped).
     pub bad_records: u64,
     /// Calls dropped because the plaintext table was full.
     pub table_full: u64,
     /// Plaintext connections ever opened.
     pub connections: u64,
+}
+
+/// What the plaintext streams hand on.
+pub enum Out<'a> {
+    /// A call's plaintext, a chunk of its plaintext connection.
+    Chunk(&'a ConnInfo, Dir, &'a Chunk<'a>),
+    /// A read's plaintext dropped (its socket not known): it may have been
+    /// a request that `pid` started reading at `start_ns`.
+    LostRead { pid: u32, start_ns: u64 },
 }
 
 struct Plain {
@@ -56,10 +96,89 @@ struct Plain {
     next_seq: [u32; 2],
 }
 
+/// A record held behind a shared receive.
+struct Held {
+    hdr: TlsData,
+    data: Vec<u8>,
+}
+
+/// The reads of one receive that held several records, and the records
+/// of their connection that came after them.
+struct Shared {
+    /// The reading thread and the receive: first sequence number, length.
+    tid: u32,
+    seq: u32,
+    recv_len: u32,
+    /// The TCP connection.
+    tcp: ConnInfo,
+    /// Kernel time of the first read's return.
+    opened_ns: u64,
+    /// When the first read started (nothing of the connection after it is
+    /// complete before the hold ends).
+    since_ns: u64,
+    held: Vec<Held>,
+    bytes: usize,
+}
+
+impl Shared {
+    fn is(&self, hdr: &TlsData) -> bool {
+        (self.tid, self.seq, self.recv_len) == (hdr.tid, hdr.seq, hdr.recv_len)
+    }
+
+    fn has_room(&self, held_bytes: usize, data: &[u8]) -> bool {
+        self.held.len() < MAX_HELD_RECORDS && held_bytes + data.len() <= MAX_HELD_BYTES
+    }
+}
+
+/// The ways a receive of several records is laid out: the end of a TLS 1.3
+/// handshake in front (the client's Finished record, SHA-256 or SHA-384,
+/// after a 6-byte ChangeCipherSpec or not; 58 is left out as in the
+/// kernel's one-record proof) or nothing, then one record per read with
+/// the cipher's overhead (TLS 1.2 ChaCha20-Poly1305 21, TLS 1.3 22, TLS 1.2
+/// AES-GCM 29): `(prefix, overhead)`.
+const LAYOUTS: [(u32, u32); 6] = [(0, 21), (0, 22), (0, 29), (64, 22), (74, 22), (80, 22)];
+
+/// Where the first of the reads of `plain` bytes each started in a
+/// receive of `recv_len` bytes, and each record's overhead, when exactly
+/// one layout adds up to the receive; `after_handshake`: reads of the
+/// connection came before, so no handshake can be in front.
+pub fn prove(
+    recv_len: u32,
+    plain: impl Iterator<Item = u32>,
+    after_handshake: bool,
+) -> Option<(u32, u32)> {
+    let (mut reads, mut total) = (0u64, 0u64);
+    for p in plain {
+        if p == 0 || p > MAX_RECORD {
+            return None;
+        }
+        reads += 1;
+        total += u64::from(p);
+    }
+    if reads == 0 {
+        return None;
+    }
+    let mut found = None;
+    for (prefix, overhead) in LAYOUTS {
+        if prefix != 0 && after_handshake {
+            continue;
+        }
+        if u64::from(prefix) + total + reads * u64::from(overhead) == u64::from(recv_len) {
+            if found.is_some() {
+                return None;
+            }
+            found = Some((prefix, overhead));
+        }
+    }
+    found
+}
+
 /// The plaintext connections, by the cookie of their TCP socket.
 #[derive(Default)]
 pub struct TlsStreams {
     conns: HashMap<u64, Plain>,
+    shared: HashMap<u64, Shared>,
+    held_bytes: usize,
     counters: TlsCounters,
 }
 
@@ -68,32 +187,175 @@ impl TlsStreams {
     pub fn new() -> TlsStreams {
         TlsStreams {
             conns: HashMap::new(),
+            shared: HashMap::new(),
+            held_bytes: 0,
             counters: TlsCounters::default(),
         }
     }
 
     /// One TLS call's plaintext on the connection `tcp` (the ciphertext's
-    /// socket, `None` when not known): `deliver` gets the plaintext
-    /// connection, the direction and the chunk. Returns false when the
-    /// call's plaintext was dropped (counted).
+    /// socket, `None` when not known): `out` gets the plaintext
+    /// connection's chunks, now or when a shared receive is proven, and the
+    /// reads dropped (counted).
     pub fn on_data(
         &mut self,
         hdr: &TlsData,
         data: &[u8],
         tcp: Option<&ConnInfo>,
-        deliver: &mut impl FnMut(&ConnInfo, Dir, &Chunk<'_>),
-    ) -> bool {
+        out: &mut impl FnMut(Out<'_>),
+    ) {
+        let candidate = hdr.flags & TLS_RECV_CANDIDATE != 0;
+        let end = hdr.flags & TLS_RECV_END != 0;
+        if let Some(sh) = self.shared.get_mut(&hdr.cookie) {
+            let same = candidate && sh.is(hdr);
+            let behind = same || (!candidate && hdr.dir == Dir::Send as u8);
+            if behind && !end && sh.has_room(self.held_bytes, data) {
+                sh.bytes += data.len();
+                self.held_bytes += data.len();
+                sh.held.push(Held {
+                    hdr: *hdr,
+                    data: data.to_vec(),
+                });
+                return;
+            }
+            self.release(hdr.cookie, out);
+            if same {
+                if !end {
+                    self.counters.shared_hold_full += 1;
+                    self.unproven(hdr, data, tcp, out);
+                }
+                return;
+            }
+        }
+        if !candidate {
+            self.deliver(hdr, data, tcp, out);
+            return;
+        }
+        if end {
+            // Its reads were released already.
+            return;
+        }
+        match tcp {
+            Some(tcp)
+                if self.shared.len() < MAX_SHARED
+                    && self.held_bytes + data.len() <= MAX_HELD_BYTES =>
+            {
+                self.held_bytes += data.len();
+                self.shared.insert(
+                    hdr.cookie,
+                    Shared {
+                        tid: hdr.tid,
+                        seq: hdr.seq,
+                        recv_len: hdr.recv_len,
+                        tcp: tcp.clone(),
+                        opened_ns: hdr.ts_ns,
+                        since_ns: hdr.start_ns,
+                        held: vec![Held {
+                            hdr: *hdr,
+                            data: data.to_vec(),
+                        }],
+                        bytes: data.len(),
+                    },
+                );
+            }
+            Some(_) => {
+                self.counters.shared_hold_full += 1;
+                self.unproven(hdr, data, tcp, out);
+            }
+            None => self.unproven(hdr, data, tcp, out),
+        }
+    }
+
+    /// The shared receive of connection `cookie` is used up (or will get
+    /// no more reads): its reads are proven together or go unstamped, and
+    /// everything held behind them follows in order.
+    fn release(&mut self, cookie: u64, out: &mut impl FnMut(Out<'_>)) {
+        let Some(sh) = self.shared.remove(&cookie) else {
+            return;
+        };
+        self.held_bytes -= sh.bytes;
+        let is_read = |h: &&Held| h.hdr.flags & TLS_RECV_CANDIDATE != 0;
+        let after_handshake = self
+            .conns
+            .get(&cookie)
+            .is_some_and(|p| p.offset[Dir::Recv as usize] > 0);
+        let proof = prove(
+            sh.recv_len,
+            sh.held.iter().filter(is_read).map(|h| h.hdr.len),
+            after_handshake,
+        );
+        let mut at = proof.map_or(0, |(prefix, _)| prefix);
+        for mut h in sh.held {
+            if h.hdr.flags & TLS_RECV_CANDIDATE == 0 {
+                self.deliver(&h.hdr, &h.data, Some(&sh.tcp), out);
+                continue;
+            }
+            match proof {
+                Some((_, overhead)) => {
+                    h.hdr.seq = sh.seq.wrapping_add(at);
+                    h.hdr.flags = TLS_SEQ_KNOWN | TLS_LINKED_OUTSIDE;
+                    at = at.wrapping_add(h.hdr.len + overhead);
+                    self.counters.calls_proven_together += 1;
+                    self.deliver(&h.hdr, &h.data, Some(&sh.tcp), out);
+                }
+                None => self.unproven(&h.hdr, &h.data, Some(&sh.tcp), out),
+            }
+        }
+    }
+
+    /// A shared receive's read that could not be proven: on the socket its
+    /// TLS object used before, without a sequence number, or dropped when
+    /// it had none.
+    fn unproven(
+        &mut self,
+        hdr: &TlsData,
+        data: &[u8],
+        tcp: Option<&ConnInfo>,
+        out: &mut impl FnMut(Out<'_>),
+    ) {
+        self.counters.calls_unproven += 1;
+        let hdr = TlsData {
+            flags: hdr.flags & TLS_CONN_REMEMBERED,
+            cookie: if hdr.flags & TLS_CONN_REMEMBERED != 0 {
+                hdr.cookie
+            } else {
+                0
+            },
+            ..*hdr
+        };
+        self.deliver(&hdr, data, tcp, out);
+    }
+
+    /// Hands one call's plaintext on as a chunk of its plaintext
+    /// connection (or counts it dropped).
+    fn deliver(
+        &mut self,
+        hdr: &TlsData,
+        data: &[u8],
+        tcp: Option<&ConnInfo>,
+        out: &mut impl FnMut(Out<'_>),
+    ) {
         let Some(dir) = Dir::from_u8(hdr.dir) else {
             self.counters.bad_records += 1;
-            return false;
+            return;
+        };
+        let lost = |out: &mut dyn FnMut(Out<'_>)| {
+            if dir == Dir::Recv {
+                out(Out::LostRead {
+                    pid: hdr.pid,
+                    start_ns: hdr.start_ns,
+                });
+            }
         };
         let Some(tcp) = tcp.filter(|_| hdr.cookie != 0) else {
             self.counters.calls_without_conn += 1;
-            return false;
+            lost(out);
+            return;
         };
         if !self.conns.contains_key(&hdr.cookie) && self.conns.len() >= MAX_CONNS {
             self.counters.table_full += 1;
-            return false;
+            lost(out);
+            return;
         }
         let counters = &mut self.counters;
         let plain = self.conns.entry(hdr.cookie).or_insert_with(|| {
@@ -163,14 +425,38 @@ impl TlsStreams {
         counters.calls += 1;
         counters.bytes += u64::from(hdr.len);
         counters.bytes_truncated += u64::from(rest);
-        deliver(&plain.info, dir, &chunk);
-        true
+        out(Out::Chunk(&plain.info, dir, &chunk));
     }
 
-    /// The TCP connection `cookie` is gone: its plaintext connection, if it
-    /// had one, is closed too.
-    pub fn closed(&mut self, cookie: u64) -> Option<ConnInfo> {
+    /// The TCP connection `cookie` is gone: reads held for its shared
+    /// receive are released, and its plaintext connection, if it had one,
+    /// is closed too.
+    pub fn closed(&mut self, cookie: u64, out: &mut impl FnMut(Out<'_>)) -> Option<ConnInfo> {
+        self.release(cookie, out);
         self.conns.remove(&cookie).map(|p| p.info)
+    }
+
+    /// Shared receives held since `SHARED_WAIT_NS` before `now_ns` are
+    /// proven from the reads that came.
+    pub fn expire_shared(&mut self, now_ns: u64, out: &mut impl FnMut(Out<'_>)) {
+        if self.shared.is_empty() {
+            return;
+        }
+        let due: Vec<u64> = self
+            .shared
+            .iter()
+            .filter(|(_, sh)| now_ns.saturating_sub(sh.opened_ns) >= SHARED_WAIT_NS)
+            .map(|(&c, _)| c)
+            .collect();
+        for cookie in due {
+            self.release(cookie, out);
+        }
+    }
+
+    /// When the oldest read still held started: nothing of those
+    /// connections after it is complete yet.
+    pub fn held_since(&self) -> Option<u64> {
+        self.shared.values().map(|sh| sh.since_ns).min()
     }
 
     /// Whether plaintext of TCP connection `cookie` was seen.
@@ -226,6 +512,8 @@ mod tests {
             seq: seq.unwrap_or(0),
             captured_len: captured,
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            recv_len: 0,
+            _pad2: 0,
         }
     }
 
@@ -243,31 +531,53 @@ mod tests {
         Option<u64>,
     );
 
+    fn seen(c: &ConnInfo, d: Dir, ch: &Chunk<'_>) -> Seen {
+        let captured: Vec<u8> = ch
+            .pieces
+            .iter()
+            .flat_map(|p| match p {
+                Piece::Data(b) => b.to_vec(),
+                Piece::Missing { .. } => Vec::new(),
+            })
+            .collect();
+        (
+            c.cookie,
+            c.tls,
+            d,
+            ch.seq,
+            ch.offset,
+            ch.len,
+            captured,
+            ch.missing(MissingKind::Truncated),
+            ch.op.map(|o| o.ts_ns).unwrap_or(0),
+            ch.seg_ts_ns,
+        )
+    }
+
+    /// Chunks handed on, and reads lost as (pid, start).
+    #[derive(Default)]
+    struct Outs {
+        chunks: Vec<Seen>,
+        lost: Vec<(u32, u64)>,
+    }
+
+    impl Outs {
+        fn push(&mut self, o: Out<'_>) {
+            match o {
+                Out::Chunk(c, d, ch) => self.chunks.push(seen(c, d, ch)),
+                Out::LostRead { pid, start_ns } => self.lost.push((pid, start_ns)),
+            }
+        }
+    }
+
+    fn feed_all(t: &mut TlsStreams, h: &TlsData, data: &[u8], tcp: Option<&ConnInfo>) -> Outs {
+        let mut outs = Outs::default();
+        t.on_data(h, data, tcp, &mut |o| outs.push(o));
+        outs
+    }
+
     fn feed(t: &mut TlsStreams, h: &TlsData, data: &[u8], tcp: Option<&ConnInfo>) -> Vec<Seen> {
-        let mut seen = Vec::new();
-        t.on_data(h, data, tcp, &mut |c, d, ch| {
-            let captured: Vec<u8> = ch
-                .pieces
-                .iter()
-                .flat_map(|p| match p {
-                    Piece::Data(b) => b.to_vec(),
-                    Piece::Missing { .. } => Vec::new(),
-                })
-                .collect();
-            seen.push((
-                c.cookie,
-                c.tls,
-                d,
-                ch.seq,
-                ch.offset,
-                ch.len,
-                captured,
-                ch.missing(MissingKind::Truncated),
-                ch.op.map(|o| o.ts_ns).unwrap_or(0),
-                ch.seg_ts_ns,
-            ));
-        });
-        seen
+        feed_all(t, h, data, tcp).chunks
     }
 
     #[test]
@@ -307,7 +617,7 @@ mod tests {
         assert_eq!(t.counters().calls_remembered, 1);
         assert_eq!(t.counters().calls, 4);
         assert!(t.has_plaintext(42));
-        let closed = t.closed(42).map(|c| c.cookie);
+        let closed = t.closed(42, &mut |_| {}).map(|c| c.cookie);
         assert_eq!(closed, Some(42 | TLS_CONN_BIT));
         assert_eq!(t.live(), 0);
     }
@@ -331,8 +641,202 @@ mod tests {
         h.cookie = 0;
         assert!(feed(&mut t, &h, b"GET ", Some(&tcp())).is_empty());
         h.dir = 9;
-        assert!(feed(&mut t, &h, b"GET ", Some(&tcp())).is_empty());
-        assert_eq!(t.counters().calls_without_conn, 2);
+        let outs = feed_all(&mut t, &h, b"GET ", Some(&tcp()));
+        assert!(outs.chunks.is_empty() && outs.lost.is_empty());
+        h.dir = Dir::Recv as u8;
+        let outs = feed_all(&mut t, &h, b"GET ", None);
+        assert_eq!(
+            outs.lost,
+            vec![(7, 1_000)],
+            "a read dropped may be a request"
+        );
+        assert_eq!(t.counters().calls_without_conn, 3);
         assert_eq!(t.counters().bad_records, 1);
+    }
+
+    /// A memory-BIO read that shared receive `seq`/`recv_len` of thread 8.
+    fn candidate(len: u32, seq: u32, recv_len: u32, remembered: bool) -> TlsData {
+        let mut h = hdr(Dir::Recv, len, len, Some(seq));
+        h.flags = TLS_RECV_CANDIDATE | if remembered { TLS_CONN_REMEMBERED } else { 0 };
+        h.recv_len = recv_len;
+        h
+    }
+
+    fn end_of(h: &TlsData) -> TlsData {
+        TlsData {
+            flags: TLS_RECV_CANDIDATE | TLS_RECV_END,
+            len: 0,
+            captured_len: 0,
+            ..*h
+        }
+    }
+
+    #[test]
+    fn layouts_prove_one_way_or_none() {
+        // Two TLS 1.3 records (h2o reading curl's preface and HEADERS).
+        assert_eq!(prove(152, [64, 44].into_iter(), false), Some((0, 22)));
+        // The end of the handshake in front (ChangeCipherSpec + Finished).
+        assert_eq!(prove(80 + 152, [64, 44].into_iter(), false), Some((80, 22)));
+        // ... but not once the connection's reads have begun.
+        assert_eq!(prove(80 + 152, [64, 44].into_iter(), true), None);
+        // TLS 1.2 AES-GCM and ChaCha20-Poly1305.
+        assert_eq!(
+            prove(3 * 29 + 300, [100; 3].into_iter(), true),
+            Some((0, 29))
+        );
+        assert_eq!(
+            prove(2 * 21 + 200, [100; 2].into_iter(), true),
+            Some((0, 21))
+        );
+        // A receive that ends inside a record, a read missing, an empty or
+        // an oversized read, no read: nothing.
+        assert_eq!(prove(152 + 30, [64, 44].into_iter(), true), None);
+        assert_eq!(prove(152, [64].into_iter(), true), None);
+        assert_eq!(prove(22, [0].into_iter(), true), None);
+        assert_eq!(prove(16_385 + 22, [16_385].into_iter(), true), None);
+        assert_eq!(prove(0, std::iter::empty(), true), None);
+        // Each layout is found from its own receive, unless another adds
+        // up to it too: then none is.
+        for (prefix, overhead) in LAYOUTS {
+            let recv = prefix + 3 * (50 + overhead);
+            let other = LAYOUTS
+                .iter()
+                .filter(|(p, o)| p + 3 * (50 + o) == recv)
+                .count();
+            let want = (other == 1).then_some((prefix, overhead));
+            assert_eq!(prove(recv, [50; 3].into_iter(), false), want);
+        }
+    }
+
+    #[test]
+    fn reads_sharing_a_receive_are_stamped_once_they_add_up_to_it() {
+        let mut t = TlsStreams::new();
+        let conn = tcp();
+        // curl's preface (64 bytes of plaintext) and HEADERS (44) in one
+        // receive of 152 bytes at sequence number 5,000; the server's
+        // SETTINGS written between the two reads waits behind them.
+        let first = candidate(64, 5_000, 152, false);
+        assert!(feed(&mut t, &first, &[b'P'; 64], Some(&conn)).is_empty());
+        assert_eq!(t.held_since(), Some(1_000));
+        let mut settings = hdr(Dir::Send, 30, 30, Some(9_000));
+        settings.ts_ns = 2_500;
+        assert!(feed(&mut t, &settings, &[0; 30], Some(&conn)).is_empty());
+        let second = candidate(44, 5_000, 152, false);
+        assert!(feed(&mut t, &second, &[b'H'; 44], Some(&conn)).is_empty());
+        let seen = feed(&mut t, &end_of(&second), b"", Some(&conn));
+        let order: Vec<_> = seen.iter().map(|s| (s.2, s.3, s.4, s.5)).collect();
+        assert_eq!(
+            order,
+            vec![
+                (Dir::Recv, 5_000, 0, 64),
+                (Dir::Send, 9_000, 0, 30),
+                (Dir::Recv, 5_000 + 86, 64, 44),
+            ]
+        );
+        assert_eq!(t.counters().calls_proven_together, 2);
+        assert_eq!(t.counters().calls_linked_outside, 2);
+        assert_eq!(t.held_since(), None);
+        // The connection's reads have begun: a later shared receive is
+        // never read as having the handshake's end in front.
+        let third = candidate(10, 7_000, 80 + 2 * 32, false);
+        feed(&mut t, &third, &[0; 10], Some(&conn));
+        feed(
+            &mut t,
+            &candidate(10, 7_000, 80 + 2 * 32, false),
+            &[0; 10],
+            Some(&conn),
+        );
+        let outs = feed_all(&mut t, &end_of(&third), b"", Some(&conn));
+        assert!(outs.chunks.is_empty());
+        assert_eq!(outs.lost.len(), 2);
+        assert_eq!(t.counters().calls_unproven, 2);
+    }
+
+    #[test]
+    fn unproven_reads_keep_the_socket_only_when_their_tls_object_had_it() {
+        let mut t = TlsStreams::new();
+        let conn = tcp();
+        // Known socket: the reads go on it without a sequence number when
+        // another receive of the thread ends theirs.
+        feed(
+            &mut t,
+            &candidate(64, 5_000, 200, true),
+            &[0; 64],
+            Some(&conn),
+        );
+        feed(
+            &mut t,
+            &candidate(44, 5_000, 200, true),
+            &[0; 44],
+            Some(&conn),
+        );
+        let next = hdr(Dir::Recv, 10, 10, Some(5_200));
+        let seen = feed(&mut t, &next, &[0; 10], Some(&conn));
+        let got: Vec<_> = seen.iter().map(|s| (s.3, s.4)).collect();
+        // Unstamped reads continue after the last sequence number known
+        // (none yet: 0), then the stamped one.
+        assert_eq!(got, vec![(0, 0), (64, 64), (5_200, 108)]);
+        assert_eq!(t.counters().calls_remembered, 2);
+        assert_eq!(t.counters().calls_unproven, 2);
+        // Unknown socket, and a close before the reads end: dropped,
+        // counted, reported as reads that may have been requests.
+        let mut other = candidate(50, 1, 150, false);
+        other.cookie = 43;
+        let mut c43 = tcp();
+        c43.cookie = 43;
+        feed(&mut t, &other, &[0; 50], Some(&c43));
+        let mut outs = Outs::default();
+        assert!(t.closed(43, &mut |o| outs.push(o)).is_none());
+        assert!(outs.chunks.is_empty());
+        assert_eq!(outs.lost, vec![(7, 1_000)]);
+        assert_eq!(t.counters().calls_without_conn, 1);
+    }
+
+    #[test]
+    fn held_reads_are_proven_after_the_wait_without_an_end() {
+        let mut t = TlsStreams::new();
+        let conn = tcp();
+        let mut a = candidate(64, 5_000, 152, false);
+        a.ts_ns = 10_000;
+        let mut b = candidate(44, 5_000, 152, false);
+        b.ts_ns = 11_000;
+        feed(&mut t, &a, &[0; 64], Some(&conn));
+        feed(&mut t, &b, &[0; 44], Some(&conn));
+        let mut outs = Outs::default();
+        t.expire_shared(10_000 + SHARED_WAIT_NS - 1, &mut |o| outs.push(o));
+        assert!(outs.chunks.is_empty(), "not due yet");
+        t.expire_shared(10_000 + SHARED_WAIT_NS, &mut |o| outs.push(o));
+        let got: Vec<_> = outs.chunks.iter().map(|s| s.3).collect();
+        assert_eq!(got, vec![5_000, 5_086]);
+        // A lone end (its reads released already) hands nothing on.
+        assert!(feed_all(&mut t, &end_of(&b), b"", Some(&conn))
+            .chunks
+            .is_empty());
+    }
+
+    #[test]
+    fn a_full_hold_proves_nothing_and_loses_nothing_uncounted() {
+        let mut t = TlsStreams::new();
+        let conn = tcp();
+        let mut delivered = 0;
+        let mut lost = 0;
+        let n = MAX_HELD_RECORDS + 3;
+        for _ in 0..n {
+            let outs = feed_all(
+                &mut t,
+                &candidate(100, 1, 1_000_000, true),
+                &[0; 100],
+                Some(&conn),
+            );
+            delivered += outs.chunks.len();
+            lost += outs.lost.len();
+        }
+        let mut outs = Outs::default();
+        t.closed(42, &mut |o| outs.push(o));
+        delivered += outs.chunks.len();
+        lost += outs.lost.len();
+        assert_eq!((delivered, lost), (n, 0));
+        assert_eq!(t.counters().shared_hold_full, 1);
+        assert_eq!(t.counters().calls_unproven, n as u64);
     }
 }
