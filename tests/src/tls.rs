@@ -129,23 +129,6 @@ pub fn assert_https_linked(
     );
 }
 
-/// As [`assert_https_linked`] except that the server span may be a root:
-/// its parent, if any, is the client span.
-pub fn assert_https_unlinked_or_right(
-    spans: &[Value],
-    path: &str,
-    peers: (&str, &str),
-    version: &str,
-    stderr: &str,
-) {
-    let (c, s) = https_pair(spans, path, peers, version, stderr);
-    let parent = f(s, "parent_span_id");
-    assert!(
-        parent.is_empty() || parent == f(c, "span_id"),
-        "server span of {path} has a wrong parent: {c:#?} {s:#?}"
-    );
-}
-
 /// `field` of every object `bpftool -j WHAT show` lists.
 pub fn bpftool_ids(what: &str, field: &str) -> Vec<u64> {
     bpftool_list(what)

@@ -87,6 +87,10 @@ pub struct TlsCall {
     recv_seq: u32,
     recv_len: u32,
     recv_fresh: u32,
+    /// Bytes of the call's first send or receive (with `cookie`): a read's
+    /// receive may hold records that later reads take from the library's
+    /// buffer, which user space proves from it.
+    first_len: u32,
     /// A memory-BIO write of thread `pend_tid` (0: none) waiting for the
     /// thread's next send: its TLS object, entry time and length (its
     /// plaintext waits in `TLS_PENDING`).
@@ -232,6 +236,7 @@ pub fn note_sock_op(pid_tgid: u64, cookie: u64, seq_end: u32, len: u32, dir: Dir
         if s.cookie == 0 && s.dir == dir as u32 {
             s.cookie = cookie;
             s.seq = seq;
+            s.first_len = len;
         }
         return;
     }
@@ -461,6 +466,9 @@ fn leave(ctx: &RetProbeContext) {
         // only when it changed.
         if known != s.cookie {
             let _ = TLS_CONNS.insert(&key, &s.cookie, 0);
+        }
+        if s.dir == Dir::Recv as u32 {
+            recv_len = s.first_len;
         }
         (s.cookie, s.seq, TLS_SEQ_KNOWN)
     } else if known != 0 && known & MEMBIO == 0 {

@@ -246,9 +246,9 @@ report_counters!(crate::tls::streams::TlsCounters, Stage::Tls, {
     calls_without_conn: Anomaly, "TLS calls whose TCP socket was not known (dropped).";
     calls_remembered: Detail, "TLS reads served from the library's buffer, given the socket their TLS object used last.";
     calls_linked_outside: Detail, "Memory-BIO TLS calls stamped by the thread's receive before or send after them.";
-    calls_proven_together: Detail, "Memory-BIO TLS reads that shared a receive, stamped once their records added up to it.";
-    calls_unproven: Detail, "Memory-BIO TLS reads that shared a receive their records did not add up to (no sequence number; dropped when their socket was not known yet).";
-    shared_hold_full: Anomaly, "Memory-BIO TLS reads not held for proof: the hold was full.";
+    calls_proven_together: Detail, "TLS reads that shared a receive (memory BIOs; reads served from the library's buffer), stamped once their records added up to it.";
+    calls_unproven: Detail, "TLS reads that shared a receive their records did not add up to (no sequence number; dropped when their socket was not known yet).";
+    shared_hold_full: Anomaly, "TLS reads that shared a receive, not held for proof: the hold was full.";
     bad_records: Anomaly, "TLS records with a bad direction (dropped).";
     table_full: Anomaly, "TLS calls dropped: the plaintext connection table was full.";
     connections: Detail, "TLS connections whose plaintext was parsed.";

@@ -215,7 +215,10 @@ pub struct TlsData {
     /// `comm` of the calling thread's process.
     pub comm: [u8; 16],
     /// With [`TLS_RECV_CANDIDATE`]: bytes of the receive the read may have
-    /// decrypted part of (`cookie` and `seq` are that receive's).
+    /// decrypted part of (`cookie` and `seq` are that receive's). With
+    /// [`TLS_SEQ_KNOWN`] on a read: bytes of the receive the read made (its
+    /// first), which later reads served from the library's buffer may have
+    /// come from.
     pub recv_len: u32,
     /// Padding, zero.
     pub _pad2: u32,

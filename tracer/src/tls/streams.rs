@@ -10,9 +10,11 @@
 //! (both ends see the same TLS record start), so rule 3 pairs the client
 //! and server spans exactly as on cleartext.
 //!
-//! Memory-BIO reads that shared one receive ([`TLS_RECV_CANDIDATE`]) are
-//! held, with the connection's records behind them, until the receive is
-//! used up; then [`prove`] decides where each started, or none is stamped.
+//! Reads that shared one receive of several records (memory-BIO reads
+//! after it, [`TLS_RECV_CANDIDATE`]; reads the library served from its
+//! buffer after the read that made it) are held, with the connection's
+//! records behind them, until the receive is used up; then [`prove`]
+//! decides where each started, or none is stamped.
 use foldhash::{HashMap, HashMapExt};
 use protocols::stream::{Chunk, MissingKind, OpMeta, Piece};
 use tracer_common::{
@@ -62,14 +64,15 @@ pub struct TlsCounters {
     /// Memory-BIO calls (Node) whose socket and sequence number came from
     /// the thread's receive before the read or send after the write.
     pub calls_linked_outside: u64,
-    /// Memory-BIO reads that shared a receive and were proven together
-    /// (their sequence numbers follow from the receive's length).
+    /// Reads that shared a receive (memory BIOs; reads served from the
+    /// library's buffer) and were proven together: their sequence numbers
+    /// follow from the receive's length.
     pub calls_proven_together: u64,
-    /// Memory-BIO reads that shared a receive whose length their records
-    /// did not add up to: no sequence number (and no socket, when their TLS
-    /// object had none yet).
+    /// Reads that shared a receive whose length their records did not add
+    /// up to: no sequence number (and no socket, when their TLS object had
+    /// none yet).
     pub calls_unproven: u64,
-    /// Memory-BIO reads not held for proof because the hold was full.
+    /// Reads that shared a receive, not held for proof: the hold was full.
     pub shared_hold_full: u64,
     /// Records with a bad direction byte (dropped).
     pub bad_records: u64,
@@ -100,35 +103,66 @@ struct Plain {
 struct Held {
     hdr: TlsData,
     data: Vec<u8>,
+    /// One of the receive's reads (else a record of the connection that
+    /// came after one).
+    read: bool,
+}
+
+/// Whose reads share a receive.
+#[derive(Clone, Copy)]
+enum Sharing {
+    /// Memory-BIO reads of thread `tid` that came after the receive
+    /// ([`TLS_RECV_CANDIDATE`]).
+    MemoryBio { tid: u32 },
+    /// A read that made the receive itself (its sequence number known,
+    /// `first` bytes of plaintext, handed on at once) and the reads the
+    /// library then served from its buffer ([`TLS_CONN_REMEMBERED`]).
+    Buffered { first: u32 },
 }
 
 /// The reads of one receive that held several records, and the records
 /// of their connection that came after them.
 struct Shared {
-    /// The reading thread and the receive: first sequence number, length.
-    tid: u32,
+    sharing: Sharing,
+    /// The receive: first sequence number, length.
     seq: u32,
     recv_len: u32,
     /// The TCP connection.
     tcp: ConnInfo,
-    /// Kernel time of the first read's return.
+    /// Kernel time the receive's first read returned.
     opened_ns: u64,
-    /// When the first read started (nothing of the connection after it is
-    /// complete before the hold ends).
-    since_ns: u64,
     held: Vec<Held>,
     bytes: usize,
 }
 
 impl Shared {
-    fn is(&self, hdr: &TlsData) -> bool {
-        (self.tid, self.seq, self.recv_len) == (hdr.tid, hdr.seq, hdr.recv_len)
+    /// Whether `hdr` is one of this receive's reads.
+    fn takes(&self, hdr: &TlsData) -> bool {
+        let candidate = hdr.flags & TLS_RECV_CANDIDATE != 0;
+        match self.sharing {
+            Sharing::MemoryBio { tid } => {
+                candidate && (tid, self.seq, self.recv_len) == (hdr.tid, hdr.seq, hdr.recv_len)
+            }
+            Sharing::Buffered { .. } => {
+                !candidate
+                    && hdr.dir == Dir::Recv as u8
+                    && hdr.flags & (TLS_CONN_REMEMBERED | TLS_SEQ_KNOWN) == TLS_CONN_REMEMBERED
+            }
+        }
     }
 
     fn has_room(&self, held_bytes: usize, data: &[u8]) -> bool {
         self.held.len() < MAX_HELD_RECORDS && held_bytes + data.len() <= MAX_HELD_BYTES
     }
+
+    /// When the oldest record held started (None: none held).
+    fn since_ns(&self) -> Option<u64> {
+        self.held.first().map(|h| h.hdr.start_ns)
+    }
 }
+
+/// Smallest overhead of a record (TLS 1.2 ChaCha20-Poly1305).
+const MIN_OVERHEAD: u32 = 21;
 
 /// The ways a receive of several records is laid out: the end of a TLS 1.3
 /// handshake in front (the client's Finished record, SHA-256 or SHA-384,
@@ -207,21 +241,31 @@ impl TlsStreams {
         let candidate = hdr.flags & TLS_RECV_CANDIDATE != 0;
         let end = hdr.flags & TLS_RECV_END != 0;
         if let Some(sh) = self.shared.get_mut(&hdr.cookie) {
-            let same = candidate && sh.is(hdr);
-            let behind = same || (!candidate && hdr.dir == Dir::Send as u8);
-            if behind && !end && sh.has_room(self.held_bytes, data) {
+            let read = sh.takes(hdr);
+            let send = !candidate && hdr.dir == Dir::Send as u8;
+            if send && sh.held.is_empty() {
+                // Nothing held to keep it behind; a send ends no receive.
+                self.deliver(hdr, data, tcp, out);
+                return;
+            }
+            // A send waits behind held reads: the parsers see the
+            // connection in the order it happened.
+            if (read || send) && !end && sh.has_room(self.held_bytes, data) {
                 sh.bytes += data.len();
                 self.held_bytes += data.len();
                 sh.held.push(Held {
                     hdr: *hdr,
                     data: data.to_vec(),
+                    read,
                 });
                 return;
             }
             self.release(hdr.cookie, out);
-            if same {
+            if read && !end {
+                self.counters.shared_hold_full += 1;
+            }
+            if read && candidate {
                 if !end {
-                    self.counters.shared_hold_full += 1;
                     self.unproven(hdr, data, tcp, out);
                 }
                 return;
@@ -229,6 +273,25 @@ impl TlsStreams {
         }
         if !candidate {
             self.deliver(hdr, data, tcp, out);
+            // A read whose receive holds more than its record: the next
+            // reads may be served from the library's buffer.
+            let buffered = hdr.dir == Dir::Recv as u8
+                && hdr.flags & (TLS_SEQ_KNOWN | TLS_LINKED_OUTSIDE) == TLS_SEQ_KNOWN
+                && u64::from(hdr.recv_len) > u64::from(hdr.len) + u64::from(2 * MIN_OVERHEAD);
+            if let Some(tcp) = tcp.filter(|_| buffered && self.shared.len() < MAX_SHARED) {
+                self.shared.insert(
+                    hdr.cookie,
+                    Shared {
+                        sharing: Sharing::Buffered { first: hdr.len },
+                        seq: hdr.seq,
+                        recv_len: hdr.recv_len,
+                        tcp: tcp.clone(),
+                        opened_ns: hdr.ts_ns,
+                        held: Vec::new(),
+                        bytes: 0,
+                    },
+                );
+            }
             return;
         }
         if end {
@@ -244,15 +307,15 @@ impl TlsStreams {
                 self.shared.insert(
                     hdr.cookie,
                     Shared {
-                        tid: hdr.tid,
+                        sharing: Sharing::MemoryBio { tid: hdr.tid },
                         seq: hdr.seq,
                         recv_len: hdr.recv_len,
                         tcp: tcp.clone(),
                         opened_ns: hdr.ts_ns,
-                        since_ns: hdr.start_ns,
                         held: vec![Held {
                             hdr: *hdr,
                             data: data.to_vec(),
+                            read: true,
                         }],
                         bytes: data.len(),
                     },
@@ -274,28 +337,47 @@ impl TlsStreams {
             return;
         };
         self.held_bytes -= sh.bytes;
-        let is_read = |h: &&Held| h.hdr.flags & TLS_RECV_CANDIDATE != 0;
-        let after_handshake = self
-            .conns
-            .get(&cookie)
-            .is_some_and(|p| p.offset[Dir::Recv as usize] > 0);
-        let proof = prove(
-            sh.recv_len,
-            sh.held.iter().filter(is_read).map(|h| h.hdr.len),
-            after_handshake,
-        );
-        let mut at = proof.map_or(0, |(prefix, _)| prefix);
+        let first = match sh.sharing {
+            Sharing::Buffered { first } => Some(first),
+            Sharing::MemoryBio { .. } => None,
+        };
+        let proof = if sh.held.iter().any(|h| h.read) {
+            let after_handshake = first.is_some()
+                || self
+                    .conns
+                    .get(&cookie)
+                    .is_some_and(|p| p.offset[Dir::Recv as usize] > 0);
+            let reads = sh.held.iter().filter(|h| h.read).map(|h| h.hdr.len);
+            prove(sh.recv_len, first.into_iter().chain(reads), after_handshake)
+        } else {
+            None
+        };
+        let mut at = match (proof, first) {
+            (Some((prefix, overhead)), Some(first)) => prefix + first + overhead,
+            (Some((prefix, _)), None) => prefix,
+            (None, _) => 0,
+        };
         for mut h in sh.held {
-            if h.hdr.flags & TLS_RECV_CANDIDATE == 0 {
+            if !h.read {
                 self.deliver(&h.hdr, &h.data, Some(&sh.tcp), out);
                 continue;
             }
             match proof {
                 Some((_, overhead)) => {
                     h.hdr.seq = sh.seq.wrapping_add(at);
-                    h.hdr.flags = TLS_SEQ_KNOWN | TLS_LINKED_OUTSIDE;
+                    h.hdr.flags = TLS_SEQ_KNOWN
+                        | if first.is_none() {
+                            TLS_LINKED_OUTSIDE
+                        } else {
+                            0
+                        };
                     at = at.wrapping_add(h.hdr.len + overhead);
                     self.counters.calls_proven_together += 1;
+                    self.deliver(&h.hdr, &h.data, Some(&sh.tcp), out);
+                }
+                None if first.is_some() => {
+                    // As before: a continuation of the connection's reads.
+                    self.counters.calls_unproven += 1;
                     self.deliver(&h.hdr, &h.data, Some(&sh.tcp), out);
                 }
                 None => self.unproven(&h.hdr, &h.data, Some(&sh.tcp), out),
@@ -456,7 +538,7 @@ impl TlsStreams {
     /// When the oldest read still held started: nothing of those
     /// connections after it is complete yet.
     pub fn held_since(&self) -> Option<u64> {
-        self.shared.values().map(|sh| sh.since_ns).min()
+        self.shared.values().filter_map(Shared::since_ns).min()
     }
 
     /// Whether plaintext of TCP connection `cookie` was seen.
@@ -838,5 +920,43 @@ mod tests {
         assert_eq!((delivered, lost), (n, 0));
         assert_eq!(t.counters().shared_hold_full, 1);
         assert_eq!(t.counters().calls_unproven, n as u64);
+    }
+
+    #[test]
+    fn reads_served_from_the_librarys_buffer_are_stamped_from_the_first_reads_receive() {
+        let mut t = TlsStreams::new();
+        let conn = tcp();
+        // nginx (read-ahead) reads curl's preface record and its HEADERS
+        // record with one receive of 152 bytes inside the first SSL_read;
+        // the second read is served from OpenSSL's buffer.
+        let mut first = hdr(Dir::Recv, 64, 64, Some(5_000));
+        first.recv_len = 152;
+        let seen = feed(&mut t, &first, &[b'P'; 64], Some(&conn));
+        assert_eq!(seen.len(), 1, "the first read's number is known: at once");
+        // A send with nothing held goes on at once.
+        let settings = hdr(Dir::Send, 30, 30, Some(9_000));
+        assert_eq!(feed(&mut t, &settings, &[0; 30], Some(&conn)).len(), 1);
+        let buffered = hdr(Dir::Recv, 44, 44, None);
+        assert!(feed(&mut t, &buffered, &[b'H'; 44], Some(&conn)).is_empty());
+        assert_eq!(t.held_since(), Some(1_000));
+        // The next read that makes a receive ends the first one.
+        let next = hdr(Dir::Recv, 9, 9, Some(5_152));
+        let seen = feed(&mut t, &next, &[0; 9], Some(&conn));
+        let got: Vec<_> = seen.iter().map(|s| (s.3, s.5)).collect();
+        assert_eq!(got, vec![(5_086, 44), (5_152, 9)]);
+        assert_eq!(t.counters().calls_proven_together, 1);
+        assert_eq!(t.counters().calls_linked_outside, 0);
+        // A receive that ends inside a record proves nothing: the buffered
+        // read goes on as a continuation, as before.
+        let mut first = hdr(Dir::Recv, 100, 100, Some(6_000));
+        first.recv_len = 100 + 22 + 50 + 22 + 10;
+        feed(&mut t, &first, &[0; 100], Some(&conn));
+        feed(&mut t, &hdr(Dir::Recv, 50, 50, None), &[0; 50], Some(&conn));
+        let mut outs = Outs::default();
+        t.expire_shared(2_000 + SHARED_WAIT_NS, &mut |o| outs.push(o));
+        let got: Vec<_> = outs.chunks.iter().map(|s| s.3).collect();
+        assert_eq!(got, vec![6_100]);
+        assert_eq!(t.counters().calls_unproven, 1);
+        assert_eq!(t.held_since(), None);
     }
 }
