@@ -103,9 +103,6 @@ struct Plain {
 struct Held {
     hdr: TlsData,
     data: Vec<u8>,
-    /// One of the receive's reads (else a record of the connection that
-    /// came after one).
-    read: bool,
 }
 
 /// Whose reads share a receive.
@@ -136,6 +133,34 @@ struct Shared {
 }
 
 impl Shared {
+    /// A receive `hdr` read from (or made), holding nothing yet.
+    fn new(sharing: Sharing, hdr: &TlsData, tcp: &ConnInfo) -> Shared {
+        Shared {
+            sharing,
+            seq: hdr.seq,
+            recv_len: hdr.recv_len,
+            tcp: tcp.clone(),
+            opened_ns: hdr.ts_ns,
+            held: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Holds `hdr` and its plaintext when there is room (counted in
+    /// `held_bytes`, the hold's total); false when there is none.
+    fn hold(&mut self, held_bytes: &mut usize, hdr: &TlsData, data: &[u8]) -> bool {
+        if self.held.len() >= MAX_HELD_RECORDS || *held_bytes + data.len() > MAX_HELD_BYTES {
+            return false;
+        }
+        self.bytes += data.len();
+        *held_bytes += data.len();
+        self.held.push(Held {
+            hdr: *hdr,
+            data: data.to_vec(),
+        });
+        true
+    }
+
     /// Whether `hdr` is one of this receive's reads.
     fn takes(&self, hdr: &TlsData) -> bool {
         let candidate = hdr.flags & TLS_RECV_CANDIDATE != 0;
@@ -149,10 +174,6 @@ impl Shared {
                     && hdr.flags & (TLS_CONN_REMEMBERED | TLS_SEQ_KNOWN) == TLS_CONN_REMEMBERED
             }
         }
-    }
-
-    fn has_room(&self, held_bytes: usize, data: &[u8]) -> bool {
-        self.held.len() < MAX_HELD_RECORDS && held_bytes + data.len() <= MAX_HELD_BYTES
     }
 
     /// When the oldest record held started (None: none held).
@@ -250,14 +271,7 @@ impl TlsStreams {
             }
             // A send waits behind held reads: the parsers see the
             // connection in the order it happened.
-            if (read || send) && !end && sh.has_room(self.held_bytes, data) {
-                sh.bytes += data.len();
-                self.held_bytes += data.len();
-                sh.held.push(Held {
-                    hdr: *hdr,
-                    data: data.to_vec(),
-                    read,
-                });
+            if (read || send) && !end && sh.hold(&mut self.held_bytes, hdr, data) {
                 return;
             }
             self.release(hdr.cookie, out);
@@ -279,18 +293,8 @@ impl TlsStreams {
                 && hdr.flags & (TLS_SEQ_KNOWN | TLS_LINKED_OUTSIDE) == TLS_SEQ_KNOWN
                 && u64::from(hdr.recv_len) > u64::from(hdr.len) + u64::from(2 * MIN_OVERHEAD);
             if let Some(tcp) = tcp.filter(|_| buffered && self.shared.len() < MAX_SHARED) {
-                self.shared.insert(
-                    hdr.cookie,
-                    Shared {
-                        sharing: Sharing::Buffered { first: hdr.len },
-                        seq: hdr.seq,
-                        recv_len: hdr.recv_len,
-                        tcp: tcp.clone(),
-                        opened_ns: hdr.ts_ns,
-                        held: Vec::new(),
-                        bytes: 0,
-                    },
-                );
+                let sh = Shared::new(Sharing::Buffered { first: hdr.len }, hdr, tcp);
+                self.shared.insert(hdr.cookie, sh);
             }
             return;
         }
@@ -298,34 +302,16 @@ impl TlsStreams {
             // Its reads were released already.
             return;
         }
-        match tcp {
-            Some(tcp)
-                if self.shared.len() < MAX_SHARED
-                    && self.held_bytes + data.len() <= MAX_HELD_BYTES =>
-            {
-                self.held_bytes += data.len();
-                self.shared.insert(
-                    hdr.cookie,
-                    Shared {
-                        sharing: Sharing::MemoryBio { tid: hdr.tid },
-                        seq: hdr.seq,
-                        recv_len: hdr.recv_len,
-                        tcp: tcp.clone(),
-                        opened_ns: hdr.ts_ns,
-                        held: vec![Held {
-                            hdr: *hdr,
-                            data: data.to_vec(),
-                            read: true,
-                        }],
-                        bytes: data.len(),
-                    },
-                );
-            }
-            Some(_) => {
-                self.counters.shared_hold_full += 1;
-                self.unproven(hdr, data, tcp, out);
-            }
-            None => self.unproven(hdr, data, tcp, out),
+        let Some(conn) = tcp else {
+            self.unproven(hdr, data, tcp, out);
+            return;
+        };
+        let mut sh = Shared::new(Sharing::MemoryBio { tid: hdr.tid }, hdr, conn);
+        if self.shared.len() < MAX_SHARED && sh.hold(&mut self.held_bytes, hdr, data) {
+            self.shared.insert(hdr.cookie, sh);
+        } else {
+            self.counters.shared_hold_full += 1;
+            self.unproven(hdr, data, tcp, out);
         }
     }
 
@@ -333,7 +319,7 @@ impl TlsStreams {
     /// no more reads): its reads are proven together or go unstamped, and
     /// everything held behind them follows in order.
     fn release(&mut self, cookie: u64, out: &mut impl FnMut(Out<'_>)) {
-        let Some(sh) = self.shared.remove(&cookie) else {
+        let Some(mut sh) = self.shared.remove(&cookie) else {
             return;
         };
         self.held_bytes -= sh.bytes;
@@ -341,13 +327,14 @@ impl TlsStreams {
             Sharing::Buffered { first } => Some(first),
             Sharing::MemoryBio { .. } => None,
         };
-        let proof = if sh.held.iter().any(|h| h.read) {
+        let is_read = |h: &&Held| sh.takes(&h.hdr);
+        let proof = if sh.held.iter().any(|h| is_read(&h)) {
             let after_handshake = first.is_some()
                 || self
                     .conns
                     .get(&cookie)
                     .is_some_and(|p| p.offset[Dir::Recv as usize] > 0);
-            let reads = sh.held.iter().filter(|h| h.read).map(|h| h.hdr.len);
+            let reads = sh.held.iter().filter(is_read).map(|h| h.hdr.len);
             prove(sh.recv_len, first.into_iter().chain(reads), after_handshake)
         } else {
             None
@@ -357,8 +344,8 @@ impl TlsStreams {
             (Some((prefix, _)), None) => prefix,
             (None, _) => 0,
         };
-        for mut h in sh.held {
-            if !h.read {
+        for mut h in std::mem::take(&mut sh.held) {
+            if !sh.takes(&h.hdr) {
                 self.deliver(&h.hdr, &h.data, Some(&sh.tcp), out);
                 continue;
             }
