@@ -808,7 +808,8 @@ impl<G: IdGen> Correlator<G> {
 
     /// Make room for one more span record of `incoming` bytes under
     /// `max_spans` and `max_span_bytes`: forget the oldest retained span,
-    /// else settle and emit the oldest unemitted one now.
+    /// else an emitted client span, else settle and emit the oldest
+    /// unemitted one now.
     pub(crate) fn make_room(&mut self, incoming: usize) {
         let max = self.cfg.max_spans.max(1);
         let max_bytes = self.cfg.max_span_bytes;
@@ -817,6 +818,16 @@ impl<G: IdGen> Correlator<G> {
         }
         while self.spans.len() >= max || self.span_bytes() + incoming > max_bytes {
             if let Some((_, k)) = self.retained.pop_front() {
+                if self.spans.discard_if(k, |_| true) {
+                    self.counters.retained_evicted += 1;
+                }
+                continue;
+            }
+            // Emitted client spans wait for the next poll to go; when
+            // records run out before one, they go first (no emit is under
+            // way here, so nothing resolves from them now).
+            if !self.done_clients.is_empty() {
+                let k = self.done_clients.swap_remove(0);
                 if self.spans.discard_if(k, |_| true) {
                     self.counters.retained_evicted += 1;
                 }

@@ -689,6 +689,62 @@ fn span_bound_holds_and_is_counted() {
     assert_eq!(ids.len(), 100);
 }
 
+/// Emitted client spans are forgotten at the next poll; until then they
+/// hold records, and a burst of calls before that poll (here: each one
+/// settled by `flush`) must not pass the span bound.
+#[test]
+fn span_bound_holds_for_emitted_clients_between_polls() {
+    let cfg = Config {
+        max_spans: 16,
+        ..Config::default()
+    };
+    let mut corr = Correlator::with_seed(cfg, 1);
+    corr.conn_open(ConnInfo {
+        conn: ConnId(1),
+        local: "127.0.0.1:5000".parse().unwrap(),
+        remote: "10.9.9.9:80".parse().unwrap(),
+    });
+    let mut spans = Vec::new();
+    for i in 0..100u64 {
+        let t = MS + i * 10 * US;
+        for e in [
+            m(
+                1,
+                Side::Outbound,
+                CLIENT,
+                CLIENT,
+                i as u32,
+                t,
+                None,
+                rq("GET", "/s", &[]),
+            ),
+            m(
+                1,
+                Side::Inbound,
+                CLIENT,
+                CLIENT,
+                i as u32,
+                t + US,
+                None,
+                rs(200, &[]),
+            ),
+        ] {
+            if let Ev::Msg(m) = e {
+                corr.message(m);
+            }
+            assert!(corr.live_spans() <= 16, "{} records", corr.live_spans());
+        }
+        spans.extend(corr.flush());
+    }
+    spans.extend(corr.poll(10 * W));
+    assert_eq!(spans.len(), 100, "every span still emitted once");
+    assert!(
+        corr.counters().retained_evicted >= 84,
+        "{:?}",
+        corr.counters()
+    );
+}
+
 #[test]
 fn retained_spans_are_forgotten_after_retention() {
     let ch_events = {
