@@ -634,66 +634,9 @@ fn thousands_of_spans_held_at_once_keep_their_own_records() {
     assert_eq!(ids.len(), 2 * N as usize);
 }
 
-#[test]
-fn span_bound_holds_and_is_counted() {
-    let cfg = Config {
-        max_spans: 16,
-        ..Config::default()
-    };
-    let mut corr = Correlator::with_seed(cfg, 1);
-    // Client spans each wait a window for rule 4; 100 of them in 1 ms.
-    corr.conn_open(ConnInfo {
-        conn: ConnId(1),
-        local: "127.0.0.1:5000".parse().unwrap(),
-        remote: "10.9.9.9:80".parse().unwrap(),
-    });
-    let mut spans = Vec::new();
-    for i in 0..100u64 {
-        let t = MS + i * 10 * US;
-        for e in [
-            m(
-                1,
-                Side::Outbound,
-                CLIENT,
-                CLIENT,
-                i as u32,
-                t,
-                None,
-                rq("GET", &format!("/s/{i}"), &[]),
-            ),
-            m(
-                1,
-                Side::Inbound,
-                CLIENT,
-                CLIENT,
-                i as u32,
-                t + US,
-                None,
-                rs(200, &[]),
-            ),
-        ] {
-            if let Ev::Msg(m) = e {
-                corr.message(m);
-            }
-            assert!(corr.live_spans() <= 16);
-        }
-        spans.extend(corr.poll(t + 2 * US));
-    }
-    spans.extend(corr.poll(10 * W));
-    assert_eq!(spans.len(), 100, "every span still emitted once");
-    let c = corr.counters();
-    assert!(c.span_overflow + c.retained_evicted >= 84, "{c:?}");
-    let mut ids: Vec<_> = spans.iter().map(|s| s.span_id).collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 100);
-}
-
-/// Emitted client spans are forgotten at the next poll; until then they
-/// hold records, and a burst of calls before that poll (here: each one
-/// settled by `flush`) must not pass the span bound.
-#[test]
-fn span_bound_holds_for_emitted_clients_between_polls() {
+/// 100 calls to a remote peer, 10 µs apart, under a bound of 16 span
+/// records, checked after every message; `between` runs after each call.
+fn calls_under_a_span_bound(between: impl Fn(&mut Correlator, u64) -> Vec<Span>) -> Counters {
     let cfg = Config {
         max_spans: 16,
         ..Config::default()
@@ -707,23 +650,25 @@ fn span_bound_holds_for_emitted_clients_between_polls() {
     let mut spans = Vec::new();
     for i in 0..100u64 {
         let t = MS + i * 10 * US;
+        let seq = i as u32;
+        let path = format!("/s/{i}");
         for e in [
             m(
                 1,
                 Side::Outbound,
                 CLIENT,
                 CLIENT,
-                i as u32,
+                seq,
                 t,
                 None,
-                rq("GET", "/s", &[]),
+                rq("GET", &path, &[]),
             ),
             m(
                 1,
                 Side::Inbound,
                 CLIENT,
                 CLIENT,
-                i as u32,
+                seq,
                 t + US,
                 None,
                 rs(200, &[]),
@@ -734,15 +679,31 @@ fn span_bound_holds_for_emitted_clients_between_polls() {
             }
             assert!(corr.live_spans() <= 16, "{} records", corr.live_spans());
         }
-        spans.extend(corr.flush());
+        spans.extend(between(&mut corr, t + 2 * US));
     }
     spans.extend(corr.poll(10 * W));
     assert_eq!(spans.len(), 100, "every span still emitted once");
-    assert!(
-        corr.counters().retained_evicted >= 84,
-        "{:?}",
-        corr.counters()
-    );
+    let mut ids: Vec<_> = spans.iter().map(|s| s.span_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 100);
+    corr.counters().clone()
+}
+
+#[test]
+fn span_bound_holds_and_is_counted() {
+    // Client spans each wait a window for rule 4; 100 of them in 1 ms.
+    let c = calls_under_a_span_bound(|corr, t| corr.poll(t));
+    assert!(c.span_overflow + c.retained_evicted >= 84, "{c:?}");
+}
+
+/// Emitted client spans are forgotten at the next poll; until then they
+/// hold records, and a burst of calls before that poll (here: each one
+/// settled by `flush`) must not pass the span bound.
+#[test]
+fn span_bound_holds_for_emitted_clients_between_polls() {
+    let c = calls_under_a_span_bound(|corr, _| corr.flush());
+    assert!(c.retained_evicted >= 84, "{c:?}");
 }
 
 #[test]
