@@ -327,14 +327,18 @@ impl TlsStreams {
             Sharing::Buffered { first } => Some(first),
             Sharing::MemoryBio { .. } => None,
         };
-        let is_read = |h: &&Held| sh.takes(&h.hdr);
-        let proof = if sh.held.iter().any(|h| is_read(&h)) {
+        let mut reads = sh
+            .held
+            .iter()
+            .filter(|h| sh.takes(&h.hdr))
+            .map(|h| h.hdr.len)
+            .peekable();
+        let proof = if reads.peek().is_some() {
             let after_handshake = first.is_some()
                 || self
                     .conns
                     .get(&cookie)
                     .is_some_and(|p| p.offset[Dir::Recv as usize] > 0);
-            let reads = sh.held.iter().filter(is_read).map(|h| h.hdr.len);
             prove(sh.recv_len, first.into_iter().chain(reads), after_handshake)
         } else {
             None
