@@ -795,6 +795,46 @@ fn short_lived_tls_clients_are_covered_from_their_first_call() {
     );
 }
 
+/// A client whose TLS library is its own executable (Node links OpenSSL
+/// statically), started after the agent with no other Node process
+/// running, that makes one request 200 ms after it starts and exits: the
+/// kernel's exec event gets it probed before that request (a /proc scan
+/// every 500 ms alone misses about half of them).
+#[test]
+fn node_clients_started_later_are_probed_as_they_start() {
+    let Some(_g) = root_test("node_clients_started_later_are_probed_as_they_start") else {
+        return;
+    };
+    require_tool("node");
+    let dir = TempDir::new("tracer-tls");
+    let (cert, key) = certificate(dir.path());
+    let nginx = tls_nginx(&cert, &key);
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    let node_paths = paths("/tls-node-once-", 4);
+    for p in &node_paths {
+        let code = format!(
+            "setTimeout(() => require('https').get({{host: '127.0.0.1', port: {}, path: '{p}', \
+             rejectUnauthorized: false, agent: false}}, r => {{ r.resume(); \
+             r.on('end', () => process.exit(r.statusCode === 200 ? 0 : 1)); }})\
+             .on('error', e => {{ console.error(e); process.exit(1); }}), 200);",
+            nginx.port
+        );
+        run_ok(Command::new("node").arg("-e").arg(code));
+    }
+    wait_for_paths(&receiver, "/tls-node-once-", 2 * node_paths.len());
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    for p in &node_paths {
+        assert_https_linked(&spans, p, ("node", "nginx"), "1.1", &out.stderr);
+    }
+    assert!(
+        out.stderr.contains("as they start (process connector)"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn uncovered_tls_library_is_reported_and_makes_no_span() {
     let Some(_g) = root_test("uncovered_tls_library_is_reported_and_makes_no_span") else {

@@ -12,7 +12,7 @@
 //! `/proc/PID/root`, so a container's libraries are found in its own
 //! filesystem. A file is detached when the last process mapping it is gone.
 use std::{
-    collections::HashSet,
+    collections::{HashSet, VecDeque},
     fs::File,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
@@ -169,6 +169,13 @@ pub struct AttachCounters {
     /// Go net/http executables the runtime hooks cannot read (stripped,
     /// no DWARF, older than Go 1.17).
     pub hooks_not_covered: u64,
+    /// Processes read because the kernel reported their exec.
+    pub exec_looks: u64,
+    /// Later looks after an exec not scheduled: too many pending.
+    pub exec_looks_shed: u64,
+    /// Exec events the kernel could not deliver (the agent's socket was
+    /// full): those programs are found by the periodic scan.
+    pub exec_events_lost: u64,
 }
 
 /// One TLS library (or executable with a TLS library inside), attached.
@@ -203,6 +210,14 @@ struct Proc {
     covered_since_ns: Option<u64>,
 }
 
+/// After an exec, when the process is read again: the loader maps a
+/// program's libraries within milliseconds (and a slow start, later).
+const EXEC_LOOKS: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(150)];
+
+/// Later looks pending at most per delay (a burst of execs beyond it is left to
+/// the periodic scan).
+const MAX_LOOKS: usize = 4096;
+
 /// A process whose TLS traffic is not covered is read again at most this
 /// often (a client without probes may open many TLS connections a second).
 const RESCAN_EVERY: Duration = Duration::from_secs(5);
@@ -214,6 +229,9 @@ pub struct TlsAttach {
     /// Files looked at that have nothing to probe.
     checked: HashSet<FileId>,
     procs: HashMap<Pid, Proc>,
+    /// Later looks at programs started lately: (when, process), one
+    /// queue per delay of [`EXEC_LOOKS`] (each in time order).
+    looks: [VecDeque<(Instant, Pid)>; 2],
     /// Executables already reported as not covered.
     reported: HashSet<FileId>,
     /// The host's TLS libraries, attached for the agent's life (each holds
@@ -427,6 +445,7 @@ impl TlsAttach {
             files: HashMap::new(),
             checked: HashSet::new(),
             procs: HashMap::new(),
+            looks: Default::default(),
             reported: HashSet::new(),
             pinned: HashSet::new(),
             counters: AttachCounters::default(),
@@ -470,19 +489,7 @@ impl TlsAttach {
             }
             let pid = Pid(pid);
             live.insert(pid);
-            let exe = file_id(&self.exe_link(pid));
-            match self.procs.get(&pid) {
-                Some(p) if p.exe == exe => {}
-                Some(_) => {
-                    // Another program (exec): read afresh.
-                    let old = self.procs.remove(&pid);
-                    self.scan(pid, exe, None, kernel);
-                    if let Some(old) = old {
-                        self.release(old.files, kernel);
-                    }
-                }
-                None => self.scan(pid, exe, None, kernel),
-            }
+            self.look(pid, kernel);
         }
         let gone: Vec<Pid> = self
             .procs
@@ -492,6 +499,66 @@ impl TlsAttach {
             .collect();
         for pid in gone {
             self.forget(pid, kernel);
+        }
+    }
+
+    /// Reads a process not seen before, or one running another program
+    /// since it was (exec).
+    fn look(&mut self, pid: Pid, kernel: &mut Kernel) {
+        let exe = file_id(&self.exe_link(pid));
+        match self.procs.get(&pid) {
+            Some(p) if p.exe == exe => {}
+            Some(_) => {
+                let old = self.procs.remove(&pid);
+                self.scan(pid, exe, None, kernel);
+                if let Some(old) = old {
+                    self.release(old.files, kernel);
+                }
+            }
+            None => self.scan(pid, exe, None, kernel),
+        }
+    }
+
+    /// Process `pid` started a program now (the kernel said so): read
+    /// it at once, and again after [`EXEC_LOOKS`] (the libraries the
+    /// loader maps after exec), so that a client living less than a
+    /// [`TlsAttach::tick`] period is probed before its first TLS call.
+    pub fn exec(&mut self, pid: u32, kernel: &mut Kernel) {
+        if pid == self.own_pid {
+            return;
+        }
+        let pid = Pid(pid);
+        self.counters.exec_looks += 1;
+        self.look(pid, kernel);
+        let now = Instant::now();
+        for (queue, after) in self.looks.iter_mut().zip(EXEC_LOOKS) {
+            if queue.len() >= MAX_LOOKS {
+                // The periodic scan still finds its libraries.
+                self.counters.exec_looks_shed += 1;
+                continue;
+            }
+            queue.push_back((now + after, pid));
+        }
+    }
+
+    /// Exec events lost so far (see [`AttachCounters::exec_events_lost`]).
+    pub fn exec_events_lost(&mut self, n: u64) {
+        self.counters.exec_events_lost = n;
+    }
+
+    /// The later looks at programs started lately whose time has come
+    /// (call it every few ms).
+    pub fn looks_due(&mut self, kernel: &mut Kernel) {
+        let now = Instant::now();
+        for i in 0..self.looks.len() {
+            while self.looks[i].front().is_some_and(|&(at, _)| at <= now) {
+                let Some((_, pid)) = self.looks[i].pop_front() else {
+                    break;
+                };
+                if self.procs.contains_key(&pid) {
+                    self.reread(pid, kernel);
+                }
+            }
         }
     }
 
@@ -556,13 +623,24 @@ impl TlsAttach {
         {
             return;
         }
+        self.reread(pid, kernel);
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.rescanned = Some(now);
+        }
+    }
+
+    /// Reads a known process's mappings again (files mapped since are
+    /// attached; those it no longer maps, released).
+    fn reread(&mut self, pid: Pid, kernel: &mut Kernel) {
+        let old = self.procs.get(&pid);
         let covered = old.and_then(|p| p.covered_since_ns);
+        let rescanned = old.and_then(|p| p.rescanned);
         let exe = file_id(&self.exe_link(pid));
         // Scanned before forgetting: a file it keeps mapping stays attached.
         let old = self.procs.remove(&pid);
         self.scan(pid, exe, covered, kernel);
         if let Some(p) = self.procs.get_mut(&pid) {
-            p.rescanned = Some(now);
+            p.rescanned = rescanned;
         }
         if let Some(old) = old {
             self.release(old.files, kernel);

@@ -2,5 +2,6 @@
 //! plaintext they copy joins the per-connection parsers ([`streams`]). See
 //! docs/design/010-tls-plaintext.md.
 pub mod attach;
+pub mod execs;
 pub mod go;
 pub mod streams;
