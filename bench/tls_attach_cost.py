@@ -11,6 +11,8 @@
    --rate per second and live --life seconds each (the /proc scan every
    500 ms finds them, the file is already attached); the agent's CPU over
    --seconds against the same window without churn, alternated.
+   `--ab EXE`: the churn windows also run with agent EXE, interleaved (A/B
+   of two builds in one run).
 
 Run as root from the repository:  bench/tls_attach_cost.py [--processes 100]
 """
@@ -32,15 +34,15 @@ def holder(seconds):
     return subprocess.Popen(["sleep", str(seconds)], env=dict(os.environ, LD_PRELOAD=LIBSSL))
 
 
-def start_agent():
+def start_agent(exe=TRACER):
     """(process, lookup ms as the agent logs it, seconds until attached)."""
     t0 = time.monotonic()
-    p = subprocess.Popen([TRACER, "run", "--print", "none", "--profile-hz", "0"],
+    p = subprocess.Popen([exe, "run", "--print", "none", "--profile-hz", "0"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          env=dict(os.environ, NO_COLOR="1", RUST_LOG="info"))
     lookup = None
     for line in p.stderr:
-        m = re.search(r"TLS libraries looked up in running processes.*processes=(\d+) ms=(\d+)", line)
+        m = re.search(r"looked up in running processes.*processes=(\d+).* ms=(\d+)", line)
         if m:
             lookup = (int(m.group(1)), int(m.group(2)))
         if "attached: capturing" in line:
@@ -83,6 +85,7 @@ def main():
     ap.add_argument("--rate", type=float, default=50.0)
     ap.add_argument("--life", type=float, default=1.0)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--ab", metavar="EXE", help="another agent build, its churn windows interleaved")
     a = ap.parse_args()
 
     attach = {0: [], a.processes: []}
@@ -99,32 +102,40 @@ def main():
             print("  round %d, %3d libssl processes: lookup %s ms over %s processes, attached after %.2f s" % (
                 r + 1, k, lookup and lookup[1], lookup and lookup[0], ready), flush=True)
 
-    p, _, _ = start_agent()
-    cpu = {"idle": [], "churn": []}
-    try:
-        for r in range(a.rounds):
-            for name in (["idle", "churn"] if r % 2 == 0 else ["churn", "idle"]):
-                c0 = cpu_seconds(p.pid)
-                if name == "churn":
-                    n = churn(a.seconds, a.rate, a.life)
-                else:
-                    n = 0
-                    time.sleep(a.seconds)
-                used = cpu_seconds(p.pid) - c0
-                cpu[name].append(used)
-                print("  round %d %-5s %4d processes started, agent CPU %.3f s over %.0f s (%.1f %%)" % (
-                    r + 1, name, n, used, a.seconds, 100 * used / a.seconds), flush=True)
-    finally:
-        stop_agent(p)
+    exes = {"": TRACER}
+    if a.ab:
+        exes["b"] = os.path.abspath(a.ab)
+    cpu = {}
+    for r in range(a.rounds):
+        for build in (list(exes) if r % 2 == 0 else list(reversed(exes))):
+            p, _, _ = start_agent(exes[build])
+            try:
+                for name in (["idle", "churn"] if r % 2 == 0 else ["churn", "idle"]):
+                    c0 = cpu_seconds(p.pid)
+                    if name == "churn":
+                        n = churn(a.seconds, a.rate, a.life)
+                    else:
+                        n = 0
+                        time.sleep(a.seconds)
+                    used = cpu_seconds(p.pid) - c0
+                    cpu.setdefault(name + (build and "-" + build), []).append(used)
+                    print("  round %d %-7s %4d processes started, agent CPU %.3f s over %.0f s (%.1f %%)" % (
+                        r + 1, name + (build and "-" + build), n, used, a.seconds, 100 * used / a.seconds),
+                        flush=True)
+            finally:
+                stop_agent(p)
 
     print("\nattach (median of %d rounds):" % a.rounds)
     for k, rows in attach.items():
         ms = statistics.median(x[0][1] for x in rows if x[0])
         ready = statistics.median(x[1] for x in rows)
         print("  %3d libssl processes running: lookup %d ms, attached after %.2f s" % (k, ms, ready))
-    print("churn, %.0f processes/s living %.1f s: agent CPU %.1f %% of a core (idle %.1f %%)" % (
-        a.rate, a.life, 100 * statistics.median(cpu["churn"]) / a.seconds,
-        100 * statistics.median(cpu["idle"]) / a.seconds))
+    for build in exes:
+        sfx = build and "-" + build
+        print("churn, %.0f processes/s living %.1f s%s: agent CPU %.1f %% of a core (idle %.1f %%)" % (
+            a.rate, a.life, " (" + exes[build] + ")" if a.ab else "",
+            100 * statistics.median(cpu["churn" + sfx]) / a.seconds,
+            100 * statistics.median(cpu["idle" + sfx]) / a.seconds))
 
 
 if __name__ == "__main__":

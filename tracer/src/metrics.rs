@@ -265,7 +265,7 @@ report_counters!(crate::tls::attach::AttachCounters, Stage::Tls, {
     membio_files: Detail, "Files attached whose TLS runs over memory BIOs (Node).";
     hook_files: Headline, "Files given runtime hooks (nginx, Go net/http executables: calls link to the request they serve).";
     hooks_not_covered: Detail, "Go net/http executables the runtime hooks cannot read (stripped, no DWARF, Go older than 1.17).";
-    exec_looks: Detail, "Programs read for TLS libraries and runtime hooks as the kernel reported their start (exec).";
+    exec_looks: Detail, "Reads of programs just started (the kernel's exec events), 20 and 150 ms after the exec, for TLS libraries and runtime hooks.";
     exec_looks_shed: Anomaly, "Later looks at programs just started not scheduled (too many pending; the periodic scan finds them).";
     exec_events_lost: Anomaly, "Exec events the kernel could not deliver to the agent (the periodic scan finds those programs).";
 });

@@ -30,7 +30,7 @@ use crate::{
     print::EventPrinter,
     profile::stage::ProfileStage,
     replay::Recorder,
-    tls::{attach::TlsAttach, execs::ExecWatch},
+    tls::attach::TlsAttach,
 };
 
 /// The live dispatcher: spans to the agent's sink.
@@ -69,7 +69,7 @@ fn after_drain(
         for (pid, seen_ns) in unseen {
             tls.no_plaintext(pid, seen_ns, kernel);
         }
-        tls.looks_due(kernel);
+        tls.follow_execs(kernel);
     }
 }
 
@@ -142,6 +142,20 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
             "TLS libraries and runtime hooks looked up in running processes and the host's \
              library directories (those stay probed for programs started later)"
         );
+        // Programs started later are read as they start (the kernel's
+        // exec events), not only at the next scan.
+        match t.watch_execs() {
+            Ok(()) => tracing::info!(
+                "programs started from now on are read for TLS libraries and runtime hooks \
+                 as they start (the kernel's exec events, process connector)"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the kernel's exec events cannot be read (process connector): programs \
+                 started from now on are found by a /proc scan every 500 ms, and one that \
+                 lives less may go untraced"
+            ),
+        }
         t
     });
     rt.block_on(event_loop(
@@ -212,26 +226,6 @@ async fn event_loop(
     // that reads only the mappings of processes not seen before.
     let mut tls_tick = tokio::time::interval(Duration::from_millis(500));
     tls_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    // Programs started later are read as they start (the kernel's exec
-    // events), not only at the next scan.
-    let mut execs = match tls {
-        // SAFETY: the watch owns its fd for as long as the AsyncFd lives.
-        Some(_) => match ExecWatch::open().and_then(|w| {
-            unsafe { AsyncFd::register_with_interest(w, tokio::io::Interest::READABLE) }
-                .map_err(|e| e.into_parts().1)
-        }) {
-            Ok(w) => {
-                tracing::info!("programs started from now on are read for TLS libraries and runtime hooks as they start (process connector)");
-                Some(w)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the kernel's exec events cannot be read (process connector): programs started from now on are found by a /proc scan every 500 ms, and one that lives less may go untraced");
-                None
-            }
-        },
-        None => None,
-    };
-    let mut exec_pids = Vec::new();
     let mut addr_tick = tokio::time::interval(Duration::from_secs(10));
     addr_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let stats_period = cfg
@@ -295,24 +289,6 @@ async fn event_loop(
                 d.flush_output();
             }
             _ = addr_tick.tick() => d.set_local_addrs(&host::local_addrs()),
-            guard = async {
-                match &mut execs {
-                    Some(w) => w.readable_mut().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let mut guard = guard.context("waiting on exec events")?;
-                exec_pids.clear();
-                guard.get_inner_mut().read(&mut exec_pids);
-                let lost = guard.get_inner().overflows();
-                guard.clear_ready();
-                if let Some(t) = tls {
-                    t.exec_events_lost(lost);
-                    for &pid in &exec_pids {
-                        t.exec(pid, kernel);
-                    }
-                }
-            }
             _ = tls_tick.tick(), if tls.is_some() => {
                 if let Some(t) = tls {
                     t.tick(kernel);

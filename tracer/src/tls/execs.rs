@@ -8,7 +8,7 @@
 //! `CONFIG_PROC_EVENTS`; where it cannot be opened the agent says so once
 //! and the periodic scan alone finds new processes.
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// `CN_IDX_PROC` / `CN_VAL_PROC` (linux/connector.h).
 const CN_IDX_PROC: u32 = 1;
@@ -32,15 +32,9 @@ pub struct ExecWatch {
     overflows: u64,
 }
 
-impl AsRawFd for ExecWatch {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
 impl ExecWatch {
     /// Subscribes (needs CAP_NET_ADMIN, the initial network namespace and
-    /// a kernel with the process connector). Non-blocking.
+    /// a kernel with the process connector). Reads never block.
     pub fn open() -> io::Result<ExecWatch> {
         // SAFETY: plain socket(2); the fd is owned below.
         let raw = unsafe {
@@ -69,6 +63,21 @@ impl ExecWatch {
         };
         if rc < 0 {
             return Err(io::Error::last_os_error());
+        }
+        // Read every few ms, not on wake-ups: the buffer holds the events
+        // of what starts meanwhile (each under 1 KiB of it; events that do
+        // not fit are counted).
+        let size: libc::c_int = 1 << 20;
+        // SAFETY: size is a c_int of the length given. Failing keeps the
+        // default buffer (FORCE needs CAP_NET_ADMIN, which the agent has).
+        unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
         }
         let msg = listen_message();
         // SAFETY: msg is a valid buffer of its length.
