@@ -563,10 +563,9 @@ impl TlsAttach {
     /// Takes in the exec events since the last call and reads the programs
     /// started lately whose time has come (call it every few ms; the events
     /// are read here, not on their own wake-ups, which cost more than the
-    /// reads when programs start by the hundred). A process read before with the same program is read
-    /// again when nothing it maps is probed yet (a TLS library loaded
-    /// since), any other read afresh. (Reading mappings is what a look
-    /// costs: ~0.3 ms of the agent's CPU here.)
+    /// reads when programs start by the hundred). A process read before
+    /// with the same program is read again when nothing it maps is probed
+    /// yet (a TLS library loaded since), any other read afresh.
     pub fn follow_execs(&mut self, kernel: &mut Kernel) {
         if let Some(w) = &mut self.execs {
             let mut pids = std::mem::take(&mut self.exec_pids);
