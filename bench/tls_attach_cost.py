@@ -102,9 +102,10 @@ def main():
             print("  round %d, %3d libssl processes: lookup %s ms over %s processes, attached after %.2f s" % (
                 r + 1, k, lookup and lookup[1], lookup and lookup[0], ready), flush=True)
 
+    # Keyed by the suffix of their windows' names.
     exes = {"": TRACER}
     if a.ab:
-        exes["b"] = os.path.abspath(a.ab)
+        exes["-b"] = os.path.abspath(a.ab)
     cpu = {}
     for r in range(a.rounds):
         for build in (list(exes) if r % 2 == 0 else list(reversed(exes))):
@@ -118,10 +119,9 @@ def main():
                         n = 0
                         time.sleep(a.seconds)
                     used = cpu_seconds(p.pid) - c0
-                    cpu.setdefault(name + (build and "-" + build), []).append(used)
+                    cpu.setdefault(name + build, []).append(used)
                     print("  round %d %-7s %4d processes started, agent CPU %.3f s over %.0f s (%.1f %%)" % (
-                        r + 1, name + (build and "-" + build), n, used, a.seconds, 100 * used / a.seconds),
-                        flush=True)
+                        r + 1, name + build, n, used, a.seconds, 100 * used / a.seconds), flush=True)
             finally:
                 stop_agent(p)
 
@@ -130,12 +130,11 @@ def main():
         ms = statistics.median(x[0][1] for x in rows if x[0])
         ready = statistics.median(x[1] for x in rows)
         print("  %3d libssl processes running: lookup %d ms, attached after %.2f s" % (k, ms, ready))
-    for build in exes:
-        sfx = build and "-" + build
+    for build, exe in exes.items():
         print("churn, %.0f processes/s living %.1f s%s: agent CPU %.1f %% of a core (idle %.1f %%)" % (
-            a.rate, a.life, " (" + exes[build] + ")" if a.ab else "",
-            100 * statistics.median(cpu["churn" + sfx]) / a.seconds,
-            100 * statistics.median(cpu["idle" + sfx]) / a.seconds))
+            a.rate, a.life, " (%s)" % exe if a.ab else "",
+            100 * statistics.median(cpu["churn" + build]) / a.seconds,
+            100 * statistics.median(cpu["idle" + build]) / a.seconds))
 
 
 if __name__ == "__main__":

@@ -69,7 +69,6 @@ fn after_drain(
         for (pid, seen_ns) in unseen {
             tls.no_plaintext(pid, seen_ns, kernel);
         }
-        tls.follow_execs(kernel);
     }
 }
 
@@ -273,6 +272,11 @@ async fn event_loop(
             _ = drain_tick.tick() => {
                 drain(ring.get_mut(), d, false);
                 after_drain(d, ctl, tls, kernel);
+                // Exec events once a drain period, not at every drain (a
+                // busy ring drains far more often).
+                if let Some(t) = tls {
+                    t.follow_execs(kernel);
+                }
                 d.flush_output();
             }
             _ = sweep_tick.tick() => {

@@ -503,7 +503,8 @@ impl TlsAttach {
             }
             let pid = Pid(pid);
             live.insert(pid);
-            self.look(pid, kernel);
+            let exe = file_id(&self.exe_link(pid));
+            self.look(pid, exe, kernel);
         }
         let gone: Vec<Pid> = self
             .procs
@@ -516,40 +517,11 @@ impl TlsAttach {
         }
     }
 
-    /// Reads a process not seen before, or one running another program
-    /// since it was (exec).
-    fn look(&mut self, pid: Pid, kernel: &mut Kernel) {
-        let exe = file_id(&self.exe_link(pid));
-        match self.procs.get(&pid) {
-            Some(p) if p.exe == exe => {}
-            Some(_) => {
-                let old = self.procs.remove(&pid);
-                self.scan(pid, exe, None, kernel);
-                if let Some(old) = old {
-                    self.release(old.files, kernel);
-                }
-            }
-            None => self.scan(pid, exe, None, kernel),
-        }
-    }
-
-    /// Process `pid` started a program now (the kernel said so): it is
-    /// read after each delay of [`EXEC_LOOKS`], so that a client living
-    /// less than a [`TlsAttach::tick`] period is probed before its first
-    /// TLS call.
-    fn exec(&mut self, pid: u32) {
-        if pid == self.own_pid {
-            return;
-        }
-        let pid = Pid(pid);
-        let now = Instant::now();
-        for (queue, after) in self.looks.iter_mut().zip(EXEC_LOOKS) {
-            if queue.len() >= MAX_LOOKS {
-                // The periodic scan still finds its libraries.
-                self.counters.exec_looks_shed += 1;
-                continue;
-            }
-            queue.push_back((now + after, pid));
+    /// Reads a process (running `exe`) not seen before, or one running
+    /// another program since it was (exec).
+    fn look(&mut self, pid: Pid, exe: Option<FileId>, kernel: &mut Kernel) {
+        if self.procs.get(&pid).is_none_or(|p| p.exe != exe) {
+            self.reread(pid, exe, false, kernel);
         }
     }
 
@@ -567,38 +539,40 @@ impl TlsAttach {
     /// with the same program is read again when nothing it maps is probed
     /// yet (a TLS library loaded since), any other read afresh.
     pub fn follow_execs(&mut self, kernel: &mut Kernel) {
-        if let Some(w) = &mut self.execs {
-            let mut pids = std::mem::take(&mut self.exec_pids);
-            w.read(&mut pids);
-            self.counters.exec_events_lost = w.overflows();
-            for &pid in &pids {
-                self.exec(pid);
-            }
-            pids.clear();
-            self.exec_pids = pids;
-        }
         let now = Instant::now();
+        if let Some(w) = &mut self.execs {
+            self.exec_pids.clear();
+            w.read(&mut self.exec_pids);
+            self.counters.exec_events_lost = w.overflows();
+        }
+        for &pid in self.exec_pids.iter().filter(|&&p| p != self.own_pid) {
+            for (queue, after) in self.looks.iter_mut().zip(EXEC_LOOKS) {
+                if queue.len() >= MAX_LOOKS {
+                    // The periodic scan still finds its libraries.
+                    self.counters.exec_looks_shed += 1;
+                } else {
+                    queue.push_back((now + after, Pid(pid)));
+                }
+            }
+        }
+        self.exec_pids.clear();
         for i in 0..self.looks.len() {
-            while self.looks[i].front().is_some_and(|&(at, _)| at <= now) {
-                let Some((_, pid)) = self.looks[i].pop_front() else {
+            while let Some(&(at, pid)) = self.looks[i].front() {
+                if at > now {
                     break;
-                };
+                }
+                self.looks[i].pop_front();
                 let exe = file_id(&self.exe_link(pid));
                 if exe.is_none() {
                     // Gone already: the next tick forgets it.
                     continue;
                 }
-                match self.procs.get(&pid) {
-                    Some(p) if p.exe == exe && !p.files.is_empty() => {}
-                    Some(p) if p.exe == exe => {
-                        self.counters.exec_looks += 1;
-                        self.reread(pid, kernel);
-                    }
-                    _ => {
-                        self.counters.exec_looks += 1;
-                        self.look(pid, kernel);
-                    }
+                let same = self.procs.get(&pid).filter(|p| p.exe == exe);
+                if same.is_some_and(|p| !p.files.is_empty()) {
+                    continue;
                 }
+                self.counters.exec_looks += 1;
+                self.reread(pid, exe, same.is_some(), kernel);
             }
         }
     }
@@ -664,21 +638,23 @@ impl TlsAttach {
         {
             return;
         }
-        self.reread(pid, kernel);
+        let exe = file_id(&self.exe_link(pid));
+        self.reread(pid, exe, true, kernel);
         if let Some(p) = self.procs.get_mut(&pid) {
             p.rescanned = Some(now);
         }
     }
 
-    /// Reads a known process's mappings again (files mapped since are
-    /// attached; those it no longer maps, released).
-    fn reread(&mut self, pid: Pid, kernel: &mut Kernel) {
-        let old = self.procs.get(&pid);
-        let covered = old.and_then(|p| p.covered_since_ns);
-        let rescanned = old.and_then(|p| p.rescanned);
-        let exe = file_id(&self.exe_link(pid));
+    /// Reads a process's mappings (it runs `exe`): files mapped since it
+    /// was last read are attached, those it no longer maps released.
+    /// `same_program`: what is known of it (covered since, read again
+    /// when) is kept, else it is read as a new process.
+    fn reread(&mut self, pid: Pid, exe: Option<FileId>, same_program: bool, kernel: &mut Kernel) {
         // Scanned before forgetting: a file it keeps mapping stays attached.
         let old = self.procs.remove(&pid);
+        let kept = old.as_ref().filter(|_| same_program);
+        let covered = kept.and_then(|p| p.covered_since_ns);
+        let rescanned = kept.and_then(|p| p.rescanned);
         self.scan(pid, exe, covered, kernel);
         if let Some(p) = self.procs.get_mut(&pid) {
             p.rescanned = rescanned;
