@@ -20,6 +20,7 @@ use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
+use crate::attr_key::Key;
 use crate::config::Config;
 use crate::model::{Header, Request, Response, SpanKind, Status, Texts};
 use crate::propagation::{header_value, trim_ows};
@@ -454,28 +455,28 @@ pub(crate) fn request_facts(
     let method: &str = &req.method;
     let known = KNOWN_METHODS.contains(&method);
     if known {
-        t.push_str("http.request.method", method);
+        t.push_str(Key::HttpRequestMethod, method);
     } else if !method.is_empty() {
-        t.push_str("http.request.method", "_OTHER");
-        t.push_str("http.request.method_original", clip(method, max));
+        t.push_str(Key::HttpRequestMethod, "_OTHER");
+        t.push_str(Key::HttpRequestMethodOriginal, clip(method, max));
     }
     if let Some(why) = req.unknown {
         // A header the agent could not decode: said so, never guessed.
-        t.push_str("tracer.headers_unknown", why);
+        t.push_str(Key::HeadersUnknown, why);
     }
     let target = split_target(&req.target);
     if let Some(p) = target.path {
-        t.push_str("url.path", clip(p, max));
+        t.push_str(Key::UrlPath, clip(p, max));
     }
     let query = target.query.map(|q| {
-        t.push_with("url.query", |out| {
+        t.push_with(Key::UrlQuery, |out| {
             let start = out.len();
             write_query(out, q, cfg.redact_query);
             truncate_clip(out, start, max);
         })
     });
-    t.push_str("url.scheme", req.scheme.as_str());
-    t.push_str("network.protocol.version", req.version.as_str());
+    t.push_str(Key::UrlScheme, req.scheme.as_str());
+    t.push_str(Key::NetworkProtocolVersion, req.version.as_str());
 
     // server.address / server.port: Host (or :authority), else the target's
     // authority, else the socket (remote for a client, local for a server).
@@ -498,12 +499,12 @@ pub(crate) fn request_facts(
         }),
     };
     if let Some((h, p)) = server {
-        t.push_with("server.address", |out| h.write(out, false));
-        t.push_int("server.port", i64::from(p));
+        t.push_with(Key::ServerAddress, |out| h.write(out, false));
+        t.push_int(Key::ServerPort, i64::from(p));
     }
     if kind == SpanKind::Client {
         if let (Some((h, port)), Some(p)) = (server, target.path) {
-            t.push_with("url.full", |out| {
+            t.push_with(Key::UrlFull, |out| {
                 let start = out.len();
                 out.push_str(req.scheme.as_str());
                 out.push_str("://");
@@ -523,21 +524,21 @@ pub(crate) fn request_facts(
     }
     if kind == SpanKind::Server {
         match forwarded_client(&req.headers) {
-            Some(c) => t.push_str("client.address", clip(&c, max)),
+            Some(c) => t.push_str(Key::ClientAddress, clip(&c, max)),
             None => {
                 if let Some((_, r)) = addrs {
-                    t.push_with("client.address", |out| write_ip(out, r.ip()));
+                    t.push_with(Key::ClientAddress, |out| write_ip(out, r.ip()));
                 }
             }
         }
     }
     if let Some((_, remote)) = addrs {
-        t.push_with("network.peer.address", |out| write_ip(out, remote.ip()));
-        t.push_int("network.peer.port", i64::from(remote.port()));
+        t.push_with(Key::NetworkPeerAddress, |out| write_ip(out, remote.ip()));
+        t.push_int(Key::NetworkPeerPort, i64::from(remote.port()));
     }
     if let Some(ua) = user_agent {
         t.push_str(
-            "user_agent.original",
+            Key::UserAgentOriginal,
             clip(&String::from_utf8_lossy(trim_ows(ua)), max),
         );
     }
@@ -550,10 +551,10 @@ pub(crate) fn request_facts(
         .unwrap_or(false);
     let mut named = false;
     if grpc {
-        t.push_str("rpc.system", "grpc");
+        t.push_str(Key::RpcSystem, "grpc");
         if let Some((service, method)) = target.path.and_then(grpc_path) {
-            t.push_str("rpc.service", clip(service, max));
-            t.push_str("rpc.method", clip(method, max));
+            t.push_str(Key::RpcService, clip(service, max));
+            t.push_str(Key::RpcMethod, clip(method, max));
             let name = t.put_with(|out| {
                 let start = out.len();
                 out.push_str(service);
@@ -598,10 +599,10 @@ pub(crate) fn response_status(
     t: &mut Texts,
 ) -> Status {
     if resp.status != 0 {
-        t.push_int("http.response.status_code", i64::from(resp.status));
+        t.push_int(Key::HttpResponseStatusCode, i64::from(resp.status));
     }
     if let Some(why) = resp.unknown {
-        t.push_str("tracer.response_headers_unknown", why);
+        t.push_str(Key::ResponseHeadersUnknown, why);
     }
     if grpc {
         let code = header_value(&resp.headers, "grpc-status").and_then(|v| {
@@ -615,20 +616,20 @@ pub(crate) fn response_status(
                 SpanKind::Client => (m.by_client, m.by_server),
                 SpanKind::Server => (m.by_server, m.by_client),
             };
-            t.push_int("tracer.rpc.messages_sent", i64::from(sent));
-            t.push_int("tracer.rpc.messages_received", i64::from(received));
+            t.push_int(Key::RpcMessagesSent, i64::from(sent));
+            t.push_int(Key::RpcMessagesReceived, i64::from(received));
             if !m.exact {
-                t.push_str("tracer.rpc.messages_lower_bound", "true");
+                t.push_str(Key::RpcMessagesLowerBound, "true");
             }
         }
         if let Some(code) = code {
-            t.push_int("rpc.grpc.status_code", code);
+            t.push_int(Key::RpcGrpcStatusCode, code);
             let error = match kind {
                 SpanKind::Client => code != 0,
                 SpanKind::Server => GRPC_SERVER_ERRORS.contains(&code),
             };
             if error {
-                t.push_with("error.type", |out| {
+                t.push_with(Key::ErrorType, |out| {
                     let _ = write!(out, "{code}");
                 });
                 return Status::Error(String::new());
@@ -639,7 +640,7 @@ pub(crate) fn response_status(
             // No status reached the client and the stream was reset: the
             // call failed (cancelled, deadline, refused...); which code the
             // client library reported is not on the wire.
-            t.push_str("error.type", "stream_reset");
+            t.push_str(Key::ErrorType, "stream_reset");
             return Status::Error(String::new());
         }
     }
@@ -647,7 +648,7 @@ pub(crate) fn response_status(
     if s == 0 {
         if resp.reset && kind == SpanKind::Client {
             // Reset before any response: the request failed for its client.
-            t.push_str("error.type", "stream_reset");
+            t.push_str(Key::ErrorType, "stream_reset");
             return Status::Error(String::new());
         }
         // Not known: no status is better than a wrong one.
@@ -658,7 +659,7 @@ pub(crate) fn response_status(
         SpanKind::Client => s >= 400,
     } || !(100..=599).contains(&s);
     if error {
-        t.push_with("error.type", |out| {
+        t.push_with(Key::ErrorType, |out| {
             let _ = write!(out, "{s}");
         });
         Status::Error(String::new())

@@ -9,6 +9,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use smallvec::SmallVec;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::attr_key::Key;
 use crate::attributes::{request_facts, response_status};
 use crate::causes::{task_key, Cause, CauseEvent, Causes};
 use crate::classify::Classifier;
@@ -765,7 +766,7 @@ impl<G: IdGen> Correlator<G> {
             }
             r.status = Status::Error(msg.to_string());
             self.text_bytes
-                .update(&mut r.texts, |t| t.push_str("error.type", error_type));
+                .update(&mut r.texts, |t| t.push_str(Key::ErrorType, error_type));
         }
         self.complete(key, at);
     }

@@ -150,6 +150,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod attr_key;
 mod attributes;
 mod causes;
 mod classify;
@@ -163,6 +164,7 @@ mod resolve;
 mod span_table;
 mod window;
 
+pub use attr_key::Key;
 pub use attributes::{reads_header, redact_query};
 pub use causes::CauseEvent;
 pub use config::{Config, Counters, IdGen, SplitMix64, DEFAULT_MAX_SPAN_BYTES};

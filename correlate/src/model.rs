@@ -4,6 +4,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 
+use crate::attr_key::Key;
+
 /// A connection as the kernel names it: the socket cookie. Unique per
 /// socket for the lifetime of the boot, so both ends of a loopback
 /// connection have different ids.
@@ -414,11 +416,37 @@ impl<'a> AttrRef<'a> {
     }
 }
 
-/// Where an attribute's value is: a range of the span's text, or inline.
+/// One attribute: its key (a [`Key`]'s index, or past the last of them an
+/// index into the span's other keys) and its value: a range of the span's
+/// text, or an integer split in two halves. Twelve bytes, where a `&str`
+/// key and an enum value took 32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Slot {
-    Str(u32, u32),
-    Int(i64),
+struct Attr {
+    key: u16,
+    int: bool,
+    a: u32,
+    b: u32,
+}
+
+impl Attr {
+    fn str(key: u16, (a, b): (u32, u32)) -> Attr {
+        Attr {
+            key,
+            int: false,
+            a,
+            b,
+        }
+    }
+
+    fn int(key: u16, v: i64) -> Attr {
+        let v = v as u64;
+        Attr {
+            key,
+            int: true,
+            a: v as u32,
+            b: (v >> 32) as u32,
+        }
+    }
 }
 
 /// A span's name and attributes. Every string lives in one buffer, so a
@@ -429,7 +457,15 @@ pub(crate) enum Slot {
 pub(crate) struct Texts {
     text: String,
     name: (u32, u32),
-    attrs: Vec<(&'static str, Slot)>,
+    attrs: Vec<Attr>,
+    /// Keys that are not a [`Key`] (added through [`Span`]'s API by other
+    /// stages or users): rare, and allocated only then (boxed: the field
+    /// is in every span record).
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes in every span record, where a Vec takes 24"
+    )]
+    other_keys: Option<Box<Vec<&'static str>>>,
 }
 
 /// Attributes a span usually carries: the list is made with room for them.
@@ -442,6 +478,7 @@ impl Texts {
             text: String::with_capacity(text_bytes),
             name: (0, 0),
             attrs: Vec::with_capacity(ATTRS_USUAL),
+            other_keys: None,
         }
     }
 
@@ -450,6 +487,7 @@ impl Texts {
         self.text.clear();
         self.name = (0, 0);
         self.attrs.clear();
+        self.other_keys = None;
     }
 
     /// Room for `text_bytes` of texts and the usual attributes.
@@ -460,7 +498,12 @@ impl Texts {
 
     /// Heap bytes held.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.text.capacity() + self.attrs.capacity() * std::mem::size_of::<(&str, Slot)>()
+        self.text.capacity()
+            + self.attrs.capacity() * std::mem::size_of::<Attr>()
+            + self
+                .other_keys
+                .as_ref()
+                .map_or(0, |k| 24 + k.capacity() * std::mem::size_of::<&str>())
     }
 
     fn range(&self, (a, b): (u32, u32)) -> &str {
@@ -490,43 +533,85 @@ impl Texts {
     }
 
     /// Adds attribute `key` with the text `f` appends; returns its range.
-    pub(crate) fn push_with(
-        &mut self,
-        key: &'static str,
-        f: impl FnOnce(&mut String),
-    ) -> (u32, u32) {
-        let (a, b) = self.put_with(f);
-        self.attrs.push((key, Slot::Str(a, b)));
-        (a, b)
+    pub(crate) fn push_with(&mut self, key: Key, f: impl FnOnce(&mut String)) -> (u32, u32) {
+        let r = self.put_with(f);
+        self.attrs.push(Attr::str(key as u16, r));
+        r
     }
 
     pub(crate) fn set_name(&mut self, name: &str) {
         self.name = self.put(name);
     }
 
-    pub(crate) fn push_str(&mut self, key: &'static str, v: &str) {
-        let (a, b) = self.put(v);
-        self.attrs.push((key, Slot::Str(a, b)));
+    pub(crate) fn push_str(&mut self, key: Key, v: &str) {
+        let r = self.put(v);
+        self.attrs.push(Attr::str(key as u16, r));
     }
 
-    pub(crate) fn push_int(&mut self, key: &'static str, v: i64) {
-        self.attrs.push((key, Slot::Int(v)));
+    pub(crate) fn push_int(&mut self, key: Key, v: i64) {
+        self.attrs.push(Attr::int(key as u16, v));
+    }
+
+    /// The stored key of `key`: its [`Key`]'s, else its place among the
+    /// other keys (added the first time). `None` past 65,535 distinct keys
+    /// on one span, which `&'static str` keys cannot reach in practice.
+    fn key_of(&mut self, key: &'static str) -> Option<u16> {
+        if let Some(k) = Key::find(key) {
+            return Some(k as u16);
+        }
+        let others = self.other_keys.get_or_insert_with(Box::default);
+        let i = match others.iter().position(|k| *k == key) {
+            Some(i) => i,
+            None => {
+                others.push(key);
+                others.len() - 1
+            }
+        };
+        u16::try_from(Key::ALL.len() + i).ok()
+    }
+
+    /// Adds attribute `key` (any key) with string value `v`.
+    pub(crate) fn push_named_str(&mut self, key: &'static str, v: &str) {
+        if let Some(k) = self.key_of(key) {
+            let r = self.put(v);
+            self.attrs.push(Attr::str(k, r));
+        }
+    }
+
+    /// Adds attribute `key` (any key) with integer value `v`.
+    pub(crate) fn push_named_int(&mut self, key: &'static str, v: i64) {
+        if let Some(k) = self.key_of(key) {
+            self.attrs.push(Attr::int(k, v));
+        }
+    }
+
+    fn key_str(&self, k: u16) -> &'static str {
+        let k = k as usize;
+        match Key::name_at(k) {
+            Some(name) => name,
+            None => self
+                .other_keys
+                .as_ref()
+                .and_then(|o| o.get(k - Key::ALL.len()))
+                .copied()
+                .unwrap_or(""),
+        }
     }
 
     pub(crate) fn attrs(&self) -> impl ExactSizeIterator<Item = (&'static str, AttrRef<'_>)> {
-        self.attrs.iter().map(move |(k, v)| {
-            (
-                *k,
-                match *v {
-                    Slot::Str(a, b) => AttrRef::Str(self.range((a, b))),
-                    Slot::Int(i) => AttrRef::Int(i),
-                },
-            )
+        self.attrs.iter().map(move |at| {
+            let v = if at.int {
+                AttrRef::Int((u64::from(at.b) << 32 | u64::from(at.a)) as i64)
+            } else {
+                AttrRef::Str(self.range((at.a, at.b)))
+            };
+            (self.key_str(at.key), v)
         })
     }
 
     pub(crate) fn clear_attrs(&mut self) {
         self.attrs.clear();
+        self.other_keys = None;
     }
 }
 
@@ -603,12 +688,12 @@ impl Span {
 
     /// Adds a string attribute.
     pub fn push_str(&mut self, key: &'static str, value: &str) {
-        self.texts.push_str(key, value);
+        self.texts.push_named_str(key, value);
     }
 
     /// Adds an integer attribute.
     pub fn push_int(&mut self, key: &'static str, value: i64) {
-        self.texts.push_int(key, value);
+        self.texts.push_named_int(key, value);
     }
 
     /// Adds an attribute.
@@ -637,5 +722,41 @@ impl Span {
     /// The integer value of attribute `key`, if present and an integer.
     pub fn attr_int(&self, key: &str) -> Option<i64> {
         self.attr(key).and_then(AttrRef::as_int)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AttrRef, Span, SpanId, SpanKind, TraceId};
+
+    #[test]
+    fn attributes_keep_their_order_keys_and_values_whatever_the_key() {
+        let mut s = Span::new(TraceId([1; 16]), SpanId([2; 8]), SpanKind::Server, "GET /");
+        s.push_str("url.path", "/a");
+        s.push_int("custom.count", i64::MIN);
+        s.push_str("custom.label", "x");
+        s.push_int("http.response.status_code", 204);
+        s.push_int("custom.count", -1);
+        s.push_int("big", i64::MAX);
+        let got: Vec<_> = s.attributes().collect();
+        assert_eq!(
+            got,
+            [
+                ("url.path", AttrRef::Str("/a")),
+                ("custom.count", AttrRef::Int(i64::MIN)),
+                ("custom.label", AttrRef::Str("x")),
+                ("http.response.status_code", AttrRef::Int(204)),
+                ("custom.count", AttrRef::Int(-1)),
+                ("big", AttrRef::Int(i64::MAX)),
+            ]
+        );
+        assert_eq!(s.attr("custom.label"), Some(AttrRef::Str("x")));
+        s.clear_attributes();
+        assert_eq!(s.attributes().len(), 0);
+        s.push_int("other", 7);
+        assert_eq!(
+            s.attributes().collect::<Vec<_>>(),
+            [("other", AttrRef::Int(7))]
+        );
     }
 }

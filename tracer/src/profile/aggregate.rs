@@ -47,13 +47,13 @@ pub const DEFAULT_INTERVAL_MS: u64 = 10_000;
 
 /// Span attribute: the span's own id in hex, set on spans that have
 /// samples, which Grafana uses to open the span's profile.
-pub const ATTR_PROFILE_ID: &str = "pyroscope.profile.id";
+pub const ATTR_PROFILE_ID: &str = correlate::Key::PyroscopeProfileId.as_str();
 /// Span attribute: sampled CPU time of the span in nanoseconds (samples ×
 /// sampling period).
-pub const ATTR_CPU_TIME_NS: &str = "tracer.cpu.sampled_time_ns";
+pub const ATTR_CPU_TIME_NS: &str = correlate::Key::CpuSampledTimeNs.as_str();
 /// Span attribute: number of CPU samples taken on the span's thread while
 /// it was in progress.
-pub const ATTR_CPU_SAMPLES: &str = "tracer.cpu.samples";
+pub const ATTR_CPU_SAMPLES: &str = correlate::Key::CpuSamples.as_str();
 
 /// Function name of the frame that replaces the root end of a stack that
 /// could not be unwound to its root, or was cut at the depth limit.
