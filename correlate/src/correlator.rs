@@ -21,7 +21,7 @@ use crate::model::{
     SpanId, SpanKind, Status, Texts, Tid, TraceId,
 };
 use crate::propagation::{extract, request_ids, HeaderContext, RequestIds};
-use crate::span_table::SpanTable;
+use crate::span_table::{self, SpanTable};
 use crate::window::ReorderWindow;
 
 /// What runtime hooks said a client call was made for.
@@ -169,8 +169,8 @@ pub(crate) fn side_ix(s: Side) -> usize {
     }
 }
 
-/// Memory of one span record besides its texts: the record and its share
-/// of the map it lives in.
+/// Memory of one span record besides its texts: the record, its key and
+/// its free-list entry in the slab.
 pub(crate) const RECORD_BYTES: usize = std::mem::size_of::<SpanRec>() + 16;
 
 /// Key of a server span in a per-process index (forwarded requests by
@@ -229,8 +229,7 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     pub(crate) conns: HashMap<ConnId, ConnState>,
     pub(crate) conn_order: VecDeque<(ConnId, u64)>,
     pub(crate) conn_generation: u64,
-    pub(crate) spans: SpanTable,
-    pub(crate) next_key: SpanKey,
+    pub(crate) spans: SpanTable<SpanRec>,
     /// Spans not emitted yet, oldest first; removed lazily (an entry whose
     /// record is gone or emitted is skipped), so it may hold stale keys.
     pub(crate) unemitted: VecDeque<SpanKey>,
@@ -320,7 +319,9 @@ impl Correlator<SplitMix64> {
 
 impl<G: IdGen> Correlator<G> {
     /// A correlator with the given configuration and id source.
-    pub fn new(config: Config, ids: G) -> Self {
+    pub fn new(mut config: Config, ids: G) -> Self {
+        // A key names its record's slot in a fixed number of bits.
+        config.max_spans = config.max_spans.min(span_table::MAX_SLOTS);
         let index_cap = config.max_spans.saturating_mul(2).max(16);
         let window = ReorderWindow::new(config.min_window_ns, config.window_ns);
         Correlator {
@@ -348,7 +349,6 @@ impl<G: IdGen> Correlator<G> {
             conn_order: VecDeque::new(),
             conn_generation: 0,
             spans: SpanTable::new(),
-            next_key: 0,
             unemitted: VecDeque::new(),
             retained: VecDeque::new(),
             timers: VecDeque::new(),
@@ -818,8 +818,7 @@ impl<G: IdGen> Correlator<G> {
             &mut self.counters,
         );
         self.make_room(RECORD_BYTES + texts.heap_bytes());
-        let key = self.next_key;
-        self.next_key += 1;
+        let key = self.spans.new_key();
         let span_id = self.fresh_span_id();
         let rec = SpanRec {
             span_id,
