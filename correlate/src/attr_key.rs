@@ -3,169 +3,89 @@
 //! third of a span's memory, and the agent holds tens of thousands of
 //! spans at full load).
 
-/// An attribute key the agent itself adds to spans.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Key {
-    /// `http.request.method`
-    HttpRequestMethod,
-    /// `http.request.method_original`
-    HttpRequestMethodOriginal,
-    /// `tracer.headers_unknown`
-    HeadersUnknown,
-    /// `url.path`
-    UrlPath,
-    /// `url.query`
-    UrlQuery,
-    /// `url.scheme`
-    UrlScheme,
-    /// `url.full`
-    UrlFull,
-    /// `network.protocol.version`
-    NetworkProtocolVersion,
-    /// `server.address`
-    ServerAddress,
-    /// `server.port`
-    ServerPort,
-    /// `client.address`
-    ClientAddress,
-    /// `network.peer.address`
-    NetworkPeerAddress,
-    /// `network.peer.port`
-    NetworkPeerPort,
-    /// `user_agent.original`
-    UserAgentOriginal,
-    /// `rpc.system`
-    RpcSystem,
-    /// `rpc.service`
-    RpcService,
-    /// `rpc.method`
-    RpcMethod,
-    /// `rpc.grpc.status_code`
-    RpcGrpcStatusCode,
-    /// `tracer.rpc.messages_sent`
-    RpcMessagesSent,
-    /// `tracer.rpc.messages_received`
-    RpcMessagesReceived,
-    /// `tracer.rpc.messages_lower_bound`
-    RpcMessagesLowerBound,
-    /// `http.response.status_code`
-    HttpResponseStatusCode,
-    /// `tracer.response_headers_unknown`
-    ResponseHeadersUnknown,
-    /// `error.type`
-    ErrorType,
-    /// `pyroscope.profile.id`: the span's profile in Pyroscope.
-    PyroscopeProfileId,
-    /// `tracer.cpu.sampled_time_ns`
-    CpuSampledTimeNs,
-    /// `tracer.cpu.samples`
-    CpuSamples,
+/// Declares the keys once: the enum, in this order, and their names at the
+/// same indices.
+macro_rules! keys {
+    ($($key:ident = $name:literal,)*) => {
+        /// An attribute key the agent itself adds to spans.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum Key {
+            $(#[doc = concat!("`", $name, "`")] $key,)*
+        }
+
+        /// The names, at their keys' indices.
+        const NAMES: &[&str] = &[$($name,)*];
+    };
 }
 
-impl Key {
-    /// Every key, in the order of their discriminants.
-    pub(crate) const ALL: [Key; 27] = [
-        Key::HttpRequestMethod,
-        Key::HttpRequestMethodOriginal,
-        Key::HeadersUnknown,
-        Key::UrlPath,
-        Key::UrlQuery,
-        Key::UrlScheme,
-        Key::UrlFull,
-        Key::NetworkProtocolVersion,
-        Key::ServerAddress,
-        Key::ServerPort,
-        Key::ClientAddress,
-        Key::NetworkPeerAddress,
-        Key::NetworkPeerPort,
-        Key::UserAgentOriginal,
-        Key::RpcSystem,
-        Key::RpcService,
-        Key::RpcMethod,
-        Key::RpcGrpcStatusCode,
-        Key::RpcMessagesSent,
-        Key::RpcMessagesReceived,
-        Key::RpcMessagesLowerBound,
-        Key::HttpResponseStatusCode,
-        Key::ResponseHeadersUnknown,
-        Key::ErrorType,
-        Key::PyroscopeProfileId,
-        Key::CpuSampledTimeNs,
-        Key::CpuSamples,
-    ];
+keys! {
+    HttpRequestMethod = "http.request.method",
+    HttpRequestMethodOriginal = "http.request.method_original",
+    HeadersUnknown = "tracer.headers_unknown",
+    UrlPath = "url.path",
+    UrlQuery = "url.query",
+    UrlScheme = "url.scheme",
+    UrlFull = "url.full",
+    NetworkProtocolVersion = "network.protocol.version",
+    ServerAddress = "server.address",
+    ServerPort = "server.port",
+    ClientAddress = "client.address",
+    NetworkPeerAddress = "network.peer.address",
+    NetworkPeerPort = "network.peer.port",
+    UserAgentOriginal = "user_agent.original",
+    RpcSystem = "rpc.system",
+    RpcService = "rpc.service",
+    RpcMethod = "rpc.method",
+    RpcGrpcStatusCode = "rpc.grpc.status_code",
+    RpcMessagesSent = "tracer.rpc.messages_sent",
+    RpcMessagesReceived = "tracer.rpc.messages_received",
+    RpcMessagesLowerBound = "tracer.rpc.messages_lower_bound",
+    HttpResponseStatusCode = "http.response.status_code",
+    ResponseHeadersUnknown = "tracer.response_headers_unknown",
+    ErrorType = "error.type",
+    PyroscopeProfileId = "pyroscope.profile.id",
+    CpuSampledTimeNs = "tracer.cpu.sampled_time_ns",
+    CpuSamples = "tracer.cpu.samples",
+}
 
+/// How many keys there are: stored indices past it name a span's other keys.
+pub(crate) const COUNT: usize = NAMES.len();
+
+impl Key {
     /// The key as exported.
     pub const fn as_str(self) -> &'static str {
-        match self {
-            Key::HttpRequestMethod => "http.request.method",
-            Key::HttpRequestMethodOriginal => "http.request.method_original",
-            Key::HeadersUnknown => "tracer.headers_unknown",
-            Key::UrlPath => "url.path",
-            Key::UrlQuery => "url.query",
-            Key::UrlScheme => "url.scheme",
-            Key::UrlFull => "url.full",
-            Key::NetworkProtocolVersion => "network.protocol.version",
-            Key::ServerAddress => "server.address",
-            Key::ServerPort => "server.port",
-            Key::ClientAddress => "client.address",
-            Key::NetworkPeerAddress => "network.peer.address",
-            Key::NetworkPeerPort => "network.peer.port",
-            Key::UserAgentOriginal => "user_agent.original",
-            Key::RpcSystem => "rpc.system",
-            Key::RpcService => "rpc.service",
-            Key::RpcMethod => "rpc.method",
-            Key::RpcGrpcStatusCode => "rpc.grpc.status_code",
-            Key::RpcMessagesSent => "tracer.rpc.messages_sent",
-            Key::RpcMessagesReceived => "tracer.rpc.messages_received",
-            Key::RpcMessagesLowerBound => "tracer.rpc.messages_lower_bound",
-            Key::HttpResponseStatusCode => "http.response.status_code",
-            Key::ResponseHeadersUnknown => "tracer.response_headers_unknown",
-            Key::ErrorType => "error.type",
-            Key::PyroscopeProfileId => "pyroscope.profile.id",
-            Key::CpuSampledTimeNs => "tracer.cpu.sampled_time_ns",
-            Key::CpuSamples => "tracer.cpu.samples",
-        }
+        NAMES[self as usize]
     }
 
-    /// The key named `s`, if it is one of these.
-    pub(crate) fn find(s: &str) -> Option<Key> {
-        Key::ALL.into_iter().find(|k| k.as_str() == s)
+    /// The stored index of the key named `s`, if it is one of these.
+    pub(crate) fn find(s: &str) -> Option<u16> {
+        NAMES.iter().position(|n| *n == s).map(|i| i as u16)
     }
 
-    /// The name of the key of index `i` (`key as usize`): one load, where
-    /// `as_str`'s match is a jump per attribute exported.
+    /// The name of the key of index `i` (`key as usize`).
     pub(crate) fn name_at(i: usize) -> Option<&'static str> {
         NAMES.get(i).copied()
     }
 }
 
-const NAMES: [&str; Key::ALL.len()] = {
-    let mut names = [""; Key::ALL.len()];
-    let mut i = 0;
-    while i < names.len() {
-        names[i] = Key::ALL[i].as_str();
-        i += 1;
-    }
-    names
-};
-
 #[cfg(test)]
 mod tests {
-    use super::Key;
+    use super::{Key, COUNT, NAMES};
 
     #[test]
-    fn every_key_is_listed_at_its_index_and_named_once() {
-        for (i, k) in Key::ALL.into_iter().enumerate() {
-            assert_eq!(k as usize, i, "{k:?}");
-            assert_eq!(Key::name_at(i), Some(k.as_str()));
-            assert_eq!(Key::find(k.as_str()), Some(k));
+    fn every_key_is_named_once_and_found_by_its_name() {
+        for (i, name) in NAMES.iter().enumerate() {
+            assert_eq!(Key::find(name), Some(i as u16));
+            assert_eq!(Key::name_at(i), Some(*name));
         }
-        let mut names: Vec<&str> = Key::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(Key::ErrorType.as_str(), "error.type");
+        assert_eq!(Key::CpuSamples as usize, COUNT - 1);
+        let mut names = NAMES.to_vec();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), Key::ALL.len());
+        assert_eq!(names.len(), COUNT);
         assert_eq!(Key::find("http.request"), None);
-        assert_eq!(Key::name_at(Key::ALL.len()), None);
+        assert_eq!(Key::name_at(COUNT), None);
     }
 }

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 
-use crate::attr_key::Key;
+use crate::attr_key::{self, Key};
 
 /// A connection as the kernel names it: the socket cookie. Unique per
 /// socket for the lifetime of the boot, so both ends of a loopback
@@ -500,10 +500,9 @@ impl Texts {
     pub(crate) fn heap_bytes(&self) -> usize {
         self.text.capacity()
             + self.attrs.capacity() * std::mem::size_of::<Attr>()
-            + self
-                .other_keys
-                .as_ref()
-                .map_or(0, |k| 24 + k.capacity() * std::mem::size_of::<&str>())
+            + self.other_keys.as_ref().map_or(0, |k| {
+                std::mem::size_of::<Vec<&str>>() + k.capacity() * std::mem::size_of::<&str>()
+            })
     }
 
     fn range(&self, (a, b): (u32, u32)) -> &str {
@@ -557,7 +556,7 @@ impl Texts {
     /// on one span, which `&'static str` keys cannot reach in practice.
     fn key_of(&mut self, key: &'static str) -> Option<u16> {
         if let Some(k) = Key::find(key) {
-            return Some(k as u16);
+            return Some(k);
         }
         let others = self.other_keys.get_or_insert_with(Box::default);
         let i = match others.iter().position(|k| *k == key) {
@@ -567,7 +566,7 @@ impl Texts {
                 others.len() - 1
             }
         };
-        u16::try_from(Key::ALL.len() + i).ok()
+        u16::try_from(attr_key::COUNT + i).ok()
     }
 
     /// Adds attribute `key` (any key) with string value `v`.
@@ -592,7 +591,7 @@ impl Texts {
             None => self
                 .other_keys
                 .as_ref()
-                .and_then(|o| o.get(k - Key::ALL.len()))
+                .and_then(|o| o.get(k - attr_key::COUNT))
                 .copied()
                 .unwrap_or(""),
         }
