@@ -813,9 +813,10 @@ impl<G: IdGen> Correlator<G> {
     pub(crate) fn make_room(&mut self, incoming: usize) {
         let max = self.cfg.max_spans.max(1);
         let max_bytes = self.cfg.max_span_bytes;
-        if self.span_bytes() + incoming > max_bytes {
-            self.drop_spare_texts();
-        }
+        // Spare texts go first, only as many as the room needs: dropping
+        // them all whenever the bound was reached (where a fast service
+        // runs steadily) made nearly every request allocate anew.
+        while self.span_bytes() + incoming > max_bytes && self.shed_spare_text() {}
         while self.spans.len() >= max || self.span_bytes() + incoming > max_bytes {
             if let Some((_, k)) = self.retained.pop_front() {
                 if self.spans.discard_if(k, |_| true) {
