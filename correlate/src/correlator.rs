@@ -470,27 +470,11 @@ impl<G: IdGen> Correlator<G> {
         }
     }
 
-    /// Empty texts for a new span: a recycled one when there is one.
-    fn spare_texts(&mut self) -> Texts {
-        match self.spare_texts.pop() {
-            Some(t) => {
-                self.spare_bytes -= t.heap_bytes();
-                t
-            }
-            None => Texts::default(),
-        }
-    }
-
-    /// Lets one recycled text go (memory is short); false when none is
-    /// left.
-    pub(crate) fn shed_spare_text(&mut self) -> bool {
-        match self.spare_texts.pop() {
-            Some(t) => {
-                self.spare_bytes -= t.heap_bytes();
-                true
-            }
-            None => false,
-        }
+    /// A recycled text, taken out of the spares (and their bytes).
+    pub(crate) fn pop_spare_text(&mut self) -> Option<Texts> {
+        let t = self.spare_texts.pop()?;
+        self.spare_bytes -= t.heap_bytes();
+        Some(t)
     }
 
     /// The reorder window in use (ns; see [`Config::min_window_ns`]).
@@ -819,7 +803,7 @@ impl<G: IdGen> Correlator<G> {
             Side::Outbound => SpanKind::Client,
         };
         let addrs = self.conns.get(&h.conn).and_then(|c| c.addrs);
-        let spare = self.spare_texts();
+        let spare = self.pop_spare_text().unwrap_or_default();
         let (texts, facts) = request_facts(kind, req, addrs, &self.cfg, &self.rid_hasher, spare);
         let header = extract(&req.headers, &mut self.counters);
         let rids = request_ids(

@@ -816,7 +816,7 @@ impl<G: IdGen> Correlator<G> {
         // Spare texts go first, only as many as the room needs: dropping
         // them all whenever the bound was reached (where a fast service
         // runs steadily) made nearly every request allocate anew.
-        while self.span_bytes() + incoming > max_bytes && self.shed_spare_text() {}
+        while self.span_bytes() + incoming > max_bytes && self.pop_spare_text().is_some() {}
         while self.spans.len() >= max || self.span_bytes() + incoming > max_bytes {
             if let Some((_, k)) = self.retained.pop_front() {
                 if self.spans.discard_if(k, |_| true) {
