@@ -34,8 +34,7 @@ fn real_main(cli: Cli) -> Result<()> {
             let env = preflight::check(cgroup_root.as_deref())?;
             let calls: Vec<String> = env
                 .calls
-                .candidates(None)
-                .map_err(anyhow::Error::msg)?
+                .candidates(None)?
                 .iter()
                 .map(|(s, _)| s.to_string())
                 .collect();
@@ -52,12 +51,9 @@ fn real_main(cli: Cli) -> Result<()> {
             raise_open_file_limit();
             let env = preflight::check(cfg.cgroup_root.as_deref())?;
             sched::set_nice(cfg.nice);
-            let calls = env
-                .calls
-                .candidates(cfg.kernel.capture_source)
-                .map_err(anyhow::Error::msg)?;
+            let calls = env.calls.candidates(cfg.kernel.capture_source)?;
             let kernel = kernel::Kernel::load(&cfg.kernel, &env.btf, &calls, &env.cgroup2_root)?;
-            pipeline::run(cfg, kernel)
+            Ok(pipeline::run(cfg, kernel)?)
         }
     }
 }

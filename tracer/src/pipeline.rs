@@ -8,11 +8,11 @@
 //! wrote them, and no stage blocks on another (the OTLP exporter runs on its
 //! own thread behind a bounded queue).
 use std::{
-    io::Write,
+    io::{self, Write},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::MissedTickBehavior};
 
 use crate::{
@@ -20,18 +20,52 @@ use crate::{
     clock::{monotonic_ns, Clock},
     conntrack::ConnLimits,
     dispatch::{Dispatcher, Stages},
-    export::{console::Format, resource::ResourceCache, sink::SpanSink},
+    export::{
+        console::Format,
+        otlp::ExportError,
+        resource::{ResourceCache, ResourceError},
+        sink::SpanSink,
+    },
     host,
     http_spans::HttpSpans,
-    kernel::{Kernel, SockCtlMap},
+    kernel::{Kernel, KernelError, SockCtlMap},
     lanes::{Events, LaneCounters},
     metrics::{self, Metric, Report, Show, Snapshot, Stage},
-    metrics_http,
+    metrics_http::{self, MetricsError},
     print::EventPrinter,
-    profile::stage::ProfileStage,
+    profile::stage::{ProfileStage, StageError},
     replay::Recorder,
     tls::attach::TlsAttach,
 };
+
+/// Why the agent could not start its pipeline or keep it running.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("starting the async runtime")]
+    Runtime(#[source] io::Error),
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
+    #[error("starting the span export")]
+    Export(#[source] ExportError),
+    #[error("creating {}", .path.display())]
+    Record {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Profile(#[from] StageError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("registering the kernel's records with epoll")]
+    Register(#[source] io::Error),
+    #[error("waiting on the kernel's records")]
+    Wait(#[source] io::Error),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("installing the SIGINT and SIGTERM handlers")]
+    Signals(#[source] io::Error),
+}
 
 /// The live dispatcher: spans to the agent's sink.
 type Live = Dispatcher<SpanSink<Box<dyn Write>>>;
@@ -74,11 +108,11 @@ fn after_drain(
 
 /// Runs until SIGINT/SIGTERM or the configured duration, then detaches and
 /// reports the counters on stderr.
-pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
+pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<(), PipelineError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
+        .map_err(PipelineError::Runtime)?;
     let clock = Clock::new();
     let stdout = || -> Box<dyn Write> {
         Box::new(std::io::BufWriter::with_capacity(
@@ -100,12 +134,15 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<()> {
     let resources = ResourceCache::from_env()?.with_service_names(cfg.service_names.clone());
     let spans = rt
         .block_on(async { SpanSink::start(cfg.export.clone(), format, span_out, clock, resources) })
-        .context("starting the span export")?;
+        .map_err(PipelineError::Export)?;
     let seed = clock.unix_ns(monotonic_ns()) ^ u64::from(std::process::id()).rotate_left(32);
     let recorder = match &cfg.record {
-        Some(path) => {
-            Some(Recorder::create(path).with_context(|| format!("creating {}", path.display()))?)
-        }
+        Some(path) => Some(
+            Recorder::create(path).map_err(|source| PipelineError::Record {
+                path: path.clone(),
+                source,
+            })?,
+        ),
         None => None,
     };
     let stages = Stages::new(
@@ -210,12 +247,11 @@ async fn event_loop(
     ctl: &mut SockCtlMap,
     lanes: &mut LaneCounters,
     tls: &mut Option<TlsAttach>,
-) -> Result<()> {
+) -> Result<(), PipelineError> {
     let ring = kernel.take_events()?;
     // SAFETY: the reader owns its fds for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
-        .context("registering the kernel's records with epoll")?;
+        .map_err(|e| PipelineError::Register(e.into_parts().1))?;
 
     let mut drain_tick = tokio::time::interval(cfg.drain_interval);
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -242,8 +278,10 @@ async fn event_loop(
     let mut last_sweep = monotonic_ns();
     let mut stats_rate = Rate { last: None };
     let mut scrape_rate = Rate { last: None };
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigint =
+        tokio::signal::unix::signal(SignalKind::interrupt()).map_err(PipelineError::Signals)?;
+    let mut sigterm =
+        tokio::signal::unix::signal(SignalKind::terminate()).map_err(PipelineError::Signals)?;
     let deadline = async {
         match cfg.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -264,7 +302,7 @@ async fn event_loop(
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
             guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting on the kernel's records")?;
+                let mut guard = guard.map_err(PipelineError::Wait)?;
                 drain(guard.get_inner_mut(), d, false);
                 guard.clear_ready();
                 after_drain(d, ctl, tls, kernel);

@@ -7,7 +7,7 @@ use thiserror::Error;
 use crate::{
     btf::{Btf, BtfError},
     kernel::KernelLayout,
-    sources::{Offers, Tracefs},
+    sources::{NoCallSource, Offers, Tracefs},
 };
 
 /// The oldest kernel the agent supports, and why (see the README): BPF
@@ -41,8 +41,8 @@ pub enum PreflightError {
     #[error("no cgroup v2 hierarchy is mounted: mount one (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or boot with systemd.unified_cgroup_hierarchy=1")]
     NoCgroup2,
     /// No hook for send/receive calls (or the forced one is missing).
-    #[error("{0}")]
-    NoCallSource(String),
+    #[error(transparent)]
+    NoCallSource(#[from] NoCallSource),
     /// --cgroup-root is not a cgroup v2 directory.
     #[error("--cgroup-root {0} is not a cgroup v2 directory (no cgroup.procs in it)")]
     BadCgroupRoot(String),
@@ -102,9 +102,7 @@ pub fn check(cgroup_root: Option<&Path>) -> Result<Environment, PreflightError> 
     ensure_tracefs()?;
     let calls = Offers::detect(&parsed, &Tracefs::read());
     drop(parsed);
-    calls
-        .candidates(None)
-        .map_err(PreflightError::NoCallSource)?;
+    calls.candidates(None)?;
     let cgroup2_root = match cgroup_root {
         Some(p) if p.join("cgroup.procs").exists() => p.to_path_buf(),
         Some(p) => return Err(PreflightError::BadCgroupRoot(p.display().to_string())),

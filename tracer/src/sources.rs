@@ -116,11 +116,48 @@ fn function_hooks(source: CallSource, f: &'static str) -> Vec<Hook> {
     }
 }
 
+/// No source of send/receive calls can serve.
+#[derive(Debug, thiserror::Error)]
+pub enum NoCallSource {
+    /// The source forced with `--capture-source` is not offered.
+    #[error("--capture-source {forced} is not available on this kernel: {why}")]
+    Forced { forced: CallSource, why: NotOffered },
+    /// None is offered: why, per source.
+    #[error("this kernel offers no source of socket send/receive calls ({reasons})")]
+    NoneOffered { reasons: String },
+}
+
+/// Why the running kernel cannot serve a source of calls.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotOffered {
+    #[error("no sock:{0} tracepoint (Linux 6.3 on)")]
+    NoTracepoint(&'static str),
+    #[error(
+        "the kernel preempts kernel code ({0}): fexit programs run preemptibly and two could \
+         meet on one CPU's lane"
+    )]
+    Preemptible(String),
+    #[error("the kernel has no kprobes (no kprobe_events in tracefs)")]
+    NoKprobes,
+    #[error("{0} is not in the kernel's BTF")]
+    NotInBtf(&'static str),
+    #[error("{name}({found}) is not the prototype the programs read ({expected})")]
+    Prototype {
+        name: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error("{0} is not traceable")]
+    NotTraceable(&'static str),
+    #[error("tracefs lists no traceable functions")]
+    NoTraceableList,
+}
+
 /// What the running kernel offers, per call source: the hooks to attach,
 /// or why the source cannot serve.
 #[derive(Clone, Debug)]
 pub struct Offers {
-    offers: Vec<(CallSource, Result<Vec<Hook>, String>)>,
+    offers: Vec<(CallSource, Result<Vec<Hook>, NotOffered>)>,
 }
 
 /// What tracefs says about kernel functions.
@@ -214,7 +251,7 @@ impl Offers {
     pub fn candidates(
         &self,
         forced: Option<CallSource>,
-    ) -> Result<Vec<(CallSource, Vec<Hook>)>, String> {
+    ) -> Result<Vec<(CallSource, Vec<Hook>)>, NoCallSource> {
         let mut out = Vec::new();
         for (source, offer) in &self.offers {
             if forced.is_some_and(|f| f != *source) {
@@ -223,18 +260,18 @@ impl Offers {
             match offer {
                 Ok(hooks) => out.push((*source, hooks.clone())),
                 Err(why) if forced.is_some() => {
-                    return Err(format!(
-                        "--capture-source {source} is not available on this kernel: {why}"
-                    ))
+                    return Err(NoCallSource::Forced {
+                        forced: *source,
+                        why: why.clone(),
+                    })
                 }
                 Err(_) => {}
             }
         }
         if out.is_empty() {
-            return Err(format!(
-                "this kernel offers no source of socket send/receive calls ({})",
-                self.reasons()
-            ));
+            return Err(NoCallSource::NoneOffered {
+                reasons: self.reasons(),
+            });
         }
         Ok(out)
     }
@@ -249,11 +286,11 @@ impl Offers {
     }
 }
 
-fn offer(source: CallSource, btf: &Btf, tracefs: &Tracefs) -> Result<Vec<Hook>, String> {
+fn offer(source: CallSource, btf: &Btf, tracefs: &Tracefs) -> Result<Vec<Hook>, NotOffered> {
     if source == CallSource::Tracepoint {
         for tp in ["sock_send_length", "sock_recv_length"] {
             if !btf.has_typedef(&format!("btf_trace_{tp}")) {
-                return Err(format!("no sock:{tp} tracepoint (Linux 6.3 on)"));
+                return Err(NotOffered::NoTracepoint(tp));
             }
         }
         return Ok(["sock_send_length", "sock_recv_length"]
@@ -266,14 +303,11 @@ fn offer(source: CallSource, btf: &Btf, tracefs: &Tracefs) -> Result<Vec<Hook>, 
     }
     if source == CallSource::Fentry {
         if let Some(mode) = &tracefs.preemption {
-            return Err(format!(
-                "the kernel preempts kernel code ({mode}): fexit programs run preemptibly and \
-                 two could meet on one CPU's lane"
-            ));
+            return Err(NotOffered::Preemptible(mode.clone()));
         }
     }
     if source == CallSource::Kprobe && !tracefs.kprobes {
-        return Err("the kernel has no kprobes (no kprobe_events in tracefs)".into());
+        return Err(NotOffered::NoKprobes);
     }
     let mut hooks = Vec::new();
     for f in &FUNCTIONS {
@@ -288,21 +322,20 @@ fn offer(source: CallSource, btf: &Btf, tracefs: &Tracefs) -> Result<Vec<Hook>, 
 
 /// Whether function `f` is in BTF with the expected prototype and
 /// traceable.
-fn usable(f: &Function, btf: &Btf, tracefs: &Tracefs) -> Result<(), String> {
+fn usable(f: &Function, btf: &Btf, tracefs: &Tracefs) -> Result<(), NotOffered> {
     let params = btf
         .func_params(f.name)
-        .ok_or_else(|| format!("{} is not in the kernel's BTF", f.name))?;
+        .ok_or(NotOffered::NotInBtf(f.name))?;
     if params != f.params {
-        return Err(format!(
-            "{}({}) is not the prototype the programs read ({})",
-            f.name,
-            params.join(", "),
-            f.params.join(", ")
-        ));
+        return Err(NotOffered::Prototype {
+            name: f.name,
+            found: params.join(", "),
+            expected: f.params.join(", "),
+        });
     }
     match &tracefs.traceable {
-        Some(set) if !set.contains(f.name) => Err(format!("{} is not traceable", f.name)),
-        None => Err("tracefs lists no traceable functions".into()),
+        Some(set) if !set.contains(f.name) => Err(NotOffered::NotTraceable(f.name)),
+        None => Err(NotOffered::NoTraceableList),
         Some(_) => Ok(()),
     }
 }
@@ -373,13 +406,16 @@ mod tests {
         // offered one comes first.
         let first = auto.as_ref().map(|c| c[0].0);
         if btf.has_typedef("btf_trace_sock_send_length") {
-            assert_eq!(first, Ok(CallSource::Tracepoint));
+            assert_eq!(first.ok(), Some(CallSource::Tracepoint));
         }
         // Forcing a source that is not offered says why, naming the flag.
         for s in CallSource::ALL {
             match offers.candidates(Some(s)) {
                 Ok(c) => assert!(c.len() == 1 && c[0].0 == s && !c[0].1.is_empty()),
-                Err(e) => assert!(e.contains("--capture-source"), "{e}"),
+                Err(e) => {
+                    assert!(matches!(e, NoCallSource::Forced { forced, .. } if forced == s));
+                    assert!(e.to_string().contains("--capture-source"), "{e}");
+                }
             }
         }
     }

@@ -293,14 +293,25 @@ struct Probed {
     asyncio: PyAsyncio,
 }
 
+/// Why a file's symbols could not be read.
+#[derive(Debug, thiserror::Error)]
+enum Unreadable {
+    #[error("opening it")]
+    Open(#[source] std::io::Error),
+    #[error("mapping it")]
+    Map(#[source] std::io::Error),
+    #[error("parsing it as ELF")]
+    Parse(#[source] object::Error),
+}
+
 /// What one ELF file offers to probe.
-fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
+fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, Unreadable> {
+    let file = File::open(path).map_err(Unreadable::Open)?;
     // SAFETY: a read-only private mapping; a file truncated meanwhile can
     // fault the agent, which is why only executable mappings of running
     // processes (files the loader keeps open and unchanged) are read.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
-    let obj = object::File::parse(&*map).map_err(|e| e.to_string())?;
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(Unreadable::Map)?;
+    let obj = object::File::parse(&*map).map_err(Unreadable::Parse)?;
     let offs = symbol_offsets(&obj, SYMBOLS);
     let present = |name: &str| {
         FUNCTIONS
@@ -779,8 +790,13 @@ impl TlsAttach {
             asyncio,
         } = match probe_offsets(path, self.hooks) {
             Ok(o) => o,
-            Err(_) => {
+            Err(e) => {
                 self.counters.unreadable_files += 1;
+                tracing::debug!(
+                    path = %path.display(),
+                    error = %crate::error::chain(&e),
+                    "file not probed for TLS: its symbols could not be read"
+                );
                 return false;
             }
         };
