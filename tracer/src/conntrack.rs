@@ -11,6 +11,8 @@ use std::{collections::VecDeque, net::SocketAddr};
 
 use foldhash::{HashMap, HashMapExt};
 
+use crate::comm::Comm;
+
 use protocols::stream::{
     poll_pair, Chunk, OpMeta, StreamCounters, StreamLimits, StreamReassembler,
 };
@@ -58,23 +60,10 @@ pub struct ConnInfo {
     /// Process of the last send/receive call (0 until one is seen).
     pub pid: u32,
     /// Its `comm`.
-    pub comm: [u8; 16],
+    pub comm: Comm,
     /// The plaintext of a TLS connection (see `tls::streams`), not the
     /// bytes on the wire.
     pub tls: bool,
-}
-
-impl ConnInfo {
-    /// `comm` as text.
-    pub fn comm_str(&self) -> &str {
-        std::str::from_utf8(comm_name(&self.comm)).unwrap_or("?")
-    }
-}
-
-/// A kernel `comm` up to its first NUL (all of it when it fills the array).
-pub fn comm_name(comm: &[u8]) -> &[u8] {
-    let end = comm.iter().position(|&c| c == 0).unwrap_or(comm.len());
-    &comm[..end]
 }
 
 /// What a later stage (a parser) asks of the capture for one connection.
@@ -544,7 +533,7 @@ impl Conns {
                     remote: None,
                     role: Role::Unknown,
                     pid: 0,
-                    comm: [0; 16],
+                    comm: Comm::default(),
                     tls: false,
                 },
                 streams,
@@ -585,7 +574,7 @@ impl Conns {
             return;
         }
         conn.info.pid = op.pid;
-        conn.info.comm = op.comm;
+        conn.info.comm = Comm::new(op.comm);
         let stream = &mut conn.streams[dir as usize];
         stream.push_op(
             op.seq_end,

@@ -16,7 +16,8 @@ use protocols::stream::Chunk;
 use tracer_common::{Dir, Record, Silence, SockCtl};
 
 use crate::{
-    conntrack::{comm_name, ConnInfo, ConnLimits, Conns, CtlRequest, Sink},
+    comm::Comm,
+    conntrack::{ConnInfo, ConnLimits, Conns, CtlRequest, Sink},
     export::{resource::Resource, sink::SpanSink},
     http_spans::HttpSpans,
     lanes,
@@ -120,7 +121,7 @@ impl<O: SpanOut> Stages<O> {
 /// reads no faster (reuse every 10 s, a process caught mid-exec every
 /// 10 ms). A new name for a pid is checked at once (pid reuse).
 struct RecentPids {
-    slots: [Option<(u32, [u8; 16], u64)>; RECENT_PIDS],
+    slots: [Option<(u32, Comm, u64)>; RECENT_PIDS],
 }
 
 const RECENT_PIDS: usize = 64;
@@ -137,14 +138,14 @@ impl Default for RecentPids {
 impl RecentPids {
     /// Whether `pid` was described with this `comm` less than
     /// [`RECHECK_NS`] before `now`; if not, it is noted as described now.
-    fn seen(&mut self, pid: u32, comm: &[u8; 16], now: u64) -> bool {
+    fn seen(&mut self, pid: u32, comm: Comm, now: u64) -> bool {
         let slot = &mut self.slots[pid as usize % RECENT_PIDS];
         if let Some((p, c, at)) = slot {
-            if *p == pid && c == comm && now.saturating_sub(*at) < RECHECK_NS {
+            if *p == pid && *c == comm && now.saturating_sub(*at) < RECHECK_NS {
                 return true;
             }
         }
-        *slot = Some((pid, *comm, now));
+        *slot = Some((pid, comm, now));
         false
     }
 }
@@ -226,10 +227,9 @@ impl<O: SpanOut> Stages<O> {
     /// Describes a process at its first record, while it is alive: short
     /// processes (curl) are gone by the time their spans finish; the
     /// kernel's `comm` stands in when /proc no longer has them.
-    fn saw_pid(&mut self, pid: u32, comm: &[u8; 16], now: u64) {
+    fn saw_pid(&mut self, pid: u32, comm: Comm, now: u64) {
         if !self.recent.seen(pid, comm, now) {
-            let name = String::from_utf8_lossy(comm_name(comm));
-            self.spans.saw_pid(Pid(pid), Some(&name), now);
+            self.spans.saw_pid(Pid(pid), Some(&comm.text()), now);
         }
     }
 
@@ -249,7 +249,7 @@ impl<O: SpanOut> Stages<O> {
             return;
         };
         profile.sample(hdr, stack);
-        self.saw_pid(hdr.pid, &hdr.comm, hdr.ts_ns);
+        self.saw_pid(hdr.pid, Comm::new(hdr.comm), hdr.ts_ns);
     }
 
     /// Stacks the profiling worker finished: attributed to the server span
@@ -340,7 +340,7 @@ impl<O: SpanOut> Dispatcher<O> {
         let ts = match Record::parse(item) {
             Ok(Record::SockOp(op)) => {
                 s.now_ns = s.now_ns.max(op.ts_ns);
-                s.saw_pid(op.pid, &op.comm, op.ts_ns);
+                s.saw_pid(op.pid, Comm::new(op.comm), op.ts_ns);
                 self.conns.on_op(&op, s);
                 op.ts_ns
             }
@@ -364,7 +364,7 @@ impl<O: SpanOut> Dispatcher<O> {
             }
             Ok(Record::TlsData(hdr, data)) => {
                 s.now_ns = s.now_ns.max(hdr.ts_ns);
-                s.saw_pid(hdr.pid, &hdr.comm, hdr.ts_ns);
+                s.saw_pid(hdr.pid, Comm::new(hdr.comm), hdr.ts_ns);
                 self.tls_waiting.remove(&hdr.cookie);
                 let tcp = (hdr.cookie != 0).then(|| self.conns.touch(hdr.cookie, hdr.ts_ns));
                 s.tls_data(&hdr, data, tcp);
@@ -560,32 +560,29 @@ impl<O: SpanOut> Dispatcher<O> {
 
 #[cfg(test)]
 mod tests {
-    use super::{RecentPids, RECENT_PIDS, RECHECK_NS};
+    use super::{Comm, RecentPids, RECENT_PIDS, RECHECK_NS};
 
-    fn comm(name: &str) -> [u8; 16] {
+    fn comm(name: &str) -> Comm {
         let mut c = [0; 16];
         c[..name.len()].copy_from_slice(name.as_bytes());
-        c
+        Comm::new(c)
     }
 
     #[test]
     fn a_process_is_described_again_after_a_pause_a_new_name_or_a_collision() {
         let mut r = RecentPids::default();
         let (nginx, curl) = (comm("nginx"), comm("curl"));
-        assert!(!r.seen(7, &nginx, 1_000), "first sight");
-        assert!(
-            r.seen(7, &nginx, 1_000 + RECHECK_NS - 1),
-            "within the pause"
-        );
-        assert!(!r.seen(7, &curl, 1_001), "same pid, another name: reused");
-        assert!(r.seen(7, &curl, 1_002));
-        assert!(!r.seen(7, &curl, 1_001 + RECHECK_NS), "the pause is over");
+        assert!(!r.seen(7, nginx, 1_000), "first sight");
+        assert!(r.seen(7, nginx, 1_000 + RECHECK_NS - 1), "within the pause");
+        assert!(!r.seen(7, curl, 1_001), "same pid, another name: reused");
+        assert!(r.seen(7, curl, 1_002));
+        assert!(!r.seen(7, curl, 1_001 + RECHECK_NS), "the pause is over");
         // Another pid in the same slot takes it: both are described again.
         let other = 7 + RECENT_PIDS as u32;
-        assert!(!r.seen(other, &curl, 2_000));
-        assert!(!r.seen(7, &curl, 2_001));
+        assert!(!r.seen(other, curl, 2_000));
+        assert!(!r.seen(7, curl, 2_001));
         // A record older than the last check (another CPU's lane) counts as
         // within the pause.
-        assert!(r.seen(7, &curl, 1_000));
+        assert!(r.seen(7, curl, 1_000));
     }
 }

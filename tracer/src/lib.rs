@@ -4,6 +4,7 @@
 pub mod btf;
 pub mod cli;
 pub mod clock;
+pub mod comm;
 pub mod conntrack;
 pub mod dispatch;
 pub mod error;

@@ -79,7 +79,7 @@ impl<W: Write> EventPrinter<W> {
             l,
             "{} {}[{}/{}] {} {} {} {} {}B ",
             self.clock.format_wall(ts),
-            conn.comm_str(),
+            conn.comm,
             pid,
             tid,
             if dir == Dir::Send { "send" } else { "recv" },
@@ -110,7 +110,7 @@ impl<W: Write> EventPrinter<W> {
             "ts_ns": ts,
             "pid": pid,
             "tid": tid,
-            "comm": conn.comm_str(),
+            "comm": conn.comm.text(),
             "dir": if dir == Dir::Send { "send" } else { "recv" },
             "cookie": conn.cookie,
             "role": conn.role.name(),
@@ -157,7 +157,7 @@ impl<W: Write> Sink for EventPrinter<W> {
             .local
             .zip(conn.remote)
             .map(|(l, r)| (l.port(), r.port()));
-        if !self.filter.allows(op.pid, conn.comm_str(), ports) {
+        if !self.filter.allows(op.pid, &conn.comm.text(), ports) {
             return;
         }
         match self.format {

@@ -1,6 +1,7 @@
 //! A CPU sample record as the kernel wrote it, checked and decoded: who
 //! was running, the kernel return addresses, and the user registers plus
 //! stack bytes the unwinder starts from.
+use crate::comm::Comm;
 use tracer_common::{
     SampleHeader, MAX_KSTACK_FRAMES, MAX_STACK_COPY, SAMPLE_KERNEL_THREAD, SAMPLE_STACK_SHORT,
 };
@@ -34,7 +35,7 @@ pub struct Sample<'a> {
     /// `bpf_ktime_get_ns` of the sample.
     pub ts_ns: u64,
     /// Thread name (`comm`).
-    pub comm: [u8; 16],
+    pub comm: Comm,
     /// Kernel return addresses, leaf first (empty when the tick hit user
     /// code).
     pub kernel_ips: Vec<u64>,
@@ -93,19 +94,13 @@ impl<'a> Sample<'a> {
             tid: hdr.tid,
             cpu: hdr.cpu,
             ts_ns: hdr.ts_ns,
-            comm: hdr.comm,
+            comm: Comm::new(hdr.comm),
             kernel_ips,
             user,
             stack: &stack[..slen],
             stack_short: hdr.flags & SAMPLE_STACK_SHORT != 0,
             kernel_thread,
         })
-    }
-
-    /// The thread name as text (up to the first NUL).
-    pub fn comm_str(&self) -> String {
-        let end = self.comm.iter().position(|&c| c == 0).unwrap_or(16);
-        String::from_utf8_lossy(&self.comm[..end]).into_owned()
     }
 
     /// Reads the 8-byte word at user address `addr` from the stack copy;
@@ -170,7 +165,7 @@ mod tests {
                 bp: 0
             })
         );
-        assert_eq!(s.comm_str(), "spin");
+        assert_eq!(s.comm.text(), "spin");
         assert_eq!(s.read_stack(0x7ffe_0000_0000), Some(0x1122_3344_5566_7788));
         assert_eq!(s.read_stack(0x7ffe_0000_0008), Some(42));
         assert_eq!(s.read_stack(0x7ffe_0000_0009), None);

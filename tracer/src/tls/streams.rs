@@ -22,7 +22,7 @@ use tracer_common::{
     TLS_SEQ_KNOWN,
 };
 
-use crate::conntrack::ConnInfo;
+use crate::{comm::Comm, conntrack::ConnInfo};
 
 /// Set on the cookie of a plaintext connection (kernel cookies count up
 /// from 1 and never reach it).
@@ -447,7 +447,7 @@ impl TlsStreams {
         plain.info.remote = tcp.remote;
         plain.info.role = tcp.role;
         plain.info.pid = hdr.pid;
-        plain.info.comm = hdr.comm;
+        plain.info.comm = Comm::new(hdr.comm);
         let d = dir as usize;
         if hdr.flags & TLS_LINKED_OUTSIDE != 0 {
             counters.calls_linked_outside += 1;
@@ -561,7 +561,7 @@ mod tests {
             remote: "127.0.0.1:443".parse().ok(),
             role: Role::Client,
             pid: 0,
-            comm: [0; 16],
+            comm: Comm::default(),
             tls: false,
         }
     }
