@@ -12,8 +12,11 @@
 //!   connection shows the same way: rule 4 could not tell them apart
 //!   either);
 //! - a thread moving any message on another connection while one of its
-//!   calls is outstanding (a blocking call blocks its thread), or writing
-//!   a second call before the first was answered;
+//!   calls is waiting for its response (a blocking call blocks its thread
+//!   until the response comes), or writing a second call meanwhile. Once
+//!   the response has begun, traffic elsewhere is no sign: a blocking
+//!   proxy streams a response on as it reads it (Apache's mod_proxy
+//!   writes the response head downstream before the body has come);
 //! - a call made outside any request on a thread that serves requests
 //!   (timers, pollers and health checks that share the serving thread);
 //! - *hand-off*: a request read on one thread and answered on another, or
@@ -87,7 +90,8 @@ struct Caller {
     key: SpanKey,
     conn: ConnId,
     start: u64,
-    /// When its response was read; `None` while outstanding.
+    /// When the thread stopped waiting for it: its response's first byte
+    /// was read, or the call failed; `None` while it waits.
     end: Option<u64>,
     /// Earliest time the thread moved something on another connection after
     /// the call started, seen while its end was unknown.
@@ -256,14 +260,14 @@ impl Classifier {
         self.callers.insert((pid, tid), fresh);
     }
 
-    /// Call `key`, written by `writer`, was answered at `end` with a
-    /// response read by `reader`.
+    /// Call `key`, written by `writer`, was answered by a response read by
+    /// `reader`, from `began` (its first byte) to `end`.
     pub fn call_answered(
         &mut self,
         pid: Pid,
         writer: Tid,
         key: SpanKey,
-        end: u64,
+        (began, end): (u64, u64),
         reader: Tid,
         k: &mut Counters,
     ) {
@@ -276,9 +280,9 @@ impl Classifier {
         if c.key != key {
             return;
         }
-        c.end = Some(end);
+        c.end = Some(began);
         c.last_seen = end;
-        if c.first_foreign < end {
+        if c.first_foreign < began {
             self.sign(pid, sign::CALL_OVERLAP, end, k);
         }
     }
@@ -357,11 +361,36 @@ mod tests {
         // Another connection moves at 150; the call's response is only
         // reported later.
         c.message(p, t, ConnId(2), 150, &mut k);
-        c.call_answered(p, t, 7, 140, t, &mut k);
+        c.call_answered(p, t, 7, (140, 140), t, &mut k);
         assert_eq!(c.mode(p), Mode::Unproven, "the call ended at 140, before");
         c.call_written(p, t, ConnId(1), 8, 200, &mut k);
         c.message(p, t, ConnId(3), 250, &mut k);
-        c.call_answered(p, t, 8, 300, t, &mut k);
+        c.call_answered(p, t, 8, (300, 300), t, &mut k);
+        assert_eq!(c.mode(p), Mode::Multiplexing);
+    }
+
+    #[test]
+    fn a_response_streamed_on_while_it_is_read_is_no_sign() {
+        let (mut c, mut k) = cl();
+        let (p, t) = (Pid(1), Tid(1));
+        // A blocking proxy: the backend's response head is read at 140,
+        // the head written downstream at 150, the body read by 170 and
+        // written on; the thread waited for nothing else.
+        c.call_written(p, t, ConnId(1), 7, 100, &mut k);
+        c.message(p, t, ConnId(2), 150, &mut k);
+        c.call_answered(p, t, 7, (140, 170), t, &mut k);
+        c.message(p, t, ConnId(2), 160, &mut k);
+        assert_eq!(c.mode(p), Mode::Unproven);
+        // Traffic elsewhere before the response began is a sign, whether
+        // it is reported before the response or after.
+        c.call_written(p, t, ConnId(1), 8, 200, &mut k);
+        c.call_answered(p, t, 8, (240, 260), t, &mut k);
+        c.message(p, t, ConnId(3), 230, &mut k);
+        assert_eq!(c.mode(p), Mode::Multiplexing);
+        let (mut c, mut k) = cl();
+        c.call_written(p, t, ConnId(1), 9, 300, &mut k);
+        c.message(p, t, ConnId(3), 330, &mut k);
+        c.call_answered(p, t, 9, (340, 360), t, &mut k);
         assert_eq!(c.mode(p), Mode::Multiplexing);
     }
 
@@ -369,7 +398,7 @@ mod tests {
     fn a_response_read_on_another_thread_is_a_hand_off() {
         let (mut c, mut k) = cl();
         c.call_written(Pid(1), Tid(1), ConnId(1), 1, 10, &mut k);
-        c.call_answered(Pid(1), Tid(1), 1, 20, Tid(2), &mut k);
+        c.call_answered(Pid(1), Tid(1), 1, (20, 20), Tid(2), &mut k);
         assert_eq!(c.mode(Pid(1)), Mode::HandOff);
     }
 

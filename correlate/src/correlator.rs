@@ -978,8 +978,14 @@ impl<G: IdGen> Correlator<G> {
                 }
             }
             SpanKind::Client => {
-                self.classify
-                    .call_answered(pid, tid, key, h.end, h.tid, &mut self.counters);
+                self.classify.call_answered(
+                    pid,
+                    tid,
+                    key,
+                    (h.start, h.end),
+                    h.tid,
+                    &mut self.counters,
+                );
             }
         }
         self.complete(key, h.end);

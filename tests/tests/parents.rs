@@ -586,6 +586,39 @@ fn haproxy(backend: u16, unique_id: bool) -> ((Listening, TempDir), u16) {
     ((p, dir), port)
 }
 
+/// Apache's mod_proxy in front of `backend`, one child process of 25
+/// threads (the event MPM: each request is served by one thread, which
+/// blocks on its upstream call), Host rewritten to the backend's (its
+/// default), so no hop repeats its request: only rule 4 can link them.
+fn apache(backend: u16) -> ((Listening, TempDir), u16) {
+    require_tool("apache2");
+    let dir = TempDir::new("tracer-apache");
+    let port = free_port();
+    let d = dir.path().display();
+    let modules = "/usr/lib/apache2/modules";
+    let conf = format!(
+        "ServerRoot {d}\nDefaultRuntimeDir {d}\nPidFile {d}/httpd.pid\nErrorLog {d}/error.log\n\
+         ServerName localhost\nListen 127.0.0.1:{port}\nUser www-data\nGroup www-data\n\
+         LoadModule mpm_event_module {modules}/mod_mpm_event.so\n\
+         LoadModule authz_core_module {modules}/mod_authz_core.so\n\
+         LoadModule proxy_module {modules}/mod_proxy.so\n\
+         LoadModule proxy_http_module {modules}/mod_proxy_http.so\n\
+         StartServers 1\nServerLimit 1\nThreadsPerChild 25\nMaxRequestWorkers 25\n\
+         MinSpareThreads 1\nMaxSpareThreads 25\n\
+         ProxyPass / http://127.0.0.1:{backend}/\n"
+    );
+    let path = dir.path().join("httpd.conf");
+    std::fs::write(&path, conf).unwrap();
+    let p = Listening::start(
+        Command::new("apache2")
+            .arg("-f")
+            .arg(&path)
+            .args(["-D", "FOREGROUND"]),
+        port,
+    );
+    ((p, dir), port)
+}
+
 /// `got` of `total` (calls linked, requests fully linked) is at least
 /// `want`. In the kernel matrix's emulated guest the agent loses some
 /// records (the host starves the emulator: a few requests' calls go
@@ -691,6 +724,32 @@ fn haproxy_hops_link_by_forwarding_or_the_id_it_returns() {
     // The same, with haproxy's own request id sent upstream and returned
     // downstream: the id tells them apart.
     linked_or_loss_retried(|| through_proxy("haproxy", start(true), 64, true, &[]));
+}
+
+/// Apache streams the backend's response on as it reads it (the head
+/// goes downstream before the body has come): a thread that blocks on
+/// its call, not one that multiplexes. Its hops link by rule 4.
+#[test]
+fn apache_hops_link_through_the_thread_that_serves_them() {
+    let Some(_g) = root_test("apache_hops_link_through_the_thread_that_serves_them") else {
+        return;
+    };
+    let p = through_proxy("apache2", apache, 200, false, &[]);
+    all_linked(&p, 200);
+    let by_thread = p.out.counter("thread_parent").unwrap_or(0);
+    enough(
+        by_thread as usize,
+        190,
+        200,
+        &p.out,
+        "apache hops linked by rule 4",
+    );
+    assert_eq!(
+        p.out.counter("thread_refused_multiplexing"),
+        Some(0),
+        "{}",
+        p.out.stderr
+    );
 }
 
 /// Runs a round that links 95 % of its hops and never a wrong parent. A
