@@ -7,8 +7,8 @@ use std::{
 
 use serde_json::Value;
 use tracer_e2e::{
-    ev, nginx_keepalive_client, py_script, python, require_tool, root_test, run_ok, Agent, Nginx,
-    Spawned,
+    ev, free_port, nginx_keepalive_client, py_script, python, require_tool, root_test, run_ok,
+    tempdir::TempDir, Agent, Listening, Nginx, Spawned,
 };
 
 const SETTLE: Duration = Duration::from_millis(800);
@@ -168,6 +168,67 @@ fn sendfile_body_is_counted_as_truncated_not_lost() {
         .map(|e| ev::n(e, "len"))
         .sum();
     assert_eq!(curl_recv, header_len + size as u64);
+}
+
+/// nghttpx opens an upstream connection per request, many at once, to
+/// Python's http.server (a listen backlog of 5, one connection per
+/// request): its accept queue overflows, and a request sent before the
+/// server accepted is read only after its retransmission, 200 ms on. Its
+/// loopback packet waited for the server's socket meanwhile; the read is
+/// still the call of those bytes, none delivered without it.
+#[test]
+fn requests_read_after_an_accept_queue_overflow_keep_their_calls() {
+    let Some(_g) = root_test("requests_read_after_an_accept_queue_overflow_keep_their_calls")
+    else {
+        return;
+    };
+    require_tool("nghttpx");
+    require_tool("h2load");
+    let root = TempDir::new("tracer-overflow");
+    std::fs::write(root.path().join("q"), "ok\n").unwrap();
+    let backend_port = free_port();
+    let _backend = Listening::start(
+        Command::new(python())
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(backend_port.to_string())
+            .current_dir(root.path()),
+        backend_port,
+    );
+    let port = free_port();
+    let _proxy = Listening::start(
+        Command::new("nghttpx").args([
+            format!("--frontend=127.0.0.1,{port};no-tls"),
+            format!("--backend=127.0.0.1,{backend_port}"),
+            "--workers=1".into(),
+            "--conf=/dev/null".into(),
+            "--errorlog-file=/dev/null".into(),
+        ]),
+        port,
+    );
+    let (p, bp) = (port.to_string(), backend_port.to_string());
+    let agent = Agent::start(&["--print", "none", "--port", &p, "--port", &bp]);
+    let url = format!("http://127.0.0.1:{port}/q");
+    run_ok(Command::new("h2load").args(["-n", "200", "-c", "4", "-m", "4", &url]));
+    let out = agent.stop(SETTLE);
+    println!(
+        "loopback packets parked: {:?}, calls stale: {:?}",
+        out.counter("connections.loopback_parked"),
+        out.counter("streams.ops_stale")
+    );
+    assert_eq!(out.counter("streams.ops_stale"), Some(0), "{}", out.stderr);
+    assert_eq!(
+        out.counter("http.messages_without_call"),
+        Some(0),
+        "{}",
+        out.stderr
+    );
+    // 200 requests, each a client and a server span at both hops.
+    assert_eq!(
+        out.counter("correlation.spans_emitted"),
+        Some(800),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

@@ -437,13 +437,13 @@ impl Conns {
         }
     }
 
-    /// Records a socket's 4-tuple and hands it the loopback packets that
-    /// were waiting for it.
+    /// Records a socket's 4-tuple, learnt from a record of `now`, and hands
+    /// it the loopback packets that were waiting for it.
     fn set_tuple(
         &mut self,
         cookie: u64,
-        local: SocketAddr,
-        remote: SocketAddr,
+        (local, remote): (SocketAddr, SocketAddr),
+        now: u64,
         sink: &mut impl Sink,
     ) {
         let Some(conn) = self.conns.get_mut(&cookie) else {
@@ -459,6 +459,11 @@ impl Conns {
             self.parked_count -= parked.len();
             let stream = &mut conn.streams[Dir::Recv as usize];
             stream.set_sent_order(true);
+            // The receiving call may come long after the packet: a packet
+            // sent before the server accepted (its accept queue full) is
+            // read after the retransmission the accept waited for, 200 ms
+            // on, past the hole timeout.
+            stream.noticed_from(now);
             for p in parked {
                 feed(stream, p.seq, p.payload_len, p.tcp_flags, &p.data, p.ts_ns);
                 self.counters.loopback_mirrored += 1;
@@ -601,7 +606,7 @@ impl Conns {
         let remote = addr(hdr.family, &hdr.remote_addr, hdr.remote_port);
         let known = self.entry(hdr.cookie, hdr.ts_ns).info.local.is_some();
         if let (false, Some(l), Some(r)) = (known, local, remote) {
-            self.set_tuple(hdr.cookie, l, r, sink);
+            self.set_tuple(hdr.cookie, (l, r), hdr.ts_ns, sink);
         }
         let conn = self.entry(hdr.cookie, hdr.ts_ns);
         if conn.ctl.silence == Silence::AgentPeer as u8 {
@@ -680,7 +685,7 @@ impl Conns {
                 addr(st.family, &st.local_addr, st.local_port),
                 addr(st.family, &st.remote_addr, st.remote_port),
             ) {
-                self.set_tuple(st.cookie, l, r, sink);
+                self.set_tuple(st.cookie, (l, r), st.ts_ns, sink);
                 if st.new_state == TCP_ESTABLISHED {
                     self.silence_agent_peer(st.cookie);
                 }
@@ -1046,6 +1051,36 @@ mod tests {
                 sink.got
             );
         }
+    }
+
+    /// A request sent while the server's accept queue was full: its first
+    /// copy is parked (the server socket does not exist yet), the server
+    /// accepts on the retransmission 200 ms later and reads it then. The
+    /// wait for the read starts at the hand-over, not at the old packet.
+    #[test]
+    fn parked_packets_wait_for_their_read_from_the_hand_over() {
+        const MS: u64 = 1_000_000;
+        let mut t = Conns::new(ConnLimits::default());
+        let mut sink = Collect::default();
+        let req = b"GET /x HTTP/1.1\r\n\r\n";
+        let n = req.len() as u32;
+        t.on_state(&state(A, TCP_SYN_SENT, 5000, 80, MS), &mut sink);
+        t.on_segment(
+            &seg(A, Dir::Send, 5000, 80, 10, req, 2 * MS),
+            req,
+            &mut sink,
+        );
+        t.on_op(&op(A, Dir::Send, 10 + n, n, 7, 2 * MS), &mut sink);
+        assert_eq!(t.counters().loopback_parked, 1);
+        t.on_state(&state(B, TCP_SYN_RECV, 80, 5000, 215 * MS), &mut sink);
+        t.on_op(&op(B, Dir::Recv, 10 + n, n, 9, 216 * MS), &mut sink);
+        t.sweep(217 * MS, &mut sink);
+        assert!(
+            sink.got.contains(&(B, Dir::Recv, Some(9), req.to_vec())),
+            "{:?}",
+            sink.got
+        );
+        assert_eq!(t.stream_counters().ops_stale, 0);
     }
 
     #[test]

@@ -672,6 +672,14 @@ impl StreamReassembler {
         true
     }
 
+    /// Bytes and records pushed from now on count as noticed at `ts_ns` at
+    /// the earliest: bytes held elsewhere until then (loopback packets
+    /// waiting for their socket to be known) wait their full time for the
+    /// call that read them, however old their packets are.
+    pub fn noticed_from(&mut self, ts_ns: u64) {
+        self.clock = self.clock.max(ts_ns);
+    }
+
     /// Adds an operation: one call that moved the bytes
     /// `[seq_end - len, seq_end)`.
     pub fn push_op(&mut self, seq_end: u32, len: u32, meta: OpMeta) {
