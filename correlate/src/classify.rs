@@ -92,7 +92,7 @@ struct Caller {
     start: u64,
     /// When the thread stopped waiting for it: its response's first byte
     /// was read, or the call failed; `None` while it waits.
-    end: Option<u64>,
+    waited_until: Option<u64>,
     /// Earliest time the thread moved something on another connection after
     /// the call started, seen while its end was unknown.
     first_foreign: u64,
@@ -210,9 +210,9 @@ impl Classifier {
         if conn == c.conn || t <= c.start {
             return;
         }
-        match c.end {
-            Some(end) => {
-                if t < end {
+        match c.waited_until {
+            Some(until) => {
+                if t < until {
                     self.sign(pid, sign::CALL_OVERLAP, t, k);
                 }
             }
@@ -235,12 +235,12 @@ impl Classifier {
             key,
             conn,
             start: t,
-            end: None,
+            waited_until: None,
             first_foreign: u64::MAX,
             last_seen: t,
         };
         if let Some(c) = self.callers.get_mut(&(pid, tid)) {
-            if c.end.is_none() && c.start < t {
+            if c.waited_until.is_none() && c.start < t {
                 // The thread's previous call is still outstanding: judged
                 // when it is answered (a second call on the same connection
                 // is pipelining, not a sign).
@@ -251,7 +251,7 @@ impl Classifier {
             return;
         }
         if self.callers.len() >= self.max {
-            self.callers.retain(|_, c| c.end.is_none());
+            self.callers.retain(|_, c| c.waited_until.is_none());
             if self.callers.len() >= self.max {
                 self.callers.clear();
             }
@@ -280,7 +280,7 @@ impl Classifier {
         if c.key != key {
             return;
         }
-        c.end = Some(began);
+        c.waited_until = Some(began);
         c.last_seen = end;
         if c.first_foreign < began {
             self.sign(pid, sign::CALL_OVERLAP, end, k);
@@ -292,7 +292,7 @@ impl Classifier {
     pub fn call_failed(&mut self, pid: Pid, writer: Tid, key: SpanKey, end: u64) {
         if let Some(c) = self.callers.get_mut(&(pid, writer)) {
             if c.key == key {
-                c.end = Some(end);
+                c.waited_until = Some(end);
                 c.first_foreign = u64::MAX;
             }
         }
@@ -318,7 +318,7 @@ impl Classifier {
     /// processes idle since `procs_before`.
     pub fn prune(&mut self, calls_before: u64, procs_before: u64) {
         self.callers
-            .retain(|_, c| c.end.is_none() || c.last_seen >= calls_before);
+            .retain(|_, c| c.waited_until.is_none() || c.last_seen >= calls_before);
         self.procs
             .retain(|_, p| p.open > 0 || p.last_seen >= procs_before);
     }

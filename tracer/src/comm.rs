@@ -25,12 +25,6 @@ impl Comm {
     }
 }
 
-impl From<[u8; 16]> for Comm {
-    fn from(raw: [u8; 16]) -> Comm {
-        Comm(raw)
-    }
-}
-
 impl fmt::Display for Comm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text())
