@@ -332,10 +332,16 @@ fn h2c_nginx_with_curl_and_h2load() {
     let receiver = Receiver::start(Otlp::Grpc);
     let agent = Agent::start(&receiver.agent_args());
     let base = format!("http://127.0.0.1:{}", nginx.port);
+    // curl names the server (`:authority`), h2load an address: the spans'
+    // server.address must say which.
+    let named = format!("http://files.test:{}", nginx.port);
+    let resolve = format!("files.test:{}:127.0.0.1", nginx.port);
     let body = run_ok(Command::new("curl").args([
         "-s",
+        "--resolve",
+        &resolve,
         "--http2-prior-knowledge",
-        &format!("{base}/file.txt"),
+        &format!("{named}/file.txt"),
     ]));
     assert_eq!(body, "hello over h2c\n");
     let missing = run_ok(Command::new("curl").args([
@@ -344,8 +350,10 @@ fn h2c_nginx_with_curl_and_h2load() {
         "/dev/null",
         "-w",
         "%{http_code}",
+        "--resolve",
+        &resolve,
         "--http2-prior-knowledge",
-        &format!("{base}/missing.txt"),
+        &format!("{named}/missing.txt"),
     ]));
     assert_eq!(missing, "404");
     let n = 60;
@@ -391,6 +399,14 @@ fn h2c_nginx_with_curl_and_h2load() {
             p => panic!("path {p}: {s}"),
         }
         assert!(f(s, "name").starts_with("GET /"), "{s}");
+        let by_curl = attr(s, "user_agent.original").starts_with("curl/");
+        let host = if by_curl { "files.test" } else { "127.0.0.1" };
+        assert_eq!(attr(s, "server.address"), host, "{s}");
+        assert_eq!(attr(s, "server.port"), nginx.port.to_string(), "{s}");
+        if f(s, "kind") == "CLIENT" {
+            let full = format!("http://{host}:{}{path}", nginx.port);
+            assert!(attr(s, "url.full").starts_with(&full), "{s}");
+        }
     }
     // curl's two calls and h2load's (multiplexed, 4 streams at a time on
     // each connection) are each the parent of nginx's span of them.

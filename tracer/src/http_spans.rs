@@ -536,13 +536,13 @@ impl ToSpans {
             }
             (None, h2) => {
                 // HTTP/2: pseudo-headers included (`:authority` names the
-                // server); a field whose name or value is unknown is left
-                // out, never passed on half known.
-                let all = match h2 {
-                    Some(h2) => conn::Fields::H2(h2.fields()),
-                    None => m.headers(),
-                };
-                for f in all.iter() {
+                // server: `MessageView::headers` leaves them out, so the
+                // message's own list is walked); a field whose name or
+                // value is unknown is left out, never passed on half known.
+                let h2_fields = h2.map(|h2| h2.fields().iter());
+                let held = h2.is_none().then(|| m.headers());
+                let held = held.iter().flat_map(|f| f.iter());
+                for f in h2_fields.into_iter().flatten().chain(held) {
                     let (Some(n), Some(v)) = (f.name, f.value) else {
                         self.counters.h2_fields_unknown += 1;
                         field_unknown = field_unknown.or(f.why);
