@@ -86,9 +86,12 @@ impl<T> SpanTable<T> {
     /// Puts `rec` under `key`, from [`new_key`](Self::new_key).
     pub fn insert(&mut self, key: SpanKey, rec: T) {
         if let Some(s) = self.recs.get_mut(slot(key)) {
-            if s.replace((key, rec)).is_none() {
+            // Assigned in place: `replace` would first copy the old slot
+            // out, a second pass over a record of several cache lines.
+            if s.is_none() {
                 self.len += 1;
             }
+            *s = Some((key, rec));
         }
     }
 
