@@ -353,6 +353,9 @@ impl Conns {
                     return;
                 }
                 conn.ctl.silence = reason as u8;
+                for s in conn.streams.iter_mut() {
+                    s.stop_copying();
+                }
                 match reason {
                     Silence::NotParsed => self.counters.silenced_not_parsed += 1,
                     Silence::Tls => self.counters.silenced_tls += 1,

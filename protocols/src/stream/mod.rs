@@ -404,6 +404,10 @@ pub struct StreamReassembler {
     fin: Option<u32>,
     /// Bytes are captured in the order they were sent.
     sent_order: bool,
+    /// From this position on the source copies nothing and reports no
+    /// call ([`stop_copying`](Self::stop_copying)); `u64::MAX` while it
+    /// does.
+    uncopied_from: u64,
 }
 
 /// Reuses a vector's allocation for another lifetime (in-place collect of an
@@ -453,6 +457,7 @@ impl StreamReassembler {
             piece_buf: Vec::new(),
             fin: None,
             sent_order: false,
+            uncopied_from: u64::MAX,
         }
     }
 
@@ -468,6 +473,7 @@ impl StreamReassembler {
         self.origin = None;
         self.contig_end = 0;
         self.clock = 0;
+        self.uncopied_from = u64::MAX;
         self.fin = None;
         self.sent_order = false;
     }
@@ -670,6 +676,17 @@ impl StreamReassembler {
             }
         }
         true
+    }
+
+    /// The source stops copying this direction and reporting its calls
+    /// (the consumer's verdict that the connection is not parsed): a call
+    /// reported just before the verdict landed in the source can be
+    /// followed by packets it no longer copied, and packets copied just
+    /// before by no call. From the next undelivered byte on, bytes no
+    /// segment covers are delivered as [`MissingKind::Skipped`], not as a
+    /// hole, and bytes no call claims are not counted unattributed.
+    pub fn stop_copying(&mut self) {
+        self.uncopied_from = self.uncopied_from.min(self.next);
     }
 
     /// Bytes and records pushed from now on count as noticed at `ts_ns` at
@@ -905,7 +922,9 @@ impl StreamReassembler {
         let (a, b) = (self.next, unit.end);
         let origin = *self.origin.get_or_insert(a);
         let mut pieces = recycle(std::mem::take(&mut self.piece_buf));
-        let st = self.spans.build_pieces(a, b, &mut pieces);
+        let st = self
+            .spans
+            .build_pieces(a, b, self.uncopied_from, &mut pieces);
         let len = (b - a) as u32;
         out(Chunk {
             seq: self.seq_of(a),
@@ -924,7 +943,7 @@ impl StreamReassembler {
         c.bytes_skipped += st.skipped;
         c.bytes_hole += st.hole;
         if unit.op.is_none() {
-            c.bytes_unattributed += u64::from(len);
+            c.bytes_unattributed += self.uncopied_from.clamp(a, b) - a;
         } else if st.captured + st.truncated + st.skipped == 0 {
             c.ops_without_bytes += 1;
         }

@@ -316,11 +316,13 @@ impl SpanStore {
     }
 
     /// Describes `[a, b)` as pieces (merging adjacent missing pieces of the
-    /// same kind) into `out`.
+    /// same kind) into `out`; from `uncopied_from` on, bytes no span covers
+    /// were not copied by request: skipped, not a hole.
     pub(super) fn build_pieces<'a>(
         &'a self,
         a: u64,
         b: u64,
+        uncopied_from: u64,
         out: &mut Vec<Piece<'a>>,
     ) -> PieceStats {
         let mut st = PieceStats::default();
@@ -335,17 +337,26 @@ impl SpanStore {
             }
             out.push(Piece::Missing { len, why });
         };
+        let gap = |out: &mut Vec<Piece<'a>>, st: &mut PieceStats, from: u64, to: u64| {
+            let split = uncopied_from.clamp(from, to);
+            if split > from {
+                st.hole += split - from;
+                push_missing(out, split - from, MissingKind::Hole);
+            }
+            if to > split {
+                st.skipped += to - split;
+                push_missing(out, to - split, MissingKind::Skipped);
+            }
+        };
         let mut cur = a;
         let mut idx = self.spans.partition_point(|sp| sp.end <= a);
         while cur < b {
             let Some(sp) = self.spans.get(idx).filter(|sp| sp.start < b) else {
-                st.hole += b - cur;
-                push_missing(out, b - cur, MissingKind::Hole);
+                gap(out, &mut st, cur, b);
                 break;
             };
             if sp.start > cur {
-                st.hole += sp.start - cur;
-                push_missing(out, sp.start - cur, MissingKind::Hole);
+                gap(out, &mut st, cur, sp.start);
                 cur = sp.start;
             }
             st.first_ts.get_or_insert(sp.ts);

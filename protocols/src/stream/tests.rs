@@ -926,3 +926,49 @@ fn gaps_before_captured_bytes_wait_less_in_sent_order() {
         vec![c(0, 0, Some(1), vec![d(b"ab"), P::H(3)])]
     );
 }
+
+#[test]
+fn bytes_uncopied_after_the_source_stopped_copying_are_skipped_not_holes() {
+    let mut r = new();
+    r.push_segment(0, 3, b"abc", MS);
+    r.push_op(3, 3, meta(1, MS));
+    assert_eq!(poll(&mut r, MS), vec![c(0, 0, Some(1), vec![d(b"abc")])]);
+    // The verdict: a call reported before it landed, its packet after
+    // (not copied); a packet copied before it, its call after (not
+    // reported).
+    r.stop_copying();
+    r.push_op(8, 5, meta(1, 2 * MS));
+    r.push_segment(8, 2, b"ij", 3 * MS);
+    assert_eq!(
+        poll(&mut r, 500 * MS),
+        vec![
+            c(3, 3, Some(1), vec![P::S(5)]),
+            c(8, 8, None, vec![d(b"ij")])
+        ]
+    );
+    let k = r.counters();
+    assert_eq!((k.bytes_hole, k.chunks_with_holes), (0, 0));
+    assert_eq!((k.bytes_skipped, k.bytes_unattributed), (5, 0));
+}
+
+#[test]
+fn a_gap_from_before_the_source_stopped_copying_stays_a_hole() {
+    let mut r = new();
+    r.push_segment(0, 3, b"abc", MS);
+    r.push_op(3, 3, meta(1, MS));
+    assert_eq!(poll(&mut r, MS).len(), 1);
+    r.push_op(8, 5, meta(1, 2 * MS));
+    // Bytes 3..8 were due and lost before the verdict came.
+    assert_eq!(
+        poll(&mut r, 500 * MS),
+        vec![c(3, 3, Some(1), vec![P::H(5)])]
+    );
+    r.stop_copying();
+    r.push_op(10, 2, meta(1, 600 * MS));
+    assert_eq!(
+        poll(&mut r, 900 * MS),
+        vec![c(8, 8, Some(1), vec![P::S(2)])]
+    );
+    let k = r.counters();
+    assert_eq!((k.bytes_hole, k.bytes_skipped), (5, 2));
+}
