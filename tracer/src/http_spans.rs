@@ -19,7 +19,7 @@ use correlate::{
 };
 use protocols::{
     conn::{self, ConnConfig, ConnCounters, ConnParser, MessageView, Protocol, Version},
-    hpack::{HpackCounters, Unknown},
+    hpack::{self, HpackCounters, Unknown},
     http1::Http1Counters,
     http2::{FrameCounters, Http2Counters, StreamEnd},
     stream::{Chunk, MissingKind, Piece},
@@ -496,7 +496,7 @@ impl ToSpans {
             .inbound_lost((pid != 0).then_some(Pid(pid)), at);
     }
 
-    fn message(&mut self, conn: &ConnInfo, m: &MessageView<'_>) {
+    fn message<'m>(&mut self, conn: &ConnInfo, m: &MessageView<'m>) {
         let info = m.info();
         let dir = tdir(m.dir());
         if info.headers_cut.is_some() {
@@ -535,31 +535,28 @@ impl ToSpans {
                 }
             }
             (None, h2) => {
-                // HTTP/2: pseudo-headers included (`:authority` names the
-                // server: `MessageView::headers` leaves them out, so the
-                // message's own list is walked); a field whose name or
-                // value is unknown is left out, never passed on half known.
-                let h2_fields = h2.map(|h2| h2.fields().iter());
-                let held = h2.is_none().then(|| m.headers());
-                let held = held.iter().flat_map(|f| f.iter());
-                for f in h2_fields.into_iter().flatten().chain(held) {
+                // A field whose name or value is unknown (HTTP/2) is left
+                // out, never passed on half known.
+                let mut keep = |f: hpack::Field<'m>| {
                     let (Some(n), Some(v)) = (f.name, f.value) else {
                         self.counters.h2_fields_unknown += 1;
                         field_unknown = field_unknown.or(f.why);
-                        continue;
+                        return;
                     };
                     let h = Header::new(n, v);
-                    if spilled.is_empty() {
-                        match inline.try_push(h) {
-                            Ok(()) => continue,
-                            Err(e) => {
-                                spilled.extend(inline.drain(..));
-                                spilled.push(e.element());
-                            }
-                        }
-                    } else {
+                    if !spilled.is_empty() {
                         spilled.push(h);
+                    } else if let Err(e) = inline.try_push(h) {
+                        spilled.extend(inline.drain(..));
+                        spilled.push(e.element());
                     }
+                };
+                match h2 {
+                    // Pseudo-headers included: the correlator reads
+                    // `:authority` (`MessageView::headers` leaves them out).
+                    Some(h2) => h2.fields().iter().for_each(&mut keep),
+                    // A held HTTP/1 request.
+                    None => m.headers().iter().for_each(&mut keep),
                 }
                 if spilled.is_empty() {
                     &inline
