@@ -205,8 +205,7 @@ fn requests_read_after_an_accept_queue_overflow_keep_their_calls() {
         ]),
         port,
     );
-    let (p, bp) = (port.to_string(), backend_port.to_string());
-    let agent = Agent::start(&["--print", "none", "--port", &p, "--port", &bp]);
+    let agent = Agent::start(&["--print", "none"]);
     let url = format!("http://127.0.0.1:{port}/q");
     run_ok(Command::new("h2load").args(["-n", "200", "-c", "4", "-m", "4", &url]));
     let out = agent.stop(SETTLE);

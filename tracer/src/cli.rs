@@ -97,7 +97,7 @@ pub struct RunArgs {
 
     /// Only print calls on connections with this local or remote port
     /// (repeatable).
-    #[arg(long = "port", value_name = "PORT")]
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
     /// Payload bytes copied per TCP packet (0 to 8192). The default, 1024,
@@ -327,6 +327,15 @@ pub enum ConfigError {
         /// The name given.
         comm: String,
     },
+    /// `--pid`, `--comm` or `--port` when no calls are printed: they
+    /// select the calls `--print events` shows, never spans, so given for
+    /// traces they would change nothing.
+    #[error(
+        "invalid option: --pid, --comm and --port choose the calls that `--print events` prints; \
+         spans are never filtered (a span's parent may be in any process): add --print events, \
+         or drop them"
+    )]
+    FilterWithoutEvents,
     /// `--profile-hz` above 1000.
     #[error("invalid option: --profile-hz {value} is above 1000")]
     ProfileHz {
@@ -501,6 +510,10 @@ impl RunArgs {
         } else {
             Print::Traces
         });
+        let filtered = !(self.pids.is_empty() && self.comms.is_empty() && self.ports.is_empty());
+        if filtered && print != Print::Events {
+            return Err(ConfigError::FilterWithoutEvents);
+        }
         let mut correlate = correlate::Config::default();
         if !self.request_id_headers.is_empty() {
             if let Some(h) = self
@@ -616,6 +629,24 @@ mod tests {
             .contains("positive"));
         assert!(parse(&["--duration=-1"]).unwrap_err().contains("positive"));
         assert!(parse(&["--port", "70000"]).is_err());
+        assert!(parse(&["--print", "events", "--port", "0"]).is_err());
+        // The filters choose printed calls: asked of spans, they are refused.
+        for args in [
+            &["--port", "80"][..],
+            &["--print", "traces", "--pid", "1"],
+            &["--print", "none", "--comm", "nginx"],
+            &["--otlp-endpoint", "http://x:1", "--port", "80"],
+        ] {
+            assert!(
+                parse(args).unwrap_err().contains("--print events"),
+                "{args:?}"
+            );
+        }
+        let events = parse(&["--print", "events", "--port", "80", "--comm", "nginx"]).unwrap();
+        assert_eq!(
+            (events.filter.ports, events.filter.comms),
+            (vec![80], vec!["nginx".into()])
+        );
         assert!(parse(&["--nice", "-21"]).unwrap_err().contains("-20..=19"));
         assert!(parse(&["--nice", "20"]).is_err());
         assert_eq!(parse(&["--nice", "-20"]).unwrap().nice, -20);
