@@ -123,6 +123,8 @@ fn http_services_get_the_names_users_know() {
     install("wsgi.py", &srv.join("payments/payments"), "wsgi.py");
     std::fs::write(srv.join("payments/payments/__init__.py"), "").unwrap();
     install("server.js", &srv.join("web"), "server.js");
+    // Run from source (`java Tickets.java`): the file names the program.
+    let tickets = install("Main.java", &srv.join("tickets"), "Tickets.java");
     let classes = srv.join("ledger/classes");
     std::fs::create_dir_all(&classes).unwrap();
     run_ok(
@@ -251,6 +253,17 @@ fn http_services_get_the_names_users_know() {
         c.arg("-cp").arg(&classes).args(["Main", &port.to_string()]);
         c
     });
+    serve(
+        "/svc-java-src",
+        "Tickets",
+        "java_source_file",
+        true,
+        &|port| {
+            let mut c = Command::new("java");
+            c.arg(&tickets).arg(port.to_string());
+            c
+        },
+    );
     serve("/svc-java-jar", "reports", "java_jar", true, &|port| {
         let mut c = Command::new("java");
         c.arg("-jar").arg(&jar).arg(port.to_string());

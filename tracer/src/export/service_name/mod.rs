@@ -100,6 +100,8 @@ pub enum Source {
     JavaJar,
     /// Java's main class (or module).
     JavaMainClass,
+    /// A Java source file run as a program (`java Billing.java`).
+    JavaSourceFile,
     /// A Ruby script.
     RubyScript,
     /// A Perl script.
@@ -130,6 +132,7 @@ impl fmt::Display for Source {
             Source::NodeScript => "node_script",
             Source::JavaJar => "java_jar",
             Source::JavaMainClass => "java_main_class",
+            Source::JavaSourceFile => "java_source_file",
             Source::RubyScript => "ruby_script",
             Source::PerlScript => "perl_script",
             Source::DotnetDll => "dotnet_dll",

@@ -441,6 +441,11 @@ fn java(args: &[String], cwd: Option<&str>) -> Option<(String, Source)> {
             }
             a if takes_value(a, &JAVA_VALUE_OPTIONS) => i += 2,
             a if a.starts_with('-') || a.starts_with('@') => i += 1,
+            // Source-file mode: the file is compiled and run, its name is
+            // the program's (a class named `java` it cannot be).
+            source if source.ends_with(".java") => {
+                return file_name(source, cwd, false).map(|n| (n, Source::JavaSourceFile));
+            }
             class => return java_class(class, class_path, cwd).map(|n| (n, Source::JavaMainClass)),
         }
     }
@@ -583,9 +588,9 @@ fn is_generic_stem(lower: &str) -> bool {
 }
 
 /// Extensions of programs dropped from a file name.
-const PROGRAM_EXTENSIONS: [&str; 17] = [
+const PROGRAM_EXTENSIONS: [&str; 18] = [
     "py", "pyc", "pyz", "pyw", "js", "mjs", "cjs", "ts", "mts", "cts", "jar", "war", "dll", "rb",
-    "pl", "php", "sh",
+    "pl", "php", "sh", "java",
 ];
 
 fn strip_extension(file: &str) -> &str {
@@ -764,6 +769,9 @@ mod tests {
             ("java --add-opens java.base/java.lang=ALL-UNNAMED -m billing.app/com.acme.billing.Main", java, root, "billing", JavaMainClass),
             ("java --module=com.acme.billing/com.acme.billing.BillingApp", java, root, "BillingApp", JavaMainClass),
             ("java -version", java, root, "java", Argv0),
+            ("java Billing.java 8080", java, root, "Billing", JavaSourceFile),
+            ("java -Xmx64m /srv/ledger/Main.java", java, root, "ledger", JavaSourceFile),
+            ("java --source 17 -cp lib/x.jar src/Main.java", java, Some("/srv/orders"), "orders", JavaSourceFile),
             // Ruby, Perl, dotnet, PHP-FPM.
             ("ruby /srv/blog/bin/rails server -p 3000", Some("/usr/bin/ruby3.1"), root, "blog", RubyScript),
             ("ruby -I lib -rbundler/setup /srv/jobs/worker.rb", Some("/usr/bin/ruby3.1"), root, "worker", RubyScript),
