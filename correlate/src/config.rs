@@ -222,6 +222,10 @@ pub struct Counters {
     /// holes, messages without their call, records the kernel dropped):
     /// uniqueness rules do not apply to its calls while it may be in flight.
     pub inbound_losses: u64,
+    /// Received bytes that may hold a request, not read by their process
+    /// for a while ([`crate::Correlator::inbound_unread`]): treated as
+    /// losses until read, counted apart (a slow reader is not a loss).
+    pub unread_holds: u64,
     /// Indexes of requests in flight that forgot live entries at their
     /// bound (uniqueness rules do not apply meanwhile).
     pub index_overflow: u64,

@@ -560,8 +560,21 @@ impl<G: IdGen> Correlator<G> {
     /// process: the lost request might have been the one.
     pub fn inbound_lost(&mut self, pid: Option<Pid>, at_ns: u64) {
         self.counters.inbound_losses += 1;
+        self.hold_for_loss(pid, at_ns);
+    }
+
+    fn hold_for_loss(&mut self, pid: Option<Pid>, at_ns: u64) {
         let until = at_ns.saturating_add(self.cfg.loss_hold_ns);
         self.losses.mark(pid, at_ns, until);
+    }
+
+    /// Bytes that may hold a request for `pid` arrived at `at_ns` and it
+    /// has not read them yet. They wait for the read, but a read the
+    /// capture missed would look the same: the process is treated as after
+    /// [`inbound_lost`](Self::inbound_lost), counted apart.
+    pub fn inbound_unread(&mut self, pid: Option<Pid>, at_ns: u64) {
+        self.counters.unread_holds += 1;
+        self.hold_for_loss(pid, at_ns);
     }
 
     /// Every input stamped before `t_ns` has been given (or reported lost

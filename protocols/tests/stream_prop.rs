@@ -229,9 +229,10 @@ proptest! {
     /// bounded, captured bytes correct.
     #[test]
     fn bounded_under_pressure(case in case_strategy(true, true), max_segments in 4usize..20, max_bytes in 1usize..300, max_ops in 1usize..10, timeout in 0u64..10, sent_order in any::<bool>()) {
-        let limits = StreamLimits { max_segments, max_bytes, max_ops, hole_timeout_ns: timeout, lost_gap_timeout_ns: timeout / 2 };
+        let limits = StreamLimits { max_segments, max_bytes, max_ops, hole_timeout_ns: timeout, lost_gap_timeout_ns: timeout / 2, unread_timeout_ns: timeout * 3 };
         let mut r = StreamReassembler::new(limits);
         r.set_sent_order(sent_order);
+        r.set_receive(!sent_order);
         let mut seen = Seen::default();
         let isn = case.isn;
         for (t, rec) in case.recs.iter().enumerate() {
@@ -267,9 +268,10 @@ proptest! {
     /// panics, delivers in order, stays bounded.
     #[test]
     fn arbitrary_records(recs in prop::collection::vec((any::<bool>(), any::<u32>(), any::<u32>(), 0usize..64, any::<u16>()), 0..200), near in any::<bool>(), sent_order in any::<bool>()) {
-        let limits = StreamLimits { max_segments: 32, max_bytes: 512, max_ops: 16, hole_timeout_ns: 100, lost_gap_timeout_ns: 30 };
+        let limits = StreamLimits { max_segments: 32, max_bytes: 512, max_ops: 16, hole_timeout_ns: 100, lost_gap_timeout_ns: 30, unread_timeout_ns: 250 };
         let mut r = StreamReassembler::new(limits);
         r.set_sent_order(sent_order);
+        r.set_receive(!sent_order);
         let mut next = 0u64;
         let buf = [7u8; 64];
         for (i, (is_seg, seq, len, cap, dt)) in recs.into_iter().enumerate() {

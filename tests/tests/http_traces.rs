@@ -699,3 +699,77 @@ fn ipv6_loopback_is_traced_and_linked() {
     );
     assert_eq!(server_span["attributes"]["network.peer.address"], "::1");
 }
+
+/// A single-threaded server (Python's `HTTPServer`) busy with a slow
+/// request reads the next client's request half a second after it
+/// arrived, as any server with a backlog does: that request keeps its
+/// server span, linked to its client's, and the client's span lasts the
+/// wait. (Bytes unread past the hole timeout used to be given up as read
+/// by no call: the server span was lost.)
+#[test]
+fn a_request_read_long_after_it_arrived_keeps_its_span() {
+    let Some(_g) = root_test("a_request_read_long_after_it_arrived_keeps_its_span") else {
+        return;
+    };
+    require_tool("curl");
+    const SERVER: &str = r#"
+import sys, time
+from http.server import HTTPServer, BaseHTTPRequestHandler
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path.startswith("/slow"):
+            time.sleep(0.6)
+        self.send_response(200)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+    def log_message(self, *a):
+        pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+    let port = tracer_e2e::free_port();
+    let _server = tracer_e2e::Listening::start(
+        Command::new(tracer_e2e::python())
+            .args(["-c", SERVER, &port.to_string()])
+            .env("OTEL_SERVICE_NAME", "one-at-a-time"),
+        port,
+    );
+    let agent = Agent::start(&["--output", "json"]);
+    let get = |path: String| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        run_ok(Command::new("curl").args(["-sf", "-o", "/dev/null", &url]));
+    };
+    for i in 0..3 {
+        std::thread::scope(|s| {
+            s.spawn(|| get(format!("/slow-{i}")));
+            std::thread::sleep(Duration::from_millis(100));
+            get(format!("/queued-{i}"));
+        });
+    }
+    let out = agent.stop(SETTLE);
+    let spans = out.json();
+    let find = |kind: &str, path: &str| {
+        spans
+            .iter()
+            .find(|s| f(s, "kind") == kind && attr(s, "url.path") == path)
+            .unwrap_or_else(|| panic!("no {kind} span of {path}: {}", out.stderr))
+    };
+    for i in 0..3 {
+        for path in [format!("/slow-{i}"), format!("/queued-{i}")] {
+            let (client, server) = (find("CLIENT", &path), find("SERVER", &path));
+            assert_eq!(server["parent_span_id"], client["span_id"], "{path}");
+            assert_eq!(server["attributes"]["http.response.status_code"], 200);
+        }
+        let queued = find("CLIENT", &format!("/queued-{i}"));
+        let waited = queued["duration_ns"].as_u64().unwrap();
+        assert!(
+            waited > 300_000_000,
+            "the queued request waited for the slow one: {waited} ns"
+        );
+    }
+    assert!(
+        out.counter("correlation.unread_holds").unwrap_or(0) >= 3,
+        "{}",
+        out.stderr
+    );
+}

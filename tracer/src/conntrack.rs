@@ -118,6 +118,10 @@ pub trait Sink {
     /// Received bytes from `at_ns` on were dropped before any connection
     /// got them (parked loopback packets): they may have held a request.
     fn lost(&mut self, _at_ns: u64) {}
+    /// Bytes `conn` received at `at_ns` have not been read for the hole
+    /// timeout: they wait on for their read, but a read the capture missed
+    /// would look the same.
+    fn unread(&mut self, _conn: &ConnInfo, _at_ns: u64) {}
 }
 
 /// Bounds and timeouts of the table.
@@ -534,6 +538,7 @@ impl Conns {
             // are too when fed from a loopback peer's sends (see
             // `mirror_loopback`), else they come from the network.
             streams[Dir::Send as usize].set_sent_order(true);
+            streams[Dir::Recv as usize].set_receive(true);
             Conn {
                 info: ConnInfo {
                     cookie,
@@ -765,7 +770,11 @@ impl Conns {
         let mut pending: Option<u64> = None;
         for (cookie, conn) in self.conns.iter_mut() {
             deliver(&mut conn.streams, &conn.info, now, sink);
-            if let Some(t) = conn.streams[Dir::Recv as usize].pending_since() {
+            let recv = &mut conn.streams[Dir::Recv as usize];
+            if let Some(at) = recv.take_unread(now) {
+                sink.unread(&conn.info, at);
+            }
+            if let Some(t) = recv.pending_since(now) {
                 pending = Some(pending.map_or(t, |p| p.min(t)));
             }
             if conn.closed_at.is_none()

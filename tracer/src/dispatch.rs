@@ -172,6 +172,12 @@ impl<O: SpanOut> Sink for Stages<O> {
         }
     }
 
+    fn unread(&mut self, conn: &ConnInfo, at_ns: u64) {
+        if let Some(http) = &mut self.http {
+            http.unread(conn, at_ns);
+        }
+    }
+
     fn closed(&mut self, conn: &ConnInfo) {
         let Stages {
             events,

@@ -425,6 +425,24 @@ impl HttpSpans {
         self.out.lost(pid, at_ns);
     }
 
+    /// Bytes `conn` received at `at_ns` wait for a read (see
+    /// `conntrack::Sink::unread`). Where they may be a request, a read the
+    /// capture missed would leave one in flight unseen: its process is
+    /// treated as after a loss (rules that need every request in flight
+    /// known hold off), as when such bytes were given up.
+    pub fn unread(&mut self, conn: &ConnInfo, at_ns: u64) {
+        let c = self.conns.get(&conn.cookie);
+        if c.is_some_and(|c| c.not_http) {
+            return;
+        }
+        let serves =
+            conn.role == Role::Server || c.is_some_and(|c| c.parser.client() == Some(conn::Dir::B));
+        if serves {
+            let pid = (conn.pid != 0).then_some(Pid(conn.pid));
+            self.out.correlator.inbound_unread(pid, at_ns);
+        }
+    }
+
     /// Spans from [`poll`](Self::poll) handed on: their buffers are reused.
     pub fn recycle(&mut self, spans: Vec<Span>) {
         self.out.correlator.recycle(spans);

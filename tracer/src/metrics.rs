@@ -405,6 +405,7 @@ report_counters!(correlate::Counters, Stage::Correlation, {
     request_id_ambiguous: Detail, "Client spans whose request id was shared by several requests in flight in their process.";
     forward_ambiguous: Detail, "Client spans repeating several inbound requests in flight (not linked by forwarding).";
     inbound_losses: Anomaly, "Losses that may have hidden a request read by a process (stream holes, messages without their call, kernel drops): forwarding and request ids do not link its calls meanwhile.";
+    unread_holds: Detail, "Received bytes that may hold a request and that their process did not read for a while (a busy server): forwarding and request ids do not link its calls meanwhile, as after a loss.";
     index_overflow: Anomaly, "Indexes of requests in flight that forgot live entries at their bound.";
     unique_waits: Detail, "Parent decisions that waited for every input from before the call (forwarding or a request id had a candidate).";
     unique_refused_loss: Detail, "Forwarding or request-id links refused: a loss may have hidden another candidate.";

@@ -34,7 +34,8 @@
 //!   waiting). Missing ranges are then holes.
 //! - Covered by segments but by no operation: once a later operation shows
 //!   that the bytes were skipped, or once they are older than
-//!   `hole_timeout_ns`; delivered with `op: None`.
+//!   `hole_timeout_ns` (`unread_timeout_ns` in a receive stream, see
+//!   [`StreamReassembler::set_receive`]); delivered with `op: None`.
 //! - Covered by nothing, with something known beyond: a hole, once
 //!   `hole_timeout_ns` has passed since the first record beyond it.
 //! - Under memory pressure (past three quarters of a [`StreamLimits`]
@@ -279,6 +280,12 @@ pub struct StreamLimits {
     /// way (another CPU's, held up) can fill such a gap, since a
     /// retransmission is never the first copy captured.
     pub lost_gap_timeout_ns: u64,
+    /// In a receive stream ([`StreamReassembler::set_receive`]), how long
+    /// captured bytes that no call claims wait for the call that reads
+    /// them (never less than `hole_timeout_ns`). A process reads what
+    /// arrived when it gets to it: a busy server, or one with a backlog of
+    /// connections, reads a request long after its packets came.
+    pub unread_timeout_ns: u64,
 }
 
 impl Default for StreamLimits {
@@ -289,6 +296,7 @@ impl Default for StreamLimits {
             max_ops: 1024,
             hole_timeout_ns: 200_000_000,
             lost_gap_timeout_ns: 20_000_000,
+            unread_timeout_ns: 5_000_000_000,
         }
     }
 }
@@ -404,6 +412,13 @@ pub struct StreamReassembler {
     fin: Option<u32>,
     /// Bytes are captured in the order they were sent.
     sent_order: bool,
+    /// The socket's receive direction: bytes arrive before the calls that
+    /// read them.
+    receive: bool,
+    /// The range at the front was reported unread ([`take_unread`]).
+    ///
+    /// [`take_unread`]: Self::take_unread
+    unread_reported: bool,
     /// From this position on the source copies nothing and reports no
     /// call ([`stop_copying`](Self::stop_copying)); `u64::MAX` while it
     /// does.
@@ -443,6 +458,7 @@ impl StreamReassembler {
             max_ops: limits.max_ops.max(1),
             hole_timeout_ns: limits.hole_timeout_ns,
             lost_gap_timeout_ns: limits.lost_gap_timeout_ns.min(limits.hole_timeout_ns),
+            unread_timeout_ns: limits.unread_timeout_ns.max(limits.hole_timeout_ns),
         };
         StreamReassembler {
             limits,
@@ -457,6 +473,8 @@ impl StreamReassembler {
             piece_buf: Vec::new(),
             fin: None,
             sent_order: false,
+            receive: false,
+            unread_reported: false,
             uncopied_from: u64::MAX,
         }
     }
@@ -476,6 +494,7 @@ impl StreamReassembler {
         self.uncopied_from = u64::MAX;
         self.fin = None;
         self.sent_order = false;
+        self.unread_reported = false;
     }
 
     /// Frees what is allocated but holds nothing beyond what a small
@@ -535,12 +554,44 @@ impl StreamReassembler {
     }
 
     /// Kernel time of the oldest record still held undelivered (bytes, or
-    /// a call waiting for its bytes), if any: a message those may yet make,
-    /// or lose, started no earlier.
-    pub fn pending_since(&self) -> Option<u64> {
-        let bytes = self.spans.front().map(|s| s.ts);
+    /// a call waiting for its bytes), if any, at `now`: a message those may
+    /// yet make, or lose, started no earlier. Received bytes no call has
+    /// claimed for the hole timeout are not counted any more: they wait
+    /// for a read that has not happened (see [`take_unread`]).
+    ///
+    /// [`take_unread`]: Self::take_unread
+    pub fn pending_since(&self, now: u64) -> Option<u64> {
         let call = self.ops.front().map(|o| o.meta.ts_ns);
+        let bytes = self
+            .spans
+            .front()
+            .filter(|s| call.is_some() || !self.receive || !self.deadline_passed(s.noticed, now))
+            .map(|s| s.ts);
         bytes.into_iter().chain(call).min()
+    }
+
+    /// In a receive stream, the kernel time of received bytes that no call
+    /// has read for the hole timeout, once per range: a read the capture
+    /// missed would look the same, so the caller counts the bytes as a
+    /// possible loss (the request they may hold is not known) while they
+    /// wait on for their read, up to `unread_timeout_ns`.
+    pub fn take_unread(&mut self, now: u64) -> Option<u64> {
+        if !self.receive || self.unread_reported || !self.ops.is_empty() {
+            return None;
+        }
+        let s = self.spans.front()?;
+        if !self.deadline_passed(s.noticed, now) {
+            return None;
+        }
+        self.unread_reported = true;
+        Some(s.ts)
+    }
+
+    /// This stream is a socket's receive direction: captured bytes wait
+    /// `unread_timeout_ns` for the call that reads them, not the hole
+    /// timeout. Kept across [`reset`](Self::reset).
+    pub fn set_receive(&mut self, yes: bool) {
+        self.receive = yes;
     }
 
     /// True when buffers are close enough to a limit that the next
@@ -872,7 +923,12 @@ impl StreamReassembler {
             // Bytes that no operation claims (yet).
             let end = self.contig_end.min(bound.unwrap_or(u64::MAX));
             let noticed = first_span.map_or(0, |(_, n)| n);
-            if bound.is_some() || self.deadline_passed(noticed, now) {
+            let wait = if self.receive {
+                self.limits.unread_timeout_ns
+            } else {
+                self.limits.hole_timeout_ns
+            };
+            if bound.is_some() || now >= noticed.saturating_add(wait) {
                 return unit(end, None, false);
             }
             return if pressure {
@@ -956,6 +1012,7 @@ impl StreamReassembler {
 
         self.spans.consume_to(b);
         self.next = b;
+        self.unread_reported = false;
         if let Some(o) = self.ops.front_mut() {
             if o.end <= b {
                 self.ops.pop_front();

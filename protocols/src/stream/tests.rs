@@ -329,18 +329,64 @@ fn hole_times_out() {
 #[test]
 fn pending_since_is_the_oldest_record_held() {
     let mut r = new();
-    assert_eq!(r.pending_since(), None);
+    assert_eq!(r.pending_since(3 * MS), None);
     r.push_segment(1000, 5, b"hello", 3 * MS);
-    assert_eq!(r.pending_since(), Some(3 * MS), "bytes waiting for a call");
+    assert_eq!(
+        r.pending_since(3 * MS),
+        Some(3 * MS),
+        "bytes waiting for a call"
+    );
     // (A call is given by where it ends and its length.)
     r.push_op(1005, 5, meta(7, 2 * MS));
-    assert_eq!(r.pending_since(), Some(2 * MS), "the oldest of both");
+    assert_eq!(r.pending_since(3 * MS), Some(2 * MS), "the oldest of both");
     r.push_op(1010, 5, meta(7, 4 * MS));
     assert_eq!(poll(&mut r, 4 * MS).len(), 1);
     // What is left: a call whose bytes did not come (yet).
-    assert_eq!(r.pending_since(), Some(4 * MS));
+    assert_eq!(r.pending_since(4 * MS), Some(4 * MS));
     let _ = poll(&mut r, 500 * MS);
-    assert_eq!(r.pending_since(), None, "delivered as a hole");
+    assert_eq!(r.pending_since(500 * MS), None, "delivered as a hole");
+}
+
+/// A server that gets to a request 300 ms after it arrived (busy, or a
+/// backlog of connections): its receive stream waits for the read, so
+/// the request keeps its call; the bytes stop holding others back after
+/// the hole timeout, when they are reported once as unread.
+#[test]
+fn received_bytes_wait_for_a_late_read() {
+    let mut r = new();
+    r.set_receive(true);
+    r.push_segment(0, 5, b"GET /", MS);
+    assert!(poll(&mut r, 250 * MS).is_empty(), "waits for the read");
+    assert_eq!(r.take_unread(100 * MS), None, "not yet");
+    assert_eq!(r.pending_since(100 * MS), Some(MS));
+    assert_eq!(r.take_unread(250 * MS), Some(MS));
+    assert_eq!(r.take_unread(260 * MS), None, "reported once");
+    assert_eq!(r.pending_since(260 * MS), None);
+    r.push_op(5, 5, meta(7, 301 * MS));
+    assert_eq!(
+        poll(&mut r, 301 * MS),
+        vec![c(0, 0, Some(7), vec![d(b"GET /")])]
+    );
+    // The next request is read at once; a third is never read.
+    r.push_segment(5, 3, b"GET", 400 * MS);
+    r.push_op(8, 3, meta(7, 400 * MS));
+    assert_eq!(
+        poll(&mut r, 400 * MS),
+        vec![c(5, 5, Some(7), vec![d(b"GET")])]
+    );
+    r.push_segment(8, 2, b"HI", 500 * MS);
+    assert_eq!(r.take_unread(700 * MS), Some(500 * MS), "a new range");
+    assert!(poll(&mut r, 5_499 * MS).is_empty());
+    assert_eq!(
+        poll(&mut r, 5_500 * MS),
+        vec![c(8, 8, None, vec![d(b"HI")])],
+        "unread for the unread timeout"
+    );
+    // A send stream does not wait for calls that long.
+    let mut s = new();
+    s.push_segment(0, 2, b"OK", MS);
+    assert_eq!(s.take_unread(500 * MS), None);
+    assert_eq!(poll(&mut s, 201 * MS).len(), 1);
 }
 
 #[test]
@@ -545,6 +591,7 @@ fn limits_evict_furthest_and_force_delivery() {
         max_ops: 16,
         hole_timeout_ns: 200 * MS,
         lost_gap_timeout_ns: 20 * MS,
+        unread_timeout_ns: 200 * MS,
     };
     let mut r = StreamReassembler::new(limits);
     // One huge op; its segments arrive but the op is never complete in time.
@@ -572,6 +619,7 @@ fn limits_bytes() {
         max_ops: 16,
         hole_timeout_ns: 200 * MS,
         lost_gap_timeout_ns: 20 * MS,
+        unread_timeout_ns: 200 * MS,
     };
     let mut r = StreamReassembler::new(limits);
     for i in 0..50u32 {
@@ -594,6 +642,7 @@ fn limits_ops() {
         max_ops: 8,
         hole_timeout_ns: 200 * MS,
         lost_gap_timeout_ns: 20 * MS,
+        unread_timeout_ns: 200 * MS,
     };
     let mut r = StreamReassembler::new(limits);
     for i in 1..100u32 {
