@@ -16,9 +16,10 @@ fn u32_at(d: &[u8], i: usize) -> u32 {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let limits = StreamLimits { max_segments: 16, max_bytes: 2048, max_ops: 8, hole_timeout_ns: 50, lost_gap_timeout_ns: 10 };
+    let limits = StreamLimits { max_segments: 16, max_bytes: 2048, max_ops: 8, hole_timeout_ns: 50, lost_gap_timeout_ns: 10, unread_timeout_ns: 150 };
     let mut r = StreamReassembler::new(limits);
     r.set_sent_order(data.first().is_some_and(|b| b & 1 != 0));
+    r.set_receive(data.first().is_some_and(|b| b & 2 != 0));
     let mut p = Http1Parser::new(Role::Request, Http1Config::default());
     let mut next = 0u64;
     let mut now = 0u64;
@@ -47,6 +48,10 @@ fuzz_target!(|data: &[u8]| {
         let (spans, bytes, ops) = r.buffered();
         assert!(spans <= 40 && bytes <= 2048 && ops <= 8, "unbounded: {spans} {bytes} {ops}");
         if tag & 0x80 != 0 {
+            if let Some(at) = r.take_unread(now) {
+                assert!(at <= now, "unread bytes from the future");
+            }
+            let _ = r.pending_since(now);
             r.poll(now, &mut |c| {
                 assert_eq!(c.offset, next, "not contiguous");
                 assert_eq!(c.pieces.iter().map(|p| u64::from(p.len())).sum::<u64>(), u64::from(c.len));
