@@ -88,6 +88,18 @@ struct HttpConn {
     h2_asked: bool,
 }
 
+/// A pid the capture knows (0: not known).
+fn known(pid: u32) -> Option<Pid> {
+    (pid != 0).then_some(Pid(pid))
+}
+
+/// Whether requests arrive on `conn`'s received bytes: it is a socket the
+/// process accepted, or its parser (`c`, if it has seen bytes) saw them
+/// arrive there.
+fn serves(conn: &ConnInfo, c: Option<&HttpConn>) -> bool {
+    conn.role == Role::Server || c.is_some_and(|c| c.parser.client() == Some(conn::Dir::B))
+}
+
 /// Parses every connection and turns messages into spans.
 pub struct HttpSpans {
     conns: HashMap<u64, HttpConn>,
@@ -271,8 +283,7 @@ impl HttpSpans {
             // this socket accepted, or where its parser saw them arrive. (A
             // connection opened before the agent whose bytes were never seen
             // tells neither: a blind spot, see design 005.)
-            let serves = conn.role == Role::Server || c.parser.client() == Some(conn::Dir::B);
-            if dir == Dir::Recv && serves {
+            if dir == Dir::Recv && serves(conn, Some(c)) {
                 let at = chunk
                     .seg_ts_ns
                     .or(chunk.op.map(|o| o.ts_ns))
@@ -432,14 +443,8 @@ impl HttpSpans {
     /// known hold off), as when such bytes were given up.
     pub fn unread(&mut self, conn: &ConnInfo, at_ns: u64) {
         let c = self.conns.get(&conn.cookie);
-        if c.is_some_and(|c| c.not_http) {
-            return;
-        }
-        let serves =
-            conn.role == Role::Server || c.is_some_and(|c| c.parser.client() == Some(conn::Dir::B));
-        if serves {
-            let pid = (conn.pid != 0).then_some(Pid(conn.pid));
-            self.out.correlator.inbound_unread(pid, at_ns);
+        if !c.is_some_and(|c| c.not_http) && serves(conn, c) {
+            self.out.correlator.inbound_unread(known(conn.pid), at_ns);
         }
     }
 
@@ -510,8 +515,7 @@ impl ToSpans {
     /// What `pid` (0: not known) read from `at` on may have held a
     /// request that never becomes a message.
     fn lost(&mut self, pid: u32, at: u64) {
-        self.correlator
-            .inbound_lost((pid != 0).then_some(Pid(pid)), at);
+        self.correlator.inbound_lost(known(pid), at);
     }
 
     fn message<'m>(&mut self, conn: &ConnInfo, m: &MessageView<'m>) {

@@ -562,12 +562,19 @@ impl StreamReassembler {
     /// [`take_unread`]: Self::take_unread
     pub fn pending_since(&self, now: u64) -> Option<u64> {
         let call = self.ops.front().map(|o| o.meta.ts_ns);
-        let bytes = self
-            .spans
-            .front()
-            .filter(|s| call.is_some() || !self.receive || !self.deadline_passed(s.noticed, now))
-            .map(|s| s.ts);
+        let bytes = self.spans.front().map(|s| s.ts);
+        let bytes = bytes.filter(|_| self.unread_since(now).is_none());
         bytes.into_iter().chain(call).min()
+    }
+
+    /// In a receive stream, the kernel time of the bytes at the front when
+    /// no call has claimed them for the hole timeout.
+    fn unread_since(&self, now: u64) -> Option<u64> {
+        if !self.receive || !self.ops.is_empty() {
+            return None;
+        }
+        let s = self.spans.front()?;
+        self.deadline_passed(s.noticed, now).then_some(s.ts)
     }
 
     /// In a receive stream, the kernel time of received bytes that no call
@@ -576,15 +583,12 @@ impl StreamReassembler {
     /// possible loss (the request they may hold is not known) while they
     /// wait on for their read, up to `unread_timeout_ns`.
     pub fn take_unread(&mut self, now: u64) -> Option<u64> {
-        if !self.receive || self.unread_reported || !self.ops.is_empty() {
+        if self.unread_reported {
             return None;
         }
-        let s = self.spans.front()?;
-        if !self.deadline_passed(s.noticed, now) {
-            return None;
-        }
+        let at = self.unread_since(now)?;
         self.unread_reported = true;
-        Some(s.ts)
+        Some(at)
     }
 
     /// This stream is a socket's receive direction: captured bytes wait
