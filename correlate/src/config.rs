@@ -257,6 +257,19 @@ pub struct Counters {
     /// Spans whose propagated trace id disagreed with the parent the rules
     /// found; the header won.
     pub context_conflict: u64,
+    /// Traces the agent made up that were replaced by the one a process
+    /// started and propagated on a call made for the request (a proxy or
+    /// an instrumented service at the edge of a mesh).
+    pub context_adopted: u64,
+    /// Finished spans of a made-up trace held until a call that may
+    /// replace the trace was decided.
+    pub adoption_holds: u64,
+    /// Of those, exported before the decision (flush, memory bound, held
+    /// for a retention).
+    pub adoption_holds_cut: u64,
+    /// Calls that could not hold a made-up trace, or replace it, because
+    /// as many traces as span records were waiting already.
+    pub adoption_overflow: u64,
     /// Invalid W3C `traceparent` headers ignored.
     pub invalid_traceparent: u64,
     /// Invalid W3C `tracestate` headers dropped.

@@ -9,6 +9,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use smallvec::SmallVec;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::adopt::Adoptions;
 use crate::attr_key::Key;
 use crate::attributes::{request_facts, response_status};
 use crate::causes::{task_key, Cause, CauseEvent, Causes};
@@ -39,6 +40,9 @@ pub(crate) struct TraceCtx {
     pub trace_id: TraceId,
     pub flags: u8,
     pub state: Option<String>,
+    /// The span that made the trace up (a root of ours); `None` for a
+    /// propagated trace.
+    pub made_by: Option<SpanKey>,
 }
 
 /// A span's parent, once decided.
@@ -119,6 +123,9 @@ pub(crate) struct SpanRec {
     /// inline (no allocation per such pair).
     pub waiting_children: SmallVec<[SpanKey; 1]>,
     pub emitted: bool,
+    /// A span of the trace this span made up was exported (it can no
+    /// longer be replaced, see `adopt`).
+    pub trace_exported: bool,
     pub grpc: bool,
     /// Name and attributes.
     pub texts: Texts,
@@ -242,6 +249,8 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     pub(crate) timers: VecDeque<(u64, Timer)>,
     /// Reused work list of `resolve`.
     pub(crate) work: Vec<SpanKey>,
+    /// Reused list of the spans `resolve` finished.
+    pub(crate) finished: Vec<SpanKey>,
     /// Client spans emitted since the last poll, whose records go then.
     pub(crate) done_clients: Vec<SpanKey>,
     /// Heap bytes of the texts of the records held.
@@ -285,6 +294,8 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     /// Their heap bytes (part of [`Correlator::span_bytes`]).
     pub(crate) spare_bytes: usize,
     pub(crate) counters: Counters,
+    /// Made-up traces that a propagated one may replace.
+    pub(crate) adoptions: Adoptions,
 }
 
 /// Texts kept for reuse at most, and the largest kept. They count with the
@@ -355,12 +366,14 @@ impl<G: IdGen> Correlator<G> {
             retained: VecDeque::new(),
             timers: VecDeque::new(),
             work: Vec::new(),
+            finished: Vec::new(),
             done_clients: Vec::new(),
             text_bytes: TextBytes::default(),
             ready: Vec::new(),
             spare_texts: Vec::new(),
             spare_bytes: 0,
             counters: Counters::default(),
+            adoptions: Adoptions::new(),
         }
     }
 
@@ -433,6 +446,7 @@ impl<G: IdGen> Correlator<G> {
                 "output",
                 self.ready.capacity() * std::mem::size_of::<Span>(),
             ),
+            ("adoptions", self.adoptions.heap_bytes()),
         ]
     }
 
@@ -855,6 +869,7 @@ impl<G: IdGen> Correlator<G> {
             ctx: None,
             waiting_children: SmallVec::new(),
             emitted: false,
+            trace_exported: false,
             grpc: facts.grpc,
             texts,
             status: Status::Unset,

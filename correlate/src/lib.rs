@@ -72,9 +72,11 @@
 //! - **Rule 5, propagated context.** A valid W3C `traceparent` (with
 //!   `tracestate`) or B3 (`b3`, `X-B3-*`; 64-bit trace ids left-padded)
 //!   puts the request's spans in that trace: when rules 3/4 found no parent,
-//!   the header's span id is the parent; when they found one in another
-//!   trace, the header wins (`context_conflict`). Invalid headers are
-//!   counted and ignored.
+//!   the header's span id is the parent; when they found one in a trace
+//!   the agent made up, and no span of it was exported yet, the header's
+//!   trace replaces it for all its spans and the rules' parent stays
+//!   (`context_adopted`, see `adopt.rs`); in any other trace, the header
+//!   wins (`context_conflict`). Invalid headers are counted and ignored.
 //!
 //! *Trace ids.* A span's trace is its parent's; a root gets a fresh one, or
 //! the header's. Parents can be settled after their children exist, so a
@@ -150,6 +152,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod adopt;
 mod attr_key;
 mod attributes;
 mod causes;

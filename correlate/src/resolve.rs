@@ -1,6 +1,7 @@
 //! Parent decisions (rules 3, 4 and 5), trace-context propagation down the
 //! span tree, emission, and the bounds on held spans.
 
+use crate::adopt::AtEmit;
 use crate::attributes::same_body;
 use crate::classify::Mode;
 use crate::config::IdGen;
@@ -255,6 +256,7 @@ impl<G: IdGen> Correlator<G> {
             }
         }
         self.schedule_decision(key);
+        self.note_propagating_call(key);
     }
 
     /// Server span `s` is the other end of client span `c` (rule 3).
@@ -597,7 +599,9 @@ impl<G: IdGen> Correlator<G> {
             Orphan,
         }
         let mut work = std::mem::take(&mut self.work);
+        let mut finished = std::mem::take(&mut self.finished);
         work.clear();
+        finished.clear();
         work.push(start);
         while let Some(k) = work.pop() {
             let Some(rec) = self.spans.get(&k) else {
@@ -612,18 +616,27 @@ impl<G: IdGen> Correlator<G> {
                 Parent::Remote => Next::Header,
                 Parent::Span(p, _) => match self.spans.get(&p) {
                     Some(pr) => match &pr.ctx {
-                        Some(ctx) => {
-                            let conflict = rec
-                                .header
-                                .as_ref()
-                                .is_some_and(|h| h.trace_id != ctx.trace_id);
-                            if conflict {
-                                self.counters.context_conflict += 1;
-                                Next::Header
-                            } else {
-                                Next::Inherit(ctx.clone())
+                        Some(ctx) => match rec.header.as_ref() {
+                            Some(h) if h.trace_id != ctx.trace_id => {
+                                // The parent's trace was made up here: the
+                                // process's own trace may replace it.
+                                let own = TraceCtx {
+                                    trace_id: h.trace_id,
+                                    flags: h.flags,
+                                    state: h.trace_state.clone(),
+                                    made_by: None,
+                                };
+                                let root = ctx.made_by;
+                                if root.is_some_and(|root| self.adopt(root, &own)) {
+                                    self.counters.context_adopted += 1;
+                                    Next::Inherit(own)
+                                } else {
+                                    self.counters.context_conflict += 1;
+                                    Next::Header
+                                }
                             }
-                        }
+                            _ => Next::Inherit(ctx.clone()),
+                        },
                         None => Next::Wait(p),
                     },
                     // The parent was forgotten before its trace was known.
@@ -660,6 +673,7 @@ impl<G: IdGen> Correlator<G> {
                             trace_id: h.trace_id,
                             flags: h.flags,
                             state: h.trace_state.clone(),
+                            made_by: None,
                         };
                         if let Some(r) = self.spans.get_mut(&k) {
                             r.parent = Parent::Remote;
@@ -677,10 +691,17 @@ impl<G: IdGen> Correlator<G> {
             r.ctx = Some(ctx);
             work.extend(r.waiting_children.drain(..));
             if r.end.is_some() && !r.emitted {
-                self.emit(k);
+                finished.push(k);
             }
+            self.trace_settled(k);
+        }
+        // Emitted once the whole subtree has its trace: a span's made-up
+        // trace may wait for a call below it (see `adopt`).
+        for &k in &finished {
+            self.emit(k);
         }
         self.work = work;
+        self.finished = finished;
     }
 
     /// Make `key` a root of a new trace and return that trace.
@@ -694,22 +715,39 @@ impl<G: IdGen> Correlator<G> {
             trace_id,
             flags: 1,
             state: None,
+            made_by: Some(key),
         }
     }
 
-    /// Hand a finished span with a known trace to the output.
+    /// Hand a finished span with a known trace to the output (unless its
+    /// made-up trace may yet be replaced, see `adopt`).
     pub(crate) fn emit(&mut self, key: SpanKey) {
+        self.emit_now(key, false);
+    }
+
+    /// [`emit`](Self::emit); `force`: never held.
+    pub(crate) fn emit_now(&mut self, key: SpanKey, force: bool) {
         let retention = self.window.scale(self.cfg.retention_ns);
         let expire = self.clock.saturating_add(retention);
-        let Some(r) = self.spans.get_mut(&key) else {
+        let Some(r) = self.spans.get(&key) else {
             return;
         };
-        let (Some(ctx), Some(end)) = (r.ctx.clone(), r.end) else {
+        let (Some(mut ctx), Some(end)) = (r.ctx.clone(), r.end) else {
             return;
         };
         if r.emitted {
             return;
         }
+        if let Some(root) = ctx.made_by {
+            match self.at_emit(key, root, force) {
+                AtEmit::Held => return,
+                AtEmit::Into(t) => ctx = t,
+                AtEmit::Plain => {}
+            }
+        }
+        let Some(r) = self.spans.get_mut(&key) else {
+            return;
+        };
         r.emitted = true;
         let parent_span_id = match r.parent {
             Parent::Span(_, id) => Some(id),
@@ -804,6 +842,8 @@ impl<G: IdGen> Correlator<G> {
             }
             self.resolve(key);
         }
+        // Held or not, it goes now.
+        self.emit_now(key, true);
     }
 
     /// Make room for one more span record of `incoming` bytes under
@@ -897,6 +937,7 @@ impl<G: IdGen> Correlator<G> {
         self.call_causes.retain(|k, _| spans.contains_key(k));
         self.task_servers.prune(|k| spans.contains_key(&k));
         self.causes.forget_before(self.clock.saturating_sub(keep));
+        self.expire_adoptions();
         self.losses.prune(self.clock.saturating_sub(keep));
         let memory = self.cfg.classify_memory_ns;
         self.classify.prune(

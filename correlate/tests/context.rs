@@ -511,9 +511,11 @@ fn request_id_of_another_process_is_not_a_thread_parent() {
 }
 
 #[test]
-fn header_trace_disagreeing_with_the_thread_parent_wins() {
-    // The server span has no context (new trace); the app's SDK sends its
-    // own traceparent on the outgoing call: that trace wins.
+fn a_trace_made_up_here_gives_way_to_the_one_the_process_propagates() {
+    // The server span has no context: the agent makes a trace up. The
+    // app's SDK starts its own and sends it on the call made for the
+    // request: nothing of the made-up trace was exported, so the request's
+    // spans are all in the app's trace, and the call keeps its parent.
     let mut evs = pool();
     evs.extend(incoming(1, T1, MS, 5 * MS, "/in", &[]));
     evs.extend(outgoing(
@@ -525,10 +527,254 @@ fn header_trace_disagreeing_with_the_thread_parent_wins() {
         &[("traceparent", TP)],
     ));
     let out = run(&sorted(evs), Config::default());
+    out.assert_parent(&client("/out"), &server("/in"));
+    assert_eq!(out.get(&client("/out")).trace_id.to_string(), TRACE);
+    assert_eq!(out.get(&server("/in")).trace_id.to_string(), TRACE);
+    assert_eq!(out.get(&server("/in")).parent_span_id, None);
+    assert_eq!(out.counters.context_adopted, 1);
+    assert_eq!(out.counters.context_conflict, 0);
+}
+
+#[test]
+fn header_trace_wins_when_the_made_up_trace_was_exported_already() {
+    // A first call of the request was exported in the made-up trace before
+    // the call carrying the app's trace: that trace cannot be replaced any
+    // more, so the header wins for its call (a wrong trace for the first
+    // call's span would be worse than a split).
+    let mut evs = pool();
+    evs.extend(incoming(1, T1, MS, 400 * MS, "/in", &[]));
+    evs.extend(outgoing(2, T1, 2 * MS, 3 * MS, "/first", &[]));
+    evs.extend(outgoing(
+        3,
+        T1,
+        300 * MS,
+        301 * MS,
+        "/out",
+        &[("traceparent", TP)],
+    ));
+    let out = run(&sorted(evs), Config::default());
+    out.assert_parent(&client("/first"), &server("/in"));
     let c = out.get(&client("/out"));
     assert_eq!(c.trace_id.to_string(), TRACE);
     assert_eq!(c.parent_span_id.unwrap().to_string(), PARENT);
+    let made_up = out.get(&server("/in")).trace_id;
+    assert_ne!(made_up.to_string(), TRACE);
+    assert_eq!(out.get(&client("/first")).trace_id, made_up);
     assert_eq!(out.counters.context_conflict, 1);
+    assert_eq!(out.counters.context_adopted, 0);
+}
+
+/// curl (pid 10) -> a proxy (pid 20, one event-loop thread) that starts a
+/// trace and forwards the request with it -> a backend (pid 30). The
+/// proxy answers, and curl reads the answer, before the proxy's call is
+/// decided (that waits a window after the call's end).
+fn edge_proxy() -> Sim {
+    let (curl, proxy, backend) = (10, 20, 30);
+    let mut sim = Sim::new(7);
+    let mut front = sim.connect("127.0.0.1", "127.0.0.1:8080", Seen::Both);
+    let mut back = sim.connect("127.0.0.1", "127.0.0.1:9000", Seen::Both);
+    let r = req("GET", "/edge", &[("Host", "shop")]);
+    let fwd = req("GET", "/edge", &[("Host", "shop"), ("traceparent", TP)]);
+    sim.request(
+        &mut front,
+        at(MS, curl, curl),
+        at(MS + 50 * US, proxy, proxy),
+        &r,
+    );
+    sim.request(
+        &mut back,
+        at(2 * MS, proxy, proxy),
+        at(2 * MS + 50 * US, backend, backend),
+        &fwd,
+    );
+    let ok = resp(200, &[]);
+    sim.response(
+        &mut back,
+        at(4 * MS, backend, backend),
+        at(4 * MS + 50 * US, proxy, proxy),
+        &ok,
+    );
+    sim.response(
+        &mut front,
+        at(5 * MS, proxy, proxy),
+        at(5 * MS + 50 * US, curl, curl),
+        &ok,
+    );
+    sim
+}
+
+#[test]
+fn an_edge_proxys_trace_takes_in_the_spans_before_it() {
+    let out = run(&edge_proxy().sorted(), Config::default());
+    assert_eq!(out.spans.len(), 4, "{:#?}", out.spans);
+    for s in &out.spans {
+        assert_eq!(s.trace_id.to_string(), TRACE, "{s:#?}");
+    }
+    let curl = lbl(10, SpanKind::Client, "/edge");
+    let inbound = lbl(20, SpanKind::Server, "/edge");
+    let call = lbl(20, SpanKind::Client, "/edge");
+    let backend = lbl(30, SpanKind::Server, "/edge");
+    out.assert_parent(&inbound, &curl);
+    out.assert_parent(&call, &inbound);
+    out.assert_parent(&backend, &call);
+    assert_eq!(out.get(&curl).parent_span_id, None);
+    assert_eq!(out.counters.context_adopted, 1);
+    assert!(out.counters.adoption_holds >= 2, "{:?}", out.counters);
+    assert_eq!(out.counters.adoption_holds_cut, 0);
+}
+
+#[test]
+fn concurrent_requests_through_an_edge_proxy_each_take_their_own_trace() {
+    let (curl, proxy, backend) = (10, 20, 30);
+    let tps = [
+        "00-11111111111111111111111111111111-1111111111111111-01",
+        "00-22222222222222222222222222222222-2222222222222222-01",
+    ];
+    let mut sim = Sim::new(9);
+    let mut fronts: Vec<_> = (0..2)
+        .map(|_| sim.connect("127.0.0.1", "127.0.0.1:8080", Seen::Both))
+        .collect();
+    let mut backs: Vec<_> = (0..2)
+        .map(|_| sim.connect("127.0.0.1", "127.0.0.1:9000", Seen::Both))
+        .collect();
+    let paths = ["/a", "/b"];
+    // Interleaved on the proxy's one thread: both in flight at once.
+    for i in 0..2 {
+        let t = MS + i as u64 * 100 * US;
+        let r = req("GET", paths[i], &[("Host", "shop")]);
+        sim.request(
+            &mut fronts[i],
+            at(t, curl + i as u32, curl + i as u32),
+            at(t + 50 * US, proxy, proxy),
+            &r,
+        );
+    }
+    for i in 0..2 {
+        let t = 2 * MS + i as u64 * 100 * US;
+        let fwd = req(
+            "GET",
+            paths[i],
+            &[("Host", "shop"), ("traceparent", tps[i])],
+        );
+        sim.request(
+            &mut backs[i],
+            at(t, proxy, proxy),
+            at(t + 50 * US, backend, backend),
+            &fwd,
+        );
+    }
+    let ok = resp(200, &[]);
+    for i in [1, 0] {
+        let t = 4 * MS + (1 - i) as u64 * 200 * US;
+        sim.response(
+            &mut backs[i],
+            at(t, backend, backend),
+            at(t + 50 * US, proxy, proxy),
+            &ok,
+        );
+        sim.response(
+            &mut fronts[i],
+            at(t + 100 * US, proxy, proxy),
+            at(t + 150 * US, curl + i as u32, curl + i as u32),
+            &ok,
+        );
+    }
+    let out = run(&sim.sorted(), Config::default());
+    assert_eq!(out.spans.len(), 8, "{:#?}", out.spans);
+    for (i, path) in paths.iter().enumerate() {
+        let want = &tps[i][3..35];
+        let chain = [
+            lbl(10 + i as u32, SpanKind::Client, path),
+            lbl(proxy, SpanKind::Server, path),
+            lbl(proxy, SpanKind::Client, path),
+            lbl(backend, SpanKind::Server, path),
+        ];
+        for l in &chain {
+            assert_eq!(out.get(l).trace_id.to_string(), want, "{l:?}");
+        }
+        for w in chain.windows(2) {
+            out.assert_parent(&w[1], &w[0]);
+        }
+    }
+    assert_eq!(out.counters.context_adopted, 2);
+    assert_eq!(out.counters.adoption_holds_cut, 0);
+}
+
+#[test]
+fn spans_held_longer_than_the_retention_go_in_their_own_trace() {
+    // Two identical requests in flight at the proxy when it forwards one:
+    // its call's decision waits for the call's end (a second), and the
+    // first request, answered at once, waited for it. After a retention
+    // it goes, counted, in the trace made up for it; nothing is lost.
+    let (proxy, backend) = (20, 30);
+    let mut sim = Sim::new(5);
+    let mut fronts: Vec<_> = (0..2)
+        .map(|_| sim.connect("127.0.0.1", "127.0.0.1:8080", Seen::Both))
+        .collect();
+    let mut back = sim.connect("127.0.0.1", "127.0.0.1:9000", Seen::Both);
+    let r = req("GET", "/same", &[("Host", "shop")]);
+    let fwd = req("GET", "/same", &[("Host", "shop"), ("traceparent", TP)]);
+    for (i, front) in fronts.iter_mut().enumerate() {
+        let (t, curl) = (MS + i as u64 * 100 * US, 10 + i as u32);
+        sim.request(front, at(t, curl, curl), at(t + 50 * US, proxy, proxy), &r);
+    }
+    sim.request(
+        &mut back,
+        at(2 * MS, proxy, proxy),
+        at(2 * MS + 50 * US, backend, backend),
+        &fwd,
+    );
+    let ok = resp(200, &[]);
+    sim.response(
+        &mut fronts[0],
+        at(3 * MS, proxy, proxy),
+        at(3 * MS + 50 * US, 10, 10),
+        &ok,
+    );
+    sim.response(
+        &mut back,
+        at(1000 * MS, backend, backend),
+        at(1000 * MS + 50 * US, proxy, proxy),
+        &ok,
+    );
+    sim.response(
+        &mut fronts[1],
+        at(1001 * MS, proxy, proxy),
+        at(1001 * MS + 50 * US, 11, 11),
+        &ok,
+    );
+    // The agent polls often.
+    for t in (0..1100).step_by(10) {
+        sim.events.push(Ev::Close(ConnId(u64::MAX), t * MS));
+    }
+    let out = run(&sim.sorted(), Config::default());
+    assert_eq!(out.spans.len(), 6, "{:#?}", out.spans);
+    let answered = out.get(&lbl(10, SpanKind::Client, "/same"));
+    let inbound = out
+        .spans
+        .iter()
+        .find(|s| s.pid == Pid(proxy) && s.parent_span_id == Some(answered.span_id))
+        .expect("the first request's server span");
+    assert_eq!(inbound.trace_id, answered.trace_id);
+    assert_ne!(inbound.trace_id.to_string(), TRACE);
+    assert!(out.counters.adoption_holds_cut >= 2, "{:?}", out.counters);
+}
+
+#[test]
+fn spans_held_for_an_adoption_go_at_a_flush() {
+    let mut c = Correlator::with_seed(Config::default(), 42);
+    let mut spans = Vec::new();
+    for e in edge_proxy().sorted() {
+        e.apply(&mut c);
+        spans.extend(c.poll(e.time()));
+    }
+    spans.extend(c.flush());
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    let mut ids: Vec<_> = spans.iter().map(|s| s.span_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4);
+    assert!(c.counters().adoption_holds >= 2, "{:?}", c.counters());
 }
 
 #[test]

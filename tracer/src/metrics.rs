@@ -418,6 +418,10 @@ report_counters!(correlate::Counters, Stage::Correlation, {
     processes_multiplexing: Detail, "Processes found to multiplex or hand off requests (rule 4 never applies).";
     classify_overflow: Anomaly, "What was learnt about processes and threads, forgotten at its bound.";
     context_conflict: Detail, "Spans whose propagated trace disagreed with the rules (the header won).";
+    context_adopted: Detail, "Traces the agent made up that were replaced by the trace a process started and propagated on a call made for the request (mesh edge proxies, instrumented services).";
+    adoption_holds: Detail, "Finished spans held until a call that may replace their made-up trace was decided.";
+    adoption_holds_cut: Anomaly, "Of those, exported before the decision (flush, memory bound, held too long).";
+    adoption_overflow: Anomaly, "Calls that could not hold or replace a made-up trace: as many traces as span records were waiting.";
     invalid_traceparent: Detail, "Invalid traceparent headers ignored.";
     invalid_tracestate: Detail, "Invalid tracestate headers dropped.";
     invalid_b3: Detail, "Invalid B3 headers ignored.";
