@@ -558,23 +558,27 @@ fn nginx_keepalive(backend: u16) -> (Nginx, u16) {
     (n, port)
 }
 
-/// haproxy in front of `backend`; with `unique_id`, it generates an
-/// `x-request-id`, sends it upstream and returns it downstream (as
-/// Envoy's and many meshes' edge proxies do).
-fn haproxy(backend: u16, unique_id: bool) -> ((Listening, TempDir), u16) {
+/// haproxy's frontend generates an `x-request-id`, sends it upstream and
+/// returns it downstream (as Envoy's and many meshes' edge proxies do).
+const UNIQUE_ID: &str = "  unique-id-format %{+X}o%ci:%cp_%fi:%fp_%Ts_%rt:%pid\n\
+    \x20 http-request set-header x-request-id %[unique-id]\n\
+    \x20 http-response set-header x-request-id %[unique-id]\n";
+
+/// haproxy's frontend starts a trace for each request (a new W3C
+/// traceparent on what it forwards), as a mesh's edge proxy does, but
+/// exports no span of its own.
+const STARTS_TRACE: &str = "  http-request set-header traceparent \
+    \"00-%[uuid,regsub(-,,g)]-%[rand,hex,lower]-01\"\n";
+
+/// haproxy in front of `backend`, with `frontend` added to its frontend's
+/// configuration.
+fn haproxy(backend: u16, frontend: &str) -> ((Listening, TempDir), u16) {
     require_tool("haproxy");
     let dir = TempDir::new("tracer-haproxy");
     let port = free_port();
-    let ids = if unique_id {
-        "  unique-id-format %{+X}o%ci:%cp_%fi:%fp_%Ts_%rt:%pid\n\
-         \x20 http-request set-header x-request-id %[unique-id]\n\
-         \x20 http-response set-header x-request-id %[unique-id]\n"
-    } else {
-        ""
-    };
     let conf = format!(
         "global\n  nbthread 2\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-         frontend fe\n  bind 127.0.0.1:{port}\n{ids}  default_backend be\n\
+         frontend fe\n  bind 127.0.0.1:{port}\n{frontend}  default_backend be\n\
          backend be\n  server s1 127.0.0.1:{backend}\n"
     );
     let path = dir.path().join("haproxy.cfg");
@@ -706,7 +710,8 @@ fn haproxy_hops_link_by_forwarding_or_the_id_it_returns() {
     let Some(_g) = root_test("haproxy_hops_link_by_forwarding_or_the_id_it_returns") else {
         return;
     };
-    let start = |unique_id: bool| move |backend| haproxy(backend, unique_id);
+    let start =
+        |unique_id: bool| move |backend| haproxy(backend, if unique_id { UNIQUE_ID } else { "" });
     let unique = linked_or_loss_retried(|| through_proxy("haproxy", start(false), 200, false, &[]));
     assert_eq!(unique.links.requests, 200, "{}", unique.out.stderr);
     // Identical requests in flight: not guessed, counted.
@@ -724,6 +729,35 @@ fn haproxy_hops_link_by_forwarding_or_the_id_it_returns() {
     // The same, with haproxy's own request id sent upstream and returned
     // downstream: the id tells them apart.
     linked_or_loss_retried(|| through_proxy("haproxy", start(true), 64, true, &[]));
+}
+
+/// haproxy at a mesh's edge starts a trace for each request: the agent's
+/// spans of a request, before haproxy and after it, are one trace,
+/// haproxy's, with every hop linked by the rules (the traceparent's own
+/// parent, a span haproxy never exports, is not taken).
+#[test]
+fn haproxy_starting_traces_keeps_each_request_one_trace() {
+    let Some(_g) = root_test("haproxy_starting_traces_keeps_each_request_one_trace") else {
+        return;
+    };
+    let start = |backend| haproxy(backend, STARTS_TRACE);
+    let p = linked_or_loss_retried(|| through_proxy("haproxy", start, 200, false, &[]));
+    all_linked(&p, 200);
+    enough(
+        p.links.full,
+        190,
+        200,
+        &p.out,
+        "requests one trace, every hop linked",
+    );
+    let adopted = p.out.counter("context_adopted").unwrap_or(0) as usize;
+    assert!(adopted >= p.links.full, "{}", p.out.stderr);
+    assert_eq!(
+        p.out.counter("adoption_holds_cut"),
+        Some(0),
+        "{}",
+        p.out.stderr
+    );
 }
 
 /// Apache streams the backend's response on as it reads it (the head
