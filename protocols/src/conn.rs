@@ -302,11 +302,6 @@ impl<'a> MessageView<'a> {
         })
     }
 
-    /// Number of header fields whose name or value is unknown (HTTP/2).
-    pub fn unknown_fields(&self) -> usize {
-        self.headers().iter().filter(|f| f.why.is_some()).count()
-    }
-
     /// Positions and calls.
     pub fn info(&self) -> ViewInfo {
         match &self.kind {
