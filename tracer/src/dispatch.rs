@@ -18,7 +18,10 @@ use tracer_common::{Dir, Record, Silence, SockCtl};
 use crate::{
     comm::Comm,
     conntrack::{ConnInfo, ConnLimits, Conns, CtlRequest, Sink},
-    export::{resource::Resource, sink::SpanSink},
+    export::{
+        resource::{KernelName, Resource},
+        sink::SpanSink,
+    },
     http_spans::HttpSpans,
     lanes,
     print::EventPrinter,
@@ -31,10 +34,10 @@ use crate::{
 /// agent's [`SpanSink`] (OTLP or terminal), or a replay's collector.
 pub trait SpanOut {
     /// A process was seen (its first record): describe it while it lives.
-    /// `comm` is the kernel's name for it.
-    fn saw_pid(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64);
+    /// `hint` is the kernel's name for the thread that made the record.
+    fn saw_pid(&mut self, pid: Pid, hint: Option<KernelName<'_>>, now_ns: u64);
     /// The resource of a process.
-    fn resource(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) -> Arc<Resource>;
+    fn resource(&mut self, pid: Pid, hint: Option<KernelName<'_>>, now_ns: u64) -> Arc<Resource>;
     /// A finished span (its buffers are reused once this returns).
     fn span(&mut self, span: &Span, now_ns: u64);
     /// Periodic work.
@@ -42,12 +45,12 @@ pub trait SpanOut {
 }
 
 impl<W: Write> SpanOut for SpanSink<W> {
-    fn saw_pid(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) {
-        SpanSink::saw_pid(self, pid, comm, now_ns);
+    fn saw_pid(&mut self, pid: Pid, hint: Option<KernelName<'_>>, now_ns: u64) {
+        SpanSink::saw_pid(self, pid, hint, now_ns);
     }
 
-    fn resource(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) -> Arc<Resource> {
-        SpanSink::resource(self, pid, comm, now_ns)
+    fn resource(&mut self, pid: Pid, hint: Option<KernelName<'_>>, now_ns: u64) -> Arc<Resource> {
+        SpanSink::resource(self, pid, hint, now_ns)
     }
 
     fn span(&mut self, span: &Span, now_ns: u64) {
@@ -233,9 +236,14 @@ impl<O: SpanOut> Stages<O> {
     /// Describes a process at its first record, while it is alive: short
     /// processes (curl) are gone by the time their spans finish; the
     /// kernel's `comm` stands in when /proc no longer has them.
-    fn saw_pid(&mut self, pid: u32, comm: Comm, now: u64) {
+    fn saw_pid(&mut self, pid: u32, tid: u32, comm: Comm, now: u64) {
         if !self.recent.seen(pid, comm, now) {
-            self.spans.saw_pid(Pid(pid), Some(&comm.text()), now);
+            let name = comm.text();
+            let hint = KernelName {
+                name: &name,
+                main_thread: tid == pid,
+            };
+            self.spans.saw_pid(Pid(pid), Some(hint), now);
         }
     }
 
@@ -255,7 +263,7 @@ impl<O: SpanOut> Stages<O> {
             return;
         };
         profile.sample(hdr, stack);
-        self.saw_pid(hdr.pid, Comm::new(hdr.comm), hdr.ts_ns);
+        self.saw_pid(hdr.pid, hdr.tid, Comm::new(hdr.comm), hdr.ts_ns);
     }
 
     /// Stacks the profiling worker finished: attributed to the server span
@@ -346,7 +354,7 @@ impl<O: SpanOut> Dispatcher<O> {
         let ts = match Record::parse(item) {
             Ok(Record::SockOp(op)) => {
                 s.now_ns = s.now_ns.max(op.ts_ns);
-                s.saw_pid(op.pid, Comm::new(op.comm), op.ts_ns);
+                s.saw_pid(op.pid, op.tid, Comm::new(op.comm), op.ts_ns);
                 self.conns.on_op(&op, s);
                 op.ts_ns
             }
@@ -370,7 +378,7 @@ impl<O: SpanOut> Dispatcher<O> {
             }
             Ok(Record::TlsData(hdr, data)) => {
                 s.now_ns = s.now_ns.max(hdr.ts_ns);
-                s.saw_pid(hdr.pid, Comm::new(hdr.comm), hdr.ts_ns);
+                s.saw_pid(hdr.pid, hdr.tid, Comm::new(hdr.comm), hdr.ts_ns);
                 self.tls_waiting.remove(&hdr.cookie);
                 let tcp = (hdr.cookie != 0).then(|| self.conns.touch(hdr.cookie, hdr.ts_ns));
                 s.tls_data(&hdr, data, tcp);

@@ -23,7 +23,7 @@ use crate::{
     dispatch::{Dispatcher, SpanOut, Stages},
     export::{
         encode::{BatchLimits, TraceEncoder},
-        resource::Resource,
+        resource::{KernelName, Resource},
     },
     http_spans::HttpSpans,
 };
@@ -121,11 +121,12 @@ impl Collect {
 }
 
 impl SpanOut for Collect {
-    fn saw_pid(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) {
-        self.resource(pid, comm, now_ns);
+    fn saw_pid(&mut self, pid: Pid, hint: Option<KernelName<'_>>, now_ns: u64) {
+        self.resource(pid, hint, now_ns);
     }
 
-    fn resource(&mut self, pid: Pid, comm: Option<&str>, _now_ns: u64) -> Arc<Resource> {
+    fn resource(&mut self, pid: Pid, hint: Option<KernelName<'_>>, _now_ns: u64) -> Arc<Resource> {
+        let comm = hint.map(|h| h.name);
         self.resources
             .entry(pid)
             .or_insert_with(|| {

@@ -281,6 +281,33 @@ pub struct ResourceCounters {
     pub evicted: u64,
 }
 
+/// The kernel's name (`comm`) of the thread that made a record.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelName<'a> {
+    pub name: &'a str,
+    /// The process's main thread (its tid is its pid): its name is the
+    /// process's own, others' may be thread names.
+    pub main_thread: bool,
+}
+
+impl<'a> KernelName<'a> {
+    /// The name from the main thread.
+    pub fn main(name: &'a str) -> Self {
+        KernelName {
+            name,
+            main_thread: true,
+        }
+    }
+
+    /// The name from another thread.
+    pub fn thread(name: &'a str) -> Self {
+        KernelName {
+            name,
+            main_thread: false,
+        }
+    }
+}
+
 /// Resources by pid, read from /proc once per process and kept (bounded)
 /// after it exits.
 pub struct ResourceCache {
@@ -353,13 +380,19 @@ impl ResourceCache {
         self.get_hinted(pid, None, now_ns)
     }
 
-    /// [`get`](Self::get), with the process name the kernel reported
-    /// (`comm`) to fall back on when the process is already gone from /proc
-    /// (short-lived clients such as curl exit within milliseconds).
-    pub fn get_hinted(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) -> Arc<Resource> {
+    /// [`get`](Self::get), with the name the kernel reported for the
+    /// thread that made a record (`comm`), to fall back on when the process
+    /// is already gone from /proc (short-lived clients such as curl exit
+    /// within milliseconds).
+    pub fn get_hinted(
+        &mut self,
+        pid: Pid,
+        hint: Option<KernelName<'_>>,
+        now_ns: u64,
+    ) -> Arc<Resource> {
         self.tick += 1;
         let tick = self.tick;
-        if comm.is_some_and(|c| self.hint_means_another_process(pid, c)) {
+        if hint.is_some_and(|h| self.hint_means_another_process(pid, h)) {
             self.map.remove(&pid);
             self.counters.pid_reused += 1;
         }
@@ -389,6 +422,7 @@ impl ResourceCache {
             }
             None => (self.read_start(pid), INCOMPLETE_RETRIES),
         };
+        let comm = hint.map(|h| h.name);
         let (res, proc_comm, incomplete) = self.describe(pid, start.is_some(), comm);
         if incomplete {
             self.counters.described_mid_exec += 1;
@@ -419,9 +453,13 @@ impl ResourceCache {
     /// called exec. Hints name the thread that ran: a name other than the
     /// process's is a thread's while /proc still shows the process's own
     /// (remembered, so /proc is read once per thread name); once the
-    /// process is gone, a name never seen is taken as an exec (a forked
-    /// child that became curl and exited at once).
-    fn hint_means_another_process(&mut self, pid: Pid, hint: &str) -> bool {
+    /// process is gone, a name never seen from its main thread is taken as
+    /// an exec (a forked child that became curl and exited at once). Other
+    /// threads' names never are: a multi-threaded client's threads often
+    /// first show in the records of its exit (gRPC's "lifeguard" closing
+    /// its channel), and all its spans were named after that thread.
+    fn hint_means_another_process(&mut self, pid: Pid, h: KernelName<'_>) -> bool {
+        let hint = h.name;
         let Some(e) = self.map.get(&pid) else {
             return false;
         };
@@ -445,7 +483,8 @@ impl ResourceCache {
                 }
                 false
             }
-            _ => true,
+            Some(_) => true,
+            None => h.main_thread,
         }
     }
 
@@ -892,7 +931,7 @@ pub(crate) mod tests {
         );
         assert_eq!(c.get(Pid(20), 0).service_name(), "py");
         // Seen only after it exited: the kernel's name.
-        let r = c.get_hinted(Pid(30), Some("curl"), 0);
+        let r = c.get_hinted(Pid(30), Some(KernelName::main("curl")), 0);
         assert_eq!(r.service_name(), "curl");
         assert_eq!(s(&r, SERVICE_NAME_SOURCE).as_deref(), Some("comm"));
         assert_eq!(c.counters().described, 3);
@@ -1012,13 +1051,15 @@ pub(crate) mod tests {
         set_comm("parent-bin");
         let mut c = ResourceCache::new(&t.0, vec![], 16);
         assert_eq!(
-            c.get_hinted(Pid(11), Some("parent-bin"), 0).service_name(),
+            c.get_hinted(Pid(11), Some(KernelName::main("parent-bin")), 0)
+                .service_name(),
             "parent"
         );
         // Hints name threads: another name while /proc still shows the
         // process's own is a thread's, not an exec.
         assert_eq!(
-            c.get_hinted(Pid(11), Some("worker-1"), 1).service_name(),
+            c.get_hinted(Pid(11), Some(KernelName::thread("worker-1")), 1)
+                .service_name(),
             "parent"
         );
         assert_eq!(c.counters().described, 1);
@@ -1026,12 +1067,14 @@ pub(crate) mod tests {
         fake_proc(&t.0, 11, 5, &["OTEL_SERVICE_NAME=child"], "");
         set_comm("curl");
         assert_eq!(
-            c.get_hinted(Pid(11), Some("curl"), 2).service_name(),
+            c.get_hinted(Pid(11), Some(KernelName::main("curl")), 2)
+                .service_name(),
             "child"
         );
         assert_eq!(c.get(Pid(11), 3).service_name(), "child");
         assert_eq!(
-            c.get_hinted(Pid(11), Some("curl-worker"), 4).service_name(),
+            c.get_hinted(Pid(11), Some(KernelName::thread("curl-worker")), 4)
+                .service_name(),
             "child"
         );
         assert_eq!(c.counters().described, 2);
@@ -1039,11 +1082,20 @@ pub(crate) mod tests {
         // taken for another exec (described from the kernel's name).
         std::fs::remove_dir_all(t.0.join("11")).unwrap();
         assert_eq!(
-            c.get_hinted(Pid(11), Some("curl-worker"), 5).service_name(),
+            c.get_hinted(Pid(11), Some(KernelName::thread("curl-worker")), 5)
+                .service_name(),
+            "child"
+        );
+        // Nor is a thread's name never seen while it lived (gRPC's
+        // "lifeguard" closing its channel at exit): only the main thread's.
+        assert_eq!(
+            c.get_hinted(Pid(11), Some(KernelName::thread("lifeguard")), 6)
+                .service_name(),
             "child"
         );
         assert_eq!(
-            c.get_hinted(Pid(11), Some("wget"), 6).service_name(),
+            c.get_hinted(Pid(11), Some(KernelName::main("wget")), 7)
+                .service_name(),
             "wget"
         );
     }

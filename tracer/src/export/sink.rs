@@ -8,7 +8,7 @@ use super::{
     config::{ExportConfig, Protocol},
     console::{ConsoleCounters, ConsoleSink, Format, DEFAULT_QUIET_NS},
     otlp::{ExportError, Exporter},
-    resource::ResourceCache,
+    resource::{KernelName, ResourceCache},
 };
 use crate::{
     clock::Clock,
@@ -63,20 +63,20 @@ impl<W: Write> SpanSink<W> {
 
     /// Describes a process now, while it is alive (call on the first event
     /// of a new pid: short-lived processes are gone when their spans end).
-    /// `comm` is the kernel's name of the process, used when /proc no
-    /// longer has it.
-    pub fn saw_pid(&mut self, pid: Pid, comm: Option<&str>, now_ns: u64) {
-        self.resources.get_hinted(pid, comm, now_ns);
+    /// `hint` is the kernel's name of the thread that made the record,
+    /// used when /proc no longer has the process.
+    pub fn saw_pid(&mut self, pid: Pid, hint: Option<KernelName<'_>>, now_ns: u64) {
+        self.resources.get_hinted(pid, hint, now_ns);
     }
 
     /// The resource of a process (read from /proc on first sight).
     pub fn resource(
         &mut self,
         pid: Pid,
-        comm: Option<&str>,
+        hint: Option<KernelName<'_>>,
         now_ns: u64,
     ) -> std::sync::Arc<super::resource::Resource> {
-        self.resources.get_hinted(pid, comm, now_ns)
+        self.resources.get_hinted(pid, hint, now_ns)
     }
 
     /// Takes a finished span; `now_ns` is monotonic now. Never blocks.
