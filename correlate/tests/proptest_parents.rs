@@ -69,6 +69,9 @@ struct Knobs {
     y: Vec<(u64, [u64; 3], bool)>,
     /// Y's poller task's calls: (start µs, duration µs).
     y_timer: Vec<(u64, u64)>,
+    /// E starts a trace of its own for each request and sends it on the
+    /// forward (an edge proxy with tracing on).
+    starts_trace: bool,
 }
 
 fn knobs() -> impl Strategy<Value = Knobs> {
@@ -103,10 +106,23 @@ fn knobs() -> impl Strategy<Value = Knobs> {
                 0..6,
             ),
             proptest::collection::vec((0u64..4_000, 3u64..600), 0..8),
+            any::<bool>(),
         ),
     )
         .prop_map(
-            |(e, timer, identical, echo_id, p, p_bg, g, g_timer, c, hook, (y, y_timer))| Knobs {
+            |(
+                e,
+                timer,
+                identical,
+                echo_id,
+                p,
+                p_bg,
+                g,
+                g_timer,
+                c,
+                hook,
+                (y, y_timer, starts_trace),
+            )| Knobs {
                 e,
                 timer,
                 identical,
@@ -119,6 +135,7 @@ fn knobs() -> impl Strategy<Value = Knobs> {
                 hook,
                 y,
                 y_timer,
+                starts_trace,
             },
         )
 }
@@ -270,7 +287,12 @@ fn scenario(k: &Knobs) -> Scenario {
                 .events
                 .push(Ev::Cause(th.0, th.1, fwd, CauseEvent::Leave));
         }
-        let call = g.call(E, E, fwd, E, back, &target, &echoed, Some(server));
+        let traceparent = format!("00-{:032x}-{:016x}-01", 0xe000 + i, 0xe000 + i);
+        let mut sent = echoed.clone();
+        if k.starts_trace {
+            sent.push(("traceparent", traceparent.as_str()));
+        }
+        let call = g.call(E, E, fwd, E, back, &target, &sent, Some(server));
         if !k.identical || k.echo_id || k.hook {
             g.provable.push(call);
         }
@@ -424,7 +446,12 @@ fn scenario(k: &Knobs) -> Scenario {
     }
 }
 
-fn check(sc: &Scenario, out: &Out) -> Result<(), TestCaseError> {
+/// Spans are emitted once; a parent of ours is the span's cause; calls the
+/// rules can prove are linked. A call carrying E's own trace keeps its rules'
+/// parent when E's request's trace was replaced; delivered out of order,
+/// the request's span may be exported before the call is seen, and then
+/// the call's header wins (`context_conflict`), never a wrong parent.
+fn check(sc: &Scenario, out: &Out, in_order: bool) -> Result<(), TestCaseError> {
     let by_span: HashMap<SpanId, Id> = out
         .spans
         .iter()
@@ -432,24 +459,38 @@ fn check(sc: &Scenario, out: &Out) -> Result<(), TestCaseError> {
         .collect();
     prop_assert_eq!(out.spans.len(), sc.truth.len(), "every span emitted once");
     let mut parents = HashMap::new();
+    let mut header_won = Vec::new();
     for s in &out.spans {
         let id = (s.pid.0, s.kind, s.start_ns);
         let want = sc.truth.get(&id);
         prop_assert!(want.is_some(), "unexpected span {:?}", id);
         let got = s.parent_span_id.map(|p| by_span.get(&p).copied());
         if let Some(got) = got {
-            prop_assert!(got.is_some(), "{:?}: parent not one of ours", id);
-            prop_assert_eq!(
-                got,
-                *want.unwrap(),
-                "{:?} ({:?}) has a parent that did not cause it",
-                id,
-                s.parent_source
-            );
+            // Not ours: the propagated header's (E's own span).
+            let header = s.parent_source == ParentSource::Header;
+            prop_assert!(got.is_some() || header, "{:?}: parent not one of ours", id);
+            if header {
+                header_won.push(id);
+            }
+            if got.is_some() {
+                prop_assert_eq!(
+                    got,
+                    *want.unwrap(),
+                    "{:?} ({:?}) has a parent that did not cause it",
+                    id,
+                    s.parent_source
+                );
+            }
         }
         parents.insert(id, got.flatten());
     }
+    if in_order {
+        prop_assert_eq!(out.counters.context_conflict, 0);
+    }
     for id in &sc.provable {
+        if !in_order && header_won.contains(id) {
+            continue;
+        }
         prop_assert_eq!(
             parents.get(id).copied().flatten(),
             sc.truth[id],
@@ -457,6 +498,31 @@ fn check(sc: &Scenario, out: &Out) -> Result<(), TestCaseError> {
             id,
             out.counters
         );
+    }
+    Ok(())
+}
+
+/// Traces never join requests that are not one: spans of one trace all
+/// come from one request from outside (their causes' first), and a span
+/// with a parent of ours is in its parent's trace.
+fn check_traces(sc: &Scenario, out: &Out) -> Result<(), TestCaseError> {
+    let origin = |mut id: Id| {
+        while let Some(Some(cause)) = sc.truth.get(&id) {
+            id = *cause;
+        }
+        id
+    };
+    let trace_of: HashMap<SpanId, TraceId> =
+        out.spans.iter().map(|s| (s.span_id, s.trace_id)).collect();
+    let mut origins: HashMap<TraceId, Id> = HashMap::new();
+    for s in &out.spans {
+        let id = (s.pid.0, s.kind, s.start_ns);
+        if let Some(t) = s.parent_span_id.and_then(|p| trace_of.get(&p)) {
+            prop_assert_eq!(*t, s.trace_id, "{:?} is not in its parent's trace", id);
+        }
+        let o = origin(id);
+        let first = *origins.entry(s.trace_id).or_insert(o);
+        prop_assert_eq!(first, o, "{:?}: one trace for two requests", id);
     }
     Ok(())
 }
@@ -550,6 +616,7 @@ proptest! {
         let sc = scenario(&k);
         let out = run(&with_late_losses(&sc, lose, 200 * MS), Config::default());
         check_sound(&sc, &out)?;
+        check_traces(&sc, &out)?;
     }
 
     /// Requests lost on their way in, and said to be: the requests left
@@ -564,6 +631,7 @@ proptest! {
         let sc = scenario(&k);
         let out = run(&with_losses(&sc, lose, anonymous), Config::default());
         check_sound(&sc, &out)?;
+        check_traces(&sc, &out)?;
     }
 
     /// Delivered in order.
@@ -571,7 +639,8 @@ proptest! {
     fn generated_interleavings_never_get_a_parent_that_did_not_cause_them(k in knobs()) {
         let sc = scenario(&k);
         let out = run(&sc.events, Config::default());
-        check(&sc, &out)?;
+        check(&sc, &out, true)?;
+        check_traces(&sc, &out)?;
         // P's calls without a request id are linked by rule 4 alone.
         prop_assert_eq!(out.counters.thread_parent as usize, k.p.len() / 2);
     }
@@ -583,6 +652,7 @@ proptest! {
         let sc = scenario(&k);
         let d: Vec<u64> = (0..sc.events.len()).map(|i| delays[i % delays.len()]).collect();
         let out = run_delayed(&sc.events, Config::default(), &d);
-        check(&sc, &out)?;
+        check(&sc, &out, false)?;
+        check_traces(&sc, &out)?;
     }
 }
