@@ -16,15 +16,13 @@
 //! held, bounded: until the calls are decided, for at most the retention,
 //! and never past a flush or the memory bound (counted as cut).
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::HashMap;
 use smallvec::SmallVec;
 
-use crate::attributes::same_body;
 use crate::classify::Mode;
 use crate::config::IdGen;
-use crate::correlator::{forward_key, Correlator, TraceCtx};
+use crate::correlator::{Correlator, SpanRec, TraceCtx};
 use crate::index::{table_bytes, SpanKey};
-use crate::model::SpanKind;
 
 /// Server spans in flight that one call may be a child of, at most.
 const MAX_CANDIDATES: usize = 4;
@@ -65,13 +63,6 @@ pub(crate) struct Adoptions {
 }
 
 impl Adoptions {
-    pub fn new() -> Self {
-        Adoptions {
-            by_anchor: HashMap::new(),
-            calls: HashMap::new(),
-        }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.by_anchor.is_empty() && self.calls.is_empty()
     }
@@ -129,36 +120,24 @@ impl<G: IdGen> Correlator<G> {
         }
         let (pid, tid, t) = (rec.pid, rec.tid, rec.start);
         let (fingerprint, body, rids) = (rec.fingerprint, rec.body, rec.request_ids);
-        let spans = &self.spans;
         let mut found: SmallVec<[SpanKey; MAX_CANDIDATES]> = SmallVec::new();
-        let mut add = |sk: SpanKey| {
-            let in_flight = spans.get(&sk).is_some_and(|s| {
-                s.kind == SpanKind::Server
-                    && s.pid == pid
-                    && s.start <= t
-                    && s.end.is_none_or(|e| t <= e)
-            });
+        let mut add = |sk: SpanKey, s: &SpanRec| {
+            let in_flight = s.start <= t && s.end.is_none_or(|e| t <= e);
             if in_flight && !found.contains(&sk) && found.len() < MAX_CANDIDATES {
                 found.push(sk);
             }
         };
-        for &sk in self.fwd_servers.get(&forward_key(pid, fingerprint)) {
-            if spans
-                .get(&sk)
-                .is_some_and(|s| s.fingerprint == fingerprint && same_body(s.body, body))
-            {
-                add(sk);
-            }
-        }
-        for &id in rids.as_slice() {
-            for &sk in self.rid_servers.get(&forward_key(pid, id)) {
-                add(sk);
-            }
-        }
+        self.forwarded_servers(pid, fingerprint, body, &mut add);
+        self.id_servers(pid, &rids, &mut add);
         // The request in progress on the thread is a candidate only where
         // rule 4 may name it.
         if self.classify.mode(pid) == Mode::ThreadPerRequest {
-            self.threads.in_progress(pid, tid, t, &mut add);
+            let spans = &self.spans;
+            self.threads.in_progress(pid, tid, t, |sk| {
+                if let Some(s) = spans.get(&sk) {
+                    add(sk, s);
+                }
+            });
         }
         // Bounded like the records: past it, calls do not hold spans (their
         // header may then win, counted as a conflict).

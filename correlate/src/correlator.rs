@@ -45,6 +45,18 @@ pub(crate) struct TraceCtx {
     pub made_by: Option<SpanKey>,
 }
 
+impl TraceCtx {
+    /// The trace a request's header propagated.
+    pub fn propagated(h: &HeaderContext) -> Self {
+        TraceCtx {
+            trace_id: h.trace_id,
+            flags: h.flags,
+            state: h.trace_state.clone(),
+            made_by: None,
+        }
+    }
+}
+
 /// A span's parent, once decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Parent {
@@ -373,7 +385,7 @@ impl<G: IdGen> Correlator<G> {
             spare_texts: Vec::new(),
             spare_bytes: 0,
             counters: Counters::default(),
-            adoptions: Adoptions::new(),
+            adoptions: Adoptions::default(),
         }
     }
 

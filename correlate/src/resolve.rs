@@ -9,7 +9,8 @@ use crate::correlator::{
     forward_key, CallCause, Correlator, Parent, RootReason, SpanRec, Timer, TraceCtx,
 };
 use crate::index::SpanKey;
-use crate::model::{ParentSource, Span, SpanKind, Status};
+use crate::model::{ParentSource, Pid, Span, SpanKind, Status};
+use crate::propagation::RequestIds;
 
 /// Counts distinct candidates, keeping the one when there is one.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -340,6 +341,47 @@ impl<G: IdGen> Correlator<G> {
         }
     }
 
+    /// Server spans of `pid` whose request carried one of `ids`, or whose
+    /// response returned it.
+    pub(crate) fn id_servers(
+        &self,
+        pid: Pid,
+        ids: &RequestIds,
+        mut each: impl FnMut(SpanKey, &SpanRec),
+    ) {
+        for &id in ids.as_slice() {
+            for &sk in self.rid_servers.get(&forward_key(pid, id)) {
+                if let Some(s) = self.spans.get(&sk) {
+                    if s.kind == SpanKind::Server && s.pid == pid && s.request_ids.contains(id) {
+                        each(sk, s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Server spans of `pid` whose request a call with this fingerprint and
+    /// declared body repeats.
+    pub(crate) fn forwarded_servers(
+        &self,
+        pid: Pid,
+        fingerprint: u64,
+        body: u64,
+        mut each: impl FnMut(SpanKey, &SpanRec),
+    ) {
+        for &sk in self.fwd_servers.get(&forward_key(pid, fingerprint)) {
+            if let Some(s) = self.spans.get(&sk) {
+                if s.kind == SpanKind::Server
+                    && s.pid == pid
+                    && s.fingerprint == fingerprint
+                    && same_body(s.body, body)
+                {
+                    each(sk, s);
+                }
+            }
+        }
+    }
+
     /// Rules 4 and 5 for a client span (see `Evidence`): its parent, or
     /// `None` when the decision must wait (for the call's end, or a window
     /// for an inbound response to return its request id).
@@ -365,29 +407,13 @@ impl<G: IdGen> Correlator<G> {
         // Rule 5: a request in flight in the process that carried one of
         // the call's request ids, or returned it in its response.
         let mut rid = Evidence::default();
-        for &id in rids.as_slice() {
-            for &sk in self.rid_servers.get(&forward_key(pid, id)) {
-                if let Some(s) = self.spans.get(&sk) {
-                    if s.kind == SpanKind::Server && s.pid == pid && s.request_ids.contains(id) {
-                        rid.consider(sk, call.nests_in(s));
-                    }
-                }
-            }
-        }
+        self.id_servers(pid, &rids, |sk, s| rid.consider(sk, call.nests_in(s)));
         // Forwarding: a request in flight in the process that the call
         // repeats (method, target, body length).
         let mut fwd = Evidence::default();
-        for &sk in self.fwd_servers.get(&forward_key(pid, fingerprint)) {
-            if let Some(s) = self.spans.get(&sk) {
-                if s.kind == SpanKind::Server
-                    && s.pid == pid
-                    && s.fingerprint == fingerprint
-                    && same_body(s.body, body)
-                {
-                    fwd.consider(sk, call.nests_in(s));
-                }
-            }
-        }
+        self.forwarded_servers(pid, fingerprint, body, |sk, s| {
+            fwd.consider(sk, call.nests_in(s))
+        });
         // Both link by uniqueness among the process's requests in flight:
         // proof only when all of them are known.
         let unique = matches!(fwd.one, One::Only(_)) || matches!(rid.one, One::Only(_));
@@ -620,12 +646,7 @@ impl<G: IdGen> Correlator<G> {
                             Some(h) if h.trace_id != ctx.trace_id => {
                                 // The parent's trace was made up here: the
                                 // process's own trace may replace it.
-                                let own = TraceCtx {
-                                    trace_id: h.trace_id,
-                                    flags: h.flags,
-                                    state: h.trace_state.clone(),
-                                    made_by: None,
-                                };
+                                let own = TraceCtx::propagated(h);
                                 let root = ctx.made_by;
                                 if root.is_some_and(|root| self.adopt(root, &own)) {
                                     self.counters.context_adopted += 1;
@@ -669,12 +690,7 @@ impl<G: IdGen> Correlator<G> {
                 Next::Inherit(ctx) => ctx,
                 Next::Header => match self.spans.get(&k).and_then(|r| r.header.as_ref()) {
                     Some(h) => {
-                        let ctx = TraceCtx {
-                            trace_id: h.trace_id,
-                            flags: h.flags,
-                            state: h.trace_state.clone(),
-                            made_by: None,
-                        };
+                        let ctx = TraceCtx::propagated(h);
                         if let Some(r) = self.spans.get_mut(&k) {
                             r.parent = Parent::Remote;
                             r.source = ParentSource::Header;

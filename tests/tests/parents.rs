@@ -858,131 +858,36 @@ fn traefik(backend: u16, otlp: u16) -> ((Listening, TempDir), u16) {
     ((p, dir), port)
 }
 
-/// What the spans of requests through an edge proxy that starts its own
-/// trace say.
-#[derive(Debug, Default)]
-struct EdgeTraces {
-    /// Requests the agent saw.
-    requests: usize,
-    /// Requests whose four agent spans are all there, all in the trace the
-    /// proxy started (the one of its own spans).
-    one_trace: usize,
-    /// Requests whose agent spans are all there but not all in the
-    /// proxy's trace: their trace ids, curl's call first, then the proxy's.
-    split: Vec<String>,
-    /// Backend requests whose parent is the agent's span of the proxy's call.
-    under_call: usize,
-    /// Requests in one trace whose every hop has its parent.
-    full: usize,
-    /// Parents that are not the request that caused the span.
-    wrong: Vec<String>,
-}
-
-/// Checks the spans of the requests whose User-Agent starts with `tag`
-/// through the proxy `proxy` (its service.name) in front of "backend".
-fn edge_traces(spans: &[Value], tag: &str, proxy: &str) -> EdgeTraces {
-    let roles = [
-        ("curl", "CLIENT"),
-        (proxy, "SERVER"),
-        (proxy, "CLIENT"),
-        ("backend", "SERVER"),
-    ];
-    let role_of = |s: &Value| {
-        roles
-            .iter()
-            .position(|(svc, kind)| res(s, "service.name") == *svc && f(s, "kind") == *kind)
-    };
-    let ours = |s: &Value| f(s, "scope") == AGENT_SCOPE;
-    let by_id: HashMap<&str, &Value> = spans.iter().map(|s| (f(s, "span_id"), s)).collect();
-    // Per request: the agent's spans by role, and the proxy's own spans.
-    let mut groups: HashMap<String, ([Vec<&Value>; 4], Vec<&Value>)> = HashMap::new();
-    for s in spans {
-        let k = attr(s, "user_agent.original");
-        if !k.starts_with(tag) {
-            continue;
-        }
-        let g = groups.entry(k).or_default();
-        match role_of(s) {
-            Some(r) if ours(s) => g.0[r].push(s),
-            _ if !ours(s) && res(s, "service.name") == proxy => g.1.push(s),
-            _ => {}
+/// Of the requests whose User-Agent starts with `tag`: those whose spans
+/// in `ours` are all in the trace of the proxy's own spans of the request
+/// (in `theirs`), and the others, with their trace ids.
+fn in_proxy_trace(ours: &[Value], theirs: &[Value], tag: &str) -> (usize, Vec<String>) {
+    let mut traces: HashMap<String, (Vec<&str>, Vec<&str>)> = HashMap::new();
+    for (side, spans) in [(0, ours), (1, theirs)] {
+        for s in spans {
+            let k = attr(s, "user_agent.original");
+            if k.starts_with(tag) {
+                let e = traces.entry(k).or_default();
+                [&mut e.0, &mut e.1][side].push(f(s, "trace_id"));
+            }
         }
     }
-    let mut out = EdgeTraces::default();
-    for (k, (agent, own)) in &groups {
-        if agent.iter().all(Vec::is_empty) {
-            continue;
-        }
-        out.requests += 1;
-        let one = |r: usize| match agent[r].as_slice() {
-            [s] => Some(*s),
-            _ => None,
-        };
-        // The proxy's call carries its own span's context: the proxy's
-        // span of that call may parent the agent's spans of it.
-        let own_call = |p: &Value| !ours(p) && f(p, "kind") == "CLIENT";
-        for (r, group) in agent.iter().enumerate() {
-            for s in group {
-                let parent = f(s, "parent_span_id");
-                if parent.is_empty() {
-                    continue;
-                }
-                let right = match by_id.get(parent) {
-                    None => false,
-                    Some(p) if attr(p, "user_agent.original") != *k => false,
-                    Some(p) if own_call(p) => r >= 2,
-                    Some(p) => ours(p) && r > 0 && role_of(p) == Some(r - 1),
-                };
-                if !right {
-                    let p = by_id.get(parent);
-                    out.wrong.push(format!(
-                        "{k}: {:?} has parent {}",
-                        roles[r],
-                        p.map_or("never exported".to_string(), |p| format!(
-                            "{} {} of {} ({})",
-                            res(p, "service.name"),
-                            f(p, "kind"),
-                            attr(p, "user_agent.original"),
-                            f(p, "scope")
-                        ))
-                    ));
-                }
-            }
-        }
-        let (Some(c), Some(ps), Some(pc), Some(b)) = (one(0), one(1), one(2), one(3)) else {
-            continue;
-        };
-        let id = |s: &Value| f(s, "span_id").to_string();
-        let parent_of = |s: &Value| f(s, "parent_span_id").to_string();
-        if parent_of(b) == id(pc) {
-            out.under_call += 1;
-        }
-        let theirs: Vec<&str> = own.iter().map(|s| f(s, "trace_id")).collect();
-        let trace = theirs
-            .first()
-            .copied()
-            .filter(|t| theirs.iter().all(|x| x == t));
-        let chain = [c, ps, pc, b];
-        if trace.is_some_and(|t| chain.iter().all(|s| f(s, "trace_id") == t)) {
-            out.one_trace += 1;
-            let call_parent = by_id.get(parent_of(pc).as_str());
-            if parent_of(c).is_empty()
-                && parent_of(ps) == id(c)
-                && (parent_of(pc) == id(ps) || call_parent.is_some_and(|p| own_call(p)))
-                && parent_of(b) == id(pc)
-            {
-                out.full += 1;
-            }
+    let mut split = Vec::new();
+    let mut one = 0;
+    for (k, (agent, proxy)) in &traces {
+        let theirs = proxy.first().filter(|t| proxy.iter().all(|x| x == *t));
+        if theirs.is_some_and(|t| agent.iter().all(|x| x == t)) {
+            one += 1;
         } else {
-            let ids: Vec<&str> = chain.iter().map(|s| &f(s, "trace_id")[..8]).collect();
-            out.split.push(format!(
+            let ids: Vec<&str> = agent.iter().map(|t| &t[..8]).collect();
+            split.push(format!(
                 "{k}: {} (the proxy's: {:?})",
                 ids.join(" "),
-                trace.map(|t| &t[..8])
+                theirs.map(|t| &t[..8])
             ));
         }
     }
-    out
+    (one, split)
 }
 
 /// A mesh's edge proxy starts a trace of its own for a request that comes
@@ -1023,44 +928,43 @@ fn traefik_edge_trace_is_one_trace() {
     });
     let out = agent.stop(SETTLE);
     debug(&out);
-    let e = edge_traces(&receiver.spans(), tag, "traefik");
+    let (ours, theirs): (Vec<Value>, Vec<Value>) = receiver
+        .spans()
+        .into_iter()
+        .partition(|s| f(s, "scope") == AGENT_SCOPE);
+    let roles = [
+        ("curl", "CLIENT"),
+        ("traefik", "SERVER"),
+        ("traefik", "CLIENT"),
+        ("backend", "SERVER"),
+    ];
+    let l = links(&ours, tag, Key::UserAgent, &roles);
+    let (one_trace, mut split) = in_proxy_trace(&ours, &theirs, tag);
     println!(
-        "traefik edge: {}/{total} requests one trace (traefik's), {} split, \
-         {}/{total} backend requests under traefik's call, {}/{total} fully linked, {} wrong parents\n{}",
-        e.one_trace,
-        e.split.len(),
-        e.under_call,
-        e.full,
-        e.wrong.len(),
+        "traefik edge: {one_trace}/{total} requests one trace (traefik's), {} split, \
+         {}/{} hops linked, {}/{total} fully linked, {} wrong parents\n{}",
+        split.len(),
+        l.hops_linked,
+        l.hops,
+        l.full,
+        l.wrong.len(),
         summary(&out)
     );
-    assert_eq!(e.requests, total, "every request traced: {}", out.stderr);
-    if !e.split.is_empty() {
-        let mut split = e.split.clone();
-        split.sort();
+    assert_eq!(l.requests, total, "every request traced: {}", out.stderr);
+    split.sort();
+    split.truncate(10);
+    if !split.is_empty() {
         println!(
-            "split (trace ids of curl's call, traefik's request, traefik's call, the backend's request), {} of {}:\n{}",
-            split.len().min(10),
-            split.len(),
-            split[..split.len().min(10)].join("\n")
+            "split (trace ids of the agent's spans; first 10):\n{}",
+            split.join("\n")
         );
     }
-    enough(
-        e.one_trace,
-        total,
-        total,
-        &out,
-        "requests in traefik's trace",
-    );
-    assert!(e.wrong.is_empty(), "wrong parents: {:#?}", e.wrong);
-    enough(
-        e.under_call,
-        total,
-        total,
-        &out,
-        "backend requests under traefik's call",
-    );
-    enough(e.full, total, total, &out, "requests fully linked");
+    enough(one_trace, total, total, &out, "requests in traefik's trace");
+    assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
+    // Every hop linked, each in its parent's trace: the backend's request
+    // under the agent's span of traefik's call, that under traefik's
+    // request, that under curl's call.
+    enough(l.full, total, total, &out, "requests fully linked");
 }
 
 // --------------------------------------------------- async clients, goroutines

@@ -290,24 +290,6 @@ pub struct KernelName<'a> {
     pub main_thread: bool,
 }
 
-impl<'a> KernelName<'a> {
-    /// The name from the main thread.
-    pub fn main(name: &'a str) -> Self {
-        KernelName {
-            name,
-            main_thread: true,
-        }
-    }
-
-    /// The name from another thread.
-    pub fn thread(name: &'a str) -> Self {
-        KernelName {
-            name,
-            main_thread: false,
-        }
-    }
-}
-
 /// Resources by pid, read from /proc once per process and kept (bounded)
 /// after it exits.
 pub struct ResourceCache {
@@ -741,6 +723,21 @@ pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    /// The kernel's name from the main thread, and from another one.
+    fn main(name: &str) -> KernelName<'_> {
+        KernelName {
+            name,
+            main_thread: true,
+        }
+    }
+
+    fn thread(name: &str) -> KernelName<'_> {
+        KernelName {
+            name,
+            main_thread: false,
+        }
+    }
+
     /// A fresh directory under the system temp dir, removed on drop.
     pub(crate) struct TempDir(pub PathBuf);
     impl TempDir {
@@ -931,7 +928,7 @@ pub(crate) mod tests {
         );
         assert_eq!(c.get(Pid(20), 0).service_name(), "py");
         // Seen only after it exited: the kernel's name.
-        let r = c.get_hinted(Pid(30), Some(KernelName::main("curl")), 0);
+        let r = c.get_hinted(Pid(30), Some(main("curl")), 0);
         assert_eq!(r.service_name(), "curl");
         assert_eq!(s(&r, SERVICE_NAME_SOURCE).as_deref(), Some("comm"));
         assert_eq!(c.counters().described, 3);
@@ -1051,14 +1048,14 @@ pub(crate) mod tests {
         set_comm("parent-bin");
         let mut c = ResourceCache::new(&t.0, vec![], 16);
         assert_eq!(
-            c.get_hinted(Pid(11), Some(KernelName::main("parent-bin")), 0)
+            c.get_hinted(Pid(11), Some(main("parent-bin")), 0)
                 .service_name(),
             "parent"
         );
         // Hints name threads: another name while /proc still shows the
         // process's own is a thread's, not an exec.
         assert_eq!(
-            c.get_hinted(Pid(11), Some(KernelName::thread("worker-1")), 1)
+            c.get_hinted(Pid(11), Some(thread("worker-1")), 1)
                 .service_name(),
             "parent"
         );
@@ -1067,13 +1064,12 @@ pub(crate) mod tests {
         fake_proc(&t.0, 11, 5, &["OTEL_SERVICE_NAME=child"], "");
         set_comm("curl");
         assert_eq!(
-            c.get_hinted(Pid(11), Some(KernelName::main("curl")), 2)
-                .service_name(),
+            c.get_hinted(Pid(11), Some(main("curl")), 2).service_name(),
             "child"
         );
         assert_eq!(c.get(Pid(11), 3).service_name(), "child");
         assert_eq!(
-            c.get_hinted(Pid(11), Some(KernelName::thread("curl-worker")), 4)
+            c.get_hinted(Pid(11), Some(thread("curl-worker")), 4)
                 .service_name(),
             "child"
         );
@@ -1082,20 +1078,19 @@ pub(crate) mod tests {
         // taken for another exec (described from the kernel's name).
         std::fs::remove_dir_all(t.0.join("11")).unwrap();
         assert_eq!(
-            c.get_hinted(Pid(11), Some(KernelName::thread("curl-worker")), 5)
+            c.get_hinted(Pid(11), Some(thread("curl-worker")), 5)
                 .service_name(),
             "child"
         );
         // Nor is a thread's name never seen while it lived (gRPC's
         // "lifeguard" closing its channel at exit): only the main thread's.
         assert_eq!(
-            c.get_hinted(Pid(11), Some(KernelName::thread("lifeguard")), 6)
+            c.get_hinted(Pid(11), Some(thread("lifeguard")), 6)
                 .service_name(),
             "child"
         );
         assert_eq!(
-            c.get_hinted(Pid(11), Some(KernelName::main("wget")), 7)
-                .service_name(),
+            c.get_hinted(Pid(11), Some(main("wget")), 7).service_name(),
             "wget"
         );
     }
