@@ -16,16 +16,13 @@
 //! held, bounded: until the calls are decided, for at most the retention,
 //! and never past a flush or the memory bound (counted as cut).
 
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use smallvec::SmallVec;
 
 use crate::classify::Mode;
 use crate::config::IdGen;
-use crate::correlator::{Correlator, SpanRec, TraceCtx};
+use crate::correlator::{CallCause, Correlator, SpanRec, TraceCtx};
 use crate::index::{table_bytes, SpanKey};
-
-/// Server spans in flight that one call may be a child of, at most.
-const MAX_CANDIDATES: usize = 4;
 
 /// A made-up trace that a propagated one may replace.
 struct Adoption {
@@ -120,15 +117,24 @@ impl<G: IdGen> Correlator<G> {
         }
         let (pid, tid, t) = (rec.pid, rec.tid, rec.start);
         let (fingerprint, body, rids) = (rec.fingerprint, rec.body, rec.request_ids);
-        let mut found: SmallVec<[SpanKey; MAX_CANDIDATES]> = SmallVec::new();
+        // Every candidate, however many: the parent may be any of them
+        // (identical requests in flight, told apart by a runtime hook).
+        let mut found: SmallVec<[SpanKey; 4]> = SmallVec::new();
         let mut add = |sk: SpanKey, s: &SpanRec| {
             let in_flight = s.start <= t && s.end.is_none_or(|e| t <= e);
-            if in_flight && !found.contains(&sk) && found.len() < MAX_CANDIDATES {
+            if in_flight && !found.contains(&sk) {
                 found.push(sk);
             }
         };
         self.forwarded_servers(pid, fingerprint, body, &mut add);
         self.id_servers(pid, &rids, &mut add);
+        if let Some(CallCause::Conn(cause)) = self.call_causes.get(&c) {
+            for &sk in self.conn_servers.get(&cause.conn.0) {
+                if let Some(s) = self.spans.get(&sk).filter(|s| s.pid == pid) {
+                    add(sk, s);
+                }
+            }
+        }
         // The request in progress on the thread is a candidate only where
         // rule 4 may name it.
         if self.classify.mode(pid) == Mode::ThreadPerRequest {
@@ -295,25 +301,38 @@ impl<G: IdGen> Correlator<G> {
         }
     }
 
-    /// Export what waited a retention, and forget replaced traces a
-    /// retention after: a span of one finishing later keeps its own.
+    /// Export what waited a retention. A replaced trace is forgotten once
+    /// no record carries it any more: a span finishing later, or a late
+    /// child of a retained one, would otherwise be exported in the
+    /// made-up trace, apart from its parent.
     pub(crate) fn expire_adoptions(&mut self) {
         if self.adoptions.is_empty() {
             return;
         }
         let before = self.clock.saturating_sub(self.cfg.retention_ns);
-        let due: Vec<SpanKey> = self
+        let due: Vec<(SpanKey, bool)> = self
             .adoptions
             .by_anchor
             .iter()
             .filter(|(_, a)| a.since < before)
-            .map(|(&k, _)| k)
+            .map(|(&k, a)| (k, a.into.is_some()))
             .collect();
-        for k in due {
-            if let Some(a) = self.adoptions.by_anchor.get_mut(&k) {
-                a.into = None;
+        // One walk of the records, only when a replaced trace is due.
+        let carried: HashSet<SpanKey> = if due.iter().any(|&(_, into)| into) {
+            self.spans
+                .values()
+                .filter_map(|r| r.ctx.as_ref()?.made_by)
+                .collect()
+        } else {
+            HashSet::default()
+        };
+        for (k, into) in due {
+            if !into {
+                self.release(k, true);
+            } else if !carried.contains(&k) {
+                // Nothing held: spans of a replaced trace are never held.
+                self.adoptions.by_anchor.remove(&k);
             }
-            self.release(k, true);
         }
         let spans = &self.spans;
         self.adoptions

@@ -68,6 +68,11 @@ impl<T> SpanTable<T> {
         }
     }
 
+    /// The records held.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.recs.iter().flatten().map(|(_, r)| r)
+    }
+
     pub fn contains_key(&self, key: &SpanKey) -> bool {
         self.entry(*key).is_some()
     }
