@@ -21,6 +21,7 @@ use crate::model::{
     ConnId, ConnInfo, Message, MessageKind, ParentSource, Pid, Request, Response, Side, Span,
     SpanId, SpanKind, Status, Texts, Tid, TraceId,
 };
+use crate::prefetch;
 use crate::propagation::{extract, request_ids, HeaderContext, RequestIds};
 use crate::span_table::{self, SpanTable};
 use crate::window::ReorderWindow;
@@ -500,6 +501,16 @@ impl<G: IdGen> Correlator<G> {
     pub(crate) fn pop_spare_text(&mut self) -> Option<Texts> {
         let t = self.spare_texts.pop()?;
         self.spare_bytes -= t.heap_bytes();
+        // The spares were last used one or more polls ago: the next one's
+        // buffers (its own fields asked for at the pop before) and the one
+        // after's fields are fetched while this request is rendered.
+        let n = self.spare_texts.len();
+        if let Some(next) = n.checked_sub(1).map(|i| &self.spare_texts[i]) {
+            next.prefetch_buffers();
+        }
+        if let Some(after) = n.checked_sub(2).map(|i| &self.spare_texts[i]) {
+            prefetch::lines(after);
+        }
         Some(t)
     }
 

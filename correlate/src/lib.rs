@@ -150,7 +150,7 @@
 //! assert_eq!(server.name(), "GET /users/{id}");
 //! ```
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod adopt;
 mod attr_key;
@@ -162,6 +162,7 @@ mod correlator;
 mod index;
 mod loss;
 mod model;
+mod prefetch;
 mod propagation;
 mod resolve;
 mod span_table;

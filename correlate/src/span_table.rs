@@ -5,6 +5,7 @@
 //! load, as much as the record's own). The record's key is kept beside it:
 //! a key whose record is gone finds nothing, never another record.
 use crate::index::SpanKey;
+use crate::prefetch;
 
 /// Bits of a key that name its slot.
 const SLOT_BITS: u32 = 24;
@@ -58,6 +59,15 @@ impl<T> SpanTable<T> {
         };
         let key = (self.made << SLOT_BITS) | slot as u64;
         self.made += 1;
+        // The next record goes into the slot freed last, usually one not
+        // touched since its record was retained (hundreds of ms): its
+        // first write was the largest stall of the correlator at full load.
+        // Fetched now, it arrives while this record is built.
+        if let Some(&next) = self.free.last() {
+            if let Some(s) = self.recs.get(next as usize) {
+                prefetch::lines(s);
+            }
+        }
         key
     }
 

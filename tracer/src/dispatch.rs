@@ -284,7 +284,14 @@ impl<O: SpanOut> Stages<O> {
 
     /// Moves finished spans on, then prints traces that went quiet.
     fn settle(&mut self, mut spans: Vec<Span>) {
-        for span in &mut spans {
+        for i in 0..spans.len() {
+            // Its texts were written when its request came, a window or
+            // more ago: asked for one span ahead, they arrive while this
+            // one is encoded.
+            if let Some(next) = spans.get(i + 1) {
+                next.prefetch_texts();
+            }
+            let span = &mut spans[i];
             if let Some(p) = &mut self.profile {
                 p.span_finished(span);
             }
