@@ -57,6 +57,9 @@ pub(crate) struct Adoptions {
     /// Undecided client spans carrying a propagated trace, and the server
     /// spans in flight they may be children of.
     calls: HashMap<SpanKey, SmallVec<[SpanKey; 2]>>,
+    /// When the records were last walked for the replaced traces they
+    /// still carry.
+    walked: u64,
 }
 
 impl Adoptions {
@@ -304,33 +307,44 @@ impl<G: IdGen> Correlator<G> {
     /// Export what waited a retention. A replaced trace is forgotten once
     /// no record carries it any more: a span finishing later, or a late
     /// child of a retained one, would otherwise be exported in the
-    /// made-up trace, apart from its parent.
+    /// made-up trace, apart from its parent. The records are walked for
+    /// that at most once a retention (an edge proxy replaces a trace per
+    /// request: a walk at every prune would cost a pass over every record
+    /// each window), so a replaced trace is kept up to two retentions.
     pub(crate) fn expire_adoptions(&mut self) {
         if self.adoptions.is_empty() {
             return;
         }
-        let before = self.clock.saturating_sub(self.cfg.retention_ns);
-        let due: Vec<(SpanKey, bool)> = self
-            .adoptions
-            .by_anchor
-            .iter()
-            .filter(|(_, a)| a.since < before)
-            .map(|(&k, a)| (k, a.into.is_some()))
-            .collect();
-        // One walk of the records, only when a replaced trace is due.
-        let carried: HashSet<SpanKey> = if due.iter().any(|&(_, into)| into) {
-            self.spans
-                .values()
-                .filter_map(|r| r.ctx.as_ref()?.made_by)
-                .collect()
-        } else {
-            HashSet::default()
-        };
-        for (k, into) in due {
-            if !into {
-                self.release(k, true);
-            } else if !carried.contains(&k) {
-                // Nothing held: spans of a replaced trace are never held.
+        let retention = self.cfg.retention_ns;
+        let before = self.clock.saturating_sub(retention);
+        let walk_due = self.clock.saturating_sub(self.adoptions.walked) >= retention;
+        let mut replaced: HashSet<SpanKey> = HashSet::default();
+        let mut unreplaced: Vec<SpanKey> = Vec::new();
+        for (&k, a) in &self.adoptions.by_anchor {
+            if a.since >= before {
+                continue;
+            }
+            if a.into.is_none() {
+                unreplaced.push(k);
+            } else if walk_due {
+                replaced.insert(k);
+            }
+        }
+        for k in unreplaced {
+            self.release(k, true);
+        }
+        if !replaced.is_empty() {
+            self.adoptions.walked = self.clock;
+            for r in self.spans.values() {
+                if let Some(root) = r.ctx.as_ref().and_then(|c| c.made_by) {
+                    replaced.remove(&root);
+                    if replaced.is_empty() {
+                        break;
+                    }
+                }
+            }
+            // Nothing held: spans of a replaced trace are never held.
+            for k in replaced {
                 self.adoptions.by_anchor.remove(&k);
             }
         }

@@ -504,11 +504,11 @@ impl<G: IdGen> Correlator<G> {
         // The spares were last used one or more polls ago: the next one's
         // buffers (its own fields asked for at the pop before) and the one
         // after's fields are fetched while this request is rendered.
-        let n = self.spare_texts.len();
-        if let Some(next) = n.checked_sub(1).map(|i| &self.spare_texts[i]) {
+        let mut ahead = self.spare_texts.iter().rev();
+        if let Some(next) = ahead.next() {
             next.prefetch_buffers();
         }
-        if let Some(after) = n.checked_sub(2).map(|i| &self.spare_texts[i]) {
+        if let Some(after) = ahead.next() {
             prefetch::lines(after);
         }
         Some(t)

@@ -496,7 +496,6 @@ impl Texts {
         self.attrs.reserve(ATTRS_USUAL);
     }
 
-    /// Heap bytes held.
     /// Asks for the first lines of the buffers a request's texts are
     /// written into first.
     pub(crate) fn prefetch_buffers(&self) {
@@ -507,6 +506,7 @@ impl Texts {
         );
     }
 
+    /// Heap bytes held.
     pub(crate) fn heap_bytes(&self) -> usize {
         self.text.capacity()
             + self.attrs.capacity() * std::mem::size_of::<Attr>()
