@@ -138,6 +138,11 @@ pub struct Counters {
     /// Thread index entries lost at its bounds (the thread then counts as
     /// ambiguous for a while).
     pub thread_index_overflow: u64,
+    /// Finished server spans forgotten by the thread index at its bound
+    /// before the samples' window ended, though after the instants the
+    /// parent rules ask about: a CPU sample coming back that late is not
+    /// given their span.
+    pub thread_index_trimmed: u64,
     /// Server spans parented by the client span at the other end (rule 3).
     pub mirror_parent: u64,
     /// Of those, matched through address translation.

@@ -15,7 +15,7 @@ use crate::attributes::{request_facts, response_status};
 use crate::causes::{task_key, Cause, CauseEvent, Causes};
 use crate::classify::Classifier;
 use crate::config::{Config, Counters, IdGen, SplitMix64};
-use crate::index::{table_bytes, MultiIndex, SpanKey, ThreadEntry, ThreadIndex};
+use crate::index::{table_bytes, MultiIndex, SpanKey, ThreadEntry, ThreadIndex, ThreadInsert};
 use crate::loss::LossMarks;
 use crate::model::{
     ConnId, ConnInfo, Message, MessageKind, ParentSource, Pid, Request, Response, Side, Span,
@@ -908,8 +908,14 @@ impl<G: IdGen> Correlator<G> {
             let overlap = self.threads.overlaps_ended(h.pid, h.tid, h.start);
             self.classify
                 .server_read(h.pid, overlap, self.clock, &mut self.counters);
-            if !self.threads.insert(h.pid, h.tid, entry, self.clock, hold) {
-                self.counters.thread_index_overflow += 1;
+            let recent = self.clock.saturating_sub(self.rules_horizon_ns());
+            match self
+                .threads
+                .insert(h.pid, h.tid, entry, self.clock, hold, recent)
+            {
+                ThreadInsert::Clean => {}
+                ThreadInsert::Trimmed => self.counters.thread_index_trimmed += 1,
+                ThreadInsert::Lost => self.counters.thread_index_overflow += 1,
             }
             let spans = &self.spans;
             let mut clean = true;

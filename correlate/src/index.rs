@@ -204,6 +204,19 @@ pub(crate) struct ThreadIndex {
     max_per_thread: usize,
 }
 
+/// What [`ThreadIndex::insert`] had to forget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ThreadInsert {
+    /// Nothing.
+    Clean,
+    /// A span that ended before the instants the parent rules ask about:
+    /// only a CPU sample that comes back later than that loses its span.
+    Trimmed,
+    /// Entries the rules may still ask about: the thread is uncertain
+    /// for the instants they covered.
+    Lost,
+}
+
 /// Server spans in progress on a thread at some instant.
 pub(crate) struct InProgress {
     /// How many.
@@ -241,8 +254,10 @@ impl ThreadIndex {
         }
     }
 
-    /// Record a server span. Returns false when something had to be lost.
-    /// `hold` is how long a lost entry may still have been in progress.
+    /// Record a server span, and say what had to be forgotten for it.
+    /// `hold` is how long a lost entry may still have been in progress;
+    /// `recent` is the oldest instant the parent rules still ask about
+    /// (only late CPU samples ask about older ones).
     pub fn insert(
         &mut self,
         pid: Pid,
@@ -250,20 +265,20 @@ impl ThreadIndex {
         entry: ThreadEntry,
         clock: u64,
         hold: u64,
-    ) -> bool {
-        let mut clean = true;
+        recent: u64,
+    ) -> ThreadInsert {
+        let mut kept = ThreadInsert::Clean;
         if !self.threads.contains_key(&(pid, tid)) && self.threads.len() >= self.max_threads {
             self.prune(clock.saturating_sub(hold));
             if self.threads.len() >= self.max_threads {
                 self.threads.clear();
                 self.lossy_until = clock.saturating_add(hold);
-                clean = false;
+                kept = ThreadInsert::Lost;
             }
         }
         let max = self.max_per_thread;
         let t = self.threads.entry((pid, tid)).or_default();
         if t.entries.len() >= max {
-            clean = false;
             // Lose the oldest finished span if there is one: only questions
             // about instants before its end become uncertain. Else the
             // oldest in-progress one, whose end is unknown: assume it ends
@@ -289,9 +304,17 @@ impl ThreadIndex {
                 }
             };
             t.lossy_until = t.lossy_until.max(lost_until);
+            // A busy event loop fills its bound with finished spans inside
+            // the samples' window: forgetting one that ended before the
+            // rules' horizon costs only a late sample its span.
+            if lost_until >= recent {
+                kept = ThreadInsert::Lost;
+            } else if kept == ThreadInsert::Clean {
+                kept = ThreadInsert::Trimmed;
+            }
         }
         t.insert(entry);
-        clean
+        kept
     }
 
     /// The span that started at `start` ended at `end`. Returns whether
@@ -604,8 +627,14 @@ mod tests {
     fn in_progress_is_strict_at_start_and_end() {
         let mut ix = ThreadIndex::new(8, 8);
         let (p, t) = (Pid(1), Tid(1));
-        assert!(ix.insert(p, t, e(1, 10, Some(20)), 0, 100));
-        assert!(ix.insert(p, t, e(2, 15, None), 0, 100));
+        assert_eq!(
+            ix.insert(p, t, e(1, 10, Some(20)), 0, 100, 0),
+            ThreadInsert::Clean
+        );
+        assert_eq!(
+            ix.insert(p, t, e(2, 15, None), 0, 100, 0),
+            ThreadInsert::Clean
+        );
         assert_eq!(keys(&ix, p, t, 10), Vec::<u64>::new());
         assert_eq!(keys(&ix, p, t, 12), vec![1]);
         assert_eq!(keys(&ix, p, t, 16), vec![1, 2]);
@@ -626,14 +655,20 @@ mod tests {
     fn per_thread_overflow_prefers_finished_then_marks_lossy() {
         let mut ix = ThreadIndex::new(8, 2);
         let (p, t) = (Pid(1), Tid(1));
-        ix.insert(p, t, e(1, 1, Some(2)), 0, 100);
-        ix.insert(p, t, e(2, 3, None), 0, 100);
-        assert!(!ix.insert(p, t, e(3, 4, None), 5, 100));
+        ix.insert(p, t, e(1, 1, Some(2)), 0, 100, 0);
+        ix.insert(p, t, e(2, 3, None), 0, 100, 0);
+        assert_eq!(
+            ix.insert(p, t, e(3, 4, None), 5, 100, 0),
+            ThreadInsert::Lost
+        );
         assert_eq!(keys(&ix, p, t, 6), vec![2, 3]);
         assert!(!ix.in_progress(p, t, 6, |_| {}).lossy);
         // Entry 1 ended at 2: instants before that are uncertain now.
         assert!(ix.in_progress(p, t, 1, |_| {}).lossy);
-        assert!(!ix.insert(p, t, e(4, 7, None), 8, 100));
+        assert_eq!(
+            ix.insert(p, t, e(4, 7, None), 8, 100, 0),
+            ThreadInsert::Lost
+        );
         assert_eq!(keys(&ix, p, t, 9), vec![3, 4]);
         assert!(ix.in_progress(p, t, 9, |_| {}).lossy);
         assert_eq!(ix.at(p, t, 9), None);
@@ -641,29 +676,60 @@ mod tests {
     }
 
     #[test]
+    fn overflow_past_the_rules_horizon_is_a_trim_not_a_loss() {
+        let mut ix = ThreadIndex::new(8, 2);
+        let (p, t) = (Pid(1), Tid(1));
+        ix.insert(p, t, e(1, 1, Some(2)), 0, 100, 0);
+        ix.insert(p, t, e(2, 3, Some(4)), 0, 100, 0);
+        // Entry 1 ended at 2, before the oldest instant the rules ask
+        // about (500): a trim. Only instants before its end are uncertain.
+        assert_eq!(
+            ix.insert(p, t, e(3, 600, None), 1000, 100, 500),
+            ThreadInsert::Trimmed
+        );
+        assert!(ix.in_progress(p, t, 1, |_| {}).lossy);
+        assert!(!ix.in_progress(p, t, 500, |_| {}).lossy);
+        assert_eq!(keys(&ix, p, t, 601), vec![3]);
+        // Entry 2 ended at 4, inside the horizon now asked about: a loss.
+        assert_eq!(
+            ix.insert(p, t, e(4, 700, None), 1000, 100, 3),
+            ThreadInsert::Lost
+        );
+        // Only in-progress entries left: whichever goes, it is a loss.
+        assert_eq!(
+            ix.insert(p, t, e(5, 800, None), 1000, 100, 0),
+            ThreadInsert::Lost
+        );
+        assert!(ix.in_progress(p, t, 900, |_| {}).lossy);
+    }
+
+    #[test]
     fn long_and_open_spans_are_found_among_many_short_ones() {
         let mut ix = ThreadIndex::new(8, 100_000);
         let (p, t) = (Pid(1), Tid(1));
         // A long span, then an open one, then thousands of short ones.
-        ix.insert(p, t, e(1, 100, None), 0, 1);
-        ix.insert(p, t, e(2, 150, None), 0, 1);
+        ix.insert(p, t, e(1, 100, None), 0, 1, 0);
+        ix.insert(p, t, e(2, 150, None), 0, 1, 0);
         ix.set_end(p, t, 1, 100, 50_000);
         for k in 3..5000u64 {
-            ix.insert(p, t, e(k, 200 + k * 10, None), 0, 1);
+            ix.insert(p, t, e(k, 200 + k * 10, None), 0, 1, 0);
             ix.set_end(p, t, k, 200 + k * 10, 200 + k * 10 + 5);
         }
         assert_eq!(keys(&ix, p, t, 40_003), vec![1, 2, 3980]);
         assert_eq!(keys(&ix, p, t, 60_000), vec![2]);
         // Out-of-order arrival keeps the order by start.
-        ix.insert(p, t, e(9000, 40_001, None), 0, 1);
+        ix.insert(p, t, e(9000, 40_001, None), 0, 1, 0);
         assert_eq!(keys(&ix, p, t, 40_003), vec![1, 2, 3980, 9000]);
     }
 
     #[test]
     fn thread_overflow_clears_and_marks_all_lossy() {
         let mut ix = ThreadIndex::new(1, 4);
-        ix.insert(Pid(1), Tid(1), e(1, 1, None), 0, 100);
-        assert!(!ix.insert(Pid(1), Tid(2), e(2, 2, None), 10, 100));
+        ix.insert(Pid(1), Tid(1), e(1, 1, None), 0, 100, 0);
+        assert_eq!(
+            ix.insert(Pid(1), Tid(2), e(2, 2, None), 10, 100, 0),
+            ThreadInsert::Lost
+        );
         assert!(ix.in_progress(Pid(1), Tid(2), 50, |_| {}).lossy);
         assert!(!ix.in_progress(Pid(1), Tid(2), 500, |_| {}).lossy);
     }
@@ -723,7 +789,7 @@ mod tests {
             for (i, &(start, len, ends, ended_at_insert)) in spans.iter().enumerate() {
                 let key = i as SpanKey;
                 let end = (ends && ended_at_insert).then_some(start + len);
-                proptest::prop_assert!(ix.insert(p, t, e(key, start, end), 0, 100));
+                proptest::prop_assert_eq!(ix.insert(p, t, e(key, start, end), 0, 100, 0), ThreadInsert::Clean);
                 model.push(e(key, start, end));
             }
             for (i, &(start, len, ends, ended_at_insert)) in spans.iter().enumerate() {

@@ -935,13 +935,19 @@ impl<G: IdGen> Correlator<G> {
         }
     }
 
+    /// How far back the parent rules ask about what was in progress (what
+    /// the indexes keep; only CPU samples, which come back after unwinding,
+    /// ask about older instants).
+    pub(crate) fn rules_horizon_ns(&self) -> u64 {
+        self.cfg
+            .retention_ns
+            .max(self.cfg.window_ns.saturating_mul(2))
+    }
+
     /// Drop index entries of forgotten spans and thread entries that ended
     /// before the retention.
     pub(crate) fn prune_indexes(&mut self) {
-        let keep = self
-            .cfg
-            .retention_ns
-            .max(self.cfg.window_ns.saturating_mul(2));
+        let keep = self.rules_horizon_ns();
         let samples = self.cfg.sample_window_ns.max(keep);
         self.threads.prune(self.clock.saturating_sub(samples));
         let spans = &self.spans;

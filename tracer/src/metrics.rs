@@ -375,6 +375,7 @@ report_counters!(correlate::Counters, Stage::Correlation, {
     span_overflow: Anomaly, "Spans settled early at the memory bound.";
     retained_evicted: Detail, "Finished spans forgotten early at the bound.";
     thread_index_overflow: Anomaly, "Thread index entries lost at its bound.";
+    thread_index_trimmed: Detail, "Finished server spans the thread index forgot at its bound, older than what the parent rules ask about (a CPU sample that late is not given its span).";
     mirror_parent: Headline, "Server spans parented by the client span at the other end.";
     nat_parent: Detail, "Of those, through address translation.";
     mirror_expired: Detail, "Server spans whose wait for a local client span expired.";
