@@ -204,8 +204,9 @@ pub(crate) struct ThreadIndex {
     max_per_thread: usize,
 }
 
-/// What [`ThreadIndex::insert`] had to forget.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What [`ThreadIndex::insert`] had to forget, ordered from nothing to
+/// the worst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum ThreadInsert {
     /// Nothing.
     Clean,
@@ -307,11 +308,11 @@ impl ThreadIndex {
             // A busy event loop fills its bound with finished spans inside
             // the samples' window: forgetting one that ended before the
             // rules' horizon costs only a late sample its span.
-            if lost_until >= recent {
-                kept = ThreadInsert::Lost;
-            } else if kept == ThreadInsert::Clean {
-                kept = ThreadInsert::Trimmed;
-            }
+            kept = kept.max(if lost_until >= recent {
+                ThreadInsert::Lost
+            } else {
+                ThreadInsert::Trimmed
+            });
         }
         t.insert(entry);
         kept
