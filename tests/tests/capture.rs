@@ -432,6 +432,22 @@ fn nothing_stays_attached_after_exit() {
             "counters on exit: {}",
             out.stderr
         );
+        // The verifier refuses a program past 1,000,000 instructions walked,
+        // and how far it walks moves with the kernel: half of it is the
+        // room a program must keep (the packet programs once went past it
+        // on a new 6.18 kernel while they had passed an earlier one).
+        let walked: u64 = out
+            .stderr
+            .split("verifier: the largest program, ")
+            .nth(1)
+            .and_then(|l| l.split(", took ").nth(1))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no verifier line: {}", out.stderr));
+        assert!(
+            walked < 500_000,
+            "the verifier walked {walked} instructions of a program, past half its limit"
+        );
         let loaded = prog_ids_loaded();
         let links = link_prog_ids();
         for id in &ids {

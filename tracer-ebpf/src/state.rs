@@ -64,6 +64,18 @@ pub struct H2Walk {
     pub _pad: u32,
     /// Those bytes, and room for the rest of the head.
     pub head: [u8; 24],
+    /// The packet walk in progress (see h2walk.rs): its pending chunk
+    /// `[cs, ce)` of packet offsets to copy, the bytes copied by the chunks
+    /// sent, and how it ended. Kept here, in map memory, not on the stack:
+    /// the verifier tracks the value of every stack slot through each turn
+    /// of the frame loop, and values it tracks there multiply the states it
+    /// must explore until the program passes its limit (Linux 6.18.44 gave
+    /// up at 1,000,000 instructions); map memory reads back as unknown.
+    pub cs: u32,
+    pub ce: u32,
+    pub copied: u32,
+    /// 0: walking; 1: the packet's frames are all walked; 2: sync lost.
+    pub end: u32,
 }
 
 #[btf_map]

@@ -394,6 +394,36 @@ fn program_err(
     }
 }
 
+/// The verifier gives up on a program past this many instructions walked.
+const VERIFIER_LIMIT: u32 = 1_000_000;
+
+/// Logs how many instructions the verifier walked for each loaded program
+/// (debug) and for the largest (info): that count moves with the kernel's
+/// verifier, not only with the program (capture_egress passed one 6.18
+/// kernel and went past the limit on a later one), so it is the figure to
+/// watch when a program grows or a kernel is new.
+fn log_verifier_work(ebpf: &Ebpf) {
+    let mut largest = None;
+    for (name, prog) in ebpf.programs() {
+        let Some(n) = prog
+            .info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count())
+        else {
+            continue;
+        };
+        tracing::debug!(program = name, verified_instructions = n, "program loaded");
+        if largest.is_none_or(|(_, m)| n > m) {
+            largest = Some((name, n));
+        }
+    }
+    if let Some((name, n)) = largest {
+        tracing::info!(
+            "verifier: the largest program, {name}, took {n} of its {VERIFIER_LIMIT} instructions"
+        );
+    }
+}
+
 impl Kernel {
     /// Loads the programs with the offsets of this kernel and attaches them:
     /// the first source of calls in `calls` (see `sources`) that loads and
@@ -540,6 +570,7 @@ impl Kernel {
             Some(hz) => attach_sampling(&mut ebpf, hz)?,
             None => Vec::new(),
         };
+        log_verifier_work(&ebpf);
         let drops = take(&mut ebpf, MAP_DROPS)?;
         let stats = take(&mut ebpf, MAP_STATS)?;
         drop(aya_btf);
