@@ -386,7 +386,11 @@ fn nothing_stays_attached_after_exit() {
         return;
     };
     require_tool("bpftool");
-    for (signal, profile_hz, programs) in [(libc::SIGINT, "99", 6), (libc::SIGTERM, "0", 5)] {
+    // How many programs the send/receive calls take depends on the source
+    // the kernel offers (tp_btf on 6.18, fexit on 6.1): only the sampling
+    // program's presence is fixed.
+    let mut loaded_per_run = Vec::new();
+    for (signal, profile_hz) in [(libc::SIGINT, "99"), (libc::SIGTERM, "0")] {
         // TLS probes and runtime hooks are attached per file as processes
         // need them (see tls.rs for their exit check): off here, so every
         // program loaded is attached.
@@ -400,18 +404,14 @@ fn nothing_stays_attached_after_exit() {
             "--no-runtime-hooks",
         ]);
         let ids = agent.program_ids.clone();
-        assert_eq!(
-            ids.len(),
-            programs,
-            "programs loaded with --profile-hz {profile_hz}"
-        );
+        loaded_per_run.push(ids.len());
         let perf_event_progs = prog_types(&ids)
             .iter()
             .filter(|t| *t == "perf_event")
             .count();
         assert_eq!(
             perf_event_progs,
-            programs - 5,
+            usize::from(profile_hz != "0"),
             "a sampling program only when profiling"
         );
         let loaded = prog_ids_loaded();
@@ -444,6 +444,9 @@ fn nothing_stays_attached_after_exit() {
             .and_then(|l| l.split(' ').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no verifier line: {}", out.stderr));
+        println!(
+            "verifier: the largest program took {walked} instructions (profile-hz {profile_hz})"
+        );
         assert!(
             walked < 500_000,
             "the verifier walked {walked} instructions of a program, past half its limit"
@@ -458,6 +461,15 @@ fn nothing_stays_attached_after_exit() {
             );
         }
     }
+    assert_eq!(
+        loaded_per_run,
+        [loaded_per_run[1] + 1, loaded_per_run[1]],
+        "programs loaded with and without profiling"
+    );
+    assert!(
+        loaded_per_run[1] >= 5,
+        "calls, connections and packets: {loaded_per_run:?}"
+    );
 }
 
 #[test]
