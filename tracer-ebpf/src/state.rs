@@ -71,6 +71,8 @@ pub struct H2Walk {
     /// of the frame loop, and values it tracks there multiply the states it
     /// must explore until the program passes its limit (Linux 6.18.44 gave
     /// up at 1,000,000 instructions); map memory reads back as unknown.
+    /// One walk per socket and direction at a time, as for the fields
+    /// above: the socket's lock serialises its transmits, and its receives.
     pub cs: u32,
     pub ce: u32,
     pub copied: u32,
