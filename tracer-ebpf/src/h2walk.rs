@@ -143,10 +143,8 @@ struct Walk {
 
 /// Walks the frames of a packet whose first record (`seg`, `first` bytes
 /// captured from `base`) went out, and emits the extra records. Inlined:
-/// as a function of its own it would take the verifier 100k fewer
-/// instructions on capture_egress (6.18.44), but its frame takes the chain
-/// packet program, walk, callback, `emit` past the 512 bytes of stack that
-/// 6.1's verifier allows.
+/// a frame of its own would take the chain (see `Walk`) past 512 bytes of
+/// stack on 6.1, though the verifier walks 100k fewer instructions so.
 #[inline(always)]
 pub fn walk(ctx: &SkBuffContext, w: &mut H2Walk, seg: &Seg, base: u32, first: u32) {
     let (seq, plen) = (seg.seq, seg.payload_len);
@@ -188,20 +186,20 @@ pub fn walk(ctx: &SkBuffContext, w: &mut H2Walk, seg: &Seg, base: u32, first: u3
     if keep > start && keep < (1 << 31) {
         w.ce = keep.min(plen);
     }
-    let mut st = Walk {
+    let st = Walk {
         ctx,
         w,
         seg,
         base,
         first,
     };
-    // SAFETY: the callback reads `st` through the pointer only while the
+    // SAFETY: the callback only reads `st`, through the pointer, while the
     // helper runs.
     unsafe {
         bpf_loop(
             MAX_FRAMES,
             frame as *mut c_void,
-            &mut st as *mut Walk as *mut c_void,
+            &st as *const Walk as *mut c_void,
             0,
         )
     };
