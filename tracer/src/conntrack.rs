@@ -134,11 +134,8 @@ pub struct ConnLimits {
     pub idle_timeout_ns: u64,
     /// After the close, how long to wait for the last records. Records
     /// reach the table in kernel-time order (see `lanes`), so the close
-    /// comes after every record of the connection but late ones (held up
-    /// past the reader's 2 ms hold, counted as `reader.records_late`); a
-    /// short linger keeps a storm of short connections from filling the
-    /// table: every layer's state of a closed connection (streams,
-    /// parsers, the correlator's entry) lives as long as it lingers.
+    /// comes after every record of the connection but late ones; a short
+    /// linger keeps a storm of short connections from filling the table.
     pub close_linger_ns: u64,
     /// Per-direction stream bounds.
     pub stream: StreamLimits,
@@ -149,7 +146,7 @@ impl Default for ConnLimits {
         ConnLimits {
             max_conns: 65_536,
             idle_timeout_ns: 300 * 1_000_000_000,
-            close_linger_ns: 30 * 1_000_000,
+            close_linger_ns: 100 * 1_000_000,
             stream: StreamLimits::default(),
         }
     }
