@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tracer_e2e::{
     free_port, grpc_go, grpc_js, grpc_py, grpc_side, grpc_tonic, reply, root,
-    span::{attr, f},
+    span::{self, attr, f},
     Agent, AgentOutput, Otlp, Receiver, Spawned,
 };
 
@@ -130,7 +130,24 @@ fn pair<'a>(
     server_code: &str,
 ) -> (&'a Value, &'a Value) {
     let (c, s) = (of(spans, "CLIENT", method), of(spans, "SERVER", method));
-    assert_eq!((c.len(), s.len()), (1, 1), "{method}: {c:?} {s:?}");
+    if (c.len(), s.len()) != (1, 1) {
+        // Whatever else carries the method says where a missing side went
+        // (another name, another process, another kind).
+        let elsewhere: Vec<String> = spans
+            .iter()
+            .filter(|x| attr(x, "rpc.method") == method || f(x, "name").ends_with(method))
+            .map(|x| {
+                format!(
+                    "{} {} of {:?} pid {}",
+                    f(x, "kind"),
+                    f(x, "name"),
+                    span::res(x, "service.name"),
+                    span::res(x, "process.pid")
+                )
+            })
+            .collect();
+        panic!("{method}: {c:?} {s:?}; spans naming it: {elsewhere:?}");
+    }
     for (sp, code) in [(c[0], client_code), (s[0], server_code)] {
         for (k, want) in [
             ("rpc.system", "grpc"),

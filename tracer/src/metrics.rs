@@ -189,6 +189,7 @@ report_counters!(crate::dispatch::ReaderCounters, Stage::Reader, {
 report_counters!(crate::conntrack::ConnCounters, Stage::Connections, {
     opened: Headline, "Connections tracked.";
     closed: Detail, "Connections removed after their close.";
+    reaped_crowded: Detail, "Closed connections removed before their full linger: more than the bound were lingering (a storm of short connections).";
     evicted_idle: Detail, "Connections removed after being idle.";
     evicted_full: Anomaly, "Connections removed because the table was full.";
     bad_records: Anomaly, "Records with an unknown direction (dropped).";
