@@ -133,9 +133,10 @@ fn pair<'a>(
     if (c.len(), s.len()) != (1, 1) {
         // Whatever else carries the method says where a missing side went
         // (another name, another process, another kind).
+        let named = format!("/{method}");
         let elsewhere: Vec<String> = spans
             .iter()
-            .filter(|x| attr(x, "rpc.method") == method || f(x, "name").ends_with(method))
+            .filter(|x| attr(x, "rpc.method") == method || f(x, "name").ends_with(&named))
             .map(|x| {
                 format!(
                     "{} {} of {:?} pid {}",

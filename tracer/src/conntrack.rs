@@ -134,14 +134,15 @@ pub struct ConnLimits {
     pub idle_timeout_ns: u64,
     /// After the close, how long to wait for the last records. Records
     /// reach the table in kernel-time order (see `lanes`), so the close
-    /// comes after every record of the connection but late ones; a short
-    /// linger keeps a storm of short connections from filling the table.
+    /// comes after every record of the connection but late ones (held up
+    /// past the reader's 2 ms hold, counted as `reader.records_late`).
+    /// Every layer's state of a closed connection (streams, parsers, the
+    /// correlator's entry) lives as long as it lingers.
     pub close_linger_ns: u64,
-    /// Closed connections allowed to linger their full `close_linger_ns`;
-    /// beyond, the oldest are retired once they lingered
-    /// `crowded_linger_ns`: a storm of short connections (34k a second on
-    /// loopback held ~7,000 closed ones, ~8 KiB of state each) stays
-    /// bounded, and a host with fewer closes waits the full time.
+    /// Closed connections allowed to linger the full `close_linger_ns`;
+    /// beyond, the oldest go once they lingered `crowded_linger_ns`. A
+    /// storm of short connections (34k a second on loopback kept ~7,000
+    /// closed, ~8 KiB each) stays bounded; fewer closes wait the full time.
     pub max_lingering: usize,
     /// The shortest linger, when more than `max_lingering` are closed.
     pub crowded_linger_ns: u64,
@@ -758,6 +759,8 @@ impl Conns {
                 break;
             };
             let age = now.saturating_sub(t);
+            // The queue's length stands for the lingering count: an entry
+            // whose connection was evicted meanwhile only leaves it early.
             let crowded = self.closing.len() > self.limits.max_lingering
                 && age >= self.limits.crowded_linger_ns;
             if age < self.limits.close_linger_ns && !crowded {
