@@ -8,21 +8,30 @@ from bpfstats import format_rows, per_request
 
 
 def run_rounds(conditions, pairs, load, sink, stats, extra, prefix="", width=10, exes=None):
-    """conditions: [(name, agent flags or None)], "{otlp}" in a flag is the
-    sink's URL. load() returns (requests/s, requests); extra(stderr of the
-    agent) the counters printed on the round's line; exes: {name: agent
-    executable} for conditions run by another build. Returns {name: [round]}."""
+    """conditions: [(name, agent flags, None or a fixture)], "{otlp}" in a
+    flag is the sink's URL; a fixture (start(), stop()) is set up around
+    the load instead of an agent. load() returns (requests/s, requests);
+    extra(stderr of the agent) the counters printed on the round's line;
+    exes: {name: agent executable} for conditions run by another build.
+    Returns {name: [round]}."""
     results = {n: [] for n, _ in conditions}
     for r in range(pairs):
         k = r % len(conditions)
         for name, args in conditions[k:] + conditions[:k]:
             agent = None
-            if args is not None:
+            fixture = args if hasattr(args, "start") else None
+            if fixture:
+                fixture.start()
+            elif args is not None:
                 agent = Agent([x.replace("{otlp}", "http://127.0.0.1:%d" % sink.port) for x in args],
                               **({"exe": exes[name]} if exes and name in exes else {}))
             cpu0 = agent.cpu_seconds() if agent else 0
             bpf0 = stats.snapshot(agent.program_ids) if agent else {}
-            rps, total = load()
+            try:
+                rps, total = load()
+            finally:
+                if fixture:
+                    fixture.stop()
             bpf1 = stats.snapshot(agent.program_ids) if agent else {}
             cpu = (agent.cpu_seconds() - cpu0) if agent else 0
             kns, rows = per_request(stats.diff(bpf0, bpf1), total)

@@ -5,14 +5,16 @@ wrk over HTTPS (keep-alive) against nginx with TLS, or with --server go
 against tests/go/tls_server.go (net/http, HTTP/1.1, built here with the
 host's Go: Go crypto/tls probes, one at the start of Write, one at the
 start of Read and one per RET of Read), certificates made with the openssl
-CLI, in six conditions per round, their order rotated every
-round: no agent; the agent's hooks attached but returning at once
-(--hooks-only --tls-snap-len 0: the floor); capture only (--no-spans),
-with TLS capture off and on (the uprobes' cost without the span work it
-feeds); the whole product with TLS
-capture off (--tls-snap-len 0: the ciphertext is recognised and silenced,
-no uprobe); the whole product with TLS capture on (uprobes and uretprobes
-on SSL_read/SSL_write/_ex of libssl.so.3, which nginx and wrk both use).
+CLI, in seven conditions per round, their order rotated every round: no
+agent; bare uprobes (tracefs entry probes on the functions the agent
+probes, no eBPF program behind them, tracing off: what the trap alone
+costs, the floor of any uprobe-based capture); the agent's hooks attached
+but returning at once (--hooks-only --tls-snap-len 0); capture only
+(--no-spans), with TLS capture off and on (the uprobes' cost without the
+span work it feeds); the whole product with TLS capture off
+(--tls-snap-len 0: the ciphertext is recognised and silenced, no uprobe);
+the whole product with TLS capture on (uprobes and uretprobes on
+SSL_read/SSL_write/_ex of libssl.so.3, which nginx and wrk both use).
 Prints requests/s, the ratio to no agent (median of per-round ratios),
 the agent's CPU per request and the kernel cost per request of its eBPF
 programs (bpf_stats; a uprobe's trap and return trampoline are not in it).
@@ -32,6 +34,7 @@ import time
 
 from abrounds import print_conditions, run_rounds
 from agentproc import counter
+from bare_uprobes import BareUprobes, libraries_of
 from bpfstats import BpfStats, format_rows
 from overhead import Nginx, OtlpSink, free_port
 
@@ -45,7 +48,7 @@ class GoServer:
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
                         "-keyout", key, "-out", cert], check=True, capture_output=True)
-        binary = os.path.join(workdir, "tls_server")
+        self.binary = binary = os.path.join(workdir, "tls_server")
         env = dict(os.environ, GO111MODULE="off", GOPATH=os.path.join(workdir, "gopath"),
                    GOCACHE=os.path.join(workdir, "gocache"), GOTOOLCHAIN="local", GOFLAGS="")
         subprocess.run(["go", "build", "-o", binary, os.path.join(ROOT, "tests/go/tls_server.go")],
@@ -95,10 +98,17 @@ def main():
         conditions.append(("tls-on-b", dict(CONDITIONS)["tls-on"]))
         exes["tls-on-b"] = a.ab
     with tempfile.TemporaryDirectory(prefix="tls-bench") as workdir:
+        # wrk's libssl is probed in every case, as the agent probes it.
+        probed = [(lib, sym) for lib in sorted(libraries_of("wrk", "libssl.so"))
+                  for sym in ("SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex")]
         if a.server == "go":
             server, title = GoServer(workdir), "Go net/http TLS server (GOMAXPROCS default)"
+            probed += [(server.binary, "crypto/tls.(*Conn).Write"), (server.binary, "crypto/tls.(*Conn).Read")]
         else:
             server, title = Nginx(1, tls=True), "nginx TLS worker_processes 1"
+            probed += [(lib, sym) for lib in sorted(libraries_of("nginx", "libssl.so") - libraries_of("wrk", "libssl.so"))
+                       for sym in ("SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex")]
+        conditions.insert(1, ("bare-uprobes", BareUprobes(probed)))
         sink = OtlpSink()
         stats = BpfStats()
         try:
@@ -116,6 +126,9 @@ def main():
             for name in [n for n in ("tls-off", "tls-on", "tls-on-b") if n in results]:
                 rel = [x["rps"] / h["rps"] for x, h in zip(results[name], results["hooks-only"])]
                 print("%s / hooks-only: %.3f" % (name, statistics.median(rel)))
+            for name in [n for n in ("capture-tls-on", "tls-on", "tls-on-b") if n in results]:
+                rel = [x["rps"] / h["rps"] for x, h in zip(results[name], results["bare-uprobes"])]
+                print("%s / bare-uprobes: %.3f" % (name, statistics.median(rel)))
         finally:
             stats.close()
             sink.stop()
