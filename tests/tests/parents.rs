@@ -1172,6 +1172,106 @@ fn go_calls_from_a_new_goroutine_link_by_the_runtime_hooks() {
     );
 }
 
+/// ServeHTTP's hooks (two traps per request) serve only outbound calls, so
+/// a Go program gets them at its first net/http client call: before it,
+/// only roundTrip's probe is attached; from the next request on, calls
+/// under another path and without ids link by the hooks.
+#[test]
+fn go_servehttp_hooks_wait_for_the_programs_first_outbound_call() {
+    let Some(_g) = root_test("go_servehttp_hooks_wait_for_the_programs_first_outbound_call") else {
+        return;
+    };
+    require_tool("curl");
+    let dir = TempDir::new("tracer-go");
+    let bin = go_build(dir.path(), "timer_proxy", "timer_proxy", &[]);
+    let backend = Backend::start("backend", None);
+    let port = free_port();
+    // No poller: the program calls out only when a request makes it.
+    let _svc = Spawned::ready(
+        Command::new(&bin)
+            .args([
+                port.to_string(),
+                backend.port.to_string(),
+                "0".into(),
+                "/down".into(),
+            ])
+            .env("OTEL_SERVICE_NAME", "go-late"),
+    );
+    let receiver = Receiver::start(Otlp::Grpc);
+    let mut args = receiver.agent_args();
+    // The handler calls from a goroutine it starts.
+    args.push("--go-goroutine-ancestry".into());
+    let agent = Agent::start(&args);
+    let logged = |what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !agent.stderr_so_far().contains(what) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent.stderr_so_far().contains(what)
+    };
+    const LATE: &str = "at the program's first outbound call";
+    assert!(
+        logged("persistConn.roundTrip; ServeHTTP and goroutine creation once"),
+        "roundTrip's probe attached at start: {}",
+        agent.stderr_so_far()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !agent.stderr_so_far().contains(LATE),
+        "ServeHTTP hooked before any outbound call: {}",
+        agent.stderr_so_far()
+    );
+    assert_eq!(curl(port, "/late-first", &[]), 200);
+    assert!(
+        logged(LATE),
+        "ServeHTTP hooked at the first outbound call: {}",
+        agent.stderr_so_far()
+    );
+    let n = 20;
+    for i in 0..n {
+        assert_eq!(curl(port, &format!("/late-{i}"), &[]), 200);
+    }
+    receiver.wait_for(Duration::from_secs(30), |s| {
+        s.iter()
+            .filter(|s| attr(s, "url.path").contains("/late-"))
+            .count()
+            >= n * 4
+    });
+    let out = agent.stop(SETTLE);
+    debug(&out);
+    let spans = keyed_by_request(&receiver);
+    let roles = [
+        ("curl", "CLIENT"),
+        ("go-late", "SERVER"),
+        ("go-late", "CLIENT"),
+        ("backend", "SERVER"),
+    ];
+    let l = links(&spans, "/late-", Key::Path, &roles);
+    println!("{l:?}\n{}", summary(&out));
+    assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
+    assert_eq!(
+        out.counter("hooks_attached_late"),
+        Some(1),
+        "{}",
+        out.stderr
+    );
+    // Requests under other paths and without ids: only the hooks link them.
+    enough(
+        l.full,
+        n,
+        n + 1,
+        &out,
+        "requests fully linked after the first call",
+    );
+    enough(
+        out.counter("runtime_parent").unwrap_or(0) as usize,
+        n,
+        n + 1,
+        &out,
+        "calls linked by the hooks",
+    );
+}
+
 /// The accuracy figure is part of the exit summary.
 #[test]
 fn the_exit_summary_shows_the_linked_share_and_the_reasons_for_roots() {

@@ -47,6 +47,14 @@ pub struct Serving {
     since: u64,
 }
 
+/// Per file slot: 1 once a net/http client call of a program of that file
+/// went over a TCP connection the hooks can name. ServeHTTP's (and
+/// goroutine creation's) probes serve only such calls, so the agent attaches
+/// them when this says so: a Go program that never calls out never pays
+/// their traps.
+#[map]
+static GO_HOOK_WANTED: Array<u32> = Array::with_max_entries(GO_HOOK_FILES_MAX, 0);
+
 #[map]
 static GO_SERVING: LruHashMap<GoCallKey, Serving> = LruHashMap::with_max_entries(GO_SERVING_MAX, 0);
 
@@ -57,6 +65,8 @@ static GO_SPAWNING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(CAUSE_TH
 /// The probe's file, and the registers it reads.
 struct At {
     pid_tgid: u64,
+    /// The file's slot in `GO_HOOK_FILES`.
+    slot: u32,
     file: GoHookFile,
     ip: u64,
     rax: u64,
@@ -75,6 +85,7 @@ fn at(ctx: &ProbeContext) -> Option<At> {
     let r = unsafe { &*ctx.regs };
     Some(At {
         pid_tgid,
+        slot,
         file,
         ip: r.rip,
         rax: r.rax,
@@ -183,14 +194,24 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
         g: a.g,
     };
     // SAFETY: a map value, copied at once.
-    let Some(s) = (unsafe { GO_SERVING.get(&key) }).copied() else {
+    let serving = (unsafe { GO_SERVING.get(&key) }).copied();
+    let wanted = GO_HOOK_WANTED.get_ptr_mut(a.slot);
+    // SAFETY: a map value of this program's own map.
+    if serving.is_none() && wanted.is_none_or(|w| unsafe { *w } != 0) {
         return 0;
-    };
+    }
     let f = &a.file;
     let bias = a.ip.wrapping_sub(f.round_trip_entry) & !0xfff;
     // (*persistConn).roundTrip(pc, req): pc in RAX.
     let Some(cookie) = tcp_cookie(a.rax + u64::from(f.pconn_conn), f, bias) else {
         // HTTPS (a *tls.Conn) or a read failed: not covered.
+        return 0;
+    };
+    let Some(s) = serving else {
+        if let Some(w) = wanted {
+            // SAFETY: as above; a racing writer writes the same value.
+            unsafe { *w = 1 };
+        }
         return 0;
     };
     crate::hooks::emit(CAUSE_CONNECT, a.pid_tgid, cookie, s.cookie, s.since);

@@ -113,11 +113,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = tracer_common::TLS_SNAP_DEFAULT)]
     pub tls_snap_len: u32,
 
-    /// Do not attach runtime hooks. By default nginx executables get a
-    /// read-only uprobe on `ngx_http_upstream_init` (entry and return),
-    /// which tells which inbound request each upstream call is made for:
-    /// nginx hops then link even when identical requests are in flight.
-    /// Without the hooks they link only by forwarding and request ids.
+    /// Do not attach runtime hooks: read-only uprobes that tell which
+    /// inbound request an outbound call is made for, so that hops link even
+    /// when identical requests are in flight. By default they go on nginx
+    /// (`ngx_http_upstream_init`, entry and return), Go net/http programs
+    /// with symbols and DWARF (`(*persistConn).roundTrip`; ServeHTTP's
+    /// entry and RETs, two per request, only from the program's first
+    /// net/http client call on, the only calls they serve) and CPython's
+    /// `_asyncio` with symbols (task steps and creation). Each hook hit is
+    /// a uprobe trap (tens of microseconds on some VMs; see
+    /// bench/hooks_cost.py). Without them calls link by the other rules
+    /// (forwarding, request ids, trace headers).
     #[arg(long)]
     pub no_runtime_hooks: bool,
 

@@ -677,6 +677,23 @@ impl Kernel {
         self.set_slot("GO_HOOK_FILES", slot, file)
     }
 
+    /// Whether a program of the Go file in hook slot `slot` made a net/http
+    /// client call its hooks can name since the slot was cleared
+    /// (`GO_HOOK_WANTED`, set by the roundTrip probe).
+    pub fn go_hook_wanted(&self, slot: u32) -> bool {
+        let Some(map) = self.ebpf.map("GO_HOOK_WANTED") else {
+            return false;
+        };
+        aya::maps::Array::<&MapData, u32>::try_from(map)
+            .and_then(|a| a.get(&slot, 0))
+            .is_ok_and(|v| v != 0)
+    }
+
+    /// Clears `GO_HOOK_WANTED` for a hook slot about to serve a file.
+    pub fn clear_go_hook_wanted(&mut self, slot: u32) -> Result<(), aya::maps::MapError> {
+        self.set_slot("GO_HOOK_WANTED", slot, &0u32)
+    }
+
     fn set_slot<T: aya::Pod>(
         &mut self,
         name: &str,

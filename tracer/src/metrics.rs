@@ -265,6 +265,7 @@ report_counters!(crate::tls::attach::AttachCounters, Stage::Tls, {
     go_calls_forgotten: Detail, "Go TLS reads in progress forgotten because their process exited.";
     membio_files: Detail, "Files attached whose TLS runs over memory BIOs (Node).";
     hook_files: Headline, "Files given runtime hooks (nginx, Go net/http executables: calls link to the request they serve).";
+    hooks_attached_late: Detail, "Go net/http executables whose ServeHTTP hooks were attached at a program's first outbound net/http call (held back until then: they serve only such calls).";
     hooks_not_covered: Detail, "Go net/http executables the runtime hooks cannot read (stripped, no DWARF, Go older than 1.17).";
     exec_looks: Detail, "Reads of programs just started (the kernel's exec events), 20 and 150 ms after the exec, for TLS libraries and runtime hooks.";
     exec_looks_shed: Anomaly, "Later looks at programs just started not scheduled (too many pending; the periodic scan finds them).";

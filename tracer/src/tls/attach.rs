@@ -169,6 +169,9 @@ pub struct AttachCounters {
     pub membio_files: u64,
     /// Files given runtime hooks (nginx, Go net/http executables).
     pub hook_files: u64,
+    /// Go net/http executables whose ServeHTTP hooks were attached at a
+    /// program's first outbound call (held back until then).
+    pub hooks_attached_late: u64,
     /// Go net/http executables the runtime hooks cannot read (stripped,
     /// no DWARF, older than Go 1.17).
     pub hooks_not_covered: u64,
@@ -182,6 +185,12 @@ pub struct AttachCounters {
     pub exec_events_lost: u64,
 }
 
+/// A probe to attach: program, file offset, attach cookie.
+type Probe = (&'static str, u64, Option<u64>);
+
+/// Probes attached: program and link.
+type Links = Vec<(&'static str, UProbeLinkId)>;
+
 /// One TLS library (or executable with a TLS library inside), attached.
 struct TlsFile {
     path: PathBuf,
@@ -191,15 +200,21 @@ struct TlsFile {
     go_slot: Option<u32>,
     /// Its slot in `GO_HOOK_FILES` (the net/http hooks' cookie).
     hook_slot: Option<u32>,
+    /// Go net/http hooks held back until a program of the file makes a
+    /// client call they serve (see [`TlsAttach::attach_wanted_hooks`]).
+    deferred: Vec<Probe>,
 }
 
-/// The slots a file's probes use as their attach cookie.
-#[derive(Default, Clone, Copy)]
+/// The slots a file's probes use as their attach cookie, and the hooks it
+/// holds back.
+#[derive(Default)]
 struct Slots {
     /// In `GO_TLS_FILES`.
     go: Option<u32>,
     /// In `GO_HOOK_FILES`.
     hook: Option<u32>,
+    /// Go net/http hooks attached once wanted.
+    deferred: Vec<Probe>,
 }
 
 /// What is known of one process.
@@ -255,6 +270,8 @@ pub struct TlsAttach {
     go_slots: Vec<u32>,
     /// Free slots of `GO_HOOK_FILES`.
     hook_slots: Vec<u32>,
+    /// Files whose Go net/http hooks are held back.
+    pending_hooks: usize,
     /// TLS probes are attached.
     tls: bool,
     /// Runtime hooks are attached.
@@ -477,6 +494,7 @@ impl TlsAttach {
             own_pid: std::process::id(),
             go_slots: (0..GO_TLS_FILES_MAX).rev().collect(),
             hook_slots: (0..GO_HOOK_FILES_MAX).rev().collect(),
+            pending_hooks: 0,
             tls,
             hooks,
             goroutines: false,
@@ -817,9 +835,10 @@ impl TlsAttach {
         match go_hooks {
             Ok(None) => {}
             Ok(Some(h)) => {
-                if let Some((slot, l)) = self.attach_go_hooks(path, h, kernel) {
+                if let Some((slot, l, deferred)) = self.attach_go_hooks(path, h, kernel) {
                     links.extend(l);
                     slots.hook = Some(slot);
+                    slots.deferred = deferred;
                 }
             }
             Err(reason) => {
@@ -955,6 +974,7 @@ impl TlsAttach {
                 users: 1,
                 go_slot: slots.go,
                 hook_slot: slots.hook,
+                deferred: slots.deferred,
             },
         );
         true
@@ -963,6 +983,51 @@ impl TlsAttach {
     fn free_slots(&mut self, slots: Slots) {
         self.go_slots.extend(slots.go);
         self.hook_slots.extend(slots.hook);
+    }
+
+    /// Attaches the Go net/http hooks held back for a file once a program
+    /// of it made a client call they serve (the roundTrip probe says so in
+    /// `GO_HOOK_WANTED`). Until then ServeHTTP's traps (two per request)
+    /// would buy nothing: the hooks link outbound calls only. The calls made
+    /// before (at least the first) link by the other rules.
+    pub fn attach_wanted_hooks(&mut self, kernel: &mut Kernel) {
+        if self.pending_hooks == 0 {
+            return;
+        }
+        let wanted: Vec<FileId> = self
+            .files
+            .iter()
+            .filter(|(_, f)| !f.deferred.is_empty())
+            .filter(|(_, f)| f.hook_slot.is_some_and(|slot| kernel.go_hook_wanted(slot)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in wanted {
+            let Some(f) = self.files.get_mut(&id) else {
+                continue;
+            };
+            let probes = std::mem::take(&mut f.deferred);
+            let path = f.path.clone();
+            self.pending_hooks -= 1;
+            let Some(links) = self.attach_all(&path, &probes, kernel) else {
+                tracing::warn!(
+                    file = %path.display(),
+                    "cannot attach Go's ServeHTTP hooks: this program's calls link by the other rules"
+                );
+                continue;
+            };
+            self.counters.hooks_attached_late += 1;
+            tracing::info!(
+                file = %path.display(),
+                probes = links.len(),
+                "runtime hooks attached: Go net/http ServeHTTP{}, at the program's first \
+                 outbound call over net/http; calls from now on link to the request their \
+                 goroutine serves",
+                if self.goroutines { " and goroutine creation" } else { "" }
+            );
+            if let Some(f) = self.files.get_mut(&id) {
+                f.links.extend(links);
+            }
+        }
     }
 
     /// Attaches the Go net/http hooks to an executable (see
@@ -974,43 +1039,53 @@ impl TlsAttach {
         path: &Path,
         hooks: go::GoHooks,
         kernel: &mut Kernel,
-    ) -> Option<(u32, Vec<(&'static str, UProbeLinkId)>)> {
+    ) -> Option<(u32, Links, Vec<Probe>)> {
         let Some(slot) = self.hook_slots.pop() else {
             self.counters.attach_errors += 1;
             tracing::warn!(file = %path.display(), "cannot attach Go runtime hooks: every slot is in use");
             return None;
         };
-        if let Err(e) = kernel.set_go_hook_file(slot, &hooks.layout) {
+        let set = kernel
+            .set_go_hook_file(slot, &hooks.layout)
+            .and_then(|()| kernel.clear_go_hook_wanted(slot));
+        if let Err(e) = set {
             self.hook_slots.push(slot);
             self.counters.attach_errors += 1;
             tracing::warn!(file = %path.display(), error = %e, "cannot attach Go runtime hooks");
             return None;
         }
-        let probes: Vec<(&'static str, u64)> = hooks
-            .probes
-            .iter()
-            .copied()
-            .filter(|(name, _)| {
+        let probes = with_cookie(&hooks.probes, slot);
+        let (now, deferred): (Vec<_>, Vec<_>) = probes
+            .into_iter()
+            .filter(|(name, _, _)| {
                 self.goroutines
                     || (*name != hook_programs::GO_SPAWN && *name != hook_programs::GO_SPAWN_RET)
             })
-            .collect();
+            .partition(|(name, _, _)| *name == hook_programs::GO_ROUND_TRIP);
+        if now.is_empty() {
+            // No net/http client in the program: nothing for the hooks to link.
+            self.hook_slots.push(slot);
+            return None;
+        }
         let what = format!(
-            "Go net/http ({}, ServeHTTP, persistConn.roundTrip{}); calls link to the \
-             request their goroutine serves",
+            "Go net/http ({}, persistConn.roundTrip; ServeHTTP{} once the program calls out \
+             over net/http); calls link to the request their goroutine serves",
             hooks.version,
             if self.goroutines {
-                ", goroutine creation"
+                " and goroutine creation"
             } else {
                 ""
             }
         );
-        let links = self.attach_hooks(path, &with_cookie(&probes, slot), &what, kernel);
+        let links = self.attach_hooks(path, &now, &what, kernel);
         if links.is_empty() {
             self.hook_slots.push(slot);
             return None;
         }
-        Some((slot, links))
+        if !deferred.is_empty() {
+            self.pending_hooks += 1;
+        }
+        Some((slot, links, deferred))
     }
 
     /// Attaches every (program, file offset, attach cookie) of `probes`:
@@ -1115,9 +1190,13 @@ impl TlsAttach {
             }
             if let Some(f) = self.files.remove(&id) {
                 self.detach_links(f.links, kernel);
+                if !f.deferred.is_empty() {
+                    self.pending_hooks -= 1;
+                }
                 self.free_slots(Slots {
                     go: f.go_slot,
                     hook: f.hook_slot,
+                    deferred: Vec::new(),
                 });
                 self.counters.files_detached += 1;
                 tracing::info!(file = %f.path.display(), "probes detached: no process maps the file");
