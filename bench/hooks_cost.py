@@ -10,9 +10,10 @@ product with `--no-runtime-hooks`; the whole product with the hooks (and,
 for Go, a fourth: with `--go-goroutine-ancestry`). Prints
 requests/s, the ratio of each to no agent and of hooks to no hooks (median
 of the per-round ratios), the agent's CPU per request, and the kernel cost
-of the hook programs per request (bpf_stats; the uprobe trap itself, a
-few hundred ns to a microsecond per probe hit, is not in bpf_stats and
-shows only in the throughput ratio).
+of the hook programs per request (bpf_stats; the uprobe trap itself is
+not in bpf_stats and shows only in the throughput ratio: ~20 us a hit on
+the 6.18 VM this was developed on, see bench/tls_overhead.py's
+bare-uprobes condition).
 
 Run as root from the repository:  sudo bench/hooks_cost.py [--proxy go]
 """
