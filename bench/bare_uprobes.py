@@ -11,38 +11,35 @@ TRACEFS = "/sys/kernel/tracing"
 GROUP = "tracer_bench_floor"
 
 
-def _append(path, line):
-    # tracefs files refuse the seek that Python's append mode makes.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
-
-
-def _write(path, text):
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+def _write(path, text, append=False):
+    # Raw writes: tracefs files refuse the seek Python's append mode makes.
+    fd = os.open(path, os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC))
     try:
         os.write(fd, text.encode())
     finally:
         os.close(fd)
 
 
-def file_offset(path, symbol):
-    """The file offset of `symbol` (dynamic symbols first, then the symbol
-    table), through the LOAD segment that maps it."""
+def file_offsets(path, symbols):
+    """{symbol: file offset} of the `symbols` found in `path` (dynamic
+    symbols first, then the symbol table), each through the LOAD segment
+    that maps it."""
+    segs = subprocess.run(["readelf", "-lW", path], capture_output=True, text=True).stdout
+    loads = [tuple(int(x, 16) for x in m.groups()) for m in
+             re.finditer(r"LOAD\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)\s+0x[0-9a-f]+\s+(0x[0-9a-f]+)", segs)]
+    found = {}
     for flags in (["-D"], []):
         out = subprocess.run(["nm", *flags, "--defined-only", path], capture_output=True, text=True).stdout
         for line in out.splitlines():
             parts = line.split(maxsplit=2)
-            if len(parts) == 3 and parts[1] in "Tt" and parts[2].split("@")[0] == symbol:
-                vaddr = int(parts[0], 16)
-                segs = subprocess.run(["readelf", "-lW", path], capture_output=True, text=True).stdout
-                for m in re.finditer(r"LOAD\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)\s+0x[0-9a-f]+\s+(0x[0-9a-f]+)", segs):
-                    off, va, size = (int(x, 16) for x in m.groups())
-                    if va <= vaddr < va + size:
-                        return vaddr - va + off
-    return None
+            if len(parts) < 3 or parts[1] not in "Tt":
+                continue
+            name = parts[2].split("@")[0]
+            if name not in symbols or name in found:
+                continue
+            vaddr = int(parts[0], 16)
+            found.update({name: vaddr - va + off for off, va, size in loads if va <= vaddr < va + size})
+    return found
 
 
 def libraries_of(exe, soname):
@@ -57,11 +54,13 @@ class BareUprobes:
 
     def __init__(self, targets):
         self.targets = []
-        for path, symbol in targets:
-            off = file_offset(path, symbol)
-            if off is None:
-                raise SystemExit("bare uprobes: %s not found in %s" % (symbol, path))
-            self.targets.append((path, off))
+        for path in dict.fromkeys(p for p, _ in targets):
+            symbols = [sym for p, sym in targets if p == path]
+            offsets = file_offsets(path, symbols)
+            for sym in symbols:
+                if sym not in offsets:
+                    raise SystemExit("bare uprobes: %s not found in %s" % (sym, path))
+                self.targets.append((path, offsets[sym]))
 
     def start(self):
         if os.path.exists(TRACEFS + "/events/" + GROUP):
@@ -71,7 +70,7 @@ class BareUprobes:
             self.tracing_was = f.read().strip()
         _write(TRACEFS + "/tracing_on", "0")
         for i, (path, off) in enumerate(self.targets):
-            _append(TRACEFS + "/uprobe_events", "p:%s/p%d %s:0x%x\n" % (GROUP, i, path, off))
+            _write(TRACEFS + "/uprobe_events", "p:%s/p%d %s:0x%x\n" % (GROUP, i, path, off), append=True)
         _write(TRACEFS + "/events/%s/enable" % GROUP, "1")
 
     def stop(self):
@@ -79,5 +78,5 @@ class BareUprobes:
         if os.path.exists(enable):
             _write(enable, "0")
         for i in range(len(self.targets)):
-            _append(TRACEFS + "/uprobe_events", "-:%s/p%d\n" % (GROUP, i))
+            _write(TRACEFS + "/uprobe_events", "-:%s/p%d\n" % (GROUP, i), append=True)
         _write(TRACEFS + "/tracing_on", self.tracing_was)

@@ -99,15 +99,16 @@ def main():
         exes["tls-on-b"] = a.ab
     with tempfile.TemporaryDirectory(prefix="tls-bench") as workdir:
         # wrk's libssl is probed in every case, as the agent probes it.
-        probed = [(lib, sym) for lib in sorted(libraries_of("wrk", "libssl.so"))
-                  for sym in ("SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex")]
+        libs = libraries_of("wrk", "libssl.so")
+        probed = []
         if a.server == "go":
             server, title = GoServer(workdir), "Go net/http TLS server (GOMAXPROCS default)"
             probed += [(server.binary, "crypto/tls.(*Conn).Write"), (server.binary, "crypto/tls.(*Conn).Read")]
         else:
             server, title = Nginx(1, tls=True), "nginx TLS worker_processes 1"
-            probed += [(lib, sym) for lib in sorted(libraries_of("nginx", "libssl.so") - libraries_of("wrk", "libssl.so"))
-                       for sym in ("SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex")]
+            libs |= libraries_of("nginx", "libssl.so")
+        probed += [(lib, sym) for lib in sorted(libs)
+                   for sym in ("SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex")]
         conditions.insert(1, ("bare-uprobes", BareUprobes(probed)))
         sink = OtlpSink()
         stats = BpfStats()

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tracer_e2e::{
     free_port, grpc_go, grpc_js, grpc_py, grpc_side, grpc_tonic, reply, root,
-    span::{self, attr, f},
+    span::{attr, f, res},
     Agent, AgentOutput, Otlp, Receiver, Spawned,
 };
 
@@ -142,8 +142,8 @@ fn pair<'a>(
                     "{} {} of {:?} pid {}",
                     f(x, "kind"),
                     f(x, "name"),
-                    span::res(x, "service.name"),
-                    span::res(x, "process.pid")
+                    res(x, "service.name"),
+                    res(x, "process.pid")
                 )
             })
             .collect();

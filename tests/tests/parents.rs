@@ -157,6 +157,35 @@ fn keyed_by_request(receiver: &Receiver) -> Vec<Value> {
         .collect()
 }
 
+/// Once the four spans of `requests` requests under `tag` arrived (curl ->
+/// `front` -> `back`, the backend's keyed back by [`keyed_by_request`]):
+/// the agent's output and how the requests link.
+fn chain_links(
+    receiver: &Receiver,
+    agent: Agent,
+    tag: &str,
+    requests: usize,
+    front: &str,
+    back: &str,
+) -> (Links, AgentOutput) {
+    receiver.wait_for(Duration::from_secs(30), |s| {
+        s.iter()
+            .filter(|s| attr(s, "url.path").contains(tag))
+            .count()
+            >= requests * 4
+    });
+    let out = agent.stop(SETTLE);
+    debug(&out);
+    let spans = keyed_by_request(receiver);
+    let roles = [
+        ("curl", "CLIENT"),
+        (front, "SERVER"),
+        (front, "CLIENT"),
+        (back, "SERVER"),
+    ];
+    (links(&spans, tag, Key::Path, &roles), out)
+}
+
 /// The agent, once the exchanges in flight when it attached are over: the
 /// timer services poll their backend on keep-alive connections, which the
 /// agent joins in the middle of an exchange (its first bytes are holes,
@@ -438,22 +467,7 @@ fn thread_per_request_chain_links_under_16_concurrent_clients() {
     concurrently(total, 16, |i| {
         assert_eq!(curl(a_port, &format!("/tpr-{i}"), &[]), 200);
     });
-    receiver.wait_for(Duration::from_secs(30), |s| {
-        s.iter()
-            .filter(|s| attr(s, "url.path").contains("/tpr-"))
-            .count()
-            >= total * 4
-    });
-    let out = agent.stop(SETTLE);
-    debug(&out);
-    let spans = keyed_by_request(&receiver);
-    let roles = [
-        ("curl", "CLIENT"),
-        ("tpr-a", "SERVER"),
-        ("tpr-a", "CLIENT"),
-        ("tpr-b", "SERVER"),
-    ];
-    let l = links(&spans, "/tpr-", Key::Path, &roles);
+    let (l, out) = chain_links(&receiver, agent, "/tpr-", total, "tpr-a", "tpr-b");
     let share = l.full as f64 / total as f64;
     println!(
         "thread per request: {}/{total} fully linked ({:.1} %)\n{}",
@@ -992,22 +1006,7 @@ fn async_calls(
         let headers: Vec<&str> = if id { vec![&rid] } else { vec![] };
         assert_eq!(curl(port, &format!("{tag}-{i}"), &headers), 200);
     });
-    receiver.wait_for(Duration::from_secs(30), |s| {
-        s.iter()
-            .filter(|s| attr(s, "url.path").contains(&tag))
-            .count()
-            >= total * 4
-    });
-    let out = agent.stop(SETTLE);
-    debug(&out);
-    let spans = keyed_by_request(&receiver);
-    let roles = [
-        ("curl", "CLIENT"),
-        (service, "SERVER"),
-        (service, "CLIENT"),
-        ("backend", "SERVER"),
-    ];
-    let l = links(&spans, &tag, Key::Path, &roles);
+    let (l, out) = chain_links(&receiver, agent, &tag, total, service, "backend");
     println!(
         "{tag}: {}/{} hops linked, {}/{total} requests fully linked\n{}",
         l.hops_linked,
@@ -1231,22 +1230,7 @@ fn go_servehttp_hooks_wait_for_the_programs_first_outbound_call() {
     for i in 0..n {
         assert_eq!(curl(port, &format!("/late-{i}"), &[]), 200);
     }
-    receiver.wait_for(Duration::from_secs(30), |s| {
-        s.iter()
-            .filter(|s| attr(s, "url.path").contains("/late-"))
-            .count()
-            >= n * 4
-    });
-    let out = agent.stop(SETTLE);
-    debug(&out);
-    let spans = keyed_by_request(&receiver);
-    let roles = [
-        ("curl", "CLIENT"),
-        ("go-late", "SERVER"),
-        ("go-late", "CLIENT"),
-        ("backend", "SERVER"),
-    ];
-    let l = links(&spans, "/late-", Key::Path, &roles);
+    let (l, out) = chain_links(&receiver, agent, "/late-", n + 1, "go-late", "backend");
     println!("{l:?}\n{}", summary(&out));
     assert!(l.wrong.is_empty(), "wrong parents: {:#?}", l.wrong);
     assert_eq!(

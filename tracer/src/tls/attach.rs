@@ -270,8 +270,6 @@ pub struct TlsAttach {
     go_slots: Vec<u32>,
     /// Free slots of `GO_HOOK_FILES`.
     hook_slots: Vec<u32>,
-    /// Files whose Go net/http hooks are held back.
-    pending_hooks: usize,
     /// TLS probes are attached.
     tls: bool,
     /// Runtime hooks are attached.
@@ -494,7 +492,6 @@ impl TlsAttach {
             own_pid: std::process::id(),
             go_slots: (0..GO_TLS_FILES_MAX).rev().collect(),
             hook_slots: (0..GO_HOOK_FILES_MAX).rev().collect(),
-            pending_hooks: 0,
             tls,
             hooks,
             goroutines: false,
@@ -991,9 +988,6 @@ impl TlsAttach {
     /// would buy nothing: the hooks link outbound calls only. The calls made
     /// before (at least the first) link by the other rules.
     pub fn attach_wanted_hooks(&mut self, kernel: &mut Kernel) {
-        if self.pending_hooks == 0 {
-            return;
-        }
         let wanted: Vec<FileId> = self
             .files
             .iter()
@@ -1007,7 +1001,6 @@ impl TlsAttach {
             };
             let probes = std::mem::take(&mut f.deferred);
             let path = f.path.clone();
-            self.pending_hooks -= 1;
             let Some(links) = self.attach_all(&path, &probes, kernel) else {
                 tracing::warn!(
                     file = %path.display(),
@@ -1081,9 +1074,6 @@ impl TlsAttach {
         if links.is_empty() {
             self.hook_slots.push(slot);
             return None;
-        }
-        if !deferred.is_empty() {
-            self.pending_hooks += 1;
         }
         Some((slot, links, deferred))
     }
@@ -1190,13 +1180,10 @@ impl TlsAttach {
             }
             if let Some(f) = self.files.remove(&id) {
                 self.detach_links(f.links, kernel);
-                if !f.deferred.is_empty() {
-                    self.pending_hooks -= 1;
-                }
                 self.free_slots(Slots {
                     go: f.go_slot,
                     hook: f.hook_slot,
-                    deferred: Vec::new(),
+                    ..Slots::default()
                 });
                 self.counters.files_detached += 1;
                 tracing::info!(file = %f.path.display(), "probes detached: no process maps the file");
