@@ -2,14 +2,12 @@
 //! instructions, against real Go programs built at test time with the
 //! host's Go (tests/go, GOPATH mode, standard library only): a net/http
 //! HTTPS server with a Go client and with curl, spans linked client ->
-//! server in a real OTLP receiver; a stripped Go program reported as not
-//! covered, its ciphertext never a span; nothing attached after exit.
+//! server in a real OTLP receiver; stripped Go programs (no symbols, no
+//! DWARF) covered the same way; nothing attached after exit.
 use std::{path::Path, process::Command, time::Duration};
 
-use serde_json::Value;
 use tracer_e2e::{
     free_port, go_build, require_tool, root_test,
-    span::{attr, f},
     tempdir::TempDir,
     tls::{
         assert_https_linked, bpftool_attached, bpftool_ids, bpftool_names, certificate, curl_ok,
@@ -209,39 +207,87 @@ fn go_pie_without_dwarf_is_covered() {
 }
 
 #[test]
-fn stripped_go_program_is_reported_and_makes_no_span() {
-    let Some(_g) = root_test("stripped_go_program_is_reported_and_makes_no_span") else {
+fn stripped_go_program_is_covered_through_its_function_table() {
+    let Some(_g) = root_test("stripped_go_program_is_covered_through_its_function_table") else {
         return;
     };
     require_tool("curl");
     let dir = TempDir::new("tracer-gotls");
     let (cert, key) = certificate(dir.path());
+    // No symbol table and no DWARF, how most Go releases ship: the
+    // functions come from the runtime's own table, the itab by its methods.
+    // The server wraps its connections as proxies do: followed down to the
+    // TCP connection.
     let bin = go_build(
         dir.path(),
         "tls_server",
-        "tls_server_stripped",
+        "tls_server_s",
         &["-ldflags=-s -w"],
     );
-    let (_server, port) = go_server(&bin, &cert, &key, false);
-    let agent = Agent::start(&["--print", "traces", "--output", "json"]);
+    let client_bin = go_build(
+        dir.path(),
+        "tls_client",
+        "tls_client_s",
+        &["-ldflags=-s -w"],
+    );
+    let port = free_port();
+    let _server = Spawned::ready(
+        Command::new(&bin)
+            .arg(port.to_string())
+            .args([&cert, &key])
+            .env("TLS_H2", "0")
+            .env("TLS_WRAP", "1"),
+    );
+    wait_port(port, Duration::from_secs(10));
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
     let stripped = paths("/go-stripped-", 3);
-    for p in &stripped {
-        curl_ok(&format!("https://127.0.0.1:{port}{p}"), &[]);
-    }
+    let mut client = Spawned::ready(
+        Command::new(&client_bin)
+            .arg(format!("https://127.0.0.1:{port}"))
+            .args(&stripped)
+            .env("TLS_H2", "0"),
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    client.send("go");
+    assert_eq!(client.line(Duration::from_secs(30)), "done");
+    client.finish();
+    wait_for_paths(&receiver, "/go-stripped-", stripped.len() * 2);
     let out = agent.stop(SETTLE);
-    let spans = out.json();
-    let server: Vec<&Value> = spans
-        .iter()
-        .filter(|s| f(s, "kind") == "SERVER" && attr(s, "url.path").starts_with("/go-stripped-"))
-        .collect();
-    assert!(server.is_empty(), "spans from ciphertext: {server:#?}");
-    let reported: Vec<&str> = out
+    let spans = receiver.spans();
+    for p in &stripped {
+        assert_https_linked(
+            &spans,
+            p,
+            ("tls_client_s", "tls_server_s"),
+            "1.1",
+            &out.stderr,
+        );
+    }
+    let attached: Vec<&str> = out
         .stderr
         .lines()
-        .filter(|l| l.contains("TLS not covered") && l.contains("tls_server_stripped"))
+        .filter(|l| {
+            l.contains("Go crypto/tls plaintext probes attached")
+                && (l.contains("tls_server_s") || l.contains("tls_client_s"))
+        })
         .collect();
-    assert_eq!(reported.len(), 1, "{}", out.stderr);
-    assert!(reported[0].contains("stripped"), "{}", reported[0]);
-    assert!(out.counter("tls.not_covered").unwrap_or(0) >= 1);
-    assert!(out.counter("connections.silenced_tls").unwrap_or(0) >= 1);
+    assert_eq!(attached.len(), 2, "{}", out.stderr);
+    assert!(
+        attached
+            .iter()
+            .all(|l| l.contains("Go function table (stripped)")),
+        "{attached:#?}"
+    );
+    let uncovered = out
+        .stderr
+        .lines()
+        .any(|l| l.contains("TLS not covered") && l.contains("tls_"));
+    assert!(!uncovered, "{}", out.stderr);
+    assert_eq!(
+        out.counter("kernel.drops{go_tls_no_socket}"),
+        Some(0),
+        "{}",
+        out.stderr
+    );
 }

@@ -161,19 +161,45 @@ pub(crate) fn cookie_of_fd(fd: i64) -> Option<u64> {
     cookie_of_sk(tcp_sock_of_fd(fd as u64)?)
 }
 
+/// Connection types wrapping one another followed down to a
+/// `*net.TCPConn` (traefik's HTTPS connections are four deep).
+const WRAPPERS: usize = 5;
+
 /// The TCP socket behind a Go `net.Conn` interface at `at` (itab word,
-/// data word) when it holds a `*net.TCPConn` (`tcp_itab`, at its link-time
-/// address), through `TCPConn` -> `*netFD` (`tcp_fd`) -> `Sysfd` (`sysfd`).
+/// data word) when it holds a `*net.TCPConn`, through `TCPConn` ->
+/// `*netFD` (`tcp_fd`) -> `Sysfd` (`sysfd`). `tcp` is the link-time
+/// address of the itab of `*net.TCPConn` as a `net.Conn` and of
+/// `*net.TCPConn`'s type descriptor (0: unknown). A proxy's own connection
+/// type that embeds the connection it wraps as its first field (Go's usual
+/// wrapper: peeked bytes, tracked connections) is followed, whatever
+/// interface holds it: only an itab whose concrete type is exactly
+/// `*net.TCPConn` is taken as one.
 #[inline(always)]
 pub(crate) fn tcp_sock_of_conn(
     at: u64,
-    tcp_itab: u64,
+    tcp: (u64, u64),
     tcp_fd: u32,
     sysfd: u32,
     bias: u64,
 ) -> Option<u64> {
-    let itab: u64 = uread(at)?;
-    if tcp_itab == 0 || itab != tcp_itab.wrapping_add(bias) {
+    let (tcp_itab, tcp_type) = tcp;
+    if tcp_itab == 0 {
+        return None;
+    }
+    let (want_itab, want_type) = (tcp_itab.wrapping_add(bias), tcp_type.wrapping_add(bias));
+    let mut at = at;
+    let mut found = false;
+    for _ in 0..WRAPPERS {
+        let itab: u64 = uread(at)?;
+        if itab == want_itab || (tcp_type != 0 && itab != 0 && uread::<u64>(itab + 8)? == want_type)
+        {
+            found = true;
+            break;
+        }
+        // The wrapper's first field, an interface value.
+        at = uread(at + 8)?;
+    }
+    if !found {
         return None;
     }
     let tcp: u64 = uread(at + 8)?;
@@ -190,7 +216,7 @@ pub(crate) fn tcp_sock_of_conn(
 fn socket_of_conn(conn: u64, f: &GoTlsFile, bias: u64) -> Option<u64> {
     tcp_sock_of_conn(
         conn + u64::from(f.conn),
-        f.tcp_itab,
+        (f.tcp_itab, f.tcp_type),
         f.tcp_fd,
         f.sysfd,
         bias,

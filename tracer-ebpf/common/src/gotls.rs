@@ -34,6 +34,10 @@ pub struct GoTlsFile {
     /// Link-time address of the itab of `*net.TCPConn` as a `net.Conn`: a
     /// `tls.Conn` over anything else is not followed (0: none in the binary).
     pub tcp_itab: u64,
+    /// Link-time address of `*net.TCPConn`'s type descriptor (the itab's
+    /// concrete type): a connection type wrapping one is followed down to
+    /// it (0: unknown).
+    pub tcp_type: u64,
     /// `crypto/tls.Conn.conn` (a `net.Conn`: itab word, data word).
     pub conn: u32,
     /// `net.TCPConn` -> its `*net.netFD` (`TCPConn.conn.fd`).
@@ -88,7 +92,7 @@ pub mod globals {
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<GoTlsFile>() == 56);
+    assert!(core::mem::size_of::<GoTlsFile>() == 64);
 };
 
 #[cfg(feature = "user")]

@@ -157,6 +157,9 @@ pub struct GoHookFile {
     pub response_itab: u64,
     /// Link-time address of the itab of `*net.TCPConn` as a `net.Conn`.
     pub tcp_itab: u64,
+    /// Link-time address of `*net.TCPConn`'s type descriptor (see
+    /// `GoTlsFile::tcp_type`).
+    pub tcp_type: u64,
     /// `net/http.response.conn` (a `*conn`).
     pub response_conn: u32,
     /// `net/http.conn.rwc` (a `net.Conn`).
@@ -1065,7 +1068,7 @@ const _: () = assert!(core::mem::offset_of!(SegmentHeader, tag) == 0);
 const _: () = assert!(size_of::<SockTotals>() == 72);
 const _: () = assert!(size_of::<TlsData>() == 72);
 const _: () = assert!(size_of::<Cause>() == 48);
-const _: () = assert!(size_of::<GoHookFile>() == 56);
+const _: () = assert!(size_of::<GoHookFile>() == 64);
 const _: () = assert!(core::mem::offset_of!(TlsData, ts_ns) == 8);
 const _: () = assert!(core::mem::offset_of!(TlsData, seq) == 40);
 const _: () = assert!(size_of::<TlsData>() + MAX_HEAD <= MAX_FRAME);

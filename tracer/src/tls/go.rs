@@ -5,7 +5,9 @@
 //! file to probe. Its Go version comes from the build info
 //! (`.go.buildinfo`); the register ABI the probes read arguments by exists
 //! since Go 1.17 on amd64, so older programs are not covered. The functions
-//! come from the symbol table (a stripped program is not covered); each gets
+//! come from the symbol table, or in a stripped program from the runtime's
+//! own function table (`gofunctab`, with the itab the probes check found
+//! by its methods; only the net/http hooks need symbols and DWARF); each gets
 //! a uprobe on its entry and one on every RET instruction (found by decoding
 //! its code), never a uretprobe: the runtime moves goroutine stacks, and a
 //! uretprobe's rewritten return address with them.
@@ -18,6 +20,7 @@
 //! see docs/design/010-tls-plaintext.md).
 use std::borrow::Cow;
 
+use super::gofunctab::FuncTab;
 use gimli::{EndianSlice, LittleEndian};
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{CompressionFormat, Object, ObjectKind, ObjectSection, ObjectSymbol, SectionKind};
@@ -29,6 +32,20 @@ use tracer_common::{
 /// The probed functions.
 const WRITE: &str = "crypto/tls.(*Conn).Write";
 const READ: &str = "crypto/tls.(*Conn).Read";
+/// Where the linker points the itab slots of methods it dropped.
+const UNREACHABLE_METHOD: &str = "runtime.unreachableMethod";
+/// `*net.TCPConn`'s methods of `net.Conn`, in the order of their names (an
+/// itab's method table).
+const TCP_CONN_METHODS: [&str; 8] = [
+    "net.(*TCPConn).Close",
+    "net.(*TCPConn).LocalAddr",
+    "net.(*TCPConn).Read",
+    "net.(*TCPConn).RemoteAddr",
+    "net.(*TCPConn).SetDeadline",
+    "net.(*TCPConn).SetReadDeadline",
+    "net.(*TCPConn).SetWriteDeadline",
+    "net.(*TCPConn).Write",
+];
 /// The itab of `*net.TCPConn` as a `net.Conn` (the linker's name changed in
 /// Go 1.22).
 const TCP_ITABS: [&str; 2] = [
@@ -50,6 +67,9 @@ pub struct GoProbes {
     pub probes: Vec<(&'static str, u64)>,
     /// Whether the struct offsets came from DWARF.
     pub dwarf: bool,
+    /// Whether the functions came from the symbol table (else from the
+    /// runtime's function table: a stripped program).
+    pub symbols: bool,
 }
 
 /// What an ELF file is, for the Go probes.
@@ -100,16 +120,26 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
             _ => {}
         }
     }
+    let symbols = any;
     if !any {
-        // The runtime's function table keeps the names a stripped program
-        // has: one without crypto/tls has nothing to report.
-        let names = obj
-            .section_by_name(".gopclntab")
-            .and_then(|s| s.data().ok());
-        if names.is_some_and(|d| !contains(d, WRITE.as_bytes())) {
+        // Stripped: the runtime's own function table names the functions;
+        // the itab is found by the methods it lists.
+        let Some(tab) = FuncTab::parse(obj) else {
+            return not("stripped, and its function table is of an unknown layout");
+        };
+        let mut wanted = vec![WRITE, READ, UNREACHABLE_METHOD];
+        wanted.extend(TCP_CONN_METHODS);
+        let found = tab.find(&wanted);
+        let (Some(w), Some(r)) = (found[0], found[1]) else {
             return GoFile::NotGo;
-        }
-        return not("stripped (no symbol table)");
+        };
+        (write, read) = (Some(w), Some(r));
+        let methods: Vec<Option<u64>> = found[3..].iter().map(|f| f.map(|(a, _)| a)).collect();
+        let stub = found[2].map(|(a, _)| a);
+        itab = match itab_by_methods(obj, &methods, stub) {
+            Some(a) => a,
+            None => return not("stripped, and the itab of *net.TCPConn as a net.Conn not found"),
+        };
     }
     let (Some(write), Some(read)) = (write, read) else {
         return GoFile::NotGo;
@@ -147,13 +177,66 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
     layout.write_entry = bodies[0];
     layout.read_entry = bodies[1];
     layout.tcp_itab = itab;
+    layout.tcp_type = itab_type(obj, itab);
     let version = version.unwrap_or_default();
     GoFile::Covered(GoProbes {
         version,
         layout,
         probes,
         dwarf,
+        symbols,
     })
+}
+
+/// The concrete type of the itab at `itab` (its second word; 0 where the
+/// file leaves it to the loader, as in position-independent programs).
+fn itab_type(obj: &object::File<'_>, itab: u64) -> u64 {
+    read_vaddr(obj, itab + 8, 8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// The itab of `*net.TCPConn` as a `net.Conn` in a program without
+/// symbols: the one listed in `.itablink` whose method table is `methods`
+/// (the concrete type's, in the order of the interface's method names) and
+/// whose interface has exactly that many methods (a larger interface that
+/// starts with the same names has more). The linker drops methods the
+/// program never calls and points their slots at `stub`
+/// (`runtime.unreachableMethod`); at least one method must be there.
+fn itab_by_methods(
+    obj: &object::File<'_>,
+    methods: &[Option<u64>],
+    stub: Option<u64>,
+) -> Option<u64> {
+    let methods: Vec<u64> = methods.iter().map(|m| m.or(stub)).collect::<Option<_>>()?;
+    if stub.is_some_and(|s| methods.iter().all(|&m| m == s)) {
+        return None;
+    }
+    let links = obj.section_by_name(".itablink")?.data().ok()?;
+    let word = |b: &[u8], i: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(
+            b.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+        ))
+    };
+    // itab: interface type, concrete type, hash and padding, then methods.
+    let len = 8 * (3 + methods.len() as u64);
+    (0..links.len() / 8)
+        .filter_map(|i| word(links, i))
+        .find(|&itab| {
+            let Some(b) = read_vaddr(obj, itab, len) else {
+                return false;
+            };
+            let same = methods
+                .iter()
+                .enumerate()
+                .all(|(m, &a)| word(b, 3 + m) == Some(a));
+            // interfacetype: a 48-byte type, the package path, then the
+            // methods' slice (pointer, length, capacity).
+            same && word(b, 0)
+                .and_then(|inter| read_vaddr(obj, inter + 64, 8))
+                .and_then(|n| word(n, 0))
+                == Some(methods.len() as u64)
+        })
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -494,6 +577,7 @@ pub fn http_hooks(obj: &object::File<'_>) -> Result<Option<GoHooks>, &'static st
     let mut layout = GoHookFile {
         response_itab,
         tcp_itab,
+        tcp_type: itab_type(obj, tcp_itab),
         response_conn: get(0)?,
         conn_rwc: get(1)?,
         pconn_conn: get(2).unwrap_or(0),
@@ -549,6 +633,114 @@ pub fn http_hooks(obj: &object::File<'_>) -> Result<Option<GoHooks>, &'static st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `tests/go/PROGRAM.go` built with the host's Go and `ldflags`, in
+    /// `dir`; None (a printed skip) without Go outside CI.
+    fn built(dir: &std::path::Path, program: &str, ldflags: &str) -> Option<Vec<u8>> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = dir.join(format!("{program}{ldflags}"));
+        let status = std::process::Command::new("go")
+            .args(["build", "-ldflags", ldflags, "-o"])
+            .arg(&out)
+            .arg(root.join(format!("tests/go/{program}.go")))
+            .env("GO111MODULE", "off")
+            .env("GOPATH", dir.join("gopath"))
+            .env("GOCACHE", root.join("target/go-cache"))
+            .status();
+        match status {
+            Ok(s) if s.success() => std::fs::read(&out).ok(),
+            _ if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("go build failed in CI: {status:?}")
+            }
+            _ => {
+                eprintln!("SKIP: no Go toolchain to build a test program");
+                None
+            }
+        }
+    }
+
+    /// `program` with and without symbols: the function table names what
+    /// the symbol table does, the itab is found, both probed alike.
+    fn stripped_alike(dir: &std::path::Path, program: &str) -> Option<()> {
+        let full = built(dir, program, "")?;
+        let stripped = built(dir, program, "-s -w")?;
+        let full = object::File::parse(&*full).unwrap();
+        let stripped = object::File::parse(&*stripped).unwrap();
+        assert_eq!(stripped.symbols().count(), 0);
+        let tab = FuncTab::parse(&full).unwrap();
+        let mut names = vec![WRITE, READ, UNREACHABLE_METHOD];
+        names.extend(TCP_CONN_METHODS);
+        let found = tab.find(&names);
+        for (name, got) in names.iter().zip(&found) {
+            // A method the program never calls is not linked in.
+            let Some(sym) = full.symbols().find(|s| s.name() == Ok(name)) else {
+                assert!(got.is_none(), "{program}: {name}");
+                continue;
+            };
+            let (addr, size) = got.unwrap_or_else(|| panic!("{program}: {name} not in the table"));
+            assert_eq!(addr, sym.address(), "{program}: {name}");
+            // Sizes reach the next function.
+            assert!(
+                size >= sym.size() && size < sym.size() + 64,
+                "{name}: {size}"
+            );
+        }
+        let itab = full
+            .symbols()
+            .find(|s| s.name().is_ok_and(|n| TCP_ITABS.contains(&n)))
+            .unwrap()
+            .address();
+        let methods: Vec<Option<u64>> = found[3..].iter().map(|f| f.map(|m| m.0)).collect();
+        let stub = found[2].map(|m| m.0);
+        assert_eq!(
+            itab_by_methods(&full, &methods, stub),
+            Some(itab),
+            "{program}"
+        );
+        // The same build lays code and data out alike with or without
+        // symbols: the same probes.
+        let (GoFile::Covered(a), GoFile::Covered(b)) = (inspect(&full), inspect(&stripped)) else {
+            panic!("{program} not covered: {:?}", inspect(&stripped));
+        };
+        assert!(a.symbols && !b.symbols);
+        assert_eq!(a.probes, b.probes, "{program}");
+        assert_eq!(
+            (a.layout.tcp_itab, a.layout.write_entry, a.layout.read_entry),
+            (b.layout.tcp_itab, b.layout.write_entry, b.layout.read_entry),
+            "{program}"
+        );
+        // A table of a layout this reader does not know: reported, not
+        // guessed at.
+        let mut odd = built(dir, program, "-s -w")?;
+        let at = stripped
+            .section_by_name(".gopclntab")
+            .unwrap()
+            .file_range()
+            .unwrap()
+            .0 as usize;
+        odd[at..at + 4].copy_from_slice(&0xffff_fffbu32.to_le_bytes());
+        match inspect(&object::File::parse(&*odd).unwrap()) {
+            GoFile::NotCovered { reason, version } => {
+                assert!(reason.contains("function table"), "{reason}");
+                assert!(version.is_some_and(|v| v.starts_with("go1.")));
+            }
+            other => panic!("{other:?}"),
+        }
+        Some(())
+    }
+
+    #[test]
+    fn stripped_programs_are_probed_where_their_symbols_say() {
+        let dir = std::env::temp_dir().join(format!("tracer-gofunctab-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The client's linker dropped methods of the itab the server keeps.
+        for program in ["tls_server", "tls_client"] {
+            if stripped_alike(&dir, program).is_none() {
+                break;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn go_versions() {

@@ -4,4 +4,5 @@
 pub mod attach;
 pub mod execs;
 pub mod go;
+mod gofunctab;
 pub mod streams;
