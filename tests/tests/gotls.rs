@@ -215,7 +215,8 @@ fn stripped_go_program_is_covered_through_its_function_table() {
     let dir = TempDir::new("tracer-gotls");
     let (cert, key) = certificate(dir.path());
     // No symbol table and no DWARF, how most Go releases ship: the
-    // functions come from the runtime's own table, the itab by its methods.
+    // functions come from the runtime's own table, the itab by its methods,
+    // the struct offsets from the runtime's type descriptors.
     // The server wraps its connections as proxies do: followed down to the
     // TCP connection.
     let bin = go_build(
@@ -273,10 +274,13 @@ fn stripped_go_program_is_covered_through_its_function_table() {
         })
         .collect();
     assert_eq!(attached.len(), 2, "{}", out.stderr);
+    // Offsets, read-ahead buffers included, from the type descriptors.
     assert!(
         attached
             .iter()
-            .all(|l| l.contains("Go function table (stripped)")),
+            .all(|l| l.contains("Go function table (stripped)")
+                && l.contains("type descriptors")
+                && l.contains("read_ahead=true")),
         "{attached:#?}"
     );
     let uncovered = out

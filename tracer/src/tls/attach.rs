@@ -1140,7 +1140,7 @@ impl TlsAttach {
             go = %probes.version,
             probes = links.len(),
             functions = if probes.symbols { "symbol table" } else { "Go function table (stripped)" },
-            offsets = if probes.dwarf { "DWARF" } else { "Go 1.12+ defaults" },
+            offsets = probes.offsets.name(),
             read_ahead = probes.layout.raw_input != GO_OFF_UNKNOWN,
             "Go crypto/tls plaintext probes attached"
         );

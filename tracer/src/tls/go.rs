@@ -13,14 +13,19 @@
 //! uretprobe's rewritten return address with them.
 //!
 //! Struct offsets come from the program's DWARF when it has some; without
-//! DWARF (`-ldflags=-w`), the offsets that have held since Go 1.12 are used
+//! DWARF (`-ldflags=-w`), from the runtime's type descriptors (`gotypes`);
+//! where those are left to the loader (a position-independent program),
+//! the offsets that have held since Go 1.12 are used
 //! for the socket (`tls.Conn.conn` at 0, `net.TCPConn` -> `*netFD` at 0,
 //! `netFD.pfd.Sysfd` at 16), and the read-ahead buffers are known only for
 //! the releases checked (else reads carry no sequence number of their own;
 //! see docs/design/010-tls-plaintext.md).
 use std::borrow::Cow;
 
-use super::gofunctab::FuncTab;
+use super::{
+    gofunctab::FuncTab,
+    gotypes::{read_vaddr, Types},
+};
 use gimli::{EndianSlice, LittleEndian};
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{CompressionFormat, Object, ObjectKind, ObjectSection, ObjectSymbol, SectionKind};
@@ -34,6 +39,17 @@ const WRITE: &str = "crypto/tls.(*Conn).Write";
 const READ: &str = "crypto/tls.(*Conn).Read";
 /// Where the linker points the itab slots of methods it dropped.
 const UNREACHABLE_METHOD: &str = "runtime.unreachableMethod";
+/// `*tls.Conn`'s methods of `net.Conn`, in the order of their names.
+const TLS_CONN_METHODS: [&str; 8] = [
+    "crypto/tls.(*Conn).Close",
+    "crypto/tls.(*Conn).LocalAddr",
+    "crypto/tls.(*Conn).Read",
+    "crypto/tls.(*Conn).RemoteAddr",
+    "crypto/tls.(*Conn).SetDeadline",
+    "crypto/tls.(*Conn).SetReadDeadline",
+    "crypto/tls.(*Conn).SetWriteDeadline",
+    "crypto/tls.(*Conn).Write",
+];
 /// `*net.TCPConn`'s methods of `net.Conn`, in the order of their names (an
 /// itab's method table).
 const TCP_CONN_METHODS: [&str; 8] = [
@@ -65,11 +81,31 @@ pub struct GoProbes {
     pub layout: GoTlsFile,
     /// (program, file offset): the two entries, then every RET.
     pub probes: Vec<(&'static str, u64)>,
-    /// Whether the struct offsets came from DWARF.
-    pub dwarf: bool,
+    /// Where the struct offsets came from.
+    pub offsets: Offsets,
     /// Whether the functions came from the symbol table (else from the
     /// runtime's function table: a stripped program).
     pub symbols: bool,
+}
+
+/// Where a Go program's struct offsets came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offsets {
+    Dwarf,
+    /// The runtime's type descriptors (no DWARF).
+    TypeDescriptors,
+    /// The offsets that have held since Go 1.12 (neither).
+    Defaults,
+}
+
+impl Offsets {
+    pub fn name(self) -> &'static str {
+        match self {
+            Offsets::Dwarf => "DWARF",
+            Offsets::TypeDescriptors => "type descriptors",
+            Offsets::Defaults => "Go 1.12+ defaults",
+        }
+    }
 }
 
 /// What an ELF file is, for the Go probes.
@@ -170,21 +206,69 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
         }
         probes.extend(rets.into_iter().map(|off| (programs::RET, file_off + off)));
     }
-    let (mut layout, dwarf) = match dwarf_layout(obj) {
-        Some(l) => (l, true),
-        None => (fallback_layout(minor), false),
+    let tcp_type = itab_type(obj, itab);
+    let (mut layout, offsets) = match dwarf_layout(obj) {
+        Some(l) => (l, Offsets::Dwarf),
+        None => match type_layout(obj, tcp_type, minor) {
+            Some(l) => (l, Offsets::TypeDescriptors),
+            None => (fallback_layout(minor), Offsets::Defaults),
+        },
     };
     layout.write_entry = bodies[0];
     layout.read_entry = bodies[1];
     layout.tcp_itab = itab;
-    layout.tcp_type = itab_type(obj, itab);
+    layout.tcp_type = tcp_type;
     let version = version.unwrap_or_default();
     GoFile::Covered(GoProbes {
         version,
         layout,
         probes,
-        dwarf,
+        offsets,
         symbols,
+    })
+}
+
+/// The offsets from the runtime's type descriptors (see `gotypes`): the
+/// socket's path from `*net.TCPConn`'s type (`tcp_type`), `tls.Conn`'s
+/// members from the type in the itab that holds a `*tls.Conn` as a
+/// `net.Conn` (found by its methods). The read-ahead buffers are optional,
+/// as with DWARF.
+fn type_layout(obj: &object::File<'_>, tcp_type: u64, minor: u32) -> Option<GoTlsFile> {
+    let t = Types::new(obj, minor);
+    let tcp = t.elem(tcp_type)?;
+    let (conn, conn_type) = t.field(tcp, "conn")?;
+    let (fd, fd_type) = t.field(conn_type, "fd")?;
+    let sysfd = t.offset(t.elem(fd_type)?, &["pfd", "Sysfd"])?;
+    let tab = FuncTab::parse(obj)?;
+    let mut names: Vec<&str> = TLS_CONN_METHODS.to_vec();
+    names.push(UNREACHABLE_METHOD);
+    let found = tab.find(&names);
+    let methods: Vec<Option<u64>> = found[..8].iter().map(|f| f.map(|(a, _)| a)).collect();
+    let itab = itab_by_methods(obj, &methods, found[8].map(|(a, _)| a))?;
+    let tls = t.elem(itab_type(obj, itab))?;
+    let read_ahead = || -> Option<(u32, u32, u32, u32)> {
+        let (raw, raw_type) = t.field(tls, "rawInput")?;
+        let (input, input_type) = t.field(tls, "input")?;
+        let off = t.offset(raw_type, &["off"])?;
+        let i = t.offset(input_type, &["i"])?;
+        Some((
+            u32::try_from(raw).ok()?,
+            u32::try_from(input).ok()?,
+            u32::try_from(off).ok()?,
+            u32::try_from(i).ok()?,
+        ))
+    };
+    let (raw_input, input, buffer_off, reader_i) =
+        read_ahead().unwrap_or((GO_OFF_UNKNOWN, GO_OFF_UNKNOWN, 24, 24));
+    Some(GoTlsFile {
+        conn: u32::try_from(t.offset(tls, &["conn"])?).ok()?,
+        tcp_fd: u32::try_from(conn.checked_add(fd)?).ok()?,
+        sysfd: u32::try_from(sysfd).ok()?,
+        raw_input,
+        input,
+        buffer_off,
+        reader_i,
+        ..GoTlsFile::default()
     })
 }
 
@@ -283,14 +367,6 @@ fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
         }
     }
     None
-}
-
-/// `len` bytes at link-time address `addr`, from the section holding them.
-fn read_vaddr<'d>(obj: &object::File<'d>, addr: u64, len: u64) -> Option<&'d [u8]> {
-    obj.sections()
-        .filter(|s| s.kind() != SectionKind::UninitializedData)
-        .find(|s| addr >= s.address() && addr + len <= s.address() + s.size())
-        .and_then(|s| s.data_range(addr, len).ok().flatten())
 }
 
 /// A function's code and the file offset of its first byte.
@@ -704,11 +780,14 @@ mod tests {
         };
         assert!(a.symbols && !b.symbols);
         assert_eq!(a.probes, b.probes, "{program}");
+        // The type descriptors give the offsets DWARF gives.
         assert_eq!(
-            (a.layout.tcp_itab, a.layout.write_entry, a.layout.read_entry),
-            (b.layout.tcp_itab, b.layout.write_entry, b.layout.read_entry),
-            "{program}"
+            (a.offsets, b.offsets),
+            (Offsets::Dwarf, Offsets::TypeDescriptors)
         );
+        assert_eq!(a.layout, b.layout, "{program}");
+        assert_ne!(b.layout.raw_input, GO_OFF_UNKNOWN);
+        assert_ne!(b.layout.tcp_type, 0);
         // A table of a layout this reader does not know: reported, not
         // guessed at.
         let mut odd = built(dir, program, "-s -w")?;

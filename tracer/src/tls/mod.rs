@@ -5,4 +5,5 @@ pub mod attach;
 pub mod execs;
 pub mod go;
 mod gofunctab;
+mod gotypes;
 pub mod streams;
