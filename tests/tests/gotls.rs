@@ -3,11 +3,13 @@
 //! host's Go (tests/go, GOPATH mode, standard library only): a net/http
 //! HTTPS server with a Go client and with curl, spans linked client ->
 //! server in a real OTLP receiver; stripped Go programs (no symbols, no
-//! DWARF) covered the same way; nothing attached after exit.
+//! DWARF) covered the same way; nothing attached after exit; clients that
+//! live a moment named as they were started.
 use std::{path::Path, process::Command, time::Duration};
 
 use tracer_e2e::{
     free_port, go_build, require_tool, root_test,
+    span::{attr, f, res},
     tempdir::TempDir,
     tls::{
         assert_https_linked, bpftool_attached, bpftool_ids, bpftool_names, certificate, curl_ok,
@@ -291,6 +293,58 @@ fn stripped_go_program_is_covered_through_its_function_table() {
     assert_eq!(
         out.counter("kernel.drops{go_tls_no_socket}"),
         Some(0),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn short_lived_clients_are_named_as_started() {
+    let Some(_g) = root_test("short_lived_clients_are_named_as_started") else {
+        return;
+    };
+    let dir = TempDir::new("tracer-gotls");
+    let (cert, key) = certificate(dir.path());
+    let server_bin = go_build(dir.path(), "tls_server", "tls_server", &[]);
+    // Longer than the kernel's 15-byte task name: the name it was started
+    // with is only in /proc, and only while it runs.
+    let name = "go_client_with_a_long_name";
+    let client_bin = go_build(dir.path(), "tls_client", name, &["-ldflags=-s -w"]);
+    let (_server, port) = go_server(&server_bin, &cert, &key, false);
+    let base = format!("https://127.0.0.1:{port}");
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    // Started after the agent; each handshakes, asks and exits within a
+    // few milliseconds, well inside the ring's drain period, after a pause.
+    let runs = 6;
+    for run in 0..runs {
+        let mut client = Spawned::ready(
+            Command::new(&client_bin)
+                .arg(&base)
+                .arg(format!("/short-{run}"))
+                .env("TLS_H2", "0"),
+        );
+        std::thread::sleep(Duration::from_millis(if run % 2 == 0 { 100 } else { 400 }));
+        client.send("go");
+        assert_eq!(client.line(Duration::from_secs(30)), "done");
+        client.finish();
+    }
+    wait_for_paths(&receiver, "/short-", runs * 2);
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    let clients: Vec<(String, String)> = spans
+        .iter()
+        .filter(|s| attr(s, "url.path").starts_with("/short-") && f(s, "kind") == "CLIENT")
+        .map(|s| (res(s, "service.name"), res(s, "tracer.service.name.source")))
+        .collect();
+    assert_eq!(clients.len(), runs, "{}", out.stderr);
+    assert!(
+        clients.iter().all(|(n, s)| n == name && s == "argv0"),
+        "{clients:?}\n{}",
+        out.stderr
+    );
+    assert!(
+        out.counter("tls.exec_described").unwrap_or(0) >= runs as u64,
         "{}",
         out.stderr
     );

@@ -552,6 +552,15 @@ impl<O: SpanOut> Dispatcher<O> {
     }
 
     /// The host's addresses changed (interfaces come and go).
+    /// Describes programs just started, while they run (see
+    /// [`crate::tls::attach::TlsAttach::started`]).
+    pub fn describe_started(&mut self, pids: impl Iterator<Item = Pid>) {
+        let now = crate::clock::monotonic_ns();
+        for pid in pids {
+            self.stages.spans.saw_pid(pid, None, now);
+        }
+    }
+
     pub fn set_local_addrs(&mut self, local: &[std::net::IpAddr]) {
         if let Some(http) = &mut self.stages.http {
             http.set_local_addrs(local);

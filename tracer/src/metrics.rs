@@ -266,9 +266,11 @@ report_counters!(crate::tls::attach::AttachCounters, Stage::Tls, {
     membio_files: Detail, "Files attached whose TLS runs over memory BIOs (Node).";
     hook_files: Headline, "Files given runtime hooks (nginx, Go net/http executables: calls link to the request they serve).";
     hooks_attached_late: Detail, "Go net/http executables whose ServeHTTP hooks were attached at a program's first outbound net/http call (held back until then: they serve only such calls).";
-    hooks_not_covered: Detail, "Go net/http executables the runtime hooks cannot read (stripped, no DWARF, Go older than 1.17).";
+    hooks_not_covered: Detail, "Go net/http executables the runtime hooks cannot read (Go older than 1.17, a function table or type descriptors not found).";
     exec_looks: Detail, "Reads of programs just started (the kernel's exec events), 20 and 150 ms after the exec, for TLS libraries and runtime hooks.";
     exec_looks_shed: Anomaly, "Later looks at programs just started not scheduled (too many pending; the periodic scan finds them).";
+    exec_described: Detail, "Programs just started described (service name, resource) at their first look, while they run: a client done within the ring's drain period is gone by its first record.";
+    exec_described_shed: Detail, "Programs just started not described then: over the budget of 200 a second (described at their first record instead).";
     exec_events_lost: Anomaly, "Exec events the kernel could not deliver to the agent (the periodic scan finds those programs).";
 });
 

@@ -314,6 +314,7 @@ async fn event_loop(
                 // busy ring drains far more often).
                 if let Some(t) = tls {
                     t.follow_execs(kernel);
+                    d.describe_started(t.started());
                     t.attach_wanted_hooks(kernel);
                 }
                 d.flush_output();

@@ -172,14 +172,22 @@ pub struct AttachCounters {
     /// Go net/http executables whose ServeHTTP hooks were attached at a
     /// program's first outbound call (held back until then).
     pub hooks_attached_late: u64,
-    /// Go net/http executables the runtime hooks cannot read (stripped,
-    /// no DWARF, older than Go 1.17).
+    /// Go net/http executables the runtime hooks cannot read (older than
+    /// Go 1.17, no function table or type descriptors found).
     pub hooks_not_covered: u64,
     /// Reads of processes the kernel reported as starting a program
     /// (exec), each read after each delay of `EXEC_LOOKS`.
     pub exec_looks: u64,
     /// Later looks after an exec not scheduled: too many pending.
     pub exec_looks_shed: u64,
+    /// Programs started lately handed on to be described (service name,
+    /// resource) at their first look, while they run: a client whose
+    /// whole exchange fits in the ring's drain period is gone by the time
+    /// its first record is read.
+    pub exec_described: u64,
+    /// Started programs not described then: over the budget of a second
+    /// (they are described at their first record, as others).
+    pub exec_described_shed: u64,
     /// Exec events the kernel could not deliver (the agent's socket was
     /// full): those programs are found by the periodic scan.
     pub exec_events_lost: u64,
@@ -237,6 +245,11 @@ struct Proc {
 /// per exec.
 const EXEC_LOOKS: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(150)];
 
+/// Started programs handed on to be described at most per second (an
+/// exec storm, a build, would otherwise cost a read of /proc per program
+/// that never touches the network).
+const MAX_DESCRIBED_PER_SEC: u32 = 200;
+
 /// Later looks pending at most per delay (a burst of execs beyond it is left to
 /// the periodic scan).
 const MAX_LOOKS: usize = 4096;
@@ -259,6 +272,11 @@ pub struct TlsAttach {
     execs: Option<ExecWatch>,
     /// Processes of the exec events being taken in (kept for reuse).
     exec_pids: Vec<u32>,
+    /// Started programs found running at their first look, to be
+    /// described (see [`TlsAttach::started`]).
+    started: Vec<u32>,
+    /// The second of `described` and how many were handed on in it.
+    described: (Option<Instant>, u32),
     /// Executables already reported as not covered.
     reported: HashSet<FileId>,
     /// The host's TLS libraries, attached for the agent's life (each holds
@@ -486,6 +504,8 @@ impl TlsAttach {
             looks: Default::default(),
             execs: None,
             exec_pids: Vec::new(),
+            started: Vec::new(),
+            described: (None, 0),
             reported: HashSet::new(),
             pinned: HashSet::new(),
             counters: AttachCounters::default(),
@@ -593,6 +613,9 @@ impl TlsAttach {
                     // Gone already: the next tick forgets it.
                     continue;
                 }
+                if i == 0 {
+                    self.hand_on_started(pid, now);
+                }
                 let same = self.procs.get(&pid).filter(|p| p.exe == exe);
                 if same.is_some_and(|p| !p.files.is_empty()) {
                     continue;
@@ -601,6 +624,28 @@ impl TlsAttach {
                 self.reread(pid, exe, same.is_some(), kernel);
             }
         }
+    }
+
+    /// Queues `pid` to be described, within the budget of a second.
+    fn hand_on_started(&mut self, pid: Pid, now: Instant) {
+        let (since, n) = &mut self.described;
+        if since.is_none_or(|s| now.duration_since(s) >= Duration::from_secs(1)) {
+            (*since, *n) = (Some(now), 0);
+        }
+        if *n >= MAX_DESCRIBED_PER_SEC {
+            self.counters.exec_described_shed += 1;
+            return;
+        }
+        *n += 1;
+        self.counters.exec_described += 1;
+        self.started.push(pid.0);
+    }
+
+    /// Programs started lately and running at their first look (20 ms
+    /// after their exec, when their command line is set), taken: to be
+    /// described now, while /proc still has them.
+    pub fn started(&mut self) -> impl Iterator<Item = correlate::Pid> + '_ {
+        self.started.drain(..).map(correlate::Pid)
     }
 
     /// Attaches the host's TLS libraries (see [`HOST_TLS_LIBS`]), found

@@ -163,16 +163,12 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
         let Some(tab) = FuncTab::parse(obj) else {
             return not("stripped, and its function table is of an unknown layout");
         };
-        let mut wanted = vec![WRITE, READ, UNREACHABLE_METHOD];
-        wanted.extend(TCP_CONN_METHODS);
-        let found = tab.find(&wanted);
+        let found = tab.find(&[WRITE, READ]);
         let (Some(w), Some(r)) = (found[0], found[1]) else {
             return GoFile::NotGo;
         };
         (write, read) = (Some(w), Some(r));
-        let methods: Vec<Option<u64>> = found[3..].iter().map(|f| f.map(|(a, _)| a)).collect();
-        let stub = found[2].map(|(a, _)| a);
-        itab = match itab_by_methods(obj, &methods, stub) {
+        itab = match itab_of(obj, &tab, &TCP_CONN_METHODS) {
             Some(a) => a,
             None => return not("stripped, and the itab of *net.TCPConn as a net.Conn not found"),
         };
@@ -235,17 +231,9 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
 /// as with DWARF.
 fn type_layout(obj: &object::File<'_>, tcp_type: u64, minor: u32) -> Option<GoTlsFile> {
     let t = Types::new(obj, minor);
-    let tcp = t.elem(tcp_type)?;
-    let (conn, conn_type) = t.field(tcp, "conn")?;
-    let (fd, fd_type) = t.field(conn_type, "fd")?;
-    let sysfd = t.offset(t.elem(fd_type)?, &["pfd", "Sysfd"])?;
+    let (tcp_fd, sysfd) = socket_offsets(&t, tcp_type)?;
     let tab = FuncTab::parse(obj)?;
-    let mut names: Vec<&str> = TLS_CONN_METHODS.to_vec();
-    names.push(UNREACHABLE_METHOD);
-    let found = tab.find(&names);
-    let methods: Vec<Option<u64>> = found[..8].iter().map(|f| f.map(|(a, _)| a)).collect();
-    let itab = itab_by_methods(obj, &methods, found[8].map(|(a, _)| a))?;
-    let tls = t.elem(itab_type(obj, itab))?;
+    let tls = t.elem(itab_type(obj, itab_of(obj, &tab, &TLS_CONN_METHODS)?))?;
     let read_ahead = || -> Option<(u32, u32, u32, u32)> {
         let (raw, raw_type) = t.field(tls, "rawInput")?;
         let (input, input_type) = t.field(tls, "input")?;
@@ -262,14 +250,37 @@ fn type_layout(obj: &object::File<'_>, tcp_type: u64, minor: u32) -> Option<GoTl
         read_ahead().unwrap_or((GO_OFF_UNKNOWN, GO_OFF_UNKNOWN, 24, 24));
     Some(GoTlsFile {
         conn: u32::try_from(t.offset(tls, &["conn"])?).ok()?,
-        tcp_fd: u32::try_from(conn.checked_add(fd)?).ok()?,
-        sysfd: u32::try_from(sysfd).ok()?,
+        tcp_fd,
+        sysfd,
         raw_input,
         input,
         buffer_off,
         reader_i,
         ..GoTlsFile::default()
     })
+}
+
+/// `*net.TCPConn` (type `tcp_type`) -> its `*netFD` (`conn.fd`), and
+/// `netFD` -> `pfd.Sysfd`, from the type descriptors.
+fn socket_offsets(t: &Types<'_, '_>, tcp_type: u64) -> Option<(u32, u32)> {
+    let (conn, conn_type) = t.field(t.elem(tcp_type)?, "conn")?;
+    let (fd, fd_type) = t.field(conn_type, "fd")?;
+    let sysfd = t.offset(t.elem(fd_type)?, &["pfd", "Sysfd"])?;
+    Some((
+        u32::try_from(conn.checked_add(fd)?).ok()?,
+        u32::try_from(sysfd).ok()?,
+    ))
+}
+
+/// The itab whose method table is that of the functions `methods` (see
+/// [`itab_by_methods`]), their addresses from the function table.
+fn itab_of(obj: &object::File<'_>, tab: &FuncTab<'_>, methods: &[&str]) -> Option<u64> {
+    let mut names = methods.to_vec();
+    names.push(UNREACHABLE_METHOD);
+    let found = tab.find(&names);
+    let (stub, methods) = found.split_last()?;
+    let addrs: Vec<Option<u64>> = methods.iter().map(|f| f.map(|(a, _)| a)).collect();
+    itab_by_methods(obj, &addrs, stub.map(|(a, _)| a))
 }
 
 /// The concrete type of the itab at `itab` (its second word; 0 where the
@@ -321,10 +332,6 @@ fn itab_by_methods(
                 .and_then(|n| word(n, 0))
                 == Some(methods.len() as u64)
         })
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// `go1.19.8` -> 19 (None for anything else, e.g. `devel`).
@@ -586,6 +593,54 @@ const HOOK_MEMBERS: [(&str, &str); 7] = [
     ("internal/poll.FD", "Sysfd"),
 ];
 
+/// `*net/http.response`'s methods of `ResponseWriter`, in the order of
+/// their names.
+const RESPONSE_METHODS: [&str; 3] = [
+    "net/http.(*response).Header",
+    "net/http.(*response).Write",
+    "net/http.(*response).WriteHeader",
+];
+/// `*net/http.persistConn`'s method of `io.Reader` (its `bufio.Reader`
+/// reads through it): the itab that leads to its type.
+const PERSIST_CONN_READ: [&str; 1] = ["net/http.(*persistConn).Read"];
+
+/// The members the hooks read, where they were found.
+struct HookOffsets {
+    response_conn: Option<u32>,
+    conn_rwc: Option<u32>,
+    pconn_conn: Option<u32>,
+    tcp_fd: Option<u32>,
+    sysfd: Option<u32>,
+}
+
+/// [`HookOffsets`] from the runtime's type descriptors (see `gotypes`):
+/// `response` from its itab's type, `conn` from `response.conn`'s,
+/// `persistConn` from the itab holding one as an `io.Reader`.
+fn hook_type_offsets(
+    obj: &object::File<'_>,
+    tab: &FuncTab<'_>,
+    response_itab: u64,
+    tcp_type: u64,
+    minor: u32,
+) -> HookOffsets {
+    let t = Types::new(obj, minor);
+    let response = t.elem(itab_type(obj, response_itab));
+    let conn = response.and_then(|r| t.field(r, "conn"));
+    let rwc = conn.and_then(|(_, c)| t.field(t.elem(c)?, "rwc"));
+    let pconn = itab_of(obj, tab, &PERSIST_CONN_READ)
+        .and_then(|i| t.elem(itab_type(obj, i)))
+        .and_then(|p| t.offset(p, &["conn"]));
+    let socket = socket_offsets(&t, tcp_type);
+    let small = |v: u64| u32::try_from(v).ok();
+    HookOffsets {
+        response_conn: conn.and_then(|(o, _)| small(o)),
+        conn_rwc: rwc.and_then(|(o, _)| small(o)),
+        pconn_conn: pconn.and_then(small),
+        tcp_fd: socket.map(|s| s.0),
+        sysfd: socket.map(|s| s.1),
+    }
+}
+
 /// What a Go executable offers the net/http runtime hooks.
 #[derive(Debug)]
 pub struct GoHooks {
@@ -629,36 +684,58 @@ pub fn http_hooks(obj: &object::File<'_>) -> Result<Option<GoHooks>, &'static st
             _ => {}
         }
     }
-    if !any {
-        let names = obj
-            .section_by_name(".gopclntab")
-            .and_then(|s| s.data().ok());
-        if names.is_some_and(|d| !contains(d, SERVE.as_bytes())) {
-            return Ok(None);
+    let tab = if any {
+        None
+    } else {
+        // Stripped: functions from the runtime's function table, itabs by
+        // their methods.
+        let tab = FuncTab::parse(obj)
+            .ok_or("stripped, and its function table is of an unknown layout")?;
+        let found = tab.find(&[SERVE, NEWPROC, ROUND_TRIP]);
+        funcs.copy_from_slice(&found);
+        if funcs[0].is_some() {
+            response_itab = itab_of(obj, &tab, &RESPONSE_METHODS).unwrap_or(0);
+            tcp_itab = itab_of(obj, &tab, &TCP_CONN_METHODS).unwrap_or(0);
         }
-        return Err("stripped (no symbol table)");
-    }
+        Some(tab)
+    };
     let (Some(serve), Some(newproc)) = (funcs[0], funcs[1]) else {
         return Ok(None);
     };
     if response_itab == 0 || tcp_itab == 0 {
         return Err("net/http's itabs not found");
     }
-    let found = dwarf_members(obj, &HOOK_MEMBERS).ok_or("no DWARF (built with -ldflags=-w)")?;
-    let get = |i: usize| -> Result<u32, &'static str> {
-        found[i]
-            .and_then(|v| u32::try_from(v).ok())
-            .ok_or("a net/http struct member is not in its DWARF")
+    let tcp_type = itab_type(obj, tcp_itab);
+    let offsets = match dwarf_members(obj, &HOOK_MEMBERS) {
+        Some(found) => {
+            let get = |i: usize| found[i].and_then(|v| u32::try_from(v).ok());
+            let sum = |a: usize, b: usize| get(a)?.checked_add(get(b)?);
+            HookOffsets {
+                response_conn: get(0),
+                conn_rwc: get(1),
+                pconn_conn: get(2),
+                tcp_fd: sum(3, 4),
+                sysfd: sum(5, 6),
+            }
+        }
+        None => {
+            let tab = match tab {
+                Some(t) => t,
+                None => FuncTab::parse(obj).ok_or("no DWARF, and no function table")?,
+            };
+            hook_type_offsets(obj, &tab, response_itab, tcp_type, minor)
+        }
     };
+    let missing = "a net/http struct member is in neither its DWARF nor its type descriptors";
     let mut layout = GoHookFile {
         response_itab,
         tcp_itab,
-        tcp_type: itab_type(obj, tcp_itab),
-        response_conn: get(0)?,
-        conn_rwc: get(1)?,
-        pconn_conn: get(2).unwrap_or(0),
-        tcp_fd: get(3)?.checked_add(get(4)?).ok_or("offset overflow")?,
-        sysfd: get(5)?.checked_add(get(6)?).ok_or("offset overflow")?,
+        tcp_type,
+        response_conn: offsets.response_conn.ok_or(missing)?,
+        conn_rwc: offsets.conn_rwc.ok_or(missing)?,
+        pconn_conn: offsets.pconn_conn.unwrap_or(0),
+        tcp_fd: offsets.tcp_fd.ok_or(missing)?,
+        sysfd: offsets.sysfd.ok_or(missing)?,
         ..GoHookFile::default()
     };
     let mut probes = Vec::new();
@@ -675,7 +752,7 @@ pub fn http_hooks(obj: &object::File<'_>) -> Result<Option<GoHooks>, &'static st
         ),
     ];
     let client = funcs[2]
-        .filter(|_| found[2].is_some())
+        .filter(|_| offsets.pconn_conn.is_some())
         .map(|f| (f, programs_hook::GO_ROUND_TRIP, None));
     for (i, ((addr, size), entry, ret)) in with_ret.into_iter().chain(client).enumerate() {
         let (code, file_off) = code_of(obj, addr, size).ok_or("function code not found")?;
@@ -766,10 +843,8 @@ mod tests {
             .find(|s| s.name().is_ok_and(|n| TCP_ITABS.contains(&n)))
             .unwrap()
             .address();
-        let methods: Vec<Option<u64>> = found[3..].iter().map(|f| f.map(|m| m.0)).collect();
-        let stub = found[2].map(|m| m.0);
         assert_eq!(
-            itab_by_methods(&full, &methods, stub),
+            itab_of(&full, &tab, &TCP_CONN_METHODS),
             Some(itab),
             "{program}"
         );
@@ -819,6 +894,31 @@ mod tests {
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stripped_programs_get_the_runtime_hooks_their_symbols_give() {
+        let dir = std::env::temp_dir().join(format!("tracer-gohooks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let full = built(&dir, "timer_proxy", "");
+        let stripped = built(&dir, "timer_proxy", "-s -w");
+        let _ = std::fs::remove_dir_all(&dir);
+        let (Some(full), Some(stripped)) = (full, stripped) else {
+            return;
+        };
+        let full = object::File::parse(&*full).unwrap();
+        let stripped = object::File::parse(&*stripped).unwrap();
+        let a = http_hooks(&full).unwrap().unwrap();
+        let b = http_hooks(&stripped).unwrap().unwrap();
+        // Functions, itabs and offsets (DWARF's against the type
+        // descriptors') alike, the client's roundTrip included.
+        assert_eq!(a.layout, b.layout);
+        assert_eq!(a.probes, b.probes);
+        assert!(b.layout.pconn_conn != 0 && b.layout.round_trip_entry != 0);
+        assert!(b
+            .probes
+            .iter()
+            .any(|(p, _)| *p == programs_hook::GO_ROUND_TRIP));
     }
 
     #[test]
