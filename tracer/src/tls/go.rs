@@ -37,8 +37,6 @@ use tracer_common::{
 /// The probed functions.
 const WRITE: &str = "crypto/tls.(*Conn).Write";
 const READ: &str = "crypto/tls.(*Conn).Read";
-/// Where the linker points the itab slots of methods it dropped.
-const UNREACHABLE_METHOD: &str = "runtime.unreachableMethod";
 /// `*tls.Conn`'s methods of `net.Conn`, in the order of their names.
 const TLS_CONN_METHODS: [&str; 8] = [
     "crypto/tls.(*Conn).Close",
@@ -143,6 +141,7 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
     if obj.architecture() != object::Architecture::X86_64 {
         return not("only amd64 Go programs are covered");
     }
+    let types = Types::new(obj, minor);
     let mut write = None;
     let mut read = None;
     let mut itab = 0;
@@ -168,7 +167,7 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
             return GoFile::NotGo;
         };
         (write, read) = (Some(w), Some(r));
-        itab = match itab_of(obj, &tab, &TCP_CONN_METHODS) {
+        itab = match types.itab_of(&tab, &TCP_CONN_METHODS) {
             Some(a) => a,
             None => return not("stripped, and the itab of *net.TCPConn as a net.Conn not found"),
         };
@@ -202,10 +201,10 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
         }
         probes.extend(rets.into_iter().map(|off| (programs::RET, file_off + off)));
     }
-    let tcp_type = itab_type(obj, itab);
+    let tcp_type = types.itab_type(itab);
     let (mut layout, offsets) = match dwarf_layout(obj) {
         Some(l) => (l, Offsets::Dwarf),
-        None => match type_layout(obj, tcp_type, minor) {
+        None => match type_layout(obj, &types, tcp_type) {
             Some(l) => (l, Offsets::TypeDescriptors),
             None => (fallback_layout(minor), Offsets::Defaults),
         },
@@ -229,11 +228,10 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
 /// members from the type in the itab that holds a `*tls.Conn` as a
 /// `net.Conn` (found by its methods). The read-ahead buffers are optional,
 /// as with DWARF.
-fn type_layout(obj: &object::File<'_>, tcp_type: u64, minor: u32) -> Option<GoTlsFile> {
-    let t = Types::new(obj, minor);
-    let (tcp_fd, sysfd) = socket_offsets(&t, tcp_type)?;
+fn type_layout(obj: &object::File<'_>, t: &Types<'_, '_>, tcp_type: u64) -> Option<GoTlsFile> {
+    let (tcp_fd, sysfd) = socket_offsets(t, tcp_type)?;
     let tab = FuncTab::parse(obj)?;
-    let tls = t.elem(itab_type(obj, itab_of(obj, &tab, &TLS_CONN_METHODS)?))?;
+    let tls = t.elem(t.itab_type(t.itab_of(&tab, &TLS_CONN_METHODS)?))?;
     let read_ahead = || -> Option<(u32, u32, u32, u32)> {
         let (raw, raw_type) = t.field(tls, "rawInput")?;
         let (input, input_type) = t.field(tls, "input")?;
@@ -270,68 +268,6 @@ fn socket_offsets(t: &Types<'_, '_>, tcp_type: u64) -> Option<(u32, u32)> {
         u32::try_from(conn.checked_add(fd)?).ok()?,
         u32::try_from(sysfd).ok()?,
     ))
-}
-
-/// The itab whose method table is that of the functions `methods` (see
-/// [`itab_by_methods`]), their addresses from the function table.
-fn itab_of(obj: &object::File<'_>, tab: &FuncTab<'_>, methods: &[&str]) -> Option<u64> {
-    let mut names = methods.to_vec();
-    names.push(UNREACHABLE_METHOD);
-    let found = tab.find(&names);
-    let (stub, methods) = found.split_last()?;
-    let addrs: Vec<Option<u64>> = methods.iter().map(|f| f.map(|(a, _)| a)).collect();
-    itab_by_methods(obj, &addrs, stub.map(|(a, _)| a))
-}
-
-/// The concrete type of the itab at `itab` (its second word; 0 where the
-/// file leaves it to the loader, as in position-independent programs).
-fn itab_type(obj: &object::File<'_>, itab: u64) -> u64 {
-    read_vaddr(obj, itab + 8, 8)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u64::from_le_bytes)
-}
-
-/// The itab of `*net.TCPConn` as a `net.Conn` in a program without
-/// symbols: the one listed in `.itablink` whose method table is `methods`
-/// (the concrete type's, in the order of the interface's method names) and
-/// whose interface has exactly that many methods (a larger interface that
-/// starts with the same names has more). The linker drops methods the
-/// program never calls and points their slots at `stub`
-/// (`runtime.unreachableMethod`); at least one method must be there.
-fn itab_by_methods(
-    obj: &object::File<'_>,
-    methods: &[Option<u64>],
-    stub: Option<u64>,
-) -> Option<u64> {
-    let methods: Vec<u64> = methods.iter().map(|m| m.or(stub)).collect::<Option<_>>()?;
-    if stub.is_some_and(|s| methods.iter().all(|&m| m == s)) {
-        return None;
-    }
-    let links = obj.section_by_name(".itablink")?.data().ok()?;
-    let word = |b: &[u8], i: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(
-            b.get(i * 8..i * 8 + 8)?.try_into().ok()?,
-        ))
-    };
-    // itab: interface type, concrete type, hash and padding, then methods.
-    let len = 8 * (3 + methods.len() as u64);
-    (0..links.len() / 8)
-        .filter_map(|i| word(links, i))
-        .find(|&itab| {
-            let Some(b) = read_vaddr(obj, itab, len) else {
-                return false;
-            };
-            let same = methods
-                .iter()
-                .enumerate()
-                .all(|(m, &a)| word(b, 3 + m) == Some(a));
-            // interfacetype: a 48-byte type, the package path, then the
-            // methods' slice (pointer, length, capacity).
-            same && word(b, 0)
-                .and_then(|inter| read_vaddr(obj, inter + 64, 8))
-                .and_then(|n| word(n, 0))
-                == Some(methods.len() as u64)
-        })
 }
 
 /// `go1.19.8` -> 19 (None for anything else, e.g. `devel`).
@@ -617,20 +553,19 @@ struct HookOffsets {
 /// `response` from its itab's type, `conn` from `response.conn`'s,
 /// `persistConn` from the itab holding one as an `io.Reader`.
 fn hook_type_offsets(
-    obj: &object::File<'_>,
+    t: &Types<'_, '_>,
     tab: &FuncTab<'_>,
     response_itab: u64,
     tcp_type: u64,
-    minor: u32,
 ) -> HookOffsets {
-    let t = Types::new(obj, minor);
-    let response = t.elem(itab_type(obj, response_itab));
+    let response = t.elem(t.itab_type(response_itab));
     let conn = response.and_then(|r| t.field(r, "conn"));
     let rwc = conn.and_then(|(_, c)| t.field(t.elem(c)?, "rwc"));
-    let pconn = itab_of(obj, tab, &PERSIST_CONN_READ)
-        .and_then(|i| t.elem(itab_type(obj, i)))
+    let pconn = t
+        .itab_of(tab, &PERSIST_CONN_READ)
+        .and_then(|i| t.elem(t.itab_type(i)))
         .and_then(|p| t.offset(p, &["conn"]));
-    let socket = socket_offsets(&t, tcp_type);
+    let socket = socket_offsets(t, tcp_type);
     let small = |v: u64| u32::try_from(v).ok();
     HookOffsets {
         response_conn: conn.and_then(|(o, _)| small(o)),
@@ -670,6 +605,7 @@ pub fn http_hooks(obj: &object::File<'_>) -> Result<Option<GoHooks>, &'static st
     if obj.architecture() != object::Architecture::X86_64 {
         return Err("only amd64 Go programs are covered");
     }
+    let types = Types::new(obj, minor);
     let mut funcs: [Option<(u64, u64)>; 3] = [None; 3];
     let (mut response_itab, mut tcp_itab) = (0, 0);
     let mut any = false;
@@ -694,8 +630,8 @@ pub fn http_hooks(obj: &object::File<'_>) -> Result<Option<GoHooks>, &'static st
         let found = tab.find(&[SERVE, NEWPROC, ROUND_TRIP]);
         funcs.copy_from_slice(&found);
         if funcs[0].is_some() {
-            response_itab = itab_of(obj, &tab, &RESPONSE_METHODS).unwrap_or(0);
-            tcp_itab = itab_of(obj, &tab, &TCP_CONN_METHODS).unwrap_or(0);
+            response_itab = types.itab_of(&tab, &RESPONSE_METHODS).unwrap_or(0);
+            tcp_itab = types.itab_of(&tab, &TCP_CONN_METHODS).unwrap_or(0);
         }
         Some(tab)
     };
@@ -705,7 +641,7 @@ pub fn http_hooks(obj: &object::File<'_>) -> Result<Option<GoHooks>, &'static st
     if response_itab == 0 || tcp_itab == 0 {
         return Err("net/http's itabs not found");
     }
-    let tcp_type = itab_type(obj, tcp_itab);
+    let tcp_type = types.itab_type(tcp_itab);
     let offsets = match dwarf_members(obj, &HOOK_MEMBERS) {
         Some(found) => {
             let get = |i: usize| found[i].and_then(|v| u32::try_from(v).ok());
@@ -723,7 +659,7 @@ pub fn http_hooks(obj: &object::File<'_>) -> Result<Option<GoHooks>, &'static st
                 Some(t) => t,
                 None => FuncTab::parse(obj).ok_or("no DWARF, and no function table")?,
             };
-            hook_type_offsets(obj, &tab, response_itab, tcp_type, minor)
+            hook_type_offsets(&types, &tab, response_itab, tcp_type)
         }
     };
     let missing = "a net/http struct member is in neither its DWARF nor its type descriptors";
@@ -790,10 +726,17 @@ mod tests {
     /// `tests/go/PROGRAM.go` built with the host's Go and `ldflags`, in
     /// `dir`; None (a printed skip) without Go outside CI.
     fn built(dir: &std::path::Path, program: &str, ldflags: &str) -> Option<Vec<u8>> {
+        built_as(dir, program, &["-ldflags", ldflags])
+    }
+
+    /// `tests/go/PROGRAM.go` built with `go build ARGS`.
+    fn built_as(dir: &std::path::Path, program: &str, args: &[&str]) -> Option<Vec<u8>> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let out = dir.join(format!("{program}{ldflags}"));
+        let out = dir.join(format!("{program}{}", args.join("")));
         let status = std::process::Command::new("go")
-            .args(["build", "-ldflags", ldflags, "-o"])
+            .arg("build")
+            .args(args)
+            .arg("-o")
             .arg(&out)
             .arg(root.join(format!("tests/go/{program}.go")))
             .env("GO111MODULE", "off")
@@ -821,7 +764,7 @@ mod tests {
         let stripped = object::File::parse(&*stripped).unwrap();
         assert_eq!(stripped.symbols().count(), 0);
         let tab = FuncTab::parse(&full).unwrap();
-        let mut names = vec![WRITE, READ, UNREACHABLE_METHOD];
+        let mut names = vec![WRITE, READ, "runtime.unreachableMethod"];
         names.extend(TCP_CONN_METHODS);
         let found = tab.find(&names);
         for (name, got) in names.iter().zip(&found) {
@@ -844,7 +787,7 @@ mod tests {
             .unwrap()
             .address();
         assert_eq!(
-            itab_of(&full, &tab, &TCP_CONN_METHODS),
+            Types::new(&full, 19).itab_of(&tab, &TCP_CONN_METHODS),
             Some(itab),
             "{program}"
         );
@@ -893,7 +836,34 @@ mod tests {
                 break;
             }
         }
+        // Position-independent: the pointers are in the relocations, the
+        // tables under .data.rel.ro; the offsets are the same.
+        let full = built(&dir, "tls_server", "");
+        let pie = built_as(&dir, "tls_server", &["-buildmode=pie", "-ldflags=-s -w"]);
         let _ = std::fs::remove_dir_all(&dir);
+        let (Some(full), Some(pie)) = (full, pie) else {
+            return;
+        };
+        let (GoFile::Covered(a), GoFile::Covered(b)) = (
+            inspect(&object::File::parse(&*full).unwrap()),
+            inspect(&object::File::parse(&*pie).unwrap()),
+        ) else {
+            panic!("PIE not covered");
+        };
+        assert_eq!((b.offsets, b.symbols), (Offsets::TypeDescriptors, false));
+        let offsets = |l: &GoTlsFile| {
+            (
+                l.conn,
+                l.tcp_fd,
+                l.sysfd,
+                l.raw_input,
+                l.input,
+                l.buffer_off,
+                l.reader_i,
+            )
+        };
+        assert_eq!(offsets(&a.layout), offsets(&b.layout));
+        assert!(b.layout.tcp_itab != 0 && b.layout.tcp_type != 0);
     }
 
     #[test]

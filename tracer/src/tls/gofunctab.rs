@@ -28,7 +28,7 @@ pub struct FuncTab<'d> {
 impl<'d> FuncTab<'d> {
     /// The table of `obj`, when it has one this reader knows.
     pub fn parse(obj: &object::File<'d>) -> Option<FuncTab<'d>> {
-        let data = obj.section_by_name(".gopclntab")?.data().ok()?;
+        let (_, data) = super::gotypes::go_section(obj, ".gopclntab")?;
         let word = |at: usize| -> Option<u64> {
             Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
         };

@@ -13,8 +13,19 @@
 //! - a name: a flag byte, its length as a varint (Go 1.17+), its bytes.
 //!
 //! Pointers are link-time addresses; a position-independent program leaves
-//! them to the loader, and then nothing is read (the caller falls back).
-use object::{Object, ObjectSection, SectionKind};
+//! them to the loader (`R_X86_64_RELATIVE`: the link-time address is the
+//! relocation's addend), and they are read from its relocations.
+//!
+//! Itabs (an interface's method table for one concrete type) are found
+//! here too: by the functions they list, in `.itablink`.
+use std::collections::HashMap;
+
+use object::{elf, Object, ObjectSection, RelocationFlags, SectionKind};
+
+use super::gofunctab::FuncTab;
+
+/// Where the linker points the itab slots of methods it dropped.
+const UNREACHABLE_METHOD: &str = "runtime.unreachableMethod";
 
 const TYPE_SIZE: u64 = 48;
 const KIND_AT: u64 = 23;
@@ -35,18 +46,39 @@ pub(super) fn read_vaddr<'d>(obj: &object::File<'d>, addr: u64, len: u64) -> Opt
         .and_then(|s| s.data_range(addr, len).ok().flatten())
 }
 
-/// The type descriptors of one program.
+/// A section of a Go program by its name, with its link-time address; a
+/// position-independent one puts the sections the loader relocates under
+/// `.data.rel.ro`.
+pub(super) fn go_section<'d>(obj: &object::File<'d>, name: &str) -> Option<(u64, &'d [u8])> {
+    let s = obj
+        .section_by_name(name)
+        .or_else(|| obj.section_by_name(&format!(".data.rel.ro{name}")))?;
+    Some((s.address(), s.data().ok()?))
+}
+
+/// The type descriptors and itabs of one program.
 pub struct Types<'a, 'd> {
     obj: &'a object::File<'d>,
     /// Offsets carry the "embedded" bit (Go before 1.19).
     embed_bit: bool,
+    /// Pointers the loader fills in: where -> link-time address.
+    relocated: HashMap<u64, u64>,
 }
 
 impl<'a, 'd> Types<'a, 'd> {
     pub fn new(obj: &'a object::File<'d>, go_minor: u32) -> Self {
+        let relative = |r: &object::Relocation| matches!(r.flags(), RelocationFlags::Elf { r_type } if r_type == elf::R_X86_64_RELATIVE);
+        let relocated = obj
+            .dynamic_relocations()
+            .into_iter()
+            .flatten()
+            .filter(|(_, r)| relative(r))
+            .filter_map(|(at, r)| Some((at, u64::try_from(r.addend()).ok()?)))
+            .collect();
         Types {
             obj,
             embed_bit: go_minor < 19,
+            relocated,
         }
     }
 
@@ -56,8 +88,58 @@ impl<'a, 'd> Types<'a, 'd> {
             .flatten()
     }
 
+    /// The pointer or integer at `addr`, as the loader leaves it.
     fn word(&self, addr: u64) -> Option<u64> {
+        if let Some(&v) = self.relocated.get(&addr) {
+            return Some(v);
+        }
         Some(u64::from_le_bytes(self.bytes(addr, 8)?.try_into().ok()?))
+    }
+
+    /// The concrete type of the itab at `itab` (its second word; 0 when
+    /// unknown).
+    pub fn itab_type(&self, itab: u64) -> u64 {
+        self.word(itab + 8).unwrap_or(0)
+    }
+
+    /// The itab whose method table is that of the functions `methods`
+    /// (see [`Types::itab_by_methods`]), their addresses from `tab`.
+    pub fn itab_of(&self, tab: &FuncTab<'_>, methods: &[&str]) -> Option<u64> {
+        let mut names = methods.to_vec();
+        names.push(UNREACHABLE_METHOD);
+        let found = tab.find(&names);
+        let (stub, methods) = found.split_last()?;
+        let addrs: Vec<Option<u64>> = methods.iter().map(|f| f.map(|(a, _)| a)).collect();
+        self.itab_by_methods(&addrs, stub.map(|(a, _)| a))
+    }
+
+    /// The itab listed in `.itablink` whose method table is `methods` (the
+    /// concrete type's, in the order of the interface's method names) and
+    /// whose interface has exactly that many methods (a larger interface
+    /// that starts with the same names has more). The linker drops methods
+    /// the program never calls and points their slots at `stub`
+    /// (`runtime.unreachableMethod`); at least one method must be there.
+    pub fn itab_by_methods(&self, methods: &[Option<u64>], stub: Option<u64>) -> Option<u64> {
+        let methods: Vec<u64> = methods.iter().map(|m| m.or(stub)).collect::<Option<_>>()?;
+        if stub.is_some_and(|s| methods.iter().all(|&m| m == s)) {
+            return None;
+        }
+        let (start, links) = go_section(self.obj, ".itablink")?;
+        // itab: interface type, concrete type, hash and padding, then the
+        // methods; interfacetype: a type, the package path, then the
+        // methods' slice (pointer, length, capacity).
+        (0..links.len() as u64 / 8)
+            .filter_map(|i| self.word(start + i * 8))
+            .find(|&itab| {
+                let same = methods
+                    .iter()
+                    .enumerate()
+                    .all(|(m, &a)| self.word(itab + 8 * (3 + m as u64)) == Some(a));
+                same && self
+                    .word(itab)
+                    .and_then(|inter| self.word(inter + TYPE_SIZE + 16))
+                    == Some(methods.len() as u64)
+            })
     }
 
     fn kind(&self, typ: u64) -> Option<u8> {
