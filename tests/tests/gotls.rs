@@ -23,15 +23,37 @@ const SETTLE: Duration = Duration::from_millis(1500);
 /// The Go HTTPS server, listening (`h2`: net/http's default, h2 by ALPN;
 /// else HTTP/1.1 only).
 fn go_server(bin: &Path, cert: &str, key: &str, h2: bool) -> (Spawned, u16) {
+    go_server_with(bin, cert, key, h2, false)
+}
+
+/// [`go_server`], its connections wrapped twice before TLS when `wrap`
+/// (as a proxy's are).
+fn go_server_with(bin: &Path, cert: &str, key: &str, h2: bool, wrap: bool) -> (Spawned, u16) {
     let port = free_port();
     let s = Spawned::ready(
         Command::new(bin)
             .arg(port.to_string())
             .args([cert, key])
-            .env("TLS_H2", if h2 { "1" } else { "0" }),
+            .env("TLS_H2", if h2 { "1" } else { "0" })
+            .env("TLS_WRAP", if wrap { "1" } else { "0" }),
     );
     wait_port(port, Duration::from_secs(10));
     (s, port)
+}
+
+/// The Go client: started, told to go after `pause` (the agent finds it
+/// meanwhile), GETs `paths` from `base` and exits.
+fn go_client(bin: &Path, base: &str, paths: &[String], h2: bool, pause: Duration) {
+    let mut client = Spawned::ready(
+        Command::new(bin)
+            .arg(base)
+            .args(paths)
+            .env("TLS_H2", if h2 { "1" } else { "0" }),
+    );
+    std::thread::sleep(pause);
+    client.send("go");
+    assert_eq!(client.line(Duration::from_secs(30)), "done");
+    client.finish();
 }
 
 /// Requests, one path each, from a Go client started after the agent
@@ -47,16 +69,7 @@ fn go_and_curl_linked(
     h2: bool,
 ) -> AgentOutput {
     let go_paths = paths(&format!("{prefix}go-"), 5);
-    let mut client = Spawned::ready(
-        Command::new(client_bin)
-            .arg(base)
-            .args(&go_paths)
-            .env("TLS_H2", if h2 { "1" } else { "0" }),
-    );
-    std::thread::sleep(Duration::from_millis(1200));
-    client.send("go");
-    assert_eq!(client.line(Duration::from_secs(30)), "done");
-    client.finish();
+    go_client(client_bin, base, &go_paths, h2, Duration::from_millis(1200));
     let curl_paths = paths(&format!("{prefix}curl-"), 5);
     for p in &curl_paths {
         curl_ok(
@@ -240,28 +253,18 @@ fn stripped_go_program_is_covered_through_its_function_table() {
         "tls_client_s",
         &["-ldflags=-s -w"],
     );
-    let port = free_port();
-    let _server = Spawned::ready(
-        Command::new(&bin)
-            .arg(port.to_string())
-            .args([&cert, &key])
-            .env("TLS_H2", "0")
-            .env("TLS_WRAP", "1"),
-    );
-    wait_port(port, Duration::from_secs(10));
+    let (_server, port) = go_server_with(&bin, &cert, &key, false, true);
     let receiver = Receiver::start(Otlp::Grpc);
     let agent = Agent::start(&receiver.agent_args());
     let stripped = paths("/go-stripped-", 3);
-    let mut client = Spawned::ready(
-        Command::new(&client_bin)
-            .arg(format!("https://127.0.0.1:{port}"))
-            .args(&stripped)
-            .env("TLS_H2", "0"),
+    let base = format!("https://127.0.0.1:{port}");
+    go_client(
+        &client_bin,
+        &base,
+        &stripped,
+        false,
+        Duration::from_millis(1200),
     );
-    std::thread::sleep(Duration::from_millis(1200));
-    client.send("go");
-    assert_eq!(client.line(Duration::from_secs(30)), "done");
-    client.finish();
     wait_for_paths(&receiver, "/go-stripped-", stripped.len() * 2);
     let out = agent.stop(SETTLE);
     let spans = receiver.spans();
@@ -325,16 +328,8 @@ fn short_lived_clients_are_named_as_started() {
     // few milliseconds, well inside the ring's drain period, after a pause.
     let runs = 6;
     for run in 0..runs {
-        let mut client = Spawned::ready(
-            Command::new(&client_bin)
-                .arg(&base)
-                .arg(format!("/short-{run}"))
-                .env("TLS_H2", "0"),
-        );
-        std::thread::sleep(Duration::from_millis(if run % 2 == 0 { 100 } else { 400 }));
-        client.send("go");
-        assert_eq!(client.line(Duration::from_secs(30)), "done");
-        client.finish();
+        let pause = Duration::from_millis(if run % 2 == 0 { 100 } else { 400 });
+        go_client(&client_bin, &base, &[format!("/short-{run}")], false, pause);
     }
     wait_for_paths(&receiver, "/short-", runs * 2);
     let out = agent.stop(SETTLE);

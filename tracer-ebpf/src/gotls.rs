@@ -188,27 +188,23 @@ pub(crate) fn tcp_sock_of_conn(
     }
     let (want_itab, want_type) = (tcp_itab.wrapping_add(bias), tcp_type.wrapping_add(bias));
     let mut at = at;
-    let mut found = false;
     for _ in 0..WRAPPERS {
         let itab: u64 = uread(at)?;
+        let data: u64 = uread(at + 8)?;
         if itab == want_itab || (tcp_type != 0 && itab != 0 && uread::<u64>(itab + 8)? == want_type)
         {
-            found = true;
-            break;
+            let netfd: u64 = uread(data + u64::from(tcp_fd))?;
+            let fd: i64 = uread(netfd + u64::from(sysfd))?;
+            return if fd < 0 {
+                None
+            } else {
+                tcp_sock_of_fd(fd as u64)
+            };
         }
-        // The wrapper's first field, an interface value.
-        at = uread(at + 8)?;
+        // A wrapper: its first field is the interface value it wraps.
+        at = data;
     }
-    if !found {
-        return None;
-    }
-    let tcp: u64 = uread(at + 8)?;
-    let netfd: u64 = uread(tcp + u64::from(tcp_fd))?;
-    let fd: i64 = uread(netfd + u64::from(sysfd))?;
-    if fd < 0 {
-        return None;
-    }
-    tcp_sock_of_fd(fd as u64)
+    None
 }
 
 /// The TCP socket under a `*tls.Conn`.

@@ -551,7 +551,6 @@ impl<O: SpanOut> Dispatcher<O> {
         s.flush();
     }
 
-    /// The host's addresses changed (interfaces come and go).
     /// Describes programs just started, while they run (see
     /// [`crate::tls::attach::TlsAttach::started`]).
     pub fn describe_started(&mut self, pids: impl Iterator<Item = Pid>) {
@@ -561,6 +560,7 @@ impl<O: SpanOut> Dispatcher<O> {
         }
     }
 
+    /// The host's addresses changed (interfaces come and go).
     pub fn set_local_addrs(&mut self, local: &[std::net::IpAddr]) {
         if let Some(http) = &mut self.stages.http {
             http.set_local_addrs(local);

@@ -142,12 +142,13 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
         return not("only amd64 Go programs are covered");
     }
     let types = Types::new(obj, minor);
+    let tab = FuncTab::parse(obj);
     let mut write = None;
     let mut read = None;
     let mut itab = 0;
-    let mut any = false;
+    let mut symbols = false;
     for s in obj.symbols() {
-        any = true;
+        symbols = true;
         match s.name() {
             Ok(WRITE) => write = Some((s.address(), s.size())),
             Ok(READ) => read = Some((s.address(), s.size())),
@@ -155,11 +156,10 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
             _ => {}
         }
     }
-    let symbols = any;
-    if !any {
+    if !symbols {
         // Stripped: the runtime's own function table names the functions;
         // the itab is found by the methods it lists.
-        let Some(tab) = FuncTab::parse(obj) else {
+        let Some(tab) = &tab else {
             return not("stripped, and its function table is of an unknown layout");
         };
         let found = tab.find(&[WRITE, READ]);
@@ -167,7 +167,7 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
             return GoFile::NotGo;
         };
         (write, read) = (Some(w), Some(r));
-        itab = match types.itab_of(&tab, &TCP_CONN_METHODS) {
+        itab = match types.itab_of(tab, &TCP_CONN_METHODS) {
             Some(a) => a,
             None => return not("stripped, and the itab of *net.TCPConn as a net.Conn not found"),
         };
@@ -204,7 +204,10 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
     let tcp_type = types.itab_type(itab);
     let (mut layout, offsets) = match dwarf_layout(obj) {
         Some(l) => (l, Offsets::Dwarf),
-        None => match type_layout(obj, &types, tcp_type) {
+        None => match tab
+            .as_ref()
+            .and_then(|tab| type_layout(&types, tab, tcp_type))
+        {
             Some(l) => (l, Offsets::TypeDescriptors),
             None => (fallback_layout(minor), Offsets::Defaults),
         },
@@ -228,10 +231,9 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
 /// members from the type in the itab that holds a `*tls.Conn` as a
 /// `net.Conn` (found by its methods). The read-ahead buffers are optional,
 /// as with DWARF.
-fn type_layout(obj: &object::File<'_>, t: &Types<'_, '_>, tcp_type: u64) -> Option<GoTlsFile> {
+fn type_layout(t: &Types<'_, '_>, tab: &FuncTab<'_>, tcp_type: u64) -> Option<GoTlsFile> {
     let (tcp_fd, sysfd) = socket_offsets(t, tcp_type)?;
-    let tab = FuncTab::parse(obj)?;
-    let tls = t.elem(t.itab_type(t.itab_of(&tab, &TLS_CONN_METHODS)?))?;
+    let tls = t.elem(t.itab_type(t.itab_of(tab, &TLS_CONN_METHODS)?))?;
     let read_ahead = || -> Option<(u32, u32, u32, u32)> {
         let (raw, raw_type) = t.field(tls, "rawInput")?;
         let (input, input_type) = t.field(tls, "input")?;
@@ -244,18 +246,8 @@ fn type_layout(obj: &object::File<'_>, t: &Types<'_, '_>, tcp_type: u64) -> Opti
             u32::try_from(i).ok()?,
         ))
     };
-    let (raw_input, input, buffer_off, reader_i) =
-        read_ahead().unwrap_or((GO_OFF_UNKNOWN, GO_OFF_UNKNOWN, 24, 24));
-    Some(GoTlsFile {
-        conn: u32::try_from(t.offset(tls, &["conn"])?).ok()?,
-        tcp_fd,
-        sysfd,
-        raw_input,
-        input,
-        buffer_off,
-        reader_i,
-        ..GoTlsFile::default()
-    })
+    let conn = u32::try_from(t.offset(tls, &["conn"])?).ok()?;
+    Some(tls_layout(conn, tcp_fd, sysfd, read_ahead()))
 }
 
 /// `*net.TCPConn` (type `tcp_type`) -> its `*netFD` (`conn.fd`), and
@@ -348,21 +340,9 @@ fn body_start(insns: &[(u64, Mnemonic)]) -> u64 {
 /// in `tls.Conn` changes between releases, and is known only for the
 /// releases checked against their DWARF (amd64).
 fn fallback_layout(minor: u32) -> GoTlsFile {
-    let (raw_input, input) = match minor {
-        // go1.19.8 (Debian 12's golang-1.19).
-        19 => (632, 672),
-        _ => (GO_OFF_UNKNOWN, GO_OFF_UNKNOWN),
-    };
-    GoTlsFile {
-        conn: 0,
-        tcp_fd: 0,
-        sysfd: 16,
-        raw_input,
-        input,
-        buffer_off: 24,
-        reader_i: 24,
-        ..GoTlsFile::default()
-    }
+    // go1.19.8 (Debian 12's golang-1.19).
+    let read_ahead = (minor == 19).then_some((632, 672, 24, 24));
+    tls_layout(0, 0, 16, read_ahead)
 }
 
 /// A debug section, decompressed when the linker compressed it (Go
@@ -478,12 +458,26 @@ fn dwarf_layout(obj: &object::File<'_>) -> Option<GoTlsFile> {
     // optional (reads then carry no sequence number of their own).
     let sysfd = get(5)?.checked_add(get(6)?)?;
     let tcp_fd = get(3)?.checked_add(get(4)?)?;
-    let (raw_input, input, buffer_off, reader_i) = match (get(1), get(2), get(7), get(8)) {
-        (Some(r), Some(i), Some(b), Some(ri)) => (r, i, b, ri),
-        _ => (GO_OFF_UNKNOWN, GO_OFF_UNKNOWN, 24, 24),
+    let read_ahead = match (get(1), get(2), get(7), get(8)) {
+        (Some(r), Some(i), Some(b), Some(ri)) => Some((r, i, b, ri)),
+        _ => None,
     };
-    Some(GoTlsFile {
-        conn: get(0)?,
+    Some(tls_layout(get(0)?, tcp_fd, sysfd, read_ahead))
+}
+
+/// The offsets of `GoTlsFile`: `tls.Conn.conn`, the socket's path, and the
+/// read-ahead buffers (`rawInput`, `input`, `bytes.Buffer.off`,
+/// `bytes.Reader.i`) when known.
+fn tls_layout(
+    conn: u32,
+    tcp_fd: u32,
+    sysfd: u32,
+    read_ahead: Option<(u32, u32, u32, u32)>,
+) -> GoTlsFile {
+    let (raw_input, input, buffer_off, reader_i) =
+        read_ahead.unwrap_or((GO_OFF_UNKNOWN, GO_OFF_UNKNOWN, 24, 24));
+    GoTlsFile {
+        conn,
         tcp_fd,
         sysfd,
         raw_input,
@@ -491,7 +485,7 @@ fn dwarf_layout(obj: &object::File<'_>) -> Option<GoTlsFile> {
         buffer_off,
         reader_i,
         ..GoTlsFile::default()
-    })
+    }
 }
 
 /// The struct members the TLS probes walk (indices used by `dwarf_layout`).
@@ -606,6 +600,7 @@ pub fn http_hooks(obj: &object::File<'_>) -> Result<Option<GoHooks>, &'static st
         return Err("only amd64 Go programs are covered");
     }
     let types = Types::new(obj, minor);
+    let tab = FuncTab::parse(obj);
     let mut funcs: [Option<(u64, u64)>; 3] = [None; 3];
     let (mut response_itab, mut tcp_itab) = (0, 0);
     let mut any = false;
@@ -620,21 +615,18 @@ pub fn http_hooks(obj: &object::File<'_>) -> Result<Option<GoHooks>, &'static st
             _ => {}
         }
     }
-    let tab = if any {
-        None
-    } else {
+    if !any {
         // Stripped: functions from the runtime's function table, itabs by
         // their methods.
-        let tab = FuncTab::parse(obj)
+        let tab = tab
+            .as_ref()
             .ok_or("stripped, and its function table is of an unknown layout")?;
-        let found = tab.find(&[SERVE, NEWPROC, ROUND_TRIP]);
-        funcs.copy_from_slice(&found);
+        funcs.copy_from_slice(&tab.find(&[SERVE, NEWPROC, ROUND_TRIP]));
         if funcs[0].is_some() {
-            response_itab = types.itab_of(&tab, &RESPONSE_METHODS).unwrap_or(0);
-            tcp_itab = types.itab_of(&tab, &TCP_CONN_METHODS).unwrap_or(0);
+            response_itab = types.itab_of(tab, &RESPONSE_METHODS).unwrap_or(0);
+            tcp_itab = types.itab_of(tab, &TCP_CONN_METHODS).unwrap_or(0);
         }
-        Some(tab)
-    };
+    }
     let (Some(serve), Some(newproc)) = (funcs[0], funcs[1]) else {
         return Ok(None);
     };
@@ -655,11 +647,8 @@ pub fn http_hooks(obj: &object::File<'_>) -> Result<Option<GoHooks>, &'static st
             }
         }
         None => {
-            let tab = match tab {
-                Some(t) => t,
-                None => FuncTab::parse(obj).ok_or("no DWARF, and no function table")?,
-            };
-            hook_type_offsets(&types, &tab, response_itab, tcp_type)
+            let tab = tab.as_ref().ok_or("no DWARF, and no function table")?;
+            hook_type_offsets(&types, tab, response_itab, tcp_type)
         }
     };
     let missing = "a net/http struct member is in neither its DWARF nor its type descriptors";
