@@ -336,6 +336,18 @@ impl Agent {
             .clone()
     }
 
+    /// Whether the agent logs `what` within `within`.
+    pub fn logged(&self, what: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while !self.stderr_so_far().contains(what) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// Lines printed so far (non-blocking).
     pub fn lines_so_far(&self) -> Vec<String> {
         self.stdout.try_iter().collect()
