@@ -1,8 +1,9 @@
 // An HTTPS server on net/http and crypto/tls: 200 for every path. HTTP/1.1
 // only (h2 turned off), unless TLS_H2=1 (net/http's default: h2 by ALPN).
-// With TLS_WRAP=1 every accepted connection is wrapped twice before TLS,
-// as proxies do (traefik: peeked bytes, tracked connections), each wrapper
-// embedding the connection it wraps first, as its own interface type.
+// With TLS_WRAP=1 every accepted connection is wrapped three times before
+// TLS, as proxies do (traefik: peeked bytes, tracked connections, each
+// embedding the connection it wraps first, as its own interface type; the
+// PROXY protocol's connection, holding it after fields of its own).
 // Usage: tls_server PORT CERT KEY. Prints "ready" once listening.
 package main
 
@@ -12,6 +13,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
+	"time"
 )
 
 func main() {
@@ -72,5 +75,29 @@ func (l wrapListener) Accept() (net.Conn, error) {
 	if !ok {
 		return c, nil
 	}
-	return &tracked{writeCloser: &peeked{writeCloser: tcp}}, nil
+	return &tracked{writeCloser: &peeked{writeCloser: &proxied{conn: tcp}}}, nil
 }
+
+// proxied stands for a PROXY-protocol connection: the client's address
+// read once from the stream's first line, the connection in a later field.
+type proxied struct {
+	client *net.TCPAddr
+	once   sync.Once
+	reads  int
+	conn   writeCloser
+}
+
+func (p *proxied) Read(b []byte) (int, error) {
+	p.once.Do(func() { p.client, _ = p.conn.RemoteAddr().(*net.TCPAddr) })
+	p.reads++
+	return p.conn.Read(b)
+}
+
+func (p *proxied) Write(b []byte) (int, error)        { return p.conn.Write(b) }
+func (p *proxied) Close() error                       { return p.conn.Close() }
+func (p *proxied) CloseWrite() error                  { return p.conn.CloseWrite() }
+func (p *proxied) LocalAddr() net.Addr                { return p.conn.LocalAddr() }
+func (p *proxied) RemoteAddr() net.Addr               { return p.conn.RemoteAddr() }
+func (p *proxied) SetDeadline(t time.Time) error      { return p.conn.SetDeadline(t) }
+func (p *proxied) SetReadDeadline(t time.Time) error  { return p.conn.SetReadDeadline(t) }
+func (p *proxied) SetWriteDeadline(t time.Time) error { return p.conn.SetWriteDeadline(t) }

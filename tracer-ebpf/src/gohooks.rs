@@ -98,7 +98,14 @@ fn at(ctx: &ProbeContext) -> Option<At> {
 /// The cookie of the TCP socket behind a `net.Conn` interface at `at`.
 #[inline(always)]
 fn tcp_cookie(at: u64, f: &GoHookFile, bias: u64) -> Option<u64> {
-    let sk = crate::gotls::tcp_sock_of_conn(at, (f.tcp_itab, f.tcp_type), f.tcp_fd, f.sysfd, bias)?;
+    let sk = crate::gotls::tcp_sock_of_conn(
+        at,
+        (f.tcp_itab, f.tcp_type),
+        &f.wrappers,
+        f.tcp_fd,
+        f.sysfd,
+        bias,
+    )?;
     crate::gotls::cookie_of_sk(sk)
 }
 

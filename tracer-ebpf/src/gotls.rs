@@ -40,7 +40,10 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use tracer_common::{
-    gotls::{GoCallKey, GoTlsFile, GO_OFF_UNKNOWN, GO_TLS_CALLS_MAX, GO_TLS_FILES_MAX},
+    gotls::{
+        GoCallKey, GoTlsFile, GoWrappers, GO_OFF_UNKNOWN, GO_TLS_CALLS_MAX, GO_TLS_FILES_MAX,
+        GO_WRAPPERS_MAX,
+    },
     Dir, DropReason, TLS_CONN_REMEMBERED, TLS_SEQ_KNOWN,
 };
 
@@ -162,22 +165,38 @@ pub(crate) fn cookie_of_fd(fd: i64) -> Option<u64> {
 }
 
 /// Connection types wrapping one another followed down to a
-/// `*net.TCPConn` (traefik's HTTPS connections are four deep).
-const WRAPPERS: usize = 5;
+/// `*net.TCPConn` (traefik's HTTPS connections are four deep, five behind
+/// the PROXY protocol).
+const WRAPPERS: usize = 8;
+
+/// The offset of the wrapped connection in a wrapper of link-time type
+/// `typ`: its entry's, else 0. One entry per type, at the slot its address
+/// hashes to: a search over the table at every wrapper level gave the
+/// verifier every combination of outcomes (seconds at load).
+#[inline(always)]
+fn wrapped_field(wrappers: &GoWrappers, typ: u64) -> u64 {
+    let i = GoWrappers::slot(typ) & (GO_WRAPPERS_MAX - 1);
+    if wrappers.types[i] == typ {
+        u64::from(wrappers.offsets[i])
+    } else {
+        0
+    }
+}
 
 /// The TCP socket behind a Go `net.Conn` interface at `at` (itab word,
 /// data word) when it holds a `*net.TCPConn`, through `TCPConn` ->
 /// `*netFD` (`tcp_fd`) -> `Sysfd` (`sysfd`). `tcp` is the link-time
 /// address of the itab of `*net.TCPConn` as a `net.Conn` and of
 /// `*net.TCPConn`'s type descriptor (0: unknown). A proxy's own connection
-/// type that embeds the connection it wraps as its first field (Go's usual
-/// wrapper: peeked bytes, tracked connections) is followed, whatever
-/// interface holds it: only an itab whose concrete type is exactly
-/// `*net.TCPConn` is taken as one.
+/// type that wraps the connection (peeked bytes, tracked connections, the
+/// PROXY protocol) is followed, whatever interface holds it: through the
+/// field `wrappers` names for its type, else through its first field. Only
+/// an itab whose concrete type is exactly `*net.TCPConn` is taken as one.
 #[inline(always)]
 pub(crate) fn tcp_sock_of_conn(
     at: u64,
     tcp: (u64, u64),
+    wrappers: &GoWrappers,
     tcp_fd: u32,
     sysfd: u32,
     bias: u64,
@@ -191,8 +210,15 @@ pub(crate) fn tcp_sock_of_conn(
     for _ in 0..WRAPPERS {
         let itab: u64 = uread(at)?;
         let data: u64 = uread(at + 8)?;
-        if itab == want_itab || (tcp_type != 0 && itab != 0 && uread::<u64>(itab + 8)? == want_type)
-        {
+        if itab == 0 {
+            return None;
+        }
+        let typ: u64 = if itab == want_itab {
+            want_type
+        } else {
+            uread(itab + 8)?
+        };
+        if itab == want_itab || (tcp_type != 0 && typ == want_type) {
             let netfd: u64 = uread(data + u64::from(tcp_fd))?;
             let fd: i64 = uread(netfd + u64::from(sysfd))?;
             return if fd < 0 {
@@ -201,8 +227,9 @@ pub(crate) fn tcp_sock_of_conn(
                 tcp_sock_of_fd(fd as u64)
             };
         }
-        // A wrapper: its first field is the interface value it wraps.
-        at = data;
+        // A wrapper: the interface value it wraps is where its type's
+        // entry says, else its first field.
+        at = data + wrapped_field(wrappers, typ.wrapping_sub(bias));
     }
     None
 }
@@ -213,6 +240,7 @@ fn socket_of_conn(conn: u64, f: &GoTlsFile, bias: u64) -> Option<u64> {
     tcp_sock_of_conn(
         conn + u64::from(f.conn),
         (f.tcp_itab, f.tcp_type),
+        &f.wrappers,
         f.tcp_fd,
         f.sysfd,
         bias,

@@ -22,6 +22,33 @@ pub const GO_TLS_CALLS_MAX: u32 = 16384;
 /// A struct offset the binary did not give (the value is then not read).
 pub const GO_OFF_UNKNOWN: u32 = u32::MAX;
 
+/// Connection wrappers followed per executable (see [`GoWrappers`]; a
+/// power of two, the hash's range).
+pub const GO_WRAPPERS_MAX: usize = 8;
+
+/// Connection types of one Go executable that hold the connection they
+/// wrap in a field other than their first (a wrapper holding it first is
+/// followed without an entry): link-time type descriptor addresses, 0 for
+/// an unused entry, and that field's offset; each type at its
+/// [`GoWrappers::slot`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoWrappers {
+    /// Link-time addresses of the wrapper types' descriptors (0: unused).
+    pub types: [u64; GO_WRAPPERS_MAX],
+    /// Offset of the wrapped connection (an interface value) in each.
+    pub offsets: [u32; GO_WRAPPERS_MAX],
+}
+
+impl GoWrappers {
+    /// The entry of type `typ` (a link-time address): a multiplicative
+    /// hash, so the probes look at one entry per wrapper level.
+    #[inline(always)]
+    pub fn slot(typ: u64) -> usize {
+        ((typ >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 61) as usize
+    }
+}
+
 /// Where the probes find things in one Go executable: link-time addresses
 /// and struct member offsets, from its symbol table and DWARF.
 #[repr(C)]
@@ -56,6 +83,8 @@ pub struct GoTlsFile {
     pub reader_i: u32,
     /// Padding, zero.
     pub _pad: u32,
+    /// Wrappers between `conn` and the `*net.TCPConn`.
+    pub wrappers: GoWrappers,
 }
 
 /// Key of `GO_TLS_CALLS`: a process and one of its goroutines (the
@@ -92,7 +121,7 @@ pub mod globals {
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<GoTlsFile>() == 64);
+    assert!(core::mem::size_of::<GoTlsFile>() == 64 + 96);
 };
 
 #[cfg(feature = "user")]

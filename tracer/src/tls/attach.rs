@@ -1187,6 +1187,7 @@ impl TlsAttach {
             functions = if probes.symbols { "symbol table" } else { "Go function table (stripped)" },
             offsets = probes.offsets.name(),
             read_ahead = probes.layout.raw_input != GO_OFF_UNKNOWN,
+            conn_wrappers = probes.layout.wrappers.types.iter().filter(|&&t| t != 0).count(),
             "Go crypto/tls plaintext probes attached"
         );
         Some((slot, links))

@@ -30,7 +30,7 @@ use gimli::{EndianSlice, LittleEndian};
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{CompressionFormat, Object, ObjectKind, ObjectSection, ObjectSymbol, SectionKind};
 use tracer_common::{
-    gotls::{programs, GoTlsFile, GO_OFF_UNKNOWN},
+    gotls::{programs, GoTlsFile, GoWrappers, GO_OFF_UNKNOWN},
     hook_programs as programs_hook, GoHookFile,
 };
 
@@ -216,6 +216,7 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
     layout.read_entry = bodies[1];
     layout.tcp_itab = itab;
     layout.tcp_type = tcp_type;
+    layout.wrappers = wrappers(&types, itab);
     let version = version.unwrap_or_default();
     GoFile::Covered(GoProbes {
         version,
@@ -224,6 +225,26 @@ pub fn inspect(obj: &object::File<'_>) -> GoFile {
         offsets,
         symbols,
     })
+}
+
+/// The connection wrappers of the program whose `*net.TCPConn` itab is
+/// `tcp_itab` the probes follow through a field other than their first
+/// (one per slot of the table: a connection under another is counted as
+/// `go_tls_no_socket`).
+fn wrappers(types: &Types<'_, '_>, tcp_itab: u64) -> GoWrappers {
+    let mut w = GoWrappers::default();
+    for (typ, offset) in types.conn_wrappers(tcp_itab) {
+        let i = GoWrappers::slot(typ);
+        match u32::try_from(offset) {
+            Ok(offset) if w.types[i] == 0 => (w.types[i], w.offsets[i]) = (typ, offset),
+            _ => tracing::debug!(
+                typ,
+                offset,
+                "Go connection wrapper not followed: its slot is taken"
+            ),
+        }
+    }
+    w
 }
 
 /// The offsets from the runtime's type descriptors (see `gotypes`): the
@@ -661,6 +682,7 @@ pub fn http_hooks(obj: &object::File<'_>) -> Result<Option<GoHooks>, &'static st
         pconn_conn: offsets.pconn_conn.unwrap_or(0),
         tcp_fd: offsets.tcp_fd.ok_or(missing)?,
         sysfd: offsets.sysfd.ok_or(missing)?,
+        wrappers: wrappers(&types, tcp_itab),
         ..GoHookFile::default()
     };
     let mut probes = Vec::new();
@@ -840,6 +862,26 @@ mod tests {
             panic!("PIE not covered");
         };
         assert_eq!((b.offsets, b.symbols), (Offsets::TypeDescriptors, false));
+        // The server's PROXY-protocol wrapper holds its connection after
+        // fields of its own: followed through the field DWARF names.
+        let obj = object::File::parse(&*full).unwrap();
+        let itab = obj
+            .symbols()
+            .find(|s| {
+                s.name()
+                    .is_ok_and(|n| n.ends_with("itab.*main.proxied,main.writeCloser"))
+            })
+            .expect("the wrapper's itab")
+            .address();
+        let proxied = Types::new(&obj, 19).itab_type(itab);
+        let conn = dwarf_members(&obj, &[("main.proxied", "conn")]).unwrap()[0].unwrap();
+        let GoFile::Covered(full_probes) = inspect(&obj) else {
+            panic!("not covered");
+        };
+        let w = full_probes.layout.wrappers;
+        let i = GoWrappers::slot(proxied);
+        assert_ne!(conn, 0);
+        assert_eq!((w.types[i], u64::from(w.offsets[i])), (proxied, conn));
         let offsets = |l: &GoTlsFile| {
             (
                 l.conn,

@@ -30,12 +30,15 @@ const UNREACHABLE_METHOD: &str = "runtime.unreachableMethod";
 const TYPE_SIZE: u64 = 48;
 const KIND_AT: u64 = 23;
 const KIND_MASK: u8 = 0x1f;
+const KIND_INTERFACE: u8 = 20;
 const KIND_PTR: u8 = 22;
 const KIND_STRUCT: u8 = 25;
 /// A field's bytes: name, type, offset.
 const FIELD_SIZE: u64 = 24;
 /// More fields than any struct read here has (a bound on a bad read).
 const MAX_FIELDS: u64 = 512;
+/// More methods than any interface read here has.
+const MAX_METHODS: u64 = 256;
 
 /// `len` bytes at link-time address `addr`, from the section holding them.
 pub(super) fn read_vaddr<'d>(obj: &object::File<'d>, addr: u64, len: u64) -> Option<&'d [u8]> {
@@ -165,23 +168,83 @@ impl<'a, 'd> Types<'a, 'd> {
         self.bytes(at + 1 + used, len)
     }
 
-    /// (offset, type) of the field `name` of struct type `typ`.
-    pub fn field(&self, typ: u64, name: &str) -> Option<(u64, u64)> {
-        if self.kind(typ)? != KIND_STRUCT {
-            return None;
-        }
-        let fields = self.word(typ + TYPE_SIZE + 8)?;
-        let n = self.word(typ + TYPE_SIZE + 16)?;
-        for i in 0..n.min(MAX_FIELDS) {
+    /// The fields of struct type `typ`: (name, offset, type), until one
+    /// cannot be read.
+    fn fields(&self, typ: u64) -> impl Iterator<Item = (&'d [u8], u64, u64)> + '_ {
+        let (fields, n) = match self.kind(typ) {
+            Some(KIND_STRUCT) => (
+                self.word(typ + TYPE_SIZE + 8).unwrap_or(0),
+                self.word(typ + TYPE_SIZE + 16).unwrap_or(0),
+            ),
+            _ => (0, 0),
+        };
+        (0..n.min(MAX_FIELDS)).map_while(move |i| {
             let at = fields + i * FIELD_SIZE;
-            if self.name(self.word(at)?)? != name.as_bytes() {
-                continue;
-            }
             let offset = self.word(at + 16)?;
             let offset = if self.embed_bit { offset >> 1 } else { offset };
-            return Some((offset, self.word(at + 8)?));
+            Some((self.name(self.word(at)?)?, offset, self.word(at + 8)?))
+        })
+    }
+
+    /// (offset, type) of the field `name` of struct type `typ`.
+    pub fn field(&self, typ: u64, name: &str) -> Option<(u64, u64)> {
+        self.fields(typ)
+            .find(|(n, _, _)| *n == name.as_bytes())
+            .map(|(_, offset, t)| (offset, t))
+    }
+
+    /// The methods of interface type `typ`, each as its name and type
+    /// offsets (one word): the linker writes each name and signature once,
+    /// so the same method of two interfaces is the same word.
+    fn imethods(&self, typ: u64) -> Option<Vec<u64>> {
+        if self.kind(typ)? != KIND_INTERFACE {
+            return None;
         }
-        None
+        let at = self.word(typ + TYPE_SIZE + 8)?;
+        let n = self.word(typ + TYPE_SIZE + 16)?.min(MAX_METHODS);
+        let bytes = self.bytes(at, n * 8)?;
+        Some(
+            bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+                .collect(),
+        )
+    }
+
+    /// Connection types that wrap another connection in a field other
+    /// than their first (`net.Conn`-like: an interface type with every
+    /// method of the interface of itab `conn`): (type, offset of that field), for
+    /// each type a program uses as such an interface (its itabs). Those
+    /// holding it first need no entry: the first field is followed anyway.
+    pub fn conn_wrappers(&self, conn: u64) -> Vec<(u64, u64)> {
+        let Some(want) = self.word(conn).and_then(|i| self.imethods(i)) else {
+            return Vec::new();
+        };
+        let is_conn = |t: u64| {
+            self.imethods(t)
+                .is_some_and(|m| want.iter().all(|w| m.contains(w)))
+        };
+        let Some((start, links)) = go_section(self.obj, ".itablink") else {
+            return Vec::new();
+        };
+        let mut found: Vec<(u64, u64)> = Vec::new();
+        for itab in (0..links.len() as u64 / 8).filter_map(|i| self.word(start + i * 8)) {
+            let (Some(inter), Some(typ)) = (self.word(itab), self.word(itab + 8)) else {
+                continue;
+            };
+            if found.iter().any(|&(t, _)| t == typ) || !is_conn(inter) {
+                continue;
+            }
+            let st = self.elem(typ).unwrap_or(typ);
+            let field = self
+                .fields(st)
+                .find(|&(_, _, t)| is_conn(t))
+                .map(|(_, offset, _)| offset);
+            if let Some(offset) = field.filter(|&o| o != 0) {
+                found.push((typ, offset));
+            }
+        }
+        found
     }
 
     /// The offset of a path of fields from struct type `typ`, each field
