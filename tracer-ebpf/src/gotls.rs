@@ -40,10 +40,7 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use tracer_common::{
-    gotls::{
-        GoCallKey, GoTlsFile, GoWrappers, GO_OFF_UNKNOWN, GO_TLS_CALLS_MAX, GO_TLS_FILES_MAX,
-        GO_WRAPPERS_MAX,
-    },
+    gotls::{GoCallKey, GoTlsFile, GoWrappers, GO_OFF_UNKNOWN, GO_TLS_CALLS_MAX, GO_TLS_FILES_MAX},
     Dir, DropReason, TLS_CONN_REMEMBERED, TLS_SEQ_KNOWN,
 };
 
@@ -175,7 +172,7 @@ const WRAPPERS: usize = 8;
 /// verifier every combination of outcomes (seconds at load).
 #[inline(always)]
 fn wrapped_field(wrappers: &GoWrappers, typ: u64) -> u64 {
-    let i = GoWrappers::slot(typ) & (GO_WRAPPERS_MAX - 1);
+    let i = GoWrappers::slot(typ);
     if wrappers.types[i] == typ {
         u64::from(wrappers.offsets[i])
     } else {
@@ -213,23 +210,22 @@ pub(crate) fn tcp_sock_of_conn(
         if itab == 0 {
             return None;
         }
-        let typ: u64 = if itab == want_itab {
-            want_type
-        } else {
-            uread(itab + 8)?
-        };
-        if itab == want_itab || (tcp_type != 0 && typ == want_type) {
-            let netfd: u64 = uread(data + u64::from(tcp_fd))?;
-            let fd: i64 = uread(netfd + u64::from(sysfd))?;
-            return if fd < 0 {
-                None
-            } else {
-                tcp_sock_of_fd(fd as u64)
-            };
+        if itab != want_itab {
+            let typ: u64 = uread(itab + 8)?;
+            if tcp_type == 0 || typ != want_type {
+                // A wrapper: the interface value it wraps is where its
+                // type's entry says, else its first field.
+                at = data + wrapped_field(wrappers, typ.wrapping_sub(bias));
+                continue;
+            }
         }
-        // A wrapper: the interface value it wraps is where its type's
-        // entry says, else its first field.
-        at = data + wrapped_field(wrappers, typ.wrapping_sub(bias));
+        let netfd: u64 = uread(data + u64::from(tcp_fd))?;
+        let fd: i64 = uread(netfd + u64::from(sysfd))?;
+        return if fd < 0 {
+            None
+        } else {
+            tcp_sock_of_fd(fd as u64)
+        };
     }
     None
 }

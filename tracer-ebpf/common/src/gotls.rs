@@ -25,6 +25,7 @@ pub const GO_OFF_UNKNOWN: u32 = u32::MAX;
 /// Connection wrappers followed per executable (see [`GoWrappers`]; a
 /// power of two, the hash's range).
 pub const GO_WRAPPERS_MAX: usize = 8;
+const _: () = assert!(GO_WRAPPERS_MAX.is_power_of_two());
 
 /// Connection types of one Go executable that hold the connection they
 /// wrap in a field other than their first (a wrapper holding it first is
@@ -45,7 +46,9 @@ impl GoWrappers {
     /// hash, so the probes look at one entry per wrapper level.
     #[inline(always)]
     pub fn slot(typ: u64) -> usize {
-        ((typ >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 61) as usize
+        let bits = GO_WRAPPERS_MAX.trailing_zeros();
+        ((typ >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
+            & (GO_WRAPPERS_MAX - 1)
     }
 }
 

@@ -127,22 +127,26 @@ impl<'a, 'd> Types<'a, 'd> {
         if stub.is_some_and(|s| methods.iter().all(|&m| m == s)) {
             return None;
         }
-        let (start, links) = go_section(self.obj, ".itablink")?;
         // itab: interface type, concrete type, hash and padding, then the
         // methods; interfacetype: a type, the package path, then the
         // methods' slice (pointer, length, capacity).
-        (0..links.len() as u64 / 8)
-            .filter_map(|i| self.word(start + i * 8))
-            .find(|&itab| {
-                let same = methods
-                    .iter()
-                    .enumerate()
-                    .all(|(m, &a)| self.word(itab + 8 * (3 + m as u64)) == Some(a));
-                same && self
-                    .word(itab)
-                    .and_then(|inter| self.word(inter + TYPE_SIZE + 16))
-                    == Some(methods.len() as u64)
-            })
+        self.itabs().find(|&itab| {
+            let same = methods
+                .iter()
+                .enumerate()
+                .all(|(m, &a)| self.word(itab + 8 * (3 + m as u64)) == Some(a));
+            same && self
+                .word(itab)
+                .and_then(|inter| self.word(inter + TYPE_SIZE + 16))
+                == Some(methods.len() as u64)
+        })
+    }
+
+    /// The itabs listed in `.itablink`.
+    fn itabs(&self) -> impl Iterator<Item = u64> + '_ {
+        let (start, n) = go_section(self.obj, ".itablink")
+            .map_or((0, 0), |(start, links)| (start, links.len() as u64 / 8));
+        (0..n).filter_map(move |i| self.word(start + i * 8))
     }
 
     fn kind(&self, typ: u64) -> Option<u8> {
@@ -193,22 +197,16 @@ impl<'a, 'd> Types<'a, 'd> {
             .map(|(_, offset, t)| (offset, t))
     }
 
-    /// The methods of interface type `typ`, each as its name and type
-    /// offsets (one word): the linker writes each name and signature once,
-    /// so the same method of two interfaces is the same word.
-    fn imethods(&self, typ: u64) -> Option<Vec<u64>> {
+    /// The methods of interface type `typ`, 8 bytes each: its name and
+    /// type offsets. The linker writes each name and signature once, so the
+    /// same method of two interfaces has the same bytes.
+    fn imethods(&self, typ: u64) -> Option<&'d [u8]> {
         if self.kind(typ)? != KIND_INTERFACE {
             return None;
         }
         let at = self.word(typ + TYPE_SIZE + 8)?;
         let n = self.word(typ + TYPE_SIZE + 16)?.min(MAX_METHODS);
-        let bytes = self.bytes(at, n * 8)?;
-        Some(
-            bytes
-                .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
-                .collect(),
-        )
+        self.bytes(at, n * 8)
     }
 
     /// Connection types that wrap another connection in a field other
@@ -221,14 +219,13 @@ impl<'a, 'd> Types<'a, 'd> {
             return Vec::new();
         };
         let is_conn = |t: u64| {
-            self.imethods(t)
-                .is_some_and(|m| want.iter().all(|w| m.contains(w)))
-        };
-        let Some((start, links)) = go_section(self.obj, ".itablink") else {
-            return Vec::new();
+            self.imethods(t).is_some_and(|m| {
+                want.chunks_exact(8)
+                    .all(|w| m.chunks_exact(8).any(|x| x == w))
+            })
         };
         let mut found: Vec<(u64, u64)> = Vec::new();
-        for itab in (0..links.len() as u64 / 8).filter_map(|i| self.word(start + i * 8)) {
+        for itab in self.itabs() {
             let (Some(inter), Some(typ)) = (self.word(itab), self.word(itab + 8)) else {
                 continue;
             };
