@@ -16,10 +16,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use protocols::http2::{Http2Config, Http2Connection, Http2Message};
-use protocols::stream::{Chunk, MissingKind, OpMeta, Piece};
+use protocols::stream::{Chunk, MissingKind, OpMeta};
 
 mod common;
-use common::{frame_aware_pieces, render_h2};
+use common::{frame_aware_pieces, pieces_between, render_h2};
 
 fn cases() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/h2");
@@ -47,21 +47,7 @@ fn feed(
     let mut n = 0u32;
     while at < data.len() {
         let end = (at + step).min(data.len());
-        let ps: Vec<Piece<'_>> = pieces
-            .iter()
-            .filter(|(s, e, _)| *e > at && *s < end)
-            .map(|&(s, e, cap)| {
-                let (s, e) = (s.max(at), e.min(end));
-                if cap {
-                    Piece::Data(&data[s..e])
-                } else {
-                    Piece::Missing {
-                        len: (e - s) as u32,
-                        why: MissingKind::Truncated,
-                    }
-                }
-            })
-            .collect();
+        let ps = pieces_between(pieces, data, at, end, MissingKind::Truncated);
         n += 1;
         let chunk = Chunk {
             seq: 5000u32.wrapping_add(at as u32),

@@ -17,10 +17,10 @@ use httlib_hpack::Encoder;
 use proptest::prelude::*;
 use protocols::hpack::Unknown;
 use protocols::http2::{Http2Config, Http2Connection, Http2Message};
-use protocols::stream::{Chunk, MissingKind, OpMeta, Piece};
+use protocols::stream::{Chunk, MissingKind, OpMeta};
 
 mod common;
-use common::frame_aware_pieces;
+use common::{frame_aware_pieces, pieces_between};
 
 const DATA: u8 = 0;
 const HEADERS: u8 = 1;
@@ -311,22 +311,7 @@ impl Feed<'_> {
     fn feed(&mut self, conn: &mut Http2Connection, step: usize, out: &mut Vec<Http2Message>) {
         let end = (self.at + step).min(self.data.len());
         let (at, data) = (self.at, self.data);
-        let ps: Vec<Piece<'_>> = self
-            .ranges
-            .iter()
-            .filter(|(s, e, _)| *e > at && *s < end)
-            .map(|&(s, e, cap)| {
-                let (s, e) = (s.max(at), e.min(end));
-                if cap {
-                    Piece::Data(&data[s..e])
-                } else {
-                    Piece::Missing {
-                        len: (e - s) as u32,
-                        why: self.why,
-                    }
-                }
-            })
-            .collect();
+        let ps = pieces_between(&self.ranges, data, at, end, self.why);
         let chunk = Chunk {
             seq: 1000u32.wrapping_add(at as u32),
             offset: (at - self.from) as u64,

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use protocols::http2::Http2Message;
+use protocols::stream::{MissingKind, Piece};
 
 /// Captured (`true`) and missing ranges of one direction as the kernel
 /// side copies an HTTP/2 socket: frame heads and every non-DATA payload
@@ -35,6 +36,33 @@ pub fn frame_aware_pieces(data: &[u8], preface: bool) -> Vec<(usize, usize, bool
         v.push((at, data.len(), true));
     }
     v
+}
+
+/// The pieces of `data[at..end]` as `ranges` (captured or not, from
+/// [`frame_aware_pieces`] or the like) say, bytes not captured missing for
+/// `why`.
+pub fn pieces_between<'a>(
+    ranges: &[(usize, usize, bool)],
+    data: &'a [u8],
+    at: usize,
+    end: usize,
+    why: MissingKind,
+) -> Vec<Piece<'a>> {
+    ranges
+        .iter()
+        .filter(|(s, e, _)| *e > at && *s < end)
+        .map(|&(s, e, cap)| {
+            let (s, e) = (s.max(at), e.min(end));
+            if cap {
+                Piece::Data(&data[s..e])
+            } else {
+                Piece::Missing {
+                    len: (e - s) as u32,
+                    why,
+                }
+            }
+        })
+        .collect()
 }
 
 /// After an HTTP/1 upgrade: where the frames start (after the preface or
