@@ -16,7 +16,7 @@
 use httlib_hpack::Encoder;
 use proptest::prelude::*;
 use protocols::hpack::Unknown;
-use protocols::http2::{Http2Config, Http2Connection, Http2Message};
+use protocols::http2::{Http2Config, Http2Connection, Http2Message, PREFACE};
 use protocols::stream::{Chunk, MissingKind, OpMeta};
 
 mod common;
@@ -28,7 +28,6 @@ const SETTINGS: u8 = 4;
 const CONTINUATION: u8 = 9;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// SplitMix64: the whole connection follows from one seed, which proptest
 /// picks, shrinks and records.
@@ -58,7 +57,6 @@ type Decoded = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Unknown>);
 
 /// What one stream sent: request fields; response fields, trailers from
 /// `trailers_from`.
-#[derive(Default)]
 struct Sent {
     request: Vec<Field>,
     response: Vec<Field>,
@@ -155,12 +153,13 @@ fn wire(rng: &mut Rng, streams: &[(u32, Vec<Unit>)], start: &[u8]) -> Vec<u8> {
     out
 }
 
-/// DATA frames of a message body (none: the header block ends the stream).
-fn body(rng: &mut Rng, units: &mut Vec<Unit>, frames: usize) {
+/// DATA frames of a message body, the last ending the stream when
+/// `ends` (no trailers follow).
+fn body(rng: &mut Rng, units: &mut Vec<Unit>, frames: usize, ends: bool) {
     for k in 0..frames {
         units.push(Unit::Data {
             len: rng.below(3000),
-            end_stream: k + 1 == frames,
+            end_stream: ends && k + 1 == frames,
         });
     }
 }
@@ -202,7 +201,7 @@ fn connection(rng: &mut Rng, n: usize) -> (Vec<u8>, Vec<u8>, Vec<(u32, Sent)>) {
             fields: req.iter().cloned().zip(req_flags).collect(),
             end_stream: req_frames == 0,
         }];
-        body(rng, &mut units, req_frames);
+        body(rng, &mut units, req_frames, true);
         requests.push((id, units));
 
         let status = ["200", "404", "503"][rng.below(3)];
@@ -224,10 +223,7 @@ fn connection(rng: &mut Rng, n: usize) -> (Vec<u8>, Vec<u8>, Vec<(u32, Sent)>) {
                 .collect(),
             end_stream: resp_frames == 0 && !trailers,
         }];
-        body(rng, &mut units, resp_frames);
-        if let Some(Unit::Data { end_stream, .. }) = units.last_mut() {
-            *end_stream = !trailers;
-        }
+        body(rng, &mut units, resp_frames, !trailers);
         let trailers_from = resp.len();
         if trailers {
             let t = vec![
@@ -269,7 +265,7 @@ struct Capture {
     attach: bool,
 }
 
-/// Captured (`true`) and missing ranges of `data` from `from` on.
+/// Captured (`true`) and missing ranges of one direction's `data`.
 fn pieces(rng: &mut Rng, data: &[u8], c: Capture, client: bool) -> Vec<(usize, usize, bool)> {
     let mut captured = vec![true; data.len()];
     if c.frame_walk {
