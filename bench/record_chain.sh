@@ -22,7 +22,7 @@ http { access_log off;
 CONF
 nginx -p "$work" -c "$work/nginx.conf" &
 sleep 1
-./target/release/tracer run --print none --record "$work/chain.rec" --port 18700 &
+./target/release/tracer run --print none --record "$work/chain.rec" &
 agent=$!
 sleep 1.5
 for w in $(seq 0 7); do
