@@ -320,7 +320,7 @@ struct Probed {
     go: GoFile,
     /// File offset of nginx's `ngx_http_upstream_init`.
     ngx_upstream: Option<u64>,
-    /// What it is for the Go net/http hooks (see [`go::http_hooks`]).
+    /// What it is for the Go net/http hooks (see [`go::Program::http_hooks`]).
     go_hooks: Result<Option<go::GoHooks>, &'static str>,
     /// What it is for the asyncio hooks.
     asyncio: PyAsyncio,
@@ -364,8 +364,16 @@ fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, Unreadable> {
         .filter_map(|(&(_, prog), off)| Some((prog, off?)))
         .collect();
     let ngx_upstream = offs[NGX_AT];
+    // A program with OpenSSL is probed there, not as a Go program.
+    let program = go::read(
+        &obj,
+        go::Wanted {
+            tls: found.is_empty(),
+            hooks,
+        },
+    );
     let go = if found.is_empty() {
-        go::inspect(&obj)
+        program.tls()
     } else {
         GoFile::NotGo
     };
@@ -380,7 +388,7 @@ fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, Unreadable> {
             offs[PY_AT + 2],
             offs[PY_AT + 3],
         ];
-        (go::http_hooks(&obj), py_asyncio(py, path))
+        (program.http_hooks(), py_asyncio(py, path))
     } else {
         (Ok(None), PyAsyncio::No)
     };

@@ -122,109 +122,349 @@ pub enum GoFile {
     },
 }
 
-/// Looks at one parsed ELF file.
-pub fn inspect(obj: &object::File<'_>) -> GoFile {
+/// What the caller will ask of a Go program: the TLS probes, the net/http
+/// hooks or both. Its DWARF is searched once, for the members of those.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted {
+    pub tls: bool,
+    pub hooks: bool,
+}
+
+/// One ELF file as a Go program, read once for the TLS probes
+/// ([`Program::tls`]) and the net/http hooks ([`Program::http_hooks`]).
+pub enum Program<'a, 'd> {
+    /// Not a Go program.
+    NotGo,
+    /// A Go program neither can cover, and why.
+    Unsupported {
+        /// Its Go release, when known.
+        version: Option<String>,
+        reason: &'static str,
+    },
+    Go(Box<GoProgram<'a, 'd>>),
+}
+
+/// What both the TLS probes and the hooks read of a Go program: its
+/// release, type descriptors and function table, the functions they probe,
+/// the itabs they check, the connection wrappers they follow and the
+/// struct members from DWARF.
+pub struct GoProgram<'a, 'd> {
+    obj: &'a object::File<'d>,
+    wanted: Wanted,
+    version: Option<String>,
+    minor: u32,
+    types: Types<'a, 'd>,
+    tab: Option<FuncTab<'d>>,
+    /// Whether it has a symbol table (else stripped: functions and itabs
+    /// come from the runtime's function table).
+    symbols: bool,
+    /// (address, size) of the functions of `FUNCS`.
+    funcs: [Option<(u64, u64)>; 5],
+    /// The itab of `*net.TCPConn` as a `net.Conn` (0: not found).
+    tcp_itab: u64,
+    /// The itab of `*net/http.response` as a `ResponseWriter` (0: not found).
+    response_itab: u64,
+    wrappers: GoWrappers,
+    /// The members either needs, from DWARF (None without DWARF).
+    members: Option<Members>,
+}
+
+/// The functions the TLS probes and the hooks probe, by index.
+const FUNCS: [&str; 5] = [WRITE, READ, SERVE, NEWPROC, ROUND_TRIP];
+const F_WRITE: usize = 0;
+const F_READ: usize = 1;
+const F_SERVE: usize = 2;
+const F_NEWPROC: usize = 3;
+const F_ROUND_TRIP: usize = 4;
+
+/// Reads one parsed ELF file as a Go program.
+pub fn read<'a, 'd>(obj: &'a object::File<'d>, wanted: Wanted) -> Program<'a, 'd> {
     let Some(info) = obj.section_by_name(".go.buildinfo") else {
-        return GoFile::NotGo;
+        return Program::NotGo;
     };
     let version = info.data().ok().and_then(|d| build_version(obj, d));
-    let not = |reason| GoFile::NotCovered {
+    let unsupported = |reason| Program::Unsupported {
         version: version.clone(),
         reason,
     };
     let Some(minor) = version.as_deref().and_then(go_minor) else {
-        return not("Go version unknown");
+        return unsupported("Go version unknown");
     };
     if minor < MIN_MINOR {
-        return not("Go older than 1.17 (arguments on the stack)");
+        return unsupported("Go older than 1.17 (arguments on the stack)");
     }
     if obj.architecture() != object::Architecture::X86_64 {
-        return not("only amd64 Go programs are covered");
+        return unsupported("only amd64 Go programs are covered");
     }
     let types = Types::new(obj, minor);
     let tab = FuncTab::parse(obj);
-    let mut write = None;
-    let mut read = None;
-    let mut itab = 0;
+    let mut funcs = [None; 5];
+    let (mut tcp_itab, mut response_itab) = (0, 0);
     let mut symbols = false;
     for s in obj.symbols() {
         symbols = true;
-        match s.name() {
-            Ok(WRITE) => write = Some((s.address(), s.size())),
-            Ok(READ) => read = Some((s.address(), s.size())),
-            Ok(n) if TCP_ITABS.contains(&n) => itab = s.address(),
-            _ => {}
+        let Ok(name) = s.name() else { continue };
+        if let Some(i) = FUNCS.iter().position(|f| *f == name) {
+            funcs[i] = Some((s.address(), s.size()));
+        } else if TCP_ITABS.contains(&name) {
+            tcp_itab = s.address();
+        } else if RESPONSE_ITABS.contains(&name) {
+            response_itab = s.address();
         }
     }
-    if !symbols {
-        // Stripped: the runtime's own function table names the functions;
-        // the itab is found by the methods it lists.
-        let Some(tab) = &tab else {
-            return not("stripped, and its function table is of an unknown layout");
-        };
-        let found = tab.find(&[WRITE, READ]);
-        let (Some(w), Some(r)) = (found[0], found[1]) else {
+    let has = |funcs: &[Option<(u64, u64)>; 5], a: usize, b: usize| {
+        funcs[a].is_some() && funcs[b].is_some()
+    };
+    if let (false, Some(tab)) = (symbols, &tab) {
+        // Stripped: the runtime's function table names the functions; an
+        // itab is found by the methods it lists.
+        funcs.copy_from_slice(&tab.find(&FUNCS));
+        let tls = wanted.tls && has(&funcs, F_WRITE, F_READ);
+        let hooks = wanted.hooks && has(&funcs, F_SERVE, F_NEWPROC);
+        if tls || hooks {
+            tcp_itab = types.itab_of(tab, &TCP_CONN_METHODS).unwrap_or(0);
+        }
+        if hooks {
+            response_itab = types.itab_of(tab, &RESPONSE_METHODS).unwrap_or(0);
+        }
+    }
+    let tls = wanted.tls && has(&funcs, F_WRITE, F_READ);
+    let hooks = wanted.hooks && has(&funcs, F_SERVE, F_NEWPROC);
+    let (wrappers, members) = if tls || hooks {
+        let mut want = SOCKET_MEMBERS.to_vec();
+        if tls {
+            want.extend(TLS_MEMBERS);
+        }
+        if hooks {
+            want.extend(HOOK_MEMBERS);
+        }
+        let members =
+            dwarf_members(obj, &want).map(|found| Members(want.into_iter().zip(found).collect()));
+        (wrappers(&types, tcp_itab), members)
+    } else {
+        (GoWrappers::default(), None)
+    };
+    Program::Go(Box::new(GoProgram {
+        obj,
+        wanted,
+        version,
+        minor,
+        types,
+        tab,
+        symbols,
+        funcs,
+        tcp_itab,
+        response_itab,
+        wrappers,
+        members,
+    }))
+}
+
+impl Program<'_, '_> {
+    /// What it offers the TLS probes (read with `wanted.tls`).
+    pub fn tls(&self) -> GoFile {
+        match self {
+            Program::NotGo => GoFile::NotGo,
+            Program::Unsupported { version, reason } => GoFile::NotCovered {
+                version: version.clone(),
+                reason,
+            },
+            Program::Go(p) => p.tls(),
+        }
+    }
+
+    /// Its net/http runtime hooks (read with `wanted.hooks`): `Ok(None)`
+    /// when it is not a Go program serving HTTP with net/http, `Err(why)`
+    /// when it is one the hooks cannot cover.
+    pub fn http_hooks(&self) -> Result<Option<GoHooks>, &'static str> {
+        match self {
+            Program::NotGo => Ok(None),
+            Program::Unsupported { reason, .. } => Err(reason),
+            Program::Go(p) => p.http_hooks(),
+        }
+    }
+}
+
+/// Struct members found in DWARF: ((struct, member), offset).
+struct Members(Vec<((&'static str, &'static str), Option<u64>)>);
+
+impl Members {
+    fn get(&self, member: (&str, &str)) -> Option<u32> {
+        self.0
+            .iter()
+            .find(|(m, _)| *m == member)
+            .and_then(|(_, off)| u32::try_from((*off)?).ok())
+    }
+
+    /// The socket's path: `*net.TCPConn` -> its `*netFD`, `netFD` ->
+    /// `pfd.Sysfd`.
+    fn socket(&self) -> Option<(u32, u32)> {
+        let tcp_fd = self.get(TCP_CONN_CONN)?.checked_add(self.get(CONN_FD)?)?;
+        let sysfd = self.get(NETFD_PFD)?.checked_add(self.get(FD_SYSFD)?)?;
+        Some((tcp_fd, sysfd))
+    }
+}
+
+impl GoProgram<'_, '_> {
+    fn not_covered(&self, reason: &'static str) -> GoFile {
+        GoFile::NotCovered {
+            version: self.version.clone(),
+            reason,
+        }
+    }
+
+    fn tls(&self) -> GoFile {
+        debug_assert!(self.wanted.tls, "read without the TLS probes wanted");
+        if !self.symbols && self.tab.is_none() {
+            return self.not_covered("stripped, and its function table is of an unknown layout");
+        }
+        let (Some(write), Some(read)) = (self.funcs[F_WRITE], self.funcs[F_READ]) else {
             return GoFile::NotGo;
         };
-        (write, read) = (Some(w), Some(r));
-        itab = match types.itab_of(tab, &TCP_CONN_METHODS) {
-            Some(a) => a,
-            None => return not("stripped, and the itab of *net.TCPConn as a net.Conn not found"),
-        };
-    }
-    let (Some(write), Some(read)) = (write, read) else {
-        return GoFile::NotGo;
-    };
-    let mut probes = Vec::new();
-    let mut bodies = [0u64; 2];
-    for (i, (addr, size)) in [write, read].into_iter().enumerate() {
-        let Some((code, file_off)) = code_of(obj, addr, size) else {
-            return not("function code not found in the file");
-        };
-        let insns = decode(code, addr);
-        let body = body_start(&insns);
-        bodies[i] = addr + body;
-        if i == 0 {
-            // Write is complete at its entry (see tracer-ebpf/src/gotls.rs):
-            // no RET probe.
-            probes.push((programs::WRITE, file_off + body));
-            continue;
+        if !self.symbols && self.tcp_itab == 0 {
+            return self
+                .not_covered("stripped, and the itab of *net.TCPConn as a net.Conn not found");
         }
-        probes.push((programs::READ, file_off + body));
-        let rets: Vec<u64> = insns
-            .iter()
-            .filter(|(_, m)| *m == Mnemonic::Ret)
-            .map(|(off, _)| *off)
-            .collect();
-        if rets.is_empty() {
-            return not("no RET instruction found in crypto/tls.(*Conn).Read");
+        let obj = self.obj;
+        let mut probes = Vec::new();
+        let mut bodies = [0u64; 2];
+        for (i, (addr, size)) in [write, read].into_iter().enumerate() {
+            let Some((code, file_off)) = code_of(obj, addr, size) else {
+                return self.not_covered("function code not found in the file");
+            };
+            let insns = decode(code, addr);
+            let body = body_start(&insns);
+            bodies[i] = addr + body;
+            if i == 0 {
+                // Write is complete at its entry (see tracer-ebpf/src/gotls.rs):
+                // no RET probe.
+                probes.push((programs::WRITE, file_off + body));
+                continue;
+            }
+            probes.push((programs::READ, file_off + body));
+            let rets: Vec<u64> = insns
+                .iter()
+                .filter(|(_, m)| *m == Mnemonic::Ret)
+                .map(|(off, _)| *off)
+                .collect();
+            if rets.is_empty() {
+                return self.not_covered("no RET instruction found in crypto/tls.(*Conn).Read");
+            }
+            probes.extend(rets.into_iter().map(|off| (programs::RET, file_off + off)));
         }
-        probes.extend(rets.into_iter().map(|off| (programs::RET, file_off + off)));
+        let tcp_type = self.types.itab_type(self.tcp_itab);
+        let (mut layout, offsets) = match self.members.as_ref().and_then(dwarf_layout) {
+            Some(l) => (l, Offsets::Dwarf),
+            None => match self
+                .tab
+                .as_ref()
+                .and_then(|tab| type_layout(&self.types, tab, tcp_type))
+            {
+                Some(l) => (l, Offsets::TypeDescriptors),
+                None => (fallback_layout(self.minor), Offsets::Defaults),
+            },
+        };
+        layout.write_entry = bodies[0];
+        layout.read_entry = bodies[1];
+        layout.tcp_itab = self.tcp_itab;
+        layout.tcp_type = tcp_type;
+        layout.wrappers = self.wrappers;
+        GoFile::Covered(GoProbes {
+            version: self.version.clone().unwrap_or_default(),
+            layout,
+            probes,
+            offsets,
+            symbols: self.symbols,
+        })
     }
-    let tcp_type = types.itab_type(itab);
-    let (mut layout, offsets) = match dwarf_layout(obj) {
-        Some(l) => (l, Offsets::Dwarf),
-        None => match tab
-            .as_ref()
-            .and_then(|tab| type_layout(&types, tab, tcp_type))
-        {
-            Some(l) => (l, Offsets::TypeDescriptors),
-            None => (fallback_layout(minor), Offsets::Defaults),
-        },
-    };
-    layout.write_entry = bodies[0];
-    layout.read_entry = bodies[1];
-    layout.tcp_itab = itab;
-    layout.tcp_type = tcp_type;
-    layout.wrappers = wrappers(&types, itab);
-    let version = version.unwrap_or_default();
-    GoFile::Covered(GoProbes {
-        version,
-        layout,
-        probes,
-        offsets,
-        symbols,
-    })
+
+    fn http_hooks(&self) -> Result<Option<GoHooks>, &'static str> {
+        debug_assert!(self.wanted.hooks, "read without the hooks wanted");
+        if !self.symbols && self.tab.is_none() {
+            return Err("stripped, and its function table is of an unknown layout");
+        }
+        let (Some(serve), Some(newproc)) = (self.funcs[F_SERVE], self.funcs[F_NEWPROC]) else {
+            return Ok(None);
+        };
+        let (response_itab, tcp_itab) = (self.response_itab, self.tcp_itab);
+        if response_itab == 0 || tcp_itab == 0 {
+            return Err("net/http's itabs not found");
+        }
+        let tcp_type = self.types.itab_type(tcp_itab);
+        let offsets = match &self.members {
+            Some(m) => {
+                let socket = m.socket();
+                HookOffsets {
+                    response_conn: m.get(RESPONSE_CONN),
+                    conn_rwc: m.get(CONN_RWC),
+                    pconn_conn: m.get(PCONN_CONN),
+                    tcp_fd: socket.map(|s| s.0),
+                    sysfd: socket.map(|s| s.1),
+                }
+            }
+            None => {
+                let tab = self.tab.as_ref().ok_or("no DWARF, and no function table")?;
+                hook_type_offsets(&self.types, tab, response_itab, tcp_type)
+            }
+        };
+        let missing = "a net/http struct member is in neither its DWARF nor its type descriptors";
+        let mut layout = GoHookFile {
+            response_itab,
+            tcp_itab,
+            tcp_type,
+            response_conn: offsets.response_conn.ok_or(missing)?,
+            conn_rwc: offsets.conn_rwc.ok_or(missing)?,
+            pconn_conn: offsets.pconn_conn.unwrap_or(0),
+            tcp_fd: offsets.tcp_fd.ok_or(missing)?,
+            sysfd: offsets.sysfd.ok_or(missing)?,
+            wrappers: self.wrappers,
+            ..GoHookFile::default()
+        };
+        let mut probes = Vec::new();
+        let with_ret = [
+            (
+                serve,
+                programs_hook::GO_SERVE,
+                Some(programs_hook::GO_SERVE_RET),
+            ),
+            (
+                newproc,
+                programs_hook::GO_SPAWN,
+                Some(programs_hook::GO_SPAWN_RET),
+            ),
+        ];
+        let client = self.funcs[F_ROUND_TRIP]
+            .filter(|_| offsets.pconn_conn.is_some())
+            .map(|f| (f, programs_hook::GO_ROUND_TRIP, None));
+        for (i, ((addr, size), entry, ret)) in with_ret.into_iter().chain(client).enumerate() {
+            let (code, file_off) =
+                code_of(self.obj, addr, size).ok_or("function code not found")?;
+            let insns = decode(code, addr);
+            let body = body_start(&insns);
+            probes.push((entry, file_off + body));
+            match i {
+                0 => layout.serve_entry = addr + body,
+                2 => layout.round_trip_entry = addr + body,
+                _ => {}
+            }
+            if let Some(ret) = ret {
+                let rets: Vec<u64> = insns
+                    .iter()
+                    .filter(|(_, m)| *m == Mnemonic::Ret)
+                    .map(|(off, _)| file_off + *off)
+                    .collect();
+                if rets.is_empty() {
+                    return Err("no RET instruction found");
+                }
+                probes.extend(rets.into_iter().map(|off| (ret, off)));
+            }
+        }
+        Ok(Some(GoHooks {
+            version: self.version.clone().unwrap_or_default(),
+            layout,
+            probes,
+        }))
+    }
 }
 
 /// The connection wrappers of the program whose `*net.TCPConn` itab is
@@ -472,18 +712,20 @@ fn dwarf_members(obj: &object::File<'_>, wanted: &[(&str, &str)]) -> Option<Vec<
 }
 
 /// Member offsets of the structs the TLS probes walk, from DWARF.
-fn dwarf_layout(obj: &object::File<'_>) -> Option<GoTlsFile> {
-    let found = dwarf_members(obj, &TLS_MEMBERS)?;
-    let get = |i: usize| found[i].and_then(|v| u32::try_from(v).ok());
+fn dwarf_layout(m: &Members) -> Option<GoTlsFile> {
     // The socket's path must be complete; the read-ahead buffers are
     // optional (reads then carry no sequence number of their own).
-    let sysfd = get(5)?.checked_add(get(6)?)?;
-    let tcp_fd = get(3)?.checked_add(get(4)?)?;
-    let read_ahead = match (get(1), get(2), get(7), get(8)) {
+    let (tcp_fd, sysfd) = m.socket()?;
+    let read_ahead = match (
+        m.get(TLS_RAW_INPUT),
+        m.get(TLS_INPUT),
+        m.get(BUFFER_OFF),
+        m.get(READER_I),
+    ) {
         (Some(r), Some(i), Some(b), Some(ri)) => Some((r, i, b, ri)),
         _ => None,
     };
-    Some(tls_layout(get(0)?, tcp_fd, sysfd, read_ahead))
+    Some(tls_layout(m.get(TLS_CONN)?, tcp_fd, sysfd, read_ahead))
 }
 
 /// The offsets of `GoTlsFile`: `tls.Conn.conn`, the socket's path, and the
@@ -509,18 +751,25 @@ fn tls_layout(
     }
 }
 
-/// The struct members the TLS probes walk (indices used by `dwarf_layout`).
-const TLS_MEMBERS: [(&str, &str); 9] = [
-    ("crypto/tls.Conn", "conn"),
-    ("crypto/tls.Conn", "rawInput"),
-    ("crypto/tls.Conn", "input"),
-    ("net.TCPConn", "conn"),
-    ("net.conn", "fd"),
-    ("net.netFD", "pfd"),
-    ("internal/poll.FD", "Sysfd"),
-    ("bytes.Buffer", "off"),
-    ("bytes.Reader", "i"),
-];
+/// Struct members the probes read, as (struct, member) in DWARF.
+const TCP_CONN_CONN: (&str, &str) = ("net.TCPConn", "conn");
+const CONN_FD: (&str, &str) = ("net.conn", "fd");
+const NETFD_PFD: (&str, &str) = ("net.netFD", "pfd");
+const FD_SYSFD: (&str, &str) = ("internal/poll.FD", "Sysfd");
+const TLS_CONN: (&str, &str) = ("crypto/tls.Conn", "conn");
+const TLS_RAW_INPUT: (&str, &str) = ("crypto/tls.Conn", "rawInput");
+const TLS_INPUT: (&str, &str) = ("crypto/tls.Conn", "input");
+const BUFFER_OFF: (&str, &str) = ("bytes.Buffer", "off");
+const READER_I: (&str, &str) = ("bytes.Reader", "i");
+const RESPONSE_CONN: (&str, &str) = ("net/http.response", "conn");
+const CONN_RWC: (&str, &str) = ("net/http.conn", "rwc");
+const PCONN_CONN: (&str, &str) = ("net/http.persistConn", "conn");
+/// The socket's path, which the TLS probes and the hooks both walk.
+const SOCKET_MEMBERS: [(&str, &str); 4] = [TCP_CONN_CONN, CONN_FD, NETFD_PFD, FD_SYSFD];
+/// What the TLS probes walk besides (the read-ahead buffers optional).
+const TLS_MEMBERS: [(&str, &str); 5] = [TLS_CONN, TLS_RAW_INPUT, TLS_INPUT, BUFFER_OFF, READER_I];
+/// What the net/http hooks walk besides.
+const HOOK_MEMBERS: [(&str, &str); 3] = [RESPONSE_CONN, CONN_RWC, PCONN_CONN];
 
 /// net/http's functions the runtime hooks probe.
 const SERVE: &str = "net/http.serverHandler.ServeHTTP";
@@ -531,17 +780,6 @@ const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
 const RESPONSE_ITABS: [&str; 2] = [
     "go.itab.*net/http.response,net/http.ResponseWriter",
     "go:itab.*net/http.response,net/http.ResponseWriter",
-];
-
-/// The struct members the net/http hooks walk.
-const HOOK_MEMBERS: [(&str, &str); 7] = [
-    ("net/http.response", "conn"),
-    ("net/http.conn", "rwc"),
-    ("net/http.persistConn", "conn"),
-    ("net.TCPConn", "conn"),
-    ("net.conn", "fd"),
-    ("net.netFD", "pfd"),
-    ("internal/poll.FD", "Sysfd"),
 ];
 
 /// `*net/http.response`'s methods of `ResponseWriter`, in the order of
@@ -602,137 +840,30 @@ pub struct GoHooks {
     pub probes: Vec<(&'static str, u64)>,
 }
 
-/// The net/http runtime hooks of a Go executable: `Ok(None)` when it is
-/// not a Go program serving HTTP with net/http, `Err(why)` when it is one
-/// the hooks cannot cover.
-pub fn http_hooks(obj: &object::File<'_>) -> Result<Option<GoHooks>, &'static str> {
-    let Some(info) = obj.section_by_name(".go.buildinfo") else {
-        return Ok(None);
-    };
-    let version = info.data().ok().and_then(|d| build_version(obj, d));
-    let minor = version
-        .as_deref()
-        .and_then(go_minor)
-        .ok_or("Go version unknown")?;
-    if minor < MIN_MINOR {
-        return Err("Go older than 1.17 (arguments on the stack)");
-    }
-    if obj.architecture() != object::Architecture::X86_64 {
-        return Err("only amd64 Go programs are covered");
-    }
-    let types = Types::new(obj, minor);
-    let tab = FuncTab::parse(obj);
-    let mut funcs: [Option<(u64, u64)>; 3] = [None; 3];
-    let (mut response_itab, mut tcp_itab) = (0, 0);
-    let mut any = false;
-    for s in obj.symbols() {
-        any = true;
-        match s.name() {
-            Ok(SERVE) => funcs[0] = Some((s.address(), s.size())),
-            Ok(NEWPROC) => funcs[1] = Some((s.address(), s.size())),
-            Ok(ROUND_TRIP) => funcs[2] = Some((s.address(), s.size())),
-            Ok(n) if RESPONSE_ITABS.contains(&n) => response_itab = s.address(),
-            Ok(n) if TCP_ITABS.contains(&n) => tcp_itab = s.address(),
-            _ => {}
-        }
-    }
-    if !any {
-        // Stripped: functions from the runtime's function table, itabs by
-        // their methods.
-        let tab = tab
-            .as_ref()
-            .ok_or("stripped, and its function table is of an unknown layout")?;
-        funcs.copy_from_slice(&tab.find(&[SERVE, NEWPROC, ROUND_TRIP]));
-        if funcs[0].is_some() {
-            response_itab = types.itab_of(tab, &RESPONSE_METHODS).unwrap_or(0);
-            tcp_itab = types.itab_of(tab, &TCP_CONN_METHODS).unwrap_or(0);
-        }
-    }
-    let (Some(serve), Some(newproc)) = (funcs[0], funcs[1]) else {
-        return Ok(None);
-    };
-    if response_itab == 0 || tcp_itab == 0 {
-        return Err("net/http's itabs not found");
-    }
-    let tcp_type = types.itab_type(tcp_itab);
-    let offsets = match dwarf_members(obj, &HOOK_MEMBERS) {
-        Some(found) => {
-            let get = |i: usize| found[i].and_then(|v| u32::try_from(v).ok());
-            let sum = |a: usize, b: usize| get(a)?.checked_add(get(b)?);
-            HookOffsets {
-                response_conn: get(0),
-                conn_rwc: get(1),
-                pconn_conn: get(2),
-                tcp_fd: sum(3, 4),
-                sysfd: sum(5, 6),
-            }
-        }
-        None => {
-            let tab = tab.as_ref().ok_or("no DWARF, and no function table")?;
-            hook_type_offsets(&types, tab, response_itab, tcp_type)
-        }
-    };
-    let missing = "a net/http struct member is in neither its DWARF nor its type descriptors";
-    let mut layout = GoHookFile {
-        response_itab,
-        tcp_itab,
-        tcp_type,
-        response_conn: offsets.response_conn.ok_or(missing)?,
-        conn_rwc: offsets.conn_rwc.ok_or(missing)?,
-        pconn_conn: offsets.pconn_conn.unwrap_or(0),
-        tcp_fd: offsets.tcp_fd.ok_or(missing)?,
-        sysfd: offsets.sysfd.ok_or(missing)?,
-        wrappers: wrappers(&types, tcp_itab),
-        ..GoHookFile::default()
-    };
-    let mut probes = Vec::new();
-    let with_ret = [
-        (
-            serve,
-            programs_hook::GO_SERVE,
-            Some(programs_hook::GO_SERVE_RET),
-        ),
-        (
-            newproc,
-            programs_hook::GO_SPAWN,
-            Some(programs_hook::GO_SPAWN_RET),
-        ),
-    ];
-    let client = funcs[2]
-        .filter(|_| offsets.pconn_conn.is_some())
-        .map(|f| (f, programs_hook::GO_ROUND_TRIP, None));
-    for (i, ((addr, size), entry, ret)) in with_ret.into_iter().chain(client).enumerate() {
-        let (code, file_off) = code_of(obj, addr, size).ok_or("function code not found")?;
-        let insns = decode(code, addr);
-        let body = body_start(&insns);
-        probes.push((entry, file_off + body));
-        match i {
-            0 => layout.serve_entry = addr + body,
-            2 => layout.round_trip_entry = addr + body,
-            _ => {}
-        }
-        if let Some(ret) = ret {
-            let rets: Vec<u64> = insns
-                .iter()
-                .filter(|(_, m)| *m == Mnemonic::Ret)
-                .map(|(off, _)| file_off + *off)
-                .collect();
-            if rets.is_empty() {
-                return Err("no RET instruction found");
-            }
-            probes.extend(rets.into_iter().map(|off| (ret, off)));
-        }
-    }
-    Ok(Some(GoHooks {
-        version: version.unwrap_or_default(),
-        layout,
-        probes,
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TLS: Wanted = Wanted {
+        tls: true,
+        hooks: false,
+    };
+    const HOOKS: Wanted = Wanted {
+        tls: false,
+        hooks: true,
+    };
+    const BOTH: Wanted = Wanted {
+        tls: true,
+        hooks: true,
+    };
+
+    fn inspect(obj: &object::File<'_>) -> GoFile {
+        read(obj, TLS).tls()
+    }
+
+    fn http_hooks(obj: &object::File<'_>) -> Result<Option<GoHooks>, &'static str> {
+        read(obj, HOOKS).http_hooks()
+    }
 
     /// `tests/go/PROGRAM.go` built with the host's Go and `ldflags`, in
     /// `dir`; None (a printed skip) without Go outside CI.
@@ -920,6 +1051,35 @@ mod tests {
             .probes
             .iter()
             .any(|(p, _)| *p == programs_hook::GO_ROUND_TRIP));
+    }
+
+    /// A program read once for both gets the probes and hooks it gets read
+    /// for each alone: the one DWARF search for both finds each's members.
+    #[test]
+    fn one_read_serves_the_tls_probes_and_the_hooks() {
+        let dir = std::env::temp_dir().join(format!("tracer-goboth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let full = built(&dir, "tls_server", "");
+        let stripped = built(&dir, "tls_server", "-s -w");
+        let _ = std::fs::remove_dir_all(&dir);
+        let (Some(full), Some(stripped)) = (full, stripped) else {
+            return;
+        };
+        for (data, offsets) in [(full, Offsets::Dwarf), (stripped, Offsets::TypeDescriptors)] {
+            let obj = object::File::parse(&*data).unwrap();
+            let both = read(&obj, BOTH);
+            let (GoFile::Covered(a), GoFile::Covered(b)) = (both.tls(), inspect(&obj)) else {
+                panic!("not covered");
+            };
+            assert_eq!(a.offsets, offsets);
+            assert_eq!(
+                (a.layout, a.probes, a.offsets),
+                (b.layout, b.probes, b.offsets)
+            );
+            let a = both.http_hooks().unwrap().expect("a net/http server");
+            let b = http_hooks(&obj).unwrap().unwrap();
+            assert_eq!((a.layout, a.probes), (b.layout, b.probes));
+        }
     }
 
     #[test]
