@@ -67,7 +67,8 @@ struct At {
     pid_tgid: u64,
     /// The file's slot in `GO_HOOK_FILES`.
     slot: u32,
-    file: GoHookFile,
+    /// In the map, not copied: the wrapper table would crowd the stack.
+    file: &'static GoHookFile,
     ip: u64,
     rax: u64,
     rbx: u64,
@@ -80,7 +81,7 @@ fn at(ctx: &ProbeContext) -> Option<At> {
     let pid_tgid = crate::hooks::traced_thread()?;
     // SAFETY: the helper reads the program's own attach cookie.
     let slot = unsafe { bpf_get_attach_cookie(ctx.regs as *mut c_void) } as u32;
-    let file = *GO_HOOK_FILES.get(slot)?;
+    let file = GO_HOOK_FILES.get(slot)?;
     // SAFETY: a uprobe's context is the user registers.
     let r = unsafe { &*ctx.regs };
     Some(At {

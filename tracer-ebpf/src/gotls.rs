@@ -172,7 +172,7 @@ const WRAPPERS: usize = 8;
 /// verifier every combination of outcomes (seconds at load).
 #[inline(always)]
 fn wrapped_field(wrappers: &GoWrappers, typ: u64) -> u64 {
-    let i = GoWrappers::slot(typ);
+    let i = wrappers.slot(typ);
     if wrappers.types[i] == typ {
         u64::from(wrappers.offsets[i])
     } else {

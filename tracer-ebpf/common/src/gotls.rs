@@ -24,7 +24,7 @@ pub const GO_OFF_UNKNOWN: u32 = u32::MAX;
 
 /// Connection wrappers followed per executable (see [`GoWrappers`]; a
 /// power of two, the hash's range).
-pub const GO_WRAPPERS_MAX: usize = 8;
+pub const GO_WRAPPERS_MAX: usize = 16;
 const _: () = assert!(GO_WRAPPERS_MAX.is_power_of_two());
 
 /// Connection types of one Go executable that hold the connection they
@@ -39,16 +39,18 @@ pub struct GoWrappers {
     pub types: [u64; GO_WRAPPERS_MAX],
     /// Offset of the wrapped connection (an interface value) in each.
     pub offsets: [u32; GO_WRAPPERS_MAX],
+    /// The hash's multiplier (odd), chosen per executable so that its
+    /// wrapper types fall in entries of their own.
+    pub mul: u64,
 }
 
 impl GoWrappers {
     /// The entry of type `typ` (a link-time address): a multiplicative
     /// hash, so the probes look at one entry per wrapper level.
     #[inline(always)]
-    pub fn slot(typ: u64) -> usize {
+    pub fn slot(&self, typ: u64) -> usize {
         let bits = GO_WRAPPERS_MAX.trailing_zeros();
-        ((typ >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
-            & (GO_WRAPPERS_MAX - 1)
+        ((typ >> 3).wrapping_mul(self.mul) >> (64 - bits)) as usize & (GO_WRAPPERS_MAX - 1)
     }
 }
 
@@ -124,7 +126,7 @@ pub mod globals {
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<GoTlsFile>() == 64 + 96);
+    assert!(core::mem::size_of::<GoTlsFile>() == 64 + 200);
 };
 
 #[cfg(feature = "user")]

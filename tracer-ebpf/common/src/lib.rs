@@ -1070,7 +1070,7 @@ const _: () = assert!(core::mem::offset_of!(SegmentHeader, tag) == 0);
 const _: () = assert!(size_of::<SockTotals>() == 72);
 const _: () = assert!(size_of::<TlsData>() == 72);
 const _: () = assert!(size_of::<Cause>() == 48);
-const _: () = assert!(size_of::<GoHookFile>() == 64 + 96);
+const _: () = assert!(size_of::<GoHookFile>() == 64 + 200);
 const _: () = assert!(core::mem::offset_of!(TlsData, ts_ns) == 8);
 const _: () = assert!(core::mem::offset_of!(TlsData, seq) == 40);
 const _: () = assert!(size_of::<TlsData>() + MAX_HEAD <= MAX_FRAME);

@@ -923,7 +923,7 @@ impl TlsAttach {
         match go {
             GoFile::NotGo => {}
             GoFile::Covered(probes) => {
-                if let Some((slot, l)) = self.attach_go(path, probes, kernel) {
+                if let Some((slot, l)) = self.attach_go(path, *probes, kernel) {
                     links.extend(l);
                     slots.go = Some(slot);
                 }

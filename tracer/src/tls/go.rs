@@ -112,7 +112,7 @@ pub enum GoFile {
     /// Not a Go program, or one without crypto/tls.
     NotGo,
     /// A Go program using crypto/tls, probed.
-    Covered(GoProbes),
+    Covered(Box<GoProbes>),
     /// A Go program the probes cannot cover, and why.
     NotCovered {
         /// Its Go release, when known.
@@ -369,13 +369,13 @@ impl GoProgram<'_, '_> {
         layout.tcp_itab = self.tcp_itab;
         layout.tcp_type = tcp_type;
         layout.wrappers = self.wrappers;
-        GoFile::Covered(GoProbes {
+        GoFile::Covered(Box::new(GoProbes {
             version: self.version.clone().unwrap_or_default(),
             layout,
             probes,
             offsets,
             symbols: self.symbols,
-        })
+        }))
     }
 
     fn http_hooks(&self) -> Result<Option<GoHooks>, &'static str> {
@@ -468,24 +468,58 @@ impl GoProgram<'_, '_> {
 }
 
 /// The connection wrappers of the program whose `*net.TCPConn` itab is
-/// `tcp_itab` the probes follow through a field other than their first
-/// (one per slot of the table: a connection under another is counted as
-/// `go_tls_no_socket`).
+/// `tcp_itab` the probes follow through a field other than their first,
+/// each in an entry of its own: of the hash multipliers tried, the first
+/// that gives every type its own entry, else the one that places most (a
+/// connection under a type left out is counted as `go_tls_no_socket`).
 fn wrappers(types: &Types<'_, '_>, tcp_itab: u64) -> GoWrappers {
-    let mut w = GoWrappers::default();
-    for (typ, offset) in types.conn_wrappers(tcp_itab) {
-        let i = GoWrappers::slot(typ);
-        match u32::try_from(offset) {
-            Ok(offset) if w.types[i] == 0 => (w.types[i], w.offsets[i]) = (typ, offset),
-            _ => tracing::debug!(
-                typ,
-                offset,
-                "Go connection wrapper not followed: its slot is taken"
-            ),
-        }
+    let found: Vec<(u64, u32)> = types
+        .conn_wrappers(tcp_itab)
+        .into_iter()
+        .filter_map(|(typ, offset)| Some((typ, u32::try_from(offset).ok()?)))
+        .collect();
+    let (w, placed) = place_wrappers(&found);
+    if placed < found.len() {
+        tracing::debug!(
+            found = found.len(),
+            followed = placed,
+            "Go connection wrappers not all followed: the table is full"
+        );
     }
     w
 }
+
+/// The table of wrappers `found` ((type, offset)), and how many it holds.
+fn place_wrappers(found: &[(u64, u32)]) -> (GoWrappers, usize) {
+    let mut best = (0, GoWrappers::default());
+    for k in 0..MULTIPLIERS_TRIED {
+        let mut w = GoWrappers {
+            // Odd: a product of odd numbers.
+            mul: GOLDEN.wrapping_mul(2 * k + 1),
+            ..GoWrappers::default()
+        };
+        let mut placed = 0;
+        for &(typ, offset) in found {
+            let i = w.slot(typ);
+            if w.types[i] == 0 {
+                (w.types[i], w.offsets[i]) = (typ, offset);
+                placed += 1;
+            }
+        }
+        if placed > best.0 || k == 0 {
+            best = (placed, w);
+        }
+        if placed == found.len() {
+            break;
+        }
+    }
+    (best.1, best.0)
+}
+
+/// 2^64 divided by the golden ratio: consecutive keys spread far apart.
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+/// Hash multipliers tried for a program's wrapper table.
+const MULTIPLIERS_TRIED: u64 = 64;
 
 /// The offsets from the runtime's type descriptors (see `gotypes`): the
 /// socket's path from `*net.TCPConn`'s type (`tcp_type`), `tls.Conn`'s
@@ -843,6 +877,7 @@ pub struct GoHooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracer_common::gotls::GO_WRAPPERS_MAX;
 
     const TLS: Wanted = Wanted {
         tls: true,
@@ -1010,7 +1045,7 @@ mod tests {
             panic!("not covered");
         };
         let w = full_probes.layout.wrappers;
-        let i = GoWrappers::slot(proxied);
+        let i = w.slot(proxied);
         assert_ne!(conn, 0);
         assert_eq!((w.types[i], u64::from(w.offsets[i])), (proxied, conn));
         let offsets = |l: &GoTlsFile| {
@@ -1080,6 +1115,34 @@ mod tests {
             let b = http_hooks(&obj).unwrap().unwrap();
             assert_eq!((a.layout, a.probes), (b.layout, b.probes));
         }
+    }
+
+    #[test]
+    fn wrapper_types_get_entries_of_their_own() {
+        // traefik 3.7.15's three: two shared an entry of the fixed hash.
+        let traefik = [(0x6edf1a0, 30), (0x6bb69c0, 28), (0x6bbe360, 8)];
+        let mut many: Vec<(u64, u32)> = (0..12).map(|i| (0x6b0_0000 + i * 0x1e0, 8)).collect();
+        for found in [&traefik[..], &many[..]] {
+            let (w, placed) = place_wrappers(found);
+            assert_eq!(placed, found.len());
+            for &(typ, offset) in found {
+                let i = w.slot(typ);
+                assert_eq!((w.types[i], w.offsets[i]), (typ, offset));
+            }
+            // A type not in the table finds no entry.
+            assert!(w.types[w.slot(0x6c0_0008)] != 0x6c0_0008);
+        }
+        // More than the table holds: it is full, each entry right.
+        many.extend((0..10).map(|i| (0x700_0000 + i * 0x40, 16)));
+        let (w, placed) = place_wrappers(&many);
+        assert_eq!(placed, GO_WRAPPERS_MAX);
+        for &(typ, offset) in &many {
+            let i = w.slot(typ);
+            if w.types[i] == typ {
+                assert_eq!(w.offsets[i], offset);
+            }
+        }
+        assert_eq!(place_wrappers(&[]).1, 0);
     }
 
     #[test]
