@@ -9,7 +9,9 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRACER = os.path.join(ROOT, "target", "release", "tracer")
+# The agent as shipped (`cargo build --profile dist -p tracer`); TRACER_BIN
+# overrides.
+TRACER = os.environ.get("TRACER_BIN") or os.path.join(ROOT, "target", "dist", "tracer")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The first line of a mapping in /proc/PID/smaps; group 1 is its name.
 MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$")
@@ -19,6 +21,9 @@ class Agent:
     """`tracer run --print none ARGS`, running once attached."""
 
     def __init__(self, args, exe=TRACER, env=None):
+        if not os.path.exists(exe):
+            raise SystemExit("%s missing: build the agent first (cargo build --profile dist -p tracer), "
+                             "or set TRACER_BIN" % exe)
         # The full summary: every counter, as an exact number (see counter()).
         self.proc = subprocess.Popen([exe, "run", "--print", "none", "--summary", "full"] + args,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

@@ -140,7 +140,7 @@ def main():
         if not shutil.which(tool):
             raise SystemExit("%s missing: run scripts/setup" % tool)
     if not os.path.exists(TRACER):
-        raise SystemExit("build the agent first: cargo build --release -p tracer")
+        raise SystemExit("build the agent first: cargo build --profile dist -p tracer")
     stats = BpfStats()
     try:
         if args.only in (None, "iperf3"):

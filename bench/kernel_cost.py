@@ -7,7 +7,7 @@ variant, the order rotated every round, and prints per variant and program
 the ns per run and runs per request, the kernel ns per request, and the
 throughput ratio to a run without agent in the same round.
 
-  bench/kernel_cost.py --variant A=target/release/tracer \
+  bench/kernel_cost.py --variant A=target/dist/tracer \
       --variant B=/tmp/tracer-b --args "--no-spans --profile-hz 0"
 
 Extra arguments of the form @VAR=VALUE set an environment variable of the

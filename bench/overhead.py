@@ -279,7 +279,7 @@ def main():
         if not shutil.which(tool):
             raise SystemExit("%s missing: run scripts/setup" % tool)
     if not os.path.exists(TRACER):
-        subprocess.run(["cargo", "build", "--release", "-p", "tracer"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--profile", "dist", "-p", "tracer"], cwd=ROOT, check=True)
     for w in args.workers.split(","):
         run_server_bench(w, args.pairs, args.seconds, args.connections, conditions, exes)
     if not args.no_writeloop:

@@ -2,7 +2,8 @@
 # Records the kernel records of real traffic for the replay benchmark:
 # curl -> nginx (reverse proxy) -> Python A -> Python B, 8 concurrent
 # clients, plus keep-alive static files. Writes tests/data/chain.rec.gz.
-# Run as root after building: sudo bench/record_chain.sh
+# Run as root after building (cargo build --profile dist -p tracer):
+# sudo bench/record_chain.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=target/pyenv/bin/python
@@ -22,7 +23,7 @@ http { access_log off;
 CONF
 nginx -p "$work" -c "$work/nginx.conf" &
 sleep 1
-./target/release/tracer run --print none --record "$work/chain.rec" &
+./target/dist/tracer run --print none --record "$work/chain.rec" &
 agent=$!
 sleep 1.5
 for w in $(seq 0 7); do

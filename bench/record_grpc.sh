@@ -3,7 +3,8 @@
 # replay and the replay benchmark: a grpcio client making 300 unary calls
 # (a NOT_FOUND among them) on one channel to a grpcio server, and h2load and
 # curl --http2-prior-knowledge against nginx serving h2c. Writes
-# tests/data/grpc.rec.gz. Run as root after building, under the e2e lock:
+# tests/data/grpc.rec.gz. Run as root after building
+# (cargo build --profile dist -p tracer), under the e2e lock:
 #   flock -o /work/e2e.lock bench/record_grpc.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,7 @@ http { access_log off; server { listen 127.0.0.1:18711 http2; root $work/root; }
 CONF
 nginx -p "$work" -c "$work/nginx.conf" &
 for _ in $(seq 50); do grep -q ready "$work/server.out" 2>/dev/null && break; sleep 0.2; done
-./target/release/tracer run --print none --profile-hz 0 --record "$work/grpc.rec" &
+./target/dist/tracer run --print none --profile-hz 0 --record "$work/grpc.rec" &
 agent=$!
 sleep 2
 { for i in $(seq 0 299); do

@@ -10,8 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KVM_RUN=${KVM_RUN:-/work/shared/tools/kernel-vm/kvm-run}
-cargo build --release -p tracer
-exe=target/release/tracer
+cargo build --profile dist -p tracer
+exe=target/dist/tracer
 exec "$KVM_RUN" --kernel "${KERNEL:-6.12}" --mem 2G --timeout 900 -- \
   /usr/bin/python3 bench/kernel_cost.py --rounds 1 --seconds 5 --connections 10 \
   --variant "tracepoint=$exe:--capture-source tracepoint" \

@@ -46,7 +46,7 @@ def main():
         if not shutil.which(tool):
             raise SystemExit("%s missing: run scripts/setup" % tool)
     if not os.path.exists(TRACER):
-        raise SystemExit("build the agent first: cargo build --release -p tracer")
+        raise SystemExit("build the agent first: cargo build --profile dist -p tracer")
     wanted = set(args.conditions.split(",")) | {"none"}
     conditions = [c for c in CONDITIONS if c[0] in wanted]
     nginx = Nginx(args.workers)

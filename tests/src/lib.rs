@@ -41,10 +41,14 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// The agent binary of the same build profile as this test binary.
+/// The agent binary: `TRACER_BIN` (scripts/test sets it to the shipped
+/// build, `target/dist/tracer`), else the one of the same build profile as
+/// this test binary.
 pub fn tracer_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TRACER_BIN") {
-        return PathBuf::from(p);
+    if let Some(p) = std::env::var_os("TRACER_BIN").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.exists(), "TRACER_BIN={} does not exist", p.display());
+        return p;
     }
     // target/<profile>/deps/<test> -> target/<profile>/tracer
     let exe = std::env::current_exe().unwrap();
