@@ -932,6 +932,16 @@ mod tests {
         }
     }
 
+    /// `tests/go/PROGRAM.go` built as is and stripped (`-s -w`).
+    fn with_and_without_symbols(program: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+        let dir = std::env::temp_dir().join(format!("tracer-go-{program}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let full = built(&dir, program, "");
+        let stripped = built(&dir, program, "-s -w");
+        let _ = std::fs::remove_dir_all(&dir);
+        Some((full?, stripped?))
+    }
+
     /// `program` with and without symbols: the function table names what
     /// the symbol table does, the itab is found, both probed alike.
     fn stripped_alike(dir: &std::path::Path, program: &str) -> Option<()> {
@@ -1065,12 +1075,7 @@ mod tests {
 
     #[test]
     fn stripped_programs_get_the_runtime_hooks_their_symbols_give() {
-        let dir = std::env::temp_dir().join(format!("tracer-gohooks-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let full = built(&dir, "timer_proxy", "");
-        let stripped = built(&dir, "timer_proxy", "-s -w");
-        let _ = std::fs::remove_dir_all(&dir);
-        let (Some(full), Some(stripped)) = (full, stripped) else {
+        let Some((full, stripped)) = with_and_without_symbols("timer_proxy") else {
             return;
         };
         let full = object::File::parse(&*full).unwrap();
@@ -1092,12 +1097,7 @@ mod tests {
     /// for each alone: the one DWARF search for both finds each's members.
     #[test]
     fn one_read_serves_the_tls_probes_and_the_hooks() {
-        let dir = std::env::temp_dir().join(format!("tracer-goboth-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let full = built(&dir, "tls_server", "");
-        let stripped = built(&dir, "tls_server", "-s -w");
-        let _ = std::fs::remove_dir_all(&dir);
-        let (Some(full), Some(stripped)) = (full, stripped) else {
+        let Some((full, stripped)) = with_and_without_symbols("tls_server") else {
             return;
         };
         for (data, offsets) in [(full, Offsets::Dwarf), (stripped, Offsets::TypeDescriptors)] {
