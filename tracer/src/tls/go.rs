@@ -179,6 +179,9 @@ const F_ROUND_TRIP: usize = 4;
 
 /// Reads one parsed ELF file as a Go program.
 pub fn read<'a, 'd>(obj: &'a object::File<'d>, wanted: Wanted) -> Program<'a, 'd> {
+    if !wanted.tls && !wanted.hooks {
+        return Program::NotGo;
+    }
     let Some(info) = obj.section_by_name(".go.buildinfo") else {
         return Program::NotGo;
     };
@@ -212,15 +215,15 @@ pub fn read<'a, 'd>(obj: &'a object::File<'d>, wanted: Wanted) -> Program<'a, 'd
             response_itab = s.address();
         }
     }
-    let has = |funcs: &[Option<(u64, u64)>; 5], a: usize, b: usize| {
-        funcs[a].is_some() && funcs[b].is_some()
-    };
-    if let (false, Some(tab)) = (symbols, &tab) {
-        // Stripped: the runtime's function table names the functions; an
-        // itab is found by the methods it lists.
+    // Stripped: the runtime's function table names the functions, and an
+    // itab is found by the methods it lists.
+    let stripped_tab = tab.as_ref().filter(|_| !symbols);
+    if let Some(tab) = stripped_tab {
         funcs.copy_from_slice(&tab.find(&FUNCS));
-        let tls = wanted.tls && has(&funcs, F_WRITE, F_READ);
-        let hooks = wanted.hooks && has(&funcs, F_SERVE, F_NEWPROC);
+    }
+    let tls = wanted.tls && funcs[F_WRITE].is_some() && funcs[F_READ].is_some();
+    let hooks = wanted.hooks && funcs[F_SERVE].is_some() && funcs[F_NEWPROC].is_some();
+    if let Some(tab) = stripped_tab {
         if tls || hooks {
             tcp_itab = types.itab_of(tab, &TCP_CONN_METHODS).unwrap_or(0);
         }
@@ -228,8 +231,6 @@ pub fn read<'a, 'd>(obj: &'a object::File<'d>, wanted: Wanted) -> Program<'a, 'd
             response_itab = types.itab_of(tab, &RESPONSE_METHODS).unwrap_or(0);
         }
     }
-    let tls = wanted.tls && has(&funcs, F_WRITE, F_READ);
-    let hooks = wanted.hooks && has(&funcs, F_SERVE, F_NEWPROC);
     let (wrappers, members) = if tls || hooks {
         let mut want = SOCKET_MEMBERS.to_vec();
         if tls {
@@ -342,11 +343,7 @@ impl GoProgram<'_, '_> {
                 continue;
             }
             probes.push((programs::READ, file_off + body));
-            let rets: Vec<u64> = insns
-                .iter()
-                .filter(|(_, m)| *m == Mnemonic::Ret)
-                .map(|(off, _)| *off)
-                .collect();
+            let rets = ret_offsets(&insns);
             if rets.is_empty() {
                 return self.not_covered("no RET instruction found in crypto/tls.(*Conn).Read");
             }
@@ -448,15 +445,11 @@ impl GoProgram<'_, '_> {
                 _ => {}
             }
             if let Some(ret) = ret {
-                let rets: Vec<u64> = insns
-                    .iter()
-                    .filter(|(_, m)| *m == Mnemonic::Ret)
-                    .map(|(off, _)| file_off + *off)
-                    .collect();
+                let rets = ret_offsets(&insns);
                 if rets.is_empty() {
                     return Err("no RET instruction found");
                 }
-                probes.extend(rets.into_iter().map(|off| (ret, off)));
+                probes.extend(rets.into_iter().map(|off| (ret, file_off + off)));
             }
         }
         Ok(Some(GoHooks {
@@ -506,7 +499,7 @@ fn place_wrappers(found: &[(u64, u32)]) -> (GoWrappers, usize) {
                 placed += 1;
             }
         }
-        if placed > best.0 || k == 0 {
+        if placed > best.0 {
             best = (placed, w);
         }
         if placed == found.len() {
@@ -614,6 +607,15 @@ fn decode(code: &[u8], addr: u64) -> Vec<(u64, Mnemonic)> {
     Decoder::with_ip(64, code, addr, DecoderOptions::NONE)
         .into_iter()
         .map(|insn| (insn.ip() - addr, insn.mnemonic()))
+        .collect()
+}
+
+/// The offsets of a function's RET instructions (from its start).
+fn ret_offsets(insns: &[(u64, Mnemonic)]) -> Vec<u64> {
+    insns
+        .iter()
+        .filter(|(_, m)| *m == Mnemonic::Ret)
+        .map(|(off, _)| *off)
         .collect()
 }
 
@@ -1164,12 +1166,7 @@ mod tests {
     fn rets_are_found_and_not_bytes_inside_other_instructions() {
         // mov eax, 0xc3c3c3c3; ret; nop; ret
         let code = [0xb8, 0xc3, 0xc3, 0xc3, 0xc3, 0xc3, 0x90, 0xc3];
-        let rets: Vec<u64> = decode(&code, 0x1000)
-            .into_iter()
-            .filter(|(_, m)| *m == Mnemonic::Ret)
-            .map(|(o, _)| o)
-            .collect();
-        assert_eq!(rets, vec![5, 7]);
+        assert_eq!(ret_offsets(&decode(&code, 0x1000)), vec![5, 7]);
     }
 
     #[test]
