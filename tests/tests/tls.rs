@@ -2,8 +2,8 @@
 //! software: nginx over TLS (HTTP/1.1) with curl and Python's ssl as
 //! clients, gnutls-serv with curl and wget, spans in a real OTLP receiver;
 //! a server started after the agent; a TLS library the
-//! agent cannot probe (grpcio's BoringSSL) reported, its ciphertext never
-//! a span. Certificates are made at test time with the openssl CLI.
+//! agent cannot probe (grpcio's BoringSSL, Java's JSSE) reported, its
+//! ciphertext never a span. Certificates are made at test time with the openssl CLI.
 use std::{process::Command, time::Duration};
 
 use serde_json::Value;
@@ -870,6 +870,56 @@ fn uncovered_tls_library_is_reported_and_makes_no_span() {
     assert_eq!(reported.len(), 1, "{}", out.stderr);
     assert!(out.counter("tls.not_covered").unwrap_or(0) >= 1);
     assert!(out.counter("connections.silenced_tls").unwrap_or(0) >= 1);
+}
+
+/// A short-lived client whose TLS the agent cannot probe (Java's own,
+/// JSSE) makes its requests and exits before the agent's wait for its
+/// connection's plaintext (2 s) ends: it is still reported as not covered,
+/// once, by its executable; its ciphertext makes no span, and nginx's
+/// server spans are there.
+#[test]
+fn short_lived_uncovered_tls_client_is_reported_after_it_exits() {
+    let Some(_g) = root_test("short_lived_uncovered_tls_client_is_reported_after_it_exits") else {
+        return;
+    };
+    require_tool("java");
+    let dir = TempDir::new("tracer-tls");
+    let (cert, key) = certificate(dir.path());
+    let nginx = tls_nginx(&cert, &key);
+    let agent = Agent::start(&["--print", "traces", "--output", "json"]);
+    let java_paths = paths("/tls-java-once-", 2);
+    let urls: Vec<String> = java_paths
+        .iter()
+        .map(|p| format!("https://127.0.0.1:{}{p}", nginx.port))
+        .collect();
+    let out = run_ok(
+        Command::new("java")
+            .arg(workspace().join("tests/fixtures/tls/HttpsGet.java"))
+            .args(&urls),
+    );
+    assert!(out.contains("done"), "{out}");
+    // Past the wait for plaintext, the client long gone.
+    std::thread::sleep(Duration::from_secs(3));
+    let out = agent.stop(SETTLE);
+    let spans = out.json();
+    for p in &java_paths {
+        one(&spans, p, "nginx", "SERVER", &out.stderr);
+    }
+    let from_java: Vec<&Value> = spans
+        .iter()
+        .filter(|s| res(s, "service.name").contains("java") || f(s, "kind") == "CLIENT")
+        .filter(|s| attr(s, "url.path").starts_with("/tls-java-once-"))
+        .collect();
+    assert!(
+        from_java.is_empty(),
+        "spans from ciphertext: {from_java:#?}"
+    );
+    let reported: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("TLS not covered") && l.contains("/bin/java"))
+        .collect();
+    assert_eq!(reported.len(), 1, "{}", out.stderr);
 }
 
 #[test]

@@ -258,6 +258,21 @@ const MAX_LOOKS: usize = 4096;
 /// often (a client without probes may open many TLS connections a second).
 const RESCAN_EVERY: Duration = Duration::from_secs(5);
 
+/// A process seen speaking TLS while none of its files was probed,
+/// remembered past its exit: a short-lived client (a request, then gone)
+/// exits before its connection's wait for plaintext ends, and would never
+/// be reported otherwise.
+struct Uncovered {
+    exe: FileId,
+    path: String,
+    at: Instant,
+}
+
+/// Uncovered TLS processes remembered at most, and for how long: well past
+/// the dispatcher's wait for plaintext (2 s).
+const MAX_UNCOVERED: usize = 1024;
+const UNCOVERED_KEEP: Duration = Duration::from_secs(10);
+
 /// Per-file probes and the processes that use them.
 pub struct TlsAttach {
     proc_root: PathBuf,
@@ -279,6 +294,8 @@ pub struct TlsAttach {
     described: (Option<Instant>, u32),
     /// Executables already reported as not covered.
     reported: HashSet<FileId>,
+    /// Processes seen speaking TLS without a probed file, by process.
+    uncovered: HashMap<Pid, Uncovered>,
     /// The host's TLS libraries, attached for the agent's life (each holds
     /// one user of its file that no process releases).
     pinned: HashSet<FileId>,
@@ -515,6 +532,7 @@ impl TlsAttach {
             started: Vec::new(),
             described: (None, 0),
             reported: HashSet::new(),
+            uncovered: HashMap::new(),
             pinned: HashSet::new(),
             counters: AttachCounters::default(),
             own_pid: std::process::id(),
@@ -705,6 +723,36 @@ impl TlsAttach {
             return;
         }
         self.rescan(pid, kernel);
+        self.note_uncovered(pid);
+    }
+
+    /// Remembers `pid`'s executable while it speaks TLS with nothing
+    /// probed (forgets it once something is).
+    fn note_uncovered(&mut self, pid: Pid) {
+        let exe = match self.procs.get(&pid) {
+            Some(p) if p.files.is_empty() => p.exe,
+            _ => None,
+        };
+        let Some(exe) = exe.filter(|e| !self.reported.contains(e)) else {
+            self.uncovered.remove(&pid);
+            return;
+        };
+        if self.uncovered.get(&pid).is_some_and(|u| u.exe == exe) {
+            return;
+        }
+        let now = Instant::now();
+        if self.uncovered.len() >= MAX_UNCOVERED {
+            self.uncovered
+                .retain(|_, u| now.duration_since(u.at) < UNCOVERED_KEEP);
+            if self.uncovered.len() >= MAX_UNCOVERED {
+                return;
+            }
+        }
+        let Ok(path) = std::fs::read_link(self.exe_link(pid)) else {
+            return;
+        };
+        let path = path.display().to_string();
+        self.uncovered.insert(pid, Uncovered { exe, path, at: now });
     }
 
     /// Looks at a process again (at most every [`RESCAN_EVERY`]).
@@ -752,6 +800,7 @@ impl TlsAttach {
     pub fn no_plaintext(&mut self, pid: u32, seen_ns: u64, kernel: &mut Kernel) {
         let pid = Pid(pid);
         self.rescan(pid, kernel);
+        let remembered = self.uncovered.remove(&pid);
         let (exe, since) = self
             .procs
             .get(&pid)
@@ -766,32 +815,39 @@ impl TlsAttach {
         if since.is_some_and(|t| t > seen_ns) {
             return;
         }
-        if let Some(exe) = exe {
-            if self.reported.insert(exe) {
-                self.counters.not_covered += 1;
+        // A process gone since is reported as it was seen.
+        let (exe, path) = match (exe, remembered) {
+            (Some(exe), _) => {
                 let path = std::fs::read_link(self.exe_link(pid))
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|_| "?".into());
-                if since.is_some() {
-                    tracing::warn!(
-                        pid = pid.0,
-                        executable = %path,
-                        "TLS not covered: this program's TLS library is probed, but a TLS \
-                         connection of it carried no plaintext tied to its socket (socket I/O \
-                         outside the TLS calls, as with memory BIOs in Python's asyncio or \
-                         h2o; or a request read with the handshake); such traffic is counted, \
-                         not traced"
-                    );
-                } else {
-                    tracing::warn!(
-                        pid = pid.0,
-                        executable = %path,
-                        "TLS not covered: this program's TLS connection carried no plaintext \
-                         the agent could see (a TLS library without symbols, or one not \
-                         probed); its encrypted traffic is counted, not traced"
-                    );
-                }
+                (exe, path)
             }
+            (None, Some(u)) => (u.exe, u.path),
+            (None, None) => return,
+        };
+        if !self.reported.insert(exe) {
+            return;
+        }
+        self.counters.not_covered += 1;
+        if since.is_some() {
+            tracing::warn!(
+                pid = pid.0,
+                executable = %path,
+                "TLS not covered: this program's TLS library is probed, but a TLS \
+                 connection of it carried no plaintext tied to its socket (socket I/O \
+                 outside the TLS calls, as with memory BIOs in Python's asyncio or \
+                 h2o; or a request read with the handshake); such traffic is counted, \
+                 not traced"
+            );
+        } else {
+            tracing::warn!(
+                pid = pid.0,
+                executable = %path,
+                "TLS not covered: this program's TLS connection carried no plaintext \
+                 the agent could see (a TLS library without symbols, or one not \
+                 probed); its encrypted traffic is counted, not traced"
+            );
         }
     }
 
@@ -1211,6 +1267,11 @@ impl TlsAttach {
 
     fn forget(&mut self, pid: Pid, kernel: &mut Kernel) {
         if let Some(proc) = self.procs.remove(&pid) {
+            if !proc.files.is_empty() {
+                // Probed since it was noted: the connection noted may have
+                // begun before its probes, and would be reported wrongly.
+                self.uncovered.remove(&pid);
+            }
             // A Go process that exited inside a Read leaves its entry.
             let go = proc
                 .files
