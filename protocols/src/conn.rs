@@ -476,6 +476,32 @@ enum Kind {
     Opaque,
 }
 
+/// What a connection's offset 0 is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Its first byte (the caller knew the client): a protocol shows
+    /// itself there or is not there.
+    Connection,
+    /// Where a call began, maybe not the first: a protocol may show itself
+    /// there, or be joined in the middle. HTTP/2 frames there are read
+    /// from that boundary (tentatively) rather than scanned for: a call
+    /// writes or reads whole frames nearly always, and a scan would skip
+    /// the first header blocks, with the HPACK entries they add.
+    Call,
+    /// Anywhere.
+    Unknown,
+}
+
+impl Origin {
+    fn known_if(client: Option<Dir>) -> Origin {
+        if client.is_some() {
+            Origin::Connection
+        } else {
+            Origin::Unknown
+        }
+    }
+}
+
 /// One connection's parser. See the [module documentation](self).
 #[derive(Debug)]
 pub struct ConnParser {
@@ -486,9 +512,8 @@ pub struct ConnParser {
     counters: ConnCounters,
     /// Bytes scanned so far while probing a binary connection for HTTP/2.
     probing: Option<u64>,
-    /// The caller knew the client: offset 0 is then the connection's
-    /// first byte, where a protocol shows itself or is not there.
-    known_start: bool,
+    /// What offset 0 is.
+    origin: Origin,
     /// An HTTP/1 parser kept from the last connection (allocations reused).
     spare_h1: Option<Box<Http1Connection>>,
 }
@@ -517,9 +542,18 @@ impl ConnParser {
             kind: Kind::Undecided,
             counters: ConnCounters::default(),
             probing: None,
-            known_start: client.is_some(),
+            origin: Origin::known_if(client),
             spare_h1: None,
         }
+    }
+
+    /// Offset 0 may not be the connection's first byte though the client
+    /// is known, but is where a call began: the plaintext of a TLS
+    /// connection, whose process may have got its probes after the
+    /// connection began (a program started after the agent that connects
+    /// at once, before its TLS library is read). See [`Origin::Call`].
+    pub fn joined_at_call(&mut self) {
+        self.origin = Origin::Call;
     }
 
     /// What the connection carries.
@@ -660,7 +694,7 @@ impl ConnParser {
         }
         self.counters = ConnCounters::default();
         self.probing = None;
-        self.known_start = client.is_some();
+        self.origin = Origin::known_if(client);
     }
 
     /// Chooses the parser from the first captured bytes of `dir`. False
@@ -674,30 +708,35 @@ impl ConnParser {
         };
         let client_idx = self.client.map(Dir::index);
         let detected = detect(d);
-        // Seen from its first byte with the client known: the protocol
-        // shows itself there (as HTTP/1, the preface or a server's
-        // SETTINGS, each from its side), or the connection is not one this
-        // parses; no scanning for a later start.
-        if self.known_start && chunk.offset == 0 {
-            let client = self.client == Some(dir);
-            let fits = match detected {
-                Detected::NeedMore => {
-                    if looks_binary(d) || PREFACE.starts_with(d) {
-                        return false;
-                    }
-                    // A short first write of text (a prefix of a request
-                    // or status line): the HTTP/1 parser waits for the
-                    // rest, as it would have from the start.
-                    self.kind = self.http1_kind();
+        if chunk.offset == 0 && self.client.is_some() {
+            if let Detected::NeedMore = detected {
+                if looks_binary(d) || PREFACE.starts_with(d) {
+                    return false;
+                }
+                // A short first write of text (a prefix of a request or
+                // status line): the HTTP/1 parser waits for the rest, as
+                // it would have from the start.
+                self.kind = self.http1_kind();
+                return true;
+            }
+            // Seen from its first byte: the protocol shows itself there (as
+            // HTTP/1, the preface or a server's SETTINGS, each from its
+            // side), or the connection is not one this parses; no scanning
+            // for a later start.
+            if self.origin == Origin::Connection {
+                let client = self.client == Some(dir);
+                let fits = match detected {
+                    Detected::Http1Request | Detected::Http2Preface => client,
+                    Detected::Http1Response | Detected::Http2Settings => !client,
+                    Detected::NeedMore
+                    | Detected::Http2Frames
+                    | Detected::Tls
+                    | Detected::Unknown => false,
+                };
+                if !fits {
+                    self.kind = Kind::Opaque;
                     return true;
                 }
-                Detected::Http1Request | Detected::Http2Preface => client,
-                Detected::Http1Response | Detected::Http2Settings => !client,
-                Detected::Http2Frames | Detected::Tls | Detected::Unknown => false,
-            };
-            if !fits {
-                self.kind = Kind::Opaque;
-                return true;
             }
         }
         self.kind = match detected {
@@ -717,6 +756,9 @@ impl ConnParser {
             Detected::Http2Settings => {
                 let c = *self.client.get_or_insert(dir.other());
                 h2(&self.cfg, Some(c.index()), Start::Beginning)
+            }
+            Detected::Http2Frames if self.origin == Origin::Call && chunk.offset == 0 => {
+                h2(&self.cfg, client_idx, Start::Call)
             }
             Detected::Http2Frames => {
                 self.probing = Some(0);

@@ -277,3 +277,44 @@ fn text_of_a_connection_older_than_the_agent_waits_for_a_message_start() {
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(rows[0].4, "Some(Ok(\"/next\"))");
 }
+
+/// Offset of the first frame of `kind` in `data`, whose frames start at
+/// `from`.
+fn first_frame(data: &[u8], mut from: usize, kind: u8) -> usize {
+    while from + 9 <= data.len() {
+        let len = u32::from_be_bytes([0, data[from], data[from + 1], data[from + 2]]) as usize;
+        if data[from + 3] == kind {
+            return from;
+        }
+        from += 9 + len;
+    }
+    panic!("no frame of type {kind}");
+}
+
+#[test]
+fn tls_plaintext_joined_at_a_call_is_read_from_that_frame() {
+    // A TLS client probed after its connection began: its plaintext starts
+    // at its first request's HEADERS, the server's at its first response's,
+    // the preface and SETTINGS before them unseen.
+    const HEADERS: u8 = 1;
+    let (c2s, s2c) = corpus("grpcio_calls");
+    let feeds = |c: usize, s: usize| [(Dir::A, &c2s[..], c), (Dir::B, &s2c[..], s)];
+    let mut whole = ConnParser::new(ConnConfig::default(), Some(Dir::A));
+    let all = run(&mut whole, &feeds(0, 0));
+    let (c, s) = (
+        first_frame(&c2s, 24, HEADERS),
+        first_frame(&s2c, 0, HEADERS),
+    );
+    let mut joined = ConnParser::new(ConnConfig::default(), Some(Dir::A));
+    joined.joined_at_call();
+    let rows = run(&mut joined, &feeds(c, s));
+    assert_eq!(joined.protocol(), Protocol::Http2);
+    // Nothing before the first HEADERS added to the HPACK tables: every
+    // request and response is decoded as from the start.
+    assert!(all.iter().filter(|r| r.0).count() >= 3, "{all:?}");
+    assert_eq!(rows, all);
+    // Seen from its first byte, the same bytes are not HTTP.
+    let mut start = ConnParser::new(ConnConfig::default(), Some(Dir::A));
+    run(&mut start, &feeds(c, s));
+    assert_eq!(start.protocol(), Protocol::Opaque);
+}

@@ -647,8 +647,9 @@ pub fn grpc_peer(cmd: &mut Command, role: &str, port: u16, service: &str) -> Spa
 
 /// One side of the grpc-go peer (tests/go/grpc_peer.go, which speaks
 /// tests/py/grpc_calls.py's protocol), as [`grpc_py`]. Built once per test
-/// binary with Debian's golang-google-grpc-dev.
-pub fn grpc_go(role: &str, port: u16, service: &str) -> Spawned {
+/// binary with Debian's golang-google-grpc-dev. `tls`: a directory with
+/// cert.pem and key.pem to speak TLS with.
+pub fn grpc_go(role: &str, port: u16, service: &str, tls: Option<&Path>) -> Spawned {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     let bin = BIN.get_or_init(|| {
         assert!(
@@ -659,7 +660,11 @@ pub fn grpc_go(role: &str, port: u16, service: &str) -> Spawned {
         std::fs::create_dir_all(&dir).unwrap();
         go_build(&dir, "grpc_peer", "grpc_peer", &[])
     });
-    grpc_peer(&mut Command::new(bin), role, port, service)
+    let mut cmd = Command::new(bin);
+    if let Some(dir) = tls {
+        cmd.env("GRPC_TLS_DIR", dir);
+    }
+    grpc_peer(&mut cmd, role, port, service)
 }
 
 /// One side of the grpc-js peer (tests/node/grpc_peer.js, which speaks

@@ -43,7 +43,7 @@ impl Peer {
         match self {
             Peer::Grpcio => grpc_py("grpc_calls.py", role, port, &svc),
             Peer::Tonic => grpc_tonic!(role, port, &svc),
-            Peer::GrpcGo => grpc_go(role, port, &svc),
+            Peer::GrpcGo => grpc_go(role, port, &svc, None),
             Peer::GrpcJs => {
                 let many: Vec<String> = (0..CONCURRENT).map(|i| format!("M{i}")).collect();
                 let methods: Vec<&str> = UNARY

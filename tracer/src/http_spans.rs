@@ -234,13 +234,17 @@ impl HttpSpans {
             }
             out.counters.connections += 1;
             let client = client_dir(conn.role);
-            let parser = match self.pool.pop() {
+            let mut parser = match self.pool.pop() {
                 Some(mut p) => {
                     p.reset(client);
                     p
                 }
                 None => Box::new(ConnParser::new(self.config, client)),
             };
+            if conn.tls {
+                // Its plaintext begins where the probes began.
+                parser.joined_at_call();
+            }
             self.conns.insert(
                 conn.cookie,
                 HttpConn {

@@ -341,6 +341,15 @@ impl FrameReader {
         };
     }
 
+    /// The direction starts at what is probably a frame boundary: read in
+    /// sync, but as after a resync (an implausible head loses sync, a
+    /// header block that does not decode means the boundary was not one),
+    /// with any frame length (the peer's SETTINGS were not seen).
+    pub fn tentative_boundary(&mut self) {
+        self.tentative = true;
+        self.max_frame = (1 << 24) - 1;
+    }
+
     pub fn set_client(&mut self, client: bool) {
         self.client = Some(client);
     }

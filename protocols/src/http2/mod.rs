@@ -437,6 +437,19 @@ pub(crate) enum Start {
     Upgrade,
     /// Somewhere in the middle (the connection predates the capture).
     Middle,
+    /// Where a call began, in a connection joined late (see
+    /// `conn::Origin::Call`): each side is read from its first byte as a
+    /// frame boundary, tentatively (an implausible head or a header block
+    /// that does not decode loses sync, and frames are scanned for);
+    /// HPACK tables unknown.
+    Call,
+}
+
+impl Start {
+    /// The client's side starts with the preface.
+    fn preface(self) -> bool {
+        matches!(self, Start::Beginning | Start::Upgrade)
+    }
 }
 
 impl Http2Connection {
@@ -459,13 +472,17 @@ impl Http2Connection {
             ..cfg
         };
         let mk = |side: usize| {
-            FrameReader::new(
+            let mut r = FrameReader::new(
                 client.map(|c| c == side),
-                client == Some(side) && start != Start::Middle,
+                client == Some(side) && start.preface(),
                 start != Start::Middle,
                 cfg.max_header_block,
                 cfg.resync_frames,
-            )
+            );
+            if start == Start::Call {
+                r.tentative_boundary();
+            }
+            r
         };
         let mut c = Http2Connection {
             cfg,
@@ -500,7 +517,7 @@ impl Http2Connection {
                     s.halves[client].ended = Some(StreamEnd::EndStream);
                 }
             }
-            Start::Middle => {
+            Start::Middle | Start::Call => {
                 for h in &mut self.hpack {
                     h.peer_table_size_unknown();
                     h.lose(Unknown::Attach, true);
@@ -520,9 +537,12 @@ impl Http2Connection {
         for (side, r) in self.readers.iter_mut().enumerate() {
             r.reset(
                 client.map(|c| c == side),
-                client == Some(side) && start != Start::Middle,
+                client == Some(side) && start.preface(),
                 start != Start::Middle,
             );
+            if start == Start::Call {
+                r.tentative_boundary();
+            }
         }
         for h in &mut self.hpack {
             h.reset();
