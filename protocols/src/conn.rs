@@ -482,11 +482,12 @@ enum Origin {
     /// Its first byte (the caller knew the client): a protocol shows
     /// itself there or is not there.
     Connection,
-    /// Where a call began, maybe not the first: a protocol may show itself
-    /// there, or be joined in the middle. HTTP/2 frames there are read
-    /// from that boundary (tentatively) rather than scanned for: a call
-    /// writes or reads whole frames nearly always, and a scan would skip
-    /// the first header blocks, with the HPACK entries they add.
+    /// Where a call began, maybe not the first (the client known): a
+    /// protocol shows itself there as at the first byte, or as HTTP/2
+    /// frames, read from that boundary (tentatively) rather than scanned
+    /// for: a call writes or reads whole frames nearly always, and a scan
+    /// would skip the first header blocks, with the HPACK entries they
+    /// add.
     Call,
     /// Anywhere.
     Unknown,
@@ -552,8 +553,11 @@ impl ConnParser {
     /// connection, whose process may have got its probes after the
     /// connection began (a program started after the agent that connects
     /// at once, before its TLS library is read). See [`Origin::Call`].
+    /// Nothing changes while the client is not known.
     pub fn joined_at_call(&mut self) {
-        self.origin = Origin::Call;
+        if self.origin == Origin::Connection {
+            self.origin = Origin::Call;
+        }
     }
 
     /// What the connection carries.
@@ -719,19 +723,17 @@ impl ConnParser {
                 self.kind = self.http1_kind();
                 return true;
             }
-            // Seen from its first byte: the protocol shows itself there (as
-            // HTTP/1, the preface or a server's SETTINGS, each from its
-            // side), or the connection is not one this parses; no scanning
-            // for a later start.
-            if self.origin == Origin::Connection {
+            // Seen from its first byte (or a call's): the protocol shows
+            // itself there (as HTTP/1, the preface or a server's SETTINGS,
+            // each from its side; or frames at a call), or the connection
+            // is not one this parses; no scanning for a later start.
+            if self.origin != Origin::Unknown {
                 let client = self.client == Some(dir);
                 let fits = match detected {
                     Detected::Http1Request | Detected::Http2Preface => client,
                     Detected::Http1Response | Detected::Http2Settings => !client,
-                    Detected::NeedMore
-                    | Detected::Http2Frames
-                    | Detected::Tls
-                    | Detected::Unknown => false,
+                    Detected::Http2Frames => self.origin == Origin::Call,
+                    Detected::NeedMore | Detected::Tls | Detected::Unknown => false,
                 };
                 if !fits {
                     self.kind = Kind::Opaque;

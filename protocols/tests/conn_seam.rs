@@ -317,4 +317,10 @@ fn tls_plaintext_joined_at_a_call_is_read_from_that_frame() {
     let mut start = ConnParser::new(ConnConfig::default(), Some(Dir::A));
     run(&mut start, &feeds(c, s));
     assert_eq!(start.protocol(), Protocol::Opaque);
+    // Another protocol at a call (Redis over TLS) is not scanned for HTTP:
+    // opaque at once, as from the first byte.
+    let mut redis = ConnParser::new(ConnConfig::default(), Some(Dir::A));
+    redis.joined_at_call();
+    feed_chunks(&mut redis, &[(Dir::A, b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n")]);
+    assert_eq!(redis.protocol(), Protocol::Opaque);
 }
