@@ -476,33 +476,6 @@ enum Kind {
     Opaque,
 }
 
-/// What a connection's offset 0 is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    /// Its first byte (the caller knew the client): a protocol shows
-    /// itself there or is not there.
-    Connection,
-    /// Where a call began, maybe not the first (the client known): a
-    /// protocol shows itself there as at the first byte, or as HTTP/2
-    /// frames, read from that boundary (tentatively) rather than scanned
-    /// for: a call writes or reads whole frames nearly always, and a scan
-    /// would skip the first header blocks, with the HPACK entries they
-    /// add.
-    Call,
-    /// Anywhere.
-    Unknown,
-}
-
-impl Origin {
-    fn known_if(client: Option<Dir>) -> Origin {
-        if client.is_some() {
-            Origin::Connection
-        } else {
-            Origin::Unknown
-        }
-    }
-}
-
 /// One connection's parser. See the [module documentation](self).
 #[derive(Debug)]
 pub struct ConnParser {
@@ -513,8 +486,10 @@ pub struct ConnParser {
     counters: ConnCounters,
     /// Bytes scanned so far while probing a binary connection for HTTP/2.
     probing: Option<u64>,
-    /// What offset 0 is.
-    origin: Origin,
+    /// With the client known (given by the caller), offset 0 is where a
+    /// call began, maybe not the connection's first byte (see
+    /// [`joined_at_call`](Self::joined_at_call)).
+    at_call: bool,
     /// An HTTP/1 parser kept from the last connection (allocations reused).
     spare_h1: Option<Box<Http1Connection>>,
 }
@@ -543,7 +518,7 @@ impl ConnParser {
             kind: Kind::Undecided,
             counters: ConnCounters::default(),
             probing: None,
-            origin: Origin::known_if(client),
+            at_call: false,
             spare_h1: None,
         }
     }
@@ -552,12 +527,14 @@ impl ConnParser {
     /// is known, but is where a call began: the plaintext of a TLS
     /// connection, whose process may have got its probes after the
     /// connection began (a program started after the agent that connects
-    /// at once, before its TLS library is read). See [`Origin::Call`].
-    /// Nothing changes while the client is not known.
+    /// at once, before its TLS library is read). A protocol then shows
+    /// itself there as at a first byte, or as HTTP/2 frames, read from
+    /// that boundary (tentatively) rather than scanned for: a call writes
+    /// or reads whole frames nearly always, and a scan would skip the
+    /// first header blocks, with the HPACK entries they add. Nothing
+    /// changes while the client is not known.
     pub fn joined_at_call(&mut self) {
-        if self.origin == Origin::Connection {
-            self.origin = Origin::Call;
-        }
+        self.at_call = true;
     }
 
     /// What the connection carries.
@@ -698,7 +675,7 @@ impl ConnParser {
         }
         self.counters = ConnCounters::default();
         self.probing = None;
-        self.origin = Origin::known_if(client);
+        self.at_call = false;
     }
 
     /// Chooses the parser from the first captured bytes of `dir`. False
@@ -723,22 +700,21 @@ impl ConnParser {
                 self.kind = self.http1_kind();
                 return true;
             }
-            // Seen from its first byte (or a call's): the protocol shows
-            // itself there (as HTTP/1, the preface or a server's SETTINGS,
-            // each from its side; or frames at a call), or the connection
-            // is not one this parses; no scanning for a later start.
-            if self.origin != Origin::Unknown {
-                let client = self.client == Some(dir);
-                let fits = match detected {
-                    Detected::Http1Request | Detected::Http2Preface => client,
-                    Detected::Http1Response | Detected::Http2Settings => !client,
-                    Detected::Http2Frames => self.origin == Origin::Call,
-                    Detected::NeedMore | Detected::Tls | Detected::Unknown => false,
-                };
-                if !fits {
-                    self.kind = Kind::Opaque;
-                    return true;
-                }
+            // The client given, offset 0 is the connection's first byte
+            // (or a call's): the protocol shows itself there (as HTTP/1,
+            // the preface or a server's SETTINGS, each from its side; or
+            // frames at a call), or the connection is not one this parses;
+            // no scanning for a later start.
+            let client = self.client == Some(dir);
+            let fits = match detected {
+                Detected::Http1Request | Detected::Http2Preface => client,
+                Detected::Http1Response | Detected::Http2Settings => !client,
+                Detected::Http2Frames => self.at_call,
+                Detected::NeedMore | Detected::Tls | Detected::Unknown => false,
+            };
+            if !fits {
+                self.kind = Kind::Opaque;
+                return true;
             }
         }
         self.kind = match detected {
@@ -759,7 +735,7 @@ impl ConnParser {
                 let c = *self.client.get_or_insert(dir.other());
                 h2(&self.cfg, Some(c.index()), Start::Beginning)
             }
-            Detected::Http2Frames if self.origin == Origin::Call && chunk.offset == 0 => {
+            Detected::Http2Frames if self.at_call && client_idx.is_some() && chunk.offset == 0 => {
                 h2(&self.cfg, client_idx, Start::Call)
             }
             Detected::Http2Frames => {

@@ -471,22 +471,11 @@ impl Http2Connection {
             max_streams: cfg.max_streams.max(1),
             ..cfg
         };
-        let mk = |side: usize| {
-            let mut r = FrameReader::new(
-                client.map(|c| c == side),
-                client == Some(side) && start.preface(),
-                start != Start::Middle,
-                cfg.max_header_block,
-                cfg.resync_frames,
-            );
-            if start == Start::Call {
-                r.tentative_boundary();
-            }
-            r
-        };
+        // Set for `start` by `reset_to`, the one place that knows how.
+        let mk = || FrameReader::new(None, false, true, cfg.max_header_block, cfg.resync_frames);
         let mut c = Http2Connection {
             cfg,
-            readers: [mk(0), mk(1)],
+            readers: [mk(), mk()],
             hpack: [HpackDecoder::new(cfg.hpack), HpackDecoder::new(cfg.hpack)],
             client,
             slots: Vec::new(),
@@ -496,7 +485,7 @@ impl Http2Connection {
             scratch: HeaderList::default(),
             recent: std::collections::VecDeque::new(),
         };
-        c.begin(start);
+        c.reset_to(client, start);
         c
     }
 

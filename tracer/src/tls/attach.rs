@@ -549,6 +549,12 @@ impl TlsAttach {
         self.goroutines = on;
     }
 
+    /// The path of a process's executable, as `/proc/PID/exe` names it.
+    fn exe_path(&self, pid: Pid) -> Option<String> {
+        let path = std::fs::read_link(self.exe_link(pid)).ok()?;
+        Some(path.display().to_string())
+    }
+
     /// `/proc/PID/exe` of a process.
     fn exe_link(&self, pid: Pid) -> PathBuf {
         self.proc_root.join(pid.0.to_string()).join("exe")
@@ -748,11 +754,9 @@ impl TlsAttach {
                 return;
             }
         }
-        let Ok(path) = std::fs::read_link(self.exe_link(pid)) else {
-            return;
-        };
-        let path = path.display().to_string();
-        self.uncovered.insert(pid, Uncovered { exe, path, at: now });
+        if let Some(path) = self.exe_path(pid) {
+            self.uncovered.insert(pid, Uncovered { exe, path, at: now });
+        }
     }
 
     /// Looks at a process again (at most every [`RESCAN_EVERY`]).
@@ -817,13 +821,9 @@ impl TlsAttach {
         }
         // A process gone since is reported as it was seen.
         let (exe, path) = match (exe, remembered) {
-            (Some(exe), _) => {
-                let path = std::fs::read_link(self.exe_link(pid))
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| "?".into());
-                (exe, path)
-            }
             (None, Some(u)) => (u.exe, u.path),
+            (Some(exe), Some(u)) if u.exe == exe => (exe, u.path),
+            (Some(exe), _) => (exe, self.exe_path(pid).unwrap_or_else(|| "?".into())),
             (None, None) => return,
         };
         if !self.reported.insert(exe) {
