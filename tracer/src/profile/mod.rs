@@ -16,6 +16,7 @@
 //! most once per process per `min_refresh`; the time spent is counted.
 pub mod aggregate;
 pub mod flame;
+mod kallsyms;
 pub mod pprof;
 pub mod pyroscope;
 pub mod sample;

@@ -5,7 +5,8 @@
 //! inlined functions) and demangles Rust and C++ names. Results are cached
 //! per (binary serial, offset), and the binary is read through the file
 //! descriptor the unwinder keeps open, so frames of processes that have
-//! exited still resolve. Kernel frames are resolved from /proc/kallsyms.
+//! exited still resolve. Kernel frames are resolved from /proc/kallsyms
+//! (a compact table of its functions, see [`super::kallsyms`]).
 //! JIT code (anonymous executable memory) is resolved from the process's
 //! perf map (`/tmp/perf-PID.map`, read incrementally: it only grows).
 //!
@@ -19,15 +20,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use blazesym::{
-    symbolize::{
-        source::{Elf, Kernel, Source},
-        CodeInfo, Input, Sym, Symbolized, Symbolizer,
-    },
-    MaybeDefault,
+use blazesym::symbolize::{
+    source::{Elf, Source},
+    CodeInfo, Input, Sym, Symbolized, Symbolizer,
 };
 
 use super::{
+    kallsyms::KernelSymbols,
     types::Frame,
     unwind::{Binary, FrameLoc, UserFrame},
 };
@@ -130,6 +129,8 @@ pub struct Symbols {
     /// DWARF bytes of the binaries read with it.
     dwarf_held: u64,
     kernel: HashMap<u64, Resolved>,
+    /// Read at the first kernel frame (or [`Symbols::warm_up`]).
+    kallsyms: Option<KernelSymbols>,
     perf_maps: HashMap<u32, PerfMap>,
     names: Interner,
     module_kernel: Arc<str>,
@@ -154,6 +155,7 @@ impl Symbols {
             dwarf: HashMap::new(),
             dwarf_held: 0,
             kernel: HashMap::new(),
+            kallsyms: None,
             perf_maps: HashMap::new(),
             names: Interner::default(),
             module_kernel: Arc::from("[kernel]"),
@@ -217,12 +219,9 @@ impl Symbols {
         }
     }
 
-    /// Reads /proc/kallsyms now (~50 ms here) rather than at the first
-    /// kernel frame.
+    /// Reads /proc/kallsyms now rather than at the first kernel frame.
     pub fn warm_up(&mut self) {
-        let mut out = Vec::new();
-        self.kernel_frames(&[0xffff_ffff_8100_0000], &mut out);
-        self.kernel.clear();
+        load_kallsyms(&mut self.kallsyms);
     }
 
     /// Appends the frames of kernel return addresses (leaf first: the
@@ -239,22 +238,12 @@ impl Symbols {
                 }
                 None => {
                     let t0 = Instant::now();
-                    let src = Source::Kernel(Kernel {
-                        kallsyms: MaybeDefault::Default,
-                        vmlinux: MaybeDefault::None,
-                        kaslr_offset: None,
-                        debug_syms: false,
-                        ..Default::default()
-                    });
-                    let r = match self.blaze.symbolize_single(&src, Input::AbsAddr(addr)) {
-                        Ok(Symbolized::Sym(sym)) => Resolved {
-                            function: Some(self.names.intern(&sym.name)),
-                            line: None,
-                        },
-                        _ => Resolved {
-                            function: None,
-                            line: None,
-                        },
+                    let names = &mut self.names;
+                    let r = Resolved {
+                        function: load_kallsyms(&mut self.kallsyms)
+                            .lookup(addr)
+                            .map(|name| names.intern(name)),
+                        line: None,
                     };
                     self.counters.symbolize_ns += t0.elapsed().as_nanos() as u64;
                     self.make_room();
@@ -479,6 +468,23 @@ impl Interner {
         self.0.insert(a.clone());
         a
     }
+}
+
+/// The kernel's symbols, read on first use.
+fn load_kallsyms(k: &mut Option<KernelSymbols>) -> &KernelSymbols {
+    k.get_or_insert_with(|| {
+        let t0 = Instant::now();
+        match KernelSymbols::read() {
+            Ok(k) => {
+                tracing::debug!(functions = k.len(), bytes = k.heap_bytes(), took = ?t0.elapsed(), "read /proc/kallsyms");
+                k
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read /proc/kallsyms: kernel frames stay unnamed");
+                KernelSymbols::default()
+            }
+        }
+    })
 }
 
 /// /proc/PID/root/tmp/perf-NSPID.map: the process writes it with the pid
