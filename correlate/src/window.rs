@@ -135,6 +135,14 @@ mod tests {
         }
     }
 
+    /// Inputs every `every_ms` from `from_ms` to `to_ms`, never late.
+    fn quiet(w: &mut ReorderWindow, from_ms: u64, to_ms: u64, every_ms: usize) {
+        for t in (from_ms..to_ms).step_by(every_ms).map(|i| i * MS) {
+            w.observe(t, t);
+            w.tick(t);
+        }
+    }
+
     #[test]
     fn starts_at_the_configured_window_and_shrinks_after_a_calm_busy_epoch() {
         let mut w = ReorderWindow::new(30 * MS, 150 * MS);
@@ -189,10 +197,7 @@ mod tests {
     fn traffic_turning_busy_after_quiet_shrinks_it_within_two_tenths_of_a_second() {
         let mut w = ReorderWindow::new(30 * MS, 150 * MS);
         w.tick(0);
-        for t in (0..5_000).step_by(50).map(|i| i * MS) {
-            w.observe(t, t);
-            w.tick(t);
-        }
+        quiet(&mut w, 0, 5_000, 50);
         assert_eq!(w.get(), 150 * MS);
         busy(&mut w, 5_000, 5_190, 1);
         assert_eq!(w.get(), 30 * MS);
@@ -203,10 +208,7 @@ mod tests {
         let mut w = ReorderWindow::new(30 * MS, 150 * MS);
         w.tick(0);
         // 1,000 inputs a second, never late: 150 per window, too few to pay.
-        for t in (0..2_000).map(|i| i * MS) {
-            w.observe(t, t);
-            w.tick(t);
-        }
+        quiet(&mut w, 0, 2_000, 1);
         assert_eq!(w.get(), 150 * MS);
         // Busy, it shrinks at the end of the first busy epoch (a tenth of
         // a second after quiet ones, then a second); sparse again, it is
@@ -214,10 +216,7 @@ mod tests {
         busy(&mut w, 2_000, 3_200, 1);
         w.tick(3_201 * MS);
         assert_eq!(w.get(), 30 * MS);
-        for t in (3_201..4_700).map(|i| i * MS) {
-            w.observe(t, t);
-            w.tick(t);
-        }
+        quiet(&mut w, 3_201, 4_700, 1);
         assert_eq!(w.get(), 150 * MS);
     }
 

@@ -195,11 +195,13 @@ impl Profiler {
         self.symbols.counters()
     }
 
-    /// Sizes of the caches: (processes, binaries, user symbols, kernel
-    /// symbols).
-    pub fn cache_sizes(&self) -> (usize, usize, usize, usize) {
-        let (u, k) = self.symbols.cached();
-        (self.unwinder.processes(), self.unwinder.binaries(), u, k)
+    /// Sizes of the caches: (processes, binaries, user symbols).
+    pub fn cache_sizes(&self) -> (usize, usize, usize) {
+        (
+            self.unwinder.processes(),
+            self.unwinder.binaries(),
+            self.symbols.cached(),
+        )
     }
 }
 

@@ -34,8 +34,8 @@ use super::{
 /// Settings of the symbolizer.
 #[derive(Clone, Debug)]
 pub struct SymbolConfig {
-    /// Resolved (binary, offset) and kernel addresses cached at most; the
-    /// caches start over when full.
+    /// Resolved (binary, offset) cached at most; the cache starts over
+    /// when full.
     pub max_cached: usize,
     /// Perf-map entries kept per process at most.
     pub max_perf_map_entries: usize,
@@ -128,8 +128,8 @@ pub struct Symbols {
     dwarf: HashMap<u64, (bool, u64)>,
     /// DWARF bytes of the binaries read with it.
     dwarf_held: u64,
-    kernel: HashMap<u64, Resolved>,
-    /// Read at the first kernel frame (or [`Symbols::warm_up`]).
+    /// Read at the first kernel frame (or [`Symbols::warm_up`]); a lookup
+    /// in it is a binary search, cheaper than a cache in front of it.
     kallsyms: Option<KernelSymbols>,
     perf_maps: HashMap<u32, PerfMap>,
     names: Interner,
@@ -154,7 +154,6 @@ impl Symbols {
             user: HashMap::new(),
             dwarf: HashMap::new(),
             dwarf_held: 0,
-            kernel: HashMap::new(),
             kallsyms: None,
             perf_maps: HashMap::new(),
             names: Interner::default(),
@@ -171,9 +170,9 @@ impl Symbols {
         &self.counters
     }
 
-    /// Entries in the caches (user, kernel).
-    pub fn cached(&self) -> (usize, usize) {
-        (self.user.len(), self.kernel.len())
+    /// Entries in the cache of user addresses.
+    pub fn cached(&self) -> usize {
+        self.user.len()
     }
 
     /// Lets go of a binary the unwinder no longer caches.
@@ -211,9 +210,8 @@ impl Symbols {
     }
 
     fn make_room(&mut self) {
-        if self.user.len() + self.kernel.len() >= self.cfg.max_cached {
+        if self.user.len() >= self.cfg.max_cached {
             self.user.clear();
-            self.kernel.clear();
             self.names.0.clear();
             self.counters.cache_resets += 1;
         }
@@ -221,7 +219,7 @@ impl Symbols {
 
     /// Reads /proc/kallsyms now rather than at the first kernel frame.
     pub fn warm_up(&mut self) {
-        load_kallsyms(&mut self.kallsyms);
+        load_kallsyms(&mut self.kallsyms, &mut self.counters.symbolize_ns);
     }
 
     /// Appends the frames of kernel return addresses (leaf first: the
@@ -231,31 +229,15 @@ impl Symbols {
         for (i, &ip) in ips.iter().enumerate() {
             let addr = if i == 0 { ip } else { ip.saturating_sub(1) };
             self.counters.kernel_lookups += 1;
-            let r = match self.kernel.get(&addr) {
-                Some(r) => {
-                    self.counters.cache_hits += 1;
-                    r.clone()
-                }
-                None => {
-                    let t0 = Instant::now();
-                    let names = &mut self.names;
-                    let r = Resolved {
-                        function: load_kallsyms(&mut self.kallsyms)
-                            .lookup(addr)
-                            .map(|name| names.intern(name)),
-                        line: None,
-                    };
-                    self.counters.symbolize_ns += t0.elapsed().as_nanos() as u64;
-                    self.make_room();
-                    self.kernel.insert(addr, r.clone());
-                    r
-                }
-            };
-            if r.function.is_none() {
+            let names = &mut self.names;
+            let function = load_kallsyms(&mut self.kallsyms, &mut self.counters.symbolize_ns)
+                .lookup(addr)
+                .map(|name| names.intern(name));
+            if function.is_none() {
                 self.counters.unresolved += 1;
             }
             out.push(Frame {
-                function: r.function,
+                function,
                 module: self.module_kernel.clone(),
                 offset: addr,
                 kernel: true,
@@ -470,11 +452,17 @@ impl Interner {
     }
 }
 
-/// The kernel's symbols, read on first use.
-fn load_kallsyms(k: &mut Option<KernelSymbols>) -> &KernelSymbols {
+/// The kernel's symbols, read on first use (the time it takes counted in
+/// `symbolize_ns`).
+fn load_kallsyms<'a>(
+    k: &'a mut Option<KernelSymbols>,
+    symbolize_ns: &mut u64,
+) -> &'a KernelSymbols {
     k.get_or_insert_with(|| {
         let t0 = Instant::now();
-        match KernelSymbols::read() {
+        let read = KernelSymbols::read();
+        *symbolize_ns += t0.elapsed().as_nanos() as u64;
+        match read {
             Ok(k) => {
                 tracing::debug!(functions = k.len(), bytes = k.heap_bytes(), took = ?t0.elapsed(), "read /proc/kallsyms");
                 k
