@@ -20,13 +20,15 @@ def _write(path, text, append=False):
         os.close(fd)
 
 
-def file_offsets(path, symbols):
-    """{symbol: file offset} of the `symbols` found in `path` (dynamic
-    symbols first, then the symbol table), each through the LOAD segment
-    that maps it."""
+def _loads(path):
     segs = subprocess.run(["readelf", "-lW", path], capture_output=True, text=True).stdout
-    loads = [tuple(int(x, 16) for x in m.groups()) for m in
-             re.finditer(r"LOAD\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)\s+0x[0-9a-f]+\s+(0x[0-9a-f]+)", segs)]
+    return [tuple(int(x, 16) for x in m.groups()) for m in
+            re.finditer(r"LOAD\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)\s+0x[0-9a-f]+\s+(0x[0-9a-f]+)", segs)]
+
+
+def _addresses(path, symbols):
+    """{symbol: virtual address} of the `symbols` defined in `path` as
+    functions (dynamic symbols first, then the symbol table)."""
     found = {}
     for flags in (["-D"], []):
         out = subprocess.run(["nm", *flags, "--defined-only", path], capture_output=True, text=True).stdout
@@ -35,11 +37,67 @@ def file_offsets(path, symbols):
             if len(parts) < 3 or parts[1] not in "Tt":
                 continue
             name = parts[2].split("@")[0]
-            if name not in symbols or name in found:
-                continue
-            vaddr = int(parts[0], 16)
-            found.update({name: vaddr - va + off for off, va, size in loads if va <= vaddr < va + size})
+            if name in symbols and name not in found:
+                found[name] = int(parts[0], 16)
     return found
+
+
+def _instructions(path, vaddr, length):
+    """(mnemonic, operand) of the instructions at `vaddr`, from objdump."""
+    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "--start-address=0x%x" % vaddr,
+                          "--stop-address=0x%x" % (vaddr + length), path],
+                         capture_output=True, text=True).stdout
+    return [m.groups() for m in re.finditer(r"^\s*[0-9a-f]+:\s+(\S+)\s*(\S*)", out, re.M)]
+
+
+def _calls(path, vaddr):
+    """Targets of the direct calls from `vaddr` to the first return or jump."""
+    calls = []
+    for op, arg in _instructions(path, vaddr, 128):
+        if op.startswith("ret") or op == "jmp":
+            break
+        if op == "call" and re.fullmatch(r"[0-9a-f]+", arg):
+            calls.append(int(arg, 16))
+    return calls
+
+
+def _inner(path, plain, ex):
+    """The function OpenSSL's two wrappers (addresses) both call, when it
+    starts with an instruction the kernel's uprobes emulate (`push`,
+    `nop`): where the agent probes instead (tracer/src/tls/inner.rs)."""
+    calls = _calls(path, ex)
+    if not calls or calls[0] not in _calls(path, plain):
+        return None
+    first = _instructions(path, calls[0], 16)
+    return calls[0] if first and first[0][0].startswith(("push", "nop")) else None
+
+
+def file_offsets(path, symbols, as_agent=False):
+    """{symbol: file offset} of the `symbols` found in `path`, each through
+    the LOAD segment that maps it. `as_agent`: OpenSSL's read and write
+    wrappers at the inner function the agent probes in their place, where
+    it does (the plain wrapper then left out)."""
+    found = _addresses(path, set(symbols) | ({"SSL_write_ex2"} if as_agent else set()))
+    if as_agent:
+        pairs = [("SSL_read", "SSL_read_ex")]
+        if "SSL_write_ex2" not in found:
+            pairs.append(("SSL_write", "SSL_write_ex"))
+        for plain, ex in pairs:
+            if plain in found and ex in found:
+                inner = _inner(path, found[plain], found[ex])
+                if inner is not None:
+                    found[ex] = inner
+                    found[plain] = None
+    loads = _loads(path)
+    out = {}
+    for name, vaddr in found.items():
+        if name not in symbols:
+            continue
+        if vaddr is None:
+            out[name] = None
+            continue
+        out.update({name: vaddr - va + off for off, va, size in loads if va <= vaddr < va + size})
+    return out
 
 
 def libraries_of(exe, soname):
@@ -52,14 +110,16 @@ class BareUprobes:
     """Entry uprobes on `targets` ([(file, symbol)]), enabled with tracing
     off: every call traps, nothing is recorded."""
 
-    def __init__(self, targets):
+    def __init__(self, targets, as_agent=True):
         self.targets = []
         for path in dict.fromkeys(p for p, _ in targets):
             symbols = [sym for p, sym in targets if p == path]
-            offsets = file_offsets(path, symbols)
+            offsets = file_offsets(path, symbols, as_agent)
             for sym in symbols:
                 if sym not in offsets:
                     raise SystemExit("bare uprobes: %s not found in %s" % (sym, path))
+                if offsets[sym] is None:
+                    continue
                 self.targets.append((path, offsets[sym]))
 
     def start(self):

@@ -6,9 +6,10 @@ against tests/go/tls_server.go (net/http, HTTP/1.1, built here with the
 host's Go: Go crypto/tls probes, one at the start of Write, one at the
 start of Read and one per RET of Read), certificates made with the openssl
 CLI, in seven conditions per round, their order rotated every round: no
-agent; bare uprobes (tracefs entry probes on the functions the agent
-probes, no eBPF program behind them, tracing off: what the trap alone
-costs, the floor of any uprobe-based capture); the agent's hooks attached
+agent; bare uprobes (tracefs entry probes where the agent probes, no eBPF
+program behind them, tracing off: what the trap alone costs, the floor of
+any uprobe-based capture; OpenSSL's inner read and write functions where
+the agent probes them, see tracer/src/tls/inner.rs); the agent's hooks attached
 but returning at once (--hooks-only --tls-snap-len 0); capture only
 (--no-spans), with TLS capture off and on (the uprobes' cost without the
 span work it feeds); the whole product with TLS capture off
@@ -23,6 +24,8 @@ Run as root from the repository:  bench/tls_overhead.py [--server go] [--pairs 5
   --ab OTHER_TRACER  adds "tls-on-b": the product with TLS capture on, run
                      with another build (e.g. before a change), in the
                      same rounds.
+  --wrapper-floor    adds "bare-wrappers": bare uprobes on the entries of
+                     OpenSSL's exported SSL_read/SSL_write/_ex themselves.
 """
 import argparse
 import os
@@ -91,6 +94,8 @@ def main():
     ap.add_argument("--connections", type=int, default=20)
     ap.add_argument("--server", choices=["nginx", "go"], default="nginx")
     ap.add_argument("--ab", help="another tracer binary, run as condition tls-on-b")
+    ap.add_argument("--wrapper-floor", action="store_true",
+                    help="add bare uprobes on OpenSSL's exported wrappers (bare-wrappers)")
     a = ap.parse_args()
     conditions = list(CONDITIONS)
     exes = {}
@@ -110,6 +115,8 @@ def main():
         probed += [(lib, sym) for lib in sorted(libs)
                    for sym in ("SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex")]
         conditions.insert(1, ("bare-uprobes", BareUprobes(probed)))
+        if a.wrapper_floor:
+            conditions.insert(2, ("bare-wrappers", BareUprobes(probed, as_agent=False)))
         sink = OtlpSink()
         stats = BpfStats()
         try:

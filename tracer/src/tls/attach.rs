@@ -21,7 +21,7 @@ use std::{
 
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use foldhash::{HashMap, HashMapExt};
-use object::{Object, ObjectSection, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
 use tracer_common::{
     gotls::{GO_OFF_UNKNOWN, GO_TLS_FILES_MAX},
     hook_programs, tls_programs, GO_HOOK_FILES_MAX, TLS_BIO_METHOD_AT_OSSL3, TLS_COOKIE_MEMBIO,
@@ -30,6 +30,7 @@ use tracer_common::{
 use super::{
     execs::ExecWatch,
     go::{self, GoFile},
+    inner,
 };
 use crate::{clock::monotonic_ns, kernel::Kernel, profile::unwind::parse_maps};
 
@@ -328,6 +329,9 @@ struct Probed {
     /// File offsets of the probed OpenSSL functions, with their entry
     /// program.
     offsets: Vec<(&'static str, u64)>,
+    /// Directions (reads, writes) probed on OpenSSL's inner function
+    /// rather than its wrappers (see [`inner`](super::inner)).
+    single_trap: u8,
     /// Its TLS runs over memory BIOs (Node).
     membio: bool,
     /// Where its `struct bio_st` keeps the method pointer (the attach
@@ -374,12 +378,13 @@ fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, Unreadable> {
             .iter()
             .any(|&(old, new)| old == name && present(new))
     };
-    let found: Vec<(&'static str, u64)> = FUNCTIONS
+    let mut found: Vec<(&'static str, u64)> = FUNCTIONS
         .iter()
         .zip(offs)
         .filter(|((name, _), _)| !superseded(name))
         .filter_map(|(&(_, prog), off)| Some((prog, off?)))
         .collect();
+    let single_trap = single_trap_probes(&obj, &map, &offs, &mut found);
     let ngx_upstream = offs[NGX_AT];
     // A program with OpenSSL is probed there, not as a Go program.
     let program = go::read(
@@ -416,6 +421,7 @@ fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, Unreadable> {
     };
     Ok(Probed {
         offsets: found,
+        single_trap,
         membio,
         bio_method_at,
         go,
@@ -423,6 +429,48 @@ fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, Unreadable> {
         go_hooks,
         asyncio,
     })
+}
+
+/// Moves the probes of OpenSSL's read and write wrappers in `found` onto
+/// the inner function both wrappers of a direction call, where that
+/// function starts with an instruction the kernel emulates (one trap per
+/// call instead of two: see [`inner`](super::inner)). The inner write
+/// function of OpenSSL 3.2 on takes flags before the count's pointer: its
+/// writes stay on the wrappers. Returns how many directions moved.
+fn single_trap_probes(
+    obj: &object::File<'_>,
+    file: &[u8],
+    offs: &[Option<u64>],
+    found: &mut Vec<(&'static str, u64)>,
+) -> u8 {
+    let text_of = |off: u64| {
+        obj.sections()
+            .filter(|s| s.kind() == SectionKind::Text)
+            .filter_map(|s| s.file_range())
+            .find(|&(start, len)| off >= start && off - start < len)
+            .map(|(start, len)| start..start + len)
+    };
+    let mut moved = 0;
+    for ((plain, ex), wanted) in [
+        (SSL_READ_AT, true),
+        (SSL_WRITE_AT, offs[OSSL32_AT].is_none()),
+    ] {
+        let (Some(p), Some(e), true) = (offs[plain], offs[ex], wanted) else {
+            continue;
+        };
+        let Some(text) = text_of(e) else {
+            continue;
+        };
+        let Some(at) = (inner::Code { file, text }).shared_inner(p, e) else {
+            continue;
+        };
+        found.retain(|&(_, off)| off != p);
+        for f in found.iter_mut().filter(|f| f.1 == e) {
+            f.1 = at;
+        }
+        moved += 1;
+    }
+    moved
 }
 
 /// Probes that all carry attach cookie `slot`.
@@ -468,7 +516,7 @@ fn symbol_offsets<const N: usize>(obj: &object::File<'_>, names: [&str; N]) -> [
 
 /// Every function any probe or hook is set on, looked up in one pass:
 /// the TLS libraries' (`FUNCTIONS`), nginx's, then `_asyncio`'s.
-const SYMBOLS: [&str; 17] = [
+const SYMBOLS: [&str; 18] = [
     FUNCTIONS[0].0,
     FUNCTIONS[1].0,
     FUNCTIONS[2].0,
@@ -486,16 +534,26 @@ const SYMBOLS: [&str; 17] = [
     PY_STEPS[0],
     PY_STEPS[1],
     OSSL3_MARK,
+    OSSL32_MARK,
 ];
 /// Where nginx's and `_asyncio`'s functions, and OpenSSL 3's mark, are in
 /// `SYMBOLS`.
 const NGX_AT: usize = FUNCTIONS.len();
 const PY_AT: usize = NGX_AT + 1;
 const OSSL3_AT: usize = PY_AT + 4;
+const OSSL32_AT: usize = OSSL3_AT + 1;
 
 /// A function only OpenSSL 3 has: its `struct bio_st` starts with the
 /// library context, then the method (1.1 and BoringSSL: the method first).
 const OSSL3_MARK: &str = "SSL_CTX_new_ex";
+
+/// A function only OpenSSL 3.2 on has: its inner write function takes a
+/// flags argument before the count's pointer (not the `_ex` signature).
+const OSSL32_MARK: &str = "SSL_write_ex2";
+
+/// Where OpenSSL's wrappers are in `FUNCTIONS`: (plain, `_ex`).
+const SSL_WRITE_AT: (usize, usize) = (0, 1);
+const SSL_READ_AT: (usize, usize) = (2, 3);
 
 /// The executable files a process maps (paths as the process sees them),
 /// each once.
@@ -906,6 +964,7 @@ impl TlsAttach {
     fn attach(&mut self, id: FileId, path: &Path, kernel: &mut Kernel) -> bool {
         let Probed {
             offsets,
+            single_trap,
             membio,
             bio_method_at,
             go,
@@ -1037,7 +1096,9 @@ impl TlsAttach {
             if membio {
                 self.counters.membio_files += 1;
             }
-            tracing::info!(file = %path.display(), probes = links.len() - hook_links, membio, "TLS plaintext probes attached");
+            // single_trap: directions (reads, writes) probed on OpenSSL's
+            // inner function, one trap per call.
+            tracing::info!(file = %path.display(), probes = links.len() - hook_links, membio, single_trap, "TLS plaintext probes attached");
         }
         self.keep(id, path, links, slots)
     }
@@ -1352,6 +1413,7 @@ mod tests {
         }
         let Probed {
             offsets: found,
+            single_trap,
             membio,
             bio_method_at,
             ..
@@ -1359,23 +1421,55 @@ mod tests {
         assert!(!membio, "libssl does its own socket I/O");
         assert_eq!(bio_method_at, TLS_BIO_METHOD_AT_OSSL3, "OpenSSL 3");
         let names: Vec<_> = found.iter().map(|(n, _)| *n).collect();
-        assert_eq!(
-            names,
-            vec![
-                tls_programs::WRITE,
-                tls_programs::WRITE_EX,
-                tls_programs::READ,
-                tls_programs::READ_EX,
-                tls_programs::FREE,
-                tls_programs::SET_BIO
-            ]
-        );
-        assert!(found.iter().all(|(_, off)| *off > 0));
-        // The BIO probe sits on the function `SSL_set_bio` calls.
         let bytes = std::fs::read(lib).expect("readable");
         let obj = object::File::parse(&*bytes).expect("an ELF file");
+        let wrappers = symbol_offsets(
+            &obj,
+            ["SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex"],
+        );
+        let ex2 = symbol_offsets(&obj, [OSSL32_MARK])[0];
+        if ex2.is_some() {
+            // OpenSSL 3.2 on: the reads on the inner function, the writes
+            // on the wrappers.
+            assert_eq!(single_trap, 1);
+            assert_eq!(
+                names,
+                vec![
+                    tls_programs::WRITE,
+                    tls_programs::WRITE_EX,
+                    tls_programs::READ_EX,
+                    tls_programs::FREE,
+                    tls_programs::SET_BIO
+                ]
+            );
+        } else {
+            // Debian 12's 3.0: both directions on the inner functions, one
+            // probe each, neither at a wrapper, each starting with `push`.
+            assert_eq!(single_trap, 2);
+            assert_eq!(
+                names,
+                vec![
+                    tls_programs::WRITE_EX,
+                    tls_programs::READ_EX,
+                    tls_programs::FREE,
+                    tls_programs::SET_BIO
+                ]
+            );
+            for &(_, off) in &found[..2] {
+                assert!(!wrappers.contains(&Some(off)), "{off:#x} is a wrapper");
+                let at = &bytes[off as usize..];
+                assert!(
+                    (0x50..=0x57).contains(&at[0])
+                        || (at[0] == 0x41 && (0x50..=0x57).contains(&at[1])),
+                    "{off:#x} starts with {:02x?}",
+                    &at[..4]
+                );
+            }
+        }
+        assert!(found.iter().all(|(_, off)| *off > 0));
+        // The BIO probe sits on the function `SSL_set_bio` calls.
         let [rbio] = symbol_offsets(&obj, [SSL_SET0_RBIO]);
-        assert_eq!(Some(found[5].1), rbio);
+        assert_eq!(Some(found[found.len() - 1].1), rbio);
     }
 
     /// GnuTLS: the send every other send jumps to, the receive and the

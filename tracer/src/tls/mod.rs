@@ -6,4 +6,5 @@ pub mod execs;
 pub mod go;
 mod gofunctab;
 mod gotypes;
+mod inner;
 pub mod streams;
