@@ -74,9 +74,10 @@ def _inner(path, plain, ex):
 
 def file_offsets(path, symbols, as_agent=False):
     """{symbol: file offset} of the `symbols` found in `path`, each through
-    the LOAD segment that maps it. `as_agent`: OpenSSL's read and write
-    wrappers at the inner function the agent probes in their place, where
-    it does (the plain wrapper then left out)."""
+    the LOAD segment that maps it. `as_agent`: where the agent probes
+    instead: OpenSSL's read and write wrappers at the inner function, where
+    it does (the plain wrapper then left out), a Go function at its stack
+    check's branch."""
     found = _addresses(path, set(symbols) | ({"SSL_write_ex2"} if as_agent else set()))
     if as_agent:
         pairs = [("SSL_read", "SSL_read_ex")]
@@ -88,6 +89,15 @@ def file_offsets(path, symbols, as_agent=False):
                 if inner is not None:
                     found[ex] = inner
                     found[plain] = None
+        for name in [n for n in found if "." in n and found[n] is not None]:
+            # A Go function: on its stack check's jbe (tracer/src/tls/go.rs).
+            at = [int(m.group(1), 16) for m in re.finditer(
+                r"^\s*([0-9a-f]+):\s+jbe\b", subprocess.run(
+                    ["objdump", "-d", "--no-show-raw-insn", "--start-address=0x%x" % found[name],
+                     "--stop-address=0x%x" % (found[name] + 24), path],
+                    capture_output=True, text=True).stdout, re.M)]
+            if at:
+                found[name] = at[0]
     loads = _loads(path)
     out = {}
     for name, vaddr in found.items():

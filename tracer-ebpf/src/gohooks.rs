@@ -80,10 +80,14 @@ struct At {
 fn at(ctx: &ProbeContext) -> Option<At> {
     let pid_tgid = crate::hooks::traced_thread()?;
     // SAFETY: the helper reads the program's own attach cookie.
-    let slot = unsafe { bpf_get_attach_cookie(ctx.regs as *mut c_void) } as u32;
-    let file = GO_HOOK_FILES.get(slot)?;
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.regs as *mut c_void) };
     // SAFETY: a uprobe's context is the user registers.
     let r = unsafe { &*ctx.regs };
+    if crate::gotls::to_morestack(cookie, r.eflags) {
+        return None;
+    }
+    let slot = cookie as u32;
+    let file = GO_HOOK_FILES.get(slot)?;
     Some(At {
         pid_tgid,
         slot,

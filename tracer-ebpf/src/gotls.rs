@@ -40,7 +40,10 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use tracer_common::{
-    gotls::{GoCallKey, GoTlsFile, GoWrappers, GO_OFF_UNKNOWN, GO_TLS_CALLS_MAX, GO_TLS_FILES_MAX},
+    gotls::{
+        GoCallKey, GoTlsFile, GoWrappers, GO_AT_STACK_CHECK, GO_OFF_UNKNOWN, GO_TLS_CALLS_MAX,
+        GO_TLS_FILES_MAX,
+    },
     Dir, DropReason, TLS_CONN_REMEMBERED, TLS_SEQ_KNOWN,
 };
 
@@ -96,6 +99,16 @@ pub fn go_tls_write(ctx: ProbeContext) -> u32 {
 pub fn go_tls_read(ctx: ProbeContext) -> u32 {
     enter(&ctx, Dir::Recv);
     0
+}
+
+/// At an entry probe on the stack check's `jbe` ([`GO_AT_STACK_CHECK`]):
+/// whether the branch is going to `morestack` (CF or ZF set), which
+/// restarts the function; the probe fires again then.
+#[inline(always)]
+pub(crate) fn to_morestack(cookie: u64, flags: u64) -> bool {
+    const CF: u64 = 1;
+    const ZF: u64 = 1 << 6;
+    cookie & GO_AT_STACK_CHECK != 0 && flags & (CF | ZF) != 0
 }
 
 #[inline(always)]
@@ -262,12 +275,16 @@ fn enter(ctx: &ProbeContext, dir: Dir) {
         return;
     }
     // SAFETY: a uprobe's context is the user registers.
-    let (conn, buf, g, ip) = unsafe {
+    let (conn, buf, g, ip, flags) = unsafe {
         let r = &*ctx.regs;
-        (r.rax, r.rbx, r.r14, r.rip)
+        (r.rax, r.rbx, r.r14, r.rip, r.eflags)
     };
     // SAFETY: the helper reads the program's own attach cookie.
-    let slot = unsafe { bpf_get_attach_cookie(ctx.regs as *mut c_void) } as u32;
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.regs as *mut c_void) };
+    if to_morestack(cookie, flags) {
+        return;
+    }
+    let slot = cookie as u32;
     let Some(f) = GO_TLS_FILES.get(slot) else {
         return;
     };

@@ -16,6 +16,14 @@ pub mod programs {
 /// per file; the attach cookie of each probe is its file's slot).
 pub const GO_TLS_FILES_MAX: u32 = 256;
 
+/// Set in the attach cookie of an entry probe that sits on the stack
+/// check's `jbe` (a branch the kernel's uprobes emulate: one trap, no
+/// single step), not at the body: the programs return at once when the
+/// branch is going to `morestack` (CF or ZF set), which restarts the
+/// function, so each call is seen once. The file's slot is the cookie's
+/// low 32 bits.
+pub const GO_AT_STACK_CHECK: u64 = 1 << 32;
+
 /// Go TLS calls in progress (an LRU map keyed by process and goroutine).
 pub const GO_TLS_CALLS_MAX: u32 = 16384;
 

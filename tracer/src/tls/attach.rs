@@ -473,11 +473,11 @@ fn single_trap_probes(
     moved
 }
 
-/// Probes that all carry attach cookie `slot`.
-fn with_cookie(probes: &[(&'static str, u64)], slot: u32) -> Vec<(&'static str, u64, Option<u64>)> {
+/// Go probes with their file's `slot` in their attach cookie.
+fn with_cookie(probes: &[go::Probe], slot: u32) -> Vec<(&'static str, u64, Option<u64>)> {
     probes
         .iter()
-        .map(|&(name, off)| (name, off, Some(u64::from(slot))))
+        .map(|&(name, off, bits)| (name, off, Some(u64::from(slot) | bits)))
         .collect()
 }
 

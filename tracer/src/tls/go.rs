@@ -30,7 +30,7 @@ use gimli::{EndianSlice, LittleEndian};
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{CompressionFormat, Object, ObjectKind, ObjectSection, ObjectSymbol, SectionKind};
 use tracer_common::{
-    gotls::{programs, GoTlsFile, GoWrappers, GO_OFF_UNKNOWN},
+    gotls::{programs, GoTlsFile, GoWrappers, GO_AT_STACK_CHECK, GO_OFF_UNKNOWN},
     hook_programs as programs_hook, GoHookFile,
 };
 
@@ -70,6 +70,10 @@ const TCP_ITABS: [&str; 2] = [
 /// Oldest Go release whose amd64 functions take arguments in registers.
 const MIN_MINOR: u32 = 17;
 
+/// A probe: (program, file offset, attach cookie bits besides the file's
+/// slot: [`GO_AT_STACK_CHECK`] or 0).
+pub type Probe = (&'static str, u64, u64);
+
 /// What a Go executable offers the probes.
 #[derive(Debug)]
 pub struct GoProbes {
@@ -77,8 +81,8 @@ pub struct GoProbes {
     pub version: String,
     /// Offsets for the probes (`GO_TLS_FILES`).
     pub layout: GoTlsFile,
-    /// (program, file offset): the two entries, then every RET.
-    pub probes: Vec<(&'static str, u64)>,
+    /// The two entries, then every RET.
+    pub probes: Vec<Probe>,
     /// Where the struct offsets came from.
     pub offsets: Offsets,
     /// Whether the functions came from the symbol table (else from the
@@ -334,20 +338,23 @@ impl GoProgram<'_, '_> {
                 return self.not_covered("function code not found in the file");
             };
             let insns = decode(code, addr);
-            let body = body_start(&insns);
-            bodies[i] = addr + body;
+            let (at, bits) = entry_point(&insns);
+            bodies[i] = addr + at;
             if i == 0 {
                 // Write is complete at its entry (see tracer-ebpf/src/gotls.rs):
                 // no RET probe.
-                probes.push((programs::WRITE, file_off + body));
+                probes.push((programs::WRITE, file_off + at, bits));
                 continue;
             }
-            probes.push((programs::READ, file_off + body));
+            probes.push((programs::READ, file_off + at, bits));
             let rets = ret_offsets(&insns);
             if rets.is_empty() {
                 return self.not_covered("no RET instruction found in crypto/tls.(*Conn).Read");
             }
-            probes.extend(rets.into_iter().map(|off| (programs::RET, file_off + off)));
+            probes.extend(
+                rets.into_iter()
+                    .map(|off| (programs::RET, file_off + off, 0)),
+            );
         }
         let tcp_type = self.types.itab_type(self.tcp_itab);
         let (mut layout, offsets) = match self.members.as_ref().and_then(dwarf_layout) {
@@ -437,11 +444,11 @@ impl GoProgram<'_, '_> {
             let (code, file_off) =
                 code_of(self.obj, addr, size).ok_or("function code not found")?;
             let insns = decode(code, addr);
-            let body = body_start(&insns);
-            probes.push((entry, file_off + body));
+            let (at, bits) = entry_point(&insns);
+            probes.push((entry, file_off + at, bits));
             match i {
-                0 => layout.serve_entry = addr + body,
-                2 => layout.round_trip_entry = addr + body,
+                0 => layout.serve_entry = addr + at,
+                2 => layout.round_trip_entry = addr + at,
                 _ => {}
             }
             if let Some(ret) = ret {
@@ -449,7 +456,7 @@ impl GoProgram<'_, '_> {
                 if rets.is_empty() {
                     return Err("no RET instruction found");
                 }
-                probes.extend(rets.into_iter().map(|off| (ret, file_off + off)));
+                probes.extend(rets.into_iter().map(|off| (ret, file_off + off, 0)));
             }
         }
         Ok(Some(GoHooks {
@@ -619,18 +626,21 @@ fn ret_offsets(insns: &[(u64, Mnemonic)]) -> Vec<u64> {
         .collect()
 }
 
-/// Where the body starts: after the prologue's stack check (`cmp` of the
-/// stack pointer with the goroutine's stack guard, `jbe` to `morestack`).
-/// A goroutine whose stack must grow runs the entry twice (morestack
-/// restarts the function on the new stack), the body once; the argument
-/// registers are untouched until then. The entry when no check is found.
-fn body_start(insns: &[(u64, Mnemonic)]) -> u64 {
+/// Where an entry probe goes, with its cookie bits: on the prologue's
+/// stack check branch (`cmp` of the stack pointer, or of R12 after `lea`,
+/// with the goroutine's stack guard, then `jbe` to `morestack`), a branch
+/// the kernel emulates where the instruction after it (`sub rsp`) would be
+/// single-stepped: one trap per call instead of two. A goroutine whose
+/// stack must grow passes the branch twice (morestack restarts the
+/// function on the new stack): [`GO_AT_STACK_CHECK`] tells the programs to
+/// pass over the first. The argument registers and the stack pointer are
+/// those of the entry. The entry when no check is found (no bits).
+fn entry_point(insns: &[(u64, Mnemonic)]) -> (u64, u64) {
     insns
         .iter()
         .take(6)
-        .position(|(_, m)| *m == Mnemonic::Jbe)
-        .and_then(|i| insns.get(i + 1))
-        .map_or(0, |(off, _)| *off)
+        .find(|(_, m)| *m == Mnemonic::Jbe)
+        .map_or((0, 0), |(off, _)| (*off, GO_AT_STACK_CHECK))
 }
 
 /// The offsets that have held since Go 1.12; the read-ahead buffers' place
@@ -872,8 +882,8 @@ pub struct GoHooks {
     pub version: String,
     /// Addresses and offsets for the probes (`GO_HOOK_FILES`).
     pub layout: GoHookFile,
-    /// (program, file offset): entries and every RET.
-    pub probes: Vec<(&'static str, u64)>,
+    /// Entries and every RET.
+    pub probes: Vec<Probe>,
 }
 
 #[cfg(test)]
@@ -1092,7 +1102,7 @@ mod tests {
         assert!(b
             .probes
             .iter()
-            .any(|(p, _)| *p == programs_hook::GO_ROUND_TRIP));
+            .any(|(p, _, _)| *p == programs_hook::GO_ROUND_TRIP));
     }
 
     /// A program read once for both gets the probes and hooks it gets read
@@ -1170,14 +1180,17 @@ mod tests {
     }
 
     #[test]
-    fn the_body_starts_after_the_stack_check() {
+    fn entry_probes_sit_on_the_stack_checks_branch() {
         // lea r12,[rsp-0x68]; cmp r12,[r14+0x10]; jbe +0x10; sub rsp,0xe8
         let code = [
             0x4c, 0x8d, 0x64, 0x24, 0x98, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x10, 0x00, 0x00,
             0x00, 0x48, 0x81, 0xec, 0xe8, 0x00, 0x00, 0x00,
         ];
-        assert_eq!(body_start(&decode(&code, 0x5a2fc0)), 15);
-        // No check (a leaf): the entry.
-        assert_eq!(body_start(&decode(&[0x90, 0xc3], 0)), 0);
+        assert_eq!(
+            entry_point(&decode(&code, 0x5a2fc0)),
+            (9, GO_AT_STACK_CHECK)
+        );
+        // No check (a leaf): the entry, no bits.
+        assert_eq!(entry_point(&decode(&[0x90, 0xc3], 0)), (0, 0));
     }
 }
