@@ -4,7 +4,8 @@
 //! HTTPS server with a Go client and with curl, spans linked client ->
 //! server in a real OTLP receiver; stripped Go programs (no symbols, no
 //! DWARF) covered the same way; nothing attached after exit; clients that
-//! live a moment named as they were started.
+//! live a moment named as they were started; calls that grow their
+//! goroutine's stack seen once.
 use std::{path::Path, process::Command, time::Duration};
 
 use tracer_e2e::{
@@ -347,6 +348,68 @@ fn short_lived_clients_are_named_as_started() {
     );
     assert!(
         out.counter("tls.exec_described").unwrap_or(0) >= runs as u64,
+        "{}",
+        out.stderr
+    );
+}
+
+/// Python's ssl client for [`go_calls_that_grow_the_stack_are_seen_once`]:
+/// `n` connections in turn, one GET each, the body (the request line
+/// echoed) checked.
+const DEEP_CLIENT: &str = r#"
+import http.client, ssl, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+ctx = ssl._create_unverified_context()
+for i in range(n):
+    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
+    c.request("GET", "/deep-%d" % i)
+    r = c.getresponse()
+    body = r.read().decode()
+    assert r.status == 200 and ("GET /deep-%d HTTP" % i) in body, (i, r.status, body)
+    c.close()
+print("done")
+"#;
+
+/// An entry probe sits on the stack check's branch, which a call whose
+/// prologue grows the goroutine's stack passes twice (morestack restarts
+/// it): a server whose Read and Write run at a depth that changes with
+/// every connection, so that some of them grow the stack on entry. Every
+/// request's server span is there once, with its response (a Write seen
+/// twice would repeat the response: a response without its request).
+#[test]
+fn go_calls_that_grow_the_stack_are_seen_once() {
+    let Some(_g) = root_test("go_calls_that_grow_the_stack_are_seen_once") else {
+        return;
+    };
+    require_tool("python3");
+    let dir = TempDir::new("tracer-gotls-deep");
+    let (cert, key) = certificate(dir.path());
+    let bin = go_build(dir.path(), "tls_deep", "tls_deep", &[]);
+    let port = free_port();
+    let _server = Spawned::ready(Command::new(&bin).arg(port.to_string()).args([&cert, &key]));
+    wait_port(port, Duration::from_secs(10));
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    // Depths 0-199 frames, each way (the stack starts at 2 KiB and
+    // doubles: the checks are crossed at several depths).
+    let n = 400;
+    let out = tracer_e2e::run_ok(
+        Command::new("python3")
+            .args(["-c", DEEP_CLIENT])
+            .args([port.to_string(), n.to_string()]),
+    );
+    assert_eq!(out.trim(), "done");
+    wait_for_paths(&receiver, "/deep-", 2 * n);
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    for i in 0..n {
+        // One client and one server span each, https, 200, linked.
+        let path = format!("/deep-{i}");
+        assert_https_linked(&spans, &path, ("python3", "tls_deep"), "1.1", &out.stderr);
+    }
+    assert_eq!(
+        out.counter("correlation.unmatched_response"),
+        Some(0),
         "{}",
         out.stderr
     );

@@ -41,8 +41,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     gotls::{
-        GoCallKey, GoTlsFile, GoWrappers, GO_AT_STACK_CHECK, GO_OFF_UNKNOWN, GO_TLS_CALLS_MAX,
-        GO_TLS_FILES_MAX,
+        GoCallKey, GoTlsFile, GoWrappers, GO_AT_STACK_CHECK, GO_CALL_BYTES, GO_OFF_UNKNOWN,
+        GO_TLS_CALLS_MAX, GO_TLS_FILES_MAX,
     },
     Dir, DropReason, TLS_CONN_REMEMBERED, TLS_SEQ_KNOWN,
 };
@@ -77,6 +77,10 @@ static GO_TLS_FILES: Array<GoTlsFile> = Array::with_max_entries(GO_TLS_FILES_MAX
 #[derive(Clone, Copy)]
 pub struct GoCall {
     buf: u64,
+    /// The goroutine's stack top at the entry when `buf` is on its stack,
+    /// else 0: a stack that grows during the call is copied elsewhere, and
+    /// the buffer with it (by the change of the top; see `moved_buf`).
+    stack_hi: u64,
     start_ns: u64,
     cookie: u64,
     seq: u32,
@@ -84,6 +88,8 @@ pub struct GoCall {
     flags: u8,
     _pad: u16,
 }
+
+const _: () = assert!(size_of::<GoCall>() == GO_CALL_BYTES);
 
 #[map]
 static GO_TLS_CALLS: LruHashMap<GoCallKey, GoCall> =
@@ -310,6 +316,11 @@ fn enter(ctx: &ProbeContext, dir: Dir) {
     };
     let call = GoCall {
         buf,
+        stack_hi: if dir == Dir::Recv {
+            stack_holding(g, buf)
+        } else {
+            0
+        },
         // SAFETY: helper without arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
         cookie,
@@ -401,6 +412,10 @@ fn leave(ctx: &ProbeContext) {
     if n <= 0 {
         return;
     }
+    let call = GoCall {
+        buf: moved_buf(&call, g),
+        ..call
+    };
     let len = if n as u64 > u64::from(u32::MAX) {
         u32::MAX
     } else {
@@ -412,6 +427,30 @@ fn leave(ctx: &ProbeContext) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     emit(&call, len, now, pid_tgid);
+}
+
+/// The top of goroutine `g`'s stack (`runtime.g` starts with its stack's
+/// bounds, lo then hi) when `buf` lies in that stack, else 0.
+#[inline(always)]
+fn stack_holding(g: u64, buf: u64) -> u64 {
+    match uread::<[u64; 2]>(g) {
+        Some([lo, hi]) if buf >= lo && buf < hi => hi,
+        _ => 0,
+    }
+}
+
+/// Where a call's buffer on its goroutine's stack is now: the runtime
+/// copies a growing stack to a new place and moves every pointer into it
+/// by the change of the stack's top, the buffer included.
+#[inline(always)]
+fn moved_buf(call: &GoCall, g: u64) -> u64 {
+    if call.stack_hi == 0 {
+        return call.buf;
+    }
+    match uread::<u64>(g + 8) {
+        Some(hi) => call.buf.wrapping_add(hi.wrapping_sub(call.stack_hi)),
+        None => call.buf,
+    }
 }
 
 /// Writes one TLS record: `len` bytes moved by `call`, the first at

@@ -713,11 +713,12 @@ impl Kernel {
     /// Removes the Go TLS calls in progress of process `pid` (it exited
     /// inside them): how many.
     pub fn forget_go_calls(&mut self, pid: u32) -> usize {
-        use tracer_common::gotls::GoCallKey;
+        use tracer_common::gotls::{GoCallKey, GO_CALL_BYTES};
         let Some(map) = self.ebpf.map_mut("GO_TLS_CALLS") else {
             return 0;
         };
-        let Ok(mut calls) = aya::maps::HashMap::<&mut MapData, GoCallKey, [u8; 32]>::try_from(map)
+        let Ok(mut calls) =
+            aya::maps::HashMap::<&mut MapData, GoCallKey, [u8; GO_CALL_BYTES]>::try_from(map)
         else {
             return 0;
         };

@@ -27,6 +27,10 @@ pub const GO_AT_STACK_CHECK: u64 = 1 << 32;
 /// Go TLS calls in progress (an LRU map keyed by process and goroutine).
 pub const GO_TLS_CALLS_MAX: u32 = 16384;
 
+/// Bytes of a `GO_TLS_CALLS` value (a call's state, private to the eBPF
+/// side): user space removes the calls of processes that exited.
+pub const GO_CALL_BYTES: usize = 40;
+
 /// A struct offset the binary did not give (the value is then not read).
 pub const GO_OFF_UNKNOWN: u32 = u32::MAX;
 
