@@ -62,11 +62,11 @@ def _calls(path, vaddr):
 
 
 def _inner(path, plain, ex):
-    """The function OpenSSL's two wrappers (addresses) both call, when it
+    """The function OpenSSL's two wrappers (addresses) both call first, when it
     starts with an instruction the kernel's uprobes emulate (`push`,
     `nop`): where the agent probes instead (tracer/src/tls/inner.rs)."""
     calls = _calls(path, ex)
-    if not calls or calls[0] not in _calls(path, plain):
+    if not calls or _calls(path, plain)[:1] != calls[:1]:
         return None
     first = _instructions(path, calls[0], 16)
     return calls[0] if first and first[0][0].startswith(("push", "nop")) else None

@@ -15,8 +15,8 @@
 //! wrappers of a direction call the same function and that function starts
 //! with an emulated instruction, its one probe (the `_ex` programs) takes
 //! the wrappers' place. The function is found from the code (the libraries
-//! carry no symbol for it): the first direct call of the `_ex` wrapper,
-//! which the other wrapper must call too before its first return.
+//! carry no symbol for it): the first direct call of each wrapper, the
+//! same in both, before their first return.
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
 /// Bytes of a wrapper decoded, and at most how many instructions: the
@@ -80,9 +80,12 @@ impl Code<'_> {
     /// the `_ex` one first), when it starts with an emulated instruction.
     pub(super) fn shared_inner(&self, plain: u64, ex: u64) -> Option<u64> {
         let inner = *self.calls(ex).first()?;
+        // The first call of both: a shared error path (`ERR_new`) called
+        // first in both is no inner function; a library whose wrappers
+        // differ is left on them.
         (inner != plain
             && inner != ex
-            && self.calls(plain).contains(&inner)
+            && self.calls(plain).first() == Some(&inner)
             && self.emulated(inner))
         .then_some(inner)
     }
@@ -165,6 +168,15 @@ mod tests {
         let mut f = wrappers(&[0x41, 0x55, 0xc3]);
         // SSL_read now calls elsewhere (e.g. an inlined inner function).
         f[PLAIN + 13..PLAIN + 18].copy_from_slice(&call(PLAIN + 13, INNER + 0x40));
+        f[INNER + 0x40] = 0x55;
+        assert_eq!(code(&f).shared_inner(PLAIN as u64, EX as u64), None);
+    }
+
+    #[test]
+    fn a_wrapper_calling_something_else_first_is_left() {
+        let mut f = wrappers(&[0x41, 0x55, 0xc3]);
+        // SSL_read calls an error function before the inner one.
+        f[PLAIN + 4..PLAIN + 9].copy_from_slice(&call(PLAIN + 4, INNER + 0x40));
         f[INNER + 0x40] = 0x55;
         assert_eq!(code(&f).shared_inner(PLAIN as u64, EX as u64), None);
     }
