@@ -403,7 +403,7 @@ fn leave(ctx: &ProbeContext) {
     };
     let key = GoCallKey { pid, g };
     // SAFETY: a map value, copied at once.
-    let Some(call) = (unsafe { GO_TLS_CALLS.get(&key) }).copied() else {
+    let Some(mut call) = (unsafe { GO_TLS_CALLS.get(&key) }).copied() else {
         count_drop(DropReason::GoTlsNoEntry);
         return;
     };
@@ -412,10 +412,7 @@ fn leave(ctx: &ProbeContext) {
     if n <= 0 {
         return;
     }
-    let call = GoCall {
-        buf: moved_buf(&call, g),
-        ..call
-    };
+    call.buf = moved_buf(&call, g);
     let len = if n as u64 > u64::from(u32::MAX) {
         u32::MAX
     } else {
