@@ -8,7 +8,9 @@
 // Reads are made with i/2 more words of stack in use; when odd, its Write.
 // The steps of a word cross a stack's end at every instruction that
 // checks it.
-// Usage: tls_deep PORT CERT KEY. Prints "ready" once listening.
+// Usage: tls_deep PORT CERT KEY [implicit]. With "implicit", the server
+// never calls Handshake: each connection's first Read shakes hands, as in
+// a plain tls.Listen server. Prints "ready" once listening.
 package main
 
 import (
@@ -65,11 +67,9 @@ func at(j int, f func()) {
 	<-done
 }
 
-func serve(c *tls.Conn, i int) {
+func serve(c *tls.Conn, i int, implicit bool) {
 	defer c.Close()
-	// As net/http does: a Read that shakes hands first stamps its plaintext
-	// with the sequence number from before the handshake.
-	if c.Handshake() != nil {
+	if !implicit && c.Handshake() != nil {
 		return
 	}
 	var req []byte
@@ -106,10 +106,11 @@ func serve(c *tls.Conn, i int) {
 }
 
 func main() {
-	if len(os.Args) != 4 {
-		fmt.Fprintln(os.Stderr, "usage: tls_deep PORT CERT KEY")
+	if len(os.Args) < 4 || len(os.Args) > 5 || (len(os.Args) == 5 && os.Args[4] != "implicit") {
+		fmt.Fprintln(os.Stderr, "usage: tls_deep PORT CERT KEY [implicit]")
 		os.Exit(2)
 	}
+	implicit := len(os.Args) == 5
 	cert, err := tls.LoadX509KeyPair(os.Args[2], os.Args[3])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -126,6 +127,6 @@ func main() {
 		if err != nil {
 			return
 		}
-		go serve(c.(*tls.Conn), i)
+		go serve(c.(*tls.Conn), i, implicit)
 	}
 }

@@ -353,22 +353,78 @@ fn short_lived_clients_are_named_as_started() {
     );
 }
 
-/// Python's ssl client for [`go_calls_that_grow_the_stack_are_seen_once`]:
-/// `n` connections in turn, one GET each, the body (the request line
-/// echoed) checked.
+/// Python's ssl client for the `tls_deep` server: `n` connections in turn,
+/// one GET each, the body (the request line echoed) checked. With a third
+/// argument, connection i is made in turn with TLS 1.3, then TLS 1.2 with
+/// AES-GCM, ChaCha20-Poly1305 and AES-CBC (records laid out three ways).
 const DEEP_CLIENT: &str = r#"
 import http.client, ssl, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
-ctx = ssl._create_unverified_context()
+suites = [None, "ECDHE+AESGCM", "ECDHE+CHACHA20", "ECDHE+AES+SHA1"] if len(sys.argv) > 3 else [None]
 for i in range(n):
+    ctx = ssl._create_unverified_context()
+    suite = suites[i % len(suites)]
+    if suite:
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(suite)
     c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
     c.request("GET", "/deep-%d" % i)
     r = c.getresponse()
     body = r.read().decode()
     assert r.status == 200 and ("GET /deep-%d HTTP" % i) in body, (i, r.status, body)
+    assert suite is None or c.sock is None or c.sock.version() == "TLSv1.2"
     c.close()
 print("done")
 "#;
+
+/// Runs `tls_deep` (with `server_args` after its port, certificate and
+/// key) under the agent, sends it `n` requests from [`DEEP_CLIENT`] (with
+/// `client_args`), and checks that every request has one client and one
+/// server span, https, 200, linked, and that no response was left
+/// without its request. Returns the agent's output.
+fn deep_requests_linked(
+    name: &str,
+    server_args: &[&str],
+    n: usize,
+    client_args: &[&str],
+) -> Option<AgentOutput> {
+    let _g = root_test(name)?;
+    require_tool("python3");
+    let dir = TempDir::new("tracer-gotls-deep");
+    let (cert, key) = certificate(dir.path());
+    let bin = go_build(dir.path(), "tls_deep", "tls_deep", &[]);
+    let port = free_port();
+    let _server = Spawned::ready(
+        Command::new(&bin)
+            .arg(port.to_string())
+            .args([&cert, &key])
+            .args(server_args),
+    );
+    wait_port(port, Duration::from_secs(10));
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    let out = tracer_e2e::run_ok(
+        Command::new("python3")
+            .args(["-c", DEEP_CLIENT])
+            .args([port.to_string(), n.to_string()])
+            .args(client_args),
+    );
+    assert_eq!(out.trim(), "done");
+    wait_for_paths(&receiver, "/deep-", 2 * n);
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    for i in 0..n {
+        let path = format!("/deep-{i}");
+        assert_https_linked(&spans, &path, ("python3", "tls_deep"), "1.1", &out.stderr);
+    }
+    assert_eq!(
+        out.counter("correlation.unmatched_response"),
+        Some(0),
+        "{}",
+        out.stderr
+    );
+    Some(out)
+}
 
 /// An entry probe sits on the stack check's branch, which a call whose
 /// prologue grows the goroutine's stack passes twice (morestack restarts
@@ -378,37 +434,30 @@ print("done")
 /// twice would repeat the response: a response without its request).
 #[test]
 fn go_calls_that_grow_the_stack_are_seen_once() {
-    let Some(_g) = root_test("go_calls_that_grow_the_stack_are_seen_once") else {
-        return;
-    };
-    require_tool("python3");
-    let dir = TempDir::new("tracer-gotls-deep");
-    let (cert, key) = certificate(dir.path());
-    let bin = go_build(dir.path(), "tls_deep", "tls_deep", &[]);
-    let port = free_port();
-    let _server = Spawned::ready(Command::new(&bin).arg(port.to_string()).args([&cert, &key]));
-    wait_port(port, Duration::from_secs(10));
-    let receiver = Receiver::start(Otlp::Grpc);
-    let agent = Agent::start(&receiver.agent_args());
     // Depths 0-199 frames, each way (the stack starts at 2 KiB and
     // doubles: the checks are crossed at several depths).
-    let n = 400;
-    let out = tracer_e2e::run_ok(
-        Command::new("python3")
-            .args(["-c", DEEP_CLIENT])
-            .args([port.to_string(), n.to_string()]),
-    );
-    assert_eq!(out.trim(), "done");
-    wait_for_paths(&receiver, "/deep-", 2 * n);
-    let out = agent.stop(SETTLE);
-    let spans = receiver.spans();
-    for i in 0..n {
-        // One client and one server span each, https, 200, linked.
-        let path = format!("/deep-{i}");
-        assert_https_linked(&spans, &path, ("python3", "tls_deep"), "1.1", &out.stderr);
-    }
+    deep_requests_linked("go_calls_that_grow_the_stack_are_seen_once", &[], 400, &[]);
+}
+
+/// A server that never calls `Handshake` (a plain `tls.Listen` server):
+/// each connection's first Read shakes hands before it decrypts the
+/// request, so the request's record is not the next in the stream at the
+/// Read's entry. Its sequence number, found at the Read's return, is the
+/// client's, under TLS 1.3 and under TLS 1.2 with each record layout (an
+/// explicit nonce of 0, 8 and 16 bytes); the first Read of a connection
+/// also meets its `Conn`'s buffers before Go ever wrote them.
+#[test]
+fn go_server_whose_first_read_shakes_hands_links_its_spans() {
+    let Some(out) = deep_requests_linked(
+        "go_server_whose_first_read_shakes_hands_links_its_spans",
+        &["implicit"],
+        120,
+        &["suites"],
+    ) else {
+        return;
+    };
     assert_eq!(
-        out.counter("correlation.unmatched_response"),
+        out.counter("kernel.go_tls_record_guessed"),
         Some(0),
         "{}",
         out.stderr

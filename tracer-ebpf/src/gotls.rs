@@ -24,10 +24,11 @@
 //!
 //! Sequence numbers (rule 3): a Write's ciphertext starts at the socket's
 //! `write_seq` at entry (Go writes whole records, straight to the socket). A
-//! Read whose plaintext buffer (`Conn.input`) is empty decrypts the record
-//! that starts at `copied_seq` minus the ciphertext already read ahead into
-//! `Conn.rawInput`; a Read served from `Conn.input` continues the previous
-//! one (no sequence number, as OpenSSL's buffered reads).
+//! Read whose plaintext buffer (`Conn.input`) is empty at entry decrypts a
+//! new record, found at its return in `Conn.rawInput` (see `record_seq`),
+//! after any handshake or session ticket the Read handled first; a Read
+//! served from `Conn.input` continues the previous one (no sequence number,
+//! as OpenSSL's buffered reads).
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -44,10 +45,10 @@ use tracer_common::{
         GoCallKey, GoTlsFile, GoWrappers, GO_AT_STACK_CHECK, GO_CALL_BYTES, GO_OFF_UNKNOWN,
         GO_TLS_CALLS_MAX, GO_TLS_FILES_MAX,
     },
-    Dir, DropReason, TLS_CONN_REMEMBERED, TLS_SEQ_KNOWN,
+    Dir, DropReason, KernelStat, TLS_CONN_REMEMBERED, TLS_SEQ_KNOWN,
 };
 
-use crate::{count_drop, global, AGENT_PID, ENABLED, TLS_SNAP};
+use crate::{add_stat, count_drop, global, AGENT_PID, ENABLED, TLS_SNAP};
 
 // Kernel offsets (from BTF, set by the agent before load).
 #[no_mangle]
@@ -83,6 +84,10 @@ pub struct GoCall {
     stack_hi: u64,
     start_ns: u64,
     cookie: u64,
+    /// A Read that decrypts a new record: its `*Conn` and its socket, to
+    /// find at the return where that record began (else 0, 0).
+    conn: u64,
+    sk: u64,
     seq: u32,
     dir: u8,
     flags: u8,
@@ -306,10 +311,10 @@ fn enter(ctx: &ProbeContext, dir: Dir) {
         return;
     };
     let cookie: u64 = kread(sk + u64::from(global(&crate::OFF_COOKIE))).unwrap_or(0);
-    let (seq, flags) = if dir == Dir::Send {
+    let (new_record, seq, flags) = if dir == Dir::Send {
         match kread::<u32>(sk + u64::from(global(&crate::OFF_WRITE_SEQ))) {
-            Some(s) => (s, TLS_SEQ_KNOWN),
-            None => (0, TLS_CONN_REMEMBERED),
+            Some(s) => (false, s, TLS_SEQ_KNOWN),
+            None => (false, 0, TLS_CONN_REMEMBERED),
         }
     } else {
         read_seq(conn, f, sk)
@@ -324,6 +329,8 @@ fn enter(ctx: &ProbeContext, dir: Dir) {
         // SAFETY: helper without arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
         cookie,
+        conn: if new_record { conn } else { 0 },
+        sk: if new_record { sk } else { 0 },
         seq,
         dir: dir as u8,
         flags,
@@ -358,26 +365,75 @@ fn ctx_len(ctx: &ProbeContext) -> u32 {
     }
 }
 
-/// A Read's sequence number: known when it must decrypt a new record (its
-/// plaintext buffer is empty), which starts after what the socket delivered
-/// minus what was read ahead and not yet decrypted.
+/// At a Read's entry: whether it decrypts a new record (its plaintext
+/// buffer is empty), and its guess of that record's sequence number, the
+/// next in the stream: after what the socket delivered minus what was read
+/// ahead and not yet decrypted (see [`record_seq`] for the exact one).
 #[inline(always)]
-fn read_seq(conn: u64, f: &GoTlsFile, sk: u64) -> (u32, u8) {
+fn read_seq(conn: u64, f: &GoTlsFile, sk: u64) -> (bool, u32, u8) {
     const CONTINUED: (u32, u8) = (0, TLS_CONN_REMEMBERED);
     if f.input == GO_OFF_UNKNOWN || f.raw_input == GO_OFF_UNKNOWN {
-        return CONTINUED;
+        return (false, CONTINUED.0, CONTINUED.1);
     }
     match unread(conn + u64::from(f.input), f.reader_i) {
         Some(0) => {}
-        _ => return CONTINUED,
+        Some(_) => return (false, CONTINUED.0, CONTINUED.1),
+        // Go does not write the zero values of a new `Conn`, so the page
+        // of a connection's buffers can be out of memory until its first
+        // record: a new record, with no guess.
+        None => return (true, CONTINUED.0, CONTINUED.1),
     }
-    let Some(ahead) = unread(conn + u64::from(f.raw_input), f.buffer_off) else {
-        return CONTINUED;
-    };
-    match kread::<u32>(sk + u64::from(global(&crate::OFF_COPIED_SEQ))) {
-        Some(copied) => (copied.wrapping_sub(ahead as u32), TLS_SEQ_KNOWN),
-        None => CONTINUED,
+    let guess = unread(conn + u64::from(f.raw_input), f.buffer_off).and_then(|ahead| {
+        let copied: u32 = kread(sk + u64::from(global(&crate::OFF_COPIED_SEQ)))?;
+        Some(copied.wrapping_sub(ahead as u32))
+    });
+    match guess {
+        Some(seq) => (true, seq, TLS_SEQ_KNOWN),
+        None => (true, CONTINUED.0, CONTINUED.1),
     }
+}
+
+/// Where the record a Read decrypted began, found at the Read's return:
+/// `Conn.input` then holds that record's plaintext, decrypted in place in
+/// `Conn.rawInput`'s buffer just past the record's header and explicit
+/// nonce (0 bytes: TLS 1.3, ChaCha20; 8: TLS 1.2 AES-GCM; 16: AES-CBC),
+/// and the buffer's end is the socket's `copied_seq`. The header's length
+/// is the ciphertext's, or the plaintext's under CBC (Go writes it there
+/// to compute the MAC). The entry's guess
+/// (the next record) is wrong when the Read first shakes hands (a server
+/// that never calls `Handshake`) or first handles a post-handshake message
+/// (TLS 1.3 session tickets): those records come before. None when no
+/// candidate header is an application-data record inside the buffer.
+#[inline(always)]
+fn record_seq(conn: u64, f: &GoTlsFile, sk: u64) -> Option<u32> {
+    const HEADER: u64 = 5;
+    const APP_DATA: u8 = 23;
+    // The AEAD tag (AES-GCM, ChaCha20-Poly1305).
+    const TAG: u64 = 16;
+    let [plain, plain_len]: [u64; 2] = uread(conn + u64::from(f.input))?;
+    let [raw, raw_len]: [u64; 2] = uread(conn + u64::from(f.raw_input))?;
+    let mut at = None;
+    for nonce in [0u64, 8, 16] {
+        // Only inside the buffer: the page before it may not be readable.
+        let start = plain.wrapping_sub(HEADER + nonce);
+        if start < raw || start >= raw + raw_len {
+            continue;
+        }
+        let Some(h) = uread::<[u8; 5]>(start) else {
+            continue;
+        };
+        let len = u64::from(u16::from_be_bytes([h[3], h[4]]));
+        if h[0] == APP_DATA
+            && h[1] == 3
+            && (len == plain_len || len >= nonce + plain_len + TAG)
+            && start + HEADER + len <= raw + raw_len
+        {
+            at = Some(start - raw);
+            break;
+        }
+    }
+    let copied: u32 = kread(sk + u64::from(global(&crate::OFF_COPIED_SEQ)))?;
+    Some(copied.wrapping_sub((raw_len - at?) as u32))
 }
 
 #[uprobe]
@@ -413,6 +469,20 @@ fn leave(ctx: &ProbeContext) {
         return;
     }
     call.buf = moved_buf(&call, g);
+    if call.conn != 0 {
+        // SAFETY: the helper reads the program's own attach cookie.
+        let slot = unsafe { bpf_get_attach_cookie(ctx.regs as *mut c_void) } as u32;
+        match GO_TLS_FILES
+            .get(slot)
+            .and_then(|f| record_seq(call.conn, f, call.sk))
+        {
+            Some(seq) => {
+                call.seq = seq;
+                call.flags = TLS_SEQ_KNOWN;
+            }
+            None => add_stat(KernelStat::GoTlsRecordGuessed, 1),
+        }
+    }
     let len = if n as u64 > u64::from(u32::MAX) {
         u32::MAX
     } else {

@@ -29,7 +29,7 @@ pub const GO_TLS_CALLS_MAX: u32 = 16384;
 
 /// Bytes of a `GO_TLS_CALLS` value (a call's state, private to the eBPF
 /// side): user space removes the calls of processes that exited.
-pub const GO_CALL_BYTES: usize = 40;
+pub const GO_CALL_BYTES: usize = 56;
 
 /// A struct offset the binary did not give (the value is then not read).
 pub const GO_OFF_UNKNOWN: u32 = u32::MAX;

@@ -854,11 +854,16 @@ pub enum KernelStat {
     /// memory BIO, a BIO pair, the application's own): their calls get
     /// the memory-BIO rules.
     TlsMembioObjects = 19,
+    /// Go TLS Reads whose record was not found at their return (a cipher
+    /// whose records are laid out otherwise): stamped with the entry's
+    /// guess, the record next in the stream, which misses when the Read
+    /// first shakes hands.
+    GoTlsRecordGuessed = 20,
 }
 
 impl KernelStat {
     /// Every counter, in index order.
-    pub const ALL: [KernelStat; 20] = [
+    pub const ALL: [KernelStat; 21] = [
         KernelStat::SilencedCalls,
         KernelStat::SilencedPackets,
         KernelStat::SilencedBytes,
@@ -879,6 +884,7 @@ impl KernelStat {
         KernelStat::TlsLinkedOutside,
         KernelStat::TlsLinkRefused,
         KernelStat::TlsMembioObjects,
+        KernelStat::GoTlsRecordGuessed,
     ];
 
     /// Stable name.
@@ -904,6 +910,7 @@ impl KernelStat {
             KernelStat::TlsLinkedOutside => "tls_linked_outside",
             KernelStat::TlsLinkRefused => "tls_link_refused",
             KernelStat::TlsMembioObjects => "tls_membio_objects",
+            KernelStat::GoTlsRecordGuessed => "go_tls_record_guessed",
         }
     }
 
@@ -939,6 +946,9 @@ impl KernelStat {
             }
             KernelStat::TlsMembioObjects => {
                 "TLS objects given a read BIO that is not a socket: memory-BIO rules apply."
+            }
+            KernelStat::GoTlsRecordGuessed => {
+                "Go TLS Reads stamped with the entry's guess: their record was not found."
             }
         }
     }
