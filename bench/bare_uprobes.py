@@ -1,7 +1,10 @@
 """Uprobes with no eBPF program behind them: tracefs probe events, tracing
 off, so what they cost is the trap alone. bench/tls_overhead.py runs them as
-the floor any uprobe-based TLS capture stands on, on the same functions the
-agent probes."""
+the floor any uprobe-based TLS capture stands on, at the same places the
+agent probes: a C function's entry and its return (a uretprobe, as the
+agent's), a Go function's entry and, for Go's Read, where its end is
+seen: its call to runtime.memmove, else each of its RET instructions (Go
+code gets no uretprobes)."""
 import os
 import re
 import shutil
@@ -110,6 +113,27 @@ def file_offsets(path, symbols, as_agent=False):
     return out
 
 
+def go_read_end(path, symbol):
+    """File offsets where the agent sees Go function `symbol` (Read) end, as
+    tracer/src/tls/go.rs finds them: its one call to runtime.memmove, else
+    each of its RET instructions."""
+    out = subprocess.run(["nm", "-S", "--defined-only", path], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        parts = line.split(maxsplit=3)
+        if len(parts) == 4 and parts[3] == symbol:
+            vaddr, size = int(parts[0], 16), int(parts[1], 16)
+            break
+    else:
+        raise SystemExit("bare uprobes: %s not found in %s" % (symbol, path))
+    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "--start-address=0x%x" % vaddr,
+                          "--stop-address=0x%x" % (vaddr + size), path], capture_output=True, text=True).stdout
+    at = [int(m.group(1), 16) for m in re.finditer(r"^\s*([0-9a-f]+):\s+call\s+[0-9a-f]+ <runtime\.memmove>", dis, re.M)]
+    if len(at) != 1:
+        at = [int(m.group(1), 16) for m in re.finditer(r"^\s*([0-9a-f]+):\s+ret", dis, re.M)]
+    loads = _loads(path)
+    return [r - va + off for r in at for off, va, size in loads if va <= r < va + size]
+
+
 def libraries_of(exe, soname):
     """Resolved paths of the libraries named `soname*` that `exe` links."""
     out = subprocess.run(["ldd", shutil.which(exe) or exe], capture_output=True, text=True).stdout
@@ -117,10 +141,12 @@ def libraries_of(exe, soname):
 
 
 class BareUprobes:
-    """Entry uprobes on `targets` ([(file, symbol)]), enabled with tracing
-    off: every call traps, nothing is recorded."""
+    """Uprobes on `targets` ([(file, symbol)]), enabled with tracing off:
+    every call traps, nothing is recorded. A C function gets an entry probe
+    and a uretprobe; a Go function (a dotted name) an entry probe, and Go's
+    Read one where its end is seen too (`returns`: else entries alone)."""
 
-    def __init__(self, targets, as_agent=True):
+    def __init__(self, targets, as_agent=True, returns=True):
         self.targets = []
         for path in dict.fromkeys(p for p, _ in targets):
             symbols = [sym for p, sym in targets if p == path]
@@ -130,7 +156,13 @@ class BareUprobes:
                     raise SystemExit("bare uprobes: %s not found in %s" % (sym, path))
                 if offsets[sym] is None:
                     continue
-                self.targets.append((path, offsets[sym]))
+                self.targets.append(("p", path, offsets[sym]))
+                if not returns:
+                    continue
+                if "." not in sym:
+                    self.targets.append(("r", path, offsets[sym]))
+                elif sym.endswith(").Read"):
+                    self.targets += [("p", path, off) for off in go_read_end(path, sym)]
 
     def start(self):
         if os.path.exists(TRACEFS + "/events/" + GROUP):
@@ -139,8 +171,8 @@ class BareUprobes:
         with open(TRACEFS + "/tracing_on") as f:
             self.tracing_was = f.read().strip()
         _write(TRACEFS + "/tracing_on", "0")
-        for i, (path, off) in enumerate(self.targets):
-            _write(TRACEFS + "/uprobe_events", "p:%s/p%d %s:0x%x\n" % (GROUP, i, path, off), append=True)
+        for i, (kind, path, off) in enumerate(self.targets):
+            _write(TRACEFS + "/uprobe_events", "%s:%s/p%d %s:0x%x\n" % (kind, GROUP, i, path, off), append=True)
         _write(TRACEFS + "/events/%s/enable" % GROUP, "1")
 
     def stop(self):

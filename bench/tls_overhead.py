@@ -4,12 +4,14 @@
 wrk over HTTPS (keep-alive) against nginx with TLS, or with --server go
 against tests/go/tls_server.go (net/http, HTTP/1.1, built here with the
 host's Go: Go crypto/tls probes, one at the start of Write, one at the
-start of Read and one per RET of Read), certificates made with the openssl
+start of Read and one on Read's call to memmove), certificates made with the openssl
 CLI, in seven conditions per round, their order rotated every round: no
-agent; bare uprobes (tracefs entry probes where the agent probes, no eBPF
-program behind them, tracing off: what the trap alone costs, the floor of
-any uprobe-based capture; OpenSSL's inner read and write functions where
-the agent probes them, see tracer/src/tls/inner.rs); the agent's hooks attached
+agent; bare uprobes (tracefs probes where the agent probes, no eBPF
+program behind them, tracing off: what the traps alone cost, the floor of
+any uprobe-based capture: entry probes and uretprobes on OpenSSL's inner
+read and write functions where the agent probes them, see
+tracer/src/tls/inner.rs; Go's entries and Read's call to memmove, see
+bench/bare_uprobes.py); the agent's hooks attached
 but returning at once (--hooks-only --tls-snap-len 0); capture only
 (--no-spans), with TLS capture off and on (the uprobes' cost without the
 span work it feeds); the whole product with TLS capture off
@@ -26,6 +28,9 @@ Run as root from the repository:  bench/tls_overhead.py [--server go] [--pairs 5
                      same rounds.
   --wrapper-floor    adds "bare-wrappers": bare uprobes on the entries of
                      OpenSSL's exported SSL_read/SSL_write/_ex themselves.
+  --entry-floor      adds "bare-entries": bare uprobes at the agent's entry
+                     points alone (what the return probes add, by
+                     difference).
 """
 import argparse
 import os
@@ -96,6 +101,8 @@ def main():
     ap.add_argument("--ab", help="another tracer binary, run as condition tls-on-b")
     ap.add_argument("--wrapper-floor", action="store_true",
                     help="add bare uprobes on OpenSSL's exported wrappers (bare-wrappers)")
+    ap.add_argument("--entry-floor", action="store_true",
+                    help="add bare uprobes at the agent's entry points alone, no return probes (bare-entries)")
     a = ap.parse_args()
     conditions = list(CONDITIONS)
     exes = {}
@@ -117,6 +124,8 @@ def main():
         conditions.insert(1, ("bare-uprobes", BareUprobes(probed)))
         if a.wrapper_floor:
             conditions.insert(2, ("bare-wrappers", BareUprobes(probed, as_agent=False)))
+        if a.entry_floor:
+            conditions.insert(2, ("bare-entries", BareUprobes(probed, returns=False)))
         sink = OtlpSink()
         stats = BpfStats()
         try:

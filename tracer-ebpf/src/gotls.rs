@@ -1,16 +1,19 @@
 //! Go's crypto/tls: uprobes at the start of `(*Conn).Write` and
 //! `(*Conn).Read` (just past the prologue's stack check, which a call that
-//! grows its stack runs twice), and on every RET instruction of Read (no
-//! uretprobes on Go code: the return address lives on a goroutine stack the
-//! runtime moves).
+//! grows its stack runs twice), and on Read's one call to `runtime.memmove`
+//! (the copy of the plaintext to the caller's buffer), else on every RET
+//! instruction of Read (no uretprobes on Go code: the return address lives
+//! on a goroutine stack the runtime moves; a RET is single-stepped, the
+//! call is not).
 //!
 //! Arguments and results follow Go's amd64 register ABI (Go 1.17+): at the
-//! start RAX = `*Conn`, RBX = buffer, RCX = its length; at a RET, RAX = n.
+//! start RAX = `*Conn`, RBX = buffer, RCX = its length; at a RET, RAX = n;
+//! at the call to `memmove(to, from, n)`, RAX, RBX, RCX.
 //! A Write's record is emitted at its start, with the whole buffer: Go
 //! writes all of it or fails the connection for good, and a record emitted
 //! at its return could reach the agent after the response it caused (the
 //! peer may answer, and the reader return, before the writer runs again).
-//! A Read's is emitted at its return; R14 holds the current goroutine (`g`):
+//! A Read's is emitted at its copy (or return); R14 holds the current goroutine (`g`):
 //! the call is keyed by process and goroutine, since a goroutine blocked in
 //! Read may resume on another thread.
 //!
@@ -438,12 +441,31 @@ fn record_seq(conn: u64, f: &GoTlsFile, sk: u64) -> Option<u32> {
 
 #[uprobe]
 pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
-    leave(&ctx);
+    // SAFETY: a uprobe's context is the user registers.
+    let n = unsafe { (*ctx.regs).rax } as i64;
+    leave(&ctx, n, None);
     0
 }
 
+/// At Read's call to `runtime.memmove` (`to` = the caller's buffer in RAX,
+/// `from` = the record's plaintext in `Conn.input` in RBX, `n` in RCX):
+/// the plaintext is copied from where it was decrypted, the length is what
+/// Read returns.
+#[uprobe]
+pub fn go_tls_copy(ctx: ProbeContext) -> u32 {
+    // SAFETY: a uprobe's context is the user registers.
+    let (from, n) = unsafe {
+        let r = &*ctx.regs;
+        (r.rbx, r.rcx as i64)
+    };
+    leave(&ctx, n, Some(from));
+    0
+}
+
+/// The end of a Read that moved `n` bytes: its record, with the plaintext
+/// at `from` when given, else in the call's buffer.
 #[inline(always)]
-fn leave(ctx: &ProbeContext) {
+fn leave(ctx: &ProbeContext, n: i64, from: Option<u64>) {
     if global(&ENABLED) == 0 || global(&TLS_SNAP) == 0 {
         return;
     }
@@ -453,10 +475,7 @@ fn leave(ctx: &ProbeContext) {
         return;
     }
     // SAFETY: a uprobe's context is the user registers.
-    let (n, g) = unsafe {
-        let r = &*ctx.regs;
-        (r.rax as i64, r.r14)
-    };
+    let g = unsafe { (*ctx.regs).r14 };
     let key = GoCallKey { pid, g };
     // SAFETY: a map value, copied at once.
     let Some(mut call) = (unsafe { GO_TLS_CALLS.get(&key) }).copied() else {
@@ -468,7 +487,10 @@ fn leave(ctx: &ProbeContext) {
     if n <= 0 {
         return;
     }
-    call.buf = moved_buf(&call, g);
+    call.buf = match from {
+        Some(from) => from,
+        None => moved_buf(&call, g),
+    };
     if call.conn != 0 {
         // SAFETY: the helper reads the program's own attach cookie.
         let slot = unsafe { bpf_get_attach_cookie(ctx.regs as *mut c_void) } as u32;
@@ -490,7 +512,7 @@ fn leave(ctx: &ProbeContext) {
     };
     // A Read is entered long before its data comes (net/http parks a
     // goroutine in Read on every idle connection): its bytes are known to
-    // have arrived only at its return.
+    // have arrived only at its end.
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     emit(&call, len, now, pid_tgid);

@@ -75,11 +75,12 @@ const TLS_PROGRAMS: [&str; 7] = [
     tls_programs::SET_BIO,
 ];
 
-/// The Go crypto/tls programs (entries, then every RET).
-const GO_TLS_PROGRAMS: [&str; 3] = [
+/// The Go crypto/tls programs (entries, then Read's copy or its RETs).
+const GO_TLS_PROGRAMS: [&str; 4] = [
     tracer_common::gotls::programs::WRITE,
     tracer_common::gotls::programs::READ,
     tracer_common::gotls::programs::RET,
+    tracer_common::gotls::programs::COPY,
 ];
 
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));

@@ -7,9 +7,13 @@ pub mod programs {
     pub const WRITE: &str = "go_tls_write";
     /// `crypto/tls.(*Conn).Read` entry.
     pub const READ: &str = "go_tls_read";
-    /// Every RET instruction of both (Go code gets no uretprobes: a
-    /// goroutine's stack moves, and the return address with it).
+    /// Every RET instruction of Read (Go code gets no uretprobes: a
+    /// goroutine's stack moves, and the return address with it), where
+    /// [`COPY`] cannot be placed.
     pub const RET: &str = "go_tls_ret";
+    /// Read's one call to `runtime.memmove`, which copies the plaintext to
+    /// the caller's buffer (one trap; a RET is single-stepped).
+    pub const COPY: &str = "go_tls_copy";
 }
 
 /// Go executables attached at once (slots of the `GO_TLS_FILES` array, one

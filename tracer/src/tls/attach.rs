@@ -23,7 +23,7 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkI
 use foldhash::{HashMap, HashMapExt};
 use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
 use tracer_common::{
-    gotls::{GO_OFF_UNKNOWN, GO_TLS_FILES_MAX},
+    gotls::{programs as go_programs, GO_OFF_UNKNOWN, GO_TLS_FILES_MAX},
     hook_programs, tls_programs, GO_HOOK_FILES_MAX, TLS_BIO_METHOD_AT_OSSL3, TLS_COOKIE_MEMBIO,
 };
 
@@ -1312,6 +1312,11 @@ impl TlsAttach {
             functions = if probes.symbols { "symbol table" } else { "Go function table (stripped)" },
             offsets = probes.offsets.name(),
             read_ahead = probes.layout.raw_input != GO_OFF_UNKNOWN,
+            read_end = if probes.probes.iter().any(|p| p.0 == go_programs::COPY) {
+                "memmove call"
+            } else {
+                "RET instructions"
+            },
             conn_wrappers = probes.layout.wrappers.types.iter().filter(|&&t| t != 0).count(),
             "Go crypto/tls plaintext probes attached"
         );

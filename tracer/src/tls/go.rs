@@ -37,6 +37,8 @@ use tracer_common::{
 /// The probed functions.
 const WRITE: &str = "crypto/tls.(*Conn).Write";
 const READ: &str = "crypto/tls.(*Conn).Read";
+/// What Read's copy of the plaintext into the caller's buffer calls.
+const MEMMOVE: &str = "runtime.memmove";
 /// `*tls.Conn`'s methods of `net.Conn`, in the order of their names.
 const TLS_CONN_METHODS: [&str; 8] = [
     "crypto/tls.(*Conn).Close",
@@ -163,7 +165,7 @@ pub struct GoProgram<'a, 'd> {
     /// come from the runtime's function table).
     symbols: bool,
     /// (address, size) of the functions of `FUNCS`.
-    funcs: [Option<(u64, u64)>; 5],
+    funcs: [Option<(u64, u64)>; FUNCS.len()],
     /// The itab of `*net.TCPConn` as a `net.Conn` (0: not found).
     tcp_itab: u64,
     /// The itab of `*net/http.response` as a `ResponseWriter` (0: not found).
@@ -174,12 +176,13 @@ pub struct GoProgram<'a, 'd> {
 }
 
 /// The functions the TLS probes and the hooks probe, by index.
-const FUNCS: [&str; 5] = [WRITE, READ, SERVE, NEWPROC, ROUND_TRIP];
+const FUNCS: [&str; 6] = [WRITE, READ, SERVE, NEWPROC, ROUND_TRIP, MEMMOVE];
 const F_WRITE: usize = 0;
 const F_READ: usize = 1;
 const F_SERVE: usize = 2;
 const F_NEWPROC: usize = 3;
 const F_ROUND_TRIP: usize = 4;
+const F_MEMMOVE: usize = 5;
 
 /// Reads one parsed ELF file as a Go program.
 pub fn read<'a, 'd>(obj: &'a object::File<'d>, wanted: Wanted) -> Program<'a, 'd> {
@@ -205,7 +208,7 @@ pub fn read<'a, 'd>(obj: &'a object::File<'d>, wanted: Wanted) -> Program<'a, 'd
     }
     let types = Types::new(obj, minor);
     let tab = FuncTab::parse(obj);
-    let mut funcs = [None; 5];
+    let mut funcs = [None; FUNCS.len()];
     let (mut tcp_itab, mut response_itab) = (0, 0);
     let mut symbols = false;
     for s in obj.symbols() {
@@ -347,6 +350,11 @@ impl GoProgram<'_, '_> {
                 continue;
             }
             probes.push((programs::READ, file_off + at, bits));
+            let memmove = self.funcs[F_MEMMOVE].map(|(a, _)| a);
+            if let Some(off) = memmove.and_then(|m| only_call_to(code, addr, m)) {
+                probes.push((programs::COPY, file_off + off, 0));
+                continue;
+            }
             let rets = ret_offsets(&insns);
             if rets.is_empty() {
                 return self.not_covered("no RET instruction found in crypto/tls.(*Conn).Read");
@@ -615,6 +623,22 @@ fn decode(code: &[u8], addr: u64) -> Vec<(u64, Mnemonic)> {
         .into_iter()
         .map(|insn| (insn.ip() - addr, insn.mnemonic()))
         .collect()
+}
+
+/// The offset (from the function's start) of the one direct call to
+/// `target` in a function's code; None when there is none or more than
+/// one. Read's call to `runtime.memmove` copies the record's plaintext to
+/// the caller's buffer: a probe on that `call` (an instruction the kernel
+/// emulates: one trap) sees the plaintext and its length in the call's
+/// argument registers, where a probe on each RET is single-stepped (two
+/// traps, ~10 µs each on a VM).
+fn only_call_to(code: &[u8], addr: u64, target: u64) -> Option<u64> {
+    let mut calls = Decoder::with_ip(64, code, addr, DecoderOptions::NONE)
+        .into_iter()
+        .filter(|i| i.mnemonic() == Mnemonic::Call && i.near_branch_target() == target)
+        .map(|i| i.ip() - addr);
+    let first = calls.next()?;
+    calls.next().is_none().then_some(first)
 }
 
 /// The offsets of a function's RET instructions (from its start).
@@ -1170,6 +1194,19 @@ mod tests {
         assert_eq!(uvarint(&[0x08, 0xff]), Some((8, 1)));
         assert_eq!(uvarint(&[0x80, 0x01]), Some((128, 2)));
         assert_eq!(uvarint(&[0x80]), None);
+    }
+
+    #[test]
+    fn the_one_call_to_a_function_is_found() {
+        // nop; call 0x2000; call 0x3000; call 0x3000; ret (at 0x1000)
+        let code = [
+            0x90, 0xe8, 0xfa, 0x0f, 0x00, 0x00, 0xe8, 0xf5, 0x1f, 0x00, 0x00, 0xe8, 0xf0, 0x1f,
+            0x00, 0x00, 0xc3,
+        ];
+        assert_eq!(only_call_to(&code, 0x1000, 0x2000), Some(1));
+        // Two calls: which one copies is not known.
+        assert_eq!(only_call_to(&code, 0x1000, 0x3000), None);
+        assert_eq!(only_call_to(&code, 0x1000, 0x4000), None);
     }
 
     #[test]
