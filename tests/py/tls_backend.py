@@ -1,6 +1,7 @@
 """An HTTPS backend: Python's http.server (HTTP/1.1, keep-alive) wrapped
-with ssl. Usage: tls_backend.py PORT CERT KEY; answers 200 "backend PATH"
-to every GET; prints "ready" once listening."""
+with ssl. Usage: tls_backend.py PORT CERT KEY [lazy]; answers 200 "backend
+PATH" to every GET; prints "ready" once listening. With "lazy", accepting
+does not shake hands: each connection's first read does."""
 import http.server
 import ssl
 import sys
@@ -22,9 +23,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 port, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+lazy = sys.argv[4:] == ["lazy"]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(cert, key)
 server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-server.socket = ctx.wrap_socket(server.socket, server_side=True)
+server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=not lazy)
 print("ready", flush=True)
 server.serve_forever()

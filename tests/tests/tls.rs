@@ -696,6 +696,73 @@ fn tls_server_started_after_the_agent() {
     );
 }
 
+/// A server whose first read shakes hands (Python's ssl accepting with
+/// `do_handshake_on_connect=False`, as servers that put the TLS object in
+/// accept state and go straight to `SSL_read` do): the read's receives
+/// start with the ClientHello, and it sends the server's flight (and TLS
+/// 1.3 session tickets) before the request's record comes. Under TLS 1.3
+/// and 1.2, from curl and Python, every request's server span is linked
+/// to its client span and starts after it.
+#[test]
+fn openssl_server_whose_first_read_shakes_hands_links_its_spans() {
+    let Some(_g) = root_test("openssl_server_whose_first_read_shakes_hands_links_its_spans") else {
+        return;
+    };
+    require_tool("curl");
+    let dir = TempDir::new("tracer-tls");
+    let (cert, key) = certificate(dir.path());
+    let port = free_port();
+    let _server = Listening::start(
+        Command::new(python())
+            .arg(py_script("tls_backend.py"))
+            .args([&port.to_string(), &cert, &key, "lazy"]),
+        port,
+    );
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    let base = format!("https://127.0.0.1:{port}");
+    let (v13, v12, py) = (
+        paths("/lazy-13-", 3),
+        paths("/lazy-12-", 3),
+        paths("/lazy-py-", 3),
+    );
+    for p in &v13 {
+        curl_ok(&format!("{base}{p}"), &["--tlsv1.3"]);
+    }
+    for p in &v12 {
+        curl_ok(&format!("{base}{p}"), &["--tlsv1.2", "--tls-max", "1.2"]);
+    }
+    let mut args = vec!["urllib", base.as_str()];
+    args.extend(py.iter().map(String::as_str));
+    py_client(&args);
+    wait_for_paths(&receiver, "/lazy-", 2 * (v13.len() + v12.len() + py.len()));
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    let curl = v13.iter().chain(&v12).map(|p| (p, "curl"));
+    for (p, client) in curl.chain(py.iter().map(|p| (p, "tls_client"))) {
+        assert_https_linked(&spans, p, (client, "tls_backend"), "1.1", &out.stderr);
+        let at = |kind: &str| {
+            let s = one(
+                &spans,
+                p,
+                if kind == "CLIENT" {
+                    client
+                } else {
+                    "tls_backend"
+                },
+                kind,
+                &out.stderr,
+            );
+            s["start_time_unix_nano"].as_u64().expect("a start time")
+        };
+        assert!(
+            at("SERVER") >= at("CLIENT"),
+            "{p}: the server span starts after its client's\n{}",
+            out.stderr
+        );
+    }
+}
+
 /// GnuTLS on both ends of real programs: gnutls-serv (its HTTP/1.0
 /// answers have no length: the body ends when the connection closes)
 /// serving curl (OpenSSL) and wget (GnuTLS). wget runs after the agent and

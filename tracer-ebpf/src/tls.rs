@@ -217,6 +217,7 @@ fn enter(ctx: &ProbeContext, dir: Dir, ex: bool) {
 /// sequence number `seq_end` on socket `cookie`, by thread `pid_tgid`.
 /// - Inside a TLS call of the same direction that has not moved ciphertext
 ///   yet: the call is on this socket and its ciphertext starts here.
+/// - A send inside a read on that read's socket: the read starts again.
 /// - A receive outside a TLS call: remembered as the thread's last one, for
 ///   a memory-BIO read that follows.
 /// - A send outside a TLS call by a thread with a memory-BIO write waiting:
@@ -237,6 +238,15 @@ pub fn note_sock_op(pid_tgid: u64, cookie: u64, seq_end: u32, len: u32, dir: Dir
             s.cookie = cookie;
             s.seq = seq;
             s.first_len = len;
+        } else if s.cookie == cookie && dir == Dir::Send && s.dir == Dir::Recv as u32 {
+            // A read that sends on its socket shakes hands (a server that
+            // lets its first read do it), answers a key update or sends
+            // session tickets: what it received so far was not the
+            // record it returns, which comes after (and so does its
+            // start).
+            s.cookie = 0;
+            // SAFETY: helper without arguments.
+            s.start_ns = unsafe { bpf_ktime_get_ns() };
         }
         return;
     }
