@@ -38,6 +38,19 @@ fn tls_h2_nginx(cert: &str, key: &str) -> Nginx {
     ))
 }
 
+/// `tests/py/tls_backend.py` (Python's http.server over ssl) on a free
+/// port, with `extra` arguments.
+fn tls_backend(cert: &str, key: &str, extra: &[&str]) -> Listening {
+    let port = free_port();
+    Listening::start(
+        Command::new(python())
+            .arg(py_script("tls_backend.py"))
+            .args([&port.to_string(), cert, key])
+            .args(extra),
+        port,
+    )
+}
+
 fn py_client(args: &[&str]) {
     let out = run_ok(
         Command::new(python())
@@ -240,13 +253,8 @@ fn chain_through_node_https_with_memory_bios() {
     let (cert, key) = certificate(dir.path());
     // curl -> nginx (TLS) -> Node https (OpenSSL inside node, memory BIOs)
     // -> Python http.server over ssl; all running before the agent.
-    let backend_port = free_port();
-    let _backend = Listening::start(
-        Command::new(python())
-            .arg(py_script("tls_backend.py"))
-            .args([&backend_port.to_string(), &cert, &key]),
-        backend_port,
-    );
+    let backend = tls_backend(&cert, &key, &[]);
+    let backend_port = backend.port;
     let node_port = free_port();
     let _node = Listening::start(
         &mut node_tls(&[
@@ -711,13 +719,8 @@ fn openssl_server_whose_first_read_shakes_hands_links_its_spans() {
     require_tool("curl");
     let dir = TempDir::new("tracer-tls");
     let (cert, key) = certificate(dir.path());
-    let port = free_port();
-    let _server = Listening::start(
-        Command::new(python())
-            .arg(py_script("tls_backend.py"))
-            .args([&port.to_string(), &cert, &key, "lazy"]),
-        port,
-    );
+    let server = tls_backend(&cert, &key, &["lazy"]);
+    let port = server.port;
     let receiver = Receiver::start(Otlp::Grpc);
     let agent = Agent::start(&receiver.agent_args());
     let base = format!("https://127.0.0.1:{port}");
