@@ -465,7 +465,7 @@ fn go_server_whose_first_read_shakes_hands_links_its_spans() {
         return;
     };
     assert_eq!(
-        out.counter("kernel.go_tls_record_guessed"),
+        out.counter("kernel.go_tls_record_not_found"),
         Some(0),
         "{}",
         out.stderr

@@ -25,6 +25,9 @@
 //! the Go binary come from the agent per file (`GO_TLS_FILES`, indexed by the
 //! probe's attach cookie), the kernel's from BTF.
 //!
+//! A Read's socket is found at its end, where it moved data: net/http
+//! enters a Read after each request that is aborted with none.
+//!
 //! Sequence numbers (rule 3): a Write's ciphertext starts at the socket's
 //! `write_seq` at entry (Go writes whole records, straight to the socket). A
 //! Read whose plaintext buffer (`Conn.input`) is empty at entry decrypts a
@@ -87,14 +90,17 @@ pub struct GoCall {
     stack_hi: u64,
     start_ns: u64,
     cookie: u64,
-    /// A Read that decrypts a new record: its `*Conn` and its socket, to
-    /// find at the return where that record began (else 0, 0).
+    /// A Read's `*Conn`, and the executable's load bias: its socket is
+    /// found at its end (net/http enters a Read after every request that
+    /// is aborted with no data).
     conn: u64,
-    sk: u64,
+    bias: u64,
     seq: u32,
     dir: u8,
     flags: u8,
-    _pad: u16,
+    /// A Read that decrypts a new record (see [`record_seq`]).
+    new_record: u8,
+    _pad: u8,
 }
 
 const _: () = assert!(size_of::<GoCall>() == GO_CALL_BYTES);
@@ -309,49 +315,43 @@ fn enter(ctx: &ProbeContext, dir: Dir) {
     };
     // Position-independent executables load at a page-aligned bias.
     let bias = ip.wrapping_sub(entry) & !0xfff;
+    let mut call = GoCall {
+        buf,
+        stack_hi: 0,
+        // SAFETY: helper without arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        cookie: 0,
+        conn,
+        bias,
+        seq: 0,
+        dir: dir as u8,
+        flags: TLS_CONN_REMEMBERED,
+        new_record: 0,
+        _pad: 0,
+    };
+    if dir == Dir::Recv {
+        call.stack_hi = stack_holding(g, buf);
+        call.new_record = u8::from(decrypts_new_record(conn, f));
+        let key = GoCallKey {
+            pid: pid_tgid >> 32,
+            g,
+        };
+        let _ = GO_TLS_CALLS.insert(&key, &call, 0);
+        return;
+    }
     let Some(sk) = socket_of_conn(conn, f, bias) else {
         count_drop(DropReason::GoTlsNoSocket);
         return;
     };
-    let cookie: u64 = kread(sk + u64::from(global(&crate::OFF_COOKIE))).unwrap_or(0);
-    let (new_record, seq, flags) = if dir == Dir::Send {
-        match kread::<u32>(sk + u64::from(global(&crate::OFF_WRITE_SEQ))) {
-            Some(s) => (false, s, TLS_SEQ_KNOWN),
-            None => (false, 0, TLS_CONN_REMEMBERED),
-        }
-    } else {
-        read_seq(conn, f, sk)
-    };
-    let call = GoCall {
-        buf,
-        stack_hi: if dir == Dir::Recv {
-            stack_holding(g, buf)
-        } else {
-            0
-        },
-        // SAFETY: helper without arguments.
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        cookie,
-        conn: if new_record { conn } else { 0 },
-        sk: if new_record { sk } else { 0 },
-        seq,
-        dir: dir as u8,
-        flags,
-        _pad: 0,
-    };
-    let key = GoCallKey {
-        pid: pid_tgid >> 32,
-        g,
-    };
-    if dir == Dir::Send {
-        // The plaintext is all there, and will all be sent (see the top).
-        let len = ctx_len(ctx);
-        if len > 0 {
-            emit(&call, len, call.start_ns, pid_tgid);
-        }
-        return;
+    call.cookie = kread(sk + u64::from(global(&crate::OFF_COOKIE))).unwrap_or(0);
+    if let Some(s) = kread::<u32>(sk + u64::from(global(&crate::OFF_WRITE_SEQ))) {
+        (call.seq, call.flags) = (s, TLS_SEQ_KNOWN);
     }
-    let _ = GO_TLS_CALLS.insert(&key, &call, 0);
+    // The plaintext is all there, and will all be sent (see the top).
+    let len = ctx_len(ctx);
+    if len > 0 {
+        emit(&call, len, call.start_ns, pid_tgid);
+    }
 }
 
 /// The buffer's length (RCX), as a record's length.
@@ -369,44 +369,32 @@ fn ctx_len(ctx: &ProbeContext) -> u32 {
 }
 
 /// At a Read's entry: whether it decrypts a new record (its plaintext
-/// buffer is empty), and its guess of that record's sequence number, the
-/// next in the stream: after what the socket delivered minus what was read
-/// ahead and not yet decrypted (see [`record_seq`] for the exact one).
+/// buffer `Conn.input` is empty).
 #[inline(always)]
-fn read_seq(conn: u64, f: &GoTlsFile, sk: u64) -> (bool, u32, u8) {
-    const CONTINUED: (u32, u8) = (0, TLS_CONN_REMEMBERED);
+fn decrypts_new_record(conn: u64, f: &GoTlsFile) -> bool {
     if f.input == GO_OFF_UNKNOWN || f.raw_input == GO_OFF_UNKNOWN {
-        return (false, CONTINUED.0, CONTINUED.1);
+        return false;
     }
     match unread(conn + u64::from(f.input), f.reader_i) {
-        Some(0) => {}
-        Some(_) => return (false, CONTINUED.0, CONTINUED.1),
+        Some(n) => n == 0,
         // Go does not write the zero values of a new `Conn`, so the page
         // of a connection's buffers can be out of memory until its first
-        // record: a new record, with no guess.
-        None => return (true, CONTINUED.0, CONTINUED.1),
-    }
-    let guess = unread(conn + u64::from(f.raw_input), f.buffer_off).and_then(|ahead| {
-        let copied: u32 = kread(sk + u64::from(global(&crate::OFF_COPIED_SEQ)))?;
-        Some(copied.wrapping_sub(ahead as u32))
-    });
-    match guess {
-        Some(seq) => (true, seq, TLS_SEQ_KNOWN),
-        None => (true, CONTINUED.0, CONTINUED.1),
+        // record.
+        None => true,
     }
 }
 
-/// Where the record a Read decrypted began, found at the Read's return:
+/// Where the record a Read decrypted began, found at the Read's end:
 /// `Conn.input` then holds that record's plaintext, decrypted in place in
 /// `Conn.rawInput`'s buffer just past the record's header and explicit
 /// nonce (0 bytes: TLS 1.3, ChaCha20; 8: TLS 1.2 AES-GCM; 16: AES-CBC),
 /// and the buffer's end is the socket's `copied_seq`. The header's length
 /// is the ciphertext's, or the plaintext's under CBC (Go writes it there
-/// to compute the MAC). The entry's guess
-/// (the next record) is wrong when the Read first shakes hands (a server
-/// that never calls `Handshake`) or first handles a post-handshake message
-/// (TLS 1.3 session tickets): those records come before. None when no
-/// candidate header is an application-data record inside the buffer.
+/// to compute the MAC). Not the record next in the stream at the Read's
+/// entry: a Read may first shake hands (a server that never calls
+/// `Handshake`) or handle post-handshake messages (TLS 1.3 session
+/// tickets). None when no candidate header is an application-data record
+/// inside the buffer.
 #[inline(always)]
 fn record_seq(conn: u64, f: &GoTlsFile, sk: u64) -> Option<u32> {
     const HEADER: u64 = 5;
@@ -491,18 +479,20 @@ fn leave(ctx: &ProbeContext, n: i64, from: Option<u64>) {
         Some(from) => from,
         None => moved_buf(&call, g),
     };
-    if call.conn != 0 {
-        // SAFETY: the helper reads the program's own attach cookie.
-        let slot = unsafe { bpf_get_attach_cookie(ctx.regs as *mut c_void) } as u32;
-        match GO_TLS_FILES
-            .get(slot)
-            .and_then(|f| record_seq(call.conn, f, call.sk))
-        {
-            Some(seq) => {
-                call.seq = seq;
-                call.flags = TLS_SEQ_KNOWN;
-            }
-            None => add_stat(KernelStat::GoTlsRecordGuessed, 1),
+    // SAFETY: the helper reads the program's own attach cookie.
+    let slot = unsafe { bpf_get_attach_cookie(ctx.regs as *mut c_void) } as u32;
+    let Some(f) = GO_TLS_FILES.get(slot) else {
+        return;
+    };
+    let Some(sk) = socket_of_conn(call.conn, f, call.bias) else {
+        count_drop(DropReason::GoTlsNoSocket);
+        return;
+    };
+    call.cookie = kread(sk + u64::from(global(&crate::OFF_COOKIE))).unwrap_or(0);
+    if call.new_record != 0 {
+        match record_seq(call.conn, f, sk) {
+            Some(seq) => (call.seq, call.flags) = (seq, TLS_SEQ_KNOWN),
+            None => add_stat(KernelStat::GoTlsRecordNotFound, 1),
         }
     }
     let len = if n as u64 > u64::from(u32::MAX) {
@@ -522,9 +512,13 @@ fn leave(ctx: &ProbeContext, n: i64, from: Option<u64>) {
 /// bounds, lo then hi) when `buf` lies in that stack, else 0.
 #[inline(always)]
 fn stack_holding(g: u64, buf: u64) -> u64 {
-    match uread::<[u64; 2]>(g) {
-        Some([lo, hi]) if buf >= lo && buf < hi => hi,
-        _ => 0,
+    // Unreadable: an empty stack (a guarded match let LLVM compare the
+    // unread words on the failed path, which the verifier refuses).
+    let [lo, hi] = uread::<[u64; 2]>(g).unwrap_or([0, 0]);
+    if buf >= lo && buf < hi {
+        hi
+    } else {
+        0
     }
 }
 

@@ -330,7 +330,7 @@ fn load_hooks(ebpf: &mut Ebpf) -> bool {
 fn load_all(ebpf: &mut Ebpf, names: &[&'static str], refused: &str) -> bool {
     for &name in names {
         if let Err(e) = load_uprobe(ebpf, name) {
-            tracing::warn!(error = %e, "{refused}");
+            tracing::warn!(error = %crate::error::chain(&e), "{refused}");
             for &name in names {
                 if let Some(Ok(p)) = ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
                     let _ = p.unload();

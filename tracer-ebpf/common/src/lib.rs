@@ -854,11 +854,10 @@ pub enum KernelStat {
     /// memory BIO, a BIO pair, the application's own): their calls get
     /// the memory-BIO rules.
     TlsMembioObjects = 19,
-    /// Go TLS Reads whose record was not found at their return (a cipher
-    /// whose records are laid out otherwise): stamped with the entry's
-    /// guess, the record next in the stream, which misses when the Read
-    /// first shakes hands.
-    GoTlsRecordGuessed = 20,
+    /// Go TLS Reads whose record was not found at their end (a cipher
+    /// whose records are laid out otherwise): no sequence number, as a
+    /// Read served from the plaintext buffer.
+    GoTlsRecordNotFound = 20,
 }
 
 impl KernelStat {
@@ -884,7 +883,7 @@ impl KernelStat {
         KernelStat::TlsLinkedOutside,
         KernelStat::TlsLinkRefused,
         KernelStat::TlsMembioObjects,
-        KernelStat::GoTlsRecordGuessed,
+        KernelStat::GoTlsRecordNotFound,
     ];
 
     /// Stable name.
@@ -910,7 +909,7 @@ impl KernelStat {
             KernelStat::TlsLinkedOutside => "tls_linked_outside",
             KernelStat::TlsLinkRefused => "tls_link_refused",
             KernelStat::TlsMembioObjects => "tls_membio_objects",
-            KernelStat::GoTlsRecordGuessed => "go_tls_record_guessed",
+            KernelStat::GoTlsRecordNotFound => "go_tls_record_not_found",
         }
     }
 
@@ -947,8 +946,8 @@ impl KernelStat {
             KernelStat::TlsMembioObjects => {
                 "TLS objects given a read BIO that is not a socket: memory-BIO rules apply."
             }
-            KernelStat::GoTlsRecordGuessed => {
-                "Go TLS Reads stamped with the entry's guess: their record was not found."
+            KernelStat::GoTlsRecordNotFound => {
+                "Go TLS Reads whose record was not found: no sequence number."
             }
         }
     }
