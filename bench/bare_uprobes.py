@@ -45,22 +45,29 @@ def _addresses(path, symbols):
     return found
 
 
-def _instructions(path, vaddr, length):
-    """(mnemonic, operand) of the instructions at `vaddr`, from objdump."""
-    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "--start-address=0x%x" % vaddr,
-                          "--stop-address=0x%x" % (vaddr + length), path],
+def _disassemble(path, *which):
+    """(address, mnemonic, operands) of the instructions objdump's `which`
+    options select."""
+    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", *which, path],
                          capture_output=True, text=True).stdout
-    return [m.groups() for m in re.finditer(r"^\s*[0-9a-f]+:\s+(\S+)\s*(\S*)", out, re.M)]
+    return [(int(a, 16), op, arg) for a, op, arg in
+            re.findall(r"^\s*([0-9a-f]+):\s+(\S+)[ \t]*(.*)$", out, re.M)]
+
+
+def _instructions(path, vaddr, length):
+    """(address, mnemonic, operands) of the instructions at `vaddr`."""
+    return _disassemble(path, "--start-address=0x%x" % vaddr, "--stop-address=0x%x" % (vaddr + length))
 
 
 def _calls(path, vaddr):
     """Targets of the direct calls from `vaddr` to the first return or jump."""
     calls = []
-    for op, arg in _instructions(path, vaddr, 128):
+    for _, op, arg in _instructions(path, vaddr, 128):
         if op.startswith("ret") or op == "jmp":
             break
-        if op == "call" and re.fullmatch(r"[0-9a-f]+", arg):
-            calls.append(int(arg, 16))
+        target = arg.split(" ")[0]
+        if op == "call" and re.fullmatch(r"[0-9a-f]+", target):
+            calls.append(int(target, 16))
     return calls
 
 
@@ -72,7 +79,7 @@ def _inner(path, plain, ex):
     if not calls or _calls(path, plain)[:1] != calls[:1]:
         return None
     first = _instructions(path, calls[0], 16)
-    return calls[0] if first and first[0][0].startswith(("push", "nop")) else None
+    return calls[0] if first and first[0][1].startswith(("push", "nop")) else None
 
 
 def file_offsets(path, symbols, as_agent=False):
@@ -94,11 +101,7 @@ def file_offsets(path, symbols, as_agent=False):
                     found[plain] = None
         for name in [n for n in found if "." in n and found[n] is not None]:
             # A Go function: on its stack check's jbe (tracer/src/tls/go.rs).
-            at = [int(m.group(1), 16) for m in re.finditer(
-                r"^\s*([0-9a-f]+):\s+jbe\b", subprocess.run(
-                    ["objdump", "-d", "--no-show-raw-insn", "--start-address=0x%x" % found[name],
-                     "--stop-address=0x%x" % (found[name] + 24), path],
-                    capture_output=True, text=True).stdout, re.M)]
+            at = [a for a, op, _ in _instructions(path, found[name], 24) if op == "jbe"]
             if at:
                 found[name] = at[0]
     loads = _loads(path)
@@ -117,19 +120,12 @@ def go_read_end(path, symbol):
     """File offsets where the agent sees Go function `symbol` (Read) end, as
     tracer/src/tls/go.rs finds them: its one call to runtime.memmove, else
     each of its RET instructions."""
-    out = subprocess.run(["nm", "-S", "--defined-only", path], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        parts = line.split(maxsplit=3)
-        if len(parts) == 4 and parts[3] == symbol:
-            vaddr, size = int(parts[0], 16), int(parts[1], 16)
-            break
-    else:
+    insns = _disassemble(path, "--disassemble=" + symbol)
+    if not insns:
         raise SystemExit("bare uprobes: %s not found in %s" % (symbol, path))
-    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "--start-address=0x%x" % vaddr,
-                          "--stop-address=0x%x" % (vaddr + size), path], capture_output=True, text=True).stdout
-    at = [int(m.group(1), 16) for m in re.finditer(r"^\s*([0-9a-f]+):\s+call\s+[0-9a-f]+ <runtime\.memmove>", dis, re.M)]
+    at = [a for a, op, arg in insns if op == "call" and arg.endswith("<runtime.memmove>")]
     if len(at) != 1:
-        at = [int(m.group(1), 16) for m in re.finditer(r"^\s*([0-9a-f]+):\s+ret", dis, re.M)]
+        at = [a for a, op, _ in insns if op.startswith("ret")]
     loads = _loads(path)
     return [r - va + off for r in at for off, va, size in loads if va <= r < va + size]
 
