@@ -8,9 +8,11 @@
 // Reads are made with i/2 more words of stack in use; when odd, its Write.
 // The steps of a word cross a stack's end at every instruction that
 // checks it.
-// Usage: tls_deep PORT CERT KEY [implicit]. With "implicit", the server
-// never calls Handshake: each connection's first Read shakes hands, as in
-// a plain tls.Listen server. Prints "ready" once listening.
+// Usage: tls_deep PORT CERT KEY [implicit|late]. With "implicit", the
+// server never calls Handshake: each connection's first Read shakes hands,
+// as in a plain tls.Listen server. With "late", it reads the request 50 ms
+// after the handshake, by when a client that sent it and half-closed has
+// sent its FIN too: one receive takes both. Prints "ready" once listening.
 package main
 
 import (
@@ -18,6 +20,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"os"
+	"time"
 )
 
 //go:noinline
@@ -67,10 +70,13 @@ func at(j int, f func()) {
 	<-done
 }
 
-func serve(c *tls.Conn, i int, implicit bool) {
+func serve(c *tls.Conn, i int, mode string) {
 	defer c.Close()
-	if !implicit && c.Handshake() != nil {
+	if mode != "implicit" && c.Handshake() != nil {
 		return
+	}
+	if mode == "late" {
+		time.Sleep(50 * time.Millisecond)
 	}
 	var req []byte
 	read := func() {
@@ -106,11 +112,14 @@ func serve(c *tls.Conn, i int, implicit bool) {
 }
 
 func main() {
-	if len(os.Args) < 4 || len(os.Args) > 5 || (len(os.Args) == 5 && os.Args[4] != "implicit") {
-		fmt.Fprintln(os.Stderr, "usage: tls_deep PORT CERT KEY [implicit]")
+	mode := ""
+	if len(os.Args) == 5 {
+		mode = os.Args[4]
+	}
+	if len(os.Args) < 4 || len(os.Args) > 5 || (mode != "" && mode != "implicit" && mode != "late") {
+		fmt.Fprintln(os.Stderr, "usage: tls_deep PORT CERT KEY [implicit|late]")
 		os.Exit(2)
 	}
-	implicit := len(os.Args) == 5
 	cert, err := tls.LoadX509KeyPair(os.Args[2], os.Args[3])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -127,6 +136,6 @@ func main() {
 		if err != nil {
 			return
 		}
-		go serve(c.(*tls.Conn), i, implicit)
+		go serve(c.(*tls.Conn), i, mode)
 	}
 }

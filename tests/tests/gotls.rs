@@ -366,9 +366,10 @@ fn short_lived_clients_are_named_as_started() {
 /// argument, connection i is made in turn with TLS 1.3, then TLS 1.2 with
 /// AES-GCM, ChaCha20-Poly1305 and AES-CBC (records laid out three ways).
 const DEEP_CLIENT: &str = r#"
-import http.client, ssl, sys
+import http.client, socket, ssl, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
-suites = [None, "ECDHE+AESGCM", "ECDHE+CHACHA20", "ECDHE+AES+SHA1"] if len(sys.argv) > 3 else [None]
+opts = sys.argv[3:]
+suites = [None, "ECDHE+AESGCM", "ECDHE+CHACHA20", "ECDHE+AES+SHA1"] if "suites" in opts else [None]
 for i in range(n):
     ctx = ssl._create_unverified_context()
     suite = suites[i % len(suites)]
@@ -377,6 +378,9 @@ for i in range(n):
         ctx.set_ciphers(suite)
     c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
     c.request("GET", "/deep-%d" % i)
+    if "halfclose" in opts:
+        # The TCP socket's own shutdown: the TLS session stays, for the response.
+        socket.socket.shutdown(c.sock, socket.SHUT_WR)
     r = c.getresponse()
     body = r.read().decode()
     assert r.status == 200 and ("GET /deep-%d HTTP" % i) in body, (i, r.status, body)
@@ -432,6 +436,21 @@ fn deep_requests_linked(
         out.stderr
     );
     Some(out)
+}
+
+/// A client that half-closes after its request (its FIN sent with it):
+/// the server's Read takes the request's record and the FIN in one
+/// receive, after which the socket's `copied_seq` counts the FIN. The
+/// record's sequence number is where its data starts all the same, under
+/// TLS 1.3 and 1.2, so each server span links to its client span.
+#[test]
+fn go_server_reading_a_request_with_its_fin_links_its_spans() {
+    deep_requests_linked(
+        "go_server_reading_a_request_with_its_fin_links_its_spans",
+        &["late"],
+        40,
+        &["suites", "halfclose"],
+    );
 }
 
 /// An entry probe sits on the stack check's branch, which a call whose

@@ -51,7 +51,7 @@ use tracer_common::{
         GoCallKey, GoTlsFile, GoWrappers, GO_AT_STACK_CHECK, GO_CALL_BYTES, GO_OFF_UNKNOWN,
         GO_TLS_CALLS_MAX, GO_TLS_FILES_MAX,
     },
-    Dir, DropReason, KernelStat, TLS_CONN_REMEMBERED, TLS_SEQ_KNOWN,
+    recv_data_end, Dir, DropReason, KernelStat, TLS_CONN_REMEMBERED, TLS_SEQ_KNOWN,
 };
 
 use crate::{add_stat, count_drop, global, AGENT_PID, ENABLED, TLS_SNAP};
@@ -388,7 +388,8 @@ fn decrypts_new_record(conn: u64, f: &GoTlsFile) -> bool {
 /// `Conn.input` then holds that record's plaintext, decrypted in place in
 /// `Conn.rawInput`'s buffer just past the record's header and explicit
 /// nonce (0 bytes: TLS 1.3, ChaCha20; 8: TLS 1.2 AES-GCM; 16: AES-CBC),
-/// and the buffer's end is the socket's `copied_seq`. The header's length
+/// and the buffer's end is where the socket's data read so far ends
+/// (`copied_seq`, less a FIN taken with it). The header's length
 /// is the ciphertext's, or the plaintext's under CBC (Go writes it there
 /// to compute the MAC). Not the record next in the stream at the Read's
 /// entry: a Read may first shake hands (a server that never calls
@@ -424,7 +425,13 @@ fn record_seq(conn: u64, f: &GoTlsFile, sk: u64) -> Option<u32> {
         }
     }
     let copied: u32 = kread(sk + u64::from(global(&crate::OFF_COPIED_SEQ)))?;
-    Some(copied.wrapping_sub((raw_len - at?) as u32))
+    let end = recv_data_end(
+        copied,
+        kread(sk + u64::from(global(&crate::OFF_RCV_NXT)))?,
+        || kread(sk + u64::from(global(&crate::OFF_STATE))).unwrap_or(0),
+        || kread(sk + u64::from(global(&crate::OFF_SK_ERR))).unwrap_or(0),
+    );
+    Some(end.wrapping_sub((raw_len - at?) as u32))
 }
 
 #[uprobe]

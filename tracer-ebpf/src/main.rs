@@ -98,6 +98,12 @@ static OFF_WRITE_SEQ: u32 = 0;
 #[no_mangle]
 static OFF_COPIED_SEQ: u32 = 0;
 #[no_mangle]
+static OFF_RCV_NXT: u32 = 0;
+#[no_mangle]
+static OFF_STATE: u32 = 0;
+#[no_mangle]
+static OFF_SK_ERR: u32 = 0;
+#[no_mangle]
 static OFF_DADDR: u32 = 0;
 #[no_mangle]
 static OFF_RCV_SADDR: u32 = 0;

@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tracer_common::{
-    frame_len, ConnState, Dir, DropReason, KernelStat, SockOp, SockTotals, AF_INET, AF_INET6,
-    STATE_AGENT_SOCKET,
+    frame_len, recv_data_end, ConnState, Dir, DropReason, KernelStat, SockOp, SockTotals, AF_INET,
+    AF_INET6, STATE_AGENT_SOCKET,
 };
 
 use crate::{
@@ -22,8 +22,9 @@ use crate::{
 
 use crate::{
     add_stat, field, global, lane, AGENT_PID, ENABLED, KPROBE_CALLS, OFF_CLOCK, OFF_COOKIE,
-    OFF_COPIED_SEQ, OFF_DADDR, OFF_DPORT, OFF_FAMILY, OFF_NUM, OFF_RCV_SADDR, OFF_TASK_COMM,
-    OFF_TASK_PID, OFF_TASK_TGID, OFF_V6_DADDR, OFF_V6_RCV_SADDR, OFF_WRITE_SEQ,
+    OFF_COPIED_SEQ, OFF_DADDR, OFF_DPORT, OFF_FAMILY, OFF_NUM, OFF_RCV_NXT, OFF_RCV_SADDR,
+    OFF_SK_ERR, OFF_STATE, OFF_TASK_COMM, OFF_TASK_PID, OFF_TASK_TGID, OFF_V6_DADDR,
+    OFF_V6_RCV_SADDR, OFF_WRITE_SEQ, TLS_SNAP,
 };
 
 const MSG_PEEK: i32 = 2;
@@ -95,7 +96,19 @@ pub fn on_sock_op(sk: *mut c_void, ret: i32, flags: i32, dir: Dir) {
     // SAFETY: tp is the helper's typed tcp_sock pointer.
     let (seq_end, clock): (u32, u64) = unsafe { (field(tp, off), field(tp, global(&OFF_CLOCK))) };
     let cookie = cookie_of(sk);
-    crate::tls::note_sock_op(pid_tgid, cookie, seq_end, ret as u32, dir);
+    let data_end = match dir {
+        Dir::Recv if global(&TLS_SNAP) != 0 => {
+            // SAFETY: tp is the helper's typed tcp_sock pointer.
+            recv_data_end(
+                seq_end,
+                unsafe { field(tp, global(&OFF_RCV_NXT)) },
+                || unsafe { field(tp, global(&OFF_STATE)) },
+                || unsafe { field(tp, global(&OFF_SK_ERR)) },
+            )
+        }
+        _ => seq_end,
+    };
+    crate::tls::note_sock_op(pid_tgid, cookie, data_end, ret as u32, dir);
     // A socket user space silenced: counted, not reported.
     if let Some(gen) = state::ctl_generation() {
         let st = state::get(sk, true);

@@ -214,7 +214,9 @@ fn enter(ctx: &ProbeContext, dir: Dir, ex: bool) {
 }
 
 /// From the socket programs: a send or receive of `len` bytes ending at
-/// sequence number `seq_end` on socket `cookie`, by thread `pid_tgid`.
+/// sequence number `seq_end` on socket `cookie`, by thread `pid_tgid` (a
+/// receive's data end: a FIN it took is not counted, see
+/// [`tracer_common::recv_data_end`]).
 /// - Inside a TLS call of the same direction that has not moved ciphertext
 ///   yet: the call is on this socket and its ciphertext starts here.
 /// - A send inside a read on that read's socket: the read starts again.

@@ -180,7 +180,7 @@ pub struct KernelConfig {
 #[derive(Clone, Debug)]
 pub struct KernelLayout {
     /// Offsets every capture program needs.
-    capture: [(&'static str, u32); 14],
+    capture: [(&'static str, u32); 17],
     /// Offsets of the sampling program: pt_regs as saved at kernel entry
     /// (the user registers) and the task's mm (NULL for kernel threads).
     /// An error only matters when profiling is on.
@@ -203,6 +203,12 @@ impl KernelLayout {
                 globals::OFF_COPIED_SEQ,
                 btf.offset_of("tcp_sock", &["copied_seq"])?,
             ),
+            (
+                globals::OFF_RCV_NXT,
+                btf.offset_of("tcp_sock", &["rcv_nxt"])?,
+            ),
+            (globals::OFF_STATE, sock(&["__sk_common", "skc_state"])?),
+            (globals::OFF_SK_ERR, sock(&["sk_err"])?),
             (globals::OFF_DADDR, sock(&["__sk_common", "skc_daddr"])?),
             (
                 globals::OFF_RCV_SADDR,

@@ -685,6 +685,34 @@ pub struct SampleScratch {
 /// FIN bit of [`SegmentHeader::tcp_flags`].
 pub const TCP_FIN: u8 = 0x01;
 
+/// Where the data a receive took ends, from the socket after it:
+/// `copied_seq` counts the peer's FIN once a receive takes it (a receive
+/// that reads up to a FIN takes it too), the data does not. Taken when
+/// nothing is left to read (`copied_seq == rcv_nxt`, which counts a FIN
+/// that came) in a state a FIN leads to: CLOSE_WAIT, LAST_ACK, CLOSING, or
+/// CLOSE without an error (a FIN after our own one sends the socket to
+/// TIME_WAIT, leaving it CLOSE; a reset also leaves it CLOSE, with
+/// `sk_err` set). `state` and `err` are read only when needed.
+#[inline(always)]
+pub fn recv_data_end(
+    copied: u32,
+    rcv_nxt: u32,
+    state: impl FnOnce() -> u8,
+    err: impl FnOnce() -> i32,
+) -> u32 {
+    const TCP_CLOSE: u8 = 7;
+    const TCP_CLOSE_WAIT: u8 = 8;
+    const TCP_LAST_ACK: u8 = 9;
+    const TCP_CLOSING: u8 = 11;
+    let fin = copied == rcv_nxt
+        && match state() {
+            TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING => true,
+            TCP_CLOSE => err() == 0,
+            _ => false,
+        };
+    copied.wrapping_sub(u32::from(fin))
+}
+
 /// `AF_INET`.
 pub const AF_INET: u8 = 2;
 /// `AF_INET6`.
@@ -975,6 +1003,12 @@ pub mod globals {
     pub const OFF_WRITE_SEQ: &str = "OFF_WRITE_SEQ";
     /// `u32`: offset of `copied_seq` in `struct tcp_sock` (from BTF).
     pub const OFF_COPIED_SEQ: &str = "OFF_COPIED_SEQ";
+    /// `u32`: offset of `rcv_nxt` in `struct tcp_sock`.
+    pub const OFF_RCV_NXT: &str = "OFF_RCV_NXT";
+    /// `u32`: offset of `skc_state` in `struct sock`.
+    pub const OFF_STATE: &str = "OFF_STATE";
+    /// `u32`: offset of `sk_err` in `struct sock`.
+    pub const OFF_SK_ERR: &str = "OFF_SK_ERR";
     /// `u32`: offset of `skc_daddr` in `struct sock` (from BTF).
     pub const OFF_DADDR: &str = "OFF_DADDR";
     /// `u32`: offset of `skc_rcv_saddr` in `struct sock`.
@@ -1222,6 +1256,24 @@ mod tests {
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: T is a repr(C) record; viewing it as bytes is sound.
         unsafe { core::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()).to_vec() }
+    }
+
+    #[test]
+    fn a_receive_that_took_the_fin_ends_before_it() {
+        let end = |copied, rcv_nxt, state, err| recv_data_end(copied, rcv_nxt, || state, || err);
+        // ESTABLISHED: no FIN came.
+        assert_eq!(end(1006, 1006, 1, 0), 1006);
+        // CLOSE_WAIT, LAST_ACK, CLOSING, everything read: the FIN was taken.
+        for state in [8, 9, 11] {
+            assert_eq!(end(1006, 1006, state, 0), 1005);
+        }
+        // The FIN came but this receive stopped before it.
+        assert_eq!(end(1005, 1006, 8, 0), 1005);
+        // CLOSE after a FIN (from TIME_WAIT) and after a reset.
+        assert_eq!(end(1006, 1006, 7, 0), 1005);
+        assert_eq!(end(1006, 1006, 7, 104), 1006);
+        // Sequence numbers wrap.
+        assert_eq!(end(0, 0, 8, 0), u32::MAX);
     }
 
     #[test]

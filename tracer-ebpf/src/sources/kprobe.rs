@@ -15,11 +15,11 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
-use tracer_common::{Dir, DropReason, KernelStat};
+use tracer_common::{recv_data_end, Dir, DropReason, KernelStat};
 
 use crate::{
     add_stat, count_drop, global, sock::emit_op, state, AGENT_PID, ENABLED, OFF_CLOCK, OFF_COOKIE,
-    OFF_COPIED_SEQ, OFF_WRITE_SEQ,
+    OFF_COPIED_SEQ, OFF_RCV_NXT, OFF_SK_ERR, OFF_STATE, OFF_WRITE_SEQ, TLS_SNAP,
 };
 
 const MSG_PEEK: u64 = 2;
@@ -114,7 +114,16 @@ fn leave(ret: i64, dir: Dir) {
         count_drop(DropReason::ReadFailed);
         return;
     }
-    crate::tls::note_sock_op(pid_tgid, cookie, seq_end, ret as u32, dir);
+    let data_end = match dir {
+        Dir::Recv if global(&TLS_SNAP) != 0 => recv_data_end(
+            seq_end,
+            read::<u32>(sk, global(&OFF_RCV_NXT)).unwrap_or(0),
+            || read::<u8>(sk, global(&OFF_STATE)).unwrap_or(0),
+            || read::<i32>(sk, global(&OFF_SK_ERR)).unwrap_or(0),
+        ),
+        _ => seq_end,
+    };
+    crate::tls::note_sock_op(pid_tgid, cookie, data_end, ret as u32, dir);
     if state::ctl_generation().is_some() {
         let silence = state::silence_of(cookie);
         if silence != 0 {
