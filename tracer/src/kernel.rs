@@ -717,24 +717,32 @@ impl Kernel {
         array.set(slot, *value, 0)
     }
 
-    /// Removes the Go TLS calls in progress of process `pid` (it exited
-    /// inside them): how many.
+    /// Removes what the Go TLS probes keep of process `pid`, which exited:
+    /// its connections' sockets, and its calls in progress (it exited
+    /// inside them): how many calls.
     pub fn forget_go_calls(&mut self, pid: u32) -> usize {
-        use tracer_common::gotls::{GoCallKey, GO_CALL_BYTES};
-        let Some(map) = self.ebpf.map_mut("GO_TLS_CALLS") else {
+        use tracer_common::gotls::{GO_CALL_BYTES, GO_SOCK_BYTES};
+        self.forget_pid::<GO_SOCK_BYTES>("GO_TLS_SOCKS", pid);
+        self.forget_pid::<GO_CALL_BYTES>("GO_TLS_CALLS", pid)
+    }
+
+    /// Removes the entries of process `pid` from hash map `name`, keyed by
+    /// a `GoCallKey` (the process first) with `N`-byte values: how many.
+    fn forget_pid<const N: usize>(&mut self, name: &str, pid: u32) -> usize {
+        use tracer_common::gotls::GoCallKey;
+        let Some(map) = self.ebpf.map_mut(name) else {
             return 0;
         };
-        let Ok(mut calls) =
-            aya::maps::HashMap::<&mut MapData, GoCallKey, [u8; GO_CALL_BYTES]>::try_from(map)
+        let Ok(mut entries) = aya::maps::HashMap::<&mut MapData, GoCallKey, [u8; N]>::try_from(map)
         else {
             return 0;
         };
-        let gone: Vec<GoCallKey> = calls
+        let gone: Vec<GoCallKey> = entries
             .keys()
             .filter_map(Result::ok)
             .filter(|k| k.pid == u64::from(pid))
             .collect();
-        gone.iter().filter(|k| calls.remove(k).is_ok()).count()
+        gone.iter().filter(|k| entries.remove(k).is_ok()).count()
     }
 
     /// Ids of the programs this agent loaded (for the exit check); the

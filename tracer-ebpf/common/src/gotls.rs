@@ -35,6 +35,16 @@ pub const GO_TLS_CALLS_MAX: u32 = 16384;
 /// side): user space removes the calls of processes that exited.
 pub const GO_CALL_BYTES: usize = 56;
 
+/// `*tls.Conn`s whose socket is remembered (an LRU map keyed by process
+/// and connection: the walk from a connection to its socket costs a
+/// dozen reads).
+pub const GO_TLS_SOCKS_MAX: u32 = 8192;
+
+/// Bytes of a `GO_TLS_SOCKS` value (private to the eBPF side, keyed like
+/// `GO_TLS_CALLS`: process, then the `*tls.Conn`): user space removes the
+/// connections of processes that exited.
+pub const GO_SOCK_BYTES: usize = 24;
+
 /// A struct offset the binary did not give (the value is then not read).
 pub const GO_OFF_UNKNOWN: u32 = u32::MAX;
 
@@ -98,18 +108,17 @@ pub struct GoTlsFile {
     /// `crypto/tls.Conn.input` (a `bytes.Reader`: plaintext decrypted, not
     /// yet returned), or [`GO_OFF_UNKNOWN`].
     pub input: u32,
-    /// `bytes.Buffer.off` (its `buf` slice is at 0).
-    pub buffer_off: u32,
     /// `bytes.Reader.i` (its `s` slice is at 0).
     pub reader_i: u32,
     /// Padding, zero.
-    pub _pad: u32,
+    pub _pad: [u32; 2],
     /// Wrappers between `conn` and the `*net.TCPConn`.
     pub wrappers: GoWrappers,
 }
 
 /// Key of `GO_TLS_CALLS`: a process and one of its goroutines (the
-/// address of its `g`).
+/// address of its `g`); of `GO_TLS_SOCKS`: a process and one of its
+/// `*tls.Conn`s.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GoCallKey {

@@ -537,15 +537,13 @@ const MULTIPLIERS_TRIED: u64 = 64;
 fn type_layout(t: &Types<'_, '_>, tab: &FuncTab<'_>, tcp_type: u64) -> Option<GoTlsFile> {
     let (tcp_fd, sysfd) = socket_offsets(t, tcp_type)?;
     let tls = t.elem(t.itab_type(t.itab_of(tab, &TLS_CONN_METHODS)?))?;
-    let read_ahead = || -> Option<(u32, u32, u32, u32)> {
-        let (raw, raw_type) = t.field(tls, "rawInput")?;
+    let read_ahead = || -> Option<(u32, u32, u32)> {
+        let (raw, _) = t.field(tls, "rawInput")?;
         let (input, input_type) = t.field(tls, "input")?;
-        let off = t.offset(raw_type, &["off"])?;
         let i = t.offset(input_type, &["i"])?;
         Some((
             u32::try_from(raw).ok()?,
             u32::try_from(input).ok()?,
-            u32::try_from(off).ok()?,
             u32::try_from(i).ok()?,
         ))
     };
@@ -672,7 +670,7 @@ fn entry_point(insns: &[(u64, Mnemonic)]) -> (u64, u64) {
 /// releases checked against their DWARF (amd64).
 fn fallback_layout(minor: u32) -> GoTlsFile {
     // go1.19.8 (Debian 12's golang-1.19).
-    let read_ahead = (minor == 19).then_some((632, 672, 24, 24));
+    let read_ahead = (minor == 19).then_some((632, 672, 24));
     tls_layout(0, 0, 16, read_ahead)
 }
 
@@ -786,36 +784,28 @@ fn dwarf_layout(m: &Members) -> Option<GoTlsFile> {
     // The socket's path must be complete; the read-ahead buffers are
     // optional (reads then carry no sequence number of their own).
     let (tcp_fd, sysfd) = m.socket()?;
-    let read_ahead = match (
-        m.get(TLS_RAW_INPUT),
-        m.get(TLS_INPUT),
-        m.get(BUFFER_OFF),
-        m.get(READER_I),
-    ) {
-        (Some(r), Some(i), Some(b), Some(ri)) => Some((r, i, b, ri)),
+    let read_ahead = match (m.get(TLS_RAW_INPUT), m.get(TLS_INPUT), m.get(READER_I)) {
+        (Some(r), Some(i), Some(ri)) => Some((r, i, ri)),
         _ => None,
     };
     Some(tls_layout(m.get(TLS_CONN)?, tcp_fd, sysfd, read_ahead))
 }
 
 /// The offsets of `GoTlsFile`: `tls.Conn.conn`, the socket's path, and the
-/// read-ahead buffers (`rawInput`, `input`, `bytes.Buffer.off`,
-/// `bytes.Reader.i`) when known.
+/// read-ahead buffers (`rawInput`, `input`, `bytes.Reader.i`) when known.
 fn tls_layout(
     conn: u32,
     tcp_fd: u32,
     sysfd: u32,
-    read_ahead: Option<(u32, u32, u32, u32)>,
+    read_ahead: Option<(u32, u32, u32)>,
 ) -> GoTlsFile {
-    let (raw_input, input, buffer_off, reader_i) =
-        read_ahead.unwrap_or((GO_OFF_UNKNOWN, GO_OFF_UNKNOWN, 24, 24));
+    let (raw_input, input, reader_i) = read_ahead.unwrap_or((GO_OFF_UNKNOWN, GO_OFF_UNKNOWN, 24));
     GoTlsFile {
         conn,
         tcp_fd,
         sysfd,
         raw_input,
         input,
-        buffer_off,
         reader_i,
         ..GoTlsFile::default()
     }
@@ -829,7 +819,6 @@ const FD_SYSFD: (&str, &str) = ("internal/poll.FD", "Sysfd");
 const TLS_CONN: (&str, &str) = ("crypto/tls.Conn", "conn");
 const TLS_RAW_INPUT: (&str, &str) = ("crypto/tls.Conn", "rawInput");
 const TLS_INPUT: (&str, &str) = ("crypto/tls.Conn", "input");
-const BUFFER_OFF: (&str, &str) = ("bytes.Buffer", "off");
 const READER_I: (&str, &str) = ("bytes.Reader", "i");
 const RESPONSE_CONN: (&str, &str) = ("net/http.response", "conn");
 const CONN_RWC: (&str, &str) = ("net/http.conn", "rwc");
@@ -837,7 +826,7 @@ const PCONN_CONN: (&str, &str) = ("net/http.persistConn", "conn");
 /// The socket's path, which the TLS probes and the hooks both walk.
 const SOCKET_MEMBERS: [(&str, &str); 4] = [TCP_CONN_CONN, CONN_FD, NETFD_PFD, FD_SYSFD];
 /// What the TLS probes walk besides (the read-ahead buffers optional).
-const TLS_MEMBERS: [(&str, &str); 5] = [TLS_CONN, TLS_RAW_INPUT, TLS_INPUT, BUFFER_OFF, READER_I];
+const TLS_MEMBERS: [(&str, &str); 4] = [TLS_CONN, TLS_RAW_INPUT, TLS_INPUT, READER_I];
 /// What the net/http hooks walk besides.
 const HOOK_MEMBERS: [(&str, &str); 3] = [RESPONSE_CONN, CONN_RWC, PCONN_CONN];
 
@@ -1094,17 +1083,7 @@ mod tests {
         let i = w.slot(proxied);
         assert_ne!(conn, 0);
         assert_eq!((w.types[i], u64::from(w.offsets[i])), (proxied, conn));
-        let offsets = |l: &GoTlsFile| {
-            (
-                l.conn,
-                l.tcp_fd,
-                l.sysfd,
-                l.raw_input,
-                l.input,
-                l.buffer_off,
-                l.reader_i,
-            )
-        };
+        let offsets = |l: &GoTlsFile| (l.conn, l.tcp_fd, l.sysfd, l.raw_input, l.input, l.reader_i);
         assert_eq!(offsets(&a.layout), offsets(&b.layout));
         assert!(b.layout.tcp_itab != 0 && b.layout.tcp_type != 0);
     }
