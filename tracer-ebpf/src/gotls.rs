@@ -84,9 +84,11 @@ static GO_TLS_FILES: Array<GoTlsFile> = Array::with_max_entries(GO_TLS_FILES_MAX
 #[derive(Clone, Copy)]
 pub struct GoCall {
     buf: u64,
-    /// The goroutine's stack top at the entry when `buf` is on its stack,
-    /// else 0: a stack that grows during the call is copied elsewhere, and
-    /// the buffer with it (by the change of the top; see `moved_buf`).
+    /// The goroutine's stack top at the entry when `buf` is on its stack
+    /// and Read's end is probed at its RETs, else 0: a stack that grows
+    /// during the call is copied elsewhere, and the buffer with it (by the
+    /// change of the top; see `moved_buf`). At the copy, the plaintext's
+    /// own address is known.
     stack_hi: u64,
     start_ns: u64,
     cookie: u64,
@@ -367,7 +369,9 @@ fn enter(ctx: &ProbeContext, dir: Dir) {
         _pad: 0,
     };
     if dir == Dir::Recv {
-        call.stack_hi = stack_holding(g, buf);
+        if f.read_end_at_copy == 0 {
+            call.stack_hi = stack_holding(g, buf);
+        }
         call.new_record = u8::from(decrypts_new_record(conn, f));
         let key = GoCallKey {
             pid: pid_tgid >> 32,

@@ -110,8 +110,13 @@ pub struct GoTlsFile {
     pub input: u32,
     /// `bytes.Reader.i` (its `s` slice is at 0).
     pub reader_i: u32,
+    /// 1: Read's end is probed at its copy ([`programs::COPY`]), which
+    /// gives the plaintext's address: its entry need not note whether the
+    /// caller's buffer is on the goroutine's stack (which moves when it
+    /// grows). 0: at its RETs.
+    pub read_end_at_copy: u32,
     /// Padding, zero.
-    pub _pad: [u32; 2],
+    pub _pad: u32,
     /// Wrappers between `conn` and the `*net.TCPConn`.
     pub wrappers: GoWrappers,
 }

@@ -336,6 +336,7 @@ impl GoProgram<'_, '_> {
         let obj = self.obj;
         let mut probes = Vec::new();
         let mut bodies = [0u64; 2];
+        let mut read_end_at_copy = false;
         for (i, (addr, size)) in [write, read].into_iter().enumerate() {
             let Some((code, file_off)) = code_of(obj, addr, size) else {
                 return self.not_covered("function code not found in the file");
@@ -353,6 +354,7 @@ impl GoProgram<'_, '_> {
             let memmove = self.funcs[F_MEMMOVE].map(|(a, _)| a);
             if let Some(off) = memmove.and_then(|m| only_call_to(code, addr, m)) {
                 probes.push((programs::COPY, file_off + off, 0));
+                read_end_at_copy = true;
                 continue;
             }
             let rets = ret_offsets(&insns);
@@ -378,6 +380,7 @@ impl GoProgram<'_, '_> {
         };
         layout.write_entry = bodies[0];
         layout.read_entry = bodies[1];
+        layout.read_end_at_copy = u32::from(read_end_at_copy);
         layout.tcp_itab = self.tcp_itab;
         layout.tcp_type = tcp_type;
         layout.wrappers = self.wrappers;
@@ -1086,6 +1089,11 @@ mod tests {
         let offsets = |l: &GoTlsFile| (l.conn, l.tcp_fd, l.sysfd, l.raw_input, l.input, l.reader_i);
         assert_eq!(offsets(&a.layout), offsets(&b.layout));
         assert!(b.layout.tcp_itab != 0 && b.layout.tcp_type != 0);
+        // Read's end at its copy, which the probes are told.
+        for p in [&a, &b] {
+            assert!(p.probes.iter().any(|x| x.0 == programs::COPY));
+            assert_eq!(p.layout.read_end_at_copy, 1);
+        }
     }
 
     #[test]
