@@ -48,8 +48,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     gotls::{
-        GoCallKey, GoTlsFile, GoWrappers, GO_AT_STACK_CHECK, GO_CALL_BYTES, GO_OFF_UNKNOWN,
-        GO_SOCK_BYTES, GO_TLS_CALLS_MAX, GO_TLS_FILES_MAX, GO_TLS_SOCKS_MAX,
+        GoCallKey, GoTlsFile, GoWrappers, GO_AT_STACK_CHECK, GO_CALL_BYTES, GO_CALL_LIVE,
+        GO_OFF_UNKNOWN, GO_SOCK_BYTES, GO_TLS_CALLS_MAX, GO_TLS_FILES_MAX, GO_TLS_SOCKS_MAX,
     },
     recv_data_end, Dir, DropReason, KernelStat, TLS_CONN_REMEMBERED, TLS_SEQ_KNOWN,
 };
@@ -102,10 +102,12 @@ pub struct GoCall {
     flags: u8,
     /// A Read that decrypts a new record (see [`record_seq`]).
     new_record: u8,
-    _pad: u8,
+    /// 1 from the entry to the end (see [`GO_CALL_LIVE`]).
+    live: u8,
 }
 
 const _: () = assert!(size_of::<GoCall>() == GO_CALL_BYTES);
+const _: () = assert!(core::mem::offset_of!(GoCall, live) == GO_CALL_LIVE);
 
 #[map]
 static GO_TLS_CALLS: LruHashMap<GoCallKey, GoCall> =
@@ -366,7 +368,7 @@ fn enter(ctx: &ProbeContext, dir: Dir) {
         dir: dir as u8,
         flags: TLS_CONN_REMEMBERED,
         new_record: 0,
-        _pad: 0,
+        live: 1,
     };
     if dir == Dir::Recv {
         if f.read_end_at_copy == 0 {
@@ -377,7 +379,13 @@ fn enter(ctx: &ProbeContext, dir: Dir) {
             pid: pid_tgid >> 32,
             g,
         };
-        let _ = GO_TLS_CALLS.insert(&key, &call, 0);
+        match GO_TLS_CALLS.get_ptr_mut(&key) {
+            // SAFETY: a map value only this goroutine writes.
+            Some(p) => unsafe { *p = call },
+            None => {
+                let _ = GO_TLS_CALLS.insert(&key, &call, 0);
+            }
+        }
         return;
     }
     let Some((sk, cookie)) = socket_of_conn(pid_tgid >> 32, conn, f, bias) else {
@@ -513,12 +521,18 @@ fn leave(ctx: &ProbeContext, n: i64, from: Option<u64>) {
     // SAFETY: a uprobe's context is the user registers.
     let g = unsafe { (*ctx.regs).r14 };
     let key = GoCallKey { pid, g };
-    // SAFETY: a map value, copied at once.
-    let Some(mut call) = (unsafe { GO_TLS_CALLS.get(&key) }).copied() else {
+    let Some(p) = GO_TLS_CALLS.get_ptr_mut(&key) else {
         count_drop(DropReason::GoTlsNoEntry);
         return;
     };
-    let _ = GO_TLS_CALLS.remove(&key);
+    // SAFETY: a map value only this goroutine writes, copied at once.
+    let mut call = unsafe { *p };
+    if call.live == 0 {
+        count_drop(DropReason::GoTlsNoEntry);
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*p).live = 0 };
     // An error with n > 0 still moved n bytes.
     if n <= 0 {
         return;

@@ -718,17 +718,23 @@ impl Kernel {
     }
 
     /// Removes what the Go TLS probes keep of process `pid`, which exited:
-    /// its connections' sockets, and its calls in progress (it exited
-    /// inside them): how many calls.
+    /// its connections' sockets and its goroutines' calls: how many calls
+    /// were still running (it exited inside them).
     pub fn forget_go_calls(&mut self, pid: u32) -> usize {
-        use tracer_common::gotls::{GO_CALL_BYTES, GO_SOCK_BYTES};
-        self.forget_pid::<GO_SOCK_BYTES>("GO_TLS_SOCKS", pid);
-        self.forget_pid::<GO_CALL_BYTES>("GO_TLS_CALLS", pid)
+        use tracer_common::gotls::{GO_CALL_BYTES, GO_CALL_LIVE, GO_SOCK_BYTES};
+        self.forget_pid::<GO_SOCK_BYTES>("GO_TLS_SOCKS", pid, |_| false);
+        self.forget_pid::<GO_CALL_BYTES>("GO_TLS_CALLS", pid, |v| v[GO_CALL_LIVE] != 0)
     }
 
     /// Removes the entries of process `pid` from hash map `name`, keyed by
-    /// a `GoCallKey` (the process first) with `N`-byte values: how many.
-    fn forget_pid<const N: usize>(&mut self, name: &str, pid: u32) -> usize {
+    /// a `GoCallKey` (the process first) with `N`-byte values: how many of
+    /// them were `counted`.
+    fn forget_pid<const N: usize>(
+        &mut self,
+        name: &str,
+        pid: u32,
+        counted: impl Fn(&[u8; N]) -> bool,
+    ) -> usize {
         use tracer_common::gotls::GoCallKey;
         let Some(map) = self.ebpf.map_mut(name) else {
             return 0;
@@ -737,12 +743,15 @@ impl Kernel {
         else {
             return 0;
         };
-        let gone: Vec<GoCallKey> = entries
-            .keys()
+        let gone: Vec<(GoCallKey, bool)> = entries
+            .iter()
             .filter_map(Result::ok)
-            .filter(|k| k.pid == u64::from(pid))
+            .filter(|(k, _)| k.pid == u64::from(pid))
+            .map(|(k, v)| (k, counted(&v)))
             .collect();
-        gone.iter().filter(|k| entries.remove(k).is_ok()).count()
+        gone.iter()
+            .filter(|(k, c)| entries.remove(k).is_ok() && *c)
+            .count()
     }
 
     /// Ids of the programs this agent loaded (for the exit check); the
