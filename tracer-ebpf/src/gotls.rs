@@ -290,7 +290,8 @@ pub(crate) fn tcp_sock_of_conn(
 /// against reuse: the connection's `net.Conn` must be the one the walk
 /// went through (the garbage collector may put a new `Conn` at a freed
 /// one's address), and the socket must still have the cookie it had (a
-/// freed socket's memory is zeroed when it is taken again).
+/// new socket in a freed one's memory starts without one: `sk_alloc`
+/// zeroes it, an accepted socket's copy of its listener resets it).
 #[inline(always)]
 fn socket_of_conn(pid: u64, conn: u64, f: &GoTlsFile, bias: u64) -> Option<(u64, u64)> {
     let at = conn + u64::from(f.conn);
