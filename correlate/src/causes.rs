@@ -215,7 +215,7 @@ impl Causes {
     /// remembered items a bound made it forget.
     pub fn event(&mut self, pid: Pid, tid: Tid, t: u64, ev: CauseEvent) -> u64 {
         match ev {
-            CauseEvent::Enter { conn } => self.push_extent(pid, tid, t, For::Conn(conn)),
+            CauseEvent::Enter { conn } => self.push_extent(pid, tid, t, For::Conn(conn.socket())),
             CauseEvent::TaskEnter { task } => {
                 let id = self.task(pid, task);
                 self.push_extent(pid, tid, t, For::Task(id))
@@ -249,8 +249,11 @@ impl Causes {
                     self.opened.clear();
                 }
                 let at_ns = since.unwrap_or(t).min(t);
-                self.opened
-                    .insert(conn, (pid, Cause { conn: cause, at_ns }, t));
+                let cause = Cause {
+                    conn: cause.socket(),
+                    at_ns,
+                };
+                self.opened.insert(conn.socket(), (pid, cause, t));
                 forgot
             }
         }
@@ -259,8 +262,10 @@ impl Causes {
     /// The cause of a call written on `conn` by thread `tid` of `pid` at
     /// `t`: the extent it was written in, else the one its connection was
     /// opened in (for its first call only: any call takes that away).
+    /// Hooks name sockets: a call on a layer over one (TLS plaintext) is
+    /// the socket's, and so is the connection of the request in a cause.
     pub fn of_call(&mut self, pid: Pid, tid: Tid, conn: ConnId, t: u64) -> Option<Cause> {
-        let opened = self.opened.remove(&conn);
+        let opened = self.opened.remove(&conn.socket());
         if let Some(&Extent {
             start,
             what: For::Conn(c),

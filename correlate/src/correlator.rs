@@ -279,7 +279,8 @@ pub struct Correlator<G: IdGen = SplitMix64> {
     pub(crate) rid_servers: MultiIndex<u64>,
     /// Server spans by process and fingerprint (forwarded requests).
     pub(crate) fwd_servers: MultiIndex<u64>,
-    /// Server spans by connection (runtime-hook causes name a connection).
+    /// Server spans by the socket they came on (runtime-hook causes name a
+    /// socket; a TLS request came on the plaintext layer over it).
     pub(crate) conn_servers: MultiIndex<u64>,
     /// What runtime hooks said, and the causes they gave client spans not
     /// decided yet.
@@ -931,8 +932,9 @@ impl<G: IdGen> Correlator<G> {
                 .insert(forward_key(h.pid, rec.fingerprint), key, |k| {
                     spans.contains_key(&k)
                 });
+            // By socket: runtime hooks name the socket a request came on.
             self.conn_servers
-                .insert(h.conn.0, key, |k| spans.contains_key(&k));
+                .insert(h.conn.socket().0, key, |k| spans.contains_key(&k));
             if !clean {
                 self.index_forgotten();
             }

@@ -9,8 +9,26 @@ use crate::attr_key::{self, Key};
 /// A connection as the kernel names it: the socket cookie. Unique per
 /// socket for the lifetime of the boot, so both ends of a loopback
 /// connection have different ids.
+///
+/// A layer carried over a TCP connection (its TLS plaintext) is a
+/// connection of its own, with [`ConnId::LAYER_BIT`] set on the socket's
+/// cookie: its messages and the ciphertext under them never meet. What a
+/// runtime hook says of a socket holds for the layer over it too
+/// ([`ConnId::socket`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
+
+impl ConnId {
+    /// Set on the id of a layer over a socket (kernel cookies count up
+    /// from 1 and never reach it).
+    pub const LAYER_BIT: u64 = 1 << 63;
+
+    /// The socket under this connection: itself, or the one a layer is
+    /// carried over.
+    pub fn socket(self) -> ConnId {
+        ConnId(self.0 & !Self::LAYER_BIT)
+    }
+}
 
 /// A process id (the thread-group id, as the host's pid namespace sees it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -204,6 +204,44 @@ fn identical_requests_in_flight_link_through_the_upstream_hook() {
     }
 }
 
+/// The hooked chain over TLS: every request and call is on the plaintext
+/// layer of its socket ([`ConnId::LAYER_BIT`]), while the hook names the
+/// sockets themselves (the request's, and the upstream one it opens). The
+/// calls link to their requests all the same.
+#[test]
+fn upstream_hook_links_calls_over_tls_layers() {
+    for keepalive_upstream in [false, true] {
+        let mut ch = chain(&ChainOpts {
+            requests: 4,
+            keepalive_upstream,
+            nginx_hook: true,
+            ..ChainOpts::default()
+        });
+        same_api_target(&mut ch);
+        let layer = |c: ConnId| ConnId(c.0 | ConnId::LAYER_BIT);
+        for e in &mut ch.events {
+            match e {
+                Ev::Open(info) => info.conn = layer(info.conn),
+                Ev::Msg(m) => m.conn = layer(m.conn),
+                Ev::Close(c, _) => *c = layer(*c),
+                _ => {}
+            }
+        }
+        let out = run(&ch.events, cfg());
+        let calls: Vec<&Span> = out
+            .spans
+            .iter()
+            .filter(|s| s.pid == Pid(NGINX) && s.kind == SpanKind::Client)
+            .collect();
+        assert_eq!(calls.len(), 4);
+        for s in &calls {
+            assert_eq!(s.parent_source, ParentSource::Runtime, "{s:?}");
+        }
+        assert_eq!(out.counters.runtime_parent, 4);
+        assert_eq!(out.counters.runtime_no_request, 0);
+    }
+}
+
 /// A call the hooked thread makes outside its extents (a timer, a retry)
 /// gets nothing from the hook, even with one request in flight.
 #[test]

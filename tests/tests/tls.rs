@@ -15,7 +15,7 @@ use tracer_e2e::{
         assert_https_linked, bpftool_attached, bpftool_ids, bpftool_names, certificate, curl_ok,
         paths, wait_for_paths, wget_ok,
     },
-    workspace, Agent, AgentOutput, Listening, Nginx, Otlp, Receiver,
+    workspace, Agent, AgentOutput, Backend, Listening, Nginx, Otlp, Receiver,
 };
 
 const SETTLE: Duration = Duration::from_millis(1500);
@@ -269,9 +269,8 @@ fn chain_through_node_https_with_memory_bios() {
     // Kept-alive upstream connections (a new one per request would be a
     // TLS 1.2 resumption whose first request rides with the handshake's
     // end: not stamped, see the design note). The client's Host passed on:
-    // the hop is a forward. (With nginx's default Host, the first request
-    // on a new upstream TLS connection is written after the handshake,
-    // outside the hooked call, and stays a root.)
+    // the hop is a forward (nginx's defaults, linked by its upstream hook:
+    // `nginx_proxying_with_its_defaults_links_upstream_calls_under_tls`).
     let nginx = Nginx::start(&format!(
         "upstream node {{ server 127.0.0.1:{node_port}; keepalive 4; }} \
          server {{ listen 127.0.0.1:{{port}} ssl; ssl_certificate {cert}; \
@@ -392,6 +391,97 @@ fn chain_through_node_https_with_memory_bios() {
     assert!(
         !e.lines()
             .any(|l| l.contains("TLS not covered") && l.contains("node")),
+        "{e}"
+    );
+}
+
+/// nginx as a TLS reverse proxy with its defaults: `proxy_pass https://`
+/// (and `http://`) with no upstream keepalive, so a new upstream
+/// connection per request, HTTP/1.0 and the upstream's address as Host:
+/// no forwarding evidence, and the TLS upstream's request is written once
+/// its handshake is done, long after the hooked call returned. curl's
+/// requests come over TLS. nginx's upstream hook names sockets (the
+/// request's, the upstream one it opens) while TLS requests and calls are
+/// on their plaintext layers: every upstream call still links to the
+/// request it serves.
+#[test]
+fn nginx_proxying_with_its_defaults_links_upstream_calls_under_tls() {
+    let Some(_g) = root_test("nginx_proxying_with_its_defaults_links_upstream_calls_under_tls")
+    else {
+        return;
+    };
+    require_tool("curl");
+    let dir = TempDir::new("tracer-tls");
+    let (cert, key) = certificate(dir.path());
+    let tls_up = tls_backend(&cert, &key, &[]);
+    let plain_up = Backend::start("plain_up", None);
+    let nginx = Nginx::start(&format!(
+        "server {{ listen 127.0.0.1:{{port}} ssl; ssl_certificate {cert}; \
+         ssl_certificate_key {key}; \
+         location /plain/ {{ proxy_pass http://127.0.0.1:{}; }} \
+         location / {{ proxy_pass https://127.0.0.1:{}; }} }}",
+        plain_up.port, tls_up.port
+    ));
+    let base = format!("https://127.0.0.1:{}", nginx.port);
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+
+    let to_tls = paths("/tls-up-", 4);
+    let to_plain = paths("/plain/up-", 4);
+    for (a, b) in to_tls.iter().zip(&to_plain) {
+        curl_ok(&format!("{base}{a}"), &[]);
+        curl_ok(&format!("{base}{b}"), &[]);
+    }
+    let want = (to_tls.len() + to_plain.len()) * 4;
+    receiver.wait_for(Duration::from_secs(30), |s| {
+        s.iter()
+            .filter(|s| {
+                let p = attr(s, "url.path");
+                p.starts_with("/tls-up-") || p.starts_with("/plain/up-")
+            })
+            .count()
+            >= want
+    });
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    let e = &out.stderr;
+    for (p, backend) in to_tls
+        .iter()
+        .map(|p| (p, "tls_backend"))
+        .chain(to_plain.iter().map(|p| (p, "plain_up")))
+    {
+        let hops = [
+            one(&spans, p, "curl", "CLIENT", e),
+            one(&spans, p, "nginx", "SERVER", e),
+            one(&spans, p, "nginx", "CLIENT", e),
+            one(&spans, p, backend, "SERVER", e),
+        ];
+        assert_eq!(f(hops[0], "parent_span_id"), "", "{p} starts at curl");
+        for w in hops.windows(2) {
+            assert_eq!(
+                f(w[1], "parent_span_id"),
+                f(w[0], "span_id"),
+                "{p}: parent of {:#?} is {:#?}\nagent:\n{e}",
+                w[1],
+                w[0]
+            );
+            assert_eq!(f(w[1], "trace_id"), f(hops[0], "trace_id"), "{p}");
+        }
+        let scheme = if backend == "tls_backend" {
+            "https"
+        } else {
+            "http"
+        };
+        assert_eq!(attr(hops[2], "url.scheme"), scheme, "{p}");
+    }
+    // The upstream calls linked through the hook, not by another rule.
+    assert!(
+        out.counter("correlation.runtime_parent").unwrap_or(0) >= 8,
+        "{e}"
+    );
+    assert_eq!(
+        out.counter("correlation.runtime_no_request"),
+        Some(0),
         "{e}"
     );
 }

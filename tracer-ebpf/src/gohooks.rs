@@ -132,7 +132,8 @@ pub fn go_serve(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let Some(cookie) = tcp_cookie(conn + u64::from(f.conn_rwc), f, bias) else {
-        // A TLS connection (rwc is a *tls.Conn): not covered.
+        // No TCP socket under it (a *tls.Conn is followed through its
+        // first field, the connection it wraps), or a read failed.
         return 0;
     };
     let key = GoCallKey {
@@ -216,7 +217,8 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
     let bias = a.ip.wrapping_sub(f.round_trip_entry) & !0xfff;
     // (*persistConn).roundTrip(pc, req): pc in RAX.
     let Some(cookie) = tcp_cookie(a.rax + u64::from(f.pconn_conn), f, bias) else {
-        // HTTPS (a *tls.Conn) or a read failed: not covered.
+        // No TCP socket under it (HTTPS: through the *tls.Conn's first
+        // field), or a read failed.
         return 0;
     };
     let Some(s) = serving else {

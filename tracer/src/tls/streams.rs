@@ -24,9 +24,9 @@ use tracer_common::{
 
 use crate::{comm::Comm, conntrack::ConnInfo};
 
-/// Set on the cookie of a plaintext connection (kernel cookies count up
-/// from 1 and never reach it).
-pub const TLS_CONN_BIT: u64 = 1 << 63;
+/// Set on the cookie of a plaintext connection: the correlator's layer bit
+/// (runtime hooks name the socket; the correlator finds its layer).
+pub const TLS_CONN_BIT: u64 = correlate::ConnId::LAYER_BIT;
 
 /// Plaintext connections tracked at once.
 const MAX_CONNS: usize = 65_536;
