@@ -580,6 +580,37 @@ impl<G: IdGen> Correlator<G> {
         }
     }
 
+    /// A response moved on `conn` by `side` (HTTP/1) after bytes its
+    /// direction could not read as messages, the first at `since_ns`: the
+    /// responses of requests written before then may have been in them, so
+    /// those requests end now, as [`conn_reset`](Self::conn_reset) ends
+    /// them, before the response pairs with the oldest one left. (A Go
+    /// client's Read parked before the agent started returns a response's
+    /// plaintext unseen, then its body is seen alone.)
+    pub fn responses_lost(&mut self, conn: ConnId, side: Side, since_ns: u64, now_ns: u64) {
+        self.advance(now_ns);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let fifo = &mut c.fifo[side_ix(side.opposite())];
+        let mut lost: SmallVec<[SpanKey; 4]> = SmallVec::new();
+        while let Some(&k) = fifo.front() {
+            if self.spans.get(&k).is_some_and(|r| r.start >= since_ns) {
+                break;
+            }
+            fifo.pop_front();
+            lost.push(k);
+        }
+        for key in lost {
+            if let Some(r) = self.spans.get_mut(&key).filter(|r| r.end.is_none()) {
+                r.end_lost = true;
+                self.counters.reset_outstanding += 1;
+                // Its response, if any, was among those bytes.
+                self.fail(key, since_ns, "stream data lost", "stream_data_lost");
+            }
+        }
+    }
+
     /// What a runtime hook saw thread `tid` of `pid` do at `t_ns` (see
     /// [`CauseEvent`]): calls it makes inside the work it started for a
     /// request are that request's children, when exactly one request is in

@@ -858,6 +858,69 @@ fn reset_after_a_stream_gap_ends_outstanding_requests() {
     assert_eq!(out.counters.reset_outstanding, 1);
 }
 
+/// A client's response lost in bytes it read at 2 ms (a read the agent
+/// did not see): the request written before then ends as lost, at that
+/// time; the request written after keeps its place and pairs with the
+/// next response, which would otherwise have gone to the first.
+#[test]
+fn responses_lost_end_only_the_requests_written_before_them() {
+    let evs = vec![
+        open(1, "192.0.2.7:5000", "10.0.0.5:80"),
+        m(
+            1,
+            Side::Outbound,
+            CLIENT,
+            CLIENT,
+            1,
+            MS,
+            None,
+            rq("GET", "/first", &[]),
+        ),
+        m(
+            1,
+            Side::Outbound,
+            CLIENT,
+            CLIENT,
+            200,
+            3 * MS,
+            None,
+            rq("GET", "/second", &[]),
+        ),
+    ];
+    let mut corr = Correlator::with_seed(Config::default(), 1);
+    for e in evs {
+        match e {
+            Ev::Open(i) => corr.conn_open(i),
+            Ev::Msg(m) => corr.message(m),
+            Ev::Close(..) | Ev::Cause(..) | Ev::Lost(..) | Ev::Complete(..) => {}
+        }
+    }
+    corr.responses_lost(ConnId(1), Side::Inbound, 2 * MS, 4 * MS);
+    corr.message(Message {
+        conn: ConnId(1),
+        side: Side::Inbound,
+        pid: Pid(CLIENT),
+        tid: Tid(CLIENT),
+        seq: 900,
+        start_ns: 4 * MS,
+        end_ns: 4 * MS,
+        stream_id: None,
+        kind: rs(200, &[]),
+    });
+    let out = Out {
+        spans: corr.flush(),
+        counters: corr.counters().clone(),
+    };
+    let first = out.get(&lbl(CLIENT, SpanKind::Client, "/first"));
+    assert_eq!(first.status, Status::Error("stream data lost".into()));
+    assert_eq!(first.end_ns, 2 * MS);
+    let second = out.get(&lbl(CLIENT, SpanKind::Client, "/second"));
+    assert_eq!(status(second), 200);
+    assert_eq!(second.end_ns, 4 * MS);
+    assert_eq!(out.counters.reset_outstanding, 1);
+    assert_eq!(out.counters.unmatched_response, 0);
+}
+
 #[test]
 fn span_memory_stays_under_its_byte_bound() {
     let cfg = Config {

@@ -184,6 +184,9 @@ pub struct ViewInfo {
     /// The headers are incomplete: why (HTTP/1: a head cut by missing
     /// bytes; HTTP/2: a header block cut).
     pub headers_cut: Option<Unknown>,
+    /// HTTP/1: what its direction skipped since the message before (see
+    /// [`http1::MessageInfo::skipped_before`]); HTTP/2 pairs by stream id.
+    pub skipped_before: http1::Skipped,
 }
 
 /// A message of any protocol, borrowed for the duration of the callback.
@@ -318,6 +321,7 @@ impl<'a> MessageView<'a> {
                     first_seg_ts_ns: i.first_seg_ts_ns,
                     last_seg_ts_ns: i.last_seg_ts_ns,
                     headers_cut: i.headers_cut,
+                    skipped_before: http1::Skipped::default(),
                 }
             }
         }
@@ -366,6 +370,7 @@ fn h1_info(i: &http1::MessageInfo) -> ViewInfo {
         first_seg_ts_ns: i.first_seg_ts_ns,
         last_seg_ts_ns: i.last_seg_ts_ns,
         headers_cut: (i.end == http1::MessageEnd::HeadTruncated).then_some(Unknown::Truncated),
+        skipped_before: i.skipped_before,
     }
 }
 

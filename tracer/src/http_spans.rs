@@ -652,13 +652,20 @@ impl ToSpans {
             })
         };
         self.counters.messages += 1;
+        let side = if dir == Dir::Recv {
+            Side::Inbound
+        } else {
+            Side::Outbound
+        };
+        let skipped = info.skipped_before;
+        if skipped.bytes > 0 && !m.is_request() {
+            let since = skipped.since_ns.unwrap_or(start_ns).min(start_ns);
+            self.correlator
+                .responses_lost(ConnId(conn.cookie), side, since, start_ns);
+        }
         self.correlator.message(CMessage {
             conn: ConnId(conn.cookie),
-            side: if dir == Dir::Recv {
-                Side::Inbound
-            } else {
-                Side::Outbound
-            },
+            side,
             pid: Pid(first.pid),
             tid: Tid(first.tid),
             seq: info.seq,

@@ -243,6 +243,20 @@ pub struct MessageInfo {
     pub body_missing: u64,
     /// How the message ended.
     pub end: MessageEnd,
+    /// What its direction could not read as messages since the one before
+    /// (lost or cut bytes, or bytes that were no message): a response
+    /// after such bytes may not answer the oldest request left.
+    pub skipped_before: Skipped,
+}
+
+/// Bytes a direction skipped between two messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// How many.
+    pub bytes: u64,
+    /// When the first of them moved (its call's time, else its segment's),
+    /// if known.
+    pub since_ns: Option<u64>,
 }
 
 /// An HTTP/1.x request.

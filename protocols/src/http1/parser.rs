@@ -6,7 +6,8 @@ use super::chunked::{Decoder, Found, LostScanner, Step};
 use super::detect::{self, Likely};
 use super::head::{self, HeadError, Line, ParsedHead};
 use super::{
-    BodyFraming, Http1Config, Http1Counters, MessageEnd, MessageInfo, MessageRef, RequestKind, Role,
+    BodyFraming, Http1Config, Http1Counters, MessageEnd, MessageInfo, MessageRef, RequestKind,
+    Role, Skipped,
 };
 use crate::stream::{Chunk, MissingKind, Part, Piece, Pos};
 
@@ -80,6 +81,10 @@ pub struct Http1Parser {
     seen_input: bool,
     seen_message: bool,
     skipped_before_first: u64,
+    /// Bytes skipped since the last message (told with the next one).
+    skipped: Skipped,
+    /// Time of the input being read (its call's, else its segment's).
+    input_ns: Option<u64>,
     /// Response role: kinds of the requests still unanswered.
     expected: VecDeque<RequestKind>,
     /// Request role: kinds of the requests parsed, for the response side.
@@ -178,6 +183,8 @@ impl Http1Parser {
             seen_input: false,
             seen_message: false,
             skipped_before_first: 0,
+            skipped: Skipped::default(),
+            input_ns: None,
             expected: VecDeque::new(),
             kinds_out: VecDeque::new(),
             next_offset: None,
@@ -308,6 +315,7 @@ impl Http1Parser {
         self.seen_input = false;
         self.seen_message = false;
         self.skipped_before_first = 0;
+        self.skipped = Skipped::default();
         self.expected.clear();
         self.next_offset = None;
     }
@@ -323,6 +331,7 @@ impl Http1Parser {
         if data.is_empty() {
             return;
         }
+        self.input_ns = pos.op.map(|o| o.ts_ns).or(pos.seg_ts);
         if !self.seen_input {
             self.seen_input = true;
             if self.state == State::Head && (detect::is_other_protocol(data) || looks_binary(data))
@@ -368,6 +377,7 @@ impl Http1Parser {
 
     fn on_missing(&mut self, mut len: u64, mut pos: Pos, out: &mut impl FnMut(MessageRef<'_>)) {
         self.seen_input = true;
+        self.input_ns = pos.op.map(|o| o.ts_ns).or(pos.seg_ts);
         while len > 0 {
             match self.state {
                 State::Head => {
@@ -431,6 +441,12 @@ impl Http1Parser {
     /// any message means the direction is not HTTP.
     fn skip(&mut self, n: u64) {
         self.counters.bytes_skipped += n;
+        if n > 0 {
+            if self.skipped.bytes == 0 {
+                self.skipped.since_ns = self.input_ns;
+            }
+            self.skipped.bytes += n;
+        }
         if !self.seen_message {
             self.skipped_before_first += n;
             if self.skipped_before_first > self.cfg.detect_budget {
@@ -651,6 +667,7 @@ impl Http1Parser {
             body_len: None,
             body_missing: 0,
             end: MessageEnd::HeadTruncated,
+            skipped_before: std::mem::take(&mut self.skipped),
         };
         match self.cur_head.line {
             Line::Request { method, .. } => {
@@ -699,6 +716,7 @@ impl Http1Parser {
             body_len: None,
             body_missing: 0,
             end: MessageEnd::Complete,
+            skipped_before: std::mem::take(&mut self.skipped),
         };
         let mut check_head = false;
         let mut upgrade_after = false;

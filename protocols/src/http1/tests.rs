@@ -839,3 +839,46 @@ fn bad_head_detected_before_its_end() {
     let lines: Vec<_> = sums(&v).into_iter().map(|m| m.line).collect();
     assert_eq!(lines, vec!["GET /a", "GET /c"]);
 }
+
+/// A response whose head went unseen leaves its body alone in the stream:
+/// the next response says how many bytes were skipped before it and when
+/// the first of them came, so that its request pairing can leave out the
+/// request the lost response answered.
+#[test]
+fn a_response_after_skipped_bytes_says_what_was_skipped_and_when() {
+    let mut p = resp_expecting(&[RequestKind::Other, RequestKind::Other]);
+    let mut v = Vec::new();
+    let op = |ts_ns| {
+        Some(OpMeta {
+            pid: 1,
+            tid: 1,
+            ts_ns,
+        })
+    };
+    let mut feed = |p: &mut Http1Parser, offset: u64, data: &[u8], ts: u64| {
+        let pieces = [Piece::Data(data)];
+        let chunk = Chunk {
+            seq: offset as u32,
+            offset,
+            len: data.len() as u32,
+            op: op(ts),
+            seg_ts_ns: None,
+            pieces: &pieces,
+        };
+        p.feed(&chunk, &mut |m| v.push(m.to_owned()));
+    };
+    let body = b"backend /inner/e1\n";
+    let next = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    feed(&mut p, 0, body, 100);
+    feed(&mut p, body.len() as u64, next, 200);
+    feed(&mut p, (body.len() + next.len()) as u64, next, 300);
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert_eq!(
+        v[0].info().skipped_before,
+        Skipped {
+            bytes: body.len() as u64,
+            since_ns: Some(100)
+        }
+    );
+    assert_eq!(v[1].info().skipped_before, Skipped::default());
+}
