@@ -1,7 +1,9 @@
 // An HTTPS client on net/http and crypto/tls (keep-alive; HTTP/1.1, or h2
 // by ALPN when TLS_H2=1):
 // prints "ready", waits for a line on stdin (so that the agent can find it
-// first), then GETs BASE+PATH for every PATH and prints "done".
+// first), then GETs BASE+PATH for every PATH and prints "done". With
+// TLS_WARM=PATH it first GETs BASE+PATH before printing "ready": its
+// connection stays open, the transport's read loop waiting in a Read.
 // Usage: tls_client BASE PATH...
 package main
 
@@ -25,11 +27,7 @@ func main() {
 		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
 		ForceAttemptHTTP2: os.Getenv("TLS_H2") == "1",
 	}}
-	fmt.Println("ready")
-	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
-		os.Exit(1)
-	}
-	for _, p := range os.Args[2:] {
+	get := func(p string) {
 		resp, err := client.Get(os.Args[1] + p)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -41,6 +39,16 @@ func main() {
 			fmt.Fprintln(os.Stderr, p, resp.Status)
 			os.Exit(1)
 		}
+	}
+	if warm := os.Getenv("TLS_WARM"); warm != "" {
+		get(warm)
+	}
+	fmt.Println("ready")
+	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		os.Exit(1)
+	}
+	for _, p := range os.Args[2:] {
+		get(p)
 	}
 	fmt.Println("done")
 }

@@ -8,6 +8,8 @@
 //! goroutine's stack seen once.
 use std::{path::Path, process::Command, time::Duration};
 
+use serde_json::Value;
+
 use tracer_e2e::{
     free_port, go_build, require_tool, root_test,
     span::{attr, f, res},
@@ -55,6 +57,78 @@ fn go_client(bin: &Path, base: &str, paths: &[String], h2: bool, pause: Duration
     client.send("go");
     assert_eq!(client.line(Duration::from_secs(30)), "done");
     client.finish();
+}
+
+/// The agent restarted while a Go client keeps its connection to a Go
+/// server: net/http's read loops (the client's, and the server's for the
+/// next request) wait in Reads the new agent's probes never saw begin,
+/// which return the first request and response after the start unseen.
+/// The goroutines' next Reads say so (`tls.reads_lost`): that request's
+/// client span ends as lost, and every later response pairs with its own
+/// request, none with the one before it (which would end each client span
+/// at the next request's response, for as long as the connection lives).
+#[test]
+fn go_client_connected_before_the_agent_pairs_each_response_with_its_request() {
+    let Some(_g) =
+        root_test("go_client_connected_before_the_agent_pairs_each_response_with_its_request")
+    else {
+        return;
+    };
+    let dir = TempDir::new("tracer-gotls-early");
+    let (cert, key) = certificate(dir.path());
+    let server_bin = go_build(dir.path(), "tls_server", "tls_server", &[]);
+    let client_bin = go_build(dir.path(), "tls_client", "tls_client", &[]);
+    let (_server, port) = go_server(&server_bin, &cert, &key, false);
+    let base = format!("https://127.0.0.1:{port}");
+    let early = paths("/early-", 6);
+    // The first agent sees the connection made: its socket has its
+    // cookie, the one the client's first request is stamped with.
+    let first = Agent::start(&[] as &[&str]);
+    let mut client = Spawned::ready(
+        Command::new(&client_bin)
+            .arg(&base)
+            .args(&early)
+            .env("TLS_H2", "0")
+            .env("TLS_WARM", "/warm"),
+    );
+    first.stop(Duration::ZERO);
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    // Found by the agent's scan of running processes meanwhile.
+    std::thread::sleep(Duration::from_millis(1200));
+    client.send("go");
+    assert_eq!(client.line(Duration::from_secs(30)), "done");
+    client.finish();
+    wait_for_paths(&receiver, "/early-", 2 * (early.len() - 1));
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    let e = &out.stderr;
+    let client_span = |p: &str| {
+        spans
+            .iter()
+            .find(|s| attr(s, "url.path") == p && f(s, "kind") == "CLIENT")
+    };
+    // The first request's response went unseen: never another's.
+    if let Some(c) = client_span(&early[0]) {
+        assert_eq!(
+            f(c, "status_message"),
+            "stream data lost",
+            "{c:#?}\nagent:\n{e}"
+        );
+    }
+    for w in early[1..].windows(2) {
+        assert_https_linked(&spans, &w[0], ("tls_client", "tls_server"), "1.1", e);
+        let (this, next) = (client_span(&w[0]).unwrap(), client_span(&w[1]).unwrap());
+        let t = |s: &Value, k: &str| s[k].as_u64().unwrap_or(0);
+        assert!(
+            t(this, "end_time_unix_nano") <= t(next, "start_time_unix_nano"),
+            "{} ends after {} starts: it took the next response\n{this:#?}\n{next:#?}\nagent:\n{e}",
+            w[0],
+            w[1]
+        );
+    }
+    assert_https_linked(&spans, &early[5], ("tls_client", "tls_server"), "1.1", e);
+    assert!(out.counter("tls.reads_lost").unwrap_or(0) >= 1, "{e}");
 }
 
 /// Requests, one path each, from a Go client started after the agent

@@ -48,10 +48,11 @@ use aya_ebpf::{
 };
 use tracer_common::{
     gotls::{
-        GoCallKey, GoTlsFile, GoWrappers, GO_AT_STACK_CHECK, GO_CALL_BYTES, GO_CALL_LIVE,
-        GO_OFF_UNKNOWN, GO_SOCK_BYTES, GO_TLS_CALLS_MAX, GO_TLS_FILES_MAX, GO_TLS_SOCKS_MAX,
+        GoCallKey, GoTlsFile, GoWrappers, GO_AT_STACK_CHECK, GO_CALL_AFTER_LOSS, GO_CALL_BYTES,
+        GO_CALL_LIVE, GO_CALL_RUNNING, GO_OFF_UNKNOWN, GO_SOCK_BYTES, GO_TLS_CALLS_MAX,
+        GO_TLS_FILES_MAX, GO_TLS_SOCKS_MAX,
     },
-    recv_data_end, Dir, DropReason, KernelStat, TLS_CONN_REMEMBERED, TLS_SEQ_KNOWN,
+    recv_data_end, Dir, DropReason, KernelStat, TLS_CONN_REMEMBERED, TLS_READ_LOST, TLS_SEQ_KNOWN,
 };
 
 use crate::{add_stat, count_drop, global, AGENT_PID, ENABLED, TLS_SNAP};
@@ -102,7 +103,8 @@ pub struct GoCall {
     flags: u8,
     /// A Read that decrypts a new record (see [`record_seq`]).
     new_record: u8,
-    /// 1 from the entry to the end (see [`GO_CALL_LIVE`]).
+    /// [`GO_CALL_RUNNING`] from the entry to the end, then 0 (see
+    /// [`GO_CALL_LIVE`]), or [`GO_CALL_AFTER_LOSS`].
     live: u8,
 }
 
@@ -369,7 +371,7 @@ fn enter(ctx: &ProbeContext, dir: Dir) {
         dir: dir as u8,
         flags: TLS_CONN_REMEMBERED,
         new_record: 0,
-        live: 1,
+        live: GO_CALL_RUNNING,
     };
     if dir == Dir::Recv {
         if f.read_end_at_copy == 0 {
@@ -381,8 +383,15 @@ fn enter(ctx: &ProbeContext, dir: Dir) {
             g,
         };
         match GO_TLS_CALLS.get_ptr_mut(&key) {
-            // SAFETY: a map value only this goroutine writes.
-            Some(p) => unsafe { *p = call },
+            Some(p) => {
+                // SAFETY: a map value only this goroutine writes.
+                let after_loss = unsafe { (*p).live } == GO_CALL_AFTER_LOSS;
+                // SAFETY: as above.
+                unsafe { *p = call };
+                if after_loss {
+                    read_lost(&call, f, pid_tgid);
+                }
+            }
             None => {
                 let _ = GO_TLS_CALLS.insert(&key, &call, 0);
             }
@@ -524,12 +533,32 @@ fn leave(ctx: &ProbeContext, n: i64, from: Option<u64>) {
     let key = GoCallKey { pid, g };
     let Some(p) = GO_TLS_CALLS.get_ptr_mut(&key) else {
         count_drop(DropReason::GoTlsNoEntry);
+        if n > 0 {
+            let mark = GoCall {
+                buf: 0,
+                stack_hi: 0,
+                start_ns: 0,
+                cookie: 0,
+                conn: 0,
+                bias: 0,
+                seq: 0,
+                dir: 0,
+                flags: 0,
+                new_record: 0,
+                live: GO_CALL_AFTER_LOSS,
+            };
+            let _ = GO_TLS_CALLS.insert(&key, &mark, 0);
+        }
         return;
     };
     // SAFETY: a map value only this goroutine writes, copied at once.
     let mut call = unsafe { *p };
-    if call.live == 0 {
+    if call.live != GO_CALL_RUNNING {
         count_drop(DropReason::GoTlsNoEntry);
+        if n > 0 {
+            // SAFETY: as above.
+            unsafe { (*p).live = GO_CALL_AFTER_LOSS };
+        }
         return;
     }
     // SAFETY: as above.
@@ -569,6 +598,33 @@ fn leave(ctx: &ProbeContext, n: i64, from: Option<u64>) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     emit(&call, len, now, pid_tgid);
+}
+
+/// At the entry of a goroutine's Read after one whose bytes went unseen
+/// (see [`GO_CALL_AFTER_LOSS`]): says so on this Read's connection, at this
+/// time, which is before the goroutine could have written a request that
+/// waits for what this Read returns (net/http's read loop enters its next
+/// Read as soon as it has a response). The next Read of a goroutine is on
+/// the same connection in net/http (one read loop per connection); were it
+/// not, requests of another connection would end as lost, never pair
+/// wrongly.
+#[inline(always)]
+fn read_lost(call: &GoCall, f: &GoTlsFile, pid_tgid: u64) {
+    let Some((_, cookie)) = socket_of_conn(pid_tgid >> 32, call.conn, f, call.bias) else {
+        count_drop(DropReason::GoTlsNoSocket);
+        return;
+    };
+    crate::tls::emit(
+        pid_tgid,
+        Dir::Recv as u8,
+        TLS_READ_LOST,
+        cookie,
+        0,
+        0,
+        call.start_ns,
+        0,
+        crate::tls::Src::Kernel(call as *const GoCall as u64, 0),
+    );
 }
 
 /// The top of goroutine `g`'s stack (`runtime.g` starts with its stack's

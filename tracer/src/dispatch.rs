@@ -229,6 +229,11 @@ fn tls_out<'a>(
                 http.inbound_lost(pid, start_ns);
             }
         }
+        TlsOut::ReadLost(conn, at_ns) => {
+            if let Some(http) = http {
+                http.read_lost(conn, at_ns);
+            }
+        }
     }
 }
 

@@ -376,6 +376,20 @@ impl HttpSpans {
             .cause(correlate::Pid(c.pid), correlate::Tid(c.tid), c.ts_ns, ev);
     }
 
+    /// A read on `conn` moved plaintext unseen before `at_ns` (a Go Read
+    /// entered before the probes): the requests it waited to answer end
+    /// (a later response must not pair with them), and a request read
+    /// there is lost.
+    pub fn read_lost(&mut self, conn: &ConnInfo, at_ns: u64) {
+        if serves(conn, self.conns.get(&conn.cookie)) {
+            self.out.lost(conn.pid, at_ns);
+        }
+        let now = at_ns.max(self.out.now_ns);
+        self.out
+            .correlator
+            .responses_lost(ConnId(conn.cookie), Side::Inbound, at_ns, now);
+    }
+
     /// The connection is gone: flush its parser and tell the correlator.
     pub fn closed(&mut self, conn: &ConnInfo, now_ns: u64) {
         let Some(mut c) = self.conns.remove(&conn.cookie) else {

@@ -721,9 +721,11 @@ impl Kernel {
     /// its connections' sockets and its goroutines' calls: how many calls
     /// were still running (it exited inside them).
     pub fn forget_go_calls(&mut self, pid: u32) -> usize {
-        use tracer_common::gotls::{GO_CALL_BYTES, GO_CALL_LIVE, GO_SOCK_BYTES};
+        use tracer_common::gotls::{GO_CALL_BYTES, GO_CALL_LIVE, GO_CALL_RUNNING, GO_SOCK_BYTES};
         self.forget_pid::<GO_SOCK_BYTES>("GO_TLS_SOCKS", pid, |_| false);
-        self.forget_pid::<GO_CALL_BYTES>("GO_TLS_CALLS", pid, |v| v[GO_CALL_LIVE] != 0)
+        self.forget_pid::<GO_CALL_BYTES>("GO_TLS_CALLS", pid, |v| {
+            v[GO_CALL_LIVE] == GO_CALL_RUNNING
+        })
     }
 
     /// Removes the entries of process `pid` from hash map `name`, keyed by

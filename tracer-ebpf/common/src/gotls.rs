@@ -42,6 +42,15 @@ pub const GO_CALL_BYTES: usize = 56;
 /// Read's entry here).
 pub const GO_CALL_LIVE: usize = 55;
 
+/// [`GO_CALL_LIVE`]'s byte while the call runs.
+pub const GO_CALL_RUNNING: u8 = 1;
+
+/// [`GO_CALL_LIVE`]'s byte once a Read ended that the probes did not see
+/// begin (entered before they were attached: net/http parks a Read on every
+/// idle connection) and that moved bytes: the goroutine's next Read says
+/// so on its connection ([`crate::TLS_READ_LOST`]). Not a running call.
+pub const GO_CALL_AFTER_LOSS: u8 = 2;
+
 /// `*tls.Conn`s whose socket is remembered (an LRU map keyed by process
 /// and connection: the walk from a connection to its socket costs a
 /// dozen reads).

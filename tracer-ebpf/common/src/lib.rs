@@ -254,6 +254,13 @@ pub const TLS_RECV_CANDIDATE: u8 = 8;
 /// shared the receive are all in.
 pub const TLS_RECV_END: u8 = 16;
 
+/// [`TlsData::flags`], on a read with no plaintext (`len` 0): plaintext
+/// read on this connection before now was not seen (a Go Read entered
+/// before the probes were attached). User space treats it as a hole: the
+/// requests waiting for a response there end, and a request read there
+/// counts as lost.
+pub const TLS_READ_LOST: u8 = 32;
+
 /// Attach cookie of the TLS probes on a file whose TLS library reads and
 /// writes memory BIOs (Node); other files' probes have none (0).
 pub const TLS_COOKIE_MEMBIO: u64 = 1;

@@ -18,11 +18,14 @@
 use foldhash::{HashMap, HashMapExt};
 use protocols::stream::{Chunk, MissingKind, OpMeta, Piece};
 use tracer_common::{
-    Dir, TlsData, TLS_CONN_REMEMBERED, TLS_LINKED_OUTSIDE, TLS_RECV_CANDIDATE, TLS_RECV_END,
-    TLS_SEQ_KNOWN,
+    Dir, TlsData, TLS_CONN_REMEMBERED, TLS_LINKED_OUTSIDE, TLS_READ_LOST, TLS_RECV_CANDIDATE,
+    TLS_RECV_END, TLS_SEQ_KNOWN,
 };
 
-use crate::{comm::Comm, conntrack::ConnInfo};
+use crate::{
+    comm::Comm,
+    conntrack::{ConnInfo, Role},
+};
 
 /// Set on the cookie of a plaintext connection: the correlator's layer bit
 /// (runtime hooks name the socket; the correlator finds its layer).
@@ -80,6 +83,10 @@ pub struct TlsCounters {
     pub table_full: u64,
     /// Plaintext connections ever opened.
     pub connections: u64,
+    /// Reads whose plaintext went unseen, said by the same goroutine's next
+    /// Read (Go Reads entered before the probes were attached): a hole in
+    /// their connection's plaintext.
+    pub reads_lost: u64,
 }
 
 /// What the plaintext streams hand on.
@@ -89,6 +96,10 @@ pub enum Out<'a> {
     /// A read's plaintext dropped (its socket not known): it may have been
     /// a request that `pid` started reading at `start_ns`.
     LostRead { pid: u32, start_ns: u64 },
+    /// Plaintext read on this connection before `at_ns` went unseen
+    /// ([`TLS_READ_LOST`]): a response there may have been lost, or a
+    /// request.
+    ReadLost(&'a ConnInfo, u64),
 }
 
 struct Plain {
@@ -259,6 +270,10 @@ impl TlsStreams {
         tcp: Option<&ConnInfo>,
         out: &mut impl FnMut(Out<'_>),
     ) {
+        if hdr.flags & TLS_READ_LOST != 0 {
+            self.read_lost(hdr, tcp, out);
+            return;
+        }
         let candidate = hdr.flags & TLS_RECV_CANDIDATE != 0;
         let end = hdr.flags & TLS_RECV_END != 0;
         if let Some(sh) = self.shared.get_mut(&hdr.cookie) {
@@ -501,6 +516,29 @@ impl TlsStreams {
         out(Out::Chunk(&plain.info, dir, &chunk));
     }
 
+    /// Plaintext read on `tcp` before `hdr`'s time went unseen
+    /// ([`TLS_READ_LOST`]). Not a hole in the plaintext stream: the read
+    /// that said so may come after another goroutine's read of the next
+    /// message's first bytes (net/http's server reads a byte in the
+    /// background while a handler runs), which a hole would cut. A
+    /// connection with no plaintext yet has no request waiting; a read on
+    /// it that was not a client's may have been a request.
+    fn read_lost(&mut self, hdr: &TlsData, tcp: Option<&ConnInfo>, out: &mut impl FnMut(Out<'_>)) {
+        let Some(tcp) = tcp.filter(|_| hdr.cookie != 0) else {
+            self.counters.calls_without_conn += 1;
+            return;
+        };
+        self.counters.reads_lost += 1;
+        match self.conns.get(&hdr.cookie) {
+            Some(plain) => out(Out::ReadLost(&plain.info, hdr.ts_ns)),
+            None if tcp.role != Role::Client => out(Out::LostRead {
+                pid: hdr.pid,
+                start_ns: hdr.start_ns,
+            }),
+            None => {}
+        }
+    }
+
     /// The TCP connection `cookie` is gone: reads held for its shared
     /// receive are released, and its plaintext connection, if it had one,
     /// is closed too.
@@ -551,7 +589,6 @@ impl TlsStreams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::Role;
     use tracer_common::{Tag, TLS_CONN_REMEMBERED};
 
     fn tcp() -> ConnInfo {
@@ -632,6 +669,8 @@ mod tests {
     struct Outs {
         chunks: Vec<Seen>,
         lost: Vec<(u32, u64)>,
+        /// (plaintext connection, time) of reads that went unseen.
+        read_lost: Vec<(u64, u64)>,
     }
 
     impl Outs {
@@ -639,6 +678,7 @@ mod tests {
             match o {
                 Out::Chunk(c, d, ch) => self.chunks.push(seen(c, d, ch)),
                 Out::LostRead { pid, start_ns } => self.lost.push((pid, start_ns)),
+                Out::ReadLost(c, at) => self.read_lost.push((c.cookie, at)),
             }
         }
     }
@@ -949,5 +989,25 @@ mod tests {
         assert_eq!(got, vec![6_100]);
         assert_eq!(t.counters().calls_unproven, 1);
         assert_eq!(t.held_since(), None);
+    }
+
+    /// A Go Read after one whose plaintext went unseen says so on its
+    /// connection: the plaintext connection is told (its waiting requests
+    /// end), nothing is fed to its parsers, and it is counted. Before the
+    /// connection had plaintext, a client's read is no request: nothing.
+    #[test]
+    fn a_read_lost_is_told_to_its_plaintext_connection() {
+        let mut t = TlsStreams::new();
+        let mut lost = hdr(Dir::Recv, 0, 0, None);
+        lost.flags = TLS_READ_LOST;
+        let before = feed_all(&mut t, &lost, &[], Some(&tcp()));
+        assert!(before.chunks.is_empty() && before.lost.is_empty() && before.read_lost.is_empty());
+        let req = b"GET / HTTP/1.1\r\n\r\n";
+        let h = hdr(Dir::Send, req.len() as u32, req.len() as u32, Some(100));
+        feed_all(&mut t, &h, req, Some(&tcp()));
+        let after = feed_all(&mut t, &lost, &[], Some(&tcp()));
+        assert!(after.chunks.is_empty(), "no hole in the plaintext");
+        assert_eq!(after.read_lost, vec![(42 | TLS_CONN_BIT, 2_000)]);
+        assert_eq!(t.counters().reads_lost, 2);
     }
 }
