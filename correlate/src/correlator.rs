@@ -570,12 +570,17 @@ impl<G: IdGen> Correlator<G> {
         let keys = c.all_outstanding();
         c.fifo.iter_mut().for_each(VecDeque::clear);
         c.streams.clear();
+        self.end_data_lost(keys, now_ns);
+    }
+
+    /// Requests whose responses were lost with stream data end at `at`.
+    fn end_data_lost(&mut self, keys: impl IntoIterator<Item = SpanKey>, at: u64) {
         for key in keys {
             if let Some(r) = self.spans.get_mut(&key).filter(|r| r.end.is_none()) {
                 // When the call really ended is lost with the data.
                 r.end_lost = true;
                 self.counters.reset_outstanding += 1;
-                self.fail(key, now_ns, "stream data lost", "stream_data_lost");
+                self.fail(key, at, "stream data lost", "stream_data_lost");
             }
         }
     }
@@ -601,14 +606,8 @@ impl<G: IdGen> Correlator<G> {
             fifo.pop_front();
             lost.push(k);
         }
-        for key in lost {
-            if let Some(r) = self.spans.get_mut(&key).filter(|r| r.end.is_none()) {
-                r.end_lost = true;
-                self.counters.reset_outstanding += 1;
-                // Its response, if any, was among those bytes.
-                self.fail(key, since_ns, "stream data lost", "stream_data_lost");
-            }
-        }
+        // Their responses, if any, were among those bytes.
+        self.end_data_lost(lost, since_ns);
     }
 
     /// What a runtime hook saw thread `tid` of `pid` do at `t_ns` (see

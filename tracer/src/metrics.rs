@@ -253,7 +253,7 @@ report_counters!(crate::tls::streams::TlsCounters, Stage::Tls, {
     bad_records: Anomaly, "TLS records with a bad direction (dropped).";
     table_full: Anomaly, "TLS calls dropped: the plaintext connection table was full.";
     connections: Detail, "TLS connections whose plaintext was parsed.";
-    reads_lost: Detail, "Go TLS Reads entered before the probes were attached whose plaintext went unseen: a hole in their connection (its waiting requests end as lost).";
+    reads_lost: Detail, "Go TLS Reads entered before the probes were attached whose plaintext went unseen (their connection's waiting requests end as lost).";
 });
 
 report_counters!(crate::tls::attach::AttachCounters, Stage::Tls, {

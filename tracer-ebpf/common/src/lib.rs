@@ -256,9 +256,9 @@ pub const TLS_RECV_END: u8 = 16;
 
 /// [`TlsData::flags`], on a read with no plaintext (`len` 0): plaintext
 /// read on this connection before now was not seen (a Go Read entered
-/// before the probes were attached). User space treats it as a hole: the
-/// requests waiting for a response there end, and a request read there
-/// counts as lost.
+/// before the probes were attached). User space ends the requests waiting
+/// for a response there, and counts a request read there as lost; it feeds
+/// no hole to the parsers (see `tls::streams`).
 pub const TLS_READ_LOST: u8 = 32;
 
 /// Attach cookie of the TLS probes on a file whose TLS library reads and

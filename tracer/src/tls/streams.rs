@@ -84,8 +84,8 @@ pub struct TlsCounters {
     /// Plaintext connections ever opened.
     pub connections: u64,
     /// Reads whose plaintext went unseen, said by the same goroutine's next
-    /// Read (Go Reads entered before the probes were attached): a hole in
-    /// their connection's plaintext.
+    /// Read (Go Reads entered before the probes were attached): their
+    /// connection's waiting requests end as lost.
     pub reads_lost: u64,
 }
 
