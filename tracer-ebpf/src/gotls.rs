@@ -293,16 +293,25 @@ pub(crate) fn tcp_sock_of_conn(
 /// went through (the garbage collector may put a new `Conn` at a freed
 /// one's address), and the socket must still have the cookie it had (a
 /// new socket in a freed one's memory starts without one: `sk_alloc`
-/// zeroes it, an accepted socket's copy of its listener resets it).
+/// zeroes it, an accepted socket's copy of its listener resets it) and
+/// not be closed: a freed socket whose memory is not yet reused keeps its
+/// cookie, and every TCP socket is CLOSE when freed. A server handling one
+/// connection at a time gets its new `Conn` and `net.Conn` at the freed
+/// ones' addresses, its new socket elsewhere: without that check its calls
+/// took the closed socket's cookie.
 #[inline(always)]
 fn socket_of_conn(pid: u64, conn: u64, f: &GoTlsFile, bias: u64) -> Option<(u64, u64)> {
+    const TCP_CLOSE: u8 = 7;
     let at = conn + u64::from(f.conn);
     let data: u64 = uread(at + 8)?;
     let key = GoCallKey { pid, g: conn };
     // SAFETY: a map value, copied at once.
     if let Some(c) = unsafe { GO_TLS_SOCKS.get(&key) }.copied() {
         if c.data == data && cookie_of_sk(c.sk) == Some(c.cookie) {
-            return Some((c.sk, c.cookie));
+            if kread::<u8>(c.sk + u64::from(global(&crate::OFF_STATE))) != Some(TCP_CLOSE) {
+                return Some((c.sk, c.cookie));
+            }
+            add_stat(KernelStat::GoTlsSockClosed, 1);
         }
     }
     let sk = tcp_sock_of_conn(

@@ -893,11 +893,14 @@ pub enum KernelStat {
     /// whose records are laid out otherwise): no sequence number, as a
     /// Read served from the plaintext buffer.
     GoTlsRecordNotFound = 20,
+    /// Go TLS connections whose remembered socket was found closed (a new
+    /// connection at a freed one's address): walked to their own again.
+    GoTlsSockClosed = 21,
 }
 
 impl KernelStat {
     /// Every counter, in index order.
-    pub const ALL: [KernelStat; 21] = [
+    pub const ALL: [KernelStat; 22] = [
         KernelStat::SilencedCalls,
         KernelStat::SilencedPackets,
         KernelStat::SilencedBytes,
@@ -919,6 +922,7 @@ impl KernelStat {
         KernelStat::TlsLinkRefused,
         KernelStat::TlsMembioObjects,
         KernelStat::GoTlsRecordNotFound,
+        KernelStat::GoTlsSockClosed,
     ];
 
     /// Stable name.
@@ -945,6 +949,7 @@ impl KernelStat {
             KernelStat::TlsLinkRefused => "tls_link_refused",
             KernelStat::TlsMembioObjects => "tls_membio_objects",
             KernelStat::GoTlsRecordNotFound => "go_tls_record_not_found",
+            KernelStat::GoTlsSockClosed => "go_tls_sock_closed",
         }
     }
 
@@ -983,6 +988,9 @@ impl KernelStat {
             }
             KernelStat::GoTlsRecordNotFound => {
                 "Go TLS Reads whose record was not found: no sequence number."
+            }
+            KernelStat::GoTlsSockClosed => {
+                "Go TLS connections whose remembered socket was closed: found again."
             }
         }
     }
