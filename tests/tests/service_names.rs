@@ -369,6 +369,76 @@ fn http_services_get_the_names_users_know() {
     assert_eq!(res(b, "container.id"), "");
 }
 
+/// Makes one request to `/from-launcher` on port ARGV[1], then becomes
+/// `python3 ARGV[2] PORT` (same pid, same binary, same kernel name).
+const LAUNCHER: &str = r#"
+import os, sys, urllib.request
+urllib.request.urlopen("http://127.0.0.1:%s/from-launcher" % sys.argv[1]).read()
+os.execv(sys.executable, [sys.executable, sys.argv[2], sys.argv[1]])
+"#;
+
+/// One request to `/from-checkout`, then alive a while: its first record
+/// is read while it runs.
+const CHECKOUT: &str = r#"
+import sys, time, urllib.request
+urllib.request.urlopen("http://127.0.0.1:%s/from-checkout" % sys.argv[1]).read()
+time.sleep(0.5)
+print("done")
+"#;
+
+/// A process that starts another program keeps its pid, its start time
+/// and, when the program is the same binary (a launcher, a version
+/// manager's shim, a JVM re-exec), its kernel name: only the kernel's exec
+/// event says that its spans are now the new program's.
+#[test]
+fn a_program_started_by_exec_is_named_for_itself() {
+    let Some(_g) = root_test("a_program_started_by_exec_is_named_for_itself") else {
+        return;
+    };
+    let py = "/usr/bin/python3";
+    require_tool(py);
+    let tmp = TempDir::new("tracer-exec-names");
+    let srv = tmp.path().join("srv");
+    let app = install("http_app.py", &srv.join("billing"), "app.py");
+    std::fs::write(srv.join("launcher.py"), LAUNCHER).unwrap();
+    std::fs::write(srv.join("checkout.py"), CHECKOUT).unwrap();
+    let port = free_port();
+    let _server = Listening::start(Command::new(py).arg(&app).arg(port.to_string()), port);
+    let receiver = Receiver::start(Otlp::Grpc);
+    let mut args = receiver.agent_args();
+    args.extend(["--profile-hz", "0"].map(String::from));
+    let agent = Agent::start(&args);
+    let out = run_ok(
+        Command::new(py)
+            .arg(srv.join("launcher.py"))
+            .arg(port.to_string())
+            .arg(srv.join("checkout.py")),
+    );
+    assert_eq!(out.trim(), "done");
+    tracer_e2e::tls::wait_for_paths(&receiver, "/from-", 4);
+    let out = agent.stop(Duration::from_millis(500));
+    let spans = receiver.spans();
+    let client = |path: &str| {
+        spans
+            .iter()
+            .find(|s| f(s, "kind") == "CLIENT" && attr(s, "url.path") == path)
+            .unwrap_or_else(|| panic!("no CLIENT span for {path}; agent:\n{}", out.stderr))
+    };
+    let (before, after) = (client("/from-launcher"), client("/from-checkout"));
+    assert_eq!(res(before, "process.pid"), res(after, "process.pid"));
+    assert_eq!(res(before, "service.name"), "launcher", "{before:#?}");
+    assert_eq!(res(after, "service.name"), "checkout", "{after:#?}");
+    assert_eq!(
+        res(after, "process.command_line"),
+        format!("{py} {} {port}", srv.join("checkout.py").display())
+    );
+    assert!(
+        out.counter("export.execs").is_some_and(|n| n >= 1),
+        "{}",
+        out.stderr
+    );
+}
+
 /// The SERVER span of the request to `path`.
 fn server_span<'a>(spans: &'a [Value], path: &str) -> Option<&'a Value> {
     spans

@@ -51,6 +51,7 @@ mod h2walk;
 mod hooks;
 mod lane;
 mod packet;
+mod procs;
 mod pyhooks;
 mod records;
 mod sample;

@@ -36,6 +36,9 @@ pub trait SpanOut {
     /// A process was seen (its first record): describe it while it lives.
     /// `hint` is the kernel's name for the thread that made the record.
     fn saw_pid(&mut self, pid: Pid, hint: Option<KernelName<'_>>, now_ns: u64);
+    /// A process started another program at `at_ns`: its next record
+    /// describes it anew; its spans that began before keep what it was.
+    fn exec(&mut self, pid: Pid, at_ns: u64);
     /// The resource of a process.
     fn resource(&mut self, pid: Pid, hint: Option<KernelName<'_>>, now_ns: u64) -> Arc<Resource>;
     /// A finished span (its buffers are reused once this returns).
@@ -47,6 +50,10 @@ pub trait SpanOut {
 impl<W: Write> SpanOut for SpanSink<W> {
     fn saw_pid(&mut self, pid: Pid, hint: Option<KernelName<'_>>, now_ns: u64) {
         SpanSink::saw_pid(self, pid, hint, now_ns);
+    }
+
+    fn exec(&mut self, pid: Pid, at_ns: u64) {
+        SpanSink::exec(self, pid, at_ns);
     }
 
     fn resource(&mut self, pid: Pid, hint: Option<KernelName<'_>>, now_ns: u64) -> Arc<Resource> {
@@ -139,6 +146,15 @@ impl Default for RecentPids {
 }
 
 impl RecentPids {
+    /// Forgets `pid` (it started another program): its next record
+    /// describes it.
+    fn forget(&mut self, pid: u32) {
+        let slot = &mut self.slots[pid as usize % RECENT_PIDS];
+        if slot.is_some_and(|(p, _, _)| p == pid) {
+            *slot = None;
+        }
+    }
+
     /// Whether `pid` was described with this `comm` less than
     /// [`RECHECK_NS`] before `now`; if not, it is noted as described now.
     fn seen(&mut self, pid: u32, comm: Comm, now: u64) -> bool {
@@ -383,6 +399,12 @@ impl<O: SpanOut> Dispatcher<O> {
             Ok(Record::Sample(hdr, stack)) => {
                 s.sample(&hdr, stack);
                 hdr.ts_ns
+            }
+            Ok(Record::Exec(e)) => {
+                s.now_ns = s.now_ns.max(e.ts_ns);
+                s.recent.forget(e.pid);
+                s.spans.exec(Pid(e.pid), e.ts_ns);
+                e.ts_ns
             }
             Ok(Record::SockTotals(t)) => {
                 self.conns.on_totals(&t);

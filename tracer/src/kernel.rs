@@ -357,6 +357,32 @@ where
     T::try_from(map).map_err(|e| KernelError::Map(name, e))
 }
 
+/// The exec tracepoint, which tells user space when a process starts
+/// another program (see `tracer-ebpf/src/procs.rs`). Without it the agent
+/// still runs; a process that starts another program of the same name (a
+/// version manager's shim) keeps the description of the first.
+fn attach_exec(ebpf: &mut Ebpf, btf: &AyaBtf) {
+    const NAME: &str = "process_exec";
+    let attached = (|| -> Result<(), KernelError> {
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(NAME)
+            .ok_or(KernelError::MissingMap(NAME))?
+            .try_into()
+            .map_err(program_err("loading", NAME))?;
+        prog.load("sched_process_exec", btf)
+            .map_err(program_err("loading", NAME))?;
+        prog.attach().map_err(program_err("attaching", NAME))?;
+        Ok(())
+    })();
+    if let Err(e) = attached {
+        tracing::warn!(
+            error = %e,
+            "exec tracepoint not attached: a process that starts another program of \
+             the same name keeps the description (command line, executable) of the first"
+        );
+    }
+}
+
 /// Whether a drop may lose a request (see [`Kernel::request_drops`]): all
 /// but those of CPU samples, socket totals and runtime-hook causes. A new
 /// reason counts until shown harmless.
@@ -369,6 +395,7 @@ fn may_lose_request(r: DropReason) -> bool {
             | DropReason::RingFullTotals
             | DropReason::RingFullCause
             | DropReason::CauseUnreadable
+            | DropReason::RingFullExec
     )
 }
 
@@ -542,6 +569,7 @@ impl Kernel {
                 .map_err(program_err("loading", name))?;
             prog.attach().map_err(program_err("attaching", name))?;
         }
+        attach_exec(&mut ebpf, &aya_btf);
         let cgroup = File::open(cgroup_root).map_err(|source| KernelError::Cgroup {
             path: cgroup_root.display().to_string(),
             source,

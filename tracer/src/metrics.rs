@@ -518,6 +518,7 @@ report_counters!(crate::export::resource::ResourceCounters, Stage::Export, {
     unknown: Detail, "Processes gone before they could be described (named from the kernel).";
     pid_reused: Detail, "Processes described again (exec or pid reuse).";
     described_mid_exec: Detail, "Live processes read with an executable but no command line yet (inside exec), read again.";
+    execs: Detail, "Described processes that started another program (the kernel's exec events): described again.";
     evicted: Detail, "Process descriptions dropped at the bound.";
 });
 

@@ -125,6 +125,10 @@ impl SpanOut for Collect {
         self.resource(pid, hint, now_ns);
     }
 
+    fn exec(&mut self, pid: Pid, _at_ns: u64) {
+        self.resources.remove(&pid);
+    }
+
     fn resource(&mut self, pid: Pid, hint: Option<KernelName<'_>>, _now_ns: u64) -> Arc<Resource> {
         let comm = hint.map(|h| h.name);
         self.resources

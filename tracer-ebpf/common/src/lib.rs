@@ -46,6 +46,25 @@ pub enum Tag {
     TlsData = 7,
     /// A [`Cause`]: what a runtime hook saw a process do for a request.
     Cause = 8,
+    /// An [`Exec`]: a process started another program.
+    Exec = 9,
+}
+
+/// A process replaced its program (`execve`), seen at the scheduler's
+/// `sched_process_exec` tracepoint: from `ts_ns` on, its name, command
+/// line and executable are the new program's (a shell wrapper or a
+/// version manager's shim that execs the real program keeps its pid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exec {
+    /// [`Tag::Exec`].
+    pub tag: u8,
+    /// Padding, zero.
+    pub _pad: [u8; 3],
+    /// Process id (tgid).
+    pub pid: u32,
+    /// `bpf_ktime_get_ns` when the new program was in place.
+    pub ts_ns: u64,
 }
 
 /// What a runtime hook (a uprobe inside a server program, see
@@ -779,11 +798,14 @@ pub enum DropReason {
     /// without its signature, a connection that is not a TCP socket): that
     /// request's upstream call gets no cause.
     CauseUnreadable = 17,
+    /// Lane full: an [`Exec`] record was lost (the process keeps the
+    /// description of the program it ran before).
+    RingFullExec = 18,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::RingFullOp,
         DropReason::RingFullConn,
         DropReason::RingFullSegment,
@@ -802,6 +824,7 @@ impl DropReason {
         DropReason::GoTlsNoEntry,
         DropReason::RingFullCause,
         DropReason::CauseUnreadable,
+        DropReason::RingFullExec,
     ];
 
     /// Stable, human-readable name used in logs and counters.
@@ -825,6 +848,7 @@ impl DropReason {
             DropReason::GoTlsNoEntry => "go_tls_no_entry",
             DropReason::RingFullCause => "ring_full_cause",
             DropReason::CauseUnreadable => "cause_unreadable",
+            DropReason::RingFullExec => "ring_full_exec",
         }
     }
 }
@@ -1128,6 +1152,7 @@ const _: () = assert!(core::mem::offset_of!(SegmentHeader, tag) == 0);
 const _: () = assert!(size_of::<SockTotals>() == 72);
 const _: () = assert!(size_of::<TlsData>() == 72);
 const _: () = assert!(size_of::<Cause>() == 48);
+const _: () = assert!(size_of::<Exec>() == 16);
 const _: () = assert!(size_of::<GoHookFile>() == 64 + 200);
 const _: () = assert!(core::mem::offset_of!(TlsData, ts_ns) == 8);
 const _: () = assert!(core::mem::offset_of!(TlsData, seq) == 40);
@@ -1159,6 +1184,8 @@ pub enum Record<'a> {
     TlsData(TlsData, &'a [u8]),
     /// What a runtime hook saw.
     Cause(Cause),
+    /// A process started another program.
+    Exec(Exec),
 }
 
 /// Why ring-buffer bytes could not be decoded.
@@ -1226,6 +1253,7 @@ impl<'a> Record<'a> {
                 Ok(Record::TlsData(hdr, data))
             }
             t if t == Tag::Cause as u8 => read(bytes).map(Record::Cause).ok_or(ParseError::Short),
+            t if t == Tag::Exec as u8 => read(bytes).map(Record::Exec).ok_or(ParseError::Short),
             t => Err(ParseError::UnknownTag(t)),
         }
     }
@@ -1242,6 +1270,7 @@ pub fn record_ts(bytes: &[u8]) -> Option<u64> {
         t if t == Tag::SockTotals as u8 => core::mem::offset_of!(SockTotals, ts_ns),
         t if t == Tag::TlsData as u8 => core::mem::offset_of!(TlsData, ts_ns),
         t if t == Tag::Cause as u8 => core::mem::offset_of!(Cause, ts_ns),
+        t if t == Tag::Exec as u8 => core::mem::offset_of!(Exec, ts_ns),
         _ => return None,
     };
     let b = bytes.get(off..off + 8)?;

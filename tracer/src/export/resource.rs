@@ -260,6 +260,13 @@ struct Entry {
     /// [`RETRY_INCOMPLETE_NS`] instead of keeping a name without its
     /// `OTEL_SERVICE_NAME`.
     retries: u8,
+    /// Described before the process's last exec: read again at the next
+    /// lookup.
+    stale: bool,
+    /// The description before the process's last exec and when that exec
+    /// was: the resource of spans that began before it (a launcher's
+    /// request that finishes before it execs the service).
+    before_exec: Option<Box<(u64, Arc<Resource>)>>,
     checked_ns: u64,
     used: u64,
 }
@@ -279,6 +286,10 @@ pub struct ResourceCounters {
     pub described_mid_exec: u64,
     /// Entries evicted at the capacity bound.
     pub evicted: u64,
+    /// Described processes that started another program: described again
+    /// at their next lookup (their spans that began before keep the
+    /// description they had).
+    pub execs: u64,
 }
 
 /// The kernel's name (`comm`) of the thread that made a record.
@@ -374,12 +385,15 @@ impl ResourceCache {
     ) -> Arc<Resource> {
         self.tick += 1;
         let tick = self.tick;
-        if hint.is_some_and(|h| self.hint_means_another_process(pid, h)) {
+        // A new name after an exec is the new program's, not a new process.
+        let stale = self.map.get(&pid).is_some_and(|e| e.stale);
+        if !stale && hint.is_some_and(|h| self.hint_means_another_process(pid, h)) {
             self.map.remove(&pid);
             self.counters.pid_reused += 1;
         }
         // Reads left if this description is caught mid-exec too.
         let (start, retries_left) = match self.map.get_mut(&pid) {
+            Some(e) if e.stale => (self.read_start(pid), INCOMPLETE_RETRIES),
             Some(e) => {
                 e.used = tick;
                 let since = now_ns.saturating_sub(e.checked_ns);
@@ -411,6 +425,13 @@ impl ResourceCache {
         }
         let retries = if incomplete { retries_left } else { 0 };
         let res = Arc::new(res);
+        // Same process (an exec, a mid-exec read again): what it was before
+        // its exec stays, for its spans that began then.
+        let before_exec = self
+            .map
+            .get_mut(&pid)
+            .filter(|e| e.start == start)
+            .and_then(|e| e.before_exec.take());
         if !self.map.contains_key(&pid) && self.map.len() >= self.cap {
             self.evict();
         }
@@ -422,6 +443,8 @@ impl ResourceCache {
                 thread_names: Vec::new(),
                 start,
                 retries,
+                stale: false,
+                before_exec,
                 checked_ns: now_ns,
                 used: tick,
             },
@@ -476,6 +499,35 @@ impl ResourceCache {
             .ok()
             .map(|c| c.trim_end_matches('\n').to_string())
             .filter(|c| !c.is_empty())
+    }
+
+    /// `pid` started another program at `at_ns` (the kernel's exec event,
+    /// in record order): its next lookup reads the new program's
+    /// description, and [`get_at`](Self::get_at) gives spans that began
+    /// before `at_ns` the one it had. Its name alone cannot tell (a version
+    /// manager's shim named `python3` that execs `python3`), nor its start
+    /// time. Execs in a row before it is read again (a shim's `env`, then
+    /// `bash`, then the program) keep the description of the first.
+    pub fn exec(&mut self, pid: Pid, at_ns: u64) {
+        if let Some(e) = self.map.get_mut(&pid) {
+            if !e.stale {
+                e.stale = true;
+                e.before_exec = Some(Box::new((at_ns, e.res.clone())));
+                self.counters.execs += 1;
+            }
+        }
+    }
+
+    /// The resource of `pid` for a span that began at `at_ns`: the
+    /// description it had then if it has started another program since,
+    /// else [`get`](Self::get)'s.
+    pub fn get_at(&mut self, pid: Pid, at_ns: u64, now_ns: u64) -> Arc<Resource> {
+        if let Some(b) = self.map.get(&pid).and_then(|e| e.before_exec.as_deref()) {
+            if at_ns < b.0 {
+                return b.1.clone();
+            }
+        }
+        self.get(pid, now_ns)
     }
 
     /// The counters.
@@ -879,6 +931,64 @@ pub(crate) mod tests {
         std::fs::write(d.join("cmdline"), raw).unwrap();
         let _ = std::fs::remove_file(d.join("cwd"));
         std::os::unix::fs::symlink(cwd, d.join("cwd")).unwrap();
+    }
+
+    /// pyenv's `python3` is a shell script run by `env`: the process keeps
+    /// its pid, start time and name (`python3`, the script's) while it
+    /// becomes `env`, `bash`, then the real Python. Only the exec event
+    /// says that it is not `env` any more.
+    #[test]
+    fn a_process_that_starts_another_program_of_its_name_is_described_again() {
+        let t = TempDir::new("res-exec");
+        host(&t.0);
+        fake_proc(&t.0, 50, 7, &[], "0::/\n");
+        fake_cmdline(
+            &t.0,
+            50,
+            &[
+                "/usr/bin/env",
+                "bash",
+                "/root/.pyenv/shims/python3",
+                "app.py",
+            ],
+            "/srv",
+        );
+        std::fs::remove_file(t.0.join("50/exe")).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/env", t.0.join("50/exe")).unwrap();
+        let mut c = ResourceCache::new(&t.0, vec![], 16);
+        assert_eq!(
+            c.get_hinted(Pid(50), Some(main("python3")), 0)
+                .service_name(),
+            "env"
+        );
+        fake_cmdline(&t.0, 50, &["python3", "/srv/billing/app.py"], "/srv");
+        std::fs::remove_file(t.0.join("50/exe")).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/python3.11", t.0.join("50/exe")).unwrap();
+        // Same pid, start time and name: the description stands.
+        assert_eq!(
+            c.get_hinted(Pid(50), Some(main("python3")), 1)
+                .service_name(),
+            "env"
+        );
+        // Its exec at 100, then bash's exec at 110 before it was read again.
+        c.exec(Pid(50), 100);
+        c.exec(Pid(50), 110);
+        c.exec(Pid(51), 100);
+        let r = c.get_hinted(Pid(50), Some(main("python3")), 120);
+        assert_eq!(r.service_name(), "billing");
+        assert_eq!(
+            s(&r, "process.executable.path").as_deref(),
+            Some("/usr/bin/python3.11")
+        );
+        // A span that began before the first exec is env's; later ones are
+        // the program's.
+        assert_eq!(c.get_at(Pid(50), 99, 130).service_name(), "env");
+        assert_eq!(c.get_at(Pid(50), 100, 130).service_name(), "billing");
+        assert_eq!(c.get_at(Pid(50), 125, 130).service_name(), "billing");
+        // Only a described process counts, once per description.
+        assert_eq!(c.counters().execs, 1);
+        assert_eq!(c.counters().described, 2);
+        assert_eq!(c.counters().pid_reused, 0);
     }
 
     #[test]

@@ -69,6 +69,12 @@ impl<W: Write> SpanSink<W> {
         self.resources.get_hinted(pid, hint, now_ns);
     }
 
+    /// A process started another program at `at_ns` (see
+    /// [`ResourceCache::exec`]).
+    pub fn exec(&mut self, pid: Pid, at_ns: u64) {
+        self.resources.exec(pid, at_ns);
+    }
+
     /// The resource of a process (read from /proc on first sight).
     pub fn resource(
         &mut self,
@@ -81,7 +87,7 @@ impl<W: Write> SpanSink<W> {
 
     /// Takes a finished span; `now_ns` is monotonic now. Never blocks.
     pub fn span(&mut self, span: &Span, now_ns: u64) {
-        let resource = self.resources.get(span.pid, now_ns);
+        let resource = self.resources.get_at(span.pid, span.start_ns, now_ns);
         match &mut self.out {
             Output::Otlp(e) => e.submit(span, &resource),
             Output::Console(c) => c.on_span(span, &resource, now_ns),
