@@ -362,25 +362,31 @@ where
 /// still runs; a process that starts another program of the same name (a
 /// version manager's shim) keeps the description of the first.
 fn attach_exec(ebpf: &mut Ebpf, btf: &AyaBtf) {
-    const NAME: &str = "process_exec";
-    let attached = (|| -> Result<(), KernelError> {
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(NAME)
-            .ok_or(KernelError::MissingMap(NAME))?
-            .try_into()
-            .map_err(program_err("loading", NAME))?;
-        prog.load("sched_process_exec", btf)
-            .map_err(program_err("loading", NAME))?;
-        prog.attach().map_err(program_err("attaching", NAME))?;
-        Ok(())
-    })();
-    if let Err(e) = attached {
+    if let Err(e) = attach_tp_btf(ebpf, btf, "process_exec", "sched_process_exec") {
         tracing::warn!(
             error = %e,
             "exec tracepoint not attached: a process that starts another program of \
              the same name keeps the description (command line, executable) of the first"
         );
     }
+}
+
+/// Loads tp_btf program `program` on tracepoint `tracepoint` and attaches it.
+fn attach_tp_btf(
+    ebpf: &mut Ebpf,
+    btf: &AyaBtf,
+    program: &'static str,
+    tracepoint: &str,
+) -> Result<(), KernelError> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .ok_or(KernelError::MissingMap(program))?
+        .try_into()
+        .map_err(program_err("loading", program))?;
+    prog.load(tracepoint, btf)
+        .map_err(program_err("loading", program))?;
+    prog.attach().map_err(program_err("attaching", program))?;
+    Ok(())
 }
 
 /// Whether a drop may lose a request (see [`Kernel::request_drops`]): all
@@ -558,17 +564,12 @@ impl Kernel {
             "capture sources: {}",
             crate::sources::describe(source, &hooks, cfg.profile_hz.is_some())
         );
-        {
-            let name = "inet_sock_set_state";
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or(KernelError::MissingMap(name))?
-                .try_into()
-                .map_err(program_err("loading", name))?;
-            prog.load(name, &aya_btf)
-                .map_err(program_err("loading", name))?;
-            prog.attach().map_err(program_err("attaching", name))?;
-        }
+        attach_tp_btf(
+            &mut ebpf,
+            &aya_btf,
+            "inet_sock_set_state",
+            "inet_sock_set_state",
+        )?;
         attach_exec(&mut ebpf, &aya_btf);
         let cgroup = File::open(cgroup_root).map_err(|source| KernelError::Cgroup {
             path: cgroup_root.display().to_string(),
@@ -843,12 +844,7 @@ fn attach_hook(
         .program_mut(name)
         .ok_or(KernelError::MissingMap(name))?;
     match source {
-        CallSource::Tracepoint => {
-            let p: &mut BtfTracePoint = prog.try_into().map_err(program_err("loading", name))?;
-            p.load(hook.target, btf)
-                .map_err(program_err("loading", name))?;
-            p.attach().map_err(program_err("attaching", name))?;
-        }
+        CallSource::Tracepoint => attach_tp_btf(ebpf, btf, name, hook.target)?,
         CallSource::Fentry => {
             let p: &mut FExit = prog.try_into().map_err(program_err("loading", name))?;
             p.load(hook.target, btf)

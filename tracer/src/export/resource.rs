@@ -271,6 +271,15 @@ struct Entry {
     used: u64,
 }
 
+impl Entry {
+    /// The description before the process's last exec, for a span that
+    /// began (`at_ns`) before it.
+    fn before(&self, at_ns: Option<u64>) -> Option<&Arc<Resource>> {
+        let (exec_ns, res) = self.before_exec.as_deref()?;
+        at_ns.filter(|t| t < exec_ns).map(|_| res)
+    }
+}
+
 /// Counters of the cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ResourceCounters {
@@ -383,16 +392,35 @@ impl ResourceCache {
         hint: Option<KernelName<'_>>,
         now_ns: u64,
     ) -> Arc<Resource> {
+        self.lookup(pid, hint, None, now_ns)
+    }
+
+    /// The resource of `pid` for a span that began at `at_ns`: the
+    /// description it had then if it has started another program since,
+    /// else [`get`](Self::get)'s.
+    pub fn get_at(&mut self, pid: Pid, at_ns: u64, now_ns: u64) -> Arc<Resource> {
+        self.lookup(pid, None, Some(at_ns), now_ns)
+    }
+
+    fn lookup(
+        &mut self,
+        pid: Pid,
+        hint: Option<KernelName<'_>>,
+        at_ns: Option<u64>,
+        now_ns: u64,
+    ) -> Arc<Resource> {
         self.tick += 1;
         let tick = self.tick;
-        // A new name after an exec is the new program's, not a new process.
-        let stale = self.map.get(&pid).is_some_and(|e| e.stale);
-        if !stale && hint.is_some_and(|h| self.hint_means_another_process(pid, h)) {
+        if hint.is_some_and(|h| self.hint_means_another_process(pid, h)) {
             self.map.remove(&pid);
             self.counters.pid_reused += 1;
         }
+        let entry = self.map.get_mut(&pid);
+        if let Some(r) = entry.as_deref().and_then(|e| e.before(at_ns)) {
+            return r.clone();
+        }
         // Reads left if this description is caught mid-exec too.
-        let (start, retries_left) = match self.map.get_mut(&pid) {
+        let (start, retries_left) = match entry {
             Some(e) if e.stale => (self.read_start(pid), INCOMPLETE_RETRIES),
             Some(e) => {
                 e.used = tick;
@@ -468,6 +496,10 @@ impl ResourceCache {
         let Some(e) = self.map.get(&pid) else {
             return false;
         };
+        // A new name after an exec is the new program's, not a new process.
+        if e.stale {
+            return false;
+        }
         if e.res.service_name() == "unknown_service" {
             return true;
         }
@@ -516,18 +548,6 @@ impl ResourceCache {
                 self.counters.execs += 1;
             }
         }
-    }
-
-    /// The resource of `pid` for a span that began at `at_ns`: the
-    /// description it had then if it has started another program since,
-    /// else [`get`](Self::get)'s.
-    pub fn get_at(&mut self, pid: Pid, at_ns: u64, now_ns: u64) -> Arc<Resource> {
-        if let Some(b) = self.map.get(&pid).and_then(|e| e.before_exec.as_deref()) {
-            if at_ns < b.0 {
-                return b.1.clone();
-            }
-        }
-        self.get(pid, now_ns)
     }
 
     /// The counters.
@@ -827,8 +847,14 @@ pub(crate) mod tests {
         std::fs::write(d.join("cmdline"), b"/usr/bin/python3\0-m\0http.server\0").unwrap();
         std::fs::write(d.join("comm"), "python3\n").unwrap();
         std::fs::write(d.join("cgroup"), cgroup).unwrap();
-        let _ = std::fs::remove_file(d.join("exe"));
-        std::os::unix::fs::symlink("/usr/bin/python3.11 (deleted)", d.join("exe")).unwrap();
+        fake_exe(root, pid, "/usr/bin/python3.11 (deleted)");
+    }
+
+    /// Points a fake process's `exe` at `path`.
+    fn fake_exe(root: &Path, pid: u32, path: &str) {
+        let exe = root.join(pid.to_string()).join("exe");
+        let _ = std::fs::remove_file(&exe);
+        std::os::unix::fs::symlink(path, exe).unwrap();
     }
 
     fn host(root: &Path) {
@@ -953,8 +979,7 @@ pub(crate) mod tests {
             ],
             "/srv",
         );
-        std::fs::remove_file(t.0.join("50/exe")).unwrap();
-        std::os::unix::fs::symlink("/usr/bin/env", t.0.join("50/exe")).unwrap();
+        fake_exe(&t.0, 50, "/usr/bin/env");
         let mut c = ResourceCache::new(&t.0, vec![], 16);
         assert_eq!(
             c.get_hinted(Pid(50), Some(main("python3")), 0)
@@ -962,8 +987,7 @@ pub(crate) mod tests {
             "env"
         );
         fake_cmdline(&t.0, 50, &["python3", "/srv/billing/app.py"], "/srv");
-        std::fs::remove_file(t.0.join("50/exe")).unwrap();
-        std::os::unix::fs::symlink("/usr/bin/python3.11", t.0.join("50/exe")).unwrap();
+        fake_exe(&t.0, 50, "/usr/bin/python3.11");
         // Same pid, start time and name: the description stands.
         assert_eq!(
             c.get_hinted(Pid(50), Some(main("python3")), 1)
