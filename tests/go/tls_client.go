@@ -1,7 +1,8 @@
 // An HTTPS client on net/http and crypto/tls (keep-alive; HTTP/1.1, or h2
 // by ALPN when TLS_H2=1):
 // prints "ready", waits for a line on stdin (so that the agent can find it
-// first), then GETs BASE+PATH for every PATH and prints "done". With
+// first), then GETs BASE+PATH for every PATH, prints "done" and exits when
+// stdin closes (the transport's read loop meanwhile back in a Read). With
 // TLS_WARM=PATH it first GETs BASE+PATH before printing "ready": its
 // connection stays open, the transport's read loop waiting in a Read.
 // Usage: tls_client BASE PATH...
@@ -44,11 +45,13 @@ func main() {
 		get(warm)
 	}
 	fmt.Println("ready")
-	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+	stdin := bufio.NewReader(os.Stdin)
+	if _, err := stdin.ReadString('\n'); err != nil {
 		os.Exit(1)
 	}
 	for _, p := range os.Args[2:] {
 		get(p)
 	}
 	fmt.Println("done")
+	io.Copy(io.Discard, stdin)
 }
