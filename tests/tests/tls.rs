@@ -1,7 +1,8 @@
 //! TLS plaintext through uprobes on OpenSSL and GnuTLS, against real
 //! software: nginx over TLS (HTTP/1.1) with curl and Python's ssl as
 //! clients, gnutls-serv with curl and wget, spans in a real OTLP receiver;
-//! a server started after the agent; a TLS library the
+//! a server started after the agent, one in a mount namespace of its own
+//! with its own libssl; a TLS library the
 //! agent cannot probe (grpcio's BoringSSL, Java's JSSE) reported, its
 //! ciphertext never a span. Certificates are made at test time with the openssl CLI.
 use std::{process::Command, time::Duration};
@@ -791,6 +792,84 @@ fn tls_server_started_after_the_agent() {
     assert!(
         server_pids.iter().all(|p| workers.contains(p)),
         "server spans from the nginx started after the agent: {server_pids:?} vs {workers:?}"
+    );
+}
+
+/// The shared library OpenSSL's CLI maps (from `ldd`).
+fn libssl_of_openssl() -> String {
+    let openssl = run_ok(Command::new("sh").args(["-c", "command -v openssl"]));
+    let ldd = run_ok(Command::new("ldd").arg(openssl.trim()));
+    ldd.lines()
+        .filter(|l| l.contains("libssl.so"))
+        .find_map(|l| l.split("=>").nth(1)?.split_whitespace().next())
+        .map(String::from)
+        .unwrap_or_else(|| panic!("openssl maps no libssl: {ldd}"))
+}
+
+/// A server started after the agent in a mount namespace of its own,
+/// where its libssl is another file than the host's (a copy bound over the
+/// same path, as a container's image brings its own): the agent reads the
+/// library through the process's root, probes that file, links its spans,
+/// and detaches it when the server is gone.
+#[test]
+fn tls_library_inside_another_mount_namespace_is_probed_there() {
+    let Some(_g) = root_test("tls_library_inside_another_mount_namespace_is_probed_there") else {
+        return;
+    };
+    for tool in ["curl", "openssl", "unshare", "ldd"] {
+        require_tool(tool);
+    }
+    let dir = TempDir::new("tracer-tls-ns");
+    let (cert, key) = certificate(dir.path());
+    let host_lib = std::fs::canonicalize(libssl_of_openssl()).unwrap();
+    let copy = dir.path().join("libssl-copy.so");
+    std::fs::copy(&host_lib, &copy).unwrap();
+    let receiver = Receiver::start(Otlp::Grpc);
+    let agent = Agent::start(&receiver.agent_args());
+    let port = free_port();
+    let server = Listening::start(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind "$1" "$2" && shift 2 && exec "$@""#)
+            .arg("sh")
+            .arg(&copy)
+            .arg(&host_lib)
+            .args(["openssl", "s_server", "-quiet", "-www", "-accept"])
+            .arg(port.to_string())
+            .args(["-cert", &cert, "-key", &key]),
+        port,
+    );
+    // unshare and sh exec: the server keeps the child's pid.
+    let in_ns = format!("/proc/{}/root{}", server.pid(), host_lib.display());
+    // Found by its exec, or by the half-second scan.
+    std::thread::sleep(Duration::from_millis(1200));
+    let base = format!("https://127.0.0.1:{port}");
+    let ns_paths = paths("/in-ns-", 4);
+    for p in &ns_paths {
+        curl_ok(&format!("{base}{p}"), &["--http1.1"]);
+    }
+    wait_for_paths(&receiver, "/in-ns-", ns_paths.len() * 2);
+    drop(server);
+    std::thread::sleep(SETTLE);
+    let out = agent.stop(SETTLE);
+    let spans = receiver.spans();
+    for p in &ns_paths {
+        assert_https_linked(&spans, p, ("curl", "openssl"), "1.1", &out.stderr);
+    }
+    let logged = |what: &str| {
+        out.stderr
+            .lines()
+            .any(|l| l.contains(what) && l.contains(&in_ns))
+    };
+    assert!(
+        logged("TLS plaintext probes attached"),
+        "{in_ns}\n{}",
+        out.stderr
+    );
+    assert!(
+        logged("probes detached: no process maps the file"),
+        "{in_ns}\n{}",
+        out.stderr
     );
 }
 
