@@ -12,11 +12,14 @@
 //! after younger ones went out (its program was held up for longer) is
 //! handed out at once and counted as late.
 //!
-//! CPU samples are not merged (the profiler orders them by their own time);
-//! wake-up records only wake the reader.
+//! CPU samples come through a ring of their own, as they are taken; they
+//! are held and handed out in the same time order as the lanes' records
+//! (a sample taken after a process's exec must reach the profiler after
+//! that exec, and one taken before it, before). Wake-up records only wake
+//! the reader.
 use std::{
     cmp::Reverse,
-    collections::BinaryHeap,
+    collections::{BinaryHeap, VecDeque},
     os::fd::{AsFd, AsRawFd, RawFd},
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -107,6 +110,64 @@ pub struct LaneCounters {
     pub peak_fill_percent: u64,
     /// The longest time between two drains, in milliseconds.
     pub longest_gap_ms: u64,
+    /// CPU samples handed out ahead of their time because too many
+    /// waited (see [`MAX_HELD_SAMPLE_BYTES`]).
+    pub samples_unordered: u64,
+}
+
+/// Bytes of CPU samples held for their turn at most (each carries a copy of
+/// the top of a user stack): a few drains' worth at the default rate.
+const MAX_HELD_SAMPLE_BYTES: usize = 8 << 20;
+/// Sample buffers kept for reuse.
+const SPARE_SAMPLE_BUFFERS: usize = 64;
+
+/// CPU samples read from their ring, waiting to be handed out in time
+/// order with the lanes' records.
+#[derive(Default)]
+struct HeldSamples {
+    /// (time, record), in time order once [`sort`](Self::sort) ran.
+    queue: VecDeque<(u64, Vec<u8>)>,
+    bytes: usize,
+    spare: Vec<Vec<u8>>,
+}
+
+impl HeldSamples {
+    /// Holds a copy of `rec`; when too many bytes wait, the oldest go out
+    /// through `f` at once (counted).
+    fn hold(&mut self, rec: &[u8], counters: &mut LaneCounters, f: &mut impl FnMut(&[u8])) {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(rec);
+        self.bytes += buf.len();
+        self.queue.push_back((record_ts(rec).unwrap_or(0), buf));
+        while self.bytes > MAX_HELD_SAMPLE_BYTES {
+            counters.samples_unordered += 1;
+            self.release_one(f);
+        }
+    }
+
+    /// Samples from several CPUs' rings come interleaved.
+    fn sort(&mut self) {
+        self.queue.make_contiguous().sort_by_key(|(ts, _)| *ts);
+    }
+
+    /// Hands out every held sample taken at or before `ts`.
+    fn release_until(&mut self, ts: u64, f: &mut impl FnMut(&[u8])) {
+        while self.queue.front().is_some_and(|(t, _)| *t <= ts) {
+            self.release_one(f);
+        }
+    }
+
+    fn release_one(&mut self, f: &mut impl FnMut(&[u8])) {
+        let Some((_, buf)) = self.queue.pop_front() else {
+            return;
+        };
+        self.bytes -= buf.len();
+        f(&buf);
+        if self.spare.len() < SPARE_SAMPLE_BUFFERS {
+            self.spare.push(buf);
+        }
+    }
 }
 
 /// Sizes the agent chose for the lanes.
@@ -146,6 +207,7 @@ pub struct Events {
     last_drain_ns: u64,
     _mappings: [Mapping; 3],
     samples: RingBuf<MapData>,
+    held: HeldSamples,
 }
 
 /// The k-way merge of the lanes by time (see the module documentation).
@@ -204,6 +266,7 @@ impl Events {
             last_drain_ns: 0,
             _mappings: [chunked, nested, ctl],
             samples,
+            held: HeldSamples::default(),
         })
     }
 
@@ -219,7 +282,7 @@ impl Events {
     }
 
     /// Hands every record older than `now_ns - HOLD_NS` to `f`, in time
-    /// order (CPU samples as they come).
+    /// order, CPU samples included.
     ///
     /// When the agent falls behind a lane (more than five eighths of it
     /// waiting), its call and packet records are passed over, counted, until
@@ -243,13 +306,32 @@ impl Events {
             c.longest_gap_ms = c.longest_gap_ms.max(gap);
         }
         self.last_drain_ns = now;
+        let held = &mut self.held;
         while let Some(item) = self.samples.next() {
             if item.first() != Some(&(Tag::Wakeup as u8)) {
-                f(&item);
+                held.hold(&item, &mut self.merger.counters, f);
             }
         }
-        self.merger.drain_until(until, f);
+        merge_with_samples(&mut self.merger, held, until, f);
     }
+}
+
+/// The lanes' records up to `until`, each preceded by the held samples
+/// taken before it, then the rest of the samples up to `until`.
+fn merge_with_samples(
+    merger: &mut Merger,
+    held: &mut HeldSamples,
+    until: u64,
+    f: &mut impl FnMut(&[u8]),
+) {
+    held.sort();
+    merger.drain_until(until, &mut |rec: &[u8]| {
+        if let Some(ts) = record_ts(rec) {
+            held.release_until(ts, f);
+        }
+        f(rec);
+    });
+    held.release_until(until, f);
 }
 
 impl Lane {
@@ -563,6 +645,66 @@ mod tests {
         assert_eq!(a.ctl.cons, 2 * 64, "read frames given back");
         assert_eq!(times(&mut m, u64::MAX), vec![40, 50]);
         assert_eq!(m.counters.records_late, 0);
+    }
+
+    fn sample(ts: u64) -> Vec<u8> {
+        // SAFETY: a plain-data record; all zeroes is a valid value.
+        let mut h: tracer_common::SampleHeader = unsafe { std::mem::zeroed() };
+        h.tag = Tag::Sample as u8;
+        h.ts_ns = ts;
+        as_bytes(&h)
+    }
+
+    #[test]
+    fn samples_go_out_in_time_order_among_the_lanes_records() {
+        let (mut a, mut b) = (TestLane::new(4096, 4096), TestLane::new(4096, 4096));
+        for t in [10, 30, 50] {
+            a.push(&op(t));
+        }
+        b.push(&state(40));
+        let mut m = Merger::new(vec![a.lane(), b.lane()]);
+        let mut held = HeldSamples::default();
+        let mut c = LaneCounters::default();
+        let mut out = Vec::new();
+        // As two CPUs' samples come from their ring: not in time order.
+        for t in [45, 5, 35, 60] {
+            held.hold(&sample(t), &mut c, &mut |_| unreachable!());
+        }
+        let mut take = |r: &[u8]| out.push((r[0] == Tag::Sample as u8, record_ts(r).unwrap()));
+        merge_with_samples(&mut m, &mut held, 55, &mut take);
+        // The sample of 60 waits, as the lanes' younger records do.
+        merge_with_samples(&mut m, &mut held, u64::MAX, &mut take);
+        let want = [
+            (true, 5),
+            (false, 10),
+            (false, 30),
+            (true, 35),
+            (false, 40),
+            (true, 45),
+            (false, 50),
+            (true, 60),
+        ];
+        assert_eq!(out, want);
+        assert_eq!(
+            (c.samples_unordered, held.bytes, held.spare.len()),
+            (0, 0, 4)
+        );
+    }
+
+    #[test]
+    fn too_many_held_samples_go_out_at_once_and_are_counted() {
+        let mut held = HeldSamples::default();
+        let mut c = LaneCounters::default();
+        let mut early = Vec::new();
+        let n = MAX_HELD_SAMPLE_BYTES / sample(0).len() + 3;
+        for t in 0..n as u64 {
+            held.hold(&sample(t), &mut c, &mut |r| {
+                early.push(record_ts(r).unwrap())
+            });
+        }
+        assert_eq!(early, vec![0, 1, 2]);
+        assert_eq!(c.samples_unordered, 3);
+        assert!(held.bytes <= MAX_HELD_SAMPLE_BYTES);
     }
 
     #[test]

@@ -216,6 +216,7 @@ report_counters!(crate::lanes::LaneCounters, Stage::Reader, {
     frames_corrupt: Anomaly, "Lane frames that made no sense (the rest of that lane was skipped).";
     peak_fill_percent: Detail, "The most any lane had waiting, in percent of its size.";
     longest_gap_ms: Detail, "The longest time between two drains (ms).";
+    samples_unordered: Anomaly, "CPU samples handed out ahead of their time (too many waited).";
 });
 
 report_counters!(protocols::stream::StreamCounters, Stage::Streams, {
