@@ -1041,6 +1041,16 @@ impl Pyroscope {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The agent's arguments to send it profiles every second, printing
+    /// no traces.
+    pub fn agent_args(&self) -> Vec<String> {
+        ["--print", "none", "--pyroscope-url", &self.url()]
+            .into_iter()
+            .chain(["--profile-interval-ms", "1000"])
+            .map(String::from)
+            .collect()
+    }
+
     /// Profiles received so far.
     pub fn profiles(&self) -> Vec<Value> {
         read_to_string(&self.out)

@@ -204,3 +204,90 @@ fn cpu_spans_carry_their_profile_and_sleeping_spans_do_not() {
         "unwound through libcrypto into python"
     );
 }
+
+/// Functions of every stack in the profiles of service `app`, with the
+/// samples of each.
+fn stacks_of(profiles: &[Value], app: &str) -> Vec<(Vec<String>, u64)> {
+    profiles
+        .iter()
+        .filter(|p| p["app"] == app)
+        .flat_map(|p| p["stacks"].as_array().cloned().unwrap_or_default())
+        .map(|st| {
+            let funcs = st["functions"]
+                .as_array()
+                .map(|f| {
+                    f.iter()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (funcs, st["values"][0].as_u64().unwrap_or(0))
+        })
+        .collect()
+}
+
+/// One process runs two Go programs, the first exec'ing the second, both
+/// non-PIE and so loaded at the same address (the second's code lies where
+/// the first's was). Each program's CPU is profiled under its own name and
+/// symbolized from its own executable: the second's samples are not read
+/// against the first's mappings, which still cover their addresses.
+#[test]
+fn a_program_started_by_exec_is_profiled_as_itself() {
+    let Some(_g) = root_test("a_program_started_by_exec_is_profiled_as_itself") else {
+        return;
+    };
+    let dir = tracer_e2e::tempdir::TempDir::new("tracer-exec-profile");
+    let first = tracer_e2e::go_build(dir.path(), "exec_first", "exec_first", &[]);
+    let second = tracer_e2e::go_build(dir.path(), "exec_second", "exec_second", &[]);
+    let pyroscope = Pyroscope::start();
+    let agent = Agent::start(&pyroscope.agent_args());
+    let out = run_ok(Command::new(&first).arg(&second).arg("1500"));
+    assert_eq!(out.trim(), "done");
+    let spins = |app: &str, func: &str| -> u64 {
+        stacks_of(&pyroscope.profiles(), app)
+            .iter()
+            .filter(|(f, _)| f.iter().any(|f| f == func))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let start = std::time::Instant::now();
+    while (spins("exec_first", "main.firstProgramSpins") == 0
+        || spins("exec_second", "main.secondProgramSpins") == 0)
+        && start.elapsed() < Duration::from_secs(15)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = agent.stop(Duration::from_millis(200));
+    let profiles = pyroscope.profiles();
+    let leaves = |app: &str| -> HashMap<String, u64> {
+        let mut m = HashMap::new();
+        for (f, n) in stacks_of(&profiles, app) {
+            *m.entry(f.first().cloned().unwrap_or_default()).or_default() += n;
+        }
+        m
+    };
+    let (first_leaves, second_leaves) = (leaves("exec_first"), leaves("exec_second"));
+    println!("leaf functions of exec_first: {first_leaves:?}\nof exec_second: {second_leaves:?}");
+    let first_spins = spins("exec_first", "main.firstProgramSpins");
+    let second_spins = spins("exec_second", "main.secondProgramSpins");
+    assert!(first_spins > 0, "{first_leaves:?}\nagent:\n{}", out.stderr);
+    assert!(
+        second_spins > 0,
+        "{second_leaves:?}\nagent:\n{}",
+        out.stderr
+    );
+    // Most of the second's samples are in its spinning function (its own
+    // symbols), none in the first's.
+    let second_total: u64 = second_leaves.values().sum();
+    assert!(
+        2 * second_spins > second_total,
+        "{second_leaves:?}\nagent:\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        spins("exec_second", "main.firstProgramSpins"),
+        0,
+        "{second_leaves:?}"
+    );
+}

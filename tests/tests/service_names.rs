@@ -462,14 +462,7 @@ fn redis_server_is_named_as_started_not_as_its_symlink_target() {
         "redis-server is no longer a symlink"
     );
     let pyroscope = Pyroscope::start();
-    let agent = Agent::start(&[
-        "--print",
-        "none",
-        "--pyroscope-url",
-        &pyroscope.url(),
-        "--profile-interval-ms",
-        "1000",
-    ]);
+    let agent = Agent::start(&pyroscope.agent_args());
     let redis = Redis::start();
     // About a second of CPU inside redis-server.
     let out = run_ok(Command::new("redis-cli").args([

@@ -39,8 +39,9 @@ pub trait SpanOut {
     /// A process started another program at `at_ns`: its next record
     /// describes it anew; its spans that began before keep what it was.
     fn exec(&mut self, pid: Pid, at_ns: u64);
-    /// The resource of a process.
-    fn resource(&mut self, pid: Pid, hint: Option<KernelName<'_>>, now_ns: u64) -> Arc<Resource>;
+    /// The resource of a process for what it did at `at_ns`: the program
+    /// it ran then.
+    fn resource_at(&mut self, pid: Pid, at_ns: u64, now_ns: u64) -> Arc<Resource>;
     /// A finished span (its buffers are reused once this returns).
     fn span(&mut self, span: &Span, now_ns: u64);
     /// Periodic work.
@@ -56,8 +57,8 @@ impl<W: Write> SpanOut for SpanSink<W> {
         SpanSink::exec(self, pid, at_ns);
     }
 
-    fn resource(&mut self, pid: Pid, hint: Option<KernelName<'_>>, now_ns: u64) -> Arc<Resource> {
-        SpanSink::resource(self, pid, hint, now_ns)
+    fn resource_at(&mut self, pid: Pid, at_ns: u64, now_ns: u64) -> Arc<Resource> {
+        SpanSink::resource_at(self, pid, at_ns, now_ns)
     }
 
     fn span(&mut self, span: &Span, now_ns: u64) {
@@ -299,7 +300,7 @@ impl<O: SpanOut> Stages<O> {
         let now = self.now_ns;
         profile.collect(
             |pid, tid, t| http.as_ref().and_then(|h| h.server_span_at(pid, tid, t)),
-            |pid| spans.resource(pid, None, now),
+            |pid, at| spans.resource_at(pid, at, now),
         );
     }
 
@@ -404,6 +405,9 @@ impl<O: SpanOut> Dispatcher<O> {
                 s.now_ns = s.now_ns.max(e.ts_ns);
                 s.recent.forget(e.pid);
                 s.spans.exec(Pid(e.pid), e.ts_ns);
+                if let Some(p) = &mut s.profile {
+                    p.exec(e.pid);
+                }
                 e.ts_ns
             }
             Ok(Record::SockTotals(t)) => {

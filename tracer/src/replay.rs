@@ -118,18 +118,9 @@ impl Collect {
             }
         }
     }
-}
 
-impl SpanOut for Collect {
-    fn saw_pid(&mut self, pid: Pid, hint: Option<KernelName<'_>>, now_ns: u64) {
-        self.resource(pid, hint, now_ns);
-    }
-
-    fn exec(&mut self, pid: Pid, _at_ns: u64) {
-        self.resources.remove(&pid);
-    }
-
-    fn resource(&mut self, pid: Pid, hint: Option<KernelName<'_>>, _now_ns: u64) -> Arc<Resource> {
+    /// A replay's process: named for its kernel name, described once.
+    fn describe(&mut self, pid: Pid, hint: Option<KernelName<'_>>) -> Arc<Resource> {
         let comm = hint.map(|h| h.name);
         self.resources
             .entry(pid)
@@ -144,13 +135,27 @@ impl SpanOut for Collect {
             })
             .clone()
     }
+}
 
-    fn span(&mut self, span: &Span, now_ns: u64) {
+impl SpanOut for Collect {
+    fn saw_pid(&mut self, pid: Pid, hint: Option<KernelName<'_>>, _now_ns: u64) {
+        self.describe(pid, hint);
+    }
+
+    fn exec(&mut self, pid: Pid, _at_ns: u64) {
+        self.resources.remove(&pid);
+    }
+
+    fn resource_at(&mut self, pid: Pid, _at_ns: u64, _now_ns: u64) -> Arc<Resource> {
+        self.describe(pid, None)
+    }
+
+    fn span(&mut self, span: &Span, _now_ns: u64) {
         if self.encoder.is_none() {
             self.spans.push(span.clone());
             return;
         }
-        let res = self.resource(span.pid, None, now_ns);
+        let res = self.describe(span.pid, None);
         if let Some(enc) = &mut self.encoder {
             // A span with an all-zero id is never made by the correlator.
             let _ = enc.push(span, &res);

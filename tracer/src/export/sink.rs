@@ -75,14 +75,15 @@ impl<W: Write> SpanSink<W> {
         self.resources.exec(pid, at_ns);
     }
 
-    /// The resource of a process (read from /proc on first sight).
-    pub fn resource(
+    /// The resource of a process for what it did at `at_ns` (read from
+    /// /proc on first sight; see [`ResourceCache::get_at`]).
+    pub fn resource_at(
         &mut self,
         pid: Pid,
-        hint: Option<KernelName<'_>>,
+        at_ns: u64,
         now_ns: u64,
     ) -> std::sync::Arc<super::resource::Resource> {
-        self.resources.get_hinted(pid, hint, now_ns)
+        self.resources.get_at(pid, at_ns, now_ns)
     }
 
     /// Takes a finished span; `now_ns` is monotonic now. Never blocks.

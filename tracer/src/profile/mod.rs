@@ -162,9 +162,9 @@ impl Profiler {
         self.symbols.warm_up();
     }
 
-    /// A process exited: drop its module list and perf map (resolved
-    /// frames stay cached by binary).
-    pub fn process_exited(&mut self, pid: u32) {
+    /// A process exited or started another program: drop its module list
+    /// and perf map (resolved frames stay cached by binary).
+    pub fn forget_process(&mut self, pid: u32) {
         self.unwinder.forget(pid);
         self.symbols.forget_process(pid);
     }

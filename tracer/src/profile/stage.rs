@@ -57,6 +57,21 @@ const QUEUE: u64 = 1024;
 /// ...and their bytes (stack copies).
 const QUEUE_BYTES: u64 = 8 << 20;
 
+/// What the unwinding thread is sent, in the order of the kernel's
+/// records.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every job is a sample: boxing its header would add an allocation to each"
+)]
+enum Job {
+    /// A sample and its copy of the top of the user stack.
+    Sample(SampleHeader, Vec<u8>),
+    /// The process started another program: samples after this one are
+    /// unwound against its new mappings (the old ones may cover the same
+    /// addresses: two non-PIE executables both load at 0x400000).
+    Exec(u32),
+}
+
 /// What a queued sample holds.
 fn sample_bytes(stack: &[u8]) -> u64 {
     (std::mem::size_of::<SampleHeader>() + stack.len()) as u64
@@ -76,7 +91,7 @@ pub struct UnwinderCounters {
 
 /// The unwinding/symbolization thread.
 struct Worker {
-    tx: Option<mpsc::Sender<(SampleHeader, Vec<u8>)>>,
+    tx: Option<mpsc::Sender<Job>>,
     /// What is queued for the thread (or being unwound).
     bound: Arc<QueueBound>,
     rx: mpsc::Receiver<StackSample>,
@@ -89,7 +104,7 @@ struct Worker {
 
 impl Worker {
     fn start(cfg: ProfilerConfig) -> Worker {
-        let (tx, in_rx) = mpsc::channel::<(SampleHeader, Vec<u8>)>();
+        let (tx, in_rx) = mpsc::channel::<Job>();
         let bound = Arc::new(QueueBound::new(QUEUE, QUEUE_BYTES));
         let held = bound.clone();
         let (out_tx, rx) = mpsc::channel::<StackSample>();
@@ -114,7 +129,14 @@ impl Worker {
                         };
                     }
                 };
-                while let Ok((hdr, stack)) = in_rx.recv() {
+                while let Ok(job) = in_rx.recv() {
+                    let (hdr, stack) = match job {
+                        Job::Sample(hdr, stack) => (hdr, stack),
+                        Job::Exec(pid) => {
+                            profiler.forget_process(pid);
+                            continue;
+                        }
+                    };
                     let sample = profiler.on_sample(&hdr, &stack);
                     held.release(1, sample_bytes(&stack));
                     drop(stack);
@@ -217,25 +239,35 @@ impl ProfileStage {
             w.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if tx.send((*hdr, stack.to_vec())).is_err() {
+        if tx.send(Job::Sample(*hdr, stack.to_vec())).is_err() {
             // The thread is gone (it failed to start or stopped).
             w.bound.release(1, bytes);
             w.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    /// Process `pid` started another program: its earlier samples keep the
+    /// old program's mappings, the later ones are unwound against the new.
+    pub fn exec(&mut self, pid: u32) {
+        if let Some(tx) = &self.worker.tx {
+            // Nothing to forget when the thread is gone.
+            let _ = tx.send(Job::Exec(pid));
+        }
+    }
+
     /// Takes the stacks the worker finished: each is attributed to `span`
     /// (the server span in progress on the sampled thread at the sample's
-    /// time, if any) and aggregated under its process's resource. Call it
-    /// before finished spans are handed on, so they see their samples.
+    /// time, if any) and aggregated under `resource`, its process's at the
+    /// sample's time. Call it before finished spans are handed on, so they
+    /// see their samples.
     pub fn collect(
         &mut self,
         mut span: impl FnMut(Pid, correlate::Tid, u64) -> Option<SpanId>,
-        mut resource: impl FnMut(Pid) -> Arc<Resource>,
+        mut resource: impl FnMut(Pid, u64) -> Arc<Resource>,
     ) {
         while let Ok(s) = self.worker.rx.try_recv() {
             let sp = span(Pid(s.pid), correlate::Tid(s.tid), s.ts_ns);
-            self.profiles.add(&s, resource(Pid(s.pid)), sp);
+            self.profiles.add(&s, resource(Pid(s.pid), s.ts_ns), sp);
         }
     }
 
