@@ -326,8 +326,11 @@ fn merge_with_samples(
 ) {
     held.sort();
     merger.drain_until(until, &mut |rec: &[u8]| {
-        if let Some(ts) = record_ts(rec) {
-            held.release_until(ts, f);
+        // Most drains hold no sample: no time read per record then.
+        if !held.queue.is_empty() {
+            if let Some(ts) = record_ts(rec) {
+                held.release_until(ts, f);
+            }
         }
         f(rec);
     });
