@@ -89,6 +89,16 @@ pub fn require_tool(tool: &str) {
     assert!(ok, "{tool} is not installed: run scripts/setup");
 }
 
+/// The path of a program on PATH.
+pub fn which(tool: &str) -> PathBuf {
+    let out = run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}")),
+    );
+    PathBuf::from(out.trim())
+}
+
 /// A TCP port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -24,7 +24,7 @@ use tracer_e2e::{
     curl_status, free_port, require_tool, root_test, run_ok,
     span::{attr, f, res},
     tempdir::TempDir,
-    workspace, Agent, Listening, Otlp, Pyroscope, Receiver, Redis,
+    which, workspace, Agent, Listening, Otlp, Pyroscope, Receiver, Redis,
 };
 
 const SOURCE: &str = "tracer.service.name.source";
@@ -511,16 +511,6 @@ fn redis_server_is_named_as_started_not_as_its_symlink_target() {
         out.counter("described"),
         out.counter("pid_reused"),
     );
-}
-
-/// The path of a program on PATH.
-fn which(tool: &str) -> PathBuf {
-    let out = run_ok(
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}")),
-    );
-    PathBuf::from(out.trim())
 }
 
 #[test]

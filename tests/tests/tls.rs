@@ -16,7 +16,7 @@ use tracer_e2e::{
         assert_https_linked, bpftool_attached, bpftool_ids, bpftool_names, certificate, curl_ok,
         paths, wait_for_paths, wget_ok,
     },
-    workspace, Agent, AgentOutput, Backend, Listening, Nginx, Otlp, Receiver,
+    which, workspace, Agent, AgentOutput, Backend, Listening, Nginx, Otlp, Receiver,
 };
 
 const SETTLE: Duration = Duration::from_millis(1500);
@@ -797,8 +797,7 @@ fn tls_server_started_after_the_agent() {
 
 /// The shared library OpenSSL's CLI maps (from `ldd`).
 fn libssl_of_openssl() -> String {
-    let openssl = run_ok(Command::new("sh").args(["-c", "command -v openssl"]));
-    let ldd = run_ok(Command::new("ldd").arg(openssl.trim()));
+    let ldd = run_ok(Command::new("ldd").arg(which("openssl")));
     ldd.lines()
         .filter(|l| l.contains("libssl.so"))
         .find_map(|l| l.split("=>").nth(1)?.split_whitespace().next())
