@@ -261,6 +261,7 @@ report_counters!(crate::tls::attach::AttachCounters, Stage::Tls, {
     processes_scanned: Detail, "Processes whose mappings were read for TLS libraries and runtime hooks.";
     files_attached: Detail, "Files the TLS probes or runtime hooks were attached to.";
     files_detached: Detail, "Files the probes were detached from (no process maps them).";
+    detached_inline: Detail, "Files whose probes were closed on the event loop, stalling it: the detaching thread's queue was full.";
     attach_errors: Anomaly, "TLS probes or runtime hooks the kernel refused.";
     unreadable_files: Detail, "Mapped executable files that could not be read as ELF.";
     not_covered: Headline, "Executables speaking TLS through a library the agent cannot probe.";

@@ -19,7 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
+use aya::programs::uprobe::{
+    UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope,
+};
 use foldhash::{HashMap, HashMapExt};
 use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
 use tracer_common::{
@@ -28,6 +30,7 @@ use tracer_common::{
 };
 
 use super::{
+    detach::Detacher,
     execs::ExecWatch,
     go::{self, GoFile},
     inner,
@@ -158,6 +161,9 @@ pub struct AttachCounters {
     pub files_attached: u64,
     /// Files detached (no process maps them any more).
     pub files_detached: u64,
+    /// Of those, files whose probes were closed on the event loop: the
+    /// detaching thread's queue was full (see [`detach`](super::detach)).
+    pub detached_inline: u64,
     /// Probes the kernel refused (that function of that file is not covered).
     pub attach_errors: u64,
     /// ELF files that could not be read or parsed.
@@ -217,7 +223,7 @@ struct TlsFile {
 /// The slots a file's probes use as their attach cookie, and the hooks it
 /// holds back.
 #[derive(Default)]
-struct Slots {
+pub(super) struct Slots {
     /// In `GO_TLS_FILES`.
     go: Option<u32>,
     /// In `GO_HOOK_FILES`.
@@ -312,6 +318,9 @@ pub struct TlsAttach {
     hooks: bool,
     /// Go's goroutine-creation hooks too.
     goroutines: bool,
+    /// Closes the links of files no process maps, off the event loop; gives
+    /// back their path and slots once closed.
+    detacher: Detacher<UProbeLink, (PathBuf, Slots)>,
 }
 
 /// Probes without the return program: a free, a BIO setting.
@@ -599,6 +608,7 @@ impl TlsAttach {
             tls,
             hooks,
             goroutines: false,
+            detacher: Detacher::new(),
         }
     }
 
@@ -622,6 +632,7 @@ impl TlsAttach {
     /// process gone, forgotten (and the files nobody maps any more,
     /// detached).
     pub fn tick(&mut self, kernel: &mut Kernel) {
+        self.reap_detached();
         let Ok(dir) = std::fs::read_dir(&self.proc_root) else {
             return;
         };
@@ -675,6 +686,7 @@ impl TlsAttach {
     /// with the same program is read again when nothing it maps is probed
     /// yet (a TLS library loaded since), any other read afresh.
     pub fn follow_execs(&mut self, kernel: &mut Kernel) {
+        self.reap_detached();
         let now = Instant::now();
         if let Some(w) = &mut self.execs {
             self.exec_pids.clear();
@@ -1323,6 +1335,8 @@ impl TlsAttach {
         Some((slot, links))
     }
 
+    /// Closes `links` now, on the event loop: for probes that must be gone
+    /// before the caller goes on (see [`TlsAttach::release`] for the rest).
     fn detach_links(&mut self, links: Vec<(&'static str, UProbeLinkId)>, kernel: &mut Kernel) {
         for (name, link) in links {
             if let Some(p) = kernel.uprobe(name) {
@@ -1361,16 +1375,31 @@ impl TlsAttach {
                 continue;
             }
             if let Some(f) = self.files.remove(&id) {
-                self.detach_links(f.links, kernel);
-                self.free_slots(Slots {
+                let links = f
+                    .links
+                    .into_iter()
+                    .filter_map(|(name, link)| kernel.uprobe(name)?.take_link(link).ok())
+                    .collect();
+                let slots = Slots {
                     go: f.go_slot,
                     hook: f.hook_slot,
                     ..Slots::default()
-                });
-                self.counters.files_detached += 1;
-                tracing::info!(file = %f.path.display(), "probes detached: no process maps the file");
+                };
+                self.detacher.detach(links, (f.path, slots));
             }
         }
+        self.reap_detached();
+    }
+
+    /// Frees the slots of the files whose probes are closed since the last
+    /// call: no probe fires with them any more.
+    fn reap_detached(&mut self) {
+        for (path, slots) in self.detacher.finished() {
+            self.free_slots(slots);
+            self.counters.files_detached += 1;
+            tracing::info!(file = %path.display(), "probes detached: no process maps the file");
+        }
+        self.counters.detached_inline = self.detacher.closed_inline;
     }
 
     /// Files attached now.
