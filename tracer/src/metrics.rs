@@ -262,6 +262,7 @@ report_counters!(crate::tls::attach::AttachCounters, Stage::Tls, {
     files_attached: Detail, "Files the TLS probes or runtime hooks were attached to.";
     files_detached: Detail, "Files the probes were detached from (no process maps them).";
     detached_inline: Detail, "Files whose probes were closed on the event loop, stalling it: the detaching thread's queue was full.";
+    analysed_inline: Detail, "Files found after start read on the event loop, stalling it: the reading thread's queue was full.";
     attach_errors: Anomaly, "TLS probes or runtime hooks the kernel refused.";
     unreadable_files: Detail, "Mapped executable files that could not be read as ELF.";
     not_covered: Headline, "Executables speaking TLS through a library the agent cannot probe.";

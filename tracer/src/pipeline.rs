@@ -178,6 +178,9 @@ pub fn run(cfg: RunConfig, mut kernel: Kernel) -> Result<(), PipelineError> {
             "TLS libraries and runtime hooks looked up in running processes and the host's \
              library directories (those stay probed for programs started later)"
         );
+        // From here on the event loop runs: files found later are read
+        // on a thread of their own.
+        t.read_in_background();
         // Programs started later are read as they start (the kernel's
         // exec events), not only at the next scan.
         match t.watch_execs() {

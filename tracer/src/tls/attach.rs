@@ -30,10 +30,10 @@ use tracer_common::{
 };
 
 use super::{
-    detach::Detacher,
     execs::ExecWatch,
     go::{self, GoFile},
     inner,
+    worker::Worker,
 };
 use crate::{clock::monotonic_ns, kernel::Kernel, profile::unwind::parse_maps};
 
@@ -162,8 +162,11 @@ pub struct AttachCounters {
     /// Files detached (no process maps them any more).
     pub files_detached: u64,
     /// Of those, files whose probes were closed on the event loop: the
-    /// detaching thread's queue was full (see [`detach`](super::detach)).
+    /// detaching thread's queue was full (see [`worker`](super::worker)).
     pub detached_inline: u64,
+    /// Files found after start read on the event loop: the reading
+    /// thread's queue was full.
+    pub analysed_inline: u64,
     /// Probes the kernel refused (that function of that file is not covered).
     pub attach_errors: u64,
     /// ELF files that could not be read or parsed.
@@ -320,7 +323,71 @@ pub struct TlsAttach {
     goroutines: bool,
     /// Closes the links of files no process maps, off the event loop; gives
     /// back their path and slots once closed.
-    detacher: Detacher<UProbeLink, (PathBuf, Slots)>,
+    detacher: Worker<Detach, (PathBuf, Slots)>,
+    /// Reads the files found after start, off the event loop.
+    analyser: Worker<Analyse, Analysed>,
+    /// Files being read by the analyser, and the processes waiting for them.
+    analysing: HashMap<FileId, Analysing>,
+    /// New files are read by the analyser (once the agent started).
+    background: bool,
+}
+
+/// A file's links to close, with its path and slots to give back.
+type Detach = (Vec<UProbeLink>, PathBuf, Slots);
+
+/// Closes a file's links (the kernel waits out a grace period per link).
+fn detach(job: Detach) -> (PathBuf, Slots) {
+    let (links, path, slots) = job;
+    drop(links);
+    (path, slots)
+}
+
+/// Files the detaching thread may be behind by.
+const DETACH_QUEUE: usize = 256;
+
+/// Files the reading thread may be behind by.
+const ANALYSE_QUEUE: usize = 64;
+
+/// A file to read: opened on the event loop, so that the file read is the
+/// one the process maps even if the process is gone by then.
+struct Analyse {
+    id: FileId,
+    path: PathBuf,
+    file: File,
+    hooks: bool,
+}
+
+/// What a file offers, read.
+struct Analysed {
+    id: FileId,
+    path: PathBuf,
+    probed: Result<Probed, Unreadable>,
+}
+
+fn analyse(job: Analyse) -> Analysed {
+    let probed = probe_file(&job.file, &job.path, job.hooks);
+    Analysed {
+        id: job.id,
+        path: job.path,
+        probed,
+    }
+}
+
+/// A file being read, and the processes (with the executable they ran)
+/// that map it.
+struct Analysing {
+    waiters: Vec<(Pid, Option<FileId>)>,
+}
+
+/// What [`TlsAttach::hold`] made of a file.
+#[derive(PartialEq, Eq)]
+enum Hold {
+    /// Attached: the process is one more user.
+    Held,
+    /// Nothing to probe in it.
+    Nothing,
+    /// Being read: attached to its waiting processes once read.
+    Pending,
 }
 
 /// Probes without the return program: a free, a BIO setting.
@@ -370,10 +437,15 @@ enum Unreadable {
 /// What one ELF file offers to probe.
 fn probe_offsets(path: &Path, hooks: bool) -> Result<Probed, Unreadable> {
     let file = File::open(path).map_err(Unreadable::Open)?;
+    probe_file(&file, path, hooks)
+}
+
+/// What one ELF file, open, offers to probe (`path` names it).
+fn probe_file(file: &File, path: &Path, hooks: bool) -> Result<Probed, Unreadable> {
     // SAFETY: a read-only private mapping; a file truncated meanwhile can
     // fault the agent, which is why only executable mappings of running
     // processes (files the loader keeps open and unchanged) are read.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(Unreadable::Map)?;
+    let map = unsafe { memmap2::Mmap::map(file) }.map_err(Unreadable::Map)?;
     let obj = object::File::parse(&*map).map_err(Unreadable::Parse)?;
     let offs = symbol_offsets(&obj, SYMBOLS);
     let present = |name: &str| {
@@ -608,7 +680,10 @@ impl TlsAttach {
             tls,
             hooks,
             goroutines: false,
-            detacher: Detacher::new(),
+            detacher: Worker::new("tracer-detach", DETACH_QUEUE, detach),
+            analyser: Worker::new("tracer-elf", ANALYSE_QUEUE, analyse),
+            analysing: HashMap::new(),
+            background: false,
         }
     }
 
@@ -633,6 +708,7 @@ impl TlsAttach {
     /// detached).
     pub fn tick(&mut self, kernel: &mut Kernel) {
         self.reap_detached();
+        self.reap_analysed(kernel);
         let Ok(dir) = std::fs::read_dir(&self.proc_root) else {
             return;
         };
@@ -687,6 +763,7 @@ impl TlsAttach {
     /// yet (a TLS library loaded since), any other read afresh.
     pub fn follow_execs(&mut self, kernel: &mut Kernel) {
         self.reap_detached();
+        self.reap_analysed(kernel);
         let now = Instant::now();
         if let Some(w) = &mut self.execs {
             self.exec_pids.clear();
@@ -782,7 +859,7 @@ impl TlsAttach {
             let Some(id) = file_id(&path).filter(|id| !self.pinned.contains(id)) else {
                 continue;
             };
-            if self.hold(id, &path, kernel) {
+            if self.hold(id, &path, kernel, None) == Hold::Held {
                 self.pinned.insert(id);
                 pinned.push(path);
             }
@@ -886,7 +963,8 @@ impl TlsAttach {
             seen_ns,
             "TLS connection without plaintext"
         );
-        if since.is_some_and(|t| t > seen_ns) {
+        // A file of it still being read: its next connections will tell.
+        if since.is_some_and(|t| t > seen_ns) || self.awaits_a_file(pid) {
             return;
         }
         // A process gone since is reported as it was seen.
@@ -940,7 +1018,9 @@ impl TlsAttach {
         for path in mapped_files(&maps) {
             let full = base.join("root").join(path.trim_start_matches('/'));
             let Some(id) = file_id(&full) else { continue };
-            if !proc.files.contains(&id) && self.hold(id, &full, kernel) {
+            if !proc.files.contains(&id)
+                && self.hold(id, &full, kernel, Some((pid, exe))) == Hold::Held
+            {
                 proc.files.push(id);
             }
         }
@@ -951,29 +1031,85 @@ impl TlsAttach {
     }
 
     /// One more user of file `id` (at `path`): attached already, or
-    /// attached now when it has something to probe; false when it has
-    /// nothing (remembered, bounded, so that it is not parsed again).
-    fn hold(&mut self, id: FileId, path: &Path, kernel: &mut Kernel) -> bool {
+    /// attached now when it has something to probe, or, found after start
+    /// by a process (`waiter`: its pid and executable), read off the event
+    /// loop and attached for it then. A file with nothing to probe is
+    /// remembered (bounded), so that it is not read again.
+    fn hold(
+        &mut self,
+        id: FileId,
+        path: &Path,
+        kernel: &mut Kernel,
+        waiter: Option<(Pid, Option<FileId>)>,
+    ) -> Hold {
         if let Some(f) = self.files.get_mut(&id) {
             f.users += 1;
-            return true;
+            return Hold::Held;
         }
         if self.checked.contains(&id) {
-            return false;
+            return Hold::Nothing;
         }
-        if self.attach(id, path, kernel) {
-            return true;
+        if let Some(a) = self.analysing.get_mut(&id) {
+            if let Some(w) = waiter.filter(|w| !a.waiters.contains(w)) {
+                a.waiters.push(w);
+            }
+            return Hold::Pending;
+        }
+        let Some(w) = waiter.filter(|_| self.background) else {
+            let probed = probe_offsets(path, self.hooks);
+            return self.attach_or_remember(id, path, probed, kernel);
+        };
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => return self.attach_or_remember(id, path, Err(Unreadable::Open(e)), kernel),
+        };
+        let job = Analyse {
+            id,
+            path: path.to_path_buf(),
+            file,
+            hooks: self.hooks,
+        };
+        match self.analyser.submit(job) {
+            Ok(()) => {
+                self.analysing.insert(id, Analysing { waiters: vec![w] });
+                Hold::Pending
+            }
+            Err(job) => {
+                self.counters.analysed_inline += 1;
+                let read = self.analyser.run_here(job);
+                self.attach_or_remember(id, path, read.probed, kernel)
+            }
+        }
+    }
+
+    /// Attaches what `probed` found in file `id`, or remembers that it
+    /// has nothing.
+    fn attach_or_remember(
+        &mut self,
+        id: FileId,
+        path: &Path,
+        probed: Result<Probed, Unreadable>,
+        kernel: &mut Kernel,
+    ) -> Hold {
+        if self.attach(id, path, probed, kernel) {
+            return Hold::Held;
         }
         if self.checked.len() >= MAX_CHECKED {
             self.checked.clear();
         }
         self.checked.insert(id);
-        false
+        Hold::Nothing
     }
 
     /// Attaches the probes to a file that has the functions; false when it
     /// has none (or none could be attached).
-    fn attach(&mut self, id: FileId, path: &Path, kernel: &mut Kernel) -> bool {
+    fn attach(
+        &mut self,
+        id: FileId,
+        path: &Path,
+        probed: Result<Probed, Unreadable>,
+        kernel: &mut Kernel,
+    ) -> bool {
         let Probed {
             offsets,
             single_trap,
@@ -983,7 +1119,7 @@ impl TlsAttach {
             ngx_upstream,
             go_hooks,
             asyncio,
-        } = match probe_offsets(path, self.hooks) {
+        } = match probed {
             Ok(o) => o,
             Err(e) => {
                 self.counters.unreadable_files += 1;
@@ -1385,21 +1521,80 @@ impl TlsAttach {
                     hook: f.hook_slot,
                     ..Slots::default()
                 };
-                self.detacher.detach(links, (f.path, slots));
+                if let Err(job) = self.detacher.submit((links, f.path, slots)) {
+                    self.counters.detached_inline += 1;
+                    let (path, slots) = self.detacher.run_here(job);
+                    self.detached(&path, slots);
+                }
             }
         }
         self.reap_detached();
+    }
+
+    fn detached(&mut self, path: &Path, slots: Slots) {
+        self.free_slots(slots);
+        self.counters.files_detached += 1;
+        tracing::info!(file = %path.display(), "probes detached: no process maps the file");
     }
 
     /// Frees the slots of the files whose probes are closed since the last
     /// call: no probe fires with them any more.
     fn reap_detached(&mut self) {
         for (path, slots) in self.detacher.finished() {
-            self.free_slots(slots);
-            self.counters.files_detached += 1;
-            tracing::info!(file = %path.display(), "probes detached: no process maps the file");
+            self.detached(&path, slots);
         }
-        self.counters.detached_inline = self.detacher.closed_inline;
+    }
+
+    /// From now on, files found are read off the event loop (the agent's
+    /// start reads the running processes' files before it says attached).
+    pub fn read_in_background(&mut self) {
+        self.background = true;
+    }
+
+    /// Attaches the files read since the last call to the processes still
+    /// waiting for them (a process gone, or running another program since,
+    /// waits no more; a file nobody waits for is read again when a process
+    /// maps it).
+    fn reap_analysed(&mut self, kernel: &mut Kernel) {
+        for Analysed { id, path, probed } in self.analyser.finished() {
+            let Some(a) = self.analysing.remove(&id) else {
+                continue;
+            };
+            let waiters: Vec<Pid> = a
+                .waiters
+                .into_iter()
+                .filter(|(pid, exe)| {
+                    self.procs
+                        .get(pid)
+                        .is_some_and(|p| p.exe == *exe && !p.files.contains(&id))
+                })
+                .map(|(pid, _)| pid)
+                .collect();
+            if waiters.is_empty() {
+                tracing::debug!(file = %path.display(), "file read, no process maps it any more");
+                continue;
+            }
+            if self.attach_or_remember(id, &path, probed, kernel) != Hold::Held {
+                continue;
+            }
+            if let Some(f) = self.files.get_mut(&id) {
+                f.users = waiters.len();
+            }
+            let now = monotonic_ns();
+            for pid in waiters {
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.files.push(id);
+                    p.covered_since_ns.get_or_insert(now);
+                }
+            }
+        }
+    }
+
+    /// A process of `pid` waits for a file being read.
+    fn awaits_a_file(&self, pid: Pid) -> bool {
+        self.analysing
+            .values()
+            .any(|a| a.waiters.iter().any(|(p, _)| *p == pid))
     }
 
     /// Files attached now.
