@@ -12,8 +12,15 @@
 //!
 //! Each job's result comes back through [`Worker::finished`]; a job that
 //! does not fit in the bounded queue is handed back to be done inline.
+//! When the worker is dropped, the jobs still queued are dropped undone:
+//! the links a closing job holds close as they drop, and a file not read
+//! yet needs no reading.
 use std::{
-    sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError},
+        Arc,
+    },
     thread::JoinHandle,
 };
 
@@ -22,6 +29,8 @@ pub struct Worker<J: Send + 'static, R: Send + 'static> {
     jobs: Option<SyncSender<J>>,
     done: Receiver<R>,
     thread: Option<JoinHandle<()>>,
+    /// Set when the worker is dropped: the jobs left are dropped undone.
+    stopping: Arc<AtomicBool>,
     /// Jobs queued whose result was not taken yet.
     pending: usize,
     /// The work, for jobs done inline.
@@ -35,11 +44,15 @@ impl<J: Send + 'static, R: Send + 'static> Worker<J, R> {
         let (jobs, jobs_rx) = mpsc::sync_channel::<J>(queue);
         // Unbounded, yet holds at most one result per job queued.
         let (done_tx, done) = mpsc::channel();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = stopping.clone();
         let spawned = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
                 for job in jobs_rx {
-                    if done_tx.send(work(job)).is_err() {
+                    if stop.load(Ordering::Relaxed) {
+                        drop(job);
+                    } else if done_tx.send(work(job)).is_err() {
                         return;
                     }
                 }
@@ -55,6 +68,7 @@ impl<J: Send + 'static, R: Send + 'static> Worker<J, R> {
             jobs,
             done,
             thread,
+            stopping,
             pending: 0,
             work,
         }
@@ -97,9 +111,10 @@ impl<J: Send + 'static, R: Send + 'static> Worker<J, R> {
 }
 
 impl<J: Send + 'static, R: Send + 'static> Drop for Worker<J, R> {
-    /// Waits for the jobs queued: probes being closed are closed once the
-    /// agent says it detached.
+    /// Waits until every job queued is done or dropped: probes being closed
+    /// are closed once the agent says it detached.
     fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
         self.jobs = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -120,14 +135,19 @@ mod tests {
     use super::*;
 
     /// A job that waits at a barrier (a uprobe's close waits for the
-    /// kernel), then counts itself done.
+    /// kernel); it counts itself released when dropped, done or not.
     struct Job(u32, Option<Arc<Barrier>>, Arc<AtomicUsize>);
+
+    impl Drop for Job {
+        fn drop(&mut self) {
+            self.2.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 
     fn work(job: Job) -> u32 {
         if let Some(gate) = &job.1 {
             gate.wait();
         }
-        job.2.fetch_add(1, Ordering::SeqCst);
         job.0
     }
 
@@ -154,7 +174,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_hands_the_job_back_and_dropping_waits_for_the_rest() {
+    fn a_full_queue_hands_the_job_back_and_dropping_releases_the_rest() {
         let (gate, done) = (Arc::new(Barrier::new(2)), Arc::new(AtomicUsize::new(0)));
         let queue = 8;
         let mut w = Worker::new("test", queue, work);
@@ -172,7 +192,8 @@ mod tests {
         assert_eq!(done.load(Ordering::SeqCst), 1);
         gate.wait();
         drop(w);
-        // Every queued job ran before the worker was gone.
+        // Every queued job was released (its links closed) before the
+        // worker was gone.
         assert_eq!(done.load(Ordering::SeqCst), n as usize + 1);
     }
 }
