@@ -226,7 +226,7 @@ struct TlsFile {
 /// The slots a file's probes use as their attach cookie, and the hooks it
 /// holds back.
 #[derive(Default)]
-pub(super) struct Slots {
+struct Slots {
     /// In `GO_TLS_FILES`.
     go: Option<u32>,
     /// In `GO_HOOK_FILES`.
@@ -326,8 +326,9 @@ pub struct TlsAttach {
     detacher: Worker<Detach, (PathBuf, Slots)>,
     /// Reads the files found after start, off the event loop.
     analyser: Worker<Analyse, Analysed>,
-    /// Files being read by the analyser, and the processes waiting for them.
-    analysing: HashMap<FileId, Analysing>,
+    /// Files being read by the analyser, and the processes (with the
+    /// executable they ran) that map them, waiting.
+    analysing: HashMap<FileId, Vec<(Pid, Option<FileId>)>>,
     /// New files are read by the analyser (once the agent started).
     background: bool,
 }
@@ -336,8 +337,7 @@ pub struct TlsAttach {
 type Detach = (Vec<UProbeLink>, PathBuf, Slots);
 
 /// Closes a file's links (the kernel waits out a grace period per link).
-fn detach(job: Detach) -> (PathBuf, Slots) {
-    let (links, path, slots) = job;
+fn detach((links, path, slots): Detach) -> (PathBuf, Slots) {
     drop(links);
     (path, slots)
 }
@@ -371,12 +371,6 @@ fn analyse(job: Analyse) -> Analysed {
         path: job.path,
         probed,
     }
-}
-
-/// A file being read, and the processes (with the executable they ran)
-/// that map it.
-struct Analysing {
-    waiters: Vec<(Pid, Option<FileId>)>,
 }
 
 /// What [`TlsAttach::hold`] made of a file.
@@ -1049,9 +1043,9 @@ impl TlsAttach {
         if self.checked.contains(&id) {
             return Hold::Nothing;
         }
-        if let Some(a) = self.analysing.get_mut(&id) {
-            if let Some(w) = waiter.filter(|w| !a.waiters.contains(w)) {
-                a.waiters.push(w);
+        if let Some(waiters) = self.analysing.get_mut(&id) {
+            if let Some(w) = waiter.filter(|w| !waiters.contains(w)) {
+                waiters.push(w);
             }
             return Hold::Pending;
         }
@@ -1071,7 +1065,7 @@ impl TlsAttach {
         };
         match self.analyser.submit(job) {
             Ok(()) => {
-                self.analysing.insert(id, Analysing { waiters: vec![w] });
+                self.analysing.insert(id, vec![w]);
                 Hold::Pending
             }
             Err(job) => {
@@ -1528,7 +1522,6 @@ impl TlsAttach {
                 }
             }
         }
-        self.reap_detached();
     }
 
     fn detached(&mut self, path: &Path, slots: Slots) {
@@ -1557,11 +1550,10 @@ impl TlsAttach {
     /// maps it).
     fn reap_analysed(&mut self, kernel: &mut Kernel) {
         for Analysed { id, path, probed } in self.analyser.finished() {
-            let Some(a) = self.analysing.remove(&id) else {
+            let Some(waiters) = self.analysing.remove(&id) else {
                 continue;
             };
-            let waiters: Vec<Pid> = a
-                .waiters
+            let waiters: Vec<Pid> = waiters
                 .into_iter()
                 .filter(|(pid, exe)| {
                     self.procs
@@ -1594,7 +1586,7 @@ impl TlsAttach {
     fn awaits_a_file(&self, pid: Pid) -> bool {
         self.analysing
             .values()
-            .any(|a| a.waiters.iter().any(|(p, _)| *p == pid))
+            .any(|waiters| waiters.iter().any(|(p, _)| *p == pid))
     }
 
     /// Files attached now.
